@@ -1,0 +1,155 @@
+"""The stored form of a record batch: a fixed header, a CRC32C, and opaque records.
+
+A batch is the unit the broker moves: it validates the header, assigns offsets,
+appends, replicates and serves whole batches. It never decodes the records.
+
+Layout (big-endian, 61-byte header, then the payload):
+
+    offset  size  field
+    0       8     base_offset        first offset in the batch
+    8       4     batch_length       bytes that follow this field (header rest + payload)
+    12      4     crc                CRC32C of bytes [0, 12) and [16, end)
+    16      1     magic              format version, = 1
+    17      2     attributes         BatchAttribute bits (0x10 transactional, 0x20 control)
+    19      4     last_offset_delta  record_count - 1
+    23      4     leader_epoch       epoch of the leader that appended it
+    27      8     producer_id        -1 when not idempotent
+    35      2     producer_epoch     -1 when not idempotent
+    37      4     base_sequence      -1 when not idempotent
+    41      4     record_count
+    45      8     base_timestamp_ms
+    53      8     max_timestamp_ms
+    61      ...   payload (the client's encoded records, or one ControlRecord)
+
+The CRC covers the offsets too, so a flipped bit anywhere is caught. The same
+bytes travel from leader to followers, so replicas converge byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+import crc32c as _crc32c
+
+MAGIC = 1
+HEADER_BYTES = 61
+# base_offset, batch_length, crc: the prefix that locates and checks a batch.
+PREFIX = struct.Struct(">qiI")
+# magic .. max_timestamp_ms: the rest of the header.
+BODY = struct.Struct(">bhiiqhiiqq")
+LENGTH_FIELD_END = 12  # batch_length counts the bytes after this position
+CRC_FIELD_END = 16
+
+ATTR_TRANSACTIONAL = 0x10
+ATTR_CONTROL = 0x20
+ATTR_COMPRESSION_MASK = 0x07
+ATTR_KNOWN = ATTR_TRANSACTIONAL | ATTR_CONTROL | ATTR_COMPRESSION_MASK
+
+NO_PRODUCER_ID = -1
+NO_PRODUCER_EPOCH = -1
+NO_SEQUENCE = -1
+
+assert PREFIX.size + BODY.size == HEADER_BYTES
+
+
+class CorruptBatchError(Exception):
+    """The bytes are not a valid batch (bad CRC, bad length, unknown magic)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchHeader:
+    base_offset: int
+    last_offset_delta: int
+    leader_epoch: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    record_count: int
+    attributes: int
+    base_timestamp_ms: int
+    max_timestamp_ms: int
+    # Total stored size of the batch (header + payload); 0 until encoded.
+    size_bytes: int = 0
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta + 1
+
+    @property
+    def is_transactional(self) -> bool:
+        return bool(self.attributes & ATTR_TRANSACTIONAL)
+
+    @property
+    def is_control(self) -> bool:
+        return bool(self.attributes & ATTR_CONTROL)
+
+    @property
+    def has_producer_id(self) -> bool:
+        return self.producer_id >= 0
+
+    @property
+    def last_sequence(self) -> int:
+        """Sequence of the last record, wrapping at 2^31 - 1 to 0 as Kafka does."""
+        if self.base_sequence < 0:
+            return NO_SEQUENCE
+        return (self.base_sequence + self.last_offset_delta) % (1 << 31)
+
+
+def crc_of(buf: bytes | bytearray | memoryview) -> int:
+    """CRC32C of a whole encoded batch, skipping the crc field itself."""
+    mv = memoryview(buf)
+    return _crc32c.crc32c(mv[CRC_FIELD_END:], _crc32c.crc32c(mv[:LENGTH_FIELD_END]))
+
+
+def encode_batch(header: BatchHeader, payload: bytes | bytearray | memoryview) -> bytes:
+    """Encode a batch with its CRC. `size_bytes` of `header` is ignored."""
+    body = BODY.pack(
+        MAGIC,
+        header.attributes,
+        header.last_offset_delta,
+        header.leader_epoch,
+        header.producer_id,
+        header.producer_epoch,
+        header.base_sequence,
+        header.record_count,
+        header.base_timestamp_ms,
+        header.max_timestamp_ms,
+    )
+    length = HEADER_BYTES - LENGTH_FIELD_END + len(payload)
+    prefix_no_crc = struct.pack(">qi", header.base_offset, length)
+    crc = _crc32c.crc32c(payload, _crc32c.crc32c(body, _crc32c.crc32c(prefix_no_crc)))
+    return b"".join((prefix_no_crc, struct.pack(">I", crc), body, payload))
+
+
+def decode_header(buf: bytes | bytearray | memoryview, pos: int = 0, *, verify_crc: bool = True) -> BatchHeader:
+    """Decode the batch starting at `pos`; raises CorruptBatchError if it is not whole and valid."""
+    if len(buf) - pos < HEADER_BYTES:
+        raise CorruptBatchError(f"truncated header at {pos}: {len(buf) - pos} bytes")
+    base_offset, length, crc = PREFIX.unpack_from(buf, pos)
+    size = LENGTH_FIELD_END + length
+    if length < HEADER_BYTES - LENGTH_FIELD_END or pos + size > len(buf):
+        raise CorruptBatchError(f"bad batch length {length} at {pos}")
+    (magic, attributes, last_delta, leader_epoch, pid, pepoch, base_seq, count, base_ts, max_ts) = BODY.unpack_from(
+        buf, pos + PREFIX.size
+    )
+    if magic != MAGIC:
+        raise CorruptBatchError(f"unknown magic {magic} at {pos}")
+    if verify_crc and crc_of(memoryview(buf)[pos : pos + size]) != crc:
+        raise CorruptBatchError(f"CRC mismatch at {pos} (base offset {base_offset})")
+    return BatchHeader(
+        base_offset, last_delta, leader_epoch, pid, pepoch, base_seq, count, attributes, base_ts, max_ts, size
+    )
+
+
+def with_offsets(encoded: bytes, base_offset: int, leader_epoch: int) -> bytes:
+    """Re-stamp an encoded batch with a new base offset and leader epoch and a fresh CRC."""
+    buf = bytearray(encoded)
+    struct.pack_into(">q", buf, 0, base_offset)
+    struct.pack_into(">i", buf, 23, leader_epoch)
+    struct.pack_into(">I", buf, LENGTH_FIELD_END, crc_of(buf))
+    return bytes(buf)
