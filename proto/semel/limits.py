@@ -23,3 +23,17 @@ FLUSH_INTERVAL_MS_DEFAULT = 1000
 PRODUCER_BATCHES_RETAINED = 5              # metadata of the last N batches per producer (Kafka: 5)
 MAX_PRODUCERS_PER_PARTITION = 10_000       # tracked producers; see storage/producer_state.py for the policy when full
 PRODUCER_ID_EXPIRATION_MS_DEFAULT = 24 * 3600 * 1000
+
+# --- brokers (semel.cluster) -------------------------------------------------------
+MAX_INFLIGHT_PRODUCE_PER_BROKER = 1024     # produce requests being handled at once; more -> RESOURCE_EXHAUSTED
+MAX_PENDING_ACKS_PER_PARTITION = 4096      # acks=all produces waiting for the high watermark, per partition
+MAX_FETCH_WAITERS_PER_BROKER = 4096        # long-polling Fetch requests parked at once
+MAX_PRODUCE_TIMEOUT_MS = 5 * 60 * 1000     # produce timeout_ms is clamped to this
+MAX_FETCH_WAIT_MS = 60 * 1000              # fetch max_wait_ms is clamped to this
+MAX_FUTURE_TIMESTAMP_MS = 24 * 3600 * 1000 # a batch's max timestamp may be at most this far ahead of the broker
+MAX_PARTITIONS_PER_REQUEST = 10_000        # partitions in one produce/fetch/list-offsets request
+REPLICA_FETCH_MAX_BYTES = 8 * 1024 * 1024  # one ReplicaFetch response (at least one whole batch per partition)
+REPLICA_FETCH_MAX_WAIT_MS = 500            # follower long-poll on the leader
+REPLICA_LAG_TIME_MAX_MS_DEFAULT = 10_000   # a follower not caught up for this long leaves the ISR
+BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT = 100
+BROKER_SESSION_TIMEOUT_MS_DEFAULT = 600    # no heartbeat for this long -> the controller fences the broker
