@@ -1,0 +1,109 @@
+"""Pure cores of the broker: HW, ISR decisions, pending acks, produce validation."""
+
+from semel.cluster.produce_validation import header_from_fields, validate_batch
+from semel.cluster.replica_state import LeaderProgress, PendingAcks, ack_outcome_after_hw
+from semel.v1 import common_pb2
+
+
+def progress(isr=(1, 2, 3), leo=10, hw=0, now=0, lag=1000):
+    return LeaderProgress(
+        leader_id=1, replicas=(1, 2, 3), isr=isr, leader_leo=leo, high_watermark=hw,
+        epoch_start_offset=0, now_ms=now, lag_time_max_ms=lag,
+    )
+
+
+def test_hw_is_min_leo_over_isr_and_waits_for_unknown_followers():
+    p = progress()
+    assert p.high_watermark == 0
+    assert not p.on_follower_fetch(2, 10, now_ms=1)  # 3 still unknown
+    assert p.on_follower_fetch(3, 7, now_ms=1)
+    assert p.high_watermark == 7
+    assert p.on_follower_fetch(3, 10, now_ms=2)
+    assert p.high_watermark == 10
+
+
+def test_hw_never_decreases_and_shrink_raises_it():
+    p = progress(isr=(1, 2))
+    p.on_follower_fetch(2, 10, now_ms=1)
+    assert p.high_watermark == 10
+    p.on_leader_append(20)
+    p.on_follower_fetch(2, 5, now_ms=2)  # a stale fetch offset never lowers the HW
+    assert p.high_watermark == 10
+    assert p.set_isr((1,), now_ms=3)
+    assert p.high_watermark == 20
+
+
+def test_restart_hw_is_capped_by_leo():
+    assert progress(isr=(1,), leo=5, hw=50).high_watermark == 5
+
+
+def test_lagging_follower_leaves_isr_and_rejoins_when_caught_up():
+    p = progress(lag=100)
+    p.on_follower_fetch(2, 10, now_ms=10)
+    p.on_follower_fetch(3, 10, now_ms=10)
+    assert p.isr_change(now_ms=50) is None
+    p.on_leader_append(30)
+    for t in range(20, 300, 20):
+        p.on_follower_fetch(2, 30, now_ms=t)
+    change = p.isr_change(now_ms=300)
+    assert change is not None and change.new_isr == (1, 2)
+    p.set_isr(change.new_isr, now_ms=300)
+    assert p.high_watermark == 30
+    p.on_follower_fetch(3, 30, now_ms=310)
+    change = p.isr_change(now_ms=320)
+    assert change is not None and change.new_isr == (1, 2, 3)
+
+
+def test_follower_that_keeps_fetching_everything_is_not_lagging():
+    p = progress(lag=100)
+    leo = 10
+    for t in range(0, 1000, 50):
+        p.on_follower_fetch(2, leo, now_ms=t)  # fetches what it was shown last time
+        p.on_follower_fetch(3, leo, now_ms=t)
+        leo += 5
+        p.on_leader_append(leo)  # meanwhile the leader grew
+    assert p.isr_change(now_ms=1000) is None
+
+
+def test_pending_acks_complete_in_order_and_are_bounded():
+    acks: PendingAcks[str] = PendingAcks(max_pending=2)
+    acks.add(5, "a")
+    acks.add(9, "b")
+    assert acks.full()
+    assert acks.complete_up_to(4) == []
+    assert acks.complete_up_to(5) == ["a"]
+    assert acks.complete_up_to(100) == ["b"]
+    assert len(acks) == 0
+
+
+def test_ack_after_hw_reports_isr_shrink():
+    assert ack_outcome_after_hw(1, 2).error_code == common_pb2.NOT_ENOUGH_REPLICAS_AFTER_APPEND
+    assert ack_outcome_after_hw(2, 2).error_code == common_pb2.NONE
+
+
+def hdr(**kw):
+    fields = dict(last_offset_delta=0, producer_id=-1, producer_epoch=-1, base_sequence=-1, record_count=1,
+                  attributes=0, base_timestamp_ms=1000, max_timestamp_ms=1000, records_bytes=10)
+    fields.update(kw)
+    return header_from_fields(**fields)
+
+
+def check(h, max_batch_bytes=1000):
+    r = validate_batch(h, max_batch_bytes=max_batch_bytes, now_ms=2000, max_future_timestamp_ms=1000)
+    return None if r is None else r.error_code
+
+
+def test_produce_validation():
+    assert check(hdr()) is None
+    assert check(hdr(record_count=0, last_offset_delta=-1)) == common_pb2.INVALID_RECORD
+    assert check(hdr(record_count=3, last_offset_delta=1)) == common_pb2.INVALID_RECORD
+    assert check(hdr(records_bytes=2000)) == common_pb2.RECORD_BATCH_TOO_LARGE
+    assert check(hdr(attributes=0x100)) == common_pb2.INVALID_RECORD
+    assert check(hdr(attributes=0x20)) == common_pb2.INVALID_RECORD
+    assert check(hdr(attributes=0x10)) == common_pb2.INVALID_RECORD  # transactional without producer id
+    assert check(hdr(producer_id=5, producer_epoch=0, base_sequence=0)) is None
+    assert check(hdr(producer_id=5, producer_epoch=70000, base_sequence=0)) == common_pb2.INVALID_RECORD
+    assert check(hdr(producer_id=5, producer_epoch=0, base_sequence=-1)) == common_pb2.INVALID_RECORD
+    assert check(hdr(base_timestamp_ms=-5)) == common_pb2.INVALID_TIMESTAMP
+    assert check(hdr(max_timestamp_ms=500)) == common_pb2.INVALID_TIMESTAMP
+    assert check(hdr(max_timestamp_ms=10_000)) == common_pb2.INVALID_TIMESTAMP
