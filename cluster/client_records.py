@@ -1,0 +1,172 @@
+"""Records as the client writes and reads them: the documented `semel.v1.Records` encoding.
+
+A data batch's `RecordBatch.records` is one serialized `semel.v1.Records` protobuf
+message (`repeated Record records = 1`). Each `Record` carries `offset_delta` (offset -
+batch.base_offset), `timestamp_delta_ms` (timestamp - batch.base_timestamp_ms), `key`
+(empty = no key), `value` and `headers`. The broker never decodes it.
+
+The producer encodes each record exactly once, when it is appended to a batch, straight
+into protobuf wire bytes (`encode_record`), because building one protobuf object per
+record costs more than the bytes themselves. The output is byte-identical to
+`Records(records=[...]).SerializeToString()` (the tests check it), so any protobuf
+library in any language decodes it. Consumers decode with the generated `Records` class.
+
+Note: an empty key and no key are the same on the wire; consumers see `key=None`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+from semel.v1 import common_pb2
+
+Header = tuple[str, bytes]
+
+_RECORDS_FIELD_TAG = b"\x0a"      # Records.records, field 1, length-delimited
+_OFFSET_DELTA_TAG = b"\x08"       # Record.offset_delta, field 1, varint
+_TIMESTAMP_DELTA_TAG = b"\x10"    # Record.timestamp_delta_ms, field 2, varint
+_KEY_TAG = b"\x1a"                # Record.key, field 3, bytes
+_VALUE_TAG = b"\x22"              # Record.value, field 4, bytes
+_HEADER_TAG = b"\x2a"             # Record.headers, field 5, message
+_HEADER_KEY_TAG = b"\x0a"         # RecordHeader.key, field 1, string
+_HEADER_VALUE_TAG = b"\x12"       # RecordHeader.value, field 2, bytes
+
+_SMALL_VARINTS = 1 << 14
+
+
+def _encode_varint_slow(value: int) -> bytes:
+    # Negative int32/int64 values are encoded as 10-byte two's complement (protobuf rules).
+    value &= 0xFFFF_FFFF_FFFF_FFFF
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_VARINT_TABLE = tuple(_encode_varint_slow(i) for i in range(_SMALL_VARINTS))
+
+
+def encode_varint(value: int) -> bytes:
+    if 0 <= value < _SMALL_VARINTS:
+        return _VARINT_TABLE[value]
+    return _encode_varint_slow(value)
+
+
+def _len_field(tag: bytes, data: bytes) -> list[bytes]:
+    return [tag, encode_varint(len(data)), data]
+
+
+def encode_record(
+    offset_delta: int,
+    timestamp_delta_ms: int,
+    key: bytes | None,
+    value: bytes,
+    headers: Sequence[Header] | None = None,
+) -> bytes:
+    """One `Records.records` entry (tag + length + Record) in protobuf wire format."""
+    parts: list[bytes] = []
+    if offset_delta:
+        parts += (_OFFSET_DELTA_TAG, encode_varint(offset_delta))
+    if timestamp_delta_ms:
+        parts += (_TIMESTAMP_DELTA_TAG, encode_varint(timestamp_delta_ms))
+    if key:
+        parts += _len_field(_KEY_TAG, key)
+    if value:
+        parts += _len_field(_VALUE_TAG, value)
+    if headers:
+        for header_key, header_value in headers:
+            body = b"".join(
+                (_len_field(_HEADER_KEY_TAG, header_key.encode()) if header_key else [])
+                + (_len_field(_HEADER_VALUE_TAG, header_value) if header_value else [])
+            )
+            parts += _len_field(_HEADER_TAG, body)
+    body = b"".join(parts)
+    return b"".join((_RECORDS_FIELD_TAG, encode_varint(len(body)), body))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordMetadata:
+    """Where an acknowledged record landed (offset -1 when acks=none)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    serialized_key_bytes: int
+    serialized_value_bytes: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConsumerRecord:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[Header, ...] = ()
+    leader_epoch: int = -1
+
+
+def build_batch(
+    encoded_records: Iterable[bytes],
+    record_count: int,
+    base_timestamp_ms: int,
+    max_timestamp_ms: int,
+    attributes: int = 0,
+) -> common_pb2.RecordBatch:
+    """A produce-side RecordBatch (no producer id: this producer is not idempotent yet)."""
+    if record_count < 1:
+        raise AssertionError("a batch holds at least one record")
+    return common_pb2.RecordBatch(
+        base_offset=0,
+        last_offset_delta=record_count - 1,
+        leader_epoch=-1,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        record_count=record_count,
+        attributes=attributes,
+        base_timestamp_ms=base_timestamp_ms,
+        max_timestamp_ms=max_timestamp_ms,
+        records=b"".join(encoded_records),
+    )
+
+
+def is_control_batch(batch: common_pb2.RecordBatch) -> bool:
+    return bool(batch.attributes & common_pb2.CONTROL)
+
+
+def decode_batch(topic: str, partition: int, batch: common_pb2.RecordBatch, min_offset: int = 0) -> list[ConsumerRecord]:
+    """The data records of `batch` with offset >= `min_offset` (control batches yield none)."""
+    if is_control_batch(batch):
+        return []
+    if batch.base_offset + batch.last_offset_delta < min_offset:
+        return []
+    records = common_pb2.Records()
+    records.ParseFromString(batch.records)
+    base_offset = batch.base_offset
+    base_ts = batch.base_timestamp_ms
+    epoch = batch.leader_epoch
+    out = []
+    for record in records.records:
+        offset = base_offset + record.offset_delta
+        if offset < min_offset:
+            continue
+        headers = tuple((h.key, h.value) for h in record.headers) if record.headers else ()
+        out.append(
+            ConsumerRecord(
+                topic,
+                partition,
+                offset,
+                base_ts + record.timestamp_delta_ms,
+                record.key or None,
+                record.value,
+                headers,
+                epoch,
+            )
+        )
+    return out

@@ -1,0 +1,238 @@
+"""Client cores without processes or sockets: encoding, partitioner, batching, errors."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from semel.cluster import client_errors
+from semel.cluster.client_accumulator import BATCH_OVERHEAD_BYTES, RecordAccumulator
+from semel.cluster.client_partitioner import StickyPartitioner, murmur2, partition_for_key
+from semel.cluster.client_records import build_batch, decode_batch, encode_record, encode_varint
+from semel.v1 import common_pb2
+
+# --- encoding ------------------------------------------------------------------------
+header_st = st.tuples(st.text(max_size=8), st.binary(max_size=8))
+record_st = st.tuples(
+    st.integers(min_value=-(2**40), max_value=2**40),          # timestamp delta
+    st.one_of(st.none(), st.binary(max_size=40)),              # key
+    st.binary(max_size=300),                                   # value
+    st.lists(header_st, max_size=3),                           # headers
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(record_st, min_size=1, max_size=20))
+def test_hand_encoding_is_byte_identical_to_protobuf(records):
+    ours = b"".join(encode_record(i, ts, key, value, headers) for i, (ts, key, value, headers) in enumerate(records))
+    reference = common_pb2.Records(
+        records=[
+            common_pb2.Record(
+                offset_delta=i,
+                timestamp_delta_ms=ts,
+                key=key or b"",
+                value=value,
+                headers=[common_pb2.RecordHeader(key=k, value=v) for k, v in headers],
+            )
+            for i, (ts, key, value, headers) in enumerate(records)
+        ]
+    )
+    assert ours == reference.SerializeToString()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(record_st, min_size=1, max_size=20), st.integers(min_value=0, max_value=2**40))
+def test_batch_round_trip(records, base_offset):
+    base_ts = 1_700_000_000_000
+    encoded = [encode_record(i, ts, key, value, headers) for i, (ts, key, value, headers) in enumerate(records)]
+    batch = build_batch(encoded, len(records), base_ts, base_ts + max(r[0] for r in records))
+    batch.base_offset = base_offset
+    decoded = decode_batch("t", 3, batch)
+    assert [r.offset for r in decoded] == list(range(base_offset, base_offset + len(records)))
+    for record, (ts, key, value, headers) in zip(decoded, records):
+        assert (record.topic, record.partition) == ("t", 3)
+        assert record.timestamp_ms == base_ts + ts
+        assert record.key == (key or None)
+        assert record.value == value
+        assert record.headers == tuple(headers)
+
+
+def test_decode_skips_offsets_below_position_and_control_batches():
+    encoded = [encode_record(i, 0, None, b"v%d" % i) for i in range(5)]
+    batch = build_batch(encoded, 5, 1, 1)
+    batch.base_offset = 10
+    assert [r.offset for r in decode_batch("t", 0, batch, min_offset=12)] == [12, 13, 14]
+    assert decode_batch("t", 0, batch, min_offset=15) == []
+    control = build_batch([b""], 1, 1, 1, attributes=common_pb2.CONTROL)
+    assert decode_batch("t", 0, control) == []
+
+
+def test_varint_matches_protobuf_for_edge_values():
+    for value in (0, 1, 127, 128, 16383, 16384, 2**31 - 1, 2**63 - 1, -1, -(2**31)):
+        msg = common_pb2.Record(timestamp_delta_ms=value).SerializeToString()
+        assert msg == (b"\x10" + encode_varint(value) if value else b"")
+
+
+# --- partitioner ---------------------------------------------------------------------
+KAFKA_MURMUR2_VECTORS = {  # from Kafka's UtilsTest.testMurmur2
+    b"21": -973932308,
+    b"foobar": -790332482,
+    b"a-little-bit-long-string": -985981536,
+    b"a-little-bit-longer-string": -1486304829,
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    b"abc": 479470107,
+}
+
+
+@pytest.mark.parametrize("key,expected", KAFKA_MURMUR2_VECTORS.items())
+def test_murmur2_matches_kafka(key, expected):
+    assert murmur2(key) == expected
+
+
+def test_key_partition_vectors():
+    # (murmur2 & 0x7fffffff) % n, stable across languages and releases.
+    assert partition_for_key(b"21", 10) == (-973932308 & 0x7FFFFFFF) % 10
+    assert [partition_for_key(k, 7) for k in (b"abc", b"foobar", b"")] == [
+        479470107 % 7,
+        (-790332482 & 0x7FFFFFFF) % 7,
+        (murmur2(b"") & 0x7FFFFFFF) % 7,
+    ]
+    assert murmur2(b"") == 275646681
+
+
+def test_sticky_partitioner_moves_on_when_batch_closes():
+    sticky = StickyPartitioner(seed=2)
+    assert sticky.partition("t", 4) == 2
+    assert sticky.partition("t", 4) == 2
+    sticky.batch_closed("t", 2, 4)
+    assert sticky.partition("t", 4) == 3
+    sticky.batch_closed("t", 1, 4)  # not the current one: no move
+    assert sticky.partition("t", 4) == 3
+    sticky.batch_closed("t", 3, 4)
+    assert sticky.partition("t", 4) == 0
+
+
+# --- accumulator ---------------------------------------------------------------------
+def _acc(**kw):
+    args = dict(batch_bytes=1000, linger_ms=10, buffer_bytes=10_000, max_in_flight=1)
+    args.update(kw)
+    return RecordAccumulator(**args)
+
+
+def test_linger_bounds_when_a_batch_is_sent():
+    acc = _acc()
+    acc.append("t", 0, 5, None, b"x" * 10, None, now_ms=100)
+    assert acc.drain_ready(now_ms=109) == []
+    assert acc.next_ready_ms(109) == 110
+    [batch] = acc.drain_ready(now_ms=110)
+    assert batch.record_count == 1 and batch.closed
+
+
+def test_full_batch_is_sent_before_linger():
+    acc = _acc(linger_ms=10_000)
+    fulls = [acc.append("t", 0, 5, None, b"x" * 100, None, now_ms=0)[1] for _ in range(12)]
+    assert True in fulls
+    ready = acc.drain_ready(now_ms=1)
+    assert len(ready) == 1
+    assert ready[0].size_bytes <= 1000
+    assert ready[0].record_count == sum(1 for _ in ready[0].encoded)
+
+
+def test_batches_never_exceed_batch_bytes_except_a_single_large_record():
+    acc = _acc(batch_bytes=500, linger_ms=0, buffer_bytes=10**6)
+    for size in (100, 200, 150, 400, 900, 10):
+        acc.append("t", 0, 0, None, b"x" * size, None, now_ms=0)
+    batches = []
+    while True:
+        got = acc.drain_ready(now_ms=0)
+        if not got:
+            break
+        for b in got:
+            batches.append(b)
+            acc.complete(b)
+    assert sum(b.record_count for b in batches) == 6
+    for b in batches:
+        assert b.size_bytes <= 500 or b.record_count == 1
+
+
+def test_in_flight_limit_and_ordered_retry():
+    acc = _acc(linger_ms=0)
+    for i in range(3):
+        acc.append("t", 0, 0, None, b"x" * 400, None, now_ms=0)  # 2 per batch
+    [first] = acc.drain_ready(now_ms=0)
+    assert acc.drain_ready(now_ms=0) == []  # max_in_flight=1
+    acc.reenqueue(first, retry_at_ms=50)
+    assert acc.drain_ready(now_ms=49) == []  # backoff holds the head, nothing overtakes it
+    assert acc.drain_ready(now_ms=50) == [first]
+    acc.complete(first)
+    [second] = acc.drain_ready(now_ms=50)
+    assert second is not first
+
+
+def test_buffer_accounting_and_room():
+    acc = _acc(buffer_bytes=600, linger_ms=0)
+    size = RecordAccumulator.record_size(None, b"x" * 200, None)
+    assert acc.has_room(size)
+    acc.append("t", 0, 0, None, b"x" * 200, None, now_ms=0)
+    acc.append("t", 1, 0, None, b"x" * 200, None, now_ms=0)
+    assert acc.buffered_bytes == 2 * (BATCH_OVERHEAD_BYTES + len(encode_record(0, 0, None, b"x" * 200)))
+    assert not acc.has_room(size)
+    batches = acc.drain_ready(now_ms=0)
+    for b in batches:
+        acc.complete(b)
+    assert acc.buffered_bytes == 0 and acc.has_room(size)
+
+
+def test_delivery_timeout_expires_queued_batches():
+    acc = _acc(linger_ms=10_000)
+    future, _, _ = acc.append("t", 0, 0, None, b"x", None, now_ms=0)
+    assert acc.expired(now_ms=99, delivery_timeout_ms=100) == []
+    [batch] = acc.expired(now_ms=100, delivery_timeout_ms=100)
+    assert acc.buffered_bytes == 0
+    batch.result.complete(-1, -1, client_errors.DeliveryTimeoutError("x"))
+    with pytest.raises(client_errors.DeliveryTimeoutError):
+        future.result(0)
+
+
+def test_futures_and_callbacks_resolve_per_record_offsets():
+    acc = _acc(linger_ms=0)
+    futures = [acc.append("t", 2, 1000 + i, b"k", b"v", None, now_ms=0)[0] for i in range(3)]
+    seen = []
+    futures[1].add_done_callback(lambda f: seen.append(f.result().offset))
+    [batch] = acc.drain_ready(now_ms=0)
+    acc.complete(batch)
+    batch.result.complete(40, -1, None)
+    assert [f.result(0).offset for f in futures] == [40, 41, 42]
+    assert futures[2].result(0).timestamp_ms == 1002
+    assert seen == [41]
+    late = []
+    futures[0].add_done_callback(lambda f: late.append(f.done()))
+    assert late == [True]
+
+
+# --- errors --------------------------------------------------------------------------
+def test_every_error_code_has_a_class_in_one_category():
+    for name, code in common_pb2.ErrorCode.items():
+        if code == common_pb2.NONE:
+            continue
+        cls = client_errors.error_class(code)
+        assert cls.code == code
+        assert cls.__name__ == "".join(p.capitalize() for p in name.split("_")) + "Error"
+        categories = [issubclass(cls, c) for c in (client_errors.RetriableError, client_errors.AbortableError, client_errors.FatalError)]
+        assert categories.count(True) == 1, name
+
+
+def test_error_mapping_examples():
+    e = client_errors.error_for_code(common_pb2.NOT_LEADER_OR_FOLLOWER, context="produce to t-0")
+    assert isinstance(e, client_errors.NotLeaderOrFollowerError) and e.retriable
+    assert "NOT_LEADER_OR_FOLLOWER" in str(e) and "produce to t-0" in str(e)
+    e = client_errors.error_for_code(common_pb2.TOPIC_ALREADY_EXISTS, "topic 'a' exists")
+    assert isinstance(e, client_errors.FatalError) and not e.retriable
+    e = client_errors.error_for_code(common_pb2.REQUEST_TIMED_OUT)
+    assert e.outcome_unknown and "outcome unknown" in str(e)
+    assert isinstance(client_errors.error_for_code(common_pb2.OUT_OF_ORDER_SEQUENCE), client_errors.AbortableError)
+    e = client_errors.error_for_code(9999, "from the future")
+    assert isinstance(e, client_errors.FatalError) and "9999" in str(e)
+    with pytest.raises(AssertionError):
+        client_errors.error_for_code(common_pb2.NONE)
