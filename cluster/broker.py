@@ -1,0 +1,386 @@
+"""A Semel broker process: `python -m semel.cluster.broker --broker-id 1 ...`.
+
+Wiring (everything on one asyncio loop, except pysyncobj's tick thread):
+  gRPC server (Broker, Admin, Replication, Controller + health + reflection)
+  MetadataQuorum (in-process pysyncobj node; changes hop to the loop via call_soon_threadsafe)
+  Controller (on voters; acts only while Raft leader)
+  ReplicaManager (hosted partitions, roles from the metadata image)
+  FetcherManager (follower streams), LeaderReplicationService (leader side), IsrMaintainer.
+
+Lifecycle: serve with health NOT_SERVING -> register (RegisterBroker through the quorum) ->
+heartbeat the active controller -> once the image shows this broker unfenced at its epoch,
+take roles and report SERVING (and print `SEMEL_BROKER_READY broker_id=N port=P`).
+See docs/design.md, "Broker contract".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from semel import limits
+from semel.cluster import metadata as md
+from semel.cluster.controller import Controller, ControllerConfig
+from semel.cluster.quorum import MetadataQuorum, MetadataSubmitError, QuorumConfig, VoterSpec
+from semel.cluster.replica_manager import ReplicaManager
+from semel.cluster.replication import FetcherManager, IsrMaintainer, LeaderReplicationService, channel_options
+from semel.cluster.server import AdminService, BrokerService, ControllerService, ReplicationService
+from semel.cluster.storage_adapter import ReplicaStore, open_replica_store
+from semel.v1 import admin_pb2, broker_pb2, common_pb2 as pb, controller_pb2, controller_pb2_grpc, replication_pb2
+from semel.v1 import admin_pb2_grpc, broker_pb2_grpc, replication_pb2_grpc
+
+log = logging.getLogger("semel.broker")
+
+READY_LINE = "SEMEL_BROKER_READY"
+SERVICE_NAMES = ("semel.v1.Broker", "semel.v1.Admin", "semel.v1.Replication", "semel.v1.Controller")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    broker_id: int
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9092  # 0: pick a free port (reported on the ready line)
+    advertised_host: str = ""  # default: listen_host
+    advertised_port: int = 0  # default: the bound port
+    data_dir: str = ".semel-data/broker"
+    raft_address: str | None = None  # None: observer (not a metadata voter)
+    voters: tuple[str, ...] = ()  # "id@raft_host:port@rpc_host:port" for every voter
+    cluster_id: str = "semel"
+    heartbeat_interval_ms: int = limits.BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT
+    session_timeout_ms: int = 1000
+    disconnect_grace_ms: int = 250
+    replica_lag_time_max_ms: int = limits.REPLICA_LAG_TIME_MAX_MS_DEFAULT
+    replica_fetch_max_wait_ms: int = limits.REPLICA_FETCH_MAX_WAIT_MS
+    replica_fetch_max_bytes: int = limits.REPLICA_FETCH_MAX_BYTES
+    isr_check_interval_ms: int = 100
+    max_inflight_produce: int = limits.MAX_INFLIGHT_PRODUCE_PER_BROKER
+    max_request_bytes: int = limits.MAX_REQUEST_BYTES
+    max_batch_bytes: int = limits.MAX_BATCH_BYTES
+    internal_partitions: int = 16  # partitions of each internal topic (transaction state, offsets)
+    fsync: bool = False
+    log_level: str = "INFO"
+
+    def voter_specs(self) -> tuple[VoterSpec, ...]:
+        return tuple(parse_voter(v) for v in self.voters)
+
+    @staticmethod
+    def from_args(argv: list[str] | None = None) -> BrokerConfig:
+        ap = argparse.ArgumentParser(prog="python -m semel.cluster.broker", description="Run one Semel broker.")
+        ap.add_argument("--config", help="JSON file with BrokerConfig fields (flags override it)")
+        ap.add_argument("--broker-id", type=int)
+        ap.add_argument("--listen", help="host:port to serve gRPC on (port 0: any free port)")
+        ap.add_argument("--advertised", help="host:port clients should use (default: --listen)")
+        ap.add_argument("--data-dir")
+        ap.add_argument("--raft", help="this broker's metadata Raft address host:port (omit: observer)")
+        ap.add_argument("--voters", help="comma-separated id@raft_host:port@rpc_host:port of every voter")
+        ap.add_argument("--cluster-id")
+        for name in ("heartbeat-interval-ms", "session-timeout-ms", "disconnect-grace-ms", "replica-lag-time-max-ms",
+                     "replica-fetch-max-wait-ms", "replica-fetch-max-bytes", "isr-check-interval-ms",
+                     "max-inflight-produce", "max-batch-bytes", "internal-partitions"):
+            ap.add_argument(f"--{name}", type=int)
+        ap.add_argument("--fsync", action="store_true", default=None)
+        ap.add_argument("--log-level")
+        a = ap.parse_args(argv)
+        values: dict[str, object] = {}
+        if a.config:
+            values.update(json.loads(Path(a.config).read_text()))
+        if a.listen:
+            host, port = split_address(a.listen)
+            values["listen_host"], values["listen_port"] = host, port
+        if a.advertised:
+            host, port = split_address(a.advertised)
+            values["advertised_host"], values["advertised_port"] = host, port
+        if a.voters:
+            values["voters"] = tuple(v.strip() for v in a.voters.split(",") if v.strip())
+        for field in ("broker_id", "data_dir", "cluster_id", "heartbeat_interval_ms", "session_timeout_ms",
+                      "disconnect_grace_ms", "replica_lag_time_max_ms", "replica_fetch_max_wait_ms",
+                      "replica_fetch_max_bytes", "isr_check_interval_ms", "max_inflight_produce", "max_batch_bytes",
+                      "internal_partitions", "fsync", "log_level"):
+            v = getattr(a, field)
+            if v is not None:
+                values[field] = v
+        if a.raft:
+            values["raft_address"] = a.raft
+        if "voters" in values:
+            values["voters"] = tuple(values["voters"])  # type: ignore[arg-type]
+        if "broker_id" not in values:
+            ap.error("--broker-id is required")
+        return BrokerConfig(**values)  # type: ignore[arg-type]
+
+
+def split_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {text!r}")
+    return host, int(port)
+
+
+def parse_voter(text: str) -> VoterSpec:
+    parts = text.split("@")
+    if len(parts) != 3 or not parts[0].isdigit():
+        raise ValueError(f"voter must be id@raft_host:port@rpc_host:port, got {text!r}")
+    split_address(parts[1])
+    split_address(parts[2])
+    return VoterSpec(int(parts[0]), parts[1], parts[2])
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.voters = config.voter_specs()
+        self.incarnation_id = uuid.uuid4().hex
+        self.broker_epoch = -1
+        self.port = config.listen_port
+        self.ready = False
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._metadata_changed = asyncio.Event()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._last_unreachable_report: dict[int, float] = {}
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.quorum: MetadataQuorum = None  # type: ignore[assignment]
+        self.controller: Controller | None = None
+        self.rm = ReplicaManager(config.broker_id, self.data_dir, config.replica_lag_time_max_ms, self._open_store)
+        self.leader_replication = LeaderReplicationService(self.rm, config.replica_fetch_max_bytes)
+        self.fetchers = FetcherManager(self.rm, self._broker_address, lambda: self.broker_epoch,
+                                       self._report_unreachable, config.replica_fetch_max_wait_ms,
+                                       config.replica_fetch_max_bytes)
+        self.isr = IsrMaintainer(self.rm, self._submit_alter, config.isr_check_interval_ms)
+
+    def _open_store(self, directory: Path, topic: md.Topic, partition: int) -> ReplicaStore:
+        return open_replica_store(directory, topic, partition, fsync=self.config.fsync)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        opts = [
+            ("grpc.max_receive_message_length", cfg.max_request_bytes),
+            ("grpc.max_send_message_length", cfg.max_request_bytes),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ]
+        self.server = grpc.aio.server(options=opts)
+        broker_pb2_grpc.add_BrokerServicer_to_server(BrokerService(self), self.server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), self.server)
+        replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService(self), self.server)
+        controller_pb2_grpc.add_ControllerServicer_to_server(ControllerService(self), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [
+            broker_pb2.DESCRIPTOR.services_by_name["Broker"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+            replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name,
+            controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, self.server)
+        await self._set_health(False)
+        self.port = self.server.add_insecure_port(f"{cfg.listen_host}:{cfg.listen_port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {cfg.listen_host}:{cfg.listen_port}")
+        await self.server.start()
+        loop = asyncio.get_running_loop()
+        self.quorum = MetadataQuorum(QuorumConfig(node_id=cfg.broker_id, raft_address=cfg.raft_address,
+                                                  voters=self.voters, data_dir=self.data_dir / "raft"))
+        self.quorum.add_listener(self._on_metadata, loop)
+        if self.quorum.config.is_voter:
+            self.controller = Controller(self.quorum, ControllerConfig(
+                session_timeout_ms=cfg.session_timeout_ms, heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+                disconnect_grace_ms=cfg.disconnect_grace_ms,
+                internal_partitions={md.TRANSACTION_STATE_TOPIC: cfg.internal_partitions,
+                                     md.CONSUMER_OFFSETS_TOPIC: cfg.internal_partitions}))
+            self.controller.start()
+        self.isr.start()
+        self._tasks.append(loop.create_task(self._register_and_heartbeat(), name="heartbeat"))
+        self._tasks.append(loop.create_task(self._checkpoint_loop(), name="hw-checkpoint"))
+        log.info("broker %d serving gRPC on %s:%d (raft %s)", cfg.broker_id, cfg.listen_host, self.port,
+                 cfg.raft_address)
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        await self._set_health(False)
+        for t in self._tasks:
+            t.cancel()
+        await self.isr.stop()
+        await self.fetchers.stop()
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        if self.controller is not None:
+            await self.controller.stop()
+        self.rm.close()
+        if self.quorum is not None:
+            self.quorum.close()
+        for ch in self._channels.values():
+            await ch.close()
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            result = self.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    # --- metadata ----------------------------------------------------------------------
+    def _on_metadata(self, delta: md.MetadataDelta, image: md.MetadataImage) -> None:
+        if self._stopping:
+            return
+        try:
+            self.rm.reconcile(image)
+        except Exception:
+            log.exception("applying metadata version %d failed", image.version)
+        self._metadata_changed.set()
+        self._metadata_changed = asyncio.Event()
+        if self.rm.active and not self.ready:
+            self.ready = True
+            asyncio.get_running_loop().create_task(self._announce_ready())
+
+    async def _announce_ready(self) -> None:
+        await self._set_health(True)
+        print(f"{READY_LINE} broker_id={self.config.broker_id} port={self.port}", flush=True)
+        log.info("broker %d ready (epoch %d)", self.config.broker_id, self.broker_epoch)
+
+    async def wait_for_metadata(self, predicate: Callable[[md.MetadataImage], bool], timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not predicate(self.quorum.image()):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._metadata_changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    def _broker_address(self, broker_id: int) -> str | None:
+        reg = self.quorum.image().broker(broker_id)
+        return None if reg is None else f"{reg.host}:{reg.port}"
+
+    async def _submit_alter(self, cmd: md.AlterPartition) -> object:
+        result = await self.quorum.submit(cmd, timeout_s=2.0)
+        if not result.ok:
+            log.info("AlterPartition %s-%d: %s", cmd.topic, cmd.partition, pb.ErrorCode.Name(result.error))
+        return result
+
+    # --- registration and heartbeats ---------------------------------------------------
+    async def _register(self) -> None:
+        cfg = self.config
+        host = cfg.advertised_host or cfg.listen_host
+        port = cfg.advertised_port or self.port
+        while not self._stopping:
+            try:
+                result = await self.quorum.submit(md.RegisterBroker(
+                    cfg.broker_id, self.incarnation_id, host, port, cfg.raft_address), timeout_s=2.0)
+            except MetadataSubmitError as exc:
+                log.info("registration not committed yet: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            if result.ok:
+                self.broker_epoch = int(result.value)  # type: ignore[call-overload]
+                self.rm.broker_epoch = self.broker_epoch
+                log.info("registered broker %d at epoch %d", cfg.broker_id, self.broker_epoch)
+                self.rm.reconcile(self.quorum.image())
+                return
+            log.warning("registration refused: %s", pb.ErrorCode.Name(result.error))
+            await asyncio.sleep(0.5)
+
+    async def _register_and_heartbeat(self) -> None:
+        await self._register()
+        interval = self.config.heartbeat_interval_ms / 1000
+        while not self._stopping:
+            try:
+                code = await self._heartbeat()
+            except Exception as exc:
+                log.debug("heartbeat failed: %s", exc)
+                code = pb.BROKER_NOT_AVAILABLE
+            if code == pb.STALE_BROKER_EPOCH:
+                log.warning("controller says broker epoch %d is stale; registering again", self.broker_epoch)
+                self.incarnation_id = uuid.uuid4().hex
+                await self._register()
+                continue
+            await asyncio.sleep(interval)
+
+    async def _heartbeat(self) -> int:
+        ac = self.quorum.active_controller()
+        if ac is None:
+            return pb.COORDINATOR_NOT_AVAILABLE
+        version = self.quorum.image().version
+        if ac.node_id == self.config.broker_id and self.controller is not None:
+            return self.controller.on_heartbeat(self.config.broker_id, self.broker_epoch, version).error
+        stub = controller_pb2_grpc.ControllerStub(self._channel(ac.rpc_address))
+        resp = await stub.BrokerHeartbeat(controller_pb2.BrokerHeartbeatRequest(
+            broker_id=self.config.broker_id, broker_epoch=self.broker_epoch, metadata_version=version),
+            timeout=max(0.2, 3 * self.config.heartbeat_interval_ms / 1000))
+        return resp.error_code
+
+    async def _report_unreachable(self, broker_id: int) -> None:
+        now = time.monotonic()
+        if now - self._last_unreachable_report.get(broker_id, 0.0) < 0.1:
+            return
+        self._last_unreachable_report[broker_id] = now
+        ac = self.quorum.active_controller()
+        if ac is None:
+            return
+        if ac.node_id == self.config.broker_id and self.controller is not None:
+            if self.controller.is_active():
+                self.controller.on_broker_unreachable(broker_id)
+            return
+        stub = controller_pb2_grpc.ControllerStub(self._channel(ac.rpc_address))
+        await stub.ReportBrokerUnreachable(controller_pb2.ReportBrokerUnreachableRequest(
+            reporter_id=self.config.broker_id, broker_id=broker_id), timeout=0.5)
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = grpc.aio.insecure_channel(address, options=channel_options())
+            self._channels[address] = ch
+        return ch
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.rm.checkpoint_all()
+
+
+async def run(config: BrokerConfig) -> int:
+    broker = Broker(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await broker.start()
+    await stop.wait()
+    log.info("broker %d shutting down", config.broker_id)
+    await broker.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = BrokerConfig.from_args(argv)
+    logging.basicConfig(level=getattr(logging, config.log_level.upper(), logging.INFO),
+                        format=f"%(asctime)s b{config.broker_id} %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    return asyncio.run(run(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

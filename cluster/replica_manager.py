@@ -1,0 +1,397 @@
+"""The partitions this broker hosts, and their role (leader / follower) per the metadata.
+
+Theory of operation:
+  * The metadata image is the only source of roles. `reconcile(image)` runs on the asyncio
+    loop after every metadata change (the quorum posts changes from pysyncobj's thread with
+    call_soon_threadsafe) and moves each hosted partition to the role the image says, at the
+    leader epoch the image says. Nothing acts on metadata until this broker is registered and
+    unfenced in the image at its own broker epoch (a restarted broker must not lead from a
+    stale image replayed out of its journal).
+  * Leader: appends client batches (offsets + leader epoch stamped by the store), tracks
+    follower LEOs in a `LeaderProgress` (pure core), advances the HW, completes acks=all
+    waiters, and proposes ISR changes to the quorum (CAS on the partition epoch).
+  * Follower: the fetcher (replication.py) appends the leader's bytes verbatim, truncates on
+    a diverging epoch, and sets the follower HW = min(leader HW, local LEO).
+  * Every state change that readers wait for (append, HW advance, role change) calls
+    `Partition.notify()`, which wakes long-polling fetches without any polling loop.
+
+Everything here runs on the broker's single asyncio loop; storage calls are synchronous
+(page-cache writes), so no two appends/truncations of a partition interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from semel import limits
+from semel.cluster import metadata as md
+from semel.cluster.replica_state import LeaderProgress, PendingAcks, ack_outcome_after_hw
+from semel.cluster.storage_adapter import ReplicaStore
+from semel.storage.batch import BatchHeader, encode_batch
+from semel.v1 import common_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+HW_CHECKPOINT_FILE = "high-watermark"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Role(enum.Enum):
+    OFFLINE = "offline"  # hosted, but neither leading nor following (no leader, or not ready)
+    LEADER = "leader"
+    FOLLOWER = "follower"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppendResult:
+    error_code: int
+    message: str = ""
+    base_offset: int = -1
+    last_offset: int = -1
+    log_append_time_ms: int = -1
+    duplicate: bool = False
+
+
+class PartitionError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Partition:
+    """One hosted replica of a partition."""
+
+    def __init__(self, topic: str, partition: int, topic_id: str, directory: Path, store: ReplicaStore,
+                 broker_id: int, lag_time_max_ms: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.topic_id = topic_id
+        self.directory = directory
+        self.store = store
+        self.broker_id = broker_id
+        self.lag_time_max_ms = lag_time_max_ms
+        self.role = Role.OFFLINE
+        self.state: md.PartitionState | None = None
+        self.leader_epoch = -1
+        self.leader_id = md.NO_LEADER
+        self.progress: LeaderProgress | None = None
+        self.pending: PendingAcks[asyncio.Future[None]] = PendingAcks(limits.MAX_PENDING_ACKS_PER_PARTITION)
+        self.high_watermark = min(_read_hw_checkpoint(directory), store.log_end_offset)
+        self._checkpointed_hw = self.high_watermark
+        self.min_insync_replicas = 1
+        self._waiters: set[asyncio.Future[None]] = set()
+        self.alter_in_flight = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.topic, self.partition)
+
+    @property
+    def log_end_offset(self) -> int:
+        return self.store.log_end_offset
+
+    @property
+    def log_start_offset(self) -> int:
+        return self.store.log_start_offset
+
+    @property
+    def isr(self) -> tuple[int, ...]:
+        return () if self.state is None else self.state.isr
+
+    def last_stable_offset(self) -> int:
+        fuo = self.store.first_unstable_offset()
+        return self.high_watermark if fuo is None else min(fuo, self.high_watermark)
+
+    # --- waking readers ----------------------------------------------------------------
+    def add_waiter(self, fut: asyncio.Future[None]) -> None:
+        self._waiters.add(fut)
+
+    def remove_waiter(self, fut: asyncio.Future[None]) -> None:
+        self._waiters.discard(fut)
+
+    def notify(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    # --- role changes ------------------------------------------------------------------
+    def become_leader(self, state: md.PartitionState, min_isr: int, now: int) -> None:
+        log.info("%s-%d: leader at epoch %d (isr %s, leo %d, hw %d)", self.topic, self.partition,
+                 state.leader_epoch, state.isr, self.log_end_offset, self.high_watermark)
+        self._fail_pending(pb.NOT_LEADER_OR_FOLLOWER, "leadership changed; outcome unknown")
+        self.store.assign_epoch(state.leader_epoch, self.log_end_offset)
+        self.role = Role.LEADER
+        self.state = state
+        self.leader_epoch = state.leader_epoch
+        self.leader_id = self.broker_id
+        self.min_insync_replicas = min_isr
+        self.progress = LeaderProgress(
+            leader_id=self.broker_id, replicas=state.replicas, isr=state.isr, leader_leo=self.log_end_offset,
+            high_watermark=self.high_watermark, epoch_start_offset=self.log_end_offset, now_ms=now,
+            lag_time_max_ms=self.lag_time_max_ms,
+        )
+        self._on_hw(self.progress.high_watermark)
+        self.notify()
+
+    def update_leader_state(self, state: md.PartitionState, min_isr: int, now: int) -> None:
+        """Same leader epoch, new ISR/replicas (an ISR change committed)."""
+        assert self.progress is not None
+        self.state = state
+        self.min_insync_replicas = min_isr
+        self.progress.set_replicas(state.replicas, now)
+        if self.progress.set_isr(state.isr, now):
+            self._on_hw(self.progress.high_watermark)
+
+    def become_follower(self, state: md.PartitionState) -> None:
+        log.info("%s-%d: follower of %d at epoch %d (leo %d)", self.topic, self.partition, state.leader,
+                 state.leader_epoch, self.log_end_offset)
+        self._fail_pending(pb.NOT_LEADER_OR_FOLLOWER, "no longer the leader; outcome unknown")
+        self.role = Role.FOLLOWER if state.leader != md.NO_LEADER else Role.OFFLINE
+        self.state = state
+        self.leader_epoch = state.leader_epoch
+        self.leader_id = state.leader
+        self.progress = None
+        self.notify()
+
+    def go_offline(self) -> None:
+        self._fail_pending(pb.NOT_LEADER_OR_FOLLOWER, "replica went offline; outcome unknown")
+        self.role = Role.OFFLINE
+        self.progress = None
+        self.notify()
+
+    def _fail_pending(self, code: int, message: str) -> None:
+        for fut in self.pending.drain():
+            if not fut.done():
+                fut.set_exception(PartitionError(code, message))
+
+    # --- leader path -------------------------------------------------------------------
+    def check_leader(self, current_leader_epoch: int = -1) -> None:
+        if self.role != Role.LEADER:
+            raise PartitionError(pb.NOT_LEADER_OR_FOLLOWER,
+                                 f"broker {self.broker_id} is not the leader of {self.topic}-{self.partition}")
+        if current_leader_epoch >= 0:
+            if current_leader_epoch < self.leader_epoch:
+                raise PartitionError(pb.FENCED_LEADER_EPOCH,
+                                     f"leader epoch {current_leader_epoch} < current {self.leader_epoch}")
+            if current_leader_epoch > self.leader_epoch:
+                raise PartitionError(pb.UNKNOWN_LEADER_EPOCH,
+                                     f"leader epoch {current_leader_epoch} > known {self.leader_epoch}")
+
+    def append_as_leader(self, header: BatchHeader, payload: bytes, now: int) -> AppendResult:
+        self.check_leader()
+        encoded = encode_batch(header, payload)
+        outcome = self.store.append_as_leader(encoded, self.leader_epoch, now)
+        if outcome.error_code != pb.NONE:
+            return AppendResult(outcome.error_code, outcome.message)
+        assert self.progress is not None
+        if not outcome.duplicate and self.progress.on_leader_append(self.log_end_offset):
+            self._on_hw(self.progress.high_watermark)
+        self.notify()
+        return AppendResult(pb.NONE, "", outcome.base_offset, outcome.last_offset, now, outcome.duplicate)
+
+    def wait_for_hw(self, end_offset: int) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.high_watermark >= end_offset:
+            fut.set_result(None)
+            return fut
+        if self.pending.full():
+            raise PartitionError(pb.RESOURCE_EXHAUSTED,
+                                 f"{len(self.pending)} acks=all produces already waiting on this partition")
+        self.pending.add(end_offset, fut)
+        return fut
+
+    def ack_outcome(self) -> tuple[int, str]:
+        o = ack_outcome_after_hw(len(self.isr), self.min_insync_replicas)
+        return o.error_code, o.message
+
+    def on_follower_fetch(self, replica_id: int, fetch_offset: int, now: int) -> None:
+        if self.progress is not None and self.progress.on_follower_fetch(replica_id, fetch_offset, now):
+            self._on_hw(self.progress.high_watermark)
+
+    def _on_hw(self, hw: int) -> None:
+        self.high_watermark = max(self.high_watermark, hw)  # never decreases on the leader
+        for fut in self.pending.complete_up_to(self.high_watermark):
+            if not fut.done():
+                fut.set_result(None)
+        self.notify()
+
+    # --- follower path -----------------------------------------------------------------
+    def append_as_follower(self, records: bytes, leader_hw: int) -> None:
+        if records:
+            self.store.append_as_follower(records)
+        self.set_follower_hw(leader_hw)
+        self.notify()
+
+    def set_follower_hw(self, leader_hw: int) -> None:
+        new_hw = min(leader_hw, self.log_end_offset)
+        if new_hw != self.high_watermark:
+            self.high_watermark = new_hw
+            self.notify()
+
+    def truncate_to(self, offset: int) -> None:
+        if offset < self.log_end_offset:
+            log.warning("%s-%d: truncating divergent data %d..%d", self.topic, self.partition, offset,
+                        self.log_end_offset)
+        if offset <= self.log_end_offset:
+            self.store.truncate_to(offset)
+            self.high_watermark = min(self.high_watermark, self.log_end_offset)
+
+    # --- housekeeping ------------------------------------------------------------------
+    def checkpoint_hw(self) -> None:
+        if self.high_watermark != self._checkpointed_hw:
+            _write_hw_checkpoint(self.directory, self.high_watermark)
+            self._checkpointed_hw = self.high_watermark
+
+    def close(self) -> None:
+        self.go_offline()
+        try:
+            self.checkpoint_hw()
+        finally:
+            self.store.close()
+
+
+def _read_hw_checkpoint(directory: Path) -> int:
+    try:
+        return int((directory / HW_CHECKPOINT_FILE).read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _write_hw_checkpoint(directory: Path, hw: int) -> None:
+    tmp = directory / (HW_CHECKPOINT_FILE + ".tmp")
+    tmp.write_text(str(hw))
+    os.replace(tmp, directory / HW_CHECKPOINT_FILE)
+
+
+FollowerListener = Callable[[Partition], None]
+
+
+class ReplicaManager:
+    """Owns every hosted `Partition`; moves them between roles per the metadata image."""
+
+    def __init__(self, broker_id: int, data_dir: Path, lag_time_max_ms: int,
+                 open_store: Callable[[Path, md.Topic, int], ReplicaStore]) -> None:
+        self.broker_id = broker_id
+        self.logs_dir = data_dir / "logs"
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.lag_time_max_ms = lag_time_max_ms
+        self._open_store = open_store
+        self.partitions: dict[tuple[str, int], Partition] = {}
+        # Called when a partition starts following a (new) leader or stops following.
+        self.on_follow: Callable[[Partition], None] = lambda p: None
+        self.on_unfollow: Callable[[Partition], None] = lambda p: None
+        self.broker_epoch = -1
+        self.active = False  # registered and unfenced at our own epoch
+
+    def get(self, topic: str, partition: int) -> Partition | None:
+        return self.partitions.get((topic, partition))
+
+    def leader_partition(self, topic: str, partition: int, image: md.MetadataImage,
+                         current_leader_epoch: int = -1) -> Partition:
+        p = self.partitions.get((topic, partition))
+        if p is None:
+            if image.partition(topic, partition) is None:
+                raise PartitionError(pb.UNKNOWN_TOPIC_OR_PARTITION, f"unknown partition {topic}-{partition}")
+            raise PartitionError(pb.NOT_LEADER_OR_FOLLOWER,
+                                 f"broker {self.broker_id} hosts no replica of {topic}-{partition}")
+        p.check_leader(current_leader_epoch)
+        return p
+
+    def reconcile(self, image: md.MetadataImage) -> None:
+        reg = image.broker(self.broker_id)
+        self.active = reg is not None and reg.broker_epoch == self.broker_epoch and not reg.fenced
+        now = now_ms()
+        wanted: dict[tuple[str, int], tuple[md.Topic, md.PartitionState]] = {}
+        for name, topic in image.topics.items():
+            for ps in topic.partitions:
+                if self.broker_id in ps.replicas:
+                    wanted[(name, ps.partition)] = (topic, ps)
+        for key in list(self.partitions):
+            p = self.partitions[key]
+            if key not in wanted or wanted[key][0].topic_id != p.topic_id:
+                self._remove(p, delete_data=True)
+        for key, (topic, ps) in wanted.items():
+            p = self.partitions.get(key)
+            if p is None:
+                p = self._open(topic, ps)
+            self._apply_state(p, topic, ps, now)
+
+    def _apply_state(self, p: Partition, topic: md.Topic, ps: md.PartitionState, now: int) -> None:
+        min_isr = topic.config.min_insync_replicas
+        if not self.active:
+            if p.role != Role.OFFLINE:
+                self.on_unfollow(p)
+                p.go_offline()
+            p.state = ps
+            return
+        if ps.leader == self.broker_id:
+            if p.role == Role.LEADER and p.leader_epoch == ps.leader_epoch:
+                p.update_leader_state(ps, min_isr, now)
+            else:
+                if p.role == Role.FOLLOWER:
+                    self.on_unfollow(p)
+                p.become_leader(ps, min_isr, now)
+            return
+        if p.role == Role.FOLLOWER and p.leader_epoch == ps.leader_epoch and p.leader_id == ps.leader:
+            p.state = ps
+            return
+        if p.role == Role.FOLLOWER:
+            self.on_unfollow(p)
+        p.become_follower(ps)
+        if p.role == Role.FOLLOWER:
+            self.on_follow(p)
+
+    def _open(self, topic: md.Topic, ps: md.PartitionState) -> Partition:
+        directory = self.logs_dir / f"{topic.name}-{ps.partition}.{topic.topic_id[:12]}"
+        directory.mkdir(parents=True, exist_ok=True)
+        store = self._open_store(directory, topic, ps.partition)
+        p = Partition(topic.name, ps.partition, topic.topic_id, directory, store, self.broker_id,
+                      self.lag_time_max_ms)
+        self.partitions[p.key] = p
+        return p
+
+    def _remove(self, p: Partition, delete_data: bool) -> None:
+        if p.role == Role.FOLLOWER:
+            self.on_unfollow(p)
+        del self.partitions[p.key]
+        p.close()
+        if delete_data:
+            shutil.rmtree(p.directory, ignore_errors=True)
+
+    def leaders(self) -> Iterable[Partition]:
+        return [p for p in self.partitions.values() if p.role == Role.LEADER]
+
+    def checkpoint_all(self) -> None:
+        for p in self.partitions.values():
+            try:
+                p.checkpoint_hw()
+            except OSError as exc:
+                log.warning("HW checkpoint of %s-%d failed: %s", p.topic, p.partition, exc)
+
+    def close(self) -> None:
+        for p in list(self.partitions.values()):
+            self._remove(p, delete_data=False)
+
+    def open_existing_dirs(self) -> list[str]:
+        return sorted(d.name for d in self.logs_dir.iterdir() if d.is_dir())
+
+
+def describe_partition(p: Partition | None) -> dict[str, Any]:
+    if p is None:
+        return {"high_watermark": -1, "log_start_offset": -1, "last_stable_offset": -1}
+    return {"high_watermark": p.high_watermark, "log_start_offset": p.log_start_offset,
+            "last_stable_offset": p.last_stable_offset()}

@@ -1,0 +1,387 @@
+"""Replication between brokers: the leader's side of ReplicaFetch and the follower fetchers.
+
+Theory of operation:
+  * A follower runs one `ReplicaFetcher` per leader broker: one long-lived ReplicaFetch bidi
+    stream carrying every partition it follows on that leader. Request and response alternate
+    on the stream; each request says, per partition, the follower's LEO (fetch_offset), the
+    epoch of its last batch (`last_fetched_epoch`) and the leader epoch it believes in.
+  * The leader (`LeaderReplicationService.handle`) first checks divergence (KIP-320): if the
+    follower's last epoch is unknown to it, or the leader's end of that epoch is below the
+    follower's LEO, it answers `diverging_epoch/diverging_end_offset` and the follower truncates
+    to min(that end, its own end of that epoch) and asks again. Otherwise the fetch offset is
+    the follower's LEO: it feeds the leader's `LeaderProgress` (HW, ISR), and the answer carries
+    the stored bytes from there (verbatim) plus the HW. Nothing new -> the leader long-polls
+    (up to max_wait_ms) on the partitions' notifiers, answering early on data or on a HW the
+    follower has not been told yet.
+  * A partition added to or removed from a fetcher restarts its stream at once (no waiting
+    out a long-poll), so a new leader's followers start fetching immediately after failover.
+  * A stream that breaks with UNAVAILABLE is reported to the controller as a fast
+    failure signal (`report_unreachable`), then retried with a short backoff.
+  * `IsrMaintainer` periodically asks each led partition's `LeaderProgress` for an ISR change
+    and commits it through the quorum (AlterPartition, CAS on the partition epoch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from semel import limits
+from semel.cluster import metadata as md
+from semel.cluster.replica_manager import Partition, ReplicaManager, Role, now_ms
+from semel.v1 import common_pb2 as pb
+from semel.v1 import replication_pb2 as rpb
+from semel.v1 import replication_pb2_grpc as rgrpc
+
+log = logging.getLogger(__name__)
+
+RETRY_BACKOFF_S = 0.05
+ERROR_BACKOFF_S = 0.05
+
+
+def channel_options() -> list[tuple[str, object]]:
+    return [
+        ("grpc.max_receive_message_length", limits.MAX_REQUEST_BYTES),
+        ("grpc.max_send_message_length", limits.MAX_REQUEST_BYTES),
+        ("grpc.so_reuseport", 0),
+        ("grpc.initial_reconnect_backoff_ms", 50),
+        ("grpc.min_reconnect_backoff_ms", 50),
+        ("grpc.max_reconnect_backoff_ms", 250),
+    ]
+
+
+# --- leader side ------------------------------------------------------------------------
+
+
+class LeaderReplicationService:
+    def __init__(self, rm: ReplicaManager, max_fetch_bytes: int) -> None:
+        self.rm = rm
+        self.max_fetch_bytes = max_fetch_bytes
+
+    async def stream(self, requests: AsyncIterator[rpb.ReplicaFetchRequest]) -> AsyncIterator[rpb.ReplicaFetchResponse]:
+        told_hw: dict[tuple[str, int], int] = {}
+        async for req in requests:
+            yield await self.handle(req, told_hw)
+
+    async def handle(self, req: rpb.ReplicaFetchRequest, told_hw: dict[tuple[str, int], int]) -> rpb.ReplicaFetchResponse:
+        loop = asyncio.get_running_loop()
+        max_wait_s = max(0, min(req.max_wait_ms, limits.MAX_FETCH_WAIT_MS)) / 1000
+        max_bytes = min(req.max_bytes if req.max_bytes > 0 else self.max_fetch_bytes, self.max_fetch_bytes)
+        deadline = loop.time() + max_wait_s
+        first = True
+        if len(req.partitions) > limits.MAX_PARTITIONS_PER_REQUEST:
+            return rpb.ReplicaFetchResponse(results=[
+                rpb.ReplicaFetchPartitionResult(topic=fp.topic, partition=fp.partition,
+                                                error_code=pb.INVALID_REQUEST, diverging_epoch=-1)
+                for fp in req.partitions[:1]
+            ])
+        while True:
+            results = []
+            ready = False
+            remaining = max_bytes
+            now = now_ms()
+            for fp in req.partitions:
+                r = self._one(req.replica_id, fp, remaining, now, update_progress=first)
+                remaining -= len(r.records)
+                key = (fp.topic, fp.partition)
+                if r.records or r.error_code != pb.NONE or r.diverging_epoch >= 0 or told_hw.get(key) != r.high_watermark:
+                    ready = True
+                results.append(r)
+            first = False
+            if ready or loop.time() >= deadline:
+                for r in results:
+                    told_hw[(r.topic, r.partition)] = r.high_watermark
+                return rpb.ReplicaFetchResponse(results=results)
+            await self._wait_any(req, deadline - loop.time())
+
+    async def _wait_any(self, req: rpb.ReplicaFetchRequest, timeout_s: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        parts = [p for fp in req.partitions if (p := self.rm.get(fp.topic, fp.partition)) is not None]
+        for p in parts:
+            p.add_waiter(fut)
+        try:
+            await asyncio.wait_for(fut, max(0.0, timeout_s))
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            for p in parts:
+                p.remove_waiter(fut)
+
+    def _one(self, replica_id: int, fp: rpb.ReplicaFetchPartition, max_bytes: int, now: int,
+             update_progress: bool) -> rpb.ReplicaFetchPartitionResult:
+        r = rpb.ReplicaFetchPartitionResult(topic=fp.topic, partition=fp.partition, diverging_epoch=-1,
+                                            diverging_end_offset=-1, high_watermark=-1, log_start_offset=-1)
+        p = self.rm.get(fp.topic, fp.partition)
+        if p is None or p.role != Role.LEADER:
+            r.error_code = pb.NOT_LEADER_OR_FOLLOWER
+            return r
+        if fp.current_leader_epoch < p.leader_epoch:
+            r.error_code = pb.FENCED_LEADER_EPOCH
+            return r
+        if fp.current_leader_epoch > p.leader_epoch:
+            r.error_code = pb.UNKNOWN_LEADER_EPOCH
+            return r
+        r.high_watermark = p.high_watermark
+        r.log_start_offset = p.log_start_offset
+        if fp.last_fetched_epoch >= 0 and fp.fetch_offset > p.log_start_offset:
+            epoch, end = p.store.end_offset_for_epoch(fp.last_fetched_epoch)
+            if epoch < 0:
+                epoch, end = -1, p.log_start_offset
+            if epoch != fp.last_fetched_epoch or end < fp.fetch_offset:
+                r.diverging_epoch = epoch
+                r.diverging_end_offset = end
+                return r
+        if fp.fetch_offset > p.log_end_offset or fp.fetch_offset < p.log_start_offset:
+            r.error_code = pb.OFFSET_OUT_OF_RANGE
+            return r
+        if update_progress:
+            p.on_follower_fetch(replica_id, fp.fetch_offset, now)
+            r.high_watermark = p.high_watermark
+        if fp.fetch_offset < p.log_end_offset and max_bytes > 0:
+            r.records = p.store.read(fp.fetch_offset, max_bytes, None)
+        return r
+
+
+# --- follower side ------------------------------------------------------------------------
+
+AddressOf = Callable[[int], "str | None"]
+ReportUnreachable = Callable[[int], Awaitable[None]]
+
+
+class ReplicaFetcher:
+    """Follows every partition this broker replicates from one leader broker."""
+
+    def __init__(self, broker_id: int, leader_id: int, address_of: AddressOf, broker_epoch: Callable[[], int],
+                 report_unreachable: ReportUnreachable, max_wait_ms: int, max_bytes: int) -> None:
+        self.broker_id = broker_id
+        self.leader_id = leader_id
+        self.address_of = address_of
+        self.broker_epoch = broker_epoch
+        self.report_unreachable = report_unreachable
+        self.max_wait_ms = max_wait_ms
+        self.max_bytes = max_bytes
+        self.partitions: dict[tuple[str, int], Partition] = {}
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._channel_address: str | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"fetcher-{self.leader_id}")
+
+    def add(self, p: Partition) -> None:
+        self.partitions[p.key] = p
+        self._changed.set()
+
+    def remove(self, p: Partition) -> None:
+        if self.partitions.get(p.key) is p:
+            del self.partitions[p.key]
+            self._changed.set()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        self._changed.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._channel is not None:
+            await self._channel.close()
+
+    def _get_channel(self, address: str) -> grpc.aio.Channel:
+        if self._channel is None or self._channel_address != address:
+            if self._channel is not None:
+                asyncio.get_running_loop().create_task(self._channel.close())
+            self._channel = grpc.aio.insecure_channel(address, options=channel_options())
+            self._channel_address = address
+        return self._channel
+
+    async def _run(self) -> None:
+        while not self._stopped:
+            self._changed.clear()
+            if not self.partitions:
+                await self._changed.wait()
+                continue
+            address = self.address_of(self.leader_id)
+            if address is None:
+                await asyncio.sleep(RETRY_BACKOFF_S)
+                continue
+            try:
+                await self._stream(address)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.CANCELLED:
+                    continue
+                log.info("replica fetch from broker %d (%s) failed: %s", self.leader_id, address, exc.code())
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    try:
+                        await self.report_unreachable(self.leader_id)
+                    except Exception:  # the report is only a hint
+                        log.debug("unreachable report failed", exc_info=True)
+                await asyncio.sleep(RETRY_BACKOFF_S)
+            except Exception:
+                log.exception("replica fetcher for leader %d failed; restarting", self.leader_id)
+                await asyncio.sleep(RETRY_BACKOFF_S)
+
+    async def _stream(self, address: str) -> None:
+        stub = rgrpc.ReplicationStub(self._get_channel(address))
+        call = stub.ReplicaFetch(wait_for_ready=False)
+        changed = asyncio.ensure_future(self._changed.wait())
+        try:
+            while not self._stopped:
+                await call.write(self._request())
+                read = asyncio.ensure_future(call.read())
+                done, _ = await asyncio.wait({read, changed}, return_when=asyncio.FIRST_COMPLETED)
+                if read not in done:
+                    read.cancel()
+                    call.cancel()
+                    return  # partition set changed: reopen with the new set
+                resp = read.result()
+                if resp is grpc.aio.EOF:
+                    return
+                if not self._apply(resp):
+                    await asyncio.sleep(ERROR_BACKOFF_S)
+        finally:
+            changed.cancel()
+            call.cancel()
+
+    def _request(self) -> rpb.ReplicaFetchRequest:
+        parts = []
+        for p in self.partitions.values():
+            parts.append(rpb.ReplicaFetchPartition(
+                topic=p.topic, partition=p.partition, fetch_offset=p.log_end_offset,
+                current_leader_epoch=p.leader_epoch, last_fetched_epoch=p.store.last_batch_epoch(),
+            ))
+        return rpb.ReplicaFetchRequest(replica_id=self.broker_id, broker_epoch=self.broker_epoch(),
+                                       partitions=parts, max_wait_ms=self.max_wait_ms, max_bytes=self.max_bytes)
+
+    def _apply(self, resp: rpb.ReplicaFetchResponse) -> bool:
+        """Apply one response; False when nothing useful came back (back off a little)."""
+        useful = False
+        for r in resp.results:
+            p = self.partitions.get((r.topic, r.partition))
+            if p is None or p.role != Role.FOLLOWER or p.leader_id != self.leader_id:
+                continue
+            if r.error_code != pb.NONE:
+                log.debug("%s-%d: replica fetch error %s", r.topic, r.partition, pb.ErrorCode.Name(r.error_code))
+                continue
+            useful = True
+            if r.diverging_epoch >= 0 or r.diverging_end_offset >= 0:
+                self._truncate_diverging(p, r.diverging_epoch, r.diverging_end_offset)
+                continue
+            try:
+                p.append_as_follower(r.records, r.high_watermark)
+            except Exception as exc:  # offset gap or corrupt bytes: refetch from our LEO
+                log.warning("%s-%d: follower append failed (%s); refetching", r.topic, r.partition, exc)
+                return False
+        return useful
+
+    @staticmethod
+    def _truncate_diverging(p: Partition, epoch: int, leader_end: int) -> None:
+        if epoch < 0:
+            target = leader_end
+        else:
+            local_epoch, local_end = p.store.end_offset_for_epoch(epoch)
+            target = leader_end if local_epoch < 0 else min(leader_end, local_end)
+        target = max(target, p.log_start_offset)
+        # Truncating at our LEO still drops leader-epoch entries that start there (an epoch
+        # this broker led without appending), so the next fetch names an epoch the leader knows.
+        p.truncate_to(min(target, p.log_end_offset))
+
+
+class FetcherManager:
+    """One `ReplicaFetcher` per leader broker, created on demand."""
+
+    def __init__(self, rm: ReplicaManager, address_of: AddressOf, broker_epoch: Callable[[], int],
+                 report_unreachable: ReportUnreachable, max_wait_ms: int, max_bytes: int) -> None:
+        self.rm = rm
+        self.address_of = address_of
+        self.broker_epoch = broker_epoch
+        self.report_unreachable = report_unreachable
+        self.max_wait_ms = max_wait_ms
+        self.max_bytes = max_bytes
+        self.fetchers: dict[int, ReplicaFetcher] = {}
+        rm.on_follow = self.follow
+        rm.on_unfollow = self.unfollow
+
+    def follow(self, p: Partition) -> None:
+        for f in self.fetchers.values():
+            f.remove(p)
+        f = self.fetchers.get(p.leader_id)
+        if f is None:
+            f = ReplicaFetcher(self.rm.broker_id, p.leader_id, self.address_of, self.broker_epoch,
+                               self.report_unreachable, self.max_wait_ms, self.max_bytes)
+            self.fetchers[p.leader_id] = f
+            f.start()
+        f.add(p)
+
+    def unfollow(self, p: Partition) -> None:
+        for f in self.fetchers.values():
+            f.remove(p)
+
+    async def stop(self) -> None:
+        for f in self.fetchers.values():
+            await f.stop()
+        self.fetchers.clear()
+
+
+# --- ISR maintenance (leader) ---------------------------------------------------------------
+
+SubmitAlter = Callable[[md.AlterPartition], Awaitable[object]]
+
+
+class IsrMaintainer:
+    def __init__(self, rm: ReplicaManager, submit: SubmitAlter, interval_ms: int) -> None:
+        self.rm = rm
+        self.submit = submit
+        self.interval_ms = interval_ms
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="isr-maintainer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_ms / 1000)
+            try:
+                self.check(now_ms())
+            except Exception:
+                log.exception("ISR check failed")
+
+    def check(self, now: int) -> None:
+        for p in self.rm.leaders():
+            if p.progress is None or p.state is None or p.alter_in_flight:
+                continue
+            change = p.progress.isr_change(now)
+            if change is None or tuple(sorted(p.state.isr)) == change.new_isr:
+                continue
+            log.info("%s-%d: ISR %s -> %s (%s)", p.topic, p.partition, p.state.isr, change.new_isr, change.reason)
+            cmd = md.AlterPartition(p.topic, p.partition, self.rm.broker_id, self.rm.broker_epoch,
+                                    p.leader_epoch, p.state.partition_epoch, change.new_isr)
+            p.alter_in_flight = True
+            asyncio.get_running_loop().create_task(self._alter(p, cmd))
+
+    async def _alter(self, p: Partition, cmd: md.AlterPartition) -> None:
+        try:
+            await self.submit(cmd)
+        except Exception as exc:
+            log.info("%s-%d: ISR change not committed: %s", p.topic, p.partition, exc)
+            await asyncio.sleep(self.interval_ms / 1000)
+        finally:
+            p.alter_in_flight = False

@@ -1,0 +1,245 @@
+"""Minimal multi-process harness for the broker's own tests: real broker processes on loopback.
+
+Each broker is `python -m semel.cluster.broker` with its own free gRPC and Raft ports and data
+dir; readiness is the `SEMEL_BROKER_READY` line on stdout. Logs go to `<data dir>/broker.log`
+(printed by `dump_logs()` when a test fails). Tests talk raw gRPC stubs, not the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from semel import limits
+from semel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2
+
+READY = "SEMEL_BROKER_READY"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class BrokerProc:
+    broker_id: int
+    port: int
+    raft_port: int
+    data_dir: Path
+    proc: subprocess.Popen | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Cluster:
+    def __init__(self, root: Path, n: int, voters: int | None = None, **flags: object) -> None:
+        self.root = root
+        self.flags = flags
+        self.brokers = {
+            i: BrokerProc(i, free_port(), free_port(), root / f"broker-{i}") for i in range(1, n + 1)
+        }
+        nv = n if voters is None else voters
+        self.voters = ",".join(f"{b.broker_id}@127.0.0.1:{b.raft_port}@{b.address}"
+                               for b in list(self.brokers.values())[:nv])
+        self._voter_ids = set(list(self.brokers)[:nv])
+        self._channels: dict[str, grpc.Channel] = {}
+
+    # --- processes -----------------------------------------------------------------------
+    def start(self, broker_id: int) -> None:
+        b = self.brokers[broker_id]
+        b.data_dir.mkdir(parents=True, exist_ok=True)
+        b.ready = threading.Event()
+        args = [sys.executable, "-m", "semel.cluster.broker", "--broker-id", str(broker_id),
+                "--listen", b.address, "--data-dir", str(b.data_dir), "--voters", self.voters]
+        if broker_id in self._voter_ids:
+            args += ["--raft", f"127.0.0.1:{b.raft_port}"]
+        for k, v in self.flags.items():
+            args += [f"--{k.replace('_', '-')}", str(v)]
+        log = open(b.data_dir / "broker.log", "ab")
+        b.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+        log.close()
+        threading.Thread(target=self._watch, args=(b, b.proc, b.ready), daemon=True).start()
+
+    @staticmethod
+    def _watch(b: BrokerProc, proc: subprocess.Popen, ready: threading.Event) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(READY):
+                ready.set()
+
+    def start_all(self, timeout_s: float = 30.0) -> None:
+        for i in self.brokers:
+            self.start(i)
+        self.wait_ready(list(self.brokers), timeout_s)
+
+    def wait_ready(self, ids: list[int], timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        for i in ids:
+            b = self.brokers[i]
+            while not b.ready.wait(0.05):
+                if not b.alive:
+                    raise RuntimeError(f"broker {i} exited with {b.proc.returncode if b.proc else None}:\n"
+                                       + self.log_tail(i))
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"broker {i} not ready in {timeout_s}s:\n" + self.log_tail(i))
+
+    def kill(self, broker_id: int) -> None:
+        b = self.brokers[broker_id]
+        if b.proc is not None and b.alive:
+            b.proc.send_signal(signal.SIGKILL)
+            b.proc.wait()
+
+    def terminate(self, broker_id: int, timeout_s: float = 10.0) -> None:
+        b = self.brokers[broker_id]
+        if b.proc is not None and b.alive:
+            b.proc.send_signal(signal.SIGTERM)
+            try:
+                b.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                b.proc.kill()
+                b.proc.wait()
+
+    def close(self) -> None:
+        for ch in self._channels.values():
+            ch.close()
+        self._channels.clear()
+        for i in self.brokers:
+            self.kill(i)
+
+    def log_tail(self, broker_id: int, lines: int = 60) -> str:
+        path = self.brokers[broker_id].data_dir / "broker.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"===== broker {i} =====\n{self.log_tail(i)}" for i in self.brokers)
+
+    # --- gRPC ----------------------------------------------------------------------------
+    def channel(self, broker_id: int) -> grpc.Channel:
+        addr = self.brokers[broker_id].address
+        ch = self._channels.get(addr)
+        if ch is None:
+            ch = grpc.insecure_channel(addr, options=[
+                ("grpc.max_receive_message_length", limits.MAX_REQUEST_BYTES),
+                ("grpc.max_send_message_length", limits.MAX_REQUEST_BYTES),
+                ("grpc.initial_reconnect_backoff_ms", 50),
+                ("grpc.max_reconnect_backoff_ms", 200),
+            ])
+            self._channels[addr] = ch
+        return ch
+
+    def broker_stub(self, broker_id: int) -> broker_pb2_grpc.BrokerStub:
+        return broker_pb2_grpc.BrokerStub(self.channel(broker_id))
+
+    def admin_stub(self, broker_id: int) -> admin_pb2_grpc.AdminStub:
+        return admin_pb2_grpc.AdminStub(self.channel(broker_id))
+
+    def any_alive(self) -> int:
+        return next(i for i, b in self.brokers.items() if b.alive)
+
+    def create_topic(self, name: str, partitions: int = 1, rf: int = 3, via: int | None = None,
+                     configs: dict[str, str] | None = None, timeout_ms: int = 10_000) -> admin_pb2.TopicResult:
+        stub = self.admin_stub(via or self.any_alive())
+        resp = stub.CreateTopics(admin_pb2.CreateTopicsRequest(topics=[admin_pb2.NewTopic(
+            name=name, partitions=partitions, replication_factor=rf, configs=configs or {})], timeout_ms=timeout_ms),
+            timeout=timeout_ms / 1000 + 5)
+        return resp.results[0]
+
+    def metadata(self, via: int | None = None, topics: list[str] | None = None) -> broker_pb2.MetadataResponse:
+        return self.broker_stub(via or self.any_alive()).Metadata(broker_pb2.MetadataRequest(topics=topics or []),
+                                                                  timeout=5)
+
+    def partition_meta(self, topic: str, partition: int = 0, via: int | None = None) -> broker_pb2.PartitionMetadata:
+        md = self.metadata(via, [topic])
+        return md.topics[0].partitions[partition]
+
+    def wait_for(self, predicate, timeout_s: float = 15.0, interval_s: float = 0.02, what: str = "condition"):
+        deadline = time.monotonic() + timeout_s
+        last_exc = None
+        while time.monotonic() < deadline:
+            try:
+                value = predicate()
+                if value:
+                    return value
+            except grpc.RpcError as exc:
+                last_exc = exc
+            time.sleep(interval_s)
+        raise TimeoutError(f"{what} not reached in {timeout_s}s (last error {last_exc})\n" + self.dump_logs())
+
+    def leader_of(self, topic: str, partition: int = 0) -> int:
+        def find() -> int:
+            for i, b in self.brokers.items():
+                if not b.alive:
+                    continue
+                with contextlib.suppress(grpc.RpcError):
+                    pm = self.partition_meta(topic, partition, via=i)
+                    if pm.leader_id >= 0 and self.brokers[pm.leader_id].alive:
+                        return pm.leader_id
+            return 0
+        return self.wait_for(find, what=f"a live leader of {topic}-{partition}")
+
+
+def make_batch(values: list[bytes], ts_ms: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
+               base_sequence: int = -1) -> common_pb2.RecordBatch:
+    ts = int(time.time() * 1000) if ts_ms is None else ts_ms
+    records = common_pb2.Records(records=[common_pb2.Record(offset_delta=i, value=v) for i, v in enumerate(values)])
+    return common_pb2.RecordBatch(last_offset_delta=len(values) - 1, record_count=len(values),
+                                  producer_id=producer_id, producer_epoch=producer_epoch, base_sequence=base_sequence,
+                                  base_timestamp_ms=ts, max_timestamp_ms=ts, records=records.SerializeToString())
+
+
+def produce(stub: broker_pb2_grpc.BrokerStub, topic: str, partition: int, batch: common_pb2.RecordBatch,
+            acks: int = broker_pb2.ACKS_ALL, timeout_ms: int = 5000) -> broker_pb2.PartitionProduceResult:
+    resp = stub.Produce(broker_pb2.ProduceRequest(acks=acks, timeout_ms=timeout_ms, partitions=[
+        broker_pb2.PartitionProduceData(topic=topic, partition=partition, batch=batch)]), timeout=timeout_ms / 1000 + 5)
+    return resp.results[0]
+
+
+def fetch(stub: broker_pb2_grpc.BrokerStub, topic: str, partition: int, offset: int, max_wait_ms: int = 0,
+          min_bytes: int = 0, max_bytes: int = 0, isolation: int = broker_pb2.READ_UNCOMMITTED
+          ) -> broker_pb2.FetchPartitionResult:
+    resp = stub.Fetch(broker_pb2.FetchRequest(partitions=[broker_pb2.FetchPartition(
+        topic=topic, partition=partition, fetch_offset=offset, current_leader_epoch=-1)],
+        max_wait_ms=max_wait_ms, min_bytes=min_bytes, max_bytes=max_bytes, isolation_level=isolation),
+        timeout=max_wait_ms / 1000 + 5)
+    return resp.results[0]
+
+
+def read_all(stub: broker_pb2_grpc.BrokerStub, topic: str, partition: int = 0) -> list[tuple[int, bytes]]:
+    """Every (offset, value) up to the high watermark."""
+    out: list[tuple[int, bytes]] = []
+    offset = 0
+    while True:
+        r = fetch(stub, topic, partition, offset)
+        if r.error_code != common_pb2.NONE:
+            raise RuntimeError(f"fetch error {common_pb2.ErrorCode.Name(r.error_code)}: {r.error_message}")
+        for b in r.batches:
+            recs = common_pb2.Records.FromString(b.records)
+            for rec in recs.records:
+                off = b.base_offset + rec.offset_delta
+                if off >= offset:
+                    out.append((off, rec.value))
+        if r.next_fetch_offset <= offset or r.next_fetch_offset >= r.high_watermark:
+            return out
+        offset = r.next_fetch_offset
