@@ -1,0 +1,375 @@
+"""The active controller: broker liveness and the metadata decisions that follow from it.
+
+Theory of operation
+-------------------
+Every voter runs a `Controller`; only the one whose quorum node is the Raft leader acts. When it
+becomes leader it first commits a `Barrier` (so its local image contains every committed
+command), resets every broker's session to "now" (heartbeats are in memory only, they are not
+replicated), and then, every `tick_interval_ms`, asks the pure `ControllerCore.decide()` which
+commands follow from the image and the liveness it has observed, and submits them.
+
+Liveness has two signals:
+  * heartbeats (`on_heartbeat`, called by the gRPC handler every `heartbeat_interval_ms`);
+  * the Raft connection to the broker's quorum node (combined mode) or any external signal
+    (`on_broker_unreachable`, e.g. a broken heartbeat stream). A kill -9 closes the TCP
+    connection at once, so a broker whose connection is down *and* whose heartbeats are older
+    than `disconnect_grace_ms` is fenced without waiting for the whole `session_timeout_ms`.
+    Both signals must agree, so a slow link alone never fences a broker that heartbeats.
+
+A fenced broker is unfenced only after a heartbeat received *after* it was fenced (by this
+controller) that reports a metadata version at least its registration's: it has caught up.
+All decisions are compare-and-set (broker epoch, partition epoch) in the state machine, so a
+stale controller that still believes it leads cannot undo newer decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from semel.cluster.metadata import (
+    CONSUMER_OFFSETS_TOPIC,
+    NO_LEADER,
+    TRANSACTION_STATE_TOPIC,
+    AllocateProducerIds,
+    AlterPartition,
+    Barrier,
+    Command,
+    CreateTopic,
+    DeleteTopic,
+    ElectLeader,
+    FenceBroker,
+    MetadataImage,
+    PartitionState,
+    ProducerIdBlock,
+    RegisterBroker,
+    Topic,
+    UnfenceBroker,
+)
+from semel.cluster.quorum import MetadataQuorum, MetadataSubmitError
+from semel.v1 import common_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+MAX_CONTROLLER_COMMANDS_IN_FLIGHT = 64
+
+
+def _default_internal_partitions() -> dict[str, int]:
+    return {TRANSACTION_STATE_TOPIC: 16, CONSUMER_OFFSETS_TOPIC: 16}
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerConfig:
+    session_timeout_ms: int = 1000
+    heartbeat_interval_ms: int = 100
+    disconnect_grace_ms: int = 250
+    tick_interval_ms: int = 50
+    internal_partitions: Mapping[str, int] = field(default_factory=_default_internal_partitions)
+    internal_replication_factor: int = 3
+    submit_timeout_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    error: int  # NONE, NOT_LEADER_OR_FOLLOWER (not the active controller), STALE_BROKER_EPOCH
+    fenced: bool
+    should_shutdown: bool = False
+
+
+@dataclass(slots=True)
+class _Liveness:
+    broker_epoch: int
+    last_heartbeat_ms: int
+    metadata_version: int = -1
+    heard: bool = False  # a heartbeat of this epoch reached *this* controller
+    down_since_ms: int | None = None  # Raft connection (or external signal) down since
+    fenced_at_ms: int | None = None  # when this controller decided to fence it
+
+
+class ControllerCore:
+    """Pure decisions: feed it leadership, heartbeats, connection states and `now_ms`."""
+
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.active = False
+        self._liveness: dict[int, _Liveness] = {}
+
+    # -- inputs --
+
+    def on_became_leader(self, image: MetadataImage, now_ms: int) -> None:
+        self.active = True
+        self._liveness = {b: _Liveness(reg.broker_epoch, now_ms) for b, reg in image.brokers.items()}
+
+    def on_lost_leadership(self) -> None:
+        self.active = False
+        self._liveness = {}
+
+    def _entry(self, broker_id: int, broker_epoch: int, now_ms: int) -> _Liveness:
+        lv = self._liveness.get(broker_id)
+        if lv is None or lv.broker_epoch != broker_epoch:
+            down = lv.down_since_ms if lv is not None else None
+            lv = _Liveness(broker_epoch, now_ms, down_since_ms=down)
+            self._liveness[broker_id] = lv
+        return lv
+
+    def on_registered(self, broker_id: int, broker_epoch: int, now_ms: int) -> None:
+        if self.active:
+            lv = self._entry(broker_id, broker_epoch, now_ms)
+            lv.last_heartbeat_ms = now_ms
+
+    def on_heartbeat(
+        self, image: MetadataImage, broker_id: int, broker_epoch: int, metadata_version: int, now_ms: int
+    ) -> HeartbeatReply:
+        if not self.active:
+            return HeartbeatReply(pb.NOT_LEADER_OR_FOLLOWER, fenced=True)
+        reg = image.broker(broker_id)
+        if reg is None or reg.broker_epoch != broker_epoch:
+            return HeartbeatReply(pb.STALE_BROKER_EPOCH, fenced=True)
+        lv = self._entry(broker_id, broker_epoch, now_ms)
+        lv.last_heartbeat_ms = max(lv.last_heartbeat_ms, now_ms)
+        lv.metadata_version = max(lv.metadata_version, metadata_version)
+        lv.heard = True
+        return HeartbeatReply(pb.NONE, fenced=reg.fenced)
+
+    def on_connection_status(self, broker_id: int, connected: bool, now_ms: int) -> None:
+        lv = self._liveness.get(broker_id)
+        if lv is None:
+            return
+        if connected:
+            lv.down_since_ms = None
+        elif lv.down_since_ms is None:
+            lv.down_since_ms = now_ms
+
+    def on_broker_unreachable(self, broker_id: int, now_ms: int) -> None:
+        self.on_connection_status(broker_id, False, now_ms)
+
+    # -- decisions --
+
+    def decide(self, image: MetadataImage, now_ms: int) -> list[Command]:
+        if not self.active:
+            return []
+        commands: list[Command] = []
+        for broker_id in sorted(image.brokers):
+            command = self._liveness_decision(image, broker_id, now_ms)
+            if command is not None:
+                commands.append(command)
+        commands.extend(self._leaderless_repairs(image))
+        commands.extend(self._internal_topics(image))
+        return commands
+
+    def _liveness_decision(self, image: MetadataImage, broker_id: int, now_ms: int) -> Command | None:
+        reg = image.brokers[broker_id]
+        lv = self._entry(broker_id, reg.broker_epoch, now_ms)
+        silent_ms = now_ms - lv.last_heartbeat_ms
+        cfg = self.config
+        if not reg.fenced:
+            lv.fenced_at_ms = None
+            expired = silent_ms > cfg.session_timeout_ms
+            unreachable = (
+                lv.down_since_ms is not None
+                and now_ms - lv.down_since_ms >= cfg.disconnect_grace_ms
+                and silent_ms >= cfg.disconnect_grace_ms
+            )
+            if expired or unreachable:
+                lv.fenced_at_ms = now_ms
+                return FenceBroker(broker_id, reg.broker_epoch)
+            return None
+        caught_up = lv.heard and lv.metadata_version >= reg.registered_version
+        fresh = silent_ms <= cfg.session_timeout_ms and (
+            lv.fenced_at_ms is None or lv.last_heartbeat_ms > lv.fenced_at_ms
+        )
+        if caught_up and fresh:
+            return UnfenceBroker(broker_id, reg.broker_epoch)
+        return None
+
+    def _leaderless_repairs(self, image: MetadataImage) -> list[Command]:
+        unfenced = set(image.unfenced_brokers())
+        out: list[Command] = []
+        for name in sorted(image.topics):
+            t = image.topics[name]
+            for p in t.partitions:
+                if p.leader != NO_LEADER:
+                    continue
+                if set(p.isr) & unfenced or (t.config.unclean_leader_election and set(p.replicas) & unfenced):
+                    out.append(ElectLeader(name, p.partition, p.partition_epoch))
+        return out
+
+    def _internal_topics(self, image: MetadataImage) -> list[Command]:
+        rf = self.config.internal_replication_factor
+        if len(image.unfenced_brokers()) < rf:
+            return []
+        return [
+            CreateTopic(name, count, rf, internal=True)
+            for name, count in sorted(self.config.internal_partitions.items())
+            if name not in image.topics
+        ]
+
+
+def _monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class Controller:
+    """The asyncio shell: watches leadership, runs `ControllerCore`, submits its commands."""
+
+    def __init__(
+        self,
+        quorum: MetadataQuorum,
+        config: ControllerConfig | None = None,
+        clock_ms: Callable[[], int] = _monotonic_ms,
+    ) -> None:
+        self.quorum = quorum
+        self.config = config or ControllerConfig()
+        self.core = ControllerCore(self.config)
+        self._clock_ms = clock_ms
+        self._task: asyncio.Task[None] | None = None
+        self._ready = False  # leader and the Barrier committed
+        self._in_flight: set[Command] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="semel-controller")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        for t in [task, *self._tasks]:
+            if t is not None:
+                t.cancel()
+        for t in [task, *self._tasks]:
+            if t is not None:
+                try:
+                    await t
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self._tasks.clear()
+
+    def is_active(self) -> bool:
+        return self._ready and self.quorum.is_leader()
+
+    async def _run(self) -> None:
+        interval_s = self.config.tick_interval_ms / 1000
+        while True:
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep the controller alive; the next tick retries
+                log.exception("controller tick failed")
+            await asyncio.sleep(interval_s)
+
+    async def _tick(self) -> None:
+        if not self.quorum.is_leader():
+            if self.core.active or self._ready:
+                log.info("controller: lost leadership")
+                self.core.on_lost_leadership()
+                self._ready = False
+            return
+        if not self._ready:
+            await self._become_active()
+            if not self._ready:
+                return
+        now = self._clock_ms()
+        image = self.quorum.image()
+        self._observe_connections(image, now)
+        for command in self.core.decide(image, now):
+            if command in self._in_flight or len(self._in_flight) >= MAX_CONTROLLER_COMMANDS_IN_FLIGHT:
+                continue
+            self._in_flight.add(command)
+            task = asyncio.get_running_loop().create_task(self._submit_decision(command))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _become_active(self) -> None:
+        try:
+            await self.quorum.submit(Barrier(), timeout_s=self.config.submit_timeout_s)
+        except MetadataSubmitError as exc:
+            log.info("controller: barrier failed: %s", exc)
+            return
+        if not self.quorum.is_leader():
+            return
+        self.core.on_became_leader(self.quorum.image(), self._clock_ms())
+        self._ready = True
+        log.info("controller: active at image version %d", self.quorum.image().version)
+
+    def _observe_connections(self, image: MetadataImage, now_ms: int) -> None:
+        voters = {v.raft_address for v in self.quorum.config.voters}
+        for broker_id, reg in image.brokers.items():
+            if reg.raft_address and reg.raft_address in voters:
+                self.core.on_connection_status(broker_id, self.quorum.is_peer_connected(reg.raft_address), now_ms)
+
+    async def _submit_decision(self, command: Command) -> None:
+        try:
+            result = await self.quorum.submit(command, timeout_s=self.config.submit_timeout_s)
+            if not result.ok:
+                log.info("controller: %r -> %s", command, pb.ErrorCode.Name(result.error))
+            else:
+                log.info("controller: %r", command)
+        except MetadataSubmitError as exc:
+            log.warning("controller: %r failed: %s", command, exc)
+        finally:
+            self._in_flight.discard(command)
+
+    # -- the API called by the broker's gRPC handlers --
+
+    def on_heartbeat(
+        self, broker_id: int, broker_epoch: int, metadata_version: int, now_ms: int | None = None
+    ) -> HeartbeatReply:
+        if not self.is_active():
+            return HeartbeatReply(pb.NOT_LEADER_OR_FOLLOWER, fenced=True)
+        now = self._clock_ms() if now_ms is None else now_ms
+        return self.core.on_heartbeat(self.quorum.image(), broker_id, broker_epoch, metadata_version, now)
+
+    def on_broker_unreachable(self, broker_id: int, now_ms: int | None = None) -> None:
+        self.core.on_broker_unreachable(broker_id, self._clock_ms() if now_ms is None else now_ms)
+
+    async def _submit(self, command: Command) -> tuple[int, object]:
+        try:
+            result = await self.quorum.submit(command, timeout_s=self.config.submit_timeout_s)
+        except MetadataSubmitError as exc:
+            return exc.code, None
+        return result.error, result.value
+
+    async def register_broker(
+        self, broker_id: int, incarnation_id: str, host: str, port: int, raft_address: str | None = None
+    ) -> tuple[int, int]:
+        """-> (error, broker_epoch). The broker starts fenced; heartbeats unfence it."""
+        error, value = await self._submit(RegisterBroker(broker_id, incarnation_id, host, port, raft_address))
+        if error != pb.NONE:
+            return error, -1
+        broker_epoch = int(value)  # type: ignore[call-overload]
+        self.core.on_registered(broker_id, broker_epoch, self._clock_ms())
+        return error, broker_epoch
+
+    async def alter_partition(
+        self,
+        topic: str,
+        partition: int,
+        broker_id: int,
+        broker_epoch: int,
+        leader_epoch: int,
+        partition_epoch: int,
+        new_isr: tuple[int, ...],
+    ) -> tuple[int, PartitionState | None]:
+        command = AlterPartition(topic, partition, broker_id, broker_epoch, leader_epoch, partition_epoch, tuple(new_isr))
+        error, value = await self._submit(command)
+        return error, value if isinstance(value, PartitionState) else None
+
+    async def allocate_producer_ids(self, broker_id: int, broker_epoch: int) -> tuple[int, ProducerIdBlock | None]:
+        error, value = await self._submit(AllocateProducerIds(broker_id, broker_epoch))
+        return error, value if isinstance(value, ProducerIdBlock) else None
+
+    async def create_topic(
+        self, name: str, partitions: int, replication_factor: int, configs: tuple[tuple[str, str], ...] = ()
+    ) -> tuple[int, Topic | None]:
+        error, value = await self._submit(CreateTopic(name, partitions, replication_factor, tuple(configs)))
+        return error, value if isinstance(value, Topic) else None
+
+    async def delete_topic(self, name: str) -> int:
+        error, _ = await self._submit(DeleteTopic(name))
+        return error

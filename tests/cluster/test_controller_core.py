@@ -1,0 +1,187 @@
+"""Controller decisions with a fake clock: ControllerCore is pure (image + inputs + now)."""
+
+from __future__ import annotations
+
+from semel.cluster.controller import ControllerConfig, ControllerCore
+from semel.cluster.metadata import (
+    CONSUMER_OFFSETS_TOPIC,
+    NO_LEADER,
+    TRANSACTION_STATE_TOPIC,
+    CreateTopic,
+    ElectLeader,
+    FenceBroker,
+    MetadataStateMachine,
+    RegisterBroker,
+    UnfenceBroker,
+)
+from semel.v1 import common_pb2 as pb
+
+CFG = ControllerConfig(
+    session_timeout_ms=1000,
+    heartbeat_interval_ms=100,
+    disconnect_grace_ms=250,
+    internal_partitions={TRANSACTION_STATE_TOPIC: 4, CONSUMER_OFFSETS_TOPIC: 2},
+    internal_replication_factor=3,
+)
+
+
+def registered(n: int = 3, unfenced: bool = True) -> MetadataStateMachine:
+    m = MetadataStateMachine()
+    for b in range(1, n + 1):
+        epoch = m.apply(RegisterBroker(b, f"i{b}", "h", 9000 + b, f"h:{19000 + b}")).value
+        if unfenced:
+            m.apply(UnfenceBroker(b, epoch))
+    return m
+
+
+def apply_all(m: MetadataStateMachine, commands: list) -> None:
+    for c in commands:
+        m.apply(c)
+
+
+def heartbeat_all(core: ControllerCore, m: MetadataStateMachine, now: int, skip: tuple[int, ...] = ()) -> None:
+    for b, reg in m.image.brokers.items():
+        if b not in skip:
+            assert core.on_heartbeat(m.image, b, reg.broker_epoch, m.image.version, now).error == pb.NONE
+
+
+def test_inactive_controller_decides_nothing_and_rejects_heartbeats() -> None:
+    m = registered()
+    core = ControllerCore(CFG)
+    assert core.decide(m.image, 10_000) == []
+    assert core.on_heartbeat(m.image, 1, 1, 0, 0).error == pb.NOT_LEADER_OR_FOLLOWER
+
+
+def test_session_timeout_fences_silent_broker_only() -> None:
+    m = registered()
+    m.apply(CreateTopic("__transaction_state", 4, 3, internal=True))
+    m.apply(CreateTopic("__consumer_offsets", 2, 3, internal=True))
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=0)
+    for now in range(100, 1001, 100):
+        heartbeat_all(core, m, now, skip=(2,))
+        assert core.decide(m.image, now) == []  # broker 2 silent for exactly the session: still fine
+    heartbeat_all(core, m, 1100, skip=(2,))
+    assert core.decide(m.image, 1100) == [FenceBroker(2, 2)]
+
+
+def test_sessions_restart_when_becoming_leader() -> None:
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=50_000)  # nobody heartbeated this controller yet
+    assert core.decide(m.image, 50_900) == []
+    assert core.decide(m.image, 51_001) == [FenceBroker(1, 1), FenceBroker(2, 2), FenceBroker(3, 3)]
+
+
+def test_disconnect_fences_after_grace_when_heartbeats_also_stop() -> None:
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=0)
+    heartbeat_all(core, m, 100)
+    core.on_connection_status(3, False, now_ms=120)
+    heartbeat_all(core, m, 200, skip=(3,))
+    assert core.decide(m.image, 300) == []  # 180 ms down, 200 ms silent
+    heartbeat_all(core, m, 350, skip=(3,))
+    assert core.decide(m.image, 370) == [FenceBroker(3, 3)]  # 250 ms down, 270 ms silent
+
+
+def test_disconnect_alone_does_not_fence_a_broker_that_heartbeats() -> None:
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=0)
+    core.on_broker_unreachable(1, now_ms=0)
+    for now in range(100, 3000, 100):
+        heartbeat_all(core, m, now)
+        assert core.decide(m.image, now) == []
+
+
+def test_new_leader_fences_a_dead_former_leader_within_grace() -> None:
+    """The Raft leader (also a broker) is killed: the new controller sees its connection down."""
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=10_000)
+    core.on_connection_status(1, False, 10_000)
+    core.on_connection_status(2, True, 10_000)
+    heartbeat_all(core, m, 10_100, skip=(1,))
+    assert core.decide(m.image, 10_200) == []
+    heartbeat_all(core, m, 10_200, skip=(1,))
+    assert core.decide(m.image, 10_250) == [FenceBroker(1, 1)]
+
+
+def test_fenced_broker_is_unfenced_after_a_fresh_caught_up_heartbeat() -> None:
+    m = registered(unfenced=False)
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=0)
+    assert core.decide(m.image, 10) == []  # registered but never heard: stays fenced
+    # Broker 1 reports an old metadata version: not caught up yet.
+    reg = m.image.broker(1)
+    reply = core.on_heartbeat(m.image, 1, reg.broker_epoch, reg.registered_version - 1, 20)
+    assert reply.error == pb.NONE and reply.fenced
+    assert core.decide(m.image, 30) == []
+    core.on_heartbeat(m.image, 1, reg.broker_epoch, reg.registered_version, 40)
+    assert core.decide(m.image, 50) == [UnfenceBroker(1, reg.broker_epoch)]
+
+
+def test_no_flapping_after_a_fence() -> None:
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=0)
+    heartbeat_all(core, m, 600)
+    core.on_connection_status(2, False, 600)
+    heartbeat_all(core, m, 900, skip=(2,))
+    decision = core.decide(m.image, 900)
+    assert decision == [FenceBroker(2, 2)]
+    apply_all(m, decision)
+    # No new heartbeat from broker 2: its last one (600) predates the fence.
+    core.on_connection_status(2, True, 950)
+    assert core.decide(m.image, 950) == []
+    core.on_heartbeat(m.image, 2, 2, m.image.version, 1000)
+    assert core.decide(m.image, 1010) == [UnfenceBroker(2, 2)]
+
+
+def test_stale_epoch_heartbeat_asks_to_reregister() -> None:
+    m = registered()
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, 0)
+    assert core.on_heartbeat(m.image, 1, 99, 0, 10).error == pb.STALE_BROKER_EPOCH
+    assert core.on_heartbeat(m.image, 7, 1, 0, 10).error == pb.STALE_BROKER_EPOCH
+
+
+def test_internal_topics_created_once_enough_brokers_are_unfenced() -> None:
+    m = registered(n=2)
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, 0)
+    heartbeat_all(core, m, 10)
+    assert core.decide(m.image, 20) == []
+    epoch = m.apply(RegisterBroker(3, "i3", "h", 9003)).value
+    m.apply(UnfenceBroker(3, epoch))
+    heartbeat_all(core, m, 30)
+    decisions = core.decide(m.image, 40)
+    assert decisions == [
+        CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True),
+        CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True),
+    ]
+    apply_all(m, decisions)
+    t = m.image.topic(TRANSACTION_STATE_TOPIC)
+    assert t.internal and t.replication_factor == 3 and t.config.min_insync_replicas == 2
+    assert core.decide(m.image, 50) == []
+
+
+def test_leaderless_partition_with_a_live_isr_member_is_repaired() -> None:
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
+    m.apply(CreateTopic("t", 1, 1))
+    p = m.image.partition("t", 0)
+    only = p.leader
+    m.apply(FenceBroker(only, only))
+    assert m.image.partition("t", 0).leader == NO_LEADER
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, 0)
+    assert [c for c in core.decide(m.image, 10) if isinstance(c, ElectLeader)] == []
+    m.apply(UnfenceBroker(only, only))  # Unfence itself re-elects it
+    assert m.image.partition("t", 0).leader == only
