@@ -38,7 +38,7 @@ from semel.cluster.quorum import MetadataQuorum, MetadataSubmitError, QuorumConf
 from semel.cluster.replica_manager import ReplicaManager
 from semel.cluster.replication import FetcherManager, IsrMaintainer, LeaderReplicationService, channel_options
 from semel.cluster.server import AdminService, BrokerService, ControllerService, ReplicationService
-from semel.cluster.storage_adapter import ReplicaStore, open_replica_store
+from semel.cluster.storage_adapter import ReplicaStore, open_replica_store, real_storage_available
 from semel.v1 import admin_pb2, broker_pb2, common_pb2 as pb, controller_pb2, controller_pb2_grpc, replication_pb2
 from semel.v1 import admin_pb2_grpc, broker_pb2_grpc, replication_pb2_grpc
 
@@ -153,6 +153,7 @@ class Broker:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._last_unreachable_report: dict[int, float] = {}
         self.server: grpc.aio.Server | None = None
+        self._kv: object | None = None  # the broker's RocksDB (producer snapshots), opened with the first partition
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.quorum: MetadataQuorum = None  # type: ignore[assignment]
         self.controller: Controller | None = None
@@ -164,7 +165,12 @@ class Broker:
         self.isr = IsrMaintainer(self.rm, self._submit_alter, config.isr_check_interval_ms)
 
     def _open_store(self, directory: Path, topic: md.Topic, partition: int) -> ReplicaStore:
-        return open_replica_store(directory, topic, partition, fsync=self.config.fsync)
+        if self._kv is None and real_storage_available():
+            from semel.storage.kv import KvStore
+
+            self._kv = KvStore.open(self.data_dir / "kv")
+        return open_replica_store(directory, topic, partition, fsync=self.config.fsync, kv=self._kv,
+                                  now_ms=int(time.time() * 1000))
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -227,6 +233,8 @@ class Broker:
         if self.controller is not None:
             await self.controller.stop()
         self.rm.close()
+        if self._kv is not None:
+            self._kv.close()  # type: ignore[attr-defined]
         if self.quorum is not None:
             self.quorum.close()
         for ch in self._channels.values():

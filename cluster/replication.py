@@ -227,6 +227,8 @@ class ReplicaFetcher:
                     except Exception:  # the report is only a hint
                         log.debug("unreachable report failed", exc_info=True)
                 await asyncio.sleep(RETRY_BACKOFF_S)
+            except asyncio.InvalidStateError:  # the stream finished under us (peer gone): reopen
+                await asyncio.sleep(RETRY_BACKOFF_S)
             except Exception:
                 log.exception("replica fetcher for leader %d failed; restarting", self.leader_id)
                 await asyncio.sleep(RETRY_BACKOFF_S)

@@ -15,6 +15,7 @@ import bisect
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -274,10 +275,12 @@ class PartitionStoreAdapter:
             cache.assign(leader_epoch, start_offset)
 
     def append_as_leader(self, encoded: bytes, leader_epoch: int, now_ms: int) -> LeaderAppendOutcome:
-        return _leader_outcome(self.store.append_as_leader(encoded, leader_epoch, now_ms))
+        (result,) = self.store.append_as_leader([encoded], leader_epoch, now_ms)
+        return LeaderAppendOutcome(result.error, result.message, result.first_offset, result.last_offset,
+                                   result.duplicate)
 
     def append_as_follower(self, raw: bytes) -> None:
-        self.store.append_as_follower(raw)
+        self.store.append_as_follower(raw, int(time.time() * 1000))
 
     def truncate_to(self, offset: int) -> None:
         self.store.truncate_to(offset)
@@ -303,18 +306,30 @@ class PartitionStoreAdapter:
         self.store.close()
 
 
-def _leader_outcome(result: Any) -> LeaderAppendOutcome:
-    """Map PartitionStore.append_as_leader's result onto ours (fields by name)."""
-    error = int(getattr(result, "error_code", getattr(result, "error", pb.NONE)) or pb.NONE)
-    return LeaderAppendOutcome(
-        error_code=error,
-        message=str(getattr(result, "message", "") or ""),
-        base_offset=int(getattr(result, "base_offset", -1)),
-        last_offset=int(getattr(result, "last_offset", -1)),
-        duplicate=bool(getattr(result, "duplicate", False)),
-    )
+def real_storage_available() -> bool:
+    if os.environ.get("SEMEL_BROKER_STORE", "") == "file":
+        return False
+    try:
+        import semel.storage.partition  # noqa: F401
+        import semel.storage.kv  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def open_replica_store(directory: Path, topic: Any, partition: int, fsync: bool = False) -> ReplicaStore:
-    """The storage of one hosted replica (the stopgap file log until PartitionStore is wired)."""
-    return FileReplicaStore(directory, fsync=fsync)
+def open_replica_store(directory: Path, topic: Any, partition: int, *, fsync: bool = False,
+                       kv: Any = None, now_ms: int = 0) -> ReplicaStore:
+    """The storage of one hosted replica: PartitionStore when available (kv = the broker's
+    KvStore), else the stopgap file log."""
+    if kv is None:
+        return FileReplicaStore(directory, fsync=fsync)
+    from semel.storage.kv import partition_key
+    from semel.storage.log_policy import LogConfig
+    from semel.storage.partition import PartitionStore
+
+    c = topic.config
+    config = LogConfig(segment_bytes=c.segment_bytes, segment_ms=c.segment_ms, retention_bytes=c.retention_bytes,
+                       retention_ms=c.retention_ms, flush_policy="always" if fsync else "never")
+    # The topic id keeps a re-created topic from inheriting a deleted one's producer snapshots.
+    key = partition_key(f"{topic.name}.{topic.topic_id[:12]}", partition)
+    return PartitionStoreAdapter(PartitionStore.open(directory, config, kv, key, now_ms))

@@ -1,0 +1,307 @@
+"""Real broker processes on loopback, raw gRPC stubs (no client library).
+
+Covers: produce/fetch/list-offsets and their errors, long-poll, health + reflection, admin,
+acks=all writes surviving kill -9 of the leader (same offsets, every replica byte for byte),
+divergent follower truncation, min ISR, full-cluster restart, losing the quorum majority,
+and the failover time (printed; see the report in docs/design.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import signal
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from semel.v1 import broker_pb2, common_pb2
+
+_spec = importlib.util.spec_from_file_location("broker_harness", pathlib.Path(__file__).with_name("broker_harness.py"))
+h = importlib.util.module_from_spec(_spec)
+sys.modules["broker_harness"] = h
+_spec.loader.exec_module(h)
+
+NONE = common_pb2.NONE
+FLAGS = dict(internal_partitions=1)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = h.Cluster(tmp_path, 3, **FLAGS)
+    try:
+        c.start_all()
+        yield c
+    finally:
+        print(c.dump_logs())  # pytest shows captured output only when the test failed
+        c.close()
+
+
+def ok(result) -> None:
+    assert result.error_code == NONE, f"{common_pb2.ErrorCode.Name(result.error_code)}: {result.error_message}"
+
+
+def produce_values(c: h.Cluster, topic: str, values: list[bytes], partition: int = 0,
+                   acks: int = broker_pb2.ACKS_ALL) -> list[tuple[int, bytes]]:
+    leader = c.leader_of(topic, partition)
+    r = h.produce(c.broker_stub(leader), topic, partition, h.make_batch(values), acks=acks)
+    ok(r)
+    return [(r.base_offset + i, v) for i, v in enumerate(values)]
+
+
+def log_bytes(c: h.Cluster, broker_id: int, topic: str, partition: int = 0) -> bytes:
+    dirs = list((c.brokers[broker_id].data_dir / "logs").glob(f"{topic}-{partition}.*"))
+    assert len(dirs) == 1, dirs
+    return b"".join(p.read_bytes() for p in sorted(dirs[0].glob("*.log")))
+
+
+def wait_converged(c: h.Cluster, topic: str, ids: list[int], partition: int = 0, timeout_s: float = 15) -> bytes:
+    def same():
+        data = [log_bytes(c, i, topic, partition) for i in ids]
+        return data[0] if all(d == data[0] for d in data) and data[0] else None
+    return c.wait_for(same, timeout_s, what=f"replicas {ids} of {topic}-{partition} byte-identical")
+
+
+# --- basics on one cluster ------------------------------------------------------------------
+
+
+def test_produce_fetch_list_offsets_and_errors(cluster):
+    c = cluster
+    ok(c.create_topic("basics", partitions=2, rf=3))
+    leader = c.leader_of("basics", 0)
+    stub = c.broker_stub(leader)
+    follower = next(i for i in c.brokers if i != leader)
+
+    # health + reflection
+    hs = health_pb2_grpc.HealthStub(c.channel(leader))
+    assert hs.Check(health_pb2.HealthCheckRequest(service="semel.v1.Broker")).status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(c.channel(leader))
+    [answer] = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"semel.v1.Broker", "semel.v1.Admin", "semel.v1.Replication", "grpc.health.v1.Health"} <= names
+
+    t0 = int(time.time() * 1000)
+    acked = produce_values(c, "basics", [b"a", b"b", b"c"])
+    acked += produce_values(c, "basics", [b"d"], acks=broker_pb2.ACKS_LEADER)
+    assert [o for o, _ in acked] == [0, 1, 2, 3]
+    c.wait_for(lambda: h.fetch(stub, "basics", 0, 0).high_watermark == 4, what="HW 4")
+    assert h.read_all(stub, "basics") == acked
+
+    # long-poll: a parked fetch is woken by a produce, not by a timer
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=h.fetch(stub, "basics", 0, 4, max_wait_ms=5000, min_bytes=1)))
+    started = time.monotonic()
+    t.start()
+    time.sleep(0.2)
+    produce_values(c, "basics", [b"e"])
+    t.join(10)
+    assert result["r"].batches and result["r"].batches[0].base_offset == 4
+    assert time.monotonic() - started < 3
+    # a fetch with nothing new waits out max_wait_ms
+    started = time.monotonic()
+    r = h.fetch(stub, "basics", 0, 5, max_wait_ms=300, min_bytes=1)
+    assert not r.batches and 0.25 < time.monotonic() - started < 2
+
+    # list offsets
+    lo = stub.ListOffsets(broker_pb2.ListOffsetsRequest(partitions=[
+        broker_pb2.ListOffsetsPartition(topic="basics", partition=0, timestamp_ms=-2),
+        broker_pb2.ListOffsetsPartition(topic="basics", partition=0, timestamp_ms=-1),
+        broker_pb2.ListOffsetsPartition(topic="basics", partition=0, timestamp_ms=t0 - 60_000),
+        broker_pb2.ListOffsetsPartition(topic="basics", partition=0, timestamp_ms=t0 + 3_600_000),
+    ]))
+    assert [x.offset for x in lo.results] == [0, 5, 0, -1]
+
+    # errors: clear codes, never a crash
+    def produce_err(batch, topic="basics", partition=0, s=stub):
+        return h.produce(s, topic, partition, batch).error_code
+    bad = h.make_batch([b"x", b"y"])
+    bad.last_offset_delta = 5
+    assert produce_err(bad) == common_pb2.INVALID_RECORD
+    empty = h.make_batch([b"x"])
+    empty.record_count = 0
+    empty.last_offset_delta = -1
+    assert produce_err(empty) == common_pb2.INVALID_RECORD
+    attrs = h.make_batch([b"x"])
+    attrs.attributes = 0x4000
+    assert produce_err(attrs) == common_pb2.INVALID_RECORD
+    ts = h.make_batch([b"x"])
+    ts.max_timestamp_ms = ts.base_timestamp_ms - 1
+    assert produce_err(ts) == common_pb2.INVALID_TIMESTAMP
+    assert produce_err(h.make_batch([b"x" * (5 * 1024 * 1024)])) == common_pb2.RECORD_BATCH_TOO_LARGE
+    assert produce_err(h.make_batch([b"x"]), topic="nope") == common_pb2.UNKNOWN_TOPIC_OR_PARTITION
+    assert produce_err(h.make_batch([b"x"]), partition=7) == common_pb2.UNKNOWN_TOPIC_OR_PARTITION
+    assert produce_err(h.make_batch([b"x"]), s=c.broker_stub(follower)) == common_pb2.NOT_LEADER_OR_FOLLOWER
+    assert h.fetch(stub, "basics", 0, 999).error_code == common_pb2.OFFSET_OUT_OF_RANGE
+    assert h.fetch(stub, "basics", 0, -1).error_code == common_pb2.OFFSET_OUT_OF_RANGE
+    assert h.fetch(c.broker_stub(follower), "basics", 0, 0).error_code == common_pb2.NOT_LEADER_OR_FOLLOWER
+    stale = stub.Fetch(broker_pb2.FetchRequest(partitions=[broker_pb2.FetchPartition(
+        topic="basics", partition=0, fetch_offset=0, current_leader_epoch=99)]))
+    assert stale.results[0].error_code == common_pb2.UNKNOWN_LEADER_EPOCH
+    with_pid = h.make_batch([b"p"], producer_id=7, producer_epoch=0, base_sequence=0)
+    ok(h.produce(stub, "basics", 0, with_pid))  # producer-id batches flow through producer state
+    assert h.produce(stub, "basics", 0, with_pid).duplicate  # the retry is recognised
+
+    # admin
+    assert c.create_topic("basics").error_code == common_pb2.TOPIC_ALREADY_EXISTS
+    assert c.create_topic("bad name!").error_code == common_pb2.INVALID_TOPIC_NAME
+    assert c.create_topic("big", rf=5).error_code == common_pb2.INVALID_REPLICATION_FACTOR
+    from semel.v1 import admin_pb2
+    desc = c.admin_stub(leader).DescribeTopics(admin_pb2.DescribeTopicsRequest(names=["basics"]))
+    p0 = desc.topics[0].partitions[0]
+    assert p0.leader_id == leader and p0.high_watermark == 6
+    cl = c.admin_stub(follower).DescribeCluster(admin_pb2.DescribeClusterRequest())
+    assert sorted(b.broker_id for b in cl.brokers) == [1, 2, 3] and cl.quorum_leader and cl.controller_id in (1, 2, 3)
+    dr = c.admin_stub(follower).DeleteTopics(admin_pb2.DeleteTopicsRequest(names=["basics", "nope"]))
+    assert [r.error_code for r in dr.results] == [NONE, common_pb2.UNKNOWN_TOPIC_OR_PARTITION]
+    assert c.metadata(follower, ["basics"]).topics[0].error_code == common_pb2.UNKNOWN_TOPIC_OR_PARTITION
+
+
+# --- failover -------------------------------------------------------------------------------
+
+
+def produce_until_ok(c: h.Cluster, topic: str, values: list[bytes], deadline_s: float = 15.0):
+    """Retry like a client: refresh the leader on any error; returns (result, leader)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for i, b in c.brokers.items():
+            if not b.alive:
+                continue
+            try:
+                pm = c.partition_meta(topic, 0, via=i)
+            except grpc.RpcError:
+                continue
+            if pm.leader_id < 0 or not c.brokers[pm.leader_id].alive:
+                continue
+            try:
+                r = h.produce(c.broker_stub(pm.leader_id), topic, 0, h.make_batch(values), timeout_ms=2000)
+            except grpc.RpcError:
+                continue
+            if r.error_code == NONE:
+                return r, pm.leader_id
+            break
+        time.sleep(0.005)
+    raise TimeoutError("no successful produce\n" + c.dump_logs())
+
+
+@pytest.mark.slow
+def test_acked_writes_survive_leader_kill_and_replicas_converge(cluster):
+    c = cluster
+    ok(c.create_topic("fo", partitions=1, rf=3))
+    acked = []
+    for i in range(20):
+        acked += produce_values(c, "fo", [b"v%d-%d" % (i, j) for j in range(5)])
+    old = c.leader_of("fo")
+    killed_at = time.monotonic()
+    c.kill(old)
+    r, new = produce_until_ok(c, "fo", [b"after"])
+    failover_s = time.monotonic() - killed_at
+    print(f"\nFAILOVER: kill -9 of leader {old} -> first acks=all produce ok on {new}: {failover_s * 1000:.0f} ms")
+    assert new != old
+    assert failover_s < 5.0  # target <= 1 s, checked loosely on a loaded CI machine
+    acked.append((r.base_offset, b"after"))
+    assert r.base_offset == 100  # nothing acknowledged was lost or duplicated
+    assert h.read_all(c.broker_stub(new), "fo") == acked
+    c.start(old)
+    c.wait_ready([old])
+    survivors = list(c.brokers)
+    wait_converged(c, "fo", survivors)
+    c.wait_for(lambda: len(c.partition_meta("fo").isr) == 3, what="restarted broker back in the ISR")
+
+
+@pytest.mark.slow
+def test_divergent_follower_truncates_after_leader_change(cluster):
+    c = cluster
+    ok(c.create_topic("div", partitions=1, rf=3))
+    acked = produce_values(c, "div", [b"a", b"b"])
+    old = c.leader_of("div")
+    followers = [i for i in c.brokers if i != old]
+    acked_all = lambda: c.wait_for(lambda: all(len(log_bytes(c, i, "div")) == len(log_bytes(c, old, "div"))
+                                                for i in followers), what="followers caught up")
+    acked_all()
+    # Followers stop fetching; the leader takes writes only it has (acks=1: unacknowledged by the ISR).
+    for i in followers:
+        c.brokers[i].proc.send_signal(signal.SIGSTOP)
+    try:
+        stub = c.broker_stub(old)
+        for k in range(3):
+            ok(h.produce(stub, "div", 0, h.make_batch([b"lost-%d" % k]), acks=broker_pb2.ACKS_LEADER))
+        c.kill(old)
+    finally:
+        for i in followers:
+            c.brokers[i].proc.send_signal(signal.SIGCONT)
+    r, new = produce_until_ok(c, "div", [b"new-1", b"new-2"])
+    # A fetch response already in a follower's socket buffer may carry lost-0; nothing later.
+    assert new in followers and r.base_offset in (2, 3)
+    c.start(old)
+    c.wait_ready([old])
+    data = wait_converged(c, "div", list(c.brokers))
+    assert b"lost-1" not in data and b"lost-2" not in data
+    final = h.read_all(c.broker_stub(new), "div")
+    assert final[:2] == acked and final[-2:] == [(r.base_offset, b"new-1"), (r.base_offset + 1, b"new-2")]
+    assert "truncating divergent data" in c.log_tail(old, 200)
+
+
+@pytest.mark.slow
+def test_min_insync_replicas_enforced(cluster):
+    c = cluster
+    ok(c.create_topic("minisr", partitions=1, rf=3, configs={"min_insync_replicas": "3"}))
+    produce_values(c, "minisr", [b"ok"])
+    leader = c.leader_of("minisr")
+    victim = next(i for i in c.brokers if i != leader and not is_quorum_leader(c, i))
+    c.kill(victim)
+    c.wait_for(lambda: len(c.partition_meta("minisr", via=leader).isr) == 2, what="ISR shrinks to 2")
+    r = h.produce(c.broker_stub(leader), "minisr", 0, h.make_batch([b"no"]))
+    assert r.error_code == common_pb2.NOT_ENOUGH_REPLICAS, r
+    assert h.fetch(c.broker_stub(leader), "minisr", 0, 0).high_watermark == 1  # nothing written
+    ok(h.produce(c.broker_stub(leader), "minisr", 0, h.make_batch([b"one"]), acks=broker_pb2.ACKS_LEADER))
+    c.start(victim)
+    c.wait_ready([victim])
+    c.wait_for(lambda: len(c.partition_meta("minisr", via=leader).isr) == 3, what="ISR back to 3")
+    ok(h.produce(c.broker_stub(leader), "minisr", 0, h.make_batch([b"again"])))
+
+
+def is_quorum_leader(c: h.Cluster, broker_id: int) -> bool:
+    from semel.v1 import admin_pb2
+    cl = c.admin_stub(c.any_alive()).DescribeCluster(admin_pb2.DescribeClusterRequest(), timeout=5)
+    return cl.controller_id == broker_id
+
+
+@pytest.mark.slow
+def test_full_restart_keeps_acked_records_and_quorum_loss_is_reported(cluster):
+    c = cluster
+    ok(c.create_topic("durable", partitions=2, rf=3))
+    acked = {0: [], 1: []}
+    for i in range(10):
+        for p in (0, 1):
+            acked[p] += produce_values(c, "durable", [b"%d-%d" % (p, i)], partition=p)
+    for i in c.brokers:
+        c.kill(i)
+    for i in c.brokers:
+        c.start(i)
+    c.wait_ready(list(c.brokers))
+    for p in (0, 1):
+        leader = c.leader_of("durable", p)
+        c.wait_for(lambda: h.fetch(c.broker_stub(c.leader_of("durable", p)), "durable", p, 0).high_watermark >= 10,
+                   what="HW restored")
+        assert h.read_all(c.broker_stub(c.leader_of("durable", p)), "durable", p) == acked[p]
+
+    # Lose the majority: metadata changes fail with a clear, retriable error; data stays readable.
+    survivor = 1
+    c.kill(2)
+    c.kill(3)
+    started = time.monotonic()
+    res = c.create_topic("during-outage", via=survivor, timeout_ms=1500)
+    assert res.error_code == common_pb2.METADATA_QUORUM_UNAVAILABLE, res
+    assert time.monotonic() - started < 6
+    c.start(2)
+    c.start(3)
+    c.wait_ready([2, 3])
+    c.wait_for(lambda: c.create_topic("after-outage", via=survivor).error_code in (NONE, common_pb2.TOPIC_ALREADY_EXISTS),
+               what="create topic after the majority returns")
+    for p in (0, 1):
+        assert h.read_all(c.broker_stub(c.leader_of("durable", p)), "durable", p)[: len(acked[p])] == acked[p]
