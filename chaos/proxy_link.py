@@ -54,6 +54,10 @@ if TYPE_CHECKING:
 
 Emit = Callable[[bytes, float], Awaitable[None]]
 
+# A bandwidth toxic that fell behind its schedule by less than this (writes and timers
+# take time) catches up; a longer gap is idleness and earns no burst.
+BANDWIDTH_CATCHUP_S = 0.05
+
 
 class LinkClosed(Exception):
     """Raised by a stage to end its link: close the destination (with RST if `reset`)."""
@@ -137,7 +141,11 @@ class BandwidthStage(Stage):
         pos = 0
         while pos < len(data):
             piece = data[pos:pos + piece_bytes_max]
-            deadline = max(self.next_free, loop.time()) + len(piece) / rate_bytes_per_s
+            now = loop.time()
+            # Keep to the ideal schedule when only our own scheduling made us late; after
+            # an idle gap start afresh (idle time is not saved up as a burst).
+            start = self.next_free if now - self.next_free < BANDWIDTH_CATCHUP_S else now
+            deadline = start + len(piece) / rate_bytes_per_s
             if not await self.link.wait_until(deadline, self):
                 await emit(data[pos:], loop.time())
                 return
