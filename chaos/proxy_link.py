@@ -34,6 +34,7 @@ them, so both peers get an RST. Disabling a proxy aborts every connection at onc
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import socket
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 Emit = Callable[[bytes, float], Awaitable[None]]
+
+log = logging.getLogger("semel.chaos.proxy")
 
 # A bandwidth toxic that fell behind its schedule by less than this (writes and timers
 # take time) catches up; a longer gap is idleness and earns no burst.
@@ -452,8 +455,11 @@ class Connection:
             link.start()
         tasks = [task for link in self.links.values() for task in (link.pump_task, link.reader_task)]
         try:
-            await asyncio.gather(*(link.pump_task for link in self.links.values()),
-                                 return_exceptions=True)
+            results = await asyncio.gather(*(link.pump_task for link in self.links.values()),
+                                           return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):   # a bug in a stage: report, then drop
+                    log.error("connection %s: link failed", self.name, exc_info=result)
         finally:
             for task in tasks:
                 if task is not None and not task.done():

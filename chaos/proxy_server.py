@@ -139,6 +139,9 @@ class Proxy:
         self.connections.add(conn)
         try:
             await conn.run(parse_address(self.upstream, "upstream"), self._chains_snapshot)
+        except Exception:   # a bug must not go unnoticed, nor leave sockets open
+            log.exception("proxy %s: connection %s failed", self.name, conn.name)
+            conn.abort()
         finally:
             self.connections.discard(conn)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -379,6 +381,17 @@ def test_oversized_body_is_413(api):
 
 
 # --- the entry point --------------------------------------------------------------------------
+
+
+def test_server_thread_reports_a_busy_port(server):
+    with pytest.raises(RuntimeError, match="failed to start"):
+        ProxyServerThread(port=server.port).start()
+
+
+def test_entry_point_exits_1_on_a_busy_port(server):
+    done = subprocess.run([sys.executable, "-m", "semel.chaos.proxy", "--host", server.host,
+                           "--port", str(server.port)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "semel-toxiproxy:" in done.stderr
 
 
 def test_subprocess_entry_point_serves_and_stops_gracefully(echo):

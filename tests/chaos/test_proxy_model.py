@@ -97,7 +97,7 @@ class FakeLink:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.loop = asyncio.get_event_loop_policy().new_event_loop()
+        self.loop = asyncio.new_event_loop()
 
     async def wait_until(self, deadline: float, stage: object) -> bool:
         return True

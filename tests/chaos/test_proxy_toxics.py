@@ -8,6 +8,7 @@ so a proxy that ignored the toxic would fail. Timing bounds are loose on the slo
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -313,8 +314,6 @@ def test_throughput_without_toxics(proxy):
     payload = b"t" * (8 * 1024 * 1024)
     with dial(proxy.listen) as sock:
         start = time.monotonic()
-        import threading
-
         sender = threading.Thread(target=sock.sendall, args=(payload,))
         sender.start()
         assert len(recv_exactly(sock, len(payload))) == len(payload)
