@@ -65,7 +65,7 @@ def _default_internal_partitions() -> dict[str, int]:
 class ControllerConfig:
     session_timeout_ms: int = 1000
     heartbeat_interval_ms: int = 100
-    disconnect_grace_ms: int = 250
+    disconnect_grace_ms: int = 150  # >= 1.5 heartbeat intervals: a live broker heartbeats within it
     tick_interval_ms: int = 50
     internal_partitions: Mapping[str, int] = field(default_factory=_default_internal_partitions)
     internal_replication_factor: int = 3
@@ -132,6 +132,7 @@ class ControllerCore:
         lv.last_heartbeat_ms = max(lv.last_heartbeat_ms, now_ms)
         lv.metadata_version = max(lv.metadata_version, metadata_version)
         lv.heard = True
+        lv.down_since_ms = None  # it reached us; a still-broken Raft link is seen again next tick
         return HeartbeatReply(pb.NONE, fenced=reg.fenced)
 
     def on_connection_status(self, broker_id: int, connected: bool, now_ms: int) -> None:
@@ -229,12 +230,17 @@ class Controller:
         self._ready = False  # leader and the Barrier committed
         self._in_flight: set[Command] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._wake: asyncio.Event | None = None
 
     # -- lifecycle --
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="semel-controller")
+            loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            # A Raft leadership change wakes the loop at once instead of at the next tick.
+            self.quorum.add_leadership_listener(lambda _is_leader: self._wake.set() if self._wake else None, loop)
+            self._task = loop.create_task(self._run(), name="semel-controller")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -261,7 +267,14 @@ class Controller:
                 raise
             except Exception:  # keep the controller alive; the next tick retries
                 log.exception("controller tick failed")
-            await asyncio.sleep(interval_s)
+            wake = self._wake
+            if wake is None:
+                return
+            try:
+                await asyncio.wait_for(wake.wait(), interval_s)
+            except asyncio.TimeoutError:
+                pass
+            wake.clear()
 
     async def _tick(self) -> None:
         if not self.quorum.is_leader():

@@ -185,3 +185,16 @@ def test_leaderless_partition_with_a_live_isr_member_is_repaired() -> None:
     assert [c for c in core.decide(m.image, 10) if isinstance(c, ElectLeader)] == []
     m.apply(UnfenceBroker(only, only))  # Unfence itself re-elects it
     assert m.image.partition("t", 0).leader == only
+
+
+def test_an_unreachable_report_is_forgotten_once_the_broker_heartbeats() -> None:
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=0)
+    core.on_broker_unreachable(2, now_ms=100)  # a peer's fetch failed once
+    heartbeat_all(core, m, 150)
+    heartbeat_all(core, m, 500, skip=(2,))
+    # Broker 2 has been silent for 350 ms > grace, but nothing says it is down any more.
+    assert core.decide(m.image, 500) == []
+    assert core.decide(m.image, 1151) == [FenceBroker(2, 2)]  # the session still expires
