@@ -98,10 +98,12 @@ async def serve(
 class ProxyServerThread:
     """Runs `serve()` on its own event loop in a daemon thread (for tests and `connect()`)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, seed: int | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, seed: int | None = None,
+                 config: Any = None) -> None:
         self.host = host
         self.port = port
         self.seed = seed if seed is not None else new_seed()
+        self.config = config
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -139,7 +141,8 @@ class ProxyServerThread:
             self.host, self.port = host, port
             self._ready.set()
 
-        await serve(self.host, self.port, seed=self.seed, ready=on_ready, stop=self._stop)
+        await serve(self.host, self.port, seed=self.seed, config=self.config, ready=on_ready,
+                    stop=self._stop)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         loop, stop, thread = self._loop, self._stop, self._thread

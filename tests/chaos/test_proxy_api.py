@@ -383,6 +383,14 @@ def test_oversized_body_is_413(api):
 # --- the entry point --------------------------------------------------------------------------
 
 
+def test_config_populates_at_start(echo):
+    config = [{"name": "pre", "upstream": echo.address, "listen": "127.0.0.1:0"}]
+    with ProxyServerThread(seed=SEED, config=config) as srv:
+        listed = requests.get(srv.url + "/proxies", timeout=10).json()
+        assert set(listed) == {"pre"} and listed["pre"]["enabled"] is True
+        assert echo_s(listed["pre"]["listen"]) < 1.0
+
+
 def test_server_thread_reports_a_busy_port(server):
     with pytest.raises(RuntimeError, match="failed to start"):
         ProxyServerThread(port=server.port).start()

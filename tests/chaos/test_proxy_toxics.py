@@ -103,6 +103,15 @@ def test_jitter_spreads_delays_within_bounds(proxy):
     assert max(rtts) - min(rtts) > 0.03, rtts
 
 
+def test_jitter_never_reorders_or_loses_bytes(proxy):
+    proxy.add_toxic(type="latency", attributes={"latency": 30, "jitter": 30})
+    messages = [f"<{i:04d}>".encode() for i in range(200)]
+    with dial(proxy.listen) as sock:
+        for message in messages:          # many small writes -> many chunks, each jittered
+            sock.sendall(message)
+        assert recv_exactly(sock, sum(map(len, messages))) == b"".join(messages)
+
+
 def test_bandwidth_limits_rate(proxy):
     payload = b"b" * 50_000
     with dial(proxy.listen) as sock:
