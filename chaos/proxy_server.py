@@ -395,7 +395,7 @@ class ApiHttpServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             try:
-                request = await self._read_request(reader)
+                request = await self._read_request(reader, writer)
             except _BadRequest as bad:
                 writer.write(_render(bad.status, ApiError(bad.message, bad.status).to_json(), False))
                 await writer.drain()
@@ -418,7 +418,7 @@ class ApiHttpServer:
             if not keep_alive:
                 return
 
-    async def _read_request(self, reader: asyncio.StreamReader
+    async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                             ) -> tuple[str, str, str, dict[str, str], bytes] | None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -451,5 +451,7 @@ class ApiHttpServer:
             raise _BadRequest(400, "bad Content-Length") from None
         if length < 0 or length > API_BODY_BYTES_MAX:
             raise _BadRequest(413, f"request body larger than {API_BODY_BYTES_MAX} bytes")
+        if length and headers.get("expect", "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")   # curl waits for this on big bodies
         body = await reader.readexactly(length) if length else b""
         return method, target, version, headers, body

@@ -375,6 +375,21 @@ def test_keep_alive_session(server, echo):
             assert session.delete(server.url + f"/proxies/k{i}", timeout=10).status_code == 204
 
 
+def test_expect_100_continue(server, echo):
+    body = json.dumps({"name": "curl", "upstream": echo.address}).encode()
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(b"POST /proxies HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\nConnection: close\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 201 Created\r\n")
+    requests.delete(server.url + "/proxies/curl", timeout=10)
+
+
 def test_oversized_body_is_413(api):
     resp = api("POST", "/proxies", raw=b"x" * (2 * 1024 * 1024))
     assert resp.status_code == 413
