@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from semel.cluster.metadata import (
@@ -68,8 +68,20 @@ class ControllerConfig:
     disconnect_grace_ms: int = 150  # >= 1.5 heartbeat intervals: a live broker heartbeats within it
     tick_interval_ms: int = 50
     internal_partitions: Mapping[str, int] = field(default_factory=_default_internal_partitions)
-    internal_replication_factor: int = 3
+    internal_replication_factor: int | None = None  # None: min(3, number of voters)
     submit_timeout_s: float = 2.0
+    failed_decision_backoff_ms: int = 1000  # a rejected decision is not proposed again sooner
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat_interval_ms < self.session_timeout_ms:
+            raise ValueError("need 0 < heartbeat_interval_ms < session_timeout_ms")
+        if self.disconnect_grace_ms <= 0 or self.tick_interval_ms <= 0:
+            raise ValueError("disconnect_grace_ms and tick_interval_ms must be positive")
+        for name, count in self.internal_partitions.items():
+            if name not in (TRANSACTION_STATE_TOPIC, CONSUMER_OFFSETS_TOPIC) or not 1 <= count <= 1000:
+                raise ValueError(f"internal topic {name!r}: 1..1000 partitions of a known internal topic")
+        if self.internal_replication_factor is not None and self.internal_replication_factor < 1:
+            raise ValueError("internal_replication_factor must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +211,7 @@ class ControllerCore:
         return out
 
     def _internal_topics(self, image: MetadataImage) -> list[Command]:
-        rf = self.config.internal_replication_factor
+        rf = self.config.internal_replication_factor or 3
         if len(image.unfenced_brokers()) < rf:
             return []
         return [
@@ -223,8 +235,12 @@ class Controller:
         clock_ms: Callable[[], int] = _monotonic_ms,
     ) -> None:
         self.quorum = quorum
-        self.config = config or ControllerConfig()
+        config = config or ControllerConfig()
+        if config.internal_replication_factor is None:
+            config = replace(config, internal_replication_factor=min(3, len(quorum.config.voters)))
+        self.config = config
         self.core = ControllerCore(self.config)
+        self._failed_until_ms: dict[Command, int] = {}
         self._clock_ms = clock_ms
         self._task: asyncio.Task[None] | None = None
         self._ready = False  # leader and the Barrier committed
@@ -293,6 +309,8 @@ class Controller:
         for command in self.core.decide(image, now):
             if command in self._in_flight or len(self._in_flight) >= MAX_CONTROLLER_COMMANDS_IN_FLIGHT:
                 continue
+            if self._failed_until_ms.get(command, 0) > now:
+                continue
             self._in_flight.add(command)
             task = asyncio.get_running_loop().create_task(self._submit_decision(command))
             self._tasks.add(task)
@@ -321,12 +339,19 @@ class Controller:
             result = await self.quorum.submit(command, timeout_s=self.config.submit_timeout_s)
             if not result.ok:
                 log.info("controller: %r -> %s", command, pb.ErrorCode.Name(result.error))
+                self._remember_failure(command)
             else:
                 log.info("controller: %r", command)
         except MetadataSubmitError as exc:
             log.warning("controller: %r failed: %s", command, exc)
         finally:
             self._in_flight.discard(command)
+
+    def _remember_failure(self, command: Command) -> None:
+        now = self._clock_ms()
+        self._failed_until_ms = {c: t for c, t in self._failed_until_ms.items() if t > now}
+        if len(self._failed_until_ms) < MAX_CONTROLLER_COMMANDS_IN_FLIGHT:
+            self._failed_until_ms[command] = now + self.config.failed_decision_backoff_ms
 
     # -- the API called by the broker's gRPC handlers --
 

@@ -87,3 +87,81 @@ def test_observer_listeners_and_retries(quorum_nodes) -> None:
         assert info.value.code == pb.METADATA_QUORUM_UNAVAILABLE and not info.value.outcome_unknown
 
     asyncio.run(scenario())
+
+
+def test_controller_api_on_three_voters(quorum_nodes) -> None:
+    from semel.cluster.controller import Controller, ControllerConfig
+    from semel.cluster.metadata import CONSUMER_OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC
+
+    nodes, _ = quorum_nodes
+
+    async def scenario() -> None:
+        config = ControllerConfig(internal_partitions={TRANSACTION_STATE_TOPIC: 3, CONSUMER_OFFSETS_TOPIC: 2})
+        controllers = [Controller(n, config) for n in nodes]
+        for c in controllers:
+            c.start()
+            assert c.config.internal_replication_factor == 3  # min(3, voters)
+        await until(lambda: sum(c.is_active() for c in controllers) == 1)
+        active = next(c for c in controllers if c.is_active())
+        passive = next(c for c in controllers if not c.is_active())
+        assert passive.on_heartbeat(1, 1, 0).error == pb.NOT_LEADER_OR_FOLLOWER
+        assert active.quorum.active_controller().node_id == active.quorum.config.node_id
+
+        epochs = {}
+        for b in (1, 2, 3):
+            # Registration works through any node; heartbeats go to the active controller.
+            error, epochs[b] = await passive.register_broker(b, f"i{b}", "127.0.0.1", 9000 + b, nodes[b - 1].config.raft_address)
+            assert error == pb.NONE
+        assert active.on_heartbeat(9, 1, 0).error == pb.STALE_BROKER_EPOCH
+
+        async def heartbeats() -> None:
+            while True:
+                for b in (1, 2, 3):
+                    await until(lambda: active.quorum.image().broker(b) is not None)
+                    active.on_heartbeat(b, epochs[b], active.quorum.image().version)
+                await asyncio.sleep(0.05)
+
+        beating = asyncio.create_task(heartbeats())
+        await until(lambda: active.quorum.image().unfenced_brokers() == (1, 2, 3))
+        await until(lambda: TRANSACTION_STATE_TOPIC in active.quorum.image().topics)
+        await until(lambda: CONSUMER_OFFSETS_TOPIC in active.quorum.image().topics)
+        txn = active.quorum.image().topic(TRANSACTION_STATE_TOPIC)
+        assert txn.internal and len(txn.partitions) == 3 and txn.config.min_insync_replicas == 2
+
+        error, topic = await passive.create_topic("orders", 2, 3, (("retention_ms", "60000"),))
+        assert error == pb.NONE and topic.config.retention_ms == 60000
+        assert (await active.create_topic("orders", 2, 3))[0] == pb.TOPIC_ALREADY_EXISTS
+        p = topic.partitions[0]
+        error, new = await active.alter_partition(
+            "orders", 0, p.leader, epochs[p.leader], p.leader_epoch, p.partition_epoch, (p.leader,)
+        )
+        assert error == pb.NONE and new.isr == (p.leader,)
+        error, stale = await active.alter_partition(
+            "orders", 0, p.leader, epochs[p.leader], p.leader_epoch, p.partition_epoch, p.replicas
+        )
+        assert error == pb.STALE_PARTITION_EPOCH and stale is None
+        error, block = await passive.allocate_producer_ids(2, epochs[2])
+        assert error == pb.NONE and block.size == 1000
+        assert await active.delete_topic("orders") == pb.NONE
+
+        # Broker 3 stops heartbeating: fenced after the session timeout, leads nothing.
+        beating.cancel()
+        loop = asyncio.get_running_loop()
+        stopped = loop.time()
+
+        async def others() -> None:
+            while True:
+                for b in (1, 2):
+                    active.on_heartbeat(b, epochs[b], active.quorum.image().version)
+                await asyncio.sleep(0.05)
+
+        beating = asyncio.create_task(others())
+        await until(lambda: active.quorum.image().broker(3).fenced, 3)
+        assert loop.time() - stopped >= config.session_timeout_ms / 1000 - 0.1
+        for t in active.quorum.image().topics.values():
+            assert all(part.leader != 3 and 3 not in part.isr for part in t.partitions)
+        beating.cancel()
+        for c in controllers:
+            await c.stop()
+
+    asyncio.run(scenario())
