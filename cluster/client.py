@@ -83,6 +83,7 @@ MAX_IN_FLIGHT_MAX = 5
 DELIVERY_TIMEOUT_MS_DEFAULT = 120_000
 REQUEST_TIMEOUT_MS_DEFAULT = 30_000
 RETRY_BACKOFF_MS_DEFAULT = 100
+CONNECT_TIMEOUT_MS_DEFAULT = 5_000          # admin: give up when no broker ever answered
 RETRY_BACKOFF_MAX_MS_DEFAULT = 1_000
 METADATA_MAX_AGE_MS_DEFAULT = 300_000
 FETCH_MAX_WAIT_MS_DEFAULT = 500
@@ -134,6 +135,14 @@ class _ClientBase:
     @property
     def cluster(self) -> ClusterView:
         return self._metadata.view
+
+    def partitions_for(self, topic: str, timeout_ms: int | None = None) -> list[PartitionInfo]:
+        """The partitions of `topic` (leader, replicas, ISR), waiting up to `timeout_ms` for it
+        to appear (default: the producer's max_block_ms, else request_timeout_ms)."""
+        if timeout_ms is None:
+            timeout_ms = getattr(self, "max_block_ms", self.request_timeout_ms)
+        self._metadata.wait_for_topic(topic, _now_ms() + timeout_ms)
+        return list(self._metadata.view.topics.get(topic, []))
 
     def _backoff_ms(self, attempts: int) -> int:
         return min(self.retry_backoff_max_ms, self.retry_backoff_ms * (2 ** max(0, min(attempts - 1, 16))))
@@ -283,10 +292,6 @@ class Producer(_ClientBase):
                 batch.result.complete(-1, -1, ClosedError("producer closed before the record was sent"))
             self._sender.join(timeout=5)
             self._connections.close()
-
-    def partitions_for(self, topic: str) -> list[PartitionInfo]:
-        self._metadata.wait_for_topic(topic, _now_ms() + self.max_block_ms)
-        return list(self._metadata.view.topics.get(topic, []))
 
     def __enter__(self) -> Producer:
         return self
@@ -813,12 +818,16 @@ class Admin(_ClientBase):
         request_timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT,
         retry_backoff_ms: int = RETRY_BACKOFF_MS_DEFAULT,
         retry_backoff_max_ms: int = RETRY_BACKOFF_MAX_MS_DEFAULT,
+        connect_timeout_ms: int = CONNECT_TIMEOUT_MS_DEFAULT,
     ) -> None:
         super().__init__(bootstrap, request_timeout_ms, retry_backoff_ms, retry_backoff_max_ms, METADATA_MAX_AGE_MS_DEFAULT)
+        self.connect_timeout_ms = connect_timeout_ms
+        self._answered = False  # some broker answered once: from then on, wait the full timeout
 
     def _call(self, method: str, request: Any, timeout_ms: int | None) -> Any:
         """One admin RPC to the first broker that answers, retrying transport errors."""
-        deadline = _now_ms() + (timeout_ms or self.request_timeout_ms)
+        start = _now_ms()
+        deadline = start + (timeout_ms or self.request_timeout_ms)
         attempts = 0
         while True:
             attempts += 1
@@ -826,18 +835,21 @@ class Admin(_ClientBase):
             for address in self._metadata.candidates():
                 remaining = deadline - _now_ms()
                 try:
-                    return getattr(self._connections.admin(address), method)(
+                    response = getattr(self._connections.admin(address), method)(
                         request, timeout=max(0.05, remaining / 1000)
                     )
+                    self._answered = True
+                    return response
                 except grpc.RpcError as exc:
                     last = rpc_error(exc, address, method)
                     if not last.retriable:
                         raise last from None
-            if _now_ms() + self._backoff_ms(attempts) >= deadline:
+            never_answered = not self._answered and _now_ms() - start >= self.connect_timeout_ms
+            if never_answered or _now_ms() + self._backoff_ms(attempts) >= deadline:
                 assert last is not None
                 if isinstance(last, client_errors.BrokerUnreachableError):
                     raise client_errors.BrokerUnreachableError(
-                        f"cannot reach any broker of {', '.join(self._metadata.bootstrap)} ({last.message})"
+                        f"cannot reach any broker ({last.message})"
                     ) from None
                 raise last
             time.sleep(self._backoff_ms(attempts) / 1000)

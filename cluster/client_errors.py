@@ -45,8 +45,10 @@ class SemelError(Exception):
 
     def __str__(self) -> str:
         text = self.message or _DESCRIPTIONS.get(self.code, "")
-        prefix = self.code_name if type(self).__module__ == __name__ and self.code else type(self).__name__
         suffix = " (outcome unknown: the write may or may not have happened)" if self.outcome_unknown else ""
+        if isinstance(self, ClientError):
+            return (self.message or type(self).__name__) + suffix
+        prefix = self.code_name if self.code else type(self).__name__
         return f"{prefix}: {text}{suffix}" if text else f"{prefix}{suffix}"
 
 

@@ -113,7 +113,7 @@ def rpc_error(exc: grpc.RpcError, address: str, what: str) -> client_errors.Seme
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     if code == grpc.StatusCode.UNAVAILABLE:
-        return client_errors.BrokerUnreachableError(f"{what}: broker {address} unreachable ({details})")
+        return client_errors.BrokerUnreachableError(f"{address}: {_short_reason(details)}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return client_errors.RequestTimedOutError(f"{what}: no answer from {address} in time", outcome_unknown=True)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -125,6 +125,23 @@ def rpc_error(exc: grpc.RpcError, address: str, what: str) -> client_errors.Seme
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return client_errors.error_for_code(common_pb2.INVALID_REQUEST, f"{what}: {address} does not implement it")
     return client_errors.error_for_code(common_pb2.UNKNOWN_SERVER_ERROR, f"{what}: {address}: {code}: {details}")
+
+
+def _short_reason(details: str | None) -> str:
+    """gRPC's connection error details, shortened to what a person needs."""
+    text = details or "unavailable"
+    for needle, short in (
+        ("Connection refused", "connection refused"),
+        ("DNS resolution failed", "unknown host"),
+        ("errors resolving", "unknown host"),
+        ("Deadline Exceeded", "timed out"),
+        ("Socket closed", "connection closed"),
+        ("Connection reset", "connection reset"),
+        ("shutting down", "broker shutting down"),
+    ):
+        if needle in text:
+            return short
+    return text
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -263,7 +280,7 @@ class MetadataManager:
                 try:
                     response = self.connections.broker(address).Metadata(request, timeout=timeout_s)
                 except grpc.RpcError as exc:
-                    errors.append(f"{address}: {exc.code().name if hasattr(exc, 'code') else exc}")
+                    errors.append(str(rpc_error(exc, address, "metadata").message))
                     continue
                 self.view.update(response, wanted if wanted else None)
                 now_ms = _now_ms()

@@ -1,10 +1,15 @@
-"""Fixtures for cluster tests: fake in-process brokers and (via harness.py) real broker processes.
+"""Fixtures for cluster tests: fake in-process brokers, and real broker processes (harness.py).
 
-Other test folders can use the real-cluster harness the same way:
+`real_cluster` is a started, ready 3-broker cluster (a `tests.cluster.harness.Cluster`);
+a failed test gets every broker's log tail in its report. Other test folders use the
+harness the same way from their own conftest.py:
 
-    import sys, pathlib
+    import pathlib, sys
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
     from tests.cluster.harness import Cluster, cluster_fixture  # noqa: E402
+    real_cluster = cluster_fixture(3)
+shared_cluster = cluster_fixture(3, scope="module")  # one cluster for a whole test module
+    # and copy pytest_runtest_makereport below to get broker logs on failure
 """
 
 from __future__ import annotations
@@ -19,6 +24,19 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.cluster.fake_broker import FakeBroker, FakeClusterState, start_fake_cluster  # noqa: E402
+from tests.cluster.harness import attach_cluster_logs, broker_available, cluster_fixture  # noqa: E402
+
+real_cluster = cluster_fixture(3)
+shared_cluster = cluster_fixture(3, scope="module")  # one cluster for a whole test module
+
+requires_broker = pytest.mark.skipif(not broker_available(), reason="the broker (semel.cluster.broker) has not landed yet")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    attach_cluster_logs(item, report)
+    return report
 
 
 @pytest.fixture
@@ -32,4 +50,4 @@ def fake_cluster():
             broker.stop()
 
 
-__all__ = ["FakeBroker", "FakeClusterState", "fake_cluster"]
+__all__ = ["FakeBroker", "FakeClusterState", "fake_cluster", "real_cluster", "requires_broker", "shared_cluster"]

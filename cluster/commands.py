@@ -1,0 +1,383 @@
+"""`semel broker | cluster | topic | produce | consume`: the cluster's command line.
+
+Every command that talks to a cluster takes `--bootstrap HOST:PORT[,HOST:PORT]` (default:
+$SEMEL_BOOTSTRAP). Operational errors (cannot connect, topic missing, ...) print one
+readable line to stderr and exit 1, never a traceback; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+BOOTSTRAP_HELP = "broker address(es) HOST:PORT[,HOST:PORT] (default: $SEMEL_BOOTSTRAP)"
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    _add_broker(sub)
+    _add_cluster(sub)
+    _add_topic(sub)
+    _add_produce(sub)
+    _add_consume(sub)
+
+
+def _operational(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turns client errors into one line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        from semel.cluster.client_errors import ConfigError, SemelError
+
+        try:
+            return func(args)
+        except ConfigError as exc:
+            print(f"semel {args.command}: {exc.message or exc}", file=sys.stderr)
+            return 2
+        except SemelError as exc:
+            print(f"semel {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+        except BrokenPipeError:
+            # `semel consume ... | head`: the reader left; not an error.
+            try:
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+            except OSError:
+                pass
+            return 0
+
+    return run
+
+
+def _bootstrap_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", "-b", metavar="HOST:PORT", default=None, help=BOOTSTRAP_HELP)
+
+
+# --- semel broker ----------------------------------------------------------------------
+def _add_broker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "broker",
+        help="run one broker in the foreground (flags as `python -m semel.cluster.broker`)",
+        description="Run one Semel broker. All arguments are passed to the broker entry point "
+        "(`python -m semel.cluster.broker --help` lists them), e.g. --broker-id 1 --listen 127.0.0.1:9092 "
+        "--data-dir DIR --raft 127.0.0.1:19092 --voters 127.0.0.1:19092.",
+        add_help=False,
+    )
+    p.add_argument("broker_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_run_broker)
+
+
+def _run_broker(args: argparse.Namespace) -> int:
+    import importlib
+
+    try:
+        module = importlib.import_module("semel.cluster.broker")
+    except ModuleNotFoundError as exc:
+        if exc.name != "semel.cluster.broker":
+            raise
+        print("semel broker: the broker is not available in this build", file=sys.stderr)
+        return 1
+    argv = list(args.broker_args)
+    main = getattr(module, "main", None)
+    if main is None:
+        print("semel broker: semel.cluster.broker has no main(argv)", file=sys.stderr)
+        return 1
+    return int(main(argv) or 0)
+
+
+# --- semel cluster ---------------------------------------------------------------------
+def _add_cluster(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cluster", help="run a local cluster, or describe a running one")
+    csub = p.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND")
+    up = csub.add_parser(
+        "up",
+        help="start N local brokers in the foreground; Ctrl-C or SIGTERM stops them all",
+        description="Start N brokers as subprocesses on this machine, wait until they are ready, "
+        "print the bootstrap address, and stop them all cleanly on Ctrl-C / SIGTERM. "
+        "Broker N listens on BASE_PORT+N-1 (clients) and RAFT_BASE_PORT+N-1 (metadata quorum); "
+        "its data goes to DATA_DIR/broker-N and its log to DATA_DIR/broker-N.log. "
+        "A broker that dies is reported and not restarted.",
+    )
+    up.add_argument("--brokers", type=int, default=3, help="number of brokers (default 3)")
+    up.add_argument("--data-dir", default=".semel-data", help="data and log directory (default .semel-data)")
+    up.add_argument("--base-port", type=int, default=9092, help="client port of broker 1 (default 9092)")
+    up.add_argument("--raft-base-port", type=int, default=None, help="Raft port of broker 1 (default BASE_PORT+10000)")
+    up.add_argument("--follow-logs", action="store_true", help="also print broker logs, prefixed [broker-N]")
+    up.add_argument("--ready-timeout-s", type=float, default=60.0, help="how long to wait for readiness (default 60)")
+    up.add_argument(
+        "--broker-arg", action="append", default=[], metavar="ARG",
+        help="extra argument passed to every broker (repeatable), e.g. --broker-arg=--min-insync-replicas=2",
+    )
+    up.set_defaults(func=_cluster_up)
+    desc = csub.add_parser("describe", help="brokers, controller and metadata quorum of a running cluster")
+    _bootstrap_arg(desc)
+    desc.set_defaults(func=_operational(_cluster_describe))
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    from semel.cluster.local_cluster import run_cluster_up
+
+    return run_cluster_up(
+        args.brokers, args.data_dir, args.base_port, args.raft_base_port, args.follow_logs,
+        args.broker_arg, args.ready_timeout_s,
+    )
+
+
+def _cluster_describe(args: argparse.Namespace) -> int:
+    from semel.cluster.client import Admin
+
+    with Admin(args.bootstrap, request_timeout_ms=5000) as admin:
+        cluster = admin.describe_cluster()
+    print(f"cluster id: {cluster.cluster_id}   controller: {cluster.controller_id}   "
+          f"metadata version: {cluster.metadata_version}")
+    if cluster.quorum_voters:
+        print(f"quorum: leader {cluster.quorum_leader or '-'}; voters {', '.join(cluster.quorum_voters)}")
+    rows = [
+        [str(b.broker_id), b.address, "fenced" if b.fenced else "alive", str(b.broker_epoch),
+         "yes" if b.is_controller else ""]
+        for b in cluster.brokers
+    ]
+    print(format_table(["BROKER", "ADDRESS", "STATE", "EPOCH", "CONTROLLER"], rows))
+    return 0
+
+
+# --- semel topic -----------------------------------------------------------------------
+def _add_topic(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("topic", help="create, list, describe and delete topics")
+    tsub = p.add_subparsers(dest="topic_command", metavar="SUBCOMMAND")
+    create = tsub.add_parser("create", help="create a topic")
+    create.add_argument("name")
+    create.add_argument("--partitions", "-p", type=int, default=1, help="partition count (default 1)")
+    create.add_argument(
+        "--replication-factor", "-r", type=int, default=0,
+        help="replicas per partition (default: the cluster default, min(3, brokers))",
+    )
+    create.add_argument(
+        "--config", "-c", action="append", default=[], metavar="KEY=VALUE",
+        help="topic config, repeatable (min_insync_replicas, retention_ms, segment_bytes, ...)",
+    )
+    create.add_argument("--if-not-exists", action="store_true", help="succeed if the topic already exists")
+    _bootstrap_arg(create)
+    create.set_defaults(func=_operational(_topic_create))
+
+    lst = tsub.add_parser("list", help="list topic names")
+    lst.add_argument("--internal", action="store_true", help="include internal topics")
+    _bootstrap_arg(lst)
+    lst.set_defaults(func=_operational(_topic_list))
+
+    desc = tsub.add_parser("describe", help="partitions of topics: leader, replicas, ISR, high watermark")
+    desc.add_argument("names", nargs="*", help="topics (default: all)")
+    desc.add_argument("--internal", action="store_true", help="include internal topics")
+    _bootstrap_arg(desc)
+    desc.set_defaults(func=_operational(_topic_describe))
+
+    delete = tsub.add_parser("delete", help="delete a topic and its data")
+    delete.add_argument("name")
+    _bootstrap_arg(delete)
+    delete.set_defaults(func=_operational(_topic_delete))
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _parse_configs(items: Sequence[str]) -> dict[str, str]:
+    from semel.cluster.client_errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--config expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _topic_create(args: argparse.Namespace) -> int:
+    from semel.cluster.client import Admin
+    from semel.cluster.client_errors import TopicAlreadyExistsError
+
+    configs = _parse_configs(args.config)
+    with Admin(args.bootstrap) as admin:
+        try:
+            admin.create_topic(args.name, args.partitions, args.replication_factor, configs)
+        except TopicAlreadyExistsError:
+            if not args.if_not_exists:
+                raise
+            print(f"topic {args.name} already exists")
+            return 0
+    print(f"created topic {args.name} ({args.partitions} partition(s))")
+    return 0
+
+
+def _topic_list(args: argparse.Namespace) -> int:
+    from semel.cluster.client import Admin
+
+    with Admin(args.bootstrap) as admin:
+        for name in admin.list_topics(include_internal=args.internal):
+            print(name)
+    return 0
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ",".join(str(i) for i in ids) or "-"
+
+
+def _topic_describe(args: argparse.Namespace) -> int:
+    from semel.cluster.client import Admin
+    from semel.v1 import common_pb2
+
+    with Admin(args.bootstrap) as admin:
+        topics = admin.describe_topics(args.names or None, include_internal=args.internal)
+    if not topics:
+        print("no topics")
+        return 0
+    rows = []
+    for topic in topics:
+        for p in topic.partitions:
+            status = "" if p.error_code == common_pb2.NONE else common_pb2.ErrorCode.Name(p.error_code)
+            if p.leader_id >= 0 and p.isr and len(p.isr) < len(p.replicas):
+                status = status or "under-replicated"
+            rows.append([
+                topic.name, str(p.partition), str(p.leader_id) if p.leader_id >= 0 else "none",
+                str(p.leader_epoch), _ids(p.replicas), _ids(p.isr),
+                str(p.high_watermark) if p.high_watermark >= 0 else "?",
+                str(p.log_start_offset) if p.log_start_offset >= 0 else "?", status,
+            ])
+    print(format_table(
+        ["TOPIC", "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "HIGH_WATERMARK", "LOG_START", "STATUS"], rows
+    ))
+    return 0
+
+
+def _topic_delete(args: argparse.Namespace) -> int:
+    from semel.cluster.client import Admin
+
+    with Admin(args.bootstrap) as admin:
+        admin.delete_topic(args.name)
+    print(f"deleted topic {args.name}")
+    return 0
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+# --- semel produce ---------------------------------------------------------------------
+def _add_produce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "produce",
+        help="send lines from stdin as records",
+        description="Read stdin line by line and send each line as one record (without the newline). "
+        "With --key-separator SEP, a line 'KEY<SEP>VALUE' has key KEY; a line without SEP has no key. "
+        "Exits once every record is acknowledged; exit code 1 if any failed.",
+    )
+    p.add_argument("topic")
+    p.add_argument("--key-separator", "-k", metavar="SEP", default=None, help="split each line into key and value")
+    p.add_argument("--acks", choices=["all", "1", "0"], default="all", help="all (default), 1 (leader), 0 (none)")
+    p.add_argument("--partition", type=int, default=None, help="send every record to this partition")
+    p.add_argument("--linger-ms", type=int, default=5, help="batching delay (default 5)")
+    p.add_argument("--delivery-timeout-ms", type=int, default=120_000, help="give up on a record after this (default 120000)")
+    p.add_argument("--max-block-ms", type=int, default=10_000,
+                   help="how long to wait for the topic's metadata or buffer space (default 10000)")
+    _bootstrap_arg(p)
+    p.set_defaults(func=_operational(_produce))
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from semel.cluster.client import Producer
+
+    failures: list[BaseException] = []
+
+    def on_done(_meta: Any, error: BaseException | None) -> None:
+        if error is not None:
+            if not failures:
+                print(f"semel produce: error: {error}", file=sys.stderr)
+            failures.append(error)
+
+    sent = 0
+    sep = args.key_separator.encode() if args.key_separator else None
+    with Producer(args.bootstrap, acks=args.acks, linger_ms=args.linger_ms,
+                  delivery_timeout_ms=args.delivery_timeout_ms, max_block_ms=args.max_block_ms) as producer:
+        for raw in sys.stdin.buffer:
+            line = raw.rstrip(b"\n").rstrip(b"\r")
+            key = None
+            if sep is not None and sep in line:
+                key, line = line.split(sep, 1)
+            producer.send(args.topic, line, key=key, partition=args.partition, callback=on_done)
+            sent += 1
+        producer.flush()
+    if failures:
+        print(f"semel produce: {len(failures)} of {sent} record(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- semel consume ---------------------------------------------------------------------
+def _add_consume(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "consume",
+        help="print records of a topic to stdout",
+        description="Print each record's value on its own line (partitions read without a consumer group). "
+        "Starts at the end of each partition unless --from-beginning.",
+    )
+    p.add_argument("topic")
+    p.add_argument("--from-beginning", action="store_true", help="start at the earliest offset")
+    p.add_argument("--partition", type=int, action="append", default=None,
+                   help="read only this partition (repeatable; default: all)")
+    p.add_argument("--offset", type=int, default=None, help="start at this offset (needs --partition)")
+    p.add_argument("--max-messages", type=int, default=None, help="exit after this many records")
+    p.add_argument("--timeout-ms", type=int, default=None, help="exit when no record arrived for this long")
+    p.add_argument("--print-key", action="store_true", help="print KEY<SEP>VALUE")
+    p.add_argument("--print-offset", action="store_true", help="prefix each line with PARTITION:OFFSET<TAB>")
+    p.add_argument("--key-separator", default="\t", metavar="SEP", help="separator for --print-key (default TAB)")
+    p.add_argument("--isolation-level", choices=["read_uncommitted", "read_committed"], default="read_uncommitted")
+    _bootstrap_arg(p)
+    p.set_defaults(func=_operational(_consume))
+
+
+def _consume(args: argparse.Namespace) -> int:
+    import time
+
+    from semel.cluster.client import Consumer
+    from semel.cluster.client_errors import ConfigError
+
+    if args.offset is not None and not args.partition:
+        raise ConfigError("--offset needs --partition")
+    with Consumer(args.bootstrap, auto_offset_reset="earliest" if args.from_beginning else "latest",
+                  isolation_level=args.isolation_level) as consumer:
+        partitions = args.partition
+        if partitions is None:
+            partitions = [info.partition for info in consumer.partitions_for(args.topic, timeout_ms=10_000)]
+        consumer.assign([(args.topic, p) for p in partitions])
+        if args.offset is not None:
+            for p in partitions:
+                consumer.seek(args.topic, p, args.offset)
+        out = sys.stdout.buffer
+        sep = args.key_separator.encode()
+        seen = 0
+        last_record = time.monotonic()
+        while args.max_messages is None or seen < args.max_messages:
+            wait_ms = 500 if args.timeout_ms is None else max(
+                1, min(500, int(args.timeout_ms - (time.monotonic() - last_record) * 1000))
+            )
+            records = consumer.poll(wait_ms)
+            for record in records:
+                if args.print_offset:
+                    out.write(b"%d:%d\t" % (record.partition, record.offset))
+                if args.print_key:
+                    out.write((record.key or b"") + sep)
+                out.write(record.value + b"\n")
+                seen += 1
+                if args.max_messages is not None and seen >= args.max_messages:
+                    break
+            if records:
+                out.flush()
+                last_record = time.monotonic()
+            elif args.timeout_ms is not None and (time.monotonic() - last_record) * 1000 >= args.timeout_ms:
+                break
+        out.flush()
+    return 0
+

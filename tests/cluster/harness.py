@@ -1,0 +1,228 @@
+"""Real multi-broker clusters for tests: broker subprocesses on free loopback ports in a tmp dir.
+
+    from tests.cluster.harness import Cluster
+
+    with Cluster(tmp_path, brokers=3) as cluster:      # started and ready (or raises)
+        cluster.bootstrap                              # "127.0.0.1:p1,127.0.0.1:p2,..."
+        cluster.kill(2); cluster.restart(2)            # kill -9, start again, wait ready
+        cluster.pause(3); cluster.resume(3)            # SIGSTOP / SIGCONT
+        cluster.leader_of("topic", 0)                  # broker id from fresh metadata
+        cluster.admin().create_topic("t", 3, 3)
+
+Or as a pytest fixture (`real_cluster` in tests/cluster/conftest.py, or `cluster_fixture(n)`
+in another folder's conftest). Teardown always stops every broker (SIGTERM, then SIGKILL) -
+even when the test failed or the start itself failed - and a failed test gets the tail of
+every broker log in its report. Brokers also die with the test process (PDEATHSIG), so a
+crashed pytest leaves no process behind.
+
+Process management is `semel.cluster.local_cluster.LocalCluster` (the code behind
+`semel cluster up`); this module adds free ports, tmp dirs and log collection.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from semel.cluster.client import Admin, Consumer, Producer
+from semel.cluster.local_cluster import BrokerSpec, LocalCluster
+
+READY_TIMEOUT_S = 60.0
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports free right now (all sockets held until every port is picked)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class Cluster:
+    """N real brokers; see the module docstring."""
+
+    def __init__(
+        self,
+        tmp_dir: str | Path,
+        brokers: int = 3,
+        extra_args: Sequence[str] = (),
+        start: bool = True,
+        ready_timeout_s: float = READY_TIMEOUT_S,
+    ) -> None:
+        self.dir = Path(tmp_dir)
+        ports = free_ports(2 * brokers)
+        specs = [
+            BrokerSpec(i + 1, "127.0.0.1", ports[i], ports[brokers + i], self.dir / f"broker-{i + 1}")
+            for i in range(brokers)
+        ]
+        self._cluster = LocalCluster(specs, self.dir, extra_args)
+        self.ready_timeout_s = ready_timeout_s
+        self._clients: list[Admin | Producer | Consumer] = []
+        if start:
+            self.start()
+
+    # --- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._cluster.start(timeout_s=self.ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> dict[int, int | None]:
+        for client in self._clients:
+            try:
+                client.close()
+            except Exception:
+                pass
+        self._clients.clear()
+        return self._cluster.stop(grace_s=5)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- addresses ------------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        return self._cluster.bootstrap
+
+    @property
+    def broker_ids(self) -> list[int]:
+        return list(self._cluster.brokers)
+
+    def address(self, broker_id: int) -> str:
+        return self._cluster.address(broker_id)
+
+    def pid(self, broker_id: int) -> int | None:
+        return self._cluster.brokers[broker_id].pid
+
+    def running(self) -> list[int]:
+        return self._cluster.running()
+
+    # --- faults ---------------------------------------------------------------------
+    def kill(self, broker_id: int) -> None:
+        """kill -9."""
+        self._cluster.kill(broker_id)
+
+    def terminate(self, broker_id: int) -> int | None:
+        """SIGTERM and wait (SIGKILL after 5 s); returns the exit code."""
+        return self._cluster.terminate(broker_id, grace_s=5)
+
+    def pause(self, broker_id: int) -> None:
+        self._cluster.pause(broker_id)
+
+    def resume(self, broker_id: int) -> None:
+        self._cluster.resume(broker_id)
+
+    def restart(self, broker_id: int, kill: bool = True) -> None:
+        """(kill -9 by default, else SIGTERM), start again on the same ports and dir, wait ready."""
+        self._cluster.restart(broker_id, self.ready_timeout_s, kill=kill)
+
+    def start_broker(self, broker_id: int) -> None:
+        broker = self._cluster.brokers[broker_id]
+        broker.start()
+        self._cluster.wait_ready(self.ready_timeout_s, [broker_id])
+
+    # --- clients and queries ----------------------------------------------------------
+    def admin(self, **options: object) -> Admin:
+        admin = Admin(self._live_bootstrap(), **options)  # type: ignore[arg-type]
+        self._clients.append(admin)
+        return admin
+
+    def producer(self, **options: object) -> Producer:
+        producer = Producer(self._live_bootstrap(), **options)  # type: ignore[arg-type]
+        self._clients.append(producer)
+        return producer
+
+    def consumer(self, **options: object) -> Consumer:
+        consumer = Consumer(self._live_bootstrap(), **options)  # type: ignore[arg-type]
+        self._clients.append(consumer)
+        return consumer
+
+    def _live_bootstrap(self) -> str:
+        running = self.running()
+        return ",".join(self.address(i) for i in (running or self.broker_ids))
+
+    def leader_of(self, topic: str, partition: int, timeout_s: float = 10.0, exclude: Sequence[int] = ()) -> int:
+        """The current leader's broker id from fresh metadata (waits while there is none,
+        or while it is one of `exclude`, e.g. a broker just killed)."""
+        deadline = time.monotonic() + timeout_s
+        with Admin(self._live_bootstrap(), request_timeout_ms=2000) as admin:
+            while True:
+                try:
+                    info = admin.metadata([topic]).partition(topic, partition)
+                except Exception:
+                    info = None
+                if info is not None and info.leader_id >= 0 and info.leader_id not in exclude:
+                    return info.leader_id
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"no leader for {topic}-{partition} within {timeout_s} s")
+                time.sleep(0.05)
+
+    def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 0, **configs: str) -> None:
+        """Create a topic and wait until every partition has a leader."""
+        with Admin(self._live_bootstrap()) as admin:
+            admin.create_topic(name, partitions, replication_factor, configs or None, timeout_ms=30_000)
+        for p in range(partitions):
+            self.leader_of(name, p, timeout_s=30)
+
+    # --- logs -----------------------------------------------------------------------
+    def log_path(self, broker_id: int) -> Path:
+        return self._cluster.brokers[broker_id].log_path
+
+    def logs(self, lines: int = 60) -> str:
+        """The tail of every broker's log file, for failure reports."""
+        out = []
+        for broker_id in self.broker_ids:
+            path = self.log_path(broker_id)
+            text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else ["(no log)"]
+            out.append(f"----- broker {broker_id} ({path}) -----\n" + "\n".join(text))
+        return "\n".join(out)
+
+
+def cluster_fixture(brokers: int = 3, extra_args: Sequence[str] = (), scope: str = "function"):  # noqa: ANN201
+    """A pytest fixture factory: `real_cluster3 = cluster_fixture(3)` in a conftest.py.
+
+    With scope="module" one cluster serves every test of a module (tests must then leave
+    no broker killed or paused). Teardown stops every broker whatever happened."""
+
+    @pytest.fixture(scope=scope)  # type: ignore[call-overload]
+    def _fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+        cluster = Cluster(tmp_path_factory.mktemp("cluster"), brokers=brokers, extra_args=extra_args, start=False)
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()
+
+    return _fixture
+
+
+def attach_cluster_logs(item: pytest.Item, report: pytest.TestReport) -> None:
+    """From a `pytest_runtest_makereport` hook: a failed test that used a Cluster (fixture
+    argument) gets every broker's log tail as a report section."""
+    if report.when != "call" or not report.failed:
+        return
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, Cluster):
+            report.sections.append(("broker logs", value.logs()))
+
+
+def broker_available() -> bool:
+    """True once the broker entry point (`semel.cluster.broker`) exists in this tree."""
+    import importlib.util
+
+    return importlib.util.find_spec("semel.cluster.broker") is not None

@@ -1,0 +1,86 @@
+"""`semel cluster up` starts N brokers, prints the bootstrap address, and stops them all on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from semel.cluster.local_cluster import plan_cluster
+
+from .conftest import requires_broker
+
+
+def test_plan_cluster_ports_and_dirs(tmp_path):
+    specs = plan_cluster(3, tmp_path, 9092)
+    assert [s.port for s in specs] == [9092, 9093, 9094]
+    assert [s.raft_port for s in specs] == [19092, 19093, 19094]
+    assert [s.data_dir.name for s in specs] == ["broker-1", "broker-2", "broker-3"]
+    with pytest.raises(ValueError):
+        plan_cluster(3, tmp_path, 9092, raft_base_port=9093)
+    with pytest.raises(ValueError):
+        plan_cluster(2, tmp_path, 65535)
+
+
+def _free_block(count: int) -> int:
+    """A base port with `count` consecutive free ports here and at base + 10000."""
+    for base in range(31000, 40000, 17):
+        ok = True
+        for port in [base + i for i in range(count)] + [base + 10000 + i for i in range(count)]:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port block")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+@requires_broker
+def test_cluster_up_starts_and_stops_cleanly_on_sigterm(tmp_path):
+    base = _free_block(3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semel.cli", "cluster", "up", "--brokers", "3", "--data-dir", str(tmp_path),
+         "--base-port", str(base)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 90
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline().decode()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("cluster ready"):
+                break
+        assert lines and lines[-1].startswith("cluster ready"), "".join(lines) + proc.stderr.read().decode()
+        assert f"127.0.0.1:{base},127.0.0.1:{base + 1},127.0.0.1:{base + 2}" in lines[-1]
+        assert all(_port_open(base + i) for i in range(3))
+        assert all((tmp_path / f"broker-{i}.log").exists() for i in (1, 2, 3))
+
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err.decode()
+        assert "all brokers stopped" in err.decode()
+        assert "exit codes" not in err.decode(), err.decode()  # every broker exited cleanly
+        assert not any(_port_open(base + i) for i in range(3))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

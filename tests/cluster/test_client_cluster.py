@@ -1,0 +1,135 @@
+"""The client and the CLI against a real 3-broker cluster (subprocesses via tests/cluster/harness.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from semel.cluster import client_errors
+from semel.cluster.client import Admin, Consumer, Producer
+from semel.cluster.client_partitioner import partition_for_key
+
+from .conftest import requires_broker
+
+pytestmark = [pytest.mark.slow, requires_broker]
+
+SEMEL = [sys.executable, "-m", "semel.cli"]
+
+
+def _cli(cluster, *args, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SEMEL_BOOTSTRAP=cluster.bootstrap)
+    return subprocess.run([*SEMEL, *args], input=stdin, capture_output=True, env=env, timeout=timeout)
+
+
+def test_client_round_trip_keys_and_order(shared_cluster):
+    shared_cluster.create_topic("roundtrip", partitions=3, replication_factor=3)
+    n = 600
+    with Producer(shared_cluster.bootstrap, linger_ms=2) as producer:
+        futures = [producer.send("roundtrip", b"value-%d" % i, key=b"key-%d" % (i % 7)) for i in range(n)]
+        producer.flush(timeout_s=30)
+        metas = [f.result(0) for f in futures]
+    for i, meta in enumerate(metas):
+        assert meta.partition == partition_for_key(b"key-%d" % (i % 7), 3)
+    per_partition: dict[int, list[int]] = {}
+    for meta in metas:
+        per_partition.setdefault(meta.partition, []).append(meta.offset)
+    for offsets in per_partition.values():
+        assert offsets == list(range(len(offsets))), "one producer, one partition: dense offsets in send order"
+
+    with Consumer(shared_cluster.bootstrap, auto_offset_reset="earliest") as consumer:
+        consumer.assign([("roundtrip", p) for p in range(3)])
+        got = []
+        while len(got) < n:
+            records = consumer.poll(5000)
+            assert records, f"only {len(got)} of {n} records came back"
+            got.extend(records)
+    assert len(got) == n
+    by_value = {r.value: r for r in got}
+    for i, meta in enumerate(metas):
+        record = by_value[b"value-%d" % i]
+        assert (record.partition, record.offset, record.key) == (meta.partition, meta.offset, b"key-%d" % (i % 7))
+
+
+def test_cli_produce_pipe_consume_and_describe(shared_cluster):
+    created = _cli(shared_cluster, "topic", "create", "clitopic", "--partitions", "2", "--replication-factor", "3")
+    assert created.returncode == 0, created.stderr
+    for p in range(2):
+        shared_cluster.leader_of("clitopic", p, timeout_s=30)
+    lines = b"".join(b"k%d:line %d\n" % (i % 3, i) for i in range(50))
+    produced = _cli(shared_cluster, "produce", "clitopic", "--key-separator", ":", stdin=lines)
+    assert produced.returncode == 0, produced.stderr
+    consumed = _cli(
+        shared_cluster, "consume", "clitopic", "--from-beginning", "--max-messages", "50", "--timeout-ms", "10000",
+        "--print-key",
+    )
+    assert consumed.returncode == 0, consumed.stderr
+    out = sorted(consumed.stdout.decode().splitlines())
+    assert out == sorted(f"k{i % 3}\tline {i}" for i in range(50))
+
+    described = _cli(shared_cluster, "topic", "describe", "clitopic")
+    assert described.returncode == 0, described.stderr
+    text = described.stdout.decode().splitlines()
+    assert text[0].split()[:7] == ["TOPIC", "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "HIGH_WATERMARK"]
+    rows = [line.split() for line in text[1:]]
+    assert [r[1] for r in rows] == ["0", "1"]
+    for row in rows:
+        assert sorted(row[4].split(",")) == ["1", "2", "3"]  # replicas
+        assert row[2] in row[4].split(",")                  # the leader is a replica
+    listed = _cli(shared_cluster, "topic", "list")
+    assert "clitopic" in listed.stdout.decode().split()
+
+
+def test_cli_operational_errors_are_one_readable_line(shared_cluster):
+    missing = _cli(shared_cluster, "topic", "describe", "no-such-topic")
+    assert missing.returncode == 1
+    assert b"Traceback" not in missing.stderr
+    assert b"UNKNOWN_TOPIC_OR_PARTITION" in missing.stderr
+    again = _cli(shared_cluster, "topic", "create", "clitopic")
+    assert again.returncode == 1 and b"TOPIC_ALREADY_EXISTS" in again.stderr
+    down = subprocess.run(
+        [*SEMEL, "topic", "list", "--bootstrap", "127.0.0.1:1"], capture_output=True, timeout=60
+    )
+    assert down.returncode == 1 and b"Traceback" not in down.stderr
+    assert b"cannot reach any broker" in down.stderr
+
+
+def test_admin_describe_cluster_and_delete(shared_cluster):
+    with Admin(shared_cluster.bootstrap) as admin:
+        cluster = admin.describe_cluster()
+        assert [b.broker_id for b in cluster.brokers] == [1, 2, 3]
+        assert not any(b.fenced for b in cluster.brokers)
+        admin.create_topic("to-delete", 1, 1)
+        assert "to-delete" in admin.list_topics()
+        admin.delete_topic("to-delete")
+        assert "to-delete" not in admin.list_topics()
+        with pytest.raises(client_errors.InvalidTopicNameError):
+            admin.create_topic("bad name!", 1, 1)
+
+
+def test_producer_and_consumer_follow_a_leader_change(real_cluster):
+    real_cluster.create_topic("failover", partitions=1, replication_factor=3)
+    leader = real_cluster.leader_of("failover", 0)
+    with Producer(real_cluster.bootstrap, linger_ms=1, retry_backoff_ms=50) as producer:
+        for i in range(100):
+            producer.send("failover", b"%d" % i)
+        producer.flush(timeout_s=30)
+        real_cluster.kill(leader)
+        new_leader = real_cluster.leader_of("failover", 0, timeout_s=30, exclude=[leader])
+        assert new_leader != leader
+        futures = [producer.send("failover", b"%d" % i) for i in range(100, 200)]
+        producer.flush(timeout_s=60)
+        for f in futures:
+            f.result(0)
+    with Consumer(real_cluster.bootstrap, auto_offset_reset="earliest") as consumer:
+        consumer.assign([("failover", 0)])
+        values = []
+        while len(values) < 200:
+            records = consumer.poll(5000)
+            assert records, f"stalled after {len(values)} records"
+            values.extend(int(r.value) for r in records)
+    # acks=all and one in flight: everything acknowledged is there, in order (retries may duplicate).
+    deduped = list(dict.fromkeys(values))
+    assert deduped == list(range(200))
