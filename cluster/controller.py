@@ -71,6 +71,9 @@ class ControllerConfig:
     internal_replication_factor: int | None = None  # None: min(3, number of voters)
     submit_timeout_s: float = 2.0
     failed_decision_backoff_ms: int = 1000  # a rejected decision is not proposed again sooner
+    # Leadership goes back to the preferred (first) replica once it has been unfenced this long
+    # and is in the ISR (Kafka's auto leader rebalance, per partition); None disables it.
+    preferred_leader_rebalance_ms: int | None = 10_000
 
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_interval_ms < self.session_timeout_ms:
@@ -99,6 +102,7 @@ class _Liveness:
     heard: bool = False  # a heartbeat of this epoch reached *this* controller
     down_since_ms: int | None = None  # Raft connection (or external signal) down since
     fenced_at_ms: int | None = None  # when this controller decided to fence it
+    unfenced_since_ms: int | None = None  # first seen unfenced by this controller
 
 
 class ControllerCore:
@@ -170,6 +174,7 @@ class ControllerCore:
             if command is not None:
                 commands.append(command)
         commands.extend(self._leaderless_repairs(image))
+        commands.extend(self._preferred_elections(image, now_ms))
         commands.extend(self._internal_topics(image))
         return commands
 
@@ -180,6 +185,8 @@ class ControllerCore:
         cfg = self.config
         if not reg.fenced:
             lv.fenced_at_ms = None
+            if lv.unfenced_since_ms is None:
+                lv.unfenced_since_ms = now_ms
             expired = silent_ms > cfg.session_timeout_ms
             unreachable = (
                 lv.down_since_ms is not None
@@ -188,8 +195,10 @@ class ControllerCore:
             )
             if expired or unreachable:
                 lv.fenced_at_ms = now_ms
+                lv.unfenced_since_ms = None
                 return FenceBroker(broker_id, reg.broker_epoch)
             return None
+        lv.unfenced_since_ms = None
         caught_up = lv.heard and lv.metadata_version >= reg.registered_version
         fresh = silent_ms <= cfg.session_timeout_ms and (
             lv.fenced_at_ms is None or lv.last_heartbeat_ms > lv.fenced_at_ms
@@ -208,6 +217,25 @@ class ControllerCore:
                     continue
                 if set(p.isr) & unfenced or (t.config.unclean_leader_election and set(p.replicas) & unfenced):
                     out.append(ElectLeader(name, p.partition, p.partition_epoch))
+        return out
+
+    def _preferred_elections(self, image: MetadataImage, now_ms: int) -> list[Command]:
+        delay_ms = self.config.preferred_leader_rebalance_ms
+        if delay_ms is None:
+            return []
+        settled = {
+            b
+            for b, lv in self._liveness.items()
+            if lv.unfenced_since_ms is not None and now_ms - lv.unfenced_since_ms >= delay_ms
+        }
+        out: list[Command] = []
+        for name in sorted(image.topics):
+            for p in image.topics[name].partitions:
+                preferred = p.replicas[0]
+                if p.leader not in (NO_LEADER, preferred) and preferred in p.isr and preferred in settled:
+                    reg = image.brokers.get(preferred)
+                    if reg is not None and not reg.fenced:
+                        out.append(ElectLeader(name, p.partition, p.partition_epoch))
         return out
 
     def _internal_topics(self, image: MetadataImage) -> list[Command]:

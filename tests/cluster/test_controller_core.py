@@ -198,3 +198,41 @@ def test_an_unreachable_report_is_forgotten_once_the_broker_heartbeats() -> None
     # Broker 2 has been silent for 350 ms > grace, but nothing says it is down any more.
     assert core.decide(m.image, 500) == []
     assert core.decide(m.image, 1151) == [FenceBroker(2, 2)]  # the session still expires
+
+
+def test_leadership_returns_to_the_preferred_replica_after_the_delay() -> None:
+    cfg = ControllerConfig(
+        internal_partitions={TRANSACTION_STATE_TOPIC: 1, CONSUMER_OFFSETS_TOPIC: 1},
+        preferred_leader_rebalance_ms=5000,
+    )
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 1, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 1, 3, internal=True)])
+    m.apply(CreateTopic("t", 3, 3))
+    core = ControllerCore(cfg)
+    core.on_became_leader(m.image, 0)
+    heartbeat_all(core, m, 0)
+    assert core.decide(m.image, 0) == []
+    p = m.image.partition("t", 0)
+    preferred = p.replicas[0]
+    m.apply(FenceBroker(preferred, preferred))
+    heartbeat_all(core, m, 100)
+    assert core.decide(m.image, 100) == [UnfenceBroker(preferred, preferred)]
+    m.apply(UnfenceBroker(preferred, preferred))
+    p = m.image.partition("t", 0)
+    assert p.leader != preferred and preferred not in p.isr
+    from semel.cluster.metadata import AlterPartition
+
+    m.apply(AlterPartition("t", 0, p.leader, p.leader, p.leader_epoch, p.partition_epoch, p.replicas))
+    heartbeat_all(core, m, 200)
+    assert core.decide(m.image, 200) == []  # back in the ISR, but only just unfenced
+    heartbeat_all(core, m, 5200)
+    decisions = core.decide(m.image, 5200)
+    p = m.image.partition("t", 0)
+    assert ElectLeader("t", 0, p.partition_epoch) in decisions
+    apply_all(m, decisions)
+    assert m.image.partition("t", 0).leader == preferred
+    heartbeat_all(core, m, 5300)
+    assert core.decide(m.image, 5300) == []
+    off = ControllerCore(ControllerConfig(preferred_leader_rebalance_ms=None))
+    off.on_became_leader(m.image, 0)
+    assert not [c for c in off.decide(m.image, 10**9) if isinstance(c, ElectLeader)]
