@@ -37,3 +37,20 @@ REPLICA_FETCH_MAX_WAIT_MS = 500            # follower long-poll on the leader
 REPLICA_LAG_TIME_MAX_MS_DEFAULT = 10_000   # a follower not caught up for this long leaves the ISR
 BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT = 100
 BROKER_SESSION_TIMEOUT_MS_DEFAULT = 600    # no heartbeat for this long -> the controller fences the broker
+
+# --- consumer groups (semel.coordinator: group_state, offsets, group_log) ------------
+# Bounds of one group coordinator; every one is checked before a record is written.
+MAX_GROUPS_PER_COORDINATOR_PARTITION = 10_000   # groups (with members or only offsets) per __consumer_offsets partition; more -> RESOURCE_EXHAUSTED
+MAX_MEMBERS_PER_GROUP = 1_000                   # more joins -> GROUP_MAX_SIZE_REACHED (also bounds the assignor's work)
+MAX_GROUP_ID_BYTES = 255                        # UTF-8 bytes of a group id; longer -> INVALID_GROUP_ID
+MAX_MEMBER_ID_BYTES = 64                        # UTF-8 bytes of a client-chosen member id; longer -> INVALID_REQUEST
+MAX_CLIENT_ID_BYTES = 255                       # informational client id kept per member
+MAX_SUBSCRIBED_TOPICS_PER_MEMBER = 1_000        # topics in one subscription; more -> INVALID_REQUEST
+MAX_ASSIGNABLE_PARTITIONS_PER_GROUP = 100_000   # partitions of the union of the subscriptions; more -> INVALID_REQUEST
+MAX_OFFSET_METADATA_BYTES = 4096                # metadata string of one committed offset (Kafka: offset.metadata.max.bytes)
+MAX_OFFSETS_PER_GROUP = 100_000                 # committed partitions kept per group; more -> RESOURCE_EXHAUSTED
+MAX_PENDING_TXN_PRODUCERS_PER_COORDINATOR_PARTITION = 10_000  # producers with uncommitted TxnOffsetCommits; more -> RESOURCE_EXHAUSTED
+GROUP_SESSION_TIMEOUT_MS_DEFAULT = 45_000       # no heartbeat for this long -> the member is removed and the group rebalances
+GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT = 5_000     # told to members in every heartbeat response
+GROUP_REBALANCE_TIMEOUT_MS_DEFAULT = 60_000     # a member must release revoked partitions within this (its own value if it sends one)
+GROUP_REBALANCE_TIMEOUT_MS_MAX = 30 * 60 * 1000 # a member's rebalance timeout is clamped to this
