@@ -291,6 +291,7 @@ class ReplicaManager:
         self.lag_time_max_ms = lag_time_max_ms
         self._open_store = open_store
         self.partitions: dict[tuple[str, int], Partition] = {}
+        self.failed: dict[tuple[str, int], str] = {}  # replicas whose storage could not be opened
         # Called when a partition starts following a (new) leader or stops following.
         self.on_follow: Callable[[Partition], None] = lambda p: None
         self.on_unfollow: Callable[[Partition], None] = lambda p: None
@@ -304,10 +305,17 @@ class ReplicaManager:
                          current_leader_epoch: int = -1) -> Partition:
         p = self.partitions.get((topic, partition))
         if p is None:
-            if image.partition(topic, partition) is None:
+            state = image.partition(topic, partition)
+            if state is None:
                 raise PartitionError(pb.UNKNOWN_TOPIC_OR_PARTITION, f"unknown partition {topic}-{partition}")
+            if (topic, partition) in self.failed:
+                raise PartitionError(pb.STORAGE_ERROR, f"replica of {topic}-{partition} on broker {self.broker_id} "
+                                     f"is unavailable: {self.failed[(topic, partition)]}")
+            if state.leader == self.broker_id:
+                raise PartitionError(pb.NOT_LEADER_OR_FOLLOWER,
+                                     f"broker {self.broker_id} is becoming the leader of {topic}-{partition}; retry")
             raise PartitionError(pb.NOT_LEADER_OR_FOLLOWER,
-                                 f"broker {self.broker_id} hosts no replica of {topic}-{partition}")
+                                 f"broker {self.broker_id} is not the leader of {topic}-{partition}")
         p.check_leader(current_leader_epoch)
         return p
 
@@ -325,10 +333,16 @@ class ReplicaManager:
             if key not in wanted or wanted[key][0].topic_id != p.topic_id:
                 self._remove(p, delete_data=True)
         for key, (topic, ps) in wanted.items():
-            p = self.partitions.get(key)
-            if p is None:
-                p = self._open(topic, ps)
-            self._apply_state(p, topic, ps, now)
+            try:
+                p = self.partitions.get(key)
+                if p is None:
+                    p = self._open(topic, ps)
+                self._apply_state(p, topic, ps, now)
+            except Exception as exc:  # one bad replica must not take the others down; retried next change
+                log.exception("%s-%d: cannot take its role (%s); replica unavailable", key[0], key[1], exc)
+                self.failed[key] = f"{type(exc).__name__}: {exc}"
+            else:
+                self.failed.pop(key, None)
 
     def _apply_state(self, p: Partition, topic: md.Topic, ps: md.PartitionState, now: int) -> None:
         min_isr = topic.config.min_insync_replicas

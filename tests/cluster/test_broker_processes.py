@@ -48,8 +48,13 @@ def ok(result) -> None:
 
 def produce_values(c: h.Cluster, topic: str, values: list[bytes], partition: int = 0,
                    acks: int = broker_pb2.ACKS_ALL) -> list[tuple[int, bytes]]:
-    leader = c.leader_of(topic, partition)
-    r = h.produce(c.broker_stub(leader), topic, partition, h.make_batch(values), acks=acks)
+    retriable = (common_pb2.NOT_LEADER_OR_FOLLOWER, common_pb2.LEADER_NOT_AVAILABLE)
+    for _ in range(200):  # a new topic's leader may take a few ms to apply the metadata
+        leader = c.leader_of(topic, partition)
+        r = h.produce(c.broker_stub(leader), topic, partition, h.make_batch(values), acks=acks)
+        if r.error_code not in retriable:
+            break
+        time.sleep(0.01)
     ok(r)
     return [(r.base_offset + i, v) for i, v in enumerate(values)]
 
