@@ -153,3 +153,22 @@ def with_offsets(encoded: bytes, base_offset: int, leader_epoch: int) -> bytes:
     struct.pack_into(">i", buf, 23, leader_epoch)
     struct.pack_into(">I", buf, LENGTH_FIELD_END, crc_of(buf))
     return bytes(buf)
+
+
+def peek_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
+    """Decode only the fixed header at `pos` (the payload need not be in `buf`; no CRC check).
+
+    For walking a file header by header; whatever is served must still pass `decode_header`.
+    """
+    if len(buf) - pos < HEADER_BYTES:
+        raise CorruptBatchError(f"truncated header at {pos}: {len(buf) - pos} bytes")
+    base_offset, length, _crc = PREFIX.unpack_from(buf, pos)
+    (magic, attributes, last_delta, leader_epoch, pid, pepoch, base_seq, count, base_ts, max_ts) = BODY.unpack_from(
+        buf, pos + PREFIX.size
+    )
+    if length < HEADER_BYTES - LENGTH_FIELD_END or magic != MAGIC:
+        raise CorruptBatchError(f"bad batch length {length} or magic {magic} at {pos}")
+    return BatchHeader(
+        base_offset, last_delta, leader_epoch, pid, pepoch, base_seq, count, attributes, base_ts, max_ts,
+        LENGTH_FIELD_END + length,
+    )

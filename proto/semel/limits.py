@@ -18,6 +18,15 @@ INDEX_INTERVAL_BYTES_DEFAULT = 4096        # one sparse index entry per this man
 RETENTION_BYTES_DEFAULT = -1               # -1: unlimited
 RETENTION_MS_DEFAULT = 7 * 24 * 3600 * 1000
 FLUSH_INTERVAL_MS_DEFAULT = 1000
+FLUSH_POLICY_DEFAULT = "interval"          # "never" | "interval" | "always"; why: docs/storage.md
+SEGMENT_BYTES_MIN = 1024                   # smaller segments are allowed only down to this
+SEGMENT_BYTES_MAX = 1024 * 1024 * 1024     # keeps positions far inside int32 and bounds one recovery scan
+INDEX_INTERVAL_BYTES_MIN = 1               # 1: an index entry for every batch
+INDEX_INTERVAL_BYTES_MAX = 1024 * 1024     # a lookup scans at most about this many log bytes
+MAX_APPEND_BYTES = MAX_REQUEST_BYTES       # one PartitionLog.append call (several whole batches)
+LOG_SCAN_CHUNK_BYTES = 256 * 1024          # read size when a read/recovery walks batch headers on disk
+MAX_LEADER_EPOCH_ENTRIES = 100_000         # leader-epoch cache entries per partition (old ones clamp away with retention)
+MAX_ABORTED_TXNS_PER_PARTITION = 1_000_000 # aborted-transaction index entries held in memory per partition
 
 # --- producer state ---------------------------------------------------------------
 PRODUCER_BATCHES_RETAINED = 5              # metadata of the last N batches per producer (Kafka: 5)

@@ -1,0 +1,625 @@
+"""The on-disk log of one partition replica: segments, indexes, checkpoints, recovery.
+
+Theory of operation
+-------------------
+A partition directory holds:
+
+    00000000000000000000.log        whole batches (semel.storage.batch format), append-only
+    00000000000000000000.index      sparse offset index of that segment (written at roll/close)
+    00000000000000000000.timeindex  time index of that segment (written at roll/close)
+    log.checkpoint                  {log_start_offset, recovery_point}, CRC'd, atomic rewrite
+    leader-epoch.checkpoint         leader epoch -> start offset, CRC'd, atomic rewrite
+    aborted.txnindex                aborted transactions, append-only 36-byte records
+    .clean_shutdown                 present only between a clean close() and the next open()
+    .lock                           flock'd while a process has the log open
+
+`append` validates every batch of the call (framing, size bound, CRC, offset continuity)
+before it writes anything, then hands all of them to the kernel with one write(): when it
+returns the bytes are in the page cache and survive a crash of this process. Indexes are
+kept in memory and reach their files when a segment is sealed (roll), and at close.
+
+Durability (`flush_policy`, default "interval", see docs/storage.md for the why):
+`always` fdatasyncs the segment before append returns; `interval` does so when
+`flush_interval_ms` passed since the last one (and at roll); `never` leaves it to the OS.
+close() always fsyncs. Replication, not fsync, is what makes an acknowledged write durable.
+
+Recovery point: every batch below it is in a sealed segment whose file was synced (by the
+policy) and whose index files were written; it moves to the new segment's base at each roll.
+`open` scans (CRC + continuity) the segment holding the recovery point and every later one,
+cuts a torn or corrupt tail and deletes what follows; with a clean-shutdown marker it scans
+nothing. See semel.storage.recovery.
+
+Invariants (checked in tests): segment bases strictly increase and each sealed segment
+ends exactly where the next begins; log_start_offset <= log_end_offset and log start never
+moves back; the epoch cache has no entry after the LEO; the aborted index has no
+entry whose marker (last_offset) is at or after the LEO.
+
+Truncation `truncate_to(offset)` drops the batch that contains `offset` and every later
+batch, so the new LEO is `offset` when it is a batch boundary, else the base offset of the
+batch that contained it (Kafka does the same: batches are never split).
+
+Thread safety: public methods take one lock; `iter_headers` reads a snapshot of the
+segment list and must not race a truncation or retention of the same range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import logging
+import os
+import threading
+from bisect import bisect_right
+from collections.abc import Iterator
+from pathlib import Path
+
+from semel import limits
+from semel.storage import epoch_cache as ec
+from semel.storage.aborted_txns import AbortedTxn, AbortedTxnFile, AbortedTxnIndex
+import struct
+
+from crc32c import crc32c as _crc32c
+
+from semel.storage.batch import (
+    BODY,
+    CRC_FIELD_END,
+    HEADER_BYTES,
+    LENGTH_FIELD_END,
+    MAGIC,
+    PREFIX,
+    BatchHeader,
+    CorruptBatchError,
+    decode_header,
+    peek_header,
+)
+from semel.storage.checkpoint import CorruptCheckpointError, fsync_dir, read_json, write_json
+from semel.storage.epoch_cache import LeaderEpochCache
+from semel.storage.errors import (
+    BatchTooLargeError,
+    CorruptLogError,
+    InvalidAppendError,
+    LogClosedError,
+    OffsetOutOfRange,
+)
+from semel.storage.log_policy import LogConfig, SegmentSummary, fsync_due, retention_count, should_roll
+from semel.storage.recovery import first_segment_to_verify
+from semel.storage.segment import Frame, LogSegment, parse_segment_name
+
+__all__ = [
+    "AbortedTxn",
+    "BatchTooLargeError",
+    "CorruptBatchError",
+    "CorruptLogError",
+    "InvalidAppendError",
+    "LogClosedError",
+    "LogConfig",
+    "OffsetOutOfRange",
+    "PartitionLog",
+    "ReadResult",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "log.checkpoint"
+EPOCH_FILE = "leader-epoch.checkpoint"
+ABORTED_FILE = "aborted.txnindex"
+CLEAN_SHUTDOWN_FILE = ".clean_shutdown"
+LOCK_FILE = ".lock"
+
+# The whole 61-byte header in one unpack (field order of semel.storage.batch).
+_HEADER = struct.Struct(PREFIX.format + BODY.format.lstrip(">"))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadResult:
+    data: bytes  # whole batches, exactly as stored
+    first_offset: int  # base offset of the first batch (may be < the requested offset); = requested if empty
+    next_offset: int  # offset after the last batch returned; = requested if empty
+    headers: tuple[BatchHeader, ...]
+
+
+class PartitionLog:
+    """See the module docstring. Create with `PartitionLog.open`."""
+
+    def __init__(self, directory: Path, config: LogConfig, lock_fd: int) -> None:
+        self.directory = directory
+        self.config = config
+        self._lock_fd = lock_fd
+        self._lock = threading.RLock()
+        self._segments: list[LogSegment] = []
+        self._bases: list[int] = []
+        self._log_start_offset = 0
+        self._recovery_point = 0
+        self._last_fsync_ms = 0
+        self._closed = False
+        self._sync_files = config.flush_policy != "never"
+        self.epoch_cache = LeaderEpochCache(log_end_offset=lambda: self.log_end_offset)
+        self._aborted_file = AbortedTxnFile(directory / ABORTED_FILE, sync=self._sync_files)
+        self.aborted_txns = AbortedTxnIndex()
+
+    # --- opening and recovery -------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: str | Path, config: LogConfig, now_ms: int) -> PartitionLog:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise RuntimeError(f"{directory}: the partition log is open in another process") from None
+        plog = cls(directory, config, lock_fd)
+        try:
+            plog._load(now_ms)
+        except BaseException:
+            plog._close_files()
+            raise
+        return plog
+
+    def _load(self, now_ms: int) -> None:
+        d = self.directory
+        clean = (d / CLEAN_SHUTDOWN_FILE).exists()
+        for tmp in d.glob("*.tmp"):
+            tmp.unlink()
+        try:
+            checkpoint = read_json(d / CHECKPOINT_FILE)
+        except CorruptCheckpointError as exc:
+            log.warning("%s; verifying every segment", exc)
+            checkpoint, clean = None, False
+        bases = sorted(b for b in (parse_segment_name(p.name) for p in d.iterdir()) if b is not None)
+        log_start = checkpoint["log_start_offset"] if checkpoint else (bases[0] if bases else 0)
+        recovery_point = checkpoint["recovery_point"] if checkpoint else None
+        # Segments wholly below the log start: a deletion that a crash interrupted.
+        while len(bases) > 1 and bases[1] <= log_start:
+            LogSegment.open_for_recovery(d, bases.pop(0), self.config.index_interval_bytes).delete()
+        entries = self._load_epoch_entries()
+        start_verify = first_segment_to_verify(bases, recovery_point, clean)
+        for i, base in enumerate(bases):
+            if i < start_verify:
+                seg = LogSegment.open_trusted(d, base, self.config.index_interval_bytes)
+                self._add_segment(seg)
+                continue
+            seg = LogSegment.open_for_recovery(d, base, self.config.index_interval_bytes)
+            self._add_segment(seg)
+
+            def on_batch(h: BatchHeader) -> None:
+                nonlocal entries
+                # Batches wholly below the log start are invisible: their epochs stay forgotten.
+                if h.leader_epoch >= 0 and h.next_offset > log_start and (not entries or h.leader_epoch > entries[-1].epoch):
+                    entries = ec.assign(entries, h.leader_epoch, h.base_offset)
+
+            result = seg.recover(on_batch)
+            following = bases[i + 1] if i + 1 < len(bases) else None
+            broken = result.stop_reason or (following is not None and result.next_offset != following)
+            if broken:
+                reason = result.stop_reason or f"segment ends at {result.next_offset}, next begins at {following}"
+                log.warning("%s: %s; cut the log at offset %d", seg.log_path, reason, result.next_offset)
+                for later in reversed(bases[i + 1 :]):
+                    LogSegment.open_for_recovery(d, later, self.config.index_interval_bytes).delete()
+                break
+        if not self._segments:
+            self._add_segment(LogSegment.create(d, log_start, self.config.index_interval_bytes))
+        leo = self.log_end_offset
+        self._log_start_offset = max(log_start, self._segments[0].base_offset)
+        if self._log_start_offset > leo:
+            # The log start ran ahead of the data (everything below it was deleted).
+            self._reset_segments(self._log_start_offset)
+        # An entry may start exactly at the LEO (a new leader assigns its epoch before writing);
+        # entries beyond it describe data this replica lost.
+        entries = ec.truncate_from_start(ec.truncate_from_end(entries, self.log_end_offset + 1), self._log_start_offset)
+        self.epoch_cache = LeaderEpochCache(entries, log_end_offset=lambda: self.log_end_offset, store=self._store_epochs)
+        self._store_epochs(entries)
+        self.aborted_txns = AbortedTxnIndex(
+            self._aborted_file.load(), on_add=self._append_aborted, on_rewrite=self._aborted_file.rewrite
+        )
+        self.aborted_txns.truncate_to(self.log_end_offset)
+        self.aborted_txns.truncate_from_start(self._log_start_offset)
+        # Everything is verified (or trusted) now: seal what is sealed, sync, move the recovery point.
+        for seg in self._segments[:-1]:
+            seg.write_index_files(sync=self._sync_files)
+        if self._sync_files:
+            for seg in self._segments[start_verify:]:
+                seg.fsync()
+        self._recovery_point = self._segments[-1].base_offset
+        self._write_checkpoint(sync=True)
+        if clean:
+            (d / CLEAN_SHUTDOWN_FILE).unlink()
+        fsync_dir(d)  # the marker must be gone for good before anything is appended
+        self._last_fsync_ms = now_ms
+
+    def _load_epoch_entries(self) -> ec.Entries:
+        try:
+            value = read_json(self.directory / EPOCH_FILE)
+            return ec.entries_from_json(value) if value is not None else ()
+        except (CorruptCheckpointError, ValueError, TypeError) as exc:
+            # Rebuilt from the batches' leader epochs only for the verified segments; a
+            # follower then truncates more than needed at worst, never less.
+            log.warning("%s: leader-epoch checkpoint unreadable (%s); starting empty", self.directory, exc)
+            return ()
+
+    # --- properties -----------------------------------------------------------------
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._log_start_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._segments[-1].index.next_offset
+
+    @property
+    def recovery_point(self) -> int:
+        return self._recovery_point
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.index.size_bytes for s in self._segments)
+
+    @property
+    def segment_base_offsets(self) -> list[int]:
+        return list(self._bases)
+
+    # --- append ---------------------------------------------------------------------
+
+    def append(self, encoded: bytes, now_ms: int) -> BatchHeader:
+        """Append whole encoded batches that start at the LEO; returns the last batch's header."""
+        with self._lock:
+            self._check_open()
+            frames, last_header = self._validate(encoded, self.log_end_offset)
+            active = self._segments[-1]
+            if should_roll(active.index.size_bytes, active.index.first_timestamp_ms, len(encoded), now_ms, self.config):
+                self._roll(now_ms)
+                active = self._segments[-1]
+            active.append(encoded, frames)
+            latest_epoch = self.epoch_cache.latest_epoch
+            for base, _next, _ts, _size, epoch in frames:
+                if epoch > latest_epoch:
+                    self.epoch_cache.assign(epoch, base)
+                    latest_epoch = epoch
+            if self._sync_files and fsync_due(
+                self.config.flush_policy, self._last_fsync_ms, now_ms, self.config.flush_interval_ms
+            ):
+                active.fsync()
+                self._last_fsync_ms = now_ms
+            return last_header
+
+    def _validate(self, encoded: bytes, expected_offset: int) -> tuple[list[Frame], BatchHeader]:
+        """Frames of the batches in `encoded` and the last header; raises before anything is written.
+
+        The hot path: one struct unpack and one CRC per batch, no per-batch objects beyond a tuple.
+        """
+        total = len(encoded)
+        if total == 0:
+            raise InvalidAppendError("nothing to append")
+        if total > limits.MAX_APPEND_BYTES:
+            raise BatchTooLargeError(f"append of {total} bytes exceeds MAX_APPEND_BYTES {limits.MAX_APPEND_BYTES}")
+        max_batch = self.config.max_batch_bytes
+        view = memoryview(encoded)
+        frames: list[Frame] = []
+        pos = 0
+        while pos < total:
+            if total - pos < HEADER_BYTES:
+                raise CorruptBatchError(f"truncated header at byte {pos}: {total - pos} bytes")
+            fields = _HEADER.unpack_from(encoded, pos)
+            base, length, crc, magic, _attrs, delta, epoch, *_rest, max_ts = fields
+            size = LENGTH_FIELD_END + length
+            if size > max_batch:
+                raise BatchTooLargeError(f"batch at byte {pos} is {size} bytes; max_batch_bytes is {max_batch}")
+            end = pos + size
+            if size < HEADER_BYTES or end > total:
+                raise CorruptBatchError(f"bad batch length {length} at byte {pos}")
+            if magic != MAGIC:
+                raise CorruptBatchError(f"unknown magic {magic} at byte {pos}")
+            if _crc32c(view[pos + CRC_FIELD_END : end], _crc32c(view[pos : pos + LENGTH_FIELD_END])) != crc:
+                raise CorruptBatchError(f"CRC mismatch at byte {pos} (base offset {base})")
+            if base != expected_offset:
+                raise InvalidAppendError(f"batch at byte {pos} has base offset {base}, log end is {expected_offset}")
+            if delta < 0:
+                raise InvalidAppendError(f"batch at byte {pos} has last_offset_delta {delta}")
+            expected_offset = base + delta + 1
+            frames.append((base, expected_offset, max_ts, size, epoch))
+            pos = end
+        base, length, _crc, _magic, attrs, delta, epoch, pid, pepoch, seq, count, base_ts, max_ts = fields
+        last = BatchHeader(base, delta, epoch, pid, pepoch, seq, count, attrs, base_ts, max_ts, LENGTH_FIELD_END + length)
+        return frames, last
+
+    def _roll(self, now_ms: int) -> None:
+        sealed = self._segments[-1]
+        sealed.write_index_files(sync=self._sync_files)
+        if self._sync_files:
+            sealed.fsync()
+        self._add_segment(LogSegment.create(self.directory, self.log_end_offset, self.config.index_interval_bytes))
+        if self._sync_files:
+            fsync_dir(self.directory)
+        self._recovery_point = self._segments[-1].base_offset
+        self._write_checkpoint(sync=self._sync_files)
+        self._last_fsync_ms = now_ms
+
+    def roll(self, now_ms: int) -> None:
+        """Seal the active segment now (tests, admin); a no-op on an empty active segment."""
+        with self._lock:
+            self._check_open()
+            if self._segments[-1].index.size_bytes > 0:
+                self._roll(now_ms)
+
+    # --- reads ----------------------------------------------------------------------
+
+    def read(self, offset: int, max_bytes: int, max_offset: int | None = None) -> ReadResult:
+        """Whole batches from the one containing `offset`; see the contract in docs/design.md."""
+        with self._lock:
+            self._check_open()
+            self._check_offset(offset)
+            limit = self.log_end_offset if max_offset is None else min(max_offset, self.log_end_offset)
+            parts: list[bytes | memoryview] = []
+            headers: list[BatchHeader] = []
+            used = 0
+            i = bisect_right(self._bases, offset) - 1
+            first = True
+            while i < len(self._segments):
+                seg = self._segments[i]
+                i += 1
+                if seg.index.next_offset <= offset:
+                    continue
+                if first:
+                    pos, head = seg.locate(offset)
+                    expected, first_size = head.base_offset, head.size_bytes
+                else:
+                    pos, expected, first_size = 0, seg.base_offset, 0
+                if expected >= limit:
+                    break
+                budget = max_bytes - used
+                n = min(seg.index.size_bytes - pos, max(budget, first_size if first else 0))
+                if n < HEADER_BYTES:
+                    break
+                chunk = seg.pread(n, pos)
+                took, expected = _take_batches(chunk, headers, expected, limit, must_take_one=first, where=(seg, pos))
+                first = False
+                if took == 0:
+                    break
+                parts.append(chunk if took == len(chunk) else memoryview(chunk)[:took])
+                used += took
+                if pos + took < seg.index.size_bytes or expected >= limit:
+                    break
+            if not headers:
+                return ReadResult(b"", offset, offset, ())
+            data = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+            return ReadResult(bytes(data), headers[0].base_offset, headers[-1].next_offset, tuple(headers))
+
+    def iter_headers(self, start_offset: int, end_offset: int | None = None) -> Iterator[BatchHeader]:
+        """CRC-checked headers of the batches from the one containing `start_offset` up to `end_offset`."""
+        with self._lock:
+            self._check_open()
+            self._check_offset(start_offset)
+            segments = list(self._segments)
+            bases = list(self._bases)
+            end = self.log_end_offset if end_offset is None else min(end_offset, self.log_end_offset)
+        return self._iter_headers(segments, bases, start_offset, end)
+
+    @staticmethod
+    def _iter_headers(segments: list[LogSegment], bases: list[int], start: int, end: int) -> Iterator[BatchHeader]:
+        i = bisect_right(bases, start) - 1
+        for seg in segments[max(i, 0) :]:
+            if seg.index.next_offset <= start:
+                continue
+            if seg.base_offset >= end:
+                return
+            if start > seg.base_offset:
+                point = seg.index.lookup(start)
+                pos, expected = point.position, point.offset
+            else:
+                pos, expected = 0, seg.base_offset
+            for h, _ in seg.iter_batches(pos, expected, verify_crc=True):
+                if h.base_offset >= end:
+                    return
+                if h.next_offset > start:
+                    yield h
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
+        """The first offset (>= log start) of the first batch whose max timestamp >= `timestamp_ms`."""
+        with self._lock:
+            self._check_open()
+            start = self._log_start_offset
+            for seg in self._segments:
+                idx = seg.index
+                if idx.next_offset <= start or idx.max_timestamp_ms is None or idx.max_timestamp_ms < timestamp_ms:
+                    continue
+                point = idx.time_lookup(timestamp_ms)
+                if point.offset < start:
+                    point = idx.lookup(start)
+                for h, _ in seg.iter_batches(point.position, point.offset, verify_crc=True):
+                    if h.next_offset > start and h.max_timestamp_ms >= timestamp_ms:
+                        return max(h.base_offset, start)
+                # Not found: the segment's newest timestamps are all below the log start.
+            return None
+
+    # --- truncation and retention ----------------------------------------------------
+
+    def truncate_to(self, offset: int) -> None:
+        """Drop every batch with last_offset >= `offset` (replica divergence); see the module docstring."""
+        with self._lock:
+            self._check_open()
+            if offset >= self.log_end_offset:
+                return
+            if offset < self._log_start_offset:
+                raise OffsetOutOfRange(f"truncate_to({offset}) below log start {self._log_start_offset}")
+            i = bisect_right(self._bases, offset) - 1
+            # A lower recovery point is always safe, so persist it before touching segments.
+            self._recovery_point = min(self._recovery_point, self._bases[i])
+            self._write_checkpoint(sync=True)
+            for seg in reversed(self._segments[i + 1 :]):
+                seg.delete()
+            del self._segments[i + 1 :]
+            del self._bases[i + 1 :]
+            new_end = self._segments[i].truncate_to_offset(offset)
+            if new_end < self._log_start_offset:
+                self._reset_segments(self._log_start_offset)
+            self.epoch_cache.truncate_from_end(self.log_end_offset)
+            self.aborted_txns.truncate_to(self.log_end_offset)
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Forget every batch and continue at `offset` (a follower far behind or ahead of the leader)."""
+        with self._lock:
+            self._check_open()
+            self._log_start_offset = offset
+            self._reset_segments(offset)
+            self.epoch_cache.clear()
+            self.aborted_txns.clear()
+
+    def advance_log_start(self, offset: int) -> None:
+        """Delete-records: offsets below `offset` become unreadable; whole segments below it go."""
+        with self._lock:
+            self._check_open()
+            if offset <= self._log_start_offset:
+                return
+            if offset > self.log_end_offset:
+                raise OffsetOutOfRange(f"advance_log_start({offset}) beyond log end {self.log_end_offset}")
+            self._log_start_offset = offset
+            self._write_checkpoint(sync=True)
+            self.epoch_cache.truncate_from_start(offset)
+            self.aborted_txns.truncate_from_start(offset)
+            self._delete_leading(sum(1 for s in self._segments[:-1] if s.index.next_offset <= offset))
+
+    def apply_retention(self, now_ms: int) -> int:
+        """Delete old segments by bytes and time (never the active one); returns the log start."""
+        with self._lock:
+            self._check_open()
+            sealed = [
+                SegmentSummary(s.base_offset, s.index.next_offset, s.index.size_bytes, s.index.max_timestamp_ms)
+                for s in self._segments[:-1]
+            ]
+            count = retention_count(sealed, self._segments[-1].index.size_bytes, self._log_start_offset, now_ms, self.config)
+            if count:
+                new_start = max(self._log_start_offset, self._segments[count].base_offset)
+                if new_start != self._log_start_offset:
+                    self._log_start_offset = new_start
+                    self._write_checkpoint(sync=True)  # before any file goes: log start never goes back
+                    self.epoch_cache.truncate_from_start(new_start)
+                    self.aborted_txns.truncate_from_start(new_start)
+                self._delete_leading(count)
+            return self._log_start_offset
+
+    def _delete_leading(self, count: int) -> None:
+        for seg in self._segments[:count]:
+            seg.delete()
+        del self._segments[:count]
+        del self._bases[:count]
+
+    def _reset_segments(self, base_offset: int) -> None:
+        self._recovery_point = min(self._recovery_point, base_offset)
+        self._write_checkpoint(sync=True)
+        for seg in reversed(self._segments):
+            seg.delete()
+        self._segments.clear()
+        self._bases.clear()
+        self._add_segment(LogSegment.create(self.directory, base_offset, self.config.index_interval_bytes))
+        self._recovery_point = base_offset
+        self._write_checkpoint(sync=True)
+
+    # --- flush and close ---------------------------------------------------------------
+
+    def flush(self, now_ms: int | None = None) -> None:
+        """fsync the active segment and the aborted index, whatever the policy."""
+        with self._lock:
+            self._check_open()
+            self._segments[-1].fsync()
+            self._aborted_file.fsync()
+            if now_ms is not None:
+                self._last_fsync_ms = now_ms
+
+    def close(self) -> None:
+        """Flush everything, write index files and checkpoints, leave the clean-shutdown marker."""
+        with self._lock:
+            if self._closed:
+                return
+            for seg in self._segments:
+                seg.write_index_files(sync=True)
+            self._segments[-1].fsync()
+            self._aborted_file.fsync()
+            self._recovery_point = self.log_end_offset
+            self._write_checkpoint(sync=True)
+            marker = os.open(self.directory / CLEAN_SHUTDOWN_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.close(marker)
+            fsync_dir(self.directory)
+            self._close_files()
+
+    def _close_files(self) -> None:
+        self._closed = True
+        for seg in self._segments:
+            seg.close()
+        self._aborted_file.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def __enter__(self) -> PartitionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _add_segment(self, seg: LogSegment) -> None:
+        if self._bases and seg.base_offset <= self._bases[-1]:
+            raise AssertionError(f"segment {seg.base_offset} after {self._bases[-1]}")
+        self._segments.append(seg)
+        self._bases.append(seg.base_offset)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"{self.directory}: log is closed")
+
+    def _check_offset(self, offset: int) -> None:
+        if not self._log_start_offset <= offset <= self.log_end_offset:
+            raise OffsetOutOfRange(
+                f"offset {offset} outside [{self._log_start_offset}, {self.log_end_offset}] of {self.directory}"
+            )
+
+    def _write_checkpoint(self, *, sync: bool) -> None:
+        write_json(
+            self.directory / CHECKPOINT_FILE,
+            {"version": 1, "log_start_offset": self._log_start_offset, "recovery_point": self._recovery_point},
+            sync=sync,
+        )
+
+    def _store_epochs(self, entries: ec.Entries) -> None:
+        write_json(self.directory / EPOCH_FILE, ec.entries_to_json(entries), sync=True)
+
+    def _append_aborted(self, txn: AbortedTxn) -> None:
+        self._aborted_file.append(txn)
+        if self.config.flush_policy == "always":
+            self._aborted_file.fsync()
+
+
+def _take_batches(
+    chunk: bytes,
+    headers: list[BatchHeader],
+    expected: int,
+    limit: int,
+    *,
+    must_take_one: bool,
+    where: tuple[LogSegment, int],
+) -> tuple[int, int]:
+    """Walk whole batches at the start of `chunk` (CRC-checked) below `limit`; returns (bytes taken, next offset)."""
+    at = 0
+    n = len(chunk)
+    while n - at >= HEADER_BYTES:
+        try:
+            h = peek_header(chunk, at)
+            if at + h.size_bytes > n:
+                if at == 0 and must_take_one:
+                    raise CorruptBatchError(f"batch of {h.size_bytes} bytes runs past the segment end")
+                break
+            if h.base_offset != expected:
+                raise CorruptBatchError(f"base offset {h.base_offset}, expected {expected}")
+            if h.base_offset >= limit:
+                break
+            h = decode_header(chunk, at, verify_crc=True)
+        except CorruptBatchError as exc:
+            seg, pos = where
+            raise CorruptLogError(f"{seg.log_path} position {pos + at}: {exc}") from exc
+        headers.append(h)
+        expected = h.next_offset
+        at += h.size_bytes
+    return at, expected
