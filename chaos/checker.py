@@ -36,7 +36,7 @@ from typing import Any
 
 from semel.chaos.history import (
     BALANCE, COPY_INPUT, COPY_OUTPUT, CRASH, FAIL, FINAL_READ_FS, INFO, KEYS_FS, MOP_FS, OK,
-    SEND, TRANSFER, Event, HistoryError, Op, Poll, Send, pair_ops, read_history,
+    TRANSFER, Event, HistoryError, Op, Poll, Send, pair_ops, read_history,
 )
 
 # Anomalies that Kafka's model allows: reported under "allowed", never invalidate a run.
@@ -756,11 +756,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m semel.chaos.checker",
-                                     description="Check a Semel fault-run history (JSONL).")
+                                     description="Check a Semel fault-run history (JSONL). "
+                                     "Exit 0: valid, 1: anomalies, 2: unreadable history.")
     parser.add_argument("history", help="path of the history .jsonl file")
     parser.add_argument("--max-examples", type=int, default=MAX_EXAMPLES_DEFAULT)
     args = parser.parse_args(argv)
-    verdict = check_file(args.history, max_examples=args.max_examples)
+    try:
+        verdict = check_file(args.history, max_examples=args.max_examples)
+    except (HistoryError, OSError) as e:
+        print(f"cannot check {args.history}: {e}", file=sys.stderr)
+        return 2
     json.dump(verdict, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0 if verdict["valid"] else 1

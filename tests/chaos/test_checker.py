@@ -429,6 +429,8 @@ def test_check_file_and_cli(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["valid"] is True
     assert main([str(bad)]) == 1
     assert json.loads(capsys.readouterr().out)["anomalies"]["unseen"]
+    (tmp_path / "torn.jsonl").write_text('{"index": 5}\n')
+    assert main([str(tmp_path / "torn.jsonl")]) == 2
     proc = subprocess.run([sys.executable, "-m", "semel.chaos.checker", str(bad)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1

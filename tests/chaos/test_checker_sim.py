@@ -367,7 +367,7 @@ INJECTIONS: dict[str, Callable[[HistoryBuilder, random.Random], bool]] = {
     "G1c": _appended(_g1c),
 }
 
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=250, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
