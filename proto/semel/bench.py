@@ -12,6 +12,8 @@ import importlib
 # name -> (module, function, help). Each function takes the parsed args.
 BENCHMARKS = {
     "storage": ("semel.storage.bench", "add_arguments", "run", "append/read throughput of the partition log vs raw os.write"),
+    "produce": ("semel.cluster.bench_client", "add_produce_arguments", "run_produce", "producer throughput and latency against a (local) cluster"),
+    "consume": ("semel.cluster.bench_client", "add_consume_arguments", "run_consume", "consumer throughput against a (local) cluster"),
 }
 
 

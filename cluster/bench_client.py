@@ -1,0 +1,293 @@
+"""`semel bench produce` / `semel bench consume`: end-to-end client throughput and latency.
+
+Unless `--bootstrap` is given, the benchmark starts its own local cluster (`--brokers`,
+free loopback ports, a temporary data dir it deletes afterwards), creates a fresh topic
+(`--partitions`, `--replication-factor`) and runs `--producers` producer *processes*
+(each a `semel.cluster.client.Producer`, keyless records of `--record-bytes` random bytes)
+for `--duration-s` seconds. `--rate-mb-s` caps the offered load (to measure latency at,
+say, half of the maximum throughput).
+
+Latency is send() -> acknowledgement of a sample of records (1 in `LATENCY_SAMPLE_EVERY`),
+so it includes batching (`--linger-ms`), queueing in the client, the produce RPC and
+replication (acks=all). Progress goes to stderr; the last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+LATENCY_SAMPLE_EVERY = 16
+MB = 1_000_000
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", default=None, help="use this running cluster instead of starting one")
+    parser.add_argument("--brokers", type=int, default=3, help="brokers of the local cluster (default 3)")
+    parser.add_argument("--replication-factor", type=int, default=3, help="default 3")
+    parser.add_argument("--partitions", type=int, default=6, help="default 6")
+    parser.add_argument("--record-bytes", type=int, default=1024, help="value size (default 1024)")
+    parser.add_argument("--topic", default=None, help="topic name (default: a fresh bench-<time> topic)")
+    parser.add_argument("--keep-data", action="store_true", help="keep the local cluster's data dir")
+
+
+def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser)
+    parser.add_argument("--acks", choices=["all", "1", "0"], default="all", help="default all")
+    parser.add_argument("--duration-s", type=float, default=10.0, help="default 10")
+    parser.add_argument("--producers", type=int, default=1, help="producer processes (default 1)")
+    parser.add_argument("--rate-mb-s", type=float, default=0.0, help="offered load cap, all producers (0: max)")
+    parser.add_argument("--batch-bytes", type=int, default=None, help="producer batch_bytes (client default)")
+    parser.add_argument("--linger-ms", type=int, default=None, help="producer linger_ms (client default)")
+    parser.add_argument("--max-in-flight", type=int, default=None, help="producer max_in_flight (client default)")
+
+
+def add_consume_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser)
+    parser.add_argument("--mb", type=float, default=200.0, help="megabytes to produce first, then consume (default 200)")
+
+
+@contextlib.contextmanager
+def _cluster(args: argparse.Namespace) -> Iterator[str]:
+    if args.bootstrap:
+        yield args.bootstrap
+        return
+    from semel.cluster.local_cluster import BrokerSpec, LocalCluster
+
+    ports = _free_ports(2 * args.brokers)
+    data_dir = Path(tempfile.mkdtemp(prefix="semel-bench-"))
+    specs = [
+        BrokerSpec(i + 1, "127.0.0.1", ports[i], ports[args.brokers + i], data_dir / f"broker-{i + 1}")
+        for i in range(args.brokers)
+    ]
+    cluster = LocalCluster(specs, data_dir)
+    _progress(f"starting {args.brokers} broker(s) in {data_dir} ...")
+    try:
+        cluster.start(timeout_s=90)
+        yield cluster.bootstrap
+    finally:
+        cluster.stop()
+        if args.keep_data:
+            _progress(f"data kept in {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _create_topic(bootstrap: str, args: argparse.Namespace) -> str:
+    from semel.cluster.client import Admin
+    from semel.cluster.client_errors import TopicAlreadyExistsError
+
+    topic = args.topic or f"bench-{int(time.time() * 1000)}"
+    with Admin(bootstrap) as admin:
+        try:
+            admin.create_topic(topic, args.partitions, args.replication_factor, timeout_ms=30_000)
+        except TopicAlreadyExistsError:
+            pass
+        deadline = time.monotonic() + 30
+        while True:
+            view = admin.metadata([topic])
+            infos = view.topics.get(topic, [])
+            if infos and all(i.leader_id >= 0 for i in infos):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} has partitions without a leader after 30 s")
+            time.sleep(0.1)
+    return topic
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
+    return sorted_values[index]
+
+
+# --- produce -------------------------------------------------------------------------
+def _producer_process(
+    bootstrap: str, topic: str, options: dict[str, Any], record_bytes: int, duration_s: float,
+    rate_bytes_s: float, counter: Any, results: Any, start_at: float,
+) -> None:
+    from semel.cluster.client import Producer
+
+    value = os.urandom(record_bytes)
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    with Producer(bootstrap, **options) as producer:
+        producer.partitions_for(topic)
+
+        def sampled(t0: float) -> Any:
+            def done(future: Any) -> None:
+                nonlocal errors
+                if future.exception(0) is not None:
+                    errors += 1
+                else:
+                    latencies.append(time.perf_counter() - t0)
+            return done
+
+        while time.time() < start_at:
+            time.sleep(0.001)
+        begin = time.perf_counter()
+        end = begin + duration_s
+        send = producer.send
+        while True:
+            now = time.perf_counter()
+            if now >= end:
+                break
+            if rate_bytes_s > 0:
+                allowed = (now - begin) * rate_bytes_s / record_bytes
+                if sent >= allowed:
+                    time.sleep(min(0.001, (sent - allowed) * record_bytes / rate_bytes_s))
+                    continue
+            for _ in range(64):
+                future = send(topic, value)
+                sent += 1
+                if sent % LATENCY_SAMPLE_EVERY == 0:
+                    future.add_done_callback(sampled(time.perf_counter()))
+            counter.value = sent
+        producer.flush()
+        elapsed = time.perf_counter() - begin
+    counter.value = sent
+    results.put({"sent": sent, "elapsed_s": elapsed, "latencies": latencies, "errors": errors})
+
+
+def run_produce(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {"acks": args.acks}
+    for name in ("batch_bytes", "linger_ms", "max_in_flight"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    with _cluster(args) as bootstrap:
+        topic = _create_topic(bootstrap, args)
+        _progress(
+            f"producing to {topic} ({args.partitions} partitions, RF {args.replication_factor}, acks={args.acks}) "
+            f"with {args.producers} producer process(es) for {args.duration_s} s ..."
+        )
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        counters = [ctx.Value("q", 0, lock=False) for _ in range(args.producers)]
+        start_at = time.time() + 2.0  # all processes start together, after their imports
+        rate = args.rate_mb_s * MB / args.producers if args.rate_mb_s > 0 else 0.0
+        procs = [
+            ctx.Process(
+                target=_producer_process,
+                args=(bootstrap, topic, options, args.record_bytes, args.duration_s, rate, counters[i], results, start_at),
+                daemon=True,
+            )
+            for i in range(args.producers)
+        ]
+        for proc in procs:
+            proc.start()
+        outcomes = []
+        last_total, last_t = 0, time.time()
+        while len(outcomes) < len(procs):
+            try:
+                outcomes.append(results.get(timeout=1.0))
+            except Exception:
+                pass
+            now = time.time()
+            total = sum(c.value for c in counters)
+            if now >= start_at and now - last_t >= 1.0:
+                rate_now = (total - last_total) * args.record_bytes / MB / (now - last_t)
+                _progress(f"  sent {total:>10,} records  ({rate_now:7.1f} MB/s offered)")
+                last_total, last_t = total, now
+            if all(not p.is_alive() for p in procs) and results.empty() and len(outcomes) < len(procs):
+                raise RuntimeError("a producer process died; see its output above")
+        for proc in procs:
+            proc.join(timeout=10)
+    sent = sum(o["sent"] for o in outcomes)
+    elapsed = max(o["elapsed_s"] for o in outcomes)
+    latencies = sorted(x for o in outcomes for x in o["latencies"])
+    result = {
+        "benchmark": "produce",
+        "brokers": args.brokers if not args.bootstrap else None,
+        "partitions": args.partitions,
+        "replication_factor": args.replication_factor,
+        "acks": args.acks,
+        "producers": args.producers,
+        "record_bytes": args.record_bytes,
+        "rate_mb_s_cap": args.rate_mb_s or None,
+        "records": sent,
+        "errors": sum(o["errors"] for o in outcomes),
+        "elapsed_s": round(elapsed, 3),
+        "records_per_s": round(sent / elapsed, 1),
+        "mb_per_s": round(sent * args.record_bytes / MB / elapsed, 2),
+        "latency_ms_p50": round(_percentile(latencies, 0.50) * 1000, 2),
+        "latency_ms_p99": round(_percentile(latencies, 0.99) * 1000, 2),
+        "latency_ms_max": round(latencies[-1] * 1000, 2) if latencies else None,
+    }
+    print(json.dumps(result))
+    return 0
+
+
+# --- consume -------------------------------------------------------------------------
+def run_consume(args: argparse.Namespace) -> int:
+    from semel.cluster.client import Consumer, Producer
+
+    with _cluster(args) as bootstrap:
+        topic = _create_topic(bootstrap, args)
+        records = int(args.mb * MB / args.record_bytes)
+        _progress(f"producing {records:,} records of {args.record_bytes} bytes to {topic} ...")
+        value = os.urandom(args.record_bytes)
+        with Producer(bootstrap, linger_ms=5) as producer:
+            for _ in range(records):
+                producer.send(topic, value)
+            producer.flush()
+        _progress("consuming from the beginning ...")
+        with Consumer(bootstrap, auto_offset_reset="earliest") as consumer:
+            consumer.assign([(topic, p) for p in range(args.partitions)])
+            got = 0
+            nbytes = 0
+            begin = time.perf_counter()
+            last = begin
+            while got < records:
+                batch = consumer.poll(5000)
+                if not batch:
+                    raise RuntimeError(f"consumer stalled after {got} of {records} records")
+                got += len(batch)
+                nbytes += sum(len(r.value) for r in batch)
+                now = time.perf_counter()
+                if now - last >= 1.0:
+                    _progress(f"  consumed {got:>10,} records")
+                    last = now
+            elapsed = time.perf_counter() - begin
+    result = {
+        "benchmark": "consume",
+        "partitions": args.partitions,
+        "replication_factor": args.replication_factor,
+        "record_bytes": args.record_bytes,
+        "records": got,
+        "elapsed_s": round(elapsed, 3),
+        "records_per_s": round(got / elapsed, 1),
+        "mb_per_s": round(nbytes / MB / elapsed, 2),
+    }
+    print(json.dumps(result))
+    return 0
