@@ -198,9 +198,18 @@ class MetadataQuorum(SyncObj):
     # -- listeners --
 
     def add_listener(self, callback: DeltaListener, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """`callback(delta, image)` runs on `loop` (default: the running loop) after changes."""
+        """`callback(delta, image)` runs on `loop` (default: the running loop) after changes.
+
+        A listener added after the node has applied something first gets one delta from the
+        empty image to the last reported one, so it never misses state; deltas then follow in
+        order (each image is newer than the previous one).
+        """
+        loop = loop or asyncio.get_running_loop()
         with self._listeners_lock:
-            self._listeners.append((callback, loop or asyncio.get_running_loop()))
+            self._listeners.append((callback, loop))
+            reported = self._reported_image
+            if reported.version > 0:
+                _post(loop, callback, diff(MetadataImage(), reported), reported)
 
     def add_leadership_listener(
         self, callback: LeadershipListener, loop: asyncio.AbstractEventLoop | None = None
@@ -208,18 +217,17 @@ class MetadataQuorum(SyncObj):
         with self._listeners_lock:
             self._leadership_listeners.append((callback, loop or asyncio.get_running_loop()))
 
-    def _after_tick(self) -> None:  # tick thread: never block
+    def _after_tick(self) -> None:  # tick thread: never blocks (posting is non-blocking)
         image = self._consumer.machine.image
         if image is self._reported_image:
             return
-        delta = diff(self._reported_image, image)
-        self._reported_image = image
-        if delta.empty:
-            return
         with self._listeners_lock:
-            listeners = list(self._listeners)
-        for callback, loop in listeners:
-            _post(loop, callback, delta, image)
+            delta = diff(self._reported_image, image)
+            self._reported_image = image
+            if delta.empty:
+                return
+            for callback, loop in self._listeners:
+                _post(loop, callback, delta, image)
 
     def _on_state_changed(self, old_state: int, new_state: int) -> None:  # tick thread
         became = new_state == 2  # pysyncobj _RAFT_STATE.LEADER

@@ -65,6 +65,13 @@ def test_observer_listeners_and_retries(quorum_nodes) -> None:
         await until(lambda: observer.image() == leader.image())
         await until(lambda: bool(deltas) and deltas[-1][1].topic("t") is not None)
         assert any(("t", 2) in d.partitions_changed for d, _ in deltas)
+        versions = [image.version for _, image in deltas]
+        assert versions == sorted(set(versions))  # in order, no repeats
+
+        late = []
+        observer.add_listener(lambda delta, image: late.append((delta, image)))
+        await until(lambda: bool(late))
+        assert "t" in late[0][0].topics_created and late[0][1].topic("t") is not None
 
         # A retried command id returns the first result and allocates nothing new.
         first = await nodes[1].submit(AllocateProducerIds(1, 1, command_id="pid-1"))
