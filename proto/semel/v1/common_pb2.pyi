@@ -62,6 +62,9 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STALE_PARTITION_EPOCH: _ClassVar[ErrorCode]
     REPLICA_NOT_AVAILABLE: _ClassVar[ErrorCode]
     TOO_MANY_PRODUCERS: _ClassVar[ErrorCode]
+    STALE_MEMBER_EPOCH: _ClassVar[ErrorCode]
+    NON_EMPTY_GROUP: _ClassVar[ErrorCode]
+    GROUP_MAX_SIZE_REACHED: _ClassVar[ErrorCode]
 
 class BatchAttribute(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -126,6 +129,9 @@ STALE_BROKER_EPOCH: ErrorCode
 STALE_PARTITION_EPOCH: ErrorCode
 REPLICA_NOT_AVAILABLE: ErrorCode
 TOO_MANY_PRODUCERS: ErrorCode
+STALE_MEMBER_EPOCH: ErrorCode
+NON_EMPTY_GROUP: ErrorCode
+GROUP_MAX_SIZE_REACHED: ErrorCode
 BATCH_ATTRIBUTE_NONE: BatchAttribute
 TRANSACTIONAL: BatchAttribute
 CONTROL: BatchAttribute
