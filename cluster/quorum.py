@@ -255,6 +255,12 @@ class MetadataQuorum(SyncObj):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            if not self.has_quorum():
+                # Not connected to a majority: nothing sent can commit; wait for links instead of
+                # sending into the void, so that a failure here is certain (nothing appended).
+                last_reason = FAIL_REASON.MISSING_LEADER
+                await asyncio.sleep(min(SUBMIT_RETRY_BACKOFF_S, remaining))
+                continue
             future: asyncio.Future[tuple[object, int]] = loop.create_future()
 
             def on_done(result: object, error: int, future: asyncio.Future = future) -> None:
