@@ -1,0 +1,159 @@
+"""Replication protocol in one process: leader side + follower apply over real stores, no gRPC.
+
+Drives `LeaderReplicationService.handle` and `ReplicaFetcher._apply` directly, so divergence
+(KIP-320), truncation, HW propagation and acks=all completion are checked in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from semel.cluster import metadata as md
+from semel.cluster.replica_manager import Partition, PartitionError, Role
+from semel.cluster.replication import LeaderReplicationService, ReplicaFetcher
+from semel.cluster.storage_adapter import FileReplicaStore, open_replica_store
+from semel.storage.batch import HEADER_BYTES, BatchHeader
+from semel.v1 import common_pb2 as pb
+from semel.v1 import replication_pb2 as rpb
+
+
+class FakeRm:
+    def __init__(self, *parts: Partition) -> None:
+        self.parts = {p.key: p for p in parts}
+
+    def get(self, topic: str, partition: int) -> Partition | None:
+        return self.parts.get((topic, partition))
+
+
+def header(n: int = 1, ts: int = 1000) -> BatchHeader:
+    return BatchHeader(0, n - 1, -1, -1, -1, -1, n, 0, ts, ts, HEADER_BYTES + 3)
+
+
+def topic() -> md.Topic:
+    return md.Topic("t", "0123456789abcdef", False, 3, md.TopicConfig(), ())
+
+
+@pytest.fixture(params=["file", "partition-store"])
+def make_partition(request, tmp_path):
+    kvs = []
+
+    def make(broker_id: int) -> Partition:
+        d = tmp_path / f"b{broker_id}"
+        d.mkdir()
+        if request.param == "file":
+            store = FileReplicaStore(d)
+        else:
+            from semel.storage.kv import KvStore
+            kv = KvStore.open(d / "kv")
+            kvs.append(kv)
+            (d / "log").mkdir()
+            store = open_replica_store(d / "log", topic(), 0, kv=kv)
+        return Partition("t", 0, "0123456789abcdef", d, store, broker_id, lag_time_max_ms=1000)
+
+    yield make
+    for kv in kvs:
+        kv.close()
+
+
+def state(leader: int, epoch: int, isr=(1, 2)) -> md.PartitionState:
+    return md.PartitionState("t", 0, (1, 2), tuple(isr), leader, epoch, epoch)
+
+
+def fetch_once(leader: Partition, follower: Partition) -> rpb.ReplicaFetchResponse:
+    svc = LeaderReplicationService(FakeRm(leader), max_fetch_bytes=1 << 20)
+    fetcher = ReplicaFetcher(follower.broker_id, leader.broker_id, lambda b: None, lambda: 1,
+                             lambda b: asyncio.sleep(0), max_wait_ms=0, max_bytes=1 << 20)
+    fetcher.partitions[follower.key] = follower
+    req = fetcher._request()
+    req.max_wait_ms = 0
+    resp = asyncio.run(svc.handle(req, {}))
+    fetcher._apply(resp)
+    return resp
+
+
+def log_bytes(p: Partition) -> bytes:
+    return p.store.read(p.log_start_offset, 1 << 30, None) if p.log_end_offset > p.log_start_offset else b""
+
+
+def test_follower_catches_up_hw_advances_and_acks_complete(make_partition):
+    async def scenario() -> None:
+        leader, follower = make_partition(1), make_partition(2)
+        leader.become_leader(state(1, 0), min_isr=2, now=0)
+        follower.become_follower(state(1, 0))
+        r = leader.append_as_leader(header(3), b"abc", now=1)
+        assert (r.base_offset, r.last_offset) == (0, 2)
+        ack = leader.wait_for_hw(r.last_offset + 1)
+        assert not ack.done() and leader.high_watermark == 0
+        svc = LeaderReplicationService(FakeRm(leader), max_fetch_bytes=1 << 20)
+        fetcher = ReplicaFetcher(2, 1, lambda b: None, lambda: 1, lambda b: asyncio.sleep(0), 0, 1 << 20)
+        fetcher.partitions[follower.key] = follower
+        fetcher._apply(await svc.handle(fetcher._request(), {}))  # data
+        assert follower.log_end_offset == 3 and follower.high_watermark == 0
+        fetcher._apply(await svc.handle(fetcher._request(), {}))  # its LEO tells the leader
+        assert leader.high_watermark == 3 and ack.done()
+        assert follower.high_watermark == 3
+        assert log_bytes(leader) == log_bytes(follower)
+    asyncio.run(scenario())
+
+
+def test_divergent_follower_truncates_to_leader_epoch_end(make_partition):
+    async def scenario() -> None:
+        old, new = make_partition(1), make_partition(2)
+        # epoch 0: broker 1 leads; both get offsets 0-1
+        old.become_leader(state(1, 0), min_isr=1, now=0)
+        new.become_follower(state(1, 0))
+        old.append_as_leader(header(2), b"ab", now=1)
+        svc = LeaderReplicationService(FakeRm(old), max_fetch_bytes=1 << 20)
+        f = ReplicaFetcher(2, 1, lambda b: None, lambda: 1, lambda b: asyncio.sleep(0), 0, 1 << 20)
+        f.partitions[new.key] = new
+        f._apply(await svc.handle(f._request(), {}))
+        assert new.log_end_offset == 2
+        # broker 1 appends offsets 2-4 that never replicate, then loses leadership
+        old.append_as_leader(header(3), b"xyz", now=2)
+        # epoch 1: broker 2 leads and writes its own offsets 2-3
+        new.become_leader(state(2, 1), min_isr=1, now=3)
+        new.append_as_leader(header(1), b"N", now=4)
+        new.append_as_leader(header(1), b"M", now=4)
+        old.become_follower(state(2, 1))
+        svc2 = LeaderReplicationService(FakeRm(new), max_fetch_bytes=1 << 20)
+        f2 = ReplicaFetcher(1, 2, lambda b: None, lambda: 1, lambda b: asyncio.sleep(0), 0, 1 << 20)
+        f2.partitions[old.key] = old
+        resp = await svc2.handle(f2._request(), {})
+        assert resp.results[0].diverging_epoch == 0 and resp.results[0].diverging_end_offset == 2
+        f2._apply(resp)
+        assert old.log_end_offset == 2  # the unreplicated tail is gone
+        for _ in range(3):
+            f2._apply(await svc2.handle(f2._request(), {}))
+        assert old.log_end_offset == 4
+        assert log_bytes(old) == log_bytes(new)
+    asyncio.run(scenario())
+
+
+def test_stale_and_unknown_leader_epochs_and_not_leader(make_partition):
+    leader, follower = make_partition(1), make_partition(2)
+    leader.become_leader(state(1, 3), min_isr=1, now=0)
+    follower.become_follower(state(1, 2))  # follower still believes epoch 2
+    assert fetch_once(leader, follower).results[0].error_code == pb.FENCED_LEADER_EPOCH
+    follower.become_follower(state(1, 4))
+    assert fetch_once(leader, follower).results[0].error_code == pb.UNKNOWN_LEADER_EPOCH
+    leader.become_follower(state(2, 4))
+    assert fetch_once(leader, follower).results[0].error_code == pb.NOT_LEADER_OR_FOLLOWER
+    with pytest.raises(PartitionError) as exc:
+        leader.append_as_leader(header(1), b"x", now=1)
+    assert exc.value.code == pb.NOT_LEADER_OR_FOLLOWER
+
+
+def test_leadership_loss_fails_waiting_acks_as_unknown(make_partition):
+    async def scenario() -> None:
+        leader = make_partition(1)
+        leader.become_leader(state(1, 0), min_isr=2, now=0)
+        r = leader.append_as_leader(header(1), b"x", now=1)
+        ack = leader.wait_for_hw(r.last_offset + 1)
+        leader.become_follower(state(2, 1))
+        assert leader.role == Role.FOLLOWER
+        with pytest.raises(PartitionError) as exc:
+            await ack
+        assert exc.value.code == pb.NOT_LEADER_OR_FOLLOWER and "unknown" in exc.value.message
+    asyncio.run(scenario())
