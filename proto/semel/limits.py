@@ -63,3 +63,21 @@ GROUP_SESSION_TIMEOUT_MS_DEFAULT = 45_000       # no heartbeat for this long -> 
 GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT = 5_000     # told to members in every heartbeat response
 GROUP_REBALANCE_TIMEOUT_MS_DEFAULT = 60_000     # a member must release revoked partitions within this (its own value if it sends one)
 GROUP_REBALANCE_TIMEOUT_MS_MAX = 30 * 60 * 1000 # a member's rebalance timeout is clamped to this
+
+# --- transaction coordinator (semel.coordinator.txn_*) -------------------------------
+MAX_TRANSACTION_TIMEOUT_MS = 15 * 60 * 1000   # InitProducerId timeout above this -> INVALID_TRANSACTION_TIMEOUT (Kafka: 15 min)
+TRANSACTION_TIMEOUT_MS_DEFAULT = 60 * 1000    # the client's default transaction timeout (Kafka: 60 s)
+MAX_PARTITIONS_PER_TRANSACTION = 1000         # partitions (incl. offsets partitions) in one transaction; more -> INVALID_REQUEST
+MAX_TRANSACTIONAL_IDS_PER_PARTITION = 100_000 # ids one __transaction_state partition tracks; a new id beyond -> RESOURCE_EXHAUSTED
+MAX_TRANSACTIONAL_ID_BYTES = 1024             # UTF-8 length of a transactional id (it is a record key)
+TRANSACTIONAL_ID_EXPIRATION_MS_DEFAULT = 7 * 24 * 3600 * 1000  # an idle id (no open transaction) is removed (tombstone) after this
+TRANSACTION_ABORT_SCAN_INTERVAL_MS = 10_000   # how often the coordinator looks for timed-out transactions (Kafka: 10 s)
+MAX_TRANSITIONS_PER_SCAN = 1000               # timeout aborts / id removals started by one scan (the rest wait for the next)
+MAX_LISTED_TRANSACTIONS = 10_000              # ListTransactions answers at most this many (truncated=true beyond)
+MAX_MARKER_JOBS_PER_COORDINATOR = 10_000      # prepared transactions whose markers are queued at once; more wait in Prepare*
+MAX_MARKERS_PER_REQUEST = 1000                # partitions in one WriteTxnMarkers request
+MAX_MARKER_REQUESTS_IN_FLIGHT_PER_BROKER = 1  # WriteTxnMarkers requests outstanding per destination broker (keeps order simple)
+MARKER_RETRY_BACKOFF_MS = 100                 # first retry of a failed marker; doubles per attempt
+MARKER_RETRY_BACKOFF_MAX_MS = 5_000           # cap of that backoff (markers are retried forever: a decision never flips)
+MAX_VERIFICATION_ENTRIES_PER_PARTITION = 10_000  # KIP-890 verification cache entries per partition (LRU)
+VERIFICATION_ENTRY_TTL_MS = 60_000            # a verification not used by a write within this is forgotten
