@@ -104,14 +104,22 @@ def _progress(text: str) -> None:
 
 def _create_topic(bootstrap: str, args: argparse.Namespace) -> str:
     from semel.cluster.client import Admin
-    from semel.cluster.client_errors import TopicAlreadyExistsError
+    from semel.cluster.client_errors import InvalidReplicationFactorError, TopicAlreadyExistsError
 
     topic = args.topic or f"bench-{int(time.time() * 1000)}"
     with Admin(bootstrap) as admin:
-        try:
-            admin.create_topic(topic, args.partitions, args.replication_factor, timeout_ms=30_000)
-        except TopicAlreadyExistsError:
-            pass
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                admin.create_topic(topic, args.partitions, args.replication_factor, timeout_ms=30_000)
+                break
+            except TopicAlreadyExistsError:
+                break
+            except InvalidReplicationFactorError:
+                # A broker of a freshly started (or busy) cluster can be fenced for a moment.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         deadline = time.monotonic() + 30
         while True:
             view = admin.metadata([topic])

@@ -186,7 +186,7 @@ class Producer(_ClientBase):
         self.delivery_timeout_ms = delivery_timeout_ms
         self._acc = RecordAccumulator(batch_bytes, linger_ms, buffer_bytes, max_in_flight)
         self._sticky = StickyPartitioner(seed=int(time.time_ns() // 1000))
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._sender_stop = False
         self._sender = threading.Thread(target=self._run_sender, name="semel-producer-sender", daemon=True)
@@ -211,45 +211,35 @@ class Producer(_ClientBase):
         """
         if self._closed:
             raise ClosedError("send() after close()")
-        value_bytes = _as_bytes(value, "value")
-        if value_bytes is None:
-            value_bytes = b""
-        key_bytes = _as_bytes(key, "key")
-        deadline_ms = _now_ms() + self.max_block_ms
-        view = self._metadata.view
-        count = view.partition_count(topic)
+        value_bytes = value if type(value) is bytes else (_as_bytes(value, "value") or b"")
+        key_bytes = key if key is None or type(key) is bytes else _as_bytes(key, "key")
+        now_ms = time.monotonic_ns() // 1_000_000
+        count = self._metadata.view.partition_count(topic)
         if count is None:
-            count = self._metadata.wait_for_topic(topic, deadline_ms)
+            count = self._metadata.wait_for_topic(topic, now_ms + self.max_block_ms)
             with self._cond:
                 self._cond.notify_all()
-        if partition is not None:
-            if not 0 <= partition < count:
-                raise client_errors.UnknownTopicOrPartitionError(
-                    f"partition {partition} of {topic!r} does not exist (the topic has {count})"
-                )
-        size = RecordAccumulator.record_size(key_bytes, value_bytes, headers)
+        if partition is not None and not 0 <= partition < count:
+            raise client_errors.UnknownTopicOrPartitionError(
+                f"partition {partition} of {topic!r} does not exist (the topic has {count})"
+            )
+        size = 24 + len(value_bytes) + (len(key_bytes) if key_bytes else 0)
+        if headers:
+            size = RecordAccumulator.record_size(key_bytes, value_bytes, headers)
         if size > limits.MAX_BATCH_BYTES:
             raise client_errors.RecordBatchTooLargeError(
                 f"record of {size} bytes exceeds the maximum batch size {limits.MAX_BATCH_BYTES}"
             )
-        ts = _wall_ms() if timestamp_ms is None else timestamp_ms
+        ts = time.time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
         acc = self._acc
         with self._cond:
-            while not acc.has_room(size):
-                if self._closed:
-                    raise ClosedError("producer closed while send() waited for buffer space")
-                remaining_ms = deadline_ms - _now_ms()
-                if remaining_ms <= 0:
-                    raise BufferFullError(
-                        f"{acc.buffered_bytes} bytes wait to be sent (buffer_bytes={acc.buffer_bytes}); "
-                        f"no room after max_block_ms={self.max_block_ms}"
-                    )
-                self._cond.wait(remaining_ms / 1000)
+            if not acc.has_room(size):
+                self._wait_for_room(size, now_ms + self.max_block_ms)
             if partition is None:
                 partition = (
                     partition_for_key(key_bytes, count) if key_bytes else self._sticky.partition(topic, count)
                 )
-            future, full, new_batch = acc.append(topic, partition, ts, key_bytes, value_bytes, headers, _now_ms())
+            future, full, new_batch = acc.append(topic, partition, ts, key_bytes, value_bytes, headers, now_ms)
             if full and key_bytes is None:
                 self._sticky.batch_closed(topic, partition, count)
             if full or new_batch:
@@ -257,6 +247,20 @@ class Producer(_ClientBase):
         if callback is not None:
             future.add_done_callback(_adapt_callback(callback))
         return future
+
+    def _wait_for_room(self, size: int, deadline_ms: int) -> None:
+        """Caller holds the lock; blocks until the buffer takes `size` more bytes."""
+        acc = self._acc
+        while not acc.has_room(size):
+            if self._closed:
+                raise ClosedError("producer closed while send() waited for buffer space")
+            remaining_ms = deadline_ms - _now_ms()
+            if remaining_ms <= 0:
+                raise BufferFullError(
+                    f"{acc.buffered_bytes} bytes wait to be sent (buffer_bytes={acc.buffer_bytes}); "
+                    f"no room after max_block_ms={self.max_block_ms}"
+                )
+            self._cond.wait(remaining_ms / 1000)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Send every queued record now and wait until each is acknowledged or failed."""

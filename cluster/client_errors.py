@@ -208,6 +208,7 @@ TopicAlreadyExistsError: type[FatalError] = _BY_CODE[common_pb2.TOPIC_ALREADY_EX
 LeaderNotAvailableError: type[RetriableError] = _BY_CODE[common_pb2.LEADER_NOT_AVAILABLE]  # type: ignore[assignment]
 RecordBatchTooLargeError: type[FatalError] = _BY_CODE[common_pb2.RECORD_BATCH_TOO_LARGE]  # type: ignore[assignment]
 InvalidTopicNameError: type[FatalError] = _BY_CODE[common_pb2.INVALID_TOPIC_NAME]  # type: ignore[assignment]
+InvalidReplicationFactorError: type[FatalError] = _BY_CODE[common_pb2.INVALID_REPLICATION_FACTOR]  # type: ignore[assignment]
 
 
 def error_class(code: int) -> type[SemelError]:

@@ -29,9 +29,27 @@ from pathlib import Path
 import pytest
 
 from semel.cluster.client import Admin, Consumer, Producer
+from semel.cluster.client_errors import InvalidReplicationFactorError
 from semel.cluster.local_cluster import BrokerSpec, LocalCluster
 
 READY_TIMEOUT_S = 60.0
+
+
+def create_topic_when_brokers_alive(
+    admin: Admin, name: str, partitions: int, replication_factor: int, configs: dict[str, str] | None,
+    timeout_s: float = 30.0,
+) -> None:
+    """create_topic, retrying INVALID_REPLICATION_FACTOR while a broker is briefly fenced
+    (a loaded machine can delay heartbeats right after start-up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.create_topic(name, partitions, replication_factor, configs, timeout_ms=30_000)
+            return
+        except InvalidReplicationFactorError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -175,7 +193,7 @@ class Cluster:
     def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 0, **configs: str) -> None:
         """Create a topic and wait until every partition has a leader."""
         with Admin(self._live_bootstrap()) as admin:
-            admin.create_topic(name, partitions, replication_factor, configs or None, timeout_ms=30_000)
+            create_topic_when_brokers_alive(admin, name, partitions, replication_factor, configs or None)
         for p in range(partitions):
             self.leader_of(name, p, timeout_s=30)
 
