@@ -179,9 +179,14 @@ class PartitionLog:
             if i < start_verify:
                 seg = LogSegment.open_trusted(d, base, self.config.index_interval_bytes)
                 self._add_segment(seg)
-                continue
-            seg = LogSegment.open_for_recovery(d, base, self.config.index_interval_bytes)
-            self._add_segment(seg)
+                if not (seg.index_dirty and i == len(bases) - 1):
+                    continue
+                # The last segment does not match its index files although the shutdown
+                # looked clean: verify it like any tail rather than trust it.
+                log.warning("%s: index files do not match the log; verifying the tail", seg.log_path)
+            else:
+                seg = LogSegment.open_for_recovery(d, base, self.config.index_interval_bytes)
+                self._add_segment(seg)
 
             def on_batch(h: BatchHeader) -> None:
                 nonlocal entries
