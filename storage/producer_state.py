@@ -216,6 +216,9 @@ class ProducerStateManager:
     def __len__(self) -> int:
         return len(self._producers)
 
+    def __contains__(self, producer_id: int) -> bool:
+        return producer_id in self._producers
+
     def first_unstable_offset(self) -> int | None:
         """First offset of the oldest open transaction (the LSO bound), or None."""
         return next(iter(self._open_txns.values()), None)

@@ -32,6 +32,11 @@ MAX_ABORTED_TXNS_PER_PARTITION = 1_000_000 # aborted-transaction index entries h
 PRODUCER_BATCHES_RETAINED = 5              # metadata of the last N batches per producer (Kafka: 5)
 MAX_PRODUCERS_PER_PARTITION = 10_000       # tracked producers; see storage/producer_state.py for the policy when full
 PRODUCER_ID_EXPIRATION_MS_DEFAULT = 24 * 3600 * 1000
+PRODUCER_SNAPSHOT_INTERVAL_BYTES_DEFAULT = 16 * 1024 * 1024  # also snapshot after this many appended bytes (bounds replay)
+PRODUCER_SNAPSHOTS_RETAINED = 3            # newest snapshots kept per partition (truncation needs one at or below its offset)
+
+# --- RocksDB (semel.storage.kv) ------------------------------------------------------
+KV_SCAN_ENTRIES_MAX = 10_000               # entries one KvStore.scan returns at most (iterators never escape kv.py)
 
 # --- brokers (semel.cluster) -------------------------------------------------------
 MAX_INFLIGHT_PRODUCE_PER_BROKER = 1024     # produce requests being handled at once; more -> RESOURCE_EXHAUSTED

@@ -1,0 +1,427 @@
+"""One partition replica's storage: the log, its producer state, aborted index and epoch cache.
+
+`PartitionStore` is the shell around the pure `ProducerStateManager`:
+
+* leader: `append_as_leader(batches, leader_epoch, now_ms)` validates each produced batch
+  against the producer state, stamps offsets on the accepted ones (`with_offsets`), appends
+  them, then applies them to the producer state. A retry of a retained batch is answered
+  with its original offsets and appends nothing.
+* follower: `append_as_follower(raw, now_ms)` appends the leader's bytes verbatim and applies
+  every batch (no validation: the leader already decided).
+* coordinator markers: `append_marker(...)` writes a COMMIT/ABORT control batch; on both
+  paths an ABORT that closes a transaction adds an `AbortedTxn` to the log's aborted index.
+
+Write order and crash safety: the log append comes first, the producer state and the
+aborted index follow. A crash in between loses nothing: on open the producer state is
+rebuilt from the newest snapshot at or below the log end plus a replay of the log after it,
+and the replay re-adds any aborted transaction the index missed (adding an existing entry
+is a no-op). Snapshots are only an optimisation: a corrupt or missing one means a longer
+replay. Snapshots are taken when a segment rolls, every `snapshot_interval_bytes` of
+appends and on a clean close; those above the log end (a crash lost the log tail) or above
+a truncation point are deleted.
+
+Invariant: `producer_state.end_offset == log.log_end_offset` between calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from semel import limits
+from semel.storage.aborted_txns import AbortedTxn
+from semel.storage.batch import (
+    ATTR_CONTROL,
+    ATTR_TRANSACTIONAL,
+    HEADER_BYTES,
+    NO_SEQUENCE,
+    BatchHeader,
+    CorruptBatchError,
+    decode_header,
+    encode_batch,
+    with_offsets,
+)
+from semel.storage.errors import error_code_of
+from semel.storage.kv import KvStore, ProducerSnapshotStore
+from semel.storage.log import PartitionLog
+from semel.storage.log_policy import LogConfig
+from semel.storage.producer_state import (
+    NO_OFFSET,
+    CompletedTxn,
+    Marker,
+    Outcome,
+    ProducerStateConfig,
+    ProducerStateManager,
+    SnapshotError,
+    invariant,
+)
+from semel.v1.common_pb2 import ControlRecord, ControlType, ErrorCode
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppendResult:
+    """The outcome of one produced batch."""
+
+    error: int = ErrorCode.NONE
+    first_offset: int = NO_OFFSET
+    last_offset: int = NO_OFFSET
+    duplicate: bool = False  # a retry: nothing appended, the offsets are the original ones
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error == ErrorCode.NONE
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MarkerResult:
+    error: int = ErrorCode.NONE
+    offset: int = NO_OFFSET  # where the marker was written
+    completed: CompletedTxn | None = None  # the transaction it closed, if any
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error == ErrorCode.NONE
+
+
+def decode_marker(batch: bytes | memoryview, header: BatchHeader) -> Marker:
+    """The marker of a control batch (its payload is one ControlRecord)."""
+    record = ControlRecord.FromString(bytes(batch[HEADER_BYTES : header.size_bytes]))
+    return Marker(commit=record.type == ControlType.COMMIT, coordinator_epoch=record.coordinator_epoch)
+
+
+def encode_marker(
+    producer_id: int, producer_epoch: int, marker: Marker, *, base_offset: int, leader_epoch: int, now_ms: int
+) -> bytes:
+    payload = ControlRecord(
+        type=ControlType.COMMIT if marker.commit else ControlType.ABORT, coordinator_epoch=marker.coordinator_epoch
+    ).SerializeToString()
+    header = BatchHeader(
+        base_offset=base_offset,
+        last_offset_delta=0,
+        leader_epoch=leader_epoch,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=NO_SEQUENCE,
+        record_count=1,
+        attributes=ATTR_CONTROL | ATTR_TRANSACTIONAL,
+        base_timestamp_ms=now_ms,
+        max_timestamp_ms=now_ms,
+    )
+    return encode_batch(header, payload)
+
+
+class PartitionStore:
+    """The storage of one partition replica (see the module docstring)."""
+
+    def __init__(
+        self,
+        log: PartitionLog,
+        snapshots: ProducerSnapshotStore,
+        producer_config: ProducerStateConfig,
+        config: LogConfig,
+        snapshot_interval_bytes: int,
+    ) -> None:
+        self.log = log
+        self.snapshots = snapshots
+        self.producer_config = producer_config
+        self.config = config
+        self.snapshot_interval_bytes = snapshot_interval_bytes
+        self.producer_state = ProducerStateManager(producer_config, end_offset=log.log_start_offset)
+        self._bytes_since_snapshot = 0
+        self._active_segment_base = log.segment_base_offsets[-1]
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | Path,
+        config: LogConfig,
+        kv: KvStore,
+        partition: bytes,
+        now_ms: int,
+        *,
+        producer_config: ProducerStateConfig | None = None,
+        snapshot_interval_bytes: int = limits.PRODUCER_SNAPSHOT_INTERVAL_BYTES_DEFAULT,
+    ) -> PartitionStore:
+        """Open (recovering) the log at `directory`; `partition` is its key in `kv`
+        (`semel.storage.kv.partition_key(topic, index)`)."""
+        log = PartitionLog.open(directory, config, now_ms)
+        try:
+            store = cls(
+                log,
+                ProducerSnapshotStore(kv, partition),
+                producer_config or ProducerStateConfig(),
+                config,
+                snapshot_interval_bytes,
+            )
+            store.snapshots.delete_above(log.log_end_offset)  # a crash lost the log tail they covered
+            store._rebuild_producer_state()
+        except BaseException:
+            log.close()
+            raise
+        return store
+
+    # --- queries --------------------------------------------------------------------------
+
+    @property
+    def log_end_offset(self) -> int:
+        return self.log.log_end_offset
+
+    @property
+    def log_start_offset(self) -> int:
+        return self.log.log_start_offset
+
+    def first_unstable_offset(self) -> int | None:
+        """First offset of the oldest open transaction; the LSO is min(this, HW)."""
+        return self.producer_state.first_unstable_offset()
+
+    # --- leader -------------------------------------------------------------------------------
+
+    def append_as_leader(self, batches: Sequence[bytes], leader_epoch: int, now_ms: int) -> list[AppendResult]:
+        """Validate, stamp offsets on, append and apply produced batches; one result each.
+
+        Batches are appended in groups: a group ends before a batch whose producer is
+        already in it (it must be validated against the state the group leaves behind) or
+        before a second new producer (so the bound on tracked producers holds)."""
+        self._check_open()
+        results: list[AppendResult | None] = [None] * len(batches)
+        group: list[tuple[int, bytes, BatchHeader]] = []  # (index, stamped bytes, header)
+        group_producers: set[int] = set()
+        group_has_new_producer = False
+        for index, raw in enumerate(batches):
+            header, problem = self._decode_produced(raw)
+            if problem is not None:
+                results[index] = problem
+                continue
+            assert header is not None
+            pid = header.producer_id
+            is_new = pid >= 0 and pid not in self.producer_state
+            if group and (pid in group_producers or (is_new and group_has_new_producer)):
+                self._append_group(group, now_ms, results)
+                group, group_producers, group_has_new_producer = [], set(), False
+            decision = self.producer_state.validate(header, now_ms)
+            if decision.outcome is Outcome.REJECT:
+                results[index] = AppendResult(decision.error, message=decision.message)
+            elif decision.outcome is Outcome.DUPLICATE:
+                results[index] = AppendResult(
+                    first_offset=decision.first_offset, last_offset=decision.last_offset, duplicate=True
+                )
+            else:
+                base = self._next_offset(group)
+                stamped = with_offsets(raw, base, leader_epoch)
+                group.append((index, stamped, dataclasses.replace(header, base_offset=base, leader_epoch=leader_epoch)))
+                if pid >= 0:
+                    group_producers.add(pid)
+                    group_has_new_producer |= is_new
+        if group:
+            self._append_group(group, now_ms, results)
+        return [r if r is not None else AppendResult(ErrorCode.UNKNOWN_SERVER_ERROR) for r in results]
+
+    def _decode_produced(self, raw: bytes) -> tuple[BatchHeader | None, AppendResult | None]:
+        if len(raw) > self.config.max_batch_bytes:
+            return None, AppendResult(ErrorCode.RECORD_BATCH_TOO_LARGE, message=f"{len(raw)} bytes")
+        try:
+            header = decode_header(raw)  # the client's CRC: with_offsets re-stamps it
+        except CorruptBatchError as exc:
+            return None, AppendResult(ErrorCode.CORRUPT_MESSAGE, message=str(exc))
+        if header.size_bytes != len(raw):
+            return None, AppendResult(ErrorCode.INVALID_RECORD, message="one batch per element")
+        return header, None
+
+    def _next_offset(self, group: list[tuple[int, bytes, BatchHeader]]) -> int:
+        return group[-1][2].next_offset if group else self.log.log_end_offset
+
+    def _append_group(
+        self, group: list[tuple[int, bytes, BatchHeader]], now_ms: int, results: list[AppendResult | None]
+    ) -> None:
+        try:
+            self._append_to_log(b"".join(stamped for _, stamped, _ in group), now_ms)
+        except (CorruptBatchError, ValueError) as exc:  # refused before anything was written
+            for index, _, _ in group:
+                results[index] = AppendResult(error_code_of(exc), message=str(exc))
+            return
+        for index, stamped, header in group:
+            self._apply(header, stamped)
+            results[index] = AppendResult(first_offset=header.base_offset, last_offset=header.last_offset)
+        self._after_append(sum(len(stamped) for _, stamped, _ in group))
+
+    # --- follower ---------------------------------------------------------------------------
+
+    def append_as_follower(self, raw: bytes, now_ms: int) -> BatchHeader:
+        """Append the leader's bytes verbatim and apply every batch; returns the last header."""
+        self._check_open()
+        last = self._append_to_log(raw, now_ms)
+        view = memoryview(raw)
+        pos = 0
+        while pos < len(raw):
+            header = decode_header(view, pos, verify_crc=False)  # the log just checked them
+            self._apply(header, view[pos : pos + header.size_bytes])
+            pos += header.size_bytes
+        self._after_append(len(raw))
+        return last
+
+    # --- markers (leader) -----------------------------------------------------------------------
+
+    def append_marker(
+        self,
+        producer_id: int,
+        producer_epoch: int,
+        *,
+        commit: bool,
+        coordinator_epoch: int,
+        leader_epoch: int,
+        now_ms: int,
+    ) -> MarkerResult:
+        """Write a COMMIT/ABORT marker for a producer's transaction (from the coordinator)."""
+        self._check_open()
+        marker = Marker(commit, coordinator_epoch)
+        decision = self.producer_state.validate_marker(producer_id, producer_epoch, marker)
+        if not decision.ok:
+            return MarkerResult(decision.error, message=decision.message)
+        offset = self.log.log_end_offset
+        encoded = encode_marker(
+            producer_id, producer_epoch, marker, base_offset=offset, leader_epoch=leader_epoch, now_ms=now_ms
+        )
+        self._append_to_log(encoded, now_ms)
+        completed = self._apply(decode_header(encoded, verify_crc=False), encoded)
+        self._after_append(len(encoded))
+        return MarkerResult(offset=offset, completed=completed)
+
+    # --- shared append/apply path -----------------------------------------------------------------
+
+    def _append_to_log(self, data: bytes, now_ms: int) -> BatchHeader:
+        """Append to the log; if the append rolled a segment, snapshot the producer state at
+        the new segment's base (the log writes a whole append into the new segment, so the
+        state, not yet updated with `data`, covers exactly the batches below that base)."""
+        last = self.log.append(data, now_ms)
+        active_base = self.log.segment_base_offsets[-1]
+        if active_base != self._active_segment_base:
+            self._active_segment_base = active_base
+            if active_base == self.producer_state.end_offset:
+                self.take_snapshot()
+        return last
+
+    def _apply(self, header: BatchHeader, batch: bytes | memoryview) -> CompletedTxn | None:
+        marker = decode_marker(batch, header) if header.is_control else None
+        completed = self.producer_state.apply(header, marker)
+        if completed is not None and completed.aborted:
+            self._record_abort(completed)
+        return completed
+
+    def _record_abort(self, completed: CompletedTxn) -> None:
+        unstable = self.producer_state.first_unstable_offset()
+        lso = unstable if unstable is not None else completed.last_offset + 1
+        self.log.aborted_txns.add(
+            AbortedTxn(completed.producer_id, completed.first_offset, completed.last_offset, lso)
+        )
+
+    def _after_append(self, appended_bytes: int) -> None:
+        invariant(
+            self.producer_state.end_offset == self.log.log_end_offset,
+            f"producer state at {self.producer_state.end_offset} != log end {self.log.log_end_offset}",
+        )
+        self._bytes_since_snapshot += appended_bytes
+        if self._bytes_since_snapshot >= self.snapshot_interval_bytes:
+            self.take_snapshot()
+
+    # --- snapshots, truncation, retention -----------------------------------------------------
+
+    def take_snapshot(self) -> int:
+        """Store the producer state at the log end (at segment roll, every N bytes, on close)."""
+        offset = self.producer_state.end_offset
+        self.snapshots.put(offset, self.producer_state.snapshot())
+        self.snapshots.retain_newest(limits.PRODUCER_SNAPSHOTS_RETAINED)
+        self._bytes_since_snapshot = 0
+        return offset
+
+    def truncate_to(self, offset: int) -> None:
+        """Drop every record at or after `offset` (a follower's divergent tail) and rebuild the
+        producer state: newest snapshot at or below the new log end + replay after it."""
+        self._check_open()
+        self.log.truncate_to(offset)
+        self.snapshots.delete_above(self.log.log_end_offset)
+        self._rebuild_producer_state()
+
+    def _rebuild_producer_state(self) -> None:
+        end = self.log.log_end_offset
+        start = self.log.log_start_offset
+        state = self._newest_good_snapshot(end)
+        self.producer_state = state
+        if max(state.end_offset, start) < end:
+            # Batches below the log start are gone (retention): apply() accepts the gap.
+            for header in self.log.iter_headers(max(state.end_offset, start), end):
+                self._apply(header, self._control_batch(header) if header.is_control else b"")
+        else:
+            state.end_offset = end  # nothing stored after the snapshot (or an empty log at its start)
+        invariant(state.end_offset == end, f"replay ended at {state.end_offset}, log end is {end}")
+        self._bytes_since_snapshot = 0
+        self._active_segment_base = self.log.segment_base_offsets[-1]
+
+    def _newest_good_snapshot(self, end: int) -> ProducerStateManager:
+        found = self.snapshots.newest_at_or_below(end)
+        while found is not None:
+            offset, data = found
+            try:
+                return ProducerStateManager.from_snapshot(data, self.producer_config)
+            except SnapshotError:
+                self.snapshots.delete(offset)  # corrupt: fall back to an older one
+                found = self.snapshots.older_than(offset)
+        # No snapshot: replay everything stored (from the batch holding the log start, which
+        # may begin below it after a delete-records).
+        return ProducerStateManager(self.producer_config, end_offset=0)
+
+    def _control_batch(self, header: BatchHeader) -> bytes:
+        data = self.log.read(header.base_offset, header.size_bytes, max_offset=header.next_offset).data
+        return bytes(data[: header.size_bytes])
+
+    def apply_retention(self, now_ms: int) -> int:
+        """Delete old segments; snapshots below the newest one at or below the log start go."""
+        self._check_open()
+        log_start = self.log.apply_retention(now_ms)
+        self._prune_snapshots_below(log_start)
+        return log_start
+
+    def advance_log_start(self, offset: int) -> None:
+        self._check_open()
+        self.log.advance_log_start(offset)
+        self._prune_snapshots_below(self.log.log_start_offset)
+
+    def _prune_snapshots_below(self, log_start: int) -> None:
+        floor = self.snapshots.newest_at_or_below(log_start)
+        if floor is not None:
+            self.snapshots.delete_below(floor[0])
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Forget every batch and continue at `offset` (a follower far behind the leader's log
+        start): the producer state starts empty there and every snapshot goes."""
+        self._check_open()
+        self.log.truncate_fully_and_start_at(offset)
+        self.snapshots.delete_all()
+        self._rebuild_producer_state()
+
+    def expire_producers(self, now_ms: int) -> list[int]:
+        return self.producer_state.expire(now_ms)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def close(self) -> None:
+        """Clean close: snapshot the producer state, close the log (the kv store is shared
+        by every partition of the broker and stays open)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.log.flush()
+            self.take_snapshot()
+        finally:
+            self.log.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("partition store is closed")
