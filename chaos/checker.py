@@ -127,6 +127,14 @@ class _KeyOrder:
         return self.first_index.get(send.value)
 
 
+def _indexes(order: _KeyOrder, pairs: Pairs) -> list[int | None]:
+    """Dense index of each (offset, value) read; fast path when every offset is known."""
+    try:
+        return list(map(order.index_of_offset.__getitem__, [o for o, _ in pairs]))
+    except KeyError:
+        return [order.read_index(o, v) for o, v in pairs]
+
+
 def _build_order(key: str, log: Mapping[int, int],
                  clash: Mapping[tuple[str, int], list[int]]) -> _KeyOrder:
     offsets = sorted(log)
@@ -140,28 +148,45 @@ def _build_order(key: str, log: Mapping[int, int],
     return _KeyOrder(offsets, values_at, {o: i for i, o in enumerate(offsets)}, first, last)
 
 
+def _proves(ok_read: Mapping[str, set[int]], attempts: Mapping[str, Mapping[int, list[_Facts]]],
+            send: Send, fa: _Facts) -> bool:
+    """An ok read of this value proves ``fa`` committed if no other attempt could have
+    written it (every other attempt of the same value failed)."""
+    if send.value not in ok_read.get(send.key, ()):
+        return False
+    return all(w is fa or w.op.type == FAIL for w in attempts[send.key][send.value])
+
+
+def _attempt_rank(fa: _Facts) -> int:
+    return 0 if fa.committed else 1 if fa.op.type == INFO else 2
+
+
 class _Analysis:
     """Indexes shared by all the checks; built once, linear in the history."""
 
     def __init__(self, ops: Sequence[Op], max_examples: int) -> None:
         self.found = _Findings(max_examples)
         self.facts = sorted((_facts(op) for op in ops), key=lambda fa: fa.op.order)
-        self.writer: dict[str, dict[int, _Facts]] = defaultdict(dict)
+        # Values are unique per key, except that a retry may re-send a value (a copier
+        # re-copies after an abort): every sending operation is an *attempt*.
+        attempts: dict[str, dict[int, list[_Facts]]] = defaultdict(lambda: defaultdict(list))
         self.ok_read: dict[str, set[int]] = defaultdict(set)
         for fa in self.facts:
             for s in fa.sends:
-                other = self.writer[s.key].get(s.value)
-                if other is not None and other is not fa:
-                    raise HistoryError(f"value {s.value} of {s.key} sent by ops "
-                                     f"{other.op.index} and {fa.op.index}: values must be unique")
-                self.writer[s.key][s.value] = fa
+                attempts[s.key][s.value].append(fa)
             if fa.op.type == OK:
                 for k, pairs in fa.reads.items():
                     self.ok_read[k].update([v for _, v in pairs])
         for fa in self.facts:
             fa.committed = fa.op.type == OK or (
-                fa.op.type == INFO and any(s.value in self.ok_read.get(s.key, ())
+                fa.op.type == INFO and any(_proves(self.ok_read, attempts, s, fa)
                                            for s in fa.sends))
+        # writer[k][v]: the attempt a read of v is attributed to: a committed one if any,
+        # else an unknown one, else a failed one.
+        self.writer: dict[str, dict[int, _Facts]] = {
+            k: {v: (ws[0] if len(ws) == 1 else min(ws, key=_attempt_rank))
+                for v, ws in by_value.items()}
+            for k, by_value in attempts.items()}
         self.orders = self._version_orders()
 
     def _version_orders(self) -> dict[str, _KeyOrder]:
@@ -355,8 +380,9 @@ def _internal_order(an: _Analysis) -> None:
             order = an.order(k)
             if order is None or k in rebalanced or len(pairs) < 2:
                 continue
-            iof = order.index_of_offset
-            idx = [iof[o] if o in iof else order.first_index.get(v) for o, v in pairs]
+            idx = _indexes(order, pairs)
+            if idx[0] is not None and idx == list(range(idx[0], idx[0] + len(idx))):
+                continue        # the common case: consecutive records
             for n in range(len(idx) - 1):
                 i1, i2 = idx[n], idx[n + 1]
                 if i1 is not None and i2 is not None and i2 - i1 != 1:
@@ -550,8 +576,7 @@ def _g1c(an: _Analysis) -> None:
             order = an.order(k)
             if order is None or not pairs:
                 continue
-            iof = order.index_of_offset
-            j = max((iof[o] if o in iof else order.first_index.get(v, -1) for o, v in pairs))
+            j = max((i for i in _indexes(order, pairs) if i is not None), default=-1)
             if j < 0:
                 continue
             if k in own_low and own_low[k] <= j:
@@ -681,7 +706,7 @@ def _stats(an: _Analysis, unseen_per_key: Mapping[str, int]) -> dict[str, Any]:
     by_f: dict[str, Counter[str]] = defaultdict(Counter)
     for fa in an.facts:
         by_f[fa.op.f][fa.op.type] += 1
-    sent = sum(len(ws) for ws in an.writer.values())
+    sent = sum(len(ws) for ws in an.writer.values())        # distinct (key, value) pairs
     acked = sum(1 for ws in an.writer.values() for w in ws.values() if w.op.type == OK)
     committed = sum(1 for ws in an.writer.values() for w in ws.values() if w.committed)
     proven = sum(1 for fa in an.facts if fa.committed and fa.op.type == INFO)

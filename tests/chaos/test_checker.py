@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from semel.chaos.checker import check, check_file, main
-from semel.chaos.history import FAIL, INFO, OK, HistoryBuilder, HistoryError
+from semel.chaos.history import FAIL, INFO, OK, HistoryBuilder
 
 K, L = "t-0", "t-1"
 
@@ -411,11 +411,42 @@ def test_examples_are_capped_but_counted():
     assert len(v["anomalies"]["unseen"]) == 4 and v["counts"]["unseen"] == 50
 
 
-def test_duplicate_value_sent_twice_is_a_history_error():
+def test_a_value_committed_twice_is_a_duplicate():
     b = HistoryBuilder()
     b.send(0, K, 1, 0).send(1, K, 1, 1)
-    with pytest.raises(HistoryError):
-        check(b.events)
+    b.assign(2, [K]).poll(2, {K: [(0, 1), (1, 1)]})
+    assert_only(b, "duplicate")
+
+
+def test_a_retried_value_is_attributed_to_the_attempt_that_committed():
+    # a copier's first attempt aborts, its retry commits the same value: clean
+    b = HistoryBuilder()
+    b.txn(0, [("send", K, 1, 0)], type=FAIL)
+    b.txn(0, [("send", K, 1, 2)])
+    b.assign(2, [K]).poll(2, {K: [(2, 1)]})
+    assert_only(b)
+    # an unknown attempt next to an ok one is not proven by a read of the value
+    b = HistoryBuilder()
+    b.txn(0, [("send", K, 1, None), ("send", L, 1, 0)], type=INFO)
+    b.txn(1, [("send", K, 1, 2)])
+    b.send(1, L, 2, 1)
+    b.assign(2, [K, L]).poll(2, {K: [(2, 1)], L: [(1, 2)]})
+    v = assert_only(b)          # L's 1 is not provably lost: the info txn may have aborted
+    assert v["stats"]["info_ops_proven_committed"] == 0
+    # every attempt failed: an aborted read
+    b = HistoryBuilder()
+    b.txn(0, [("send", K, 1, 0)], type=FAIL)
+    b.txn(0, [("send", K, 1, 2)], type=FAIL)
+    b.assign(2, [K]).poll(2, {K: [(2, 1)]})
+    assert_only(b, "G1a")
+
+
+def test_copier_committing_a_record_twice_is_found():
+    b = copier()
+    b.txn(1, [("poll", {"in-1": [(0, 1)]}), ("send", "out-1", 1, 2)])   # a second commit
+    b.copy_output(9, {"out-0": [(0, 1), (1, 2), (3, 3)], "out-1": [(0, 1), (2, 1)]})
+    v = found(b)
+    assert {"duplicate", "copier-duplicate"} <= set(v["anomalies"])
 
 
 def test_check_file_and_cli(tmp_path, capsys):
