@@ -183,14 +183,14 @@ class PartitionStore:
     def append_as_leader(self, batches: Sequence[bytes], leader_epoch: int, now_ms: int) -> list[AppendResult]:
         """Validate, stamp offsets on, append and apply produced batches; one result each.
 
-        Batches are appended in groups: a group ends before a batch whose producer is
-        already in it (it must be validated against the state the group leaves behind) or
-        before a second new producer (so the bound on tracked producers holds)."""
+        Batches are appended in groups, one log append each: a group ends before a batch
+        whose producer is already in it (it must be validated against the state the group
+        leaves behind) and before a batch of a new producer (its room in the bounded table
+        is checked against the state the group leaves behind)."""
         self._check_open()
         results: list[AppendResult | None] = [None] * len(batches)
         group: list[tuple[int, bytes, BatchHeader]] = []  # (index, stamped bytes, header)
         group_producers: set[int] = set()
-        group_has_new_producer = False
         for index, raw in enumerate(batches):
             header, problem = self._decode_produced(raw)
             if problem is not None:
@@ -199,9 +199,9 @@ class PartitionStore:
             assert header is not None
             pid = header.producer_id
             is_new = pid >= 0 and pid not in self.producer_state
-            if group and (pid in group_producers or (is_new and group_has_new_producer)):
+            if group and (is_new or pid in group_producers):
                 self._append_group(group, now_ms, results)
-                group, group_producers, group_has_new_producer = [], set(), False
+                group, group_producers = [], set()
             decision = self.producer_state.validate(header, now_ms)
             if decision.outcome is Outcome.REJECT:
                 results[index] = AppendResult(decision.error, message=decision.message)
@@ -215,7 +215,6 @@ class PartitionStore:
                 group.append((index, stamped, dataclasses.replace(header, base_offset=base, leader_epoch=leader_epoch)))
                 if pid >= 0:
                     group_producers.add(pid)
-                    group_has_new_producer |= is_new
         if group:
             self._append_group(group, now_ms, results)
         return [r if r is not None else AppendResult(ErrorCode.UNKNOWN_SERVER_ERROR) for r in results]

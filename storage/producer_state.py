@@ -219,6 +219,15 @@ class ProducerStateManager:
     def __contains__(self, producer_id: int) -> bool:
         return producer_id in self._producers
 
+    def opens_transaction(self, header: BatchHeader) -> bool:
+        """True if appending this transactional batch would open a transaction: the point
+        where a KIP-890 leader asks the coordinator whether the partition is in the
+        producer's current transaction before accepting it."""
+        if not header.is_transactional or header.is_control:
+            return False
+        entry = self._producers.get(header.producer_id)
+        return entry is None or entry.txn_first_offset < 0
+
     def first_unstable_offset(self) -> int | None:
         """First offset of the oldest open transaction (the LSO bound), or None."""
         return next(iter(self._open_txns.values()), None)

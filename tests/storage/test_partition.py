@@ -95,6 +95,16 @@ def test_leader_per_batch_results(tmp_path, kv):
     store.close()
 
 
+def test_bound_holds_when_a_batch_in_the_same_call_opens_a_transaction(tmp_path, kv):
+    store = open_store(tmp_path, kv, producer_config=ProducerStateConfig(max_producers=2))
+    store.append_as_leader([client_batch(pid=1, seq=0), client_batch(pid=2, seq=0, txn=True)], 0, 1_000)
+    # pid 1 is the only evictable producer until its own batch, earlier in the call, opens a transaction
+    r1, r3 = store.append_as_leader([client_batch(pid=1, seq=1, txn=True), client_batch(pid=3, seq=0)], 0, 1_000)
+    assert r1.ok and r3.error == ErrorCode.TOO_MANY_PRODUCERS
+    assert len(store.producer_state) == 2
+    store.close()
+
+
 def test_markers_close_transactions_and_fill_the_aborted_index(tmp_path, kv):
     store = open_store(tmp_path, kv)
     store.append_as_leader([client_batch(pid=1, seq=0, count=2, txn=True)], 0, 1_000)  # 0-1

@@ -215,6 +215,16 @@ def test_transaction_opens_and_markers_close_it():
     assert decision.outcome is Outcome.APPEND
 
 
+def test_opens_transaction_marks_the_first_transactional_write():
+    leader = Leader()
+    assert leader.psm.opens_transaction(header(seq=0, txn=True))
+    assert not leader.psm.opens_transaction(header(seq=0, txn=False))
+    leader.produce(seq=0, txn=True)
+    assert not leader.psm.opens_transaction(header(seq=1, txn=True))
+    leader.marker(commit=True)
+    assert leader.psm.opens_transaction(header(seq=1, txn=True))
+
+
 def test_non_transactional_write_inside_transaction_is_invalid_txn_state():
     leader = Leader()
     leader.produce(seq=0, txn=True)
