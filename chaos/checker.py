@@ -25,6 +25,7 @@ from sorting offsets per key.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import sys
@@ -777,15 +778,15 @@ def check_file(path: str | Path, *, max_examples: int = MAX_EXAMPLES_DEFAULT) ->
     return check(read_history(path), max_examples=max_examples)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m semel.chaos.checker",
-                                     description="Check a Semel fault-run history (JSONL). "
-                                     "Exit 0: valid, 1: anomalies, 2: unreadable history.")
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("history", help="path of the history .jsonl file")
-    parser.add_argument("--max-examples", type=int, default=MAX_EXAMPLES_DEFAULT)
-    args = parser.parse_args(argv)
+    parser.add_argument("--max-examples", type=int, default=MAX_EXAMPLES_DEFAULT,
+                        help="examples kept per anomaly (all are counted)")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Prints the verdict as JSON. Exit 0: valid, 1: anomalies, 2: unreadable history."""
     try:
         verdict = check_file(args.history, max_examples=args.max_examples)
     except (HistoryError, OSError) as e:
@@ -794,6 +795,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     json.dump(verdict, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0 if verdict["valid"] else 1
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`semel check-history HISTORY.jsonl`, for `semel.chaos.commands` to delegate to."""
+    _add_arguments(subparsers.add_parser(
+        "check-history", help="check a fault-run history for anomalies",
+        description=_run.__doc__))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m semel.chaos.checker",
+                                     description="Check a Semel fault-run history (JSONL). "
+                                     + (_run.__doc__ or ""))
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-from semel.chaos.checker import check, check_file, main
+from semel.chaos.checker import add_commands, check, check_file, main
 from semel.chaos.history import FAIL, INFO, OK, HistoryBuilder
 
 K, L = "t-0", "t-1"
@@ -460,6 +461,11 @@ def test_check_file_and_cli(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["valid"] is True
     assert main([str(bad)]) == 1
     assert json.loads(capsys.readouterr().out)["anomalies"]["unseen"]
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(["check-history", str(good), "--max-examples", "2"])
+    assert args.func(args) == 0
+    capsys.readouterr()
     (tmp_path / "torn.jsonl").write_text('{"index": 5}\n')
     assert main([str(tmp_path / "torn.jsonl")]) == 2
     proc = subprocess.run([sys.executable, "-m", "semel.chaos.checker", str(bad)],
