@@ -27,6 +27,7 @@ class EpochBumpReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BUMP_END_TXN: _ClassVar[EpochBumpReason]
     BUMP_FENCE: _ClassVar[EpochBumpReason]
     BUMP_TIMEOUT: _ClassVar[EpochBumpReason]
+    BUMP_REINIT: _ClassVar[EpochBumpReason]
 
 class CoordinatorKeyType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,6 +47,7 @@ BUMP_INIT: EpochBumpReason
 BUMP_END_TXN: EpochBumpReason
 BUMP_FENCE: EpochBumpReason
 BUMP_TIMEOUT: EpochBumpReason
+BUMP_REINIT: EpochBumpReason
 TRANSACTION: CoordinatorKeyType
 GROUP: CoordinatorKeyType
 
