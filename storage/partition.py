@@ -381,10 +381,13 @@ class PartitionStore:
         while found is not None:
             offset, data = found
             try:
-                return ProducerStateManager.from_snapshot(data, self.producer_config)
+                state = ProducerStateManager.from_snapshot(data, self.producer_config)
+                if state.end_offset == offset:
+                    return state
             except SnapshotError:
-                self.snapshots.delete(offset)  # corrupt: fall back to an older one
-                found = self.snapshots.older_than(offset)
+                pass
+            self.snapshots.delete(offset)  # corrupt or misfiled: fall back to an older one
+            found = self.snapshots.older_than(offset)
         # No snapshot: replay everything stored (from the batch holding the log start, which
         # may begin below it after a delete-records).
         return ProducerStateManager(self.producer_config, end_offset=0)

@@ -212,6 +212,12 @@ def test_restart_replays_after_an_older_or_corrupt_snapshot(tmp_path, kv):
     reopened = open_store(tmp_path, kv)
     assert reopened.producer_state.state_key() == expected
     assert snapshots.offsets() == [2]
+    reopened.close()  # snapshot at 6 again
+    snapshots.put(5, snapshots.newest_at_or_below(6)[1])  # a valid snapshot under the wrong offset
+    reopened = open_store(tmp_path, kv)
+    reopened.truncate_to(5)  # the misfiled snapshot (covering 6) must not be used for 5
+    assert reopened.producer_state.state_key() == replayed_state(reopened).state_key()
+    assert reopened.producer_state.producer(2) is None
     reopened.close()
 
 
