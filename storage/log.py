@@ -206,6 +206,8 @@ class PartitionLog:
         if not self._segments:
             self._add_segment(LogSegment.create(d, log_start, self.config.index_interval_bytes))
         leo = self.log_end_offset
+        if self._segments[-1].index.size_bytes:
+            self._segments[-1].first_append_ms = now_ms  # the age of a reopened segment counts from now
         self._log_start_offset = max(log_start, self._segments[0].base_offset)
         if self._log_start_offset > leo:
             # The log start ran ahead of the data (everything below it was deleted).
@@ -273,10 +275,12 @@ class PartitionLog:
             self._check_open()
             frames, last_header = self._validate(encoded, self.log_end_offset)
             active = self._segments[-1]
-            if should_roll(active.index.size_bytes, active.index.first_timestamp_ms, len(encoded), now_ms, self.config):
+            if should_roll(active.index.size_bytes, active.first_append_ms, len(encoded), now_ms, self.config):
                 self._roll(now_ms)
                 active = self._segments[-1]
             active.append(encoded, frames)
+            if active.first_append_ms is None:
+                active.first_append_ms = now_ms
             latest_epoch = self.epoch_cache.latest_epoch
             for base, _next, _ts, _size, epoch in frames:
                 if epoch > latest_epoch:

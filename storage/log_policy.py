@@ -4,7 +4,8 @@ Each function takes the facts (sizes, timestamps, `now_ms`, the config) and retu
 decision; `PartitionLog` acts on it. Kafka's rules, restated:
 
 * roll before an append when the active segment is non-empty and the append would make it
-  exceed `segment_bytes`, or its first batch's timestamp is `segment_ms` or more in the past;
+  exceed `segment_bytes`, or its first append (broker clock; after a restart: the open) is
+  `segment_ms` or more in the past;
 * retention deletes a prefix of the sealed segments (never the active one): a segment whose
   largest timestamp is more than `retention_ms` old, or while the log without it still holds
   at least `retention_bytes`; a segment wholly below the log start offset is deleted too;
@@ -65,14 +66,14 @@ class SegmentSummary:
 
 
 def should_roll(
-    active_size_bytes: int, active_first_timestamp_ms: int | None, append_bytes: int, now_ms: int, config: LogConfig
+    active_size_bytes: int, active_first_append_ms: int | None, append_bytes: int, now_ms: int, config: LogConfig
 ) -> bool:
     """Roll before appending `append_bytes` to the active segment?"""
     if active_size_bytes == 0:
         return False  # an oversized append still goes into an empty segment, alone
     if active_size_bytes + append_bytes > config.segment_bytes:
         return True
-    return active_first_timestamp_ms is not None and now_ms - active_first_timestamp_ms >= config.segment_ms
+    return active_first_append_ms is not None and now_ms - active_first_append_ms >= config.segment_ms
 
 
 def retention_count(

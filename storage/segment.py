@@ -43,7 +43,7 @@ def parse_segment_name(name: str) -> int | None:
 
 
 class LogSegment:
-    __slots__ = ("directory", "base_offset", "index", "_fd", "index_dirty")
+    __slots__ = ("directory", "base_offset", "index", "_fd", "index_dirty", "first_append_ms")
 
     def __init__(self, directory: Path, index: SegmentIndex, fd: int) -> None:
         self.directory = directory
@@ -51,6 +51,9 @@ class LogSegment:
         self.index = index
         self._fd = fd
         self.index_dirty = True  # the index files on disk may not match `index`
+        # Broker clock at the first append into this segment (for roll by age); client
+        # timestamps are not trusted for that: one batch stamped 1970 would roll every append.
+        self.first_append_ms: int | None = None
 
     # --- paths ---------------------------------------------------------------------
     def _path(self, suffix: str) -> Path:

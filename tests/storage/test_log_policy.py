@@ -73,3 +73,26 @@ def test_first_segment_to_verify():
     assert first_segment_to_verify(bases, 250, clean_shutdown=True) == 3
     assert first_segment_to_verify(bases, None, clean_shutdown=True) == 0  # no checkpoint: verify all
     assert first_segment_to_verify([], 0, clean_shutdown=False) == 0
+
+
+def test_roll_by_age_uses_the_broker_clock_not_batch_timestamps(tmp_path):
+    from semel.storage.batch import BatchHeader, encode_batch
+    from semel.storage.log import PartitionLog
+
+    def batch(base):
+        return encode_batch(BatchHeader(base, 0, 0, -1, -1, -1, 1, 0, 0, 0), b"x" * 10)  # stamped 1970
+
+    now = 1_700_000_000_000
+    plog = PartitionLog.open(tmp_path, LogConfig(segment_ms=1000), now)
+    for i in range(5):
+        plog.append(batch(i), now + i)
+    assert plog.segment_base_offsets == [0]
+    plog.append(batch(5), now + 1000)  # the first append was 1000 ms ago
+    assert plog.segment_base_offsets == [0, 5]
+    plog.close()
+    plog = PartitionLog.open(tmp_path, LogConfig(segment_ms=1000), now + 5000)
+    plog.append(batch(6), now + 5999)  # after a restart the age counts from the open
+    assert plog.segment_base_offsets == [0, 5]
+    plog.append(batch(7), now + 6000)
+    assert plog.segment_base_offsets == [0, 5, 7]
+    plog.close()
