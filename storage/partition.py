@@ -21,11 +21,14 @@ appends and on a clean close; those above the log end (a crash lost the log tail
 a truncation point are deleted.
 
 Invariant: `producer_state.end_offset == log.log_end_offset` between calls.
+
+Not thread-safe: one caller at a time (the broker's event loop).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,6 +60,8 @@ from semel.storage.producer_state import (
     invariant,
 )
 from semel.v1.common_pb2 import ControlRecord, ControlType, ErrorCode
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -436,8 +441,9 @@ class PartitionStore:
             return
         self._closed = True
         try:
-            self.log.flush()
             self.take_snapshot()
+        except Exception:  # a missing snapshot only means a longer replay at the next open
+            _log.warning("%s: no producer-state snapshot at close", self.log.directory, exc_info=True)
         finally:
             self.log.close()
 

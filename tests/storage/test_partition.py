@@ -197,6 +197,19 @@ def test_clean_restart_restores_from_the_close_snapshot(tmp_path, kv):
     reopened.close()
 
 
+def test_close_without_the_kv_store_still_closes_the_log(tmp_path):
+    kv = KvStore.open(tmp_path / "kv")
+    store = open_store(tmp_path, kv)
+    store.append_as_leader([client_batch(pid=1, seq=0, count=2)], 0, 1_000)
+    kv.close()
+    store.close()  # the snapshot fails, the log still closes (its lock is released)
+    with KvStore.open(tmp_path / "kv") as kv2:
+        reopened = open_store(tmp_path, kv2)
+        assert reopened.snapshots.offsets() == []
+        assert reopened.producer_state.producer(1).last_sequence == 1  # rebuilt by replay
+        reopened.close()
+
+
 def test_restart_replays_after_an_older_or_corrupt_snapshot(tmp_path, kv):
     store = open_store(tmp_path, kv)
     store.append_as_leader([client_batch(pid=1, seq=0, count=2)], 0, 1_000)
