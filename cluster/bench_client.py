@@ -7,8 +7,8 @@ free loopback ports, a temporary data dir it deletes afterwards), creates a fres
 for `--duration-s` seconds. `--rate-mb-s` caps the offered load (to measure latency at,
 say, half of the maximum throughput).
 
-Latency is send() -> acknowledgement of a sample of records (1 in `LATENCY_SAMPLE_EVERY`),
-so it includes batching (`--linger-ms`), queueing in the client, the produce RPC and
+Latency is send() -> acknowledgement of a sample of records (1 in `LATENCY_SAMPLE_EVERY`,
+none in the first `--warmup-s`), so it includes batching (`--linger-ms`), queueing in the client, the produce RPC and
 replication (acks=all). Progress goes to stderr; the last stdout line is one JSON object.
 """
 
@@ -46,6 +46,8 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--acks", choices=["all", "1", "0"], default="all", help="default all")
     parser.add_argument("--duration-s", type=float, default=10.0, help="default 10")
     parser.add_argument("--producers", type=int, default=1, help="producer processes (default 1)")
+    parser.add_argument("--warmup-s", type=float, default=1.0,
+                        help="latency samples of the first seconds are dropped (connections, metadata; default 1)")
     parser.add_argument("--rate-mb-s", type=float, default=0.0, help="offered load cap, all producers (0: max)")
     parser.add_argument("--batch-bytes", type=int, default=None, help="producer batch_bytes (client default)")
     parser.add_argument("--linger-ms", type=int, default=None, help="producer linger_ms (client default)")
@@ -142,7 +144,7 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 # --- produce -------------------------------------------------------------------------
 def _producer_process(
     bootstrap: str, topic: str, options: dict[str, Any], record_bytes: int, duration_s: float,
-    rate_bytes_s: float, counter: Any, results: Any, start_at: float,
+    rate_bytes_s: float, counter: Any, results: Any, start_at: float, warmup_s: float,
 ) -> None:
     from semel.cluster.client import Producer
 
@@ -166,6 +168,7 @@ def _producer_process(
             time.sleep(0.001)
         begin = time.perf_counter()
         end = begin + duration_s
+        sample_from = begin + warmup_s
         send = producer.send
         while True:
             now = time.perf_counter()
@@ -180,7 +183,9 @@ def _producer_process(
                 future = send(topic, value)
                 sent += 1
                 if sent % LATENCY_SAMPLE_EVERY == 0:
-                    future.add_done_callback(sampled(time.perf_counter()))
+                    t0 = time.perf_counter()
+                    if t0 >= sample_from:
+                        future.add_done_callback(sampled(t0))
             counter.value = sent
         producer.flush()
         elapsed = time.perf_counter() - begin
@@ -207,7 +212,8 @@ def run_produce(args: argparse.Namespace) -> int:
         procs = [
             ctx.Process(
                 target=_producer_process,
-                args=(bootstrap, topic, options, args.record_bytes, args.duration_s, rate, counters[i], results, start_at),
+                args=(bootstrap, topic, options, args.record_bytes, args.duration_s, rate, counters[i], results, start_at,
+                      args.warmup_s),
                 daemon=True,
             )
             for i in range(args.producers)
@@ -243,6 +249,7 @@ def run_produce(args: argparse.Namespace) -> int:
         "producers": args.producers,
         "record_bytes": args.record_bytes,
         "rate_mb_s_cap": args.rate_mb_s or None,
+        "max_in_flight": options.get("max_in_flight"),
         "records": sent,
         "errors": sum(o["errors"] for o in outcomes),
         "elapsed_s": round(elapsed, 3),
