@@ -198,7 +198,7 @@ class Partition:
         if outcome.error_code != pb.NONE:
             return AppendResult(outcome.error_code, outcome.message)
         assert self.progress is not None
-        if not outcome.duplicate and self.progress.on_leader_append(self.log_end_offset):
+        if not outcome.duplicate and self.progress.on_leader_append(self.log_end_offset, now):
             self._on_hw(self.progress.high_watermark)
         self.notify()
         return AppendResult(pb.NONE, "", outcome.base_offset, outcome.last_offset, now, outcome.duplicate)
@@ -322,7 +322,6 @@ class ReplicaManager:
     def reconcile(self, image: md.MetadataImage) -> None:
         reg = image.broker(self.broker_id)
         self.active = reg is not None and reg.broker_epoch == self.broker_epoch and not reg.fenced
-        now = now_ms()
         wanted: dict[tuple[str, int], tuple[md.Topic, md.PartitionState]] = {}
         for name, topic in image.topics.items():
             for ps in topic.partitions:
@@ -337,7 +336,7 @@ class ReplicaManager:
                 p = self.partitions.get(key)
                 if p is None:
                     p = self._open(topic, ps)
-                self._apply_state(p, topic, ps, now)
+                self._apply_state(p, topic, ps, now_ms())  # after the open, which may take a while
             except Exception as exc:  # one bad replica must not take the others down; retried next change
                 log.exception("%s-%d: cannot take its role (%s); replica unavailable", key[0], key[1], exc)
                 self.failed[key] = f"{type(exc).__name__}: {exc}"

@@ -8,8 +8,10 @@ Theory of operation (Kafka's ISR replication, KIP-101 leader epochs):
     the ISR only once its LEO >= HW.
   * A follower is "caught up" at a fetch whose offset reaches the leader's LEO at that time,
     or the leader's LEO as of the follower's previous fetch (so a steady stream of appends
-    does not make a follower that always fetches everything look lagging). A follower in the
-    ISR that has not been caught up for `lag_time_max_ms` should leave the ISR; one outside
+    does not make a follower that always fetches everything look lagging), and up to the
+    moment of an append if it had the whole log before it (its fetch was parked). A follower
+    in the ISR whose LEO is behind the leader's and that has not been caught up for
+    `lag_time_max_ms` should leave the ISR (Kafka's rule); one outside
     the ISR whose LEO reached both the HW and the start offset of the current leader epoch
     should join. The decisions are returned; the caller changes the ISR through the quorum
     and feeds the committed ISR back with `set_isr`.
@@ -80,9 +82,12 @@ class LeaderProgress:
         self._maybe_advance_hw()
 
     # --- inputs -----------------------------------------------------------------
-    def on_leader_append(self, leader_leo: int) -> bool:
+    def on_leader_append(self, leader_leo: int, now_ms: int) -> bool:
         """The leader's log grew. Returns True if the HW advanced."""
         invariant(leader_leo >= self.leader_leo, "leader LEO went back without truncation")
+        for f in self.followers.values():
+            if f.leo >= self.leader_leo:  # it had everything until this instant (a parked fetch)
+                f.last_caught_up_ms = max(f.last_caught_up_ms, now_ms)
         self.leader_leo = leader_leo
         return self._maybe_advance_hw()
 
@@ -126,7 +131,9 @@ class LeaderProgress:
             r
             for r in self.isr
             if r != self.leader_id
-            and (r not in self.followers or now_ms - self.followers[r].last_caught_up_ms > self.lag_time_max_ms)
+            and (r not in self.followers or (
+                self.followers[r].leo < self.leader_leo  # Kafka: a replica at the leader's LEO never lags
+                and now_ms - self.followers[r].last_caught_up_ms > self.lag_time_max_ms))
         }
         joining = {
             r

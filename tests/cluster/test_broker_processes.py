@@ -120,6 +120,9 @@ def test_produce_fetch_list_offsets_and_errors(cluster):
         broker_pb2.ListOffsetsPartition(topic="basics", partition=0, timestamp_ms=t0 + 3_600_000),
     ]))
     assert [x.offset for x in lo.results] == [0, 5, 0, -1]
+    # byte-bounded: a tiny max_bytes still returns one whole batch, never more
+    small = h.fetch(stub, "basics", 0, 0, max_bytes=1)
+    assert [b.base_offset for b in small.batches] == [0] and small.next_fetch_offset == 3
 
     # errors: clear codes, never a crash
     def produce_err(batch, topic="basics", partition=0, s=stub):
@@ -316,3 +319,33 @@ def test_full_restart_keeps_acked_records_and_quorum_loss_is_reported(cluster):
                what="create topic after the majority returns")
     for p in (0, 1):
         assert h.read_all(c.broker_stub(c.leader_of("durable", p)), "durable", p)[: len(acked[p])] == acked[p]
+
+
+@pytest.mark.slow
+def test_lagging_follower_leaves_isr_and_rejoins(tmp_path):
+    # Short lag bound, long session: a paused follower lags without being fenced.
+    c = h.Cluster(tmp_path, 3, replica_lag_time_max_ms=400, session_timeout_ms=4000, **FLAGS)
+    try:
+        c.start_all()
+        ok(c.create_topic("lag", partitions=1, rf=3))
+        produce_values(c, "lag", [b"before"])
+        leader = c.leader_of("lag")
+        ctrl = controller_id(c)
+        victim = next(i for i in c.brokers if i not in (leader, ctrl))
+        c.brokers[victim].proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            # acks=all waits until the lagging follower is dropped from the ISR, then succeeds
+            r = h.produce(c.broker_stub(leader), "lag", 0, h.make_batch([b"during"]), timeout_ms=5000)
+            ok(r)
+            assert 0.3 < time.monotonic() - started < 4
+            pm = c.partition_meta("lag", via=leader)
+            assert victim not in pm.isr and len(pm.isr) == 2
+            assert not next(b for b in c.metadata(leader).brokers if b.broker_id == victim).fenced
+        finally:
+            c.brokers[victim].proc.send_signal(signal.SIGCONT)
+        c.wait_for(lambda: victim in c.partition_meta("lag", via=leader).isr, what="caught-up follower rejoins")
+        wait_converged(c, "lag", list(c.brokers))
+    finally:
+        print(c.dump_logs())
+        c.close()

@@ -26,7 +26,7 @@ def test_hw_never_decreases_and_shrink_raises_it():
     p = progress(isr=(1, 2))
     p.on_follower_fetch(2, 10, now_ms=1)
     assert p.high_watermark == 10
-    p.on_leader_append(20)
+    p.on_leader_append(20, now_ms=2)
     p.on_follower_fetch(2, 5, now_ms=2)  # a stale fetch offset never lowers the HW
     assert p.high_watermark == 10
     assert p.set_isr((1,), now_ms=3)
@@ -42,7 +42,7 @@ def test_lagging_follower_leaves_isr_and_rejoins_when_caught_up():
     p.on_follower_fetch(2, 10, now_ms=10)
     p.on_follower_fetch(3, 10, now_ms=10)
     assert p.isr_change(now_ms=50) is None
-    p.on_leader_append(30)
+    p.on_leader_append(30, now_ms=15)
     for t in range(20, 300, 20):
         p.on_follower_fetch(2, 30, now_ms=t)
     change = p.isr_change(now_ms=300)
@@ -61,7 +61,7 @@ def test_follower_that_keeps_fetching_everything_is_not_lagging():
         p.on_follower_fetch(2, leo, now_ms=t)  # fetches what it was shown last time
         p.on_follower_fetch(3, leo, now_ms=t)
         leo += 5
-        p.on_leader_append(leo)  # meanwhile the leader grew
+        p.on_leader_append(leo, now_ms=t + 25)  # meanwhile the leader grew
     assert p.isr_change(now_ms=1000) is None
 
 
@@ -107,3 +107,15 @@ def test_produce_validation():
     assert check(hdr(base_timestamp_ms=-5)) == common_pb2.INVALID_TIMESTAMP
     assert check(hdr(max_timestamp_ms=500)) == common_pb2.INVALID_TIMESTAMP
     assert check(hdr(max_timestamp_ms=10_000)) == common_pb2.INVALID_TIMESTAMP
+
+
+def test_idle_follower_at_leader_leo_never_lags_and_is_caught_up_until_an_append():
+    p = progress(lag=100)
+    p.on_follower_fetch(2, 10, now_ms=0)
+    p.on_follower_fetch(3, 10, now_ms=0)
+    assert p.isr_change(now_ms=10_000) is None  # nothing new to fetch: not lagging
+    p.on_leader_append(11, now_ms=10_000)  # both were parked with everything until now
+    assert p.isr_change(now_ms=10_050) is None
+    p.on_follower_fetch(2, 11, now_ms=10_060)
+    change = p.isr_change(now_ms=10_150)
+    assert change is not None and change.new_isr == (1, 2)  # 3 never fetched the new batch
