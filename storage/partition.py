@@ -18,7 +18,9 @@ and the replay re-adds any aborted transaction the index missed (adding an exist
 is a no-op). Snapshots are only an optimisation: a corrupt or missing one means a longer
 replay. Snapshots are taken when a segment rolls, every `snapshot_interval_bytes` of
 appends and on a clean close; those above the log end (a crash lost the log tail) or above
-a truncation point are deleted.
+a truncation point are deleted. Before a snapshot is stored the log and aborted index are
+fsynced (unless the flush policy is "never"), so after a power loss every snapshot still
+found covers only data and aborts that survived.
 
 Invariant: `producer_state.end_offset == log.log_end_offset` between calls.
 
@@ -351,7 +353,13 @@ class PartitionStore:
     # --- snapshots, truncation, retention -----------------------------------------------------
 
     def take_snapshot(self) -> int:
-        """Store the producer state at the log end (at segment roll, every N bytes, on close)."""
+        """Store the producer state at the log end (at segment roll, every N bytes, on close).
+
+        Unless the flush policy is "never", the log and its aborted index are fsynced first:
+        a snapshot that survives a power loss then never covers an abort the index lost
+        (the replay after it could not bring that abort back)."""
+        if self.config.flush_policy != "never":
+            self.log.flush()
         offset = self.producer_state.end_offset
         self.snapshots.put(offset, self.producer_state.snapshot())
         self.snapshots.retain_newest(limits.PRODUCER_SNAPSHOTS_RETAINED)

@@ -355,3 +355,16 @@ def test_random_operations_match_a_full_replay(tmp_path, kv):
         assert store.producer_state.state_key() == replayed_state(store).state_key(), f"step {step} seed {seed}"
         store.producer_state.check_invariants()
     store.close()
+
+
+def test_snapshot_is_stored_after_the_log_and_aborted_index_are_synced(tmp_path, kv):
+    store = open_store(tmp_path, kv, config=LogConfig(flush_policy="interval"))
+    store.append_as_leader([client_batch(pid=1, seq=0, txn=True)], 0, 1_000)
+    store.append_marker(1, 0, commit=False, coordinator_epoch=0, leader_epoch=0, now_ms=1_000)
+    calls = []
+    real_flush, real_put = store.log.flush, store.snapshots.put
+    store.log.flush = lambda *a: (calls.append("flush"), real_flush(*a))[1]
+    store.snapshots.put = lambda *a, **k: (calls.append("put"), real_put(*a, **k))[1]
+    store.take_snapshot()
+    assert calls == ["flush", "put"]
+    store.close()
