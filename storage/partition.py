@@ -14,8 +14,7 @@
 Write order and crash safety: the log append comes first, the producer state and the
 aborted index follow. A crash in between loses nothing: on open the producer state is
 rebuilt from the newest snapshot at or below the log end plus a replay of the log after it,
-and the replay re-adds any aborted transaction the index missed (adding an existing entry
-is a no-op). Snapshots are only an optimisation: a corrupt or missing one means a longer
+and the aborted index after the snapshot is rebuilt from the replayed markers. Snapshots are only an optimisation: a corrupt or missing one means a longer
 replay. Snapshots are taken when a segment rolls, every `snapshot_interval_bytes` of
 appends and on a clean close; those above the log end (a crash lost the log tail) or above
 a truncation point are deleted. Before a snapshot is stored the log and aborted index are
@@ -379,9 +378,13 @@ class PartitionStore:
         start = self.log.log_start_offset
         state = self._newest_good_snapshot(end)
         self.producer_state = state
-        if max(state.end_offset, start) < end:
+        replay_from = max(state.end_offset, start)
+        # Aborts after the snapshot are rebuilt from their markers: after a power loss the
+        # index file may miss any of them (page-cache writeback has no order), not just the last.
+        self.log.aborted_txns.truncate_to(replay_from)
+        if replay_from < end:
             # Batches below the log start are gone (retention): apply() accepts the gap.
-            for header in self.log.iter_headers(max(state.end_offset, start), end):
+            for header in self.log.iter_headers(replay_from, end):
                 self._apply(header, self._control_batch(header) if header.is_control else b"")
         else:
             state.end_offset = end  # nothing stored after the snapshot (or an empty log at its start)

@@ -368,3 +368,24 @@ def test_snapshot_is_stored_after_the_log_and_aborted_index_are_synced(tmp_path,
     store.take_snapshot()
     assert calls == ["flush", "put"]
     store.close()
+
+
+def test_aborted_index_missing_a_middle_entry_is_rebuilt_from_the_markers(tmp_path, kv):
+    """Power loss can persist the second abort record but not the first (no writeback order);
+    with no snapshot covering them, the open rebuilds both from the log."""
+    from semel.storage.aborted_txns import RECORD_BYTES
+    from semel.storage.log import ABORTED_FILE
+
+    store = open_store(tmp_path, kv)
+    for pid in (1, 2):
+        store.append_as_leader([client_batch(pid=pid, seq=0, txn=True)], 0, 1_000)
+        store.append_marker(pid, 0, commit=False, coordinator_epoch=0, leader_epoch=0, now_ms=1_000)
+    expected = store.log.aborted_txns.entries
+    assert len(expected) == 2
+    store.close()
+    store.snapshots.delete_all()
+    index_file = tmp_path / "p0" / ABORTED_FILE
+    index_file.write_bytes(index_file.read_bytes()[RECORD_BYTES:])  # the first record is lost
+    reopened = open_store(tmp_path, kv)
+    assert reopened.log.aborted_txns.entries == expected
+    reopened.close()
