@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -90,8 +92,7 @@ def test_malformed_idempotent_batch_is_invalid_record(bad):
 
 def test_delta_must_match_count_and_control_batches_are_not_produced():
     psm = ProducerStateManager()
-    h = header(count=3)
-    bad_delta = BatchHeader(**{**{f: getattr(h, f) for f in h.__dataclass_fields__}, "last_offset_delta": 1})
+    bad_delta = dataclasses.replace(header(count=3), last_offset_delta=1)
     assert psm.validate(bad_delta, 0).error == ErrorCode.INVALID_RECORD
     assert psm.validate(header(control=True, txn=True), 0).error == ErrorCode.INVALID_RECORD
     assert psm.validate(header(pid=-1, epoch=-1, seq=-1, txn=True), 0).error == ErrorCode.INVALID_RECORD
