@@ -151,14 +151,19 @@ class ControllerCore:
         lv.down_since_ms = None  # it reached us; a still-broken Raft link is seen again next tick
         return HeartbeatReply(pb.NONE, fenced=reg.fenced)
 
-    def on_connection_status(self, broker_id: int, connected: bool, now_ms: int) -> None:
+    def on_connection_status(
+        self, broker_id: int, connected: bool, now_ms: int, down_since_ms: int | None = None
+    ) -> None:
+        """`down_since_ms`: when the link was first seen down, if known from before (a link that
+        died during the Raft election counts from then, not from when we became leader)."""
         lv = self._liveness.get(broker_id)
         if lv is None:
             return
         if connected:
             lv.down_since_ms = None
-        elif lv.down_since_ms is None:
-            lv.down_since_ms = now_ms
+            return
+        since = now_ms if down_since_ms is None else min(down_since_ms, now_ms)
+        lv.down_since_ms = since if lv.down_since_ms is None else min(lv.down_since_ms, since)
 
     def on_broker_unreachable(self, broker_id: int, now_ms: int) -> None:
         self.on_connection_status(broker_id, False, now_ms)
@@ -188,10 +193,13 @@ class ControllerCore:
             if lv.unfenced_since_ms is None:
                 lv.unfenced_since_ms = now_ms
             expired = silent_ms > cfg.session_timeout_ms
+            # Link down for the grace, and either silent for the grace too or never heard by this
+            # controller (a voter whose Raft link to the leader is down cannot even learn who the
+            # controller is, so waiting for its heartbeat would only delay the fence).
             unreachable = (
                 lv.down_since_ms is not None
                 and now_ms - lv.down_since_ms >= cfg.disconnect_grace_ms
-                and silent_ms >= cfg.disconnect_grace_ms
+                and (silent_ms >= cfg.disconnect_grace_ms or not lv.heard)
             )
             if expired or unreachable:
                 lv.fenced_at_ms = now_ms
@@ -269,6 +277,7 @@ class Controller:
         self.config = config
         self.core = ControllerCore(self.config)
         self._failed_until_ms: dict[Command, int] = {}
+        self._link_down_since_ms: dict[str, int] = {}
         self._clock_ms = clock_ms
         self._task: asyncio.Task[None] | None = None
         self._ready = False  # leader and the Barrier committed
@@ -321,6 +330,7 @@ class Controller:
             wake.clear()
 
     async def _tick(self) -> None:
+        self._track_links(self._clock_ms())
         if not self.quorum.is_leader():
             if self.core.active or self._ready:
                 log.info("controller: lost leadership")
@@ -356,11 +366,22 @@ class Controller:
         self._ready = True
         log.info("controller: active at image version %d", self.quorum.image().version)
 
+    def _track_links(self, now_ms: int) -> None:
+        """Raft links to the other voters, watched even while passive (see on_connection_status)."""
+        for voter in self.quorum.config.voters:
+            if voter.raft_address == self.quorum.config.raft_address:
+                continue
+            if self.quorum.is_peer_connected(voter.raft_address):
+                self._link_down_since_ms.pop(voter.raft_address, None)
+            else:
+                self._link_down_since_ms.setdefault(voter.raft_address, now_ms)
+
     def _observe_connections(self, image: MetadataImage, now_ms: int) -> None:
         voters = {v.raft_address for v in self.quorum.config.voters}
         for broker_id, reg in image.brokers.items():
             if reg.raft_address and reg.raft_address in voters:
-                self.core.on_connection_status(broker_id, self.quorum.is_peer_connected(reg.raft_address), now_ms)
+                since = self._link_down_since_ms.get(reg.raft_address)
+                self.core.on_connection_status(broker_id, since is None, now_ms, since)
 
     async def _submit_decision(self, command: Command) -> None:
         try:

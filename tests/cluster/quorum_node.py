@@ -58,6 +58,7 @@ async def handle(quorum: MetadataQuorum, request: dict) -> dict:
             "version": image.version,
             "last_applied": quorum.last_applied(),
             "has_quorum": quorum.has_quorum(),
+            "raft_term": quorum.raftCurrentTerm,
             "topics": {name: len(t.partitions) for name, t in image.topics.items()},
             "next_producer_id": image.next_producer_id,
             "brokers": {b: {"epoch": r.broker_epoch, "fenced": r.fenced} for b, r in image.brokers.items()},

@@ -98,18 +98,29 @@ def test_disconnect_alone_does_not_fence_a_broker_that_heartbeats() -> None:
         assert core.decide(m.image, now) == []
 
 
-def test_new_leader_fences_a_dead_former_leader_within_grace() -> None:
-    """The Raft leader (also a broker) is killed: the new controller sees its connection down."""
+def test_new_leader_fences_a_dead_former_leader_at_once() -> None:
+    """The Raft leader (also a broker) is killed: its link has been down since the election
+    started, and it cannot heartbeat a controller it cannot learn about."""
     m = registered()
     apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
     core = ControllerCore(CFG)
     core.on_became_leader(m.image, now_ms=10_000)
-    core.on_connection_status(1, False, 10_000)
+    core.on_connection_status(1, False, 10_000, down_since_ms=9_700)
     core.on_connection_status(2, True, 10_000)
-    heartbeat_all(core, m, 10_100, skip=(1,))
-    assert core.decide(m.image, 10_200) == []
-    heartbeat_all(core, m, 10_200, skip=(1,))
-    assert core.decide(m.image, 10_250) == [FenceBroker(1, 1)]
+    assert core.decide(m.image, 10_000) == [FenceBroker(1, 1)]
+
+
+def test_new_leader_gives_a_recently_disconnected_broker_the_grace() -> None:
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=10_000)
+    core.on_connection_status(1, False, 10_000, down_since_ms=9_950)
+    assert core.decide(m.image, 10_050) == []  # down for 100 ms < grace (250)
+    heartbeat_all(core, m, 10_060)  # it reached us after all
+    core.on_connection_status(1, False, 10_100, down_since_ms=9_950)
+    assert core.decide(m.image, 10_250) == []  # down 300 ms, but silent only 190 ms
+    assert core.decide(m.image, 10_310) == [FenceBroker(1, 1)]  # down and silent >= grace (250)
 
 
 def test_fenced_broker_is_unfenced_after_a_fresh_caught_up_heartbeat() -> None:
