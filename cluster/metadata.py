@@ -51,6 +51,8 @@ MAX_PARTITIONS_PER_TOPIC = getattr(limits, "MAX_PARTITIONS_PER_TOPIC", 1000)
 MAX_TOPIC_NAME_CHARS = getattr(limits, "MAX_TOPIC_NAME_CHARS", 200)
 METADATA_DEDUP_COMMANDS = getattr(limits, "METADATA_DEDUP_COMMANDS", 1000)
 MAX_REPLICATION_FACTOR = getattr(limits, "MAX_REPLICATION_FACTOR", 16)
+MAX_BROKERS = getattr(limits, "MAX_BROKERS", 1024)  # registered broker ids (fenced ones included)
+MAX_PARTITIONS_TOTAL = getattr(limits, "MAX_PARTITIONS_TOTAL", 100_000)  # over all topics
 
 _TOPIC_NAME_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 _TOPIC_ID_NAMESPACE = uuid.UUID("6d1f3c2a-5b1e-4a57-9d6e-2f0c8e9a7b31")
@@ -423,12 +425,14 @@ class MetadataStateMachine:
     # -- brokers --
 
     def _register_broker(self, c: RegisterBroker) -> Result:
-        if c.broker_id < 0 or not c.incarnation_id or not c.host or not 0 < c.port < 65536:
+        if not 0 <= c.broker_id < 2**31 or not c.incarnation_id or not c.host or not 0 < c.port < 65536:
             return Result(pb.INVALID_REQUEST)
         img = self.image
         old = img.brokers.get(c.broker_id)
         if old is not None and old.incarnation_id == c.incarnation_id:
             return Result(pb.NONE, old.broker_epoch)  # a retry of the same registration
+        if old is None and len(img.brokers) >= MAX_BROKERS:
+            return Result(pb.RESOURCE_EXHAUSTED)
         topics = dict(img.topics)
         if old is not None:
             # A new incarnation: whatever the old process led or replicated may be gone.
@@ -507,6 +511,8 @@ class MetadataStateMachine:
             return Result(pb.TOPIC_ALREADY_EXISTS)
         if not 1 <= c.partitions <= MAX_PARTITIONS_PER_TOPIC:
             return Result(pb.INVALID_PARTITIONS)
+        if sum(len(t.partitions) for t in img.topics.values()) + c.partitions > MAX_PARTITIONS_TOTAL:
+            return Result(pb.RESOURCE_EXHAUSTED)
         brokers = img.unfenced_brokers()
         if not 1 <= c.replication_factor <= min(len(brokers), MAX_REPLICATION_FACTOR):
             return Result(pb.INVALID_REPLICATION_FACTOR)

@@ -464,3 +464,18 @@ def test_version_counts_changes_only() -> None:
     m.apply(Barrier())
     assert m.image.version == v
     assert m.last_applied == 6 + 2
+
+
+def test_bounds_on_brokers_and_partitions(monkeypatch) -> None:
+    import semel.cluster.metadata as md
+
+    monkeypatch.setattr(md, "MAX_BROKERS", 3)
+    monkeypatch.setattr(md, "MAX_PARTITIONS_TOTAL", 10)
+    m, _ = cluster(3)
+    assert m.apply(RegisterBroker(4, "x", "h", 1)).error == pb.RESOURCE_EXHAUSTED
+    assert m.apply(RegisterBroker(3, "inc-3-new", "h", 1)).ok  # known ids may re-register
+    assert m.apply(RegisterBroker(-1, "x", "h", 1)).error == pb.INVALID_REQUEST
+    assert m.apply(RegisterBroker(5, "x", "h", 0)).error == pb.INVALID_REQUEST
+    assert m.apply(CreateTopic("a", 6, 1)).ok
+    assert m.apply(CreateTopic("b", 5, 1)).error == pb.RESOURCE_EXHAUSTED
+    assert m.apply(CreateTopic("b", 4, 1)).ok
