@@ -37,20 +37,22 @@ def test_client_round_trip_keys_and_order(shared_cluster):
     for meta in metas:
         per_partition.setdefault(meta.partition, []).append(meta.offset)
     for offsets in per_partition.values():
-        assert offsets == list(range(len(offsets))), "one producer, one partition: dense offsets in send order"
+        # max_in_flight=1: send order is offset order. Not necessarily dense from 0: a batch
+        # retried after a lost acknowledgement (a leader change) may be stored twice.
+        assert offsets == sorted(set(offsets)), "one producer, one partition: offsets follow send order"
 
     with Consumer(shared_cluster.bootstrap, auto_offset_reset="earliest") as consumer:
         consumer.assign([("roundtrip", p) for p in range(3)])
         got = []
-        while len(got) < n:
+        ends = {p: max(m.offset for m in metas if m.partition == p) + 1 for p in per_partition}
+        while any(consumer.position("roundtrip", p) < end for p, end in ends.items()):
             records = consumer.poll(5000)
             assert records, f"only {len(got)} of {n} records came back"
             got.extend(records)
-    assert len(got) == n
-    by_value = {r.value: r for r in got}
+    by_offset = {(r.partition, r.offset): r for r in got}
     for i, meta in enumerate(metas):
-        record = by_value[b"value-%d" % i]
-        assert (record.partition, record.offset, record.key) == (meta.partition, meta.offset, b"key-%d" % (i % 7))
+        record = by_offset[(meta.partition, meta.offset)]
+        assert (record.value, record.key) == (b"value-%d" % i, b"key-%d" % (i % 7))
 
 
 def test_cli_produce_pipe_consume_and_describe(shared_cluster):
