@@ -220,7 +220,7 @@ def run_produce(args: argparse.Namespace) -> int:
         ]
         for proc in procs:
             proc.start()
-        outcomes = []
+        outcomes: list[dict[str, Any]] = []
         last_total, last_t = 0, time.time()
         while len(outcomes) < len(procs):
             try:

@@ -358,7 +358,7 @@ class Producer(_ClientBase):
 
     def _send_request(self, address: str, batches: list[ProducerBatch]) -> None:
         request = broker_pb2.ProduceRequest(
-            acks=self.acks,
+            acks=self.acks,  # type: ignore[arg-type]  # an Acks enum value
             timeout_ms=self.request_timeout_ms,
             partitions=[
                 broker_pb2.PartitionProduceData(topic=b.topic, partition=b.partition, batch=b.to_proto())

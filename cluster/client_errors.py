@@ -146,7 +146,7 @@ METADATA_REFRESH_CODES: Final = frozenset(
 # Codes whose outcome is unknown: the broker may have written the batch.
 _OUTCOME_UNKNOWN_CODES: Final = frozenset({common_pb2.REQUEST_TIMED_OUT})
 
-_DESCRIPTIONS: Final = {
+_DESCRIPTIONS: Final[dict[int, str]] = {
     common_pb2.UNKNOWN_SERVER_ERROR: "unexpected broker fault; see the broker log",
     common_pb2.UNKNOWN_TOPIC_OR_PARTITION: "the topic or partition does not exist",
     common_pb2.INVALID_REQUEST: "malformed request",
