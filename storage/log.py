@@ -203,6 +203,7 @@ class PartitionLog:
                 for later in reversed(bases[i + 1 :]):
                     LogSegment.open_for_recovery(d, later, self.config.index_interval_bytes).delete()
                 break
+        self._cut_at_first_gap()
         if not self._segments:
             self._add_segment(LogSegment.create(d, log_start, self.config.index_interval_bytes))
         leo = self.log_end_offset
@@ -234,6 +235,24 @@ class PartitionLog:
             (d / CLEAN_SHUTDOWN_FILE).unlink()
         fsync_dir(d)  # the marker must be gone for good before anything is appended
         self._last_fsync_ms = now_ms
+
+    def _cut_at_first_gap(self) -> None:
+        """Segments must be contiguous; after a gap (a lost segment file, or a trusted segment
+        whose rebuilt index stops at a broken batch) nothing later is reachable consistently:
+        cut there, like a corrupt tail, and let replication fetch the rest again."""
+        segs = self._segments
+        for i in range(len(segs) - 1):
+            if segs[i].index.next_offset != segs[i + 1].base_offset:
+                log.error(
+                    "%s ends at offset %d but the next segment begins at %d; cutting the log there",
+                    segs[i].log_path, segs[i].index.next_offset, segs[i + 1].base_offset,
+                )
+                for seg in reversed(segs[i + 1 :]):
+                    seg.delete()
+                del segs[i + 1 :]
+                del self._bases[i + 1 :]
+                segs[i].cut_to_index()
+                return
 
     def _load_epoch_entries(self) -> ec.Entries:
         try:
@@ -311,7 +330,7 @@ class PartitionLog:
             if total - pos < HEADER_BYTES:
                 raise CorruptBatchError(f"truncated header at byte {pos}: {total - pos} bytes")
             fields = _HEADER.unpack_from(encoded, pos)
-            base, length, crc, magic, _attrs, delta, epoch, *_rest, max_ts = fields
+            base, length, crc, magic, _attrs, delta, epoch, _pid, _pepoch, _seq, _count, _base_ts, max_ts = fields
             size = LENGTH_FIELD_END + length
             if size > max_batch:
                 raise BatchTooLargeError(f"batch at byte {pos} is {size} bytes; max_batch_bytes is {max_batch}")

@@ -129,6 +129,11 @@ class LogSegment:
             finally:
                 view.release()
 
+    def cut_to_index(self) -> None:
+        """Drop any bytes after what the index covers (the tail past a framing break)."""
+        if os.fstat(self._fd).st_size != self.index.size_bytes:
+            os.ftruncate(self._fd, self.index.size_bytes)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

@@ -254,3 +254,37 @@ def test_a_second_open_of_the_same_directory_fails(tmp_path):
     plog = PartitionLog.open(tmp_path, CONFIG, 0)
     assert not (tmp_path / ".clean_shutdown").exists()  # a crash from here on is unclean
     plog.close()
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_a_lost_middle_segment_cuts_the_log_at_the_gap(tmp_path, clean):
+    plog, batches = fill(tmp_path)
+    if clean:
+        plog.close()
+    else:
+        crash(plog)
+    files = seg_files(tmp_path)
+    assert len(files) >= 4
+    files[2].unlink()
+    plog = PartitionLog.open(tmp_path, CONFIG, 0)
+    end = int(files[2].name[:20])
+    assert plog.log_end_offset == end
+    assert plog.segment_base_offsets == [int(f.name[:20]) for f in files[:2]]
+    assert read_all(plog) == b"".join(b for b in batches if int.from_bytes(b[:8], "big") < end)
+    plog.append(make_batch(end), 0)  # and it goes on from there
+    plog.close()
+
+
+def test_a_framing_break_in_a_trusted_segment_without_index_files_cuts_there(tmp_path):
+    plog, batches = fill(tmp_path)
+    plog.close()
+    middle = seg_files(tmp_path)[1]
+    base = int(middle.name[:20])
+    first = next(b for b in batches if int.from_bytes(b[:8], "big") == base)
+    flip(middle, len(first) + 10)  # the length field of the second batch of the segment
+    for path in tmp_path.glob("*.index"):
+        path.unlink()
+    plog = PartitionLog.open(tmp_path, CONFIG, 0)
+    assert plog.log_end_offset == base + 2  # only the first batch of that segment is reachable
+    assert read_all(plog) == b"".join(b for b in batches if int.from_bytes(b[:8], "big") <= base)
+    plog.close()
