@@ -64,6 +64,7 @@ def _add_broker(sub: argparse._SubParsersAction) -> None:
         "(`python -m semel.cluster.broker --help` lists them), e.g. --broker-id 1 --listen 127.0.0.1:9092 "
         "--data-dir DIR --raft 127.0.0.1:19092 --voters 127.0.0.1:19092.",
         add_help=False,
+        prefix_chars="\0",  # every argument, --help included, belongs to the broker
     )
     p.add_argument("broker_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_run_broker)
