@@ -6,7 +6,10 @@ How it works:
   the record that wrote it (`record_offset`).
 * A plain OffsetCommit is validated (`validate_member`: member id + member epoch fencing, or
   a "simple" commit when the group has no members, as Kafka allows), then prepared as
-  OffsetCommit records; once they are durable, `complete` replays them.
+  OffsetCommit records; once they are durable, `complete` replays them. A member may only
+  commit partitions it holds (assigned, or pending revocation): a partition it released is
+  STALE_MEMBER_EPOCH even at the current epoch (the rule of Kafka's KIP-1251, stricter
+  than plain epoch equality, which lets a member overwrite the new owner's commits).
 * A TxnOffsetCommit (KIP-447) is validated the same way (any epoch mismatch fences: a zombie
   consumer's transaction must abort) and written in a transactional batch of its producer.
   Replayed, its offsets go to `pending[producer_id]`, invisible to fetches. The producer's
@@ -32,6 +35,7 @@ from semel.coordinator.group_records import (
     GroupRecord,
     OffsetCommitKey,
     OffsetCommitValue,
+    Partitions,
     TopicPartition,
     invariant,
 )
@@ -277,7 +281,8 @@ class OffsetStore:
             code, message = validate_member(groups, request.group_id, request.member_id, request.member_epoch, False)
         if code != E.NONE:
             return CommitDecision(request.group_id, code, message)
-        return self._records_for(request.group_id, request.offsets, now_ms)
+        held = _held(groups, request.group_id, request.member_id, request.member_epoch)
+        return self._records_for(request.group_id, request.offsets, now_ms, held)
 
     def prepare_txn_commit(self, request: TxnCommitRequest, groups: GroupStateMachine, now_ms: int) -> CommitDecision:
         gid = request.group_id
@@ -288,6 +293,11 @@ class OffsetStore:
             code, message = E.RESOURCE_EXHAUSTED, f"{len(self.pending)} producers have pending offsets"
         if code == E.NONE:
             code, message = validate_member(groups, gid, request.member_id, request.member_epoch, True)
+        held = _held(groups, gid, request.member_id, request.member_epoch)
+        if code == E.NONE and held is not None:
+            foreign = sorted({TopicPartition(pc.topic, pc.partition) for pc in request.offsets} - held)
+            if foreign:
+                code, message = E.FENCED_MEMBER_EPOCH, f"the member does not hold {foreign[:5]}; abort the transaction"
         if code != E.NONE:
             return CommitDecision(gid, code, message)
         plain = self._records_for(gid, request.offsets, now_ms)
@@ -331,7 +341,11 @@ class OffsetStore:
             return E.RESOURCE_EXHAUSTED, f"coordinator partition holds {self.config.max_groups} groups"
         return E.NONE, ""
 
-    def _records_for(self, group_id: str, offsets: tuple[PartitionCommit, ...], now_ms: int) -> CommitDecision:
+    def _records_for(
+        self, group_id: str, offsets: tuple[PartitionCommit, ...], now_ms: int, held: Partitions | None = None
+    ) -> CommitDecision:
+        """Records for the valid partitions; `held`: the committing member's partitions (a
+        member may commit only partitions it holds; None: no member, no check)."""
         records: list[GroupRecord] = []
         errors: list[tuple[TopicPartition, int]] = []
         existing = self.committed.get(group_id, {})
@@ -340,6 +354,8 @@ class OffsetStore:
             tp = TopicPartition(pc.topic, pc.partition)
             if not pc.topic or pc.partition < 0 or pc.committed_offset < 0:
                 errors.append((tp, E.INVALID_REQUEST))
+            elif held is not None and tp not in held:
+                errors.append((tp, E.STALE_MEMBER_EPOCH))  # released or never assigned (KIP-1251's rule)
             elif len(pc.metadata.encode()) > self.config.max_metadata_bytes:
                 errors.append((tp, E.OFFSET_METADATA_TOO_LARGE))
             elif tp not in existing and new_count >= self.config.max_offsets_per_group:
@@ -350,6 +366,14 @@ class OffsetStore:
                 value = OffsetCommitValue(pc.committed_offset, pc.committed_leader_epoch, pc.metadata, now_ms)
                 records.append(GroupRecord(OffsetCommitKey(group_id, pc.topic, pc.partition), value))
         return CommitDecision(group_id, E.NONE, "", tuple(errors), tuple(records))
+
+
+def _held(groups: GroupStateMachine, group_id: str, member_id: str, member_epoch: int) -> Partitions | None:
+    """What a validated member may commit: what it holds (assigned or pending revocation)."""
+    if member_epoch < 0:
+        return None
+    member = groups.member(group_id, member_id)
+    return None if member is None else member.held
 
 
 def _committed(value: OffsetCommitValue, record_offset: int) -> CommittedOffset:

@@ -53,6 +53,8 @@ def test_kicked_out_member_cannot_commit_normal_or_transactional(driver):
     b = d.hb("g", "b", b.member_epoch, owned=frozenset())
     d.now_ms = 1000
     assert d.expire() == ["a"]
+    b = d.hb("g", "b", b.member_epoch, owned=frozenset())
+    assert b.assignment == {T0, T1}
     # a is a zombie: it still believes it is member "a" at its old epoch.
     assert d.commit("g", {("t", 0): 9}, "a", a.member_epoch).error == E.UNKNOWN_MEMBER_ID
     assert d.txn_commit("g", {("t", 0): 9}, producer_id=7, member_id="a", member_epoch=a.member_epoch).error == E.UNKNOWN_MEMBER_ID
@@ -178,3 +180,24 @@ def test_lag_against_last_stable_offset(driver):
     d = driver()
     d.commit("g", {("t", 0): 5, ("t", 1): 7})
     assert d.shard.offsets.group_lag("g", {T0: 8}) == {T0: 3, T1: -1}
+
+
+def test_member_commits_only_partitions_it_holds(driver):
+    d = driver()
+    a = d.join("g", member_id="a")
+    b = d.join("g", member_id="b")
+    a = d.hb("g", "a", a.member_epoch, owned=a.assignment)  # a must give one partition up
+    (kept,) = a.assignment
+    (revoked,) = {T0, T1} - {kept}
+    # While revocation is pending, a may still commit the revoked partition (it holds it).
+    r = d.commit("g", {revoked: 5, kept: 6}, "a", a.member_epoch)
+    assert dict(r.partition_errors) == {revoked: E.NONE, kept: E.NONE}
+    a = d.hb("g", "a", a.member_epoch, owned=a.assignment)  # released
+    b = d.hb("g", "b", b.member_epoch, owned=frozenset())
+    assert b.assignment == {revoked}
+    # a is current and live, but the partition is b's now: a's commit for it is refused.
+    r = d.commit("g", {revoked: 1, kept: 7}, "a", a.member_epoch)
+    assert dict(r.partition_errors) == {revoked: E.STALE_MEMBER_EPOCH, kept: E.NONE}
+    assert d.txn_commit("g", {revoked: 1}, producer_id=4, member_id="a", member_epoch=a.member_epoch).error == E.FENCED_MEMBER_EPOCH
+    assert d.commit("g", {revoked: 8}, "b", b.member_epoch).error == E.NONE
+    assert d.committed("g") == {(revoked.topic, revoked.partition): 8, (kept.topic, kept.partition): 7}
