@@ -105,7 +105,14 @@ class _ReplicatedMetadata(SyncObjConsumer):
 
     @replicated
     def apply(self, command: Command) -> Result:
-        return self.machine.apply(command)
+        try:
+            return self.machine.apply(command)
+        except Exception:
+            # A bug in a handler: it raised before publishing (images are swapped atomically), so
+            # the state is unchanged on every replica alike. Failing the command keeps the log
+            # moving; letting it escape would make pysyncobj retry the entry forever.
+            log.exception("metadata command %r failed", command)
+            return Result(pb.UNKNOWN_SERVER_ERROR)
 
 
 DeltaListener = Callable[[MetadataDelta, MetadataImage], None]
@@ -299,11 +306,15 @@ class MetadataQuorum(SyncObj):
             await asyncio.sleep(0.01)
         return True
 
-    def close(self) -> None:
-        """Stop the tick thread and close sockets and the journal (does not wait)."""
+    def close(self, wait: bool = False) -> None:
+        """Stop the tick thread and close sockets and the journal. `wait`: join the tick thread
+        (it exits at its next tick, within `tick_period_s`); never from the tick thread."""
         if not self._closed:
             self._closed = True
-            self.destroy()
+            if wait:
+                self.destroy_synchronous()
+            else:
+                self.destroy()
 
 
 def invariant_result(result: object) -> None:

@@ -35,7 +35,7 @@ def quorum_nodes(tmp_path: Path):
     observer = MetadataQuorum(QuorumConfig(4, None, voters, tmp_path / "observer"))
     yield nodes, observer
     for n in [*nodes, observer]:
-        n.close()
+        n.close(wait=True)
 
 
 def test_observer_listeners_and_retries(quorum_nodes) -> None:
@@ -172,3 +172,24 @@ def test_controller_api_on_three_voters(quorum_nodes) -> None:
             await c.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_failing_handler_fails_the_command_not_the_log(tmp_path: Path, monkeypatch) -> None:
+    from semel.cluster.metadata import DeleteTopic, MetadataStateMachine
+
+    def broken(self, command):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(MetadataStateMachine, "_delete_topic", broken)
+    voter = VoterSpec(1, f"127.0.0.1:{free_port()}", "unused:1")
+    node = MetadataQuorum(QuorumConfig(1, voter.raft_address, (voter,), tmp_path / "single"))
+    try:
+
+        async def scenario() -> None:
+            await until(node.is_leader)
+            assert (await node.submit(DeleteTopic("t"))).error == pb.UNKNOWN_SERVER_ERROR
+            assert (await node.submit(RegisterBroker(1, "i", "h", 1))).ok  # the log keeps moving
+
+        asyncio.run(scenario())
+    finally:
+        node.close(wait=True)
