@@ -52,6 +52,15 @@ def create_topic_when_brokers_alive(
             time.sleep(0.1)
 
 
+def _proc_state(pid: int) -> str | None:
+    """The process state letter from /proc (R, S, T, Z, ...); None when unknown or gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0]
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return None
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """`count` distinct ports free right now (all sockets held until every port is picked)."""
     sockets = []
@@ -139,8 +148,15 @@ class Cluster:
         """SIGTERM and wait (SIGKILL after 5 s); returns the exit code."""
         return self._cluster.terminate(broker_id, grace_s=5)
 
-    def pause(self, broker_id: int) -> None:
+    def pause(self, broker_id: int, timeout_s: float = 5.0) -> None:
+        """SIGSTOP; returns once the kernel reports the process stopped (Linux)."""
         self._cluster.pause(broker_id)
+        pid = self.pid(broker_id)
+        deadline = time.monotonic() + timeout_s
+        while pid is not None and _proc_state(pid) not in ("T", "t", None):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"broker {broker_id} (pid {pid}) did not stop within {timeout_s} s")
+            time.sleep(0.005)
 
     def resume(self, broker_id: int) -> None:
         self._cluster.resume(broker_id)
