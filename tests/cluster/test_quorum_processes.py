@@ -289,3 +289,32 @@ def test_controller_moves_leaderships_after_kill_9(broker_cluster: list[Node]) -
           f"(broker was a raft follower), {controller_ms:.0f} ms (broker was the raft leader); "
           f"restarted broker unfenced after {unfence_ms:.0f} ms")
     assert follower_ms < 1000 and controller_ms < 1500
+
+
+def test_paused_leader_cannot_hand_out_duplicate_producer_ids(cluster: list[Node]) -> None:
+    """SIGSTOP the Raft leader, let the others elect and allocate, SIGCONT it with a request
+    queued: the stale leader must not commit anything; every block handed out is unique."""
+    wait_for(lambda: leader_of(cluster), 10)
+    register_brokers(cluster[0])
+    old = wait_for(lambda: stable_leader(cluster), 5)
+    others = [n for n in cluster if n is not old]
+    assert old.proc is not None
+    old.proc.send_signal(signal.SIGSTOP)
+    results: list[dict[str, Any]] = []
+    queued = threading.Thread(
+        target=lambda: results.append(old.submit("AllocateProducerIds", broker_id=1, broker_epoch=1, timeout_s=3))
+    )
+    try:
+        queued.start()  # sits in the stopped process's stdin until SIGCONT
+        wait_for(lambda: leader_of(others), 5)
+        for n in others:
+            results.append(n.submit("AllocateProducerIds", broker_id=2, broker_epoch=2, timeout_s=3))
+        time.sleep(0.2)
+    finally:
+        old.proc.send_signal(signal.SIGCONT)
+    queued.join(10)
+    assert len(results) == 3 and all(r["ok"] for r in results), results
+    firsts = [r["value"]["first_producer_id"] for r in results]
+    assert len(set(firsts)) == 3
+    final = max(firsts) + 1000
+    wait_for(lambda: all(n.status()["next_producer_id"] == final for n in cluster), 5)
