@@ -10,11 +10,15 @@ commands follow from the image and the liveness it has observed, and submits the
 
 Liveness has two signals:
   * heartbeats (`on_heartbeat`, called by the gRPC handler every `heartbeat_interval_ms`);
-  * the Raft connection to the broker's quorum node (combined mode) or any external signal
-    (`on_broker_unreachable`, e.g. a broken heartbeat stream). A kill -9 closes the TCP
-    connection at once, so a broker whose connection is down *and* whose heartbeats are older
-    than `disconnect_grace_ms` is fenced without waiting for the whole `session_timeout_ms`.
-    Both signals must agree, so a slow link alone never fences a broker that heartbeats.
+  * the Raft connection to the broker's quorum node (combined mode). A kill -9 closes the TCP
+    connection at once, so a broker whose link has been down for `disconnect_grace_ms` and
+    whose heartbeats are that old too (or that never heartbeated this controller: a voter cut
+    off from the Raft leader cannot learn who the controller is) is fenced without waiting for
+    the whole `session_timeout_ms`. Links are watched even while passive, so a new controller
+    knows how long the old leader's link has been down;
+  * reports from peers (`on_broker_unreachable`): fence after `disconnect_grace_ms` of report
+    *and* heartbeat silence; a heartbeat voids the report.
+    A slow link alone never fences a broker that heartbeats.
 
 A fenced broker is unfenced only after a heartbeat received *after* it was fenced (by this
 controller) that reports a metadata version at least its registration's: it has caught up.
@@ -100,7 +104,8 @@ class _Liveness:
     last_heartbeat_ms: int
     metadata_version: int = -1
     heard: bool = False  # a heartbeat of this epoch reached *this* controller
-    down_since_ms: int | None = None  # Raft connection (or external signal) down since
+    down_since_ms: int | None = None  # its Raft link (combined mode) down since
+    reported_at_ms: int | None = None  # someone reported it unreachable (cleared by a heartbeat)
     fenced_at_ms: int | None = None  # when this controller decided to fence it
     unfenced_since_ms: int | None = None  # first seen unfenced by this controller
 
@@ -149,6 +154,7 @@ class ControllerCore:
         lv.metadata_version = max(lv.metadata_version, metadata_version)
         lv.heard = True
         lv.down_since_ms = None  # it reached us; a still-broken Raft link is seen again next tick
+        lv.reported_at_ms = None
         return HeartbeatReply(pb.NONE, fenced=reg.fenced)
 
     def on_connection_status(
@@ -166,7 +172,10 @@ class ControllerCore:
         lv.down_since_ms = since if lv.down_since_ms is None else min(lv.down_since_ms, since)
 
     def on_broker_unreachable(self, broker_id: int, now_ms: int) -> None:
-        self.on_connection_status(broker_id, False, now_ms)
+        """A peer could not reach it (weaker than a dead Raft link: also needs silence)."""
+        lv = self._liveness.get(broker_id)
+        if lv is not None and lv.reported_at_ms is None:
+            lv.reported_at_ms = now_ms
 
     # -- decisions --
 
@@ -196,11 +205,14 @@ class ControllerCore:
             # Link down for the grace, and either silent for the grace too or never heard by this
             # controller (a voter whose Raft link to the leader is down cannot even learn who the
             # controller is, so waiting for its heartbeat would only delay the fence).
-            unreachable = (
+            grace = cfg.disconnect_grace_ms
+            link_down = (
                 lv.down_since_ms is not None
-                and now_ms - lv.down_since_ms >= cfg.disconnect_grace_ms
-                and (silent_ms >= cfg.disconnect_grace_ms or not lv.heard)
+                and now_ms - lv.down_since_ms >= grace
+                and (silent_ms >= grace or not lv.heard)
             )
+            reported = lv.reported_at_ms is not None and now_ms - lv.reported_at_ms >= grace and silent_ms >= grace
+            unreachable = link_down or reported
             if expired or unreachable:
                 lv.fenced_at_ms = now_ms
                 lv.unfenced_since_ms = None

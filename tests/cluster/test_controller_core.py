@@ -247,3 +247,17 @@ def test_leadership_returns_to_the_preferred_replica_after_the_delay() -> None:
     off = ControllerCore(ControllerConfig(preferred_leader_rebalance_ms=None))
     off.on_became_leader(m.image, 0)
     assert not [c for c in off.decide(m.image, 10**9) if isinstance(c, ElectLeader)]
+
+
+def test_a_peer_report_needs_silence_even_from_a_broker_not_heard_yet() -> None:
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=0)
+    core.on_broker_unreachable(2, now_ms=0)
+    assert core.decide(m.image, 240) == []  # reported 240 ms ago, silent (since we lead) 240 ms
+    heartbeat_all(core, m, 245)  # it finds the new controller: the report is void
+    assert core.decide(m.image, 400) == []
+    core.on_broker_unreachable(2, now_ms=400)
+    assert core.decide(m.image, 600) == []  # reported 200 ms ago only
+    assert core.decide(m.image, 650) == [FenceBroker(2, 2)]  # reported 250, silent 405
