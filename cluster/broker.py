@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -394,7 +395,25 @@ async def run(config: BrokerConfig) -> int:
     return 0
 
 
+DIE_WITH_PARENT_ENV = "SEMEL_BROKER_DIE_WITH_PARENT"
+
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG=SIGKILL, set *after* exec: a supervisor that uses gRPC must not pass a
+    `preexec_fn` (a Python fork in a gRPC process runs gRPC's fork handlers in the child,
+    which can abort it before exec)."""
+    if os.environ.get(DIE_WITH_PARENT_ENV) != "1" or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _die_with_parent()
     config = BrokerConfig.from_args(argv)
     logging.basicConfig(level=getattr(logging, config.log_level.upper(), logging.INFO),
                         format=f"%(asctime)s b{config.broker_id} %(levelname)s %(name)s: %(message)s",

@@ -26,16 +26,6 @@ from semel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, com
 READY = "SEMEL_BROKER_READY"
 
 
-def _die_with_parent() -> None:
-    """PR_SET_PDEATHSIG = SIGKILL: a crashed test run leaves no broker behind."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except OSError:
-        pass
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -86,8 +76,10 @@ class Cluster:
         for k, v in self.flags.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
         log = open(b.data_dir / "broker.log", "ab")
-        b.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
-                                  preexec_fn=_die_with_parent)
+        # No preexec_fn: forking this gRPC-using process in Python runs gRPC's fork handlers in
+        # the child, which can abort it before exec. The broker sets PDEATHSIG itself.
+        env = dict(os.environ, SEMEL_BROKER_DIE_WITH_PARENT="1")
+        b.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1, env=env)
         log.close()
         threading.Thread(target=self._watch, args=(b, b.proc, b.ready), daemon=True).start()
 
