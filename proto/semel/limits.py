@@ -52,6 +52,22 @@ REPLICA_LAG_TIME_MAX_MS_DEFAULT = 10_000   # a follower not caught up for this l
 BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT = 100
 BROKER_SESSION_TIMEOUT_MS_DEFAULT = 600    # no heartbeat for this long -> the controller fences the broker
 
+# --- metadata quorum (semel.cluster.metadata / quorum / controller) ---------------------
+PRODUCER_ID_BLOCK_SIZE = 1000              # producer ids per AllocateProducerIds block (never reused)
+MAX_PARTITIONS_PER_TOPIC = 1000            # CreateTopic partitions above -> INVALID_PARTITIONS
+MAX_PARTITIONS_TOTAL = 100_000             # partitions over all topics; more -> RESOURCE_EXHAUSTED
+MAX_TOPIC_NAME_CHARS = 200                 # topic names are 1..this many chars of [A-Za-z0-9._-]
+MAX_REPLICATION_FACTOR = 16                # and never more than the unfenced brokers
+MAX_BROKERS = 1024                         # registered broker ids (fenced included); more -> RESOURCE_EXHAUSTED
+METADATA_DEDUP_COMMANDS = 1000             # command ids whose results are kept for retried submits
+METADATA_SUBMIT_TIMEOUT_MS_DEFAULT = 2000  # a metadata command not committed by then is reported unknown/unavailable
+BROKER_DISCONNECT_GRACE_MS_DEFAULT = 150   # Raft link down + heartbeat silence this long -> fenced (>= 1.5 heartbeats)
+CONTROLLER_TICK_MS = 50                    # how often the active controller re-evaluates liveness
+MAX_CONTROLLER_COMMANDS_IN_FLIGHT = 64     # controller decisions submitted and not yet answered
+CONTROLLER_FAILED_DECISION_BACKOFF_MS = 1000  # a rejected decision is not proposed again sooner
+INTERNAL_TOPIC_PARTITIONS_DEFAULT = 16     # __transaction_state / __consumer_offsets partitions
+PREFERRED_LEADER_REBALANCE_MS_DEFAULT = 10_000  # leadership returns to the preferred replica after it was unfenced this long
+
 # --- consumer groups (semel.coordinator: group_state, offsets, group_log) ------------
 # Bounds of one group coordinator; every one is checked before a record is written.
 MAX_GROUPS_PER_COORDINATOR_PARTITION = 10_000   # groups (with members or only offsets) per __consumer_offsets partition; more -> RESOURCE_EXHAUSTED
