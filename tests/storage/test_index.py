@@ -100,9 +100,9 @@ def test_damaged_files_are_rejected():
 
 
 def test_first_batch_never_indexed_and_interval_respected():
-    index, _ = build([(1, 0, 100)] * 10, 250)
-    # entries after >= 250 bytes since the last one: at positions 300, 600, 900
-    assert list(index.positions) == [300, 600, 900]
-    assert list(index.offsets) == [BASE + 3, BASE + 6, BASE + 9]
+    index, _ = build([(1, 0, 100)] * 10, 200)
+    # an entry once at least 200 bytes were written since the last one: at 200, 400, ...
+    assert list(index.positions) == [200, 400, 600, 800]
+    assert list(index.offsets) == [BASE + 2, BASE + 4, BASE + 6, BASE + 8]
     assert index.lookup(BASE).position == 0
     assert index.lookup(BASE + 7).position == 600

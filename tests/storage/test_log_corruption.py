@@ -288,3 +288,34 @@ def test_a_framing_break_in_a_trusted_segment_without_index_files_cuts_there(tmp
     assert plog.log_end_offset == base + 2  # only the first batch of that segment is reachable
     assert read_all(plog) == b"".join(b for b in batches if int.from_bytes(b[:8], "big") <= base)
     plog.close()
+
+
+def test_recovery_cut_also_cuts_epoch_cache_and_aborted_index(tmp_path):
+    from semel.storage.aborted_txns import AbortedTxn
+
+    plog, batches = fill(tmp_path, count=30)
+    plog.aborted_txns.add(AbortedTxn(1, 2, 9, 2))
+    cut = plog.log_end_offset
+    seven = make_batch(cut, epoch=7)
+    plog.append(seven, 0)
+    plog.append(make_batch(cut + 2, epoch=8), 0)
+    plog.aborted_txns.add(AbortedTxn(1, 20, cut + 1, 20))  # marker in the tail
+    assert [e.epoch for e in plog.epoch_cache.entries] == [0, 1, 7, 8]
+    crash(plog)
+    active = seg_files(tmp_path)[-1]
+    flip(active, active.stat().st_size - len(seven) - 30)  # damage the epoch-7 batch: cut there
+    plog = PartitionLog.open(tmp_path, CONFIG, 0)
+    assert plog.log_end_offset == cut
+    # Epoch 8 began after the cut: gone. Epoch 7 began exactly at the new LEO: kept, like an
+    # epoch a new leader assigns before writing (its range is empty).
+    assert [(e.epoch, e.start_offset) for e in plog.epoch_cache.entries][-2:] == [(1, 40), (7, cut)]
+    assert plog.aborted_txns.entries == [AbortedTxn(1, 2, 9, 2)]
+    plog.close()
+
+
+def test_a_segment_cut_behind_the_logs_back_is_not_served_as_empty(tmp_path):
+    plog, batches = fill(tmp_path, count=10)
+    os.truncate(seg_files(tmp_path)[-1], 30)  # another process damages the open file
+    with pytest.raises(CorruptLogError):
+        plog.read(plog.log_end_offset - 2, 1 << 20)
+    plog.close()
