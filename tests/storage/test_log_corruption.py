@@ -315,7 +315,11 @@ def test_recovery_cut_also_cuts_epoch_cache_and_aborted_index(tmp_path):
 
 def test_a_segment_cut_behind_the_logs_back_is_not_served_as_empty(tmp_path):
     plog, batches = fill(tmp_path, count=10)
-    os.truncate(seg_files(tmp_path)[-1], 30)  # another process damages the open file
+    active = seg_files(tmp_path)[-1]
+    os.truncate(active, active.stat().st_size - 10)  # another process damages the open file
+    with pytest.raises(CorruptLogError):
+        plog.read(plog.log_end_offset - 2, 1 << 20)  # its header is still there, its payload not
+    os.truncate(active, 30)
     with pytest.raises(CorruptLogError):
         plog.read(plog.log_end_offset - 2, 1 << 20)
     plog.close()
