@@ -383,7 +383,39 @@ class AdminService(agrpc.AdminServicer):
                     isr=ps.isr, error_code=pb.LEADER_NOT_AVAILABLE if ps.leader == md.NO_LEADER else pb.NONE,
                     **offsets))
             resp.topics.append(td)
+        await self._offsets_from_leaders(resp, image)
         return resp
+
+    async def _offsets_from_leaders(self, resp: apb.DescribeTopicsResponse, image: md.MetadataImage) -> None:
+        """Ask each other leader for exact offsets (bounded: 1 s, one request pair per leader);
+        a partition whose leader does not answer keeps this broker's own view."""
+        by_leader: dict[int, list[tuple[str, apb.PartitionDescription]]] = {}
+        for td in resp.topics:
+            for pd in td.partitions:
+                if pd.leader_id >= 0 and pd.leader_id != self.b.config.broker_id:
+                    by_leader.setdefault(pd.leader_id, []).append((td.name, pd))
+        if by_leader:
+            await asyncio.gather(*(self._ask_leader(b, parts, image) for b, parts in by_leader.items()))
+
+    async def _ask_leader(self, broker_id: int, parts: list[tuple[str, apb.PartitionDescription]],
+                          image: md.MetadataImage) -> None:
+        reg = image.broker(broker_id)
+        if reg is None:
+            return
+        stub = bgrpc.BrokerStub(self.b._channel(f"{reg.host}:{reg.port}"))
+        queries = [bpb.ListOffsetsPartition(topic=t, partition=pd.partition, timestamp_ms=ts)
+                   for t, pd in parts for ts in (EARLIEST, LATEST)]
+        try:
+            uncommitted, committed = await asyncio.gather(
+                stub.ListOffsets(bpb.ListOffsetsRequest(partitions=queries), timeout=1.0),
+                stub.ListOffsets(bpb.ListOffsetsRequest(partitions=queries[1::2], isolation_level=bpb.READ_COMMITTED),
+                                 timeout=1.0))
+        except grpc.aio.AioRpcError:
+            return
+        for i, (_, pd) in enumerate(parts):
+            start, hw, lso = uncommitted.results[2 * i], uncommitted.results[2 * i + 1], committed.results[i]
+            if start.error_code == pb.NONE and hw.error_code == pb.NONE and lso.error_code == pb.NONE:
+                pd.log_start_offset, pd.high_watermark, pd.last_stable_offset = start.offset, hw.offset, lso.offset
 
     async def DescribeCluster(self, request: apb.DescribeClusterRequest, context: grpc.aio.ServicerContext) -> apb.DescribeClusterResponse:
         image = self.b.quorum.image()

@@ -162,6 +162,16 @@ def test_produce_fetch_list_offsets_and_errors(cluster):
     desc = c.admin_stub(leader).DescribeTopics(admin_pb2.DescribeTopicsRequest(names=["basics"]))
     p0 = desc.topics[0].partitions[0]
     assert p0.leader_id == leader and p0.high_watermark == 6
+    # a non-leader asks the leader for exact offsets
+    desc = c.admin_stub(follower).DescribeTopics(admin_pb2.DescribeTopicsRequest(names=["basics"]))
+    assert desc.topics[0].partitions[0].high_watermark == 6
+    # READ_COMMITTED with no open transaction reads up to the HW
+    rc = h.fetch(stub, "basics", 0, 0, isolation=broker_pb2.READ_COMMITTED)
+    assert rc.last_stable_offset == rc.high_watermark == 6 and rc.batches
+    # a request above the gRPC message bound is refused by the transport, the broker stays up
+    with pytest.raises(grpc.RpcError) as too_big:
+        h.produce(stub, "basics", 0, h.make_batch([b"x" * (17 * 1024 * 1024)]))
+    assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     cl = c.admin_stub(follower).DescribeCluster(admin_pb2.DescribeClusterRequest())
     assert sorted(b.broker_id for b in cl.brokers) == [1, 2, 3] and cl.quorum_leader and cl.controller_id in (1, 2, 3)
     dr = c.admin_stub(follower).DeleteTopics(admin_pb2.DeleteTopicsRequest(names=["basics", "nope"]))
