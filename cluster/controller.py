@@ -53,31 +53,33 @@ from semel.cluster.metadata import (
     Topic,
     UnfenceBroker,
 )
+from semel import limits
 from semel.cluster.quorum import MetadataQuorum, MetadataSubmitError
 from semel.v1 import common_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-MAX_CONTROLLER_COMMANDS_IN_FLIGHT = 64
+MAX_CONTROLLER_COMMANDS_IN_FLIGHT = limits.MAX_CONTROLLER_COMMANDS_IN_FLIGHT
 
 
 def _default_internal_partitions() -> dict[str, int]:
-    return {TRANSACTION_STATE_TOPIC: 16, CONSUMER_OFFSETS_TOPIC: 16}
+    n = limits.INTERNAL_TOPIC_PARTITIONS_DEFAULT
+    return {TRANSACTION_STATE_TOPIC: n, CONSUMER_OFFSETS_TOPIC: n}
 
 
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
-    session_timeout_ms: int = 1000
-    heartbeat_interval_ms: int = 100
-    disconnect_grace_ms: int = 150  # >= 1.5 heartbeat intervals: a live broker heartbeats within it
-    tick_interval_ms: int = 50
+    session_timeout_ms: int = limits.BROKER_SESSION_TIMEOUT_MS_DEFAULT
+    heartbeat_interval_ms: int = limits.BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT
+    disconnect_grace_ms: int = limits.BROKER_DISCONNECT_GRACE_MS_DEFAULT  # >= 1.5 heartbeat intervals
+    tick_interval_ms: int = limits.CONTROLLER_TICK_MS
     internal_partitions: Mapping[str, int] = field(default_factory=_default_internal_partitions)
     internal_replication_factor: int | None = None  # None: min(3, number of voters)
-    submit_timeout_s: float = 2.0
-    failed_decision_backoff_ms: int = 1000  # a rejected decision is not proposed again sooner
+    submit_timeout_s: float = limits.METADATA_SUBMIT_TIMEOUT_MS_DEFAULT / 1000
+    failed_decision_backoff_ms: int = limits.CONTROLLER_FAILED_DECISION_BACKOFF_MS
     # Leadership goes back to the preferred (first) replica once it has been unfenced this long
     # and is in the ISR (Kafka's auto leader rebalance, per partition); None disables it.
-    preferred_leader_rebalance_ms: int | None = 10_000
+    preferred_leader_rebalance_ms: int | None = limits.PREFERRED_LEADER_REBALANCE_MS_DEFAULT
 
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_interval_ms < self.session_timeout_ms:

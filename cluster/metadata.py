@@ -45,14 +45,14 @@ TRANSACTION_STATE_TOPIC = "__transaction_state"
 CONSUMER_OFFSETS_TOPIC = "__consumer_offsets"
 INTERNAL_TOPICS = (CONSUMER_OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC)
 
-# Bounds of the metadata (mirrored in semel.limits when that file gains a metadata section).
-PRODUCER_ID_BLOCK_SIZE = getattr(limits, "PRODUCER_ID_BLOCK_SIZE", 1000)
-MAX_PARTITIONS_PER_TOPIC = getattr(limits, "MAX_PARTITIONS_PER_TOPIC", 1000)
-MAX_TOPIC_NAME_CHARS = getattr(limits, "MAX_TOPIC_NAME_CHARS", 200)
-METADATA_DEDUP_COMMANDS = getattr(limits, "METADATA_DEDUP_COMMANDS", 1000)
-MAX_REPLICATION_FACTOR = getattr(limits, "MAX_REPLICATION_FACTOR", 16)
-MAX_BROKERS = getattr(limits, "MAX_BROKERS", 1024)  # registered broker ids (fenced ones included)
-MAX_PARTITIONS_TOTAL = getattr(limits, "MAX_PARTITIONS_TOTAL", 100_000)  # over all topics
+# Bounds (semel.limits); module names so tests can shrink them.
+PRODUCER_ID_BLOCK_SIZE = limits.PRODUCER_ID_BLOCK_SIZE
+MAX_PARTITIONS_PER_TOPIC = limits.MAX_PARTITIONS_PER_TOPIC
+MAX_TOPIC_NAME_CHARS = limits.MAX_TOPIC_NAME_CHARS
+METADATA_DEDUP_COMMANDS = limits.METADATA_DEDUP_COMMANDS
+MAX_REPLICATION_FACTOR = limits.MAX_REPLICATION_FACTOR
+MAX_BROKERS = limits.MAX_BROKERS
+MAX_PARTITIONS_TOTAL = limits.MAX_PARTITIONS_TOTAL
 
 _TOPIC_NAME_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 _TOPIC_ID_NAMESPACE = uuid.UUID("6d1f3c2a-5b1e-4a57-9d6e-2f0c8e9a7b31")

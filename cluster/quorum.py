@@ -38,6 +38,7 @@ from typing import Callable
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
+from semel import limits
 from semel.cluster.metadata import (
     Command,
     MetadataDelta,
@@ -50,7 +51,7 @@ from semel.v1 import common_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-SUBMIT_TIMEOUT_S_DEFAULT = 2.0
+SUBMIT_TIMEOUT_S_DEFAULT = limits.METADATA_SUBMIT_TIMEOUT_MS_DEFAULT / 1000
 SUBMIT_RETRY_BACKOFF_S = 0.02
 
 
