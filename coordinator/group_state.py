@@ -37,6 +37,7 @@ restart at "now" (`on_loaded`), like Kafka.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections.abc import Mapping, Sequence
 from typing import Callable
 
@@ -259,51 +260,113 @@ def assign(
     """A deterministic, sticky, balanced assignment.
 
     Every partition of every subscribed topic that exists goes to exactly one member
-    subscribed to its topic. Members keep what they had (`previous`) where they still may;
-    new or orphaned partitions go, in sorted order, to the least loaded eligible member
-    (ties: smallest member id); then partitions move from a member to an eligible one with at
-    least two fewer, until no such move exists (so counts differ by at most one among
-    members with the same subscription). Only the result of the inputs matters, not the
-    iteration order of the mappings.
+    subscribed to its topic, and no partition could move to an eligible member with at
+    least two fewer partitions (so counts differ by at most one among members with the same
+    subscription). Members keep what they had (`previous`) where that stays balanced. Only
+    the inputs matter, not the iteration order of the mappings.
+
+    When every member has the same subscription (the common case) quotas are computed
+    directly (O(P log P)); otherwise new partitions go to the least loaded eligible member
+    and a balancing pass moves partitions until no improving move exists.
     """
     members = sorted(subscriptions)
-    out: dict[str, set[TopicPartition]] = {m: set() for m in members}
     if not members:
         return {}
     subs = {m: frozenset(subscriptions[m]) for m in members}
     topics = sorted({t for m in members for t in subs[m] if partition_counts.get(t, 0) > 0})
+    partitions = [TopicPartition(t, p) for t in topics for p in range(partition_counts[t])]
+    if all(subs[m] == subs[members[0]] for m in members):
+        return _assign_uniform(members, partitions, previous)
+    return _assign_general(members, subs, topics, partitions, previous)
+
+
+def _assign_uniform(
+    members: list[str], partitions: list[TopicPartition], previous: Mapping[str, Partitions]
+) -> dict[str, Partitions]:
+    base, extra = divmod(len(partitions), len(members))
+    valid = set(partitions)
+    taken: set[TopicPartition] = set()
+    kept: dict[str, list[TopicPartition]] = {}
+    for m in members:  # keep up to base + 1 of what each member had
+        mine = [tp for tp in sorted(previous.get(m, EMPTY_PARTITIONS)) if tp in valid and tp not in taken]
+        kept[m] = mine[: base + 1]
+        taken.update(kept[m])
+    big = [m for m in members if len(kept[m]) == base + 1]
+    for m in big[extra:]:  # only `extra` members may have base + 1
+        taken.discard(kept[m].pop())
+    quota = {m: base for m in members}
+    for m in big[:extra]:
+        quota[m] = base + 1
+    others = sorted((m for m in members if quota[m] == base), key=lambda m: (-len(kept[m]), m))
+    for m in others[: extra - min(extra, len(big))]:
+        quota[m] = base + 1
+    free = iter(tp for tp in partitions if tp not in taken)
+    for m in members:
+        kept[m].extend(next(free) for _ in range(quota[m] - len(kept[m])))
+    invariant(next(free, None) is None, "uniform assignment left a partition unassigned")
+    return {m: frozenset(ps) for m, ps in kept.items()}
+
+
+def _assign_general(
+    members: list[str],
+    subs: Mapping[str, frozenset[str]],
+    topics: list[str],
+    partitions: list[TopicPartition],
+    previous: Mapping[str, Partitions],
+) -> dict[str, Partitions]:
+    valid = set(partitions)
+    out: dict[str, set[TopicPartition]] = {m: set() for m in members}
     eligible = {t: [m for m in members if t in subs[m]] for t in topics}
     owner: dict[TopicPartition, str] = {}
     for m in members:
         for tp in sorted(previous.get(m, EMPTY_PARTITIONS)):
-            if tp.topic in subs[m] and 0 <= tp.partition < partition_counts.get(tp.topic, 0) and tp not in owner:
+            if tp in valid and tp.topic in subs[m] and tp not in owner:
                 owner[tp] = m
                 out[m].add(tp)
-    for t in topics:
-        for p in range(partition_counts[t]):
-            tp = TopicPartition(t, p)
-            if tp not in owner:
-                m = min(eligible[t], key=lambda x: (len(out[x]), x))
-                owner[tp] = m
-                out[m].add(tp)
-    _balance(out, eligible)
+    # Least loaded eligible member per topic: a lazy heap whose stale entries (load grew
+    # since they were pushed) are refreshed when they reach the top.
+    heaps = {t: [(len(out[m]), m) for m in eligible[t]] for t in topics}
+    for heap in heaps.values():
+        heapq.heapify(heap)
+    for tp in partitions:
+        if tp in owner:
+            continue
+        heap = heaps[tp.topic]
+        while True:
+            load, m = heapq.heappop(heap)
+            if load == len(out[m]):
+                break
+            heapq.heappush(heap, (len(out[m]), m))
+        owner[tp] = m
+        out[m].add(tp)
+        heapq.heappush(heap, (len(out[m]), m))
+    _balance(out, eligible, subs)
     return {m: frozenset(ps) for m, ps in out.items()}
 
 
-def _balance(out: dict[str, set[TopicPartition]], eligible: Mapping[str, list[str]]) -> None:
-    # Each move lowers the sum of squared loads by at least 2, so this terminates.
+def _balance(
+    out: dict[str, set[TopicPartition]], eligible: Mapping[str, list[str]], subs: Mapping[str, frozenset[str]]
+) -> None:
+    # Each move lowers the sum of squared loads by at least 2, so this terminates. The least
+    # loaded eligible member per topic is cached and forgotten when a member's load changes.
+    cache: dict[str, tuple[int, str]] = {}
+
+    def least(topic: str) -> tuple[int, str]:
+        if topic not in cache:
+            cache[topic] = min((len(out[x]), x) for x in eligible[topic])
+        return cache[topic]
+
     while True:
         moved = False
         for giver in sorted(out, key=lambda m: (-len(out[m]), m)):
             for tp in sorted(out[giver], reverse=True):
-                taker = min(eligible[tp.topic], key=lambda x: (len(out[x]), x))
-                if len(out[giver]) > len(out[taker]) + 1:
+                load, taker = least(tp.topic)
+                if len(out[giver]) > load + 1:
                     out[giver].remove(tp)
                     out[taker].add(tp)
+                    for t in subs[giver] | subs[taker]:
+                        cache.pop(t, None)
                     moved = True
-                    break
-            if moved:
-                break
         if not moved:
             return
 

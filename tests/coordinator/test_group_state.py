@@ -271,6 +271,38 @@ def test_assign_covers_every_partition_once(subs, counts, seed_prev):
     assert assign(dict(reversed(list(subs.items()))), counts, prev) == out  # order does not matter
 
 
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    members=st.sets(st.sampled_from("abcdefgh"), min_size=1),
+    old_members=st.sets(st.sampled_from("abcdefgh"), min_size=1),
+    count=st.integers(0, 30),
+    old_count=st.integers(0, 30),
+)
+def test_uniform_assignment_is_balanced_and_sticky(members, old_members, count, old_count):
+    previous = assign({m: ("t",) for m in old_members}, {"t": old_count}, {})
+    out = assign({m: ("t",) for m in members}, {"t": count}, previous)
+    sizes = [len(p) for p in out.values()]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == count
+    assert set().union(*out.values()) == {TopicPartition("t", p) for p in range(count)}
+    floor = count // len(members)
+    for m in members:  # whoever had at most its fair share keeps all of it
+        kept = {tp for tp in previous.get(m, frozenset()) if tp.partition < count}
+        if len(kept) <= floor:
+            assert kept <= out[m]
+
+
+def test_assignor_scales_to_its_bounds():
+    import time
+
+    subs = {f"m{i:04d}": ("t",) if i % 3 else ("t", "u") for i in range(1000)}
+    start = time.perf_counter()
+    first = assign(subs, {"t": 5000, "u": 5000}, {})
+    again = assign({**subs, "new": ("u",)}, {"t": 5000, "u": 5000}, first)
+    elapsed = time.perf_counter() - start
+    assert sum(len(p) for p in again.values()) == 10_000
+    assert elapsed < 5.0, f"assignor took {elapsed:.2f} s"  # ~0.1 s measured; generous for slow CI
+
+
 # --- property: random join/leave/heartbeat/timeout sequences --------------------------------------
 
 TOPIC_COUNTS = {"t": 5, "u": 3}
