@@ -229,7 +229,7 @@ class SegmentIndex:
             raise CorruptIndexError(f"index of segment {self.base_offset} breaks its invariants")
 
 
-def _strictly_increasing(values: array) -> bool:
+def _strictly_increasing(values: array[int]) -> bool:
     return all(a < b for a, b in zip(values, values[1:]))
 
 
@@ -241,7 +241,7 @@ def _ts_in(ts: int) -> int | None:
     return None if ts == NO_TIMESTAMP else ts
 
 
-def _pairs_to_bytes(first: array, second: array) -> bytes:
+def _pairs_to_bytes(first: array[int], second: array[int]) -> bytes:
     merged = array("q", bytes(16 * len(first)))
     merged[0::2] = first
     merged[1::2] = second
@@ -250,7 +250,7 @@ def _pairs_to_bytes(first: array, second: array) -> bytes:
     return merged.tobytes()
 
 
-def _bytes_to_pairs(data: bytes) -> tuple[array, array]:
+def _bytes_to_pairs(data: bytes) -> tuple[array[int], array[int]]:
     merged = array("q", data)
     if sys.byteorder == "little":
         merged.byteswap()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from semel import limits
@@ -106,7 +106,7 @@ class LogSegment:
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
         return cls(directory, SegmentIndex(base_offset, interval_bytes), fd)
 
-    def recover(self, on_batch=None) -> ScanResult:  # type: ignore[no-untyped-def]
+    def recover(self, on_batch: Callable[[BatchHeader], None] | None = None) -> ScanResult:
         """Verify every batch (CRC, continuity), rebuild the index, cut the file after the last valid one."""
         result = self._scan(verify_crc=True, on_batch=on_batch)
         if result.valid_bytes != os.fstat(self._fd).st_size:
@@ -116,7 +116,7 @@ class LogSegment:
     def rebuild_index(self, *, verify_crc: bool) -> ScanResult:
         return self._scan(verify_crc=verify_crc, on_batch=None)
 
-    def _scan(self, *, verify_crc: bool, on_batch) -> ScanResult:  # type: ignore[no-untyped-def]
+    def _scan(self, *, verify_crc: bool, on_batch: Callable[[BatchHeader], None] | None) -> ScanResult:
         self.index = SegmentIndex(self.base_offset, self.index.interval_bytes)
         self.index_dirty = True
         size = os.fstat(self._fd).st_size
