@@ -118,7 +118,7 @@ def encode_value(meta: TransactionMetadata | None) -> bytes:
         return b""
     value = to_proto(meta).SerializeToString(deterministic=True)
     assert value, "a metadata record is never empty (the id is set)"
-    return value
+    return bytes(value)
 
 
 def decode_value(transactional_id: str, value: bytes) -> TransactionMetadata | None:
@@ -157,7 +157,7 @@ def encode_records(entries: Sequence[tuple[str, TransactionMetadata | None]], no
         base_timestamp_ms=now_ms,
         max_timestamp_ms=now_ms,
     )
-    return encode_batch(header, records.SerializeToString(deterministic=True))
+    return bytes(encode_batch(header, records.SerializeToString(deterministic=True)))
 
 
 def iter_batches(data: bytes | memoryview) -> Iterator[tuple[BatchHeader, memoryview]]:

@@ -290,7 +290,7 @@ class VerificationCache:
         """At append time (under the partition's append lock): NONE, or INVALID_TXN_STATE
         when the verification is missing, pending, voided by a marker, or expired."""
         entry = self._current(guard, now_ms)
-        return ErrorCode.NONE if entry is not None and entry.verified else ErrorCode.INVALID_TXN_STATE
+        return int(ErrorCode.NONE if entry is not None and entry.verified else ErrorCode.INVALID_TXN_STATE)
 
     def on_appended(self, producer_id: int) -> None:
         """The first transactional batch is in the log: the open transaction now lives in

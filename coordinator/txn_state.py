@@ -226,7 +226,7 @@ class TxnResult:
 
     @property
     def ok(self) -> bool:
-        return self.error == ErrorCode.NONE
+        return bool(self.error == ErrorCode.NONE)
 
 
 def _fail(error: int, message: str) -> TxnResult:
@@ -330,7 +330,7 @@ class TransactionStateMachine:
     ) -> tuple[list[TransactionMetadata], bool]:
         """KIP-664 listing: (matches sorted by id, at most `limit`; truncated?)."""
         wanted_states, wanted_ids = frozenset(states), frozenset(producer_ids)
-        out = []
+        out: list[TransactionMetadata] = []
         for tid in sorted(self._txns):
             meta = self._txns[tid]
             if wanted_states and meta.state not in wanted_states:

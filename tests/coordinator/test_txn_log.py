@@ -262,3 +262,10 @@ def test_load_equals_a_full_replay_whatever_the_view_covers(tmp_path_factory, op
         assert load_partition(p.view, p.log, end, chunk_bytes=100).metadata == replay_all(p, end)
     finally:
         p.close()
+
+
+def test_enums_are_the_wire_numbers():
+    assert {s.name: s.value for s in S} == {
+        name: number for name, number in txn_pb2.TransactionState.items() if number != 0
+    }
+    assert {f"BUMP_{r.name}": r.value for r in BumpReason} == dict(txn_pb2.EpochBumpReason.items())
