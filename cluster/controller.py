@@ -295,6 +295,7 @@ class Controller:
         self._clock_ms = clock_ms
         self._task: asyncio.Task[None] | None = None
         self._ready = False  # leader and the Barrier committed
+        self._active_term = -1  # the Raft term in which this controller became active
         self._in_flight: set[Command] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
@@ -345,7 +346,7 @@ class Controller:
 
     async def _tick(self) -> None:
         self._track_links(self._clock_ms())
-        if not self.quorum.is_leader():
+        if not self.quorum.is_leader() or (self._ready and self.quorum.raft_term() != self._active_term):
             if self.core.active or self._ready:
                 log.info("controller: lost leadership")
                 self.core.on_lost_leadership()
@@ -369,14 +370,16 @@ class Controller:
             task.add_done_callback(self._tasks.discard)
 
     async def _become_active(self) -> None:
+        term = self.quorum.raft_term()
         try:
             await self.quorum.submit(Barrier(), timeout_s=self.config.submit_timeout_s)
         except MetadataSubmitError as exc:
             log.info("controller: barrier failed: %s", exc)
             return
-        if not self.quorum.is_leader():
+        if not self.quorum.is_leader() or self.quorum.raft_term() != term:
             return
         self.core.on_became_leader(self.quorum.image(), self._clock_ms())
+        self._active_term = term
         self._ready = True
         log.info("controller: active at image version %d", self.quorum.image().version)
 

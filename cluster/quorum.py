@@ -119,8 +119,8 @@ class _ReplicatedMetadata(SyncObjConsumer):
 DeltaListener = Callable[[MetadataDelta, MetadataImage], None]
 LeadershipListener = Callable[[bool], None]
 
-# Fail reasons after which the command was certainly not appended by any leader.
-_NOT_APPENDED = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL, FAIL_REASON.DISCARDED}
+# Fail reasons after which the command can never be applied (not appended, or overwritten).
+_NEVER_APPLIED = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL, FAIL_REASON.DISCARDED}
 # Fail reasons worth retrying (same command_id) until the deadline.
 _RETRIABLE = {
     FAIL_REASON.MISSING_LEADER,
@@ -181,6 +181,9 @@ class MetadataQuorum(SyncObj):
 
     def is_leader(self) -> bool:
         return self._isLeader()
+
+    def raft_term(self) -> int:
+        return self.raftCurrentTerm
 
     def is_ready(self) -> bool:
         """This node has applied everything the leader had committed when it first heard it."""
@@ -290,7 +293,7 @@ class MetadataQuorum(SyncObj):
                 invariant_result(result)
                 return result  # type: ignore[return-value]
             last_reason = reason
-            if reason not in _NOT_APPENDED:
+            if reason not in _NEVER_APPLIED:
                 maybe_appended = True
             if reason not in _RETRIABLE:
                 raise MetadataSubmitError(pb.INVALID_REQUEST, maybe_appended, f"pysyncobj fail reason {reason}")
