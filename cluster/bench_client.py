@@ -60,9 +60,10 @@ def add_consume_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _cluster(args: argparse.Namespace) -> Iterator[str]:
+def _cluster(args: argparse.Namespace) -> Iterator[tuple[str, list[int]]]:
+    """(bootstrap, broker pids) of the cluster to measure (no pids for --bootstrap)."""
     if args.bootstrap:
-        yield args.bootstrap
+        yield args.bootstrap, []
         return
     from semel.cluster.local_cluster import BrokerSpec, LocalCluster
 
@@ -76,7 +77,7 @@ def _cluster(args: argparse.Namespace) -> Iterator[str]:
     _progress(f"starting {args.brokers} broker(s) in {data_dir} ...")
     try:
         cluster.start(timeout_s=90)
-        yield cluster.bootstrap
+        yield cluster.bootstrap, [b.pid for b in cluster.brokers.values() if b.pid is not None]
     finally:
         cluster.stop()
         if args.keep_data:
@@ -127,6 +128,10 @@ def _create_topic(bootstrap: str, args: argparse.Namespace) -> str:
             view = admin.metadata([topic])
             infos = view.topics.get(topic, [])
             if infos and all(i.leader_id >= 0 for i in infos):
+                leaders: dict[int, int] = {}
+                for info in infos:
+                    leaders[info.leader_id] = leaders.get(info.leader_id, 0) + 1
+                _progress(f"partition leaders per broker: {dict(sorted(leaders.items()))}")
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"topic {topic} has partitions without a leader after 30 s")
@@ -167,6 +172,7 @@ def _producer_process(
         while time.time() < start_at:
             time.sleep(0.001)
         begin = time.perf_counter()
+        cpu_begin = os.times()
         end = begin + duration_s
         sample_from = begin + warmup_s
         send = producer.send
@@ -189,8 +195,10 @@ def _producer_process(
             counter.value = sent
         producer.flush()
         elapsed = time.perf_counter() - begin
+        cpu_end = os.times()
     counter.value = sent
-    results.put({"sent": sent, "elapsed_s": elapsed, "latencies": latencies, "errors": errors})
+    cpu_s = (cpu_end.user - cpu_begin.user) + (cpu_end.system - cpu_begin.system)
+    results.put({"sent": sent, "elapsed_s": elapsed, "latencies": latencies, "errors": errors, "cpu_s": cpu_s})
 
 
 def run_produce(args: argparse.Namespace) -> int:
@@ -198,7 +206,7 @@ def run_produce(args: argparse.Namespace) -> int:
     for name in ("batch_bytes", "linger_ms", "max_in_flight"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
-    with _cluster(args) as bootstrap:
+    with _cluster(args) as (bootstrap, broker_pids):
         topic = _create_topic(bootstrap, args)
         _progress(
             f"producing to {topic} ({args.partitions} partitions, RF {args.replication_factor}, acks={args.acks}) "
@@ -221,6 +229,9 @@ def run_produce(args: argparse.Namespace) -> int:
         for proc in procs:
             proc.start()
         outcomes: list[dict[str, Any]] = []
+        while time.time() < start_at:
+            time.sleep(0.01)
+        cpu_before = _cpu_snapshot(broker_pids)
         last_total, last_t = 0, time.time()
         while len(outcomes) < len(procs):
             try:
@@ -235,6 +246,7 @@ def run_produce(args: argparse.Namespace) -> int:
                 last_total, last_t = total, now
             if all(not p.is_alive() for p in procs) and results.empty() and len(outcomes) < len(procs):
                 raise RuntimeError("a producer process died; see its output above")
+        cpu_after = _cpu_snapshot(broker_pids)
         for proc in procs:
             proc.join(timeout=10)
     sent = sum(o["sent"] for o in outcomes)
@@ -258,16 +270,54 @@ def run_produce(args: argparse.Namespace) -> int:
         "latency_ms_p50": round(_percentile(latencies, 0.50) * 1000, 2),
         "latency_ms_p99": round(_percentile(latencies, 0.99) * 1000, 2),
         "latency_ms_max": round(latencies[-1] * 1000, 2) if latencies else None,
+        "cpu": _cpu_report(cpu_before, cpu_after, [o["cpu_s"] for o in outcomes]),
     }
     print(json.dumps(result))
     return 0
+
+
+# --- where the CPU went ----------------------------------------------------------------
+def _cpu_snapshot(pids: list[int]) -> dict[str, Any]:
+    """CPU seconds so far of each broker process, and of the whole machine (busy, total)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    per_pid = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            per_pid[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        except (OSError, IndexError, ValueError):
+            per_pid[pid] = float("nan")
+    try:
+        with open("/proc/stat") as f:
+            values = [int(x) for x in f.readline().split()[1:]]
+        total = sum(values[:8]) / tick
+        idle = (values[3] + values[4]) / tick
+    except (OSError, IndexError, ValueError):
+        total = idle = float("nan")
+    return {"pids": per_pid, "machine_total_s": total, "machine_idle_s": idle, "wall": time.monotonic()}
+
+
+def _cpu_report(before: dict[str, Any], after: dict[str, Any], producer_cpu_s: list[float]) -> dict[str, Any]:
+    wall = after["wall"] - before["wall"]
+    brokers = [round(after["pids"][pid] - before["pids"][pid], 2) for pid in before["pids"]]
+    busy = (after["machine_total_s"] - before["machine_total_s"]) - (after["machine_idle_s"] - before["machine_idle_s"])
+    ours = sum(brokers) + sum(producer_cpu_s)
+    return {
+        "wall_s": round(wall, 2),
+        "cores": os.cpu_count(),
+        "brokers_cpu_s": brokers,
+        "producers_cpu_s": [round(x, 2) for x in producer_cpu_s],
+        "machine_busy_s": round(busy, 2),
+        "other_processes_cpu_s": round(busy - ours, 2) if before["pids"] else None,
+    }
 
 
 # --- consume -------------------------------------------------------------------------
 def run_consume(args: argparse.Namespace) -> int:
     from semel.cluster.client import Consumer, Producer
 
-    with _cluster(args) as bootstrap:
+    with _cluster(args) as (bootstrap, _pids):
         topic = _create_topic(bootstrap, args)
         records = int(args.mb * MB / args.record_bytes)
         _progress(f"producing {records:,} records of {args.record_bytes} bytes to {topic} ...")
