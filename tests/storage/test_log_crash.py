@@ -1,5 +1,5 @@
-"""Crash tests with real processes: a writer appends in a loop and reports every append
-that returned; the test SIGKILLs it at a random point, reopens the log, and checks that
+"""Crash tests with real processes: a writer appends in a loop (with retention and an
+occasional truncation of its tail, as a follower does) and reports every append that returned; the test SIGKILLs it at a random point, reopens the log, and checks that
 every reported append is intact and nothing corrupt is served. With flush policy 'never'
 nothing is fsynced, but what was write()n is in the page cache and survives a process kill.
 
@@ -38,6 +38,10 @@ WRITER = textwrap.dedent(
     plog = PartitionLog.open(directory, config, 0)
     print("open", plog.log_start_offset, plog.log_end_offset, flush=True)
     n = 0
+    last_bases = [plog.log_end_offset]
+
+    def _bases(batches):
+        return [int.from_bytes(b[:8], "big") for b in batches]
     while True:
         base = plog.log_end_offset
         batches = []
@@ -49,6 +53,11 @@ WRITER = textwrap.dedent(
         n += 1
         if n % 50 == 0:
             plog.apply_retention(n)
+        if n % 37 == 0:  # a follower truncating a divergent tail (to a batch boundary)
+            target = max(plog.log_start_offset, last_bases[0])
+            print("truncating", target, flush=True)
+            plog.truncate_to(target)
+        last_bases = (last_bases + [b for b in _bases(batches)])[-6:]
     """
 )
 
@@ -109,9 +118,14 @@ def test_sigkill_never_loses_returned_appends(tmp_path, policy):
             opened = proc.stdout.readline().split()
             assert opened and opened[0] == "open", proc.stderr.read()
             assert int(opened[2]) >= acked_end
-            acks = 0
+            acks = truncations = 0
             while acks < kill_after:
                 line = proc.stdout.readline()
+                if line.startswith("truncating"):
+                    # From here on the log may end anywhere at or after the truncation point.
+                    acked_end = min(acked_end, int(line.split()[1]))
+                    truncations += 1
+                    continue
                 assert line.startswith("ack"), f"writer died: {proc.stderr.read()}"
                 acked_end = int(line.split()[1])
                 acks += 1
@@ -121,5 +135,8 @@ def test_sigkill_never_loses_returned_appends(tmp_path, policy):
             proc.stdout.close()
             proc.stderr.close()
         start, end = verify(directory, policy, acked_end)
-        print(f"iteration {iteration}: killed after {kill_after} acks; log [{start}, {end}), acked up to {acked_end}")
+        print(
+            f"iteration {iteration}: killed after {kill_after} acks, {truncations} truncations; "
+            f"log [{start}, {end}), acked up to {acked_end}"
+        )
     assert acked_end > 0
