@@ -170,6 +170,7 @@ class ReplicaFetcher:
         self._channel: grpc.aio.Channel | None = None
         self._channel_address: str | None = None
         self._stopped = False
+        self._healthy = True
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"fetcher-{self.leader_id}")
@@ -220,7 +221,9 @@ class ReplicaFetcher:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.CANCELLED:
                     continue
-                log.info("replica fetch from broker %d (%s) failed: %s", self.leader_id, address, exc.code())
+                level = logging.INFO if self._healthy else logging.DEBUG  # once per outage, not per retry
+                log.log(level, "replica fetch from broker %d (%s) failed: %s", self.leader_id, address, exc.code())
+                self._healthy = False
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     try:
                         await self.report_unreachable(self.leader_id)
@@ -249,6 +252,7 @@ class ReplicaFetcher:
                 resp = read.result()
                 if resp is grpc.aio.EOF:
                     return
+                self._healthy = True
                 if not self._apply(resp):
                     await asyncio.sleep(ERROR_BACKOFF_S)
         finally:
