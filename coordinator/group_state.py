@@ -152,7 +152,8 @@ class Group:
 
     __slots__ = (
         "group_id", "has_metadata", "group_epoch", "subscribed_topics", "assignment_epoch",
-        "members", "current", "target", "version", "session_deadline_ms", "revocation_deadline_ms",
+        "members", "current", "target", "holder", "topic_names", "version", "session_deadline_ms",
+        "revocation_deadline_ms",
     )
 
     def __init__(self, group_id: str) -> None:
@@ -164,6 +165,10 @@ class Group:
         self.members: dict[str, MemberMetadataValue] = {}
         self.current: dict[str, CurrentAssignmentValue] = {}
         self.target: dict[str, Partitions] = {}
+        # Derived indexes, maintained by apply(): who holds each partition (assigned or
+        # pending revocation; at most one member), and the union of the subscriptions.
+        self.holder: dict[TopicPartition, str] = {}
+        self.topic_names: frozenset[str] | None = frozenset()  # None: recompute
         self.version = -1
         self.session_deadline_ms: dict[str, int] = {}
         self.revocation_deadline_ms: dict[str, int] = {}
@@ -177,6 +182,8 @@ class Group:
         g.members = dict(self.members)
         g.current = dict(self.current)
         g.target = dict(self.target)
+        g.holder = dict(self.holder)
+        g.topic_names = self.topic_names
         g.version = self.version
         return g
 
@@ -205,13 +212,29 @@ class Group:
         return group_pb2.GROUP_STATE_STABLE
 
     def holders(self) -> dict[TopicPartition, str]:
-        """Partition -> the member holding it (assigned or pending revocation)."""
+        """Partition -> the member holding it, recomputed from scratch (for checks)."""
         out: dict[TopicPartition, str] = {}
         for mid, cur in self.current.items():
             for tp in cur.assigned | cur.pending_revocation:
                 invariant(tp not in out, f"{tp} held by {out.get(tp)} and {mid}")
                 out[tp] = mid
         return out
+
+    def subscribed_topic_names(self) -> frozenset[str]:
+        if self.topic_names is None:
+            self.topic_names = frozenset(t for meta in self.members.values() for t in meta.subscribed_topics)
+        return self.topic_names
+
+    def _set_current(self, member_id: str, value: CurrentAssignmentValue | None) -> None:
+        old = self.current.pop(member_id, None)
+        if old is not None:
+            for tp in old.assigned | old.pending_revocation:
+                del self.holder[tp]
+        if value is None:
+            return
+        for tp in value.assigned | value.pending_revocation:
+            invariant(self.holder.setdefault(tp, member_id) == member_id, f"{tp} held by {self.holder[tp]} and {member_id}")
+        self.current[member_id] = value
 
     def apply(self, record: GroupRecord) -> None:
         """Replay one group record (offset-commit records are not for this class)."""
@@ -227,6 +250,7 @@ class Group:
                 self.group_epoch = value.group_epoch  # type: ignore[union-attr]
                 self.subscribed_topics = value.subscribed_topics  # type: ignore[union-attr]
         elif isinstance(key, MemberMetadataKey):
+            self.topic_names = None
             if value is None:
                 self.members.pop(key.member_id, None)
                 self.session_deadline_ms.pop(key.member_id, None)
@@ -234,10 +258,7 @@ class Group:
             else:
                 self.members[key.member_id] = value  # type: ignore[assignment]
         elif isinstance(key, CurrentAssignmentKey):
-            if value is None:
-                self.current.pop(key.member_id, None)
-            else:
-                self.current[key.member_id] = value  # type: ignore[assignment]
+            self._set_current(key.member_id, value)  # type: ignore[arg-type]
         elif isinstance(key, TargetAssignmentMemberKey):
             if value is None:
                 self.target.pop(key.member_id, None)
@@ -480,6 +501,7 @@ class GroupStateMachine:
         """Raise AssertionError if any durable invariant does not hold."""
         for group in self.groups.values():
             holders = group.holders()  # checks: at most one holder per partition
+            invariant(holders == group.holder, f"holder index of {group.group_id} out of date")
             for mid, parts in group.target.items():
                 invariant(mid in group.members, f"target for unknown member {mid}")
                 for other, others in group.target.items():
@@ -554,6 +576,10 @@ class GroupStateMachine:
     ) -> GroupDecision:
         joining = req.member_epoch == JOIN_EPOCH
         member_id = req.member_id
+        if group is not None and not joining:
+            steady = self._steady(req, group, counts)
+            if steady is not None:
+                return steady
         if group is None:
             if not joining:
                 raise _Error(E.UNKNOWN_MEMBER_ID, f"group {req.group_id!r} has no members")
@@ -589,13 +615,12 @@ class GroupStateMachine:
         if bump or not scratch.has_metadata or _subscribed_counts(scratch, counts) != scratch.subscribed_topics:
             self._bump_and_assign(scratch, records, counts)
         cur = scratch.current.get(member_id, _NEW_MEMBER_ASSIGNMENT)
-        holders = scratch.holders()
         new_cur = reconcile(
             cur,
             scratch.target.get(member_id, EMPTY_PARTITIONS),
             scratch.assignment_epoch,
             req.owned,
-            lambda tp: holders.get(tp, member_id) != member_id,
+            lambda tp: scratch.holder.get(tp, member_id) != member_id,
         )
         if new_cur != scratch.current.get(member_id):
             _emit(scratch, records, [GroupRecord(CurrentAssignmentKey(req.group_id, member_id), new_cur)])
@@ -608,6 +633,25 @@ class GroupStateMachine:
             ),
             heartbeat_member=member_id,
             removed_members=removed,
+        )
+
+    def _steady(self, req: HeartbeatRequest, group: Group, counts: Mapping[str, int]) -> GroupDecision | None:
+        """The common heartbeat: a stable member, nothing changed. Answered without copying
+        the group (a full prepare would produce no records either)."""
+        meta = group.members.get(req.member_id)
+        cur = group.current.get(req.member_id)
+        if meta is None or cur is None or req.member_epoch != cur.member_epoch:
+            return None
+        if cur.state != MemberState.STABLE or not group.has_metadata:
+            return None
+        if not cur.member_epoch == group.assignment_epoch == group.group_epoch:
+            return None
+        if self._new_metadata(meta, req) != meta or _subscribed_counts(group, counts) != group.subscribed_topics:
+            return None
+        return GroupDecision(
+            req.group_id, group.version, (),
+            HeartbeatResponse(E.NONE, "", req.member_id, cur.member_epoch, self.config.heartbeat_interval_ms, cur.assigned),
+            heartbeat_member=req.member_id,
         )
 
     def _check_epoch(self, group: Group, member_id: str, req: HeartbeatRequest) -> None:
@@ -720,7 +764,7 @@ def _removal_records(group_id: str, member_id: str) -> list[GroupRecord]:
 
 
 def _subscribed_counts(group: Group, counts: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
-    topics = {t for meta in group.members.values() for t in meta.subscribed_topics}
+    topics = group.subscribed_topic_names()
     return tuple(sorted((t, counts[t]) for t in topics if counts.get(t, 0) > 0))
 
 
