@@ -1,0 +1,151 @@
+"""The Broker servicer in one process over a real ReplicaManager (file store), no gRPC transport:
+acks=all waiting and timeouts, min ISR, the in-flight bound, long-poll without busy loops."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from semel.cluster import metadata as md
+from semel.cluster.broker import BrokerConfig
+from semel.cluster.replica_manager import ReplicaManager, now_ms
+from semel.cluster.server import BrokerService
+from semel.cluster.storage_adapter import FileReplicaStore
+from semel.v1 import broker_pb2 as bpb
+from semel.v1 import common_pb2 as pb
+
+
+def image(isr=(1, 2), min_isr=2, version=1) -> md.MetadataImage:
+    brokers = {b: md.BrokerRegistration(b, f"inc{b}", "127.0.0.1", 9000 + b, None, b, False, 1) for b in (1, 2)}
+    part = md.PartitionState("t", 0, (1, 2), tuple(isr), 1, 0, version)
+    topic = md.Topic("t", "00112233445566778899", False, 2, md.TopicConfig(min_insync_replicas=min_isr), (part,))
+    return md.MetadataImage(version=version, brokers=brokers, topics={"t": topic})
+
+
+class FakeQuorum:
+    def __init__(self, img: md.MetadataImage) -> None:
+        self.img = img
+
+    def image(self) -> md.MetadataImage:
+        return self.img
+
+    def active_controller(self) -> None:
+        return None
+
+
+class FakeBroker:
+    def __init__(self, tmp_path, img: md.MetadataImage) -> None:
+        self.config = BrokerConfig(broker_id=1, max_inflight_produce=4)
+        self.quorum = FakeQuorum(img)
+        self.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: FileReplicaStore(d))
+        self.rm.broker_epoch = 1
+        self.rm.reconcile(img)
+
+    def set_image(self, img: md.MetadataImage) -> None:
+        self.quorum.img = img
+        self.rm.reconcile(img)
+
+
+def batch(value: bytes = b"v") -> pb.RecordBatch:
+    ts = now_ms()
+    return pb.RecordBatch(last_offset_delta=0, record_count=1, producer_id=-1, producer_epoch=-1, base_sequence=-1,
+                          base_timestamp_ms=ts, max_timestamp_ms=ts, records=value)
+
+
+def produce_req(acks=bpb.ACKS_ALL, timeout_ms=2000) -> bpb.ProduceRequest:
+    return bpb.ProduceRequest(acks=acks, timeout_ms=timeout_ms, partitions=[
+        bpb.PartitionProduceData(topic="t", partition=0, batch=batch())])
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = FakeBroker(tmp_path, image())
+    yield b
+    b.rm.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_acks_all_times_out_as_unknown_when_the_follower_never_fetches(broker):
+    svc = BrokerService(broker)
+    r = run(svc.Produce(produce_req(timeout_ms=100), None)).results[0]
+    assert r.error_code == pb.REQUEST_TIMED_OUT and "unknown" in r.error_message
+    assert r.base_offset == 0  # it was appended: the outcome really is unknown
+    assert len(broker.rm.get("t", 0).pending) == 0  # the waiter was removed
+
+
+def test_acks_all_completes_when_the_follower_reaches_it(broker):
+    async def scenario():
+        svc = BrokerService(broker)
+        task = asyncio.ensure_future(svc.Produce(produce_req(), None))
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        broker.rm.get("t", 0).on_follower_fetch(2, 1, now_ms())
+        return (await task).results[0]
+    r = run(scenario())
+    assert r.error_code == pb.NONE and (r.base_offset, r.last_offset) == (0, 0)
+
+
+def test_min_isr_rejects_before_append_and_acks_1_still_works(broker):
+    broker.set_image(image(isr=(1,), version=2))
+    svc = BrokerService(broker)
+    r = run(svc.Produce(produce_req(), None)).results[0]
+    assert r.error_code == pb.NOT_ENOUGH_REPLICAS
+    assert broker.rm.get("t", 0).log_end_offset == 0
+    r = run(svc.Produce(produce_req(acks=bpb.ACKS_LEADER), None)).results[0]
+    assert r.error_code == pb.NONE
+
+
+def test_inflight_bound_and_bad_requests(broker):
+    svc = BrokerService(broker)
+    svc.inflight_produce = broker.config.max_inflight_produce
+    r = run(svc.Produce(produce_req(), None)).results[0]
+    assert r.error_code == pb.RESOURCE_EXHAUSTED
+    svc.inflight_produce = 0
+    twice = produce_req(acks=bpb.ACKS_LEADER)
+    twice.partitions.append(twice.partitions[0])
+    codes = [x.error_code for x in run(svc.Produce(twice, None)).results]
+    assert codes == [pb.NONE, pb.INVALID_REQUEST]
+    missing = bpb.ProduceRequest(acks=bpb.ACKS_LEADER, partitions=[bpb.PartitionProduceData(topic="t", partition=0)])
+    assert run(svc.Produce(missing, None)).results[0].error_code == pb.INVALID_REQUEST
+
+
+def test_long_poll_wakes_on_hw_advance_without_busy_looping(broker):
+    broker.set_image(image(isr=(1,), min_isr=1, version=2))  # HW follows the leader's LEO
+    svc = BrokerService(broker)
+    calls = 0
+    inner = svc._fetch_once
+
+    def counting(*args):
+        nonlocal calls
+        calls += 1
+        return inner(*args)
+
+    svc._fetch_once = counting  # type: ignore[method-assign]
+    req = bpb.FetchRequest(partitions=[bpb.FetchPartition(topic="t", partition=0, fetch_offset=0,
+                                                          current_leader_epoch=-1)],
+                           max_wait_ms=5000, min_bytes=1)
+
+    async def scenario():
+        task = asyncio.ensure_future(svc.Fetch(req, None))
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        started = time.monotonic()
+        await svc.Produce(produce_req(acks=bpb.ACKS_LEADER), None)
+        resp = await asyncio.wait_for(task, 2)
+        return resp, time.monotonic() - started
+
+    resp, waited = run(scenario())
+    assert [b.base_offset for b in resp.results[0].batches] == [0] and waited < 0.5
+    assert calls <= 3
+    calls = 0
+    started = time.monotonic()
+    req.partitions[0].fetch_offset = 1
+    req.max_wait_ms = 200
+    resp = run(svc.Fetch(req, None))
+    assert not resp.results[0].batches and 0.15 < time.monotonic() - started < 1.0
+    assert calls <= 2  # parked, not polled
