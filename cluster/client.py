@@ -300,8 +300,9 @@ class Producer(_ClientBase):
     def __enter__(self) -> Producer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # Ctrl-C: do not wait for acknowledgements; queued records fail with ClosedError.
+        self.close(timeout_s=0 if exc_type is KeyboardInterrupt else None)
 
     # --- sender thread --------------------------------------------------------------
     def _run_sender(self) -> None:

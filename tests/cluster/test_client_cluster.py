@@ -114,10 +114,22 @@ def test_admin_describe_cluster_and_delete(shared_cluster):
 def test_producer_and_consumer_follow_a_leader_change(real_cluster):
     real_cluster.create_topic("failover", partitions=1, replication_factor=3)
     leader = real_cluster.leader_of("failover", 0)
-    with Producer(real_cluster.bootstrap, linger_ms=1, retry_backoff_ms=50) as producer:
+    values: list[int] = []
+
+    def consume_until(consumer: Consumer, count: int) -> None:
+        while len(set(values)) < count:
+            records = consumer.poll(5000)
+            assert records, f"stalled after {len(values)} records"
+            values.extend(int(r.value) for r in records)
+
+    with Producer(real_cluster.bootstrap, linger_ms=1, retry_backoff_ms=50) as producer, \
+            Consumer(real_cluster.bootstrap, auto_offset_reset="earliest", retry_backoff_ms=50) as consumer:
+        consumer.assign([("failover", 0)])
         for i in range(100):
             producer.send("failover", b"%d" % i)
         producer.flush(timeout_s=30)
+        consume_until(consumer, 100)
+
         real_cluster.kill(leader)
         new_leader = real_cluster.leader_of("failover", 0, timeout_s=30, exclude=[leader])
         assert new_leader != leader
@@ -125,13 +137,6 @@ def test_producer_and_consumer_follow_a_leader_change(real_cluster):
         producer.flush(timeout_s=60)
         for f in futures:
             f.result(0)
-    with Consumer(real_cluster.bootstrap, auto_offset_reset="earliest") as consumer:
-        consumer.assign([("failover", 0)])
-        values = []
-        while len(values) < 200:
-            records = consumer.poll(5000)
-            assert records, f"stalled after {len(values)} records"
-            values.extend(int(r.value) for r in records)
+        consume_until(consumer, 200)  # the same consumer, now fetching from the new leader
     # acks=all and one in flight: everything acknowledged is there, in order (retries may duplicate).
-    deduped = list(dict.fromkeys(values))
-    assert deduped == list(range(200))
+    assert list(dict.fromkeys(values)) == list(range(200))
