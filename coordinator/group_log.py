@@ -26,6 +26,7 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
+from semel import limits
 from semel.coordinator.group_records import (
     GroupRecord,
     OffsetCommitKey,
@@ -48,6 +49,7 @@ from semel.storage.batch import (
     decode_header,
     encode_batch,
 )
+from semel.storage.kv import KvBatch, KvStore
 from semel.v1 import common_pb2
 
 _U32 = struct.Struct(">I")
@@ -55,6 +57,7 @@ _U64 = struct.Struct(">Q")
 _META = b"M"
 _RECORD = b"R"
 _PENDING = b"P"
+_CLEARING = b"clearing"  # meta value while clear() runs (a valid value is 8 bytes)
 
 
 class ViewOutOfSyncError(Exception):
@@ -202,10 +205,12 @@ class ViewBackend(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
 
-    def scan_prefix(self, prefix: bytes) -> list[tuple[bytes, bytes]]: ...
+    def scan(self, prefix: bytes, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` entries whose key starts with `prefix` and is >= `start`, in key order."""
+        ...
 
     def write(self, puts: Sequence[tuple[bytes, bytes]], deletes: Sequence[bytes], sync: bool) -> None:
-        """Apply all puts and deletes atomically."""
+        """Apply all deletes, then all puts, atomically."""
         ...
 
 
@@ -218,8 +223,9 @@ class MemoryViewBackend:
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
 
-    def scan_prefix(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        return sorted((k, v) for k, v in self.data.items() if k.startswith(prefix))
+    def scan(self, prefix: bytes, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        keys = sorted(k for k in self.data if k.startswith(prefix) and k >= start)[:limit]
+        return [(k, self.data[k]) for k in keys]
 
     def write(self, puts: Sequence[tuple[bytes, bytes]], deletes: Sequence[bytes], sync: bool) -> None:
         for key in deletes:
@@ -231,34 +237,25 @@ class MemoryViewBackend:
 class KvViewBackend:
     """The broker's shared RocksDB (`semel.storage.kv.KvStore`), namespace "group_view"."""
 
-    def __init__(self, kv: object) -> None:
-        from semel.storage import kv as kv_module  # the storage layer's RocksDB wrapper
+    NAMESPACE = KvStore.namespace("group_view")
 
-        self._kv_module = kv_module
+    def __init__(self, kv: KvStore) -> None:
         self.kv = kv
-        self.ns = kv_module.KvStore.namespace("group_view")
 
     def get(self, key: bytes) -> bytes | None:
-        return self.kv.get(self.ns, key)  # type: ignore[attr-defined, no-any-return]
+        return self.kv.get(self.NAMESPACE, key)
 
-    def scan_prefix(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        end = _prefix_end(prefix)
-        out: list[tuple[bytes, bytes]] = []
-        start = prefix
-        while True:  # scans are bounded (KV_SCAN_ENTRIES_MAX); page through
-            page = self.kv.scan(self.ns, start, end)  # type: ignore[attr-defined]
-            out.extend((bytes(k), bytes(v)) for k, v in page)
-            if len(page) < self._kv_module.limits.KV_SCAN_ENTRIES_MAX:
-                return out
-            start = bytes(page[-1][0]) + b"\x00"
+    def scan(self, prefix: bytes, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        rows = self.kv.scan(self.NAMESPACE, max(start, prefix), _prefix_end(prefix), limit=limit)
+        return [(bytes(k), bytes(v)) for k, v in rows]
 
     def write(self, puts: Sequence[tuple[bytes, bytes]], deletes: Sequence[bytes], sync: bool) -> None:
-        batch = self._kv_module.KvBatch()
+        batch = KvBatch()
         for key in deletes:
-            batch.delete(self.ns, key)
+            batch.delete(self.NAMESPACE, key)
         for key, value in puts:
-            batch.put(self.ns, key, value)
-        self.kv.write(batch, sync=sync)  # type: ignore[attr-defined]
+            batch.put(self.NAMESPACE, key, value)
+        self.kv.write(batch, sync=sync)
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:
@@ -266,14 +263,29 @@ def _prefix_end(prefix: bytes) -> bytes | None:
     return None if not stripped else stripped[:-1] + bytes([stripped[-1] + 1])
 
 
+def _iter_prefix(backend: ViewBackend, prefix: bytes, page: int) -> Iterator[tuple[bytes, bytes]]:
+    """Every entry under `prefix`, read `page` entries at a time (memory stays bounded)."""
+    start = prefix
+    while True:
+        rows = backend.scan(prefix, start, page)
+        yield from rows
+        if len(rows) < page:
+            return
+        start = rows[-1][0] + b"\x00"
+
+
 class GroupView:
     """The materialized view of one __consumer_offsets partition."""
 
-    def __init__(self, backend: ViewBackend, partition: int) -> None:
-        invariant(partition >= 0, "bad partition")
+    def __init__(self, backend: ViewBackend, partition: int, page_entries: int = limits.GROUP_VIEW_SCAN_PAGE_ENTRIES) -> None:
+        invariant(partition >= 0 and page_entries > 0, "bad partition or page size")
         self.backend = backend
+        self.page_entries = page_entries
         self.prefix = _U32.pack(partition)
         raw = backend.get(self.prefix + _META)
+        if raw == _CLEARING:  # a clear() was interrupted: finish it
+            self.clear()
+            raw = None
         self.next_offset = 0 if raw is None else _U64.unpack(raw)[0]
 
     def _rkey(self, key_bytes: bytes) -> bytes:
@@ -311,7 +323,7 @@ class GroupView:
 
     def _resolve(self, producer_id: int, commit: bool, puts: dict[bytes, bytes], deletes: set[bytes]) -> None:
         prefix = self._pkey(producer_id)
-        for pkey, value in self.backend.scan_prefix(prefix):
+        for pkey, value in _iter_prefix(self.backend, prefix, self.page_entries):
             deletes.add(pkey)
             if not commit:
                 continue
@@ -323,20 +335,28 @@ class GroupView:
     def entries(self) -> Iterator[tuple[GroupRecord, int]]:
         """(record, log offset that wrote it) for every live key."""
         skip = len(self.prefix) + 1
-        for key, value in self.backend.scan_prefix(self.prefix + _RECORD):
+        for key, value in _iter_prefix(self.backend, self.prefix + _RECORD, self.page_entries):
             yield decode_record(key[skip:], value[8:]), _U64.unpack_from(value)[0]
 
     def pending_entries(self) -> Iterator[tuple[int, GroupRecord, int]]:
         """(producer id, record, log offset) of every pending transactional offset."""
         skip = len(self.prefix) + 1
-        for key, value in self.backend.scan_prefix(self.prefix + _PENDING):
+        for key, value in _iter_prefix(self.backend, self.prefix + _PENDING, self.page_entries):
             pid = _U64.unpack_from(key, skip)[0]
             yield pid, decode_record(key[skip + 8:], value[8:]), _U64.unpack_from(value)[0]
 
     def clear(self) -> None:
-        """Forget everything (the log was truncated below `next_offset`: rebuild from it)."""
-        keys = [k for k, _ in self.backend.scan_prefix(self.prefix)]
-        self.backend.write([], keys, True)
+        """Forget everything (the log was truncated below `next_offset`: rebuild from it).
+        Deletes go page by page; the meta key says "clearing" until the last page is gone,
+        so a crash in between is finished on the next open instead of leaving half a view."""
+        meta = self.prefix + _META
+        self.backend.write([(meta, _CLEARING)], [], True)
+        while True:
+            keys = [k for k, _ in self.backend.scan(self.prefix, self.prefix, self.page_entries) if k != meta]
+            if not keys:
+                break
+            self.backend.write([], keys, True)
+        self.backend.write([], [meta], True)
         self.next_offset = 0
 
 

@@ -216,7 +216,8 @@ def test_views_of_two_partitions_share_a_backend(driver):
 
 
 def test_view_in_rocksdb_survives_reopen(driver, tmp_path):
-    kv = pytest.importorskip("semel.storage.kv")
+    from semel.storage import kv
+
     d = random_history(driver, 99)
     cut = batch_boundaries(d.log)[len(d.log.batches) // 2]
     store = kv.KvStore.open(tmp_path / "kv")
@@ -226,7 +227,7 @@ def test_view_in_rocksdb_survives_reopen(driver, tmp_path):
         store.close()
     store = kv.KvStore.open(tmp_path / "kv")
     try:
-        view = GroupView(KvViewBackend(store), 0)
+        view = GroupView(KvViewBackend(store), 0, page_entries=2)  # several pages from RocksDB
         assert view.next_offset == cut
         loaded = load_shard(view, [d.log.read_from(cut)], 0, 0, d.shard.groups.config)
         assert loaded.dump() == d.shard.dump()
@@ -248,3 +249,34 @@ def test_view_applies_records_of_one_batch_in_order():
     (header, payload), = iter_batches(with_offsets(build_batch([put, tomb], 0), 0, 0))
     view2.apply_batch(header, payload)
     assert list(view2.entries()) == []
+
+
+def test_paged_reads_and_an_interrupted_clear(driver):
+    d = random_history(driver, 3)
+    backend = MemoryViewBackend()
+    full = build_view(d.log, d.log.log_end_offset, backend)
+    small = GroupView(backend, 0, page_entries=2)
+    assert list(small.entries()) == list(full.entries()) and len(list(full.entries())) > 4
+    assert list(small.pending_entries()) == list(full.pending_entries())
+    loaded = load_shard(GroupView(backend, 0, page_entries=3), [], 0, 0, d.shard.groups.config)
+    assert loaded.dump() == d.shard.dump()
+
+    class Crash(Exception):
+        pass
+
+    writes = []
+    real_write = backend.write
+
+    def crashing_write(puts, deletes, sync):
+        writes.append(1)
+        if len(writes) == 3:  # the marker and one page are written, then the process dies
+            raise Crash()
+        real_write(puts, deletes, sync)
+
+    backend.write = crashing_write
+    with pytest.raises(Crash):
+        small.clear()
+    backend.write = real_write
+    assert backend.data  # half cleared
+    reopened = GroupView(backend, 0, page_entries=2)
+    assert reopened.next_offset == 0 and backend.data == {}
