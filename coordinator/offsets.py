@@ -53,6 +53,7 @@ class OffsetsConfig:
     max_groups: int = limits.MAX_GROUPS_PER_COORDINATOR_PARTITION
     max_pending_producers: int = limits.MAX_PENDING_TXN_PRODUCERS_PER_COORDINATOR_PARTITION
     max_partitions_per_request: int = limits.MAX_PARTITIONS_PER_REQUEST
+    retention_ms: int = limits.OFFSETS_RETENTION_MS_DEFAULT
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -330,6 +331,26 @@ class OffsetStore:
         ]
         records += groups.delete_records(group_id)
         return CommitDecision(group_id, E.NONE, records=tuple(records))
+
+    def prepare_expire(self, groups: GroupStateMachine, now_ms: int) -> list[CommitDecision]:
+        """Housekeeping (every OFFSETS_RETENTION_CHECK_INTERVAL_MS): in groups without members
+        and without pending transactional offsets, offsets committed more than
+        `retention_ms` ago get tombstones; a group left with neither members nor offsets is
+        deleted. Groups with members keep their offsets. Prepare only: write each decision's
+        records, then `complete` it (CoordinatorShard.complete_commit)."""
+        decisions = []
+        for gid in sorted(set(self.committed) | set(groups.groups)):
+            if groups.member_count(gid) > 0 or self.has_pending(gid):
+                continue
+            offsets = self.committed.get(gid, {})
+            expired = [tp for tp, c in sorted(offsets.items())
+                       if c.commit_timestamp_ms + self.config.retention_ms <= now_ms]
+            records = [GroupRecord(OffsetCommitKey(gid, tp.topic, tp.partition), None) for tp in expired]
+            if len(expired) == len(offsets):
+                records += groups.delete_records(gid)
+            if records:
+                decisions.append(CommitDecision(gid, E.NONE, records=tuple(records)))
+        return decisions
 
     def _validate_group(self, group_id: str, groups: GroupStateMachine, count: int) -> tuple[int, str]:
         if not _valid_group_id(group_id):

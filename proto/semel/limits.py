@@ -85,6 +85,8 @@ GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT = 5_000     # told to members in every heart
 GROUP_REBALANCE_TIMEOUT_MS_DEFAULT = 60_000     # a member must release revoked partitions within this (its own value if it sends one)
 GROUP_REBALANCE_TIMEOUT_MS_MAX = 30 * 60 * 1000 # a member's rebalance timeout is clamped to this
 GROUP_VIEW_SCAN_PAGE_ENTRIES = 1_000          # entries one read of the __consumer_offsets view returns (loading pages through it)
+OFFSETS_RETENTION_MS_DEFAULT = 7 * 24 * 3600 * 1000  # committed offsets of a group without members expire this long after their commit
+OFFSETS_RETENTION_CHECK_INTERVAL_MS = 10 * 60 * 1000  # how often the coordinator looks for expired offsets and empty groups
 
 # --- transaction coordinator (semel.coordinator.txn_*) -------------------------------
 MAX_TRANSACTION_TIMEOUT_MS = 15 * 60 * 1000   # InitProducerId timeout above this -> INVALID_TRANSACTION_TIMEOUT (Kafka: 15 min)

@@ -201,3 +201,30 @@ def test_member_commits_only_partitions_it_holds(driver):
     assert d.txn_commit("g", {revoked: 1}, producer_id=4, member_id="a", member_epoch=a.member_epoch).error == E.FENCED_MEMBER_EPOCH
     assert d.commit("g", {revoked: 8}, "b", b.member_epoch).error == E.NONE
     assert d.committed("g") == {(revoked.topic, revoked.partition): 8, (kept.topic, kept.partition): 7}
+
+
+def test_offsets_of_abandoned_groups_expire(driver):
+    d = driver()
+    d.shard.offsets.config = OffsetsConfig(retention_ms=1000)
+    off, groups = d.shard.offsets, d.shard.groups
+    d.commit("old", {("t", 0): 1, ("t", 1): 1})
+    a = d.join("busy")
+    d.commit("busy", {("t", 0): 1}, a.member_id, a.member_epoch)
+    left = d.join("left")
+    d.hb("left", left.member_id, -1)  # empty group with metadata, never committed
+    d.commit("pending", {("t", 0): 1})
+    d.txn_commit("pending", {("t", 1): 2}, producer_id=9)
+    d.now_ms = 500
+    d.commit("old", {("t", 1): 2})  # refreshes t-1 only
+    d.now_ms = 1200
+    decisions = {dec.group_id: dec for dec in off.prepare_expire(groups, d.now_ms)}
+    assert sorted(decisions) == ["left", "old"]  # busy has members, pending has a txn open
+    assert all(r.value is None for r in decisions["old"].records) and len(decisions["old"].records) == 1
+    for dec in decisions.values():
+        d._complete(dec)
+    assert d.committed("old") == {("t", 1): 2} and groups.group("left") is None
+    d.now_ms = 2000
+    d.marker(9, commit=False)
+    for dec in off.prepare_expire(groups, d.now_ms):
+        d._complete(dec)
+    assert off.group_ids() == {"busy"} and set(groups.groups) == {"busy"}
