@@ -422,6 +422,12 @@ def run_cluster_up(
         elif ready.is_set() and not stop.is_set():
             bootstrap = cluster.bootstrap
             print(f"cluster ready: {brokers} broker(s); bootstrap {bootstrap}", flush=True)
+            for broker in cluster.brokers.values():
+                print(
+                    f"  broker {broker.spec.broker_id}: {broker.spec.address} (raft {broker.spec.raft_address}), "
+                    f"pid {broker.pid}, log {broker.log_path}",
+                    flush=True,
+                )
             first = specs[0].address
             print(
                 "try:\n"

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -43,6 +42,24 @@ def _free_block(count: int) -> int:
     raise RuntimeError("no free port block")
 
 
+def _start_cluster_up(tmp_path, brokers: int, base: int) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semel.cli", "cluster", "up", "--brokers", str(brokers), "--data-dir", str(tmp_path),
+         "--base-port", str(base)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    while True:  # the supervisor bounds the wait itself (--ready-timeout-s) and then exits
+        line = proc.stdout.readline().decode()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("Ctrl-C stops the cluster"):
+            break
+    return proc, lines
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
@@ -53,24 +70,11 @@ def _port_open(port: int) -> bool:
 @requires_broker
 def test_cluster_up_starts_and_stops_cleanly_on_sigterm(tmp_path):
     base = _free_block(3)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "semel.cli", "cluster", "up", "--brokers", "3", "--data-dir", str(tmp_path),
-         "--base-port", str(base)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
+    proc, lines = _start_cluster_up(tmp_path, 3, base)
     try:
-        lines = []
-        deadline = time.monotonic() + 90
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline().decode()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("cluster ready"):
-                break
-        assert lines and lines[-1].startswith("cluster ready"), "".join(lines) + proc.stderr.read().decode()
-        assert f"127.0.0.1:{base},127.0.0.1:{base + 1},127.0.0.1:{base + 2}" in lines[-1]
+        ready = [line for line in lines if line.startswith("cluster ready")]
+        assert ready, "".join(lines) + (proc.stderr.read().decode() if proc.poll() is not None else "")
+        assert f"127.0.0.1:{base},127.0.0.1:{base + 1},127.0.0.1:{base + 2}" in ready[0]
         assert all(_port_open(base + i) for i in range(3))
         assert all((tmp_path / f"broker-{i}.log").exists() for i in (1, 2, 3))
 
@@ -80,6 +84,26 @@ def test_cluster_up_starts_and_stops_cleanly_on_sigterm(tmp_path):
         assert "all brokers stopped" in err.decode()
         assert "exit codes" not in err.decode(), err.decode()  # every broker exited cleanly
         assert not any(_port_open(base + i) for i in range(3))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+@requires_broker
+def test_cluster_up_reports_a_dead_broker_and_restarts_nothing(tmp_path):
+    base = _free_block(1)
+    proc, lines = _start_cluster_up(tmp_path, 1, base)
+    try:
+        pid_lines = [line for line in lines if line.strip().startswith("broker 1:")]
+        assert pid_lines, "".join(lines)
+        pid = int(pid_lines[0].split(" pid ")[1].split(",")[0])
+        os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 1
+        assert "broker 1 exited unexpectedly" in err.decode() and "not restarting" in err.decode()
+        assert not _port_open(base)
     finally:
         if proc.poll() is None:
             proc.kill()
