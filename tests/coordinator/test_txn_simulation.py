@@ -1,0 +1,377 @@
+"""One-process simulation of the transaction protocol: the coordinator core (state machine +
+marker channel + a state log with unknown write outcomes and failovers), partition leaders
+(the real `ProducerStateManager` + the KIP-890 verification cache), and producers that
+pause into zombies whose delayed writes and EndTxn calls land later (Jepsen's anomaly), and
+now and then write to a partition they never added (KIP-890 verification refuses it).
+
+Checked after draining every write, marker and timeout:
+* no hanging transaction: no partition keeps an open transaction;
+* every appended transactional batch of (pid, e) is closed by a marker of the *same*
+  transaction (epoch e + 1) carrying the coordinator's durable decision for (pid, e);
+* an EndTxn answered NONE for commit means the decision is commit (and never both ways).
+Each seed is printed; a failure names its seed and replays exactly.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import random
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from semel.coordinator.txn_log import decode_value, encode_value  # noqa: E402
+from semel.coordinator.txn_markers import MarkerChannelConfig, TxnMarkerChannel, VerificationCache  # noqa: E402
+from semel.coordinator.txn_state import (  # noqa: E402
+    PREPARED,
+    MarkerRequest,
+    PendingTransition,
+    TopicPartition,
+    TransactionStateMachine,
+    TxnResult,
+    TxnState,
+)
+from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader  # noqa: E402
+from semel.storage.producer_state import Marker, Outcome, ProducerStateManager  # noqa: E402
+from semel.v1.common_pb2 import ErrorCode  # noqa: E402
+
+TIMEOUT_MS = 2_000
+PARTITIONS = tuple(TopicPartition("out", p) for p in range(3))
+TIDS = ("tx-a", "tx-b")
+FATAL = {ErrorCode.PRODUCER_FENCED, ErrorCode.TRANSACTION_TIMED_OUT, ErrorCode.INVALID_TXN_STATE,
+         ErrorCode.INVALID_PRODUCER_ID_MAPPING, ErrorCode.INVALID_PRODUCER_EPOCH}
+
+
+class Partition:
+    """A partition leader: producer state, verification cache, and a log of what it appended."""
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.ps = ProducerStateManager()
+        self.cache = VerificationCache(ttl_ms=10 * TIMEOUT_MS)
+        self.offset = 0
+        self.log: list[tuple] = []  # ("data", pid, epoch, offset) | ("marker", pid, epoch, commit, offset)
+
+    def append_data(self, pid: int, epoch: int, seq: int, guard, now_ms: int) -> int:
+        if guard is not None and self.cache.check(guard, now_ms) != ErrorCode.NONE:
+            return ErrorCode.INVALID_TXN_STATE
+        header = BatchHeader(self.offset, 0, 0, pid, epoch, seq, 1, ATTR_TRANSACTIONAL, now_ms, now_ms)
+        decision = self.ps.validate(header, now_ms)
+        if decision.outcome is Outcome.DUPLICATE:
+            return ErrorCode.NONE
+        if not decision.ok:
+            return decision.error
+        self.ps.apply(header)
+        self.cache.on_appended(pid)
+        self.log.append(("data", pid, epoch, self.offset))
+        self.offset += 1
+        return ErrorCode.NONE
+
+    def append_marker(self, mk: MarkerRequest, now_ms: int) -> int:
+        marker = Marker(mk.commit, mk.coordinator_epoch)
+        decision = self.ps.validate_marker(mk.producer_id, mk.producer_epoch, marker)
+        if not decision.ok:
+            return decision.error
+        header = BatchHeader(self.offset, 0, 0, mk.producer_id, mk.producer_epoch, -1, 1,
+                             ATTR_CONTROL | ATTR_TRANSACTIONAL, now_ms, now_ms)
+        self.ps.apply(header, marker)
+        self.cache.on_marker(mk.producer_id)
+        self.log.append(("marker", mk.producer_id, mk.producer_epoch, mk.commit, self.offset))
+        self.offset += 1
+        return ErrorCode.NONE
+
+
+class Coordinator:
+    """The coordinator shell in miniature: a state log, writes that complete later (or get an
+    unknown outcome), failover = reload from the log with a new coordinator epoch."""
+
+    def __init__(self, rnd: random.Random, world: "World") -> None:
+        self.rnd = rnd
+        self.world = world
+        self.epoch = 0
+        self.next_pid = 1000
+        self.log: list[tuple[str, bytes]] = []
+        self.machine = self._load()
+        self.channel = TxnMarkerChannel(MarkerChannelConfig(backoff_ms=1, backoff_max_ms=20))
+        self.writes: dict[str, tuple[PendingTransition, object]] = {}  # tid -> (pending, waiter)
+
+    def _allocate(self) -> int:
+        self.next_pid += 1
+        return self.next_pid
+
+    def _load(self) -> TransactionStateMachine:
+        state = {}
+        for tid, value in self.log:
+            meta = decode_value(tid, value)
+            if meta is None:
+                state.pop(tid, None)
+            else:
+                state[tid] = meta
+        return TransactionStateMachine(0, self.epoch, self._allocate, loaded=state.values())
+
+    def submit(self, result: TxnResult, waiter) -> TxnResult | None:
+        """Answer now, or park the waiter until the write resolves (None)."""
+        if result.pending is None:
+            return result
+        self.writes[result.pending.transactional_id] = (result.pending, (waiter, result.error))
+        return None
+
+    def resolve_some(self) -> None:
+        for tid in list(self.writes):
+            if self.rnd.random() < 0.5:
+                continue
+            pending, (waiter, error) = self.writes.pop(tid)
+            if self.rnd.random() < 0.1:
+                self.machine.abandon(pending)
+                if waiter is not None:
+                    waiter.answer(ErrorCode.NOT_COORDINATOR, None)
+                continue
+            self._durable(pending)
+            self.machine.complete(pending)
+            self._after_complete(pending)
+            if waiter is not None:
+                waiter.answer(error, pending)
+
+    def _durable(self, pending: PendingTransition) -> None:
+        self.log.append((pending.transactional_id, encode_value(pending.after)))
+        after = pending.after
+        if after is not None and after.state in PREPARED:
+            self.world.decide((after.prev_producer_id, after.last_producer_epoch), after.state is TxnState.PREPARE_COMMIT)
+
+    def _after_complete(self, pending: PendingTransition) -> None:
+        if pending.after is not None and pending.after.state in PREPARED:
+            self.channel.add(self.machine.marker_plan(pending.transactional_id))
+
+    def failover(self) -> None:
+        """Leadership moves: writes in flight may or may not have made it into the log."""
+        for pending, (waiter, _error) in self.writes.values():
+            if self.rnd.random() < 0.5:
+                self._durable(pending)
+            if waiter is not None:
+                waiter.answer(ErrorCode.NOT_COORDINATOR, None)  # unknown outcome to the client
+        self.writes.clear()
+        self.epoch += 1
+        self.machine = self._load()
+        self.channel.clear()
+        for tid in self.machine.prepared():
+            self.channel.add(self.machine.marker_plan(tid))
+
+    def tick(self, now_ms: int) -> None:
+        for tid in self.machine.expired(now_ms):
+            self.submit(self.machine.abort_timed_out(tid, now_ms), None)
+        for tid in self.machine.prepared():
+            if tid not in self.channel and tid not in self.writes:
+                self.channel.add(self.machine.marker_plan(tid))
+
+    def deliver_markers(self, now_ms: int) -> None:
+        parts = self.world.partitions
+        for send in self.channel.poll(now_ms, lambda tp: tp.partition):
+            if self.rnd.random() < 0.15:
+                self.channel.on_failure(send, now_ms)
+                continue
+            results = {(mk.producer_id, mk.topic_partition): parts[mk.topic_partition].append_marker(mk, now_ms)
+                       for mk in send.markers}
+            progress = self.channel.on_response(send, results, now_ms)
+            assert not progress.fenced
+            for tid in progress.completed:
+                if tid not in self.writes:
+                    self.submit(self.machine.complete_markers(tid, now_ms), None)
+
+
+class Producer:
+    """One producer instance of a transactional id (may become a zombie)."""
+
+    def __init__(self, world: "World", tid: str) -> None:
+        self.world, self.tid = world, tid
+        self.ident: tuple[int, int] | None = None
+        self.phase = "init"  # init, begin, write, end, dead
+        self.waiting = False
+        self.partitions: list[TopicPartition] = []
+        self.writes_left = 0
+        self.write_failed = False
+        self.commit = True
+        self.zombie = False
+        self._request: tuple | None = None
+
+    # The coordinator answers here (now or once the write resolves).
+    def answer(self, error: int, pending: PendingTransition | None) -> None:
+        self.waiting = False
+        if self.zombie:
+            return
+        ident = pending.answer if pending is not None and pending.after is not None else None
+        self._handle(error, ident)
+
+    def _handle(self, error: int, ident: tuple[int, int] | None) -> None:
+        kind = self._request[0]
+        if error in FATAL:
+            self.phase = "dead"
+            return
+        if error != ErrorCode.NONE:
+            return  # retriable (or unknown outcome): the same request is sent again later
+        if ident is not None:
+            self.ident = ident
+        if kind == "init":
+            self.phase = "begin"
+        elif kind == "add":
+            self.phase = "write"
+            targets = list(self.partitions)
+            others = [tp for tp in PARTITIONS if tp not in targets]
+            if others and self.world.rnd.random() < 0.05:
+                targets.append(self.world.rnd.choice(others))  # a buggy client: writes without adding
+            self.writes_left = len(targets)
+            self.write_failed = False
+            for tp in targets:
+                self.world.queue_write(self, tp, *self.ident)
+        elif kind == "end":
+            if self._request[1]:
+                self.world.acked_commits.add(self._request[2])
+            self.phase = "begin"
+
+    def step(self, now_ms: int) -> None:
+        if self.zombie or self.waiting or self.phase in ("dead", "write"):
+            return
+        m = self.world.coordinator.machine
+        if self.phase == "init":
+            self._request = ("init",)
+            result = m.init_producer_id(self.tid, TIMEOUT_MS, now_ms)
+        elif self.phase == "begin":
+            self.partitions = self.world.rnd.sample(PARTITIONS, self.world.rnd.randint(1, 3))
+            self._request = ("add",)
+            result = m.add_partitions(self.tid, *self.ident, self.partitions, now_ms)
+        else:  # end
+            self._request = ("end", self.commit, self.ident)
+            result = m.end_txn(self.tid, *self.ident, self.commit, now_ms)
+        self.waiting = True
+        immediate = self.world.coordinator.submit(result, self)
+        if immediate is not None:
+            self.waiting = False
+            self._handle(immediate.error, (immediate.producer_id, immediate.producer_epoch)
+                         if immediate.producer_id >= 0 else None)
+
+    def write_done(self, error: int) -> None:
+        if self.zombie:
+            return
+        self.writes_left -= 1
+        self.write_failed |= error != ErrorCode.NONE
+        if self.writes_left == 0:
+            self.phase = "end"
+            self.commit = not self.write_failed and self.world.rnd.random() < 0.8
+
+
+class World:
+    def __init__(self, seed: int) -> None:
+        self.rnd = random.Random(seed)
+        self.now_ms = 0
+        self.partitions = {tp: Partition(tp) for tp in PARTITIONS}
+        self.decisions: dict[tuple[int, int], bool] = {}
+        self.acked_commits: set[tuple[int, int]] = set()
+        self.coordinator = Coordinator(self.rnd, self)
+        self.producers = {tid: Producer(self, tid) for tid in TIDS}
+        self.zombies: list[Producer] = []
+        self.in_flight: list[list] = []  # [producer, tp, pid, epoch, stage, guard]
+
+    def decide(self, txn: tuple[int, int], commit: bool) -> None:
+        assert self.decisions.setdefault(txn, commit) == commit, f"decision for {txn} flipped"
+
+    def queue_write(self, producer: Producer, tp: TopicPartition, pid: int, epoch: int) -> None:
+        self.in_flight.append([producer, tp, pid, epoch, "verify", None])
+
+    def process_write(self, op: list) -> bool:
+        """Advance one in-flight write by one stage; True when it is finished."""
+        producer, tp, pid, epoch, stage, guard = op
+        part = self.partitions[tp]
+        if stage == "verify":
+            if VerificationCache.needs_verification(True, pid in part.ps.open_transactions()):
+                guard = part.cache.begin(pid, epoch, self.now_ms)
+                verdict = self.coordinator.machine.verify(producer.tid, pid, epoch, [tp])
+                if verdict.error != ErrorCode.NONE or dict(verdict.partitions)[tp] != ErrorCode.NONE:
+                    producer.write_done(ErrorCode.INVALID_TXN_STATE)
+                    return True
+                part.cache.record_verified(guard, self.now_ms)
+            op[4], op[5] = "append", guard
+            return False  # the append happens later: a marker may slip in between
+        error = part.append_data(pid, epoch, 0, guard, self.now_ms)
+        if error == ErrorCode.CONCURRENT_TRANSACTIONS:
+            op[4] = "verify"
+            return False
+        producer.write_done(error)
+        return True
+
+    def pause_producer(self, tid: str) -> None:
+        old = self.producers[tid]
+        old.zombie = True
+        self.zombies.append(old)
+        self.producers[tid] = Producer(self, tid)
+
+    def zombie_end(self) -> None:
+        """A zombie's delayed EndTxn(commit) lands: it must not commit anything new."""
+        zombie = self.rnd.choice(self.zombies)
+        if zombie.ident is None:
+            return
+        result = self.coordinator.machine.end_txn(zombie.tid, *zombie.ident, True, self.now_ms)
+        if result.pending is not None:
+            self.coordinator.submit(result, None)
+        elif result.ok:
+            assert self.decisions.get(zombie.ident) is True, "a zombie EndTxn retry was answered for a different decision"
+
+    def step(self, active: bool) -> None:
+        self.now_ms += self.rnd.randint(1, 60)
+        r = self.rnd.random()
+        if active and r < 0.01:
+            self.coordinator.failover()
+        elif active and r < 0.03:
+            self.pause_producer(self.rnd.choice(TIDS))
+        elif active and r < 0.05 and self.zombies:
+            self.zombie_end()
+        if active:
+            for p in list(self.producers.values()):
+                if p.phase == "dead":
+                    self.producers[p.tid] = Producer(self, p.tid)
+                self.producers[p.tid].step(self.now_ms)
+        else:
+            for p in self.producers.values():
+                if p.phase == "end":
+                    p.step(self.now_ms)
+        self.rnd.shuffle(self.in_flight)
+        for op in list(self.in_flight[: self.rnd.randint(0, 2)]):
+            if self.process_write(op):
+                self.in_flight.remove(op)
+        self.coordinator.tick(self.now_ms)
+        self.coordinator.resolve_some()
+        self.coordinator.deliver_markers(self.now_ms)
+
+    def quiet(self) -> bool:
+        c = self.coordinator
+        return (not self.in_flight and not c.writes and len(c.channel) == 0 and not c.machine.prepared()
+                and all(m.state is not TxnState.ONGOING for m in c.machine.snapshot().values())
+                and all(p.phase != "end" and not p.waiting for p in self.producers.values()))
+
+    def check(self) -> None:
+        for tp, part in self.partitions.items():
+            assert part.ps.open_transactions() == {}, f"hanging transaction in {tp}: {part.ps.open_transactions()}"
+            for i, entry in enumerate(part.log):
+                if entry[0] != "data":
+                    continue
+                _, pid, epoch, offset = entry
+                closing = next(e for e in part.log[i + 1:] if e[0] == "marker" and e[1] == pid)
+                assert closing[2] == epoch + 1, f"{tp}@{offset}: batch of ({pid}, {epoch}) closed by marker epoch {closing[2]}"
+                assert closing[3] == self.decisions[(pid, epoch)], f"{tp}@{offset}: marker disagrees with the decision"
+        for txn in self.acked_commits:
+            assert self.decisions[txn] is True, f"commit of {txn} acknowledged but decided abort"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_simulated_transactions_under_failovers_zombies_and_lost_writes(seed):
+    print(f"seed={seed}")
+    world = World(seed)
+    for _ in range(600):
+        world.step(active=True)
+    for _ in range(20_000):  # drain: finish what is in flight, let timeouts abort the rest
+        if world.quiet():
+            break
+        world.step(active=False)
+    assert world.quiet(), f"seed {seed}: did not quiesce"
+    world.check()
+    assert world.decisions, "the run decided nothing: the simulation is too weak"
