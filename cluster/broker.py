@@ -71,6 +71,7 @@ class BrokerConfig:
     max_request_bytes: int = limits.MAX_REQUEST_BYTES
     max_batch_bytes: int = limits.MAX_BATCH_BYTES
     internal_partitions: int = 16  # partitions of each internal topic (transaction state, offsets)
+    retention_check_interval_ms: int = 60_000  # how often retention and producer expiry run
     fsync: bool = False
     log_level: str = "INFO"
 
@@ -90,7 +91,7 @@ class BrokerConfig:
         ap.add_argument("--cluster-id")
         for name in ("heartbeat-interval-ms", "session-timeout-ms", "disconnect-grace-ms", "replica-lag-time-max-ms",
                      "replica-fetch-max-wait-ms", "replica-fetch-max-bytes", "isr-check-interval-ms",
-                     "max-inflight-produce", "max-batch-bytes", "internal-partitions"):
+                     "max-inflight-produce", "max-batch-bytes", "internal-partitions", "retention-check-interval-ms"):
             ap.add_argument(f"--{name}", type=int)
         ap.add_argument("--fsync", action="store_true", default=None)
         ap.add_argument("--log-level")
@@ -109,7 +110,7 @@ class BrokerConfig:
         for field in ("broker_id", "data_dir", "cluster_id", "heartbeat_interval_ms", "session_timeout_ms",
                       "disconnect_grace_ms", "replica_lag_time_max_ms", "replica_fetch_max_wait_ms",
                       "replica_fetch_max_bytes", "isr_check_interval_ms", "max_inflight_produce", "max_batch_bytes",
-                      "internal_partitions", "fsync", "log_level"):
+                      "internal_partitions", "retention_check_interval_ms", "fsync", "log_level"):
             v = getattr(a, field)
             if v is not None:
                 values[field] = v
@@ -377,9 +378,13 @@ class Broker:
         return ch
 
     async def _checkpoint_loop(self) -> None:
+        last_housekeeping = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
             self.rm.checkpoint_all()
+            if time.monotonic() - last_housekeeping >= self.config.retention_check_interval_ms / 1000:
+                last_housekeeping = time.monotonic()
+                self.rm.housekeeping(int(time.time() * 1000))
 
 
 async def run(config: BrokerConfig) -> int:

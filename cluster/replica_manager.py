@@ -385,6 +385,17 @@ class ReplicaManager:
         if delete_data:
             shutil.rmtree(p.directory, ignore_errors=True)
 
+    def housekeeping(self, now: int) -> None:
+        """Retention and producer expiry on every hosted replica (leaders and followers alike)."""
+        for p in list(self.partitions.values()):
+            try:
+                before = p.log_start_offset
+                if p.store.apply_retention(now) != before:
+                    p.notify()
+                p.store.expire_producers(now)
+            except Exception:
+                log.exception("%s-%d: housekeeping failed", p.topic, p.partition)
+
     def leaders(self) -> Iterable[Partition]:
         return [p for p in self.partitions.values() if p.role == Role.LEADER]
 
@@ -399,8 +410,6 @@ class ReplicaManager:
         for p in list(self.partitions.values()):
             self._remove(p, delete_data=False)
 
-    def open_existing_dirs(self) -> list[str]:
-        return sorted(d.name for d in self.logs_dir.iterdir() if d.is_dir())
 
 
 def describe_partition(p: Partition | None) -> dict[str, Any]:

@@ -276,6 +276,12 @@ class ReplicaFetcher:
             p = self.partitions.get((r.topic, r.partition))
             if p is None or p.role != Role.FOLLOWER or p.leader_id != self.leader_id:
                 continue
+            if r.error_code == pb.OFFSET_OUT_OF_RANGE and 0 <= p.log_end_offset < r.log_start_offset:
+                log.warning("%s-%d: behind the leader's log start %d (retention); restarting the replica there",
+                            r.topic, r.partition, r.log_start_offset)
+                p.store.reset_to(r.log_start_offset)
+                p.set_follower_hw(r.high_watermark)
+                continue
             if r.error_code != pb.NONE:
                 log.debug("%s-%d: replica fetch error %s", r.topic, r.partition, pb.ErrorCode.Name(r.error_code))
                 continue

@@ -62,6 +62,9 @@ class ReplicaStore(Protocol):
     def last_batch_epoch(self) -> int: ...
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None: ...
     def aborted_in_range(self, start: int, end: int) -> list[AbortedRange]: ...
+    def apply_retention(self, now_ms: int) -> int: ...
+    def expire_producers(self, now_ms: int) -> None: ...
+    def reset_to(self, offset: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -247,6 +250,23 @@ class FileReplicaStore:
     def aborted_in_range(self, start: int, end: int) -> list[AbortedRange]:
         return []
 
+    def apply_retention(self, now_ms: int) -> int:
+        return self._start  # the stopgap log keeps everything
+
+    def expire_producers(self, now_ms: int) -> None:
+        pass
+
+    def reset_to(self, offset: int) -> None:
+        self.truncate_to(self._start)
+        self._f.close()
+        with open(self.path, "r+b") as f:
+            f.truncate(0)
+        self._f = open(self.path, "ab")
+        self._positions, self._bases, self._headers = [], [], []
+        self.epochs.entries = []
+        self._size = 0
+        self._start = self._end = offset
+
     def close(self) -> None:
         self._f.close()
 
@@ -302,6 +322,17 @@ class PartitionStoreAdapter:
         return [AbortedRange(a.producer_id, a.first_offset, a.last_offset)
                 for a in self.log.aborted_txns.in_range(start, end)]
 
+    def apply_retention(self, now_ms: int) -> int:
+        return int(self.store.apply_retention(now_ms))
+
+    def expire_producers(self, now_ms: int) -> None:
+        self.store.expire_producers(now_ms)
+
+    def reset_to(self, offset: int) -> None:
+        """A follower entirely behind the leader's log start: drop everything, continue at `offset`."""
+        self.log.truncate_fully_and_start_at(offset)
+        self.store.truncate_to(offset)  # rebuilds the producer state for the empty log
+
     def close(self) -> None:
         self.store.close()
 
@@ -328,8 +359,9 @@ def open_replica_store(directory: Path, topic: Any, partition: int, *, fsync: bo
     from semel.storage.partition import PartitionStore
 
     c = topic.config
+    flush = {"flush_policy": "always"} if fsync else {}  # else the storage default (docs/storage.md)
     config = LogConfig(segment_bytes=c.segment_bytes, segment_ms=c.segment_ms, retention_bytes=c.retention_bytes,
-                       retention_ms=c.retention_ms, flush_policy="always" if fsync else "never")
+                       retention_ms=c.retention_ms, **flush)
     # The topic id keeps a re-created topic from inheriting a deleted one's producer snapshots.
     key = partition_key(f"{topic.name}.{topic.topic_id[:12]}", partition)
     return PartitionStoreAdapter(PartitionStore.open(directory, config, kv, key, now_ms))

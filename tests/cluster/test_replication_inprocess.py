@@ -157,3 +157,42 @@ def test_leadership_loss_fails_waiting_acks_as_unknown(make_partition):
             await ack
         assert exc.value.code == pb.NOT_LEADER_OR_FOLLOWER and "unknown" in exc.value.message
     asyncio.run(scenario())
+
+
+def test_follower_behind_the_leaders_log_start_restarts_there(tmp_path):
+    """Retention removed what a new follower would need: it restarts at the leader's log start."""
+    from semel.storage.kv import KvStore
+
+    cfg = md.TopicConfig(segment_bytes=1024, retention_bytes=2048)
+    t = md.Topic("t", "0123456789abcdef", False, 2, cfg, ())
+    kvs, parts = [], []
+    for b in (1, 2):
+        d = tmp_path / f"b{b}"
+        (d / "log").mkdir(parents=True)
+        kvs.append(KvStore.open(d / "kv"))
+        parts.append(Partition("t", 0, t.topic_id, d, open_replica_store(d / "log", t, 0, kv=kvs[-1]), b, 1000))
+    leader, follower = parts
+    try:
+        async def scenario() -> None:
+            leader.become_leader(md.PartitionState("t", 0, (1, 2), (1,), 1, 0, 0), min_isr=1, now=0)
+            for i in range(40):
+                leader.append_as_leader(header(1), b"x" * 200, now=i)
+            assert leader.store.apply_retention(100) > 0
+            follower.become_follower(md.PartitionState("t", 0, (1, 2), (1,), 1, 0, 0))
+            svc = LeaderReplicationService(FakeRm(leader), max_fetch_bytes=1 << 20)
+            f = ReplicaFetcher(2, 1, lambda b: None, lambda: 1, lambda b: asyncio.sleep(0), 0, 1 << 20)
+            f.partitions[follower.key] = follower
+            resp = await svc.handle(f._request(), {})
+            assert resp.results[0].error_code == pb.OFFSET_OUT_OF_RANGE
+            f._apply(resp)
+            assert follower.log_start_offset == follower.log_end_offset == leader.log_start_offset
+            for _ in range(3):
+                f._apply(await svc.handle(f._request(), {}))
+            assert follower.log_end_offset == leader.log_end_offset == 40
+            assert log_bytes(follower) == log_bytes(leader)
+        asyncio.run(scenario())
+    finally:
+        for p in parts:
+            p.close()
+        for kv in kvs:
+            kv.close()
