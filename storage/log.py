@@ -162,67 +162,28 @@ class PartitionLog:
         clean = (d / CLEAN_SHUTDOWN_FILE).exists()
         for tmp in d.glob("*.tmp"):
             tmp.unlink()
-        try:
-            checkpoint = read_json(d / CHECKPOINT_FILE)
-        except CorruptCheckpointError as exc:
-            log.warning("%s; verifying every segment", exc)
-            checkpoint, clean = None, False
         bases = sorted(b for b in (parse_segment_name(p.name) for p in d.iterdir()) if b is not None)
-        log_start = checkpoint["log_start_offset"] if checkpoint else (bases[0] if bases else 0)
-        recovery_point = checkpoint["recovery_point"] if checkpoint else None
+        checkpoint = self._read_checkpoint()
+        if checkpoint is None:
+            clean = False
+            log_start, recovery_point = (bases[0] if bases else 0), None
+        else:
+            log_start, recovery_point = checkpoint
         # Segments wholly below the log start: a deletion that a crash interrupted.
         while len(bases) > 1 and bases[1] <= log_start:
             LogSegment.open_for_recovery(d, bases.pop(0), self.config.index_interval_bytes).delete()
-        entries = self._load_epoch_entries()
         start_verify = first_segment_to_verify(bases, recovery_point, clean)
-        for i, base in enumerate(bases):
-            if i < start_verify:
-                seg = LogSegment.open_trusted(d, base, self.config.index_interval_bytes)
-                self._add_segment(seg)
-                if not (seg.index_dirty and i == len(bases) - 1):
-                    continue
-                # The last segment does not match its index files although the shutdown
-                # looked clean: verify it like any tail rather than trust it.
-                log.warning("%s: index files do not match the log; verifying the tail", seg.log_path)
-            else:
-                seg = LogSegment.open_for_recovery(d, base, self.config.index_interval_bytes)
-                self._add_segment(seg)
-
-            def on_batch(h: BatchHeader) -> None:
-                nonlocal entries
-                # Batches wholly below the log start are invisible: their epochs stay forgotten.
-                if h.leader_epoch >= 0 and h.next_offset > log_start and (not entries or h.leader_epoch > entries[-1].epoch):
-                    entries = ec.assign(entries, h.leader_epoch, h.base_offset)
-
-            result = seg.recover(on_batch)
-            following = bases[i + 1] if i + 1 < len(bases) else None
-            broken = result.stop_reason or (following is not None and result.next_offset != following)
-            if broken:
-                reason = result.stop_reason or f"segment ends at {result.next_offset}, next begins at {following}"
-                log.warning("%s: %s; cut the log at offset %d", seg.log_path, reason, result.next_offset)
-                for later in reversed(bases[i + 1 :]):
-                    LogSegment.open_for_recovery(d, later, self.config.index_interval_bytes).delete()
-                break
+        entries = self._open_segments(bases, start_verify, log_start, self._load_epoch_entries())
         self._cut_at_first_gap()
         if not self._segments:
             self._add_segment(LogSegment.create(d, log_start, self.config.index_interval_bytes))
-        leo = self.log_end_offset
         if self._segments[-1].index.size_bytes:
             self._segments[-1].first_append_ms = now_ms  # the age of a reopened segment counts from now
         self._log_start_offset = max(log_start, self._segments[0].base_offset)
-        if self._log_start_offset > leo:
+        if self._log_start_offset > self.log_end_offset:
             # The log start ran ahead of the data (everything below it was deleted).
             self._reset_segments(self._log_start_offset)
-        # An entry may start exactly at the LEO (a new leader assigns its epoch before writing);
-        # entries beyond it describe data this replica lost.
-        entries = ec.truncate_from_start(ec.truncate_from_end(entries, self.log_end_offset + 1), self._log_start_offset)
-        self.epoch_cache = LeaderEpochCache(entries, log_end_offset=lambda: self.log_end_offset, store=self._store_epochs)
-        self._store_epochs(entries)
-        self.aborted_txns = AbortedTxnIndex(
-            self._aborted_file.load(), on_add=self._append_aborted, on_rewrite=self._aborted_file.rewrite
-        )
-        self.aborted_txns.truncate_to(self.log_end_offset)
-        self.aborted_txns.truncate_from_start(self._log_start_offset)
+        self._load_side_indexes(entries)
         # Everything is verified (or trusted) now: seal what is sealed, sync, move the recovery point.
         for seg in self._segments[:-1]:
             seg.write_index_files(sync=self._sync_files)
@@ -235,6 +196,64 @@ class PartitionLog:
             (d / CLEAN_SHUTDOWN_FILE).unlink()
         fsync_dir(d)  # the marker must be gone for good before anything is appended
         self._last_fsync_ms = now_ms
+
+    def _read_checkpoint(self) -> tuple[int, int] | None:
+        """(log_start_offset, recovery_point), or None when missing or damaged (verify everything)."""
+        try:
+            value = read_json(self.directory / CHECKPOINT_FILE)
+            if value is None:
+                return None
+            return int(value["log_start_offset"]), int(value["recovery_point"])
+        except (CorruptCheckpointError, KeyError, TypeError, ValueError) as exc:
+            log.warning("%s: log checkpoint unreadable (%s); verifying every segment", self.directory, exc)
+            return None
+
+    def _open_segments(self, bases: list[int], start_verify: int, log_start: int, entries: ec.Entries) -> ec.Entries:
+        """Open every segment: trust those before `start_verify`, verify the rest and cut at
+        the first bad batch. Returns the epoch entries extended by the verified batches."""
+        d, interval = self.directory, self.config.index_interval_bytes
+
+        def on_batch(h: BatchHeader) -> None:
+            nonlocal entries
+            # Batches wholly below the log start are invisible: their epochs stay forgotten.
+            if h.leader_epoch >= 0 and h.next_offset > log_start and (not entries or h.leader_epoch > entries[-1].epoch):
+                entries = ec.assign(entries, h.leader_epoch, h.base_offset)
+
+        for i, base in enumerate(bases):
+            last = i == len(bases) - 1
+            if i < start_verify:
+                seg = LogSegment.open_trusted(d, base, interval)
+                self._add_segment(seg)
+                if not (seg.index_dirty and last):
+                    continue
+                # The last segment does not match its index files although the shutdown
+                # looked clean: verify it like any tail rather than trust it.
+                log.warning("%s: index files do not match the log; verifying the tail", seg.log_path)
+            else:
+                seg = LogSegment.open_for_recovery(d, base, interval)
+                self._add_segment(seg)
+            result = seg.recover(on_batch)
+            following = None if last else bases[i + 1]
+            if result.stop_reason or (following is not None and result.next_offset != following):
+                reason = result.stop_reason or f"segment ends at {result.next_offset}, next begins at {following}"
+                log.warning("%s: %s; cut the log at offset %d", seg.log_path, reason, result.next_offset)
+                for later in reversed(bases[i + 1 :]):
+                    LogSegment.open_for_recovery(d, later, interval).delete()
+                break
+        return entries
+
+    def _load_side_indexes(self, entries: ec.Entries) -> None:
+        """Epoch cache and aborted index, made consistent with the recovered log."""
+        # An entry may start exactly at the LEO (a new leader assigns its epoch before writing);
+        # entries beyond it describe data this replica lost.
+        entries = ec.truncate_from_start(ec.truncate_from_end(entries, self.log_end_offset + 1), self._log_start_offset)
+        self.epoch_cache = LeaderEpochCache(entries, log_end_offset=lambda: self.log_end_offset, store=self._store_epochs)
+        self._store_epochs(entries)
+        self.aborted_txns = AbortedTxnIndex(
+            self._aborted_file.load(), on_add=self._append_aborted, on_rewrite=self._aborted_file.rewrite
+        )
+        self.aborted_txns.truncate_to(self.log_end_offset)
+        self.aborted_txns.truncate_from_start(self._log_start_offset)
 
     def _cut_at_first_gap(self) -> None:
         """Segments must be contiguous; after a gap (a lost segment file, or a trusted segment
