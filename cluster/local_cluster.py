@@ -13,7 +13,9 @@ reported (exit code and the tail of its log) and stays down. Tests use `kill`, `
 
 Brokers run in their own session (Ctrl-C in a terminal reaches the supervisor only, which
 then stops them in order) and with PR_SET_PDEATHSIG=SIGKILL on Linux, so a supervisor that
-dies for any reason takes its brokers with it: no orphans holding ports.
+dies for any reason takes its brokers with it: no orphans holding ports. (PDEATHSIG fires
+when the *thread* that started the broker exits, so start brokers from a long-lived thread,
+as `semel cluster up` and the test harness do: the main thread.)
 """
 
 from __future__ import annotations
