@@ -534,7 +534,7 @@ class GroupStateMachine:
         except _Error as err:
             return GroupDecision(
                 request.group_id, base_version, (),
-                HeartbeatResponse(err.code, err.message, request.member_id, LEAVE_EPOCH if err.code != E.NONE else 0),
+                HeartbeatResponse(err.code, err.message, request.member_id, LEAVE_EPOCH),
                 err.code,
             )
 
@@ -708,31 +708,42 @@ class GroupStateMachine:
 
     # --- timeouts ---------------------------------------------------------------------------------
 
+    def expired_groups(self, now_ms: int) -> list[str]:
+        """Groups with a member whose session or revocation deadline passed. A member with
+        no timer yet (cannot happen after on_loaded/complete) gets one now."""
+        return [gid for gid in sorted(self.groups) if self._expired_members(self.groups[gid], now_ms)]
+
+    def _expired_members(self, group: Group, now_ms: int) -> list[str]:
+        expired = []
+        for mid in sorted(group.members):
+            session = group.session_deadline_ms.setdefault(mid, now_ms + self.config.session_timeout_ms)
+            revocation = group.revocation_deadline_ms.get(mid)
+            if session <= now_ms or (revocation is not None and revocation <= now_ms):
+                expired.append(mid)
+        return expired
+
+    def prepare_expire(self, group_id: str, now_ms: int, partition_counts: Mapping[str, int]) -> GroupDecision | None:
+        """Remove the group's expired members (group epoch bumped, new target); None if
+        nobody expired (any more). The shell queues this behind the group's in-flight
+        decision like any request, and completes it after its records are durable."""
+        group = self.groups.get(group_id)
+        expired = [] if group is None else self._expired_members(group, now_ms)
+        if group is None or not expired:
+            return None
+        scratch = group.copy()
+        records: list[GroupRecord] = []
+        for mid in expired:
+            _emit(scratch, records, _removal_records(group_id, mid))
+        try:
+            self._bump_and_assign(scratch, records, partition_counts)
+        except _Error:  # too many partitions: still remove the members, keep the old target
+            pass
+        return GroupDecision(group_id, group.version, tuple(records), removed_members=tuple(expired))
+
     def expire(self, now_ms: int, partition_counts: Mapping[str, int]) -> list[GroupDecision]:
-        """Members whose session or revocation deadline passed, removed (one decision per
-        group, group epoch bumped, new target). Prepare only: complete each decision after
-        its records are durable. A member with no timer yet gets one now."""
-        decisions = []
-        for gid in sorted(self.groups):
-            group = self.groups[gid]
-            expired = []
-            for mid in sorted(group.members):
-                session = group.session_deadline_ms.setdefault(mid, now_ms + self.config.session_timeout_ms)
-                revocation = group.revocation_deadline_ms.get(mid)
-                if session <= now_ms or (revocation is not None and revocation <= now_ms):
-                    expired.append(mid)
-            if not expired:
-                continue
-            scratch = group.copy()
-            records: list[GroupRecord] = []
-            for mid in expired:
-                _emit(scratch, records, _removal_records(gid, mid))
-            try:
-                self._bump_and_assign(scratch, records, partition_counts)
-            except _Error:  # too many partitions: still remove the members, keep the old target
-                pass
-            decisions.append(GroupDecision(gid, group.version, tuple(records), removed_members=tuple(expired)))
-        return decisions
+        """`prepare_expire` of every group in `expired_groups` (when nothing is in flight)."""
+        decisions = (self.prepare_expire(gid, now_ms, partition_counts) for gid in self.expired_groups(now_ms))
+        return [d for d in decisions if d is not None]
 
     # --- admin ---------------------------------------------------------------------------------------
 

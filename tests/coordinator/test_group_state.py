@@ -123,6 +123,21 @@ def test_session_timeout_removes_member_and_rebalances():
     assert z.error == E.UNKNOWN_MEMBER_ID
 
 
+def test_expiry_per_group_is_prepared_when_dequeued():
+    h = Harness({"t": 2})
+    a = h.join("g", ("t",))
+    b = h.join("h", ("t",))
+    h.now_ms = 1000
+    assert h.sm.expired_groups(h.now_ms) == ["g", "h"]
+    # The shell queues the expiry of g behind a heartbeat that was already in flight.
+    a = h.hb("g", a.member_id, a.member_epoch, owned=a.assignment)
+    assert h.sm.prepare_expire("g", h.now_ms, h.counts) is None
+    decision = h.sm.prepare_expire("h", h.now_ms, h.counts)
+    assert decision.removed_members == (b.member_id,)
+    h.sm.complete(decision, h.now_ms)
+    assert h.sm.expired_groups(h.now_ms) == [] and h.sm.member_count("h") == 0
+
+
 def test_member_that_does_not_revoke_in_time_is_removed():
     h = Harness({"t": 2})
     a = h.join("g", ("t",), rebalance_timeout_ms=300)
