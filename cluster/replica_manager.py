@@ -45,7 +45,13 @@ HW_CHECKPOINT_FILE = "high-watermark"
 
 
 def now_ms() -> int:
+    """Wall clock: batch append times, retention, producer expiry (stored and compared across hosts)."""
     return int(time.time() * 1000)
+
+
+def progress_ms() -> int:
+    """Monotonic clock for replication progress (lag, ISR decisions): immune to wall-clock steps."""
+    return int(time.monotonic() * 1000)
 
 
 class Role(enum.Enum):
@@ -198,7 +204,7 @@ class Partition:
         if outcome.error_code != pb.NONE:
             return AppendResult(outcome.error_code, outcome.message)
         assert self.progress is not None
-        if not outcome.duplicate and self.progress.on_leader_append(self.log_end_offset, now):
+        if not outcome.duplicate and self.progress.on_leader_append(self.log_end_offset, progress_ms()):
             self._on_hw(self.progress.high_watermark)
         self.notify()
         return AppendResult(pb.NONE, "", outcome.base_offset, outcome.last_offset, now, outcome.duplicate)
@@ -336,7 +342,7 @@ class ReplicaManager:
                 p = self.partitions.get(key)
                 if p is None:
                     p = self._open(topic, ps)
-                self._apply_state(p, topic, ps, now_ms())  # after the open, which may take a while
+                self._apply_state(p, topic, ps, progress_ms())  # after the open, which may take a while
             except Exception as exc:  # one bad replica must not take the others down; retried next change
                 log.exception("%s-%d: cannot take its role (%s); replica unavailable", key[0], key[1], exc)
                 self.failed[key] = f"{type(exc).__name__}: {exc}"

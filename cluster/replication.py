@@ -32,7 +32,7 @@ import grpc
 
 from semel import limits
 from semel.cluster import metadata as md
-from semel.cluster.replica_manager import Partition, ReplicaManager, Role, now_ms
+from semel.cluster.replica_manager import Partition, ReplicaManager, Role, progress_ms
 from semel.v1 import common_pb2 as pb
 from semel.v1 import replication_pb2 as rpb
 from semel.v1 import replication_pb2_grpc as rgrpc
@@ -83,7 +83,7 @@ class LeaderReplicationService:
             results = []
             ready = False
             remaining = max_bytes
-            now = now_ms()
+            now = progress_ms()
             for fp in req.partitions:
                 r = self._one(req.replica_id, fp, remaining, now, update_progress=first)
                 remaining -= len(r.records)
@@ -372,7 +372,7 @@ class IsrMaintainer:
         while True:
             await asyncio.sleep(self.interval_ms / 1000)
             try:
-                self.check(now_ms())
+                self.check(progress_ms())
             except Exception:
                 log.exception("ISR check failed")
 

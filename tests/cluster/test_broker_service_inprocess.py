@@ -10,7 +10,7 @@ import pytest
 
 from semel.cluster import metadata as md
 from semel.cluster.broker import BrokerConfig
-from semel.cluster.replica_manager import ReplicaManager, now_ms
+from semel.cluster.replica_manager import ReplicaManager, now_ms, progress_ms
 from semel.cluster.server import BrokerService
 from semel.cluster.storage_adapter import FileReplicaStore
 from semel.v1 import broker_pb2 as bpb
@@ -84,7 +84,7 @@ def test_acks_all_completes_when_the_follower_reaches_it(broker):
         task = asyncio.ensure_future(svc.Produce(produce_req(), None))
         await asyncio.sleep(0.01)
         assert not task.done()
-        broker.rm.get("t", 0).on_follower_fetch(2, 1, now_ms())
+        broker.rm.get("t", 0).on_follower_fetch(2, 1, progress_ms())
         return (await task).results[0]
     r = run(scenario())
     assert r.error_code == pb.NONE and (r.base_offset, r.last_offset) == (0, 0)
