@@ -1,0 +1,171 @@
+"""Protobuf <-> core conversions for the transaction services, for the gRPC edge only.
+
+Pure functions: the broker's servicers call the state machine, the marker channel and
+these helpers; nothing here blocks or keeps state. `find_coordinator` answers
+FindCoordinator from a `MetadataImage` (any broker can).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from semel.cluster.metadata import (
+    CONSUMER_OFFSETS_TOPIC,
+    NO_LEADER,
+    TRANSACTION_STATE_TOPIC,
+    MetadataImage,
+)
+from semel.coordinator.txn_markers import MarkerSend
+from semel.coordinator.txn_state import (
+    NO_PRODUCER_EPOCH,
+    NO_PRODUCER_ID,
+    PendingTransition,
+    TopicPartition,
+    TransactionMetadata,
+    TxnResult,
+    VerifyResult,
+)
+from semel.v1 import common_pb2, txn_pb2
+from semel.v1.common_pb2 import ErrorCode
+
+
+def partitions_from_proto(items: Iterable[txn_pb2.TopicPartition]) -> tuple[TopicPartition, ...]:
+    return tuple(TopicPartition(p.topic, p.partition) for p in items)
+
+
+def partitions_to_proto(items: Iterable[TopicPartition]) -> list[txn_pb2.TopicPartition]:
+    return [txn_pb2.TopicPartition(topic=tp.topic, partition=tp.partition) for tp in items]
+
+
+def find_coordinator(image: MetadataImage, key: str, key_type: int) -> txn_pb2.FindCoordinatorResponse:
+    """The coordinator of `key`: the leader of its partition of the internal topic."""
+    topic = CONSUMER_OFFSETS_TOPIC if key_type == txn_pb2.GROUP else TRANSACTION_STATE_TOPIC
+    if not key:
+        return _no_coordinator(ErrorCode.INVALID_REQUEST, "the key must not be empty")
+    partition = image.coordinator(topic, key)
+    if partition is None:
+        return _no_coordinator(ErrorCode.COORDINATOR_NOT_AVAILABLE, f"{topic} does not exist yet")
+    broker = image.broker(partition.leader) if partition.leader != NO_LEADER else None
+    if broker is None or broker.fenced:
+        return _no_coordinator(
+            ErrorCode.COORDINATOR_NOT_AVAILABLE, f"{topic}-{partition.partition} has no live leader"
+        )
+    return txn_pb2.FindCoordinatorResponse(
+        error_code=ErrorCode.NONE,
+        broker_id=broker.broker_id,
+        host=broker.host,
+        port=broker.port,
+        coordinator_partition=partition.partition,
+        coordinator_epoch=partition.leader_epoch,
+    )
+
+
+def _no_coordinator(error: int, message: str) -> txn_pb2.FindCoordinatorResponse:
+    return txn_pb2.FindCoordinatorResponse(error_code=error, error_message=message, broker_id=-1)
+
+
+def identity_of(result: TxnResult, completed: PendingTransition | None = None) -> tuple[int, int]:
+    """The (producer id, epoch) to answer: from the completed write, else from the result."""
+    if completed is not None:
+        pid, epoch = completed.answer
+        return int(pid), int(epoch)
+    if result.producer_id != NO_PRODUCER_ID:
+        return result.producer_id, result.producer_epoch
+    return NO_PRODUCER_ID, NO_PRODUCER_EPOCH
+
+
+def init_producer_id_response(
+    result: TxnResult, completed: PendingTransition | None = None
+) -> txn_pb2.InitProducerIdResponse:
+    """`completed`: the pending transition of `result` once its write is committed."""
+    pid, epoch = identity_of(result, completed) if result.ok else (NO_PRODUCER_ID, NO_PRODUCER_EPOCH)
+    return txn_pb2.InitProducerIdResponse(
+        error_code=result.error, error_message=result.message, producer_id=pid, producer_epoch=epoch
+    )
+
+
+def end_txn_response(result: TxnResult, completed: PendingTransition | None = None) -> txn_pb2.EndTxnResponse:
+    pid, epoch = identity_of(result, completed) if result.ok else (NO_PRODUCER_ID, NO_PRODUCER_EPOCH)
+    return txn_pb2.EndTxnResponse(error_code=result.error, error_message=result.message, producer_id=pid, producer_epoch=epoch)
+
+
+def add_partitions_response(
+    result: TxnResult, partitions: Iterable[TopicPartition], per_partition: Mapping[TopicPartition, int] | None = None
+) -> txn_pb2.AddPartitionsToTxnResponse:
+    """Every partition gets the request's error unless `per_partition` names its own
+    (e.g. UNKNOWN_TOPIC_OR_PARTITION found by the shell before asking the core)."""
+    codes = per_partition or {}
+    return txn_pb2.AddPartitionsToTxnResponse(
+        error_code=result.error,
+        error_message=result.message,
+        results=[
+            txn_pb2.AddPartitionsResult(topic=tp.topic, partition=tp.partition, error_code=codes.get(tp, result.error))
+            for tp in partitions
+        ],
+    )
+
+
+def verify_response(result: VerifyResult) -> txn_pb2.VerifyTransactionResponse:
+    return txn_pb2.VerifyTransactionResponse(
+        error_code=result.error,
+        error_message=result.message,
+        results=[
+            txn_pb2.AddPartitionsResult(topic=tp.topic, partition=tp.partition, error_code=code)
+            for tp, code in result.partitions
+        ],
+    )
+
+
+def describe(
+    transactional_id: str, meta: TransactionMetadata | None, error: int = ErrorCode.NONE
+) -> txn_pb2.TransactionDescription:
+    if meta is None:
+        code = error if error != ErrorCode.NONE else ErrorCode.TRANSACTIONAL_ID_NOT_FOUND
+        return txn_pb2.TransactionDescription(transactional_id=transactional_id, error_code=code)
+    return txn_pb2.TransactionDescription(
+        transactional_id=transactional_id,
+        error_code=ErrorCode.NONE,
+        state=meta.state.value,
+        producer_id=meta.producer_id,
+        producer_epoch=meta.producer_epoch,
+        transaction_timeout_ms=meta.timeout_ms,
+        transaction_start_time_ms=meta.txn_start_ms,
+        partitions=partitions_to_proto(meta.partitions),
+        last_bump_reason=meta.bump_reason.value,
+    )
+
+
+def listing(meta: TransactionMetadata) -> txn_pb2.TransactionListing:
+    return txn_pb2.TransactionListing(
+        transactional_id=meta.transactional_id, producer_id=meta.producer_id, state=meta.state.value
+    )
+
+
+def write_markers_request(send: MarkerSend) -> txn_pb2.WriteTxnMarkersRequest:
+    """One TxnMarker per transaction decision, its partitions in request order."""
+    grouped: dict[tuple[str, int, int, bool, int], list[TopicPartition]] = {}
+    for mk in send.markers:
+        key = (mk.transactional_id, mk.producer_id, mk.producer_epoch, mk.commit, mk.coordinator_epoch)
+        grouped.setdefault(key, []).append(mk.topic_partition)
+    return txn_pb2.WriteTxnMarkersRequest(
+        markers=[
+            txn_pb2.TxnMarker(
+                transactional_id=tid,
+                producer_id=pid,
+                producer_epoch=epoch,
+                type=common_pb2.COMMIT if commit else common_pb2.ABORT,
+                coordinator_epoch=coordinator_epoch,
+                partitions=partitions_to_proto(tps),
+            )
+            for (tid, pid, epoch, commit, coordinator_epoch), tps in grouped.items()
+        ]
+    )
+
+
+def write_markers_results(response: txn_pb2.WriteTxnMarkersResponse) -> dict[tuple[int, TopicPartition], int]:
+    """The answers keyed as `TxnMarkerChannel.on_response` wants them."""
+    return {
+        (marker.producer_id, TopicPartition(p.topic, p.partition)): p.error_code
+        for marker in response.markers
+        for p in marker.partitions
+    }
