@@ -236,3 +236,58 @@ def test_error_mapping_examples():
     assert isinstance(e, client_errors.FatalError) and "9999" in str(e)
     with pytest.raises(AssertionError):
         client_errors.error_for_code(common_pb2.NONE)
+
+
+# --- metadata view -------------------------------------------------------------------
+def _metadata(topics):
+    from semel.v1 import broker_pb2
+
+    return broker_pb2.MetadataResponse(
+        cluster_id="c",
+        controller_id=1,
+        metadata_version=7,
+        brokers=[broker_pb2.BrokerInfo(broker_id=i, host="h", port=9000 + i, fenced=(i == 3)) for i in (1, 2, 3)],
+        topics=topics,
+    )
+
+
+def test_cluster_view_leaders_and_missing_topics():
+    from semel.cluster.client_metadata import ClusterView
+    from semel.v1 import broker_pb2
+
+    view = ClusterView()
+    t = broker_pb2.TopicMetadata(
+        name="t",
+        partitions=[
+            broker_pb2.PartitionMetadata(partition=1, leader_id=-1, error_code=common_pb2.LEADER_NOT_AVAILABLE),
+            broker_pb2.PartitionMetadata(partition=0, leader_id=2, replicas=[2, 1], isr=[2]),
+        ],
+    )
+    missing = broker_pb2.TopicMetadata(name="gone", error_code=common_pb2.UNKNOWN_TOPIC_OR_PARTITION)
+    view.update(_metadata([t, missing]), ["t", "gone", "never-answered"])
+    assert view.partition_count("t") == 2
+    assert view.leader_address("t", 0) == "h:9002"
+    assert view.leader_address("t", 1) is None
+    assert view.partition("t", 0).isr == (2,)
+    assert view.partition_count("gone") is None
+    assert view.topic_errors["gone"] == view.topic_errors["never-answered"] == common_pb2.UNKNOWN_TOPIC_OR_PARTITION
+    assert view.fenced == {3} and view.version == 7
+
+
+def test_requests_are_split_below_the_message_limit():
+    from semel.cluster.client import _split_by_size
+
+    acc = _acc(batch_bytes=1000, linger_ms=0, buffer_bytes=10**6)
+    for p in range(5):
+        acc.append("t", p, 0, None, b"x" * 800, None, now_ms=0)
+    batches = acc.drain_ready(now_ms=0)
+    groups = list(_split_by_size(batches, 2000))
+    assert [len(g) for g in groups] == [2, 2, 1]
+    assert [b for g in groups for b in g] == batches
+
+
+def test_format_table_aligns_columns():
+    from semel.cluster.commands import format_table
+
+    text = format_table(["A", "LONGER"], [["xyz", "1"], ["q", "22"]])
+    assert text.splitlines() == ["A    LONGER", "xyz  1", "q    22"]
