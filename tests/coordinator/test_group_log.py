@@ -280,3 +280,24 @@ def test_paged_reads_and_an_interrupted_clear(driver):
     assert backend.data  # half cleared
     reopened = GroupView(backend, 0, page_entries=2)
     assert reopened.next_offset == 0 and backend.data == {}
+
+
+def test_members_carry_on_against_a_reloaded_coordinator(driver):
+    d = driver({"t": 4})
+    a = d.join("g", member_id="a")
+    b = d.join("g", member_id="b")
+    a = d.hb("g", "a", a.member_epoch, owned=a.assignment)  # a is revoking: pending in the log
+    d.commit("g", {("t", 0): 3}, "a", a.member_epoch)
+    d.txn_commit("g", {("t", 1): 4}, producer_id=2, member_id="a", member_epoch=a.member_epoch)
+    # Failover: a new leader loads the partition from its view (half) + the log.
+    view = build_view(d.log, batch_boundaries(d.log)[2])
+    d.shard = load_shard(view, [d.log.read_from(view.next_offset)], d.now_ms, 0, d.shard.groups.config)
+    assert d.fetch("g", [TopicPartition("t", 1)], require_stable=True).offsets[0].error == E.UNSTABLE_OFFSET_COMMIT
+    a2 = d.hb("g", "a", a.member_epoch, owned=a.assignment)  # released
+    b2 = d.hb("g", "b", b.member_epoch, owned=frozenset())
+    assert a2.error == b2.error == E.NONE
+    assert a2.assignment | b2.assignment == {TopicPartition("t", p) for p in range(4)}
+    assert not (a2.assignment & b2.assignment)
+    d.marker(2, commit=True)
+    assert d.committed("g") == {("t", 0): 3, ("t", 1): 4}
+    d.shard.groups.check_invariants()
