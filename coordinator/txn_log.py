@@ -279,7 +279,12 @@ class LoadedPartition:
 
 
 def load_partition(
-    view: TxnStateView, log: CommittedLog, high_watermark: int, *, chunk_bytes: int = limits.LOG_SCAN_CHUNK_BYTES
+    view: TxnStateView,
+    log: CommittedLog,
+    high_watermark: int,
+    *,
+    chunk_bytes: int = limits.LOG_SCAN_CHUNK_BYTES,
+    allow_partial_rebuild: bool = False,
 ) -> LoadedPartition:
     """The state of the partition up to `high_watermark` = view + replay of the log after it;
     the replay is folded into the view (one atomic write).
@@ -288,11 +293,21 @@ def load_partition(
     end offset it had when it became leader (until then the coordinator answers
     COORDINATOR_LOAD_IN_PROGRESS): every record an earlier leader committed is then below
     `high_watermark`, so the view can only be ahead of it when the log really lost records,
-    and nothing loaded can be truncated away later."""
+    and nothing loaded can be truncated away later.
+
+    A rebuild from a log whose start is above 0 would silently forget every id whose
+    records retention removed: it raises TxnLogGapError unless `allow_partial_rebuild`
+    (an operator's decision; until compaction exists, give `__transaction_state` unlimited
+    retention)."""
     state = view.read()
     rebuilt = state.next_offset > high_watermark
     metadata = {} if rebuilt else dict(state.metadata)
     start = log.log_start_offset if rebuilt else state.next_offset
+    if rebuilt and start > 0 and not allow_partial_rebuild:
+        raise TxnLogGapError(
+            f"view of partition {view.partition} is ahead of the log (next offset {state.next_offset} > "
+            f"high watermark {high_watermark}) and the log starts at {start}: a rebuild would be partial"
+        )
     if start < log.log_start_offset:
         raise TxnLogGapError(
             f"view of partition {view.partition} covers offsets below {start}, the log starts at {log.log_start_offset}"

@@ -25,6 +25,7 @@ from semel.coordinator.txn_state import (
     TxnResult,
     VerifyResult,
 )
+from semel.storage.producer_state import ProducerInfo
 from semel.v1 import common_pb2, txn_pb2
 from semel.v1.common_pb2 import ErrorCode
 
@@ -169,3 +170,21 @@ def write_markers_results(response: txn_pb2.WriteTxnMarkersResponse) -> dict[tup
         for marker in response.markers
         for p in marker.partitions
     }
+
+
+def describe_producers_response(producers: Iterable[ProducerInfo]) -> txn_pb2.DescribeProducersResponse:
+    """KIP-664 DescribeProducers from the partition leader's producer state."""
+    return txn_pb2.DescribeProducersResponse(
+        error_code=ErrorCode.NONE,
+        producers=[
+            txn_pb2.ProducerStateDescription(
+                producer_id=p.producer_id,
+                producer_epoch=p.producer_epoch,
+                last_sequence=p.last_sequence,
+                last_timestamp_ms=p.last_timestamp_ms,
+                coordinator_epoch=p.coordinator_epoch,
+                current_txn_start_offset=-1 if p.txn_first_offset is None else p.txn_first_offset,
+            )
+            for p in producers
+        ],
+    )

@@ -234,6 +234,17 @@ def test_load_rebuilds_a_view_ahead_of_the_log(part):
     assert part.view.read().metadata == loaded.metadata and part.view.read().next_offset == 1
 
 
+def test_load_refuses_a_partial_rebuild_unless_allowed(part):
+    for i in range(60):
+        part.append((f"id{i}", meta(f"id{i}", S.EMPTY)))
+    part.log.advance_log_start(30)
+    part.view.apply([], next_offset=500)  # ahead of the log
+    with pytest.raises(TxnLogGapError):
+        load_partition(part.view, part.log, part.log.log_end_offset)
+    loaded = load_partition(part.view, part.log, part.log.log_end_offset, allow_partial_rebuild=True)
+    assert loaded.rebuilt and "id59" in loaded.metadata and "id0" not in loaded.metadata
+
+
 def test_load_refuses_a_gap_between_view_and_log_start(part):
     for i in range(60):
         part.append((f"id{i}", meta(f"id{i}", S.EMPTY)))

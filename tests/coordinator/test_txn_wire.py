@@ -121,3 +121,12 @@ def test_marker_request_grouping_and_results():
     results = txn_wire.write_markers_results(resp)
     assert results == {(m.producer_id, m.topic_partition): ErrorCode.NONE for m in send.markers}
     assert TxnState.PREPARE_ABORT.value == txn_pb2.PREPARE_ABORT
+
+
+def test_describe_producers_from_producer_state():
+    from semel.storage.producer_state import ProducerInfo
+
+    resp = txn_wire.describe_producers_response([ProducerInfo(7, 2, 4, 100, 3, 50), ProducerInfo(8, 0, -1, 90, -1, None)])
+    assert [(p.producer_id, p.current_txn_start_offset, p.coordinator_epoch) for p in resp.producers] == [
+        (7, 50, 3), (8, -1, -1)
+    ]
