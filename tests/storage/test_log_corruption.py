@@ -323,3 +323,25 @@ def test_a_segment_cut_behind_the_logs_back_is_not_served_as_empty(tmp_path):
     with pytest.raises(CorruptLogError):
         plog.read(plog.log_end_offset - 2, 1 << 20)
     plog.close()
+
+
+def test_a_valid_batch_at_the_wrong_place_is_not_served(tmp_path):
+    """A misdirected write: a batch with a good CRC but another offset inside a segment."""
+    from semel.storage.batch import with_offsets
+
+    plog, batches = fill(tmp_path)
+    plog.close()
+    middle = seg_files(tmp_path)[1]
+    base = int(middle.name[:20])
+    i = next(k for k, b in enumerate(batches) if int.from_bytes(b[:8], "big") == base)
+    stray = with_offsets(batches[i + 1], base + 1000, 0)  # same size, valid CRC, wrong offset
+    with open(middle, "r+b") as f:
+        f.seek(len(batches[i]))
+        f.write(stray)
+    plog = PartitionLog.open(tmp_path, CONFIG, 0)
+    assert plog.read(base, 1).data == batches[i]  # the batch before it still serves
+    with pytest.raises(CorruptLogError, match="expected"):
+        plog.read(base, 1 << 20)  # a read running into it
+    with pytest.raises(CorruptLogError):
+        plog.read(base + 2, 1 << 20)  # a read starting at it
+    plog.close()
