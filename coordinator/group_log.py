@@ -182,7 +182,7 @@ class CoordinatorShard:
         if decision.records:
             self.next_offset = max(self.next_offset, base_offset + len(decision.records))
 
-    def dump(self) -> dict:
+    def dump(self) -> dict[str, object]:
         """Everything durable, in a comparable form (tests, debugging)."""
         groups = {
             gid: (g.has_metadata, g.group_epoch, g.subscribed_topics, g.assignment_epoch,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import NamedTuple, Union
+from typing import NamedTuple, TypeVar, Union
 
 from semel.v1 import group_pb2
 
@@ -21,6 +21,16 @@ def invariant(cond: bool, msg: str) -> None:
     """A programmer-error check that survives `python -O`."""
     if not cond:
         raise AssertionError(msg)
+
+
+_T = TypeVar("_T")
+
+
+def expect(value: object, cls: type[_T]) -> _T:
+    """`value`, checked to be a `cls` (a programmer error otherwise)."""
+    if not isinstance(value, cls):
+        raise AssertionError(f"expected {cls.__name__}, got {type(value).__name__}")
+    return value
 
 
 class TopicPartition(NamedTuple):
@@ -284,7 +294,7 @@ def encode_value(value: RecordValue | None) -> bytes:
             group_pb2.CurrentAssignmentValue(
                 member_epoch=value.member_epoch,
                 previous_member_epoch=value.previous_member_epoch,
-                state=int(value.state),
+                state=group_pb2.MemberState.Name(value.state),
                 assigned=partitions_to_proto(value.assigned),
                 pending_revocation=partitions_to_proto(value.pending_revocation),
             )

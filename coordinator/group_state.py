@@ -58,6 +58,7 @@ from semel.coordinator.group_records import (
     TargetAssignmentMetadataKey,
     TargetAssignmentMetadataValue,
     TopicPartition,
+    expect,
     invariant,
 )
 from semel.v1 import common_pb2, group_pb2
@@ -245,10 +246,10 @@ class Group:
                 self.group_epoch = 0
                 self.subscribed_topics = ()
             else:
-                invariant(isinstance(value, GroupMetadataValue), "bad group metadata")
+                meta = expect(value, GroupMetadataValue)
                 self.has_metadata = True
-                self.group_epoch = value.group_epoch  # type: ignore[union-attr]
-                self.subscribed_topics = value.subscribed_topics  # type: ignore[union-attr]
+                self.group_epoch = meta.group_epoch
+                self.subscribed_topics = meta.subscribed_topics
         elif isinstance(key, MemberMetadataKey):
             self.topic_names = None
             if value is None:
@@ -256,16 +257,16 @@ class Group:
                 self.session_deadline_ms.pop(key.member_id, None)
                 self.revocation_deadline_ms.pop(key.member_id, None)
             else:
-                self.members[key.member_id] = value  # type: ignore[assignment]
+                self.members[key.member_id] = expect(value, MemberMetadataValue)
         elif isinstance(key, CurrentAssignmentKey):
-            self._set_current(key.member_id, value)  # type: ignore[arg-type]
+            self._set_current(key.member_id, None if value is None else expect(value, CurrentAssignmentValue))
         elif isinstance(key, TargetAssignmentMemberKey):
             if value is None:
                 self.target.pop(key.member_id, None)
             else:
-                self.target[key.member_id] = value.partitions  # type: ignore[union-attr]
+                self.target[key.member_id] = expect(value, TargetAssignmentMemberValue).partitions
         elif isinstance(key, TargetAssignmentMetadataKey):
-            self.assignment_epoch = 0 if value is None else value.assignment_epoch  # type: ignore[union-attr]
+            self.assignment_epoch = 0 if value is None else expect(value, TargetAssignmentMetadataValue).assignment_epoch
         else:
             raise AssertionError(f"not a group record: {record!r}")
 
@@ -675,9 +676,7 @@ class GroupStateMachine:
         timeout = min(req.rebalance_timeout_ms, self.config.rebalance_timeout_ms_max)
         if old is None:
             invariant(topics is not None, "join without subscription")
-            return MemberMetadataValue(
-                req.client_id, topics or (), timeout or self.config.rebalance_timeout_ms_default  # type: ignore[arg-type]
-            )
+            return MemberMetadataValue(req.client_id, topics or (), timeout or self.config.rebalance_timeout_ms_default)
         return MemberMetadataValue(
             req.client_id or old.client_id,
             topics if topics is not None else old.subscribed_topics,

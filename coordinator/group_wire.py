@@ -162,7 +162,7 @@ def describe_group(
         out.assignment_epoch = desc.assignment_epoch
         for m in desc.members:
             out.members.add(
-                member_id=m.member_id, client_id=m.client_id, member_epoch=m.member_epoch, state=int(m.state),  # type: ignore[arg-type]
+                member_id=m.member_id, client_id=m.client_id, member_epoch=m.member_epoch, state=group_pb2.MemberState.Name(m.state),
                 subscribed_topics=list(m.subscribed_topics), rebalance_timeout_ms=m.rebalance_timeout_ms,
                 assignment=group_pb2.Assignment(partitions=partitions_to_proto(m.assigned)),
                 pending_revocation=group_pb2.Assignment(partitions=partitions_to_proto(m.pending_revocation)),

@@ -37,6 +37,7 @@ from semel.coordinator.group_records import (
     OffsetCommitValue,
     Partitions,
     TopicPartition,
+    expect,
     invariant,
 )
 from semel.coordinator.group_state import GroupStateMachine
@@ -168,26 +169,24 @@ class OffsetStore:
 
     def replay(self, record: GroupRecord, record_offset: int, producer_id: int = -1) -> None:
         """Apply an OffsetCommit record; `producer_id >= 0`: it came in a transactional batch."""
-        key = record.key
-        invariant(isinstance(key, OffsetCommitKey), f"not an offset record: {record!r}")
-        tp = TopicPartition(key.topic, key.partition)  # type: ignore[union-attr]
-        value = record.value
+        key = expect(record.key, OffsetCommitKey)
+        tp = TopicPartition(key.topic, key.partition)
         if producer_id >= 0:
-            invariant(value is not None, "transactional offset tombstone")
+            value = expect(record.value, OffsetCommitValue)  # never a tombstone inside a transaction
             by_group = self.pending.setdefault(producer_id, {}).setdefault(key.group_id, {})
             if tp not in by_group:
                 index = self._pending_index.setdefault(key.group_id, {})
                 index[tp] = index.get(tp, 0) + 1
-            by_group[tp] = _committed(value, record_offset)  # type: ignore[arg-type]
+            by_group[tp] = _committed(value, record_offset)
             return
-        if value is None:
+        if record.value is None:
             offsets = self.committed.get(key.group_id)
             if offsets is not None:
                 offsets.pop(tp, None)
                 if not offsets:
                     del self.committed[key.group_id]
             return
-        self.committed.setdefault(key.group_id, {})[tp] = _committed(value, record_offset)  # type: ignore[arg-type]
+        self.committed.setdefault(key.group_id, {})[tp] = _committed(expect(record.value, OffsetCommitValue), record_offset)
 
     def replay_marker(self, producer_id: int, commit: bool) -> None:
         """A COMMIT/ABORT control batch of `producer_id` on this partition."""
