@@ -345,3 +345,34 @@ def test_a_valid_batch_at_the_wrong_place_is_not_served(tmp_path):
     with pytest.raises(CorruptLogError):
         plog.read(base + 2, 1 << 20)  # a read starting at it
     plog.close()
+
+
+def test_a_failed_write_leaves_no_partial_batch(tmp_path, monkeypatch):
+    import errno
+
+    import semel.storage.checkpoint as checkpoint
+
+    plog, batches = fill(tmp_path, count=5)
+    leo, size = plog.log_end_offset, plog.size_bytes
+    real_write = os.write
+    calls = []
+
+    def disk_full_after_half(fd, data):
+        if not calls:
+            calls.append(fd)
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "write", disk_full_after_half)
+    with pytest.raises(OSError):
+        plog.append(make_batch(leo), 100)
+    monkeypatch.undo()
+    assert (plog.log_end_offset, plog.size_bytes) == (leo, size)
+    assert seg_files(tmp_path)[-1].stat().st_size == sum(
+        len(b) for b in batches if int.from_bytes(b[:8], "big") >= int(seg_files(tmp_path)[-1].name[:20])
+    )
+    plog.append(make_batch(leo), 101)
+    crash(plog)
+    plog = PartitionLog.open(tmp_path, CONFIG, 0)
+    assert read_all(plog) == b"".join(batches) + make_batch(leo)
+    plog.close()
