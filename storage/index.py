@@ -100,7 +100,8 @@ class SegmentIndex:
             self.offsets.append(base_offset)
             self.positions.append(self.size_bytes)
             running_max = self.max_timestamp_ms
-            assert running_max is not None  # size_bytes > 0: a batch was observed
+            if running_max is None:  # size_bytes > 0 means a batch was observed
+                raise AssertionError("segment has bytes but no timestamp")
             if not self.time_ts or running_max > self.time_ts[-1]:
                 self.time_ts.append(running_max)
                 self.time_offsets.append(base_offset)
