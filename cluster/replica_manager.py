@@ -34,7 +34,7 @@ from typing import Any
 
 from semel import limits
 from semel.cluster import metadata as md
-from semel.cluster.replica_state import LeaderProgress, PendingAcks, ack_outcome_after_hw
+from semel.cluster.replica_state import LeaderProgress, PendingAcks, ack_outcome_after_hw, invariant
 from semel.cluster.storage_adapter import ReplicaStore
 from semel.storage.batch import BatchHeader, encode_batch
 from semel.v1 import common_pb2 as pb
@@ -155,7 +155,7 @@ class Partition:
 
     def update_leader_state(self, state: md.PartitionState, min_isr: int, now: int) -> None:
         """Same leader epoch, new ISR/replicas (an ISR change committed)."""
-        assert self.progress is not None
+        invariant(self.progress is not None, "update_leader_state on a non-leader")
         self.state = state
         self.min_insync_replicas = min_isr
         self.progress.set_replicas(state.replicas, now)
@@ -203,7 +203,7 @@ class Partition:
         outcome = self.store.append_as_leader(encoded, self.leader_epoch, now)
         if outcome.error_code != pb.NONE:
             return AppendResult(outcome.error_code, outcome.message)
-        assert self.progress is not None
+        invariant(self.progress is not None, "a leader has replication progress")
         if not outcome.duplicate and self.progress.on_leader_append(self.log_end_offset, progress_ms()):
             self._on_hw(self.progress.high_watermark)
         self.notify()

@@ -19,7 +19,8 @@ from semel import limits
 from semel.cluster import metadata as md
 from semel.cluster.produce_validation import header_from_fields, validate_batch
 from semel.cluster.quorum import MetadataSubmitError
-from semel.cluster.replica_manager import PartitionError, Role, describe_partition, now_ms
+from semel.cluster.replica_state import invariant
+from semel.cluster.replica_manager import Partition, PartitionError, Role, describe_partition, now_ms
 from semel.cluster.storage_adapter import iter_batches
 from semel.storage.batch import HEADER_BYTES
 from semel.v1 import admin_pb2 as apb
@@ -100,7 +101,7 @@ class BrokerService(bgrpc.BrokerServicer):
         now = now_ms()
         seen: set[tuple[str, int]] = set()
         results: list[bpb.PartitionProduceResult] = []
-        waits: list[tuple[bpb.PartitionProduceResult, object, asyncio.Future[None]]] = []
+        waits: list[tuple[bpb.PartitionProduceResult, Partition, asyncio.Future[None]]] = []
         for pd in request.partitions:
             r = bpb.PartitionProduceResult(topic=pd.topic, partition=pd.partition, base_offset=-1, last_offset=-1,
                                            log_append_time_ms=-1, log_start_offset=-1)
@@ -120,7 +121,9 @@ class BrokerService(bgrpc.BrokerServicer):
                 _set_error(r, pb.STORAGE_ERROR, f"append failed on broker {self.b.config.broker_id}: {exc}")
                 continue
             if fut is not None:
-                waits.append((r, self.b.rm.get(pd.topic, pd.partition), fut))
+                p = self.b.rm.get(pd.topic, pd.partition)
+                invariant(p is not None, "a partition that just appended is hosted")
+                waits.append((r, p, fut))  # type: ignore[arg-type]
         if waits:
             await asyncio.wait([f for _, _, f in waits], timeout=timeout_ms / 1000)
             for r, p, fut in waits:
@@ -159,11 +162,10 @@ class BrokerService(bgrpc.BrokerServicer):
         return None
 
     @staticmethod
-    def _finish_ack(r: bpb.PartitionProduceResult, p: object, fut: asyncio.Future[None], timeout_ms: int) -> None:
+    def _finish_ack(r: bpb.PartitionProduceResult, p: Partition, fut: asyncio.Future[None], timeout_ms: int) -> None:
         if not fut.done():
             fut.cancel()
-            if p is not None:
-                p.pending.remove(fut)  # type: ignore[attr-defined]
+            p.pending.remove(fut)
             _set_error(r, pb.REQUEST_TIMED_OUT,
                        f"not replicated to the ISR within {timeout_ms} ms; outcome unknown (may still commit)")
             return
@@ -172,8 +174,8 @@ class BrokerService(bgrpc.BrokerServicer):
             _set_error(r, exc.code, exc.message)
         elif exc is not None:
             _set_error(r, pb.UNKNOWN_SERVER_ERROR, f"{exc!r}; outcome unknown")
-        elif p is not None:
-            code, message = p.ack_outcome()  # type: ignore[attr-defined]
+        else:
+            code, message = p.ack_outcome()
             if code != pb.NONE:
                 _set_error(r, code, message)
 
