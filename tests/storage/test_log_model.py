@@ -116,7 +116,7 @@ config_st = st.builds(
     flush_policy=st.sampled_from(["never", "interval", "always"]),
 )
 
-OPS = ["append"] * 6 + ["read", "roll", "truncate", "advance", "retention", "reopen", "crash", "abort"]
+OPS = ["append"] * 8 + ["read", "roll", "truncate", "advance", "retention", "reopen", "crash", "abort", "reset"]
 
 
 # Shrinking a failure of this test can take many minutes (every step touches files); set
@@ -182,6 +182,11 @@ def test_log_matches_model(config, ops, rnd):
                         txn = AbortedTxn(rnd.randint(1, 5), rnd.randint(model.log_start, last), last, model.log_start)
                         plog.aborted_txns.add(txn)
                         model.aborted.append(txn)
+                elif op == "reset":  # a follower restarting far from the leader's log
+                    offset = max(0, model.leo + rnd.randint(-20, 20))
+                    plog.truncate_fully_and_start_at(offset)
+                    model.batches, model.log_start, model.leo = [], offset, offset
+                    model.epochs, model.aborted = (), []
                 elif op == "reopen":
                     plog.close()
                     plog = PartitionLog.open(directory, config, now)
