@@ -416,3 +416,31 @@ def test_lagging_follower_leaves_isr_and_rejoins(tmp_path):
     finally:
         print(c.dump_logs())
         c.close()
+
+
+@pytest.mark.slow
+def test_paused_zombie_leader_cannot_acknowledge_and_rejoins_as_follower(cluster):
+    """SIGSTOP the leader past its session: it is fenced and replaced. A produce queued to it
+    is never acknowledged; once resumed it follows the new leader and drops its stale tail."""
+    c = cluster
+    ok(c.create_topic("zombie", partitions=1, rf=3))
+    acked = produce_values(c, "zombie", [b"a", b"b"])
+    old = c.leader_of("zombie")
+    c.brokers[old].proc.send_signal(signal.SIGSTOP)
+    result = {}
+    try:
+        t = threading.Thread(target=lambda: result.update(r=h.produce(
+            c.broker_stub(old), "zombie", 0, h.make_batch([b"zombie"]), timeout_ms=3000)))
+        t.start()
+        others = [i for i in c.brokers if i != old]
+        c.wait_for(lambda: c.partition_meta("zombie", via=others[0]).leader_id in others, timeout_s=15,
+                   what="a new leader while the old one is paused")
+        r, new = produce_until_ok(c, "zombie", [b"new"])
+        acked.append((r.base_offset, b"new"))
+    finally:
+        c.brokers[old].proc.send_signal(signal.SIGCONT)
+    t.join(15)
+    assert result["r"].error_code in (common_pb2.NOT_LEADER_OR_FOLLOWER, common_pb2.REQUEST_TIMED_OUT), result["r"]
+    data = wait_converged(c, "zombie", list(c.brokers))
+    assert b"zombie" not in data
+    assert h.read_all(c.broker_stub(c.leader_of("zombie")), "zombie")[: len(acked)] == acked
