@@ -193,13 +193,21 @@ class LogSegment:
         return os.pread(self._fd, n, position)
 
     def locate(self, offset: int) -> tuple[int, BatchHeader]:
-        """Position and (unverified) header of the batch containing `offset`."""
+        """Position and (unverified) header of the batch containing `offset`.
+
+        Every batch start between an index point and the next lies within `interval_bytes`
+        of the point, so one read of that much (plus a header) usually covers the walk.
+        """
         point = self.index.lookup(offset)
         pos, expected = point.position, point.offset
         end = self.index.size_bytes
+        window = self.index.interval_bytes + HEADER_BYTES
+        buf, buf_pos = b"", pos
         while pos < end:
+            if pos + HEADER_BYTES > buf_pos + len(buf):
+                buf, buf_pos = os.pread(self._fd, min(window, end - pos), pos), pos
             try:
-                header = peek_header(os.pread(self._fd, HEADER_BYTES, pos))
+                header = peek_header(buf, pos - buf_pos)
             except CorruptBatchError as exc:
                 raise CorruptLogError(f"{self.log_path} position {pos}: {exc}") from exc
             if header.base_offset != expected or pos + header.size_bytes > end:
