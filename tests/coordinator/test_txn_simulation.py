@@ -1,5 +1,6 @@
-"""One-process simulation of the transaction protocol: the coordinator core (state machine +
-marker channel + a state log with unknown write outcomes and failovers), partition leaders
+"""One-process simulation of the transaction protocol: the production coordinator core
+(`TxnCoordinator`: state machines + marker channel) behind a miniature broker shell (a state
+log per partition, appends with late/unknown/failed outcomes, failovers), partition leaders
 (the real `ProducerStateManager` + the KIP-890 verification cache), and producers that
 pause into zombies whose delayed writes and EndTxn calls land later (Jepsen's anomaly), and
 now and then write to a partition they never added (KIP-890 verification refuses it).
@@ -14,6 +15,7 @@ Each seed is printed; a failure names its seed and replays exactly.
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 import random
 import sys
@@ -22,18 +24,12 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from semel.coordinator.txn_log import decode_value, encode_value  # noqa: E402
-from semel.coordinator.txn_markers import MarkerChannelConfig, TxnMarkerChannel, VerificationCache  # noqa: E402
-from semel.coordinator.txn_state import (  # noqa: E402
-    PREPARED,
-    MarkerRequest,
-    PendingTransition,
-    TopicPartition,
-    TransactionStateMachine,
-    TxnResult,
-    TxnState,
-)
-from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader  # noqa: E402
+from semel.coordinator import txn_wire  # noqa: E402
+from semel.coordinator.txn_coordinator import AppendRecords, Reply, TxnCoordinator  # noqa: E402
+from semel.coordinator.txn_log import decode_records, decode_value, encode_value  # noqa: E402
+from semel.coordinator.txn_markers import MarkerChannelConfig, MarkerSend, VerificationCache  # noqa: E402
+from semel.coordinator.txn_state import PREPARED, MarkerRequest, TopicPartition, TxnState  # noqa: E402
+from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader, with_offsets  # noqa: E402
 from semel.storage.producer_state import Marker, Outcome, ProducerStateManager  # noqa: E402
 from semel.v1.common_pb2 import ErrorCode  # noqa: E402
 
@@ -83,101 +79,124 @@ class Partition:
         return ErrorCode.NONE
 
 
+class ZombieWaiter:
+    """Receives the answer to a zombie's delayed EndTxn(commit)."""
+
+    def __init__(self, world: "World", ident: tuple[int, int]) -> None:
+        self.world, self.ident = world, ident
+
+    def answer(self, error: int, ident) -> None:
+        if error == ErrorCode.NONE:
+            assert self.world.decisions.get(self.ident) is True, "a zombie's EndTxn(commit) answered NONE without a commit"
+
+
 class Coordinator:
-    """The coordinator shell in miniature: a state log, writes that complete later (or get an
-    unknown outcome), failover = reload from the log with a new coordinator epoch."""
+    """The broker shell in miniature around the production `TxnCoordinator`: a state log per
+    partition, appends whose outcome arrives later (committed, failed, or unknown first),
+    markers delivered to the partitions (or lost), failover = unload + reload from the log
+    with a newer coordinator epoch."""
+
+    PARTITION_COUNT = 2
 
     def __init__(self, rnd: random.Random, world: "World") -> None:
         self.rnd = rnd
         self.world = world
-        self.epoch = 0
+        self.epoch = 0  # the newest coordinator epoch handed out (leader epochs only grow)
+        self.epochs: dict[int, int] = {p: 0 for p in range(self.PARTITION_COUNT)}
         self.next_pid = 1000
-        self.log: list[tuple[str, bytes]] = []
-        self.machine = self._load()
-        self.channel = TxnMarkerChannel(MarkerChannelConfig(backoff_ms=1, backoff_max_ms=20))
-        self.writes: dict[str, tuple[PendingTransition, object]] = {}  # tid -> (pending, waiter)
+        self.logs: dict[int, list[tuple[str, bytes]]] = {p: [] for p in range(self.PARTITION_COUNT)}
+        self.core = TxnCoordinator(
+            self.PARTITION_COUNT, self._allocate,
+            channel_config=MarkerChannelConfig(backoff_ms=1, backoff_max_ms=20), scan_interval_ms=100,
+        )
+        self.appends: dict[int, AppendRecords] = {}  # write id -> append whose outcome is not reported yet
+        self.waiters: dict[int, object] = {}
+        self.request_ids = itertools.count(1)
+        for partition in self.logs:
+            self.handle(self.core.loaded(partition, self.epoch, []))
 
     def _allocate(self) -> int:
         self.next_pid += 1
         return self.next_pid
 
-    def _load(self) -> TransactionStateMachine:
-        state = {}
-        for tid, value in self.log:
+    def machines(self):
+        return [self.core.machine(p) for p in self.core.loaded_partitions()]
+
+    def call(self, waiter, method: str, *args) -> None:
+        request_id = next(self.request_ids)
+        self.waiters[request_id] = waiter
+        self.handle(getattr(self.core, method)(request_id, *args))
+
+    def handle(self, actions) -> None:
+        for action in actions:
+            if isinstance(action, AppendRecords):
+                self.appends[action.write_id] = action
+            elif isinstance(action, Reply):
+                waiter = self.waiters.pop(action.request_id)
+                ident = txn_wire.identity_of(action.result, action.completed) if action.result.ok else None
+                waiter.answer(action.result.error, ident)
+            elif isinstance(action, MarkerSend):
+                self.deliver(action)
+            else:
+                raise AssertionError(f"unexpected {action}")
+
+    def deliver(self, send: MarkerSend) -> None:
+        now_ms = self.world.now_ms
+        if self.rnd.random() < 0.15:
+            self.handle(self.core.marker_failure(send, now_ms))
+            return
+        parts = self.world.partitions
+        results = {(mk.producer_id, mk.topic_partition): parts[mk.topic_partition].append_marker(mk, now_ms)
+                   for mk in send.markers}
+        self.handle(self.core.marker_response(send, results, now_ms))
+
+    def _durable(self, append: AppendRecords) -> None:
+        assert append.coordinator_epoch == self.epochs[append.partition], "an append from a stale coordinator epoch"
+        for entry in decode_records(with_offsets(append.batch, len(self.logs[append.partition]), 0)):
+            self.logs[append.partition].append((entry.transactional_id, encode_value(entry.metadata)))
+            meta = entry.metadata
+            if meta is not None and meta.state in PREPARED:
+                self.world.decide((meta.prev_producer_id, meta.last_producer_epoch), meta.state is TxnState.PREPARE_COMMIT)
+
+    def resolve_some(self) -> None:
+        now_ms = self.world.now_ms
+        for write_id in list(self.appends):
+            roll = self.rnd.random()
+            if roll < 0.4:
+                continue
+            if roll < 0.48:
+                self.handle(self.core.write_timed_out(write_id))  # unknown for now
+                continue
+            append = self.appends.pop(write_id)
+            if roll < 0.55:
+                self.handle(self.core.write_failed(write_id, ErrorCode.NOT_ENOUGH_REPLICAS))
+            else:
+                self._durable(append)
+                self.handle(self.core.write_committed(write_id, now_ms))
+
+    def failover(self) -> None:
+        """Leadership of one state partition moves (to "another broker" that is this core
+        reloaded): appends in flight may or may not have made it into the log."""
+        partition = self.rnd.randrange(self.PARTITION_COUNT)
+        self.handle(self.core.begin_loading(partition))
+        for write_id, append in list(self.appends.items()):
+            if append.partition == partition:
+                del self.appends[write_id]
+                if self.rnd.random() < 0.5:  # it reached the new leader's log before the move
+                    self._durable(append)
+        self.epoch += 1
+        self.epochs[partition] = self.epoch
+        state: dict[str, object] = {}
+        for tid, value in self.logs[partition]:
             meta = decode_value(tid, value)
             if meta is None:
                 state.pop(tid, None)
             else:
                 state[tid] = meta
-        return TransactionStateMachine(0, self.epoch, self._allocate, loaded=state.values())
-
-    def submit(self, result: TxnResult, waiter) -> TxnResult | None:
-        """Answer now, or park the waiter until the write resolves (None)."""
-        if result.pending is None:
-            return result
-        self.writes[result.pending.transactional_id] = (result.pending, (waiter, result.error))
-        return None
-
-    def resolve_some(self) -> None:
-        for tid in list(self.writes):
-            if self.rnd.random() < 0.5:
-                continue
-            pending, (waiter, error) = self.writes.pop(tid)
-            if self.rnd.random() < 0.1:
-                self.machine.abandon(pending)
-                if waiter is not None:
-                    waiter.answer(ErrorCode.NOT_COORDINATOR, None)
-                continue
-            self._durable(pending)
-            self.machine.complete(pending)
-            self._after_complete(pending)
-            if waiter is not None:
-                waiter.answer(error, pending)
-
-    def _durable(self, pending: PendingTransition) -> None:
-        self.log.append((pending.transactional_id, encode_value(pending.after)))
-        after = pending.after
-        if after is not None and after.state in PREPARED:
-            self.world.decide((after.prev_producer_id, after.last_producer_epoch), after.state is TxnState.PREPARE_COMMIT)
-
-    def _after_complete(self, pending: PendingTransition) -> None:
-        if pending.after is not None and pending.after.state in PREPARED:
-            self.channel.add(self.machine.marker_plan(pending.transactional_id))
-
-    def failover(self) -> None:
-        """Leadership moves: writes in flight may or may not have made it into the log."""
-        for pending, (waiter, _error) in self.writes.values():
-            if self.rnd.random() < 0.5:
-                self._durable(pending)
-            if waiter is not None:
-                waiter.answer(ErrorCode.NOT_COORDINATOR, None)  # unknown outcome to the client
-        self.writes.clear()
-        self.epoch += 1
-        self.machine = self._load()
-        self.channel.clear()
-        for tid in self.machine.prepared():
-            self.channel.add(self.machine.marker_plan(tid))
+        self.handle(self.core.loaded(partition, self.epochs[partition], state.values()))
 
     def tick(self, now_ms: int) -> None:
-        for tid in self.machine.expired(now_ms):
-            self.submit(self.machine.abort_timed_out(tid, now_ms), None)
-        for tid in self.machine.prepared():
-            if tid not in self.channel and tid not in self.writes:
-                self.channel.add(self.machine.marker_plan(tid))
-
-    def deliver_markers(self, now_ms: int) -> None:
-        parts = self.world.partitions
-        for send in self.channel.poll(now_ms, lambda tp: tp.partition):
-            if self.rnd.random() < 0.15:
-                self.channel.on_failure(send, now_ms)
-                continue
-            results = {(mk.producer_id, mk.topic_partition): parts[mk.topic_partition].append_marker(mk, now_ms)
-                       for mk in send.markers}
-            progress = self.channel.on_response(send, results, now_ms)
-            assert not progress.fenced
-            for tid in progress.completed:
-                if tid not in self.writes:
-                    self.submit(self.machine.complete_markers(tid, now_ms), None)
+        self.handle(self.core.tick(now_ms, lambda tp: tp.partition))
 
 
 class Producer:
@@ -193,24 +212,21 @@ class Producer:
         self.write_failed = False
         self.commit = True
         self.zombie = False
+        self.not_before_ms = 0  # a replacement may start late: the zombie's transaction then times out
         self._request: tuple | None = None
 
     # The coordinator answers here (now or once the write resolves).
-    def answer(self, error: int, pending: PendingTransition | None) -> None:
+    def answer(self, error: int, ident: tuple[int, int] | None) -> None:
         self.waiting = False
         if self.zombie:
             return
-        ident = pending.answer if pending is not None and pending.after is not None else None
-        self._handle(error, ident)
-
-    def _handle(self, error: int, ident: tuple[int, int] | None) -> None:
         kind = self._request[0]
         if error in FATAL:
             self.phase = "dead"
             return
         if error != ErrorCode.NONE:
             return  # retriable (or unknown outcome): the same request is sent again later
-        if ident is not None:
+        if ident is not None and ident[0] >= 0:
             self.ident = ident
         if kind == "init":
             self.phase = "begin"
@@ -230,25 +246,20 @@ class Producer:
             self.phase = "begin"
 
     def step(self, now_ms: int) -> None:
-        if self.zombie or self.waiting or self.phase in ("dead", "write"):
+        if self.zombie or self.waiting or self.phase in ("dead", "write") or now_ms < self.not_before_ms:
             return
-        m = self.world.coordinator.machine
+        self.waiting = True  # the answer may come at once, inside call()
+        coordinator = self.world.coordinator
         if self.phase == "init":
             self._request = ("init",)
-            result = m.init_producer_id(self.tid, TIMEOUT_MS, now_ms)
+            coordinator.call(self, "init_producer_id", self.tid, TIMEOUT_MS, now_ms)
         elif self.phase == "begin":
             self.partitions = self.world.rnd.sample(PARTITIONS, self.world.rnd.randint(1, 3))
             self._request = ("add",)
-            result = m.add_partitions(self.tid, *self.ident, self.partitions, now_ms)
+            coordinator.call(self, "add_partitions", self.tid, *self.ident, self.partitions, now_ms)
         else:  # end
             self._request = ("end", self.commit, self.ident)
-            result = m.end_txn(self.tid, *self.ident, self.commit, now_ms)
-        self.waiting = True
-        immediate = self.world.coordinator.submit(result, self)
-        if immediate is not None:
-            self.waiting = False
-            self._handle(immediate.error, (immediate.producer_id, immediate.producer_epoch)
-                         if immediate.producer_id >= 0 else None)
+            coordinator.call(self, "end_txn", self.tid, *self.ident, self.commit, now_ms)
 
     def write_done(self, error: int) -> None:
         if self.zombie:
@@ -285,7 +296,7 @@ class World:
         if stage == "verify":
             if VerificationCache.needs_verification(True, pid in part.ps.open_transactions()):
                 guard = part.cache.begin(pid, epoch, self.now_ms)
-                verdict = self.coordinator.machine.verify(producer.tid, pid, epoch, [tp])
+                verdict = self.coordinator.core.verify(producer.tid, pid, epoch, [tp])
                 if verdict.error != ErrorCode.NONE or dict(verdict.partitions)[tp] != ErrorCode.NONE:
                     producer.write_done(ErrorCode.INVALID_TXN_STATE)
                     return True
@@ -304,17 +315,15 @@ class World:
         old.zombie = True
         self.zombies.append(old)
         self.producers[tid] = Producer(self, tid)
+        if self.rnd.random() < 0.5:
+            self.producers[tid].not_before_ms = self.now_ms + 2 * TIMEOUT_MS
 
     def zombie_end(self) -> None:
         """A zombie's delayed EndTxn(commit) lands: it must not commit anything new."""
         zombie = self.rnd.choice(self.zombies)
         if zombie.ident is None:
             return
-        result = self.coordinator.machine.end_txn(zombie.tid, *zombie.ident, True, self.now_ms)
-        if result.pending is not None:
-            self.coordinator.submit(result, None)
-        elif result.ok:
-            assert self.decisions.get(zombie.ident) is True, "a zombie EndTxn retry was answered for a different decision"
+        self.coordinator.call(ZombieWaiter(self, zombie.ident), "end_txn", zombie.tid, *zombie.ident, True, self.now_ms)
 
     def step(self, active: bool) -> None:
         self.now_ms += self.rnd.randint(1, 60)
@@ -340,12 +349,12 @@ class World:
                 self.in_flight.remove(op)
         self.coordinator.tick(self.now_ms)
         self.coordinator.resolve_some()
-        self.coordinator.deliver_markers(self.now_ms)
 
     def quiet(self) -> bool:
         c = self.coordinator
-        return (not self.in_flight and not c.writes and len(c.channel) == 0 and not c.machine.prepared()
-                and all(m.state is not TxnState.ONGOING for m in c.machine.snapshot().values())
+        return (not self.in_flight and not c.appends and len(c.core.channel) == 0
+                and all(not m.prepared() for m in c.machines())
+                and all(meta.state is not TxnState.ONGOING for m in c.machines() for meta in m.snapshot().values())
                 and all(p.phase != "end" and not p.waiting for p in self.producers.values()))
 
     def check(self) -> None:

@@ -1,0 +1,347 @@
+"""The transaction coordinator of one broker as a pure core: requests, ticks and write
+outcomes in, actions out. The broker shell performs the actions and reports back.
+
+Theory of operation
+-------------------
+The broker leads some partitions of `__transaction_state`; for each it runs one
+`TransactionStateMachine` (created by `loaded` after `txn_log.load_partition`). A request
+is routed to the machine of `coordinator_partition(transactional_id, partition_count)`
+(NOT_COORDINATOR when this broker does not lead it, COORDINATOR_LOAD_IN_PROGRESS while it
+loads). The machine's decision becomes either a `Reply` at once, or an `AppendRecords`
+action: the shell appends `batch` to the state partition as leader with acks=all *at
+`coordinator_epoch`* and reports `write_committed` (the offset is below the high watermark:
+the reply goes out now and memory changes), `write_failed` (surely not written: e.g.
+refused before the append, or truncated away), or `write_timed_out` (unknown: the client
+gets REQUEST_TIMED_OUT now, the id stays blocked until the shell learns the outcome or the
+partition is unloaded). After a Prepare* record commits, the transaction's markers join
+the marker channel; `tick` sends them (`MarkerSend` actions, to the current leader of each
+partition) and `marker_response` digests the answers; once all are written, the
+Complete* record is appended. `tick` also aborts timed-out transactions and removes
+expired ids, every `scan_interval_ms`. Unloading (leadership moved, or a marker was refused
+with TRANSACTION_COORDINATOR_FENCED) drops the machine, its writes and its markers; every
+parked request is answered NOT_COORDINATOR. One write per transition, one transition per id
+at a time (the machine blocks the id while its write is pending).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable, Mapping
+from typing import TypeAlias
+
+from semel import limits
+from semel.cluster.metadata import coordinator_partition
+from semel.coordinator.txn_log import encode_records
+from semel.coordinator.txn_markers import LeaderLookup, MarkerChannelConfig, MarkerSend, TxnMarkerChannel
+from semel.coordinator.txn_state import (
+    PREPARED,
+    PendingTransition,
+    ProducerIdSource,
+    TopicPartition,
+    TransactionMetadata,
+    TransactionStateMachine,
+    TxnConfig,
+    TxnResult,
+    TxnState,
+    VerifyResult,
+    invariant,
+)
+from semel.v1.common_pb2 import ErrorCode
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppendRecords:
+    """Append `batch` (base offset 0, stamp it) to `__transaction_state` partition
+    `partition` as its leader at leader epoch `coordinator_epoch`, acks=all; then report
+    `write_committed` / `write_failed` / `write_timed_out` with `write_id`."""
+
+    partition: int
+    coordinator_epoch: int
+    write_id: int
+    batch: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to request `request_id`: `result.error`, and once a write committed,
+    `completed` carries the identity to answer (see `txn_wire`)."""
+
+    request_id: int
+    result: TxnResult
+    completed: PendingTransition | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PartitionFenced:
+    """A newer coordinator owns `partition`: this broker unloaded it (stop writing to it)."""
+
+    partition: int
+
+
+Action: TypeAlias = "AppendRecords | Reply | MarkerSend | PartitionFenced"
+
+
+@dataclasses.dataclass(slots=True)
+class _Write:
+    write_id: int
+    partition: int
+    pending: PendingTransition
+    result: TxnResult
+    request_id: int | None  # None: nobody waits (coordinator-driven), or already answered
+
+
+class TxnCoordinator:
+    def __init__(
+        self,
+        partition_count: int,
+        allocate_producer_id: ProducerIdSource,
+        config: TxnConfig | None = None,
+        channel_config: MarkerChannelConfig | None = None,
+        scan_interval_ms: int = limits.TRANSACTION_ABORT_SCAN_INTERVAL_MS,
+    ) -> None:
+        invariant(partition_count >= 1, "partition_count must be >= 1")
+        self.partition_count = partition_count
+        self.config = config or TxnConfig()
+        self.channel = TxnMarkerChannel(channel_config)
+        self.scan_interval_ms = scan_interval_ms
+        self._allocate = allocate_producer_id
+        self._machines: dict[int, TransactionStateMachine] = {}
+        self._loading: set[int] = set()
+        self._writes: dict[int, _Write] = {}
+        self._write_of_tid: dict[str, int] = {}
+        self._write_ids = itertools.count(1)
+        self._last_scan_ms: int | None = None
+
+    # --- partition lifecycle -------------------------------------------------------------------
+
+    def partition_of(self, transactional_id: str) -> int:
+        return int(coordinator_partition(transactional_id, self.partition_count))
+
+    def machine(self, partition: int) -> TransactionStateMachine | None:
+        return self._machines.get(partition)
+
+    def loaded_partitions(self) -> list[int]:
+        return sorted(self._machines)
+
+    def begin_loading(self, partition: int) -> list[Action]:
+        """This broker became leader of `partition`: requests wait (LOAD_IN_PROGRESS)."""
+        actions = self.unload(partition)
+        self._loading.add(partition)
+        return actions
+
+    def loaded(
+        self, partition: int, coordinator_epoch: int, metadata: Iterable[TransactionMetadata]
+    ) -> list[Action]:
+        """`txn_log.load_partition` finished: serve the partition at `coordinator_epoch`."""
+        self.unload(partition)
+        machine = TransactionStateMachine(partition, coordinator_epoch, self._allocate, self.config, metadata)
+        for tid in machine.snapshot():
+            invariant(self.partition_of(tid) == partition, f"{tid!r} does not belong to partition {partition}")
+        self._machines[partition] = machine
+        for tid in machine.prepared():
+            self.channel.add(machine.marker_plan(tid))  # markers of a failed-over decision, again
+        return []
+
+    def unload(self, partition: int) -> list[Action]:
+        """Leadership of `partition` moved: forget it; parked requests get NOT_COORDINATOR."""
+        self._loading.discard(partition)
+        machine = self._machines.pop(partition, None)
+        actions: list[Action] = []
+        for write in [w for w in self._writes.values() if w.partition == partition]:
+            del self._writes[write.write_id]
+            del self._write_of_tid[write.pending.transactional_id]
+            if write.request_id is not None:
+                actions.append(_reply(write.request_id, ErrorCode.NOT_COORDINATOR, "the coordinator moved"))
+        if machine is not None:
+            for tid in machine.snapshot():
+                self.channel.remove(tid)
+        return actions
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def init_producer_id(
+        self, request_id: int, transactional_id: str, timeout_ms: int, now_ms: int,
+        producer_id: int = -1, producer_epoch: int = -1,
+    ) -> list[Action]:
+        machine, refusal = self._route(transactional_id)
+        if machine is None:
+            return [Reply(request_id, refusal)]
+        result = machine.init_producer_id(transactional_id, timeout_ms, now_ms, producer_id, producer_epoch)
+        return self._submit(machine, result, request_id, now_ms)
+
+    def add_partitions(
+        self, request_id: int, transactional_id: str, producer_id: int, producer_epoch: int,
+        partitions: Iterable[TopicPartition], now_ms: int,
+    ) -> list[Action]:
+        machine, refusal = self._route(transactional_id)
+        if machine is None:
+            return [Reply(request_id, refusal)]
+        result = machine.add_partitions(transactional_id, producer_id, producer_epoch, partitions, now_ms)
+        return self._submit(machine, result, request_id, now_ms)
+
+    def add_offsets(
+        self, request_id: int, transactional_id: str, producer_id: int, producer_epoch: int,
+        group_id: str, offsets_partition_count: int, now_ms: int,
+    ) -> list[Action]:
+        machine, refusal = self._route(transactional_id)
+        if machine is None:
+            return [Reply(request_id, refusal)]
+        result = machine.add_offsets(
+            transactional_id, producer_id, producer_epoch, group_id, offsets_partition_count, now_ms
+        )
+        return self._submit(machine, result, request_id, now_ms)
+
+    def end_txn(
+        self, request_id: int, transactional_id: str, producer_id: int, producer_epoch: int, commit: bool, now_ms: int
+    ) -> list[Action]:
+        machine, refusal = self._route(transactional_id)
+        if machine is None:
+            return [Reply(request_id, refusal)]
+        result = machine.end_txn(transactional_id, producer_id, producer_epoch, commit, now_ms)
+        return self._submit(machine, result, request_id, now_ms)
+
+    def verify(
+        self, transactional_id: str, producer_id: int, producer_epoch: int, partitions: Iterable[TopicPartition]
+    ) -> VerifyResult:
+        machine, refusal = self._route(transactional_id)
+        if machine is None:
+            return VerifyResult(refusal.error, refusal.message)
+        return machine.verify(transactional_id, producer_id, producer_epoch, partitions)
+
+    def describe(self, transactional_id: str) -> tuple[int, TransactionMetadata | None]:
+        machine, refusal = self._route(transactional_id)
+        if machine is None:
+            return refusal.error, None
+        meta = machine.metadata(transactional_id)
+        return (ErrorCode.NONE if meta is not None else ErrorCode.TRANSACTIONAL_ID_NOT_FOUND), meta
+
+    def list_transactions(
+        self, now_ms: int, states: Iterable[TxnState] = (), producer_ids: Iterable[int] = (),
+        min_duration_ms: int = 0, limit: int = limits.MAX_LISTED_TRANSACTIONS,
+    ) -> tuple[int, list[TransactionMetadata], bool]:
+        """(error, listing, truncated) over every loaded partition; LOAD_IN_PROGRESS while any loads."""
+        if self._loading:
+            return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, [], False
+        states, producer_ids = tuple(states), tuple(producer_ids)
+        out: list[TransactionMetadata] = []
+        for partition in sorted(self._machines):
+            found, truncated = self._machines[partition].list_transactions(
+                now_ms, states, producer_ids, min_duration_ms, limit - len(out)
+            )
+            out.extend(found)
+            if truncated:
+                return ErrorCode.NONE, out, True
+        return ErrorCode.NONE, out, False
+
+    # --- write outcomes -------------------------------------------------------------------------
+
+    def write_committed(self, write_id: int, now_ms: int) -> list[Action]:
+        write = self._pop_write(write_id)
+        if write is None:
+            return []  # the partition was unloaded meanwhile
+        machine = self._machines[write.partition]
+        machine.complete(write.pending)
+        actions: list[Action] = []
+        if write.request_id is not None:
+            actions.append(Reply(write.request_id, write.result, write.pending))
+        after = write.pending.after
+        if after is not None and after.state in PREPARED:
+            self.channel.add(machine.marker_plan(after.transactional_id))  # full: tick re-adds it
+        return actions
+
+    def write_failed(self, write_id: int, error: int) -> list[Action]:
+        """The record was surely not written (`error`: what the append answered)."""
+        write = self._pop_write(write_id)
+        if write is None:
+            return []
+        self._machines[write.partition].abandon(write.pending)
+        if write.request_id is None:
+            return []
+        code = ErrorCode.NOT_COORDINATOR if error == ErrorCode.NOT_LEADER_OR_FOLLOWER else ErrorCode.COORDINATOR_NOT_AVAILABLE
+        return [_reply(write.request_id, code, f"the state write failed ({ErrorCode.Name(error)})")]
+
+    def write_timed_out(self, write_id: int) -> list[Action]:
+        """The outcome is unknown: answer REQUEST_TIMED_OUT now; the id stays blocked until
+        `write_committed` / `write_failed` or the partition is unloaded."""
+        write = self._writes.get(write_id)
+        if write is None or write.request_id is None:
+            return []
+        request_id, write.request_id = write.request_id, None
+        return [_reply(request_id, ErrorCode.REQUEST_TIMED_OUT, "the state write's outcome is unknown; retry")]
+
+    # --- time and markers ---------------------------------------------------------------------------
+
+    def tick(self, now_ms: int, leader_of: LeaderLookup) -> list[Action]:
+        actions: list[Action] = []
+        if self._last_scan_ms is None or now_ms - self._last_scan_ms >= self.scan_interval_ms:
+            self._last_scan_ms = now_ms
+            actions += self._scan(now_ms)
+        for machine in self._machines.values():
+            for tid in machine.prepared():
+                if tid not in self.channel and tid not in self._write_of_tid:
+                    if not self.channel.add(machine.marker_plan(tid)):
+                        break  # the channel is full; the next tick tries again
+        actions += self.channel.poll(now_ms, leader_of)
+        return actions
+
+    def marker_response(
+        self, send: MarkerSend, results: Mapping[tuple[int, TopicPartition], int], now_ms: int
+    ) -> list[Action]:
+        progress = self.channel.on_response(send, results, now_ms)
+        actions: list[Action] = []
+        for tid in progress.completed:
+            machine = self._machines.get(self.partition_of(tid))
+            if machine is not None and tid not in self._write_of_tid:
+                actions += self._submit(machine, machine.complete_markers(tid, now_ms), None, now_ms)
+        for partition in sorted({self.partition_of(tid) for tid in progress.fenced}):
+            actions += self.unload(partition)
+            actions.append(PartitionFenced(partition))
+        return actions
+
+    def marker_failure(self, send: MarkerSend, now_ms: int) -> list[Action]:
+        return self.marker_response(send, {}, now_ms)
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def _route(self, transactional_id: str) -> tuple[TransactionStateMachine | None, TxnResult]:
+        partition = self.partition_of(transactional_id)
+        machine = self._machines.get(partition)
+        if machine is not None:
+            return machine, TxnResult()
+        if partition in self._loading:
+            return None, TxnResult(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, f"partition {partition} is loading")
+        return None, TxnResult(ErrorCode.NOT_COORDINATOR, f"this broker does not coordinate partition {partition}")
+
+    def _submit(
+        self, machine: TransactionStateMachine, result: TxnResult, request_id: int | None, now_ms: int
+    ) -> list[Action]:
+        pending = result.pending
+        if pending is None:
+            return [Reply(request_id, result)] if request_id is not None else []
+        write = _Write(next(self._write_ids), machine.partition, pending, result, request_id)
+        self._writes[write.write_id] = write
+        self._write_of_tid[pending.transactional_id] = write.write_id
+        batch = encode_records([(pending.transactional_id, pending.after)], now_ms)
+        return [AppendRecords(machine.partition, machine.coordinator_epoch, write.write_id, batch)]
+
+    def _scan(self, now_ms: int) -> list[Action]:
+        actions: list[Action] = []
+        for machine in self._machines.values():
+            for tid in machine.expired(now_ms):
+                if tid not in self._write_of_tid:
+                    actions += self._submit(machine, machine.abort_timed_out(tid, now_ms), None, now_ms)
+            for tid in machine.expired_ids(now_ms):
+                if tid not in self._write_of_tid:
+                    actions += self._submit(machine, machine.remove_expired(tid, now_ms), None, now_ms)
+        return actions
+
+    def _pop_write(self, write_id: int) -> _Write | None:
+        write = self._writes.pop(write_id, None)
+        if write is not None:
+            del self._write_of_tid[write.pending.transactional_id]
+        return write
+
+
+def _reply(request_id: int, error: int, message: str) -> Reply:
+    return Reply(request_id, TxnResult(error, message))

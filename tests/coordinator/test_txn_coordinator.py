@@ -1,0 +1,162 @@
+"""The coordinator core's shell protocol: routing, writes and their outcomes, markers,
+scans, unloading and fencing (the simulation test drives the same core at random)."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from semel.coordinator import txn_wire  # noqa: E402
+from semel.coordinator.txn_coordinator import AppendRecords, PartitionFenced, Reply, TxnCoordinator  # noqa: E402
+from semel.coordinator.txn_log import decode_records  # noqa: E402
+from semel.coordinator.txn_markers import MarkerSend  # noqa: E402
+from semel.coordinator.txn_state import TxnState  # noqa: E402
+from semel.v1.common_pb2 import ErrorCode  # noqa: E402
+from tests.coordinator.txn_helpers import ProducerIds, tps  # noqa: E402
+
+TID = "t"  # coordinator_partition("t", 2) == 0 is checked below
+
+
+def core(loaded=(0, 1)) -> TxnCoordinator:
+    c = TxnCoordinator(2, ProducerIds(), scan_interval_ms=100)
+    for p in loaded:
+        c.loaded(p, 5, [])
+    return c
+
+
+def only(actions, kind):
+    assert len(actions) == 1 and isinstance(actions[0], kind), actions
+    return actions[0]
+
+
+def write(c: TxnCoordinator, actions, now_ms: int = 0):
+    """Commit the single append in `actions`; returns the actions that follow."""
+    append = only(actions, AppendRecords)
+    assert append.coordinator_epoch == 5 and append.partition == c.partition_of(TID)
+    return c.write_committed(append.write_id, now_ms)
+
+
+def init(c: TxnCoordinator, request_id: int = 1):
+    reply = only(write(c, c.init_producer_id(request_id, TID, 1000, 0)), Reply)
+    assert reply.request_id == request_id and reply.result.ok
+    return txn_wire.identity_of(reply.result, reply.completed)
+
+
+def test_routing():
+    assert TxnCoordinator(2, ProducerIds()).partition_of(TID) == 0
+    c = core(loaded=(1,))
+    assert only(c.init_producer_id(1, TID, 1000, 0), Reply).result.error == ErrorCode.NOT_COORDINATOR
+    c.begin_loading(0)
+    assert only(c.init_producer_id(2, TID, 1000, 0), Reply).result.error == ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
+    assert c.verify(TID, 1, 0, tps("a0")).error == ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
+    assert c.list_transactions(0)[0] == ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
+    c.loaded(0, 5, [])
+    init(c, 3)
+    assert c.describe(TID)[0] == ErrorCode.NONE and c.describe("nope-0")[0] in (
+        ErrorCode.TRANSACTIONAL_ID_NOT_FOUND, ErrorCode.NOT_COORDINATOR)
+
+
+def test_the_reply_waits_for_the_write_and_the_batch_holds_the_record():
+    c = core()
+    actions = c.init_producer_id(7, TID, 1000, 0)
+    append = only(actions, AppendRecords)
+    (entry,) = decode_records(append.batch)
+    assert entry.transactional_id == TID and entry.metadata.state is TxnState.EMPTY
+    assert c.machine(0).metadata(TID) is None, "memory changes only once the write committed"
+    reply = only(c.write_committed(append.write_id, 0), Reply)
+    assert reply.request_id == 7 and txn_wire.identity_of(reply.result, reply.completed) == (1000, 0)
+    assert c.write_committed(append.write_id, 0) == [], "a second report is ignored"
+
+
+def test_failed_and_unknown_writes():
+    c = core()
+    ident = init(c)
+    append = only(c.add_partitions(2, TID, *ident, tps("a0"), 0), AppendRecords)
+    reply = only(c.write_failed(append.write_id, ErrorCode.NOT_LEADER_OR_FOLLOWER), Reply)
+    assert reply.result.error == ErrorCode.NOT_COORDINATOR and c.machine(0).metadata(TID).state is TxnState.EMPTY
+    append = only(c.add_partitions(3, TID, *ident, tps("a0"), 0), AppendRecords)
+    reply = only(c.write_timed_out(append.write_id), Reply)
+    assert reply.request_id == 3 and reply.result.error == ErrorCode.REQUEST_TIMED_OUT
+    retry = only(c.add_partitions(4, TID, *ident, tps("a0"), 0), Reply)
+    assert retry.result.error == ErrorCode.CONCURRENT_TRANSACTIONS, "blocked until the outcome is known"
+    assert c.write_committed(append.write_id, 0) == [], "nobody waits any more"
+    assert only(c.add_partitions(5, TID, *ident, tps("a0"), 0), Reply).result.ok
+
+
+def test_end_txn_markers_then_complete_record():
+    c = core()
+    ident = init(c)
+    write(c, c.add_partitions(2, TID, *ident, tps("a0", "b0"), 0))
+    reply = only(write(c, c.end_txn(3, TID, *ident, True, 0)), Reply)
+    assert txn_wire.identity_of(reply.result, reply.completed) == (ident[0], ident[1] + 1)
+    sends = [a for a in c.tick(10, lambda tp: 1 + tp.partition) if isinstance(a, MarkerSend)]
+    (send,) = sends
+    assert {m.topic_partition for m in send.markers} == set(tps("a0", "b0"))
+    assert all(m.coordinator_epoch == 5 and m.producer_epoch == ident[1] + 1 for m in send.markers)
+    results = {(m.producer_id, m.topic_partition): ErrorCode.NONE for m in send.markers}
+    append = only(c.marker_response(send, results, 11), AppendRecords)
+    assert c.write_committed(append.write_id, 12) == []
+    assert c.machine(0).metadata(TID).state is TxnState.COMPLETE_COMMIT
+
+
+def test_timeout_scan_runs_on_its_interval():
+    c = core()
+    ident = init(c)
+    write(c, c.add_partitions(2, TID, *ident, tps("a0"), 0))
+    assert c.tick(950, lambda tp: 1) == []  # a scan at 950: nothing expired yet
+    assert c.tick(1_040, lambda tp: 1) == [], "expired (open 1040 > 1000 ms), but the next scan is at 1050"
+    append = only([a for a in c.tick(1_050, lambda tp: 1) if isinstance(a, AppendRecords)], AppendRecords)
+    (entry,) = decode_records(append.batch)
+    assert entry.metadata.state is TxnState.PREPARE_ABORT and entry.metadata.bump_reason.name == "TIMEOUT"
+
+
+def test_unload_answers_parked_requests_and_drops_markers():
+    c = core()
+    ident = init(c)
+    write(c, c.add_partitions(2, TID, *ident, tps("a0"), 0))
+    write(c, c.end_txn(3, TID, *ident, False, 0))
+    assert TID in c.channel
+    parked = only(c.init_producer_id(4, "other-id-on-0" if c.partition_of("other-id-on-0") == 0 else "x", 1000, 0),
+                  AppendRecords)
+    actions = c.unload(0)
+    assert [(a.request_id, a.result.error) for a in actions] == [(4, ErrorCode.NOT_COORDINATOR)]
+    assert TID not in c.channel and c.machine(0) is None
+    assert c.write_committed(parked.write_id, 0) == []
+
+
+def test_a_fenced_marker_unloads_the_partition():
+    c = core()
+    ident = init(c)
+    write(c, c.add_partitions(2, TID, *ident, tps("a0"), 0))
+    write(c, c.end_txn(3, TID, *ident, True, 0))
+    (send,) = [a for a in c.tick(0, lambda tp: 1) if isinstance(a, MarkerSend)]
+    actions = c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.TRANSACTION_COORDINATOR_FENCED
+                                       for m in send.markers}, 1)
+    assert actions == [PartitionFenced(0)] and c.machine(0) is None and c.loaded_partitions() == [1]
+
+
+def test_reload_resends_markers_of_a_prepared_decision():
+    c = core()
+    ident = init(c)
+    write(c, c.add_partitions(2, TID, *ident, tps("a0"), 0))
+    write(c, c.end_txn(3, TID, *ident, True, 0))
+    state = c.machine(0).snapshot().values()
+    c.begin_loading(0)
+    c.loaded(0, 6, state)
+    (send,) = [a for a in c.tick(0, lambda tp: 1) if isinstance(a, MarkerSend)]
+    assert [m.coordinator_epoch for m in send.markers] == [6] and send.markers[0].commit
+
+
+def test_list_transactions_spans_partitions_and_truncates():
+    c = core()
+    ids = []
+    for i in range(6):
+        tid = f"id{i}"
+        ids.append(tid)
+        only(c.write_committed(only(c.init_producer_id(i, tid, 1000, 0), AppendRecords).write_id, 0), Reply)
+    error, listed, truncated = c.list_transactions(0)
+    assert error == ErrorCode.NONE and sorted(m.transactional_id for m in listed) == ids and not truncated
+    error, listed, truncated = c.list_transactions(0, limit=4)
+    assert len(listed) == 4 and truncated
