@@ -236,9 +236,15 @@ class Producer(_ClientBase):
             if not acc.has_room(size):
                 self._wait_for_room(size, now_ms + self.max_block_ms)
             if partition is None:
-                partition = (
-                    partition_for_key(key_bytes, count) if key_bytes else self._sticky.partition(topic, count)
-                )
+                if key_bytes:
+                    partition = partition_for_key(key_bytes, count)
+                else:
+                    view = self._metadata.view
+                    partition = self._sticky.partition(topic, count)
+                    if view.leader_address(topic, partition) is None:
+                        partition = self._sticky.partition(
+                            topic, count, lambda p: view.leader_address(topic, p) is not None
+                        )
             future, full, new_batch = acc.append(topic, partition, ts, key_bytes, value_bytes, headers, now_ms)
             if full and key_bytes is None:
                 self._sticky.batch_closed(topic, partition, count)

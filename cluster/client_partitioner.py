@@ -8,10 +8,13 @@ number as it would in Kafka with the same partition count. Test vectors (from Ka
 murmur2(b"a-little-bit-long-string") = -985981536, murmur2(b"abc") = 479470107.
 
 Keyless records stick to one partition until the batch for it is closed (full or sent),
-then move to the next partition round-robin: big batches, even spread over time.
+then move to the next partition round-robin: big batches, even spread over time. A
+partition without a known leader is skipped while another one has a leader.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 _M = 0x5BD1E995
 _MASK32 = 0xFFFF_FFFF
@@ -59,12 +62,20 @@ class StickyPartitioner:
         self._current: dict[str, int] = {}
         self._next_start = seed
 
-    def partition(self, topic: str, partition_count: int) -> int:
+    def partition(self, topic: str, partition_count: int, available: Callable[[int], bool] | None = None) -> int:
+        """The sticky partition of `topic`; with `available`, one whose leader is known if any
+        (keyless records need not wait for an election)."""
         current = self._current.get(topic)
         if current is None or current >= partition_count:
             current = self._next_start % partition_count
             self._next_start += 1
             self._current[topic] = current
+        if available is not None and not available(current):
+            for step in range(1, partition_count):
+                candidate = (current + step) % partition_count
+                if available(candidate):
+                    self._current[topic] = candidate
+                    return candidate
         return current
 
     def batch_closed(self, topic: str, partition: int, partition_count: int) -> None:

@@ -111,6 +111,9 @@ def test_sticky_partitioner_moves_on_when_batch_closes():
     assert sticky.partition("t", 4) == 3
     sticky.batch_closed("t", 3, 4)
     assert sticky.partition("t", 4) == 0
+    # Partitions without a leader are skipped while another has one.
+    assert sticky.partition("t", 4, available=lambda p: p == 2) == 2
+    assert sticky.partition("t", 4, available=lambda p: False) == 2
 
 
 # --- accumulator ---------------------------------------------------------------------
