@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.node import TCPNode
 
 from semel import limits
 from semel.cluster.metadata import (
@@ -82,6 +83,10 @@ class QuorumConfig:
     submit_timeout_s: float = SUBMIT_TIMEOUT_S_DEFAULT
     log_compaction_min_entries: int = 5000
     log_compaction_min_time_s: int = 300
+    # Fault injection (chaos/wiring.py): (voter raft address, address to connect to) pairs. A
+    # peer keeps its raft address as its pysyncobj identity (announced, compared, matched), only
+    # the TCP connect goes elsewhere (a proxy). Empty by default.
+    raft_dial: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_voter(self) -> bool:
@@ -166,7 +171,9 @@ class MetadataQuorum(SyncObj):
             onStateChanged=self._on_state_changed,
         )
         self_node = config.raft_address if config.is_voter else None
-        others = [v.raft_address for v in config.voters if v.raft_address != self_node]
+        dial = dict(config.raft_dial)
+        others = [_DialedNode(v.raft_address, dial[v.raft_address]) if v.raft_address in dial else v.raft_address
+                  for v in config.voters if v.raft_address != self_node]
         super().__init__(self_node, others, conf=conf, consumers=[self._consumer])
         self.addOnTickCallback(self._after_tick)
 
@@ -319,6 +326,28 @@ class MetadataQuorum(SyncObj):
                 self.destroy_synchronous()
             else:
                 self.destroy()
+
+
+class _DialedNode(TCPNode):
+    """A Raft peer identified by its own address but reached through another (a fault proxy).
+
+    pysyncobj identifies a node by `address` (the node with the greater address opens the one
+    connection between two nodes and announces its own address on it); it connects to
+    `node.ip:node.port`. Only those two change here."""
+
+    def __init__(self, address: str, dial_address: str) -> None:
+        super().__init__(address)
+        host, port = dial_address.rsplit(":", 1)
+        self._dial_host = host
+        self._dial_port = int(port)
+
+    @property
+    def ip(self) -> str:
+        return self._dial_host
+
+    @property
+    def port(self) -> int:
+        return self._dial_port
 
 
 def invariant_result(result: object) -> None:
