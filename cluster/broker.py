@@ -74,9 +74,21 @@ class BrokerConfig:
     retention_check_interval_ms: int = 60_000  # how often retention and producer expiry run
     fsync: bool = False
     log_level: str = "INFO"
+    # Fault injection (chaos/wiring.py): how this broker reaches each peer, instead of the
+    # address the peer registered / the voter list names. Off (empty) by default.
+    dial: tuple[str, ...] = ()  # "broker_id=host:port": gRPC to that broker (replication, controller, ...)
+    raft_dial: tuple[str, ...] = ()  # "broker_id=host:port": Raft link to that voter (identity unchanged)
 
     def voter_specs(self) -> tuple[VoterSpec, ...]:
         return tuple(parse_voter(v) for v in self.voters)
+
+    def dial_map(self) -> dict[int, str]:
+        return parse_dial(self.dial)
+
+    def raft_dial_map(self) -> dict[str, str]:
+        """Voter raft address (its pysyncobj identity) -> the address to connect to."""
+        by_id = parse_dial(self.raft_dial)
+        return {v.raft_address: by_id[v.node_id] for v in self.voter_specs() if v.node_id in by_id}
 
     @staticmethod
     def from_args(argv: list[str] | None = None) -> BrokerConfig:
@@ -95,6 +107,8 @@ class BrokerConfig:
             ap.add_argument(f"--{name}", type=int)
         ap.add_argument("--fsync", action="store_true", default=None)
         ap.add_argument("--log-level")
+        ap.add_argument("--dial", help="fault injection: comma-separated broker_id=host:port to reach peers by")
+        ap.add_argument("--raft-dial", help="fault injection: comma-separated broker_id=host:port for Raft links")
         a = ap.parse_args(argv)
         values: dict[str, object] = {}
         if a.config:
@@ -116,6 +130,13 @@ class BrokerConfig:
                 values[field] = v
         if a.raft:
             values["raft_address"] = a.raft
+        for flag, field in ((a.dial, "dial"), (a.raft_dial, "raft_dial")):
+            if flag:
+                values[field] = tuple(v.strip() for v in flag.split(",") if v.strip())
+        for field in ("dial", "raft_dial"):
+            if field in values:
+                values[field] = tuple(values[field])  # type: ignore[arg-type]
+                parse_dial(values[field])  # type: ignore[arg-type]
         if "voters" in values:
             values["voters"] = tuple(values["voters"])  # type: ignore[arg-type]
         if "broker_id" not in values:
@@ -128,6 +149,18 @@ def split_address(text: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ValueError(f"expected host:port, got {text!r}")
     return host, int(port)
+
+
+def parse_dial(entries: tuple[str, ...]) -> dict[int, str]:
+    """("2=host:port", ...) -> {2: "host:port"}."""
+    out: dict[int, str] = {}
+    for entry in entries:
+        bid, _, address = entry.partition("=")
+        if not bid.strip().isdigit():
+            raise ValueError(f"dial entry must be broker_id=host:port, got {entry!r}")
+        split_address(address)
+        out[int(bid)] = address
+    return out
 
 
 def parse_voter(text: str) -> VoterSpec:
@@ -153,6 +186,7 @@ class Broker:
         self._tasks: list[asyncio.Task[None]] = []
         self._metadata_changed = asyncio.Event()
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._dial = config.dial_map()
         self._last_unreachable_report: dict[int, float] = {}
         self.server: grpc.aio.Server | None = None
         self._kv: object | None = None  # the broker's RocksDB (producer snapshots), opened with the first partition
@@ -206,7 +240,8 @@ class Broker:
         await self.server.start()
         loop = asyncio.get_running_loop()
         self.quorum = MetadataQuorum(QuorumConfig(node_id=cfg.broker_id, raft_address=cfg.raft_address,
-                                                  voters=self.voters, data_dir=self.data_dir / "raft"))
+                                                  voters=self.voters, data_dir=self.data_dir / "raft",
+                                                  raft_dial=tuple(sorted(cfg.raft_dial_map().items()))))
         self.quorum.add_listener(self._on_metadata, loop)
         if self.quorum.config.is_voter:
             self.controller = Controller(self.quorum, ControllerConfig(
@@ -294,8 +329,24 @@ class Broker:
         return True
 
     def _broker_address(self, broker_id: int) -> str | None:
+        if broker_id in self._dial:
+            return self._dial[broker_id]
         reg = self.quorum.image().broker(broker_id)
         return None if reg is None else f"{reg.host}:{reg.port}"
+
+    def _dial_address(self, address: str) -> str:
+        """A peer's registered or voter-list address -> the `--dial` address for that peer, if any."""
+        if not self._dial:
+            return address
+        for voter in self.voters:
+            if voter.rpc_address == address and voter.node_id in self._dial:
+                return self._dial[voter.node_id]
+        image = self.quorum.image()
+        for broker_id, dial in self._dial.items():
+            reg = image.broker(broker_id)
+            if reg is not None and f"{reg.host}:{reg.port}" == address:
+                return dial
+        return address
 
     async def _submit_alter(self, cmd: md.AlterPartition) -> object:
         result = await self.quorum.submit(cmd, timeout_s=2.0)
@@ -371,6 +422,7 @@ class Broker:
             reporter_id=self.config.broker_id, broker_id=broker_id), timeout=0.5)
 
     def _channel(self, address: str) -> grpc.aio.Channel:
+        address = self._dial_address(address)
         ch = self._channels.get(address)
         if ch is None:
             ch = grpc.aio.insecure_channel(address, options=channel_options())
