@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_S = 0.05
 ERROR_BACKOFF_S = 0.05
+STALL_TIMEOUT_S = 5.0  # beyond the requested long-poll, a fetch response this late means a stuck stream
 
 
 def channel_options() -> list[tuple[str, object]]:
@@ -51,6 +52,8 @@ def channel_options() -> list[tuple[str, object]]:
         ("grpc.initial_reconnect_backoff_ms", 50),
         ("grpc.min_reconnect_backoff_ms", 50),
         ("grpc.max_reconnect_backoff_ms", 250),
+        ("grpc.keepalive_time_ms", 10_000),  # brokers allow pings every 5 s (server option)
+        ("grpc.keepalive_timeout_ms", 5_000),
     ]
 
 
@@ -244,11 +247,15 @@ class ReplicaFetcher:
             while not self._stopped:
                 await call.write(self._request())
                 read = asyncio.ensure_future(call.read())
-                done, _ = await asyncio.wait({read, changed}, return_when=asyncio.FIRST_COMPLETED)
+                # Bounded: a leader that never answers (paused, silently cut off) gets a new stream.
+                done, _ = await asyncio.wait({read, changed}, timeout=self.max_wait_ms / 1000 + STALL_TIMEOUT_S,
+                                             return_when=asyncio.FIRST_COMPLETED)
                 if read not in done:
                     read.cancel()
                     call.cancel()
-                    return  # partition set changed: reopen with the new set
+                    if not done:
+                        log.info("replica fetch from broker %d stalled; reconnecting", self.leader_id)
+                    return  # partition set changed (or stalled): reopen with the current set
                 resp = read.result()
                 if resp is grpc.aio.EOF:
                     return
