@@ -308,6 +308,10 @@ class Broker:
         self._metadata_changed = asyncio.Event()
         if self.rm.active and not self.ready:
             self.ready = True
+            try:
+                self.rm.remove_stale_dirs(image)
+            except OSError:
+                log.exception("removing replicas of deleted topics failed")
             asyncio.get_running_loop().create_task(self._announce_ready())
 
     async def _announce_ready(self) -> None:

@@ -391,6 +391,26 @@ class ReplicaManager:
         if delete_data:
             shutil.rmtree(p.directory, ignore_errors=True)
 
+    def remove_stale_dirs(self, image: md.MetadataImage) -> list[str]:
+        """Delete replica directories of topics deleted (or deleted and re-created) while this
+        broker was down. Only call with an image at least as new as our own registration."""
+        removed = []
+        for d in sorted(self.logs_dir.iterdir()):
+            name, dot, id_prefix = d.name.rpartition(".")
+            topic, dash, index = name.rpartition("-")
+            if not (dot and dash and index.isdigit() and d.is_dir()):
+                continue  # not ours: leave it alone
+            t = image.topic(topic)
+            state = image.partition(topic, int(index))
+            stale = t is None or not t.topic_id.startswith(id_prefix) or state is None or (
+                self.broker_id not in state.replicas)
+            if stale:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d.name)
+        if removed:
+            log.info("removed replicas of deleted topics: %s", removed)
+        return removed
+
     def housekeeping(self, now: int) -> None:
         """Retention and producer expiry on every hosted replica (leaders and followers alike)."""
         for p in list(self.partitions.values()):

@@ -149,3 +149,15 @@ def test_long_poll_wakes_on_hw_advance_without_busy_looping(broker):
     resp = run(svc.Fetch(req, None))
     assert not resp.results[0].batches and 0.15 < time.monotonic() - started < 1.0
     assert calls <= 2  # parked, not polled
+
+
+def test_replicas_of_topics_deleted_while_down_are_removed(broker, tmp_path):
+    logs = tmp_path / "logs"
+    kept = broker.rm.get("t", 0).directory
+    (logs / "gone-0.aaaaaaaaaaaa").mkdir()  # topic deleted while the broker was down
+    (logs / "t-0.ffffffffffff").mkdir()  # same name, older incarnation of the topic
+    (logs / "t-7.001122334455").mkdir()  # a partition this broker does not host
+    (logs / "unrelated").mkdir()
+    removed = broker.rm.remove_stale_dirs(broker.quorum.image())
+    assert sorted(removed) == ["gone-0.aaaaaaaaaaaa", "t-0.ffffffffffff", "t-7.001122334455"]
+    assert kept.exists() and (logs / "unrelated").exists()
