@@ -5,7 +5,8 @@ free loopback ports, a temporary data dir it deletes afterwards), creates a fres
 (`--partitions`, `--replication-factor`) and runs `--producers` producer *processes*
 (each a `semel.cluster.client.Producer`, keyless records of `--record-bytes` random bytes)
 for `--duration-s` seconds. `--rate-mb-s` caps the offered load (to measure latency at,
-say, half of the maximum throughput).
+say, half of the maximum throughput); `--half-load` does that in the same run: a second
+phase offers half the throughput the first one measured, reported under "half_load".
 
 Latency is send() -> acknowledgement of a sample of records (1 in `LATENCY_SAMPLE_EVERY`,
 none in the first `--warmup-s`), so it includes batching (`--linger-ms`), queueing in the client, the produce RPC and
@@ -49,6 +50,8 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-s", type=float, default=1.0,
                         help="latency samples of the first seconds are dropped (connections, metadata; default 1)")
     parser.add_argument("--rate-mb-s", type=float, default=0.0, help="offered load cap, all producers (0: max)")
+    parser.add_argument("--half-load", action="store_true",
+                        help="then run again at half the measured throughput; its latency goes in 'half_load'")
     parser.add_argument("--batch-bytes", type=int, default=None, help="producer batch_bytes (client default)")
     parser.add_argument("--linger-ms", type=int, default=None, help="producer linger_ms (client default)")
     parser.add_argument("--max-in-flight", type=int, default=None, help="producer max_in_flight (client default)")
@@ -208,51 +211,69 @@ def run_produce(args: argparse.Namespace) -> int:
             options[name] = getattr(args, name)
     with _cluster(args) as (bootstrap, broker_pids):
         topic = _create_topic(bootstrap, args)
-        _progress(
-            f"producing to {topic} ({args.partitions} partitions, RF {args.replication_factor}, acks={args.acks}) "
-            f"with {args.producers} producer process(es) for {args.duration_s} s ..."
+        cap = args.rate_mb_s * MB if args.rate_mb_s > 0 else 0.0
+        result = _produce_phase(bootstrap, topic, args, options, cap, broker_pids)
+        if args.half_load:
+            half = result["mb_per_s"] * MB / 2
+            _progress(f"half load: {half / MB:.1f} MB/s offered ...")
+            phase = _produce_phase(bootstrap, topic, args, options, half, broker_pids)
+            result["half_load"] = {
+                k: phase[k] for k in ("rate_mb_s_cap", "mb_per_s", "latency_ms_p50", "latency_ms_p99", "latency_ms_max", "cpu")
+            }
+    print(json.dumps(result))
+    return 0
+
+
+def _produce_phase(
+    bootstrap: str, topic: str, args: argparse.Namespace, options: dict[str, Any], rate_bytes_s: float,
+    broker_pids: list[int],
+) -> dict[str, Any]:
+    """One timed run of `args.producers` producer processes offering up to `rate_bytes_s` (0: max)."""
+    _progress(
+        f"producing to {topic} ({args.partitions} partitions, RF {args.replication_factor}, acks={args.acks}) "
+        f"with {args.producers} producer process(es) for {args.duration_s} s ..."
+    )
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    counters = [ctx.Value("q", 0, lock=False) for _ in range(args.producers)]
+    start_at = time.time() + 2.0  # all processes start together, after their imports
+    per_process_rate = rate_bytes_s / args.producers
+    procs = [
+        ctx.Process(
+            target=_producer_process,
+            args=(bootstrap, topic, options, args.record_bytes, args.duration_s, per_process_rate, counters[i], results,
+                  start_at, args.warmup_s),
+            daemon=True,
         )
-        ctx = multiprocessing.get_context("spawn")
-        results = ctx.Queue()
-        counters = [ctx.Value("q", 0, lock=False) for _ in range(args.producers)]
-        start_at = time.time() + 2.0  # all processes start together, after their imports
-        rate = args.rate_mb_s * MB / args.producers if args.rate_mb_s > 0 else 0.0
-        procs = [
-            ctx.Process(
-                target=_producer_process,
-                args=(bootstrap, topic, options, args.record_bytes, args.duration_s, rate, counters[i], results, start_at,
-                      args.warmup_s),
-                daemon=True,
-            )
-            for i in range(args.producers)
-        ]
-        for proc in procs:
-            proc.start()
-        outcomes: list[dict[str, Any]] = []
-        while time.time() < start_at:
-            time.sleep(0.01)
-        cpu_before = _cpu_snapshot(broker_pids)
-        last_total, last_t = 0, time.time()
-        while len(outcomes) < len(procs):
-            try:
-                outcomes.append(results.get(timeout=1.0))
-            except Exception:
-                pass
-            now = time.time()
-            total = sum(c.value for c in counters)
-            if now >= start_at and now - last_t >= 1.0:
-                rate_now = (total - last_total) * args.record_bytes / MB / (now - last_t)
-                _progress(f"  sent {total:>10,} records  ({rate_now:7.1f} MB/s offered)")
-                last_total, last_t = total, now
-            if all(not p.is_alive() for p in procs) and results.empty() and len(outcomes) < len(procs):
-                raise RuntimeError("a producer process died; see its output above")
-        cpu_after = _cpu_snapshot(broker_pids)
-        for proc in procs:
-            proc.join(timeout=10)
+        for i in range(args.producers)
+    ]
+    for proc in procs:
+        proc.start()
+    outcomes: list[dict[str, Any]] = []
+    while time.time() < start_at:
+        time.sleep(0.01)
+    cpu_before = _cpu_snapshot(broker_pids)
+    last_total, last_t = 0, time.time()
+    while len(outcomes) < len(procs):
+        try:
+            outcomes.append(results.get(timeout=1.0))
+        except Exception:
+            pass
+        now = time.time()
+        total = sum(c.value for c in counters)
+        if now >= start_at and now - last_t >= 1.0:
+            rate_now = (total - last_total) * args.record_bytes / MB / (now - last_t)
+            _progress(f"  sent {total:>10,} records  ({rate_now:7.1f} MB/s offered)")
+            last_total, last_t = total, now
+        if all(not p.is_alive() for p in procs) and results.empty() and len(outcomes) < len(procs):
+            raise RuntimeError("a producer process died; see its output above")
+    cpu_after = _cpu_snapshot(broker_pids)
+    for proc in procs:
+        proc.join(timeout=10)
     sent = sum(o["sent"] for o in outcomes)
     elapsed = max(o["elapsed_s"] for o in outcomes)
     latencies = sorted(x for o in outcomes for x in o["latencies"])
-    result = {
+    return {
         "benchmark": "produce",
         "brokers": args.brokers if not args.bootstrap else None,
         "partitions": args.partitions,
@@ -260,7 +281,7 @@ def run_produce(args: argparse.Namespace) -> int:
         "acks": args.acks,
         "producers": args.producers,
         "record_bytes": args.record_bytes,
-        "rate_mb_s_cap": args.rate_mb_s or None,
+        "rate_mb_s_cap": round(rate_bytes_s / MB, 2) if rate_bytes_s else None,
         "max_in_flight": options.get("max_in_flight"),
         "records": sent,
         "errors": sum(o["errors"] for o in outcomes),
@@ -272,8 +293,6 @@ def run_produce(args: argparse.Namespace) -> int:
         "latency_ms_max": round(latencies[-1] * 1000, 2) if latencies else None,
         "cpu": _cpu_report(cpu_before, cpu_after, [o["cpu_s"] for o in outcomes]),
     }
-    print(json.dumps(result))
-    return 0
 
 
 # --- where the CPU went ----------------------------------------------------------------
