@@ -90,6 +90,7 @@ FETCH_MAX_WAIT_MS_DEFAULT = 500
 FETCH_MAX_BYTES_DEFAULT = limits.MAX_FETCH_BYTES
 FETCH_PARTITION_MAX_BYTES_DEFAULT = 1024 * 1024
 MAX_POLL_RECORDS_DEFAULT = 10_000
+FETCH_ABANDON_SLACK_MS = 500                # consumer: wait this long past poll's deadline for a fetch
 
 _ACKS = {"all": broker_pb2.ACKS_ALL, "-1": broker_pb2.ACKS_ALL, "1": broker_pb2.ACKS_LEADER,
          "leader": broker_pb2.ACKS_LEADER, "0": broker_pb2.ACKS_NONE, "none": broker_pb2.ACKS_NONE}
@@ -711,9 +712,18 @@ class Consumer(_ClientBase):
             )
             timeout_s = (max_wait_ms + self.request_timeout_ms) / 1000
             calls.append((address, self._connections.broker(address).Fetch.future(request, timeout=timeout_s)))
+        # A fetch is only a read: past the poll deadline (plus the long-poll bound) a silent
+        # leader (paused, partitioned) is abandoned and backed off rather than awaited.
+        wait_until_ms = deadline_ms + FETCH_ABANDON_SLACK_MS
         for address, call in calls:
             try:
-                response = call.result()
+                response = call.result(timeout=max(0.0, (wait_until_ms - _now_ms()) / 1000))
+            except grpc.FutureTimeoutError:
+                call.cancel()
+                log.debug("fetch from %s: no answer by the poll deadline; backing off", address)
+                self._metadata.mark_stale()
+                self._backoff_until_ms[address] = _now_ms() + self.retry_backoff_ms
+                continue
             except grpc.RpcError as exc:
                 log.debug("fetch from %s failed: %s", address, rpc_error(exc, address, "fetch"))
                 self._metadata.mark_stale()

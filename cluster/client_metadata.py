@@ -28,6 +28,7 @@ from semel.cluster import client_errors
 from semel.v1 import admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2
 
 BOOTSTRAP_ENV = "SEMEL_BOOTSTRAP"
+METADATA_ATTEMPT_TIMEOUT_MS = 3_000   # one Metadata RPC to one broker
 
 
 def parse_bootstrap(bootstrap: str | Sequence[str] | None) -> list[str]:
@@ -273,7 +274,11 @@ class MetadataManager:
         """Ask one broker after another for metadata; raises BrokerUnreachableError if none answers."""
         wanted = sorted(self._topics if topics is None else set(topics))
         request = broker_pb2.MetadataRequest(topics=wanted)
-        timeout_s = (timeout_ms if timeout_ms is not None else self.request_timeout_ms) / 1000
+        # Per broker asked: a paused or partitioned broker must not hold the refresh (and the
+        # producer's sender thread) for a whole request timeout while others could answer.
+        timeout_s = min(
+            timeout_ms if timeout_ms is not None else self.request_timeout_ms, METADATA_ATTEMPT_TIMEOUT_MS
+        ) / 1000
         errors = []
         with self._lock:
             for address in self.candidates():
