@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from semel import limits
 from semel.coordinator.txn_state import MarkerRequest, TopicPartition, invariant
+from semel.storage.producer_state import ProducerInfo
 from semel.v1.common_pb2 import ErrorCode
 
 
@@ -312,3 +313,27 @@ class VerificationCache:
         if entry is None or entry.guard != guard or entry.expires_ms <= now_ms:
             return None
         return entry
+
+
+# --- partition side: KIP-664 admin abort ------------------------------------------------------------
+
+
+def check_admin_abort(info: ProducerInfo | None, producer_epoch: int, coordinator_epoch: int) -> tuple[int, str]:
+    """AbortTransaction on a partition leader (a hanging transaction the coordinator no
+    longer knows): allowed only for the producer's *open* transaction at its current epoch,
+    with a coordinator epoch no older than the last marker's. Then the broker appends an
+    ABORT marker with `PartitionStore.append_marker(pid, producer_epoch, commit=False,
+    coordinator_epoch=...)`, which applies the same epoch rules again under its lock."""
+    if info is None or info.txn_first_offset is None:
+        return ErrorCode.INVALID_TXN_STATE, "the producer has no open transaction in this partition"
+    if producer_epoch != info.producer_epoch:
+        return (
+            ErrorCode.INVALID_PRODUCER_EPOCH,
+            f"the open transaction runs at epoch {info.producer_epoch}, not {producer_epoch}",
+        )
+    if coordinator_epoch < info.coordinator_epoch:
+        return (
+            ErrorCode.TRANSACTION_COORDINATOR_FENCED,
+            f"coordinator epoch {coordinator_epoch} < the last marker's {info.coordinator_epoch}",
+        )
+    return ErrorCode.NONE, ""

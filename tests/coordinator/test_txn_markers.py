@@ -259,3 +259,34 @@ def test_verification_cache_expiry_and_bound():
     cache.begin(3, 0, 130)
     cache.begin(4, 0, 130)
     assert len(cache) == 2 and not cache.record_verified(g2, 131), "LRU evicted the oldest"
+
+
+# --- admin abort (KIP-664) ---------------------------------------------------------------------
+
+
+def test_admin_abort_only_of_an_open_transaction_at_its_epoch():
+    from semel.coordinator.txn_markers import check_admin_abort
+    from semel.storage.producer_state import ProducerInfo
+
+    open_txn = ProducerInfo(7, 4, 10, 0, 3, 120)
+    assert check_admin_abort(open_txn, 4, 3)[0] == ErrorCode.NONE
+    assert check_admin_abort(open_txn, 4, 9)[0] == ErrorCode.NONE
+    assert check_admin_abort(open_txn, 3, 3)[0] == ErrorCode.INVALID_PRODUCER_EPOCH
+    assert check_admin_abort(open_txn, 4, 2)[0] == ErrorCode.TRANSACTION_COORDINATOR_FENCED
+    assert check_admin_abort(ProducerInfo(7, 4, 10, 0, 3, None), 4, 3)[0] == ErrorCode.INVALID_TXN_STATE
+    assert check_admin_abort(None, 4, 3)[0] == ErrorCode.INVALID_TXN_STATE
+
+
+def test_admin_abort_closes_a_hanging_transaction_in_producer_state():
+    from semel.coordinator.txn_markers import check_admin_abort
+    from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader
+    from semel.storage.producer_state import Marker, ProducerStateManager
+
+    ps = ProducerStateManager()
+    ps.apply(BatchHeader(0, 0, 0, 7, 2, 0, 1, ATTR_TRANSACTIONAL, 0, 0))  # a transaction nobody will end
+    info = ps.producer(7)
+    assert check_admin_abort(info, 2, 0)[0] == ErrorCode.NONE
+    marker = Marker(commit=False, coordinator_epoch=0)
+    assert ps.validate_marker(7, 2, marker).ok
+    completed = ps.apply(BatchHeader(1, 0, 0, 7, 2, -1, 1, ATTR_CONTROL | ATTR_TRANSACTIONAL, 0, 0), marker)
+    assert completed is not None and completed.aborted and ps.open_transactions() == {}
