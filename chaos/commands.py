@@ -1,0 +1,106 @@
+"""`semel chaos run|check|schedule` and `semel toxiproxy` (registered by proto/semel/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from semel.chaos.nemesis import DEFAULT_FAMILIES, describe_schedule, parse_families
+
+
+def _run(args: argparse.Namespace) -> int:
+    from semel.chaos.runner import RunConfig, plan, run_chaos
+    from semel.chaos.workloads import WorkloadUnavailable
+
+    logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        families = parse_families(args.nemesis)
+    except ValueError as exc:
+        print(f"semel chaos run: {exc}", file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else int(time.time() * 1000) % (1 << 31)
+    out = args.out or f"chaos-runs/{args.workload}-seed{seed}-{time.strftime('%Y%m%dT%H%M%S')}"
+    cfg = RunConfig(duration_s=args.duration_s, families=families, workload=args.workload, seed=seed,
+                    brokers=args.brokers, out_dir=out, interval_s=args.interval_s,
+                    max_concurrent_faults=args.max_concurrent_faults, concurrency=args.concurrency,
+                    partitions=args.partitions, final_read_timeout_s=args.final_read_timeout_s,
+                    toxiproxy_url=args.toxiproxy_url)
+    if args.dry_run:
+        print(describe_schedule(plan(cfg)))
+        return 0
+    try:
+        result = run_chaos(cfg)
+    except WorkloadUnavailable as exc:
+        print(f"semel chaos run: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"semel chaos run: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"seed": seed, "valid": result.verdict["valid"], "out": str(result.out_dir),
+                      "anomalies": {k: result.verdict["counts"].get(k, 0) for k in result.verdict["anomalies"]}}))
+    return result.exit_code
+
+
+def _check(args: argparse.Namespace) -> int:
+    from semel.chaos import checker
+
+    ns = argparse.Namespace(history=args.history, max_examples=args.max_examples)
+    return int(checker._run(ns))
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from semel.chaos.nemesis import plan_schedule
+
+    try:
+        families = parse_families(args.nemesis)
+    except ValueError as exc:
+        print(f"semel chaos schedule: {exc}", file=sys.stderr)
+        return 2
+    schedule = plan_schedule(args.seed, args.duration_s, families, args.brokers, args.interval_s)
+    print(json.dumps(schedule.to_json(), indent=1) if args.json else describe_schedule(schedule))
+    return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    from semel.chaos import proxy
+    from semel.chaos.checker import MAX_EXAMPLES_DEFAULT
+    from semel.chaos.workloads import WORKLOADS
+
+    chaos = subparsers.add_parser("chaos", help="fault-injection runs (nemesis + workload + checker)")
+    sub = chaos.add_subparsers(dest="chaos_command", metavar="SUBCOMMAND")
+    run = sub.add_parser("run", help="run a workload against a cluster under a seeded fault schedule")
+    run.add_argument("--duration-s", type=float, default=300.0)
+    run.add_argument("--nemesis", default=",".join(DEFAULT_FAMILIES),
+                     help="comma-separated: kill,pause,partition,latency,reset,rolling,hijack,client-pause; all; none")
+    run.add_argument("--workload", default="idempotent", choices=WORKLOADS)
+    run.add_argument("--seed", type=int, default=None, help="replays the same fault schedule (printed if drawn)")
+    run.add_argument("--brokers", type=int, default=3)
+    run.add_argument("--out", default=None, help="output directory (default chaos-runs/WORKLOAD-seedS-TIME)")
+    run.add_argument("--interval-s", type=float, default=10.0, help="mean time between fault starts")
+    run.add_argument("--max-concurrent-faults", type=int, default=2)
+    run.add_argument("--concurrency", type=int, default=5, help="client processes")
+    run.add_argument("--partitions", type=int, default=6, help="keys (partitions of the workload topic)")
+    run.add_argument("--final-read-timeout-s", type=float, default=60.0)
+    run.add_argument("--toxiproxy-url", default=None, help="a real Toxiproxy (default $TOXIPROXY_URL, else ours)")
+    run.add_argument("--dry-run", action="store_true", help="print the fault schedule and exit")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=_run)
+    check = sub.add_parser("check", help="check a history file (JSONL) for anomalies")
+    check.add_argument("history")
+    check.add_argument("--max-examples", type=int, default=MAX_EXAMPLES_DEFAULT)
+    check.set_defaults(func=_check)
+    sched = sub.add_parser("schedule", help="print the fault schedule a seed gives")
+    sched.add_argument("--seed", type=int, required=True)
+    sched.add_argument("--duration-s", type=float, default=300.0)
+    sched.add_argument("--nemesis", default=",".join(DEFAULT_FAMILIES))
+    sched.add_argument("--brokers", type=int, default=3)
+    sched.add_argument("--interval-s", type=float, default=10.0)
+    sched.add_argument("--json", action="store_true")
+    sched.set_defaults(func=_schedule)
+    chaos.set_defaults(func=lambda args: (chaos.print_help(), 2)[1])
+    proxy.add_commands(subparsers)

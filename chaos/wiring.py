@@ -1,0 +1,335 @@
+"""The cluster under test: real broker processes whose every link passes through a fault proxy.
+
+Theory of operation
+-------------------
+Nodes are numbered: 0 stands for "the clients" (every workload process and the final
+readers), 1..N are the brokers. Every TCP connection crosses exactly one proxy of a
+Toxiproxy-v2 server (ours, `python -m semel.chaos.proxy`, or a real one at `$TOXIPROXY_URL`):
+
+  client-J         clients   -> broker J's gRPC   (advertised to clients: `--advertised`)
+  rpc-I-J          broker I  -> broker J's gRPC   (replication, controller heartbeats, ListOffsets,
+                                                   later markers/coordinator calls: `--dial`)
+  raft-I-J         broker I  -> broker J's Raft   (`--raft-dial`; pysyncobj opens one connection per
+                                                   pair, from the greater address, so only the
+                                                   (I, J) with raft_I > raft_J exist)
+
+A proxy carries data both ways: its `upstream` stream is dialler -> dialled, `downstream` the
+reverse. `flow_streams(links, src, dst)` (pure) says which (proxy, stream) pairs carry the
+data flowing from node `src` to node `dst`; the nemesis cuts or slows flows, so "isolate
+broker 2", "cut 1 -> 3 one way" or "slow the clients' links" are sets of flows.
+
+Identities stay real: brokers listen and register Raft on their real ports, advertise the
+client proxy, and dial peers through their own per-link proxies. The control plane (this
+supervisor's own Admin calls, readiness) talks to the real ports, outside the faults.
+
+The proxy API is called with plain HTTP requests with timeouts (toxiproxy-python has none and
+keeps its server address in class attributes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from semel.chaos.proxy import ProxyServerProcess, parse_url
+from semel.cluster.local_cluster import READY_TIMEOUT_S, BrokerProcess, BrokerSpec, LocalCluster
+
+CLIENTS = 0  # the node number of "every client"
+API_TIMEOUT_S = 5.0
+DIE_WITH_PARENT_ENV = "SEMEL_BROKER_DIE_WITH_PARENT"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Link:
+    """One proxy: node `src` dials node `dst` (`kind` "client", "rpc" or "raft") at `upstream`."""
+
+    name: str
+    kind: str
+    src: int
+    dst: int
+    upstream: str
+
+
+def plan_links(specs: Sequence[BrokerSpec]) -> list[Link]:
+    """Every proxy a cluster of `specs` needs (pure; see the module docstring)."""
+    links: list[Link] = []
+    for dst in specs:
+        links.append(Link(f"client-{dst.broker_id}", "client", CLIENTS, dst.broker_id, dst.address))
+    for src in specs:
+        for dst in specs:
+            if src.broker_id == dst.broker_id:
+                continue
+            links.append(Link(f"rpc-{src.broker_id}-{dst.broker_id}", "rpc", src.broker_id, dst.broker_id,
+                              dst.address))
+            if src.raft_address > dst.raft_address:  # pysyncobj: the greater address connects
+                links.append(Link(f"raft-{src.broker_id}-{dst.broker_id}", "raft", src.broker_id, dst.broker_id,
+                                  dst.raft_address))
+    return links
+
+
+def flow_streams(links: Iterable[Link], src: int, dst: int, kinds: Iterable[str] = ("client", "rpc", "raft"),
+                 ) -> list[tuple[str, str]]:
+    """(proxy name, stream) pairs carrying data from node `src` to node `dst`."""
+    wanted = set(kinds)
+    out = []
+    for link in links:
+        if link.kind not in wanted:
+            continue
+        if (link.src, link.dst) == (src, dst):
+            out.append((link.name, "upstream"))
+        elif (link.src, link.dst) == (dst, src):
+            out.append((link.name, "downstream"))
+    return out
+
+
+class ToxiproxyApi:
+    """The few Toxiproxy v2 calls the nemesis needs, with timeouts."""
+
+    def __init__(self, url: str) -> None:
+        host, port = parse_url(url)
+        self.base = f"http://{host}:{port}"
+        self.session = requests.Session()
+
+    def _call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201, 204)) -> Any:
+        resp = self.session.request(method, self.base + path, json=body, timeout=API_TIMEOUT_S)
+        if resp.status_code not in ok:
+            raise RuntimeError(f"toxiproxy {method} {path}: {resp.status_code} {resp.text.strip()}")
+        return resp.json() if resp.content else None
+
+    def create_proxy(self, name: str, upstream: str, listen: str = "127.0.0.1:0") -> str:
+        self._call("DELETE", f"/proxies/{name}", ok=(204, 404))
+        proxy = self._call("POST", "/proxies", {"name": name, "upstream": upstream, "listen": listen,
+                                                 "enabled": True})
+        return str(proxy["listen"])
+
+    def delete_proxy(self, name: str) -> None:
+        self._call("DELETE", f"/proxies/{name}", ok=(204, 404))
+
+    def add_toxic(self, proxy: str, name: str, type: str, stream: str, attributes: dict[str, int],
+                  toxicity: float = 1.0) -> None:
+        self._call("POST", f"/proxies/{proxy}/toxics",
+                   {"name": name, "type": type, "stream": stream, "toxicity": toxicity, "attributes": attributes})
+
+    def remove_toxic(self, proxy: str, name: str) -> None:
+        self._call("DELETE", f"/proxies/{proxy}/toxics/{name}", ok=(204, 404))
+
+    def set_enabled(self, proxy: str, enabled: bool) -> None:
+        self._call("POST", f"/proxies/{proxy}", {"enabled": enabled})
+
+    def reset(self) -> None:
+        """Every proxy enabled, every toxic removed."""
+        self._call("POST", "/reset")
+
+    def toxics(self) -> dict[str, list[dict[str, Any]]]:
+        proxies = self._call("GET", "/proxies")
+        return {name: list(p.get("toxics") or []) for name, p in proxies.items()}
+
+
+class _ChaosBrokerProcess(BrokerProcess):
+    """Starts the broker without `preexec_fn`: the supervisor uses gRPC (workload clients), and a
+    Python fork there can abort the child before exec (docs/design.md); the broker sets
+    PR_SET_PDEATHSIG itself when SEMEL_BROKER_DIE_WITH_PARENT=1."""
+
+    def start(self) -> None:
+        if self.alive():
+            raise AssertionError(f"broker {self.spec.broker_id} is already running")
+        self.spec.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ready.clear()
+        self.exited.clear()
+        self.expected_exit = False
+        self.paused = False
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env[DIE_WITH_PARENT_ENV] = "1"
+        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        self._reader = threading.Thread(target=self._read_output, args=(self.popen,),
+                                        name=f"broker-{self.spec.broker_id}-log", daemon=True)
+        self._reader.start()
+
+
+def _free_ports(count: int, host: str) -> list[int]:
+    import socket
+
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class ChaosCluster:
+    """N brokers behind per-link proxies. Start/stop from one long-lived thread (PDEATHSIG)."""
+
+    def __init__(self, data_dir: str | Path, brokers: int = 3, extra_args: Sequence[str] = (),
+                 toxiproxy_url: str | None = None, proxy_seed: int = 0, host: str = "127.0.0.1") -> None:
+        self.dir = Path(data_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self.extra_args = tuple(extra_args)
+        self.toxiproxy_url = toxiproxy_url if toxiproxy_url is not None else os.environ.get("TOXIPROXY_URL") or None
+        self.proxy_seed = proxy_seed
+        ports = _free_ports(2 * brokers, host)
+        self.specs = [BrokerSpec(i + 1, host, ports[i], ports[brokers + i], self.dir / f"broker-{i + 1}")
+                      for i in range(brokers)]
+        self.links = plan_links(self.specs)
+        self.listen: dict[str, str] = {}  # proxy name -> its listen address
+        self._proxy_server: ProxyServerProcess | None = None
+        self.api: ToxiproxyApi | None = None
+        self.cluster: LocalCluster | None = None
+
+    # --- lifecycle --------------------------------------------------------------------
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        try:
+            self._start_proxies()
+            self.cluster = LocalCluster(self.specs, self.dir, self.extra_args)
+            for spec in self.specs:
+                old = self.cluster.brokers[spec.broker_id]
+                self.cluster.brokers[spec.broker_id] = _ChaosBrokerProcess(
+                    spec, self.broker_argv(spec), old.log_path, on_exit=old.on_exit)
+            self.cluster.start(timeout_s=timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_proxies(self) -> None:
+        if self.toxiproxy_url is None:
+            self._proxy_server = ProxyServerProcess(host=self.host, seed=self.proxy_seed).start()
+            url = self._proxy_server.url
+        else:
+            url = self.toxiproxy_url
+        self.api = ToxiproxyApi(url)
+        for link in self.links:
+            self.listen[link.name] = self.api.create_proxy(link.name, link.upstream, f"{self.host}:0")
+
+    def broker_argv(self, spec: BrokerSpec) -> list[str]:
+        voters = ",".join(f"{v.broker_id}@{v.raft_address}@{v.address}" for v in self.specs)
+        dial = ",".join(f"{l.dst}={self.listen[l.name]}" for l in self.links if l.kind == "rpc" and l.src == spec.broker_id)
+        raft = ",".join(f"{l.dst}={self.listen[l.name]}" for l in self.links
+                        if l.kind == "raft" and l.src == spec.broker_id)
+        argv = [sys.executable, "-m", "semel.cluster.broker", "--broker-id", str(spec.broker_id),
+                "--listen", spec.address, "--advertised", self.listen[f"client-{spec.broker_id}"],
+                "--data-dir", str(spec.data_dir), "--raft", spec.raft_address, "--voters", voters]
+        if dial:
+            argv += ["--dial", dial]
+        if raft:
+            argv += ["--raft-dial", raft]
+        return argv + list(self.extra_args)
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop(grace_s=5)
+        if self.api is not None and self._proxy_server is None:  # a shared real Toxiproxy: tidy up
+            for link in self.links:
+                try:
+                    self.api.delete_proxy(link.name)
+                except Exception:
+                    pass
+        if self._proxy_server is not None:
+            self._proxy_server.stop()
+            self._proxy_server = None
+
+    def __enter__(self) -> ChaosCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- addresses --------------------------------------------------------------------
+    @property
+    def broker_ids(self) -> list[int]:
+        return [s.broker_id for s in self.specs]
+
+    @property
+    def bootstrap(self) -> str:
+        """What clients use: the client proxies."""
+        return ",".join(self.listen[f"client-{s.broker_id}"] for s in self.specs)
+
+    @property
+    def direct_bootstrap(self) -> str:
+        """The real ports (the supervisor's control plane, outside the faults)."""
+        return ",".join(s.address for s in self.specs)
+
+    # --- processes ---------------------------------------------------------------------
+    def _broker(self, broker_id: int) -> BrokerProcess:
+        assert self.cluster is not None
+        return self.cluster.brokers[broker_id]
+
+    def alive(self, broker_id: int) -> bool:
+        return self._broker(broker_id).alive()
+
+    def kill(self, broker_id: int) -> None:
+        b = self._broker(broker_id)
+        if b.paused:
+            b.signal(signal.SIGCONT)
+        b.kill()
+
+    def terminate(self, broker_id: int) -> int | None:
+        return self._broker(broker_id).stop(5.0)
+
+    def start_broker(self, broker_id: int) -> None:
+        """Start a stopped broker; does not wait (see `wait_ready`)."""
+        b = self._broker(broker_id)
+        if not b.alive():
+            b.start()
+
+    def wait_ready(self, broker_ids: Sequence[int] | None = None, timeout_s: float = READY_TIMEOUT_S) -> None:
+        assert self.cluster is not None
+        self.cluster.wait_ready(timeout_s, broker_ids)
+
+    def pause(self, broker_id: int) -> None:
+        assert self.cluster is not None
+        if self.alive(broker_id):
+            self.cluster.pause(broker_id)
+
+    def resume(self, broker_id: int) -> None:
+        assert self.cluster is not None
+        self.cluster.resume(broker_id)
+
+    def paused(self, broker_id: int) -> bool:
+        return self._broker(broker_id).paused
+
+    def log_path(self, broker_id: int) -> Path:
+        return self._broker(broker_id).log_path
+
+    def logs(self, lines: int = 40) -> str:
+        out = []
+        for bid in self.broker_ids:
+            path = self.log_path(bid)
+            text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else ["(no log)"]
+            out.append(f"----- broker {bid} ({path}) -----\n" + "\n".join(text))
+        return "\n".join(out)
+
+    # --- network faults ------------------------------------------------------------------
+    def flows(self, src: int, dst: int, kinds: Iterable[str] = ("client", "rpc", "raft")) -> list[tuple[str, str]]:
+        return flow_streams(self.links, src, dst, kinds)
+
+    def heal_network(self) -> None:
+        assert self.api is not None
+        self.api.reset()
+
+
+def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
