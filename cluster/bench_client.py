@@ -199,9 +199,11 @@ def _producer_process(
         producer.flush()
         elapsed = time.perf_counter() - begin
         cpu_end = os.times()
+        metrics = producer.metrics()
     counter.value = sent
     cpu_s = (cpu_end.user - cpu_begin.user) + (cpu_end.system - cpu_begin.system)
-    results.put({"sent": sent, "elapsed_s": elapsed, "latencies": latencies, "errors": errors, "cpu_s": cpu_s})
+    results.put({"sent": sent, "elapsed_s": elapsed, "latencies": latencies, "errors": errors, "cpu_s": cpu_s,
+                 "metrics": metrics})
 
 
 def run_produce(args: argparse.Namespace) -> int:
@@ -291,6 +293,10 @@ def _produce_phase(
         "latency_ms_p50": round(_percentile(latencies, 0.50) * 1000, 2),
         "latency_ms_p99": round(_percentile(latencies, 0.99) * 1000, 2),
         "latency_ms_max": round(latencies[-1] * 1000, 2) if latencies else None,
+        "avg_batch_kib": round(
+            sum(o["metrics"]["bytes_sent"] for o in outcomes) / 1024 / max(1, sum(o["metrics"]["batches_sent"] for o in outcomes)), 1
+        ),
+        "batch_retries": sum(o["metrics"]["batch_retries"] for o in outcomes),
         "cpu": _cpu_report(cpu_before, cpu_after, [o["cpu_s"] for o in outcomes]),
     }
 

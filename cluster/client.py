@@ -186,6 +186,7 @@ class Producer(_ClientBase):
         self.max_block_ms = max_block_ms
         self.delivery_timeout_ms = delivery_timeout_ms
         self._acc = RecordAccumulator(batch_bytes, linger_ms, buffer_bytes, max_in_flight)
+        self._stats: collections.Counter[str] = collections.Counter()  # see metrics()
         self._sticky = StickyPartitioner(seed=int(time.time_ns() // 1000))
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
@@ -254,6 +255,20 @@ class Producer(_ClientBase):
         if callback is not None:
             future.add_done_callback(_adapt_callback(callback))
         return future
+
+    def metrics(self) -> dict[str, int]:
+        """Counters since start: requests/batches/records/bytes sent (attempts, retries included),
+        records/batches acknowledged, records failed, batch retries; and the current
+        buffered_bytes, queued_batches, in_flight_batches."""
+        with self._cond:
+            out = {name: self._stats[name] for name in (
+                "requests_sent", "batches_sent", "records_sent", "bytes_sent", "records_acked", "batches_acked",
+                "records_failed", "batch_retries",
+            )}
+            out["buffered_bytes"] = self._acc.buffered_bytes
+            out["queued_batches"] = self._acc.queued_batches()
+            out["in_flight_batches"] = self._acc.in_flight_count()
+        return out
 
     def _wait_for_room(self, size: int, deadline_ms: int) -> None:
         """Caller holds the lock; blocks until the buffer takes `size` more bytes."""
@@ -373,8 +388,13 @@ class Producer(_ClientBase):
                 for b in batches
             ],
         )
-        for batch in batches:
-            batch.attempts += 1
+        with self._cond:
+            self._stats["requests_sent"] += 1
+            self._stats["batches_sent"] += len(batches)
+            for batch in batches:
+                batch.attempts += 1
+                self._stats["records_sent"] += batch.record_count
+                self._stats["bytes_sent"] += batch.size_bytes
         try:
             call = self._connections.broker(address).Produce.future(
                 request, timeout=self.request_timeout_ms / 1000 + 5
@@ -409,10 +429,13 @@ class Producer(_ClientBase):
                     )
                     done.append((batch, -1, -1, error))
                     self._acc.complete(batch)
+                    self._stats["records_failed"] += batch.record_count
                 elif result.error_code == common_pb2.NONE:
                     base = result.base_offset if self.acks != broker_pb2.ACKS_NONE else -1
                     done.append((batch, base, result.log_append_time_ms, None))
                     self._acc.complete(batch)
+                    self._stats["records_acked"] += batch.record_count
+                    self._stats["batches_acked"] += 1
                 else:
                     error = client_errors.error_for_code(
                         result.error_code, result.error_message, context=f"produce to {batch.topic}-{batch.partition}"
@@ -445,8 +468,10 @@ class Producer(_ClientBase):
         if error.retriable and not self._sender_stop and retry_at - batch.created_ms < self.delivery_timeout_ms:
             log.debug("retrying %s-%s after %s", batch.topic, batch.partition, error)
             self._acc.reenqueue(batch, retry_at)
+            self._stats["batch_retries"] += 1
             return None
         self._acc.complete(batch)
+        self._stats["records_failed"] += batch.record_count
         if error.retriable:
             timeout = self._timeout_error(batch)
             timeout.__cause__ = error

@@ -46,9 +46,13 @@ def test_retriable_errors_are_retried_in_order_and_refresh_metadata(fake_cluster
     with Producer(bootstrap, linger_ms=0, retry_backoff_ms=5, batch_bytes=200) as producer:
         futures = [producer.send("t", b"r%03d" % i, partition=0) for i in range(30)]
         producer.flush(timeout_s=10)
+        metrics = producer.metrics()
     assert [f.result(0).offset for f in futures] == list(range(30))
     assert [r.value for r in state.records("t", 0)] == [b"r%03d" % i for i in range(30)]
     assert state.metadata_requests > refreshes_before + 1
+    assert metrics["batch_retries"] == 2 and metrics["records_acked"] == 30 and metrics["records_failed"] == 0
+    assert metrics["batches_sent"] == metrics["batches_acked"] + 2
+    assert metrics["buffered_bytes"] == 0 and metrics["in_flight_batches"] == 0
 
 
 def test_leader_move_is_followed(fake_cluster):
