@@ -134,14 +134,14 @@ class TxnCoordinator:
         self, partition: int, coordinator_epoch: int, metadata: Iterable[TransactionMetadata]
     ) -> list[Action]:
         """`txn_log.load_partition` finished: serve the partition at `coordinator_epoch`."""
-        self.unload(partition)
+        actions = self.unload(partition)  # replies to requests parked on an older load, if any
         machine = TransactionStateMachine(partition, coordinator_epoch, self._allocate, self.config, metadata)
         for tid in machine.snapshot():
             invariant(self.partition_of(tid) == partition, f"{tid!r} does not belong to partition {partition}")
         self._machines[partition] = machine
         for tid in machine.prepared():
             self.channel.add(machine.marker_plan(tid))  # markers of a failed-over decision, again
-        return []
+        return actions
 
     def unload(self, partition: int) -> list[Action]:
         """Leadership of `partition` moved: forget it; parked requests get NOT_COORDINATOR."""

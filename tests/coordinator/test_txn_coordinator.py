@@ -160,3 +160,10 @@ def test_list_transactions_spans_partitions_and_truncates():
     assert error == ErrorCode.NONE and sorted(m.transactional_id for m in listed) == ids and not truncated
     error, listed, truncated = c.list_transactions(0, limit=4)
     assert len(listed) == 4 and truncated
+
+
+def test_loading_over_a_served_partition_answers_its_parked_requests():
+    c = core()
+    only(c.init_producer_id(9, TID, 1000, 0), AppendRecords)
+    actions = c.loaded(0, 6, [])
+    assert [(a.request_id, a.result.error) for a in actions] == [(9, ErrorCode.NOT_COORDINATOR)]
