@@ -61,7 +61,7 @@ class BrokerConfig:
     voters: tuple[str, ...] = ()  # "id@raft_host:port@rpc_host:port" for every voter
     cluster_id: str = "semel"
     heartbeat_interval_ms: int = limits.BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT
-    session_timeout_ms: int = 1000
+    session_timeout_ms: int = limits.BROKER_SESSION_TIMEOUT_MS_DEFAULT
     disconnect_grace_ms: int = 250
     replica_lag_time_max_ms: int = limits.REPLICA_LAG_TIME_MAX_MS_DEFAULT
     replica_fetch_max_wait_ms: int = limits.REPLICA_FETCH_MAX_WAIT_MS
@@ -218,7 +218,7 @@ class Broker:
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ]
-        self.server = grpc.aio.server(options=opts)
+        self.server = grpc.aio.server(options=opts, maximum_concurrent_rpcs=limits.MAX_CONCURRENT_RPCS_PER_BROKER)
         broker_pb2_grpc.add_BrokerServicer_to_server(BrokerService(self), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), self.server)
         replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService(self), self.server)

@@ -50,7 +50,8 @@ REPLICA_FETCH_MAX_BYTES = 8 * 1024 * 1024  # one ReplicaFetch response (at least
 REPLICA_FETCH_MAX_WAIT_MS = 500            # follower long-poll on the leader
 REPLICA_LAG_TIME_MAX_MS_DEFAULT = 10_000   # a follower not caught up for this long leaves the ISR
 BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT = 100
-BROKER_SESSION_TIMEOUT_MS_DEFAULT = 600    # no heartbeat for this long -> the controller fences the broker
+BROKER_SESSION_TIMEOUT_MS_DEFAULT = 1000   # no heartbeat for this long -> the controller fences the broker
+MAX_CONCURRENT_RPCS_PER_BROKER = 8192      # gRPC calls (incl. replica streams) a broker serves at once; more -> RESOURCE_EXHAUSTED
 
 # --- metadata quorum (semel.cluster.metadata / quorum / controller) ---------------------
 PRODUCER_ID_BLOCK_SIZE = 1000              # producer ids per AllocateProducerIds block (never reused)
