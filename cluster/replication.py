@@ -105,7 +105,7 @@ class LeaderReplicationService:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         parts = [p for fp in req.partitions if (p := self.rm.get(fp.topic, fp.partition)) is not None]
         for p in parts:
-            p.add_waiter(fut)
+            p.add_waiter(fut, data_only=True)
         try:
             await asyncio.wait_for(fut, max(0.0, timeout_s))
         except asyncio.TimeoutError:
