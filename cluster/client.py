@@ -90,6 +90,7 @@ FETCH_MAX_WAIT_MS_DEFAULT = 500
 FETCH_MAX_BYTES_DEFAULT = limits.MAX_FETCH_BYTES
 FETCH_PARTITION_MAX_BYTES_DEFAULT = 1024 * 1024
 MAX_POLL_RECORDS_DEFAULT = 10_000
+STALLED_REQUEST_MS = 1_000                  # producer: after this, check whether the request's leader moved
 FETCH_ABANDON_SLACK_MS = 500                # consumer: wait this long past poll's deadline for a fetch
 
 _ACKS = {"all": broker_pb2.ACKS_ALL, "-1": broker_pb2.ACKS_ALL, "1": broker_pb2.ACKS_LEADER,
@@ -187,6 +188,7 @@ class Producer(_ClientBase):
         self.delivery_timeout_ms = delivery_timeout_ms
         self._acc = RecordAccumulator(batch_bytes, linger_ms, buffer_bytes, max_in_flight)
         self._stats: collections.Counter[str] = collections.Counter()  # see metrics()
+        self._requests: set[_ProduceRequest] = set()  # in flight
         self._sticky = StickyPartitioner(seed=int(time.time_ns() // 1000))
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
@@ -339,6 +341,7 @@ class Producer(_ClientBase):
                         self._metadata.refresh()
                     except SemelError as exc:
                         log.debug("metadata refresh failed: %s", exc)
+                self._cancel_requests_to_moved_leaders(now_ms)
                 self._send_ready(now_ms)
         except Exception:  # pragma: no cover - a bug; fail loudly rather than hang senders
             log.exception("producer sender thread crashed")
@@ -388,7 +391,9 @@ class Producer(_ClientBase):
                 for b in batches
             ],
         )
+        pending = _ProduceRequest(address, batches, _now_ms())
         with self._cond:
+            self._requests.add(pending)
             self._stats["requests_sent"] += 1
             self._stats["batches_sent"] += len(batches)
             for batch in batches:
@@ -400,11 +405,44 @@ class Producer(_ClientBase):
                 request, timeout=self.request_timeout_ms / 1000 + 5
             )
         except (grpc.RpcError, ClosedError) as exc:
+            with self._cond:
+                self._requests.discard(pending)
             self._handle_failure(batches, exc if isinstance(exc, SemelError) else rpc_error(exc, address, "produce"))
             return
-        call.add_done_callback(lambda f: self._on_response(address, batches, f))
+        pending.call = call
+        call.add_done_callback(lambda f: self._on_response(pending, f))
 
-    def _on_response(self, address: str, batches: list[ProducerBatch], call: grpc.Future) -> None:
+    def _cancel_requests_to_moved_leaders(self, now_ms: int) -> None:
+        """A request that waits long while metadata names another leader for one of its
+        partitions (its broker was paused, cut off, fenced) is cancelled and retried there,
+        instead of waiting out request_timeout_ms. Its outcome is unknown."""
+        with self._cond:
+            old = [r for r in self._requests if now_ms - r.sent_ms >= STALLED_REQUEST_MS and not r.leader_moved]
+        if not old:
+            return
+        self._metadata.mark_stale_if_older_than(STALLED_REQUEST_MS)
+        view = self._metadata.view
+        moved = []
+        with self._cond:
+            for request in old:
+                leaders = {view.leader_address(b.topic, b.partition) for b in request.batches}
+                if request.call is not None and any(a is not None and a != request.address for a in leaders):
+                    request.leader_moved = True
+                    moved.append(request)
+        for request in moved:
+            log.info("produce request to %s waited %d ms and its partitions moved; retrying at the new leader",
+                     request.address, now_ms - request.sent_ms)
+            request.call.cancel()
+
+    def _on_response(self, pending: _ProduceRequest, call: grpc.Future) -> None:
+        address, batches = pending.address, pending.batches
+        with self._cond:
+            self._requests.discard(pending)
+        if pending.leader_moved and call.cancelled():
+            self._metadata.mark_stale()
+            self._handle_failure(batches, client_errors.NotLeaderOrFollowerError(
+                f"leadership moved away from {address} while the request waited", outcome_unknown=True))
+            return
         try:
             response = call.result()
         except grpc.RpcError as exc:
@@ -484,6 +522,17 @@ class Producer(_ClientBase):
             f"delivery_timeout_ms={self.delivery_timeout_ms} after {batch.attempts} attempt(s)",
             outcome_unknown=batch.outcome_unknown,
         )
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _ProduceRequest:
+    """One produce RPC in flight (the sender may cancel it when its leader moved)."""
+
+    address: str
+    batches: list[ProducerBatch]
+    sent_ms: int
+    call: Any = None
+    leader_moved: bool = False
 
 
 def _adapt_callback(callback: Callable[[RecordMetadata | None, BaseException | None], Any]) -> Callable[[RecordFuture], Any]:

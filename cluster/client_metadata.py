@@ -261,6 +261,12 @@ class MetadataManager:
     def mark_stale(self) -> None:
         self._stale = True
 
+    def mark_stale_if_older_than(self, age_ms: int) -> None:
+        """Ask for a refresh unless the view is younger than `age_ms` (rate-limits refreshes
+        triggered by slow requests)."""
+        if _now_ms() - self._last_refresh_ms >= age_ms:
+            self._stale = True
+
     def needs_refresh(self, now_ms: int) -> bool:
         due = self._stale or now_ms - self._last_refresh_ms >= self.metadata_max_age_ms
         return due and now_ms >= self._next_attempt_ms
