@@ -33,6 +33,7 @@ from semel.cluster.client_errors import InvalidReplicationFactorError
 from semel.cluster.local_cluster import BrokerSpec, LocalCluster
 
 READY_TIMEOUT_S = 60.0
+SETTLE_QUIET_S = 1.0     # metadata unchanged this long after start = the cluster has settled
 
 
 def create_topic_when_brokers_alive(
@@ -102,9 +103,34 @@ class Cluster:
     def start(self) -> None:
         try:
             self._cluster.start(timeout_s=self.ready_timeout_s)
+            self.settle()
         except BaseException:
             self.stop()
             raise
+
+    def settle(self, quiet_s: float = SETTLE_QUIET_S, timeout_s: float = 15.0) -> None:
+        """Wait until the metadata has not changed for `quiet_s` with every running broker
+        unfenced. Right after start-up the controller creates internal topics and a busy
+        machine can fence a broker for a moment; tests that start then would see leader
+        changes they did not cause."""
+        deadline = time.monotonic() + timeout_s
+        running = set(self.running())
+        last_version, quiet_since = None, time.monotonic()
+        with Admin(self._live_bootstrap(), request_timeout_ms=2000) as admin:
+            while time.monotonic() < deadline:
+                try:
+                    cluster = admin.describe_cluster(timeout_ms=2000)
+                except Exception:
+                    last_version, quiet_since = None, time.monotonic()
+                    time.sleep(0.05)
+                    continue
+                unfenced = {b.broker_id for b in cluster.brokers if not b.fenced}
+                if cluster.metadata_version != last_version or not running <= unfenced:
+                    last_version, quiet_since = cluster.metadata_version, time.monotonic()
+                elif time.monotonic() - quiet_since >= quiet_s:
+                    return
+                time.sleep(0.05)
+        # Not quiet within the timeout: go on; the tests cope with leader changes anyway.
 
     def stop(self) -> dict[int, int | None]:
         for client in self._clients:
@@ -164,6 +190,7 @@ class Cluster:
     def restart(self, broker_id: int, kill: bool = True) -> None:
         """(kill -9 by default, else SIGTERM), start again on the same ports and dir, wait ready."""
         self._cluster.restart(broker_id, self.ready_timeout_s, kill=kill)
+        self.settle()
 
     def start_broker(self, broker_id: int) -> None:
         broker = self._cluster.brokers[broker_id]
