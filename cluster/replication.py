@@ -91,7 +91,7 @@ class LeaderReplicationService:
                 r = self._one(req.replica_id, fp, remaining, now, update_progress=first)
                 remaining -= len(r.records)
                 key = (fp.topic, fp.partition)
-                if r.records or r.error_code != pb.NONE or r.diverging_epoch >= 0 or told_hw.get(key) != r.high_watermark:
+                if r.records or r.error_code != pb.NONE or r.diverging_end_offset >= 0 or told_hw.get(key) != r.high_watermark:
                     ready = True
                 results.append(r)
             first = False
@@ -133,11 +133,17 @@ class LeaderReplicationService:
         if fp.last_fetched_epoch >= 0 and fp.fetch_offset > p.log_start_offset:
             epoch, end = p.store.end_offset_for_epoch(fp.last_fetched_epoch)
             if epoch < 0:
-                epoch, end = -1, p.log_start_offset
+                # No epoch in common that we can name: diverging_epoch -1 with our LEO as the
+                # upper bound; the follower falls back to its own HW (pre-KIP-101 rule).
+                r.diverging_epoch, r.diverging_end_offset = -1, p.log_end_offset
+                return r
             if epoch != fp.last_fetched_epoch or end < fp.fetch_offset:
                 r.diverging_epoch = epoch
                 r.diverging_end_offset = end
                 return r
+        if fp.fetch_offset > p.log_end_offset and fp.last_fetched_epoch < 0:
+            r.diverging_epoch, r.diverging_end_offset = -1, p.log_end_offset
+            return r
         if fp.fetch_offset > p.log_end_offset or fp.fetch_offset < p.log_start_offset:
             r.error_code = pb.OFFSET_OUT_OF_RANGE
             return r
@@ -294,7 +300,10 @@ class ReplicaFetcher:
                 continue
             useful = True
             if r.diverging_epoch >= 0 or r.diverging_end_offset >= 0:
+                before = (p.log_end_offset, p.store.last_batch_epoch())
                 self._truncate_diverging(p, r.diverging_epoch, r.diverging_end_offset)
+                # nothing changed -> asking again at once would spin: back off unless others progressed
+                useful = (p.log_end_offset, p.store.last_batch_epoch()) != before or len(resp.results) > 1
                 continue
             try:
                 p.append_as_follower(r.records, r.high_watermark)
@@ -305,11 +314,12 @@ class ReplicaFetcher:
 
     @staticmethod
     def _truncate_diverging(p: Partition, epoch: int, leader_end: int) -> None:
-        if epoch < 0:
-            target = leader_end
+        local_epoch, local_end = p.store.end_offset_for_epoch(epoch) if epoch >= 0 else (-1, -1)
+        if local_epoch < 0:
+            # No common epoch to compare: keep only what we know was committed (our own HW).
+            target = min(leader_end, p.high_watermark)
         else:
-            local_epoch, local_end = p.store.end_offset_for_epoch(epoch)
-            target = leader_end if local_epoch < 0 else min(leader_end, local_end)
+            target = min(leader_end, local_end)
         target = max(target, p.log_start_offset)
         # Truncating at our LEO still drops leader-epoch entries that start there (an epoch
         # this broker led without appending), so the next fetch names an epoch the leader knows.

@@ -94,10 +94,13 @@ class EpochCache:
         return self.entries[-1][0] if self.entries else -1
 
     def end_offset_for(self, epoch: int, log_end_offset: int) -> tuple[int, int]:
-        """(largest known epoch <= `epoch`, the offset where it ended) or (-1, -1)."""
+        """(largest known epoch <= `epoch`, the offset where it ended); (-1, -1) when empty or
+        `epoch` is above every known one (semel.storage.epoch_cache rules)."""
         idx = bisect.bisect_right([e for e, _ in self.entries], epoch) - 1
-        if idx < 0:
+        if epoch < 0 or not self.entries or epoch > self.entries[-1][0]:
             return (-1, -1)
+        if idx < 0:  # below every known epoch: it ended where our first epoch starts (Kafka)
+            return (epoch, self.entries[0][1])
         if idx == len(self.entries) - 1:
             return (self.entries[idx][0], log_end_offset)
         return (self.entries[idx][0], self.entries[idx + 1][1])

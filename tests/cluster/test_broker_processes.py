@@ -216,6 +216,10 @@ def test_acked_writes_survive_leader_kill_and_replicas_converge(cluster, leader_
     acked = []
     for i in range(20):
         acked += produce_values(c, topic, [b"v%d-%d" % (i, j) for j in range(5)])
+    idem = h.make_batch([b"idem-0", b"idem-1"], producer_id=42, producer_epoch=0, base_sequence=0)
+    first = h.produce(c.broker_stub(c.leader_of(topic)), topic, 0, idem)
+    ok(first)
+    acked += [(first.base_offset, b"idem-0"), (first.base_offset + 1, b"idem-1")]
     old = c.leader_of(topic)
     killed_at = time.monotonic()
     c.kill(old)
@@ -226,7 +230,11 @@ def test_acked_writes_survive_leader_kill_and_replicas_converge(cluster, leader_
     assert new != old
     assert failover_s < 5.0  # target <= 1 s, checked loosely on a loaded CI machine
     acked.append((r.base_offset, b"after"))
-    assert r.base_offset == 100  # nothing acknowledged was lost or duplicated
+    assert r.base_offset == 102  # nothing acknowledged was lost or duplicated
+    # the new leader rebuilt producer state from replicated batches: a retry is deduplicated
+    retry = h.produce(c.broker_stub(new), topic, 0, idem)
+    ok(retry)
+    assert retry.duplicate and (retry.base_offset, retry.last_offset) == (first.base_offset, first.last_offset)
     assert h.read_all(c.broker_stub(new), topic) == acked
     c.start(old)
     c.wait_ready([old])

@@ -196,3 +196,31 @@ def test_follower_behind_the_leaders_log_start_restarts_there(tmp_path):
             p.close()
         for kv in kvs:
             kv.close()
+
+
+def test_leader_side_answers_bad_replica_fetches_with_errors(make_partition):
+    leader = make_partition(1)
+    leader.become_leader(state(1, 0), min_isr=1, now=0)
+    leader.append_as_leader(header(2), b"ab", now=1)
+    svc = LeaderReplicationService(FakeRm(leader), max_fetch_bytes=1 << 20)
+
+    def one(**fields):
+        fp = dict(topic="t", partition=0, fetch_offset=0, current_leader_epoch=0, last_fetched_epoch=-1)
+        fp.update(fields)
+        req = rpb.ReplicaFetchRequest(replica_id=2, partitions=[rpb.ReplicaFetchPartition(**fp)], max_wait_ms=0)
+        return asyncio.run(svc.handle(req, {})).results[0]
+
+    assert one(topic="nope").error_code == pb.NOT_LEADER_OR_FOLLOWER
+    assert one(partition=5).error_code == pb.NOT_LEADER_OR_FOLLOWER
+    assert one(fetch_offset=-3).error_code == pb.OFFSET_OUT_OF_RANGE
+    far = one(fetch_offset=99, last_fetched_epoch=0)  # ahead of the leader in its epoch: truncate to its end
+    assert far.diverging_epoch == 0 and far.diverging_end_offset == 2
+    blind = one(fetch_offset=99)  # ahead with no epoch to compare: the follower falls back to its HW
+    assert blind.diverging_epoch == -1 and blind.diverging_end_offset == 2
+    assert one(last_fetched_epoch=7, fetch_offset=2).diverging_epoch == -1  # an epoch the leader never had
+    ok = one()
+    assert ok.error_code == pb.NONE and ok.records and ok.high_watermark >= 0
+    # a replica id that is not a replica of the partition still reads, but moves no HW
+    req = rpb.ReplicaFetchRequest(replica_id=99, partitions=[rpb.ReplicaFetchPartition(
+        topic="t", partition=0, fetch_offset=2, current_leader_epoch=0, last_fetched_epoch=0)], max_wait_ms=0)
+    assert asyncio.run(svc.handle(req, {})).results[0].error_code == pb.NONE
