@@ -52,6 +52,7 @@ class BrokerService(bgrpc.BrokerServicer):
     def __init__(self, broker: Broker) -> None:
         self.b = broker
         self.inflight_produce = 0
+        self.inflight_by_peer: dict[str, int] = {}
         self.parked_fetches = 0
 
     # --- Metadata ----------------------------------------------------------------------
@@ -84,11 +85,22 @@ class BrokerService(bgrpc.BrokerServicer):
         if self.inflight_produce >= self.b.config.max_inflight_produce:
             return _produce_all_failed(request, pb.RESOURCE_EXHAUSTED,
                                        f"broker has {self.inflight_produce} produce requests in flight (limit)")
+        peer = context.peer() if context is not None else ""
+        if self.inflight_by_peer.get(peer, 0) >= limits.MAX_INFLIGHT_PRODUCE_PER_CONNECTION:
+            return _produce_all_failed(request, pb.RESOURCE_EXHAUSTED,
+                                       f"{limits.MAX_INFLIGHT_PRODUCE_PER_CONNECTION} produce requests already in "
+                                       "flight on this connection (limit)")
         self.inflight_produce += 1
+        self.inflight_by_peer[peer] = self.inflight_by_peer.get(peer, 0) + 1
         try:
             return await self._produce(request)
         finally:
             self.inflight_produce -= 1
+            left = self.inflight_by_peer[peer] - 1
+            if left:
+                self.inflight_by_peer[peer] = left
+            else:
+                del self.inflight_by_peer[peer]  # bounded by the connections with requests in flight
 
     async def _produce(self, request: bpb.ProduceRequest) -> bpb.ProduceResponse:
         if len(request.partitions) > limits.MAX_PARTITIONS_PER_REQUEST:

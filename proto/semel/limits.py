@@ -40,6 +40,7 @@ KV_SCAN_ENTRIES_MAX = 10_000               # entries one KvStore.scan returns at
 
 # --- brokers (semel.cluster) -------------------------------------------------------
 MAX_INFLIGHT_PRODUCE_PER_BROKER = 1024     # produce requests being handled at once; more -> RESOURCE_EXHAUSTED
+MAX_INFLIGHT_PRODUCE_PER_CONNECTION = 256  # the same, per client connection (gRPC peer), so one client cannot take them all
 MAX_PENDING_ACKS_PER_PARTITION = 4096      # acks=all produces waiting for the high watermark, per partition
 MAX_FETCH_WAITERS_PER_BROKER = 4096        # long-polling Fetch requests parked at once
 MAX_PRODUCE_TIMEOUT_MS = 5 * 60 * 1000     # produce timeout_ms is clamped to this

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from semel import limits
+
 from semel.cluster import metadata as md
 from semel.cluster.broker import BrokerConfig
 from semel.cluster.replica_manager import ReplicaManager, now_ms, progress_ms
@@ -106,6 +108,9 @@ def test_inflight_bound_and_bad_requests(broker):
     r = run(svc.Produce(produce_req(), None)).results[0]
     assert r.error_code == pb.RESOURCE_EXHAUSTED
     svc.inflight_produce = 0
+    svc.inflight_by_peer[""] = limits.MAX_INFLIGHT_PRODUCE_PER_CONNECTION
+    assert run(svc.Produce(produce_req(), None)).results[0].error_code == pb.RESOURCE_EXHAUSTED
+    svc.inflight_by_peer.clear()
     twice = produce_req(acks=bpb.ACKS_LEADER)
     twice.partitions.append(twice.partitions[0])
     codes = [x.error_code for x in run(svc.Produce(twice, None)).results]
