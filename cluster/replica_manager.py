@@ -291,7 +291,7 @@ def _write_hw_checkpoint(directory: Path, hw: int) -> None:
     os.replace(tmp, directory / HW_CHECKPOINT_FILE)
 
 
-FollowerListener = Callable[[Partition], None]
+RoleListener = Callable[[Partition, Role, int], None]
 
 
 class ReplicaManager:
@@ -306,6 +306,7 @@ class ReplicaManager:
         self._open_store = open_store
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.failed: dict[tuple[str, int], str] = {}  # replicas whose storage could not be opened
+        self._role_listeners: list[RoleListener] = []
         # Called when a partition starts following a (new) leader or stops following.
         self.on_follow: Callable[[Partition], None] = lambda p: None
         self.on_unfollow: Callable[[Partition], None] = lambda p: None
@@ -357,7 +358,53 @@ class ReplicaManager:
             else:
                 self.failed.pop(key, None)
 
+    # --- in-process API for coordinators hosted on this broker ---------------------------
+    def add_role_listener(self, callback: RoleListener) -> None:
+        """`callback(partition, role, leader_epoch)` after every role change of a hosted replica
+        (also `Role.OFFLINE, -1` when it is removed); runs on the loop, must not block."""
+        self._role_listeners.append(callback)
+
+    def _notify_role(self, p: Partition, role: Role, leader_epoch: int) -> None:
+        for callback in self._role_listeners:
+            try:
+                callback(p, role, leader_epoch)
+            except Exception:
+                log.exception("role listener failed for %s-%d", p.topic, p.partition)
+
+    async def append_and_wait(self, topic: str, partition: int, header: BatchHeader, payload: bytes, *,
+                              image: md.MetadataImage, acks_all: bool = True, timeout_ms: int = 30_000
+                              ) -> AppendResult:
+        """Append one batch as leader (the caller built a valid header) and, with `acks_all`, wait
+        until the HW passes it: the Produce path without gRPC, for coordinators on this broker.
+        REQUEST_TIMED_OUT and NOT_LEADER_OR_FOLLOWER after the append mean *outcome unknown*."""
+        try:
+            p = self.leader_partition(topic, partition, image)
+            if acks_all and len(p.isr) < p.min_insync_replicas:
+                return AppendResult(pb.NOT_ENOUGH_REPLICAS, f"ISR {list(p.isr)} below min_insync_replicas="
+                                    f"{p.min_insync_replicas}; nothing was written")
+            result = p.append_as_leader(header, payload, now_ms())
+            if result.error_code != pb.NONE or not acks_all:
+                return result
+            fut = p.wait_for_hw(result.last_offset + 1)
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), timeout_ms / 1000)
+            except asyncio.TimeoutError:
+                p.pending.remove(fut)
+                return dataclasses.replace(result, error_code=pb.REQUEST_TIMED_OUT,
+                                           message=f"not replicated within {timeout_ms} ms; outcome unknown")
+            code, message = p.ack_outcome()
+            return result if code == pb.NONE else dataclasses.replace(result, error_code=code, message=message)
+        except PartitionError as exc:
+            return AppendResult(exc.code, exc.message)
+
+    # --- role changes ---------------------------------------------------------------------
     def _apply_state(self, p: Partition, topic: md.Topic, ps: md.PartitionState, now: int) -> None:
+        before = (p.role, p.leader_epoch)
+        self._change_role(p, topic, ps, now)
+        if (p.role, p.leader_epoch) != before:
+            self._notify_role(p, p.role, p.leader_epoch)
+
+    def _change_role(self, p: Partition, topic: md.Topic, ps: md.PartitionState, now: int) -> None:
         min_isr = topic.config.min_insync_replicas
         if not self.active:
             if p.role != Role.OFFLINE:
@@ -396,6 +443,7 @@ class ReplicaManager:
             self.on_unfollow(p)
         del self.partitions[p.key]
         p.close()
+        self._notify_role(p, Role.OFFLINE, -1)
         if delete_data:
             shutil.rmtree(p.directory, ignore_errors=True)
 
