@@ -252,6 +252,7 @@ class NemesisExecutor:
         self.active: dict[int, AppliedFault] = {}
         self.done: list[AppliedFault] = []
         self.lock = threading.Lock()
+        self._rolls: dict[int, _Roll] = {}
 
     def now_s(self) -> float:
         return self.clock() - self.t0
@@ -334,6 +335,8 @@ class NemesisExecutor:
                 for b in applied.brokers:
                     if not self._paused_by_other(b):
                         self.cluster.resume(b)
+            elif fam == "rolling":
+                self._rolls.pop(fault.id, None)  # an unfinished roll stops here (heal_all starts the rest)
             elif fam in ("partition", "latency", "reset"):
                 for proxy, name in applied.toxics:
                     self.cluster.api.remove_toxic(proxy, name)
@@ -432,18 +435,45 @@ class NemesisExecutor:
         order = list(self.cluster.broker_ids)
         self.rng.shuffle(order)
         applied.brokers = tuple(order)
-        for b in order:
-            if not self.cluster.alive(b) or self.cluster.paused(b):
-                continue  # another fault holds it
-            if fault.kind == "hard":
-                self.cluster.kill(b)
-            else:
-                self.cluster.terminate(b)
-            self.cluster.start_broker(b)
-            try:
-                self.cluster.wait_ready([b], timeout_s=self.RESTART_READY_S)
-            except Exception as exc:  # e.g. a partition holds it: go on, the final heal waits
-                applied.note += f" broker {b} not ready: {exc};"
+        self._rolls[fault.id] = _Roll(applied, order)
+        self.tick()
+
+    def tick(self) -> None:
+        """Advance rolling restarts (one broker at a time; never blocks on readiness)."""
+        for fault_id, roll in list(self._rolls.items()):
+            if self._step_roll(roll):
+                del self._rolls[fault_id]
+
+    def _step_roll(self, roll: _Roll) -> bool:
+        while roll.index < len(roll.order):
+            b = roll.order[roll.index]
+            if not roll.waiting:
+                if not self.cluster.alive(b) or self.cluster.paused(b):
+                    roll.index += 1  # another fault holds it
+                    continue
+                if roll.applied.fault.kind == "hard":
+                    self.cluster.kill(b)
+                else:
+                    self.cluster.terminate(b)
+                self.cluster.start_broker(b)
+                roll.waiting, roll.since = True, self.clock()
+                return False
+            if not self.cluster.is_ready(b) and self.clock() - roll.since < self.RESTART_READY_S:
+                return False
+            if not self.cluster.is_ready(b):  # e.g. a partition holds it: go on, the final heal waits
+                roll.applied.note += f" broker {b} not ready after {self.RESTART_READY_S:.0f} s;"
+            roll.index += 1
+            roll.waiting = False
+        return True
+
+
+@dataclasses.dataclass(slots=True)
+class _Roll:
+    applied: AppliedFault
+    order: list[int]
+    index: int = 0
+    waiting: bool = False
+    since: float = 0.0
 
 
 def describe_schedule(schedule: Schedule) -> str:

@@ -117,6 +117,7 @@ def run_chaos(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunRe
         workload.setup(cluster.direct_bootstrap)
         say(f"cluster ready in {timings['cluster_start_s']:.1f} s; clients use {cluster.bootstrap}")
         t0 = time.monotonic()
+        summary["started_unix_s"] = time.time()  # history time 0, to line up with broker logs
         writer = HistoryWriter(out / "history.jsonl")
         rec = Recorder(writer)
         executor = NemesisExecutor(cluster, _resolver(cluster.direct_bootstrap, wcfg.topic), cfg.seed, hooks)
@@ -176,6 +177,7 @@ def _drive(schedule: Schedule, executor: NemesisExecutor, rec: Recorder, t0: flo
     last_print, last_done = t0, 0
     i = 0
     while True:
+        executor.tick()
         now = time.monotonic()
         if i < len(events) and now - t0 >= events[i].at_s:
             executor.apply(events[i])

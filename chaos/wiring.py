@@ -289,6 +289,11 @@ class ChaosCluster:
         if not b.alive():
             b.start()
 
+    def is_ready(self, broker_id: int) -> bool:
+        """Running and printed its ready line since it was (re)started."""
+        b = self._broker(broker_id)
+        return b.alive() and b.ready.is_set()
+
     def wait_ready(self, broker_ids: Sequence[int] | None = None, timeout_s: float = READY_TIMEOUT_S) -> None:
         assert self.cluster is not None
         self.cluster.wait_ready(timeout_s, broker_ids)

@@ -46,6 +46,16 @@ class WorkloadUnavailable(Exception):
     pass
 
 
+def idempotence_option() -> str | None:
+    """The Producer keyword that turns idempotence on, if this client has one."""
+    import inspect
+
+    from semel.cluster.client import Producer
+
+    params = inspect.signature(Producer.__init__).parameters
+    return next((name for name in ("enable_idempotence", "idempotent", "idempotence") if name in params), None)
+
+
 def transactions_available() -> bool:
     """The client exposes transactions (begin/commit/abort on a transactional producer)."""
     from semel.cluster import client
@@ -201,9 +211,12 @@ class IdempotentWorkload(Workload):
     def _producer(self, bootstrap: str) -> Any:
         from semel.cluster.client import Producer
 
+        option = idempotence_option()  # use it as soon as the client has it
+        extra: dict[str, Any] = {option: True} if option else {}
         return Producer(bootstrap, acks="all", linger_ms=0, max_in_flight=1,
                         request_timeout_ms=self.cfg.request_timeout_ms,
-                        delivery_timeout_ms=self.cfg.delivery_timeout_ms, max_block_ms=self.cfg.delivery_timeout_ms)
+                        delivery_timeout_ms=self.cfg.delivery_timeout_ms, max_block_ms=self.cfg.delivery_timeout_ms,
+                        **extra)
 
     def _consumer(self, bootstrap: str) -> Any:
         from semel.cluster.client import Consumer

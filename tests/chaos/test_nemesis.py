@@ -165,6 +165,13 @@ class FakeCluster:
     def paused(self, b: int) -> bool:
         return b in self.stopped
 
+    ready_after = 0
+    looks: dict[int, int] = {}
+
+    def is_ready(self, b: int) -> bool:
+        self.looks[b] = self.looks.get(b, 0) + 1
+        return b in self.running and self.looks[b] >= self.ready_after
+
     def wait_ready(self, broker_ids=None, timeout_s: float = 0) -> None:
         self.log.append(f"ready {broker_ids}")
 
@@ -221,9 +228,17 @@ def test_overlapping_kills_restart_only_when_the_last_one_ends_and_heal_all_rest
 def test_rolling_restart_goes_through_every_broker() -> None:
     c = FakeCluster()
     ex = executor(c)
-    applied = ex.start(Fault(0, "rolling", "clean"))
+    c.ready_after = 2  # each restarted broker is ready on the second look
+    f = Fault(0, "rolling", "clean")
+    applied = ex.start(f)
     assert sorted(applied.brokers) == [1, 2, 3]
-    assert [line.split()[0] for line in c.log] == ["term", "start", "ready"] * 3
+    assert c.log == [f"term {applied.brokers[0]}", f"start {applied.brokers[0]}"]  # one at a time, no blocking
+    for _ in range(10):
+        ex.tick()
+    assert [line.split()[0] for line in c.log] == ["term", "start"] * 3
+    assert [int(line.split()[1]) for line in c.log[::2]] == list(applied.brokers)
+    ex.stop(f)
+    assert not ex._rolls
 
 
 def test_workload_families_need_hooks() -> None:

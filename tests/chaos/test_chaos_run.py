@@ -1,0 +1,58 @@
+"""A short seeded fault-injection run of every available workload; any anomaly fails the test.
+
+The seed is fixed (and printed), so a failure replays with
+`semel chaos run --seed SEED --duration-s D --nemesis all --workload W`.
+Transactional workloads are skipped (with the reason) until the client has transactions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from semel.chaos.nemesis import parse_families
+from semel.chaos.runner import RunConfig, run_chaos
+from semel.chaos.workloads import WORKLOADS, WorkloadConfig, WorkloadUnavailable, idempotence_option, make_workload
+
+pytestmark = pytest.mark.slow
+
+# Found by chaos runs and reproduced in test_chaos_run_regressions.py: tolerated here only until
+# the producer is idempotent (then any duplicate fails this test again).
+KNOWN_UNTIL_IDEMPOTENT = frozenset({"duplicate"}) if idempotence_option() is None else frozenset()
+
+SEED = int(os.environ.get("SEMEL_CHAOS_SEED", "20261128"))
+DURATION_S = float(os.environ.get("SEMEL_CHAOS_DURATION_S", "75"))
+
+
+def available(name: str) -> str | None:
+    try:
+        make_workload(name, WorkloadConfig(), SEED)
+    except WorkloadUnavailable as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_seeded_run_has_no_anomaly(workload: str, tmp_path: Path) -> None:
+    reason = available(workload)
+    if reason is not None:
+        pytest.skip(reason)
+    cfg = RunConfig(duration_s=DURATION_S, families=parse_families("all"), workload=workload, seed=SEED,
+                    brokers=3, out_dir=str(tmp_path / "run"), interval_s=8.0, concurrency=4, partitions=4,
+                    final_read_timeout_s=45.0)
+    print(f"chaos run seed {SEED}, {DURATION_S:.0f} s, workload {workload}, out {cfg.out_dir}")
+    result = run_chaos(cfg, say=print)
+    verdict = result.verdict
+    stats = verdict["stats"]
+    unexpected = {k: v for k, v in verdict["anomalies"].items() if k not in KNOWN_UNTIL_IDEMPOTENT}
+    known = {k: verdict["counts"][k] for k in verdict["anomalies"] if k in KNOWN_UNTIL_IDEMPOTENT}
+    if known:
+        print(f"known anomalies (non-idempotent producer, see test_chaos_run_regressions.py): {known}")
+    assert not unexpected, json.dumps(unexpected, indent=1)[:4000]
+    assert stats["values_acknowledged"] > 100, stats  # the run did real work between faults
+    assert not result.summary["final_read"]["incomplete"], result.summary["final_read"]
+    assert result.summary["faults"], "the nemesis applied faults"
+    assert (result.out_dir / "report.html").read_text().count("<svg") == 2
