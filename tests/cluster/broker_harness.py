@@ -195,7 +195,7 @@ class Cluster:
             for i, b in self.brokers.items():
                 if not b.alive:
                     continue
-                with contextlib.suppress(grpc.RpcError):
+                with contextlib.suppress(grpc.RpcError, IndexError):  # IndexError: topic not in its image yet
                     pm = self.partition_meta(topic, partition, via=i)
                     if pm.leader_id >= 0 and self.brokers[pm.leader_id].alive:
                         return pm.leader_id
