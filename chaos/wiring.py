@@ -321,6 +321,34 @@ class ChaosCluster:
             out.append(f"----- broker {bid} ({path}) -----\n" + "\n".join(text))
         return "\n".join(out)
 
+    def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 3,
+                     configs: dict[str, str] | None = None, timeout_s: float = 30.0) -> None:
+        """Create a topic through the real ports; retry while a broker is briefly fenced (a loaded
+        machine delays heartbeats), then wait until every partition has a leader."""
+        from semel.cluster.client import Admin
+        from semel.cluster.client_errors import InvalidReplicationFactorError, TopicAlreadyExistsError
+
+        deadline = time.monotonic() + timeout_s
+        with Admin(self.direct_bootstrap) as admin:
+            while True:
+                try:
+                    admin.create_topic(name, partitions, replication_factor, configs)
+                    break
+                except TopicAlreadyExistsError:
+                    break
+                except InvalidReplicationFactorError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.1)
+
+            def led() -> bool:
+                view = admin.metadata([name])
+                parts = [view.partition(name, p) for p in range(partitions)]
+                return all(p is not None and p.leader_id >= 0 for p in parts)
+
+            if not wait_until(led, max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"topic {name}: not every partition has a leader after {timeout_s} s")
+
     # --- network faults ------------------------------------------------------------------
     def flows(self, src: int, dst: int, kinds: Iterable[str] = ("client", "rpc", "raft")) -> list[tuple[str, str]]:
         return flow_streams(self.links, src, dst, kinds)

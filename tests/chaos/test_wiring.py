@@ -59,8 +59,7 @@ def test_clients_see_only_the_client_proxies(chaos_cluster: ChaosCluster) -> Non
     proxies = set(c.bootstrap.split(","))
     info = describe(c)
     assert {b.address for b in info.brokers} == proxies  # advertised = client proxies
-    with Admin(c.bootstrap) as admin:
-        admin.create_topic("w", 1, 3)
+    c.create_topic("w", 1, 3)
     with Producer(c.bootstrap) as producer:
         assert producer.send("w", b"x", partition=0).result(20).offset == 0
 
@@ -100,8 +99,7 @@ def test_heartbeats_pass_through_the_rpc_proxies(chaos_cluster: ChaosCluster) ->
 def test_replication_passes_through_the_rpc_proxies(chaos_cluster: ChaosCluster) -> None:
     c = chaos_cluster
     assert c.api is not None
-    with Admin(c.bootstrap) as admin:
-        admin.create_topic("r", 1, 3)
+    c.create_topic("r", 1, 3)
     with Producer(c.bootstrap, acks="all") as producer:
         producer.send("r", b"warm", partition=0).result(20)
         names = []
