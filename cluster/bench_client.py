@@ -294,7 +294,9 @@ def _produce_phase(
         "latency_ms_p99": round(_percentile(latencies, 0.99) * 1000, 2),
         "latency_ms_max": round(latencies[-1] * 1000, 2) if latencies else None,
         "avg_batch_kib": round(
-            sum(o["metrics"]["bytes_sent"] for o in outcomes) / 1024 / max(1, sum(o["metrics"]["batches_sent"] for o in outcomes)), 1
+            sum(o["metrics"]["bytes_sent"] for o in outcomes) / 1024
+            / max(1, sum(o["metrics"]["batches_sent"] for o in outcomes)),
+            1,
         ),
         "batch_retries": sum(o["metrics"]["batch_retries"] for o in outcomes),
         "cpu": _cpu_report(cpu_before, cpu_after, [o["cpu_s"] for o in outcomes]),

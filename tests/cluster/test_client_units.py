@@ -222,7 +222,8 @@ def test_every_error_code_has_a_class_in_one_category():
         cls = client_errors.error_class(code)
         assert cls.code == code
         assert cls.__name__ == "".join(p.capitalize() for p in name.split("_")) + "Error"
-        categories = [issubclass(cls, c) for c in (client_errors.RetriableError, client_errors.AbortableError, client_errors.FatalError)]
+        bases = (client_errors.RetriableError, client_errors.AbortableError, client_errors.FatalError)
+        categories = [issubclass(cls, c) for c in bases]
         assert categories.count(True) == 1, name
 
 
@@ -278,7 +279,7 @@ def test_cluster_view_leaders_and_missing_topics():
 
 
 def test_requests_are_split_below_the_message_limit():
-    from semel.cluster.client import _split_by_size
+    from semel.cluster.client_producer import _split_by_size
 
     acc = _acc(batch_bytes=1000, linger_ms=0, buffer_bytes=10**6)
     for p in range(5):
