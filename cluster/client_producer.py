@@ -137,6 +137,7 @@ class Producer(_ClientBase):
             )
         size = 24 + len(value_bytes) + (len(key_bytes) if key_bytes else 0)
         if headers:
+            headers = [(str(k), v if type(v) is bytes else (_as_bytes(v, "header value") or b"")) for k, v in headers]
             size = RecordAccumulator.record_size(key_bytes, value_bytes, headers)
         if size > limits.MAX_BATCH_BYTES:
             raise client_errors.RecordBatchTooLargeError(

@@ -343,15 +343,19 @@ def _consume(args: argparse.Namespace) -> int:
     import time
 
     from semel.cluster.client import Consumer
-    from semel.cluster.client_errors import ConfigError
+    from semel.cluster.client_errors import ConfigError, UnknownTopicOrPartitionError
 
     if args.offset is not None and not args.partition:
         raise ConfigError("--offset needs --partition")
     with Consumer(args.bootstrap, auto_offset_reset="earliest" if args.from_beginning else "latest",
                   isolation_level=args.isolation_level) as consumer:
-        partitions = args.partition
-        if partitions is None:
-            partitions = [info.partition for info in consumer.partitions_for(args.topic, timeout_ms=10_000)]
+        existing = [info.partition for info in consumer.partitions_for(args.topic, timeout_ms=10_000)]
+        partitions = args.partition if args.partition is not None else existing
+        missing = sorted(set(partitions) - set(existing))
+        if missing:
+            raise UnknownTopicOrPartitionError(
+                f"topic {args.topic!r} has partitions 0..{len(existing) - 1}; no partition {missing[0]}"
+            )
         consumer.assign([(args.topic, p) for p in partitions])
         if args.offset is not None:
             for p in partitions:

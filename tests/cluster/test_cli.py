@@ -49,6 +49,9 @@ def test_usage_and_operational_errors_are_readable(fake_cluster):
     missing = _cli(bootstrap, "topic", "describe", "nope")
     assert missing.returncode == 1 and b"Traceback" not in missing.stderr
     assert missing.stderr.decode().strip().startswith("semel topic: error: UNKNOWN_TOPIC_OR_PARTITION")
+    _cli(bootstrap, "topic", "create", "two", "--partitions", "2")
+    no_partition = _cli(bootstrap, "consume", "two", "--partition", "5", "--timeout-ms", "100")
+    assert no_partition.returncode == 1 and b"no partition 5" in no_partition.stderr
     bad_config = _cli(bootstrap, "topic", "create", "x", "--config", "novalue")
     assert bad_config.returncode == 2 and b"KEY=VALUE" in bad_config.stderr
     no_bootstrap = subprocess.run([*SEMEL, "topic", "list"], capture_output=True, timeout=30,

@@ -15,7 +15,8 @@ def test_produce_consume_round_trip(fake_cluster):
     state, _brokers, bootstrap = fake_cluster
     state.create_topic("events", 3)
     with Producer(bootstrap, linger_ms=1) as producer:
-        futures = [producer.send("events", b"v%d" % i, key=b"k%d" % (i % 5), headers=[("h", b"x")]) for i in range(200)]
+        futures = [producer.send("events", b"v%d" % i, key=b"k%d" % (i % 5), headers=[("h", "x" if i % 2 else b"x")])
+                   for i in range(200)]
         producer.flush(timeout_s=10)
         metas = [f.result(0) for f in futures]
     # Same key, same partition; offsets per partition are dense and in send order.
