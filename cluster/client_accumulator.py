@@ -266,6 +266,10 @@ class RecordAccumulator:
             out.append(head)
         return out
 
+    def busy(self, topic: str, partition: int) -> bool:
+        """The partition has its maximum of batches in flight (a new batch would wait)."""
+        return self._in_flight[(topic, partition)] >= self.max_in_flight
+
     def next_ready_ms(self, now_ms: int) -> int | None:
         """Earliest time a queued batch becomes sendable by time alone (None: nothing queued)."""
         earliest: int | None = None

@@ -8,8 +8,9 @@ number as it would in Kafka with the same partition count. Test vectors (from Ka
 murmur2(b"a-little-bit-long-string") = -985981536, murmur2(b"abc") = 479470107.
 
 Keyless records stick to one partition until the batch for it is closed (full or sent),
-then move to the next partition round-robin: big batches, even spread over time. A
-partition without a known leader is skipped while another one has a leader.
+then move to the next partition round-robin: big batches, even spread over time. The
+producer passes an `available` test so a partition without a known leader, or one whose
+in-flight limit is reached, is skipped while another partition could send at once.
 """
 
 from __future__ import annotations

@@ -154,9 +154,13 @@ class Producer(_ClientBase):
                 else:
                     view = self._metadata.view
                     partition = self._sticky.partition(topic, count)
-                    if view.leader_address(topic, partition) is None:
+                    if acc.busy(topic, partition) or view.leader_address(topic, partition) is None:
+                        # Adaptive stickiness: prefer a partition that can be sent at once
+                        # (leader known, in-flight limit not reached) over waiting a round trip.
                         partition = self._sticky.partition(
-                            topic, count, lambda p: view.leader_address(topic, p) is not None
+                            topic,
+                            count,
+                            lambda p: view.leader_address(topic, p) is not None and not acc.busy(topic, p),
                         )
             future, full, new_batch = acc.append(topic, partition, ts, key_bytes, value_bytes, headers, now_ms)
             if full and key_bytes is None:

@@ -295,3 +295,13 @@ def test_format_table_aligns_columns():
 
     text = format_table(["A", "LONGER"], [["xyz", "1"], ["q", "22"]])
     assert text.splitlines() == ["A    LONGER", "xyz  1", "q    22"]
+
+
+def test_busy_partition_reflects_the_in_flight_limit():
+    acc = _acc(linger_ms=0, max_in_flight=1)
+    acc.append("t", 0, 0, None, b"x", None, now_ms=0)
+    assert not acc.busy("t", 0)
+    [batch] = acc.drain_ready(now_ms=0)
+    assert acc.busy("t", 0) and not acc.busy("t", 1)
+    acc.complete(batch)
+    assert not acc.busy("t", 0)
