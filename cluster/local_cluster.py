@@ -431,13 +431,14 @@ def run_cluster_up(
                     flush=True,
                 )
             first = specs[0].address
+            semel = _semel_command()
             print(
                 "try:\n"
                 f"  export SEMEL_BOOTSTRAP={first}\n"
-                "  semel topic create demo --partitions 3 --replication-factor "
+                f"  {semel} topic create demo --partitions 3 --replication-factor "
                 f"{min(3, brokers)}\n"
-                "  echo hello | semel produce demo\n"
-                "  semel consume demo --from-beginning --max-messages 1\n"
+                f"  echo hello | {semel} produce demo\n"
+                f"  {semel} consume demo --from-beginning --max-messages 1\n"
                 "Ctrl-C stops the cluster.",
                 flush=True,
             )
@@ -453,6 +454,20 @@ def run_cluster_up(
         unclean = {i: c for i, c in codes.items() if c not in (0, None, -signal.SIGTERM)}
         say("all brokers stopped" + (f" (exit codes {unclean})" if unclean else ""))
     return exit_code
+
+
+def _semel_command() -> str:
+    """How the user can run `semel` from here: plain `semel` when that is on the PATH and is
+    the one running, else the path that was used (e.g. `.venv/bin/semel`)."""
+    import shutil
+
+    argv0 = Path(sys.argv[0])
+    on_path = shutil.which("semel")
+    if on_path and argv0.name == "semel" and Path(on_path).resolve() == argv0.resolve():
+        return "semel"
+    if argv0.name == "semel":
+        return str(argv0)
+    return f"{sys.executable} -m semel.cli"
 
 
 def _port_in_use(host: str, port: int) -> bool:
