@@ -55,6 +55,22 @@ def test_client_round_trip_keys_and_order(shared_cluster):
         assert (record.value, record.key) == (b"value-%d" % i, b"key-%d" % (i % 7))
 
 
+def test_read_committed_sees_non_transactional_records(shared_cluster):
+    shared_cluster.create_topic("committed", partitions=1, replication_factor=3)
+    with Producer(shared_cluster.bootstrap, linger_ms=0) as producer:
+        for i in range(10):
+            producer.send("committed", b"%d" % i)
+        producer.flush(30)
+    with Consumer(shared_cluster.bootstrap, auto_offset_reset="earliest", isolation_level="read_committed") as consumer:
+        consumer.assign([("committed", 0)])
+        got: list[bytes] = []
+        while len(set(got)) < 10:
+            records = consumer.poll(5000)
+            assert records, f"read_committed stalled after {len(got)} records"
+            got.extend(r.value for r in records)
+    assert list(dict.fromkeys(got)) == [b"%d" % i for i in range(10)]
+
+
 def test_cli_produce_pipe_consume_and_describe(shared_cluster):
     created = _cli(shared_cluster, "topic", "create", "clitopic", "--partitions", "2", "--replication-factor", "3")
     assert created.returncode == 0, created.stderr
