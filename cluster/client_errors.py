@@ -122,6 +122,7 @@ _RETRIABLE_CODES: Final = frozenset(
         common_pb2.STALE_PARTITION_EPOCH,
         common_pb2.REPLICA_NOT_AVAILABLE,
         common_pb2.TOO_MANY_PRODUCERS,
+        common_pb2.STALE_MEMBER_EPOCH,
     }
 )
 

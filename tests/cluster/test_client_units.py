@@ -305,3 +305,25 @@ def test_busy_partition_reflects_the_in_flight_limit():
     assert acc.busy("t", 0) and not acc.busy("t", 1)
     acc.complete(batch)
     assert not acc.busy("t", 0)
+
+
+def test_error_categories_match_the_wire_contract_comments():
+    """common.proto says for each code whether it is retriable, abortable or fatal: the client agrees."""
+    import pathlib
+    import re
+
+    proto = pathlib.Path(__file__).resolve().parents[2] / "proto" / "semel" / "v1" / "common.proto"
+    text = proto.read_text()
+    body = text[text.index("enum ErrorCode"):]
+    body = body[: body.index("}")]
+    checked = 0
+    for name, comment in re.findall(r"^\s*([A-Z_]+)\s*=\s*\d+;\s*//\s*(.*)$", body, re.M):
+        word = comment.split()[0].rstrip(":")
+        if word not in ("retriable", "fatal", "abortable"):
+            continue
+        cls = client_errors.error_class(common_pb2.ErrorCode.Value(name))
+        expected = {"retriable": client_errors.RetriableError, "fatal": client_errors.FatalError,
+                    "abortable": client_errors.AbortableError}[word]
+        assert issubclass(cls, expected), f"{name}: the contract says {word}"
+        checked += 1
+    assert checked > 40
