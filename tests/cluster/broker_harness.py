@@ -26,11 +26,18 @@ from semel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, com
 READY = "SEMEL_BROKER_READY"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (every socket is held until all are picked, so no repeats)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass
@@ -55,8 +62,9 @@ class Cluster:
     def __init__(self, root: Path, n: int, voters: int | None = None, **flags: object) -> None:
         self.root = root
         self.flags = flags
+        ports = free_ports(2 * n)
         self.brokers = {
-            i: BrokerProc(i, free_port(), free_port(), root / f"broker-{i}") for i in range(1, n + 1)
+            i: BrokerProc(i, ports[2 * i - 2], ports[2 * i - 1], root / f"broker-{i}") for i in range(1, n + 1)
         }
         nv = n if voters is None else voters
         self.voters = ",".join(f"{b.broker_id}@127.0.0.1:{b.raft_port}@{b.address}"
