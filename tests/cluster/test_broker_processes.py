@@ -461,8 +461,10 @@ def test_kill_and_restart_cycles_under_load(tmp_path):
     nothing is duplicated or invented, and every replica converges byte for byte."""
     import random
 
-    seed = int(time.time()) % 10_000
-    print(f"\nseed {seed}")
+    import os
+
+    seed = int(os.environ.get("SEMEL_TEST_SEED", int(time.time()) % 10_000))
+    print(f"\nseed {seed} (replay the fault schedule with SEMEL_TEST_SEED={seed})")
     rnd = random.Random(seed)
     c = h.Cluster(tmp_path, 3, **FLAGS)
     partitions = 3
