@@ -12,16 +12,16 @@ reported (exit code and the tail of its log) and stays down. Tests use `kill`, `
 `resume` and `restart` explicitly.
 
 Brokers run in their own session (Ctrl-C in a terminal reaches the supervisor only, which
-then stops them in order) and with PR_SET_PDEATHSIG=SIGKILL on Linux, so a supervisor that
-dies for any reason takes its brokers with it: no orphans holding ports. (PDEATHSIG fires
-when the *thread* that started the broker exits, so start brokers from a long-lived thread,
-as `semel cluster up` and the test harness do: the main thread.)
+then stops them in order) with SEMEL_BROKER_DIE_WITH_PARENT=1, so each sets
+PR_SET_PDEATHSIG=SIGKILL on Linux and a supervisor that dies for any reason takes its
+brokers with it: no orphans holding ports. (PDEATHSIG fires when the *thread* that started
+the broker exits, so start brokers from a long-lived thread, as `semel cluster up` and the
+test harness do: the main thread.)
 """
 
 from __future__ import annotations
 
 import collections
-import ctypes
 import dataclasses
 import os
 import signal
@@ -34,6 +34,7 @@ from pathlib import Path
 
 BROKER_MODULE = "semel.cluster.broker"
 READY_MARKER = "SEMEL_BROKER_READY"
+DIE_WITH_PARENT_ENV = "SEMEL_BROKER_DIE_WITH_PARENT"  # the broker then sets PR_SET_PDEATHSIG=SIGKILL
 RAFT_PORT_OFFSET = 10000
 STOP_GRACE_S = 10.0
 READY_TIMEOUT_S = 60.0
@@ -90,14 +91,6 @@ def broker_argv(spec: BrokerSpec, voters: Sequence[BrokerSpec], extra_args: Sequ
     ]
 
 
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class BrokerProcess:
     """One broker subprocess; its merged stdout/stderr go to `log_path` (and optionally `echo`)."""
 
@@ -141,13 +134,16 @@ class BrokerProcess:
         self.paused = False
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # The broker sets PR_SET_PDEATHSIG itself after exec. Never a preexec_fn here: this
+        # process uses gRPC, and a Python fork runs gRPC's fork handlers in the child, which
+        # intermittently aborts it before exec (docs/design.md, broker contract).
+        env[DIE_WITH_PARENT_ENV] = "1"
         self.popen = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
             env=env,
         )
         self._reader = threading.Thread(

@@ -52,3 +52,37 @@ def test_kill_pause_restart_and_clean_teardown():
         finally:
             cluster.stop()
         assert not any(_alive(pid) for pid in pids if pid)
+
+
+def test_brokers_die_with_a_killed_test_process(tmp_path):
+    """kill -9 of the process running the harness leaves no broker behind (PDEATHSIG)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from tests.cluster.harness import Cluster\n"
+        "c = Cluster(sys.argv[2], brokers=1)\n"
+        "print(c.pid(1), flush=True)\n"
+        "import time; time.sleep(120)\n"
+    )
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen([sys.executable, "-c", script, root, str(tmp_path)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip().isdigit(), line
+        broker_pid = int(line)
+        assert _alive(broker_pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while _alive(broker_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(broker_pid), "the broker outlived its supervisor"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
