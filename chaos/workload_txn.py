@@ -1,0 +1,217 @@
+"""Transactional workloads (`txn`, `money`), written against a Kafka-style transactional producer.
+
+Status: the Python client has no transactions yet, so `make_workload` refuses these workloads
+("requires transactions, not available in this build") and nothing here has run against a
+broker. The code fixes the shape the runner and checker need, so that wiring the real API is a
+matter of names. It assumes Kafka's producer API: `Producer(bootstrap, transactional_id=...)`,
+`init_transactions()`, `begin_transaction()`, `send(...)`, `commit_transaction()`,
+`abort_transaction()`, and a read_committed `Consumer`.
+
+Outcomes (docs/chaos-checker.md): commit acknowledged -> `ok`; a deliberate abort, or an abort
+after a failed send that itself succeeded -> `fail` (error "aborted"); a commit that raised, an
+abort that failed, a fenced producer mid-commit -> `info`. Polls inside a transaction are
+recorded with their results whatever the outcome.
+
+Nemesis hooks: `hijack` (a second producer initializes the same transactional id, fencing the
+process's producer, until the window ends) and `client-pause` (a process stalls between its last
+send and its commit until the window ends).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from semel.chaos.history import BALANCE, CRASH, FAIL, INFO, OK, TRANSFER, TXN
+from semel.chaos.nemesis import Fault
+from semel.chaos.workloads import (
+    IdempotentWorkload,
+    Recorder,
+    WorkloadConfig,
+    _close_quietly,
+    _decode_value,
+    plan_transfer,
+    plan_txn,
+)
+
+
+class TxnWorkload(IdempotentWorkload):
+    """`txn`: transactions of sends and polls over the workload's partitions (~10% aborted)."""
+
+    name = "txn"
+
+    def __init__(self, cfg: WorkloadConfig, seed: int) -> None:
+        super().__init__(cfg, seed)
+        self._paused: dict[int, threading.Event] = {}  # process slot -> released when set
+        self._hijackers: dict[int, Any] = {}
+        self._bootstrap = ""
+
+    def transactional_id(self, slot: int) -> str:
+        return f"chaos-{self.name}-{slot}"
+
+    def _txn_producer(self, bootstrap: str, slot: int) -> Any:
+        from semel.cluster.client import Producer
+
+        producer = Producer(bootstrap, transactional_id=self.transactional_id(slot), acks="all",  # type: ignore[call-arg]
+                            request_timeout_ms=self.cfg.request_timeout_ms,
+                            delivery_timeout_ms=self.cfg.delivery_timeout_ms)
+        producer.init_transactions()  # type: ignore[attr-defined]
+        return producer
+
+    # --- nemesis hooks ------------------------------------------------------------------
+    def nemesis_hooks(self) -> Mapping[str, Callable[..., str]]:
+        return {"hijack": self._hijack, "client-pause": self._client_pause}
+
+    def _slot(self, fault: Fault) -> int:
+        return int(fault.param("pick", 0)) % self.cfg.concurrency
+
+    def _hijack(self, fault: Fault, start: bool) -> str:
+        slot = self._slot(fault)
+        if start:
+            self._hijackers[slot] = self._txn_producer(self._bootstrap, slot)
+            return f"hijacked {self.transactional_id(slot)}"
+        _close_quietly(self._hijackers.pop(slot, None))
+        return ""
+
+    def _client_pause(self, fault: Fault, start: bool) -> str:
+        slot = self._slot(fault)
+        if start:
+            self._paused[slot] = threading.Event()
+            return f"process slot {slot} stalls before its next commit"
+        event = self._paused.pop(slot, None)
+        if event is not None:
+            event.set()
+        return ""
+
+    def _stall_before_commit(self, slot: int, stop: threading.Event) -> None:
+        event = self._paused.get(slot)
+        while event is not None and not event.is_set() and not stop.is_set():
+            event.wait(0.1)
+
+    # --- the process loop ----------------------------------------------------------------------
+    def run_process(self, process: int, bootstrap: str, rec: Recorder, stop: threading.Event) -> None:
+        self._bootstrap = bootstrap
+        rng = random.Random(self.seed * 1000 + process)
+        slot, pid = process, process
+        producer = consumer = None
+        try:
+            producer, consumer = self._txn_producer(bootstrap, slot), self._consumer(bootstrap)
+            self._assign(pid, rng, consumer, rec)
+            while not stop.is_set():
+                ok = self._one_txn(pid, slot, rng, producer, consumer, rec, stop)
+                if self.cfg.op_pause_s:
+                    stop.wait(self.cfg.op_pause_s)
+                if not ok or rng.randrange(1000) < self.cfg.crash_per_mille:
+                    rec.invoke(pid, CRASH)
+                    _close_quietly(producer, consumer)
+                    rec.complete(pid, INFO, error="client rebuilt")
+                    pid += self.cfg.concurrency
+                    producer, consumer = self._txn_producer(bootstrap, slot), self._consumer(bootstrap)
+                    self._assign(pid, rng, consumer, rec)
+        finally:
+            _close_quietly(producer, consumer)
+
+    def _plan(self, rng: random.Random) -> tuple[list[list[Any]], bool, dict[str, Any]]:
+        mops, abort = plan_txn(rng, self.keys, self._next_value)
+        return mops, abort, {}
+
+    def _one_txn(self, pid: int, slot: int, rng: random.Random, producer: Any, consumer: Any, rec: Recorder,
+                 stop: threading.Event) -> bool:
+        """One transaction; False when the producer must be rebuilt (fenced / state unknown)."""
+        mops, abort, extra = self._plan(rng)
+        f = TRANSFER if extra else TXN
+        rec.invoke(pid, f, mops, **extra)
+        done: list[list[Any]] = []
+        try:
+            producer.begin_transaction()
+        except Exception as exc:  # nothing was sent: definitely not applied; the producer is rebuilt
+            rec.complete(pid, FAIL, _merge(mops, [], []), error=f"begin: {type(exc).__name__}: {exc}")
+            return False
+        try:
+            futures = []
+            for mop in mops:
+                if mop[0] == "send":
+                    futures.append((mop, producer.send(self.cfg.topic, str(mop[2]).encode(),
+                                                       partition=self.partition_of(mop[1]))))
+                else:
+                    done.append(["poll", self._read_map(consumer.poll(timeout_ms=self.cfg.poll_timeout_ms))])
+            sends = []
+            for mop, fut in futures:
+                sends.append(["send", mop[1], mop[2], fut.result(timeout=self.cfg.delivery_timeout_ms / 1000 + 5).offset])
+        except Exception as exc:  # a send or poll failed inside the transaction: try to abort
+            return self._abort(pid, producer, mops, done, rec, f"{type(exc).__name__}: {exc}")
+        value = _merge(mops, sends, done)
+        if abort:
+            return self._abort(pid, producer, mops, done, rec, "aborted", value=value)
+        self._stall_before_commit(slot, stop)
+        try:
+            producer.commit_transaction()
+        except Exception as exc:
+            rec.complete(pid, INFO, value, error=f"commit: {type(exc).__name__}: {exc}")
+            return False
+        rec.complete(pid, OK, value)
+        with self._acked_lock:
+            for s in sends:
+                self.acked[s[1]] = max(self.acked.get(s[1], -1), int(s[3]))
+        return True
+
+    def _abort(self, pid: int, producer: Any, mops: list[list[Any]], polls: list[list[Any]], rec: Recorder,
+               why: str, value: list[list[Any]] | None = None) -> bool:
+        value = value if value is not None else _merge(mops, [], polls)
+        try:
+            producer.abort_transaction()
+        except Exception as exc:
+            rec.complete(pid, INFO, value, error=f"{why}; abort failed: {type(exc).__name__}: {exc}")
+            return False
+        rec.complete(pid, FAIL, value, error="aborted" if why == "aborted" else f"aborted after {why}")
+        return True
+
+
+def _merge(mops: list[list[Any]], sends: list[list[Any]], polls: list[list[Any]]) -> list[list[Any]]:
+    """Completion micro-ops in invoke order: sends with offsets (None if unknown), polls with results."""
+    s_iter, p_iter = iter(sends), iter(polls)
+    out: list[list[Any]] = []
+    for mop in mops:
+        if mop[0] == "send":
+            out.append(next(s_iter, ["send", mop[1], mop[2], None]))
+        else:
+            out.append(next(p_iter, ["poll", {}]))
+    return out
+
+
+class MoneyWorkload(TxnWorkload):
+    """`money`: transfers (a txn of a from-leg and a to-leg) between accounts (= partitions);
+    the final `balance` read of every account must sum to zero with no torn transfer."""
+
+    name = "money"
+
+    def _plan(self, rng: random.Random) -> tuple[list[list[Any]], bool, dict[str, Any]]:
+        src, dst, amount = plan_transfer(rng, self.keys)
+        mops = [["send", src, self._next_value()], ["send", dst, self._next_value()]]
+        return mops, rng.randrange(1000) < 50, {"transfer": {"from": src, "to": dst, "amount": amount}}
+
+    def final_read(self, bootstrap: str, rec: Recorder, process: int) -> dict[str, Any]:
+        """The usual final poll, then one `balance` read of every account from the beginning."""
+        summary = super().final_read(bootstrap, rec, process)
+        reads: dict[str, list[list[int]]] = {k: [] for k in self.keys}
+        targets = summary["read_up_to"]
+        consumer = self._consumer(bootstrap)
+        rec.invoke(process + 1, BALANCE, None)
+        try:
+            consumer.assign([(self.cfg.topic, self.partition_of(k)) for k in self.keys])
+            consumer.seek_to_beginning()
+            deadline = time.monotonic() + self.cfg.final_read_timeout_s
+            while time.monotonic() < deadline and any(
+                    consumer.position(self.cfg.topic, self.partition_of(k)) < targets[k] for k in self.keys):
+                for r in consumer.poll(timeout_ms=300):
+                    reads[f"{r.topic}-{r.partition}"].append([r.offset, _decode_value(r.value)])
+            rec.complete(process + 1, OK, reads)
+        finally:
+            _close_quietly(consumer)
+        return summary
+
+
+__all__ = ["MoneyWorkload", "TxnWorkload"]
