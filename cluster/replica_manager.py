@@ -217,6 +217,20 @@ class Partition:
         self.notify()
         return AppendResult(pb.NONE, "", outcome.base_offset, outcome.last_offset, now, outcome.duplicate)
 
+    def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
+                      now: int) -> AppendResult:
+        """A COMMIT/ABORT marker from the transaction coordinator (validated by the store)."""
+        self.check_leader()
+        outcome = self.store.append_marker(producer_id, producer_epoch, commit, coordinator_epoch,
+                                           self.leader_epoch, now)
+        if outcome.error_code != pb.NONE:
+            return AppendResult(outcome.error_code, outcome.message)
+        invariant(self.progress is not None, "a leader has replication progress")
+        if self.progress.on_leader_append(self.log_end_offset, progress_ms()):
+            self._on_hw(self.progress.high_watermark)
+        self.notify()
+        return AppendResult(pb.NONE, "", outcome.base_offset, outcome.last_offset, now)
+
     def wait_for_hw(self, end_offset: int) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.high_watermark >= end_offset:

@@ -56,6 +56,8 @@ class ReplicaStore(Protocol):
     def assign_epoch(self, leader_epoch: int, start_offset: int) -> None: ...
     def append_as_leader(self, encoded: bytes, leader_epoch: int, now_ms: int) -> LeaderAppendOutcome: ...
     def append_as_follower(self, raw: bytes) -> None: ...
+    def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
+                      leader_epoch: int, now_ms: int) -> LeaderAppendOutcome: ...
     def truncate_to(self, offset: int) -> None: ...
     def read(self, offset: int, max_bytes: int, max_offset: int | None) -> bytes: ...
     def end_offset_for_epoch(self, leader_epoch: int) -> tuple[int, int]: ...
@@ -192,6 +194,10 @@ class FileReplicaStore:
     def append_as_follower(self, raw: bytes) -> None:
         self._write(raw)
 
+    def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
+                      leader_epoch: int, now_ms: int) -> LeaderAppendOutcome:
+        return LeaderAppendOutcome(pb.UNKNOWN_SERVER_ERROR, "the stopgap file store has no transactions")
+
     def truncate_to(self, offset: int) -> None:
         if offset >= self._end:
             self.epochs.entries = [(e, s) for e, s in self.epochs.entries if s < offset or s == self._start]
@@ -304,6 +310,12 @@ class PartitionStoreAdapter:
 
     def append_as_follower(self, raw: bytes) -> None:
         self.store.append_as_follower(raw, int(time.time() * 1000))
+
+    def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
+                      leader_epoch: int, now_ms: int) -> LeaderAppendOutcome:
+        r = self.store.append_marker(producer_id, producer_epoch, commit=commit, coordinator_epoch=coordinator_epoch,
+                                     leader_epoch=leader_epoch, now_ms=now_ms)
+        return LeaderAppendOutcome(r.error, r.message, r.offset, r.offset, False)
 
     def truncate_to(self, offset: int) -> None:
         self.store.truncate_to(offset)

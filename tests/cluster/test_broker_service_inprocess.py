@@ -197,3 +197,48 @@ def test_role_listeners_and_append_and_wait_for_coordinators(broker):
     topic = dataclasses.replace(moved.topics["t"], partitions=(part,))
     broker.set_image(dataclasses.replace(moved, topics={"t": topic}))
     assert seen == [(("t", 0), Role.FOLLOWER, 1)]
+
+
+def test_read_committed_stops_at_the_lso_and_drops_aborted_data_and_markers(tmp_path):
+    from semel.storage.kv import KvStore
+    from semel.cluster.storage_adapter import open_replica_store
+
+    kv = KvStore.open(tmp_path / "kv")
+    b = FakeBroker.__new__(FakeBroker)
+    b.config = BrokerConfig(broker_id=1)
+    b.quorum = FakeQuorum(image(isr=(1,), min_isr=1))
+    b.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=kv))
+    b.rm.broker_epoch = 1
+    b.rm.reconcile(b.quorum.img)
+    svc = BrokerService(b)
+    try:
+        def produce(rb):
+            req = bpb.ProduceRequest(acks=bpb.ACKS_LEADER, partitions=[
+                bpb.PartitionProduceData(topic="t", partition=0, batch=rb)])
+            r = run(svc.Produce(req, None)).results[0]
+            assert r.error_code == pb.NONE, r
+            return r.base_offset
+
+        def fetch(isolation):
+            req = bpb.FetchRequest(isolation_level=isolation, partitions=[
+                bpb.FetchPartition(topic="t", partition=0, fetch_offset=0, current_leader_epoch=-1)])
+            return run(svc.Fetch(req, None)).results[0]
+
+        produce(batch(b"plain"))                                   # 0
+        txn = batch(b"txn")
+        txn.producer_id, txn.producer_epoch, txn.base_sequence, txn.attributes = 9, 0, 0, 0x10
+        assert produce(txn) == 1                                   # 1, open transaction
+        produce(batch(b"after"))                                   # 2
+        rc = fetch(bpb.READ_COMMITTED)
+        assert rc.last_stable_offset == 1 and [x.base_offset for x in rc.batches] == [0]
+        assert len(fetch(bpb.READ_UNCOMMITTED).batches) == 3
+        p = b.rm.get("t", 0)
+        marker = p.append_marker(9, 0, commit=False, coordinator_epoch=0, now=now_ms())  # 3: ABORT
+        assert marker.error_code == pb.NONE and marker.base_offset == 3
+        rc = fetch(bpb.READ_COMMITTED)
+        assert rc.last_stable_offset == rc.high_watermark == 4
+        assert [x.records for x in rc.batches] == [b"plain", b"after"]  # aborted data and the marker dropped
+        assert rc.next_fetch_offset == 4
+    finally:
+        b.rm.close()
+        kv.close()
