@@ -62,12 +62,14 @@ def _frame(x_max: float, y_ticks: Iterable[tuple[float, str]], ys: Any, title: s
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
              f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">',
              f'<text x="{PAD_L}" y="11" font-weight="bold">{html.escape(title)}</text>']
-    for w in windows:
+    for i, w in enumerate(windows):
         x1, x2 = xs(w["start_s"]), xs(w["stop_s"] if w["stop_s"] is not None else x_max)
         color = FAMILY_COLORS.get(w["family"], "#999")
         parts.append(f'<rect x="{x1:.1f}" y="{PAD_T}" width="{max(1.0, x2 - x1):.1f}" '
                      f'height="{HEIGHT - PAD_T - PAD_B}" fill="{color}" fill-opacity="0.13">'
-                     f'<title>{html.escape(w["label"])}</title></rect>')
+                     f'<title>{html.escape(w["label"])}</title></rect>'
+                     f'<text x="{x1 + 2:.1f}" y="{PAD_T + 10 + 11 * (i % 3)}" font-size="9" fill="{color}">'
+                     f'{html.escape(w["family"])}</text>')
     parts.append(f'<line x1="{PAD_L}" y1="{HEIGHT - PAD_B}" x2="{WIDTH - PAD_R}" y2="{HEIGHT - PAD_B}" stroke="#333"/>')
     parts.append(f'<line x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{HEIGHT - PAD_B}" stroke="#333"/>')
     for value, label in y_ticks:
