@@ -239,6 +239,10 @@ class Broker:
             raise OSError(f"cannot bind {cfg.listen_host}:{cfg.listen_port}")
         await self.server.start()
         loop = asyncio.get_running_loop()
+        if real_storage_available():  # RocksDB opens once, before any heartbeat depends on the loop
+            from semel.storage.kv import KvStore
+
+            self._kv = KvStore.open(self.data_dir / "kv")
         self.quorum = MetadataQuorum(QuorumConfig(node_id=cfg.broker_id, raft_address=cfg.raft_address,
                                                   voters=self.voters, data_dir=self.data_dir / "raft",
                                                   raft_dial=tuple(sorted(cfg.raft_dial_map().items()))))
@@ -381,6 +385,12 @@ class Broker:
             await asyncio.sleep(0.5)
 
     async def _register_and_heartbeat(self) -> None:
+        # Recover every replica the local (replayed) image knows *before* the first heartbeat:
+        # log recovery on the loop must not look like a dead broker to the controller.
+        try:
+            self.rm.reconcile(self.quorum.image())
+        except Exception:
+            log.exception("opening replicas before registration failed")
         await self._register()
         interval = self.config.heartbeat_interval_ms / 1000
         while not self._stopping:
