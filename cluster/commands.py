@@ -55,6 +55,18 @@ def _bootstrap_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", "-b", metavar="HOST:PORT", default=None, help=BOOTSTRAP_HELP)
 
 
+def _admin_args(parser: argparse.ArgumentParser) -> None:
+    _bootstrap_arg(parser)
+    parser.add_argument("--timeout-ms", type=int, default=30_000,
+                        help="give up after this long (default 30000; 5000 if no broker answers at all)")
+
+
+def _admin(args: argparse.Namespace) -> Any:
+    from semel.cluster.client import Admin
+
+    return Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, connect_timeout_ms=min(5_000, args.timeout_ms))
+
+
 # --- semel broker ----------------------------------------------------------------------
 def _add_broker(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -113,7 +125,7 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:
     )
     up.set_defaults(func=_cluster_up)
     desc = csub.add_parser("describe", help="brokers, controller and metadata quorum of a running cluster")
-    _bootstrap_arg(desc)
+    _admin_args(desc)
     desc.set_defaults(func=_operational(_cluster_describe))
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -128,9 +140,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
 
 
 def _cluster_describe(args: argparse.Namespace) -> int:
-    from semel.cluster.client import Admin
-
-    with Admin(args.bootstrap, request_timeout_ms=5000) as admin:
+    with _admin(args) as admin:
         cluster = admin.describe_cluster()
     print(f"cluster id: {cluster.cluster_id}   controller: {cluster.controller_id}   "
           f"metadata version: {cluster.metadata_version}")
@@ -161,23 +171,23 @@ def _add_topic(sub: argparse._SubParsersAction) -> None:
         help="topic config, repeatable (min_insync_replicas, retention_ms, segment_bytes, ...)",
     )
     create.add_argument("--if-not-exists", action="store_true", help="succeed if the topic already exists")
-    _bootstrap_arg(create)
+    _admin_args(create)
     create.set_defaults(func=_operational(_topic_create))
 
     lst = tsub.add_parser("list", help="list topic names")
     lst.add_argument("--internal", action="store_true", help="include internal topics")
-    _bootstrap_arg(lst)
+    _admin_args(lst)
     lst.set_defaults(func=_operational(_topic_list))
 
     desc = tsub.add_parser("describe", help="partitions of topics: leader, replicas, ISR, high watermark")
     desc.add_argument("names", nargs="*", help="topics (default: all)")
     desc.add_argument("--internal", action="store_true", help="include internal topics")
-    _bootstrap_arg(desc)
+    _admin_args(desc)
     desc.set_defaults(func=_operational(_topic_describe))
 
     delete = tsub.add_parser("delete", help="delete a topic and its data")
     delete.add_argument("name")
-    _bootstrap_arg(delete)
+    _admin_args(delete)
     delete.set_defaults(func=_operational(_topic_delete))
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -195,11 +205,10 @@ def _parse_configs(items: Sequence[str]) -> dict[str, str]:
 
 
 def _topic_create(args: argparse.Namespace) -> int:
-    from semel.cluster.client import Admin
     from semel.cluster.client_errors import TopicAlreadyExistsError
 
     configs = _parse_configs(args.config)
-    with Admin(args.bootstrap) as admin:
+    with _admin(args) as admin:
         try:
             admin.create_topic(args.name, args.partitions, args.replication_factor, configs)
         except TopicAlreadyExistsError:
@@ -212,9 +221,7 @@ def _topic_create(args: argparse.Namespace) -> int:
 
 
 def _topic_list(args: argparse.Namespace) -> int:
-    from semel.cluster.client import Admin
-
-    with Admin(args.bootstrap) as admin:
+    with _admin(args) as admin:
         for name in admin.list_topics(include_internal=args.internal):
             print(name)
     return 0
@@ -225,10 +232,9 @@ def _ids(ids: Sequence[int]) -> str:
 
 
 def _topic_describe(args: argparse.Namespace) -> int:
-    from semel.cluster.client import Admin
     from semel.v1 import common_pb2
 
-    with Admin(args.bootstrap) as admin:
+    with _admin(args) as admin:
         topics = admin.describe_topics(args.names or None, include_internal=args.internal)
     if not topics:
         print("no topics")
@@ -252,9 +258,7 @@ def _topic_describe(args: argparse.Namespace) -> int:
 
 
 def _topic_delete(args: argparse.Namespace) -> int:
-    from semel.cluster.client import Admin
-
-    with Admin(args.bootstrap) as admin:
+    with _admin(args) as admin:
         admin.delete_topic(args.name)
     print(f"deleted topic {args.name}")
     return 0

@@ -114,7 +114,7 @@ def test_cli_operational_errors_are_one_readable_line(shared_cluster):
     again = _cli(shared_cluster, "topic", "create", "clitopic")
     assert again.returncode == 1 and b"TOPIC_ALREADY_EXISTS" in again.stderr
     down = subprocess.run(
-        [*SEMEL, "topic", "list", "--bootstrap", "127.0.0.1:1"], capture_output=True, timeout=60
+        [*SEMEL, "topic", "list", "--bootstrap", "127.0.0.1:1", "--timeout-ms", "1000"], capture_output=True, timeout=60
     )
     assert down.returncode == 1 and b"Traceback" not in down.stderr
     assert b"cannot reach any broker" in down.stderr
