@@ -40,13 +40,15 @@ from semel.cluster.replica_manager import ReplicaManager
 from semel.cluster.replication import FetcherManager, IsrMaintainer, LeaderReplicationService, channel_options
 from semel.cluster.server import AdminService, BrokerService, ControllerService, ReplicationService
 from semel.cluster.storage_adapter import ReplicaStore, open_replica_store, real_storage_available
+from semel.cluster import txn_service
 from semel.v1 import admin_pb2, broker_pb2, common_pb2 as pb, controller_pb2, controller_pb2_grpc, replication_pb2
 from semel.v1 import admin_pb2_grpc, broker_pb2_grpc, replication_pb2_grpc
 
 log = logging.getLogger("semel.broker")
 
 READY_LINE = "SEMEL_BROKER_READY"
-SERVICE_NAMES = ("semel.v1.Broker", "semel.v1.Admin", "semel.v1.Replication", "semel.v1.Controller")
+SERVICE_NAMES = ("semel.v1.Broker", "semel.v1.Admin", "semel.v1.Replication", "semel.v1.Controller",
+                 *txn_service.SERVICE_NAMES)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ class BrokerConfig:
     max_batch_bytes: int = limits.MAX_BATCH_BYTES
     internal_partitions: int = 16  # partitions of each internal topic (transaction state, offsets)
     retention_check_interval_ms: int = 60_000  # how often retention and producer expiry run
+    txn_abort_scan_interval_ms: int = limits.TRANSACTION_ABORT_SCAN_INTERVAL_MS  # timed-out transactions
     fsync: bool = False
     log_level: str = "INFO"
     # Fault injection (chaos/wiring.py): how this broker reaches each peer, instead of the
@@ -103,7 +106,8 @@ class BrokerConfig:
         ap.add_argument("--cluster-id")
         for name in ("heartbeat-interval-ms", "session-timeout-ms", "disconnect-grace-ms", "replica-lag-time-max-ms",
                      "replica-fetch-max-wait-ms", "replica-fetch-max-bytes", "isr-check-interval-ms",
-                     "max-inflight-produce", "max-batch-bytes", "internal-partitions", "retention-check-interval-ms"):
+                     "max-inflight-produce", "max-batch-bytes", "internal-partitions", "retention-check-interval-ms",
+                     "txn-abort-scan-interval-ms"):
             ap.add_argument(f"--{name}", type=int)
         ap.add_argument("--fsync", action="store_true", default=None)
         ap.add_argument("--log-level")
@@ -124,7 +128,8 @@ class BrokerConfig:
         for field in ("broker_id", "data_dir", "cluster_id", "heartbeat_interval_ms", "session_timeout_ms",
                       "disconnect_grace_ms", "replica_lag_time_max_ms", "replica_fetch_max_wait_ms",
                       "replica_fetch_max_bytes", "isr_check_interval_ms", "max_inflight_produce", "max_batch_bytes",
-                      "internal_partitions", "retention_check_interval_ms", "fsync", "log_level"):
+                      "internal_partitions", "retention_check_interval_ms", "txn_abort_scan_interval_ms",
+                      "fsync", "log_level"):
             v = getattr(a, field)
             if v is not None:
                 values[field] = v
@@ -193,6 +198,7 @@ class Broker:
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.quorum: MetadataQuorum = None  # type: ignore[assignment]
         self.controller: Controller | None = None
+        self.txn: txn_service.TxnRuntime | None = None  # transactions (cluster/txn_service.py)
         self.rm = ReplicaManager(config.broker_id, self.data_dir, config.replica_lag_time_max_ms, self._open_store)
         self.leader_replication = LeaderReplicationService(self.rm, config.replica_fetch_max_bytes)
         self.fetchers = FetcherManager(self.rm, self._broker_address, lambda: self.broker_epoch,
@@ -223,12 +229,14 @@ class Broker:
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), self.server)
         replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService(self), self.server)
         controller_pb2_grpc.add_ControllerServicer_to_server(ControllerService(self), self.server)
+        self.txn = txn_service.install(self, self.server, cfg.txn_abort_scan_interval_ms)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [
             broker_pb2.DESCRIPTOR.services_by_name["Broker"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
             replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name,
             controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name,
+            *txn_service.SERVICE_NAMES,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -268,6 +276,8 @@ class Broker:
         for t in self._tasks:
             t.cancel()
         await self._controlled_shutdown()
+        if self.txn is not None:
+            await self.txn.stop()
         await self.isr.stop()
         await self.fetchers.stop()
         if self.server is not None:

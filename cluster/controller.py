@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from semel.cluster.metadata import (
+    INTERNAL_TOPIC_CONFIGS,
     CONSUMER_OFFSETS_TOPIC,
     NO_LEADER,
     TRANSACTION_STATE_TOPIC,
@@ -265,7 +266,7 @@ class ControllerCore:
         if len(image.unfenced_brokers()) < rf:
             return []
         return [
-            CreateTopic(name, count, rf, internal=True)
+            CreateTopic(name, count, rf, configs=INTERNAL_TOPIC_CONFIGS, internal=True)
             for name, count in sorted(self.config.internal_partitions.items())
             if name not in image.topics
         ]

@@ -44,6 +44,9 @@ NO_LEADER = -1
 TRANSACTION_STATE_TOPIC = "__transaction_state"
 CONSUMER_OFFSETS_TOPIC = "__consumer_offsets"
 INTERNAL_TOPICS = (CONSUMER_OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC)
+# Internal topics keep their data: the coordinators rebuild their state from the whole log
+# (no compaction yet), so time/size retention would silently forget transactions and offsets.
+INTERNAL_TOPIC_CONFIGS: tuple[tuple[str, str], ...] = (("retention_ms", "-1"), ("retention_bytes", "-1"))
 
 # Bounds (semel.limits); module names so tests can shrink them.
 PRODUCER_ID_BLOCK_SIZE = limits.PRODUCER_ID_BLOCK_SIZE

@@ -110,6 +110,8 @@ class BrokerService(bgrpc.BrokerServicer):
         timeout_ms = request.timeout_ms if request.timeout_ms > 0 else PRODUCE_TIMEOUT_MS_DEFAULT
         timeout_ms = min(timeout_ms, limits.MAX_PRODUCE_TIMEOUT_MS)
         image = self.b.quorum.image()
+        txn = getattr(self.b, "txn", None)
+        check = await txn.verify_produce(request, image) if txn is not None else None  # KIP-890
         now = now_ms()
         seen: set[tuple[str, int]] = set()
         results: list[bpb.PartitionProduceResult] = []
@@ -124,6 +126,8 @@ class BrokerService(bgrpc.BrokerServicer):
                 continue
             seen.add(key)
             try:
+                if check is not None:
+                    check(pd)  # no await between this and the append
                 fut = self._produce_one(pd, request.acks, image, now, r)
             except PartitionError as exc:
                 _set_error(r, exc.code, exc.message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from semel.cluster.controller import ControllerConfig, ControllerCore
 from semel.cluster.metadata import (
+    INTERNAL_TOPIC_CONFIGS,
     CONSUMER_OFFSETS_TOPIC,
     NO_LEADER,
     TRANSACTION_STATE_TOPIC,
@@ -174,10 +175,11 @@ def test_internal_topics_created_once_enough_brokers_are_unfenced() -> None:
     heartbeat_all(core, m, 30)
     decisions = core.decide(m.image, 40)
     assert decisions == [
-        CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True),
-        CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True),
+        CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, configs=INTERNAL_TOPIC_CONFIGS, internal=True),
+        CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, configs=INTERNAL_TOPIC_CONFIGS, internal=True),
     ]
     apply_all(m, decisions)
+    assert m.image.topic(TRANSACTION_STATE_TOPIC).config.retention_ms == -1  # coordinators replay the whole log
     t = m.image.topic(TRANSACTION_STATE_TOPIC)
     assert t.internal and t.replication_factor == 3 and t.config.min_insync_replicas == 2
     assert core.decide(m.image, 50) == []

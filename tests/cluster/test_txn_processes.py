@@ -1,0 +1,197 @@
+"""Transactions end to end on real broker processes (raw gRPC stubs, `txn_stubs.TxnProducer`):
+atomic visibility across partitions and topics, aborted data never visible to read_committed,
+the LSO stopping at the first open transaction, zombie fencing, timeouts, idempotent producer
+ids, admin tooling (describe producers, find-hanging, abort). Failover tests (coordinator /
+partition leader killed while markers are written) are in test_txn_failover.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+import time
+
+import pytest
+
+from semel.v1 import broker_pb2, txn_pb2
+from semel.v1.common_pb2 import ErrorCode
+
+
+def _load(name: str):
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+h = _load("broker_harness")
+ts = _load("txn_stubs")
+
+FLAGS = dict(internal_partitions=2, txn_abort_scan_interval_ms=200)
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = h.Cluster(tmp_path_factory.mktemp("txn"), 3, **FLAGS)
+    try:
+        c.start_all()
+        yield c
+    finally:
+        print(c.dump_logs())
+        c.close()
+
+
+def created(c, name: str, partitions: int = 1) -> str:
+    r = c.create_topic(name, partitions=partitions, rf=3)
+    assert r.error_code == ErrorCode.NONE, r
+    for p in range(partitions):
+        c.leader_of(name, p)
+    return name
+
+
+def test_commit_is_atomic_across_partitions_and_topics(cluster):
+    c = cluster
+    a, b = created(c, "atomic-a", 2), created(c, "atomic-b")
+    p = ts.TxnProducer(c, "atomic").init()
+    p.send(a, 0, [b"a0"])
+    p.send(a, 1, [b"a1"])
+    p.send(b, 0, [b"b0", b"b0'"])
+    # open: nothing visible to read_committed, everything to read_uncommitted
+    assert ts.read(c, a, 0)[0] == [] and ts.read(c, b, 0)[0] == []
+    assert ts.read(c, b, 0, committed=False)[0] == [b"b0", b"b0'"]
+    pid, epoch = p.pid, p.epoch
+    p.commit()
+    assert (p.pid, p.epoch) == (pid, epoch + 1)  # KIP-890: every transaction end bumps the epoch
+    c.wait_for(lambda: ts.read(c, a, 0)[0] == [b"a0"] and ts.read(c, a, 1)[0] == [b"a1"]
+               and ts.read(c, b, 0)[0] == [b"b0", b"b0'"], what="committed data visible")
+    # the next transaction of the same producer works with the bumped epoch
+    p.send(b, 0, [b"b1"])
+    p.commit()
+    c.wait_for(lambda: ts.read(c, b, 0)[0] == [b"b0", b"b0'", b"b1"], what="second commit visible")
+
+
+def test_aborted_data_never_visible_to_read_committed(cluster):
+    c = cluster
+    t = created(c, "aborts")
+    p = ts.TxnProducer(c, "aborter").init()
+    p.send(t, 0, [b"gone-1", b"gone-2"])
+    p.abort()
+    p.send(t, 0, [b"kept"])
+    p.commit()
+    c.wait_for(lambda: ts.read(c, t)[0] == [b"kept"], what="the committed value after the aborted ones")
+    assert ts.read(c, t, committed=False)[0] == [b"gone-1", b"gone-2", b"kept"]
+    hw = ts.list_offset(c, t, committed=False)
+    c.wait_for(lambda: ts.list_offset(c, t) == hw, what="LSO reaches the HW once everything is decided")
+    # a read_committed reader starting in the middle of the aborted batch skips it too
+    stub = c.broker_stub(c.leader_of(t))
+    r = h.fetch(stub, t, 0, 1, isolation=broker_pb2.READ_COMMITTED)
+    assert [b.base_offset for b in r.batches] == [3]
+    assert r.next_fetch_offset == hw
+
+
+def test_lso_stops_at_first_open_transaction(cluster):
+    c = cluster
+    t = created(c, "lso")
+    plain = h.produce(c.broker_stub(c.leader_of(t)), t, 0, h.make_batch([b"plain-0"]))
+    assert plain.error_code == ErrorCode.NONE
+    first, second = ts.TxnProducer(c, "lso-1").init(), ts.TxnProducer(c, "lso-2").init()
+    r1 = first.send(t, 0, [b"t1"])
+    second.send(t, 0, [b"t2"])
+    h.produce(c.broker_stub(c.leader_of(t)), t, 0, h.make_batch([b"plain-1"]))
+    assert ts.list_offset(c, t) == r1.base_offset  # pinned by the first open transaction
+    assert ts.read(c, t) == ([b"plain-0"], r1.base_offset)
+    second.commit()
+    time.sleep(0.2)
+    assert ts.list_offset(c, t) == r1.base_offset  # still pinned: the first one is open
+    first.abort()
+    c.wait_for(lambda: ts.read(c, t)[0] == [b"plain-0", b"t2", b"plain-1"], what="LSO moves past both")
+
+
+def test_zombie_is_fenced(cluster):
+    c = cluster
+    t = created(c, "zombie")
+    old = ts.TxnProducer(c, "zombie").init()
+    old.send(t, 0, [b"from-zombie"])
+    new = ts.TxnProducer(c, "zombie").init()  # fences `old` and aborts its open transaction
+    assert new.pid == old.pid and new.epoch > old.epoch
+    with pytest.raises(ts.TxnError) as sent:
+        old.send(t, 0, [b"late"], add=False)
+    assert sent.value.code in (ErrorCode.PRODUCER_FENCED, ErrorCode.INVALID_PRODUCER_EPOCH)
+    end = old.end_raw(True)
+    assert end.error_code in (ErrorCode.PRODUCER_FENCED, ErrorCode.INVALID_PRODUCER_EPOCH), end
+    old.added.clear()
+    with pytest.raises(ts.TxnError) as added:
+        old.add((t, 0))
+    assert added.value.code in (ErrorCode.PRODUCER_FENCED, ErrorCode.INVALID_PRODUCER_EPOCH)
+    new.send(t, 0, [b"from-new"])
+    new.commit()
+    c.wait_for(lambda: ts.read(c, t)[0] == [b"from-new"], what="only the new producer's data")
+
+
+def test_write_outside_the_transaction_is_refused(cluster):
+    """KIP-890: a transactional write to a partition not added to the transaction cannot open
+    a (hanging) transaction there."""
+    c = cluster
+    t = created(c, "unverified")
+    p = ts.TxnProducer(c, "unverified").init()
+    p.send(t, 0, [b"ok"])  # starts the transaction (partition 0 added)
+    other = created(c, "unverified-other")
+    with pytest.raises(ts.TxnError) as refused:
+        p.send(other, 0, [b"not added"], add=False)
+    assert refused.value.code == ErrorCode.INVALID_TXN_STATE
+    p.commit()
+    assert ts.list_offset(c, other) == ts.list_offset(c, other, committed=False) == 0
+
+
+def test_transaction_timeout_aborts_and_fences(cluster):
+    c = cluster
+    t = created(c, "timeout")
+    p = ts.TxnProducer(c, "slowpoke", timeout_ms=500).init()
+    p.send(t, 0, [b"too slow"])
+    c.wait_for(lambda: ts.list_offset(c, t) == ts.list_offset(c, t, committed=False), timeout_s=10,
+               what="the timed-out transaction is aborted (LSO = HW)")
+    assert ts.read(c, t)[0] == []
+    end = p.end_raw(True)
+    assert end.error_code == ErrorCode.TRANSACTION_TIMED_OUT, end
+    with pytest.raises(ts.TxnError) as sent:
+        p.send(t, 0, [b"after"], add=False)
+    assert sent.value.code in (ErrorCode.INVALID_PRODUCER_EPOCH, ErrorCode.PRODUCER_FENCED,
+                               ErrorCode.TRANSACTION_TIMED_OUT)
+    d = ts.describe(c, "slowpoke")
+    assert d.state == txn_pb2.COMPLETE_ABORT and d.last_bump_reason == txn_pb2.BUMP_TIMEOUT
+
+
+def test_idempotent_producer_ids_are_unique(cluster):
+    c = cluster
+    seen = set()
+    for broker in c.brokers:
+        for _ in range(3):
+            r = ts.txn_stub(c, broker).InitProducerId(txn_pb2.InitProducerIdRequest(), timeout=10)
+            assert r.error_code == ErrorCode.NONE, r
+            assert r.producer_epoch == 0
+            seen.add(r.producer_id)
+    assert len(seen) == 3 * len(c.brokers)
+
+
+def test_describe_and_list_transactions(cluster):
+    c = cluster
+    t = created(c, "describe")
+    p = ts.TxnProducer(c, "described").init()
+    p.send(t, 0, [b"x"])
+    d = ts.describe(c, "described")
+    assert d.state == txn_pb2.ONGOING and d.producer_id == p.pid
+    assert [(x.topic, x.partition) for x in d.partitions] == [(t, 0)]
+    coordinator = ts.find_coordinator(c, "described")
+    listed = ts.txn_stub(c, coordinator).ListTransactions(
+        txn_pb2.ListTransactionsRequest(state_filters=[txn_pb2.ONGOING]), timeout=5)
+    assert "described" in [x.transactional_id for x in listed.transactions]
+    producers = ts.txn_stub(c, c.leader_of(t)).DescribeProducers(
+        txn_pb2.DescribeProducersRequest(topic=t, partition=0), timeout=5)
+    assert producers.error_code == ErrorCode.NONE
+    (mine,) = [x for x in producers.producers if x.producer_id == p.pid]
+    assert mine.current_txn_start_offset == 0 and mine.producer_epoch == p.epoch
+    p.commit()
