@@ -111,7 +111,8 @@ def test_cli_operational_errors_are_one_readable_line(shared_cluster):
     assert missing.returncode == 1
     assert b"Traceback" not in missing.stderr
     assert b"UNKNOWN_TOPIC_OR_PARTITION" in missing.stderr
-    again = _cli(shared_cluster, "topic", "create", "clitopic")
+    assert _cli(shared_cluster, "topic", "create", "twice", "--if-not-exists").returncode == 0
+    again = _cli(shared_cluster, "topic", "create", "twice")
     assert again.returncode == 1 and b"TOPIC_ALREADY_EXISTS" in again.stderr
     down = subprocess.run(
         [*SEMEL, "topic", "list", "--bootstrap", "127.0.0.1:1", "--timeout-ms", "1000"], capture_output=True, timeout=60
