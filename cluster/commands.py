@@ -121,7 +121,7 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--ready-timeout-s", type=float, default=60.0, help="how long to wait for readiness (default 60)")
     up.add_argument(
         "--broker-arg", action="append", default=[], metavar="ARG",
-        help="extra argument passed to every broker (repeatable), e.g. --broker-arg=--min-insync-replicas=2",
+        help="extra argument passed to every broker (repeatable), e.g. --broker-arg=--session-timeout-ms=3000",
     )
     up.set_defaults(func=_cluster_up)
     desc = csub.add_parser("describe", help="brokers, controller and metadata quorum of a running cluster")
