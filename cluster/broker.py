@@ -33,6 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from semel import limits
+from semel.cluster import group_service
 from semel.cluster import metadata as md
 from semel.cluster.controller import Controller, ControllerConfig
 from semel.cluster.quorum import MetadataQuorum, MetadataSubmitError, QuorumConfig, VoterSpec
@@ -48,7 +49,7 @@ log = logging.getLogger("semel.broker")
 
 READY_LINE = "SEMEL_BROKER_READY"
 SERVICE_NAMES = ("semel.v1.Broker", "semel.v1.Admin", "semel.v1.Replication", "semel.v1.Controller",
-                 *txn_service.SERVICE_NAMES)
+                 group_service.SERVICE_NAME, *txn_service.SERVICE_NAMES)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,6 +75,8 @@ class BrokerConfig:
     max_batch_bytes: int = limits.MAX_BATCH_BYTES
     internal_partitions: int = 16  # partitions of each internal topic (transaction state, offsets)
     retention_check_interval_ms: int = 60_000  # how often retention and producer expiry run
+    group_session_timeout_ms: int = limits.GROUP_SESSION_TIMEOUT_MS_DEFAULT  # group members silent this long are removed
+    group_heartbeat_interval_ms: int = limits.GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT  # told to group members
     txn_abort_scan_interval_ms: int = limits.TRANSACTION_ABORT_SCAN_INTERVAL_MS  # timed-out transactions
     fsync: bool = False
     log_level: str = "INFO"
@@ -107,7 +110,7 @@ class BrokerConfig:
         for name in ("heartbeat-interval-ms", "session-timeout-ms", "disconnect-grace-ms", "replica-lag-time-max-ms",
                      "replica-fetch-max-wait-ms", "replica-fetch-max-bytes", "isr-check-interval-ms",
                      "max-inflight-produce", "max-batch-bytes", "internal-partitions", "retention-check-interval-ms",
-                     "txn-abort-scan-interval-ms"):
+                     "txn-abort-scan-interval-ms", "group-session-timeout-ms", "group-heartbeat-interval-ms"):
             ap.add_argument(f"--{name}", type=int)
         ap.add_argument("--fsync", action="store_true", default=None)
         ap.add_argument("--log-level")
@@ -129,7 +132,7 @@ class BrokerConfig:
                       "disconnect_grace_ms", "replica_lag_time_max_ms", "replica_fetch_max_wait_ms",
                       "replica_fetch_max_bytes", "isr_check_interval_ms", "max_inflight_produce", "max_batch_bytes",
                       "internal_partitions", "retention_check_interval_ms", "txn_abort_scan_interval_ms",
-                      "fsync", "log_level"):
+                      "group_session_timeout_ms", "group_heartbeat_interval_ms", "fsync", "log_level"):
             v = getattr(a, field)
             if v is not None:
                 values[field] = v
@@ -229,6 +232,7 @@ class Broker:
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), self.server)
         replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService(self), self.server)
         controller_pb2_grpc.add_ControllerServicer_to_server(ControllerService(self), self.server)
+        self.groups = group_service.install(self, self.server)
         self.txn = txn_service.install(self, self.server, cfg.txn_abort_scan_interval_ms)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [
@@ -236,6 +240,7 @@ class Broker:
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
             replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name,
             controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name,
+            group_service.SERVICE_NAME,
             *txn_service.SERVICE_NAMES,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
@@ -263,6 +268,7 @@ class Broker:
                                      md.CONSUMER_OFFSETS_TOPIC: cfg.internal_partitions}))
             self.controller.start()
         self.isr.start()
+        self.groups.start()
         self._tasks.append(loop.create_task(self._register_and_heartbeat(), name="heartbeat"))
         self._tasks.append(loop.create_task(self._checkpoint_loop(), name="hw-checkpoint"))
         log.info("broker %d serving gRPC on %s:%d (raft %s)", cfg.broker_id, cfg.listen_host, self.port,
@@ -278,6 +284,7 @@ class Broker:
         await self._controlled_shutdown()
         if self.txn is not None:
             await self.txn.stop()
+        await self.groups.stop()
         await self.isr.stop()
         await self.fetchers.stop()
         if self.server is not None:

@@ -30,7 +30,7 @@ from semel.cluster.client_admin import (
     TopicDescription,
 )
 from semel.cluster.client_base import parse_acks
-from semel.cluster.client_consumer import Consumer
+from semel.cluster.client_group import Consumer, ConsumerGroupMetadata  # assign-based, or a group member with group_id
 from semel.cluster.client_errors import SemelError
 from semel.cluster.client_metadata import ClusterView, PartitionInfo
 from semel.cluster.client_producer import Producer
@@ -42,6 +42,7 @@ __all__ = [
     "ClusterDescription",
     "ClusterView",
     "Consumer",
+    "ConsumerGroupMetadata",
     "ConsumerRecord",
     "PartitionDescription",
     "PartitionInfo",
