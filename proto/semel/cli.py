@@ -16,6 +16,7 @@ import sys
 # its commands independently.
 COMMAND_MODULES = (
     "semel.cluster.commands",
+    "semel.cluster.txn_commands",
     "semel.coordinator.commands",
     "semel.chaos.commands",
     "semel.bench",

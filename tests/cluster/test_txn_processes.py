@@ -195,3 +195,50 @@ def test_describe_and_list_transactions(cluster):
     (mine,) = [x for x in producers.producers if x.producer_id == p.pid]
     assert mine.current_txn_start_offset == 0 and mine.producer_epoch == p.epoch
     p.commit()
+
+
+def test_hanging_transaction_found_and_aborted_by_the_tool(cluster, capsys):
+    """The coordinators lose their state (every broker's `__transaction_state` replicas and
+    views wiped while the cluster is down: the disaster an unclean election can cause) while a
+    transaction is open: it hangs, pinning the LSO. `semel txn find-hanging` finds it and
+    `semel txn abort` ends it; the LSO moves on. Runs last: it restarts the whole cluster."""
+    import json
+    import shutil
+
+    from semel import cli
+
+    c = cluster
+    t = created(c, "hanging")
+    p = ts.TxnProducer(c, "hanger").init()
+    r = p.send(t, 0, [b"stuck"])
+    h.produce(c.broker_stub(c.leader_of(t)), t, 0, h.make_batch([b"after"]))
+    assert ts.list_offset(c, t) == r.base_offset
+    for i, b in c.brokers.items():
+        c.kill(i)
+    for b in c.brokers.values():
+        for d in (b.data_dir / "logs").glob("__transaction_state-*"):
+            shutil.rmtree(d)
+        shutil.rmtree(b.data_dir / "kv", ignore_errors=True)  # views (and producer snapshots: replayed)
+    c.start_all()
+    t0 = time.monotonic()
+    assert ts.describe(c, "hanger").error_code == ErrorCode.TRANSACTIONAL_ID_NOT_FOUND
+    assert ts.list_offset(c, t) == r.base_offset  # still pinned: nobody will ever end it
+    bootstrap = ",".join(b.address for b in c.brokers.values())
+    capsys.readouterr()
+    assert cli.main(["txn", "find-hanging", "-b", bootstrap, "--json"]) == 0
+    (found,) = json.loads(capsys.readouterr().out)["hanging"]
+    assert (found["topic"], found["partition"], found["producer_id"]) == (t, 0, p.pid)
+    assert found["reason"] == "unknown-to-coordinator" and found["start_offset"] == r.base_offset
+    assert cli.main(["producers", "describe", t, "-b", bootstrap, "--json"]) == 0
+    producers = json.loads(capsys.readouterr().out)["producers"]
+    assert any(x["producer_id"] == p.pid and x["current_txn_start_offset"] == r.base_offset for x in producers)
+    assert cli.main(["txn", "abort", "-b", bootstrap, "--topic", t, "--partition", "0",
+                     "--producer-id", str(p.pid)]) == 0
+    c.wait_for(lambda: ts.list_offset(c, t) == ts.list_offset(c, t, committed=False), what="LSO moves on")
+    assert ts.read(c, t)[0] == [b"after"]
+    took = time.monotonic() - t0
+    capsys.readouterr()
+    assert cli.main(["txn", "find-hanging", "-b", bootstrap, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hanging"] == []
+    with capsys.disabled():
+        print(f"\nHANGING: found and aborted {took:.2f} s after the restart")
