@@ -31,7 +31,13 @@ from typing import Any
 import grpc
 
 from semel.cluster import client_errors
-from semel.cluster.client_base import log
+from semel.cluster.client_base import (
+    METADATA_MAX_AGE_MS_DEFAULT,
+    RETRY_BACKOFF_MAX_MS_DEFAULT,
+    RETRY_BACKOFF_MS_DEFAULT,
+    _ClientBase,
+    log,
+)
 from semel.cluster.client_consumer import Consumer as _AssignConsumer
 from semel.cluster.client_errors import ClosedError, ConfigError
 from semel.cluster.client_records import ConsumerRecord
@@ -81,8 +87,8 @@ def _assignment_of(parts: Iterable[TopicPartition]) -> gpb.Assignment:
 class _GroupRpc:
     """Groups-service calls at the group's coordinator, with rediscovery (thread-safe)."""
 
-    def __init__(self, consumer: Consumer, group_id: str) -> None:
-        self.c = consumer
+    def __init__(self, client: _ClientBase, group_id: str) -> None:
+        self.c = client
         self.group_id = group_id
         self._stubs: dict[str, ggrpc.GroupsStub] = {}
         self._lock = threading.Lock()
@@ -112,7 +118,8 @@ class _GroupRpc:
                 stub = self._stubs[address] = ggrpc.GroupsStub(channel)
             return stub
 
-    def call(self, method: str, request: Any, deadline_ms: int, rpc_timeout_ms: int | None = None) -> Any:
+    def call(self, method: str, request: Any, deadline_ms: int, rpc_timeout_ms: int | None = None,
+             error_of: Callable[[Any], int] = lambda r: r.error_code) -> Any:
         """Send `request` to the coordinator, retrying moves and loads until `deadline_ms`.
         Returns the last response (maybe with a retriable code) ; raises on transport trouble
         past the deadline."""
@@ -131,9 +138,10 @@ class _GroupRpc:
                         raise client_errors.BrokerUnreachableError(
                             f"{method} of group {self.group_id!r}: coordinator {address} unreachable") from exc
                 else:
-                    if response.error_code not in _COORDINATOR_RETRIABLE or _now_ms() >= deadline_ms:
+                    code = error_of(response)
+                    if code not in _COORDINATOR_RETRIABLE or _now_ms() >= deadline_ms:
                         return response
-                    log.debug("%s: %s", method, pb.ErrorCode.Name(response.error_code))
+                    log.debug("%s: %s", method, pb.ErrorCode.Name(code))
             elif _now_ms() >= deadline_ms:
                 raise client_errors.CoordinatorNotAvailableError(f"no coordinator for group {self.group_id!r}")
             self.c._metadata.mark_stale()
@@ -514,3 +522,162 @@ class Consumer(_AssignConsumer):
 
     def __enter__(self) -> Consumer:
         return self
+
+
+# ======================================================================================
+# GroupAdmin: list / describe / reset / delete (the `semel group` commands use it)
+# ======================================================================================
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListedGroup:
+    group_id: str
+    state: str                 # EMPTY, RECONCILING, STABLE, DEAD
+    member_count: int
+    coordinator_partition: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupMember:
+    member_id: str
+    client_id: str
+    member_epoch: int
+    state: str                 # STABLE, UNREVOKED_PARTITIONS, UNRELEASED_PARTITIONS
+    subscribed_topics: tuple[str, ...]
+    assignment: tuple[TopicPartition, ...]
+    pending_revocation: tuple[TopicPartition, ...]
+    target_assignment: tuple[TopicPartition, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupOffset:
+    topic: str
+    partition: int
+    committed_offset: int      # -1: only a pending transactional commit
+    last_stable_offset: int    # -1: the partition leader could not be asked
+    lag: int                   # last_stable_offset - committed_offset (read_committed lag); -1 unknown
+    pending_transactional: bool
+    metadata: str
+    commit_timestamp_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupDescription:
+    group_id: str
+    state: str
+    group_epoch: int
+    assignment_epoch: int
+    members: tuple[GroupMember, ...]
+    offsets: tuple[GroupOffset, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResetResult:
+    topic: str
+    partition: int
+    previous_offset: int
+    new_offset: int
+    error: str                 # "" or the ErrorCode name
+
+
+RESET_STRATEGIES = {"offset": gpb.OFFSET_RESET_TO_OFFSET, "earliest": gpb.OFFSET_RESET_TO_EARLIEST,
+                    "latest": gpb.OFFSET_RESET_TO_LATEST, "timestamp": gpb.OFFSET_RESET_TO_TIMESTAMP,
+                    "shift": gpb.OFFSET_RESET_SHIFT_BY}
+
+
+def _state_name(value: int) -> str:
+    return gpb.GroupState.Name(value).removeprefix("GROUP_STATE_")
+
+
+def _tps(assignment: gpb.Assignment) -> tuple[TopicPartition, ...]:
+    return tuple(sorted(_partitions_of(assignment)))
+
+
+class GroupAdmin(_ClientBase):
+    """Group administration: `list_groups()`, `describe_group(g)`, `reset_offsets(...)`,
+    `delete_group(g)`. Calls go to the group's coordinator and retry while it moves or loads."""
+
+    def __init__(self, bootstrap: str | Sequence[str] | None = None, *, request_timeout_ms: int = 30_000) -> None:
+        super().__init__(bootstrap, request_timeout_ms, RETRY_BACKOFF_MS_DEFAULT, RETRY_BACKOFF_MAX_MS_DEFAULT,
+                         METADATA_MAX_AGE_MS_DEFAULT)
+
+    def close(self) -> None:
+        self._connections.close()
+
+    def __enter__(self) -> GroupAdmin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _rpc_for(self, group_id: str) -> _GroupRpc:
+        return _GroupRpc(self, group_id)  # type: ignore[arg-type]
+
+    def _deadline(self, timeout_ms: int | None) -> int:
+        return _now_ms() + (timeout_ms if timeout_ms is not None else self.request_timeout_ms)
+
+    def list_groups(self, states: Iterable[str] = (), timeout_ms: int | None = None) -> list[ListedGroup]:
+        """Every group of the cluster (each broker lists the groups it coordinates)."""
+        request = gpb.ListGroupsRequest(states=[gpb.GroupState.Value("GROUP_STATE_" + s.upper()) for s in states])
+        deadline = self._deadline(timeout_ms)
+        self._metadata.refresh(timeout_ms=max(1, deadline - _now_ms()))
+        rpc = self._rpc_for("list")
+        found: dict[str, ListedGroup] = {}
+        for broker_id, address in sorted(self._metadata.view.brokers.items()):
+            if broker_id in self._metadata.view.fenced:
+                continue
+            for attempt in range(20):
+                try:
+                    resp = rpc.stub(address).ListGroups(request, timeout=max(0.1, (deadline - _now_ms()) / 1000))
+                except grpc.RpcError as exc:
+                    raise client_errors.BrokerUnreachableError(f"list groups at broker {broker_id} ({address}): "
+                                                               f"{exc.code().name}") from exc
+                if resp.error_code != pb.COORDINATOR_LOAD_IN_PROGRESS or _now_ms() >= deadline:
+                    break
+                time.sleep(GROUP_RETRY_BACKOFF_MS / 1000)
+            for g in resp.groups:
+                found[g.group_id] = ListedGroup(g.group_id, _state_name(g.state), g.member_count, g.coordinator_partition)
+        return [found[g] for g in sorted(found)]
+
+    def describe_group(self, group_id: str, include_offsets: bool = True, timeout_ms: int | None = None
+                       ) -> GroupDescription:
+        rpc = self._rpc_for(group_id)
+        resp = rpc.call("DescribeGroups", gpb.DescribeGroupsRequest(group_ids=[group_id], include_offsets=include_offsets),
+                        self._deadline(timeout_ms), error_of=lambda r: r.groups[0].error_code)
+        g = resp.groups[0]
+        if g.error_code != pb.NONE:
+            raise client_errors.error_for_code(g.error_code, g.error_message, context=f"describe group {group_id!r}")
+        members = tuple(
+            GroupMember(m.member_id, m.client_id, m.member_epoch, gpb.MemberState.Name(m.state).removeprefix("MEMBER_STATE_"),
+                        tuple(m.subscribed_topics), _tps(m.assignment), _tps(m.pending_revocation),
+                        _tps(m.target_assignment))
+            for m in g.members)
+        offsets = tuple(
+            GroupOffset(o.topic, o.partition, o.committed_offset, o.last_stable_offset, o.lag, o.pending_transactional,
+                        o.metadata, o.commit_timestamp_ms)
+            for o in g.offsets)
+        return GroupDescription(g.group_id, _state_name(g.state), g.group_epoch, g.assignment_epoch, members, offsets)
+
+    def reset_offsets(self, group_id: str, partitions: Iterable[TopicPartition], strategy: str, value: int = 0,
+                      dry_run: bool = False, timeout_ms: int | None = None) -> list[ResetResult]:
+        """Set the committed offsets of an empty group: strategy earliest | latest (the LSO) |
+        offset (value) | timestamp (value = ms) | shift (committed + value), clamped to the log."""
+        if strategy not in RESET_STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(RESET_STRATEGIES)}")
+        request = gpb.ResetOffsetsRequest(group_id=group_id, dry_run=dry_run, partitions=[
+            gpb.ResetPartition(topic=t, partition=p, strategy=RESET_STRATEGIES[strategy], value=value)  # type: ignore[arg-type]
+            for t, p in sorted(set(partitions))])
+        resp = self._rpc_for(group_id).call("ResetOffsets", request, self._deadline(timeout_ms))
+        if resp.error_code != pb.NONE:
+            raise client_errors.error_for_code(resp.error_code, resp.error_message, context=f"reset offsets of {group_id!r}")
+        return [ResetResult(r.topic, r.partition, r.previous_offset, r.new_offset,
+                            "" if r.error_code == pb.NONE else pb.ErrorCode.Name(r.error_code)) for r in resp.partitions]
+
+    def delete_group(self, group_id: str, timeout_ms: int | None = None) -> None:
+        resp = self._rpc_for(group_id).call("DeleteGroup", gpb.DeleteGroupRequest(group_id=group_id),
+                                            self._deadline(timeout_ms))
+        if resp.error_code != pb.NONE:
+            raise client_errors.error_for_code(resp.error_code, resp.error_message, context=f"delete group {group_id!r}")
+
+    def topic_partitions(self, topic: str) -> list[TopicPartition]:
+        return [(topic, info.partition) for info in self.partitions_for(topic)]

@@ -181,3 +181,39 @@ def test_a_member_removed_from_the_group_cannot_commit(group_cluster: Cluster) -
         zombie._membership = None
         zombie.close()
         survivor.close()
+
+
+def _cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "semel.cli", *args, "--bootstrap", cluster.bootstrap],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_group_cli_lists_describes_resets_and_deletes(group_cluster: Cluster) -> None:
+    topic, group = "cli", "g-cli"
+    group_cluster.create_topic(topic, 2, 3)
+    _produce(group_cluster, topic, 20, 2)
+    with Consumer(group_cluster.bootstrap, group_id=group, auto_offset_reset="earliest",
+                  enable_auto_commit=False) as consumer:
+        consumer.subscribe([topic])
+        assert len(_drain(consumer, 20)) == 20
+        consumer.commit({(topic, 0): 10, (topic, 1): 4})
+        listed = _cli(group_cluster, "group", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert [line.split()[:3] for line in listed.stdout.splitlines() if line.startswith(group)] == \
+            [[group, "STABLE", "1"]]
+        described = _cli(group_cluster, "group", "describe", group, "--members")
+        assert described.returncode == 0, described.stderr
+        rows = {tuple(line.split()[:5]) for line in described.stdout.splitlines()}
+        assert (topic, "0", "10", "10", "0") in rows and (topic, "1", "4", "10", "6") in rows
+        busy = _cli(group_cluster, "group", "reset-offsets", group, "--topic", topic, "--to-earliest")
+        assert busy.returncode == 1 and "NON_EMPTY_GROUP" in busy.stderr
+    dry = _cli(group_cluster, "group", "reset-offsets", group, "--topic", f"{topic}:0", "--to-offset", "3", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert [line.split()[:4] for line in dry.stdout.splitlines()[1:2]] == [[topic, "0", "10", "3"]]
+    done = _cli(group_cluster, "group", "reset-offsets", group, "--topic", topic, "--shift-by", "-2")
+    assert done.returncode == 0, done.stderr
+    with Consumer(group_cluster.bootstrap, group_id=group) as probe:
+        assert probe.committed([(topic, 0), (topic, 1)]) == {(topic, 0): 8, (topic, 1): 2}
+    deleted = _cli(group_cluster, "group", "delete", group)
+    assert deleted.returncode == 0, deleted.stderr
+    assert group not in _cli(group_cluster, "group", "list").stdout
