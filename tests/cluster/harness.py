@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from semel.cluster.client import Admin, Consumer, Producer
+from semel.cluster.client import Admin, Consumer, ConsumerRecord, PartitionInfo, Producer
 from semel.cluster.client_errors import InvalidReplicationFactorError
 from semel.cluster.local_cluster import BrokerSpec, LocalCluster
 
@@ -232,6 +232,46 @@ class Cluster:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"no leader for {topic}-{partition} within {timeout_s} s")
                 time.sleep(0.05)
+
+    def partition_info(self, topic: str, partition: int) -> PartitionInfo | None:
+        """Leader, leader epoch, replicas and ISR of one partition from fresh metadata."""
+        with Admin(self._live_bootstrap(), request_timeout_ms=2000) as admin:
+            return admin.metadata([topic]).partition(topic, partition)
+
+    def wait_for_isr(self, topic: str, partition: int, size: int, timeout_s: float = 30.0) -> PartitionInfo:
+        """Waits until the partition has a leader and `size` in-sync replicas (e.g. after a
+        restarted broker caught up); returns that metadata."""
+        deadline = time.monotonic() + timeout_s
+        info: PartitionInfo | None = None
+        while time.monotonic() < deadline:
+            try:
+                info = self.partition_info(topic, partition)
+            except Exception:
+                info = None
+            if info is not None and info.leader_id >= 0 and len(info.isr) == size:
+                return info
+            time.sleep(0.05)
+        raise TimeoutError(f"{topic}-{partition} has ISR {info.isr if info else '?'}, not {size} replicas, "
+                           f"after {timeout_s} s")
+
+    def read_all(self, topic: str, timeout_s: float = 30.0, **consumer_options: object) -> list[ConsumerRecord]:
+        """Every record of every partition from the beginning up to the high watermark seen when
+        the read started (read_uncommitted unless `isolation_level` is given)."""
+        bootstrap = self._live_bootstrap()
+        with Consumer(bootstrap, **consumer_options) as probe:  # type: ignore[arg-type]
+            partitions = [info.partition for info in probe.partitions_for(topic, timeout_ms=int(timeout_s * 1000))]
+            probe.assign([(topic, p) for p in partitions])
+            probe.seek_to_end()  # ListOffsets(latest) at each leader
+            ends = {p: probe.position(topic, p, timeout_ms=int(timeout_s * 1000)) for p in partitions}
+        out: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        with Consumer(bootstrap, auto_offset_reset="earliest", **consumer_options) as consumer:  # type: ignore[arg-type]
+            consumer.assign([(topic, p) for p in partitions])
+            while any(consumer.position(topic, p) < ends.get(p, 0) for p in partitions):
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"read_all({topic!r}): {len(out)} records after {timeout_s} s")
+                out.extend(consumer.poll(1000))
+        return out
 
     def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 0, **configs: str) -> None:
         """Create a topic and wait until every partition has a leader."""

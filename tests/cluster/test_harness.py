@@ -47,6 +47,12 @@ def test_kill_pause_restart_and_clean_teardown():
 
             cluster.restart(leader)  # same ports, same data dir; waits until ready again
             assert sorted(cluster.running()) == cluster.broker_ids
+            info = cluster.wait_for_isr("h", 0, 3)  # the restarted broker caught up and rejoined
+            assert sorted(info.isr) == [1, 2, 3]
+            with cluster.producer(linger_ms=0) as producer:
+                for i in range(5):
+                    producer.send("h", b"%d" % i).result(30)
+            assert sorted({r.value for r in cluster.read_all("h")}) == [b"%d" % i for i in range(5)]
             assert "SEMEL_BROKER_READY" in cluster.log_path(leader).read_text()
             pids = [cluster.pid(i) for i in cluster.broker_ids]
         finally:
