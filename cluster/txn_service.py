@@ -208,10 +208,10 @@ class TxnMarkersService(tgrpc.TxnMarkersServicer):
         waits: list[tuple[tpb.TxnMarkerPartitionResult, Partition, asyncio.Future[None]]] = []
         budget = limits.MAX_MARKERS_PER_REQUEST
         for marker in request.markers:
-            mr = tpb.TxnMarkerResult(producer_id=marker.producer_id)
+            # add() (not append(), which copies): results are filled in after the appends and waits
+            mr = resp.markers.add(producer_id=marker.producer_id)
             for tp in marker.partitions:
-                r = tpb.TxnMarkerPartitionResult(topic=tp.topic, partition=tp.partition, error_code=pb.NONE)
-                mr.partitions.append(r)
+                r = mr.partitions.add(topic=tp.topic, partition=tp.partition, error_code=pb.NONE)
                 budget -= 1
                 if budget < 0:
                     r.error_code = pb.INVALID_REQUEST
@@ -230,7 +230,6 @@ class TxnMarkersService(tgrpc.TxnMarkersServicer):
                                  marker.producer_id, marker.producer_epoch, tp.topic, tp.partition, out[1])
                 else:
                     waits.append((r, p, out))
-            resp.markers.append(mr)
         results = await asyncio.gather(*(await_marker(p, fut, MARKER_ACK_TIMEOUT_MS) for _, p, fut in waits))
         for (r, _, _), (code, _) in zip(waits, results):
             r.error_code = code
