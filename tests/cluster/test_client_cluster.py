@@ -134,49 +134,18 @@ def test_admin_describe_cluster_and_delete(shared_cluster):
             admin.create_topic("bad name!", 1, 1)
 
 
-def test_producer_and_consumer_follow_a_leader_change(real_cluster):
-    real_cluster.create_topic("failover", partitions=1, replication_factor=3)
-    leader = real_cluster.leader_of("failover", 0)
-    values: list[int] = []
-
-    def consume_until(consumer: Consumer, count: int) -> None:
-        while len(set(values)) < count:
-            records = consumer.poll(5000)
-            assert records, f"stalled after {len(values)} records"
-            values.extend(int(r.value) for r in records)
-
-    with Producer(real_cluster.bootstrap, linger_ms=1, retry_backoff_ms=50) as producer, \
-            Consumer(real_cluster.bootstrap, auto_offset_reset="earliest", retry_backoff_ms=50) as consumer:
-        consumer.assign([("failover", 0)])
-        for i in range(100):
-            producer.send("failover", b"%d" % i)
-        producer.flush(timeout_s=30)
-        consume_until(consumer, 100)
-
-        real_cluster.kill(leader)
-        new_leader = real_cluster.leader_of("failover", 0, timeout_s=30, exclude=[leader])
-        assert new_leader != leader
-        futures = [producer.send("failover", b"%d" % i) for i in range(100, 200)]
-        producer.flush(timeout_s=60)
-        for f in futures:
-            f.result(0)
-        consume_until(consumer, 200)  # the same consumer, now fetching from the new leader
-    # acks=all and one in flight: everything acknowledged is there, in order (retries may duplicate).
-    assert list(dict.fromkeys(values)) == list(range(200))
-
-
-def test_clients_move_on_while_a_leader_is_paused(real_cluster):
+def test_clients_move_on_while_a_leader_is_paused(shared_cluster):
     import time
 
-    real_cluster.create_topic("paused", partitions=1, replication_factor=3)
-    with Producer(real_cluster.bootstrap, linger_ms=0) as producer, \
-            Consumer(real_cluster.bootstrap, auto_offset_reset="earliest") as consumer:
+    shared_cluster.create_topic("paused", partitions=1, replication_factor=3)
+    with Producer(shared_cluster.bootstrap, linger_ms=0) as producer, \
+            Consumer(shared_cluster.bootstrap, auto_offset_reset="earliest") as consumer:
         producer.send("paused", b"before").result(30)
-        leader = real_cluster.leader_of("paused", 0)
+        leader = shared_cluster.leader_of("paused", 0)
         consumer.assign([("paused", 0)])
         # (a retry during a start-up leader change may store it twice: not idempotent yet)
         assert {r.value for r in consumer.poll(5000)} == {b"before"}
-        real_cluster.pause(leader)
+        shared_cluster.pause(leader)
         try:
             start = time.monotonic()
             consumer.poll(1000)
@@ -186,11 +155,44 @@ def test_clients_move_on_while_a_leader_is_paused(real_cluster):
             start = time.monotonic()
             producer.send("paused", b"during").result(20)
             assert time.monotonic() - start < 20
-            assert real_cluster.leader_of("paused", 0, exclude=[leader]) != leader
+            assert shared_cluster.leader_of("paused", 0, exclude=[leader]) != leader
         finally:
-            real_cluster.resume(leader)
+            shared_cluster.resume(leader)
+            shared_cluster.settle()  # the next tests share this cluster
         got = []
         deadline = time.monotonic() + 30
         while b"during" not in got and time.monotonic() < deadline:
             got.extend(r.value for r in consumer.poll(1000))
         assert b"during" in got
+
+
+def test_producer_and_consumer_follow_a_leader_change(shared_cluster):
+    # Kills a broker of the shared cluster: keep this test last in the module.
+    shared_cluster.create_topic("failover", partitions=1, replication_factor=3)
+    leader = shared_cluster.leader_of("failover", 0)
+    values: list[int] = []
+
+    def consume_until(consumer: Consumer, count: int) -> None:
+        while len(set(values)) < count:
+            records = consumer.poll(5000)
+            assert records, f"stalled after {len(values)} records"
+            values.extend(int(r.value) for r in records)
+
+    with Producer(shared_cluster.bootstrap, linger_ms=1, retry_backoff_ms=50) as producer, \
+            Consumer(shared_cluster.bootstrap, auto_offset_reset="earliest", retry_backoff_ms=50) as consumer:
+        consumer.assign([("failover", 0)])
+        for i in range(100):
+            producer.send("failover", b"%d" % i)
+        producer.flush(timeout_s=30)
+        consume_until(consumer, 100)
+
+        shared_cluster.kill(leader)
+        new_leader = shared_cluster.leader_of("failover", 0, timeout_s=30, exclude=[leader])
+        assert new_leader != leader
+        futures = [producer.send("failover", b"%d" % i) for i in range(100, 200)]
+        producer.flush(timeout_s=60)
+        for f in futures:
+            f.result(0)
+        consume_until(consumer, 200)  # the same consumer, now fetching from the new leader
+    # acks=all and one in flight: everything acknowledged is there, in order (retries may duplicate).
+    assert list(dict.fromkeys(values)) == list(range(200))
