@@ -171,6 +171,19 @@ def parse_dial(entries: tuple[str, ...]) -> dict[int, str]:
     return out
 
 
+def check_port_free(address: str) -> None:
+    """Raise OSError if `address` cannot be bound (another process holds the Raft port)."""
+    import socket
+
+    host, port = split_address(address)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise OSError(f"metadata Raft address {address} is not available: {exc}") from exc
+
+
 def parse_voter(text: str) -> VoterSpec:
     parts = text.split("@")
     if len(parts) != 3 or not parts[0].isdigit():
@@ -251,6 +264,9 @@ class Broker:
         if self.port == 0:
             raise OSError(f"cannot bind {cfg.listen_host}:{cfg.listen_port}")
         await self.server.start()
+        log.info("broker %d gRPC listening on %s:%d", cfg.broker_id, cfg.listen_host, self.port)
+        if cfg.raft_address:
+            check_port_free(cfg.raft_address)  # pysyncobj would retry a busy port forever, silently
         loop = asyncio.get_running_loop()
         if real_storage_available():  # RocksDB opens once, before any heartbeat depends on the loop
             from semel.storage.kv import KvStore
@@ -476,7 +492,12 @@ async def run(config: BrokerConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await broker.start()
+    try:
+        await broker.start()
+    except OSError as exc:
+        log.error("broker %d cannot start: %s", config.broker_id, exc)
+        await broker.stop()
+        return 2
     await stop.wait()
     log.info("broker %d shutting down", config.broker_id)
     await broker.stop()

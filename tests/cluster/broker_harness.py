@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,13 +27,29 @@ from semel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, com
 READY = "SEMEL_BROKER_READY"
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports (every socket is held until all are picked, so no repeats)."""
-    socks = []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(count):
+        low, high = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports *below* the kernel's ephemeral range: a port picked with
+    bind(0) can be taken by any outgoing connection on a busy machine before the broker binds
+    it. Every socket is held until all are picked, so no repeats."""
+    low = _ephemeral_range()[0]
+    rnd = random.Random()
+    socks: list[socket.socket] = []
+    try:
+        while len(socks) < count:
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", rnd.randrange(max(1024, low - 12_000), low)))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -98,12 +115,12 @@ class Cluster:
             if line.startswith(READY):
                 ready.set()
 
-    def start_all(self, timeout_s: float = 30.0) -> None:
+    def start_all(self, timeout_s: float = 60.0) -> None:
         for i in self.brokers:
             self.start(i)
         self.wait_ready(list(self.brokers), timeout_s)
 
-    def wait_ready(self, ids: list[int], timeout_s: float = 30.0) -> None:
+    def wait_ready(self, ids: list[int], timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         for i in ids:
             b = self.brokers[i]

@@ -403,23 +403,25 @@ def test_full_restart_keeps_acked_records_and_quorum_loss_is_reported(cluster):
 @pytest.mark.slow
 def test_lagging_follower_leaves_isr_and_rejoins(tmp_path):
     # Short lag bound, long session: a paused follower lags without being fenced.
-    c = h.Cluster(tmp_path, 3, replica_lag_time_max_ms=400, session_timeout_ms=4000, **FLAGS)
+    lag_ms = 1000
+    c = h.Cluster(tmp_path, 3, replica_lag_time_max_ms=lag_ms, session_timeout_ms=10_000, **FLAGS)
     try:
         c.start_all()
         ok(c.create_topic("lag", partitions=1, rf=3))
         produce_values(c, "lag", [b"before"])
         leader = c.leader_of("lag")
+        c.wait_for(lambda: len(c.partition_meta("lag", via=leader).isr) == 3, what="full ISR before the pause")
         ctrl = controller_id(c)
         victim = next(i for i in c.brokers if i not in (leader, ctrl))
         c.brokers[victim].proc.send_signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
             # acks=all waits until the lagging follower is dropped from the ISR, then succeeds
-            r = h.produce(c.broker_stub(leader), "lag", 0, h.make_batch([b"during"]), timeout_ms=5000)
+            r = h.produce(c.broker_stub(leader), "lag", 0, h.make_batch([b"during"]), timeout_ms=15_000)
             ok(r)
-            assert 0.3 < time.monotonic() - started < 4
+            assert lag_ms / 1000 < time.monotonic() - started < 12
             pm = c.partition_meta("lag", via=leader)
-            assert victim not in pm.isr and len(pm.isr) == 2
+            assert victim not in pm.isr and leader in pm.isr
             assert not next(b for b in c.metadata(leader).brokers if b.broker_id == victim).fenced
         finally:
             c.brokers[victim].proc.send_signal(signal.SIGCONT)
