@@ -132,3 +132,78 @@ def test_written_record_is_never_reported_as_not_written(chaos_cluster: ChaosClu
     assert error.outcome_unknown, (f"{type(error).__name__}({error}) says not written, but the high watermark "
                                    f"{high_watermark(other, 'unknown')} covers it; checker on such a history: "
                                    f"{sorted(check(history.events)['anomalies'])}")
+
+
+# nonmonotonic-poll (seed 23, `semel chaos run --seed 23 --duration-s 150 --nemesis all`): a
+# consumer at offset 1105 of chaos-5 next returned offsets 0..499. Broker 2 had been isolated
+# from its peers (clients still reached it) while leader of chaos-5; the others moved the
+# leadership on, but broker 2's metadata stayed stale (it did not rejoin the metadata quorum for
+# ~24 s after the heal), so it still answered metadata with "leader 2" and served fetches with its
+# short log (LEO 902). The consumer took that older metadata, fetched 1105 from broker 2, got
+# OFFSET_OUT_OF_RANGE and reset to the earliest offset. Kafka prevents this with leader epochs
+# (KIP-320): the client ignores metadata with an older leader epoch than it has seen and sends
+# `current_leader_epoch` with each fetch (the stale broker then answers FENCED/UNKNOWN_LEADER_EPOCH,
+# not OUT_OF_RANGE). Semel's wire has the field; the consumer sends -1 (client_consumer.py).
+@pytest.mark.xfail(strict=True, reason="consumer accepts older metadata and sends current_leader_epoch=-1: "
+                                        "a stale leader's OFFSET_OUT_OF_RANGE resets it (seed 23)")
+def test_stale_leader_does_not_rewind_a_consumer(tmp_path_factory: pytest.TempPathFactory) -> None:
+    c = ChaosCluster(tmp_path_factory.mktemp("chaos-stale"), brokers=3)
+    c.start()
+    try:
+        c.create_topic("stale", 1, 3)
+        old = wait_leader(c, "stale")
+        with Producer(c.bootstrap, acks="all", linger_ms=0) as producer:
+            for i in range(10):  # offsets 0..9 on every replica
+                producer.send("stale", str(i).encode(), partition=0).result(20)
+        peers = [b for b in c.broker_ids if b != old]
+        # the leader loses its peers (it keeps its stale metadata), the clients lose it for now
+        cut(c, [f for p in peers for f in c.flows(old, p, ("rpc", "raft")) + c.flows(p, old, ("rpc", "raft"))],
+            "iso")
+        cut(c, c.flows(CLIENTS, old) + c.flows(old, CLIENTS), "old-clients")
+        wait_leader_other_than(c, "stale", old, peers[0])
+        with Producer(c.bootstrap, acks="all", linger_ms=0) as producer:
+            for i in range(10, 40):  # offsets 10..39 only on the new leader and its follower
+                producer.send("stale", str(i).encode(), partition=0).result(20)
+        with Consumer(c.bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=200) as consumer:
+            consumer.assign([("stale", 0)])
+            seen: list[int] = []
+            deadline = time.monotonic() + 20
+            while len(seen) < 40 and time.monotonic() < deadline:
+                seen += [r.offset for r in consumer.poll(timeout_ms=300)]
+            assert seen == list(range(40))
+            # now only the stale broker answers the clients
+            cut(c, [f for p in peers for f in c.flows(CLIENTS, p) + c.flows(p, CLIENTS)], "peer-clients")
+            assert c.api is not None
+            for proxy, stream in dict.fromkeys(c.flows(CLIENTS, old) + c.flows(old, CLIENTS)):
+                c.api.remove_toxic(proxy, f"old-clients-{stream}")
+            later: list[int] = []
+            deadline = time.monotonic() + 15  # metadata refreshes back off: give it several rounds
+            while time.monotonic() < deadline and not (later and later[0] < 40):
+                try:
+                    later += [r.offset for r in consumer.poll(timeout_ms=300)]
+                except Exception:  # unreachable brokers: fine, as long as it does not rewind
+                    pass
+            assert later == [] or later[0] >= 40, f"consumer at 40 rewound to {later[:5]}..."
+    finally:
+        c.stop()
+
+
+def cut(c: ChaosCluster, flows: list[tuple[str, str]], name: str) -> None:
+    assert c.api is not None
+    for proxy, stream in dict.fromkeys(flows):
+        c.api.add_toxic(proxy, f"{name}-{stream}", "timeout", stream, {"timeout": 0})
+
+
+def wait_leader_other_than(c: ChaosCluster, topic: str, old: int, ask: int) -> int:
+    """The leader as broker `ask` (a real port) sees it, once it is not `old`."""
+    found: list[int] = []
+
+    def moved() -> bool:
+        with Admin(c.specs[ask - 1].address, request_timeout_ms=2000) as admin:
+            info = admin.metadata([topic]).partition(topic, 0)
+        if info is not None and info.leader_id > 0 and info.leader_id != old:
+            found[:] = [info.leader_id]
+        return bool(found)
+
+    assert wait_until(moved, 20), "leadership did not move off the isolated broker"
+    return found[0]
