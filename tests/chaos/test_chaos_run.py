@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 KNOWN_UNTIL_IDEMPOTENT = frozenset({"duplicate"}) if idempotence_option() is None else frozenset()
 
 SEED = int(os.environ.get("SEMEL_CHAOS_SEED", "20261128"))
-DURATION_S = float(os.environ.get("SEMEL_CHAOS_DURATION_S", "75"))
+DURATION_S = float(os.environ.get("SEMEL_CHAOS_DURATION_S", "60"))
 
 
 def available(name: str) -> str | None:
@@ -41,7 +41,7 @@ def test_seeded_run_has_no_anomaly(workload: str, tmp_path: Path) -> None:
     if reason is not None:
         pytest.skip(reason)
     cfg = RunConfig(duration_s=DURATION_S, families=parse_families("all"), workload=workload, seed=SEED,
-                    brokers=3, out_dir=str(tmp_path / "run"), interval_s=8.0, concurrency=4, partitions=4,
+                    brokers=3, out_dir=str(tmp_path / "run"), interval_s=7.0, concurrency=4, partitions=4,
                     final_read_timeout_s=45.0)
     print(f"chaos run seed {SEED}, {DURATION_S:.0f} s, workload {workload}, out {cfg.out_dir}")
     result = run_chaos(cfg, say=print)
@@ -52,7 +52,7 @@ def test_seeded_run_has_no_anomaly(workload: str, tmp_path: Path) -> None:
     if known:
         print(f"known anomalies (non-idempotent producer, see test_chaos_run_regressions.py): {known}")
     assert not unexpected, json.dumps(unexpected, indent=1)[:4000]
-    assert stats["values_acknowledged"] > 100, stats  # the run did real work between faults
+    assert stats["values_acknowledged"] > 50, stats  # the run did real work between faults
     assert not result.summary["final_read"]["incomplete"], result.summary["final_read"]
     assert result.summary["faults"], "the nemesis applied faults"
     assert (result.out_dir / "report.html").read_text().count("<svg") == 2
