@@ -260,9 +260,12 @@ class Broker:
         ]
         reflection.enable_server_reflection(names, self.server)
         await self._set_health(False)
-        self.port = self.server.add_insecure_port(f"{cfg.listen_host}:{cfg.listen_port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{cfg.listen_host}:{cfg.listen_port}")
+        except RuntimeError as exc:  # grpc reports a busy port this way
+            raise OSError(f"cannot bind gRPC address {cfg.listen_host}:{cfg.listen_port}: {exc}") from exc
         if self.port == 0:
-            raise OSError(f"cannot bind {cfg.listen_host}:{cfg.listen_port}")
+            raise OSError(f"cannot bind gRPC address {cfg.listen_host}:{cfg.listen_port}")
         await self.server.start()
         log.info("broker %d gRPC listening on %s:%d", cfg.broker_id, cfg.listen_host, self.port)
         if cfg.raft_address:
