@@ -141,6 +141,11 @@ def render_html(events: Sequence[Event], verdict: Mapping[str, Any], summary: Ma
                          + html.escape(json.dumps(examples[:5], indent=1, sort_keys=True)) + "</pre>")
     stats = html.escape(json.dumps(verdict.get("stats", {}), indent=1, sort_keys=True))
     final = html.escape(json.dumps(summary.get("final_read", {}), indent=1, sort_keys=True, default=str))
+    problems = ""
+    if summary.get("unexpected_exits") or summary.get("heal_error"):
+        problems = ('<h2 class="bad">Cluster problems</h2><pre>' + html.escape(json.dumps(
+            {"unexpected_exits": summary.get("unexpected_exits"), "heal_error": summary.get("heal_error")},
+            indent=1, default=str)) + "</pre>")
     legend = " ".join(f'<span style="color:{c}">&#9632; {html.escape(k)}</span>' for k, c in FAMILY_COLORS.items())
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>semel chaos run, seed {cfg.get('seed')}</title>
@@ -158,6 +163,7 @@ overflow-x:auto;font-size:11px}} .bad{{color:#d1495b}} .good{{color:#2a9d4b}} td
 {throughput_svg(s, windows)}
 {latency_svg(s, windows)}
 <h2>Anomalies</h2>{anomaly_html or '<p>none</p>'}
+{problems}
 <h2>Faults as applied</h2><table>{rows}</table>
 <h2>Checker statistics</h2><pre>{stats}</pre>
 <h2>Final read</h2><pre>{final}</pre>

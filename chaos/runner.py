@@ -136,7 +136,11 @@ def run_chaos(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunRe
         if stuck:
             say(f"warning: {stuck} still inside an operation (left open = unknown)")
         heal_started = time.monotonic()
-        executor.heal_all()
+        try:
+            executor.heal_all()
+        except Exception as exc:  # a broker that cannot come back is itself a finding: read what we can
+            summary["heal_error"] = str(exc)
+            say(f"WARNING: heal incomplete: {exc}")
         time.sleep(HEAL_SETTLE_S)
         timings["heal_s"] = time.monotonic() - heal_started
         say(f"healed in {timings['heal_s']:.1f} s; final read ...")
@@ -149,6 +153,9 @@ def run_chaos(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunRe
         summary["final_read"] = final
         summary["faults"] = [a.to_json() for a in executor.done]
         summary["counts"] = rec.counts()
+        summary["unexpected_exits"] = cluster.unexpected_exits
+        for crash in cluster.unexpected_exits:
+            say(f"WARNING: broker {crash['broker_id']} exited on its own (code {crash['exit_code']}); see run.json")
     finally:
         cluster.stop()
         timings["total_s"] = time.monotonic() - started

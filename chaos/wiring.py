@@ -192,12 +192,17 @@ class ChaosCluster:
         self._proxy_server: ProxyServerProcess | None = None
         self.api: ToxiproxyApi | None = None
         self.cluster: LocalCluster | None = None
+        self.unexpected_exits: list[dict[str, Any]] = []  # brokers that died without the nemesis
+
+    def _unexpected(self, broker: BrokerProcess, code: int) -> None:
+        self.unexpected_exits.append({"broker_id": broker.spec.broker_id, "exit_code": code,
+                                      "log_tail": broker.tail()[-20:]})
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         try:
             self._start_proxies()
-            self.cluster = LocalCluster(self.specs, self.dir, self.extra_args)
+            self.cluster = LocalCluster(self.specs, self.dir, self.extra_args, on_unexpected_exit=self._unexpected)
             for spec in self.specs:
                 old = self.cluster.brokers[spec.broker_id]
                 self.cluster.brokers[spec.broker_id] = _ChaosBrokerProcess(

@@ -55,4 +55,6 @@ def test_seeded_run_has_no_anomaly(workload: str, tmp_path: Path) -> None:
     assert stats["values_acknowledged"] > 50, stats  # the run did real work between faults
     assert not result.summary["final_read"]["incomplete"], result.summary["final_read"]
     assert result.summary["faults"], "the nemesis applied faults"
+    assert not result.summary["unexpected_exits"], result.summary["unexpected_exits"]  # no broker died on its own
+    assert "heal_error" not in result.summary, result.summary["heal_error"]
     assert (result.out_dir / "report.html").read_text().count("<svg") == 2
