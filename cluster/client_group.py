@@ -335,7 +335,11 @@ class Consumer(_AssignConsumer):
             self._maybe_auto_commit()
             remaining = deadline - _now_ms()
             if self._owned:
-                records = super().poll(max(0, min(remaining, POLL_SLICE_MS)))
+                try:
+                    records = super().poll(max(0, min(remaining, POLL_SLICE_MS)))
+                except client_errors.BrokerUnreachableError as exc:  # transient: keep the membership going
+                    log.debug("group %s: poll: %s", self.group_id, exc)
+                    records = []
                 if records:
                     return records
             elif remaining > 0:

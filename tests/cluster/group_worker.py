@@ -75,10 +75,14 @@ def copy(a: argparse.Namespace) -> int:
 
     def abort_now() -> bool:
         txns[0] += 1
-        return a.abort_every > 0 and rng.randrange(a.abort_every) == 0
+        abort = a.abort_every > 0 and rng.randrange(a.abort_every) == 0
+        if abort:
+            emit(event="abort")
+        return abort
 
     processor = Processor(a.bootstrap, group_id=a.group, transactional_id=a.txn_id, input_topics=[a.input],
-                          process=transform, commit_interval_ms=a.commit_interval_ms, abort_hook=abort_now)
+                          process=transform, commit_interval_ms=a.commit_interval_ms, abort_hook=abort_now,
+                          consumer_options={"max_poll_records": a.max_poll_records})
     emit(event="started")
     processor.run(idle_exit_s=a.idle_exit_s)
     emit(event="done", transactions=txns[0])
@@ -96,7 +100,8 @@ def count(a: argparse.Namespace) -> int:
 
     processor = Processor(a.bootstrap, group_id=a.group, transactional_id=a.txn_id, input_topics=[a.input],
                           process=transform, commit_interval_ms=a.commit_interval_ms,
-                          state_dir=a.state_dir, store_name="counts")
+                          state_dir=a.state_dir, store_name="counts",
+                          consumer_options={"max_poll_records": a.max_poll_records})
     emit(event="started")
     processor.run(idle_exit_s=a.idle_exit_s)
     emit(event="done")
@@ -121,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--txn-id", required=True)
         p.add_argument("--commit-interval-ms", type=int, default=100)
         p.add_argument("--idle-exit-s", type=float, default=0.0)
+        p.add_argument("--max-poll-records", type=int, default=100)
     sub.choices["copy"].add_argument("--abort-every", type=int, default=0)
     sub.choices["copy"].add_argument("--seed", type=int, default=0)
     sub.choices["count"].add_argument("--state-dir", required=True)
