@@ -21,6 +21,7 @@ Process management is `semel.cluster.local_cluster.LocalCluster` (the code behin
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -62,13 +63,29 @@ def _proc_state(pid: int) -> str | None:
         return None
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct ports free right now (all sockets held until every port is picked)."""
-    sockets = []
+def _ephemeral_low() -> int:
     try:
-        for _ in range(count):
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports free right now, *below* the kernel's ephemeral range: a port from
+    bind(0) can be taken by any outgoing connection on a busy machine before the broker binds
+    it (docs/design.md). Every socket is held until all are picked, so no repeats."""
+    low = _ephemeral_low()
+    rnd = random.Random()
+    sockets: list[socket.socket] = []
+    try:
+        while len(sockets) < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
+            try:
+                sock.bind((host, rnd.randrange(max(1024, low - 12_000), low)))
+            except OSError:
+                sock.close()
+                continue
             sockets.append(sock)
         return [s.getsockname()[1] for s in sockets]
     finally:

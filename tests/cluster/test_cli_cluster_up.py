@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,11 +27,14 @@ def test_plan_cluster_ports_and_dirs(tmp_path):
         plan_cluster(2, tmp_path, 65535)
 
 
+RAFT_OFFSET = 4000  # both port blocks stay below the kernel's ephemeral range (32768)
+
+
 def _free_block(count: int) -> int:
-    """A base port with `count` consecutive free ports here and at base + 10000."""
-    for base in range(31000, 40000, 17):
+    """A base port with `count` consecutive free ports here and at base + RAFT_OFFSET."""
+    for base in range(20000 + random.randrange(0, 2000), 28000, 7):
         ok = True
-        for port in [base + i for i in range(count)] + [base + 10000 + i for i in range(count)]:
+        for port in [base + i for i in range(count)] + [base + RAFT_OFFSET + i for i in range(count)]:
             with socket.socket() as sock:
                 try:
                     sock.bind(("127.0.0.1", port))
@@ -45,7 +49,7 @@ def _free_block(count: int) -> int:
 def _start_cluster_up(tmp_path, brokers: int, base: int) -> tuple[subprocess.Popen, list[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "semel.cli", "cluster", "up", "--brokers", str(brokers), "--data-dir", str(tmp_path),
-         "--base-port", str(base)],
+         "--base-port", str(base), "--raft-base-port", str(base + RAFT_OFFSET)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     lines: list[str] = []
