@@ -15,8 +15,9 @@ starts, asking the cluster through its real ports (the control plane is outside 
 and records the resolution; if the cluster cannot answer it falls back to a seeded choice.
 
 Families (`--nemesis`):
-  kill       SIGKILL one / the leader / the controller / a majority / all brokers; restart at the end
-  pause      SIGSTOP one / the leader / the controller / a majority; SIGCONT at the end
+  kill       SIGKILL one / the leader / the controller / the transaction coordinator / a majority /
+             all brokers; restart at the end (no coordinator: a seeded broker instead)
+  pause      SIGSTOP one / the leader / the controller / the coordinator / a majority; SIGCONT at the end
   partition  silent cuts (a `timeout` toxic holding the data): isolate a broker from its peers,
              isolate it from peers and clients, split a minority from a majority, cut the
              clients from one broker, cut one direction of one broker pair
@@ -48,10 +49,10 @@ DEFAULT_FAMILIES = ("kill", "pause", "partition", "latency")
 
 # kinds per family, with weights
 KINDS: dict[str, tuple[tuple[str, int], ...]] = {
-    "kill": (("one", 3), ("leader", 3), ("controller", 2), ("majority", 1), ("all", 1)),
-    "pause": (("one", 2), ("leader", 3), ("controller", 2), ("majority", 1)),
-    "partition": (("isolate", 2), ("isolate-leader", 2), ("isolate-controller", 1), ("isolate-full", 1),
-                  ("split", 1), ("clients-one", 1), ("one-way", 2)),
+    "kill": (("one", 3), ("leader", 3), ("controller", 2), ("coordinator", 2), ("majority", 1), ("all", 1)),
+    "pause": (("one", 2), ("leader", 3), ("controller", 2), ("coordinator", 1), ("majority", 1)),
+    "partition": (("isolate", 2), ("isolate-leader", 2), ("isolate-controller", 1), ("isolate-coordinator", 1),
+                  ("isolate-full", 1), ("split", 1), ("clients-one", 1), ("one-way", 2)),
     "latency": (("all", 2), ("one", 2), ("clients", 1)),
     "reset": (("one", 1),),
     "rolling": (("clean", 1), ("hard", 1)),
@@ -60,6 +61,7 @@ KINDS: dict[str, tuple[tuple[str, int], ...]] = {
 }
 LEADER = "leader"
 CONTROLLER = "controller"
+COORDINATOR = "coordinator"  # the transaction coordinator of the workload's first transactional id
 FAULT_MIN_S = 2.0
 
 
@@ -161,6 +163,8 @@ def _draw_fault(rng: random.Random, fault_id: int, family: str, brokers: int) ->
             targets = (LEADER,)
         elif kind == "controller":
             targets = (CONTROLLER,)
+        elif kind == "coordinator":
+            targets = (COORDINATOR,)
         elif kind == "majority":
             targets = tuple(sorted(rng.sample(ids, majority)))
         else:
@@ -172,6 +176,8 @@ def _draw_fault(rng: random.Random, fault_id: int, family: str, brokers: int) ->
             targets = (LEADER,)
         elif kind == "isolate-controller":
             targets = (CONTROLLER,)
+        elif kind == "isolate-coordinator":
+            targets = (COORDINATOR,)
         elif kind == "split":
             targets = tuple(sorted(rng.sample(ids, max(1, brokers - majority))))  # the minority side
         else:  # one-way: data from targets[0] to targets[1] is dropped
@@ -218,7 +224,7 @@ def plan_schedule(seed: int, duration_s: float, families: Sequence[str], brokers
 # ======================================================================================
 # executor (thin): applies events to a ChaosCluster
 # ======================================================================================
-Resolver = Callable[[str], "int | None"]  # LEADER / CONTROLLER -> broker id (None: unknown)
+Resolver = Callable[[str], "int | None"]  # LEADER / CONTROLLER / COORDINATOR -> broker id (None: unknown)
 
 
 @dataclasses.dataclass(slots=True)

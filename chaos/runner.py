@@ -27,7 +27,7 @@ from typing import Any
 
 from semel.chaos import checker
 from semel.chaos.history import HistoryWriter
-from semel.chaos.nemesis import CONTROLLER, LEADER, NemesisExecutor, Schedule, describe_schedule, plan_schedule
+from semel.chaos.nemesis import CONTROLLER, COORDINATOR, LEADER, NemesisExecutor, Schedule, describe_schedule, plan_schedule
 from semel.chaos.report import write_report
 from semel.chaos.wiring import ChaosCluster
 from semel.chaos.workloads import Recorder, WorkloadConfig, make_workload
@@ -71,11 +71,21 @@ def plan(cfg: RunConfig) -> Schedule:
                          cfg.max_concurrent_faults)
 
 
-def _resolver(direct_bootstrap: str, topic: str) -> Callable[[str], int | None]:
+def _resolver(direct_bootstrap: str, topic: str, coordinator_key: str | None) -> Callable[[str], int | None]:
     from semel.cluster.client import Admin
+    from semel.cluster.metadata import TRANSACTION_STATE_TOPIC, coordinator_partition
 
     def resolve(what: str) -> int | None:
         with Admin(direct_bootstrap, request_timeout_ms=2000, connect_timeout_ms=2000) as admin:
+            if what == COORDINATOR:
+                if coordinator_key is None:
+                    return None
+                view = admin.metadata([TRANSACTION_STATE_TOPIC], timeout_ms=2000)
+                count = len(view.topics.get(TRANSACTION_STATE_TOPIC, []))
+                if not count:
+                    return None
+                info = view.partition(TRANSACTION_STATE_TOPIC, coordinator_partition(coordinator_key, count))
+                return info.leader_id if info is not None and info.leader_id >= 0 else None
             if what == LEADER:
                 info = admin.metadata([topic], timeout_ms=2000).partition(topic, 0)
                 return info.leader_id if info is not None and info.leader_id >= 0 else None
@@ -120,7 +130,8 @@ def run_chaos(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunRe
         summary["started_unix_s"] = time.time()  # history time 0, to line up with broker logs
         writer = HistoryWriter(out / "history.jsonl")
         rec = Recorder(writer)
-        executor = NemesisExecutor(cluster, _resolver(cluster.direct_bootstrap, wcfg.topic), cfg.seed, hooks)
+        executor = NemesisExecutor(cluster, _resolver(cluster.direct_bootstrap, wcfg.topic,
+                                                      workload.coordinator_key()), cfg.seed, hooks)
         executor.t0 = t0
         stop = threading.Event()
         threads = [threading.Thread(target=_guarded, args=(workload.run_process, p, cluster.bootstrap, rec, stop),

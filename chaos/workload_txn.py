@@ -49,6 +49,9 @@ class TxnWorkload(IdempotentWorkload):
         self._hijackers: dict[int, Any] = {}
         self._bootstrap = ""
 
+    def coordinator_key(self) -> str | None:
+        return self.transactional_id(0)
+
     def transactional_id(self, slot: int) -> str:
         return f"chaos-{self.name}-{slot}"
 

@@ -184,6 +184,10 @@ class Workload:
     def nemesis_hooks(self) -> Mapping[str, Callable[..., str]]:
         return {}
 
+    def coordinator_key(self) -> str | None:
+        """The transactional id whose coordinator the nemesis targets (None: no transactions)."""
+        return None
+
     def leader_partition(self) -> tuple[str, int]:
         """The partition whose leader is "the leader" for the nemesis."""
         return self.cfg.topic, 0

@@ -16,6 +16,7 @@ from semel.chaos.checker import check
 from semel.chaos.history import FAIL, INFO, OK, HistoryBuilder
 from semel.chaos.nemesis import (
     CONTROLLER,
+    COORDINATOR,
     FAMILIES,
     LEADER,
     WORKLOAD_FAMILIES,
@@ -67,7 +68,7 @@ def test_schedule_properties(seed: int, duration: float, brokers: int, fams: lis
         assert 0 <= w.start_s < w.stop_s <= duration  # everything heals by the end
         assert w.fault.family in fams
         for t in w.fault.targets:
-            assert t in ids or t in (LEADER, CONTROLLER)
+            assert t in ids or t in (LEADER, CONTROLLER, COORDINATOR)
     for w in s.windows:  # never more than max_concurrent at once, never one family twice at once
         active = [o for o in s.windows if o.start_s <= w.start_s < o.stop_s]
         assert len(active) <= max_concurrent
