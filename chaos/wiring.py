@@ -159,13 +159,25 @@ class _ChaosBrokerProcess(BrokerProcess):
 
 
 def _free_ports(count: int, host: str) -> list[int]:
+    """`count` distinct free ports *below* the kernel's ephemeral range (a bind(0) port can be
+    taken by an outgoing connection before the broker binds it on a busy machine)."""
+    import random
     import socket
 
-    socks = []
     try:
-        for _ in range(count):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rnd = random.Random()
+    socks: list[socket.socket] = []
+    try:
+        while len(socks) < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
+            try:
+                s.bind((host, rnd.randrange(max(1024, low - 12_000), low)))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
