@@ -12,11 +12,12 @@ the metadata cache in `client_metadata`. The threaded shells are
 `client_producer` (the background sender thread), `client_consumer` (the fetch loop) and
 `client_admin`; this module only gathers the public names.
 
-Ordering: the producer keeps at most `max_in_flight` (default 1) batches in flight per
-partition. With 1, a retried batch is resent before anything after it, so records of one
-partition are stored in send order. With more than 1 and no idempotence (not implemented
-yet) a retry can land after a later batch: records may be reordered (and a retry after a
-lost acknowledgement can be stored twice, with any setting).
+Ordering and duplicates: with acks="all" the producer is idempotent by default
+(`client_idempotence`: producer id, epoch and per-partition sequences; up to 5 batches in
+flight per partition, order kept across retries, a retry after a lost acknowledgement is
+deduplicated by the leader). `Producer(transactional_id=...)` adds Kafka's transactions
+(`client_txn`: init_transactions / begin / send_offsets_to_transaction / commit / abort).
+Without idempotence, `max_in_flight=1` keeps order but a retry can store a batch twice.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from semel.cluster.client_admin import (
 from semel.cluster.client_base import parse_acks
 from semel.cluster.client_group import Consumer, ConsumerGroupMetadata  # assign-based, or a group member with group_id
 from semel.cluster.client_errors import SemelError
+from semel.cluster.client_txn import GroupMetadata
 from semel.cluster.client_metadata import ClusterView, PartitionInfo
 from semel.cluster.client_producer import Producer
 from semel.cluster.client_records import ConsumerRecord, RecordMetadata

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from semel.cluster import client_errors
+from semel.cluster.client_idempotence import SEQUENCE_MODULUS, IdempotenceState
 from semel.cluster.client_records import Header, RecordMetadata, build_batch, encode_record
 from semel.v1 import common_pb2
 
@@ -152,19 +153,26 @@ class ProducerBatch:
     attempts: int = 0
     retry_at_ms: int = 0
     outcome_unknown: bool = False  # some attempt may have been written
+    # idempotence (client_idempotence): assigned when first drained, kept by retries
+    producer_id: int = -1
+    producer_epoch: int = -1
+    base_sequence: int = -1
+    attributes: int = 0            # common_pb2.TRANSACTIONAL for a transactional producer
 
     @property
     def tp(self) -> TopicPartition:
         return (self.topic, self.partition)
 
     def to_proto(self) -> common_pb2.RecordBatch:
-        return build_batch(self.encoded, self.record_count, self.base_timestamp_ms, self.max_timestamp_ms)
+        return build_batch(self.encoded, self.record_count, self.base_timestamp_ms, self.max_timestamp_ms,
+                           self.attributes, self.producer_id, self.producer_epoch, self.base_sequence)
 
 
 class RecordAccumulator:
     """Per-partition queues of batches; see the module docstring for the rules."""
 
-    def __init__(self, batch_bytes: int, linger_ms: int, buffer_bytes: int, max_in_flight: int) -> None:
+    def __init__(self, batch_bytes: int, linger_ms: int, buffer_bytes: int, max_in_flight: int,
+                 idempotence: IdempotenceState | None = None, attributes: int = 0) -> None:
         if batch_bytes < 1 or linger_ms < 0 or buffer_bytes < 1 or max_in_flight < 1:
             raise client_errors.ConfigError(
                 "batch_bytes, buffer_bytes and max_in_flight must be >= 1 and linger_ms >= 0"
@@ -173,6 +181,8 @@ class RecordAccumulator:
         self.linger_ms = linger_ms
         self.buffer_bytes = buffer_bytes
         self.max_in_flight = max_in_flight
+        self.idempotence = idempotence   # None: batches carry no producer id
+        self.attributes = attributes
         self.buffered_bytes = 0
         self.flushing = 0          # > 0 while a flush or close waits: send regardless of linger
         self._queues: dict[TopicPartition, collections.deque[ProducerBatch]] = {}
@@ -219,7 +229,7 @@ class RecordAccumulator:
                 batch = None
         if batch is None:
             new_batch = True
-            batch = ProducerBatch(topic, partition, now_ms, timestamp_ms, timestamp_ms)
+            batch = ProducerBatch(topic, partition, now_ms, timestamp_ms, timestamp_ms, attributes=self.attributes)
             queue.append(batch)
             self._incomplete.add(batch)
             encoded = encode_record(0, 0, key, value, headers)
@@ -251,6 +261,9 @@ class RecordAccumulator:
 
         `skip(tp)` leaves a partition alone this round (e.g. its leader is unknown).
         """
+        idem = self.idempotence
+        if idem is not None and not idem.ready:
+            return []  # no identity yet, or an epoch bump waits for the in-flight batches
         out = []
         for tp, queue in self._queues.items():
             if not queue or self._in_flight[tp] >= self.max_in_flight:
@@ -258,11 +271,15 @@ class RecordAccumulator:
             head = queue[0]
             if not self._sendable(head, len(queue), now_ms):
                 continue
+            if idem is not None and head.base_sequence >= 0 and self._in_flight[tp] > 0:
+                continue  # an ordered retry: one batch at a time until the retries are through
             if skip is not None and skip(tp):
                 continue
             queue.popleft()
             head.closed = True
             self._in_flight[tp] += 1
+            if idem is not None:
+                idem.assign(head)
             out.append(head)
         return out
 
@@ -287,10 +304,23 @@ class RecordAccumulator:
 
     # --- outcomes -------------------------------------------------------------------
     def reenqueue(self, batch: ProducerBatch, retry_at_ms: int) -> None:
-        """A retriable failure: the batch goes back to the head of its queue."""
+        """A retriable failure: the batch goes back to the head of its queue (among the other
+        retries of its partition, in sequence order, so an idempotent producer keeps order)."""
         self._release_in_flight(batch.tp)
         batch.retry_at_ms = retry_at_ms
-        self._queues.setdefault(batch.tp, collections.deque()).appendleft(batch)
+        queue = self._queues.setdefault(batch.tp, collections.deque())
+        if batch.base_sequence < 0:
+            queue.appendleft(batch)
+            return
+        index = 0
+        while (index < len(queue) and queue[index].base_sequence >= 0
+               and queue[index].producer_epoch == batch.producer_epoch
+               and _seq_before(queue[index].base_sequence, batch.base_sequence)):
+            index += 1
+        queue.insert(index, batch)
+        if index > 0:
+            # a later retry must not wait out a longer backoff than the head it queues behind
+            batch.retry_at_ms = min(batch.retry_at_ms, queue[0].retry_at_ms)
 
     def unsent(self, batch: ProducerBatch) -> None:
         """A drained batch that was not sent after all (no leader): back at the head, no backoff."""
@@ -335,6 +365,15 @@ class RecordAccumulator:
             self.buffered_bytes -= batch.size_bytes
         return out
 
+    def queued(self) -> list[ProducerBatch]:
+        """Every batch waiting in a queue (not in flight)."""
+        return [batch for queue in self._queues.values() for batch in queue]
+
+    def remove_queued(self, batch: ProducerBatch) -> None:
+        """Takes a queued batch out for good (failed by the caller); frees its buffer bytes."""
+        self._queues[batch.tp].remove(batch)
+        self.complete(batch, in_flight=False)
+
     def incomplete_results(self) -> list[BatchResult]:
         return [batch.result for batch in self._incomplete]
 
@@ -343,3 +382,8 @@ class RecordAccumulator:
 
     def queued_batches(self) -> int:
         return sum(len(q) for q in self._queues.values())
+
+
+def _seq_before(a: int, b: int) -> bool:
+    """Sequence `a` comes before `b` in the wrapping sequence space."""
+    return 0 < (b - a) % SEQUENCE_MODULUS < SEQUENCE_MODULUS // 2

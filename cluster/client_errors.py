@@ -90,6 +90,24 @@ class DeliveryTimeoutError(ClientError):
     retriable = True
 
 
+class OutcomeUnknownError(ClientError):
+    """The client cannot tell whether the records were written (a request timed out or a
+    connection broke after sending, and no later attempt settled it). Never "not written"."""
+
+    outcome_unknown = True
+
+
+class DeliveryOutcomeUnknownError(OutcomeUnknownError, DeliveryTimeoutError):
+    """`delivery_timeout_ms` passed and some attempt's outcome is unknown: the records may be
+    in the log (once, thanks to idempotence) or not at all."""
+
+    outcome_unknown = True
+
+
+class TransactionAbortedError(ClientError):
+    """The record's transaction was aborted before the record was sent."""
+
+
 class BrokerUnreachableError(ClientError):
     """No broker answered (connection refused, DNS failure, transport error)."""
 

@@ -20,12 +20,15 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
 from semel import limits
 from semel.cluster import client_errors
 from semel.v1 import admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2
+
+_Stub = TypeVar("_Stub")
 
 BOOTSTRAP_ENV = "SEMEL_BOOTSTRAP"
 METADATA_ATTEMPT_TIMEOUT_MS = 3_000   # one Metadata RPC to one broker
@@ -74,6 +77,7 @@ class Connections:
         self._channels: dict[str, grpc.Channel] = {}
         self._broker_stubs: dict[str, broker_pb2_grpc.BrokerStub] = {}
         self._admin_stubs: dict[str, admin_pb2_grpc.AdminStub] = {}
+        self._other_stubs: dict[tuple[str, type], Any] = {}
         self._closed = False
 
     def _channel(self, address: str) -> grpc.Channel:
@@ -99,9 +103,19 @@ class Connections:
                 stub = self._admin_stubs[address] = admin_pb2_grpc.AdminStub(self._channel(address))
             return stub
 
+    def stub(self, address: str, stub_class: type[_Stub]) -> _Stub:
+        """A cached stub of any generated service (Transactions, Groups, ...) on `address`."""
+        with self._lock:
+            key = (address, stub_class)
+            stub = self._other_stubs.get(key)
+            if stub is None:
+                stub = self._other_stubs[key] = stub_class(self._channel(address))
+            return stub
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._other_stubs.clear()
             channels, self._channels = self._channels, {}
             self._broker_stubs.clear()
             self._admin_stubs.clear()

@@ -6,10 +6,11 @@ See the module docstring of `semel.cluster.client` for ordering, and docs/client
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -44,8 +45,21 @@ from semel.cluster.client_errors import (
     BufferFullError,
     ClosedError,
     ConfigError,
+    DeliveryOutcomeUnknownError,
+    TransactionAbortedError,
     DeliveryTimeoutError,
+    OutcomeUnknownError,
     SemelError,
+)
+from semel.cluster.client_idempotence import MAX_IN_FLIGHT_IDEMPOTENT, IdempotenceState, Verdict
+from semel.cluster.client_txn import (
+    FENCING_CODES,
+    TransactionManager,
+    TransactionStateError,
+    TxnRpc,
+    group_metadata_of,
+    UnsupportedByClusterError,
+    describe,
 )
 from semel.cluster.client_metadata import (
     rpc_error,
@@ -77,13 +91,21 @@ class Producer(_ClientBase):
         batch_bytes: int = BATCH_BYTES_DEFAULT,
         buffer_bytes: int = BUFFER_BYTES_DEFAULT,
         max_block_ms: int = MAX_BLOCK_MS_DEFAULT,
-        max_in_flight: int = MAX_IN_FLIGHT_DEFAULT,
+        max_in_flight: int | None = None,
         delivery_timeout_ms: int = DELIVERY_TIMEOUT_MS_DEFAULT,
         request_timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT,
         retry_backoff_ms: int = RETRY_BACKOFF_MS_DEFAULT,
         retry_backoff_max_ms: int = RETRY_BACKOFF_MAX_MS_DEFAULT,
         metadata_max_age_ms: int = METADATA_MAX_AGE_MS_DEFAULT,
+        enable_idempotence: bool | None = None,
+        transactional_id: str | None = None,
+        transaction_timeout_ms: int = limits.TRANSACTION_TIMEOUT_MS_DEFAULT,
     ) -> None:
+        acks_value = parse_acks(acks)
+        idempotent = _idempotence_setting(enable_idempotence, transactional_id, acks_value, max_in_flight)
+        self._max_in_flight_defaulted = max_in_flight is None
+        if max_in_flight is None:
+            max_in_flight = MAX_IN_FLIGHT_IDEMPOTENT if idempotent else MAX_IN_FLIGHT_DEFAULT
         if not 1 <= max_in_flight <= MAX_IN_FLIGHT_MAX:
             raise ConfigError(f"max_in_flight must be in 1..{MAX_IN_FLIGHT_MAX}")
         if not 1 <= batch_bytes <= limits.MAX_BATCH_BYTES:
@@ -91,10 +113,23 @@ class Producer(_ClientBase):
         if delivery_timeout_ms < 1 or request_timeout_ms < 1 or max_block_ms < 0:
             raise ConfigError("delivery_timeout_ms and request_timeout_ms must be >= 1, max_block_ms >= 0")
         super().__init__(bootstrap, request_timeout_ms, retry_backoff_ms, retry_backoff_max_ms, metadata_max_age_ms)
-        self.acks = parse_acks(acks)
+        self.acks = acks_value
         self.max_block_ms = max_block_ms
         self.delivery_timeout_ms = delivery_timeout_ms
-        self._acc = RecordAccumulator(batch_bytes, linger_ms, buffer_bytes, max_in_flight)
+        self.transactional_id = transactional_id or None
+        # None (default): idempotent when acks=all, falling back with a warning on a cluster
+        # without InitProducerId; True: required; False: off.
+        self._idempotence_requested = enable_idempotence
+        self._idem = IdempotenceState(transactional=bool(transactional_id)) if idempotent else None
+        self._txn_rpc = TxnRpc(self._connections, self._metadata, request_timeout_ms, retry_backoff_ms,
+                               retry_backoff_max_ms)
+        self._txn = (TransactionManager(transactional_id, transaction_timeout_ms, self._txn_rpc)
+                     if transactional_id else None)
+        self._fatal: SemelError | None = None          # the producer cannot send any more
+        self._identity_retry_at_ms = 0
+        self._identity_failures = 0
+        self._acc = RecordAccumulator(batch_bytes, linger_ms, buffer_bytes, max_in_flight, self._idem,
+                                      common_pb2.TRANSACTIONAL if transactional_id else 0)
         self._stats: collections.Counter[str] = collections.Counter()  # see metrics()
         self._requests: set[_ProduceRequest] = set()  # in flight
         self._sticky = StickyPartitioner(seed=int(time.time_ns() // 1000))
@@ -123,6 +158,8 @@ class Producer(_ClientBase):
         """
         if self._closed:
             raise ClosedError("send() after close()")
+        if self._fatal is not None:
+            raise self._fatal
         value_bytes = value if type(value) is bytes else (_as_bytes(value, "value") or b"")
         key_bytes = key if key is None or type(key) is bytes else _as_bytes(key, "key")
         now_ms = time.monotonic_ns() // 1_000_000
@@ -162,6 +199,8 @@ class Producer(_ClientBase):
                             count,
                             lambda p: view.leader_address(topic, p) is not None and not acc.busy(topic, p),
                         )
+            if self._txn is not None:
+                self._txn.check_send((topic, partition))
             future, full, new_batch = acc.append(topic, partition, ts, key_bytes, value_bytes, headers, now_ms)
             if full and key_bytes is None:
                 self._sticky.batch_closed(topic, partition, count)
@@ -173,12 +212,13 @@ class Producer(_ClientBase):
 
     def metrics(self) -> dict[str, int]:
         """Counters since start: requests/batches/records/bytes sent (attempts, retries included),
-        records/batches acknowledged, records failed, batch retries; and the current
+        records/batches acknowledged, records failed, batch retries, epoch bumps (KIP-360),
+        transactions committed/aborted; and the current
         buffered_bytes, queued_batches, in_flight_batches."""
         with self._cond:
             out = {name: self._stats[name] for name in (
                 "requests_sent", "batches_sent", "records_sent", "bytes_sent", "records_acked", "batches_acked",
-                "records_failed", "batch_retries",
+                "records_failed", "batch_retries", "epoch_bumps", "transactions_committed", "transactions_aborted",
             )}
             out["buffered_bytes"] = self._acc.buffered_bytes
             out["queued_batches"] = self._acc.queued_batches()
@@ -241,6 +281,206 @@ class Producer(_ClientBase):
         # Ctrl-C: do not wait for acknowledgements; queued records fail with ClosedError.
         self.close(timeout_s=0 if exc_type is KeyboardInterrupt else None)
 
+    # --- transactions (Kafka's API; see docs/client.md "Transactions") -------------------
+    @property
+    def idempotent(self) -> bool:
+        """Batches carry a producer id and sequences (duplicates and reordering prevented)."""
+        return self._idem is not None
+
+    @property
+    def producer_identity(self) -> tuple[int, int] | None:
+        """(producer_id, producer_epoch) in use, None before InitProducerId answered."""
+        identity = self._idem.identity if self._idem is not None else None
+        return None if identity is None else (identity.producer_id, identity.producer_epoch)
+
+    def _require_txn(self) -> TransactionManager:
+        if self._txn is None:
+            raise TransactionStateError("transactions need Producer(transactional_id=...)")
+        if self._closed:
+            raise ClosedError("producer is closed")
+        return self._txn
+
+    def init_transactions(self, timeout_s: float | None = None) -> None:
+        """Registers the transactional id with its coordinator: fences every older producer of
+        the id and aborts its open transaction; gets this producer's id and epoch."""
+        txn = self._require_txn()
+        deadline_ms = _now_ms() + int((timeout_s if timeout_s is not None else self.max_block_ms / 1000) * 1000)
+        identity = txn.init(deadline_ms)
+        with self._cond:
+            assert self._idem is not None
+            self._idem.set_identity(identity)
+            self._cond.notify_all()
+
+    def begin_transaction(self) -> None:
+        """Starts a transaction (local only; the coordinator learns of it with the first write)."""
+        self._require_txn().begin()
+
+    def send_offsets_to_transaction(self, offsets: Mapping[tuple[str, int], Any], group_metadata: Any,
+                                    timeout_s: float | None = None) -> None:
+        """Commits the consumer's offsets {(topic, partition): next offset to read} as part of the
+        transaction (AddOffsetsToTxn, then TxnOffsetCommit to the group coordinator).
+        `group_metadata`: the consumer's `group_metadata()`, a GroupMetadata, or a group id."""
+        txn = self._require_txn()
+        deadline_ms = _now_ms() + int((timeout_s if timeout_s is not None else self.request_timeout_ms / 1000) * 1000)
+        txn.send_offsets(offsets, group_metadata_of(group_metadata), deadline_ms)
+
+    def commit_transaction(self, timeout_s: float | None = None) -> None:
+        """Flushes the transaction's records, then commits it (EndTxn). Raises
+        TransactionAbortableError when a record failed (call abort_transaction()), a FatalError
+        when the producer was fenced or timed out, and a retriable error on timeout (the outcome
+        is then unknown: call commit_transaction() again, it is idempotent)."""
+        txn = self._require_txn()
+        deadline_ms = _now_ms() + int((timeout_s if timeout_s is not None else self.max_block_ms / 1000) * 1000)
+        txn.begin_end(commit=True)
+        self.flush(max(0.0, (deadline_ms - _now_ms()) / 1000))
+        txn.after_flush_commit()
+        self._finish_txn(txn, True, deadline_ms)
+
+    def abort_transaction(self, timeout_s: float | None = None) -> None:
+        """Drops the records not sent yet, waits for those in flight, then aborts (EndTxn):
+        read_committed consumers never see the transaction's records."""
+        txn = self._require_txn()
+        deadline_ms = _now_ms() + int((timeout_s if timeout_s is not None else self.max_block_ms / 1000) * 1000)
+        txn.begin_end(commit=False)
+        self._fail_queued(lambda b: True, TransactionAbortedError("the transaction was aborted before the record was sent"))
+        self.flush(max(0.0, (deadline_ms - _now_ms()) / 1000))
+        self._finish_txn(txn, False, deadline_ms)
+
+    def _finish_txn(self, txn: TransactionManager, commit: bool, deadline_ms: int) -> None:
+        identity = txn.end(commit, deadline_ms)
+        if identity is not None:  # KIP-890: a new epoch for the next transaction, sequences from 0
+            with self._cond:
+                assert self._idem is not None
+                self._idem.set_identity(identity)
+                self._stats["transactions_committed" if commit else "transactions_aborted"] += 1
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Producer]:
+        """`with producer.transaction(): producer.send(...)`: begins, commits on success, aborts
+        when the block raises (the exception propagates; a fatal state is never masked)."""
+        self.begin_transaction()
+        try:
+            yield self
+        except BaseException:
+            txn = self._txn
+            if txn is not None and txn.fatal() is None:
+                try:
+                    self.abort_transaction()
+                except SemelError as exc:
+                    log.warning("abort after an error in the transaction failed: %s", exc)
+            raise
+        self.commit_transaction()
+
+    def _fail_queued(self, which: Callable[[ProducerBatch], bool], error: BaseException) -> None:
+        """Fails the queued (not in-flight) batches `which` selects."""
+        with self._cond:
+            victims = [b for b in self._acc.queued() if which(b)]
+            for batch in victims:
+                self._acc.remove_queued(batch)
+                self._stats["records_failed"] += batch.record_count
+            self._cond.notify_all()
+        for batch in victims:
+            batch.result.complete(-1, -1, error)
+
+    def _add_partitions_to_txn(self) -> None:
+        """Sender thread: AddPartitionsToTxn for the partitions written to, before their first batch."""
+        txn = self._txn
+        assert txn is not None
+        identity, pending = txn.pending_partitions()
+        if not pending or identity is None:
+            return
+        try:
+            self._txn_rpc.add_partitions(txn.transactional_id, identity, pending,
+                                         _now_ms() + self.request_timeout_ms)
+        except SemelError as exc:
+            if exc.retriable and not (exc.code in FENCING_CODES):
+                log.info("add partitions to the transaction: %s (retrying)", exc)
+                with self._cond:
+                    self._cond.wait(self.retry_backoff_ms / 1000)
+                return
+            txn.on_error(exc)
+            error = txn.fatal() or exc
+            if txn.fatal() is not None:
+                self._fatal = error
+            self._fail_queued(lambda b: b.tp in pending, error)
+            return
+        txn.partitions_added(pending)
+        with self._cond:
+            self._cond.notify_all()
+
+    def _maintain_identity(self, now_ms: int) -> bool:
+        """Sender thread, idempotent producers: gets the first identity, and a new epoch once a
+        requested bump has no batch in flight (KIP-360). False: nothing to send this round."""
+        idem = self._idem
+        assert idem is not None
+        if self._fatal is not None:
+            self._fail_queued(lambda b: True, self._fatal)
+            with self._cond:
+                self._cond.wait(0.05)
+            return self._txn is not None  # a transaction's in-flight batches still get their answers
+        if self._txn is not None:
+            with self._cond:
+                if idem.identity is None:
+                    self._cond.wait(0.05)  # init_transactions() not called yet
+                    return False
+            return True
+        with self._cond:
+            if idem.ready:
+                return True
+            if idem.bump_reason is not None and self._acc.in_flight_count() > 0:
+                return True   # answers still to come; drain_ready sends nothing meanwhile
+            if idem.identity is None and not self._acc.queued_batches():
+                self._cond.wait(0.1)
+                return False
+            if now_ms < self._identity_retry_at_ms:
+                self._cond.wait((self._identity_retry_at_ms - now_ms) / 1000)
+                return False
+            current = idem.identity if idem.bump_reason is not None else None
+        try:
+            identity = self._txn_rpc.init_producer_id("", 0, now_ms + self.request_timeout_ms, current)
+        except UnsupportedByClusterError as exc:
+            self._idempotence_unsupported(exc)
+            return False
+        except SemelError as exc:
+            self._identity_failures += 1
+            self._identity_retry_at_ms = _now_ms() + self._backoff_ms(self._identity_failures)
+            log.info("InitProducerId failed: %s (retrying)", exc)
+            if isinstance(exc, client_errors.FatalError):
+                self._fatal = exc
+            return False
+        self._identity_failures = 0
+        unknown: list[ProducerBatch] = []
+        with self._cond:
+            if idem.bump_reason is not None:
+                log.info("producer %s -> %s: sequences restart at 0", idem.identity, identity)
+                unknown = idem.complete_bump(identity, self._acc.queued())  # type: ignore[assignment]
+                for batch in unknown:
+                    self._acc.remove_queued(batch)
+                    self._stats["records_failed"] += batch.record_count
+                self._stats["epoch_bumps"] += 1
+            else:
+                idem.set_identity(identity)
+            self._cond.notify_all()
+        for batch in unknown:
+            batch.result.complete(-1, -1, OutcomeUnknownError(
+                f"{batch.record_count} record(s) to {batch.topic}-{batch.partition}: an earlier attempt may have "
+                f"been written and the partition then lost this producer's sequence state; not re-sent under a new "
+                f"epoch (that could store them twice)"))
+        return True
+
+    def _idempotence_unsupported(self, exc: SemelError) -> None:
+        if self._idempotence_requested is None:
+            log.warning("the cluster does not answer InitProducerId: this producer is NOT idempotent "
+                        "(pass enable_idempotence=True to fail instead)")
+            with self._cond:
+                self._idem = None
+                self._acc.idempotence = None
+                if self._max_in_flight_defaulted:  # nothing was sent yet: the plain default applies
+                    self._acc.max_in_flight = MAX_IN_FLIGHT_DEFAULT
+                self._cond.notify_all()
+        else:
+            self._fatal = exc
+
     # --- sender thread --------------------------------------------------------------
     def _run_sender(self) -> None:
         try:
@@ -255,6 +495,8 @@ class Producer(_ClientBase):
                     except SemelError as exc:
                         log.debug("metadata refresh failed: %s", exc)
                 self._cancel_requests_to_moved_leaders(now_ms)
+                if self._idem is not None and not self._maintain_identity(now_ms):
+                    continue
                 self._send_ready(now_ms)
         except Exception:  # pragma: no cover - a bug; fail loudly rather than hang senders
             log.exception("producer sender thread crashed")
@@ -263,11 +505,23 @@ class Producer(_ClientBase):
     def _send_ready(self, now_ms: int) -> None:
         view = self._metadata.view
         failed: list[tuple[ProducerBatch, BaseException]] = []
+        if self._txn is not None:
+            self._add_partitions_to_txn()
         with self._cond:
             for batch in self._acc.expired(now_ms, self.delivery_timeout_ms):
-                failed.append((batch, self._timeout_error(batch)))
-            batches = self._acc.drain_ready(now_ms, skip=lambda tp: view.leader_address(*tp) is None)
+                error = self._timeout_error(batch)
+                self._on_batch_failed(batch, error)
+                failed.append((batch, error))
+            txn = self._txn
+            if txn is None:
+                batches = self._acc.drain_ready(now_ms, skip=lambda tp: view.leader_address(*tp) is None)
+            else:  # only partitions the coordinator has added to the transaction
+                batches = self._acc.drain_ready(
+                    now_ms, skip=lambda tp: view.leader_address(*tp) is None or not txn.added(tp))
             if not batches and not failed:
+                if self._idem is not None and not self._idem.ready:
+                    self._cond.wait(0.05)  # an epoch bump waits for the in-flight answers
+                    return
                 wake = self._acc.next_ready_ms(now_ms)
                 wait_ms = 100 if wake is None else max(0, wake - now_ms)
                 # Partitions without a leader: retry after the metadata backoff.
@@ -299,6 +553,7 @@ class Producer(_ClientBase):
         request = broker_pb2.ProduceRequest(
             acks=self.acks,  # type: ignore[arg-type]  # an Acks enum value
             timeout_ms=self.request_timeout_ms,
+            transactional_id=self.transactional_id or "",
             partitions=[
                 broker_pb2.PartitionProduceData(topic=b.topic, partition=b.partition, batch=b.to_proto())
                 for b in batches
@@ -384,16 +639,20 @@ class Producer(_ClientBase):
                 elif result.error_code == common_pb2.NONE:
                     base = result.base_offset if self.acks != broker_pb2.ACKS_NONE else -1
                     done.append((batch, base, result.log_append_time_ms, None))
-                    self._acc.complete(batch)
-                    self._stats["records_acked"] += batch.record_count
-                    self._stats["batches_acked"] += 1
+                    self._acked(batch)
                 else:
                     error = client_errors.error_for_code(
                         result.error_code, result.error_message, context=f"produce to {batch.topic}-{batch.partition}"
                     )
                     if result.error_code in client_errors.METADATA_REFRESH_CODES:
                         self._metadata.mark_stale()
-                    final = self._retry_or_fail(batch, error, now_ms)
+                    verdict = self._verdict(batch, error)
+                    if verdict is Verdict.DUPLICATE:
+                        # older than the broker's window of 5 batches: it *was* written, offsets unknown
+                        done.append((batch, -1, -1, None))
+                        self._acked(batch)
+                        continue
+                    final = self._retry_or_fail(batch, error, now_ms, verdict)
                     if final is not None:
                         done.append((batch, -1, -1, final))
             self._cond.notify_all()
@@ -405,32 +664,68 @@ class Producer(_ClientBase):
         with self._cond:
             now_ms = _now_ms()
             for batch in batches:
-                final = self._retry_or_fail(batch, error, now_ms)
+                final = self._retry_or_fail(batch, error, now_ms, self._verdict(batch, error))
                 if final is not None:
                     done.append((batch, final))
             self._cond.notify_all()
         for batch, final in done:
             batch.result.complete(-1, -1, final)
 
-    def _retry_or_fail(self, batch: ProducerBatch, error: SemelError, now_ms: int) -> BaseException | None:
+    def _verdict(self, batch: ProducerBatch, error: SemelError) -> Verdict:
+        if self._idem is None:
+            return Verdict.RETRY if error.retriable else Verdict.FAIL
+        return self._idem.classify(batch, error.code, error.retriable)
+
+    def _acked(self, batch: ProducerBatch) -> None:
+        """Caller holds the lock."""
+        self._acc.complete(batch)
+        if self._idem is not None:
+            self._idem.on_acked(batch)
+        self._stats["records_acked"] += batch.record_count
+        self._stats["batches_acked"] += 1
+
+    def _retry_or_fail(self, batch: ProducerBatch, error: SemelError, now_ms: int,
+                       verdict: Verdict = Verdict.RETRY) -> BaseException | None:
         """Caller holds the lock. Re-enqueues a retriable failure; returns the final error otherwise."""
         batch.outcome_unknown = batch.outcome_unknown or error.outcome_unknown
         retry_at = now_ms + self._backoff_ms(batch.attempts)
-        if error.retriable and not self._sender_stop and retry_at - batch.created_ms < self.delivery_timeout_ms:
+        in_time = retry_at - batch.created_ms < self.delivery_timeout_ms
+        if verdict is Verdict.BUMP and self._idem is not None and in_time and not self._sender_stop:
+            # KIP-360: the partition lost this producer's state. Nothing of this attempt was
+            # written; if no earlier attempt's outcome is unknown the batch is re-sent under the
+            # new epoch (complete_bump re-sequences it), else it fails as outcome unknown there.
+            log.info("producer %s: %s; bumping the epoch", self._idem.identity, error)
+            self._idem.begin_bump(str(error))
+            self._acc.reenqueue(batch, now_ms)
+            self._stats["epoch_bumps_requested"] += 1
+            return None
+        if verdict is Verdict.RETRY and not self._sender_stop and in_time:
             log.debug("retrying %s-%s after %s", batch.topic, batch.partition, error)
             self._acc.reenqueue(batch, retry_at)
             self._stats["batch_retries"] += 1
             return None
         self._acc.complete(batch)
         self._stats["records_failed"] += batch.record_count
-        if error.retriable:
-            timeout = self._timeout_error(batch)
-            timeout.__cause__ = error
-            return timeout
-        return error
+        final: SemelError = error
+        if error.retriable or verdict is not Verdict.FAIL:
+            final = self._timeout_error(batch)
+            final.__cause__ = error
+        self._on_batch_failed(batch, final)
+        return final
+
+    def _on_batch_failed(self, batch: ProducerBatch, error: SemelError) -> None:
+        """Caller holds the lock: a batch failed for good (sequence gap, fencing, transaction)."""
+        if self._idem is not None:
+            self._idem.on_failed(batch, str(error))
+        cause = error.__cause__ if isinstance(error.__cause__, SemelError) else error
+        if cause.code in FENCING_CODES and self._fatal is None:
+            self._fatal = describe(cause)
+        if self._txn is not None:
+            self._txn.on_error(cause)
 
     def _timeout_error(self, batch: ProducerBatch) -> DeliveryTimeoutError:
-        return DeliveryTimeoutError(
+        cls = DeliveryOutcomeUnknownError if batch.outcome_unknown else DeliveryTimeoutError
+        return cls(
             f"{batch.record_count} record(s) to {batch.topic}-{batch.partition} not acknowledged within "
             f"delivery_timeout_ms={self.delivery_timeout_ms} after {batch.attempts} attempt(s)",
             outcome_unknown=batch.outcome_unknown,
@@ -469,3 +764,18 @@ def _split_by_size(batches: list[ProducerBatch], max_bytes: int) -> Iterable[lis
         yield current
 
 
+def _idempotence_setting(enable_idempotence: bool | None, transactional_id: str | None, acks: int,
+                         max_in_flight: int | None) -> bool:
+    """Whether the producer is idempotent (Kafka 3+ rules: on by default with acks=all)."""
+    if transactional_id is not None and not transactional_id:
+        raise ConfigError("transactional_id must be a non-empty string")
+    if transactional_id and enable_idempotence is False:
+        raise ConfigError("a transactional producer is idempotent: drop enable_idempotence=False")
+    wanted = bool(transactional_id) or enable_idempotence is True
+    if wanted and acks != broker_pb2.ACKS_ALL:
+        raise ConfigError("idempotence and transactions need acks='all'")
+    if wanted and max_in_flight is not None and max_in_flight > MAX_IN_FLIGHT_IDEMPOTENT:
+        raise ConfigError(f"an idempotent producer keeps at most {MAX_IN_FLIGHT_IDEMPOTENT} batches in flight")
+    if enable_idempotence is None and not transactional_id:
+        return acks == broker_pb2.ACKS_ALL
+    return wanted

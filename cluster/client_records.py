@@ -117,17 +117,20 @@ def build_batch(
     base_timestamp_ms: int,
     max_timestamp_ms: int,
     attributes: int = 0,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
 ) -> common_pb2.RecordBatch:
-    """A produce-side RecordBatch (no producer id: this producer is not idempotent yet)."""
+    """A produce-side RecordBatch (producer id / epoch / sequence -1: not idempotent)."""
     if record_count < 1:
         raise AssertionError("a batch holds at least one record")
     return common_pb2.RecordBatch(
         base_offset=0,
         last_offset_delta=record_count - 1,
         leader_epoch=-1,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=base_sequence,
         record_count=record_count,
         attributes=attributes,
         base_timestamp_ms=base_timestamp_ms,
