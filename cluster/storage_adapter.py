@@ -319,6 +319,10 @@ class PartitionStoreAdapter:
 
     def truncate_to(self, offset: int) -> None:
         self.store.truncate_to(offset)
+        if offset >= self.log_end_offset:
+            # The log ignores a truncation at or past its end; still forget epochs that start
+            # there with no data (an epoch this replica led without appending).
+            self.log.epoch_cache.truncate_from_end(self.log_end_offset)
 
     def read(self, offset: int, max_bytes: int, max_offset: int | None) -> bytes:
         return bytes(self.log.read(offset, max_bytes, max_offset).data)
@@ -328,7 +332,11 @@ class PartitionStoreAdapter:
         return (int(epoch), int(end))
 
     def last_batch_epoch(self) -> int:
-        return int(self.log.epoch_cache.latest_epoch)
+        """The epoch of the last stored batch (not the latest cache entry, which may be an epoch
+        this replica led without appending: the new leader may never have heard of it)."""
+        if self.log_end_offset <= self.log_start_offset:
+            return -1
+        return int(self.log.epoch_cache.epoch_for_offset(self.log_end_offset - 1))
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
         return self.log.offset_for_timestamp(timestamp_ms)

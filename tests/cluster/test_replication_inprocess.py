@@ -224,3 +224,29 @@ def test_leader_side_answers_bad_replica_fetches_with_errors(make_partition):
     req = rpb.ReplicaFetchRequest(replica_id=99, partitions=[rpb.ReplicaFetchPartition(
         topic="t", partition=0, fetch_offset=2, current_leader_epoch=0, last_fetched_epoch=0)], max_wait_ms=0)
     assert asyncio.run(svc.handle(req, {})).results[0].error_code == pb.NONE
+
+
+def test_follower_that_led_an_epoch_without_appending_rejoins(make_partition):
+    """Regression (kill/restart cycles): B leads epoch 1 without appending, then follows C at
+    epoch 3, which never heard of epoch 1. B must not spin on "diverging" forever."""
+    async def scenario() -> None:
+        a, b, c = make_partition(1), make_partition(2), make_partition(3)
+        a.become_leader(md.PartitionState("t", 0, (1, 2, 3), (1, 2, 3), 1, 0, 0), min_isr=1, now=0)
+        a.append_as_leader(header(2), b"ab", now=1)
+        for follower in (b, c):
+            follower.become_follower(md.PartitionState("t", 0, (1, 2, 3), (1, 2, 3), 1, 0, 0))
+            f = ReplicaFetcher(follower.broker_id, 1, lambda x: None, lambda: 1, lambda x: asyncio.sleep(0), 0, 1 << 20)
+            f.partitions[follower.key] = follower
+            f._apply(await LeaderReplicationService(FakeRm(a), 1 << 20).handle(f._request(), {}))
+        b.become_leader(md.PartitionState("t", 0, (1, 2, 3), (2, 3), 2, 1, 1), min_isr=1, now=2)  # no appends
+        c.become_leader(md.PartitionState("t", 0, (1, 2, 3), (3,), 3, 3, 3), min_isr=1, now=3)
+        c.append_as_leader(header(1), b"c", now=4)
+        b.become_follower(md.PartitionState("t", 0, (1, 2, 3), (3,), 3, 3, 3))
+        svc = LeaderReplicationService(FakeRm(c), 1 << 20)
+        f = ReplicaFetcher(2, 3, lambda x: None, lambda: 1, lambda x: asyncio.sleep(0), 0, 1 << 20)
+        f.partitions[b.key] = b
+        for _ in range(4):
+            f._apply(await svc.handle(f._request(), {}))
+        assert b.log_end_offset == c.log_end_offset == 3
+        assert log_bytes(b) == log_bytes(c)
+    asyncio.run(scenario())
