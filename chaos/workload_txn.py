@@ -19,6 +19,7 @@ send and its commit until the window ends).
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -38,6 +39,10 @@ from semel.chaos.workloads import (
 )
 
 
+log = logging.getLogger("semel.chaos.workload_txn")
+HIJACK_MAX_BLOCK_MS = 10_000
+
+
 class TxnWorkload(IdempotentWorkload):
     """`txn`: transactions of sends and polls over the workload's partitions (~10% aborted)."""
 
@@ -46,7 +51,8 @@ class TxnWorkload(IdempotentWorkload):
     def __init__(self, cfg: WorkloadConfig, seed: int) -> None:
         super().__init__(cfg, seed)
         self._paused: dict[int, threading.Event] = {}  # process slot -> released when set
-        self._hijackers: dict[int, Any] = {}
+        self._hijackers: dict[int, Any] = {}  # slot -> hijacking producer, or "starting"
+        self._hijack_lock = threading.Lock()
         self._bootstrap = ""
 
     def coordinator_key(self) -> str | None:
@@ -55,12 +61,12 @@ class TxnWorkload(IdempotentWorkload):
     def transactional_id(self, slot: int) -> str:
         return f"chaos-{self.name}-{slot}"
 
-    def _txn_producer(self, bootstrap: str, slot: int) -> Any:
+    def _txn_producer(self, bootstrap: str, slot: int, max_block_ms: int = 60_000) -> Any:
         from semel.cluster.client import Producer
 
         producer = Producer(bootstrap, transactional_id=self.transactional_id(slot), acks="all",  # type: ignore[call-arg]
                             request_timeout_ms=self.cfg.request_timeout_ms,
-                            delivery_timeout_ms=self.cfg.delivery_timeout_ms)
+                            delivery_timeout_ms=self.cfg.delivery_timeout_ms, max_block_ms=max_block_ms)
         producer.init_transactions()  # type: ignore[attr-defined]
         return producer
 
@@ -72,11 +78,30 @@ class TxnWorkload(IdempotentWorkload):
         return int(fault.param("pick", 0)) % self.cfg.concurrency
 
     def _hijack(self, fault: Fault, start: bool) -> str:
+        """Never blocks the nemesis: InitProducerId may retry for a while (CONCURRENT_TRANSACTIONS
+        while the victim's transaction ends), so the hijacker starts on its own thread."""
         slot = self._slot(fault)
         if start:
-            self._hijackers[slot] = self._txn_producer(self._bootstrap, slot)
-            return f"hijacked {self.transactional_id(slot)}"
-        _close_quietly(self._hijackers.pop(slot, None))
+            def take() -> None:
+                try:
+                    producer = self._txn_producer(self._bootstrap, slot, max_block_ms=HIJACK_MAX_BLOCK_MS)
+                except Exception as exc:
+                    log.info("hijack of %s failed: %s", self.transactional_id(slot), exc)
+                    return
+                with self._hijack_lock:
+                    if self._hijackers.get(slot) is None:  # the window already ended: let go at once
+                        _close_quietly(producer)
+                    else:
+                        self._hijackers[slot] = producer
+
+            with self._hijack_lock:
+                self._hijackers[slot] = "starting"
+            threading.Thread(target=take, name=f"hijack-{slot}", daemon=True).start()
+            return f"hijacking {self.transactional_id(slot)}"
+        with self._hijack_lock:
+            producer = self._hijackers.pop(slot, None)
+        if producer not in (None, "starting"):
+            _close_quietly(producer)
         return ""
 
     def _client_pause(self, fault: Fault, start: bool) -> str:

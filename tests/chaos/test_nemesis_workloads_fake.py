@@ -150,7 +150,7 @@ def with_fakes(cls: type, log: FakeLog) -> type:
         def _producer(self, bootstrap: str) -> FakeProducer:
             return FakeProducer(log)
 
-        def _txn_producer(self, bootstrap: str, slot: int) -> FakeProducer:
+        def _txn_producer(self, bootstrap: str, slot: int, max_block_ms: int = 0) -> FakeProducer:
             p = FakeProducer(log, self.transactional_id(slot))
             p.init_transactions()
             return p
