@@ -32,7 +32,7 @@ import grpc
 
 from semel import limits
 from semel.cluster import metadata as md
-from semel.cluster.replica_manager import Partition, PartitionError, now_ms
+from semel.cluster.replica_manager import Partition, PartitionError, Role, now_ms
 from semel.cluster.txn_coordinator_shell import TxnCoordinatorShell
 from semel.coordinator import txn_wire
 from semel.coordinator.txn_markers import VerificationGuard, check_admin_abort
@@ -267,7 +267,7 @@ class ProduceVerifier:
             if not b.attributes & ATTR_TRANSACTIONAL or b.attributes & ATTR_CONTROL:
                 continue
             p = self.b.rm.get(pd.topic, pd.partition)
-            state = None if p is None else producer_state_of(p)
+            state = None if p is None or p.role != Role.LEADER else producer_state_of(p)
             if state is None:
                 continue  # not the leader here: _produce_one answers that
             info = state.producer(b.producer_id)

@@ -70,6 +70,12 @@ def wait_fenced_out(c, topic: str, partition: int, broker: int) -> None:
                what=f"broker {broker} out of the ISR of {topic}-{partition}")
 
 
+def idempotent_pid(c, broker: int) -> int:
+    r = ts.txn_stub(c, broker).InitProducerId(txn_pb2.InitProducerIdRequest(), timeout=10)
+    assert r.error_code == ErrorCode.NONE, r
+    return r.producer_id
+
+
 def restart(c, *ids: int) -> None:
     for i in ids:
         c.start(i)
@@ -107,6 +113,7 @@ def test_coordinator_killed_between_prepare_and_markers(cluster):
     time.sleep(0.3)
     assert ts.read(c, topic, held)[0] == []
     assert ts.describe(c, tid).state == txn_pb2.PREPARE_COMMIT
+    before_restart = idempotent_pid(c, coordinator)
     c.kill(coordinator)
     t0 = time.monotonic()
     c.wait_for(lambda: ts.find_coordinator(c, tid) != coordinator and ts.describe(c, tid).state
@@ -119,6 +126,7 @@ def test_coordinator_killed_between_prepare_and_markers(cluster):
     c.wait_for(lambda: ts.describe(c, tid).state == txn_pb2.COMPLETE_COMMIT, timeout_s=30,
                what="the transaction completes")
     assert ts.read(c, topic, other)[0] == [b"other"]
+    assert idempotent_pid(c, coordinator) > before_restart  # producer ids are never reused after a restart
     # the producer goes on with the identity EndTxn answered
     producer.send(topic, held, [b"next"])
     producer.commit()
@@ -162,4 +170,3 @@ def test_partition_leader_killed_while_its_marker_is_written(cluster):
     c.wait_for(lambda: ts.describe(c, tid).state == txn_pb2.COMPLETE_COMMIT, timeout_s=30,
                what="the transaction completes")
     assert ts.read(c, topic, held, committed=False)[0] == [b"v1", b"v2"]
-    assert ErrorCode.NONE == 0
