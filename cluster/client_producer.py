@@ -513,21 +513,31 @@ class Producer(_ClientBase):
                 self._on_batch_failed(batch, error)
                 failed.append((batch, error))
             txn = self._txn
-            if txn is None:
-                batches = self._acc.drain_ready(now_ms, skip=lambda tp: view.leader_address(*tp) is None)
-            else:  # only partitions the coordinator has added to the transaction
-                batches = self._acc.drain_ready(
-                    now_ms, skip=lambda tp: view.leader_address(*tp) is None or not txn.added(tp))
+            acc = self._acc
+            leaderless: list[tuple[str, int]] = []
+
+            def skip(tp: tuple[str, int]) -> bool:
+                if view.leader_address(*tp) is None:
+                    leaderless.append(tp)
+                    return True
+                # transactional: only partitions the coordinator has added, and one batch at a
+                # time until the transaction's first batch to the partition is written
+                return txn is not None and (not txn.added(tp) or (not txn.first_write_done(tp)
+                                                                  and acc.in_flight_of(tp) > 0))
+
+            batches = acc.drain_ready(now_ms, skip=skip)
             if not batches and not failed:
                 if self._idem is not None and not self._idem.ready:
                     self._cond.wait(0.05)  # an epoch bump waits for the in-flight answers
                     return
                 wake = self._acc.next_ready_ms(now_ms)
                 wait_ms = 100 if wake is None else max(0, wake - now_ms)
-                # Partitions without a leader: retry after the metadata backoff.
                 if wake is not None and wait_ms == 0:
-                    self._metadata.mark_stale()
-                    wait_ms = self.retry_backoff_ms
+                    if leaderless:  # partitions without a leader: retry after the metadata backoff
+                        self._metadata.mark_stale()
+                        wait_ms = self.retry_backoff_ms
+                    else:  # waiting for an answer (ordered retry, first write of a transaction)
+                        wait_ms = 100
                 self._cond.wait(min(wait_ms, 100) / 1000)
                 return
             for batch in batches:
@@ -681,6 +691,8 @@ class Producer(_ClientBase):
         self._acc.complete(batch)
         if self._idem is not None:
             self._idem.on_acked(batch)
+        if self._txn is not None:
+            self._txn.on_written(batch.tp)
         self._stats["records_acked"] += batch.record_count
         self._stats["batches_acked"] += 1
 

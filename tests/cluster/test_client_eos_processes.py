@@ -245,6 +245,26 @@ def test_transaction_commit_is_visible_atomically_and_abort_never(cluster: Clust
     assert b"aborted" in read_values(c._live_bootstrap(), "txn-out", 0, 7, "read_uncommitted")
 
 
+def test_back_to_back_transactions_over_many_partitions(cluster: Cluster) -> None:
+    """Short transactions with several batches in flight per partition: the first write of a
+    transaction to a partition goes alone (a concurrent second first-write would void the
+    leader's verification of the first: INVALID_TXN_STATE)."""
+    c = cluster
+    c.create_topic("txn-loop", 6, 3)
+    sent = 0
+    with c.producer(transactional_id="eos-loop", linger_ms=2, batch_bytes=4096, max_in_flight=5) as producer:
+        producer.init_transactions(timeout_s=30)
+        for _ in range(15):
+            with producer.transaction():
+                end = time.monotonic() + 0.05
+                while time.monotonic() < end:
+                    producer.send("txn-loop", b"x" * 1000)
+                    sent += 1
+        assert producer.metrics()["transactions_committed"] == 15
+    got = sum(len(read_values(c._live_bootstrap(), "txn-loop", p, 1, "read_committed", timeout_s=3)) for p in range(6))
+    assert got == sent
+
+
 def test_a_second_producer_fences_the_first_with_a_fatal_error(cluster: Cluster) -> None:
     c = cluster
     c.create_topic("txn-fence", 1, 3)
