@@ -220,7 +220,7 @@ class Broker:
         self.fetchers = FetcherManager(self.rm, self._broker_address, lambda: self.broker_epoch,
                                        self._report_unreachable, config.replica_fetch_max_wait_ms,
                                        config.replica_fetch_max_bytes)
-        self.isr = IsrMaintainer(self.rm, self._submit_alter, config.isr_check_interval_ms)
+        self.isr = IsrMaintainer(self.rm, self._submit_alter, config.isr_check_interval_ms, self._unfenced)
 
     def _open_store(self, directory: Path, topic: md.Topic, partition: int) -> ReplicaStore:
         if self._kv is None and real_storage_available():
@@ -371,6 +371,9 @@ class Broker:
             except asyncio.TimeoutError:
                 return False
         return True
+
+    def _unfenced(self) -> frozenset[int] | None:
+        return None if self.quorum is None else frozenset(self.quorum.image().unfenced_brokers())
 
     def _broker_address(self, broker_id: int) -> str | None:
         if broker_id in self._dial:

@@ -191,6 +191,7 @@ class Partition:
         for fut in self.pending.drain():
             if not fut.done():
                 fut.set_exception(PartitionError(code, message))
+                fut.exception()  # mark retrieved: the producer may have given up waiting already
 
     # --- leader path -------------------------------------------------------------------
     def check_leader(self, current_leader_epoch: int = -1) -> None:

@@ -24,6 +24,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -367,11 +368,16 @@ class FetcherManager:
 SubmitAlter = Callable[[md.AlterPartition], Awaitable[object]]
 
 
+REJECTED_ALTER_BACKOFF_S = 1.0  # after the quorum refused an ISR change, before proposing again
+
+
 class IsrMaintainer:
-    def __init__(self, rm: ReplicaManager, submit: SubmitAlter, interval_ms: int) -> None:
+    def __init__(self, rm: ReplicaManager, submit: SubmitAlter, interval_ms: int,
+                 unfenced: Callable[[], "frozenset[int] | None"] = lambda: None) -> None:
         self.rm = rm
         self.submit = submit
         self.interval_ms = interval_ms
+        self.unfenced = unfenced  # brokers that may join an ISR (None: unknown, do not filter)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -398,8 +404,15 @@ class IsrMaintainer:
             if p.progress is None or p.state is None or p.alter_in_flight:
                 continue
             change = p.progress.isr_change(now)
-            if change is None or tuple(sorted(p.state.isr)) == change.new_isr:
+            if change is None:
                 continue
+            allowed = self.unfenced()
+            new_isr = change.new_isr
+            if allowed is not None:  # the controller refuses fenced joiners: do not ask
+                new_isr = tuple(r for r in new_isr if r in p.state.isr or r in allowed)
+            if tuple(sorted(p.state.isr)) == new_isr:
+                continue
+            change = dataclasses.replace(change, new_isr=new_isr)
             log.info("%s-%d: ISR %s -> %s (%s)", p.topic, p.partition, p.state.isr, change.new_isr, change.reason)
             cmd = md.AlterPartition(p.topic, p.partition, self.rm.broker_id, self.rm.broker_epoch,
                                     p.leader_epoch, p.state.partition_epoch, change.new_isr)
@@ -408,7 +421,9 @@ class IsrMaintainer:
 
     async def _alter(self, p: Partition, cmd: md.AlterPartition) -> None:
         try:
-            await self.submit(cmd)
+            result = await self.submit(cmd)
+            if not getattr(result, "ok", True):  # refused (stale epochs, fenced joiner): the image will move
+                await asyncio.sleep(REJECTED_ALTER_BACKOFF_S)
         except Exception as exc:
             log.info("%s-%d: ISR change not committed: %s", p.topic, p.partition, exc)
             await asyncio.sleep(self.interval_ms / 1000)

@@ -404,7 +404,9 @@ def test_full_restart_keeps_acked_records_and_quorum_loss_is_reported(cluster):
 def test_lagging_follower_leaves_isr_and_rejoins(tmp_path):
     # Short lag bound, long session: a paused follower lags without being fenced.
     lag_ms = 1000
-    c = h.Cluster(tmp_path, 3, replica_lag_time_max_ms=lag_ms, session_timeout_ms=10_000, **FLAGS)
+    # long session and disconnect grace: only the lag rule (not fencing) may drop the follower
+    c = h.Cluster(tmp_path, 3, replica_lag_time_max_ms=lag_ms, session_timeout_ms=10_000,
+                  disconnect_grace_ms=5_000, **FLAGS)
     try:
         c.start_all()
         ok(c.create_topic("lag", partitions=1, rf=3))
