@@ -55,6 +55,15 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-bytes", type=int, default=None, help="producer batch_bytes (client default)")
     parser.add_argument("--linger-ms", type=int, default=None, help="producer linger_ms (client default)")
     parser.add_argument("--max-in-flight", type=int, default=None, help="producer max_in_flight (client default)")
+    parser.add_argument("--idempotent", action="store_true",
+                        help="compare, in this run, plain acks=all (enable_idempotence=False) with the idempotent "
+                             "producer (same max_in_flight, default 5); reports 'ratio' = idempotent / plain")
+    parser.add_argument("--transactional", action="store_true",
+                        help="compare, in this run, the idempotent producer with a transactional one committing "
+                             "every --commit-interval-ms; reports 'ratio' and commit latency percentiles")
+    parser.add_argument("--commit-interval-ms", type=int, default=100, help="transaction length (default 100)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --idempotent/--transactional: alternate the variants this many times (default 1)")
 
 
 def add_consume_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,15 +162,20 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 def _producer_process(
     bootstrap: str, topic: str, options: dict[str, Any], record_bytes: int, duration_s: float,
     rate_bytes_s: float, counter: Any, results: Any, start_at: float, warmup_s: float,
+    commit_interval_ms: int = 0,
 ) -> None:
     from semel.cluster.client import Producer
 
     value = os.urandom(record_bytes)
     latencies: list[float] = []
+    commit_latencies: list[float] = []
     errors = 0
     sent = 0
+    transactional = bool(options.get("transactional_id"))
     with Producer(bootstrap, **options) as producer:
         producer.partitions_for(topic)
+        if transactional:
+            producer.init_transactions()
 
         def sampled(t0: float) -> Any:
             def done(future: Any) -> None:
@@ -179,9 +193,24 @@ def _producer_process(
         end = begin + duration_s
         sample_from = begin + warmup_s
         send = producer.send
+        if transactional:
+            producer.begin_transaction()
+            txn_end = begin + commit_interval_ms / 1000
         while True:
             now = time.perf_counter()
+            if transactional and now >= txn_end:
+                producer.commit_transaction()
+                done_at = time.perf_counter()
+                commit_latencies.append(done_at - now)
+                if done_at >= end:
+                    break
+                producer.begin_transaction()
+                txn_end = done_at + commit_interval_ms / 1000
+                continue
             if now >= end:
+                if transactional:
+                    producer.commit_transaction()
+                    commit_latencies.append(time.perf_counter() - now)
                 break
             if rate_bytes_s > 0:
                 allowed = (now - begin) * rate_bytes_s / record_bytes
@@ -203,7 +232,7 @@ def _producer_process(
     counter.value = sent
     cpu_s = (cpu_end.user - cpu_begin.user) + (cpu_end.system - cpu_begin.system)
     results.put({"sent": sent, "elapsed_s": elapsed, "latencies": latencies, "errors": errors, "cpu_s": cpu_s,
-                 "metrics": metrics})
+                 "metrics": metrics, "commit_latencies": commit_latencies})
 
 
 def run_produce(args: argparse.Namespace) -> int:
@@ -211,10 +240,13 @@ def run_produce(args: argparse.Namespace) -> int:
     for name in ("batch_bytes", "linger_ms", "max_in_flight"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    if args.idempotent or args.transactional:
+        return _run_comparison(args, options)
     with _cluster(args) as (bootstrap, broker_pids):
         topic = _create_topic(bootstrap, args)
         cap = args.rate_mb_s * MB if args.rate_mb_s > 0 else 0.0
         result = _produce_phase(bootstrap, topic, args, options, cap, broker_pids)
+        result.pop("commit_latencies_s")
         if args.half_load:
             half = result["mb_per_s"] * MB / 2
             _progress(f"half load: {half / MB:.1f} MB/s offered ...")
@@ -226,9 +258,60 @@ def run_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_comparison(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    """Two producer variants on one cluster and topic, alternated `--rounds` times; the ratio of
+    their throughputs (second / first) is measured in this one run."""
+    if args.acks != "all":
+        raise SystemExit("semel bench produce: --idempotent/--transactional compare acks=all producers")
+    base = dict(options)
+    base.setdefault("max_in_flight", 5)
+    if args.transactional:
+        variants = [("idempotent", {**base, "enable_idempotence": True}, 0),
+                    ("transactional", {**base, "transactional_id": "bench-txn"}, args.commit_interval_ms)]
+    else:
+        variants = [("plain", {**base, "enable_idempotence": False}, 0),
+                    ("idempotent", {**base, "enable_idempotence": True}, 0)]
+    phases: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
+    with _cluster(args) as (bootstrap, broker_pids):
+        topic = _create_topic(bootstrap, args)
+        cap = args.rate_mb_s * MB if args.rate_mb_s > 0 else 0.0
+        for round_index in range(args.rounds):
+            order = variants if round_index % 2 == 0 else variants[::-1]
+            for name, opts, interval in order:
+                _progress(f"round {round_index + 1}/{args.rounds}: {name}")
+                phases[name].append(_produce_phase(bootstrap, topic, args, opts, cap, broker_pids, interval))
+    summary: dict[str, Any] = {"benchmark": "produce-" + ("transactional" if args.transactional else "idempotent"),
+                               "rounds": args.rounds, "max_in_flight": base["max_in_flight"],
+                               "record_bytes": args.record_bytes, "partitions": args.partitions,
+                               "replication_factor": args.replication_factor, "producers": args.producers}
+    for name, runs in phases.items():
+        records = sum(r["records"] for r in runs)
+        elapsed = sum(r["elapsed_s"] for r in runs)
+        summary[name] = {
+            "records_per_s": round(records / elapsed, 1),
+            "mb_per_s": round(records * args.record_bytes / MB / elapsed, 2),
+            "per_round_mb_per_s": [r["mb_per_s"] for r in runs],
+            "latency_ms_p50": [r["latency_ms_p50"] for r in runs],
+            "latency_ms_p99": [r["latency_ms_p99"] for r in runs],
+            "errors": sum(r["errors"] for r in runs),
+            "batch_retries": sum(r["batch_retries"] for r in runs),
+        }
+        commits = sorted(x for r in runs for x in r.get("commit_latencies_s", []))
+        if commits:
+            summary[name].update({
+                "commit_interval_ms": args.commit_interval_ms, "transactions": len(commits),
+                "commit_ms_p50": round(_percentile(commits, 0.50) * 1000, 2),
+                "commit_ms_p99": round(_percentile(commits, 0.99) * 1000, 2),
+                "commit_ms_max": round(commits[-1] * 1000, 2)})
+    first, second = (name for name, _, _ in variants)
+    summary["ratio"] = round(summary[second]["records_per_s"] / summary[first]["records_per_s"], 3)
+    print(json.dumps(summary))
+    return 0
+
+
 def _produce_phase(
     bootstrap: str, topic: str, args: argparse.Namespace, options: dict[str, Any], rate_bytes_s: float,
-    broker_pids: list[int],
+    broker_pids: list[int], commit_interval_ms: int = 0,
 ) -> dict[str, Any]:
     """One timed run of `args.producers` producer processes offering up to `rate_bytes_s` (0: max)."""
     _progress(
@@ -243,8 +326,8 @@ def _produce_phase(
     procs = [
         ctx.Process(
             target=_producer_process,
-            args=(bootstrap, topic, options, args.record_bytes, args.duration_s, per_process_rate, counters[i], results,
-                  start_at, args.warmup_s),
+            args=(bootstrap, topic, _per_process(options, i), args.record_bytes, args.duration_s, per_process_rate,
+                  counters[i], results, start_at, args.warmup_s, commit_interval_ms),
             daemon=True,
         )
         for i in range(args.producers)
@@ -300,7 +383,15 @@ def _produce_phase(
         ),
         "batch_retries": sum(o["metrics"]["batch_retries"] for o in outcomes),
         "cpu": _cpu_report(cpu_before, cpu_after, [o["cpu_s"] for o in outcomes]),
+        "commit_latencies_s": [x for o in outcomes for x in o["commit_latencies"]],
     }
+
+
+def _per_process(options: dict[str, Any], index: int) -> dict[str, Any]:
+    """Each producer process gets its own transactional id."""
+    if options.get("transactional_id"):
+        return {**options, "transactional_id": f"{options['transactional_id']}-{index}"}
+    return options
 
 
 # --- where the CPU went ----------------------------------------------------------------

@@ -287,6 +287,13 @@ def _add_produce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delivery-timeout-ms", type=int, default=120_000, help="give up on a record after this (default 120000)")
     p.add_argument("--max-block-ms", type=int, default=10_000,
                    help="how long to wait for the topic's metadata or buffer space (default 10000)")
+    p.add_argument("--no-idempotence", action="store_true",
+                   help="send without producer id/sequences (idempotence is on by default with --acks all)")
+    p.add_argument("--transactional-id", metavar="ID", default=None,
+                   help="send in transactions: commit every --txn-lines lines and at end of input "
+                        "(read_committed consumers see each chunk all at once or not at all)")
+    p.add_argument("--txn-lines", type=int, default=1000, metavar="N",
+                   help="lines per transaction with --transactional-id (default 1000)")
     _bootstrap_arg(p)
     p.set_defaults(func=_operational(_produce))
 
@@ -302,10 +309,13 @@ def _produce(args: argparse.Namespace) -> int:
                 print(f"semel produce: error: {error}", file=sys.stderr)
             failures.append(error)
 
+    if args.transactional_id is not None:
+        return _produce_transactional(args)
     sent = 0
     sep = args.key_separator.encode() if args.key_separator else None
     with Producer(args.bootstrap, acks=args.acks, linger_ms=args.linger_ms,
-                  delivery_timeout_ms=args.delivery_timeout_ms, max_block_ms=args.max_block_ms) as producer:
+                  delivery_timeout_ms=args.delivery_timeout_ms, max_block_ms=args.max_block_ms,
+                  enable_idempotence=False if args.no_idempotence else None) as producer:
         for raw in sys.stdin.buffer:
             line = raw.rstrip(b"\n").rstrip(b"\r")
             key = None
@@ -318,6 +328,56 @@ def _produce(args: argparse.Namespace) -> int:
         print(f"semel produce: {len(failures)} of {sent} record(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _produce_transactional(args: argparse.Namespace) -> int:
+    """One transaction per --txn-lines lines of stdin (and one for the rest at end of input)."""
+    from semel.cluster.client import Producer
+
+    if args.acks != "all" or args.no_idempotence:
+        print("semel produce: error: --transactional-id needs --acks all and idempotence", file=sys.stderr)
+        return 2
+    if args.txn_lines < 1:
+        print("semel produce: error: --txn-lines must be >= 1", file=sys.stderr)
+        return 2
+    sep = args.key_separator.encode() if args.key_separator else None
+    committed = chunk = 0
+    with Producer(args.bootstrap, transactional_id=args.transactional_id, linger_ms=args.linger_ms,
+                  delivery_timeout_ms=args.delivery_timeout_ms, max_block_ms=args.max_block_ms) as producer:
+        producer.init_transactions()
+        for raw in sys.stdin.buffer:
+            if chunk == 0:
+                producer.begin_transaction()
+            line = raw.rstrip(b"\n").rstrip(b"\r")
+            key = None
+            if sep is not None and sep in line:
+                key, line = line.split(sep, 1)
+            producer.send(args.topic, line, key=key, partition=args.partition)
+            chunk += 1
+            if chunk >= args.txn_lines:
+                committed += _commit_chunk(producer, chunk, committed)
+                chunk = 0
+        if chunk:
+            committed += _commit_chunk(producer, chunk, committed)
+    return 0
+
+
+def _commit_chunk(producer: Any, lines: int, committed: int) -> int:
+    """Commits the open transaction; on failure aborts it and raises (exit 1, the message says
+    how many lines were committed before)."""
+    from semel.cluster.client_errors import AbortableError, SemelError
+
+    try:
+        producer.commit_transaction()
+    except AbortableError:
+        producer.abort_transaction()
+        raise SemelError(f"transaction aborted: the last {lines} line(s) were not written "
+                         f"({committed} line(s) committed before)") from None
+    except SemelError as exc:
+        raise type(exc)(f"{exc.message or exc} ({committed} line(s) committed before; the last {lines} line(s) "
+                        f"{'may or may not be' if exc.outcome_unknown or exc.retriable else 'were not'} committed)",
+                        outcome_unknown=exc.outcome_unknown) from None
+    return lines
 
 
 # --- semel consume ---------------------------------------------------------------------
