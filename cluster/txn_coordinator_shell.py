@@ -186,10 +186,14 @@ class TxnCoordinatorShell:
         core = self.core
         assert core is not None
         started = time.monotonic()
-        try:
-            await p.wait_for_hw(p.log_end_offset)
-        except PartitionError:
-            return  # leadership moved; the role listener unloads
+        while True:
+            try:
+                await p.wait_for_hw(p.log_end_offset)
+                break
+            except PartitionError as exc:
+                if exc.code == pb.NOT_LEADER_OR_FOLLOWER:
+                    return  # leadership moved; the role listener unloads
+                await asyncio.sleep(0.05)  # too many acks=all waiters on the partition: try again
         if p.role != Role.LEADER or p.leader_epoch != epoch:
             return
         view = TxnStateView(self.b._kv, index)  # type: ignore[arg-type]
@@ -284,6 +288,7 @@ class TxnCoordinatorShell:
             return
         self._fold_into_view(action.partition, result.base_offset, action.batch)
         self._perform(core.write_committed(action.write_id, now_ms()))
+        self._kick()  # a Prepare* just committed: send its markers now, not at the next tick
 
     def _fold_into_view(self, index: int, base_offset: int, batch: bytes) -> None:
         if self._view_next.get(index) != base_offset or self.b._kv is None:
@@ -326,6 +331,12 @@ class TxnCoordinatorShell:
         results = txn_wire.write_markers_results(resp)
         self.markers_written += sum(1 for code in results.values() if code == pb.NONE)
         self._perform(core.marker_response(send, results, now_ms()))
+        self._kick()  # the broker's in-flight slot is free: send what waits for it
+
+    def _kick(self) -> None:
+        core = self.core
+        if core is not None and core.loaded_partitions():
+            self._perform(core.tick(now_ms(), self._leader_of))
 
     async def _tick_loop(self) -> None:
         while True:
