@@ -195,6 +195,11 @@ def test_describe_and_list_transactions(cluster):
     (mine,) = [x for x in producers.producers if x.producer_id == p.pid]
     assert mine.current_txn_start_offset == 0 and mine.producer_epoch == p.epoch
     p.commit()
+    group = ts.txn_stub(c, 1).FindCoordinator(txn_pb2.FindCoordinatorRequest(key="g", key_type=txn_pb2.GROUP),
+                                              timeout=5)
+    offsets = c.metadata(topics=["__consumer_offsets"]).topics[0]
+    assert group.error_code == ErrorCode.NONE
+    assert group.broker_id == offsets.partitions[group.coordinator_partition].leader_id
 
 
 def test_hanging_transaction_found_and_aborted_by_the_tool(cluster, capsys):
