@@ -72,6 +72,7 @@ SERVICE_NAME = "semel.v1.Groups"
 REQUEST_TIMEOUT_MS = 15_000          # a write not committed by then answers REQUEST_TIMED_OUT (outcome unknown)
 READ_CHUNK_BYTES = 1024 * 1024       # bytes of the offsets partition read per step (load and tail)
 TAIL_IDLE_WAIT_S = 1.0               # the tail re-checks at least this often (role changes)
+RELOAD_BACKOFF_S = 1.0              # a failed load (or tail) is retried after this, while still leader
 LISTOFFSETS_TIMEOUT_S = 1.0          # describe/reset ask partition leaders for offsets, bounded
 EARLIEST, LATEST = -2, -1
 
@@ -170,10 +171,21 @@ class GroupCoordinator:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("%s-%d: loading the coordinator failed", OFFSETS, index)
+            log.exception("%s-%d: loading the coordinator failed; retrying", OFFSETS, index)
+            if self.loading.get(index) is asyncio.current_task():
+                del self.loading[index]
+            asyncio.get_running_loop().call_later(RELOAD_BACKOFF_S, self._reload, p, leader_epoch)
         finally:
             if self.loading.get(index) is asyncio.current_task():
                 del self.loading[index]
+
+    def _reload(self, p: Partition, leader_epoch: int) -> None:
+        """Load again after a failure, if we still lead at that epoch and nothing else did."""
+        index = p.partition
+        if index in self.loaded or index in self.loading or not self._still_leader(p, leader_epoch):
+            return
+        self.loading[index] = asyncio.get_running_loop().create_task(self._load(p, leader_epoch),
+                                                                     name=f"group-load-{index}")
 
     def _unload(self, index: int) -> None:
         loaded = self.loaded.pop(index, None)
@@ -200,9 +212,10 @@ class GroupCoordinator:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("%s-%d: coordinator tail failed; unloading", OFFSETS, p.partition)
+            log.exception("%s-%d: coordinator tail failed; reloading", OFFSETS, p.partition)
             if self.loaded.get(p.partition) is loaded:
                 self._unload(p.partition)
+                asyncio.get_running_loop().call_later(RELOAD_BACKOFF_S, self._reload, p, loaded.leader_epoch)
 
     def _catch_up(self, loaded: _Loaded) -> None:
         p = loaded.partition
