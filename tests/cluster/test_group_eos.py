@@ -234,3 +234,36 @@ def test_stateful_count_per_key_is_exact_after_crashes(eos_cluster: Cluster, tmp
         by_key.setdefault(r.key, []).append(int(r.value))
     for key, count in true_counts.items():
         assert by_key.get(key) == list(range(1, count + 1)), f"{key!r}: outputs {by_key.get(key, [])[:20]}... (seed {seed})"
+
+
+def test_lag_is_measured_against_the_lso(eos_cluster: Cluster) -> None:
+    from semel.cluster.client_group import GroupAdmin
+
+    topic, group = "lag", "g-lag"
+    eos_cluster.create_topic(topic, 1, 3)
+    producer = Producer(eos_cluster.bootstrap, transactional_id="lag-1")
+    open_txn = Producer(eos_cluster.bootstrap, transactional_id="lag-2")
+    consumer = Consumer(eos_cluster.bootstrap, group_id=group, isolation_level="read_committed",
+                        auto_offset_reset="earliest", enable_auto_commit=False)
+    try:
+        producer.init_transactions()
+        with producer.transaction():
+            for i in range(10):
+                producer.send(topic, str(i).encode(), partition=0)
+        open_txn.init_transactions()
+        open_txn.begin_transaction()
+        open_txn.send(topic, b"open", partition=0).result(timeout=30)  # HW moves on, the LSO stays
+        consumer.subscribe([topic])
+        got: list = []
+        deadline = time.monotonic() + 30
+        while len(got) < 10 and time.monotonic() < deadline:
+            got += consumer.poll(200)
+        assert [r.value for r in got] == [str(i).encode() for i in range(10)]
+        consumer.commit()
+        with GroupAdmin(eos_cluster.bootstrap) as admin:
+            (row,) = admin.describe_group(group).offsets
+        assert (row.committed_offset, row.last_stable_offset, row.lag) == (11, 11, 0)  # 10 records + a marker
+        open_txn.abort_transaction()
+    finally:
+        for c in (consumer, producer, open_txn):
+            c.close()
