@@ -258,6 +258,7 @@ class ProduceVerifier:
         self.b = broker
         self.shell = shell
         self.verifications = 0
+        self._inflight: dict[tuple[str, int, int, int], asyncio.Future[tuple[int, str, VerificationGuard | None]]] = {}
 
     async def prepare(self, request: bpb.ProduceRequest, image: md.MetadataImage) -> ProduceCheck:
         tid = request.transactional_id
@@ -266,51 +267,79 @@ class ProduceVerifier:
             b = pd.batch
             if not b.attributes & ATTR_TRANSACTIONAL or b.attributes & ATTR_CONTROL:
                 continue
-            p = self.b.rm.get(pd.topic, pd.partition)
-            state = None if p is None or p.role != Role.LEADER else producer_state_of(p)
-            if state is None:
-                continue  # not the leader here: _produce_one answers that
-            info = state.producer(b.producer_id)
-            if info is not None and info.txn_first_offset is not None and info.producer_epoch == b.producer_epoch:
-                continue  # the transaction is open here already
+            if self._open_here(pd.topic, pd.partition, b.producer_id, b.producer_epoch) is not False:
+                continue  # not the leader here (_produce_one answers that), or the transaction is open here already
             to_verify.setdefault((b.producer_id, b.producer_epoch), []).append((pd.topic, pd.partition))
-        refusals: dict[tuple[str, int], tuple[int, str]] = {}
-        guards: dict[tuple[str, int], VerificationGuard] = {}
+        outcomes: dict[tuple[str, int], tuple[int, str, VerificationGuard | None]] = {}
         if to_verify and not tid:
             for parts in to_verify.values():
                 for key in parts:
-                    refusals[key] = (pb.INVALID_REQUEST, "a transactional batch needs the request's transactional_id")
+                    outcomes[key] = (pb.INVALID_REQUEST, "a transactional batch needs the request's transactional_id",
+                                     None)
         elif to_verify:
             for (pid, epoch), parts in to_verify.items():
+                outcomes.update(await self._verify(tid, pid, epoch, parts, image))
+
+        def check(pd: bpb.PartitionProduceData) -> None:
+            key = (pd.topic, pd.partition)
+            if key not in outcomes:
+                return
+            code, message, guard = outcomes[key]
+            if code != pb.NONE:
+                raise PartitionError(code, message)
+            assert guard is not None
+            if self._open_here(pd.topic, pd.partition, guard.producer_id, guard.producer_epoch):
+                return  # a concurrent request of the producer opened it meanwhile (same verification)
+            if self.shell.verification_cache(*key).check(guard, now_ms()) != pb.NONE:
+                raise PartitionError(pb.INVALID_TXN_STATE, "a marker ended the producer's transaction while its "
+                                     "first write was being verified; refused (no hanging transaction)")
+
+        return check
+
+    def _open_here(self, topic: str, partition: int, producer_id: int, producer_epoch: int) -> bool | None:
+        """None: not the leader here; else whether the producer has an open transaction at this epoch."""
+        p = self.b.rm.get(topic, partition)
+        state = None if p is None or p.role != Role.LEADER else producer_state_of(p)
+        if state is None:
+            return None
+        info = state.producer(producer_id)
+        return info is not None and info.txn_first_offset is not None and info.producer_epoch == producer_epoch
+
+    async def _verify(self, tid: str, pid: int, epoch: int, parts: list[tuple[str, int]], image: md.MetadataImage
+                      ) -> dict[tuple[str, int], tuple[int, str, VerificationGuard | None]]:
+        """Verify `parts` for (pid, epoch). Requests of the producer that arrive while a
+        verification of the same partition is in flight share it (and its guard) instead of
+        voiding it with a new one, so pipelined first writes are not refused."""
+        out: dict[tuple[str, int], tuple[int, str, VerificationGuard | None]] = {}
+        shared = {key: fut for key in parts if (fut := self._inflight.get((*key, pid, epoch))) is not None}
+        mine = [key for key in parts if key not in shared]
+        if mine:
+            loop = asyncio.get_running_loop()
+            futs = {key: loop.create_future() for key in mine}
+            for key, fut in futs.items():
+                self._inflight[(*key, pid, epoch)] = fut
+            try:
                 now = now_ms()
-                started = {key: self.shell.verification_cache(*key).begin(pid, epoch, now) for key in parts}
-                result = await self._ask_coordinator(tid, pid, epoch, parts, image)
+                started = {key: self.shell.verification_cache(*key).begin(pid, epoch, now) for key in mine}
+                result = await self._ask_coordinator(tid, pid, epoch, mine, image)
+                self.verifications += 1
                 codes = dict(result.partitions)
                 for key, guard in started.items():
                     code = result.error if result.error != pb.NONE else codes.get(TopicPartition(*key),
                                                                                    pb.INVALID_TXN_STATE)
                     if code == pb.NONE and self.shell.verification_cache(*key).record_verified(guard, now_ms()):
-                        guards[key] = guard
+                        out[key] = (pb.NONE, "", guard)
                     else:
                         code = code if code != pb.NONE else pb.INVALID_TXN_STATE
-                        refusals[key] = (code, f"transaction verification failed: {pb.ErrorCode.Name(code)} "
-                                               f"{result.message}".strip())
-            self.verifications += 1
-
-        def check(pd: bpb.PartitionProduceData) -> None:
-            key = (pd.topic, pd.partition)
-            if key in refusals:
-                raise PartitionError(*refusals[key])
-            guard = guards.get(key)
-            if guard is not None:
-                cache = self.shell.verification_cache(*key)
-                code = cache.check(guard, now_ms())
-                if code != pb.NONE:
-                    raise PartitionError(code, "a marker ended the producer's transaction while its first write "
-                                               "was being verified; refused (no hanging transaction)")
-                cache.on_appended(guard.producer_id)
-
-        return check
+                        out[key] = (code, f"transaction verification failed: {pb.ErrorCode.Name(code)} "
+                                          f"{result.message}".strip(), None)
+            finally:
+                for key, fut in futs.items():
+                    self._inflight.pop((*key, pid, epoch), None)
+                    fut.set_result(out.get(key, (pb.COORDINATOR_NOT_AVAILABLE, "verification interrupted", None)))
+        for key, fut in shared.items():
+            out[key] = await asyncio.shield(fut)
+        return out
 
     async def _ask_coordinator(self, tid: str, pid: int, epoch: int, parts: list[tuple[str, int]],
                                image: md.MetadataImage) -> VerifyResult:

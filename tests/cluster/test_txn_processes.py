@@ -206,7 +206,7 @@ def test_hanging_transaction_found_and_aborted_by_the_tool(cluster, capsys):
     """The coordinators lose their state (every broker's `__transaction_state` replicas and
     views wiped while the cluster is down: the disaster an unclean election can cause) while a
     transaction is open: it hangs, pinning the LSO. `semel txn find-hanging` finds it and
-    `semel txn abort` ends it; the LSO moves on. Runs last: it restarts the whole cluster."""
+    `semel txn abort` ends it; the LSO moves on. (It restarts the whole cluster.)"""
     import json
     import shutil
 
@@ -247,3 +247,27 @@ def test_hanging_transaction_found_and_aborted_by_the_tool(cluster, capsys):
     assert json.loads(capsys.readouterr().out)["hanging"] == []
     with capsys.disabled():
         print(f"\nHANGING: found and aborted {took:.2f} s after the restart")
+
+
+def test_pipelined_first_writes_share_one_verification(cluster):
+    """Two produce requests of a producer's first writes to a partition in flight at once
+    (seq 0 and seq 5): both wait for one verification; neither voids the other."""
+    c = cluster
+    t = created(c, "pipelined")
+    leader = c.leader_of(t)
+    # a coordinator on another broker: the verification is a remote call the second request overlaps
+    tid = next(f"pipelined-{i}" for i in range(100) if ts.find_coordinator(c, f"pipelined-{i}") != leader)
+    p = ts.TxnProducer(c, tid).init()
+    for _ in range(3):
+        p.add((t, 0))
+        stub = c.broker_stub(c.leader_of(t))
+        futures = []
+        for seq in (0, 5):
+            batch = ts.txn_batch([b"v%d" % (seq + i) for i in range(5)], p.pid, p.epoch, seq)
+            futures.append(stub.Produce.future(broker_pb2.ProduceRequest(
+                acks=broker_pb2.ACKS_ALL, timeout_ms=5000, transactional_id=p.tid,
+                partitions=[broker_pb2.PartitionProduceData(topic=t, partition=0, batch=batch)]), timeout=10))
+        codes = [ErrorCode.Name(f.result().results[0].error_code) for f in futures]
+        assert codes == ["NONE", "NONE"]
+        p.commit()
+    c.wait_for(lambda: len(ts.read(c, t)[0]) == 30, what="every pipelined write committed")
