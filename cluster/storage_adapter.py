@@ -319,10 +319,6 @@ class PartitionStoreAdapter:
 
     def truncate_to(self, offset: int) -> None:
         self.store.truncate_to(offset)
-        if offset >= self.log_end_offset:
-            # The log ignores a truncation at or past its end; still forget epochs that start
-            # there with no data (an epoch this replica led without appending).
-            self.log.epoch_cache.truncate_from_end(self.log_end_offset)
 
     def read(self, offset: int, max_bytes: int, max_offset: int | None) -> bytes:
         return bytes(self.log.read(offset, max_bytes, max_offset).data)

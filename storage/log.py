@@ -490,6 +490,9 @@ class PartitionLog:
         with self._lock:
             self._check_open()
             if offset >= self.log_end_offset:
+                # Nothing to cut, but an epoch may start at the log end with no data (this replica
+                # led it without appending); a follower must forget it, as Kafka's truncateTo does.
+                self.epoch_cache.truncate_from_end(self.log_end_offset)
                 return
             if offset < self._log_start_offset:
                 raise OffsetOutOfRange(f"truncate_to({offset}) below log start {self._log_start_offset}")

@@ -98,3 +98,17 @@ def test_json_round_trip_and_rejects_disorder():
     assert ec.entries_from_json(ec.entries_to_json(E)) == E
     with pytest.raises(ValueError):
         ec.entries_from_json([[3, 10], [1, 20]])
+
+
+def test_truncate_at_log_end_forgets_an_epoch_led_without_data(tmp_path):
+    """A replica that led epoch 2 without appending, then follows: truncate_to(LEO) drops epoch 2."""
+    from semel.storage.batch import BatchHeader, encode_batch
+    from semel.storage.log import LogConfig, PartitionLog
+
+    log = PartitionLog.open(tmp_path / "p", LogConfig(), now_ms=0)
+    log.append(encode_batch(BatchHeader(0, 0, 1, -1, -1, -1, 1, 0, 0, 0), b"x"), now_ms=0)
+    log.epoch_cache.assign(2, log.log_end_offset)
+    assert log.epoch_cache.latest_epoch == 2
+    log.truncate_to(log.log_end_offset)
+    assert log.epoch_cache.latest_epoch == 1
+    log.close()
