@@ -53,6 +53,7 @@ from semel.cluster.client_errors import (
 )
 from semel.cluster.client_idempotence import MAX_IN_FLIGHT_IDEMPOTENT, IdempotenceState, Verdict
 from semel.cluster.client_txn import (
+    CONCURRENT_TXN_BACKOFF_MS,
     FENCING_CODES,
     TransactionManager,
     TransactionStateError,
@@ -127,6 +128,7 @@ class Producer(_ClientBase):
                      if transactional_id else None)
         self._fatal: SemelError | None = None          # the producer cannot send any more
         self._identity_retry_at_ms = 0
+        self._adding: threading.Thread | None = None   # AddPartitionsToTxn in progress
         self._identity_failures = 0
         self._acc = RecordAccumulator(batch_bytes, linger_ms, buffer_bytes, max_in_flight, self._idem,
                                       common_pb2.TRANSACTIONAL if transactional_id else 0)
@@ -383,20 +385,28 @@ class Producer(_ClientBase):
             batch.result.complete(-1, -1, error)
 
     def _add_partitions_to_txn(self) -> None:
-        """Sender thread: AddPartitionsToTxn for the partitions written to, before their first batch."""
+        """Sender thread: AddPartitionsToTxn for the partitions written to, before their first
+        batch. The RPC runs on a helper thread (one at a time) so the sender keeps sending the
+        batches of partitions already added meanwhile."""
         txn = self._txn
         assert txn is not None
+        if self._adding is not None and self._adding.is_alive():
+            return
         identity, pending = txn.pending_partitions()
         if not pending or identity is None:
             return
+        self._adding = threading.Thread(target=self._add_partitions_worker, args=(txn, identity, pending),
+                                        name="semel-producer-add-partitions", daemon=True)
+        self._adding.start()
+
+    def _add_partitions_worker(self, txn: TransactionManager, identity: Any, pending: frozenset[tuple[str, int]]) -> None:
         try:
             self._txn_rpc.add_partitions(txn.transactional_id, identity, pending,
                                          _now_ms() + self.request_timeout_ms)
         except SemelError as exc:
             if exc.retriable and not (exc.code in FENCING_CODES):
                 log.info("add partitions to the transaction: %s (retrying)", exc)
-                with self._cond:
-                    self._cond.wait(self.retry_backoff_ms / 1000)
+                time.sleep(self.retry_backoff_ms / 1000)
                 return
             txn.on_error(exc)
             error = txn.fatal() or exc
@@ -404,7 +414,7 @@ class Producer(_ClientBase):
                 self._fatal = error
             self._fail_queued(lambda b: b.tp in pending, error)
             return
-        txn.partitions_added(pending)
+        txn.partitions_added(pending, identity)
         with self._cond:
             self._cond.notify_all()
 
@@ -700,7 +710,11 @@ class Producer(_ClientBase):
                        verdict: Verdict = Verdict.RETRY) -> BaseException | None:
         """Caller holds the lock. Re-enqueues a retriable failure; returns the final error otherwise."""
         batch.outcome_unknown = batch.outcome_unknown or error.outcome_unknown
-        retry_at = now_ms + self._backoff_ms(batch.attempts)
+        if error.code == common_pb2.CONCURRENT_TRANSACTIONS:
+            # a new transaction's first write before the previous one's marker landed: ms away
+            retry_at = now_ms + min(self.retry_backoff_ms, CONCURRENT_TXN_BACKOFF_MS * 2 ** min(batch.attempts - 1, 10))
+        else:
+            retry_at = now_ms + self._backoff_ms(batch.attempts)
         in_time = retry_at - batch.created_ms < self.delivery_timeout_ms
         if verdict is Verdict.BUMP and self._idem is not None and in_time and not self._sender_stop:
             # KIP-360: the partition lost this producer's state. Nothing of this attempt was

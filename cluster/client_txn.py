@@ -70,6 +70,10 @@ _DETAIL = {
 
 _T = TypeVar("_T")
 
+# First backoff after CONCURRENT_TRANSACTIONS (doubling up to retry_backoff_ms): the previous
+# transaction's markers usually land within milliseconds of its EndTxn answer.
+CONCURRENT_TXN_BACKOFF_MS = 5
+
 
 class TransactionStateError(ClientError):
     """A transactional call in the wrong state (begin twice, commit without begin, send outside
@@ -147,6 +151,7 @@ class TxnRpc:
         non-retriable answer, or the deadline (then the last error, as outcome unknown if
         any attempt's outcome was unknown)."""
         failures = 0
+        concurrent = 0
         unknown = False
         last: SemelError | None = None
         while True:
@@ -173,8 +178,14 @@ class TxnRpc:
                 if code == common_pb2.REQUEST_TIMED_OUT:
                     unknown = True
                 break
-            failures += 1
-            backoff = min(self.retry_backoff_max_ms, self.retry_backoff_ms * (2 ** min(failures - 1, 10)))
+            if last is not None and last.code == common_pb2.CONCURRENT_TRANSACTIONS:
+                # the previous transaction's markers are being written: typically done in a few
+                # ms, so a short backoff (Kafka: 20 ms) instead of retry_backoff_ms
+                concurrent += 1
+                backoff = min(self.retry_backoff_ms, CONCURRENT_TXN_BACKOFF_MS * (2 ** min(concurrent - 1, 10)))
+            else:
+                failures += 1
+                backoff = min(self.retry_backoff_max_ms, self.retry_backoff_ms * (2 ** min(failures - 1, 10)))
             if _now_ms() + backoff >= deadline_ms or not retry_unknown and unknown:
                 error = last or client_errors.BrokerUnreachableError(f"{what}: no broker to ask")
                 if unknown:
@@ -384,8 +395,10 @@ class TransactionManager:
                 return None, frozenset()
             return self.identity, frozenset(self._pending)
 
-    def partitions_added(self, partitions: Iterable[tuple[str, int]]) -> None:
+    def partitions_added(self, partitions: Iterable[tuple[str, int]], identity: ProducerIdentity) -> None:
         with self._lock:
+            if identity != self.identity or self.state not in (State.IN_TRANSACTION, State.COMMITTING):
+                return  # an answer for a transaction that already ended (aborted meanwhile)
             for tp in partitions:
                 self._pending.discard(tp)
                 self._added.add(tp)
