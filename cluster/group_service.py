@@ -111,6 +111,9 @@ class GroupCoordinator:
         self._timer: asyncio.Task[None] | None = None
         self._counts_version = -1
         self._counts: dict[str, int] = {}
+        # KIP-890 checks for TxnOffsetCommit batches, run right before their append:
+        # (producer id, epoch) -> (check, produce data) from the transaction verifier.
+        self.txn_checks: dict[tuple[int, int], tuple[Callable[[Any], None], Any]] = {}
         broker.rm.add_role_listener(self._on_role)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -287,6 +290,13 @@ class GroupCoordinator:
             return loaded.runtime.on_append_failed(append.token, pb.NOT_COORDINATOR, now)
         if len(p.isr) < p.min_insync_replicas:
             return loaded.runtime.on_append_failed(append.token, pb.NOT_ENOUGH_REPLICAS, now)
+        verification = self.txn_checks.pop((append.producer_id, append.producer_epoch), None)
+        if verification is not None:
+            check, produce_data = verification
+            try:
+                check(produce_data)  # no await between this and the append (a marker could intervene)
+            except PartitionError as exc:
+                return loaded.runtime.on_append_failed(append.token, exc.code, now)
         sequence = _next_sequence(p, append.producer_id, append.producer_epoch) if append.producer_id >= 0 else -1
         encoded = build_batch(append.records, now, append.producer_id, append.producer_epoch, sequence)
         header = decode_header(encoded, 0, verify_crc=False)
@@ -461,12 +471,34 @@ class GroupsService(ggrpc.GroupsServicer):
         if loaded is None:
             return gpb.TxnOffsetCommitResponse(error_code=code, error_message=message)  # type: ignore[arg-type]
         req = gw.txn_commit_request_from_proto(request)
-        reply = await self.c.submit(
-            loaded, request.group_id, lambda shard, at_ms: shard.offsets.prepare_txn_commit(req, shard.groups, at_ms))
+        await self._verify(loaded, request)
+        loaded = self.c.loaded.get(loaded.partition.partition)
+        if loaded is None:
+            return gpb.TxnOffsetCommitResponse(error_code=pb.NOT_COORDINATOR, error_message="coordinator moved")
+        try:
+            reply = await self.c.submit(
+                loaded, request.group_id, lambda shard, at_ms: shard.offsets.prepare_txn_commit(req, shard.groups, at_ms))
+        finally:
+            self.c.txn_checks.pop((request.producer_id, request.producer_epoch), None)
         if not isinstance(reply.result, CommitDecision):  # not written (fenced producer, ...) or unknown
             return gpb.TxnOffsetCommitResponse(error_code=reply.error or pb.UNKNOWN_SERVER_ERROR,  # type: ignore[arg-type]
                                                error_message=_code_name(reply.error))
         return gw.txn_commit_response_to_proto(reply.result)
+
+    async def _verify(self, loaded: _Loaded, request: gpb.TxnOffsetCommitRequest) -> None:
+        """KIP-890: before the producer's first write to this offsets partition in a transaction,
+        the transaction coordinator must confirm the partition is in it (AddOffsetsToTxn); the
+        check then runs right before the append (see `_append`)."""
+        txn = getattr(self.c.b, "txn", None)
+        if txn is None or request.producer_id < 0 or request.producer_epoch < 0:
+            return
+        data = bpb.PartitionProduceData(topic=OFFSETS, partition=loaded.partition.partition, batch=pb.RecordBatch(
+            attributes=pb.TRANSACTIONAL, producer_id=request.producer_id, producer_epoch=request.producer_epoch,
+            record_count=1))
+        produce = bpb.ProduceRequest(transactional_id=request.transactional_id, partitions=[data])
+        check = await txn.verify_produce(produce, self.c.b.quorum.image())
+        if check is not None:
+            self.c.txn_checks[(request.producer_id, request.producer_epoch)] = (check, produce.partitions[0])
 
     async def OffsetFetch(self, request: gpb.OffsetFetchRequest,
                           context: grpc.aio.ServicerContext) -> gpb.OffsetFetchResponse:

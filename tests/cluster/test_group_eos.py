@@ -149,8 +149,8 @@ def test_transactional_copier_survives_sigkill_of_copiers_and_brokers(eos_cluste
             futures = []
             for i in range(seeded, n):
                 futures.append(producer.send("copy-in", str(i).encode(), key=str(i).encode(), partition=i % partitions))
-                if i % 100 == 0:
-                    time.sleep(0.05)
+                if i % 50 == 0:
+                    time.sleep(0.2)  # ~10 s of input: the copy spans the faults
             producer.flush()
             feeder_errors.extend(f.exception() for f in futures if f.exception() is not None)
 
