@@ -177,7 +177,11 @@ def test_idempotent_producer_ids_are_unique(cluster):
     assert len(seen) == 3 * len(c.brokers)
 
 
-def test_describe_and_list_transactions(cluster):
+def test_describe_and_list_transactions(cluster, capsys):
+    import json
+
+    from semel import cli
+
     c = cluster
     t = created(c, "describe")
     p = ts.TxnProducer(c, "described").init()
@@ -194,6 +198,21 @@ def test_describe_and_list_transactions(cluster):
     assert producers.error_code == ErrorCode.NONE
     (mine,) = [x for x in producers.producers if x.producer_id == p.pid]
     assert mine.current_txn_start_offset == 0 and mine.producer_epoch == p.epoch
+    bootstrap = ",".join(b.address for b in c.brokers.values())
+    capsys.readouterr()
+    assert cli.main(["txn", "list", "-b", bootstrap, "--state", "ONGOING", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["transactions"]
+    assert {"transactional_id": "described", "producer_id": p.pid, "state": "ONGOING",
+            "coordinator": coordinator} in rows
+    assert cli.main(["txn", "describe", "described", "-b", bootstrap, "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["state"] == "ONGOING" and described["partitions"] == [f"{t}-0"]
+    # a transaction the coordinator runs is not hanging, and abort refuses to tear it
+    assert cli.main(["txn", "find-hanging", "-b", bootstrap, "--topic", t, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hanging"] == []
+    assert cli.main(["txn", "abort", "-b", bootstrap, "--topic", t, "--partition", "0",
+                     "--producer-id", str(p.pid)]) == 1
+    assert "still running" in capsys.readouterr().err
     p.commit()
     group = ts.txn_stub(c, 1).FindCoordinator(txn_pb2.FindCoordinatorRequest(key="g", key_type=txn_pb2.GROUP),
                                               timeout=5)
