@@ -36,10 +36,12 @@ from semel.chaos.workloads import (
     _decode_value,
     plan_transfer,
     plan_txn,
+    send_outcome,
 )
 
 
 log = logging.getLogger("semel.chaos.workload_txn")
+FEED_PAUSE_S = 0.01
 HIJACK_MAX_BLOCK_MS = 10_000
 
 
@@ -53,6 +55,8 @@ class TxnWorkload(IdempotentWorkload):
         self._paused: dict[int, threading.Event] = {}  # process slot -> released when set
         self._hijackers: dict[int, Any] = {}  # slot -> hijacking producer, or "starting"
         self._hijack_lock = threading.Lock()
+        self._fill_lock = threading.Lock()
+        self._filled = False
         self._bootstrap = ""
 
     def coordinator_key(self) -> str | None:
@@ -242,4 +246,261 @@ class MoneyWorkload(TxnWorkload):
         return summary
 
 
-__all__ = ["MoneyWorkload", "TxnWorkload"]
+
+
+class CopierWorkload(TxnWorkload):
+    """`copier`: copy an input topic to an output topic exactly once (Kafka's transactional copier).
+
+    The input (`<topic>-in`, as many partitions as the output) is filled before the run by an
+    idempotent producer (recorded as sends). Each process is a group member (read_committed, no
+    auto-commit) with its own transactional id: poll, then one transaction with a copy of every
+    polled record to the same partition number of the output and the input offsets
+    (`send_offsets_to_transaction`); ~1/3 are aborted on purpose and rewound to the committed
+    offsets. History: a `txn` op per batch (the poll's records, then the sends). Final phase: one
+    fresh copier drains the rest, then `copy-input` / `copy-output` reads of both topics.
+    """
+
+    name = "copier"
+    GROUP = "chaos-copier"
+    INPUT_PER_PARTITION = 50  # before the run; then process 0 keeps feeding
+    MAX_POLL_RECORDS = 40
+
+    @property
+    def input_topic(self) -> str:
+        return f"{self.cfg.topic}-in"
+
+    def in_key(self, p: int) -> str:
+        return f"{self.input_topic}-{p}"
+
+    def setup(self, admin_bootstrap: str) -> None:
+        super().setup(admin_bootstrap)
+        from semel.cluster.client import Admin
+        from semel.cluster.client_errors import TopicAlreadyExistsError
+
+        with Admin(admin_bootstrap) as admin:
+            try:
+                admin.create_topic(self.input_topic, self.cfg.partitions, self.cfg.replication_factor,
+                                   {"min_insync_replicas": str(self.cfg.min_insync_replicas)})
+            except TopicAlreadyExistsError:
+                pass
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                view = admin.metadata([self.input_topic])
+                parts = [view.partition(self.input_topic, p) for p in range(self.cfg.partitions)]
+                if all(p is not None and p.leader_id >= 0 for p in parts):
+                    break
+                time.sleep(0.05)
+        self._prefill = admin_bootstrap
+
+    def _fill_input(self, bootstrap: str, rec: Recorder) -> None:
+        from semel.cluster.client import Producer
+
+        pid = 1_000_000  # one process per input record: they are all in flight at once
+        pending = []
+        with Producer(bootstrap, acks="all", linger_ms=5) as producer:
+            for p in range(self.cfg.partitions):
+                for _ in range(self.INPUT_PER_PARTITION):
+                    value = self._next_value()
+                    rec.invoke(pid, "send", [["send", self.in_key(p), value]])
+                    pending.append((pid, p, value, producer.send(self.input_topic, str(value).encode(), partition=p)))
+                    pid += 1
+            for pid, p, value, fut in pending:
+                error: BaseException | None = None
+                offset = None
+                try:
+                    offset = fut.result(60).offset
+                except Exception as exc:
+                    error = exc
+                kind, text = send_outcome(error)
+                rec.complete(pid, kind, [["send", self.in_key(p), value, offset]], error=text)
+
+    def _group_consumer(self, bootstrap: str) -> Any:
+        from semel.cluster.client import Consumer
+
+        return Consumer(bootstrap, group_id=self.GROUP, enable_auto_commit=False, isolation_level="read_committed",
+                        auto_offset_reset="earliest", fetch_max_wait_ms=self.cfg.poll_timeout_ms,
+                        request_timeout_ms=self.cfg.request_timeout_ms, max_poll_records=self.MAX_POLL_RECORDS)
+
+    def run_process(self, process: int, bootstrap: str, rec: Recorder, stop: threading.Event) -> None:
+        """Process 0 keeps feeding the input (idempotent sends); the others copy."""
+        self._bootstrap = bootstrap
+        with self._fill_lock:
+            if not self._filled:
+                self._fill_input(bootstrap, rec)
+                self._filled = True
+        if process == 0:
+            self._feed_input(process, bootstrap, rec, stop)
+        else:
+            self._copy_loop(process, process, bootstrap, rec, stop, lambda: False)
+
+    def _feed_input(self, pid: int, bootstrap: str, rec: Recorder, stop: threading.Event) -> None:
+        rng = random.Random(self.seed * 1000)
+        producer = self._producer(bootstrap)
+        try:
+            while not stop.is_set():
+                p = rng.randrange(self.cfg.partitions)
+                value = self._next_value()
+                rec.invoke(pid, "send", [["send", self.in_key(p), value]])
+                error: BaseException | None = None
+                offset = None
+                try:
+                    offset = producer.send(self.input_topic, str(value).encode(), partition=p).result(
+                        timeout=self.cfg.delivery_timeout_ms / 1000 + 5).offset
+                except Exception as exc:
+                    error = exc
+                kind, text = send_outcome(error)
+                rec.complete(pid, kind, [["send", self.in_key(p), value, offset]], error=text)
+                stop.wait(FEED_PAUSE_S)
+        finally:
+            _close_quietly(producer)
+
+    def _copy_loop(self, slot: int, pid: int, bootstrap: str, rec: Recorder, stop: threading.Event,
+                   done: Callable[[], bool]) -> None:
+        rng = random.Random(self.seed * 1000 + slot)
+        producer = consumer = None
+        try:
+            producer, consumer = self._txn_producer(bootstrap, slot), self._group_consumer(bootstrap)
+            rec.invoke(pid, "subscribe", [self.in_key(p) for p in range(self.cfg.partitions)])
+            consumer.subscribe([self.input_topic])
+            rec.complete(pid, OK, [self.in_key(p) for p in range(self.cfg.partitions)])
+            while not stop.is_set() and not done():
+                if not self._copy_batch(pid, slot, rng, producer, consumer, rec, stop):
+                    rec.invoke(pid, CRASH)
+                    _close_quietly(producer, consumer)
+                    rec.complete(pid, INFO, error="copier rebuilt")
+                    pid += self.cfg.concurrency
+                    producer, consumer = self._txn_producer(bootstrap, slot), self._group_consumer(bootstrap)
+                    rec.invoke(pid, "subscribe", [self.in_key(p) for p in range(self.cfg.partitions)])
+                    consumer.subscribe([self.input_topic])
+                    rec.complete(pid, OK, [self.in_key(p) for p in range(self.cfg.partitions)])
+        finally:
+            _close_quietly(producer, consumer)
+
+    def _copy_batch(self, pid: int, slot: int, rng: random.Random, producer: Any, consumer: Any, rec: Recorder,
+                    stop: threading.Event) -> bool:
+        try:
+            records = consumer.poll(timeout_ms=self.cfg.poll_timeout_ms)
+        except Exception as exc:
+            log.info("copier poll failed: %s", exc)
+            return False
+        if not records:
+            return True
+        reads: dict[str, list[list[int]]] = {}
+        sends: list[list[Any]] = []
+        first: dict[int, int] = {}
+        last: dict[int, int] = {}
+        for r in records:
+            value = _decode_value(r.value)
+            reads.setdefault(self.in_key(r.partition), []).append([r.offset, value])
+            sends.append(["send", f"{self.cfg.topic}-{r.partition}", value])
+            first.setdefault(r.partition, r.offset)
+            last[r.partition] = r.offset
+        mops: list[list[Any]] = [["poll"], *sends]
+        rec.invoke(pid, TXN, mops)
+        done_sends: list[list[Any]] = []
+        try:
+            producer.begin_transaction()
+        except Exception as exc:
+            rec.complete(pid, FAIL, [["poll", reads], *[[*s, None] for s in sends]], error=f"begin: {exc}")
+            return False
+        try:
+            futures = [(s, producer.send(self.cfg.topic, str(s[2]).encode(), partition=self.partition_of(s[1])))
+                       for s in sends]
+            for s, fut in futures:
+                done_sends.append([*s, fut.result(timeout=self.cfg.delivery_timeout_ms / 1000 + 5).offset])
+            producer.send_offsets_to_transaction({(self.input_topic, p): o + 1 for p, o in last.items()},
+                                                 consumer.group_metadata())
+        except Exception as exc:
+            return self._abort_copy(pid, producer, consumer, rec, reads, sends, first, f"{type(exc).__name__}: {exc}")
+        if rng.random() < 1 / 3:
+            return self._abort_copy(pid, producer, consumer, rec, reads, sends, first, "aborted")
+        self._stall_before_commit(slot, stop)
+        try:
+            producer.commit_transaction()
+        except Exception as exc:
+            rec.complete(pid, INFO, [["poll", reads], *done_sends], error=f"commit: {type(exc).__name__}: {exc}")
+            return False
+        rec.complete(pid, OK, [["poll", reads], *done_sends])
+        return True
+
+    def _abort_copy(self, pid: int, producer: Any, consumer: Any, rec: Recorder, reads: dict[str, Any],
+                    sends: list[list[Any]], first: dict[int, int], why: str) -> bool:
+        value = [["poll", reads], *[[*s, None] for s in sends]]
+        try:
+            producer.abort_transaction()
+        except Exception as exc:
+            rec.complete(pid, INFO, value, error=f"{why}; abort failed: {type(exc).__name__}: {exc}")
+            return False
+        rec.complete(pid, FAIL, value, error="aborted" if why == "aborted" else f"aborted after {why}")
+        try:  # rewind to the committed offsets (the aborted batch is copied again)
+            for p, offset in first.items():
+                if (self.input_topic, p) in consumer.assignment():
+                    consumer.seek(self.input_topic, p, offset)
+        except Exception as exc:
+            log.info("copier rewind failed: %s", exc)
+            return False
+        return True
+
+    def final_read(self, bootstrap: str, rec: Recorder, process: int) -> dict[str, Any]:
+        """Drain with one fresh copier until the group's committed offsets reach the input's end,
+        then read both topics from the beginning."""
+        from semel.cluster.client import Consumer
+
+        from semel.cluster.client import Admin
+
+        with Admin(bootstrap) as admin:  # everything the feeder wrote is below these
+            ends = {pd.partition: pd.last_stable_offset for pd in admin.describe_topics([self.input_topic])[0].partitions}
+        deadline = time.monotonic() + self.cfg.final_read_timeout_s
+        probe = Consumer(bootstrap, group_id=self.GROUP, enable_auto_commit=False)
+
+        behind: dict[str, Any] = {"unknown": True}
+
+        def drained() -> bool:
+            try:
+                committed = probe.committed([(self.input_topic, p) for p in ends], timeout_ms=5000)
+            except Exception:
+                return time.monotonic() > deadline
+            behind.clear()
+            behind.update({self.in_key(p): [committed.get((self.input_topic, p), -1), end]
+                           for p, end in ends.items() if committed.get((self.input_topic, p), -1) < end})
+            return not behind or time.monotonic() > deadline
+
+        stop = threading.Event()
+        try:
+            self._copy_loop(10_000 + self.cfg.concurrency, process + 2, bootstrap, rec, stop, drained)
+        finally:
+            _close_quietly(probe)
+        reads = {}
+        for f, topic, keyf in (("copy-input", self.input_topic, self.in_key),
+                               ("copy-output", self.cfg.topic, lambda p: f"{self.cfg.topic}-{p}")):
+            reads[f] = self._read_topic(bootstrap, topic, keyf, deadline + 30)
+        mapping = {self.in_key(p): f"{self.cfg.topic}-{p}" for p in range(self.cfg.partitions)}
+        rec.invoke(process, "copy-input", None)
+        rec.complete(process, OK, reads["copy-input"], map=mapping)
+        rec.invoke(process, "copy-output", None)
+        rec.complete(process, OK, reads["copy-output"])
+        copied = sum(len(v) for v in reads["copy-output"].values())
+        return {"acked_max_offset": {}, "read_up_to": {}, "incomplete": dict(behind),  # key: [committed, end]
+                "records_read": copied, "input_records": sum(len(v) for v in reads["copy-input"].values())}
+
+    def _read_topic(self, bootstrap: str, topic: str, keyf: Callable[[int], str], deadline: float,
+                    ) -> dict[str, list[list[int]]]:
+        from semel.cluster.client import Admin, Consumer
+
+        with Admin(bootstrap) as admin:
+            desc = admin.describe_topics([topic])[0]
+        ends = {pd.partition: pd.last_stable_offset for pd in desc.partitions}
+        out: dict[str, list[list[int]]] = {keyf(p): [] for p in ends}
+        consumer = Consumer(bootstrap, auto_offset_reset="earliest", isolation_level="read_committed")
+        try:
+            consumer.assign([(topic, p) for p in ends])
+            consumer.seek_to_beginning()
+            while time.monotonic() < deadline and any(consumer.position(topic, p) < e for p, e in ends.items()):
+                for r in consumer.poll(timeout_ms=300):
+                    out[keyf(r.partition)].append([r.offset, _decode_value(r.value)])
+        finally:
+            _close_quietly(consumer)
+        return out
+
+
+__all__ = ["CopierWorkload", "MoneyWorkload", "TxnWorkload"]

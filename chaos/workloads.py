@@ -56,6 +56,15 @@ def idempotence_option() -> str | None:
     return next((name for name in ("enable_idempotence", "idempotent", "idempotence") if name in params), None)
 
 
+def copier_available() -> bool:
+    """Group consumers (subscribe, group_metadata, committed) and send_offsets_to_transaction."""
+    from semel.cluster import client
+
+    consumer = getattr(client, "Consumer", None)
+    return hasattr(getattr(client, "Producer", None), "send_offsets_to_transaction") and all(
+        hasattr(consumer, name) for name in ("subscribe", "group_metadata", "committed"))
+
+
 def transactions_available() -> bool:
     """The client exposes transactions (begin/commit/abort on a transactional producer)."""
     from semel.cluster import client
@@ -399,12 +408,14 @@ def make_workload(name: str, cfg: WorkloadConfig, seed: int) -> Workload:
         if not transactions_available():
             raise WorkloadUnavailable(f"workload {name!r} {UNAVAILABLE_MESSAGE} "
                                       "(the client has no transactional producer / consumer groups yet)")
-        from semel.chaos.workload_txn import MoneyWorkload, TxnWorkload
+        from semel.chaos.workload_txn import CopierWorkload, MoneyWorkload, TxnWorkload
 
         if name == "txn":
             return TxnWorkload(cfg, seed)
         if name == "money":
             return MoneyWorkload(cfg, seed)
-        raise WorkloadUnavailable("workload 'copier' also needs consumer groups and send_offsets_to_transaction "
-                                  "in the client; not written yet")
+        if not copier_available():
+            raise WorkloadUnavailable("workload 'copier' also needs consumer groups and send_offsets_to_transaction "
+                                      "in the client; not available in this build")
+        return CopierWorkload(cfg, seed)
     raise WorkloadUnavailable(f"unknown workload {name!r} (choose from {', '.join(WORKLOADS)})")

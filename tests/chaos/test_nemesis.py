@@ -280,13 +280,13 @@ def test_plan_op_mix() -> None:
 
 @pytest.mark.parametrize("name", ["txn", "money", "copier"])
 def test_transactional_workloads_refuse_clearly_until_the_client_has_transactions(name: str) -> None:
-    from semel.chaos.workloads import transactions_available
+    from semel.chaos.workloads import copier_available, transactions_available
 
     if not transactions_available():
         with pytest.raises(WorkloadUnavailable, match=UNAVAILABLE_MESSAGE):
             make_workload(name, WorkloadConfig(), 1)
-    elif name == "copier":
-        with pytest.raises(WorkloadUnavailable, match="not written yet"):
+    elif name == "copier" and not copier_available():
+        with pytest.raises(WorkloadUnavailable, match="consumer groups"):
             make_workload(name, WorkloadConfig(), 1)
     else:
         assert make_workload(name, WorkloadConfig(), 1).name == name
@@ -319,9 +319,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "semel.cli", *args], capture_output=True, text=True, timeout=60)
 
 
-def test_cli_refuses_unavailable_workloads_and_checks_histories(tmp_path: Path) -> None:
-    r = run_cli("chaos", "run", "--workload", "copier", "--duration-s", "1", "--out", str(tmp_path / "x"))
-    assert r.returncode == 2 and ("not written yet" in r.stderr or UNAVAILABLE_MESSAGE in r.stderr)
+def test_cli_rejects_bad_arguments_and_checks_histories(tmp_path: Path) -> None:
+    r = run_cli("chaos", "run", "--nemesis", "kill,bogus", "--duration-s", "1", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "unknown nemesis bogus" in r.stderr
+    r = run_cli("chaos", "run", "--workload", "idempotent", "--nemesis", "hijack", "--duration-s", "1",
+                "--out", str(tmp_path / "y"))
+    assert r.returncode == 2 and "needs a transactional workload" in r.stderr
     hist = tmp_path / "h.jsonl"
     HistoryBuilder().send(0, "t-0", 1, 0).poll(1, {"t-0": [(0, 1)]}).write(hist)
     r = run_cli("chaos", "check", str(hist))
