@@ -222,7 +222,12 @@ class Processor:
                 wait_ms = 100
                 if self._in_txn:
                     wait_ms = max(0, int(self.commit_interval_ms - (time.monotonic() * 1000 - self._txn_started_ms)))
-                records = self._consumer.poll(min(wait_ms, 100))
+                try:
+                    records = self._consumer.poll(min(wait_ms, 100))
+                except (client_errors.RetriableError, client_errors.BrokerUnreachableError) as exc:
+                    log.info("poll: %s; retrying", exc)  # e.g. the coordinator moved while adopting partitions
+                    time.sleep(0.1)
+                    continue
                 if records:
                     last_input = time.monotonic()
                     self._process_all(records)
