@@ -274,23 +274,7 @@ class CopierWorkload(TxnWorkload):
 
     def setup(self, admin_bootstrap: str) -> None:
         super().setup(admin_bootstrap)
-        from semel.cluster.client import Admin
-        from semel.cluster.client_errors import TopicAlreadyExistsError
-
-        with Admin(admin_bootstrap) as admin:
-            try:
-                admin.create_topic(self.input_topic, self.cfg.partitions, self.cfg.replication_factor,
-                                   {"min_insync_replicas": str(self.cfg.min_insync_replicas)})
-            except TopicAlreadyExistsError:
-                pass
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                view = admin.metadata([self.input_topic])
-                parts = [view.partition(self.input_topic, p) for p in range(self.cfg.partitions)]
-                if all(p is not None and p.leader_id >= 0 for p in parts):
-                    break
-                time.sleep(0.05)
-        self._prefill = admin_bootstrap
+        self.create_topic(admin_bootstrap, self.input_topic)
 
     def _fill_input(self, bootstrap: str, rec: Recorder) -> None:
         from semel.cluster.client import Producer

@@ -167,6 +167,10 @@ class Workload:
         return int(key.rsplit("-", 1)[1])
 
     def setup(self, admin_bootstrap: str) -> None:
+        self.create_topic(admin_bootstrap, self.cfg.topic)
+
+    def create_topic(self, admin_bootstrap: str, topic: str) -> None:
+        """Create `topic` (retrying while a broker is briefly fenced) and wait for its leaders."""
         from semel.cluster.client import Admin
         from semel.cluster.client_errors import InvalidReplicationFactorError, TopicAlreadyExistsError
 
@@ -175,7 +179,7 @@ class Workload:
         with Admin(admin_bootstrap) as admin:
             while True:
                 try:
-                    admin.create_topic(self.cfg.topic, self.cfg.partitions, self.cfg.replication_factor, configs)
+                    admin.create_topic(topic, self.cfg.partitions, self.cfg.replication_factor, configs)
                     break
                 except TopicAlreadyExistsError:
                     break
@@ -184,8 +188,8 @@ class Workload:
                         raise
                     time.sleep(0.1)
             while time.monotonic() < deadline:  # every partition has a leader
-                view = admin.metadata([self.cfg.topic])
-                parts = [view.partition(self.cfg.topic, p) for p in range(self.cfg.partitions)]
+                view = admin.metadata([topic])
+                parts = [view.partition(topic, p) for p in range(self.cfg.partitions)]
                 if all(p is not None and p.leader_id >= 0 for p in parts):
                     return
                 time.sleep(0.05)
