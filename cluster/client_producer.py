@@ -635,8 +635,11 @@ class Producer(_ClientBase):
             response = call.result()
         except grpc.RpcError as exc:
             error = rpc_error(exc, address, "produce")
-            # A request that reached the broker may have been written (unknown outcome).
-            error.outcome_unknown = exc.code() != grpc.StatusCode.UNAVAILABLE or error.outcome_unknown
+            # A request that reached the broker may have been written (unknown outcome). UNAVAILABLE
+            # also covers a connection that broke after the request was sent, so only a connection
+            # that never opened proves the batch was not written (found by chaos: a committed record
+            # reported as not written).
+            error.outcome_unknown = error.outcome_unknown or not _never_connected(exc)
             self._metadata.mark_stale()
             self._handle_failure(batches, error)
             return
@@ -805,3 +808,14 @@ def _idempotence_setting(enable_idempotence: bool | None, transactional_id: str 
     if enable_idempotence is None and not transactional_id:
         return acks == broker_pb2.ACKS_ALL
     return wanted
+
+
+# gRPC's words for a channel that never reached the broker: the request was certainly not sent.
+_NOT_CONNECTED_MARKERS = ("failed to connect", "connection refused", "dns resolution failed", "no route to host")
+
+
+def _never_connected(exc: grpc.RpcError) -> bool:
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = (exc.details() or "").lower()
+    return any(m in details for m in _NOT_CONNECTED_MARKERS)

@@ -105,8 +105,6 @@ def wait_leader(c: ChaosCluster, topic: str) -> int:
 # A workload that trusted the flag would record `fail` and the checker would report G1a
 # (an aborted read of a value that was in fact committed). The chaos workloads map every
 # delivery timeout to `info`, so runs are not affected.
-@pytest.mark.xfail(strict=True, reason="client labels UNAVAILABLE after sending as outcome known "
-                                        "(cluster/client.py _on_response)")
 def test_written_record_is_never_reported_as_not_written(chaos_cluster: ChaosCluster) -> None:
     c = chaos_cluster
     assert c.api is not None
