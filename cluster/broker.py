@@ -48,6 +48,8 @@ from semel.v1 import admin_pb2_grpc, broker_pb2_grpc, replication_pb2_grpc
 log = logging.getLogger("semel.broker")
 
 READY_LINE = "SEMEL_BROKER_READY"
+CONTROLLER_READY_LINE = "SEMEL_CONTROLLER_READY"
+CONTROLLER_ONLY_SERVICE_NAMES = ("semel.v1.Admin", "semel.v1.Controller")
 SERVICE_NAMES = ("semel.v1.Broker", "semel.v1.Admin", "semel.v1.Replication", "semel.v1.Controller",
                  group_service.SERVICE_NAME, *txn_service.SERVICE_NAMES)
 
@@ -63,6 +65,10 @@ class BrokerConfig:
     raft_address: str | None = None  # None: observer (not a metadata voter)
     voters: tuple[str, ...] = ()  # "id@raft_host:port@rpc_host:port" for every voter
     cluster_id: str = "semel"
+    # "broker,controller" (combined: a broker that is also a metadata voter when --raft names a
+    # voter, an observer otherwise), "controller" (controller-only: metadata voter + Controller,
+    # never registers as a broker nor hosts partitions), "broker" (observer: never a voter).
+    roles: str = "broker,controller"
     heartbeat_interval_ms: int = limits.BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT
     session_timeout_ms: int = limits.BROKER_SESSION_TIMEOUT_MS_DEFAULT
     disconnect_grace_ms: int = 250
@@ -88,6 +94,34 @@ class BrokerConfig:
     def voter_specs(self) -> tuple[VoterSpec, ...]:
         return tuple(parse_voter(v) for v in self.voters)
 
+    def role_set(self) -> frozenset[str]:
+        roles = frozenset(r.strip() for r in self.roles.split(",") if r.strip())
+        if not roles or not roles <= {"broker", "controller"}:
+            raise ValueError(f"--roles must be broker, controller or broker,controller, got {self.roles!r}")
+        return roles
+
+    @property
+    def is_broker(self) -> bool:
+        return "broker" in self.role_set()
+
+    def validate(self) -> None:
+        """Raise ValueError if roles, node id, --raft and --voters do not fit together."""
+        roles = self.role_set()
+        voters = self.voter_specs()
+        mine = next((v for v in voters if v.raft_address == self.raft_address), None) if self.raft_address else None
+        if "controller" not in roles and mine is not None:
+            raise ValueError(f"--roles broker: node {self.broker_id} must not name a voter's Raft address "
+                             f"({self.raft_address}); use --roles broker,controller to be a voter")
+        if roles == {"controller"} and mine is None:
+            raise ValueError(f"--roles controller: --raft must be one of the --voters Raft addresses "
+                             f"(got {self.raft_address!r})")
+        if mine is not None and mine.node_id != self.broker_id:
+            raise ValueError(f"node id {self.broker_id} does not match voter {mine.node_id}@{mine.raft_address}")
+        for v in voters:
+            if v.node_id == self.broker_id and v.raft_address != self.raft_address:
+                raise ValueError(f"node id {self.broker_id} collides with metadata voter {v.node_id}@{v.raft_address}: "
+                                 "brokers and controller-only nodes need distinct ids")
+
     def dial_map(self) -> dict[int, str]:
         return parse_dial(self.dial)
 
@@ -100,7 +134,8 @@ class BrokerConfig:
     def from_args(argv: list[str] | None = None) -> BrokerConfig:
         ap = argparse.ArgumentParser(prog="python -m semel.cluster.broker", description="Run one Semel broker.")
         ap.add_argument("--config", help="JSON file with BrokerConfig fields (flags override it)")
-        ap.add_argument("--broker-id", type=int)
+        ap.add_argument("--broker-id", "--node-id", dest="broker_id", type=int)
+        ap.add_argument("--roles", help="broker,controller (default), controller (controller-only) or broker")
         ap.add_argument("--listen", help="host:port to serve gRPC on (port 0: any free port)")
         ap.add_argument("--advertised", help="host:port clients should use (default: --listen)")
         ap.add_argument("--data-dir")
@@ -128,7 +163,7 @@ class BrokerConfig:
             values["advertised_host"], values["advertised_port"] = host, port
         if a.voters:
             values["voters"] = tuple(v.strip() for v in a.voters.split(",") if v.strip())
-        for field in ("broker_id", "data_dir", "cluster_id", "heartbeat_interval_ms", "session_timeout_ms",
+        for field in ("broker_id", "roles", "data_dir", "cluster_id", "heartbeat_interval_ms", "session_timeout_ms",
                       "disconnect_grace_ms", "replica_lag_time_max_ms", "replica_fetch_max_wait_ms",
                       "replica_fetch_max_bytes", "isr_check_interval_ms", "max_inflight_produce", "max_batch_bytes",
                       "internal_partitions", "retention_check_interval_ms", "txn_abort_scan_interval_ms",
@@ -149,7 +184,12 @@ class BrokerConfig:
             values["voters"] = tuple(values["voters"])  # type: ignore[arg-type]
         if "broker_id" not in values:
             ap.error("--broker-id is required")
-        return BrokerConfig(**values)  # type: ignore[arg-type]
+        config = BrokerConfig(**values)  # type: ignore[arg-type]
+        try:
+            config.validate()
+        except ValueError as exc:
+            ap.error(str(exc))
+        return config
 
 
 def split_address(text: str) -> tuple[str, int]:
@@ -195,7 +235,10 @@ def parse_voter(text: str) -> VoterSpec:
 
 class Broker:
     def __init__(self, config: BrokerConfig) -> None:
+        config.validate()
         self.config = config
+        self.is_broker = config.is_broker  # False: controller-only (no registration, no partitions)
+        self.groups: group_service.GroupCoordinator | None = None
         self.data_dir = Path(config.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.voters = config.voter_specs()
@@ -241,23 +284,24 @@ class Broker:
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ]
         self.server = grpc.aio.server(options=opts, maximum_concurrent_rpcs=limits.MAX_CONCURRENT_RPCS_PER_BROKER)
-        broker_pb2_grpc.add_BrokerServicer_to_server(BrokerService(self), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), self.server)
-        replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService(self), self.server)
         controller_pb2_grpc.add_ControllerServicer_to_server(ControllerService(self), self.server)
-        self.groups = group_service.install(self, self.server)
-        self.txn = txn_service.install(self, self.server, cfg.txn_abort_scan_interval_ms)
+        if self.is_broker:
+            broker_pb2_grpc.add_BrokerServicer_to_server(BrokerService(self), self.server)
+            replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService(self), self.server)
+            self.groups = group_service.install(self, self.server)
+            self.txn = txn_service.install(self, self.server, cfg.txn_abort_scan_interval_ms)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [
-            broker_pb2.DESCRIPTOR.services_by_name["Broker"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-            replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name,
             controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name,
-            group_service.SERVICE_NAME,
-            *txn_service.SERVICE_NAMES,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
+        if self.is_broker:
+            names += [broker_pb2.DESCRIPTOR.services_by_name["Broker"].full_name,
+                      replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name,
+                      group_service.SERVICE_NAME, *txn_service.SERVICE_NAMES]
         reflection.enable_server_reflection(names, self.server)
         await self._set_health(False)
         try:
@@ -271,7 +315,7 @@ class Broker:
         if cfg.raft_address:
             check_port_free(cfg.raft_address)  # pysyncobj would retry a busy port forever, silently
         loop = asyncio.get_running_loop()
-        if real_storage_available():  # RocksDB opens once, before any heartbeat depends on the loop
+        if self.is_broker and real_storage_available():  # RocksDB opens once, before any heartbeat depends on the loop
             from semel.storage.kv import KvStore
 
             self._kv = KvStore.open(self.data_dir / "kv")
@@ -286,6 +330,11 @@ class Broker:
                 internal_partitions={md.TRANSACTION_STATE_TOPIC: cfg.internal_partitions,
                                      md.CONSUMER_OFFSETS_TOPIC: cfg.internal_partitions}))
             self.controller.start()
+        if not self.is_broker:  # controller-only: voter + Controller, nothing else
+            self._tasks.append(loop.create_task(self._controller_ready(), name="controller-ready"))
+            log.info("controller-only node %d serving gRPC on %s:%d (raft %s)", cfg.broker_id, cfg.listen_host,
+                     self.port, cfg.raft_address)
+            return
         self.isr.start()
         self.groups.start()
         self._tasks.append(loop.create_task(self._register_and_heartbeat(), name="heartbeat"))
@@ -303,7 +352,8 @@ class Broker:
         await self._controlled_shutdown()
         if self.txn is not None:
             await self.txn.stop()
-        await self.groups.stop()
+        if self.groups is not None:
+            await self.groups.stop()
         await self.isr.stop()
         await self.fetchers.stop()
         if self.server is not None:
@@ -331,7 +381,7 @@ class Broker:
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", *(SERVICE_NAMES if self.is_broker else CONTROLLER_ONLY_SERVICE_NAMES)):
             result = self.health.set(name, status)
             if asyncio.iscoroutine(result):
                 await result
@@ -353,6 +403,15 @@ class Broker:
             except OSError:
                 log.exception("removing replicas of deleted topics failed")
             asyncio.get_running_loop().create_task(self._announce_ready())
+
+    async def _controller_ready(self) -> None:
+        """Controller-only: ready once the quorum has a leader (this node or another voter)."""
+        while self.quorum.active_controller() is None:
+            await asyncio.sleep(0.05)
+        self.ready = True
+        await self._set_health(True)
+        print(f"{CONTROLLER_READY_LINE} node_id={self.config.broker_id} port={self.port}", flush=True)
+        log.info("controller-only node %d ready", self.config.broker_id)
 
     async def _announce_ready(self) -> None:
         await self._set_health(True)
@@ -500,7 +559,7 @@ async def run(config: BrokerConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await broker.start()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         log.error("broker %d cannot start: %s", config.broker_id, exc)
         await broker.stop()
         return 2
