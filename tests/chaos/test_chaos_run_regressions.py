@@ -142,8 +142,10 @@ def test_written_record_is_never_reported_as_not_written(chaos_cluster: ChaosClu
 # (KIP-320): the client ignores metadata with an older leader epoch than it has seen and sends
 # `current_leader_epoch` with each fetch (the stale broker then answers FENCED/UNKNOWN_LEADER_EPOCH,
 # not OUT_OF_RANGE). Semel's wire has the field; the consumer sends -1 (client_consumer.py).
-@pytest.mark.xfail(strict=True, reason="consumer accepts older metadata and sends current_leader_epoch=-1: "
-                                        "a stale leader's OFFSET_OUT_OF_RANGE resets it (seed 23)")
+# Not strict: the race needs the stale leader's answer to arrive first, which the fault schedule
+# makes likely but not certain, so the test passes now and then before the fix (KIP-320) lands.
+@pytest.mark.xfail(strict=False, reason="consumer accepts older metadata and sends current_leader_epoch=-1: "
+                                         "a stale leader's OFFSET_OUT_OF_RANGE resets it (seed 23)")
 def test_stale_leader_does_not_rewind_a_consumer(tmp_path_factory: pytest.TempPathFactory) -> None:
     c = ChaosCluster(tmp_path_factory.mktemp("chaos-stale"), brokers=3)
     c.start()
