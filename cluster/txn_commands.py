@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from semel.cluster.client_errors import is_retriable
+
 PENDING_STATES = ("ONGOING", "PREPARE_COMMIT", "PREPARE_ABORT")
 MAX_AGE_MS_DEFAULT = 15 * 60 * 1000  # Kafka's max transaction timeout: older open transactions are suspicious
 
@@ -92,26 +94,31 @@ def find_hanging(open_txns: Iterable[OpenTxn], coordinator_txns: Iterable[Coordi
 
 
 class ClusterView:
-    """Brokers and partition leaders from one Metadata answer; stubs per broker."""
+    """Brokers and partition leaders from a Metadata answer (`refresh` asks again); stubs per broker."""
 
     def __init__(self, bootstrap: str | None, timeout_s: float = 5.0) -> None:
         import grpc
 
-        from semel.v1 import broker_pb2, broker_pb2_grpc
-
         self.timeout_s = timeout_s
         self._grpc = grpc
         self._channels: dict[str, Any] = {}
-        addresses = [a.strip() for a in (bootstrap or os.environ.get("SEMEL_BOOTSTRAP", "")).split(",") if a.strip()]
-        if not addresses:
+        self._bootstrap = [a.strip() for a in (bootstrap or os.environ.get("SEMEL_BOOTSTRAP", "")).split(",")
+                           if a.strip()]
+        if not self._bootstrap:
             raise TxnToolError("no --bootstrap given and $SEMEL_BOOTSTRAP is empty")
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read brokers and partition leaders again (after a leader change)."""
+        from semel.v1 import broker_pb2, broker_pb2_grpc
+
         last = ""
-        for address in addresses:
+        for address in self._bootstrap:
             try:
                 self.metadata = broker_pb2_grpc.BrokerStub(self._channel(address)).Metadata(
-                    broker_pb2.MetadataRequest(), timeout=timeout_s)
+                    broker_pb2.MetadataRequest(), timeout=self.timeout_s)
                 break
-            except grpc.RpcError as exc:
+            except self._grpc.RpcError as exc:
                 last = f"{address}: {exc.code().name}"
         else:
             raise TxnToolError(f"cannot reach any broker ({last})")
@@ -236,11 +243,23 @@ def abort_open(view: ClusterView, topic: str, partition: int, producer_id: int, 
         raise TxnToolError(f"a coordinator is still running producer {producer_id}'s transaction in "
                            f"{topic}-{partition}: aborting one partition would tear it (use --force, or fence "
                            "its transactional id)")
-    r = view.txn(leader).AbortTransaction(txn_pb2.AbortTransactionRequest(
+    request = txn_pb2.AbortTransactionRequest(
         topic=topic, partition=partition, producer_id=producer_id, producer_epoch=info.producer_epoch,
-        coordinator_epoch=max(0, info.coordinator_epoch)), timeout=view.timeout_s + 10)
-    if r.error_code != ErrorCode.NONE:
-        raise TxnToolError(f"AbortTransaction: {ErrorCode.Name(r.error_code)} {r.error_message}")
+        coordinator_epoch=max(0, info.coordinator_epoch))
+    # A retriable answer (e.g. NOT_ENOUGH_REPLICAS while replicas rejoin after a restart, or a
+    # leader change) is retried at the current leader until the deadline; the marker is
+    # idempotent, so a retry after an unknown outcome is safe.
+    deadline = time.monotonic() + view.timeout_s + 10
+    while True:
+        r = view.txn(leader).AbortTransaction(request, timeout=view.timeout_s + 10)
+        if r.error_code == ErrorCode.NONE:
+            break
+        if not is_retriable(r.error_code) or time.monotonic() >= deadline:
+            raise TxnToolError(f"AbortTransaction: {ErrorCode.Name(r.error_code)} {r.error_message}")
+        print(f"semel: {ErrorCode.Name(r.error_code)} from broker {leader}, retrying", file=sys.stderr)
+        time.sleep(0.25)
+        view.refresh()
+        leader = next((l for t, p, l in view.partitions([topic]) if p == partition), leader)
     return (f"aborted producer {producer_id} (epoch {info.producer_epoch}) in {topic}-{partition}; "
             f"its transaction started at offset {info.current_txn_start_offset}")
 
