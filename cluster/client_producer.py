@@ -404,6 +404,8 @@ class Producer(_ClientBase):
             self._txn_rpc.add_partitions(txn.transactional_id, identity, pending,
                                          _now_ms() + self.request_timeout_ms)
         except SemelError as exc:
+            if not txn.is_current(identity):
+                return  # the transaction ended (aborted) meanwhile: this answer is about an old epoch
             if exc.retriable and not (exc.code in FENCING_CODES):
                 log.info("add partitions to the transaction: %s (retrying)", exc)
                 time.sleep(self.retry_backoff_ms / 1000)

@@ -383,6 +383,11 @@ class TransactionManager:
     def added(self, tp: tuple[str, int]) -> bool:
         return tp in self._added
 
+    def is_current(self, identity: ProducerIdentity) -> bool:
+        """`identity` is the one of the open transaction (not of one that ended since)."""
+        with self._lock:
+            return identity == self.identity and self.state in (State.IN_TRANSACTION, State.COMMITTING)
+
     def first_write_done(self, tp: tuple[str, int]) -> bool:
         return tp in self._written
 

@@ -180,3 +180,17 @@ def test_offsets_only_transaction_still_ends_at_the_coordinator(eos_cluster) -> 
         with producer.transaction():
             producer.send_offsets_to_transaction({("in", 0): 1}, "g2")
     assert state.end_txn_calls and state.end_txn_calls[-1].commit
+
+
+def test_a_late_add_partitions_answer_for_an_ended_transaction_is_ignored(eos_cluster) -> None:
+    state, bootstrap = eos_cluster
+    with _txn_producer(bootstrap, "tx-late") as producer:
+        producer.begin_transaction()
+        producer.send("t", b"x", partition=0).result(5)
+        old = producer._txn.identity
+        producer.abort_transaction()       # epoch bumped: an AddPartitionsToTxn still retrying at the
+        producer.begin_transaction()       # old epoch is answered PRODUCER_FENCED, and must not be fatal
+        producer._add_partitions_worker(producer._txn, old, frozenset({("t", 1)}))
+        producer.send("t", b"y", partition=0)
+        producer.commit_transaction()
+    assert state.committed_values("t", 0) == [b"y"]
