@@ -31,9 +31,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -46,7 +44,6 @@ from semel.cluster.local_cluster import READY_TIMEOUT_S, BrokerProcess, BrokerSp
 
 CLIENTS = 0  # the node number of "every client"
 API_TIMEOUT_S = 5.0
-DIE_WITH_PARENT_ENV = "SEMEL_BROKER_DIE_WITH_PARENT"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,29 +132,6 @@ class ToxiproxyApi:
         return {name: list(p.get("toxics") or []) for name, p in proxies.items()}
 
 
-class _ChaosBrokerProcess(BrokerProcess):
-    """Starts the broker without `preexec_fn`: the supervisor uses gRPC (workload clients), and a
-    Python fork there can abort the child before exec (docs/design.md); the broker sets
-    PR_SET_PDEATHSIG itself when SEMEL_BROKER_DIE_WITH_PARENT=1."""
-
-    def start(self) -> None:
-        if self.alive():
-            raise AssertionError(f"broker {self.spec.broker_id} is already running")
-        self.spec.data_dir.mkdir(parents=True, exist_ok=True)
-        self.ready.clear()
-        self.exited.clear()
-        self.expected_exit = False
-        self.paused = False
-        env = dict(os.environ if self.env is None else self.env)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        env[DIE_WITH_PARENT_ENV] = "1"
-        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        self._reader = threading.Thread(target=self._read_output, args=(self.popen,),
-                                        name=f"broker-{self.spec.broker_id}-log", daemon=True)
-        self._reader.start()
-
-
 def _free_ports(count: int, host: str) -> list[int]:
     """`count` distinct free ports *below* the kernel's ephemeral range (a bind(0) port can be
     taken by an outgoing connection before the broker binds it on a busy machine)."""
@@ -217,7 +191,7 @@ class ChaosCluster:
             self.cluster = LocalCluster(self.specs, self.dir, self.extra_args, on_unexpected_exit=self._unexpected)
             for spec in self.specs:
                 old = self.cluster.brokers[spec.broker_id]
-                self.cluster.brokers[spec.broker_id] = _ChaosBrokerProcess(
+                self.cluster.brokers[spec.broker_id] = BrokerProcess(
                     spec, self.broker_argv(spec), old.log_path, on_exit=old.on_exit)
             self.cluster.start(timeout_s=timeout_s)
         except BaseException:
