@@ -35,10 +35,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     try:
         result = run_chaos(cfg)
-    except WorkloadUnavailable as exc:
-        print(f"semel chaos run: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
+    except (WorkloadUnavailable, ValueError) as exc:
         print(f"semel chaos run: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"seed": seed, "valid": result.verdict["valid"], "out": str(result.out_dir),
