@@ -56,7 +56,10 @@ def topic_layout(c, topic: str) -> dict[int, tuple[int, tuple[int, ...]]]:
 
 
 def tid_coordinated_by(c, broker: int, prefix: str) -> str | None:
-    state = c.metadata(topics=["__transaction_state"]).topics[0]
+    # The controller creates the internal topic once brokers have registered: on a loaded machine
+    # the answering broker may not have it yet, so wait for its partitions.
+    state = c.wait_for(lambda: (t := c.metadata(topics=["__transaction_state"]).topics[0]).partitions and t,
+                       what="__transaction_state partitions in metadata")
     leaders = {p.partition: p.leader_id for p in state.partitions}
     for i in range(500):
         tid = f"{prefix}-{i}"
