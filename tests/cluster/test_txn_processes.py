@@ -274,8 +274,12 @@ def test_pipelined_first_writes_share_one_verification(cluster):
     c = cluster
     t = created(c, "pipelined")
     leader = c.leader_of(t)
-    # a coordinator on another broker: the verification is a remote call the second request overlaps
-    tid = next(f"pipelined-{i}" for i in range(100) if ts.find_coordinator(c, f"pipelined-{i}") != leader)
+    # a coordinator on another broker: the verification is a remote call the second request overlaps.
+    # With 2 state partitions both may be led by `leader` for a while (after the earlier tests'
+    # restarts, until the preferred-leader rebalance), so wait for one that is not.
+    tid = c.wait_for(lambda: next((f"pipelined-{i}" for i in range(20)
+                                   if ts.find_coordinator(c, f"pipelined-{i}") != leader), None),
+                     timeout_s=60, what="a transactional id coordinated away from the partition leader")
     p = ts.TxnProducer(c, tid).init()
     for _ in range(3):
         p.add((t, 0))
