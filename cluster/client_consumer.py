@@ -205,7 +205,8 @@ class Consumer(_ClientBase):
         for address, tps in by_leader.items():
             request = broker_pb2.ListOffsetsRequest(
                 partitions=[
-                    broker_pb2.ListOffsetsPartition(topic=t, partition=p, timestamp_ms=self._pending_reset[(t, p)])
+                    broker_pb2.ListOffsetsPartition(topic=t, partition=p, timestamp_ms=self._pending_reset[(t, p)],
+                                                    current_leader_epoch=self._leader_epoch((t, p)))
                     for t, p in tps
                 ],
                 isolation_level=self.isolation_level,
@@ -230,6 +231,13 @@ class Consumer(_ClientBase):
                     )
         if self._pending_reset and _now_ms() < deadline_ms:
             time.sleep(min(self.retry_backoff_ms, max(0, deadline_ms - _now_ms())) / 1000)
+
+    def _leader_epoch(self, tp: TopicPartition) -> int:
+        """The leader epoch our metadata has for `tp`, sent with each fetch and list-offsets
+        (KIP-320): a broker that still believes in an older leadership answers
+        UNKNOWN_LEADER_EPOCH (refresh, retry) instead of serving its shorter log."""
+        info = self._metadata.view.partition(*tp)
+        return info.leader_epoch if info is not None else -1
 
     def _fetch_once(self, deadline_ms: int) -> None:
         now_ms = _now_ms()
@@ -259,7 +267,7 @@ class Consumer(_ClientBase):
                         partition=p,
                         fetch_offset=self._fetch_position[(t, p)],
                         max_bytes=self.max_partition_fetch_bytes,
-                        current_leader_epoch=-1,
+                        current_leader_epoch=self._leader_epoch((t, p)),
                     )
                     for t, p in tps
                 ],

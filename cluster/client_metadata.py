@@ -179,10 +179,13 @@ class ClusterView:
         self.brokers: dict[int, str] = {}            # broker id -> "host:port"
         self.fenced: set[int] = set()
         self.topics: dict[str, list[PartitionInfo]] = {}
+        self.topic_ids: dict[str, str] = {}
         self.topic_errors: dict[str, int] = {}
         self.version = -1
+        self.ignored_stale = 0  # partitions the last update kept because the answer's leader epoch was older
 
     def update(self, response: broker_pb2.MetadataResponse, requested: Iterable[str] | None) -> None:
+        self.ignored_stale = 0
         self.cluster_id = response.cluster_id
         self.controller_id = response.controller_id
         self.version = response.metadata_version
@@ -197,7 +200,7 @@ class ClusterView:
                 self.topic_errors[topic.name] = topic.error_code
                 continue
             self.topic_errors.pop(topic.name, None)
-            self.topics[topic.name] = sorted(
+            fresh = sorted(
                 (
                     PartitionInfo(
                         topic.name, p.partition, p.leader_id, p.leader_epoch, tuple(p.replicas), tuple(p.isr), p.error_code
@@ -206,15 +209,36 @@ class ClusterView:
                 ),
                 key=lambda info: info.partition,
             )
+            if self.topic_ids.get(topic.name) == topic.topic_id:
+                fresh = self._never_older(self.topics.get(topic.name, []), fresh)
+            self.topic_ids[topic.name] = topic.topic_id
+            self.topics[topic.name] = fresh
         if requested is not None:
             for name in requested:
                 if name not in seen:
                     self.topics.pop(name, None)
+                    self.topic_ids.pop(name, None)
                     self.topic_errors[name] = common_pb2.UNKNOWN_TOPIC_OR_PARTITION
         else:
             for name in list(self.topics):
                 if name not in seen:
                     del self.topics[name]
+                    self.topic_ids.pop(name, None)
+
+    def _never_older(self, known: list[PartitionInfo], fresh: list[PartitionInfo]) -> list[PartitionInfo]:
+        """KIP-320: a broker cut off from the metadata quorum still answers with the leaders it
+        last knew; a partition whose leader epoch went backwards keeps what we had (same topic id:
+        a re-created topic starts its epochs again and is taken as it comes)."""
+        by_partition = {info.partition: info for info in known}
+        merged = []
+        for info in fresh:
+            old = by_partition.get(info.partition)
+            if old is not None and info.leader_epoch < old.leader_epoch:
+                self.ignored_stale += 1
+                merged.append(old)
+            else:
+                merged.append(info)
+        return merged
 
     def partition_count(self, topic: str) -> int | None:
         partitions = self.topics.get(topic)
@@ -309,7 +333,8 @@ class MetadataManager:
                     continue
                 self.view.update(response, wanted if wanted else None)
                 now_ms = _now_ms()
-                self._stale = any(
+                # an answer older than what we know (a stale broker) is worth asking another broker about
+                self._stale = self.view.ignored_stale > 0 or any(
                     info.leader_id < 0 or info.error_code != common_pb2.NONE
                     for name in wanted
                     for info in self.view.topics.get(name, ())

@@ -250,7 +250,7 @@ class BrokerService(bgrpc.BrokerServicer):
 
     def _fetch_partition(self, fp: bpb.FetchPartition, isolation: int, budget: int, first: bool,
                          image: md.MetadataImage, r: bpb.FetchPartitionResult) -> int:
-        p = self.b.rm.leader_partition(fp.topic, fp.partition, image, fp.current_leader_epoch)
+        p = self.b.rm.leader_partition(fp.topic, fp.partition, image, _checked_epoch(fp))
         hw, lso = p.high_watermark, p.last_stable_offset()
         r.high_watermark, r.last_stable_offset, r.log_start_offset = hw, lso, p.log_start_offset
         if fp.fetch_offset < p.log_start_offset or fp.fetch_offset > p.log_end_offset:
@@ -285,7 +285,7 @@ class BrokerService(bgrpc.BrokerServicer):
         for lp in request.partitions[: limits.MAX_PARTITIONS_PER_REQUEST]:
             r = bpb.ListOffsetsResult(topic=lp.topic, partition=lp.partition, offset=-1, timestamp_ms=-1, leader_epoch=-1)
             try:
-                p = self.b.rm.leader_partition(lp.topic, lp.partition, image)
+                p = self.b.rm.leader_partition(lp.topic, lp.partition, image, _checked_epoch(lp))
                 r.leader_epoch = p.leader_epoch
                 bound = p.last_stable_offset() if request.isolation_level == bpb.READ_COMMITTED else p.high_watermark
                 if lp.timestamp_ms == EARLIEST:
@@ -303,6 +303,12 @@ class BrokerService(bgrpc.BrokerServicer):
                 _set_error(r, exc.code, exc.message)
             resp.results.append(r)
         return resp
+
+
+def _checked_epoch(q: bpb.FetchPartition | bpb.ListOffsetsPartition) -> int:
+    """The client's `current_leader_epoch`, or -1 (no check) when it left the field unset: a
+    client in another language that omits it must not be fenced once the epoch passes 0."""
+    return q.current_leader_epoch if q.HasField("current_leader_epoch") else -1
 
 
 def _is_aborted(h: object, aborted: list) -> bool:

@@ -141,11 +141,10 @@ def test_written_record_is_never_reported_as_not_written(chaos_cluster: ChaosClu
 # OFFSET_OUT_OF_RANGE and reset to the earliest offset. Kafka prevents this with leader epochs
 # (KIP-320): the client ignores metadata with an older leader epoch than it has seen and sends
 # `current_leader_epoch` with each fetch (the stale broker then answers FENCED/UNKNOWN_LEADER_EPOCH,
-# not OUT_OF_RANGE). Semel's wire has the field; the consumer sends -1 (client_consumer.py).
-# Not strict: the race needs the stale leader's answer to arrive first, which the fault schedule
-# makes likely but not certain, so the test passes now and then before the fix (KIP-320) lands.
-@pytest.mark.xfail(strict=False, reason="consumer accepts older metadata and sends current_leader_epoch=-1: "
-                                         "a stale leader's OFFSET_OUT_OF_RANGE resets it (seed 23)")
+# not OUT_OF_RANGE). Fixed: ClusterView keeps the newer leadership of a partition when an answer
+# carries an older leader epoch (same topic id), and the consumer sends the epoch it knows with
+# each fetch and list-offsets. Before the fix this failed in most runs (the race needs the stale
+# leader's answer to arrive first, which this schedule makes likely but not certain).
 def test_stale_leader_does_not_rewind_a_consumer(tmp_path_factory: pytest.TempPathFactory) -> None:
     c = ChaosCluster(tmp_path_factory.mktemp("chaos-stale"), brokers=3)
     c.start()

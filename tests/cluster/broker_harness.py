@@ -245,10 +245,13 @@ def produce(stub: broker_pb2_grpc.BrokerStub, topic: str, partition: int, batch:
 
 
 def fetch(stub: broker_pb2_grpc.BrokerStub, topic: str, partition: int, offset: int, max_wait_ms: int = 0,
-          min_bytes: int = 0, max_bytes: int = 0, isolation: int = broker_pb2.READ_UNCOMMITTED
-          ) -> broker_pb2.FetchPartitionResult:
-    resp = stub.Fetch(broker_pb2.FetchRequest(partitions=[broker_pb2.FetchPartition(
-        topic=topic, partition=partition, fetch_offset=offset, current_leader_epoch=-1)],
+          min_bytes: int = 0, max_bytes: int = 0, isolation: int = broker_pb2.READ_UNCOMMITTED,
+          leader_epoch: int | None = -1) -> broker_pb2.FetchPartitionResult:
+    """`leader_epoch` None leaves current_leader_epoch unset (a client that does not know it)."""
+    fp = broker_pb2.FetchPartition(topic=topic, partition=partition, fetch_offset=offset)
+    if leader_epoch is not None:
+        fp.current_leader_epoch = leader_epoch
+    resp = stub.Fetch(broker_pb2.FetchRequest(partitions=[fp],
         max_wait_ms=max_wait_ms, min_bytes=min_bytes, max_bytes=max_bytes, isolation_level=isolation),
         timeout=max_wait_ms / 1000 + 5)
     return resp.results[0]

@@ -206,6 +206,22 @@ def produce_until_ok(c: h.Cluster, topic: str, values: list[bytes], deadline_s: 
     raise TimeoutError("no successful produce\n" + c.dump_logs())
 
 
+def assert_leader_epoch_checks(c: h.Cluster, leader: int, topic: str) -> None:
+    """KIP-320 after a leader change: an older epoch is fenced, a newer one unknown, an unset
+    one (a client in another language that does not track epochs) is not checked."""
+    epoch = c.partition_meta(topic, via=leader).leader_epoch
+    assert epoch >= 1
+    stub = c.broker_stub(leader)
+    codes = {e: h.fetch(stub, topic, 0, 0, leader_epoch=e).error_code for e in (None, -1, epoch, epoch - 1, epoch + 1)}
+    assert codes == {None: NONE, -1: NONE, epoch: NONE, epoch - 1: common_pb2.FENCED_LEADER_EPOCH,
+                     epoch + 1: common_pb2.UNKNOWN_LEADER_EPOCH}
+    listed = stub.ListOffsets(broker_pb2.ListOffsetsRequest(partitions=[
+        broker_pb2.ListOffsetsPartition(topic=topic, partition=0, timestamp_ms=-1, current_leader_epoch=e)
+        for e in (epoch, epoch - 1)] + [broker_pb2.ListOffsetsPartition(topic=topic, partition=0, timestamp_ms=-1)]),
+        timeout=5).results
+    assert [r.error_code for r in listed] == [NONE, common_pb2.FENCED_LEADER_EPOCH, NONE]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("leader_is_controller", [True, False], ids=["leader-is-controller", "leader-not-controller"])
 def test_acked_writes_survive_leader_kill_and_replicas_converge(cluster, leader_is_controller):
@@ -236,6 +252,7 @@ def test_acked_writes_survive_leader_kill_and_replicas_converge(cluster, leader_
     ok(retry)
     assert retry.duplicate and (retry.base_offset, retry.last_offset) == (first.base_offset, first.last_offset)
     assert h.read_all(c.broker_stub(new), topic) == acked
+    assert_leader_epoch_checks(c, new, topic)
     c.start(old)
     c.wait_ready([old])
     wait_converged(c, topic, list(c.brokers))

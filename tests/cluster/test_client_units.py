@@ -278,6 +278,29 @@ def test_cluster_view_leaders_and_missing_topics():
     assert view.fenced == {3} and view.version == 7
 
 
+def test_cluster_view_never_goes_back_to_an_older_leader_epoch():
+    """KIP-320 (chaos seed 23): a broker cut off from the quorum answers with the leader it last
+    knew; the view keeps the newer leadership, except for a re-created topic (new topic id)."""
+    from semel.cluster.client_metadata import ClusterView
+    from semel.v1 import broker_pb2
+
+    def topic(topic_id, *parts):
+        return broker_pb2.TopicMetadata(name="t", topic_id=topic_id, partitions=[
+            broker_pb2.PartitionMetadata(partition=i, leader_id=leader, leader_epoch=epoch)
+            for i, (leader, epoch) in enumerate(parts)])
+
+    view = ClusterView()
+    view.update(_metadata([topic("A", (2, 5), (1, 3))]), ["t"])
+    view.update(_metadata([topic("A", (1, 4), (3, 4))]), ["t"])  # p0 from a stale broker, p1 moved on
+    assert (view.partition("t", 0).leader_id, view.partition("t", 0).leader_epoch) == (2, 5)
+    assert (view.partition("t", 1).leader_id, view.partition("t", 1).leader_epoch) == (3, 4)
+    assert view.ignored_stale == 1
+    view.update(_metadata([topic("A", (2, 5), (3, 4))]), ["t"])  # same epoch: taken (ISR may change)
+    assert view.ignored_stale == 0
+    view.update(_metadata([topic("B", (1, 0))]), ["t"])  # re-created: epochs start again
+    assert (view.partition_count("t"), view.partition("t", 0).leader_id) == (1, 1)
+
+
 def test_requests_are_split_below_the_message_limit():
     from semel.cluster.client_producer import _split_by_size
 
