@@ -21,7 +21,10 @@ Liveness has two signals:
     A slow link alone never fences a broker that heartbeats.
 
 A fenced broker is unfenced only after a heartbeat received *after* it was fenced (by this
-controller) that reports a metadata version at least its registration's: it has caught up.
+controller) that reports a metadata version at least its registration's or, once fenced, its
+fencing's (`BrokerRegistration.registered_version`): it has caught up at least to the moment
+its leaderships were moved away, so a deposed controller rejoining with stale metadata stays
+fenced until its quorum node has caught up.
 All decisions are compare-and-set (broker epoch, partition epoch) in the state machine, so a
 stale controller that still believes it leads cannot undo newer decisions.
 """

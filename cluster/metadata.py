@@ -79,7 +79,10 @@ class BrokerRegistration:
     raft_address: str | None
     broker_epoch: int
     fenced: bool
-    registered_version: int  # image version of the registration; unfence once caught up to it
+    # The image version the broker must have applied before it is unfenced: its registration's, then
+    # each fencing's (a broker cut off from the quorum - a deposed controller - keeps heartbeating
+    # with stale metadata; it comes back only once it has seen itself fenced and its leaderships moved).
+    registered_version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,7 +473,7 @@ class MetadataStateMachine:
         img = self.image
         topics = _fence_in_topics(dict(img.topics), c.broker_id, _unfenced_after(img, c.broker_id))
         brokers = dict(img.brokers)
-        brokers[c.broker_id] = dataclasses.replace(reg, fenced=True)
+        brokers[c.broker_id] = dataclasses.replace(reg, fenced=True, registered_version=img.version + 1)
         self._publish(brokers=brokers, topics=topics)
         return OK
 

@@ -138,6 +138,33 @@ def test_fenced_broker_is_unfenced_after_a_fresh_caught_up_heartbeat() -> None:
     assert core.decide(m.image, 50) == [UnfenceBroker(1, reg.broker_epoch)]
 
 
+def test_a_fenced_broker_must_have_seen_its_fencing_before_it_is_unfenced() -> None:
+    """A deposed controller cut off from the quorum keeps heartbeating once the network heals,
+    with the metadata it had (chaos seed 23: 10-40 s behind, still believing it led partitions).
+    Its registration is old, so "caught up to the registration" would unfence it at once; it
+    must first have applied its own fencing (which moved its leaderships away)."""
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True),
+                  CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True), CreateTopic("t", 3, 3)])
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=0)
+    stale_version = m.image.version  # what broker 1 knows when it is cut off
+    heartbeat_all(core, m, 100)
+    heartbeat_all(core, m, 1_100, skip=(1,))
+    assert core.decide(m.image, 1_200) == [FenceBroker(1, 1)]  # silent > session timeout
+    apply_all(m, core.decide(m.image, 1_200))
+    assert m.image.broker(1).fenced and m.image.broker(1).registered_version == m.image.version
+    assert all(p.leader != 1 for p in m.image.topics["t"].partitions)
+    # the heal: broker 1 heartbeats again, still at the version it had when it was cut off
+    assert core.on_heartbeat(m.image, 1, 1, stale_version, 1_300).fenced
+    assert core.decide(m.image, 1_310) == []
+    # one version short of its fencing: still fenced; at it: unfenced
+    core.on_heartbeat(m.image, 1, 1, m.image.version - 1, 1_400)
+    assert core.decide(m.image, 1_410) == []
+    core.on_heartbeat(m.image, 1, 1, m.image.version, 1_500)
+    assert core.decide(m.image, 1_510) == [UnfenceBroker(1, 1)]
+
+
 def test_no_flapping_after_a_fence() -> None:
     m = registered()
     apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
