@@ -144,6 +144,7 @@ class MetadataQuorum(SyncObj):
         # Attributes set before SyncObj.__init__ are excluded from snapshots (locks live here).
         self._config = config
         self._consumer = _ReplicatedMetadata()
+        self._submits_in_flight = 0  # handed to pysyncobj, not answered yet (asyncio side only)
         self._listeners_lock = threading.Lock()
         self._listeners: list[tuple[DeltaListener, asyncio.AbstractEventLoop]] = []
         self._leadership_listeners: list[tuple[LeadershipListener, asyncio.AbstractEventLoop]] = []
@@ -198,6 +199,11 @@ class MetadataQuorum(SyncObj):
 
     def has_quorum(self) -> bool:
         return self.hasQuorum
+
+    def uncommitted_entries(self) -> int:
+        """Entries in this node's Raft log past the commit index (pysyncobj 0.3.17 keeps the log
+        index private; the pin in pyproject.toml and tests/cluster/test_quorum_inprocess.py guard it)."""
+        return max(0, self._SyncObj__getCurrentLogIndex() - self.raftCommitIndex)  # type: ignore[attr-defined]
 
     def leader_raft_address(self) -> str | None:
         leader = self._getLeader()
@@ -285,17 +291,28 @@ class MetadataQuorum(SyncObj):
                 last_reason = FAIL_REASON.MISSING_LEADER
                 await asyncio.sleep(min(SUBMIT_RETRY_BACKOFF_S, remaining))
                 continue
+            outstanding = max(self.uncommitted_entries(), self._submits_in_flight)
+            if self.is_leader() and outstanding >= limits.MAX_UNCOMMITTED_METADATA_ENTRIES:
+                # Connected but not committing (peers silent or slow): do not grow a suffix that a
+                # new leader must walk back entry by entry; wait, nothing appended. (Our own submits
+                # count until answered: pysyncobj appends them on its next tick, not here.)
+                last_reason = FAIL_REASON.QUEUE_FULL
+                await asyncio.sleep(min(SUBMIT_RETRY_BACKOFF_S, remaining))
+                continue
             future: asyncio.Future[tuple[object, int]] = loop.create_future()
 
             def on_done(result: object, error: int, future: asyncio.Future = future) -> None:
                 _post(loop, _resolve, future, (result, error))
 
             self._consumer.apply(command, callback=on_done)
+            self._submits_in_flight += 1
             try:
                 result, reason = await asyncio.wait_for(asyncio.shield(future), remaining)
             except asyncio.TimeoutError:
                 maybe_appended = True
                 break
+            finally:
+                self._submits_in_flight -= 1
             if reason == FAIL_REASON.SUCCESS:
                 invariant_result(result)
                 return result  # type: ignore[return-value]

@@ -62,6 +62,10 @@ MAX_TOPIC_NAME_CHARS = 200                 # topic names are 1..this many chars 
 MAX_REPLICATION_FACTOR = 16                # and never more than the unfenced brokers
 MAX_BROKERS = 1024                         # registered broker ids (fenced included); more -> RESOURCE_EXHAUSTED
 METADATA_DEDUP_COMMANDS = 1000             # command ids whose results are kept for retried submits
+# Raft entries a metadata leader may hold appended but uncommitted before submits wait: an isolated
+# leader (links silent, not closed) otherwise appends hundreds of ISR changes in the second before it
+# steps down, and pysyncobj walks a divergent suffix back one entry per append round (~50 ms) on rejoin.
+MAX_UNCOMMITTED_METADATA_ENTRIES = 64
 METADATA_SUBMIT_TIMEOUT_MS_DEFAULT = 2000  # a metadata command not committed by then is reported unknown/unavailable
 BROKER_DISCONNECT_GRACE_MS_DEFAULT = 150   # Raft link down + heartbeat silence this long -> fenced (>= 1.5 heartbeats)
 CONTROLLER_TICK_MS = 50                    # how often the active controller re-evaluates liveness
@@ -105,5 +109,7 @@ MAX_MARKERS_PER_REQUEST = 1000                # partitions in one WriteTxnMarker
 MAX_MARKER_REQUESTS_IN_FLIGHT_PER_BROKER = 1  # WriteTxnMarkers requests outstanding per destination broker (keeps order simple)
 MARKER_RETRY_BACKOFF_MS = 100                 # first retry of a failed marker; doubles per attempt
 MARKER_RETRY_BACKOFF_MAX_MS = 5_000           # cap of that backoff (markers are retried forever: a decision never flips)
+TXN_COMPLETING_WAIT_MS = 500                  # AddPartitions/AddOffsets while the previous transaction's markers are written wait this long at the coordinator, then CONCURRENT_TRANSACTIONS
+MAX_WAITING_TXN_REQUESTS = 10_000             # requests waiting that way per coordinator; more answer CONCURRENT_TRANSACTIONS at once
 MAX_VERIFICATION_ENTRIES_PER_PARTITION = 10_000  # KIP-890 verification cache entries per partition (LRU)
 VERIFICATION_ENTRY_TTL_MS = 60_000            # a verification not used by a write within this is forgotten

@@ -193,3 +193,52 @@ def test_a_failing_handler_fails_the_command_not_the_log(tmp_path: Path, monkeyp
         asyncio.run(scenario())
     finally:
         node.close(wait=True)
+
+
+def test_a_leader_whose_peers_fall_silent_appends_a_bounded_suffix(tmp_path: Path) -> None:
+    """Peers connected but silent (a `timeout` toxic, a paused process): the leader cannot commit
+    until it steps down. Chaos seed 23: its brokers kept submitting ISR changes meanwhile, and on
+    rejoin pysyncobj walks such a divergent suffix back one entry per append round (~50 ms), so
+    hundreds of entries kept the deposed controller stale for 10-40 s. Submits now wait once
+    MAX_UNCOMMITTED_METADATA_ENTRIES are outstanding, and fail as certainly not applied."""
+    from semel import limits
+
+    voters = tuple(VoterSpec(i, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}") for i in (1, 2, 3))
+    nodes = [MetadataQuorum(QuorumConfig(v.node_id, v.raft_address, voters, tmp_path / f"n{v.node_id}",
+                                         leader_fallback_timeout_s=30.0)) for v in voters]
+    try:
+        async def scenario() -> None:
+            await until(lambda: any(n.is_leader() for n in nodes))
+            leader = next(n for n in nodes if n.is_leader())
+            assert (await leader.submit(RegisterBroker(1, "i1", "h", 9001))).ok
+            assert leader.uncommitted_entries() == 0
+            transport = leader._SyncObj__transport
+            send = transport.send
+            transport.send = lambda node, message: True  # the peers hear nothing more from it
+            peak = 0
+
+            async def watch() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, leader.uncommitted_entries())
+                    await asyncio.sleep(0.002)
+
+            watcher = asyncio.create_task(watch())
+            try:
+                outcomes = await asyncio.gather(
+                    *(leader.submit(AllocateProducerIds(1, 1), timeout_s=1.0) for _ in range(200)),
+                    return_exceptions=True)
+            finally:
+                transport.send = send
+                watcher.cancel()
+            assert all(isinstance(o, MetadataSubmitError) for o in outcomes)
+            # (the others elect a new leader within ~0.4 s, which truncates the old one's suffix)
+            assert 0 < peak <= limits.MAX_UNCOMMITTED_METADATA_ENTRIES, peak
+            # the others elected a new leader meanwhile: the old one's suffix is walked back and replaced
+            await until(lambda: leader.uncommitted_entries() == 0, timeout_s=10)
+            await until(lambda: all(n.image() == nodes[0].image() for n in nodes), timeout_s=10)
+
+        asyncio.run(scenario())
+    finally:
+        for n in nodes:
+            n.close(wait=True)
