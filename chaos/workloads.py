@@ -15,11 +15,11 @@ counter), so each value names the one send that wrote it. The final phase (`fina
 after every fault healed: a fresh consumer reads every partition from the beginning until it
 reached each key's highest acknowledged offset, or a time limit.
 
-Workloads: `idempotent` (sends + assign/poll + crashes; any client) is implemented. `txn`,
-`money` and `copier` need transactions and consumer groups in the client: `make_workload`
-refuses them with "requires transactions, not available in this build" until the client
-exposes them (`transactions_available()`), and their op generators below are the part that
-does not depend on that API.
+Workloads: `idempotent` (sends + assign/poll + crashes) lives here; `txn`, `money` and
+`copier` (transactions, subscribe, send_offsets_to_transaction) in `workload_txn.py`, sharing
+the op generators below. `make_workload` still checks that the client it is given has the
+transactional API (`transactions_available()`), so the chaos tools can drive a client build
+without it and say so instead of failing midway.
 """
 
 from __future__ import annotations
