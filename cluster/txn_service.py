@@ -313,9 +313,9 @@ class ProduceVerifier:
         out: dict[tuple[str, int], tuple[int, str, VerificationGuard | None]] = {}
         shared = {key: fut for key in parts if (fut := self._inflight.get((*key, pid, epoch))) is not None}
         mine = [key for key in parts if key not in shared]
+        loop = asyncio.get_running_loop()
+        futs = {key: loop.create_future() for key in mine}
         if mine:
-            loop = asyncio.get_running_loop()
-            futs = {key: loop.create_future() for key in mine}
             for key, fut in futs.items():
                 self._inflight[(*key, pid, epoch)] = fut
             try:
@@ -335,10 +335,16 @@ class ProduceVerifier:
                                           f"{result.message}".strip(), None)
             finally:
                 for key, fut in futs.items():
-                    self._inflight.pop((*key, pid, epoch), None)
                     fut.set_result(out.get(key, (pb.COORDINATOR_NOT_AVAILABLE, "verification interrupted", None)))
-        for key, fut in shared.items():
-            out[key] = await asyncio.shield(fut)
+        try:
+            for key, fut in shared.items():
+                out[key] = await asyncio.shield(fut)
+        finally:
+            # Only now, with no await left before this request's appends: a request arriving while
+            # this one still waited for a shared verification takes the (done) future and its guard;
+            # a fresh begin() would void the guard this request is about to check.
+            for key in futs:
+                self._inflight.pop((*key, pid, epoch), None)
         return out
 
     async def _ask_coordinator(self, tid: str, pid: int, epoch: int, parts: list[tuple[str, int]],
