@@ -532,10 +532,10 @@ class Producer(_ClientBase):
                 if view.leader_address(*tp) is None:
                     leaderless.append(tp)
                     return True
-                # transactional: only partitions the coordinator has added, and one batch at a
-                # time until the transaction's first batch to the partition is written
-                return txn is not None and (not txn.added(tp) or (not txn.first_write_done(tp)
-                                                                  and acc.in_flight_of(tp) > 0))
+                # transactional: only partitions the coordinator has added. Up to max_in_flight
+                # batches from the start: the leader lets concurrent first writes of a
+                # transaction share one verification (KIP-890; txn_service.ProduceVerifier)
+                return txn is not None and not txn.added(tp)
 
             batches = acc.drain_ready(now_ms, skip=skip)
             if not batches and not failed:
@@ -706,8 +706,6 @@ class Producer(_ClientBase):
         self._acc.complete(batch)
         if self._idem is not None:
             self._idem.on_acked(batch)
-        if self._txn is not None:
-            self._txn.on_written(batch.tp)
         self._stats["records_acked"] += batch.record_count
         self._stats["batches_acked"] += 1
 

@@ -355,10 +355,6 @@ class TransactionManager:
         self._lock = threading.Lock()
         self._added: set[tuple[str, int]] = set()     # AddPartitionsToTxn answered NONE
         self._pending: set[tuple[str, int]] = set()   # written to in this transaction, not added yet
-        # partitions with an acknowledged batch in this transaction: until then one batch at a
-        # time goes out (the leader verifies a transaction's first write with the coordinator,
-        # and a second concurrent first write would void the first one's verification)
-        self._written: set[tuple[str, int]] = set()
         self._has_offsets = False
         self.error: SemelError | None = None          # the abortable or fatal error
 
@@ -387,12 +383,6 @@ class TransactionManager:
         """`identity` is the one of the open transaction (not of one that ended since)."""
         with self._lock:
             return identity == self.identity and self.state in (State.IN_TRANSACTION, State.COMMITTING)
-
-    def first_write_done(self, tp: tuple[str, int]) -> bool:
-        return tp in self._written
-
-    def on_written(self, tp: tuple[str, int]) -> None:
-        self._written.add(tp)
 
     def pending_partitions(self) -> tuple[ProducerIdentity | None, frozenset[tuple[str, int]]]:
         with self._lock:
@@ -454,7 +444,6 @@ class TransactionManager:
             self.state = State.IN_TRANSACTION
             self._added.clear()
             self._pending.clear()
-            self._written.clear()
             self._has_offsets = False
             self.error = None
 
@@ -525,7 +514,6 @@ class TransactionManager:
             self.state = State.READY
             self._added.clear()
             self._pending.clear()
-            self._written.clear()
             self._has_offsets = False
             self.error = None
         return new_identity
