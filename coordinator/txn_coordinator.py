@@ -16,7 +16,11 @@ gets REQUEST_TIMED_OUT now, the id stays blocked until the shell learns the outc
 partition is unloaded). After a Prepare* record commits, the transaction's markers join
 the marker channel; `tick` sends them (`MarkerSend` actions, to the current leader of each
 partition) and `marker_response` digests the answers; once all are written, the
-Complete* record is appended. `tick` also aborts timed-out transactions and removes
+Complete* record is appended. AddPartitions/AddOffsets of an id whose previous transaction
+is still completing (Prepare*: markers being written) wait in the core for its Complete*
+record (at most `completing_wait_ms`, then CONCURRENT_TRANSACTIONS) instead of bouncing off
+at once: the producer starts its next transaction as soon as the coordinator can take it,
+not at its next retry. `tick` also aborts timed-out transactions and removes
 expired ids, every `scan_interval_ms`. Unloading (leadership moved, or a marker was refused
 with TRANSACTION_COORDINATOR_FENCED) drops the machine, its writes and its markers; every
 parked request is answered NOT_COORDINATOR. One write per transition, one transition per id
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeAlias
 
 from semel import limits
@@ -91,6 +95,16 @@ class _Write:
     request_id: int | None  # None: nobody waits (coordinator-driven), or already answered
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Waiting:
+    """A request that found its id's previous transaction completing; `retry(now_ms)` runs it
+    again once the id's Complete* record is written (it may wait again, up to `deadline_ms`)."""
+
+    request_id: int
+    deadline_ms: int
+    retry: Callable[[int], list[Action]]
+
+
 class TxnCoordinator:
     def __init__(
         self,
@@ -99,8 +113,10 @@ class TxnCoordinator:
         config: TxnConfig | None = None,
         channel_config: MarkerChannelConfig | None = None,
         scan_interval_ms: int = limits.TRANSACTION_ABORT_SCAN_INTERVAL_MS,
+        completing_wait_ms: int = limits.TXN_COMPLETING_WAIT_MS,
     ) -> None:
         invariant(partition_count >= 1, "partition_count must be >= 1")
+        invariant(completing_wait_ms >= 0, "completing_wait_ms must be >= 0")
         self.partition_count = partition_count
         self.config = config or TxnConfig()
         self.channel = TxnMarkerChannel(channel_config)
@@ -112,6 +128,11 @@ class TxnCoordinator:
         self._write_of_tid: dict[str, int] = {}
         self._write_ids = itertools.count(1)
         self._last_scan_ms: int | None = None
+        self.completing_wait_ms = completing_wait_ms
+        # Invariant: every waiting request's id is in a loaded partition, and their number is
+        # at most limits.MAX_WAITING_TXN_REQUESTS (`_waiting_count`).
+        self._waiting: dict[str, list[_Waiting]] = {}
+        self._waiting_count = 0
 
     # --- partition lifecycle -------------------------------------------------------------------
 
@@ -156,6 +177,9 @@ class TxnCoordinator:
         if machine is not None:
             for tid in machine.snapshot():
                 self.channel.remove(tid)
+        for tid in [t for t in self._waiting if self.partition_of(t) == partition]:
+            for waiting in self._pop_waiting(tid):
+                actions.append(_reply(waiting.request_id, ErrorCode.NOT_COORDINATOR, "the coordinator moved"))
         return actions
 
     # --- requests --------------------------------------------------------------------------------
@@ -172,17 +196,24 @@ class TxnCoordinator:
 
     def add_partitions(
         self, request_id: int, transactional_id: str, producer_id: int, producer_epoch: int,
-        partitions: Iterable[TopicPartition], now_ms: int,
+        partitions: Iterable[TopicPartition], now_ms: int, deadline_ms: int | None = None,
     ) -> list[Action]:
+        """`deadline_ms`: how long the request may wait for a completing previous transaction
+        (None: `completing_wait_ms` from now)."""
         machine, refusal = self._route(transactional_id)
         if machine is None:
             return [Reply(request_id, refusal)]
+        partitions = tuple(partitions)
         result = machine.add_partitions(transactional_id, producer_id, producer_epoch, partitions, now_ms)
+        deadline = now_ms + self.completing_wait_ms if deadline_ms is None else deadline_ms
+        if self._may_wait(machine, transactional_id, result, now_ms, deadline):
+            return self._wait(transactional_id, _Waiting(request_id, deadline, lambda now: self.add_partitions(
+                request_id, transactional_id, producer_id, producer_epoch, partitions, now, deadline)))
         return self._submit(machine, result, request_id, now_ms)
 
     def add_offsets(
         self, request_id: int, transactional_id: str, producer_id: int, producer_epoch: int,
-        group_id: str, offsets_partition_count: int, now_ms: int,
+        group_id: str, offsets_partition_count: int, now_ms: int, deadline_ms: int | None = None,
     ) -> list[Action]:
         machine, refusal = self._route(transactional_id)
         if machine is None:
@@ -190,6 +221,11 @@ class TxnCoordinator:
         result = machine.add_offsets(
             transactional_id, producer_id, producer_epoch, group_id, offsets_partition_count, now_ms
         )
+        deadline = now_ms + self.completing_wait_ms if deadline_ms is None else deadline_ms
+        if self._may_wait(machine, transactional_id, result, now_ms, deadline):
+            return self._wait(transactional_id, _Waiting(request_id, deadline, lambda now: self.add_offsets(
+                request_id, transactional_id, producer_id, producer_epoch, group_id, offsets_partition_count, now,
+                deadline)))
         return self._submit(machine, result, request_id, now_ms)
 
     def end_txn(
@@ -248,7 +284,7 @@ class TxnCoordinator:
         after = write.pending.after
         if after is not None and after.state in PREPARED:
             self.channel.add(machine.marker_plan(after.transactional_id))  # full: tick re-adds it
-        return actions
+        return actions + self._resume(write.pending.transactional_id, now_ms)
 
     def write_failed(self, write_id: int, error: int) -> list[Action]:
         """The record was surely not written (`error`: what the append answered)."""
@@ -257,7 +293,7 @@ class TxnCoordinator:
             return []
         self._machines[write.partition].abandon(write.pending)
         if write.request_id is None:
-            return []
+            return []  # (a failed Complete* write: the waiting requests go on waiting for the retry)
         code = ErrorCode.NOT_COORDINATOR if error == ErrorCode.NOT_LEADER_OR_FOLLOWER else ErrorCode.COORDINATOR_NOT_AVAILABLE
         return [_reply(write.request_id, code, f"the state write failed ({ErrorCode.Name(error)})")]
 
@@ -283,6 +319,7 @@ class TxnCoordinator:
                     if not self.channel.add(machine.marker_plan(tid)):
                         break  # the channel is full; the next tick tries again
         actions += self.channel.poll(now_ms, leader_of)
+        actions += self._expire_waiting(now_ms)
         return actions
 
     def marker_response(
@@ -334,6 +371,46 @@ class TxnCoordinator:
             for tid in machine.expired_ids(now_ms):
                 if tid not in self._write_of_tid:
                     actions += self._submit(machine, machine.remove_expired(tid, now_ms), None, now_ms)
+        return actions
+
+    def _may_wait(
+        self, machine: TransactionStateMachine, transactional_id: str, result: TxnResult, now_ms: int, deadline_ms: int
+    ) -> bool:
+        """CONCURRENT_TRANSACTIONS only because the previous transaction is completing, and
+        time and room to wait for its Complete* record."""
+        if result.error != ErrorCode.CONCURRENT_TRANSACTIONS or result.pending is not None or now_ms >= deadline_ms:
+            return False
+        meta = machine.metadata(transactional_id)
+        return (meta is not None and meta.state in PREPARED
+                and self._waiting_count < limits.MAX_WAITING_TXN_REQUESTS)
+
+    def _wait(self, transactional_id: str, waiting: _Waiting) -> list[Action]:
+        self._waiting.setdefault(transactional_id, []).append(waiting)
+        self._waiting_count += 1
+        return []
+
+    def _pop_waiting(self, transactional_id: str) -> list[_Waiting]:
+        found = self._waiting.pop(transactional_id, [])
+        self._waiting_count -= len(found)
+        return found
+
+    def _resume(self, transactional_id: str, now_ms: int) -> list[Action]:
+        """A write of the id committed: its waiting requests run again (in arrival order)."""
+        actions: list[Action] = []
+        for waiting in self._pop_waiting(transactional_id):
+            actions += waiting.retry(now_ms)
+        return actions
+
+    def _expire_waiting(self, now_ms: int) -> list[Action]:
+        actions: list[Action] = []
+        for tid in [t for t, ws in self._waiting.items() if any(w.deadline_ms <= now_ms for w in ws)]:
+            waiting = self._pop_waiting(tid)
+            for w in waiting:
+                if w.deadline_ms <= now_ms:
+                    actions.append(_reply(w.request_id, ErrorCode.CONCURRENT_TRANSACTIONS,
+                                          "the previous transaction is still completing (markers being written)"))
+                else:
+                    self._wait(tid, w)
         return actions
 
     def _pop_write(self, write_id: int) -> _Write | None:

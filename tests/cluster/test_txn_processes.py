@@ -294,3 +294,33 @@ def test_pipelined_first_writes_share_one_verification(cluster):
         assert codes == ["NONE", "NONE"]
         p.commit()
     c.wait_for(lambda: len(ts.read(c, t)[0]) == 30, what="every pipelined write committed")
+
+
+def test_next_transaction_added_while_the_previous_markers_are_written(cluster):
+    """AddPartitionsToTxn sent right after EndTxn answered (new epoch) waits at the
+    coordinator until the previous transaction's markers and Complete* record are written,
+    and answers NONE at the first try instead of CONCURRENT_TRANSACTIONS. Commits and aborts
+    alternate: read_committed sees exactly the committed transactions' records."""
+    c = cluster
+    t = created(c, "next-txn", 2)
+    p = ts.TxnProducer(c, "next-txn").init()
+    expected: dict[int, list[bytes]] = {0: [], 1: []}
+    for i in range(6):
+        # both partitions: their markers go to the partition leaders (at least one remote write)
+        values = {part: [b"%d-%d" % (i, part)] for part in (0, 1)}
+        for part in (0, 1):
+            p.send(t, part, values[part])
+        commit = i % 2 == 0
+        p.end(commit)
+        if commit:
+            for part in (0, 1):
+                expected[part] += values[part]
+        stub = ts.txn_stub(c, ts.find_coordinator(c, p.tid))
+        r = stub.AddPartitionsToTxn(txn_pb2.AddPartitionsToTxnRequest(
+            transactional_id=p.tid, producer_id=p.pid, producer_epoch=p.epoch,
+            partitions=[txn_pb2.TopicPartition(topic=t, partition=part) for part in (0, 1)]), timeout=10)
+        assert ErrorCode.Name(r.error_code) == "NONE", r
+        p.added.update({(t, 0), (t, 1)})
+    p.commit()
+    c.wait_for(lambda: all(ts.read(c, t, part)[0] == expected[part] for part in (0, 1)),
+               what="exactly the committed transactions visible")

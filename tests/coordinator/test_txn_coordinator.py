@@ -167,3 +167,69 @@ def test_loading_over_a_served_partition_answers_its_parked_requests():
     only(c.init_producer_id(9, TID, 1000, 0), AppendRecords)
     actions = c.loaded(0, 6, [])
     assert [(a.request_id, a.result.error) for a in actions] == [(9, ErrorCode.NOT_COORDINATOR)]
+
+
+def _commit_until_markers(c: TxnCoordinator, ident, request_id: int = 2):
+    """A transaction over a0, committed: EndTxn answered, its marker request out, not answered."""
+    write(c, c.add_partitions(request_id, TID, *ident, tps("a0"), 0))
+    reply = only(write(c, c.end_txn(request_id + 1, TID, *ident, True, 0)), Reply)
+    (send,) = [a for a in c.tick(10, lambda tp: 1) if isinstance(a, MarkerSend)]
+    return txn_wire.identity_of(reply.result, reply.completed), send
+
+
+def test_add_partitions_waits_for_the_previous_transaction_to_complete():
+    """KIP-890: the next transaction's AddPartitions (new epoch) arrives while the previous
+    one's markers are written: it waits for the Complete* record, not bouncing
+    CONCURRENT_TRANSACTIONS to a client that would only retry after a backoff."""
+    c = core()
+    ident = init(c)
+    nxt, send = _commit_until_markers(c, ident)
+    assert c.add_partitions(5, TID, *nxt, tps("b0"), 12) == [], "waits"
+    assert c.add_offsets(6, TID, *nxt, "g", 3, 12) == [], "waits too"
+    assert c.tick(20, lambda tp: 1) == []
+    append = only(c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.NONE
+                                           for m in send.markers}, 21), AppendRecords)
+    (entry,) = decode_records(append.batch)
+    assert entry.metadata.state is TxnState.COMPLETE_COMMIT
+    actions = c.write_committed(append.write_id, 22)
+    # the first waiter runs at once (its write is the next transition); the second meets that
+    # pending write and answers CONCURRENT_TRANSACTIONS (the id is no longer completing)
+    add = only([a for a in actions if isinstance(a, AppendRecords)], AppendRecords)
+    (entry,) = decode_records(add.batch)
+    assert entry.metadata.state is TxnState.ONGOING and entry.metadata.producer_epoch == nxt[1]
+    assert [(a.request_id, a.result.error) for a in actions if isinstance(a, Reply)] == [
+        (6, ErrorCode.CONCURRENT_TRANSACTIONS)]
+    reply = only(c.write_committed(add.write_id, 23), Reply)
+    assert reply.request_id == 5 and reply.result.ok
+    assert c.machine(0).metadata(TID).partitions == tuple(tps("b0"))
+
+
+def test_a_waiting_add_partitions_answers_concurrent_after_its_deadline():
+    c = TxnCoordinator(2, ProducerIds(), scan_interval_ms=100, completing_wait_ms=50)
+    c.loaded(0, 5, [])
+    c.loaded(1, 5, [])
+    nxt, _ = _commit_until_markers(c, init(c))
+    assert c.add_partitions(5, TID, *nxt, tps("b0"), 12) == []
+    assert [a for a in c.tick(61, lambda tp: 1) if isinstance(a, Reply)] == [], "deadline 62 not reached"
+    replies = [a for a in c.tick(62, lambda tp: 1) if isinstance(a, Reply)]
+    assert [(r.request_id, r.result.error) for r in replies] == [(5, ErrorCode.CONCURRENT_TRANSACTIONS)]
+
+
+def test_waiting_requests_get_not_coordinator_when_the_partition_unloads():
+    c = core()
+    nxt, _ = _commit_until_markers(c, init(c))
+    assert c.add_partitions(5, TID, *nxt, tps("b0"), 12) == []
+    assert [(a.request_id, a.result.error) for a in c.unload(0)] == [(5, ErrorCode.NOT_COORDINATOR)]
+
+
+def test_no_wait_when_disabled_or_not_completing():
+    c = TxnCoordinator(2, ProducerIds(), scan_interval_ms=100, completing_wait_ms=0)
+    c.loaded(0, 5, [])
+    nxt, _ = _commit_until_markers(c, init(c))
+    assert only(c.add_partitions(5, TID, *nxt, tps("b0"), 12), Reply).result.error == ErrorCode.CONCURRENT_TRANSACTIONS
+    c = core()
+    ident = init(c)
+    append = only(c.add_partitions(2, TID, *ident, tps("a0"), 0), AppendRecords)
+    c.write_timed_out(append.write_id)
+    # an unknown write outcome is no completing transaction: answered at once, as before
+    assert only(c.add_partitions(3, TID, *ident, tps("a0"), 0), Reply).result.error == ErrorCode.CONCURRENT_TRANSACTIONS
