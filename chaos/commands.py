@@ -68,36 +68,57 @@ def add_commands(subparsers: Any) -> None:
     from semel.chaos.checker import MAX_EXAMPLES_DEFAULT
     from semel.chaos.workloads import WORKLOADS
 
-    chaos = subparsers.add_parser("chaos", help="fault-injection runs (nemesis + workload + checker)")
+    import argparse
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    families = "kill,pause,partition,latency,reset,rolling,hijack,client-pause"
+    chaos = subparsers.add_parser("chaos", help="fault-injection runs (nemesis + workload + checker)",
+                                  description="Start a cluster behind fault proxies, run a workload under a "
+                                              "seeded fault schedule, check the recorded history. See docs/chaos.md.")
     sub = chaos.add_subparsers(dest="chaos_command", metavar="SUBCOMMAND")
-    run = sub.add_parser("run", help="run a workload against a cluster under a seeded fault schedule")
-    run.add_argument("--duration-s", type=float, default=300.0)
+    run = sub.add_parser(
+        "run", help="run a workload against a cluster under a seeded fault schedule", formatter_class=fmt,
+        description="Starts its own cluster (every client, broker-to-broker and Raft link through a proxy), runs "
+                    "WORKLOAD for DURATION_S while the nemesis injects faults, heals, reads everything back and "
+                    "checks the history. Writes history.jsonl, verdict.json and report.html to --out; exits 1 on "
+                    "any anomaly.",
+        epilog="example: semel chaos run --duration-s 300 --nemesis kill,pause,partition,latency "
+               "--workload txn --seed 7")
+    run.add_argument("--duration-s", type=float, default=300.0, help="how long faults and the workload run")
     run.add_argument("--nemesis", default=",".join(DEFAULT_FAMILIES),
-                     help="comma-separated: kill,pause,partition,latency,reset,rolling,hijack,client-pause; all; none")
-    run.add_argument("--workload", default="idempotent", choices=WORKLOADS)
-    run.add_argument("--seed", type=int, default=None, help="replays the same fault schedule (printed if drawn)")
-    run.add_argument("--brokers", type=int, default=3)
+                     help=f"comma-separated fault families: {families}; or all (every family but hijack and "
+                          "client-pause, which act on a transactional workload's clients); or none")
+    run.add_argument("--workload", default="idempotent", choices=WORKLOADS,
+                     help="idempotent: unique sends + polls; txn: transactions of 1-4 ops; money: transfers "
+                          "whose balances must sum to 0; copier: consume-transform-produce, output = input")
+    run.add_argument("--seed", type=int, default=None, help="replays the same fault schedule (drawn and printed if unset)")
+    run.add_argument("--brokers", type=int, default=3, help="brokers in the cluster (all metadata voters)")
     run.add_argument("--out", default=None, help="output directory (default chaos-runs/WORKLOAD-seedS-TIME)")
     run.add_argument("--interval-s", type=float, default=10.0, help="mean time between fault starts")
-    run.add_argument("--max-concurrent-faults", type=int, default=2)
+    run.add_argument("--max-concurrent-faults", type=int, default=2, help="faults active at once, at most")
     run.add_argument("--concurrency", type=int, default=5, help="client processes")
     run.add_argument("--partitions", type=int, default=6, help="keys (partitions of the workload topic)")
-    run.add_argument("--final-read-timeout-s", type=float, default=60.0)
+    run.add_argument("--final-read-timeout-s", type=float, default=60.0,
+                     help="after the heal, how long the final read may take before values count as unseen")
     run.add_argument("--toxiproxy-url", default=None, help="a real Toxiproxy (default $TOXIPROXY_URL, else ours)")
     run.add_argument("--dry-run", action="store_true", help="print the fault schedule and exit")
-    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("-v", "--verbose", action="store_true", help="log the runner's and clients' debug output")
     run.set_defaults(func=_run)
-    check = sub.add_parser("check", help="check a history file (JSONL) for anomalies")
-    check.add_argument("history")
-    check.add_argument("--max-examples", type=int, default=MAX_EXAMPLES_DEFAULT)
+    check = sub.add_parser("check", help="check a history file (JSONL) for anomalies", formatter_class=fmt,
+                           description="Re-run the checker on a recorded history; prints the verdict as JSON "
+                                       "and exits 1 on any anomaly.")
+    check.add_argument("history", help="history.jsonl written by `semel chaos run`")
+    check.add_argument("--max-examples", type=int, default=MAX_EXAMPLES_DEFAULT, help="examples listed per anomaly")
     check.set_defaults(func=_check)
-    sched = sub.add_parser("schedule", help="print the fault schedule a seed gives")
-    sched.add_argument("--seed", type=int, required=True)
-    sched.add_argument("--duration-s", type=float, default=300.0)
-    sched.add_argument("--nemesis", default=",".join(DEFAULT_FAMILIES))
-    sched.add_argument("--brokers", type=int, default=3)
-    sched.add_argument("--interval-s", type=float, default=10.0)
-    sched.add_argument("--json", action="store_true")
+    sched = sub.add_parser("schedule", help="print the fault schedule a seed gives", formatter_class=fmt,
+                           description="The faults `semel chaos run` would inject with these options, "
+                                       "without starting anything.")
+    sched.add_argument("--seed", type=int, required=True, help="the schedule's seed")
+    sched.add_argument("--duration-s", type=float, default=300.0, help="length of the run")
+    sched.add_argument("--nemesis", default=",".join(DEFAULT_FAMILIES), help=f"fault families: {families}; all (but hijack, client-pause); none")
+    sched.add_argument("--brokers", type=int, default=3, help="brokers in the cluster")
+    sched.add_argument("--interval-s", type=float, default=10.0, help="mean time between fault starts")
+    sched.add_argument("--json", action="store_true", help="machine-readable output")
     sched.set_defaults(func=_schedule)
     chaos.set_defaults(func=lambda args: (chaos.print_help(), 2)[1])
     proxy.add_commands(subparsers)
