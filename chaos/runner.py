@@ -6,7 +6,8 @@
 Phases: plan the schedule (pure, from the seed) -> start the brokers and proxies -> create the
 workload's topic -> start the workload processes and step through the schedule on this
 (long-lived) thread -> stop the workload -> heal every fault, wait until every broker is
-ready -> final read by fresh clients -> check the history -> write the report.
+ready -> final read by fresh clients -> every broker's metadata at one version must be the same
+(metadata_agreement.py) -> check the history -> write the report.
 
 Files in `out_dir`: `history.jsonl` (the history), `verdict.json` (the checker's verdict),
 `run.json` (configuration, schedule, the faults as applied, final-read summary, timings),
@@ -27,6 +28,7 @@ from typing import Any
 
 from semel.chaos import checker
 from semel.chaos.history import HistoryWriter
+from semel.chaos.metadata_agreement import check_agreement
 from semel.chaos.nemesis import CONTROLLER, COORDINATOR, LEADER, NemesisExecutor, Schedule, describe_schedule, plan_schedule
 from semel.chaos.report import write_report
 from semel.chaos.wiring import ChaosCluster
@@ -36,6 +38,7 @@ log = logging.getLogger("semel.chaos.runner")
 
 PROGRESS_INTERVAL_S = 5.0
 HEAL_SETTLE_S = 2.0
+METADATA_AGREEMENT_TIMEOUT_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -160,6 +163,9 @@ def run_chaos(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunRe
         timings["final_read_s"] = time.monotonic() - read_started
         say(f"final read: {final['records_read']} records in {timings['final_read_s']:.1f} s"
             + (f"; INCOMPLETE {final['incomplete']}" if final["incomplete"] else ""))
+        agreement = check_agreement([spec.address for spec in cluster.specs], METADATA_AGREEMENT_TIMEOUT_S)
+        summary["metadata_agreement"] = agreement
+        say(f"metadata: {agreement['result']} (versions {sorted(set(agreement['versions'].values()), key=str)})")
         writer.close()
         summary["final_read"] = final
         summary["faults"] = [a.to_json() for a in executor.done]
@@ -174,11 +180,21 @@ def run_chaos(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunRe
     check_started = time.monotonic()
     verdict = checker.check_file(out / "history.jsonl")
     timings["check_s"] = time.monotonic() - check_started
+    _add_metadata_verdict(verdict, summary.get("metadata_agreement"))
     (out / "verdict.json").write_text(json.dumps(verdict, indent=2, sort_keys=True) + "\n")
     (out / "run.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     write_report(out / "report.html", out / "history.jsonl", verdict, summary)
     _print_verdict(verdict, cfg.seed, out, say)
     return RunResult(out, verdict, summary)
+
+
+def _add_metadata_verdict(verdict: dict[str, Any], agreement: dict[str, Any] | None) -> None:
+    """Brokers at one metadata version with different contents: an anomaly of the cluster, not
+    of the history, so it is added here (see metadata_agreement.py)."""
+    if agreement is not None and agreement["result"] == "diverged":
+        verdict["anomalies"]["metadata-divergence"] = agreement["differences"]
+        verdict["counts"]["metadata-divergence"] = len(agreement["differences"])
+        verdict["valid"] = False
 
 
 def _guarded(fn: Callable[..., None], *args: Any) -> None:
