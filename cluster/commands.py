@@ -111,7 +111,8 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:
         "print the bootstrap address, and stop them all cleanly on Ctrl-C / SIGTERM. "
         "Broker N listens on BASE_PORT+N-1 (clients) and RAFT_BASE_PORT+N-1 (metadata quorum); "
         "its data goes to DATA_DIR/broker-N and its log to DATA_DIR/broker-N.log. "
-        "A broker that dies is reported and not restarted.",
+        "A broker that dies once the cluster is ready is reported with the tail of its log, the others "
+        "keep serving, and it is restarted after --restart-delay-s (unless it keeps crashing).",
     )
     up.add_argument("--brokers", type=int, default=3, help="number of brokers (default 3)")
     up.add_argument("--data-dir", default=".semel-data", help="data and log directory (default .semel-data)")
@@ -123,6 +124,9 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:
         "--broker-arg", action="append", default=[], metavar="ARG",
         help="extra argument passed to every broker (repeatable), e.g. --broker-arg=--session-timeout-ms=3000",
     )
+    up.add_argument("--restart-delay-s", type=float, default=3.0,
+                    help="restart a broker that died this long after its exit (default 3)")
+    up.add_argument("--no-restart", action="store_true", help="leave a broker that died down")
     up.set_defaults(func=_cluster_up)
     desc = csub.add_parser("describe", help="brokers, controller and metadata quorum of a running cluster")
     _admin_args(desc)
@@ -135,7 +139,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
 
     return run_cluster_up(
         args.brokers, args.data_dir, args.base_port, args.raft_base_port, args.follow_logs,
-        args.broker_arg, args.ready_timeout_s,
+        args.broker_arg, args.ready_timeout_s, None if args.no_restart else max(0.0, args.restart_delay_s),
     )
 
 

@@ -8,8 +8,9 @@ broker a Raft voter; data in `DATA_DIR/broker-N`, logs in `DATA_DIR/broker-N.log
 (the broker contract in docs/design.md), waits until each prints `SEMEL_BROKER_READY` and
 the metadata lists every broker unfenced, and stops them with SIGTERM (SIGKILL after a
 grace period). It never restarts a broker on its own: a broker that exits unexpectedly is
-reported (exit code and the tail of its log) and stays down. Tests use `kill`, `pause`,
-`resume` and `restart` explicitly.
+reported to `on_unexpected_exit` (exit code and the tail of its log). Tests use `kill`,
+`pause`, `resume` and `restart` explicitly; `semel cluster up` (`run_cluster_up`) restarts a
+crashed broker after a delay and keeps the others serving.
 
 Brokers run in their own session (Ctrl-C in a terminal reaches the supervisor only, which
 then stops them in order) with SEMEL_BROKER_DIE_WITH_PARENT=1, so each sets
@@ -350,6 +351,11 @@ class LocalCluster:
 # ======================================================================================
 # `semel cluster up`
 # ======================================================================================
+RESTART_DELAY_S_DEFAULT = 3.0
+CRASH_LOOP_LIMIT = 3          # crashes of one broker within CRASH_LOOP_WINDOW_S: leave it down
+CRASH_LOOP_WINDOW_S = 60.0
+
+
 def run_cluster_up(
     brokers: int,
     data_dir: str,
@@ -358,8 +364,15 @@ def run_cluster_up(
     follow_logs: bool,
     extra_args: Sequence[str],
     ready_timeout_s: float,
+    restart_delay_s: float | None = RESTART_DELAY_S_DEFAULT,
 ) -> int:
-    """Foreground supervisor: start, print how to connect, wait for Ctrl-C/SIGTERM, stop."""
+    """Foreground supervisor: start, print how to connect, wait for Ctrl-C/SIGTERM, stop.
+
+    A broker that dies after the cluster was ready is reported (exit code, log tail) and the
+    others keep serving (that is what replication is for); it is restarted after
+    `restart_delay_s` (None: left down), unless it crashed CRASH_LOOP_LIMIT times within
+    CRASH_LOOP_WINDOW_S. A broker that dies before the cluster is ready stops everything
+    (a configuration problem). Exit code 0 when every broker runs at the end, else 1."""
     try:
         specs = plan_cluster(brokers, data_dir, base_port, raft_base_port)
     except ValueError as exc:
@@ -375,40 +388,84 @@ def run_cluster_up(
         )
         return 1
     stop = threading.Event()
+    ready = threading.Event()
     lock = threading.Lock()
-    crashed: list[int] = []
+    crashes: dict[int, list[float]] = collections.defaultdict(list)
+    restart_at: dict[int, float] = {}  # broker id -> monotonic time of its restart
+    left_down: set[int] = set()
 
     def say(line: str) -> None:
         with lock:
             print(line, file=sys.stderr, flush=True)
 
     def unexpected(broker: BrokerProcess, code: int) -> None:
+        broker_id = broker.spec.broker_id
         tail = "\n".join("    " + line for line in broker.tail()[-10:])
-        say(
-            f"semel cluster up: broker {broker.spec.broker_id} exited unexpectedly (code {code}); "
-            f"not restarting it. Log {broker.log_path}:\n{tail}"
-        )
-        crashed.append(broker.spec.broker_id)
-        stop.set()
+        now = time.monotonic()
+        with lock:
+            recent = [t for t in crashes[broker_id] if now - t < CRASH_LOOP_WINDOW_S] + [now]
+            crashes[broker_id] = recent
+        if not ready.is_set():
+            say(f"semel cluster up: broker {broker_id} exited during start-up (code {code}). "
+                f"Log {broker.log_path}:\n{tail}")
+            stop.set()
+            return
+        others = [i for i, b in cluster.brokers.items() if i != broker_id and b.alive()]
+        if restart_delay_s is None:
+            plan = "not restarting it (--no-restart)"
+        elif len(recent) >= CRASH_LOOP_LIMIT:
+            plan = f"it crashed {len(recent)} times in {CRASH_LOOP_WINDOW_S:.0f} s: leaving it down"
+        else:
+            plan = f"restarting it in {restart_delay_s:g} s"
+        say(f"semel cluster up: broker {broker_id} exited unexpectedly (code {code}); "
+            f"{len(others)} of {len(cluster.brokers)} broker(s) still running; {plan}. "
+            f"Log {broker.log_path}:\n{tail}")
+        with lock:
+            if restart_delay_s is None or len(recent) >= CRASH_LOOP_LIMIT:
+                left_down.add(broker_id)
+            else:
+                restart_at[broker_id] = now + restart_delay_s
+        if not others and broker_id in left_down:
+            stop.set()  # nothing left to supervise
 
     cluster = LocalCluster(
         specs, data_dir, extra_args, echo=say if follow_logs else None, on_unexpected_exit=unexpected
     )
+
+    def restart_due() -> None:
+        # on the main thread: PDEATHSIG is tied to the thread that starts a broker
+        now = time.monotonic()
+        with lock:
+            due = [i for i, t in restart_at.items() if t <= now]
+            for i in due:
+                del restart_at[i]
+        for broker_id in due:
+            say(f"semel cluster up: restarting broker {broker_id} ...")
+            started = time.monotonic()
+            cluster.brokers[broker_id].start()
+
+            def wait_back(i: int = broker_id, t0: float = started) -> None:
+                try:
+                    cluster.wait_ready(ready_timeout_s, [i])
+                    say(f"semel cluster up: broker {i} is back ({time.monotonic() - t0:.1f} s)")
+                except Exception as exc:  # its exit (if any) is reported by `unexpected`
+                    say(f"semel cluster up: broker {i} did not come back: {exc}")
+
+            threading.Thread(target=wait_back, daemon=True).start()
+
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     exit_code = 0
     try:
         say(f"starting {brokers} broker(s) in {Path(data_dir).resolve()} (logs: {data_dir}/broker-N.log) ...")
         cluster.start(wait=False)
-        ready = threading.Event()
         failure: list[str] = []
 
         def wait() -> None:
             try:
                 cluster.wait_ready(ready_timeout_s)
+                ready.set()
             except Exception as exc:  # report, then stop
                 failure.append(str(exc))
-            ready.set()
-            if failure:
                 stop.set()
 
         threading.Thread(target=wait, daemon=True).start()
@@ -439,8 +496,9 @@ def run_cluster_up(
                 flush=True,
             )
             while not stop.is_set():
-                stop.wait(0.5)
-        if crashed:
+                stop.wait(0.2)
+                restart_due()
+        if not ready.is_set() or left_down or restart_at:
             exit_code = 1
     finally:
         say("stopping brokers ...")

@@ -1,4 +1,5 @@
-"""`semel cluster up` starts N brokers, prints the bootstrap address, and stops them all on SIGTERM."""
+"""`semel cluster up` starts N brokers, prints the bootstrap address, restarts a broker that dies,
+and stops them all on SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -46,10 +49,10 @@ def _free_block(count: int) -> int:
     raise RuntimeError("no free port block")
 
 
-def _start_cluster_up(tmp_path, brokers: int, base: int) -> tuple[subprocess.Popen, list[str]]:
+def _start_cluster_up(tmp_path, brokers: int, base: int, *extra: str) -> tuple[subprocess.Popen, list[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "semel.cli", "cluster", "up", "--brokers", str(brokers), "--data-dir", str(tmp_path),
-         "--base-port", str(base), "--raft-base-port", str(base + RAFT_OFFSET)],
+         "--base-port", str(base), "--raft-base-port", str(base + RAFT_OFFSET), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     lines: list[str] = []
@@ -94,19 +97,58 @@ def test_cluster_up_starts_and_stops_cleanly_on_sigterm(tmp_path):
             proc.wait()
 
 
+def _lines(stream, into: list[str]) -> threading.Thread:
+    def read() -> None:
+        for raw in stream:
+            into.append(raw.decode(errors="replace"))
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t
+
+
+def _pid(lines: list[str], broker: int) -> int:
+    found = [line for line in lines if line.strip().startswith(f"broker {broker}:")]
+    assert found, "".join(lines)
+    return int(found[0].split(" pid ")[1].split(",")[0])
+
+
 @pytest.mark.slow
 @requires_broker
-def test_cluster_up_reports_a_dead_broker_and_restarts_nothing(tmp_path):
-    base = _free_block(1)
-    proc, lines = _start_cluster_up(tmp_path, 1, base)
+def test_a_killed_broker_is_reported_the_others_keep_serving_and_it_comes_back(tmp_path):
+    base = _free_block(3)
+    proc, lines = _start_cluster_up(tmp_path, 3, base, "--restart-delay-s", "0.5")
+    err: list[str] = []
     try:
-        pid_lines = [line for line in lines if line.strip().startswith("broker 1:")]
-        assert pid_lines, "".join(lines)
-        pid = int(pid_lines[0].split(" pid ")[1].split(",")[0])
-        os.kill(pid, signal.SIGKILL)
+        _lines(proc.stderr, err)
+        os.kill(_pid(lines, 2), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not any("broker 2 is back" in line for line in err) and time.monotonic() < deadline:
+            assert proc.poll() is None, "".join(err)
+            time.sleep(0.1)
+        text = "".join(err)
+        assert "broker 2 exited unexpectedly (code -9); 2 of 3 broker(s) still running; restarting it in 0.5 s" in text
+        assert "broker 2 is back" in text, text
+        assert all(_port_open(base + i) for i in range(3))
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert proc.returncode == 0, "".join(err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+@requires_broker
+def test_no_restart_leaves_a_dead_broker_down_and_exits_when_none_is_left(tmp_path):
+    base = _free_block(1)
+    proc, lines = _start_cluster_up(tmp_path, 1, base, "--no-restart")
+    try:
+        os.kill(_pid(lines, 1), signal.SIGKILL)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 1
-        assert "broker 1 exited unexpectedly" in err.decode() and "not restarting" in err.decode()
+        assert "broker 1 exited unexpectedly" in err.decode() and "not restarting it" in err.decode()
         assert not _port_open(base)
     finally:
         if proc.poll() is None:
