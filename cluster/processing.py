@@ -30,9 +30,14 @@ How it works:
   (`semel.storage.kv`, in `state_dir`), backed by the compacted-by-design changelog topic
   `<group_id>-<store_name>-changelog` (same partition count as the input; changelog partition
   = input partition). Writes go to the changelog inside the transaction and reach RocksDB
-  only after the commit. On assignment the local store of the partition is wiped and restored
-  from its changelog with read_committed up to the changelog's end (waiting out open
-  transactions), as Kafka Streams does after an unclean shutdown.
+  only after the commit, in one RocksDB batch with a *checkpoint*: the changelog offset after
+  this transaction's last record. On assignment the store catches up from its checkpoint to
+  the changelog's end with read_committed (waiting out open transactions), so a processor that
+  restarts on its own state_dir, or gets its partition back, replays only what others wrote
+  meanwhile; without a checkpoint (or one outside the changelog) it is wiped and restored from
+  the beginning. A commit whose outcome stays unknown re-syncs the stores from their
+  checkpoints before the input is rewound, so they hold the transaction's writes if it did
+  commit.
 * A fenced producer (another process took the transactional id) ends `run()` with
   `ProducerFencedError`: this process is the zombie.
 """
@@ -60,29 +65,49 @@ _FENCED_PRODUCER = (client_errors.ProducerFencedError, client_errors.InvalidProd
 
 
 class _PartitionStore:
-    """The store of one input partition: committed state in RocksDB + this transaction's writes."""
+    """The store of one input partition: committed state in RocksDB + this transaction's writes.
+
+    The checkpoint is the changelog offset the RocksDB contents correspond to: every committed
+    changelog record below it is applied, none at or above it (records of this processor's
+    committed transactions; records of other owners and restores move it too). It is written
+    in the same RocksDB batch as the changes, so a crash leaves an older checkpoint with the
+    matching state, or newer writes beyond it that a replay from it applies again in order."""
+
+    _OFFSET = b"offset"
 
     def __init__(self, kv: Any, name: str, tp: TopicPartition) -> None:
         from semel.storage.kv import KvStore
 
         self.kv = kv
         self.ns = KvStore.namespace(f"store/{name}/{tp[0]}/{tp[1]}")
+        self.checkpoint_ns = KvStore.namespace(f"checkpoint/{name}/{tp[0]}/{tp[1]}")
         self.pending: dict[bytes, bytes | None] = {}
+        self.sent: list[Any] = []  # futures of this transaction's changelog records
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.pending:
             return self.pending[key]
         return self.kv.get(self.ns, key)
 
+    def checkpoint(self) -> int | None:
+        raw = self.kv.get(self.checkpoint_ns, self._OFFSET)
+        return None if raw is None else int.from_bytes(raw, "big", signed=True)
+
+    def drop_pending(self) -> None:
+        self.pending.clear()
+        self.sent.clear()
+
     def wipe(self) -> None:
         from semel.storage.kv import KvBatch
 
         batch = KvBatch()
         batch.delete_range(self.ns, b"", None)
+        batch.delete(self.checkpoint_ns, self._OFFSET)
         self.kv.write(batch)
-        self.pending.clear()
+        self.drop_pending()
 
-    def apply(self, changes: Iterable[tuple[bytes, bytes | None]]) -> None:
+    def apply(self, changes: Iterable[tuple[bytes, bytes | None]], checkpoint: int | None = None,
+              forget_checkpoint: bool = False) -> None:
         from semel.storage.kv import KvBatch
 
         batch = KvBatch()
@@ -91,8 +116,24 @@ class _PartitionStore:
                 batch.delete(self.ns, key)
             else:
                 batch.put(self.ns, key, value)
+        if checkpoint is not None:
+            batch.put(self.checkpoint_ns, self._OFFSET, checkpoint.to_bytes(8, "big", signed=True))
+        elif forget_checkpoint:
+            batch.delete(self.checkpoint_ns, self._OFFSET)
         if len(batch):
             self.kv.write(batch)
+
+    def commit_pending(self) -> None:
+        """This transaction committed: its writes reach RocksDB with the checkpoint after its
+        last changelog record (unknown offsets: no checkpoint, the next assignment restores all)."""
+        checkpoint, forget = None, False
+        if self.sent:
+            try:
+                checkpoint = max(f.result(timeout=0).offset for f in self.sent) + 1
+            except Exception:
+                forget = True
+        self.apply(self.pending.items(), checkpoint, forget)
+        self.drop_pending()
 
 
 class KeyValueStore:
@@ -260,13 +301,15 @@ class Processor:
     def _send_changelog(self, tp: TopicPartition, key: bytes, value: bytes | None) -> None:
         assert self.changelog_topic is not None
         headers = [_DELETE_HEADER] if value is None else None
-        self._producer.send(self.changelog_topic, value or b"", key=key, partition=tp[1], headers=headers)
+        future = self._producer.send(self.changelog_topic, value or b"", key=key, partition=tp[1], headers=headers)
+        self._stores[tp].sent.append(future)
 
     # --- transactions ------------------------------------------------------------------------------------
     def _commit(self) -> None:
         """Commit outputs + changelog + input offsets, or abort and rewind."""
         if not self._in_txn:
             return
+        committing = False
         try:
             offsets = self._consumer.positions()
             # Outputs first: their AddPartitionsToTxn must be done before the offsets join the
@@ -277,18 +320,19 @@ class Processor:
             if self.abort_hook is not None and self.abort_hook():
                 self._abort_and_rewind()
                 return
+            committing = True
             self._commit_transaction()
         except _FENCED_PRODUCER:
             raise
         except client_errors.SemelError as exc:
             log.info("transaction failed (%s: %s); aborting and rewinding", type(exc).__name__, exc)
-            self._abort_and_rewind()
+            # a commit that failed may still have committed: then the stores must get its writes
+            self._abort_and_rewind(resync_stores=committing)
             return
         self._in_txn = False
         self.transactions["committed"] += 1
         for store in self._stores.values():
-            store.apply(store.pending.items())
-            store.pending.clear()
+            store.commit_pending()
 
     def _commit_transaction(self) -> None:
         deadline = time.monotonic() + 60
@@ -300,9 +344,11 @@ class Processor:
                 if time.monotonic() >= deadline:
                     raise
 
-    def _abort_and_rewind(self) -> None:
+    def _abort_and_rewind(self, resync_stores: bool = False) -> None:
         """Abort (or, if the producer is beyond that, replace it), drop uncommitted store writes,
-        and rewind every owned partition to its committed offset."""
+        and rewind every owned partition to its committed offset. `resync_stores`: the
+        transaction's outcome is unknown, so the stores catch up from their checkpoints with
+        whatever the changelogs committed (the rewound offsets include it if it committed)."""
         if self._in_txn:
             try:
                 self._producer.abort_transaction()
@@ -314,7 +360,10 @@ class Processor:
             self.transactions["aborted"] += 1
         self._in_txn = False
         for store in self._stores.values():
-            store.pending.clear()
+            store.drop_pending()
+        if resync_stores:
+            for tp, store in sorted(self._stores.items()):
+                self._restore(store, tp)
         self._rewind(self._consumer.assignment())
 
     def _replace_producer(self) -> None:
@@ -359,7 +408,7 @@ class Processor:
             self._in_txn = False
             self.transactions["aborted"] += 1
         for store in self._stores.values():
-            store.pending.clear()
+            store.drop_pending()
         for tp in partitions:
             self._stores.pop(tp, None)
 
@@ -368,24 +417,41 @@ class Processor:
             return
         for tp in sorted(partitions):
             store = _PartitionStore(self._kv, self.store_name, tp)
-            store.wipe()
             self._restore(store, tp)
             self._stores[tp] = store
 
     def _restore(self, store: _PartitionStore, tp: TopicPartition) -> None:
-        """Replay the committed changelog of `tp` into the (wiped) store."""
+        """Bring the store of `tp` up to the committed end of its changelog: replay from its
+        checkpoint, or wipe it and replay everything when it has none or the checkpoint is
+        outside the changelog (re-created topic, retention)."""
         assert self.changelog_topic is not None
         ctp = (self.changelog_topic, tp[1])
         with AssignConsumer(self.bootstrap, isolation_level="read_uncommitted") as probe:
             probe.assign([ctp])
+            probe.seek_to_beginning()
+            start = probe.position(*ctp)
             probe.seek_to_end()
             target = probe.position(*ctp)
-        if target == 0:
+        checkpoint = store.checkpoint()
+        if checkpoint is None or not start <= checkpoint <= target:
+            if checkpoint is not None:
+                log.info("%s-%d: checkpoint %d outside the changelog [%d, %d]: full restore",
+                         ctp[0], ctp[1], checkpoint, start, target)
+            store.wipe()
+            checkpoint = None
+        if checkpoint is not None and checkpoint >= target:
+            log.info("%s-%d: store up to date at checkpoint %d", ctp[0], ctp[1], checkpoint)
+            return
+        if target == start:
+            store.apply((), checkpoint=target)
             return
         restored = 0
         with AssignConsumer(self.bootstrap, isolation_level="read_committed", auto_offset_reset="earliest") as reader:
             reader.assign([ctp])
-            reader.seek_to_beginning()
+            if checkpoint is None:
+                reader.seek_to_beginning()
+            else:
+                reader.seek(ctp[0], ctp[1], checkpoint)
             deadline = time.monotonic() + RESTORE_TIMEOUT_S
             while reader.position(*ctp) < target:
                 if time.monotonic() > deadline:
@@ -397,7 +463,9 @@ class Processor:
                     changes.append((r.key or b"", None if deleted else r.value))
                 store.apply(changes)
                 restored += len(changes)
-        log.info("restored %s-%d: %d changelog records up to offset %d", ctp[0], ctp[1], restored, target)
+            store.apply((), checkpoint=reader.position(*ctp))
+        log.info("restored %s-%d: %d changelog records from %s up to offset %d", ctp[0], ctp[1], restored,
+                 "the beginning" if checkpoint is None else f"checkpoint {checkpoint}", target)
 
     def close(self) -> None:
         """Commit the open transaction (abort if that fails), leave the group, close."""

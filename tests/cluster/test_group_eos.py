@@ -267,3 +267,51 @@ def test_lag_is_measured_against_the_lso(eos_cluster: Cluster) -> None:
     finally:
         for c in (consumer, producer, open_txn):
             c.close()
+
+
+def test_a_store_catches_up_from_its_checkpoint_not_from_the_beginning(
+        eos_cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A processor restarted on its state_dir replays only what others committed to the
+    changelog meanwhile (Kafka Streams' .checkpoint); the counts stay exact."""
+    import logging
+
+    from semel.cluster.processing import Processor
+
+    eos_cluster.create_topic("cp-words", 1, 3)
+    eos_cluster.create_topic("cp-counts", 1, 3)
+
+    def counter(state: str) -> Processor:
+        def count(record, ctx) -> None:  # noqa: ANN001
+            n = int(ctx.store.get(record.key) or b"0") + 1
+            ctx.store.put(record.key, str(n).encode())
+            ctx.send("cp-counts", str(n).encode(), key=record.key, partition=0)
+        return Processor(eos_cluster.bootstrap, group_id="cp", transactional_id=f"cp-{state}",
+                         input_topics=["cp-words"], process=count, state_dir=str(tmp_path / state),
+                         store_name="counts")
+
+    def restores() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "cp-counts-changelog" in r.getMessage()]
+
+    caplog.set_level(logging.INFO, logger="semel.processing")
+    _seed(eos_cluster, "cp-words", 100, 1, keyed=True)
+    counter("a").run(idle_exit_s=2)            # a: 100 records, 100 changelog records, checkpoint after them
+    caplog.clear()
+    _seed(eos_cluster, "cp-words", 50, 1, keyed=True)
+    counter("a").run(idle_exit_s=2)            # a again, on its own state: nothing but its last marker to read
+    (line,) = restores()
+    assert "restored cp-counts-changelog-0: 0 changelog records from checkpoint" in line, line
+    caplog.clear()
+    _seed(eos_cluster, "cp-words", 30, 1, keyed=True)
+    counter("b").run(idle_exit_s=2)            # b has no state: the whole changelog
+    (line,) = restores()
+    assert "restored cp-counts-changelog-0: 150 changelog records from the beginning" in line, line
+    caplog.clear()
+    _seed(eos_cluster, "cp-words", 20, 1, keyed=True)
+    counter("a").run(idle_exit_s=2)            # a: only b's 30 records (+ markers) since its checkpoint
+    (line,) = restores()
+    assert "restored cp-counts-changelog-0: 30 changelog records from checkpoint" in line, line
+    out = _read_all(eos_cluster, "cp-counts", 1, 200)
+    by_key: dict[bytes, list[int]] = {}
+    for r in out:
+        by_key.setdefault(r.key, []).append(int(r.value))
+    assert by_key == {f"k{k}".encode(): list(range(1, 21)) for k in range(10)}
