@@ -400,25 +400,33 @@ class Producer(_ClientBase):
         self._adding.start()
 
     def _add_partitions_worker(self, txn: TransactionManager, identity: Any, pending: frozenset[tuple[str, int]]) -> None:
-        try:
-            self._txn_rpc.add_partitions(txn.transactional_id, identity, pending,
-                                         _now_ms() + self.request_timeout_ms)
-        except SemelError as exc:
-            if not txn.is_current(identity):
-                return  # the transaction ended (aborted) meanwhile: this answer is about an old epoch
-            if exc.retriable and not (exc.code in FENCING_CODES):
-                log.info("add partitions to the transaction: %s (retrying)", exc)
-                time.sleep(self.retry_backoff_ms / 1000)
+        """Adds `pending`, then the partitions of the same transaction written to meanwhile
+        (bounded by the partitions of one transaction), so they do not wait for the sender
+        thread to notice that this thread ended."""
+        while pending:
+            try:
+                self._txn_rpc.add_partitions(txn.transactional_id, identity, pending,
+                                             _now_ms() + self.request_timeout_ms)
+            except SemelError as exc:
+                if not txn.is_current(identity):
+                    return  # the transaction ended (aborted) meanwhile: this answer is about an old epoch
+                if exc.retriable and not (exc.code in FENCING_CODES):
+                    log.info("add partitions to the transaction: %s (retrying)", exc)
+                    time.sleep(self.retry_backoff_ms / 1000)
+                    return
+                txn.on_error(exc)
+                error = txn.fatal() or exc
+                if txn.fatal() is not None:
+                    self._fatal = error
+                failed = pending
+                self._fail_queued(lambda b: b.tp in failed, error)
                 return
-            txn.on_error(exc)
-            error = txn.fatal() or exc
-            if txn.fatal() is not None:
-                self._fatal = error
-            self._fail_queued(lambda b: b.tp in pending, error)
-            return
-        txn.partitions_added(pending, identity)
-        with self._cond:
-            self._cond.notify_all()
+            txn.partitions_added(pending, identity)
+            with self._cond:
+                self._cond.notify_all()
+            current, pending = txn.pending_partitions()
+            if current != identity:
+                return  # another transaction: the sender starts its adds
 
     def _maintain_identity(self, now_ms: int) -> bool:
         """Sender thread, idempotent producers: gets the first identity, and a new epoch once a
