@@ -171,21 +171,29 @@ class PartitionInfo:
 
 
 class ClusterView:
-    """The last metadata a broker gave us (pure; replaced wholesale per topic on update)."""
+    """The last metadata the brokers gave us (pure). Never goes back in time: a partition keeps
+    its newer leader epoch, a topic is not forgotten on an answer older than the one it came
+    from (KIP-320; a broker cut off from the quorum answers with what it last knew)."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self.cluster_id = ""
         self.controller_id = -1
         self.brokers: dict[int, str] = {}            # broker id -> "host:port"
         self.fenced: set[int] = set()
         self.topics: dict[str, list[PartitionInfo]] = {}
         self.topic_ids: dict[str, str] = {}
+        self.topic_versions: dict[str, int] = {}  # metadata version of the answer a topic was last taken from
         self.topic_errors: dict[str, int] = {}
         self.version = -1
-        self.ignored_stale = 0  # partitions the last update kept because the answer's leader epoch was older
+        self.ignored_stale = 0  # partitions/topics the last update kept because the answer was older
 
     def update(self, response: broker_pb2.MetadataResponse, requested: Iterable[str] | None) -> None:
         self.ignored_stale = 0
+        if self.cluster_id and response.cluster_id and response.cluster_id != self.cluster_id:
+            self._reset()  # another cluster behind the same addresses: nothing we knew applies
         self.cluster_id = response.cluster_id
         self.controller_id = response.controller_id
         self.version = response.metadata_version
@@ -196,9 +204,13 @@ class ClusterView:
         for topic in response.topics:
             seen.add(topic.name)
             if topic.error_code != common_pb2.NONE:
+                if self._is_stale_answer(topic.name, response.metadata_version):
+                    continue
                 self.topics.pop(topic.name, None)
+                self.topic_versions.pop(topic.name, None)
                 self.topic_errors[topic.name] = topic.error_code
                 continue
+            self.topic_versions[topic.name] = response.metadata_version
             self.topic_errors.pop(topic.name, None)
             fresh = sorted(
                 (
@@ -215,15 +227,26 @@ class ClusterView:
             self.topics[topic.name] = fresh
         if requested is not None:
             for name in requested:
-                if name not in seen:
+                if name not in seen and not self._is_stale_answer(name, response.metadata_version):
                     self.topics.pop(name, None)
                     self.topic_ids.pop(name, None)
+                    self.topic_versions.pop(name, None)
                     self.topic_errors[name] = common_pb2.UNKNOWN_TOPIC_OR_PARTITION
         else:
             for name in list(self.topics):
-                if name not in seen:
+                if name not in seen and not self._is_stale_answer(name, response.metadata_version):
                     del self.topics[name]
                     self.topic_ids.pop(name, None)
+                    self.topic_versions.pop(name, None)
+
+    def _is_stale_answer(self, topic: str, version: int) -> bool:
+        """A broker that does not know a topic we learned at a newer metadata version is behind
+        (cut off from the quorum, just restarted): keep the topic rather than forget it."""
+        known_at = self.topic_versions.get(topic)
+        if known_at is not None and version < known_at and topic in self.topics:
+            self.ignored_stale += 1
+            return True
+        return False
 
     def _never_older(self, known: list[PartitionInfo], fresh: list[PartitionInfo]) -> list[PartitionInfo]:
         """KIP-320: a broker cut off from the metadata quorum still answers with the leaders it

@@ -301,6 +301,34 @@ def test_cluster_view_never_goes_back_to_an_older_leader_epoch():
     assert (view.partition_count("t"), view.partition("t", 0).leader_id) == (1, 1)
 
 
+def test_cluster_view_keeps_a_topic_a_stale_broker_does_not_know():
+    """A broker behind the quorum answers UNKNOWN_TOPIC_OR_PARTITION for a topic created since:
+    the view keeps the topic; an answer at the same or a newer version removes it (deleted)."""
+    from semel.cluster.client_metadata import ClusterView
+    from semel.v1 import broker_pb2
+
+    def answer(version, *topics):
+        return broker_pb2.MetadataResponse(cluster_id="c", metadata_version=version, brokers=[
+            broker_pb2.BrokerInfo(broker_id=1, host="h", port=9001)], topics=list(topics))
+
+    known = broker_pb2.TopicMetadata(name="t", topic_id="A", partitions=[
+        broker_pb2.PartitionMetadata(partition=0, leader_id=1, leader_epoch=0)])
+    unknown = broker_pb2.TopicMetadata(name="t", error_code=common_pb2.UNKNOWN_TOPIC_OR_PARTITION)
+    view = ClusterView()
+    view.update(answer(10, known), ["t"])
+    view.update(answer(7, unknown), ["t"])
+    assert view.partition_count("t") == 1 and view.ignored_stale == 1
+    view.update(answer(8), None)  # an all-topics answer without it, also older
+    assert view.partition_count("t") == 1
+    view.update(answer(12, unknown), ["t"])  # newer: deleted
+    assert view.partition_count("t") is None and view.topic_errors["t"] == common_pb2.UNKNOWN_TOPIC_OR_PARTITION
+    view.update(answer(20, known), ["t"])
+    other = answer(3, unknown)
+    other.cluster_id = "another"  # a new cluster behind the same addresses: its answers count
+    view.update(other, ["t"])
+    assert view.partition_count("t") is None and view.cluster_id == "another"
+
+
 def test_requests_are_split_below_the_message_limit():
     from semel.cluster.client_producer import _split_by_size
 
