@@ -259,26 +259,44 @@ class ProduceVerifier:
         self.shell = shell
         self.verifications = 0
         self._inflight: dict[tuple[str, int, int, int], asyncio.Future[tuple[int, str, VerificationGuard | None]]] = {}
+        # (topic, partition, producer id, epoch) -> done when the last request of that producer
+        # with a batch for the partition that had to wait here has appended (or failed): a later
+        # request appends after it. Bounded by the produce requests in flight.
+        self._waiting: dict[tuple[str, int, int, int], asyncio.Future[None]] = {}
 
     async def prepare(self, request: bpb.ProduceRequest, image: md.MetadataImage) -> ProduceCheck:
         tid = request.transactional_id
-        to_verify: dict[tuple[int, int], list[tuple[str, int]]] = {}
-        for pd in request.partitions[: limits.MAX_PARTITIONS_PER_REQUEST]:
-            b = pd.batch
-            if not b.attributes & ATTR_TRANSACTIONAL or b.attributes & ATTR_CONTROL:
-                continue
-            if self._open_here(pd.topic, pd.partition, b.producer_id, b.producer_epoch) is not False:
-                continue  # not the leader here (_produce_one answers that), or the transaction is open here already
-            to_verify.setdefault((b.producer_id, b.producer_epoch), []).append((pd.topic, pd.partition))
+        keys, to_verify = self._transactional_writes(request)
+        earlier = {f for key in keys if (f := self._waiting.get(key)) is not None}
         outcomes: dict[tuple[str, int], tuple[int, str, VerificationGuard | None]] = {}
         if to_verify and not tid:
             for parts in to_verify.values():
                 for key in parts:
                     outcomes[key] = (pb.INVALID_REQUEST, "a transactional batch needs the request's transactional_id",
                                      None)
-        elif to_verify:
-            for (pid, epoch), parts in to_verify.items():
-                outcomes.update(await self._verify(tid, pid, epoch, parts, image))
+        elif to_verify or earlier:
+            # This request waits (a verification, or an earlier request of the producer to one of its
+            # partitions that waits): a later request of the producer to the same partitions, which
+            # would not wait, must not append before it (its sequences would be out of order).
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            for key in keys:
+                self._waiting[key] = done
+            try:
+                if earlier:
+                    # their appends first; they may open the transaction here (then nothing to verify).
+                    # Before this request's own verification: no await may come between a
+                    # verification and the append it guards (a newer one would void its guard).
+                    await asyncio.wait(earlier)
+                    _, to_verify = self._transactional_writes(request)
+                for (pid, epoch), parts in to_verify.items():
+                    outcomes.update(await self._verify(tid, pid, epoch, parts, image))
+            finally:
+                for key in keys:
+                    if self._waiting.get(key) is done:
+                        del self._waiting[key]
+                # set now, but the waiters run only in later loop steps: this request's appends,
+                # right after this returns, come first
+                done.set_result(None)
 
         def check(pd: bpb.PartitionProduceData) -> None:
             key = (pd.topic, pd.partition)
@@ -295,6 +313,22 @@ class ProduceVerifier:
                                      "first write was being verified; refused (no hanging transaction)")
 
         return check
+
+    def _transactional_writes(self, request: bpb.ProduceRequest) -> tuple[
+            list[tuple[str, int, int, int]], dict[tuple[int, int], list[tuple[str, int]]]]:
+        """(topic, partition, producer id, epoch) of the request's transactional batches, and
+        those to verify per (producer id, epoch): no open transaction of it here yet."""
+        keys: list[tuple[str, int, int, int]] = []
+        to_verify: dict[tuple[int, int], list[tuple[str, int]]] = {}
+        for pd in request.partitions[: limits.MAX_PARTITIONS_PER_REQUEST]:
+            b = pd.batch
+            if not b.attributes & ATTR_TRANSACTIONAL or b.attributes & ATTR_CONTROL:
+                continue
+            keys.append((pd.topic, pd.partition, b.producer_id, b.producer_epoch))
+            if self._open_here(pd.topic, pd.partition, b.producer_id, b.producer_epoch) is not False:
+                continue  # not the leader here (_produce_one answers that), or the transaction is open here already
+            to_verify.setdefault((b.producer_id, b.producer_epoch), []).append((pd.topic, pd.partition))
+        return keys, to_verify
 
     def _open_here(self, topic: str, partition: int, producer_id: int, producer_epoch: int) -> bool | None:
         """None: not the leader here; else whether the producer has an open transaction at this epoch."""

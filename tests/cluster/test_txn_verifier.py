@@ -94,28 +94,28 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
-def test_a_request_waiting_on_a_shared_verification_keeps_its_own_guard():
-    """A: [p0] verifies p0. B: [p0, p1] shares A's p0 and verifies p1. The coordinator
-    answers B first, so B waits for A's p0 with p1 verified but not appended. C: [p1]
-    arrives then: it must take B's verification of p1, not start a new one that voids B's
-    guard (B's first write to p1 would be refused INVALID_TXN_STATE, fatal for the producer)."""
+def test_overlapping_requests_keep_their_guards_and_their_order():
+    """A: [p0] verifies p0. B: [p0, p1] and then C: [p1] arrive while it runs. No request may
+    begin a verification that voids the guard of another one about to append (its first write
+    would be refused INVALID_TXN_STATE, fatal for the producer), and each partition's writes
+    append in arrival order: B waits for A, then verifies p1; C waits for B and needs nothing."""
     async def scenario() -> None:
         leader = _Leader()
         verifier = _GatedVerifier(leader)
-        a = _produce(verifier, leader, _request(0))
+        appended: list[str] = []
+        tasks = {}
+        for name, parts in (("A", (0,)), ("B", (0, 1)), ("C", (1,))):
+            tasks[name] = _produce(verifier, leader, _request(*parts))
+            tasks[name].add_done_callback(lambda _, n=name: appended.append(n))
+            await _settle()
+        assert len(verifier.gates) == 1 and appended == []  # only A's p0: B and C wait
+        verifier.gates[0].set()
         await _settle()
-        b = _produce(verifier, leader, _request(0, 1))
-        await _settle()
-        assert len(verifier.gates) == 2  # A's p0 and B's p1; B shares A's p0
-        verifier.gates[1].set()          # the coordinator answers B's p1 first
-        await _settle()
-        c = _produce(verifier, leader, _request(1))
-        await _settle()
-        for gate in verifier.gates:
-            gate.set()
-        results = await asyncio.wait_for(asyncio.gather(a, b, c), 5)
+        assert appended == ["A"] and len(verifier.gates) == 2  # B verifies p1 now (p0 is open)
+        verifier.gates[1].set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks.values()), 5)
         assert results == [{0: "NONE"}, {0: "NONE", 1: "NONE"}, {1: "NONE"}]
-        assert len(verifier.gates) == 2  # C asked nothing: it shared B's verification
+        assert appended == ["A", "B", "C"] and len(verifier.gates) == 2  # C asked nothing
 
     asyncio.run(scenario())
 
@@ -146,5 +146,30 @@ def test_a_marker_while_verifying_refuses_the_write():
         leader.verification_cache("t", 0).on_marker(PID)
         verifier.gates[0].set()
         assert await asyncio.wait_for(first, 5) == {0: "INVALID_TXN_STATE"}
+
+    asyncio.run(scenario())
+
+
+def test_a_later_request_does_not_overtake_one_waiting_for_a_verification():
+    """A: [p0 (transaction open here already), p1 (first write: verified)]. B: [p0], sent after
+    A, needs no verification; it must still append to p0 after A, or its sequence arrives out
+    of order (OUT_OF_ORDER_SEQUENCE: a retry after a backoff, and the commit waits for it)."""
+    async def scenario() -> None:
+        leader = _Leader()
+        verifier = _GatedVerifier(leader)
+        leader.get("t", 0)
+        leader.states[("t", 0)].open = True
+        appended: list[str] = []
+        a = _produce(verifier, leader, _request(0, 1))
+        a.add_done_callback(lambda _: appended.append("A"))
+        await _settle()
+        b = _produce(verifier, leader, _request(0))
+        b.add_done_callback(lambda _: appended.append("B"))
+        await _settle()
+        assert appended == [], "B waits for A"
+        verifier.gates[0].set()
+        assert await asyncio.wait_for(asyncio.gather(a, b), 5) == [{0: "NONE", 1: "NONE"}, {0: "NONE"}]
+        assert appended == ["A", "B"]
+        assert not verifier._waiting, "nothing left behind"
 
     asyncio.run(scenario())
