@@ -17,8 +17,10 @@ whose queue head is a retry sends one batch at a time until its retries are thro
 
 `classify(batch, code)` decides what a per-partition produce error means here:
 
-* RETRY     retriable error, or OUT_OF_ORDER_SEQUENCE while an earlier batch of the partition
-            is not acknowledged yet (it is being retried: the gap is ours, not the broker's);
+* RETRY     retriable error, or OUT_OF_ORDER_SEQUENCE / UNKNOWN_PRODUCER_ID while an earlier
+            batch of the partition is not acknowledged yet (in flight or being retried: the gap
+            is ours, not the broker's; UNKNOWN_PRODUCER_ID is what a partition without state of
+            the producer answers when a pipelined later batch overtakes the first one);
 * DUPLICATE DUPLICATE_SEQUENCE_NUMBER: the batch is older than the broker's window, i.e. it
             *was* written; success with unknown offsets;
 * BUMP      OUT_OF_ORDER_SEQUENCE with no earlier batch pending, or UNKNOWN_PRODUCER_ID: the
@@ -185,9 +187,10 @@ class IdempotenceState:
     def classify(self, batch: SequencedBatch, code: int, retriable: bool) -> Verdict:
         if code == common_pb2.DUPLICATE_SEQUENCE_NUMBER:
             return Verdict.DUPLICATE
+        sequence_gap = code in (common_pb2.OUT_OF_ORDER_SEQUENCE, common_pb2.UNKNOWN_PRODUCER_ID)
+        if sequence_gap and self.current(batch) and self._earlier_unacknowledged(batch):
+            return Verdict.RETRY
         if code == common_pb2.OUT_OF_ORDER_SEQUENCE and self.current(batch):
-            if self._earlier_unacknowledged(batch):
-                return Verdict.RETRY
             return Verdict.FAIL if self.transactional else Verdict.BUMP
         if code == common_pb2.UNKNOWN_PRODUCER_ID:
             return Verdict.FAIL if self.transactional else Verdict.BUMP

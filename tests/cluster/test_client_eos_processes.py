@@ -246,9 +246,10 @@ def test_transaction_commit_is_visible_atomically_and_abort_never(cluster: Clust
 
 
 def test_back_to_back_transactions_over_many_partitions(cluster: Cluster) -> None:
-    """Short transactions with several batches in flight per partition: the first write of a
-    transaction to a partition goes alone (a concurrent second first-write would void the
-    leader's verification of the first: INVALID_TXN_STATE)."""
+    """Short transactions with several batches in flight per partition from each one's start:
+    concurrent first writes share the leader's verification (none may void another's:
+    INVALID_TXN_STATE) and keep their order (a later one overtaking the first would be
+    answered UNKNOWN_PRODUCER_ID; retried, never an abort)."""
     c = cluster
     c.create_topic("txn-loop", 6, 3)
     sent = 0

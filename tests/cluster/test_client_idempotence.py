@@ -78,6 +78,23 @@ def test_out_of_order_behind_an_unacknowledged_batch_is_retried_else_bumps() -> 
     assert txn.classify(c, ooo, False) is Verdict.FAIL  # a transaction aborts instead of bumping
 
 
+def test_unknown_producer_behind_an_unacknowledged_batch_is_retried() -> None:
+    """A pipelined second batch that reaches a partition before the first one (no state of
+    the producer there yet) is answered UNKNOWN_PRODUCER_ID: retried, not a bump (or, in a
+    transaction, an abort) while the first batch is unanswered."""
+    unknown = common_pb2.UNKNOWN_PRODUCER_ID
+    for transactional, head_verdict in ((False, Verdict.BUMP), (True, Verdict.FAIL)):
+        idem = IdempotenceState(transactional=transactional)
+        idem.set_identity(ProducerIdentity(1, 0))
+        a, b = _Batch(), _Batch()
+        idem.assign(a)
+        idem.assign(b)
+        assert idem.classify(b, unknown, retriable=False) is Verdict.RETRY
+        assert idem.classify(a, unknown, retriable=False) is head_verdict
+        idem.on_acked(a)
+        assert idem.classify(b, unknown, retriable=False) is head_verdict  # nothing earlier: state lost
+
+
 def test_bump_resequences_queued_batches_and_returns_the_unknown_ones() -> None:
     idem = IdempotenceState()
     idem.set_identity(ProducerIdentity(1, 0))
