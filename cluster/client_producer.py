@@ -208,6 +208,12 @@ class Producer(_ClientBase):
                 self._sticky.batch_closed(topic, partition, count)
             if full or new_batch:
                 self._cond.notify_all()
+        if full:
+            # Let the sender thread take the GIL now: a caller producing flat out otherwise holds
+            # it for the whole switch interval (5 ms) after each wake-up, the sender falls behind
+            # and the queue grows. Measured (`semel bench produce`, same machine, pairs of runs):
+            # p50 latency at full load 660 -> 328 ms and 457 -> 296 ms, throughput unchanged.
+            time.sleep(0)
         if callback is not None:
             future.add_done_callback(_adapt_callback(callback))
         return future
