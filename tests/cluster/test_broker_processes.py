@@ -8,10 +8,7 @@ and the failover time (printed; see the report in docs/design.md).
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 import signal
-import sys
 import threading
 import time
 
@@ -21,11 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from semel.v1 import broker_pb2, common_pb2
+from tests.cluster import broker_harness as h
 
-_spec = importlib.util.spec_from_file_location("broker_harness", pathlib.Path(__file__).with_name("broker_harness.py"))
-h = importlib.util.module_from_spec(_spec)
-sys.modules["broker_harness"] = h
-_spec.loader.exec_module(h)
 
 NONE = common_pb2.NONE
 FLAGS = dict(internal_partitions=1)

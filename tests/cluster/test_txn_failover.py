@@ -10,9 +10,6 @@ observer), so two brokers may be down at once without losing the metadata quorum
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
 import time
 
 import pytest
@@ -20,19 +17,10 @@ import pytest
 from semel.cluster.metadata import coordinator_partition
 from semel.v1 import txn_pb2
 from semel.v1.common_pb2 import ErrorCode
+from tests.cluster import broker_harness as h
+from tests.cluster import txn_stubs as ts
 
 
-def _load(name: str):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-h = _load("broker_harness")
-ts = _load("txn_stubs")
 
 pytestmark = pytest.mark.slow
 OBSERVER = 4
@@ -53,6 +41,14 @@ def topic_layout(c, topic: str) -> dict[int, tuple[int, tuple[int, ...]]]:
     """partition -> (leader, replicas)"""
     md = c.metadata(topics=[topic]).topics[0]
     return {p.partition: (p.leader_id, tuple(p.replicas)) for p in md.partitions}
+
+
+def held_back_topic(c, topic: str) -> dict[int, tuple[int, tuple[int, ...]]]:
+    """4 partitions, RF 3, min ISR 3 (a marker waits for every replica); -> topic_layout."""
+    assert c.create_topic(topic, partitions=4, rf=3, configs={"min_insync_replicas": "3"}).error_code == 0
+    for p in range(4):
+        c.leader_of(topic, p)
+    return topic_layout(c, topic)
 
 
 def tid_coordinated_by(c, broker: int, prefix: str) -> str | None:
@@ -88,10 +84,7 @@ def restart(c, *ids: int) -> None:
 def test_coordinator_killed_between_prepare_and_markers(cluster):
     c = cluster
     topic = "fo-coordinator"
-    assert c.create_topic(topic, partitions=4, rf=3, configs={"min_insync_replicas": "3"}).error_code == 0
-    for p in range(4):
-        c.leader_of(topic, p)
-    layout = topic_layout(c, topic)
+    layout = held_back_topic(c, topic)
     # held back: a partition with the observer among its replicas (not leading); the
     # coordinator is the one broker that is not one of its replicas
     plan = None
@@ -141,10 +134,7 @@ def test_coordinator_killed_between_prepare_and_markers(cluster):
 def test_partition_leader_killed_while_its_marker_is_written(cluster):
     c = cluster
     topic = "fo-leader"
-    assert c.create_topic(topic, partitions=4, rf=3, configs={"min_insync_replicas": "3"}).error_code == 0
-    for p in range(4):
-        c.leader_of(topic, p)
-    layout = topic_layout(c, topic)
+    layout = held_back_topic(c, topic)
     plan = None
     for p, (leader, replicas) in layout.items():
         if OBSERVER in replicas and leader != OBSERVER:

@@ -7,28 +7,16 @@ partition leader killed while markers are written) are in test_txn_failover.py.
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
 import time
 
 import pytest
 
 from semel.v1 import broker_pb2, txn_pb2
 from semel.v1.common_pb2 import ErrorCode
+from tests.cluster import broker_harness as h
+from tests.cluster import txn_stubs as ts
 
 
-def _load(name: str):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-h = _load("broker_harness")
-ts = _load("txn_stubs")
 
 FLAGS = dict(internal_partitions=2, txn_abort_scan_interval_ms=200)
 pytestmark = pytest.mark.slow

@@ -11,23 +11,9 @@ import grpc
 from semel.storage.batch import ATTR_TRANSACTIONAL
 from semel.v1 import broker_pb2, common_pb2, txn_pb2, txn_pb2_grpc
 from semel.v1.common_pb2 import ErrorCode
+from tests.cluster import broker_harness as h
 
 
-def _harness():  # loaded by path like the other broker tests (pytest importlib mode)
-    import importlib.util
-    import pathlib
-    import sys
-
-    if "broker_harness" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("broker_harness",
-                                                      pathlib.Path(__file__).with_name("broker_harness.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["broker_harness"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["broker_harness"]
-
-
-h = _harness()
 
 RETRIABLE = {ErrorCode.NOT_COORDINATOR, ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, ErrorCode.COORDINATOR_NOT_AVAILABLE,
              ErrorCode.CONCURRENT_TRANSACTIONS, ErrorCode.REQUEST_TIMED_OUT}
