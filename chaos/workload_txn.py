@@ -409,13 +409,8 @@ class CopierWorkload(TxnWorkload):
 
     def _abort_copy(self, pid: int, producer: Any, consumer: Any, rec: Recorder, reads: dict[str, Any],
                     sends: list[list[Any]], first: dict[int, int], why: str) -> bool:
-        value = [["poll", reads], *[[*s, None] for s in sends]]
-        try:
-            producer.abort_transaction()
-        except Exception as exc:
-            rec.complete(pid, INFO, value, error=f"{why}; abort failed: {type(exc).__name__}: {exc}")
+        if not self._abort(pid, producer, [], [], rec, why, value=[["poll", reads], *[[*s, None] for s in sends]]):
             return False
-        rec.complete(pid, FAIL, value, error="aborted" if why == "aborted" else f"aborted after {why}")
         try:  # rewind to the committed offsets (the aborted batch is copied again)
             for p, offset in first.items():
                 if (self.input_topic, p) in consumer.assignment():
