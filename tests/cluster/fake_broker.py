@@ -107,6 +107,20 @@ class FakeBroker(broker_pb2_grpc.BrokerServicer, admin_pb2_grpc.AdminServicer):
                 topics=topics,
             )
 
+    def _refuse(self, s, pd, result) -> bool:
+        """Set `result`'s error if this broker cannot append `pd` (no such partition, not its
+        leader, an injected error); True when it did."""
+        if pd.topic not in s.topics or not 0 <= pd.partition < s.topics[pd.topic]:
+            result.error_code = common_pb2.UNKNOWN_TOPIC_OR_PARTITION
+        elif s.leaders[(pd.topic, pd.partition)] != self.broker_id:
+            result.error_code = common_pb2.NOT_LEADER_OR_FOLLOWER
+        elif s.produce_errors[(pd.topic, pd.partition)]:
+            result.error_code = s.produce_errors[(pd.topic, pd.partition)].popleft()
+            result.error_message = "injected"
+        else:
+            return False
+        return True
+
     def Produce(self, request, context):  # noqa: N802
         s = self.state
         results = []
@@ -115,14 +129,7 @@ class FakeBroker(broker_pb2_grpc.BrokerServicer, admin_pb2_grpc.AdminServicer):
             for pd in request.partitions:
                 tp = (pd.topic, pd.partition)
                 result = broker_pb2.PartitionProduceResult(topic=pd.topic, partition=pd.partition)
-                if pd.topic not in s.topics or not 0 <= pd.partition < s.topics[pd.topic]:
-                    result.error_code = common_pb2.UNKNOWN_TOPIC_OR_PARTITION
-                elif s.leaders[tp] != self.broker_id:
-                    result.error_code = common_pb2.NOT_LEADER_OR_FOLLOWER
-                elif s.produce_errors[tp]:
-                    result.error_code = s.produce_errors[tp].popleft()
-                    result.error_message = "injected"
-                else:
+                if not self._refuse(s, pd, result):
                     batch = common_pb2.RecordBatch()
                     batch.CopyFrom(pd.batch)
                     batch.base_offset = s.end_offset(tp)

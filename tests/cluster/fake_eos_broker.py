@@ -161,14 +161,7 @@ class FakeEosBroker(FakeBroker, txn_pb2_grpc.TransactionsServicer):
                 copy.CopyFrom(pd.batch)
                 s.produced_batches.append(copy)
                 result = broker_pb2.PartitionProduceResult(topic=pd.topic, partition=pd.partition)
-                if pd.topic not in s.topics or not 0 <= pd.partition < s.topics[pd.topic]:
-                    result.error_code = common_pb2.UNKNOWN_TOPIC_OR_PARTITION
-                elif s.leaders[tp] != self.broker_id:
-                    result.error_code = common_pb2.NOT_LEADER_OR_FOLLOWER
-                elif s.produce_errors[tp]:
-                    result.error_code = s.produce_errors[tp].popleft()
-                    result.error_message = "injected"
-                else:
+                if not self._refuse(s, pd, result):
                     self._append(s, tp, request.transactional_id, pd.batch, result)
                     if result.error_code == common_pb2.NONE and s.lost_answers[tp]:
                         how = s.lost_answers[tp].popleft()
