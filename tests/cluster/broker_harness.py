@@ -203,17 +203,7 @@ class Cluster:
         return md.topics[0].partitions[partition]
 
     def wait_for(self, predicate, timeout_s: float = 15.0, interval_s: float = 0.02, what: str = "condition"):
-        deadline = time.monotonic() + timeout_s
-        last_exc = None
-        while time.monotonic() < deadline:
-            try:
-                value = predicate()
-                if value:
-                    return value
-            except grpc.RpcError as exc:
-                last_exc = exc
-            time.sleep(interval_s)
-        raise TimeoutError(f"{what} not reached in {timeout_s}s (last error {last_exc})\n" + self.dump_logs())
+        return wait_for(predicate, self.dump_logs, timeout_s, interval_s, what)
 
     def leader_of(self, topic: str, partition: int = 0) -> int:
         def find() -> int:
@@ -226,6 +216,22 @@ class Cluster:
                         return pm.leader_id
             return 0
         return self.wait_for(find, what=f"a live leader of {topic}-{partition}")
+
+
+def wait_for(predicate, logs, timeout_s: float = 15.0, interval_s: float = 0.02, what: str = "condition"):
+    """The first truthy value of `predicate()` (gRPC errors count as "not yet"); past `timeout_s`
+    a TimeoutError with the last error and `logs()`."""
+    deadline = time.monotonic() + timeout_s
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except grpc.RpcError as exc:
+            last_exc = exc
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what} not reached in {timeout_s}s (last error {last_exc})\n" + logs())
 
 
 def make_batch(values: list[bytes], ts_ms: int | None = None, producer_id: int = -1, producer_epoch: int = -1,

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from semel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2
-from tests.cluster.broker_harness import free_ports, make_batch, produce, read_all
+from tests.cluster.broker_harness import free_ports, make_batch, produce, read_all, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -88,17 +88,7 @@ def _logs(nodes: dict[int, Node]) -> str:
 
 
 def _wait(predicate, what: str, nodes: dict[int, Node], timeout_s: float = 20.0):
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except grpc.RpcError as exc:
-            last = exc
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached in {timeout_s}s (last error {last})\n{_logs(nodes)}")
+    return wait_for(predicate, lambda: _logs(nodes), timeout_s, 0.05, what)
 
 
 def test_controller_only_quorum_survives_losing_the_active_controller(cluster) -> None:
