@@ -206,8 +206,7 @@ class ClusterView:
             if topic.error_code != common_pb2.NONE:
                 if self._is_stale_answer(topic.name, response.metadata_version):
                     continue
-                self.topics.pop(topic.name, None)
-                self.topic_versions.pop(topic.name, None)
+                self._forget(topic.name)
                 self.topic_errors[topic.name] = topic.error_code
                 continue
             self.topic_versions[topic.name] = response.metadata_version
@@ -228,16 +227,17 @@ class ClusterView:
         if requested is not None:
             for name in requested:
                 if name not in seen and not self._is_stale_answer(name, response.metadata_version):
-                    self.topics.pop(name, None)
-                    self.topic_ids.pop(name, None)
-                    self.topic_versions.pop(name, None)
+                    self._forget(name)
                     self.topic_errors[name] = common_pb2.UNKNOWN_TOPIC_OR_PARTITION
         else:
             for name in list(self.topics):
                 if name not in seen and not self._is_stale_answer(name, response.metadata_version):
-                    del self.topics[name]
-                    self.topic_ids.pop(name, None)
-                    self.topic_versions.pop(name, None)
+                    self._forget(name)
+
+    def _forget(self, topic: str) -> None:
+        self.topics.pop(topic, None)
+        self.topic_ids.pop(topic, None)
+        self.topic_versions.pop(topic, None)
 
     def _is_stale_answer(self, topic: str, version: int) -> bool:
         """A broker that does not know a topic we learned at a newer metadata version is behind

@@ -291,8 +291,8 @@ class MetadataQuorum(SyncObj):
                 last_reason = FAIL_REASON.MISSING_LEADER
                 await asyncio.sleep(min(SUBMIT_RETRY_BACKOFF_S, remaining))
                 continue
-            outstanding = max(self.uncommitted_entries(), self._submits_in_flight)
-            if self.is_leader() and outstanding >= limits.MAX_UNCOMMITTED_METADATA_ENTRIES:
+            if self.is_leader() and max(self.uncommitted_entries(),
+                                        self._submits_in_flight) >= limits.MAX_UNCOMMITTED_METADATA_ENTRIES:
                 # Connected but not committing (peers silent or slow): do not grow a suffix that a
                 # new leader must walk back entry by entry; wait, nothing appended. (Our own submits
                 # count until answered: pysyncobj appends them on its next tick, not here.)
