@@ -20,7 +20,7 @@ from semel.cluster import metadata as md
 from semel.cluster.produce_validation import header_from_fields, validate_batch
 from semel.cluster.quorum import MetadataSubmitError
 from semel.cluster.replica_state import invariant
-from semel.cluster.replica_manager import Partition, PartitionError, Role, describe_partition, now_ms
+from semel.cluster.replica_manager import Partition, PartitionError, describe_partition, now_ms
 from semel.cluster.storage_adapter import iter_batches
 from semel.storage.batch import HEADER_BYTES
 from semel.v1 import admin_pb2 as apb
@@ -487,14 +487,13 @@ class ReplicationService(rgrpc.ReplicationServicer):
         for q in request.partitions[: limits.MAX_PARTITIONS_PER_REQUEST]:
             r = rpb.EpochEndOffset(topic=q.topic, partition=q.partition, leader_epoch=-1, end_offset=-1)
             p = self.b.rm.get(q.topic, q.partition)
-            if p is None or p.role != Role.LEADER:
-                r.error_code = pb.NOT_LEADER_OR_FOLLOWER
-            elif 0 <= q.current_leader_epoch < p.leader_epoch:
-                r.error_code = pb.FENCED_LEADER_EPOCH
-            elif q.current_leader_epoch > p.leader_epoch:
-                r.error_code = pb.UNKNOWN_LEADER_EPOCH
-            else:
+            try:
+                if p is None:
+                    raise PartitionError(pb.NOT_LEADER_OR_FOLLOWER, "no replica here")
+                p.check_leader(q.current_leader_epoch)  # the same epoch rules as fetches
                 r.leader_epoch, r.end_offset = p.store.end_offset_for_epoch(q.leader_epoch)
+            except PartitionError as exc:
+                r.error_code = exc.code
             resp.results.append(r)
         return resp
 

@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from semel.v1 import broker_pb2, common_pb2
+from semel.v1 import broker_pb2, common_pb2, replication_pb2, replication_pb2_grpc
 from tests.cluster import broker_harness as h
 
 
@@ -214,6 +214,17 @@ def assert_leader_epoch_checks(c: h.Cluster, leader: int, topic: str) -> None:
         for e in (epoch, epoch - 1)] + [broker_pb2.ListOffsetsPartition(topic=topic, partition=0, timestamp_ms=-1)]),
         timeout=5).results
     assert [r.error_code for r in listed] == [NONE, common_pb2.FENCED_LEADER_EPOCH, NONE]
+    # OffsetForLeaderEpoch follows the same rules (-1: not checked); a follower answers NOT_LEADER
+    queries = [replication_pb2.EpochQuery(topic=topic, partition=0, current_leader_epoch=e, leader_epoch=epoch)
+               for e in (-1, epoch, epoch - 1, epoch + 1)]
+    ends = replication_pb2_grpc.ReplicationStub(c.channel(leader)).OffsetForLeaderEpoch(
+        replication_pb2.OffsetForLeaderEpochRequest(replica_id=-1, partitions=queries), timeout=5).results
+    assert [r.error_code for r in ends] == [NONE, NONE, common_pb2.FENCED_LEADER_EPOCH, common_pb2.UNKNOWN_LEADER_EPOCH]
+    assert ends[0].leader_epoch == epoch and ends[0].end_offset == h.read_all(stub, topic)[-1][0] + 1
+    follower = next(b for b in c.brokers if b != leader and c.brokers[b].alive)
+    other = replication_pb2_grpc.ReplicationStub(c.channel(follower)).OffsetForLeaderEpoch(
+        replication_pb2.OffsetForLeaderEpochRequest(replica_id=-1, partitions=queries[:1]), timeout=5).results
+    assert other[0].error_code == common_pb2.NOT_LEADER_OR_FOLLOWER
 
 
 @pytest.mark.slow
