@@ -90,8 +90,6 @@ class _GroupRpc:
     def __init__(self, client: _ClientBase, group_id: str) -> None:
         self.c = client
         self.group_id = group_id
-        self._stubs: dict[str, ggrpc.GroupsStub] = {}
-        self._lock = threading.Lock()
 
     def coordinator(self, deadline_ms: int) -> str | None:
         md = self.c._metadata
@@ -109,14 +107,7 @@ class _GroupRpc:
         return view.leader_address(CONSUMER_OFFSETS_TOPIC, coordinator_partition(self.group_id, count))
 
     def stub(self, address: str) -> ggrpc.GroupsStub:
-        with self._lock:
-            stub = self._stubs.get(address)
-            if stub is None:
-                conns = self.c._connections
-                with conns._lock:
-                    channel = conns._channel(address)
-                stub = self._stubs[address] = ggrpc.GroupsStub(channel)
-            return stub
+        return self.c._connections.stub(address, ggrpc.GroupsStub)
 
     def call(self, method: str, request: Any, deadline_ms: int, rpc_timeout_ms: int | None = None,
              error_of: Callable[[Any], int] = lambda r: r.error_code) -> Any:
