@@ -293,8 +293,10 @@ def _run_comparison(args: argparse.Namespace, options: dict[str, Any]) -> int:
             "per_round_mb_per_s": [r["mb_per_s"] for r in runs],
             "latency_ms_p50": [r["latency_ms_p50"] for r in runs],
             "latency_ms_p99": [r["latency_ms_p99"] for r in runs],
+            "avg_batch_kib": [r["avg_batch_kib"] for r in runs],
             "errors": sum(r["errors"] for r in runs),
             "batch_retries": sum(r["batch_retries"] for r in runs),
+            "cpu": _cpu_summary([r["cpu"] for r in runs], records * args.record_bytes / MB),
         }
         commits = sorted(x for r in runs for x in r.get("commit_latencies_s", []))
         if commits:
@@ -428,6 +430,19 @@ def _cpu_report(before: dict[str, Any], after: dict[str, Any], producer_cpu_s: l
         "producers_cpu_s": [round(x, 2) for x in producer_cpu_s],
         "machine_busy_s": round(busy, 2),
         "other_processes_cpu_s": round(busy - ours, 2) if before["pids"] else None,
+    }
+
+
+def _cpu_summary(reports: list[dict[str, Any]], mb: float) -> dict[str, Any]:
+    """Several phases' CPU reports over their wall time: the machine's busy share (of all
+    cores), the cores the brokers and the producers used, and their CPU ms per MB produced."""
+    wall = sum(r["wall_s"] for r in reports) or float("nan")
+    ours = sum(sum(r["brokers_cpu_s"]) + sum(r["producers_cpu_s"]) for r in reports)
+    return {
+        "cpu_ms_per_mb": round(ours * 1000 / mb, 1) if mb else None,
+        "machine_busy_share": round(sum(r["machine_busy_s"] for r in reports) / wall / (os.cpu_count() or 1), 3),
+        "brokers_cores": round(sum(sum(r["brokers_cpu_s"]) for r in reports) / wall, 2),
+        "producers_cores": round(sum(sum(r["producers_cpu_s"]) for r in reports) / wall, 2),
     }
 
 
