@@ -202,6 +202,25 @@ class RecordAccumulator:
         # An empty buffer always takes one record, however large, so nothing starves.
         return self.buffered_bytes == 0 or self.buffered_bytes + size_bytes <= self.buffer_bytes
 
+    def has_open_batch(self, topic: str, partition: int) -> bool:
+        """The partition has a batch that still takes records."""
+        queue = self._queues.get((topic, partition))
+        return bool(queue) and not queue[-1].closed
+
+    def close_if_full_for(self, topic: str, partition: int, size_bytes: int) -> bool:
+        """Closes the partition's open batch when a record of about `size_bytes` (an upper
+        bound of its encoded size) would not fit in it. A keyless record then goes to the next
+        sticky partition (as Kafka's KIP-794) instead of opening a new batch here that holds
+        only itself and would be sent, one record, once `linger_ms` passes."""
+        queue = self._queues.get((topic, partition))
+        if not queue:
+            return False
+        batch = queue[-1]
+        if batch.closed or batch.record_count == 0 or batch.size_bytes + size_bytes <= self.batch_bytes:
+            return False
+        batch.closed = True
+        return True
+
     def append(
         self,
         topic: str,

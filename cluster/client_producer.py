@@ -187,12 +187,18 @@ class Producer(_ClientBase):
         with self._cond:
             if not acc.has_room(size):
                 self._wait_for_room(size, now_ms + self.max_block_ms)
+            closed = False
             if partition is None:
                 if key_bytes:
                     partition = partition_for_key(key_bytes, count)
                 else:
                     view = self._metadata.view
                     partition = self._sticky.partition(topic, count)
+                    if acc.close_if_full_for(topic, partition, size):
+                        # the sticky batch is full for this record: it goes to the next partition
+                        closed = True
+                        self._sticky.batch_closed(topic, partition, count)
+                        partition = self._sticky.partition(topic, count)
                     if acc.busy(topic, partition) or view.leader_address(topic, partition) is None:
                         # Adaptive stickiness: prefer a partition that can be sent at once
                         # (leader known, in-flight limit not reached) over waiting a round trip.
@@ -206,6 +212,7 @@ class Producer(_ClientBase):
             future, full, new_batch = acc.append(topic, partition, ts, key_bytes, value_bytes, headers, now_ms)
             if full and key_bytes is None:
                 self._sticky.batch_closed(topic, partition, count)
+            full = full or closed
             if full or new_batch:
                 self._cond.notify_all()
         if full:
@@ -567,7 +574,10 @@ class Producer(_ClientBase):
                 self._cond.wait(min(wait_ms, 100) / 1000)
                 return
             for batch in batches:
-                self._sticky.batch_closed(batch.topic, batch.partition, view.partition_count(batch.topic) or 1)
+                # a batch sent before it filled (linger, flush): keyless records move on. Not when
+                # a full batch leaves while the partition's next batch is being filled.
+                if not acc.has_open_batch(batch.topic, batch.partition):
+                    self._sticky.batch_closed(batch.topic, batch.partition, view.partition_count(batch.topic) or 1)
             if failed:
                 self._cond.notify_all()
         for batch, error in failed:

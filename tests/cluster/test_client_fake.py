@@ -189,3 +189,28 @@ def test_bootstrap_parsing(monkeypatch):
         parse_bootstrap(None)
     with pytest.raises(client_errors.ConfigError):
         parse_bootstrap("nohostport")
+
+
+def test_a_keyless_record_that_does_not_fit_the_sticky_batch_goes_to_the_next_partition(fake_cluster):
+    """As Kafka's KIP-794: when the sticky batch is full for a record, that record starts the
+    next partition's batch. It used to open a batch of its own on the full partition, which
+    was sent alone once linger_ms passed (a quarter of a transactional bench's batches held
+    one record) or was later topped up with records sent much later. So every batch holds
+    records sent one after another."""
+    state, _brokers, bootstrap = fake_cluster
+    state.create_topic("t", 3)
+    with Producer(bootstrap, linger_ms=30_000, batch_bytes=2000) as producer:
+        futures = [producer.send("t", b"%03d" % i + b"." * 297) for i in range(60)]
+        producer.flush(timeout_s=10)
+    assert all(f.result(0) for f in futures)
+    batches = []
+    for p in range(3):
+        for batch in state.logs[("t", p)]:
+            records = common_pb2.Records()
+            records.ParseFromString(batch.records)
+            batches.append([int(r.value[:3]) for r in records.records])
+    assert sorted(i for b in batches for i in b) == list(range(60))
+    for indexes in batches:
+        assert indexes == list(range(indexes[0], indexes[0] + len(indexes))), f"batch of non-consecutive records {indexes}"
+    sizes = sorted(len(b) for b in batches)
+    assert sizes[0] >= 2 and sizes[-2] == sizes[-1], f"batch sizes {sizes}"
