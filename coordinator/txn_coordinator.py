@@ -40,6 +40,7 @@ from semel.coordinator.txn_log import encode_records
 from semel.coordinator.txn_markers import LeaderLookup, MarkerChannelConfig, MarkerSend, TxnMarkerChannel
 from semel.coordinator.txn_state import (
     PREPARED,
+    NextAdd,
     PendingTransition,
     ProducerIdSource,
     TopicPartition,
@@ -50,6 +51,7 @@ from semel.coordinator.txn_state import (
     TxnState,
     VerifyResult,
     invariant,
+    offsets_partition,
 )
 from semel.v1.common_pb2 import ErrorCode
 
@@ -103,6 +105,7 @@ class _Waiting:
     request_id: int
     deadline_ms: int
     retry: Callable[[int], list[Action]]
+    add: NextAdd | None = None  # an AddPartitions: may start its transaction in the Complete* write
 
 
 class TxnCoordinator:
@@ -208,7 +211,8 @@ class TxnCoordinator:
         deadline = now_ms + self.completing_wait_ms if deadline_ms is None else deadline_ms
         if self._may_wait(machine, transactional_id, result, now_ms, deadline):
             return self._wait(transactional_id, _Waiting(request_id, deadline, lambda now: self.add_partitions(
-                request_id, transactional_id, producer_id, producer_epoch, partitions, now, deadline)))
+                request_id, transactional_id, producer_id, producer_epoch, partitions, now, deadline),
+                NextAdd(producer_id, producer_epoch, partitions)))
         return self._submit(machine, result, request_id, now_ms)
 
     def add_offsets(
@@ -225,7 +229,7 @@ class TxnCoordinator:
         if self._may_wait(machine, transactional_id, result, now_ms, deadline):
             return self._wait(transactional_id, _Waiting(request_id, deadline, lambda now: self.add_offsets(
                 request_id, transactional_id, producer_id, producer_epoch, group_id, offsets_partition_count, now,
-                deadline)))
+                deadline), NextAdd(producer_id, producer_epoch, (offsets_partition(group_id, offsets_partition_count),))))
         return self._submit(machine, result, request_id, now_ms)
 
     def end_txn(
@@ -330,7 +334,8 @@ class TxnCoordinator:
         for tid in progress.completed:
             machine = self._machines.get(self.partition_of(tid))
             if machine is not None and tid not in self._write_of_tid:
-                actions += self._submit(machine, machine.complete_markers(tid, now_ms), None, now_ms)
+                result = machine.complete_markers(tid, now_ms, self._waiting_add(machine, tid))
+                actions += self._submit(machine, result, None, now_ms)
         for partition in sorted({self.partition_of(tid) for tid in progress.fenced}):
             actions += self.unload(partition)
             actions.append(PartitionFenced(partition))
@@ -388,6 +393,20 @@ class TxnCoordinator:
         self._waiting.setdefault(transactional_id, []).append(waiting)
         self._waiting_count += 1
         return []
+
+    def _waiting_add(self, machine: TransactionStateMachine, transactional_id: str) -> NextAdd | None:
+        """The partitions that the id's waiting AddPartitions of its current identity ask for, as
+        one add (None: none waits). The Complete* write then starts their transaction; when they
+        resume they find their partitions added and answer at once. (Only the current identity
+        can wait: an id's identity does not change while it is prepared. The filter keeps it so.)"""
+        meta = machine.metadata(transactional_id)
+        if meta is None:
+            return None
+        identity = (meta.producer_id, meta.producer_epoch)
+        partitions = {tp for w in self._waiting.get(transactional_id, ())
+                      if w.add is not None and (w.add.producer_id, w.add.producer_epoch) == identity
+                      for tp in w.add.partitions}
+        return NextAdd(*identity, tuple(sorted(partitions))) if partitions else None
 
     def _pop_waiting(self, transactional_id: str) -> list[_Waiting]:
         found = self._waiting.pop(transactional_id, [])

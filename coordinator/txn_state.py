@@ -22,7 +22,8 @@ fences it: Ongoing -> PrepareEpochFence -> PrepareAbort in *one* durable write
 (PrepareEpochFence is a waypoint that is checked against the table but never stored).
 AddPartitions moves Empty/Complete*/Ongoing -> Ongoing (the first add starts the transaction
 clock). EndTxn moves Ongoing -> PrepareCommit/PrepareAbort; once every marker is written,
-`complete_markers` moves PrepareX -> CompleteX. Timeouts: Ongoing -> (PrepareEpochFence) ->
+`complete_markers` moves PrepareX -> CompleteX, or PrepareX -> CompleteX -> Ongoing in one
+write when the next transaction's AddPartitions already waits for it (CompleteX a waypoint). Timeouts: Ongoing -> (PrepareEpochFence) ->
 PrepareAbort. Idle ids: Empty/Complete* -> Dead (tombstone; the id is forgotten).
 
 Producer identity (KIP-890): the producer epoch is bumped on *every* transaction end. When a
@@ -231,6 +232,20 @@ class TxnResult:
 
 def _fail(error: int, message: str) -> TxnResult:
     return TxnResult(error, message)
+
+
+def offsets_partition(group_id: str, offsets_partition_count: int) -> TopicPartition:
+    """The `__consumer_offsets` partition that AddOffsetsToTxn adds for `group_id`."""
+    return TopicPartition(CONSUMER_OFFSETS_TOPIC, coordinator_partition(group_id, offsets_partition_count))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NextAdd:
+    """AddPartitionsToTxn of the next transaction, waiting for the previous one's markers."""
+
+    producer_id: int
+    producer_epoch: int
+    partitions: tuple[TopicPartition, ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -461,7 +476,7 @@ class TransactionStateMachine:
         """AddOffsetsToTxn: the group's `__consumer_offsets` partition joins the transaction."""
         if not group_id or offsets_partition_count < 1:
             return _fail(ErrorCode.INVALID_REQUEST, "a group id and the offsets topic's partition count are needed")
-        tp = TopicPartition(CONSUMER_OFFSETS_TOPIC, coordinator_partition(group_id, offsets_partition_count))
+        tp = offsets_partition(group_id, offsets_partition_count)
         return self.add_partitions(transactional_id, producer_id, producer_epoch, (tp,), now_ms)
 
     def end_txn(
@@ -531,16 +546,38 @@ class TransactionStateMachine:
             return _fail(ErrorCode.INVALID_TXN_STATE, f"{transactional_id!r} has no expired transaction")
         return self._abort_open(meta, now_ms, BumpReason.TIMEOUT, TransitionKind.TIMEOUT_ABORT)
 
-    def complete_markers(self, transactional_id: str, now_ms: int) -> TxnResult:
-        """Every marker of the prepared transaction is written: PrepareX -> CompleteX."""
+    def complete_markers(
+        self, transactional_id: str, now_ms: int, then_add: NextAdd | None = None
+    ) -> TxnResult:
+        """Every marker of the prepared transaction is written: PrepareX -> CompleteX.
+
+        `then_add`: AddPartitions of the next transaction that arrived while the markers were
+        being written (the producer already holds the bumped identity). When it names the
+        current identity and is a valid add, the same record also starts that transaction:
+        PrepareX -> CompleteX -> Ongoing in one durable write (CompleteX is a waypoint, like
+        PrepareEpochFence), saving the next transaction a replicated write before its first
+        records. Otherwise `then_add` is ignored; the request, retried, gets its own answer."""
         if transactional_id in self._pending:
             return self._concurrent(transactional_id)
         meta = self._txns.get(transactional_id)
         if meta is None or meta.state not in PREPARED:
             return _fail(ErrorCode.INVALID_TXN_STATE, f"{transactional_id!r} is not prepared")
         target = S.COMPLETE_COMMIT if meta.state is S.PREPARE_COMMIT else S.COMPLETE_ABORT
+        if then_add is not None and self._valid_next_add(meta, then_add):
+            after = dataclasses.replace(meta, state=S.ONGOING, partitions=tuple(sorted(set(then_add.partitions))),
+                                        txn_start_ms=now_ms, last_update_ms=now_ms)
+            return self._propose(TransitionKind.COMPLETE, meta, after, (target, S.ONGOING))
         after = dataclasses.replace(meta, state=target, partitions=(), last_update_ms=now_ms)
         return self._propose(TransitionKind.COMPLETE, meta, after, (target,))
+
+    def _valid_next_add(self, meta: TransactionMetadata, add: NextAdd) -> bool:
+        """`add` would be accepted by add_partitions once `meta`'s markers are complete."""
+        return (
+            (add.producer_id, add.producer_epoch) == (meta.producer_id, meta.producer_epoch)
+            and bool(add.partitions)
+            and all(tp.topic and tp.partition >= 0 for tp in add.partitions)
+            and len(set(add.partitions)) <= self.config.max_partitions_per_txn
+        )
 
     def marker_plan(self, transactional_id: str) -> tuple[MarkerRequest, ...]:
         """The markers a prepared transaction needs (empty unless Prepare*)."""

@@ -12,7 +12,7 @@ from semel.coordinator import txn_wire  # noqa: E402
 from semel.coordinator.txn_coordinator import AppendRecords, PartitionFenced, Reply, TxnCoordinator  # noqa: E402
 from semel.coordinator.txn_log import decode_records  # noqa: E402
 from semel.coordinator.txn_markers import MarkerSend  # noqa: E402
-from semel.coordinator.txn_state import TxnState  # noqa: E402
+from semel.coordinator.txn_state import TxnConfig, TxnState, offsets_partition  # noqa: E402
 from semel.v1.common_pb2 import ErrorCode  # noqa: E402
 from tests.coordinator.txn_helpers import ProducerIds, tps  # noqa: E402
 
@@ -180,7 +180,8 @@ def _commit_until_markers(c: TxnCoordinator, ident, request_id: int = 2):
 def test_add_partitions_waits_for_the_previous_transaction_to_complete():
     """KIP-890: the next transaction's AddPartitions (new epoch) arrives while the previous
     one's markers are written: it waits for the Complete* record, not bouncing
-    CONCURRENT_TRANSACTIONS to a client that would only retry after a backoff."""
+    CONCURRENT_TRANSACTIONS to a client that would only retry after a backoff. That record
+    also starts the next transaction with every waiting add (one replicated write, not two)."""
     c = core()
     ident = init(c)
     nxt, send = _commit_until_markers(c, ident)
@@ -190,18 +191,44 @@ def test_add_partitions_waits_for_the_previous_transaction_to_complete():
     append = only(c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.NONE
                                            for m in send.markers}, 21), AppendRecords)
     (entry,) = decode_records(append.batch)
-    assert entry.metadata.state is TxnState.COMPLETE_COMMIT
-    actions = c.write_committed(append.write_id, 22)
-    # the first waiter runs at once (its write is the next transition); the second meets that
-    # pending write and answers CONCURRENT_TRANSACTIONS (the id is no longer completing)
-    add = only([a for a in actions if isinstance(a, AppendRecords)], AppendRecords)
-    (entry,) = decode_records(add.batch)
+    offsets_tp = offsets_partition("g", 3)
     assert entry.metadata.state is TxnState.ONGOING and entry.metadata.producer_epoch == nxt[1]
-    assert [(a.request_id, a.result.error) for a in actions if isinstance(a, Reply)] == [
-        (6, ErrorCode.CONCURRENT_TRANSACTIONS)]
-    reply = only(c.write_committed(add.write_id, 23), Reply)
-    assert reply.request_id == 5 and reply.result.ok
-    assert c.machine(0).metadata(TID).partitions == tuple(tps("b0"))
+    assert entry.metadata.partitions == tuple(sorted([*tps("b0"), offsets_tp]))
+    assert entry.metadata.txn_start_ms == 21
+    assert c.machine(0).metadata(TID).state is TxnState.PREPARE_COMMIT, "memory changes only once written"
+    actions = c.write_committed(append.write_id, 22)
+    # both waiters resume, find their partitions added and answer at once: no further write
+    assert [(a.request_id, a.result.error) for a in actions] == [(5, ErrorCode.NONE), (6, ErrorCode.NONE)]
+    assert c.machine(0).metadata(TID).state is TxnState.ONGOING
+
+
+def test_a_failed_complete_and_add_write_leaves_the_requests_waiting():
+    c = core()
+    nxt, send = _commit_until_markers(c, init(c))
+    assert c.add_partitions(5, TID, *nxt, tps("b0"), 12) == []
+    append = only(c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.NONE
+                                           for m in send.markers}, 21), AppendRecords)
+    assert c.write_failed(append.write_id, ErrorCode.NOT_ENOUGH_REPLICAS) == []
+    assert c.machine(0).metadata(TID).state is TxnState.PREPARE_COMMIT
+    # the next tick sends the markers again; their answer writes Complete + Ongoing again
+    (send,) = [a for a in c.tick(30, lambda tp: 1) if isinstance(a, MarkerSend)]
+    append = only(c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.NONE
+                                           for m in send.markers}, 31), AppendRecords)
+    assert [(a.request_id, a.result.error) for a in c.write_committed(append.write_id, 32)] == [(5, ErrorCode.NONE)]
+
+
+def test_too_many_partitions_waiting_complete_alone_and_the_add_is_refused():
+    c = TxnCoordinator(2, ProducerIds(), config=TxnConfig(max_partitions_per_txn=2), scan_interval_ms=100)
+    c.loaded(0, 5, [])
+    c.loaded(1, 5, [])
+    nxt, send = _commit_until_markers(c, init(c))
+    assert c.add_partitions(5, TID, *nxt, tps("b0", "b1", "b2"), 12) == []
+    append = only(c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.NONE
+                                           for m in send.markers}, 21), AppendRecords)
+    (entry,) = decode_records(append.batch)
+    assert entry.metadata.state is TxnState.COMPLETE_COMMIT
+    assert [(a.request_id, a.result.error) for a in c.write_committed(append.write_id, 22)] == [
+        (5, ErrorCode.INVALID_REQUEST)]
 
 
 def test_a_waiting_add_partitions_answers_concurrent_after_its_deadline():
