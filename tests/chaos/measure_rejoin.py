@@ -13,6 +13,7 @@ not part of the test suite (real time, seconds to minutes).
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import tempfile
@@ -35,7 +36,8 @@ def view(c: ChaosCluster, broker_id: int) -> tuple[int, int] | None:
 
 
 def trial(hold_s: float) -> tuple[int, float]:
-    c = ChaosCluster(tempfile.mkdtemp(prefix="semel-rejoin-"), brokers=3)
+    data_dir = tempfile.mkdtemp(prefix="semel-rejoin-")
+    c = ChaosCluster(data_dir, brokers=3)
     c.start()
     try:
         assert c.api is not None
@@ -59,6 +61,7 @@ def trial(hold_s: float) -> tuple[int, float]:
         return controller, time.monotonic() - started if agreement["result"] == "agreed" else float("inf")
     finally:
         c.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def main() -> None:
