@@ -253,20 +253,20 @@ class TxnCoordinatorShell:
         p = self.b.rm.get(md.TRANSACTION_STATE_TOPIC, action.partition)
         # Written only while the leader epoch is the coordinator epoch: a deposed coordinator never writes.
         if p is None or p.role != Role.LEADER or p.leader_epoch != action.coordinator_epoch:
-            self._perform(core.write_failed(action.write_id, pb.NOT_LEADER_OR_FOLLOWER))
+            self._perform(core.write_failed(action.write_id, pb.NOT_LEADER_OR_FOLLOWER, now_ms()))
             return
         if len(p.isr) < p.min_insync_replicas:
-            self._perform(core.write_failed(action.write_id, pb.NOT_ENOUGH_REPLICAS))
+            self._perform(core.write_failed(action.write_id, pb.NOT_ENOUGH_REPLICAS, now_ms()))
             return
         header = decode_header(action.batch)
         try:
             result = p.append_as_leader(header, action.batch[HEADER_BYTES:], now_ms())
         except (PartitionError, OSError, ValueError) as exc:
             log.warning("txn state append to partition %d failed: %s", action.partition, exc)
-            self._perform(core.write_failed(action.write_id, getattr(exc, "code", pb.STORAGE_ERROR)))
+            self._perform(core.write_failed(action.write_id, getattr(exc, "code", pb.STORAGE_ERROR), now_ms()))
             return
         if result.error_code != pb.NONE:
-            self._perform(core.write_failed(action.write_id, result.error_code))
+            self._perform(core.write_failed(action.write_id, result.error_code, now_ms()))
             return
         try:
             fut = p.wait_for_hw(result.last_offset + 1)

@@ -95,12 +95,14 @@ class _Write:
     pending: PendingTransition
     result: TxnResult
     request_id: int | None  # None: nobody waits (coordinator-driven), or already answered
+    outcome_unknown: bool = False  # write_timed_out: requests do not wait for it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Waiting:
-    """A request that found its id's previous transaction completing; `retry(now_ms)` runs it
-    again once the id's Complete* record is written (it may wait again, up to `deadline_ms`)."""
+    """A request that found its id's previous transaction completing, or a state write of the
+    id in flight; `retry(now_ms)` runs it again once that record is written (or failed); it
+    may wait again, up to `deadline_ms`."""
 
     request_id: int
     deadline_ms: int
@@ -290,22 +292,31 @@ class TxnCoordinator:
             self.channel.add(machine.marker_plan(after.transactional_id))  # full: tick re-adds it
         return actions + self._resume(write.pending.transactional_id, now_ms)
 
-    def write_failed(self, write_id: int, error: int) -> list[Action]:
-        """The record was surely not written (`error`: what the append answered)."""
+    def write_failed(self, write_id: int, error: int, now_ms: int | None = None) -> list[Action]:
+        """The record was surely not written (`error`: what the append answered). With
+        `now_ms`, the requests that waited for this write run again, each on its own (a
+        failed Complete* write: they find the transaction still completing and wait on)."""
         write = self._pop_write(write_id)
         if write is None:
             return []
         self._machines[write.partition].abandon(write.pending)
-        if write.request_id is None:
-            return []  # (a failed Complete* write: the waiting requests go on waiting for the retry)
-        code = ErrorCode.NOT_COORDINATOR if error == ErrorCode.NOT_LEADER_OR_FOLLOWER else ErrorCode.COORDINATOR_NOT_AVAILABLE
-        return [_reply(write.request_id, code, f"the state write failed ({ErrorCode.Name(error)})")]
+        actions: list[Action] = []
+        if write.request_id is not None:
+            code = (ErrorCode.NOT_COORDINATOR if error == ErrorCode.NOT_LEADER_OR_FOLLOWER
+                    else ErrorCode.COORDINATOR_NOT_AVAILABLE)
+            actions.append(_reply(write.request_id, code, f"the state write failed ({ErrorCode.Name(error)})"))
+        if now_ms is not None:
+            actions += self._resume(write.pending.transactional_id, now_ms, combine=False)
+        return actions
 
     def write_timed_out(self, write_id: int) -> list[Action]:
         """The outcome is unknown: answer REQUEST_TIMED_OUT now; the id stays blocked until
         `write_committed` / `write_failed` or the partition is unloaded."""
         write = self._writes.get(write_id)
-        if write is None or write.request_id is None:
+        if write is None:
+            return []
+        write.outcome_unknown = True
+        if write.request_id is None:
             return []
         request_id, write.request_id = write.request_id, None
         return [_reply(request_id, ErrorCode.REQUEST_TIMED_OUT, "the state write's outcome is unknown; retry")]
@@ -381,12 +392,15 @@ class TxnCoordinator:
     def _may_wait(
         self, machine: TransactionStateMachine, transactional_id: str, result: TxnResult, now_ms: int, deadline_ms: int
     ) -> bool:
-        """CONCURRENT_TRANSACTIONS only because the previous transaction is completing, and
-        time and room to wait for its Complete* record."""
+        """CONCURRENT_TRANSACTIONS only because the previous transaction is completing or a
+        state write of the id is in flight (e.g. another AddPartitions of the transaction), and
+        time and room to wait for that record."""
         if result.error != ErrorCode.CONCURRENT_TRANSACTIONS or result.pending is not None or now_ms >= deadline_ms:
             return False
         meta = machine.metadata(transactional_id)
-        return (meta is not None and meta.state in PREPARED
+        write_id = self._write_of_tid.get(transactional_id)
+        writing = write_id is not None and not self._writes[write_id].outcome_unknown
+        return (meta is not None and (meta.state in PREPARED or writing)
                 and self._waiting_count < limits.MAX_WAITING_TXN_REQUESTS)
 
     def _wait(self, transactional_id: str, waiting: _Waiting) -> list[Action]:
@@ -413,8 +427,19 @@ class TxnCoordinator:
         self._waiting_count -= len(found)
         return found
 
-    def _resume(self, transactional_id: str, now_ms: int) -> list[Action]:
-        """A write of the id committed: its waiting requests run again (in arrival order)."""
+    def _resume(self, transactional_id: str, now_ms: int, combine: bool = True) -> list[Action]:
+        """A write of the id committed (or failed): its waiting requests run again, in arrival
+        order. With `combine`, when several AddPartitions wait, one write first adds all their
+        partitions; they stay waiting for it and then answer at once, without a write each."""
+        machine = self._machines.get(self.partition_of(transactional_id))
+        if combine and machine is not None and transactional_id not in self._write_of_tid:
+            add = self._waiting_add(machine, transactional_id)
+            meta = machine.metadata(transactional_id)
+            if add is not None and meta is not None and meta.state not in PREPARED:
+                result = machine.add_partitions(transactional_id, add.producer_id, add.producer_epoch,
+                                                add.partitions, now_ms)
+                if result.pending is not None:
+                    return self._submit(machine, result, None, now_ms)
         actions: list[Action] = []
         for waiting in self._pop_waiting(transactional_id):
             actions += waiting.retry(now_ms)

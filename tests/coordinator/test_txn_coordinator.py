@@ -217,6 +217,39 @@ def test_a_failed_complete_and_add_write_leaves_the_requests_waiting():
     assert [(a.request_id, a.result.error) for a in c.write_committed(append.write_id, 32)] == [(5, ErrorCode.NONE)]
 
 
+def test_adds_arriving_during_an_add_write_wait_and_share_the_next_write():
+    """A client adds partitions as its records reach them: an AddPartitions that meets the
+    write of an earlier one waits for it (no CONCURRENT_TRANSACTIONS and client backoff), and
+    the adds that waited are written together, then all answer."""
+    c = core()
+    ident = init(c)
+    first = only(c.add_partitions(2, TID, *ident, tps("a0"), 0), AppendRecords)
+    assert c.add_partitions(3, TID, *ident, tps("b0"), 1) == [], "waits for the write in flight"
+    assert c.add_partitions(4, TID, *ident, tps("c0", "a0"), 2) == []
+    actions = c.write_committed(first.write_id, 3)
+    replies = [a for a in actions if isinstance(a, Reply)]
+    assert [(r.request_id, r.result.error) for r in replies] == [(2, ErrorCode.NONE)]
+    combined = only([a for a in actions if isinstance(a, AppendRecords)], AppendRecords)
+    (entry,) = decode_records(combined.batch)
+    assert entry.metadata.partitions == tps("a0", "b0", "c0")
+    actions = c.write_committed(combined.write_id, 4)
+    assert [(a.request_id, a.result.error) for a in actions] == [(3, ErrorCode.NONE), (4, ErrorCode.NONE)]
+
+
+def test_requests_waiting_for_a_failed_write_run_again():
+    c = core()
+    ident = init(c)
+    first = only(c.add_partitions(2, TID, *ident, tps("a0"), 0), AppendRecords)
+    assert c.add_partitions(3, TID, *ident, tps("b0"), 1) == []
+    actions = c.write_failed(first.write_id, ErrorCode.NOT_ENOUGH_REPLICAS, now_ms=2)
+    assert [(a.request_id, a.result.error) for a in actions if isinstance(a, Reply)] == [
+        (2, ErrorCode.COORDINATOR_NOT_AVAILABLE)]
+    retry = only([a for a in actions if isinstance(a, AppendRecords)], AppendRecords)
+    (entry,) = decode_records(retry.batch)
+    assert entry.metadata.partitions == tps("b0"), "the waiter's own write, not a combined one"
+    assert [(a.request_id, a.result.error) for a in c.write_committed(retry.write_id, 3)] == [(3, ErrorCode.NONE)]
+
+
 def test_too_many_partitions_waiting_complete_alone_and_the_add_is_refused():
     c = TxnCoordinator(2, ProducerIds(), config=TxnConfig(max_partitions_per_txn=2), scan_interval_ms=100)
     c.loaded(0, 5, [])
