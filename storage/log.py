@@ -19,8 +19,9 @@ returns the bytes are in the page cache and survive a crash of this process. Ind
 kept in memory and reach their files when a segment is sealed (roll), and at close.
 
 Durability (`flush_policy`): `always` fdatasyncs the segment before append returns;
-`interval` (the default) does so when `flush_interval_ms` passed since the last one (and at
-roll); `never` leaves it to the OS. close() always fsyncs. Why `interval`: replication, not
+`interval` (the default) has it synced when `flush_interval_ms` passed since the last one,
+on a background thread (semel.storage.background_sync: a broker's event loop never waits for
+the disk), and at roll; `never` leaves it to the OS. close() always fsyncs. Why `interval`: replication, not
 fsync, is what makes an acknowledged write durable (as in Kafka: a replica that loses an
 unflushed tail in a power loss truncates to the leader and fetches it again). `always` would
 add ~0.17 ms per append (10x a 16 KiB page-cache write) for protection replication already
@@ -59,6 +60,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from semel import limits
+from semel.storage import background_sync
 from semel.storage import epoch_cache as ec
 from semel.storage.aborted_txns import AbortedTxn, AbortedTxnFile, AbortedTxnIndex
 import struct
@@ -330,7 +332,10 @@ class PartitionLog:
             if self._sync_files and fsync_due(
                 self.config.flush_policy, self._last_fsync_ms, now_ms, self.config.flush_interval_ms
             ):
-                active.fsync()
+                if self.config.flush_policy == "always":
+                    active.fsync()
+                else:  # interval: the appending thread (a broker's event loop) does not wait for the disk
+                    active.fsync_soon(background_sync.shared())
                 self._last_fsync_ms = now_ms
             return last_header
 

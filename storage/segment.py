@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from semel import limits
+from semel.storage.background_sync import BackgroundSync
 from semel.storage.batch import HEADER_BYTES, BatchHeader, CorruptBatchError, decode_header, peek_header
 from semel.storage.checkpoint import write_all, write_atomic
 from semel.storage.errors import CorruptLogError
@@ -163,6 +164,11 @@ class LogSegment:
 
     def fsync(self) -> None:
         os.fdatasync(self._fd)
+
+    def fsync_soon(self, syncer: BackgroundSync) -> None:
+        """fdatasync on `syncer`'s thread (inline when its queue is full)."""
+        if not syncer.submit(self._fd, str(self._path(LOG_SUFFIX))):
+            self.fsync()
 
     def write_index_files(self, *, sync: bool) -> None:
         if not self.index_dirty:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import threading
+import time
 from unittest import mock
 from pathlib import Path
 
 from hypothesis import Phase, event, given, settings
 from hypothesis import strategies as st
 
+from semel.storage import background_sync
 from semel.storage import epoch_cache as ec
 from semel.storage.aborted_txns import AbortedTxn
 from semel.storage.batch import BatchHeader, encode_batch
@@ -202,7 +205,7 @@ def test_log_matches_model(config, ops, rnd):
 def test_flush_policy_never_does_not_fsync_on_append(tmp_path, monkeypatch):
     calls = []
     real = os.fdatasync
-    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd) or real(fd))
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(threading.current_thread()) or real(fd))
     for policy, expected in (("never", 0), ("always", 5)):
         calls.clear()
         plog = PartitionLog.open(tmp_path / policy, LogConfig(flush_policy=policy), 0)
@@ -210,11 +213,45 @@ def test_flush_policy_never_does_not_fsync_on_append(tmp_path, monkeypatch):
         for i in range(5):
             plog.append(make_batch(i, 1, 0, 0, 10), i)
         assert len(calls) == expected, policy
+        assert all(t is threading.current_thread() for t in calls), "always: synced before append returns"
         plog.close()
     calls.clear()
     plog = PartitionLog.open(tmp_path / "interval", LogConfig(flush_policy="interval", flush_interval_ms=100), 0)
     calls.clear()
     for i, now in enumerate([10, 50, 99, 100, 150, 250]):
         plog.append(make_batch(i, 1, 0, 0, 10), now)
+    assert background_sync.shared().wait_idle()
     assert len(calls) == 2  # at 100 and at 250
+    assert all(t is not threading.current_thread() for t in calls), "interval: synced off the appending thread"
     plog.close()
+
+
+def test_background_sync_keeps_the_file_open_and_bounds_its_queue(tmp_path, monkeypatch):
+    """The syncer works on a duplicate descriptor (the segment may be closed meanwhile); a full
+    queue makes the caller sync inline."""
+    gate = threading.Event()
+    synced = []
+    real = os.fdatasync
+
+    def slow(fd):
+        gate.wait(5)
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow)
+    syncer = background_sync.BackgroundSync(max_queued=1)
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"x")
+    assert syncer.submit(fd, "f")
+    os.close(fd)  # the caller's descriptor goes; the queued duplicate still names the file
+    deadline = time.monotonic() + 5
+    while not syncer._busy and time.monotonic() < deadline:
+        time.sleep(0.001)
+    fd2 = os.open(path, os.O_WRONLY)
+    assert syncer.submit(fd2, "f"), "one may wait while one is being synced"
+    assert not syncer.submit(fd2, "f"), "the queue is full: sync inline"
+    gate.set()
+    assert syncer.wait_idle()
+    os.close(fd2)
+    assert synced == [path.stat().st_ino] * 2 and syncer.synced == 2 and syncer.failures == 0
