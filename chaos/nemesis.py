@@ -125,16 +125,20 @@ class Schedule:
 
 
 def parse_families(text: str) -> tuple[str, ...]:
-    """"kill,pause" -> ("kill", "pause"); "none" -> (); "all" -> every non-workload family."""
+    """"kill,pause" -> ("kill", "pause"); "none" -> (); "all" -> every non-workload family,
+    which may be combined with more ("all,hijack,client-pause")."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     if names == ["none"]:
         return ()
-    if names == ["all"]:
-        return tuple(f for f in FAMILIES if f not in WORKLOAD_FAMILIES)
-    unknown = [n for n in names if n not in FAMILIES]
+    if "none" in names:
+        raise ValueError("nemesis none cannot be combined with fault families")
+    expanded: list[str] = []
+    for name in names:
+        expanded += [f for f in FAMILIES if f not in WORKLOAD_FAMILIES] if name == "all" else [name]
+    unknown = [n for n in expanded if n not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown nemesis {', '.join(unknown)} (choose from {', '.join(FAMILIES)}, all, none)")
-    return tuple(dict.fromkeys(names))
+    return tuple(dict.fromkeys(expanded))
 
 
 def _weighted(rng: random.Random, options: Sequence[tuple[str, int]]) -> str:

@@ -94,6 +94,11 @@ def test_parse_families() -> None:
     assert "hijack" not in parse_families("all")
     with pytest.raises(ValueError, match="unknown nemesis bogus"):
         parse_families("kill,bogus")
+    # "all" combines with the workload families (it used to be refused as unknown)
+    combined = parse_families("all,hijack,client-pause")
+    assert combined[-2:] == ("hijack", "client-pause") and set(parse_families("all")) < set(combined)
+    with pytest.raises(ValueError, match="none cannot be combined"):
+        parse_families("none,kill")
 
 
 # --- links ---------------------------------------------------------------------------------
