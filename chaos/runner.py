@@ -181,6 +181,7 @@ def run_chaos(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunRe
     verdict = checker.check_file(out / "history.jsonl")
     timings["check_s"] = time.monotonic() - check_started
     _add_metadata_verdict(verdict, summary.get("metadata_agreement"))
+    _add_final_read_verdict(verdict, summary.get("final_read"))
     (out / "verdict.json").write_text(json.dumps(verdict, indent=2, sort_keys=True) + "\n")
     (out / "run.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     write_report(out / "report.html", out / "history.jsonl", verdict, summary)
@@ -194,6 +195,20 @@ def _add_metadata_verdict(verdict: dict[str, Any], agreement: dict[str, Any] | N
     if agreement is not None and agreement["result"] == "diverged":
         verdict["anomalies"]["metadata-divergence"] = agreement["differences"]
         verdict["counts"]["metadata-divergence"] = len(agreement["differences"])
+        verdict["valid"] = False
+
+
+def _add_final_read_verdict(verdict: dict[str, Any], final: dict[str, Any] | None) -> None:
+    """The final read did not reach some key's acknowledged end before its timeout: the cluster
+    did not serve reads for that long after the heal (a liveness failure). Values it did not
+    reach are unverified, so `lost-write` / `unseen` of the same run may be values nobody could
+    read rather than values lost: re-read the kept data (`cluster/`) to tell them apart."""
+    if final is not None and final.get("incomplete"):
+        incomplete = final["incomplete"]
+        verdict["anomalies"]["final-read-incomplete"] = [
+            {"key": key, "read_up_to": (final.get("read_up_to") or {}).get(key), "behind": behind}
+            for key, behind in sorted(incomplete.items())]
+        verdict["counts"]["final-read-incomplete"] = len(incomplete)
         verdict["valid"] = False
 
 

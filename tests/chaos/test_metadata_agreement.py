@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from semel.chaos.metadata_agreement import check_agreement, compare, content
-from semel.chaos.runner import _add_metadata_verdict
+from semel.chaos.runner import _add_final_read_verdict, _add_metadata_verdict
 from semel.v1 import broker_pb2
 
 
@@ -55,3 +55,15 @@ def test_a_divergence_invalidates_the_run_verdict() -> None:
     assert verdict["valid"]
     _add_metadata_verdict(verdict, {"result": "diverged", "versions": {}, "differences": [{"version": 7}]})
     assert not verdict["valid"] and verdict["counts"] == {"metadata-divergence": 1}
+
+
+def test_an_incomplete_final_read_invalidates_the_run_and_says_so():
+    """Seed 34 once read nothing for 60 s after the heal; its unread values came out as
+    lost-write although the kept data had them all: the verdict now names the cause."""
+    verdict = {"valid": True, "anomalies": {}, "counts": {}}
+    _add_final_read_verdict(verdict, {"incomplete": {}, "read_up_to": {"k-0": 5}})
+    assert verdict["valid"] and verdict["counts"] == {}
+    _add_final_read_verdict(verdict, {"incomplete": {"k-1": [0, 10], "k-0": [3, 9]}, "read_up_to": {"k-0": 3, "k-1": 0}})
+    assert not verdict["valid"] and verdict["counts"] == {"final-read-incomplete": 2}
+    assert [a["key"] for a in verdict["anomalies"]["final-read-incomplete"]] == ["k-0", "k-1"]
+    assert verdict["anomalies"]["final-read-incomplete"][1] == {"key": "k-1", "read_up_to": 0, "behind": [0, 10]}
