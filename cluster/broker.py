@@ -491,12 +491,20 @@ class Broker:
             log.exception("opening replicas before registration failed")
         await self._register()
         interval = self.config.heartbeat_interval_ms / 1000
+        failures = 0
         while not self._stopping:
             try:
                 code = await self._heartbeat()
             except Exception as exc:
-                log.debug("heartbeat failed: %s", exc)
                 code = pb.BROKER_NOT_AVAILABLE
+                failures += 1
+                if failures == 1 or failures % 10 == 0:  # a lapse the controller may fence for (chaos finding 5)
+                    why = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+                    log.info("heartbeat to the controller failed (%d in a row): %s", failures, why)
+            else:
+                if failures >= 3:
+                    log.info("heartbeats reach the controller again after %d failures", failures)
+                failures = 0
             if code == pb.STALE_BROKER_EPOCH:
                 log.warning("controller says broker epoch %d is stale; registering again", self.broker_epoch)
                 self.incarnation_id = uuid.uuid4().hex

@@ -222,6 +222,10 @@ class ControllerCore:
             if expired or unreachable:
                 lv.fenced_at_ms = now_ms
                 lv.unfenced_since_ms = None
+                log.info("controller: fencing broker %d: %s (last heartbeat %d ms ago, Raft link %s, report %s)",
+                         broker_id, "session expired" if expired else "unreachable", silent_ms,
+                         "up" if lv.down_since_ms is None else f"down {now_ms - lv.down_since_ms} ms",
+                         "none" if lv.reported_at_ms is None else f"{now_ms - lv.reported_at_ms} ms ago")
                 return FenceBroker(broker_id, reg.broker_epoch)
             return None
         lv.unfenced_since_ms = None
