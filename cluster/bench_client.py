@@ -446,6 +446,69 @@ def _cpu_summary(reports: list[dict[str, Any]], mb: float) -> dict[str, Any]:
     }
 
 
+# --- the fixed cost of a transaction ------------------------------------------------------
+def add_txn_cost_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser)
+    parser.add_argument("--duration-s", type=float, default=10.0, help="default 10")
+    parser.add_argument("--records-per-partition", type=int, default=1,
+                        help="records each transaction writes to every partition (default 1)")
+
+
+def run_txn_cost(args: argparse.Namespace) -> int:
+    """Back-to-back transactions of a few records on every partition: what one transaction
+    costs beyond its records (the control requests and replicated control records), as
+    broker and producer CPU per transaction and commit latency."""
+    from semel.cluster.client import Producer
+
+    if args.records_per_partition < 1 or args.duration_s <= 0:
+        raise SystemExit("semel bench txn-cost: --records-per-partition >= 1 and --duration-s > 0")
+    value = os.urandom(args.record_bytes)
+    with _cluster(args) as (bootstrap, broker_pids):
+        topic = _create_topic(bootstrap, args)
+        with Producer(bootstrap, acks="all", transactional_id=f"bench-txn-cost-{os.getpid()}") as producer:
+            producer.partitions_for(topic)
+            producer.init_transactions()
+
+            def one_transaction() -> float:
+                producer.begin_transaction()
+                for partition in range(args.partitions):
+                    for _ in range(args.records_per_partition):
+                        producer.send(topic, value, partition=partition)
+                started = time.perf_counter()
+                producer.commit_transaction()
+                return time.perf_counter() - started
+
+            one_transaction()  # connections, coordinator, first verification
+            _progress(f"transactions of {args.records_per_partition} record(s) on each of {args.partitions} "
+                      f"partitions for {args.duration_s} s ...")
+            commits: list[float] = []
+            before = _cpu_snapshot(broker_pids)
+            cpu_begin = time.process_time()
+            begin = last = time.perf_counter()
+            while time.perf_counter() - begin < args.duration_s:
+                commits.append(one_transaction())
+                if time.perf_counter() - last >= 1.0:
+                    last = time.perf_counter()
+                    _progress(f"  {len(commits):>7,} transactions committed")
+            elapsed = time.perf_counter() - begin
+            producer_cpu_s = time.process_time() - cpu_begin
+            after = _cpu_snapshot(broker_pids)
+    cpu = _cpu_report(before, after, [producer_cpu_s])
+    count = len(commits)
+    commits.sort()
+    print(json.dumps({
+        "benchmark": "txn-cost", "partitions": args.partitions, "replication_factor": args.replication_factor,
+        "records_per_partition": args.records_per_partition, "record_bytes": args.record_bytes,
+        "transactions": count, "transactions_per_s": round(count / elapsed, 1),
+        "brokers_cpu_ms_per_txn": round(sum(cpu["brokers_cpu_s"]) * 1000 / count, 2) if broker_pids else None,
+        "producer_cpu_ms_per_txn": round(producer_cpu_s * 1000 / count, 2),
+        "commit_ms_p50": round(_percentile(commits, 0.50) * 1000, 2),
+        "commit_ms_p99": round(_percentile(commits, 0.99) * 1000, 2),
+        "cpu": cpu,
+    }))
+    return 0
+
+
 # --- consume -------------------------------------------------------------------------
 def run_consume(args: argparse.Namespace) -> int:
     from semel.cluster.client import Consumer, Producer

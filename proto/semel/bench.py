@@ -14,6 +14,8 @@ BENCHMARKS = {
     "storage": ("semel.storage.bench", "add_arguments", "run", "append/read throughput of the partition log vs raw os.write"),
     "produce": ("semel.cluster.bench_client", "add_produce_arguments", "run_produce", "producer throughput and latency against a (local) cluster"),
     "consume": ("semel.cluster.bench_client", "add_consume_arguments", "run_consume", "consumer throughput against a (local) cluster"),
+    "txn-cost": ("semel.cluster.bench_client", "add_txn_cost_arguments", "run_txn_cost",
+                 "what one transaction costs beyond its records: CPU per transaction, commit latency"),
 }
 
 
