@@ -222,8 +222,9 @@ class ControllerCore:
             if expired or unreachable:
                 lv.fenced_at_ms = now_ms
                 lv.unfenced_since_ms = None
-                log.info("controller: fencing broker %d: %s (last heartbeat %d ms ago, Raft link %s, report %s)",
-                         broker_id, "session expired" if expired else "unreachable", silent_ms,
+                log.info("controller: fencing broker %d: %s (%s, Raft link %s, report %s)",
+                         broker_id, "session expired" if expired else "unreachable",
+                         f"last heartbeat {silent_ms} ms ago" if lv.heard else "no heartbeat heard by this controller",
                          "up" if lv.down_since_ms is None else f"down {now_ms - lv.down_since_ms} ms",
                          "none" if lv.reported_at_ms is None else f"{now_ms - lv.reported_at_ms} ms ago")
                 return FenceBroker(broker_id, reg.broker_epoch)
