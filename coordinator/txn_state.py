@@ -23,8 +23,9 @@ fences it: Ongoing -> PrepareEpochFence -> PrepareAbort in *one* durable write
 AddPartitions moves Empty/Complete*/Ongoing -> Ongoing (the first add starts the transaction
 clock). EndTxn moves Ongoing -> PrepareCommit/PrepareAbort; once every marker is written,
 `complete_markers` moves PrepareX -> CompleteX, or PrepareX -> CompleteX -> Ongoing in one
-write when the next transaction's AddPartitions already waits for it (CompleteX a waypoint). Timeouts: Ongoing -> (PrepareEpochFence) ->
-PrepareAbort. Idle ids: Empty/Complete* -> Dead (tombstone; the id is forgotten).
+write when the next transaction's AddPartitions already waits for it (CompleteX a waypoint).
+Timeouts: Ongoing -> (PrepareEpochFence) -> PrepareAbort. Idle ids: Empty/Complete* -> Dead
+(tombstone; the id is forgotten).
 
 Producer identity (KIP-890): the producer epoch is bumped on *every* transaction end. When a
 transaction run by (P, e) ends, its markers carry (P, e + 1), so any delayed write of (P, e)
@@ -436,8 +437,9 @@ class TransactionStateMachine:
         """AddPartitionsToTxn. Needs no write when every partition is already in the open
         transaction (answers NONE at once)."""
         new = frozenset(partitions)
-        if not new or any(not tp.topic or tp.partition < 0 for tp in new):
-            return _fail(ErrorCode.INVALID_REQUEST, "partitions must be non-empty, with topic names and partitions >= 0")
+        problem = self._malformed(new)
+        if problem is not None:
+            return problem
         meta, problem = self._current(transactional_id, producer_id, producer_epoch)
         if problem is not None:
             return problem
@@ -445,24 +447,38 @@ class TransactionStateMachine:
         if meta.state in PREPARED:
             return _fail(ErrorCode.CONCURRENT_TRANSACTIONS, f"the previous transaction is completing ({meta.state.name})")
         invariant(meta.state is S.ONGOING or meta.state in IDLE, f"unexpected state {meta.state}")
-        ongoing = meta.state is S.ONGOING
-        current = frozenset(meta.partitions) if ongoing else frozenset()
-        if ongoing and new <= current:
+        if meta.state is S.ONGOING and new <= frozenset(meta.partitions):
             return TxnResult(producer_id=meta.producer_id, producer_epoch=meta.producer_epoch)
-        merged = tuple(sorted(current | new))
+        after = self._with_partitions(meta, new, now_ms)
+        if isinstance(after, TxnResult):
+            return after
+        return self._propose(TransitionKind.ADD_PARTITIONS, meta, after, (S.ONGOING,))
+
+    @staticmethod
+    def _malformed(new: frozenset[TopicPartition]) -> TxnResult | None:
+        if not new or any(not tp.topic or tp.partition < 0 for tp in new):
+            return _fail(ErrorCode.INVALID_REQUEST, "partitions must be non-empty, with topic names and partitions >= 0")
+        return None
+
+    def _with_partitions(
+        self, meta: TransactionMetadata, new: frozenset[TopicPartition], now_ms: int
+    ) -> TransactionMetadata | TxnResult:
+        """`meta` (Ongoing or idle) with `new` added: its open transaction extended, or a new
+        one started at `now_ms`; INVALID_REQUEST beyond `max_partitions_per_txn`."""
+        ongoing = meta.state is S.ONGOING
+        merged = tuple(sorted((frozenset(meta.partitions) if ongoing else frozenset()) | new))
         if len(merged) > self.config.max_partitions_per_txn:
             return _fail(
                 ErrorCode.INVALID_REQUEST,
                 f"a transaction spans at most {self.config.max_partitions_per_txn} partitions ({len(merged)} asked)",
             )
-        after = dataclasses.replace(
+        return dataclasses.replace(
             meta,
             state=S.ONGOING,
             partitions=merged,
             txn_start_ms=meta.txn_start_ms if ongoing else now_ms,
             last_update_ms=now_ms,
         )
-        return self._propose(TransitionKind.ADD_PARTITIONS, meta, after, (S.ONGOING,))
 
     def add_offsets(
         self,
@@ -563,21 +579,14 @@ class TransactionStateMachine:
         if meta is None or meta.state not in PREPARED:
             return _fail(ErrorCode.INVALID_TXN_STATE, f"{transactional_id!r} is not prepared")
         target = S.COMPLETE_COMMIT if meta.state is S.PREPARE_COMMIT else S.COMPLETE_ABORT
-        if then_add is not None and self._valid_next_add(meta, then_add):
-            after = dataclasses.replace(meta, state=S.ONGOING, partitions=tuple(sorted(set(then_add.partitions))),
-                                        txn_start_ms=now_ms, last_update_ms=now_ms)
-            return self._propose(TransitionKind.COMPLETE, meta, after, (target, S.ONGOING))
-        after = dataclasses.replace(meta, state=target, partitions=(), last_update_ms=now_ms)
-        return self._propose(TransitionKind.COMPLETE, meta, after, (target,))
-
-    def _valid_next_add(self, meta: TransactionMetadata, add: NextAdd) -> bool:
-        """`add` would be accepted by add_partitions once `meta`'s markers are complete."""
-        return (
-            (add.producer_id, add.producer_epoch) == (meta.producer_id, meta.producer_epoch)
-            and bool(add.partitions)
-            and all(tp.topic and tp.partition >= 0 for tp in add.partitions)
-            and len(set(add.partitions)) <= self.config.max_partitions_per_txn
-        )
+        completed = dataclasses.replace(meta, state=target, partitions=(), last_update_ms=now_ms)
+        if then_add is not None and (then_add.producer_id, then_add.producer_epoch) == (
+                meta.producer_id, meta.producer_epoch):
+            new = frozenset(then_add.partitions)
+            started = None if self._malformed(new) else self._with_partitions(completed, new, now_ms)
+            if isinstance(started, TransactionMetadata):  # the same rules as add_partitions
+                return self._propose(TransitionKind.COMPLETE, meta, started, (target, S.ONGOING))
+        return self._propose(TransitionKind.COMPLETE, meta, completed, (target,))
 
     def marker_plan(self, transactional_id: str) -> tuple[MarkerRequest, ...]:
         """The markers a prepared transaction needs (empty unless Prepare*)."""
