@@ -292,10 +292,10 @@ class TxnCoordinator:
             self.channel.add(machine.marker_plan(after.transactional_id))  # full: tick re-adds it
         return actions + self._resume(write.pending.transactional_id, now_ms)
 
-    def write_failed(self, write_id: int, error: int, now_ms: int | None = None) -> list[Action]:
-        """The record was surely not written (`error`: what the append answered). With
-        `now_ms`, the requests that waited for this write run again, each on its own (a
-        failed Complete* write: they find the transaction still completing and wait on)."""
+    def write_failed(self, write_id: int, error: int, now_ms: int) -> list[Action]:
+        """The record was surely not written (`error`: what the append answered). The requests
+        that waited for this write run again, each on its own (a failed Complete* write: they
+        find the transaction still completing and wait on)."""
         write = self._pop_write(write_id)
         if write is None:
             return []
@@ -305,9 +305,7 @@ class TxnCoordinator:
             code = (ErrorCode.NOT_COORDINATOR if error == ErrorCode.NOT_LEADER_OR_FOLLOWER
                     else ErrorCode.COORDINATOR_NOT_AVAILABLE)
             actions.append(_reply(write.request_id, code, f"the state write failed ({ErrorCode.Name(error)})"))
-        if now_ms is not None:
-            actions += self._resume(write.pending.transactional_id, now_ms, combine=False)
-        return actions
+        return actions + self._resume(write.pending.transactional_id, now_ms, combine=False)
 
     def write_timed_out(self, write_id: int) -> list[Action]:
         """The outcome is unknown: answer REQUEST_TIMED_OUT now; the id stays blocked until

@@ -74,7 +74,7 @@ def test_failed_and_unknown_writes():
     c = core()
     ident = init(c)
     append = only(c.add_partitions(2, TID, *ident, tps("a0"), 0), AppendRecords)
-    reply = only(c.write_failed(append.write_id, ErrorCode.NOT_LEADER_OR_FOLLOWER), Reply)
+    reply = only(c.write_failed(append.write_id, ErrorCode.NOT_LEADER_OR_FOLLOWER, 0), Reply)
     assert reply.result.error == ErrorCode.NOT_COORDINATOR and c.machine(0).metadata(TID).state is TxnState.EMPTY
     append = only(c.add_partitions(3, TID, *ident, tps("a0"), 0), AppendRecords)
     reply = only(c.write_timed_out(append.write_id), Reply)
@@ -208,7 +208,7 @@ def test_a_failed_complete_and_add_write_leaves_the_requests_waiting():
     assert c.add_partitions(5, TID, *nxt, tps("b0"), 12) == []
     append = only(c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.NONE
                                            for m in send.markers}, 21), AppendRecords)
-    assert c.write_failed(append.write_id, ErrorCode.NOT_ENOUGH_REPLICAS) == []
+    assert c.write_failed(append.write_id, ErrorCode.NOT_ENOUGH_REPLICAS, 22) == []
     assert c.machine(0).metadata(TID).state is TxnState.PREPARE_COMMIT
     # the next tick sends the markers again; their answer writes Complete + Ongoing again
     (send,) = [a for a in c.tick(30, lambda tp: 1) if isinstance(a, MarkerSend)]

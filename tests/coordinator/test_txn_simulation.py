@@ -184,7 +184,7 @@ class Coordinator:
                 continue
             append = self.appends.pop(write_id)
             if roll < 0.55:
-                self.handle(self.core.write_failed(write_id, ErrorCode.NOT_ENOUGH_REPLICAS))
+                self.handle(self.core.write_failed(write_id, ErrorCode.NOT_ENOUGH_REPLICAS, now_ms))
             else:
                 self._durable(append)
                 self.handle(self.core.write_committed(write_id, now_ms))
