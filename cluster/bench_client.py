@@ -437,12 +437,13 @@ def _cpu_summary(reports: list[dict[str, Any]], mb: float) -> dict[str, Any]:
     """Several phases' CPU reports over their wall time: the machine's busy share (of all
     cores), the cores the brokers and the producers used, and their CPU ms per MB produced."""
     wall = sum(r["wall_s"] for r in reports) or float("nan")
-    ours = sum(sum(r["brokers_cpu_s"]) + sum(r["producers_cpu_s"]) for r in reports)
+    brokers = sum(sum(r["brokers_cpu_s"]) for r in reports)
+    producers = sum(sum(r["producers_cpu_s"]) for r in reports)
     return {
-        "cpu_ms_per_mb": round(ours * 1000 / mb, 1) if mb else None,
+        "cpu_ms_per_mb": round((brokers + producers) * 1000 / mb, 1) if mb else None,
         "machine_busy_share": round(sum(r["machine_busy_s"] for r in reports) / wall / (os.cpu_count() or 1), 3),
-        "brokers_cores": round(sum(sum(r["brokers_cpu_s"]) for r in reports) / wall, 2),
-        "producers_cores": round(sum(sum(r["producers_cpu_s"]) for r in reports) / wall, 2),
+        "brokers_cores": round(brokers / wall, 2),
+        "producers_cores": round(producers / wall, 2),
     }
 
 
