@@ -15,7 +15,10 @@ Liveness has two signals:
     whose heartbeats are that old too (or that never heartbeated this controller: a voter cut
     off from the Raft leader cannot learn who the controller is) is fenced without waiting for
     the whole `session_timeout_ms`. Links are watched even while passive, so a new controller
-    knows how long the old leader's link has been down;
+    knows how long the old leader's link has been down.
+    A heartbeat heard well after the link went down contradicts it: the broker is alive and
+    its Raft link broken or flapping, so until the link is up again only the session timeout
+    fences it (`_link_contradicted`);
   * reports from peers (`on_broker_unreachable`): fence after `disconnect_grace_ms` of report
     *and* heartbeat silence; a heartbeat voids the report.
     A slow link alone never fences a broker that heartbeats.
@@ -111,6 +114,7 @@ class _Liveness:
     metadata_version: int = -1
     heard: bool = False  # a heartbeat of this epoch reached *this* controller
     down_since_ms: int | None = None  # its Raft link (combined mode) down since
+    link_contradicted: bool = False  # it heartbeated well after its link went down (logged once)
     reported_at_ms: int | None = None  # someone reported it unreachable (cleared by a heartbeat)
     fenced_at_ms: int | None = None  # when this controller decided to fence it
     unfenced_since_ms: int | None = None  # first seen unfenced by this controller
@@ -173,6 +177,7 @@ class ControllerCore:
             return
         if connected:
             lv.down_since_ms = None
+            lv.link_contradicted = False
             return
         since = now_ms if down_since_ms is None else min(down_since_ms, now_ms)
         lv.down_since_ms = since if lv.down_since_ms is None else min(lv.down_since_ms, since)
@@ -198,6 +203,24 @@ class ControllerCore:
         commands.extend(self._internal_topics(image))
         return commands
 
+    def _link_contradicted(self, broker_id: int, lv: _Liveness, now_ms: int) -> bool:
+        """A heartbeat heard more than `disconnect_grace_ms` after the Raft link went down shows
+        the broker alive with a broken (or flapping) Raft link: until the link is seen up again
+        it says nothing about the broker, which is then fenced on `session_timeout_ms` only. (A
+        killed broker's last heartbeat predates its link's drop by at most one heartbeat in
+        flight.) Without this, every heartbeat gap of `disconnect_grace_ms` under load fenced
+        such a broker, and the next heartbeat unfenced it (chaos finding 5)."""
+        assert lv.down_since_ms is not None
+        if lv.link_contradicted:
+            return True
+        if not (lv.heard and lv.last_heartbeat_ms > lv.down_since_ms + self.config.disconnect_grace_ms):
+            return False
+        lv.link_contradicted = True
+        log.info("controller: broker %d heartbeats but its Raft link has been down %d ms: "
+                 "fencing it on the session timeout (%d ms) only until the link is up",
+                 broker_id, now_ms - lv.down_since_ms, self.config.session_timeout_ms)
+        return True
+
     def _liveness_decision(self, image: MetadataImage, broker_id: int, now_ms: int) -> Command | None:
         reg = image.brokers[broker_id]
         lv = self._entry(broker_id, reg.broker_epoch, now_ms)
@@ -216,6 +239,7 @@ class ControllerCore:
                 lv.down_since_ms is not None
                 and now_ms - lv.down_since_ms >= grace
                 and (silent_ms >= grace or not lv.heard)
+                and not self._link_contradicted(broker_id, lv, now_ms)
             )
             reported = lv.reported_at_ms is not None and now_ms - lv.reported_at_ms >= grace and silent_ms >= grace
             unreachable = link_down or reported

@@ -183,6 +183,45 @@ def test_no_flapping_after_a_fence() -> None:
     assert core.decide(m.image, 1010) == [UnfenceBroker(2, 2)]
 
 
+def test_a_broker_that_heartbeats_over_a_broken_raft_link_is_fenced_on_the_session_timeout_only() -> None:
+    """Chaos finding 5: the Raft link to a live broker stayed down after a restart while its
+    heartbeats kept coming; every heartbeat gap >= the grace under load fenced it and the
+    next heartbeat unfenced it, for minutes. A heartbeat well after the link's drop now
+    contradicts the link until it is up again; a kill after that waits for the session timeout."""
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=0)
+    core.on_connection_status(3, False, now_ms=50, down_since_ms=50)
+    for now in range(100, 500, 100):  # heartbeats go on after the link dropped
+        heartbeat_all(core, m, now)
+        assert core.decide(m.image, now + 1) == [], now
+    for now in range(500, 5000, 400):  # then 400 ms apart (> grace 250): slow, but alive
+        heartbeat_all(core, m, now)
+        core.on_connection_status(3, False, now_ms=now + 1, down_since_ms=50)
+        assert core.decide(m.image, now + 300) == [], now
+    # then it dies: no heartbeat after 4900; only the session timeout (1000 ms) fences it
+    heartbeat_all(core, m, 5500, skip=(3,))
+    assert core.decide(m.image, 5800) == []
+    assert core.decide(m.image, 5901) == [FenceBroker(3, 3)]
+
+
+def test_a_link_seen_up_again_is_trusted_again() -> None:
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=0)
+    core.on_connection_status(3, False, now_ms=50, down_since_ms=50)
+    heartbeat_all(core, m, 400)
+    assert core.decide(m.image, 700) == []  # contradicted: no fence on 300 ms of silence
+    core.on_connection_status(3, True, now_ms=750)
+    heartbeat_all(core, m, 800)
+    core.on_connection_status(3, False, now_ms=850, down_since_ms=850)  # a kill: link drops, heartbeats stop
+    heartbeat_all(core, m, 900, skip=(3,))
+    assert core.decide(m.image, 1060) == []  # link down 210 ms < grace
+    assert core.decide(m.image, 1110) == [FenceBroker(3, 3)]  # link down 260 ms, silent 310 ms: the fast path
+
+
 def test_stale_epoch_heartbeat_asks_to_reregister() -> None:
     m = registered()
     core = ControllerCore(CFG)
