@@ -199,7 +199,11 @@ def test_a_keyless_record_that_does_not_fit_the_sticky_batch_goes_to_the_next_pa
     records sent one after another."""
     state, _brokers, bootstrap = fake_cluster
     state.create_topic("t", 3)
-    with Producer(bootstrap, linger_ms=30_000, batch_bytes=2000) as producer:
+    # max_in_flight 5: 10 batches over 3 partitions never fill a partition's in-flight slots, so
+    # adaptive stickiness (which leaves a partition with no free slot) never moves a record; with
+    # the plain producer's default of 1 it did whenever the fake broker answered late (a loaded
+    # machine), and a batch could then hold one record
+    with Producer(bootstrap, linger_ms=30_000, batch_bytes=2000, max_in_flight=5) as producer:
         futures = [producer.send("t", b"%03d" % i + b"." * 297) for i in range(60)]
         producer.flush(timeout_s=10)
     assert all(f.result(0) for f in futures)
