@@ -101,6 +101,7 @@ class Producer(_ClientBase):
         enable_idempotence: bool | None = None,
         transactional_id: str | None = None,
         transaction_timeout_ms: int = limits.TRANSACTION_TIMEOUT_MS_DEFAULT,
+        predict_txn_partitions: bool = True,
     ) -> None:
         acks_value = parse_acks(acks)
         idempotent = _idempotence_setting(enable_idempotence, transactional_id, acks_value, max_in_flight)
@@ -124,8 +125,8 @@ class Producer(_ClientBase):
         self._idem = IdempotenceState(transactional=bool(transactional_id)) if idempotent else None
         self._txn_rpc = TxnRpc(self._connections, self._metadata, request_timeout_ms, retry_backoff_ms,
                                retry_backoff_max_ms)
-        self._txn = (TransactionManager(transactional_id, transaction_timeout_ms, self._txn_rpc)
-                     if transactional_id else None)
+        self._txn = (TransactionManager(transactional_id, transaction_timeout_ms, self._txn_rpc,
+                                        predict_txn_partitions) if transactional_id else None)
         self._fatal: SemelError | None = None          # the producer cannot send any more
         self._identity_retry_at_ms = 0
         self._adding: threading.Thread | None = None   # AddPartitionsToTxn in progress
@@ -419,8 +420,15 @@ class Producer(_ClientBase):
         while pending:
             try:
                 self._txn_rpc.add_partitions(txn.transactional_id, identity, pending,
-                                             _now_ms() + self.request_timeout_ms)
+                                             _now_ms() + self.request_timeout_ms, final_codes=_PREDICTION_REFUSED)
             except SemelError as exc:
+                if txn.drop_predictions():
+                    # it carried partitions of the previous transaction (a topic deleted since,
+                    # too many partitions, ...): add only what is written, at once
+                    current, pending = txn.pending_partitions()
+                    if current != identity:
+                        return
+                    continue
                 if not txn.is_current(identity):
                     return  # the transaction ended (aborted) meanwhile: this answer is about an old epoch
                 if exc.retriable and not (exc.code in FENCING_CODES):
@@ -783,6 +791,12 @@ class Producer(_ClientBase):
             f"delivery_timeout_ms={self.delivery_timeout_ms} after {batch.attempts} attempt(s)",
             outcome_unknown=batch.outcome_unknown,
         )
+
+
+# Add answers the add worker handles itself instead of TxnRpc retrying them until the request
+# timeout: an add that carried the previous transaction's partitions is retried at once without
+# them (one may be of a topic deleted since); any other goes back to the sender (retry backoff).
+_PREDICTION_REFUSED = frozenset({common_pb2.UNKNOWN_TOPIC_OR_PARTITION, common_pb2.INVALID_REQUEST})
 
 
 @dataclasses.dataclass(slots=True, eq=False)

@@ -53,6 +53,8 @@ class FakeEosState(FakeClusterState):
         self.init_producer_id_calls: list[txn_pb2.InitProducerIdRequest] = []
         self.end_txn_calls: list[txn_pb2.EndTxnRequest] = []
         self.add_partitions_calls = 0
+        self.added_per_call: list[set] = []            # the partitions of each AddPartitionsToTxn
+        self.unknown_partitions: set = set()           # AddPartitionsToTxn naming one answers UNKNOWN_TOPIC_OR_PARTITION
         self.produced_batches: list[common_pb2.RecordBatch] = []   # every attempt received (copies)
         self.offset_commits: list = []
 
@@ -248,6 +250,12 @@ class FakeEosBroker(FakeBroker, txn_pb2_grpc.TransactionsServicer):
         s: FakeEosState = self.state  # type: ignore[assignment]
         with s.lock:
             s.add_partitions_calls += 1
+            asked = {(p.topic, p.partition) for p in request.partitions}
+            s.added_per_call.append(asked)
+            if asked & s.unknown_partitions:
+                return txn_pb2.AddPartitionsToTxnResponse(
+                    error_code=common_pb2.UNKNOWN_TOPIC_OR_PARTITION,
+                    error_message=f"unknown partitions {sorted(asked & s.unknown_partitions)}")
             txn = s.txns.get(request.transactional_id)
             code, message = self._check(txn, request.producer_id, request.producer_epoch)
             if code:

@@ -245,6 +245,38 @@ def test_transaction_commit_is_visible_atomically_and_abort_never(cluster: Clust
     assert b"aborted" in read_values(c._live_bootstrap(), "txn-out", 0, 7, "read_uncommitted")
 
 
+def _end_offset_as_reader(bootstrap: str, topic: str, partition: int, isolation: str) -> int:
+    with Consumer(bootstrap, auto_offset_reset="latest", isolation_level=isolation) as consumer:
+        consumer.assign([(topic, partition)])
+        return consumer.position(topic, partition)
+
+
+def test_a_predicted_partition_the_transaction_does_not_write_is_closed_cleanly(cluster: Cluster) -> None:
+    """The first add of the third transaction names both partitions the first two wrote
+    (partition prediction); it writes only partition 0. Partition 1 gets a marker that closes
+    nothing: no hanging transaction there (LSO = HW), its committed data intact, and the next
+    transaction of the producer writes it again."""
+    c = cluster
+    c.create_topic("txn-predicted", 2, 3)
+    with c.producer(transactional_id="eos-predicted", linger_ms=1) as producer:
+        producer.init_transactions(timeout_s=30)
+        for value in (b"a", b"b"):
+            with producer.transaction():
+                producer.send("txn-predicted", value + b"0", partition=0).result(20)
+                producer.send("txn-predicted", value + b"1", partition=1).result(20)
+        with producer.transaction():
+            producer.send("txn-predicted", b"c0", partition=0).result(20)
+        bootstrap = c._live_bootstrap()
+        # a1, b1, their COMMIT markers and the third transaction's marker that closes nothing
+        # (markers are written after commit_transaction() returns)
+        assert wait_until(lambda: _end_offset_as_reader(bootstrap, "txn-predicted", 1, "read_uncommitted") == 5, timeout_s=20)
+        assert _end_offset_as_reader(bootstrap, "txn-predicted", 1, "read_committed") == 5
+        with producer.transaction():
+            producer.send("txn-predicted", b"d1", partition=1).result(20)
+    assert read_values(c._live_bootstrap(), "txn-predicted", 0, 3, "read_committed") == [b"a0", b"b0", b"c0"]
+    assert read_values(c._live_bootstrap(), "txn-predicted", 1, 3, "read_committed") == [b"a1", b"b1", b"d1"]
+
+
 def test_back_to_back_transactions_over_many_partitions(cluster: Cluster) -> None:
     """Short transactions with several batches in flight per partition from each one's start:
     concurrent first writes share the leader's verification (none may void another's:

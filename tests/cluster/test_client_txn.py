@@ -194,3 +194,58 @@ def test_a_late_add_partitions_answer_for_an_ended_transaction_is_ignored(eos_cl
         producer.send("t", b"y", partition=0)
         producer.commit_transaction()
     assert state.committed_values("t", 0) == [b"y"]
+
+
+def test_the_first_add_of_a_transaction_carries_the_partitions_the_previous_two_wrote(eos_cluster) -> None:
+    """A steady producer writes the same partitions in every transaction, one after the other:
+    once two transactions in a row wrote them, the first add of the next names them all, so the
+    later first writes need none."""
+    state, bootstrap = eos_cluster
+    with _txn_producer(bootstrap, "tx-pred") as producer:
+        for value in (b"a", b"b"):
+            with producer.transaction():
+                producer.send("t", value, partition=0).result(5)
+                producer.send("t", value, partition=1).result(5)
+        calls = state.add_partitions_calls
+        assert calls == 4 and state.added_per_call == [{("t", 0)}, {("t", 1)}] * 2
+        with producer.transaction():
+            producer.send("t", b"c", partition=0).result(5)
+            producer.send("t", b"d", partition=1).result(5)
+        assert state.add_partitions_calls == calls + 1
+        assert state.added_per_call[-1] == {("t", 0), ("t", 1)}
+        with producer.transaction():   # writes only p1: p0 is added but gets a marker closing nothing
+            producer.send("t", b"e", partition=1).result(5)
+        assert state.added_per_call[-1] == {("t", 0), ("t", 1)}
+        with producer.transaction():   # the prediction is now p1 alone
+            producer.send("t", b"f", partition=0).result(5)
+        assert state.added_per_call[-1] == {("t", 0), ("t", 1)} and state.add_partitions_calls == calls + 3
+        with producer.transaction():   # p0 and p1 were not both written twice in a row: nothing predicted
+            producer.send("t", b"g", partition=0).result(5)
+        assert state.added_per_call[-1] == {("t", 0)}
+    assert state.committed_values("t", 0) == [b"a", b"b", b"c", b"f", b"g"]
+    assert state.committed_values("t", 1) == [b"a", b"b", b"d", b"e"]
+
+
+def test_an_add_refused_because_of_a_predicted_partition_is_retried_without_predictions(eos_cluster) -> None:
+    state, bootstrap = eos_cluster
+    state.create_topic("gone", 1)
+    with _txn_producer(bootstrap, "tx-gone") as producer:
+        for value in (b"x", b"y"):
+            with producer.transaction():
+                producer.send("gone", value, partition=0).result(5)
+                producer.send("t", value, partition=0).result(5)
+        state.unknown_partitions.add(("gone", 0))  # the topic was deleted since
+        with producer.transaction():
+            producer.send("t", b"z", partition=0).result(5)
+        assert state.added_per_call[-2:] == [{("gone", 0), ("t", 0)}, {("t", 0)}]
+    assert state.committed_values("t", 0) == [b"x", b"y", b"z"]
+
+
+def test_predictions_can_be_turned_off(eos_cluster) -> None:
+    state, bootstrap = eos_cluster
+    with _txn_producer(bootstrap, "tx-nopred", predict_txn_partitions=False) as producer:
+        for value in (b"a", b"b"):
+            with producer.transaction():
+                producer.send("t", value, partition=0).result(5)
+                producer.send("t", value, partition=1).result(5)
+    assert state.added_per_call == [{("t", 0)}, {("t", 1)}, {("t", 0)}, {("t", 1)}]
