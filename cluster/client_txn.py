@@ -406,7 +406,7 @@ class TransactionManager:
         transaction, but one after the other as its batches fill: without the prediction each
         partition's first write waits for an add of its own, each a replicated coordinator
         write (measured with `semel bench produce --transactional`: 4.0 state records per
-        transaction, 2.3 with it). A partition added but not written gets a marker that
+        transaction, 2.3-2.5 with it). A partition added but not written gets a marker that
         closes nothing; asking for two transactions in a row keeps a producer whose
         partitions change from transaction to transaction from paying many of those."""
         with self._lock:
