@@ -40,6 +40,15 @@ def apply_all(m: MetadataStateMachine, commands: list) -> None:
         m.apply(c)
 
 
+def active_core(now_ms: int) -> tuple[MetadataStateMachine, ControllerCore]:
+    """Three unfenced brokers with the internal topics, and a controller core active since `now_ms`."""
+    m = registered()
+    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
+    core = ControllerCore(CFG)
+    core.on_became_leader(m.image, now_ms=now_ms)
+    return m, core
+
+
 def heartbeat_all(core: ControllerCore, m: MetadataStateMachine, now: int, skip: tuple[int, ...] = ()) -> None:
     for b, reg in m.image.brokers.items():
         if b not in skip:
@@ -76,10 +85,7 @@ def test_sessions_restart_when_becoming_leader() -> None:
 
 
 def test_disconnect_fences_after_grace_when_heartbeats_also_stop() -> None:
-    m = registered()
-    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
-    core = ControllerCore(CFG)
-    core.on_became_leader(m.image, now_ms=0)
+    m, core = active_core(now_ms=0)
     heartbeat_all(core, m, 100)
     core.on_connection_status(3, False, now_ms=120)
     heartbeat_all(core, m, 200, skip=(3,))
@@ -89,10 +95,7 @@ def test_disconnect_fences_after_grace_when_heartbeats_also_stop() -> None:
 
 
 def test_disconnect_alone_does_not_fence_a_broker_that_heartbeats() -> None:
-    m = registered()
-    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
-    core = ControllerCore(CFG)
-    core.on_became_leader(m.image, now_ms=0)
+    m, core = active_core(now_ms=0)
     core.on_broker_unreachable(1, now_ms=0)
     for now in range(100, 3000, 100):
         heartbeat_all(core, m, now)
@@ -102,20 +105,14 @@ def test_disconnect_alone_does_not_fence_a_broker_that_heartbeats() -> None:
 def test_new_leader_fences_a_dead_former_leader_at_once() -> None:
     """The Raft leader (also a broker) is killed: its link has been down since the election
     started, and it cannot heartbeat a controller it cannot learn about."""
-    m = registered()
-    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
-    core = ControllerCore(CFG)
-    core.on_became_leader(m.image, now_ms=10_000)
+    m, core = active_core(now_ms=10_000)
     core.on_connection_status(1, False, 10_000, down_since_ms=9_700)
     core.on_connection_status(2, True, 10_000)
     assert core.decide(m.image, 10_000) == [FenceBroker(1, 1)]
 
 
 def test_new_leader_gives_a_recently_disconnected_broker_the_grace() -> None:
-    m = registered()
-    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
-    core = ControllerCore(CFG)
-    core.on_became_leader(m.image, now_ms=10_000)
+    m, core = active_core(now_ms=10_000)
     core.on_connection_status(1, False, 10_000, down_since_ms=9_950)
     assert core.decide(m.image, 10_050) == []  # down for 100 ms < grace (250)
     heartbeat_all(core, m, 10_060)  # it reached us after all
@@ -166,10 +163,7 @@ def test_a_fenced_broker_must_have_seen_its_fencing_before_it_is_unfenced() -> N
 
 
 def test_no_flapping_after_a_fence() -> None:
-    m = registered()
-    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
-    core = ControllerCore(CFG)
-    core.on_became_leader(m.image, now_ms=0)
+    m, core = active_core(now_ms=0)
     heartbeat_all(core, m, 600)
     core.on_connection_status(2, False, 600)
     heartbeat_all(core, m, 900, skip=(2,))
@@ -188,10 +182,7 @@ def test_a_broker_that_heartbeats_over_a_broken_raft_link_is_fenced_on_the_sessi
     heartbeats kept coming; every heartbeat gap >= the grace under load fenced it and the
     next heartbeat unfenced it, for minutes. A heartbeat well after the link's drop now
     contradicts the link until it is up again; a kill after that waits for the session timeout."""
-    m = registered()
-    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
-    core = ControllerCore(CFG)
-    core.on_became_leader(m.image, now_ms=0)
+    m, core = active_core(now_ms=0)
     core.on_connection_status(3, False, now_ms=50, down_since_ms=50)
     for now in range(100, 500, 100):  # heartbeats go on after the link dropped
         heartbeat_all(core, m, now)
@@ -207,10 +198,7 @@ def test_a_broker_that_heartbeats_over_a_broken_raft_link_is_fenced_on_the_sessi
 
 
 def test_a_link_seen_up_again_is_trusted_again() -> None:
-    m = registered()
-    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
-    core = ControllerCore(CFG)
-    core.on_became_leader(m.image, now_ms=0)
+    m, core = active_core(now_ms=0)
     core.on_connection_status(3, False, now_ms=50, down_since_ms=50)
     heartbeat_all(core, m, 400)
     assert core.decide(m.image, 700) == []  # contradicted: no fence on 300 ms of silence
@@ -267,10 +255,7 @@ def test_leaderless_partition_with_a_live_isr_member_is_repaired() -> None:
 
 
 def test_an_unreachable_report_is_forgotten_once_the_broker_heartbeats() -> None:
-    m = registered()
-    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
-    core = ControllerCore(CFG)
-    core.on_became_leader(m.image, now_ms=0)
+    m, core = active_core(now_ms=0)
     core.on_broker_unreachable(2, now_ms=100)  # a peer's fetch failed once
     heartbeat_all(core, m, 150)
     heartbeat_all(core, m, 500, skip=(2,))
@@ -318,10 +303,7 @@ def test_leadership_returns_to_the_preferred_replica_after_the_delay() -> None:
 
 
 def test_a_peer_report_needs_silence_even_from_a_broker_not_heard_yet() -> None:
-    m = registered()
-    apply_all(m, [CreateTopic(TRANSACTION_STATE_TOPIC, 4, 3, internal=True), CreateTopic(CONSUMER_OFFSETS_TOPIC, 2, 3, internal=True)])
-    core = ControllerCore(CFG)
-    core.on_became_leader(m.image, now_ms=0)
+    m, core = active_core(now_ms=0)
     core.on_broker_unreachable(2, now_ms=0)
     assert core.decide(m.image, 240) == []  # reported 240 ms ago, silent (since we lead) 240 ms
     heartbeat_all(core, m, 245)  # it finds the new controller: the report is void
