@@ -123,6 +123,11 @@ class ReadResult:
     headers: tuple[BatchHeader, ...]
 
 
+def _cache_window() -> int | None:
+    """Bytes of the active segment kept in the page cache after a background sync (None: all)."""
+    return limits.PAGE_CACHE_WINDOW_BYTES if limits.PAGE_CACHE_WINDOW_BYTES > 0 else None
+
+
 class PartitionLog:
     """See the module docstring. Create with `PartitionLog.open`."""
 
@@ -335,7 +340,7 @@ class PartitionLog:
                 if self.config.flush_policy == "always":
                     active.fsync()
                 else:  # interval: the appending thread (a broker's event loop) does not wait for the disk
-                    active.fsync_soon(background_sync.shared())
+                    active.fsync_soon(background_sync.shared(), _cache_window())
                 self._last_fsync_ms = now_ms
             return last_header
 
@@ -384,6 +389,10 @@ class PartitionLog:
         sealed.write_index_files(sync=self._sync_files)
         if self._sync_files:
             sealed.fsync()
+            # the sealed segment leaves the page cache (synced again, cheaply, on the background
+            # thread first); readers are mostly at the new segment's end
+            if limits.PAGE_CACHE_WINDOW_BYTES > 0:
+                sealed.fsync_soon(background_sync.shared(), keep_cached_bytes=0)
         self._add_segment(LogSegment.create(self.directory, self.log_end_offset, self.config.index_interval_bytes))
         if self._sync_files:
             fsync_dir(self.directory)

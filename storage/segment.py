@@ -165,9 +165,12 @@ class LogSegment:
     def fsync(self) -> None:
         os.fdatasync(self._fd)
 
-    def fsync_soon(self, syncer: BackgroundSync) -> None:
-        """fdatasync on `syncer`'s thread (inline when its queue is full)."""
-        if not syncer.submit(self._fd, str(self._path(LOG_SUFFIX))):
+    def fsync_soon(self, syncer: BackgroundSync, keep_cached_bytes: int | None = None) -> None:
+        """fdatasync on `syncer`'s thread (inline when its queue is full); then, unless
+        `keep_cached_bytes` is None, all but the segment's last `keep_cached_bytes` leave the
+        page cache (see background_sync)."""
+        drop_before = 0 if keep_cached_bytes is None else max(0, self.index.size_bytes - keep_cached_bytes)
+        if not syncer.submit(self._fd, str(self._path(LOG_SUFFIX)), drop_before):
             self.fsync()
 
     def write_index_files(self, *, sync: bool) -> None:

@@ -18,6 +18,7 @@ INDEX_INTERVAL_BYTES_DEFAULT = 4096        # one sparse index entry per this man
 RETENTION_BYTES_DEFAULT = -1               # -1: unlimited
 RETENTION_MS_DEFAULT = 7 * 24 * 3600 * 1000
 FLUSH_INTERVAL_MS_DEFAULT = 1000
+PAGE_CACHE_WINDOW_BYTES = 64 * 1024 * 1024   # interval flush policy: after a background sync the active segment keeps only its last this many bytes in the page cache, a sealed one none (0: leave it all to the OS; storage/background_sync.py)
 FLUSH_POLICY_DEFAULT = "interval"          # "never" | "interval" | "always"; why: docs/storage.md
 SEGMENT_BYTES_MIN = 1024                   # smaller segments are allowed only down to this
 SEGMENT_BYTES_MAX = 1024 * 1024 * 1024     # keeps positions far inside int32 and bounds one recovery scan

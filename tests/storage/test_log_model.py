@@ -17,7 +17,9 @@ from pathlib import Path
 from hypothesis import Phase, event, given, settings
 from hypothesis import strategies as st
 
+from semel import limits
 from semel.storage import background_sync
+from semel.storage.segment import LOG_SUFFIX
 from semel.storage import epoch_cache as ec
 from semel.storage.aborted_txns import AbortedTxn
 from semel.storage.batch import BatchHeader, encode_batch
@@ -255,3 +257,40 @@ def test_background_sync_keeps_the_file_open_and_bounds_its_queue(tmp_path, monk
     assert syncer.wait_idle()
     os.close(fd2)
     assert synced == [path.stat().st_ino] * 2 and syncer.synced == 2 and syncer.failures == 0
+
+
+def test_interval_syncs_drop_all_but_a_window_of_the_log_from_the_page_cache(tmp_path, monkeypatch):
+    """After a background sync the active segment keeps only its last PAGE_CACHE_WINDOW_BYTES
+    cached (POSIX_FADV_DONTNEED on the synced range before it), a sealed segment nothing; a
+    window of 0 leaves the page cache to the OS."""
+    advised = []
+    real = os.posix_fadvise
+
+    def record(fd, offset, length, advice):
+        advised.append((os.fstat(fd).st_ino, offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    monkeypatch.setattr(limits, "PAGE_CACHE_WINDOW_BYTES", 1000)
+    config = LogConfig(flush_policy="interval", flush_interval_ms=100, segment_bytes=4000)
+    plog = PartitionLog.open(tmp_path / "w", config, 0)
+    for i in range(30):  # ~300 bytes a batch: rolls about every 13 batches
+        plog.append(make_batch(i, 1, 0, 0, 250), i * 100)
+    assert background_sync.shared().wait_idle()
+    segments = {seg._path(LOG_SUFFIX).stat().st_ino: seg for seg in plog._segments}
+    active = plog._segments[-1]
+    assert advised and all(a[3] == os.POSIX_FADV_DONTNEED and a[1] == 0 for a in advised)
+    for seg in plog._segments[:-1]:  # sealed: dropped whole at the roll
+        assert (seg._path(LOG_SUFFIX).stat().st_ino, 0, seg.index.size_bytes, os.POSIX_FADV_DONTNEED) in advised
+    on_active = [a[2] for a in advised if a[0] == active._path(LOG_SUFFIX).stat().st_ino]
+    assert on_active and max(on_active) <= active.index.size_bytes - 1000
+    assert set(a[0] for a in advised) <= set(segments)
+    plog.close()
+    advised.clear()
+    monkeypatch.setattr(limits, "PAGE_CACHE_WINDOW_BYTES", 0)
+    plog = PartitionLog.open(tmp_path / "keep", config, 0)
+    for i in range(30):
+        plog.append(make_batch(i, 1, 0, 0, 250), i * 100)
+    assert background_sync.shared().wait_idle()
+    assert advised == []
+    plog.close()
