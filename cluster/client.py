@@ -33,7 +33,6 @@ from semel.cluster.client_admin import (
 from semel.cluster.client_base import parse_acks
 from semel.cluster.client_group import Consumer, ConsumerGroupMetadata  # assign-based, or a group member with group_id
 from semel.cluster.client_errors import SemelError
-from semel.cluster.client_txn import GroupMetadata
 from semel.cluster.client_metadata import ClusterView, PartitionInfo
 from semel.cluster.client_producer import Producer
 from semel.cluster.client_records import ConsumerRecord, RecordMetadata
