@@ -82,14 +82,22 @@ class BackgroundSync:
                 os.fdatasync(fd)
                 self.synced += 1
                 if drop_before > 0:
-                    os.posix_fadvise(fd, 0, drop_before, os.POSIX_FADV_DONTNEED)
-                    self.dropped_bytes += drop_before
+                    self._drop(fd, drop_before, what)
             except OSError as exc:
                 self.failures += 1
                 log.error("background fdatasync of %s failed: %s (the data is in the page cache and on the "
                           "replicas; a machine crash now could lose it here)", what, exc)
             finally:
                 os.close(fd)
+
+
+    def _drop(self, fd: int, length: int, what: str) -> None:
+        """Advice only: a refusal costs the page-cache bound, never data."""
+        try:
+            os.posix_fadvise(fd, 0, length, os.POSIX_FADV_DONTNEED)
+            self.dropped_bytes += length
+        except OSError as exc:
+            log.debug("posix_fadvise(DONTNEED) of %s refused: %s", what, exc)
 
 
 _shared: BackgroundSync | None = None
