@@ -90,7 +90,6 @@ class BackgroundSync:
             finally:
                 os.close(fd)
 
-
     def _drop(self, fd: int, length: int, what: str) -> None:
         """Advice only: a refusal costs the page-cache bound, never data."""
         try:

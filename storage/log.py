@@ -124,7 +124,8 @@ class ReadResult:
 
 
 def _cache_window() -> int | None:
-    """Bytes of the active segment kept in the page cache after a background sync (None: all)."""
+    """Bytes of the active segment kept in the page cache after a background sync (None: all,
+    and a sealed segment is not dropped either)."""
     return limits.PAGE_CACHE_WINDOW_BYTES if limits.PAGE_CACHE_WINDOW_BYTES > 0 else None
 
 
@@ -391,7 +392,7 @@ class PartitionLog:
             sealed.fsync()
             # the sealed segment leaves the page cache (synced again, cheaply, on the background
             # thread first); readers are mostly at the new segment's end
-            if limits.PAGE_CACHE_WINDOW_BYTES > 0:
+            if _cache_window() is not None:
                 sealed.fsync_soon(background_sync.shared(), keep_cached_bytes=0)
         self._add_segment(LogSegment.create(self.directory, self.log_end_offset, self.config.index_interval_bytes))
         if self._sync_files:
