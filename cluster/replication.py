@@ -13,6 +13,12 @@ Theory of operation:
     the stored bytes from there (verbatim) plus the HW. Nothing new -> the leader long-polls
     (up to max_wait_ms) on the partitions' notifiers, answering early on data or on a HW the
     follower has not been told yet.
+  * The stream is a fetch session (Kafka's KIP-227): its first request names every partition,
+    later ones only those whose fetch state changed, and a response carries only partitions
+    with something to tell (data, a new HW, an error, a divergence). The leader keeps the
+    session (`FetchSession`); an unnamed partition whose follower is at the log end counts as
+    fetched, for the ISR, by omission. A round's work thus follows what changed, not the
+    number of partitions a broker pair shares (16 + 16 internal partitions by default).
   * A partition added to or removed from a fetcher restarts its stream at once (no waiting
     out a long-poll), so a new leader's followers start fetching immediately after failover.
   * A stream that breaks with UNAVAILABLE is reported to the controller as a fast
@@ -26,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import grpc
 
@@ -60,50 +66,99 @@ def channel_options() -> list[tuple[str, object]]:
 # --- leader side ------------------------------------------------------------------------
 
 
+class FetchSession:
+    """The leader's memory of one ReplicaFetch stream (KIP-227's fetch session; the stream is
+    its lifetime, so it needs no id or epoch): the fetch state each partition was last sent
+    with, and the high watermark the follower was last told."""
+
+    def __init__(self) -> None:
+        self.partitions: dict[tuple[str, int], rpb.ReplicaFetchPartition] = {}
+        self.told_hw: dict[tuple[str, int], int] = {}
+        # Partitions whose last answer was an error or a divergence: asked about again in full
+        # every round (as a full request would), not taken as settled.
+        self.unsettled: set[tuple[str, int]] = set()
+
+
 class LeaderReplicationService:
     def __init__(self, rm: ReplicaManager, max_fetch_bytes: int) -> None:
         self.rm = rm
         self.max_fetch_bytes = max_fetch_bytes
 
     async def stream(self, requests: AsyncIterator[rpb.ReplicaFetchRequest]) -> AsyncIterator[rpb.ReplicaFetchResponse]:
-        told_hw: dict[tuple[str, int], int] = {}
+        session = FetchSession()
         async for req in requests:
-            yield await self.handle(req, told_hw)
+            yield await self.handle(req, session)
 
-    async def handle(self, req: rpb.ReplicaFetchRequest, told_hw: dict[tuple[str, int], int]) -> rpb.ReplicaFetchResponse:
+    async def handle(self, req: rpb.ReplicaFetchRequest, session: FetchSession | None = None) -> rpb.ReplicaFetchResponse:
+        """Answers one request of a stream. A partition the request does not name (incremental)
+        costs a few comparisons, not a result: it is answered only when it has new data or a
+        new high watermark, so a round's work follows what changed, not how many partitions
+        the follower replicates."""
         loop = asyncio.get_running_loop()
+        if session is None:
+            session = FetchSession()
         max_wait_s = max(0, min(req.max_wait_ms, limits.MAX_FETCH_WAIT_MS)) / 1000
         max_bytes = min(req.max_bytes if req.max_bytes > 0 else self.max_fetch_bytes, self.max_fetch_bytes)
         deadline = loop.time() + max_wait_s
-        first = True
-        if len(req.partitions) > limits.MAX_PARTITIONS_PER_REQUEST:
+        if not req.incremental:
+            session.partitions.clear()
+            session.told_hw.clear()
+            session.unsettled.clear()
+        named = set()
+        for fp in req.partitions:
+            key = (fp.topic, fp.partition)
+            session.partitions[key] = fp
+            named.add(key)
+        if len(req.partitions) > limits.MAX_PARTITIONS_PER_REQUEST or len(session.partitions) > limits.MAX_PARTITIONS_PER_REQUEST:
+            session.partitions.clear()  # the follower must start over (it will, on a new stream)
             return rpb.ReplicaFetchResponse(results=[
                 rpb.ReplicaFetchPartitionResult(topic=fp.topic, partition=fp.partition,
                                                 error_code=pb.INVALID_REQUEST, diverging_epoch=-1)
                 for fp in req.partitions[:1]
             ])
+        first = True
         while True:
             results = []
-            ready = False
             remaining = max_bytes
             now = progress_ms()
-            for fp in req.partitions:
+            for key, fp in session.partitions.items():
+                if key not in named and key not in session.unsettled and self._settled(req.replica_id, key, fp, session, now, first):
+                    continue
                 r = self._one(req.replica_id, fp, remaining, now, update_progress=first)
                 remaining -= len(r.records)
-                key = (fp.topic, fp.partition)
-                if r.records or r.error_code != pb.NONE or r.diverging_end_offset >= 0 or told_hw.get(key) != r.high_watermark:
-                    ready = True
-                results.append(r)
+                if r.records or r.error_code != pb.NONE or r.diverging_end_offset >= 0 or session.told_hw.get(key) != r.high_watermark:
+                    results.append(r)
             first = False
-            if ready or loop.time() >= deadline:
+            named = set()  # after a wake, every partition is judged by what changed on the leader
+            if results or loop.time() >= deadline:
                 for r in results:
-                    told_hw[(r.topic, r.partition)] = r.high_watermark
+                    key = (r.topic, r.partition)
+                    session.told_hw[key] = r.high_watermark
+                    if r.error_code != pb.NONE or r.diverging_end_offset >= 0:
+                        session.unsettled.add(key)
+                    else:
+                        session.unsettled.discard(key)
                 return rpb.ReplicaFetchResponse(results=results)
-            await self._wait_any(req, deadline - loop.time())
+            await self._wait_any(session.partitions, deadline - loop.time())
 
-    async def _wait_any(self, req: rpb.ReplicaFetchRequest, timeout_s: float) -> None:
+    def _settled(self, replica_id: int, key: tuple[str, int], fp: rpb.ReplicaFetchPartition, session: FetchSession,
+                 now: int, first: bool) -> bool:
+        """True when a partition the request did not name has nothing to tell the follower:
+        still led here in the epoch the follower knows, the follower at the log end, its
+        high watermark already told. On a request's first pass this also counts as the
+        follower's fetch for ISR purposes (it is caught up, and says so by omission)."""
+        p = self.rm.get(*key)
+        if p is None or p.role != Role.LEADER or p.leader_epoch != fp.current_leader_epoch:
+            return False
+        if fp.fetch_offset != p.log_end_offset:
+            return False
+        if first:
+            p.on_follower_fetch(replica_id, fp.fetch_offset, now)
+        return session.told_hw.get(key) == p.high_watermark
+
+    async def _wait_any(self, keys: Iterable[tuple[str, int]], timeout_s: float) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        parts = [p for fp in req.partitions if (p := self.rm.get(fp.topic, fp.partition)) is not None]
+        parts = [p for key in keys if (p := self.rm.get(*key)) is not None]
         for p in parts:
             p.add_waiter(fut, data_only=True)
         try:
@@ -180,6 +235,7 @@ class ReplicaFetcher:
         self._channel_address: str | None = None
         self._stopped = False
         self._healthy = True
+        self._sent: dict[tuple[str, int], tuple[int, int, int]] = {}  # this stream's fetch session
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"fetcher-{self.leader_id}")
@@ -248,6 +304,7 @@ class ReplicaFetcher:
     async def _stream(self, address: str) -> None:
         stub = rgrpc.ReplicationStub(self._get_channel(address))
         call = stub.ReplicaFetch(wait_for_ready=False)
+        self._sent.clear()  # a new stream is a new fetch session: its first request names everything
         changed = asyncio.ensure_future(self._changed.wait())
         try:
             while not self._stopped:
@@ -273,18 +330,29 @@ class ReplicaFetcher:
             call.cancel()
 
     def _request(self) -> rpb.ReplicaFetchRequest:
+        """All partitions on a new stream, then only those whose fetch state (LEO, leader
+        epoch, last batch epoch) changed since they were last sent on it: the leader's
+        FetchSession keeps the rest."""
         parts = []
-        for p in self.partitions.values():
+        sent = self._sent
+        incremental = bool(sent)
+        for key, p in self.partitions.items():
+            fetch_state = (p.log_end_offset, p.leader_epoch, p.store.last_batch_epoch())
+            if sent.get(key) == fetch_state:
+                continue
+            sent[key] = fetch_state
             parts.append(rpb.ReplicaFetchPartition(
-                topic=p.topic, partition=p.partition, fetch_offset=p.log_end_offset,
-                current_leader_epoch=p.leader_epoch, last_fetched_epoch=p.store.last_batch_epoch(),
+                topic=p.topic, partition=p.partition, fetch_offset=fetch_state[0],
+                current_leader_epoch=fetch_state[1], last_fetched_epoch=fetch_state[2],
             ))
         return rpb.ReplicaFetchRequest(replica_id=self.broker_id, broker_epoch=self.broker_epoch(),
-                                       partitions=parts, max_wait_ms=self.max_wait_ms, max_bytes=self.max_bytes)
+                                       partitions=parts, max_wait_ms=self.max_wait_ms, max_bytes=self.max_bytes,
+                                       incremental=incremental)
 
     def _apply(self, resp: rpb.ReplicaFetchResponse) -> bool:
-        """Apply one response; False when nothing useful came back (back off a little)."""
-        useful = False
+        """Apply one response; False when it told only of errors or a divergence that changed
+        nothing (back off a little). An empty response is an expired long-poll: nothing changed."""
+        useful = not resp.results
         for r in resp.results:
             p = self.partitions.get((r.topic, r.partition))
             if p is None or p.role != Role.FOLLOWER or p.leader_id != self.leader_id:

@@ -12,7 +12,7 @@ import pytest
 
 from semel.cluster import metadata as md
 from semel.cluster.replica_manager import Partition, PartitionError, Role
-from semel.cluster.replication import LeaderReplicationService, ReplicaFetcher
+from semel.cluster.replication import FetchSession, LeaderReplicationService, ReplicaFetcher
 from semel.cluster.storage_adapter import FileReplicaStore, open_replica_store
 from semel.storage.batch import HEADER_BYTES, BatchHeader
 from semel.v1 import common_pb2 as pb
@@ -68,9 +68,19 @@ def fetch_once(leader: Partition, follower: Partition) -> rpb.ReplicaFetchRespon
     fetcher.partitions[follower.key] = follower
     req = fetcher._request()
     req.max_wait_ms = 0
-    resp = asyncio.run(svc.handle(req, {}))
+    resp = asyncio.run(svc.handle(req))
     fetcher._apply(resp)
     return resp
+
+
+async def exchange(svc: LeaderReplicationService, fetcher: ReplicaFetcher) -> rpb.ReplicaFetchResponse:
+    """One request and its answer on the stream `fetcher` has open to `svc`: the first exchange
+    of a pair opens a stream (a new fetch session, whose first request names everything)."""
+    sessions = svc.__dict__.setdefault("test_sessions", {})
+    if id(fetcher) not in sessions:
+        fetcher._sent.clear()
+        sessions[id(fetcher)] = (fetcher, FetchSession())
+    return await svc.handle(fetcher._request(), sessions[id(fetcher)][1])
 
 
 def log_bytes(p: Partition) -> bytes:
@@ -89,9 +99,9 @@ def test_follower_catches_up_hw_advances_and_acks_complete(make_partition):
         svc = LeaderReplicationService(FakeRm(leader), max_fetch_bytes=1 << 20)
         fetcher = ReplicaFetcher(2, 1, lambda b: None, lambda: 1, lambda b: asyncio.sleep(0), 0, 1 << 20)
         fetcher.partitions[follower.key] = follower
-        fetcher._apply(await svc.handle(fetcher._request(), {}))  # data
+        fetcher._apply(await exchange(svc, fetcher))  # data
         assert follower.log_end_offset == 3 and follower.high_watermark == 0
-        fetcher._apply(await svc.handle(fetcher._request(), {}))  # its LEO tells the leader
+        fetcher._apply(await exchange(svc, fetcher))  # its LEO tells the leader
         assert leader.high_watermark == 3 and ack.done()
         assert follower.high_watermark == 3
         assert log_bytes(leader) == log_bytes(follower)
@@ -108,7 +118,7 @@ def test_divergent_follower_truncates_to_leader_epoch_end(make_partition):
         svc = LeaderReplicationService(FakeRm(old), max_fetch_bytes=1 << 20)
         f = ReplicaFetcher(2, 1, lambda b: None, lambda: 1, lambda b: asyncio.sleep(0), 0, 1 << 20)
         f.partitions[new.key] = new
-        f._apply(await svc.handle(f._request(), {}))
+        f._apply(await exchange(svc, f))
         assert new.log_end_offset == 2
         # broker 1 appends offsets 2-4 that never replicate, then loses leadership
         old.append_as_leader(header(3), b"xyz", now=2)
@@ -120,12 +130,12 @@ def test_divergent_follower_truncates_to_leader_epoch_end(make_partition):
         svc2 = LeaderReplicationService(FakeRm(new), max_fetch_bytes=1 << 20)
         f2 = ReplicaFetcher(1, 2, lambda b: None, lambda: 1, lambda b: asyncio.sleep(0), 0, 1 << 20)
         f2.partitions[old.key] = old
-        resp = await svc2.handle(f2._request(), {})
+        resp = await exchange(svc2, f2)
         assert resp.results[0].diverging_epoch == 0 and resp.results[0].diverging_end_offset == 2
         f2._apply(resp)
         assert old.log_end_offset == 2  # the unreplicated tail is gone
         for _ in range(3):
-            f2._apply(await svc2.handle(f2._request(), {}))
+            f2._apply(await exchange(svc2, f2))
         assert old.log_end_offset == 4
         assert log_bytes(old) == log_bytes(new)
     asyncio.run(scenario())
@@ -182,12 +192,12 @@ def test_follower_behind_the_leaders_log_start_restarts_there(tmp_path):
             svc = LeaderReplicationService(FakeRm(leader), max_fetch_bytes=1 << 20)
             f = ReplicaFetcher(2, 1, lambda b: None, lambda: 1, lambda b: asyncio.sleep(0), 0, 1 << 20)
             f.partitions[follower.key] = follower
-            resp = await svc.handle(f._request(), {})
+            resp = await exchange(svc, f)
             assert resp.results[0].error_code == pb.OFFSET_OUT_OF_RANGE
             f._apply(resp)
             assert follower.log_start_offset == follower.log_end_offset == leader.log_start_offset
             for _ in range(3):
-                f._apply(await svc.handle(f._request(), {}))
+                f._apply(await exchange(svc, f))
             assert follower.log_end_offset == leader.log_end_offset == 40
             assert log_bytes(follower) == log_bytes(leader)
         asyncio.run(scenario())
@@ -208,7 +218,7 @@ def test_leader_side_answers_bad_replica_fetches_with_errors(make_partition):
         fp = dict(topic="t", partition=0, fetch_offset=0, current_leader_epoch=0, last_fetched_epoch=-1)
         fp.update(fields)
         req = rpb.ReplicaFetchRequest(replica_id=2, partitions=[rpb.ReplicaFetchPartition(**fp)], max_wait_ms=0)
-        return asyncio.run(svc.handle(req, {})).results[0]
+        return asyncio.run(svc.handle(req)).results[0]
 
     assert one(topic="nope").error_code == pb.NOT_LEADER_OR_FOLLOWER
     assert one(partition=5).error_code == pb.NOT_LEADER_OR_FOLLOWER
@@ -223,7 +233,7 @@ def test_leader_side_answers_bad_replica_fetches_with_errors(make_partition):
     # a replica id that is not a replica of the partition still reads, but moves no HW
     req = rpb.ReplicaFetchRequest(replica_id=99, partitions=[rpb.ReplicaFetchPartition(
         topic="t", partition=0, fetch_offset=2, current_leader_epoch=0, last_fetched_epoch=0)], max_wait_ms=0)
-    assert asyncio.run(svc.handle(req, {})).results[0].error_code == pb.NONE
+    assert asyncio.run(svc.handle(req)).results[0].error_code == pb.NONE
 
 
 def test_follower_that_led_an_epoch_without_appending_rejoins(make_partition):
@@ -237,7 +247,7 @@ def test_follower_that_led_an_epoch_without_appending_rejoins(make_partition):
             follower.become_follower(md.PartitionState("t", 0, (1, 2, 3), (1, 2, 3), 1, 0, 0))
             f = ReplicaFetcher(follower.broker_id, 1, lambda x: None, lambda: 1, lambda x: asyncio.sleep(0), 0, 1 << 20)
             f.partitions[follower.key] = follower
-            f._apply(await LeaderReplicationService(FakeRm(a), 1 << 20).handle(f._request(), {}))
+            f._apply(await exchange(LeaderReplicationService(FakeRm(a), 1 << 20), f))
         b.become_leader(md.PartitionState("t", 0, (1, 2, 3), (2, 3), 2, 1, 1), min_isr=1, now=2)  # no appends
         c.become_leader(md.PartitionState("t", 0, (1, 2, 3), (3,), 3, 3, 3), min_isr=1, now=3)
         c.append_as_leader(header(1), b"c", now=4)
@@ -246,7 +256,69 @@ def test_follower_that_led_an_epoch_without_appending_rejoins(make_partition):
         f = ReplicaFetcher(2, 3, lambda x: None, lambda: 1, lambda x: asyncio.sleep(0), 0, 1 << 20)
         f.partitions[b.key] = b
         for _ in range(4):
-            f._apply(await svc.handle(f._request(), {}))
+            f._apply(await exchange(svc, f))
         assert b.log_end_offset == c.log_end_offset == 3
         assert log_bytes(b) == log_bytes(c)
     asyncio.run(scenario())
+
+
+def test_a_fetch_session_names_and_answers_only_what_changed(tmp_path):
+    """KIP-227 on the stream: after the first (full) request, an idle caught-up follower sends
+    requests that name nothing and gets empty answers, yet still counts as fetching for the
+    ISR; new data on one partition comes back alone, and only that partition is named next."""
+    def part(broker_id: int, i: int) -> Partition:
+        d = tmp_path / f"b{broker_id}-{i}"
+        d.mkdir()
+        return Partition("t", i, "0123456789abcdef", d, FileReplicaStore(d), broker_id, lag_time_max_ms=1000)
+
+    def st(i: int) -> md.PartitionState:
+        return md.PartitionState("t", i, (1, 2), (1, 2), 1, 0, 0)
+
+    async def scenario() -> None:
+        leaders = [part(1, i) for i in range(3)]
+        followers = [part(2, i) for i in range(3)]
+        for i in range(3):
+            leaders[i].become_leader(st(i), min_isr=2, now=0)
+            leaders[i].append_as_leader(header(1), b"a", now=1)
+            followers[i].become_follower(st(i))
+        svc = LeaderReplicationService(FakeRm(*leaders), max_fetch_bytes=1 << 20)
+        f = ReplicaFetcher(2, 1, lambda b: None, lambda: 1, lambda b: asyncio.sleep(0), 0, 1 << 20)
+        for p in followers:
+            f.partitions[p.key] = p
+        session = FetchSession()
+        first = f._request()
+        assert not first.incremental and len(first.partitions) == 3
+        f._apply(await svc.handle(first, session))
+        req = f._request()  # every LEO moved: all three named, and the HWs come back
+        assert req.incremental and len(req.partitions) == 3
+        assert f._apply(await svc.handle(req, session))
+        assert [p.high_watermark for p in followers] == [1, 1, 1]
+
+        caught_up_before = [lp.progress.followers[2].last_caught_up_ms for lp in leaders]
+        await asyncio.sleep(0.01)
+        idle = f._request()
+        assert idle.incremental and len(idle.partitions) == 0
+        resp = await svc.handle(idle, session)
+        assert list(resp.results) == [] and f._apply(resp)  # an expired long-poll is not an error
+        assert all(lp.progress.followers[2].last_caught_up_ms > before
+                   for lp, before in zip(leaders, caught_up_before))  # fetched, by omission
+
+        leaders[1].append_as_leader(header(2), b"bc", now=2)
+        resp = await svc.handle(f._request(), session)
+        assert [(r.partition, len(r.records) > 0) for r in resp.results] == [(1, True)]
+        f._apply(resp)
+        req = f._request()
+        assert [fp.partition for fp in req.partitions] == [1]
+        resp = await svc.handle(req, session)
+        assert [(r.partition, r.high_watermark) for r in resp.results] == [(1, 3)]
+        f._apply(resp)
+        assert [p.log_end_offset for p in followers] == [p.log_end_offset for p in leaders] == [1, 3, 1]
+        assert followers[1].high_watermark == 3
+
+        leaders[2].become_follower(md.PartitionState("t", 2, (1, 2), (1, 2), 2, 1, 1))  # led elsewhere now
+        for _ in range(2):  # not named again, yet answered with its error until the follower moves on
+            resp = await svc.handle(f._request(), session)
+            assert [(r.partition, r.error_code) for r in resp.results] == [(2, pb.NOT_LEADER_OR_FOLLOWER)]
+            assert not f._apply(resp)
+    asyncio.run(scenario())
+

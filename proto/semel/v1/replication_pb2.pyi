@@ -22,18 +22,20 @@ class ReplicaFetchPartition(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., fetch_offset: _Optional[int] = ..., current_leader_epoch: _Optional[int] = ..., last_fetched_epoch: _Optional[int] = ...) -> None: ...
 
 class ReplicaFetchRequest(_message.Message):
-    __slots__ = ("replica_id", "broker_epoch", "partitions", "max_wait_ms", "max_bytes")
+    __slots__ = ("replica_id", "broker_epoch", "partitions", "max_wait_ms", "max_bytes", "incremental")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     BROKER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INCREMENTAL_FIELD_NUMBER: _ClassVar[int]
     replica_id: int
     broker_epoch: int
     partitions: _containers.RepeatedCompositeFieldContainer[ReplicaFetchPartition]
     max_wait_ms: int
     max_bytes: int
-    def __init__(self, replica_id: _Optional[int] = ..., broker_epoch: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[ReplicaFetchPartition, _Mapping]]] = ..., max_wait_ms: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    incremental: bool
+    def __init__(self, replica_id: _Optional[int] = ..., broker_epoch: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[ReplicaFetchPartition, _Mapping]]] = ..., max_wait_ms: _Optional[int] = ..., max_bytes: _Optional[int] = ..., incremental: _Optional[bool] = ...) -> None: ...
 
 class ReplicaFetchPartitionResult(_message.Message):
     __slots__ = ("topic", "partition", "error_code", "high_watermark", "log_start_offset", "records", "diverging_epoch", "diverging_end_offset")
