@@ -11,8 +11,8 @@ Theory of operation:
     to min(that end, its own end of that epoch) and asks again. Otherwise the fetch offset is
     the follower's LEO: it feeds the leader's `LeaderProgress` (HW, ISR), and the answer carries
     the stored bytes from there (verbatim) plus the HW. Nothing new -> the leader long-polls
-    (up to max_wait_ms) on the partitions' notifiers, answering early on data or on a HW the
-    follower has not been told yet.
+    (up to max_wait_ms) on the partitions' notifiers, answering early on data (or an error);
+    a HW the follower has not been told yet rides on that answer instead of ending the poll.
   * The stream is a fetch session (Kafka's KIP-227): its first request names every partition,
     later ones only those whose fetch state changed, and a response carries only partitions
     with something to tell (data, a new HW, an error, a divergence). The leader keeps the
@@ -93,7 +93,15 @@ class LeaderReplicationService:
         """Answers one request of a stream. A partition the request does not name (incremental)
         costs a few comparisons, not a result: it is answered only when it has new data or a
         new high watermark, so a round's work follows what changed, not how many partitions
-        the follower replicates."""
+        the follower replicates.
+
+        A new high watermark alone does not end the long-poll: it rides on the next answer
+        (new data, an error, or the poll's end, at most max_wait_ms). Answering it at once
+        would double the rounds per acks=all write (data out, the follower's LEO in and the HW
+        advanced, HW out), and nothing needs a follower's HW promptly: acks, reads and the
+        LSO are the leader's, and a follower's HW only bounds what it keeps when it has no
+        epoch in common with a new leader (a staler HW keeps less, and refetches it). Kafka's
+        followers learn the HW the same way."""
         loop = asyncio.get_running_loop()
         if session is None:
             session = FetchSession()
@@ -119,6 +127,7 @@ class LeaderReplicationService:
         first = True
         while True:
             results = []
+            hw_only = []  # told with the next answer, but no reason to answer now
             remaining = max_bytes
             now = progress_ms()
             for key, fp in session.partitions.items():
@@ -126,11 +135,14 @@ class LeaderReplicationService:
                     continue
                 r = self._one(req.replica_id, fp, remaining, now, update_progress=first)
                 remaining -= len(r.records)
-                if r.records or r.error_code != pb.NONE or r.diverging_end_offset >= 0 or session.told_hw.get(key) != r.high_watermark:
+                if r.records or r.error_code != pb.NONE or r.diverging_end_offset >= 0:
                     results.append(r)
+                elif session.told_hw.get(key) != r.high_watermark:
+                    hw_only.append(r)
             first = False
             named = set()  # after a wake, every partition is judged by what changed on the leader
             if results or loop.time() >= deadline:
+                results += hw_only
                 for r in results:
                     key = (r.topic, r.partition)
                     session.told_hw[key] = r.high_watermark

@@ -322,3 +322,44 @@ def test_a_fetch_session_names_and_answers_only_what_changed(tmp_path):
             assert not f._apply(resp)
     asyncio.run(scenario())
 
+
+def test_a_new_high_watermark_rides_on_the_next_answer_instead_of_ending_the_poll(tmp_path):
+    """The follower's fetch that advances the HW is not answered for the HW alone (that would
+    double the rounds per acks=all write): the HW comes with the next data, or at the poll's end."""
+    def part(broker_id: int, i: int) -> Partition:
+        d = tmp_path / f"b{broker_id}-{i}"
+        d.mkdir()
+        return Partition("t", i, "0123456789abcdef", d, FileReplicaStore(d), broker_id, lag_time_max_ms=1000)
+
+    async def scenario() -> None:
+        leaders = [part(1, i) for i in range(2)]
+        followers = [part(2, i) for i in range(2)]
+        for i in range(2):
+            st = md.PartitionState("t", i, (1, 2), (1, 2), 1, 0, 0)
+            leaders[i].become_leader(st, min_isr=2, now=0)
+            followers[i].become_follower(st)
+        svc = LeaderReplicationService(FakeRm(*leaders), max_fetch_bytes=1 << 20)
+        f = ReplicaFetcher(2, 1, lambda b: None, lambda: 1, lambda b: asyncio.sleep(0), 300, 1 << 20)
+        for p in followers:
+            f.partitions[p.key] = p
+        session = FetchSession()
+        ack = leaders[0].wait_for_hw(leaders[0].append_as_leader(header(1), b"a", now=1).last_offset + 1)
+        f._apply(await svc.handle(f._request(), session))  # the data
+        assert followers[0].log_end_offset == 1 and followers[0].high_watermark == 0
+
+        poll = asyncio.ensure_future(svc.handle(f._request(), session))  # its LEO: the leader's HW moves
+        await asyncio.sleep(0.05)
+        assert ack.done() and leaders[0].high_watermark == 1  # acks=all needs only the leader's HW
+        assert not poll.done()  # ... and the follower is not answered for the HW alone
+        leaders[1].append_as_leader(header(2), b"bc", now=2)
+        resp = await asyncio.wait_for(poll, 1)
+        assert sorted((r.partition, len(r.records) > 0, r.high_watermark) for r in resp.results) == [
+            (0, False, 1), (1, True, 0)]  # the HW rode on partition 1's data
+        f._apply(resp)
+        assert followers[0].high_watermark == 1
+
+        started = asyncio.get_running_loop().time()
+        resp = await svc.handle(f._request(), session)  # partition 1's HW moves; no data follows
+        assert [(r.partition, r.high_watermark) for r in resp.results] == [(1, 2)]
+        assert asyncio.get_running_loop().time() - started >= 0.25  # told at the poll's end
+    asyncio.run(scenario())
