@@ -349,8 +349,7 @@ class PartitionStoreAdapter:
 
     def reset_to(self, offset: int) -> None:
         """A follower entirely behind the leader's log start: drop everything, continue at `offset`."""
-        self.log.truncate_fully_and_start_at(offset)
-        self.store.truncate_to(offset)  # rebuilds the producer state for the empty log
+        self.store.truncate_fully_and_start_at(offset)  # the producer state starts empty; every snapshot goes
 
     def close(self) -> None:
         self.store.close()
