@@ -162,6 +162,11 @@ class AbortedTxnFile:
         if self._fd is not None:
             os.fsync(self._fd)
 
+    def fileno(self) -> int | None:
+        """The append descriptor; None when nothing was appended since the last open or
+        rewrite (a rewrite is synced by itself when the file syncs)."""
+        return self._fd
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

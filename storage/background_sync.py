@@ -13,6 +13,10 @@ descriptor (the segment may be sealed, closed or deleted meanwhile; the duplicat
 file open) and one daemon thread per process syncs and closes the duplicates in order.
 os.fdatasync releases the GIL, so the loop runs on while the disk works.
 
+`submit_then` syncs several files and then calls back on the sync thread: a partition's
+every-16-MiB producer-state snapshot is stored that way only after the log and aborted index
+it covers are on disk (storage/partition.py), without the loop waiting for the disk.
+
 Bounded: at most `max_queued` syncs wait; beyond that `submit` answers False and the caller
 syncs inline (back pressure instead of an unbounded queue). A failed sync is logged and
 counted (`failures`); the data is still in the page cache and on the replicas.
@@ -35,6 +39,7 @@ import collections
 import logging
 import os
 import threading
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,7 @@ class BackgroundSync:
         self.synced = 0
         self.failures = 0
         self.dropped_bytes = 0  # handed to POSIX_FADV_DONTNEED (ranges may repeat)
-        self._queue: collections.deque[tuple[int, str, int]] = collections.deque()
+        self._queue: collections.deque[_Job] = collections.deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._busy = False
@@ -55,10 +60,19 @@ class BackgroundSync:
     def submit(self, fd: int, what: str, drop_before: int = 0) -> bool:
         """Sync `fd`'s file soon, then drop its first `drop_before` bytes from the page cache;
         False (nothing queued) when the queue is full."""
+        return self._enqueue((fd,), what, drop_before, None)
+
+    def submit_then(self, fds: Sequence[int], what: str, then: Callable[[bool], None]) -> bool:
+        """Sync each of `fds` soon, in order, after everything submitted before; then call
+        `then(ok)` on the sync thread, ok True only if every sync succeeded. False (nothing
+        queued, `then` never called) when the queue is full."""
+        return self._enqueue(tuple(fds), what, 0, then)
+
+    def _enqueue(self, fds: tuple[int, ...], what: str, drop_before: int, then: Callable[[bool], None] | None) -> bool:
         with self._cond:
             if len(self._queue) >= self.max_queued:
                 return False
-            self._queue.append((os.dup(fd), what, drop_before))
+            self._queue.append(_Job(tuple(os.dup(fd) for fd in fds), what, drop_before, then))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="semel-background-sync", daemon=True)
                 self._thread.start()
@@ -76,19 +90,28 @@ class BackgroundSync:
                 self._busy = False
                 self._cond.notify_all()
                 self._cond.wait_for(lambda: bool(self._queue))
-                fd, what, drop_before = self._queue.popleft()
+                job = self._queue.popleft()
                 self._busy = True
+            ok = False
             try:
-                os.fdatasync(fd)
+                for fd in job.fds:
+                    os.fdatasync(fd)
+                ok = True
                 self.synced += 1
-                if drop_before > 0:
-                    self._drop(fd, drop_before, what)
+                if job.drop_before > 0:
+                    self._drop(job.fds[0], job.drop_before, job.what)
             except OSError as exc:
                 self.failures += 1
                 log.error("background fdatasync of %s failed: %s (the data is in the page cache and on the "
-                          "replicas; a machine crash now could lose it here)", what, exc)
+                          "replicas; a machine crash now could lose it here)", job.what, exc)
             finally:
-                os.close(fd)
+                for fd in job.fds:
+                    os.close(fd)
+            if job.then is not None:
+                try:
+                    job.then(ok)
+                except Exception:
+                    log.exception("after the background sync of %s", job.what)
 
     def _drop(self, fd: int, length: int, what: str) -> None:
         """Advice only: a refusal costs the page-cache bound, never data."""
@@ -97,6 +120,16 @@ class BackgroundSync:
             self.dropped_bytes += length
         except OSError as exc:
             log.debug("posix_fadvise(DONTNEED) of %s refused: %s", what, exc)
+
+
+class _Job:
+    __slots__ = ("fds", "what", "drop_before", "then")
+
+    def __init__(self, fds: tuple[int, ...], what: str, drop_before: int, then: Callable[[bool], None] | None) -> None:
+        self.fds = fds  # duplicates, closed by the sync thread
+        self.what = what
+        self.drop_before = drop_before
+        self.then = then
 
 
 _shared: BackgroundSync | None = None

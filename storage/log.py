@@ -56,7 +56,7 @@ import logging
 import os
 import threading
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from semel import limits
@@ -585,6 +585,22 @@ class PartitionLog:
         self._write_checkpoint(sync=True)
 
     # --- flush and close ---------------------------------------------------------------
+
+    def flush_soon(self, then: Callable[[bool], None]) -> bool:
+        """`flush()` on the background-sync thread, which then calls `then(ok)`; False (nothing
+        queued, `then` never called) when its queue is full. Earlier segments were synced when
+        they rolled (when the log syncs files at all)."""
+        with self._lock:
+            self._check_open()
+            fds = [self._segments[-1].fileno()]
+            aborted = self._aborted_file.fileno()
+            if aborted is not None:
+                fds.append(aborted)
+            return background_sync.shared().submit_then(fds, str(self.directory), then)
+
+    @property
+    def syncs_files(self) -> bool:
+        return self._sync_files
 
     def flush(self, now_ms: int | None = None) -> None:
         """fsync the active segment and the aborted index, whatever the policy."""

@@ -165,6 +165,9 @@ class LogSegment:
     def fsync(self) -> None:
         os.fdatasync(self._fd)
 
+    def fileno(self) -> int:
+        return self._fd
+
     def fsync_soon(self, syncer: BackgroundSync, keep_cached_bytes: int | None = None) -> None:
         """fdatasync on `syncer`'s thread (inline when its queue is full); then, unless
         `keep_cached_bytes` is None, all but the segment's last `keep_cached_bytes` leave the

@@ -306,14 +306,17 @@ def test_snapshots_at_segment_roll_and_retention_prunes_them(tmp_path, kv):
     store.close()
 
 
-def test_random_operations_match_a_full_replay(tmp_path, kv):
+@pytest.mark.parametrize("policy", ["never", "interval"])
+def test_random_operations_match_a_full_replay(tmp_path, kv, policy):
     """Random produces, markers, truncations, snapshots and reopens: after each step the producer
-    state equals the one built by applying every stored batch from the log start."""
+    state equals the one built by applying every stored batch from the log start. With the
+    interval policy the every-N-bytes snapshots are stored by the background-sync thread,
+    racing the truncations and reopens."""
     seed = int(os.environ.get("SEMEL_TEST_SEED", "20261128"))
     print(f"seed={seed}")
     rng = random.Random(seed)
     producer_config = ProducerStateConfig(max_producers=4)
-    config = LogConfig(segment_bytes=2048, flush_policy="never")
+    config = LogConfig(segment_bytes=2048, flush_policy=policy)
     store = open_store(tmp_path, kv, config=config, producer_config=producer_config, snapshot_interval_bytes=700)
     next_seq: dict[int, int] = {}
     epochs: dict[int, int] = {}
@@ -368,6 +371,67 @@ def test_snapshot_is_stored_after_the_log_and_aborted_index_are_synced(tmp_path,
     store.take_snapshot()
     assert calls == ["flush", "put"]
     store.close()
+
+
+def test_interval_snapshots_are_stored_by_the_sync_thread_after_their_fsyncs(tmp_path, kv, monkeypatch):
+    """The every-N-bytes snapshot of the interval policy: the appending thread neither syncs
+    nor stores; the background-sync thread syncs the log and aborted index, then stores."""
+    import threading
+
+    from semel.storage import background_sync
+
+    syncer = background_sync.shared()
+    events: list[tuple[str, bool]] = []
+    real_fdatasync = os.fdatasync
+    appender = threading.get_ident()
+
+    def fdatasync(fd):
+        events.append(("sync", threading.get_ident() == appender))
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    store = open_store(tmp_path, kv, config=LogConfig(flush_policy="interval", flush_interval_ms=10**9),
+                       snapshot_interval_bytes=300)
+    real_put = store.snapshots.put
+    store.snapshots.put = lambda *a, **k: (events.append(("put", threading.get_ident() == appender)),
+                                           real_put(*a, **k))[1]
+    store.append_as_leader([client_batch(pid=1, seq=0, txn=True)], 0, 1_000)
+    store.append_marker(1, 0, commit=False, coordinator_epoch=0, leader_epoch=0, now_ms=1_000)
+    events.clear()
+    gate = threading.Event()
+    assert syncer.submit_then([store.log._segments[-1].fileno()], "gate", lambda ok: gate.wait(5))
+    store.append_as_leader([client_batch(pid=2, seq=0, payload=b"x" * 400)], 0, 1_001)  # past the interval
+    assert events == []  # nothing synced or stored on the appending thread
+    offset = store.log_end_offset
+    gate.set()
+    assert syncer.wait_idle()
+    assert events == [("sync", False), ("sync", False), ("sync", False), ("put", False)]  # gate, segment, aborted
+    assert store.snapshots.newest_at_or_below(offset)[0] == offset
+    store.close()
+
+
+def test_a_truncation_cancels_a_snapshot_waiting_for_its_fsync(tmp_path, kv):
+    import threading
+
+    from semel.storage import background_sync
+
+    syncer = background_sync.shared()
+    store = open_store(tmp_path, kv, config=LogConfig(flush_policy="interval", flush_interval_ms=10**9),
+                       snapshot_interval_bytes=300)
+    store.append_as_leader([client_batch(pid=1, seq=0)], 0, 1_000)
+    gate = threading.Event()
+    assert syncer.submit_then([store.log._segments[-1].fileno()], "gate", lambda ok: gate.wait(5))
+    store.append_as_leader([client_batch(pid=1, seq=1, payload=b"x" * 400)], 0, 1_001)  # captured at offset 2
+    store.truncate_to(1)
+    store.append_as_leader([client_batch(pid=7, seq=0), client_batch(pid=7, seq=1)], 0, 1_002)  # a new offset 2
+    gate.set()
+    assert syncer.wait_idle()
+    assert 2 not in store.snapshots.offsets()  # the state before the truncation is not stored there
+    store.close()
+    reopened = open_store(tmp_path, kv, config=LogConfig(flush_policy="interval"))
+    assert reopened.producer_state.state_key() == replayed_state(reopened).state_key()
+    assert reopened.producer_state.producer(7) is not None
+    reopened.close()
 
 
 def test_aborted_index_missing_a_middle_entry_is_rebuilt_from_the_markers(tmp_path, kv):
