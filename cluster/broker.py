@@ -37,7 +37,7 @@ from semel.cluster import group_service
 from semel.cluster import metadata as md
 from semel.cluster.controller import Controller, ControllerConfig
 from semel.cluster.quorum import MetadataQuorum, MetadataSubmitError, QuorumConfig, VoterSpec
-from semel.cluster.replica_manager import ReplicaManager
+from semel.cluster.replica_manager import ReplicaManager, write_hw_checkpoints
 from semel.cluster.replication import FetcherManager, IsrMaintainer, LeaderReplicationService, channel_options
 from semel.cluster.server import AdminService, BrokerService, ControllerService, ReplicationService
 from semel.cluster.storage_adapter import ReplicaStore, open_replica_store, real_storage_available
@@ -553,7 +553,9 @@ class Broker:
         last_housekeeping = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
-            self.rm.checkpoint_all()
+            due = self.rm.hw_checkpoints_due()
+            if due:  # file writes and renames, which stall while the disk is busy: off the loop
+                await asyncio.to_thread(write_hw_checkpoints, due)
             if time.monotonic() - last_housekeeping >= self.config.retention_check_interval_ms / 1000:
                 last_housekeeping = time.monotonic()
                 self.rm.housekeeping(int(time.time() * 1000))

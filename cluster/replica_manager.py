@@ -27,6 +27,7 @@ import enum
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -97,6 +98,8 @@ class Partition:
         self.pending: PendingAcks[asyncio.Future[None]] = PendingAcks(limits.MAX_PENDING_ACKS_PER_PARTITION)
         self.high_watermark = min(_read_hw_checkpoint(directory), store.log_end_offset)
         self._checkpointed_hw = self.high_watermark
+        self._checkpoint_lock = threading.Lock()  # the loop (close) and the checkpoint thread both write
+        self._checkpoint_closed = False
         self.min_insync_replicas = 1
         self._waiters: set[asyncio.Future[None]] = set()
         self._data_waiters: set[asyncio.Future[None]] = set()
@@ -281,15 +284,24 @@ class Partition:
 
     # --- housekeeping ------------------------------------------------------------------
     def checkpoint_hw(self) -> None:
-        if self.high_watermark != self._checkpointed_hw:
-            _write_hw_checkpoint(self.directory, self.high_watermark)
-            self._checkpointed_hw = self.high_watermark
+        self.write_hw_checkpoint(self.high_watermark)
+
+    def write_hw_checkpoint(self, hw: int) -> None:
+        """Any thread: the file write and rename can block for hundreds of ms while the disk's
+        journal is busy (measured), so the broker's periodic checkpoints run off its loop.
+        Nothing is written after close() wrote the last one."""
+        with self._checkpoint_lock:
+            if hw != self._checkpointed_hw and not self._checkpoint_closed:
+                _write_hw_checkpoint(self.directory, hw)
+                self._checkpointed_hw = hw
 
     def close(self) -> None:
         self.go_offline()
         try:
             self.checkpoint_hw()
         finally:
+            with self._checkpoint_lock:
+                self._checkpoint_closed = True
             self.store.close()
 
 
@@ -497,16 +509,16 @@ class ReplicaManager:
         return [p for p in self.partitions.values() if p.role == Role.LEADER]
 
     def checkpoint_all(self) -> None:
-        for p in self.partitions.values():
-            try:
-                p.checkpoint_hw()
-            except OSError as exc:
-                log.warning("HW checkpoint of %s-%d failed: %s", p.topic, p.partition, exc)
+        write_hw_checkpoints(self.hw_checkpoints_due())
+
+    def hw_checkpoints_due(self) -> list[tuple[Partition, int]]:
+        """(partition, HW) of each partition whose HW moved since its last checkpoint, read on
+        the loop; `write_hw_checkpoints` may then run on another thread."""
+        return [(p, p.high_watermark) for p in self.partitions.values() if p.high_watermark != p._checkpointed_hw]
 
     def close(self) -> None:
         for p in list(self.partitions.values()):
             self._remove(p, delete_data=False)
-
 
 
 def describe_partition(p: Partition | None) -> dict[str, Any]:
@@ -514,3 +526,11 @@ def describe_partition(p: Partition | None) -> dict[str, Any]:
         return {"high_watermark": -1, "log_start_offset": -1, "last_stable_offset": -1}
     return {"high_watermark": p.high_watermark, "log_start_offset": p.log_start_offset,
             "last_stable_offset": p.last_stable_offset()}
+
+
+def write_hw_checkpoints(due: list[tuple[Partition, int]]) -> None:
+    for p, hw in due:
+        try:
+            p.write_hw_checkpoint(hw)
+        except OSError as exc:
+            log.warning("HW checkpoint of %s-%d failed: %s", p.topic, p.partition, exc)
