@@ -46,7 +46,7 @@ from semel.cluster.replica_manager import Partition, PartitionError, Role, now_m
 from semel.coordinator import txn_wire
 from semel.coordinator.txn_coordinator import AppendRecords, PartitionFenced, Reply, TxnCoordinator
 from semel.coordinator.txn_log import TxnLogGapError, TxnStateView, decode_records, load_partition
-from semel.coordinator.txn_markers import MarkerSend, VerificationCache
+from semel.coordinator.txn_markers import MarkerSend, VerificationCache, authoritative_results
 from semel.coordinator.txn_state import PendingTransition, TopicPartition, TxnConfig, TxnResult
 from semel.storage.batch import HEADER_BYTES, decode_header
 from semel.v1 import common_pb2 as pb
@@ -328,7 +328,7 @@ class TxnCoordinatorShell:
             log.info("WriteTxnMarkers to broker %d failed: %s", send.broker_id, exc)
             self._perform(core.marker_failure(send, now_ms()))
             return
-        results = txn_wire.write_markers_results(resp)
+        results = authoritative_results(txn_wire.write_markers_results(resp), send.broker_id, self.b.config.broker_id)
         self.markers_written += sum(1 for code in results.values() if code == pb.NONE)
         self._perform(core.marker_response(send, results, now_ms()))
         self._kick()  # the broker's in-flight slot is free: send what waits for it

@@ -46,7 +46,8 @@ class MarkerOutcome(enum.Enum):
 
 
 # Answers after which the marker needs no retry: written; a newer epoch of the producer is
-# already there (a later transaction's marker closed it, nothing is open); the topic is gone.
+# already there (a later transaction's marker closed it, nothing is open); the topic is gone
+# (see `authoritative_results`: only the coordinator's own metadata may say so).
 _DONE = frozenset({ErrorCode.NONE, ErrorCode.INVALID_PRODUCER_EPOCH, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION})
 
 
@@ -56,6 +57,22 @@ def classify_marker_error(error: int) -> MarkerOutcome:
     if error == ErrorCode.TRANSACTION_COORDINATOR_FENCED:
         return MarkerOutcome.FENCED
     return MarkerOutcome.RETRY  # not leader, not enough replicas, timed out, storage error, ...
+
+
+def authoritative_results(
+    results: Mapping[tuple[int, TopicPartition], int], from_broker: int, coordinator_broker: int
+) -> dict[tuple[int, TopicPartition], int]:
+    """UNKNOWN_TOPIC_OR_PARTITION ends a marker only when the coordinator's own broker said it:
+    the coordinator sends a deleted partition's markers to itself, so the answer comes from the
+    metadata it consults. Any other broker may just not know the topic *yet* (chaos seed 53: a
+    broker restarted 0.35 s earlier answered from an empty metadata image; the transaction's
+    markers were dropped, and a later marker of the producer closed it as aborted at one
+    partition and committed at the other). From another broker it is a retry, and the next
+    attempt routes by the coordinator's metadata again."""
+    if from_broker == coordinator_broker:
+        return dict(results)
+    return {key: (ErrorCode.NOT_LEADER_OR_FOLLOWER if code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION else code)
+            for key, code in results.items()}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from semel.coordinator.txn_markers import (  # noqa: E402
     MarkerOutcome,
     TxnMarkerChannel,
     VerificationCache,
+    authoritative_results,
     classify_marker_error,
 )
 from semel.coordinator.txn_state import MarkerRequest, TopicPartition, TxnState  # noqa: E402
@@ -44,6 +45,25 @@ def test_classification():
     for code in (ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.NOT_ENOUGH_REPLICAS, ErrorCode.REQUEST_TIMED_OUT,
                  ErrorCode.STORAGE_ERROR, ErrorCode.UNKNOWN_SERVER_ERROR):
         assert classify_marker_error(code) is MarkerOutcome.RETRY
+
+
+def test_unknown_partition_ends_a_marker_only_from_the_coordinators_own_broker():
+    """Regression, chaos seed 53 (money): a broker restarted a moment earlier answered a marker
+    UNKNOWN_TOPIC_OR_PARTITION from its still-empty metadata; taken as "topic deleted", the
+    marker was dropped and the committed transfer was later closed as aborted on one side."""
+    ch = TxnMarkerChannel()
+    assert ch.add(markers("t1", "a0", "c0", pid=5))
+    (send,) = [s for s in ch.poll(0, leader_of) if s.broker_id == 1]
+    unknown = ok(send, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+    from_other = authoritative_results(unknown, from_broker=1, coordinator_broker=7)
+    assert set(from_other.values()) == {ErrorCode.NOT_LEADER_OR_FOLLOWER}
+    progress = ch.on_response(send, from_other, 0)
+    assert progress.completed == () and progress.retrying == len(send.markers)
+    assert ch.outstanding("t1")  # still to write: routed again by the coordinator's metadata
+    # The coordinator's own broker (where it routes a partition its metadata no longer has) is
+    # the authority on a deleted topic: that answer ends the marker.
+    assert authoritative_results(unknown, from_broker=7, coordinator_broker=7) == unknown
+    assert authoritative_results(ok(send), from_broker=1, coordinator_broker=7) == ok(send)
 
 
 def test_markers_are_grouped_by_leader_and_complete_per_transaction():
