@@ -254,6 +254,11 @@ class Partition:
         if self.progress is not None and self.progress.on_follower_fetch(replica_id, fetch_offset, now):
             self._on_hw(self.progress.high_watermark)
 
+    def on_hw_advanced(self) -> None:
+        """The leader's progress advanced its HW outside a fetch or append (an ISR proposal dropped)."""
+        if self.progress is not None:
+            self._on_hw(self.progress.high_watermark)
+
     def _on_hw(self, hw: int) -> None:
         self.high_watermark = max(self.high_watermark, hw)  # never decreases on the leader
         for fut in self.pending.complete_up_to(self.high_watermark):

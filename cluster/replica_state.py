@@ -15,6 +15,12 @@ Theory of operation (Kafka's ISR replication, KIP-101 leader epochs):
     the ISR whose LEO reached both the HW and the start offset of the current leader epoch
     should join. The decisions are returned; the caller changes the ISR through the quorum
     and feeds the committed ISR back with `set_isr`.
+  * While a proposed ISR is in flight (`propose_isr` .. `set_isr` / `drop_proposed_isr`) the HW
+    is the min over the *maximal* ISR, committed | proposed (Kafka's KIP-497 rule). Else a
+    joiner checked at proposal time (LEO >= HW) could be behind a HW that advanced before the
+    quorum committed it, and an election of that joiner would lose acknowledged writes (chaos
+    money seed 53: a preferred-leader move to a replica that had just joined dropped a
+    transaction's acknowledged COMMIT marker).
   * acks=all producers wait in `PendingAcks` for HW > their last offset.
 
 Invariants: hw <= leader_leo; hw never decreases; the leader is always in the ISR.
@@ -68,6 +74,7 @@ class LeaderProgress:
         self.leader_id = leader_id
         self.replicas = tuple(replicas)
         self.isr: frozenset[int] = frozenset(isr) | {leader_id}
+        self.proposed_isr: frozenset[int] = frozenset()  # in flight to the quorum (see the docstring)
         self.leader_leo = leader_leo
         # A restarted leader may hold a checkpointed HW above what is provable; never above its LEO.
         self.high_watermark = min(high_watermark, leader_leo)
@@ -113,6 +120,17 @@ class LeaderProgress:
             if f is not None:
                 f.last_caught_up_ms = max(f.last_caught_up_ms, now_ms)
         self.isr = new_isr
+        self.proposed_isr = frozenset()
+        return self._maybe_advance_hw()
+
+    def propose_isr(self, isr: Iterable[int]) -> None:
+        """A new ISR was sent to the quorum: until it is committed or refused, its members
+        count for the HW as well (the HW can only wait longer, never lose a write)."""
+        self.proposed_isr = frozenset(isr)
+
+    def drop_proposed_isr(self) -> bool:
+        """The proposal was refused or failed. Returns True if the HW advanced."""
+        self.proposed_isr = frozenset()
         return self._maybe_advance_hw()
 
     def set_replicas(self, replicas: Iterable[int], now_ms: int) -> None:
@@ -159,7 +177,7 @@ class LeaderProgress:
     # --- internals ----------------------------------------------------------------
     def _maybe_advance_hw(self) -> bool:
         leos = [self.leader_leo]
-        for r in self.isr:
+        for r in self.isr | self.proposed_isr:
             if r == self.leader_id:
                 continue
             f = self.followers.get(r)

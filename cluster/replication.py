@@ -39,6 +39,7 @@ import grpc
 from semel import limits
 from semel.cluster import metadata as md
 from semel.cluster.replica_manager import Partition, ReplicaManager, Role, progress_ms
+from semel.cluster.replica_state import LeaderProgress
 from semel.v1 import common_pb2 as pb
 from semel.v1 import replication_pb2 as rpb
 from semel.v1 import replication_pb2_grpc as rgrpc
@@ -496,15 +497,26 @@ class IsrMaintainer:
             cmd = md.AlterPartition(p.topic, p.partition, self.rm.broker_id, self.rm.broker_epoch,
                                     p.leader_epoch, p.state.partition_epoch, change.new_isr)
             p.alter_in_flight = True
-            asyncio.get_running_loop().create_task(self._alter(p, cmd))
+            p.progress.propose_isr(change.new_isr)  # the HW waits for the joiners from now on
+            asyncio.get_running_loop().create_task(self._alter(p, p.progress, cmd))
 
-    async def _alter(self, p: Partition, cmd: md.AlterPartition) -> None:
+    async def _alter(self, p: Partition, progress: LeaderProgress, cmd: md.AlterPartition) -> None:
         try:
             result = await self.submit(cmd)
             if not getattr(result, "ok", True):  # refused (stale epochs, fenced joiner): the image will move
+                self._drop_proposal(p, progress)
                 await asyncio.sleep(REJECTED_ALTER_BACKOFF_S)
         except Exception as exc:
             log.info("%s-%d: ISR change not committed: %s", p.topic, p.partition, exc)
+            # Outcome unknown: the proposal stays counted while a commit could still reach the
+            # image (set_isr clears it), then it goes, so a joiner that died meanwhile cannot
+            # hold the HW; the next check proposes again if it still applies.
             await asyncio.sleep(self.interval_ms / 1000)
+            self._drop_proposal(p, progress)
         finally:
             p.alter_in_flight = False
+
+    @staticmethod
+    def _drop_proposal(p: Partition, progress: LeaderProgress) -> None:
+        if p.progress is progress and progress.drop_proposed_isr():
+            p.on_hw_advanced()

@@ -119,3 +119,32 @@ def test_idle_follower_at_leader_leo_never_lags_and_is_caught_up_until_an_append
     p.on_follower_fetch(2, 11, now_ms=10_060)
     change = p.isr_change(now_ms=10_150)
     assert change is not None and change.new_isr == (1, 2)  # 3 never fetched the new batch
+
+
+def test_a_joiner_counts_for_the_hw_from_the_moment_it_is_proposed():
+    """Regression, chaos money seed 53: replica 2 caught up and was proposed for the ISR; before
+    the quorum committed it, the leader appended a COMMIT marker that replica 3 fetched, and the
+    HW (then over the committed ISR {1, 3}) acknowledged it. The committed ISR then held a
+    replica without an acknowledged write, the controller made it the (preferred) leader, and
+    the marker was lost. With the maximal ISR (KIP-497) the HW waits for the joiner."""
+    p = progress(isr=(1, 3), leo=10)
+    p.on_follower_fetch(3, 10, now_ms=1)
+    p.on_follower_fetch(2, 10, now_ms=1)  # caught up
+    assert p.high_watermark == 10
+    change = p.isr_change(now_ms=2)
+    assert change is not None and change.new_isr == (1, 2, 3)
+    p.propose_isr(change.new_isr)
+    p.on_leader_append(11, now_ms=3)  # the marker
+    assert not p.on_follower_fetch(3, 11, now_ms=4)
+    assert p.high_watermark == 10  # not acknowledged while replica 2 may be committed without it
+    assert p.on_follower_fetch(2, 11, now_ms=5)
+    assert p.high_watermark == 11
+    # A refused proposal stops counting: the HW follows the committed ISR again.
+    p.propose_isr((1, 2, 3))
+    p.on_leader_append(12, now_ms=6)
+    p.on_follower_fetch(3, 12, now_ms=7)
+    assert p.high_watermark == 11
+    assert p.drop_proposed_isr() and p.high_watermark == 12
+    # A committed one becomes the ISR.
+    p.propose_isr((1, 2, 3))
+    assert not p.set_isr((1, 2, 3), now_ms=8) and p.proposed_isr == frozenset()
