@@ -513,9 +513,6 @@ class ReplicaManager:
     def leaders(self) -> Iterable[Partition]:
         return [p for p in self.partitions.values() if p.role == Role.LEADER]
 
-    def checkpoint_all(self) -> None:
-        write_hw_checkpoints(self.hw_checkpoints_due())
-
     def hw_checkpoints_due(self) -> list[tuple[Partition, int]]:
         """(partition, HW) of each partition whose HW moved since its last checkpoint, read on
         the loop; `write_hw_checkpoints` may then run on another thread."""
