@@ -598,10 +598,6 @@ class PartitionLog:
                 fds.append(aborted)
             return background_sync.shared().submit_then(fds, str(self.directory), then)
 
-    @property
-    def syncs_files(self) -> bool:
-        return self._sync_files
-
     def flush(self, now_ms: int | None = None) -> None:
         """fsync the active segment and the aborted index, whatever the policy."""
         with self._lock:

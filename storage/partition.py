@@ -380,7 +380,7 @@ class PartitionStore:
     def _snapshot_soon(self) -> None:
         """The every-N-bytes snapshot; see the module docstring for why and how it waits for
         its fsync off the appending thread."""
-        if self.config.flush_policy != "interval" or not self.log.syncs_files:
+        if self.config.flush_policy != "interval":  # "always" has synced already; "never" does not sync
             self.take_snapshot()
             return
         if self._snapshot_pending:
