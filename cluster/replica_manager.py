@@ -352,6 +352,13 @@ class ReplicaManager:
                          current_leader_epoch: int = -1) -> Partition:
         p = self.partitions.get((topic, partition))
         if p is None:
+            if not self.active:
+                # Starting (not registered yet) or fenced: the image may be stale or still being
+                # replayed, so "unknown partition" would not be authoritative; a caller that takes
+                # UNKNOWN as "the topic was deleted" (the marker channel did: chaos finding 6) must
+                # hear "not here, retry" instead.
+                raise PartitionError(pb.NOT_LEADER_OR_FOLLOWER,
+                                     f"broker {self.broker_id} is not serving yet (starting or fenced); retry")
             state = image.partition(topic, partition)
             if state is None:
                 raise PartitionError(pb.UNKNOWN_TOPIC_OR_PARTITION, f"unknown partition {topic}-{partition}")

@@ -169,6 +169,26 @@ def test_replicas_of_topics_deleted_while_down_are_removed(broker, tmp_path):
     assert kept.exists() and (logs / "unrelated").exists()
 
 
+def test_a_broker_not_yet_registered_does_not_call_a_partition_unknown(tmp_path):
+    """Before its registration commits (a restart replaying a stale image) or while fenced, the
+    broker's image is not authoritative: a partition it does not host is "not here, retry"
+    (NOT_LEADER_OR_FOLLOWER), never UNKNOWN_TOPIC_OR_PARTITION, which callers may take as final
+    (the coordinator's marker channel did: docs/chaos.md, finding 6)."""
+    b = FakeBroker(tmp_path, md.MetadataImage(version=0, brokers={}, topics={}))  # nothing replayed yet
+    try:
+        assert not b.rm.active
+        svc = BrokerService(b)
+        r = run(svc.Produce(produce_req(acks=bpb.ACKS_LEADER), None)).results[0]
+        assert r.error_code == pb.NOT_LEADER_OR_FOLLOWER and "not serving yet" in r.error_message
+        b.set_image(image())  # registered and caught up: the image is the truth again
+        assert b.rm.active
+        missing = bpb.ProduceRequest(acks=bpb.ACKS_LEADER, partitions=[
+            bpb.PartitionProduceData(topic="nope", partition=0, batch=batch())])
+        assert run(svc.Produce(missing, None)).results[0].error_code == pb.UNKNOWN_TOPIC_OR_PARTITION
+    finally:
+        b.rm.close()
+
+
 def test_role_listeners_and_append_and_wait_for_coordinators(broker):
     from semel.cluster.produce_validation import header_from_fields
     from semel.cluster.replica_manager import Role
