@@ -379,7 +379,13 @@ def _cmd_describe(view: ClusterView, args: argparse.Namespace) -> int:
            "transaction_timeout_ms": d.transaction_timeout_ms, "transaction_start_time_ms": d.transaction_start_time_ms,
            "partitions": [f"{p.topic}-{p.partition}" for p in d.partitions],
            "last_bump_reason": txn_pb2.EpochBumpReason.Name(d.last_bump_reason)}
-    _emit(args, obj, [f"{k}: {v}" for k, v in obj.items()])
+    lines = [f"{k}: {v}" for k, v in obj.items()]
+    if d.transaction_start_time_ms > 0:  # also for readers: when, and how long ago
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(d.transaction_start_time_ms / 1000))
+        age_s = max(0.0, time.time() - d.transaction_start_time_ms / 1000)
+        lines = [f"{line} ({started}, {age_s:.0f} s ago)" if line.startswith("transaction_start_time_ms:") else line
+                 for line in lines]
+    _emit(args, obj, lines)
     return 0
 
 

@@ -195,6 +195,9 @@ def test_describe_and_list_transactions(cluster, capsys):
     assert cli.main(["txn", "describe", "described", "-b", bootstrap, "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["state"] == "ONGOING" and described["partitions"] == [f"{t}-0"]
+    assert cli.main(["txn", "describe", "described", "-b", bootstrap]) == 0
+    text = capsys.readouterr().out
+    assert "state: ONGOING" in text and "Z, " in text and " s ago)" in text  # the start time, readable
     # a transaction the coordinator runs is not hanging, and abort refuses to tear it
     assert cli.main(["txn", "find-hanging", "-b", bootstrap, "--topic", t, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["hanging"] == []
