@@ -389,8 +389,12 @@ def _add_consume(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "consume",
         help="print records of a topic to stdout",
-        description="Print each record's value on its own line (partitions read without a consumer group). "
-        "Starts at the end of each partition unless --from-beginning.",
+        description="Print each record's value on its own line. Without --group the partitions are read "
+        "without a consumer group, from the end of each unless --from-beginning. With --group G the command "
+        "joins group G (partitions shared with its other members) and starts at G's committed offsets; it "
+        "commits the offsets of the records it printed (after printing them: at least once) every second, "
+        "when the group takes a partition away, and on exit. --from-beginning then only applies to "
+        "partitions G has no offset for.",
     )
     p.add_argument("topic")
     p.add_argument("--from-beginning", action="store_true", help="start at the earliest offset")
@@ -403,21 +407,26 @@ def _add_consume(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--print-offset", action="store_true", help="prefix each line with PARTITION:OFFSET<TAB>")
     p.add_argument("--key-separator", default="\t", metavar="SEP", help="separator for --print-key (default TAB)")
     p.add_argument("--isolation-level", choices=["read_uncommitted", "read_committed"], default="read_uncommitted")
+    p.add_argument("--group", default=None, metavar="GROUP",
+                   help="consume as a member of this consumer group and commit what was printed "
+                        "(not with --partition/--offset)")
     _bootstrap_arg(p)
     p.set_defaults(func=_operational(_consume))
 
 
 def _consume(args: argparse.Namespace) -> int:
-    import time
-
     from semel.cluster.client import Consumer
     from semel.cluster.client_errors import ConfigError, UnknownTopicOrPartitionError
 
     if args.offset is not None and not args.partition:
         raise ConfigError("--offset needs --partition")
+    if args.group is not None and (args.partition or args.offset is not None):
+        raise ConfigError("--group assigns partitions itself: drop --partition/--offset")
     with Consumer(args.bootstrap, auto_offset_reset="earliest" if args.from_beginning else "latest",
-                  isolation_level=args.isolation_level) as consumer:
+                  isolation_level=args.isolation_level, group_id=args.group, enable_auto_commit=False) as consumer:
         existing = [info.partition for info in consumer.partitions_for(args.topic, timeout_ms=10_000)]
+        if args.group is not None:
+            return _consume_in_group(consumer, args)
         partitions = args.partition if args.partition is not None else existing
         missing = sorted(set(partitions) - set(existing))
         if missing:
@@ -428,29 +437,76 @@ def _consume(args: argparse.Namespace) -> int:
         if args.offset is not None:
             for p in partitions:
                 consumer.seek(args.topic, p, args.offset)
-        out = sys.stdout.buffer
-        sep = args.key_separator.encode()
-        seen = 0
-        last_record = time.monotonic()
-        while args.max_messages is None or seen < args.max_messages:
-            wait_ms = 500 if args.timeout_ms is None else max(
-                1, min(500, int(args.timeout_ms - (time.monotonic() - last_record) * 1000))
-            )
-            records = consumer.poll(wait_ms)
-            for record in records:
-                if args.print_offset:
-                    out.write(b"%d:%d\t" % (record.partition, record.offset))
-                if args.print_key:
-                    out.write((record.key or b"") + sep)
-                out.write(record.value + b"\n")
-                seen += 1
-                if args.max_messages is not None and seen >= args.max_messages:
-                    break
-            if records:
-                out.flush()
-                last_record = time.monotonic()
-            elif args.timeout_ms is not None and (time.monotonic() - last_record) * 1000 >= args.timeout_ms:
-                break
-        out.flush()
+        _print_records(consumer, args)
     return 0
+
+
+def _consume_in_group(consumer: Any, args: argparse.Namespace) -> int:
+    """Group member: print, flush, then commit the next offset of each printed partition (every
+    second, on revocation, on exit): a record is committed only after it was written out."""
+    printed: dict[tuple[str, int], int] = {}  # per partition: the offset after what was printed
+    committed: dict[tuple[str, int], int] = {}
+
+    def commit(partitions: set[tuple[str, int]] | None = None) -> None:
+        offsets = {tp: o for tp, o in printed.items()
+                   if (partitions is None or tp in partitions) and committed.get(tp) != o}
+        if offsets:
+            sys.stdout.buffer.flush()
+            consumer.commit(offsets)
+            committed.update(offsets)
+
+    def on_lost(partitions: set[tuple[str, int]]) -> None:
+        for tp in partitions:  # another member owns them now: our commit would be refused
+            printed.pop(tp, None)
+            committed.pop(tp, None)
+
+    consumer.subscribe([args.topic], on_revoked=commit, on_lost=on_lost)
+    try:
+        _print_records(consumer, args, printed, commit)
+    finally:
+        commit()
+    return 0
+
+
+def _print_records(consumer: Any, args: argparse.Namespace, printed: dict[tuple[str, int], int] | None = None,
+                   commit: Callable[[], None] | None = None) -> None:
+    """The read loop of `semel consume`: until --max-messages records or --timeout-ms without one."""
+    import time
+
+    out = sys.stdout.buffer
+    sep = args.key_separator.encode()
+    seen = 0
+    last_record = last_commit = time.monotonic()
+    while args.max_messages is None or seen < args.max_messages:
+        wait_ms = 500 if args.timeout_ms is None else max(
+            1, min(500, int(args.timeout_ms - (time.monotonic() - last_record) * 1000))
+        )
+        records = consumer.poll(wait_ms)
+        taken = len(records)
+        for i, record in enumerate(records):
+            if args.print_offset:
+                out.write(b"%d:%d\t" % (record.partition, record.offset))
+            if args.print_key:
+                out.write((record.key or b"") + sep)
+            out.write(record.value + b"\n")
+            if printed is not None:
+                printed[(record.topic, record.partition)] = record.offset + 1
+            seen += 1
+            if args.max_messages is not None and seen >= args.max_messages:
+                taken = i + 1
+                break
+        if printed is not None:
+            # Where all this poll returned was printed, commit the position: it also skips markers
+            # (with offset + 1 the lag of a transactional topic would never reach 0).
+            cut = {(r.topic, r.partition) for r in records[taken:]}
+            printed.update({tp: pos for tp, pos in consumer.positions().items() if tp not in cut})
+        if records:
+            out.flush()
+            last_record = time.monotonic()
+        elif args.timeout_ms is not None and (time.monotonic() - last_record) * 1000 >= args.timeout_ms:
+            break
+        if commit is not None and time.monotonic() - last_commit >= 1.0:
+            commit()
+            last_commit = time.monotonic()
+    out.flush()
 

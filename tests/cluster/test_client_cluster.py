@@ -106,6 +106,33 @@ def test_cli_produce_pipe_consume_and_describe(shared_cluster):
     assert "clitopic" in listed.stdout.decode().split()
 
 
+def test_cli_consume_with_a_group_resumes_where_the_printed_records_end(shared_cluster):
+    """`semel consume --group G` commits what it printed: a second run continues after the first
+    (no record twice, none skipped), and over a transactional topic the lag reaches 0 (the
+    committed position skips the markers)."""
+    assert _cli(shared_cluster, "topic", "create", "grouped", "--partitions", "3").returncode == 0
+    for p in range(3):
+        shared_cluster.leader_of("grouped", p, timeout_s=30)
+    lines = b"".join(b"k%d:line %d\n" % (i % 5, i) for i in range(90))
+    produced = _cli(shared_cluster, "produce", "grouped", "--key-separator", ":", "--transactional-id", "cli-group",
+                    stdin=lines)
+    assert produced.returncode == 0, produced.stderr
+    first = _cli(shared_cluster, "consume", "grouped", "--group", "gcli", "--from-beginning", "--max-messages", "50",
+                 "--isolation-level", "read_committed")
+    assert first.returncode == 0, first.stderr
+    rest = _cli(shared_cluster, "consume", "grouped", "--group", "gcli", "--from-beginning", "--timeout-ms", "3000",
+                "--isolation-level", "read_committed")
+    assert rest.returncode == 0, rest.stderr
+    a, b = first.stdout.decode().splitlines(), rest.stdout.decode().splitlines()
+    assert len(a) == 50 and sorted(a + b) == sorted(f"line {i}" for i in range(90))
+    described = _cli(shared_cluster, "group", "describe", "gcli")
+    assert described.returncode == 0, described.stderr
+    rows = [line.split() for line in described.stdout.decode().splitlines()[2:]]
+    assert rows and all(r[0] == "grouped" and r[4] == "0" for r in rows), rows  # LAG column
+    both = _cli(shared_cluster, "consume", "grouped", "--group", "gcli", "--partition", "0")
+    assert both.returncode == 2 and b"--group assigns partitions itself" in both.stderr
+
+
 def test_cli_operational_errors_are_one_readable_line(shared_cluster):
     missing = _cli(shared_cluster, "topic", "describe", "no-such-topic")
     assert missing.returncode == 1
