@@ -460,11 +460,21 @@ def _consume_in_group(consumer: Any, args: argparse.Namespace) -> int:
             printed.pop(tp, None)
             committed.pop(tp, None)
 
+    import signal
+
+    # `kill PID` (SIGTERM) ends like Ctrl-C: commit what was printed and leave the group at once,
+    # rather than leaving the group to find the member gone after its session timeout.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     consumer.subscribe([args.topic], on_revoked=commit, on_lost=on_lost)
     try:
         _print_records(consumer, args, printed, commit)
-    finally:
-        commit()
+    except BaseException:
+        try:
+            commit()  # what was surely written out (a broken pipe's flush fails: nothing more)
+        except Exception:  # the first error is the one to report
+            pass
+        raise
+    commit()
     return 0
 
 

@@ -131,6 +131,19 @@ def test_cli_consume_with_a_group_resumes_where_the_printed_records_end(shared_c
     assert rows and all(r[0] == "grouped" and r[4] == "0" for r in rows), rows  # LAG column
     both = _cli(shared_cluster, "consume", "grouped", "--group", "gcli", "--partition", "0")
     assert both.returncode == 2 and b"--group assigns partitions itself" in both.stderr
+    # `kill PID` ends it like Ctrl-C: it leaves the group at once (no member left behind until
+    # its session times out)
+    env = dict(os.environ, SEMEL_BOOTSTRAP=shared_cluster.bootstrap)
+    member = subprocess.Popen([*SEMEL, "consume", "grouped", "--group", "gkill", "--from-beginning"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert member.stdout.readline().startswith(b"line ")  # a member with partitions by now
+        member.terminate()
+        assert member.wait(timeout=30) == 128 + 15
+    finally:
+        member.kill()
+    after = _cli(shared_cluster, "group", "describe", "gkill").stdout.decode()
+    assert after.startswith("group gkill: EMPTY, 0 members"), after
 
 
 def test_cli_operational_errors_are_one_readable_line(shared_cluster):
