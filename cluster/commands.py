@@ -478,6 +478,19 @@ def _consume_in_group(consumer: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _reader_gone(stream: Any) -> bool:
+    """True when stdout is a pipe whose reader has exited (Linux reports POLLERR to the writer);
+    without this an idle consumer would learn it only from the EPIPE of its next record."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # not a real file (tests), or closed
+        return False
+
+
 def _print_records(consumer: Any, args: argparse.Namespace, printed: dict[tuple[str, int], int] | None = None,
                    commit: Callable[[], None] | None = None) -> None:
     """The read loop of `semel consume`: until --max-messages records or --timeout-ms without one."""
@@ -514,6 +527,8 @@ def _print_records(consumer: Any, args: argparse.Namespace, printed: dict[tuple[
             out.flush()
             last_record = time.monotonic()
         elif args.timeout_ms is not None and (time.monotonic() - last_record) * 1000 >= args.timeout_ms:
+            break
+        elif _reader_gone(out):  # `semel consume T | head -3`: exit when head does, not at the next record
             break
         if commit is not None and time.monotonic() - last_commit >= 1.0:
             commit()

@@ -146,6 +146,20 @@ def test_cli_consume_with_a_group_resumes_where_the_printed_records_end(shared_c
     assert after.startswith("group gkill: EMPTY, 0 members"), after
 
 
+def test_cli_consume_into_a_pipe_exits_when_the_reader_does(shared_cluster):
+    """`semel consume T --from-beginning | head -1` ends once head has its line, even though no
+    further record arrives (an idle consumer would otherwise only notice at its next write)."""
+    assert _cli(shared_cluster, "topic", "create", "piped", "--partitions", "1").returncode == 0
+    shared_cluster.leader_of("piped", 0, timeout_s=30)
+    assert _cli(shared_cluster, "produce", "piped", stdin=b"one\ntwo\n").returncode == 0
+    env = dict(os.environ, SEMEL_BOOTSTRAP=shared_cluster.bootstrap)
+    command = " ".join([*SEMEL, "consume", "piped", "--from-beginning"]) + " | head -1"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, env=env, timeout=60)
+    assert done.stdout == b"one\n"
+    assert done.returncode == 0, done.stderr  # pipefail: the consumer itself exited 0
+    assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr
+
+
 def test_cli_operational_errors_are_one_readable_line(shared_cluster):
     missing = _cli(shared_cluster, "topic", "describe", "no-such-topic")
     assert missing.returncode == 1
