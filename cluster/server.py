@@ -9,7 +9,9 @@ limits in `semel.limits`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from bisect import bisect_right
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -22,7 +24,7 @@ from semel.cluster.quorum import MetadataSubmitError
 from semel.cluster.replica_state import invariant
 from semel.cluster.replica_manager import Partition, PartitionError, describe_partition, now_ms
 from semel.cluster.storage_adapter import iter_batches
-from semel.storage.batch import HEADER_BYTES
+from semel.storage.batch import HEADER_BYTES, BatchHeader
 from semel.v1 import admin_pb2 as apb
 from semel.v1 import admin_pb2_grpc as agrpc
 from semel.v1 import broker_pb2 as bpb
@@ -261,14 +263,23 @@ class BrokerService(bgrpc.BrokerServicer):
         part_max = min(part_max, budget)
         if fp.fetch_offset >= bound or (part_max <= 0 and not first):
             return 0
-        data = p.store.read(fp.fetch_offset, max(part_max, 1), bound)
-        aborted = []
-        if isolation == bpb.READ_COMMITTED and data:
-            aborted = p.store.aborted_in_range(fp.fetch_offset, bound)
+        most = limits.MAX_FETCH_BATCHES_PER_PARTITION  # the work below is per batch: bound it
+        data = p.store.read(fp.fetch_offset, max(part_max, 1), bound, most)
+        batches = list(itertools.islice(iter_batches(data), most))
+        aborted: dict[int, tuple[list[int], list[int]]] = {}
+        if isolation == bpb.READ_COMMITTED and batches:
+            # Only the aborts that overlap what was read, by producer, searchable: a read from the
+            # start of a log with thousands of aborts must cost per batch, not per batch times
+            # aborts (that stalled a controller's event loop for seconds: docs/chaos.md, finding 8).
+            start, end = min(fp.fetch_offset, batches[0][0].base_offset), batches[-1][0].next_offset
+            for a in p.store.aborted_in_range(start, end):  # ordered; one producer's never overlap
+                firsts, lasts = aborted.setdefault(a.producer_id, ([], []))
+                firsts.append(a.first_offset)
+                lasts.append(a.last_offset)
         size = 0
-        for h, pos in iter_batches(data):
+        for h, pos in batches:
             r.next_fetch_offset = h.next_offset
-            if isolation == bpb.READ_COMMITTED and (h.is_control or _is_aborted(h, aborted)):
+            if isolation == bpb.READ_COMMITTED and (h.is_control or (h.is_transactional and _is_aborted(h, aborted))):
                 continue
             r.batches.append(pb.RecordBatch(
                 base_offset=h.base_offset, last_offset_delta=h.last_offset_delta, leader_epoch=h.leader_epoch,
@@ -311,9 +322,15 @@ def _checked_epoch(q: bpb.FetchPartition | bpb.ListOffsetsPartition) -> int:
     return q.current_leader_epoch if q.HasField("current_leader_epoch") else -1
 
 
-def _is_aborted(h: object, aborted: list) -> bool:
-    return any(a.producer_id == h.producer_id and a.first_offset <= h.base_offset <= a.last_offset  # type: ignore[attr-defined]
-               for a in aborted)
+def _is_aborted(h: BatchHeader, aborted: dict[int, tuple[list[int], list[int]]]) -> bool:
+    """Whether the transactional batch `h` lies in an aborted transaction of its producer
+    (`aborted`: per producer id, the first and last offsets of its aborts, in order)."""
+    found = aborted.get(h.producer_id)
+    if found is None:
+        return False
+    firsts, lasts = found
+    i = bisect_right(firsts, h.base_offset) - 1  # the last abort starting at or before the batch
+    return i >= 0 and h.base_offset <= lasts[i]
 
 
 def _set_error(r: object, code: int, message: str) -> None:

@@ -59,7 +59,7 @@ class ReplicaStore(Protocol):
     def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
                       leader_epoch: int, now_ms: int) -> LeaderAppendOutcome: ...
     def truncate_to(self, offset: int) -> None: ...
-    def read(self, offset: int, max_bytes: int, max_offset: int | None) -> bytes: ...
+    def read(self, offset: int, max_bytes: int, max_offset: int | None, max_batches: int | None = None) -> bytes: ...
     def end_offset_for_epoch(self, leader_epoch: int) -> tuple[int, int]: ...
     def last_batch_epoch(self) -> int: ...
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None: ...
@@ -218,7 +218,8 @@ class FileReplicaStore:
         if not self._headers:
             self.epochs.entries = []
 
-    def read(self, offset: int, max_bytes: int, max_offset: int | None) -> bytes:
+    def read(self, offset: int, max_bytes: int, max_offset: int | None, max_batches: int | None = None) -> bytes:
+        # the test-only stopgap store ignores max_batches (callers bound what they process too)
         if offset < self._start or offset > self._end:
             raise IndexError(offset)
         idx = bisect.bisect_right(self._bases, offset) - 1
@@ -320,8 +321,8 @@ class PartitionStoreAdapter:
     def truncate_to(self, offset: int) -> None:
         self.store.truncate_to(offset)
 
-    def read(self, offset: int, max_bytes: int, max_offset: int | None) -> bytes:
-        return bytes(self.log.read(offset, max_bytes, max_offset).data)
+    def read(self, offset: int, max_bytes: int, max_offset: int | None, max_batches: int | None = None) -> bytes:
+        return bytes(self.log.read(offset, max_bytes, max_offset, max_batches).data)
 
     def end_offset_for_epoch(self, leader_epoch: int) -> tuple[int, int]:
         epoch, end = self.log.epoch_cache.end_offset_for(leader_epoch)

@@ -64,6 +64,10 @@ class AbortedTxnIndex:
     ) -> None:
         self._entries: list[AbortedTxn] = list(entries or [])
         self._lasts = [e.last_offset for e in self._entries]
+        # The longest [first_offset, last_offset] span held: entries whose last_offset is at least
+        # `end + _max_span` start at or after `end`, so a range query stops there (reads from the
+        # start of a log with many aborts must not scan every later entry).
+        self._max_span = max((e.last_offset - e.first_offset for e in self._entries), default=0)
         self._on_add = on_add
         self._on_rewrite = on_rewrite
 
@@ -89,11 +93,13 @@ class AbortedTxnIndex:
             self._on_add(txn)
         self._entries.append(txn)
         self._lasts.append(txn.last_offset)
+        self._max_span = max(self._max_span, txn.last_offset - txn.first_offset)
 
     def in_range(self, start: int, end: int) -> list[AbortedTxn]:
         """Entries whose [first_offset, last_offset] intersects [start, end)."""
         i = bisect_left(self._lasts, start)  # entries before i end before `start`
-        return [e for e in self._entries[i:] if e.first_offset < end]
+        j = bisect_left(self._lasts, end + self._max_span, lo=i)  # from j on they start at or after `end`
+        return [e for e in self._entries[i:j] if e.first_offset < end]
 
     def truncate_to(self, offset: int) -> None:
         """The log was truncated to `offset`: forget aborts whose marker is at or after it."""
@@ -113,6 +119,7 @@ class AbortedTxnIndex:
             self._on_rewrite(entries)
         self._entries = entries
         self._lasts = [e.last_offset for e in entries]
+        self._max_span = max((e.last_offset - e.first_offset for e in entries), default=0)
 
 
 def decode_records(data: bytes) -> list[AbortedTxn]:

@@ -410,8 +410,10 @@ class PartitionLog:
 
     # --- reads ----------------------------------------------------------------------
 
-    def read(self, offset: int, max_bytes: int, max_offset: int | None = None) -> ReadResult:
-        """Whole batches from the one containing `offset`; see the contract in docs/design.md."""
+    def read(self, offset: int, max_bytes: int, max_offset: int | None = None,
+             max_batches: int | None = None) -> ReadResult:
+        """Whole batches from the one containing `offset`; see the contract in docs/design.md.
+        `max_batches` also bounds their number (at least one is returned): reading is per batch."""
         with self._lock:
             self._check_open()
             self._check_offset(offset)
@@ -438,13 +440,16 @@ class PartitionLog:
                 if n < HEADER_BYTES:
                     break
                 chunk = seg.pread(n, pos)
-                took, expected = _take_batches(chunk, headers, expected, limit, must_take_one=first, where=(seg, pos))
+                took, expected = _take_batches(chunk, headers, expected, limit, must_take_one=first, where=(seg, pos),
+                                               max_batches=max_batches)
                 first = False
                 if took == 0:
                     break
                 parts.append(chunk if took == len(chunk) else memoryview(chunk)[:took])
                 used += took
                 if pos + took < seg.index.size_bytes or expected >= limit:
+                    break
+                if max_batches is not None and len(headers) >= max_batches:
                     break
             if not headers:
                 return ReadResult(b"", offset, offset, ())
@@ -680,6 +685,7 @@ def _take_batches(
     *,
     must_take_one: bool,
     where: tuple[LogSegment, int],
+    max_batches: int | None = None,
 ) -> tuple[int, int]:
     """Walk whole batches at the start of `chunk` (CRC-checked) below `limit`; returns (bytes taken, next offset).
 
@@ -690,8 +696,11 @@ def _take_batches(
     n = len(chunk)
     view = memoryview(chunk)
     unpack_from = _HEADER.unpack_from
+    most = None if max_batches is None else max(max_batches, 1)  # counts `headers` across calls; >= 1
     try:
         while n - at >= HEADER_BYTES:
+            if most is not None and len(headers) >= most:
+                break
             base, length, crc, magic, attrs, delta, epoch, pid, pepoch, seq, count, base_ts, max_ts = unpack_from(chunk, at)
             size = LENGTH_FIELD_END + length
             if size < HEADER_BYTES or magic != MAGIC:

@@ -10,6 +10,7 @@ from __future__ import annotations
 MAX_BATCH_BYTES = 4 * 1024 * 1024          # one stored batch (header + records)
 MAX_REQUEST_BYTES = 16 * 1024 * 1024       # one gRPC message, either direction
 MAX_FETCH_BYTES = 8 * 1024 * 1024          # one fetch response (the first batch is always whole)
+MAX_FETCH_BATCHES_PER_PARTITION = 4096    # batches one fetch returns per partition: bounds the broker's per-batch work (tiny batches)
 
 # --- storage --------------------------------------------------------------------
 SEGMENT_BYTES_DEFAULT = 256 * 1024 * 1024

@@ -92,8 +92,11 @@ def check_agrees(plog: PartitionLog, model: Model, rnd: random.Random):
     for offset in sorted(offsets):
         max_bytes = rnd.choice([1, 100, 300, 1000, 10_000])
         max_offset = rnd.choice([None, offset, offset + 3, model.leo])
-        got = plog.read(offset, max_bytes, max_offset)
+        max_batches = rnd.choice([None, None, 1, 2, 5])  # a bound on their number too (at least one)
+        got = plog.read(offset, max_bytes, max_offset, max_batches)
         want = model.read(offset, max_bytes, max_offset)
+        if max_batches is not None:
+            want = want[:max_batches]
         assert got.data == b"".join(b[3] for b in want), (offset, max_bytes, max_offset)
         assert got.first_offset == (want[0][0] if want else offset)
         assert got.next_offset == (want[-1][1] if want else offset)
