@@ -219,9 +219,12 @@ def test_role_listeners_and_append_and_wait_for_coordinators(broker):
     assert seen == [(("t", 0), Role.FOLLOWER, 1)]
 
 
-def test_read_committed_stops_at_the_lso_and_drops_aborted_data_and_markers(tmp_path):
-    from semel.storage.kv import KvStore
+@pytest.fixture
+def txn_broker(tmp_path):
+    """A broker leading t-0 alone (ISR {1}) over the real partition store (producer state,
+    markers, the aborted index), as transactions need."""
     from semel.cluster.storage_adapter import open_replica_store
+    from semel.storage.kv import KvStore
 
     kv = KvStore.open(tmp_path / "kv")
     b = FakeBroker.__new__(FakeBroker)
@@ -230,95 +233,88 @@ def test_read_committed_stops_at_the_lso_and_drops_aborted_data_and_markers(tmp_
     b.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=kv))
     b.rm.broker_epoch = 1
     b.rm.reconcile(b.quorum.img)
-    svc = BrokerService(b)
     try:
-        def produce(rb):
-            req = bpb.ProduceRequest(acks=bpb.ACKS_LEADER, partitions=[
-                bpb.PartitionProduceData(topic="t", partition=0, batch=rb)])
-            r = run(svc.Produce(req, None)).results[0]
-            assert r.error_code == pb.NONE, r
-            return r.base_offset
-
-        def fetch(isolation):
-            req = bpb.FetchRequest(isolation_level=isolation, partitions=[
-                bpb.FetchPartition(topic="t", partition=0, fetch_offset=0, current_leader_epoch=-1)])
-            return run(svc.Fetch(req, None)).results[0]
-
-        produce(batch(b"plain"))                                   # 0
-        txn = batch(b"txn")
-        txn.producer_id, txn.producer_epoch, txn.base_sequence, txn.attributes = 9, 0, 0, 0x10
-        assert produce(txn) == 1                                   # 1, open transaction
-        produce(batch(b"after"))                                   # 2
-        rc = fetch(bpb.READ_COMMITTED)
-        assert rc.last_stable_offset == 1 and [x.base_offset for x in rc.batches] == [0]
-        assert len(fetch(bpb.READ_UNCOMMITTED).batches) == 3
-        p = b.rm.get("t", 0)
-        marker = p.append_marker(9, 0, commit=False, coordinator_epoch=0, now=now_ms())  # 3: ABORT
-        assert marker.error_code == pb.NONE and marker.base_offset == 3
-        rc = fetch(bpb.READ_COMMITTED)
-        assert rc.last_stable_offset == rc.high_watermark == 4
-        assert [x.records for x in rc.batches] == [b"plain", b"after"]  # aborted data and the marker dropped
-        assert rc.next_fetch_offset == 4
+        yield b
     finally:
         b.rm.close()
         kv.close()
 
 
-def test_read_committed_filters_aborts_per_producer_and_asks_only_for_the_chunk_read(tmp_path):
+def test_read_committed_stops_at_the_lso_and_drops_aborted_data_and_markers(txn_broker):
+    b = txn_broker
+    svc = BrokerService(b)
+
+    def produce(rb):
+        req = bpb.ProduceRequest(acks=bpb.ACKS_LEADER, partitions=[
+            bpb.PartitionProduceData(topic="t", partition=0, batch=rb)])
+        r = run(svc.Produce(req, None)).results[0]
+        assert r.error_code == pb.NONE, r
+        return r.base_offset
+
+    def fetch(isolation):
+        req = bpb.FetchRequest(isolation_level=isolation, partitions=[
+            bpb.FetchPartition(topic="t", partition=0, fetch_offset=0, current_leader_epoch=-1)])
+        return run(svc.Fetch(req, None)).results[0]
+
+    produce(batch(b"plain"))                                   # 0
+    txn = batch(b"txn")
+    txn.producer_id, txn.producer_epoch, txn.base_sequence, txn.attributes = 9, 0, 0, 0x10
+    assert produce(txn) == 1                                   # 1, open transaction
+    produce(batch(b"after"))                                   # 2
+    rc = fetch(bpb.READ_COMMITTED)
+    assert rc.last_stable_offset == 1 and [x.base_offset for x in rc.batches] == [0]
+    assert len(fetch(bpb.READ_UNCOMMITTED).batches) == 3
+    p = b.rm.get("t", 0)
+    marker = p.append_marker(9, 0, commit=False, coordinator_epoch=0, now=now_ms())  # 3: ABORT
+    assert marker.error_code == pb.NONE and marker.base_offset == 3
+    rc = fetch(bpb.READ_COMMITTED)
+    assert rc.last_stable_offset == rc.high_watermark == 4
+    assert [x.records for x in rc.batches] == [b"plain", b"after"]  # aborted data and the marker dropped
+    assert rc.next_fetch_offset == 4
+
+
+def test_read_committed_filters_aborts_per_producer_and_asks_only_for_the_chunk_read(txn_broker):
     """Aborted batches are dropped by producer (a committed transaction interleaved with an
     aborted one stays), and the fetch asks storage for the aborts overlapping the batches it
     read, not everything up to the LSO (chaos finding 8: a read from offset 0 of a log with
     thousands of aborts stalled the leader's event loop for seconds)."""
-    from semel.cluster.storage_adapter import open_replica_store
-    from semel.storage.kv import KvStore
-
-    kv = KvStore.open(tmp_path / "kv")
-    b = FakeBroker.__new__(FakeBroker)
-    b.config = BrokerConfig(broker_id=1)
-    b.quorum = FakeQuorum(image(isr=(1,), min_isr=1))
-    b.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=kv))
-    b.rm.broker_epoch = 1
-    b.rm.reconcile(b.quorum.img)
+    b = txn_broker
     svc = BrokerService(b)
-    try:
-        seqs: dict[int, int] = {}
+    seqs: dict[int, int] = {}
 
-        def produce(value, pid=-1):
-            rb = batch(value)
-            if pid >= 0:
-                rb.producer_id, rb.producer_epoch, rb.attributes = pid, 0, 0x10
-                rb.base_sequence = seqs.get(pid, 0)
-                seqs[pid] = rb.base_sequence + 1
-            req = bpb.ProduceRequest(acks=bpb.ACKS_LEADER, partitions=[
-                bpb.PartitionProduceData(topic="t", partition=0, batch=rb)])
-            assert run(svc.Produce(req, None)).results[0].error_code == pb.NONE
+    def produce(value, pid=-1):
+        rb = batch(value)
+        if pid >= 0:
+            rb.producer_id, rb.producer_epoch, rb.attributes = pid, 0, 0x10
+            rb.base_sequence = seqs.get(pid, 0)
+            seqs[pid] = rb.base_sequence + 1
+        req = bpb.ProduceRequest(acks=bpb.ACKS_LEADER, partitions=[
+            bpb.PartitionProduceData(topic="t", partition=0, batch=rb)])
+        assert run(svc.Produce(req, None)).results[0].error_code == pb.NONE
 
-        produce(b"plain-0")                    # 0
-        produce(b"aborted-1", pid=9)           # 1
-        produce(b"committed-2", pid=10)        # 2
-        produce(b"aborted-3", pid=9)           # 3
-        p = b.rm.get("t", 0)
-        assert p.append_marker(9, 0, commit=False, coordinator_epoch=0, now=now_ms()).base_offset == 4
-        assert p.append_marker(10, 0, commit=True, coordinator_epoch=0, now=now_ms()).base_offset == 5
-        produce(b"plain-6")                    # 6
-        asked = []
-        real = p.store.aborted_in_range
-        p.store.aborted_in_range = lambda start, end: asked.append((start, end)) or real(start, end)
+    produce(b"plain-0")                    # 0
+    produce(b"aborted-1", pid=9)           # 1
+    produce(b"committed-2", pid=10)        # 2
+    produce(b"aborted-3", pid=9)           # 3
+    p = b.rm.get("t", 0)
+    assert p.append_marker(9, 0, commit=False, coordinator_epoch=0, now=now_ms()).base_offset == 4
+    assert p.append_marker(10, 0, commit=True, coordinator_epoch=0, now=now_ms()).base_offset == 5
+    produce(b"plain-6")                    # 6
+    asked = []
+    real = p.store.aborted_in_range
+    p.store.aborted_in_range = lambda start, end: asked.append((start, end)) or real(start, end)
 
-        def fetch(offset, max_bytes=0):
-            req = bpb.FetchRequest(isolation_level=bpb.READ_COMMITTED, partitions=[
-                bpb.FetchPartition(topic="t", partition=0, fetch_offset=offset, max_bytes=max_bytes)])
-            return run(svc.Fetch(req, None)).results[0]
+    def fetch(offset, max_bytes=0):
+        req = bpb.FetchRequest(isolation_level=bpb.READ_COMMITTED, partitions=[
+            bpb.FetchPartition(topic="t", partition=0, fetch_offset=offset, max_bytes=max_bytes)])
+        return run(svc.Fetch(req, None)).results[0]
 
-        everything = fetch(0)
-        assert [x.records for x in everything.batches] == [b"plain-0", b"committed-2", b"plain-6"]
-        assert everything.last_stable_offset == 7 and asked == [(0, 7)]
-        asked.clear()
-        first = fetch(0, max_bytes=1)  # one batch: the aborts of [0, 1) only
-        assert [x.records for x in first.batches] == [b"plain-0"] and asked == [(0, 1)]
-        asked.clear()
-        second = fetch(1, max_bytes=1)
-        assert second.batches == [] and second.next_fetch_offset == 2 and asked == [(1, 2)]
-    finally:
-        b.rm.close()
-        kv.close()
+    everything = fetch(0)
+    assert [x.records for x in everything.batches] == [b"plain-0", b"committed-2", b"plain-6"]
+    assert everything.last_stable_offset == 7 and asked == [(0, 7)]
+    asked.clear()
+    first = fetch(0, max_bytes=1)  # one batch: the aborts of [0, 1) only
+    assert [x.records for x in first.batches] == [b"plain-0"] and asked == [(0, 1)]
+    asked.clear()
+    second = fetch(1, max_bytes=1)
+    assert second.batches == [] and second.next_fetch_offset == 2 and asked == [(1, 2)]
