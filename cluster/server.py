@@ -9,7 +9,6 @@ limits in `semel.limits`).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from bisect import bisect_right
 from collections.abc import AsyncIterator
@@ -263,9 +262,9 @@ class BrokerService(bgrpc.BrokerServicer):
         part_max = min(part_max, budget)
         if fp.fetch_offset >= bound or (part_max <= 0 and not first):
             return 0
-        most = limits.MAX_FETCH_BATCHES_PER_PARTITION  # the work below is per batch: bound it
-        data = p.store.read(fp.fetch_offset, max(part_max, 1), bound, most)
-        batches = list(itertools.islice(iter_batches(data), most))
+        # the work below is per batch: the store returns at most this many
+        data = p.store.read(fp.fetch_offset, max(part_max, 1), bound, limits.MAX_FETCH_BATCHES_PER_PARTITION)
+        batches = list(iter_batches(data))
         aborted: dict[int, tuple[list[int], list[int]]] = {}
         if isolation == bpb.READ_COMMITTED and batches:
             # Only the aborts that overlap what was read, by producer, searchable: a read from the

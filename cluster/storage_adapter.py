@@ -59,7 +59,10 @@ class ReplicaStore(Protocol):
     def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
                       leader_epoch: int, now_ms: int) -> LeaderAppendOutcome: ...
     def truncate_to(self, offset: int) -> None: ...
-    def read(self, offset: int, max_bytes: int, max_offset: int | None, max_batches: int | None = None) -> bytes: ...
+    def read(self, offset: int, max_bytes: int, max_offset: int | None, max_batches: int | None = None) -> bytes:
+        """Whole batches from the one holding `offset`: at most `max_bytes` and `max_batches` (but at
+        least one), none at or past `max_offset`."""
+        ...
     def end_offset_for_epoch(self, leader_epoch: int) -> tuple[int, int]: ...
     def last_batch_epoch(self) -> int: ...
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None: ...
@@ -219,7 +222,6 @@ class FileReplicaStore:
             self.epochs.entries = []
 
     def read(self, offset: int, max_bytes: int, max_offset: int | None, max_batches: int | None = None) -> bytes:
-        # the test-only stopgap store ignores max_batches (callers bound what they process too)
         if offset < self._start or offset > self._end:
             raise IndexError(offset)
         idx = bisect.bisect_right(self._bases, offset) - 1
@@ -235,6 +237,8 @@ class FileReplicaStore:
             if max_offset is not None and h.next_offset > max_offset:
                 break
             if last > first and total + h.size_bytes > max_bytes:
+                break
+            if last > first and max_batches is not None and last - first >= max_batches:
                 break
             total += h.size_bytes
             last += 1

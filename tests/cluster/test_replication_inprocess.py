@@ -363,3 +363,20 @@ def test_a_new_high_watermark_rides_on_the_next_answer_instead_of_ending_the_pol
         assert [(r.partition, r.high_watermark) for r in resp.results] == [(1, 2)]
         assert asyncio.get_running_loop().time() - started >= 0.25  # told at the poll's end
     asyncio.run(scenario())
+
+
+def test_both_stores_bound_a_read_by_its_number_of_batches(make_partition):
+    """`read(..., max_batches)` returns at most that many whole batches (at least one), on both
+    stores: the broker relies on it to bound its per-batch work per fetch."""
+    from semel.cluster.storage_adapter import iter_batches
+
+    p = make_partition(1)
+    p.become_leader(state(1, 0, isr=(1,)), min_isr=1, now=0)
+    for i in range(5):
+        assert p.append_as_leader(header(2), b"abc", now=i).error_code == pb.NONE
+    bases = lambda data: [h.base_offset for h, _ in iter_batches(data)]  # noqa: E731
+    assert bases(p.store.read(0, 1 << 20, None)) == [0, 2, 4, 6, 8]
+    assert bases(p.store.read(0, 1 << 20, None, 2)) == [0, 2]
+    assert bases(p.store.read(3, 1 << 20, None, 1)) == [2]  # the batch holding offset 3
+    assert bases(p.store.read(0, 1 << 20, None, 0)) == [0]  # at least one
+    assert bases(p.store.read(4, 1 << 20, 8, 10)) == [4, 6]  # max_offset still applies
