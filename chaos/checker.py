@@ -36,8 +36,24 @@ from pathlib import Path
 from typing import Any
 
 from semel.chaos.history import (
-    BALANCE, COPY_INPUT, COPY_OUTPUT, CRASH, FAIL, FINAL_READ_FS, INFO, KEYS_FS, MOP_FS, OK,
-    TRANSFER, Event, HistoryError, Op, Poll, Send, pair_ops, read_history,
+    BALANCE,
+    COPY_INPUT,
+    COPY_OUTPUT,
+    CRASH,
+    FAIL,
+    FINAL_READ_FS,
+    INFO,
+    KEYS_FS,
+    MOP_FS,
+    OK,
+    TRANSFER,
+    Event,
+    HistoryError,
+    Op,
+    Poll,
+    Send,
+    pair_ops,
+    read_history,
 )
 
 # Anomalies that Kafka's model allows: reported under "allowed", never invalidate a run.

@@ -1,4 +1,4 @@
-"""`semel chaos run|check|schedule` and `semel toxiproxy` (registered by proto/semel/cli.py)."""
+"""`semel chaos run|check|schedule` and `semel toxiproxy` (registered by cluster/cli/main.py)."""
 
 from __future__ import annotations
 
@@ -64,11 +64,11 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: Any) -> None:
+    import argparse
+
     from semel.chaos import proxy
     from semel.chaos.checker import MAX_EXAMPLES_DEFAULT
     from semel.chaos.workloads import WORKLOADS
-
-    import argparse
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     families = "kill,pause,partition,latency,reset,rolling,hijack,client-pause"

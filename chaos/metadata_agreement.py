@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-
 from semel.v1 import broker_pb2, broker_pb2_grpc
 
 Snapshot = tuple[int, Any]  # (metadata_version, comparable content)

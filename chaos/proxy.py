@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: Any) -> None:
-    """`semel toxiproxy ...` for proto/semel/cli.py's COMMAND_MODULES (if registered)."""
+    """`semel toxiproxy ...` for cluster/cli/main.py's COMMAND_MODULES (if registered)."""
     parser = subparsers.add_parser("toxiproxy", help="run the Toxiproxy-compatible fault proxy")
     _build_parser(parser).set_defaults(func=run)
 

@@ -29,7 +29,15 @@ from typing import Any
 from semel.chaos import checker
 from semel.chaos.history import HistoryWriter
 from semel.chaos.metadata_agreement import check_agreement
-from semel.chaos.nemesis import CONTROLLER, COORDINATOR, LEADER, NemesisExecutor, Schedule, describe_schedule, plan_schedule
+from semel.chaos.nemesis import (
+    CONTROLLER,
+    COORDINATOR,
+    LEADER,
+    NemesisExecutor,
+    Schedule,
+    describe_schedule,
+    plan_schedule,
+)
 from semel.chaos.report import write_report
 from semel.chaos.wiring import ChaosCluster
 from semel.chaos.workloads import Recorder, WorkloadConfig, make_workload
@@ -75,8 +83,8 @@ def plan(cfg: RunConfig) -> Schedule:
 
 
 def _resolver(direct_bootstrap: str, topic: str, coordinator_key: str | None) -> Callable[[str], int | None]:
-    from semel.cluster.client import Admin
-    from semel.cluster.metadata import TRANSACTION_STATE_TOPIC, coordinator_partition
+    from semel.client import Admin
+    from semel.internal_topics import TRANSACTION_STATE_TOPIC, coordinator_partition
 
     def resolve(what: str) -> int | None:
         with Admin(direct_bootstrap, request_timeout_ms=2000, connect_timeout_ms=2000) as admin:

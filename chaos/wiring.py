@@ -38,9 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
-
 from semel.chaos.proxy import ProxyServerProcess, parse_url
-from semel.cluster.local_cluster import READY_TIMEOUT_S, BrokerProcess, BrokerSpec, LocalCluster
+from semel.cluster.tooling.local_cluster import (
+    READY_TIMEOUT_S,
+    BrokerProcess,
+    BrokerSpec,
+    LocalCluster,
+)
 
 CLIENTS = 0  # the node number of "every client"
 API_TIMEOUT_S = 5.0
@@ -316,8 +320,11 @@ class ChaosCluster:
                      configs: dict[str, str] | None = None, timeout_s: float = 30.0) -> None:
         """Create a topic through the real ports; retry while a broker is briefly fenced (a loaded
         machine delays heartbeats), then wait until every partition has a leader."""
-        from semel.cluster.client import Admin
-        from semel.cluster.client_errors import InvalidReplicationFactorError, TopicAlreadyExistsError
+        from semel.client import Admin
+        from semel.client.errors import (
+            InvalidReplicationFactorError,
+            TopicAlreadyExistsError,
+        )
 
         deadline = time.monotonic() + timeout_s
         with Admin(self.direct_bootstrap) as admin:

@@ -39,7 +39,6 @@ from semel.chaos.workloads import (
     send_outcome,
 )
 
-
 log = logging.getLogger("semel.chaos.workload_txn")
 FEED_PAUSE_S = 0.01
 HIJACK_MAX_BLOCK_MS = 10_000
@@ -66,7 +65,7 @@ class TxnWorkload(IdempotentWorkload):
         return f"chaos-{self.name}-{slot}"
 
     def _txn_producer(self, bootstrap: str, slot: int, max_block_ms: int = 60_000) -> Any:
-        from semel.cluster.client import Producer
+        from semel.client import Producer
 
         producer = Producer(bootstrap, transactional_id=self.transactional_id(slot), acks="all",  # type: ignore[call-arg]
                             request_timeout_ms=self.cfg.request_timeout_ms,
@@ -277,7 +276,7 @@ class CopierWorkload(TxnWorkload):
         self.create_topic(admin_bootstrap, self.input_topic)
 
     def _fill_input(self, bootstrap: str, rec: Recorder) -> None:
-        from semel.cluster.client import Producer
+        from semel.client import Producer
 
         pid = 1_000_000  # one process per input record: they are all in flight at once
         pending = []
@@ -299,7 +298,7 @@ class CopierWorkload(TxnWorkload):
                 rec.complete(pid, kind, [["send", self.in_key(p), value, offset]], error=text)
 
     def _group_consumer(self, bootstrap: str) -> Any:
-        from semel.cluster.client import Consumer
+        from semel.client import Consumer
 
         return Consumer(bootstrap, group_id=self.GROUP, enable_auto_commit=False, isolation_level="read_committed",
                         auto_offset_reset="earliest", fetch_max_wait_ms=self.cfg.poll_timeout_ms,
@@ -423,9 +422,7 @@ class CopierWorkload(TxnWorkload):
     def final_read(self, bootstrap: str, rec: Recorder, process: int) -> dict[str, Any]:
         """Drain with one fresh copier until the group's committed offsets reach the input's end,
         then read both topics from the beginning."""
-        from semel.cluster.client import Consumer
-
-        from semel.cluster.client import Admin
+        from semel.client import Admin, Consumer
 
         with Admin(bootstrap) as admin:  # everything the feeder wrote is below these
             ends = {pd.partition: pd.last_stable_offset for pd in admin.describe_topics([self.input_topic])[0].partitions}
@@ -464,7 +461,7 @@ class CopierWorkload(TxnWorkload):
 
     def _read_topic(self, bootstrap: str, topic: str, keyf: Callable[[int], str], deadline: float,
                     ) -> dict[str, list[list[int]]]:
-        from semel.cluster.client import Admin, Consumer
+        from semel.client import Admin, Consumer
 
         with Admin(bootstrap) as admin:
             desc = admin.describe_topics([topic])[0]

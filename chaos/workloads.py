@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from semel.chaos.history import CRASH, FAIL, INFO, OK, POLL, SEND, ASSIGN, HistoryWriter
+from semel.chaos.history import ASSIGN, CRASH, FAIL, INFO, OK, POLL, SEND, HistoryWriter
 
 log = logging.getLogger("semel.chaos.workloads")
 
@@ -50,7 +50,7 @@ def idempotence_option() -> str | None:
     """The Producer keyword that turns idempotence on, if this client has one."""
     import inspect
 
-    from semel.cluster.client import Producer
+    from semel.client import Producer
 
     params = inspect.signature(Producer.__init__).parameters
     return next((name for name in ("enable_idempotence", "idempotent", "idempotence") if name in params), None)
@@ -58,7 +58,7 @@ def idempotence_option() -> str | None:
 
 def copier_available() -> bool:
     """Group consumers (subscribe, group_metadata, committed) and send_offsets_to_transaction."""
-    from semel.cluster import client
+    from semel import client
 
     consumer = getattr(client, "Consumer", None)
     return hasattr(getattr(client, "Producer", None), "send_offsets_to_transaction") and all(
@@ -67,7 +67,7 @@ def copier_available() -> bool:
 
 def transactions_available() -> bool:
     """The client exposes transactions (begin/commit/abort on a transactional producer)."""
-    from semel.cluster import client
+    from semel import client
 
     producer = getattr(client, "Producer", None)
     return all(hasattr(producer, name) for name in ("init_transactions", "begin_transaction", "commit_transaction",
@@ -171,8 +171,11 @@ class Workload:
 
     def create_topic(self, admin_bootstrap: str, topic: str) -> None:
         """Create `topic` (retrying while a broker is briefly fenced) and wait for its leaders."""
-        from semel.cluster.client import Admin
-        from semel.cluster.client_errors import InvalidReplicationFactorError, TopicAlreadyExistsError
+        from semel.client import Admin
+        from semel.client.errors import (
+            InvalidReplicationFactorError,
+            TopicAlreadyExistsError,
+        )
 
         configs = {"min_insync_replicas": str(self.cfg.min_insync_replicas)}
         deadline = time.monotonic() + 30
@@ -229,7 +232,7 @@ class IdempotentWorkload(Workload):
             return next(self._values)
 
     def _producer(self, bootstrap: str) -> Any:
-        from semel.cluster.client import Producer
+        from semel.client import Producer
 
         option = idempotence_option()  # use it as soon as the client has it
         extra: dict[str, Any] = {option: True} if option else {}
@@ -239,7 +242,7 @@ class IdempotentWorkload(Workload):
                         **extra)
 
     def _consumer(self, bootstrap: str) -> Any:
-        from semel.cluster.client import Consumer
+        from semel.client import Consumer
 
         return Consumer(bootstrap, auto_offset_reset="earliest", isolation_level="read_committed",
                         fetch_max_wait_ms=self.cfg.poll_timeout_ms, request_timeout_ms=self.cfg.request_timeout_ms,
@@ -324,7 +327,7 @@ class IdempotentWorkload(Workload):
 
     def final_read(self, bootstrap: str, rec: Recorder, process: int) -> dict[str, Any]:
         """A fresh consumer reads every key from the start up to its highest acknowledged offset."""
-        from semel.cluster.client import Consumer
+        from semel.client import Consumer
 
         with self._acked_lock:
             targets = dict(self.acked)

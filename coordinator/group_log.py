@@ -35,16 +35,21 @@ from semel.coordinator.group_records import (
     encode_record,
     invariant,
 )
-from semel.coordinator.group_state import GroupConfig, GroupDecision, GroupStateMachine, HeartbeatResponse
+from semel.coordinator.group_state import (
+    GroupConfig,
+    GroupDecision,
+    GroupStateMachine,
+    HeartbeatResponse,
+)
 from semel.coordinator.offsets import CommitDecision, OffsetsConfig, OffsetStore
 from semel.storage.batch import (
     ATTR_CONTROL,
     ATTR_TRANSACTIONAL,
+    HEADER_BYTES,
     NO_PRODUCER_EPOCH,
     NO_PRODUCER_ID,
     NO_SEQUENCE,
     BatchHeader,
-    HEADER_BYTES,
     CorruptBatchError,
     decode_header,
     encode_batch,

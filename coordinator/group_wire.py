@@ -13,9 +13,20 @@ import dataclasses
 from collections.abc import Mapping
 
 from semel.coordinator.group_log import CoordinatorShard
-from semel.coordinator.group_records import TopicPartition, partitions_from_proto, partitions_to_proto
+from semel.coordinator.group_records import (
+    TopicPartition,
+    partitions_from_proto,
+    partitions_to_proto,
+)
 from semel.coordinator.group_state import HeartbeatRequest, HeartbeatResponse, describe
-from semel.coordinator.offsets import CommitDecision, CommitRequest, FetchResult, PartitionCommit, TxnCommitRequest, lag
+from semel.coordinator.offsets import (
+    CommitDecision,
+    CommitRequest,
+    FetchResult,
+    PartitionCommit,
+    TxnCommitRequest,
+    lag,
+)
 from semel.v1 import common_pb2, group_pb2
 
 E = common_pb2.ErrorCode

@@ -35,9 +35,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TypeAlias
 
 from semel import limits
-from semel.cluster.metadata import coordinator_partition
 from semel.coordinator.txn_log import encode_records
-from semel.coordinator.txn_markers import LeaderLookup, MarkerChannelConfig, MarkerSend, TxnMarkerChannel
+from semel.coordinator.txn_markers import (
+    LeaderLookup,
+    MarkerChannelConfig,
+    MarkerSend,
+    TxnMarkerChannel,
+)
 from semel.coordinator.txn_state import (
     PREPARED,
     NextAdd,
@@ -53,6 +57,7 @@ from semel.coordinator.txn_state import (
     invariant,
     offsets_partition,
 )
+from semel.internal_topics import coordinator_partition
 from semel.v1.common_pb2 import ErrorCode
 
 

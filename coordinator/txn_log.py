@@ -27,7 +27,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from semel import limits
-from semel.cluster.metadata import TRANSACTION_STATE_TOPIC
 from semel.coordinator.txn_state import (
     BumpReason,
     TopicPartition,
@@ -35,6 +34,7 @@ from semel.coordinator.txn_state import (
     TxnState,
     check_metadata,
 )
+from semel.internal_topics import TRANSACTION_STATE_TOPIC
 from semel.storage.batch import (
     HEADER_BYTES,
     NO_PRODUCER_EPOCH,

@@ -53,7 +53,7 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 
 from semel import limits
-from semel.cluster.metadata import CONSUMER_OFFSETS_TOPIC, coordinator_partition
+from semel.internal_topics import CONSUMER_OFFSETS_TOPIC, coordinator_partition
 from semel.v1.common_pb2 import ErrorCode
 
 NO_PRODUCER_ID = -1

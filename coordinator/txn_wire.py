@@ -1,20 +1,13 @@
 """Protobuf <-> core conversions for the transaction services, for the gRPC edge only.
 
 Pure functions: the broker's servicers call the state machine, the marker channel and
-these helpers; nothing here blocks or keeps state. `find_coordinator` answers
-FindCoordinator from a `MetadataImage` (any broker can).
+these helpers; nothing here blocks or keeps state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from semel.cluster.metadata import (
-    CONSUMER_OFFSETS_TOPIC,
-    NO_LEADER,
-    TRANSACTION_STATE_TOPIC,
-    MetadataImage,
-)
 from semel.coordinator.txn_markers import MarkerSend
 from semel.coordinator.txn_state import (
     NO_PRODUCER_EPOCH,
@@ -36,33 +29,6 @@ def partitions_from_proto(items: Iterable[txn_pb2.TopicPartition]) -> tuple[Topi
 
 def partitions_to_proto(items: Iterable[TopicPartition]) -> list[txn_pb2.TopicPartition]:
     return [txn_pb2.TopicPartition(topic=tp.topic, partition=tp.partition) for tp in items]
-
-
-def find_coordinator(image: MetadataImage, key: str, key_type: int) -> txn_pb2.FindCoordinatorResponse:
-    """The coordinator of `key`: the leader of its partition of the internal topic."""
-    topic = CONSUMER_OFFSETS_TOPIC if key_type == txn_pb2.GROUP else TRANSACTION_STATE_TOPIC
-    if not key:
-        return _no_coordinator(ErrorCode.INVALID_REQUEST, "the key must not be empty")
-    partition = image.coordinator(topic, key)
-    if partition is None:
-        return _no_coordinator(ErrorCode.COORDINATOR_NOT_AVAILABLE, f"{topic} does not exist yet")
-    broker = image.broker(partition.leader) if partition.leader != NO_LEADER else None
-    if broker is None or broker.fenced:
-        return _no_coordinator(
-            ErrorCode.COORDINATOR_NOT_AVAILABLE, f"{topic}-{partition.partition} has no live leader"
-        )
-    return txn_pb2.FindCoordinatorResponse(
-        error_code=ErrorCode.NONE,
-        broker_id=broker.broker_id,
-        host=broker.host,
-        port=broker.port,
-        coordinator_partition=partition.partition,
-        coordinator_epoch=partition.leader_epoch,
-    )
-
-
-def _no_coordinator(error: int, message: str) -> txn_pb2.FindCoordinatorResponse:
-    return txn_pb2.FindCoordinatorResponse(error_code=error, error_message=message, broker_id=-1)
 
 
 def identity_of(result: TxnResult, completed: PendingTransition | None = None) -> tuple[int, int]:

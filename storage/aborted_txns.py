@@ -27,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import crc32c as _crc32c
-
 from semel import limits
 from semel.storage.checkpoint import write_all, write_atomic
 

@@ -28,7 +28,6 @@ import threading
 from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
-
 from semel import limits
 
 _OFFSET = struct.Struct(">Q")

@@ -54,19 +54,17 @@ import dataclasses
 import fcntl
 import logging
 import os
+import struct
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from crc32c import crc32c as _crc32c
 from semel import limits
 from semel.storage import background_sync
 from semel.storage import epoch_cache as ec
 from semel.storage.aborted_txns import AbortedTxn, AbortedTxnFile, AbortedTxnIndex
-import struct
-
-from crc32c import crc32c as _crc32c
-
 from semel.storage.batch import (
     BODY,
     CRC_FIELD_END,
@@ -77,7 +75,12 @@ from semel.storage.batch import (
     BatchHeader,
     CorruptBatchError,
 )
-from semel.storage.checkpoint import CorruptCheckpointError, fsync_dir, read_json, write_json
+from semel.storage.checkpoint import (
+    CorruptCheckpointError,
+    fsync_dir,
+    read_json,
+    write_json,
+)
 from semel.storage.epoch_cache import LeaderEpochCache
 from semel.storage.errors import (
     BatchTooLargeError,
@@ -86,7 +89,13 @@ from semel.storage.errors import (
     LogClosedError,
     OffsetOutOfRange,
 )
-from semel.storage.log_policy import LogConfig, SegmentSummary, fsync_due, retention_count, should_roll
+from semel.storage.log_policy import (
+    LogConfig,
+    SegmentSummary,
+    fsync_due,
+    retention_count,
+    should_roll,
+)
 from semel.storage.recovery import first_segment_to_verify
 from semel.storage.segment import Frame, LogSegment, parse_segment_name
 

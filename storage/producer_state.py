@@ -70,7 +70,6 @@ import enum
 import struct
 
 import crc32c as _crc32c
-
 from semel import limits
 from semel.storage.batch import BatchHeader
 from semel.v1.common_pb2 import ErrorCode

@@ -23,8 +23,12 @@ import dataclasses
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 
-from semel.storage.batch import HEADER_BYTES, CorruptBatchError, decode_header
-from semel.storage.batch import BatchHeader
+from semel.storage.batch import (
+    HEADER_BYTES,
+    BatchHeader,
+    CorruptBatchError,
+    decode_header,
+)
 from semel.storage.index import SegmentIndex
 
 

@@ -16,7 +16,13 @@ from pathlib import Path
 
 from semel import limits
 from semel.storage.background_sync import BackgroundSync
-from semel.storage.batch import HEADER_BYTES, BatchHeader, CorruptBatchError, decode_header, peek_header
+from semel.storage.batch import (
+    HEADER_BYTES,
+    BatchHeader,
+    CorruptBatchError,
+    decode_header,
+    peek_header,
+)
 from semel.storage.checkpoint import write_all, write_atomic
 from semel.storage.errors import CorruptLogError
 from semel.storage.index import CorruptIndexError, SegmentIndex

@@ -56,7 +56,7 @@ BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT = 100
 BROKER_SESSION_TIMEOUT_MS_DEFAULT = 1000   # no heartbeat for this long -> the controller fences the broker
 MAX_CONCURRENT_RPCS_PER_BROKER = 8192      # gRPC calls (incl. replica streams) a broker serves at once; more -> RESOURCE_EXHAUSTED
 
-# --- metadata quorum (semel.cluster.metadata / quorum / controller) ---------------------
+# --- metadata quorum (semel.cluster.metadata.state / quorum / controller) ---------------------
 PRODUCER_ID_BLOCK_SIZE = 1000              # producer ids per AllocateProducerIds block (never reused)
 MAX_PARTITIONS_PER_TOPIC = 1000            # CreateTopic partitions above -> INVALID_PARTITIONS
 MAX_PARTITIONS_TOTAL = 100_000             # partitions over all topics; more -> RESOURCE_EXHAUSTED

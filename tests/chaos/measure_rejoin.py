@@ -21,7 +21,7 @@ import time
 
 from semel.chaos.metadata_agreement import check_agreement
 from semel.chaos.wiring import ChaosCluster
-from semel.cluster.client import Admin
+from semel.client import Admin
 
 LIMIT_S = 60.0
 

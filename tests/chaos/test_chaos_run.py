@@ -12,10 +12,15 @@ import os
 from pathlib import Path
 
 import pytest
-
 from semel.chaos.nemesis import parse_families
 from semel.chaos.runner import RunConfig, run_chaos
-from semel.chaos.workloads import WORKLOADS, WorkloadConfig, WorkloadUnavailable, idempotence_option, make_workload
+from semel.chaos.workloads import (
+    WORKLOADS,
+    WorkloadConfig,
+    WorkloadUnavailable,
+    idempotence_option,
+    make_workload,
+)
 
 pytestmark = pytest.mark.slow
 

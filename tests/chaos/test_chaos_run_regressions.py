@@ -15,12 +15,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from semel.chaos.checker import check
 from semel.chaos.history import HistoryBuilder
 from semel.chaos.wiring import CLIENTS, ChaosCluster, wait_until
 from semel.chaos.workloads import idempotence_option
-from semel.cluster.client import Admin, Consumer, Producer
+from semel.client import Admin, Consumer, Producer
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +99,7 @@ def wait_leader(c: ChaosCluster, topic: str) -> int:
 # outcome mislabelled (found while reproducing the duplicate above): a produce request that reached
 # the leader, was appended and committed, and whose connection then closed before the answer
 # (gRPC UNAVAILABLE "connection closed") is reported by the client as *not written*
-# (`outcome_unknown=False`) when no retry fits in the delivery timeout. cluster/client.py
+# (`outcome_unknown=False`) when no retry fits in the delivery timeout. cluster/client/__init__.py
 # `_on_response` treats every UNAVAILABLE as "never sent"; only a failure to connect is.
 # A workload that trusted the flag would record `fail` and the checker would report G1a
 # (an aborted read of a value that was in fact committed). The chaos workloads map every

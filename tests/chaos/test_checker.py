@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from semel.chaos.checker import add_commands, check, check_file, main
 from semel.chaos.history import FAIL, INFO, OK, HistoryBuilder
 

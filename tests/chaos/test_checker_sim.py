@@ -16,9 +16,17 @@ from typing import Any
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
 from semel.chaos.checker import check
-from semel.chaos.history import ABORTED, FAIL, INFO, OK, POLL, SEND, Event, HistoryBuilder
+from semel.chaos.history import (
+    ABORTED,
+    FAIL,
+    INFO,
+    OK,
+    POLL,
+    SEND,
+    Event,
+    HistoryBuilder,
+)
 
 UNLIMITED = 1 << 60
 

@@ -6,10 +6,19 @@ import json
 import threading
 
 import pytest
-
 from semel.chaos.history import (
-    FAIL, INFO, OK, Event, HistoryBuilder, HistoryError, HistoryWriter, Poll, Send,
-    iter_events, pair_ops, read_history,
+    FAIL,
+    INFO,
+    OK,
+    Event,
+    HistoryBuilder,
+    HistoryError,
+    HistoryWriter,
+    Poll,
+    Send,
+    iter_events,
+    pair_ops,
+    read_history,
 )
 
 

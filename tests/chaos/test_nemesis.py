@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from semel.chaos.checker import check
 from semel.chaos.history import FAIL, INFO, OK, HistoryBuilder
 from semel.chaos.nemesis import (
@@ -35,13 +34,13 @@ from semel.chaos.workloads import (
     plan_op,
     send_outcome,
 )
-from semel.cluster.client_errors import (
+from semel.client.errors import (
     DeliveryTimeoutError,
     InvalidRecordError,
     NotEnoughReplicasError,
     RequestTimedOutError,
 )
-from semel.cluster.local_cluster import BrokerSpec
+from semel.cluster.tooling.local_cluster import BrokerSpec
 
 ALL = tuple(f for f in FAMILIES if f not in WORKLOAD_FAMILIES)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from semel.chaos.checker import check_file
 from semel.chaos.history import HistoryWriter
 from semel.chaos.nemesis import Fault
@@ -165,7 +164,7 @@ def with_fakes(cls: type, log: FakeLog) -> type:
             return self._final_read_with(rec, process) if original is None else {}
 
         def _final_read_with(self, rec: Recorder, process: int) -> dict[str, Any]:
-            import semel.cluster.client as client
+            import semel.client as client
 
             saved = client.Consumer
             client.Consumer = lambda *a, **k: FakeConsumer(log)  # type: ignore[assignment, misc]

@@ -10,13 +10,12 @@ import sys
 
 import pytest
 import requests
-from toxiproxy import Toxiproxy
-from toxiproxy.api import APIConsumer
-from toxiproxy.exceptions import InvalidToxic, NotFound, ProxyExists
-
 from semel.chaos import proxy as semel_proxy
 from semel.chaos.proxy import ProxyServerProcess, ProxyServerThread, connect
 from semel.chaos.proxy_testing import EchoServer, dial, round_trip_s, split_address
+from toxiproxy import Toxiproxy
+from toxiproxy.api import APIConsumer
+from toxiproxy.exceptions import InvalidToxic, NotFound, ProxyExists
 
 SEED = 20261128
 

@@ -8,7 +8,6 @@ from concurrent import futures
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
 from semel.chaos.proxy import ProxyServerThread, connect
 
 

@@ -8,11 +8,10 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from semel.chaos.proxy_link import LimitDataStage, LinkClosed, SlicerStage
 from semel.chaos.proxy_model import (
-    ApiError,
     Address,
+    ApiError,
     ProxySpec,
     Stream,
     ToxicSpec,

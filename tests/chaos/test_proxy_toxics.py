@@ -13,9 +13,14 @@ import time
 
 import pytest
 import requests
-
 from semel.chaos.proxy import ProxyServerThread, connect
-from semel.chaos.proxy_testing import CLOSE_COMMAND, EchoServer, dial, recv_exactly, round_trip_s
+from semel.chaos.proxy_testing import (
+    CLOSE_COMMAND,
+    EchoServer,
+    dial,
+    recv_exactly,
+    round_trip_s,
+)
 
 SEED = 424242
 SLACK_S = 0.25    # scheduling noise allowed above a toxic's promised delay

@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from semel.chaos.wiring import CLIENTS, ChaosCluster, wait_until
-from semel.cluster.client import Admin, Producer
+from semel.client import Admin, Producer
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,7 @@ from tests.cluster.harness import attach_cluster_logs, broker_available, cluster
 real_cluster = cluster_fixture(3)
 shared_cluster = cluster_fixture(3, scope="module")  # one cluster for a whole test module
 
-requires_broker = pytest.mark.skipif(not broker_available(), reason="the broker (semel.cluster.broker) has not landed yet")
+requires_broker = pytest.mark.skipif(not broker_available(), reason="the broker (semel.cluster.broker.process) has not landed yet")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -16,7 +16,6 @@ import time
 from concurrent import futures
 
 import grpc
-
 from semel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2
 
 

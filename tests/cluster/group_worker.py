@@ -6,7 +6,7 @@
         (leaving the group) or SIGKILL.
     python tests/cluster/group_worker.py copy --bootstrap B --group G --input IN --output OUT
         --txn-id ID [--abort-every 3] [--seed S]
-        a transactional copier (consume-transform-produce through semel.cluster.processing); runs
+        a transactional copier (consume-transform-produce through semel.client.processing); runs
         until killed or until --idle-exit-s passes with no input.
     python tests/cluster/group_worker.py count --bootstrap B --group G --input IN --output OUT
         --app-id A --state-dir D
@@ -23,7 +23,6 @@ import pathlib
 import random
 import sys
 import threading
-import time
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:
@@ -40,7 +39,7 @@ def _stdin_closed(stop: threading.Event) -> None:
 
 
 def consume(a: argparse.Namespace) -> int:
-    from semel.cluster.client_group import Consumer
+    from semel.client.group import Consumer
 
     stop = threading.Event()
     threading.Thread(target=_stdin_closed, args=(stop,), daemon=True).start()
@@ -65,7 +64,7 @@ def consume(a: argparse.Namespace) -> int:
 
 
 def copy(a: argparse.Namespace) -> int:
-    from semel.cluster.processing import Processor
+    from semel.client.processing import Processor
 
     rng = random.Random(a.seed)
     txns = [0]
@@ -90,7 +89,7 @@ def copy(a: argparse.Namespace) -> int:
 
 
 def count(a: argparse.Namespace) -> int:
-    from semel.cluster.processing import Processor
+    from semel.client.processing import Processor
 
     def transform(record, ctx):  # noqa: ANN001
         store = ctx.store

@@ -15,7 +15,7 @@ even when the test failed or the start itself failed - and a failed test gets th
 every broker log in its report. Brokers also die with the test process (PDEATHSIG), so a
 crashed pytest leaves no process behind.
 
-Process management is `semel.cluster.local_cluster.LocalCluster` (the code behind
+Process management is `semel.cluster.tooling.local_cluster.LocalCluster` (the code behind
 `semel cluster up`); this module adds free ports, tmp dirs and log collection.
 """
 
@@ -28,10 +28,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-
-from semel.cluster.client import Admin, Consumer, ConsumerRecord, PartitionInfo, Producer
-from semel.cluster.client_errors import InvalidReplicationFactorError
-from semel.cluster.local_cluster import BrokerSpec, LocalCluster
+from semel.client import Admin, Consumer, ConsumerRecord, PartitionInfo, Producer
+from semel.client.errors import InvalidReplicationFactorError
+from semel.cluster.tooling.local_cluster import BrokerSpec, LocalCluster
 
 READY_TIMEOUT_S = 60.0
 SETTLE_QUIET_S = 1.0     # metadata unchanged this long after start = the cluster has settled
@@ -340,7 +339,7 @@ def attach_cluster_logs(item: pytest.Item, report: pytest.TestReport) -> None:
 
 
 def broker_available() -> bool:
-    """True once the broker entry point (`semel.cluster.broker`) exists in this tree."""
+    """True once the broker entry point (`semel.cluster.broker.process`) exists in this tree."""
     import importlib.util
 
-    return importlib.util.find_spec("semel.cluster.broker") is not None
+    return importlib.util.find_spec("semel.cluster.broker.process") is not None

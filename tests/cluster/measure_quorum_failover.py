@@ -17,7 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from test_quorum_processes import Node, all_unfenced, failover_ms, free_port, leader_of, stable_leader, wait_for
+from test_quorum_processes import (
+    Node,
+    all_unfenced,
+    failover_ms,
+    free_port,
+    leader_of,
+    stable_leader,
+    wait_for,
+)
 
 
 def trial(base: Path) -> tuple[float, float, float]:

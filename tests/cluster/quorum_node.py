@@ -29,8 +29,13 @@ import threading
 import time
 import uuid
 
-from semel.cluster import metadata
-from semel.cluster.quorum import MetadataQuorum, MetadataSubmitError, QuorumConfig, VoterSpec
+from semel.cluster.metadata import state as metadata
+from semel.cluster.metadata.quorum import (
+    MetadataQuorum,
+    MetadataSubmitError,
+    QuorumConfig,
+    VoterSpec,
+)
 from semel.v1 import common_pb2 as pb
 
 
@@ -89,7 +94,7 @@ class BrokerRole:
     """Registration + heartbeats + the controller, as a combined-mode broker runs them."""
 
     def __init__(self, quorum: MetadataQuorum, node_id: int, heartbeat_ms: int, controller_config) -> None:
-        from semel.cluster.controller import Controller
+        from semel.cluster.metadata.controller import Controller
 
         self.quorum = quorum
         self.node_id = node_id
@@ -167,8 +172,11 @@ async def main() -> None:
     config = QuorumConfig(args.node_id, args.raft, parse_voters(args.voters), args.data_dir)
     quorum = MetadataQuorum(config)
     if args.broker:
-        from semel.cluster.controller import ControllerConfig
-        from semel.cluster.metadata import CONSUMER_OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC
+        from semel.cluster.metadata.controller import ControllerConfig
+        from semel.internal_topics import (
+            CONSUMER_OFFSETS_TOPIC,
+            TRANSACTION_STATE_TOPIC,
+        )
 
         controller_config = ControllerConfig(
             session_timeout_ms=args.session_timeout_ms,

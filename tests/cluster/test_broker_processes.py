@@ -16,10 +16,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from semel.v1 import broker_pb2, common_pb2, replication_pb2, replication_pb2_grpc
-from tests.cluster import broker_harness as h
 
+from tests.cluster import broker_harness as h
 
 NONE = common_pb2.NONE
 FLAGS = dict(internal_partitions=1)
@@ -489,9 +488,8 @@ def test_kill_and_restart_cycles_under_load(tmp_path):
     """Brokers are killed (-9) or terminated and restarted at random while three acks=all
     producers write unique values to three partitions: nothing acknowledged is lost or moved,
     nothing is duplicated or invented, and every replica converges byte for byte."""
-    import random
-
     import os
+    import random
 
     seed = int(os.environ.get("SEMEL_TEST_SEED", int(time.time()) % 10_000))
     print(f"\nseed {seed} (replay the fault schedule with SEMEL_TEST_SEED={seed})")

@@ -8,14 +8,12 @@ import dataclasses
 import time
 
 import pytest
-
 from semel import limits
-
-from semel.cluster import metadata as md
-from semel.cluster.broker import BrokerConfig
-from semel.cluster.replica_manager import ReplicaManager, now_ms, progress_ms
-from semel.cluster.server import BrokerService
-from semel.cluster.storage_adapter import FileReplicaStore
+from semel.cluster.broker.process import BrokerConfig
+from semel.cluster.broker.replica_manager import ReplicaManager, now_ms, progress_ms
+from semel.cluster.broker.server import BrokerService
+from semel.cluster.broker.storage_adapter import FileReplicaStore
+from semel.cluster.metadata import state as md
 from semel.v1 import broker_pb2 as bpb
 from semel.v1 import common_pb2 as pb
 
@@ -190,8 +188,8 @@ def test_a_broker_not_yet_registered_does_not_call_a_partition_unknown(tmp_path)
 
 
 def test_role_listeners_and_append_and_wait_for_coordinators(broker):
-    from semel.cluster.produce_validation import header_from_fields
-    from semel.cluster.replica_manager import Role
+    from semel.cluster.broker.produce_validation import header_from_fields
+    from semel.cluster.broker.replica_manager import Role
 
     seen = []
     broker.rm.add_role_listener(lambda p, role, epoch: seen.append((p.key, role, epoch)))
@@ -223,7 +221,7 @@ def test_role_listeners_and_append_and_wait_for_coordinators(broker):
 def txn_broker(tmp_path):
     """A broker leading t-0 alone (ISR {1}) over the real partition store (producer state,
     markers, the aborted index), as transactions need."""
-    from semel.cluster.storage_adapter import open_replica_store
+    from semel.cluster.broker.storage_adapter import open_replica_store
     from semel.storage.kv import KvStore
 
     kv = KvStore.open(tmp_path / "kv")

@@ -13,8 +13,7 @@ import threading
 import time
 
 import pytest
-
-from semel.cluster.local_cluster import plan_cluster
+from semel.cluster.tooling.local_cluster import plan_cluster
 
 from .conftest import requires_broker
 

@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 import pytest
-
-from semel.cluster import client_errors
-from semel.cluster.client import Admin, Consumer, Producer
-from semel.cluster.client_partitioner import partition_for_key
+from semel.client import Admin, Consumer, Producer
+from semel.client import errors as client_errors
+from semel.client.partitioner import partition_for_key
 
 from .conftest import requires_broker
 

@@ -17,13 +17,13 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-
 from semel import limits
 from semel.chaos.wiring import CLIENTS, ChaosCluster, wait_until
-from semel.cluster import client_errors
-from semel.cluster.client import Consumer, Producer
-from semel.cluster.client_txn import ProducerFencedError, TransactionTimedOutError
+from semel.client import Consumer, Producer
+from semel.client import errors as client_errors
+from semel.client.txn import ProducerFencedError, TransactionTimedOutError
 from semel.v1 import broker_pb2, broker_pb2_grpc, common_pb2, txn_pb2, txn_pb2_grpc
+
 from tests.cluster.harness import Cluster
 
 pytestmark = pytest.mark.slow
@@ -100,7 +100,7 @@ def test_lost_acknowledgements_leave_every_record_once_in_order(chaos_cluster: C
 
 
 def _leader(bootstrap: str, topic: str) -> int:
-    from semel.cluster.client import Admin
+    from semel.client import Admin
 
     with Admin(bootstrap) as admin:
         info = admin.metadata([topic]).partition(topic, 0)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-
-from semel.cluster import client_errors
-from semel.cluster.client import Admin, Consumer, Producer
+from semel.client import Admin, Consumer, Producer
+from semel.client import errors as client_errors
 from semel.v1 import common_pb2
 
 
@@ -179,7 +178,7 @@ def test_unreachable_bootstrap_is_a_readable_error():
 
 
 def test_bootstrap_parsing(monkeypatch):
-    from semel.cluster.client_metadata import parse_bootstrap
+    from semel.client.metadata import parse_bootstrap
 
     assert parse_bootstrap("a:1, b:2") == ["a:1", "b:2"]
     monkeypatch.setenv("SEMEL_BOOTSTRAP", "h:9092")

@@ -7,17 +7,17 @@ import dataclasses
 import time
 
 import pytest
-
-from semel.cluster import client_errors
-from semel.cluster.client import Producer
-from semel.cluster.client_idempotence import (
+from semel.client import Producer
+from semel.client import errors as client_errors
+from semel.client.idempotence import (
     SEQUENCE_MODULUS,
     IdempotenceState,
     ProducerIdentity,
     Verdict,
 )
-from semel.cluster.client_txn import UnsupportedByClusterError
+from semel.client.txn import UnsupportedByClusterError
 from semel.v1 import common_pb2
+
 from tests.cluster.fake_eos_broker import start_fake_eos_cluster
 
 

@@ -4,10 +4,9 @@ the state machine, KIP-890 epochs, fencing and the error taxonomy."""
 from __future__ import annotations
 
 import pytest
-
-from semel.cluster import client_errors
-from semel.cluster.client import Producer
-from semel.cluster.client_txn import (
+from semel.client import Producer
+from semel.client import errors as client_errors
+from semel.client.txn import (
     GroupMetadata,
     ProducerFencedError,
     TransactionAbortableError,
@@ -15,6 +14,7 @@ from semel.cluster.client_txn import (
     TransactionTimedOutError,
 )
 from semel.v1 import common_pb2
+
 from tests.cluster.fake_eos_broker import start_fake_eos_cluster
 
 

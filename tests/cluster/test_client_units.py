@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from semel.cluster import client_errors
-from semel.cluster.client_accumulator import BATCH_OVERHEAD_BYTES, RecordAccumulator
-from semel.cluster.client_partitioner import StickyPartitioner, murmur2, partition_for_key
-from semel.cluster.client_records import build_batch, decode_batch, encode_record, encode_varint
+from semel.client import errors as client_errors
+from semel.client.accumulator import BATCH_OVERHEAD_BYTES, RecordAccumulator
+from semel.client.partitioner import StickyPartitioner, murmur2, partition_for_key
+from semel.client.records import build_batch, decode_batch, encode_record, encode_varint
 from semel.v1 import common_pb2
 
 # --- encoding ------------------------------------------------------------------------
@@ -256,7 +255,7 @@ def _metadata(topics):
 
 
 def test_cluster_view_leaders_and_missing_topics():
-    from semel.cluster.client_metadata import ClusterView
+    from semel.client.metadata import ClusterView
     from semel.v1 import broker_pb2
 
     view = ClusterView()
@@ -281,7 +280,7 @@ def test_cluster_view_leaders_and_missing_topics():
 def test_cluster_view_never_goes_back_to_an_older_leader_epoch():
     """KIP-320 (chaos seed 23): a broker cut off from the quorum answers with the leader it last
     knew; the view keeps the newer leadership, except for a re-created topic (new topic id)."""
-    from semel.cluster.client_metadata import ClusterView
+    from semel.client.metadata import ClusterView
     from semel.v1 import broker_pb2
 
     def topic(topic_id, *parts):
@@ -304,7 +303,7 @@ def test_cluster_view_never_goes_back_to_an_older_leader_epoch():
 def test_cluster_view_keeps_a_topic_a_stale_broker_does_not_know():
     """A broker behind the quorum answers UNKNOWN_TOPIC_OR_PARTITION for a topic created since:
     the view keeps the topic; an answer at the same or a newer version removes it (deleted)."""
-    from semel.cluster.client_metadata import ClusterView
+    from semel.client.metadata import ClusterView
     from semel.v1 import broker_pb2
 
     def answer(version, *topics):
@@ -330,7 +329,7 @@ def test_cluster_view_keeps_a_topic_a_stale_broker_does_not_know():
 
 
 def test_requests_are_split_below_the_message_limit():
-    from semel.cluster.client_producer import _split_by_size
+    from semel.client.producer import _split_by_size
 
     acc = _acc(batch_bytes=1000, linger_ms=0, buffer_bytes=10**6)
     for p in range(5):
@@ -342,7 +341,7 @@ def test_requests_are_split_below_the_message_limit():
 
 
 def test_format_table_aligns_columns():
-    from semel.cluster.commands import format_table
+    from semel.cli.commands import format_table
 
     text = format_table(["A", "LONGER"], [["xyz", "1"], ["q", "22"]])
     assert text.splitlines() == ["A    LONGER", "xyz  1", "q    22"]

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from semel.cluster.controller import ControllerConfig, ControllerCore
-from semel.cluster.metadata import (
-    INTERNAL_TOPIC_CONFIGS,
-    CONSUMER_OFFSETS_TOPIC,
+from semel.cluster.metadata.controller import ControllerConfig, ControllerCore
+from semel.cluster.metadata.state import (
     NO_LEADER,
-    TRANSACTION_STATE_TOPIC,
     CreateTopic,
     ElectLeader,
     FenceBroker,
     MetadataStateMachine,
     RegisterBroker,
     UnfenceBroker,
+)
+from semel.internal_topics import (
+    CONSUMER_OFFSETS_TOPIC,
+    INTERNAL_TOPIC_CONFIGS,
+    TRANSACTION_STATE_TOPIC,
 )
 from semel.v1 import common_pb2 as pb
 
@@ -284,7 +286,7 @@ def test_leadership_returns_to_the_preferred_replica_after_the_delay() -> None:
     m.apply(UnfenceBroker(preferred, preferred))
     p = m.image.partition("t", 0)
     assert p.leader != preferred and preferred not in p.isr
-    from semel.cluster.metadata import AlterPartition
+    from semel.cluster.metadata.state import AlterPartition
 
     m.apply(AlterPartition("t", 0, p.leader, p.leader, p.leader_epoch, p.partition_epoch, p.replicas))
     heartbeat_all(core, m, 200)

@@ -16,9 +16,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from semel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2
-from tests.cluster.broker_harness import free_ports, make_batch, produce, read_all, wait_for
+
+from tests.cluster.broker_harness import (
+    free_ports,
+    make_batch,
+    produce,
+    read_all,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -12,9 +12,8 @@ import os
 import random
 
 import pytest
-
-from semel.cluster.controller import ControllerConfig, ControllerCore
-from semel.cluster.metadata import (
+from semel.cluster.metadata.controller import ControllerConfig, ControllerCore
+from semel.cluster.metadata.state import (
     NO_LEADER,
     AlterPartition,
     CreateTopic,

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+from semel.client import Consumer, Producer
+from semel.client import errors as client_errors
 
-from semel.cluster import client_errors
-from semel.cluster.client import Consumer, Producer
 from tests.cluster.harness import Cluster, cluster_fixture
 
 IDLE_EXIT_S = 6  # a processor's group join can take seconds on a loaded machine: do not leave before it
@@ -238,7 +238,7 @@ def test_stateful_count_per_key_is_exact_after_crashes(eos_cluster: Cluster, tmp
 
 
 def test_lag_is_measured_against_the_lso(eos_cluster: Cluster) -> None:
-    from semel.cluster.client_group import GroupAdmin
+    from semel.client.group import GroupAdmin
 
     topic, group = "lag", "g-lag"
     eos_cluster.create_topic(topic, 1, 3)
@@ -276,7 +276,7 @@ def test_a_store_catches_up_from_its_checkpoint_not_from_the_beginning(
     changelog meanwhile (Kafka Streams' .checkpoint); the counts stay exact."""
     import logging
 
-    from semel.cluster.processing import Processor
+    from semel.client.processing import Processor
 
     eos_cluster.create_topic("cp-words", 1, 3)
     eos_cluster.create_topic("cp-counts", 1, 3)

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from semel.client import Producer
+from semel.client import errors as client_errors
+from semel.client.group import Consumer
+from semel.internal_topics import CONSUMER_OFFSETS_TOPIC, coordinator_partition
 
-from semel.cluster import client_errors
-from semel.cluster.client import Producer
-from semel.cluster.client_group import Consumer
-from semel.cluster.metadata import CONSUMER_OFFSETS_TOPIC, coordinator_partition
 from tests.cluster.harness import Cluster, cluster_fixture
 
 GROUP_ARGS = ("--group-session-timeout-ms", "2000", "--group-heartbeat-interval-ms", "200")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
-
-from semel.cluster.metadata import (
+from semel.cluster.metadata.state import (
     NO_LEADER,
     PRODUCER_ID_BLOCK_SIZE,
     AllocateProducerIds,
@@ -22,10 +21,10 @@ from semel.cluster.metadata import (
     UnfenceBroker,
     assign_replicas,
     check_invariants,
-    coordinator_partition,
     diff,
     validate_topic_name,
 )
+from semel.internal_topics import coordinator_partition
 from semel.v1 import common_pb2 as pb
 
 
@@ -467,7 +466,7 @@ def test_version_counts_changes_only() -> None:
 
 
 def test_bounds_on_brokers_and_partitions(monkeypatch) -> None:
-    import semel.cluster.metadata as md
+    import semel.cluster.metadata.state as md
 
     monkeypatch.setattr(md, "MAX_BROKERS", 3)
     monkeypatch.setattr(md, "MAX_PARTITIONS_TOTAL", 10)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from semel.cluster.metadata import (
+from semel.cluster.metadata.state import (
     NO_LEADER,
     AllocateProducerIds,
     AlterPartition,

@@ -8,9 +8,18 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from semel.cluster.metadata import AllocateProducerIds, CreateTopic, RegisterBroker, UnfenceBroker
-from semel.cluster.quorum import MetadataQuorum, MetadataSubmitError, QuorumConfig, VoterSpec
+from semel.cluster.metadata.quorum import (
+    MetadataQuorum,
+    MetadataSubmitError,
+    QuorumConfig,
+    VoterSpec,
+)
+from semel.cluster.metadata.state import (
+    AllocateProducerIds,
+    CreateTopic,
+    RegisterBroker,
+    UnfenceBroker,
+)
 from semel.v1 import common_pb2 as pb
 
 
@@ -97,8 +106,8 @@ def test_observer_listeners_and_retries(quorum_nodes) -> None:
 
 
 def test_controller_api_on_three_voters(quorum_nodes) -> None:
-    from semel.cluster.controller import Controller, ControllerConfig
-    from semel.cluster.metadata import CONSUMER_OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC
+    from semel.cluster.metadata.controller import Controller, ControllerConfig
+    from semel.internal_topics import CONSUMER_OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC
 
     nodes, _ = quorum_nodes
 
@@ -175,7 +184,7 @@ def test_controller_api_on_three_voters(quorum_nodes) -> None:
 
 
 def test_a_failing_handler_fails_the_command_not_the_log(tmp_path: Path, monkeypatch) -> None:
-    from semel.cluster.metadata import DeleteTopic, MetadataStateMachine
+    from semel.cluster.metadata.state import DeleteTopic, MetadataStateMachine
 
     def broken(self, command):
         raise RuntimeError("bug")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from semel.v1 import common_pb2 as pb
 
 NODE_SCRIPT = Path(__file__).with_name("quorum_node.py")

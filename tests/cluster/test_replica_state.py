@@ -1,7 +1,11 @@
 """Pure cores of the broker: HW, ISR decisions, pending acks, produce validation."""
 
-from semel.cluster.produce_validation import header_from_fields, validate_batch
-from semel.cluster.replica_state import LeaderProgress, PendingAcks, ack_outcome_after_hw
+from semel.cluster.broker.produce_validation import header_from_fields, validate_batch
+from semel.cluster.broker.replica_state import (
+    LeaderProgress,
+    PendingAcks,
+    ack_outcome_after_hw,
+)
 from semel.v1 import common_pb2
 
 

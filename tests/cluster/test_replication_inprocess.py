@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
-from semel.cluster import metadata as md
-from semel.cluster.replica_manager import Partition, PartitionError, Role
-from semel.cluster.replication import FetchSession, LeaderReplicationService, ReplicaFetcher
-from semel.cluster.storage_adapter import FileReplicaStore, open_replica_store
+from semel.cluster.broker.replica_manager import Partition, PartitionError, Role
+from semel.cluster.broker.replication import (
+    FetchSession,
+    LeaderReplicationService,
+    ReplicaFetcher,
+)
+from semel.cluster.broker.storage_adapter import FileReplicaStore, open_replica_store
+from semel.cluster.metadata import state as md
 from semel.storage.batch import HEADER_BYTES, BatchHeader
 from semel.v1 import common_pb2 as pb
 from semel.v1 import replication_pb2 as rpb
@@ -368,7 +371,7 @@ def test_a_new_high_watermark_rides_on_the_next_answer_instead_of_ending_the_pol
 def test_both_stores_bound_a_read_by_its_number_of_batches(make_partition):
     """`read(..., max_batches)` returns at most that many whole batches (at least one), on both
     stores: the broker relies on it to bound its per-batch work per fetch."""
-    from semel.cluster.storage_adapter import iter_batches
+    from semel.cluster.broker.storage_adapter import iter_batches
 
     p = make_partition(1)
     p.become_leader(state(1, 0, isr=(1,)), min_isr=1, now=0)

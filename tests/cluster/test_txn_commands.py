@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from semel.cluster.txn_commands import CoordinatorTxn, OpenTxn, find_hanging
+from semel.cli.txn_commands import CoordinatorTxn, OpenTxn, find_hanging
 
 NOW = 10_000_000
 
@@ -38,7 +38,7 @@ def test_old_known_transaction_is_reported_but_not_safe_to_abort() -> None:
 
 
 def test_cli_registers_txn_and_producers_commands() -> None:
-    from semel import cli
+    from semel.cli import main as cli
 
     parser = cli.build_parser()
     args = parser.parse_args(["txn", "abort", "--topic", "t", "--partition", "1", "--producer-id", "5"])
@@ -47,7 +47,7 @@ def test_cli_registers_txn_and_producers_commands() -> None:
 
 
 def test_cli_without_a_cluster_exits_1(capsys) -> None:
-    from semel import cli
+    from semel.cli import main as cli
 
     assert cli.main(["txn", "list", "-b", "127.0.0.1:1", "--timeout-ms", "200"]) == 1
     assert "cannot reach any broker" in capsys.readouterr().err

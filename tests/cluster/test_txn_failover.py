@@ -13,14 +13,12 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from semel.cluster.metadata import coordinator_partition
+from semel.internal_topics import coordinator_partition
 from semel.v1 import txn_pb2
 from semel.v1.common_pb2 import ErrorCode
+
 from tests.cluster import broker_harness as h
 from tests.cluster import txn_stubs as ts
-
-
 
 pytestmark = pytest.mark.slow
 OBSERVER = 4

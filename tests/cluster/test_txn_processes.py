@@ -10,13 +10,11 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from semel.v1 import broker_pb2, txn_pb2
 from semel.v1.common_pb2 import ErrorCode
+
 from tests.cluster import broker_harness as h
 from tests.cluster import txn_stubs as ts
-
-
 
 FLAGS = dict(internal_partitions=2, txn_abort_scan_interval_ms=200)
 pytestmark = pytest.mark.slow
@@ -168,7 +166,7 @@ def test_idempotent_producer_ids_are_unique(cluster):
 def test_describe_and_list_transactions(cluster, capsys):
     import json
 
-    from semel import cli
+    from semel.cli import main as cli
 
     c = cluster
     t = created(c, "describe")
@@ -220,7 +218,7 @@ def test_hanging_transaction_found_and_aborted_by_the_tool(cluster, capsys):
     import json
     import shutil
 
-    from semel import cli
+    from semel.cli import main as cli
 
     c = cluster
     t = created(c, "hanging")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import types
 
-from semel.cluster.replica_manager import PartitionError, Role
-from semel.cluster.txn_service import ProduceVerifier
+from semel.cluster.broker.replica_manager import PartitionError, Role
+from semel.cluster.broker.txn_service import ProduceVerifier
 from semel.coordinator.txn_markers import VerificationCache
 from semel.coordinator.txn_state import VerifyResult
 from semel.storage.batch import ATTR_TRANSACTIONAL

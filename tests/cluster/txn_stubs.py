@@ -7,13 +7,11 @@ from __future__ import annotations
 import time
 
 import grpc
-
 from semel.storage.batch import ATTR_TRANSACTIONAL
 from semel.v1 import broker_pb2, common_pb2, txn_pb2, txn_pb2_grpc
 from semel.v1.common_pb2 import ErrorCode
+
 from tests.cluster import broker_harness as h
-
-
 
 RETRIABLE = {ErrorCode.NOT_COORDINATOR, ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, ErrorCode.COORDINATOR_NOT_AVAILABLE,
              ErrorCode.CONCURRENT_TRANSACTIONS, ErrorCode.REQUEST_TIMED_OUT}

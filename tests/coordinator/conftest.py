@@ -4,8 +4,12 @@ partition, written the way the broker integration will (prepare, append, complet
 from __future__ import annotations
 
 import pytest
-
-from semel.coordinator.group_log import CoordinatorShard, build_batch, build_marker, iter_batches
+from semel.coordinator.group_log import (
+    CoordinatorShard,
+    build_batch,
+    build_marker,
+    iter_batches,
+)
 from semel.coordinator.group_state import GroupConfig, HeartbeatRequest
 from semel.coordinator.offsets import CommitRequest, PartitionCommit, TxnCommitRequest
 from semel.storage.batch import decode_header, with_offsets

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from semel.coordinator import group_records as gr
 from semel.coordinator.group_log import (
     GroupView,

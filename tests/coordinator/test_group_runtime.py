@@ -3,10 +3,19 @@ changes, markers interleaved with our writes, failures, unload, bounds."""
 
 from __future__ import annotations
 
-from semel.coordinator.group_log import CoordinatorShard, build_batch, build_marker, iter_batches
+from semel.coordinator.group_log import (
+    CoordinatorShard,
+    build_batch,
+    build_marker,
+    iter_batches,
+)
 from semel.coordinator.group_records import TopicPartition
 from semel.coordinator.group_runtime import Append, PartitionRuntime, Reply
-from semel.coordinator.group_state import GroupConfig, HeartbeatRequest, HeartbeatResponse
+from semel.coordinator.group_state import (
+    GroupConfig,
+    HeartbeatRequest,
+    HeartbeatResponse,
+)
 from semel.coordinator.offsets import CommitRequest, PartitionCommit, TxnCommitRequest
 from semel.storage.batch import with_offsets
 from semel.v1 import common_pb2

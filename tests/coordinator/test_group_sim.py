@@ -8,8 +8,12 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from semel.coordinator.group_log import GroupView, MemoryViewBackend, iter_batches, load_shard
+from semel.coordinator.group_log import (
+    GroupView,
+    MemoryViewBackend,
+    iter_batches,
+    load_shard,
+)
 from semel.v1 import common_pb2
 
 E = common_pb2.ErrorCode

@@ -7,7 +7,6 @@ import itertools
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from semel.coordinator.group_records import MemberState, TopicPartition
 from semel.coordinator.group_state import (
     GroupConfig,

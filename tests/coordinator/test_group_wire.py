@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from semel.coordinator.group_records import TopicPartition
+from semel.coordinator.group_state import HeartbeatResponse
 from semel.coordinator.group_wire import (
     PartitionFacts,
     commit_request_from_proto,
@@ -16,8 +17,8 @@ from semel.coordinator.group_wire import (
     resolve_reset,
     txn_commit_request_from_proto,
 )
-from semel.coordinator.group_state import HeartbeatResponse
-from semel.v1 import common_pb2, group_pb2 as pb
+from semel.v1 import common_pb2
+from semel.v1 import group_pb2 as pb
 
 E = common_pb2.ErrorCode
 T0, T1 = TopicPartition("t", 0), TopicPartition("t", 1)

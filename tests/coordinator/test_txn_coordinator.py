@@ -9,11 +9,17 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from semel.coordinator import txn_wire  # noqa: E402
-from semel.coordinator.txn_coordinator import AppendRecords, PartitionFenced, Reply, TxnCoordinator  # noqa: E402
+from semel.coordinator.txn_coordinator import (  # noqa: E402
+    AppendRecords,
+    PartitionFenced,
+    Reply,
+    TxnCoordinator,
+)
 from semel.coordinator.txn_log import decode_records  # noqa: E402
 from semel.coordinator.txn_markers import MarkerSend  # noqa: E402
 from semel.coordinator.txn_state import TxnConfig, TxnState, offsets_partition  # noqa: E402
 from semel.v1.common_pb2 import ErrorCode  # noqa: E402
+
 from tests.coordinator.txn_helpers import ProducerIds, tps  # noqa: E402
 
 TID = "t"  # coordinator_partition("t", 2) == 0 is checked below

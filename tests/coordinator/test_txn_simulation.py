@@ -28,10 +28,30 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from semel.coordinator import txn_wire  # noqa: E402
 from semel.coordinator.txn_coordinator import AppendRecords, Reply, TxnCoordinator  # noqa: E402
-from semel.coordinator.txn_log import TxnStateView, decode_records, decode_value, encode_value, load_partition  # noqa: E402
-from semel.coordinator.txn_markers import MarkerChannelConfig, MarkerSend, VerificationCache  # noqa: E402
-from semel.coordinator.txn_state import PREPARED, MarkerRequest, TopicPartition, TxnState  # noqa: E402
-from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader, with_offsets  # noqa: E402
+from semel.coordinator.txn_log import (  # noqa: E402
+    TxnStateView,
+    decode_records,
+    decode_value,
+    encode_value,
+    load_partition,
+)
+from semel.coordinator.txn_markers import (  # noqa: E402
+    MarkerChannelConfig,
+    MarkerSend,
+    VerificationCache,
+)
+from semel.coordinator.txn_state import (  # noqa: E402
+    PREPARED,
+    MarkerRequest,
+    TopicPartition,
+    TxnState,
+)
+from semel.storage.batch import (  # noqa: E402
+    ATTR_CONTROL,
+    ATTR_TRANSACTIONAL,
+    BatchHeader,
+    with_offsets,
+)
 from semel.storage.kv import KvStore  # noqa: E402
 from semel.storage.log import PartitionLog  # noqa: E402
 from semel.storage.log_policy import LogConfig  # noqa: E402

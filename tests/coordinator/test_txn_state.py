@@ -25,8 +25,9 @@ from semel.coordinator.txn_state import (  # noqa: E402
     path_allowed,
     transition_allowed,
 )
-from semel.cluster.metadata import CONSUMER_OFFSETS_TOPIC, coordinator_partition  # noqa: E402
+from semel.internal_topics import CONSUMER_OFFSETS_TOPIC, coordinator_partition
 from semel.v1.common_pb2 import ErrorCode  # noqa: E402
+
 from tests.coordinator.txn_helpers import (  # noqa: E402
     COORDINATOR_EPOCH,
     TIMEOUT_MS,

@@ -38,6 +38,7 @@ from semel.coordinator.txn_state import (  # noqa: E402
     path_allowed,
 )
 from semel.v1.common_pb2 import ErrorCode  # noqa: E402
+
 from tests.coordinator.txn_helpers import ProducerIds  # noqa: E402
 
 S = TxnState

@@ -1,4 +1,4 @@
-"""Conversions at the gRPC edge of the transaction services, and FindCoordinator."""
+"""Conversions at the gRPC edge of the transaction services."""
 
 from __future__ import annotations
 
@@ -7,56 +7,13 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from semel.cluster.metadata import (  # noqa: E402
-    CONSUMER_OFFSETS_TOPIC,
-    NO_LEADER,
-    TRANSACTION_STATE_TOPIC,
-    BrokerRegistration,
-    MetadataImage,
-    PartitionState,
-    Topic,
-    TopicConfig,
-    coordinator_partition,
-)
 from semel.coordinator import txn_wire  # noqa: E402
 from semel.coordinator.txn_markers import MarkerSend  # noqa: E402
 from semel.coordinator.txn_state import MarkerRequest, TopicPartition, TxnState  # noqa: E402
 from semel.v1 import common_pb2, txn_pb2  # noqa: E402
 from semel.v1.common_pb2 import ErrorCode  # noqa: E402
+
 from tests.coordinator.txn_helpers import begin, commit, end, init, machine, tps  # noqa: E402
-
-
-def image(leader: int = 2, fenced: bool = False, with_topics: bool = True) -> MetadataImage:
-    brokers = {
-        i: BrokerRegistration(i, f"inc{i}", "127.0.0.1", 9090 + i, None, 5, fenced and i == leader, 1) for i in (1, 2)
-    }
-    topics = {}
-    if with_topics:
-        for name in (TRANSACTION_STATE_TOPIC, CONSUMER_OFFSETS_TOPIC):
-            parts = tuple(PartitionState(name, p, (1, 2), (1, 2), leader, 9, 3) for p in range(4))
-            topics[name] = Topic(name, f"id-{name}", True, 2, TopicConfig(), parts)
-    return MetadataImage(version=10, brokers=brokers, topics=topics)
-
-
-def test_find_coordinator_answers_the_leader_of_the_keys_partition():
-    for key_type in (txn_pb2.TRANSACTION, txn_pb2.GROUP):
-        r = txn_wire.find_coordinator(image(), "my-id", key_type)
-        assert (r.error_code, r.broker_id, r.host, r.port) == (ErrorCode.NONE, 2, "127.0.0.1", 9092)
-        assert r.coordinator_partition == coordinator_partition("my-id", 4) and r.coordinator_epoch == 9
-
-
-def test_find_coordinator_errors():
-    assert txn_wire.find_coordinator(image(with_topics=False), "k", txn_pb2.TRANSACTION).error_code == (
-        ErrorCode.COORDINATOR_NOT_AVAILABLE
-    )
-    assert txn_wire.find_coordinator(image(leader=NO_LEADER), "k", txn_pb2.TRANSACTION).error_code == (
-        ErrorCode.COORDINATOR_NOT_AVAILABLE
-    )
-    assert txn_wire.find_coordinator(image(fenced=True), "k", txn_pb2.TRANSACTION).error_code == (
-        ErrorCode.COORDINATOR_NOT_AVAILABLE
-    )
-    bad = txn_wire.find_coordinator(image(), "", txn_pb2.GROUP)
-    assert bad.error_code == ErrorCode.INVALID_REQUEST and bad.broker_id == -1
 
 
 def test_init_and_end_responses_carry_the_identity_after_the_write():

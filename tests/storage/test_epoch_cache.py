@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from semel.storage import epoch_cache as ec
-from semel.storage.epoch_cache import UNDEFINED_EPOCH, UNDEFINED_OFFSET, EpochEntry, LeaderEpochCache
+from semel.storage.epoch_cache import (
+    UNDEFINED_EPOCH,
+    UNDEFINED_OFFSET,
+    EpochEntry,
+    LeaderEpochCache,
+)
 
 
 def entries(*pairs):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from semel.storage.index import CorruptIndexError, SegmentIndex
 
 BASE = 1000

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from semel.storage.kv import (
     KvBatch,
     KvClosedError,

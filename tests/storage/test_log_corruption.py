@@ -9,7 +9,6 @@ import random
 from pathlib import Path
 
 import pytest
-
 from semel.storage.batch import BatchHeader, CorruptBatchError, encode_batch
 from semel.storage.errors import error_code_of
 from semel.storage.log import (

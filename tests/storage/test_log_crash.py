@@ -15,7 +15,6 @@ import sys
 import textwrap
 
 import pytest
-
 from semel.storage.log import LogConfig, PartitionLog
 
 ITERATIONS = 15

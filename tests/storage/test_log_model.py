@@ -11,21 +11,19 @@ import random
 import tempfile
 import threading
 import time
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 from hypothesis import Phase, event, given, settings
 from hypothesis import strategies as st
-
 from semel import limits
 from semel.storage import background_sync
-from semel.storage.segment import LOG_SUFFIX
 from semel.storage import epoch_cache as ec
 from semel.storage.aborted_txns import AbortedTxn
 from semel.storage.batch import BatchHeader, encode_batch
 from semel.storage.log import LogConfig, PartitionLog
 from semel.storage.log_policy import SegmentSummary, retention_count
-from semel.storage.segment import LogSegment
+from semel.storage.segment import LOG_SUFFIX, LogSegment
 
 
 def make_batch(base, records, ts, epoch, payload_bytes):

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
 from semel import limits
-from semel.storage.log_policy import LogConfig, SegmentSummary, fsync_due, retention_count, should_roll
+from semel.storage.log_policy import (
+    LogConfig,
+    SegmentSummary,
+    fsync_due,
+    retention_count,
+    should_roll,
+)
 from semel.storage.recovery import first_segment_to_verify
 
 CFG = LogConfig(segment_bytes=1024, segment_ms=100, retention_bytes=2500, retention_ms=1000)

@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import pytest
-
 from semel.storage.aborted_txns import AbortedTxn
 from semel.storage.batch import ATTR_TRANSACTIONAL, BatchHeader, encode_batch
 from semel.storage.kv import KvStore, partition_key

@@ -7,7 +7,6 @@ import dataclasses
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader
 from semel.storage.producer_state import (
     CompletedTxn,

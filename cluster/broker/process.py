@@ -1,0 +1,635 @@
+"""A Semel broker process: `python -m semel.cluster.broker --broker-id 1 ...`.
+
+Wiring (everything on one asyncio loop, except pysyncobj's tick thread):
+  gRPC server (Broker, Admin, Replication, Controller + health + reflection)
+  MetadataQuorum (in-process pysyncobj node; changes hop to the loop via call_soon_threadsafe)
+  Controller (on voters; acts only while Raft leader)
+  ReplicaManager (hosted partitions, roles from the metadata image)
+  FetcherManager (follower streams), LeaderReplicationService (leader side), IsrMaintainer.
+
+Lifecycle: serve with health NOT_SERVING -> register (RegisterBroker through the quorum) ->
+heartbeat the active controller -> once the image shows this broker unfenced at its epoch,
+take roles and report SERVING (and print `SEMEL_BROKER_READY broker_id=N port=P`).
+See docs/design.md, "Broker contract".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from semel import internal_topics, limits
+from semel.cluster.broker import group_service, txn_service
+from semel.cluster.broker.replica_manager import ReplicaManager, write_hw_checkpoints
+from semel.cluster.broker.replication import (
+    FetcherManager,
+    IsrMaintainer,
+    LeaderReplicationService,
+    channel_options,
+)
+from semel.cluster.broker.server import (
+    AdminService,
+    BrokerService,
+    ControllerService,
+    ReplicationService,
+)
+from semel.cluster.broker.storage_adapter import (
+    ReplicaStore,
+    open_replica_store,
+    real_storage_available,
+)
+from semel.cluster.metadata import state as md
+from semel.cluster.metadata.controller import Controller, ControllerConfig
+from semel.cluster.metadata.quorum import (
+    MetadataQuorum,
+    MetadataSubmitError,
+    QuorumConfig,
+    VoterSpec,
+)
+from semel.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    broker_pb2,
+    broker_pb2_grpc,
+    controller_pb2,
+    controller_pb2_grpc,
+    replication_pb2,
+    replication_pb2_grpc,
+)
+from semel.v1 import common_pb2 as pb
+
+log = logging.getLogger("semel.broker")
+
+READY_LINE = "SEMEL_BROKER_READY"
+CONTROLLER_READY_LINE = "SEMEL_CONTROLLER_READY"
+CONTROLLER_ONLY_SERVICE_NAMES = ("semel.v1.Admin", "semel.v1.Controller")
+SERVICE_NAMES = ("semel.v1.Broker", "semel.v1.Admin", "semel.v1.Replication", "semel.v1.Controller",
+                 group_service.SERVICE_NAME, *txn_service.SERVICE_NAMES)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    broker_id: int
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9092  # 0: pick a free port (reported on the ready line)
+    advertised_host: str = ""  # default: listen_host
+    advertised_port: int = 0  # default: the bound port
+    data_dir: str = ".semel-data/broker"
+    raft_address: str | None = None  # None: observer (not a metadata voter)
+    voters: tuple[str, ...] = ()  # "id@raft_host:port@rpc_host:port" for every voter
+    cluster_id: str = "semel"
+    # "broker,controller" (combined: a broker that is also a metadata voter when --raft names a
+    # voter, an observer otherwise), "controller" (controller-only: metadata voter + Controller,
+    # never registers as a broker nor hosts partitions), "broker" (observer: never a voter).
+    roles: str = "broker,controller"
+    heartbeat_interval_ms: int = limits.BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT
+    session_timeout_ms: int = limits.BROKER_SESSION_TIMEOUT_MS_DEFAULT
+    disconnect_grace_ms: int = 250
+    replica_lag_time_max_ms: int = limits.REPLICA_LAG_TIME_MAX_MS_DEFAULT
+    replica_fetch_max_wait_ms: int = limits.REPLICA_FETCH_MAX_WAIT_MS
+    replica_fetch_max_bytes: int = limits.REPLICA_FETCH_MAX_BYTES
+    isr_check_interval_ms: int = 100
+    max_inflight_produce: int = limits.MAX_INFLIGHT_PRODUCE_PER_BROKER
+    max_request_bytes: int = limits.MAX_REQUEST_BYTES
+    max_batch_bytes: int = limits.MAX_BATCH_BYTES
+    internal_partitions: int = 16  # partitions of each internal topic (transaction state, offsets)
+    retention_check_interval_ms: int = 60_000  # how often retention and producer expiry run
+    group_session_timeout_ms: int = limits.GROUP_SESSION_TIMEOUT_MS_DEFAULT  # group members silent this long are removed
+    group_heartbeat_interval_ms: int = limits.GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT  # told to group members
+    txn_abort_scan_interval_ms: int = limits.TRANSACTION_ABORT_SCAN_INTERVAL_MS  # timed-out transactions
+    fsync: bool = False
+    log_level: str = "INFO"
+    # Fault injection (chaos/wiring.py): how this broker reaches each peer, instead of the
+    # address the peer registered / the voter list names. Off (empty) by default.
+    dial: tuple[str, ...] = ()  # "broker_id=host:port": gRPC to that broker (replication, controller, ...)
+    raft_dial: tuple[str, ...] = ()  # "broker_id=host:port": Raft link to that voter (identity unchanged)
+
+    def voter_specs(self) -> tuple[VoterSpec, ...]:
+        return tuple(parse_voter(v) for v in self.voters)
+
+    def role_set(self) -> frozenset[str]:
+        roles = frozenset(r.strip() for r in self.roles.split(",") if r.strip())
+        if not roles or not roles <= {"broker", "controller"}:
+            raise ValueError(f"--roles must be broker, controller or broker,controller, got {self.roles!r}")
+        return roles
+
+    @property
+    def is_broker(self) -> bool:
+        return "broker" in self.role_set()
+
+    def validate(self) -> None:
+        """Raise ValueError if roles, node id, --raft and --voters do not fit together."""
+        roles = self.role_set()
+        voters = self.voter_specs()
+        mine = next((v for v in voters if v.raft_address == self.raft_address), None) if self.raft_address else None
+        if "controller" not in roles and mine is not None:
+            raise ValueError(f"--roles broker: node {self.broker_id} must not name a voter's Raft address "
+                             f"({self.raft_address}); use --roles broker,controller to be a voter")
+        if roles == {"controller"} and mine is None:
+            raise ValueError(f"--roles controller: --raft must be one of the --voters Raft addresses "
+                             f"(got {self.raft_address!r})")
+        if mine is not None and mine.node_id != self.broker_id:
+            raise ValueError(f"node id {self.broker_id} does not match voter {mine.node_id}@{mine.raft_address}")
+        for v in voters:
+            if v.node_id == self.broker_id and v.raft_address != self.raft_address:
+                raise ValueError(f"node id {self.broker_id} collides with metadata voter {v.node_id}@{v.raft_address}: "
+                                 "brokers and controller-only nodes need distinct ids")
+
+    def dial_map(self) -> dict[int, str]:
+        return parse_dial(self.dial)
+
+    def raft_dial_map(self) -> dict[str, str]:
+        """Voter raft address (its pysyncobj identity) -> the address to connect to."""
+        by_id = parse_dial(self.raft_dial)
+        return {v.raft_address: by_id[v.node_id] for v in self.voter_specs() if v.node_id in by_id}
+
+    @staticmethod
+    def from_args(argv: list[str] | None = None) -> BrokerConfig:
+        ap = argparse.ArgumentParser(prog="python -m semel.cluster.broker", description="Run one Semel broker.")
+        ap.add_argument("--config", help="JSON file with BrokerConfig fields (flags override it)")
+        ap.add_argument("--broker-id", "--node-id", dest="broker_id", type=int)
+        ap.add_argument("--roles", help="broker,controller (default), controller (controller-only) or broker")
+        ap.add_argument("--listen", help="host:port to serve gRPC on (port 0: any free port)")
+        ap.add_argument("--advertised", help="host:port clients should use (default: --listen)")
+        ap.add_argument("--data-dir")
+        ap.add_argument("--raft", help="this broker's metadata Raft address host:port (omit: observer)")
+        ap.add_argument("--voters", help="comma-separated id@raft_host:port@rpc_host:port of every voter")
+        ap.add_argument("--cluster-id")
+        for name in ("heartbeat-interval-ms", "session-timeout-ms", "disconnect-grace-ms", "replica-lag-time-max-ms",
+                     "replica-fetch-max-wait-ms", "replica-fetch-max-bytes", "isr-check-interval-ms",
+                     "max-inflight-produce", "max-batch-bytes", "internal-partitions", "retention-check-interval-ms",
+                     "txn-abort-scan-interval-ms", "group-session-timeout-ms", "group-heartbeat-interval-ms"):
+            ap.add_argument(f"--{name}", type=int)
+        ap.add_argument("--fsync", action="store_true", default=None)
+        ap.add_argument("--log-level")
+        ap.add_argument("--dial", help="fault injection: comma-separated broker_id=host:port to reach peers by")
+        ap.add_argument("--raft-dial", help="fault injection: comma-separated broker_id=host:port for Raft links")
+        a = ap.parse_args(argv)
+        values: dict[str, object] = {}
+        if a.config:
+            values.update(json.loads(Path(a.config).read_text()))
+        if a.listen:
+            host, port = split_address(a.listen)
+            values["listen_host"], values["listen_port"] = host, port
+        if a.advertised:
+            host, port = split_address(a.advertised)
+            values["advertised_host"], values["advertised_port"] = host, port
+        if a.voters:
+            values["voters"] = tuple(v.strip() for v in a.voters.split(",") if v.strip())
+        for field in ("broker_id", "roles", "data_dir", "cluster_id", "heartbeat_interval_ms", "session_timeout_ms",
+                      "disconnect_grace_ms", "replica_lag_time_max_ms", "replica_fetch_max_wait_ms",
+                      "replica_fetch_max_bytes", "isr_check_interval_ms", "max_inflight_produce", "max_batch_bytes",
+                      "internal_partitions", "retention_check_interval_ms", "txn_abort_scan_interval_ms",
+                      "group_session_timeout_ms", "group_heartbeat_interval_ms", "fsync", "log_level"):
+            v = getattr(a, field)
+            if v is not None:
+                values[field] = v
+        if a.raft:
+            values["raft_address"] = a.raft
+        for flag, field in ((a.dial, "dial"), (a.raft_dial, "raft_dial")):
+            if flag:
+                values[field] = tuple(v.strip() for v in flag.split(",") if v.strip())
+        for field in ("dial", "raft_dial"):
+            if field in values:
+                values[field] = tuple(values[field])  # type: ignore[arg-type]
+                parse_dial(values[field])  # type: ignore[arg-type]
+        if "voters" in values:
+            values["voters"] = tuple(values["voters"])  # type: ignore[arg-type]
+        if "broker_id" not in values:
+            ap.error("--broker-id is required")
+        config = BrokerConfig(**values)  # type: ignore[arg-type]
+        try:
+            config.validate()
+        except ValueError as exc:
+            ap.error(str(exc))
+        return config
+
+
+def split_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {text!r}")
+    return host, int(port)
+
+
+def parse_dial(entries: tuple[str, ...]) -> dict[int, str]:
+    """("2=host:port", ...) -> {2: "host:port"}."""
+    out: dict[int, str] = {}
+    for entry in entries:
+        bid, _, address = entry.partition("=")
+        if not bid.strip().isdigit():
+            raise ValueError(f"dial entry must be broker_id=host:port, got {entry!r}")
+        split_address(address)
+        out[int(bid)] = address
+    return out
+
+
+def check_port_free(address: str) -> None:
+    """Raise OSError if `address` cannot be bound (another process holds the Raft port)."""
+    import socket
+
+    host, port = split_address(address)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise OSError(f"metadata Raft address {address} is not available: {exc}") from exc
+
+
+def parse_voter(text: str) -> VoterSpec:
+    parts = text.split("@")
+    if len(parts) != 3 or not parts[0].isdigit():
+        raise ValueError(f"voter must be id@raft_host:port@rpc_host:port, got {text!r}")
+    split_address(parts[1])
+    split_address(parts[2])
+    return VoterSpec(int(parts[0]), parts[1], parts[2])
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig) -> None:
+        config.validate()
+        self.config = config
+        self.is_broker = config.is_broker  # False: controller-only (no registration, no partitions)
+        self.groups: group_service.GroupCoordinator | None = None
+        self.data_dir = Path(config.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.voters = config.voter_specs()
+        self.incarnation_id = uuid.uuid4().hex
+        self.broker_epoch = -1
+        self.port = config.listen_port
+        self.ready = False
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._metadata_changed = asyncio.Event()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._dial = config.dial_map()
+        self._last_unreachable_report: dict[int, float] = {}
+        self.server: grpc.aio.Server | None = None
+        self._kv: object | None = None  # the broker's RocksDB (producer snapshots), opened with the first partition
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.quorum: MetadataQuorum = None  # type: ignore[assignment]
+        self.controller: Controller | None = None
+        self.txn: txn_service.TxnRuntime | None = None  # transactions (cluster/broker/txn_service.py)
+        self.rm = ReplicaManager(config.broker_id, self.data_dir, config.replica_lag_time_max_ms, self._open_store)
+        self.leader_replication = LeaderReplicationService(self.rm, config.replica_fetch_max_bytes)
+        self.fetchers = FetcherManager(self.rm, self._broker_address, lambda: self.broker_epoch,
+                                       self._report_unreachable, config.replica_fetch_max_wait_ms,
+                                       config.replica_fetch_max_bytes)
+        self.isr = IsrMaintainer(self.rm, self._submit_alter, config.isr_check_interval_ms, self._unfenced)
+
+    def _open_store(self, directory: Path, topic: md.Topic, partition: int) -> ReplicaStore:
+        if self._kv is None and real_storage_available():
+            from semel.storage.kv import KvStore
+
+            self._kv = KvStore.open(self.data_dir / "kv")
+        return open_replica_store(directory, topic, partition, fsync=self.config.fsync, kv=self._kv,
+                                  now_ms=int(time.time() * 1000))
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        opts = [
+            ("grpc.max_receive_message_length", cfg.max_request_bytes),
+            ("grpc.max_send_message_length", cfg.max_request_bytes),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ]
+        self.server = grpc.aio.server(options=opts, maximum_concurrent_rpcs=limits.MAX_CONCURRENT_RPCS_PER_BROKER)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), self.server)
+        controller_pb2_grpc.add_ControllerServicer_to_server(ControllerService(self), self.server)
+        if self.is_broker:
+            broker_pb2_grpc.add_BrokerServicer_to_server(BrokerService(self), self.server)
+            replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService(self), self.server)
+            self.groups = group_service.install(self, self.server)
+            self.txn = txn_service.install(self, self.server, cfg.txn_abort_scan_interval_ms)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [
+            admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+            controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        if self.is_broker:
+            names += [broker_pb2.DESCRIPTOR.services_by_name["Broker"].full_name,
+                      replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name,
+                      group_service.SERVICE_NAME, *txn_service.SERVICE_NAMES]
+        reflection.enable_server_reflection(names, self.server)
+        await self._set_health(False)
+        try:
+            self.port = self.server.add_insecure_port(f"{cfg.listen_host}:{cfg.listen_port}")
+        except RuntimeError as exc:  # grpc reports a busy port this way
+            raise OSError(f"cannot bind gRPC address {cfg.listen_host}:{cfg.listen_port}: {exc}") from exc
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC address {cfg.listen_host}:{cfg.listen_port}")
+        await self.server.start()
+        log.info("broker %d gRPC listening on %s:%d", cfg.broker_id, cfg.listen_host, self.port)
+        if cfg.raft_address:
+            check_port_free(cfg.raft_address)  # pysyncobj would retry a busy port forever, silently
+        loop = asyncio.get_running_loop()
+        if self.is_broker and real_storage_available():  # RocksDB opens once, before any heartbeat depends on the loop
+            from semel.storage.kv import KvStore
+
+            self._kv = KvStore.open(self.data_dir / "kv")
+        self.quorum = MetadataQuorum(QuorumConfig(node_id=cfg.broker_id, raft_address=cfg.raft_address,
+                                                  voters=self.voters, data_dir=self.data_dir / "raft",
+                                                  raft_dial=tuple(sorted(cfg.raft_dial_map().items()))))
+        self.quorum.add_listener(self._on_metadata, loop)
+        if self.quorum.config.is_voter:
+            self.controller = Controller(self.quorum, ControllerConfig(
+                session_timeout_ms=cfg.session_timeout_ms, heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+                disconnect_grace_ms=cfg.disconnect_grace_ms,
+                internal_partitions={internal_topics.TRANSACTION_STATE_TOPIC: cfg.internal_partitions,
+                                     internal_topics.CONSUMER_OFFSETS_TOPIC: cfg.internal_partitions}))
+            self.controller.start()
+        if not self.is_broker:  # controller-only: voter + Controller, nothing else
+            self._tasks.append(loop.create_task(self._controller_ready(), name="controller-ready"))
+            log.info("controller-only node %d serving gRPC on %s:%d (raft %s)", cfg.broker_id, cfg.listen_host,
+                     self.port, cfg.raft_address)
+            return
+        self.isr.start()
+        self.groups.start()
+        self._tasks.append(loop.create_task(self._register_and_heartbeat(), name="heartbeat"))
+        self._tasks.append(loop.create_task(self._checkpoint_loop(), name="hw-checkpoint"))
+        log.info("broker %d serving gRPC on %s:%d (raft %s)", cfg.broker_id, cfg.listen_host, self.port,
+                 cfg.raft_address)
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        await self._set_health(False)
+        for t in self._tasks:
+            t.cancel()
+        await self._controlled_shutdown()
+        if self.txn is not None:
+            await self.txn.stop()
+        if self.groups is not None:
+            await self.groups.stop()
+        await self.isr.stop()
+        await self.fetchers.stop()
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        if self.controller is not None:
+            await self.controller.stop()
+        self.rm.close()
+        if self._kv is not None:
+            self._kv.close()  # type: ignore[attr-defined]
+        if self.quorum is not None:
+            self.quorum.close()
+        for ch in self._channels.values():
+            await ch.close()
+
+    async def _controlled_shutdown(self) -> None:
+        """Fence ourselves first so leaderships move to other ISR members at once, instead of
+        after a missed session (heartbeats are already stopped, so nothing unfences us)."""
+        if self.quorum is None or self.broker_epoch < 0:
+            return
+        try:
+            await self.quorum.submit(md.FenceBroker(self.config.broker_id, self.broker_epoch), timeout_s=1.0)
+            await self.wait_for_metadata(lambda img: not self.rm.active, 1.0)
+        except Exception as exc:  # no quorum: the session timeout will fence us
+            log.info("controlled shutdown: could not fence ourselves: %s", exc)
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *(SERVICE_NAMES if self.is_broker else CONTROLLER_ONLY_SERVICE_NAMES)):
+            result = self.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    # --- metadata ----------------------------------------------------------------------
+    def _on_metadata(self, delta: md.MetadataDelta, image: md.MetadataImage) -> None:
+        if self._stopping:
+            return
+        try:
+            self.rm.reconcile(image)
+        except Exception:
+            log.exception("applying metadata version %d failed", image.version)
+        self._metadata_changed.set()
+        self._metadata_changed = asyncio.Event()
+        if self.rm.active and not self.ready:
+            self.ready = True
+            try:
+                self.rm.remove_stale_dirs(image)
+            except OSError:
+                log.exception("removing replicas of deleted topics failed")
+            asyncio.get_running_loop().create_task(self._announce_ready())
+
+    async def _controller_ready(self) -> None:
+        """Controller-only: ready once the quorum has a leader (this node or another voter)."""
+        while self.quorum.active_controller() is None:
+            await asyncio.sleep(0.05)
+        self.ready = True
+        await self._set_health(True)
+        print(f"{CONTROLLER_READY_LINE} node_id={self.config.broker_id} port={self.port}", flush=True)
+        log.info("controller-only node %d ready", self.config.broker_id)
+
+    async def _announce_ready(self) -> None:
+        await self._set_health(True)
+        print(f"{READY_LINE} broker_id={self.config.broker_id} port={self.port}", flush=True)
+        log.info("broker %d ready (epoch %d)", self.config.broker_id, self.broker_epoch)
+
+    async def wait_for_metadata(self, predicate: Callable[[md.MetadataImage], bool], timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not predicate(self.quorum.image()):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._metadata_changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    def _unfenced(self) -> frozenset[int] | None:
+        return None if self.quorum is None else frozenset(self.quorum.image().unfenced_brokers())
+
+    def _broker_address(self, broker_id: int) -> str | None:
+        if broker_id in self._dial:
+            return self._dial[broker_id]
+        reg = self.quorum.image().broker(broker_id)
+        return None if reg is None else f"{reg.host}:{reg.port}"
+
+    def _dial_address(self, address: str) -> str:
+        """A peer's registered or voter-list address -> the `--dial` address for that peer, if any."""
+        if not self._dial:
+            return address
+        for voter in self.voters:
+            if voter.rpc_address == address and voter.node_id in self._dial:
+                return self._dial[voter.node_id]
+        image = self.quorum.image()
+        for broker_id, dial in self._dial.items():
+            reg = image.broker(broker_id)
+            if reg is not None and f"{reg.host}:{reg.port}" == address:
+                return dial
+        return address
+
+    async def _submit_alter(self, cmd: md.AlterPartition) -> object:
+        result = await self.quorum.submit(cmd, timeout_s=2.0)
+        if not result.ok:
+            log.info("AlterPartition %s-%d: %s", cmd.topic, cmd.partition, pb.ErrorCode.Name(result.error))
+        return result
+
+    # --- registration and heartbeats ---------------------------------------------------
+    async def _register(self) -> None:
+        cfg = self.config
+        host = cfg.advertised_host or cfg.listen_host
+        port = cfg.advertised_port or self.port
+        while not self._stopping:
+            try:
+                result = await self.quorum.submit(md.RegisterBroker(
+                    cfg.broker_id, self.incarnation_id, host, port, cfg.raft_address), timeout_s=2.0)
+            except MetadataSubmitError as exc:
+                log.info("registration not committed yet: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            if result.ok:
+                self.broker_epoch = int(result.value)  # type: ignore[call-overload]
+                self.rm.broker_epoch = self.broker_epoch
+                log.info("registered broker %d at epoch %d", cfg.broker_id, self.broker_epoch)
+                self.rm.reconcile(self.quorum.image())
+                return
+            log.warning("registration refused: %s", pb.ErrorCode.Name(result.error))
+            await asyncio.sleep(0.5)
+
+    async def _register_and_heartbeat(self) -> None:
+        # Recover every replica the local (replayed) image knows *before* the first heartbeat:
+        # log recovery on the loop must not look like a dead broker to the controller.
+        try:
+            self.rm.reconcile(self.quorum.image())
+        except Exception:
+            log.exception("opening replicas before registration failed")
+        await self._register()
+        interval = self.config.heartbeat_interval_ms / 1000
+        failures = 0
+        while not self._stopping:
+            try:
+                code = await self._heartbeat()
+            except Exception as exc:
+                code = pb.BROKER_NOT_AVAILABLE
+                failures += 1
+                if failures == 1 or failures % 10 == 0:  # a lapse the controller may fence for (chaos finding 5)
+                    why = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+                    log.info("heartbeat to the controller failed (%d in a row): %s", failures, why)
+            else:
+                if failures >= 3:
+                    log.info("heartbeats reach the controller again after %d failures", failures)
+                failures = 0
+            if code == pb.STALE_BROKER_EPOCH:
+                log.warning("controller says broker epoch %d is stale; registering again", self.broker_epoch)
+                self.incarnation_id = uuid.uuid4().hex
+                await self._register()
+                continue
+            await asyncio.sleep(interval)
+
+    async def _heartbeat(self) -> int:
+        ac = self.quorum.active_controller()
+        if ac is None:
+            return pb.COORDINATOR_NOT_AVAILABLE
+        version = self.quorum.image().version
+        if ac.node_id == self.config.broker_id and self.controller is not None:
+            return self.controller.on_heartbeat(self.config.broker_id, self.broker_epoch, version).error
+        stub = controller_pb2_grpc.ControllerStub(self._channel(ac.rpc_address))
+        resp = await stub.BrokerHeartbeat(controller_pb2.BrokerHeartbeatRequest(
+            broker_id=self.config.broker_id, broker_epoch=self.broker_epoch, metadata_version=version),
+            timeout=max(0.2, 3 * self.config.heartbeat_interval_ms / 1000))
+        return resp.error_code
+
+    async def _report_unreachable(self, broker_id: int) -> None:
+        now = time.monotonic()
+        if now - self._last_unreachable_report.get(broker_id, 0.0) < 0.1:
+            return
+        self._last_unreachable_report[broker_id] = now
+        ac = self.quorum.active_controller()
+        if ac is None:
+            return
+        if ac.node_id == self.config.broker_id and self.controller is not None:
+            if self.controller.is_active():
+                self.controller.on_broker_unreachable(broker_id)
+            return
+        stub = controller_pb2_grpc.ControllerStub(self._channel(ac.rpc_address))
+        await stub.ReportBrokerUnreachable(controller_pb2.ReportBrokerUnreachableRequest(
+            reporter_id=self.config.broker_id, broker_id=broker_id), timeout=0.5)
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        address = self._dial_address(address)
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = grpc.aio.insecure_channel(address, options=channel_options())
+            self._channels[address] = ch
+        return ch
+
+    async def _checkpoint_loop(self) -> None:
+        last_housekeeping = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            due = self.rm.hw_checkpoints_due()
+            if due:  # file writes and renames, which stall while the disk is busy: off the loop
+                await asyncio.to_thread(write_hw_checkpoints, due)
+            if time.monotonic() - last_housekeeping >= self.config.retention_check_interval_ms / 1000:
+                last_housekeeping = time.monotonic()
+                self.rm.housekeeping(int(time.time() * 1000))
+
+
+async def run(config: BrokerConfig) -> int:
+    broker = Broker(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await broker.start()
+    except (OSError, ValueError) as exc:
+        log.error("broker %d cannot start: %s", config.broker_id, exc)
+        await broker.stop()
+        return 2
+    await stop.wait()
+    log.info("broker %d shutting down", config.broker_id)
+    await broker.stop()
+    return 0
+
+
+DIE_WITH_PARENT_ENV = "SEMEL_BROKER_DIE_WITH_PARENT"
+
+
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG=SIGKILL, set *after* exec: a supervisor that uses gRPC must not pass a
+    `preexec_fn` (a Python fork in a gRPC process runs gRPC's fork handlers in the child,
+    which can abort it before exec)."""
+    if os.environ.get(DIE_WITH_PARENT_ENV) != "1" or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _die_with_parent()
+    config = BrokerConfig.from_args(argv)
+    logging.basicConfig(level=getattr(logging, config.log_level.upper(), logging.INFO),
+                        format=f"%(asctime)s b{config.broker_id} %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    return asyncio.run(run(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

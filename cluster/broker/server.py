@@ -1,0 +1,541 @@
+"""gRPC servicers of a broker: Broker (clients), Admin, Replication and Controller (internal).
+
+Thin shells: they convert protobuf <-> core values, ask the replica manager / metadata quorum,
+and turn every failure into an `ErrorCode` + message in the response (never an exception
+escaping to gRPC, never a hang: every wait is bounded by the request's timeout and the
+limits in `semel.limits`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from bisect import bisect_right
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+from semel import limits
+from semel.cluster.broker.produce_validation import header_from_fields, validate_batch
+from semel.cluster.broker.replica_manager import (
+    Partition,
+    PartitionError,
+    describe_partition,
+    now_ms,
+)
+from semel.cluster.broker.replica_state import invariant
+from semel.cluster.broker.storage_adapter import iter_batches
+from semel.cluster.metadata import state as md
+from semel.cluster.metadata.quorum import MetadataSubmitError
+from semel.storage.batch import HEADER_BYTES, BatchHeader
+from semel.v1 import admin_pb2 as apb
+from semel.v1 import admin_pb2_grpc as agrpc
+from semel.v1 import broker_pb2 as bpb
+from semel.v1 import broker_pb2_grpc as bgrpc
+from semel.v1 import common_pb2 as pb
+from semel.v1 import controller_pb2 as cpb
+from semel.v1 import controller_pb2_grpc as cgrpc
+from semel.v1 import replication_pb2 as rpb
+from semel.v1 import replication_pb2_grpc as rgrpc
+
+if TYPE_CHECKING:
+    from semel.cluster.broker.process import Broker
+
+log = logging.getLogger(__name__)
+
+PRODUCE_TIMEOUT_MS_DEFAULT = 30_000
+ADMIN_TIMEOUT_MS_DEFAULT = 5_000
+EARLIEST = -2
+LATEST = -1
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+class BrokerService(bgrpc.BrokerServicer):
+    def __init__(self, broker: Broker) -> None:
+        self.b = broker
+        self.inflight_produce = 0
+        self.inflight_by_peer: dict[str, int] = {}
+        self.parked_fetches = 0
+
+    # --- Metadata ----------------------------------------------------------------------
+    async def Metadata(self, request: bpb.MetadataRequest, context: grpc.aio.ServicerContext) -> bpb.MetadataResponse:
+        image = self.b.quorum.image()
+        ac = self.b.quorum.active_controller()
+        resp = bpb.MetadataResponse(cluster_id=self.b.config.cluster_id,
+                                    controller_id=-1 if ac is None else ac.node_id,
+                                    metadata_version=image.version)
+        for bid in sorted(image.brokers):
+            reg = image.brokers[bid]
+            resp.brokers.append(bpb.BrokerInfo(broker_id=bid, host=reg.host, port=reg.port, fenced=reg.fenced))
+        names = list(request.topics) if request.topics else sorted(image.topics)
+        for name in names:
+            t = image.topic(name)
+            if t is None:
+                resp.topics.append(bpb.TopicMetadata(error_code=pb.UNKNOWN_TOPIC_OR_PARTITION, name=name))
+                continue
+            tm = bpb.TopicMetadata(name=name, topic_id=t.topic_id, internal=t.internal)
+            for ps in t.partitions:
+                tm.partitions.append(bpb.PartitionMetadata(
+                    error_code=pb.LEADER_NOT_AVAILABLE if ps.leader == md.NO_LEADER else pb.NONE,
+                    partition=ps.partition, leader_id=ps.leader, leader_epoch=ps.leader_epoch,
+                    replicas=ps.replicas, isr=ps.isr, partition_epoch=ps.partition_epoch))
+            resp.topics.append(tm)
+        return resp
+
+    # --- Produce -----------------------------------------------------------------------
+    async def Produce(self, request: bpb.ProduceRequest, context: grpc.aio.ServicerContext) -> bpb.ProduceResponse:
+        if self.inflight_produce >= self.b.config.max_inflight_produce:
+            return _produce_all_failed(request, pb.RESOURCE_EXHAUSTED,
+                                       f"broker has {self.inflight_produce} produce requests in flight (limit)")
+        peer = context.peer() if context is not None else ""
+        if self.inflight_by_peer.get(peer, 0) >= limits.MAX_INFLIGHT_PRODUCE_PER_CONNECTION:
+            return _produce_all_failed(request, pb.RESOURCE_EXHAUSTED,
+                                       f"{limits.MAX_INFLIGHT_PRODUCE_PER_CONNECTION} produce requests already in "
+                                       "flight on this connection (limit)")
+        self.inflight_produce += 1
+        self.inflight_by_peer[peer] = self.inflight_by_peer.get(peer, 0) + 1
+        try:
+            return await self._produce(request)
+        finally:
+            self.inflight_produce -= 1
+            left = self.inflight_by_peer[peer] - 1
+            if left:
+                self.inflight_by_peer[peer] = left
+            else:
+                del self.inflight_by_peer[peer]  # bounded by the connections with requests in flight
+
+    async def _produce(self, request: bpb.ProduceRequest) -> bpb.ProduceResponse:
+        if len(request.partitions) > limits.MAX_PARTITIONS_PER_REQUEST:
+            return _produce_all_failed(request, pb.INVALID_REQUEST, "too many partitions in one request")
+        if request.acks not in (bpb.ACKS_ALL, bpb.ACKS_LEADER, bpb.ACKS_NONE):
+            return _produce_all_failed(request, pb.INVALID_REQUEST, f"unknown acks {request.acks}")
+        timeout_ms = request.timeout_ms if request.timeout_ms > 0 else PRODUCE_TIMEOUT_MS_DEFAULT
+        timeout_ms = min(timeout_ms, limits.MAX_PRODUCE_TIMEOUT_MS)
+        image = self.b.quorum.image()
+        txn = getattr(self.b, "txn", None)
+        check = await txn.verify_produce(request, image) if txn is not None else None  # KIP-890
+        now = now_ms()
+        seen: set[tuple[str, int]] = set()
+        results: list[bpb.PartitionProduceResult] = []
+        waits: list[tuple[bpb.PartitionProduceResult, Partition, asyncio.Future[None]]] = []
+        for pd in request.partitions:
+            r = bpb.PartitionProduceResult(topic=pd.topic, partition=pd.partition, base_offset=-1, last_offset=-1,
+                                           log_append_time_ms=-1, log_start_offset=-1)
+            results.append(r)
+            key = (pd.topic, pd.partition)
+            if key in seen:
+                _set_error(r, pb.INVALID_REQUEST, "partition listed twice in one request")
+                continue
+            seen.add(key)
+            try:
+                if check is not None:
+                    check(pd)  # no await between this and the append
+                fut = self._produce_one(pd, request.acks, image, now, r)
+            except PartitionError as exc:
+                _set_error(r, exc.code, exc.message)
+                continue
+            except (ValueError, OSError) as exc:
+                log.exception("append to %s-%d failed", pd.topic, pd.partition)
+                _set_error(r, pb.STORAGE_ERROR, f"append failed on broker {self.b.config.broker_id}: {exc}")
+                continue
+            if fut is not None:
+                p = self.b.rm.get(pd.topic, pd.partition)
+                invariant(p is not None, "a partition that just appended is hosted")
+                waits.append((r, p, fut))  # type: ignore[arg-type]
+        if waits:
+            await asyncio.wait([f for _, _, f in waits], timeout=timeout_ms / 1000)
+            for r, p, fut in waits:
+                self._finish_ack(r, p, fut, timeout_ms)
+        return bpb.ProduceResponse(results=results)
+
+    def _produce_one(self, pd: bpb.PartitionProduceData, acks: int, image: md.MetadataImage, now: int,
+                     r: bpb.PartitionProduceResult) -> asyncio.Future[None] | None:
+        p = self.b.rm.leader_partition(pd.topic, pd.partition, image)
+        if not pd.HasField("batch"):
+            raise PartitionError(pb.INVALID_REQUEST, "missing batch")
+        b = pd.batch
+        header = header_from_fields(
+            last_offset_delta=b.last_offset_delta, producer_id=b.producer_id, producer_epoch=b.producer_epoch,
+            base_sequence=b.base_sequence, record_count=b.record_count, attributes=b.attributes,
+            base_timestamp_ms=b.base_timestamp_ms, max_timestamp_ms=b.max_timestamp_ms, records_bytes=len(b.records))
+        rejection = validate_batch(header, max_batch_bytes=self.b.config.max_batch_bytes, now_ms=now,
+                                   max_future_timestamp_ms=limits.MAX_FUTURE_TIMESTAMP_MS)
+        if rejection is not None:
+            raise PartitionError(rejection.error_code, rejection.message)
+        if acks == bpb.ACKS_ALL:
+            if len(p.isr) < p.min_insync_replicas:
+                raise PartitionError(pb.NOT_ENOUGH_REPLICAS,
+                                     f"ISR {list(p.isr)} has {len(p.isr)} < min_insync_replicas={p.min_insync_replicas}; "
+                                     "nothing was written")
+            if p.pending.full():
+                raise PartitionError(pb.RESOURCE_EXHAUSTED, "too many acks=all produces waiting on this partition")
+        ar = p.append_as_leader(header, b.records, now)
+        if ar.error_code != pb.NONE:
+            raise PartitionError(ar.error_code, ar.message)
+        r.base_offset, r.last_offset = ar.base_offset, ar.last_offset
+        r.log_append_time_ms, r.duplicate = ar.log_append_time_ms, ar.duplicate
+        r.log_start_offset = p.log_start_offset
+        if acks == bpb.ACKS_ALL:
+            return p.wait_for_hw(ar.last_offset + 1)
+        return None
+
+    @staticmethod
+    def _finish_ack(r: bpb.PartitionProduceResult, p: Partition, fut: asyncio.Future[None], timeout_ms: int) -> None:
+        if not fut.done():
+            fut.cancel()
+            p.pending.remove(fut)
+            _set_error(r, pb.REQUEST_TIMED_OUT,
+                       f"not replicated to the ISR within {timeout_ms} ms; outcome unknown (may still commit)")
+            return
+        exc = fut.exception()
+        if isinstance(exc, PartitionError):
+            _set_error(r, exc.code, exc.message)
+        elif exc is not None:
+            _set_error(r, pb.UNKNOWN_SERVER_ERROR, f"{exc!r}; outcome unknown")
+        else:
+            code, message = p.ack_outcome()
+            if code != pb.NONE:
+                _set_error(r, code, message)
+
+    # --- Fetch -------------------------------------------------------------------------
+    async def Fetch(self, request: bpb.FetchRequest, context: grpc.aio.ServicerContext) -> bpb.FetchResponse:
+        if len(request.partitions) > limits.MAX_PARTITIONS_PER_REQUEST:
+            return bpb.FetchResponse(results=[bpb.FetchPartitionResult(
+                topic=fp.topic, partition=fp.partition, error_code=pb.INVALID_REQUEST,
+                error_message="too many partitions in one request") for fp in request.partitions[:1]])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _clamp(request.max_wait_ms, 0, limits.MAX_FETCH_WAIT_MS) / 1000
+        max_bytes = request.max_bytes if request.max_bytes > 0 else limits.MAX_FETCH_BYTES
+        max_bytes = min(max_bytes, limits.MAX_FETCH_BYTES)
+        min_bytes = max(request.min_bytes, 0)
+        while True:
+            resp, total, errors = self._fetch_once(request, max_bytes)
+            if total >= min_bytes or errors or loop.time() >= deadline:
+                return resp
+            if self.parked_fetches >= limits.MAX_FETCH_WAITERS_PER_BROKER:
+                return resp  # answer now rather than park without bound
+            await self._park(request, deadline - loop.time())
+
+    async def _park(self, request: bpb.FetchRequest, timeout_s: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        parts = [p for fp in request.partitions if (p := self.b.rm.get(fp.topic, fp.partition)) is not None]
+        for p in parts:
+            p.add_waiter(fut)
+        self.parked_fetches += 1
+        try:
+            await asyncio.wait_for(fut, max(0.0, timeout_s))
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self.parked_fetches -= 1
+            for p in parts:
+                p.remove_waiter(fut)
+
+    def _fetch_once(self, request: bpb.FetchRequest, max_bytes: int) -> tuple[bpb.FetchResponse, int, bool]:
+        image = self.b.quorum.image()
+        resp = bpb.FetchResponse()
+        total = 0
+        errors = False
+        for fp in request.partitions:
+            r = bpb.FetchPartitionResult(topic=fp.topic, partition=fp.partition, high_watermark=-1,
+                                         last_stable_offset=-1, log_start_offset=-1, next_fetch_offset=fp.fetch_offset)
+            try:
+                total += self._fetch_partition(fp, request.isolation_level, max_bytes - total, total == 0, image, r)
+            except PartitionError as exc:
+                _set_error(r, exc.code, exc.message)
+                errors = True
+            except OSError as exc:
+                _set_error(r, pb.STORAGE_ERROR, f"read failed: {exc}")
+                errors = True
+            resp.results.append(r)
+        return resp, total, errors
+
+    def _fetch_partition(self, fp: bpb.FetchPartition, isolation: int, budget: int, first: bool,
+                         image: md.MetadataImage, r: bpb.FetchPartitionResult) -> int:
+        p = self.b.rm.leader_partition(fp.topic, fp.partition, image, _checked_epoch(fp))
+        hw, lso = p.high_watermark, p.last_stable_offset()
+        r.high_watermark, r.last_stable_offset, r.log_start_offset = hw, lso, p.log_start_offset
+        if fp.fetch_offset < p.log_start_offset or fp.fetch_offset > p.log_end_offset:
+            raise PartitionError(pb.OFFSET_OUT_OF_RANGE, f"fetch offset {fp.fetch_offset} outside "
+                                 f"[log start {p.log_start_offset}, log end {p.log_end_offset}] (high watermark {hw})")
+        bound = lso if isolation == bpb.READ_COMMITTED else hw
+        part_max = fp.max_bytes if fp.max_bytes > 0 else limits.MAX_FETCH_BYTES
+        part_max = min(part_max, budget)
+        if fp.fetch_offset >= bound or (part_max <= 0 and not first):
+            return 0
+        # the work below is per batch: the store returns at most this many
+        data = p.store.read(fp.fetch_offset, max(part_max, 1), bound, limits.MAX_FETCH_BATCHES_PER_PARTITION)
+        batches = list(iter_batches(data))
+        aborted: dict[int, tuple[list[int], list[int]]] = {}
+        if isolation == bpb.READ_COMMITTED and batches:
+            # Only the aborts that overlap what was read, by producer, searchable: a read from the
+            # start of a log with thousands of aborts must cost per batch, not per batch times
+            # aborts (that stalled a controller's event loop for seconds: docs/chaos.md, finding 8).
+            start, end = min(fp.fetch_offset, batches[0][0].base_offset), batches[-1][0].next_offset
+            for a in p.store.aborted_in_range(start, end):  # ordered; one producer's never overlap
+                firsts, lasts = aborted.setdefault(a.producer_id, ([], []))
+                firsts.append(a.first_offset)
+                lasts.append(a.last_offset)
+        size = 0
+        for h, pos in batches:
+            r.next_fetch_offset = h.next_offset
+            if isolation == bpb.READ_COMMITTED and (h.is_control or (h.is_transactional and _is_aborted(h, aborted))):
+                continue
+            r.batches.append(pb.RecordBatch(
+                base_offset=h.base_offset, last_offset_delta=h.last_offset_delta, leader_epoch=h.leader_epoch,
+                producer_id=h.producer_id, producer_epoch=h.producer_epoch, base_sequence=h.base_sequence,
+                record_count=h.record_count, attributes=h.attributes, base_timestamp_ms=h.base_timestamp_ms,
+                max_timestamp_ms=h.max_timestamp_ms, records=data[pos + HEADER_BYTES: pos + h.size_bytes]))
+            size += h.size_bytes
+        return size if size else (1 if r.next_fetch_offset != fp.fetch_offset else 0)
+
+    # --- ListOffsets -------------------------------------------------------------------
+    async def ListOffsets(self, request: bpb.ListOffsetsRequest, context: grpc.aio.ServicerContext) -> bpb.ListOffsetsResponse:
+        image = self.b.quorum.image()
+        resp = bpb.ListOffsetsResponse()
+        for lp in request.partitions[: limits.MAX_PARTITIONS_PER_REQUEST]:
+            r = bpb.ListOffsetsResult(topic=lp.topic, partition=lp.partition, offset=-1, timestamp_ms=-1, leader_epoch=-1)
+            try:
+                p = self.b.rm.leader_partition(lp.topic, lp.partition, image, _checked_epoch(lp))
+                r.leader_epoch = p.leader_epoch
+                bound = p.last_stable_offset() if request.isolation_level == bpb.READ_COMMITTED else p.high_watermark
+                if lp.timestamp_ms == EARLIEST:
+                    r.offset = p.log_start_offset
+                elif lp.timestamp_ms == LATEST:
+                    r.offset = bound
+                elif lp.timestamp_ms >= 0:
+                    found = p.store.offset_for_timestamp(lp.timestamp_ms)
+                    r.offset = found if found is not None and found < bound else -1
+                    r.timestamp_ms = lp.timestamp_ms if r.offset >= 0 else -1
+                else:
+                    raise PartitionError(pb.INVALID_REQUEST,
+                                         f"timestamp_ms {lp.timestamp_ms}: use -2 (earliest), -1 (latest) or >= 0")
+            except PartitionError as exc:
+                _set_error(r, exc.code, exc.message)
+            resp.results.append(r)
+        return resp
+
+
+def _checked_epoch(q: bpb.FetchPartition | bpb.ListOffsetsPartition) -> int:
+    """The client's `current_leader_epoch`, or -1 (no check) when it left the field unset: a
+    client in another language that omits it must not be fenced once the epoch passes 0."""
+    return q.current_leader_epoch if q.HasField("current_leader_epoch") else -1
+
+
+def _is_aborted(h: BatchHeader, aborted: dict[int, tuple[list[int], list[int]]]) -> bool:
+    """Whether the transactional batch `h` lies in an aborted transaction of its producer
+    (`aborted`: per producer id, the first and last offsets of its aborts, in order)."""
+    found = aborted.get(h.producer_id)
+    if found is None:
+        return False
+    firsts, lasts = found
+    i = bisect_right(firsts, h.base_offset) - 1  # the last abort starting at or before the batch
+    return i >= 0 and h.base_offset <= lasts[i]
+
+
+def _set_error(r: object, code: int, message: str) -> None:
+    r.error_code = code  # type: ignore[attr-defined]
+    r.error_message = message  # type: ignore[attr-defined]
+
+
+def _produce_all_failed(request: bpb.ProduceRequest, code: int, message: str) -> bpb.ProduceResponse:
+    return bpb.ProduceResponse(results=[
+        bpb.PartitionProduceResult(topic=pd.topic, partition=pd.partition, error_code=code, error_message=message,
+                                   base_offset=-1, last_offset=-1, log_append_time_ms=-1, log_start_offset=-1)
+        for pd in request.partitions[: limits.MAX_PARTITIONS_PER_REQUEST]])
+
+
+# --- Admin ---------------------------------------------------------------------------------
+
+
+class AdminService(agrpc.AdminServicer):
+    def __init__(self, broker: Broker) -> None:
+        self.b = broker
+
+    async def CreateTopics(self, request: apb.CreateTopicsRequest, context: grpc.aio.ServicerContext) -> apb.CreateTopicsResponse:
+        timeout_s = _clamp(request.timeout_ms or ADMIN_TIMEOUT_MS_DEFAULT, 1, limits.MAX_PRODUCE_TIMEOUT_MS) / 1000
+        resp = apb.CreateTopicsResponse()
+        for nt in request.topics[:1000]:
+            resp.results.append(await self._create(nt, request.validate_only, timeout_s))
+        return resp
+
+    async def _create(self, nt: apb.NewTopic, validate_only: bool, timeout_s: float) -> apb.TopicResult:
+        image = self.b.quorum.image()
+        rf = nt.replication_factor or min(3, max(1, len(image.unfenced_brokers())))
+        configs = tuple(sorted(nt.configs.items()))
+        code = md.validate_topic_name(nt.name)
+        if code != pb.NONE:
+            return apb.TopicResult(name=nt.name, error_code=code,
+                                   error_message="names are 1-200 chars of [A-Za-z0-9._-], not starting with '__'")
+        if validate_only:
+            code, _ = md.parse_topic_config(configs, rf)
+            if code == pb.NONE and nt.partitions < 1:
+                code = pb.INVALID_PARTITIONS
+            if code == pb.NONE and rf > len(image.unfenced_brokers()):
+                code = pb.INVALID_REPLICATION_FACTOR
+            return apb.TopicResult(name=nt.name, error_code=code, error_message=_code_message(code))
+        try:
+            result = await self.b.quorum.submit(md.CreateTopic(nt.name, nt.partitions, rf, configs), timeout_s=timeout_s)
+        except MetadataSubmitError as exc:
+            return apb.TopicResult(name=nt.name, error_code=exc.code, error_message=str(exc))
+        if not result.ok:
+            return apb.TopicResult(name=nt.name, error_code=result.error, error_message=_code_message(result.error, rf))
+        await self.b.wait_for_metadata(lambda img: img.topic(nt.name) is not None, timeout_s)
+        return apb.TopicResult(name=nt.name, error_code=pb.NONE)
+
+    async def DeleteTopics(self, request: apb.DeleteTopicsRequest, context: grpc.aio.ServicerContext) -> apb.DeleteTopicsResponse:
+        timeout_s = _clamp(request.timeout_ms or ADMIN_TIMEOUT_MS_DEFAULT, 1, limits.MAX_PRODUCE_TIMEOUT_MS) / 1000
+        resp = apb.DeleteTopicsResponse()
+        for name in request.names[:1000]:
+            try:
+                result = await self.b.quorum.submit(md.DeleteTopic(name), timeout_s=timeout_s)
+            except MetadataSubmitError as exc:
+                resp.results.append(apb.TopicResult(name=name, error_code=exc.code, error_message=str(exc)))
+                continue
+            if result.ok:
+                await self.b.wait_for_metadata(lambda img, n=name: img.topic(n) is None, timeout_s)
+            resp.results.append(apb.TopicResult(name=name, error_code=result.error,
+                                                error_message=_code_message(result.error)))
+        return resp
+
+    async def DescribeTopics(self, request: apb.DescribeTopicsRequest, context: grpc.aio.ServicerContext) -> apb.DescribeTopicsResponse:
+        image = self.b.quorum.image()
+        names = list(request.names) or [n for n, t in sorted(image.topics.items())
+                                        if request.include_internal or not t.internal]
+        resp = apb.DescribeTopicsResponse()
+        for name in names:
+            t = image.topic(name)
+            if t is None:
+                resp.topics.append(apb.TopicDescription(name=name, error_code=pb.UNKNOWN_TOPIC_OR_PARTITION))
+                continue
+            c = t.config
+            td = apb.TopicDescription(name=name, topic_id=t.topic_id, internal=t.internal, configs={
+                "min_insync_replicas": str(c.min_insync_replicas),
+                "unclean_leader_election": str(c.unclean_leader_election).lower(),
+                "retention_ms": str(c.retention_ms), "retention_bytes": str(c.retention_bytes),
+                "segment_bytes": str(c.segment_bytes), "segment_ms": str(c.segment_ms),
+                "replication_factor": str(t.replication_factor),
+            })
+            for ps in t.partitions:
+                local = self.b.rm.get(name, ps.partition)
+                offsets = describe_partition(local if local is not None and local.topic_id == t.topic_id else None)
+                td.partitions.append(apb.PartitionDescription(
+                    partition=ps.partition, leader_id=ps.leader, leader_epoch=ps.leader_epoch, replicas=ps.replicas,
+                    isr=ps.isr, error_code=pb.LEADER_NOT_AVAILABLE if ps.leader == md.NO_LEADER else pb.NONE,
+                    **offsets))
+            resp.topics.append(td)
+        await self._offsets_from_leaders(resp, image)
+        return resp
+
+    async def _offsets_from_leaders(self, resp: apb.DescribeTopicsResponse, image: md.MetadataImage) -> None:
+        """Ask each other leader for exact offsets (bounded: 1 s, one request pair per leader);
+        a partition whose leader does not answer keeps this broker's own view."""
+        by_leader: dict[int, list[tuple[str, apb.PartitionDescription]]] = {}
+        for td in resp.topics:
+            for pd in td.partitions:
+                if pd.leader_id >= 0 and pd.leader_id != self.b.config.broker_id:
+                    by_leader.setdefault(pd.leader_id, []).append((td.name, pd))
+        if by_leader:
+            await asyncio.gather(*(self._ask_leader(b, parts, image) for b, parts in by_leader.items()))
+
+    async def _ask_leader(self, broker_id: int, parts: list[tuple[str, apb.PartitionDescription]],
+                          image: md.MetadataImage) -> None:
+        reg = image.broker(broker_id)
+        if reg is None:
+            return
+        stub = bgrpc.BrokerStub(self.b._channel(f"{reg.host}:{reg.port}"))
+        queries = [bpb.ListOffsetsPartition(topic=t, partition=pd.partition, timestamp_ms=ts)
+                   for t, pd in parts for ts in (EARLIEST, LATEST)]
+        try:
+            uncommitted, committed = await asyncio.gather(
+                stub.ListOffsets(bpb.ListOffsetsRequest(partitions=queries), timeout=1.0),
+                stub.ListOffsets(bpb.ListOffsetsRequest(partitions=queries[1::2], isolation_level=bpb.READ_COMMITTED),
+                                 timeout=1.0))
+        except grpc.aio.AioRpcError:
+            return
+        for i, (_, pd) in enumerate(parts):
+            start, hw, lso = uncommitted.results[2 * i], uncommitted.results[2 * i + 1], committed.results[i]
+            if start.error_code == pb.NONE and hw.error_code == pb.NONE and lso.error_code == pb.NONE:
+                pd.log_start_offset, pd.high_watermark, pd.last_stable_offset = start.offset, hw.offset, lso.offset
+
+    async def DescribeCluster(self, request: apb.DescribeClusterRequest, context: grpc.aio.ServicerContext) -> apb.DescribeClusterResponse:
+        image = self.b.quorum.image()
+        ac = self.b.quorum.active_controller()
+        controller_id = -1 if ac is None else ac.node_id
+        resp = apb.DescribeClusterResponse(cluster_id=self.b.config.cluster_id, controller_id=controller_id,
+                                           metadata_version=image.version,
+                                           quorum_voters=[v.raft_address for v in self.b.voters],
+                                           quorum_leader=self.b.quorum.leader_raft_address() or "")
+        for bid in sorted(image.brokers):
+            reg = image.brokers[bid]
+            resp.brokers.append(apb.BrokerDescription(broker_id=bid, host=reg.host, port=reg.port, fenced=reg.fenced,
+                                                      broker_epoch=reg.broker_epoch, is_controller=bid == controller_id))
+        return resp
+
+
+def _code_message(code: int, rf: int = 0) -> str:
+    if code == pb.NONE:
+        return ""
+    hints = {
+        pb.INVALID_REPLICATION_FACTOR: f"replication factor {rf} is out of range or above the live (unfenced) brokers",
+        pb.INVALID_PARTITIONS: "partition count out of range",
+        pb.TOPIC_ALREADY_EXISTS: "a topic with this name exists",
+        pb.INVALID_CONFIG: "unknown or out-of-range config key",
+        pb.UNKNOWN_TOPIC_OR_PARTITION: "no such topic",
+    }
+    return hints.get(code, pb.ErrorCode.Name(code))
+
+
+# --- Replication / Controller (internal) -------------------------------------------------------
+
+
+class ReplicationService(rgrpc.ReplicationServicer):
+    def __init__(self, broker: Broker) -> None:
+        self.b = broker
+
+    async def ReplicaFetch(self, request_iterator: AsyncIterator[rpb.ReplicaFetchRequest],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.ReplicaFetchResponse]:
+        async for resp in self.b.leader_replication.stream(request_iterator):
+            yield resp
+
+    async def OffsetForLeaderEpoch(self, request: rpb.OffsetForLeaderEpochRequest,
+                                   context: grpc.aio.ServicerContext) -> rpb.OffsetForLeaderEpochResponse:
+        resp = rpb.OffsetForLeaderEpochResponse()
+        for q in request.partitions[: limits.MAX_PARTITIONS_PER_REQUEST]:
+            r = rpb.EpochEndOffset(topic=q.topic, partition=q.partition, leader_epoch=-1, end_offset=-1)
+            p = self.b.rm.get(q.topic, q.partition)
+            try:
+                if p is None:
+                    raise PartitionError(pb.NOT_LEADER_OR_FOLLOWER, "no replica here")
+                p.check_leader(q.current_leader_epoch)  # the same epoch rules as fetches
+                r.leader_epoch, r.end_offset = p.store.end_offset_for_epoch(q.leader_epoch)
+            except PartitionError as exc:
+                r.error_code = exc.code
+            resp.results.append(r)
+        return resp
+
+
+class ControllerService(cgrpc.ControllerServicer):
+    def __init__(self, broker: Broker) -> None:
+        self.b = broker
+
+    async def BrokerHeartbeat(self, request: cpb.BrokerHeartbeatRequest,
+                              context: grpc.aio.ServicerContext) -> cpb.BrokerHeartbeatResponse:
+        c = self.b.controller
+        if c is None:
+            return cpb.BrokerHeartbeatResponse(error_code=pb.NOT_LEADER_OR_FOLLOWER, fenced=True,
+                                               error_message="this broker is not a metadata voter")
+        reply = c.on_heartbeat(request.broker_id, request.broker_epoch, request.metadata_version)
+        return cpb.BrokerHeartbeatResponse(error_code=reply.error, fenced=reply.fenced,
+                                           should_shutdown=reply.should_shutdown)
+
+    async def ReportBrokerUnreachable(self, request: cpb.ReportBrokerUnreachableRequest,
+                                      context: grpc.aio.ServicerContext) -> cpb.ReportBrokerUnreachableResponse:
+        c = self.b.controller
+        if c is None or not c.is_active():
+            return cpb.ReportBrokerUnreachableResponse(error_code=pb.NOT_LEADER_OR_FOLLOWER)
+        c.on_broker_unreachable(request.broker_id)
+        return cpb.ReportBrokerUnreachableResponse(error_code=pb.NONE)

@@ -1,0 +1,1 @@
+"""The `semel` command line (`main` dispatches; each module adds one concern's commands)."""

@@ -1,0 +1,40 @@
+"""`semel bench ...`: benchmarks are commands that print figures, never timed tests.
+
+Each concern contributes a benchmark function here by name; the heavy imports happen
+only when that benchmark runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# name -> (module, function, help). Each function takes the parsed args.
+BENCHMARKS = {
+    "storage": ("semel.storage.bench", "add_arguments", "run", "append/read throughput of the partition log vs raw os.write"),
+    "produce": ("semel.cluster.tooling.bench", "add_produce_arguments", "run_produce", "producer throughput and latency against a (local) cluster"),
+    "consume": ("semel.cluster.tooling.bench", "add_consume_arguments", "run_consume", "consumer throughput against a (local) cluster"),
+    "txn-cost": ("semel.cluster.tooling.bench", "add_txn_cost_arguments", "run_txn_cost",
+                 "what one transaction costs beyond its records: CPU per transaction, commit latency"),
+}
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="run a benchmark and print figures (last line: one JSON object)")
+    bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    for name, (module_name, add_args, run, help_text) in BENCHMARKS.items():
+        p = bench_sub.add_parser(name, help=help_text)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            p.set_defaults(func=lambda args, n=name: _missing(n))
+            continue
+        getattr(module, add_args)(p)
+        p.set_defaults(func=getattr(module, run))
+    bench.set_defaults(func=lambda args: bench.print_help() or 2)
+
+
+def _missing(name: str) -> int:
+    raise SystemExit(f"semel bench {name}: this benchmark is not available in this build")

@@ -1,0 +1,238 @@
+"""The admin client: topics and cluster description, through any broker."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from semel.client import errors as client_errors
+from semel.client.base import (
+    CONNECT_TIMEOUT_MS_DEFAULT,
+    METADATA_MAX_AGE_MS_DEFAULT,
+    REQUEST_TIMEOUT_MS_DEFAULT,
+    RETRY_BACKOFF_MAX_MS_DEFAULT,
+    RETRY_BACKOFF_MS_DEFAULT,
+    _ClientBase,
+    _now_ms,
+)
+from semel.client.errors import (
+    SemelError,
+)
+from semel.client.metadata import (
+    ClusterView,
+    rpc_error,
+)
+from semel.v1 import admin_pb2, common_pb2
+
+# ======================================================================================
+# Admin
+# ======================================================================================
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PartitionDescription:
+    partition: int
+    leader_id: int
+    leader_epoch: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+    high_watermark: int
+    log_start_offset: int
+    last_stable_offset: int
+    error_code: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TopicDescription:
+    name: str
+    topic_id: str
+    internal: bool
+    configs: dict[str, str]
+    partitions: tuple[PartitionDescription, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerDescription:
+    broker_id: int
+    host: str
+    port: int
+    fenced: bool
+    broker_epoch: int
+    is_controller: bool
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClusterDescription:
+    cluster_id: str
+    controller_id: int
+    brokers: tuple[BrokerDescription, ...]
+    metadata_version: int
+    quorum_voters: tuple[str, ...]
+    quorum_leader: str
+
+
+class Admin(_ClientBase):
+    """Topic and cluster administration. Calls go to any broker; retriable errors are retried
+    until `timeout_ms`."""
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str] | None = None,
+        *,
+        request_timeout_ms: int = REQUEST_TIMEOUT_MS_DEFAULT,
+        retry_backoff_ms: int = RETRY_BACKOFF_MS_DEFAULT,
+        retry_backoff_max_ms: int = RETRY_BACKOFF_MAX_MS_DEFAULT,
+        connect_timeout_ms: int = CONNECT_TIMEOUT_MS_DEFAULT,
+    ) -> None:
+        super().__init__(bootstrap, request_timeout_ms, retry_backoff_ms, retry_backoff_max_ms, METADATA_MAX_AGE_MS_DEFAULT)
+        self.connect_timeout_ms = connect_timeout_ms
+        self._answered = False  # some broker answered once: from then on, wait the full timeout
+
+    def _call(self, method: str, request: Any, timeout_ms: int | None) -> Any:
+        """One admin RPC to the first broker that answers, retrying transport errors."""
+        start = _now_ms()
+        deadline = start + (timeout_ms or self.request_timeout_ms)
+        attempts = 0
+        while True:
+            attempts += 1
+            last: SemelError | None = None
+            for address in self._metadata.candidates():
+                remaining = deadline - _now_ms()
+                try:
+                    response = getattr(self._connections.admin(address), method)(
+                        request, timeout=max(0.05, remaining / 1000)
+                    )
+                    self._answered = True
+                    return response
+                except grpc.RpcError as exc:
+                    last = rpc_error(exc, address, method)
+                    if not last.retriable:
+                        raise last from None
+            never_answered = not self._answered and _now_ms() - start >= self.connect_timeout_ms
+            if never_answered or _now_ms() + self._backoff_ms(attempts) >= deadline:
+                assert last is not None
+                if isinstance(last, client_errors.BrokerUnreachableError):
+                    raise client_errors.BrokerUnreachableError(
+                        f"cannot reach any broker ({last.message})"
+                    ) from None
+                raise last
+            time.sleep(self._backoff_ms(attempts) / 1000)
+
+    def _with_retries(self, call: Callable[[int], Any], timeout_ms: int | None) -> Any:
+        """Repeats `call(remaining_ms)` while it raises a retriable SemelError, until the deadline."""
+        deadline = _now_ms() + (timeout_ms or self.request_timeout_ms)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return call(max(1, deadline - _now_ms()))
+            except SemelError as exc:
+                if not exc.retriable or _now_ms() + self._backoff_ms(attempts) >= deadline:
+                    raise
+                time.sleep(self._backoff_ms(attempts) / 1000)
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        replication_factor: int = 0,
+        configs: dict[str, str] | None = None,
+        timeout_ms: int | None = None,
+        validate_only: bool = False,
+    ) -> None:
+        """Create one topic; raises TopicAlreadyExistsError, InvalidTopicNameError, ..."""
+        topic = admin_pb2.NewTopic(
+            name=name, partitions=partitions, replication_factor=replication_factor, configs=configs or {}
+        )
+        timeout = timeout_ms or self.request_timeout_ms
+
+        def attempt(remaining_ms: int) -> None:
+            request = admin_pb2.CreateTopicsRequest(topics=[topic], validate_only=validate_only, timeout_ms=remaining_ms)
+            response = self._call("CreateTopics", request, remaining_ms)
+            _raise_topic_results(response.results, "create topic")
+
+        self._with_retries(attempt, timeout)
+
+    def delete_topic(self, name: str, timeout_ms: int | None = None) -> None:
+        timeout = timeout_ms or self.request_timeout_ms
+
+        def attempt(remaining_ms: int) -> None:
+            request = admin_pb2.DeleteTopicsRequest(names=[name], timeout_ms=remaining_ms)
+            response = self._call("DeleteTopics", request, remaining_ms)
+            _raise_topic_results(response.results, "delete topic")
+
+        self._with_retries(attempt, timeout)
+
+    def describe_topics(
+        self, names: Sequence[str] | None = None, include_internal: bool = False, timeout_ms: int | None = None
+    ) -> list[TopicDescription]:
+        """Descriptions of the named topics (every topic when None); raises for a missing named topic."""
+        request = admin_pb2.DescribeTopicsRequest(names=list(names or []), include_internal=include_internal)
+        response = self._call("DescribeTopics", request, timeout_ms)
+        out = []
+        for topic in response.topics:
+            if topic.error_code != common_pb2.NONE:
+                raise client_errors.error_for_code(topic.error_code, context=f"describe topic {topic.name!r}")
+            out.append(
+                TopicDescription(
+                    topic.name,
+                    topic.topic_id,
+                    topic.internal,
+                    dict(topic.configs),
+                    tuple(
+                        PartitionDescription(
+                            p.partition, p.leader_id, p.leader_epoch, tuple(p.replicas), tuple(p.isr),
+                            p.high_watermark, p.log_start_offset, p.last_stable_offset, p.error_code,
+                        )
+                        for p in sorted(topic.partitions, key=lambda p: p.partition)
+                    ),
+                )
+            )
+        return sorted(out, key=lambda t: t.name)
+
+    def list_topics(self, include_internal: bool = False, timeout_ms: int | None = None) -> list[str]:
+        return [t.name for t in self.describe_topics(None, include_internal, timeout_ms)]
+
+    def describe_cluster(self, timeout_ms: int | None = None) -> ClusterDescription:
+        response = self._call("DescribeCluster", admin_pb2.DescribeClusterRequest(), timeout_ms)
+        return ClusterDescription(
+            response.cluster_id,
+            response.controller_id,
+            tuple(
+                BrokerDescription(b.broker_id, b.host, b.port, b.fenced, b.broker_epoch, b.is_controller)
+                for b in sorted(response.brokers, key=lambda b: b.broker_id)
+            ),
+            response.metadata_version,
+            tuple(response.quorum_voters),
+            response.quorum_leader,
+        )
+
+    def metadata(self, topics: Sequence[str] | None = None, timeout_ms: int | None = None) -> ClusterView:
+        """A fresh metadata view (leaders, replicas, ISR) from any broker."""
+        return self._metadata.refresh(topics or [], timeout_ms)
+
+    def close(self) -> None:
+        self._connections.close()
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _raise_topic_results(results: Sequence[admin_pb2.TopicResult], what: str) -> None:
+    for result in results:
+        if result.error_code != common_pb2.NONE:
+            raise client_errors.error_for_code(
+                result.error_code, result.error_message, context=f"{what} {result.name!r}"
+            )
+
+

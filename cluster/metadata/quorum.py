@@ -1,0 +1,398 @@
+"""The metadata quorum: a thin pysyncobj shell around `semel.cluster.metadata.state`.
+
+Theory of operation
+-------------------
+`MetadataQuorum` is a `SyncObj` whose one consumer (`_ReplicatedMetadata`) holds the pure
+`MetadataStateMachine`; its only replicated method, `apply(command)`, runs on pysyncobj's tick
+thread on every node in log order. pysyncobj snapshots the consumer (full dump) and keeps a
+journal; on restart the dump is loaded and the journal tail re-applied, which is safe because
+`apply` is deterministic and has no side effects.
+
+Everything else here runs outside the replicated state:
+  * `submit()` (asyncio) hands a command to pysyncobj with `callback=`; the callback fires on
+    the tick thread and is moved to the caller's loop with `call_soon_threadsafe`. Leader
+    changes are retried with the *same* `command_id` (the state machine deduplicates), so a
+    retry never applies a command twice. A command that may have been appended but whose
+    commit was not seen is reported as *unknown*, never as failed.
+  * Listeners: at the end of every tick the shell compares the published image with the last
+    one it reported and posts `(delta, image)` to each listener's loop. The tick thread never
+    blocks on a listener.
+
+pysyncobj traps handled (see shared/reference/dependencies.md): `appendEntriesUseBatch=False`,
+fast elections (0.2-0.4 s, connectionTimeout 60 s), journal *and* full dump, `useFork=False`,
+no locks or handles in the replicated consumer, nothing calls `sync=True`.
+Read-only (observer) nodes: a node whose `raft_address` is None joins with `selfNode=None`; it
+connects to every voter, receives the log, never votes, and can submit commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.node import TCPNode
+from semel import limits
+from semel.cluster.metadata.state import (
+    Command,
+    MetadataDelta,
+    MetadataImage,
+    MetadataStateMachine,
+    Result,
+    diff,
+)
+from semel.v1 import common_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SUBMIT_TIMEOUT_S_DEFAULT = limits.METADATA_SUBMIT_TIMEOUT_MS_DEFAULT / 1000
+SUBMIT_RETRY_BACKOFF_S = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class VoterSpec:
+    node_id: int
+    raft_address: str  # "host:port"; pysyncobj's node identity
+    rpc_address: str  # "host:port" where this node's controller RPCs are served
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumConfig:
+    node_id: int
+    raft_address: str | None  # None, or an address not among the voters: a read-only observer
+    voters: tuple[VoterSpec, ...]
+    data_dir: str | Path
+    raft_min_timeout_s: float = 0.2
+    raft_max_timeout_s: float = 0.4
+    connection_timeout_s: float = 60.0
+    connection_retry_s: float = 0.1  # pysyncobj default 5 s: a restarted peer would wait that long
+    leader_fallback_timeout_s: float = 1.0  # a leader without a majority steps down after this
+    append_entries_period_s: float = 0.05
+    # pysyncobj checks its election deadline once per tick, and idle nodes tick in phase (the
+    # last leader heartbeat woke them all): with the default 50 ms tick, two survivors often
+    # become candidates in the same tick and split the vote (~1 in 5 failovers took another
+    # 0.2-0.4 s round). A 10 ms tick makes that rare for ~1% CPU.
+    tick_period_s: float = 0.01
+    submit_timeout_s: float = SUBMIT_TIMEOUT_S_DEFAULT
+    log_compaction_min_entries: int = 5000
+    log_compaction_min_time_s: int = 300
+    # Fault injection (chaos/wiring.py): (voter raft address, address to connect to) pairs. A
+    # peer keeps its raft address as its pysyncobj identity (announced, compared, matched), only
+    # the TCP connect goes elsewhere (a proxy). Empty by default.
+    raft_dial: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def is_voter(self) -> bool:
+        return self.raft_address is not None and any(v.raft_address == self.raft_address for v in self.voters)
+
+
+class MetadataSubmitError(Exception):
+    """A command did not produce a result. `outcome_unknown`: it may still have committed."""
+
+    def __init__(self, code: int, outcome_unknown: bool, message: str) -> None:
+        super().__init__(f"{pb.ErrorCode.Name(code)} (outcome {'unknown' if outcome_unknown else 'not applied'}): {message}")
+        self.code = code
+        self.outcome_unknown = outcome_unknown
+
+
+class _ReplicatedMetadata(SyncObjConsumer):
+    """The replicated part: only `machine` is serialized into snapshots."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.machine = MetadataStateMachine()
+
+    @replicated
+    def apply(self, command: Command) -> Result:
+        try:
+            return self.machine.apply(command)
+        except Exception:
+            # A bug in a handler: it raised before publishing (images are swapped atomically), so
+            # the state is unchanged on every replica alike. Failing the command keeps the log
+            # moving; letting it escape would make pysyncobj retry the entry forever.
+            log.exception("metadata command %r failed", command)
+            return Result(pb.UNKNOWN_SERVER_ERROR)
+
+
+DeltaListener = Callable[[MetadataDelta, MetadataImage], None]
+LeadershipListener = Callable[[bool], None]
+
+# Fail reasons after which the command can never be applied (not appended, or overwritten).
+_NEVER_APPLIED = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL, FAIL_REASON.DISCARDED}
+# Fail reasons worth retrying (same command_id) until the deadline.
+_RETRIABLE = {
+    FAIL_REASON.MISSING_LEADER,
+    FAIL_REASON.DISCARDED,
+    FAIL_REASON.NOT_LEADER,
+    FAIL_REASON.LEADER_CHANGED,
+    FAIL_REASON.UNKNOWN_OUTCOME,
+    FAIL_REASON.QUEUE_FULL,
+}
+
+
+class MetadataQuorum(SyncObj):
+    """One node of the metadata Raft group (voter or observer), started in-process."""
+
+    def __init__(self, config: QuorumConfig) -> None:
+        # Attributes set before SyncObj.__init__ are excluded from snapshots (locks live here).
+        self._config = config
+        self._consumer = _ReplicatedMetadata()
+        self._submits_in_flight = 0  # handed to pysyncobj, not answered yet (asyncio side only)
+        self._listeners_lock = threading.Lock()
+        self._listeners: list[tuple[DeltaListener, asyncio.AbstractEventLoop]] = []
+        self._leadership_listeners: list[tuple[LeadershipListener, asyncio.AbstractEventLoop]] = []
+        self._reported_image = self._consumer.machine.image
+        self._closed = False
+        self._voters_by_raft = {v.raft_address: v for v in config.voters}
+        data_dir = Path(config.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        conf = SyncObjConf(
+            appendEntriesUseBatch=False,
+            raftMinTimeout=config.raft_min_timeout_s,
+            raftMaxTimeout=config.raft_max_timeout_s,
+            connectionTimeout=config.connection_timeout_s,
+            connectionRetryTime=config.connection_retry_s,
+            leaderFallbackTimeout=config.leader_fallback_timeout_s,
+            appendEntriesPeriod=config.append_entries_period_s,
+            autoTickPeriod=config.tick_period_s,
+            journalFile=str(data_dir / "metadata.journal"),
+            fullDumpFile=str(data_dir / "metadata.dump"),
+            useFork=False,
+            commandsWaitLeader=False,
+            dynamicMembershipChange=False,
+            logCompactionMinEntries=config.log_compaction_min_entries,
+            logCompactionMinTime=config.log_compaction_min_time_s,
+            onStateChanged=self._on_state_changed,
+        )
+        self_node = config.raft_address if config.is_voter else None
+        dial = dict(config.raft_dial)
+        others = [_DialedNode(v.raft_address, dial[v.raft_address]) if v.raft_address in dial else v.raft_address
+                  for v in config.voters if v.raft_address != self_node]
+        super().__init__(self_node, others, conf=conf, consumers=[self._consumer])
+        self.addOnTickCallback(self._after_tick)
+
+    # -- reads (any thread) --
+
+    def image(self) -> MetadataImage:
+        """The local replica's current image (immutable; keep the reference)."""
+        return self._consumer.machine.image
+
+    def last_applied(self) -> int:
+        return self._consumer.machine.last_applied
+
+    def is_leader(self) -> bool:
+        return self._isLeader()
+
+    def raft_term(self) -> int:
+        return self.raftCurrentTerm
+
+    def is_ready(self) -> bool:
+        """This node has applied everything the leader had committed when it first heard it."""
+        return self.isReady()
+
+    def has_quorum(self) -> bool:
+        return self.hasQuorum
+
+    def uncommitted_entries(self) -> int:
+        """Entries in this node's Raft log past the commit index (pysyncobj 0.3.17 keeps the log
+        index private; the pin in pyproject.toml and tests/cluster/test_quorum_inprocess.py guard it)."""
+        return max(0, self._SyncObj__getCurrentLogIndex() - self.raftCommitIndex)  # type: ignore[attr-defined]
+
+    def leader_raft_address(self) -> str | None:
+        leader = self._getLeader()
+        return None if leader is None else leader.address
+
+    def active_controller(self) -> VoterSpec | None:
+        address = self.leader_raft_address()
+        return None if address is None else self._voters_by_raft.get(address)
+
+    def is_peer_connected(self, raft_address: str) -> bool:
+        if raft_address == self._config.raft_address:
+            return True
+        for node in self.otherNodes:
+            if node.address == raft_address:
+                return self.isNodeConnected(node)
+        return False
+
+    @property
+    def config(self) -> QuorumConfig:
+        return self._config
+
+    # -- listeners --
+
+    def add_listener(self, callback: DeltaListener, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """`callback(delta, image)` runs on `loop` (default: the running loop) after changes.
+
+        A listener added after the node has applied something first gets one delta from the
+        empty image to the last reported one, so it never misses state; deltas then follow in
+        order (each image is newer than the previous one).
+        """
+        loop = loop or asyncio.get_running_loop()
+        with self._listeners_lock:
+            self._listeners.append((callback, loop))
+            reported = self._reported_image
+            if reported.version > 0:
+                _post(loop, callback, diff(MetadataImage(), reported), reported)
+
+    def add_leadership_listener(
+        self, callback: LeadershipListener, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        with self._listeners_lock:
+            self._leadership_listeners.append((callback, loop or asyncio.get_running_loop()))
+
+    def _after_tick(self) -> None:  # tick thread: never blocks (posting is non-blocking)
+        image = self._consumer.machine.image
+        if image is self._reported_image:
+            return
+        with self._listeners_lock:
+            delta = diff(self._reported_image, image)
+            self._reported_image = image
+            if delta.empty:
+                return
+            for callback, loop in self._listeners:
+                _post(loop, callback, delta, image)
+
+    def _on_state_changed(self, old_state: int, new_state: int) -> None:  # tick thread
+        became = new_state == 2  # pysyncobj _RAFT_STATE.LEADER
+        was = old_state == 2
+        if became == was:
+            return
+        with self._listeners_lock:
+            listeners = list(self._leadership_listeners)
+        for callback, loop in listeners:
+            _post(loop, callback, became)
+
+    # -- writes --
+
+    async def submit(self, command: Command, timeout_s: float | None = None) -> Result:
+        """Commit `command` and return its `Result`, or raise `MetadataSubmitError`."""
+        if self._closed:
+            raise MetadataSubmitError(pb.METADATA_QUORUM_UNAVAILABLE, False, "quorum node closed")
+        if not command.command_id:
+            command = replace(command, command_id=uuid.uuid4().hex)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._config.submit_timeout_s if timeout_s is None else timeout_s)
+        maybe_appended = False
+        last_reason = FAIL_REASON.MISSING_LEADER
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if not self.has_quorum():
+                # Not connected to a majority: nothing sent can commit; wait for links instead of
+                # sending into the void, so that a failure here is certain (nothing appended).
+                last_reason = FAIL_REASON.MISSING_LEADER
+                await asyncio.sleep(min(SUBMIT_RETRY_BACKOFF_S, remaining))
+                continue
+            if self.is_leader() and max(self.uncommitted_entries(),
+                                        self._submits_in_flight) >= limits.MAX_UNCOMMITTED_METADATA_ENTRIES:
+                # Connected but not committing (peers silent or slow): do not grow a suffix that a
+                # new leader must walk back entry by entry; wait, nothing appended. (Our own submits
+                # count until answered: pysyncobj appends them on its next tick, not here.)
+                last_reason = FAIL_REASON.QUEUE_FULL
+                await asyncio.sleep(min(SUBMIT_RETRY_BACKOFF_S, remaining))
+                continue
+            future: asyncio.Future[tuple[object, int]] = loop.create_future()
+
+            def on_done(result: object, error: int, future: asyncio.Future = future) -> None:
+                _post(loop, _resolve, future, (result, error))
+
+            self._consumer.apply(command, callback=on_done)
+            self._submits_in_flight += 1
+            try:
+                result, reason = await asyncio.wait_for(asyncio.shield(future), remaining)
+            except asyncio.TimeoutError:
+                maybe_appended = True
+                break
+            finally:
+                self._submits_in_flight -= 1
+            if reason == FAIL_REASON.SUCCESS:
+                invariant_result(result)
+                return result  # type: ignore[return-value]
+            last_reason = reason
+            if reason not in _NEVER_APPLIED:
+                maybe_appended = True
+            if reason not in _RETRIABLE:
+                raise MetadataSubmitError(pb.INVALID_REQUEST, maybe_appended, f"pysyncobj fail reason {reason}")
+            await asyncio.sleep(min(SUBMIT_RETRY_BACKOFF_S, max(0.0, deadline - loop.time())))
+        code = pb.REQUEST_TIMED_OUT if self.has_quorum() and self._getLeader() is not None else pb.METADATA_QUORUM_UNAVAILABLE
+        raise MetadataSubmitError(code, maybe_appended, f"no commit within the timeout (last fail reason {last_reason})")
+
+    async def wait_for_version(self, version: int, timeout_s: float) -> bool:
+        """Wait until the local image reaches `version` (polls; metadata changes are rare)."""
+        deadline = time.monotonic() + timeout_s
+        while self.image().version < version:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def close(self, wait: bool = False) -> None:
+        """Stop the tick thread and close sockets and the journal. `wait`: join the tick thread
+        (it exits at its next tick, within `tick_period_s`); never from the tick thread."""
+        if not self._closed:
+            self._closed = True
+            if wait:
+                self.destroy_synchronous()
+            else:
+                self.destroy()
+
+
+class _DialedNode(TCPNode):
+    """A Raft peer identified by its own address but reached through another (a fault proxy).
+
+    pysyncobj identifies a node by `address` (the node with the greater address opens the one
+    connection between two nodes and announces its own address on it); it connects to
+    `node.ip:node.port`. Only those two change here."""
+
+    def __init__(self, address: str, dial_address: str) -> None:
+        super().__init__(address)
+        host, port = dial_address.rsplit(":", 1)
+        self._dial_host = host
+        self._dial_port = int(port)
+
+    @property
+    def ip(self) -> str:
+        return self._dial_host
+
+    @property
+    def port(self) -> int:
+        return self._dial_port
+
+
+def invariant_result(result: object) -> None:
+    if not isinstance(result, Result):
+        raise AssertionError(f"replicated apply returned {result!r}")
+
+
+def _resolve(future: asyncio.Future, value: object) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: object) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # the loop is closed: its owner is gone
+        pass
+
+
+def data_paths(data_dir: str | Path) -> tuple[str, str]:
+    """(journal, full dump) file names inside a quorum data dir."""
+    base = Path(data_dir)
+    return str(base / "metadata.journal"), str(base / "metadata.dump")
+
+
+__all__ = [
+    "MetadataQuorum",
+    "MetadataSubmitError",
+    "QuorumConfig",
+    "VoterSpec",
+    "data_paths",
+]

@@ -1,0 +1,709 @@
+"""The cluster metadata: a pure, deterministic replicated state machine.
+
+Theory of operation
+-------------------
+Every replica of the metadata quorum applies the same commands in the same (Raft) order to a
+`MetadataStateMachine`; `apply(command) -> Result` is a pure function of the current image and
+the command: no clock, no randomness, no I/O, no iteration over unordered containers. Time never
+enters the state: the controller (the proposer) decides *when* something happens (fence a broker
+whose session expired) and proposes an explicit command.
+
+The state is published as an immutable `MetadataImage`. A command that changes something builds
+a new image (copy-on-write: unchanged topics and partitions keep their objects), so readers on
+other threads (the broker's asyncio loop) take a reference and read a consistent snapshot
+without locks.
+
+Every change of a partition is a compare-and-set on its `partition_epoch`; every change of its
+leader bumps `leader_epoch`. Commands carry an optional `command_id`; the machine remembers the
+result of the last `limits.METADATA_DEDUP_COMMANDS` ids so a proposer that saw an unknown outcome
+can resubmit the same command and get the original result instead of applying it twice.
+
+Invariants (checked by `check_invariants`, kept by every command):
+  * `leader == NO_LEADER or leader in isr`, `isr` non-empty, `isr ⊆ replicas`, replicas distinct;
+  * a fenced broker leads nothing and is in no ISR of size > 1 (Kafka's last-member rule: when
+    the last ISR member is fenced, `isr` stays `(it,)` with `leader = NO_LEADER` until it comes
+    back, or an unclean election is allowed and picks another replica);
+  * `version`, `leader_epoch`, `partition_epoch`, `broker_epoch`, `next_producer_id` never
+    decrease; producer-id blocks never overlap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Union
+
+from semel import limits
+from semel.internal_topics import (
+    coordinator_partition,
+)
+from semel.v1 import common_pb2 as pb
+
+NO_LEADER = -1
+
+# Bounds (semel.limits); module names so tests can shrink them.
+PRODUCER_ID_BLOCK_SIZE = limits.PRODUCER_ID_BLOCK_SIZE
+MAX_PARTITIONS_PER_TOPIC = limits.MAX_PARTITIONS_PER_TOPIC
+MAX_TOPIC_NAME_CHARS = limits.MAX_TOPIC_NAME_CHARS
+METADATA_DEDUP_COMMANDS = limits.METADATA_DEDUP_COMMANDS
+MAX_REPLICATION_FACTOR = limits.MAX_REPLICATION_FACTOR
+MAX_BROKERS = limits.MAX_BROKERS
+MAX_PARTITIONS_TOTAL = limits.MAX_PARTITIONS_TOTAL
+
+_TOPIC_NAME_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
+_TOPIC_ID_NAMESPACE = uuid.UUID("6d1f3c2a-5b1e-4a57-9d6e-2f0c8e9a7b31")
+
+
+def invariant(condition: bool, message: str) -> None:
+    """A check for programmer errors that survives `python -O`."""
+    if not condition:
+        raise AssertionError(message)
+
+
+# --- values -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerRegistration:
+    broker_id: int
+    incarnation_id: str
+    host: str
+    port: int
+    raft_address: str | None
+    broker_epoch: int
+    fenced: bool
+    # The image version the broker must have applied before it is unfenced: its registration's, then
+    # each fencing's (a broker cut off from the quorum - a deposed controller - keeps heartbeating
+    # with stale metadata; it comes back only once it has seen itself fenced and its leaderships moved).
+    registered_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicConfig:
+    min_insync_replicas: int = 1
+    unclean_leader_election: bool = False
+    retention_ms: int = limits.RETENTION_MS_DEFAULT
+    retention_bytes: int = limits.RETENTION_BYTES_DEFAULT
+    segment_bytes: int = limits.SEGMENT_BYTES_DEFAULT
+    segment_ms: int = limits.SEGMENT_MS_DEFAULT
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    topic: str
+    partition: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+    leader: int
+    leader_epoch: int
+    partition_epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    name: str
+    topic_id: str
+    internal: bool
+    replication_factor: int
+    config: TopicConfig
+    partitions: tuple[PartitionState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerIdBlock:
+    broker_id: int
+    first_producer_id: int
+    size: int
+
+    @property
+    def last_producer_id(self) -> int:
+        return self.first_producer_id + self.size - 1
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataImage:
+    """One immutable version of the cluster metadata. The dicts are never mutated."""
+
+    version: int = 0
+    brokers: Mapping[int, BrokerRegistration] = field(default_factory=dict)
+    topics: Mapping[str, Topic] = field(default_factory=dict)
+    next_producer_id: int = 0
+    next_broker_epoch: int = 1
+    next_assignment_start: int = 0
+
+    def broker(self, broker_id: int) -> BrokerRegistration | None:
+        return self.brokers.get(broker_id)
+
+    def topic(self, name: str) -> Topic | None:
+        return self.topics.get(name)
+
+    def partition(self, topic: str, partition: int) -> PartitionState | None:
+        t = self.topics.get(topic)
+        if t is None or not 0 <= partition < len(t.partitions):
+            return None
+        return t.partitions[partition]
+
+    def unfenced_brokers(self) -> tuple[int, ...]:
+        return tuple(sorted(b for b, reg in self.brokers.items() if not reg.fenced))
+
+    def partitions_of_broker(self, broker_id: int) -> list[PartitionState]:
+        """Every partition that has `broker_id` among its replicas, in (topic, partition) order."""
+        return [
+            p
+            for name in sorted(self.topics)
+            for p in self.topics[name].partitions
+            if broker_id in p.replicas
+        ]
+
+    def coordinator(self, internal_topic: str, key: str) -> PartitionState | None:
+        """The partition of `internal_topic` that owns `key`; its leader is the coordinator."""
+        t = self.topics.get(internal_topic)
+        if t is None:
+            return None
+        return t.partitions[coordinator_partition(key, len(t.partitions))]
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterBroker:
+    broker_id: int
+    incarnation_id: str
+    host: str
+    port: int
+    raft_address: str | None = None
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UnfenceBroker:
+    broker_id: int
+    broker_epoch: int
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FenceBroker:
+    broker_id: int
+    broker_epoch: int
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTopic:
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: tuple[tuple[str, str], ...] = ()
+    internal: bool = False
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteTopic:
+    name: str
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AlterPartition:
+    topic: str
+    partition: int
+    broker_id: int  # the requesting leader
+    broker_epoch: int
+    leader_epoch: int
+    partition_epoch: int
+    new_isr: tuple[int, ...]
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ElectLeader:
+    topic: str
+    partition: int
+    partition_epoch: int
+    unclean: bool = False
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AllocateProducerIds:
+    broker_id: int
+    broker_epoch: int
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """Changes nothing; a new Raft leader commits one to know its image is up to date."""
+
+    command_id: str = ""
+
+
+Command = Union[
+    RegisterBroker,
+    UnfenceBroker,
+    FenceBroker,
+    CreateTopic,
+    DeleteTopic,
+    AlterPartition,
+    ElectLeader,
+    AllocateProducerIds,
+    Barrier,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    error: int  # semel.v1.common_pb2.ErrorCode; NONE (0) on success
+    value: object = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error == pb.NONE
+
+
+OK = Result(pb.NONE)
+
+
+# --- validation helpers (pure) ------------------------------------------------------------
+
+
+def validate_topic_name(name: str, internal: bool = False) -> int:
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_TOPIC_NAME_CHARS:
+        return pb.INVALID_TOPIC_NAME
+    if name in (".", "..") or not _TOPIC_NAME_RE.match(name):
+        return pb.INVALID_TOPIC_NAME
+    if name.startswith("__") and not internal:
+        return pb.INVALID_TOPIC_NAME
+    return pb.NONE
+
+
+def _parse_bool(text: str) -> bool | None:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    return None
+
+
+def parse_topic_config(
+    configs: Iterable[tuple[str, str]], replication_factor: int
+) -> tuple[int, TopicConfig | None]:
+    """Validate `configs` (string key/values from the wire) and fill defaults."""
+    values: dict[str, object] = {
+        "min_insync_replicas": 2 if replication_factor >= 3 else 1,
+        "unclean_leader_election": False,
+    }
+    int_keys = ("min_insync_replicas", "retention_ms", "retention_bytes", "segment_bytes", "segment_ms")
+    for key, raw in configs:
+        if key == "unclean_leader_election":
+            parsed = _parse_bool(str(raw))
+            if parsed is None:
+                return pb.INVALID_CONFIG, None
+            values[key] = parsed
+        elif key in int_keys:
+            try:
+                values[key] = int(str(raw).strip())
+            except ValueError:
+                return pb.INVALID_CONFIG, None
+        else:
+            return pb.INVALID_CONFIG, None
+    config = TopicConfig(**values)  # type: ignore[arg-type]
+    if not 1 <= config.min_insync_replicas <= replication_factor:
+        return pb.INVALID_CONFIG, None
+    if config.retention_ms != -1 and config.retention_ms <= 0:
+        return pb.INVALID_CONFIG, None
+    if config.retention_bytes != -1 and config.retention_bytes <= 0:
+        return pb.INVALID_CONFIG, None
+    if config.segment_bytes < 1024 or config.segment_bytes > 2**31 - 1:
+        return pb.INVALID_CONFIG, None
+    if config.segment_ms <= 0:
+        return pb.INVALID_CONFIG, None
+    return pb.NONE, config
+
+
+def assign_replicas(
+    brokers: tuple[int, ...], partitions: int, replication_factor: int, start: int
+) -> list[tuple[int, ...]]:
+    """Kafka's rack-less round-robin: leaders rotate from `start`, followers are shifted by a
+    per-round offset so that the replica sets of consecutive rounds differ. Deterministic."""
+    n = len(brokers)
+    invariant(1 <= replication_factor <= n, "replication factor must fit the brokers")
+    out: list[tuple[int, ...]] = []
+    for p in range(partitions):
+        first = (start + p) % n
+        shift = (start + p // n) % (n - 1) if n > 1 else 0
+        replicas = [brokers[first]]
+        for j in range(1, replication_factor):
+            replicas.append(brokers[(first + 1 + (shift + j - 1) % (n - 1)) % n])
+        out.append(tuple(replicas))
+    return out
+
+
+def _in_replica_order(p: PartitionState, members: Iterable[int]) -> tuple[int, ...]:
+    wanted = set(members)
+    return tuple(r for r in p.replicas if r in wanted)
+
+
+def check_invariants(image: MetadataImage) -> None:
+    """Raise AssertionError when `image` breaks an invariant of the module docstring."""
+    fenced = {b for b, reg in image.brokers.items() if reg.fenced}
+    for t in image.topics.values():
+        invariant(len(t.partitions) >= 1, f"{t.name}: no partitions")
+        for i, p in enumerate(t.partitions):
+            where = f"{t.name}-{i}"
+            invariant(p.partition == i and p.topic == t.name, f"{where}: misplaced")
+            invariant(len(set(p.replicas)) == len(p.replicas), f"{where}: duplicate replicas")
+            invariant(len(p.isr) >= 1, f"{where}: empty ISR")
+            invariant(set(p.isr) <= set(p.replicas), f"{where}: ISR not within replicas")
+            invariant(p.leader == NO_LEADER or p.leader in p.isr, f"{where}: leader not in ISR")
+            invariant(p.leader not in fenced, f"{where}: fenced leader {p.leader}")
+            if len(p.isr) > 1:
+                invariant(not (set(p.isr) & fenced), f"{where}: fenced broker in ISR {p.isr}")
+
+
+# --- the state machine --------------------------------------------------------------------
+
+
+class MetadataStateMachine:
+    """Applies commands to the current `image`. Holds only plain, picklable data."""
+
+    def __init__(self) -> None:
+        self.image = MetadataImage()
+        self.last_applied = 0  # commands applied, including rejected ones
+        self._recent: OrderedDict[str, Result] = OrderedDict()
+
+    def apply(self, command: Command) -> Result:
+        self.last_applied += 1
+        command_id = getattr(command, "command_id", "")
+        if command_id and command_id in self._recent:
+            return self._recent[command_id]
+        result = self._dispatch(command)
+        if command_id:
+            self._recent[command_id] = result
+            while len(self._recent) > METADATA_DEDUP_COMMANDS:
+                self._recent.popitem(last=False)
+        return result
+
+    # Each handler validates first, then builds the new image with `_publish`.
+
+    def _dispatch(self, command: Command) -> Result:
+        if isinstance(command, RegisterBroker):
+            return self._register_broker(command)
+        if isinstance(command, UnfenceBroker):
+            return self._unfence_broker(command)
+        if isinstance(command, FenceBroker):
+            return self._fence_broker(command)
+        if isinstance(command, CreateTopic):
+            return self._create_topic(command)
+        if isinstance(command, DeleteTopic):
+            return self._delete_topic(command)
+        if isinstance(command, AlterPartition):
+            return self._alter_partition(command)
+        if isinstance(command, ElectLeader):
+            return self._elect_leader(command)
+        if isinstance(command, AllocateProducerIds):
+            return self._allocate_producer_ids(command)
+        if isinstance(command, Barrier):
+            return OK
+        return Result(pb.INVALID_REQUEST)
+
+    def _publish(self, **changes: object) -> MetadataImage:
+        self.image = dataclasses.replace(self.image, version=self.image.version + 1, **changes)  # type: ignore[arg-type]
+        return self.image
+
+    # -- brokers --
+
+    def _register_broker(self, c: RegisterBroker) -> Result:
+        if not 0 <= c.broker_id < 2**31 or not c.incarnation_id or not c.host or not 0 < c.port < 65536:
+            return Result(pb.INVALID_REQUEST)
+        img = self.image
+        old = img.brokers.get(c.broker_id)
+        if old is not None and old.incarnation_id == c.incarnation_id:
+            return Result(pb.NONE, old.broker_epoch)  # a retry of the same registration
+        if old is None and len(img.brokers) >= MAX_BROKERS:
+            return Result(pb.RESOURCE_EXHAUSTED)
+        topics = dict(img.topics)
+        if old is not None:
+            # A new incarnation: whatever the old process led or replicated may be gone.
+            topics = _fence_in_topics(topics, c.broker_id, _unfenced_after(img, c.broker_id))
+        reg = BrokerRegistration(
+            broker_id=c.broker_id,
+            incarnation_id=c.incarnation_id,
+            host=c.host,
+            port=c.port,
+            raft_address=c.raft_address,
+            broker_epoch=img.next_broker_epoch,
+            fenced=True,
+            registered_version=img.version + 1,
+        )
+        brokers = dict(img.brokers)
+        brokers[c.broker_id] = reg
+        self._publish(brokers=brokers, topics=topics, next_broker_epoch=img.next_broker_epoch + 1)
+        return Result(pb.NONE, reg.broker_epoch)
+
+    def _check_broker_epoch(self, broker_id: int, broker_epoch: int) -> tuple[int, BrokerRegistration | None]:
+        reg = self.image.brokers.get(broker_id)
+        if reg is None or reg.broker_epoch != broker_epoch:
+            return pb.STALE_BROKER_EPOCH, None
+        return pb.NONE, reg
+
+    def _fence_broker(self, c: FenceBroker) -> Result:
+        error, reg = self._check_broker_epoch(c.broker_id, c.broker_epoch)
+        if reg is None:
+            return Result(error)
+        if reg.fenced:
+            return OK
+        img = self.image
+        topics = _fence_in_topics(dict(img.topics), c.broker_id, _unfenced_after(img, c.broker_id))
+        brokers = dict(img.brokers)
+        brokers[c.broker_id] = dataclasses.replace(reg, fenced=True, registered_version=img.version + 1)
+        self._publish(brokers=brokers, topics=topics)
+        return OK
+
+    def _unfence_broker(self, c: UnfenceBroker) -> Result:
+        error, reg = self._check_broker_epoch(c.broker_id, c.broker_epoch)
+        if reg is None:
+            return Result(error)
+        if not reg.fenced:
+            return OK
+        img = self.image
+        brokers = dict(img.brokers)
+        brokers[c.broker_id] = dataclasses.replace(reg, fenced=False)
+        unfenced = {b for b, r in brokers.items() if not r.fenced}
+        topics = dict(img.topics)
+        for name in sorted(topics):
+            t = topics[name]
+            parts = list(t.partitions)
+            changed = False
+            for i, p in enumerate(parts):
+                if p.leader != NO_LEADER or c.broker_id not in p.replicas:
+                    continue
+                if c.broker_id in p.isr:
+                    parts[i] = _with_leader(p, c.broker_id, p.isr)
+                    changed = True
+                elif t.config.unclean_leader_election and not (set(p.isr) & unfenced):
+                    parts[i] = _with_leader(p, c.broker_id, (c.broker_id,))
+                    changed = True
+            if changed:
+                topics[name] = dataclasses.replace(t, partitions=tuple(parts))
+        self._publish(brokers=brokers, topics=topics)
+        return OK
+
+    # -- topics --
+
+    def _create_topic(self, c: CreateTopic) -> Result:
+        img = self.image
+        error = validate_topic_name(c.name, c.internal)
+        if error != pb.NONE:
+            return Result(error)
+        if c.name in img.topics:
+            return Result(pb.TOPIC_ALREADY_EXISTS)
+        if not 1 <= c.partitions <= MAX_PARTITIONS_PER_TOPIC:
+            return Result(pb.INVALID_PARTITIONS)
+        if sum(len(t.partitions) for t in img.topics.values()) + c.partitions > MAX_PARTITIONS_TOTAL:
+            return Result(pb.RESOURCE_EXHAUSTED)
+        brokers = img.unfenced_brokers()
+        if not 1 <= c.replication_factor <= min(len(brokers), MAX_REPLICATION_FACTOR):
+            return Result(pb.INVALID_REPLICATION_FACTOR)
+        error, config = parse_topic_config(c.configs, c.replication_factor)
+        if config is None:
+            return Result(error)
+        start = img.next_assignment_start % len(brokers)
+        assignment = assign_replicas(brokers, c.partitions, c.replication_factor, start)
+        parts = tuple(
+            PartitionState(c.name, i, replicas, replicas, replicas[0], 0, 0)
+            for i, replicas in enumerate(assignment)
+        )
+        topic = Topic(
+            name=c.name,
+            topic_id=uuid.uuid5(_TOPIC_ID_NAMESPACE, f"{c.name}:{img.version + 1}").hex,
+            internal=c.internal,
+            replication_factor=c.replication_factor,
+            config=config,
+            partitions=parts,
+        )
+        topics = dict(img.topics)
+        topics[c.name] = topic
+        self._publish(topics=topics, next_assignment_start=img.next_assignment_start + 1)
+        return Result(pb.NONE, topic)
+
+    def _delete_topic(self, c: DeleteTopic) -> Result:
+        img = self.image
+        if c.name not in img.topics:
+            return Result(pb.UNKNOWN_TOPIC_OR_PARTITION)
+        topics = dict(img.topics)
+        del topics[c.name]
+        self._publish(topics=topics)
+        return OK
+
+    # -- partitions --
+
+    def _replace_partition(self, p: PartitionState) -> None:
+        img = self.image
+        t = img.topics[p.topic]
+        parts = list(t.partitions)
+        parts[p.partition] = p
+        topics = dict(img.topics)
+        topics[p.topic] = dataclasses.replace(t, partitions=tuple(parts))
+        self._publish(topics=topics)
+
+    def _alter_partition(self, c: AlterPartition) -> Result:
+        p = self.image.partition(c.topic, c.partition)
+        if p is None:
+            return Result(pb.UNKNOWN_TOPIC_OR_PARTITION)
+        error, reg = self._check_broker_epoch(c.broker_id, c.broker_epoch)
+        if reg is None:
+            return Result(error)
+        if reg.fenced or p.leader != c.broker_id:
+            return Result(pb.NOT_LEADER_OR_FOLLOWER)
+        if c.leader_epoch < p.leader_epoch:
+            return Result(pb.FENCED_LEADER_EPOCH)
+        if c.leader_epoch > p.leader_epoch:
+            return Result(pb.UNKNOWN_LEADER_EPOCH)
+        if c.partition_epoch != p.partition_epoch:
+            return Result(pb.STALE_PARTITION_EPOCH)
+        new_isr = tuple(c.new_isr)
+        if (
+            not new_isr
+            or len(set(new_isr)) != len(new_isr)
+            or c.broker_id not in new_isr
+            or not set(new_isr) <= set(p.replicas)
+        ):
+            return Result(pb.INVALID_REQUEST)
+        for added in set(new_isr) - set(p.isr):
+            added_reg = self.image.brokers.get(added)
+            if added_reg is None or added_reg.fenced:
+                return Result(pb.INVALID_REQUEST)
+        ordered = _in_replica_order(p, new_isr)
+        if ordered == p.isr:
+            return Result(pb.NONE, p)
+        new = dataclasses.replace(p, isr=ordered, partition_epoch=p.partition_epoch + 1)
+        self._replace_partition(new)
+        return Result(pb.NONE, new)
+
+    def _elect_leader(self, c: ElectLeader) -> Result:
+        img = self.image
+        p = img.partition(c.topic, c.partition)
+        if p is None:
+            return Result(pb.UNKNOWN_TOPIC_OR_PARTITION)
+        if c.partition_epoch != p.partition_epoch:
+            return Result(pb.STALE_PARTITION_EPOCH)
+        unfenced = set(img.unfenced_brokers())
+        clean = [r for r in p.replicas if r in p.isr and r in unfenced]
+        if clean:
+            if p.leader == clean[0]:
+                return Result(pb.NONE, p)
+            new = _with_leader(p, clean[0], p.isr)
+        else:
+            unclean = c.unclean or img.topics[c.topic].config.unclean_leader_election
+            others = [r for r in p.replicas if r in unfenced]
+            if not unclean or not others:
+                return Result(pb.LEADER_NOT_AVAILABLE)
+            new = _with_leader(p, others[0], (others[0],))
+        self._replace_partition(new)
+        return Result(pb.NONE, new)
+
+    # -- producer ids --
+
+    def _allocate_producer_ids(self, c: AllocateProducerIds) -> Result:
+        error, reg = self._check_broker_epoch(c.broker_id, c.broker_epoch)
+        if reg is None:
+            return Result(error)
+        first = self.image.next_producer_id
+        block = ProducerIdBlock(c.broker_id, first, PRODUCER_ID_BLOCK_SIZE)
+        self._publish(next_producer_id=first + PRODUCER_ID_BLOCK_SIZE)
+        return Result(pb.NONE, block)
+
+
+def _with_leader(p: PartitionState, leader: int, isr: tuple[int, ...]) -> PartitionState:
+    return dataclasses.replace(
+        p,
+        isr=_in_replica_order(p, isr),
+        leader=leader,
+        leader_epoch=p.leader_epoch + (1 if leader != p.leader else 0),
+        partition_epoch=p.partition_epoch + 1,
+    )
+
+
+def _unfenced_after(img: MetadataImage, fenced_broker: int) -> set[int]:
+    return {b for b, reg in img.brokers.items() if not reg.fenced and b != fenced_broker}
+
+
+def _fence_partition(p: PartitionState, broker: int, unfenced: set[int], unclean_ok: bool) -> PartitionState:
+    """`broker` is gone: it leaves the ISR (unless it is the last member) and leads nothing."""
+    if broker not in p.replicas:
+        return p
+    if broker in p.isr and len(p.isr) > 1:
+        isr = tuple(r for r in p.isr if r != broker)
+        # Every member of an ISR of size > 1 is unfenced, so isr[0] is an eligible leader.
+        leader = p.leader if p.leader not in (broker, NO_LEADER) else isr[0]
+        return _with_leader(p, leader, isr) if leader != p.leader else dataclasses.replace(
+            p, isr=isr, partition_epoch=p.partition_epoch + 1
+        )
+    if p.leader == broker:
+        # The last ISR member: keep it as the ISR, leaderless, unless unclean election may pick
+        # another (unfenced, out-of-sync) replica.
+        others = [r for r in p.replicas if r in unfenced and r != broker]
+        if unclean_ok and others:
+            return _with_leader(p, others[0], (others[0],))
+        return _with_leader(p, NO_LEADER, p.isr)
+    return p
+
+
+def _fence_in_topics(topics: dict[str, Topic], broker: int, unfenced: set[int]) -> dict[str, Topic]:
+    for name in sorted(topics):
+        t = topics[name]
+        parts = tuple(
+            _fence_partition(p, broker, unfenced, t.config.unclean_leader_election) for p in t.partitions
+        )
+        if any(a is not b for a, b in zip(parts, t.partitions)):
+            topics[name] = dataclasses.replace(t, partitions=parts)
+    return topics
+
+
+# --- deltas for listeners -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataDelta:
+    version: int
+    brokers_changed: frozenset[int]
+    topics_created: frozenset[str]
+    topics_deleted: frozenset[str]
+    partitions_changed: frozenset[tuple[str, int]]
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.brokers_changed or self.topics_created or self.topics_deleted or self.partitions_changed
+        )
+
+
+def diff(old: MetadataImage, new: MetadataImage) -> MetadataDelta:
+    """What changed from `old` to `new` (created topics list all their partitions as changed)."""
+    brokers = frozenset(
+        b
+        for b in set(old.brokers) | set(new.brokers)
+        if old.brokers.get(b) is not new.brokers.get(b) and old.brokers.get(b) != new.brokers.get(b)
+    )
+    created = frozenset(n for n in new.topics if n not in old.topics or old.topics[n].topic_id != new.topics[n].topic_id)
+    deleted = frozenset(n for n in old.topics if n not in new.topics or old.topics[n].topic_id != new.topics[n].topic_id)
+    parts: set[tuple[str, int]] = set()
+    for name, t in new.topics.items():
+        before = old.topics.get(name)
+        if name in created or before is None:
+            parts.update((name, p.partition) for p in t.partitions)
+        elif before is not t:
+            parts.update(
+                (name, p.partition)
+                for p, q in zip(t.partitions, before.partitions)
+                if p is not q and p != q
+            )
+    return MetadataDelta(new.version, brokers, created, deleted, frozenset(parts))

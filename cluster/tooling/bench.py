@@ -1,0 +1,558 @@
+"""`semel bench produce` / `semel bench consume`: end-to-end client throughput and latency.
+
+Unless `--bootstrap` is given, the benchmark starts its own local cluster (`--brokers`,
+free loopback ports, a temporary data dir it deletes afterwards), creates a fresh topic
+(`--partitions`, `--replication-factor`) and runs `--producers` producer *processes*
+(each a `semel.client.Producer`, keyless records of `--record-bytes` random bytes)
+for `--duration-s` seconds. `--rate-mb-s` caps the offered load (to measure latency at,
+say, half of the maximum throughput); `--half-load` does that in the same run: a second
+phase offers half the throughput the first one measured, reported under "half_load".
+
+Latency is send() -> acknowledgement of a sample of records (1 in `LATENCY_SAMPLE_EVERY`,
+none in the first `--warmup-s`), so it includes batching (`--linger-ms`), queueing in the client, the produce RPC and
+replication (acks=all). Progress goes to stderr; the last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+LATENCY_SAMPLE_EVERY = 16
+MB = 1_000_000
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", default=None, help="use this running cluster instead of starting one")
+    parser.add_argument("--brokers", type=int, default=3, help="brokers of the local cluster (default 3)")
+    parser.add_argument("--replication-factor", type=int, default=3, help="default 3")
+    parser.add_argument("--partitions", type=int, default=6, help="default 6")
+    parser.add_argument("--record-bytes", type=int, default=1024, help="value size (default 1024)")
+    parser.add_argument("--topic", default=None, help="topic name (default: a fresh bench-<time> topic)")
+    parser.add_argument("--keep-data", action="store_true", help="keep the local cluster's data dir")
+
+
+def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser)
+    parser.add_argument("--acks", choices=["all", "1", "0"], default="all", help="default all")
+    parser.add_argument("--duration-s", type=float, default=10.0, help="default 10")
+    parser.add_argument("--producers", type=int, default=1, help="producer processes (default 1)")
+    parser.add_argument("--warmup-s", type=float, default=1.0,
+                        help="latency samples of the first seconds are dropped (connections, metadata; default 1)")
+    parser.add_argument("--rate-mb-s", type=float, default=0.0, help="offered load cap, all producers (0: max)")
+    parser.add_argument("--half-load", action="store_true",
+                        help="then run again at half the measured throughput; its latency goes in 'half_load'")
+    parser.add_argument("--batch-bytes", type=int, default=None, help="producer batch_bytes (client default)")
+    parser.add_argument("--linger-ms", type=int, default=None, help="producer linger_ms (client default)")
+    parser.add_argument("--max-in-flight", type=int, default=None, help="producer max_in_flight (client default)")
+    parser.add_argument("--idempotent", action="store_true",
+                        help="compare, in this run, plain acks=all (enable_idempotence=False) with the idempotent "
+                             "producer (same max_in_flight, default 5); reports 'ratio' = idempotent / plain")
+    parser.add_argument("--transactional", action="store_true",
+                        help="compare, in this run, the idempotent producer with a transactional one committing "
+                             "every --commit-interval-ms; reports 'ratio' and commit latency percentiles")
+    parser.add_argument("--commit-interval-ms", type=int, default=100, help="transaction length (default 100)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --idempotent/--transactional: alternate the variants this many times (default 1)")
+
+
+def add_consume_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser)
+    parser.add_argument("--mb", type=float, default=200.0, help="megabytes to produce first, then consume (default 200)")
+
+
+@contextlib.contextmanager
+def _cluster(args: argparse.Namespace) -> Iterator[tuple[str, list[int]]]:
+    """(bootstrap, broker pids) of the cluster to measure (no pids for --bootstrap)."""
+    if args.bootstrap:
+        yield args.bootstrap, []
+        return
+    from semel.cluster.tooling.local_cluster import BrokerSpec, LocalCluster
+
+    ports = _free_ports(2 * args.brokers)
+    data_dir = Path(tempfile.mkdtemp(prefix="semel-bench-"))
+    specs = [
+        BrokerSpec(i + 1, "127.0.0.1", ports[i], ports[args.brokers + i], data_dir / f"broker-{i + 1}")
+        for i in range(args.brokers)
+    ]
+    cluster = LocalCluster(specs, data_dir)
+    _progress(f"starting {args.brokers} broker(s) in {data_dir} ...")
+    try:
+        cluster.start(timeout_s=90)
+        yield cluster.bootstrap, [b.pid for b in cluster.brokers.values() if b.pid is not None]
+    finally:
+        cluster.stop()
+        if args.keep_data:
+            _progress(f"data kept in {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _create_topic(bootstrap: str, args: argparse.Namespace) -> str:
+    from semel.client import Admin
+    from semel.client.errors import (
+        InvalidReplicationFactorError,
+        TopicAlreadyExistsError,
+    )
+
+    topic = args.topic or f"bench-{int(time.time() * 1000)}"
+    with Admin(bootstrap) as admin:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                admin.create_topic(topic, args.partitions, args.replication_factor, timeout_ms=30_000)
+                break
+            except TopicAlreadyExistsError:
+                break
+            except InvalidReplicationFactorError:
+                # A broker of a freshly started (or busy) cluster can be fenced for a moment.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while True:
+            view = admin.metadata([topic])
+            infos = view.topics.get(topic, [])
+            if infos and all(i.leader_id >= 0 for i in infos):
+                leaders: dict[int, int] = {}
+                for info in infos:
+                    leaders[info.leader_id] = leaders.get(info.leader_id, 0) + 1
+                _progress(f"partition leaders per broker: {dict(sorted(leaders.items()))}")
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} has partitions without a leader after 30 s")
+            time.sleep(0.1)
+    return topic
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
+    return sorted_values[index]
+
+
+# --- produce -------------------------------------------------------------------------
+def _producer_process(
+    bootstrap: str, topic: str, options: dict[str, Any], record_bytes: int, duration_s: float,
+    rate_bytes_s: float, counter: Any, results: Any, start_at: float, warmup_s: float,
+    commit_interval_ms: int = 0,
+) -> None:
+    from semel.client import Producer
+
+    value = os.urandom(record_bytes)
+    latencies: list[float] = []
+    commit_latencies: list[float] = []
+    errors = 0
+    sent = 0
+    transactional = bool(options.get("transactional_id"))
+    with Producer(bootstrap, **options) as producer:
+        producer.partitions_for(topic)
+        if transactional:
+            producer.init_transactions()
+
+        def sampled(t0: float) -> Any:
+            def done(future: Any) -> None:
+                nonlocal errors
+                if future.exception(0) is not None:
+                    errors += 1
+                else:
+                    latencies.append(time.perf_counter() - t0)
+            return done
+
+        while time.time() < start_at:
+            time.sleep(0.001)
+        begin = time.perf_counter()
+        cpu_begin = os.times()
+        end = begin + duration_s
+        sample_from = begin + warmup_s
+        send = producer.send
+        if transactional:
+            producer.begin_transaction()
+            txn_end = begin + commit_interval_ms / 1000
+        while True:
+            now = time.perf_counter()
+            if transactional and now >= txn_end:
+                producer.commit_transaction()
+                done_at = time.perf_counter()
+                commit_latencies.append(done_at - now)
+                if done_at >= end:
+                    break
+                producer.begin_transaction()
+                txn_end = done_at + commit_interval_ms / 1000
+                continue
+            if now >= end:
+                if transactional:
+                    producer.commit_transaction()
+                    commit_latencies.append(time.perf_counter() - now)
+                break
+            if rate_bytes_s > 0:
+                allowed = (now - begin) * rate_bytes_s / record_bytes
+                if sent >= allowed:
+                    time.sleep(min(0.001, (sent - allowed) * record_bytes / rate_bytes_s))
+                    continue
+            for _ in range(64):
+                future = send(topic, value)
+                sent += 1
+                if sent % LATENCY_SAMPLE_EVERY == 0:
+                    t0 = time.perf_counter()
+                    if t0 >= sample_from:
+                        future.add_done_callback(sampled(t0))
+            counter.value = sent
+        producer.flush()
+        elapsed = time.perf_counter() - begin
+        cpu_end = os.times()
+        metrics = producer.metrics()
+    counter.value = sent
+    cpu_s = (cpu_end.user - cpu_begin.user) + (cpu_end.system - cpu_begin.system)
+    results.put({"sent": sent, "elapsed_s": elapsed, "latencies": latencies, "errors": errors, "cpu_s": cpu_s,
+                 "metrics": metrics, "commit_latencies": commit_latencies})
+
+
+def run_produce(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {"acks": args.acks}
+    for name in ("batch_bytes", "linger_ms", "max_in_flight"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    if args.idempotent or args.transactional:
+        return _run_comparison(args, options)
+    with _cluster(args) as (bootstrap, broker_pids):
+        topic = _create_topic(bootstrap, args)
+        cap = args.rate_mb_s * MB if args.rate_mb_s > 0 else 0.0
+        result = _produce_phase(bootstrap, topic, args, options, cap, broker_pids)
+        result.pop("commit_latencies_s")
+        if args.half_load:
+            half = result["mb_per_s"] * MB / 2
+            _progress(f"half load: {half / MB:.1f} MB/s offered ...")
+            phase = _produce_phase(bootstrap, topic, args, options, half, broker_pids)
+            result["half_load"] = {
+                k: phase[k] for k in ("rate_mb_s_cap", "mb_per_s", "latency_ms_p50", "latency_ms_p99", "latency_ms_max", "cpu")
+            }
+    print(json.dumps(result))
+    return 0
+
+
+def _run_comparison(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    """Two producer variants on one cluster and topic, alternated `--rounds` times; the ratio of
+    their throughputs (second / first) is measured in this one run."""
+    if args.acks != "all":
+        raise SystemExit("semel bench produce: --idempotent/--transactional compare acks=all producers")
+    base = dict(options)
+    base.setdefault("max_in_flight", 5)
+    if args.transactional:
+        variants = [("idempotent", {**base, "enable_idempotence": True}, 0),
+                    ("transactional", {**base, "transactional_id": "bench-txn"}, args.commit_interval_ms)]
+    else:
+        variants = [("plain", {**base, "enable_idempotence": False}, 0),
+                    ("idempotent", {**base, "enable_idempotence": True}, 0)]
+    phases: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
+    with _cluster(args) as (bootstrap, broker_pids):
+        topic = _create_topic(bootstrap, args)
+        cap = args.rate_mb_s * MB if args.rate_mb_s > 0 else 0.0
+        for round_index in range(args.rounds):
+            order = variants if round_index % 2 == 0 else variants[::-1]
+            for name, opts, interval in order:
+                _progress(f"round {round_index + 1}/{args.rounds}: {name}")
+                phases[name].append(_produce_phase(bootstrap, topic, args, opts, cap, broker_pids, interval))
+    summary: dict[str, Any] = {"benchmark": "produce-" + ("transactional" if args.transactional else "idempotent"),
+                               "rounds": args.rounds, "max_in_flight": base["max_in_flight"],
+                               "record_bytes": args.record_bytes, "partitions": args.partitions,
+                               "replication_factor": args.replication_factor, "producers": args.producers}
+    for name, runs in phases.items():
+        records = sum(r["records"] for r in runs)
+        elapsed = sum(r["elapsed_s"] for r in runs)
+        summary[name] = {
+            "records_per_s": round(records / elapsed, 1),
+            "mb_per_s": round(records * args.record_bytes / MB / elapsed, 2),
+            "per_round_mb_per_s": [r["mb_per_s"] for r in runs],
+            "latency_ms_p50": [r["latency_ms_p50"] for r in runs],
+            "latency_ms_p99": [r["latency_ms_p99"] for r in runs],
+            "avg_batch_kib": [r["avg_batch_kib"] for r in runs],
+            "errors": sum(r["errors"] for r in runs),
+            "batch_retries": sum(r["batch_retries"] for r in runs),
+            "cpu": _cpu_summary([r["cpu"] for r in runs], records * args.record_bytes / MB),
+        }
+        commits = sorted(x for r in runs for x in r.get("commit_latencies_s", []))
+        if commits:
+            summary[name].update({
+                "commit_interval_ms": args.commit_interval_ms, "transactions": len(commits),
+                "commit_ms_p50": round(_percentile(commits, 0.50) * 1000, 2),
+                "commit_ms_p99": round(_percentile(commits, 0.99) * 1000, 2),
+                "commit_ms_max": round(commits[-1] * 1000, 2)})
+    first, second = (name for name, _, _ in variants)
+    summary["ratio"] = round(summary[second]["records_per_s"] / summary[first]["records_per_s"], 3)
+    print(json.dumps(summary))
+    return 0
+
+
+def _produce_phase(
+    bootstrap: str, topic: str, args: argparse.Namespace, options: dict[str, Any], rate_bytes_s: float,
+    broker_pids: list[int], commit_interval_ms: int = 0,
+) -> dict[str, Any]:
+    """One timed run of `args.producers` producer processes offering up to `rate_bytes_s` (0: max)."""
+    _progress(
+        f"producing to {topic} ({args.partitions} partitions, RF {args.replication_factor}, acks={args.acks}) "
+        f"with {args.producers} producer process(es) for {args.duration_s} s ..."
+    )
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    counters = [ctx.Value("q", 0, lock=False) for _ in range(args.producers)]
+    start_at = time.time() + 2.0  # all processes start together, after their imports
+    per_process_rate = rate_bytes_s / args.producers
+    procs = [
+        ctx.Process(
+            target=_producer_process,
+            args=(bootstrap, topic, _per_process(options, i), args.record_bytes, args.duration_s, per_process_rate,
+                  counters[i], results, start_at, args.warmup_s, commit_interval_ms),
+            daemon=True,
+        )
+        for i in range(args.producers)
+    ]
+    for proc in procs:
+        proc.start()
+    outcomes: list[dict[str, Any]] = []
+    while time.time() < start_at:
+        time.sleep(0.01)
+    cpu_before = _cpu_snapshot(broker_pids)
+    last_total, last_t = 0, time.time()
+    while len(outcomes) < len(procs):
+        try:
+            outcomes.append(results.get(timeout=1.0))
+        except Exception:
+            pass
+        now = time.time()
+        total = sum(c.value for c in counters)
+        if now >= start_at and now - last_t >= 1.0:
+            rate_now = (total - last_total) * args.record_bytes / MB / (now - last_t)
+            _progress(f"  sent {total:>10,} records  ({rate_now:7.1f} MB/s offered)")
+            last_total, last_t = total, now
+        if all(not p.is_alive() for p in procs) and results.empty() and len(outcomes) < len(procs):
+            raise RuntimeError("a producer process died; see its output above")
+    cpu_after = _cpu_snapshot(broker_pids)
+    for proc in procs:
+        proc.join(timeout=10)
+    sent = sum(o["sent"] for o in outcomes)
+    elapsed = max(o["elapsed_s"] for o in outcomes)
+    latencies = sorted(x for o in outcomes for x in o["latencies"])
+    return {
+        "benchmark": "produce",
+        "brokers": args.brokers if not args.bootstrap else None,
+        "partitions": args.partitions,
+        "replication_factor": args.replication_factor,
+        "acks": args.acks,
+        "producers": args.producers,
+        "record_bytes": args.record_bytes,
+        "rate_mb_s_cap": round(rate_bytes_s / MB, 2) if rate_bytes_s else None,
+        "max_in_flight": options.get("max_in_flight"),
+        "records": sent,
+        "errors": sum(o["errors"] for o in outcomes),
+        "elapsed_s": round(elapsed, 3),
+        "records_per_s": round(sent / elapsed, 1),
+        "mb_per_s": round(sent * args.record_bytes / MB / elapsed, 2),
+        "latency_ms_p50": round(_percentile(latencies, 0.50) * 1000, 2),
+        "latency_ms_p99": round(_percentile(latencies, 0.99) * 1000, 2),
+        "latency_ms_max": round(latencies[-1] * 1000, 2) if latencies else None,
+        "avg_batch_kib": round(
+            sum(o["metrics"]["bytes_sent"] for o in outcomes) / 1024
+            / max(1, sum(o["metrics"]["batches_sent"] for o in outcomes)),
+            1,
+        ),
+        "batch_retries": sum(o["metrics"]["batch_retries"] for o in outcomes),
+        "cpu": _cpu_report(cpu_before, cpu_after, [o["cpu_s"] for o in outcomes]),
+        "commit_latencies_s": [x for o in outcomes for x in o["commit_latencies"]],
+    }
+
+
+def _per_process(options: dict[str, Any], index: int) -> dict[str, Any]:
+    """Each producer process gets its own transactional id."""
+    if options.get("transactional_id"):
+        return {**options, "transactional_id": f"{options['transactional_id']}-{index}"}
+    return options
+
+
+# --- where the CPU went ----------------------------------------------------------------
+def _cpu_snapshot(pids: list[int]) -> dict[str, Any]:
+    """CPU seconds so far of each broker process, and of the whole machine (busy, total)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    per_pid = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            per_pid[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        except (OSError, IndexError, ValueError):
+            per_pid[pid] = float("nan")
+    try:
+        with open("/proc/stat") as f:
+            values = [int(x) for x in f.readline().split()[1:]]
+        total = sum(values[:8]) / tick
+        idle = (values[3] + values[4]) / tick
+    except (OSError, IndexError, ValueError):
+        total = idle = float("nan")
+    return {"pids": per_pid, "machine_total_s": total, "machine_idle_s": idle, "wall": time.monotonic()}
+
+
+def _cpu_report(before: dict[str, Any], after: dict[str, Any], producer_cpu_s: list[float]) -> dict[str, Any]:
+    wall = after["wall"] - before["wall"]
+    brokers = [round(after["pids"][pid] - before["pids"][pid], 2) for pid in before["pids"]]
+    busy = (after["machine_total_s"] - before["machine_total_s"]) - (after["machine_idle_s"] - before["machine_idle_s"])
+    ours = sum(brokers) + sum(producer_cpu_s)
+    return {
+        "wall_s": round(wall, 2),
+        "cores": os.cpu_count(),
+        "brokers_cpu_s": brokers,
+        "producers_cpu_s": [round(x, 2) for x in producer_cpu_s],
+        "machine_busy_s": round(busy, 2),
+        "other_processes_cpu_s": round(busy - ours, 2) if before["pids"] else None,
+    }
+
+
+def _cpu_summary(reports: list[dict[str, Any]], mb: float) -> dict[str, Any]:
+    """Several phases' CPU reports over their wall time: the machine's busy share (of all
+    cores), the cores the brokers and the producers used, and their CPU ms per MB produced."""
+    wall = sum(r["wall_s"] for r in reports) or float("nan")
+    brokers = sum(sum(r["brokers_cpu_s"]) for r in reports)
+    producers = sum(sum(r["producers_cpu_s"]) for r in reports)
+    return {
+        "cpu_ms_per_mb": round((brokers + producers) * 1000 / mb, 1) if mb else None,
+        "machine_busy_share": round(sum(r["machine_busy_s"] for r in reports) / wall / (os.cpu_count() or 1), 3),
+        "brokers_cores": round(brokers / wall, 2),
+        "producers_cores": round(producers / wall, 2),
+    }
+
+
+# --- the fixed cost of a transaction ------------------------------------------------------
+def add_txn_cost_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser)
+    parser.add_argument("--duration-s", type=float, default=10.0, help="default 10")
+    parser.add_argument("--records-per-partition", type=int, default=1,
+                        help="records each transaction writes to every partition (default 1)")
+
+
+def run_txn_cost(args: argparse.Namespace) -> int:
+    """Back-to-back transactions of a few records on every partition: what one transaction
+    costs beyond its records (the control requests and replicated control records), as
+    broker and producer CPU per transaction and commit latency."""
+    from semel.client import Producer
+
+    if args.records_per_partition < 1 or args.duration_s <= 0:
+        raise SystemExit("semel bench txn-cost: --records-per-partition >= 1 and --duration-s > 0")
+    value = os.urandom(args.record_bytes)
+    with _cluster(args) as (bootstrap, broker_pids):
+        topic = _create_topic(bootstrap, args)
+        with Producer(bootstrap, acks="all", transactional_id=f"bench-txn-cost-{os.getpid()}") as producer:
+            producer.partitions_for(topic)
+            producer.init_transactions()
+
+            def one_transaction() -> float:
+                producer.begin_transaction()
+                for partition in range(args.partitions):
+                    for _ in range(args.records_per_partition):
+                        producer.send(topic, value, partition=partition)
+                started = time.perf_counter()
+                producer.commit_transaction()
+                return time.perf_counter() - started
+
+            one_transaction()  # connections, coordinator, first verification
+            _progress(f"transactions of {args.records_per_partition} record(s) on each of {args.partitions} "
+                      f"partitions for {args.duration_s} s ...")
+            commits: list[float] = []
+            before = _cpu_snapshot(broker_pids)
+            cpu_begin = time.process_time()
+            begin = last = time.perf_counter()
+            while time.perf_counter() - begin < args.duration_s:
+                commits.append(one_transaction())
+                if time.perf_counter() - last >= 1.0:
+                    last = time.perf_counter()
+                    _progress(f"  {len(commits):>7,} transactions committed")
+            elapsed = time.perf_counter() - begin
+            producer_cpu_s = time.process_time() - cpu_begin
+            after = _cpu_snapshot(broker_pids)
+    cpu = _cpu_report(before, after, [producer_cpu_s])
+    count = len(commits)
+    commits.sort()
+    print(json.dumps({
+        "benchmark": "txn-cost", "partitions": args.partitions, "replication_factor": args.replication_factor,
+        "records_per_partition": args.records_per_partition, "record_bytes": args.record_bytes,
+        "transactions": count, "transactions_per_s": round(count / elapsed, 1),
+        "brokers_cpu_ms_per_txn": round(sum(cpu["brokers_cpu_s"]) * 1000 / count, 2) if broker_pids else None,
+        "producer_cpu_ms_per_txn": round(producer_cpu_s * 1000 / count, 2),
+        "commit_ms_p50": round(_percentile(commits, 0.50) * 1000, 2),
+        "commit_ms_p99": round(_percentile(commits, 0.99) * 1000, 2),
+        "cpu": cpu,
+    }))
+    return 0
+
+
+# --- consume -------------------------------------------------------------------------
+def run_consume(args: argparse.Namespace) -> int:
+    from semel.client import Consumer, Producer
+
+    with _cluster(args) as (bootstrap, _pids):
+        topic = _create_topic(bootstrap, args)
+        records = int(args.mb * MB / args.record_bytes)
+        _progress(f"producing {records:,} records of {args.record_bytes} bytes to {topic} ...")
+        value = os.urandom(args.record_bytes)
+        with Producer(bootstrap, linger_ms=5) as producer:
+            for _ in range(records):
+                producer.send(topic, value)
+            producer.flush()
+        _progress("consuming from the beginning ...")
+        with Consumer(bootstrap, auto_offset_reset="earliest") as consumer:
+            consumer.assign([(topic, p) for p in range(args.partitions)])
+            got = 0
+            nbytes = 0
+            begin = time.perf_counter()
+            last = begin
+            while got < records:
+                batch = consumer.poll(5000)
+                if not batch:
+                    raise RuntimeError(f"consumer stalled after {got} of {records} records")
+                got += len(batch)
+                nbytes += sum(len(r.value) for r in batch)
+                now = time.perf_counter()
+                if now - last >= 1.0:
+                    _progress(f"  consumed {got:>10,} records")
+                    last = now
+            elapsed = time.perf_counter() - begin
+    result = {
+        "benchmark": "consume",
+        "partitions": args.partitions,
+        "replication_factor": args.replication_factor,
+        "record_bytes": args.record_bytes,
+        "records": got,
+        "elapsed_s": round(elapsed, 3),
+        "records_per_s": round(got / elapsed, 1),
+        "mb_per_s": round(nbytes / MB / elapsed, 2),
+    }
+    print(json.dumps(result))
+    return 0
