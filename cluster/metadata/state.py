@@ -379,6 +379,23 @@ class MetadataStateMachine:
         self.last_applied = 0  # commands applied, including rejected ones
         self._recent: OrderedDict[str, Result] = OrderedDict()
 
+    # A snapshot (semel.cluster.metadata.records) is the image, `last_applied` and the dedup window.
+
+    def recent_results(self) -> tuple[tuple[str, Result], ...]:
+        """The remembered `(command_id, result)` pairs, oldest first."""
+        return tuple(self._recent.items())
+
+    @classmethod
+    def restored(
+        cls, image: MetadataImage, last_applied: int, recent: Iterable[tuple[str, Result]]
+    ) -> "MetadataStateMachine":
+        """The machine a snapshot describes (the inverse of the three reads above)."""
+        machine = cls()
+        machine.image = image
+        machine.last_applied = last_applied
+        machine._recent = OrderedDict(recent)
+        return machine
+
     def apply(self, command: Command) -> Result:
         self.last_applied += 1
         command_id = getattr(command, "command_id", "")
