@@ -3,10 +3,19 @@
 Theory of operation
 -------------------
 `MetadataQuorum` is a `SyncObj` whose one consumer (`_ReplicatedMetadata`) holds the pure
-`MetadataStateMachine`; its only replicated method, `apply(command)`, runs on pysyncobj's tick
-thread on every node in log order. pysyncobj snapshots the consumer (full dump) and keeps a
-journal; on restart the dump is loaded and the journal tail re-applied, which is safe because
-`apply` is deterministic and has no side effects.
+`MetadataStateMachine`; its only replicated method, `apply(encoded_command)`, runs on
+pysyncobj's tick thread on every node in log order. pysyncobj keeps a journal and snapshots the
+state (full dump); on restart the dump is loaded and the journal tail re-applied, which is safe
+because `apply` is deterministic and has no side effects.
+
+Records (`semel.cluster.metadata.records`, schema `metadata_records.proto`): a command crosses
+into pysyncobj as versioned protobuf bytes (encoded in `submit`, decoded in `apply` back into the
+state machine's dataclass), and the full dump is a protobuf `MetadataSnapshot` written through
+pysyncobj's `serializer`/`deserializer` hooks, so no Python class name is ever persisted. A record
+this build cannot read stops the replica loudly (the constructor raises `MetadataRecordError`
+for files on disk; an entry that arrives later fails `apply`, which pysyncobj retries each tick)
+rather than being skipped. Files of older builds (pickled dataclasses) are converted when the
+node opens its data dir (`legacy_pickle`: journal entries rewritten once, an old dump read).
 
 Everything else here runs outside the replicated state:
   * `submit()` (asyncio) hands a command to pysyncobj with `callback=`; the callback fires on
@@ -39,6 +48,8 @@ from typing import Callable
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.node import TCPNode
 from semel import limits
+from semel.cluster.metadata import legacy_pickle, records
+from semel.cluster.metadata.records import MetadataRecordError, RaftEntry, Snapshot
 from semel.cluster.metadata.state import (
     Command,
     MetadataDelta,
@@ -102,14 +113,21 @@ class MetadataSubmitError(Exception):
 
 
 class _ReplicatedMetadata(SyncObjConsumer):
-    """The replicated part: only `machine` is serialized into snapshots."""
+    """The replicated part: `machine` is what a snapshot holds (written by the quorum's
+    serializer hooks, not by pysyncobj's pickling of this object)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.machine = MetadataStateMachine()
 
+    # The one replicated method: pysyncobj numbers them in name order and writes the number into
+    # every journal entry, so adding another would renumber this one.
     @replicated
-    def apply(self, command: Command) -> Result:
+    def apply(self, encoded_command: bytes) -> Result:
+        # A record this build cannot read raises here, on purpose: the entry stays unapplied and
+        # pysyncobj retries (and logs) it every tick. Skipping it would let this replica diverge
+        # from the ones that applied it.
+        command = records.decode_command(encoded_command)
         try:
             return self.machine.apply(command)
         except Exception:
@@ -140,7 +158,8 @@ class MetadataQuorum(SyncObj):
     """One node of the metadata Raft group (voter or observer), started in-process."""
 
     def __init__(self, config: QuorumConfig) -> None:
-        # Attributes set before SyncObj.__init__ are excluded from snapshots (locks live here).
+        # Attributes set before SyncObj.__init__ are excluded from pysyncobj's own state (with
+        # the serializer hooks below it pickles none of them anyway).
         self._config = config
         self._consumer = _ReplicatedMetadata()
         self._submits_in_flight = 0  # handed to pysyncobj, not answered yet (asyncio side only)
@@ -152,6 +171,14 @@ class MetadataQuorum(SyncObj):
         self._voters_by_raft = {v.raft_address: v for v in config.voters}
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
+        journal_file, dump_file = data_paths(data_dir)
+        # Fail here, not on the tick thread (where pysyncobj would log a failed dump load and go
+        # on with an empty state): every record on disk must be readable before we start.
+        migrated = legacy_pickle.migrate_journal(journal_file)
+        if migrated:
+            log.warning("metadata journal %s: %d pickled entries rewritten as protobuf records", journal_file, migrated)
+        if Path(dump_file).exists():
+            read_snapshot_file(dump_file)
         conf = SyncObjConf(
             appendEntriesUseBatch=False,
             raftMinTimeout=config.raft_min_timeout_s,
@@ -161,8 +188,10 @@ class MetadataQuorum(SyncObj):
             leaderFallbackTimeout=config.leader_fallback_timeout_s,
             appendEntriesPeriod=config.append_entries_period_s,
             autoTickPeriod=config.tick_period_s,
-            journalFile=str(data_dir / "metadata.journal"),
-            fullDumpFile=str(data_dir / "metadata.dump"),
+            journalFile=journal_file,
+            fullDumpFile=dump_file,
+            serializer=self._write_snapshot,
+            deserializer=self._read_snapshot,
             useFork=False,
             commandsWaitLeader=False,
             dynamicMembershipChange=False,
@@ -224,6 +253,37 @@ class MetadataQuorum(SyncObj):
     def config(self) -> QuorumConfig:
         return self._config
 
+    # -- snapshots (pysyncobj's serializer hooks; tick thread) --
+
+    def _write_snapshot(self, file_name: str, data: tuple) -> None:
+        """pysyncobj compacts its log: `data` is (last applied entry, the one before, node set),
+        and the state machine is exactly at that last entry (the tick thread applies entries)."""
+        last, previous, cluster = data
+        snapshot = Snapshot(
+            machine=self._consumer.machine,
+            last_entry=RaftEntry(*last),
+            previous_entry=RaftEntry(*previous),
+            cluster_addresses=tuple(sorted(node.address for node in cluster if node is not None)),
+        )
+        try:
+            Path(file_name).write_bytes(records.encode_snapshot(snapshot))
+        except Exception:
+            log.exception("metadata snapshot not written (pysyncobj keeps the log and retries later)")
+            raise
+
+    def _read_snapshot(self, file_name: str) -> tuple:
+        """pysyncobj loads a full dump (at start, or one sent by the leader): restore the
+        machine and hand back pysyncobj's part."""
+        try:
+            snapshot = read_snapshot_file(file_name)
+        except MetadataRecordError:
+            log.critical("metadata snapshot %s unreadable: this replica stops here", file_name, exc_info=True)
+            raise
+        self._consumer.machine = snapshot.machine
+        last, previous = snapshot.last_entry, snapshot.previous_entry
+        return (last.command, last.index, last.term), (previous.command, previous.index, previous.term), \
+            set(snapshot.cluster_addresses)
+
     # -- listeners --
 
     def add_listener(self, callback: DeltaListener, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -276,6 +336,7 @@ class MetadataQuorum(SyncObj):
             raise MetadataSubmitError(pb.METADATA_QUORUM_UNAVAILABLE, False, "quorum node closed")
         if not command.command_id:
             command = replace(command, command_id=uuid.uuid4().hex)
+        encoded = records.encode_command(command)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._config.submit_timeout_s if timeout_s is None else timeout_s)
         maybe_appended = False
@@ -303,7 +364,7 @@ class MetadataQuorum(SyncObj):
             def on_done(result: object, error: int, future: asyncio.Future = future) -> None:
                 _post(loop, _resolve, future, (result, error))
 
-            self._consumer.apply(command, callback=on_done)
+            self._consumer.apply(encoded, callback=on_done)
             self._submits_in_flight += 1
             try:
                 result, reason = await asyncio.wait_for(asyncio.shield(future), remaining)
@@ -389,8 +450,17 @@ def data_paths(data_dir: str | Path) -> tuple[str, str]:
     return str(base / "metadata.journal"), str(base / "metadata.dump")
 
 
+def read_snapshot_file(file_name: str | Path) -> Snapshot:
+    """A full dump in either form: a protobuf snapshot, or an older build's gzip pickle."""
+    data = Path(file_name).read_bytes()
+    if legacy_pickle.is_legacy_dump(data):
+        return legacy_pickle.load_legacy_dump(data)
+    return records.decode_snapshot(data)
+
+
 __all__ = [
     "MetadataQuorum",
+    "MetadataRecordError",
     "MetadataSubmitError",
     "QuorumConfig",
     "VoterSpec",
