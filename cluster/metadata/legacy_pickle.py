@@ -232,7 +232,9 @@ def load_legacy_dump(data: bytes) -> Snapshot:
         raise MetadataRecordError("pickled metadata dump is not pysyncobj's (data, entry, entry, nodes)")
     consumer = dump[0][1]
     if not (isinstance(consumer, dict) and set(consumer) == {"machine"}):
-        raise MetadataRecordError(f"pickled metadata dump's consumer state is not {{'machine': ...}}: {consumer!r:.200}")
+        raise MetadataRecordError(
+            f"pickled metadata dump's consumer state is not {{'machine': ...}}: {consumer!r:.200}"
+        )
     machine = _revive(consumer["machine"])
 
     def entry(e: Any) -> RaftEntry:
