@@ -372,7 +372,8 @@ def check_invariants(image: MetadataImage) -> None:
 
 
 class MetadataStateMachine:
-    """Applies commands to the current `image`. Holds only plain, picklable data."""
+    """Applies commands to the current `image`. Holds only plain data: a snapshot is the image,
+    `last_applied` and the dedup window (`semel.cluster.metadata.records` encodes them)."""
 
     def __init__(self) -> None:
         self.image = MetadataImage()
