@@ -18,7 +18,7 @@ import pysyncobj.pickle as pysyncobj_pickle
 import pytest
 from pysyncobj.journal import FileJournal
 from semel.cluster.metadata import legacy_pickle, records
-from semel.cluster.metadata.quorum import MetadataQuorum, QuorumConfig, VoterSpec
+from semel.cluster.metadata.quorum import MetadataQuorum, MetadataSubmitError, QuorumConfig, VoterSpec
 from semel.cluster.metadata.records import MetadataRecordError
 from semel.cluster.metadata.state import (
     AllocateProducerIds,
@@ -317,3 +317,23 @@ def test_unreadable_records_on_disk_fail_the_constructor(tmp_path: Path) -> None
     journal._destroy()
     with pytest.raises(MetadataRecordError, match="does not parse"):
         single_voter(bad_entry)
+
+
+def test_an_unreadable_entry_stops_the_replica_instead_of_being_skipped(tmp_path: Path) -> None:
+    node = single_voter(tmp_path / "node")
+
+    async def scenario() -> None:
+        await until(node.is_leader)
+        assert (await node.submit(RegisterBroker(1, "i1", "h", 9001))).ok
+        applied = node.last_applied()
+        newer = mpb.MetadataCommand(format_version=2, barrier=mpb.Barrier()).SerializeToString()
+        node._consumer.apply(newer, callback=lambda result, error: None)  # as if from a newer leader
+        with pytest.raises(MetadataSubmitError) as info:
+            await node.submit(RegisterBroker(2, "i2", "h", 9002), timeout_s=0.5)
+        assert info.value.outcome_unknown  # appended after the bad entry, never applied
+        assert node.last_applied() == applied and node.image().broker(2) is None
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        node.close(wait=True)
