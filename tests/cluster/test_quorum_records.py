@@ -164,6 +164,17 @@ def test_unknown_version_garbage_and_unknown_commands_are_errors_not_guesses() -
         records.decode_snapshot(mpb.MetadataSnapshot(format_version=7).SerializeToString())
 
 
+def test_the_journal_envelope_assumptions_hold_for_this_pysyncobj() -> None:
+    from pysyncobj.syncobj import _COMMAND_TYPE
+    from semel.cluster.metadata.quorum import _ReplicatedMetadata as consumer
+
+    assert legacy_pickle.REGULAR_ENTRY == _COMMAND_TYPE.REGULAR
+    # pysyncobj persists a method number assigned in name order: one replicated method keeps it 0.
+    replicated = [m for m in dir(consumer) if getattr(getattr(consumer, m), "replicated", False)
+                  and m != getattr(getattr(consumer, m), "origName")]
+    assert replicated == ["apply_v0"]
+
+
 # --- older builds' pickles ----------------------------------------------------------------
 
 
