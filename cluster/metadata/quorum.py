@@ -277,7 +277,10 @@ class MetadataQuorum(SyncObj):
         try:
             snapshot = read_snapshot_file(file_name)
         except MetadataRecordError:
-            log.critical("metadata snapshot %s unreadable: this replica stops here", file_name, exc_info=True)
+            # At start the constructor has already refused such a file; here it came from the
+            # leader. pysyncobj only logs a failed load, and the leader sends it again: this
+            # replica cannot catch up (nor apply anything wrong) until a build that reads it runs.
+            log.critical("metadata snapshot %s unreadable: this replica cannot catch up", file_name, exc_info=True)
             raise
         self._consumer.machine = snapshot.machine
         last, previous = snapshot.last_entry, snapshot.previous_entry
