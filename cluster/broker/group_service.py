@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from semel import internal_topics, limits
-from semel.cluster.broker.replica_manager import Partition, PartitionError, Role
+from semel.cluster.broker import write_path
+from semel.cluster.broker.replica_manager import AppendResult, Partition, Role
 from semel.coordinator import group_wire as gw
 from semel.coordinator.group_log import (
     CoordinatorShard,
@@ -286,26 +287,19 @@ class GroupCoordinator:
         now = now_ms()
         if self.loaded.get(p.partition) is not loaded or not self._still_leader(p, loaded.leader_epoch):
             return loaded.runtime.on_append_failed(append.token, pb.NOT_COORDINATOR, now)
-        if len(p.isr) < p.min_insync_replicas:
-            return loaded.runtime.on_append_failed(append.token, pb.NOT_ENOUGH_REPLICAS, now)
-        verification = self.txn_checks.pop((append.producer_id, append.producer_epoch), None)
-        if verification is not None:
-            check, produce_data = verification
-            try:
+
+        def write() -> AppendResult:
+            verification = self.txn_checks.pop((append.producer_id, append.producer_epoch), None)
+            if verification is not None:
+                check, produce_data = verification
                 check(produce_data)  # no await between this and the append (a marker could intervene)
-            except PartitionError as exc:
-                return loaded.runtime.on_append_failed(append.token, exc.code, now)
-        sequence = _next_sequence(p, append.producer_id, append.producer_epoch) if append.producer_id >= 0 else -1
-        encoded = build_batch(append.records, now, append.producer_id, append.producer_epoch, sequence)
-        header = decode_header(encoded, 0, verify_crc=False)
-        try:
-            result = p.append_as_leader(header, encoded[HEADER_BYTES:], now)
-        except PartitionError as exc:
-            return loaded.runtime.on_append_failed(append.token, exc.code, now)
-        except (OSError, ValueError) as exc:
-            log.exception("%s-%d: append failed", OFFSETS, p.partition)
-            del exc
-            return loaded.runtime.on_append_failed(append.token, pb.STORAGE_ERROR, now)
+            sequence = _next_sequence(p, append.producer_id, append.producer_epoch) if append.producer_id >= 0 else -1
+            encoded = build_batch(append.records, now, append.producer_id, append.producer_epoch, sequence)
+            header = decode_header(encoded, 0, verify_crc=False)
+            return p.append_as_leader(header, encoded[HEADER_BYTES:], now)
+
+        # min ISR checked first, so a refused write wrote nothing; the tail sees the commit
+        result = write_path.append_unwaited(p, write, write_path.GROUP_LOG)
         if result.error_code != pb.NONE or result.duplicate:
             return loaded.runtime.on_append_failed(append.token, result.error_code or pb.REQUEST_TIMED_OUT, now)
         loaded.runtime.on_appended(append.token, result.base_offset)

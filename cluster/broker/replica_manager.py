@@ -415,32 +415,6 @@ class ReplicaManager:
             except Exception:
                 log.exception("role listener failed for %s-%d", p.topic, p.partition)
 
-    async def append_and_wait(self, topic: str, partition: int, header: BatchHeader, payload: bytes, *,
-                              image: md.MetadataImage, acks_all: bool = True, timeout_ms: int = 30_000
-                              ) -> AppendResult:
-        """Append one batch as leader (the caller built a valid header) and, with `acks_all`, wait
-        until the HW passes it: the Produce path without gRPC, for coordinators on this broker.
-        REQUEST_TIMED_OUT and NOT_LEADER_OR_FOLLOWER after the append mean *outcome unknown*."""
-        try:
-            p = self.leader_partition(topic, partition, image)
-            if acks_all and len(p.isr) < p.min_insync_replicas:
-                return AppendResult(pb.NOT_ENOUGH_REPLICAS, f"ISR {list(p.isr)} below min_insync_replicas="
-                                    f"{p.min_insync_replicas}; nothing was written")
-            result = p.append_as_leader(header, payload, now_ms())
-            if result.error_code != pb.NONE or not acks_all:
-                return result
-            fut = p.wait_for_hw(result.last_offset + 1)
-            try:
-                await asyncio.wait_for(asyncio.shield(fut), timeout_ms / 1000)
-            except asyncio.TimeoutError:
-                p.pending.remove(fut)
-                return dataclasses.replace(result, error_code=pb.REQUEST_TIMED_OUT,
-                                           message=f"not replicated within {timeout_ms} ms; outcome unknown")
-            code, message = p.ack_outcome()
-            return result if code == pb.NONE else dataclasses.replace(result, error_code=code, message=message)
-        except PartitionError as exc:
-            return AppendResult(exc.code, exc.message)
-
     # --- role changes ---------------------------------------------------------------------
     def _apply_state(self, p: Partition, topic: md.Topic, ps: md.PartitionState, now: int) -> None:
         before = (p.role, p.leader_epoch)

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING
 
 import grpc
 from semel import limits
+from semel.cluster.broker import write_path
 from semel.cluster.broker.produce_validation import header_from_fields, validate_batch
 from semel.cluster.broker.replica_manager import (
-    Partition,
     PartitionError,
     describe_partition,
     now_ms,
 )
-from semel.cluster.broker.replica_state import invariant
 from semel.cluster.broker.storage_adapter import iter_batches
 from semel.cluster.metadata import state as md
 from semel.cluster.metadata.quorum import MetadataSubmitError
@@ -120,7 +119,7 @@ class BrokerService(bgrpc.BrokerServicer):
         now = now_ms()
         seen: set[tuple[str, int]] = set()
         results: list[bpb.PartitionProduceResult] = []
-        waits: list[tuple[bpb.PartitionProduceResult, Partition, asyncio.Future[None]]] = []
+        waits: list[tuple[bpb.PartitionProduceResult, write_path.PendingAck]] = []
         for pd in request.partitions:
             r = bpb.PartitionProduceResult(topic=pd.topic, partition=pd.partition, base_offset=-1, last_offset=-1,
                                            log_append_time_ms=-1, log_start_offset=-1)
@@ -133,26 +132,25 @@ class BrokerService(bgrpc.BrokerServicer):
             try:
                 if check is not None:
                     check(pd)  # no await between this and the append
-                fut = self._produce_one(pd, request.acks, image, now, r)
+                ack = self._produce_one(pd, request.acks, image, now, r)
             except PartitionError as exc:
                 _set_error(r, exc.code, exc.message)
                 continue
-            except (ValueError, OSError) as exc:
-                log.exception("append to %s-%d failed", pd.topic, pd.partition)
+            except (ValueError, OSError) as exc:  # the append's own are answered by the write path
+                log.exception("produce to %s-%d failed", pd.topic, pd.partition)
                 _set_error(r, pb.STORAGE_ERROR, f"append failed on broker {self.b.config.broker_id}: {exc}")
                 continue
-            if fut is not None:
-                p = self.b.rm.get(pd.topic, pd.partition)
-                invariant(p is not None, "a partition that just appended is hosted")
-                waits.append((r, p, fut))  # type: ignore[arg-type]
+            if ack is not None:
+                waits.append((r, ack))
         if waits:
-            await asyncio.wait([f for _, _, f in waits], timeout=timeout_ms / 1000)
-            for r, p, fut in waits:
-                self._finish_ack(r, p, fut, timeout_ms)
+            outcomes = await write_path.wait_all([ack for _, ack in waits], timeout_ms)
+            for (r, _), outcome in zip(waits, outcomes):
+                if outcome.error_code != pb.NONE:
+                    _set_error(r, outcome.error_code, outcome.message)
         return bpb.ProduceResponse(results=results)
 
     def _produce_one(self, pd: bpb.PartitionProduceData, acks: int, image: md.MetadataImage, now: int,
-                     r: bpb.PartitionProduceResult) -> asyncio.Future[None] | None:
+                     r: bpb.PartitionProduceResult) -> write_path.PendingAck | None:
         p = self.b.rm.leader_partition(pd.topic, pd.partition, image)
         if not pd.HasField("batch"):
             raise PartitionError(pb.INVALID_REQUEST, "missing batch")
@@ -165,40 +163,15 @@ class BrokerService(bgrpc.BrokerServicer):
                                    max_future_timestamp_ms=limits.MAX_FUTURE_TIMESTAMP_MS)
         if rejection is not None:
             raise PartitionError(rejection.error_code, rejection.message)
-        if acks == bpb.ACKS_ALL:
-            if len(p.isr) < p.min_insync_replicas:
-                raise PartitionError(pb.NOT_ENOUGH_REPLICAS,
-                                     f"ISR {list(p.isr)} has {len(p.isr)} < min_insync_replicas={p.min_insync_replicas}; "
-                                     "nothing was written")
-            if p.pending.full():
-                raise PartitionError(pb.RESOURCE_EXHAUSTED, "too many acks=all produces waiting on this partition")
-        ar = p.append_as_leader(header, b.records, now)
+        policy = write_path.PRODUCE_ACKS_ALL if acks == bpb.ACKS_ALL else write_path.PRODUCE_ACKS_LEADER
+        out = write_path.start_append(p, lambda: p.append_as_leader(header, b.records, now), policy)
+        ar = out.result if isinstance(out, write_path.PendingAck) else out
         if ar.error_code != pb.NONE:
             raise PartitionError(ar.error_code, ar.message)
         r.base_offset, r.last_offset = ar.base_offset, ar.last_offset
         r.log_append_time_ms, r.duplicate = ar.log_append_time_ms, ar.duplicate
         r.log_start_offset = p.log_start_offset
-        if acks == bpb.ACKS_ALL:
-            return p.wait_for_hw(ar.last_offset + 1)
-        return None
-
-    @staticmethod
-    def _finish_ack(r: bpb.PartitionProduceResult, p: Partition, fut: asyncio.Future[None], timeout_ms: int) -> None:
-        if not fut.done():
-            fut.cancel()
-            p.pending.remove(fut)
-            _set_error(r, pb.REQUEST_TIMED_OUT,
-                       f"not replicated to the ISR within {timeout_ms} ms; outcome unknown (may still commit)")
-            return
-        exc = fut.exception()
-        if isinstance(exc, PartitionError):
-            _set_error(r, exc.code, exc.message)
-        elif exc is not None:
-            _set_error(r, pb.UNKNOWN_SERVER_ERROR, f"{exc!r}; outcome unknown")
-        else:
-            code, message = p.ack_outcome()
-            if code != pb.NONE:
-                _set_error(r, code, message)
+        return out if isinstance(out, write_path.PendingAck) else None
 
     # --- Fetch -------------------------------------------------------------------------
     async def Fetch(self, request: bpb.FetchRequest, context: grpc.aio.ServicerContext) -> bpb.FetchResponse:

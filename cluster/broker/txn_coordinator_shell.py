@@ -40,7 +40,14 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from semel import internal_topics, limits
-from semel.cluster.broker.replica_manager import Partition, PartitionError, Role, now_ms
+from semel.cluster.broker import write_path
+from semel.cluster.broker.replica_manager import (
+    AppendResult,
+    Partition,
+    PartitionError,
+    Role,
+    now_ms,
+)
 from semel.cluster.metadata import state as md
 from semel.coordinator import txn_wire
 from semel.coordinator.txn_coordinator import (
@@ -273,34 +280,23 @@ class TxnCoordinatorShell:
         if p is None or p.role != Role.LEADER or p.leader_epoch != action.coordinator_epoch:
             self._perform(core.write_failed(action.write_id, pb.NOT_LEADER_OR_FOLLOWER, now_ms()))
             return
-        if len(p.isr) < p.min_insync_replicas:
-            self._perform(core.write_failed(action.write_id, pb.NOT_ENOUGH_REPLICAS, now_ms()))
+
+        def write() -> AppendResult:
+            header = decode_header(action.batch)
+            return p.append_as_leader(header, action.batch[HEADER_BYTES:], now_ms())
+
+        out = write_path.start_append(p, write, write_path.TXN_STATE)
+        if isinstance(out, AppendResult):  # refused before or by the append: nothing was written
+            if out.error_code != pb.NOT_ENOUGH_REPLICAS:
+                log.warning("txn state append to partition %d failed: %s", action.partition, out.message)
+            self._perform(core.write_failed(action.write_id, out.error_code, now_ms()))
             return
-        header = decode_header(action.batch)
-        try:
-            result = p.append_as_leader(header, action.batch[HEADER_BYTES:], now_ms())
-        except (PartitionError, OSError, ValueError) as exc:
-            log.warning("txn state append to partition %d failed: %s", action.partition, exc)
-            self._perform(core.write_failed(action.write_id, getattr(exc, "code", pb.STORAGE_ERROR), now_ms()))
-            return
+        result = await out.wait(STATE_WRITE_TIMEOUT_MS, forget_on_timeout=False)
+        if result.error_code == pb.REQUEST_TIMED_OUT:
+            self._perform(core.write_timed_out(action.write_id))
+            # keep waiting: committed later, or leadership loss unloads the partition
+            result = await out.wait(None)
         if result.error_code != pb.NONE:
-            self._perform(core.write_failed(action.write_id, result.error_code, now_ms()))
-            return
-        try:
-            fut = p.wait_for_hw(result.last_offset + 1)
-        except PartitionError as exc:  # too many waiters: appended, outcome unknown
-            self._perform(core.write_timed_out(action.write_id))
-            log.warning("txn state write %d: %s", action.write_id, exc.message)
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), STATE_WRITE_TIMEOUT_MS / 1000)
-        except asyncio.TimeoutError:
-            self._perform(core.write_timed_out(action.write_id))
-            try:
-                await fut  # keep waiting: committed later, or leadership loss unloads the partition
-            except PartitionError:
-                return
-        except PartitionError:
             return  # leadership lost: outcome unknown; the role listener unloads the partition
         if p.leader_epoch != action.coordinator_epoch:
             return

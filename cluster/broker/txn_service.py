@@ -10,7 +10,7 @@ partitions this broker leads), the partition leaders' producer state and `txn_wi
 * InitProducerId without a transactional id answers from this broker's producer-id block;
 * partition-leader calls (DescribeProducers, AbortTransaction, WriteTxnMarkers) act on the
   led replica: markers are appended with `Partition.append_marker` (epoch rules in the
-  producer state) and answered once the HW passed them (acks=all);
+  producer state) through `write_path` and answered once the HW passed them (acks=all);
 * produce: before the *first* transactional write of a producer to a partition (no open
   transaction of it there) the leader asks the coordinator (VerifyTransaction) that the
   partition is in the producer's current transaction; a guard of the partition's
@@ -30,8 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from semel import internal_topics, limits
+from semel.cluster.broker import write_path
 from semel.cluster.broker.coordinator_lookup import find_coordinator
-from semel.cluster.broker.replica_manager import Partition, PartitionError, Role, now_ms
+from semel.cluster.broker.replica_manager import (
+    AppendResult,
+    Partition,
+    PartitionError,
+    Role,
+    now_ms,
+)
 from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
 from semel.cluster.metadata import state as md
 from semel.coordinator import txn_wire
@@ -167,39 +174,20 @@ async def write_marker_and_wait(shell: TxnCoordinatorShell, p: Partition, produc
                                 commit: bool, coordinator_epoch: int,
                                 timeout_ms: int = MARKER_ACK_TIMEOUT_MS) -> tuple[int, str]:
     """Append one marker as leader (acks=all) and wait until the HW passes it."""
-    fut = append_marker(shell, p, producer_id, producer_epoch, commit, coordinator_epoch)
-    if isinstance(fut, tuple):
-        return fut
-    return await await_marker(p, fut, timeout_ms)
+    out = append_marker(shell, p, producer_id, producer_epoch, commit, coordinator_epoch)
+    result = out if isinstance(out, AppendResult) else await out.wait(timeout_ms)
+    return result.error_code, result.message
 
 
 def append_marker(shell: TxnCoordinatorShell, p: Partition, producer_id: int, producer_epoch: int, commit: bool,
-                  coordinator_epoch: int) -> asyncio.Future[None] | tuple[int, str]:
-    if len(p.isr) < p.min_insync_replicas:
-        return pb.NOT_ENOUGH_REPLICAS, f"ISR {list(p.isr)} below min_insync_replicas={p.min_insync_replicas}"
-    if p.pending.full():
-        return pb.RESOURCE_EXHAUSTED, "too many acks=all writes waiting on this partition"
-    try:
-        result = p.append_marker(producer_id, producer_epoch, commit, coordinator_epoch, now_ms())
-    except PartitionError as exc:
-        return exc.code, exc.message
-    except (OSError, ValueError) as exc:
-        return pb.STORAGE_ERROR, f"marker append failed: {exc}"
-    if result.error_code != pb.NONE:
-        return result.error_code, result.message
-    shell.verification_cache(p.topic, p.partition).on_marker(producer_id)
-    return p.wait_for_hw(result.last_offset + 1)
-
-
-async def await_marker(p: Partition, fut: asyncio.Future[None], timeout_ms: int) -> tuple[int, str]:
-    try:
-        await asyncio.wait_for(asyncio.shield(fut), timeout_ms / 1000)
-    except asyncio.TimeoutError:
-        p.pending.remove(fut)
-        return pb.REQUEST_TIMED_OUT, f"marker not replicated within {timeout_ms} ms"
-    except PartitionError as exc:
-        return exc.code, exc.message
-    return pb.NONE, ""
+                  coordinator_epoch: int) -> AppendResult | write_path.PendingAck:
+    """The marker through the one write path; a refusal is an `AppendResult` (nothing written)."""
+    out = write_path.start_append(
+        p, lambda: p.append_marker(producer_id, producer_epoch, commit, coordinator_epoch, now_ms()),
+        write_path.TXN_MARKER)
+    if isinstance(out, write_path.PendingAck):
+        shell.verification_cache(p.topic, p.partition).on_marker(producer_id)  # same loop step as the append
+    return out
 
 
 class TxnMarkersService(tgrpc.TxnMarkersServicer):
@@ -210,7 +198,7 @@ class TxnMarkersService(tgrpc.TxnMarkersServicer):
     async def WriteTxnMarkers(self, request: tpb.WriteTxnMarkersRequest, context: Any) -> tpb.WriteTxnMarkersResponse:
         image = self.b.quorum.image()
         resp = tpb.WriteTxnMarkersResponse()
-        waits: list[tuple[tpb.TxnMarkerPartitionResult, Partition, asyncio.Future[None]]] = []
+        waits: list[tuple[tpb.TxnMarkerPartitionResult, write_path.PendingAck]] = []
         budget = limits.MAX_MARKERS_PER_REQUEST
         for marker in request.markers:
             # add() (not append(), which copies): results are filled in after the appends and waits
@@ -228,16 +216,16 @@ class TxnMarkersService(tgrpc.TxnMarkersServicer):
                     continue
                 out = append_marker(self.shell, p, marker.producer_id, marker.producer_epoch,
                                     marker.type == pb.COMMIT, marker.coordinator_epoch)
-                if isinstance(out, tuple):
-                    r.error_code = out[0]
-                    if out[0] not in (pb.NONE, pb.NOT_LEADER_OR_FOLLOWER):
+                if isinstance(out, AppendResult):
+                    r.error_code = out.error_code
+                    if out.error_code not in (pb.NONE, pb.NOT_LEADER_OR_FOLLOWER):
                         log.info("marker %s for producer %d epoch %d in %s-%d: %s", pb.ControlType.Name(marker.type),
-                                 marker.producer_id, marker.producer_epoch, tp.topic, tp.partition, out[1])
+                                 marker.producer_id, marker.producer_epoch, tp.topic, tp.partition, out.message)
                 else:
-                    waits.append((r, p, out))
-        results = await asyncio.gather(*(await_marker(p, fut, MARKER_ACK_TIMEOUT_MS) for _, p, fut in waits))
-        for (r, _, _), (code, _) in zip(waits, results):
-            r.error_code = code
+                    waits.append((r, out))
+        results = await write_path.wait_all([ack for _, ack in waits], MARKER_ACK_TIMEOUT_MS)
+        for (r, _), result in zip(waits, results):
+            r.error_code = result.error_code
         return resp
 
     async def VerifyTransaction(self, request: tpb.VerifyTransactionRequest,
