@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from bisect import bisect_right
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,8 @@ from semel.cluster.broker.replica_manager import (
 from semel.cluster.broker.storage_adapter import iter_batches
 from semel.cluster.metadata import state as md
 from semel.cluster.metadata.quorum import MetadataSubmitError
-from semel.storage.batch import HEADER_BYTES, BatchHeader
+from semel.storage import isolation as isolation_rules
+from semel.storage.batch import HEADER_BYTES
 from semel.v1 import admin_pb2 as apb
 from semel.v1 import admin_pb2_grpc as agrpc
 from semel.v1 import broker_pb2 as bpb
@@ -234,7 +234,8 @@ class BrokerService(bgrpc.BrokerServicer):
         if fp.fetch_offset < p.log_start_offset or fp.fetch_offset > p.log_end_offset:
             raise PartitionError(pb.OFFSET_OUT_OF_RANGE, f"fetch offset {fp.fetch_offset} outside "
                                  f"[log start {p.log_start_offset}, log end {p.log_end_offset}] (high watermark {hw})")
-        bound = lso if isolation == bpb.READ_COMMITTED else hw
+        read_committed = isolation == bpb.READ_COMMITTED
+        bound = isolation_rules.read_bound(read_committed, hw, lso)
         part_max = fp.max_bytes if fp.max_bytes > 0 else limits.MAX_FETCH_BYTES
         part_max = min(part_max, budget)
         if fp.fetch_offset >= bound or (part_max <= 0 and not first):
@@ -242,21 +243,14 @@ class BrokerService(bgrpc.BrokerServicer):
         # the work below is per batch: the store returns at most this many
         data = p.store.read(fp.fetch_offset, max(part_max, 1), bound, limits.MAX_FETCH_BATCHES_PER_PARTITION)
         batches = list(iter_batches(data))
-        aborted: dict[int, tuple[list[int], list[int]]] = {}
-        if isolation == bpb.READ_COMMITTED and batches:
-            # Only the aborts that overlap what was read, by producer, searchable: a read from the
-            # start of a log with thousands of aborts must cost per batch, not per batch times
-            # aborts (that stalled a controller's event loop for seconds: docs/chaos.md, finding 8).
-            start, end = min(fp.fetch_offset, batches[0][0].base_offset), batches[-1][0].next_offset
-            for a in p.store.aborted_in_range(start, end):  # ordered; one producer's never overlap
-                firsts, lasts = aborted.setdefault(a.producer_id, ([], []))
-                firsts.append(a.first_offset)
-                lasts.append(a.last_offset)
+        visible = batches
+        if read_committed and batches:
+            start, end = isolation_rules.aborts_to_consult(fp.fetch_offset, batches[0][0], batches[-1][0])
+            visible = isolation_rules.visible_to_read_committed(batches, p.store.aborted_in_range(start, end))
+        if batches:
+            r.next_fetch_offset = batches[-1][0].next_offset
         size = 0
-        for h, pos in batches:
-            r.next_fetch_offset = h.next_offset
-            if isolation == bpb.READ_COMMITTED and (h.is_control or (h.is_transactional and _is_aborted(h, aborted))):
-                continue
+        for h, pos in visible:
             r.batches.append(pb.RecordBatch(
                 base_offset=h.base_offset, last_offset_delta=h.last_offset_delta, leader_epoch=h.leader_epoch,
                 producer_id=h.producer_id, producer_epoch=h.producer_epoch, base_sequence=h.base_sequence,
@@ -274,7 +268,8 @@ class BrokerService(bgrpc.BrokerServicer):
             try:
                 p = self.b.rm.leader_partition(lp.topic, lp.partition, image, _checked_epoch(lp))
                 r.leader_epoch = p.leader_epoch
-                bound = p.last_stable_offset() if request.isolation_level == bpb.READ_COMMITTED else p.high_watermark
+                bound = isolation_rules.read_bound(request.isolation_level == bpb.READ_COMMITTED, p.high_watermark,
+                                                   p.last_stable_offset())
                 if lp.timestamp_ms == EARLIEST:
                     r.offset = p.log_start_offset
                 elif lp.timestamp_ms == LATEST:
@@ -296,17 +291,6 @@ def _checked_epoch(q: bpb.FetchPartition | bpb.ListOffsetsPartition) -> int:
     """The client's `current_leader_epoch`, or -1 (no check) when it left the field unset: a
     client in another language that omits it must not be fenced once the epoch passes 0."""
     return q.current_leader_epoch if q.HasField("current_leader_epoch") else -1
-
-
-def _is_aborted(h: BatchHeader, aborted: dict[int, tuple[list[int], list[int]]]) -> bool:
-    """Whether the transactional batch `h` lies in an aborted transaction of its producer
-    (`aborted`: per producer id, the first and last offsets of its aborts, in order)."""
-    found = aborted.get(h.producer_id)
-    if found is None:
-        return False
-    firsts, lasts = found
-    i = bisect_right(firsts, h.base_offset) - 1  # the last abort starting at or before the batch
-    return i >= 0 and h.base_offset <= lasts[i]
 
 
 def _set_error(r: object, code: int, message: str) -> None:
