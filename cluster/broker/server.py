@@ -327,15 +327,12 @@ class AdminService(agrpc.AdminServicer):
         if code != pb.NONE:
             return apb.TopicResult(name=nt.name, error_code=code,
                                    error_message="names are 1-200 chars of [A-Za-z0-9._-], not starting with '__'")
-        if validate_only:
-            code, _ = md.parse_topic_config(configs, rf)
-            if code == pb.NONE and nt.partitions < 1:
-                code = pb.INVALID_PARTITIONS
-            if code == pb.NONE and rf > len(image.unfenced_brokers()):
-                code = pb.INVALID_REPLICATION_FACTOR
-            return apb.TopicResult(name=nt.name, error_code=code, error_message=_code_message(code))
+        command = md.CreateTopic(nt.name, nt.partitions, rf, configs)
+        if validate_only:  # the create's own checks, on this broker's image (the quorum's may be newer)
+            code, _ = md.validate_create_topic(image, command)
+            return apb.TopicResult(name=nt.name, error_code=code, error_message=_code_message(code, rf))
         try:
-            result = await self.b.quorum.submit(md.CreateTopic(nt.name, nt.partitions, rf, configs), timeout_s=timeout_s)
+            result = await self.b.quorum.submit(command, timeout_s=timeout_s)
         except MetadataSubmitError as exc:
             return apb.TopicResult(name=nt.name, error_code=exc.code, error_message=str(exc))
         if not result.ok:

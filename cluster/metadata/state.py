@@ -328,6 +328,24 @@ def parse_topic_config(
     return pb.NONE, config
 
 
+def validate_create_topic(image: MetadataImage, c: CreateTopic) -> tuple[int, TopicConfig | None]:
+    """Every check `CreateTopic` makes against `image`, in order: (NONE, the topic's config) when
+    it would be created. The command and CreateTopics' dry run (`validate_only`) both call
+    this, so a dry run refuses exactly what the create would refuse on the same image."""
+    error = validate_topic_name(c.name, c.internal)
+    if error != pb.NONE:
+        return error, None
+    if c.name in image.topics:
+        return pb.TOPIC_ALREADY_EXISTS, None
+    if not 1 <= c.partitions <= MAX_PARTITIONS_PER_TOPIC:
+        return pb.INVALID_PARTITIONS, None
+    if sum(len(t.partitions) for t in image.topics.values()) + c.partitions > MAX_PARTITIONS_TOTAL:
+        return pb.RESOURCE_EXHAUSTED, None
+    if not 1 <= c.replication_factor <= min(len(image.unfenced_brokers()), MAX_REPLICATION_FACTOR):
+        return pb.INVALID_REPLICATION_FACTOR, None
+    return parse_topic_config(c.configs, c.replication_factor)
+
+
 def assign_replicas(
     brokers: tuple[int, ...], partitions: int, replication_factor: int, start: int
 ) -> list[tuple[int, ...]]:
@@ -518,21 +536,10 @@ class MetadataStateMachine:
 
     def _create_topic(self, c: CreateTopic) -> Result:
         img = self.image
-        error = validate_topic_name(c.name, c.internal)
-        if error != pb.NONE:
-            return Result(error)
-        if c.name in img.topics:
-            return Result(pb.TOPIC_ALREADY_EXISTS)
-        if not 1 <= c.partitions <= MAX_PARTITIONS_PER_TOPIC:
-            return Result(pb.INVALID_PARTITIONS)
-        if sum(len(t.partitions) for t in img.topics.values()) + c.partitions > MAX_PARTITIONS_TOTAL:
-            return Result(pb.RESOURCE_EXHAUSTED)
-        brokers = img.unfenced_brokers()
-        if not 1 <= c.replication_factor <= min(len(brokers), MAX_REPLICATION_FACTOR):
-            return Result(pb.INVALID_REPLICATION_FACTOR)
-        error, config = parse_topic_config(c.configs, c.replication_factor)
+        error, config = validate_create_topic(img, c)
         if config is None:
             return Result(error)
+        brokers = img.unfenced_brokers()
         start = img.next_assignment_start % len(brokers)
         assignment = assign_replicas(brokers, c.partitions, c.replication_factor, start)
         parts = tuple(

@@ -15,14 +15,25 @@ from semel import internal_topics
 from semel.cluster.broker import write_path
 from semel.cluster.broker.process import BrokerConfig
 from semel.cluster.broker.produce_validation import header_from_fields
-from semel.cluster.broker.replica_manager import AppendResult, Partition, PartitionError, now_ms, progress_ms
+from semel.cluster.broker.replica_manager import (
+    AppendResult,
+    Partition,
+    PartitionError,
+    now_ms,
+    progress_ms,
+)
 from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
 from semel.cluster.broker.txn_service import write_marker_and_wait
 from semel.coordinator.txn_coordinator import AppendRecords
 from semel.storage.batch import encode_batch
 from semel.v1 import common_pb2 as pb
 
-from tests.cluster.test_broker_service_inprocess import FakeBroker, FakeQuorum, image, run
+from tests.cluster.test_broker_service_inprocess import (
+    FakeBroker,
+    FakeQuorum,
+    image,
+    run,
+)
 
 WAITING = [write_path.PRODUCE_ACKS_ALL, write_path.TXN_MARKER, write_path.TXN_STATE]
 ACKS_ALL = [*WAITING, write_path.GROUP_LOG]

@@ -6,7 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from semel.storage.aborted_txns import AbortedTxn
 from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader
-from semel.storage.isolation import aborts_to_consult, read_bound, visible_to_read_committed
+from semel.storage.isolation import (
+    aborts_to_consult,
+    read_bound,
+    visible_to_read_committed,
+)
 
 
 def batch(offset: int, pid: int = -1, *, txn: bool = False, control: bool = False, n: int = 1) -> BatchHeader:
