@@ -33,7 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from semel import internal_topics, limits
 from semel.cluster.broker import group_service, txn_service
-from semel.cluster.broker.replica_manager import ReplicaManager, write_hw_checkpoints
+from semel.cluster.broker.replica_manager import ReplicaManager, SystemClock, write_hw_checkpoints
 from semel.cluster.broker.replication import (
     FetcherManager,
     IsrMaintainer,
@@ -284,7 +284,8 @@ class Broker:
         self.quorum: MetadataQuorum = None  # type: ignore[assignment]
         self.controller: Controller | None = None
         self.txn: txn_service.TxnRuntime | None = None  # transactions (cluster/broker/txn_service.py)
-        self.rm = ReplicaManager(config.broker_id, self.data_dir, config.replica_lag_time_max_ms, self._open_store)
+        self.rm = ReplicaManager(config.broker_id, self.data_dir, config.replica_lag_time_max_ms, self._open_store,
+                                 SystemClock())
         self.leader_replication = LeaderReplicationService(self.rm, config.replica_fetch_max_bytes)
         self.fetchers = FetcherManager(self.rm, self._broker_address, lambda: self.broker_epoch,
                                        self._report_unreachable, config.replica_fetch_max_wait_ms,

@@ -14,6 +14,10 @@ Theory of operation:
     a diverging epoch, and sets the follower HW = min(leader HW, local LEO).
   * Every state change that readers wait for (append, HW advance, role change) calls
     `Partition.notify()`, which wakes long-polling fetches without any polling loop.
+  * Time comes from the `Clock` the manager was built with (the broker process wires the
+    host's clocks): the wall clock for what is stored (append times), the monotonic one for
+    replication progress; replication and the ISR maintainer read the same one. Only asyncio
+    timers (ack timeouts, long-poll deadlines) run on the event loop's own clock.
 
 Everything here runs on the broker's single asyncio loop; storage calls are synchronous
 (page-cache writes), so no two appends/truncations of a partition interleave.
@@ -31,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from semel import limits
 from semel.cluster.broker.replica_state import (
@@ -55,9 +59,28 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def progress_ms() -> int:
-    """Monotonic clock for replication progress (lag, ISR decisions): immune to wall-clock steps."""
-    return int(time.monotonic() * 1000)
+class Clock(Protocol):
+    """The two clocks the replica shells read. Whoever builds a `ReplicaManager` (or a bare
+    `Partition`) passes one in: the broker process a `SystemClock`, a test a clock it moves by
+    hand, so replica lag and ISR changes are driven without sleeping."""
+
+    def wall_clock_ms(self) -> int:
+        """Batch append times, retention, producer expiry (stored and compared across hosts)."""
+        ...
+
+    def monotonic_ms(self) -> int:
+        """Replication progress (lag, ISR decisions): immune to wall-clock steps."""
+        ...
+
+
+class SystemClock:
+    """The host's clocks: what the broker process wires."""
+
+    def wall_clock_ms(self) -> int:
+        return now_ms()
+
+    def monotonic_ms(self) -> int:
+        return int(time.monotonic() * 1000)
 
 
 class Role(enum.Enum):
@@ -87,7 +110,7 @@ class Partition:
     """One hosted replica of a partition."""
 
     def __init__(self, topic: str, partition: int, topic_id: str, directory: Path, store: ReplicaStore,
-                 broker_id: int, lag_time_max_ms: int) -> None:
+                 broker_id: int, lag_time_max_ms: int, clock: Clock) -> None:
         self.topic = topic
         self.partition = partition
         self.topic_id = topic_id
@@ -95,6 +118,7 @@ class Partition:
         self.store = store
         self.broker_id = broker_id
         self.lag_time_max_ms = lag_time_max_ms
+        self.clock = clock
         self.role = Role.OFFLINE
         self.state: md.PartitionState | None = None
         self.leader_epoch = -1
@@ -221,7 +245,7 @@ class Partition:
         if outcome.error_code != pb.NONE:
             return AppendResult(outcome.error_code, outcome.message)
         invariant(self.progress is not None, "a leader has replication progress")
-        if not outcome.duplicate and self.progress.on_leader_append(self.log_end_offset, progress_ms()):
+        if not outcome.duplicate and self.progress.on_leader_append(self.log_end_offset, self.clock.monotonic_ms()):
             self._on_hw(self.progress.high_watermark)
         self.notify()
         return AppendResult(pb.NONE, "", outcome.base_offset, outcome.last_offset, now, outcome.duplicate)
@@ -235,7 +259,7 @@ class Partition:
         if outcome.error_code != pb.NONE:
             return AppendResult(outcome.error_code, outcome.message)
         invariant(self.progress is not None, "a leader has replication progress")
-        if self.progress.on_leader_append(self.log_end_offset, progress_ms()):
+        if self.progress.on_leader_append(self.log_end_offset, self.clock.monotonic_ms()):
             self._on_hw(self.progress.high_watermark)
         self.notify()
         return AppendResult(pb.NONE, "", outcome.base_offset, outcome.last_offset, now)
@@ -274,7 +298,7 @@ class Partition:
     # --- follower path -----------------------------------------------------------------
     def append_as_follower(self, records: bytes, leader_hw: int) -> None:
         if records:
-            self.store.append_as_follower(records)
+            self.store.append_as_follower(records, self.clock.wall_clock_ms())
         self.set_follower_hw(leader_hw)
         self.notify()
 
@@ -335,8 +359,11 @@ class ReplicaManager:
     """Owns every hosted `Partition`; moves them between roles per the metadata image."""
 
     def __init__(self, broker_id: int, data_dir: Path, lag_time_max_ms: int,
-                 open_store: Callable[[Path, md.Topic, int], ReplicaStore]) -> None:
+                 open_store: Callable[[Path, md.Topic, int], ReplicaStore], clock: Clock) -> None:
         self.broker_id = broker_id
+        # Every hosted partition, the leader side of replication and the ISR maintainer read
+        # this one clock, so a partition's replication progress is measured on one timeline.
+        self.clock = clock
         self.logs_dir = data_dir / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.lag_time_max_ms = lag_time_max_ms
@@ -395,7 +422,7 @@ class ReplicaManager:
                 p = self.partitions.get(key)
                 if p is None:
                     p = self._open(topic, ps)
-                self._apply_state(p, topic, ps, progress_ms())  # after the open, which may take a while
+                self._apply_state(p, topic, ps, self.clock.monotonic_ms())  # after the open, which may take a while
             except Exception as exc:  # one bad replica must not take the others down; retried next change
                 log.exception("%s-%d: cannot take its role (%s); replica unavailable", key[0], key[1], exc)
                 self.failed[key] = f"{type(exc).__name__}: {exc}"
@@ -452,7 +479,7 @@ class ReplicaManager:
         directory.mkdir(parents=True, exist_ok=True)
         store = self._open_store(directory, topic, ps.partition)
         p = Partition(topic.name, ps.partition, topic.topic_id, directory, store, self.broker_id,
-                      self.lag_time_max_ms)
+                      self.lag_time_max_ms, self.clock)
         self.partitions[p.key] = p
         return p
 

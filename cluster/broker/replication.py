@@ -40,7 +40,6 @@ from semel.cluster.broker.replica_manager import (
     Partition,
     ReplicaManager,
     Role,
-    progress_ms,
 )
 from semel.cluster.broker.replica_state import LeaderProgress
 from semel.cluster.metadata import state as md
@@ -134,7 +133,7 @@ class LeaderReplicationService:
             results = []
             hw_only = []  # told with the next answer, but no reason to answer now
             remaining = max_bytes
-            now = progress_ms()
+            now = self.rm.clock.monotonic_ms()
             for key, fp in session.partitions.items():
                 if key not in named and key not in session.unsettled and self._settled(req.replica_id, key, fp, session, now, first):
                     continue
@@ -479,7 +478,7 @@ class IsrMaintainer:
         while True:
             await asyncio.sleep(self.interval_ms / 1000)
             try:
-                self.check(progress_ms())
+                self.check(self.rm.clock.monotonic_ms())
             except Exception:
                 log.exception("ISR check failed")
 

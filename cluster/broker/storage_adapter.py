@@ -15,7 +15,6 @@ import bisect
 import dataclasses
 import logging
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,7 +54,7 @@ class ReplicaStore(Protocol):
     def first_unstable_offset(self) -> int | None: ...
     def assign_epoch(self, leader_epoch: int, start_offset: int) -> None: ...
     def append_as_leader(self, encoded: bytes, leader_epoch: int, now_ms: int) -> LeaderAppendOutcome: ...
-    def append_as_follower(self, raw: bytes) -> None: ...
+    def append_as_follower(self, raw: bytes, now_ms: int) -> None: ...
     def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
                       leader_epoch: int, now_ms: int) -> LeaderAppendOutcome: ...
     def truncate_to(self, offset: int) -> None: ...
@@ -194,7 +193,7 @@ class FileReplicaStore:
         h = self._headers[-1]
         return LeaderAppendOutcome(pb.NONE, "", h.base_offset, h.last_offset, False)
 
-    def append_as_follower(self, raw: bytes) -> None:
+    def append_as_follower(self, raw: bytes, now_ms: int) -> None:
         self._write(raw)
 
     def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
@@ -313,8 +312,8 @@ class PartitionStoreAdapter:
         return LeaderAppendOutcome(result.error, result.message, result.first_offset, result.last_offset,
                                    result.duplicate)
 
-    def append_as_follower(self, raw: bytes) -> None:
-        self.store.append_as_follower(raw, int(time.time() * 1000))
+    def append_as_follower(self, raw: bytes, now_ms: int) -> None:
+        self.store.append_as_follower(raw, now_ms)
 
     def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
                       leader_epoch: int, now_ms: int) -> LeaderAppendOutcome:

@@ -1,21 +1,25 @@
 """The Broker servicer in one process over a real ReplicaManager (file store), no gRPC transport:
-acks=all waiting and timeouts, min ISR, the in-flight bound, long-poll without busy loops."""
+acks=all waiting and timeouts, min ISR, the in-flight bound, long-poll without busy loops, and
+ISR shrink driven by the replica manager's injected clock (no sleeping out the lag time)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 
 import pytest
 from semel import limits
 from semel.cluster.broker.process import BrokerConfig
-from semel.cluster.broker.replica_manager import ReplicaManager, now_ms, progress_ms
+from semel.cluster.broker.replica_manager import ReplicaManager, now_ms
+from semel.cluster.broker.replication import IsrMaintainer, LeaderReplicationService
 from semel.cluster.broker.server import BrokerService
 from semel.cluster.broker.storage_adapter import FileReplicaStore
 from semel.cluster.metadata import state as md
 from semel.v1 import broker_pb2 as bpb
 from semel.v1 import common_pb2 as pb
+from semel.v1 import replication_pb2 as rpb
+
+from tests.cluster.fake_time import FakeClock, run_ready
 
 
 def image(isr=(1, 2), min_isr=2, version=1) -> md.MetadataImage:
@@ -40,7 +44,8 @@ class FakeBroker:
     def __init__(self, tmp_path, img: md.MetadataImage) -> None:
         self.config = BrokerConfig(broker_id=1, max_inflight_produce=4)
         self.quorum = FakeQuorum(img)
-        self.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: FileReplicaStore(d))
+        self.clock = FakeClock()
+        self.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: FileReplicaStore(d), self.clock)
         self.rm.broker_epoch = 1
         self.rm.reconcile(img)
 
@@ -83,9 +88,9 @@ def test_acks_all_completes_when_the_follower_reaches_it(broker):
     async def scenario():
         svc = BrokerService(broker)
         task = asyncio.ensure_future(svc.Produce(produce_req(), None))
-        await asyncio.sleep(0.01)
+        await run_ready()
         assert not task.done()
-        broker.rm.get("t", 0).on_follower_fetch(2, 1, progress_ms())
+        broker.rm.get("t", 0).on_follower_fetch(2, 1, broker.clock.monotonic_ms())
         return (await task).results[0]
     r = run(scenario())
     assert r.error_code == pb.NONE and (r.base_offset, r.last_offset) == (0, 0)
@@ -134,25 +139,75 @@ def test_long_poll_wakes_on_hw_advance_without_busy_looping(broker):
                                                           current_leader_epoch=-1)],
                            max_wait_ms=5000, min_bytes=1)
 
-    async def scenario():
+    async def woken_by_data():
         task = asyncio.ensure_future(svc.Fetch(req, None))
-        await asyncio.sleep(0.05)
-        assert not task.done()
-        started = time.monotonic()
+        await run_ready()
+        assert not task.done()  # parked on the partition
         await svc.Produce(produce_req(acks=bpb.ACKS_LEADER), None)
-        resp = await asyncio.wait_for(task, 2)
-        return resp, time.monotonic() - started
+        await run_ready()
+        assert task.done()  # woken by the append, not by its 5 s deadline
+        return task.result()
 
-    resp, waited = run(scenario())
-    assert [b.base_offset for b in resp.results[0].batches] == [0] and waited < 0.5
+    resp = run(woken_by_data())
+    assert [b.base_offset for b in resp.results[0].batches] == [0]
     assert calls <= 3
     calls = 0
-    started = time.monotonic()
     req.partitions[0].fetch_offset = 1
     req.max_wait_ms = 200
-    resp = run(svc.Fetch(req, None))
-    assert not resp.results[0].batches and 0.15 < time.monotonic() - started < 1.0
+
+    async def expires_empty():
+        task = asyncio.ensure_future(svc.Fetch(req, None))
+        await run_ready()
+        assert not task.done()  # nothing to read: it waits out its max_wait_ms ...
+        return await asyncio.wait_for(task, 5)
+
+    resp = run(expires_empty())
+    assert not resp.results[0].batches  # ... and then answers, empty
     assert calls <= 2  # parked, not polled
+
+
+def test_a_follower_that_stops_fetching_leaves_the_isr_once_the_injected_clock_passes_the_lag_time(broker):
+    """replica.lag.time.max.ms (10 s here) on the clock the replica manager was given: the
+    append path, the leader side of replication and the ISR maintainer's own loop all read it,
+    so moving it by hand drives the shrink, and a read of the host's clock anywhere on that
+    path would show up as a wrong (or missing) ISR change."""
+    clock = broker.clock
+    p = broker.rm.get("t", 0)
+    submitted: list[md.AlterPartition] = []
+    proposed = asyncio.Event()
+
+    async def submit(cmd: md.AlterPartition) -> None:
+        submitted.append(cmd)
+        proposed.set()
+
+    def follower_fetch(offset: int) -> rpb.ReplicaFetchRequest:
+        return rpb.ReplicaFetchRequest(replica_id=2, max_wait_ms=0, partitions=[rpb.ReplicaFetchPartition(
+            topic="t", partition=0, fetch_offset=offset, current_leader_epoch=0, last_fetched_epoch=0)])
+
+    async def scenario() -> None:
+        svc = BrokerService(broker)
+        replication = LeaderReplicationService(broker.rm, max_fetch_bytes=1 << 20)
+        isr = IsrMaintainer(broker.rm, submit, interval_ms=1)
+        assert (await svc.Produce(produce_req(acks=bpb.ACKS_LEADER), None)).results[0].error_code == pb.NONE
+        (caught_up,) = (await replication.handle(follower_fetch(1))).results
+        assert not caught_up.records and caught_up.high_watermark == 1  # at the log end: the HW moved
+        clock.advance(5_000)
+        await svc.Produce(produce_req(acks=bpb.ACKS_LEADER), None)  # follower caught up until this append
+        assert p.progress.followers[2].last_caught_up_ms == clock.monotonic_ms()
+        clock.advance(10_000)  # exactly the lag time since: still in
+        isr.check(clock.monotonic_ms())
+        assert submitted == [] and p.isr == (1, 2)
+        clock.advance(1)
+        isr.start()  # its loop reads the replica manager's clock
+        try:
+            await asyncio.wait_for(proposed.wait(), 5)
+        finally:
+            await isr.stop()
+        (cmd,) = submitted
+        assert (cmd.topic, cmd.partition, cmd.new_isr) == ("t", 0, (1,))
+        assert p.progress.proposed_isr == frozenset({1})
+
+    run(scenario())
 
 
 def test_replicas_of_topics_deleted_while_down_are_removed(broker, tmp_path):
@@ -210,7 +265,8 @@ def txn_broker(tmp_path):
     b = FakeBroker.__new__(FakeBroker)
     b.config = BrokerConfig(broker_id=1)
     b.quorum = FakeQuorum(image(isr=(1,), min_isr=1))
-    b.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=kv))
+    b.clock = FakeClock()
+    b.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=kv), b.clock)
     b.rm.broker_epoch = 1
     b.rm.reconcile(b.quorum.img)
     try:

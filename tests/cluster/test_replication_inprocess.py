@@ -21,10 +21,13 @@ from semel.storage.batch import HEADER_BYTES, BatchHeader
 from semel.v1 import common_pb2 as pb
 from semel.v1 import replication_pb2 as rpb
 
+from tests.cluster.fake_time import FakeClock, run_ready
+
 
 class FakeRm:
     def __init__(self, *parts: Partition) -> None:
         self.parts = {p.key: p for p in parts}
+        (self.clock,) = {id(p.clock): p.clock for p in parts}.values()  # one broker, one clock
 
     def get(self, topic: str, partition: int) -> Partition | None:
         return self.parts.get((topic, partition))
@@ -41,6 +44,7 @@ def topic() -> md.Topic:
 @pytest.fixture(params=["file", "partition-store"])
 def make_partition(request, tmp_path):
     kvs = []
+    clock = FakeClock()
 
     def make(broker_id: int) -> Partition:
         d = tmp_path / f"b{broker_id}"
@@ -53,7 +57,7 @@ def make_partition(request, tmp_path):
             kvs.append(kv)
             (d / "log").mkdir()
             store = open_replica_store(d / "log", topic(), 0, kv=kv)
-        return Partition("t", 0, "0123456789abcdef", d, store, broker_id, lag_time_max_ms=1000)
+        return Partition("t", 0, "0123456789abcdef", d, store, broker_id, lag_time_max_ms=1000, clock=clock)
 
     yield make
     for kv in kvs:
@@ -183,7 +187,8 @@ def test_follower_behind_the_leaders_log_start_restarts_there(tmp_path):
         d = tmp_path / f"b{b}"
         (d / "log").mkdir(parents=True)
         kvs.append(KvStore.open(d / "kv"))
-        parts.append(Partition("t", 0, t.topic_id, d, open_replica_store(d / "log", t, 0, kv=kvs[-1]), b, 1000))
+        parts.append(Partition("t", 0, t.topic_id, d, open_replica_store(d / "log", t, 0, kv=kvs[-1]), b, 1000,
+                               FakeClock()))
     leader, follower = parts
     try:
         async def scenario() -> None:
@@ -269,10 +274,13 @@ def test_a_fetch_session_names_and_answers_only_what_changed(tmp_path):
     """KIP-227 on the stream: after the first (full) request, an idle caught-up follower sends
     requests that name nothing and gets empty answers, yet still counts as fetching for the
     ISR; new data on one partition comes back alone, and only that partition is named next."""
+    clock = FakeClock()
+
     def part(broker_id: int, i: int) -> Partition:
         d = tmp_path / f"b{broker_id}-{i}"
         d.mkdir()
-        return Partition("t", i, "0123456789abcdef", d, FileReplicaStore(d), broker_id, lag_time_max_ms=1000)
+        return Partition("t", i, "0123456789abcdef", d, FileReplicaStore(d), broker_id, lag_time_max_ms=1000,
+                         clock=clock)
 
     def st(i: int) -> md.PartitionState:
         return md.PartitionState("t", i, (1, 2), (1, 2), 1, 0, 0)
@@ -298,13 +306,13 @@ def test_a_fetch_session_names_and_answers_only_what_changed(tmp_path):
         assert [p.high_watermark for p in followers] == [1, 1, 1]
 
         caught_up_before = [lp.progress.followers[2].last_caught_up_ms for lp in leaders]
-        await asyncio.sleep(0.01)
+        clock.advance(10)
         idle = f._request()
         assert idle.incremental and len(idle.partitions) == 0
         resp = await svc.handle(idle, session)
         assert list(resp.results) == [] and f._apply(resp)  # an expired long-poll is not an error
-        assert all(lp.progress.followers[2].last_caught_up_ms > before
-                   for lp, before in zip(leaders, caught_up_before))  # fetched, by omission
+        assert [lp.progress.followers[2].last_caught_up_ms for lp in leaders] == [
+            before + 10 for before in caught_up_before]  # fetched, by omission
 
         leaders[1].append_as_leader(header(2), b"bc", now=2)
         resp = await svc.handle(f._request(), session)
@@ -329,10 +337,13 @@ def test_a_fetch_session_names_and_answers_only_what_changed(tmp_path):
 def test_a_new_high_watermark_rides_on_the_next_answer_instead_of_ending_the_poll(tmp_path):
     """The follower's fetch that advances the HW is not answered for the HW alone (that would
     double the rounds per acks=all write): the HW comes with the next data, or at the poll's end."""
+    clock = FakeClock()
+
     def part(broker_id: int, i: int) -> Partition:
         d = tmp_path / f"b{broker_id}-{i}"
         d.mkdir()
-        return Partition("t", i, "0123456789abcdef", d, FileReplicaStore(d), broker_id, lag_time_max_ms=1000)
+        return Partition("t", i, "0123456789abcdef", d, FileReplicaStore(d), broker_id, lag_time_max_ms=1000,
+                         clock=clock)
 
     async def scenario() -> None:
         leaders = [part(1, i) for i in range(2)]
@@ -351,7 +362,7 @@ def test_a_new_high_watermark_rides_on_the_next_answer_instead_of_ending_the_pol
         assert followers[0].log_end_offset == 1 and followers[0].high_watermark == 0
 
         poll = asyncio.ensure_future(svc.handle(f._request(), session))  # its LEO: the leader's HW moves
-        await asyncio.sleep(0.05)
+        await run_ready()
         assert ack.done() and leaders[0].high_watermark == 1  # acks=all needs only the leader's HW
         assert not poll.done()  # ... and the follower is not answered for the HW alone
         leaders[1].append_as_leader(header(2), b"bc", now=2)
@@ -361,10 +372,11 @@ def test_a_new_high_watermark_rides_on_the_next_answer_instead_of_ending_the_pol
         f._apply(resp)
         assert followers[0].high_watermark == 1
 
-        started = asyncio.get_running_loop().time()
-        resp = await svc.handle(f._request(), session)  # partition 1's HW moves; no data follows
-        assert [(r.partition, r.high_watermark) for r in resp.results] == [(1, 2)]
-        assert asyncio.get_running_loop().time() - started >= 0.25  # told at the poll's end
+        poll = asyncio.ensure_future(svc.handle(f._request(), session))  # partition 1's HW moves
+        await run_ready()
+        assert leaders[1].high_watermark == 2 and not poll.done()  # no data follows: still parked
+        resp = await asyncio.wait_for(poll, 5)
+        assert [(r.partition, r.high_watermark) for r in resp.results] == [(1, 2)]  # told at the poll's end
     asyncio.run(scenario())
 
 
