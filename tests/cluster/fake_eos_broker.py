@@ -12,8 +12,10 @@ producer's current transaction answers INVALID_TXN_STATE (KIP-890 verification).
 Fault hooks (per partition): `fail_next_produce` (inherited: answer a code, write nothing),
 `lose_next_answers(tp, n, how)` (append, then answer REQUEST_TIMED_OUT or drop the answer
 with a gRPC DEADLINE_EXCEEDED: a lost acknowledgement), `forget_producers(tp)` (the partition
-loses every producer's state: UNKNOWN_PRODUCER_ID / OUT_OF_ORDER_SEQUENCE next), and
-`hold_produce(tp)` / `release_produce(tp)` to keep requests waiting.
+loses every producer's state: UNKNOWN_PRODUCER_ID / OUT_OF_ORDER_SEQUENCE next; with
+`after_next_append=True`, right after the next append, before anything else reaches the
+partition), and `hold_produce(tp)` / `release_produce(tp)` to keep requests waiting
+(`held_requests` counts those waiting, under `lock`, which is notified when it changes).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class FakeEosState(FakeClusterState):
         self.txns: dict[str, FakeTxn] = {}
         self.lost_answers: dict[tuple[str, int], collections.deque[str]] = collections.defaultdict(collections.deque)
         self.held: set[tuple[str, int]] = set()
+        self.held_requests = 0                         # Produce requests waiting on `held`
+        self.forget_after_append: set[tuple[str, int]] = set()
         self.init_producer_id_calls: list[txn_pb2.InitProducerIdRequest] = []
         self.end_txn_calls: list[txn_pb2.EndTxnRequest] = []
         self.add_partitions_calls = 0
@@ -64,9 +68,12 @@ class FakeEosState(FakeClusterState):
         with self.lock:
             self.lost_answers[(topic, partition)].extend([how] * count)
 
-    def forget_producers(self, topic: str, partition: int) -> None:
+    def forget_producers(self, topic: str, partition: int, after_next_append: bool = False) -> None:
         with self.lock:
-            self.producers[(topic, partition)] = ProducerStateManager(end_offset=self.end_offset((topic, partition)))
+            if after_next_append:
+                self.forget_after_append.add((topic, partition))
+            else:
+                self.producers[(topic, partition)] = ProducerStateManager(end_offset=self.end_offset((topic, partition)))
 
     def hold_produce(self, topic: str, partition: int) -> None:
         with self.lock:
@@ -155,8 +162,12 @@ class FakeEosBroker(FakeBroker, txn_pb2_grpc.TransactionsServicer):
         drop = False
         with s.lock:
             s.produce_requests += 1
-            while any((pd.topic, pd.partition) in s.held for pd in request.partitions):
-                s.lock.wait(0.05)
+            if any((pd.topic, pd.partition) in s.held for pd in request.partitions):
+                s.held_requests += 1
+                s.lock.notify_all()
+                while any((pd.topic, pd.partition) in s.held for pd in request.partitions):
+                    s.lock.wait(0.05)
+                s.held_requests -= 1
             for pd in request.partitions:
                 tp = (pd.topic, pd.partition)
                 copy = common_pb2.RecordBatch()
@@ -165,6 +176,9 @@ class FakeEosBroker(FakeBroker, txn_pb2_grpc.TransactionsServicer):
                 result = broker_pb2.PartitionProduceResult(topic=pd.topic, partition=pd.partition)
                 if not self._refuse(s, pd, result):
                     self._append(s, tp, request.transactional_id, pd.batch, result)
+                    if result.error_code == common_pb2.NONE and tp in s.forget_after_append:
+                        s.forget_after_append.discard(tp)
+                        s.forget_producers(*tp)
                     if result.error_code == common_pb2.NONE and s.lost_answers[tp]:
                         how = s.lost_answers[tp].popleft()
                         if how == "drop":

@@ -4,7 +4,6 @@ whose partitions validate with the real ProducerStateManager (tests/cluster/fake
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 from semel.client import Producer
@@ -170,9 +169,8 @@ def test_order_is_kept_across_retries_with_five_batches_in_flight(eos_cluster) -
         state.hold_produce("t", 0)  # let several batches queue up in flight, then fail the first
         state.fail_next_produce("t", 0, common_pb2.NOT_LEADER_OR_FOLLOWER)
         futures = [producer.send("t", b"v%02d" % i) for i in range(40)]
-        deadline = time.monotonic() + 5
-        while producer.metrics()["in_flight_batches"] < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        with state.lock:  # five requests parked at the partition: all five in flight at once
+            assert state.lock.wait_for(lambda: state.held_requests == 5, timeout=5)
         assert producer.metrics()["in_flight_batches"] == 5
         state.release_produce("t", 0)
         offsets = [f.result(10).offset for f in futures]
@@ -203,9 +201,8 @@ def test_a_batch_of_unknown_outcome_is_failed_not_resent_under_a_new_epoch(eos_c
     with Producer(bootstrap, linger_ms=0, retry_backoff_ms=50) as producer:
         producer.send("t", b"a").result(5)
         state.lose_next_answers("t", 0, 1, "timeout")  # b is written, its answer lost ...
+        state.forget_producers("t", 0, after_next_append=True)  # ... then the partition forgets the producer
         future = producer.send("t", b"b")
-        time.sleep(0.01)
-        state.forget_producers("t", 0)                 # ... then the partition forgets the producer
         with pytest.raises(client_errors.OutcomeUnknownError) as info:
             future.result(5)
         assert info.value.outcome_unknown
