@@ -10,7 +10,6 @@ import os
 import random
 import tempfile
 import threading
-import time
 from pathlib import Path
 from unittest import mock
 
@@ -237,10 +236,12 @@ def test_background_sync_keeps_the_file_open_and_bounds_its_queue(tmp_path, monk
     """The syncer works on a duplicate descriptor (the segment may be closed meanwhile); a full
     queue makes the caller sync inline."""
     gate = threading.Event()
+    syncing = threading.Event()
     synced = []
     real = os.fdatasync
 
     def slow(fd):
+        syncing.set()
         gate.wait(5)
         synced.append(os.fstat(fd).st_ino)
         real(fd)
@@ -252,9 +253,7 @@ def test_background_sync_keeps_the_file_open_and_bounds_its_queue(tmp_path, monk
     os.write(fd, b"x")
     assert syncer.submit(fd, "f")
     os.close(fd)  # the caller's descriptor goes; the queued duplicate still names the file
-    deadline = time.monotonic() + 5
-    while not syncer._busy and time.monotonic() < deadline:
-        time.sleep(0.001)
+    assert syncing.wait(5), "the syncer took the first job"
     fd2 = os.open(path, os.O_WRONLY)
     assert syncer.submit(fd2, "f"), "one may wait while one is being synced"
     assert not syncer.submit(fd2, "f"), "the queue is full: sync inline"
