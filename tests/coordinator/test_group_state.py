@@ -7,6 +7,7 @@ import itertools
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from semel import limits
 from semel.coordinator.group_records import MemberState, TopicPartition
 from semel.coordinator.group_state import (
     GroupConfig,
@@ -305,16 +306,19 @@ def test_uniform_assignment_is_balanced_and_sticky(members, old_members, count, 
             assert kept <= out[m]
 
 
-def test_assignor_scales_to_its_bounds():
-    import time
-
-    subs = {f"m{i:04d}": ("t",) if i % 3 else ("t", "u") for i in range(1000)}
-    start = time.perf_counter()
+def test_assignor_is_complete_and_balanced_at_its_bounds():
+    """How long this takes is a benchmark's question (`semel bench assignor`), not a test's."""
+    subs = {f"m{i:04d}": ("t",) if i % 3 else ("t", "u") for i in range(limits.MAX_MEMBERS_PER_GROUP)}
     first = assign(subs, {"t": 5000, "u": 5000}, {})
     again = assign({**subs, "new": ("u",)}, {"t": 5000, "u": 5000}, first)
-    elapsed = time.perf_counter() - start
-    assert sum(len(p) for p in again.values()) == 10_000
-    assert elapsed < 5.0, f"assignor took {elapsed:.2f} s"  # ~0.1 s measured; generous for slow CI
+    subs["new"] = ("u",)
+    owner = {tp: m for m, parts in again.items() for tp in parts}
+    assert sum(len(parts) for parts in again.values()) == len(owner) == 10_000  # each partition once
+    assert all(tp.topic in subs[m] for tp, m in owner.items())
+    for topic in ("t", "u"):  # no partition could move to an eligible member with two fewer
+        most = max(len(again[m]) for tp, m in owner.items() if tp.topic == topic)
+        assert most - min(len(again[m]) for m in subs if topic in subs[m]) <= 1
+    assert again["new"]
 
 
 # --- property: random join/leave/heartbeat/timeout sequences --------------------------------------
