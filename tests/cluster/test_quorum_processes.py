@@ -204,9 +204,11 @@ def test_full_restart_restores_state_from_dump_and_journal(cluster: list[Node]) 
     leader = wait_for(lambda: leader_of(cluster), 10)
     register_brokers(leader)
     assert leader.submit("CreateTopic", name="before-dump", partitions=2, replication_factor=3)["ok"]
+    assert not any((n.data_dir / "metadata.dump").exists() for n in cluster)
     for n in cluster:
         assert n.call({"op": "compact"})["ok"]
-    time.sleep(0.3)  # compaction runs on the tick thread (no fork) within a few ticks
+    # compaction runs on the tick thread (no fork); the dump appears whole (written, then renamed)
+    wait_for(lambda: all((n.data_dir / "metadata.dump").exists() for n in cluster), 5)
     assert leader.submit("CreateTopic", name="after-dump", partitions=4, replication_factor=2)["ok"]
     assert leader.submit("AllocateProducerIds", broker_id=2, broker_epoch=2)["ok"]
     expected = leader.status()
