@@ -90,8 +90,9 @@ def test_lso_stops_at_first_open_transaction(cluster):
     h.produce(c.broker_stub(c.leader_of(t)), t, 0, h.make_batch([b"plain-1"]))
     assert ts.list_offset(c, t) == r1.base_offset  # pinned by the first open transaction
     assert ts.read(c, t) == ([b"plain-0"], r1.base_offset)
+    hw = ts.list_offset(c, t, committed=False)
     second.commit()
-    time.sleep(0.2)
+    c.wait_for(lambda: ts.list_offset(c, t, committed=False) == hw + 1, what="the second transaction's marker")
     assert ts.list_offset(c, t) == r1.base_offset  # still pinned: the first one is open
     first.abort()
     c.wait_for(lambda: ts.read(c, t)[0] == [b"plain-0", b"t2", b"plain-1"], what="LSO moves past both")
