@@ -284,8 +284,9 @@ class Broker:
         self.quorum: MetadataQuorum = None  # type: ignore[assignment]
         self.controller: Controller | None = None
         self.txn: txn_service.TxnRuntime | None = None  # transactions (cluster/broker/txn_service.py)
+        self.clock = SystemClock()  # the host's clocks; every replica shell reads time through it
         self.rm = ReplicaManager(config.broker_id, self.data_dir, config.replica_lag_time_max_ms, self._open_store,
-                                 SystemClock())
+                                 clock=self.clock)
         self.leader_replication = LeaderReplicationService(self.rm, config.replica_fetch_max_bytes)
         self.fetchers = FetcherManager(self.rm, self._broker_address, lambda: self.broker_epoch,
                                        self._report_unreachable, config.replica_fetch_max_wait_ms,
@@ -298,7 +299,7 @@ class Broker:
 
             self._kv = KvStore.open(self.data_dir / "kv")
         return open_replica_store(directory, topic, partition, fsync=self.config.fsync, kv=self._kv,
-                                  now_ms=int(time.time() * 1000))
+                                  now_ms=self.clock.wall_clock_ms())
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -585,7 +586,7 @@ class Broker:
                 await asyncio.to_thread(write_hw_checkpoints, due)
             if time.monotonic() - last_housekeeping >= self.config.retention_check_interval_ms / 1000:
                 last_housekeeping = time.monotonic()
-                self.rm.housekeeping(int(time.time() * 1000))
+                self.rm.housekeeping(self.clock.wall_clock_ms())
 
 
 async def run(config: BrokerConfig) -> int:

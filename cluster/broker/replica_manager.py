@@ -110,7 +110,7 @@ class Partition:
     """One hosted replica of a partition."""
 
     def __init__(self, topic: str, partition: int, topic_id: str, directory: Path, store: ReplicaStore,
-                 broker_id: int, lag_time_max_ms: int, clock: Clock) -> None:
+                 broker_id: int, lag_time_max_ms: int, *, clock: Clock) -> None:
         self.topic = topic
         self.partition = partition
         self.topic_id = topic_id
@@ -359,7 +359,7 @@ class ReplicaManager:
     """Owns every hosted `Partition`; moves them between roles per the metadata image."""
 
     def __init__(self, broker_id: int, data_dir: Path, lag_time_max_ms: int,
-                 open_store: Callable[[Path, md.Topic, int], ReplicaStore], clock: Clock) -> None:
+                 open_store: Callable[[Path, md.Topic, int], ReplicaStore], *, clock: Clock) -> None:
         self.broker_id = broker_id
         # Every hosted partition, the leader side of replication and the ISR maintainer read
         # this one clock, so a partition's replication progress is measured on one timeline.
@@ -479,7 +479,7 @@ class ReplicaManager:
         directory.mkdir(parents=True, exist_ok=True)
         store = self._open_store(directory, topic, ps.partition)
         p = Partition(topic.name, ps.partition, topic.topic_id, directory, store, self.broker_id,
-                      self.lag_time_max_ms, self.clock)
+                      self.lag_time_max_ms, clock=self.clock)
         self.partitions[p.key] = p
         return p
 

@@ -45,7 +45,7 @@ class FakeBroker:
         self.config = BrokerConfig(broker_id=1, max_inflight_produce=4)
         self.quorum = FakeQuorum(img)
         self.clock = FakeClock()
-        self.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: FileReplicaStore(d), self.clock)
+        self.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: FileReplicaStore(d), clock=self.clock)
         self.rm.broker_epoch = 1
         self.rm.reconcile(img)
 
@@ -266,7 +266,8 @@ def txn_broker(tmp_path):
     b.config = BrokerConfig(broker_id=1)
     b.quorum = FakeQuorum(image(isr=(1,), min_isr=1))
     b.clock = FakeClock()
-    b.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=kv), b.clock)
+    b.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=kv),
+                          clock=b.clock)
     b.rm.broker_epoch = 1
     b.rm.reconcile(b.quorum.img)
     try:

@@ -188,7 +188,7 @@ def test_follower_behind_the_leaders_log_start_restarts_there(tmp_path):
         (d / "log").mkdir(parents=True)
         kvs.append(KvStore.open(d / "kv"))
         parts.append(Partition("t", 0, t.topic_id, d, open_replica_store(d / "log", t, 0, kv=kvs[-1]), b, 1000,
-                               FakeClock()))
+                               clock=FakeClock()))
     leader, follower = parts
     try:
         async def scenario() -> None:
