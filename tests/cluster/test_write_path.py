@@ -20,7 +20,6 @@ from semel.cluster.broker.replica_manager import (
     Partition,
     PartitionError,
     now_ms,
-    progress_ms,
 )
 from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
 from semel.cluster.broker.txn_service import write_marker_and_wait
@@ -28,6 +27,7 @@ from semel.coordinator.txn_coordinator import AppendRecords
 from semel.storage.batch import encode_batch
 from semel.v1 import common_pb2 as pb
 
+from tests.cluster.fake_time import FakeClock
 from tests.cluster.test_broker_service_inprocess import (
     FakeBroker,
     FakeQuorum,
@@ -121,7 +121,7 @@ def test_hw_passing_answers_the_append_with_its_offsets(broker):
     async def scenario():
         ack = write_path.start_append(p, write_to(p), write_path.PRODUCE_ACKS_ALL)
         assert isinstance(ack, write_path.PendingAck) and not ack.future.done()
-        p.on_follower_fetch(2, 1, progress_ms())  # the follower has offset 0: HW 1
+        p.on_follower_fetch(2, 1, p.clock.monotonic_ms())  # the follower has offset 0: HW 1
         return await ack.wait(10_000)
 
     done = run(scenario())
@@ -166,7 +166,7 @@ def test_a_waiter_kept_after_its_timeout_still_learns_the_commit(broker):
         ack = write_path.start_append(p, write_to(p), write_path.TXN_STATE)
         first = await ack.wait(0, forget_on_timeout=False)
         assert first.error_code == pb.REQUEST_TIMED_OUT and len(p.pending) == 1
-        p.on_follower_fetch(2, 1, progress_ms())
+        p.on_follower_fetch(2, 1, p.clock.monotonic_ms())
         return await ack.wait(None)
 
     assert run(scenario()).error_code == pb.NONE
@@ -194,7 +194,7 @@ def test_wait_all_answers_each_write_by_one_deadline(broker):
     async def scenario():
         first = write_path.start_append(p, write_to(p), write_path.PRODUCE_ACKS_ALL)
         second = write_path.start_append(p, write_to(p), write_path.PRODUCE_ACKS_ALL)
-        p.on_follower_fetch(2, 1, progress_ms())  # only the first is replicated
+        p.on_follower_fetch(2, 1, p.clock.monotonic_ms())  # only the first is replicated
         return await write_path.wait_all([first, second], 0)
 
     first, second = run(scenario())
@@ -233,7 +233,8 @@ def store_broker(tmp_path):
     b = FakeBroker.__new__(FakeBroker)
     b.config = BrokerConfig(broker_id=1)
     b.quorum = FakeQuorum(image())
-    b.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=kv))
+    b.clock = FakeClock()
+    b.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=kv), clock=b.clock)
     b.rm.broker_epoch = 1
     b.rm.reconcile(b.quorum.img)
     try:
@@ -313,7 +314,7 @@ def test_the_transaction_log_write_reports_each_outcome_to_the_core(state_broker
                 break
             await asyncio.sleep(0)
         assert core.calls == [("timed_out", 1, None)]
-        p.on_follower_fetch(2, 1, progress_ms())
+        p.on_follower_fetch(2, 1, p.clock.monotonic_ms())
         await task
         assert core.calls[-1] == ("committed", 1, None)
         # waiter table full: refused before the append, so the write surely failed
