@@ -1,10 +1,11 @@
 """After the heal: does every broker hold the same metadata image?
 
 The metadata quorum (pysyncobj) applies each committed command once and never rolls its
-state machine back. If a node ever applied an entry that the quorum later replaced (pysyncobj
-logs "truncating already-applied log entries" when it re-writes applied indexes; harmless
-only when the new entries are the same ones), that broker's image would differ from the
-others' *at the same version* for good. Versions are compared with their content: brokers
+state machine back. If a node ever applied an entry that the quorum later replaced, that
+broker's image would differ from the others' *at the same version* for good. pysyncobj 0.3.17
+did that (it truncated matching entries, logging "truncating already-applied log entries");
+the quorum now follows Raft's rule there (docs/design.md, "AppendEntries on a follower") and
+refuses a conflict below its applied index; this check stays as the end-to-end guard. Versions are compared with their content: brokers
 that answer with the same `metadata_version` must answer with the same brokers, topics,
 leaders, leader epochs, replicas and ISRs. Different versions only mean "not caught up yet";
 the check waits for one version, then compares.

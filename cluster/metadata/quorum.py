@@ -30,6 +30,10 @@ Everything else here runs outside the replicated state:
 pysyncobj traps handled (see shared/reference/dependencies.md): `appendEntriesUseBatch=False`,
 fast elections (0.2-0.4 s, connectionTimeout 60 s), journal *and* full dump, `useFork=False`,
 no locks or handles in the replicated consumer, nothing calls `sync=True`.
+A pysyncobj bug fixed here: its follower deletes every entry after an AppendEntries' previous
+index, even matching ones it has acknowledged (a committed entry can end on a minority). The
+quorum handles the log part of AppendEntries itself with Raft's rule (delete only on a conflict,
+`raft_append`); the import refuses any pysyncobj but the one this was written against.
 Read-only (observer) nodes: a node whose `raft_address` is None joins with `selfNode=None`; it
 connects to every voter, receives the log, never votes, and can submit commands.
 """
@@ -45,10 +49,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import pysyncobj.pickle as pysyncobj_pickle
+import pysyncobj.version
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.node import TCPNode
+from pysyncobj.transport import Transport
 from semel import limits
-from semel.cluster.metadata import legacy_pickle, records
+from semel.cluster.metadata import legacy_pickle, raft_append, records
 from semel.cluster.metadata.records import MetadataRecordError, RaftEntry, Snapshot
 from semel.cluster.metadata.state import (
     Command,
@@ -61,6 +68,16 @@ from semel.cluster.metadata.state import (
 from semel.v1 import common_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+# The shell below replaces pysyncobj's AppendEntries log handling (see `_SyncObj__onMessageReceived`)
+# and reads its private fields; both are written against this exact release. Another version
+# must not run with a fix that may no longer fit it (pyproject.toml pins the same version).
+PYSYNCOBJ_VERSION = "0.3.17"
+if pysyncobj.version.VERSION != PYSYNCOBJ_VERSION:
+    raise ImportError(
+        f"semel.cluster.metadata.quorum is written for pysyncobj {PYSYNCOBJ_VERSION} (it replaces its "
+        f"AppendEntries log handling, Raft section 5.3), found {pysyncobj.version.VERSION}: re-check the fix "
+        "against the new release before changing the pin")
 
 SUBMIT_TIMEOUT_S_DEFAULT = limits.METADATA_SUBMIT_TIMEOUT_MS_DEFAULT / 1000
 SUBMIT_RETRY_BACKOFF_S = 0.02
@@ -157,7 +174,9 @@ _RETRIABLE = {
 class MetadataQuorum(SyncObj):
     """One node of the metadata Raft group (voter or observer), started in-process."""
 
-    def __init__(self, config: QuorumConfig) -> None:
+    def __init__(self, config: QuorumConfig, *, transport: Transport | None = None, auto_tick: bool = True) -> None:
+        """`transport` None: pysyncobj's TCP transport. Tests pass an in-memory one with
+        `auto_tick=False` and drive `doTick` and message delivery themselves."""
         # Attributes set before SyncObj.__init__ are excluded from pysyncobj's own state (with
         # the serializer hooks below it pickles none of them anyway).
         self._config = config
@@ -193,8 +212,9 @@ class MetadataQuorum(SyncObj):
             serializer=self._write_snapshot,
             deserializer=self._read_snapshot,
             useFork=False,
+            autoTick=auto_tick,
             commandsWaitLeader=False,
-            dynamicMembershipChange=False,
+            dynamicMembershipChange=False,  # also assumed by `_SyncObj__onMessageReceived` below
             logCompactionMinEntries=config.log_compaction_min_entries,
             logCompactionMinTime=config.log_compaction_min_time_s,
             onStateChanged=self._on_state_changed,
@@ -203,7 +223,8 @@ class MetadataQuorum(SyncObj):
         dial = dict(config.raft_dial)
         others = [_DialedNode(v.raft_address, dial[v.raft_address]) if v.raft_address in dial else v.raft_address
                   for v in config.voters if v.raft_address != self_node]
-        super().__init__(self_node, others, conf=conf, consumers=[self._consumer])
+        self._refused_conflict: raft_append.ConflictBelowApplied | None = None  # last one logged
+        super().__init__(self_node, others, conf=conf, consumers=[self._consumer], transport=transport)
         self.addOnTickCallback(self._after_tick)
 
     # -- reads (any thread) --
@@ -286,6 +307,65 @@ class MetadataQuorum(SyncObj):
         last, previous = snapshot.last_entry, snapshot.previous_entry
         return (last.command, last.index, last.term), (previous.command, previous.index, previous.term), \
             set(snapshot.cluster_addresses)
+
+    # -- Raft AppendEntries, follower side (tick thread) --
+
+    def _SyncObj__onMessageReceived(self, node: object, message: dict) -> None:
+        """Every message from a peer (pysyncobj's transport calls this name). An AppendEntries
+        that carries log entries (or an empty heartbeat at an index) gets its log part done here,
+        by Raft's rule (`raft_append`); everything else, including the leader, term and election
+        timer bookkeeping of that same message, stays pysyncobj's."""
+        handle = SyncObj._SyncObj__onMessageReceived  # type: ignore[attr-defined]
+        if (message.get("type") != "append_entries" or message["term"] < self.raftCurrentTerm
+                or "prevLogIdx" not in message or message.get("transmission") not in (None, "finish")):
+            # Votes, commands, snapshots, stale terms, the first chunks of a large entry: unchanged.
+            handle(self, node, message)
+            return
+        if message.get("transmission") == "finish":  # the last chunk of one large entry
+            data = self._SyncObj__recvTransmission + message["data"]  # type: ignore[attr-defined]
+            self._SyncObj__recvTransmission = ""  # pysyncobj's reset value
+            entries = [pysyncobj_pickle.loads(data)]
+        else:
+            entries = message.get("entries", [])
+        # pysyncobj does the bookkeeping of any message from a current leader (election timer,
+        # leader, term, follower state) on the message without its log part. Its commit rule
+        # (min(leader commit, *last log index*)) would commit entries this message does not
+        # vouch for once matching ones are kept, so it gets our own commit index here.
+        handle(self, node, {"type": "append_entries", "term": message["term"], "commit_index": self.raftCommitIndex})
+        self._SyncObj__leaderCommitIndex = message["commit_index"]
+        prev_index, prev_term = message["prevLogIdx"], message["prevLogTerm"]
+        from_prev = self._SyncObj__getEntries(prev_index)  # type: ignore[attr-defined]
+        send_next_index = self._SyncObj__sendNextNodeIdx  # type: ignore[attr-defined]
+        # Rule 2, as pysyncobj answers it (the leader rewinds its next index for this node).
+        if not from_prev:
+            send_next_index(node, success=False, reset=True)
+            return
+        if from_prev[0][2] != prev_term:
+            send_next_index(node, nextNodeIdx=prev_index, success=False, reset=True)
+            return
+        applied_index = max(self.raftCommitIndex, self.raftLastApplied)
+        decision = raft_append.plan_append(prev_index, from_prev[1:], entries, applied_index)
+        if isinstance(decision, raft_append.ConflictBelowApplied):
+            # Cannot happen while Raft's guarantees hold; if it does, this replica applied
+            # something the leader does not have. Stop here (no answer: the leader neither counts
+            # nor rewinds it) rather than diverge silently, as with an unreadable record.
+            if decision != self._refused_conflict:
+                log.critical("metadata Raft: the leader's entry %d (term %d) conflicts with an applied one "
+                             "(term %d, applied up to %d); refusing it, this replica cannot follow",
+                             decision.index, decision.leader_term, decision.local_term, decision.applied_index)
+                self._refused_conflict = decision
+            return
+        raft_log = self._SyncObj__raftLog  # type: ignore[attr-defined]
+        if decision.truncate_from_index is not None:
+            self._SyncObj__deleteEntriesFrom(decision.truncate_from_index)  # type: ignore[attr-defined]
+        for entry in decision.append:
+            raft_log.add(*entry)
+        send_next_index(node, nextNodeIdx=decision.match_index + 1, success=True)
+        commit_index = raft_append.commit_index_after(self.raftCommitIndex, message["commit_index"],
+                                                      decision.match_index)
+        if commit_index != self.raftCommitIndex:
+            self._SyncObj__raftCommitIndex = commit_index
+            raft_log.setRaftCommitIndex(commit_index)
 
     # -- listeners --
 
