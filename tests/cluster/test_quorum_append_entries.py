@@ -331,6 +331,25 @@ def test_a_real_conflict_still_replaces_the_uncommitted_suffix(tmp_path: Path) -
         follower.close()
 
 
+def test_entries_kept_past_a_message_are_not_committed_by_it(tmp_path: Path) -> None:
+    """Rule 5: a new leader's AppendEntries cut short by its batch size carries its commit index
+    (4) but vouches only for the entries up to its own (2). The follower keeps an old leader's
+    entry 3 until a conflict shows up, and must not apply it meanwhile."""
+    net = MemoryNet()
+    follower = quorum_node(net, tmp_path, "b:1")
+    try:
+        first = log_of(follower)[0]
+        noop = (bytes([_COMMAND_TYPE.NO_OP]), 2, 1)
+        old = regular_entry(RegisterBroker(1, "old", "h", 1), 3, 1)
+        net.deliver(Sent("a:1", "b:1", pickle.dumps(append_entries(first, [noop, old], commit_index=1))))
+        net.deliver(Sent("c:1", "b:1", pickle.dumps(append_entries(first, [noop], commit_index=4, term=2))))
+        follower.doTick(0)
+        assert log_of(follower) == [first, noop, old]
+        assert follower.raftCommitIndex == 2 and follower.image().broker(1) is None
+    finally:
+        follower.close()
+
+
 def test_a_conflict_below_the_applied_index_is_refused_not_applied(tmp_path: Path, caplog) -> None:
     net = MemoryNet()
     follower = quorum_node(net, tmp_path, "b:1")
