@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= .semel-data
 BASE_PORT ?= 9092
 
-.PHONY: up test install install-test proto bench-storage clean
+.PHONY: up test typecheck install install-test proto bench-storage clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ up: install
 test: install-test
 	$(BIN)/python -m pytest
 
+# mypy under the real `semel.*` names (also run by `make test`, tests/test_types.py).
+typecheck: install-test
+	$(BIN)/python tests/typecheck.py
+
 # Regenerate the committed protobuf/gRPC code from proto/*.proto (tests fail when it is stale).
 proto: install-test
 	$(BIN)/python proto/generate.py
@@ -37,4 +41,4 @@ bench-storage: install
 	$(BIN)/semel bench storage
 
 clean:
-	rm -rf $(DATA_DIR) .pytest_cache
+	rm -rf $(DATA_DIR) .pytest_cache .mypy_cache
