@@ -59,7 +59,7 @@ class Reply:
 
     request_id: int
     result: HeartbeatResponse | CommitDecision | None
-    error: int = E.NONE
+    error: common_pb2.ErrorCode = E.NONE
 
 
 Output = Union[Append, Reply]
@@ -108,7 +108,7 @@ class PartitionRuntime:
         write.base_offset = base_offset
         self._by_offset[base_offset] = token
 
-    def on_append_failed(self, token: int, error: int, now_ms: int) -> list[Output]:
+    def on_append_failed(self, token: int, error: common_pb2.ErrorCode, now_ms: int) -> list[Output]:
         """The append did not happen (nothing of it is in the log)."""
         write = self._in_flight.pop(token)
         invariant(write.base_offset < 0, "an appended write cannot fail; wait for commit or unload")

@@ -101,7 +101,7 @@ class HeartbeatRequest:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HeartbeatResponse:
-    error: int
+    error: common_pb2.ErrorCode
     error_message: str = ""
     member_id: str = ""
     member_epoch: int = LEAVE_EPOCH
@@ -117,7 +117,7 @@ class GroupDecision:
     base_version: int                             # Group.version when prepared (-1: no group)
     records: tuple[GroupRecord, ...]
     response: HeartbeatResponse | None = None
-    error: int = E.NONE
+    error: common_pb2.ErrorCode = E.NONE
     heartbeat_member: str | None = None           # its session restarts on complete
     removed_members: tuple[str, ...] = ()
 
@@ -424,7 +424,7 @@ def reconcile(
 
 
 class _Error(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: common_pb2.ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

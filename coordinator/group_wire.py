@@ -49,7 +49,7 @@ def heartbeat_request_from_proto(msg: group_pb2.ConsumerGroupHeartbeatRequest) -
 
 def heartbeat_response_to_proto(resp: HeartbeatResponse) -> group_pb2.ConsumerGroupHeartbeatResponse:
     out = group_pb2.ConsumerGroupHeartbeatResponse(
-        error_code=resp.error,  # type: ignore[arg-type]
+        error_code=resp.error,
         error_message=resp.error_message,
         member_id=resp.member_id,
         member_epoch=resp.member_epoch,
@@ -93,13 +93,13 @@ def _topic_results(decision: CommitDecision) -> list[group_pb2.OffsetCommitTopic
 
 def commit_response_to_proto(decision: CommitDecision) -> group_pb2.OffsetCommitResponse:
     return group_pb2.OffsetCommitResponse(
-        error_code=decision.error, error_message=decision.error_message, topics=_topic_results(decision)  # type: ignore[arg-type]
+        error_code=decision.error, error_message=decision.error_message, topics=_topic_results(decision)
     )
 
 
 def txn_commit_response_to_proto(decision: CommitDecision) -> group_pb2.TxnOffsetCommitResponse:
     return group_pb2.TxnOffsetCommitResponse(
-        error_code=decision.error, error_message=decision.error_message, topics=_topic_results(decision)  # type: ignore[arg-type]
+        error_code=decision.error, error_message=decision.error_message, topics=_topic_results(decision)
     )
 
 
@@ -112,13 +112,13 @@ def fetch_partitions_from_proto(msg: group_pb2.OffsetFetchRequest) -> list[Topic
 
 def fetch_result_to_proto(result: FetchResult) -> group_pb2.OffsetFetchResponse:
     return group_pb2.OffsetFetchResponse(
-        error_code=result.error,  # type: ignore[arg-type]
+        error_code=result.error,
         error_message=result.error_message,
         offsets=[
             group_pb2.FetchedOffset(
                 topic=o.tp.topic, partition=o.tp.partition, committed_offset=o.committed_offset,
                 committed_leader_epoch=o.committed_leader_epoch, metadata=o.metadata,
-                commit_timestamp_ms=o.commit_timestamp_ms, error_code=o.error,  # type: ignore[arg-type]
+                commit_timestamp_ms=o.commit_timestamp_ms, error_code=o.error,
             )
             for o in result.offsets
         ],

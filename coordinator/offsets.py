@@ -99,7 +99,7 @@ class CommitDecision:
     """Records to write (in a transactional batch of `producer_id` if >= 0), then answer."""
 
     group_id: str
-    error: int
+    error: common_pb2.ErrorCode
     error_message: str = ""
     partition_errors: tuple[tuple[TopicPartition, int], ...] = ()
     records: tuple[GroupRecord, ...] = ()
@@ -118,19 +118,19 @@ class FetchedOffset:
     committed_leader_epoch: int
     metadata: str
     commit_timestamp_ms: int       # -1: nothing committed
-    error: int                     # NONE or UNSTABLE_OFFSET_COMMIT
+    error: common_pb2.ErrorCode                     # NONE or UNSTABLE_OFFSET_COMMIT
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class FetchResult:
-    error: int
+    error: common_pb2.ErrorCode
     error_message: str
     offsets: tuple[FetchedOffset, ...]
 
 
 def validate_member(
     groups: GroupStateMachine, group_id: str, member_id: str, member_epoch: int, transactional: bool
-) -> tuple[int, str]:
+) -> tuple[common_pb2.ErrorCode, str]:
     """Fencing of commits (KIP-848 / KIP-447). member_epoch < 0: a simple commit, allowed only
     while the group has no members. Otherwise the member must exist (UNKNOWN_MEMBER_ID: it was
     removed, e.g. after its session timed out) and send its current epoch: an older epoch is
@@ -351,7 +351,7 @@ class OffsetStore:
                 decisions.append(CommitDecision(gid, E.NONE, records=tuple(records)))
         return decisions
 
-    def _validate_group(self, group_id: str, groups: GroupStateMachine, count: int) -> tuple[int, str]:
+    def _validate_group(self, group_id: str, groups: GroupStateMachine, count: int) -> tuple[common_pb2.ErrorCode, str]:
         if not _valid_group_id(group_id):
             return E.INVALID_GROUP_ID, f"group id must be 1..{limits.MAX_GROUP_ID_BYTES} bytes"
         if count > self.config.max_partitions_per_request:

@@ -297,7 +297,7 @@ class TxnCoordinator:
             self.channel.add(machine.marker_plan(after.transactional_id))  # full: tick re-adds it
         return actions + self._resume(write.pending.transactional_id, now_ms)
 
-    def write_failed(self, write_id: int, error: int, now_ms: int) -> list[Action]:
+    def write_failed(self, write_id: int, error: ErrorCode, now_ms: int) -> list[Action]:
         """The record was surely not written (`error`: what the append answered). The requests
         that waited for this write run again, each on its own (a failed Complete* write: they
         find the transaction still completing and wait on)."""
@@ -341,7 +341,7 @@ class TxnCoordinator:
         return actions
 
     def marker_response(
-        self, send: MarkerSend, results: Mapping[tuple[int, TopicPartition], int], now_ms: int
+        self, send: MarkerSend, results: Mapping[tuple[int, TopicPartition], ErrorCode], now_ms: int
     ) -> list[Action]:
         progress = self.channel.on_response(send, results, now_ms)
         actions: list[Action] = []
@@ -467,5 +467,5 @@ class TxnCoordinator:
         return write
 
 
-def _reply(request_id: int, error: int, message: str) -> Reply:
+def _reply(request_id: int, error: ErrorCode, message: str) -> Reply:
     return Reply(request_id, TxnResult(error, message))

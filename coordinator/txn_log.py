@@ -34,6 +34,7 @@ from semel.coordinator.txn_state import (
     TxnState,
     check_metadata,
 )
+from semel.coordinator.txn_wire import bump_reason_to_proto, state_to_proto
 from semel.internal_topics import TRANSACTION_STATE_TOPIC
 from semel.storage.batch import (
     HEADER_BYTES,
@@ -82,11 +83,11 @@ def to_proto(meta: TransactionMetadata) -> txn_pb2.TransactionLogRecord:
         previous_producer_id=meta.prev_producer_id,
         last_producer_epoch=meta.last_producer_epoch,
         transaction_timeout_ms=meta.timeout_ms,
-        state=meta.state.value,
+        state=state_to_proto(meta.state),
         partitions=[txn_pb2.TopicPartition(topic=tp.topic, partition=tp.partition) for tp in meta.partitions],
         transaction_start_time_ms=meta.txn_start_ms,
         last_update_time_ms=meta.last_update_ms,
-        last_bump_reason=meta.bump_reason.value,
+        last_bump_reason=bump_reason_to_proto(meta.bump_reason),
     )
 
 

@@ -51,7 +51,7 @@ class MarkerOutcome(enum.Enum):
 _DONE = frozenset({ErrorCode.NONE, ErrorCode.INVALID_PRODUCER_EPOCH, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION})
 
 
-def classify_marker_error(error: int) -> MarkerOutcome:
+def classify_marker_error(error: ErrorCode) -> MarkerOutcome:
     if error in _DONE:
         return MarkerOutcome.DONE
     if error == ErrorCode.TRANSACTION_COORDINATOR_FENCED:
@@ -60,8 +60,8 @@ def classify_marker_error(error: int) -> MarkerOutcome:
 
 
 def authoritative_results(
-    results: Mapping[tuple[int, TopicPartition], int], from_broker: int, coordinator_broker: int
-) -> dict[tuple[int, TopicPartition], int]:
+    results: Mapping[tuple[int, TopicPartition], ErrorCode], from_broker: int, coordinator_broker: int
+) -> dict[tuple[int, TopicPartition], ErrorCode]:
     """UNKNOWN_TOPIC_OR_PARTITION ends a marker only when the coordinator's own broker said it:
     the coordinator sends a deleted partition's markers to itself, so the answer comes from the
     metadata it consults. Any other broker may just not know the topic *yet* (chaos seed 53: a
@@ -202,7 +202,7 @@ class TxnMarkerChannel:
         return sends
 
     def on_response(
-        self, send: MarkerSend, results: Mapping[tuple[int, TopicPartition], int], now_ms: int
+        self, send: MarkerSend, results: Mapping[tuple[int, TopicPartition], ErrorCode], now_ms: int
     ) -> MarkerProgress:
         """Answers of `send`, keyed by (producer id, partition); a missing answer is retried."""
         if self._sends.pop(send.request_id, None) is None:
@@ -335,7 +335,7 @@ class VerificationCache:
 # --- partition side: KIP-664 admin abort ------------------------------------------------------------
 
 
-def check_admin_abort(info: ProducerInfo | None, producer_epoch: int, coordinator_epoch: int) -> tuple[int, str]:
+def check_admin_abort(info: ProducerInfo | None, producer_epoch: int, coordinator_epoch: int) -> tuple[ErrorCode, str]:
     """AbortTransaction on a partition leader (a hanging transaction the coordinator no
     longer knows): allowed only for the producer's *open* transaction at its current epoch,
     with a coordinator epoch no older than the last marker's. Then the broker appends an

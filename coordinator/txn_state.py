@@ -220,7 +220,7 @@ class TxnResult:
     fencing InitProducerId answers CONCURRENT_TRANSACTIONS *and* must write the abort); the
     request's answer is then `error` with `pending.answer` once complete."""
 
-    error: int = ErrorCode.NONE
+    error: ErrorCode = ErrorCode.NONE
     message: str = ""
     pending: PendingTransition | None = None
     producer_id: int = NO_PRODUCER_ID  # for answers that need no write
@@ -231,7 +231,7 @@ class TxnResult:
         return bool(self.error == ErrorCode.NONE)
 
 
-def _fail(error: int, message: str) -> TxnResult:
+def _fail(error: ErrorCode, message: str) -> TxnResult:
     return TxnResult(error, message)
 
 
@@ -253,9 +253,9 @@ class NextAdd:
 class VerifyResult:
     """KIP-890 verification: request-level `error`, else one code per asked partition."""
 
-    error: int
+    error: ErrorCode
     message: str
-    partitions: tuple[tuple[TopicPartition, int], ...] = ()
+    partitions: tuple[tuple[TopicPartition, ErrorCode], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

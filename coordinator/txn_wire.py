@@ -7,20 +7,34 @@ these helpers; nothing here blocks or keeps state.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import cast
 
 from semel.coordinator.txn_markers import MarkerSend
 from semel.coordinator.txn_state import (
+    BumpReason,
     NO_PRODUCER_EPOCH,
     NO_PRODUCER_ID,
     PendingTransition,
     TopicPartition,
     TransactionMetadata,
     TxnResult,
+    TxnState,
     VerifyResult,
 )
 from semel.storage.producer_state import ProducerInfo
 from semel.v1 import common_pb2, txn_pb2
 from semel.v1.common_pb2 import ErrorCode
+
+
+def state_to_proto(state: TxnState) -> txn_pb2.TransactionState:
+    # TxnState's values are the wire numbers (test_enums_are_the_wire_numbers); the generated
+    # stub types the wire enum as its own int subclass, which a plain int is not.
+    return cast(txn_pb2.TransactionState, state.value)
+
+
+def bump_reason_to_proto(reason: BumpReason) -> txn_pb2.EpochBumpReason:
+    # As state_to_proto: BumpReason's values are EpochBumpReason's numbers.
+    return cast(txn_pb2.EpochBumpReason, reason.value)
 
 
 def partitions_from_proto(items: Iterable[txn_pb2.TopicPartition]) -> tuple[TopicPartition, ...]:
@@ -57,7 +71,7 @@ def end_txn_response(result: TxnResult, completed: PendingTransition | None = No
 
 
 def add_partitions_response(
-    result: TxnResult, partitions: Iterable[TopicPartition], per_partition: Mapping[TopicPartition, int] | None = None
+    result: TxnResult, partitions: Iterable[TopicPartition], per_partition: Mapping[TopicPartition, ErrorCode] | None = None
 ) -> txn_pb2.AddPartitionsToTxnResponse:
     """Every partition gets the request's error unless `per_partition` names its own
     (e.g. UNKNOWN_TOPIC_OR_PARTITION found by the shell before asking the core)."""
@@ -84,7 +98,7 @@ def verify_response(result: VerifyResult) -> txn_pb2.VerifyTransactionResponse:
 
 
 def describe(
-    transactional_id: str, meta: TransactionMetadata | None, error: int = ErrorCode.NONE
+    transactional_id: str, meta: TransactionMetadata | None, error: ErrorCode = ErrorCode.NONE
 ) -> txn_pb2.TransactionDescription:
     if meta is None:
         code = error if error != ErrorCode.NONE else ErrorCode.TRANSACTIONAL_ID_NOT_FOUND
@@ -92,19 +106,19 @@ def describe(
     return txn_pb2.TransactionDescription(
         transactional_id=transactional_id,
         error_code=ErrorCode.NONE,
-        state=meta.state.value,
+        state=state_to_proto(meta.state),
         producer_id=meta.producer_id,
         producer_epoch=meta.producer_epoch,
         transaction_timeout_ms=meta.timeout_ms,
         transaction_start_time_ms=meta.txn_start_ms,
         partitions=partitions_to_proto(meta.partitions),
-        last_bump_reason=meta.bump_reason.value,
+        last_bump_reason=bump_reason_to_proto(meta.bump_reason),
     )
 
 
 def listing(meta: TransactionMetadata) -> txn_pb2.TransactionListing:
     return txn_pb2.TransactionListing(
-        transactional_id=meta.transactional_id, producer_id=meta.producer_id, state=meta.state.value
+        transactional_id=meta.transactional_id, producer_id=meta.producer_id, state=state_to_proto(meta.state)
     )
 
 
@@ -129,7 +143,7 @@ def write_markers_request(send: MarkerSend) -> txn_pb2.WriteTxnMarkersRequest:
     )
 
 
-def write_markers_results(response: txn_pb2.WriteTxnMarkersResponse) -> dict[tuple[int, TopicPartition], int]:
+def write_markers_results(response: txn_pb2.WriteTxnMarkersResponse) -> dict[tuple[int, TopicPartition], ErrorCode]:
     """The answers keyed as `TxnMarkerChannel.on_response` wants them."""
     return {
         (marker.producer_id, TopicPartition(p.topic, p.partition)): p.error_code

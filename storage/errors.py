@@ -46,11 +46,11 @@ class LogClosedError(Exception):
     code = ErrorCode.STORAGE_ERROR
 
 
-def error_code_of(exc: BaseException) -> int:
+def error_code_of(exc: BaseException) -> common_pb2.ErrorCode:
     """The wire code for an exception raised by the log (CorruptBatchError on append: damaged in flight)."""
     code = getattr(exc, "code", None)
     if code is not None:
-        return int(code)
+        return code  # the `code` class attribute of the errors above: an ErrorCode
     if isinstance(exc, CorruptBatchError):
         return ErrorCode.CORRUPT_MESSAGE
     return ErrorCode.UNKNOWN_SERVER_ERROR

@@ -78,7 +78,7 @@ _log = logging.getLogger(__name__)
 class AppendResult:
     """The outcome of one produced batch."""
 
-    error: int = ErrorCode.NONE
+    error: ErrorCode = ErrorCode.NONE
     first_offset: int = NO_OFFSET
     last_offset: int = NO_OFFSET
     duplicate: bool = False  # a retry: nothing appended, the offsets are the original ones
@@ -91,7 +91,7 @@ class AppendResult:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MarkerResult:
-    error: int = ErrorCode.NONE
+    error: ErrorCode = ErrorCode.NONE
     offset: int = NO_OFFSET  # where the marker was written
     completed: CompletedTxn | None = None  # the transaction it closed, if any
     message: str = ""

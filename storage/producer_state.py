@@ -96,7 +96,7 @@ class Outcome(enum.Enum):
 @dataclasses.dataclass(frozen=True, slots=True)
 class AppendDecision:
     outcome: Outcome
-    error: int = ErrorCode.NONE
+    error: ErrorCode = ErrorCode.NONE
     message: str = ""
     # DUPLICATE only: offsets the batch got when it was first appended.
     first_offset: int = NO_OFFSET
@@ -110,7 +110,7 @@ class AppendDecision:
 APPEND = AppendDecision(Outcome.APPEND)
 
 
-def _reject(error: int, message: str) -> AppendDecision:
+def _reject(error: ErrorCode, message: str) -> AppendDecision:
     return AppendDecision(Outcome.REJECT, error, message)
 
 
