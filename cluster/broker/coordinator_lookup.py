@@ -8,7 +8,7 @@ from semel.v1 import txn_pb2
 from semel.v1.common_pb2 import ErrorCode
 
 
-def find_coordinator(image: MetadataImage, key: str, key_type: int) -> txn_pb2.FindCoordinatorResponse:
+def find_coordinator(image: MetadataImage, key: str, key_type: txn_pb2.CoordinatorKeyType) -> txn_pb2.FindCoordinatorResponse:
     """The coordinator of `key`: the leader of its partition of the internal topic."""
     topic = CONSUMER_OFFSETS_TOPIC if key_type == txn_pb2.GROUP else TRANSACTION_STATE_TOPIC
     if not key:
@@ -31,5 +31,5 @@ def find_coordinator(image: MetadataImage, key: str, key_type: int) -> txn_pb2.F
     )
 
 
-def _no_coordinator(error: int, message: str) -> txn_pb2.FindCoordinatorResponse:
+def _no_coordinator(error: ErrorCode, message: str) -> txn_pb2.FindCoordinatorResponse:
     return txn_pb2.FindCoordinatorResponse(error_code=error, error_message=message, broker_id=-1)

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from semel.client.errors import is_retriable
 
@@ -182,7 +182,8 @@ def coordinator_transactions(view: ClusterView, producer_ids: Iterable[int] = ()
     from semel.v1 import txn_pb2
     from semel.v1.common_pb2 import ErrorCode
 
-    states = [txn_pb2.TransactionState.Value(s) for s in PENDING_STATES]
+    # Value() checks the name; its stub returns a plain int, not the enum type
+    states = [cast(txn_pb2.TransactionState, txn_pb2.TransactionState.Value(s)) for s in PENDING_STATES]
     out = []
     for broker in sorted(view.brokers):
         stub = view.txn(broker)
@@ -342,7 +343,8 @@ def _cmd_list(view: ClusterView, args: argparse.Namespace) -> int:
     from semel.v1.common_pb2 import ErrorCode
 
     try:
-        states = [txn_pb2.TransactionState.Value(s.upper()) for s in args.state]
+        # Value() checks the name; its stub returns a plain int, not the enum type
+        states = [cast(txn_pb2.TransactionState, txn_pb2.TransactionState.Value(s.upper())) for s in args.state]
     except ValueError as exc:
         raise TxnToolError(str(exc)) from None
     rows = []

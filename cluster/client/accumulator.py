@@ -205,7 +205,7 @@ class RecordAccumulator:
     def has_open_batch(self, topic: str, partition: int) -> bool:
         """The partition has a batch that still takes records."""
         queue = self._queues.get((topic, partition))
-        return bool(queue) and not queue[-1].closed
+        return queue is not None and bool(queue) and not queue[-1].closed
 
     def close_if_full_for(self, topic: str, partition: int, size_bytes: int) -> bool:
         """Closes the partition's open batch when a record of about `size_bytes` (an upper

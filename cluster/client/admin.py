@@ -42,7 +42,7 @@ class PartitionDescription:
     high_watermark: int
     log_start_offset: int
     last_stable_offset: int
-    error_code: int
+    error_code: common_pb2.ErrorCode
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

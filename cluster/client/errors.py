@@ -19,7 +19,7 @@ or a connection broke after the request was sent): such failures are never repor
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypeVar, cast
 
 from semel.v1 import common_pb2
 
@@ -29,7 +29,7 @@ ErrorCode = common_pb2.ErrorCode
 class SemelError(Exception):
     """Base of every error raised by the Semel client."""
 
-    code: int = common_pb2.UNKNOWN_SERVER_ERROR
+    code: common_pb2.ErrorCode = common_pb2.UNKNOWN_SERVER_ERROR
     retriable: bool = False
     outcome_unknown: bool = False
 
@@ -165,7 +165,7 @@ METADATA_REFRESH_CODES: Final = frozenset(
 # Codes whose outcome is unknown: the broker may have written the batch.
 _OUTCOME_UNKNOWN_CODES: Final = frozenset({common_pb2.REQUEST_TIMED_OUT})
 
-_DESCRIPTIONS: Final[dict[int, str]] = {
+_DESCRIPTIONS: Final[dict[common_pb2.ErrorCode, str]] = {
     common_pb2.UNKNOWN_SERVER_ERROR: "unexpected broker fault; see the broker log",
     common_pb2.UNKNOWN_TOPIC_OR_PARTITION: "the topic or partition does not exist",
     common_pb2.INVALID_REQUEST: "malformed request",
@@ -186,11 +186,11 @@ _DESCRIPTIONS: Final[dict[int, str]] = {
 }
 
 
-def is_retriable(code: int) -> bool:
+def is_retriable(code: common_pb2.ErrorCode) -> bool:
     return code in _RETRIABLE_CODES
 
 
-def is_abortable(code: int) -> bool:
+def is_abortable(code: common_pb2.ErrorCode) -> bool:
     return code in _ABORTABLE_CODES
 
 
@@ -198,7 +198,7 @@ def _class_name(code_name: str) -> str:
     return "".join(part.capitalize() for part in code_name.split("_")) + "Error"
 
 
-def _category(code: int) -> type[SemelError]:
+def _category(code: common_pb2.ErrorCode) -> type[SemelError]:
     if code in _RETRIABLE_CODES:
         return RetriableError
     if code in _ABORTABLE_CODES:
@@ -206,10 +206,11 @@ def _category(code: int) -> type[SemelError]:
     return FatalError
 
 
-_BY_CODE: dict[int, type[SemelError]] = {}
-for _name, _value in ErrorCode.items():
-    if _value == common_pb2.NONE:
+_BY_CODE: dict[common_pb2.ErrorCode, type[SemelError]] = {}
+for _name, _number in ErrorCode.items():
+    if _number == common_pb2.NONE:
         continue
+    _value = cast(common_pb2.ErrorCode, _number)  # the enum's own table: every number is an ErrorCode
     _cls = type(
         _class_name(_name),
         (_category(_value),),
@@ -218,24 +219,39 @@ for _name, _value in ErrorCode.items():
     globals()[_cls.__name__] = _cls
     _BY_CODE[_value] = _cls
 
-# Names used directly by the client and its users (typed for readers and mypy).
-NotLeaderOrFollowerError: type[RetriableError] = _BY_CODE[common_pb2.NOT_LEADER_OR_FOLLOWER]  # type: ignore[assignment]
-UnknownTopicOrPartitionError: type[RetriableError] = _BY_CODE[common_pb2.UNKNOWN_TOPIC_OR_PARTITION]  # type: ignore[assignment]
-OffsetOutOfRangeError: type[FatalError] = _BY_CODE[common_pb2.OFFSET_OUT_OF_RANGE]  # type: ignore[assignment]
-RequestTimedOutError: type[RetriableError] = _BY_CODE[common_pb2.REQUEST_TIMED_OUT]  # type: ignore[assignment]
-TopicAlreadyExistsError: type[FatalError] = _BY_CODE[common_pb2.TOPIC_ALREADY_EXISTS]  # type: ignore[assignment]
-LeaderNotAvailableError: type[RetriableError] = _BY_CODE[common_pb2.LEADER_NOT_AVAILABLE]  # type: ignore[assignment]
-RecordBatchTooLargeError: type[FatalError] = _BY_CODE[common_pb2.RECORD_BATCH_TOO_LARGE]  # type: ignore[assignment]
-InvalidTopicNameError: type[FatalError] = _BY_CODE[common_pb2.INVALID_TOPIC_NAME]  # type: ignore[assignment]
-InvalidReplicationFactorError: type[FatalError] = _BY_CODE[common_pb2.INVALID_REPLICATION_FACTOR]  # type: ignore[assignment]
+# Names used directly by the client and its users (typed for readers and mypy: the loop above
+# makes them at import time, which a type checker cannot see).
+_E = TypeVar("_E", bound=SemelError)
 
 
-def error_class(code: int) -> type[SemelError]:
+def _named(code: common_pb2.ErrorCode, category: type[_E]) -> type[_E]:
+    cls = _BY_CODE[code]
+    if not issubclass(cls, category):
+        raise AssertionError(f"{cls.__name__} is not a {category.__name__}")
+    return cls
+
+
+NotLeaderOrFollowerError = _named(common_pb2.NOT_LEADER_OR_FOLLOWER, RetriableError)
+UnknownTopicOrPartitionError = _named(common_pb2.UNKNOWN_TOPIC_OR_PARTITION, RetriableError)
+OffsetOutOfRangeError = _named(common_pb2.OFFSET_OUT_OF_RANGE, FatalError)
+RequestTimedOutError = _named(common_pb2.REQUEST_TIMED_OUT, RetriableError)
+TopicAlreadyExistsError = _named(common_pb2.TOPIC_ALREADY_EXISTS, FatalError)
+LeaderNotAvailableError = _named(common_pb2.LEADER_NOT_AVAILABLE, RetriableError)
+RecordBatchTooLargeError = _named(common_pb2.RECORD_BATCH_TOO_LARGE, FatalError)
+InvalidTopicNameError = _named(common_pb2.INVALID_TOPIC_NAME, FatalError)
+InvalidReplicationFactorError = _named(common_pb2.INVALID_REPLICATION_FACTOR, FatalError)
+CoordinatorNotAvailableError = _named(common_pb2.COORDINATOR_NOT_AVAILABLE, RetriableError)
+UnstableOffsetCommitError = _named(common_pb2.UNSTABLE_OFFSET_COMMIT, RetriableError)
+ProducerFencedError = _named(common_pb2.PRODUCER_FENCED, FatalError)
+InvalidProducerEpochError = _named(common_pb2.INVALID_PRODUCER_EPOCH, FatalError)
+
+
+def error_class(code: common_pb2.ErrorCode) -> type[SemelError]:
     """The exception class for a wire ErrorCode (UnknownServerError for unknown values)."""
     return _BY_CODE.get(code, _BY_CODE[common_pb2.UNKNOWN_SERVER_ERROR])
 
 
-def error_for_code(code: int, message: str = "", *, context: str = "") -> SemelError:
+def error_for_code(code: common_pb2.ErrorCode, message: str = "", *, context: str = "") -> SemelError:
     """The exception for `code` as answered by a broker; `context` names what failed."""
     if code == common_pb2.NONE:
         raise AssertionError("error_for_code(NONE): success is not an error")

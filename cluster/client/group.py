@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from semel.client import errors as client_errors
@@ -607,14 +607,16 @@ class GroupAdmin(_ClientBase):
         self.close()
 
     def _rpc_for(self, group_id: str) -> _GroupRpc:
-        return _GroupRpc(self, group_id)  # type: ignore[arg-type]
+        return _GroupRpc(self, group_id)
 
     def _deadline(self, timeout_ms: int | None) -> int:
         return _now_ms() + (timeout_ms if timeout_ms is not None else self.request_timeout_ms)
 
     def list_groups(self, states: Iterable[str] = (), timeout_ms: int | None = None) -> list[ListedGroup]:
         """Every group of the cluster (each broker lists the groups it coordinates)."""
-        request = gpb.ListGroupsRequest(states=[gpb.GroupState.Value("GROUP_STATE_" + s.upper()) for s in states])
+        # Value() checks the name; its stub returns a plain int, not the enum type
+        wanted = [cast(gpb.GroupState, gpb.GroupState.Value("GROUP_STATE_" + s.upper())) for s in states]
+        request = gpb.ListGroupsRequest(states=wanted)
         deadline = self._deadline(timeout_ms)
         self._metadata.refresh(timeout_ms=max(1, deadline - _now_ms()))
         rpc = self._rpc_for("list")
@@ -661,7 +663,7 @@ class GroupAdmin(_ClientBase):
         if strategy not in RESET_STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(RESET_STRATEGIES)}")
         request = gpb.ResetOffsetsRequest(group_id=group_id, dry_run=dry_run, partitions=[
-            gpb.ResetPartition(topic=t, partition=p, strategy=RESET_STRATEGIES[strategy], value=value)  # type: ignore[arg-type]
+            gpb.ResetPartition(topic=t, partition=p, strategy=RESET_STRATEGIES[strategy], value=value)
             for t, p in sorted(set(partitions))])
         resp = self._rpc_for(group_id).call("ResetOffsets", request, self._deadline(timeout_ms))
         if resp.error_code != pb.NONE:

@@ -184,7 +184,7 @@ class IdempotenceState:
         if pending and seq in pending:
             pending.remove(seq)
 
-    def classify(self, batch: SequencedBatch, code: int, retriable: bool) -> Verdict:
+    def classify(self, batch: SequencedBatch, code: common_pb2.ErrorCode, retriable: bool) -> Verdict:
         if code == common_pb2.DUPLICATE_SEQUENCE_NUMBER:
             return Verdict.DUPLICATE
         sequence_gap = code in (common_pb2.OUT_OF_ORDER_SEQUENCE, common_pb2.UNKNOWN_PRODUCER_ID)

@@ -19,7 +19,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -76,7 +76,7 @@ class Connections:
         self._channels: dict[str, grpc.Channel] = {}
         self._broker_stubs: dict[str, broker_pb2_grpc.BrokerStub] = {}
         self._admin_stubs: dict[str, admin_pb2_grpc.AdminStub] = {}
-        self._other_stubs: dict[tuple[str, type], Any] = {}
+        self._other_stubs: dict[tuple[str, Callable[[grpc.Channel], Any]], Any] = {}
         self._closed = False
 
     def _channel(self, address: str) -> grpc.Channel:
@@ -102,7 +102,7 @@ class Connections:
                 stub = self._admin_stubs[address] = admin_pb2_grpc.AdminStub(self._channel(address))
             return stub
 
-    def stub(self, address: str, stub_class: type[_Stub]) -> _Stub:
+    def stub(self, address: str, stub_class: Callable[[grpc.Channel], _Stub]) -> _Stub:
         """A cached stub of any generated service (Transactions, Groups, ...) on `address`."""
         with self._lock:
             key = (address, stub_class)
@@ -166,7 +166,7 @@ class PartitionInfo:
     leader_epoch: int
     replicas: tuple[int, ...]
     isr: tuple[int, ...]
-    error_code: int
+    error_code: common_pb2.ErrorCode
 
 
 class ClusterView:
@@ -185,7 +185,7 @@ class ClusterView:
         self.topics: dict[str, list[PartitionInfo]] = {}
         self.topic_ids: dict[str, str] = {}
         self.topic_versions: dict[str, int] = {}  # metadata version of the answer a topic was last taken from
-        self.topic_errors: dict[str, int] = {}
+        self.topic_errors: dict[str, common_pb2.ErrorCode] = {}
         self.version = -1
         self.ignored_stale = 0  # partitions/topics the last update kept because the answer was older
 

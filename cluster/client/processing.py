@@ -61,7 +61,7 @@ COMMIT_INTERVAL_MS_DEFAULT = 100
 TRANSACTION_TIMEOUT_MS_DEFAULT = 10_000   # a crashed processor's transaction is aborted after this at the latest
 RESTORE_TIMEOUT_S = 120.0
 _DELETE_HEADER = ("semel.store.op", b"delete")
-_FENCED_PRODUCER = (client_errors.ProducerFencedError, client_errors.InvalidProducerEpochError)  # type: ignore[attr-defined]
+_FENCED_PRODUCER = (client_errors.ProducerFencedError, client_errors.InvalidProducerEpochError)
 
 
 class _PartitionStore:
@@ -247,7 +247,7 @@ class Processor:
             partitions = max(len(self._consumer.partitions_for(t)) for t in self.input_topics)
             try:
                 admin.create_topic(self.changelog_topic, partitions, replication_factor or None)  # type: ignore[arg-type]
-            except client_errors.TopicAlreadyExistsError:  # type: ignore[attr-defined]
+            except client_errors.TopicAlreadyExistsError:
                 pass
 
     # --- the loop ------------------------------------------------------------------------------------
@@ -455,7 +455,7 @@ class Processor:
             deadline = time.monotonic() + RESTORE_TIMEOUT_S
             while reader.position(*ctp) < target:
                 if time.monotonic() > deadline:
-                    raise client_errors.RequestTimedOutError(  # type: ignore[attr-defined]
+                    raise client_errors.RequestTimedOutError(
                         f"restoring {ctp}: stuck below {target} (an open transaction?)")
                 changes = []
                 for r in reader.poll(200):

@@ -587,8 +587,8 @@ class Producer(_ClientBase):
                     self._sticky.batch_closed(batch.topic, batch.partition, view.partition_count(batch.topic) or 1)
             if failed:
                 self._cond.notify_all()
-        for batch, error in failed:
-            batch.result.complete(-1, -1, error)
+        for batch, failure in failed:
+            batch.result.complete(-1, -1, failure)
         by_leader: dict[str, list[ProducerBatch]] = collections.defaultdict(list)
         for batch in batches:
             address = view.leader_address(batch.topic, batch.partition)
@@ -712,8 +712,8 @@ class Producer(_ClientBase):
                     if final is not None:
                         done.append((batch, -1, -1, final))
             self._cond.notify_all()
-        for batch, base, append_ms, error in done:
-            batch.result.complete(base, append_ms, error)
+        for batch, base, append_ms, outcome in done:
+            batch.result.complete(base, append_ms, outcome)
 
     def _handle_failure(self, batches: list[ProducerBatch], error: SemelError) -> None:
         done = []

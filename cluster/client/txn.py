@@ -144,7 +144,7 @@ class TxnRpc:
         self._lock = threading.Lock()
 
     # --- generic retry loop ------------------------------------------------------------
-    def _call(self, what: str, deadline_ms: int, attempt: Callable[[str], tuple[int, str, _T]],
+    def _call(self, what: str, deadline_ms: int, attempt: Callable[[str, int], tuple[common_pb2.ErrorCode, str, _T]],
               addresses: Callable[[], list[str]], on_not_coordinator: Callable[[], None] | None = None,
               retry_unknown: bool = True) -> _T:
         """Runs `attempt(address) -> (error_code, message, result)` until success, a
@@ -158,7 +158,7 @@ class TxnRpc:
             for address in addresses():
                 per_try_ms = max(1, min(self.request_timeout_ms, deadline_ms - _now_ms()))
                 try:
-                    code, message, result = attempt(address, per_try_ms)  # type: ignore[call-arg]
+                    code, message, result = attempt(address, per_try_ms)
                 except grpc.RpcError as exc:
                     last = rpc_error(exc, address, what)
                     if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
@@ -197,15 +197,15 @@ class TxnRpc:
         return self.metadata.candidates()[:3]
 
     # --- coordinator discovery --------------------------------------------------------------
-    def coordinator(self, key: str, key_type: int, deadline_ms: int) -> str:
+    def coordinator(self, key: str, key_type: txn_pb2.CoordinatorKeyType, deadline_ms: int) -> str:
         with self._lock:
             address = self._coordinators.get((key, key_type))
         if address is not None:
             return address
 
-        def attempt(addr: str, timeout_ms: int) -> tuple[int, str, str]:
+        def attempt(addr: str, timeout_ms: int) -> tuple[common_pb2.ErrorCode, str, str]:
             r = self.connections.stub(addr, txn_pb2_grpc.TransactionsStub).FindCoordinator(
-                txn_pb2.FindCoordinatorRequest(key=key, key_type=key_type), timeout=timeout_ms / 1000)  # type: ignore[arg-type]
+                txn_pb2.FindCoordinatorRequest(key=key, key_type=key_type), timeout=timeout_ms / 1000)
             return r.error_code, r.error_message, f"{r.host}:{r.port}"
 
         address = self._call(f"find coordinator of {key!r}", deadline_ms, attempt, self._any_broker)
@@ -213,16 +213,16 @@ class TxnRpc:
             self._coordinators[(key, key_type)] = address
         return address
 
-    def forget_coordinator(self, key: str, key_type: int) -> None:
+    def forget_coordinator(self, key: str, key_type: txn_pb2.CoordinatorKeyType) -> None:
         with self._lock:
             self._coordinators.pop((key, key_type), None)
 
-    def _at_coordinator(self, key: str, key_type: int, what: str, deadline_ms: int,
-                        attempt: Callable[[str, int], tuple[int, str, _T]]) -> _T:
+    def _at_coordinator(self, key: str, key_type: txn_pb2.CoordinatorKeyType, what: str, deadline_ms: int,
+                        attempt: Callable[[str, int], tuple[common_pb2.ErrorCode, str, _T]]) -> _T:
         def addresses() -> list[str]:
             return [self.coordinator(key, key_type, deadline_ms)]
 
-        return self._call(what, deadline_ms, attempt, addresses,  # type: ignore[arg-type]
+        return self._call(what, deadline_ms, attempt, addresses,
                           on_not_coordinator=lambda: self.forget_coordinator(key, key_type))
 
     # --- the calls ----------------------------------------------------------------------------
@@ -233,13 +233,13 @@ class TxnRpc:
             producer_id=current.producer_id if current else -1,
             producer_epoch=current.producer_epoch if current else -1)
 
-        def attempt(addr: str, timeout_ms: int) -> tuple[int, str, ProducerIdentity]:
+        def attempt(addr: str, timeout_ms: int) -> tuple[common_pb2.ErrorCode, str, ProducerIdentity]:
             r = self.connections.stub(addr, txn_pb2_grpc.TransactionsStub).InitProducerId(
                 request, timeout=timeout_ms / 1000)
             return r.error_code, r.error_message, ProducerIdentity(r.producer_id, r.producer_epoch)
 
         if not transactional_id:
-            return self._call("init producer id", deadline_ms, attempt, self._any_broker)  # type: ignore[arg-type]
+            return self._call("init producer id", deadline_ms, attempt, self._any_broker)
         return self._at_coordinator(transactional_id, txn_pb2.TRANSACTION,
                                     f"init transactions of {transactional_id!r}", deadline_ms, attempt)
 
@@ -254,7 +254,7 @@ class TxnRpc:
             producer_epoch=identity.producer_epoch,
             partitions=[txn_pb2.TopicPartition(topic=t, partition=p) for t, p in wanted])
 
-        def attempt(addr: str, timeout_ms: int) -> tuple[int, str, None]:
+        def attempt(addr: str, timeout_ms: int) -> tuple[common_pb2.ErrorCode, str, None]:
             r = self.connections.stub(addr, txn_pb2_grpc.TransactionsStub).AddPartitionsToTxn(
                 request, timeout=timeout_ms / 1000)
             code, message = r.error_code, r.error_message
@@ -274,7 +274,7 @@ class TxnRpc:
             transactional_id=transactional_id, producer_id=identity.producer_id,
             producer_epoch=identity.producer_epoch, group_id=group_id)
 
-        def attempt(addr: str, timeout_ms: int) -> tuple[int, str, None]:
+        def attempt(addr: str, timeout_ms: int) -> tuple[common_pb2.ErrorCode, str, None]:
             r = self.connections.stub(addr, txn_pb2_grpc.TransactionsStub).AddOffsetsToTxn(
                 request, timeout=timeout_ms / 1000)
             return r.error_code, r.error_message, None
@@ -295,7 +295,7 @@ class TxnRpc:
             member_epoch=group.member_epoch,
             topics=[group_pb2.OffsetCommitTopic(topic=t, partitions=ps) for t, ps in topics.items()])
 
-        def attempt(addr: str, timeout_ms: int) -> tuple[int, str, None]:
+        def attempt(addr: str, timeout_ms: int) -> tuple[common_pb2.ErrorCode, str, None]:
             r = self.connections.stub(addr, group_pb2_grpc.GroupsStub).TxnOffsetCommit(request, timeout=timeout_ms / 1000)
             if r.error_code != common_pb2.NONE:
                 return r.error_code, r.error_message, None
@@ -313,7 +313,7 @@ class TxnRpc:
         request = txn_pb2.EndTxnRequest(transactional_id=transactional_id, producer_id=identity.producer_id,
                                         producer_epoch=identity.producer_epoch, commit=commit)
 
-        def attempt(addr: str, timeout_ms: int) -> tuple[int, str, ProducerIdentity]:
+        def attempt(addr: str, timeout_ms: int) -> tuple[common_pb2.ErrorCode, str, ProducerIdentity]:
             r = self.connections.stub(addr, txn_pb2_grpc.TransactionsStub).EndTxn(request, timeout=timeout_ms / 1000)
             return r.error_code, r.error_message, ProducerIdentity(r.producer_id, r.producer_epoch)
 
