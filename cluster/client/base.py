@@ -63,7 +63,7 @@ def _as_bytes(value: bytes | str | None, what: str) -> bytes | None:
     raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
 
 
-def parse_acks(acks: str | int) -> int:
+def parse_acks(acks: str | int) -> broker_pb2.Acks:
     value = _ACKS.get(str(acks).lower())
     if value is None:
         raise ConfigError(f"acks must be one of all, 1 (leader), 0 (none); got {acks!r}")

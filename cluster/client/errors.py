@@ -224,26 +224,27 @@ for _name, _number in ErrorCode.items():
 _E = TypeVar("_E", bound=SemelError)
 
 
-def _named(code: common_pb2.ErrorCode, category: type[_E]) -> type[_E]:
+def typed_error_class(code: common_pb2.ErrorCode, category: type[_E]) -> type[_E]:
+    """The class of `code`, checked (at import) to be a `category`, typed as one."""
     cls = _BY_CODE[code]
     if not issubclass(cls, category):
         raise AssertionError(f"{cls.__name__} is not a {category.__name__}")
     return cls
 
 
-NotLeaderOrFollowerError = _named(common_pb2.NOT_LEADER_OR_FOLLOWER, RetriableError)
-UnknownTopicOrPartitionError = _named(common_pb2.UNKNOWN_TOPIC_OR_PARTITION, RetriableError)
-OffsetOutOfRangeError = _named(common_pb2.OFFSET_OUT_OF_RANGE, FatalError)
-RequestTimedOutError = _named(common_pb2.REQUEST_TIMED_OUT, RetriableError)
-TopicAlreadyExistsError = _named(common_pb2.TOPIC_ALREADY_EXISTS, FatalError)
-LeaderNotAvailableError = _named(common_pb2.LEADER_NOT_AVAILABLE, RetriableError)
-RecordBatchTooLargeError = _named(common_pb2.RECORD_BATCH_TOO_LARGE, FatalError)
-InvalidTopicNameError = _named(common_pb2.INVALID_TOPIC_NAME, FatalError)
-InvalidReplicationFactorError = _named(common_pb2.INVALID_REPLICATION_FACTOR, FatalError)
-CoordinatorNotAvailableError = _named(common_pb2.COORDINATOR_NOT_AVAILABLE, RetriableError)
-UnstableOffsetCommitError = _named(common_pb2.UNSTABLE_OFFSET_COMMIT, RetriableError)
-ProducerFencedError = _named(common_pb2.PRODUCER_FENCED, FatalError)
-InvalidProducerEpochError = _named(common_pb2.INVALID_PRODUCER_EPOCH, FatalError)
+NotLeaderOrFollowerError = typed_error_class(common_pb2.NOT_LEADER_OR_FOLLOWER, RetriableError)
+UnknownTopicOrPartitionError = typed_error_class(common_pb2.UNKNOWN_TOPIC_OR_PARTITION, RetriableError)
+OffsetOutOfRangeError = typed_error_class(common_pb2.OFFSET_OUT_OF_RANGE, FatalError)
+RequestTimedOutError = typed_error_class(common_pb2.REQUEST_TIMED_OUT, RetriableError)
+TopicAlreadyExistsError = typed_error_class(common_pb2.TOPIC_ALREADY_EXISTS, FatalError)
+LeaderNotAvailableError = typed_error_class(common_pb2.LEADER_NOT_AVAILABLE, RetriableError)
+RecordBatchTooLargeError = typed_error_class(common_pb2.RECORD_BATCH_TOO_LARGE, FatalError)
+InvalidTopicNameError = typed_error_class(common_pb2.INVALID_TOPIC_NAME, FatalError)
+InvalidReplicationFactorError = typed_error_class(common_pb2.INVALID_REPLICATION_FACTOR, FatalError)
+CoordinatorNotAvailableError = typed_error_class(common_pb2.COORDINATOR_NOT_AVAILABLE, RetriableError)
+UnstableOffsetCommitError = typed_error_class(common_pb2.UNSTABLE_OFFSET_COMMIT, RetriableError)
+ProducerFencedError = typed_error_class(common_pb2.PRODUCER_FENCED, FatalError)
+InvalidProducerEpochError = typed_error_class(common_pb2.INVALID_PRODUCER_EPOCH, FatalError)
 
 
 def error_class(code: common_pb2.ErrorCode) -> type[SemelError]:

@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from semel.v1 import common_pb2
 
@@ -81,6 +81,9 @@ class SequencedBatch(Protocol):
     producer_epoch: int
     base_sequence: int
     outcome_unknown: bool
+
+
+_Batch = TypeVar("_Batch", bound=SequencedBatch)
 
 
 class Verdict(enum.Enum):
@@ -120,7 +123,7 @@ class IdempotenceState:
         if self.bump_reason is None:
             self.bump_reason = reason
 
-    def complete_bump(self, identity: ProducerIdentity, queued: Iterable[SequencedBatch]) -> list[SequencedBatch]:
+    def complete_bump(self, identity: ProducerIdentity, queued: Iterable[_Batch]) -> list[_Batch]:
         """The new epoch is in hand. Resets sequences and un-sequences the queued batches;
         returns those that may have been written already (to be failed as outcome unknown)."""
         self.set_identity(identity)

@@ -246,7 +246,7 @@ class Processor:
         with Admin(self.bootstrap) as admin:
             partitions = max(len(self._consumer.partitions_for(t)) for t in self.input_topics)
             try:
-                admin.create_topic(self.changelog_topic, partitions, replication_factor or None)  # type: ignore[arg-type]
+                admin.create_topic(self.changelog_topic, partitions, replication_factor)  # 0: the broker's default
             except client_errors.TopicAlreadyExistsError:
                 pass
 

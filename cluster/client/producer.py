@@ -493,7 +493,7 @@ class Producer(_ClientBase):
         with self._cond:
             if idem.bump_reason is not None:
                 log.info("producer %s -> %s: sequences restart at 0", idem.identity, identity)
-                unknown = idem.complete_bump(identity, self._acc.queued())  # type: ignore[assignment]
+                unknown = idem.complete_bump(identity, self._acc.queued())
                 for batch in unknown:
                     self._acc.remove_queued(batch)
                     self._stats["records_failed"] += batch.record_count
@@ -604,7 +604,7 @@ class Producer(_ClientBase):
 
     def _send_request(self, address: str, batches: list[ProducerBatch]) -> None:
         request = broker_pb2.ProduceRequest(
-            acks=self.acks,  # type: ignore[arg-type]  # an Acks enum value
+            acks=self.acks,
             timeout_ms=self.request_timeout_ms,
             transactional_id=self.transactional_id or "",
             partitions=[

@@ -36,19 +36,20 @@ from semel.client.errors import (
     SemelError,
     error_class,
     error_for_code,
+    typed_error_class,
 )
 from semel.client.idempotence import ProducerIdentity
 from semel.client.metadata import Connections, MetadataManager, rpc_error
 from semel.v1 import common_pb2, group_pb2, group_pb2_grpc, txn_pb2, txn_pb2_grpc
 
 # Named classes of the transaction errors (one per wire code; categories as in common.proto).
-ProducerFencedError: type[FatalError] = error_class(common_pb2.PRODUCER_FENCED)  # type: ignore[assignment]
-InvalidProducerEpochError: type[FatalError] = error_class(common_pb2.INVALID_PRODUCER_EPOCH)  # type: ignore[assignment]
-TransactionTimedOutError: type[FatalError] = error_class(common_pb2.TRANSACTION_TIMED_OUT)  # type: ignore[assignment]
-InvalidTxnStateError: type[FatalError] = error_class(common_pb2.INVALID_TXN_STATE)  # type: ignore[assignment]
-TransactionAbortableError: type[AbortableError] = error_class(common_pb2.TRANSACTION_ABORTABLE)  # type: ignore[assignment]
-OutOfOrderSequenceError: type[AbortableError] = error_class(common_pb2.OUT_OF_ORDER_SEQUENCE)  # type: ignore[assignment]
-UnknownProducerIdError: type[AbortableError] = error_class(common_pb2.UNKNOWN_PRODUCER_ID)  # type: ignore[assignment]
+ProducerFencedError = typed_error_class(common_pb2.PRODUCER_FENCED, FatalError)
+InvalidProducerEpochError = typed_error_class(common_pb2.INVALID_PRODUCER_EPOCH, FatalError)
+TransactionTimedOutError = typed_error_class(common_pb2.TRANSACTION_TIMED_OUT, FatalError)
+InvalidTxnStateError = typed_error_class(common_pb2.INVALID_TXN_STATE, FatalError)
+TransactionAbortableError = typed_error_class(common_pb2.TRANSACTION_ABORTABLE, AbortableError)
+OutOfOrderSequenceError = typed_error_class(common_pb2.OUT_OF_ORDER_SEQUENCE, AbortableError)
+UnknownProducerIdError = typed_error_class(common_pb2.UNKNOWN_PRODUCER_ID, AbortableError)
 ConcurrentTransactionsError = error_class(common_pb2.CONCURRENT_TRANSACTIONS)
 NotCoordinatorError = error_class(common_pb2.NOT_COORDINATOR)
 CoordinatorLoadInProgressError = error_class(common_pb2.COORDINATOR_LOAD_IN_PROGRESS)
