@@ -256,7 +256,7 @@ class TxnCoordinator:
             return VerifyResult(refusal.error, refusal.message)
         return machine.verify(transactional_id, producer_id, producer_epoch, partitions)
 
-    def describe(self, transactional_id: str) -> tuple[int, TransactionMetadata | None]:
+    def describe(self, transactional_id: str) -> tuple[ErrorCode, TransactionMetadata | None]:
         machine, refusal = self._route(transactional_id)
         if machine is None:
             return refusal.error, None
@@ -266,7 +266,7 @@ class TxnCoordinator:
     def list_transactions(
         self, now_ms: int, states: Iterable[TxnState] = (), producer_ids: Iterable[int] = (),
         min_duration_ms: int = 0, limit: int = limits.MAX_LISTED_TRANSACTIONS,
-    ) -> tuple[int, list[TransactionMetadata], bool]:
+    ) -> tuple[ErrorCode, list[TransactionMetadata], bool]:
         """(error, listing, truncated) over every loaded partition; LOAD_IN_PROGRESS while any loads."""
         if self._loading:
             return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, [], False

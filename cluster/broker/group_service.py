@@ -201,7 +201,7 @@ class GroupCoordinator:
     def _view_backend(self, index: int) -> Any:
         kv = getattr(self.b, "_kv", None)
         if kv is not None:
-            return KvViewBackend(kv)  # type: ignore[arg-type]
+            return KvViewBackend(kv)
         return self._memory_views.setdefault(index, MemoryViewBackend())
 
     # --- the tail: committed batches -> view + runtime -------------------------------------------
@@ -331,7 +331,10 @@ class GroupCoordinator:
                     log.info("group %s: removing expired members %s", gid, list(decision.removed_members))
                 return decision or GroupDecision(gid, -1, ())
 
-            self._submit_internal(loaded, gid, prepare, lambda reply, gid=gid: loaded.expiring.discard(gid))
+            def done(reply: Reply, gid: str = gid) -> None:
+                loaded.expiring.discard(gid)
+
+            self._submit_internal(loaded, gid, prepare, done)
 
     def _expire_offsets(self, loaded: _Loaded, now: int) -> None:
         for decision in loaded.runtime.shard.offsets.prepare_expire(loaded.runtime.shard.groups, now):
@@ -439,7 +442,7 @@ class GroupsService(ggrpc.GroupsServicer):
 
         reply = await self.c.submit(loaded, request.group_id, prepare)
         if reply.result is None:
-            return gpb.ConsumerGroupHeartbeatResponse(error_code=reply.error or pb.UNKNOWN_SERVER_ERROR,  # type: ignore[arg-type]
+            return gpb.ConsumerGroupHeartbeatResponse(error_code=reply.error or pb.UNKNOWN_SERVER_ERROR,
                                                       error_message=_code_name(reply.error),
                                                       member_id=request.member_id, member_epoch=-1)
         return gw.heartbeat_response_to_proto(reply.result)  # type: ignore[arg-type]
@@ -453,7 +456,7 @@ class GroupsService(ggrpc.GroupsServicer):
         reply = await self.c.submit(
             loaded, request.group_id, lambda shard, at_ms: shard.offsets.prepare_commit(req, shard.groups, at_ms))
         if not isinstance(reply.result, CommitDecision):
-            return gpb.OffsetCommitResponse(error_code=reply.error or pb.UNKNOWN_SERVER_ERROR,  # type: ignore[arg-type]
+            return gpb.OffsetCommitResponse(error_code=reply.error or pb.UNKNOWN_SERVER_ERROR,
                                             error_message=_code_name(reply.error))
         return gw.commit_response_to_proto(reply.result)
 
@@ -473,7 +476,7 @@ class GroupsService(ggrpc.GroupsServicer):
         finally:
             self.c.txn_checks.pop((request.producer_id, request.producer_epoch), None)
         if not isinstance(reply.result, CommitDecision):  # not written (fenced producer, ...) or unknown
-            return gpb.TxnOffsetCommitResponse(error_code=reply.error or pb.UNKNOWN_SERVER_ERROR,  # type: ignore[arg-type]
+            return gpb.TxnOffsetCommitResponse(error_code=reply.error or pb.UNKNOWN_SERVER_ERROR,
                                                error_message=_code_name(reply.error))
         return gw.txn_commit_response_to_proto(reply.result)
 
@@ -541,8 +544,8 @@ class GroupsService(ggrpc.GroupsServicer):
         reply = await self.c.submit(loaded, gid, lambda shard, at_ms: shard.offsets.prepare_delete_group(gid, shard.groups))
         result = reply.result
         if isinstance(result, CommitDecision):
-            return gpb.DeleteGroupResponse(error_code=result.error, error_message=result.error_message)  # type: ignore[arg-type]
-        return gpb.DeleteGroupResponse(error_code=reply.error, error_message=_code_name(reply.error))  # type: ignore[arg-type]
+            return gpb.DeleteGroupResponse(error_code=result.error, error_message=result.error_message)
+        return gpb.DeleteGroupResponse(error_code=reply.error, error_message=_code_name(reply.error))
 
     async def ResetOffsets(self, request: gpb.ResetOffsetsRequest,
                            context: grpc.aio.ServicerContext) -> gpb.ResetOffsetsResponse:
@@ -602,12 +605,12 @@ class GroupsService(ggrpc.GroupsServicer):
             gid, compute(shard), shard.groups, at_ms))
         result = reply.result
         if isinstance(result, CommitDecision):
-            return gpb.ResetOffsetsResponse(error_code=result.error, error_message=result.error_message,  # type: ignore[arg-type]
+            return gpb.ResetOffsetsResponse(error_code=result.error, error_message=result.error_message,
                                             partitions=results)
-        return gpb.ResetOffsetsResponse(error_code=reply.error, error_message=_code_name(reply.error))  # type: ignore[arg-type]
+        return gpb.ResetOffsetsResponse(error_code=reply.error, error_message=_code_name(reply.error))
 
 
-def _code_name(code: int) -> str:
+def _code_name(code: pb.ErrorCode) -> str:
     if code == pb.REQUEST_TIMED_OUT:
         return "not committed in time; outcome unknown"
     return pb.ErrorCode.Name(code) if code in pb.ErrorCode.values() else str(code)

@@ -59,6 +59,7 @@ from semel.cluster.metadata.quorum import (
     QuorumConfig,
     VoterSpec,
 )
+from semel.invariant import not_none
 from semel.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -364,7 +365,7 @@ class Broker:
                      self.port, cfg.raft_address)
             return
         self.isr.start()
-        self.groups.start()
+        not_none(self.groups, "a broker installs the group coordinator with its servicers").start()
         self._tasks.append(loop.create_task(self._register_and_heartbeat(), name="heartbeat"))
         self._tasks.append(loop.create_task(self._checkpoint_loop(), name="hw-checkpoint"))
         log.info("broker %d serving gRPC on %s:%d (raft %s)", cfg.broker_id, cfg.listen_host, self.port,

@@ -38,7 +38,7 @@ INT32_MAX = (1 << 31) - 1
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rejection:
-    error_code: int  # common_pb2.ErrorCode
+    error_code: common_pb2.ErrorCode
     message: str
 
 

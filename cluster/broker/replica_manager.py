@@ -42,10 +42,10 @@ from semel.cluster.broker.replica_state import (
     LeaderProgress,
     PendingAcks,
     ack_outcome_after_hw,
-    invariant,
 )
 from semel.cluster.broker.storage_adapter import ReplicaStore
 from semel.cluster.metadata import state as md
+from semel.invariant import not_none
 from semel.storage.batch import BatchHeader, encode_batch
 from semel.v1 import common_pb2 as pb
 
@@ -91,7 +91,7 @@ class Role(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AppendResult:
-    error_code: int
+    error_code: pb.ErrorCode
     message: str = ""
     base_offset: int = -1
     last_offset: int = -1
@@ -100,7 +100,7 @@ class AppendResult:
 
 
 class PartitionError(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: pb.ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -195,12 +195,12 @@ class Partition:
 
     def update_leader_state(self, state: md.PartitionState, min_isr: int, now: int) -> None:
         """Same leader epoch, new ISR/replicas (an ISR change committed)."""
-        invariant(self.progress is not None, "update_leader_state on a non-leader")
+        progress = not_none(self.progress, "update_leader_state on a non-leader")
         self.state = state
         self.min_insync_replicas = min_isr
-        self.progress.set_replicas(state.replicas, now)
-        if self.progress.set_isr(state.isr, now):
-            self._on_hw(self.progress.high_watermark)
+        progress.set_replicas(state.replicas, now)
+        if progress.set_isr(state.isr, now):
+            self._on_hw(progress.high_watermark)
 
     def become_follower(self, state: md.PartitionState) -> None:
         log.info("%s-%d: follower of %d at epoch %d (leo %d)", self.topic, self.partition, state.leader,
@@ -219,7 +219,7 @@ class Partition:
         self.progress = None
         self.notify()
 
-    def _fail_pending(self, code: int, message: str) -> None:
+    def _fail_pending(self, code: pb.ErrorCode, message: str) -> None:
         for fut in self.pending.drain():
             if not fut.done():
                 fut.set_exception(PartitionError(code, message))
@@ -244,9 +244,9 @@ class Partition:
         outcome = self.store.append_as_leader(encoded, self.leader_epoch, now)
         if outcome.error_code != pb.NONE:
             return AppendResult(outcome.error_code, outcome.message)
-        invariant(self.progress is not None, "a leader has replication progress")
-        if not outcome.duplicate and self.progress.on_leader_append(self.log_end_offset, self.clock.monotonic_ms()):
-            self._on_hw(self.progress.high_watermark)
+        progress = not_none(self.progress, "a leader has replication progress")
+        if not outcome.duplicate and progress.on_leader_append(self.log_end_offset, self.clock.monotonic_ms()):
+            self._on_hw(progress.high_watermark)
         self.notify()
         return AppendResult(pb.NONE, "", outcome.base_offset, outcome.last_offset, now, outcome.duplicate)
 
@@ -258,9 +258,9 @@ class Partition:
                                            self.leader_epoch, now)
         if outcome.error_code != pb.NONE:
             return AppendResult(outcome.error_code, outcome.message)
-        invariant(self.progress is not None, "a leader has replication progress")
-        if self.progress.on_leader_append(self.log_end_offset, self.clock.monotonic_ms()):
-            self._on_hw(self.progress.high_watermark)
+        progress = not_none(self.progress, "a leader has replication progress")
+        if progress.on_leader_append(self.log_end_offset, self.clock.monotonic_ms()):
+            self._on_hw(progress.high_watermark)
         self.notify()
         return AppendResult(pb.NONE, "", outcome.base_offset, outcome.last_offset, now)
 
@@ -275,7 +275,7 @@ class Partition:
         self.pending.add(end_offset, fut)
         return fut
 
-    def ack_outcome(self) -> tuple[int, str]:
+    def ack_outcome(self) -> tuple[pb.ErrorCode, str]:
         o = ack_outcome_after_hw(len(self.isr), self.min_insync_replicas)
         return o.error_code, o.message
 
@@ -419,9 +419,8 @@ class ReplicaManager:
                 self._remove(p, delete_data=True)
         for key, (topic, ps) in wanted.items():
             try:
-                p = self.partitions.get(key)
-                if p is None:
-                    p = self._open(topic, ps)
+                found = self.partitions.get(key)
+                p = found if found is not None else self._open(topic, ps)
                 self._apply_state(p, topic, ps, self.clock.monotonic_ms())  # after the open, which may take a while
             except Exception as exc:  # one bad replica must not take the others down; retried next change
                 log.exception("%s-%d: cannot take its role (%s); replica unavailable", key[0], key[1], exc)

@@ -197,7 +197,7 @@ T = TypeVar("T")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AckOutcome:
-    error_code: int
+    error_code: common_pb2.ErrorCode
     message: str = ""
 
 

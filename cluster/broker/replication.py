@@ -428,13 +428,13 @@ class FetcherManager:
     def follow(self, p: Partition) -> None:
         for f in self.fetchers.values():
             f.remove(p)
-        f = self.fetchers.get(p.leader_id)
-        if f is None:
-            f = ReplicaFetcher(self.rm.broker_id, p.leader_id, self.address_of, self.broker_epoch,
-                               self.report_unreachable, self.max_wait_ms, self.max_bytes)
-            self.fetchers[p.leader_id] = f
-            f.start()
-        f.add(p)
+        fetcher = self.fetchers.get(p.leader_id)
+        if fetcher is None:
+            fetcher = ReplicaFetcher(self.rm.broker_id, p.leader_id, self.address_of, self.broker_epoch,
+                                     self.report_unreachable, self.max_wait_ms, self.max_bytes)
+            self.fetchers[p.leader_id] = fetcher
+            fetcher.start()
+        fetcher.add(p)
 
     def unfollow(self, p: Partition) -> None:
         for f in self.fetchers.values():

@@ -293,12 +293,12 @@ def _checked_epoch(q: bpb.FetchPartition | bpb.ListOffsetsPartition) -> int:
     return q.current_leader_epoch if q.HasField("current_leader_epoch") else -1
 
 
-def _set_error(r: object, code: int, message: str) -> None:
+def _set_error(r: object, code: pb.ErrorCode, message: str) -> None:
     r.error_code = code  # type: ignore[attr-defined]
     r.error_message = message  # type: ignore[attr-defined]
 
 
-def _produce_all_failed(request: bpb.ProduceRequest, code: int, message: str) -> bpb.ProduceResponse:
+def _produce_all_failed(request: bpb.ProduceRequest, code: pb.ErrorCode, message: str) -> bpb.ProduceResponse:
     return bpb.ProduceResponse(results=[
         bpb.PartitionProduceResult(topic=pd.topic, partition=pd.partition, error_code=code, error_message=message,
                                    base_offset=-1, last_offset=-1, log_append_time_ms=-1, log_start_offset=-1)
@@ -350,7 +350,10 @@ class AdminService(agrpc.AdminServicer):
                 resp.results.append(apb.TopicResult(name=name, error_code=exc.code, error_message=str(exc)))
                 continue
             if result.ok:
-                await self.b.wait_for_metadata(lambda img, n=name: img.topic(n) is None, timeout_s)
+                def deleted(img: md.MetadataImage, n: str = name) -> bool:
+                    return img.topic(n) is None
+
+                await self.b.wait_for_metadata(deleted, timeout_s)
             resp.results.append(apb.TopicResult(name=name, error_code=result.error,
                                                 error_message=_code_message(result.error)))
         return resp
@@ -430,7 +433,7 @@ class AdminService(agrpc.AdminServicer):
         return resp
 
 
-def _code_message(code: int, rf: int = 0) -> str:
+def _code_message(code: pb.ErrorCode, rf: int = 0) -> str:
     if code == pb.NONE:
         return ""
     hints = {

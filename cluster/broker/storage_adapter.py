@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LeaderAppendOutcome:
-    error_code: int
+    error_code: pb.ErrorCode
     message: str = ""
     base_offset: int = -1
     last_offset: int = -1
@@ -381,9 +381,10 @@ def open_replica_store(directory: Path, topic: Any, partition: int, *, fsync: bo
     from semel.storage.partition import PartitionStore
 
     c = topic.config
-    flush = {"flush_policy": "always"} if fsync else {}  # else the storage default (docs/storage.md)
     config = LogConfig(segment_bytes=c.segment_bytes, segment_ms=c.segment_ms, retention_bytes=c.retention_bytes,
-                       retention_ms=c.retention_ms, **flush)
+                       retention_ms=c.retention_ms)
+    if fsync:  # else the storage default (docs/storage.md)
+        config = dataclasses.replace(config, flush_policy="always")
     # The topic id keeps a re-created topic from inheriting a deleted one's producer snapshots.
     key = partition_key(f"{topic.name}.{topic.topic_id[:12]}", partition)
     return PartitionStoreAdapter(PartitionStore.open(directory, config, kv, key, now_ms))

@@ -172,7 +172,7 @@ class TransactionsService(tgrpc.TransactionsServicer):
 
 async def write_marker_and_wait(shell: TxnCoordinatorShell, p: Partition, producer_id: int, producer_epoch: int,
                                 commit: bool, coordinator_epoch: int,
-                                timeout_ms: int = MARKER_ACK_TIMEOUT_MS) -> tuple[int, str]:
+                                timeout_ms: int = MARKER_ACK_TIMEOUT_MS) -> tuple[pb.ErrorCode, str]:
     """Append one marker as leader (acks=all) and wait until the HW passes it."""
     out = append_marker(shell, p, producer_id, producer_epoch, commit, coordinator_epoch)
     result = out if isinstance(out, AppendResult) else await out.wait(timeout_ms)
@@ -251,7 +251,7 @@ class ProduceVerifier:
         self.b = broker
         self.shell = shell
         self.verifications = 0
-        self._inflight: dict[tuple[str, int, int, int], asyncio.Future[tuple[int, str, VerificationGuard | None]]] = {}
+        self._inflight: dict[tuple[str, int, int, int], asyncio.Future[tuple[pb.ErrorCode, str, VerificationGuard | None]]] = {}
         # (topic, partition, producer id, epoch) -> done when the last request of that producer
         # with a batch for the partition that had to wait here has appended (or failed): a later
         # request appends after it. Bounded by the produce requests in flight.
@@ -261,11 +261,11 @@ class ProduceVerifier:
         tid = request.transactional_id
         keys, to_verify = self._transactional_writes(request)
         earlier = {f for key in keys if (f := self._waiting.get(key)) is not None}
-        outcomes: dict[tuple[str, int], tuple[int, str, VerificationGuard | None]] = {}
+        outcomes: dict[tuple[str, int], tuple[pb.ErrorCode, str, VerificationGuard | None]] = {}
         if to_verify and not tid:
             for parts in to_verify.values():
-                for key in parts:
-                    outcomes[key] = (pb.INVALID_REQUEST, "a transactional batch needs the request's transactional_id",
+                for tp in parts:
+                    outcomes[tp] = (pb.INVALID_REQUEST, "a transactional batch needs the request's transactional_id",
                                      None)
         elif to_verify or earlier:
             # This request waits (a verification, or an earlier request of the producer to one of its
@@ -333,11 +333,11 @@ class ProduceVerifier:
         return info is not None and info.txn_first_offset is not None and info.producer_epoch == producer_epoch
 
     async def _verify(self, tid: str, pid: int, epoch: int, parts: list[tuple[str, int]], image: md.MetadataImage
-                      ) -> dict[tuple[str, int], tuple[int, str, VerificationGuard | None]]:
+                      ) -> dict[tuple[str, int], tuple[pb.ErrorCode, str, VerificationGuard | None]]:
         """Verify `parts` for (pid, epoch). Requests of the producer that arrive while a
         verification of the same partition is in flight share it (and its guard) instead of
         voiding it with a new one, so pipelined first writes are not refused."""
-        out: dict[tuple[str, int], tuple[int, str, VerificationGuard | None]] = {}
+        out: dict[tuple[str, int], tuple[pb.ErrorCode, str, VerificationGuard | None]] = {}
         shared = {key: fut for key in parts if (fut := self._inflight.get((*key, pid, epoch))) is not None}
         mine = [key for key in parts if key not in shared]
         loop = asyncio.get_running_loop()

@@ -104,7 +104,7 @@ class ControllerConfig:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatReply:
-    error: int  # NONE, NOT_LEADER_OR_FOLLOWER (not the active controller), STALE_BROKER_EPOCH
+    error: pb.ErrorCode  # NONE, NOT_LEADER_OR_FOLLOWER (not the active controller), STALE_BROKER_EPOCH
     fenced: bool
     should_shutdown: bool = False
 

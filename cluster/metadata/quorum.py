@@ -123,7 +123,7 @@ class QuorumConfig:
 class MetadataSubmitError(Exception):
     """A command did not produce a result. `outcome_unknown`: it may still have committed."""
 
-    def __init__(self, code: int, outcome_unknown: bool, message: str) -> None:
+    def __init__(self, code: pb.ErrorCode, outcome_unknown: bool, message: str) -> None:
         super().__init__(f"{pb.ErrorCode.Name(code)} (outcome {'unknown' if outcome_unknown else 'not applied'}): {message}")
         self.code = code
         self.outcome_unknown = outcome_unknown
@@ -252,7 +252,7 @@ class MetadataQuorum(SyncObj):
     def uncommitted_entries(self) -> int:
         """Entries in this node's Raft log past the commit index (pysyncobj 0.3.17 keeps the log
         index private; the pin in pyproject.toml and tests/cluster/test_quorum_inprocess.py guard it)."""
-        return max(0, self._SyncObj__getCurrentLogIndex() - self.raftCommitIndex)  # type: ignore[attr-defined]
+        return max(0, self._SyncObj__getCurrentLogIndex() - self.raftCommitIndex)
 
     def leader_raft_address(self) -> str | None:
         leader = self._getLeader()

@@ -259,7 +259,7 @@ Command = Union[
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    error: int  # semel.v1.common_pb2.ErrorCode; NONE (0) on success
+    error: pb.ErrorCode  # NONE (0) on success
     value: object = None
 
     @property
@@ -273,7 +273,7 @@ OK = Result(pb.NONE)
 # --- validation helpers (pure) ------------------------------------------------------------
 
 
-def validate_topic_name(name: str, internal: bool = False) -> int:
+def validate_topic_name(name: str, internal: bool = False) -> pb.ErrorCode:
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_TOPIC_NAME_CHARS:
         return pb.INVALID_TOPIC_NAME
     if name in (".", "..") or not _TOPIC_NAME_RE.match(name):
@@ -294,7 +294,7 @@ def _parse_bool(text: str) -> bool | None:
 
 def parse_topic_config(
     configs: Iterable[tuple[str, str]], replication_factor: int
-) -> tuple[int, TopicConfig | None]:
+) -> tuple[pb.ErrorCode, TopicConfig | None]:
     """Validate `configs` (string key/values from the wire) and fill defaults."""
     values: dict[str, object] = {
         "min_insync_replicas": 2 if replication_factor >= 3 else 1,
@@ -484,7 +484,7 @@ class MetadataStateMachine:
         self._publish(brokers=brokers, topics=topics, next_broker_epoch=img.next_broker_epoch + 1)
         return Result(pb.NONE, reg.broker_epoch)
 
-    def _check_broker_epoch(self, broker_id: int, broker_epoch: int) -> tuple[int, BrokerRegistration | None]:
+    def _check_broker_epoch(self, broker_id: int, broker_epoch: int) -> tuple[pb.ErrorCode, BrokerRegistration | None]:
         reg = self.image.brokers.get(broker_id)
         if reg is None or reg.broker_epoch != broker_epoch:
             return pb.STALE_BROKER_EPOCH, None
