@@ -146,10 +146,11 @@ class _KeyOrder:
 
 def _indexes(order: _KeyOrder, pairs: Pairs) -> list[int | None]:
     """Dense index of each (offset, value) read; fast path when every offset is known."""
-    try:
-        return list(map(order.index_of_offset.__getitem__, [o for o, _ in pairs]))
-    except KeyError:
-        return [order.read_index(o, v) for o, v in pairs]
+    known = order.index_of_offset
+    fast: list[int | None] = [known.get(o, -1) if o is not None else -1 for o, _ in pairs]
+    if -1 not in fast:
+        return fast
+    return [order.read_index(o, v) for o, v in pairs]
 
 
 def _build_order(key: str, log: Mapping[int, int],
@@ -570,17 +571,17 @@ def _g1c(an: _Analysis) -> None:
     n_ops = len(ops)
     chain_base: dict[str, int] = {}
     total = n_ops
-    for k, order in an.orders.items():
+    for k, key_order in an.orders.items():
         chain_base[k] = total
-        total += len(order.offsets)
+        total += len(key_order.offsets)
     succ: list[list[int]] = [[] for _ in range(total)]
     chain_key: list[tuple[str, int]] = [("", 0)] * (total - n_ops)
-    for k, order in an.orders.items():
+    for k, key_order in an.orders.items():
         base = chain_base[k]
-        for i in range(len(order.offsets)):
-            chain_key[base + i - n_ops] = (k, i)
-            if i + 1 < len(order.offsets):
-                succ[base + i].append(base + i + 1)
+        for pos in range(len(key_order.offsets)):
+            chain_key[base + pos - n_ops] = (k, pos)
+            if pos + 1 < len(key_order.offsets):
+                succ[base + pos].append(base + pos + 1)
     for node, fa in enumerate(ops):
         own_low: dict[str, int] = {}
         for s in fa.sends:
@@ -813,7 +814,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if verdict["valid"] else 1
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """`semel check-history HISTORY.jsonl`, for `semel.chaos.commands` to delegate to."""
     _add_arguments(subparsers.add_parser(
         "check-history", help="check a fault-run history for anomalies",

@@ -385,8 +385,8 @@ def txn_value(mops: Sequence[SendSpec | PollSpec]) -> list[Any]:
     """Completion value of a txn from Python tuples."""
     out: list[Any] = []
     for m in mops:
-        if m[0] == SEND:
-            out.append([SEND, m[1], m[2], m[3] if len(m) == 4 else None])  # type: ignore[misc]
+        if m[0] == SEND and len(m) > 2:  # (the length tells mypy which tuple it is)
+            out.append([SEND, m[1], m[2], m[3] if len(m) == 4 else None])
         else:
             reads = m[1]
             assert isinstance(reads, Mapping)
@@ -395,7 +395,7 @@ def txn_value(mops: Sequence[SendSpec | PollSpec]) -> list[Any]:
 
 
 def txn_invoke_value(mops: Sequence[SendSpec | PollSpec]) -> list[Any]:
-    return [[SEND, m[1], m[2]] if m[0] == SEND else [POLL] for m in mops]
+    return [[SEND, m[1], m[2]] if m[0] == SEND and len(m) > 2 else [POLL] for m in mops]
 
 
 class HistoryBuilder:

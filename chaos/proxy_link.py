@@ -49,6 +49,7 @@ from semel.chaos.proxy_model import (
     Stream,
     ToxicSpec,
 )
+from semel.invariant import not_none
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -434,19 +435,20 @@ class Connection:
         """Dial the upstream, then proxy until both links end. `chains` is read after the
         dial so toxics added meanwhile apply from the first byte."""
         try:
-            upstream_reader, self.upstream_writer = await asyncio.wait_for(
+            upstream_reader, upstream_writer = await asyncio.wait_for(
                 asyncio.open_connection(upstream.host, upstream.port),
                 UPSTREAM_CONNECT_TIMEOUT_MS / 1000.0,
             )
         except (OSError, asyncio.TimeoutError):
             self.client_writer.transport.abort()
             return
+        self.upstream_writer = upstream_writer
         if self._aborted:
-            self.upstream_writer.transport.abort()
+            upstream_writer.transport.abort()
             return
         specs = chains()
         self.links = {
-            Stream.UPSTREAM: Link(self, Stream.UPSTREAM, self.client_reader, self.upstream_writer,
+            Stream.UPSTREAM: Link(self, Stream.UPSTREAM, self.client_reader, upstream_writer,
                                   specs[Stream.UPSTREAM]),
             Stream.DOWNSTREAM: Link(self, Stream.DOWNSTREAM, upstream_reader, self.client_writer,
                                     specs[Stream.DOWNSTREAM]),
@@ -455,8 +457,8 @@ class Connection:
             link.start()
         tasks = [task for link in self.links.values() for task in (link.pump_task, link.reader_task)]
         try:
-            results = await asyncio.gather(*(link.pump_task for link in self.links.values()),
-                                           return_exceptions=True)
+            pumps = [not_none(link.pump_task, "a started link pumps") for link in self.links.values()]
+            results = await asyncio.gather(*pumps, return_exceptions=True)
             for result in results:
                 if isinstance(result, Exception):   # a bug in a stage: report, then drop
                     log.error("connection %s: link failed", self.name, exc_info=result)

@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -259,7 +260,7 @@ class Router:
                 return err.status, err.to_json()
 
     async def _dispatch(self, method: str, parts: list[str], body: bytes) -> Reply:
-        routes = {
+        routes: dict[tuple[str, ...], dict[str, Callable[..., Awaitable[Reply]]]] = {
             ("reset",): {"POST": self._reset},
             ("version",): {"GET": self._version},
             ("populate",): {"POST": self._populate},

@@ -67,10 +67,10 @@ class TxnWorkload(IdempotentWorkload):
     def _txn_producer(self, bootstrap: str, slot: int, max_block_ms: int = 60_000) -> Any:
         from semel.client import Producer
 
-        producer = Producer(bootstrap, transactional_id=self.transactional_id(slot), acks="all",  # type: ignore[call-arg]
+        producer = Producer(bootstrap, transactional_id=self.transactional_id(slot), acks="all",
                             request_timeout_ms=self.cfg.request_timeout_ms,
                             delivery_timeout_ms=self.cfg.delivery_timeout_ms, max_block_ms=max_block_ms)
-        producer.init_transactions()  # type: ignore[attr-defined]
+        producer.init_transactions()
         return producer
 
     # --- nemesis hooks ------------------------------------------------------------------
