@@ -202,7 +202,7 @@ class Group:
             cur.pending_revocation, self.target.get(member_id, EMPTY_PARTITIONS),
         )
 
-    def state(self) -> int:
+    def state(self) -> group_pb2.GroupState:
         """A semel.v1.GroupState value."""
         if not self.members:
             return group_pb2.GROUP_STATE_EMPTY
@@ -784,7 +784,7 @@ def _subscribed_counts(group: Group, counts: Mapping[str, int]) -> tuple[tuple[s
 @dataclasses.dataclass(frozen=True, slots=True)
 class GroupDescription:
     group_id: str
-    state: int                      # semel.v1.GroupState
+    state: group_pb2.GroupState
     group_epoch: int
     assignment_epoch: int
     members: tuple[Member, ...]     # sorted by member id

@@ -86,7 +86,7 @@ def _topic_results(decision: CommitDecision) -> list[group_pb2.OffsetCommitTopic
     by_topic: dict[str, list[group_pb2.OffsetCommitPartitionResult]] = {}
     for tp, code in decision.partition_errors:
         by_topic.setdefault(tp.topic, []).append(
-            group_pb2.OffsetCommitPartitionResult(partition=tp.partition, error_code=code)  # type: ignore[arg-type]
+            group_pb2.OffsetCommitPartitionResult(partition=tp.partition, error_code=code)
         )
     return [group_pb2.OffsetCommitTopicResult(topic=t, partitions=ps) for t, ps in by_topic.items()]
 
@@ -128,7 +128,7 @@ def fetch_result_to_proto(result: FetchResult) -> group_pb2.OffsetFetchResponse:
 # --- list / describe ---------------------------------------------------------------------------------
 
 
-def _state_of(shard: CoordinatorShard, group_id: str) -> tuple[int, int]:
+def _state_of(shard: CoordinatorShard, group_id: str) -> tuple[group_pb2.GroupState, int]:
     """(GroupState, member count) of a group known to the shard (offsets-only: EMPTY)."""
     group = shard.groups.group(group_id)
     if group is None:
@@ -144,7 +144,7 @@ def list_groups(shard: CoordinatorShard, states: frozenset[int] = frozenset()) -
         if states and state not in states:
             continue
         out.append(group_pb2.ListedGroup(
-            group_id=gid, state=state, member_count=count, coordinator_partition=shard.partition  # type: ignore[arg-type]
+            group_id=gid, state=state, member_count=count, coordinator_partition=shard.partition
         ))
     return out
 
@@ -168,7 +168,7 @@ def describe_group(
     if desc is None:
         out.state = group_pb2.GROUP_STATE_EMPTY
     else:
-        out.state = desc.state  # type: ignore[assignment]
+        out.state = desc.state
         out.group_epoch = desc.group_epoch
         out.assignment_epoch = desc.assignment_epoch
         for m in desc.members:
@@ -210,7 +210,7 @@ class PartitionFacts:
 
 def resolve_reset(
     strategy: int, value: int, committed_offset: int, facts: PartitionFacts | None
-) -> tuple[int, int]:
+) -> tuple[common_pb2.ErrorCode, int]:
     """(error, new offset) for one ResetPartition; `facts` None: the partition does not exist."""
     if facts is None:
         return E.UNKNOWN_TOPIC_OR_PARTITION, -1

@@ -101,7 +101,7 @@ class CommitDecision:
     group_id: str
     error: common_pb2.ErrorCode
     error_message: str = ""
-    partition_errors: tuple[tuple[TopicPartition, int], ...] = ()
+    partition_errors: tuple[tuple[TopicPartition, common_pb2.ErrorCode], ...] = ()
     records: tuple[GroupRecord, ...] = ()
     producer_id: int = -1
     producer_epoch: int = -1
@@ -367,7 +367,7 @@ class OffsetStore:
         """Records for the valid partitions; `held`: the committing member's partitions (a
         member may commit only partitions it holds; None: no member, no check)."""
         records: list[GroupRecord] = []
-        errors: list[tuple[TopicPartition, int]] = []
+        errors: list[tuple[TopicPartition, common_pb2.ErrorCode]] = []
         existing = self.committed.get(group_id, {})
         new_count = len(existing)
         for pc in offsets:

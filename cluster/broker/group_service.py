@@ -52,7 +52,7 @@ from semel.coordinator.group_log import (
 )
 from semel.coordinator.group_records import TopicPartition
 from semel.coordinator.group_runtime import Append, PartitionRuntime, Prepare, Reply
-from semel.coordinator.group_state import GroupConfig, GroupDecision
+from semel.coordinator.group_state import GroupConfig, GroupDecision, HeartbeatResponse
 from semel.coordinator.offsets import CommitDecision, OffsetsConfig
 from semel.storage.batch import HEADER_BYTES, decode_header
 from semel.v1 import broker_pb2 as bpb
@@ -232,7 +232,7 @@ class GroupCoordinator:
             self._dispatch(loaded, loaded.runtime.on_committed(batches, now_ms()))
 
     # --- submitting requests -----------------------------------------------------------------------
-    def lookup(self, group_id: str) -> tuple[_Loaded | None, int, str]:
+    def lookup(self, group_id: str) -> tuple[_Loaded | None, pb.ErrorCode, str]:
         """(shard of the group, NONE) or (None, NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS / ...)."""
         if not group_id or len(group_id.encode()) > limits.MAX_GROUP_ID_BYTES:
             return None, pb.INVALID_GROUP_ID, f"group id must be 1..{limits.MAX_GROUP_ID_BYTES} bytes"
@@ -432,7 +432,7 @@ class GroupsService(ggrpc.GroupsServicer):
                                      context: grpc.aio.ServicerContext) -> gpb.ConsumerGroupHeartbeatResponse:
         loaded, code, message = self.c.lookup(request.group_id)
         if loaded is None:
-            return gpb.ConsumerGroupHeartbeatResponse(error_code=code, error_message=message,  # type: ignore[arg-type]
+            return gpb.ConsumerGroupHeartbeatResponse(error_code=code, error_message=message,
                                                       member_id=request.member_id, member_epoch=-1)
         req = gw.heartbeat_request_from_proto(request)
         new_member_id = uuid.uuid4().hex
@@ -441,17 +441,17 @@ class GroupsService(ggrpc.GroupsServicer):
             return shard.groups.prepare_heartbeat(req, at_ms, self.c.partition_counts(), new_member_id)
 
         reply = await self.c.submit(loaded, request.group_id, prepare)
-        if reply.result is None:
+        if not isinstance(reply.result, HeartbeatResponse):  # not written, or unknown
             return gpb.ConsumerGroupHeartbeatResponse(error_code=reply.error or pb.UNKNOWN_SERVER_ERROR,
                                                       error_message=_code_name(reply.error),
                                                       member_id=request.member_id, member_epoch=-1)
-        return gw.heartbeat_response_to_proto(reply.result)  # type: ignore[arg-type]
+        return gw.heartbeat_response_to_proto(reply.result)
 
     async def OffsetCommit(self, request: gpb.OffsetCommitRequest,
                            context: grpc.aio.ServicerContext) -> gpb.OffsetCommitResponse:
         loaded, code, message = self.c.lookup(request.group_id)
         if loaded is None:
-            return gpb.OffsetCommitResponse(error_code=code, error_message=message)  # type: ignore[arg-type]
+            return gpb.OffsetCommitResponse(error_code=code, error_message=message)
         req = gw.commit_request_from_proto(request)
         reply = await self.c.submit(
             loaded, request.group_id, lambda shard, at_ms: shard.offsets.prepare_commit(req, shard.groups, at_ms))
@@ -464,7 +464,7 @@ class GroupsService(ggrpc.GroupsServicer):
                               context: grpc.aio.ServicerContext) -> gpb.TxnOffsetCommitResponse:
         loaded, code, message = self.c.lookup(request.group_id)
         if loaded is None:
-            return gpb.TxnOffsetCommitResponse(error_code=code, error_message=message)  # type: ignore[arg-type]
+            return gpb.TxnOffsetCommitResponse(error_code=code, error_message=message)
         req = gw.txn_commit_request_from_proto(request)
         await self._verify(loaded, request)
         loaded = self.c.loaded.get(loaded.partition.partition)
@@ -499,7 +499,7 @@ class GroupsService(ggrpc.GroupsServicer):
                           context: grpc.aio.ServicerContext) -> gpb.OffsetFetchResponse:
         loaded, code, message = self.c.lookup(request.group_id)
         if loaded is None:
-            return gpb.OffsetFetchResponse(error_code=code, error_message=message)  # type: ignore[arg-type]
+            return gpb.OffsetFetchResponse(error_code=code, error_message=message)
         shard = loaded.runtime.shard
         result = shard.offsets.fetch(shard.groups, request.group_id, gw.fetch_partitions_from_proto(request),
                                      request.require_stable, request.member_id, request.member_epoch)
@@ -521,7 +521,7 @@ class GroupsService(ggrpc.GroupsServicer):
         for group_id in request.group_ids[:1000]:
             loaded, code, message = self.c.lookup(group_id)
             if loaded is None:
-                resp.groups.append(gpb.DescribedGroup(group_id=group_id, error_code=code, error_message=message))  # type: ignore[arg-type]
+                resp.groups.append(gpb.DescribedGroup(group_id=group_id, error_code=code, error_message=message))
                 continue
             lsos: dict[TopicPartition, int] = {}
             if request.include_offsets:
@@ -539,7 +539,7 @@ class GroupsService(ggrpc.GroupsServicer):
     async def DeleteGroup(self, request: gpb.DeleteGroupRequest, context: grpc.aio.ServicerContext) -> gpb.DeleteGroupResponse:
         loaded, code, message = self.c.lookup(request.group_id)
         if loaded is None:
-            return gpb.DeleteGroupResponse(error_code=code, error_message=message)  # type: ignore[arg-type]
+            return gpb.DeleteGroupResponse(error_code=code, error_message=message)
         gid = request.group_id
         reply = await self.c.submit(loaded, gid, lambda shard, at_ms: shard.offsets.prepare_delete_group(gid, shard.groups))
         result = reply.result
@@ -552,7 +552,7 @@ class GroupsService(ggrpc.GroupsServicer):
         gid = request.group_id
         loaded, code, message = self.c.lookup(gid)
         if loaded is None:
-            return gpb.ResetOffsetsResponse(error_code=code, error_message=message)  # type: ignore[arg-type]
+            return gpb.ResetOffsetsResponse(error_code=code, error_message=message)
         image = self.c.b.quorum.image()
         parts = list(request.partitions[: limits.MAX_PARTITIONS_PER_REQUEST])
         queries: list[tuple[TopicPartition, int]] = []
@@ -585,7 +585,7 @@ class GroupsService(ggrpc.GroupsServicer):
                 tp = TopicPartition(rp.topic, rp.partition)
                 previous = committed[tp].committed_offset if tp in committed else -1
                 err, offset = gw.resolve_reset(rp.strategy, rp.value, previous, facts_of(rp))
-                results.append(gpb.ResetPartitionResult(topic=rp.topic, partition=rp.partition, error_code=err,  # type: ignore[arg-type]
+                results.append(gpb.ResetPartitionResult(topic=rp.topic, partition=rp.partition, error_code=err,
                                                          previous_offset=previous, new_offset=offset))
                 if err == pb.NONE:
                     new[tp] = offset
