@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from semel.chaos.history import ASSIGN, CRASH, FAIL, INFO, OK, POLL, SEND, HistoryWriter
+from semel.invariant import not_none
 
 log = logging.getLogger("semel.chaos.workloads")
 
@@ -290,7 +291,7 @@ class IdempotentWorkload(Workload):
         kind, text = send_outcome(error)
         if kind == OK:
             with self._acked_lock:
-                self.acked[key] = max(self.acked.get(key, -1), int(offset))  # type: ignore[arg-type]
+                self.acked[key] = max(self.acked.get(key, -1), not_none(offset, "an acknowledged send has an offset"))
             rec.complete(pid, OK, [["send", key, value, offset]])
         else:
             rec.complete(pid, kind, [["send", key, value, None]], error=text)

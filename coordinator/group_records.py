@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterable
 from typing import NamedTuple, TypeVar, Union
 
 from semel.v1 import group_pb2
@@ -193,10 +194,10 @@ def partitions_to_proto(parts: Partitions) -> list[group_pb2.TopicPartitions]:
     return [group_pb2.TopicPartitions(topic=t, partitions=ps) for t, ps in by_topic.items()]
 
 
-def partitions_from_proto(items: object) -> Partitions:
+def partitions_from_proto(items: Iterable[group_pb2.TopicPartitions]) -> Partitions:
     return frozenset(
         TopicPartition(tps.topic, int(p))
-        for tps in items  # type: ignore[attr-defined]
+        for tps in items
         for p in tps.partitions
     )
 

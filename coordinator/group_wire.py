@@ -10,7 +10,7 @@ broker looked up.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from semel.coordinator.group_log import CoordinatorShard
 from semel.coordinator.group_records import (
@@ -63,10 +63,10 @@ def heartbeat_response_to_proto(resp: HeartbeatResponse) -> group_pb2.ConsumerGr
 # --- offset commits and fetches ---------------------------------------------------------------------
 
 
-def _partition_commits(topics: object) -> tuple[PartitionCommit, ...]:
+def _partition_commits(topics: Iterable[group_pb2.OffsetCommitTopic]) -> tuple[PartitionCommit, ...]:
     return tuple(
         PartitionCommit(t.topic, p.partition, p.committed_offset, p.committed_leader_epoch, p.metadata)
-        for t in topics  # type: ignore[attr-defined]
+        for t in topics
         for p in t.partitions
     )
 

@@ -46,6 +46,7 @@ from semel.storage.batch import (
     encode_batch,
 )
 from semel.storage.kv import KvBatch, KvStore, partition_key
+from semel.storage.log import ReadResult
 from semel.v1 import common_pb2, txn_pb2
 
 _OFFSET = struct.Struct(">Q")
@@ -268,7 +269,7 @@ class CommittedLog(Protocol):
     @property
     def log_start_offset(self) -> int: ...
 
-    def read(self, offset: int, max_bytes: int, max_offset: int | None = None) -> object: ...
+    def read(self, offset: int, max_bytes: int, max_offset: int | None = None) -> ReadResult: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -317,7 +318,7 @@ def load_partition(
     offset = start
     while offset < high_watermark:
         result = log.read(offset, chunk_bytes, high_watermark)
-        data, next_offset = result.data, result.next_offset  # type: ignore[attr-defined]
+        data, next_offset = result.data, result.next_offset
         if not data or next_offset <= offset:
             raise TxnLogGapError(f"partition {view.partition}: no progress reading at {offset} (HW {high_watermark})")
         replayed.extend(e for e in decode_records(data, offset) if e.offset < high_watermark)

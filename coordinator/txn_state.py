@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from semel import limits
 from semel.internal_topics import CONSUMER_OFFSETS_TOPIC, coordinator_partition
+from semel.invariant import not_none
 from semel.v1.common_pb2 import ErrorCode
 
 NO_PRODUCER_ID = -1
@@ -787,7 +788,7 @@ class TransactionStateMachine:
         after: TransactionMetadata | None,
         path: tuple[TxnState, ...],
     ) -> TxnResult:
-        tid = (after or before).transactional_id  # type: ignore[union-attr]
+        tid = not_none(after or before, "a transition has a before or an after").transactional_id
         invariant(tid not in self._pending, f"{tid!r} already has a pending transition")
         invariant(self._txns.get(tid) is before, f"{tid!r}: proposal not based on the committed state")
         invariant(

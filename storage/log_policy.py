@@ -33,7 +33,7 @@ class LogConfig:
     retention_bytes: int = limits.RETENTION_BYTES_DEFAULT  # -1: unlimited
     retention_ms: int = limits.RETENTION_MS_DEFAULT  # -1: unlimited
     index_interval_bytes: int = limits.INDEX_INTERVAL_BYTES_DEFAULT
-    flush_policy: FlushPolicy = limits.FLUSH_POLICY_DEFAULT  # type: ignore[assignment]
+    flush_policy: FlushPolicy = limits.FLUSH_POLICY_DEFAULT
     flush_interval_ms: int = limits.FLUSH_INTERVAL_MS_DEFAULT
     max_batch_bytes: int = limits.MAX_BATCH_BYTES
 

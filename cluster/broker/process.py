@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -71,6 +72,9 @@ from semel.v1 import (
     replication_pb2_grpc,
 )
 from semel.v1 import common_pb2 as pb
+
+if TYPE_CHECKING:
+    from semel.storage.kv import KvStore  # imported when a partition opens: rocksdict is optional
 
 log = logging.getLogger("semel.broker")
 
@@ -179,7 +183,7 @@ class BrokerConfig:
         ap.add_argument("--dial", help="fault injection: comma-separated broker_id=host:port to reach peers by")
         ap.add_argument("--raft-dial", help="fault injection: comma-separated broker_id=host:port for Raft links")
         a = ap.parse_args(argv)
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # JSON and flags, checked by BrokerConfig.validate() below
         if a.config:
             values.update(json.loads(Path(a.config).read_text()))
         if a.listen:
@@ -205,13 +209,13 @@ class BrokerConfig:
                 values[field] = tuple(v.strip() for v in flag.split(",") if v.strip())
         for field in ("dial", "raft_dial"):
             if field in values:
-                values[field] = tuple(values[field])  # type: ignore[arg-type]
-                parse_dial(values[field])  # type: ignore[arg-type]
+                values[field] = tuple(values[field])
+                parse_dial(values[field])
         if "voters" in values:
-            values["voters"] = tuple(values["voters"])  # type: ignore[arg-type]
+            values["voters"] = tuple(values["voters"])
         if "broker_id" not in values:
             ap.error("--broker-id is required")
-        config = BrokerConfig(**values)  # type: ignore[arg-type]
+        config = BrokerConfig(**values)
         try:
             config.validate()
         except ValueError as exc:
@@ -280,8 +284,10 @@ class Broker:
         self._dial = config.dial_map()
         self._last_unreachable_report: dict[int, float] = {}
         self.server: grpc.aio.Server | None = None
-        self._kv: object | None = None  # the broker's RocksDB (producer snapshots), opened with the first partition
+        self._kv: KvStore | None = None  # the broker's RocksDB (producer snapshots), opened with the first partition
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        # set by start() before any servicer runs; typed as always there so that the servicers
+        # need no check (a check of None below is for a broker stopped before it started)
         self.quorum: MetadataQuorum = None  # type: ignore[assignment]
         self.controller: Controller | None = None
         self.txn: txn_service.TxnRuntime | None = None  # transactions (cluster/broker/txn_service.py)
@@ -391,7 +397,7 @@ class Broker:
             await self.controller.stop()
         self.rm.close()
         if self._kv is not None:
-            self._kv.close()  # type: ignore[attr-defined]
+            self._kv.close()
         if self.quorum is not None:
             self.quorum.close()
         for ch in self._channels.values():
@@ -503,7 +509,9 @@ class Broker:
                 await asyncio.sleep(0.1)
                 continue
             if result.ok:
-                self.broker_epoch = int(result.value)  # type: ignore[call-overload]
+                if not isinstance(result.value, int):
+                    raise AssertionError(f"RegisterBroker answered {result.value!r}, not a broker epoch")
+                self.broker_epoch = result.value
                 self.rm.broker_epoch = self.broker_epoch
                 log.info("registered broker %d at epoch %d", cfg.broker_id, self.broker_epoch)
                 self.rm.reconcile(self.quorum.image())

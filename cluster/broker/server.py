@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 from semel import limits
@@ -293,9 +293,16 @@ def _checked_epoch(q: bpb.FetchPartition | bpb.ListOffsetsPartition) -> int:
     return q.current_leader_epoch if q.HasField("current_leader_epoch") else -1
 
 
-def _set_error(r: object, code: pb.ErrorCode, message: str) -> None:
-    r.error_code = code  # type: ignore[attr-defined]
-    r.error_message = message  # type: ignore[attr-defined]
+class _ErrorFields(Protocol):
+    """A per-partition result message (produce, fetch, ...)."""
+
+    error_code: pb.ErrorCode
+    error_message: str
+
+
+def _set_error(r: _ErrorFields, code: pb.ErrorCode, message: str) -> None:
+    r.error_code = code
+    r.error_message = message
 
 
 def _produce_all_failed(request: bpb.ProduceRequest, code: pb.ErrorCode, message: str) -> bpb.ProduceResponse:

@@ -73,6 +73,7 @@ from semel.coordinator.txn_state import (
     TxnConfig,
     TxnResult,
 )
+from semel.invariant import not_none
 from semel.storage.batch import HEADER_BYTES, decode_header
 from semel.v1 import common_pb2 as pb
 from semel.v1 import txn_pb2_grpc
@@ -221,8 +222,10 @@ class TxnCoordinatorShell:
                 await asyncio.sleep(0.05)  # too many acks=all waiters on the partition: try again
         if p.role != Role.LEADER or p.leader_epoch != epoch:
             return
-        view = TxnStateView(self.b._kv, index)  # type: ignore[arg-type]
+        view = TxnStateView(not_none(self.b._kv, "transactions need the broker's KV store"), index)
         try:
+            # the RocksDB-backed store (PartitionStoreAdapter) has the log; the file store, which
+            # has none, runs no transaction coordinator (it has no KV store either)
             loaded = load_partition(view, p.store.log, p.high_watermark)  # type: ignore[attr-defined]
         except TxnLogGapError:
             log.exception("%s-%d cannot be loaded", internal_topics.TRANSACTION_STATE_TOPIC, index)
@@ -312,7 +315,8 @@ class TxnCoordinatorShell:
             from dataclasses import replace
 
             entries = [replace(e, offset=base_offset + e.offset) for e in entries]
-            TxnStateView(self.b._kv, index).apply(entries, base_offset + len(entries))  # type: ignore[arg-type]
+            kv = not_none(self.b._kv, "transactions need the broker's KV store")
+            TxnStateView(kv, index).apply(entries, base_offset + len(entries))
             self._view_next[index] = base_offset + len(entries)
         except Exception:
             log.exception("folding a state record into the view failed (the next load replays it)")

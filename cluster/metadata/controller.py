@@ -481,7 +481,9 @@ class Controller:
         error, value = await self._submit(RegisterBroker(broker_id, incarnation_id, host, port, raft_address))
         if error != pb.NONE:
             return error, -1
-        broker_epoch = int(value)  # type: ignore[call-overload]
+        if not isinstance(value, int):
+            raise AssertionError(f"RegisterBroker answered {value!r}, not a broker epoch")
+        broker_epoch = value
         self.core.on_registered(broker_id, broker_epoch, self._clock_ms())
         return error, broker_epoch
 

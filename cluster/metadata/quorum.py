@@ -457,8 +457,7 @@ class MetadataQuorum(SyncObj):
             finally:
                 self._submits_in_flight -= 1
             if reason == FAIL_REASON.SUCCESS:
-                invariant_result(result)
-                return result  # type: ignore[return-value]
+                return invariant_result(result)
             last_reason = reason
             if reason not in _NEVER_APPLIED:
                 maybe_appended = True
@@ -510,9 +509,10 @@ class _DialedNode(TCPNode):
         return self._dial_port
 
 
-def invariant_result(result: object) -> None:
+def invariant_result(result: object) -> Result:
     if not isinstance(result, Result):
         raise AssertionError(f"replicated apply returned {result!r}")
+    return result
 
 
 def _resolve(future: asyncio.Future, value: object) -> None:

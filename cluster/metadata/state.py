@@ -314,6 +314,8 @@ def parse_topic_config(
                 return pb.INVALID_CONFIG, None
         else:
             return pb.INVALID_CONFIG, None
+    # `values` holds exactly TopicConfig's fields, each parsed to its type above; a dict of
+    # mixed values cannot say so to mypy
     config = TopicConfig(**values)  # type: ignore[arg-type]
     if not 1 <= config.min_insync_replicas <= replication_factor:
         return pb.INVALID_CONFIG, None
@@ -451,6 +453,8 @@ class MetadataStateMachine:
         return Result(pb.INVALID_REQUEST)
 
     def _publish(self, **changes: object) -> MetadataImage:
+        # the callers name MetadataImage fields with values of their types; `**changes: object`
+        # cannot say which, and replace() checks the names at run time
         self.image = dataclasses.replace(self.image, version=self.image.version + 1, **changes)  # type: ignore[arg-type]
         return self.image
 

@@ -6,6 +6,8 @@ else in the code base hard-codes a limit.
 
 from __future__ import annotations
 
+from typing import Final
+
 # --- batches and requests -----------------------------------------------------
 MAX_BATCH_BYTES = 4 * 1024 * 1024          # one stored batch (header + records)
 MAX_REQUEST_BYTES = 16 * 1024 * 1024       # one gRPC message, either direction
@@ -20,7 +22,7 @@ RETENTION_BYTES_DEFAULT = -1               # -1: unlimited
 RETENTION_MS_DEFAULT = 7 * 24 * 3600 * 1000
 FLUSH_INTERVAL_MS_DEFAULT = 1000
 PAGE_CACHE_WINDOW_BYTES = 64 * 1024 * 1024   # interval flush policy: after a background sync the active segment keeps only its last this many bytes in the page cache, a sealed one none (0: leave it all to the OS; storage/background_sync.py)
-FLUSH_POLICY_DEFAULT = "interval"          # "never" | "interval" | "always"; why: docs/storage.md
+FLUSH_POLICY_DEFAULT: Final = "interval"   # "never" | "interval" | "always"; why: docs/storage.md
 SEGMENT_BYTES_MIN = 1024                   # smaller segments are allowed only down to this
 SEGMENT_BYTES_MAX = 1024 * 1024 * 1024     # keeps positions far inside int32 and bounds one recovery scan
 INDEX_INTERVAL_BYTES_MIN = 1               # 1: an index entry for every batch
