@@ -110,7 +110,7 @@ class PendingAck:
                 return self._failed(code, message)
         return self.result
 
-    def _failed(self, code: int, message: str) -> AppendResult:
+    def _failed(self, code: pb.ErrorCode, message: str) -> AppendResult:
         return dataclasses.replace(self.result, error_code=code, message=message)
 
 
@@ -142,8 +142,9 @@ def append_unwaited(p: Partition, write: Callable[[], AppendResult], policy: Ack
     """`start_append` for a policy that parks no HW waiter: the answer is final at once."""
     invariant(not (policy.acks_all and policy.await_hw), "this policy waits for the HW")
     out = start_append(p, write, policy)
-    invariant(isinstance(out, AppendResult), "no waiter was parked")
-    return out  # type: ignore[return-value]
+    if not isinstance(out, AppendResult):  # (invariant() cannot narrow the type for mypy)
+        raise AssertionError("no waiter was parked")
+    return out
 
 
 async def wait_all(pending: Sequence[PendingAck], timeout_ms: int) -> list[AppendResult]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -49,7 +49,10 @@ from semel.cluster.metadata.state import (
     TopicConfig,
     UnfenceBroker,
 )
+from semel.v1 import common_pb2 as pb
 from semel.v1 import metadata_records_pb2 as mpb
+
+_Record = TypeVar("_Record", mpb.MetadataCommand, mpb.MetadataSnapshot)  # the records with a format version
 
 FORMAT_VERSION = mpb.FORMAT_VERSION_1
 
@@ -199,7 +202,7 @@ def _encode_result(command_id: str, result: Result) -> mpb.RecentResult:
         return message
     for value_type, field in _RESULT_VALUES:
         if type(value) is value_type:
-            if value_type is int:
+            if isinstance(value, int):  # (value_type is int)
                 message.int_value = value
             else:
                 _to_message(value, getattr(message, field))
@@ -208,13 +211,15 @@ def _encode_result(command_id: str, result: Result) -> mpb.RecentResult:
 
 
 def _decode_result(message: mpb.RecentResult) -> Result:
+    # the record keeps the ErrorCode's number in an int32 field
+    error = cast(pb.ErrorCode, message.error)
     field = message.WhichOneof("value")
     if field is None:
-        return Result(message.error)
+        return Result(error)
     if field == "int_value":
-        return Result(message.error, message.int_value)
+        return Result(error, message.int_value)
     value_type = next(t for t, f in _RESULT_VALUES if f == field)
-    return Result(message.error, _from_message(getattr(message, field), value_type))
+    return Result(error, _from_message(getattr(message, field), value_type))
 
 
 def _encode_entry(entry: RaftEntry) -> mpb.RaftEntry:
@@ -228,7 +233,7 @@ def _decode_entry(message: mpb.RaftEntry) -> RaftEntry:
 # --- the table-driven field copy ----------------------------------------------------------
 
 
-def _parse(message_type: type[Message], data: bytes, what: str) -> Any:
+def _parse(message_type: type[_Record], data: bytes, what: str) -> _Record:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MetadataRecordError(f"metadata {what} is {type(data).__name__}, not bytes (an old pickled record?)")
     message = message_type()

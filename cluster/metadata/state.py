@@ -330,7 +330,7 @@ def parse_topic_config(
     return pb.NONE, config
 
 
-def validate_create_topic(image: MetadataImage, c: CreateTopic) -> tuple[int, TopicConfig | None]:
+def validate_create_topic(image: MetadataImage, c: CreateTopic) -> tuple[pb.ErrorCode, TopicConfig | None]:
     """Every check `CreateTopic` makes against `image`, in order: (NONE, the topic's config) when
     it would be created. The command and CreateTopics' dry run (`validate_only`) both call
     this, so a dry run refuses exactly what the create would refuse on the same image."""
