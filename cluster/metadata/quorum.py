@@ -315,15 +315,15 @@ class MetadataQuorum(SyncObj):
         that carries log entries (or an empty heartbeat at an index) gets its log part done here,
         by Raft's rule (`raft_append`); everything else, including the leader, term and election
         timer bookkeeping of that same message, stays pysyncobj's."""
-        handle = SyncObj._SyncObj__onMessageReceived  # type: ignore[attr-defined]
+        handle = SyncObj._SyncObj__onMessageReceived
         if (message.get("type") != "append_entries" or message["term"] < self.raftCurrentTerm
                 or "prevLogIdx" not in message or message.get("transmission") not in (None, "finish")):
             # Votes, commands, snapshots, stale terms, the first chunks of a large entry: unchanged.
             handle(self, node, message)
             return
         if message.get("transmission") == "finish":  # the last chunk of one large entry
-            data = self._SyncObj__recvTransmission + message["data"]  # type: ignore[attr-defined]
-            self._SyncObj__recvTransmission = ""  # pysyncobj's reset value
+            data = self._SyncObj__recvTransmission + message["data"]
+            self._SyncObj__recvTransmission: str = ""  # pysyncobj's reset value
             entries = [pysyncobj_pickle.loads(data)]
         else:
             entries = message.get("entries", [])
@@ -334,8 +334,8 @@ class MetadataQuorum(SyncObj):
         handle(self, node, {"type": "append_entries", "term": message["term"], "commit_index": self.raftCommitIndex})
         self._SyncObj__leaderCommitIndex = message["commit_index"]
         prev_index, prev_term = message["prevLogIdx"], message["prevLogTerm"]
-        from_prev = self._SyncObj__getEntries(prev_index)  # type: ignore[attr-defined]
-        send_next_index = self._SyncObj__sendNextNodeIdx  # type: ignore[attr-defined]
+        from_prev = self._SyncObj__getEntries(prev_index)
+        send_next_index = self._SyncObj__sendNextNodeIdx
         # Rule 2, as pysyncobj answers it (the leader rewinds its next index for this node).
         if not from_prev:
             send_next_index(node, success=False, reset=True)
@@ -355,9 +355,9 @@ class MetadataQuorum(SyncObj):
                              decision.index, decision.leader_term, decision.local_term, decision.applied_index)
                 self._refused_conflict = decision
             return
-        raft_log = self._SyncObj__raftLog  # type: ignore[attr-defined]
+        raft_log = self._SyncObj__raftLog
         if decision.truncate_from_index is not None:
-            self._SyncObj__deleteEntriesFrom(decision.truncate_from_index)  # type: ignore[attr-defined]
+            self._SyncObj__deleteEntriesFrom(decision.truncate_from_index)
         for entry in decision.append:
             raft_log.add(*entry)
         send_next_index(node, nextNodeIdx=decision.match_index + 1, success=True)
