@@ -46,6 +46,24 @@ batch that contained it (Kafka does the same: batches are never split).
 
 Thread safety: public methods take one lock; `iter_headers` reads a snapshot of the
 segment list and must not race a truncation or retention of the same range.
+
+Off the appending thread (a broker's event loop never waits for the disk; docs/design.md,
+"Threads"): a roll only creates the new segment inline; the sealed segment's fdatasync, its
+index files, the directory fsync and the checkpoint that moves the recovery point run as a
+job on the disk executor (semel.storage.disk_executor), keyed by the log's directory. So does
+the file half of retention (checkpoint, then deletion of the segments already cut from the
+list). Races, and why each is safe:
+  * truncation, reset or close vs a pending roll job: they bump `_generation` under
+    `_durable_lock` first; the job renames its index files into place and moves the recovery
+    point only under that lock with its generation unchanged, else it drops its temporary
+    files (unique names) and does nothing. A truncation therefore waits at most for one
+    checkpoint write that is in progress, and the recovery point never rises past a cut.
+  * retention vs a pending roll job: both are jobs of the same key, so they run in order:
+    the deletion comes after the roll job wrote the sealed segment's files.
+  * a crash between a roll and its job: the recovery point has not moved, so recovery
+    verifies the sealed segment as it would an active one.
+Every checkpoint write holds `_durable_lock`, so a late job never overwrites a newer file
+with older values (it writes the current ones).
 """
 
 from __future__ import annotations
@@ -62,7 +80,7 @@ from pathlib import Path
 
 from crc32c import crc32c as _crc32c
 from semel import limits
-from semel.storage import background_sync
+from semel.storage import background_sync, disk_executor
 from semel.storage import epoch_cache as ec
 from semel.storage.aborted_txns import AbortedTxn, AbortedTxnFile, AbortedTxnIndex
 from semel.storage.batch import (
@@ -153,6 +171,9 @@ class PartitionLog:
         self._last_fsync_ms = 0
         self._closed = False
         self._sync_files = config.flush_policy != "never"
+        # Roll jobs on the disk executor vs truncation/close on the loop (module docstring).
+        self._durable_lock = threading.RLock()
+        self._generation = 0
         self.epoch_cache = LeaderEpochCache(log_end_offset=lambda: self.log_end_offset)
         self._aborted_file = AbortedTxnFile(directory / ABORTED_FILE, sync=self._sync_files)
         self.aborted_txns = AbortedTxnIndex()
@@ -162,6 +183,11 @@ class PartitionLog:
     @classmethod
     def open(cls, directory: str | Path, config: LogConfig, now_ms: int) -> PartitionLog:
         directory = Path(directory)
+        executor = disk_executor.shared()
+        if not executor.in_job(directory):
+            # An earlier PartitionLog of this directory may still have roll or retention jobs
+            # queued (a close does not wait for them); they must not race this recovery.
+            executor.wait_idle(directory)
         directory.mkdir(parents=True, exist_ok=True)
         lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -395,20 +421,67 @@ class PartitionLog:
         return frames, last
 
     def _roll(self, now_ms: int) -> None:
+        """Seal the active segment and start the next one. Inline only the new file's creation;
+        the rest is `_seal_job` on the disk executor (inline when the executor is full)."""
         sealed = self._segments[-1]
-        sealed.write_index_files(sync=self._sync_files)
-        if self._sync_files:
-            sealed.fsync()
-            # the sealed segment leaves the page cache (synced again, cheaply, on the background
-            # thread first); readers are mostly at the new segment's end
-            if _cache_window() is not None:
-                sealed.fsync_soon(background_sync.shared(), keep_cached_bytes=0)
         self._add_segment(LogSegment.create(self.directory, self.log_end_offset, self.config.index_interval_bytes))
-        if self._sync_files:
-            fsync_dir(self.directory)
-        self._recovery_point = self._segments[-1].base_offset
-        self._write_checkpoint(sync=self._sync_files)
+        job = self._seal_job(sealed, self._segments[-1].base_offset)
+        fut = disk_executor.shared().submit(self.directory, job, f"roll of {sealed.log_path}")
+        if fut is None:
+            job()
+        else:
+            fut.add_done_callback(disk_executor.log_failure(f"roll of {sealed.log_path}"))
         self._last_fsync_ms = now_ms
+
+    def _seal_job(self, sealed: LogSegment, new_base: int) -> Callable[[], None]:
+        """Make `sealed` durable, then move the recovery point to `new_base` (disk thread)."""
+        generation = self._generation
+        sync = self._sync_files
+        fd = os.dup(sealed.fileno())  # truncation may close the segment meanwhile
+        size = sealed.index.size_bytes
+
+        def seal() -> None:
+            try:
+                if sync:
+                    os.fdatasync(fd)
+                    if _cache_window() is not None:  # readers are mostly at the new segment's end
+                        _drop_cached(fd, size)
+            finally:
+                os.close(fd)
+            try:
+                staged = sealed.stage_index_files(sync=sync)
+            except Exception:
+                if generation != self._generation:
+                    return  # truncated under us: the index read raced the cut; nothing to do
+                raise
+            with self._durable_lock:
+                if generation != self._generation:
+                    sealed.discard_staged(staged)
+                    return
+                sealed.commit_staged(staged)
+            if sync:
+                fsync_dir(self.directory)
+            with self._durable_lock:
+                if generation == self._generation:
+                    self._recovery_point = max(self._recovery_point, new_base)
+                    self._write_checkpoint(sync=sync)
+
+        return seal
+
+    def _invalidate_seal_jobs(self) -> None:
+        """Pending roll jobs must not touch files or the recovery point from now on (waits for
+        one that is writing the checkpoint at this moment)."""
+        with self._durable_lock:
+            self._generation += 1
+
+    def run_after_rolls(self, fn: Callable[[], None], what: str) -> bool:
+        """`fn()` on the disk executor after every roll job submitted so far (so the recovery
+        point covers them unless they were cancelled); False (nothing queued) when full."""
+        fut = disk_executor.shared().submit(self.directory, fn, what)
+        if fut is None:
+            return False
+        fut.add_done_callback(disk_executor.log_failure(what))
+        return True
 
     def roll(self, now_ms: int) -> None:
         """Seal the active segment now (tests, admin); a no-op on an empty active segment."""
@@ -526,6 +599,7 @@ class PartitionLog:
             if offset < self._log_start_offset:
                 raise OffsetOutOfRange(f"truncate_to({offset}) below log start {self._log_start_offset}")
             i = bisect_right(self._bases, offset) - 1
+            self._invalidate_seal_jobs()
             # A lower recovery point is always safe, so persist it before touching segments.
             self._recovery_point = min(self._recovery_point, self._bases[i])
             self._write_checkpoint(sync=True)
@@ -575,11 +649,30 @@ class PartitionLog:
                 new_start = max(self._log_start_offset, self._segments[count].base_offset)
                 if new_start != self._log_start_offset:
                     self._log_start_offset = new_start
-                    self._write_checkpoint(sync=True)  # before any file goes: log start never goes back
                     self.epoch_cache.truncate_from_start(new_start)
                     self.aborted_txns.truncate_from_start(new_start)
-                self._delete_leading(count)
+                self._delete_soon(self._segments[:count])
+                del self._segments[:count]
+                del self._bases[:count]
             return self._log_start_offset
+
+    def _delete_soon(self, dead: list[LogSegment]) -> None:
+        """Persist the log start, then delete `dead` (already cut from the segment list, so no
+        read reaches them), on the disk executor. A crash before the checkpoint leaves the
+        files and the old log start; after it, `open` deletes what lies below the log start."""
+        def delete() -> None:
+            with self._durable_lock:
+                if not self._closed:  # else close() wrote the checkpoint, with the newest log start
+                    self._write_checkpoint(sync=True)  # before any file goes: log start never goes back
+            for seg in dead:
+                seg.delete()
+
+        what = f"retention of {len(dead)} segment(s) of {self.directory}"
+        fut = disk_executor.shared().submit(self.directory, delete, what)
+        if fut is None:
+            delete()
+        else:
+            fut.add_done_callback(disk_executor.log_failure(what))
 
     def _delete_leading(self, count: int) -> None:
         for seg in self._segments[:count]:
@@ -588,6 +681,7 @@ class PartitionLog:
         del self._bases[:count]
 
     def _reset_segments(self, base_offset: int) -> None:
+        self._invalidate_seal_jobs()
         self._recovery_point = min(self._recovery_point, base_offset)
         self._write_checkpoint(sync=True)
         for seg in reversed(self._segments):
@@ -612,6 +706,18 @@ class PartitionLog:
                 fds.append(aborted)
             return background_sync.shared().submit_then(fds, str(self.directory), then)
 
+    def sync_aborted_index(self) -> None:
+        """fdatasync the aborted index from any thread (a no-op once closed)."""
+        with self._lock:
+            current = None if self._closed else self._aborted_file.fileno()
+            if current is None:
+                return
+            fd = os.dup(current)  # close may close the file meanwhile
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
     def flush(self, now_ms: int | None = None) -> None:
         """fsync the active segment and the aborted index, whatever the policy."""
         with self._lock:
@@ -626,6 +732,7 @@ class PartitionLog:
         with self._lock:
             if self._closed:
                 return
+            self._invalidate_seal_jobs()
             for seg in self._segments:
                 seg.write_index_files(sync=True)
             self._segments[-1].fsync()
@@ -671,11 +778,12 @@ class PartitionLog:
             )
 
     def _write_checkpoint(self, *, sync: bool) -> None:
-        write_json(
-            self.directory / CHECKPOINT_FILE,
-            {"version": 1, "log_start_offset": self._log_start_offset, "recovery_point": self._recovery_point},
-            sync=sync,
-        )
+        with self._durable_lock:  # one writer at a time (the loop, a roll or retention job), current values
+            write_json(
+                self.directory / CHECKPOINT_FILE,
+                {"version": 1, "log_start_offset": self._log_start_offset, "recovery_point": self._recovery_point},
+                sync=sync,
+            )
 
     def _store_epochs(self, entries: ec.Entries) -> None:
         write_json(self.directory / EPOCH_FILE, ec.entries_to_json(entries), sync=True)
@@ -684,6 +792,14 @@ class PartitionLog:
         self._aborted_file.append(txn)
         if self.config.flush_policy == "always":
             self._aborted_file.fsync()
+
+
+def _drop_cached(fd: int, length: int) -> None:
+    """A synced sealed segment leaves the page cache (advice only: a refusal costs the bound, never data)."""
+    try:
+        os.posix_fadvise(fd, 0, length, os.POSIX_FADV_DONTNEED)
+    except OSError as exc:
+        log.debug("posix_fadvise(DONTNEED) refused: %s", exc)
 
 
 def _take_batches(

@@ -21,6 +21,10 @@ a truncation point are deleted. Before a snapshot is stored the log and aborted 
 fsynced (unless the flush policy is "never"), so after a power loss every snapshot still
 found covers only data and aborts that survived.
 
+The snapshot at a segment roll is captured at once and stored by a job on the disk
+executor that runs after the log's roll job (semel.storage.disk_executor), only if the log's
+recovery point reached its offset; a truncation or close cancels it like the one below.
+
 With the `interval` flush policy the snapshot taken every `snapshot_interval_bytes` does
 not wait for that fsync on the appending thread (a broker's event loop; measured: an inline
 fdatasync there stalled all three brokers of a loaded cluster for 200-500 ms when the disk
@@ -335,7 +339,7 @@ class PartitionStore:
         if active_base != self._active_segment_base:
             self._active_segment_base = active_base
             if active_base == self.producer_state.end_offset:
-                self.take_snapshot()
+                self._snapshot_after_roll()
         return last
 
     def _apply(self, header: BatchHeader, batch: bytes | memoryview) -> CompletedTxn | None:
@@ -403,6 +407,30 @@ class PartitionStore:
             self._bytes_since_snapshot = 0
         else:  # the sync queue is full: back pressure, as the log's own syncs
             self._snapshot_pending = False
+            self.take_snapshot()
+
+    def _snapshot_after_roll(self) -> None:
+        """The roll snapshot, stored on the disk executor after the log's roll job: only once the
+        recovery point reached its offset (every batch below is durable; a cancelled roll job
+        never moves it) and the aborted index is synced. The appending thread only captures the
+        state. Flush policy "never" syncs nothing and stores it at once."""
+        if self.config.flush_policy == "never":
+            self.take_snapshot()
+            return
+        offset = self.producer_state.end_offset
+        data = self.producer_state.snapshot()
+        generation = self._snapshot_generation
+
+        def store() -> None:  # on a disk thread
+            self.log.sync_aborted_index()
+            with self._snapshot_lock:
+                if generation == self._snapshot_generation and self.log.recovery_point >= offset:
+                    self.snapshots.put(offset, data)
+                    self.snapshots.retain_newest(limits.PRODUCER_SNAPSHOTS_RETAINED)
+
+        if self.log.run_after_rolls(store, f"producer snapshot at {offset} of {self.log.directory}"):
+            self._bytes_since_snapshot = 0
+        else:  # the disk executor is full: back pressure
             self.take_snapshot()
 
     def _cancel_pending_snapshot(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -188,6 +189,35 @@ class LogSegment:
         write_atomic(self._path(INDEX_SUFFIX), self.index.encode_offset_index(), sync=sync)
         write_atomic(self._path(TIME_INDEX_SUFFIX), self.index.encode_time_index(), sync=sync)
         self.index_dirty = False
+
+    def stage_index_files(self, *, sync: bool) -> list[tuple[Path, Path]]:
+        """Write the index files under temporary names (unique: a close may write the same
+        files meanwhile) for `commit_staged` to rename; (tmp, final) pairs. Any thread."""
+        staged = []
+        for suffix, data in ((INDEX_SUFFIX, self.index.encode_offset_index()),
+                             (TIME_INDEX_SUFFIX, self.index.encode_time_index())):
+            final = self._path(suffix)
+            tmp = final.with_name(f"{final.name}.{threading.get_ident()}.tmp")  # *.tmp: removed by recovery
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                write_all(fd, data)
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            staged.append((tmp, final))
+        return staged
+
+    def commit_staged(self, staged: list[tuple[Path, Path]]) -> None:
+        """Rename staged index files into place (the caller fsyncs the directory)."""
+        for tmp, final in staged:
+            os.replace(tmp, final)
+        self.index_dirty = False
+
+    @staticmethod
+    def discard_staged(staged: list[tuple[Path, Path]]) -> None:
+        for tmp, _ in staged:
+            _unlink(tmp)
 
     def truncate_to_offset(self, offset: int) -> int:
         """Drop the batch containing `offset` and everything after; returns the new next offset."""

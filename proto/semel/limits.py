@@ -57,6 +57,11 @@ REPLICA_LAG_TIME_MAX_MS_DEFAULT = 10_000   # a follower not caught up for this l
 BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT = 100
 BROKER_SESSION_TIMEOUT_MS_DEFAULT = 1000   # no heartbeat for this long -> the controller fences the broker
 MAX_CONCURRENT_RPCS_PER_BROKER = 8192      # gRPC calls (incl. replica streams) a broker serves at once; more -> RESOURCE_EXHAUSTED
+DISK_EXECUTOR_THREADS = 2                  # threads of the one disk executor (semel.storage.disk_executor): roll fsyncs, recovery, coordinator loads, deletion, retention
+DISK_EXECUTOR_QUEUE_MAX = 1024             # disk jobs queued or running at once; beyond it the caller does the work itself (back pressure, never an unbounded queue)
+LOOP_LAG_PROBE_INTERVAL_MS = 50            # the broker's loop-lag probe sleeps this long and measures how late it wakes
+LOOP_LAG_REPORT_MS = 50                    # a probe this late is logged (INFO) and counted: `semel bench produce` reports them
+LOOP_STALL_MS = 200                        # the loop silent this long is a stall: the watchdog thread logs the loop thread's stack (WARNING)
 
 # --- metadata quorum (semel.cluster.metadata.state / quorum / controller) ---------------------
 PRODUCER_ID_BLOCK_SIZE = 1000              # producer ids per AllocateProducerIds block (never reused)

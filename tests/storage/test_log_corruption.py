@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
+from semel.storage import disk_executor
 from semel.storage.batch import BatchHeader, CorruptBatchError, encode_batch
 from semel.storage.errors import error_code_of
 from semel.storage.log import (
@@ -41,6 +42,7 @@ def fill(directory: Path, count=60, config=CONFIG) -> tuple[PartitionLog, list[b
 
 
 def crash(plog: PartitionLog) -> None:
+    disk_executor.shared().wait_idle(plog.directory)  # rolls finished their disk work before the crash
     plog._close_files()  # no index files, no checkpoint update, no clean-shutdown marker
 
 

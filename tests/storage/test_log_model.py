@@ -16,7 +16,7 @@ from unittest import mock
 from hypothesis import Phase, event, given, settings
 from hypothesis import strategies as st
 from semel import limits
-from semel.storage import background_sync
+from semel.storage import background_sync, disk_executor
 from semel.storage import epoch_cache as ec
 from semel.storage.aborted_txns import AbortedTxn
 from semel.storage.batch import BatchHeader, encode_batch
@@ -200,6 +200,7 @@ def test_log_matches_model(config, ops, rnd):
                     plog.close()
                     plog = PartitionLog.open(directory, config, now)
                 elif op == "crash":
+                    disk_executor.shared().wait_idle(directory)  # rolls finished their disk work first
                     plog._close_files()  # what a killed process leaves: page cache, no marker, no index files
                     plog = PartitionLog.open(directory, config, now)
                 check_agrees(plog, model, rnd)
