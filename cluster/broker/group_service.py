@@ -7,7 +7,8 @@ Theory of operation (one asyncio loop, like the rest of the broker):
   offsets partition. On becoming leader the partition is *loading* (requests for its groups
   answer COORDINATOR_LOAD_IN_PROGRESS): we wait until the high watermark reaches the log end
   we had when elected (everything the previous leader may have acknowledged), then
-  `load_shard` replays the RocksDB view plus the log after it. On losing leadership (or a new
+  `load_shard` replays the RocksDB view plus the log after it (on the disk executor, so the
+  loop never waits for that read). On losing leadership (or a new
   leader epoch) the shard is dropped and every waiting request answers NOT_COORDINATOR.
 * **Writes.** Requests go through `PartitionRuntime` (per-group FIFO, one write in flight per
   group). An `Append` is appended to the partition as leader at once (min ISR checked first,
@@ -156,14 +157,23 @@ class GroupCoordinator:
                 await _wait_change(p, TAIL_IDLE_WAIT_S)
             if not self._still_leader(p, leader_epoch):
                 return
-            view = GroupView(self._view_backend(index), index)
-            if view.next_offset > p.log_end_offset or (view.next_offset < p.log_start_offset):
-                log.warning("%s-%d: view at %d outside the log [%d, %d]; rebuilding", OFFSETS, index,
-                            view.next_offset, p.log_start_offset, p.log_end_offset)
-                view.clear()
+            backend = self._view_backend(index)
+            start, end, hw, now = p.log_start_offset, p.log_end_offset, p.high_watermark, now_ms()
             started = time.monotonic()
-            shard = load_shard(view, _read_chunks(p, view.next_offset, p.high_watermark), now_ms(), index,
-                               self.group_config, self.offsets_config)
+
+            def load() -> tuple[GroupView, CoordinatorShard]:  # on a disk thread: the view and the log
+                view = GroupView(backend, index)
+                if view.next_offset > end or view.next_offset < start:
+                    log.warning("%s-%d: view at %d outside the log [%d, %d]; rebuilding", OFFSETS, index,
+                                view.next_offset, start, end)
+                    view.clear()
+                return view, load_shard(view, _read_chunks(p, view.next_offset, hw), now, index,
+                                        self.group_config, self.offsets_config)
+
+            # One key per partition: a cancelled load still running ends before the next one starts.
+            view, shard = await self.b.disk.run(("group-load", index), load, f"load of {OFFSETS}-{index}")
+            if not self._still_leader(p, leader_epoch):
+                return
             loaded = _Loaded(p, leader_epoch, PartitionRuntime(shard), view, shard.next_offset,
                              last_retention_ms=now_ms())
             self.loaded[index] = loaded

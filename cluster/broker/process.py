@@ -34,6 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from semel import internal_topics, limits
 from semel.cluster.broker import group_service, txn_service
+from semel.cluster.broker.loop_monitor import LoopMonitor
 from semel.cluster.broker.replica_manager import ReplicaManager, SystemClock, write_hw_checkpoints
 from semel.cluster.broker.replication import (
     FetcherManager,
@@ -61,6 +62,7 @@ from semel.cluster.metadata.quorum import (
     VoterSpec,
 )
 from semel.invariant import not_none
+from semel.storage import disk_executor
 from semel.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -292,8 +294,10 @@ class Broker:
         self.controller: Controller | None = None
         self.txn: txn_service.TxnRuntime | None = None  # transactions (cluster/broker/txn_service.py)
         self.clock = SystemClock()  # the host's clocks; every replica shell reads time through it
+        self.disk = disk_executor.shared()  # disk work off the loop (docs/design.md, "Threads")
+        self.loop_monitor = LoopMonitor()  # loop lag and stalls; last/max for metrics
         self.rm = ReplicaManager(config.broker_id, self.data_dir, config.replica_lag_time_max_ms, self._open_store,
-                                 clock=self.clock)
+                                 clock=self.clock, disk=self.disk)
         self.leader_replication = LeaderReplicationService(self.rm, config.replica_fetch_max_bytes)
         self.fetchers = FetcherManager(self.rm, self._broker_address, lambda: self.broker_epoch,
                                        self._report_unreachable, config.replica_fetch_max_wait_ms,
@@ -311,6 +315,7 @@ class Broker:
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
+        self.loop_monitor.start()
         opts = [
             ("grpc.max_receive_message_length", cfg.max_request_bytes),
             ("grpc.max_send_message_length", cfg.max_request_bytes),
@@ -350,10 +355,10 @@ class Broker:
         if cfg.raft_address:
             check_port_free(cfg.raft_address)  # pysyncobj would retry a busy port forever, silently
         loop = asyncio.get_running_loop()
-        if self.is_broker and real_storage_available():  # RocksDB opens once, before any heartbeat depends on the loop
+        if self.is_broker and real_storage_available():  # RocksDB opens once, before the quorum starts
             from semel.storage.kv import KvStore
 
-            self._kv = KvStore.open(self.data_dir / "kv")
+            self._kv = await self.disk.run("kv", lambda: KvStore.open(self.data_dir / "kv"), "open RocksDB")
         self.quorum = MetadataQuorum(QuorumConfig(node_id=cfg.broker_id, raft_address=cfg.raft_address,
                                                   voters=self.voters, data_dir=self.data_dir / "raft",
                                                   raft_dial=tuple(sorted(cfg.raft_dial_map().items()))))
@@ -396,12 +401,15 @@ class Broker:
         if self.controller is not None:
             await self.controller.stop()
         self.rm.close()
+        # Replica closes, deletions and roll jobs use RocksDB and the logs: done before it closes.
+        await asyncio.get_running_loop().run_in_executor(None, self.disk.wait_idle)
         if self._kv is not None:
             self._kv.close()
         if self.quorum is not None:
             self.quorum.close()
         for ch in self._channels.values():
             await ch.close()
+        await self.loop_monitor.stop()
 
     async def _controlled_shutdown(self) -> None:
         """Fence ourselves first so leaderships move to other ISR members at once, instead of
@@ -520,10 +528,12 @@ class Broker:
             await asyncio.sleep(0.5)
 
     async def _register_and_heartbeat(self) -> None:
-        # Recover every replica the local (replayed) image knows *before* the first heartbeat:
-        # log recovery on the loop must not look like a dead broker to the controller.
+        # Recover every replica the local (replayed) image knows *before* registering, so the
+        # broker is not elected while its logs are still being recovered (on the disk executor:
+        # the loop answers meanwhile).
         try:
             self.rm.reconcile(self.quorum.image())
+            await self.rm.wait_opened()
         except Exception:
             log.exception("opening replicas before registration failed")
         await self._register()

@@ -20,7 +20,18 @@ Theory of operation:
     timers (ack timeouts, long-poll deadlines) run on the event loop's own clock.
 
 Everything here runs on the broker's single asyncio loop; storage calls are synchronous
-(page-cache writes), so no two appends/truncations of a partition interleave.
+(page-cache writes), so no two appends/truncations of a partition interleave. Disk work whose
+time the disk decides runs on the disk executor (semel.storage.disk_executor), keyed by the
+replica's directory so that a replica's open, roll jobs, close and deletion run in order:
+  * opening a replica (log recovery) when reconcile runs on a loop: the partition appears, and
+    takes the role of the newest image, once the open is done; until then it answers like a
+    partition not hosted yet ("becoming the leader; retry"). Without a running loop (tools,
+    tests that reconcile before starting one) it opens inline: there is no loop to stall.
+  * closing and deleting a removed replica (its HW checkpoint, store close, `rmtree`), and
+    the directories of topics deleted while the broker was down. A replica whose topic is
+    deleted while it opens is closed and deleted when the open ends.
+  * `close()` (broker shutdown) closes inline: the gRPC server has stopped by then.
+See docs/design.md, "Threads".
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import logging
 import os
 import shutil
@@ -46,6 +58,7 @@ from semel.cluster.broker.replica_state import (
 from semel.cluster.broker.storage_adapter import ReplicaStore
 from semel.cluster.metadata import state as md
 from semel.invariant import not_none
+from semel.storage import disk_executor
 from semel.storage.batch import BatchHeader, encode_batch
 from semel.v1 import common_pb2 as pb
 
@@ -331,6 +344,10 @@ class Partition:
 
     def close(self) -> None:
         self.go_offline()
+        self.close_files()
+
+    def close_files(self) -> None:
+        """The last HW checkpoint and the store's close, after `go_offline` (any thread)."""
         try:
             self.checkpoint_hw()
         finally:
@@ -359,11 +376,16 @@ class ReplicaManager:
     """Owns every hosted `Partition`; moves them between roles per the metadata image."""
 
     def __init__(self, broker_id: int, data_dir: Path, lag_time_max_ms: int,
-                 open_store: Callable[[Path, md.Topic, int], ReplicaStore], *, clock: Clock) -> None:
+                 open_store: Callable[[Path, md.Topic, int], ReplicaStore], *, clock: Clock,
+                 disk: disk_executor.DiskExecutor | None = None) -> None:
         self.broker_id = broker_id
         # Every hosted partition, the leader side of replication and the ISR maintainer read
         # this one clock, so a partition's replication progress is measured on one timeline.
         self.clock = clock
+        self.disk = disk or disk_executor.shared()
+        self._opening: dict[tuple[str, int], asyncio.Task[None]] = {}  # replicas being opened off the loop
+        self._image: md.MetadataImage | None = None  # the newest image reconcile saw
+        self._closed = False
         self.logs_dir = data_dir / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.lag_time_max_ms = lag_time_max_ms
@@ -406,6 +428,7 @@ class ReplicaManager:
         return p
 
     def reconcile(self, image: md.MetadataImage) -> None:
+        self._image = image
         reg = image.broker(self.broker_id)
         self.active = reg is not None and reg.broker_epoch == self.broker_epoch and not reg.fenced
         wanted: dict[tuple[str, int], tuple[md.Topic, md.PartitionState]] = {}
@@ -420,6 +443,8 @@ class ReplicaManager:
         for key, (topic, ps) in wanted.items():
             try:
                 found = self.partitions.get(key)
+                if found is None and self._open_off_loop(key, topic):
+                    continue  # takes its role when the open is done
                 p = found if found is not None else self._open(topic, ps)
                 self._apply_state(p, topic, ps, self.clock.monotonic_ms())  # after the open, which may take a while
             except Exception as exc:  # one bad replica must not take the others down; retried next change
@@ -473,23 +498,95 @@ class ReplicaManager:
         if p.role == Role.FOLLOWER:
             self.on_follow(p)
 
-    def _open(self, topic: md.Topic, ps: md.PartitionState) -> Partition:
-        directory = self.logs_dir / f"{topic.name}-{ps.partition}.{topic.topic_id[:12]}"
+    def _directory(self, topic: md.Topic, partition: int) -> Path:
+        return self.logs_dir / f"{topic.name}-{partition}.{topic.topic_id[:12]}"
+
+    def _open_files(self, topic: md.Topic, partition: int) -> ReplicaStore:
+        directory = self._directory(topic, partition)
         directory.mkdir(parents=True, exist_ok=True)
-        store = self._open_store(directory, topic, ps.partition)
-        p = Partition(topic.name, ps.partition, topic.topic_id, directory, store, self.broker_id,
-                      self.lag_time_max_ms, clock=self.clock)
+        return self._open_store(directory, topic, partition)
+
+    def _open(self, topic: md.Topic, ps: md.PartitionState) -> Partition:
+        return self._add(topic, ps.partition, self._open_files(topic, ps.partition))
+
+    def _add(self, topic: md.Topic, partition: int, store: ReplicaStore) -> Partition:
+        p = Partition(topic.name, partition, topic.topic_id, self._directory(topic, partition), store,
+                      self.broker_id, self.lag_time_max_ms, clock=self.clock)
         self.partitions[p.key] = p
         return p
+
+    def _open_off_loop(self, key: tuple[str, int], topic: md.Topic) -> bool:
+        """Open the replica on the disk executor (True), unless no loop runs here (False: open
+        inline). An open already under way takes the newest image when it ends."""
+        if key in self._opening:
+            return True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._opening[key] = loop.create_task(self._open_in_background(key, topic), name=f"open-{key[0]}-{key[1]}")
+        return True
+
+    async def _open_in_background(self, key: tuple[str, int], topic: md.Topic) -> None:
+        directory = self._directory(topic, key[1])
+        fut = self.disk.submit(directory, lambda: self._open_files(topic, key[1]), f"open {directory.name}")
+        try:
+            store = self._open_files(topic, key[1]) if fut is None else await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:  # broker stopping: close what the disk thread still opens
+            if fut is not None:
+                fut.add_done_callback(_close_opened_store)
+            raise
+        except Exception as exc:
+            log.exception("%s-%d: opening the replica failed (%s); replica unavailable", key[0], key[1], exc)
+            self.failed[key] = f"{type(exc).__name__}: {exc}"
+            return
+        finally:
+            self._opening.pop(key, None)
+        image = self._image
+        current = None if image is None else image.topic(topic.name)
+        state = None if current is None else image.partition(topic.name, key[1])  # type: ignore[union-attr]
+        if (self._closed or current is None or current.topic_id != topic.topic_id or state is None
+                or self.broker_id not in state.replicas):
+            # Removed (or the broker stopped) while opening: close it, and delete it unless stopping.
+            p = Partition(topic.name, key[1], topic.topic_id, directory, store, self.broker_id, self.lag_time_max_ms,
+                          clock=self.clock)
+            self._close_off_loop(p, delete_data=not self._closed)
+            if not self._closed and image is not None:
+                self.reconcile(image)  # a re-created topic of the same name opens its own replica now
+            return
+        self._add(topic, key[1], store)
+        if image is not None:
+            self.reconcile(image)  # the role the newest image gives it (and nothing else changes)
+
+    async def wait_opened(self) -> None:
+        """Every open under way has ended (registration waits for the replicas a restart recovers)."""
+        while self._opening:
+            await asyncio.wait(list(self._opening.values()))
 
     def _remove(self, p: Partition, delete_data: bool) -> None:
         if p.role == Role.FOLLOWER:
             self.on_unfollow(p)
         del self.partitions[p.key]
-        p.close()
+        p.go_offline()
         self._notify_role(p, Role.OFFLINE, -1)
-        if delete_data:
-            shutil.rmtree(p.directory, ignore_errors=True)
+        self._close_off_loop(p, delete_data)
+
+    def _close_off_loop(self, p: Partition, delete_data: bool) -> None:
+        """Close (and delete) a replica nothing on the loop reaches any more, on the disk executor;
+        a later open of the same directory runs after it (same key)."""
+        def close() -> None:
+            try:
+                p.close_files()
+            finally:
+                if delete_data:
+                    shutil.rmtree(p.directory, ignore_errors=True)
+
+        what = f"{'delete' if delete_data else 'close'} {p.directory.name}"
+        fut = self.disk.submit(p.directory, close, what)
+        if fut is None:
+            close()
+        else:
+            fut.add_done_callback(disk_executor.log_failure(what))
 
     def remove_stale_dirs(self, image: md.MetadataImage) -> list[str]:
         """Delete replica directories of topics deleted (or deleted and re-created) while this
@@ -505,14 +602,21 @@ class ReplicaManager:
             stale = t is None or not t.topic_id.startswith(id_prefix) or state is None or (
                 self.broker_id not in state.replicas)
             if stale:
-                shutil.rmtree(d, ignore_errors=True)
+                what = f"delete stale {d.name}"
+                fut = self.disk.submit(d, functools.partial(shutil.rmtree, d, ignore_errors=True), what)
+                if fut is None:
+                    shutil.rmtree(d, ignore_errors=True)
+                else:
+                    fut.add_done_callback(disk_executor.log_failure(what))
                 removed.append(d.name)
         if removed:
             log.info("removed replicas of deleted topics: %s", removed)
         return removed
 
     def housekeeping(self, now: int) -> None:
-        """Retention and producer expiry on every hosted replica (leaders and followers alike)."""
+        """Retention and producer expiry on every hosted replica (leaders and followers alike).
+        On the loop: retention decides and cuts the segment list in memory, the log's disk job
+        writes the checkpoint and deletes the files; producer expiry is in memory only."""
         for p in list(self.partitions.values()):
             try:
                 before = p.log_start_offset
@@ -531,8 +635,17 @@ class ReplicaManager:
         return [(p, p.high_watermark) for p in self.partitions.values() if p.high_watermark != p._checkpointed_hw]
 
     def close(self) -> None:
+        """Shutdown: close every replica inline (the gRPC server has stopped). Opens still under
+        way close their store when they end."""
+        self._closed = True
+        for task in self._opening.values():
+            task.cancel()
         for p in list(self.partitions.values()):
-            self._remove(p, delete_data=False)
+            if p.role == Role.FOLLOWER:
+                self.on_unfollow(p)
+            del self.partitions[p.key]
+            p.close()
+            self._notify_role(p, Role.OFFLINE, -1)
 
 
 def describe_partition(p: Partition | None) -> dict[str, Any]:
@@ -540,6 +653,15 @@ def describe_partition(p: Partition | None) -> dict[str, Any]:
         return {"high_watermark": -1, "log_start_offset": -1, "last_stable_offset": -1}
     return {"high_watermark": p.high_watermark, "log_start_offset": p.log_start_offset,
             "last_stable_offset": p.last_stable_offset()}
+
+
+def _close_opened_store(fut: Any) -> None:
+    """Done-callback (disk thread) of an open whose waiter was cancelled: close what it opened."""
+    if not fut.cancelled() and fut.exception() is None:
+        try:
+            fut.result().close()
+        except Exception:
+            log.exception("closing a replica opened during shutdown failed")
 
 
 def write_hw_checkpoints(due: list[tuple[Partition, int]]) -> None:

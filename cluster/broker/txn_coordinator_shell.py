@@ -8,8 +8,8 @@ leads. A role listener (`ReplicaManager.add_role_listener`) drives the core:
 * LEADER at leader epoch E: `begin_loading(p)` (requests answer LOAD_IN_PROGRESS), wait until
   the partition's high watermark reaches the log end it had at election (every record an
   earlier leader committed is then committed here too), fold the log into the RocksDB view
-  (`txn_log.load_partition` over `TxnStateView`) and `loaded(p, E, metadata)`. The coordinator
-  epoch *is* the leader epoch.
+  (`txn_log.load_partition` over `TxnStateView`, on the disk executor: the loop never waits
+  for that read) and `loaded(p, E, metadata)`. The coordinator epoch *is* the leader epoch.
 * FOLLOWER / OFFLINE / a newer epoch: `unload(p)`; parked requests answer NOT_COORDINATOR.
 
 Actions of the core are performed here: `AppendRecords` is a leader append of the state batch
@@ -223,13 +223,19 @@ class TxnCoordinatorShell:
         if p.role != Role.LEADER or p.leader_epoch != epoch:
             return
         view = TxnStateView(not_none(self.b._kv, "transactions need the broker's KV store"), index)
+        # the RocksDB-backed store (PartitionStoreAdapter) has the log; the file store, which
+        # has none, runs no transaction coordinator (it has no KV store either)
+        plog, hw = p.store.log, p.high_watermark  # type: ignore[attr-defined]
         try:
-            # the RocksDB-backed store (PartitionStoreAdapter) has the log; the file store, which
-            # has none, runs no transaction coordinator (it has no KV store either)
-            loaded = load_partition(view, p.store.log, p.high_watermark)  # type: ignore[attr-defined]
+            # Reading the log and folding it into RocksDB takes as long as the log is: on the disk
+            # executor. One key per partition: a cancelled load still running ends before the next.
+            loaded = await self.b.disk.run(("txn-load", index), lambda: load_partition(view, plog, hw),
+                                           f"load of {internal_topics.TRANSACTION_STATE_TOPIC}-{index}")
         except TxnLogGapError:
             log.exception("%s-%d cannot be loaded", internal_topics.TRANSACTION_STATE_TOPIC, index)
             return
+        if p.role != Role.LEADER or p.leader_epoch != epoch:
+            return  # deposed while loading: the role listener unloaded (or reloads) the partition
         self._loads.pop(index, None)
         self._view_next[index] = loaded.next_offset
         self._perform(core.loaded(index, epoch, loaded.metadata.values()))

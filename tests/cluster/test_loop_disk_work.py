@@ -1,0 +1,176 @@
+"""The broker's event loop never waits on a disk (docs/design.md, "Threads"): opening a replica
+(log recovery), closing and deleting one, and the coordinators' loads run on the disk
+executor's threads while the loop goes on answering. Each test asserts the thread that did
+the work, and that the loop ran while it was held."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from semel import internal_topics
+from semel.cluster.broker import group_service, txn_coordinator_shell
+from semel.cluster.broker.process import BrokerConfig
+from semel.cluster.broker.replica_manager import ReplicaManager, Role, SystemClock
+from semel.cluster.broker.storage_adapter import FileReplicaStore, open_replica_store
+from semel.cluster.metadata import state as md
+from semel.coordinator.group_state import GroupConfig
+from semel.storage import disk_executor
+from semel.storage.disk_executor import DiskExecutor
+
+DISK = disk_executor.THREAD_NAME_PREFIX
+
+
+def image(topic: str = "t", topic_id: str = "00112233445566778899", version: int = 1,
+          present: bool = True) -> md.MetadataImage:
+    brokers = {1: md.BrokerRegistration(1, "inc1", "127.0.0.1", 9001, None, 1, False, 1)}
+    topics = {}
+    if present:
+        part = md.PartitionState(topic, 0, (1,), (1,), 1, 0, version)
+        topics[topic] = md.Topic(topic, topic_id, False, 1, md.TopicConfig(min_insync_replicas=1), (part,))
+    return md.MetadataImage(version=version, brokers=brokers, topics=topics)
+
+
+class RecordingStore(FileReplicaStore):
+    """The stopgap store, recording which thread opened and closed it; `gate` holds the open."""
+
+    threads: dict[str, str] = {}
+    gate = threading.Event()
+
+    def __init__(self, directory, **kw):
+        RecordingStore.threads["open"] = threading.current_thread().name
+        assert RecordingStore.gate.wait(10)
+        super().__init__(directory, **kw)
+
+    def close(self) -> None:
+        RecordingStore.threads["close"] = threading.current_thread().name
+        super().close()
+
+
+def test_a_replica_opens_and_is_deleted_on_a_disk_thread_while_the_loop_runs(tmp_path):
+    RecordingStore.threads.clear()
+    RecordingStore.gate.clear()
+    disk = DiskExecutor()
+    rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: RecordingStore(d), clock=SystemClock(), disk=disk)
+    rm.broker_epoch = 1
+
+    async def main() -> None:
+        rm.reconcile(image())
+        assert rm.get("t", 0) is None  # opening: not hosted yet
+        ticks = 0
+        while "open" not in RecordingStore.threads:  # the loop runs while the open is held
+            ticks += 1
+            await asyncio.sleep(0)
+        RecordingStore.gate.set()
+        await rm.wait_opened()
+        p = rm.get("t", 0)
+        assert p is not None and p.role == Role.LEADER  # the newest image's role, once open
+        directory = p.directory
+        rm.reconcile(image(present=False, version=2))  # the topic is deleted
+        assert rm.get("t", 0) is None
+        await asyncio.wrap_future(disk.submit(directory, lambda: None, "barrier"))
+        assert not directory.exists()
+
+    asyncio.run(main())
+    assert RecordingStore.threads["open"].startswith(DISK)
+    assert RecordingStore.threads["close"].startswith(DISK)
+
+
+def test_a_topic_deleted_while_its_replica_opens_is_closed_and_deleted(tmp_path):
+    RecordingStore.threads.clear()
+    RecordingStore.gate.clear()
+    disk = DiskExecutor()
+    rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: RecordingStore(d), clock=SystemClock(), disk=disk)
+    rm.broker_epoch = 1
+
+    async def main() -> None:
+        rm.reconcile(image())
+        while "open" not in RecordingStore.threads:
+            await asyncio.sleep(0)
+        rm.reconcile(image(present=False, version=2))
+        RecordingStore.gate.set()
+        await rm.wait_opened()
+        assert rm.get("t", 0) is None
+        assert disk.wait_idle()
+        assert not list((tmp_path / "logs").iterdir())
+
+    asyncio.run(main())
+    assert RecordingStore.threads["close"].startswith(DISK)
+
+
+class FakeQuorum:
+    def __init__(self, img: md.MetadataImage) -> None:
+        self.img = img
+
+    def image(self) -> md.MetadataImage:
+        return self.img
+
+
+class FakeBroker:
+    """What the coordinator shells use of a broker: config, quorum, rm, disk, _kv."""
+
+    def __init__(self, tmp_path, img: md.MetadataImage, kv=None) -> None:
+        self.config = BrokerConfig(broker_id=1)
+        self.quorum = FakeQuorum(img)
+        self.disk = DiskExecutor()
+        self._kv = kv
+        opener = (lambda d, t, p: open_replica_store(d, t, p, kv=kv)) if kv is not None else (
+            lambda d, t, p: FileReplicaStore(d))
+        self.rm = ReplicaManager(1, tmp_path, 10_000, opener, clock=SystemClock(), disk=self.disk)
+        self.rm.broker_epoch = 1
+
+
+def on_which_thread(module, name: str, threads: list[str], monkeypatch) -> None:
+    real = getattr(module, name)
+
+    def wrapped(*a, **k):
+        threads.append(threading.current_thread().name)
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def test_the_group_coordinator_loads_on_a_disk_thread(tmp_path, monkeypatch):
+    threads: list[str] = []
+    on_which_thread(group_service, "load_shard", threads, monkeypatch)
+    img = image(internal_topics.CONSUMER_OFFSETS_TOPIC)
+    b = FakeBroker(tmp_path, img)
+    coordinator = group_service.GroupCoordinator(b, GroupConfig())
+
+    async def main() -> None:
+        b.rm.reconcile(img)
+        await b.rm.wait_opened()
+        await coordinator.loading[0]
+        assert 0 in coordinator.loaded
+        await coordinator.stop()
+        b.rm.close()
+
+    asyncio.run(main())
+    assert len(threads) == 1 and threads[0].startswith(DISK)
+
+
+def test_the_transaction_coordinator_loads_on_a_disk_thread(tmp_path, monkeypatch):
+    from semel.storage.kv import KvStore
+
+    threads: list[str] = []
+    on_which_thread(txn_coordinator_shell, "load_partition", threads, monkeypatch)
+    img = image(internal_topics.TRANSACTION_STATE_TOPIC)
+    kv = KvStore.open(tmp_path / "kv")
+    b = FakeBroker(tmp_path, img, kv)
+    shell = txn_coordinator_shell.TxnCoordinatorShell(b)
+
+    async def main() -> None:
+        shell.b.rm.add_role_listener(shell._on_role)
+        b.rm.reconcile(img)
+        await b.rm.wait_opened()
+        await shell._loads[0]
+        assert 0 in shell.core.loaded_partitions()
+        await shell.stop()
+        b.rm.close()
+
+    try:
+        asyncio.run(main())
+        assert b.disk.wait_idle()
+    finally:
+        kv.close()
+    assert len(threads) == 1 and threads[0].startswith(DISK)
