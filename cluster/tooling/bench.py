@@ -11,6 +11,12 @@ phase offers half the throughput the first one measured, reported under "half_lo
 Latency is send() -> acknowledgement of a sample of records (1 in `LATENCY_SAMPLE_EVERY`,
 none in the first `--warmup-s`), so it includes batching (`--linger-ms`), queueing in the client, the produce RPC and
 replication (acks=all). Progress goes to stderr; the last stdout line is one JSON object.
+
+Each produce phase on a local cluster also reports the brokers' event-loop lag, read from their
+logs (semel.cluster.broker.loop_monitor): "loop" = the largest lag logged (probes at least
+`limits.LOOP_LAG_REPORT_MS` late; 0 when none was), how many such lags and how many stalls
+(`limits.LOOP_STALL_MS`, logged with the loop's stack). `--segment-bytes` sets the topic's
+segment size, so a short run rolls segments.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -40,6 +47,8 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record-bytes", type=int, default=1024, help="value size (default 1024)")
     parser.add_argument("--topic", default=None, help="topic name (default: a fresh bench-<time> topic)")
     parser.add_argument("--keep-data", action="store_true", help="keep the local cluster's data dir")
+    parser.add_argument("--segment-bytes", type=int, default=None,
+                        help="the topic's segment_bytes (default: the broker default); small values roll often")
 
 
 def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,10 +81,10 @@ def add_consume_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _cluster(args: argparse.Namespace) -> Iterator[tuple[str, list[int]]]:
-    """(bootstrap, broker pids) of the cluster to measure (no pids for --bootstrap)."""
+def _cluster(args: argparse.Namespace) -> Iterator[tuple[str, list[int], list[Path]]]:
+    """(bootstrap, broker pids, broker log files) of the cluster to measure (none for --bootstrap)."""
     if args.bootstrap:
-        yield args.bootstrap, []
+        yield args.bootstrap, [], []
         return
     from semel.cluster.tooling.local_cluster import BrokerSpec, LocalCluster
 
@@ -89,7 +98,8 @@ def _cluster(args: argparse.Namespace) -> Iterator[tuple[str, list[int]]]:
     _progress(f"starting {args.brokers} broker(s) in {data_dir} ...")
     try:
         cluster.start(timeout_s=90)
-        yield cluster.bootstrap, [b.pid for b in cluster.brokers.values() if b.pid is not None]
+        yield (cluster.bootstrap, [b.pid for b in cluster.brokers.values() if b.pid is not None],
+               [b.log_path for b in cluster.brokers.values()])
     finally:
         cluster.stop()
         if args.keep_data:
@@ -129,7 +139,8 @@ def _create_topic(bootstrap: str, args: argparse.Namespace) -> str:
         deadline = time.monotonic() + 30
         while True:
             try:
-                admin.create_topic(topic, args.partitions, args.replication_factor, timeout_ms=30_000)
+                configs = {"segment_bytes": str(args.segment_bytes)} if getattr(args, "segment_bytes", None) else None
+                admin.create_topic(topic, args.partitions, args.replication_factor, configs=configs, timeout_ms=30_000)
                 break
             except TopicAlreadyExistsError:
                 break
@@ -152,6 +163,40 @@ def _create_topic(bootstrap: str, args: argparse.Namespace) -> str:
                 raise RuntimeError(f"topic {topic} has partitions without a leader after 30 s")
             time.sleep(0.1)
     return topic
+
+
+_LOOP_LAG = re.compile(rb"event loop lag (\d+) ms")
+_LOOP_STALL = b"event loop stalled"
+
+
+class _LoopLagLogs:
+    """The brokers' loop-lag lines written to their logs since `mark()`."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self._sizes: dict[Path, int] = {}
+
+    def mark(self) -> None:
+        self._sizes = {p: (p.stat().st_size if p.exists() else 0) for p in self.paths}
+
+    def since_mark(self) -> dict[str, Any] | None:
+        if not self.paths:
+            return None
+        lags: list[int] = []
+        stalls = 0
+        for path in self.paths:
+            with open(path, "rb") as f:
+                f.seek(self._sizes.get(path, 0))
+                for line in f:
+                    m = _LOOP_LAG.search(line)
+                    if m:
+                        lags.append(int(m.group(1)))
+                    elif _LOOP_STALL in line:
+                        stalls += 1
+        from semel import limits
+
+        return {"max_lag_ms": max(lags, default=0), "lags_reported": len(lags),
+                "report_ms": limits.LOOP_LAG_REPORT_MS, "stalls": stalls, "stall_ms": limits.LOOP_STALL_MS}
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -245,17 +290,18 @@ def run_produce(args: argparse.Namespace) -> int:
             options[name] = getattr(args, name)
     if args.idempotent or args.transactional:
         return _run_comparison(args, options)
-    with _cluster(args) as (bootstrap, broker_pids):
+    with _cluster(args) as (bootstrap, broker_pids, broker_logs):
         topic = _create_topic(bootstrap, args)
         cap = args.rate_mb_s * MB if args.rate_mb_s > 0 else 0.0
-        result = _produce_phase(bootstrap, topic, args, options, cap, broker_pids)
+        result = _produce_phase(bootstrap, topic, args, options, cap, broker_pids, broker_logs=broker_logs)
         result.pop("commit_latencies_s")
         if args.half_load:
             half = result["mb_per_s"] * MB / 2
             _progress(f"half load: {half / MB:.1f} MB/s offered ...")
-            phase = _produce_phase(bootstrap, topic, args, options, half, broker_pids)
+            phase = _produce_phase(bootstrap, topic, args, options, half, broker_pids, broker_logs=broker_logs)
             result["half_load"] = {
-                k: phase[k] for k in ("rate_mb_s_cap", "mb_per_s", "latency_ms_p50", "latency_ms_p99", "latency_ms_max", "cpu")
+                k: phase[k] for k in ("rate_mb_s_cap", "mb_per_s", "latency_ms_p50", "latency_ms_p99", "latency_ms_max", "cpu",
+                                      "loop")
             }
     print(json.dumps(result))
     return 0
@@ -275,7 +321,7 @@ def _run_comparison(args: argparse.Namespace, options: dict[str, Any]) -> int:
         variants = [("plain", {**base, "enable_idempotence": False}, 0),
                     ("idempotent", {**base, "enable_idempotence": True}, 0)]
     phases: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
-    with _cluster(args) as (bootstrap, broker_pids):
+    with _cluster(args) as (bootstrap, broker_pids, _logs):
         topic = _create_topic(bootstrap, args)
         cap = args.rate_mb_s * MB if args.rate_mb_s > 0 else 0.0
         for round_index in range(args.rounds):
@@ -316,7 +362,7 @@ def _run_comparison(args: argparse.Namespace, options: dict[str, Any]) -> int:
 
 def _produce_phase(
     bootstrap: str, topic: str, args: argparse.Namespace, options: dict[str, Any], rate_bytes_s: float,
-    broker_pids: list[int], commit_interval_ms: int = 0,
+    broker_pids: list[int], commit_interval_ms: int = 0, broker_logs: list[Path] | None = None,
 ) -> dict[str, Any]:
     """One timed run of `args.producers` producer processes offering up to `rate_bytes_s` (0: max)."""
     _progress(
@@ -343,6 +389,8 @@ def _produce_phase(
     while time.time() < start_at:
         time.sleep(0.01)
     cpu_before = _cpu_snapshot(broker_pids)
+    loop_logs = _LoopLagLogs(broker_logs or [])
+    loop_logs.mark()
     last_total, last_t = 0, time.time()
     while len(outcomes) < len(procs):
         try:
@@ -358,6 +406,7 @@ def _produce_phase(
         if all(not p.is_alive() for p in procs) and results.empty() and len(outcomes) < len(procs):
             raise RuntimeError("a producer process died; see its output above")
     cpu_after = _cpu_snapshot(broker_pids)
+    loop = loop_logs.since_mark()
     for proc in procs:
         proc.join(timeout=10)
     sent = sum(o["sent"] for o in outcomes)
@@ -388,6 +437,7 @@ def _produce_phase(
         ),
         "batch_retries": sum(o["metrics"]["batch_retries"] for o in outcomes),
         "cpu": _cpu_report(cpu_before, cpu_after, [o["cpu_s"] for o in outcomes]),
+        "loop": loop,
         "commit_latencies_s": [x for o in outcomes for x in o["commit_latencies"]],
     }
 
@@ -467,7 +517,7 @@ def run_txn_cost(args: argparse.Namespace) -> int:
     if args.records_per_partition < 1 or args.duration_s <= 0:
         raise SystemExit("semel bench txn-cost: --records-per-partition >= 1 and --duration-s > 0")
     value = os.urandom(args.record_bytes)
-    with _cluster(args) as (bootstrap, broker_pids):
+    with _cluster(args) as (bootstrap, broker_pids, _logs):
         topic = _create_topic(bootstrap, args)
         with Producer(bootstrap, acks="all", transactional_id=f"bench-txn-cost-{os.getpid()}") as producer:
             producer.partitions_for(topic)
@@ -517,7 +567,7 @@ def run_txn_cost(args: argparse.Namespace) -> int:
 def run_consume(args: argparse.Namespace) -> int:
     from semel.client import Consumer, Producer
 
-    with _cluster(args) as (bootstrap, _pids):
+    with _cluster(args) as (bootstrap, _pids, _logs):
         topic = _create_topic(bootstrap, args)
         records = int(args.mb * MB / args.record_bytes)
         _progress(f"producing {records:,} records of {args.record_bytes} bytes to {topic} ...")

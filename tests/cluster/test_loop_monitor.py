@@ -62,3 +62,20 @@ def test_the_watchdog_logs_the_stalled_loop_threads_stack(caplog):
     assert monitor.stats.stalls == 1
     assert monitor.max_lag_ms >= 100
     assert any("event loop lag" in r.getMessage() for r in caplog.records)
+
+
+def test_the_bench_counts_the_loop_lines_brokers_wrote_during_a_phase(tmp_path):
+    from semel.cluster.tooling.bench import _LoopLagLogs
+
+    a, b = tmp_path / "broker-1.log", tmp_path / "broker-2.log"
+    a.write_text("x INFO semel.loop: event loop lag 400 ms (max 400 ms, 1 lags >= 50 ms)\n")  # before the phase
+    b.write_text("")
+    logs = _LoopLagLogs([a, b])
+    logs.mark()
+    with open(a, "a") as f:
+        f.write("x INFO semel.loop: event loop lag 63 ms (max 400 ms, 2 lags >= 50 ms)\n")
+    with open(b, "a") as f:
+        f.write("x INFO semel.loop: event loop lag 71 ms (max 71 ms, 1 lags >= 50 ms)\n")
+        f.write("x WARNING semel.loop: event loop stalled: silent for 210 ms so far (stall 1); the loop thread is at:\n")
+    got = logs.since_mark()
+    assert (got["max_lag_ms"], got["lags_reported"], got["stalls"]) == (71, 2, 1)
