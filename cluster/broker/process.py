@@ -602,7 +602,7 @@ class Broker:
             await asyncio.sleep(1.0)
             due = self.rm.hw_checkpoints_due()
             if due:  # file writes and renames, which stall while the disk is busy: off the loop
-                await asyncio.to_thread(write_hw_checkpoints, due)
+                await self.disk.run("hw-checkpoints", lambda: write_hw_checkpoints(due), "HW checkpoints")
             if time.monotonic() - last_housekeeping >= self.config.retention_check_interval_ms / 1000:
                 last_housekeeping = time.monotonic()
                 self.rm.housekeeping(self.clock.wall_clock_ms())
