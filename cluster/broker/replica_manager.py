@@ -23,10 +23,12 @@ Everything here runs on the broker's single asyncio loop; storage calls are sync
 (page-cache writes), so no two appends/truncations of a partition interleave. Disk work whose
 time the disk decides runs on the disk executor (semel.storage.disk_executor), keyed by the
 replica's directory so that a replica's open, roll jobs, close and deletion run in order:
-  * opening a replica (log recovery) when reconcile runs on a loop: the partition appears, and
-    takes the role of the newest image, once the open is done; until then it answers like a
-    partition not hosted yet ("becoming the leader; retry"). Without a running loop (tools,
-    tests that reconcile before starting one) it opens inline: there is no loop to stall.
+  * opening a replica that has data (log recovery) when reconcile runs on a loop: the
+    partition appears, and takes the role of the newest image, once the open is done; until
+    then it answers like a partition not hosted yet ("becoming the leader; retry"). A
+    brand-new replica (no directory yet: nothing to recover) opens inline, so a new topic's
+    leader serves as soon as its image names it; so does everything when no loop runs
+    (tools, tests that reconcile before starting one).
   * closing and deleting a removed replica (its HW checkpoint, store close, `rmtree`), and
     the directories of topics deleted while the broker was down. A replica whose topic is
     deleted while it opens is closed and deleted when the open ends.
@@ -516,10 +518,14 @@ class ReplicaManager:
         return p
 
     def _open_off_loop(self, key: tuple[str, int], topic: md.Topic) -> bool:
-        """Open the replica on the disk executor (True), unless no loop runs here (False: open
-        inline). An open already under way takes the newest image when it ends."""
+        """Open the replica on the disk executor (True), unless it is brand new or no loop runs
+        here (False: open inline). An open already under way takes the newest image when it ends."""
         if key in self._opening:
             return True
+        if not self._directory(topic, key[1]).exists():
+            # Nothing to recover: a new topic's leader must serve as soon as its broker's image
+            # names it (callers that just saw the topic created produce without retrying).
+            return False
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

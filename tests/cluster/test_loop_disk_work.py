@@ -47,7 +47,13 @@ class RecordingStore(FileReplicaStore):
         super().close()
 
 
+def existing_replica_dir(tmp_path, topic: str = "t") -> None:
+    """A replica with data from before a restart: its open recovers (a new one opens inline)."""
+    (tmp_path / "logs" / f"{topic}-0.001122334455").mkdir(parents=True)
+
+
 def test_a_replica_opens_and_is_deleted_on_a_disk_thread_while_the_loop_runs(tmp_path):
+    existing_replica_dir(tmp_path)
     RecordingStore.threads.clear()
     RecordingStore.gate.clear()
     disk = DiskExecutor()
@@ -77,6 +83,7 @@ def test_a_replica_opens_and_is_deleted_on_a_disk_thread_while_the_loop_runs(tmp
 
 
 def test_a_topic_deleted_while_its_replica_opens_is_closed_and_deleted(tmp_path):
+    existing_replica_dir(tmp_path)
     RecordingStore.threads.clear()
     RecordingStore.gate.clear()
     disk = DiskExecutor()
@@ -96,6 +103,24 @@ def test_a_topic_deleted_while_its_replica_opens_is_closed_and_deleted(tmp_path)
 
     asyncio.run(main())
     assert RecordingStore.threads["close"].startswith(DISK)
+
+
+def test_a_brand_new_replica_opens_inline_and_leads_at_once(tmp_path):
+    """Nothing to recover: the leader of a topic just created serves as soon as its image says so."""
+    RecordingStore.threads.clear()
+    RecordingStore.gate.set()
+    rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: RecordingStore(d), clock=SystemClock(),
+                        disk=DiskExecutor())
+    rm.broker_epoch = 1
+
+    async def main() -> None:
+        rm.reconcile(image())
+        p = rm.get("t", 0)
+        assert p is not None and p.role == Role.LEADER
+        rm.close()
+
+    asyncio.run(main())
+    assert RecordingStore.threads["open"] == threading.current_thread().name
 
 
 class FakeQuorum:
@@ -134,6 +159,7 @@ def test_the_group_coordinator_loads_on_a_disk_thread(tmp_path, monkeypatch):
     threads: list[str] = []
     on_which_thread(group_service, "load_shard", threads, monkeypatch)
     img = image(internal_topics.CONSUMER_OFFSETS_TOPIC)
+    existing_replica_dir(tmp_path, internal_topics.CONSUMER_OFFSETS_TOPIC)  # a restart: the open recovers off the loop
     b = FakeBroker(tmp_path, img)
     coordinator = group_service.GroupCoordinator(b, GroupConfig())
 
@@ -155,6 +181,7 @@ def test_the_transaction_coordinator_loads_on_a_disk_thread(tmp_path, monkeypatc
     threads: list[str] = []
     on_which_thread(txn_coordinator_shell, "load_partition", threads, monkeypatch)
     img = image(internal_topics.TRANSACTION_STATE_TOPIC)
+    existing_replica_dir(tmp_path, internal_topics.TRANSACTION_STATE_TOPIC)
     kv = KvStore.open(tmp_path / "kv")
     b = FakeBroker(tmp_path, img, kv)
     shell = txn_coordinator_shell.TxnCoordinatorShell(b)
