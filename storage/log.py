@@ -174,6 +174,7 @@ class PartitionLog:
         # Roll jobs on the disk executor vs truncation/close on the loop (module docstring).
         self._durable_lock = threading.RLock()
         self._generation = 0
+        self._epochs_version = 0  # bumped by every leader-epoch checkpoint write asked for (loop only)
         self.epoch_cache = LeaderEpochCache(log_end_offset=lambda: self.log_end_offset)
         self._aborted_file = AbortedTxnFile(directory / ABORTED_FILE, sync=self._sync_files)
         self.aborted_txns = AbortedTxnIndex()
@@ -293,7 +294,8 @@ class PartitionLog:
         # An entry may start exactly at the LEO (a new leader assigns its epoch before writing);
         # entries beyond it describe data this replica lost.
         entries = ec.truncate_from_start(ec.truncate_from_end(entries, self.log_end_offset + 1), self._log_start_offset)
-        self.epoch_cache = LeaderEpochCache(entries, log_end_offset=lambda: self.log_end_offset, store=self._store_epochs)
+        self.epoch_cache = LeaderEpochCache(entries, log_end_offset=lambda: self.log_end_offset,
+                                            store=self._store_epochs_soon)
         self._store_epochs(entries)
         self.aborted_txns = AbortedTxnIndex(
             self._aborted_file.load(), on_add=self._append_aborted, on_rewrite=self._aborted_file.rewrite
@@ -595,6 +597,7 @@ class PartitionLog:
                 # Nothing to cut, but an epoch may start at the log end with no data (this replica
                 # led it without appending); a follower must forget it, as Kafka's truncateTo does.
                 self.epoch_cache.truncate_from_end(self.log_end_offset)
+                self._store_epochs(self.epoch_cache.entries)
                 return
             if offset < self._log_start_offset:
                 raise OffsetOutOfRange(f"truncate_to({offset}) below log start {self._log_start_offset}")
@@ -611,6 +614,7 @@ class PartitionLog:
             if new_end < self._log_start_offset:
                 self._reset_segments(self._log_start_offset)
             self.epoch_cache.truncate_from_end(self.log_end_offset)
+            self._store_epochs(self.epoch_cache.entries)  # a cut is persisted before it returns
             self.aborted_txns.truncate_to(self.log_end_offset)
 
     def truncate_fully_and_start_at(self, offset: int) -> None:
@@ -620,6 +624,7 @@ class PartitionLog:
             self._log_start_offset = offset
             self._reset_segments(offset)
             self.epoch_cache.clear()
+            self._store_epochs(self.epoch_cache.entries)
             self.aborted_txns.clear()
 
     def advance_log_start(self, offset: int) -> None:
@@ -733,6 +738,7 @@ class PartitionLog:
             if self._closed:
                 return
             self._invalidate_seal_jobs()
+            self._store_epochs(self.epoch_cache.entries)  # a pending write of them is skipped from now on
             for seg in self._segments:
                 seg.write_index_files(sync=True)
             self._segments[-1].fsync()
@@ -786,7 +792,33 @@ class PartitionLog:
             )
 
     def _store_epochs(self, entries: ec.Entries) -> None:
-        write_json(self.directory / EPOCH_FILE, ec.entries_to_json(entries), sync=True)
+        """Write the leader-epoch checkpoint now (open, truncation, close); pending writes of
+        older entries are skipped."""
+        self._epochs_version += 1
+        with self._durable_lock:
+            write_json(self.directory / EPOCH_FILE, ec.entries_to_json(entries), sync=True)
+
+    def _store_epochs_soon(self, entries: ec.Entries) -> None:
+        """The cache's store for a new epoch (becoming leader, the first batch of an epoch) and
+        retention: written by a job on the disk executor, skipped if a later write was asked
+        for. Memory may run ahead of the file until then, which a crash makes harmless: recovery
+        verifies every batch at or after the recovery point and rebuilds their epochs, and the
+        recovery point passes a batch only through a roll job, which runs after this job (same
+        key); entries past the recovered log end are dropped on open."""
+        self._epochs_version += 1
+        version = self._epochs_version
+
+        def write() -> None:
+            with self._durable_lock:
+                if version == self._epochs_version:
+                    write_json(self.directory / EPOCH_FILE, ec.entries_to_json(entries), sync=True)
+
+        what = f"leader-epoch checkpoint of {self.directory}"
+        fut = disk_executor.shared().submit(self.directory, write, what)
+        if fut is None:
+            write()
+        else:
+            fut.add_done_callback(disk_executor.log_failure(what))
 
     def _append_aborted(self, txn: AbortedTxn) -> None:
         self._aborted_file.append(txn)

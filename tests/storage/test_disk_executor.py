@@ -116,6 +116,7 @@ def test_a_roll_syncs_and_checkpoints_on_a_disk_thread_not_the_appending_one(tmp
     for _ in range(2):
         plog.append(make_batch(plog.log_end_offset), 0)
     assert len(plog.segment_base_offsets) == 1
+    assert disk_executor.shared().wait_idle(tmp_path)  # the first epoch's checkpoint job is done
     gate = gate_key(tmp_path)
     names = fsync_threads(monkeypatch)
     appender = threading.current_thread().name
@@ -124,7 +125,7 @@ def test_a_roll_syncs_and_checkpoints_on_a_disk_thread_not_the_appending_one(tmp
     if policy == "interval":
         assert names == []  # nothing synced by the appending thread
     else:  # "always" syncs the append itself, in the new segment; the roll's syncs still wait
-        assert all(n == appender for n in names) and len(names) == 1
+        assert names == [appender], names
     assert plog.recovery_point == sealed_base  # not durable yet
     assert not (tmp_path / f"{sealed_base:020d}.index").exists()
     names.clear()
@@ -207,3 +208,38 @@ def test_retention_deletes_files_on_a_disk_thread_after_the_checkpoint(tmp_path,
     reopened = PartitionLog.open(tmp_path, config, 0)
     assert reopened.log_start_offset == start
     reopened.close()
+
+
+def test_a_new_leader_epoch_is_checkpointed_by_a_disk_job_and_close_persists_it(tmp_path, monkeypatch):
+    config = LogConfig(flush_policy="interval", flush_interval_ms=10**9)
+    plog = PartitionLog.open(tmp_path, config, 0)
+    plog.append(make_batch(0), 0)
+    assert disk_executor.shared().wait_idle(tmp_path)
+    gate = gate_key(tmp_path)
+    names = fsync_threads(monkeypatch)
+    plog.epoch_cache.assign(5, plog.log_end_offset)  # becoming leader at epoch 5
+    assert names == []  # not written by the appending thread
+    assert plog.epoch_cache.latest_epoch == 5
+    plog.close()  # writes the entries itself: the queued job must not write older ones after it
+    gate.set()
+    assert disk_executor.shared().wait_idle(tmp_path)
+    reopened = PartitionLog.open(tmp_path, config, 0)
+    assert reopened.epoch_cache.latest_epoch == 5
+    reopened.close()
+
+
+def test_a_queued_epoch_checkpoint_never_overwrites_a_truncations_newer_one(tmp_path):
+    config = LogConfig(flush_policy="interval", flush_interval_ms=10**9)
+    plog = PartitionLog.open(tmp_path, config, 0)
+    plog.append(make_batch(0), 0)
+    gate = gate_key(tmp_path)
+    plog.epoch_cache.assign(3, plog.log_end_offset)  # queued behind the gate
+    plog.truncate_to(plog.log_end_offset)  # forgets epoch 3 (no data in it), persisted at once
+    gate.set()
+    assert disk_executor.shared().wait_idle(tmp_path)
+    from semel.storage import epoch_cache as ec
+    from semel.storage.checkpoint import read_json
+
+    assert ec.entries_from_json(read_json(tmp_path / "leader-epoch.checkpoint")) == plog.epoch_cache.entries
+    assert plog.epoch_cache.latest_epoch == 0
+    plog.close()

@@ -282,6 +282,7 @@ def test_interval_syncs_drop_all_but_a_window_of_the_log_from_the_page_cache(tmp
     for i in range(30):  # ~300 bytes a batch: rolls about every 13 batches
         plog.append(make_batch(i, 1, 0, 0, 250), i * 100)
     assert background_sync.shared().wait_idle()
+    assert disk_executor.shared().wait_idle()  # a sealed segment is dropped by its roll job
     segments = {seg._path(LOG_SUFFIX).stat().st_ino: seg for seg in plog._segments}
     active = plog._segments[-1]
     assert advised and all(a[3] == os.POSIX_FADV_DONTNEED and a[1] == 0 for a in advised)
