@@ -219,6 +219,10 @@ class PartitionLog:
         # Segments wholly below the log start: a deletion that a crash interrupted.
         while len(bases) > 1 and bases[1] <= log_start:
             LogSegment.open_for_recovery(d, bases.pop(0), self.config.index_interval_bytes).delete()
+        # A brand-new log (a replica just assigned) has nothing to lose: its files are synced by a
+        # disk job instead of the opening thread (a broker's loop opens new replicas inline),
+        # unless the policy promises every append durable at once.
+        fresh = not bases and checkpoint is None and self.config.flush_policy != "always"
         start_verify = first_segment_to_verify(bases, recovery_point, clean)
         entries = self._open_segments(bases, start_verify, log_start, self._load_epoch_entries())
         self._cut_at_first_gap()
@@ -230,19 +234,48 @@ class PartitionLog:
         if self._log_start_offset > self.log_end_offset:
             # The log start ran ahead of the data (everything below it was deleted).
             self._reset_segments(self._log_start_offset)
-        self._load_side_indexes(entries)
+        self._load_side_indexes(entries, sync=not fresh)
         # Everything is verified (or trusted) now: seal what is sealed, sync, move the recovery point.
         for seg in self._segments[:-1]:
             seg.write_index_files(sync=self._sync_files)
-        if self._sync_files:
+        if self._sync_files and not fresh:
             for seg in self._segments[start_verify:]:
                 seg.fsync()
         self._recovery_point = self._segments[-1].base_offset
-        self._write_checkpoint(sync=True)
+        self._write_checkpoint(sync=not fresh)
         if clean:
             (d / CLEAN_SHUTDOWN_FILE).unlink()
-        fsync_dir(d)  # the marker must be gone for good before anything is appended
+        if fresh:
+            self._sync_new_files_soon()
+        else:
+            fsync_dir(d)  # the marker must be gone for good before anything is appended
         self._last_fsync_ms = now_ms
+
+    def _sync_new_files_soon(self) -> None:
+        """A new log's files and directory entries, synced by a disk job (a crash before it
+        leaves an empty or partial directory, which the next open treats as a new log)."""
+        d = self.directory
+
+        def sync() -> None:  # the new segment is empty: its data is the flush policy's business
+            with self._durable_lock:  # no checkpoint is being replaced meanwhile
+                for name in (CHECKPOINT_FILE, EPOCH_FILE):
+                    try:
+                        f = os.open(d / name, os.O_RDONLY)
+                    except FileNotFoundError:
+                        continue  # a truncation or close replaced it, synced
+                    try:
+                        os.fsync(f)
+                    finally:
+                        os.close(f)
+            fsync_dir(d)
+            fsync_dir(d.parent)
+
+        what = f"sync the new log {d}"
+        fut = disk_executor.shared().submit(d, sync, what)
+        if fut is None:
+            sync()
+        else:
+            fut.add_done_callback(disk_executor.log_failure(what))
 
     def _read_checkpoint(self) -> tuple[int, int] | None:
         """(log_start_offset, recovery_point), or None when missing or damaged (verify everything)."""
@@ -289,14 +322,14 @@ class PartitionLog:
                 break
         return entries
 
-    def _load_side_indexes(self, entries: ec.Entries) -> None:
+    def _load_side_indexes(self, entries: ec.Entries, *, sync: bool = True) -> None:
         """Epoch cache and aborted index, made consistent with the recovered log."""
         # An entry may start exactly at the LEO (a new leader assigns its epoch before writing);
         # entries beyond it describe data this replica lost.
         entries = ec.truncate_from_start(ec.truncate_from_end(entries, self.log_end_offset + 1), self._log_start_offset)
         self.epoch_cache = LeaderEpochCache(entries, log_end_offset=lambda: self.log_end_offset,
                                             store=self._store_epochs_soon)
-        self._store_epochs(entries)
+        self._store_epochs(entries, sync=sync)
         self.aborted_txns = AbortedTxnIndex(
             self._aborted_file.load(), on_add=self._append_aborted, on_rewrite=self._aborted_file.rewrite
         )
@@ -791,12 +824,12 @@ class PartitionLog:
                 sync=sync,
             )
 
-    def _store_epochs(self, entries: ec.Entries) -> None:
+    def _store_epochs(self, entries: ec.Entries, *, sync: bool = True) -> None:
         """Write the leader-epoch checkpoint now (open, truncation, close); pending writes of
         older entries are skipped."""
         self._epochs_version += 1
         with self._durable_lock:
-            write_json(self.directory / EPOCH_FILE, ec.entries_to_json(entries), sync=True)
+            write_json(self.directory / EPOCH_FILE, ec.entries_to_json(entries), sync=sync)
 
     def _store_epochs_soon(self, entries: ec.Entries) -> None:
         """The cache's store for a new epoch (becoming leader, the first batch of an epoch) and

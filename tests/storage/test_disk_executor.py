@@ -243,3 +243,20 @@ def test_a_queued_epoch_checkpoint_never_overwrites_a_truncations_newer_one(tmp_
     assert ec.entries_from_json(read_json(tmp_path / "leader-epoch.checkpoint")) == plog.epoch_cache.entries
     assert plog.epoch_cache.latest_epoch == 0
     plog.close()
+
+
+@pytest.mark.parametrize("policy", ["interval", "always"])
+def test_a_new_log_is_synced_by_a_disk_job_unless_every_append_must_be_durable(tmp_path, monkeypatch, policy):
+    names = fsync_threads(monkeypatch)
+    opener = threading.current_thread().name
+    plog = PartitionLog.open(tmp_path / "new", LogConfig(flush_policy=policy), 0)
+    assert disk_executor.shared().wait_idle(tmp_path / "new")
+    if policy == "interval":
+        assert names and not any(n == opener for n in names)
+    else:
+        assert opener in names
+    plog.close()
+    names.clear()
+    reopened = PartitionLog.open(tmp_path / "new", LogConfig(flush_policy=policy), 0)  # not new any more
+    assert opener in names
+    reopened.close()
