@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "semel.cli.group_commands",
     "semel.chaos.commands",
     "semel.cli.bench_commands",
+    "semel.cli.log_commands",
 )
 
 
