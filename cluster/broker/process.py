@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -165,25 +166,7 @@ class BrokerConfig:
 
     @staticmethod
     def from_args(argv: list[str] | None = None) -> BrokerConfig:
-        ap = argparse.ArgumentParser(prog="python -m semel.cluster.broker", description="Run one Semel broker.")
-        ap.add_argument("--config", help="JSON file with BrokerConfig fields (flags override it)")
-        ap.add_argument("--broker-id", "--node-id", dest="broker_id", type=int)
-        ap.add_argument("--roles", help="broker,controller (default), controller (controller-only) or broker")
-        ap.add_argument("--listen", help="host:port to serve gRPC on (port 0: any free port)")
-        ap.add_argument("--advertised", help="host:port clients should use (default: --listen)")
-        ap.add_argument("--data-dir")
-        ap.add_argument("--raft", help="this broker's metadata Raft address host:port (omit: observer)")
-        ap.add_argument("--voters", help="comma-separated id@raft_host:port@rpc_host:port of every voter")
-        ap.add_argument("--cluster-id")
-        for name in ("heartbeat-interval-ms", "session-timeout-ms", "disconnect-grace-ms", "replica-lag-time-max-ms",
-                     "replica-fetch-max-wait-ms", "replica-fetch-max-bytes", "isr-check-interval-ms",
-                     "max-inflight-produce", "max-batch-bytes", "internal-partitions", "retention-check-interval-ms",
-                     "txn-abort-scan-interval-ms", "group-session-timeout-ms", "group-heartbeat-interval-ms"):
-            ap.add_argument(f"--{name}", type=int)
-        ap.add_argument("--fsync", action="store_true", default=None)
-        ap.add_argument("--log-level")
-        ap.add_argument("--dial", help="fault injection: comma-separated broker_id=host:port to reach peers by")
-        ap.add_argument("--raft-dial", help="fault injection: comma-separated broker_id=host:port for Raft links")
+        ap = build_arg_parser()
         a = ap.parse_args(argv)
         values: dict[str, Any] = {}  # JSON and flags, checked by BrokerConfig.validate() below
         if a.config:
@@ -215,14 +198,56 @@ class BrokerConfig:
                 parse_dial(values[field])
         if "voters" in values:
             values["voters"] = tuple(values["voters"])
+        if a.broker_id_from_hostname:
+            if a.broker_id is not None:
+                ap.error("--broker-id and --broker-id-from-hostname exclude each other")
+            try:
+                values["broker_id"] = broker_id_from_hostname(socket.gethostname())
+            except ValueError as exc:
+                ap.error(str(exc))
         if "broker_id" not in values:
-            ap.error("--broker-id is required")
+            ap.error("--broker-id (or --broker-id-from-hostname) is required")
         config = BrokerConfig(**values)
         try:
             config.validate()
         except ValueError as exc:
             ap.error(str(exc))
         return config
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """The broker's flags (`BrokerConfig.from_args`); deploy/ manifests are checked against it."""
+    ap = argparse.ArgumentParser(prog="python -m semel.cluster.broker", description="Run one Semel broker.")
+    ap.add_argument("--config", help="JSON file with BrokerConfig fields (flags override it)")
+    ap.add_argument("--broker-id", "--node-id", dest="broker_id", type=int)
+    ap.add_argument("--broker-id-from-hostname", action="store_true",
+                    help="take the broker id from the hostname's trailing -N (a StatefulSet pod semel-3: 3)")
+    ap.add_argument("--roles", help="broker,controller (default), controller (controller-only) or broker")
+    ap.add_argument("--listen", help="host:port to serve gRPC on (port 0: any free port)")
+    ap.add_argument("--advertised", help="host:port clients should use (default: --listen)")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--raft", help="this broker's metadata Raft address host:port (omit: observer)")
+    ap.add_argument("--voters", help="comma-separated id@raft_host:port@rpc_host:port of every voter")
+    ap.add_argument("--cluster-id")
+    for name in ("heartbeat-interval-ms", "session-timeout-ms", "disconnect-grace-ms", "replica-lag-time-max-ms",
+                 "replica-fetch-max-wait-ms", "replica-fetch-max-bytes", "isr-check-interval-ms",
+                 "max-inflight-produce", "max-batch-bytes", "internal-partitions", "retention-check-interval-ms",
+                 "txn-abort-scan-interval-ms", "group-session-timeout-ms", "group-heartbeat-interval-ms"):
+        ap.add_argument(f"--{name}", type=int)
+    ap.add_argument("--fsync", action="store_true", default=None)
+    ap.add_argument("--log-level")
+    ap.add_argument("--dial", help="fault injection: comma-separated broker_id=host:port to reach peers by")
+    ap.add_argument("--raft-dial", help="fault injection: comma-separated broker_id=host:port for Raft links")
+    return ap
+
+
+def broker_id_from_hostname(hostname: str) -> int:
+    """`semel-3` (a StatefulSet pod's hostname) -> 3; the first DNS label only."""
+    label = hostname.split(".", 1)[0]
+    _, dash, ordinal = label.rpartition("-")
+    if not dash or not ordinal.isdigit():
+        raise ValueError(f"--broker-id-from-hostname: hostname {hostname!r} does not end in -N (e.g. semel-1)")
+    return int(ordinal)
 
 
 def split_address(text: str) -> tuple[str, int]:
