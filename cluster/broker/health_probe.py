@@ -34,12 +34,17 @@ def probe(address: str, service: str = "", timeout_ms: int = 2000) -> tuple[bool
     return resp.status == health_pb2.HealthCheckResponse.SERVING, f"{address}: {status}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m semel.cluster.broker.health_probe",
                                  description="Exit 0 when the broker at --address reports gRPC health SERVING.")
     ap.add_argument("--address", default="127.0.0.1:9092", help="broker gRPC address HOST:PORT (default %(default)s)")
     ap.add_argument("--service", default="", help="health service name (default: the whole server)")
     ap.add_argument("--timeout-ms", type=int, default=2000, help="give up after this long (default %(default)s)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.timeout_ms <= 0:
         ap.error("--timeout-ms must be positive")

@@ -1,0 +1,459 @@
+"""Every deployment file in deploy/ checked against the broker it deploys.
+
+Containers cannot run on the dev machines (no Docker engine, no Kubernetes), so the files are
+validated here instead: parsed, and every flag, port, probe, volume, env var and address they
+use is compared with the broker's real flag parser (`build_arg_parser`), its config dataclass
+(`BrokerConfig`) and the health probe's parser. The per-pod / per-service arguments are
+expanded the way Docker Compose and Kubernetes would and fed to `BrokerConfig.from_args`, so a
+config that the broker would refuse at start-up fails here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from semel.cluster.broker import health_probe
+from semel.cluster.broker import process as broker_process
+from semel.cluster.broker.process import BrokerConfig, build_arg_parser, parse_voter, split_address
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+VERSION = PYPROJECT["project"]["version"]
+IMAGE = f"semel:{VERSION}"
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(BrokerConfig)}
+
+
+# --- parsing helpers ------------------------------------------------------------------------
+@dataclasses.dataclass
+class Instruction:
+    keyword: str
+    args: str
+    stage: int
+
+    def exec_form(self) -> list[str]:
+        text = self.args
+        if text.startswith("CMD "):  # HEALTHCHECK [options] CMD [...]
+            text = text[4:]
+        assert text.startswith("["), f"{self.keyword} should use the exec form (JSON array): {self.args}"
+        return json.loads(text)
+
+
+def dockerfile() -> list[Instruction]:
+    text = (DEPLOY / "Dockerfile").read_text()
+    logical: list[str] = []
+    current = ""
+    for line in text.splitlines():
+        if line.strip().startswith("#") and not current:
+            continue
+        if line.rstrip().endswith("\\"):
+            current += line.rstrip()[:-1] + " "
+            continue
+        current += line
+        if current.strip():
+            logical.append(current.strip())
+        current = ""
+    out: list[Instruction] = []
+    stage = -1
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        if keyword.upper() == "FROM":
+            stage += 1
+        out.append(Instruction(keyword.upper(), args.strip(), stage))
+    return out
+
+
+def final_stage(instructions: list[Instruction], keyword: str) -> list[Instruction]:
+    last = max(i.stage for i in instructions)
+    return [i for i in instructions if i.stage == last and i.keyword == keyword]
+
+
+def healthcheck_command() -> list[str]:
+    (hc,) = final_stage(dockerfile(), "HEALTHCHECK")
+    _options, _, cmd = hc.args.partition("CMD ")
+    return json.loads(cmd)
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def kube_objects() -> list[dict[str, Any]]:
+    objects = []
+    for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
+        objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    return objects
+
+
+def kube(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in kube_objects() if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def statefulset() -> dict[str, Any]:
+    return kube("StatefulSet")
+
+
+def broker_container() -> dict[str, Any]:
+    (container,) = statefulset()["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def configmap_config() -> dict[str, Any]:
+    cm = kube("ConfigMap", "semel-broker")
+    return json.loads(cm["data"]["broker.json"])
+
+
+def module_of(argv: list[str]) -> str:
+    assert argv[:2] == ["python", "-m"], f"expected `python -m MODULE ...`, got {argv}"
+    return argv[2]
+
+
+def assert_runnable_module(name: str) -> None:
+    spec = importlib.util.find_spec(name)
+    assert spec is not None, f"{name} is not importable"
+    if spec.submodule_search_locations is not None:  # a package: needs __main__
+        assert importlib.util.find_spec(f"{name}.__main__") is not None, f"{name} has no __main__"
+
+
+def option_strings() -> set[str]:
+    return {s for action in build_arg_parser()._actions for s in action.option_strings}
+
+
+def config_from(argv: list[str], mounts: dict[str, Path], hostname: str | None = None,
+                monkeypatch: pytest.MonkeyPatch | None = None) -> BrokerConfig:
+    """`BrokerConfig.from_args(argv)` with container paths mapped to the repository files mounted there."""
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg in mounts:
+            args[i] = str(mounts[arg])
+    if hostname is not None:
+        assert monkeypatch is not None
+        monkeypatch.setattr(broker_process.socket, "gethostname", lambda: hostname)
+    try:
+        return BrokerConfig.from_args(args)
+    except SystemExit as exc:  # argparse's ap.error: the broker would refuse to start
+        raise AssertionError(f"the broker refuses {argv}: exit {exc.code}") from exc
+
+
+def json_configs() -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in sorted((DEPLOY / "three-hosts").glob("*.json")):
+        yield str(path.relative_to(REPO)), json.loads(path.read_text())
+    yield "deploy/compose/cluster.json", json.loads((DEPLOY / "compose" / "cluster.json").read_text())
+    yield "deploy/kubernetes/configmap.yaml", configmap_config()
+
+
+# --- the JSON configs -------------------------------------------------------------------------
+def test_every_json_config_key_is_a_broker_config_field() -> None:
+    for where, config in json_configs():
+        unknown = set(config) - CONFIG_FIELDS
+        assert not unknown, f"{where}: {sorted(unknown)} are not BrokerConfig fields"
+        for voter in config.get("voters", []):
+            parse_voter(voter)
+
+
+def test_every_deployment_uses_the_same_data_dir_and_ports() -> None:
+    data_dirs = {config["data_dir"] for _, config in json_configs()}
+    assert data_dirs == {"/var/lib/semel"}
+    for where, config in json_configs():
+        assert config["listen_host"] == "0.0.0.0", where  # reachable from other hosts
+        assert config["listen_port"] == 9092, where
+        assert {split_address(v.split("@")[1])[1] for v in config["voters"]} == {19092}, where
+
+
+# --- Dockerfile -------------------------------------------------------------------------------
+def test_dockerfile_is_python_311_slim_and_runs_as_a_non_root_user() -> None:
+    instructions = dockerfile()
+    assert [i.args.split()[0] for i in instructions if i.keyword == "FROM"] == ["python:3.11-slim"] * 2
+    (user,) = final_stage(instructions, "USER")
+    uid, _, gid = user.args.partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit() and int(gid) != 0
+    runs = " ".join(i.args for i in final_stage(instructions, "RUN"))
+    assert f"useradd --system --uid {uid} --gid {gid}" in runs and f"groupadd --system --gid {gid}" in runs
+
+
+def test_dockerfile_copies_every_package_source_that_exists() -> None:
+    copies = [i.args.split() for i in dockerfile() if i.keyword == "COPY" and not i.args.startswith("--from")]
+    sources = {src.rstrip("/") for args in copies for src in args[:-1]}
+    for src in sources:
+        assert (REPO / src).exists(), f"COPY {src}: no such path in the repository"
+    package_roots = {d.split("/")[0] for d in PYPROJECT["tool"]["setuptools"]["package-dir"].values()}
+    assert package_roots <= sources, f"the image misses package sources {sorted(package_roots - sources)}"
+    assert {"pyproject.toml", PYPROJECT["project"]["readme"]} <= sources
+
+
+def test_dockerfile_volume_ports_entrypoint_and_healthcheck_match_the_broker() -> None:
+    instructions = dockerfile()
+    config = json.loads((DEPLOY / "compose" / "cluster.json").read_text())
+    (volume,) = final_stage(instructions, "VOLUME")
+    assert volume.exec_form() == [config["data_dir"]]
+    (expose,) = final_stage(instructions, "EXPOSE")
+    raft_port = split_address(parse_voter(config["voters"][0]).raft_address)[1]
+    assert sorted(int(p) for p in expose.args.split()) == sorted([config["listen_port"], raft_port])
+
+    (entrypoint,) = final_stage(instructions, "ENTRYPOINT")
+    assert module_of(entrypoint.exec_form()) == "semel.cluster.broker"
+    assert_runnable_module("semel.cluster.broker")
+    (cmd,) = final_stage(instructions, "CMD")
+    build_arg_parser().parse_args(cmd.exec_form())  # exits (fails the test) on an unknown flag
+    assert cmd.exec_form() == ["--config", "/etc/semel/broker.json"]
+
+    probe = healthcheck_command()
+    assert_runnable_module(module_of(probe))
+    assert module_of(probe) == health_probe.__name__
+    parsed = health_probe.build_parser().parse_args(probe[3:])
+    host, port = split_address(parsed.address)
+    assert host == "127.0.0.1" and port == config["listen_port"]
+    (stop,) = final_stage(instructions, "STOPSIGNAL")
+    assert stop.args == "SIGTERM"
+
+
+@pytest.mark.slow
+def test_dockerfile_sources_build_a_wheel_with_every_module(tmp_path: Path) -> None:
+    """What `pip wheel .` makes of exactly the Dockerfile's COPY set has every module of the package."""
+    build_stage = [i for i in dockerfile() if i.stage == 0 and i.keyword == "COPY"]
+    context = tmp_path / "context"
+    context.mkdir()
+    for copy in build_stage:
+        for src in copy.args.split()[:-1]:
+            source = REPO / src
+            if source.is_dir():
+                shutil.copytree(source, context / src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                shutil.copy(source, context / src)
+    wheels = tmp_path / "wheels"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "--wheel-dir", str(wheels), str(context)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = wheels.glob("semel-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        in_wheel = {n for n in zf.namelist() if n.endswith(".py")}
+    expected = set()
+    for package, directory in PYPROJECT["tool"]["setuptools"]["package-dir"].items():
+        for path in (REPO / directory).glob("*.py"):
+            expected.add(f"{package.replace('.', '/')}/{path.name}")
+    for package in PYPROJECT["tool"]["setuptools"]["packages"]:
+        expected.add(f"{package.replace('.', '/')}/__init__.py")
+    assert expected <= in_wheel, sorted(expected - in_wheel)
+    assert "semel/cluster/broker/health_probe.py" in in_wheel
+
+
+# --- compose ----------------------------------------------------------------------------------
+def compose_mounts(service: dict[str, Any]) -> tuple[dict[str, Path], dict[str, str]]:
+    """(container path -> repository file for bind mounts, container path -> named volume)."""
+    binds: dict[str, Path] = {}
+    named: dict[str, str] = {}
+    for spec in service["volumes"]:
+        source, target, *_mode = spec.split(":")
+        if source.startswith("."):
+            binds[target] = (DEPLOY / source).resolve()
+        else:
+            named[target] = source
+    return binds, named
+
+
+def test_compose_services_are_brokers_the_broker_accepts() -> None:
+    doc = compose()
+    services = doc["services"]
+    voters = None
+    assert len(services) == 3
+    for name, service in services.items():
+        assert service["image"] == IMAGE
+        assert (REPO / service["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+        assert (DEPLOY / service["build"]["context"]).resolve() == REPO
+        assert service["hostname"] == name and service["stop_signal"] == "SIGTERM"
+        binds, named = compose_mounts(service)
+        for path in binds.values():
+            assert path.is_file(), f"{name}: bind mount {path} does not exist"
+        config = config_from(service["command"], binds)
+        assert name == f"semel-{config.broker_id}"
+        assert (config.advertised_host, config.advertised_port) == (name, config.listen_port)
+        assert config.raft_address is not None and split_address(config.raft_address)[0] == name
+        assert f"{config.broker_id}@{config.raft_address}@{name}:{config.listen_port}" in config.voters
+        assert named == {config.data_dir: f"{name}-data"}
+        assert f"{name}-data" in doc["volumes"]
+        assert set(service["networks"]) <= set(doc["networks"])
+        assert voters is None or config.voters == voters, "every broker must list the same voters"
+        voters = config.voters
+    assert voters is not None and sorted(parse_voter(v).node_id for v in voters) == [1, 2, 3]
+    assert {f"semel-{parse_voter(v).node_id}" for v in voters} == set(services)
+
+
+def test_compose_publishes_no_raft_port() -> None:
+    for name, service in compose()["services"].items():
+        assert "19092" not in json.dumps(service.get("ports", [])), f"{name} publishes the Raft port"
+
+
+# --- Kubernetes -------------------------------------------------------------------------------
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in command/args; an undefined variable fails the test."""
+    def value(match: re.Match[str]) -> str:
+        assert match.group(1) in env, f"$({match.group(1)}) is not defined in the container's env"
+        return env[match.group(1)]
+
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", value, text)
+
+
+def pod_env(container: dict[str, Any], pod_name: str, namespace: str) -> dict[str, str]:
+    fields = {"metadata.name": pod_name, "metadata.namespace": namespace}
+    env = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+def pods() -> Iterator[tuple[int, str]]:
+    spec = statefulset()["spec"]
+    start = spec.get("ordinals", {}).get("start", 0)
+    for ordinal in range(start, start + spec["replicas"]):
+        yield ordinal, f"{statefulset()['metadata']['name']}-{ordinal}"
+
+
+def config_mounts(tmp_path: Path) -> dict[str, Path]:
+    """Where the ConfigMap's files appear in the container -> the same files written to tmp_path."""
+    container = broker_container()
+    volumes = {v["name"]: v for v in statefulset()["spec"]["template"]["spec"]["volumes"]}
+    out = {}
+    for mount in container["volumeMounts"]:
+        volume = volumes.get(mount["name"], {})
+        if "configMap" not in volume:
+            continue
+        data = kube("ConfigMap", volume["configMap"]["name"])["data"]
+        for item in volume["configMap"]["items"]:
+            assert item["key"] in data, f"ConfigMap has no key {item['key']}"
+            local = tmp_path / item["path"]
+            local.write_text(data[item["key"]])
+            out[f"{mount['mountPath']}/{item['path']}"] = local
+    return out
+
+
+def test_every_pod_is_a_broker_the_broker_accepts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sts = statefulset()
+    namespace = sts["metadata"]["namespace"]
+    headless = kube("Service", sts["spec"]["serviceName"])
+    container = broker_container()
+    assert container["image"] == IMAGE
+    assert "command" not in container, "the image's ENTRYPOINT runs the broker; the manifest gives args"
+    mounts = config_mounts(tmp_path)
+    seen_ids = []
+    for ordinal, pod_name in pods():
+        env = pod_env(container, pod_name, namespace)
+        argv = [expand(arg, env) for arg in container["args"]]
+        config = config_from(argv, mounts, hostname=pod_name, monkeypatch=monkeypatch)
+        dns = f"{pod_name}.{headless['metadata']['name']}.{namespace}.svc.cluster.local"
+        assert config.broker_id == ordinal
+        assert config.raft_address == f"{dns}:19092"
+        assert (config.advertised_host, config.advertised_port) == (dns, config.listen_port)
+        (mine,) = [v for v in config.voter_specs() if v.node_id == ordinal]
+        assert (mine.raft_address, mine.rpc_address) == (config.raft_address, f"{dns}:{config.listen_port}")
+        seen_ids.append(config.broker_id)
+    voter_ids = sorted(parse_voter(v).node_id for v in configmap_config()["voters"])
+    assert seen_ids == voter_ids, "every voter must be a pod of the StatefulSet, and every pod a voter"
+    assert len(voter_ids) % 2 == 1
+
+
+def test_statefulset_starts_pods_in_parallel_and_survives_one_disruption() -> None:
+    spec = statefulset()["spec"]
+    # A broker is Ready only with a metadata quorum: OrderedReady would wait for semel-1 forever.
+    assert spec["podManagementPolicy"] == "Parallel"
+    voters = len(configmap_config()["voters"])
+    pdb = kube("PodDisruptionBudget")["spec"]
+    assert voters - pdb["maxUnavailable"] >= voters // 2 + 1, "a drain may not take the quorum away"
+    assert pdb["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+
+def test_ports_services_and_probes_match_the_broker() -> None:
+    config = configmap_config()
+    raft_port = split_address(parse_voter(config["voters"][0]).raft_address)[1]
+    container = broker_container()
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": config["listen_port"], "raft": raft_port}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": config["listen_port"]}, f"{probe} must ask gRPC health"
+    template_labels = statefulset()["spec"]["template"]["metadata"]["labels"]
+    for service in (o for o in kube_objects() if o["kind"] == "Service"):
+        assert service["spec"]["selector"].items() <= template_labels.items()
+        for port in service["spec"]["ports"]:
+            assert ports[port["targetPort"]] == port["port"], f"{service['metadata']['name']}: {port}"
+    headless = kube("Service", statefulset()["spec"]["serviceName"])["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    assert "raft" not in {p["name"] for p in kube("Service", "semel-bootstrap")["spec"]["ports"]}
+    policy = kube("NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= template_labels.items()
+    raft_rules = [r for r in policy["ingress"] if any(p["port"] == "raft" for p in r["ports"])]
+    assert len(raft_rules) == 1 and raft_rules[0]["from"] == [{"podSelector": policy["podSelector"]}]
+    for rule in policy["ingress"]:
+        assert {p["port"] for p in rule["ports"]} <= set(ports)
+
+
+def test_volumes_mounts_and_claims_are_consistent(tmp_path: Path) -> None:
+    pod = statefulset()["spec"]["template"]["spec"]
+    claims = {c["metadata"]["name"]: c for c in statefulset()["spec"]["volumeClaimTemplates"]}
+    volumes = {v["name"] for v in pod["volumes"]}
+    assert not volumes & set(claims)
+    mounts = {m["name"]: m for m in broker_container()["volumeMounts"]}
+    for name in mounts:
+        assert name in volumes or name in claims, f"volumeMount {name} has no volume"
+    (data,) = [m for m in mounts.values() if m["name"] in claims]
+    assert data["mountPath"] == configmap_config()["data_dir"]
+    claim = claims[data["name"]]["spec"]
+    assert claim["accessModes"] == ["ReadWriteOnce"] and claim["resources"]["requests"]["storage"]
+    args = broker_container()["args"]
+    assert args[args.index("--config") + 1] in config_mounts(tmp_path)
+
+
+def test_pod_runs_as_the_image_user() -> None:
+    (user,) = final_stage(dockerfile(), "USER")
+    uid, _, gid = user.args.partition(":")
+    security = statefulset()["spec"]["template"]["spec"]["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert (security["runAsUser"], security["runAsGroup"], security["fsGroup"]) == (int(uid), int(gid), int(gid))
+
+
+def test_every_object_lives_in_the_namespace_the_voters_name() -> None:
+    namespace = kube("Namespace")["metadata"]["name"]
+    for obj in kube_objects():
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == namespace, f"{obj['kind']} {obj['metadata']['name']}"
+    for voter in configmap_config()["voters"]:
+        host = split_address(parse_voter(voter).raft_address)[0]
+        assert host.endswith(f".semel.{namespace}.svc.cluster.local")
+
+
+def test_tls_is_not_configured_until_the_broker_supports_it() -> None:
+    """The Secret's place is marked (commented out) in statefulset.yaml; nothing pretends TLS works."""
+    flags = option_strings()
+    assert not any("tls" in f or "cert" in f for f in flags), \
+        "the broker has TLS flags now: wire the semel-tls Secret in deploy/kubernetes/statefulset.yaml"
+    assert not any("tls" in v["name"] for v in statefulset()["spec"]["template"]["spec"]["volumes"])
+    text = (DEPLOY / "kubernetes" / "statefulset.yaml").read_text()
+    assert "#   secret:" in text and "secretName: semel-tls" in text
+    assert "TLS" in (DEPLOY / "README.md").read_text()
+
+
+# --- systemd ---------------------------------------------------------------------------------
+def test_systemd_unit_runs_the_broker_with_flags_it_knows() -> None:
+    unit = (DEPLOY / "semel-broker.service").read_text()
+    (exec_start,) = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
+    argv = shlex.split(exec_start)
+    assert argv[1:3] == ["-m", "semel.cluster.broker"]
+    parsed = build_arg_parser().parse_args(argv[3:])
+    assert parsed.config == "/etc/semel/broker.json"
