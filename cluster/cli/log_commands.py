@@ -26,7 +26,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     dump = lsub.add_parser(
         "dump",
         help="print a segment file's batches (offsets, producer, sequence, markers, CRC)",
-        description="Print every batch of one segment file (DATA_DIR/TOPIC-PARTITION/<base offset>.log): "
+        description="Print every batch of one segment file (DATA_DIR/logs/TOPIC-PARTITION.TOPIC_ID/<base offset>.log): "
         "offsets, leader epoch, producer id/epoch, base sequence, record count, timestamps, "
         "transactional/control flags, the marker of control batches, and whether the CRC matches. "
         "Exit 0: all batches valid; 1: problems found (listed); 2: not a readable segment.",
