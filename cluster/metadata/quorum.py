@@ -108,6 +108,15 @@ class QuorumConfig:
     # 0.2-0.4 s round). A 10 ms tick makes that rare for ~1% CPU.
     tick_period_s: float = 0.01
     submit_timeout_s: float = SUBMIT_TIMEOUT_S_DEFAULT
+    # How long a voter's resolved host name is trusted (pysyncobj: 600 s, failures 30 s). A voter
+    # that comes back under the same name at a new address (a rescheduled Kubernetes pod, a
+    # re-created VM) is dialled at its old address until then: 10 minutes without a quorum member
+    # (tests/deploy/test_multi_host.py). Lookups happen only while a peer is disconnected, at most
+    # one per peer per dns_cache_s, on pysyncobj's tick thread (a slow resolver delays its tick);
+    # a failed lookup keeps the last address. dns_fail_cache_s matters for a name never resolved
+    # yet: a pod whose DNS record appears a moment after its peers start.
+    dns_cache_s: float = 5.0
+    dns_fail_cache_s: float = 1.0
     log_compaction_min_entries: int = 5000
     log_compaction_min_time_s: int = 300
     # Fault injection (chaos/wiring.py): (voter raft address, address to connect to) pairs. A
@@ -207,6 +216,8 @@ class MetadataQuorum(SyncObj):
             leaderFallbackTimeout=config.leader_fallback_timeout_s,
             appendEntriesPeriod=config.append_entries_period_s,
             autoTickPeriod=config.tick_period_s,
+            dnsCacheTime=config.dns_cache_s,
+            dnsFailCacheTime=config.dns_fail_cache_s,
             journalFile=journal_file,
             fullDumpFile=dump_file,
             serializer=self._write_snapshot,
