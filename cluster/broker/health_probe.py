@@ -26,10 +26,11 @@ def probe(address: str, service: str = "", timeout_ms: int = 2000) -> tuple[bool
 
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_ms / 1000)
+        try:  # the grpc_health stubs do not declare the generated stub's methods
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=service),  # type: ignore[attr-defined]
+                              timeout=timeout_ms / 1000)
         except grpc.RpcError as exc:
-            return False, f"{address}: no health answer: {exc.code().name}"  # type: ignore[attr-defined]
+            return False, f"{address}: no health answer: {exc.code().name}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     return resp.status == health_pb2.HealthCheckResponse.SERVING, f"{address}: {status}"
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import mmap
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 EXIT_OK = 0
@@ -44,10 +45,11 @@ def _dump(args: argparse.Namespace) -> int:
 
     path = Path(args.path)
     try:
-        content = _map(path)
+        mapped = _map(path)
     except OSError as exc:
         print(f"semel log dump: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_NOT_A_SEGMENT
+    content = memoryview(mapped if mapped is not None else b"")
     expected_base = parse_segment_name(path.name)
     batches = records = problems = 0
     try:
@@ -77,21 +79,22 @@ def _dump(args: argparse.Namespace) -> int:
         print(f"semel log dump: {path} is not a Semel segment file: {exc}", file=sys.stderr)
         return EXIT_NOT_A_SEGMENT
     finally:
-        if isinstance(content, mmap.mmap):
-            content.close()
+        content.release()
+        if mapped is not None:
+            mapped.close()
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
-def _map(path: Path) -> bytes | mmap.mmap:
-    """The file's bytes, mapped read-only (a segment can be a gigabyte)."""
+def _map(path: Path) -> mmap.mmap | None:
+    """The file's bytes, mapped read-only (a segment can be a gigabyte); None for an empty file."""
     with open(path, "rb") as f:
         size = f.seek(0, 2)
         if size == 0:
-            return b""
+            return None
         return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
 
 
-def _text_line(fields: dict[str, object]) -> str:
+def _text_line(fields: Mapping[str, object]) -> str:
     parts = []
     for key, value in fields.items():
         if value is None:
