@@ -145,6 +145,10 @@ class HostNetwork:
             _ip("link", "del", self._veth(host)[0], check=False)  # and so the pair, if it was never moved
             shutil.rmtree(self._hosts_file(host).parent, ignore_errors=True)
         _ip("link", "del", self.bridge, check=False)
+        try:
+            NETNS_ETC.rmdir()  # only if empty: set_hosts may have created it
+        except OSError:
+            pass
 
     def leftovers(self) -> list[str]:
         """Names of this network that still exist (for the test's own cleanup check)."""
