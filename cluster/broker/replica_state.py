@@ -28,6 +28,7 @@ Invariants: hw <= leader_leo; hw never decreases; the leader is always in the IS
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections.abc import Iterable
 from typing import Generic, TypeVar
@@ -205,7 +206,11 @@ class PendingAcks(Generic[T]):
     """acks=all produces parked until the HW passes their last offset (bounded).
 
     `T` is the caller's waiter handle (an asyncio future in the broker, anything in tests).
-    Entries are kept in append order, which is offset order, so completion pops a prefix.
+    Entries are kept sorted by end offset, so completion pops a prefix. Waiters usually arrive
+    in offset order (each waits for the batch it just appended), but not always: a retried
+    batch that the leader deduplicates waits for its *original* offsets, which may lie below
+    batches appended (and waited on) since. `add` therefore inserts in place; equal end
+    offsets keep their arrival order.
     """
 
     def __init__(self, max_pending: int) -> None:
@@ -220,8 +225,8 @@ class PendingAcks(Generic[T]):
 
     def add(self, end_offset: int, waiter: T) -> None:
         invariant(not self.full(), "PendingAcks.add when full")
-        invariant(not self._entries or self._entries[-1][0] <= end_offset, "acks added out of offset order")
-        self._entries.append((end_offset, waiter))
+        at = bisect.bisect_right(self._entries, end_offset, key=lambda e: e[0])
+        self._entries.insert(at, (end_offset, waiter))  # bounded by max_pending
 
     def complete_up_to(self, high_watermark: int) -> list[T]:
         """Waiters whose batch is now below the HW (replicated to the whole ISR)."""

@@ -254,17 +254,16 @@ def test_role_listeners_see_every_role_change(broker):
     assert seen == [(("t", 0), Role.FOLLOWER, 1)]
 
 
-@pytest.fixture
-def txn_broker(tmp_path):
-    """A broker leading t-0 alone (ISR {1}) over the real partition store (producer state,
-    markers, the aborted index), as transactions need."""
+def real_store_broker(tmp_path, img: md.MetadataImage):
+    """A FakeBroker over the real partition store (producer state, markers, the aborted index),
+    as idempotence and transactions need. A generator: close it to close the broker."""
     from semel.cluster.broker.storage_adapter import open_replica_store
     from semel.storage.kv import KvStore
 
     kv = KvStore.open(tmp_path / "kv")
     b = FakeBroker.__new__(FakeBroker)
     b.config = BrokerConfig(broker_id=1)
-    b.quorum = FakeQuorum(image(isr=(1,), min_isr=1))
+    b.quorum = FakeQuorum(img)
     b.clock = FakeClock()
     b.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=kv),
                           clock=b.clock)
@@ -275,6 +274,89 @@ def txn_broker(tmp_path):
     finally:
         b.rm.close()
         kv.close()
+
+
+@pytest.fixture
+def txn_broker(tmp_path):
+    """A broker leading t-0 alone (ISR {1}) over the real partition store."""
+    yield from real_store_broker(tmp_path, image(isr=(1,), min_isr=1))
+
+
+@pytest.fixture
+def idempotent_broker(tmp_path):
+    """A broker leading t-0 with ISR {1, 2} (min ISR 2) over the real partition store: the
+    follower (2) never fetches unless a test says so."""
+    yield from real_store_broker(tmp_path, image())
+
+
+async def until(cond, steps_max: int = 100) -> None:
+    """Let the loop run other tasks until `cond()` holds (no timed sleep; bounded)."""
+    for _ in range(steps_max):
+        if cond():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not reached in {steps_max} loop steps")
+
+
+def idempotent_req(producer_id: int, seq: int, value: bytes, timeout_ms: int) -> bpb.ProduceRequest:
+    rb = batch(value)
+    rb.producer_id, rb.producer_epoch, rb.base_sequence = producer_id, 0, seq
+    return bpb.ProduceRequest(acks=bpb.ACKS_ALL, timeout_ms=timeout_ms, partitions=[
+        bpb.PartitionProduceData(topic="t", partition=0, batch=rb)])
+
+
+def test_a_retry_deduplicated_behind_newer_waiters_is_answered(idempotent_broker):
+    """Issue 20, item 6 (first finding): the followers do not fetch; producer A's acks=all
+    batch times out (outcome unknown), producer B appends behind it and waits, and A resends
+    the same batch as docs/protocol.md says. The leader deduplicates it and waits for the HW
+    to pass A's *original* offset, below B's waiter: that wait must be parked in place (it
+    tripped "acks added out of offset order", and the RPC failed with gRPC UNKNOWN), answered
+    with the original offsets once the HW passes them, and leave B's wait alone."""
+    b = idempotent_broker
+    svc = BrokerService(b)
+    p = b.rm.get("t", 0)
+
+    async def scenario():
+        first = (await svc.Produce(idempotent_req(7, 0, b"a", timeout_ms=1), None)).results[0]
+        assert first.error_code == pb.REQUEST_TIMED_OUT and first.base_offset == 0
+        other = asyncio.ensure_future(svc.Produce(idempotent_req(8, 0, b"b", timeout_ms=60_000), None))
+        await until(lambda: len(p.pending) == 1)  # B appended (offset 1) and parked its waiter
+        retry = asyncio.ensure_future(svc.Produce(idempotent_req(7, 0, b"a", timeout_ms=60_000), None))
+        await until(lambda: len(p.pending) == 2 or retry.done())
+        assert not retry.done(), retry.result()
+        assert p.log_end_offset == 2  # the retry appended nothing
+        p.on_follower_fetch(2, 1, b.clock.monotonic_ms())  # the follower has A's batch only: HW 1
+        a = (await retry).results[0]
+        assert not other.done()
+        p.on_follower_fetch(2, 2, b.clock.monotonic_ms())
+        return a, (await other).results[0]
+
+    a, other = run(scenario())
+    assert a.error_code == pb.NONE and a.duplicate and (a.base_offset, a.last_offset) == (0, 0)
+    assert other.error_code == pb.NONE and (other.base_offset, other.last_offset) == (1, 1)
+    assert len(p.pending) == 0
+
+
+def test_a_retry_of_a_batch_below_the_hw_is_answered_at_once(idempotent_broker):
+    """The same retry once the HW already passed the original batch: answered at once with
+    the original offsets, while a newer waiter still waits."""
+    b = idempotent_broker
+    svc = BrokerService(b)
+    p = b.rm.get("t", 0)
+
+    async def scenario():
+        first = (await svc.Produce(idempotent_req(7, 0, b"a", timeout_ms=1), None)).results[0]
+        assert first.error_code == pb.REQUEST_TIMED_OUT
+        other = asyncio.ensure_future(svc.Produce(idempotent_req(8, 0, b"b", timeout_ms=60_000), None))
+        await until(lambda: len(p.pending) == 1)
+        p.on_follower_fetch(2, 1, b.clock.monotonic_ms())  # HW 1: past A's batch, not B's
+        a = (await svc.Produce(idempotent_req(7, 0, b"a", timeout_ms=60_000), None)).results[0]
+        assert not other.done() and len(p.pending) == 1
+        other.cancel()
+        return a
+
+    a = run(scenario())
+    assert a.error_code == pb.NONE and a.duplicate and (a.base_offset, a.last_offset) == (0, 0)
 
 
 def test_read_committed_stops_at_the_lso_and_drops_aborted_data_and_markers(txn_broker):

@@ -80,6 +80,18 @@ def test_pending_acks_complete_in_order_and_are_bounded():
     assert len(acks) == 0
 
 
+def test_pending_acks_take_a_waiter_below_newer_ones():
+    """A deduplicated retry waits for its original offsets, below waiters added since."""
+    acks: PendingAcks[str] = PendingAcks(max_pending=4)
+    acks.add(5, "a")
+    acks.add(9, "b")
+    acks.add(3, "retry")
+    acks.add(5, "a-retry")  # equal end offsets keep their arrival order
+    assert acks.complete_up_to(3) == ["retry"]
+    assert acks.complete_up_to(8) == ["a", "a-retry"]
+    assert acks.complete_up_to(9) == ["b"]
+
+
 def test_ack_after_hw_reports_isr_shrink():
     assert ack_outcome_after_hw(1, 2).error_code == common_pb2.NOT_ENOUGH_REPLICAS_AFTER_APPEND
     assert ack_outcome_after_hw(2, 2).error_code == common_pb2.NONE
