@@ -259,6 +259,25 @@ class VerifyResult:
     partitions: tuple[tuple[TopicPartition, ErrorCode], ...] = ()
 
 
+# Fatal codes that rest on an id's state in this coordinator's memory: a client gives its
+# producer up on them. A coordinator whose state may be stale (its partition may lead
+# elsewhere at a newer epoch by now) must not answer them from memory; the shell confirms its
+# coordinator epoch first and otherwise answers NOT_COORDINATOR (docs/design.md,
+# "Transactions": stale coordinators).
+STATE_REFUSALS = frozenset({
+    ErrorCode.INVALID_PRODUCER_EPOCH,
+    ErrorCode.INVALID_PRODUCER_ID_MAPPING,
+    ErrorCode.INVALID_TXN_STATE,
+    ErrorCode.PRODUCER_FENCED,
+    ErrorCode.TRANSACTION_TIMED_OUT,
+})
+
+
+def refuses_on_state(result: VerifyResult) -> bool:
+    """Whether a verification answer is (partly) one of the `STATE_REFUSALS`."""
+    return result.error in STATE_REFUSALS or any(code in STATE_REFUSALS for _, code in result.partitions)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class MarkerRequest:
     """One marker to write: close `producer_id`'s transaction in one partition."""

@@ -1,4 +1,10 @@
-"""FindCoordinator answered from the metadata image: any broker can (pure, no I/O)."""
+"""Coordinators from the metadata image (pure, no I/O): FindCoordinator, which any broker
+answers, and `still_coordinates`, the check a coordinator makes on a freshly synced image.
+
+A stale image names a stale coordinator. FindCoordinator therefore answers only when the
+caller says the image is current (`metadata_current`: the broker's heartbeat lease, see
+metadata_freshness.py); else COORDINATOR_NOT_AVAILABLE, and the client asks another broker.
+The name is a hint either way: a coordinator confirms its epoch before any fatal answer."""
 
 from __future__ import annotations
 
@@ -8,11 +14,15 @@ from semel.v1 import txn_pb2
 from semel.v1.common_pb2 import ErrorCode
 
 
-def find_coordinator(image: MetadataImage, key: str, key_type: txn_pb2.CoordinatorKeyType) -> txn_pb2.FindCoordinatorResponse:
+def find_coordinator(image: MetadataImage, key: str, key_type: txn_pb2.CoordinatorKeyType,
+                     *, metadata_current: bool) -> txn_pb2.FindCoordinatorResponse:
     """The coordinator of `key`: the leader of its partition of the internal topic."""
     topic = CONSUMER_OFFSETS_TOPIC if key_type == txn_pb2.GROUP else TRANSACTION_STATE_TOPIC
     if not key:
         return _no_coordinator(ErrorCode.INVALID_REQUEST, "the key must not be empty")
+    if not metadata_current:
+        return _no_coordinator(ErrorCode.COORDINATOR_NOT_AVAILABLE, "this broker's metadata may be stale (no "
+                               "current heartbeat lease with the controller); ask another broker")
     partition = image.coordinator(topic, key)
     if partition is None:
         return _no_coordinator(ErrorCode.COORDINATOR_NOT_AVAILABLE, f"{topic} does not exist yet")
@@ -33,3 +43,13 @@ def find_coordinator(image: MetadataImage, key: str, key_type: txn_pb2.Coordinat
 
 def _no_coordinator(error: ErrorCode, message: str) -> txn_pb2.FindCoordinatorResponse:
     return txn_pb2.FindCoordinatorResponse(error_code=error, error_message=message, broker_id=-1)
+
+
+def still_coordinates(image: MetadataImage, broker_id: int, broker_epoch: int, topic: str, partition: int,
+                      coordinator_epoch: int) -> bool:
+    """Per `image`: is `broker_id`, registered at `broker_epoch` and unfenced, the leader of
+    `topic`-`partition` at leader epoch `coordinator_epoch` (the epoch its coordinator loaded)?"""
+    reg = image.broker(broker_id)
+    state = image.partition(topic, partition)
+    return (reg is not None and reg.broker_epoch == broker_epoch and not reg.fenced and state is not None
+            and state.leader == broker_id and state.leader_epoch == coordinator_epoch)

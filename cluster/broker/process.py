@@ -36,7 +36,12 @@ from grpc_reflection.v1alpha import reflection
 from semel import internal_topics, limits
 from semel.cluster.broker import group_service, txn_service
 from semel.cluster.broker.loop_monitor import LoopMonitor
-from semel.cluster.broker.replica_manager import ReplicaManager, SystemClock, write_hw_checkpoints
+from semel.cluster.broker.metadata_freshness import HeartbeatLease
+from semel.cluster.broker.replica_manager import (
+    ReplicaManager,
+    SystemClock,
+    write_hw_checkpoints,
+)
 from semel.cluster.broker.replication import (
     FetcherManager,
     IsrMaintainer,
@@ -302,6 +307,9 @@ class Broker:
         self.voters = config.voter_specs()
         self.incarnation_id = uuid.uuid4().hex
         self.broker_epoch = -1
+        # Heartbeats the controller answered "unfenced": a hint that the image is current
+        # (metadata_freshness.py). The controller fences after session_timeout_ms of silence.
+        self.lease = HeartbeatLease(config.session_timeout_ms)
         self.port = config.listen_port
         self.ready = False
         self._stopping = False
@@ -499,6 +507,11 @@ class Broker:
                 return False
         return True
 
+    def metadata_current(self) -> bool:
+        """Registered and unfenced in our own image, under a current heartbeat lease (a hint:
+        see metadata_freshness.py; FindCoordinator answers only then)."""
+        return self.rm.active and self.lease.current(self.clock.monotonic_ms())
+
     def _unfenced(self) -> frozenset[int] | None:
         return None if self.quorum is None else frozenset(self.quorum.image().unfenced_brokers())
 
@@ -589,12 +602,16 @@ class Broker:
         if ac is None:
             return pb.COORDINATOR_NOT_AVAILABLE
         version = self.quorum.image().version
+        sent_ms = self.clock.monotonic_ms()
         if ac.node_id == self.config.broker_id and self.controller is not None:
-            return self.controller.on_heartbeat(self.config.broker_id, self.broker_epoch, version).error
+            reply = self.controller.on_heartbeat(self.config.broker_id, self.broker_epoch, version)
+            self.lease.on_answer(sent_ms, reply.error, reply.fenced)
+            return reply.error
         stub = controller_pb2_grpc.ControllerStub(self._channel(ac.rpc_address))
         resp = await stub.BrokerHeartbeat(controller_pb2.BrokerHeartbeatRequest(
             broker_id=self.config.broker_id, broker_epoch=self.broker_epoch, metadata_version=version),
             timeout=max(0.2, 3 * self.config.heartbeat_interval_ms / 1000))
+        self.lease.on_answer(sent_ms, resp.error_code, resp.fenced)
         return resp.error_code
 
     async def _report_unreachable(self, broker_id: int) -> None:

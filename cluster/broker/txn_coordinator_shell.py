@@ -22,6 +22,17 @@ answers and failures go back to the core, which retries until every marker is wr
 then persists Complete*. A tick task (`TXN_TICK_INTERVAL_MS`) lets the core abort timed-out
 transactions and send due markers.
 
+Stale coordinators (docs/design.md, "Transactions"): this broker's image, and so its belief
+that it leads a state partition at epoch E, may be stale (cut off from the quorum, or just
+resumed from a pause) while a newer coordinator serves the id at E + 1 and the producer has
+moved on. Answers that need a state write are safe (a deposed leader cannot commit), but a
+refusal read from memory is not: an old epoch makes a healthy producer look "newer than the
+coordinator" (INVALID_PRODUCER_EPOCH), unknown, or not in its transaction. So before any
+answer in `STATE_REFUSALS` (fatal for the client) the shell confirms, by a linearizable read
+of the metadata quorum (`QuorumRead.sync`), that this broker is still registered, unfenced
+and the leader of the id's partition at the epoch its core loaded; if it cannot, the answer
+is NOT_COORDINATOR (retriable: find the coordinator again). Healthy answers never pay for it.
+
 Committed state records are also folded into the RocksDB view as they commit (when the view
 is contiguous), so a later load replays little.
 
@@ -41,6 +52,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from semel import internal_topics, limits
 from semel.cluster.broker import write_path
+from semel.cluster.broker.coordinator_lookup import still_coordinates
+from semel.cluster.broker.metadata_freshness import QuorumRead
 from semel.cluster.broker.replica_manager import (
     AppendResult,
     Partition,
@@ -68,10 +81,13 @@ from semel.coordinator.txn_markers import (
     authoritative_results,
 )
 from semel.coordinator.txn_state import (
+    STATE_REFUSALS,
     PendingTransition,
     TopicPartition,
     TxnConfig,
     TxnResult,
+    VerifyResult,
+    refuses_on_state,
 )
 from semel.invariant import not_none
 from semel.storage.batch import HEADER_BYTES, decode_header
@@ -163,6 +179,7 @@ class TxnCoordinatorShell:
         self._ticker: asyncio.Task[None] | None = None
         self.verification: dict[tuple[str, int], VerificationCache] = {}
         self.markers_written = 0
+        self._quorum_read: QuorumRead | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -260,6 +277,47 @@ class TxnCoordinatorShell:
             return Reply(request_id, TxnResult(pb.REQUEST_TIMED_OUT, "the coordinator did not answer in time; retry"))
         finally:
             self._requests.pop(request_id, None)
+
+    # --- stale coordinators (see the module docstring) ---------------------------------------------
+    async def verify(self, transactional_id: str, producer_id: int, producer_epoch: int,
+                     partitions: list[TopicPartition]) -> VerifyResult:
+        """KIP-890 verification by the core; a refusal only once this broker confirmed it still
+        coordinates the id."""
+        core = self.core
+        if core is None:
+            return VerifyResult(pb.NOT_COORDINATOR, "no coordinator here")
+        result = core.verify(transactional_id, producer_id, producer_epoch, partitions)
+        if refuses_on_state(result) and not await self.confirmed(transactional_id):
+            return VerifyResult(pb.NOT_COORDINATOR, _UNCONFIRMED + f" (it would have answered: {result.message})")
+        return result
+
+    async def authoritative(self, transactional_id: str, reply: Reply) -> Reply:
+        """`reply`, or NOT_COORDINATOR if it is a state refusal this broker cannot confirm."""
+        if reply.result.error in STATE_REFUSALS and not await self.confirmed(transactional_id):
+            return Reply(reply.request_id, TxnResult(pb.NOT_COORDINATOR, _UNCONFIRMED +
+                                                     f" (it would have answered: {reply.result.message})"))
+        return reply
+
+    async def confirmed(self, transactional_id: str) -> bool:
+        """Whether this broker, per a freshly synced image, still leads the id's state partition
+        at the epoch its core loaded it at (registered at its epoch, unfenced)."""
+        core = self.core
+        if core is None:
+            return False
+        partition = core.partition_of(transactional_id)
+        machine = core.machine(partition)
+        if machine is None:
+            return False
+        if not await self.quorum_read().sync():
+            return False
+        return core.machine(partition) is machine and still_coordinates(
+            self.b.quorum.image(), self.b.config.broker_id, self.b.rm.broker_epoch,
+            internal_topics.TRANSACTION_STATE_TOPIC, partition, machine.coordinator_epoch)
+
+    def quorum_read(self) -> QuorumRead:
+        if self._quorum_read is None:
+            self._quorum_read = QuorumRead(self.b.quorum, limits.COORDINATOR_CONFIRM_TIMEOUT_MS)
+        return self._quorum_read
 
     # --- actions -----------------------------------------------------------------------------
     def _perform(self, actions: list[Any]) -> None:
@@ -379,6 +437,10 @@ class TxnCoordinatorShell:
         if cache is None:
             cache = self.verification[(topic, partition)] = VerificationCache()
         return cache
+
+
+_UNCONFIRMED = ("this broker cannot confirm it still coordinates this transactional id (its metadata may be "
+                "stale); find the coordinator again")
 
 
 def identity_reply(reply: Reply) -> tuple[TxnResult, PendingTransition | None]:

@@ -77,7 +77,8 @@ class TransactionsService(tgrpc.TransactionsServicer):
         self.shell = shell
 
     async def FindCoordinator(self, request: tpb.FindCoordinatorRequest, context: Any) -> tpb.FindCoordinatorResponse:
-        return find_coordinator(self.b.quorum.image(), request.key, request.key_type)
+        return find_coordinator(self.b.quorum.image(), request.key, request.key_type,
+                                metadata_current=self.b.metadata_current())
 
     async def InitProducerId(self, request: tpb.InitProducerIdRequest, context: Any) -> tpb.InitProducerIdResponse:
         if not request.transactional_id:
@@ -89,6 +90,7 @@ class TransactionsService(tgrpc.TransactionsServicer):
         reply = await self.shell.call(lambda core, rid: core.init_producer_id(
             rid, request.transactional_id, request.transaction_timeout_ms, now_ms(),
             request.producer_id, request.producer_epoch))
+        reply = await self.shell.authoritative(request.transactional_id, reply)
         return txn_wire.init_producer_id_response(reply.result, reply.completed)
 
     async def AddPartitionsToTxn(self, request: tpb.AddPartitionsToTxnRequest,
@@ -101,6 +103,7 @@ class TransactionsService(tgrpc.TransactionsServicer):
             return txn_wire.add_partitions_response(result, partitions, unknown)
         reply = await self.shell.call(lambda core, rid: core.add_partitions(
             rid, request.transactional_id, request.producer_id, request.producer_epoch, partitions, now_ms()))
+        reply = await self.shell.authoritative(request.transactional_id, reply)
         return txn_wire.add_partitions_response(reply.result, partitions)
 
     async def AddOffsetsToTxn(self, request: tpb.AddOffsetsToTxnRequest, context: Any) -> tpb.AddOffsetsToTxnResponse:
@@ -112,11 +115,13 @@ class TransactionsService(tgrpc.TransactionsServicer):
         reply = await self.shell.call(lambda core, rid: core.add_offsets(
             rid, request.transactional_id, request.producer_id, request.producer_epoch, request.group_id, count,
             now_ms()))
+        reply = await self.shell.authoritative(request.transactional_id, reply)
         return tpb.AddOffsetsToTxnResponse(error_code=reply.result.error, error_message=reply.result.message)
 
     async def EndTxn(self, request: tpb.EndTxnRequest, context: Any) -> tpb.EndTxnResponse:
         reply = await self.shell.call(lambda core, rid: core.end_txn(
             rid, request.transactional_id, request.producer_id, request.producer_epoch, request.commit, now_ms()))
+        reply = await self.shell.authoritative(request.transactional_id, reply)
         return txn_wire.end_txn_response(reply.result, reply.completed)
 
     async def ListTransactions(self, request: tpb.ListTransactionsRequest,
@@ -230,11 +235,8 @@ class TxnMarkersService(tgrpc.TxnMarkersServicer):
 
     async def VerifyTransaction(self, request: tpb.VerifyTransactionRequest,
                                 context: Any) -> tpb.VerifyTransactionResponse:
-        core = self.shell.core
-        if core is None:
-            return tpb.VerifyTransactionResponse(error_code=pb.NOT_COORDINATOR, error_message="no coordinator here")
-        result = core.verify(request.transactional_id, request.producer_id, request.producer_epoch,
-                             txn_wire.partitions_from_proto(request.partitions))
+        result = await self.shell.verify(request.transactional_id, request.producer_id, request.producer_epoch,
+                                         txn_wire.partitions_from_proto(request.partitions))
         return txn_wire.verify_response(result)
 
 
@@ -382,7 +384,7 @@ class ProduceVerifier:
         if ps is None or ps.leader == md.NO_LEADER:
             return VerifyResult(pb.COORDINATOR_NOT_AVAILABLE, "no transaction coordinator")
         if ps.leader == self.b.config.broker_id and core is not None:
-            return core.verify(tid, pid, epoch, tps)
+            return await self.shell.verify(tid, pid, epoch, tps)
         address = self.b._broker_address(ps.leader)
         if address is None:
             return VerifyResult(pb.COORDINATOR_NOT_AVAILABLE, "coordinator has no address")

@@ -121,5 +121,6 @@ MARKER_RETRY_BACKOFF_MAX_MS = 5_000           # cap of that backoff (markers are
 TXN_COMPLETING_WAIT_MS = 500                  # AddPartitions/AddOffsets while the previous transaction's markers are written wait this long at the coordinator, then CONCURRENT_TRANSACTIONS
 TXN_PREDICTED_PARTITIONS_MAX = 64             # a transactional producer adds the partitions its previous two transactions wrote (at most this many) with its first add
 MAX_WAITING_TXN_REQUESTS = 10_000             # requests waiting that way per coordinator; more answer CONCURRENT_TRANSACTIONS at once
+COORDINATOR_CONFIRM_TIMEOUT_MS = 2_000        # a coordinator about to refuse from memory confirms its epoch by a quorum read this long at most; else NOT_COORDINATOR
 MAX_VERIFICATION_ENTRIES_PER_PARTITION = 10_000  # KIP-890 verification cache entries per partition (LRU)
 VERIFICATION_ENTRY_TTL_MS = 60_000            # a verification not used by a write within this is forgotten
