@@ -7,7 +7,16 @@ channel keeps one *job* per transactional id (its outstanding markers), groups d
 by the broker that currently leads each partition (`poll`), and digests the answers
 (`on_response` / `on_failure`): written markers leave the job, retriable failures come back
 after an exponential backoff, and a job with no markers left is *completed* (the shell then
-calls `complete_markers` on the state machine). Markers are retried forever: a prepared
+calls `complete_markers` on the state machine). Markers follow leadership: when `leader_of`
+names another broker than the one a marker last went to, the marker is due at once with a
+fresh backoff, and a marker still *in flight* to the old broker is sent again to the new one
+(the old request's answer is then ignored for it; the old request still holds its broker's
+in-flight slot until it ends). Else a marker in flight to a leader that was paused or cut
+off waited for that RPC's timeout, and one that had backed off waited out its backoff, while
+the next transaction of the id could not start (CONCURRENT_TRANSACTIONS for 8-12 s under
+faults, issue 20). The bound: a marker reaches a partition's new leader at the first `poll`
+after the coordinator's metadata names it; a leader that keeps refusing is retried at least
+every `backoff_max_ms` (`limits.MARKER_RETRY_BACKOFF_MAX_MS`). Markers are retried forever: a prepared
 decision never flips, so giving up is never an option. A marker refused with
 TRANSACTION_COORDINATOR_FENCED means a newer coordinator owns the state partition: the job
 is dropped and reported as fenced (the shell unloads that partition).
@@ -106,15 +115,17 @@ class MarkerChannelConfig:
 
 
 class _Slot:
-    """One outstanding marker. Invariant: in_flight is None or a request id in `_sends`."""
+    """One outstanding marker. Invariant: in_flight is None or a request id in `_sends`, sent
+    to `broker`."""
 
-    __slots__ = ("marker", "attempts", "not_before_ms", "in_flight")
+    __slots__ = ("marker", "attempts", "not_before_ms", "in_flight", "broker")
 
     def __init__(self, marker: MarkerRequest) -> None:
         self.marker = marker
-        self.attempts = 0
+        self.attempts = 0  # attempts at `broker` (the backoff grows with them)
         self.not_before_ms = 0
         self.in_flight: int | None = None
+        self.broker: int | None = None  # where the last attempt went
 
 
 # The broker leading a partition now (None: no leader known; the marker waits).
@@ -182,9 +193,10 @@ class TxnMarkerChannel:
         grouped: dict[int, list[_Slot]] = {}
         for job in self._jobs.values():
             for tp, slot in job.items():
-                if slot.in_flight is not None or slot.not_before_ms > now_ms:
-                    continue
                 broker = leader_of(tp)
+                moved = broker is not None and broker != slot.broker
+                if not moved and (slot.in_flight is not None or slot.not_before_ms > now_ms):
+                    continue
                 if broker is None or self._in_flight[broker] >= self.config.max_in_flight_per_broker:
                     continue
                 batch = grouped.setdefault(broker, [])
@@ -194,7 +206,9 @@ class TxnMarkerChannel:
         for broker in sorted(grouped):
             send = MarkerSend(next(self._request_ids), broker, tuple(s.marker for s in grouped[broker]))
             for slot in grouped[broker]:
-                slot.in_flight = send.request_id
+                if slot.broker != broker:
+                    slot.broker, slot.attempts = broker, 0  # a new leader: a fresh backoff
+                slot.in_flight = send.request_id  # a request to the old leader is ignored for it now
                 slot.attempts += 1
             self._sends[send.request_id] = send
             self._in_flight[broker] += 1

@@ -299,3 +299,34 @@ def test_no_wait_when_disabled_or_not_completing():
     c.write_timed_out(append.write_id)
     # an unknown write outcome is no completing transaction: answered at once, as before
     assert only(c.add_partitions(3, TID, *ident, tps("a0"), 0), Reply).result.error == ErrorCode.CONCURRENT_TRANSACTIONS
+
+
+def test_a_paused_leader_does_not_hold_the_next_transaction():
+    """Issue 20 (CONCURRENT_TRANSACTIONS for 8-12 s under faults): the previous transaction's
+    marker is in flight to the leader of a0, which was paused; it never answers (the shell's
+    RPC would fail after its 15 s timeout). The controller moves a0's leadership. The marker
+    goes to the new leader at the next tick, so the next transaction's AddPartitions, which
+    waits at the coordinator for the Complete* record, is answered NONE within
+    TXN_COMPLETING_WAIT_MS instead of CONCURRENT_TRANSACTIONS until the old request fails."""
+    from semel import limits
+
+    c = core()
+    ident = init(c)
+    nxt, to_paused = _commit_until_markers(c, ident)  # marker out to broker 1 at t=10
+    assert to_paused.broker_id == 1
+    assert c.add_partitions(5, TID, *nxt, tps("b0"), 12) == [], "waits for the Complete* record"
+    leaders = {"a": 1}
+    lookup = lambda tp: leaders.get(tp.topic, 1)  # noqa: E731
+    moved_ms = 300  # the paused broker was fenced; a0 leads on broker 2
+    assert [a for a in c.tick(moved_ms - 1, lookup) if isinstance(a, MarkerSend)] == []
+    leaders["a"] = 2
+    sent_ms = moved_ms + limits.TXN_TICK_INTERVAL_MS  # the shell's next tick
+    (to_new,) = [a for a in c.tick(sent_ms, lookup) if isinstance(a, MarkerSend)]
+    assert to_new.broker_id == 2 and to_new.markers == to_paused.markers
+    append = only(c.marker_response(to_new, {(m.producer_id, m.topic_partition): ErrorCode.NONE
+                                             for m in to_new.markers}, sent_ms + 5), AppendRecords)
+    replies = c.write_committed(append.write_id, sent_ms + 10)
+    assert [(r.request_id, r.result.error) for r in replies] == [(5, ErrorCode.NONE)]
+    assert sent_ms + 10 < 12 + limits.TXN_COMPLETING_WAIT_MS  # answered within its wait: no CONCURRENT_TRANSACTIONS
+    assert c.marker_failure(to_paused, 15_010) == []  # the old request's timeout changes nothing
+    assert c.machine(0).metadata(TID).state is TxnState.ONGOING

@@ -12,6 +12,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from semel.coordinator.txn_markers import (  # noqa: E402
     MarkerChannelConfig,
+    MarkerProgress,
     MarkerOutcome,
     TxnMarkerChannel,
     VerificationCache,
@@ -95,16 +96,53 @@ def test_retriable_failures_back_off_exponentially_and_follow_the_new_leader():
     assert progress.retrying == 1 and progress.completed == ()
     assert ch.next_due_ms() == 110
     assert ch.poll(109, lookup) == []
-    leaders["a"] = 2
     (send,) = ch.poll(110, lookup)
-    assert send.broker_id == 2
     ch.on_failure(send, 200)
     assert ch.next_due_ms() == 400  # 100 << 1
     (send,) = ch.poll(400, lookup)
     ch.on_response(send, {}, 500)  # no answer for the marker: retried
     assert ch.next_due_ms() == 750  # capped at 250
-    (send,) = ch.poll(750, lookup)
+    leaders["a"] = 2  # a new leader: due at once, with a fresh backoff
+    (send,) = ch.poll(501, lookup)
+    assert send.broker_id == 2
+    ch.on_failure(send, 600)
+    assert ch.next_due_ms() == 700  # 100 << 0 again
+    (send,) = ch.poll(700, lookup)
     assert ch.on_response(send, ok(send), 760).completed == ("x",)
+
+
+def test_a_marker_in_flight_to_a_leader_that_moved_goes_to_the_new_one():
+    """Issue 20: the leader of a0 was paused (or cut off) with a marker request in flight; the
+    controller moved leadership. The marker goes to the new leader at the next poll instead of
+    waiting for the old request's timeout; the old request's late answer is ignored for it
+    and frees its broker's in-flight slot."""
+    ch = TxnMarkerChannel()
+    ch.add(markers("x", "a0", "b0"))
+    leaders = {"a": 1, "b": 2}
+    lookup = lambda tp: leaders.get(tp.topic)  # noqa: E731
+    to_1, to_2 = ch.poll(0, lookup)
+    assert (to_1.broker_id, to_2.broker_id) == (1, 2)
+    assert ch.on_response(to_2, ok(to_2), 5).completed == ()
+    assert ch.poll(10, lookup) == []  # in flight to 1, which does not answer
+    leaders["a"] = 3
+    (to_3,) = ch.poll(11, lookup)
+    assert to_3.broker_id == 3 and [m.topic_partition for m in to_3.markers] == list(tps("a0"))
+    assert ch.in_flight(1) == 1  # the hanging request still holds broker 1's slot
+    assert ch.on_response(to_3, ok(to_3), 20).completed == ("x",)
+    assert ch.on_failure(to_1, 15_000) == MarkerProgress() and ch.in_flight(1) == 0
+
+
+def test_a_late_answer_from_the_old_leader_does_not_retry_the_marker_sent_to_the_new_one():
+    ch = TxnMarkerChannel()
+    ch.add(markers("x", "a0"))
+    leaders = {"a": 1}
+    lookup = lambda tp: leaders.get(tp.topic)  # noqa: E731
+    (to_1,) = ch.poll(0, lookup)
+    leaders["a"] = 2
+    (to_2,) = ch.poll(1, lookup)
+    progress = ch.on_response(to_1, ok(to_1, ErrorCode.NOT_LEADER_OR_FOLLOWER), 2)
+    assert progress.retrying == 0 and ch.poll(3, lookup) == []  # still in flight to 2
+    assert ch.on_response(to_2, ok(to_2), 4).completed == ("x",)
 
 
 def test_leaderless_partitions_wait_without_using_attempts():
