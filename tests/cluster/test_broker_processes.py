@@ -556,3 +556,61 @@ def test_kill_and_restart_cycles_under_load(tmp_path):
         stop.set()
         print(c.dump_logs())
         c.close()
+
+
+@pytest.mark.slow
+def test_a_retry_deduplicated_behind_a_newer_waiter_is_answered(cluster):
+    """Issue 20, item 6 (first finding), on real processes: both followers paused (SIGSTOP),
+    so nothing commits and the metadata quorum cannot shrink the ISR. Producer A's acks=all
+    batch times out (outcome unknown); producer B appends behind it and waits; A resends the
+    same batch as docs/protocol.md says. The leader deduplicates it and waits for the HW at
+    A's original offset: the retry gets an answer with an error code (it was gRPC UNKNOWN:
+    "acks added out of offset order"), and once the followers are back, A's original offsets."""
+    from semel.v1 import txn_pb2, txn_pb2_grpc
+
+    c = cluster
+    ok(c.create_topic("dedup", partitions=1, rf=3))
+    produce_values(c, "dedup", [b"warm"])
+    leader = c.leader_of("dedup")
+    c.wait_for(lambda: len(c.partition_meta("dedup", via=leader).isr) == 3, what="full ISR before the pause")
+    txn = txn_pb2_grpc.TransactionsStub(c.channel(leader))
+    pid_a, pid_b = (txn.InitProducerId(txn_pb2.InitProducerIdRequest(), timeout=10).producer_id for _ in range(2))
+    stub = c.broker_stub(leader)
+    batch_a = h.make_batch([b"a"], producer_id=pid_a, producer_epoch=0, base_sequence=0)
+    batch_b = h.make_batch([b"b"], producer_id=pid_b, producer_epoch=0, base_sequence=0)
+    followers = [i for i in c.brokers if i != leader]
+    answers: dict[str, object] = {}
+
+    def send_b() -> None:
+        try:
+            answers["b"] = h.produce(stub, "dedup", 0, batch_b, timeout_ms=30_000)
+        except grpc.RpcError as exc:
+            answers["b"] = exc
+
+    def b_appended() -> bool:
+        r = txn.DescribeProducers(txn_pb2.DescribeProducersRequest(topic="dedup", partition=0), timeout=5)
+        return any(p.producer_id == pid_b for p in r.producers)
+
+    for i in followers:
+        c.brokers[i].proc.send_signal(signal.SIGSTOP)
+    b_thread = threading.Thread(target=send_b)
+    try:
+        first = h.produce(stub, "dedup", 0, batch_a, timeout_ms=1000)
+        assert first.error_code == common_pb2.REQUEST_TIMED_OUT and first.base_offset >= 1, first
+        b_thread.start()
+        c.wait_for(b_appended, what="B's batch appended behind A's")
+        # answered while the followers are still paused: the retry waited behind B's waiter
+        retry = h.produce(stub, "dedup", 0, batch_a, timeout_ms=1000)  # gRPC UNKNOWN with the bug
+        assert retry.error_code == common_pb2.REQUEST_TIMED_OUT and retry.duplicate, retry
+        assert (retry.base_offset, retry.last_offset) == (first.base_offset, first.last_offset)
+    finally:
+        for i in followers:
+            c.brokers[i].proc.send_signal(signal.SIGCONT)
+    b_thread.join(40)
+    assert not isinstance(answers["b"], grpc.RpcError), answers["b"]
+    # Once resumed, the metadata quorum may move leadership first (outcome unknown, retriable);
+    # else the HW passes A's batch and the retry answers its original offsets.
+    again = h.produce(stub, "dedup", 0, batch_a, timeout_ms=20_000)
+    assert again.error_code in (common_pb2.NONE, common_pb2.NOT_LEADER_OR_FOLLOWER), again
+    if again.error_code == common_pb2.NONE:
+        assert again.duplicate and again.base_offset == first.base_offset, again
