@@ -10,6 +10,7 @@ observer), so two brokers may be down at once without losing the metadata quorum
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -161,3 +162,52 @@ def test_partition_leader_killed_while_its_marker_is_written(cluster):
     c.wait_for(lambda: ts.describe(c, tid).state == txn_pb2.COMPLETE_COMMIT, timeout_s=30,
                what="the transaction completes")
     assert ts.read(c, topic, held, committed=False)[0] == [b"v1", b"v2"]
+
+
+def test_a_paused_partition_leader_does_not_hold_the_next_transaction(cluster):
+    """Issue 20 (CONCURRENT_TRANSACTIONS for 8-12 s under faults). The leader of a partition
+    in the transaction is paused (SIGSTOP) just before EndTxn; the coordinator's state
+    partition does not live on it, so PrepareCommit commits and the marker goes to the paused
+    leader, where the RPC hangs. The controller fences the paused broker and moves the
+    partition within about a session timeout. The marker must follow the new leader then,
+    not wait for the hanging RPC's timeout (15 s): the next transaction's AddPartitions, which
+    waits for the Complete* record (and answers CONCURRENT_TRANSACTIONS every 500 ms while it
+    cannot), succeeds a few seconds after the pause, long before that timeout."""
+    c = cluster
+    topic = "fo-paused"
+    assert c.create_topic(topic, partitions=4, rf=3).error_code == 0
+    for p in range(4):
+        c.leader_of(topic, p)
+    layout = topic_layout(c, topic)
+    state = topic_layout(c, "__transaction_state")
+    asked = c.any_alive()  # the harness's helpers ask this broker: it must not be the paused one
+    plan = None
+    for p, (leader, _) in layout.items():
+        if leader in (asked, OBSERVER, -1):
+            continue
+        for coordinator in sorted(set(c.brokers) - {leader}):
+            tid = tid_coordinated_by(c, coordinator, "fo-p")
+            if tid is None or leader in state[coordinator_partition(tid, len(state))][1]:
+                continue
+            other = next((q for q, (lead, _) in layout.items() if lead not in (leader, -1)), None)
+            if other is not None:
+                plan = (p, leader, tid, other)
+                break
+        if plan:
+            break
+    if plan is None:
+        pytest.skip(f"no usable layout in {layout} / {state}")
+    held, leader, tid, other = plan
+    producer = ts.TxnProducer(c, tid).init()
+    producer.send(topic, held, [b"v1"])
+    c.brokers[leader].proc.send_signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        producer.commit()  # PrepareCommit committed; the marker to the paused leader hangs
+        producer.add((topic, other))  # the next transaction: waits for the Complete* record
+        took = time.monotonic() - t0
+    finally:
+        c.brokers[leader].proc.send_signal(signal.SIGCONT)
+    print(f"\nPAUSED LEADER: the next transaction's AddPartitions succeeded {took:.2f} s after the pause")
+    assert took < 10, f"{took:.1f} s: the marker waited for the paused leader"
+    c.wait_for(lambda: ts.read(c, topic, held)[0] == [b"v1"], timeout_s=30, what="the marker on the new leader")
