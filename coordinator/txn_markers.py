@@ -16,8 +16,8 @@ off waited for that RPC's timeout, and one that had backed off waited out its ba
 the next transaction of the id could not start (CONCURRENT_TRANSACTIONS for 8-12 s under
 faults, issue 20). The bound: a marker reaches a partition's new leader at the first `poll`
 after the coordinator's metadata names it; a leader that keeps refusing is retried at least
-every `backoff_max_ms` (`limits.MARKER_RETRY_BACKOFF_MAX_MS`). Markers are retried forever: a prepared
-decision never flips, so giving up is never an option. A marker refused with
+every `backoff_max_ms` (`limits.MARKER_RETRY_BACKOFF_MAX_MS`). Markers are retried forever:
+a prepared decision never flips, so giving up is never an option. A marker refused with
 TRANSACTION_COORDINATOR_FENCED means a newer coordinator owns the state partition: the job
 is dropped and reported as fenced (the shell unloads that partition).
 Bounds: at most `max_jobs` jobs (`add` answers False when full: the transaction simply stays
