@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -280,7 +280,7 @@ class TxnCoordinatorShell:
 
     # --- stale coordinators (see the module docstring) ---------------------------------------------
     async def verify(self, transactional_id: str, producer_id: int, producer_epoch: int,
-                     partitions: list[TopicPartition]) -> VerifyResult:
+                     partitions: Iterable[TopicPartition]) -> VerifyResult:
         """KIP-890 verification by the core; a refusal only once this broker confirmed it still
         coordinates the id."""
         core = self.core
