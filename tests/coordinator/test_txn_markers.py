@@ -12,8 +12,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from semel.coordinator.txn_markers import (  # noqa: E402
     MarkerChannelConfig,
-    MarkerProgress,
     MarkerOutcome,
+    MarkerProgress,
     TxnMarkerChannel,
     VerificationCache,
     authoritative_results,
