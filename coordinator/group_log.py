@@ -33,7 +33,6 @@ from semel.coordinator.group_records import (
     decode_record,
     encode_key,
     encode_record,
-    invariant,
 )
 from semel.coordinator.group_state import (
     GroupConfig,
@@ -42,6 +41,7 @@ from semel.coordinator.group_state import (
     HeartbeatResponse,
 )
 from semel.coordinator.offsets import CommitDecision, OffsetsConfig, OffsetStore
+from semel.invariant import invariant
 from semel.storage.batch import (
     ATTR_CONTROL,
     ATTR_TRANSACTIONAL,

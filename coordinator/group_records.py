@@ -15,13 +15,8 @@ import enum
 from collections.abc import Iterable
 from typing import NamedTuple, TypeVar, Union
 
+from semel.invariant import invariant
 from semel.v1 import group_pb2
-
-
-def invariant(cond: bool, msg: str) -> None:
-    """A programmer-error check that survives `python -O`."""
-    if not cond:
-        raise AssertionError(msg)
 
 
 _T = TypeVar("_T")

@@ -31,9 +31,10 @@ from typing import Union
 
 from semel import limits
 from semel.coordinator.group_log import CoordinatorShard
-from semel.coordinator.group_records import GroupRecord, invariant
+from semel.coordinator.group_records import GroupRecord
 from semel.coordinator.group_state import GroupDecision, HeartbeatResponse
 from semel.coordinator.offsets import CommitDecision
+from semel.invariant import invariant
 from semel.storage.batch import BatchHeader
 from semel.v1 import common_pb2
 

@@ -59,8 +59,8 @@ from semel.coordinator.group_records import (
     TargetAssignmentMetadataValue,
     TopicPartition,
     expect,
-    invariant,
 )
+from semel.invariant import invariant
 from semel.v1 import common_pb2, group_pb2
 
 E = common_pb2.ErrorCode

@@ -38,9 +38,9 @@ from semel.coordinator.group_records import (
     Partitions,
     TopicPartition,
     expect,
-    invariant,
 )
 from semel.coordinator.group_state import GroupStateMachine
+from semel.invariant import invariant
 from semel.v1 import common_pb2
 
 E = common_pb2.ErrorCode

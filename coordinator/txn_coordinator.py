@@ -54,10 +54,10 @@ from semel.coordinator.txn_state import (
     TxnResult,
     TxnState,
     VerifyResult,
-    invariant,
     offsets_partition,
 )
 from semel.internal_topics import coordinator_partition
+from semel.invariant import invariant
 from semel.v1.common_pb2 import ErrorCode
 
 

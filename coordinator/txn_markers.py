@@ -43,7 +43,8 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 
 from semel import limits
-from semel.coordinator.txn_state import MarkerRequest, TopicPartition, invariant
+from semel.coordinator.txn_state import MarkerRequest, TopicPartition
+from semel.invariant import invariant
 from semel.storage.producer_state import ProducerInfo
 from semel.v1.common_pb2 import ErrorCode
 

@@ -31,6 +31,7 @@ import sys
 from array import array
 from bisect import bisect_left, bisect_right
 
+from semel.invariant import invariant
 from semel.storage.checkpoint import CorruptCheckpointError, seal, unseal
 
 OFFSET_INDEX_MAGIC = b"SOI1"
@@ -44,11 +45,6 @@ ENTRY_BYTES = 16
 
 class CorruptIndexError(Exception):
     """An index file does not match its CRC, its segment, or its own invariants."""
-
-
-def _invariant(cond: bool, msg: str) -> None:
-    if not cond:
-        raise AssertionError(msg)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,7 +71,7 @@ class SegmentIndex:
     )
 
     def __init__(self, base_offset: int, interval_bytes: int) -> None:
-        _invariant(interval_bytes >= 1, f"interval_bytes {interval_bytes} < 1")
+        invariant(interval_bytes >= 1, f"interval_bytes {interval_bytes} < 1")
         self.base_offset = base_offset
         self.interval_bytes = interval_bytes
         self.offsets = array("q")
@@ -129,7 +125,7 @@ class SegmentIndex:
             return IndexPoint(self.base_offset, 0)
         offset = self.time_offsets[i]
         j = bisect_left(self.offsets, offset)
-        _invariant(j < len(self.offsets) and self.offsets[j] == offset, f"time entry {offset} is not an index point")
+        invariant(j < len(self.offsets) and self.offsets[j] == offset, f"time entry {offset} is not an index point")
         return IndexPoint(offset, self.positions[j])
 
     def truncate_entries(self, cut_offset: int) -> IndexPoint:
@@ -152,7 +148,7 @@ class SegmentIndex:
             self.max_timestamp_ms = None
             self.first_timestamp_ms = None
             return IndexPoint(self.base_offset, 0)
-        _invariant(len(self.time_ts) > 0, "offset entries without a time entry")
+        invariant(len(self.time_ts) > 0, "offset entries without a time entry")
         self.size_bytes = self.positions[-1]
         self.next_offset = self.offsets[-1]
         self.max_timestamp_ms = self.time_ts[-1]

@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from semel import limits
+from semel.invariant import invariant
 from semel.storage.aborted_txns import AbortedTxn
 from semel.storage.batch import (
     ATTR_CONTROL,
@@ -71,7 +72,6 @@ from semel.storage.producer_state import (
     ProducerStateConfig,
     ProducerStateManager,
     SnapshotError,
-    invariant,
 )
 from semel.v1.common_pb2 import ControlRecord, ControlType, ErrorCode
 

@@ -71,6 +71,7 @@ import struct
 
 import crc32c as _crc32c
 from semel import limits
+from semel.invariant import invariant
 from semel.storage.batch import BatchHeader
 from semel.v1.common_pb2 import ErrorCode
 
@@ -79,12 +80,6 @@ _HALF_SEQUENCE_SPACE = 1 << 30
 PRODUCER_EPOCH_MAX = (1 << 15) - 1
 NO_OFFSET = -1
 NO_COORDINATOR_EPOCH = -1
-
-
-def invariant(cond: bool, msg: str) -> None:
-    """A programmer-error check that survives `python -O`."""
-    if not cond:
-        raise AssertionError(msg)
 
 
 class Outcome(enum.Enum):

@@ -33,14 +33,10 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
+from semel.invariant import invariant
 from semel.v1 import common_pb2
 
 UNKNOWN_LEO = -1
-
-
-def invariant(cond: bool, msg: str) -> None:
-    if not cond:
-        raise AssertionError(msg)
 
 
 @dataclasses.dataclass(slots=True)

@@ -49,6 +49,7 @@ import enum
 from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
+from semel.invariant import invariant
 from semel.v1 import common_pb2
 
 SEQUENCE_MODULUS = 1 << 31
@@ -58,11 +59,6 @@ NO_SEQUENCE = -1
 MAX_IN_FLIGHT_IDEMPOTENT = 5   # the broker keeps the last 5 batches per producer (limits.PRODUCER_BATCHES_RETAINED)
 
 TopicPartition = tuple[str, int]
-
-
-def invariant(cond: bool, msg: str) -> None:
-    if not cond:
-        raise AssertionError(msg)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from semel import limits
 from semel.internal_topics import (
     coordinator_partition,
 )
+from semel.invariant import invariant
 from semel.v1 import common_pb2 as pb
 
 NO_LEADER = -1
@@ -55,12 +56,6 @@ MAX_PARTITIONS_TOTAL = limits.MAX_PARTITIONS_TOTAL
 
 _TOPIC_NAME_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 _TOPIC_ID_NAMESPACE = uuid.UUID("6d1f3c2a-5b1e-4a57-9d6e-2f0c8e9a7b31")
-
-
-def invariant(condition: bool, message: str) -> None:
-    """A check for programmer errors that survives `python -O`."""
-    if not condition:
-        raise AssertionError(message)
 
 
 # --- values -------------------------------------------------------------------------------
