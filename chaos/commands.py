@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from semel.chaos.nemesis import DEFAULT_FAMILIES, describe_schedule, parse_families
+from semel.clock import wall_clock_ms
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -23,7 +24,7 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"semel chaos run: {exc}", file=sys.stderr)
         return 2
-    seed = args.seed if args.seed is not None else int(time.time() * 1000) % (1 << 31)
+    seed = args.seed if args.seed is not None else wall_clock_ms() % (1 << 31)
     out = args.out or f"chaos-runs/{args.workload}-seed{seed}-{time.strftime('%Y%m%dT%H%M%S')}"
     cfg = RunConfig(duration_s=args.duration_s, families=families, workload=args.workload, seed=seed,
                     brokers=args.brokers, out_dir=out, interval_s=args.interval_s,

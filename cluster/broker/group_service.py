@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from semel import internal_topics, limits
+from semel.clock import wall_clock_ms
 from semel.cluster.broker import write_path
 from semel.cluster.broker.replica_manager import AppendResult, Partition, Role
 from semel.coordinator import group_wire as gw
@@ -75,10 +76,6 @@ TAIL_IDLE_WAIT_S = 1.0               # the tail re-checks at least this often (r
 RELOAD_BACKOFF_S = 1.0              # a failed load (or tail) is retried after this, while still leader
 LISTOFFSETS_TIMEOUT_S = 1.0          # describe/reset ask partition leaders for offsets, bounded
 EARLIEST, LATEST = -2, -1
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclasses.dataclass(slots=True)
@@ -158,7 +155,7 @@ class GroupCoordinator:
             if not self._still_leader(p, leader_epoch):
                 return
             backend = self._view_backend(index)
-            start, end, hw, now = p.log_start_offset, p.log_end_offset, p.high_watermark, now_ms()
+            start, end, hw, now = p.log_start_offset, p.log_end_offset, p.high_watermark, wall_clock_ms()
             started = time.monotonic()
 
             def load() -> tuple[GroupView, CoordinatorShard]:  # on a disk thread: the view and the log
@@ -175,7 +172,7 @@ class GroupCoordinator:
             if not self._still_leader(p, leader_epoch):
                 return
             loaded = _Loaded(p, leader_epoch, PartitionRuntime(shard), view, shard.next_offset,
-                             last_retention_ms=now_ms())
+                             last_retention_ms=wall_clock_ms())
             self.loaded[index] = loaded
             loaded.task = asyncio.get_running_loop().create_task(self._tail(loaded), name=f"group-tail-{index}")
             log.info("%s-%d: coordinator loaded at epoch %d (%d groups, up to offset %d, %.0f ms)", OFFSETS, index,
@@ -239,7 +236,7 @@ class GroupCoordinator:
             for h, payload in batches:
                 loaded.view.apply_batch(h, payload)
             loaded.cursor = batches[-1][0].next_offset
-            self._dispatch(loaded, loaded.runtime.on_committed(batches, now_ms()))
+            self._dispatch(loaded, loaded.runtime.on_committed(batches, wall_clock_ms()))
 
     # --- submitting requests -----------------------------------------------------------------------
     def lookup(self, group_id: str) -> tuple[_Loaded | None, pb.ErrorCode, str]:
@@ -264,7 +261,7 @@ class GroupCoordinator:
         self._next_request += 1
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
-        self._dispatch(loaded, loaded.runtime.submit(rid, group_id, prepare, now_ms()))
+        self._dispatch(loaded, loaded.runtime.submit(rid, group_id, prepare, wall_clock_ms()))
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout_ms / 1000)
         except asyncio.TimeoutError:
@@ -276,7 +273,7 @@ class GroupCoordinator:
         rid = self._next_request
         self._next_request += 1
         self._internal[rid] = done
-        self._dispatch(loaded, loaded.runtime.submit(rid, group_id, prepare, now_ms()))
+        self._dispatch(loaded, loaded.runtime.submit(rid, group_id, prepare, wall_clock_ms()))
 
     def _dispatch(self, loaded: _Loaded, outputs: list[Any]) -> None:
         queue = list(outputs)
@@ -294,7 +291,7 @@ class GroupCoordinator:
 
     def _append(self, loaded: _Loaded, append: Append) -> list[Any]:
         p = loaded.partition
-        now = now_ms()
+        now = wall_clock_ms()
         if self.loaded.get(p.partition) is not loaded or not self._still_leader(p, loaded.leader_epoch):
             return loaded.runtime.on_append_failed(append.token, pb.NOT_COORDINATOR, now)
 
@@ -319,7 +316,7 @@ class GroupCoordinator:
     async def _timer_loop(self) -> None:
         while True:
             await asyncio.sleep(self.tick_ms / 1000)
-            now = now_ms()
+            now = wall_clock_ms()
             for loaded in list(self.loaded.values()):
                 try:
                     self._expire_members(loaded, now)

@@ -46,12 +46,12 @@ import logging
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 from semel import limits
+from semel.clock import monotonic_ms, wall_clock_ms
 from semel.cluster.broker.replica_state import (
     LeaderProgress,
     PendingAcks,
@@ -67,11 +67,6 @@ from semel.v1 import common_pb2 as pb
 log = logging.getLogger(__name__)
 
 HW_CHECKPOINT_FILE = "high-watermark"
-
-
-def now_ms() -> int:
-    """Wall clock: batch append times, retention, producer expiry (stored and compared across hosts)."""
-    return int(time.time() * 1000)
 
 
 class Clock(Protocol):
@@ -92,10 +87,10 @@ class SystemClock:
     """The host's clocks: what the broker process wires."""
 
     def wall_clock_ms(self) -> int:
-        return now_ms()
+        return wall_clock_ms()
 
     def monotonic_ms(self) -> int:
-        return int(time.monotonic() * 1000)
+        return monotonic_ms()
 
 
 class Role(enum.Enum):

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import grpc
 from semel import limits
+from semel.clock import wall_clock_ms
 from semel.cluster.broker import write_path
 from semel.cluster.broker.produce_validation import header_from_fields, validate_batch
 from semel.cluster.broker.replica_manager import (
     PartitionError,
     describe_partition,
-    now_ms,
 )
 from semel.cluster.broker.storage_adapter import iter_batches
 from semel.cluster.metadata import state as md
@@ -116,7 +116,7 @@ class BrokerService(bgrpc.BrokerServicer):
         image = self.b.quorum.image()
         txn = getattr(self.b, "txn", None)
         check = await txn.verify_produce(request, image) if txn is not None else None  # KIP-890
-        now = now_ms()
+        now = wall_clock_ms()
         seen: set[tuple[str, int]] = set()
         results: list[bpb.PartitionProduceResult] = []
         waits: list[tuple[bpb.PartitionProduceResult, write_path.PendingAck]] = []

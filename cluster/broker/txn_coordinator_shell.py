@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from semel import internal_topics, limits
+from semel.clock import wall_clock_ms
 from semel.cluster.broker import write_path
 from semel.cluster.broker.coordinator_lookup import still_coordinates
 from semel.cluster.broker.metadata_freshness import QuorumRead
@@ -59,7 +60,6 @@ from semel.cluster.broker.replica_manager import (
     Partition,
     PartitionError,
     Role,
-    now_ms,
 )
 from semel.cluster.metadata import state as md
 from semel.coordinator import txn_wire
@@ -345,18 +345,18 @@ class TxnCoordinatorShell:
         p = self.b.rm.get(internal_topics.TRANSACTION_STATE_TOPIC, action.partition)
         # Written only while the leader epoch is the coordinator epoch: a deposed coordinator never writes.
         if p is None or p.role != Role.LEADER or p.leader_epoch != action.coordinator_epoch:
-            self._perform(core.write_failed(action.write_id, pb.NOT_LEADER_OR_FOLLOWER, now_ms()))
+            self._perform(core.write_failed(action.write_id, pb.NOT_LEADER_OR_FOLLOWER, wall_clock_ms()))
             return
 
         def write() -> AppendResult:
             header = decode_header(action.batch)
-            return p.append_as_leader(header, action.batch[HEADER_BYTES:], now_ms())
+            return p.append_as_leader(header, action.batch[HEADER_BYTES:], wall_clock_ms())
 
         out = write_path.start_append(p, write, write_path.TXN_STATE)
         if isinstance(out, AppendResult):  # refused before or by the append: nothing was written
             if out.error_code != pb.NOT_ENOUGH_REPLICAS:
                 log.warning("txn state append to partition %d failed: %s", action.partition, out.message)
-            self._perform(core.write_failed(action.write_id, out.error_code, now_ms()))
+            self._perform(core.write_failed(action.write_id, out.error_code, wall_clock_ms()))
             return
         result = await out.wait(STATE_WRITE_TIMEOUT_MS, forget_on_timeout=False)
         if result.error_code == pb.REQUEST_TIMED_OUT:
@@ -368,7 +368,7 @@ class TxnCoordinatorShell:
         if p.leader_epoch != action.coordinator_epoch:
             return
         self._fold_into_view(action.partition, result.base_offset, action.batch)
-        self._perform(core.write_committed(action.write_id, now_ms()))
+        self._perform(core.write_committed(action.write_id, wall_clock_ms()))
         self._kick()  # a Prepare* just committed: send its markers now, not at the next tick
 
     def _fold_into_view(self, index: int, base_offset: int, batch: bytes) -> None:
@@ -408,17 +408,17 @@ class TxnCoordinatorShell:
             resp = await stub.WriteTxnMarkers(txn_wire.write_markers_request(send), timeout=MARKER_RPC_TIMEOUT_S)
         except (grpc.aio.AioRpcError, ConnectionError) as exc:
             log.info("WriteTxnMarkers to broker %d failed: %s", send.broker_id, exc)
-            self._perform(core.marker_failure(send, now_ms()))
+            self._perform(core.marker_failure(send, wall_clock_ms()))
             return
         results = authoritative_results(txn_wire.write_markers_results(resp), send.broker_id, self.b.config.broker_id)
         self.markers_written += sum(1 for code in results.values() if code == pb.NONE)
-        self._perform(core.marker_response(send, results, now_ms()))
+        self._perform(core.marker_response(send, results, wall_clock_ms()))
         self._kick()  # the broker's in-flight slot is free: send what waits for it
 
     def _kick(self) -> None:
         core = self.core
         if core is not None and core.loaded_partitions():
-            self._perform(core.tick(now_ms(), self._leader_of))
+            self._perform(core.tick(wall_clock_ms(), self._leader_of))
 
     async def _tick_loop(self) -> None:
         while True:
@@ -427,7 +427,7 @@ class TxnCoordinatorShell:
             if core is None or not core.loaded_partitions():
                 continue
             try:
-                self._perform(core.tick(now_ms(), self._leader_of))
+                self._perform(core.tick(wall_clock_ms(), self._leader_of))
             except Exception:
                 log.exception("txn coordinator tick failed")
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from semel import internal_topics, limits
+from semel.clock import wall_clock_ms
 from semel.cluster.broker import write_path
 from semel.cluster.broker.coordinator_lookup import find_coordinator
 from semel.cluster.broker.replica_manager import (
@@ -37,7 +38,6 @@ from semel.cluster.broker.replica_manager import (
     Partition,
     PartitionError,
     Role,
-    now_ms,
 )
 from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
 from semel.cluster.metadata import state as md
@@ -88,7 +88,7 @@ class TransactionsService(tgrpc.TransactionsServicer):
                                                   producer_epoch=-1, error_message="no producer id block yet; retry")
             return tpb.InitProducerIdResponse(error_code=pb.NONE, producer_id=pid, producer_epoch=0)
         reply = await self.shell.call(lambda core, rid: core.init_producer_id(
-            rid, request.transactional_id, request.transaction_timeout_ms, now_ms(),
+            rid, request.transactional_id, request.transaction_timeout_ms, wall_clock_ms(),
             request.producer_id, request.producer_epoch))
         reply = await self.shell.authoritative(request.transactional_id, reply)
         return txn_wire.init_producer_id_response(reply.result, reply.completed)
@@ -102,7 +102,7 @@ class TransactionsService(tgrpc.TransactionsServicer):
             result = TxnResult(pb.UNKNOWN_TOPIC_OR_PARTITION, f"unknown partitions: {sorted(unknown)}")
             return txn_wire.add_partitions_response(result, partitions, unknown)
         reply = await self.shell.call(lambda core, rid: core.add_partitions(
-            rid, request.transactional_id, request.producer_id, request.producer_epoch, partitions, now_ms()))
+            rid, request.transactional_id, request.producer_id, request.producer_epoch, partitions, wall_clock_ms()))
         reply = await self.shell.authoritative(request.transactional_id, reply)
         return txn_wire.add_partitions_response(reply.result, partitions)
 
@@ -114,13 +114,13 @@ class TransactionsService(tgrpc.TransactionsServicer):
         count = len(topic.partitions)
         reply = await self.shell.call(lambda core, rid: core.add_offsets(
             rid, request.transactional_id, request.producer_id, request.producer_epoch, request.group_id, count,
-            now_ms()))
+            wall_clock_ms()))
         reply = await self.shell.authoritative(request.transactional_id, reply)
         return tpb.AddOffsetsToTxnResponse(error_code=reply.result.error, error_message=reply.result.message)
 
     async def EndTxn(self, request: tpb.EndTxnRequest, context: Any) -> tpb.EndTxnResponse:
         reply = await self.shell.call(lambda core, rid: core.end_txn(
-            rid, request.transactional_id, request.producer_id, request.producer_epoch, request.commit, now_ms()))
+            rid, request.transactional_id, request.producer_id, request.producer_epoch, request.commit, wall_clock_ms()))
         reply = await self.shell.authoritative(request.transactional_id, reply)
         return txn_wire.end_txn_response(reply.result, reply.completed)
 
@@ -130,7 +130,7 @@ class TransactionsService(tgrpc.TransactionsServicer):
         if core is None:
             return tpb.ListTransactionsResponse(error_code=pb.NONE)
         states = [TxnState(s) for s in request.state_filters if s != tpb.TRANSACTION_STATE_UNSPECIFIED]
-        error, found, truncated = core.list_transactions(now_ms(), states, list(request.producer_id_filters),
+        error, found, truncated = core.list_transactions(wall_clock_ms(), states, list(request.producer_id_filters),
                                                          max(0, request.duration_filter_ms))
         return tpb.ListTransactionsResponse(error_code=error, truncated=truncated,
                                             transactions=[txn_wire.listing(m) for m in found])
@@ -188,7 +188,7 @@ def append_marker(shell: TxnCoordinatorShell, p: Partition, producer_id: int, pr
                   coordinator_epoch: int) -> AppendResult | write_path.PendingAck:
     """The marker through the one write path; a refusal is an `AppendResult` (nothing written)."""
     out = write_path.start_append(
-        p, lambda: p.append_marker(producer_id, producer_epoch, commit, coordinator_epoch, now_ms()),
+        p, lambda: p.append_marker(producer_id, producer_epoch, commit, coordinator_epoch, wall_clock_ms()),
         write_path.TXN_MARKER)
     if isinstance(out, write_path.PendingAck):
         shell.verification_cache(p.topic, p.partition).on_marker(producer_id)  # same loop step as the append
@@ -303,7 +303,7 @@ class ProduceVerifier:
             assert guard is not None
             if self._open_here(pd.topic, pd.partition, guard.producer_id, guard.producer_epoch):
                 return  # a concurrent request of the producer opened it meanwhile (same verification)
-            if self.shell.verification_cache(*key).check(guard, now_ms()) != pb.NONE:
+            if self.shell.verification_cache(*key).check(guard, wall_clock_ms()) != pb.NONE:
                 raise PartitionError(pb.INVALID_TXN_STATE, "a marker ended the producer's transaction while its "
                                      "first write was being verified; refused (no hanging transaction)")
 
@@ -348,7 +348,7 @@ class ProduceVerifier:
             for key, fut in futs.items():
                 self._inflight[(*key, pid, epoch)] = fut
             try:
-                now = now_ms()
+                now = wall_clock_ms()
                 started = {key: self.shell.verification_cache(*key).begin(pid, epoch, now) for key in mine}
                 result = await self._ask_coordinator(tid, pid, epoch, mine, image)
                 self.verifications += 1
@@ -356,7 +356,7 @@ class ProduceVerifier:
                 for key, guard in started.items():
                     code = result.error if result.error != pb.NONE else codes.get(TopicPartition(*key),
                                                                                    pb.INVALID_TXN_STATE)
-                    if code == pb.NONE and self.shell.verification_cache(*key).record_verified(guard, now_ms()):
+                    if code == pb.NONE and self.shell.verification_cache(*key).record_verified(guard, wall_clock_ms()):
                         out[key] = (pb.NONE, "", guard)
                     else:
                         code = code if code != pb.NONE else pb.INVALID_TXN_STATE

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from semel.client.errors import is_retriable
+from semel.clock import wall_clock_ms
 
 PENDING_STATES = ("ONGOING", "PREPARE_COMMIT", "PREPARE_ABORT")
 MAX_AGE_MS_DEFAULT = 15 * 60 * 1000  # Kafka's max transaction timeout: older open transactions are suspicious
@@ -221,7 +222,7 @@ def scan_hanging(view: ClusterView, topics: Sequence[str] = (), max_age_ms: int 
     if not opened:
         return []
     known = coordinator_transactions(view, {o.producer_id for o in opened})
-    return find_hanging(opened, known, int(time.time() * 1000), max_age_ms)
+    return find_hanging(opened, known, wall_clock_ms(), max_age_ms)
 
 
 def abort_open(view: ClusterView, topic: str, partition: int, producer_id: int, *, force: bool = False,
@@ -239,7 +240,7 @@ def abort_open(view: ClusterView, topic: str, partition: int, producer_id: int, 
         raise TxnToolError(f"producer {producer_id} has no open transaction in {topic}-{partition}")
     ot = OpenTxn(topic, partition, producer_id, info.producer_epoch, info.coordinator_epoch,
                  info.current_txn_start_offset, info.last_timestamp_ms)
-    findings = find_hanging([ot], coordinator_transactions(view, [producer_id]), int(time.time() * 1000), max_age_ms)
+    findings = find_hanging([ot], coordinator_transactions(view, [producer_id]), wall_clock_ms(), max_age_ms)
     if not force and not (findings and findings[0].safe_to_abort):
         raise TxnToolError(f"a coordinator is still running producer {producer_id}'s transaction in "
                            f"{topic}-{partition}: aborting one partition would tear it (use --force, or fence "

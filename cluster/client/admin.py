@@ -16,7 +16,6 @@ from semel.client.base import (
     RETRY_BACKOFF_MAX_MS_DEFAULT,
     RETRY_BACKOFF_MS_DEFAULT,
     _ClientBase,
-    _now_ms,
 )
 from semel.client.errors import (
     SemelError,
@@ -25,6 +24,7 @@ from semel.client.metadata import (
     ClusterView,
     rpc_error,
 )
+from semel.clock import monotonic_ms
 from semel.v1 import admin_pb2, common_pb2
 
 # ======================================================================================
@@ -97,14 +97,14 @@ class Admin(_ClientBase):
 
     def _call(self, method: str, request: Any, timeout_ms: int | None) -> Any:
         """One admin RPC to the first broker that answers, retrying transport errors."""
-        start = _now_ms()
+        start = monotonic_ms()
         deadline = start + (timeout_ms or self.request_timeout_ms)
         attempts = 0
         while True:
             attempts += 1
             last: SemelError | None = None
             for address in self._metadata.candidates():
-                remaining = deadline - _now_ms()
+                remaining = deadline - monotonic_ms()
                 try:
                     response = getattr(self._connections.admin(address), method)(
                         request, timeout=max(0.05, remaining / 1000)
@@ -115,8 +115,8 @@ class Admin(_ClientBase):
                     last = rpc_error(exc, address, method)
                     if not last.retriable:
                         raise last from None
-            never_answered = not self._answered and _now_ms() - start >= self.connect_timeout_ms
-            if never_answered or _now_ms() + self._backoff_ms(attempts) >= deadline:
+            never_answered = not self._answered and monotonic_ms() - start >= self.connect_timeout_ms
+            if never_answered or monotonic_ms() + self._backoff_ms(attempts) >= deadline:
                 assert last is not None
                 if isinstance(last, client_errors.BrokerUnreachableError):
                     raise client_errors.BrokerUnreachableError(
@@ -127,14 +127,14 @@ class Admin(_ClientBase):
 
     def _with_retries(self, call: Callable[[int], Any], timeout_ms: int | None) -> Any:
         """Repeats `call(remaining_ms)` while it raises a retriable SemelError, until the deadline."""
-        deadline = _now_ms() + (timeout_ms or self.request_timeout_ms)
+        deadline = monotonic_ms() + (timeout_ms or self.request_timeout_ms)
         attempts = 0
         while True:
             attempts += 1
             try:
-                return call(max(1, deadline - _now_ms()))
+                return call(max(1, deadline - monotonic_ms()))
             except SemelError as exc:
-                if not exc.retriable or _now_ms() + self._backoff_ms(attempts) >= deadline:
+                if not exc.retriable or monotonic_ms() + self._backoff_ms(attempts) >= deadline:
                     raise
                 time.sleep(self._backoff_ms(attempts) / 1000)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 
 from semel import limits
@@ -17,6 +16,7 @@ from semel.client.metadata import (
     PartitionInfo,
     parse_bootstrap,
 )
+from semel.clock import monotonic_ms
 from semel.v1 import broker_pb2
 
 log = logging.getLogger("semel.client")
@@ -43,14 +43,6 @@ FETCH_ABANDON_SLACK_MS = 500                # consumer: wait this long past poll
 
 _ACKS = {"all": broker_pb2.ACKS_ALL, "-1": broker_pb2.ACKS_ALL, "1": broker_pb2.ACKS_LEADER,
          "leader": broker_pb2.ACKS_LEADER, "0": broker_pb2.ACKS_NONE, "none": broker_pb2.ACKS_NONE}
-
-
-def _now_ms() -> int:
-    return time.monotonic_ns() // 1_000_000
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _as_bytes(value: bytes | str | None, what: str) -> bytes | None:
@@ -91,7 +83,7 @@ class _ClientBase:
         to appear (default: the producer's max_block_ms, else request_timeout_ms)."""
         if timeout_ms is None:
             timeout_ms = getattr(self, "max_block_ms", self.request_timeout_ms)
-        self._metadata.wait_for_topic(topic, _now_ms() + timeout_ms)
+        self._metadata.wait_for_topic(topic, monotonic_ms() + timeout_ms)
         return list(self._metadata.view.topics.get(topic, []))
 
     def _backoff_ms(self, attempts: int) -> int:

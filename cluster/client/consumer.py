@@ -23,7 +23,6 @@ from semel.client.base import (
     RETRY_BACKOFF_MAX_MS_DEFAULT,
     RETRY_BACKOFF_MS_DEFAULT,
     _ClientBase,
-    _now_ms,
     log,
 )
 from semel.client.errors import (
@@ -37,6 +36,7 @@ from semel.client.records import (
     ConsumerRecord,
     decode_batch,
 )
+from semel.clock import monotonic_ms
 from semel.v1 import broker_pb2, common_pb2
 
 OFFSET_RESET_POLICIES = ("earliest", "latest", "none")
@@ -138,10 +138,10 @@ class AssignConsumer(_ClientBase):
         for record in self._buffer:
             if (record.topic, record.partition) == tp:
                 return record.offset
-        deadline = _now_ms() + timeout_ms
+        deadline = monotonic_ms() + timeout_ms
         while tp not in self._fetch_position:
             self._resolve_positions(deadline)
-            if tp not in self._fetch_position and _now_ms() >= deadline:
+            if tp not in self._fetch_position and monotonic_ms() >= deadline:
                 raise client_errors.RequestTimedOutError(f"position of {topic}-{partition} unknown")
         return self._fetch_position[tp]
 
@@ -156,7 +156,7 @@ class AssignConsumer(_ClientBase):
             raise ClosedError("poll() after close()")
         if not self._assignment:
             raise client_errors.ClientError("poll() without an assignment: call assign() first")
-        deadline = _now_ms() + max(0, timeout_ms)
+        deadline = monotonic_ms() + max(0, timeout_ms)
         while True:
             if self._buffer:
                 return self._take_buffered()
@@ -164,7 +164,7 @@ class AssignConsumer(_ClientBase):
             self._fetch_once(deadline)
             if self._buffer:
                 return self._take_buffered()
-            if _now_ms() >= deadline:
+            if monotonic_ms() >= deadline:
                 return []
 
     def _take_buffered(self) -> list[ConsumerRecord]:
@@ -172,12 +172,12 @@ class AssignConsumer(_ClientBase):
         return [self._buffer.popleft() for _ in range(count)]
 
     def _maybe_refresh(self, deadline_ms: int) -> None:
-        now_ms = _now_ms()
+        now_ms = monotonic_ms()
         if self._metadata.needs_refresh(now_ms):
             try:
                 self._metadata.refresh(timeout_ms=max(1, min(self.request_timeout_ms, deadline_ms - now_ms)))
             except client_errors.BrokerUnreachableError:
-                if _now_ms() >= deadline_ms:
+                if monotonic_ms() >= deadline_ms:
                     raise
 
     def _resolve_positions(self, deadline_ms: int) -> None:
@@ -210,7 +210,7 @@ class AssignConsumer(_ClientBase):
             )
             try:
                 response = self._connections.broker(address).ListOffsets(
-                    request, timeout=max(0.1, min(self.request_timeout_ms, deadline_ms - _now_ms()) / 1000)
+                    request, timeout=max(0.1, min(self.request_timeout_ms, deadline_ms - monotonic_ms()) / 1000)
                 )
             except grpc.RpcError:
                 self._metadata.mark_stale()
@@ -226,8 +226,8 @@ class AssignConsumer(_ClientBase):
                     raise client_errors.error_for_code(
                         result.error_code, result.error_message, context=f"list offsets of {tp[0]}-{tp[1]}"
                     )
-        if self._pending_reset and _now_ms() < deadline_ms:
-            time.sleep(min(self.retry_backoff_ms, max(0, deadline_ms - _now_ms())) / 1000)
+        if self._pending_reset and monotonic_ms() < deadline_ms:
+            time.sleep(min(self.retry_backoff_ms, max(0, deadline_ms - monotonic_ms())) / 1000)
 
     def _leader_epoch(self, tp: TopicPartition) -> int:
         """The leader epoch our metadata has for `tp`, sent with each fetch and list-offsets
@@ -237,7 +237,7 @@ class AssignConsumer(_ClientBase):
         return info.leader_epoch if info is not None else -1
 
     def _fetch_once(self, deadline_ms: int) -> None:
-        now_ms = _now_ms()
+        now_ms = monotonic_ms()
         by_leader: dict[str, list[TopicPartition]] = collections.defaultdict(list)
         for tp in self._assignment:
             if tp not in self._fetch_position:
@@ -280,17 +280,17 @@ class AssignConsumer(_ClientBase):
         wait_until_ms = deadline_ms + FETCH_ABANDON_SLACK_MS
         for address, call in calls:
             try:
-                response = call.result(timeout=max(0.0, (wait_until_ms - _now_ms()) / 1000))
+                response = call.result(timeout=max(0.0, (wait_until_ms - monotonic_ms()) / 1000))
             except grpc.FutureTimeoutError:
                 call.cancel()
                 log.debug("fetch from %s: no answer by the poll deadline; backing off", address)
                 self._metadata.mark_stale()
-                self._backoff_until_ms[address] = _now_ms() + self.retry_backoff_ms
+                self._backoff_until_ms[address] = monotonic_ms() + self.retry_backoff_ms
                 continue
             except grpc.RpcError as exc:
                 log.debug("fetch from %s failed: %s", address, rpc_error(exc, address, "fetch"))
                 self._metadata.mark_stale()
-                self._backoff_until_ms[address] = _now_ms() + self.retry_backoff_ms
+                self._backoff_until_ms[address] = monotonic_ms() + self.retry_backoff_ms
                 continue
             self._backoff_until_ms.pop(address, None)
             for result in response.results:

@@ -40,6 +40,7 @@ from semel.client.base import (
 from semel.client.consumer import AssignConsumer
 from semel.client.errors import ClosedError, ConfigError
 from semel.client.records import ConsumerRecord
+from semel.clock import monotonic_ms
 from semel.internal_topics import CONSUMER_OFFSETS_TOPIC, coordinator_partition
 from semel.v1 import common_pb2 as pb
 from semel.v1 import group_pb2 as gpb
@@ -68,10 +69,6 @@ class ConsumerGroupMetadata:
     member_epoch: int
 
 
-def _now_ms() -> int:
-    return time.monotonic_ns() // 1_000_000
-
-
 def _partitions_of(assignment: gpb.Assignment) -> frozenset[TopicPartition]:
     return frozenset((tp.topic, p) for tp in assignment.partitions for p in tp.partitions)
 
@@ -95,9 +92,9 @@ class _GroupRpc:
         md.add_topics([CONSUMER_OFFSETS_TOPIC])
         view = md.view
         count = view.partition_count(CONSUMER_OFFSETS_TOPIC)
-        if count is None or md.needs_refresh(_now_ms()):
+        if count is None or md.needs_refresh(monotonic_ms()):
             try:
-                md.refresh(timeout_ms=max(1, min(3000, deadline_ms - _now_ms())))
+                md.refresh(timeout_ms=max(1, min(3000, deadline_ms - monotonic_ms())))
             except client_errors.BrokerUnreachableError:
                 return None
             count = view.partition_count(CONSUMER_OFFSETS_TOPIC)
@@ -119,23 +116,23 @@ class _GroupRpc:
             address = self.coordinator(deadline_ms)
             response = None
             if address is not None:
-                timeout_ms = max(1, min(rpc_timeout_ms or self.c.request_timeout_ms, deadline_ms - _now_ms()))
+                timeout_ms = max(1, min(rpc_timeout_ms or self.c.request_timeout_ms, deadline_ms - monotonic_ms()))
                 try:
                     response = getattr(self.stub(address), method)(request, timeout=timeout_ms / 1000)
                 except grpc.RpcError as exc:
                     log.debug("%s to %s failed: %s", method, address, exc)
-                    if _now_ms() >= deadline_ms:
+                    if monotonic_ms() >= deadline_ms:
                         raise client_errors.BrokerUnreachableError(
                             f"{method} of group {self.group_id!r}: coordinator {address} unreachable") from exc
                 else:
                     code = error_of(response)
-                    if code not in _COORDINATOR_RETRIABLE or _now_ms() >= deadline_ms:
+                    if code not in _COORDINATOR_RETRIABLE or monotonic_ms() >= deadline_ms:
                         return response
                     log.debug("%s: %s", method, pb.ErrorCode.Name(code))
-            elif _now_ms() >= deadline_ms:
+            elif monotonic_ms() >= deadline_ms:
                 raise client_errors.CoordinatorNotAvailableError(f"no coordinator for group {self.group_id!r}")
             self.c._metadata.mark_stale()
-            time.sleep(min(GROUP_RETRY_BACKOFF_MS * min(attempts, 10), max(0, deadline_ms - _now_ms())) / 1000)
+            time.sleep(min(GROUP_RETRY_BACKOFF_MS * min(attempts, 10), max(0, deadline_ms - monotonic_ms())) / 1000)
 
 
 class _Membership:
@@ -195,7 +192,7 @@ class _Membership:
 
     def _heartbeat_once(self) -> None:
         request = self._request()
-        deadline = _now_ms() + HEARTBEAT_RPC_TIMEOUT_MS
+        deadline = monotonic_ms() + HEARTBEAT_RPC_TIMEOUT_MS
         try:
             resp = self.rpc.call("ConsumerGroupHeartbeat", request, deadline, HEARTBEAT_RPC_TIMEOUT_MS)
         except client_errors.SemelError as exc:
@@ -236,7 +233,7 @@ class _Membership:
                                                         member_epoch=-1)
             self.member_epoch = -1
         try:
-            self.rpc.call("ConsumerGroupHeartbeat", request, _now_ms() + timeout_ms, timeout_ms)
+            self.rpc.call("ConsumerGroupHeartbeat", request, monotonic_ms() + timeout_ms, timeout_ms)
         except client_errors.SemelError as exc:
             log.debug("group %s: leave failed (the session will time out): %s", self.rpc.group_id, exc)
 
@@ -291,7 +288,7 @@ class Consumer(AssignConsumer):
         self._metadata.add_topics(topics)
         self._membership = _Membership(self, self._rpc, topics, self.rebalance_timeout_ms, self.client_id)
         self._membership.start()
-        self._next_auto_commit_ms = _now_ms() + self.auto_commit_interval_ms
+        self._next_auto_commit_ms = monotonic_ms() + self.auto_commit_interval_ms
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         if self._membership is not None:
@@ -319,11 +316,11 @@ class Consumer(AssignConsumer):
             return super().poll(timeout_ms)
         if self._closed:
             raise ClosedError("poll() after close()")
-        deadline = _now_ms() + max(0, timeout_ms)
+        deadline = monotonic_ms() + max(0, timeout_ms)
         while True:
             self.reconcile()
             self._maybe_auto_commit()
-            remaining = deadline - _now_ms()
+            remaining = deadline - monotonic_ms()
             if self._owned:
                 try:
                     records = super().poll(max(0, min(remaining, POLL_SLICE_MS)))
@@ -335,7 +332,7 @@ class Consumer(AssignConsumer):
             elif remaining > 0:
                 with self._membership.cond:
                     self._membership.cond.wait(min(remaining, POLL_SLICE_MS) / 1000)
-            if _now_ms() >= deadline:
+            if monotonic_ms() >= deadline:
                 return []
 
     def reconcile(self) -> None:
@@ -398,7 +395,7 @@ class Consumer(AssignConsumer):
             by_topic.setdefault(t, []).append(p)
         request = gpb.OffsetFetchRequest(group_id=rpc.group_id, member_epoch=-1, require_stable=True,
                                          topics=[gpb.TopicPartitions(topic=t, partitions=ps) for t, ps in by_topic.items()])
-        deadline = _now_ms() + (timeout_ms if timeout_ms is not None else self.request_timeout_ms)
+        deadline = monotonic_ms() + (timeout_ms if timeout_ms is not None else self.request_timeout_ms)
         while True:
             resp = rpc.call("OffsetFetch", request, deadline)
             if resp.error_code != pb.NONE:
@@ -409,7 +406,7 @@ class Consumer(AssignConsumer):
                 return {(o.topic, o.partition): o.committed_offset for o in resp.offsets}
             # no retry fits before the deadline: report what the coordinator said, not the
             # time-out of a last call made with a few milliseconds left (seen on a loaded CI)
-            if _now_ms() + GROUP_RETRY_BACKOFF_MS >= deadline:
+            if monotonic_ms() + GROUP_RETRY_BACKOFF_MS >= deadline:
                 raise client_errors.UnstableOffsetCommitError(
                     f"group {rpc.group_id!r}: transactional offsets of {[(o.topic, o.partition) for o in unstable][:5]} "
                     "still pending")
@@ -436,7 +433,7 @@ class Consumer(AssignConsumer):
         offsets = dict(self.positions() if offsets is None else offsets)
         if not offsets:
             return
-        deadline = _now_ms() + (timeout_ms if timeout_ms is not None else self.request_timeout_ms)
+        deadline = monotonic_ms() + (timeout_ms if timeout_ms is not None else self.request_timeout_ms)
         by_topic: dict[str, list[gpb.OffsetCommitPartition]] = {}
         for (t, p), off in sorted(offsets.items()):
             by_topic.setdefault(t, []).append(gpb.OffsetCommitPartition(partition=p, committed_offset=off,
@@ -448,7 +445,7 @@ class Consumer(AssignConsumer):
                                               member_epoch=meta.member_epoch, topics=topics)
             resp = rpc.call("OffsetCommit", request, deadline)
             code = resp.error_code
-            if code == pb.STALE_MEMBER_EPOCH and _now_ms() < deadline and self._membership is not None:
+            if code == pb.STALE_MEMBER_EPOCH and monotonic_ms() < deadline and self._membership is not None:
                 self._await_heartbeat(deadline)  # our epoch moved on: learn it, then retry
                 continue
             if code != pb.NONE:
@@ -468,7 +465,7 @@ class Consumer(AssignConsumer):
             m.interval_ms = 0
         m.wake()
         with m.cond:
-            while m.heartbeats == seen and _now_ms() < deadline_ms:
+            while m.heartbeats == seen and monotonic_ms() < deadline_ms:
                 m.cond.wait(0.05)
 
     def _commit_quietly(self, partitions: Iterable[TopicPartition]) -> None:
@@ -480,8 +477,8 @@ class Consumer(AssignConsumer):
             log.warning("group %s: auto-commit failed: %s", self.group_id, exc)
 
     def _maybe_auto_commit(self) -> None:
-        if self.enable_auto_commit and self._owned and _now_ms() >= self._next_auto_commit_ms:
-            self._next_auto_commit_ms = _now_ms() + self.auto_commit_interval_ms
+        if self.enable_auto_commit and self._owned and monotonic_ms() >= self._next_auto_commit_ms:
+            self._next_auto_commit_ms = monotonic_ms() + self.auto_commit_interval_ms
             self._commit_quietly(self._owned)
 
     def _require_group(self) -> _GroupRpc:
@@ -610,7 +607,7 @@ class GroupAdmin(_ClientBase):
         return _GroupRpc(self, group_id)
 
     def _deadline(self, timeout_ms: int | None) -> int:
-        return _now_ms() + (timeout_ms if timeout_ms is not None else self.request_timeout_ms)
+        return monotonic_ms() + (timeout_ms if timeout_ms is not None else self.request_timeout_ms)
 
     def list_groups(self, states: Iterable[str] = (), timeout_ms: int | None = None) -> list[ListedGroup]:
         """Every group of the cluster (each broker lists the groups it coordinates)."""
@@ -618,7 +615,7 @@ class GroupAdmin(_ClientBase):
         wanted = [cast(gpb.GroupState, gpb.GroupState.Value("GROUP_STATE_" + s.upper())) for s in states]
         request = gpb.ListGroupsRequest(states=wanted)
         deadline = self._deadline(timeout_ms)
-        self._metadata.refresh(timeout_ms=max(1, deadline - _now_ms()))
+        self._metadata.refresh(timeout_ms=max(1, deadline - monotonic_ms()))
         rpc = self._rpc_for("list")
         found: dict[str, ListedGroup] = {}
         for broker_id, address in sorted(self._metadata.view.brokers.items()):
@@ -626,11 +623,11 @@ class GroupAdmin(_ClientBase):
                 continue
             for attempt in range(20):
                 try:
-                    resp = rpc.stub(address).ListGroups(request, timeout=max(0.1, (deadline - _now_ms()) / 1000))
+                    resp = rpc.stub(address).ListGroups(request, timeout=max(0.1, (deadline - monotonic_ms()) / 1000))
                 except grpc.RpcError as exc:
                     raise client_errors.BrokerUnreachableError(f"list groups at broker {broker_id} ({address}): "
                                                                f"{exc.code().name}") from exc
-                if resp.error_code != pb.COORDINATOR_LOAD_IN_PROGRESS or _now_ms() >= deadline:
+                if resp.error_code != pb.COORDINATOR_LOAD_IN_PROGRESS or monotonic_ms() >= deadline:
                     break
                 time.sleep(GROUP_RETRY_BACKOFF_MS / 1000)
             for g in resp.groups:

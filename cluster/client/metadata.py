@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import grpc
 from semel import limits
 from semel.client import errors as client_errors
+from semel.clock import monotonic_ms
 from semel.v1 import admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2
 
 _Stub = TypeVar("_Stub")
@@ -324,7 +325,7 @@ class MetadataManager:
     def mark_stale_if_older_than(self, age_ms: int) -> None:
         """Ask for a refresh unless the view is younger than `age_ms` (rate-limits refreshes
         triggered by slow requests)."""
-        if _now_ms() - self._last_refresh_ms >= age_ms:
+        if monotonic_ms() - self._last_refresh_ms >= age_ms:
             self._stale = True
 
     def needs_refresh(self, now_ms: int) -> bool:
@@ -354,7 +355,7 @@ class MetadataManager:
                     errors.append(str(rpc_error(exc, address, "metadata").message))
                     continue
                 self.view.update(response, wanted if wanted else None)
-                now_ms = _now_ms()
+                now_ms = monotonic_ms()
                 # an answer older than what we know (a stale broker) is worth asking another broker about
                 self._stale = self.view.ignored_stale > 0 or any(
                     info.leader_id < 0 or info.error_code != common_pb2.NONE
@@ -367,7 +368,7 @@ class MetadataManager:
                 self.last_error = None
                 return self.view
             self._failures += 1
-            self._next_attempt_ms = _now_ms() + self._backoff_ms()
+            self._next_attempt_ms = monotonic_ms() + self._backoff_ms()
             self.last_error = client_errors.BrokerUnreachableError(
                 "cannot reach any broker (" + "; ".join(errors) + ")"
             )
@@ -382,7 +383,7 @@ class MetadataManager:
         self.add_topics([topic])
         count = self.view.partition_count(topic)
         while count is None:
-            now_ms = _now_ms()
+            now_ms = monotonic_ms()
             if now_ms >= deadline_ms:
                 code = self.view.topic_errors.get(topic)
                 if self.last_error is not None and code is None:
@@ -399,10 +400,8 @@ class MetadataManager:
                 pass
             count = self.view.partition_count(topic)
             if count is None:
-                self._next_attempt_ms = _now_ms() + self._backoff_ms()
+                self._next_attempt_ms = monotonic_ms() + self._backoff_ms()
                 self._failures += 1
         return count
 
 
-def _now_ms() -> int:
-    return time.monotonic_ns() // 1_000_000

@@ -54,6 +54,7 @@ from semel.client import errors as client_errors
 from semel.client.consumer import AssignConsumer
 from semel.client.group import Consumer, TopicPartition
 from semel.client.records import ConsumerRecord
+from semel.clock import monotonic_ms
 
 log = logging.getLogger("semel.processing")
 
@@ -228,7 +229,7 @@ class Processor:
             self._kv = KvStore.open(state_dir)
             self._ensure_changelog(changelog_replication_factor)
         self._in_txn = False
-        self._txn_started_ms = 0.0
+        self._txn_started_ms = 0
 
     # --- setup ------------------------------------------------------------------------------------
     def _new_producer(self) -> Any:
@@ -262,7 +263,7 @@ class Processor:
             while not self._stop.is_set():
                 wait_ms = 100
                 if self._in_txn:
-                    wait_ms = max(0, int(self.commit_interval_ms - (time.monotonic() * 1000 - self._txn_started_ms)))
+                    wait_ms = max(0, int(self.commit_interval_ms - (monotonic_ms() - self._txn_started_ms)))
                 try:
                     records = self._consumer.poll(min(wait_ms, 100))
                 except (client_errors.RetriableError, client_errors.BrokerUnreachableError) as exc:
@@ -272,7 +273,7 @@ class Processor:
                 if records:
                     last_input = time.monotonic()
                     self._process_all(records)
-                if self._in_txn and time.monotonic() * 1000 - self._txn_started_ms >= self.commit_interval_ms:
+                if self._in_txn and monotonic_ms() - self._txn_started_ms >= self.commit_interval_ms:
                     self._commit()
                 if idle_exit_s and not self._in_txn and time.monotonic() - last_input > idle_exit_s:
                     return
@@ -288,7 +289,7 @@ class Processor:
             if not self._in_txn:
                 self._producer.begin_transaction()
                 self._in_txn = True
-                self._txn_started_ms = time.monotonic() * 1000
+                self._txn_started_ms = monotonic_ms()
             try:
                 self.process(record, Context(self, record))
             except _FENCED_PRODUCER:

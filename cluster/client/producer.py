@@ -36,7 +36,6 @@ from semel.client.base import (
     STALLED_REQUEST_MS,
     _as_bytes,
     _ClientBase,
-    _now_ms,
     log,
     parse_acks,
 )
@@ -69,6 +68,7 @@ from semel.client.txn import (
     describe,
     group_metadata_of,
 )
+from semel.clock import monotonic_ms, wall_clock_ms
 from semel.v1 import broker_pb2, common_pb2
 
 
@@ -164,7 +164,7 @@ class Producer(_ClientBase):
             raise self._fatal
         value_bytes = value if type(value) is bytes else (_as_bytes(value, "value") or b"")
         key_bytes = key if key is None or type(key) is bytes else _as_bytes(key, "key")
-        now_ms = time.monotonic_ns() // 1_000_000
+        now_ms = monotonic_ms()
         count = self._metadata.view.partition_count(topic)
         if count is None:
             count = self._metadata.wait_for_topic(topic, now_ms + self.max_block_ms)
@@ -182,7 +182,7 @@ class Producer(_ClientBase):
             raise client_errors.RecordBatchTooLargeError(
                 f"record of {size} bytes exceeds the maximum batch size {limits.MAX_BATCH_BYTES}"
             )
-        ts = time.time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
+        ts = wall_clock_ms() if timestamp_ms is None else timestamp_ms
         acc = self._acc
         with self._cond:
             if not acc.has_room(size):
@@ -246,7 +246,7 @@ class Producer(_ClientBase):
         while not acc.has_room(size):
             if self._closed:
                 raise ClosedError("producer closed while send() waited for buffer space")
-            remaining_ms = deadline_ms - _now_ms()
+            remaining_ms = deadline_ms - monotonic_ms()
             if remaining_ms <= 0:
                 raise BufferFullError(
                     f"{acc.buffered_bytes} bytes wait to be sent (buffer_bytes={acc.buffer_bytes}); "
@@ -319,7 +319,7 @@ class Producer(_ClientBase):
         """Registers the transactional id with its coordinator: fences every older producer of
         the id and aborts its open transaction; gets this producer's id and epoch."""
         txn = self._require_txn()
-        deadline_ms = _now_ms() + int((timeout_s if timeout_s is not None else self.max_block_ms / 1000) * 1000)
+        deadline_ms = monotonic_ms() + int((timeout_s if timeout_s is not None else self.max_block_ms / 1000) * 1000)
         identity = txn.init(deadline_ms)
         with self._cond:
             assert self._idem is not None
@@ -336,7 +336,7 @@ class Producer(_ClientBase):
         transaction (AddOffsetsToTxn, then TxnOffsetCommit to the group coordinator).
         `group_metadata`: the consumer's `group_metadata()`, a GroupMetadata, or a group id."""
         txn = self._require_txn()
-        deadline_ms = _now_ms() + int((timeout_s if timeout_s is not None else self.request_timeout_ms / 1000) * 1000)
+        deadline_ms = monotonic_ms() + int((timeout_s if timeout_s is not None else self.request_timeout_ms / 1000) * 1000)
         txn.send_offsets(offsets, group_metadata_of(group_metadata), deadline_ms)
 
     def commit_transaction(self, timeout_s: float | None = None) -> None:
@@ -345,9 +345,9 @@ class Producer(_ClientBase):
         when the producer was fenced or timed out, and a retriable error on timeout (the outcome
         is then unknown: call commit_transaction() again, it is idempotent)."""
         txn = self._require_txn()
-        deadline_ms = _now_ms() + int((timeout_s if timeout_s is not None else self.max_block_ms / 1000) * 1000)
+        deadline_ms = monotonic_ms() + int((timeout_s if timeout_s is not None else self.max_block_ms / 1000) * 1000)
         txn.begin_end(commit=True)
-        self.flush(max(0.0, (deadline_ms - _now_ms()) / 1000))
+        self.flush(max(0.0, (deadline_ms - monotonic_ms()) / 1000))
         txn.after_flush_commit()
         self._finish_txn(txn, True, deadline_ms)
 
@@ -355,10 +355,10 @@ class Producer(_ClientBase):
         """Drops the records not sent yet, waits for those in flight, then aborts (EndTxn):
         read_committed consumers never see the transaction's records."""
         txn = self._require_txn()
-        deadline_ms = _now_ms() + int((timeout_s if timeout_s is not None else self.max_block_ms / 1000) * 1000)
+        deadline_ms = monotonic_ms() + int((timeout_s if timeout_s is not None else self.max_block_ms / 1000) * 1000)
         txn.begin_end(commit=False)
         self._fail_queued(lambda b: True, TransactionAbortedError("the transaction was aborted before the record was sent"))
-        self.flush(max(0.0, (deadline_ms - _now_ms()) / 1000))
+        self.flush(max(0.0, (deadline_ms - monotonic_ms()) / 1000))
         self._finish_txn(txn, False, deadline_ms)
 
     def _finish_txn(self, txn: TransactionManager, commit: bool, deadline_ms: int) -> None:
@@ -419,7 +419,7 @@ class Producer(_ClientBase):
         while pending:
             try:
                 self._txn_rpc.add_partitions(txn.transactional_id, identity, pending,
-                                             _now_ms() + self.request_timeout_ms, final_codes=_PREDICTION_REFUSED)
+                                             monotonic_ms() + self.request_timeout_ms, final_codes=_PREDICTION_REFUSED)
             except SemelError as exc:
                 if txn.drop_predictions():
                     # it carried partitions of the previous transaction (a topic deleted since,
@@ -483,7 +483,7 @@ class Producer(_ClientBase):
             return False
         except SemelError as exc:
             self._identity_failures += 1
-            self._identity_retry_at_ms = _now_ms() + self._backoff_ms(self._identity_failures)
+            self._identity_retry_at_ms = monotonic_ms() + self._backoff_ms(self._identity_failures)
             log.info("InitProducerId failed: %s (retrying)", exc)
             if isinstance(exc, client_errors.FatalError):
                 self._fatal = exc
@@ -528,7 +528,7 @@ class Producer(_ClientBase):
                 with self._cond:
                     if self._sender_stop:
                         return
-                now_ms = _now_ms()
+                now_ms = monotonic_ms()
                 if self._metadata.needs_refresh(now_ms) and self._metadata.topics:
                     try:
                         self._metadata.refresh()
@@ -612,7 +612,7 @@ class Producer(_ClientBase):
                 for b in batches
             ],
         )
-        pending = _ProduceRequest(address, batches, _now_ms())
+        pending = _ProduceRequest(address, batches, monotonic_ms())
         with self._cond:
             self._requests.add(pending)
             self._stats["requests_sent"] += 1
@@ -682,7 +682,7 @@ class Producer(_ClientBase):
         results = {(r.topic, r.partition): r for r in response.results}
         done: list[tuple[ProducerBatch, int, int, BaseException | None]] = []
         with self._cond:
-            now_ms = _now_ms()
+            now_ms = monotonic_ms()
             for batch in batches:
                 result = results.get(batch.tp)
                 if result is None:
@@ -718,7 +718,7 @@ class Producer(_ClientBase):
     def _handle_failure(self, batches: list[ProducerBatch], error: SemelError) -> None:
         done = []
         with self._cond:
-            now_ms = _now_ms()
+            now_ms = monotonic_ms()
             for batch in batches:
                 final = self._retry_or_fail(batch, error, now_ms, self._verdict(batch, error))
                 if final is not None:

@@ -40,6 +40,7 @@ from semel.client.errors import (
 )
 from semel.client.idempotence import ProducerIdentity
 from semel.client.metadata import Connections, MetadataManager, rpc_error
+from semel.clock import monotonic_ms
 from semel.v1 import common_pb2, group_pb2, group_pb2_grpc, txn_pb2, txn_pb2_grpc
 
 # Named classes of the transaction errors (one per wire code; categories as in common.proto).
@@ -157,7 +158,7 @@ class TxnRpc:
         last: SemelError | None = None
         while True:
             for address in addresses():
-                per_try_ms = max(1, min(self.request_timeout_ms, deadline_ms - _now_ms()))
+                per_try_ms = max(1, min(self.request_timeout_ms, deadline_ms - monotonic_ms()))
                 try:
                     code, message, result = attempt(address, per_try_ms)
                 except grpc.RpcError as exc:
@@ -187,7 +188,7 @@ class TxnRpc:
             else:
                 failures += 1
                 backoff = min(self.retry_backoff_max_ms, self.retry_backoff_ms * (2 ** min(failures - 1, 10)))
-            if _now_ms() + backoff >= deadline_ms or not retry_unknown and unknown:
+            if monotonic_ms() + backoff >= deadline_ms or not retry_unknown and unknown:
                 error = last or client_errors.BrokerUnreachableError(f"{what}: no broker to ask")
                 if unknown:
                     error.outcome_unknown = True
@@ -336,10 +337,6 @@ def _offset_fields(value: Any) -> tuple[int, int, str]:
         raise client_errors.ConfigError(f"an offset must be an int or have .offset, got {value!r}")
     epoch = getattr(value, "leader_epoch", -1)
     return int(offset), int(epoch if epoch is not None else -1), str(getattr(value, "metadata", "") or "")
-
-
-def _now_ms() -> int:
-    return time.monotonic_ns() // 1_000_000
 
 
 class TransactionManager:

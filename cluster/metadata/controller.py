@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from semel import limits
+from semel.clock import monotonic_ms
 from semel.cluster.metadata.quorum import MetadataQuorum, MetadataSubmitError
 from semel.cluster.metadata.state import (
     NO_LEADER,
@@ -306,10 +306,6 @@ class ControllerCore:
         ]
 
 
-def _monotonic_ms() -> int:
-    return int(time.monotonic() * 1000)
-
-
 class Controller:
     """The asyncio shell: watches leadership, runs `ControllerCore`, submits its commands."""
 
@@ -317,7 +313,7 @@ class Controller:
         self,
         quorum: MetadataQuorum,
         config: ControllerConfig | None = None,
-        clock_ms: Callable[[], int] = _monotonic_ms,
+        clock_ms: Callable[[], int] = monotonic_ms,
     ) -> None:
         self.quorum = quorum
         config = config or ControllerConfig()

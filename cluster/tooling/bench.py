@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from semel.clock import wall_clock_ms
 
 LATENCY_SAMPLE_EVERY = 16
 MB = 1_000_000
@@ -134,7 +135,7 @@ def _create_topic(bootstrap: str, args: argparse.Namespace) -> str:
         TopicAlreadyExistsError,
     )
 
-    topic = args.topic or f"bench-{int(time.time() * 1000)}"
+    topic = args.topic or f"bench-{wall_clock_ms()}"
     with Admin(bootstrap) as admin:
         deadline = time.monotonic() + 30
         while True:

@@ -9,8 +9,9 @@ import dataclasses
 
 import pytest
 from semel import limits
+from semel.clock import wall_clock_ms
 from semel.cluster.broker.process import BrokerConfig
-from semel.cluster.broker.replica_manager import ReplicaManager, now_ms
+from semel.cluster.broker.replica_manager import ReplicaManager
 from semel.cluster.broker.replication import IsrMaintainer, LeaderReplicationService
 from semel.cluster.broker.server import BrokerService
 from semel.cluster.broker.storage_adapter import FileReplicaStore
@@ -55,7 +56,7 @@ class FakeBroker:
 
 
 def batch(value: bytes = b"v") -> pb.RecordBatch:
-    ts = now_ms()
+    ts = wall_clock_ms()
     return pb.RecordBatch(last_offset_delta=0, record_count=1, producer_id=-1, producer_epoch=-1, base_sequence=-1,
                           base_timestamp_ms=ts, max_timestamp_ms=ts, records=value)
 
@@ -384,7 +385,7 @@ def test_read_committed_stops_at_the_lso_and_drops_aborted_data_and_markers(txn_
     assert rc.last_stable_offset == 1 and [x.base_offset for x in rc.batches] == [0]
     assert len(fetch(bpb.READ_UNCOMMITTED).batches) == 3
     p = b.rm.get("t", 0)
-    marker = p.append_marker(9, 0, commit=False, coordinator_epoch=0, now=now_ms())  # 3: ABORT
+    marker = p.append_marker(9, 0, commit=False, coordinator_epoch=0, now=wall_clock_ms())  # 3: ABORT
     assert marker.error_code == pb.NONE and marker.base_offset == 3
     rc = fetch(bpb.READ_COMMITTED)
     assert rc.last_stable_offset == rc.high_watermark == 4
@@ -416,8 +417,8 @@ def test_read_committed_filters_aborts_per_producer_and_asks_only_for_the_chunk_
     produce(b"committed-2", pid=10)        # 2
     produce(b"aborted-3", pid=9)           # 3
     p = b.rm.get("t", 0)
-    assert p.append_marker(9, 0, commit=False, coordinator_epoch=0, now=now_ms()).base_offset == 4
-    assert p.append_marker(10, 0, commit=True, coordinator_epoch=0, now=now_ms()).base_offset == 5
+    assert p.append_marker(9, 0, commit=False, coordinator_epoch=0, now=wall_clock_ms()).base_offset == 4
+    assert p.append_marker(10, 0, commit=True, coordinator_epoch=0, now=wall_clock_ms()).base_offset == 5
     produce(b"plain-6")                    # 6
     asked = []
     real = p.store.aborted_in_range

@@ -12,6 +12,7 @@ import dataclasses
 
 import pytest
 from semel import internal_topics
+from semel.clock import wall_clock_ms
 from semel.cluster.broker import write_path
 from semel.cluster.broker.process import BrokerConfig
 from semel.cluster.broker.produce_validation import header_from_fields
@@ -19,7 +20,6 @@ from semel.cluster.broker.replica_manager import (
     AppendResult,
     Partition,
     PartitionError,
-    now_ms,
 )
 from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
 from semel.cluster.broker.txn_service import write_marker_and_wait
@@ -48,12 +48,12 @@ def broker(tmp_path):
 
 def header(n: int = 1):
     return header_from_fields(last_offset_delta=n - 1, producer_id=-1, producer_epoch=-1, base_sequence=-1,
-                              record_count=n, attributes=0, base_timestamp_ms=now_ms(), max_timestamp_ms=now_ms(),
+                              record_count=n, attributes=0, base_timestamp_ms=wall_clock_ms(), max_timestamp_ms=wall_clock_ms(),
                               records_bytes=3)
 
 
 def write_to(p: Partition, payload: bytes = b"abc"):
-    return lambda: p.append_as_leader(header(), payload, now_ms())
+    return lambda: p.append_as_leader(header(), payload, wall_clock_ms())
 
 
 def shrink_isr(b: FakeBroker, version: int) -> None:
