@@ -42,13 +42,11 @@ from semel.coordinator.group_state import (
 )
 from semel.coordinator.offsets import CommitDecision, OffsetsConfig, OffsetStore
 from semel.invariant import invariant
+from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE
 from semel.storage.batch import (
     ATTR_CONTROL,
     ATTR_TRANSACTIONAL,
     HEADER_BYTES,
-    NO_PRODUCER_EPOCH,
-    NO_PRODUCER_ID,
-    NO_SEQUENCE,
     BatchHeader,
     CorruptBatchError,
     decode_header,

@@ -41,10 +41,10 @@ from semel.coordinator.group_records import (
 )
 from semel.coordinator.group_state import GroupStateMachine
 from semel.invariant import invariant
+from semel.sentinels import NO_OFFSET
 from semel.v1 import common_pb2
 
 E = common_pb2.ErrorCode
-NO_OFFSET = -1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -36,11 +36,9 @@ from semel.coordinator.txn_state import (
 )
 from semel.coordinator.txn_wire import bump_reason_to_proto, state_to_proto
 from semel.internal_topics import TRANSACTION_STATE_TOPIC
+from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE
 from semel.storage.batch import (
     HEADER_BYTES,
-    NO_PRODUCER_EPOCH,
-    NO_PRODUCER_ID,
-    NO_SEQUENCE,
     BatchHeader,
     decode_header,
     encode_batch,

@@ -55,11 +55,9 @@ from collections.abc import Callable, Iterable, Mapping
 from semel import limits
 from semel.internal_topics import CONSUMER_OFFSETS_TOPIC, coordinator_partition
 from semel.invariant import invariant, not_none
+from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_TIMESTAMP
 from semel.v1.common_pb2 import ErrorCode
 
-NO_PRODUCER_ID = -1
-NO_PRODUCER_EPOCH = -1
-NO_TIMESTAMP = -1
 PRODUCER_EPOCH_MAX = (1 << 15) - 1  # int16; only markers carry it
 CLIENT_EPOCH_MAX = PRODUCER_EPOCH_MAX - 1  # the highest epoch a producer is given
 

@@ -12,8 +12,6 @@ from typing import cast
 from semel.coordinator.txn_markers import MarkerSend
 from semel.coordinator.txn_state import (
     BumpReason,
-    NO_PRODUCER_EPOCH,
-    NO_PRODUCER_ID,
     PendingTransition,
     TopicPartition,
     TransactionMetadata,
@@ -21,6 +19,7 @@ from semel.coordinator.txn_state import (
     TxnState,
     VerifyResult,
 )
+from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID
 from semel.storage.producer_state import ProducerInfo
 from semel.v1 import common_pb2, txn_pb2
 from semel.v1.common_pb2 import ErrorCode

@@ -31,6 +31,7 @@ import dataclasses
 import struct
 
 import crc32c as _crc32c
+from semel.sentinels import NO_SEQUENCE
 
 MAGIC = 1
 HEADER_BYTES = 61
@@ -46,9 +47,6 @@ ATTR_CONTROL = 0x20
 ATTR_COMPRESSION_MASK = 0x07
 ATTR_KNOWN = ATTR_TRANSACTIONAL | ATTR_CONTROL | ATTR_COMPRESSION_MASK
 
-NO_PRODUCER_ID = -1
-NO_PRODUCER_EPOCH = -1
-NO_SEQUENCE = -1
 
 assert PREFIX.size + BODY.size == HEADER_BYTES
 

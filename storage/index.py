@@ -39,7 +39,7 @@ TIME_INDEX_MAGIC = b"STI1"
 # magic, entry count, base_offset, size_bytes, next_offset, max_ts, first_ts, bytes_since_entry
 _OFFSET_HEADER = struct.Struct(">4sIqqqqqq")
 _TIME_HEADER = struct.Struct(">4sIq")  # magic, entry count, base_offset
-NO_TIMESTAMP = -(1 << 63)  # "no batch yet" in the file header (timestamps may be any int64 above it)
+EMPTY_MAX_TIMESTAMP = -(1 << 63)  # the file header's max timestamp before any batch (int64 min: any timestamp, even -1, is above it)
 ENTRY_BYTES = 16
 
 
@@ -231,11 +231,11 @@ def _strictly_increasing(values: array[int]) -> bool:
 
 
 def _ts_out(ts: int | None) -> int:
-    return NO_TIMESTAMP if ts is None else ts
+    return EMPTY_MAX_TIMESTAMP if ts is None else ts
 
 
 def _ts_in(ts: int) -> int | None:
-    return None if ts == NO_TIMESTAMP else ts
+    return None if ts == EMPTY_MAX_TIMESTAMP else ts
 
 
 def _pairs_to_bytes(first: array[int], second: array[int]) -> bytes:

@@ -48,12 +48,12 @@ from pathlib import Path
 
 from semel import limits
 from semel.invariant import invariant
+from semel.sentinels import NO_OFFSET, NO_SEQUENCE
 from semel.storage.aborted_txns import AbortedTxn
 from semel.storage.batch import (
     ATTR_CONTROL,
     ATTR_TRANSACTIONAL,
     HEADER_BYTES,
-    NO_SEQUENCE,
     BatchHeader,
     CorruptBatchError,
     decode_header,
@@ -65,7 +65,6 @@ from semel.storage.kv import KvStore, ProducerSnapshotStore
 from semel.storage.log import PartitionLog
 from semel.storage.log_policy import LogConfig
 from semel.storage.producer_state import (
-    NO_OFFSET,
     CompletedTxn,
     Marker,
     Outcome,

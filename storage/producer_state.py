@@ -72,13 +72,13 @@ import struct
 import crc32c as _crc32c
 from semel import limits
 from semel.invariant import invariant
+from semel.sentinels import NO_OFFSET
 from semel.storage.batch import BatchHeader
 from semel.v1.common_pb2 import ErrorCode
 
 SEQUENCE_MODULUS = 1 << 31  # sequences wrap from 2^31 - 1 to 0
 _HALF_SEQUENCE_SPACE = 1 << 30
 PRODUCER_EPOCH_MAX = (1 << 15) - 1
-NO_OFFSET = -1
 NO_COORDINATOR_EPOCH = -1
 
 

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE
 from semel.storage.batch import (
     ATTR_CONTROL,
     ATTR_KNOWN,
     ATTR_TRANSACTIONAL,
     HEADER_BYTES,
-    NO_PRODUCER_EPOCH,
-    NO_PRODUCER_ID,
-    NO_SEQUENCE,
     BatchHeader,
 )
 from semel.v1 import common_pb2

@@ -50,12 +50,10 @@ from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
 from semel.invariant import invariant
+from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE
 from semel.v1 import common_pb2
 
 SEQUENCE_MODULUS = 1 << 31
-NO_PRODUCER_ID = -1
-NO_EPOCH = -1
-NO_SEQUENCE = -1
 MAX_IN_FLIGHT_IDEMPOTENT = 5   # the broker keeps the last 5 batches per producer (limits.PRODUCER_BATCHES_RETAINED)
 
 TopicPartition = tuple[str, int]
@@ -130,7 +128,7 @@ class IdempotenceState:
                 continue
             if batch.outcome_unknown:
                 unknown.append(batch)
-            batch.producer_id, batch.producer_epoch, batch.base_sequence = NO_PRODUCER_ID, NO_EPOCH, NO_SEQUENCE
+            batch.producer_id, batch.producer_epoch, batch.base_sequence = NO_PRODUCER_ID, NO_PRODUCER_EPOCH, NO_SEQUENCE
         return unknown
 
     # --- sending ----------------------------------------------------------------------
