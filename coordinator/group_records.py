@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterable
-from typing import NamedTuple, TypeVar, Union
+from typing import TypeVar, Union
 
 from semel.invariant import invariant
+from semel.topic_partition import TopicPartition
 from semel.v1 import group_pb2
 
 
@@ -28,10 +29,6 @@ def expect(value: object, cls: type[_T]) -> _T:
         raise AssertionError(f"expected {cls.__name__}, got {type(value).__name__}")
     return value
 
-
-class TopicPartition(NamedTuple):
-    topic: str
-    partition: int
 
 
 Partitions = frozenset[TopicPartition]

@@ -57,10 +57,10 @@ from semel.coordinator.group_records import (
     TargetAssignmentMemberValue,
     TargetAssignmentMetadataKey,
     TargetAssignmentMetadataValue,
-    TopicPartition,
     expect,
 )
 from semel.invariant import invariant
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2, group_pb2
 
 E = common_pb2.ErrorCode

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping
 
 from semel.coordinator.group_log import CoordinatorShard
 from semel.coordinator.group_records import (
-    TopicPartition,
     partitions_from_proto,
     partitions_to_proto,
 )
@@ -27,6 +26,7 @@ from semel.coordinator.offsets import (
     TxnCommitRequest,
     lag,
 )
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2, group_pb2
 
 E = common_pb2.ErrorCode

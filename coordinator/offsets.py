@@ -36,12 +36,12 @@ from semel.coordinator.group_records import (
     OffsetCommitKey,
     OffsetCommitValue,
     Partitions,
-    TopicPartition,
     expect,
 )
 from semel.coordinator.group_state import GroupStateMachine
 from semel.invariant import invariant
 from semel.sentinels import NO_OFFSET
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2
 
 E = common_pb2.ErrorCode

@@ -47,7 +47,6 @@ from semel.coordinator.txn_state import (
     NextAdd,
     PendingTransition,
     ProducerIdSource,
-    TopicPartition,
     TransactionMetadata,
     TransactionStateMachine,
     TxnConfig,
@@ -58,6 +57,7 @@ from semel.coordinator.txn_state import (
 )
 from semel.internal_topics import coordinator_partition
 from semel.invariant import invariant
+from semel.topic_partition import TopicPartition
 from semel.v1.common_pb2 import ErrorCode
 
 

@@ -29,7 +29,6 @@ from typing import Protocol
 from semel import limits
 from semel.coordinator.txn_state import (
     BumpReason,
-    TopicPartition,
     TransactionMetadata,
     TxnState,
     check_metadata,
@@ -45,6 +44,7 @@ from semel.storage.batch import (
 )
 from semel.storage.kv import KvBatch, KvStore, partition_key
 from semel.storage.log import ReadResult
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2, txn_pb2
 
 _OFFSET = struct.Struct(">Q")

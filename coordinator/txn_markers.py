@@ -43,9 +43,10 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 
 from semel import limits
-from semel.coordinator.txn_state import MarkerRequest, TopicPartition
+from semel.coordinator.txn_state import MarkerRequest
 from semel.invariant import invariant
 from semel.storage.producer_state import ProducerInfo
+from semel.topic_partition import TopicPartition
 from semel.v1.common_pb2 import ErrorCode
 
 

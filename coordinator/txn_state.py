@@ -56,6 +56,7 @@ from semel import limits
 from semel.internal_topics import CONSUMER_OFFSETS_TOPIC, coordinator_partition
 from semel.invariant import invariant, not_none
 from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_TIMESTAMP
+from semel.topic_partition import TopicPartition
 from semel.v1.common_pb2 import ErrorCode
 
 PRODUCER_EPOCH_MAX = (1 << 15) - 1  # int16; only markers carry it
@@ -119,11 +120,6 @@ class BumpReason(enum.Enum):
     TIMEOUT = 4
     REINIT = 5
 
-
-@dataclasses.dataclass(frozen=True, slots=True, order=True)
-class TopicPartition:
-    topic: str
-    partition: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

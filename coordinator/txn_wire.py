@@ -13,7 +13,6 @@ from semel.coordinator.txn_markers import MarkerSend
 from semel.coordinator.txn_state import (
     BumpReason,
     PendingTransition,
-    TopicPartition,
     TransactionMetadata,
     TxnResult,
     TxnState,
@@ -21,6 +20,7 @@ from semel.coordinator.txn_state import (
 )
 from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID
 from semel.storage.producer_state import ProducerInfo
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2, txn_pb2
 from semel.v1.common_pb2 import ErrorCode
 

@@ -83,7 +83,6 @@ from semel.coordinator.txn_markers import (
 from semel.coordinator.txn_state import (
     STATE_REFUSALS,
     PendingTransition,
-    TopicPartition,
     TxnConfig,
     TxnResult,
     VerifyResult,
@@ -91,6 +90,7 @@ from semel.coordinator.txn_state import (
 )
 from semel.invariant import not_none
 from semel.storage.batch import HEADER_BYTES, decode_header
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2 as pb
 from semel.v1 import txn_pb2_grpc
 

@@ -44,12 +44,12 @@ from semel.cluster.metadata import state as md
 from semel.coordinator import txn_wire
 from semel.coordinator.txn_markers import VerificationGuard, check_admin_abort
 from semel.coordinator.txn_state import (
-    TopicPartition,
     TxnResult,
     TxnState,
     VerifyResult,
 )
 from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL
+from semel.topic_partition import TopicPartition
 from semel.v1 import broker_pb2 as bpb
 from semel.v1 import common_pb2 as pb
 from semel.v1 import txn_pb2 as tpb

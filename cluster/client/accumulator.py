@@ -33,9 +33,9 @@ from typing import Any
 from semel.client import errors as client_errors
 from semel.client.idempotence import SEQUENCE_MODULUS, IdempotenceState
 from semel.client.records import Header, RecordMetadata, build_batch, encode_record
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2
 
-TopicPartition = tuple[str, int]
 
 # Bytes of batch framing counted against batch_bytes beyond the encoded records
 # (RecordBatch header fields and the PartitionProduceData wrapper).

@@ -9,9 +9,6 @@ from collections.abc import Iterable, Sequence
 import grpc
 from semel import limits
 from semel.client import errors as client_errors
-from semel.client.accumulator import (
-    TopicPartition,
-)
 from semel.client.base import (
     FETCH_ABANDON_SLACK_MS,
     FETCH_MAX_BYTES_DEFAULT,
@@ -37,6 +34,7 @@ from semel.client.records import (
     decode_batch,
 )
 from semel.clock import monotonic_ms
+from semel.topic_partition import TopicPartition
 from semel.v1 import broker_pb2, common_pb2
 
 OFFSET_RESET_POLICIES = ("earliest", "latest", "none")

@@ -42,11 +42,11 @@ from semel.client.errors import ClosedError, ConfigError
 from semel.client.records import ConsumerRecord
 from semel.clock import monotonic_ms
 from semel.internal_topics import CONSUMER_OFFSETS_TOPIC, coordinator_partition
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2 as pb
 from semel.v1 import group_pb2 as gpb
 from semel.v1 import group_pb2_grpc as ggrpc
 
-TopicPartition = tuple[str, int]
 Callback = Callable[[set[TopicPartition]], None]
 
 AUTO_COMMIT_INTERVAL_MS_DEFAULT = 5_000

@@ -51,12 +51,12 @@ from typing import Protocol, TypeVar
 
 from semel.invariant import invariant
 from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2
 
 SEQUENCE_MODULUS = 1 << 31
 MAX_IN_FLIGHT_IDEMPOTENT = 5   # the broker keeps the last 5 batches per producer (limits.PRODUCER_BATCHES_RETAINED)
 
-TopicPartition = tuple[str, int]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

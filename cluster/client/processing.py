@@ -52,9 +52,10 @@ from typing import Any
 
 from semel.client import errors as client_errors
 from semel.client.consumer import AssignConsumer
-from semel.client.group import Consumer, TopicPartition
+from semel.client.group import Consumer
 from semel.client.records import ConsumerRecord
 from semel.clock import monotonic_ms
+from semel.topic_partition import TopicPartition
 
 log = logging.getLogger("semel.processing")
 

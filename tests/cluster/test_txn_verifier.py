@@ -12,6 +12,7 @@ from semel.cluster.broker.txn_service import ProduceVerifier
 from semel.coordinator.txn_markers import VerificationCache
 from semel.coordinator.txn_state import VerifyResult
 from semel.storage.batch import ATTR_TRANSACTIONAL
+from semel.topic_partition import TopicPartition
 from semel.v1 import broker_pb2 as bpb
 from semel.v1 import common_pb2 as pb
 
@@ -60,8 +61,6 @@ class _GatedVerifier(ProduceVerifier):
 
 
 def _tps(parts):
-    from semel.coordinator.txn_state import TopicPartition
-
     return [TopicPartition(t, p) for t, p in parts]
 
 

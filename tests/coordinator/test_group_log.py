@@ -17,8 +17,8 @@ from semel.coordinator.group_log import (
     iter_batches,
     load_shard,
 )
-from semel.coordinator.group_records import TopicPartition
 from semel.storage.batch import CorruptBatchError, decode_header, with_offsets
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2
 
 E = common_pb2.ErrorCode

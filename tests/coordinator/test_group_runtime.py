@@ -9,7 +9,6 @@ from semel.coordinator.group_log import (
     build_marker,
     iter_batches,
 )
-from semel.coordinator.group_records import TopicPartition
 from semel.coordinator.group_runtime import Append, PartitionRuntime, Reply
 from semel.coordinator.group_state import (
     GroupConfig,
@@ -18,6 +17,7 @@ from semel.coordinator.group_state import (
 )
 from semel.coordinator.offsets import CommitRequest, PartitionCommit, TxnCommitRequest
 from semel.storage.batch import with_offsets
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2
 
 E = common_pb2.ErrorCode

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from semel import limits
-from semel.coordinator.group_records import MemberState, TopicPartition
+from semel.coordinator.group_records import MemberState
 from semel.coordinator.group_state import (
     GroupConfig,
     GroupStateMachine,
@@ -16,6 +16,7 @@ from semel.coordinator.group_state import (
     assign,
     describe,
 )
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2, group_pb2
 
 E = common_pb2.ErrorCode

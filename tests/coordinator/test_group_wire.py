@@ -1,8 +1,6 @@
 """The gRPC edge: protobuf <-> cores, list/describe views, offset-reset resolution."""
 
 from __future__ import annotations
-
-from semel.coordinator.group_records import TopicPartition
 from semel.coordinator.group_state import HeartbeatResponse
 from semel.coordinator.group_wire import (
     PartitionFacts,
@@ -17,6 +15,7 @@ from semel.coordinator.group_wire import (
     resolve_reset,
     txn_commit_request_from_proto,
 )
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2
 from semel.v1 import group_pb2 as pb
 

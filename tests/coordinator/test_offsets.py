@@ -1,9 +1,8 @@
 """Offset commits: fencing, transactional offsets, stable fetches, admin operations, lag."""
 
 from __future__ import annotations
-
-from semel.coordinator.group_records import TopicPartition
 from semel.coordinator.offsets import OffsetsConfig, lag
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2
 
 E = common_pb2.ErrorCode

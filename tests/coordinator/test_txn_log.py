@@ -29,7 +29,6 @@ from semel.coordinator.txn_log import (  # noqa: E402
 from semel.coordinator.txn_state import (  # noqa: E402
     CLIENT_EPOCH_MAX,
     BumpReason,
-    TopicPartition,
     TransactionMetadata,
     TxnState,
 )
@@ -37,6 +36,7 @@ from semel.storage.batch import decode_header, with_offsets  # noqa: E402
 from semel.storage.kv import KvStore  # noqa: E402
 from semel.storage.log import PartitionLog  # noqa: E402
 from semel.storage.log_policy import LogConfig  # noqa: E402
+from semel.topic_partition import TopicPartition  # noqa: E402
 from semel.v1 import txn_pb2  # noqa: E402
 
 S = TxnState

@@ -19,7 +19,8 @@ from semel.coordinator.txn_markers import (  # noqa: E402
     authoritative_results,
     classify_marker_error,
 )
-from semel.coordinator.txn_state import MarkerRequest, TopicPartition, TxnState  # noqa: E402
+from semel.coordinator.txn_state import MarkerRequest, TxnState  # noqa: E402
+from semel.topic_partition import TopicPartition
 from semel.v1.common_pb2 import ErrorCode  # noqa: E402
 
 from tests.coordinator.txn_helpers import begin, commit, end, init, machine, tps  # noqa: E402

@@ -43,7 +43,6 @@ from semel.coordinator.txn_markers import (  # noqa: E402
 from semel.coordinator.txn_state import (  # noqa: E402
     PREPARED,
     MarkerRequest,
-    TopicPartition,
     TxnState,
 )
 from semel.storage.batch import (  # noqa: E402
@@ -56,6 +55,7 @@ from semel.storage.kv import KvStore  # noqa: E402
 from semel.storage.log import PartitionLog  # noqa: E402
 from semel.storage.log_policy import LogConfig  # noqa: E402
 from semel.storage.producer_state import Marker, Outcome, ProducerStateManager  # noqa: E402
+from semel.topic_partition import TopicPartition  # noqa: E402
 from semel.v1.common_pb2 import ErrorCode  # noqa: E402
 
 TIMEOUT_MS = 2_000

@@ -18,7 +18,6 @@ from semel.coordinator.txn_state import (  # noqa: E402
     PRODUCER_EPOCH_MAX,
     BumpReason,
     MarkerRequest,
-    TopicPartition,
     TransactionMetadata,
     TransitionKind,
     TxnState,
@@ -26,6 +25,7 @@ from semel.coordinator.txn_state import (  # noqa: E402
     transition_allowed,
 )
 from semel.internal_topics import CONSUMER_OFFSETS_TOPIC, coordinator_partition
+from semel.topic_partition import TopicPartition  # noqa: E402
 from semel.v1.common_pb2 import ErrorCode  # noqa: E402
 
 from tests.coordinator.txn_helpers import (  # noqa: E402

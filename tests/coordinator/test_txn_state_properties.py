@@ -29,7 +29,6 @@ from semel.coordinator.txn_state import (  # noqa: E402
     IDLE,
     PREPARED,
     BumpReason,
-    TopicPartition,
     TransactionMetadata,
     TransactionStateMachine,
     TxnConfig,
@@ -37,6 +36,7 @@ from semel.coordinator.txn_state import (  # noqa: E402
     check_metadata,
     path_allowed,
 )
+from semel.topic_partition import TopicPartition  # noqa: E402
 from semel.v1.common_pb2 import ErrorCode  # noqa: E402
 
 from tests.coordinator.txn_helpers import ProducerIds  # noqa: E402

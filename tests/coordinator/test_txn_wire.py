@@ -9,7 +9,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from semel.coordinator import txn_wire  # noqa: E402
 from semel.coordinator.txn_markers import MarkerSend  # noqa: E402
-from semel.coordinator.txn_state import MarkerRequest, TopicPartition, TxnState  # noqa: E402
+from semel.coordinator.txn_state import MarkerRequest, TxnState  # noqa: E402
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2, txn_pb2  # noqa: E402
 from semel.v1.common_pb2 import ErrorCode  # noqa: E402
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 
 from semel.coordinator.txn_state import (
-    TopicPartition,
     TransactionStateMachine,
     TxnConfig,
     TxnResult,
 )
+from semel.topic_partition import TopicPartition
 from semel.v1.common_pb2 import ErrorCode
 
 COORDINATOR_EPOCH = 7
