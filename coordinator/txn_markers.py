@@ -43,6 +43,7 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 
 from semel import limits
+from semel.backoff import backoff_ms
 from semel.coordinator.txn_state import MarkerRequest
 from semel.invariant import invariant
 from semel.storage.producer_state import ProducerInfo
@@ -249,7 +250,7 @@ class TxnMarkerChannel:
         return self.on_response(send, {}, now_ms)
 
     def _retry_later(self, slot: _Slot, now_ms: int) -> None:
-        backoff = min(self.config.backoff_ms << min(slot.attempts - 1, 30), self.config.backoff_max_ms)
+        backoff = backoff_ms(slot.attempts, self.config.backoff_ms, self.config.backoff_max_ms)
         slot.in_flight = None
         slot.not_before_ms = now_ms + backoff
 

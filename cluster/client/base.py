@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from semel import limits
+from semel.backoff import backoff_ms
 from semel.client.errors import (
     ConfigError,
 )
@@ -87,6 +88,6 @@ class _ClientBase:
         return list(self._metadata.view.topics.get(topic, []))
 
     def _backoff_ms(self, attempts: int) -> int:
-        return min(self.retry_backoff_max_ms, self.retry_backoff_ms * (2 ** max(0, min(attempts - 1, 16))))
+        return backoff_ms(attempts, self.retry_backoff_ms, self.retry_backoff_max_ms)
 
 

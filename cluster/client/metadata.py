@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import grpc
 from semel import limits
+from semel.backoff import backoff_ms
 from semel.client import errors as client_errors
 from semel.clock import monotonic_ms
 from semel.v1 import admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2
@@ -375,7 +376,8 @@ class MetadataManager:
             raise self.last_error
 
     def _backoff_ms(self) -> int:
-        backoff = min(self.retry_backoff_max_ms, self.retry_backoff_ms * (2 ** min(self._failures, 16)))
+        # the first failure already doubles (attempt 2): a refresh that failed is not retried at once
+        backoff = backoff_ms(self._failures + 1, self.retry_backoff_ms, self.retry_backoff_max_ms)
         return int(backoff * random.uniform(0.8, 1.2))
 
     def wait_for_topic(self, topic: str, deadline_ms: int) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from semel import limits
+from semel.backoff import backoff_ms
 from semel.client import errors as client_errors
 from semel.client.accumulator import (
     ProducerBatch,
@@ -746,7 +747,7 @@ class Producer(_ClientBase):
         batch.outcome_unknown = batch.outcome_unknown or error.outcome_unknown
         if error.code == common_pb2.CONCURRENT_TRANSACTIONS:
             # a new transaction's first write before the previous one's marker landed: ms away
-            retry_at = now_ms + min(self.retry_backoff_ms, CONCURRENT_TXN_BACKOFF_MS * 2 ** min(batch.attempts - 1, 10))
+            retry_at = now_ms + backoff_ms(batch.attempts, CONCURRENT_TXN_BACKOFF_MS, self.retry_backoff_ms)
         else:
             retry_at = now_ms + self._backoff_ms(batch.attempts)
         in_time = retry_at - batch.created_ms < self.delivery_timeout_ms

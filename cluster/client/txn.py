@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import grpc
 from semel import limits
+from semel.backoff import backoff_ms
 from semel.client import errors as client_errors
 from semel.client.errors import (
     AbortableError,
@@ -184,10 +185,10 @@ class TxnRpc:
                 # the previous transaction's markers are being written: typically done in a few
                 # ms, so a short backoff (Kafka: 20 ms) instead of retry_backoff_ms
                 concurrent += 1
-                backoff = min(self.retry_backoff_ms, CONCURRENT_TXN_BACKOFF_MS * (2 ** min(concurrent - 1, 10)))
+                backoff = backoff_ms(concurrent, CONCURRENT_TXN_BACKOFF_MS, self.retry_backoff_ms)
             else:
                 failures += 1
-                backoff = min(self.retry_backoff_max_ms, self.retry_backoff_ms * (2 ** min(failures - 1, 10)))
+                backoff = backoff_ms(failures, self.retry_backoff_ms, self.retry_backoff_max_ms)
             if monotonic_ms() + backoff >= deadline_ms or not retry_unknown and unknown:
                 error = last or client_errors.BrokerUnreachableError(f"{what}: no broker to ask")
                 if unknown:
