@@ -45,6 +45,7 @@ from semel.cluster.tooling.local_cluster import (
     BrokerSpec,
     LocalCluster,
 )
+from semel.cluster.tooling.ports import free_ports
 
 CLIENTS = 0  # the node number of "every client"
 API_TIMEOUT_S = 5.0
@@ -136,33 +137,6 @@ class ToxiproxyApi:
         return {name: list(p.get("toxics") or []) for name, p in proxies.items()}
 
 
-def _free_ports(count: int, host: str) -> list[int]:
-    """`count` distinct free ports *below* the kernel's ephemeral range (a bind(0) port can be
-    taken by an outgoing connection before the broker binds it on a busy machine)."""
-    import random
-    import socket
-
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rnd = random.Random()
-    socks: list[socket.socket] = []
-    try:
-        while len(socks) < count:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                s.bind((host, rnd.randrange(max(1024, low - 12_000), low)))
-            except OSError:
-                s.close()
-                continue
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 class ChaosCluster:
     """N brokers behind per-link proxies. Start/stop from one long-lived thread (PDEATHSIG)."""
 
@@ -174,7 +148,7 @@ class ChaosCluster:
         self.extra_args = tuple(extra_args)
         self.toxiproxy_url = toxiproxy_url if toxiproxy_url is not None else os.environ.get("TOXIPROXY_URL") or None
         self.proxy_seed = proxy_seed
-        ports = _free_ports(2 * brokers, host)
+        ports = free_ports(2 * brokers, host)
         self.specs = [BrokerSpec(i + 1, host, ports[i], ports[brokers + i], self.dir / f"broker-{i + 1}")
                       for i in range(brokers)]
         self.links = plan_links(self.specs)

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from semel.clock import wall_clock_ms
+from semel.cluster.tooling.ports import free_ports
 
 LATENCY_SAMPLE_EVERY = 16
 MB = 1_000_000
@@ -89,7 +90,7 @@ def _cluster(args: argparse.Namespace) -> Iterator[tuple[str, list[int], list[Pa
         return
     from semel.cluster.tooling.local_cluster import BrokerSpec, LocalCluster
 
-    ports = _free_ports(2 * args.brokers)
+    ports = free_ports(2 * args.brokers)
     data_dir = Path(tempfile.mkdtemp(prefix="semel-bench-"))
     specs = [
         BrokerSpec(i + 1, "127.0.0.1", ports[i], ports[args.brokers + i], data_dir / f"broker-{i + 1}")
@@ -107,21 +108,6 @@ def _cluster(args: argparse.Namespace) -> Iterator[tuple[str, list[int], list[Pa
             _progress(f"data kept in {data_dir}")
         else:
             shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def _free_ports(count: int) -> list[int]:
-    import socket
-
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _progress(text: str) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,39 +19,10 @@ from pathlib import Path
 
 import grpc
 from semel import limits
+from semel.cluster.tooling.ports import free_ports
 from semel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2
 
 READY = "SEMEL_BROKER_READY"
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
-        return low, high
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports *below* the kernel's ephemeral range: a port picked with
-    bind(0) can be taken by any outgoing connection on a busy machine before the broker binds
-    it. Every socket is held until all are picked, so no repeats."""
-    low = _ephemeral_range()[0]
-    rnd = random.Random()
-    socks: list[socket.socket] = []
-    try:
-        while len(socks) < count:
-            s = socket.socket()
-            try:
-                s.bind(("127.0.0.1", rnd.randrange(max(1024, low - 12_000), low)))
-            except OSError:
-                s.close()
-                continue
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @dataclass

@@ -21,8 +21,6 @@ Process management is `semel.cluster.tooling.local_cluster.LocalCluster` (the co
 
 from __future__ import annotations
 
-import random
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +29,7 @@ import pytest
 from semel.client import Admin, Consumer, ConsumerRecord, PartitionInfo, Producer
 from semel.client.errors import InvalidReplicationFactorError
 from semel.cluster.tooling.local_cluster import BrokerSpec, LocalCluster
+from semel.cluster.tooling.ports import free_ports
 
 READY_TIMEOUT_S = 60.0
 SETTLE_QUIET_S = 1.0     # metadata unchanged this long after start = the cluster has settled
@@ -60,36 +59,6 @@ def _proc_state(pid: int) -> str | None:
             return f.read().rsplit(")", 1)[-1].split()[0]
     except (FileNotFoundError, IndexError, ProcessLookupError):
         return None
-
-
-def _ephemeral_low() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct ports free right now, *below* the kernel's ephemeral range: a port from
-    bind(0) can be taken by any outgoing connection on a busy machine before the broker binds
-    it (docs/design.md). Every socket is held until all are picked, so no repeats."""
-    low = _ephemeral_low()
-    rnd = random.Random()
-    sockets: list[socket.socket] = []
-    try:
-        while len(sockets) < count:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.bind((host, rnd.randrange(max(1024, low - 12_000), low)))
-            except OSError:
-                sock.close()
-                continue
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class Cluster:

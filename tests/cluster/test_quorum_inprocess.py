@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from pathlib import Path
 
@@ -20,13 +19,8 @@ from semel.cluster.metadata.state import (
     RegisterBroker,
     UnfenceBroker,
 )
+from semel.cluster.tooling.ports import free_port
 from semel.v1 import common_pb2 as pb
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def until(predicate, timeout_s: float = 5.0) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,16 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from semel.cluster.tooling.ports import free_port
 from semel.v1 import common_pb2 as pb
 
 NODE_SCRIPT = Path(__file__).with_name("quorum_node.py")
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Node:
