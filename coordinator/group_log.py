@@ -44,13 +44,11 @@ from semel.coordinator.offsets import CommitDecision, OffsetsConfig, OffsetStore
 from semel.invariant import invariant
 from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE
 from semel.storage.batch import (
-    ATTR_CONTROL,
     ATTR_TRANSACTIONAL,
-    HEADER_BYTES,
     BatchHeader,
-    CorruptBatchError,
-    decode_header,
+    decode_marker,
     encode_batch,
+    iter_batches,
 )
 from semel.storage.kv import KvBatch, KvStore
 from semel.v1 import common_pb2
@@ -112,35 +110,6 @@ def build_batch(
     return encode_batch(header, encode_payload(records))
 
 
-def build_marker(producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int, now_ms: int) -> bytes:
-    """A control batch (what the transaction coordinator writes; here for tests and tools)."""
-    payload = common_pb2.ControlRecord(
-        type=common_pb2.COMMIT if commit else common_pb2.ABORT, coordinator_epoch=coordinator_epoch
-    ).SerializeToString()
-    header = BatchHeader(0, 0, 0, producer_id, producer_epoch, NO_SEQUENCE, 1,
-                         ATTR_TRANSACTIONAL | ATTR_CONTROL, now_ms, now_ms)
-    return encode_batch(header, payload)
-
-
-def iter_batches(data: bytes) -> Iterator[tuple[BatchHeader, bytes]]:
-    """(header, payload) of each whole batch in `data` (what PartitionLog.read returns);
-    raises CorruptBatchError on a bad CRC or a torn batch."""
-    pos = 0
-    view = memoryview(data)
-    while pos < len(data):
-        header = decode_header(data, pos)
-        if header.size_bytes <= 0:
-            raise CorruptBatchError(f"batch of size {header.size_bytes} at {pos}")
-        yield header, bytes(view[pos + HEADER_BYTES : pos + header.size_bytes])
-        pos += header.size_bytes
-
-
-def marker_is_commit(payload: bytes) -> bool:
-    msg = common_pb2.ControlRecord()
-    msg.ParseFromString(payload)
-    return msg.type == common_pb2.COMMIT
-
-
 # --- the shard: groups + offsets of one coordinator partition ----------------------------------
 
 
@@ -164,7 +133,7 @@ class CoordinatorShard:
     def replay_batch(self, header: BatchHeader, payload: bytes) -> None:
         """Apply one batch of the log (data, transactional data, or a marker)."""
         if header.is_control:
-            self.offsets.replay_marker(header.producer_id, marker_is_commit(payload))
+            self.offsets.replay_marker(header.producer_id, decode_marker(payload).commit)
         else:
             pid = header.producer_id if header.is_transactional else NO_PRODUCER_ID
             for delta, record in decode_payload(payload):
@@ -306,7 +275,7 @@ class GroupView:
         puts: dict[bytes, bytes] = {}
         deletes: set[bytes] = set()
         if header.is_control:
-            self._resolve(header.producer_id, marker_is_commit(payload), puts, deletes)
+            self._resolve(header.producer_id, decode_marker(payload).commit, puts, deletes)
         else:
             for delta, record in decode_payload(payload):
                 key_bytes = encode_key(record.key)

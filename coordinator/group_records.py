@@ -19,7 +19,6 @@ from semel.invariant import invariant
 from semel.topic_partition import TopicPartition
 from semel.v1 import group_pb2
 
-
 _T = TypeVar("_T")
 
 

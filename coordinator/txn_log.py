@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from semel import limits
@@ -37,10 +37,9 @@ from semel.coordinator.txn_wire import bump_reason_to_proto, state_to_proto
 from semel.internal_topics import TRANSACTION_STATE_TOPIC
 from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE
 from semel.storage.batch import (
-    HEADER_BYTES,
     BatchHeader,
-    decode_header,
     encode_batch,
+    iter_batches,
 )
 from semel.storage.kv import KvBatch, KvStore, partition_key
 from semel.storage.log import ReadResult
@@ -158,16 +157,6 @@ def encode_records(entries: Sequence[tuple[str, TransactionMetadata | None]], no
         max_timestamp_ms=now_ms,
     )
     return bytes(encode_batch(header, records.SerializeToString(deterministic=True)))
-
-
-def iter_batches(data: bytes | memoryview) -> Iterator[tuple[BatchHeader, memoryview]]:
-    """(header, payload) of each whole batch in `data` (CRC-checked)."""
-    view = memoryview(data)
-    pos = 0
-    while pos < len(view):
-        header = decode_header(view, pos)
-        yield header, view[pos + HEADER_BYTES : pos + header.size_bytes]
-        pos += header.size_bytes
 
 
 def decode_records(data: bytes | memoryview, from_offset: int = 0) -> list[LogEntry]:

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Iterator
 
 import crc32c as _crc32c
 from semel.sentinels import NO_SEQUENCE
+from semel.v1.common_pb2 import ControlRecord, ControlType
 
 MAGIC = 1
 HEADER_BYTES = 61
@@ -170,3 +172,58 @@ def peek_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeade
         base_offset, last_delta, leader_epoch, pid, pepoch, base_seq, count, attributes, base_ts, max_ts,
         LENGTH_FIELD_END + length,
     )
+
+
+def iter_batches(
+    data: bytes | bytearray | memoryview, *, verify_crc: bool = True
+) -> Iterator[tuple[BatchHeader, memoryview]]:
+    """(header, payload) of each whole batch in `data`, in order; the payload is a view into `data`.
+
+    Raises CorruptBatchError on a torn batch, and on a bad CRC unless `verify_crc` is False (for
+    bytes the log has just checked).
+    """
+    view = memoryview(data)
+    pos = 0
+    while pos < len(view):
+        header = decode_header(view, pos, verify_crc=verify_crc)
+        yield header, view[pos + HEADER_BYTES : pos + header.size_bytes]
+        pos += header.size_bytes
+
+
+# --- transaction markers: control batches whose payload is one semel.v1.ControlRecord ---------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Marker:
+    """The content of a control batch (a semel.v1 ControlRecord)."""
+
+    commit: bool
+    coordinator_epoch: int
+
+
+def encode_marker(
+    producer_id: int, producer_epoch: int, marker: Marker, *, now_ms: int, base_offset: int = 0, leader_epoch: int = 0
+) -> bytes:
+    """A whole control batch holding `marker` (one record, transactional, no sequence)."""
+    payload = ControlRecord(
+        type=ControlType.COMMIT if marker.commit else ControlType.ABORT, coordinator_epoch=marker.coordinator_epoch
+    ).SerializeToString()
+    header = BatchHeader(
+        base_offset=base_offset,
+        last_offset_delta=0,
+        leader_epoch=leader_epoch,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=NO_SEQUENCE,
+        record_count=1,
+        attributes=ATTR_CONTROL | ATTR_TRANSACTIONAL,
+        base_timestamp_ms=now_ms,
+        max_timestamp_ms=now_ms,
+    )
+    return encode_batch(header, payload)
+
+
+def decode_marker(payload: bytes | memoryview) -> Marker:
+    """The marker in the payload of a control batch (what `iter_batches` yields for it)."""
+    record = ControlRecord.FromString(payload)
+    return Marker(commit=record.type == ControlType.COMMIT, coordinator_epoch=record.coordinator_epoch)

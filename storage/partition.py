@@ -48,16 +48,17 @@ from pathlib import Path
 
 from semel import limits
 from semel.invariant import invariant
-from semel.sentinels import NO_OFFSET, NO_SEQUENCE
+from semel.sentinels import NO_OFFSET
 from semel.storage.aborted_txns import AbortedTxn
 from semel.storage.batch import (
-    ATTR_CONTROL,
-    ATTR_TRANSACTIONAL,
     HEADER_BYTES,
     BatchHeader,
     CorruptBatchError,
+    Marker,
     decode_header,
-    encode_batch,
+    decode_marker,
+    encode_marker,
+    iter_batches,
     with_offsets,
 )
 from semel.storage.errors import error_code_of
@@ -66,13 +67,12 @@ from semel.storage.log import PartitionLog
 from semel.storage.log_policy import LogConfig
 from semel.storage.producer_state import (
     CompletedTxn,
-    Marker,
     Outcome,
     ProducerStateConfig,
     ProducerStateManager,
     SnapshotError,
 )
-from semel.v1.common_pb2 import ControlRecord, ControlType, ErrorCode
+from semel.v1.common_pb2 import ErrorCode
 
 _log = logging.getLogger(__name__)
 
@@ -119,33 +119,6 @@ def _restamped(h: BatchHeader, base_offset: int, leader_epoch: int) -> BatchHead
         h.max_timestamp_ms,
         h.size_bytes,
     )
-
-
-def decode_marker(batch: bytes | memoryview, header: BatchHeader) -> Marker:
-    """The marker of a control batch (its payload is one ControlRecord)."""
-    record = ControlRecord.FromString(bytes(batch[HEADER_BYTES : header.size_bytes]))
-    return Marker(commit=record.type == ControlType.COMMIT, coordinator_epoch=record.coordinator_epoch)
-
-
-def encode_marker(
-    producer_id: int, producer_epoch: int, marker: Marker, *, base_offset: int, leader_epoch: int, now_ms: int
-) -> bytes:
-    payload = ControlRecord(
-        type=ControlType.COMMIT if marker.commit else ControlType.ABORT, coordinator_epoch=marker.coordinator_epoch
-    ).SerializeToString()
-    header = BatchHeader(
-        base_offset=base_offset,
-        last_offset_delta=0,
-        leader_epoch=leader_epoch,
-        producer_id=producer_id,
-        producer_epoch=producer_epoch,
-        base_sequence=NO_SEQUENCE,
-        record_count=1,
-        attributes=ATTR_CONTROL | ATTR_TRANSACTIONAL,
-        base_timestamp_ms=now_ms,
-        max_timestamp_ms=now_ms,
-    )
-    return encode_batch(header, payload)
 
 
 class PartitionStore:
@@ -281,7 +254,7 @@ class PartitionStore:
                 results[index] = AppendResult(error_code_of(exc), message=str(exc))
             return
         for index, stamped, header in group:
-            self._apply(header, stamped)
+            self._apply(header, memoryview(stamped)[HEADER_BYTES:])
             results[index] = AppendResult(first_offset=header.base_offset, last_offset=header.last_offset)
         self._after_append(sum(len(stamped) for _, stamped, _ in group))
 
@@ -291,12 +264,8 @@ class PartitionStore:
         """Append the leader's bytes verbatim and apply every batch; returns the last header."""
         self._check_open()
         last = self._append_to_log(raw, now_ms)
-        view = memoryview(raw)
-        pos = 0
-        while pos < len(raw):
-            header = decode_header(view, pos, verify_crc=False)  # the log just checked them
-            self._apply(header, view[pos : pos + header.size_bytes])
-            pos += header.size_bytes
+        for header, payload in iter_batches(raw, verify_crc=False):  # the log just checked them
+            self._apply(header, payload)
         self._after_append(len(raw))
         return last
 
@@ -323,7 +292,7 @@ class PartitionStore:
             producer_id, producer_epoch, marker, base_offset=offset, leader_epoch=leader_epoch, now_ms=now_ms
         )
         self._append_to_log(encoded, now_ms)
-        completed = self._apply(decode_header(encoded, verify_crc=False), encoded)
+        completed = self._apply(decode_header(encoded, verify_crc=False), memoryview(encoded)[HEADER_BYTES:])
         self._after_append(len(encoded))
         return MarkerResult(offset=offset, completed=completed)
 
@@ -341,8 +310,9 @@ class PartitionStore:
                 self._snapshot_after_roll()
         return last
 
-    def _apply(self, header: BatchHeader, batch: bytes | memoryview) -> CompletedTxn | None:
-        marker = decode_marker(batch, header) if header.is_control else None
+    def _apply(self, header: BatchHeader, payload: bytes | memoryview) -> CompletedTxn | None:
+        """Apply one stored batch (its header, and its payload, read only for a marker) to the producer state."""
+        marker = decode_marker(payload) if header.is_control else None
         completed = self.producer_state.apply(header, marker)
         if completed is not None and completed.aborted:
             self._record_abort(completed)
@@ -459,7 +429,7 @@ class PartitionStore:
         if replay_from < end:
             # Batches below the log start are gone (retention): apply() accepts the gap.
             for header in self.log.iter_headers(replay_from, end):
-                self._apply(header, self._control_batch(header) if header.is_control else b"")
+                self._apply(header, self._control_payload(header) if header.is_control else b"")
         else:
             state.end_offset = end  # nothing stored after the snapshot (or an empty log at its start)
         invariant(state.end_offset == end, f"replay ended at {state.end_offset}, log end is {end}")
@@ -482,9 +452,9 @@ class PartitionStore:
         # may begin below it after a delete-records).
         return ProducerStateManager(self.producer_config, end_offset=0)
 
-    def _control_batch(self, header: BatchHeader) -> bytes:
+    def _control_payload(self, header: BatchHeader) -> bytes:
         data = self.log.read(header.base_offset, header.size_bytes, max_offset=header.next_offset).data
-        return bytes(data[: header.size_bytes])
+        return bytes(data[HEADER_BYTES : header.size_bytes])
 
     def apply_retention(self, now_ms: int) -> int:
         """Delete old segments; snapshots below the newest one at or below the log start go."""

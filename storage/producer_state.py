@@ -73,7 +73,7 @@ import crc32c as _crc32c
 from semel import limits
 from semel.invariant import invariant
 from semel.sentinels import NO_OFFSET
-from semel.storage.batch import BatchHeader
+from semel.storage.batch import BatchHeader, Marker
 from semel.v1.common_pb2 import ErrorCode
 
 SEQUENCE_MODULUS = 1 << 31  # sequences wrap from 2^31 - 1 to 0
@@ -116,14 +116,6 @@ class BatchMetadata:
     first_offset: int
     last_offset: int
     timestamp_ms: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Marker:
-    """The content of a control batch (a semel.v1 ControlRecord)."""
-
-    commit: bool
-    coordinator_epoch: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -49,13 +49,12 @@ from semel.coordinator.group_log import (
     KvViewBackend,
     MemoryViewBackend,
     build_batch,
-    iter_batches,
     load_shard,
 )
 from semel.coordinator.group_runtime import Append, PartitionRuntime, Prepare, Reply
 from semel.coordinator.group_state import GroupConfig, GroupDecision, HeartbeatResponse
 from semel.coordinator.offsets import CommitDecision, OffsetsConfig
-from semel.storage.batch import HEADER_BYTES, decode_header
+from semel.storage.batch import HEADER_BYTES, decode_header, iter_batches
 from semel.topic_partition import TopicPartition
 from semel.v1 import broker_pb2 as bpb
 from semel.v1 import broker_pb2_grpc as bgrpc

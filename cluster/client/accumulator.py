@@ -36,7 +36,6 @@ from semel.client.records import Header, RecordMetadata, build_batch, encode_rec
 from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2
 
-
 # Bytes of batch framing counted against batch_bytes beyond the encoded records
 # (RecordBatch header fields and the PartitionProduceData wrapper).
 BATCH_OVERHEAD_BYTES = 96

@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
 from semel.clock import wall_clock_ms
 from semel.cluster.tooling.ports import free_ports
 

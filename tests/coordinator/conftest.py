@@ -7,12 +7,16 @@ import pytest
 from semel.coordinator.group_log import (
     CoordinatorShard,
     build_batch,
-    build_marker,
-    iter_batches,
 )
 from semel.coordinator.group_state import GroupConfig, HeartbeatRequest
 from semel.coordinator.offsets import CommitRequest, PartitionCommit, TxnCommitRequest
-from semel.storage.batch import decode_header, with_offsets
+from semel.storage.batch import (
+    Marker,
+    decode_header,
+    encode_marker,
+    iter_batches,
+    with_offsets,
+)
 
 CFG = GroupConfig(session_timeout_ms=1000, heartbeat_interval_ms=100, rebalance_timeout_ms_default=500)
 
@@ -79,7 +83,7 @@ class Driver:
         return self._complete(self.shard.offsets.prepare_txn_commit(req, self.shard.groups, self.now_ms))
 
     def marker(self, producer_id, commit: bool, producer_epoch=0):
-        base = self.log.append(build_marker(producer_id, producer_epoch, commit, 0, self.now_ms))
+        base = self.log.append(encode_marker(producer_id, producer_epoch, Marker(commit, 0), now_ms=self.now_ms))
         for header, payload in iter_batches(self.log.read_from(base)):
             self.shard.replay_batch(header, payload)
 

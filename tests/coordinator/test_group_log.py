@@ -12,12 +12,17 @@ from semel.coordinator.group_log import (
     MemoryViewBackend,
     ViewOutOfSyncError,
     build_batch,
-    build_marker,
     decode_payload,
-    iter_batches,
     load_shard,
 )
-from semel.storage.batch import CorruptBatchError, decode_header, with_offsets
+from semel.storage.batch import (
+    CorruptBatchError,
+    Marker,
+    decode_header,
+    encode_marker,
+    iter_batches,
+    with_offsets,
+)
 from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2
 
@@ -65,7 +70,7 @@ def test_bad_records_are_rejected():
 def test_batches_round_trip_and_corruption_is_caught():
     plain = with_offsets(build_batch(ALL_RECORDS, 5), 100, 2)
     txn = with_offsets(build_batch(ALL_RECORDS[:2], 6, producer_id=9, producer_epoch=1, base_sequence=0), 111, 2)
-    marker = with_offsets(build_marker(9, 1, True, 4, 7), 113, 2)
+    marker = with_offsets(encode_marker(9, 1, Marker(True, 4), now_ms=7), 113, 2)
     got = list(iter_batches(plain + txn + marker))
     assert [h.base_offset for h, _ in got] == [100, 111, 113]
     (h1, p1), (h2, p2), (h3, _) = got

@@ -6,8 +6,6 @@ from __future__ import annotations
 from semel.coordinator.group_log import (
     CoordinatorShard,
     build_batch,
-    build_marker,
-    iter_batches,
 )
 from semel.coordinator.group_runtime import Append, PartitionRuntime, Reply
 from semel.coordinator.group_state import (
@@ -16,7 +14,7 @@ from semel.coordinator.group_state import (
     HeartbeatResponse,
 )
 from semel.coordinator.offsets import CommitRequest, PartitionCommit, TxnCommitRequest
-from semel.storage.batch import with_offsets
+from semel.storage.batch import Marker, encode_marker, iter_batches, with_offsets
 from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2
 
@@ -62,7 +60,7 @@ class Shell:
 
     def marker(self, producer_id: int, commit: bool) -> None:
         base = sum(_count(b) for b in self.log)
-        self.log.append(with_offsets(build_marker(producer_id, 0, commit, 0, 0), base, 0))
+        self.log.append(with_offsets(encode_marker(producer_id, 0, Marker(commit, 0), now_ms=0), base, 0))
 
     def commit_all(self) -> None:
         batches = [hp for b in self.log[self.hw_index:] for hp in iter_batches(b)]

@@ -11,9 +11,9 @@ import pytest
 from semel.coordinator.group_log import (
     GroupView,
     MemoryViewBackend,
-    iter_batches,
     load_shard,
 )
+from semel.storage.batch import iter_batches
 from semel.v1 import common_pb2
 
 E = common_pb2.ErrorCode

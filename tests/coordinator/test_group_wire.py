@@ -1,6 +1,7 @@
 """The gRPC edge: protobuf <-> cores, list/describe views, offset-reset resolution."""
 
 from __future__ import annotations
+
 from semel.coordinator.group_state import HeartbeatResponse
 from semel.coordinator.group_wire import (
     PartitionFacts,

@@ -1,6 +1,7 @@
 """Offset commits: fencing, transactional offsets, stable fetches, admin operations, lag."""
 
 from __future__ import annotations
+
 from semel.coordinator.offsets import OffsetsConfig, lag
 from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2

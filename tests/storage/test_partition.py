@@ -10,10 +10,16 @@ import textwrap
 
 import pytest
 from semel.storage.aborted_txns import AbortedTxn
-from semel.storage.batch import ATTR_TRANSACTIONAL, BatchHeader, encode_batch
+from semel.storage.batch import (
+    ATTR_TRANSACTIONAL,
+    HEADER_BYTES,
+    BatchHeader,
+    decode_marker,
+    encode_batch,
+)
 from semel.storage.kv import KvStore, partition_key
 from semel.storage.log_policy import LogConfig
-from semel.storage.partition import PartitionStore, decode_marker
+from semel.storage.partition import PartitionStore
 from semel.storage.producer_state import ProducerStateConfig, ProducerStateManager
 from semel.v1.common_pb2 import ErrorCode
 
@@ -44,7 +50,7 @@ def replayed_state(store: PartitionStore, config: ProducerStateConfig | None = N
     for h in store.log.iter_headers(store.log_start_offset):
         marker = None
         if h.is_control:
-            marker = decode_marker(store.log.read(h.base_offset, h.size_bytes).data, h)
+            marker = decode_marker(store.log.read(h.base_offset, h.size_bytes).data[HEADER_BYTES : h.size_bytes])
         ref.apply(h, marker)
     return ref
 
@@ -243,7 +249,7 @@ def test_crash_between_marker_and_aborted_index_is_repaired_on_open(tmp_path, kv
         from semel.storage.kv import KvStore, partition_key
         from semel.storage.log_policy import LogConfig
         from semel.storage.partition import PartitionStore
-        from semel.storage.batch import ATTR_TRANSACTIONAL, BatchHeader, encode_batch
+        from semel.storage.batch import ATTR_TRANSACTIONAL, HEADER_BYTES, BatchHeader, decode_marker, encode_batch
         kv = KvStore.open({str(tmp_path / "kv")!r})
         store = PartitionStore.open({str(tmp_path / "p0")!r}, LogConfig(flush_policy="never"), kv,
                                     partition_key("p0", 0), 0)
