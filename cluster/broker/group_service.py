@@ -228,7 +228,7 @@ class GroupCoordinator:
     def _catch_up(self, loaded: _Loaded) -> None:
         p = loaded.partition
         while loaded.cursor < p.high_watermark and self.loaded.get(p.partition) is loaded:
-            data = p.store.read(loaded.cursor, READ_CHUNK_BYTES, p.high_watermark)
+            data = p.store.read(loaded.cursor, READ_CHUNK_BYTES, p.high_watermark).data
             batches = [(h, payload) for h, payload in iter_batches(data) if h.next_offset > loaded.cursor]
             if not batches:
                 return
@@ -405,16 +405,13 @@ async def _wait_change(p: Partition, timeout_s: float) -> None:
 def _read_chunks(p: Partition, start: int, end: int) -> Iterator[bytes]:
     offset = start
     while offset < end:
-        data = p.store.read(offset, READ_CHUNK_BYTES, end)
-        if not data:
+        read = p.store.read(offset, READ_CHUNK_BYTES, end)
+        if not read.headers:
             return
-        last = None
-        for h, _ in iter_batches(data):
-            last = h
-        yield data
-        if last is None or last.next_offset <= offset:
+        yield read.data
+        if read.next_offset <= offset:
             return
-        offset = last.next_offset
+        offset = read.next_offset
 
 
 def _next_sequence(p: Partition, producer_id: int, producer_epoch: int) -> int:

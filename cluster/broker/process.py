@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -57,7 +57,6 @@ from semel.cluster.broker.server import (
 from semel.cluster.broker.storage_adapter import (
     ReplicaStore,
     open_replica_store,
-    real_storage_available,
 )
 from semel.cluster.metadata import state as md
 from semel.cluster.metadata.controller import Controller, ControllerConfig
@@ -69,6 +68,7 @@ from semel.cluster.metadata.quorum import (
 )
 from semel.invariant import not_none
 from semel.storage import disk_executor
+from semel.storage.kv import KvStore
 from semel.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -80,9 +80,6 @@ from semel.v1 import (
     replication_pb2_grpc,
 )
 from semel.v1 import common_pb2 as pb
-
-if TYPE_CHECKING:
-    from semel.storage.kv import KvStore  # imported when a partition opens: rocksdict is optional
 
 log = logging.getLogger("semel.broker")
 
@@ -319,7 +316,7 @@ class Broker:
         self._dial = config.dial_map()
         self._last_unreachable_report: dict[int, float] = {}
         self.server: grpc.aio.Server | None = None
-        self._kv: KvStore | None = None  # the broker's RocksDB (producer snapshots), opened with the first partition
+        self._kv: KvStore | None = None  # the broker's RocksDB (producer snapshots), opened by start()
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         # set by start() before any servicer runs; typed as always there so that the servicers
         # need no check (a check of None below is for a broker stopped before it started)
@@ -338,9 +335,7 @@ class Broker:
         self.isr = IsrMaintainer(self.rm, self._submit_alter, config.isr_check_interval_ms, self._unfenced)
 
     def _open_store(self, directory: Path, topic: md.Topic, partition: int) -> ReplicaStore:
-        if self._kv is None and real_storage_available():
-            from semel.storage.kv import KvStore
-
+        if self._kv is None:  # a partition opened before start() (tests)
             self._kv = KvStore.open(self.data_dir / "kv")
         return open_replica_store(directory, topic, partition, fsync=self.config.fsync, kv=self._kv,
                                   now_ms=self.clock.wall_clock_ms())
@@ -388,9 +383,7 @@ class Broker:
         if cfg.raft_address:
             check_port_free(cfg.raft_address)  # pysyncobj would retry a busy port forever, silently
         loop = asyncio.get_running_loop()
-        if self.is_broker and real_storage_available():  # RocksDB opens once, before the quorum starts
-            from semel.storage.kv import KvStore
-
+        if self.is_broker:  # RocksDB opens once, before the quorum starts
             self._kv = await self.disk.run("kv", lambda: KvStore.open(self.data_dir / "kv"), "open RocksDB")
         self.quorum = MetadataQuorum(QuorumConfig(node_id=cfg.broker_id, raft_address=cfg.raft_address,
                                                   voters=self.voters, data_dir=self.data_dir / "raft",

@@ -222,7 +222,7 @@ class LeaderReplicationService:
             p.on_follower_fetch(replica_id, fp.fetch_offset, now)
             r.high_watermark = p.high_watermark
         if fp.fetch_offset < p.log_end_offset and max_bytes > 0:
-            r.records = p.store.read(fp.fetch_offset, max_bytes, None, limits.MAX_FETCH_BATCHES_PER_PARTITION)
+            r.records = p.store.read(fp.fetch_offset, max_bytes, None, limits.MAX_FETCH_BATCHES_PER_PARTITION).data
         return r
 
 

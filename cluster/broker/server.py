@@ -9,6 +9,7 @@ limits in `semel.limits`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
@@ -22,7 +23,6 @@ from semel.cluster.broker.replica_manager import (
     PartitionError,
     describe_partition,
 )
-from semel.cluster.broker.storage_adapter import iter_batches
 from semel.cluster.metadata import state as md
 from semel.cluster.metadata.quorum import MetadataSubmitError
 from semel.storage import isolation as isolation_rules
@@ -241,8 +241,10 @@ class BrokerService(bgrpc.BrokerServicer):
         if fp.fetch_offset >= bound or (part_max <= 0 and not first):
             return 0
         # the work below is per batch: the store returns at most this many
-        data = p.store.read(fp.fetch_offset, max(part_max, 1), bound, limits.MAX_FETCH_BATCHES_PER_PARTITION)
-        batches = list(iter_batches(data))
+        read = p.store.read(fp.fetch_offset, max(part_max, 1), bound, limits.MAX_FETCH_BATCHES_PER_PARTITION)
+        data = read.data
+        # (header, position) of each batch: the headers the log decoded (and CRC-checked) while reading
+        batches = list(zip(read.headers, itertools.accumulate((h.size_bytes for h in read.headers), initial=0)))
         visible = batches
         if read_committed and batches:
             start, end = isolation_rules.aborts_to_consult(fp.fetch_offset, batches[0][0], batches[-1][0])

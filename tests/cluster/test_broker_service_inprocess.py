@@ -14,8 +14,9 @@ from semel.cluster.broker.process import BrokerConfig
 from semel.cluster.broker.replica_manager import ReplicaManager
 from semel.cluster.broker.replication import IsrMaintainer, LeaderReplicationService
 from semel.cluster.broker.server import BrokerService
-from semel.cluster.broker.storage_adapter import FileReplicaStore
+from semel.cluster.broker.storage_adapter import open_replica_store
 from semel.cluster.metadata import state as md
+from semel.storage.kv import KvStore
 from semel.v1 import broker_pb2 as bpb
 from semel.v1 import common_pb2 as pb
 from semel.v1 import replication_pb2 as rpb
@@ -42,13 +43,22 @@ class FakeQuorum:
 
 
 class FakeBroker:
-    def __init__(self, tmp_path, img: md.MetadataImage) -> None:
-        self.config = BrokerConfig(broker_id=1, max_inflight_produce=4)
+    """Broker 1 over the real partition store (producer state, markers, the aborted index), with
+    its own RocksDB; `close()` closes both."""
+
+    def __init__(self, tmp_path, img: md.MetadataImage, config: BrokerConfig | None = None) -> None:
+        self.config = config or BrokerConfig(broker_id=1, max_inflight_produce=4)
         self.quorum = FakeQuorum(img)
         self.clock = FakeClock()
-        self.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: FileReplicaStore(d), clock=self.clock)
+        self.kv = KvStore.open(tmp_path / "kv")
+        self.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=self.kv),
+                                 clock=self.clock)
         self.rm.broker_epoch = 1
         self.rm.reconcile(img)
+
+    def close(self) -> None:
+        self.rm.close()
+        self.kv.close()
 
     def set_image(self, img: md.MetadataImage) -> None:
         self.quorum.img = img
@@ -70,7 +80,7 @@ def produce_req(acks=bpb.ACKS_ALL, timeout_ms=2000) -> bpb.ProduceRequest:
 def broker(tmp_path):
     b = FakeBroker(tmp_path, image())
     yield b
-    b.rm.close()
+    b.close()
 
 
 def run(coro):
@@ -240,7 +250,7 @@ def test_a_broker_not_yet_registered_does_not_call_a_partition_unknown(tmp_path)
             bpb.PartitionProduceData(topic="nope", partition=0, batch=batch())])
         assert run(svc.Produce(missing, None)).results[0].error_code == pb.UNKNOWN_TOPIC_OR_PARTITION
     finally:
-        b.rm.close()
+        b.close()
 
 
 def test_role_listeners_see_every_role_change(broker):
@@ -256,25 +266,13 @@ def test_role_listeners_see_every_role_change(broker):
 
 
 def real_store_broker(tmp_path, img: md.MetadataImage):
-    """A FakeBroker over the real partition store (producer state, markers, the aborted index),
-    as idempotence and transactions need. A generator: close it to close the broker."""
-    from semel.cluster.broker.storage_adapter import open_replica_store
-    from semel.storage.kv import KvStore
-
-    kv = KvStore.open(tmp_path / "kv")
-    b = FakeBroker.__new__(FakeBroker)
-    b.config = BrokerConfig(broker_id=1)
-    b.quorum = FakeQuorum(img)
-    b.clock = FakeClock()
-    b.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=kv),
-                          clock=b.clock)
-    b.rm.broker_epoch = 1
-    b.rm.reconcile(b.quorum.img)
+    """A FakeBroker with the default broker config, as idempotence and transactions need. A
+    generator: close it to close the broker."""
+    b = FakeBroker(tmp_path, img, BrokerConfig(broker_id=1))
     try:
         yield b
     finally:
-        b.rm.close()
-        kv.close()
+        b.close()
 
 
 @pytest.fixture
