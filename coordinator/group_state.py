@@ -73,7 +73,7 @@ class GroupConfig:
     session_timeout_ms: int = limits.GROUP_SESSION_TIMEOUT_MS_DEFAULT
     heartbeat_interval_ms: int = limits.GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT
     rebalance_timeout_ms_default: int = limits.GROUP_REBALANCE_TIMEOUT_MS_DEFAULT
-    rebalance_timeout_ms_max: int = limits.GROUP_REBALANCE_TIMEOUT_MS_MAX
+    rebalance_timeout_ms_max: int = limits.MAX_GROUP_REBALANCE_TIMEOUT_MS
     max_members_per_group: int = limits.MAX_MEMBERS_PER_GROUP
     max_groups: int = limits.MAX_GROUPS_PER_COORDINATOR_PARTITION
     max_assignable_partitions: int = limits.MAX_ASSIGNABLE_PARTITIONS_PER_GROUP

@@ -197,7 +197,7 @@ class TxnStateView:
         partition: int,
         topic: str = TRANSACTION_STATE_TOPIC,
         *,
-        scan_page_entries: int = limits.KV_SCAN_ENTRIES_MAX,
+        scan_page_entries: int = limits.MAX_KV_SCAN_ENTRIES,
     ) -> None:
         if scan_page_entries < 1:
             raise ValueError("scan_page_entries must be >= 1")

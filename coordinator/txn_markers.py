@@ -16,7 +16,7 @@ off waited for that RPC's timeout, and one that had backed off waited out its ba
 the next transaction of the id could not start (CONCURRENT_TRANSACTIONS for 8-12 s under
 faults, issue 20). The bound: a marker reaches a partition's new leader at the first `poll`
 after the coordinator's metadata names it; a leader that keeps refusing is retried at least
-every `backoff_max_ms` (`limits.MARKER_RETRY_BACKOFF_MAX_MS`). Markers are retried forever:
+every `backoff_max_ms` (`limits.MAX_MARKER_RETRY_BACKOFF_MS`). Markers are retried forever:
 a prepared decision never flips, so giving up is never an option. A marker refused with
 TRANSACTION_COORDINATOR_FENCED means a newer coordinator owns the state partition: the job
 is dropped and reported as fenced (the shell unloads that partition).
@@ -109,7 +109,7 @@ class MarkerChannelConfig:
     max_markers_per_request: int = limits.MAX_MARKERS_PER_REQUEST
     max_in_flight_per_broker: int = limits.MAX_MARKER_REQUESTS_IN_FLIGHT_PER_BROKER
     backoff_ms: int = limits.MARKER_RETRY_BACKOFF_MS
-    backoff_max_ms: int = limits.MARKER_RETRY_BACKOFF_MAX_MS
+    backoff_max_ms: int = limits.MAX_MARKER_RETRY_BACKOFF_MS
 
     def __post_init__(self) -> None:
         invariant(self.max_jobs >= 1 and self.max_markers_per_request >= 1, "bounds must be >= 1")

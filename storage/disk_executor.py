@@ -48,7 +48,7 @@ THREAD_NAME_PREFIX = "semel-disk"
 
 class DiskExecutor:
     def __init__(self, threads: int = limits.DISK_EXECUTOR_THREADS,
-                 max_jobs: int = limits.DISK_EXECUTOR_QUEUE_MAX) -> None:
+                 max_jobs: int = limits.MAX_DISK_EXECUTOR_QUEUE) -> None:
         if threads < 1 or max_jobs < 1:
             raise ValueError("a disk executor needs at least one thread and one job slot")
         self.threads = threads

@@ -168,7 +168,7 @@ class KvStore:
         end: bytes | None = None,
         *,
         reverse: bool = False,
-        limit: int = limits.KV_SCAN_ENTRIES_MAX,
+        limit: int = limits.MAX_KV_SCAN_ENTRIES,
     ) -> list[tuple[bytes, bytes]]:
         """Up to `limit` (key, value) pairs of `ns` with start <= key < end, keys without the
         namespace prefix, in increasing order (decreasing if `reverse`)."""
@@ -264,7 +264,7 @@ class ProducerSnapshotStore:
         return None if offset <= 0 else self.newest_at_or_below(offset - 1)
 
     def offsets(self) -> list[int]:
-        """Offsets of the stored snapshots, increasing (at most KV_SCAN_ENTRIES_MAX)."""
+        """Offsets of the stored snapshots, increasing (at most MAX_KV_SCAN_ENTRIES)."""
         rows = self.kv.scan(PRODUCER_SNAPSHOTS, self.partition, _prefix_end(self.partition))
         return [_OFFSET.unpack_from(k, len(self.partition))[0] for k, _ in rows]
 

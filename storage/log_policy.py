@@ -39,13 +39,13 @@ class LogConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if not limits.SEGMENT_BYTES_MIN <= self.segment_bytes <= limits.SEGMENT_BYTES_MAX:
-            problems.append(f"segment_bytes {self.segment_bytes} outside [{limits.SEGMENT_BYTES_MIN}, {limits.SEGMENT_BYTES_MAX}]")
+        if not limits.MIN_SEGMENT_BYTES <= self.segment_bytes <= limits.MAX_SEGMENT_BYTES:
+            problems.append(f"segment_bytes {self.segment_bytes} outside [{limits.MIN_SEGMENT_BYTES}, {limits.MAX_SEGMENT_BYTES}]")
         if self.segment_ms <= 0:
             problems.append(f"segment_ms {self.segment_ms} must be > 0")
         if self.retention_bytes < -1 or self.retention_ms < -1:
             problems.append("retention_bytes and retention_ms must be >= 0 or -1 (unlimited)")
-        if not limits.INDEX_INTERVAL_BYTES_MIN <= self.index_interval_bytes <= limits.INDEX_INTERVAL_BYTES_MAX:
+        if not limits.MIN_INDEX_INTERVAL_BYTES <= self.index_interval_bytes <= limits.MAX_INDEX_INTERVAL_BYTES:
             problems.append(f"index_interval_bytes {self.index_interval_bytes} out of range")
         if self.flush_policy not in FLUSH_POLICIES:
             problems.append(f"flush_policy {self.flush_policy!r} not one of {FLUSH_POLICIES}")

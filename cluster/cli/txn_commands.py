@@ -25,11 +25,12 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
+from semel import limits
 from semel.client.errors import is_retriable
 from semel.clock import wall_clock_ms
 
 PENDING_STATES = ("ONGOING", "PREPARE_COMMIT", "PREPARE_ABORT")
-MAX_AGE_MS_DEFAULT = 15 * 60 * 1000  # Kafka's max transaction timeout: older open transactions are suspicious
+MAX_AGE_MS_DEFAULT = limits.MAX_TRANSACTION_TIMEOUT_MS  # no transaction may stay open longer: older ones are hanging
 
 
 class TxnToolError(Exception):

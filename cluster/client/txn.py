@@ -478,7 +478,7 @@ class TransactionManager:
             self._added.clear()
             self._pending.clear()
             self._written.clear()
-            predictable = self.predict_partitions and len(self._written_stable) <= limits.TXN_PREDICTED_PARTITIONS_MAX
+            predictable = self.predict_partitions and len(self._written_stable) <= limits.MAX_TXN_PREDICTED_PARTITIONS
             self._predicted = set(self._written_stable) if predictable else set()
             self._has_offsets = False
             self.error = None

@@ -1,12 +1,20 @@
-"""Every bound in Semel, named and documented in one place (units last in names).
+"""Every bound in Semel, named and documented in one place.
 
 Components take these as defaults and may accept overrides in their config; nothing
 else in the code base hard-codes a limit.
+
+Names end in their unit (`_MS`, `_BYTES`, or the thing counted) and say which kind of value
+they are: `MAX_*` / `MIN_*` bound what is accepted, `*_DEFAULT` is a configurable default
+(its config option has the same name in lower case, e.g. `replica_fetch_max_bytes`), anything
+else is a fixed setting. How the values must relate is checked when this module is imported
+(`_check_relationships`, at the end), not only said in comments.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+from semel.invariant import invariant
 
 # --- batches and requests -----------------------------------------------------
 MAX_BATCH_BYTES = 4 * 1024 * 1024          # one stored batch (header + records)
@@ -23,10 +31,10 @@ RETENTION_MS_DEFAULT = 7 * 24 * 3600 * 1000
 FLUSH_INTERVAL_MS_DEFAULT = 1000
 PAGE_CACHE_WINDOW_BYTES = 64 * 1024 * 1024   # interval flush policy: after a background sync the active segment keeps only its last this many bytes in the page cache, a sealed one none (0: leave it all to the OS; storage/background_sync.py)
 FLUSH_POLICY_DEFAULT: Final = "interval"   # "never" | "interval" | "always"; why: docs/storage.md
-SEGMENT_BYTES_MIN = 1024                   # smaller segments are allowed only down to this
-SEGMENT_BYTES_MAX = 1024 * 1024 * 1024     # keeps positions far inside int32 and bounds one recovery scan
-INDEX_INTERVAL_BYTES_MIN = 1               # 1: an index entry for every batch
-INDEX_INTERVAL_BYTES_MAX = 1024 * 1024     # a lookup scans at most about this many log bytes
+MIN_SEGMENT_BYTES = 1024                   # smaller segments are allowed only down to this
+MAX_SEGMENT_BYTES = 1024 * 1024 * 1024     # keeps positions far inside int32 and bounds one recovery scan
+MIN_INDEX_INTERVAL_BYTES = 1               # 1: an index entry for every batch
+MAX_INDEX_INTERVAL_BYTES = 1024 * 1024     # a lookup scans at most about this many log bytes
 MAX_APPEND_BYTES = MAX_REQUEST_BYTES       # one PartitionLog.append call (several whole batches)
 LOG_SCAN_CHUNK_BYTES = 256 * 1024          # read size when a read/recovery walks batch headers on disk
 MAX_LEADER_EPOCH_ENTRIES = 100_000         # leader-epoch cache entries per partition (old ones clamp away with retention)
@@ -40,7 +48,7 @@ PRODUCER_SNAPSHOT_INTERVAL_BYTES_DEFAULT = 16 * 1024 * 1024  # also snapshot aft
 PRODUCER_SNAPSHOTS_RETAINED = 3            # newest snapshots kept per partition (truncation needs one at or below its offset)
 
 # --- RocksDB (semel.storage.kv) ------------------------------------------------------
-KV_SCAN_ENTRIES_MAX = 10_000               # entries one KvStore.scan returns at most (iterators never escape kv.py)
+MAX_KV_SCAN_ENTRIES = 10_000               # entries one KvStore.scan returns at most (iterators never escape kv.py)
 
 # --- brokers (semel.cluster) -------------------------------------------------------
 MAX_INFLIGHT_PRODUCE_PER_BROKER = 1024     # produce requests being handled at once; more -> RESOURCE_EXHAUSTED
@@ -51,14 +59,16 @@ MAX_PRODUCE_TIMEOUT_MS = 5 * 60 * 1000     # produce timeout_ms is clamped to th
 MAX_FETCH_WAIT_MS = 60 * 1000              # fetch max_wait_ms is clamped to this
 MAX_FUTURE_TIMESTAMP_MS = 24 * 3600 * 1000 # a batch's max timestamp may be at most this far ahead of the broker
 MAX_PARTITIONS_PER_REQUEST = 10_000        # partitions in one produce/fetch/list-offsets request
-REPLICA_FETCH_MAX_BYTES = 8 * 1024 * 1024  # one ReplicaFetch response (at least one whole batch per partition)
-REPLICA_FETCH_MAX_WAIT_MS = 500            # follower long-poll on the leader
+REPLICA_FETCH_MAX_BYTES_DEFAULT = 8 * 1024 * 1024  # one ReplicaFetch response (at least one whole batch per partition)
+REPLICA_FETCH_MAX_WAIT_MS_DEFAULT = 500    # follower long-poll on the leader
 REPLICA_LAG_TIME_MAX_MS_DEFAULT = 10_000   # a follower not caught up for this long leaves the ISR
 BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT = 100
 BROKER_SESSION_TIMEOUT_MS_DEFAULT = 1000   # no heartbeat for this long -> the controller fences the broker
 MAX_CONCURRENT_RPCS_PER_BROKER = 8192      # gRPC calls (incl. replica streams) a broker serves at once; more -> RESOURCE_EXHAUSTED
+ISR_CHECK_INTERVAL_MS_DEFAULT = 100        # how often a leader re-evaluates its ISR (shrink lagging followers, expand caught-up ones)
+RETENTION_CHECK_INTERVAL_MS_DEFAULT = 60_000  # how often a broker applies retention and expires producers
 DISK_EXECUTOR_THREADS = 2                  # threads of the one disk executor (semel.storage.disk_executor): roll fsyncs, recovery, coordinator loads, deletion, retention
-DISK_EXECUTOR_QUEUE_MAX = 1024             # disk jobs queued or running at once; beyond it the caller does the work itself (back pressure, never an unbounded queue)
+MAX_DISK_EXECUTOR_QUEUE = 1024             # disk jobs queued or running at once; beyond it the caller does the work itself (back pressure, never an unbounded queue)
 LOOP_LAG_PROBE_INTERVAL_MS = 50            # the broker's loop-lag probe sleeps this long and measures how late it wakes
 LOOP_LAG_REPORT_MS = 50                    # a probe this late is logged (INFO) and counted: `semel bench produce` reports them
 LOOP_STALL_MS = 200                        # the loop silent this long is a stall: the watchdog thread logs the loop thread's stack (WARNING)
@@ -76,7 +86,10 @@ METADATA_DEDUP_COMMANDS = 1000             # command ids whose results are kept 
 # steps down, and pysyncobj walks a divergent suffix back one entry per append round (~50 ms) on rejoin.
 MAX_UNCOMMITTED_METADATA_ENTRIES = 64
 METADATA_SUBMIT_TIMEOUT_MS_DEFAULT = 2000  # a metadata command not committed by then is reported unknown/unavailable
-BROKER_DISCONNECT_GRACE_MS_DEFAULT = 150   # Raft link down + heartbeat silence this long -> fenced (>= 1.5 heartbeats)
+# Raft link down + heartbeat silence this long -> fenced (>= 1.5 heartbeats, below the session timeout).
+# 250, not 150: every broker has run with 250 (its own config default) since the first broker
+# process; 150 was the controller's default, used only by tests that build a controller alone.
+BROKER_DISCONNECT_GRACE_MS_DEFAULT = 250
 CONTROLLER_TICK_MS = 50                    # how often the active controller re-evaluates liveness
 MAX_CONTROLLER_COMMANDS_IN_FLIGHT = 64     # controller decisions submitted and not yet answered
 CONTROLLER_FAILED_DECISION_BACKOFF_MS = 1000  # a rejected decision is not proposed again sooner
@@ -98,7 +111,7 @@ MAX_PENDING_TXN_PRODUCERS_PER_COORDINATOR_PARTITION = 10_000  # producers with u
 GROUP_SESSION_TIMEOUT_MS_DEFAULT = 45_000       # no heartbeat for this long -> the member is removed and the group rebalances
 GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT = 5_000     # told to members in every heartbeat response
 GROUP_REBALANCE_TIMEOUT_MS_DEFAULT = 60_000     # a member must release revoked partitions within this (its own value if it sends one)
-GROUP_REBALANCE_TIMEOUT_MS_MAX = 30 * 60 * 1000 # a member's rebalance timeout is clamped to this
+MAX_GROUP_REBALANCE_TIMEOUT_MS = 30 * 60 * 1000 # a member's rebalance timeout is clamped to this
 GROUP_VIEW_SCAN_PAGE_ENTRIES = 1_000          # entries one read of the __consumer_offsets view returns (loading pages through it)
 OFFSETS_RETENTION_MS_DEFAULT = 7 * 24 * 3600 * 1000  # committed offsets of a group without members expire this long after their commit
 OFFSETS_RETENTION_CHECK_INTERVAL_MS = 10 * 60 * 1000  # how often the coordinator looks for expired offsets and empty groups
@@ -117,11 +130,49 @@ MAX_MARKER_JOBS_PER_COORDINATOR = 10_000      # prepared transactions whose mark
 MAX_MARKERS_PER_REQUEST = 1000                # partitions in one WriteTxnMarkers request
 MAX_MARKER_REQUESTS_IN_FLIGHT_PER_BROKER = 1  # WriteTxnMarkers requests outstanding per destination broker (keeps order simple)
 MARKER_RETRY_BACKOFF_MS = 100                 # first retry of a failed marker; doubles per attempt
-MARKER_RETRY_BACKOFF_MAX_MS = 1_000           # cap of that backoff (markers are retried forever: a decision never flips); a leader that refused is asked again at least this often
+MAX_MARKER_RETRY_BACKOFF_MS = 1_000           # cap of that backoff (markers are retried forever: a decision never flips); a leader that refused is asked again at least this often
 TXN_TICK_INTERVAL_MS = 50                     # the coordinator sends due markers this often: a marker reaches a partition's new leader within this of the coordinator's metadata naming it (even while a request to the old leader hangs)
 TXN_COMPLETING_WAIT_MS = 500                  # AddPartitions/AddOffsets while the previous transaction's markers are written wait this long at the coordinator, then CONCURRENT_TRANSACTIONS
-TXN_PREDICTED_PARTITIONS_MAX = 64             # a transactional producer adds the partitions its previous two transactions wrote (at most this many) with its first add
+MAX_TXN_PREDICTED_PARTITIONS = 64             # a transactional producer adds the partitions its previous two transactions wrote (at most this many) with its first add
 MAX_WAITING_TXN_REQUESTS = 10_000             # requests waiting that way per coordinator; more answer CONCURRENT_TRANSACTIONS at once
 COORDINATOR_CONFIRM_TIMEOUT_MS = 2_000        # a coordinator about to refuse from memory confirms its epoch by a quorum read this long at most; else NOT_COORDINATOR
 MAX_VERIFICATION_ENTRIES_PER_PARTITION = 10_000  # KIP-890 verification cache entries per partition (LRU)
 VERIFICATION_ENTRY_TTL_MS = 60_000            # a verification not used by a write within this is forgotten
+
+
+def _check_relationships() -> None:
+    """The relationships the comments above rely on; an edit that breaks one fails at import."""
+    # a request carries whole batches; a response at least one whole batch
+    invariant(MAX_BATCH_BYTES <= MAX_FETCH_BYTES <= MAX_REQUEST_BYTES, "a batch fits a fetch, a fetch a message")
+    invariant(MAX_BATCH_BYTES <= REPLICA_FETCH_MAX_BYTES_DEFAULT <= MAX_REQUEST_BYTES, "replica fetch sizes")
+    invariant(MAX_APPEND_BYTES <= MAX_REQUEST_BYTES, "an append comes from one request")
+    # storage
+    invariant(MIN_SEGMENT_BYTES <= SEGMENT_BYTES_DEFAULT <= MAX_SEGMENT_BYTES < 2**31, "segment bytes (int32 positions)")
+    invariant(MIN_INDEX_INTERVAL_BYTES <= INDEX_INTERVAL_BYTES_DEFAULT <= MAX_INDEX_INTERVAL_BYTES, "index interval")
+    invariant(FLUSH_POLICY_DEFAULT in ("never", "interval", "always"), "flush policy")
+    invariant(PRODUCER_SNAPSHOTS_RETAINED >= 1 and PRODUCER_BATCHES_RETAINED >= 1, "producer state keeps something")
+    # brokers and the controller: a live broker heartbeats within the grace, the grace ends before
+    # the session does, the controller looks more often than the grace
+    invariant(BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT * 3 <= BROKER_DISCONNECT_GRACE_MS_DEFAULT * 2,
+              "disconnect grace >= 1.5 heartbeat intervals")
+    invariant(BROKER_DISCONNECT_GRACE_MS_DEFAULT < BROKER_SESSION_TIMEOUT_MS_DEFAULT, "grace < session timeout")
+    invariant(CONTROLLER_TICK_MS < BROKER_DISCONNECT_GRACE_MS_DEFAULT, "controller tick < disconnect grace")
+    # a follower long-polling the leader is not lagging
+    invariant(REPLICA_FETCH_MAX_WAIT_MS_DEFAULT < REPLICA_LAG_TIME_MAX_MS_DEFAULT, "replica long-poll < lag time")
+    invariant(REPLICA_FETCH_MAX_WAIT_MS_DEFAULT <= MAX_FETCH_WAIT_MS, "replica long-poll within the fetch wait bound")
+    # metadata
+    invariant(INTERNAL_TOPIC_PARTITIONS_DEFAULT <= MAX_PARTITIONS_PER_TOPIC <= MAX_PARTITIONS_TOTAL, "partition counts")
+    invariant(MAX_REPLICATION_FACTOR <= MAX_BROKERS, "replication factor <= brokers")
+    # groups
+    invariant(GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT < GROUP_SESSION_TIMEOUT_MS_DEFAULT, "group heartbeat < session")
+    invariant(GROUP_REBALANCE_TIMEOUT_MS_DEFAULT <= MAX_GROUP_REBALANCE_TIMEOUT_MS, "rebalance timeout default")
+    invariant(OFFSETS_RETENTION_CHECK_INTERVAL_MS < OFFSETS_RETENTION_MS_DEFAULT, "offsets retention check")
+    # transactions
+    invariant(TRANSACTION_TIMEOUT_MS_DEFAULT <= MAX_TRANSACTION_TIMEOUT_MS, "transaction timeout default")
+    invariant(TRANSACTION_ABORT_SCAN_INTERVAL_MS < TRANSACTION_TIMEOUT_MS_DEFAULT, "abort scan < transaction timeout")
+    invariant(0 < MARKER_RETRY_BACKOFF_MS <= MAX_MARKER_RETRY_BACKOFF_MS, "marker backoff")
+    invariant(MAX_TXN_PREDICTED_PARTITIONS <= MAX_PARTITIONS_PER_TRANSACTION, "predicted partitions")
+    invariant(MAX_MARKERS_PER_REQUEST <= MAX_PARTITIONS_PER_REQUEST, "markers per request")
+
+
+_check_relationships()

@@ -60,7 +60,7 @@ def test_config_rejects_out_of_range_values():
     assert LogConfig().flush_policy == limits.FLUSH_POLICY_DEFAULT == "interval"
     for bad in (
         dict(segment_bytes=10),
-        dict(segment_bytes=limits.SEGMENT_BYTES_MAX + 1),
+        dict(segment_bytes=limits.MAX_SEGMENT_BYTES + 1),
         dict(flush_policy="sometimes"),
         dict(index_interval_bytes=0),
         dict(max_batch_bytes=limits.MAX_BATCH_BYTES + 1),
