@@ -1,11 +1,9 @@
-"""Transactional workloads (`txn`, `money`), written against a Kafka-style transactional producer.
+"""Transactional workloads (`txn`, `money`, `copier`) over the client's transactional producer.
 
-Status: the Python client has no transactions yet, so `make_workload` refuses these workloads
-("requires transactions, not available in this build") and nothing here has run against a
-broker. The code fixes the shape the runner and checker need, so that wiring the real API is a
-matter of names. It assumes Kafka's producer API: `Producer(bootstrap, transactional_id=...)`,
+They use the Kafka-style producer API of `semel.client`: `Producer(bootstrap, transactional_id=...)`,
 `init_transactions()`, `begin_transaction()`, `send(...)`, `commit_transaction()`,
-`abort_transaction()`, and a read_committed `Consumer`.
+`abort_transaction()`, and a read_committed `Consumer` (tests/chaos/test_chaos_run.py runs each
+against real brokers).
 
 Outcomes (docs/chaos-checker.md): commit acknowledged -> `ok`; a deliberate abort, or an abort
 after a failed send that itself succeeded -> `fail` (error "aborted"); a commit that raised, an

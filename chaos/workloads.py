@@ -17,9 +17,7 @@ reached each key's highest acknowledged offset, or a time limit.
 
 Workloads: `idempotent` (sends + assign/poll + crashes) lives here; `txn`, `money` and
 `copier` (transactions, subscribe, send_offsets_to_transaction) in `workload_txn.py`, sharing
-the op generators below. `make_workload` still checks that the client it is given has the
-transactional API (`transactions_available()`), so the chaos tools can drive a client build
-without it and say so instead of failing midway.
+the op generators below.
 """
 
 from __future__ import annotations
@@ -40,39 +38,10 @@ log = logging.getLogger("semel.chaos.workloads")
 
 TXN_WORKLOADS = ("txn", "money", "copier")
 WORKLOADS = ("idempotent", *TXN_WORKLOADS)
-UNAVAILABLE_MESSAGE = "requires transactions, not available in this build"
 
 
 class WorkloadUnavailable(Exception):
     pass
-
-
-def idempotence_option() -> str | None:
-    """The Producer keyword that turns idempotence on, if this client has one."""
-    import inspect
-
-    from semel.client import Producer
-
-    params = inspect.signature(Producer.__init__).parameters
-    return next((name for name in ("enable_idempotence", "idempotent", "idempotence") if name in params), None)
-
-
-def copier_available() -> bool:
-    """Group consumers (subscribe, group_metadata, committed) and send_offsets_to_transaction."""
-    from semel import client
-
-    consumer = getattr(client, "Consumer", None)
-    return hasattr(getattr(client, "Producer", None), "send_offsets_to_transaction") and all(
-        hasattr(consumer, name) for name in ("subscribe", "group_metadata", "committed"))
-
-
-def transactions_available() -> bool:
-    """The client exposes transactions (begin/commit/abort on a transactional producer)."""
-    from semel import client
-
-    producer = getattr(client, "Producer", None)
-    return all(hasattr(producer, name) for name in ("init_transactions", "begin_transaction", "commit_transaction",
-                                                    "abort_transaction"))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -235,12 +204,9 @@ class IdempotentWorkload(Workload):
     def _producer(self, bootstrap: str) -> Any:
         from semel.client import Producer
 
-        option = idempotence_option()  # use it as soon as the client has it
-        extra: dict[str, Any] = {option: True} if option else {}
-        return Producer(bootstrap, acks="all", linger_ms=0, max_in_flight=1,
+        return Producer(bootstrap, acks="all", linger_ms=0, max_in_flight=1, enable_idempotence=True,
                         request_timeout_ms=self.cfg.request_timeout_ms,
-                        delivery_timeout_ms=self.cfg.delivery_timeout_ms, max_block_ms=self.cfg.delivery_timeout_ms,
-                        **extra)
+                        delivery_timeout_ms=self.cfg.delivery_timeout_ms, max_block_ms=self.cfg.delivery_timeout_ms)
 
     def _consumer(self, bootstrap: str) -> Any:
         from semel.client import Consumer
@@ -413,17 +379,11 @@ def make_workload(name: str, cfg: WorkloadConfig, seed: int) -> Workload:
     if name == "idempotent":
         return IdempotentWorkload(cfg, seed)
     if name in TXN_WORKLOADS:
-        if not transactions_available():
-            raise WorkloadUnavailable(f"workload {name!r} {UNAVAILABLE_MESSAGE} "
-                                      "(the client has no transactional producer / consumer groups yet)")
         from semel.chaos.workload_txn import CopierWorkload, MoneyWorkload, TxnWorkload
 
         if name == "txn":
             return TxnWorkload(cfg, seed)
         if name == "money":
             return MoneyWorkload(cfg, seed)
-        if not copier_available():
-            raise WorkloadUnavailable("workload 'copier' also needs consumer groups and send_offsets_to_transaction "
-                                      "in the client; not available in this build")
         return CopierWorkload(cfg, seed)
     raise WorkloadUnavailable(f"unknown workload {name!r} (choose from {', '.join(WORKLOADS)})")

@@ -317,7 +317,7 @@ class Broker:
         self._last_unreachable_report: dict[int, float] = {}
         self.server: grpc.aio.Server | None = None
         self._kv: KvStore | None = None  # the broker's RocksDB (producer snapshots), opened by start()
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.health = health.aio.HealthServicer()
         # set by start() before any servicer runs; typed as always there so that the servicers
         # need no check (a check of None below is for a broker stopped before it started)
         self.quorum: MetadataQuorum = None  # type: ignore[assignment]

@@ -26,17 +26,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     for name, (module_name, add_args, run, help_text) in BENCHMARKS.items():
         p = bench_sub.add_parser(name, help=help_text)
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            p.set_defaults(func=lambda args, n=name: _missing(n))
-            continue
+        module = importlib.import_module(module_name)
         getattr(module, add_args)(p)
         p.set_defaults(func=getattr(module, run))
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
-
-
-def _missing(name: str) -> int:
-    raise SystemExit(f"semel bench {name}: this benchmark is not available in this build")

@@ -85,13 +85,7 @@ def _add_broker(sub: argparse._SubParsersAction) -> None:
 def _run_broker(args: argparse.Namespace) -> int:
     import importlib
 
-    try:
-        module = importlib.import_module("semel.cluster.broker.process")
-    except ModuleNotFoundError as exc:
-        if exc.name != "semel.cluster.broker.process":
-            raise
-        print("semel broker: the broker is not available in this build", file=sys.stderr)
-        return 1
+    module = importlib.import_module("semel.cluster.broker.process")  # imported only to run a broker
     argv = list(args.broker_args)
     main = getattr(module, "main", None)
     if main is None:

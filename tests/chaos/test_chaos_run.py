@@ -16,17 +16,9 @@ from semel.chaos.nemesis import parse_families
 from semel.chaos.runner import RunConfig, run_chaos
 from semel.chaos.workloads import (
     WORKLOADS,
-    WorkloadConfig,
-    WorkloadUnavailable,
-    idempotence_option,
-    make_workload,
 )
 
 pytestmark = pytest.mark.slow
-
-# Found by chaos runs and reproduced in test_chaos_run_regressions.py: tolerated here only until
-# the producer is idempotent (then any duplicate fails this test again).
-KNOWN_UNTIL_IDEMPOTENT = frozenset({"duplicate"}) if idempotence_option() is None else frozenset()
 
 SEED = int(os.environ.get("SEMEL_CHAOS_SEED", "20261128"))
 DURATION_S = float(os.environ.get("SEMEL_CHAOS_DURATION_S", "60"))
@@ -34,19 +26,8 @@ DURATION_S = float(os.environ.get("SEMEL_CHAOS_DURATION_S", "60"))
 TXN_DURATION_S = float(os.environ.get("SEMEL_CHAOS_TXN_DURATION_S", "60"))
 
 
-def available(name: str) -> str | None:
-    try:
-        make_workload(name, WorkloadConfig(), SEED)
-    except WorkloadUnavailable as exc:
-        return str(exc)
-    return None
-
-
 @pytest.mark.parametrize("workload", WORKLOADS)
 def test_seeded_run_has_no_anomaly(workload: str, tmp_path: Path) -> None:
-    reason = available(workload)
-    if reason is not None:
-        pytest.skip(reason)
     duration_s = DURATION_S if workload == "idempotent" else TXN_DURATION_S
     cfg = RunConfig(duration_s=duration_s, families=parse_families("all"), workload=workload, seed=SEED,
                     brokers=3, out_dir=str(tmp_path / "run"), interval_s=7.0, concurrency=4, partitions=4,
@@ -55,11 +36,7 @@ def test_seeded_run_has_no_anomaly(workload: str, tmp_path: Path) -> None:
     result = run_chaos(cfg, say=print)
     verdict = result.verdict
     stats = verdict["stats"]
-    unexpected = {k: v for k, v in verdict["anomalies"].items() if k not in KNOWN_UNTIL_IDEMPOTENT}
-    known = {k: verdict["counts"][k] for k in verdict["anomalies"] if k in KNOWN_UNTIL_IDEMPOTENT}
-    if known:
-        print(f"known anomalies (non-idempotent producer, see test_chaos_run_regressions.py): {known}")
-    assert not unexpected, json.dumps(unexpected, indent=1)[:4000]
+    assert not verdict["anomalies"], json.dumps(verdict["anomalies"], indent=1)[:4000]
     assert stats["values_acknowledged"] > 50, stats  # the run did real work between faults
     assert not result.summary["final_read"]["incomplete"], result.summary["final_read"]
     assert result.summary["faults"], "the nemesis applied faults"

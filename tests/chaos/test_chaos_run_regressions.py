@@ -18,7 +18,6 @@ import pytest
 from semel.chaos.checker import check
 from semel.chaos.history import HistoryBuilder
 from semel.chaos.wiring import CLIENTS, ChaosCluster, wait_until
-from semel.chaos.workloads import idempotence_option
 from semel.client import Admin, Consumer, Producer
 
 pytestmark = pytest.mark.slow
@@ -44,18 +43,15 @@ def read_all(bootstrap: str, topic: str, partition: int, until_offset: int, time
     return out
 
 
-@pytest.mark.xfail(idempotence_option() is None, strict=True,
-                   reason="the producer is not idempotent yet: a retry after a lost acknowledgement stores the "
-                          "record twice (found by chaos seed 11)")
 def test_lost_acknowledgement_does_not_duplicate(chaos_cluster: ChaosCluster) -> None:
+    """Found by chaos seed 11 before the producer was idempotent: a retry after a lost
+    acknowledgement stored the record twice."""
     c = chaos_cluster
     assert c.api is not None
     c.create_topic("dup", 1, 3)
     leader = wait_leader(c, "dup")
-    option = idempotence_option()
-    extra = {option: True} if option else {}
     with Producer(c.bootstrap, acks="all", linger_ms=0, request_timeout_ms=3000, delivery_timeout_ms=30000,
-                  retry_backoff_ms=50, **extra) as producer:
+                  retry_backoff_ms=50, enable_idempotence=True) as producer:
         producer.send("dup", b"warm", partition=0).result(20)  # connection and metadata established
         # hold every answer of the leader to the clients (downstream); requests still arrive
         proxy, stream = c.flows(leader, CLIENTS)[0]

@@ -24,12 +24,11 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.cluster.fake_broker import FakeBroker, FakeClusterState, start_fake_cluster  # noqa: E402
-from tests.cluster.harness import attach_cluster_logs, broker_available, cluster_fixture  # noqa: E402
+from tests.cluster.harness import attach_cluster_logs, cluster_fixture  # noqa: E402
 
 real_cluster = cluster_fixture(3)
 shared_cluster = cluster_fixture(3, scope="module")  # one cluster for a whole test module
 
-requires_broker = pytest.mark.skipif(not broker_available(), reason="the broker (semel.cluster.broker.process) has not landed yet")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -50,4 +49,4 @@ def fake_cluster():
             broker.stop()
 
 
-__all__ = ["FakeBroker", "FakeClusterState", "fake_cluster", "real_cluster", "requires_broker", "shared_cluster"]
+__all__ = ["FakeBroker", "FakeClusterState", "fake_cluster", "real_cluster", "shared_cluster"]

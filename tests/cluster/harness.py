@@ -307,8 +307,3 @@ def attach_cluster_logs(item: pytest.Item, report: pytest.TestReport) -> None:
             report.sections.append(("broker logs", value.logs()))
 
 
-def broker_available() -> bool:
-    """True once the broker entry point (`semel.cluster.broker.process`) exists in this tree."""
-    import importlib.util
-
-    return importlib.util.find_spec("semel.cluster.broker.process") is not None

@@ -15,8 +15,6 @@ import time
 import pytest
 from semel.cluster.tooling.local_cluster import plan_cluster
 
-from .conftest import requires_broker
-
 
 def test_plan_cluster_ports_and_dirs(tmp_path):
     specs = plan_cluster(3, tmp_path, 9092)
@@ -73,7 +71,6 @@ def _port_open(port: int) -> bool:
 
 
 @pytest.mark.slow
-@requires_broker
 def test_cluster_up_starts_and_stops_cleanly_on_sigterm(tmp_path):
     base = _free_block(3)
     proc, lines = _start_cluster_up(tmp_path, 3, base)
@@ -113,7 +110,6 @@ def _pid(lines: list[str], broker: int) -> int:
 
 
 @pytest.mark.slow
-@requires_broker
 def test_a_killed_broker_is_reported_the_others_keep_serving_and_it_comes_back(tmp_path):
     base = _free_block(3)
     proc, lines = _start_cluster_up(tmp_path, 3, base, "--restart-delay-s", "0.5")
@@ -139,7 +135,6 @@ def test_a_killed_broker_is_reported_the_others_keep_serving_and_it_comes_back(t
 
 
 @pytest.mark.slow
-@requires_broker
 def test_no_restart_leaves_a_dead_broker_down_and_exits_when_none_is_left(tmp_path):
     base = _free_block(1)
     proc, lines = _start_cluster_up(tmp_path, 1, base, "--no-restart")

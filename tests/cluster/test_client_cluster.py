@@ -11,9 +11,7 @@ from semel.client import Admin, Consumer, Producer
 from semel.client import errors as client_errors
 from semel.client.partitioner import partition_for_key
 
-from .conftest import requires_broker
-
-pytestmark = [pytest.mark.slow, requires_broker]
+pytestmark = pytest.mark.slow
 
 SEMEL = [sys.executable, "-m", "semel.cli"]
 

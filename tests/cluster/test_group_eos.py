@@ -25,11 +25,7 @@ GROUP_ARGS = ("--group-session-timeout-ms", "2000", "--group-heartbeat-interval-
 eos_cluster = cluster_fixture(3, extra_args=GROUP_ARGS, scope="module")
 WORKER = str(Path(__file__).with_name("group_worker.py"))
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not hasattr(Producer, "send_offsets_to_transaction"),
-                       reason="the transactional producer has not landed in the client yet"),
-]
+pytestmark = pytest.mark.slow
 
 
 def _seed(cluster: Cluster, topic: str, count: int, partitions: int, keyed: bool = False) -> None:

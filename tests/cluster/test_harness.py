@@ -7,10 +7,9 @@ import tempfile
 
 import pytest
 
-from .conftest import requires_broker
 from .harness import Cluster
 
-pytestmark = [pytest.mark.slow, requires_broker]
+pytestmark = pytest.mark.slow
 
 
 def _alive(pid: int) -> bool:
