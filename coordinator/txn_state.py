@@ -16,7 +16,7 @@ until the shell learns the outcome (the offset becomes committed, or is truncate
 the partition is unloaded and this object discarded), so memory never disagrees with
 what a reload of the log would produce.
 
-States and transitions (`ALLOWED_PREVIOUS`, Kafka's table, docs: kafka-eos.md section 2):
+States and transitions (`ALLOWED_PREVIOUS`, Kafka's table, docs/reference/kafka-eos.md section 2):
 InitProducerId moves Empty/Complete* -> Empty (epoch bump) or, when a transaction is open,
 fences it: Ongoing -> PrepareEpochFence -> PrepareAbort in *one* durable write
 (PrepareEpochFence is a waypoint that is checked against the table but never stored).

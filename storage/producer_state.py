@@ -10,7 +10,7 @@ marker and its last timestamp. It never touches disk, clock or network:
 
 * `validate(header, now_ms)` (leader only) answers APPEND, DUPLICATE (with the original
   offsets) or REJECT (an `ErrorCode`) without mutating anything. The rules follow Kafka
-  (docs: ../shared/reference/kafka-eos.md section 1), in order: malformed header ->
+  (docs/reference/kafka-eos.md section 1), in order: malformed header ->
   INVALID_RECORD; exact (epoch, first_seq, last_seq) match of a retained batch ->
   DUPLICATE; epoch < current -> INVALID_PRODUCER_EPOCH; transaction state; new epoch ->
   first_seq == 0; same epoch -> first_seq == last_seq + 1 (mod 2^31), and a batch wholly

@@ -27,7 +27,7 @@ Everything else here runs outside the replicated state:
     one it reported and posts `(delta, image)` to each listener's loop. The tick thread never
     blocks on a listener.
 
-pysyncobj traps handled (see shared/reference/dependencies.md): `appendEntriesUseBatch=False`,
+pysyncobj traps handled (see docs/reference/dependencies.md): `appendEntriesUseBatch=False`,
 fast elections (0.2-0.4 s, connectionTimeout 60 s), journal *and* full dump, `useFork=False`,
 no locks or handles in the replicated consumer, nothing calls `sync=True`.
 A pysyncobj bug fixed here: its follower deletes every entry after an AppendEntries' previous
