@@ -128,9 +128,6 @@ class _KeyOrder:
     first_index: dict[int, int]               # value -> lowest index it appears at
     last_index: dict[int, int]                # value -> highest index it appears at
 
-    def value_index(self, value: int) -> int | None:
-        return self.first_index.get(value)
-
     def read_index(self, offset: int | None, value: int) -> int | None:
         if offset is not None and offset in self.index_of_offset:
             return self.index_of_offset[offset]

@@ -144,14 +144,6 @@ def parse_mops(value: Any) -> tuple[MicroOp, ...]:
     return tuple([parse_mop(m) for m in value])
 
 
-def mop_to_json(mop: MicroOp) -> list[Any]:
-    if isinstance(mop, Send):
-        return [SEND, mop.key, mop.value, mop.offset]
-    if mop.reads is None:
-        return [POLL]
-    return [POLL, {k: [list(p) for p in pairs] for k, pairs in mop.reads.items()}]
-
-
 # --- events -----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Event:

@@ -125,9 +125,6 @@ class ToxiproxyApi:
     def remove_toxic(self, proxy: str, name: str) -> None:
         self._call("DELETE", f"/proxies/{proxy}/toxics/{name}", ok=(204, 404))
 
-    def set_enabled(self, proxy: str, enabled: bool) -> None:
-        self._call("POST", f"/proxies/{proxy}", {"enabled": enabled})
-
     def reset(self) -> None:
         """Every proxy enabled, every toxic removed."""
         self._call("POST", "/reset")

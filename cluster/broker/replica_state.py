@@ -167,10 +167,6 @@ class LeaderProgress:
             parts.append(f"in (caught up): {sorted(joining)}")
         return IsrChange(new_isr, "; ".join(parts))
 
-    def follower_leo(self, replica_id: int) -> int:
-        f = self.followers.get(replica_id)
-        return UNKNOWN_LEO if f is None else f.leo
-
     # --- internals ----------------------------------------------------------------
     def _maybe_advance_hw(self) -> bool:
         leos = [self.leader_leo]

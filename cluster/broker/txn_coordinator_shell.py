@@ -82,7 +82,6 @@ from semel.coordinator.txn_markers import (
 )
 from semel.coordinator.txn_state import (
     STATE_REFUSALS,
-    PendingTransition,
     TxnConfig,
     TxnResult,
     VerifyResult,
@@ -441,7 +440,3 @@ class TxnCoordinatorShell:
 
 _UNCONFIRMED = ("this broker cannot confirm it still coordinates this transactional id (its metadata may be "
                 "stale); find the coordinator again")
-
-
-def identity_reply(reply: Reply) -> tuple[TxnResult, PendingTransition | None]:
-    return reply.result, reply.completed

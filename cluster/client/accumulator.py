@@ -301,9 +301,6 @@ class RecordAccumulator:
             out.append(head)
         return out
 
-    def in_flight_of(self, tp: TopicPartition) -> int:
-        return self._in_flight[tp]
-
     def busy(self, topic: str, partition: int) -> bool:
         """The partition has its maximum of batches in flight (a new batch would wait)."""
         return self._in_flight[(topic, partition)] >= self.max_in_flight

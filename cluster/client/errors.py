@@ -190,10 +190,6 @@ def is_retriable(code: common_pb2.ErrorCode) -> bool:
     return code in _RETRIABLE_CODES
 
 
-def is_abortable(code: common_pb2.ErrorCode) -> bool:
-    return code in _ABORTABLE_CODES
-
-
 def _class_name(code_name: str) -> str:
     return "".join(part.capitalize() for part in code_name.split("_")) + "Error"
 

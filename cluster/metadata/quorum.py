@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -477,15 +476,6 @@ class MetadataQuorum(SyncObj):
             await asyncio.sleep(min(SUBMIT_RETRY_BACKOFF_S, max(0.0, deadline - loop.time())))
         code = pb.REQUEST_TIMED_OUT if self.has_quorum() and self._getLeader() is not None else pb.METADATA_QUORUM_UNAVAILABLE
         raise MetadataSubmitError(code, maybe_appended, f"no commit within the timeout (last fail reason {last_reason})")
-
-    async def wait_for_version(self, version: int, timeout_s: float) -> bool:
-        """Wait until the local image reaches `version` (polls; metadata changes are rare)."""
-        deadline = time.monotonic() + timeout_s
-        while self.image().version < version:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
 
     def close(self, wait: bool = False) -> None:
         """Stop the tick thread and close sockets and the journal. `wait`: join the tick thread

@@ -144,15 +144,6 @@ class MetadataImage:
     def unfenced_brokers(self) -> tuple[int, ...]:
         return tuple(sorted(b for b, reg in self.brokers.items() if not reg.fenced))
 
-    def partitions_of_broker(self, broker_id: int) -> list[PartitionState]:
-        """Every partition that has `broker_id` among its replicas, in (topic, partition) order."""
-        return [
-            p
-            for name in sorted(self.topics)
-            for p in self.topics[name].partitions
-            if broker_id in p.replicas
-        ]
-
     def coordinator(self, internal_topic: str, key: str) -> PartitionState | None:
         """The partition of `internal_topic` that owns `key`; its leader is the coordinator."""
         t = self.topics.get(internal_topic)
