@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 from semel import limits
+from semel.clock import wall_clock_ms
 from semel.cluster.tooling.ports import free_ports
 from semel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2
 
@@ -204,7 +205,7 @@ def wait_for(predicate, logs, timeout_s: float = 15.0, interval_s: float = 0.02,
 
 def make_batch(values: list[bytes], ts_ms: int | None = None, producer_id: int = -1, producer_epoch: int = -1,
                base_sequence: int = -1) -> common_pb2.RecordBatch:
-    ts = int(time.time() * 1000) if ts_ms is None else ts_ms
+    ts = wall_clock_ms() if ts_ms is None else ts_ms
     records = common_pb2.Records(records=[common_pb2.Record(offset_delta=i, value=v) for i, v in enumerate(values)])
     return common_pb2.RecordBatch(last_offset_delta=len(values) - 1, record_count=len(values),
                                   producer_id=producer_id, producer_epoch=producer_epoch, base_sequence=base_sequence,

@@ -16,6 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from semel.clock import wall_clock_ms
 from semel.v1 import broker_pb2, common_pb2, replication_pb2, replication_pb2_grpc
 
 from tests.cluster import broker_harness as h
@@ -83,7 +84,7 @@ def test_produce_fetch_list_offsets_and_errors(cluster):
     names = {s.name for s in answer.list_services_response.service}
     assert {"semel.v1.Broker", "semel.v1.Admin", "semel.v1.Replication", "grpc.health.v1.Health"} <= names
 
-    t0 = int(time.time() * 1000)
+    t0 = wall_clock_ms()
     acked = produce_values(c, "basics", [b"a", b"b", b"c"])
     acked += produce_values(c, "basics", [b"d"], acks=broker_pb2.ACKS_LEADER)
     assert [o for o, _ in acked] == [0, 1, 2, 3]

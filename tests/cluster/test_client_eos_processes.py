@@ -22,6 +22,7 @@ from semel.chaos.wiring import CLIENTS, ChaosCluster, wait_until
 from semel.client import Consumer, Producer
 from semel.client import errors as client_errors
 from semel.client.txn import ProducerFencedError, TransactionTimedOutError
+from semel.clock import wall_clock_ms
 from semel.v1 import broker_pb2, broker_pb2_grpc, common_pb2, txn_pb2, txn_pb2_grpc
 
 from tests.cluster.harness import Cluster
@@ -151,7 +152,7 @@ def _init_pid(c: Cluster, current: tuple[int, int] = (-1, -1)) -> tuple[int, int
 
 def _batch(values: list[bytes], pid: int, epoch: int, seq: int) -> common_pb2.RecordBatch:
     records = common_pb2.Records(records=[common_pb2.Record(offset_delta=i, value=v) for i, v in enumerate(values)])
-    ts = int(time.time() * 1000)
+    ts = wall_clock_ms()
     return common_pb2.RecordBatch(last_offset_delta=len(values) - 1, record_count=len(values), producer_id=pid,
                                   producer_epoch=epoch, base_sequence=seq, base_timestamp_ms=ts, max_timestamp_ms=ts,
                                   records=records.SerializeToString())

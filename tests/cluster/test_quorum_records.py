@@ -10,7 +10,6 @@ import gzip
 import json
 import pickle
 import shutil
-import socket
 import typing
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from semel.cluster.metadata.state import (
     RegisterBroker,
     UnfenceBroker,
 )
+from semel.cluster.tooling.ports import free_port
 from semel.v1 import common_pb2 as pb
 from semel.v1 import metadata_records_pb2 as mpb
 
@@ -55,12 +55,6 @@ COMMANDS = [
     Barrier(),
     Barrier("b"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def until(predicate, timeout_s: float = 10.0) -> None:
