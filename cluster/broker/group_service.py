@@ -41,7 +41,7 @@ import grpc
 from semel import internal_topics, limits
 from semel.clock import wall_clock_ms
 from semel.cluster.broker import write_path
-from semel.cluster.broker.replica_manager import AppendResult, Partition, Role
+from semel.cluster.broker.replica_manager import Partition, Role, WriteResult
 from semel.coordinator import group_wire as gw
 from semel.coordinator.group_log import (
     CoordinatorShard,
@@ -294,7 +294,7 @@ class GroupCoordinator:
         if self.loaded.get(p.partition) is not loaded or not self._still_leader(p, loaded.leader_epoch):
             return loaded.runtime.on_append_failed(append.token, pb.NOT_COORDINATOR, now)
 
-        def write() -> AppendResult:
+        def write() -> WriteResult:
             verification = self.txn_checks.pop((append.producer_id, append.producer_epoch), None)
             if verification is not None:
                 check, produce_data = verification

@@ -100,7 +100,10 @@ class Role(enum.Enum):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class AppendResult:
+class WriteResult:
+    """The broker's answer to one leader append (a batch or a marker) on the write path: the storage
+    outcome (`semel.storage.partition.AppendResult` / `MarkerResult`) plus the log append time."""
+
     error_code: pb.ErrorCode
     message: str = ""
     base_offset: int = -1
@@ -248,31 +251,31 @@ class Partition:
                 raise PartitionError(pb.UNKNOWN_LEADER_EPOCH,
                                      f"leader epoch {current_leader_epoch} > known {self.leader_epoch}")
 
-    def append_as_leader(self, header: BatchHeader, payload: bytes, now: int) -> AppendResult:
+    def append_as_leader(self, header: BatchHeader, payload: bytes, now: int) -> WriteResult:
         self.check_leader()
         encoded = encode_batch(header, payload)
         outcome = self.store.append_as_leader(encoded, self.leader_epoch, now)
-        if outcome.error_code != pb.NONE:
-            return AppendResult(outcome.error_code, outcome.message)
+        if not outcome.ok:
+            return WriteResult(outcome.error, outcome.message)
         progress = not_none(self.progress, "a leader has replication progress")
         if not outcome.duplicate and progress.on_leader_append(self.log_end_offset, self.clock.monotonic_ms()):
             self._on_hw(progress.high_watermark)
         self.notify()
-        return AppendResult(pb.NONE, "", outcome.base_offset, outcome.last_offset, now, outcome.duplicate)
+        return WriteResult(pb.NONE, "", outcome.first_offset, outcome.last_offset, now, outcome.duplicate)
 
     def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
-                      now: int) -> AppendResult:
+                      now: int) -> WriteResult:
         """A COMMIT/ABORT marker from the transaction coordinator (validated by the store)."""
         self.check_leader()
         outcome = self.store.append_marker(producer_id, producer_epoch, commit, coordinator_epoch,
                                            self.leader_epoch, now)
-        if outcome.error_code != pb.NONE:
-            return AppendResult(outcome.error_code, outcome.message)
+        if not outcome.ok:
+            return WriteResult(outcome.error, outcome.message)
         progress = not_none(self.progress, "a leader has replication progress")
         if progress.on_leader_append(self.log_end_offset, self.clock.monotonic_ms()):
             self._on_hw(progress.high_watermark)
         self.notify()
-        return AppendResult(pb.NONE, "", outcome.base_offset, outcome.last_offset, now)
+        return WriteResult(pb.NONE, "", outcome.offset, outcome.offset, now)
 
     def wait_for_hw(self, end_offset: int) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

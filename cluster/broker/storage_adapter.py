@@ -17,16 +17,7 @@ from semel.cluster.metadata import state as md
 from semel.storage.kv import KvStore, partition_key
 from semel.storage.log import ReadResult
 from semel.storage.log_policy import LogConfig
-from semel.storage.partition import PartitionStore
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class LeaderAppendOutcome:
-    error_code: pb.ErrorCode
-    message: str = ""
-    base_offset: int = -1
-    last_offset: int = -1
-    duplicate: bool = False
+from semel.storage.partition import AppendResult, MarkerResult, PartitionStore
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -43,10 +34,10 @@ class ReplicaStore(Protocol):
     def log_end_offset(self) -> int: ...
     def first_unstable_offset(self) -> int | None: ...
     def assign_epoch(self, leader_epoch: int, start_offset: int) -> None: ...
-    def append_as_leader(self, encoded: bytes, leader_epoch: int, now_ms: int) -> LeaderAppendOutcome: ...
+    def append_as_leader(self, encoded: bytes, leader_epoch: int, now_ms: int) -> AppendResult: ...
     def append_as_follower(self, raw: bytes, now_ms: int) -> None: ...
     def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
-                      leader_epoch: int, now_ms: int) -> LeaderAppendOutcome: ...
+                      leader_epoch: int, now_ms: int) -> MarkerResult: ...
     def truncate_to(self, offset: int) -> None: ...
     def read(self, offset: int, max_bytes: int, max_offset: int | None, max_batches: int | None = None) -> ReadResult:
         """Whole batches from the one holding `offset`: at most `max_bytes` and `max_batches` (but at
@@ -85,19 +76,17 @@ class PartitionStoreAdapter:
         if cache.latest_epoch < leader_epoch:
             cache.assign(leader_epoch, start_offset)
 
-    def append_as_leader(self, encoded: bytes, leader_epoch: int, now_ms: int) -> LeaderAppendOutcome:
+    def append_as_leader(self, encoded: bytes, leader_epoch: int, now_ms: int) -> AppendResult:
         (result,) = self.store.append_as_leader([encoded], leader_epoch, now_ms)
-        return LeaderAppendOutcome(result.error, result.message, result.first_offset, result.last_offset,
-                                   result.duplicate)
+        return result
 
     def append_as_follower(self, raw: bytes, now_ms: int) -> None:
         self.store.append_as_follower(raw, now_ms)
 
     def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
-                      leader_epoch: int, now_ms: int) -> LeaderAppendOutcome:
-        r = self.store.append_marker(producer_id, producer_epoch, commit=commit, coordinator_epoch=coordinator_epoch,
-                                     leader_epoch=leader_epoch, now_ms=now_ms)
-        return LeaderAppendOutcome(r.error, r.message, r.offset, r.offset, False)
+                      leader_epoch: int, now_ms: int) -> MarkerResult:
+        return self.store.append_marker(producer_id, producer_epoch, commit=commit, coordinator_epoch=coordinator_epoch,
+                                        leader_epoch=leader_epoch, now_ms=now_ms)
 
     def truncate_to(self, offset: int) -> None:
         self.store.truncate_to(offset)

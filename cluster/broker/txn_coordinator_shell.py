@@ -56,10 +56,10 @@ from semel.cluster.broker import write_path
 from semel.cluster.broker.coordinator_lookup import still_coordinates
 from semel.cluster.broker.metadata_freshness import QuorumRead
 from semel.cluster.broker.replica_manager import (
-    AppendResult,
     Partition,
     PartitionError,
     Role,
+    WriteResult,
 )
 from semel.cluster.metadata import state as md
 from semel.coordinator import txn_wire
@@ -347,12 +347,12 @@ class TxnCoordinatorShell:
             self._perform(core.write_failed(action.write_id, pb.NOT_LEADER_OR_FOLLOWER, wall_clock_ms()))
             return
 
-        def write() -> AppendResult:
+        def write() -> WriteResult:
             header = decode_header(action.batch)
             return p.append_as_leader(header, action.batch[HEADER_BYTES:], wall_clock_ms())
 
         out = write_path.start_append(p, write, write_path.TXN_STATE)
-        if isinstance(out, AppendResult):  # refused before or by the append: nothing was written
+        if isinstance(out, WriteResult):  # refused before or by the append: nothing was written
             if out.error_code != pb.NOT_ENOUGH_REPLICAS:
                 log.warning("txn state append to partition %d failed: %s", action.partition, out.message)
             self._perform(core.write_failed(action.write_id, out.error_code, wall_clock_ms()))

@@ -34,10 +34,10 @@ from semel.clock import wall_clock_ms
 from semel.cluster.broker import write_path
 from semel.cluster.broker.coordinator_lookup import find_coordinator
 from semel.cluster.broker.replica_manager import (
-    AppendResult,
     Partition,
     PartitionError,
     Role,
+    WriteResult,
 )
 from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
 from semel.cluster.metadata import state as md
@@ -180,13 +180,13 @@ async def write_marker_and_wait(shell: TxnCoordinatorShell, p: Partition, produc
                                 timeout_ms: int = MARKER_ACK_TIMEOUT_MS) -> tuple[pb.ErrorCode, str]:
     """Append one marker as leader (acks=all) and wait until the HW passes it."""
     out = append_marker(shell, p, producer_id, producer_epoch, commit, coordinator_epoch)
-    result = out if isinstance(out, AppendResult) else await out.wait(timeout_ms)
+    result = out if isinstance(out, WriteResult) else await out.wait(timeout_ms)
     return result.error_code, result.message
 
 
 def append_marker(shell: TxnCoordinatorShell, p: Partition, producer_id: int, producer_epoch: int, commit: bool,
-                  coordinator_epoch: int) -> AppendResult | write_path.PendingAck:
-    """The marker through the one write path; a refusal is an `AppendResult` (nothing written)."""
+                  coordinator_epoch: int) -> WriteResult | write_path.PendingAck:
+    """The marker through the one write path; a refusal is an `WriteResult` (nothing written)."""
     out = write_path.start_append(
         p, lambda: p.append_marker(producer_id, producer_epoch, commit, coordinator_epoch, wall_clock_ms()),
         write_path.TXN_MARKER)
@@ -221,7 +221,7 @@ class TxnMarkersService(tgrpc.TxnMarkersServicer):
                     continue
                 out = append_marker(self.shell, p, marker.producer_id, marker.producer_epoch,
                                     marker.type == pb.COMMIT, marker.coordinator_epoch)
-                if isinstance(out, AppendResult):
+                if isinstance(out, WriteResult):
                     r.error_code = out.error_code
                     if out.error_code not in (pb.NONE, pb.NOT_LEADER_OR_FOLLOWER):
                         log.info("marker %s for producer %d epoch %d in %s-%d: %s", pb.ControlType.Name(marker.type),

@@ -14,7 +14,7 @@ Theory of operation (Kafka's `ReplicaManager.appendRecords` + `DelayedProduce`, 
    * `write()` appends (the caller's closure: `append_as_leader` or `append_marker`). Its
      `PartitionError` becomes its code (NOT_LEADER_OR_FOLLOWER, the producer-state codes, ...);
      an `OSError`/`ValueError` becomes STORAGE_ERROR. Nothing was written in either case.
-   * Answers the `AppendResult` at once when no wait is needed; else a `PendingAck` holding
+   * Answers the `WriteResult` at once when no wait is needed; else a `PendingAck` holding
      the result (offsets) and a waiter for the HW to pass the batch.
 2. `await pending.wait(timeout_ms)` / `await wait_all(pendings, timeout_ms)` map the wait's end:
    * HW passed: NONE, or (Kafka's rule, with `policy.min_isr_after_hw`)
@@ -35,8 +35,8 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
-from semel.cluster.broker.replica_manager import AppendResult, Partition, PartitionError
-from semel.cluster.broker.replica_state import invariant
+from semel.cluster.broker.replica_manager import Partition, PartitionError, WriteResult
+from semel.invariant import invariant
 from semel.v1 import common_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -79,17 +79,17 @@ class PendingAck:
     """An appended batch waiting for the HW to pass it (see the module docstring)."""
 
     partition: Partition
-    result: AppendResult  # the append's answer: offsets, duplicate flag
+    result: WriteResult  # the append's answer: offsets, duplicate flag
     future: asyncio.Future[None]  # done once the HW passed the batch, or failed (leadership lost)
     policy: AckPolicy
 
-    async def wait(self, timeout_ms: int | None, *, forget_on_timeout: bool = True) -> AppendResult:
+    async def wait(self, timeout_ms: int | None, *, forget_on_timeout: bool = True) -> WriteResult:
         """Wait up to `timeout_ms` (None: until the HW passes or leadership is lost). With
         `forget_on_timeout=False` the waiter stays parked, so the caller may wait again."""
         await asyncio.wait([self.future], timeout=None if timeout_ms is None else timeout_ms / 1000)
         return self.outcome(timeout_ms, forget_on_timeout=forget_on_timeout)
 
-    def outcome(self, timeout_ms: int | None, *, forget_on_timeout: bool = True) -> AppendResult:
+    def outcome(self, timeout_ms: int | None, *, forget_on_timeout: bool = True) -> WriteResult:
         """The answer now: a waiter not done yet has timed out (`timeout_ms` is for the message)."""
         fut = self.future
         if not fut.done():
@@ -110,27 +110,27 @@ class PendingAck:
                 return self._failed(code, message)
         return self.result
 
-    def _failed(self, code: pb.ErrorCode, message: str) -> AppendResult:
+    def _failed(self, code: pb.ErrorCode, message: str) -> WriteResult:
         return dataclasses.replace(self.result, error_code=code, message=message)
 
 
-def start_append(p: Partition, write: Callable[[], AppendResult], policy: AckPolicy) -> AppendResult | PendingAck:
+def start_append(p: Partition, write: Callable[[], WriteResult], policy: AckPolicy) -> WriteResult | PendingAck:
     """Check the acks precondition, run `write` (the append), and park an HW waiter if the
     policy waits. Synchronous: no other task runs between the checks and the append."""
     if policy.acks_all:
         if len(p.isr) < p.min_insync_replicas:
-            return AppendResult(pb.NOT_ENOUGH_REPLICAS, f"ISR {list(p.isr)} has {len(p.isr)} < min_insync_replicas="
+            return WriteResult(pb.NOT_ENOUGH_REPLICAS, f"ISR {list(p.isr)} has {len(p.isr)} < min_insync_replicas="
                                 f"{p.min_insync_replicas}; nothing was written")
         if policy.await_hw and p.pending.full():
-            return AppendResult(pb.RESOURCE_EXHAUSTED, f"{len(p.pending)} acks=all writes already waiting on "
+            return WriteResult(pb.RESOURCE_EXHAUSTED, f"{len(p.pending)} acks=all writes already waiting on "
                                 f"{p.topic}-{p.partition}; nothing was written")
     try:
         result = write()
     except PartitionError as exc:
-        return AppendResult(exc.code, exc.message)
+        return WriteResult(exc.code, exc.message)
     except (OSError, ValueError) as exc:
         log.exception("append to %s-%d failed", p.topic, p.partition)
-        return AppendResult(pb.STORAGE_ERROR, f"append to {p.topic}-{p.partition} failed on broker "
+        return WriteResult(pb.STORAGE_ERROR, f"append to {p.topic}-{p.partition} failed on broker "
                             f"{p.broker_id}: {exc}")
     if result.error_code != pb.NONE or not (policy.acks_all and policy.await_hw):
         return result
@@ -138,24 +138,24 @@ def start_append(p: Partition, write: Callable[[], AppendResult], policy: AckPol
     return PendingAck(p, result, p.wait_for_hw(result.last_offset + 1), policy)
 
 
-def append_unwaited(p: Partition, write: Callable[[], AppendResult], policy: AckPolicy) -> AppendResult:
+def append_unwaited(p: Partition, write: Callable[[], WriteResult], policy: AckPolicy) -> WriteResult:
     """`start_append` for a policy that parks no HW waiter: the answer is final at once."""
     invariant(not (policy.acks_all and policy.await_hw), "this policy waits for the HW")
     out = start_append(p, write, policy)
-    if not isinstance(out, AppendResult):  # (invariant() cannot narrow the type for mypy)
+    if not isinstance(out, WriteResult):  # (invariant() cannot narrow the type for mypy)
         raise AssertionError("no waiter was parked")
     return out
 
 
-async def wait_all(pending: Sequence[PendingAck], timeout_ms: int) -> list[AppendResult]:
+async def wait_all(pending: Sequence[PendingAck], timeout_ms: int) -> list[WriteResult]:
     """Wait for several appends under one deadline (a request's partitions), in order."""
     if pending:
         await asyncio.wait([a.future for a in pending], timeout=timeout_ms / 1000)
     return [a.outcome(timeout_ms) for a in pending]
 
 
-async def append(p: Partition, write: Callable[[], AppendResult], policy: AckPolicy,
-                 timeout_ms: int) -> AppendResult:
+async def append(p: Partition, write: Callable[[], WriteResult], policy: AckPolicy,
+                 timeout_ms: int) -> WriteResult:
     """`start_append` and, if it parked a waiter, `wait` for it: one write, one answer."""
     out = start_append(p, write, policy)
-    return out if isinstance(out, AppendResult) else await out.wait(timeout_ms)
+    return out if isinstance(out, WriteResult) else await out.wait(timeout_ms)

@@ -25,8 +25,8 @@ import dataclasses
 import threading
 
 import grpc
-from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader
-from semel.storage.producer_state import Marker, Outcome, ProducerStateManager
+from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader, Marker
+from semel.storage.producer_state import Outcome, ProducerStateManager
 from semel.v1 import broker_pb2, common_pb2, txn_pb2, txn_pb2_grpc
 
 from tests.cluster.fake_broker import FakeBroker, FakeClusterState

@@ -17,9 +17,9 @@ from semel.cluster.broker import write_path
 from semel.cluster.broker.process import BrokerConfig
 from semel.cluster.broker.produce_validation import header_from_fields
 from semel.cluster.broker.replica_manager import (
-    AppendResult,
     Partition,
     PartitionError,
+    WriteResult,
 )
 from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
 from semel.cluster.broker.txn_service import write_marker_and_wait
@@ -65,7 +65,7 @@ def test_acks_all_refuses_below_min_isr_before_writing(broker, policy):
     shrink_isr(broker, 2)
     p = broker.rm.get("t", 0)
     out = write_path.start_append(p, write_to(p), policy)
-    assert isinstance(out, AppendResult) and out.error_code == pb.NOT_ENOUGH_REPLICAS
+    assert isinstance(out, WriteResult) and out.error_code == pb.NOT_ENOUGH_REPLICAS
     assert "nothing was written" in out.message and out.base_offset == -1
     assert p.log_end_offset == 0 and len(p.pending) == 0
 
@@ -74,7 +74,7 @@ def test_acks_leader_appends_whatever_the_isr(broker):
     shrink_isr(broker, 2)
     p = broker.rm.get("t", 0)
     out = write_path.start_append(p, write_to(p), write_path.PRODUCE_ACKS_LEADER)
-    assert isinstance(out, AppendResult) and out.error_code == pb.NONE and out.base_offset == 0
+    assert isinstance(out, WriteResult) and out.error_code == pb.NONE and out.base_offset == 0
     assert len(p.pending) == 0
 
 
@@ -87,7 +87,7 @@ def test_a_full_waiter_table_refuses_before_writing(broker, policy):
         first = write_path.start_append(p, write_to(p), policy)
         assert isinstance(first, write_path.PendingAck)
         second = write_path.start_append(p, write_to(p), policy)
-        assert isinstance(second, AppendResult) and second.error_code == pb.RESOURCE_EXHAUSTED
+        assert isinstance(second, WriteResult) and second.error_code == pb.RESOURCE_EXHAUSTED
         assert p.log_end_offset == 1  # the refused one wrote nothing
         # a write that parks no waiter is not bounded by the table
         unwaited = write_path.append_unwaited(p, write_to(p), write_path.GROUP_LOG)
@@ -99,18 +99,18 @@ def test_a_full_waiter_table_refuses_before_writing(broker, policy):
 def test_append_errors_are_mapped_and_nothing_waits(broker):
     p = broker.rm.get("t", 0)
 
-    def not_leader() -> AppendResult:
+    def not_leader() -> WriteResult:
         raise PartitionError(pb.NOT_LEADER_OR_FOLLOWER, "moved")
 
-    def disk_full() -> AppendResult:
+    def disk_full() -> WriteResult:
         raise OSError(28, "No space left on device")
 
     policy = write_path.PRODUCE_ACKS_ALL
-    assert write_path.start_append(p, not_leader, policy) == AppendResult(pb.NOT_LEADER_OR_FOLLOWER, "moved")
+    assert write_path.start_append(p, not_leader, policy) == WriteResult(pb.NOT_LEADER_OR_FOLLOWER, "moved")
     storage = write_path.start_append(p, disk_full, policy)
-    assert isinstance(storage, AppendResult) and storage.error_code == pb.STORAGE_ERROR
+    assert isinstance(storage, WriteResult) and storage.error_code == pb.STORAGE_ERROR
     assert "No space left" in storage.message
-    refused = AppendResult(pb.INVALID_PRODUCER_EPOCH, "old epoch")
+    refused = WriteResult(pb.INVALID_PRODUCER_EPOCH, "old epoch")
     assert write_path.start_append(p, lambda: refused, policy) is refused
     assert len(p.pending) == 0
 

@@ -339,8 +339,13 @@ def test_admin_abort_only_of_an_open_transaction_at_its_epoch():
 
 def test_admin_abort_closes_a_hanging_transaction_in_producer_state():
     from semel.coordinator.txn_markers import check_admin_abort
-    from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader
-    from semel.storage.producer_state import Marker, ProducerStateManager
+    from semel.storage.batch import (
+        ATTR_CONTROL,
+        ATTR_TRANSACTIONAL,
+        BatchHeader,
+        Marker,
+    )
+    from semel.storage.producer_state import ProducerStateManager
 
     ps = ProducerStateManager()
     ps.apply(BatchHeader(0, 0, 0, 7, 2, 0, 1, ATTR_TRANSACTIONAL, 0, 0))  # a transaction nobody will end

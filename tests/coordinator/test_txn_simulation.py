@@ -49,12 +49,13 @@ from semel.storage.batch import (  # noqa: E402
     ATTR_CONTROL,
     ATTR_TRANSACTIONAL,
     BatchHeader,
+    Marker,
     with_offsets,
 )
 from semel.storage.kv import KvStore  # noqa: E402
 from semel.storage.log import PartitionLog  # noqa: E402
 from semel.storage.log_policy import LogConfig  # noqa: E402
-from semel.storage.producer_state import Marker, Outcome, ProducerStateManager  # noqa: E402
+from semel.storage.producer_state import Outcome, ProducerStateManager  # noqa: E402
 from semel.topic_partition import TopicPartition  # noqa: E402
 from semel.v1.common_pb2 import ErrorCode  # noqa: E402
 

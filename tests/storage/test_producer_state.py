@@ -7,10 +7,9 @@ import dataclasses
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader
+from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader, Marker
 from semel.storage.producer_state import (
     CompletedTxn,
-    Marker,
     Outcome,
     ProducerStateConfig,
     ProducerStateManager,
