@@ -1,0 +1,60 @@
+"""The package root's shared primitives (proto/semel/): invariant, clocks, backoff, limits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from semel import limits
+from semel.backoff import backoff_ms
+from semel.clock import monotonic_ms, wall_clock_ms
+from semel.invariant import invariant, not_none
+from semel.topic_partition import TopicPartition
+
+
+def test_invariant_and_not_none_raise_assertion_error_even_under_python_O():
+    code = ("from semel.invariant import invariant, not_none\n"
+            "for check in (lambda: invariant(False, 'inv'), lambda: not_none(None, 'nn')):\n"
+            "    try:\n        check()\n    except AssertionError as e:\n        print(e)\n")
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["inv", "nn"]
+
+
+def test_not_none_returns_the_value_and_invariant_passes_on_true():
+    invariant(True, "never raised")
+    assert not_none(0, "zero is not None") == 0
+    with pytest.raises(AssertionError, match="missing"):
+        not_none(None, "missing")
+
+
+def test_the_two_clocks_are_the_wall_clock_and_the_monotonic_clock():
+    assert abs(wall_clock_ms() - time.time() * 1000) < 1000
+    assert abs(monotonic_ms() - time.monotonic() * 1000) < 1000
+    a = monotonic_ms()
+    assert monotonic_ms() >= a
+
+
+@pytest.mark.parametrize("attempt, expected", [(-1, 100), (0, 100), (1, 100), (2, 200), (3, 400), (4, 800), (5, 1000),
+                                               (10_000, 1000)])
+def test_backoff_doubles_per_attempt_from_the_first_retry_up_to_its_cap(attempt, expected):
+    assert backoff_ms(attempt, 100, 1000) == expected
+
+
+def test_topic_partition_is_a_tuple_that_sorts_by_topic_then_partition():
+    tps = [TopicPartition("b", 0), TopicPartition("a", 2), TopicPartition("a", 1)]
+    assert sorted(tps) == [("a", 1), ("a", 2), ("b", 0)]
+    topic, partition = tps[0]
+    assert (topic, partition) == ("b", 0) and {tps[0]: 1}[("b", 0)] == 1
+
+
+def test_limits_check_their_relationships_at_import():
+    limits._check_relationships()  # the import already ran it; a broken relationship raises:
+    saved = limits.BROKER_DISCONNECT_GRACE_MS_DEFAULT
+    try:
+        limits.BROKER_DISCONNECT_GRACE_MS_DEFAULT = limits.BROKER_SESSION_TIMEOUT_MS_DEFAULT
+        with pytest.raises(AssertionError, match="grace < session timeout"):
+            limits._check_relationships()
+    finally:
+        limits.BROKER_DISCONNECT_GRACE_MS_DEFAULT = saved
