@@ -34,6 +34,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from semel.invariant import invariant
+
 # pysyncobj's log entry: (command bytes, raft index, raft term).
 Entry = tuple[bytes, int, int]
 
@@ -51,12 +53,6 @@ class ConflictBelowApplied:
     local_term: int
     leader_term: int
     applied_index: int
-
-
-def invariant(condition: bool, message: str) -> None:
-    """A check for programmer errors that survives `python -O`."""
-    if not condition:
-        raise AssertionError(message)
 
 
 def plan_append(prev_index: int, following: Sequence[Entry], entries: Sequence[Entry],
