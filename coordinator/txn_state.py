@@ -451,7 +451,7 @@ class TransactionStateMachine:
         meta, problem = self._current(transactional_id, producer_id, producer_epoch)
         if problem is not None:
             return problem
-        assert meta is not None
+        meta = not_none(meta, "_current answers metadata or a problem")
         if meta.state in PREPARED:
             return _fail(ErrorCode.CONCURRENT_TRANSACTIONS, f"the previous transaction is completing ({meta.state.name})")
         invariant(meta.state is S.ONGOING or meta.state in IDLE, f"unexpected state {meta.state}")
@@ -517,7 +517,7 @@ class TransactionStateMachine:
         meta, problem = self._current(transactional_id, producer_id, producer_epoch)
         if problem is not None:
             return problem
-        assert meta is not None
+        meta = not_none(meta, "_current answers metadata or a problem")
         if meta.state in PREPARED:
             return _fail(ErrorCode.CONCURRENT_TRANSACTIONS, f"the previous transaction is completing ({meta.state.name})")
         if meta.state is not S.ONGOING:

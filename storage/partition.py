@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from semel import limits
-from semel.invariant import invariant
+from semel.invariant import invariant, not_none
 from semel.sentinels import NO_OFFSET
 from semel.storage.aborted_txns import AbortedTxn
 from semel.storage.batch import (
@@ -207,7 +207,7 @@ class PartitionStore:
             if problem is not None:
                 results[index] = problem
                 continue
-            assert header is not None
+            header = not_none(header, "a produced batch without a problem has a header")
             pid = header.producer_id
             is_new = pid >= 0 and pid not in self.producer_state
             if group and (is_new or pid in group_producers):

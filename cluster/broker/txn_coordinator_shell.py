@@ -225,8 +225,7 @@ class TxnCoordinatorShell:
             self._perform(core.unload(index))
 
     async def _load(self, p: Partition, index: int, epoch: int) -> None:
-        core = self.core
-        assert core is not None
+        core = not_none(self.core, "the transaction coordinator shell acts only once started")
         started = time.monotonic()
         while True:
             try:
@@ -339,8 +338,7 @@ class TxnCoordinatorShell:
         task.add_done_callback(self._tasks.discard)
 
     async def _append(self, action: AppendRecords) -> None:
-        core = self.core
-        assert core is not None
+        core = not_none(self.core, "the transaction coordinator shell acts only once started")
         p = self.b.rm.get(internal_topics.TRANSACTION_STATE_TOPIC, action.partition)
         # Written only while the leader epoch is the coordinator epoch: a deposed coordinator never writes.
         if p is None or p.role != Role.LEADER or p.leader_epoch != action.coordinator_epoch:
@@ -397,8 +395,7 @@ class TxnCoordinatorShell:
         return None if reg is None or reg.fenced else ps.leader
 
     async def _send_markers(self, send: MarkerSend) -> None:
-        core = self.core
-        assert core is not None
+        core = not_none(self.core, "the transaction coordinator shell acts only once started")
         address = self.b._broker_address(send.broker_id)
         try:
             if address is None:

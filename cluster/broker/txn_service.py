@@ -48,6 +48,7 @@ from semel.coordinator.txn_state import (
     TxnState,
     VerifyResult,
 )
+from semel.invariant import not_none
 from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL
 from semel.topic_partition import TopicPartition
 from semel.v1 import broker_pb2 as bpb
@@ -300,7 +301,7 @@ class ProduceVerifier:
             code, message, guard = outcomes[key]
             if code != pb.NONE:
                 raise PartitionError(code, message)
-            assert guard is not None
+            guard = not_none(guard, "a verification that answered NONE holds its guard")
             if self._open_here(pd.topic, pd.partition, guard.producer_id, guard.producer_epoch):
                 return  # a concurrent request of the producer opened it meanwhile (same verification)
             if self.shell.verification_cache(*key).check(guard, wall_clock_ms()) != pb.NONE:

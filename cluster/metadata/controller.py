@@ -64,6 +64,7 @@ from semel.internal_topics import (
     INTERNAL_TOPIC_CONFIGS,
     TRANSACTION_STATE_TOPIC,
 )
+from semel.invariant import not_none
 from semel.v1 import common_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -212,10 +213,10 @@ class ControllerCore:
         killed broker's last heartbeat predates its link's drop by at most one heartbeat in
         flight.) Without this, every heartbeat gap of `disconnect_grace_ms` under load fenced
         such a broker, and the next heartbeat unfenced it (chaos finding 5)."""
-        assert lv.down_since_ms is not None
+        down_since_ms = not_none(lv.down_since_ms, "asked only about a broker whose link is down")
         if lv.link_contradicted:
             return True
-        if not (lv.heard and lv.last_heartbeat_ms > lv.down_since_ms + self.config.disconnect_grace_ms):
+        if not (lv.heard and lv.last_heartbeat_ms > down_since_ms + self.config.disconnect_grace_ms):
             return False
         lv.link_contradicted = True
         log.info("controller: broker %d heartbeats but its Raft link has been down %d ms: "
