@@ -77,10 +77,10 @@ def encode_payload(records: Sequence[GroupRecord]) -> bytes:
     return msg.SerializeToString(deterministic=True)
 
 
-def decode_payload(payload: bytes) -> list[tuple[int, GroupRecord]]:
+def decode_payload(payload: bytes | memoryview) -> list[tuple[int, GroupRecord]]:
     """(offset delta, record) pairs of a data batch payload."""
     msg = common_pb2.Records()
-    msg.ParseFromString(payload)
+    msg.ParseFromString(bytes(payload))  # (iter_batches yields views; the old walk copied too)
     return [(r.offset_delta, decode_record(r.key, r.value)) for r in msg.records]
 
 
@@ -130,7 +130,7 @@ class CoordinatorShard:
             invariant(producer_id < 0, "group records are never transactional")
             self.groups.replay(record)
 
-    def replay_batch(self, header: BatchHeader, payload: bytes) -> None:
+    def replay_batch(self, header: BatchHeader, payload: bytes | memoryview) -> None:
         """Apply one batch of the log (data, transactional data, or a marker)."""
         if header.is_control:
             self.offsets.replay_marker(header.producer_id, decode_marker(payload).commit)
@@ -266,7 +266,7 @@ class GroupView:
     def _pkey(self, producer_id: int, key_bytes: bytes = b"") -> bytes:
         return self.prefix + _PENDING + _U64.pack(producer_id) + key_bytes
 
-    def apply_batch(self, header: BatchHeader, payload: bytes, sync: bool = False) -> None:
+    def apply_batch(self, header: BatchHeader, payload: bytes | memoryview, sync: bool = False) -> None:
         """Fold one batch (the one starting at `next_offset`) into the view, atomically."""
         if header.next_offset <= self.next_offset:
             return  # already applied

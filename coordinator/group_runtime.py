@@ -116,7 +116,7 @@ class PartitionRuntime:
         del self._busy[write.group_id]
         return [Reply(write.request_id, None, error), *self._run(write.group_id, now_ms)]
 
-    def on_committed(self, batches: Sequence[tuple[BatchHeader, bytes]], now_ms: int) -> list[Output]:
+    def on_committed(self, batches: Sequence[tuple[BatchHeader, bytes | memoryview]], now_ms: int) -> list[Output]:
         """Batches that just became committed (below the high watermark), in log order."""
         out: list[Output] = []
         for header, payload in batches:

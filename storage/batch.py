@@ -225,5 +225,5 @@ def encode_marker(
 
 def decode_marker(payload: bytes | memoryview) -> Marker:
     """The marker in the payload of a control batch (what `iter_batches` yields for it)."""
-    record = ControlRecord.FromString(payload)
+    record = ControlRecord.FromString(bytes(payload))  # one small record
     return Marker(commit=record.type == ControlType.COMMIT, coordinator_epoch=record.coordinator_epoch)

@@ -33,7 +33,6 @@ from typing import Any
 from semel.client import errors as client_errors
 from semel.client.idempotence import SEQUENCE_MODULUS, IdempotenceState
 from semel.client.records import Header, RecordMetadata, build_batch, encode_record
-from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2
 
 # Bytes of batch framing counted against batch_bytes beyond the encoded records
@@ -159,7 +158,7 @@ class ProducerBatch:
     attributes: int = 0            # common_pb2.TRANSACTIONAL for a transactional producer
 
     @property
-    def tp(self) -> TopicPartition:
+    def tp(self) -> tuple[str, int]:
         return (self.topic, self.partition)
 
     def to_proto(self) -> common_pb2.RecordBatch:
@@ -184,8 +183,8 @@ class RecordAccumulator:
         self.attributes = attributes
         self.buffered_bytes = 0
         self.flushing = 0          # > 0 while a flush or close waits: send regardless of linger
-        self._queues: dict[TopicPartition, collections.deque[ProducerBatch]] = {}
-        self._in_flight: collections.Counter[TopicPartition] = collections.Counter()
+        self._queues: dict[tuple[str, int], collections.deque[ProducerBatch]] = {}
+        self._in_flight: collections.Counter[tuple[str, int]] = collections.Counter()
         self._incomplete: set[ProducerBatch] = set()
 
     # --- appending ------------------------------------------------------------------
@@ -274,7 +273,7 @@ class RecordAccumulator:
             return True
         return now_ms - batch.created_ms >= self.linger_ms
 
-    def drain_ready(self, now_ms: int, skip: Callable[[TopicPartition], bool] | None = None) -> list[ProducerBatch]:
+    def drain_ready(self, now_ms: int, skip: Callable[[tuple[str, int]], bool] | None = None) -> list[ProducerBatch]:
         """Head batches that may be sent now; they are in flight until complete/reenqueue.
 
         `skip(tp)` leaves a partition alone this round (e.g. its leader is unknown).
@@ -357,7 +356,7 @@ class RecordAccumulator:
         if self.buffered_bytes < 0:
             raise AssertionError("buffered_bytes went negative")
 
-    def _release_in_flight(self, tp: TopicPartition) -> None:
+    def _release_in_flight(self, tp: tuple[str, int]) -> None:
         if self._in_flight[tp] <= 0:
             raise AssertionError(f"{tp} has no batch in flight")
         self._in_flight[tp] -= 1

@@ -34,7 +34,6 @@ from semel.client.records import (
     decode_batch,
 )
 from semel.clock import monotonic_ms
-from semel.topic_partition import TopicPartition
 from semel.v1 import broker_pb2, common_pb2
 
 OFFSET_RESET_POLICIES = ("earliest", "latest", "none")
@@ -77,16 +76,16 @@ class AssignConsumer(_ClientBase):
         self.fetch_max_bytes = fetch_max_bytes
         self.max_partition_fetch_bytes = max_partition_fetch_bytes
         self.max_poll_records = max_poll_records
-        self._assignment: list[TopicPartition] = []
-        self._fetch_position: dict[TopicPartition, int] = {}   # next offset to fetch
-        self._pending_reset: dict[TopicPartition, int] = {}    # tp -> _EARLIEST / _LATEST
+        self._assignment: list[tuple[str, int]] = []
+        self._fetch_position: dict[tuple[str, int], int] = {}   # next offset to fetch
+        self._pending_reset: dict[tuple[str, int], int] = {}    # tp -> _EARLIEST / _LATEST
         self._buffer: collections.deque[ConsumerRecord] = collections.deque()
         self._backoff_until_ms: dict[str, int] = {}            # leader address -> ms
-        self._high_watermarks: dict[TopicPartition, int] = {}
+        self._high_watermarks: dict[tuple[str, int], int] = {}
         self._closed = False
 
     # --- assignment and positions -----------------------------------------------------
-    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+    def assign(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Read exactly these (topic, partition) pairs from now on (replaces the assignment)."""
         new = [(str(t), int(p)) for t, p in partitions]
         self._assignment = new
@@ -96,14 +95,14 @@ class AssignConsumer(_ClientBase):
         self._buffer = collections.deque(r for r in self._buffer if (r.topic, r.partition) in keep)
         self._metadata.add_topics({t for t, _ in new})
 
-    def assignment(self) -> list[TopicPartition]:
+    def assignment(self) -> list[tuple[str, int]]:
         return list(self._assignment)
 
-    def _check_assigned(self, tp: TopicPartition) -> None:
+    def _check_assigned(self, tp: tuple[str, int]) -> None:
         if tp not in self._assignment:
             raise client_errors.ClientError(f"{tp[0]}-{tp[1]} is not assigned to this consumer")
 
-    def _drop_buffered(self, tp: TopicPartition) -> None:
+    def _drop_buffered(self, tp: tuple[str, int]) -> None:
         self._buffer = collections.deque(r for r in self._buffer if (r.topic, r.partition) != tp)
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
@@ -115,13 +114,13 @@ class AssignConsumer(_ClientBase):
         self._pending_reset.pop(tp, None)
         self._fetch_position[tp] = offset
 
-    def seek_to_beginning(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+    def seek_to_beginning(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
         self._request_reset(partitions, _EARLIEST)
 
-    def seek_to_end(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+    def seek_to_end(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
         self._request_reset(partitions, _LATEST)
 
-    def _request_reset(self, partitions: Iterable[TopicPartition] | None, where: int) -> None:
+    def _request_reset(self, partitions: Iterable[tuple[str, int]] | None, where: int) -> None:
         for tp in list(self._assignment if partitions is None else partitions):
             tp = (tp[0], tp[1])
             self._check_assigned(tp)
@@ -190,7 +189,7 @@ class AssignConsumer(_ClientBase):
                 self._pending_reset[tp] = where
         if not self._pending_reset:
             return
-        by_leader: dict[str, list[TopicPartition]] = collections.defaultdict(list)
+        by_leader: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
         for tp in self._pending_reset:
             address = self._metadata.view.leader_address(*tp)
             if address is None:
@@ -227,7 +226,7 @@ class AssignConsumer(_ClientBase):
         if self._pending_reset and monotonic_ms() < deadline_ms:
             time.sleep(min(self.retry_backoff_ms, max(0, deadline_ms - monotonic_ms())) / 1000)
 
-    def _leader_epoch(self, tp: TopicPartition) -> int:
+    def _leader_epoch(self, tp: tuple[str, int]) -> int:
         """The leader epoch our metadata has for `tp`, sent with each fetch and list-offsets
         (KIP-320): a broker that still believes in an older leadership answers
         UNKNOWN_LEADER_EPOCH (refresh, retry) instead of serving its shorter log."""
@@ -236,7 +235,7 @@ class AssignConsumer(_ClientBase):
 
     def _fetch_once(self, deadline_ms: int) -> None:
         now_ms = monotonic_ms()
-        by_leader: dict[str, list[TopicPartition]] = collections.defaultdict(list)
+        by_leader: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
         for tp in self._assignment:
             if tp not in self._fetch_position:
                 continue

@@ -42,12 +42,11 @@ from semel.client.errors import ClosedError, ConfigError
 from semel.client.records import ConsumerRecord
 from semel.clock import monotonic_ms
 from semel.internal_topics import CONSUMER_OFFSETS_TOPIC, coordinator_partition
-from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2 as pb
 from semel.v1 import group_pb2 as gpb
 from semel.v1 import group_pb2_grpc as ggrpc
 
-Callback = Callable[[set[TopicPartition]], None]
+Callback = Callable[[set[tuple[str, int]]], None]
 
 AUTO_COMMIT_INTERVAL_MS_DEFAULT = 5_000
 REBALANCE_TIMEOUT_MS_DEFAULT = 60_000
@@ -69,11 +68,11 @@ class ConsumerGroupMetadata:
     member_epoch: int
 
 
-def _partitions_of(assignment: gpb.Assignment) -> frozenset[TopicPartition]:
+def _partitions_of(assignment: gpb.Assignment) -> frozenset[tuple[str, int]]:
     return frozenset((tp.topic, p) for tp in assignment.partitions for p in tp.partitions)
 
 
-def _assignment_of(parts: Iterable[TopicPartition]) -> gpb.Assignment:
+def _assignment_of(parts: Iterable[tuple[str, int]]) -> gpb.Assignment:
     by_topic: dict[str, list[int]] = {}
     for t, p in parts:
         by_topic.setdefault(t, []).append(p)
@@ -148,8 +147,8 @@ class _Membership:
         self.cond = threading.Condition()
         self.member_id = uuid.uuid4().hex       # client-chosen (unique): a retried join is idempotent
         self.member_epoch = 0
-        self.assignment: frozenset[TopicPartition] | None = None   # None: not joined yet
-        self.owned: frozenset[TopicPartition] = frozenset()          # what the polling thread owns
+        self.assignment: frozenset[tuple[str, int]] | None = None   # None: not joined yet
+        self.owned: frozenset[tuple[str, int]] = frozenset()          # what the polling thread owns
         self.lost = False                    # fenced: the polling thread must drop everything first
         self.error: client_errors.SemelError | None = None
         self.interval_ms = 100
@@ -263,7 +262,7 @@ class Consumer(AssignConsumer):
         self.client_id = client_id
         self._rpc = _GroupRpc(self, group_id) if group_id else None
         self._membership: _Membership | None = None
-        self._owned: set[TopicPartition] = set()
+        self._owned: set[tuple[str, int]] = set()
         self._on_assigned: Callback | None = None
         self._on_revoked: Callback | None = None
         self._on_lost: Callback | None = None
@@ -290,12 +289,12 @@ class Consumer(AssignConsumer):
         self._membership.start()
         self._next_auto_commit_ms = monotonic_ms() + self.auto_commit_interval_ms
 
-    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+    def assign(self, partitions: Iterable[tuple[str, int]]) -> None:
         if self._membership is not None:
             raise client_errors.ClientError("assign() on a subscribed consumer: the group assigns partitions")
         super().assign(partitions)
 
-    def assignment(self) -> list[TopicPartition]:
+    def assignment(self) -> list[tuple[str, int]]:
         if self._membership is None:
             return super().assignment()
         return sorted(self._owned)
@@ -385,7 +384,7 @@ class Consumer(AssignConsumer):
                 self._on_assigned(set(added))
 
     # --- offsets ---------------------------------------------------------------------------------------
-    def committed(self, partitions: Iterable[TopicPartition], timeout_ms: int | None = None) -> dict[TopicPartition, int]:
+    def committed(self, partitions: Iterable[tuple[str, int]], timeout_ms: int | None = None) -> dict[tuple[str, int], int]:
         """Committed offsets (-1: none). Waits while a transactional commit is pending
         (UNSTABLE_OFFSET_COMMIT), so a new owner never starts from a stale position."""
         rpc = self._require_group()
@@ -412,10 +411,10 @@ class Consumer(AssignConsumer):
                     "still pending")
             time.sleep(GROUP_RETRY_BACKOFF_MS / 1000)
 
-    def positions(self) -> dict[TopicPartition, int]:
+    def positions(self) -> dict[tuple[str, int], int]:
         """Consumed position (next offset poll() returns) of each owned partition whose
         position is known."""
-        out: dict[TopicPartition, int] = {}
+        out: dict[tuple[str, int], int] = {}
         for tp in sorted(self._owned if self._membership is not None else self._assignment):
             buffered = next((r.offset for r in self._buffer if (r.topic, r.partition) == tp), None)
             if buffered is not None:
@@ -424,7 +423,7 @@ class Consumer(AssignConsumer):
                 out[tp] = self._fetch_position[tp]
         return out
 
-    def commit(self, offsets: Mapping[TopicPartition, int] | None = None, timeout_ms: int | None = None) -> None:
+    def commit(self, offsets: Mapping[tuple[str, int], int] | None = None, timeout_ms: int | None = None) -> None:
         """Commit `offsets` (default: the consumed positions of the owned partitions), fenced
         by member id + epoch. Raises FencedMemberEpochError / UnknownMemberIdError when this
         member was removed from the group, StaleMemberEpochError for a partition it no longer
@@ -468,7 +467,7 @@ class Consumer(AssignConsumer):
             while m.heartbeats == seen and monotonic_ms() < deadline_ms:
                 m.cond.wait(0.05)
 
-    def _commit_quietly(self, partitions: Iterable[TopicPartition]) -> None:
+    def _commit_quietly(self, partitions: Iterable[tuple[str, int]]) -> None:
         wanted = set(partitions)
         offsets = {tp: off for tp, off in self.positions().items() if tp in wanted}
         try:
@@ -537,9 +536,9 @@ class GroupMember:
     member_epoch: int
     state: str                 # STABLE, UNREVOKED_PARTITIONS, UNRELEASED_PARTITIONS
     subscribed_topics: tuple[str, ...]
-    assignment: tuple[TopicPartition, ...]
-    pending_revocation: tuple[TopicPartition, ...]
-    target_assignment: tuple[TopicPartition, ...]
+    assignment: tuple[tuple[str, int], ...]
+    pending_revocation: tuple[tuple[str, int], ...]
+    target_assignment: tuple[tuple[str, int], ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -582,7 +581,7 @@ def _state_name(value: int) -> str:
     return gpb.GroupState.Name(value).removeprefix("GROUP_STATE_")
 
 
-def _tps(assignment: gpb.Assignment) -> tuple[TopicPartition, ...]:
+def _tps(assignment: gpb.Assignment) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(_partitions_of(assignment)))
 
 
@@ -653,7 +652,7 @@ class GroupAdmin(_ClientBase):
             for o in g.offsets)
         return GroupDescription(g.group_id, _state_name(g.state), g.group_epoch, g.assignment_epoch, members, offsets)
 
-    def reset_offsets(self, group_id: str, partitions: Iterable[TopicPartition], strategy: str, value: int = 0,
+    def reset_offsets(self, group_id: str, partitions: Iterable[tuple[str, int]], strategy: str, value: int = 0,
                       dry_run: bool = False, timeout_ms: int | None = None) -> list[ResetResult]:
         """Set the committed offsets of an empty group: strategy earliest | latest (the LSO) |
         offset (value) | timestamp (value = ms) | shift (committed + value), clamped to the log."""
@@ -674,5 +673,5 @@ class GroupAdmin(_ClientBase):
         if resp.error_code != pb.NONE:
             raise client_errors.error_for_code(resp.error_code, resp.error_message, context=f"delete group {group_id!r}")
 
-    def topic_partitions(self, topic: str) -> list[TopicPartition]:
+    def topic_partitions(self, topic: str) -> list[tuple[str, int]]:
         return [(topic, info.partition) for info in self.partitions_for(topic)]

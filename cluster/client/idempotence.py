@@ -51,7 +51,6 @@ from typing import Protocol, TypeVar
 
 from semel.invariant import invariant
 from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE
-from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2
 
 SEQUENCE_MODULUS = 1 << 31
@@ -94,10 +93,10 @@ class IdempotenceState:
         self.transactional = transactional
         self.identity: ProducerIdentity | None = None
         self.bump_reason: str | None = None   # set: drain nothing; get a new epoch once idle
-        self._next_seq: dict[TopicPartition, int] = {}
-        self._acked_seq: dict[TopicPartition, int] = {}
+        self._next_seq: dict[tuple[str, int], int] = {}
+        self._acked_seq: dict[tuple[str, int], int] = {}
         # sequences of batches in flight or queued for retry, per partition (lowest first)
-        self._pending: dict[TopicPartition, list[int]] = {}
+        self._pending: dict[tuple[str, int], list[int]] = {}
 
     # --- identity -------------------------------------------------------------------
     @property
@@ -154,7 +153,7 @@ class IdempotenceState:
         return (identity is not None and batch.base_sequence != NO_SEQUENCE
                 and batch.producer_id == identity.producer_id and batch.producer_epoch == identity.producer_epoch)
 
-    def first_pending(self, tp: TopicPartition) -> int | None:
+    def first_pending(self, tp: tuple[str, int]) -> int | None:
         pending = self._pending.get(tp)
         return pending[0] if pending else None
 
@@ -176,7 +175,7 @@ class IdempotenceState:
         if not self.transactional:
             self.begin_bump(reason)
 
-    def _forget(self, tp: TopicPartition, seq: int) -> None:
+    def _forget(self, tp: tuple[str, int], seq: int) -> None:
         pending = self._pending.get(tp)
         if pending and seq in pending:
             pending.remove(seq)

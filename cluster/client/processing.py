@@ -55,7 +55,6 @@ from semel.client.consumer import AssignConsumer
 from semel.client.group import Consumer
 from semel.client.records import ConsumerRecord
 from semel.clock import monotonic_ms
-from semel.topic_partition import TopicPartition
 
 log = logging.getLogger("semel.processing")
 
@@ -77,7 +76,7 @@ class _PartitionStore:
 
     _OFFSET = b"offset"
 
-    def __init__(self, kv: Any, name: str, tp: TopicPartition) -> None:
+    def __init__(self, kv: Any, name: str, tp: tuple[str, int]) -> None:
         from semel.storage.kv import KvStore
 
         self.kv = kv
@@ -141,7 +140,7 @@ class _PartitionStore:
 class KeyValueStore:
     """What `process` sees as `ctx.store`: the store of the current record's input partition."""
 
-    def __init__(self, processor: Processor, store: _PartitionStore, tp: TopicPartition) -> None:
+    def __init__(self, processor: Processor, store: _PartitionStore, tp: tuple[str, int]) -> None:
         self._p = processor
         self._store = store
         self._tp = tp
@@ -166,7 +165,7 @@ class Context:
     def __init__(self, processor: Processor, record: ConsumerRecord) -> None:
         self._p = processor
         self.record = record
-        self.topic_partition: TopicPartition = (record.topic, record.partition)
+        self.topic_partition: tuple[str, int] = (record.topic, record.partition)
 
     def send(self, topic: str, value: bytes | str, key: bytes | str | None = None, partition: int | None = None,
              headers: Sequence[tuple[str, bytes]] | None = None) -> None:
@@ -223,7 +222,7 @@ class Processor:
                                   auto_offset_reset="earliest", enable_auto_commit=False,
                                   **(consumer_options or {}))
         self._kv: Any = None
-        self._stores: dict[TopicPartition, _PartitionStore] = {}
+        self._stores: dict[tuple[str, int], _PartitionStore] = {}
         if state_dir is not None:
             from semel.storage.kv import KvStore
 
@@ -300,7 +299,7 @@ class Processor:
                 self._abort_and_rewind()
                 return
 
-    def _send_changelog(self, tp: TopicPartition, key: bytes, value: bytes | None) -> None:
+    def _send_changelog(self, tp: tuple[str, int], key: bytes, value: bytes | None) -> None:
         assert self.changelog_topic is not None
         headers = [_DELETE_HEADER] if value is None else None
         future = self._producer.send(self.changelog_topic, value or b"", key=key, partition=tp[1], headers=headers)
@@ -375,7 +374,7 @@ class Processor:
             pass
         self._producer = self._new_producer()  # init_transactions aborts whatever was open
 
-    def _rewind(self, partitions: Iterable[TopicPartition]) -> None:
+    def _rewind(self, partitions: Iterable[tuple[str, int]]) -> None:
         parts = sorted(partitions)
         if not parts:
             return
@@ -394,12 +393,12 @@ class Processor:
                 self._consumer.seek_to_beginning([tp])
 
     # --- rebalance callbacks (run inside consumer.poll) -------------------------------------------------
-    def _on_revoked(self, partitions: set[TopicPartition]) -> None:
+    def _on_revoked(self, partitions: set[tuple[str, int]]) -> None:
         self._commit()  # the outgoing partitions' work commits before they are released
         for tp in partitions:
             self._stores.pop(tp, None)
 
-    def _on_lost(self, partitions: set[TopicPartition]) -> None:
+    def _on_lost(self, partitions: set[tuple[str, int]]) -> None:
         if self._in_txn:  # its offset commit would be fenced: abort; the next owner redoes the work
             try:
                 self._producer.abort_transaction()
@@ -414,7 +413,7 @@ class Processor:
         for tp in partitions:
             self._stores.pop(tp, None)
 
-    def _on_assigned(self, partitions: set[TopicPartition]) -> None:
+    def _on_assigned(self, partitions: set[tuple[str, int]]) -> None:
         if self._kv is None or self.store_name is None:
             return
         for tp in sorted(partitions):
@@ -422,7 +421,7 @@ class Processor:
             self._restore(store, tp)
             self._stores[tp] = store
 
-    def _restore(self, store: _PartitionStore, tp: TopicPartition) -> None:
+    def _restore(self, store: _PartitionStore, tp: tuple[str, int]) -> None:
         """Bring the store of `tp` up to the committed end of its changelog: replay from its
         checkpoint, or wipe it and replay everything when it has none or the checkpoint is
         outside the changelog (re-created topic, retention)."""

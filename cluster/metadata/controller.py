@@ -221,7 +221,7 @@ class ControllerCore:
         lv.link_contradicted = True
         log.info("controller: broker %d heartbeats but its Raft link has been down %d ms: "
                  "fencing it on the session timeout (%d ms) only until the link is up",
-                 broker_id, now_ms - lv.down_since_ms, self.config.session_timeout_ms)
+                 broker_id, now_ms - down_since_ms, self.config.session_timeout_ms)
         return True
 
     def _liveness_decision(self, image: MetadataImage, broker_id: int, now_ms: int) -> Command | None:
