@@ -59,7 +59,7 @@ from semel.cluster.broker.replica_state import (
 )
 from semel.cluster.broker.storage_adapter import ReplicaStore
 from semel.cluster.metadata import state as md
-from semel.invariant import invariant, not_none
+from semel.invariant import not_none
 from semel.storage import disk_executor
 from semel.storage.batch import BatchHeader, encode_batch
 from semel.v1 import common_pb2 as pb

@@ -8,15 +8,20 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
 from semel import internal_topics
 from semel.cluster.broker import group_service, txn_coordinator_shell
 from semel.cluster.broker.process import BrokerConfig
 from semel.cluster.broker.replica_manager import ReplicaManager, Role, SystemClock
-from semel.cluster.broker.storage_adapter import FileReplicaStore, open_replica_store
+from semel.cluster.broker.storage_adapter import (
+    PartitionStoreAdapter,
+    open_replica_store,
+)
 from semel.cluster.metadata import state as md
 from semel.coordinator.group_state import GroupConfig
 from semel.storage import disk_executor
 from semel.storage.disk_executor import DiskExecutor
+from semel.storage.kv import KvStore
 
 DISK = disk_executor.THREAD_NAME_PREFIX
 
@@ -31,16 +36,27 @@ def image(topic: str = "t", topic_id: str = "00112233445566778899", version: int
     return md.MetadataImage(version=version, brokers=brokers, topics=topics)
 
 
-class RecordingStore(FileReplicaStore):
-    """The stopgap store, recording which thread opened and closed it; `gate` holds the open."""
+@pytest.fixture
+def kv(tmp_path):
+    store = KvStore.open(tmp_path / "kv")
+    yield store
+    store.close()
+
+
+class RecordingStore(PartitionStoreAdapter):
+    """The partition store, recording which thread opened and closed it; `gate` holds the open."""
 
     threads: dict[str, str] = {}
     gate = threading.Event()
 
-    def __init__(self, directory, **kw):
-        RecordingStore.threads["open"] = threading.current_thread().name
-        assert RecordingStore.gate.wait(10)
-        super().__init__(directory, **kw)
+    @classmethod
+    def opener(cls, kv: KvStore):
+        def open_store(directory, topic, partition):
+            cls.threads["open"] = threading.current_thread().name
+            assert cls.gate.wait(10)
+            return cls(open_replica_store(directory, topic, partition, kv=kv).store)
+
+        return open_store
 
     def close(self) -> None:
         RecordingStore.threads["close"] = threading.current_thread().name
@@ -52,12 +68,12 @@ def existing_replica_dir(tmp_path, topic: str = "t") -> None:
     (tmp_path / "logs" / f"{topic}-0.001122334455").mkdir(parents=True)
 
 
-def test_a_replica_opens_and_is_deleted_on_a_disk_thread_while_the_loop_runs(tmp_path):
+def test_a_replica_opens_and_is_deleted_on_a_disk_thread_while_the_loop_runs(tmp_path, kv):
     existing_replica_dir(tmp_path)
     RecordingStore.threads.clear()
     RecordingStore.gate.clear()
     disk = DiskExecutor()
-    rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: RecordingStore(d), clock=SystemClock(), disk=disk)
+    rm = ReplicaManager(1, tmp_path, 10_000, RecordingStore.opener(kv), clock=SystemClock(), disk=disk)
     rm.broker_epoch = 1
 
     async def main() -> None:
@@ -82,12 +98,12 @@ def test_a_replica_opens_and_is_deleted_on_a_disk_thread_while_the_loop_runs(tmp
     assert RecordingStore.threads["close"].startswith(DISK)
 
 
-def test_a_topic_deleted_while_its_replica_opens_is_closed_and_deleted(tmp_path):
+def test_a_topic_deleted_while_its_replica_opens_is_closed_and_deleted(tmp_path, kv):
     existing_replica_dir(tmp_path)
     RecordingStore.threads.clear()
     RecordingStore.gate.clear()
     disk = DiskExecutor()
-    rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: RecordingStore(d), clock=SystemClock(), disk=disk)
+    rm = ReplicaManager(1, tmp_path, 10_000, RecordingStore.opener(kv), clock=SystemClock(), disk=disk)
     rm.broker_epoch = 1
 
     async def main() -> None:
@@ -105,11 +121,11 @@ def test_a_topic_deleted_while_its_replica_opens_is_closed_and_deleted(tmp_path)
     assert RecordingStore.threads["close"].startswith(DISK)
 
 
-def test_a_brand_new_replica_opens_inline_and_leads_at_once(tmp_path):
+def test_a_brand_new_replica_opens_inline_and_leads_at_once(tmp_path, kv):
     """Nothing to recover: the leader of a topic just created serves as soon as its image says so."""
     RecordingStore.threads.clear()
     RecordingStore.gate.set()
-    rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: RecordingStore(d), clock=SystemClock(),
+    rm = ReplicaManager(1, tmp_path, 10_000, RecordingStore.opener(kv), clock=SystemClock(),
                         disk=DiskExecutor())
     rm.broker_epoch = 1
 
@@ -134,14 +150,13 @@ class FakeQuorum:
 class FakeBroker:
     """What the coordinator shells use of a broker: config, quorum, rm, disk, _kv."""
 
-    def __init__(self, tmp_path, img: md.MetadataImage, kv=None) -> None:
+    def __init__(self, tmp_path, img: md.MetadataImage, kv: KvStore) -> None:
         self.config = BrokerConfig(broker_id=1)
         self.quorum = FakeQuorum(img)
         self.disk = DiskExecutor()
         self._kv = kv
-        opener = (lambda d, t, p: open_replica_store(d, t, p, kv=kv)) if kv is not None else (
-            lambda d, t, p: FileReplicaStore(d))
-        self.rm = ReplicaManager(1, tmp_path, 10_000, opener, clock=SystemClock(), disk=self.disk)
+        self.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=kv),
+                                 clock=SystemClock(), disk=self.disk)
         self.rm.broker_epoch = 1
 
 
@@ -155,12 +170,12 @@ def on_which_thread(module, name: str, threads: list[str], monkeypatch) -> None:
     monkeypatch.setattr(module, name, wrapped)
 
 
-def test_the_group_coordinator_loads_on_a_disk_thread(tmp_path, monkeypatch):
+def test_the_group_coordinator_loads_on_a_disk_thread(tmp_path, kv, monkeypatch):
     threads: list[str] = []
     on_which_thread(group_service, "load_shard", threads, monkeypatch)
     img = image(internal_topics.CONSUMER_OFFSETS_TOPIC)
     existing_replica_dir(tmp_path, internal_topics.CONSUMER_OFFSETS_TOPIC)  # a restart: the open recovers off the loop
-    b = FakeBroker(tmp_path, img)
+    b = FakeBroker(tmp_path, img, kv)
     coordinator = group_service.GroupCoordinator(b, GroupConfig())
 
     async def main() -> None:
@@ -175,14 +190,11 @@ def test_the_group_coordinator_loads_on_a_disk_thread(tmp_path, monkeypatch):
     assert len(threads) == 1 and threads[0].startswith(DISK)
 
 
-def test_the_transaction_coordinator_loads_on_a_disk_thread(tmp_path, monkeypatch):
-    from semel.storage.kv import KvStore
-
+def test_the_transaction_coordinator_loads_on_a_disk_thread(tmp_path, kv, monkeypatch):
     threads: list[str] = []
     on_which_thread(txn_coordinator_shell, "load_partition", threads, monkeypatch)
     img = image(internal_topics.TRANSACTION_STATE_TOPIC)
     existing_replica_dir(tmp_path, internal_topics.TRANSACTION_STATE_TOPIC)
-    kv = KvStore.open(tmp_path / "kv")
     b = FakeBroker(tmp_path, img, kv)
     shell = txn_coordinator_shell.TxnCoordinatorShell(b)
 
@@ -195,9 +207,6 @@ def test_the_transaction_coordinator_loads_on_a_disk_thread(tmp_path, monkeypatc
         await shell.stop()
         b.rm.close()
 
-    try:
-        asyncio.run(main())
-        assert b.disk.wait_idle()
-    finally:
-        kv.close()
+    asyncio.run(main())
+    assert b.disk.wait_idle()
     assert len(threads) == 1 and threads[0].startswith(DISK)
