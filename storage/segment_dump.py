@@ -1,8 +1,8 @@
 """What a segment file holds, batch by batch, for `semel log dump` (debugging; never on a hot path).
 
 A pure walk over the bytes of one `<base>.log` file, using the storage engine's own decoders:
-`peek_header` for framing, `decode_header(verify_crc=True)` for the CRC, and the partition
-store's `decode_marker` for control batches. Unlike recovery (`recovery.scan_batches`), it does
+`peek_header` for framing, `decode_header(verify_crc=True)` for the CRC, and the batch
+format's `decode_marker` for control batches. Unlike recovery (`recovery.scan_batches`), it does
 not stop at the first bad batch: a batch whose CRC fails, or whose base offset does not continue
 the previous batch, is reported and the walk goes on as long as the framing (the length field)
 still holds, because that is what someone debugging a damaged log wants to see. It stops where
@@ -16,8 +16,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-from semel.storage.batch import HEADER_BYTES, BatchHeader, CorruptBatchError, decode_header, peek_header
-from semel.storage.partition import decode_marker
+from semel.storage.batch import (
+    HEADER_BYTES,
+    BatchHeader,
+    CorruptBatchError,
+    decode_header,
+    decode_marker,
+    peek_header,
+)
 
 
 class NotASegmentError(ValueError):
@@ -91,7 +97,7 @@ def _describe(buf: bytes | memoryview, pos: int, header: BatchHeader, expected: 
     marker_type = coordinator_epoch = None
     if header.is_control:
         try:
-            marker = decode_marker(buf[pos : pos + header.size_bytes], header)
+            marker = decode_marker(buf[pos + HEADER_BYTES : pos + header.size_bytes])
         except Exception as exc:  # protobuf's DecodeError: a control batch whose record is damaged
             problems.append(f"unreadable control record: {exc}")
         else:
