@@ -11,7 +11,9 @@ follow docs/protocol.md:
      (producer id, epoch, per-partition sequence from 0), EndTxn(commit). EndTxn answers the
      epoch for the next transaction (KIP-890); sequences restart at 0 with it.
   4. A second transaction, aborted.
-  5. Fetch with READ_COMMITTED: the first transaction's records, never the second's, no markers.
+  5. Wait until each partition is stable (LSO = HW: EndTxn answers before the markers are
+     written), then Fetch with READ_COMMITTED: the first transaction's records, never the
+     second's, no markers.
   6. A second producer with the same transactional id fences the first.
 
 Run it against a cluster (`make up` in another terminal):
@@ -183,6 +185,26 @@ def read(cluster: Cluster, topic: str, partition: int, committed: bool) -> tuple
         offset = r.next_fetch_offset
 
 
+def wait_until_stable(cluster: Cluster, topic: str, partition: int, timeout_s: float = 10.0) -> None:
+    """EndTxn answers once the outcome is decided, before every marker is written. A reader that
+    wants to see the markers waits until the partition has no open transaction: its last stable
+    offset has caught up with its high watermark."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stub = broker_pb2_grpc.BrokerStub(cluster.channel(cluster.leader(topic, partition)))
+        r = stub.Fetch(broker_pb2.FetchRequest(isolation_level=broker_pb2.READ_COMMITTED, max_wait_ms=0, max_bytes=1,
+                                               partitions=[broker_pb2.FetchPartition(
+                                                   topic=topic, partition=partition, fetch_offset=0, max_bytes=1)]),
+                       timeout=10).results[0]
+        expect_ok(r, f"Fetch {topic}-{partition}")
+        if r.last_stable_offset == r.high_watermark:
+            return
+        if time.monotonic() > deadline:
+            raise Failed(f"{topic}-{partition}: LSO {r.last_stable_offset} still below HW {r.high_watermark} "
+                         f"after {timeout_s} s")
+        time.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bootstrap", default="127.0.0.1:9092", help="a broker, HOST:PORT (default 127.0.0.1:9092)")
@@ -217,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         step(f"transaction 2 aborted; next epoch {p.epoch}")
 
         for topic, want in ((debits, [b"alice -10"]), (credits, [b"bob +10"])):
+            wait_until_stable(c, topic, 0)
             got, markers = read(c, topic, 0, committed=True)
             if got != want or markers:
                 raise Failed(f"read_committed {topic}: {got} with {markers} marker(s), expected {want} and none")
