@@ -63,6 +63,7 @@ from semel.v1 import group_pb2 as gpb
 from semel.v1 import group_pb2_grpc as ggrpc
 
 if TYPE_CHECKING:
+    from semel.cluster.broker.host import CoordinatorHost
     from semel.cluster.broker.process import Broker
 
 log = logging.getLogger("semel.groups")
@@ -92,7 +93,7 @@ class _Loaded:
 class GroupCoordinator:
     """Hosts the coordinator shards of the offsets partitions this broker leads."""
 
-    def __init__(self, broker: Broker, group_config: GroupConfig, offsets_config: OffsetsConfig | None = None,
+    def __init__(self, broker: CoordinatorHost, group_config: GroupConfig, offsets_config: OffsetsConfig | None = None,
                  tick_ms: int | None = None) -> None:
         self.b = broker
         self.group_config = group_config
@@ -372,7 +373,7 @@ class GroupCoordinator:
         out: dict[tuple[TopicPartition, int], int] = {}
 
         async def ask(broker_id: int, items: list[tuple[TopicPartition, int]]) -> None:
-            address = self.b._broker_address(broker_id)
+            address = self.b.peers.broker_address(broker_id)
             if address is None:
                 return
             request = bpb.ListOffsetsRequest(
@@ -380,7 +381,7 @@ class GroupCoordinator:
                             for tp, ts in items],
                 isolation_level=bpb.READ_COMMITTED if read_committed else bpb.READ_UNCOMMITTED)
             try:
-                resp = await bgrpc.BrokerStub(self.b._channel(address)).ListOffsets(request, timeout=LISTOFFSETS_TIMEOUT_S)
+                resp = await bgrpc.BrokerStub(self.b.peers.channel(address)).ListOffsets(request, timeout=LISTOFFSETS_TIMEOUT_S)
             except grpc.aio.AioRpcError:
                 return
             for (tp, ts), r in zip(items, resp.results):

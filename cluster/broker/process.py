@@ -37,6 +37,7 @@ from semel import internal_topics, limits
 from semel.cluster.broker import group_service, txn_service
 from semel.cluster.broker.loop_monitor import LoopMonitor
 from semel.cluster.broker.metadata_freshness import HeartbeatLease
+from semel.cluster.broker.peers import Peers
 from semel.cluster.broker.replica_manager import (
     ReplicaManager,
     SystemClock,
@@ -46,7 +47,6 @@ from semel.cluster.broker.replication import (
     FetcherManager,
     IsrMaintainer,
     LeaderReplicationService,
-    channel_options,
 )
 from semel.cluster.broker.server import (
     AdminService,
@@ -312,11 +312,10 @@ class Broker:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._metadata_changed = asyncio.Event()
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._dial = config.dial_map()
         self._last_unreachable_report: dict[int, float] = {}
         self.server: grpc.aio.Server | None = None
         self._kv: KvStore | None = None  # the broker's RocksDB (producer snapshots), opened by start()
+        self.peers = Peers(config.dial_map(), self.voters, lambda: self.quorum.image())
         self.health = health.aio.HealthServicer()
         # set by start() before any servicer runs; typed as always there so that the servicers
         # need no check (a check of None below is for a broker stopped before it started)
@@ -329,7 +328,7 @@ class Broker:
         self.rm = ReplicaManager(config.broker_id, self.data_dir, config.replica_lag_time_max_ms, self._open_store,
                                  clock=self.clock, disk=self.disk)
         self.leader_replication = LeaderReplicationService(self.rm, config.replica_fetch_max_bytes)
-        self.fetchers = FetcherManager(self.rm, self._broker_address, lambda: self.broker_epoch,
+        self.fetchers = FetcherManager(self.rm, self.peers.broker_address, lambda: self.broker_epoch,
                                        self._report_unreachable, config.replica_fetch_max_wait_ms,
                                        config.replica_fetch_max_bytes)
         self.isr = IsrMaintainer(self.rm, self._submit_alter, config.isr_check_interval_ms, self._unfenced)
@@ -433,8 +432,7 @@ class Broker:
             self._kv.close()
         if self.quorum is not None:
             self.quorum.close()
-        for ch in self._channels.values():
-            await ch.close()
+        await self.peers.close()
         await self.loop_monitor.stop()
 
     async def _controlled_shutdown(self) -> None:
@@ -500,6 +498,11 @@ class Broker:
                 return False
         return True
 
+    @property
+    def kv(self) -> KvStore | None:
+        """The broker's RocksDB, None until `start()` opened it."""
+        return self._kv
+
     def metadata_current(self) -> bool:
         """Registered and unfenced in our own image, under a current heartbeat lease (a hint:
         see metadata_freshness.py; FindCoordinator answers only then)."""
@@ -507,26 +510,6 @@ class Broker:
 
     def _unfenced(self) -> frozenset[int] | None:
         return None if self.quorum is None else frozenset(self.quorum.image().unfenced_brokers())
-
-    def _broker_address(self, broker_id: int) -> str | None:
-        if broker_id in self._dial:
-            return self._dial[broker_id]
-        reg = self.quorum.image().broker(broker_id)
-        return None if reg is None else f"{reg.host}:{reg.port}"
-
-    def _dial_address(self, address: str) -> str:
-        """A peer's registered or voter-list address -> the `--dial` address for that peer, if any."""
-        if not self._dial:
-            return address
-        for voter in self.voters:
-            if voter.rpc_address == address and voter.node_id in self._dial:
-                return self._dial[voter.node_id]
-        image = self.quorum.image()
-        for broker_id, dial in self._dial.items():
-            reg = image.broker(broker_id)
-            if reg is not None and f"{reg.host}:{reg.port}" == address:
-                return dial
-        return address
 
     async def _submit_alter(self, cmd: md.AlterPartition) -> object:
         result = await self.quorum.submit(cmd, timeout_s=2.0)
@@ -600,7 +583,7 @@ class Broker:
             reply = self.controller.on_heartbeat(self.config.broker_id, self.broker_epoch, version)
             self.lease.on_answer(sent_ms, reply.error, reply.fenced)
             return reply.error
-        stub = controller_pb2_grpc.ControllerStub(self._channel(ac.rpc_address))
+        stub = controller_pb2_grpc.ControllerStub(self.peers.channel(ac.rpc_address))
         resp = await stub.BrokerHeartbeat(controller_pb2.BrokerHeartbeatRequest(
             broker_id=self.config.broker_id, broker_epoch=self.broker_epoch, metadata_version=version),
             timeout=max(0.2, 3 * self.config.heartbeat_interval_ms / 1000))
@@ -619,17 +602,9 @@ class Broker:
             if self.controller.is_active():
                 self.controller.on_broker_unreachable(broker_id)
             return
-        stub = controller_pb2_grpc.ControllerStub(self._channel(ac.rpc_address))
+        stub = controller_pb2_grpc.ControllerStub(self.peers.channel(ac.rpc_address))
         await stub.ReportBrokerUnreachable(controller_pb2.ReportBrokerUnreachableRequest(
             reporter_id=self.config.broker_id, broker_id=broker_id), timeout=0.5)
-
-    def _channel(self, address: str) -> grpc.aio.Channel:
-        address = self._dial_address(address)
-        ch = self._channels.get(address)
-        if ch is None:
-            ch = grpc.aio.insecure_channel(address, options=channel_options())
-            self._channels[address] = ch
-        return ch
 
     async def _checkpoint_loop(self) -> None:
         last_housekeeping = time.monotonic()

@@ -412,7 +412,7 @@ class AdminService(agrpc.AdminServicer):
         reg = image.broker(broker_id)
         if reg is None:
             return
-        stub = bgrpc.BrokerStub(self.b._channel(f"{reg.host}:{reg.port}"))
+        stub = bgrpc.BrokerStub(self.b.peers.channel(f"{reg.host}:{reg.port}"))
         queries = [bpb.ListOffsetsPartition(topic=t, partition=pd.partition, timestamp_ms=ts)
                    for t, pd in parts for ts in (EARLIEST, LATEST)]
         try:

@@ -94,7 +94,7 @@ from semel.v1 import common_pb2 as pb
 from semel.v1 import txn_pb2_grpc
 
 if TYPE_CHECKING:
-    from semel.cluster.broker.process import Broker
+    from semel.cluster.broker.host import CoordinatorHost
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class ProducerIdAllocator:
     """Producer ids from blocks of the metadata quorum (never reused cluster-wide). The next
     block is fetched when the current one is 90% used, so ids rarely run out."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: CoordinatorHost) -> None:
         self.b = broker
         self._next = 0
         self._last = -1  # current block: ids _next.._last
@@ -162,7 +162,7 @@ class ProducerIdAllocator:
 class TxnCoordinatorShell:
     """Runs the transaction coordinator core of this broker (see the module docstring)."""
 
-    def __init__(self, broker: Broker, config: TxnConfig | None = None,
+    def __init__(self, broker: CoordinatorHost, config: TxnConfig | None = None,
                  scan_interval_ms: int = limits.TRANSACTION_ABORT_SCAN_INTERVAL_MS) -> None:
         self.b = broker
         self.pids = ProducerIdAllocator(broker)
@@ -216,7 +216,7 @@ class TxnCoordinatorShell:
             task.cancel()
         self._epochs.pop(index, None)
         self._view_next.pop(index, None)
-        if role == Role.LEADER and self.b._kv is not None:
+        if role == Role.LEADER and self.b.kv is not None:
             self._epochs[index] = leader_epoch
             self._perform(core.begin_loading(index))
             self._loads[index] = asyncio.get_running_loop().create_task(
@@ -237,7 +237,7 @@ class TxnCoordinatorShell:
                 await asyncio.sleep(0.05)  # too many acks=all waiters on the partition: try again
         if p.role != Role.LEADER or p.leader_epoch != epoch:
             return
-        view = TxnStateView(not_none(self.b._kv, "transactions need the broker's KV store"), index)
+        view = TxnStateView(not_none(self.b.kv, "transactions need the broker's KV store"), index)
         # the RocksDB-backed store (PartitionStoreAdapter) has the log; the file store, which
         # has none, runs no transaction coordinator (it has no KV store either)
         plog, hw = p.store.log, p.high_watermark  # type: ignore[attr-defined]
@@ -369,14 +369,14 @@ class TxnCoordinatorShell:
         self._kick()  # a Prepare* just committed: send its markers now, not at the next tick
 
     def _fold_into_view(self, index: int, base_offset: int, batch: bytes) -> None:
-        if self._view_next.get(index) != base_offset or self.b._kv is None:
+        if self._view_next.get(index) != base_offset or self.b.kv is None:
             return  # not contiguous (a concurrent write committed first): the next load replays
         try:
             entries = decode_records(batch, 0)
             from dataclasses import replace
 
             entries = [replace(e, offset=base_offset + e.offset) for e in entries]
-            kv = not_none(self.b._kv, "transactions need the broker's KV store")
+            kv = not_none(self.b.kv, "transactions need the broker's KV store")
             TxnStateView(kv, index).apply(entries, base_offset + len(entries))
             self._view_next[index] = base_offset + len(entries)
         except Exception:
@@ -396,11 +396,11 @@ class TxnCoordinatorShell:
 
     async def _send_markers(self, send: MarkerSend) -> None:
         core = not_none(self.core, "the transaction coordinator shell acts only once started")
-        address = self.b._broker_address(send.broker_id)
+        address = self.b.peers.broker_address(send.broker_id)
         try:
             if address is None:
                 raise ConnectionError(f"broker {send.broker_id} has no address")
-            stub = txn_pb2_grpc.TxnMarkersStub(self.b._channel(address))
+            stub = txn_pb2_grpc.TxnMarkersStub(self.b.peers.channel(address))
             resp = await stub.WriteTxnMarkers(txn_wire.write_markers_request(send), timeout=MARKER_RPC_TIMEOUT_S)
         except (grpc.aio.AioRpcError, ConnectionError) as exc:
             log.info("WriteTxnMarkers to broker %d failed: %s", send.broker_id, exc)

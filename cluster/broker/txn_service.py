@@ -57,6 +57,7 @@ from semel.v1 import txn_pb2 as tpb
 from semel.v1 import txn_pb2_grpc as tgrpc
 
 if TYPE_CHECKING:
+    from semel.cluster.broker.host import CoordinatorHost
     from semel.cluster.broker.process import Broker
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def producer_state_of(p: Partition) -> Any | None:
 
 
 class TransactionsService(tgrpc.TransactionsServicer):
-    def __init__(self, broker: Broker, shell: TxnCoordinatorShell) -> None:
+    def __init__(self, broker: CoordinatorHost, shell: TxnCoordinatorShell) -> None:
         self.b = broker
         self.shell = shell
 
@@ -197,7 +198,7 @@ def append_marker(shell: TxnCoordinatorShell, p: Partition, producer_id: int, pr
 
 
 class TxnMarkersService(tgrpc.TxnMarkersServicer):
-    def __init__(self, broker: Broker, shell: TxnCoordinatorShell) -> None:
+    def __init__(self, broker: CoordinatorHost, shell: TxnCoordinatorShell) -> None:
         self.b = broker
         self.shell = shell
 
@@ -250,7 +251,7 @@ class ProduceVerifier:
     """Verifies the first transactional write of a producer to each partition (see the module
     docstring). `prepare` returns a check to run right before each partition's append."""
 
-    def __init__(self, broker: Broker, shell: TxnCoordinatorShell) -> None:
+    def __init__(self, broker: CoordinatorHost, shell: TxnCoordinatorShell) -> None:
         self.b = broker
         self.shell = shell
         self.verifications = 0
@@ -386,11 +387,11 @@ class ProduceVerifier:
             return VerifyResult(pb.COORDINATOR_NOT_AVAILABLE, "no transaction coordinator")
         if ps.leader == self.b.config.broker_id and core is not None:
             return await self.shell.verify(tid, pid, epoch, tps)
-        address = self.b._broker_address(ps.leader)
+        address = self.b.peers.broker_address(ps.leader)
         if address is None:
             return VerifyResult(pb.COORDINATOR_NOT_AVAILABLE, "coordinator has no address")
         try:
-            resp = await tgrpc.TxnMarkersStub(self.b._channel(address)).VerifyTransaction(
+            resp = await tgrpc.TxnMarkersStub(self.b.peers.channel(address)).VerifyTransaction(
                 tpb.VerifyTransactionRequest(transactional_id=tid, producer_id=pid, producer_epoch=epoch,
                                              partitions=txn_wire.partitions_to_proto(tps)),
                 timeout=VERIFY_RPC_TIMEOUT_S)
@@ -403,7 +404,7 @@ class ProduceVerifier:
 class TxnRuntime:
     """Everything transactional on one broker (installed by `install`)."""
 
-    def __init__(self, broker: Broker, scan_interval_ms: int | None = None) -> None:
+    def __init__(self, broker: CoordinatorHost, scan_interval_ms: int | None = None) -> None:
         self.shell = TxnCoordinatorShell(broker, scan_interval_ms=scan_interval_ms
                                          or limits.TRANSACTION_ABORT_SCAN_INTERVAL_MS)
         self.verifier = ProduceVerifier(broker, self.shell)

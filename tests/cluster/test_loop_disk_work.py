@@ -148,13 +148,13 @@ class FakeQuorum:
 
 
 class FakeBroker:
-    """What the coordinator shells use of a broker: config, quorum, rm, disk, _kv."""
+    """A `host.CoordinatorHost` for the coordinator shells: config, quorum, rm, disk, kv."""
 
     def __init__(self, tmp_path, img: md.MetadataImage, kv: KvStore) -> None:
         self.config = BrokerConfig(broker_id=1)
         self.quorum = FakeQuorum(img)
         self.disk = DiskExecutor()
-        self._kv = kv
+        self.kv = kv
         self.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=kv),
                                  clock=SystemClock(), disk=self.disk)
         self.rm.broker_epoch = 1
