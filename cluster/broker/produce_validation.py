@@ -1,7 +1,7 @@
-"""Validation of a client batch header before the leader appends it (pure, no I/O).
+"""Validation of a client batch before the leader appends it (pure, no I/O).
 
-The broker never decodes records: everything it checks is in the header, which the client
-fills in the `RecordBatch` message. A batch either passes every check or is rejected whole
+The header is checked field by field; the records are parsed once as a `semel.v1.Records`
+message by the generated (C) class and only counted (`check_records`). A batch either passes every check or is rejected whole
 with one `ErrorCode` and a message naming the field, so a client can tell its own bug
 (fatal: INVALID_RECORD, RECORD_BATCH_TOO_LARGE, INVALID_TIMESTAMP) from a retriable state.
 
@@ -14,6 +14,13 @@ Checks, in order (the first failing one wins):
      [0, 32767], base_sequence >= 0; transactional batches need a producer id
   5. timestamps: 0 <= base_timestamp_ms <= max_timestamp_ms, and max_timestamp_ms no further
      than `max_future_timestamp_ms` ahead of the broker clock
+  6. records (`check_records`): no compression codec bits (none is implemented), and the
+     payload parses as a `Records` message of exactly `record_count` records (CORRUPT_MESSAGE)
+
+Before those, per request (`check_request_batch`): the batch is present, its producer fields
+are set explicitly (proto3 `optional`: unset would read as producer 0), and a request with a
+`transactional_id` holds only transactional batches. A producer id at or above the metadata
+image's `next_producer_id` was never allocated by the quorum (`unallocated_producer_id`).
 """
 
 from __future__ import annotations
@@ -21,14 +28,16 @@ from __future__ import annotations
 import dataclasses
 
 from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE
+from google.protobuf.message import DecodeError
 from semel.storage.batch import (
+    ATTR_COMPRESSION_MASK,
     ATTR_CONTROL,
     ATTR_KNOWN,
     ATTR_TRANSACTIONAL,
     HEADER_BYTES,
     BatchHeader,
 )
-from semel.v1 import common_pb2
+from semel.v1 import broker_pb2, common_pb2
 
 INT16_MAX = (1 << 15) - 1
 INT32_MAX = (1 << 31) - 1
@@ -140,4 +149,50 @@ def _check_timestamps(h: BatchHeader, _allow_control: bool, now_ms: int, future_
             common_pb2.INVALID_TIMESTAMP,
             f"max_timestamp_ms {h.max_timestamp_ms} is more than {future_ms} ms ahead of the broker clock",
         )
+    return None
+
+
+PRODUCER_FIELDS = ("producer_id", "producer_epoch", "base_sequence")
+# A `Records.records` entry is at least 2 bytes (tag + length): a count above half the payload
+# cannot be right, and is refused before parsing.
+MIN_RECORD_BYTES = 2
+
+
+def check_request_batch(pd: broker_pb2.PartitionProduceData, transactional_id: str) -> Rejection | None:
+    """The per-request checks of one partition's batch (see the module docstring)."""
+    if not pd.HasField("batch"):
+        return Rejection(common_pb2.INVALID_REQUEST, "missing batch")
+    b = pd.batch
+    unset = [name for name in PRODUCER_FIELDS if not b.HasField(name)]
+    if unset:
+        return Rejection(common_pb2.INVALID_REQUEST, f"batch fields {', '.join(unset)} are unset: set producer_id, "
+                         "producer_epoch and base_sequence explicitly (all -1 for a producer that is not idempotent)")
+    if transactional_id and not b.attributes & ATTR_TRANSACTIONAL:
+        return Rejection(common_pb2.INVALID_REQUEST, "a request with a transactional_id carries only transactional "
+                         "batches (attributes 0x10); send non-transactional batches in their own request")
+    return None
+
+
+def unallocated_producer_id(producer_id: int, next_producer_id: int) -> Rejection:
+    return Rejection(common_pb2.INVALID_PRODUCER_ID_MAPPING,
+                     f"producer_id {producer_id} was never allocated by the metadata quorum (ids below "
+                     f"{next_producer_id} are); get one from InitProducerId")
+
+
+def check_records(records: bytes, record_count: int, attributes: int) -> Rejection | None:
+    """The payload of a data batch holds exactly `record_count` records. One parse in C by the
+    generated class; no per-record Python work."""
+    if attributes & ATTR_COMPRESSION_MASK:
+        return Rejection(common_pb2.INVALID_RECORD, f"compression codec {attributes & ATTR_COMPRESSION_MASK} in "
+                         "attributes: no codec is implemented; send uncompressed Records")
+    if record_count * MIN_RECORD_BYTES > len(records):
+        return Rejection(common_pb2.CORRUPT_MESSAGE, f"record_count {record_count} does not fit in "
+                         f"{len(records)} bytes of records")
+    try:
+        decoded = common_pb2.Records.FromString(records)
+    except DecodeError as exc:
+        return Rejection(common_pb2.CORRUPT_MESSAGE, f"records do not parse as a semel.v1.Records message: {exc}")
+    if len(decoded.records) != record_count:
+        return Rejection(common_pb2.CORRUPT_MESSAGE, f"records hold {len(decoded.records)} records, the header "
+                         f"claims record_count {record_count}")
     return None

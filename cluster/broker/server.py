@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
-from semel import limits
+from semel import internal_topics, limits
 from semel.clock import wall_clock_ms
 from semel.cluster.broker import write_path
+from semel.cluster.broker import produce_validation
 from semel.cluster.broker.produce_validation import header_from_fields, validate_batch
 from semel.cluster.broker.replica_manager import (
     PartitionError,
@@ -108,12 +109,15 @@ class BrokerService(bgrpc.BrokerServicer):
 
     async def _produce(self, request: bpb.ProduceRequest) -> bpb.ProduceResponse:
         if len(request.partitions) > limits.MAX_PARTITIONS_PER_REQUEST:
-            return _produce_all_failed(request, pb.INVALID_REQUEST, "too many partitions in one request")
+            return _produce_all_failed(request, pb.INVALID_REQUEST,
+                                       _too_many("partitions", limits.MAX_PARTITIONS_PER_REQUEST))
         if request.acks not in (bpb.ACKS_ALL, bpb.ACKS_LEADER, bpb.ACKS_NONE):
             return _produce_all_failed(request, pb.INVALID_REQUEST, f"unknown acks {request.acks}")
         timeout_ms = request.timeout_ms if request.timeout_ms > 0 else PRODUCE_TIMEOUT_MS_DEFAULT
         timeout_ms = min(timeout_ms, limits.MAX_PRODUCE_TIMEOUT_MS)
-        image = self.b.quorum.image()
+        refused = {(pd.topic, pd.partition): rejection for pd in request.partitions
+                   if (rejection := produce_validation.check_request_batch(pd, request.transactional_id)) is not None}
+        image = await self._image_with_producer_ids(request, refused)
         txn = getattr(self.b, "txn", None)
         check = await txn.verify_produce(request, image) if txn is not None else None  # KIP-890
         now = wall_clock_ms()
@@ -129,6 +133,12 @@ class BrokerService(bgrpc.BrokerServicer):
                 _set_error(r, pb.INVALID_REQUEST, "partition listed twice in one request")
                 continue
             seen.add(key)
+            rejection = refused.get(key)
+            if rejection is None and 0 <= pd.batch.producer_id and pd.batch.producer_id >= image.next_producer_id:
+                rejection = produce_validation.unallocated_producer_id(pd.batch.producer_id, image.next_producer_id)
+            if rejection is not None:
+                _set_error(r, rejection.error_code, rejection.message)
+                continue
             try:
                 if check is not None:
                     check(pd)  # no await between this and the append
@@ -149,18 +159,39 @@ class BrokerService(bgrpc.BrokerServicer):
                     _set_error(r, outcome.error_code, outcome.message)
         return bpb.ProduceResponse(results=results)
 
+    async def _image_with_producer_ids(self, request: bpb.ProduceRequest,
+                                       refused: dict[tuple[str, int], produce_validation.Rejection]
+                                       ) -> md.MetadataImage:
+        """The metadata image, once it knows every producer id of the request's batches as
+        allocated (bounded wait): a client got its id from a block the quorum committed, which
+        this broker's image may not have applied yet. An id still unknown afterwards was never
+        issued (the per-batch check then refuses it)."""
+        image = self.b.quorum.image()
+        pids = [pd.batch.producer_id for pd in request.partitions
+                if (pd.topic, pd.partition) not in refused and pd.batch.producer_id >= 0]
+        if not pids or max(pids) < image.next_producer_id:
+            return image
+        highest = max(pids)
+        wait = getattr(self.b, "wait_for_metadata", None)
+        if wait is not None:
+            await wait(lambda img: img.next_producer_id > highest, limits.PRODUCER_ID_METADATA_WAIT_MS / 1000)
+        return self.b.quorum.image()
+
     def _produce_one(self, pd: bpb.PartitionProduceData, acks: int, image: md.MetadataImage, now: int,
                      r: bpb.PartitionProduceResult) -> write_path.PendingAck | None:
+        if pd.topic in internal_topics.INTERNAL_TOPICS:
+            # only the coordinators write these, through write_path on the broker itself
+            raise PartitionError(pb.INVALID_TOPIC_NAME, f"{pd.topic} is an internal topic: clients cannot produce to it")
         p = self.b.rm.leader_partition(pd.topic, pd.partition, image)
-        if not pd.HasField("batch"):
-            raise PartitionError(pb.INVALID_REQUEST, "missing batch")
-        b = pd.batch
+        b = pd.batch  # present (check_request_batch)
         header = header_from_fields(
             last_offset_delta=b.last_offset_delta, producer_id=b.producer_id, producer_epoch=b.producer_epoch,
             base_sequence=b.base_sequence, record_count=b.record_count, attributes=b.attributes,
             base_timestamp_ms=b.base_timestamp_ms, max_timestamp_ms=b.max_timestamp_ms, records_bytes=len(b.records))
         rejection = validate_batch(header, max_batch_bytes=self.b.config.max_batch_bytes, now_ms=now,
                                    max_future_timestamp_ms=limits.MAX_FUTURE_TIMESTAMP_MS)
+        if rejection is None:
+            rejection = produce_validation.check_records(b.records, b.record_count, b.attributes)
         if rejection is not None:
             raise PartitionError(rejection.error_code, rejection.message)
         policy = write_path.PRODUCE_ACKS_ALL if acks == bpb.ACKS_ALL else write_path.PRODUCE_ACKS_LEADER
@@ -178,7 +209,12 @@ class BrokerService(bgrpc.BrokerServicer):
         if len(request.partitions) > limits.MAX_PARTITIONS_PER_REQUEST:
             return bpb.FetchResponse(results=[bpb.FetchPartitionResult(
                 topic=fp.topic, partition=fp.partition, error_code=pb.INVALID_REQUEST,
-                error_message="too many partitions in one request") for fp in request.partitions[:1]])
+                error_message=_too_many("partitions", limits.MAX_PARTITIONS_PER_REQUEST))
+                for fp in request.partitions[:1]])
+        if request.isolation_level not in (bpb.READ_UNCOMMITTED, bpb.READ_COMMITTED):
+            return bpb.FetchResponse(results=[bpb.FetchPartitionResult(
+                topic=fp.topic, partition=fp.partition, error_code=pb.INVALID_REQUEST,
+                error_message=f"unknown isolation_level {request.isolation_level}") for fp in request.partitions])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _clamp(request.max_wait_ms, 0, limits.MAX_FETCH_WAIT_MS) / 1000
         max_bytes = request.max_bytes if request.max_bytes > 0 else limits.MAX_FETCH_BYTES
@@ -265,7 +301,17 @@ class BrokerService(bgrpc.BrokerServicer):
     async def ListOffsets(self, request: bpb.ListOffsetsRequest, context: grpc.aio.ServicerContext) -> bpb.ListOffsetsResponse:
         image = self.b.quorum.image()
         resp = bpb.ListOffsetsResponse()
-        for lp in request.partitions[: limits.MAX_PARTITIONS_PER_REQUEST]:
+        if len(request.partitions) > limits.MAX_PARTITIONS_PER_REQUEST:
+            return bpb.ListOffsetsResponse(results=[bpb.ListOffsetsResult(
+                topic=lp.topic, partition=lp.partition, offset=-1, timestamp_ms=-1, leader_epoch=-1,
+                error_code=pb.INVALID_REQUEST, error_message=_too_many("partitions", limits.MAX_PARTITIONS_PER_REQUEST))
+                for lp in request.partitions[:1]])
+        if request.isolation_level not in (bpb.READ_UNCOMMITTED, bpb.READ_COMMITTED):
+            return bpb.ListOffsetsResponse(results=[bpb.ListOffsetsResult(
+                topic=lp.topic, partition=lp.partition, offset=-1, timestamp_ms=-1, leader_epoch=-1,
+                error_code=pb.INVALID_REQUEST, error_message=f"unknown isolation_level {request.isolation_level}")
+                for lp in request.partitions])
+        for lp in request.partitions:
             r = bpb.ListOffsetsResult(topic=lp.topic, partition=lp.partition, offset=-1, timestamp_ms=-1, leader_epoch=-1)
             try:
                 p = self.b.rm.leader_partition(lp.topic, lp.partition, image, _checked_epoch(lp))
@@ -287,6 +333,10 @@ class BrokerService(bgrpc.BrokerServicer):
                 _set_error(r, exc.code, exc.message)
             resp.results.append(r)
         return resp
+
+
+def _too_many(what: str, bound: int) -> str:
+    return f"too many {what} in one request (limit {bound}, semel.limits); nothing was done"
 
 
 def _checked_epoch(q: bpb.FetchPartition | bpb.ListOffsetsPartition) -> int:
@@ -324,13 +374,21 @@ class AdminService(agrpc.AdminServicer):
     async def CreateTopics(self, request: apb.CreateTopicsRequest, context: grpc.aio.ServicerContext) -> apb.CreateTopicsResponse:
         timeout_s = _clamp(request.timeout_ms or ADMIN_TIMEOUT_MS_DEFAULT, 1, limits.MAX_PRODUCE_TIMEOUT_MS) / 1000
         resp = apb.CreateTopicsResponse()
-        for nt in request.topics[:1000]:
+        if len(request.topics) > limits.MAX_TOPICS_PER_ADMIN_REQUEST:
+            message = _too_many("topics", limits.MAX_TOPICS_PER_ADMIN_REQUEST)
+            return apb.CreateTopicsResponse(results=[apb.TopicResult(name=nt.name, error_code=pb.INVALID_REQUEST,
+                                                                     error_message=message) for nt in request.topics])
+        for nt in request.topics:
             resp.results.append(await self._create(nt, request.validate_only, timeout_s))
         return resp
 
     async def _create(self, nt: apb.NewTopic, validate_only: bool, timeout_s: float) -> apb.TopicResult:
         image = self.b.quorum.image()
-        rf = nt.replication_factor or min(3, max(1, len(image.unfenced_brokers())))
+        rf = nt.replication_factor if nt.HasField("replication_factor") else min(3, max(1, len(image.unfenced_brokers())))
+        if rf < 1:
+            return apb.TopicResult(name=nt.name, error_code=pb.INVALID_REPLICATION_FACTOR,
+                                   error_message=f"replication_factor must be >= 1, got {rf} (leave it unset for the "
+                                   "cluster default)")
         configs = tuple(sorted(nt.configs.items()))
         code = md.validate_topic_name(nt.name)
         if code != pb.NONE:
@@ -352,7 +410,15 @@ class AdminService(agrpc.AdminServicer):
     async def DeleteTopics(self, request: apb.DeleteTopicsRequest, context: grpc.aio.ServicerContext) -> apb.DeleteTopicsResponse:
         timeout_s = _clamp(request.timeout_ms or ADMIN_TIMEOUT_MS_DEFAULT, 1, limits.MAX_PRODUCE_TIMEOUT_MS) / 1000
         resp = apb.DeleteTopicsResponse()
-        for name in request.names[:1000]:
+        if len(request.names) > limits.MAX_TOPICS_PER_ADMIN_REQUEST:
+            message = _too_many("topics", limits.MAX_TOPICS_PER_ADMIN_REQUEST)
+            return apb.DeleteTopicsResponse(results=[apb.TopicResult(name=name, error_code=pb.INVALID_REQUEST,
+                                                                     error_message=message) for name in request.names])
+        for name in request.names:
+            if name in internal_topics.INTERNAL_TOPICS:
+                resp.results.append(apb.TopicResult(name=name, error_code=pb.INVALID_TOPIC_NAME,
+                                                    error_message=f"{name} is an internal topic: it cannot be deleted"))
+                continue
             try:
                 result = await self.b.quorum.submit(md.DeleteTopic(name), timeout_s=timeout_s)
             except MetadataSubmitError as exc:
@@ -470,7 +536,11 @@ class ReplicationService(rgrpc.ReplicationServicer):
     async def OffsetForLeaderEpoch(self, request: rpb.OffsetForLeaderEpochRequest,
                                    context: grpc.aio.ServicerContext) -> rpb.OffsetForLeaderEpochResponse:
         resp = rpb.OffsetForLeaderEpochResponse()
-        for q in request.partitions[: limits.MAX_PARTITIONS_PER_REQUEST]:
+        if len(request.partitions) > limits.MAX_PARTITIONS_PER_REQUEST:
+            return rpb.OffsetForLeaderEpochResponse(results=[rpb.EpochEndOffset(
+                topic=q.topic, partition=q.partition, leader_epoch=-1, end_offset=-1, error_code=pb.INVALID_REQUEST)
+                for q in request.partitions[:1]])
+        for q in request.partitions:
             r = rpb.EpochEndOffset(topic=q.topic, partition=q.partition, leader_epoch=-1, end_offset=-1)
             p = self.b.rm.get(q.topic, q.partition)
             try:

@@ -161,7 +161,7 @@ def _add_topic(sub: argparse._SubParsersAction) -> None:
     create.add_argument("name")
     create.add_argument("--partitions", "-p", type=int, default=1, help="partition count (default 1)")
     create.add_argument(
-        "--replication-factor", "-r", type=int, default=0,
+        "--replication-factor", "-r", type=int, default=None,
         help="replicas per partition (default: the cluster default, min(3, brokers))",
     )
     create.add_argument(

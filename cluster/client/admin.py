@@ -142,15 +142,15 @@ class Admin(_ClientBase):
         self,
         name: str,
         partitions: int = 1,
-        replication_factor: int = 0,
+        replication_factor: int | None = None,
         configs: dict[str, str] | None = None,
         timeout_ms: int | None = None,
         validate_only: bool = False,
     ) -> None:
         """Create one topic; raises TopicAlreadyExistsError, InvalidTopicNameError, ..."""
-        topic = admin_pb2.NewTopic(
-            name=name, partitions=partitions, replication_factor=replication_factor, configs=configs or {}
-        )
+        topic = admin_pb2.NewTopic(name=name, partitions=partitions, configs=configs or {})
+        if replication_factor is not None:  # unset: the cluster default; 0 is refused (INVALID_REPLICATION_FACTOR)
+            topic.replication_factor = replication_factor
         timeout = timeout_ms or self.request_timeout_ms
 
         def attempt(remaining_ms: int) -> None:

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         admin = admin_pb2_grpc.AdminStub(c.channel(c.bootstrap))
         created = admin.CreateTopics(admin_pb2.CreateTopicsRequest(topics=[
-            admin_pb2.NewTopic(name=name, partitions=1, replication_factor=0) for name in (debits, credits)]),
+            admin_pb2.NewTopic(name=name, partitions=1) for name in (debits, credits)]),
             timeout=30)
         for result in created.results:
             expect_ok(result, f"CreateTopics {result.name}")

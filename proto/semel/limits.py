@@ -58,7 +58,9 @@ MAX_FETCH_WAITERS_PER_BROKER = 4096        # long-polling Fetch requests parked 
 MAX_PRODUCE_TIMEOUT_MS = 5 * 60 * 1000     # produce timeout_ms is clamped to this
 MAX_FETCH_WAIT_MS = 60 * 1000              # fetch max_wait_ms is clamped to this
 MAX_FUTURE_TIMESTAMP_MS = 24 * 3600 * 1000 # a batch's max timestamp may be at most this far ahead of the broker
-MAX_PARTITIONS_PER_REQUEST = 10_000        # partitions in one produce/fetch/list-offsets request
+MAX_PARTITIONS_PER_REQUEST = 10_000        # partitions in one produce/fetch/list-offsets request; more -> INVALID_REQUEST
+MAX_TOPICS_PER_ADMIN_REQUEST = 1000        # topics in one CreateTopics/DeleteTopics request; more -> INVALID_REQUEST
+MAX_GROUPS_PER_REQUEST = 1000              # group ids in one DescribeGroups request; more -> INVALID_REQUEST
 REPLICA_FETCH_MAX_BYTES_DEFAULT = 8 * 1024 * 1024  # one ReplicaFetch response (at least one whole batch per partition)
 REPLICA_FETCH_MAX_WAIT_MS_DEFAULT = 500    # follower long-poll on the leader
 REPLICA_LAG_TIME_MAX_MS_DEFAULT = 10_000   # a follower not caught up for this long leaves the ISR
@@ -75,6 +77,7 @@ LOOP_STALL_MS = 200                        # the loop silent this long is a stal
 
 # --- metadata quorum (semel.cluster.metadata.state / quorum / controller) ---------------------
 PRODUCER_ID_BLOCK_SIZE = 1000              # producer ids per AllocateProducerIds block (never reused)
+PRODUCER_ID_METADATA_WAIT_MS = 1000        # a produce with a producer id above this broker's image's allocated ids waits this long for the image, then INVALID_PRODUCER_ID_MAPPING
 MAX_PARTITIONS_PER_TOPIC = 1000            # CreateTopic partitions above -> INVALID_PARTITIONS
 MAX_PARTITIONS_TOTAL = 100_000             # partitions over all topics; more -> RESOURCE_EXHAUSTED
 MAX_TOPIC_NAME_CHARS = 200                 # topic names are 1..this many chars of [A-Za-z0-9._-]

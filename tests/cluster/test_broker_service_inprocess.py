@@ -15,6 +15,7 @@ from semel.cluster.broker.replica_manager import ReplicaManager
 from semel.cluster.broker.replication import IsrMaintainer, LeaderReplicationService
 from semel.cluster.broker.server import BrokerService
 from semel.cluster.broker.storage_adapter import open_replica_store
+from semel.client.records import encode_record
 from semel.cluster.metadata import state as md
 from semel.storage.kv import KvStore
 from semel.v1 import broker_pb2 as bpb
@@ -28,7 +29,8 @@ def image(isr=(1, 2), min_isr=2, version=1) -> md.MetadataImage:
     brokers = {b: md.BrokerRegistration(b, f"inc{b}", "127.0.0.1", 9000 + b, None, b, False, 1) for b in (1, 2)}
     part = md.PartitionState("t", 0, (1, 2), tuple(isr), 1, 0, version)
     topic = md.Topic("t", "00112233445566778899", False, 2, md.TopicConfig(min_insync_replicas=min_isr), (part,))
-    return md.MetadataImage(version=version, brokers=brokers, topics={"t": topic})
+    # producer ids below 1000 were allocated (a produce with an id never allocated is refused)
+    return md.MetadataImage(version=version, brokers=brokers, topics={"t": topic}, next_producer_id=1000)
 
 
 class FakeQuorum:
@@ -68,7 +70,13 @@ class FakeBroker:
 def batch(value: bytes = b"v") -> pb.RecordBatch:
     ts = wall_clock_ms()
     return pb.RecordBatch(last_offset_delta=0, record_count=1, producer_id=-1, producer_epoch=-1, base_sequence=-1,
-                          base_timestamp_ms=ts, max_timestamp_ms=ts, records=value)
+                          base_timestamp_ms=ts, max_timestamp_ms=ts, records=encode_record(0, 0, None, value))
+
+
+def _value(b: pb.RecordBatch) -> bytes:
+    """The value of a one-record batch."""
+    (record,) = pb.Records.FromString(b.records).records
+    return record.value
 
 
 def produce_req(acks=bpb.ACKS_ALL, timeout_ms=2000) -> bpb.ProduceRequest:
@@ -387,7 +395,7 @@ def test_read_committed_stops_at_the_lso_and_drops_aborted_data_and_markers(txn_
     assert marker.error_code == pb.NONE and marker.base_offset == 3
     rc = fetch(bpb.READ_COMMITTED)
     assert rc.last_stable_offset == rc.high_watermark == 4
-    assert [x.records for x in rc.batches] == [b"plain", b"after"]  # aborted data and the marker dropped
+    assert [_value(x) for x in rc.batches] == [b"plain", b"after"]  # aborted data and the marker dropped
     assert rc.next_fetch_offset == 4
 
 
@@ -428,11 +436,11 @@ def test_read_committed_filters_aborts_per_producer_and_asks_only_for_the_chunk_
         return run(svc.Fetch(req, None)).results[0]
 
     everything = fetch(0)
-    assert [x.records for x in everything.batches] == [b"plain-0", b"committed-2", b"plain-6"]
+    assert [_value(x) for x in everything.batches] == [b"plain-0", b"committed-2", b"plain-6"]
     assert everything.last_stable_offset == 7 and asked == [(0, 7)]
     asked.clear()
     first = fetch(0, max_bytes=1)  # one batch: the aborts of [0, 1) only
-    assert [x.records for x in first.batches] == [b"plain-0"] and asked == [(0, 1)]
+    assert [_value(x) for x in first.batches] == [b"plain-0"] and asked == [(0, 1)]
     asked.clear()
     second = fetch(1, max_bytes=1)
     assert second.batches == [] and second.next_fetch_offset == 2 and asked == [(1, 2)]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from semel.v1 import common_pb2 as semel_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14semel/v1/admin.proto\x12\x08semel.v1\x1a\x15semel/v1/common.proto\"\xaa\x01\n\x08NewTopic\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\x05\x12\x1a\n\x12replication_factor\x18\x03 \x01(\x05\x12\x30\n\x07\x63onfigs\x18\x04 \x03(\x0b\x32\x1f.semel.v1.NewTopic.ConfigsEntry\x1a.\n\x0c\x43onfigsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"d\n\x13\x43reateTopicsRequest\x12\"\n\x06topics\x18\x01 \x03(\x0b\x32\x12.semel.v1.NewTopic\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x03 \x01(\x05\"[\n\x0bTopicResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\nerror_code\x18\x02 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x15\n\rerror_message\x18\x03 \x01(\t\">\n\x14\x43reateTopicsResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.semel.v1.TopicResult\"8\n\x13\x44\x65leteTopicsRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x05\">\n\x14\x44\x65leteTopicsResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.semel.v1.TopicResult\"@\n\x15\x44\x65scribeTopicsRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x18\n\x10include_internal\x18\x02 \x01(\x08\"\xe8\x01\n\x14PartitionDescription\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x11\n\tleader_id\x18\x02 \x01(\x05\x12\x14\n\x0cleader_epoch\x18\x03 \x01(\x05\x12\x10\n\x08replicas\x18\x04 \x03(\x05\x12\x0b\n\x03isr\x18\x05 \x03(\x05\x12\x16\n\x0ehigh_watermark\x18\x06 \x01(\x03\x12\x18\n\x10log_start_offset\x18\x07 \x01(\x03\x12\x1a\n\x12last_stable_offset\x18\x08 \x01(\x03\x12\'\n\nerror_code\x18\t \x01(\x0e\x32\x13.semel.v1.ErrorCode\"\x8b\x02\n\x10TopicDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08topic_id\x18\x02 \x01(\t\x12\x10\n\x08internal\x18\x03 \x01(\x08\x12\'\n\nerror_code\x18\x04 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x38\n\x07\x63onfigs\x18\x05 \x03(\x0b\x32\'.semel.v1.TopicDescription.ConfigsEntry\x12\x32\n\npartitions\x18\x06 \x03(\x0b\x32\x1e.semel.v1.PartitionDescription\x1a.\n\x0c\x43onfigsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x16\x44\x65scribeTopicsResponse\x12*\n\x06topics\x18\x01 \x03(\x0b\x32\x1a.semel.v1.TopicDescription\"\x18\n\x16\x44\x65scribeClusterRequest\"\x7f\n\x11\x42rokerDescription\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x0e\n\x06\x66\x65nced\x18\x04 \x01(\x08\x12\x14\n\x0c\x62roker_epoch\x18\x05 \x01(\x03\x12\x15\n\ris_controller\x18\x06 \x01(\x08\"\xba\x01\n\x17\x44\x65scribeClusterResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\x05\x12,\n\x07\x62rokers\x18\x03 \x03(\x0b\x32\x1b.semel.v1.BrokerDescription\x12\x18\n\x10metadata_version\x18\x04 \x01(\x03\x12\x15\n\rquorum_voters\x18\x05 \x03(\t\x12\x15\n\rquorum_leader\x18\x06 \x01(\t2\xd2\x02\n\x05\x41\x64min\x12M\n\x0c\x43reateTopics\x12\x1d.semel.v1.CreateTopicsRequest\x1a\x1e.semel.v1.CreateTopicsResponse\x12M\n\x0c\x44\x65leteTopics\x12\x1d.semel.v1.DeleteTopicsRequest\x1a\x1e.semel.v1.DeleteTopicsResponse\x12S\n\x0e\x44\x65scribeTopics\x12\x1f.semel.v1.DescribeTopicsRequest\x1a .semel.v1.DescribeTopicsResponse\x12V\n\x0f\x44\x65scribeCluster\x12 .semel.v1.DescribeClusterRequest\x1a!.semel.v1.DescribeClusterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14semel/v1/admin.proto\x12\x08semel.v1\x1a\x15semel/v1/common.proto\"\xc6\x01\n\x08NewTopic\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\x05\x12\x1f\n\x12replication_factor\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x30\n\x07\x63onfigs\x18\x04 \x03(\x0b\x32\x1f.semel.v1.NewTopic.ConfigsEntry\x1a.\n\x0c\x43onfigsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x15\n\x13_replication_factor\"d\n\x13\x43reateTopicsRequest\x12\"\n\x06topics\x18\x01 \x03(\x0b\x32\x12.semel.v1.NewTopic\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x03 \x01(\x05\"[\n\x0bTopicResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\nerror_code\x18\x02 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x15\n\rerror_message\x18\x03 \x01(\t\">\n\x14\x43reateTopicsResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.semel.v1.TopicResult\"8\n\x13\x44\x65leteTopicsRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x05\">\n\x14\x44\x65leteTopicsResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.semel.v1.TopicResult\"@\n\x15\x44\x65scribeTopicsRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x18\n\x10include_internal\x18\x02 \x01(\x08\"\xe8\x01\n\x14PartitionDescription\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x11\n\tleader_id\x18\x02 \x01(\x05\x12\x14\n\x0cleader_epoch\x18\x03 \x01(\x05\x12\x10\n\x08replicas\x18\x04 \x03(\x05\x12\x0b\n\x03isr\x18\x05 \x03(\x05\x12\x16\n\x0ehigh_watermark\x18\x06 \x01(\x03\x12\x18\n\x10log_start_offset\x18\x07 \x01(\x03\x12\x1a\n\x12last_stable_offset\x18\x08 \x01(\x03\x12\'\n\nerror_code\x18\t \x01(\x0e\x32\x13.semel.v1.ErrorCode\"\x8b\x02\n\x10TopicDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08topic_id\x18\x02 \x01(\t\x12\x10\n\x08internal\x18\x03 \x01(\x08\x12\'\n\nerror_code\x18\x04 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x38\n\x07\x63onfigs\x18\x05 \x03(\x0b\x32\'.semel.v1.TopicDescription.ConfigsEntry\x12\x32\n\npartitions\x18\x06 \x03(\x0b\x32\x1e.semel.v1.PartitionDescription\x1a.\n\x0c\x43onfigsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x16\x44\x65scribeTopicsResponse\x12*\n\x06topics\x18\x01 \x03(\x0b\x32\x1a.semel.v1.TopicDescription\"\x18\n\x16\x44\x65scribeClusterRequest\"\x7f\n\x11\x42rokerDescription\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x0e\n\x06\x66\x65nced\x18\x04 \x01(\x08\x12\x14\n\x0c\x62roker_epoch\x18\x05 \x01(\x03\x12\x15\n\ris_controller\x18\x06 \x01(\x08\"\xba\x01\n\x17\x44\x65scribeClusterResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\x05\x12,\n\x07\x62rokers\x18\x03 \x03(\x0b\x32\x1b.semel.v1.BrokerDescription\x12\x18\n\x10metadata_version\x18\x04 \x01(\x03\x12\x15\n\rquorum_voters\x18\x05 \x03(\t\x12\x15\n\rquorum_leader\x18\x06 \x01(\t2\xd2\x02\n\x05\x41\x64min\x12M\n\x0c\x43reateTopics\x12\x1d.semel.v1.CreateTopicsRequest\x1a\x1e.semel.v1.CreateTopicsResponse\x12M\n\x0c\x44\x65leteTopics\x12\x1d.semel.v1.DeleteTopicsRequest\x1a\x1e.semel.v1.DeleteTopicsResponse\x12S\n\x0e\x44\x65scribeTopics\x12\x1f.semel.v1.DescribeTopicsRequest\x1a .semel.v1.DescribeTopicsResponse\x12V\n\x0f\x44\x65scribeCluster\x12 .semel.v1.DescribeClusterRequest\x1a!.semel.v1.DescribeClusterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,35 +37,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOPICDESCRIPTION_CONFIGSENTRY']._loaded_options = None
   _globals['_TOPICDESCRIPTION_CONFIGSENTRY']._serialized_options = b'8\001'
   _globals['_NEWTOPIC']._serialized_start=58
-  _globals['_NEWTOPIC']._serialized_end=228
-  _globals['_NEWTOPIC_CONFIGSENTRY']._serialized_start=182
-  _globals['_NEWTOPIC_CONFIGSENTRY']._serialized_end=228
-  _globals['_CREATETOPICSREQUEST']._serialized_start=230
-  _globals['_CREATETOPICSREQUEST']._serialized_end=330
-  _globals['_TOPICRESULT']._serialized_start=332
-  _globals['_TOPICRESULT']._serialized_end=423
-  _globals['_CREATETOPICSRESPONSE']._serialized_start=425
-  _globals['_CREATETOPICSRESPONSE']._serialized_end=487
-  _globals['_DELETETOPICSREQUEST']._serialized_start=489
-  _globals['_DELETETOPICSREQUEST']._serialized_end=545
-  _globals['_DELETETOPICSRESPONSE']._serialized_start=547
-  _globals['_DELETETOPICSRESPONSE']._serialized_end=609
-  _globals['_DESCRIBETOPICSREQUEST']._serialized_start=611
-  _globals['_DESCRIBETOPICSREQUEST']._serialized_end=675
-  _globals['_PARTITIONDESCRIPTION']._serialized_start=678
-  _globals['_PARTITIONDESCRIPTION']._serialized_end=910
-  _globals['_TOPICDESCRIPTION']._serialized_start=913
-  _globals['_TOPICDESCRIPTION']._serialized_end=1180
-  _globals['_TOPICDESCRIPTION_CONFIGSENTRY']._serialized_start=182
-  _globals['_TOPICDESCRIPTION_CONFIGSENTRY']._serialized_end=228
-  _globals['_DESCRIBETOPICSRESPONSE']._serialized_start=1182
-  _globals['_DESCRIBETOPICSRESPONSE']._serialized_end=1250
-  _globals['_DESCRIBECLUSTERREQUEST']._serialized_start=1252
-  _globals['_DESCRIBECLUSTERREQUEST']._serialized_end=1276
-  _globals['_BROKERDESCRIPTION']._serialized_start=1278
-  _globals['_BROKERDESCRIPTION']._serialized_end=1405
-  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_start=1408
-  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_end=1594
-  _globals['_ADMIN']._serialized_start=1597
-  _globals['_ADMIN']._serialized_end=1935
+  _globals['_NEWTOPIC']._serialized_end=256
+  _globals['_NEWTOPIC_CONFIGSENTRY']._serialized_start=187
+  _globals['_NEWTOPIC_CONFIGSENTRY']._serialized_end=233
+  _globals['_CREATETOPICSREQUEST']._serialized_start=258
+  _globals['_CREATETOPICSREQUEST']._serialized_end=358
+  _globals['_TOPICRESULT']._serialized_start=360
+  _globals['_TOPICRESULT']._serialized_end=451
+  _globals['_CREATETOPICSRESPONSE']._serialized_start=453
+  _globals['_CREATETOPICSRESPONSE']._serialized_end=515
+  _globals['_DELETETOPICSREQUEST']._serialized_start=517
+  _globals['_DELETETOPICSREQUEST']._serialized_end=573
+  _globals['_DELETETOPICSRESPONSE']._serialized_start=575
+  _globals['_DELETETOPICSRESPONSE']._serialized_end=637
+  _globals['_DESCRIBETOPICSREQUEST']._serialized_start=639
+  _globals['_DESCRIBETOPICSREQUEST']._serialized_end=703
+  _globals['_PARTITIONDESCRIPTION']._serialized_start=706
+  _globals['_PARTITIONDESCRIPTION']._serialized_end=938
+  _globals['_TOPICDESCRIPTION']._serialized_start=941
+  _globals['_TOPICDESCRIPTION']._serialized_end=1208
+  _globals['_TOPICDESCRIPTION_CONFIGSENTRY']._serialized_start=187
+  _globals['_TOPICDESCRIPTION_CONFIGSENTRY']._serialized_end=233
+  _globals['_DESCRIBETOPICSRESPONSE']._serialized_start=1210
+  _globals['_DESCRIBETOPICSRESPONSE']._serialized_end=1278
+  _globals['_DESCRIBECLUSTERREQUEST']._serialized_start=1280
+  _globals['_DESCRIBECLUSTERREQUEST']._serialized_end=1304
+  _globals['_BROKERDESCRIPTION']._serialized_start=1306
+  _globals['_BROKERDESCRIPTION']._serialized_end=1433
+  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_start=1436
+  _globals['_DESCRIBECLUSTERRESPONSE']._serialized_end=1622
+  _globals['_ADMIN']._serialized_start=1625
+  _globals['_ADMIN']._serialized_end=1963
 # @@protoc_insertion_point(module_scope)
