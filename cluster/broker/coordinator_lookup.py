@@ -17,6 +17,8 @@ from semel.v1.common_pb2 import ErrorCode
 def find_coordinator(image: MetadataImage, key: str, key_type: txn_pb2.CoordinatorKeyType,
                      *, metadata_current: bool) -> txn_pb2.FindCoordinatorResponse:
     """The coordinator of `key`: the leader of its partition of the internal topic."""
+    if key_type not in (txn_pb2.GROUP, txn_pb2.TRANSACTION):
+        return _no_coordinator(ErrorCode.INVALID_REQUEST, f"unknown key_type {key_type}")
     topic = CONSUMER_OFFSETS_TOPIC if key_type == txn_pb2.GROUP else TRANSACTION_STATE_TOPIC
     if not key:
         return _no_coordinator(ErrorCode.INVALID_REQUEST, "the key must not be empty")

@@ -510,6 +510,9 @@ class GroupsService(ggrpc.GroupsServicer):
         return gw.fetch_result_to_proto(result)
 
     async def ListGroups(self, request: gpb.ListGroupsRequest, context: grpc.aio.ServicerContext) -> gpb.ListGroupsResponse:
+        unknown = sorted(set(request.states) - set(gpb.GroupState.values()))
+        if unknown:
+            return gpb.ListGroupsResponse(error_code=pb.INVALID_REQUEST, error_message=f"unknown group states {unknown}")
         resp = gpb.ListGroupsResponse(error_code=pb.NONE)
         states = frozenset(request.states)
         for index in sorted(self.c.loaded):
@@ -522,7 +525,12 @@ class GroupsService(ggrpc.GroupsServicer):
     async def DescribeGroups(self, request: gpb.DescribeGroupsRequest,
                              context: grpc.aio.ServicerContext) -> gpb.DescribeGroupsResponse:
         resp = gpb.DescribeGroupsResponse()
-        for group_id in request.group_ids[:1000]:
+        if len(request.group_ids) > limits.MAX_GROUPS_PER_REQUEST:
+            message = (f"too many group ids in one request (limit {limits.MAX_GROUPS_PER_REQUEST}, semel.limits); "
+                       "nothing was described")
+            return gpb.DescribeGroupsResponse(groups=[gpb.DescribedGroup(
+                group_id=gid, error_code=pb.INVALID_REQUEST, error_message=message) for gid in request.group_ids])
+        for group_id in request.group_ids:
             loaded, code, message = self.c.lookup(group_id)
             if loaded is None:
                 resp.groups.append(gpb.DescribedGroup(group_id=group_id, error_code=code, error_message=message))
@@ -554,11 +562,15 @@ class GroupsService(ggrpc.GroupsServicer):
     async def ResetOffsets(self, request: gpb.ResetOffsetsRequest,
                            context: grpc.aio.ServicerContext) -> gpb.ResetOffsetsResponse:
         gid = request.group_id
+        if len(request.partitions) > limits.MAX_PARTITIONS_PER_REQUEST:
+            return gpb.ResetOffsetsResponse(error_code=pb.INVALID_REQUEST, error_message=(
+                f"too many partitions in one request (limit {limits.MAX_PARTITIONS_PER_REQUEST}, semel.limits); "
+                "nothing was reset"))
         loaded, code, message = self.c.lookup(gid)
         if loaded is None:
             return gpb.ResetOffsetsResponse(error_code=code, error_message=message)
         image = self.c.b.quorum.image()
-        parts = list(request.partitions[: limits.MAX_PARTITIONS_PER_REQUEST])
+        parts = list(request.partitions)
         queries: list[tuple[TopicPartition, int]] = []
         for rp in parts:
             tp = TopicPartition(rp.topic, rp.partition)

@@ -178,6 +178,7 @@ class TxnCoordinatorShell:
         self._ticker: asyncio.Task[None] | None = None
         self.verification: dict[tuple[str, int], VerificationCache] = {}
         self.markers_written = 0
+        self.forged_fences = 0  # fence answers not believed: this broker still coordinates (see _confirmed_fences)
         self._quorum_read: QuorumRead | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -407,9 +408,38 @@ class TxnCoordinatorShell:
             self._perform(core.marker_failure(send, wall_clock_ms()))
             return
         results = authoritative_results(txn_wire.write_markers_results(resp), send.broker_id, self.b.config.broker_id)
+        if pb.TRANSACTION_COORDINATOR_FENCED in results.values():
+            results = await self._confirmed_fences(send, results)
         self.markers_written += sum(1 for code in results.values() if code == pb.NONE)
         self._perform(core.marker_response(send, results, wall_clock_ms()))
         self._kick()  # the broker's in-flight slot is free: send what waits for it
+
+    async def _confirmed_fences(self, send: MarkerSend, results: dict[tuple[int, TopicPartition], pb.ErrorCode]
+                                ) -> dict[tuple[int, TopicPartition], pb.ErrorCode]:
+        """TRANSACTION_COORDINATOR_FENCED unloads a state partition: believed only once a freshly
+        synced image says this broker no longer leads it at the marker's epoch. Otherwise the
+        fence came from a marker this coordinator never sent (a client's forged epoch): the
+        marker is retried (it must still be written; a prepared decision never flips), the
+        partition stays loaded, and the error is logged."""
+        synced = await self.quorum_read().sync()
+        image = self.b.quorum.image()
+        out = dict(results)
+        for mk in send.markers:
+            key = (mk.producer_id, mk.topic_partition)
+            if out.get(key) != pb.TRANSACTION_COORDINATOR_FENCED or not synced:
+                continue
+            core = self.core
+            partition = core.partition_of(mk.transactional_id) if core is not None else -1
+            if still_coordinates(image, self.b.config.broker_id, self.b.rm.broker_epoch,
+                                 internal_topics.TRANSACTION_STATE_TOPIC, partition, mk.coordinator_epoch):
+                log.error("marker for %s (producer %d) in %s-%d refused as fenced by a newer coordinator epoch, but "
+                          "this broker still coordinates %s-%d at epoch %d: a marker it never sent raised the epoch; "
+                          "retrying", mk.transactional_id, mk.producer_id, mk.topic_partition.topic,
+                          mk.topic_partition.partition, internal_topics.TRANSACTION_STATE_TOPIC, partition,
+                          mk.coordinator_epoch)
+                self.forged_fences += 1
+                out[key] = pb.UNKNOWN_LEADER_EPOCH  # retried
+        return out
 
     def _kick(self) -> None:
         core = self.core

@@ -128,6 +128,11 @@ class TransactionsService(tgrpc.TransactionsServicer):
 
     async def ListTransactions(self, request: tpb.ListTransactionsRequest,
                                context: Any) -> tpb.ListTransactionsResponse:
+        known = {s.value for s in TxnState}
+        unknown = sorted({s for s in request.state_filters if s != tpb.TRANSACTION_STATE_UNSPECIFIED} - known)
+        if unknown:
+            return tpb.ListTransactionsResponse(error_code=pb.INVALID_REQUEST,
+                                                error_message=f"unknown transaction states {unknown}")
         core = self.shell.core
         if core is None:
             return tpb.ListTransactionsResponse(error_code=pb.NONE)
@@ -141,7 +146,11 @@ class TransactionsService(tgrpc.TransactionsServicer):
                                    context: Any) -> tpb.DescribeTransactionsResponse:
         core = self.shell.core
         resp = tpb.DescribeTransactionsResponse()
-        for tid in request.transactional_ids[: limits.MAX_LISTED_TRANSACTIONS]:
+        if len(request.transactional_ids) > limits.MAX_LISTED_TRANSACTIONS:
+            for tid in request.transactional_ids:
+                resp.transactions.append(txn_wire.describe(tid, None, pb.INVALID_REQUEST))
+            return resp
+        for tid in request.transactional_ids:
             if core is None:
                 resp.transactions.append(txn_wire.describe(tid, None, pb.NOT_COORDINATOR))
                 continue
@@ -167,6 +176,11 @@ class TransactionsService(tgrpc.TransactionsServicer):
         state = producer_state_of(p)
         info = None if state is None else state.producer(request.producer_id)
         code, message = check_admin_abort(info, request.producer_epoch, request.coordinator_epoch)
+        if code == pb.NONE and info is not None and request.coordinator_epoch > max(0, info.coordinator_epoch):
+            # the marker's epoch would fence the real coordinator's markers for this producer
+            code, message = pb.INVALID_REQUEST, (
+                f"coordinator_epoch {request.coordinator_epoch} is newer than the last marker's "
+                f"({info.coordinator_epoch}); an admin abort uses that one (0 if none), never a newer one")
         if code != pb.NONE:
             return tpb.AbortTransactionResponse(error_code=code, error_message=message)
         code, message = await write_marker_and_wait(self.shell, p, request.producer_id, request.producer_epoch,
@@ -197,6 +211,25 @@ def append_marker(shell: TxnCoordinatorShell, p: Partition, producer_id: int, pr
     return out
 
 
+def marker_refusal(marker: tpb.TxnMarker, image: md.MetadataImage) -> pb.ErrorCode | None:
+    """Why this partition leader refuses `marker` before touching any producer state, or None.
+
+    The coordinator epoch of a marker is the leader epoch of the `__transaction_state`
+    partition of its transactional id: only a leader election raises it. A partition keeps
+    the highest coordinator epoch it saw per producer and fences older ones, so a marker with
+    an epoch from nowhere (a client sending 2147483647) would fence the real coordinator's
+    markers for good (it unloaded itself on TRANSACTION_COORDINATOR_FENCED). Refused: an
+    epoch newer than this broker's metadata knows for that partition (UNKNOWN_LEADER_EPOCH,
+    retriable: the real coordinator retries until this broker's image caught up), a marker
+    type other than COMMIT/ABORT or no transactional id (INVALID_REQUEST)."""
+    if marker.type not in (pb.COMMIT, pb.ABORT) or not marker.transactional_id:
+        return pb.INVALID_REQUEST
+    ps = image.coordinator(internal_topics.TRANSACTION_STATE_TOPIC, marker.transactional_id)
+    if ps is None or marker.coordinator_epoch > ps.leader_epoch:
+        return pb.UNKNOWN_LEADER_EPOCH
+    return None
+
+
 class TxnMarkersService(tgrpc.TxnMarkersServicer):
     def __init__(self, broker: CoordinatorHost, shell: TxnCoordinatorShell) -> None:
         self.b = broker
@@ -215,6 +248,10 @@ class TxnMarkersService(tgrpc.TxnMarkersServicer):
                 budget -= 1
                 if budget < 0:
                     r.error_code = pb.INVALID_REQUEST
+                    continue
+                refusal = marker_refusal(marker, image)
+                if refusal is not None:
+                    r.error_code = refusal
                     continue
                 try:
                     p = self.b.rm.leader_partition(tp.topic, tp.partition, image)

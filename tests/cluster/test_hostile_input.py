@@ -173,3 +173,101 @@ def test_list_offsets_and_fetch_refuse_unknown_isolation_levels_and_too_many_par
     fetched = run(svc.Fetch(bpb.FetchRequest(isolation_level=9, partitions=[
         bpb.FetchPartition(topic="t", partition=0, fetch_offset=0)]), None))
     assert fetched.results[0].error_code == pb.INVALID_REQUEST
+
+
+# --- coordinator epochs ---------------------------------------------------------------------------
+
+STATE = internal_topics.TRANSACTION_STATE_TOPIC
+STATE_EPOCH = 3  # the leader epoch of the one __transaction_state partition: the real coordinator epoch
+
+
+def image_with_state_topic(state_leader: int = 2):
+    import dataclasses
+
+    from semel.cluster.metadata import state as md
+
+    from tests.cluster.test_broker_service_inprocess import image
+
+    base = image(isr=(1,), min_isr=1)
+    part = md.PartitionState(STATE, 0, (state_leader,), (state_leader,), state_leader, STATE_EPOCH, 1)
+    topic = md.Topic(STATE, "99887766554433221100", True, 1, md.TopicConfig(min_insync_replicas=1), (part,))
+    return dataclasses.replace(base, topics={**base.topics, STATE: topic})
+
+
+@pytest.fixture
+def marker_broker(tmp_path):
+    yield from real_store_broker(tmp_path, image_with_state_topic())
+
+
+def open_transaction(b) -> None:
+    txn = batch(b"txn")
+    txn.producer_id, txn.producer_epoch, txn.base_sequence, txn.attributes = 9, 0, 0, 0x10
+    assert produce(BrokerService(b), txn).error_code == pb.NONE
+
+
+def write_marker(b, coordinator_epoch: int, commit: bool = False, tid: str = "tx") -> int:
+    from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
+    from semel.cluster.broker.txn_service import TxnMarkersService
+    from semel.v1 import txn_pb2 as tpb
+
+    svc = TxnMarkersService(b, TxnCoordinatorShell(b))
+    req = tpb.WriteTxnMarkersRequest(markers=[tpb.TxnMarker(
+        producer_id=9, producer_epoch=0, type=pb.COMMIT if commit else pb.ABORT, coordinator_epoch=coordinator_epoch,
+        transactional_id=tid, partitions=[tpb.TopicPartition(topic="t", partition=0)])])
+    return run(svc.WriteTxnMarkers(req, None)).markers[0].partitions[0].error_code
+
+
+def test_a_marker_with_a_coordinator_epoch_the_metadata_never_saw_is_refused(marker_broker):
+    """The issue: one WriteTxnMarkers with coordinator_epoch 2147483647 raised the partition's
+    coordinator epoch for the producer, so every real marker was fenced and the coordinator
+    unloaded its partition. Now the partition refuses it and the real marker still lands."""
+    open_transaction(marker_broker)
+    end = marker_broker.rm.get("t", 0).log_end_offset
+    assert write_marker(marker_broker, 2_147_483_647, commit=True) == pb.UNKNOWN_LEADER_EPOCH
+    assert write_marker(marker_broker, STATE_EPOCH + 1, commit=True) == pb.UNKNOWN_LEADER_EPOCH
+    assert write_marker(marker_broker, STATE_EPOCH, tid="") == pb.INVALID_REQUEST  # no transactional id
+    assert marker_broker.rm.get("t", 0).log_end_offset == end  # nothing written
+    assert write_marker(marker_broker, STATE_EPOCH) == pb.NONE  # the real coordinator's marker
+
+
+def test_an_admin_abort_cannot_raise_the_coordinator_epoch(marker_broker):
+    from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
+    from semel.cluster.broker.txn_service import TransactionsService
+    from semel.v1 import txn_pb2 as tpb
+
+    open_transaction(marker_broker)
+    svc = TransactionsService(marker_broker, TxnCoordinatorShell(marker_broker))
+    req = tpb.AbortTransactionRequest(topic="t", partition=0, producer_id=9, producer_epoch=0,
+                                      coordinator_epoch=2_147_483_647)
+    r = run(svc.AbortTransaction(req, None))
+    assert r.error_code == pb.INVALID_REQUEST
+    assert write_marker(marker_broker, STATE_EPOCH) == pb.NONE  # the real coordinator is not fenced
+
+
+def test_a_fence_answer_is_believed_only_when_the_quorum_says_the_coordinator_moved(tmp_path):
+    """Defence in depth: a TRANSACTION_COORDINATOR_FENCED answer to a marker unloads the
+    coordinator's partition only if a synced image no longer names this broker its leader at
+    the marker's epoch; otherwise the marker is retried and the partition stays loaded."""
+    from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
+    from semel.coordinator.txn_markers import MarkerSend
+    from semel.coordinator.txn_state import MarkerRequest, TopicPartition
+
+    class Synced:
+        async def sync(self) -> bool:
+            return True
+
+    for state_leader, believed in ((1, False), (2, True)):
+        gen = real_store_broker(tmp_path / str(state_leader), image_with_state_topic(state_leader))
+        b = next(gen)
+        try:
+            shell = TxnCoordinatorShell(b)
+            shell._quorum_read = Synced()  # type: ignore[assignment]
+            assert shell._core() is not None
+            tp = TopicPartition("t", 0)
+            send = MarkerSend(1, 1, (MarkerRequest("tx", tp, True, 9, 0, STATE_EPOCH),))
+            out = run(shell._confirmed_fences(send, {(9, tp): pb.TRANSACTION_COORDINATOR_FENCED}))
+            expected = pb.TRANSACTION_COORDINATOR_FENCED if believed else pb.UNKNOWN_LEADER_EPOCH
+            assert out == {(9, tp): expected}
+            assert shell.forged_fences == (0 if believed else 1)
+        finally:
+            gen.close()
