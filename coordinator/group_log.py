@@ -30,6 +30,7 @@ from semel import limits
 from semel.coordinator.group_records import (
     GroupRecord,
     OffsetCommitKey,
+    RecordDecodeError,
     decode_record,
     encode_key,
     encode_record,
@@ -77,11 +78,30 @@ def encode_payload(records: Sequence[GroupRecord]) -> bytes:
     return msg.SerializeToString(deterministic=True)
 
 
-def decode_payload(payload: bytes | memoryview) -> list[tuple[int, GroupRecord]]:
-    """(offset delta, record) pairs of a data batch payload."""
+def decode_payload(payload: bytes | memoryview, base_offset: int = 0,
+                   corrupt: list[str] | None = None) -> list[tuple[int, GroupRecord]]:
+    """(offset delta, record) pairs of a data batch payload.
+
+    An undecodable payload or record raises RecordDecodeError; with a `corrupt` list it is
+    skipped and a message naming its offset appended there instead (loading and the tail
+    never wedge on one bad record; the view and the shard skip the same ones)."""
     msg = common_pb2.Records()
-    msg.ParseFromString(bytes(payload))  # (iter_batches yields views; the old walk copied too)
-    return [(r.offset_delta, decode_record(r.key, r.value)) for r in msg.records]
+    try:
+        msg.ParseFromString(bytes(payload))  # (iter_batches yields views; the old walk copied too)
+    except Exception as exc:  # protobuf's DecodeError
+        if corrupt is None:
+            raise RecordDecodeError(f"undecodable batch at offset {base_offset}: {exc}") from exc
+        corrupt.append(f"undecodable batch at offset {base_offset}: {exc}")
+        return []
+    out: list[tuple[int, GroupRecord]] = []
+    for r in msg.records:
+        try:
+            out.append((r.offset_delta, decode_record(r.key, r.value)))
+        except RecordDecodeError as exc:
+            if corrupt is None:
+                raise
+            corrupt.append(f"undecodable record at offset {base_offset + r.offset_delta}: {exc}")
+    return out
 
 
 def build_batch(
@@ -110,6 +130,15 @@ def build_batch(
     return encode_batch(header, encode_payload(records))
 
 
+def marker_kind(payload: bytes | memoryview, base_offset: int, corrupt: list[str]) -> bool | None:
+    """The marker's commit flag, or None (and a message in `corrupt`) for an undecodable marker."""
+    try:
+        return decode_marker(payload).commit
+    except Exception as exc:  # protobuf's DecodeError
+        corrupt.append(f"undecodable marker at offset {base_offset}: {exc}")
+        return None
+
+
 # --- the shard: groups + offsets of one coordinator partition ----------------------------------
 
 
@@ -122,6 +151,15 @@ class CoordinatorShard:
         self.groups = GroupStateMachine(group_config)
         self.offsets = OffsetStore(offsets_config)
         self.next_offset = 0  # every batch below it has been replayed
+        # Undecodable batches/records skipped by replay_batch, not yet reported (`take_corrupt`);
+        # bounded by what one replay between two reports reads.
+        self.corrupt: list[str] = []
+        self.corrupt_skipped = 0
+
+    def take_corrupt(self) -> list[str]:
+        """The skipped-record messages since the last call (the shell logs and counts them)."""
+        out, self.corrupt = self.corrupt, []
+        return out
 
     def replay_record(self, record: GroupRecord, record_offset: int, producer_id: int = NO_PRODUCER_ID) -> None:
         if isinstance(record.key, OffsetCommitKey):
@@ -132,12 +170,16 @@ class CoordinatorShard:
 
     def replay_batch(self, header: BatchHeader, payload: bytes | memoryview) -> None:
         """Apply one batch of the log (data, transactional data, or a marker)."""
+        before = len(self.corrupt)
         if header.is_control:
-            self.offsets.replay_marker(header.producer_id, decode_marker(payload).commit)
+            commit = marker_kind(payload, header.base_offset, self.corrupt)
+            if commit is not None:
+                self.offsets.replay_marker(header.producer_id, commit)
         else:
             pid = header.producer_id if header.is_transactional else NO_PRODUCER_ID
-            for delta, record in decode_payload(payload):
+            for delta, record in decode_payload(payload, header.base_offset, self.corrupt):
                 self.replay_record(record, header.base_offset + delta, pid)
+        self.corrupt_skipped += len(self.corrupt) - before
         self.next_offset = max(self.next_offset, header.next_offset)
 
     def complete_group(self, decision: GroupDecision, base_offset: int, now_ms: int) -> HeartbeatResponse | None:
@@ -274,10 +316,13 @@ class GroupView:
             raise ViewOutOfSyncError(f"batch at {header.base_offset}, view at {self.next_offset}")
         puts: dict[bytes, bytes] = {}
         deletes: set[bytes] = set()
+        skipped: list[str] = []  # the shard replaying the same batch reports them
         if header.is_control:
-            self._resolve(header.producer_id, decode_marker(payload).commit, puts, deletes)
+            commit = marker_kind(payload, header.base_offset, skipped)
+            if commit is not None:
+                self._resolve(header.producer_id, commit, puts, deletes)
         else:
-            for delta, record in decode_payload(payload):
+            for delta, record in decode_payload(payload, header.base_offset, skipped):
                 key_bytes = encode_key(record.key)
                 offset = header.base_offset + delta
                 if header.is_transactional:

@@ -17,6 +17,9 @@ records are then folded into the view in one atomic write. A view ahead of the c
 log (the log lost records: unclean election, replaced disk) is discarded and the
 partition is rebuilt from the log start; a view behind the log start cannot be completed
 (retention removed records it never saw) and loading refuses with `TxnLogGapError`.
+A record or batch of the log that does not decode (only the coordinator writes the topic,
+but a disk, a bug or an old client could have left one) is skipped by the load and reported
+in `LoadedPartition.corrupt`: the shell logs it and counts it, and the partition loads.
 """
 
 from __future__ import annotations
@@ -159,8 +162,12 @@ def encode_records(entries: Sequence[tuple[str, TransactionMetadata | None]], no
     return bytes(encode_batch(header, records.SerializeToString(deterministic=True)))
 
 
-def decode_records(data: bytes | memoryview, from_offset: int = 0) -> list[LogEntry]:
-    """Every record at offset >= `from_offset` in the whole batches of `data`, in order."""
+def decode_records(data: bytes | memoryview, from_offset: int = 0,
+                   corrupt: list[CorruptTxnLogError] | None = None) -> list[LogEntry]:
+    """Every record at offset >= `from_offset` in the whole batches of `data`, in order.
+
+    An undecodable batch or record raises CorruptTxnLogError; with a `corrupt` list it is
+    skipped instead and its error appended there (loading never wedges on one bad record)."""
     out: list[LogEntry] = []
     for header, payload in iter_batches(data):
         if header.is_control or header.last_offset < from_offset:
@@ -169,13 +176,23 @@ def decode_records(data: bytes | memoryview, from_offset: int = 0) -> list[LogEn
         try:
             records.ParseFromString(bytes(payload))
         except Exception as e:
-            raise CorruptTxnLogError(f"undecodable batch at offset {header.base_offset}: {e}") from e
+            error = CorruptTxnLogError(f"undecodable batch at offsets {header.base_offset}..{header.last_offset}: {e}")
+            if corrupt is None:
+                raise error from e
+            corrupt.append(error)
+            continue
         for record in records.records:
             offset = header.base_offset + record.offset_delta
             if offset < from_offset:
                 continue
-            tid = record.key.decode("utf-8")
-            out.append(LogEntry(offset, tid, decode_value(tid, record.value)))
+            try:
+                tid = record.key.decode("utf-8")
+                out.append(LogEntry(offset, tid, decode_value(tid, record.value)))
+            except (UnicodeDecodeError, CorruptTxnLogError) as e:
+                error = CorruptTxnLogError(f"undecodable record at offset {offset}: {e}")
+                if corrupt is None:
+                    raise error from e
+                corrupt.append(error)
     return out
 
 
@@ -265,6 +282,7 @@ class LoadedPartition:
     next_offset: int  # = the high watermark the load replayed to
     replayed_records: int
     rebuilt: bool  # the view was discarded (ahead of the committed log)
+    corrupt: tuple[CorruptTxnLogError, ...] = ()  # undecodable batches/records skipped by the replay
 
 
 def load_partition(
@@ -302,13 +320,14 @@ def load_partition(
             f"view of partition {view.partition} covers offsets below {start}, the log starts at {log.log_start_offset}"
         )
     replayed: list[LogEntry] = []
+    corrupt: list[CorruptTxnLogError] = []
     offset = start
     while offset < high_watermark:
         result = log.read(offset, chunk_bytes, high_watermark)
         data, next_offset = result.data, result.next_offset
         if not data or next_offset <= offset:
             raise TxnLogGapError(f"partition {view.partition}: no progress reading at {offset} (HW {high_watermark})")
-        replayed.extend(e for e in decode_records(data, offset) if e.offset < high_watermark)
+        replayed.extend(e for e in decode_records(data, offset, corrupt) if e.offset < high_watermark)
         offset = next_offset
     for entry in replayed:
         if entry.metadata is None:
@@ -317,4 +336,4 @@ def load_partition(
             metadata[entry.transactional_id] = entry.metadata
     if replayed or rebuilt or high_watermark != state.next_offset:
         view.apply(replayed, high_watermark, clear=rebuilt)
-    return LoadedPartition(metadata, high_watermark, len(replayed), rebuilt)
+    return LoadedPartition(metadata, high_watermark, len(replayed), rebuilt, tuple(corrupt))

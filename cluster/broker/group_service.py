@@ -105,6 +105,7 @@ class GroupCoordinator:
         self._internal: dict[int, Callable[[Reply], None]] = {}
         self._next_request = 1
         self._memory_views: dict[int, MemoryViewBackend] = {}
+        self.corrupt_records_skipped = 0  # undecodable batches/records of __consumer_offsets skipped (logged)
         self._timer: asyncio.Task[None] | None = None
         self._counts_version = -1
         self._counts: dict[str, int] = {}
@@ -171,6 +172,7 @@ class GroupCoordinator:
             view, shard = await self.b.disk.run(("group-load", index), load, f"load of {OFFSETS}-{index}")
             if not self._still_leader(p, leader_epoch):
                 return
+            self._report_corrupt(index, shard)
             loaded = _Loaded(p, leader_epoch, PartitionRuntime(shard), view, shard.next_offset,
                              last_retention_ms=wall_clock_ms())
             self.loaded[index] = loaded
@@ -237,6 +239,13 @@ class GroupCoordinator:
                 loaded.view.apply_batch(h, payload)
             loaded.cursor = batches[-1][0].next_offset
             self._dispatch(loaded, loaded.runtime.on_committed(batches, wall_clock_ms()))
+            self._report_corrupt(p.partition, loaded.runtime.shard)
+
+    def _report_corrupt(self, index: int, shard: CoordinatorShard) -> None:
+        """Log and count the undecodable records the shard skipped (it keeps loading past them)."""
+        for message in shard.take_corrupt():
+            log.error("%s-%d: skipped %s", OFFSETS, index, message)
+            self.corrupt_records_skipped += 1
 
     # --- submitting requests -----------------------------------------------------------------------
     def lookup(self, group_id: str) -> tuple[_Loaded | None, pb.ErrorCode, str]:

@@ -178,6 +178,7 @@ class TxnCoordinatorShell:
         self._ticker: asyncio.Task[None] | None = None
         self.verification: dict[tuple[str, int], VerificationCache] = {}
         self.markers_written = 0
+        self.corrupt_records_skipped = 0  # undecodable batches/records of __transaction_state skipped by loads
         self.forged_fences = 0  # fence answers not believed: this broker still coordinates (see _confirmed_fences)
         self._quorum_read: QuorumRead | None = None
 
@@ -250,9 +251,15 @@ class TxnCoordinatorShell:
         except TxnLogGapError:
             log.exception("%s-%d cannot be loaded", internal_topics.TRANSACTION_STATE_TOPIC, index)
             return
+        except Exception:  # never silently: a load that dies leaves the partition LOAD_IN_PROGRESS
+            log.exception("%s-%d: loading failed", internal_topics.TRANSACTION_STATE_TOPIC, index)
+            return
         if p.role != Role.LEADER or p.leader_epoch != epoch:
             return  # deposed while loading: the role listener unloaded (or reloads) the partition
         self._loads.pop(index, None)
+        for error in loaded.corrupt:
+            log.error("%s-%d: skipped while loading: %s", internal_topics.TRANSACTION_STATE_TOPIC, index, error)
+        self.corrupt_records_skipped += len(loaded.corrupt)
         self._view_next[index] = loaded.next_offset
         self._perform(core.loaded(index, epoch, loaded.metadata.values()))
         log.info("txn coordinator: loaded %s-%d at epoch %d (%d ids, %d records replayed) in %.0f ms",

@@ -305,3 +305,36 @@ def test_members_carry_on_against_a_reloaded_coordinator(driver):
     d.marker(2, commit=True)
     assert d.committed("g") == {("t", 0): 3, ("t", 1): 4}
     d.shard.groups.check_invariants()
+
+
+def test_undecodable_batches_in_a_real_log_are_skipped_and_reported_never_wedging_the_load(tmp_path):
+    """Issue 16: one garbage record produced into __consumer_offsets made that coordinator
+    partition fail to load every second forever. The load (and the view) skip it, the shard
+    reports it for the shell to log and count, and every good record is loaded."""
+    from semel.storage.batch import BatchHeader, encode_batch
+    from semel.storage.log import PartitionLog
+    from semel.storage.log_policy import LogConfig
+
+    def garbage(payload: bytes, control: bool = False) -> bytes:
+        header = BatchHeader(0, 0, 0, 9 if control else -1, 0 if control else -1, -1, 1,
+                             0x30 if control else 0, 0, 0)
+        return encode_batch(header, payload)
+
+    log = PartitionLog.open(tmp_path / "log", LogConfig(segment_bytes=4096), 0)
+    try:
+        good = [gr.GroupRecord(gr.OffsetCommitKey("g", "t", p), gr.OffsetCommitValue(10 + p, 0, "", 0)) for p in (0, 1)]
+        bad_record = common_pb2.Records(records=[common_pb2.Record(key=b"\xff\xff", value=b"x")]).SerializeToString()
+        for encoded in (build_batch(good[:1], 0), garbage(b"\xff\xfe random \x00"), garbage(bad_record),
+                        garbage(b"\xff\xff", control=True), build_batch(good[1:], 0)):
+            log.append(with_offsets(encoded, log.log_end_offset, 0), 0)
+        view = GroupView(MemoryViewBackend(), 0)
+        shard = load_shard(view, [log.read(0, 1 << 20, log.log_end_offset).data], now_ms=0, partition=0)
+        assert shard.offsets.committed_offsets("g").keys() == {TopicPartition("t", 0), TopicPartition("t", 1)}
+        assert shard.next_offset == view.next_offset == log.log_end_offset  # loaded past them
+        skipped = shard.take_corrupt()
+        assert len(skipped) == 3 and shard.corrupt_skipped == 3 and shard.take_corrupt() == []
+        assert [s.split(" at offset ")[1].split(":")[0] for s in skipped] == ["1", "2", "3"]
+    finally:
+        log.close()
+    with pytest.raises(gr.RecordDecodeError):
+        decode_payload(b"\xff\xfe random \x00")  # strict without a list

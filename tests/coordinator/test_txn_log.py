@@ -280,3 +280,34 @@ def test_enums_are_the_wire_numbers():
         name: number for name, number in txn_pb2.TransactionState.items() if number != 0
     }
     assert {f"BUMP_{r.name}": r.value for r in BumpReason} == dict(txn_pb2.EpochBumpReason.items())
+
+
+def garbage_batch(payload: bytes, record_count: int = 1) -> bytes:
+    """A batch as a client's Produce stored it before the broker validated records: a correct
+    header and CRC over a payload that is not what the coordinator writes."""
+    from semel.storage.batch import BatchHeader, encode_batch
+
+    header = BatchHeader(base_offset=0, last_offset_delta=record_count - 1, leader_epoch=0, producer_id=-1,
+                         producer_epoch=-1, base_sequence=-1, record_count=record_count, attributes=0,
+                         base_timestamp_ms=0, max_timestamp_ms=0)
+    return encode_batch(header, payload)
+
+
+def test_undecodable_records_in_the_log_are_skipped_and_reported_never_wedging_the_load(part):
+    """Issue 16: one garbage record produced into __transaction_state left its partition
+    answering COORDINATOR_LOAD_IN_PROGRESS forever (the load raised, nothing logged)."""
+    from semel.v1 import common_pb2
+
+    part.append(("a", meta("a", S.EMPTY)))
+    for payload in (b"\xff\xfe random bytes \x00",  # not a Records message
+                    common_pb2.Records(records=[common_pb2.Record(key=b"x", value=b"\x0a\xff")]).SerializeToString(),
+                    common_pb2.Records(records=[common_pb2.Record(key=b"\xff\xfe", value=b"")]).SerializeToString()):
+        part.log.append(with_offsets(garbage_batch(payload), part.log.log_end_offset, 0), 0)
+    part.append(("b", meta("b", S.EMPTY)))
+    loaded = load_partition(part.view, part.log, part.log.log_end_offset)
+    assert sorted(loaded.metadata) == ["a", "b"]
+    assert len(loaded.corrupt) == 3 and all(isinstance(e, CorruptTxnLogError) for e in loaded.corrupt)
+    assert "offset" in str(loaded.corrupt[0])
+    assert part.view.read().next_offset == part.log.log_end_offset  # the view moved past them: no reload loop
+    with pytest.raises(CorruptTxnLogError):
+        decode_records(part.log.read(0, 1 << 20, part.log.log_end_offset).data)  # strict without a list
