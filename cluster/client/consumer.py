@@ -82,6 +82,8 @@ class AssignConsumer(_ClientBase):
         self._buffer: collections.deque[ConsumerRecord] = collections.deque()
         self._backoff_until_ms: dict[str, int] = {}            # leader address -> ms
         self._high_watermarks: dict[tuple[str, int], int] = {}
+        # a corrupt batch met by a fetch, raised by poll() once the records before it are returned
+        self._corrupt: dict[tuple[str, int], client_errors.CorruptRecordError] = {}
         self._closed = False
 
     # --- assignment and positions -----------------------------------------------------
@@ -92,6 +94,7 @@ class AssignConsumer(_ClientBase):
         keep = set(new)
         self._fetch_position = {tp: o for tp, o in self._fetch_position.items() if tp in keep}
         self._pending_reset = {tp: o for tp, o in self._pending_reset.items() if tp in keep}
+        self._corrupt = {tp: e for tp, e in self._corrupt.items() if tp in keep}
         self._buffer = collections.deque(r for r in self._buffer if (r.topic, r.partition) in keep)
         self._metadata.add_topics({t for t, _ in new})
 
@@ -112,6 +115,7 @@ class AssignConsumer(_ClientBase):
             raise ConfigError("offset must be >= 0 (use seek_to_beginning / seek_to_end)")
         self._drop_buffered(tp)
         self._pending_reset.pop(tp, None)
+        self._corrupt.pop(tp, None)
         self._fetch_position[tp] = offset
 
     def seek_to_beginning(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
@@ -125,6 +129,7 @@ class AssignConsumer(_ClientBase):
             tp = (tp[0], tp[1])
             self._check_assigned(tp)
             self._drop_buffered(tp)
+            self._corrupt.pop(tp, None)
             self._fetch_position.pop(tp, None)
             self._pending_reset[tp] = where
 
@@ -157,12 +162,22 @@ class AssignConsumer(_ClientBase):
         while True:
             if self._buffer:
                 return self._take_buffered()
+            self._raise_corrupt()
             self._resolve_positions(deadline)
             self._fetch_once(deadline)
             if self._buffer:
                 return self._take_buffered()
+            self._raise_corrupt()
             if monotonic_ms() >= deadline:
                 return []
+
+    def _raise_corrupt(self) -> None:
+        """A corrupt batch met by a fetch, once the records before it were returned. The
+        position stays at the batch: the next poll fetches and raises again unless the
+        application seeks past it."""
+        if self._corrupt:
+            tp = next(iter(self._corrupt))
+            raise self._corrupt.pop(tp)
 
     def _take_buffered(self) -> list[ConsumerRecord]:
         count = min(self.max_poll_records, len(self._buffer))
@@ -237,7 +252,7 @@ class AssignConsumer(_ClientBase):
         now_ms = monotonic_ms()
         by_leader: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
         for tp in self._assignment:
-            if tp not in self._fetch_position:
+            if tp not in self._fetch_position or tp in self._corrupt:
                 continue
             address = self._metadata.view.leader_address(*tp)
             if address is None:
@@ -319,7 +334,12 @@ class AssignConsumer(_ClientBase):
         self._high_watermarks[tp] = result.high_watermark
         next_position = position
         for batch in result.batches:
-            records = decode_batch(tp[0], tp[1], batch, min_offset=position)
+            try:
+                records = decode_batch(tp[0], tp[1], batch, min_offset=position)
+            except client_errors.CorruptRecordError as exc:
+                self._fetch_position[tp] = max(next_position, batch.base_offset)
+                self._corrupt[tp] = exc
+                return
             self._buffer.extend(records)
             next_position = max(next_position, batch.base_offset + batch.last_offset_delta + 1)
         if result.next_fetch_offset > next_position:

@@ -108,6 +108,17 @@ class TransactionAbortedError(ClientError):
     """The record's transaction was aborted before the record was sent."""
 
 
+class CorruptRecordError(ClientError):
+    """A fetched batch does not decode to its records (a poison pill in the log). Raised by
+    `poll()` once the records before it were returned; the position stays at the batch, so
+    every poll raises again until the application seeks past it (`next_offset`)."""
+
+    def __init__(self, topic: str, partition: int, offset: int, next_offset: int, detail: str) -> None:
+        super().__init__(f"corrupt record batch in {topic}-{partition} at offset {offset}: {detail}; "
+                         f"seek to offset {next_offset} to skip it")
+        self.topic, self.partition, self.offset, self.next_offset = topic, partition, offset, next_offset
+
+
 class BrokerUnreachableError(ClientError):
     """No broker answered (connection refused, DNS failure, transport error)."""
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
+from google.protobuf.message import DecodeError
+from semel.client.errors import CorruptRecordError
 from semel.v1 import common_pb2
 
 Header = tuple[str, bytes]
@@ -144,13 +146,22 @@ def is_control_batch(batch: common_pb2.RecordBatch) -> bool:
 
 
 def decode_batch(topic: str, partition: int, batch: common_pb2.RecordBatch, min_offset: int = 0) -> list[ConsumerRecord]:
-    """The data records of `batch` with offset >= `min_offset` (control batches yield none)."""
+    """The data records of `batch` with offset >= `min_offset` (control batches yield none).
+    Raises CorruptRecordError (naming partition and offset) for a batch that does not decode."""
     if is_control_batch(batch):
         return []
     if batch.base_offset + batch.last_offset_delta < min_offset:
         return []
     records = common_pb2.Records()
-    records.ParseFromString(batch.records)
+    next_offset = batch.base_offset + batch.last_offset_delta + 1
+    try:
+        records.ParseFromString(batch.records)
+    except DecodeError as exc:
+        raise CorruptRecordError(topic, partition, batch.base_offset, next_offset,
+                                 f"records do not parse as semel.v1.Records ({exc})") from exc
+    if len(records.records) != batch.record_count:
+        raise CorruptRecordError(topic, partition, batch.base_offset, next_offset,
+                                 f"{len(records.records)} records where the header says {batch.record_count}")
     base_offset = batch.base_offset
     base_ts = batch.base_timestamp_ms
     epoch = batch.leader_epoch

@@ -57,3 +57,16 @@ def test_usage_and_operational_errors_are_readable(fake_cluster):
     no_bootstrap = subprocess.run([*SEMEL, "topic", "list"], capture_output=True, timeout=30,
                                   env={k: v for k, v in os.environ.items() if k != "SEMEL_BOOTSTRAP"})
     assert no_bootstrap.returncode == 2 and b"SEMEL_BOOTSTRAP" in no_bootstrap.stderr
+
+
+def test_consume_of_a_corrupt_batch_prints_one_line_naming_partition_and_offset(fake_cluster):
+    from tests.cluster.test_client_fake import _append_garbage_batch
+
+    state, _brokers, bootstrap = fake_cluster
+    assert _cli(bootstrap, "topic", "create", "c").returncode == 0
+    assert _cli(bootstrap, "produce", "c", stdin=b"good\n").returncode == 0
+    bad = _append_garbage_batch(state, "c", 0)
+    out = _cli(bootstrap, "consume", "c", "--from-beginning", "--timeout-ms", "3000")
+    assert out.returncode == 1 and out.stdout == b"good\n"
+    assert b"Traceback" not in out.stderr and len(out.stderr.decode().strip().splitlines()) == 1
+    assert f"c-0 at offset {bad}".encode() in out.stderr, out.stderr

@@ -217,3 +217,37 @@ def test_a_keyless_record_that_does_not_fit_the_sticky_batch_goes_to_the_next_pa
         assert indexes == list(range(indexes[0], indexes[0] + len(indexes))), f"batch of non-consecutive records {indexes}"
     sizes = sorted(len(b) for b in batches)
     assert sizes[0] >= 2 and sizes[-2] == sizes[-1], f"batch sizes {sizes}"
+
+
+def _append_garbage_batch(state, topic: str, partition: int, payload: bytes = b"\xff\xfe not records \x00") -> int:
+    """A batch written at the storage level (the broker now refuses such a produce): its
+    records do not decode. Returns its offset."""
+    with state.lock:
+        offset = state.end_offset((topic, partition))
+        state.logs[(topic, partition)].append(common_pb2.RecordBatch(
+            base_offset=offset, last_offset_delta=0, record_count=1, producer_id=-1, producer_epoch=-1,
+            base_sequence=-1, leader_epoch=1, records=payload))
+    return offset
+
+
+def test_a_corrupt_batch_raises_a_clear_error_after_the_records_before_it(fake_cluster):
+    state, _brokers, bootstrap = fake_cluster
+    state.create_topic("p", 1)
+    with Producer(bootstrap, linger_ms=0) as producer:
+        producer.send("p", b"before", partition=0).result(10)
+        bad = _append_garbage_batch(state, "p", 0)
+        producer.send("p", b"after", partition=0).result(10)
+    with Consumer(bootstrap, auto_offset_reset="earliest") as consumer:
+        consumer.assign([("p", 0)])
+        got = []
+        with pytest.raises(client_errors.CorruptRecordError) as raised:
+            for _ in range(20):
+                got.extend(r.value for r in consumer.poll(timeout_ms=2000))
+        assert got == [b"before"]
+        err = raised.value
+        assert (err.topic, err.partition, err.offset, err.next_offset) == ("p", 0, bad, bad + 1)
+        assert f"p-0 at offset {bad}" in str(err)
+        with pytest.raises(client_errors.CorruptRecordError):  # until the application seeks past it
+            consumer.poll(timeout_ms=2000)
+        consumer.seek("p", 0, err.next_offset)
+        assert [r.value for r in consumer.poll(timeout_ms=2000)] == [b"after"]
