@@ -12,6 +12,8 @@ import importlib
 # name -> (module, function, help). Each function takes the parsed args.
 BENCHMARKS = {
     "storage": ("semel.storage.bench", "add_arguments", "run", "append/read throughput of the partition log vs raw os.write"),
+    "validation": ("semel.cluster.broker.validation_bench", "add_arguments", "run",
+                   "cost of the produce path's record validation per MB (with vs without, one run)"),
     "produce": ("semel.cluster.tooling.bench", "add_produce_arguments", "run_produce", "producer throughput and latency against a (local) cluster"),
     "consume": ("semel.cluster.tooling.bench", "add_consume_arguments", "run_consume", "consumer throughput against a (local) cluster"),
     "txn-cost": ("semel.cluster.tooling.bench", "add_txn_cost_arguments", "run_txn_cost",
