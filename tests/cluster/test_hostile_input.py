@@ -271,3 +271,50 @@ def test_a_fence_answer_is_believed_only_when_the_quorum_says_the_coordinator_mo
             assert shell.forged_fences == (0 if believed else 1)
         finally:
             gen.close()
+
+
+def test_unknown_enum_values_and_overlong_lists_in_txn_and_group_rpcs_are_invalid_request(marker_broker):
+    """ListTransactions with an unknown state answered gRPC UNKNOWN (a ValueError traceback);
+    the other lists were cut at their bound or their enums ignored."""
+    from semel.cluster.broker.coordinator_lookup import find_coordinator
+    from semel.cluster.broker.group_service import GroupsService
+    from semel.cluster.broker.server import ReplicationService
+    from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
+    from semel.cluster.broker.txn_service import TransactionsService
+    from semel.v1 import group_pb2 as gpb
+    from semel.v1 import replication_pb2 as rpb
+    from semel.v1 import txn_pb2 as tpb
+
+    txns = TransactionsService(marker_broker, TxnCoordinatorShell(marker_broker))
+    listed = run(txns.ListTransactions(tpb.ListTransactionsRequest(state_filters=[2, 99]), None))
+    assert listed.error_code == pb.INVALID_REQUEST and "99" in listed.error_message
+    described = run(txns.DescribeTransactions(tpb.DescribeTransactionsRequest(
+        transactional_ids=[f"t{i}" for i in range(limits.MAX_LISTED_TRANSACTIONS + 1)]), None))
+    assert {d.error_code for d in described.transactions} == {pb.INVALID_REQUEST}
+    found = find_coordinator(marker_broker.quorum.image(), "k", 5, metadata_current=True)  # type: ignore[arg-type]
+    assert found.error_code == pb.INVALID_REQUEST
+    assert write_marker_of_type(marker_broker, 7) == pb.INVALID_REQUEST  # neither COMMIT nor ABORT
+
+    groups = GroupsService(None)  # type: ignore[arg-type]  # every refusal below comes before the coordinator
+    assert run(groups.ListGroups(gpb.ListGroupsRequest(states=[1, 42]), None)).error_code == pb.INVALID_REQUEST
+    many = run(groups.DescribeGroups(gpb.DescribeGroupsRequest(
+        group_ids=[f"g{i}" for i in range(limits.MAX_GROUPS_PER_REQUEST + 1)]), None))
+    assert len(many.groups) == limits.MAX_GROUPS_PER_REQUEST + 1
+    assert {g.error_code for g in many.groups} == {pb.INVALID_REQUEST}
+    reset = run(groups.ResetOffsets(gpb.ResetOffsetsRequest(group_id="g", partitions=[
+        gpb.ResetPartition(topic="t", partition=0)] * (limits.MAX_PARTITIONS_PER_REQUEST + 1)), None))
+    assert reset.error_code == pb.INVALID_REQUEST
+    epochs = run(ReplicationService(marker_broker).OffsetForLeaderEpoch(rpb.OffsetForLeaderEpochRequest(partitions=[
+        rpb.EpochQuery(topic="t", partition=0)] * (limits.MAX_PARTITIONS_PER_REQUEST + 1)), None))
+    assert [r.error_code for r in epochs.results] == [pb.INVALID_REQUEST]
+
+
+def write_marker_of_type(b, marker_type: int) -> int:
+    from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
+    from semel.cluster.broker.txn_service import TxnMarkersService
+    from semel.v1 import txn_pb2 as tpb
+
+    req = tpb.WriteTxnMarkersRequest(markers=[tpb.TxnMarker(
+        producer_id=9, producer_epoch=0, type=marker_type, coordinator_epoch=STATE_EPOCH, transactional_id="tx",
+        partitions=[tpb.TopicPartition(topic="t", partition=0)])])
+    return run(TxnMarkersService(b, TxnCoordinatorShell(b)).WriteTxnMarkers(req, None)).markers[0].partitions[0].error_code
