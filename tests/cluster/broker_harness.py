@@ -21,7 +21,7 @@ import grpc
 from semel import limits
 from semel.clock import wall_clock_ms
 from semel.cluster.tooling.ports import free_ports
-from semel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2
+from semel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2, txn_pb2, txn_pb2_grpc
 
 READY = "SEMEL_BROKER_READY"
 
@@ -210,6 +210,14 @@ def make_batch(values: list[bytes], ts_ms: int | None = None, producer_id: int =
     return common_pb2.RecordBatch(last_offset_delta=len(values) - 1, record_count=len(values),
                                   producer_id=producer_id, producer_epoch=producer_epoch, base_sequence=base_sequence,
                                   base_timestamp_ms=ts, max_timestamp_ms=ts, records=records.SerializeToString())
+
+
+def init_producer_id(channel: grpc.Channel) -> int:
+    """A producer id the quorum allocated (a broker refuses ids it never issued)."""
+    r = txn_pb2_grpc.TransactionsStub(channel).InitProducerId(
+        txn_pb2.InitProducerIdRequest(producer_id=-1, producer_epoch=-1), timeout=10)
+    assert r.error_code == common_pb2.NONE, r.error_message
+    return r.producer_id
 
 
 def produce(stub: broker_pb2_grpc.BrokerStub, topic: str, partition: int, batch: common_pb2.RecordBatch,

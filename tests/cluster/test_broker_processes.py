@@ -144,7 +144,8 @@ def test_produce_fetch_list_offsets_and_errors(cluster):
     stale = stub.Fetch(broker_pb2.FetchRequest(partitions=[broker_pb2.FetchPartition(
         topic="basics", partition=0, fetch_offset=0, current_leader_epoch=99)]))
     assert stale.results[0].error_code == common_pb2.UNKNOWN_LEADER_EPOCH
-    with_pid = h.make_batch([b"p"], producer_id=7, producer_epoch=0, base_sequence=0)
+    with_pid = h.make_batch([b"p"], producer_id=h.init_producer_id(c.channel(leader)), producer_epoch=0,
+                            base_sequence=0)
     ok(h.produce(stub, "basics", 0, with_pid))  # producer-id batches flow through producer state
     assert h.produce(stub, "basics", 0, with_pid).duplicate  # the retry is recognised
 
@@ -237,7 +238,8 @@ def test_acked_writes_survive_leader_kill_and_replicas_converge(cluster, leader_
     acked = []
     for i in range(20):
         acked += produce_values(c, topic, [b"v%d-%d" % (i, j) for j in range(5)])
-    idem = h.make_batch([b"idem-0", b"idem-1"], producer_id=42, producer_epoch=0, base_sequence=0)
+    idem = h.make_batch([b"idem-0", b"idem-1"], producer_id=h.init_producer_id(c.channel(c.leader_of(topic))),
+                        producer_epoch=0, base_sequence=0)
     first = h.produce(c.broker_stub(c.leader_of(topic)), topic, 0, idem)
     ok(first)
     acked += [(first.base_offset, b"idem-0"), (first.base_offset + 1, b"idem-1")]

@@ -192,7 +192,9 @@ def test_bad_idempotent_input_gets_a_clear_error_and_leaves_the_log_untouched(cl
     cases = {
         "out of order": (_batch([b"x"], pid, epoch, 5), common_pb2.OUT_OF_ORDER_SEQUENCE),
         "negative sequence": (_batch([b"x"], pid, epoch, -3), common_pb2.INVALID_RECORD),
-        "unknown producer id": (_batch([b"x"], pid + 777_777, 0, 4), common_pb2.UNKNOWN_PRODUCER_ID),
+        # allocated (same block) but unknown to the partition
+        "unknown producer id": (_batch([b"x"], pid + 1, 0, 4), common_pb2.UNKNOWN_PRODUCER_ID),
+        "never allocated": (_batch([b"x"], pid + 777_777, 0, 0), common_pb2.INVALID_PRODUCER_ID_MAPPING),
     }
     for what, (batch, code) in cases.items():
         r = _produce(c, "raw-idem", batch)
