@@ -115,8 +115,8 @@ class BrokerService(bgrpc.BrokerServicer):
             return _produce_all_failed(request, pb.INVALID_REQUEST, f"unknown acks {request.acks}")
         timeout_ms = request.timeout_ms if request.timeout_ms > 0 else PRODUCE_TIMEOUT_MS_DEFAULT
         timeout_ms = min(timeout_ms, limits.MAX_PRODUCE_TIMEOUT_MS)
-        refused = {(pd.topic, pd.partition): rejection for pd in request.partitions
-                   if (rejection := produce_validation.check_request_batch(pd, request.transactional_id)) is not None}
+        # one per partition entry, in request order (an entry listed twice is refused below)
+        refused = [produce_validation.check_request_batch(pd, request.transactional_id) for pd in request.partitions]
         image = await self._image_with_producer_ids(request, refused)
         txn = getattr(self.b, "txn", None)
         check = await txn.verify_produce(request, image) if txn is not None else None  # KIP-890
@@ -124,7 +124,7 @@ class BrokerService(bgrpc.BrokerServicer):
         seen: set[tuple[str, int]] = set()
         results: list[bpb.PartitionProduceResult] = []
         waits: list[tuple[bpb.PartitionProduceResult, write_path.PendingAck]] = []
-        for pd in request.partitions:
+        for pd, rejection in zip(request.partitions, refused):
             r = bpb.PartitionProduceResult(topic=pd.topic, partition=pd.partition, base_offset=-1, last_offset=-1,
                                            log_append_time_ms=-1, log_start_offset=-1)
             results.append(r)
@@ -133,7 +133,6 @@ class BrokerService(bgrpc.BrokerServicer):
                 _set_error(r, pb.INVALID_REQUEST, "partition listed twice in one request")
                 continue
             seen.add(key)
-            rejection = refused.get(key)
             if rejection is None and 0 <= pd.batch.producer_id and pd.batch.producer_id >= image.next_producer_id:
                 rejection = produce_validation.unallocated_producer_id(pd.batch.producer_id, image.next_producer_id)
             if rejection is not None:
@@ -160,15 +159,15 @@ class BrokerService(bgrpc.BrokerServicer):
         return bpb.ProduceResponse(results=results)
 
     async def _image_with_producer_ids(self, request: bpb.ProduceRequest,
-                                       refused: dict[tuple[str, int], produce_validation.Rejection]
+                                       refused: list[produce_validation.Rejection | None]
                                        ) -> md.MetadataImage:
         """The metadata image, once it knows every producer id of the request's batches as
         allocated (bounded wait): a client got its id from a block the quorum committed, which
         this broker's image may not have applied yet. An id still unknown afterwards was never
         issued (the per-batch check then refuses it)."""
         image = self.b.quorum.image()
-        pids = [pd.batch.producer_id for pd in request.partitions
-                if (pd.topic, pd.partition) not in refused and pd.batch.producer_id >= 0]
+        pids = [pd.batch.producer_id for pd, rejection in zip(request.partitions, refused)
+                if rejection is None and pd.batch.producer_id >= 0]
         if not pids or max(pids) < image.next_producer_id:
             return image
         highest = max(pids)

@@ -3,7 +3,8 @@
 A data batch's `RecordBatch.records` is one serialized `semel.v1.Records` protobuf
 message (`repeated Record records = 1`). Each `Record` carries `offset_delta` (offset -
 batch.base_offset), `timestamp_delta_ms` (timestamp - batch.base_timestamp_ms), `key`
-(empty = no key), `value` and `headers`. The broker never decodes it.
+(empty = no key), `value` and `headers`. The broker only counts the records (a batch whose
+records do not parse to `record_count` of them is refused, CORRUPT_MESSAGE).
 
 The producer encodes each record exactly once, when it is appended to a batch, straight
 into protobuf wire bytes (`encode_record`), because building one protobuf object per
