@@ -173,7 +173,7 @@ class BrokerService(bgrpc.BrokerServicer):
         highest = max(pids)
         wait = getattr(self.b, "wait_for_metadata", None)
         if wait is not None:
-            await wait(lambda img: img.next_producer_id > highest, limits.PRODUCER_ID_METADATA_WAIT_MS / 1000)
+            await wait(lambda img: img.next_producer_id > highest, limits.MAX_PRODUCER_ID_METADATA_WAIT_MS / 1000)
         return self.b.quorum.image()
 
     def _produce_one(self, pd: bpb.PartitionProduceData, acks: int, image: md.MetadataImage, now: int,

@@ -77,7 +77,7 @@ LOOP_STALL_MS = 200                        # the loop silent this long is a stal
 
 # --- metadata quorum (semel.cluster.metadata.state / quorum / controller) ---------------------
 PRODUCER_ID_BLOCK_SIZE = 1000              # producer ids per AllocateProducerIds block (never reused)
-PRODUCER_ID_METADATA_WAIT_MS = 1000        # a produce with a producer id above this broker's image's allocated ids waits this long for the image, then INVALID_PRODUCER_ID_MAPPING
+MAX_PRODUCER_ID_METADATA_WAIT_MS = 1000    # a produce with a producer id above this broker's image's allocated ids waits this long for the image, then INVALID_PRODUCER_ID_MAPPING
 MAX_PARTITIONS_PER_TOPIC = 1000            # CreateTopic partitions above -> INVALID_PARTITIONS
 MAX_PARTITIONS_TOTAL = 100_000             # partitions over all topics; more -> RESOURCE_EXHAUSTED
 MAX_TOPIC_NAME_CHARS = 200                 # topic names are 1..this many chars of [A-Za-z0-9._-]
