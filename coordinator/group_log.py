@@ -26,6 +26,7 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
+from google.protobuf.message import DecodeError
 from semel import limits
 from semel.coordinator.group_records import (
     GroupRecord,
@@ -88,7 +89,7 @@ def decode_payload(payload: bytes | memoryview, base_offset: int = 0,
     msg = common_pb2.Records()
     try:
         msg.ParseFromString(bytes(payload))  # (iter_batches yields views; the old walk copied too)
-    except Exception as exc:  # protobuf's DecodeError
+    except DecodeError as exc:
         if corrupt is None:
             raise RecordDecodeError(f"undecodable batch at offset {base_offset}: {exc}") from exc
         corrupt.append(f"undecodable batch at offset {base_offset}: {exc}")
@@ -134,7 +135,7 @@ def marker_kind(payload: bytes | memoryview, base_offset: int, corrupt: list[str
     """The marker's commit flag, or None (and a message in `corrupt`) for an undecodable marker."""
     try:
         return decode_marker(payload).commit
-    except Exception as exc:  # protobuf's DecodeError
+    except DecodeError as exc:
         corrupt.append(f"undecodable marker at offset {base_offset}: {exc}")
         return None
 

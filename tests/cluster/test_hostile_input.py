@@ -1,6 +1,6 @@
 """Issue 16, item 6: hostile or buggy input from a client cannot break a guarantee.
 
-Against the in-process Broker/Admin servicers over a real ReplicaManager (the fixtures of
+Against the in-process Broker/Admin servicers over a real ReplicaManager (built as in
 test_broker_service_inprocess): each test sends what a hostile client sent in the issue and
 checks the clear refusal, and that nothing was written."""
 
@@ -16,13 +16,32 @@ from semel.v1 import admin_pb2 as apb
 from semel.v1 import broker_pb2 as bpb
 from semel.v1 import common_pb2 as pb
 
-from tests.cluster.test_broker_service_inprocess import (  # noqa: F401 (fixtures)
+from tests.cluster.test_broker_service_inprocess import (
+    FakeBroker,
     batch,
-    broker,
-    idempotent_broker,
+    image,
     real_store_broker,
-    txn_broker,
 )
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """Leads t-0 with ISR {1, 2} (the in-process tests' plain broker)."""
+    b = FakeBroker(tmp_path, image())
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def txn_broker(tmp_path):
+    """Leads t-0 alone (ISR {1}), with producer state and markers."""
+    yield from real_store_broker(tmp_path, image(isr=(1,), min_isr=1))
+
+
+@pytest.fixture
+def idempotent_broker(tmp_path):
+    """Leads t-0 with ISR {1, 2} (min ISR 2): the follower never fetches."""
+    yield from real_store_broker(tmp_path, image())
 
 
 def run(coro):
@@ -185,8 +204,6 @@ def image_with_state_topic(state_leader: int = 2):
     import dataclasses
 
     from semel.cluster.metadata import state as md
-
-    from tests.cluster.test_broker_service_inprocess import image
 
     base = image(isr=(1,), min_isr=1)
     part = md.PartitionState(STATE, 0, (state_leader,), (state_leader,), state_leader, STATE_EPOCH, 1)
