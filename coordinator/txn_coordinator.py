@@ -49,6 +49,7 @@ from semel.coordinator.txn_state import (
     ProducerIdSource,
     TransactionMetadata,
     TransactionStateMachine,
+    TransitionKind,
     TxnConfig,
     TxnResult,
     TxnState,
@@ -115,6 +116,24 @@ class _Waiting:
     add: NextAdd | None = None  # an AddPartitions: may start its transaction in the Complete* write
 
 
+@dataclasses.dataclass(slots=True)
+class TxnOutcomeCounts:
+    """Transitions whose state record committed, counted for metrics (monotonic)."""
+
+    commits: int = 0
+    aborts: int = 0
+    timeouts: int = 0  # TIMEOUT_ABORT: the coordinator aborted a transaction open past its timeout
+    fenced: int = 0  # FENCE_ABORT: InitProducerId fenced the producer of an open transaction
+
+    def record(self, pending: PendingTransition) -> None:
+        after = pending.after
+        if pending.kind is TransitionKind.COMPLETE and after is not None:
+            self.commits += after.state is TxnState.COMPLETE_COMMIT
+            self.aborts += after.state is TxnState.COMPLETE_ABORT
+        self.timeouts += pending.kind is TransitionKind.TIMEOUT_ABORT
+        self.fenced += pending.kind is TransitionKind.FENCE_ABORT
+
+
 class TxnCoordinator:
     def __init__(
         self,
@@ -143,6 +162,7 @@ class TxnCoordinator:
         # at most limits.MAX_WAITING_TXN_REQUESTS (`_waiting_count`).
         self._waiting: dict[str, list[_Waiting]] = {}
         self._waiting_count = 0
+        self.outcomes = TxnOutcomeCounts()
 
     # --- partition lifecycle -------------------------------------------------------------------
 
@@ -289,6 +309,7 @@ class TxnCoordinator:
             return []  # the partition was unloaded meanwhile
         machine = self._machines[write.partition]
         machine.complete(write.pending)
+        self.outcomes.record(write.pending)
         actions: list[Action] = []
         if write.request_id is not None:
             actions.append(Reply(write.request_id, write.result, write.pending))

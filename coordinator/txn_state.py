@@ -344,6 +344,11 @@ class TransactionStateMachine:
         """Ids in Prepare* with nothing pending: their markers must be (re)sent."""
         return sorted(t for t, m in self._txns.items() if m.state in PREPARED and t not in self._pending)
 
+    def open_summary(self) -> tuple[int, int | None]:
+        """(transactions open or completing, the oldest one's txn_start_ms or None): for metrics."""
+        starts = [m.txn_start_ms for m in self._txns.values() if m.state is S.ONGOING or m.state in PREPARED]
+        return len(starts), (min(starts) if starts else None)
+
     def list_transactions(
         self,
         now_ms: int,

@@ -37,6 +37,7 @@ from semel import internal_topics, limits
 from semel.cluster.broker import group_service, txn_service
 from semel.cluster.broker.loop_monitor import LoopMonitor
 from semel.cluster.broker.metadata_freshness import HeartbeatLease
+from semel.cluster.broker.metrics import BrokerMetrics, MetricsServer, RpcMetricsInterceptor
 from semel.cluster.broker.peers import Peers
 from semel.cluster.broker.replica_manager import (
     ReplicaManager,
@@ -122,6 +123,7 @@ class BrokerConfig:
     txn_abort_scan_interval_ms: int = limits.TRANSACTION_ABORT_SCAN_INTERVAL_MS  # timed-out transactions
     fsync: bool = False
     log_level: str = "INFO"
+    metrics_listen: str = ""  # host:port for Prometheus' GET /metrics (empty: no metrics endpoint)
     # Fault injection (chaos/wiring.py): how this broker reaches each peer, instead of the
     # address the peer registered / the voter list names. Off (empty) by default.
     dial: tuple[str, ...] = ()  # "broker_id=host:port": gRPC to that broker (replication, controller, ...)
@@ -191,6 +193,9 @@ class BrokerConfig:
                 values[field] = v
         if a.raft:
             values["raft_address"] = a.raft
+        if a.metrics_listen is not None:
+            split_address(a.metrics_listen)
+            values["metrics_listen"] = a.metrics_listen
         for flag, field in ((a.dial, "dial"), (a.raft_dial, "raft_dial")):
             if flag:
                 values[field] = tuple(v.strip() for v in flag.split(",") if v.strip())
@@ -238,6 +243,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         ap.add_argument(f"--{name}", type=int)
     ap.add_argument("--fsync", action="store_true", default=None)
     ap.add_argument("--log-level")
+    ap.add_argument("--metrics-listen", help="host:port to serve Prometheus metrics on (GET /metrics; port 0: any)")
     ap.add_argument("--dial", help="fault injection: comma-separated broker_id=host:port to reach peers by")
     ap.add_argument("--raft-dial", help="fault injection: comma-separated broker_id=host:port for Raft links")
     return ap
@@ -325,6 +331,8 @@ class Broker:
         self.clock = SystemClock()  # the host's clocks; every replica shell reads time through it
         self.disk = disk_executor.shared()  # disk work off the loop (docs/design.md, "Threads")
         self.loop_monitor = LoopMonitor()  # loop lag and stalls; last/max for metrics
+        self.metrics = BrokerMetrics(self)  # Prometheus series (cluster/broker/metrics.py)
+        self.metrics_server: MetricsServer | None = None
         self.rm = ReplicaManager(config.broker_id, self.data_dir, config.replica_lag_time_max_ms, self._open_store,
                                  clock=self.clock, disk=self.disk)
         self.leader_replication = LeaderReplicationService(self.rm, config.replica_fetch_max_bytes)
@@ -332,6 +340,7 @@ class Broker:
                                        self._report_unreachable, config.replica_fetch_max_wait_ms,
                                        config.replica_fetch_max_bytes)
         self.isr = IsrMaintainer(self.rm, self._submit_alter, config.isr_check_interval_ms, self._unfenced)
+        self.rm.add_role_listener(self.metrics.on_role)  # counts leader elections
 
     def _open_store(self, directory: Path, topic: md.Topic, partition: int) -> ReplicaStore:
         if self._kv is None:  # a partition opened before start() (tests)
@@ -350,7 +359,8 @@ class Broker:
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ]
-        self.server = grpc.aio.server(options=opts, maximum_concurrent_rpcs=limits.MAX_CONCURRENT_RPCS_PER_BROKER)
+        self.server = grpc.aio.server(options=opts, maximum_concurrent_rpcs=limits.MAX_CONCURRENT_RPCS_PER_BROKER,
+                                      interceptors=[RpcMetricsInterceptor(self.metrics)])
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), self.server)
         controller_pb2_grpc.add_ControllerServicer_to_server(ControllerService(self), self.server)
         if self.is_broker:
@@ -379,6 +389,8 @@ class Broker:
             raise OSError(f"cannot bind gRPC address {cfg.listen_host}:{cfg.listen_port}")
         await self.server.start()
         log.info("broker %d gRPC listening on %s:%d", cfg.broker_id, cfg.listen_host, self.port)
+        if cfg.metrics_listen:
+            await self._start_metrics(cfg.metrics_listen)
         if cfg.raft_address:
             check_port_free(cfg.raft_address)  # pysyncobj would retry a busy port forever, silently
         loop = asyncio.get_running_loop()
@@ -434,6 +446,22 @@ class Broker:
             self.quorum.close()
         await self.peers.close()
         await self.loop_monitor.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+
+    async def _start_metrics(self, address: str) -> None:
+        host, port = split_address(address)
+        refresh = self.metrics.state.refresh_disk()
+
+        async def before_scrape() -> None:
+            await self.disk.run("metrics-disk-usage", refresh, "log directory sizes")
+
+        self.metrics_server = MetricsServer(self.metrics, before_scrape)
+        try:
+            bound = await self.metrics_server.start(host, port)
+        except OSError as exc:
+            raise OSError(f"cannot bind metrics address {address}: {exc}") from exc
+        log.info("broker %d serving Prometheus metrics on http://%s:%d/metrics", self.config.broker_id, host, bound)
 
     async def _controlled_shutdown(self) -> None:
         """Fence ourselves first so leaderships move to other ISR members at once, instead of
@@ -512,7 +540,11 @@ class Broker:
         return None if self.quorum is None else frozenset(self.quorum.image().unfenced_brokers())
 
     async def _submit_alter(self, cmd: md.AlterPartition) -> object:
+        before = self.rm.get(cmd.topic, cmd.partition)
+        isr_before = before.isr if before is not None else ()
         result = await self.quorum.submit(cmd, timeout_s=2.0)
+        if result.ok:
+            self.metrics.isr_changed(isr_before, cmd.new_isr)
         if not result.ok:
             log.info("AlterPartition %s-%d: %s", cmd.topic, cmd.partition, pb.ErrorCode.Name(result.error))
         return result

@@ -201,6 +201,8 @@ class BrokerService(bgrpc.BrokerServicer):
         r.base_offset, r.last_offset = ar.base_offset, ar.last_offset
         r.log_append_time_ms, r.duplicate = ar.log_append_time_ms, ar.duplicate
         r.log_start_offset = p.log_start_offset
+        if not ar.duplicate:
+            self.b.metrics.produced(pd.topic, len(b.records), b.record_count)
         return out if isinstance(out, write_path.PendingAck) else None
 
     # --- Fetch -------------------------------------------------------------------------
@@ -294,6 +296,7 @@ class BrokerService(bgrpc.BrokerServicer):
                 record_count=h.record_count, attributes=h.attributes, base_timestamp_ms=h.base_timestamp_ms,
                 max_timestamp_ms=h.max_timestamp_ms, records=data[pos + HEADER_BYTES: pos + h.size_bytes]))
             size += h.size_bytes
+        self.b.metrics.fetched(fp.topic, size, sum(h.record_count for h, _ in visible))
         return size if size else (1 if r.next_fetch_offset != fp.fetch_offset else 0)
 
     # --- ListOffsets -------------------------------------------------------------------

@@ -252,6 +252,9 @@ class MetadataQuorum(SyncObj):
     def raft_term(self) -> int:
         return self.raftCurrentTerm
 
+    def raft_commit_index(self) -> int:
+        return self.raftCommitIndex
+
     def is_ready(self) -> bool:
         """This node has applied everything the leader had committed when it first heard it."""
         return self.isReady()

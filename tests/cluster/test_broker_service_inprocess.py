@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 from semel import limits
 from semel.clock import wall_clock_ms
+from semel.cluster.broker.metrics import BrokerMetrics
 from semel.cluster.broker.process import BrokerConfig
 from semel.cluster.broker.replica_manager import ReplicaManager
 from semel.cluster.broker.replication import IsrMaintainer, LeaderReplicationService
@@ -52,6 +53,7 @@ class FakeBroker:
         self.config = config or BrokerConfig(broker_id=1, max_inflight_produce=4)
         self.quorum = FakeQuorum(img)
         self.clock = FakeClock()
+        self.metrics = BrokerMetrics()
         self.kv = KvStore.open(tmp_path / "kv")
         self.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=self.kv),
                                  clock=self.clock)
