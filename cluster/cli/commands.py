@@ -112,6 +112,8 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--data-dir", default=".semel-data", help="data and log directory (default .semel-data)")
     up.add_argument("--base-port", type=int, default=9092, help="client port of broker 1 (default 9092)")
     up.add_argument("--raft-base-port", type=int, default=None, help="Raft port of broker 1 (default BASE_PORT+10000)")
+    up.add_argument("--metrics-base-port", type=int, default=None,
+                    help="serve Prometheus metrics: broker N on METRICS_BASE_PORT+N-1 (default: no metrics)")
     up.add_argument("--follow-logs", action="store_true", help="also print broker logs, prefixed [broker-N]")
     up.add_argument("--ready-timeout-s", type=float, default=60.0, help="how long to wait for readiness (default 60)")
     up.add_argument(
@@ -134,6 +136,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
     return run_cluster_up(
         args.brokers, args.data_dir, args.base_port, args.raft_base_port, args.follow_logs,
         args.broker_arg, args.ready_timeout_s, None if args.no_restart else max(0.0, args.restart_delay_s),
+        metrics_base_port=args.metrics_base_port,
     )
 
 

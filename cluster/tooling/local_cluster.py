@@ -49,6 +49,7 @@ class BrokerSpec:
     port: int
     raft_port: int
     data_dir: Path
+    metrics_port: int | None = None  # Prometheus GET /metrics (--metrics-listen); None: no endpoint
 
     @property
     def address(self) -> str:
@@ -60,20 +61,27 @@ class BrokerSpec:
 
 
 def plan_cluster(
-    brokers: int, data_dir: str | Path, base_port: int, raft_base_port: int | None = None, host: str = "127.0.0.1"
+    brokers: int, data_dir: str | Path, base_port: int, raft_base_port: int | None = None, host: str = "127.0.0.1",
+    metrics_base_port: int | None = None,
 ) -> list[BrokerSpec]:
-    """Brokers 1..N with consecutive client ports and consecutive Raft ports."""
+    """Brokers 1..N with consecutive client ports, consecutive Raft ports and (with
+    `metrics_base_port`) consecutive metrics ports."""
     if brokers < 1:
         raise ValueError("--brokers must be >= 1")
     raft_base = base_port + RAFT_PORT_OFFSET if raft_base_port is None else raft_base_port
     ports = [base_port + i for i in range(brokers)] + [raft_base + i for i in range(brokers)]
+    if metrics_base_port is not None:
+        ports += [metrics_base_port + i for i in range(brokers)]
     if min(ports) < 1 or max(ports) > 65535:
         raise ValueError(f"ports {min(ports)}..{max(ports)} out of range; choose another --base-port")
     if len(set(ports)) != len(ports):
-        raise ValueError("client and Raft port ranges overlap; choose another --raft-base-port")
+        raise ValueError("client, Raft and metrics port ranges overlap; choose another --raft-base-port "
+                         "or --metrics-base-port")
     root = Path(data_dir)
     return [
-        BrokerSpec(i + 1, host, base_port + i, raft_base + i, root / f"broker-{i + 1}") for i in range(brokers)
+        BrokerSpec(i + 1, host, base_port + i, raft_base + i, root / f"broker-{i + 1}",
+                   None if metrics_base_port is None else metrics_base_port + i)
+        for i in range(brokers)
     ]
 
 
@@ -88,6 +96,7 @@ def broker_argv(spec: BrokerSpec, voters: Sequence[BrokerSpec], extra_args: Sequ
         "--data-dir", str(spec.data_dir),
         "--raft", spec.raft_address,
         "--voters", ",".join(f"{v.broker_id}@{v.raft_address}@{v.address}" for v in voters),
+        *(() if spec.metrics_port is None else ("--metrics-listen", f"{spec.host}:{spec.metrics_port}")),
         *extra_args,
     ]
 
@@ -365,6 +374,7 @@ def run_cluster_up(
     extra_args: Sequence[str],
     ready_timeout_s: float,
     restart_delay_s: float | None = RESTART_DELAY_S_DEFAULT,
+    metrics_base_port: int | None = None,
 ) -> int:
     """Foreground supervisor: start, print how to connect, wait for Ctrl-C/SIGTERM, stop.
 
@@ -374,11 +384,12 @@ def run_cluster_up(
     CRASH_LOOP_WINDOW_S. A broker that dies before the cluster is ready stops everything
     (a configuration problem). Exit code 0 when every broker runs at the end, else 1."""
     try:
-        specs = plan_cluster(brokers, data_dir, base_port, raft_base_port)
+        specs = plan_cluster(brokers, data_dir, base_port, raft_base_port, metrics_base_port=metrics_base_port)
     except ValueError as exc:
         print(f"semel cluster up: {exc}", file=sys.stderr)
         return 2
-    busy = [spec for spec in specs if _port_in_use(spec.host, spec.port) or _port_in_use(spec.host, spec.raft_port)]
+    busy = [spec for spec in specs if _port_in_use(spec.host, spec.port) or _port_in_use(spec.host, spec.raft_port)
+            or (spec.metrics_port is not None and _port_in_use(spec.host, spec.metrics_port))]
     if busy:
         ports = ", ".join(f"{s.port}/{s.raft_port}" for s in busy)
         print(
@@ -477,6 +488,8 @@ def run_cluster_up(
         elif ready.is_set() and not stop.is_set():
             bootstrap = cluster.bootstrap
             print(f"cluster ready: {brokers} broker(s); bootstrap {bootstrap}", flush=True)
+            if metrics_base_port is not None:
+                print("metrics: " + ", ".join(f"http://{s.host}:{s.metrics_port}/metrics" for s in specs), flush=True)
             for broker in cluster.brokers.values():
                 print(
                     f"  broker {broker.spec.broker_id}: {broker.spec.address} (raft {broker.spec.raft_address}), "

@@ -13,7 +13,8 @@ import threading
 import time
 
 import pytest
-from semel.cluster.tooling.local_cluster import plan_cluster
+from semel.cluster.broker.process import BrokerConfig
+from semel.cluster.tooling.local_cluster import broker_argv, plan_cluster
 
 
 def test_plan_cluster_ports_and_dirs(tmp_path):
@@ -25,6 +26,17 @@ def test_plan_cluster_ports_and_dirs(tmp_path):
         plan_cluster(3, tmp_path, 9092, raft_base_port=9093)
     with pytest.raises(ValueError):
         plan_cluster(2, tmp_path, 65535)
+    assert all(s.metrics_port is None for s in specs)
+
+
+def test_plan_cluster_metrics_ports_reach_the_brokers(tmp_path):
+    specs = plan_cluster(3, tmp_path, 9092, metrics_base_port=9300)
+    assert [s.metrics_port for s in specs] == [9300, 9301, 9302]
+    argv = broker_argv(specs[1], specs)
+    assert argv[argv.index("--metrics-listen") + 1] == "127.0.0.1:9301"
+    BrokerConfig.from_args(argv[3:])  # the broker accepts what the supervisor passes
+    with pytest.raises(ValueError):
+        plan_cluster(3, tmp_path, 9092, metrics_base_port=9094)  # overlaps the client ports
 
 
 RAFT_OFFSET = 4000  # both port blocks stay below the kernel's ephemeral range (32768)

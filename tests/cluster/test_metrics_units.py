@@ -1,0 +1,39 @@
+"""The broker's metric definitions without a broker: cardinality bounds and the name set."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+from semel.cluster.broker.metrics import OTHER, BrokerMetrics, TopicLabels, bounded, exported_metric_names
+
+
+def test_topic_labels_stop_at_the_bound_and_keep_the_first_topics() -> None:
+    labels = TopicLabels(limit=3)
+    assert [labels(t) for t in ("a", "b", "c", "d", "e", "a")] == ["a", "b", "c", OTHER, OTHER, "a"]
+
+
+def test_per_topic_series_are_bounded_on_a_real_registry() -> None:
+    m = BrokerMetrics(topic_series_max=10)
+    for i in range(500):  # many topics, e.g. created and deleted over and over
+        m.produced(f"t{i}", 100, 2)
+    families = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
+    topics = {s.labels["topic"] for s in families["semel_topic_records_in"].samples if s.name.endswith("_total")}
+    assert len(topics) == 11 and OTHER in topics
+    total = sum(s.value for s in families["semel_topic_records_in"].samples if s.name.endswith("_total"))
+    assert total == 1000  # nothing lost: the rest is counted under _other
+    other = [s.value for s in families["semel_topic_records_in"].samples
+             if s.name.endswith("_total") and s.labels["topic"] == OTHER]
+    assert other == [490 * 2]
+
+
+def test_bounded_keeps_the_first_sorted_items_and_counts_the_rest() -> None:
+    assert bounded([("b", 1), ("a", 2), ("a", 1)], 2) == ([("a", 1), ("a", 2)], 1)
+    assert bounded(["x"], 5) == (["x"], 0)
+
+
+def test_exported_names_follow_the_conventions() -> None:
+    names = exported_metric_names(BrokerMetrics().registry)
+    assert {"semel_rpc_requests_total", "semel_rpc_duration_seconds_bucket", "semel_partition_high_watermark",
+            "semel_txn_commits_total", "semel_quorum_apply_lag_entries", "semel_event_loop_lag_seconds",
+            "semel_log_dir_size_bytes", "semel_consumer_group_lag_records"} <= names
+    assert all(n.startswith("semel_") for n in names)
+    assert not any(n.endswith("_ms") or "_milliseconds" in n for n in names)  # base units: seconds
