@@ -127,6 +127,13 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:
     desc = csub.add_parser("describe", help="brokers, controller and metadata quorum of a running cluster")
     _admin_args(desc)
     desc.set_defaults(func=_operational(_cluster_describe))
+    status = csub.add_parser("status", help="health at a glance: brokers, quorum, partitions, transactions, "
+                             "group lag; exit 1 when something needs attention")
+    _admin_args(status)
+    from semel.cli import status_commands
+
+    status_commands.add_arguments(status)
+    status.set_defaults(func=_operational(status_commands.run))
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
