@@ -47,6 +47,7 @@ from semel import limits
 if TYPE_CHECKING:
     from semel.cluster.broker.process import Broker
     from semel.cluster.broker.replica_manager import Partition, Role
+    from semel.v1.broker_pb2 import FetchResponse
 
 log = logging.getLogger("semel.metrics")
 Family = GaugeMetricFamily | CounterMetricFamily  # the families the scrape-time collector fills
@@ -88,12 +89,13 @@ def bounded(items: Iterable[K], limit: int) -> tuple[list[K], int]:
 class BrokerMetrics:
     """The registry of one broker and the series counted on its request paths."""
 
-    def __init__(self, broker: Broker | None = None,
-                 topic_series_max: int = limits.METRICS_TOPIC_SERIES_MAX) -> None:
+    def __init__(self, topic_series_max: int = limits.METRICS_TOPIC_SERIES_MAX) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.state = BrokerStateCollector(broker)  # broker None: the families, with no samples
-        r.register(self.state)
+        # Until `attach`: the scrape-time families with no samples, so a registry without a
+        # broker (tests/deploy, which check the dashboards) still knows every name.
+        self._state: Collector = StateFamilies()
+        r.register(self._state)
         self.topic_label = TopicLabels(topic_series_max)
         self.rpc_requests = Counter("semel_rpc_requests", "gRPC calls handled, by method and final status code",
                                     ["method", "code"], registry=r)
@@ -105,7 +107,7 @@ class BrokerMetrics:
                                 ["topic"], registry=r)
         self.records_in = Counter("semel_topic_records_in", "Records appended by producers, per topic",
                                   ["topic"], registry=r)
-        self.bytes_out = Counter("semel_topic_bytes_out", "Batch bytes returned to consumers by Fetch, per topic",
+        self.bytes_out = Counter("semel_topic_bytes_out", "Record bytes returned to consumers by Fetch, per topic",
                                  ["topic"], registry=r)
         self.records_out = Counter("semel_topic_records_out", "Records returned to consumers by Fetch, per topic",
                                    ["topic"], registry=r)
@@ -124,12 +126,14 @@ class BrokerMetrics:
         self.bytes_in.labels(label).inc(payload_bytes)
         self.records_in.labels(label).inc(records)
 
-    def fetched(self, topic: str, batch_bytes: int, records: int) -> None:
-        if batch_bytes <= 0:
-            return
-        label = self.topic_label(topic)
-        self.bytes_out.labels(label).inc(batch_bytes)
-        self.records_out.labels(label).inc(records)
+    def fetched(self, response: FetchResponse) -> None:
+        """A Fetch answer about to be sent (counted once: not the passes of a long poll that
+        found too little and parked)."""
+        for r in response.results:
+            if r.batches:
+                label = self.topic_label(r.topic)
+                self.bytes_out.labels(label).inc(sum(len(b.records) for b in r.batches))
+                self.records_out.labels(label).inc(sum(b.record_count for b in r.batches))
 
     def isr_changed(self, isr_before: Sequence[int], isr_after: Sequence[int]) -> None:
         if len(isr_after) < len(isr_before):
@@ -147,6 +151,14 @@ class BrokerMetrics:
             self._leader_epochs[key] = leader_epoch
         elif role is not Role.LEADER:
             self._leader_epochs.pop(key, None)
+
+    def attach(self, broker: Broker) -> BrokerStateCollector:
+        """Read `broker`'s state at scrape time from now on."""
+        state = BrokerStateCollector(broker)
+        self.registry.unregister(self._state)
+        self.registry.register(state)
+        self._state = state
+        return state
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -248,31 +260,32 @@ def directory_bytes(path: Path) -> int:
     return total
 
 
+class StateFamilies(Collector):
+    """`BrokerStateCollector`'s families without samples (no broker attached)."""
+
+    def collect(self) -> Iterable[Metric]:
+        return BrokerStateCollector.families().values()
+
+
 class BrokerStateCollector(Collector):
     """Series read from the broker's state when Prometheus scrapes (see the module docstring).
     Only ever called on the broker's event loop (MetricsServer), which owns that state."""
 
-    b: Broker
-
-    def __init__(self, broker: Broker | None,
+    def __init__(self, broker: Broker,
                  partition_series_max: int = limits.METRICS_PARTITION_SERIES_MAX,
                  group_lag_series_max: int = limits.METRICS_GROUP_LAG_SERIES_MAX,
                  groups_max: int = limits.METRICS_GROUPS_MAX) -> None:
-        self.b = broker  # type: ignore[assignment]  # None only in collect(), checked there
+        self.b = broker
         self.partition_series_max = partition_series_max
         self.group_lag_series_max = group_lag_series_max
         self.groups_max = groups_max
         self.log_dir_bytes: dict[str, int] = {}  # refreshed before each scrape (MetricsServer)
 
     def describe(self) -> Iterable[Metric]:
-        """Every family this collector can yield, with no samples: the registry (and
-        tests/deploy, which check the dashboards) learn the names without a running broker."""
-        return [*self._families().values()]
+        return self.families().values()
 
     def collect(self) -> Iterable[Metric]:
-        families = self._families()
-        if self.b is None:
-            return families.values()
+        families = self.families()
         omitted = families["semel_metrics_series_omitted"]
         self._collect_broker(families)
         self._collect_partitions(families, omitted)
@@ -284,7 +297,8 @@ class BrokerStateCollector(Collector):
         return families.values()
 
     @staticmethod
-    def _families() -> dict[str, Family]:
+    def families() -> dict[str, Family]:
+        """Every family this collector yields, empty."""
         fams: list[Family] = [
             _gauge("semel_broker_up", "1 while this broker is registered and unfenced in its own metadata image"),
             _gauge("semel_broker_fenced_brokers", "Registered brokers fenced in this broker's metadata image"),

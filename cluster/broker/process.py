@@ -331,7 +331,8 @@ class Broker:
         self.clock = SystemClock()  # the host's clocks; every replica shell reads time through it
         self.disk = disk_executor.shared()  # disk work off the loop (docs/design.md, "Threads")
         self.loop_monitor = LoopMonitor()  # loop lag and stalls; last/max for metrics
-        self.metrics = BrokerMetrics(self)  # Prometheus series (cluster/broker/metrics.py)
+        self.metrics = BrokerMetrics()  # Prometheus series (cluster/broker/metrics.py)
+        self.metrics_state = self.metrics.attach(self)
         self.metrics_server: MetricsServer | None = None
         self.rm = ReplicaManager(config.broker_id, self.data_dir, config.replica_lag_time_max_ms, self._open_store,
                                  clock=self.clock, disk=self.disk)
@@ -451,7 +452,7 @@ class Broker:
 
     async def _start_metrics(self, address: str) -> None:
         host, port = split_address(address)
-        refresh = self.metrics.state.refresh_disk()
+        refresh = self.metrics_state.refresh_disk()
 
         async def before_scrape() -> None:
             await self.disk.run("metrics-disk-usage", refresh, "log directory sizes")

@@ -224,8 +224,10 @@ class BrokerService(bgrpc.BrokerServicer):
         while True:
             resp, total, errors = self._fetch_once(request, max_bytes)
             if total >= min_bytes or errors or loop.time() >= deadline:
+                self.b.metrics.fetched(resp)
                 return resp
             if self.parked_fetches >= limits.MAX_FETCH_WAITERS_PER_BROKER:
+                self.b.metrics.fetched(resp)
                 return resp  # answer now rather than park without bound
             await self._park(request, deadline - loop.time())
 
@@ -296,7 +298,6 @@ class BrokerService(bgrpc.BrokerServicer):
                 record_count=h.record_count, attributes=h.attributes, base_timestamp_ms=h.base_timestamp_ms,
                 max_timestamp_ms=h.max_timestamp_ms, records=data[pos + HEADER_BYTES: pos + h.size_bytes]))
             size += h.size_bytes
-        self.b.metrics.fetched(fp.topic, size, sum(h.record_count for h, _ in visible))
         return size if size else (1 if r.next_fetch_offset != fp.fetch_offset else 0)
 
     # --- ListOffsets -------------------------------------------------------------------

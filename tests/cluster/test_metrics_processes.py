@@ -66,6 +66,7 @@ def test_scrape_after_produce_fetch_transaction_and_commit(metered: tuple[Cluste
     assert value(s, "semel_topic_records_in_total", topic="m-plain") == 5
     assert value(s, "semel_topic_bytes_in_total", topic="m-plain") >= 5 * 2
     assert value(s, "semel_topic_records_out_total", topic="m-plain") >= 5
+    assert value(s, "semel_topic_bytes_out_total", topic="m-plain") >= 5 * 2
     assert value(s, "semel_topic_records_in_total", topic="m-txn") == 2
     produce = "/semel.v1.Broker/Produce"
     assert value(s, "semel_rpc_requests_total", method=produce, code="OK") >= 5
@@ -91,6 +92,23 @@ def test_scrape_after_produce_fetch_transaction_and_commit(metered: tuple[Cluste
     (size,) = [v for (name, _), v in s.items() if name == "semel_log_dir_size_bytes"]
     assert size > 0
     assert value(s, "semel_metrics_series_omitted", family="partition") == 0
+
+
+def test_failed_calls_are_counted_by_status_code(metered: tuple[Cluster, int]) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    c, port = metered
+    with grpc.insecure_channel(c.bootstrap) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError):  # an unknown method: answered, never labelled
+            channel.unary_unary("/semel.v1.Made/Up")(b"", timeout=10)
+    s = scrape(port)
+    assert value(s, "semel_rpc_requests_total", method="/grpc.health.v1.Health/Check", code="NOT_FOUND") >= 1
+    assert not any(dict(labels).get("method") == "/semel.v1.Made/Up" for _, labels in s)
 
 
 def test_unknown_path_is_404(metered: tuple[Cluster, int]) -> None:
