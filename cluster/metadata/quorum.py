@@ -255,6 +255,10 @@ class MetadataQuorum(SyncObj):
     def raft_commit_index(self) -> int:
         return self.raftCommitIndex
 
+    def raft_last_applied(self) -> int:
+        """The Raft log index applied last (`last_applied` counts commands, not log entries)."""
+        return self.raftLastApplied
+
     def is_ready(self) -> bool:
         """This node has applied everything the leader had committed when it first heard it."""
         return self.isReady()

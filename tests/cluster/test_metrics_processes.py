@@ -60,6 +60,7 @@ def test_scrape_after_produce_fetch_transaction_and_commit(metered: tuple[Cluste
     def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         s = scrape(port)  # the commit marker lands after commit_transaction() returns
         assert value(s, "semel_txn_commits_total") == 1
+        assert value(s, "semel_quorum_apply_lag_entries") == 0
         return s
 
     s = c_wait(settled)

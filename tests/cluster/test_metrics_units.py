@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
-from semel.cluster.broker.metrics import OTHER, BrokerMetrics, TopicLabels, bounded, exported_metric_names
+from semel.cluster.broker.metrics import (
+    OTHER,
+    BrokerMetrics,
+    RpcStats,
+    TopicLabels,
+    bounded,
+    exported_metric_names,
+)
 
 
 def test_topic_labels_stop_at_the_bound_and_keep_the_first_topics() -> None:
@@ -37,3 +44,15 @@ def test_exported_names_follow_the_conventions() -> None:
             "semel_log_dir_size_bytes", "semel_consumer_group_lag_records"} <= names
     assert all(n.startswith("semel_") for n in names)
     assert not any(n.endswith("_ms") or "_milliseconds" in n for n in names)  # base units: seconds
+
+
+def test_rpc_stats_buckets_are_cumulative_and_inclusive() -> None:
+    stats = RpcStats()
+    for seconds in (0.0005, 0.0007, 0.001, 100.0):
+        stats.observe(seconds, "OK")
+    stats.observe(0.01, "NOT_FOUND")
+    buckets = dict(stats.cumulative())
+    assert buckets["0.0005"] == 1 and buckets["0.001"] == 3 and buckets["0.01"] == 4
+    assert buckets["30.0"] == 4 and buckets["+Inf"] == 5
+    assert stats.codes == {"OK": 4, "NOT_FOUND": 1}
+    assert abs(stats.sum_s - 100.0122) < 1e-9
