@@ -146,6 +146,8 @@ class BrokerConfig:
         """Raise ValueError if roles, node id, --raft and --voters do not fit together."""
         roles = self.role_set()
         voters = self.voter_specs()
+        if self.metrics_listen:
+            split_address(self.metrics_listen)
         mine = next((v for v in voters if v.raft_address == self.raft_address), None) if self.raft_address else None
         if "controller" not in roles and mine is not None:
             raise ValueError(f"--roles broker: node {self.broker_id} must not name a voter's Raft address "
@@ -194,8 +196,7 @@ class BrokerConfig:
         if a.raft:
             values["raft_address"] = a.raft
         if a.metrics_listen is not None:
-            split_address(a.metrics_listen)
-            values["metrics_listen"] = a.metrics_listen
+            values["metrics_listen"] = a.metrics_listen  # checked by validate()
         for flag, field in ((a.dial, "dial"), (a.raft_dial, "raft_dial")):
             if flag:
                 values[field] = tuple(v.strip() for v in flag.split(",") if v.strip())

@@ -36,6 +36,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 IMAGE = f"semel:{VERSION}"
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(BrokerConfig)}
+METRICS_PORT = 9300  # every deployment serves Prometheus metrics here (deploy/README.md, "Metrics")
 
 
 # --- parsing helpers ------------------------------------------------------------------------
@@ -174,6 +175,7 @@ def test_every_deployment_uses_the_same_data_dir_and_ports() -> None:
         assert config["listen_host"] == "0.0.0.0", where  # reachable from other hosts
         assert config["listen_port"] == 9092, where
         assert {split_address(v.split("@")[1])[1] for v in config["voters"]} == {19092}, where
+        assert split_address(config["metrics_listen"]) == ("0.0.0.0", METRICS_PORT), where
 
 
 # --- Dockerfile -------------------------------------------------------------------------------
@@ -204,7 +206,8 @@ def test_dockerfile_volume_ports_entrypoint_and_healthcheck_match_the_broker() -
     assert volume.exec_form() == [config["data_dir"]]
     (expose,) = final_stage(instructions, "EXPOSE")
     raft_port = split_address(parse_voter(config["voters"][0]).raft_address)[1]
-    assert sorted(int(p) for p in expose.args.split()) == sorted([config["listen_port"], raft_port])
+    metrics_port = split_address(config["metrics_listen"])[1]
+    assert sorted(int(p) for p in expose.args.split()) == sorted([config["listen_port"], raft_port, metrics_port])
 
     (entrypoint,) = final_stage(instructions, "ENTRYPOINT")
     assert module_of(entrypoint.exec_form()) == "semel.cluster.broker"
@@ -385,7 +388,10 @@ def test_ports_services_and_probes_match_the_broker() -> None:
     raft_port = split_address(parse_voter(config["voters"][0]).raft_address)[1]
     container = broker_container()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": config["listen_port"], "raft": raft_port}
+    assert ports == {"grpc": config["listen_port"], "raft": raft_port,
+                     "metrics": split_address(config["metrics_listen"])[1]}
+    annotations = statefulset()["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(ports["metrics"]) and annotations["prometheus.io/scrape"] == "true"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"] == {"port": config["listen_port"]}, f"{probe} must ask gRPC health"
     template_labels = statefulset()["spec"]["template"]["metadata"]["labels"]
