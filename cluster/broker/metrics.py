@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import inspect
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -255,7 +256,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer)
         return _counting_stream_handler(self.m, method, handler)
 
-    def _timed(self, method: str, behavior: Callable[[Any, Any], Awaitable[Any]]
+    def _timed(self, method: str, behavior: Callable[[Any, Any], Any]
                ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
         stats = self.m.rpc.get(method)
         if stats is None:
@@ -266,7 +267,9 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             start = clock()
             code = "UNKNOWN"
             try:
-                response = await behavior(request, context)
+                response = behavior(request, context)
+                if inspect.isawaitable(response):  # grpc.aio also takes plain-function handlers
+                    response = await response
                 code = _status_name(context, "OK")
                 return response
             except asyncio.CancelledError:
@@ -294,11 +297,32 @@ def _status_name(context: grpc.aio.ServicerContext[Any, Any], default: str) -> s
 def _counting_stream_handler(m: BrokerMetrics, method: str, handler: grpc.RpcMethodHandler[Any, Any]
                              ) -> grpc.RpcMethodHandler[Any, Any]:
     """Streams are long-lived (replication): counted when they start, not timed."""
+    def bump() -> None:
+        m.streams[method] = m.streams.get(method, 0) + 1
+
     def counted(behavior: Callable[..., Any]) -> Callable[..., Any]:
-        def start(request: Any, context: Any) -> Any:
-            m.streams[method] = m.streams.get(method, 0) + 1
+        # grpc.aio picks how to drive a handler from its kind (async generator, coroutine or
+        # plain function), so the wrapper must be of the same kind as what it wraps.
+        if inspect.isasyncgenfunction(behavior):
+            async def agen(request: Any, context: Any) -> AsyncIterator[Any]:
+                bump()
+                inner = behavior(request, context)
+                try:
+                    async for item in inner:
+                        yield item
+                finally:
+                    await inner.aclose()
+            return agen
+        if inspect.iscoroutinefunction(behavior):
+            async def coro(request: Any, context: Any) -> Any:
+                bump()
+                return await behavior(request, context)
+            return coro
+
+        def plain(request: Any, context: Any) -> Any:
+            bump()
             return behavior(request, context)
-        return start
+        return plain
 
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(counted(handler.unary_stream), handler.request_deserializer,

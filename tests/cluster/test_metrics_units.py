@@ -56,3 +56,57 @@ def test_rpc_stats_buckets_are_cumulative_and_inclusive() -> None:
     assert buckets["30.0"] == 4 and buckets["+Inf"] == 5
     assert stats.codes == {"OK": 4, "NOT_FOUND": 1}
     assert abs(stats.sum_s - 100.0122) < 1e-9
+
+
+def test_interceptor_keeps_each_handler_kind_working_and_counts_it() -> None:
+    """grpc.aio drives a handler by its kind (async generator / coroutine / plain function):
+    the interceptor's wrappers must keep that kind, or streams break (replication did)."""
+    import asyncio
+
+    import grpc
+    from semel.cluster.broker.metrics import RpcMetricsInterceptor
+
+    async def echo_stream(requests, context):  # noqa: ANN001, ANN202
+        async for r in requests:
+            yield r + b"!"
+
+    async def echo(request, context):  # noqa: ANN001, ANN202
+        return request + b"?"
+
+    async def fail(request, context):  # noqa: ANN001, ANN202
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no")
+
+    def plain_stream(request, context):  # noqa: ANN001, ANN202
+        return iter([request, request])
+
+    async def main() -> BrokerMetrics:
+        m = BrokerMetrics()
+        server = grpc.aio.server(interceptors=[RpcMetricsInterceptor(m)])
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("t.S", {
+            "Stream": grpc.stream_stream_rpc_method_handler(echo_stream),
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+            "Plain": grpc.unary_stream_rpc_method_handler(plain_stream),
+        })])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                got = [r async for r in ch.stream_stream("/t.S/Stream")(iter([b"a", b"b"]))]
+                assert got == [b"a!", b"b!"]
+                assert await ch.unary_unary("/t.S/Echo")(b"x") == b"x?"
+                try:
+                    await ch.unary_unary("/t.S/Fail")(b"x")
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+                else:
+                    raise AssertionError("Fail succeeded")
+                assert [r async for r in ch.unary_stream("/t.S/Plain")(b"p")] == [b"p", b"p"]
+        finally:
+            await server.stop(None)
+        return m
+
+    m = asyncio.run(main())
+    assert m.streams == {"/t.S/Stream": 1, "/t.S/Plain": 1}
+    assert m.rpc["/t.S/Echo"].codes == {"OK": 1}
+    assert m.rpc["/t.S/Fail"].codes == {"FAILED_PRECONDITION": 1}
