@@ -452,7 +452,8 @@ class BrokerStateCollector(Collector):
         brokers = list(image.brokers.values())
         f["semel_broker_registered_brokers"].add_metric([], len(brokers))
         f["semel_broker_fenced_brokers"].add_metric([], sum(1 for r in brokers if r.fenced))
-        f["semel_broker_up"].add_metric([], 1 if self.b.rm.active else 0)
+        if self.b.is_broker:  # a controller-only node never registers as a broker
+            f["semel_broker_up"].add_metric([], 1 if self.b.rm.active else 0)
         f["semel_metadata_version"].add_metric([], image.version)
 
     def _collect_partitions(self, f: dict[str, Family], omitted: Family) -> None:
@@ -594,9 +595,9 @@ def exported_metric_names(registry: CollectorRegistry) -> set[str]:
     names: set[str] = set()
     for family in registry.collect():
         if family.type == "counter":
-            names |= {family.name + "_total", family.name + "_created"}
+            names.add(family.name + "_total")
         elif family.type == "histogram":
-            names |= {family.name + s for s in ("_bucket", "_sum", "_count", "_created")}
+            names |= {family.name + s for s in ("_bucket", "_sum", "_count")}
         else:
             names.add(family.name)
     return names

@@ -60,7 +60,8 @@ def assess(s: Snapshot, metadata_lag_max: int = METADATA_LAG_MAX_DEFAULT,
     newest = max((b.metadata_version for b in s.brokers), default=-1)
     for b in s.brokers:
         if not b.reachable:
-            reasons.append(f"broker {b.broker_id} ({b.address}) does not answer")
+            reasons.append(f"broker {b.broker_id} ({b.address}) does not answer"
+                           + (" and is fenced" if b.fenced else ""))
         elif b.fenced:
             reasons.append(f"broker {b.broker_id} ({b.address}) is fenced")
         elif newest - b.metadata_version > metadata_lag_max:
@@ -177,11 +178,11 @@ def run(args: argparse.Namespace) -> int:
 def _screen(s: Snapshot) -> str:
     newest = max((b.metadata_version for b in s.brokers), default=-1)
     lines = [f"quorum leader: {s.quorum_leader or 'NONE'}   controller: {s.controller_id}   "
-             f"voters: {', '.join(s.quorum_voters) or '-'}", "", "BROKER  ADDRESS                STATE        METADATA-LAG"]
+             f"voters: {', '.join(s.quorum_voters) or '-'}", "", "BROKER  ADDRESS                STATE               METADATA-LAG"]
     for b in s.brokers:
-        state = "unreachable" if not b.reachable else ("fenced" if b.fenced else "up")
+        state = ",".join(([] if b.reachable else ["unreachable"]) + (["fenced"] if b.fenced else [])) or "up"
         lag = str(newest - b.metadata_version) if b.reachable else "?"
-        lines.append(f"{b.broker_id:<7} {b.address:<22} {state:<12} {lag}")
+        lines.append(f"{b.broker_id:<7} {b.address:<22} {state:<19} {lag}")
     offline = sum(1 for p in s.partitions if p.leader < 0)
     under = sum(1 for p in s.partitions if p.leader >= 0 and p.isr < p.replicas)
     under_min = sum(1 for p in s.partitions if p.leader >= 0 and p.isr < p.min_isr)

@@ -56,3 +56,10 @@ def test_assess_reasons() -> None:
     lagging = (BrokerStatus(1, "a:1", False, True, 100), BrokerStatus(2, "b:1", False, True, 50))
     assert assess(snapshot(brokers=lagging)) == ["broker 2 trails the metadata by 50 versions"]
     assert assess(snapshot(hanging=("t-0 producer 7: unknown-to-coordinator",))) == ["1 hanging transaction(s)"]
+
+
+def test_assess_brokers_down_or_fenced() -> None:
+    down = (BrokerStatus(1, "a:1", False, True, 10), BrokerStatus(3, "c:1", True, False, -1))
+    assert assess(snapshot(brokers=down)) == ["broker 3 (c:1) does not answer and is fenced"]
+    fenced = (BrokerStatus(1, "a:1", False, True, 10), BrokerStatus(2, "b:1", True, True, 10))
+    assert assess(snapshot(brokers=fenced)) == ["broker 2 (b:1) is fenced"]
