@@ -110,3 +110,49 @@ def test_interceptor_keeps_each_handler_kind_working_and_counts_it() -> None:
     assert m.streams == {"/t.S/Stream": 1, "/t.S/Plain": 1}
     assert m.rpc["/t.S/Echo"].codes == {"OK": 1}
     assert m.rpc["/t.S/Fail"].codes == {"FAILED_PRECONDITION": 1}
+
+
+def test_partition_and_group_series_stop_at_their_bounds_and_count_the_rest(tmp_path) -> None:  # noqa: ANN001
+    """The scrape-time collector over a stand-in broker with 12 led partitions (one
+    under-replicated) and 3 groups: per-partition series stop at the bound, the counts
+    still cover every partition, and what was left out is reported."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from semel.cluster.broker.loop_monitor import LoopMonitor
+    from semel.cluster.broker.metrics import BrokerStateCollector
+    from semel.cluster.broker.replica_manager import Role
+    from semel.coordinator.txn_state import TopicPartition
+
+    def partition(topic: str, index: int, isr: tuple[int, ...]) -> SimpleNamespace:
+        return SimpleNamespace(topic=topic, partition=index, role=Role.LEADER, isr=isr, min_insync_replicas=1,
+                               state=SimpleNamespace(replicas=(1, 2)), high_watermark=10, log_end_offset=12,
+                               last_stable_offset=lambda: 7)
+
+    parts = {("t", i): partition("t", i, (1, 2) if i else (1,)) for i in range(12)}
+    committed = {f"g{i}": {TopicPartition("t", p): SimpleNamespace(committed_offset=2) for p in range(4)}
+                 for i in range(3)}
+    shard = SimpleNamespace(offsets=SimpleNamespace(committed=committed))
+    broker = SimpleNamespace(
+        quorum=None, txn=None, is_broker=True, loop_monitor=LoopMonitor(), clock=None,
+        groups=SimpleNamespace(loaded={0: SimpleNamespace(runtime=SimpleNamespace(shard=shard))}),
+        rm=SimpleNamespace(partitions=parts, failed={}, active=True, logs_dir=tmp_path,
+                           get=lambda topic, p: parts.get((topic, p))))
+    registry = CollectorRegistry()
+    registry.register(BrokerStateCollector(broker, partition_series_max=5, group_lag_series_max=6,  # type: ignore[arg-type]
+                                           groups_max=2))
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+
+    def samples(name: str) -> list:  # noqa: ANN202
+        return families[name].samples
+
+    assert [s.labels["partition"] for s in samples("semel_partition_high_watermark")] == ["0", "1", "2", "3", "4"]
+    assert {s.value for s in samples("semel_partition_lso_lag_records")} == {3}
+    assert samples("semel_partitions_led")[0].value == 12
+    assert samples("semel_partitions_under_replicated")[0].value == 1  # counts cover every partition
+    assert samples("semel_partition_lso_lag_max_records")[0].value == 3
+    omitted = {s.labels["family"]: s.value for s in samples("semel_metrics_series_omitted")}
+    assert omitted == {"partition": 7, "group": 1, "group_lag": 2}
+    assert [(s.labels["group"], s.value) for s in samples("semel_consumer_group_lag_sum_records")] == [
+        ("g0", 20), ("g1", 20)]  # LSO 7 - committed 2, over 4 partitions
+    assert len(samples("semel_consumer_group_lag_records")) == 6
