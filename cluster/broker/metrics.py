@@ -21,9 +21,9 @@ directory sizes) runs on the disk executor before the registry is rendered.
 
 Cardinality (deploy/README.md, "Metrics"): label values come from bounded sets only: gRPC
 method names of registered services, gRPC status codes, topics (at most
-`limits.METRICS_TOPIC_SERIES_MAX`, then `topic="_other"`), led partitions (at most
-`limits.METRICS_PARTITION_SERIES_MAX` per-partition series), consumer groups (at most
-`limits.METRICS_GROUPS_MAX` groups, `limits.METRICS_GROUP_LAG_SERIES_MAX` per-partition lag
+`limits.MAX_METRICS_TOPIC_SERIES`, then `topic="_other"`), led partitions (at most
+`limits.MAX_METRICS_PARTITION_SERIES` per-partition series), consumer groups (at most
+`limits.MAX_METRICS_GROUPS` groups, `limits.MAX_METRICS_GROUP_LAG_SERIES` per-partition lag
 series). What is left out is counted in `semel_metrics_series_omitted{family}`; the
 cluster-wide counts (under-replicated, offline, ...) always cover every partition.
 """
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("semel.metrics")
 Family = GaugeMetricFamily | CounterMetricFamily  # the families the scrape-time collector fills
 
-CHILD_CACHE_MAX = 2 * limits.METRICS_TOPIC_SERIES_MAX  # topic -> counters cache entries (see BrokerMetrics)
+MAX_CACHED_TOPICS = 2 * limits.MAX_METRICS_TOPIC_SERIES  # topic -> counters cache entries (see BrokerMetrics)
 OTHER = "_other"  # the label value that collects everything past a cardinality bound
 # Latency buckets (seconds): sub-millisecond local calls up to the longest produce timeout we expect.
 RPC_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -70,7 +70,7 @@ class TopicLabels:
     deleted topic's counters stay: counters must not go backwards), so the bound holds even
     when topics are created and deleted over and over."""
 
-    def __init__(self, limit: int = limits.METRICS_TOPIC_SERIES_MAX) -> None:
+    def __init__(self, limit: int = limits.MAX_METRICS_TOPIC_SERIES) -> None:
         self.limit = limit
         self._known: set[str] = set()
 
@@ -123,11 +123,11 @@ class BrokerMetrics:
     call, about 0.1 us) that `PathCollector` turns into counter and histogram families when
     Prometheus scrapes: prometheus-client's own Counter takes a lock on every increment."""
 
-    def __init__(self, topic_series_max: int = limits.METRICS_TOPIC_SERIES_MAX) -> None:
+    def __init__(self, topic_series_max: int = limits.MAX_METRICS_TOPIC_SERIES) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.topic_label = TopicLabels(topic_series_max)
         # label -> [bytes, records]; labels bounded by TopicLabels. `_topic_of` caches
-        # topic -> its label's list (cleared at CHILD_CACHE_MAX: made-up names cannot grow it).
+        # topic -> its label's list (cleared at MAX_CACHED_TOPICS: made-up names cannot grow it).
         self.topics_in: dict[str, list[int]] = {}
         self.topics_out: dict[str, list[int]] = {}
         self._in_of: dict[str, list[int]] = {}
@@ -160,7 +160,7 @@ class BrokerMetrics:
                 counts[1] += sum(b.record_count for b in r.batches)
 
     def _counts(self, cache: dict[str, list[int]], by_label: dict[str, list[int]], topic: str) -> list[int]:
-        if len(cache) >= CHILD_CACHE_MAX:
+        if len(cache) >= MAX_CACHED_TOPICS:
             cache.clear()
         counts = cache[topic] = by_label.setdefault(self.topic_label(topic), [0, 0])
         return counts
@@ -365,9 +365,9 @@ class BrokerStateCollector(Collector):
     Only ever called on the broker's event loop (MetricsServer), which owns that state."""
 
     def __init__(self, broker: Broker,
-                 partition_series_max: int = limits.METRICS_PARTITION_SERIES_MAX,
-                 group_lag_series_max: int = limits.METRICS_GROUP_LAG_SERIES_MAX,
-                 groups_max: int = limits.METRICS_GROUPS_MAX) -> None:
+                 partition_series_max: int = limits.MAX_METRICS_PARTITION_SERIES,
+                 group_lag_series_max: int = limits.MAX_METRICS_GROUP_LAG_SERIES,
+                 groups_max: int = limits.MAX_METRICS_GROUPS) -> None:
         self.b = broker
         self.partition_series_max = partition_series_max
         self.group_lag_series_max = group_lag_series_max
@@ -616,7 +616,7 @@ class MetricsServer:
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._serve, host, port,
-                                                  limit=limits.METRICS_SCRAPE_REQUEST_BYTES_MAX)
+                                                  limit=limits.MAX_METRICS_SCRAPE_REQUEST_BYTES)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

@@ -143,11 +143,11 @@ MAX_VERIFICATION_ENTRIES_PER_PARTITION = 10_000  # KIP-890 verification cache en
 VERIFICATION_ENTRY_TTL_MS = 60_000            # a verification not used by a write within this is forgotten
 
 # --- metrics (semel.cluster.broker.metrics; label cardinality, documented in deploy/README.md) ---
-METRICS_TOPIC_SERIES_MAX = 200             # distinct `topic` labels on the per-topic counters; later topics count under topic="_other"
-METRICS_PARTITION_SERIES_MAX = 1000        # led partitions exported per-partition (sorted by topic, partition); the rest only in the aggregates and semel_metrics_series_omitted{family="partition"}
-METRICS_GROUP_LAG_SERIES_MAX = 1000        # (group, topic, partition) lag series; the rest only in the per-group sum and semel_metrics_series_omitted{family="group_lag"}
-METRICS_GROUPS_MAX = 200                   # groups with a per-group lag sum; the rest counted in semel_metrics_series_omitted{family="group"}
-METRICS_SCRAPE_REQUEST_BYTES_MAX = 16 * 1024  # request line + headers of one scrape; more -> the connection is closed
+MAX_METRICS_TOPIC_SERIES = 200             # distinct `topic` labels on the per-topic counters; later topics count under topic="_other"
+MAX_METRICS_PARTITION_SERIES = 1000        # led partitions exported per-partition (sorted by topic, partition); the rest only in the aggregates and semel_metrics_series_omitted{family="partition"}
+MAX_METRICS_GROUP_LAG_SERIES = 1000        # (group, topic, partition) lag series; the rest only in the per-group sum and semel_metrics_series_omitted{family="group_lag"}
+MAX_METRICS_GROUPS = 200                   # groups with a per-group lag sum; the rest counted in semel_metrics_series_omitted{family="group"}
+MAX_METRICS_SCRAPE_REQUEST_BYTES = 16 * 1024  # request line + headers of one scrape; more -> the connection is closed
 METRICS_SCRAPE_TIMEOUT_MS = 5000           # a scraper must send its request within this
 
 def _check_relationships() -> None:
