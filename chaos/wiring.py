@@ -44,6 +44,7 @@ from semel.cluster.tooling.local_cluster import (
     BrokerProcess,
     BrokerSpec,
     LocalCluster,
+    ensure_raft_secret_file,
 )
 from semel.cluster.tooling.ports import free_ports
 
@@ -190,7 +191,8 @@ class ChaosCluster:
                         if l.kind == "raft" and l.src == spec.broker_id)
         argv = [sys.executable, "-m", "semel.cluster.broker", "--broker-id", str(spec.broker_id),
                 "--listen", spec.address, "--advertised", self.listen[f"client-{spec.broker_id}"],
-                "--data-dir", str(spec.data_dir), "--raft", spec.raft_address, "--voters", voters]
+                "--data-dir", str(spec.data_dir), "--raft", spec.raft_address, "--voters", voters,
+                "--raft-secret-file", str(ensure_raft_secret_file(self.dir))]
         if dial:
             argv += ["--dial", dial]
         if raft:

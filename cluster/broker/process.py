@@ -59,6 +59,7 @@ from semel.cluster.broker.storage_adapter import (
     ReplicaStore,
     open_replica_store,
 )
+from semel.cluster.metadata import raft_secret
 from semel.cluster.metadata import state as md
 from semel.cluster.metadata.controller import Controller, ControllerConfig
 from semel.cluster.metadata.quorum import (
@@ -100,6 +101,9 @@ class BrokerConfig:
     advertised_port: int = 0  # default: the bound port
     data_dir: str = ".semel-data/broker"
     raft_address: str | None = None  # None: observer (not a metadata voter)
+    # File holding the metadata Raft secret (else env SEMEL_RAFT_SECRET; see raft_secret.py).
+    # Required for a voter whose raft_address is not loopback.
+    raft_secret_file: str = ""
     voters: tuple[str, ...] = ()  # "id@raft_host:port@rpc_host:port" for every voter
     cluster_id: str = "semel"
     # "broker,controller" (combined: a broker that is also a metadata voter when --raft names a
@@ -189,7 +193,8 @@ class BrokerConfig:
                       "disconnect_grace_ms", "replica_lag_time_max_ms", "replica_fetch_max_wait_ms",
                       "replica_fetch_max_bytes", "isr_check_interval_ms", "max_inflight_produce", "max_batch_bytes",
                       "internal_partitions", "retention_check_interval_ms", "txn_abort_scan_interval_ms",
-                      "group_session_timeout_ms", "group_heartbeat_interval_ms", "fsync", "log_level"):
+                      "group_session_timeout_ms", "group_heartbeat_interval_ms", "fsync", "log_level",
+                      "raft_secret_file"):
             v = getattr(a, field)
             if v is not None:
                 values[field] = v
@@ -236,6 +241,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-dir")
     ap.add_argument("--raft", help="this broker's metadata Raft address host:port (omit: observer)")
     ap.add_argument("--voters", help="comma-separated id@raft_host:port@rpc_host:port of every voter")
+    ap.add_argument("--raft-secret-file", help="file with the metadata Raft secret (else env SEMEL_RAFT_SECRET); "
+                    "required for a voter on a non-loopback Raft address")
     ap.add_argument("--cluster-id")
     for name in ("heartbeat-interval-ms", "session-timeout-ms", "disconnect-grace-ms", "replica-lag-time-max-ms",
                  "replica-fetch-max-wait-ms", "replica-fetch-max-bytes", "isr-check-interval-ms",
@@ -353,6 +360,16 @@ class Broker:
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
+        # Before anything binds: a voter on a non-loopback Raft address needs the secret.
+        secret = raft_secret.load_secret(cfg.raft_secret_file, os.environ)
+        is_voter = any(v.raft_address == cfg.raft_address for v in self.voters)
+        raft_secret.require_secret(cfg.raft_address, is_voter, secret)
+        if cfg.raft_secret_file and not raft_secret.file_is_private(cfg.raft_secret_file):
+            log.warning("metadata Raft secret file %s is readable by group or others (chmod 600 it)",
+                        cfg.raft_secret_file)
+        if secret is None and cfg.raft_address:
+            log.info("metadata Raft port %s runs without a secret: plain pickle, loopback only",
+                        cfg.raft_address)
         self.loop_monitor.start()
         opts = [
             ("grpc.max_receive_message_length", cfg.max_request_bytes),
@@ -400,7 +417,8 @@ class Broker:
             self._kv = await self.disk.run("kv", lambda: KvStore.open(self.data_dir / "kv"), "open RocksDB")
         self.quorum = MetadataQuorum(QuorumConfig(node_id=cfg.broker_id, raft_address=cfg.raft_address,
                                                   voters=self.voters, data_dir=self.data_dir / "raft",
-                                                  raft_dial=tuple(sorted(cfg.raft_dial_map().items()))))
+                                                  raft_dial=tuple(sorted(cfg.raft_dial_map().items())),
+                                                  raft_secret=secret))
         self.quorum.add_listener(self._on_metadata, loop)
         if self.quorum.config.is_voter:
             self.controller = Controller(self.quorum, ControllerConfig(

@@ -44,7 +44,7 @@ import asyncio
 import logging
 import threading
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -122,6 +122,10 @@ class QuorumConfig:
     # peer keeps its raft address as its pysyncobj identity (announced, compared, matched), only
     # the TCP connect goes elsewhere (a proxy). Empty by default.
     raft_dial: tuple[tuple[str, str], ...] = ()
+    # pysyncobj's `password` (`raft_secret.py`): every Raft frame encrypted and authenticated
+    # (HMAC checked before unpickling). None: plain pickle, for loopback-only clusters; the
+    # broker refuses a voter on another address without it. Never in repr (logs, tracebacks).
+    raft_secret: bytes | None = field(default=None, repr=False)
 
     @property
     def is_voter(self) -> bool:
@@ -228,6 +232,10 @@ class MetadataQuorum(SyncObj):
             logCompactionMinEntries=config.log_compaction_min_entries,
             logCompactionMinTime=config.log_compaction_min_time_s,
             onStateChanged=self._on_state_changed,
+            # Listen on exactly the voter's own address: without bindAddress pysyncobj binds
+            # 0.0.0.0 (every interface) whatever host selfNode names.
+            bindAddress=config.raft_address if config.is_voter else None,
+            password=config.raft_secret,
         )
         self_node = config.raft_address if config.is_voter else None
         dial = dict(config.raft_dial)

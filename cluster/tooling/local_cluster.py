@@ -2,7 +2,10 @@
 
 `plan_cluster` (pure) lays out N brokers: client ports `base_port`, `base_port + 1`, ...;
 metadata-quorum (Raft) ports `raft_base_port + i` (default `base_port + 10000`), every
-broker a Raft voter; data in `DATA_DIR/broker-N`, logs in `DATA_DIR/broker-N.log`.
+broker a Raft voter; data in `DATA_DIR/broker-N`, logs in `DATA_DIR/broker-N.log`. The
+metadata Raft traffic is encrypted and authenticated with `DATA_DIR/raft-secret` (mode 0600,
+generated on first start, kept across restarts; `semel.cluster.metadata.raft_secret`), passed
+to every broker as `--raft-secret-file`: zero configuration, nothing secret on a command line.
 
 `LocalCluster` is the supervisor: it starts `python -m semel.cluster.broker ...` per broker
 (the broker contract in docs/design.md), waits until each prints `SEMEL_BROKER_READY` and
@@ -25,6 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -40,6 +44,8 @@ RAFT_PORT_OFFSET = 10000
 STOP_GRACE_S = 10.0
 READY_TIMEOUT_S = 60.0
 LOG_TAIL_LINES = 40
+RAFT_SECRET_FILE_NAME = "raft-secret"
+RAFT_SECRET_RANDOM_BYTES = 32  # written as url-safe base64 (43 characters); the broker wants >= 16
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -83,6 +89,20 @@ def plan_cluster(
                    None if metrics_base_port is None else metrics_base_port + i)
         for i in range(brokers)
     ]
+
+
+def ensure_raft_secret_file(directory: str | Path) -> Path:
+    """DIRECTORY/raft-secret, created (random, mode 0600 from the start) unless it exists: a
+    cluster restarted on the same data dir keeps its secret."""
+    path = Path(directory) / RAFT_SECRET_FILE_NAME
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_urlsafe(RAFT_SECRET_RANDOM_BYTES) + "\n")
+    return path
 
 
 def broker_argv(spec: BrokerSpec, voters: Sequence[BrokerSpec], extra_args: Sequence[str] = ()) -> list[str]:
@@ -229,10 +249,14 @@ class LocalCluster:
         echo: Callable[[str], None] | None = None,
         on_unexpected_exit: Callable[[BrokerProcess, int], None] | None = None,
         env: dict[str, str] | None = None,
+        raft_secret_file: Path | None = None,
     ) -> None:
+        """`raft_secret_file` None: `log_dir/raft-secret`, created if missing (mode 0600)."""
         self.specs = list(specs)
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.raft_secret_file = raft_secret_file or ensure_raft_secret_file(self.log_dir)
+        extra_args = [*extra_args, "--raft-secret-file", str(self.raft_secret_file)]
         self.on_unexpected_exit = on_unexpected_exit
         self.brokers: dict[int, BrokerProcess] = {
             spec.broker_id: BrokerProcess(
