@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,15 @@ class BrokerConfig:
             if v.node_id == self.broker_id and v.raft_address != self.raft_address:
                 raise ValueError(f"node id {self.broker_id} collides with metadata voter {v.node_id}@{v.raft_address}: "
                                  "brokers and controller-only nodes need distinct ids")
+
+    def metadata_raft_secret(self, environ: Mapping[str, str]) -> bytes | None:
+        """The Raft secret from --raft-secret-file or SEMEL_RAFT_SECRET (`raft_secret.py`);
+        raises `RaftSecretError` (a ValueError) for a voter on a non-loopback Raft address
+        without one, or a secret that cannot be read or is too short."""
+        secret = raft_secret.load_secret(self.raft_secret_file, environ)
+        is_voter = any(v.raft_address == self.raft_address for v in self.voter_specs())
+        raft_secret.require_secret(self.raft_address, is_voter, secret)
+        return secret
 
     def dial_map(self) -> dict[int, str]:
         return parse_dial(self.dial)
@@ -360,12 +369,9 @@ class Broker:
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
-        # Before anything binds: a voter on a non-loopback Raft address needs the secret.
-        secret = raft_secret.load_secret(cfg.raft_secret_file, os.environ)
-        is_voter = any(v.raft_address == cfg.raft_address for v in self.voters)
-        raft_secret.require_secret(cfg.raft_address, is_voter, secret)
+        secret = cfg.metadata_raft_secret(os.environ)  # before anything binds
         if cfg.raft_secret_file and not raft_secret.file_is_private(cfg.raft_secret_file):
-            log.warning("metadata Raft secret file %s is readable by group or others (chmod 600 it)",
+            log.warning("metadata Raft secret file %s is readable by others or writable by its group (chmod 600 it)",
                         cfg.raft_secret_file)
         if secret is None and cfg.raft_address:
             log.info("metadata Raft port %s runs without a secret: plain pickle, loopback only",

@@ -8,7 +8,7 @@ before anything is unpickled; a frame that fails it closes the connection.
 
 Where the secret comes from (never a command-line value: `ps` shows argv to every user):
   * `--raft-secret-file PATH` (JSON `raft_secret_file`): the file's bytes, surrounding
-    whitespace stripped. The broker warns when the file is readable by group or others.
+    whitespace stripped. The broker warns when others may read it or the group may write it.
   * else the environment variable `SEMEL_RAFT_SECRET` (the secret itself): for a Kubernetes
     `secretKeyRef` or a compose `environment` entry. Both set is a configuration error.
 Every node of a cluster (voters and observers) needs the same secret; a node without it (or
@@ -65,9 +65,9 @@ def read_secret_file(path: str | Path) -> bytes:
 
 
 def file_is_private(path: str | Path) -> bool:
-    """No permission bits for group or others (a mounted Kubernetes Secret may need 0400/0440:
-    this is the broker's warning, not a refusal)."""
-    return stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
+    """Nothing for others, at most read for the group (a Kubernetes Secret volume with
+    `defaultMode: 0400` becomes 0440 under the pod's fsGroup). The broker warns, never refuses."""
+    return stat.S_IMODE(os.stat(path).st_mode) & 0o037 == 0
 
 
 def load_secret(secret_file: str, environ: Mapping[str, str]) -> bytes | None:

@@ -463,3 +463,59 @@ def test_systemd_unit_runs_the_broker_with_flags_it_knows() -> None:
     assert argv[1:3] == ["-m", "semel.cluster.broker"]
     parsed = build_arg_parser().parse_args(argv[3:])
     assert parsed.config == "/etc/semel/broker.json"
+
+
+# --- the metadata Raft secret -------------------------------------------------------------------
+def checked_secret(config: BrokerConfig, environ: dict[str, str], files: dict[str, Path]) -> bytes | None:
+    """What the broker's start-up check (`metadata_raft_secret`) makes of `config`, with the
+    container's secret file paths mapped to local files."""
+    local = dataclasses.replace(config, raft_secret_file=str(files.get(config.raft_secret_file,
+                                                                       config.raft_secret_file)))
+    return local.metadata_raft_secret(environ)
+
+
+def test_every_deployment_needs_a_raft_secret_and_provides_one(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every voter in deploy/ binds a non-loopback Raft address: without its secret the broker
+    refuses to start; with what the deployment provides it starts."""
+    secret = tmp_path / "raft-secret"
+    secret.write_text("a-secret-of-at-least-sixteen-bytes\n")
+    secret.chmod(0o600)
+
+    # three hosts: a file the operator installs (README), named in each JSON config
+    for where, config_json in json_configs():
+        if "raft_address" not in config_json:
+            continue
+        config = BrokerConfig(**{**config_json, "voters": tuple(config_json["voters"])})
+        assert config.raft_secret_file == "/etc/semel/raft-secret", where
+        with pytest.raises(ValueError, match="not loopback"):
+            checked_secret(dataclasses.replace(config, raft_secret_file=""), {}, {})
+        assert checked_secret(config, {}, {config.raft_secret_file: secret}), where
+
+    # compose: SEMEL_RAFT_SECRET from the environment of `docker compose`, required there
+    for name, service in compose()["services"].items():
+        value = service["environment"]["SEMEL_RAFT_SECRET"]
+        assert re.fullmatch(r"\$\{SEMEL_RAFT_SECRET:\?[^}]+\}", value), f"{name}: compose must require it"
+        config = config_from(service["command"], compose_mounts(service)[0])
+        with pytest.raises(ValueError, match="not loopback"):
+            checked_secret(config, {}, {})
+        assert checked_secret(config, {"SEMEL_RAFT_SECRET": secret.read_text()}, {})
+
+    # Kubernetes: the Secret semel-raft mounted where broker.json's raft_secret_file points
+    sts = statefulset()
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    container = broker_container()
+    secret_file = configmap_config()["raft_secret_file"]
+    (mount,) = [m for m in container["volumeMounts"] if secret_file.startswith(m["mountPath"] + "/")]
+    volume = volumes[mount["name"]]["secret"]
+    assert volume["secretName"] == "semel-raft" and volume["defaultMode"] == 0o400 and mount["readOnly"]
+    assert [f"{mount['mountPath']}/{item['path']}" for item in volume["items"]] == [secret_file]
+    assert not [o for o in kube_objects() if o["kind"] == "Secret"], "no secret value in the repository"
+    mounts = config_mounts(tmp_path)
+    for _ordinal, pod_name in pods():
+        env = pod_env(container, pod_name, sts["metadata"]["namespace"])
+        config = config_from([expand(arg, env) for arg in container["args"]], mounts, hostname=pod_name,
+                             monkeypatch=monkeypatch)
+        with pytest.raises(ValueError, match="not loopback"):
+            checked_secret(dataclasses.replace(config, raft_secret_file=""), {}, {})
+        assert checked_secret(config, {}, {secret_file: secret})

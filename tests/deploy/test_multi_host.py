@@ -7,7 +7,9 @@ advertises; voter lists whose Raft and gRPC addresses must match on every host; 
 using the *same* ports (9092, 19092) because each has its own network stack.
 
 The only edits to the operator's files: the host names become the namespaces' addresses (no
-DNS here) and data_dir a tmp directory. Then: create a topic RF 3, produce with acks=all,
+DNS here), data_dir a tmp directory and raft_secret_file a tmp file (mode 0600) shared by the
+three hosts, as an operator would install /etc/semel/raft-secret on each: the voters bind
+non-loopback Raft addresses, so they refuse to start without it. Then: create a topic RF 3, produce with acks=all,
 SIGKILL the broker of the host that leads partition 0, produce again, and read everything back
 from the two survivors.
 """
@@ -28,6 +30,7 @@ import pytest
 from semel.client import Admin, Consumer, Producer
 from semel.cluster.broker import health_probe
 from semel.cluster.broker.process import DIE_WITH_PARENT_ENV, READY_LINE, BrokerConfig
+from semel.cluster.tooling.local_cluster import ensure_raft_secret_file
 from tests.cluster.harness import create_topic_when_brokers_alive
 from tests.deploy.netns import HostNetwork, NamespacesUnavailable
 
@@ -101,6 +104,7 @@ class Deployment:
         self.net = net
         self.root = root
         self.brokers: dict[int, HostBroker] = {}
+        self.raft_secret_file = ensure_raft_secret_file(root)
 
     def config_path(self, host: int) -> Path:
         return self.root / f"host-{host}" / "broker.json"
@@ -108,7 +112,8 @@ class Deployment:
     def write_config(self, host: int, config: dict[str, object]) -> None:
         path = self.config_path(host)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=2))
+        assert config["raft_secret_file"] == "/etc/semel/raft-secret"  # the operator's file names one
+        path.write_text(json.dumps({**config, "raft_secret_file": str(self.raft_secret_file)}, indent=2))
 
     def start(self, host: int) -> HostBroker:
         assert host not in self.brokers or self.brokers[host].proc.poll() is not None, f"host {host} is running"
