@@ -424,7 +424,7 @@ class Broker:
         self.quorum = MetadataQuorum(QuorumConfig(node_id=cfg.broker_id, raft_address=cfg.raft_address,
                                                   voters=self.voters, data_dir=self.data_dir / "raft",
                                                   raft_dial=tuple(sorted(cfg.raft_dial_map().items())),
-                                                  raft_secret=secret))
+                                                  raft_secret=secret, fsync=cfg.fsync))
         self.quorum.add_listener(self._on_metadata, loop)
         if self.quorum.config.is_voter:
             self.controller = Controller(self.quorum, ControllerConfig(

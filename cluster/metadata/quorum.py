@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import uuid
 from dataclasses import dataclass, field, replace
@@ -54,7 +55,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replic
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import Transport
 from semel import limits
-from semel.cluster.metadata import legacy_pickle, raft_append, records
+from semel.cluster.metadata import legacy_pickle, raft_append, raft_journal, records
 from semel.cluster.metadata.records import MetadataRecordError, RaftEntry, Snapshot
 from semel.cluster.metadata.state import (
     Command,
@@ -126,6 +127,10 @@ class QuorumConfig:
     # (HMAC checked before unpickling). None: plain pickle, for loopback-only clusters; the
     # broker refuses a voter on another address without it. Never in repr (logs, tracebacks).
     raft_secret: bytes | None = field(default=None, repr=False)
+    # The broker's `fsync: true`: the journal, term/vote and snapshots reach the disk before
+    # this node acknowledges or counts them (`raft_journal`); False: pysyncobj as shipped
+    # (survives kill -9, not a power loss of a majority).
+    fsync: bool = False
 
     @property
     def is_voter(self) -> bool:
@@ -203,6 +208,10 @@ class MetadataQuorum(SyncObj):
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         journal_file, dump_file = data_paths(data_dir)
+        if config.fsync:
+            # Only under fsync can a torn tail be cut safely: no record is acknowledged before
+            # its flush completed, so only records nobody counted can be torn.
+            raft_journal.cut_torn_tail(journal_file, _command_readable)
         # Fail here, not on the tick thread (where pysyncobj would log a failed dump load and go
         # on with an empty state): every record on disk must be readable before we start.
         migrated = legacy_pickle.migrate_journal(journal_file)
@@ -242,7 +251,8 @@ class MetadataQuorum(SyncObj):
         others = [_DialedNode(v.raft_address, dial[v.raft_address]) if v.raft_address in dial else v.raft_address
                   for v in config.voters if v.raft_address != self_node]
         self._refused_conflict: raft_append.ConflictBelowApplied | None = None  # last one logged
-        super().__init__(self_node, others, conf=conf, consumers=[self._consumer], transport=transport)
+        with raft_journal.durable_journals(config.fsync):
+            super().__init__(self_node, others, conf=conf, consumers=[self._consumer], transport=transport)
         self.addOnTickCallback(self._after_tick)
 
     # -- reads (any thread) --
@@ -312,7 +322,11 @@ class MetadataQuorum(SyncObj):
             cluster_addresses=tuple(sorted(node.address for node in cluster if node is not None)),
         )
         try:
-            Path(file_name).write_bytes(records.encode_snapshot(snapshot))
+            with open(file_name, "wb") as f:
+                f.write(records.encode_snapshot(snapshot))
+                if self._config.fsync:  # before pysyncobj renames it and compacts the journal
+                    f.flush()
+                    os.fsync(f.fileno())
         except Exception:
             log.exception("metadata snapshot not written (pysyncobj keeps the log and retries later)")
             raise
@@ -320,6 +334,11 @@ class MetadataQuorum(SyncObj):
     def _read_snapshot(self, file_name: str) -> tuple:
         """pysyncobj loads a full dump (at start, or one sent by the leader): restore the
         machine and hand back pysyncobj's part."""
+        if self._config.fsync:
+            # One sent by the leader was written and renamed by pysyncobj without fsync: make it
+            # durable before pysyncobj clears the journal and acknowledges it.
+            raft_journal.fsync_file(file_name)
+            raft_journal.fsync_dir(os.path.dirname(file_name) or ".")
         try:
             snapshot = read_snapshot_file(file_name)
         except MetadataRecordError:
@@ -385,6 +404,8 @@ class MetadataQuorum(SyncObj):
             self._SyncObj__deleteEntriesFrom(decision.truncate_from_index)
         for entry in decision.append:
             raft_log.add(*entry)
+        if self._config.fsync:
+            raft_log.sync()  # what this answer acknowledges is on disk first
         send_next_index(node, nextNodeIdx=decision.match_index + 1, success=True)
         commit_index = raft_append.commit_index_after(self.raftCommitIndex, message["commit_index"],
                                                       decision.match_index)
@@ -541,6 +562,15 @@ def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *arg
         loop.call_soon_threadsafe(callback, *args)
     except RuntimeError:  # the loop is closed: its owner is gone
         pass
+
+
+def _command_readable(command: bytes) -> bool:
+    """A journal entry this build can read (the torn-tail check of the last record)."""
+    try:
+        legacy_pickle.convert_entry(command)
+    except Exception:  # torn bytes fail in any of unpickling, protobuf or our checks
+        return False
+    return True
 
 
 def data_paths(data_dir: str | Path) -> tuple[str, str]:
