@@ -34,6 +34,11 @@ A pysyncobj bug fixed here: its follower deletes every entry after an AppendEntr
 index, even matching ones it has acknowledged (a committed entry can end on a minority). The
 quorum handles the log part of AppendEntries itself with Raft's rule (delete only on a conflict,
 `raft_append`); the import refuses any pysyncobj but the one this was written against.
+Durability: pysyncobj never fsyncs; with `QuorumConfig.fsync` (the broker's `fsync: true`) the
+journal is `raft_journal.DurableJournal` and nothing is acknowledged (follower) or counted
+(leader) before it is on disk; see `raft_journal` for what is and is not covered.
+Security: a voter binds exactly its raft address; `raft_secret` turns on pysyncobj's
+encryption and authentication of every frame (`raft_secret`).
 Read-only (observer) nodes: a node whose `raft_address` is None joins with `selfNode=None`; it
 connects to every voter, receives the log, never votes, and can submit commands.
 """
