@@ -256,6 +256,10 @@ class MetadataQuorum(SyncObj):
         others = [_DialedNode(v.raft_address, dial[v.raft_address]) if v.raft_address in dial else v.raft_address
                   for v in config.voters if v.raft_address != self_node]
         self._refused_conflict: raft_append.ConflictBelowApplied | None = None  # last one logged
+        # fsync mode: AppendEntries answers (node, next index) and the commit index that wait
+        # for the next journal sync (`_send_synced_answers`); tick thread only.
+        self._synced_answers: list[tuple[object, int]] = []
+        self._commit_after_sync = 0
         with raft_journal.durable_journals(config.fsync):
             super().__init__(self_node, others, conf=conf, consumers=[self._consumer], transport=transport)
         self.addOnTickCallback(self._after_tick)
@@ -386,11 +390,12 @@ class MetadataQuorum(SyncObj):
         from_prev = self._SyncObj__getEntries(prev_index)
         send_next_index = self._SyncObj__sendNextNodeIdx
         # Rule 2, as pysyncobj answers it (the leader rewinds its next index for this node).
-        if not from_prev:
-            send_next_index(node, success=False, reset=True)
-            return
-        if from_prev[0][2] != prev_term:
-            send_next_index(node, nextNodeIdx=prev_index, success=False, reset=True)
+        if not from_prev or from_prev[0][2] != prev_term:
+            self._send_synced_answers()  # answers leave in the order of the messages
+            if not from_prev:
+                send_next_index(node, success=False, reset=True)
+            else:
+                send_next_index(node, nextNodeIdx=prev_index, success=False, reset=True)
             return
         applied_index = max(self.raftCommitIndex, self.raftLastApplied)
         decision = raft_append.plan_append(prev_index, from_prev[1:], entries, applied_index)
@@ -409,14 +414,39 @@ class MetadataQuorum(SyncObj):
             self._SyncObj__deleteEntriesFrom(decision.truncate_from_index)
         for entry in decision.append:
             raft_log.add(*entry)
-        if self._config.fsync:
-            raft_log.sync()  # what this answer acknowledges is on disk first
-        send_next_index(node, nextNodeIdx=decision.match_index + 1, success=True)
         commit_index = raft_append.commit_index_after(self.raftCommitIndex, message["commit_index"],
                                                       decision.match_index)
+        if self._config.fsync:
+            # What this answer acknowledges must be on disk first: the answer (and the commit
+            # index) wait for one sync after every message of this poll (`_send_synced_answers`).
+            self._synced_answers.append((node, decision.match_index + 1))
+            self._commit_after_sync = max(self._commit_after_sync, commit_index)
+            return
+        send_next_index(node, nextNodeIdx=decision.match_index + 1, success=True)
         if commit_index != self.raftCommitIndex:
             self._SyncObj__raftCommitIndex = commit_index
             raft_log.setRaftCommitIndex(commit_index)
+
+    def _send_synced_answers(self) -> None:
+        """fsync mode, tick thread: one journal sync, then the success answers and the commit
+        index of every AppendEntries handled since the last call (a poll's worth)."""
+        if not self._synced_answers and self._commit_after_sync <= self.raftCommitIndex:
+            return
+        raft_log = self._SyncObj__raftLog
+        raft_log.sync()
+        answers, self._synced_answers = self._synced_answers, []
+        for node, next_index in answers:
+            self._SyncObj__sendNextNodeIdx(node, nextNodeIdx=next_index, success=True)
+        if self._commit_after_sync > self.raftCommitIndex:
+            self._SyncObj__raftCommitIndex = self._commit_after_sync
+            raft_log.setRaftCommitIndex(self._commit_after_sync)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N803 (pysyncobj's name)
+        """pysyncobj's tick ends with a poll that delivers messages; answers those wait for
+        (fsync mode) are sent first thing in the next tick, which follows at once."""
+        if self._config.fsync:
+            self._send_synced_answers()
+        SyncObj._onTick(self, timeToWait)
 
     # -- listeners --
 

@@ -4,8 +4,8 @@ pysyncobj 0.3.17 never fsyncs: its journal is an mmap'd file, its `.meta` file (
 commit index) is written to a temporary file and renamed without fsync, its snapshot likewise.
 All of it survives kill -9 (the page cache does), none of it a power loss. Raft needs, before a
 node tells anyone it holds something:
-  * a follower: the entries it acknowledges are on disk (`MetadataQuorum` calls `sync()`
-    before it answers an AppendEntries with success);
+  * a follower: the entries it acknowledges are on disk (`MetadataQuorum` holds its success
+    answers to the AppendEntries of one network poll, calls `sync()` once, then sends them);
   * the leader: its own entries are on disk before it counts itself toward a majority and
     acts on the result (pysyncobj counts itself, then calls `setRaftCommitIndex`, then applies
     and answers clients; `DurableJournal.setRaftCommitIndex` syncs first, so nothing counted
