@@ -279,3 +279,21 @@ def test_a_quorum_with_fsync_starts_from_a_journal_with_a_torn_tail(tmp_path: Pa
         node.close(wait=True)
     assert read_entries(journal_file)[:len(entries) - 1] == entries[:-1]
     assert raft_journal.scan_journal(journal_file.read_bytes(), always).problem is None
+
+
+# --- the broker wiring ------------------------------------------------------------------------
+
+def test_brokers_with_fsync_restart_together_with_their_metadata(tmp_path: Path) -> None:
+    """`--fsync` brokers (the quorum on its fsync path) work, and after kill -9 of all of them
+    come back with the metadata they committed."""
+    from tests.cluster.harness import Cluster
+
+    with Cluster(tmp_path, brokers=3, extra_args=["--fsync"]) as cluster:
+        cluster.create_topic("durable", 2, 3)
+        for broker_id in cluster.broker_ids:
+            cluster.kill(broker_id)
+        for broker_id in cluster.broker_ids:
+            cluster._cluster.brokers[broker_id].start()
+        cluster._cluster.wait_ready(60)
+        info = cluster.partition_info("durable", 1)
+        assert info is not None and sorted(info.replicas) == [1, 2, 3]
