@@ -295,8 +295,17 @@ class MetadataQuorum(SyncObj):
 
     def uncommitted_entries(self) -> int:
         """Entries in this node's Raft log past the commit index (pysyncobj 0.3.17 keeps the log
-        index private; the pin in pyproject.toml and tests/cluster/test_quorum_inprocess.py guard it)."""
-        return max(0, self._SyncObj__getCurrentLogIndex() - self.raftCommitIndex)
+        index private; the pin in pyproject.toml and tests/cluster/test_quorum_inprocess.py guard it).
+
+        Called on the event loop while pysyncobj's tick thread may be compacting the log, which
+        (without the fsync path's write-and-rename compaction) empties it for a moment: then the
+        last index cannot be read, and 0 is answered; `submit`'s bound also counts its own
+        submits in flight, and the next check reads the real value."""
+        try:
+            last_index = self._SyncObj__getCurrentLogIndex()
+        except IndexError:  # the log list is being rewritten by the tick thread
+            return 0
+        return max(0, last_index - self.raftCommitIndex)
 
     def leader_raft_address(self) -> str | None:
         leader = self._getLeader()

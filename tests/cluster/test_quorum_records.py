@@ -342,3 +342,23 @@ def test_an_unreadable_entry_stops_the_replica_instead_of_being_skipped(tmp_path
         asyncio.run(scenario())
     finally:
         node.close(wait=True)
+
+
+def test_uncommitted_entries_during_a_compaction_that_empties_the_log_is_zero_not_an_error():
+    """pysyncobj's in-place compaction clears the log list and re-adds the kept entries on its
+    tick thread; `submit` reads the count on the event loop meanwhile (an IndexError once
+    escaped `submit` there)."""
+    from semel.cluster.metadata.quorum import MetadataQuorum
+
+    class Compacting:
+        raftCommitIndex = 7
+
+        def _SyncObj__getCurrentLogIndex(self) -> int:
+            return [][-1]  # what pysyncobj's `self.__raftLog[-1][1]` does on an emptied log
+
+    class Steady(Compacting):
+        def _SyncObj__getCurrentLogIndex(self) -> int:
+            return 10
+
+    assert MetadataQuorum.uncommitted_entries(Compacting()) == 0  # type: ignore[arg-type]
+    assert MetadataQuorum.uncommitted_entries(Steady()) == 3  # type: ignore[arg-type]
