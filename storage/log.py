@@ -87,11 +87,14 @@ from semel.storage.batch import (
     BODY,
     CRC_FIELD_END,
     HEADER_BYTES,
+    KAFKA_MAGIC,
     LENGTH_FIELD_END,
     MAGIC,
     PREFIX,
     BatchHeader,
     CorruptBatchError,
+    crc_matches,
+    kafka_fields,
 )
 from semel.storage.checkpoint import (
     CorruptCheckpointError,
@@ -433,6 +436,8 @@ class PartitionLog:
             if total - pos < HEADER_BYTES:
                 raise CorruptBatchError(f"truncated header at byte {pos}: {total - pos} bytes")
             fields = _HEADER.unpack_from(encoded, pos)
+            if fields[3] == KAFKA_MAGIC:
+                fields = kafka_fields(encoded, pos)
             base, length, crc, magic, _attrs, delta, epoch, _pid, _pepoch, _seq, _count, _base_ts, max_ts = fields
             size = LENGTH_FIELD_END + length
             if size > max_batch:
@@ -440,9 +445,12 @@ class PartitionLog:
             end = pos + size
             if size < HEADER_BYTES or end > total:
                 raise CorruptBatchError(f"bad batch length {length} at byte {pos}")
-            if magic != MAGIC:
+            if magic == MAGIC:
+                if _crc32c(view[pos + CRC_FIELD_END : end], _crc32c(view[pos : pos + LENGTH_FIELD_END])) != crc:
+                    raise CorruptBatchError(f"CRC mismatch at byte {pos} (base offset {base})")
+            elif magic != KAFKA_MAGIC:
                 raise CorruptBatchError(f"unknown magic {magic} at byte {pos}")
-            if _crc32c(view[pos + CRC_FIELD_END : end], _crc32c(view[pos : pos + LENGTH_FIELD_END])) != crc:
+            elif not crc_matches(view, pos, end, magic, crc):
                 raise CorruptBatchError(f"CRC mismatch at byte {pos} (base offset {base})")
             if base != expected_offset:
                 raise InvalidAppendError(f"batch at byte {pos} has base offset {base}, log end is {expected_offset}")
@@ -451,8 +459,9 @@ class PartitionLog:
             expected_offset = base + delta + 1
             frames.append((base, expected_offset, max_ts, size, epoch))
             pos = end
-        base, length, _crc, _magic, attrs, delta, epoch, pid, pepoch, seq, count, base_ts, max_ts = fields
-        last = BatchHeader(base, delta, epoch, pid, pepoch, seq, count, attrs, base_ts, max_ts, LENGTH_FIELD_END + length)
+        base, length, _crc, magic, attrs, delta, epoch, pid, pepoch, seq, count, base_ts, max_ts = fields
+        last = BatchHeader(base, delta, epoch, pid, pepoch, seq, count, attrs, base_ts, max_ts, LENGTH_FIELD_END + length,
+                           magic)
         return frames, last
 
     def _roll(self, now_ms: int) -> None:
@@ -891,9 +900,12 @@ def _take_batches(
         while n - at >= HEADER_BYTES:
             if most is not None and len(headers) >= most:
                 break
-            base, length, crc, magic, attrs, delta, epoch, pid, pepoch, seq, count, base_ts, max_ts = unpack_from(chunk, at)
+            fields = unpack_from(chunk, at)
+            if fields[3] == KAFKA_MAGIC:
+                fields = kafka_fields(chunk, at)
+            base, length, crc, magic, attrs, delta, epoch, pid, pepoch, seq, count, base_ts, max_ts = fields
             size = LENGTH_FIELD_END + length
-            if size < HEADER_BYTES or magic != MAGIC:
+            if size < HEADER_BYTES or (magic != MAGIC and magic != KAFKA_MAGIC):
                 raise CorruptBatchError(f"bad batch length {length} or magic {magic}")
             if at + size > n:
                 if at == 0 and must_take_one:
@@ -903,9 +915,12 @@ def _take_batches(
                 raise CorruptBatchError(f"base offset {base}, expected {expected}")
             if base >= limit:
                 break
-            if _crc32c(view[at + CRC_FIELD_END : at + size], _crc32c(view[at : at + LENGTH_FIELD_END])) != crc:
+            if magic == MAGIC:
+                if _crc32c(view[at + CRC_FIELD_END : at + size], _crc32c(view[at : at + LENGTH_FIELD_END])) != crc:
+                    raise CorruptBatchError(f"CRC mismatch (base offset {base})")
+            elif not crc_matches(view, at, at + size, magic, crc):
                 raise CorruptBatchError(f"CRC mismatch (base offset {base})")
-            headers.append(BatchHeader(base, delta, epoch, pid, pepoch, seq, count, attrs, base_ts, max_ts, size))
+            headers.append(BatchHeader(base, delta, epoch, pid, pepoch, seq, count, attrs, base_ts, max_ts, size, magic))
             expected = base + delta + 1
             at += size
     except CorruptBatchError as exc:

@@ -118,6 +118,7 @@ def _restamped(h: BatchHeader, base_offset: int, leader_epoch: int) -> BatchHead
         h.base_timestamp_ms,
         h.max_timestamp_ms,
         h.size_bytes,
+        h.magic,
     )
 
 
@@ -312,7 +313,7 @@ class PartitionStore:
 
     def _apply(self, header: BatchHeader, payload: bytes | memoryview) -> CompletedTxn | None:
         """Apply one stored batch (its header, and its payload, read only for a marker) to the producer state."""
-        marker = decode_marker(payload) if header.is_control else None
+        marker = decode_marker(payload, header.magic) if header.is_control else None
         completed = self.producer_state.apply(header, marker)
         if completed is not None and completed.aborted:
             self._record_abort(completed)

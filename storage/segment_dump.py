@@ -97,7 +97,7 @@ def _describe(buf: bytes | memoryview, pos: int, header: BatchHeader, expected: 
     marker_type = coordinator_epoch = None
     if header.is_control:
         try:
-            marker = decode_marker(buf[pos + HEADER_BYTES : pos + header.size_bytes])
+            marker = decode_marker(buf[pos + HEADER_BYTES : pos + header.size_bytes], header.magic)
         except Exception as exc:  # protobuf's DecodeError: a control batch whose record is damaged
             problems.append(f"unreadable control record: {exc}")
         else:

@@ -1,0 +1,169 @@
+"""Kafka's record format inside a magic-2 batch, for the few places the broker must look inside.
+
+The produce and fetch paths never come here: a magic-2 batch is stored and served as its
+producer sent it. Three things do:
+
+* markers: a COMMIT/ABORT control batch carries one control record (key = int16 version 0
+  + int16 type, 0 ABORT / 1 COMMIT; value = int16 version 0 + int32 coordinator epoch;
+  Kafka's `EndTransactionMarker`), which the producer state reads back on replay;
+* the compatibility path of the Kafka listener: a magic-1 batch (written over gRPC before
+  the gRPC path carried magic 2) is converted to an uncompressed magic-2 batch on read
+  (`kafka_batch_from_magic1`), records in the same order with the same offsets, timestamps,
+  keys, values and headers, producer fields and attributes unchanged;
+* tests, which build records the way a Kafka client does.
+
+Record layout (all varints zigzag-signed, `kio.serial` reads and writes them): length,
+attributes int8, timestamp delta varlong, offset delta varint, key length + key (-1 = null),
+value length + value (-1 = null), header count, per header key length + UTF-8 key, value
+length + value (-1 = null).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import struct
+from collections.abc import Iterable, Sequence
+
+from kio.serial.readers import read_signed_varint, read_signed_varlong
+from kio.serial.writers import write_signed_varint, write_signed_varlong
+from semel.storage.batch import (
+    ATTR_COMPRESSION_MASK,
+    CONTROL_ABORT,
+    CONTROL_COMMIT,
+    HEADER_BYTES,
+    KAFKA_MAGIC,
+    MAGIC,
+    BatchHeader,
+    CorruptBatchError,
+    decode_header,
+    decode_marker,
+    encode_kafka_batch,
+)
+from semel.v1.common_pb2 import ControlRecord, ControlType, Records
+
+_CONTROL_KEY = struct.Struct(">hh")  # version, type
+_CONTROL_VALUE = struct.Struct(">hi")  # version, coordinator epoch
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KafkaRecord:
+    offset_delta: int
+    timestamp_delta_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+
+def _write_bytes(out: io.BytesIO, data: bytes | None) -> None:
+    if data is None:
+        write_signed_varint(out, -1)
+        return
+    write_signed_varint(out, len(data))
+    out.write(data)
+
+
+def encode_record(record: KafkaRecord) -> bytes:
+    body = io.BytesIO()
+    body.write(b"\x00")  # record attributes: unused
+    write_signed_varlong(body, record.timestamp_delta_ms)
+    write_signed_varint(body, record.offset_delta)
+    _write_bytes(body, record.key)
+    _write_bytes(body, record.value)
+    write_signed_varint(body, len(record.headers))
+    for key, value in record.headers:
+        _write_bytes(body, key.encode())
+        _write_bytes(body, value)
+    out = io.BytesIO()
+    write_signed_varint(out, body.tell())
+    out.write(body.getvalue())
+    return out.getvalue()
+
+
+def encode_records(records: Iterable[KafkaRecord]) -> bytes:
+    return b"".join(encode_record(r) for r in records)
+
+
+def _read_bytes(buf: memoryview, pos: int) -> tuple[bytes | None, int]:
+    n, used = read_signed_varint(buf, pos)
+    pos += used
+    if n < 0:
+        return None, pos
+    if pos + n > len(buf):
+        raise CorruptBatchError("record field runs past the batch")
+    return bytes(buf[pos : pos + n]), pos + n
+
+
+def decode_records(records: bytes | memoryview, count: int) -> list[KafkaRecord]:
+    """The `count` uncompressed records in `records` (raises CorruptBatchError if malformed)."""
+    buf = memoryview(records)
+    pos = 0
+    out: list[KafkaRecord] = []
+    try:
+        for _ in range(count):
+            length, used = read_signed_varint(buf, pos)
+            pos += used
+            end = pos + length
+            if length < 0 or end > len(buf):
+                raise CorruptBatchError(f"record length {length} runs past the batch")
+            pos += 1  # attributes
+            ts_delta, used = read_signed_varlong(buf, pos)
+            pos += used
+            offset_delta, used = read_signed_varint(buf, pos)
+            pos += used
+            key, pos = _read_bytes(buf, pos)
+            value, pos = _read_bytes(buf, pos)
+            n_headers, used = read_signed_varint(buf, pos)
+            pos += used
+            headers = []
+            for _h in range(max(n_headers, 0)):
+                hkey, pos = _read_bytes(buf, pos)
+                hvalue, pos = _read_bytes(buf, pos)
+                headers.append(((hkey or b"").decode("utf-8", "replace"), hvalue))
+            if pos != end:
+                raise CorruptBatchError(f"record ends at {pos}, its length says {end}")
+            out.append(KafkaRecord(offset_delta, ts_delta, key, value, tuple(headers)))
+    except (ValueError, IndexError) as exc:  # kio's varint reader on a short buffer
+        raise CorruptBatchError(f"malformed record: {exc}") from exc
+    return out
+
+
+def encode_control_record(commit: bool, coordinator_epoch: int) -> bytes:
+    """The one record of a COMMIT/ABORT control batch (offset and timestamp deltas 0)."""
+    key = _CONTROL_KEY.pack(0, CONTROL_COMMIT if commit else CONTROL_ABORT)
+    value = _CONTROL_VALUE.pack(0, coordinator_epoch)
+    return encode_record(KafkaRecord(0, 0, key, value))
+
+
+def decode_control_record(records: bytes | memoryview) -> tuple[bool, int]:
+    """(commit, coordinator_epoch) of a control batch's records (the batch format's marker codec)."""
+    marker = decode_marker(records, KAFKA_MAGIC)
+    return marker.commit, marker.coordinator_epoch
+
+
+def kafka_batch_from_magic1(batch: bytes | memoryview, header: BatchHeader | None = None) -> bytes:
+    """The magic-2 form of one stored magic-1 batch (see the module docstring): per-record work,
+    so only for data written before its producer spoke magic 2."""
+    h = header if header is not None else decode_header(batch, verify_crc=False)
+    if h.magic != MAGIC:
+        raise CorruptBatchError(f"not a magic-1 batch (magic {h.magic})")
+    if h.attributes & ATTR_COMPRESSION_MASK:
+        raise CorruptBatchError("magic-1 batches are never compressed")
+    payload = bytes(memoryview(batch)[HEADER_BYTES : h.size_bytes])
+    if h.is_control:
+        marker = decode_marker(payload)
+        records = encode_control_record(marker.commit, marker.coordinator_epoch)
+    else:
+        records = encode_records(_from_semel(Records.FromString(payload).records))
+    return encode_kafka_batch(h, records)
+
+
+def _from_semel(records: Sequence[object]) -> Iterable[KafkaRecord]:
+    for r in records:
+        yield KafkaRecord(
+            offset_delta=r.offset_delta,  # type: ignore[attr-defined]
+            timestamp_delta_ms=r.timestamp_delta_ms,  # type: ignore[attr-defined]
+            key=r.key or None,  # type: ignore[attr-defined]  # Semel: an empty key is no key
+            value=r.value,  # type: ignore[attr-defined]
+            headers=tuple((hd.key, hd.value) for hd in r.headers),  # type: ignore[attr-defined]
+        )
