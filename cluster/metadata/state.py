@@ -74,6 +74,9 @@ class BrokerRegistration:
     # each fencing's (a broker cut off from the quorum - a deposed controller - keeps heartbeating
     # with stale metadata; it comes back only once it has seen itself fenced and its leaderships moved).
     registered_version: int
+    # The broker's Kafka-protocol listener as clients reach it ("" / 0: none; semel.cluster.kafka).
+    kafka_host: str = ""
+    kafka_port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,8 @@ class RegisterBroker:
     port: int
     raft_address: str | None = None
     command_id: str = ""
+    kafka_host: str = ""  # advertised Kafka listener ("" / 0: none)
+    kafka_port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +473,8 @@ class MetadataStateMachine:
             broker_epoch=img.next_broker_epoch,
             fenced=True,
             registered_version=img.version + 1,
+            kafka_host=c.kafka_host,
+            kafka_port=c.kafka_port,
         )
         brokers = dict(img.brokers)
         brokers[c.broker_id] = reg

@@ -15,18 +15,22 @@ FORMAT_VERSION_UNSPECIFIED: FormatVersion
 FORMAT_VERSION_1: FormatVersion
 
 class RegisterBroker(_message.Message):
-    __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address")
+    __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "kafka_host", "kafka_port")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     RAFT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    KAFKA_HOST_FIELD_NUMBER: _ClassVar[int]
+    KAFKA_PORT_FIELD_NUMBER: _ClassVar[int]
     broker_id: int
     incarnation_id: str
     host: str
     port: int
     raft_address: str
-    def __init__(self, broker_id: _Optional[int] = ..., incarnation_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., raft_address: _Optional[str] = ...) -> None: ...
+    kafka_host: str
+    kafka_port: int
+    def __init__(self, broker_id: _Optional[int] = ..., incarnation_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., raft_address: _Optional[str] = ..., kafka_host: _Optional[str] = ..., kafka_port: _Optional[int] = ...) -> None: ...
 
 class UnfenceBroker(_message.Message):
     __slots__ = ("broker_id", "broker_epoch")
@@ -141,7 +145,7 @@ class MetadataCommand(_message.Message):
     def __init__(self, format_version: _Optional[_Union[FormatVersion, str]] = ..., command_id: _Optional[str] = ..., register_broker: _Optional[_Union[RegisterBroker, _Mapping]] = ..., unfence_broker: _Optional[_Union[UnfenceBroker, _Mapping]] = ..., fence_broker: _Optional[_Union[FenceBroker, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., alter_partition: _Optional[_Union[AlterPartition, _Mapping]] = ..., elect_leader: _Optional[_Union[ElectLeader, _Mapping]] = ..., allocate_producer_ids: _Optional[_Union[AllocateProducerIds, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ...) -> None: ...
 
 class BrokerRegistration(_message.Message):
-    __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "broker_epoch", "fenced", "registered_version")
+    __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "broker_epoch", "fenced", "registered_version", "kafka_host", "kafka_port")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +154,8 @@ class BrokerRegistration(_message.Message):
     BROKER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     FENCED_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KAFKA_HOST_FIELD_NUMBER: _ClassVar[int]
+    KAFKA_PORT_FIELD_NUMBER: _ClassVar[int]
     broker_id: int
     incarnation_id: str
     host: str
@@ -158,7 +164,9 @@ class BrokerRegistration(_message.Message):
     broker_epoch: int
     fenced: bool
     registered_version: int
-    def __init__(self, broker_id: _Optional[int] = ..., incarnation_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., raft_address: _Optional[str] = ..., broker_epoch: _Optional[int] = ..., fenced: _Optional[bool] = ..., registered_version: _Optional[int] = ...) -> None: ...
+    kafka_host: str
+    kafka_port: int
+    def __init__(self, broker_id: _Optional[int] = ..., incarnation_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., raft_address: _Optional[str] = ..., broker_epoch: _Optional[int] = ..., fenced: _Optional[bool] = ..., registered_version: _Optional[int] = ..., kafka_host: _Optional[str] = ..., kafka_port: _Optional[int] = ...) -> None: ...
 
 class TopicConfig(_message.Message):
     __slots__ = ("min_insync_replicas", "unclean_leader_election", "retention_ms", "retention_bytes", "segment_bytes", "segment_ms")
