@@ -10,7 +10,14 @@ producer sent it. Three things do:
   the gRPC path carried magic 2) is converted to an uncompressed magic-2 batch on read
   (`kafka_batch_from_magic1`), records in the same order with the same offsets, timestamps,
   keys, values and headers, producer fields and attributes unchanged;
+* the compatibility path of the gRPC fetch: a magic-2 batch (produced over the Kafka
+  listener) reaches a gRPC reader with its records decompressed and re-encoded as
+  `semel.v1.Records` (`semel_records_from_kafka`), until the gRPC path carries magic 2;
 * tests, which build records the way a Kafka client does.
+
+Decompression (gzip through zlib, snappy raw or xerial-framed, lz4 frame and zstd through
+cramjam) refuses output above `limits.MAX_DECOMPRESSED_BATCH_BYTES`; gzip and snappy are
+bounded before allocating, lz4 and zstd after (cramjam has no bounded streaming decoder).
 
 Record layout (all varints zigzag-signed, `kio.serial` reads and writes them): length,
 attributes int8, timestamp delta varlong, offset delta varint, key length + key (-1 = null),
@@ -25,8 +32,12 @@ import io
 import struct
 from collections.abc import Iterable, Sequence
 
+import zlib
+
+import cramjam
 from kio.serial.readers import read_signed_varint, read_signed_varlong
 from kio.serial.writers import write_signed_varint, write_signed_varlong
+from semel import limits
 from semel.storage.batch import (
     ATTR_COMPRESSION_MASK,
     CONTROL_ABORT,
@@ -40,7 +51,7 @@ from semel.storage.batch import (
     decode_marker,
     encode_kafka_batch,
 )
-from semel.v1.common_pb2 import ControlRecord, ControlType, Records
+from semel.v1.common_pb2 import ControlRecord, ControlType, Record, RecordHeader, Records
 
 _CONTROL_KEY = struct.Struct(">hh")  # version, type
 _CONTROL_VALUE = struct.Struct(">hi")  # version, coordinator epoch
@@ -167,3 +178,73 @@ def _from_semel(records: Sequence[object]) -> Iterable[KafkaRecord]:
             value=r.value,  # type: ignore[attr-defined]
             headers=tuple((hd.key, hd.value) for hd in r.headers),  # type: ignore[attr-defined]
         )
+
+
+CODEC_NONE, CODEC_GZIP, CODEC_SNAPPY, CODEC_LZ4, CODEC_ZSTD = 0, 1, 2, 3, 4
+_XERIAL_MAGIC = b"\x82SNAPPY\x00"  # Java and kafka-python frame snappy this way; librdkafka writes a raw block
+_XERIAL_HEADER_BYTES = 16
+
+
+def decompress(codec: int, data: bytes | memoryview) -> bytes:
+    """The records of a magic-2 batch compressed with `codec` (CorruptBatchError if they do not
+    decompress, or decompress to more than MAX_DECOMPRESSED_BATCH_BYTES)."""
+    bound = limits.MAX_DECOMPRESSED_BATCH_BYTES
+    try:
+        if codec == CODEC_NONE:
+            return bytes(data)
+        if codec == CODEC_GZIP:
+            d = zlib.decompressobj(wbits=47)  # gzip or zlib header, as Kafka's GZIPInputStream
+            out = d.decompress(bytes(data), bound + 1)
+        elif codec == CODEC_SNAPPY:
+            out = _snappy(bytes(data), bound)
+        elif codec == CODEC_LZ4:
+            out = bytes(cramjam.lz4.decompress(bytes(data)))
+        elif codec == CODEC_ZSTD:
+            out = bytes(cramjam.zstd.decompress(bytes(data)))
+        else:
+            raise CorruptBatchError(f"unknown compression codec {codec}")
+    except CorruptBatchError:
+        raise
+    except Exception as exc:  # zlib.error, cramjam.DecompressionError
+        raise CorruptBatchError(f"codec {codec}: records do not decompress: {exc}") from exc
+    if len(out) > bound:
+        raise CorruptBatchError(f"codec {codec}: records decompress to more than {bound} bytes")
+    return out
+
+
+def _snappy(data: bytes, bound: int) -> bytes:
+    if not data.startswith(_XERIAL_MAGIC):
+        if cramjam.snappy.decompress_raw_len(data) > bound:
+            raise CorruptBatchError(f"snappy block larger than {bound} bytes")
+        return bytes(cramjam.snappy.decompress_raw(data))
+    parts, total, pos = [], 0, _XERIAL_HEADER_BYTES
+    while pos < len(data):
+        (n,) = struct.unpack_from(">i", data, pos)
+        block = data[pos + 4 : pos + 4 + n]
+        if n < 0 or len(block) != n:
+            raise CorruptBatchError("truncated xerial snappy block")
+        total += cramjam.snappy.decompress_raw_len(block)
+        if total > bound:
+            raise CorruptBatchError(f"snappy blocks larger than {bound} bytes")
+        parts.append(bytes(cramjam.snappy.decompress_raw(block)))
+        pos += 4 + n
+    return b"".join(parts)
+
+
+def semel_records_from_kafka(batch: bytes | memoryview, header: BatchHeader) -> bytes:
+    """The `RecordBatch.records` a gRPC reader expects for one stored magic-2 batch: a
+    serialized `semel.v1.Records` (a `ControlRecord` for a control batch), uncompressed.
+    A null value becomes an empty one and a null key no key (Semel's records have no nulls)."""
+    if header.magic != KAFKA_MAGIC:
+        raise CorruptBatchError(f"not a magic-2 batch (magic {header.magic})")
+    raw = decompress(header.attributes & ATTR_COMPRESSION_MASK, memoryview(batch)[HEADER_BYTES : header.size_bytes])
+    if header.is_control:
+        commit, coordinator_epoch = decode_control_record(raw)
+        return ControlRecord(type=ControlType.COMMIT if commit else ControlType.ABORT,
+                             coordinator_epoch=coordinator_epoch).SerializeToString()
+    out = Records()
+    for r in decode_records(raw, header.record_count):
+        out.records.append(Record(offset_delta=r.offset_delta, timestamp_delta_ms=r.timestamp_delta_ms,
+                                  key=r.key or b"", value=r.value or b"",
+                                  headers=[RecordHeader(key=k, value=v or b"") for k, v in r.headers]))
+    return out.SerializeToString()

@@ -14,6 +14,7 @@ FOLDERS = {
     "coordinator": "coordinator",
     "cluster/metadata": "metadata",
     "cluster/broker": "broker",
+    "cluster/kafka": "broker",  # the Kafka-protocol listener is part of the broker process
     "cluster/client": "client",
     "cluster/tooling": "tooling",
     "cluster/cli": "cli",
@@ -26,6 +27,7 @@ MODULES = {
     "semel.coordinator": "coordinator",
     "semel.cluster.metadata": "metadata",
     "semel.cluster.broker": "broker",
+    "semel.cluster.kafka": "broker",
     "semel.client": "client",
     "semel.cluster.tooling": "tooling",
     "semel.cli": "cli",
@@ -88,3 +90,15 @@ def test_the_allowed_layers_have_no_cycle():
 
     for layer in ALLOWED:
         visit(layer, ())
+
+
+def test_only_the_broker_process_wiring_imports_the_kafka_listener():
+    """semel.cluster.kafka sits on top of the broker's parts; only process.py starts it."""
+    importers = []
+    for path in sorted(ROOT.glob("**/*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith((".venv/", "tests/", "docs/", "cluster/kafka/")):
+            continue
+        if any(m == "semel.cluster.kafka" or m.startswith("semel.cluster.kafka.") for m in _imports(path)):
+            importers.append(rel)
+    assert importers == ["cluster/broker/process.py"]

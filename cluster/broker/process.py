@@ -55,6 +55,7 @@ from semel.cluster.broker.server import (
     ControllerService,
     ReplicationService,
 )
+from semel.cluster.kafka.listener import KafkaListener
 from semel.cluster.broker.storage_adapter import (
     ReplicaStore,
     open_replica_store,
@@ -128,6 +129,10 @@ class BrokerConfig:
     fsync: bool = False
     log_level: str = "INFO"
     metrics_listen: str = ""  # host:port for Prometheus' GET /metrics (empty: no metrics endpoint)
+    # Kafka-protocol listener (semel.cluster.kafka): "host:port" to serve on ("" = none, port 0 =
+    # any free port), and the address Kafka clients are told (default: the bound one).
+    kafka_listen: str = ""
+    kafka_advertised: str = ""
     # Fault injection (chaos/wiring.py): how this broker reaches each peer, instead of the
     # address the peer registered / the voter list names. Off (empty) by default.
     dial: tuple[str, ...] = ()  # "broker_id=host:port": gRPC to that broker (replication, controller, ...)
@@ -203,7 +208,7 @@ class BrokerConfig:
                       "replica_fetch_max_bytes", "isr_check_interval_ms", "max_inflight_produce", "max_batch_bytes",
                       "internal_partitions", "retention_check_interval_ms", "txn_abort_scan_interval_ms",
                       "group_session_timeout_ms", "group_heartbeat_interval_ms", "fsync", "log_level",
-                      "raft_secret_file"):
+                      "raft_secret_file", "kafka_listen", "kafka_advertised"):
             v = getattr(a, field)
             if v is not None:
                 values[field] = v
@@ -263,6 +268,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--metrics-listen", help="host:port to serve Prometheus metrics on (GET /metrics; port 0: any)")
     ap.add_argument("--dial", help="fault injection: comma-separated broker_id=host:port to reach peers by")
     ap.add_argument("--raft-dial", help="fault injection: comma-separated broker_id=host:port for Raft links")
+    ap.add_argument("--kafka-listen", help="host:port to serve the Kafka protocol on (port 0: any free port)")
+    ap.add_argument("--kafka-advertised", help="host:port Kafka clients should use (default: --kafka-listen)")
     return ap
 
 
@@ -337,6 +344,8 @@ class Broker:
         self._metadata_changed = asyncio.Event()
         self._last_unreachable_report: dict[int, float] = {}
         self.server: grpc.aio.Server | None = None
+        self.kafka: KafkaListener | None = None
+        self.kafka_port = 0  # bound Kafka port (0: no Kafka listener)
         self._kv: KvStore | None = None  # the broker's RocksDB (producer snapshots), opened by start()
         self.peers = Peers(config.dial_map(), self.voters, lambda: self.quorum.image())
         self.health = health.aio.HealthServicer()
@@ -416,6 +425,11 @@ class Broker:
         log.info("broker %d gRPC listening on %s:%d", cfg.broker_id, cfg.listen_host, self.port)
         if cfg.metrics_listen:
             await self._start_metrics(cfg.metrics_listen)
+        if self.is_broker and cfg.kafka_listen:
+            host, port = split_address(cfg.kafka_listen)
+            self.kafka = KafkaListener(self, host, port)
+            self.kafka_port = await self.kafka.start()
+            log.info("broker %d Kafka protocol listening on %s:%d", cfg.broker_id, host, self.kafka_port)
         if cfg.raft_address:
             check_port_free(cfg.raft_address)  # pysyncobj would retry a busy port forever, silently
         loop = asyncio.get_running_loop()
@@ -452,6 +466,8 @@ class Broker:
         await self._set_health(False)
         for t in self._tasks:
             t.cancel()
+        if self.kafka is not None:
+            await self.kafka.stop()
         await self._controlled_shutdown()
         if self.txn is not None:
             await self.txn.stop()
@@ -580,10 +596,12 @@ class Broker:
         cfg = self.config
         host = cfg.advertised_host or cfg.listen_host
         port = cfg.advertised_port or self.port
+        kafka_host, kafka_port = self._kafka_endpoint()
         while not self._stopping:
             try:
                 result = await self.quorum.submit(md.RegisterBroker(
-                    cfg.broker_id, self.incarnation_id, host, port, cfg.raft_address), timeout_s=2.0)
+                    cfg.broker_id, self.incarnation_id, host, port, cfg.raft_address,
+                    kafka_host=kafka_host, kafka_port=kafka_port), timeout_s=2.0)
             except MetadataSubmitError as exc:
                 log.info("registration not committed yet: %s", exc)
                 await asyncio.sleep(0.1)
@@ -598,6 +616,15 @@ class Broker:
                 return
             log.warning("registration refused: %s", pb.ErrorCode.Name(result.error))
             await asyncio.sleep(0.5)
+
+    def _kafka_endpoint(self) -> tuple[str, int]:
+        """The Kafka address this broker registers for clients ("", 0: no Kafka listener)."""
+        cfg = self.config
+        if self.kafka is None:
+            return "", 0
+        if cfg.kafka_advertised:
+            return split_address(cfg.kafka_advertised)
+        return split_address(cfg.kafka_listen)[0], self.kafka_port
 
     async def _register_and_heartbeat(self) -> None:
         # Recover every replica the local (replayed) image knows *before* registering, so the

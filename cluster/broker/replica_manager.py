@@ -252,8 +252,12 @@ class Partition:
                                      f"leader epoch {current_leader_epoch} > known {self.leader_epoch}")
 
     def append_as_leader(self, header: BatchHeader, payload: bytes, now: int) -> WriteResult:
+        return self.append_encoded_as_leader(encode_batch(header, payload), now)
+
+    def append_encoded_as_leader(self, encoded: bytes, now: int) -> WriteResult:
+        """Append one whole encoded batch of either magic (the Kafka listener appends clients'
+        v2 batches as sent); the caller validated its header (`validate_batch`)."""
         self.check_leader()
-        encoded = encode_batch(header, payload)
         outcome = self.store.append_as_leader(encoded, self.leader_epoch, now)
         if not outcome.ok:
             return WriteResult(outcome.error, outcome.message)

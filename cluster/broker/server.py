@@ -27,7 +27,8 @@ from semel.cluster.broker.replica_manager import (
 from semel.cluster.metadata import state as md
 from semel.cluster.metadata.quorum import MetadataSubmitError
 from semel.storage import isolation as isolation_rules
-from semel.storage.batch import HEADER_BYTES
+from semel.storage.batch import ATTR_COMPRESSION_MASK, ATTR_KNOWN, HEADER_BYTES, KAFKA_MAGIC, CorruptBatchError
+from semel.storage.kafka_records import semel_records_from_kafka
 from semel.v1 import admin_pb2 as apb
 from semel.v1 import admin_pb2_grpc as agrpc
 from semel.v1 import broker_pb2 as bpb
@@ -259,7 +260,7 @@ class BrokerService(bgrpc.BrokerServicer):
             except PartitionError as exc:
                 _set_error(r, exc.code, exc.message)
                 errors = True
-            except OSError as exc:
+            except (OSError, CorruptBatchError) as exc:
                 _set_error(r, pb.STORAGE_ERROR, f"read failed: {exc}")
                 errors = True
             resp.results.append(r)
@@ -292,11 +293,15 @@ class BrokerService(bgrpc.BrokerServicer):
             r.next_fetch_offset = batches[-1][0].next_offset
         size = 0
         for h, pos in visible:
+            attributes, records = h.attributes, data[pos + HEADER_BYTES: pos + h.size_bytes]
+            if h.magic == KAFKA_MAGIC:  # produced over the Kafka listener: docs/storage.md
+                attributes, records = h.attributes & ATTR_KNOWN & ~ATTR_COMPRESSION_MASK, \
+                    semel_records_from_kafka(memoryview(data)[pos: pos + h.size_bytes], h)
             r.batches.append(pb.RecordBatch(
                 base_offset=h.base_offset, last_offset_delta=h.last_offset_delta, leader_epoch=h.leader_epoch,
                 producer_id=h.producer_id, producer_epoch=h.producer_epoch, base_sequence=h.base_sequence,
-                record_count=h.record_count, attributes=h.attributes, base_timestamp_ms=h.base_timestamp_ms,
-                max_timestamp_ms=h.max_timestamp_ms, records=data[pos + HEADER_BYTES: pos + h.size_bytes]))
+                record_count=h.record_count, attributes=attributes, base_timestamp_ms=h.base_timestamp_ms,
+                max_timestamp_ms=h.max_timestamp_ms, records=records))
             size += h.size_bytes
         return size if size else (1 if r.next_fetch_offset != fp.fetch_offset else 0)
 

@@ -114,6 +114,8 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--raft-base-port", type=int, default=None, help="Raft port of broker 1 (default BASE_PORT+10000)")
     up.add_argument("--metrics-base-port", type=int, default=None,
                     help="serve Prometheus metrics: broker N on METRICS_BASE_PORT+N-1 (default: no metrics)")
+    up.add_argument("--kafka-base-port", type=int, default=None,
+                    help="also serve the Kafka protocol: broker N on KAFKA_BASE_PORT+N-1 (default: no Kafka listener)")
     up.add_argument("--follow-logs", action="store_true", help="also print broker logs, prefixed [broker-N]")
     up.add_argument("--ready-timeout-s", type=float, default=60.0, help="how long to wait for readiness (default 60)")
     up.add_argument(
@@ -144,6 +146,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
         args.brokers, args.data_dir, args.base_port, args.raft_base_port, args.follow_logs,
         args.broker_arg, args.ready_timeout_s, None if args.no_restart else max(0.0, args.restart_delay_s),
         metrics_base_port=args.metrics_base_port,
+        kafka_base_port=args.kafka_base_port,
     )
 
 

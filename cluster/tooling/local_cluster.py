@@ -56,10 +56,15 @@ class BrokerSpec:
     raft_port: int
     data_dir: Path
     metrics_port: int | None = None  # Prometheus GET /metrics (--metrics-listen); None: no endpoint
+    kafka_port: int = 0  # 0: no Kafka-protocol listener
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def kafka_address(self) -> str:
+        return f"{self.host}:{self.kafka_port}" if self.kafka_port else ""
 
     @property
     def raft_address(self) -> str:
@@ -69,24 +74,27 @@ class BrokerSpec:
 def plan_cluster(
     brokers: int, data_dir: str | Path, base_port: int, raft_base_port: int | None = None, host: str = "127.0.0.1",
     metrics_base_port: int | None = None,
+    kafka_base_port: int | None = None,
 ) -> list[BrokerSpec]:
     """Brokers 1..N with consecutive client ports, consecutive Raft ports and (with
-    `metrics_base_port`) consecutive metrics ports."""
+    `metrics_base_port`, `kafka_base_port`) consecutive metrics and Kafka ports."""
     if brokers < 1:
         raise ValueError("--brokers must be >= 1")
     raft_base = base_port + RAFT_PORT_OFFSET if raft_base_port is None else raft_base_port
     ports = [base_port + i for i in range(brokers)] + [raft_base + i for i in range(brokers)]
     if metrics_base_port is not None:
         ports += [metrics_base_port + i for i in range(brokers)]
+    kafka = [kafka_base_port + i for i in range(brokers)] if kafka_base_port is not None else []
+    ports += kafka
     if min(ports) < 1 or max(ports) > 65535:
         raise ValueError(f"ports {min(ports)}..{max(ports)} out of range; choose another --base-port")
     if len(set(ports)) != len(ports):
-        raise ValueError("client, Raft and metrics port ranges overlap; choose another --raft-base-port "
-                         "or --metrics-base-port")
+        raise ValueError("client, Raft, metrics and Kafka port ranges overlap; choose another --raft-base-port, "
+                         "--metrics-base-port or --kafka-base-port")
     root = Path(data_dir)
     return [
         BrokerSpec(i + 1, host, base_port + i, raft_base + i, root / f"broker-{i + 1}",
-                   None if metrics_base_port is None else metrics_base_port + i)
+                   None if metrics_base_port is None else metrics_base_port + i, kafka_port=kafka[i] if kafka else 0)
         for i in range(brokers)
     ]
 
@@ -117,6 +125,7 @@ def broker_argv(spec: BrokerSpec, voters: Sequence[BrokerSpec], extra_args: Sequ
         "--raft", spec.raft_address,
         "--voters", ",".join(f"{v.broker_id}@{v.raft_address}@{v.address}" for v in voters),
         *(() if spec.metrics_port is None else ("--metrics-listen", f"{spec.host}:{spec.metrics_port}")),
+        *(("--kafka-listen", spec.kafka_address, "--kafka-advertised", spec.kafka_address) if spec.kafka_port else ()),
         *extra_args,
     ]
 
@@ -274,6 +283,11 @@ class LocalCluster:
     def bootstrap(self) -> str:
         return ",".join(spec.address for spec in self.specs)
 
+    @property
+    def kafka_bootstrap(self) -> str:
+        """The Kafka-protocol bootstrap list ("" when the brokers have no Kafka listener)."""
+        return ",".join(spec.kafka_address for spec in self.specs if spec.kafka_port)
+
     def address(self, broker_id: int) -> str:
         return self.brokers[broker_id].spec.address
 
@@ -399,6 +413,7 @@ def run_cluster_up(
     ready_timeout_s: float,
     restart_delay_s: float | None = RESTART_DELAY_S_DEFAULT,
     metrics_base_port: int | None = None,
+    kafka_base_port: int | None = None,
 ) -> int:
     """Foreground supervisor: start, print how to connect, wait for Ctrl-C/SIGTERM, stop.
 
@@ -408,14 +423,15 @@ def run_cluster_up(
     CRASH_LOOP_WINDOW_S. A broker that dies before the cluster is ready stops everything
     (a configuration problem). Exit code 0 when every broker runs at the end, else 1."""
     try:
-        specs = plan_cluster(brokers, data_dir, base_port, raft_base_port, metrics_base_port=metrics_base_port)
+        specs = plan_cluster(brokers, data_dir, base_port, raft_base_port, metrics_base_port=metrics_base_port,
+                             kafka_base_port=kafka_base_port)
     except ValueError as exc:
         print(f"semel cluster up: {exc}", file=sys.stderr)
         return 2
-    busy = [spec for spec in specs if _port_in_use(spec.host, spec.port) or _port_in_use(spec.host, spec.raft_port)
-            or (spec.metrics_port is not None and _port_in_use(spec.host, spec.metrics_port))]
+    busy = [spec for spec in specs if any(_port_in_use(spec.host, port) for port in (
+        spec.port, spec.raft_port, spec.metrics_port, spec.kafka_port) if port)]
     if busy:
-        ports = ", ".join(f"{s.port}/{s.raft_port}" for s in busy)
+        ports = ", ".join("/".join(str(p) for p in (s.port, s.raft_port, s.metrics_port, s.kafka_port) if p) for s in busy)
         print(
             f"semel cluster up: port(s) {ports} already in use (another cluster running?); "
             "stop it or pass --base-port",
@@ -514,9 +530,12 @@ def run_cluster_up(
             print(f"cluster ready: {brokers} broker(s); bootstrap {bootstrap}", flush=True)
             if metrics_base_port is not None:
                 print("metrics: " + ", ".join(f"http://{s.host}:{s.metrics_port}/metrics" for s in specs), flush=True)
+            if cluster.kafka_bootstrap:
+                print(f"Kafka protocol bootstrap: {cluster.kafka_bootstrap}", flush=True)
             for broker in cluster.brokers.values():
+                kafka = f", kafka {broker.spec.kafka_address}" if broker.spec.kafka_port else ""
                 print(
-                    f"  broker {broker.spec.broker_id}: {broker.spec.address} (raft {broker.spec.raft_address}), "
+                    f"  broker {broker.spec.broker_id}: {broker.spec.address} (raft {broker.spec.raft_address}{kafka}), "
                     f"pid {broker.pid}, log {broker.log_path}",
                     flush=True,
                 )

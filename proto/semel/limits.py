@@ -21,6 +21,7 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024          # one stored batch (header + records)
 MAX_REQUEST_BYTES = 16 * 1024 * 1024       # one gRPC message, either direction
 MAX_FETCH_BYTES = 8 * 1024 * 1024          # one fetch response (the first batch is always whole)
 MAX_FETCH_BATCHES_PER_PARTITION = 4096    # batches one fetch returns per partition: bounds the broker's per-batch work (tiny batches)
+MAX_DECOMPRESSED_BATCH_BYTES = 64 * 1024 * 1024  # records of one compressed magic-2 batch, decompressed (only for a gRPC reader of Kafka-produced data)
 
 # --- storage --------------------------------------------------------------------
 SEGMENT_BYTES_DEFAULT = 256 * 1024 * 1024
@@ -74,6 +75,12 @@ MAX_DISK_EXECUTOR_QUEUE = 1024             # disk jobs queued or running at once
 LOOP_LAG_PROBE_INTERVAL_MS = 50            # the broker's loop-lag probe sleeps this long and measures how late it wakes
 LOOP_LAG_REPORT_MS = 50                    # a probe this late is logged (INFO) and counted: `semel bench produce` reports them
 LOOP_STALL_MS = 200                        # the loop silent this long is a stall: the watchdog thread logs the loop thread's stack (WARNING)
+
+# --- Kafka-protocol listener (semel.cluster.kafka) -----------------------------------
+MAX_KAFKA_REQUEST_BYTES = MAX_REQUEST_BYTES  # one request frame; a larger size prefix closes the connection before any allocation (Kafka: socket.request.max.bytes)
+MAX_KAFKA_INFLIGHT_REQUESTS_PER_CONNECTION = 64  # requests read and not yet answered on one connection; the reader waits beyond (clients pipeline: librdkafka 5 per partition when idempotent)
+MAX_KAFKA_CONNECTIONS = 4096               # open Kafka connections per broker; more are closed at once
+KAFKA_CLOSE_GRACE_MS = 1000                # a connection whose client stopped sending still gets the answers already being prepared within this
 
 # --- metadata quorum (semel.cluster.metadata.state / quorum / controller) ---------------------
 PRODUCER_ID_BLOCK_SIZE = 1000              # producer ids per AllocateProducerIds block (never reused)
@@ -183,6 +190,9 @@ def _check_relationships() -> None:
     invariant(0 < MARKER_RETRY_BACKOFF_MS <= MAX_MARKER_RETRY_BACKOFF_MS, "marker backoff")
     invariant(MAX_TXN_PREDICTED_PARTITIONS <= MAX_PARTITIONS_PER_TRANSACTION, "predicted partitions")
     invariant(MAX_MARKERS_PER_REQUEST <= MAX_PARTITIONS_PER_REQUEST, "markers per request")
+    # the Kafka listener: one produce batch fits in a request, and decompresses within its bound
+    invariant(MAX_BATCH_BYTES <= MAX_KAFKA_REQUEST_BYTES, "a batch fits in a Kafka request")
+    invariant(MAX_BATCH_BYTES <= MAX_DECOMPRESSED_BATCH_BYTES, "a batch decompresses within its bound")
 
 
 _check_relationships()

@@ -28,6 +28,7 @@ from tests.cluster.harness import attach_cluster_logs, cluster_fixture  # noqa: 
 
 real_cluster = cluster_fixture(3)
 shared_cluster = cluster_fixture(3, scope="module")  # one cluster for a whole test module
+kafka_cluster = cluster_fixture(3, scope="module", kafka=True)  # brokers with Kafka-protocol listeners too
 
 
 

@@ -71,11 +71,13 @@ class Cluster:
         extra_args: Sequence[str] = (),
         start: bool = True,
         ready_timeout_s: float = READY_TIMEOUT_S,
+        kafka: bool = False,
     ) -> None:
         self.dir = Path(tmp_dir)
-        ports = free_ports(2 * brokers)
+        ports = free_ports((3 if kafka else 2) * brokers)
         specs = [
-            BrokerSpec(i + 1, "127.0.0.1", ports[i], ports[brokers + i], self.dir / f"broker-{i + 1}")
+            BrokerSpec(i + 1, "127.0.0.1", ports[i], ports[brokers + i], self.dir / f"broker-{i + 1}",
+                       kafka_port=ports[2 * brokers + i] if kafka else 0)
             for i in range(brokers)
         ]
         self._cluster = LocalCluster(specs, self.dir, extra_args)
@@ -133,6 +135,14 @@ class Cluster:
         self.stop()
 
     # --- addresses ------------------------------------------------------------------
+    @property
+    def kafka_bootstrap(self) -> str:
+        """The brokers' Kafka-protocol addresses (Cluster(kafka=True))."""
+        return self._cluster.kafka_bootstrap
+
+    def kafka_address(self, broker_id: int) -> str:
+        return self._cluster.brokers[broker_id].spec.kafka_address
+
     @property
     def bootstrap(self) -> str:
         return self._cluster.bootstrap
@@ -279,7 +289,8 @@ class Cluster:
         return "\n".join(out)
 
 
-def cluster_fixture(brokers: int = 3, extra_args: Sequence[str] = (), scope: str = "function"):  # noqa: ANN201
+def cluster_fixture(brokers: int = 3, extra_args: Sequence[str] = (), scope: str = "function",  # noqa: ANN201
+                    kafka: bool = False):
     """A pytest fixture factory: `real_cluster3 = cluster_fixture(3)` in a conftest.py.
 
     With scope="module" one cluster serves every test of a module (tests must then leave
@@ -287,7 +298,8 @@ def cluster_fixture(brokers: int = 3, extra_args: Sequence[str] = (), scope: str
 
     @pytest.fixture(scope=scope)  # type: ignore[call-overload]
     def _fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-        cluster = Cluster(tmp_path_factory.mktemp("cluster"), brokers=brokers, extra_args=extra_args, start=False)
+        cluster = Cluster(tmp_path_factory.mktemp("cluster"), brokers=brokers, extra_args=extra_args, start=False,
+                          kafka=kafka)
         try:
             cluster.start()
             yield cluster
