@@ -17,6 +17,12 @@ logs (semel.cluster.broker.loop_monitor): "loop" = the largest lag logged (probe
 `limits.LOOP_LAG_REPORT_MS` late; 0 when none was), how many such lags and how many stalls
 (`limits.LOOP_STALL_MS`, logged with the loop's stack). `--segment-bytes` sets the topic's
 segment size, so a short run rolls segments.
+
+`--protocol kafka` drives the brokers' Kafka listeners (docs/kafka.md) with confluent-kafka
+(librdkafka; a test dependency, imported only then) instead of Semel's gRPC producer;
+`--protocol both` runs the gRPC producer and the Kafka one alternately on one cluster and
+topic (`--rounds`) and reports both and their ratio (kafka / grpc), with the same acks and
+idempotence (`--idempotent` here means: both variants idempotent).
 """
 
 from __future__ import annotations
@@ -75,7 +81,13 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
                              "every --commit-interval-ms; reports 'ratio' and commit latency percentiles")
     parser.add_argument("--commit-interval-ms", type=int, default=100, help="transaction length (default 100)")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="with --idempotent/--transactional: alternate the variants this many times (default 1)")
+                        help="with --idempotent/--transactional/--protocol both: alternate the variants this many "
+                             "times (default 1)")
+    parser.add_argument("--protocol", choices=["grpc", "kafka", "both"], default="grpc",
+                        help="grpc (Semel's producer, default), kafka (confluent-kafka against the Kafka listener) or "
+                             "both, compared in this run")
+    parser.add_argument("--kafka-bootstrap", default=None,
+                        help="with --bootstrap and --protocol kafka/both: the running cluster's Kafka listeners")
 
 
 def add_consume_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,16 +103,19 @@ def _cluster(args: argparse.Namespace) -> Iterator[tuple[str, list[int], list[Pa
         return
     from semel.cluster.tooling.local_cluster import BrokerSpec, LocalCluster
 
-    ports = free_ports(2 * args.brokers)
+    kafka = getattr(args, "protocol", "grpc") != "grpc"  # brokers with Kafka listeners too
+    ports = free_ports((3 if kafka else 2) * args.brokers)
     data_dir = Path(tempfile.mkdtemp(prefix="semel-bench-"))
     specs = [
-        BrokerSpec(i + 1, "127.0.0.1", ports[i], ports[args.brokers + i], data_dir / f"broker-{i + 1}")
+        BrokerSpec(i + 1, "127.0.0.1", ports[i], ports[args.brokers + i], data_dir / f"broker-{i + 1}",
+                   kafka_port=ports[2 * args.brokers + i] if kafka else 0)
         for i in range(args.brokers)
     ]
     cluster = LocalCluster(specs, data_dir)
     _progress(f"starting {args.brokers} broker(s) in {data_dir} ...")
     try:
         cluster.start(timeout_s=90)
+        args.kafka_bootstrap = cluster.kafka_bootstrap
         yield (cluster.bootstrap, [b.pid for b in cluster.brokers.values() if b.pid is not None],
                [b.log_path for b in cluster.brokers.values()])
     finally:
@@ -271,11 +286,83 @@ def _producer_process(
                  "metrics": metrics, "commit_latencies": commit_latencies})
 
 
+def _kafka_producer_process(
+    bootstrap: str, topic: str, options: dict[str, Any], record_bytes: int, duration_s: float,
+    rate_bytes_s: float, counter: Any, results: Any, start_at: float, warmup_s: float,
+    commit_interval_ms: int = 0,
+) -> None:
+    """`_producer_process` with confluent-kafka against the Kafka listeners (same result keys)."""
+    from confluent_kafka import Producer as KafkaProducer
+
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "acks": {"all": "all", "1": 1, "0": 0}[str(options["acks"])],
+                            "enable.idempotence": bool(options.get("enable_idempotence", False)),
+                            "linger.ms": options.get("linger_ms", 5), "queue.buffering.max.kbytes": 65536}
+    if options.get("max_in_flight") and not conf["enable.idempotence"]:
+        conf["max.in.flight.requests.per.connection"] = options["max_in_flight"]
+    if options.get("batch_bytes"):
+        conf["batch.size"] = options["batch_bytes"]
+    producer = KafkaProducer(conf)
+    value = os.urandom(record_bytes)
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    producer.list_topics(topic, timeout=30)
+
+    def sampled(t0: float) -> Any:
+        def done(err: Any, _msg: Any) -> None:
+            nonlocal errors
+            if err is not None:
+                errors += 1
+            else:
+                latencies.append(time.perf_counter() - t0)
+        return done
+
+    def counted(err: Any, _msg: Any) -> None:
+        nonlocal errors
+        if err is not None:
+            errors += 1
+
+    while time.time() < start_at:
+        time.sleep(0.001)
+    begin = time.perf_counter()
+    cpu_begin = os.times()
+    end = begin + duration_s
+    sample_from = begin + warmup_s
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        if rate_bytes_s > 0 and sent >= (now - begin) * rate_bytes_s / record_bytes:
+            time.sleep(0.001)
+            continue
+        for _ in range(64):
+            sample = sent % LATENCY_SAMPLE_EVERY == 0 and now >= sample_from
+            try:
+                producer.produce(topic, value, on_delivery=sampled(time.perf_counter()) if sample else counted)
+            except BufferError:
+                producer.poll(0.01)
+                continue
+            sent += 1
+        producer.poll(0)
+        counter.value = sent
+    producer.flush()
+    elapsed = time.perf_counter() - begin
+    cpu_end = os.times()
+    counter.value = sent
+    cpu_s = (cpu_end.user - cpu_begin.user) + (cpu_end.system - cpu_begin.system)
+    results.put({"sent": sent, "elapsed_s": elapsed, "latencies": latencies, "errors": errors, "cpu_s": cpu_s,
+                 "metrics": {"bytes_sent": 0, "batches_sent": 0, "batch_retries": 0}, "commit_latencies": []})
+
+
 def run_produce(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"acks": args.acks}
     for name in ("batch_bytes", "linger_ms", "max_in_flight"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    if args.protocol != "grpc" and args.bootstrap and not args.kafka_bootstrap:
+        raise SystemExit("semel bench produce: --protocol kafka/both with --bootstrap needs --kafka-bootstrap")
+    if args.protocol == "both":
+        return _run_comparison(args, options)
     if args.idempotent or args.transactional:
         return _run_comparison(args, options)
     with _cluster(args) as (bootstrap, broker_pids, broker_logs):
@@ -302,7 +389,12 @@ def _run_comparison(args: argparse.Namespace, options: dict[str, Any]) -> int:
         raise SystemExit("semel bench produce: --idempotent/--transactional compare acks=all producers")
     base = dict(options)
     base.setdefault("max_in_flight", 5)
-    if args.transactional:
+    if args.protocol == "both":
+        if args.transactional:
+            raise SystemExit("semel bench produce: --protocol both compares non-transactional producers")
+        same = {**base, "enable_idempotence": bool(args.idempotent)}
+        variants = [("grpc", same, 0), ("kafka", {**same, "protocol": "kafka"}, 0)]
+    elif args.transactional:
         variants = [("idempotent", {**base, "enable_idempotence": True}, 0),
                     ("transactional", {**base, "transactional_id": "bench-txn"}, args.commit_interval_ms)]
     else:
@@ -317,7 +409,8 @@ def _run_comparison(args: argparse.Namespace, options: dict[str, Any]) -> int:
             for name, opts, interval in order:
                 _progress(f"round {round_index + 1}/{args.rounds}: {name}")
                 phases[name].append(_produce_phase(bootstrap, topic, args, opts, cap, broker_pids, interval))
-    summary: dict[str, Any] = {"benchmark": "produce-" + ("transactional" if args.transactional else "idempotent"),
+    kind = "protocols" if args.protocol == "both" else "transactional" if args.transactional else "idempotent"
+    summary: dict[str, Any] = {"benchmark": "produce-" + kind, "idempotent": bool(args.idempotent),
                                "rounds": args.rounds, "max_in_flight": base["max_in_flight"],
                                "record_bytes": args.record_bytes, "partitions": args.partitions,
                                "replication_factor": args.replication_factor, "producers": args.producers}
@@ -362,9 +455,14 @@ def _produce_phase(
     counters = [ctx.Value("q", 0, lock=False) for _ in range(args.producers)]
     start_at = time.time() + 2.0  # all processes start together, after their imports
     per_process_rate = rate_bytes_s / args.producers
+    kafka = options.get("protocol", args.protocol) == "kafka"
+    target = _kafka_producer_process if kafka else _producer_process
+    if kafka:
+        bootstrap = args.kafka_bootstrap
+    options = {k: v for k, v in options.items() if k != "protocol"}
     procs = [
         ctx.Process(
-            target=_producer_process,
+            target=target,
             args=(bootstrap, topic, _per_process(options, i), args.record_bytes, args.duration_s, per_process_rate,
                   counters[i], results, start_at, args.warmup_s, commit_interval_ms),
             daemon=True,
@@ -402,6 +500,7 @@ def _produce_phase(
     latencies = sorted(x for o in outcomes for x in o["latencies"])
     return {
         "benchmark": "produce",
+        "protocol": "kafka" if kafka else "grpc",
         "brokers": args.brokers if not args.bootstrap else None,
         "partitions": args.partitions,
         "replication_factor": args.replication_factor,
@@ -418,7 +517,7 @@ def _produce_phase(
         "latency_ms_p50": round(_percentile(latencies, 0.50) * 1000, 2),
         "latency_ms_p99": round(_percentile(latencies, 0.99) * 1000, 2),
         "latency_ms_max": round(latencies[-1] * 1000, 2) if latencies else None,
-        "avg_batch_kib": round(
+        "avg_batch_kib": None if kafka else round(  # librdkafka's batches are not counted here
             sum(o["metrics"]["bytes_sent"] for o in outcomes) / 1024
             / max(1, sum(o["metrics"]["batches_sent"] for o in outcomes)),
             1,
