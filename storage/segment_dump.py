@@ -114,6 +114,7 @@ def batch_fields(info: BatchInfo) -> dict[str, object]:
         "last_offset": h.last_offset,
         "position": info.position,
         "size_bytes": h.size_bytes,
+        "magic": h.magic,  # 1: Semel's original form, 2: Kafka's RecordBatch v2 (docs/storage.md)
         "leader_epoch": h.leader_epoch,
         "producer_id": h.producer_id,
         "producer_epoch": h.producer_epoch,

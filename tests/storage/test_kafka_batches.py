@@ -170,3 +170,17 @@ def test_malformed_records_are_corrupt_not_a_crash():
     assert decode_records(b"", 0) == []
     assert decode_records(b"".join([]), 0) == []
     assert KafkaRecord(0, 0, None, None).headers == ()
+
+
+def test_the_segment_dump_walks_both_magics_and_reads_magic_2_markers():
+    from semel.storage.batch import encode_kafka_batch
+    from semel.storage.segment_dump import BatchInfo, batch_fields, walk_segment
+
+    semel = encode_batch(BatchHeader(0, 0, 0, -1, -1, -1, 1, 0, TS, TS), b"x")
+    kafka = with_offsets(kafka_batch(2), 1, 0)
+    marker = encode_kafka_batch(BatchHeader(3, 0, 0, 8, 1, -1, 1, ATTR_CONTROL | ATTR_TRANSACTIONAL, TS, TS),
+                                encode_control_record(True, 4))
+    infos = [i for i in walk_segment(semel + kafka + marker, 0) if isinstance(i, BatchInfo)]
+    fields = [batch_fields(i) for i in infos]
+    assert [(f["base_offset"], f["magic"], f["crc"]) for f in fields] == [(0, 1, "ok"), (1, 2, "ok"), (3, 2, "ok")]
+    assert (fields[2]["marker"], fields[2]["coordinator_epoch"]) == ("COMMIT", 4)
