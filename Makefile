@@ -4,6 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 DATA_DIR ?= .semel-data
 BASE_PORT ?= 9092
+KAFKA_BASE_PORT ?= 9192
 
 .PHONY: up test typecheck install install-test proto bench-storage clean
 
@@ -24,7 +25,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 up: install
-	$(BIN)/semel cluster up --brokers 3 --data-dir $(DATA_DIR) --base-port $(BASE_PORT)
+	$(BIN)/semel cluster up --brokers 3 --data-dir $(DATA_DIR) --base-port $(BASE_PORT) --kafka-base-port $(KAFKA_BASE_PORT)
 
 test: install-test
 	$(BIN)/python -m pytest
