@@ -29,7 +29,7 @@ from semel import limits
 from semel.invariant import not_none
 from semel.cluster.broker.coordinator_lookup import find_coordinator
 from semel.cluster.broker.group_service import GroupsService
-from semel.cluster.broker.produce_validation import validate_batch
+from semel.cluster.broker.produce_validation import unallocated_producer_id, validate_batch
 from semel.cluster.broker import write_path
 from semel.cluster.broker.replica_manager import PartitionError
 from semel.clock import wall_clock_ms
@@ -204,6 +204,9 @@ class KafkaApis:
         """Check the batch, then append it through the broker's one write path (the gRPC
         Produce's: acks precondition, leader append with producer-state validation, HW waiter)."""
         header = checked_produce_batch(records, version, self.b.config.max_batch_bytes, now)
+        if 0 <= header.producer_id and header.producer_id >= image.next_producer_id:  # as gRPC Produce
+            rejection = unallocated_producer_id(header.producer_id, image.next_producer_id)
+            raise ProduceRefused(to_kafka(rejection.error_code), rejection.message)
         if header.is_transactional or transactional_id is not None:
             raise ProduceRefused(K.transactional_id_authorization_failed,
                                  "transactions over the Kafka listener are not served yet; use the gRPC API")
