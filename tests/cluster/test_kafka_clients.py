@@ -198,6 +198,31 @@ def test_api_versions_beyond_the_served_range_gets_the_v0_error_answer(kafka_clu
     assert [(k.api_key, k.min_version, k.max_version) for k in answer.api_keys] == [(18, 0, 4)]  # type: ignore[attr-defined]
 
 
+def _produce_raw(kafka_cluster, topic: str, batch: bytes) -> object:
+    """One Produce v9 (acks=all) of `batch` to partition 0, sent to its leader; its partition answer."""
+    from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
+
+    request = ProduceRequest(transactional_id=None, acks=i16(-1), timeout=__import__("datetime").timedelta(seconds=10),
+                             topic_data=(TopicProduceData(name=topic, partition_data=(
+                                 PartitionProduceData(index=i32(0), records=batch),)),))
+    host, port = kafka_cluster.kafka_address(kafka_cluster.leader_of(topic, 0)).rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(_request(0, 9, request))
+        answer = _read_response(sock, 0, 9)
+    (partition,) = answer.responses[0].partition_responses  # type: ignore[attr-defined]
+    return partition
+
+
+def test_a_producer_id_never_allocated_is_refused(kafka_cluster):
+    _create(kafka_cluster.kafka_bootstrap, "forged-pid", 1, 1)
+    builder = MemoryRecordsBuilder(magic=2, compression_type=0, batch_size=1 << 16, producer_id=10**12,
+                                   producer_epoch=0, base_sequence=0)
+    builder.append(timestamp=int(time.time() * 1000), key=b"k", value=b"v", headers=[])
+    builder.close()
+    answer = _produce_raw(kafka_cluster, "forged-pid", bytes(builder.buffer()))
+    assert answer.error_code == ErrorCode.invalid_producer_id_mapping  # type: ignore[attr-defined]
+
+
 def test_a_batch_with_a_bad_crc_gets_corrupt_message_and_nothing_is_written(kafka_cluster):
     from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
 
