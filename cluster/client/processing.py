@@ -197,7 +197,7 @@ class Processor:
         commit_interval_ms: int = COMMIT_INTERVAL_MS_DEFAULT,
         state_dir: str | None = None,
         store_name: str | None = None,
-        changelog_replication_factor: int = 0,
+        changelog_replication_factor: int | None = None,
         transaction_timeout_ms: int = TRANSACTION_TIMEOUT_MS_DEFAULT,
         abort_hook: Callable[[], bool] | None = None,
         consumer_options: dict[str, Any] | None = None,
@@ -240,14 +240,14 @@ class Processor:
         producer.init_transactions()
         return producer
 
-    def _ensure_changelog(self, replication_factor: int) -> None:
+    def _ensure_changelog(self, replication_factor: int | None) -> None:
         from semel.client import Admin
 
         assert self.changelog_topic is not None
         with Admin(self.bootstrap) as admin:
             partitions = max(len(self._consumer.partitions_for(t)) for t in self.input_topics)
             try:
-                admin.create_topic(self.changelog_topic, partitions, replication_factor)  # 0: the broker's default
+                admin.create_topic(self.changelog_topic, partitions, replication_factor)  # None: the cluster's default
             except client_errors.TopicAlreadyExistsError:
                 pass
 

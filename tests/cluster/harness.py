@@ -36,7 +36,7 @@ SETTLE_QUIET_S = 1.0     # metadata unchanged this long after start = the cluste
 
 
 def create_topic_when_brokers_alive(
-    admin: Admin, name: str, partitions: int, replication_factor: int, configs: dict[str, str] | None,
+    admin: Admin, name: str, partitions: int, replication_factor: int | None, configs: dict[str, str] | None,
     timeout_s: float = 30.0,
 ) -> None:
     """create_topic, retrying INVALID_REPLICATION_FACTOR while a broker is briefly fenced
@@ -268,7 +268,8 @@ class Cluster:
                 out.extend(consumer.poll(1000))
         return out
 
-    def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 0, **configs: str) -> None:
+    def create_topic(self, name: str, partitions: int = 1, replication_factor: int | None = None,
+                     **configs: str) -> None:
         """Create a topic and wait until every partition has a leader."""
         with Admin(self._live_bootstrap()) as admin:
             create_topic_when_brokers_alive(admin, name, partitions, replication_factor, configs or None)
