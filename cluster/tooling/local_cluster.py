@@ -498,7 +498,8 @@ def run_cluster_up(
             def wait_back(i: int = broker_id, t0: float = started) -> None:
                 try:
                     cluster.wait_ready(ready_timeout_s, [i])
-                    say(f"semel cluster up: broker {i} is back ({time.monotonic() - t0:.1f} s)")
+                    say(f"semel cluster up: broker {i} is back, pid {cluster.brokers[i].pid} "
+                        f"({time.monotonic() - t0:.1f} s)")
                 except Exception as exc:  # its exit (if any) is reported by `unexpected`
                     say(f"semel cluster up: broker {i} did not come back: {exc}")
 

@@ -136,6 +136,10 @@ def test_a_killed_broker_is_reported_the_others_keep_serving_and_it_comes_back(t
         text = "".join(err)
         assert "broker 2 exited unexpectedly (code -9); 2 of 3 broker(s) still running; restarting it in 0.5 s" in text
         assert "broker 2 is back" in text, text
+        back = next(line for line in err if "broker 2 is back" in line)
+        new_pid = int(back.split(" pid ")[1].split(" ")[0])
+        assert new_pid != _pid(lines, 2)
+        os.kill(new_pid, 0)  # the printed pid is the running broker's
         assert all(_port_open(base + i) for i in range(3))
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
