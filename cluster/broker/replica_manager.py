@@ -402,9 +402,28 @@ class ReplicaManager:
         self.on_unfollow: Callable[[Partition], None] = lambda p: None
         self.broker_epoch = -1
         self.active = False  # registered and unfenced at our own epoch
+        # Fetches of either protocol parked until data arrives (bounded by the callers with
+        # limits.MAX_FETCH_WAITERS_PER_BROKER: one count for the whole broker).
+        self.parked_fetches = 0
 
     def get(self, topic: str, partition: int) -> Partition | None:
         return self.partitions.get((topic, partition))
+
+    async def park_fetch(self, keys: Iterable[tuple[str, int]], timeout_s: float) -> None:
+        """Wait until any of these partitions gets data (or changes role), or `timeout_s`."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        parts = [p for t, i in keys if (p := self.get(t, i)) is not None]
+        for p in parts:
+            p.add_waiter(fut)
+        self.parked_fetches += 1
+        try:
+            await asyncio.wait_for(fut, max(0.0, timeout_s))
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self.parked_fetches -= 1
+            for p in parts:
+                p.remove_waiter(fut)
 
     def leader_partition(self, topic: str, partition: int, image: md.MetadataImage,
                          current_leader_epoch: int = -1) -> Partition:

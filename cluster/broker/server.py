@@ -59,7 +59,6 @@ class BrokerService(bgrpc.BrokerServicer):
         self.b = broker
         self.inflight_produce = 0
         self.inflight_by_peer: dict[str, int] = {}
-        self.parked_fetches = 0
 
     # --- Metadata ----------------------------------------------------------------------
     async def Metadata(self, request: bpb.MetadataRequest, context: grpc.aio.ServicerContext) -> bpb.MetadataResponse:
@@ -227,25 +226,10 @@ class BrokerService(bgrpc.BrokerServicer):
             if total >= min_bytes or errors or loop.time() >= deadline:
                 self.b.metrics.fetched(resp)
                 return resp
-            if self.parked_fetches >= limits.MAX_FETCH_WAITERS_PER_BROKER:
+            if self.b.rm.parked_fetches >= limits.MAX_FETCH_WAITERS_PER_BROKER:
                 self.b.metrics.fetched(resp)
                 return resp  # answer now rather than park without bound
-            await self._park(request, deadline - loop.time())
-
-    async def _park(self, request: bpb.FetchRequest, timeout_s: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        parts = [p for fp in request.partitions if (p := self.b.rm.get(fp.topic, fp.partition)) is not None]
-        for p in parts:
-            p.add_waiter(fut)
-        self.parked_fetches += 1
-        try:
-            await asyncio.wait_for(fut, max(0.0, timeout_s))
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            self.parked_fetches -= 1
-            for p in parts:
-                p.remove_waiter(fut)
+            await self.b.rm.park_fetch(((fp.topic, fp.partition) for fp in request.partitions), deadline - loop.time())
 
     def _fetch_once(self, request: bpb.FetchRequest, max_bytes: int) -> tuple[bpb.FetchResponse, int, bool]:
         image = self.b.quorum.image()

@@ -40,7 +40,6 @@ from semel.cluster.metadata import state as md
 from semel.storage import isolation as isolation_rules
 from semel.storage.batch import (
     ATTR_COMPRESSION_MASK,
-    ATTR_TRANSACTIONAL,
     KAFKA_MAGIC,
     BatchHeader,
     CorruptBatchError,
@@ -96,7 +95,6 @@ class KafkaApis:
         self.b = broker
         self.admin = AdminService(broker)
         self._groups_service: GroupsService | None = None
-        self.parked_fetches = 0
 
     async def handle(self, req: codec.Request) -> Any | None:
         handler = _HANDLERS[req.api_key]
@@ -238,27 +236,12 @@ class KafkaApis:
         while True:
             responses, total, errors = self._fetch_once(wanted, body.isolation_level, max_bytes)
             if top_error != K.none or total >= body.min_bytes or errors or loop.time() >= deadline \
-                    or self.parked_fetches >= limits.MAX_FETCH_WAITERS_PER_BROKER:
+                    or self.b.rm.parked_fetches >= limits.MAX_FETCH_WAITERS_PER_BROKER:
                 break
-            await self._park([(t, fp.partition) for t, fp in wanted], deadline - loop.time())
+            await self.b.rm.park_fetch([(t, fp.partition) for t, fp in wanted], deadline - loop.time())
         if top_error != K.none:
             responses = []
         return {"throttle_time": 0, "error_code": top_error, "session_id": 0, "responses": responses}
-
-    async def _park(self, keys: list[tuple[str, int]], timeout_s: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        parts = [p for t, i in keys if (p := self.b.rm.get(t, i)) is not None]
-        for p in parts:
-            p.add_waiter(fut)
-        self.parked_fetches += 1
-        try:
-            await asyncio.wait_for(fut, max(0.0, timeout_s))
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            self.parked_fetches -= 1
-            for p in parts:
-                p.remove_waiter(fut)
 
     def _fetch_once(self, wanted: list[tuple[str, Any]], isolation: int,
                     max_bytes: int) -> tuple[list[dict[str, Any]], int, bool]:
