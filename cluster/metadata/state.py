@@ -314,7 +314,9 @@ def parse_topic_config(
         return pb.INVALID_CONFIG, None
     if config.retention_bytes != -1 and config.retention_bytes <= 0:
         return pb.INVALID_CONFIG, None
-    if config.segment_bytes < 1024 or config.segment_bytes > 2**31 - 1:
+    # the storage's own range (LogConfig): a value beyond it would be committed, then refused by
+    # every replica opening the partition's log
+    if not limits.MIN_SEGMENT_BYTES <= config.segment_bytes <= limits.MAX_SEGMENT_BYTES:
         return pb.INVALID_CONFIG, None
     if config.segment_ms <= 0:
         return pb.INVALID_CONFIG, None

@@ -23,6 +23,8 @@ from semel.cluster.metadata.state import (
     diff,
     validate_topic_name,
 )
+from semel import limits
+from semel.storage.log_policy import LogConfig
 from semel.internal_topics import coordinator_partition
 from semel.v1 import common_pb2 as pb
 
@@ -147,6 +149,18 @@ def test_topic_config_defaults() -> None:
         CreateTopic("c", 1, 3, (("unclean_leader_election", "true"), ("retention_ms", "1000"), ("segment_bytes", "4096")))
     ).value
     assert t.config.unclean_leader_election and t.config.retention_ms == 1000 and t.config.segment_bytes == 4096
+
+
+def test_topic_config_segment_bytes_is_the_storage_range() -> None:
+    """A segment size the storage would refuse (LogConfig) is refused at create: committed, it
+    would leave every replica unable to open the partition's log."""
+    m, _ = cluster()
+    for n, value in enumerate((limits.MIN_SEGMENT_BYTES - 1, limits.MAX_SEGMENT_BYTES + 1, 2**31 - 1)):
+        assert m.apply(CreateTopic(f"bad{n}", 1, 3, (("segment_bytes", str(value)),))).error == pb.INVALID_CONFIG
+    for n, value in enumerate((limits.MIN_SEGMENT_BYTES, limits.MAX_SEGMENT_BYTES)):
+        t = m.apply(CreateTopic(f"ok{n}", 1, 3, (("segment_bytes", str(value)),))).value
+        assert t.config.segment_bytes == value
+        LogConfig(segment_bytes=t.config.segment_bytes)  # the storage accepts what was created
 
 
 def test_delete_topic() -> None:
