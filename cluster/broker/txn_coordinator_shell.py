@@ -140,6 +140,20 @@ class ProducerIdAllocator:
                 return None
             await asyncio.wait([task], timeout=remaining)
 
+    async def wait_available(self, timeout_s: float = 5.0) -> bool:
+        """Wait (bounded) until `take()` would answer an id, without taking it: the core takes ids
+        synchronously, so a coordinator that has handed out none yet (fresh or restarted broker)
+        gets its first block here instead of refusing its first producer."""
+        deadline = time.monotonic() + timeout_s
+        while self._next > self._last and self._spare is None:
+            self._start_refill()
+            task = self._refill
+            remaining = deadline - time.monotonic()
+            if task is None or remaining <= 0:
+                return False
+            await asyncio.wait([task], timeout=remaining)
+        return True
+
     def _start_refill(self) -> None:
         if self._refill is None or self._refill.done():
             self._refill = asyncio.get_running_loop().create_task(self._allocate())

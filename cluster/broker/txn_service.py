@@ -89,6 +89,10 @@ class TransactionsService(tgrpc.TransactionsServicer):
                 return tpb.InitProducerIdResponse(error_code=pb.COORDINATOR_NOT_AVAILABLE, producer_id=-1,
                                                   producer_epoch=-1, error_message="no producer id block yet; retry")
             return tpb.InitProducerIdResponse(error_code=pb.NONE, producer_id=pid, producer_epoch=0)
+        # a new transactional id (or an epoch that ran out) takes an id: have a block first, else
+        # the first producer of a fresh coordinator gets COORDINATOR_NOT_AVAILABLE (bounded wait;
+        # without a quorum the core still answers that)
+        await self.shell.pids.wait_available()
         reply = await self.shell.call(lambda core, rid: core.init_producer_id(
             rid, request.transactional_id, request.transaction_timeout_ms, wall_clock_ms(),
             request.producer_id, request.producer_epoch))

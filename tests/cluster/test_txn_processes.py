@@ -314,3 +314,24 @@ def test_next_transaction_added_while_the_previous_markers_are_written(cluster):
     p.commit()
     c.wait_for(lambda: all(ts.read(c, t, part)[0] == expected[part] for part in (0, 1)),
                what="exactly the committed transactions visible")
+
+
+def test_first_transactional_init_on_a_fresh_coordinator_needs_no_retry(tmp_path):
+    """A coordinator that has handed out no producer id yet has no id block: InitProducerId waits
+    for one (as the idempotent InitProducerId does) instead of answering COORDINATOR_NOT_AVAILABLE
+    to the first transactional producer of every fresh or restarted broker."""
+    c = h.Cluster(tmp_path / "fresh", 3, **FLAGS)
+    try:
+        c.start_all()
+        tid = "first-of-its-coordinator"
+        while True:  # only the coordinator's own start-up is waited for: found and loaded
+            coordinator = ts.find_coordinator(c, tid)
+            r = ts.txn_stub(c, coordinator).InitProducerId(txn_pb2.InitProducerIdRequest(
+                transactional_id=tid, transaction_timeout_ms=60_000, producer_id=-1, producer_epoch=-1), timeout=15)
+            if r.error_code not in (ErrorCode.NOT_COORDINATOR, ErrorCode.COORDINATOR_LOAD_IN_PROGRESS):
+                break
+            time.sleep(0.05)
+        assert r.error_code == ErrorCode.NONE, r
+        assert r.producer_id >= 0 and r.producer_epoch == 0
+    finally:
+        c.close()
