@@ -54,6 +54,12 @@ def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
+def effective_timeout_ms(requested_ms: int, default_ms: int) -> int:
+    """A request's `timeout_ms` as the broker applies it: 0 or below (unset in proto3) is the
+    default, anything above is capped at MAX_PRODUCE_TIMEOUT_MS (docs/protocol.md, "Zero values")."""
+    return min(requested_ms if requested_ms > 0 else default_ms, limits.MAX_PRODUCE_TIMEOUT_MS)
+
+
 class BrokerService(bgrpc.BrokerServicer):
     def __init__(self, broker: Broker) -> None:
         self.b = broker
@@ -113,8 +119,7 @@ class BrokerService(bgrpc.BrokerServicer):
                                        _too_many("partitions", limits.MAX_PARTITIONS_PER_REQUEST))
         if request.acks not in (bpb.ACKS_ALL, bpb.ACKS_LEADER, bpb.ACKS_NONE):
             return _produce_all_failed(request, pb.INVALID_REQUEST, f"unknown acks {request.acks}")
-        timeout_ms = request.timeout_ms if request.timeout_ms > 0 else PRODUCE_TIMEOUT_MS_DEFAULT
-        timeout_ms = min(timeout_ms, limits.MAX_PRODUCE_TIMEOUT_MS)
+        timeout_ms = effective_timeout_ms(request.timeout_ms, PRODUCE_TIMEOUT_MS_DEFAULT)
         # one per partition entry, in request order (an entry listed twice is refused below)
         refused = [produce_validation.check_request_batch(pd, request.transactional_id) for pd in request.partitions]
         image = await self._image_with_producer_ids(request, refused)
@@ -364,7 +369,7 @@ class AdminService(agrpc.AdminServicer):
         self.b = broker
 
     async def CreateTopics(self, request: apb.CreateTopicsRequest, context: grpc.aio.ServicerContext) -> apb.CreateTopicsResponse:
-        timeout_s = _clamp(request.timeout_ms or ADMIN_TIMEOUT_MS_DEFAULT, 1, limits.MAX_PRODUCE_TIMEOUT_MS) / 1000
+        timeout_s = effective_timeout_ms(request.timeout_ms, ADMIN_TIMEOUT_MS_DEFAULT) / 1000
         resp = apb.CreateTopicsResponse()
         if len(request.topics) > limits.MAX_TOPICS_PER_ADMIN_REQUEST:
             message = _too_many("topics", limits.MAX_TOPICS_PER_ADMIN_REQUEST)
@@ -400,7 +405,7 @@ class AdminService(agrpc.AdminServicer):
         return apb.TopicResult(name=nt.name, error_code=pb.NONE)
 
     async def DeleteTopics(self, request: apb.DeleteTopicsRequest, context: grpc.aio.ServicerContext) -> apb.DeleteTopicsResponse:
-        timeout_s = _clamp(request.timeout_ms or ADMIN_TIMEOUT_MS_DEFAULT, 1, limits.MAX_PRODUCE_TIMEOUT_MS) / 1000
+        timeout_s = effective_timeout_ms(request.timeout_ms, ADMIN_TIMEOUT_MS_DEFAULT) / 1000
         resp = apb.DeleteTopicsResponse()
         if len(request.names) > limits.MAX_TOPICS_PER_ADMIN_REQUEST:
             message = _too_many("topics", limits.MAX_TOPICS_PER_ADMIN_REQUEST)

@@ -14,7 +14,7 @@ from semel.cluster.broker.metrics import BrokerMetrics
 from semel.cluster.broker.process import BrokerConfig
 from semel.cluster.broker.replica_manager import ReplicaManager
 from semel.cluster.broker.replication import IsrMaintainer, LeaderReplicationService
-from semel.cluster.broker.server import BrokerService
+from semel.cluster.broker.server import ADMIN_TIMEOUT_MS_DEFAULT, BrokerService, effective_timeout_ms
 from semel.cluster.broker.storage_adapter import open_replica_store
 from semel.client.records import encode_record
 from semel.cluster.metadata import state as md
@@ -446,3 +446,13 @@ def test_read_committed_filters_aborts_per_producer_and_asks_only_for_the_chunk_
     asked.clear()
     second = fetch(1, max_bytes=1)
     assert second.batches == [] and second.next_fetch_offset == 2 and asked == [(1, 2)]
+
+
+def test_a_timeout_of_zero_or_below_is_the_default_and_a_large_one_is_capped():
+    """Produce and CreateTopics/DeleteTopics read `timeout_ms` alike: a negative value was a 1 ms
+    wait for the admin calls (a create then answered "timed out" while it committed)."""
+    for unset in (0, -1, -(2**31)):
+        assert effective_timeout_ms(unset, ADMIN_TIMEOUT_MS_DEFAULT) == ADMIN_TIMEOUT_MS_DEFAULT == 5_000
+        assert effective_timeout_ms(unset, 30_000) == 30_000
+    assert effective_timeout_ms(1, ADMIN_TIMEOUT_MS_DEFAULT) == 1
+    assert effective_timeout_ms(2**31 - 1, 30_000) == limits.MAX_PRODUCE_TIMEOUT_MS == 300_000
