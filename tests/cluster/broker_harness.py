@@ -186,6 +186,19 @@ class Cluster:
             return 0
         return self.wait_for(find, what=f"a live leader of {topic}-{partition}")
 
+    def serving_leader_of(self, topic: str, partition: int = 0) -> int:
+        """The leader once it serves the partition itself: another broker's image can name a
+        leader that has not applied the topic yet (it answers UNKNOWN_TOPIC_OR_PARTITION)."""
+        def find() -> int:
+            leader = self.leader_of(topic, partition)
+            with contextlib.suppress(grpc.RpcError):
+                r = self.broker_stub(leader).ListOffsets(broker_pb2.ListOffsetsRequest(partitions=[
+                    broker_pb2.ListOffsetsPartition(topic=topic, partition=partition, timestamp_ms=-1)]), timeout=5)
+                if r.results and r.results[0].error_code == common_pb2.NONE:
+                    return leader
+            return 0
+        return self.wait_for(find, what=f"{topic}-{partition} served by its leader")
+
 
 def wait_for(predicate, logs, timeout_s: float = 15.0, interval_s: float = 0.02, what: str = "condition"):
     """The first truthy value of `predicate()` (gRPC errors count as "not yet"); past `timeout_s`

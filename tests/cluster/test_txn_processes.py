@@ -35,7 +35,7 @@ def created(c, name: str, partitions: int = 1) -> str:
     r = c.create_topic(name, partitions=partitions, rf=3)
     assert r.error_code == ErrorCode.NONE, r
     for p in range(partitions):
-        c.leader_of(name, p)
+        c.serving_leader_of(name, p)
     return name
 
 
