@@ -112,6 +112,9 @@ class GroupCoordinator:
         # KIP-890 checks for TxnOffsetCommit batches, run right before their append:
         # (producer id, epoch) -> (check, produce data) from the transaction verifier.
         self.txn_checks: dict[tuple[int, int], tuple[Callable[[Any], None], Any]] = {}
+        # members of a Kafka classic group (JoinGroup, semel.cluster.kafka.group_handlers): a
+        # group is either classic or Semel's own, so a heartbeat may not join one that has some
+        self.classic_member_count: Callable[[str], int] = lambda group_id: 0
         broker.rm.add_role_listener(self._on_role)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -447,6 +450,10 @@ class GroupsService(ggrpc.GroupsServicer):
         if loaded is None:
             return gpb.ConsumerGroupHeartbeatResponse(error_code=code, error_message=message,
                                                       member_id=request.member_id, member_epoch=-1)
+        if self.c.classic_member_count(request.group_id) > 0:
+            return gpb.ConsumerGroupHeartbeatResponse(
+                error_code=pb.INVALID_REQUEST, member_id=request.member_id, member_epoch=-1,
+                error_message=f"group {request.group_id!r} is a Kafka classic group (JoinGroup) with members")
         req = gw.heartbeat_request_from_proto(request)
         new_member_id = uuid.uuid4().hex
 

@@ -39,6 +39,10 @@ DELETE_TOPICS = 20
 INIT_PRODUCER_ID = 22
 OFFSET_COMMIT = 8
 OFFSET_FETCH = 9
+JOIN_GROUP = 11
+HEARTBEAT = 12
+LEAVE_GROUP = 13
+SYNC_GROUP = 14
 
 # api key -> (advertised min, served max). Only these are advertised, so clients degrade
 # cleanly for everything else (docs/kafka.md has the table and why each range). Produce is
@@ -58,6 +62,11 @@ ADVERTISED: dict[int, tuple[int, int]] = {
     # member-epoch form, OffsetFetch v8+ the per-group layout
     OFFSET_COMMIT: (2, 8),
     OFFSET_FETCH: (1, 7),
+    # the classic group protocol (group_handlers.py), flexible versions included
+    JOIN_GROUP: (0, 9),
+    SYNC_GROUP: (0, 5),
+    HEARTBEAT: (0, 4),
+    LEAVE_GROUP: (0, 5),
 }
 SERVED: dict[int, tuple[int, int]] = {**ADVERTISED, PRODUCE: (3, 9)}
 

@@ -34,7 +34,7 @@ from semel.cluster.broker import write_path
 from semel.cluster.broker.replica_manager import PartitionError
 from semel.clock import wall_clock_ms
 from semel.cluster.broker.server import AdminService
-from semel.cluster.kafka import codec
+from semel.cluster.kafka import codec, group_handlers
 from semel.cluster.kafka.errors import to_kafka
 from semel.cluster.metadata import state as md
 from semel.storage import isolation as isolation_rules
@@ -95,6 +95,16 @@ class KafkaApis:
         self.b = broker
         self.admin = AdminService(broker)
         self._groups_service: GroupsService | None = None
+        self._classic: group_handlers.ClassicGroupHost | None = None
+
+    def classic_groups(self) -> group_handlers.ClassicGroupHost:
+        if self._classic is None:
+            self._classic = group_handlers.ClassicGroupHost(self.b)
+            self._groups().c.classic_member_count = self._classic.member_count
+        return self._classic
+
+    def close(self) -> None:
+        group_handlers.close(self._classic)
 
     async def handle(self, req: codec.Request) -> Any | None:
         handler = _HANDLERS[req.api_key]
@@ -381,8 +391,16 @@ class KafkaApis:
         that assign() their partitions commit: generation -1 and no member id, Semel's "simple"
         commit (accepted while the group has no members, like Kafka's)."""
         body = req.body
-        request = gpb.OffsetCommitRequest(group_id=body.group_id, member_id=body.member_id,
-                                          member_epoch=body.generation_id_or_member_epoch)
+        member_id, generation = body.member_id, body.generation_id_or_member_epoch
+        verdict = group_handlers.commit_verdict(self, body.group_id, member_id, generation)
+        if verdict is not None and verdict != K.none:
+            return {"throttle_time": 0, "topics": [
+                {"name": t.name, "partitions": [{"partition_index": p.partition_index, "error_code": verdict}
+                                                for p in t.partitions]}
+                for t in body.topics[: limits.MAX_PARTITIONS_PER_REQUEST]]}
+        if verdict == K.none:  # a classic member of the current generation: Semel's simple commit
+            member_id, generation = "", -1
+        request = gpb.OffsetCommitRequest(group_id=body.group_id, member_id=member_id, member_epoch=generation)
         for t in body.topics[: limits.MAX_PARTITIONS_PER_REQUEST]:
             request.topics.append(gpb.OffsetCommitTopic(topic=t.name, partitions=[
                 gpb.OffsetCommitPartition(partition=p.partition_index, committed_offset=p.committed_offset,
@@ -564,5 +582,6 @@ _HANDLERS = {
     codec.DELETE_TOPICS: KafkaApis.delete_topics,
     codec.OFFSET_COMMIT: KafkaApis.offset_commit,
     codec.OFFSET_FETCH: KafkaApis.offset_fetch,
+    **group_handlers.HANDLERS,
 }
 assert set(_HANDLERS) == set(codec.SERVED), "every served API has a handler"

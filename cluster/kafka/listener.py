@@ -55,6 +55,7 @@ class KafkaListener:
         return self.port
 
     async def stop(self) -> None:
+        self.apis.close()
         if self._server is not None:
             self._server.close()
         for task in list(self._connections):

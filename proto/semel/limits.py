@@ -81,6 +81,12 @@ MAX_KAFKA_REQUEST_BYTES = MAX_REQUEST_BYTES  # one request frame; a larger size 
 MAX_KAFKA_INFLIGHT_REQUESTS_PER_CONNECTION = 64  # requests read and not yet answered on one connection; the reader waits beyond (clients pipeline: librdkafka 5 per partition when idempotent)
 MAX_KAFKA_CONNECTIONS = 4096               # open Kafka connections per broker; more are closed at once
 KAFKA_CLOSE_GRACE_MS = 1000                # a connection whose client stopped sending still gets the answers already being prepared within this
+# Kafka's classic group protocol (semel.coordinator.classic_group, in memory on the group's coordinator)
+MAX_CLASSIC_GROUPS_PER_BROKER = 10_000     # classic groups with members (or members expected to rejoin) per broker; more new groups -> GROUP_MAX_SIZE_REACHED
+MAX_CLASSIC_PROTOCOLS_PER_MEMBER = 16       # assignors one JoinGroup may offer; more -> INCONSISTENT_GROUP_PROTOCOL
+MAX_CLASSIC_MEMBER_METADATA_BYTES = 1024 * 1024  # one protocol's metadata, or one member's assignment; larger -> INVALID_REQUEST
+CLASSIC_GROUP_MIN_SESSION_TIMEOUT_MS = 1_000     # Kafka: group.min.session.timeout.ms (6000 there); outside the range -> INVALID_SESSION_TIMEOUT
+CLASSIC_GROUP_MAX_SESSION_TIMEOUT_MS = 30 * 60 * 1000  # Kafka: group.max.session.timeout.ms
 
 # --- metadata quorum (semel.cluster.metadata.state / quorum / controller) ---------------------
 PRODUCER_ID_BLOCK_SIZE = 1000              # producer ids per AllocateProducerIds block (never reused)

@@ -1,0 +1,172 @@
+"""Kafka consumer groups (the classic protocol: JoinGroup, SyncGroup, Heartbeat, LeaveGroup)
+and the group/cluster admin APIs, with real clients (confluent-kafka = librdkafka,
+kafka-python) against real broker processes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer as CKConsumer
+from confluent_kafka import KafkaException
+from confluent_kafka import Producer as CKProducer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+pytestmark = [pytest.mark.slow]
+
+DEADLINE_S = 180.0
+FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, "auto.offset.reset": "earliest",
+              "enable.auto.commit": False}
+
+
+def _create(bootstrap: str, name: str, partitions: int, rf: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(name, partitions, rf)], operation_timeout=30).values():
+        future.result(timeout=60)
+
+
+def _produce(bootstrap: str, topic: str, n: int) -> None:
+    producer = CKProducer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5})
+    errors: list[object] = []
+    for i in range(n):
+        producer.produce(topic, key=b"k%d" % i, value=b"v%d" % i,
+                         on_delivery=lambda err, _msg: errors.append(err) if err is not None else None)
+        producer.poll(0)
+    assert producer.flush(DEADLINE_S) == 0
+    assert errors == []
+
+
+class GroupMember:
+    """A subscribed librdkafka consumer that commits synchronously after each batch it returns
+    and when its partitions are revoked, so what it returned is committed before anyone else
+    can own the partition."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        self.got: list[bytes] = []
+        self.assignments: list[list[int]] = []
+        self.commit_errors: list[str] = []
+        self.c = CKConsumer({"bootstrap.servers": bootstrap, "group.id": group, **FAST_GROUP})
+        self.c.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked)
+
+    def _assigned(self, _c: object, parts: list) -> None:
+        self.assignments.append(sorted(p.partition for p in parts))
+
+    def _revoked(self, _c: object, _parts: list) -> None:
+        self._commit()
+
+    def _commit(self) -> None:
+        try:
+            self.c.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != -168:  # _NO_OFFSET: nothing consumed since the last commit
+                self.commit_errors.append(str(exc))
+
+    def poll(self, timeout_s: float = 0.5) -> int:
+        batch = [m for m in self.c.consume(num_messages=500, timeout=timeout_s) if m.error() is None]
+        self.got += [m.key() for m in batch]
+        if batch:
+            self._commit()
+        return len(batch)
+
+    def close(self) -> None:
+        self.c.close()  # LeaveGroup
+
+
+def _until(condition, members: list[GroupMember], what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        for m in members:
+            m.poll(0.2)
+
+
+def test_two_members_share_10000_records_and_the_survivor_takes_over_after_a_leave(kafka_cluster):
+    """Produced idempotently; each record is returned exactly once across the group, the
+    committed offsets carrying over through both rebalances (join, then leave)."""
+    bootstrap = kafka_cluster.kafka_bootstrap
+    topic, n = "group-10k", 10_000
+    _create(bootstrap, topic, 4, 3)
+    _produce(bootstrap, topic, n)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    a = GroupMember(bootstrap, group, topic)
+    _until(lambda: a.assignments and a.assignments[-1] == [0, 1, 2, 3], [a], "a alone owning every partition")
+    b = GroupMember(bootstrap, group, topic)
+    # both members own two partitions each after the second join (range assignor)
+    _until(lambda: bool(b.assignments and b.assignments[-1] and a.assignments[-1]
+                        and len(a.assignments[-1]) == 2), [a, b], "the rebalance after b joined")
+    assert sorted(a.assignments[-1] + b.assignments[-1]) == [0, 1, 2, 3]
+    _until(lambda: len(a.got) > 0 and len(b.got) > 0 and len(a.got) + len(b.got) >= n // 2, [a, b],
+           "both members consuming")
+    a.close()
+    _until(lambda: len(a.got) + len(b.got) >= n, [b], "b reading the rest")
+    for _ in range(6):  # anything more would be a duplicate
+        b.poll(0.5)
+    b.close()
+    keys = a.got + b.got
+    assert a.commit_errors == [] and b.commit_errors == []
+    assert len(keys) == n and set(keys) == {b"k%d" % i for i in range(n)}
+    assert b.assignments[-1] == [0, 1, 2, 3]
+
+
+def test_a_group_consumer_resumes_from_the_committed_offsets_after_a_restart(kafka_cluster):
+    bootstrap = kafka_cluster.kafka_bootstrap
+    topic = "group-resume"
+    _create(bootstrap, topic, 2, 3)
+    _produce(bootstrap, topic, 200)
+    group = f"r-{uuid.uuid4().hex[:8]}"
+    first = GroupMember(bootstrap, group, topic)
+    _until(lambda: len(first.got) >= 50, [first], "the first consumer reading")
+    first.close()
+    second = GroupMember(bootstrap, group, topic)
+    _until(lambda: len(first.got) + len(second.got) >= 200, [second], "the restarted consumer reading the rest")
+    for _ in range(4):
+        second.poll(0.5)
+    second.close()
+    assert sorted(first.got + second.got) == sorted(b"k%d" % i for i in range(200))  # nothing read twice
+
+
+def test_kafka_python_group_consumer_joins_commits_and_resumes(kafka_cluster):
+    from kafka import KafkaConsumer
+
+    bootstrap = kafka_cluster.kafka_bootstrap
+    topic = "kp-group-topic"
+    _create(bootstrap, topic, 2, 1)
+    _produce(bootstrap, topic, 100)
+    group = f"kp-{uuid.uuid4().hex[:8]}"
+
+    def consumer() -> KafkaConsumer:
+        return KafkaConsumer(topic, bootstrap_servers=bootstrap.split(","), group_id=group,
+                             enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=6000,
+                             heartbeat_interval_ms=500, consumer_timeout_ms=1000)
+
+    first = consumer()
+    got: list[bytes] = []
+    deadline = time.monotonic() + DEADLINE_S
+    while len(got) < 40 and time.monotonic() < deadline:
+        for records in first.poll(timeout_ms=500, max_records=40 - len(got)).values():
+            got += [r.key for r in records]
+    first.commit()
+    assert first.assignment() and len(first.assignment()) == 2
+    first.close()
+    second = consumer()
+    rest: list[bytes] = []
+    deadline = time.monotonic() + DEADLINE_S
+    while len(got) + len(rest) < 100 and time.monotonic() < deadline:
+        for records in second.poll(timeout_ms=500).values():
+            rest += [r.key for r in records]
+    second.close()
+    assert sorted(got + rest) == sorted(b"k%d" % i for i in range(100))
+
+
+@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed")
+def test_kcat_consumes_in_a_group(kafka_cluster):
+    bootstrap = kafka_cluster.kafka_bootstrap
+    _create(bootstrap, "kcat-group", 2, 1)
+    _produce(bootstrap, "kcat-group", 20)
+    out = subprocess.run(["kcat", "-b", bootstrap, "-G", f"kc-{uuid.uuid4().hex[:8]}", "-o", "beginning", "-e",
+                          "-f", "%k\n", "-X", "enable.partition.eof=true", "kcat-group"],
+                         capture_output=True, text=True, timeout=120)
+    assert sorted(out.stdout.split()) == sorted("k%d" % i for i in range(20)), out.stderr
