@@ -43,6 +43,12 @@ JOIN_GROUP = 11
 HEARTBEAT = 12
 LEAVE_GROUP = 13
 SYNC_GROUP = 14
+DESCRIBE_GROUPS = 15
+LIST_GROUPS = 16
+OFFSET_FOR_LEADER_EPOCH = 23
+DESCRIBE_CONFIGS = 32
+DELETE_GROUPS = 42
+DESCRIBE_CLUSTER = 60
 
 # api key -> (advertised min, served max). Only these are advertised, so clients degrade
 # cleanly for everything else (docs/kafka.md has the table and why each range). Produce is
@@ -67,6 +73,14 @@ ADVERTISED: dict[int, tuple[int, int]] = {
     SYNC_GROUP: (0, 5),
     HEARTBEAT: (0, 4),
     LEAVE_GROUP: (0, 5),
+    # group and cluster admin (admin_handlers.py); kio has OffsetForLeaderEpoch from v2 and
+    # DescribeConfigs from v1
+    LIST_GROUPS: (0, 5),
+    DESCRIBE_GROUPS: (0, 5),
+    DELETE_GROUPS: (0, 2),
+    DESCRIBE_CLUSTER: (0, 1),
+    DESCRIBE_CONFIGS: (1, 4),
+    OFFSET_FOR_LEADER_EPOCH: (2, 4),
 }
 SERVED: dict[int, tuple[int, int]] = {**ADVERTISED, PRODUCE: (3, 9)}
 

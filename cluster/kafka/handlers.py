@@ -34,7 +34,7 @@ from semel.cluster.broker import write_path
 from semel.cluster.broker.replica_manager import PartitionError
 from semel.clock import wall_clock_ms
 from semel.cluster.broker.server import AdminService
-from semel.cluster.kafka import codec, group_handlers
+from semel.cluster.kafka import admin_handlers, codec, group_handlers
 from semel.cluster.kafka.errors import to_kafka
 from semel.cluster.metadata import state as md
 from semel.storage import isolation as isolation_rules
@@ -583,5 +583,6 @@ _HANDLERS = {
     codec.OFFSET_COMMIT: KafkaApis.offset_commit,
     codec.OFFSET_FETCH: KafkaApis.offset_fetch,
     **group_handlers.HANDLERS,
+    **admin_handlers.HANDLERS,
 }
 assert set(_HANDLERS) == set(codec.SERVED), "every served API has a handler"

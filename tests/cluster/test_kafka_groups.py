@@ -170,3 +170,64 @@ def test_kcat_consumes_in_a_group(kafka_cluster):
                           "-f", "%k\n", "-X", "enable.partition.eof=true", "kcat-group"],
                          capture_output=True, text=True, timeout=120)
     assert sorted(out.stdout.split()) == sorted("k%d" % i for i in range(20)), out.stderr
+
+
+def test_confluent_admin_lists_describes_and_deletes_consumer_groups(kafka_cluster):
+    from confluent_kafka import ConsumerGroupState, TopicPartition
+
+    bootstrap = kafka_cluster.kafka_bootstrap
+    topic = "admin-groups"
+    _create(bootstrap, topic, 2, 3)
+    _produce(bootstrap, topic, 20)
+    group = f"adm-{uuid.uuid4().hex[:8]}"
+    member = GroupMember(bootstrap, group, topic)
+    _until(lambda: len(member.got) >= 20, [member], "the member reading everything")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+
+    listed = admin.list_consumer_groups(request_timeout=30).result(timeout=60)
+    mine = [g for g in listed.valid if g.group_id == group]
+    assert len(mine) == 1 and mine[0].state == ConsumerGroupState.STABLE and not mine[0].is_simple_consumer_group
+    (desc,) = [f.result(timeout=60) for f in admin.describe_consumer_groups([group], request_timeout=30).values()]
+    assert desc.state == ConsumerGroupState.STABLE and desc.partition_assignor == "range"
+    assert len(desc.members) == 1
+    assert sorted(tp.partition for tp in desc.members[0].assignment.topic_partitions) == [0, 1]
+
+    with pytest.raises(KafkaException) as refused:  # a group with members is not deleted
+        for f in admin.delete_consumer_groups([group], request_timeout=30).values():
+            f.result(timeout=60)
+    assert refused.value.args[0].code() == 68  # NON_EMPTY_GROUP
+    member.close()
+    for f in admin.delete_consumer_groups([group], request_timeout=30).values():
+        f.result(timeout=60)
+    listed = admin.list_consumer_groups(request_timeout=30).result(timeout=60)
+    assert group not in {g.group_id for g in listed.valid}
+    fresh = CKConsumer({"bootstrap.servers": bootstrap, "group.id": group})
+    committed = fresh.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=30)
+    fresh.close()
+    assert [tp.offset for tp in committed] == [-1001, -1001]  # the committed offsets went with the group
+
+
+def test_confluent_admin_describes_topic_configs_and_the_cluster(kafka_cluster):
+    from confluent_kafka.admin import ConfigResource, ConfigSource, ResourceType
+
+    bootstrap = kafka_cluster.kafka_bootstrap
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = NewTopic("cfg-topic", 1, 3, config={"retention.ms": "123456", "min.insync.replicas": "1"})
+    for f in admin.create_topics([topic], operation_timeout=30).values():
+        f.result(timeout=60)
+    (configs,) = [f.result(timeout=60) for f in
+                  admin.describe_configs([ConfigResource(ResourceType.TOPIC, "cfg-topic")]).values()]
+    assert configs["retention.ms"].value == "123456"
+    assert configs["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    assert configs["min.insync.replicas"].value == "1"
+    assert configs["cleanup.policy"].value == "delete"
+    assert configs["segment.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
+    assert {"retention.bytes", "segment.ms", "unclean.leader.election.enable"} <= set(configs)
+    with pytest.raises(KafkaException):
+        for f in admin.describe_configs([ConfigResource(ResourceType.TOPIC, "no-such-topic")]).values():
+            f.result(timeout=60)
+
+    cluster = admin.describe_cluster(request_timeout=30).result(timeout=60)
+    ports = sorted(int(a.rsplit(":", 1)[1]) for a in bootstrap.split(","))
+    assert sorted(n.port for n in cluster.nodes) == ports
+    assert cluster.cluster_id and cluster.controller is not None
