@@ -4,7 +4,10 @@ kafka-python) against real broker processes."""
 
 from __future__ import annotations
 
+import io
 import shutil
+import socket
+import struct
 import subprocess
 import time
 import uuid
@@ -14,6 +17,11 @@ from confluent_kafka import Consumer as CKConsumer
 from confluent_kafka import KafkaException
 from confluent_kafka import Producer as CKProducer
 from confluent_kafka.admin import AdminClient, NewTopic
+from kio.index import load_request_schema, load_response_schema
+from kio.schema.errors import ErrorCode
+from kio.serial import entity_reader, entity_writer
+from kio.static.primitive import i16, i32
+from semel.cluster.kafka.codec import build
 
 pytestmark = [pytest.mark.slow]
 
@@ -231,3 +239,100 @@ def test_confluent_admin_describes_topic_configs_and_the_cluster(kafka_cluster):
     ports = sorted(int(a.rsplit(":", 1)[1]) for a in bootstrap.split(","))
     assert sorted(n.port for n in cluster.nodes) == ports
     assert cluster.cluster_id and cluster.controller is not None
+
+
+# --- the flexible versions, spoken directly (librdkafka and kafka-python negotiate older ones) -----
+class Raw:
+    """One Kafka connection speaking kio-encoded requests."""
+
+    def __init__(self, address: str) -> None:
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.correlation_id = 0
+
+    def call(self, key: int, version: int, values: dict) -> object:
+        self.correlation_id += 1
+        cls = load_request_schema(key, version)
+        out = io.BytesIO()
+        header = cls.__header_schema__
+        fields = {"request_api_key": i16(key), "request_api_version": i16(version),
+                  "correlation_id": i32(self.correlation_id)}
+        if "client_id" in header.__dataclass_fields__:
+            fields["client_id"] = "raw-test"
+        entity_writer(header)(out, header(**fields))
+        entity_writer(cls)(out, build(cls, values))
+        self.sock.sendall(struct.pack(">i", out.tell()) + out.getvalue())
+        size = struct.unpack(">i", self._read(4))[0]
+        frame = self._read(size)
+        rcls = load_response_schema(key, version)
+        _header, used = entity_reader(rcls.__header_schema__)(frame, 0)
+        body, _ = entity_reader(rcls)(frame, used)
+        return body
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            assert chunk, "closed by the broker"
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_the_flexible_classic_group_versions_and_offset_for_leader_epoch(kafka_cluster):
+    bootstrap = kafka_cluster.kafka_bootstrap
+    _create(bootstrap, "raw-groups", 1, 3)
+    _produce(bootstrap, "raw-groups", 10)
+    group = f"raw-{uuid.uuid4().hex[:8]}"
+    first = Raw(bootstrap.split(",")[0])
+    found = first.call(10, 3, {"key": group, "key_type": 0})
+    assert found.error_code == ErrorCode.none
+    first.close()
+    c = Raw(f"{found.host}:{found.port}")
+    join = {"group_id": group, "session_timeout": 10_000, "rebalance_timeout": 10_000, "member_id": "",
+            "protocol_type": "consumer", "protocols": [{"name": "range", "metadata": b"meta"}], "reason": None}
+    required = c.call(11, 9, join)
+    assert required.error_code == ErrorCode.member_id_required and required.member_id
+    joined = c.call(11, 9, {**join, "member_id": required.member_id})
+    assert joined.error_code == ErrorCode.none and joined.generation_id == 1
+    assert joined.leader == required.member_id and joined.protocol_name == "range" and joined.protocol_type == "consumer"
+    assert [(m.member_id, m.metadata) for m in joined.members] == [(required.member_id, b"meta")]
+    synced = c.call(14, 5, {"group_id": group, "generation_id": 1, "member_id": required.member_id,
+                            "protocol_type": "consumer", "protocol_name": "range",
+                            "assignments": [{"member_id": required.member_id, "assignment": b"mine"}]})
+    assert synced.error_code == ErrorCode.none and synced.assignment == b"mine"
+    assert c.call(12, 4, {"group_id": group, "generation_id": 1, "member_id": required.member_id}).error_code == ErrorCode.none
+    assert c.call(12, 4, {"group_id": group, "generation_id": 0, "member_id": required.member_id}).error_code \
+        == ErrorCode.illegal_generation
+    commit = {"group_id": group, "generation_id_or_member_epoch": 0, "member_id": required.member_id,
+              "retention_time": -1, "topics": [{"name": "raw-groups", "partitions": [
+                  {"partition_index": 0, "committed_offset": 5, "committed_metadata": ""}]}]}
+    stale = c.call(8, 8, commit)
+    assert stale.topics[0].partitions[0].error_code == ErrorCode.illegal_generation
+    ok = c.call(8, 8, {**commit, "generation_id_or_member_epoch": 1})
+    assert ok.topics[0].partitions[0].error_code == ErrorCode.none
+    simple = c.call(8, 8, {**commit, "generation_id_or_member_epoch": -1, "member_id": ""})
+    assert simple.topics[0].partitions[0].error_code == ErrorCode.unknown_member_id  # the group has a member
+    left = c.call(13, 5, {"group_id": group, "members": [{"member_id": required.member_id, "reason": "done"}]})
+    assert left.error_code == ErrorCode.none and left.members[0].error_code == ErrorCode.none
+    assert c.call(12, 4, {"group_id": group, "generation_id": 1, "member_id": required.member_id}).error_code \
+        == ErrorCode.unknown_member_id
+    c.close()
+
+    md_conn = Raw(bootstrap.split(",")[0])
+    md = md_conn.call(3, 12, {"topics": [{"name": "raw-groups", "topic_id": "00000000-0000-0000-0000-000000000000"}],
+                              "allow_auto_topic_creation": False, "include_topic_authorized_operations": False})
+    md_conn.close()
+    part = md.topics[0].partitions[0]
+    leader = next(b for b in md.brokers if b.node_id == part.leader_id)
+    conn = Raw(f"{leader.host}:{leader.port}")
+    asked = {"replica_id": -2, "topics": [{"topic": "raw-groups", "partitions": [
+        {"partition": 0, "current_leader_epoch": part.leader_epoch, "leader_epoch": part.leader_epoch}]}]}
+    answer = conn.call(23, 4, asked).topics[0].partitions[0]
+    assert (answer.error_code, answer.leader_epoch, answer.end_offset) == (ErrorCode.none, part.leader_epoch, 10)
+    stale_epoch = dict(asked, topics=[{"topic": "raw-groups", "partitions": [
+        {"partition": 0, "current_leader_epoch": part.leader_epoch + 1, "leader_epoch": 0}]}])
+    assert conn.call(23, 4, stale_epoch).topics[0].partitions[0].error_code == ErrorCode.unknown_leader_epoch
+    conn.close()
