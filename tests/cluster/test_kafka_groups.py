@@ -23,6 +23,8 @@ from kio.serial import entity_reader, entity_writer
 from kio.static.primitive import i16, i32
 from semel.cluster.kafka.codec import build
 
+from .harness import Cluster
+
 pytestmark = [pytest.mark.slow]
 
 DEADLINE_S = 180.0
@@ -336,3 +338,38 @@ def test_the_flexible_classic_group_versions_and_offset_for_leader_epoch(kafka_c
         {"partition": 0, "current_leader_epoch": part.leader_epoch + 1, "leader_epoch": 0}]}])
     assert conn.call(23, 4, stale_epoch).topics[0].partitions[0].error_code == ErrorCode.unknown_leader_epoch
     conn.close()
+
+
+def test_classic_members_rejoin_on_the_new_coordinator_after_the_old_one_is_killed(tmp_path):
+    """Classic group state is not persisted: when the coordinator dies (SIGKILL), the members
+    find the new one, rejoin, and carry on from the committed offsets; every record is read,
+    and a record is read twice only if its commit failed while the coordinator was down."""
+    n = 2000
+    with Cluster(tmp_path, brokers=3, kafka=True) as cluster:
+        bootstrap = cluster.kafka_bootstrap
+        _create(bootstrap, "fo-group", 2, 3)
+        _produce(bootstrap, "fo-group", n)
+        group = f"fo-{uuid.uuid4().hex[:8]}"
+        raw = Raw(bootstrap.split(",")[0])
+        coordinator = raw.call(10, 3, {"key": group, "key_type": 0}).node_id
+        raw.close()
+        a = GroupMember(bootstrap, group, "fo-group")
+        b = GroupMember(bootstrap, group, "fo-group")
+        _until(lambda: bool(a.assignments and b.assignments and len(a.assignments[-1]) == 1
+                            and len(b.assignments[-1]) == 1), [a, b], "one partition each")
+        _until(lambda: len(a.got) + len(b.got) >= n // 4, [a, b], "a quarter read")
+        rounds = (len(a.assignments), len(b.assignments))
+        cluster.kill(coordinator)
+        _until(lambda: len(a.assignments) > rounds[0] and len(b.assignments) > rounds[1]
+               and len(a.assignments[-1]) == 1 and len(b.assignments[-1]) == 1, [a, b],
+               "both members rejoined on the new coordinator")
+        _until(lambda: len(set(a.got + b.got)) >= n, [a, b], "every record read")
+        for _ in range(4):
+            a.poll(0.5)
+            b.poll(0.5)
+        a.close()
+        b.close()
+        keys = a.got + b.got
+        assert set(keys) == {b"k%d" % i for i in range(n)}
+        duplicates = len(keys) - len(set(keys))
+        assert duplicates == 0 or a.commit_errors or b.commit_errors, "read twice although every commit succeeded"
