@@ -34,7 +34,7 @@ from semel.cluster.broker import write_path
 from semel.cluster.broker.replica_manager import PartitionError
 from semel.clock import wall_clock_ms
 from semel.cluster.broker.server import AdminService
-from semel.cluster.kafka import admin_handlers, codec, group_handlers
+from semel.cluster.kafka import admin_handlers, codec, consumer_group_handlers, group_handlers
 from semel.cluster.kafka.errors import to_kafka
 from semel.cluster.metadata import state as md
 from semel.storage import isolation as isolation_rules
@@ -131,7 +131,7 @@ class KafkaApis:
                 brokers.append({"node_id": bid, "host": host, "port": port, "rack": None})
                 listed.add(bid)
         asked = req.body.topics
-        names = sorted(image.topics) if asked is None else [t.name for t in asked if t.name is not None]
+        names = sorted(image.topics) if asked is None else [_asked_name(image, t) for t in asked]
         topics = [self._topic_metadata(image, name, listed) for name in names[: limits.MAX_PARTITIONS_PER_REQUEST]]
         # Every broker serves CreateTopics/DeleteTopics (through the quorum): name ourselves, a
         # live broker, as the controller clients send admin requests to.
@@ -141,6 +141,9 @@ class KafkaApis:
     @staticmethod
     def _topic_metadata(image: md.MetadataImage, name: str, listed: set[int]) -> dict[str, Any]:
         t = image.topic(name)
+        if not name:  # asked by an id no topic has
+            return {"error_code": K.unknown_topic_id, "name": None, "topic_id": NULL_UUID,
+                    "is_internal": False, "partitions": []}
         if t is None:
             return {"error_code": K.unknown_topic_or_partition, "name": name, "topic_id": NULL_UUID,
                     "is_internal": False, "partitions": []}
@@ -563,6 +566,15 @@ def _by_topic(found: dict[tuple[str, int], Any]) -> list[tuple[str, list[int]]]:
     return list(topics.items())
 
 
+def _asked_name(image: md.MetadataImage, asked: Any) -> str:
+    """The topic a Metadata request names, by name or (v10+, KIP-516; KIP-848 consumers resolve
+    their assignment's topic ids this way) by id; "" for an id no topic has."""
+    if asked.name is not None:
+        return str(asked.name)
+    wanted = str(getattr(asked, "topic_id", "")).replace("-", "")
+    return next((name for name, t in image.topics.items() if _topic_uuid(t.topic_id) == wanted), "")
+
+
 def _topic_uuid(topic_id: str) -> str:
     try:
         return uuid.UUID(hex=topic_id).hex
@@ -584,5 +596,6 @@ _HANDLERS = {
     codec.OFFSET_FETCH: KafkaApis.offset_fetch,
     **group_handlers.HANDLERS,
     **admin_handlers.HANDLERS,
+    **consumer_group_handlers.HANDLERS,
 }
 assert set(_HANDLERS) == set(codec.SERVED), "every served API has a handler"
