@@ -49,6 +49,8 @@ OFFSET_FOR_LEADER_EPOCH = 23
 DESCRIBE_CONFIGS = 32
 DELETE_GROUPS = 42
 DESCRIBE_CLUSTER = 60
+CONSUMER_GROUP_HEARTBEAT = 68
+CONSUMER_GROUP_DESCRIBE = 69
 
 # api key -> (advertised min, served max). Only these are advertised, so clients degrade
 # cleanly for everything else (docs/kafka.md has the table and why each range). Produce is
@@ -81,6 +83,9 @@ ADVERTISED: dict[int, tuple[int, int]] = {
     DESCRIBE_CLUSTER: (0, 1),
     DESCRIBE_CONFIGS: (1, 4),
     OFFSET_FOR_LEADER_EPOCH: (2, 4),
+    # KIP-848 over Semel's own group coordinator (consumer_group_handlers.py)
+    CONSUMER_GROUP_HEARTBEAT: (0, 1),
+    CONSUMER_GROUP_DESCRIBE: (0, 1),
 }
 SERVED: dict[int, tuple[int, int]] = {**ADVERTISED, PRODUCE: (3, 9)}
 

@@ -373,3 +373,41 @@ def test_classic_members_rejoin_on_the_new_coordinator_after_the_old_one_is_kill
         assert set(keys) == {b"k%d" % i for i in range(n)}
         duplicates = len(keys) - len(set(keys))
         assert duplicates == 0 or a.commit_errors or b.commit_errors, "read twice although every commit succeeded"
+
+
+def test_a_kip848_consumer_group_protocol_member_reads_commits_and_is_described(kafka_cluster):
+    """librdkafka with group.protocol=consumer: ConsumerGroupHeartbeat onto Semel's server-side
+    assignment; two members split the partitions, and ConsumerGroupDescribe shows them."""
+    bootstrap = kafka_cluster.kafka_bootstrap
+    topic = "kip848"
+    _create(bootstrap, topic, 4, 3)
+    _produce(bootstrap, topic, 400)
+    group = f"k848-{uuid.uuid4().hex[:8]}"
+    conf = {"bootstrap.servers": bootstrap, "group.id": group, "group.protocol": "consumer",
+            "auto.offset.reset": "earliest", "enable.auto.commit": False}
+    members = [CKConsumer(conf), CKConsumer(conf)]
+    for m in members:
+        m.subscribe([topic])
+    got: list[bytes] = []
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline and not (len(got) >= 400 and all(len(m.assignment()) == 2 for m in members)):
+        for m in members:
+            batch = [x for x in m.consume(num_messages=500, timeout=0.3) if x.error() is None]
+            got += [x.key() for x in batch]
+            if batch:
+                m.commit(asynchronous=False)
+    assert sorted(len(m.assignment()) for m in members) == [2, 2]
+    assert sorted({tp.partition for m in members for tp in m.assignment()}) == [0, 1, 2, 3]
+    assert set(got) == {b"k%d" % i for i in range(400)}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    (desc,) = [f.result(timeout=60) for f in admin.describe_consumer_groups([group], request_timeout=30).values()]
+    assert len(desc.members) == 2
+    assert sorted(tp.partition for mm in desc.members for tp in mm.assignment.topic_partitions) == [0, 1, 2, 3]
+    for m in members:
+        m.close()
+    fresh = CKConsumer({"bootstrap.servers": bootstrap, "group.id": group})
+    from confluent_kafka import TopicPartition
+
+    committed = fresh.committed([TopicPartition(topic, p) for p in range(4)], timeout=30)
+    fresh.close()
+    assert sum(tp.offset for tp in committed) == 400  # every record's offset committed by its member
