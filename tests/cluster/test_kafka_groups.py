@@ -411,3 +411,26 @@ def test_a_kip848_consumer_group_protocol_member_reads_commits_and_is_described(
     committed = fresh.committed([TopicPartition(topic, p) for p in range(4)], timeout=30)
     fresh.close()
     assert sum(tp.offset for tp in committed) == 400  # every record's offset committed by its member
+
+
+def test_a_group_is_either_classic_or_kip848(kafka_cluster):
+    bootstrap = kafka_cluster.kafka_bootstrap
+    _create(bootstrap, "either-or", 1, 1)
+    group = f"eo-{uuid.uuid4().hex[:8]}"
+    first = Raw(bootstrap.split(",")[0])
+    found = first.call(10, 3, {"key": group, "key_type": 0})
+    first.close()
+    c = Raw(f"{found.host}:{found.port}")
+    join = {"group_id": group, "session_timeout": 10_000, "rebalance_timeout": 10_000, "member_id": "",
+            "protocol_type": "consumer", "protocols": [{"name": "range", "metadata": b""}]}
+    member_id = c.call(11, 5, join).member_id
+    assert c.call(11, 5, {**join, "member_id": member_id}).error_code == ErrorCode.none
+    heartbeat = {"group_id": group, "member_id": uuid.uuid4().hex, "member_epoch": 0, "rebalance_timeout": 10_000,
+                 "subscribed_topic_names": ["either-or"], "topic_partitions": []}
+    assert c.call(68, 0, heartbeat).error_code == ErrorCode.invalid_request  # the group is classic
+    assert c.call(13, 1, {"group_id": group, "member_id": member_id}).error_code == ErrorCode.none
+    joined = c.call(68, 0, heartbeat)  # empty now: a KIP-848 member may join
+    assert joined.error_code == ErrorCode.none and joined.member_epoch > 0
+    assert c.call(11, 5, join).error_code == ErrorCode.inconsistent_group_protocol
+    assert c.call(68, 0, {**heartbeat, "member_epoch": -1}).error_code == ErrorCode.none
+    c.close()
