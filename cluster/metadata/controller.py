@@ -48,6 +48,7 @@ from semel.cluster.metadata.state import (
     AlterPartition,
     Barrier,
     Command,
+    CompleteReassignment,
     CreateTopic,
     DeleteTopic,
     ElectLeader,
@@ -90,6 +91,9 @@ class ControllerConfig:
     # Leadership goes back to the preferred (first) replica once it has been unfenced this long
     # and is in the ISR (Kafka's auto leader rebalance, per partition); None disables it.
     preferred_leader_rebalance_ms: int | None = limits.PREFERRED_LEADER_REBALANCE_MS_DEFAULT
+    # Kafka's leader.imbalance.per.broker.percentage: a broker's partitions are rebalanced only
+    # while more than this percentage of those it is the preferred leader of are led elsewhere.
+    leader_imbalance_percent: int = limits.LEADER_IMBALANCE_PERCENT_DEFAULT
 
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_interval_ms < self.session_timeout_ms:
@@ -99,6 +103,8 @@ class ControllerConfig:
         for name, count in self.internal_partitions.items():
             if name not in (TRANSACTION_STATE_TOPIC, CONSUMER_OFFSETS_TOPIC) or not 1 <= count <= 1000:
                 raise ValueError(f"internal topic {name!r}: 1..1000 partitions of a known internal topic")
+        if not 0 <= self.leader_imbalance_percent <= 100:
+            raise ValueError("leader_imbalance_percent must be in 0..100")
         if self.internal_replication_factor is not None and self.internal_replication_factor < 1:
             raise ValueError("internal_replication_factor must be >= 1")
 
@@ -203,6 +209,7 @@ class ControllerCore:
                 commands.append(command)
         commands.extend(self._leaderless_repairs(image))
         commands.extend(self._preferred_elections(image, now_ms))
+        commands.extend(self._reassignments_to_complete(image))
         commands.extend(self._internal_topics(image))
         return commands
 
@@ -286,15 +293,21 @@ class ControllerCore:
             for b, lv in self._liveness.items()
             if lv.unfenced_since_ms is not None and now_ms - lv.unfenced_since_ms >= delay_ms
         }
-        out: list[Command] = []
-        for name in sorted(image.topics):
-            for p in image.topics[name].partitions:
-                preferred = p.replicas[0]
-                if p.leader not in (NO_LEADER, preferred) and preferred in p.isr and preferred in settled:
-                    reg = image.brokers.get(preferred)
-                    if reg is not None and not reg.fenced:
-                        out.append(ElectLeader(name, p.partition, p.partition_epoch))
-        return out
+        imbalanced = imbalanced_brokers(image, self.config.leader_imbalance_percent)
+        return [
+            command for command in preferred_leader_elections(image)
+            if (p := image.partition(command.topic, command.partition)) is not None
+            and p.replicas[0] in settled and p.replicas[0] in imbalanced
+        ]
+
+    def _reassignments_to_complete(self, image: MetadataImage) -> list[Command]:
+        """Every target replica caught up and in the ISR: switch to the target set."""
+        return [
+            CompleteReassignment(name, p.partition, p.partition_epoch)
+            for name in sorted(image.topics)
+            for p in image.topics[name].partitions
+            if p.target_replicas and set(p.target_replicas) <= set(p.isr)
+        ]
 
     def _internal_topics(self, image: MetadataImage) -> list[Command]:
         rf = self.config.internal_replication_factor or 3
@@ -305,6 +318,35 @@ class ControllerCore:
             for name, count in sorted(self.config.internal_partitions.items())
             if name not in image.topics
         ]
+
+
+def preferred_leader_elections(image: MetadataImage, topics: frozenset[str] | None = None) -> list[ElectLeader]:
+    """An election for each partition (of `topics`, None: all) whose preferred (first) replica is
+    unfenced and in the ISR but does not lead: `ElectLeader` picks the first eligible replica."""
+    unfenced = set(image.unfenced_brokers())
+    out: list[ElectLeader] = []
+    for name in sorted(image.topics):
+        if topics is not None and name not in topics:
+            continue
+        for p in image.topics[name].partitions:
+            preferred = p.replicas[0]
+            if p.leader not in (NO_LEADER, preferred) and preferred in p.isr and preferred in unfenced:
+                out.append(ElectLeader(name, p.partition, p.partition_epoch))
+    return out
+
+
+def imbalanced_brokers(image: MetadataImage, threshold_percent: int) -> set[int]:
+    """Brokers that lead at most (100 - threshold)% of the partitions they are the preferred
+    leader of (Kafka's leader imbalance ratio is above the threshold)."""
+    preferred: dict[int, int] = {}
+    not_leading: dict[int, int] = {}
+    for t in image.topics.values():
+        for p in t.partitions:
+            first = p.replicas[0]
+            preferred[first] = preferred.get(first, 0) + 1
+            if p.leader != first:
+                not_leading[first] = not_leading.get(first, 0) + 1
+    return {b for b, n in preferred.items() if not_leading.get(b, 0) * 100 > threshold_percent * n}
 
 
 class Controller:

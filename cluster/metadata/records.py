@@ -32,9 +32,12 @@ from google.protobuf.message import DecodeError, Message
 from semel.cluster.metadata.state import (
     AllocateProducerIds,
     AlterPartition,
+    AlterTopicConfig,
     Barrier,
     BrokerRegistration,
     Command,
+    CompleteReassignment,
+    CreatePartitions,
     CreateTopic,
     DeleteTopic,
     ElectLeader,
@@ -43,6 +46,7 @@ from semel.cluster.metadata.state import (
     MetadataStateMachine,
     PartitionState,
     ProducerIdBlock,
+    ReassignPartition,
     RegisterBroker,
     Result,
     Topic,
@@ -73,6 +77,10 @@ _COMMANDS: tuple[tuple[type, str, type[Message]], ...] = (
     (ElectLeader, "elect_leader", mpb.ElectLeader),
     (AllocateProducerIds, "allocate_producer_ids", mpb.AllocateProducerIds),
     (Barrier, "barrier", mpb.Barrier),
+    (CreatePartitions, "create_partitions", mpb.CreatePartitions),
+    (AlterTopicConfig, "alter_topic_config", mpb.AlterTopicConfig),
+    (ReassignPartition, "reassign_partition", mpb.ReassignPartition),
+    (CompleteReassignment, "complete_reassignment", mpb.CompleteReassignment),
 )
 _ONEOF_BY_CLASS = {cls: oneof for cls, oneof, _ in _COMMANDS}
 _CLASS_BY_ONEOF = {oneof: cls for cls, oneof, _ in _COMMANDS}

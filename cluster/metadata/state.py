@@ -98,6 +98,18 @@ class PartitionState:
     leader: int
     leader_epoch: int
     partition_epoch: int
+    # A reassignment under way (KIP-455): the replica set it moves to; `replicas` is then the
+    # target followed by the replicas it drops, and the controller completes the move once every
+    # target replica is in the ISR. () = none.
+    target_replicas: tuple[int, ...] = ()
+
+    @property
+    def adding_replicas(self) -> tuple[int, ...]:
+        return tuple(r for r in self.target_replicas if r not in self.isr)
+
+    @property
+    def removing_replicas(self) -> tuple[int, ...]:
+        return tuple(r for r in self.replicas if self.target_replicas and r not in self.target_replicas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +241,47 @@ class AllocateProducerIds:
 
 
 @dataclass(frozen=True, slots=True)
+class CreatePartitions:
+    """Grow `topic` to `count` partitions in total (never shrink: keys would move)."""
+
+    topic: str
+    count: int
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AlterTopicConfig:
+    """Set some config keys (Semel's names) and return others to their defaults."""
+
+    topic: str
+    set_configs: tuple[tuple[str, str], ...] = ()
+    delete_keys: tuple[str, ...] = ()
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReassignPartition:
+    """Start moving a partition to `target_replicas` (first = preferred leader): the new
+    replicas join the replica set, catch up and enter the ISR; then `CompleteReassignment`."""
+
+    topic: str
+    partition: int
+    target_replicas: tuple[int, ...]
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteReassignment:
+    """Every target replica is in the ISR: switch to the target set, drop the others (and
+    move the leadership if the leader is dropped). Compare-and-set on the partition epoch."""
+
+    topic: str
+    partition: int
+    partition_epoch: int
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Barrier:
     """Changes nothing; a new Raft leader commits one to know its image is up to date."""
 
@@ -245,6 +298,10 @@ Command = Union[
     ElectLeader,
     AllocateProducerIds,
     Barrier,
+    CreatePartitions,
+    AlterTopicConfig,
+    ReassignPartition,
+    CompleteReassignment,
 ]
 
 
@@ -283,44 +340,117 @@ def _parse_bool(text: str) -> bool | None:
     return None
 
 
+# Semel's topic config keys, and the Kafka names accepted for them at the API edge (the state
+# machine stores and validates Semel's names only, so a replayed command means what it meant).
+TOPIC_CONFIG_KEYS = ("min_insync_replicas", "unclean_leader_election", "retention_ms", "retention_bytes",
+                     "segment_bytes", "segment_ms")
+KAFKA_CONFIG_NAMES = {
+    "min.insync.replicas": "min_insync_replicas",
+    "unclean.leader.election.enable": "unclean_leader_election",
+    "retention.ms": "retention_ms",
+    "retention.bytes": "retention_bytes",
+    "segment.bytes": "segment_bytes",
+    "segment.ms": "segment_ms",
+}
+_INT_CONFIG_KEYS = ("min_insync_replicas", "retention_ms", "retention_bytes", "segment_bytes", "segment_ms")
+
+
+def normalize_config_key(key: str) -> str | None:
+    """Semel's name for a config key given in Semel's or Kafka's spelling; None if unknown."""
+    key = key.strip()
+    if key in TOPIC_CONFIG_KEYS:
+        return key
+    return KAFKA_CONFIG_NAMES.get(key)
+
+
+def valid_config_keys_text() -> str:
+    return ", ".join(f"{k} ({kafka})" for kafka, k in KAFKA_CONFIG_NAMES.items())
+
+
+def topic_config_values(config: TopicConfig) -> dict[str, str]:
+    """A config as the string key/values the wire and `parse_topic_config` use."""
+    return {
+        "min_insync_replicas": str(config.min_insync_replicas),
+        "unclean_leader_election": str(config.unclean_leader_election).lower(),
+        "retention_ms": str(config.retention_ms),
+        "retention_bytes": str(config.retention_bytes),
+        "segment_bytes": str(config.segment_bytes),
+        "segment_ms": str(config.segment_ms),
+    }
+
+
+def default_topic_config(replication_factor: int) -> TopicConfig:
+    return TopicConfig(min_insync_replicas=2 if replication_factor >= 3 else 1)
+
+
 def parse_topic_config(
     configs: Iterable[tuple[str, str]], replication_factor: int
 ) -> tuple[pb.ErrorCode, TopicConfig | None]:
     """Validate `configs` (string key/values from the wire) and fill defaults."""
+    code, config, _ = explain_topic_config(configs, replication_factor)
+    return code, config
+
+
+def explain_topic_config(
+    configs: Iterable[tuple[str, str]], replication_factor: int
+) -> tuple[pb.ErrorCode, TopicConfig | None, str]:
+    """`parse_topic_config` with a message naming the offending key (and the valid keys)."""
     values: dict[str, object] = {
         "min_insync_replicas": 2 if replication_factor >= 3 else 1,
         "unclean_leader_election": False,
     }
-    int_keys = ("min_insync_replicas", "retention_ms", "retention_bytes", "segment_bytes", "segment_ms")
     for key, raw in configs:
         if key == "unclean_leader_election":
             parsed = _parse_bool(str(raw))
             if parsed is None:
-                return pb.INVALID_CONFIG, None
+                return pb.INVALID_CONFIG, None, f"{key}: expected true or false, got {raw!r}"
             values[key] = parsed
-        elif key in int_keys:
+        elif key in _INT_CONFIG_KEYS:
             try:
                 values[key] = int(str(raw).strip())
             except ValueError:
-                return pb.INVALID_CONFIG, None
+                return pb.INVALID_CONFIG, None, f"{key}: expected an integer, got {raw!r}"
         else:
-            return pb.INVALID_CONFIG, None
+            return pb.INVALID_CONFIG, None, f"unknown config key {key!r}; valid keys: {valid_config_keys_text()}"
     # `values` holds exactly TopicConfig's fields, each parsed to its type above; a dict of
     # mixed values cannot say so to mypy
     config = TopicConfig(**values)  # type: ignore[arg-type]
     if not 1 <= config.min_insync_replicas <= replication_factor:
-        return pb.INVALID_CONFIG, None
+        return pb.INVALID_CONFIG, None, (f"min_insync_replicas: {config.min_insync_replicas} must be in "
+                                         f"1..{replication_factor} (the replication factor)")
     if config.retention_ms != -1 and config.retention_ms <= 0:
-        return pb.INVALID_CONFIG, None
+        return pb.INVALID_CONFIG, None, f"retention_ms: {config.retention_ms} must be > 0 or -1 (unlimited)"
     if config.retention_bytes != -1 and config.retention_bytes <= 0:
-        return pb.INVALID_CONFIG, None
+        return pb.INVALID_CONFIG, None, f"retention_bytes: {config.retention_bytes} must be > 0 or -1 (unlimited)"
     # the storage's own range (LogConfig): a value beyond it would be committed, then refused by
     # every replica opening the partition's log
     if not limits.MIN_SEGMENT_BYTES <= config.segment_bytes <= limits.MAX_SEGMENT_BYTES:
-        return pb.INVALID_CONFIG, None
+        return pb.INVALID_CONFIG, None, (f"segment_bytes: {config.segment_bytes} must be in "
+                                         f"{limits.MIN_SEGMENT_BYTES}..{limits.MAX_SEGMENT_BYTES}")
     if config.segment_ms <= 0:
-        return pb.INVALID_CONFIG, None
-    return pb.NONE, config
+        return pb.INVALID_CONFIG, None, f"segment_ms: {config.segment_ms} must be > 0"
+    return pb.NONE, config, ""
+
+
+def altered_config_values(
+    current: TopicConfig, set_configs: Iterable[tuple[str, str]], delete_keys: Iterable[str], replication_factor: int
+) -> list[tuple[str, str]]:
+    """The key/values of `current` with `set_configs` applied and `delete_keys` back at their
+    defaults (for `explain_topic_config`). Unknown keys are kept, so validation names them."""
+    defaults = topic_config_values(default_topic_config(replication_factor))
+    values = topic_config_values(current)
+    extra: list[tuple[str, str]] = []
+    for key in delete_keys:
+        if key in values:
+            values[key] = defaults[key]
+        else:
+            extra.append((key, ""))
+    for key, value in set_configs:
+        if key in values:
+            values[key] = value
+        else:
+            extra.append((key, value))
+    return [*extra, *values.items()]
 
 
 def validate_create_topic(image: MetadataImage, c: CreateTopic) -> tuple[pb.ErrorCode, TopicConfig | None]:
@@ -379,6 +509,9 @@ def check_invariants(image: MetadataImage) -> None:
             invariant(p.leader not in fenced, f"{where}: fenced leader {p.leader}")
             if len(p.isr) > 1:
                 invariant(not (set(p.isr) & fenced), f"{where}: fenced broker in ISR {p.isr}")
+            if p.target_replicas:
+                invariant(p.replicas[: len(p.target_replicas)] == p.target_replicas,
+                          f"{where}: replicas {p.replicas} do not start with the target {p.target_replicas}")
 
 
 # --- the state machine --------------------------------------------------------------------
@@ -443,6 +576,14 @@ class MetadataStateMachine:
             return self._allocate_producer_ids(command)
         if isinstance(command, Barrier):
             return OK
+        if isinstance(command, CreatePartitions):
+            return self._create_partitions(command)
+        if isinstance(command, AlterTopicConfig):
+            return self._alter_topic_config(command)
+        if isinstance(command, ReassignPartition):
+            return self._reassign_partition(command)
+        if isinstance(command, CompleteReassignment):
+            return self._complete_reassignment(command)
         return Result(pb.INVALID_REQUEST)
 
     def _publish(self, **changes: object) -> MetadataImage:
@@ -567,6 +708,67 @@ class MetadataStateMachine:
         self._publish(topics=topics)
         return OK
 
+    def _create_partitions(self, c: CreatePartitions) -> Result:
+        img = self.image
+        error, topic = validate_create_partitions(img, c)
+        if topic is None:
+            return Result(error)
+        brokers = img.unfenced_brokers()
+        start = img.next_assignment_start % len(brokers)
+        added = c.count - len(topic.partitions)
+        assignment = assign_replicas(brokers, added, topic.replication_factor, start)
+        parts = topic.partitions + tuple(
+            PartitionState(topic.name, len(topic.partitions) + i, replicas, replicas, replicas[0], 0, 0)
+            for i, replicas in enumerate(assignment)
+        )
+        topics = dict(img.topics)
+        topics[topic.name] = dataclasses.replace(topic, partitions=parts)
+        self._publish(topics=topics, next_assignment_start=img.next_assignment_start + 1)
+        return Result(pb.NONE, topics[topic.name])
+
+    def _alter_topic_config(self, c: AlterTopicConfig) -> Result:
+        img = self.image
+        topic = img.topics.get(c.topic)
+        if topic is None:
+            return Result(pb.UNKNOWN_TOPIC_OR_PARTITION)
+        values = altered_config_values(topic.config, c.set_configs, c.delete_keys, topic.replication_factor)
+        error, config = parse_topic_config(values, topic.replication_factor)
+        if config is None:
+            return Result(error)
+        if config == topic.config:
+            return Result(pb.NONE, topic)
+        topics = dict(img.topics)
+        topics[c.topic] = dataclasses.replace(topic, config=config)
+        self._publish(topics=topics)
+        return Result(pb.NONE, topics[c.topic])
+
+    def _reassign_partition(self, c: ReassignPartition) -> Result:
+        error, p = validate_reassignment(self.image, c)
+        if p is None:
+            return Result(error)
+        target = tuple(c.target_replicas)
+        if target == p.replicas:
+            return Result(pb.NONE, p)
+        removing = tuple(r for r in p.replicas if r not in target)
+        new = dataclasses.replace(p, replicas=target + removing, target_replicas=target,
+                                  partition_epoch=p.partition_epoch + 1)
+        if set(target) <= set(new.isr):  # a reorder or a shrink: nothing to catch up
+            new = _completed(new, set(self.image.unfenced_brokers()))
+        self._replace_partition(new)
+        return Result(pb.NONE, new)
+
+    def _complete_reassignment(self, c: CompleteReassignment) -> Result:
+        p = self.image.partition(c.topic, c.partition)
+        if p is None:
+            return Result(pb.UNKNOWN_TOPIC_OR_PARTITION)
+        if c.partition_epoch != p.partition_epoch:
+            return Result(pb.STALE_PARTITION_EPOCH)
+        if not p.target_replicas or not set(p.target_replicas) <= set(p.isr):
+            return Result(pb.INVALID_REQUEST)
+        new = _completed(p, set(self.image.unfenced_brokers()))
+        self._replace_partition(new)
+        return Result(pb.NONE, new)
+
     # -- partitions --
 
     def _replace_partition(self, p: PartitionState) -> None:
@@ -646,6 +848,60 @@ class MetadataStateMachine:
         return Result(pb.NONE, block)
 
 
+def validate_create_partitions(img: MetadataImage, c: CreatePartitions) -> tuple[pb.ErrorCode, Topic | None]:
+    """(NONE, the topic) when `c` would grow it; refuses shrinking, internal topics (their keys
+    map to partitions by count) and counts past the bounds."""
+    topic = img.topics.get(c.topic)
+    if topic is None:
+        return pb.UNKNOWN_TOPIC_OR_PARTITION, None
+    if topic.internal:
+        return pb.INVALID_TOPIC_NAME, None
+    if not len(topic.partitions) < c.count <= MAX_PARTITIONS_PER_TOPIC:
+        return pb.INVALID_PARTITIONS, None
+    if sum(len(t.partitions) for t in img.topics.values()) + c.count - len(topic.partitions) > MAX_PARTITIONS_TOTAL:
+        return pb.RESOURCE_EXHAUSTED, None
+    if topic.replication_factor > len(img.unfenced_brokers()):
+        return pb.INVALID_REPLICATION_FACTOR, None
+    return pb.NONE, topic
+
+
+def validate_reassignment(img: MetadataImage, c: ReassignPartition) -> tuple[pb.ErrorCode, PartitionState | None]:
+    """(NONE, the partition) when `c` may start: distinct target replicas, each a registered
+    broker, the new ones unfenced; no other reassignment of the partition under way."""
+    p = img.partition(c.topic, c.partition)
+    if p is None:
+        return pb.UNKNOWN_TOPIC_OR_PARTITION, None
+    target = tuple(c.target_replicas)
+    if not 1 <= len(target) <= MAX_REPLICATION_FACTOR or len(set(target)) != len(target):
+        return pb.INVALID_REPLICATION_FACTOR, None
+    for b in target:
+        reg = img.brokers.get(b)
+        if reg is None or (reg.fenced and b not in p.replicas):
+            return pb.INVALID_REQUEST, None
+    if p.target_replicas and p.target_replicas != target:
+        return pb.INVALID_REQUEST, None  # one move at a time per partition
+    t = img.topics[c.topic]
+    if t.config.min_insync_replicas > len(target):
+        return pb.INVALID_REPLICATION_FACTOR, None
+    return pb.NONE, p
+
+
+def _completed(p: PartitionState, unfenced: set[int]) -> PartitionState:
+    """The partition with its reassignment done: replicas = target, ISR within it, and a leader
+    from it (the current one if it stays, else the first target replica in the ISR)."""
+    target = p.target_replicas
+    isr = tuple(r for r in target if r in p.isr)
+    invariant(bool(isr), "a reassignment completes only with target replicas in the ISR")
+    leader = p.leader
+    if leader not in target:
+        eligible = [r for r in isr if r in unfenced]
+        leader = eligible[0] if eligible else NO_LEADER
+    return dataclasses.replace(
+        p, replicas=target, isr=isr, target_replicas=(), leader=leader,
+        leader_epoch=p.leader_epoch + (1 if leader != p.leader else 0), partition_epoch=p.partition_epoch + 1,
+    )
+
+
 def _with_leader(p: PartitionState, leader: int, isr: tuple[int, ...]) -> PartitionState:
     return dataclasses.replace(
         p,
@@ -702,11 +958,13 @@ class MetadataDelta:
     topics_created: frozenset[str]
     topics_deleted: frozenset[str]
     partitions_changed: frozenset[tuple[str, int]]
+    configs_changed: frozenset[str] = frozenset()  # topics whose config was altered
 
     @property
     def empty(self) -> bool:
         return not (
             self.brokers_changed or self.topics_created or self.topics_deleted or self.partitions_changed
+            or self.configs_changed
         )
 
 
@@ -720,6 +978,7 @@ def diff(old: MetadataImage, new: MetadataImage) -> MetadataDelta:
     created = frozenset(n for n in new.topics if n not in old.topics or old.topics[n].topic_id != new.topics[n].topic_id)
     deleted = frozenset(n for n in old.topics if n not in new.topics or old.topics[n].topic_id != new.topics[n].topic_id)
     parts: set[tuple[str, int]] = set()
+    configs: set[str] = set()
     for name, t in new.topics.items():
         before = old.topics.get(name)
         if name in created or before is None:
@@ -730,4 +989,7 @@ def diff(old: MetadataImage, new: MetadataImage) -> MetadataDelta:
                 for p, q in zip(t.partitions, before.partitions)
                 if p is not q and p != q
             )
-    return MetadataDelta(new.version, brokers, created, deleted, frozenset(parts))
+            parts.update((name, p.partition) for p in t.partitions[len(before.partitions):])  # added partitions
+            if t.config != before.config:
+                configs.add(name)
+    return MetadataDelta(new.version, brokers, created, deleted, frozenset(parts), frozenset(configs))

@@ -111,6 +111,9 @@ MAX_CONTROLLER_COMMANDS_IN_FLIGHT = 64     # controller decisions submitted and 
 CONTROLLER_FAILED_DECISION_BACKOFF_MS = 1000  # a rejected decision is not proposed again sooner
 INTERNAL_TOPIC_PARTITIONS_DEFAULT = 16     # __transaction_state / __consumer_offsets partitions
 PREFERRED_LEADER_REBALANCE_MS_DEFAULT = 10_000  # leadership returns to the preferred replica after it was unfenced this long
+LEADER_IMBALANCE_PERCENT_DEFAULT = 0  # auto rebalance a broker's leaderships once more than this % are elsewhere (Kafka: 10)
+REASSIGNMENT_THROTTLE_BYTES_PER_S_DEFAULT = 10 * 1024 * 1024  # replication to a replica catching up in a reassignment, per leader broker
+CONTROLLED_SHUTDOWN_WAIT_MS_DEFAULT = 5_000  # SIGTERM: how long a broker waits for its leaderships to move (and its sole-ISR partitions to gain a member)
 
 # --- consumer groups (semel.coordinator: group_state, offsets, group_log) ------------
 # Bounds of one group coordinator; every one is checked before a record is written.

@@ -118,8 +118,46 @@ class Barrier(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class CreatePartitions(_message.Message):
+    __slots__ = ("topic", "count")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    count: int
+    def __init__(self, topic: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class AlterTopicConfig(_message.Message):
+    __slots__ = ("topic", "set_configs", "delete_keys")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    SET_CONFIGS_FIELD_NUMBER: _ClassVar[int]
+    DELETE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    set_configs: _containers.RepeatedCompositeFieldContainer[ConfigEntry]
+    delete_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, topic: _Optional[str] = ..., set_configs: _Optional[_Iterable[_Union[ConfigEntry, _Mapping]]] = ..., delete_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReassignPartition(_message.Message):
+    __slots__ = ("topic", "partition", "target_replicas")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    target_replicas: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., target_replicas: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CompleteReassignment(_message.Message):
+    __slots__ = ("topic", "partition", "partition_epoch")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    partition_epoch: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., partition_epoch: _Optional[int] = ...) -> None: ...
+
 class MetadataCommand(_message.Message):
-    __slots__ = ("format_version", "command_id", "register_broker", "unfence_broker", "fence_broker", "create_topic", "delete_topic", "alter_partition", "elect_leader", "allocate_producer_ids", "barrier")
+    __slots__ = ("format_version", "command_id", "register_broker", "unfence_broker", "fence_broker", "create_topic", "delete_topic", "alter_partition", "elect_leader", "allocate_producer_ids", "barrier", "create_partitions", "alter_topic_config", "reassign_partition", "complete_reassignment")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_BROKER_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +169,10 @@ class MetadataCommand(_message.Message):
     ELECT_LEADER_FIELD_NUMBER: _ClassVar[int]
     ALLOCATE_PRODUCER_IDS_FIELD_NUMBER: _ClassVar[int]
     BARRIER_FIELD_NUMBER: _ClassVar[int]
+    CREATE_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    ALTER_TOPIC_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    REASSIGN_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_REASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     format_version: FormatVersion
     command_id: str
     register_broker: RegisterBroker
@@ -142,7 +184,11 @@ class MetadataCommand(_message.Message):
     elect_leader: ElectLeader
     allocate_producer_ids: AllocateProducerIds
     barrier: Barrier
-    def __init__(self, format_version: _Optional[_Union[FormatVersion, str]] = ..., command_id: _Optional[str] = ..., register_broker: _Optional[_Union[RegisterBroker, _Mapping]] = ..., unfence_broker: _Optional[_Union[UnfenceBroker, _Mapping]] = ..., fence_broker: _Optional[_Union[FenceBroker, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., alter_partition: _Optional[_Union[AlterPartition, _Mapping]] = ..., elect_leader: _Optional[_Union[ElectLeader, _Mapping]] = ..., allocate_producer_ids: _Optional[_Union[AllocateProducerIds, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ...) -> None: ...
+    create_partitions: CreatePartitions
+    alter_topic_config: AlterTopicConfig
+    reassign_partition: ReassignPartition
+    complete_reassignment: CompleteReassignment
+    def __init__(self, format_version: _Optional[_Union[FormatVersion, str]] = ..., command_id: _Optional[str] = ..., register_broker: _Optional[_Union[RegisterBroker, _Mapping]] = ..., unfence_broker: _Optional[_Union[UnfenceBroker, _Mapping]] = ..., fence_broker: _Optional[_Union[FenceBroker, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., alter_partition: _Optional[_Union[AlterPartition, _Mapping]] = ..., elect_leader: _Optional[_Union[ElectLeader, _Mapping]] = ..., allocate_producer_ids: _Optional[_Union[AllocateProducerIds, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., create_partitions: _Optional[_Union[CreatePartitions, _Mapping]] = ..., alter_topic_config: _Optional[_Union[AlterTopicConfig, _Mapping]] = ..., reassign_partition: _Optional[_Union[ReassignPartition, _Mapping]] = ..., complete_reassignment: _Optional[_Union[CompleteReassignment, _Mapping]] = ...) -> None: ...
 
 class BrokerRegistration(_message.Message):
     __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "broker_epoch", "fenced", "registered_version", "kafka_host", "kafka_port")
@@ -185,7 +231,7 @@ class TopicConfig(_message.Message):
     def __init__(self, min_insync_replicas: _Optional[int] = ..., unclean_leader_election: _Optional[bool] = ..., retention_ms: _Optional[int] = ..., retention_bytes: _Optional[int] = ..., segment_bytes: _Optional[int] = ..., segment_ms: _Optional[int] = ...) -> None: ...
 
 class PartitionState(_message.Message):
-    __slots__ = ("topic", "partition", "replicas", "isr", "leader", "leader_epoch", "partition_epoch")
+    __slots__ = ("topic", "partition", "replicas", "isr", "leader", "leader_epoch", "partition_epoch", "target_replicas")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +239,7 @@ class PartitionState(_message.Message):
     LEADER_FIELD_NUMBER: _ClassVar[int]
     LEADER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     PARTITION_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TARGET_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     replicas: _containers.RepeatedScalarFieldContainer[int]
@@ -200,7 +247,8 @@ class PartitionState(_message.Message):
     leader: int
     leader_epoch: int
     partition_epoch: int
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., replicas: _Optional[_Iterable[int]] = ..., isr: _Optional[_Iterable[int]] = ..., leader: _Optional[int] = ..., leader_epoch: _Optional[int] = ..., partition_epoch: _Optional[int] = ...) -> None: ...
+    target_replicas: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., replicas: _Optional[_Iterable[int]] = ..., isr: _Optional[_Iterable[int]] = ..., leader: _Optional[int] = ..., leader_epoch: _Optional[int] = ..., partition_epoch: _Optional[int] = ..., target_replicas: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Topic(_message.Message):
     __slots__ = ("name", "topic_id", "internal", "replication_factor", "config", "partitions")
