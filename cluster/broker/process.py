@@ -128,6 +128,14 @@ class BrokerConfig:
     txn_abort_scan_interval_ms: int = limits.TRANSACTION_ABORT_SCAN_INTERVAL_MS  # timed-out transactions
     fsync: bool = False
     log_level: str = "INFO"
+    # Cluster management (docs/operations.md): replication rate for replicas a reassignment adds
+    # (bytes/s per leader broker, 0: unthrottled); the controller's automatic preferred-leader
+    # rebalancing and its imbalance threshold (percent, Kafka's leader.imbalance.per.broker.percentage);
+    # how long SIGTERM waits for this broker's leaderships to move before it stops.
+    reassignment_throttle_bytes_per_s: int = limits.REASSIGNMENT_THROTTLE_BYTES_PER_S_DEFAULT
+    auto_leader_rebalance: bool = True
+    leader_imbalance_percent: int = limits.LEADER_IMBALANCE_PERCENT_DEFAULT
+    controlled_shutdown_wait_ms: int = limits.CONTROLLED_SHUTDOWN_WAIT_MS_DEFAULT
     metrics_listen: str = ""  # host:port for Prometheus' GET /metrics (empty: no metrics endpoint)
     # Kafka-protocol listener (semel.cluster.kafka): "host:port" to serve on ("" = none, port 0 =
     # any free port), and the address Kafka clients are told (default: the bound one).
@@ -208,7 +216,8 @@ class BrokerConfig:
                       "replica_fetch_max_bytes", "isr_check_interval_ms", "max_inflight_produce", "max_batch_bytes",
                       "internal_partitions", "retention_check_interval_ms", "txn_abort_scan_interval_ms",
                       "group_session_timeout_ms", "group_heartbeat_interval_ms", "fsync", "log_level",
-                      "raft_secret_file", "kafka_listen", "kafka_advertised"):
+                      "raft_secret_file", "kafka_listen", "kafka_advertised", "reassignment_throttle_bytes_per_s",
+                      "auto_leader_rebalance", "leader_imbalance_percent", "controlled_shutdown_wait_ms"):
             v = getattr(a, field)
             if v is not None:
                 values[field] = v
@@ -261,8 +270,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     for name in ("heartbeat-interval-ms", "session-timeout-ms", "disconnect-grace-ms", "replica-lag-time-max-ms",
                  "replica-fetch-max-wait-ms", "replica-fetch-max-bytes", "isr-check-interval-ms",
                  "max-inflight-produce", "max-batch-bytes", "internal-partitions", "retention-check-interval-ms",
-                 "txn-abort-scan-interval-ms", "group-session-timeout-ms", "group-heartbeat-interval-ms"):
+                 "txn-abort-scan-interval-ms", "group-session-timeout-ms", "group-heartbeat-interval-ms",
+                 "reassignment-throttle-bytes-per-s", "leader-imbalance-percent", "controlled-shutdown-wait-ms"):
         ap.add_argument(f"--{name}", type=int)
+    ap.add_argument("--auto-leader-rebalance", action=argparse.BooleanOptionalAction, default=None,
+                    help="move leadership back to preferred replicas automatically (default on)")
     ap.add_argument("--fsync", action="store_true", default=None)
     ap.add_argument("--log-level")
     ap.add_argument("--metrics-listen", help="host:port to serve Prometheus metrics on (GET /metrics; port 0: any)")
@@ -340,6 +352,9 @@ class Broker:
         self.port = config.listen_port
         self.ready = False
         self._stopping = False
+        # Metadata still applies during a controlled shutdown (our own fencing must take our
+        # leaderships here too); it stops once the shutdown is past that point.
+        self._metadata_frozen = False
         self._tasks: list[asyncio.Task[None]] = []
         self._metadata_changed = asyncio.Event()
         self._last_unreachable_report: dict[int, float] = {}
@@ -362,7 +377,8 @@ class Broker:
         self.metrics_server: MetricsServer | None = None
         self.rm = ReplicaManager(config.broker_id, self.data_dir, config.replica_lag_time_max_ms, self._open_store,
                                  clock=self.clock, disk=self.disk)
-        self.leader_replication = LeaderReplicationService(self.rm, config.replica_fetch_max_bytes)
+        self.leader_replication = LeaderReplicationService(self.rm, config.replica_fetch_max_bytes,
+                                                           config.reassignment_throttle_bytes_per_s)
         self.fetchers = FetcherManager(self.rm, self.peers.broker_address, lambda: self.broker_epoch,
                                        self._report_unreachable, config.replica_fetch_max_wait_ms,
                                        config.replica_fetch_max_bytes)
@@ -444,6 +460,9 @@ class Broker:
             self.controller = Controller(self.quorum, ControllerConfig(
                 session_timeout_ms=cfg.session_timeout_ms, heartbeat_interval_ms=cfg.heartbeat_interval_ms,
                 disconnect_grace_ms=cfg.disconnect_grace_ms,
+                preferred_leader_rebalance_ms=(limits.PREFERRED_LEADER_REBALANCE_MS_DEFAULT
+                                               if cfg.auto_leader_rebalance else None),
+                leader_imbalance_percent=cfg.leader_imbalance_percent,
                 internal_partitions={internal_topics.TRANSACTION_STATE_TOPIC: cfg.internal_partitions,
                                      internal_topics.CONSUMER_OFFSETS_TOPIC: cfg.internal_partitions}))
             self.controller.start()
@@ -469,6 +488,7 @@ class Broker:
         if self.kafka is not None:
             await self.kafka.stop()
         await self._controlled_shutdown()
+        self._metadata_frozen = True
         if self.txn is not None:
             await self.txn.stop()
         if self.groups is not None:
@@ -506,15 +526,38 @@ class Broker:
         log.info("broker %d serving Prometheus metrics on http://%s:%d/metrics", self.config.broker_id, host, bound)
 
     async def _controlled_shutdown(self) -> None:
-        """Fence ourselves first so leaderships move to other ISR members at once, instead of
-        after a missed session (heartbeats are already stopped, so nothing unfences us)."""
+        """Kafka's controlled shutdown, through the quorum: move every leadership away before
+        stopping, so clients switch at once to a caught-up replica instead of waiting for a
+        missed session. Bounded by `controlled_shutdown_wait_ms` in all:
+          1. wait (bounded) until no partition we lead has us as its only ISR member while
+             another replica is alive (fencing would leave it without a leader until we return);
+          2. fence ourselves (FenceBroker: our leaderships move to other ISR members, we leave
+             every ISR; heartbeats are already stopped, so nothing unfences us);
+          3. wait until our image shows it, so nothing is acknowledged here afterwards.
+        Without a quorum majority this gives up and the session timeout fences us."""
         if self.quorum is None or self.broker_epoch < 0:
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0, self.config.controlled_shutdown_wait_ms) / 1000
+        me = self.config.broker_id
+
+        def no_sole_leaderships(img: md.MetadataImage) -> bool:
+            alive = set(img.unfenced_brokers()) - {me}
+            return not any(p.leader == me and p.isr == (me,) and alive & set(p.replicas)
+                           for t in img.topics.values() for p in t.partitions)
+
+        started = loop.time()
+        if not await self.wait_for_metadata(no_sole_leaderships, max(0.0, (deadline - loop.time()) / 2)):
+            log.info("controlled shutdown: some partitions still have this broker as their only ISR member")
         try:
-            await self.quorum.submit(md.FenceBroker(self.config.broker_id, self.broker_epoch), timeout_s=1.0)
-            await self.wait_for_metadata(lambda img: not self.rm.active, 1.0)
+            await self.quorum.submit(md.FenceBroker(me, self.broker_epoch),
+                                     timeout_s=max(0.5, deadline - loop.time()))
+            moved = await self.wait_for_metadata(lambda img: not self.rm.active, max(0.5, deadline - loop.time()))
         except Exception as exc:  # no quorum: the session timeout will fence us
             log.info("controlled shutdown: could not fence ourselves: %s", exc)
+            return
+        log.info("controlled shutdown: leaderships %s in %d ms", "moved" if moved else "not yet moved",
+                 (loop.time() - started) * 1000)
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -525,7 +568,7 @@ class Broker:
 
     # --- metadata ----------------------------------------------------------------------
     def _on_metadata(self, delta: md.MetadataDelta, image: md.MetadataImage) -> None:
-        if self._stopping:
+        if self._metadata_frozen:
             return
         try:
             self.rm.reconcile(image)
@@ -533,7 +576,7 @@ class Broker:
             log.exception("applying metadata version %d failed", image.version)
         self._metadata_changed.set()
         self._metadata_changed = asyncio.Event()
-        if self.rm.active and not self.ready:
+        if self.rm.active and not self.ready and not self._stopping:
             self.ready = True
             try:
                 self.rm.remove_stale_dirs(image)

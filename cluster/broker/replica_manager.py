@@ -143,6 +143,7 @@ class Partition:
         self._checkpoint_lock = threading.Lock()  # the loop (close) and the checkpoint thread both write
         self._checkpoint_closed = False
         self.min_insync_replicas = 1
+        self.topic_config: md.TopicConfig | None = None  # the config the store's log settings follow
         self._waiters: set[asyncio.Future[None]] = set()
         self._data_waiters: set[asyncio.Future[None]] = set()
         self.alter_in_flight = False
@@ -470,11 +471,31 @@ class ReplicaManager:
                     continue  # takes its role when the open is done
                 p = found if found is not None else self._open(topic, ps)
                 self._apply_state(p, topic, ps, self.clock.monotonic_ms())  # after the open, which may take a while
+                self._apply_config(p, topic)
             except Exception as exc:  # one bad replica must not take the others down; retried next change
                 log.exception("%s-%d: cannot take its role (%s); replica unavailable", key[0], key[1], exc)
                 self.failed[key] = f"{type(exc).__name__}: {exc}"
             else:
                 self.failed.pop(key, None)
+
+    def _apply_config(self, p: Partition, topic: md.Topic) -> None:
+        """A topic config altered through the quorum takes effect on the open replica at once:
+        min ISR with the role (`_change_role`), the log's retention and segment settings here;
+        a changed retention is applied now rather than at the next housekeeping round."""
+        if p.topic_config is None:
+            p.topic_config = topic.config  # opened with it
+            return
+        if p.topic_config == topic.config:
+            return
+        before, p.topic_config = p.topic_config, topic.config
+        c = topic.config
+        p.store.set_log_config(segment_bytes=c.segment_bytes, segment_ms=c.segment_ms,
+                               retention_bytes=c.retention_bytes, retention_ms=c.retention_ms)
+        log.info("%s-%d: config now %s", p.topic, p.partition, md.topic_config_values(c))
+        if (before.retention_ms, before.retention_bytes) != (c.retention_ms, c.retention_bytes):
+            start = p.log_start_offset
+            if p.store.apply_retention(self.clock.wall_clock_ms()) != start:
+                p.notify()
 
     # --- in-process API for coordinators hosted on this broker ---------------------------
     def add_role_listener(self, callback: RoleListener) -> None:

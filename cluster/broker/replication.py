@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import grpc
 from semel import limits
+from semel.cluster.broker.throttle import ByteRateLimiter
 from semel.cluster.broker.replica_manager import (
     Partition,
     ReplicaManager,
@@ -84,9 +85,13 @@ class FetchSession:
 
 
 class LeaderReplicationService:
-    def __init__(self, rm: ReplicaManager, max_fetch_bytes: int) -> None:
+    def __init__(self, rm: ReplicaManager, max_fetch_bytes: int, reassignment_bytes_per_s: int = 0) -> None:
         self.rm = rm
         self.max_fetch_bytes = max_fetch_bytes
+        # Replicas a reassignment adds catch up at most this fast (all partitions of this leader
+        # together), so the copy does not starve producers' replication; 0: unthrottled.
+        self.reassignment_throttle = (ByteRateLimiter(reassignment_bytes_per_s, rm.clock.monotonic_ms())
+                                      if reassignment_bytes_per_s > 0 else None)
 
     async def stream(self, requests: AsyncIterator[rpb.ReplicaFetchRequest]) -> AsyncIterator[rpb.ReplicaFetchResponse]:
         session = FetchSession()
@@ -222,7 +227,14 @@ class LeaderReplicationService:
             p.on_follower_fetch(replica_id, fp.fetch_offset, now)
             r.high_watermark = p.high_watermark
         if fp.fetch_offset < p.log_end_offset and max_bytes > 0:
+            throttle = self.reassignment_throttle
+            if throttle is not None and not (p.state is not None and replica_id in p.state.adding_replicas):
+                throttle = None  # only the replicas a reassignment adds are throttled
+            if throttle is not None and not throttle.allow(now):
+                return r  # this round sends it nothing; the poll ends at max_wait, the bucket refills
             r.records = p.store.read(fp.fetch_offset, max_bytes, None, limits.MAX_FETCH_BATCHES_PER_PARTITION).data
+            if throttle is not None:
+                throttle.consume(len(r.records), now)
         return r
 
 

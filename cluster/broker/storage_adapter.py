@@ -49,6 +49,7 @@ class ReplicaStore(Protocol):
     def aborted_in_range(self, start: int, end: int) -> list[AbortedRange]: ...
     def apply_retention(self, now_ms: int) -> int: ...
     def expire_producers(self, now_ms: int) -> None: ...
+    def set_log_config(self, *, segment_bytes: int, segment_ms: int, retention_bytes: int, retention_ms: int) -> None: ...
     def reset_to(self, offset: int) -> None: ...
     def close(self) -> None: ...
 
@@ -117,6 +118,13 @@ class PartitionStoreAdapter:
 
     def expire_producers(self, now_ms: int) -> None:
         self.store.expire_producers(now_ms)
+
+    def set_log_config(self, *, segment_bytes: int, segment_ms: int, retention_bytes: int, retention_ms: int) -> None:
+        """A topic config altered live: the next roll and retention check follow it."""
+        config = dataclasses.replace(self.store.config, segment_bytes=segment_bytes, segment_ms=segment_ms,
+                                     retention_bytes=retention_bytes, retention_ms=retention_ms)
+        self.store.config = config
+        self.log.config = config
 
     def reset_to(self, offset: int) -> None:
         """A follower entirely behind the leader's log start: drop everything, continue at `offset`."""

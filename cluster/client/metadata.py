@@ -137,10 +137,18 @@ def rpc_error(exc: grpc.RpcError, address: str, what: str) -> client_errors.Seme
             return client_errors.error_for_code(common_pb2.REQUEST_TOO_LARGE, f"{what}: {details}")
         return client_errors.error_for_code(common_pb2.RESOURCE_EXHAUSTED, f"{what}: {address}: {details}")
     if code == grpc.StatusCode.CANCELLED:
-        return client_errors.ClosedError(f"{what}: cancelled ({details})")
+        if details in _LOCAL_CANCEL_DETAILS:  # our own close() or cancel()
+            return client_errors.ClosedError(f"{what}: cancelled ({details})")
+        # The broker's side reset the call (a broker stopping cancels what it still serves):
+        # retriable like a broken connection; the caller decides whether the outcome is known.
+        return client_errors.BrokerUnreachableError(f"{address}: the broker cancelled the request ({details})")
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return client_errors.error_for_code(common_pb2.INVALID_REQUEST, f"{what}: {address} does not implement it")
     return client_errors.error_for_code(common_pb2.UNKNOWN_SERVER_ERROR, f"{what}: {address}: {code}: {details}")
+
+
+# grpc's details for a call this process cancelled (channel.close(), call.cancel()).
+_LOCAL_CANCEL_DETAILS = frozenset({"Channel closed!", "Locally cancelled by application!"})
 
 
 def _short_reason(details: str | None) -> str:
