@@ -18,6 +18,7 @@ import grpc
 from semel import internal_topics, limits
 from semel.clock import wall_clock_ms
 from semel.cluster.broker import write_path
+from semel.cluster.broker.admin_ops import ClusterOpsAdmin
 from semel.cluster.broker import produce_validation
 from semel.cluster.broker.produce_validation import header_from_fields, validate_batch
 from semel.cluster.broker.replica_manager import (
@@ -364,7 +365,7 @@ def _produce_all_failed(request: bpb.ProduceRequest, code: pb.ErrorCode, message
 # --- Admin ---------------------------------------------------------------------------------
 
 
-class AdminService(agrpc.AdminServicer):
+class AdminService(ClusterOpsAdmin, agrpc.AdminServicer):
     def __init__(self, broker: Broker) -> None:
         self.b = broker
 
@@ -453,7 +454,7 @@ class AdminService(agrpc.AdminServicer):
                 offsets = describe_partition(local if local is not None and local.topic_id == t.topic_id else None)
                 td.partitions.append(apb.PartitionDescription(
                     partition=ps.partition, leader_id=ps.leader, leader_epoch=ps.leader_epoch, replicas=ps.replicas,
-                    isr=ps.isr, error_code=pb.LEADER_NOT_AVAILABLE if ps.leader == md.NO_LEADER else pb.NONE,
+                    isr=ps.isr, target_replicas=ps.target_replicas, error_code=pb.LEADER_NOT_AVAILABLE if ps.leader == md.NO_LEADER else pb.NONE,
                     **offsets))
             resp.topics.append(td)
         await self._offsets_from_leaders(resp, image)

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "semel.chaos.commands",
     "semel.cli.bench_commands",
     "semel.cli.log_commands",
+    "semel.cli.ops_commands",  # after semel.cli.commands: it adds to the `topic` and `cluster` parsers
 )
 
 

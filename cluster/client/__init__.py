@@ -27,7 +27,9 @@ from semel.client.admin import (
     Admin,
     BrokerDescription,
     ClusterDescription,
+    PartitionChange,
     PartitionDescription,
+    TopicConfigEntry,
     TopicDescription,
 )
 from semel.client.base import parse_acks
@@ -48,12 +50,14 @@ __all__ = [
     "Consumer",
     "ConsumerGroupMetadata",
     "ConsumerRecord",
+    "PartitionChange",
     "PartitionDescription",
     "PartitionInfo",
     "Producer",
     "RecordFuture",
     "RecordMetadata",
     "SemelError",
+    "TopicConfigEntry",
     "TopicDescription",
     "parse_acks",
 ]

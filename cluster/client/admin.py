@@ -43,6 +43,31 @@ class PartitionDescription:
     log_start_offset: int
     last_stable_offset: int
     error_code: common_pb2.ErrorCode
+    target_replicas: tuple[int, ...] = ()  # a reassignment under way (empty: none)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TopicConfigEntry:
+    name: str  # Semel's name
+    kafka_name: str
+    value: str
+    is_default: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PartitionChange:
+    """One partition's outcome of a reassignment or a leader election."""
+
+    topic: str
+    partition: int
+    replicas: tuple[int, ...]
+    leader_id: int
+    error_code: common_pb2.ErrorCode
+    error_message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code == common_pb2.NONE
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -190,6 +215,7 @@ class Admin(_ClientBase):
                         PartitionDescription(
                             p.partition, p.leader_id, p.leader_epoch, tuple(p.replicas), tuple(p.isr),
                             p.high_watermark, p.log_start_offset, p.last_stable_offset, p.error_code,
+                            tuple(p.target_replicas),
                         )
                         for p in sorted(topic.partitions, key=lambda p: p.partition)
                     ),
@@ -214,6 +240,75 @@ class Admin(_ClientBase):
             response.quorum_leader,
         )
 
+    # --- cluster management (docs/operations.md) -------------------------------------
+    def create_partitions(self, topic: str, count: int, timeout_ms: int | None = None) -> None:
+        """Grow `topic` to `count` partitions in total; raises InvalidPartitionsError when
+        `count` is not larger than the current count."""
+        timeout = timeout_ms or self.request_timeout_ms
+
+        def attempt(remaining_ms: int) -> None:
+            request = admin_pb2.CreatePartitionsRequest(topic=topic, count=count, timeout_ms=remaining_ms)
+            _raise_topic_results([self._call("CreatePartitions", request, remaining_ms)], "add partitions to")
+
+        self._with_retries(attempt, timeout)
+
+    def describe_topic_config(self, topic: str, timeout_ms: int | None = None) -> list[TopicConfigEntry]:
+        response = self._call("DescribeTopicConfig", admin_pb2.DescribeTopicConfigRequest(topic=topic), timeout_ms)
+        if response.error_code != common_pb2.NONE:
+            raise client_errors.error_for_code(response.error_code, response.error_message,
+                                               context=f"describe config of {topic!r}")
+        return [TopicConfigEntry(e.name, e.kafka_name, e.value, e.is_default) for e in response.entries]
+
+    def alter_topic_config(
+        self,
+        topic: str,
+        set_configs: dict[str, str] | None = None,
+        delete: Sequence[str] = (),
+        validate_only: bool = False,
+        timeout_ms: int | None = None,
+    ) -> None:
+        """Set keys (Semel's or Kafka's names: retention_ms or retention.ms, ...) and return
+        others to their defaults; the brokers apply the change to open replicas at once.
+        Raises InvalidConfigError whose message names the key and lists the valid ones."""
+        timeout = timeout_ms or self.request_timeout_ms
+
+        def attempt(remaining_ms: int) -> None:
+            request = admin_pb2.AlterTopicConfigRequest(topic=topic, set=set_configs or {}, delete=list(delete),
+                                                        validate_only=validate_only, timeout_ms=remaining_ms)
+            _raise_topic_results([self._call("AlterTopicConfig", request, remaining_ms)], "alter config of")
+
+        self._with_retries(attempt, timeout)
+
+    def reassign_partitions(
+        self, reassignments: dict[tuple[str, int], Sequence[int]], timeout_ms: int | None = None
+    ) -> list[PartitionChange]:
+        """Start moving each (topic, partition) to its new replica list (first = preferred
+        leader). Returns each partition's outcome of the *start*; the move completes in the
+        background (watch `describe_topics(...)[i].partitions[j].target_replicas` empty out)."""
+        request = admin_pb2.ReassignPartitionsRequest(reassignments=[
+            admin_pb2.PartitionReassignment(topic=t, partition=p, replicas=list(replicas))
+            for (t, p), replicas in sorted(reassignments.items())
+        ], timeout_ms=timeout_ms or self.request_timeout_ms)
+        return self._changes(self._call("ReassignPartitions", request, timeout_ms), "reassign partitions")
+
+    def decommission_broker(self, broker_id: int, timeout_ms: int | None = None) -> list[PartitionChange]:
+        """Start moving every replica off `broker_id` (reassignments chosen by the cluster)."""
+        request = admin_pb2.DecommissionBrokerRequest(broker_id=broker_id,
+                                                      timeout_ms=timeout_ms or self.request_timeout_ms)
+        return self._changes(self._call("DecommissionBroker", request, timeout_ms), f"decommission broker {broker_id}")
+
+    def elect_leaders(self, topics: Sequence[str] | None = None, timeout_ms: int | None = None) -> list[PartitionChange]:
+        """Make each partition's preferred (first) replica its leader where it is alive and in
+        the ISR; returns one entry per partition that needed an election."""
+        request = admin_pb2.ElectLeadersRequest(topics=list(topics or []), timeout_ms=timeout_ms or self.request_timeout_ms)
+        response = self._call("ElectLeaders", request, timeout_ms)
+        return [_change(r) for r in response.results]
+
+    def _changes(self, response: Any, what: str) -> list[PartitionChange]:
+        if response.error_code != common_pb2.NONE:
+            raise client_errors.error_for_code(response.error_code, response.error_message, context=what)
+        return [_change(r) for r in response.results]
+
     def metadata(self, topics: Sequence[str] | None = None, timeout_ms: int | None = None) -> ClusterView:
         """A fresh metadata view (leaders, replicas, ISR) from any broker."""
         return self._metadata.refresh(topics or [], timeout_ms)
@@ -226,6 +321,10 @@ class Admin(_ClientBase):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _change(r: Any) -> PartitionChange:
+    return PartitionChange(r.topic, r.partition, tuple(r.replicas), r.leader_id, r.error_code, r.error_message)
 
 
 def _raise_topic_results(results: Sequence[admin_pb2.TopicResult], what: str) -> None:

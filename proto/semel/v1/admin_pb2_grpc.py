@@ -54,6 +54,36 @@ class AdminStub:
                 request_serializer=semel_dot_v1_dot_admin__pb2.DescribeClusterRequest.SerializeToString,
                 response_deserializer=semel_dot_v1_dot_admin__pb2.DescribeClusterResponse.FromString,
                 _registered_method=True)
+        self.CreatePartitions = channel.unary_unary(
+                '/semel.v1.Admin/CreatePartitions',
+                request_serializer=semel_dot_v1_dot_admin__pb2.CreatePartitionsRequest.SerializeToString,
+                response_deserializer=semel_dot_v1_dot_admin__pb2.TopicResult.FromString,
+                _registered_method=True)
+        self.DescribeTopicConfig = channel.unary_unary(
+                '/semel.v1.Admin/DescribeTopicConfig',
+                request_serializer=semel_dot_v1_dot_admin__pb2.DescribeTopicConfigRequest.SerializeToString,
+                response_deserializer=semel_dot_v1_dot_admin__pb2.DescribeTopicConfigResponse.FromString,
+                _registered_method=True)
+        self.AlterTopicConfig = channel.unary_unary(
+                '/semel.v1.Admin/AlterTopicConfig',
+                request_serializer=semel_dot_v1_dot_admin__pb2.AlterTopicConfigRequest.SerializeToString,
+                response_deserializer=semel_dot_v1_dot_admin__pb2.TopicResult.FromString,
+                _registered_method=True)
+        self.ReassignPartitions = channel.unary_unary(
+                '/semel.v1.Admin/ReassignPartitions',
+                request_serializer=semel_dot_v1_dot_admin__pb2.ReassignPartitionsRequest.SerializeToString,
+                response_deserializer=semel_dot_v1_dot_admin__pb2.ReassignPartitionsResponse.FromString,
+                _registered_method=True)
+        self.DecommissionBroker = channel.unary_unary(
+                '/semel.v1.Admin/DecommissionBroker',
+                request_serializer=semel_dot_v1_dot_admin__pb2.DecommissionBrokerRequest.SerializeToString,
+                response_deserializer=semel_dot_v1_dot_admin__pb2.ReassignPartitionsResponse.FromString,
+                _registered_method=True)
+        self.ElectLeaders = channel.unary_unary(
+                '/semel.v1.Admin/ElectLeaders',
+                request_serializer=semel_dot_v1_dot_admin__pb2.ElectLeadersRequest.SerializeToString,
+                response_deserializer=semel_dot_v1_dot_admin__pb2.ElectLeadersResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -83,6 +113,43 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePartitions(self, request, context):
+        """Cluster management (issue 18; docs/operations.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeTopicConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AlterTopicConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReassignPartitions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecommissionBroker(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ElectLeaders(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +172,36 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DescribeCluster,
                     request_deserializer=semel_dot_v1_dot_admin__pb2.DescribeClusterRequest.FromString,
                     response_serializer=semel_dot_v1_dot_admin__pb2.DescribeClusterResponse.SerializeToString,
+            ),
+            'CreatePartitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePartitions,
+                    request_deserializer=semel_dot_v1_dot_admin__pb2.CreatePartitionsRequest.FromString,
+                    response_serializer=semel_dot_v1_dot_admin__pb2.TopicResult.SerializeToString,
+            ),
+            'DescribeTopicConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeTopicConfig,
+                    request_deserializer=semel_dot_v1_dot_admin__pb2.DescribeTopicConfigRequest.FromString,
+                    response_serializer=semel_dot_v1_dot_admin__pb2.DescribeTopicConfigResponse.SerializeToString,
+            ),
+            'AlterTopicConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.AlterTopicConfig,
+                    request_deserializer=semel_dot_v1_dot_admin__pb2.AlterTopicConfigRequest.FromString,
+                    response_serializer=semel_dot_v1_dot_admin__pb2.TopicResult.SerializeToString,
+            ),
+            'ReassignPartitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReassignPartitions,
+                    request_deserializer=semel_dot_v1_dot_admin__pb2.ReassignPartitionsRequest.FromString,
+                    response_serializer=semel_dot_v1_dot_admin__pb2.ReassignPartitionsResponse.SerializeToString,
+            ),
+            'DecommissionBroker': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecommissionBroker,
+                    request_deserializer=semel_dot_v1_dot_admin__pb2.DecommissionBrokerRequest.FromString,
+                    response_serializer=semel_dot_v1_dot_admin__pb2.ReassignPartitionsResponse.SerializeToString,
+            ),
+            'ElectLeaders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ElectLeaders,
+                    request_deserializer=semel_dot_v1_dot_admin__pb2.ElectLeadersRequest.FromString,
+                    response_serializer=semel_dot_v1_dot_admin__pb2.ElectLeadersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +312,168 @@ class Admin:
             '/semel.v1.Admin/DescribeCluster',
             semel_dot_v1_dot_admin__pb2.DescribeClusterRequest.SerializeToString,
             semel_dot_v1_dot_admin__pb2.DescribeClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePartitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semel.v1.Admin/CreatePartitions',
+            semel_dot_v1_dot_admin__pb2.CreatePartitionsRequest.SerializeToString,
+            semel_dot_v1_dot_admin__pb2.TopicResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeTopicConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semel.v1.Admin/DescribeTopicConfig',
+            semel_dot_v1_dot_admin__pb2.DescribeTopicConfigRequest.SerializeToString,
+            semel_dot_v1_dot_admin__pb2.DescribeTopicConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AlterTopicConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semel.v1.Admin/AlterTopicConfig',
+            semel_dot_v1_dot_admin__pb2.AlterTopicConfigRequest.SerializeToString,
+            semel_dot_v1_dot_admin__pb2.TopicResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReassignPartitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semel.v1.Admin/ReassignPartitions',
+            semel_dot_v1_dot_admin__pb2.ReassignPartitionsRequest.SerializeToString,
+            semel_dot_v1_dot_admin__pb2.ReassignPartitionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecommissionBroker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semel.v1.Admin/DecommissionBroker',
+            semel_dot_v1_dot_admin__pb2.DecommissionBrokerRequest.SerializeToString,
+            semel_dot_v1_dot_admin__pb2.ReassignPartitionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ElectLeaders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semel.v1.Admin/ElectLeaders',
+            semel_dot_v1_dot_admin__pb2.ElectLeadersRequest.SerializeToString,
+            semel_dot_v1_dot_admin__pb2.ElectLeadersResponse.FromString,
             options,
             channel_credentials,
             insecure,
