@@ -50,12 +50,23 @@ class ClusterOpsAdmin:
         except MetadataSubmitError as exc:
             return exc
 
+    async def _fresh_image(self, timeout_s: float) -> md.MetadataImage:
+        """The image once it holds every change committed before the call (a `Barrier` through
+        the quorum; see metadata_freshness.py): decisions made from a lagging image (which
+        leaders are not preferred, where a drained broker's replicas are) would be stale. Without
+        a quorum in time, the local image (the commands submitted later fail anyway)."""
+        try:
+            await self.b.quorum.submit(md.Barrier(), timeout_s=timeout_s)
+        except MetadataSubmitError:
+            pass
+        return self.b.quorum.image()
+
     # --- partitions -------------------------------------------------------------------
     async def CreatePartitions(self, request: apb.CreatePartitionsRequest,
                                context: grpc.aio.ServicerContext) -> apb.TopicResult:
         timeout_s = _timeout_s(request.timeout_ms)
         command = md.CreatePartitions(request.topic, request.count)
-        image = self.b.quorum.image()
+        image = await self._fresh_image(timeout_s)
         topic = image.topic(request.topic)
         if topic is not None and request.count <= len(topic.partitions):
             return apb.TopicResult(name=request.topic, error_code=pb.INVALID_PARTITIONS, error_message=(
@@ -78,7 +89,7 @@ class ClusterOpsAdmin:
     # --- configs ----------------------------------------------------------------------
     async def DescribeTopicConfig(self, request: apb.DescribeTopicConfigRequest,
                                   context: grpc.aio.ServicerContext) -> apb.DescribeTopicConfigResponse:
-        topic = self.b.quorum.image().topic(request.topic)
+        topic = (await self._fresh_image(ADMIN_OPS_TIMEOUT_MS_DEFAULT / 1000)).topic(request.topic)
         if topic is None:
             return apb.DescribeTopicConfigResponse(error_code=pb.UNKNOWN_TOPIC_OR_PARTITION,
                                                    error_message=f"no topic {request.topic!r}")
@@ -104,7 +115,7 @@ class ClusterOpsAdmin:
         if both:
             return apb.TopicResult(name=name, error_code=pb.INVALID_CONFIG,
                                    error_message=f"{sorted(both)[0]}: both set and deleted")
-        topic = self.b.quorum.image().topic(name)
+        topic = (await self._fresh_image(timeout_s)).topic(name)
         if topic is None:
             return apb.TopicResult(name=name, error_code=pb.UNKNOWN_TOPIC_OR_PARTITION,
                                    error_message=f"no topic {name!r}")
@@ -137,7 +148,7 @@ class ClusterOpsAdmin:
 
     async def DecommissionBroker(self, request: apb.DecommissionBrokerRequest,
                                  context: grpc.aio.ServicerContext) -> apb.ReassignPartitionsResponse:
-        image = self.b.quorum.image()
+        image = await self._fresh_image(_timeout_s(request.timeout_ms))
         if image.broker(request.broker_id) is None:
             return apb.ReassignPartitionsResponse(error_code=pb.INVALID_REQUEST,
                                                   error_message=f"no broker {request.broker_id} is registered")
@@ -165,7 +176,7 @@ class ClusterOpsAdmin:
     async def ElectLeaders(self, request: apb.ElectLeadersRequest,
                            context: grpc.aio.ServicerContext) -> apb.ElectLeadersResponse:
         timeout_s = _timeout_s(request.timeout_ms)
-        image = self.b.quorum.image()
+        image = await self._fresh_image(timeout_s)
         resp = apb.ElectLeadersResponse()
         missing = [t for t in request.topics if image.topic(t) is None]
         for t in missing:
@@ -207,7 +218,8 @@ def _reassign_message(code: pb.ErrorCode, image: md.MetadataImage, c: md.Reassig
         return (f"replicas {list(c.target_replicas)} must be distinct, at most {limits.MAX_REPLICATION_FACTOR}, and "
                 f"at least min_insync_replicas ({t.config.min_insync_replicas})")
     if p.target_replicas and p.target_replicas != tuple(c.target_replicas):
-        return f"a reassignment of {c.topic}-{c.partition} to {list(p.target_replicas)} is under way; wait for it"
+        return (f"a reassignment of {c.topic}-{c.partition} to {list(p.target_replicas)} is under way; wait for it, "
+                f"or cancel it by reassigning to replicas in the ISR {list(p.isr)}")
     unknown = [b for b in c.target_replicas if image.broker(b) is None]
     fenced = [b for b in c.target_replicas if (reg := image.broker(b)) is not None and reg.fenced]
     if unknown:

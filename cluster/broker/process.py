@@ -128,7 +128,7 @@ class BrokerConfig:
     txn_abort_scan_interval_ms: int = limits.TRANSACTION_ABORT_SCAN_INTERVAL_MS  # timed-out transactions
     fsync: bool = False
     log_level: str = "INFO"
-    # Cluster management (docs/operations.md): replication rate for replicas a reassignment adds
+    # Cluster management (deploy/README.md, "Cluster management"): replication rate for replicas a reassignment adds
     # (bytes/s per leader broker, 0: unthrottled); the controller's automatic preferred-leader
     # rebalancing and its imbalance threshold (percent, Kafka's leader.imbalance.per.broker.percentage);
     # how long SIGTERM waits for this broker's leaderships to move before it stops.

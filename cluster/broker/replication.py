@@ -230,8 +230,10 @@ class LeaderReplicationService:
             throttle = self.reassignment_throttle
             if throttle is not None and not (p.state is not None and replica_id in p.state.adding_replicas):
                 throttle = None  # only the replicas a reassignment adds are throttled
-            if throttle is not None and not throttle.allow(now):
-                return r  # this round sends it nothing; the poll ends at max_wait, the bucket refills
+            if throttle is not None:
+                if not throttle.allow(now):
+                    return r  # this round sends it nothing; the poll ends at max_wait, the bucket refills
+                max_bytes = max(1, min(max_bytes, throttle.available(now)))
             r.records = p.store.read(fp.fetch_offset, max_bytes, None, limits.MAX_FETCH_BATCHES_PER_PARTITION).data
             if throttle is not None:
                 throttle.consume(len(r.records), now)

@@ -1,8 +1,9 @@
 """A byte-rate bound (token bucket) for replication traffic that must not starve producers.
 
 Pure: the caller passes the monotonic time. `allow(now_ms)` says whether another read may go
-out now; `consume(n_bytes, now_ms)` charges it (a read may overdraw by one batch, which later
-reads then wait out). The bucket holds at most one second of traffic, so an idle spell does
+out now; `consume(n_bytes, now_ms)` charges it. A caller sizes its read by `available(now_ms)`,
+so a read overdraws by at most one batch (a read returns at least one), which later reads then
+wait out. The bucket holds at most one second of traffic, so an idle spell does
 not turn into a burst. Kafka's equivalent is `leader.replication.throttled.rate` for the
 replicas a reassignment adds.
 """
@@ -24,6 +25,11 @@ class ByteRateLimiter:
         elapsed_ms = max(0, now_ms - self._at_ms)
         self._at_ms = max(self._at_ms, now_ms)
         self._tokens = min(float(self.bytes_per_s), self._tokens + elapsed_ms * self.bytes_per_s / 1000)
+
+    def available(self, now_ms: int) -> int:
+        """Bytes that may go out now (a caller sizes its read by this; 0: none)."""
+        self._refill(now_ms)
+        return max(0, int(self._tokens))
 
     def allow(self, now_ms: int) -> bool:
         self._refill(now_ms)

@@ -1,4 +1,4 @@
-"""Cluster management on the command line (issue 18; docs/operations.md):
+"""Cluster management on the command line (issue 18; deploy/README.md, "Cluster management"):
 
   semel topic add-partitions TOPIC --count N        (N = the new total; never shrinks)
   semel topic describe-config TOPIC [--json]

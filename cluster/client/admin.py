@@ -240,7 +240,7 @@ class Admin(_ClientBase):
             response.quorum_leader,
         )
 
-    # --- cluster management (docs/operations.md) -------------------------------------
+    # --- cluster management (deploy/README.md, "Cluster management") -------------------------------------
     def create_partitions(self, topic: str, count: int, timeout_ms: int | None = None) -> None:
         """Grow `topic` to `count` partitions in total; raises InvalidPartitionsError when
         `count` is not larger than the current count."""

@@ -867,7 +867,8 @@ def validate_create_partitions(img: MetadataImage, c: CreatePartitions) -> tuple
 
 def validate_reassignment(img: MetadataImage, c: ReassignPartition) -> tuple[pb.ErrorCode, PartitionState | None]:
     """(NONE, the partition) when `c` may start: distinct target replicas, each a registered
-    broker, the new ones unfenced; no other reassignment of the partition under way."""
+    broker, the new ones unfenced; no other reassignment of the partition under way, unless
+    every target replica is in the ISR (a cancel: it completes in the same command)."""
     p = img.partition(c.topic, c.partition)
     if p is None:
         return pb.UNKNOWN_TOPIC_OR_PARTITION, None
@@ -878,8 +879,10 @@ def validate_reassignment(img: MetadataImage, c: ReassignPartition) -> tuple[pb.
         reg = img.brokers.get(b)
         if reg is None or (reg.fenced and b not in p.replicas):
             return pb.INVALID_REQUEST, None
-    if p.target_replicas and p.target_replicas != target:
-        return pb.INVALID_REQUEST, None  # one move at a time per partition
+    if p.target_replicas and p.target_replicas != target and not set(target) <= set(p.isr):
+        # one move at a time per partition; a new target within the ISR (going back to the
+        # original replicas: a cancel) completes at once, so it may replace the move under way
+        return pb.INVALID_REQUEST, None
     t = img.topics[c.topic]
     if t.config.min_insync_replicas > len(target):
         return pb.INVALID_REPLICATION_FACTOR, None

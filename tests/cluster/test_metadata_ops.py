@@ -132,6 +132,10 @@ def test_reassignment_validation_and_immediate_completion() -> None:
     assert m2.apply(ReassignPartition("t", 0, (q.replicas[0], spare[0]))).error == pb.INVALID_REQUEST
     assert m2.apply(ReassignPartition("t", 0, (q.replicas[0], spare[1]))).ok
     assert m2.apply(ReassignPartition("t", 0, (q.replicas[1], spare[1]))).error == pb.INVALID_REQUEST
+    # a move whose new replica never catches up is cancelled by going back to the original list
+    r = m2.apply(ReassignPartition("t", 0, q.replicas))
+    assert r.ok and r.value.replicas == q.replicas and r.value.target_replicas == () and r.value.isr == q.isr
+    check_invariants(m2.image)
 
 
 def test_commands_round_trip_through_records() -> None:

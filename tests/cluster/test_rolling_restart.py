@@ -30,7 +30,8 @@ class SteadyProducer:
     """One record at a time (acks=all, idempotent), round-robin over the partitions; records
     the time of every acknowledgement."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, topic: str = TOPIC, partitions: int = PARTITIONS) -> None:
+        self.topic, self.partitions = topic, partitions
         self.producer = Producer(bootstrap, acks="all", enable_idempotence=True, linger_ms=0,
                                  delivery_timeout_ms=60_000, retry_backoff_ms=20, retry_backoff_max_ms=100)
         self.acked: list[tuple[float, int, int, bytes]] = []  # (monotonic s, partition, offset, value)
@@ -43,7 +44,7 @@ class SteadyProducer:
         while not self.stop.is_set():
             value = f"v{i:07d}".encode()
             try:
-                md = self.producer.send(TOPIC, value, partition=i % PARTITIONS).result(timeout=90)
+                md = self.producer.send(self.topic, value, partition=i % self.partitions).result(timeout=90)
                 self.acked.append((time.monotonic(), md.partition, md.offset, value))
             except Exception as exc:  # noqa: BLE001 - every failure is reported by the test
                 self.failed.append((value, exc))

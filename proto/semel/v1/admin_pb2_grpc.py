@@ -114,7 +114,7 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreatePartitions(self, request, context):
-        """Cluster management (issue 18; docs/operations.md).
+        """Cluster management (issue 18; deploy/README.md, "Cluster management").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
