@@ -53,6 +53,7 @@ from semel.coordinator.txn_state import (
     TxnConfig,
     TxnResult,
     TxnState,
+    TxnVersion,
     VerifyResult,
     offsets_partition,
 )
@@ -216,12 +217,14 @@ class TxnCoordinator:
 
     def init_producer_id(
         self, request_id: int, transactional_id: str, timeout_ms: int, now_ms: int,
-        producer_id: int = -1, producer_epoch: int = -1,
+        producer_id: int = -1, producer_epoch: int = -1, txn_version: TxnVersion = TxnVersion.V2,
     ) -> list[Action]:
+        """`txn_version`: V1 for a classic Kafka client (the Kafka listener), V2 over gRPC."""
         machine, refusal = self._route(transactional_id)
         if machine is None:
             return [Reply(request_id, refusal)]
-        result = machine.init_producer_id(transactional_id, timeout_ms, now_ms, producer_id, producer_epoch)
+        result = machine.init_producer_id(transactional_id, timeout_ms, now_ms, producer_id, producer_epoch,
+                                          txn_version)
         return self._submit(machine, result, request_id, now_ms)
 
     def add_partitions(

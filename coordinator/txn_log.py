@@ -36,7 +36,12 @@ from semel.coordinator.txn_state import (
     TxnState,
     check_metadata,
 )
-from semel.coordinator.txn_wire import bump_reason_to_proto, state_to_proto
+from semel.coordinator.txn_wire import (
+    bump_reason_to_proto,
+    state_to_proto,
+    txn_version_from_proto,
+    txn_version_to_proto,
+)
 from semel.internal_topics import TRANSACTION_STATE_TOPIC
 from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE
 from semel.storage.batch import (
@@ -89,6 +94,7 @@ def to_proto(meta: TransactionMetadata) -> txn_pb2.TransactionLogRecord:
         transaction_start_time_ms=meta.txn_start_ms,
         last_update_time_ms=meta.last_update_ms,
         last_bump_reason=bump_reason_to_proto(meta.bump_reason),
+        transaction_version=txn_version_to_proto(meta.txn_version),
     )
 
 
@@ -107,6 +113,7 @@ def from_proto(record: txn_pb2.TransactionLogRecord) -> TransactionMetadata:
             txn_start_ms=record.transaction_start_time_ms,
             last_update_ms=record.last_update_time_ms,
             bump_reason=BumpReason(record.last_bump_reason),
+            txn_version=txn_version_from_proto(record.transaction_version),
         )
         check_metadata(meta)
     except (ValueError, AssertionError) as e:

@@ -29,7 +29,20 @@ Timeouts: Ongoing -> (PrepareEpochFence) -> PrepareAbort. Idle ids: Empty/Comple
 
 Producer identity (KIP-890): the producer epoch is bumped on *every* transaction end. When a
 transaction run by (P, e) ends, its markers carry (P, e + 1), so any delayed write of (P, e)
-is refused by the partition, and the producer continues with (P, e + 1). Clients hold
+is refused by the partition, and the producer continues with (P, e + 1).
+
+Transaction versions (Kafka's `transaction.version`): the rule above is version 2, what
+gRPC clients do. Classic Kafka clients (librdkafka, kafka-python, Java without
+transaction.version 2) are version 1: they keep their epoch across transactions, and a bump
+at EndTxn would fence their next transaction. An id's `txn_version` is set by its last
+InitProducerId (the Kafka listener asks for V1, gRPC for V2) and stored in every record, so a
+new coordinator keeps it. Under V1 an EndTxn does not bump: the ended transaction's identity
+(`prev_producer_id`/`last_producer_epoch`) is set to the current one, and the markers carry
+that same epoch (Kafka before KIP-890). Everything else is as in V2: InitProducerId, a fence
+and a timeout still bump (zombie fencing holds), and partitions keep the producer's sequences
+running across V1 transactions (only an epoch bump restarts them at 0). Markers always carry
+the highest epoch of the ended transaction's producer id: the current epoch when the id kept
+its producer id, else (epochs exhausted) the last epoch + 1. Clients hold
 epochs 0..`CLIENT_EPOCH_MAX` (32766); from 32766 the producer continues with a fresh
 producer id at epoch 0 while the markers still carry (P, 32767). `prev_producer_id` /
 `last_producer_epoch` keep the identity before the last bump, and `bump_reason` why it was
@@ -41,6 +54,7 @@ Invariants (`check_metadata`, checked on every transition):
 * `state` is never PrepareEpochFence or Dead in memory;
 * Ongoing and Prepare* have partitions and a start time; Empty has no partitions;
 * Prepare*/Complete* reached through EndTxn/fence/timeout have a previous identity;
+* after an EndTxn, the identity equals the previous one exactly under V1 (no bump);
 * for one producer id, epochs handed out never decrease; a pending transition's `before`
   is exactly the metadata in memory (so completion order cannot be mixed up).
 """
@@ -110,6 +124,14 @@ def path_allowed(before: TxnState | None, path: Iterable[TxnState]) -> bool:
     return True
 
 
+class TxnVersion(enum.Enum):
+    """How an id's producer ends its transactions; values are semel.v1.TransactionVersion
+    numbers (0, records written before the field, reads as V2)."""
+
+    V1 = 1  # classic Kafka clients: EndTxn keeps the epoch, markers carry it
+    V2 = 2  # KIP-890 part 2: every EndTxn bumps the epoch (gRPC clients)
+
+
 class BumpReason(enum.Enum):
     """Why the identity was last bumped; values are semel.v1.EpochBumpReason numbers."""
 
@@ -137,15 +159,20 @@ class TransactionMetadata:
     txn_start_ms: int  # -1: no transaction started yet
     last_update_ms: int
     bump_reason: BumpReason
+    txn_version: TxnVersion = TxnVersion.V2
 
     @property
     def marker_producer_id(self) -> int:
-        """Markers of the ended transaction go to the identity it ran under ..."""
+        """Markers of the ended transaction go to the producer id it ran under ..."""
         return self.prev_producer_id
 
     @property
     def marker_producer_epoch(self) -> int:
-        """... with its epoch bumped by one (KIP-890)."""
+        """... with that id's highest epoch: the current one while the id kept its producer id
+        (bumped by one under V2 or by a fence/timeout, unchanged by a V1 EndTxn), else the
+        ended transaction's epoch + 1 (epochs exhausted: the producer moved to a fresh id)."""
+        if self.producer_id == self.prev_producer_id:
+            return self.producer_epoch
         return self.last_producer_epoch + 1
 
 
@@ -169,6 +196,12 @@ def check_metadata(meta: TransactionMetadata) -> None:
         invariant(
             meta.prev_producer_id >= 0 and 0 <= meta.last_producer_epoch <= CLIENT_EPOCH_MAX,
             f"{where}: {meta.state} without the ended transaction's identity",
+        )
+    if meta.bump_reason is BumpReason.END_TXN:
+        unchanged = (meta.producer_id, meta.producer_epoch) == (meta.prev_producer_id, meta.last_producer_epoch)
+        invariant(
+            unchanged == (meta.txn_version is TxnVersion.V1),
+            f"{where}: an EndTxn under {meta.txn_version.name} {'kept' if unchanged else 'bumped'} the epoch",
         )
 
 
@@ -384,9 +417,13 @@ class TransactionStateMachine:
         now_ms: int,
         producer_id: int = NO_PRODUCER_ID,
         producer_epoch: int = NO_PRODUCER_EPOCH,
+        txn_version: TxnVersion = TxnVersion.V2,
     ) -> TxnResult:
         """InitProducerId for a transactional id; `producer_id`/`producer_epoch` are the
-        caller's current identity for a KIP-360 bump (-1/-1 for a fresh producer)."""
+        caller's current identity for a KIP-360 bump (-1/-1 for a fresh producer).
+        `txn_version`: how the new producer ends its transactions, stored with the id by the
+        write that hands it its identity (a fence keeps the fenced producer's version until
+        the new producer's retry)."""
         problem = self._check_id(transactional_id)
         if problem is not None:
             return problem
@@ -402,7 +439,7 @@ class TransactionStateMachine:
             return self._concurrent(transactional_id)
         meta = self._txns.get(transactional_id)
         if meta is None:
-            return self._init_new(transactional_id, timeout_ms, now_ms)
+            return self._init_new(transactional_id, timeout_ms, now_ms, txn_version)
         if has_expected and (producer_id, producer_epoch) != (meta.producer_id, meta.producer_epoch):
             if self._is_init_retry(meta, producer_id, producer_epoch):
                 return TxnResult(producer_id=meta.producer_id, producer_epoch=meta.producer_epoch)
@@ -436,6 +473,7 @@ class TransactionStateMachine:
             txn_start_ms=NO_TIMESTAMP,
             last_update_ms=now_ms,
             bump_reason=BumpReason.INIT,
+            txn_version=txn_version,
         )
         return self._propose(TransitionKind.INIT_BUMP, meta, after, (S.EMPTY,))
 
@@ -511,7 +549,8 @@ class TransactionStateMachine:
     def end_txn(
         self, transactional_id: str, producer_id: int, producer_epoch: int, commit: bool, now_ms: int
     ) -> TxnResult:
-        """EndTxn(commit|abort). The answer carries the identity for the next transaction."""
+        """EndTxn(commit|abort). The answer carries the identity for the next transaction:
+        bumped under V2, the same one under V1 (see the module docstring)."""
         meta = self._txns.get(transactional_id)
         if meta is not None and transactional_id not in self._pending and self._is_end_retry(meta, producer_id, producer_epoch):
             decided_commit = meta.state in (S.PREPARE_COMMIT, S.COMPLETE_COMMIT)
@@ -527,7 +566,10 @@ class TransactionStateMachine:
             return _fail(ErrorCode.CONCURRENT_TRANSACTIONS, f"the previous transaction is completing ({meta.state.name})")
         if meta.state is not S.ONGOING:
             return _fail(ErrorCode.INVALID_TXN_STATE, f"no transaction is open ({meta.state.name})")
-        bumped = self._bump(meta.producer_id, meta.producer_epoch)
+        if meta.txn_version is TxnVersion.V1:
+            bumped: tuple[int, int] | None = (meta.producer_id, meta.producer_epoch)  # markers carry it as is
+        else:
+            bumped = self._bump(meta.producer_id, meta.producer_epoch)
         if bumped is None:
             return self._no_producer_id()
         target = S.PREPARE_COMMIT if commit else S.PREPARE_ABORT
@@ -663,7 +705,7 @@ class TransactionStateMachine:
             )
         return None
 
-    def _init_new(self, transactional_id: str, timeout_ms: int, now_ms: int) -> TxnResult:
+    def _init_new(self, transactional_id: str, timeout_ms: int, now_ms: int, txn_version: TxnVersion) -> TxnResult:
         pending_new = sum(1 for p in self._pending.values() if p.before is None)
         if len(self._txns) + pending_new >= self.config.max_transactional_ids:
             return _fail(
@@ -687,6 +729,7 @@ class TransactionStateMachine:
             txn_start_ms=NO_TIMESTAMP,
             last_update_ms=now_ms,
             bump_reason=BumpReason.NONE,
+            txn_version=txn_version,
         )
         return self._propose(TransitionKind.INIT_NEW, None, after, (S.EMPTY,))
 
@@ -761,7 +804,8 @@ class TransactionStateMachine:
 
     @staticmethod
     def _is_end_retry(meta: TransactionMetadata, producer_id: int, producer_epoch: int) -> bool:
-        """An EndTxn resent with the identity its first attempt already bumped away."""
+        """An EndTxn resent with the identity its first attempt already bumped away (under V1:
+        with the identity it kept, while no next transaction has started)."""
         return (
             meta.bump_reason is BumpReason.END_TXN
             and (meta.state in PREPARED or meta.state in COMPLETED)

@@ -16,6 +16,7 @@ from semel.coordinator.txn_state import (
     TransactionMetadata,
     TxnResult,
     TxnState,
+    TxnVersion,
     VerifyResult,
 )
 from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID
@@ -34,6 +35,17 @@ def state_to_proto(state: TxnState) -> txn_pb2.TransactionState:
 def bump_reason_to_proto(reason: BumpReason) -> txn_pb2.EpochBumpReason:
     # As state_to_proto: BumpReason's values are EpochBumpReason's numbers.
     return cast(txn_pb2.EpochBumpReason, reason.value)
+
+
+def txn_version_to_proto(version: TxnVersion) -> txn_pb2.TransactionVersion:
+    # As state_to_proto: TxnVersion's values are TransactionVersion's numbers.
+    return cast(txn_pb2.TransactionVersion, version.value)
+
+
+def txn_version_from_proto(value: int) -> TxnVersion:
+    """UNSPECIFIED (a record written before the field existed: a gRPC client's id) is V2;
+    an unknown number raises ValueError (a corrupt record)."""
+    return TxnVersion.V2 if value == txn_pb2.TRANSACTION_VERSION_UNSPECIFIED else TxnVersion(value)
 
 
 def partitions_from_proto(items: Iterable[txn_pb2.TopicPartition]) -> tuple[TopicPartition, ...]:
@@ -112,6 +124,7 @@ def describe(
         transaction_start_time_ms=meta.txn_start_ms,
         partitions=partitions_to_proto(meta.partitions),
         last_bump_reason=bump_reason_to_proto(meta.bump_reason),
+        transaction_version=txn_version_to_proto(meta.txn_version),
     )
 
 

@@ -8,7 +8,9 @@ Invariants:
   write and every marker, each id is idle (Empty/Complete*);
 * per producer id, epochs never go back (handed-out identities and marker epochs);
 * an EndTxn answered NONE for commit (abort) is never later answered NONE for abort (commit)
-  for the same identity.
+  for the same identity (under transaction version 1, where an identity runs many
+  transactions: for the same identity and transaction).
+Each InitProducerId picks version 1 (classic Kafka clients) or 2 (gRPC) at random.
 Runs are derandomized (a failure prints the falsifying sequence and replays as is).
 """
 
@@ -33,6 +35,7 @@ from semel.coordinator.txn_state import (  # noqa: E402
     TransactionStateMachine,
     TxnConfig,
     TxnState,
+    TxnVersion,
     check_metadata,
     path_allowed,
 )
@@ -51,7 +54,7 @@ ident_st = st.sampled_from(["current", "current", "previous", "known", "fresh", 
 # What happens to the log write a request asks for: most succeed at once.
 outcome_st = st.sampled_from(["ok", "ok", "ok", "ok", "later", "failed", "unknown"])
 op_st = st.one_of(
-    st.tuples(st.just("init"), tid_st, ident_st, outcome_st),
+    st.tuples(st.just("init"), tid_st, ident_st, outcome_st, st.sampled_from(list(TxnVersion))),
     st.tuples(
         st.just("add"), tid_st, ident_st, outcome_st, st.sets(st.sampled_from(PARTITIONS), min_size=1, max_size=3)
     ),
@@ -81,6 +84,7 @@ class Harness:
         self.end_answers: dict[tuple[str, int, int], bool] = {}  # (tid, pid, epoch) -> commit answered NONE
         self.transitions: list[tuple[TxnState | None, tuple[TxnState, ...]]] = []
         self.unknown: set[str] = set()  # pending writes with an unknown outcome
+        self.txn_number: dict[str, int] = {t: 0 for t in TIDS}  # transactions started per id
 
     def _new_machine(self, loaded) -> TransactionStateMachine:
         return TransactionStateMachine(0, self.coordinator_epoch, self.ids, self.config, loaded)
@@ -104,9 +108,9 @@ class Harness:
         before = self.m.snapshot()
         tid = op[1]
         if kind == "init":
-            _, tid, how, _outcome = op
+            tid, how, version = op[1], op[2], op[4] if len(op) > 4 else TxnVersion.V2
             ident = self.pick_identity(tid, how)
-            result = self.m.init_producer_id(tid, TIMEOUT_MS, self.now_ms, *ident)
+            result = self.m.init_producer_id(tid, TIMEOUT_MS, self.now_ms, *ident, version)
             if result.ok and result.pending is None:
                 self.hand_out(tid, (result.producer_id, result.producer_epoch))
         elif kind == "add":
@@ -136,7 +140,9 @@ class Harness:
                 self.write(tid, op[3 if kind != "markers" else 2])
 
     def record_end(self, tid: str, ident: tuple[int, int], commit: bool) -> None:
-        key = (tid, *ident)
+        meta = self.m.metadata(tid)
+        v1 = meta is not None and meta.txn_version is TxnVersion.V1
+        key = (tid, *ident, self.txn_number[tid]) if v1 else (tid, *ident)
         assert self.end_answers.setdefault(key, commit) == commit, f"EndTxn of {key} answered both ways"
 
     def hand_out(self, tid: str, ident: tuple[int, int]) -> None:
@@ -184,6 +190,8 @@ class Harness:
         if before is not None and before.state in PREPARED:
             matching = S.COMPLETE_COMMIT if before.state is S.PREPARE_COMMIT else S.COMPLETE_ABORT
             assert after is not None and after.state is matching, f"{before.state} was followed by {pending.path}"
+        if after is not None and after.state is S.ONGOING and (before is None or before.state is not S.ONGOING):
+            self.txn_number[pending.transactional_id] += 1
         if after is not None:
             check_metadata(after)
             self.note_epoch(after.producer_id, after.producer_epoch)
@@ -273,7 +281,7 @@ def test_the_random_runs_reach_every_transition():
         tid = rnd.choice(TIDS)
         how = rnd.choice(["current", "current", "current", "previous", "fresh"])
         if choice < 0.15:
-            h.request(("init", tid, how, "ok"))
+            h.request(("init", tid, how, "ok", rnd.choice(list(TxnVersion))))
         elif choice < 0.45:
             h.request(("add", tid, how, "later", set(rnd.sample(PARTITIONS, 2))))
         elif choice < 0.6:

@@ -8,6 +8,7 @@ from semel.coordinator.txn_state import (
     TransactionStateMachine,
     TxnConfig,
     TxnResult,
+    TxnVersion,
 )
 from semel.topic_partition import TopicPartition
 from semel.v1.common_pb2 import ErrorCode
@@ -43,9 +44,10 @@ def commit(m: TransactionStateMachine, result: TxnResult) -> TxnResult:
     return result
 
 
-def init(m: TransactionStateMachine, tid: str = "t", now_ms: int = 0, ident=(-1, -1), timeout_ms: int = TIMEOUT_MS):
+def init(m: TransactionStateMachine, tid: str = "t", now_ms: int = 0, ident=(-1, -1), timeout_ms: int = TIMEOUT_MS,
+         txn_version: TxnVersion = TxnVersion.V2):
     """InitProducerId that needs exactly one write and succeeds: returns (pid, epoch)."""
-    r = m.init_producer_id(tid, timeout_ms, now_ms, *ident)
+    r = m.init_producer_id(tid, timeout_ms, now_ms, *ident, txn_version)
     assert r.error == ErrorCode.NONE, r
     commit(m, r)
     return r.pending.answer

@@ -29,6 +29,12 @@ class EpochBumpReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BUMP_TIMEOUT: _ClassVar[EpochBumpReason]
     BUMP_REINIT: _ClassVar[EpochBumpReason]
 
+class TransactionVersion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSACTION_VERSION_UNSPECIFIED: _ClassVar[TransactionVersion]
+    TRANSACTION_VERSION_1: _ClassVar[TransactionVersion]
+    TRANSACTION_VERSION_2: _ClassVar[TransactionVersion]
+
 class CoordinatorKeyType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TRANSACTION: _ClassVar[CoordinatorKeyType]
@@ -48,6 +54,9 @@ BUMP_END_TXN: EpochBumpReason
 BUMP_FENCE: EpochBumpReason
 BUMP_TIMEOUT: EpochBumpReason
 BUMP_REINIT: EpochBumpReason
+TRANSACTION_VERSION_UNSPECIFIED: TransactionVersion
+TRANSACTION_VERSION_1: TransactionVersion
+TRANSACTION_VERSION_2: TransactionVersion
 TRANSACTION: CoordinatorKeyType
 GROUP: CoordinatorKeyType
 
@@ -224,7 +233,7 @@ class DescribeTransactionsRequest(_message.Message):
     def __init__(self, transactional_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TransactionDescription(_message.Message):
-    __slots__ = ("transactional_id", "error_code", "state", "producer_id", "producer_epoch", "transaction_timeout_ms", "transaction_start_time_ms", "partitions", "last_bump_reason")
+    __slots__ = ("transactional_id", "error_code", "state", "producer_id", "producer_epoch", "transaction_timeout_ms", "transaction_start_time_ms", "partitions", "last_bump_reason", "transaction_version")
     TRANSACTIONAL_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +243,7 @@ class TransactionDescription(_message.Message):
     TRANSACTION_START_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     LAST_BUMP_REASON_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_VERSION_FIELD_NUMBER: _ClassVar[int]
     transactional_id: str
     error_code: _common_pb2.ErrorCode
     state: TransactionState
@@ -243,7 +253,8 @@ class TransactionDescription(_message.Message):
     transaction_start_time_ms: int
     partitions: _containers.RepeatedCompositeFieldContainer[TopicPartition]
     last_bump_reason: EpochBumpReason
-    def __init__(self, transactional_id: _Optional[str] = ..., error_code: _Optional[_Union[_common_pb2.ErrorCode, str]] = ..., state: _Optional[_Union[TransactionState, str]] = ..., producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ..., transaction_timeout_ms: _Optional[int] = ..., transaction_start_time_ms: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[TopicPartition, _Mapping]]] = ..., last_bump_reason: _Optional[_Union[EpochBumpReason, str]] = ...) -> None: ...
+    transaction_version: TransactionVersion
+    def __init__(self, transactional_id: _Optional[str] = ..., error_code: _Optional[_Union[_common_pb2.ErrorCode, str]] = ..., state: _Optional[_Union[TransactionState, str]] = ..., producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ..., transaction_timeout_ms: _Optional[int] = ..., transaction_start_time_ms: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[TopicPartition, _Mapping]]] = ..., last_bump_reason: _Optional[_Union[EpochBumpReason, str]] = ..., transaction_version: _Optional[_Union[TransactionVersion, str]] = ...) -> None: ...
 
 class DescribeTransactionsResponse(_message.Message):
     __slots__ = ("transactions",)
@@ -376,7 +387,7 @@ class VerifyTransactionResponse(_message.Message):
     def __init__(self, error_code: _Optional[_Union[_common_pb2.ErrorCode, str]] = ..., error_message: _Optional[str] = ..., results: _Optional[_Iterable[_Union[AddPartitionsResult, _Mapping]]] = ...) -> None: ...
 
 class TransactionLogRecord(_message.Message):
-    __slots__ = ("transactional_id", "producer_id", "producer_epoch", "previous_producer_id", "last_producer_epoch", "transaction_timeout_ms", "state", "partitions", "transaction_start_time_ms", "last_update_time_ms", "last_bump_reason")
+    __slots__ = ("transactional_id", "producer_id", "producer_epoch", "previous_producer_id", "last_producer_epoch", "transaction_timeout_ms", "state", "partitions", "transaction_start_time_ms", "last_update_time_ms", "last_bump_reason", "transaction_version")
     TRANSACTIONAL_ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCER_EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -388,6 +399,7 @@ class TransactionLogRecord(_message.Message):
     TRANSACTION_START_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     LAST_UPDATE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     LAST_BUMP_REASON_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_VERSION_FIELD_NUMBER: _ClassVar[int]
     transactional_id: str
     producer_id: int
     producer_epoch: int
@@ -399,4 +411,5 @@ class TransactionLogRecord(_message.Message):
     transaction_start_time_ms: int
     last_update_time_ms: int
     last_bump_reason: EpochBumpReason
-    def __init__(self, transactional_id: _Optional[str] = ..., producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ..., previous_producer_id: _Optional[int] = ..., last_producer_epoch: _Optional[int] = ..., transaction_timeout_ms: _Optional[int] = ..., state: _Optional[_Union[TransactionState, str]] = ..., partitions: _Optional[_Iterable[_Union[TopicPartition, _Mapping]]] = ..., transaction_start_time_ms: _Optional[int] = ..., last_update_time_ms: _Optional[int] = ..., last_bump_reason: _Optional[_Union[EpochBumpReason, str]] = ...) -> None: ...
+    transaction_version: TransactionVersion
+    def __init__(self, transactional_id: _Optional[str] = ..., producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ..., previous_producer_id: _Optional[int] = ..., last_producer_epoch: _Optional[int] = ..., transaction_timeout_ms: _Optional[int] = ..., state: _Optional[_Union[TransactionState, str]] = ..., partitions: _Optional[_Iterable[_Union[TopicPartition, _Mapping]]] = ..., transaction_start_time_ms: _Optional[int] = ..., last_update_time_ms: _Optional[int] = ..., last_bump_reason: _Optional[_Union[EpochBumpReason, str]] = ..., transaction_version: _Optional[_Union[TransactionVersion, str]] = ...) -> None: ...
