@@ -46,6 +46,7 @@ from semel.coordinator.txn_markers import VerificationGuard, check_admin_abort
 from semel.coordinator.txn_state import (
     TxnResult,
     TxnState,
+    TxnVersion,
     VerifyResult,
 )
 from semel.invariant import not_none
@@ -89,13 +90,19 @@ class TransactionsService(tgrpc.TransactionsServicer):
                 return tpb.InitProducerIdResponse(error_code=pb.COORDINATOR_NOT_AVAILABLE, producer_id=-1,
                                                   producer_epoch=-1, error_message="no producer id block yet; retry")
             return tpb.InitProducerIdResponse(error_code=pb.NONE, producer_id=pid, producer_epoch=0)
+        return await self.init_transactional(request, TxnVersion.V2)
+
+    async def init_transactional(self, request: tpb.InitProducerIdRequest,
+                                 txn_version: TxnVersion) -> tpb.InitProducerIdResponse:
+        """InitProducerId with a transactional id; gRPC clients are `TxnVersion.V2`, the Kafka
+        listener's classic clients V1 (docs/kafka.md, "Transaction versions")."""
         # a new transactional id (or an epoch that ran out) takes an id: have a block first, else
         # the first producer of a fresh coordinator gets COORDINATOR_NOT_AVAILABLE (bounded wait;
         # without a quorum the core still answers that)
         await self.shell.pids.wait_available()
         reply = await self.shell.call(lambda core, rid: core.init_producer_id(
             rid, request.transactional_id, request.transaction_timeout_ms, wall_clock_ms(),
-            request.producer_id, request.producer_epoch))
+            request.producer_id, request.producer_epoch, txn_version))
         reply = await self.shell.authoritative(request.transactional_id, reply)
         return txn_wire.init_producer_id_response(reply.result, reply.completed)
 

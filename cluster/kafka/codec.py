@@ -51,6 +51,27 @@ DELETE_GROUPS = 42
 DESCRIBE_CLUSTER = 60
 CONSUMER_GROUP_HEARTBEAT = 68
 CONSUMER_GROUP_DESCRIBE = 69
+ADD_PARTITIONS_TO_TXN = 24
+ADD_OFFSETS_TO_TXN = 25
+END_TXN = 26
+TXN_OFFSET_COMMIT = 28
+DESCRIBE_PRODUCERS = 61
+DESCRIBE_TRANSACTIONS = 65
+LIST_TRANSACTIONS = 66
+
+# The transaction APIs (txn_handlers.py), in their transaction-version-1 form: AddPartitionsToTxn
+# v4+ is the broker-to-broker batch and v5 is KIP-890's version 2, as EndTxn v5 and
+# TxnOffsetCommit v5 are; the v4 of AddOffsetsToTxn/EndTxn/TxnOffsetCommit only add
+# TRANSACTION_ABORTABLE, which Semel never answers. ListTransactions v2 (an id regex) is not served.
+TRANSACTION_APIS: dict[int, tuple[int, int]] = {
+    ADD_PARTITIONS_TO_TXN: (0, 3),
+    ADD_OFFSETS_TO_TXN: (0, 3),
+    END_TXN: (0, 3),
+    TXN_OFFSET_COMMIT: (0, 3),
+    DESCRIBE_PRODUCERS: (0, 0),
+    DESCRIBE_TRANSACTIONS: (0, 0),
+    LIST_TRANSACTIONS: (0, 1),
+}
 
 # api key -> (advertised min, served max). Only these are advertised, so clients degrade
 # cleanly for everything else (docs/kafka.md has the table and why each range). Produce is
@@ -86,6 +107,7 @@ ADVERTISED: dict[int, tuple[int, int]] = {
     # KIP-848 over Semel's own group coordinator (consumer_group_handlers.py)
     CONSUMER_GROUP_HEARTBEAT: (0, 1),
     CONSUMER_GROUP_DESCRIBE: (0, 1),
+    **TRANSACTION_APIS,
 }
 SERVED: dict[int, tuple[int, int]] = {**ADVERTISED, PRODUCE: (3, 9)}
 

@@ -78,3 +78,22 @@ TO_KAFKA: dict[int, K] = {
 def to_kafka(code: int) -> K:
     """Kafka's error for a Semel `ErrorCode` value (an unknown value is a server error)."""
     return TO_KAFKA.get(code, K.unknown_server_error)
+
+
+# KIP-588: requests older than these versions predate PRODUCER_FENCED; Kafka answers them
+# INVALID_PRODUCER_EPOCH, which those clients treat the same way (fenced: fatal).
+PRODUCER_FENCED_SINCE_VERSION: dict[int, int] = {
+    22: 4,  # InitProducerId
+    24: 2,  # AddPartitionsToTxn
+    25: 2,  # AddOffsetsToTxn
+    26: 2,  # EndTxn
+    28: 3,  # TxnOffsetCommit
+}
+
+
+def to_kafka_txn(code: int, api_key: int, api_version: int) -> K:
+    """`to_kafka` for a transaction API's answer in the client's request version."""
+    kafka = to_kafka(code)
+    if kafka is K.producer_fenced and api_version < PRODUCER_FENCED_SINCE_VERSION.get(api_key, 0):
+        return K.invalid_producer_epoch
+    return kafka

@@ -21,7 +21,7 @@ import asyncio
 import itertools
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kio.schema.errors import ErrorCode as K
@@ -36,6 +36,8 @@ from semel.clock import wall_clock_ms
 from semel.cluster.broker.server import AdminService
 from semel.cluster.kafka import admin_handlers, codec, consumer_group_handlers, group_handlers
 from semel.cluster.kafka.errors import to_kafka
+from semel.cluster.kafka.txn_handlers import TXN_HANDLERS, KafkaTxnApis, ProduceCheck
+from semel.cluster.kafka.txn_handlers import Handler as TxnHandler
 from semel.cluster.metadata import state as md
 from semel.storage import isolation as isolation_rules
 from semel.storage.batch import (
@@ -96,6 +98,7 @@ class KafkaApis:
         self.admin = AdminService(broker)
         self._groups_service: GroupsService | None = None
         self._classic: group_handlers.ClassicGroupHost | None = None
+        self.txn = KafkaTxnApis(broker, self._groups)
 
     def classic_groups(self) -> group_handlers.ClassicGroupHost:
         if self._classic is None:
@@ -160,13 +163,18 @@ class KafkaApis:
 
     # --- Produce -----------------------------------------------------------------------
     async def produce(self, req: codec.Request) -> dict[str, Any] | None:
-        # Invariant: every append happens before this coroutine's first await. The listener starts
-        # one task per request in arrival order, so a connection's pipelined produce requests (an
-        # idempotent client keeps up to 5 in flight per partition) append in the order they came.
+        # Invariant: every append happens before this coroutine's first await, except a transactional
+        # request's KIP-890 verification, which keeps a producer's requests in order itself. The
+        # listener starts one task per request in arrival order, so a connection's pipelined produce
+        # requests (an idempotent client keeps up to 5 in flight per partition) append in the order
+        # they came.
         body = req.body
         acks = body.acks
         timeout_ms = min(codec.timedelta_ms(body.timeout) or PRODUCE_TIMEOUT_MS_DEFAULT, limits.MAX_PRODUCE_TIMEOUT_MS)
         image = self.b.quorum.image()
+        check = await self.txn.verify_produce(
+            body.transactional_id, [(t.name, pd.index, pd.records) for t in body.topic_data for pd in t.partition_data],
+            image)
         now = wall_clock_ms()
         results: list[tuple[str, dict[str, Any]]] = []
         waits: list[tuple[dict[str, Any], write_path.PendingAck]] = []
@@ -186,8 +194,8 @@ class KafkaApis:
                     seen.add((topic.name, pd.index))
                     if acks not in (ACKS_NONE, ACKS_LEADER, ACKS_ALL):
                         raise ProduceRefused(K.invalid_required_acks, f"acks must be 0, 1 or -1, got {acks}")
-                    ack = self._produce_one(topic.name, pd.index, pd.records, acks, req.api_version,
-                                            body.transactional_id, image, now, r)
+                    ack = self._produce_one(topic.name, pd.index, pd.records, acks, req.api_version, check,
+                                            image, now, r)
                 except ProduceRefused as exc:
                     r["error_code"], r["error_message"] = exc.code, exc.message
                     continue
@@ -210,22 +218,22 @@ class KafkaApis:
                 "responses": [{"name": name, "partition_responses": rs} for name, rs in by_topic.items()]}
 
     def _produce_one(self, topic: str, partition: int, records: bytes | None, acks: int, version: int,
-                     transactional_id: str | None, image: md.MetadataImage, now: int,
+                     check: ProduceCheck | None, image: md.MetadataImage, now: int,
                      r: dict[str, Any]) -> write_path.PendingAck | None:
         """Check the batch, then append it through the broker's one write path (the gRPC
-        Produce's: acks precondition, leader append with producer-state validation, HW waiter)."""
+        Produce's: acks precondition, leader append with producer-state validation, HW waiter).
+        `check`: the transactional request's KIP-890 check, run with no await before the append."""
         header = checked_produce_batch(records, version, self.b.config.max_batch_bytes, now)
         if 0 <= header.producer_id and header.producer_id >= image.next_producer_id:  # as gRPC Produce
             rejection = unallocated_producer_id(header.producer_id, image.next_producer_id)
             raise ProduceRefused(to_kafka(rejection.error_code), rejection.message)
-        if header.is_transactional or transactional_id is not None:
-            raise ProduceRefused(K.transactional_id_authorization_failed,
-                                 "transactions over the Kafka listener are not served yet; use the gRPC API")
         t = image.topic(topic)
         if t is not None and t.internal:
             raise ProduceRefused(K.invalid_topic_exception, f"{topic} is an internal topic")
         p = self.b.rm.leader_partition(topic, partition, image)
         assert records is not None  # checked_produce_batch refused None
+        if check is not None:
+            check(topic, partition)
         policy = write_path.PRODUCE_ACKS_ALL if acks == ACKS_ALL else write_path.PRODUCE_ACKS_LEADER
         out = write_path.start_append(p, lambda: p.append_encoded_as_leader(records, now), policy)
         ar = out.result if isinstance(out, write_path.PendingAck) else out
@@ -373,8 +381,7 @@ class KafkaApis:
     async def init_producer_id(self, req: codec.Request) -> dict[str, Any]:
         failed = {"throttle_time": 0, "producer_id": -1, "producer_epoch": -1}
         if req.body.transactional_id is not None:
-            # fatal in every client, so a transactional producer stops at once instead of retrying
-            return {**failed, "error_code": K.transactional_id_authorization_failed}
+            return await self.txn.init_producer_id(req)  # the coordinator's, as a version-1 client
         txn = self.b.txn
         pid = await txn.shell.pids.next_id() if txn is not None else None
         if pid is None:
@@ -582,6 +589,12 @@ def _topic_uuid(topic_id: str) -> str:
         return uuid.uuid5(uuid.NAMESPACE_URL, f"semel-topic:{topic_id}").hex
 
 
+def _via_txn(handler: TxnHandler) -> Callable[[KafkaApis, codec.Request], Awaitable[dict[str, Any]]]:
+    async def run(apis: KafkaApis, req: codec.Request) -> dict[str, Any]:
+        return await handler(apis.txn, req)
+    return run
+
+
 _HANDLERS = {
     codec.API_VERSIONS: KafkaApis.api_versions,
     codec.METADATA: KafkaApis.metadata,
@@ -597,5 +610,6 @@ _HANDLERS = {
     **group_handlers.HANDLERS,
     **admin_handlers.HANDLERS,
     **consumer_group_handlers.HANDLERS,
+    **{key: _via_txn(handler) for key, handler in TXN_HANDLERS.items()},
 }
 assert set(_HANDLERS) == set(codec.SERVED), "every served API has a handler"
