@@ -211,3 +211,60 @@ def test_admin_lists_and_describes_an_open_transaction(kafka_cluster):
             "PrepareCommit", "CompleteCommit")
     finally:
         admin.close()
+
+
+def _produce_raw(kafka_cluster, topic: str, partition: int, batch: bytes, transactional_id: str | None) -> object:
+    """One Produce v9 (acks=all) of `batch`, sent to the partition's leader; its partition answer."""
+    import datetime
+    import socket
+
+    from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
+    from kio.static.primitive import i16, i32
+
+    from .test_kafka_clients import _read_response, _request
+
+    request = ProduceRequest(transactional_id=transactional_id, acks=i16(-1), timeout=datetime.timedelta(seconds=10),
+                             topic_data=(TopicProduceData(name=topic, partition_data=(
+                                 PartitionProduceData(index=i32(partition), records=batch),)),))
+    host, port = kafka_cluster.kafka_address(kafka_cluster.leader_of(topic, partition)).rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(_request(0, 9, request))
+        answer = _read_response(sock, 0, 9)
+    (result,) = answer.responses[0].partition_responses  # type: ignore[attr-defined]
+    return result
+
+
+def test_a_transactional_write_to_a_partition_outside_the_transaction_is_refused(kafka_cluster):
+    """KIP-890 verification on the Kafka path: the partition leader asks the coordinator first."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.record.memory_records import MemoryRecordsBuilder
+    from kio.schema.errors import ErrorCode
+
+    bootstrap = kafka_cluster.kafka_bootstrap
+    _create(bootstrap, "raw-txn", 2)
+    producer = _txn_producer(bootstrap, "raw-txn-1")
+    producer.begin_transaction()
+    producer.produce("raw-txn", value=b"inside", partition=0)
+    assert producer.flush(TXN_TIMEOUT_S) == 0
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    try:
+        description = admin.describe_transactions(["raw-txn-1"])["raw-txn-1"]
+    finally:
+        admin.close()
+
+    def batch(transactional: bool) -> bytes:
+        builder = MemoryRecordsBuilder(magic=2, compression_type=0, batch_size=1 << 16, transactional=transactional,
+                                       producer_id=description.producer_id,
+                                       producer_epoch=description.producer_epoch, base_sequence=0)
+        builder.append(timestamp=int(time.time() * 1000), key=None, value=b"outside", headers=[])
+        builder.close()
+        return bytes(builder.buffer())
+
+    refused = _produce_raw(kafka_cluster, "raw-txn", 1, batch(True), "raw-txn-1")
+    assert refused.error_code == ErrorCode.invalid_txn_state, refused  # type: ignore[attr-defined]
+    no_id = _produce_raw(kafka_cluster, "raw-txn", 1, batch(True), None)
+    assert no_id.error_code == ErrorCode.invalid_request, no_id  # type: ignore[attr-defined]
+    mixed = _produce_raw(kafka_cluster, "raw-txn", 1, batch(False), "raw-txn-1")
+    assert mixed.error_code == ErrorCode.invalid_request, mixed  # type: ignore[attr-defined]
+    producer.commit_transaction(TXN_TIMEOUT_S)
+    assert _read(bootstrap, "raw-txn", 2, "read_uncommitted", 1) == [b"inside"]  # nothing else was written
