@@ -382,7 +382,9 @@ def _cmd_describe(view: ClusterView, args: argparse.Namespace) -> int:
            "producer_id": d.producer_id, "producer_epoch": d.producer_epoch,
            "transaction_timeout_ms": d.transaction_timeout_ms, "transaction_start_time_ms": d.transaction_start_time_ms,
            "partitions": [f"{p.topic}-{p.partition}" for p in d.partitions],
-           "last_bump_reason": txn_pb2.EpochBumpReason.Name(d.last_bump_reason)}
+           "last_bump_reason": txn_pb2.EpochBumpReason.Name(d.last_bump_reason),
+           # 1: a Kafka client's id (EndTxn keeps the epoch), 2: a gRPC client's (docs/kafka.md)
+           "transaction_version": txn_pb2.TransactionVersion.Name(d.transaction_version)}
     lines = [f"{k}: {v}" for k, v in obj.items()]
     if d.transaction_start_time_ms > 0:  # also for readers: when, and how long ago
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(d.transaction_start_time_ms / 1000))

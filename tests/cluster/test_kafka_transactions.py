@@ -6,6 +6,7 @@ exactly-once loop with a killed broker is tests/cluster/test_kafka_eos.py."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -94,10 +95,11 @@ def test_confluent_kafka_aborted_transaction_is_invisible_to_read_committed_only
     assert sorted(_read(bootstrap, "ck-txn", 2, "read_committed", len(committed) + 1)) == sorted(committed + [b"late"])
 
 
-def test_librdkafka_keeps_one_producer_epoch_across_transactions(kafka_cluster):
+def test_librdkafka_keeps_one_producer_epoch_across_transactions(kafka_cluster, capsys):
     """Transaction version 1: six transactions, one epoch; the partition's sequences run on."""
     from kafka import TopicPartition as KPTopicPartition
     from kafka.admin import KafkaAdminClient
+    from semel.cli import main as cli
 
     bootstrap = kafka_cluster.kafka_bootstrap
     _create(bootstrap, "ck-epoch", 1)
@@ -115,6 +117,10 @@ def test_librdkafka_keeps_one_producer_epoch_across_transactions(kafka_cluster):
         assert active.current_transaction_start_offset == -1
     finally:
         admin.close()
+    capsys.readouterr()
+    assert cli.main(["txn", "describe", "ck-epoch-1", "-b", kafka_cluster.bootstrap, "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["transaction_version"] == "TRANSACTION_VERSION_1" and described["producer_epoch"] in epochs
     assert len(_read(bootstrap, "ck-epoch", 1, "read_committed", 9)) == 9
 
 

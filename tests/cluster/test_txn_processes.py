@@ -194,6 +194,7 @@ def test_describe_and_list_transactions(cluster, capsys):
     assert cli.main(["txn", "describe", "described", "-b", bootstrap, "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["state"] == "ONGOING" and described["partitions"] == [f"{t}-0"]
+    assert described["transaction_version"] == "TRANSACTION_VERSION_2"  # a gRPC client's id
     assert cli.main(["txn", "describe", "described", "-b", bootstrap]) == 0
     text = capsys.readouterr().out
     assert "state: ONGOING" in text and "Z, " in text and " s ago)" in text  # the start time, readable
