@@ -77,12 +77,13 @@ def test_exactly_once_loop_survives_a_killed_transaction_coordinator(tmp_path):
         producer = _producer(bootstrap)
         committed = {p: 0 for p in range(PARTITIONS)}
         processed = aborted = recreated = 0
+        errors: list[str] = []
         killed_at_s: float | None = None
         started = time.monotonic()
         while committed != end_offsets:
             assert time.monotonic() - started < LOOP_DEADLINE_S, (
                 f"loop did not finish: committed {committed} of {end_offsets}, {processed} processed, "
-                f"{aborted} aborted, coordinator killed at {killed_at_s}\n{cluster.logs()}")
+                f"{aborted} aborted, coordinator killed at {killed_at_s}, errors {errors}\n{cluster.logs()}")
             messages = [m for m in consumer.consume(num_messages=BATCH, timeout=0.5) if m.error() is None]
             if not messages:
                 continue
@@ -99,12 +100,13 @@ def test_exactly_once_loop_survives_a_killed_transaction_coordinator(tmp_path):
                 _commit(producer)
             except KafkaException as exc:
                 error = exc.args[0]
+                errors.append(f"{time.monotonic() - started:.1f} s: {error}")
                 if error.fatal():  # fenced (e.g. a timed-out transaction): a new instance takes over
                     producer = _producer(bootstrap)
                     recreated += 1
                 else:
                     assert error.txn_requires_abort(), error
-                    producer.abort_transaction(CALL_TIMEOUT_S)
+                    _abort(producer)
                     aborted += 1
                 _rewind(consumer)
                 continue
@@ -113,11 +115,11 @@ def test_exactly_once_loop_survives_a_killed_transaction_coordinator(tmp_path):
         loop_s = time.monotonic() - started
         consumer.close()
         print(f"exactly-once loop: {RECORDS} records in {loop_s:.1f} s, coordinator broker {coordinator} "
-              f"killed at {killed_at_s:.1f} s, {aborted} aborted, {recreated} producers recreated")
+              f"killed at {killed_at_s:.1f} s, {aborted} aborted, {recreated} producers recreated, errors: {errors}")
         assert killed_at_s is not None
         # the new coordinator loaded the id as a version-1 one: its commit kept the epoch, so the
         # producer was never fenced (under version 2 its next transaction would have been)
-        assert recreated == 0
+        assert recreated == 0, errors
 
         reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "eos-check", "isolation.level": "read_committed",
                            "enable.auto.commit": False, "enable.partition.eof": True})
@@ -139,6 +141,20 @@ def test_exactly_once_loop_survives_a_killed_transaction_coordinator(tmp_path):
         offsets = check.committed([TopicPartition("in", p) for p in range(PARTITIONS)], timeout=CALL_TIMEOUT_S)
         check.close()
         assert {tp.partition: tp.offset for tp in offsets} == end_offsets
+
+
+def _abort(producer: KafkaProducer) -> None:
+    """abort_transaction, again while the error is retriable. It waits for every outstanding
+    message, and the reports of those that failed count until served: poll first."""
+    for _ in range(10):
+        producer.poll(0)
+        try:
+            producer.abort_transaction(CALL_TIMEOUT_S)
+            return
+        except KafkaException as exc:
+            if not exc.args[0].retriable():
+                raise
+    producer.abort_transaction(CALL_TIMEOUT_S)
 
 
 def _commit(producer: KafkaProducer) -> None:
