@@ -98,7 +98,8 @@ class KafkaApis:
         self.admin = AdminService(broker)
         self._groups_service: GroupsService | None = None
         self._classic: group_handlers.ClassicGroupHost | None = None
-        self.txn = KafkaTxnApis(broker, self._groups)
+        self.txn = KafkaTxnApis(broker, self._groups, lambda group_id, member_id, generation:
+                                group_handlers.commit_verdict(self, group_id, member_id, generation))
 
     def classic_groups(self) -> group_handlers.ClassicGroupHost:
         if self._classic is None:

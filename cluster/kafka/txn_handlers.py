@@ -63,15 +63,19 @@ RETRIABLE_VERIFY_ERRORS = frozenset({pb.NOT_COORDINATOR, pb.COORDINATOR_NOT_AVAI
 NULL_TIMESTAMP = datetime.datetime.fromtimestamp(-0.001, tz=datetime.timezone.utc)  # encodes as -1
 
 ProduceCheck = Callable[[str, int], None]
+# (group, member id, generation) -> None: Semel's coordinator decides; NONE: a classic member of
+# the current generation (written as a simple commit); else the error (group_handlers.commit_verdict)
+CommitVerdict = Callable[[str, str, int], "K | None"]
 _ATTRIBUTES_LOW_BYTE = 22  # base offset 8, length 4, leader epoch 4, magic 1, CRC 4, attributes int16
 
 
 class KafkaTxnApis:
     """The transaction handlers of one broker's Kafka listener."""
 
-    def __init__(self, broker: Broker, groups: Callable[[], GroupsService]) -> None:
+    def __init__(self, broker: Broker, groups: Callable[[], GroupsService], commit_verdict: CommitVerdict) -> None:
         self.b = broker
         self._groups = groups
+        self._commit_verdict = commit_verdict
 
     def _txn(self) -> TxnRuntime:
         return not_none(self.b.txn, "a broker with a Kafka listener runs a transaction coordinator")
@@ -124,14 +128,24 @@ class KafkaTxnApis:
 
     # --- TxnOffsetCommit (group coordinator) ---------------------------------------------
     async def txn_offset_commit(self, req: codec.Request) -> dict[str, Any]:
-        """The generation id is the member epoch, as in OffsetCommit: -1 with no member id is a
-        consumer that assign()s its partitions (accepted while the group has no members)."""
+        """As OffsetCommit (KIP-447 from v3): a classic member's generation is checked by the
+        classic group and the commit written as Semel's simple commit; a KIP-848 member's epoch
+        is Semel's; -1 with no member id is a consumer that assign()s (accepted while the group
+        has no members). v0-2 carry no membership."""
         body = req.body
         topics = body.topics[: limits.MAX_PARTITIONS_PER_REQUEST]
+        member_id, generation = getattr(body, "member_id", ""), getattr(body, "generation_id", -1)
+        verdict = self._commit_verdict(body.group_id, member_id, generation) if req.api_version >= 3 else None
+        if verdict is not None and verdict != K.none:
+            return {"throttle_time": 0, "topics": [
+                {"name": t.name, "partitions": [{"partition_index": p.partition_index, "error_code": verdict}
+                                                for p in t.partitions]}
+                for t in topics]}
+        if verdict == K.none or req.api_version < 3:  # a checked classic member, or no membership sent
+            member_id, generation = "", -1
         request = gpb.TxnOffsetCommitRequest(
             transactional_id=body.transactional_id, producer_id=body.producer_id, producer_epoch=body.producer_epoch,
-            group_id=body.group_id, member_id=getattr(body, "member_id", ""),
-            member_epoch=getattr(body, "generation_id", -1))
+            group_id=body.group_id, member_id=member_id, member_epoch=generation)
         for t in topics:
             request.topics.append(gpb.OffsetCommitTopic(topic=t.name, partitions=[
                 gpb.OffsetCommitPartition(partition=p.partition_index, committed_offset=p.committed_offset,

@@ -289,3 +289,47 @@ def test_a_transactional_write_to_a_partition_outside_the_transaction_is_refused
     assert mixed.error_code == ErrorCode.invalid_request, mixed  # type: ignore[attr-defined]
     producer.commit_transaction(TXN_TIMEOUT_S)
     assert _read(bootstrap, "raw-txn", 2, "read_uncommitted", 1) == [b"inside"]  # nothing else was written
+
+
+def test_send_offsets_to_transaction_from_a_classic_group_member(kafka_cluster):
+    """A subscribe()d librdkafka consumer (classic group): the transaction's TxnOffsetCommit
+    carries its member id and generation (KIP-447); the offsets become visible on commit only."""
+    bootstrap = kafka_cluster.kafka_bootstrap
+    _create(bootstrap, "grp-in", 2)
+    _create(bootstrap, "grp-out", 2)
+    source = CKProducer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for i in range(20):
+        source.produce("grp-in", value=b"%d" % i, partition=i % 2)
+    assert source.flush(30) == 0
+    group = "txn-classic"
+    consumer = CKConsumer({"bootstrap.servers": bootstrap, "group.id": group, "isolation.level": "read_committed",
+                           "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.subscribe(["grp-in"])
+    producer = _txn_producer(bootstrap, "grp-txn-1")
+    got: list[bytes] = []
+    deadline = time.monotonic() + DEADLINE_S
+    while len(got) < 20 and time.monotonic() < deadline:
+        messages = [m for m in consumer.consume(num_messages=20, timeout=0.5) if m.error() is None]
+        if not messages:
+            continue
+        producer.begin_transaction()
+        for m in messages:
+            producer.produce("grp-out", value=m.value(), partition=m.partition())
+        producer.send_offsets_to_transaction(consumer.position(consumer.assignment()),
+                                             consumer.consumer_group_metadata(), TXN_TIMEOUT_S)
+        producer.commit_transaction(TXN_TIMEOUT_S)
+        got += [m.value() for m in messages]
+    assert sorted(got) == sorted(b"%d" % i for i in range(20))
+    committed = consumer.committed([TopicPartition("grp-in", p) for p in range(2)], timeout=TXN_TIMEOUT_S)
+    assert {tp.partition: tp.offset for tp in committed} == {0: 10, 1: 10}
+    # an aborted transaction's offsets never become the group's
+    metadata = consumer.consumer_group_metadata()
+    producer.begin_transaction()
+    producer.produce("grp-out", value=b"never", partition=0)
+    producer.send_offsets_to_transaction([TopicPartition("grp-in", 0, 3)], metadata, TXN_TIMEOUT_S)
+    assert producer.flush(TXN_TIMEOUT_S) == 0
+    producer.abort_transaction(TXN_TIMEOUT_S)
+    committed = consumer.committed([TopicPartition("grp-in", p) for p in range(2)], timeout=TXN_TIMEOUT_S)
+    assert {tp.partition: tp.offset for tp in committed} == {0: 10, 1: 10}
+    consumer.close()
+    assert sorted(_read(bootstrap, "grp-out", 2, "read_committed", 20)) == sorted(b"%d" % i for i in range(20))
