@@ -134,6 +134,7 @@ class BrokerMetrics:
         self._out_of: dict[str, list[int]] = {}
         self.rpc: dict[str, RpcStats] = {}  # registered unary methods only
         self.streams: dict[str, int] = {}  # registered streaming methods only
+        self.stream_messages_sent: dict[str, int] = {}  # registered server-streaming methods only
         self.isr_shrinks = 0
         self.isr_expands = 0
         self.leader_elections = 0
@@ -211,7 +212,12 @@ class PathCollector(Collector):
         streams = CounterMetricFamily("semel_rpc_streams_started", "Streaming gRPC calls started", labels=["method"])
         for method, count in sorted(m.streams.items()):
             streams.add_metric([method], count)
-        families: list[Metric] = [requests, duration, streams]
+        sent = CounterMetricFamily("semel_rpc_stream_messages_sent",
+                                   "Messages this broker sent on streaming gRPC calls it serves (async-generator handlers; replication: "
+                                   "one per fetch round)", labels=["method"])
+        for method, count in sorted(m.stream_messages_sent.items()):
+            sent.add_metric([method], count)
+        families: list[Metric] = [requests, duration, streams, sent]
         for name, doc, table, index in (
             ("semel_topic_bytes_in", "Record bytes appended by producers, per topic", m.topics_in, 0),
             ("semel_topic_records_in", "Records appended by producers, per topic", m.topics_in, 1),
@@ -299,6 +305,7 @@ def _counting_stream_handler(m: BrokerMetrics, method: str, handler: grpc.RpcMet
     """Streams are long-lived (replication): counted when they start, not timed."""
     def bump() -> None:
         m.streams[method] = m.streams.get(method, 0) + 1
+        m.stream_messages_sent.setdefault(method, 0)
 
     def counted(behavior: Callable[..., Any]) -> Callable[..., Any]:
         # grpc.aio picks how to drive a handler from its kind (async generator, coroutine or
@@ -307,8 +314,10 @@ def _counting_stream_handler(m: BrokerMetrics, method: str, handler: grpc.RpcMet
             async def agen(request: Any, context: Any) -> AsyncIterator[Any]:
                 bump()
                 inner = behavior(request, context)
+                sent = m.stream_messages_sent
                 try:
                     async for item in inner:
+                        sent[method] += 1
                         yield item
                 finally:
                     await inner.aclose()

@@ -108,6 +108,8 @@ def test_interceptor_keeps_each_handler_kind_working_and_counts_it() -> None:
 
     m = asyncio.run(main())
     assert m.streams == {"/t.S/Stream": 1, "/t.S/Plain": 1}
+    # messages sent are counted on async-generator handlers (every stream the broker serves)
+    assert m.stream_messages_sent == {"/t.S/Stream": 2, "/t.S/Plain": 0}
     assert m.rpc["/t.S/Echo"].codes == {"OK": 1}
     assert m.rpc["/t.S/Fail"].codes == {"FAILED_PRECONDITION": 1}
 
