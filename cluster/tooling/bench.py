@@ -58,6 +58,8 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-data", action="store_true", help="keep the local cluster's data dir")
     parser.add_argument("--segment-bytes", type=int, default=None,
                         help="the topic's segment_bytes (default: the broker default); small values roll often")
+    parser.add_argument("--broker-event-loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the local brokers' event loop (their --event-loop; default asyncio)")
 
 
 def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,14 +106,17 @@ def _cluster(args: argparse.Namespace) -> Iterator[tuple[str, list[int], list[Pa
     from semel.cluster.tooling.local_cluster import BrokerSpec, LocalCluster
 
     kafka = getattr(args, "protocol", "grpc") != "grpc"  # brokers with Kafka listeners too
-    ports = free_ports((3 if kafka else 2) * args.brokers)
+    ports = free_ports((4 if kafka else 3) * args.brokers)
     data_dir = Path(tempfile.mkdtemp(prefix="semel-bench-"))
+    n = args.brokers
     specs = [
-        BrokerSpec(i + 1, "127.0.0.1", ports[i], ports[args.brokers + i], data_dir / f"broker-{i + 1}",
-                   kafka_port=ports[2 * args.brokers + i] if kafka else 0)
-        for i in range(args.brokers)
+        BrokerSpec(i + 1, "127.0.0.1", ports[i], ports[n + i], data_dir / f"broker-{i + 1}",
+                   metrics_port=ports[2 * n + i], kafka_port=ports[3 * n + i] if kafka else 0)
+        for i in range(n)
     ]
-    cluster = LocalCluster(specs, data_dir)
+    args.metrics_urls = [f"http://127.0.0.1:{spec.metrics_port}/metrics" for spec in specs]
+    loop = getattr(args, "broker_event_loop", "asyncio")
+    cluster = LocalCluster(specs, data_dir, extra_args=["--event-loop", loop] if loop != "asyncio" else [])
     _progress(f"starting {args.brokers} broker(s) in {data_dir} ...")
     try:
         cluster.start(timeout_s=90)
@@ -537,6 +542,28 @@ def _per_process(options: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 # --- where the CPU went ----------------------------------------------------------------
+def _message_counts(urls: list[str]) -> dict[str, float]:
+    """gRPC messages the brokers handled so far, from their /metrics: unary calls by method
+    (`semel_rpc_requests`) and messages sent on served streams (`semel_rpc_stream_messages_sent`;
+    ReplicaFetch: one response per fetch round, and as many requests)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, float] = {}
+    for url in urls:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name not in ("semel_rpc_requests", "semel_rpc_stream_messages_sent"):
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = sample.labels["method"].rsplit("/", 1)[-1]
+                    counts[key] = counts.get(key, 0.0) + sample.value
+    return counts
+
+
 def _cpu_snapshot(pids: list[int]) -> dict[str, Any]:
     """CPU seconds so far of each broker process, and of the whole machine (busy, total)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -593,6 +620,8 @@ def add_txn_cost_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration-s", type=float, default=10.0, help="default 10")
     parser.add_argument("--records-per-partition", type=int, default=1,
                         help="records each transaction writes to every partition (default 1)")
+    parser.add_argument("--idle-s", type=float, default=5.0,
+                        help="seconds the brokers' idle CPU is measured first (default 5)")
 
 
 def run_txn_cost(args: argparse.Namespace) -> int:
@@ -620,9 +649,19 @@ def run_txn_cost(args: argparse.Namespace) -> int:
                 return time.perf_counter() - started
 
             one_transaction()  # connections, coordinator, first verification
+            # The brokers' CPU with no transactions (Raft ticks, idle replication fetches), so
+            # the per-transaction figure can be given above idle too: on a busy machine few
+            # transactions run and the idle CPU would otherwise dominate the per-transaction cost.
+            idle_before = _cpu_snapshot(broker_pids)
+            time.sleep(args.idle_s)
+            idle_after = _cpu_snapshot(broker_pids)
+            idle_cpu_s_per_s = (sum(_cpu_report(idle_before, idle_after, [])["brokers_cpu_s"])
+                                / max(idle_after["wall"] - idle_before["wall"], 1e-9))
             _progress(f"transactions of {args.records_per_partition} record(s) on each of {args.partitions} "
                       f"partitions for {args.duration_s} s ...")
             commits: list[float] = []
+            urls = getattr(args, "metrics_urls", []) if broker_pids else []
+            messages_before = _message_counts(urls)
             before = _cpu_snapshot(broker_pids)
             cpu_begin = time.process_time()
             begin = last = time.perf_counter()
@@ -634,6 +673,7 @@ def run_txn_cost(args: argparse.Namespace) -> int:
             elapsed = time.perf_counter() - begin
             producer_cpu_s = time.process_time() - cpu_begin
             after = _cpu_snapshot(broker_pids)
+            messages_after = _message_counts(urls)
     cpu = _cpu_report(before, after, [producer_cpu_s])
     count = len(commits)
     commits.sort()
@@ -642,7 +682,16 @@ def run_txn_cost(args: argparse.Namespace) -> int:
         "records_per_partition": args.records_per_partition, "record_bytes": args.record_bytes,
         "transactions": count, "transactions_per_s": round(count / elapsed, 1),
         "brokers_cpu_ms_per_txn": round(sum(cpu["brokers_cpu_s"]) * 1000 / count, 2) if broker_pids else None,
+        "brokers_cpu_ms_per_txn_above_idle": (
+            round((sum(cpu["brokers_cpu_s"]) - idle_cpu_s_per_s * cpu["wall_s"]) * 1000 / count, 2)
+            if broker_pids else None),
+        "brokers_idle_cpu_ms_per_s": round(idle_cpu_s_per_s * 1000, 1) if broker_pids else None,
         "producer_cpu_ms_per_txn": round(producer_cpu_s * 1000 / count, 2),
+        # gRPC messages per transaction (the brokers' /metrics; a local cluster only): unary
+        # calls served by method, and ReplicaFetch responses (as many fetch requests again).
+        "messages_per_txn": {key: round((messages_after.get(key, 0.0) - messages_before.get(key, 0.0)) / count, 2)
+                             for key in sorted(messages_after)
+                             if messages_after.get(key, 0.0) - messages_before.get(key, 0.0) > 0},
         "commit_ms_p50": round(_percentile(commits, 0.50) * 1000, 2),
         "commit_ms_p99": round(_percentile(commits, 0.99) * 1000, 2),
         "cpu": cpu,
