@@ -88,6 +88,7 @@ log = logging.getLogger("semel.broker")
 
 READY_LINE = "SEMEL_BROKER_READY"
 CONTROLLER_READY_LINE = "SEMEL_CONTROLLER_READY"
+EVENT_LOOPS = ("asyncio", "uvloop")
 CONTROLLER_ONLY_SERVICE_NAMES = ("semel.v1.Admin", "semel.v1.Controller")
 SERVICE_NAMES = ("semel.v1.Broker", "semel.v1.Admin", "semel.v1.Replication", "semel.v1.Controller",
                  group_service.SERVICE_NAME, *txn_service.SERVICE_NAMES)
@@ -136,6 +137,9 @@ class BrokerConfig:
     auto_leader_rebalance: bool = True
     leader_imbalance_percent: int = limits.LEADER_IMBALANCE_PERCENT_DEFAULT
     controlled_shutdown_wait_ms: int = limits.CONTROLLED_SHUTDOWN_WAIT_MS_DEFAULT
+    # The asyncio event loop: "asyncio" (the standard library's) or "uvloop" (libuv; the
+    # `uvloop` package, see docs/benchmarks.md for what it saves). Off by default.
+    event_loop: str = "asyncio"
     metrics_listen: str = ""  # host:port for Prometheus' GET /metrics (empty: no metrics endpoint)
     # Kafka-protocol listener (semel.cluster.kafka): "host:port" to serve on ("" = none, port 0 =
     # any free port), and the address Kafka clients are told (default: the bound one).
@@ -165,6 +169,8 @@ class BrokerConfig:
         voters = self.voter_specs()
         if self.metrics_listen:
             split_address(self.metrics_listen)
+        if self.event_loop not in EVENT_LOOPS:
+            raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
         mine = next((v for v in voters if v.raft_address == self.raft_address), None) if self.raft_address else None
         if "controller" not in roles and mine is not None:
             raise ValueError(f"--roles broker: node {self.broker_id} must not name a voter's Raft address "
@@ -215,7 +221,7 @@ class BrokerConfig:
                       "disconnect_grace_ms", "replica_lag_time_max_ms", "replica_fetch_max_wait_ms",
                       "replica_fetch_max_bytes", "isr_check_interval_ms", "max_inflight_produce", "max_batch_bytes",
                       "internal_partitions", "retention_check_interval_ms", "txn_abort_scan_interval_ms",
-                      "group_session_timeout_ms", "group_heartbeat_interval_ms", "fsync", "log_level",
+                      "group_session_timeout_ms", "group_heartbeat_interval_ms", "fsync", "log_level", "event_loop",
                       "raft_secret_file", "kafka_listen", "kafka_advertised", "reassignment_throttle_bytes_per_s",
                       "auto_leader_rebalance", "leader_imbalance_percent", "controlled_shutdown_wait_ms"):
             v = getattr(a, field)
@@ -277,6 +283,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                     help="move leadership back to preferred replicas automatically (default on)")
     ap.add_argument("--fsync", action="store_true", default=None)
     ap.add_argument("--log-level")
+    ap.add_argument("--event-loop", choices=EVENT_LOOPS,
+                    help="the event loop: asyncio (default) or uvloop (needs the uvloop package)")
     ap.add_argument("--metrics-listen", help="host:port to serve Prometheus metrics on (GET /metrics; port 0: any)")
     ap.add_argument("--dial", help="fault injection: comma-separated broker_id=host:port to reach peers by")
     ap.add_argument("--raft-dial", help="fault injection: comma-separated broker_id=host:port for Raft links")
@@ -750,6 +758,7 @@ async def run(config: BrokerConfig) -> int:
     broker = Broker(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -787,6 +796,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, config.log_level.upper(), logging.INFO),
                         format=f"%(asctime)s b{config.broker_id} %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    if config.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(run(config))
     return asyncio.run(run(config))
 
 

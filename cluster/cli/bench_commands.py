@@ -18,6 +18,8 @@ BENCHMARKS = {
     "consume": ("semel.cluster.tooling.bench", "add_consume_arguments", "run_consume", "consumer throughput against a (local) cluster"),
     "txn-cost": ("semel.cluster.tooling.bench", "add_txn_cost_arguments", "run_txn_cost",
                  "what one transaction costs beyond its records: CPU per transaction, commit latency"),
+    "grpc-cost": ("semel.cluster.tooling.grpc_cost", "add_arguments", "run",
+                  "CPU per gRPC message (unary, stream) on asyncio against uvloop, alternating in one run"),
     "assignor": ("semel.coordinator.bench", "add_arguments", "run",
                  "the group assignor's time at its bounds (1000 members, 10000 partitions)"),
 }

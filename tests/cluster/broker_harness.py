@@ -24,6 +24,7 @@ from semel.cluster.tooling.ports import free_ports
 from semel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2, txn_pb2, txn_pb2_grpc
 
 READY = "SEMEL_BROKER_READY"
+EVENT_LOOP_ENV = "SEMEL_TEST_BROKER_EVENT_LOOP"
 
 
 @dataclass
@@ -67,7 +68,12 @@ class Cluster:
                 "--listen", b.address, "--data-dir", str(b.data_dir), "--voters", self.voters]
         if broker_id in self._voter_ids:
             args += ["--raft", f"127.0.0.1:{b.raft_port}"]
-        for k, v in self.flags.items():
+        flags = dict(self.flags)
+        # SEMEL_TEST_BROKER_EVENT_LOOP=uvloop runs every harness cluster on that event loop
+        # (docs/benchmarks.md: uvloop is opt-in; this runs the process tests on it).
+        if os.environ.get(EVENT_LOOP_ENV) and "event_loop" not in flags:
+            flags["event_loop"] = os.environ[EVENT_LOOP_ENV]
+        for k, v in flags.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
         log = open(b.data_dir / "broker.log", "ab")
         # No preexec_fn: forking this gRPC-using process in Python runs gRPC's fork handlers in
