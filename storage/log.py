@@ -397,7 +397,8 @@ class PartitionLog:
             self._check_open()
             frames, last_header = self._validate(encoded, self.log_end_offset)
             active = self._segments[-1]
-            if should_roll(active.index.size_bytes, active.first_append_ms, len(encoded), now_ms, self.config):
+            rolled = should_roll(active.index.size_bytes, active.first_append_ms, len(encoded), now_ms, self.config)
+            if rolled:
                 self._roll(now_ms)
                 active = self._segments[-1]
             active.append(encoded, frames)
@@ -413,6 +414,8 @@ class PartitionLog:
             ):
                 if self.config.flush_policy == "always":
                     active.fsync()
+                    if rolled:  # the new segment's name too: without it a power cut loses the file
+                        fsync_dir(self.directory)
                 else:  # interval: the appending thread (a broker's event loop) does not wait for the disk
                     active.fsync_soon(background_sync.shared(), _cache_window())
                 self._last_fsync_ms = now_ms

@@ -790,12 +790,35 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _install_power_cut_layer(data_dir: Path) -> None:
+    """Tests only (`SEMEL_TEST_POWER_CUT_DIR`, see `semel.storage.power_cut`): record what a
+    power cut would leave. The raft journal syncs by msync, which the layer cannot see: its
+    `sync` reports the file after syncing."""
+    from semel.cluster.metadata import raft_journal
+    from semel.storage import power_cut
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    image = power_cut.install_from_env(data_dir)
+    if image is None:
+        return
+    msync = raft_journal.DurableJournal.sync
+
+    def sync(journal: raft_journal.DurableJournal) -> None:
+        dirty = journal._dirty
+        msync(journal)
+        if dirty:
+            image.record_path(journal._path)
+
+    raft_journal.DurableJournal.sync = sync  # type: ignore[method-assign]
+
+
 def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     config = BrokerConfig.from_args(argv)
     logging.basicConfig(level=getattr(logging, config.log_level.upper(), logging.INFO),
                         format=f"%(asctime)s b{config.broker_id} %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    _install_power_cut_layer(Path(config.data_dir))
     if config.event_loop == "uvloop":
         import uvloop
 
