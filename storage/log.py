@@ -225,7 +225,8 @@ class PartitionLog:
         # A brand-new log (a replica just assigned) has nothing to lose: its files are synced by a
         # disk job instead of the opening thread (a broker's loop opens new replicas inline),
         # unless the policy promises every append durable at once.
-        fresh = not bases and checkpoint is None and self.config.flush_policy != "always"
+        empty = not bases and checkpoint is None
+        fresh = empty and self.config.flush_policy != "always"
         start_verify = first_segment_to_verify(bases, recovery_point, clean)
         entries = self._open_segments(bases, start_verify, log_start, self._load_epoch_entries())
         self._cut_at_first_gap()
@@ -252,6 +253,8 @@ class PartitionLog:
             self._sync_new_files_soon()
         else:
             fsync_dir(d)  # the marker must be gone for good before anything is appended
+            if empty:  # and a new log's own directory entry (found by the power-cut layer)
+                fsync_dir(d.parent)
         self._last_fsync_ms = now_ms
 
     def _sync_new_files_soon(self) -> None:
