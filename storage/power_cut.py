@@ -1,9 +1,10 @@
 """A test-only power-cut layer: what a broker's data dir holds after its machine loses power.
 
-Selected only by the environment variable `SEMEL_TEST_POWER_CUT_DIR` (the test harnesses and
-the chaos runner set it; no config file, flag or CLI does). A broker that finds it set logs a
-warning at start (`power cut layer ON (test only)`) and records, next to its real writes, a
-**durable image** of its data dir in that directory; the dir must be on the same filesystem.
+Selected only by the environment variable `SEMEL_TEST_POWER_CUT=1` (the test harnesses and the
+chaos runner set it; no config file, flag or CLI does, and any other value is refused). A broker
+that finds it set logs a warning at start (`power cut layer ON (test only)`) and records, next
+to its real writes, a **durable image** of its data dir in `<data dir>.durable` (a sibling: the
+same filesystem, which the hard links below need).
 
 Model (POSIX, strict; what ext4/xfs promise, not what they usually do):
   * a file's bytes are durable once an fsync/fdatasync/msync of the file returned;
@@ -48,7 +49,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-ENV = "SEMEL_TEST_POWER_CUT_DIR"
+ENV = "SEMEL_TEST_POWER_CUT"
 KV_DIR = "kv"  # RocksDB: restored as found, its WAL cut
 UNMODELLED = frozenset({"broker.log"})  # the harness's stderr file: not the broker's data
 _CHUNK_BYTES = 1 << 20
@@ -248,9 +249,23 @@ def installed() -> DurableImage | None:
     return _image
 
 
+def image_dir_for(data_dir: str | Path) -> Path:
+    data_dir = Path(data_dir).resolve()
+    return data_dir.with_name(data_dir.name + ".durable")
+
+
 def install_from_env(data_dir: str | Path) -> DurableImage | None:
-    image_dir = os.environ.get(ENV)
-    return install(data_dir, image_dir) if image_dir else None
+    value = os.environ.get(ENV)
+    if not value:
+        return None
+    if value != "1":
+        raise SystemExit(f"{ENV}={value!r}: only 1 turns the test-only power cut layer on")
+    return install(data_dir, image_dir_for(data_dir))
+
+
+def cut(data_dir: str | Path, seed: int, *, torn: bool = False) -> dict[str, int]:
+    """`restore()` of a broker that ran with the layer (its process already killed)."""
+    return restore(data_dir, image_dir_for(data_dir), seed, torn=torn)
 
 
 # --- after the process is dead -----------------------------------------------------------------

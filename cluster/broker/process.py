@@ -71,6 +71,7 @@ from semel.cluster.metadata.quorum import (
 )
 from semel.invariant import not_none
 from semel.storage import disk_executor
+from semel.storage.checkpoint import fsync_dir
 from semel.storage.kv import KvStore
 from semel.v1 import (
     admin_pb2,
@@ -459,6 +460,11 @@ class Broker:
         loop = asyncio.get_running_loop()
         if self.is_broker:  # RocksDB opens once, before the quorum starts
             self._kv = await self.disk.run("kv", lambda: KvStore.open(self.data_dir / "kv"), "open RocksDB")
+        # The data dir's entries (logs/, kv/, raft/) must be durable before anything in them
+        # counts: without this a power cut soon after the first start could drop a whole
+        # directory whose files were all fsynced (found by the power-cut layer).
+        (self.data_dir / "raft").mkdir(exist_ok=True)
+        fsync_dir(self.data_dir)
         self.quorum = MetadataQuorum(QuorumConfig(node_id=cfg.broker_id, raft_address=cfg.raft_address,
                                                   voters=self.voters, data_dir=self.data_dir / "raft",
                                                   raft_dial=tuple(sorted(cfg.raft_dial_map().items())),
@@ -791,7 +797,7 @@ def _die_with_parent() -> None:
 
 
 def _install_power_cut_layer(data_dir: Path) -> None:
-    """Tests only (`SEMEL_TEST_POWER_CUT_DIR`, see `semel.storage.power_cut`): record what a
+    """Tests only (`SEMEL_TEST_POWER_CUT=1`, see `semel.storage.power_cut`): record what a
     power cut would leave. The raft journal syncs by msync, which the layer cannot see: its
     `sync` reports the file after syncing."""
     from semel.cluster.metadata import raft_journal

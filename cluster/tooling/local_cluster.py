@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from semel.storage import power_cut
+
 BROKER_MODULE = "semel.cluster.broker.process"
 READY_MARKER = "SEMEL_BROKER_READY"
 DIE_WITH_PARENT_ENV = "SEMEL_BROKER_DIE_WITH_PARENT"  # the broker then sets PR_SET_PDEATHSIG=SIGKILL
@@ -384,6 +386,25 @@ class LocalCluster:
             broker.stop()
         broker.start()
         self.wait_ready(timeout_s, [broker_id])
+
+    def power_cut(self, broker_ids: Sequence[int], seed: int, *, torn: bool = False,
+                  restart: bool = True, timeout_s: float = READY_TIMEOUT_S) -> dict[int, dict[str, int]]:
+        """Brokers started with `SEMEL_TEST_POWER_CUT=1` (env) lose power together: SIGKILL to all
+        of them first, then each data dir becomes its durable image (`semel.storage.power_cut`),
+        then (restart) they start again. Returns each broker's restore counts."""
+        for broker_id in broker_ids:
+            self.brokers[broker_id].expected_exit = True
+            self.brokers[broker_id].signal(signal.SIGKILL)
+        stats = {}
+        for broker_id in broker_ids:
+            broker = self.brokers[broker_id]
+            broker.kill()
+            stats[broker_id] = power_cut.cut(broker.spec.data_dir, seed * 1000 + broker_id, torn=torn)
+        if restart:
+            for broker_id in broker_ids:
+                self.brokers[broker_id].start()
+            self.wait_ready(timeout_s, list(broker_ids))
+        return stats
 
     def running(self) -> list[int]:
         return [i for i, b in self.brokers.items() if b.alive()]

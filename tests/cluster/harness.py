@@ -21,6 +21,7 @@ Process management is `semel.cluster.tooling.local_cluster.LocalCluster` (the co
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from semel.client import Admin, Consumer, ConsumerRecord, PartitionInfo, Produce
 from semel.client.errors import InvalidReplicationFactorError
 from semel.cluster.tooling.local_cluster import BrokerSpec, LocalCluster
 from semel.cluster.tooling.ports import free_ports
+from semel.storage import power_cut as power_cut_layer
 
 READY_TIMEOUT_S = 60.0
 SETTLE_QUIET_S = 1.0     # metadata unchanged this long after start = the cluster has settled
@@ -72,7 +74,10 @@ class Cluster:
         start: bool = True,
         ready_timeout_s: float = READY_TIMEOUT_S,
         kafka: bool = False,
+        power_cut: bool = False,
     ) -> None:
+        """`power_cut`: the brokers run the test-only power-cut layer (`semel.storage.power_cut`),
+        so `power_cut()` can cut them."""
         self.dir = Path(tmp_dir)
         ports = free_ports((3 if kafka else 2) * brokers)
         specs = [
@@ -80,7 +85,8 @@ class Cluster:
                        kafka_port=ports[2 * brokers + i] if kafka else 0)
             for i in range(brokers)
         ]
-        self._cluster = LocalCluster(specs, self.dir, extra_args)
+        env = dict(os.environ, **{power_cut_layer.ENV: "1"}) if power_cut else None
+        self._cluster = LocalCluster(specs, self.dir, extra_args, env=env)
         self.ready_timeout_s = ready_timeout_s
         self._clients: list[Admin | Producer | Consumer] = []
         if start:
@@ -186,6 +192,12 @@ class Cluster:
         """(kill -9 by default, else SIGTERM), start again on the same ports and dir, wait ready."""
         self._cluster.restart(broker_id, self.ready_timeout_s, kill=kill)
         self.settle()
+
+    def power_cut(self, broker_ids: Sequence[int], seed: int, torn: bool = True) -> dict[int, dict[str, int]]:
+        """The brokers lose power together (Cluster(power_cut=True)), then start again."""
+        stats = self._cluster.power_cut(broker_ids, seed, torn=torn, timeout_s=self.ready_timeout_s)
+        self.settle()
+        return stats
 
     def start_broker(self, broker_id: int) -> None:
         broker = self._cluster.brokers[broker_id]
