@@ -30,9 +30,14 @@ def _run(args: argparse.Namespace) -> int:
                     brokers=args.brokers, out_dir=out, interval_s=args.interval_s,
                     max_concurrent_faults=args.max_concurrent_faults, concurrency=args.concurrency,
                     partitions=args.partitions, final_read_timeout_s=args.final_read_timeout_s,
-                    toxiproxy_url=args.toxiproxy_url)
+                    toxiproxy_url=args.toxiproxy_url, fsync=args.fsync)
+    try:
+        schedule = plan(cfg)
+    except ValueError as exc:
+        print(f"semel chaos run: {exc}", file=sys.stderr)
+        return 2
     if args.dry_run:
-        print(describe_schedule(plan(cfg)))
+        print(describe_schedule(schedule))
         return 0
     try:
         result = run_chaos(cfg)
@@ -59,7 +64,11 @@ def _schedule(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"semel chaos schedule: {exc}", file=sys.stderr)
         return 2
-    schedule = plan_schedule(args.seed, args.duration_s, families, args.brokers, args.interval_s)
+    try:
+        schedule = plan_schedule(args.seed, args.duration_s, families, args.brokers, args.interval_s, fsync=args.fsync)
+    except ValueError as exc:
+        print(f"semel chaos schedule: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(schedule.to_json(), indent=1) if args.json else describe_schedule(schedule))
     return 0
 
@@ -72,7 +81,7 @@ def add_commands(subparsers: Any) -> None:
     from semel.chaos.workloads import WORKLOADS
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    families = "kill,pause,partition,latency,reset,rolling,hijack,client-pause"
+    families = "kill,pause,partition,latency,reset,rolling,power-loss,hijack,client-pause"
     chaos = subparsers.add_parser("chaos", help="fault-injection runs (nemesis + workload + checker)",
                                   description="Start a cluster behind fault proxies, run a workload under a "
                                               "seeded fault schedule, check the recorded history. See docs/chaos.md.")
@@ -103,6 +112,9 @@ def add_commands(subparsers: Any) -> None:
     run.add_argument("--final-read-timeout-s", type=float, default=60.0,
                      help="after the heal, how long the final read may take before values count as unseen")
     run.add_argument("--toxiproxy-url", default=None, help="a real Toxiproxy (default $TOXIPROXY_URL, else ours)")
+    run.add_argument("--fsync", action="store_true",
+                     help="brokers run with --fsync (fsync before acknowledging); power-loss may then cut every "
+                          "broker at once")
     run.add_argument("--dry-run", action="store_true", help="print the fault schedule and exit")
     run.add_argument("-v", "--verbose", action="store_true", help="log the runner's and clients' debug output")
     run.set_defaults(func=_run)
@@ -120,6 +132,7 @@ def add_commands(subparsers: Any) -> None:
     sched.add_argument("--nemesis", default=",".join(DEFAULT_FAMILIES), help=f"fault families: {families}; all (but hijack, client-pause; combinable: all,hijack); none")
     sched.add_argument("--brokers", type=int, default=3, help="brokers in the cluster")
     sched.add_argument("--interval-s", type=float, default=10.0, help="mean time between fault starts")
+    sched.add_argument("--fsync", action="store_true", help="as `run --fsync` (power-loss may cut every broker)")
     sched.add_argument("--json", action="store_true", help="machine-readable output")
     sched.set_defaults(func=_schedule)
     chaos.set_defaults(func=lambda args: (chaos.print_help(), 2)[1])

@@ -25,6 +25,9 @@ Families (`--nemesis`):
   reset      connection resets (`reset_peer`) on one broker's links: every connection is torn
              down shortly after it carries data, for a short window
   rolling    restart every broker in turn (SIGTERM or SIGKILL), waiting for each to be ready
+  power-loss one / the leader / a minority of brokers (all of them too, only with `--fsync`) lose power:
+             SIGKILL, then each data dir becomes what a power cut leaves (`semel.storage.power_cut`:
+             only what was fsynced, torn unsynced tails, RocksDB's WAL cut); restart at the end
   hijack     (transactional workloads) a second producer takes a transactional id
   client-pause (transactional workloads) a client stalls between its last send and its commit
 The last two are hooks of the workload; a workload without them rejects those families.
@@ -43,7 +46,7 @@ from typing import Any
 
 log = logging.getLogger("semel.chaos.nemesis")
 
-FAMILIES = ("kill", "pause", "partition", "latency", "reset", "rolling", "hijack", "client-pause")
+FAMILIES = ("kill", "pause", "partition", "latency", "reset", "rolling", "power-loss", "hijack", "client-pause")
 WORKLOAD_FAMILIES = ("hijack", "client-pause")
 DEFAULT_FAMILIES = ("kill", "pause", "partition", "latency")
 
@@ -56,6 +59,7 @@ KINDS: dict[str, tuple[tuple[str, int], ...]] = {
     "latency": (("all", 2), ("one", 2), ("clients", 1)),
     "reset": (("one", 1),),
     "rolling": (("clean", 1), ("hard", 1)),
+    "power-loss": (("one", 3), ("leader", 2), ("minority", 2), ("all", 2)),  # "all": only with fsync
     "hijack": (("one", 1),),
     "client-pause": (("one", 1),),
 }
@@ -151,16 +155,18 @@ def _weighted(rng: random.Random, options: Sequence[tuple[str, int]]) -> str:
     raise AssertionError("unreachable")
 
 
-def _draw_fault(rng: random.Random, fault_id: int, family: str, brokers: int) -> Fault:
+def _draw_fault(rng: random.Random, fault_id: int, family: str, brokers: int, fsync: bool = False) -> Fault:
     options = KINDS[family]
     if brokers < 2 and family == "partition":  # no peer links: only the clients can be cut off
         options = (("clients-one", 1),)
+    if family == "power-loss" and not fsync:  # without fsync a majority's power loss may lose data
+        options = tuple(o for o in options if o[0] != "all")
     kind = _weighted(rng, options)
     ids = list(range(1, brokers + 1))
     majority = brokers // 2 + 1
     params: dict[str, Any] = {}
     targets: tuple[int | str, ...] = ()
-    if family in ("kill", "pause"):
+    if family in ("kill", "pause", "power-loss"):
         if kind == "one":
             targets = (rng.choice(ids),)
         elif kind == "leader":
@@ -171,6 +177,8 @@ def _draw_fault(rng: random.Random, fault_id: int, family: str, brokers: int) ->
             targets = (COORDINATOR,)
         elif kind == "majority":
             targets = tuple(sorted(rng.sample(ids, majority)))
+        elif kind == "minority":
+            targets = tuple(sorted(rng.sample(ids, max(1, brokers - majority))))
         else:
             targets = tuple(ids)
     elif family == "partition":
@@ -199,8 +207,9 @@ def _draw_fault(rng: random.Random, fault_id: int, family: str, brokers: int) ->
 
 
 def plan_schedule(seed: int, duration_s: float, families: Sequence[str], brokers: int, interval_s: float = 10.0,
-                  max_concurrent: int = 2) -> Schedule:
-    """The fault windows of a run (pure; see the module docstring)."""
+                  max_concurrent: int = 2, fsync: bool = False) -> Schedule:
+    """The fault windows of a run (pure; see the module docstring). `fsync`: the brokers run with
+    `--fsync`, so power-loss may cut every broker at once."""
     if brokers < 1 or interval_s <= 0 or duration_s < 0:
         raise ValueError("need brokers >= 1, interval_s > 0, duration_s >= 0")
     rng = random.Random(seed)
@@ -214,7 +223,7 @@ def plan_schedule(seed: int, duration_s: float, families: Sequence[str], brokers
         free = [f for f in fams if f not in busy]
         if len(active) < max_concurrent and free:
             family = rng.choice(free)
-            fault = _draw_fault(rng, fault_id, family, brokers)
+            fault = _draw_fault(rng, fault_id, family, brokers, fsync)
             fault_id += 1
             length = interval_s * (0.5 if family in ("reset", "hijack", "client-pause") else 1.0) * rng.uniform(0.5, 1.5)
             if family == "rolling":
@@ -320,6 +329,12 @@ class NemesisExecutor:
                 self._add_toxics(applied, flows, "reset_peer", {"timeout": int(fault.param("timeout_ms", 0))})
             elif fam == "rolling":
                 self._rolling(fault, applied)
+            elif fam == "power-loss":
+                applied.brokers = self._resolve(fault.targets)
+                stats = self.cluster.power_cut(applied.brokers, self.rng.randrange(1 << 30))
+                applied.note = "; ".join(
+                    f"broker {b}: {s['lost_bytes']} unsynced bytes lost, {s['torn_files']} torn tails, "
+                    f"{s['wal_bytes_cut']} RocksDB WAL bytes cut" for b, s in sorted(stats.items()))
             elif fam in self.hooks:
                 applied.note = self.hooks[fam](fault, True)
             else:
@@ -337,7 +352,7 @@ class NemesisExecutor:
             return
         fam = fault.family
         try:
-            if fam == "kill":
+            if fam in ("kill", "power-loss"):
                 for b in applied.brokers:
                     if not self._killed_by_other(b):
                         self.cluster.start_broker(b)
@@ -362,7 +377,7 @@ class NemesisExecutor:
 
     def _killed_by_other(self, broker_id: int) -> bool:
         with self.lock:
-            return any(a.fault.family == "kill" and broker_id in a.brokers for a in self.active.values())
+            return any(a.fault.family in ("kill", "power-loss") and broker_id in a.brokers for a in self.active.values())
 
     def _paused_by_other(self, broker_id: int) -> bool:
         with self.lock:

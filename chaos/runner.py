@@ -64,6 +64,7 @@ class RunConfig:
     final_read_timeout_s: float = 60.0
     toxiproxy_url: str | None = None
     broker_args: tuple[str, ...] = ()
+    fsync: bool = False  # brokers run with --fsync (power-loss may then cut every broker)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,8 +79,10 @@ class RunResult:
 
 
 def plan(cfg: RunConfig) -> Schedule:
+    if "power-loss" in cfg.families and not cfg.fsync and cfg.brokers < 3:
+        raise ValueError("power-loss without --fsync needs 3 or more brokers (one broker is a majority of 2)")
     return plan_schedule(cfg.seed, cfg.duration_s, cfg.families, cfg.brokers, cfg.interval_s,
-                         cfg.max_concurrent_faults)
+                         cfg.max_concurrent_faults, fsync=cfg.fsync)
 
 
 def _resolver(direct_bootstrap: str, topic: str, coordinator_key: str | None) -> Callable[[str], int | None]:
@@ -130,7 +133,9 @@ def run_chaos(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunRe
     summary: dict[str, Any] = {"config": {k: (list(v) if isinstance(v, tuple) else v)
                                           for k, v in dataclasses.asdict(cfg).items()},
                                "schedule": schedule.to_json()}
-    cluster = ChaosCluster(out / "cluster", cfg.brokers, cfg.broker_args, cfg.toxiproxy_url, proxy_seed=cfg.seed)
+    broker_args = (*cfg.broker_args, "--fsync") if cfg.fsync else cfg.broker_args
+    cluster = ChaosCluster(out / "cluster", cfg.brokers, broker_args, cfg.toxiproxy_url, proxy_seed=cfg.seed,
+                           power_cut="power-loss" in cfg.families)
     started = time.monotonic()
     try:
         cluster.start()

@@ -47,6 +47,7 @@ from semel.cluster.tooling.local_cluster import (
     ensure_raft_secret_file,
 )
 from semel.cluster.tooling.ports import free_ports
+from semel.storage import power_cut as power_cut_layer
 
 CLIENTS = 0  # the node number of "every client"
 API_TIMEOUT_S = 5.0
@@ -139,8 +140,11 @@ class ChaosCluster:
     """N brokers behind per-link proxies. Start/stop from one long-lived thread (PDEATHSIG)."""
 
     def __init__(self, data_dir: str | Path, brokers: int = 3, extra_args: Sequence[str] = (),
-                 toxiproxy_url: str | None = None, proxy_seed: int = 0, host: str = "127.0.0.1") -> None:
+                 toxiproxy_url: str | None = None, proxy_seed: int = 0, host: str = "127.0.0.1",
+                 power_cut: bool = False) -> None:
+        """`power_cut`: brokers run the test-only power-cut layer, so `power_cut()` can cut them."""
         self.dir = Path(data_dir)
+        self.env = dict(os.environ, **{power_cut_layer.ENV: "1"}) if power_cut else None
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.extra_args = tuple(extra_args)
@@ -168,7 +172,7 @@ class ChaosCluster:
             for spec in self.specs:
                 old = self.cluster.brokers[spec.broker_id]
                 self.cluster.brokers[spec.broker_id] = BrokerProcess(
-                    spec, self.broker_argv(spec), old.log_path, on_exit=old.on_exit)
+                    spec, self.broker_argv(spec), old.log_path, on_exit=old.on_exit, env=self.env)
             self.cluster.start(timeout_s=timeout_s)
         except BaseException:
             self.stop()
@@ -250,6 +254,11 @@ class ChaosCluster:
 
     def terminate(self, broker_id: int) -> int | None:
         return self._broker(broker_id).stop(5.0)
+
+    def power_cut(self, broker_ids: Sequence[int], seed: int) -> dict[int, dict[str, int]]:
+        """The brokers lose power together (torn tails included); they stay down (`start_broker`)."""
+        assert self.cluster is not None and self.env is not None, "ChaosCluster(power_cut=True) only"
+        return self.cluster.power_cut(broker_ids, seed, torn=True, restart=False)
 
     def start_broker(self, broker_id: int) -> None:
         """Start a stopped broker; does not wait (see `wait_ready`)."""

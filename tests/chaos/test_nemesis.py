@@ -333,3 +333,47 @@ def test_cli_rejects_bad_arguments_and_checks_histories(tmp_path: Path) -> None:
     assert a.returncode == 0 and b.returncode == 0
     assert json.loads(a.stdout) == plan_schedule(7, 120, ("kill", "pause", "partition", "latency"), 3).to_json()
     assert b.stdout.splitlines()[0].startswith("seed 7: ")
+
+
+# --- power loss ----------------------------------------------------------------------------------
+def test_power_loss_cuts_every_broker_only_with_fsync_and_a_minority_is_a_minority() -> None:
+    kinds_without, kinds_with = set(), set()
+    for seed in range(40):
+        for fsync, kinds in ((False, kinds_without), (True, kinds_with)):
+            for w in plan_schedule(seed, 300, ["power-loss"], 5, fsync=fsync).windows:
+                kinds.add(w.fault.kind)
+                if w.fault.kind in ("one", "minority"):
+                    assert 1 <= len(w.fault.targets) <= 2  # never a majority of 5
+    assert kinds_without == {"one", "leader", "minority"}
+    assert kinds_with == {"one", "leader", "minority", "all"}
+    from semel.chaos.runner import RunConfig, plan
+
+    with pytest.raises(ValueError, match="3 or more brokers"):
+        plan(RunConfig(families=("power-loss",), brokers=2))
+    assert plan(RunConfig(families=("power-loss",), brokers=2, fsync=True)).windows
+
+
+class PowerCutCluster(FakeCluster):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cuts: list[tuple[tuple[int, ...], int]] = []
+
+    def power_cut(self, broker_ids, seed: int) -> dict[int, dict[str, int]]:
+        self.cuts.append((tuple(broker_ids), seed))
+        self.running -= set(broker_ids)
+        return {b: {"lost_bytes": 1, "torn_files": 0, "wal_bytes_cut": 2} for b in broker_ids}
+
+
+def test_power_loss_restarts_at_the_end_unless_a_kill_still_holds_the_broker() -> None:
+    c = PowerCutCluster()
+    ex = executor(c, leader=2)
+    cut = Fault(0, "power-loss", "leader", (LEADER,))
+    kill = Fault(1, "kill", "one", (2,))
+    applied = ex.start(cut)
+    assert c.cuts and c.cuts[0][0] == (2,) and c.running == {1, 3}
+    assert "broker 2: 1 unsynced bytes lost" in applied.note
+    ex.start(kill)
+    ex.stop(cut)
+    assert c.running == {1, 3}  # the kill still holds broker 2
+    ex.stop(kill)
+    assert c.running == {1, 2, 3}
