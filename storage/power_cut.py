@@ -46,6 +46,7 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,16 @@ class DurableImage:
 
     # --- boot -----------------------------------------------------------------------------
     def boot(self) -> None:
-        """Forget any previous image and record the data dir as it is now, all durable."""
+        """Forget any previous image and record the data dir as it is now, all durable.
+
+        Built under a temporary name and renamed into place when whole: a broker killed while
+        booting has no image, and `restore()` then knows its data dir is untouched (nothing
+        writes to it before the layer is installed)."""
         if os.stat(self.data_dir).st_dev != os.stat(self.image_dir.parent).st_dev:
-            raise RuntimeError(f"{ENV}={self.image_dir} is not on the filesystem of {self.data_dir}")
+            raise RuntimeError(f"the power cut image {self.image_dir} is not on the filesystem of {self.data_dir}")
+        final = self.image_dir
+        self.image_dir = final.with_name(final.name + ".booting")
+        shutil.rmtree(final, ignore_errors=True)
         shutil.rmtree(self.image_dir, ignore_errors=True)
         for sub in ("pins", "data", "dirs"):
             (self.image_dir / sub).mkdir(parents=True)
@@ -89,6 +97,8 @@ class DurableImage:
                     self._record_file(fd, full=True)
                 finally:
                     os.close(fd)
+        os.rename(self.image_dir, final)
+        self.image_dir = final
 
     # --- hooks -------------------------------------------------------------------------------
     def on_sync(self, fd: int) -> None:
@@ -224,11 +234,11 @@ def install(data_dir: str | Path, image_dir: str | Path) -> DurableImage:
     image.boot()
     real_fsync, real_fdatasync, real_ftruncate = os.fsync, os.fdatasync, os.ftruncate
 
-    def fsync(fd: int) -> None:  # os.fsync accepts an object with fileno() too
+    def fsync(fd: Any) -> None:  # os.fsync accepts an object with fileno() too
         real_fsync(fd)
         image.on_sync(fd if isinstance(fd, int) else fd.fileno())
 
-    def fdatasync(fd: int) -> None:
+    def fdatasync(fd: Any) -> None:
         real_fdatasync(fd)
         image.on_sync(fd if isinstance(fd, int) else fd.fileno())
 
@@ -274,6 +284,10 @@ def restore(data_dir: str | Path, image_dir: str | Path, seed: int, *, torn: boo
     data_dir, image_dir = Path(data_dir), Path(image_dir)
     rng = random.Random(seed)
     stats = {"files": 0, "dirs": 0, "torn_files": 0, "torn_bytes": 0, "wal_bytes_cut": 0, "lost_bytes": 0}
+    shutil.rmtree(image_dir.with_name(image_dir.name + ".booting"), ignore_errors=True)
+    if not image_dir.exists():  # killed before the layer finished booting: nothing was written since
+        stats["not_booted"] = 1  # the last restore (or ever)
+        return stats
     root_ino = int((image_dir / "root").read_text())
     if os.stat(data_dir).st_ino != root_ino:
         raise RuntimeError(f"{data_dir} is not the directory the image of {image_dir} recorded")

@@ -201,3 +201,16 @@ def test_power_cut_loses_unsynced_appends(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="acknowledged appends up to"):
         verify(directory, "never", acked_end)
     assert power_cut.installed() is None  # nothing in this process was patched
+
+
+def test_a_broker_killed_before_its_image_was_whole_keeps_its_data(tmp_path: Path) -> None:
+    """The image is built under a temporary name: killed mid-boot, there is none, and the data
+    dir (which nothing wrote since the layer was not on yet) stays as it is."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "seg").write_bytes(b"kept")
+    (tmp_path / "data.durable.booting" / "dirs").mkdir(parents=True)  # a boot that was cut short
+    stats = power_cut.cut(data, seed=1)
+    assert stats["not_booted"] == 1
+    assert (data / "seg").read_bytes() == b"kept"
+    assert not (tmp_path / "data.durable.booting").exists()
