@@ -333,6 +333,7 @@ class NemesisExecutor:
                 applied.brokers = self._resolve(fault.targets)
                 stats = self.cluster.power_cut(applied.brokers, self.rng.randrange(1 << 30))
                 applied.note = "; ".join(
+                    f"broker {b}: still starting, untouched" if s.get("not_booted") else
                     f"broker {b}: {s['lost_bytes']} unsynced bytes lost, {s['torn_files']} torn tails, "
                     f"{s['wal_bytes_cut']} RocksDB WAL bytes cut" for b, s in sorted(stats.items()))
             elif fam in self.hooks:

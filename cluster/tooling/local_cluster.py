@@ -26,6 +26,7 @@ test harness do: the main thread.)
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -394,11 +395,15 @@ class LocalCluster:
         then (restart) they start again. Returns each broker's restore counts."""
         for broker_id in broker_ids:
             self.brokers[broker_id].expected_exit = True
-            self.brokers[broker_id].signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # reaped by its reader thread meanwhile
+                self.brokers[broker_id].signal(signal.SIGKILL)
         stats = {}
         for broker_id in broker_ids:
             broker = self.brokers[broker_id]
-            broker.kill()
+            with contextlib.suppress(ProcessLookupError):
+                broker.kill()
+            if broker.popen is not None:
+                broker.popen.wait()
             stats[broker_id] = power_cut.cut(broker.spec.data_dir, seed * 1000 + broker_id, torn=torn)
         if restart:
             for broker_id in broker_ids:
