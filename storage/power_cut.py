@@ -295,6 +295,14 @@ def restore(data_dir: str | Path, image_dir: str | Path, seed: int, *, torn: boo
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     _build(staging, root_ino, data_dir, image_dir, rng, torn, stats, root=True)
+    for dirpath, dirnames, filenames in os.walk(data_dir):  # whole files the cut dropped count as lost
+        here = Path(dirpath)
+        if here == data_dir:
+            dirnames[:] = [d for d in dirnames if d != KV_DIR and d not in UNMODELLED]
+        for name in filenames:
+            rel = (here / name).relative_to(data_dir)
+            if not (here == data_dir and name in UNMODELLED) and not (staging / rel).exists():
+                stats["lost_bytes"] += (here / name).stat().st_size
     for name in (KV_DIR, *UNMODELLED):  # kept as found
         if (data_dir / name).exists():
             os.replace(data_dir / name, staging / name)
