@@ -35,6 +35,7 @@ from semel.cluster.metadata.state import (
     AlterTopicConfig,
     Barrier,
     BrokerRegistration,
+    DeleteUser,
     Command,
     CompleteReassignment,
     CreatePartitions,
@@ -52,7 +53,9 @@ from semel.cluster.metadata.state import (
     Topic,
     TopicConfig,
     UnfenceBroker,
+    UpsertUserScram,
 )
+from semel.scram import ScramCredential
 from semel.v1 import common_pb2 as pb
 from semel.v1 import metadata_records_pb2 as mpb
 
@@ -81,6 +84,8 @@ _COMMANDS: tuple[tuple[type, str, type[Message]], ...] = (
     (AlterTopicConfig, "alter_topic_config", mpb.AlterTopicConfig),
     (ReassignPartition, "reassign_partition", mpb.ReassignPartition),
     (CompleteReassignment, "complete_reassignment", mpb.CompleteReassignment),
+    (UpsertUserScram, "upsert_user_scram", mpb.UpsertUserScram),
+    (DeleteUser, "delete_user", mpb.DeleteUser),
 )
 _ONEOF_BY_CLASS = {cls: oneof for cls, oneof, _ in _COMMANDS}
 _CLASS_BY_ONEOF = {oneof: cls for cls, oneof, _ in _COMMANDS}
@@ -92,6 +97,7 @@ _VALUES: dict[str, type] = {
     mpb.PartitionState.DESCRIPTOR.full_name: PartitionState,
     mpb.Topic.DESCRIPTOR.full_name: Topic,
     mpb.ProducerIdBlock.DESCRIPTOR.full_name: ProducerIdBlock,
+    mpb.ScramCredential.DESCRIPTOR.full_name: ScramCredential,
 }
 _CONFIG_ENTRY = mpb.ConfigEntry.DESCRIPTOR.full_name
 
@@ -187,6 +193,8 @@ def _encode_image(image: MetadataImage) -> mpb.MetadataImage:
         next_producer_id=image.next_producer_id,
         next_broker_epoch=image.next_broker_epoch,
         next_assignment_start=image.next_assignment_start,
+        users=[mpb.UserCredentials(name=name, credentials=[_to_message(c, mpb.ScramCredential()) for c in creds])
+               for name, creds in image.users.items()],
     )
 
 
@@ -200,6 +208,7 @@ def _decode_image(message: mpb.MetadataImage) -> MetadataImage:
         next_producer_id=message.next_producer_id,
         next_broker_epoch=message.next_broker_epoch,
         next_assignment_start=message.next_assignment_start,
+        users={u.name: tuple(_from_message(c, ScramCredential) for c in u.credentials) for u in message.users},
     )
 
 

@@ -36,7 +36,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Union
 
-from semel import limits
+from semel import limits, scram
+from semel.scram import ScramCredential
 from semel.internal_topics import (
     coordinator_partition,
 )
@@ -143,6 +144,8 @@ class MetadataImage:
     next_producer_id: int = 0
     next_broker_epoch: int = 1
     next_assignment_start: int = 0
+    # user name -> its SCRAM credentials (one per mechanism; never a password: semel.scram)
+    users: Mapping[str, tuple[ScramCredential, ...]] = field(default_factory=dict)
 
     def broker(self, broker_id: int) -> BrokerRegistration | None:
         return self.brokers.get(broker_id)
@@ -288,6 +291,21 @@ class Barrier:
     command_id: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class UpsertUserScram:
+    """Create a user or replace its credential for `credential.mechanism`."""
+
+    name: str
+    credential: ScramCredential
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteUser:
+    name: str
+    command_id: str = ""
+
+
 Command = Union[
     RegisterBroker,
     UnfenceBroker,
@@ -302,6 +320,8 @@ Command = Union[
     AlterTopicConfig,
     ReassignPartition,
     CompleteReassignment,
+    UpsertUserScram,
+    DeleteUser,
 ]
 
 
@@ -584,6 +604,10 @@ class MetadataStateMachine:
             return self._reassign_partition(command)
         if isinstance(command, CompleteReassignment):
             return self._complete_reassignment(command)
+        if isinstance(command, UpsertUserScram):
+            return self._upsert_user(command)
+        if isinstance(command, DeleteUser):
+            return self._delete_user(command)
         return Result(pb.INVALID_REQUEST)
 
     def _publish(self, **changes: object) -> MetadataImage:
@@ -847,6 +871,26 @@ class MetadataStateMachine:
         self._publish(next_producer_id=first + PRODUCER_ID_BLOCK_SIZE)
         return Result(pb.NONE, block)
 
+    # -- users --
+
+    def _upsert_user(self, c: UpsertUserScram) -> Result:
+        if scram.user_name_problem(c.name) or scram.check_credential(c.credential):
+            return Result(pb.INVALID_REQUEST)
+        users = dict(self.image.users)
+        if c.name not in users and len(users) >= limits.MAX_USERS:
+            return Result(pb.RESOURCE_EXHAUSTED)
+        others = tuple(x for x in users.get(c.name, ()) if x.mechanism != c.credential.mechanism)
+        users[c.name] = tuple(sorted((*others, c.credential), key=lambda x: x.mechanism))
+        self._publish(users=users)
+        return OK
+
+    def _delete_user(self, c: DeleteUser) -> Result:
+        if c.name not in self.image.users:
+            return Result(pb.INVALID_REQUEST)
+        users = {n: v for n, v in self.image.users.items() if n != c.name}
+        self._publish(users=users)
+        return OK
+
 
 def validate_create_partitions(img: MetadataImage, c: CreatePartitions) -> tuple[pb.ErrorCode, Topic | None]:
     """(NONE, the topic) when `c` would grow it; refuses shrinking, internal topics (their keys
@@ -903,8 +947,6 @@ def _completed(p: PartitionState, unfenced: set[int]) -> PartitionState:
         p, replicas=target, isr=isr, target_replicas=(), leader=leader,
         leader_epoch=p.leader_epoch + (1 if leader != p.leader else 0), partition_epoch=p.partition_epoch + 1,
     )
-
-
 def _with_leader(p: PartitionState, leader: int, isr: tuple[int, ...]) -> PartitionState:
     return dataclasses.replace(
         p,

@@ -29,10 +29,13 @@ from semel.cluster.metadata.state import (
     ElectLeader,
     FenceBroker,
     MetadataStateMachine,
+    DeleteUser,
     RegisterBroker,
     UnfenceBroker,
+    UpsertUserScram,
 )
 from semel.cluster.tooling.ports import free_port
+from semel.scram import ScramCredential
 from semel.v1 import common_pb2 as pb
 from semel.v1 import metadata_records_pb2 as mpb
 
@@ -55,7 +58,11 @@ COMMANDS = [
     AllocateProducerIds(3, 4, "a"),
     Barrier(),
     Barrier("b"),
+    UpsertUserScram("alice", ScramCredential("SCRAM-SHA-256", b"s" * 24, 4096, b"k" * 32, b"v" * 32), "uu"),
+    DeleteUser("alice"),
 ]
+# Commands added after the metadata records became protobuf: no older build ever pickled them.
+NEWER_THAN_PICKLES = {UpsertUserScram, DeleteUser}
 
 
 async def until(predicate, timeout_s: float = 10.0) -> None:
@@ -195,7 +202,7 @@ def test_a_legacy_entry_converts_to_the_same_command_and_current_entries_stay_as
     assert len(regular) == 16 and all(b"semel.cluster.metadata" in e for e in regular)
     converted = [legacy_pickle.convert_entry(e) for e in legacy]
     commands = [records.decode_command(pysyncobj_pickle.loads(e[1:])[1][0]) for e in converted if e[:1] == b"\x00"]
-    assert {type(c) for c in commands} == set(typing.get_args(Command))  # the data covers every type
+    assert {type(c) for c in commands} == set(typing.get_args(Command)) - NEWER_THAN_PICKLES  # every pickled type
     assert commands[0] == RegisterBroker(1, "inc-1", "127.0.0.1", 9091, None, "reg-1")
     assert [legacy_pickle.convert_entry(e) for e in converted] == converted  # idempotent
     assert [e for e in converted if e[:1] != b"\x00"] == [e for e in legacy if e[:1] != b"\x00"]

@@ -156,8 +156,36 @@ class CompleteReassignment(_message.Message):
     partition_epoch: int
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., partition_epoch: _Optional[int] = ...) -> None: ...
 
+class ScramCredential(_message.Message):
+    __slots__ = ("mechanism", "salt", "iterations", "stored_key", "server_key")
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    STORED_KEY_FIELD_NUMBER: _ClassVar[int]
+    SERVER_KEY_FIELD_NUMBER: _ClassVar[int]
+    mechanism: str
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+    def __init__(self, mechanism: _Optional[str] = ..., salt: _Optional[bytes] = ..., iterations: _Optional[int] = ..., stored_key: _Optional[bytes] = ..., server_key: _Optional[bytes] = ...) -> None: ...
+
+class UpsertUserScram(_message.Message):
+    __slots__ = ("name", "credential")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    credential: ScramCredential
+    def __init__(self, name: _Optional[str] = ..., credential: _Optional[_Union[ScramCredential, _Mapping]] = ...) -> None: ...
+
+class DeleteUser(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
 class MetadataCommand(_message.Message):
-    __slots__ = ("format_version", "command_id", "register_broker", "unfence_broker", "fence_broker", "create_topic", "delete_topic", "alter_partition", "elect_leader", "allocate_producer_ids", "barrier", "create_partitions", "alter_topic_config", "reassign_partition", "complete_reassignment")
+    __slots__ = ("format_version", "command_id", "register_broker", "unfence_broker", "fence_broker", "create_topic", "delete_topic", "alter_partition", "elect_leader", "allocate_producer_ids", "barrier", "create_partitions", "alter_topic_config", "reassign_partition", "complete_reassignment", "upsert_user_scram", "delete_user")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_BROKER_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +201,8 @@ class MetadataCommand(_message.Message):
     ALTER_TOPIC_CONFIG_FIELD_NUMBER: _ClassVar[int]
     REASSIGN_PARTITION_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_REASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    UPSERT_USER_SCRAM_FIELD_NUMBER: _ClassVar[int]
+    DELETE_USER_FIELD_NUMBER: _ClassVar[int]
     format_version: FormatVersion
     command_id: str
     register_broker: RegisterBroker
@@ -188,7 +218,9 @@ class MetadataCommand(_message.Message):
     alter_topic_config: AlterTopicConfig
     reassign_partition: ReassignPartition
     complete_reassignment: CompleteReassignment
-    def __init__(self, format_version: _Optional[_Union[FormatVersion, str]] = ..., command_id: _Optional[str] = ..., register_broker: _Optional[_Union[RegisterBroker, _Mapping]] = ..., unfence_broker: _Optional[_Union[UnfenceBroker, _Mapping]] = ..., fence_broker: _Optional[_Union[FenceBroker, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., alter_partition: _Optional[_Union[AlterPartition, _Mapping]] = ..., elect_leader: _Optional[_Union[ElectLeader, _Mapping]] = ..., allocate_producer_ids: _Optional[_Union[AllocateProducerIds, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., create_partitions: _Optional[_Union[CreatePartitions, _Mapping]] = ..., alter_topic_config: _Optional[_Union[AlterTopicConfig, _Mapping]] = ..., reassign_partition: _Optional[_Union[ReassignPartition, _Mapping]] = ..., complete_reassignment: _Optional[_Union[CompleteReassignment, _Mapping]] = ...) -> None: ...
+    upsert_user_scram: UpsertUserScram
+    delete_user: DeleteUser
+    def __init__(self, format_version: _Optional[_Union[FormatVersion, str]] = ..., command_id: _Optional[str] = ..., register_broker: _Optional[_Union[RegisterBroker, _Mapping]] = ..., unfence_broker: _Optional[_Union[UnfenceBroker, _Mapping]] = ..., fence_broker: _Optional[_Union[FenceBroker, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., alter_partition: _Optional[_Union[AlterPartition, _Mapping]] = ..., elect_leader: _Optional[_Union[ElectLeader, _Mapping]] = ..., allocate_producer_ids: _Optional[_Union[AllocateProducerIds, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., create_partitions: _Optional[_Union[CreatePartitions, _Mapping]] = ..., alter_topic_config: _Optional[_Union[AlterTopicConfig, _Mapping]] = ..., reassign_partition: _Optional[_Union[ReassignPartition, _Mapping]] = ..., complete_reassignment: _Optional[_Union[CompleteReassignment, _Mapping]] = ..., upsert_user_scram: _Optional[_Union[UpsertUserScram, _Mapping]] = ..., delete_user: _Optional[_Union[DeleteUser, _Mapping]] = ...) -> None: ...
 
 class BrokerRegistration(_message.Message):
     __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "broker_epoch", "fenced", "registered_version", "kafka_host", "kafka_port")
@@ -277,20 +309,30 @@ class ProducerIdBlock(_message.Message):
     def __init__(self, broker_id: _Optional[int] = ..., first_producer_id: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class MetadataImage(_message.Message):
-    __slots__ = ("version", "brokers", "topics", "next_producer_id", "next_broker_epoch", "next_assignment_start")
+    __slots__ = ("version", "brokers", "topics", "next_producer_id", "next_broker_epoch", "next_assignment_start", "users")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BROKERS_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
     NEXT_BROKER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     NEXT_ASSIGNMENT_START_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
     version: int
     brokers: _containers.RepeatedCompositeFieldContainer[BrokerRegistration]
     topics: _containers.RepeatedCompositeFieldContainer[Topic]
     next_producer_id: int
     next_broker_epoch: int
     next_assignment_start: int
-    def __init__(self, version: _Optional[int] = ..., brokers: _Optional[_Iterable[_Union[BrokerRegistration, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[Topic, _Mapping]]] = ..., next_producer_id: _Optional[int] = ..., next_broker_epoch: _Optional[int] = ..., next_assignment_start: _Optional[int] = ...) -> None: ...
+    users: _containers.RepeatedCompositeFieldContainer[UserCredentials]
+    def __init__(self, version: _Optional[int] = ..., brokers: _Optional[_Iterable[_Union[BrokerRegistration, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[Topic, _Mapping]]] = ..., next_producer_id: _Optional[int] = ..., next_broker_epoch: _Optional[int] = ..., next_assignment_start: _Optional[int] = ..., users: _Optional[_Iterable[_Union[UserCredentials, _Mapping]]] = ...) -> None: ...
+
+class UserCredentials(_message.Message):
+    __slots__ = ("name", "credentials")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    credentials: _containers.RepeatedCompositeFieldContainer[ScramCredential]
+    def __init__(self, name: _Optional[str] = ..., credentials: _Optional[_Iterable[_Union[ScramCredential, _Mapping]]] = ...) -> None: ...
 
 class RecentResult(_message.Message):
     __slots__ = ("command_id", "error", "int_value", "topic", "partition", "producer_id_block")
