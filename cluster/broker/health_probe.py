@@ -19,12 +19,18 @@ EXIT_SERVING = 0
 EXIT_NOT_SERVING = 1
 
 
-def probe(address: str, service: str = "", timeout_ms: int = 2000) -> tuple[bool, str]:
-    """(serving, what was seen) for one Health/Check call to `address`."""
+def probe(address: str, service: str = "", timeout_ms: int = 2000, tls_ca: str = "") -> tuple[bool, str]:
+    """(serving, what was seen) for one Health/Check call to `address` (TLS when `tls_ca` is
+    given; health checks need no credentials even with --authentication required)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    if tls_ca:
+        with open(tls_ca, "rb") as f:
+            channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(f.read()))
+    else:
+        channel = grpc.insecure_channel(address)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:  # the grpc_health stubs do not declare the generated stub's methods
             resp = stub.Check(health_pb2.HealthCheckRequest(service=service),  # type: ignore[attr-defined]
@@ -41,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--address", default="127.0.0.1:9092", help="broker gRPC address HOST:PORT (default %(default)s)")
     ap.add_argument("--service", default="", help="health service name (default: the whole server)")
     ap.add_argument("--timeout-ms", type=int, default=2000, help="give up after this long (default %(default)s)")
+    ap.add_argument("--tls-ca", default="", help="PEM CA of the broker's certificate: probe a TLS port")
     return ap
 
 
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.timeout_ms <= 0:
         ap.error("--timeout-ms must be positive")
-    serving, seen = probe(args.address, args.service, args.timeout_ms)
+    serving, seen = probe(args.address, args.service, args.timeout_ms, args.tls_ca)
     print(seen, flush=True)
     return EXIT_SERVING if serving else EXIT_NOT_SERVING
 

@@ -8,6 +8,7 @@ dialled (the chaos proxy sits there) without changing its identity.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -20,7 +21,11 @@ class Peers:
     """Implements `host.PeerChannels` for a broker process."""
 
     def __init__(self, dial: Mapping[int, str], voters: Sequence[VoterSpec],
-                 image: Callable[[], MetadataImage]) -> None:
+                 image: Callable[[], MetadataImage],
+                 open_channel: Callable[[str, Sequence[tuple[str, Any]]], grpc.aio.Channel] | None = None) -> None:
+        """`open_channel(address, options)`: TLS and broker credentials when security is on
+        (`security.BrokerSecurity.open_channel`); default plaintext."""
+        self._open = open_channel or (lambda address, options: grpc.aio.insecure_channel(address, options=options))
         self._dial = dict(dial)
         self._voters = tuple(voters)
         self._image = image  # the current metadata image (the quorum exists only once started)
@@ -36,7 +41,7 @@ class Peers:
         address = self._dial_address(address)
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address, options=channel_options())
+            ch = self._open(address, channel_options())
             self._channels[address] = ch
         return ch
 

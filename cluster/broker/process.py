@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from semel.cluster.broker.loop_monitor import LoopMonitor
 from semel.cluster.broker.metadata_freshness import HeartbeatLease
 from semel.cluster.broker.metrics import BrokerMetrics, MetricsServer, RpcMetricsInterceptor
 from semel.cluster.broker.peers import Peers
+from semel.cluster.broker.security import BrokerSecurity, load_bootstrap_users
 from semel.cluster.broker.replica_manager import (
     ReplicaManager,
     SystemClock,
@@ -69,6 +70,7 @@ from semel.cluster.metadata.quorum import (
     QuorumConfig,
     VoterSpec,
 )
+from semel import scram, tls
 from semel.invariant import not_none
 from semel.storage import disk_executor
 from semel.storage.checkpoint import fsync_dir
@@ -150,6 +152,27 @@ class BrokerConfig:
     # address the peer registered / the voter list names. Off (empty) by default.
     dial: tuple[str, ...] = ()  # "broker_id=host:port": gRPC to that broker (replication, controller, ...)
     raft_dial: tuple[str, ...] = ()  # "broker_id=host:port": Raft link to that voter (identity unchanged)
+    # Security (cluster/broker/security.py, deploy/README.md "Security"). TLS is on when tls_cert is
+    # set: the gRPC port serves TLS only and this broker dials its peers with TLS (tls_ca checks
+    # them; its own certificate is its client certificate). tls_client_auth "required": mTLS.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_client_auth: str = "none"
+    # "required": every call but health checks needs an authenticated principal (mTLS certificate,
+    # user + password over TLS, or the broker token); "none": anonymous calls are served.
+    authentication: str = "none"
+    # Principals allowed to call the broker-only services (Replication, Controller, TxnMarkers) when
+    # authentication is on, besides brokers proven by the broker secret; default: `User:broker-N`
+    # names from mTLS certificates. Brokers also prove themselves to each other with a token derived
+    # from the metadata Raft secret, which every node of a cluster holds (see security.py).
+    broker_principals: tuple[str, ...] = ()
+    # Principals that may manage users (and, with the authorizer, everything) when authentication is
+    # on, e.g. ("User:admin",).
+    super_users: tuple[str, ...] = ()
+    # JSON file of SCRAM credentials (never passwords) valid besides the quorum's users: how the first
+    # super user logs in before any user exists (`semel user credential`; cluster up --secure writes it).
+    bootstrap_users_file: str = ""
 
     def voter_specs(self) -> tuple[VoterSpec, ...]:
         return tuple(parse_voter(v) for v in self.voters)
@@ -173,6 +196,22 @@ class BrokerConfig:
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
         mine = next((v for v in voters if v.raft_address == self.raft_address), None) if self.raft_address else None
+        if self.tls_client_auth not in ("none", "required"):
+            raise ValueError(f"--tls-client-auth must be none or required, got {self.tls_client_auth!r}")
+        if self.authentication not in ("none", "required"):
+            raise ValueError(f"--authentication must be none or required, got {self.authentication!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if not self.tls_cert and (self.tls_ca or self.tls_client_auth != "none"):
+            raise ValueError("--tls-ca / --tls-client-auth need --tls-cert and --tls-key (the broker's own certificate)")
+        if self.tls_client_auth == "required" and not self.tls_ca:
+            raise ValueError("--tls-client-auth required needs --tls-ca")
+        if self.authentication == "required" and not self.tls_cert:
+            raise ValueError("--authentication required needs TLS (--tls-cert, --tls-key): credentials never "
+                             "travel in plaintext")
+        for p in (*self.broker_principals, *self.super_users):
+            if not p.startswith("User:") or len(p) == len("User:"):
+                raise ValueError(f"--broker-principals / --super-users entries look like User:NAME, got {p!r}")
         if "controller" not in roles and mine is not None:
             raise ValueError(f"--roles broker: node {self.broker_id} must not name a voter's Raft address "
                              f"({self.raft_address}); use --roles broker,controller to be a voter")
@@ -224,7 +263,8 @@ class BrokerConfig:
                       "internal_partitions", "retention_check_interval_ms", "txn_abort_scan_interval_ms",
                       "group_session_timeout_ms", "group_heartbeat_interval_ms", "fsync", "log_level", "event_loop",
                       "raft_secret_file", "kafka_listen", "kafka_advertised", "reassignment_throttle_bytes_per_s",
-                      "auto_leader_rebalance", "leader_imbalance_percent", "controlled_shutdown_wait_ms"):
+                      "auto_leader_rebalance", "leader_imbalance_percent", "controlled_shutdown_wait_ms", "tls_cert",
+                      "tls_key", "tls_ca", "tls_client_auth", "authentication", "bootstrap_users_file"):
             v = getattr(a, field)
             if v is not None:
                 values[field] = v
@@ -235,10 +275,16 @@ class BrokerConfig:
         for flag, field in ((a.dial, "dial"), (a.raft_dial, "raft_dial")):
             if flag:
                 values[field] = tuple(v.strip() for v in flag.split(",") if v.strip())
+        for flag, field in ((a.broker_principals, "broker_principals"), (a.super_users, "super_users")):
+            if flag:
+                values[field] = tuple(v.strip() for v in flag.split(",") if v.strip())
         for field in ("dial", "raft_dial"):
             if field in values:
                 values[field] = tuple(values[field])
                 parse_dial(values[field])
+        for field in ("broker_principals", "super_users"):  # a JSON config gives lists
+            if field in values:
+                values[field] = tuple(values[field])
         if "voters" in values:
             values["voters"] = tuple(values["voters"])
         if a.broker_id_from_hostname:
@@ -291,6 +337,19 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--raft-dial", help="fault injection: comma-separated broker_id=host:port for Raft links")
     ap.add_argument("--kafka-listen", help="host:port to serve the Kafka protocol on (port 0: any free port)")
     ap.add_argument("--kafka-advertised", help="host:port Kafka clients should use (default: --kafka-listen)")
+    ap.add_argument("--tls-cert", help="PEM certificate of this broker: its gRPC port serves TLS only, and it is "
+                    "the client certificate towards other brokers (SANs must name the advertised host)")
+    ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    ap.add_argument("--tls-ca", help="PEM CA that signs client and peer-broker certificates")
+    ap.add_argument("--tls-client-auth", choices=("none", "required"),
+                    help="none (default): no client certificate asked; required: mTLS (grpcio has no optional mode)")
+    ap.add_argument("--authentication", choices=("none", "required"),
+                    help="required: refuse unauthenticated calls (UNAUTHENTICATED), health checks excepted")
+    ap.add_argument("--broker-principals", help="comma-separated principals (User:NAME) allowed to call the "
+                    "broker-only services, besides User:broker-N certificates and the broker secret")
+    ap.add_argument("--super-users", help="comma-separated principals (User:NAME) that may manage users")
+    ap.add_argument("--bootstrap-users-file", help="JSON file of SCRAM credentials valid besides the quorum's "
+                    "users (the first super user's login; made by `semel user credential`)")
     return ap
 
 
@@ -371,7 +430,8 @@ class Broker:
         self.kafka: KafkaListener | None = None
         self.kafka_port = 0  # bound Kafka port (0: no Kafka listener)
         self._kv: KvStore | None = None  # the broker's RocksDB (producer snapshots), opened by start()
-        self.peers = Peers(config.dial_map(), self.voters, lambda: self.quorum.image())
+        self.security: BrokerSecurity | None = None  # set by start() (it needs the Raft secret)
+        self.peers = Peers(config.dial_map(), self.voters, lambda: self.quorum.image(), self._open_channel)
         self.health = health.aio.HealthServicer()
         # set by start() before any servicer runs; typed as always there so that the servicers
         # need no check (a check of None below is for a broker stopped before it started)
@@ -390,9 +450,17 @@ class Broker:
                                                            config.reassignment_throttle_bytes_per_s)
         self.fetchers = FetcherManager(self.rm, self.peers.broker_address, lambda: self.broker_epoch,
                                        self._report_unreachable, config.replica_fetch_max_wait_ms,
-                                       config.replica_fetch_max_bytes)
+                                       config.replica_fetch_max_bytes, self._open_channel)
         self.isr = IsrMaintainer(self.rm, self._submit_alter, config.isr_check_interval_ms, self._unfenced)
         self.rm.add_role_listener(self.metrics.on_role)  # counts leader elections
+
+    def _open_channel(self, address: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
+        return not_none(self.security, "channels to peers open after start()").open_channel(address, options)
+
+    def _user_credentials(self, name: str) -> tuple[scram.ScramCredential, ...]:
+        if self.quorum is None:
+            return ()
+        return self.quorum.image().users.get(name, ())
 
     def _open_store(self, directory: Path, topic: md.Topic, partition: int) -> ReplicaStore:
         if self._kv is None:  # a partition opened before start() (tests)
@@ -410,6 +478,10 @@ class Broker:
         if secret is None and cfg.raft_address:
             log.info("metadata Raft port %s runs without a secret: plain pickle, loopback only",
                         cfg.raft_address)
+        self.security = BrokerSecurity(cfg.broker_id, tls.TlsFiles(cfg.tls_ca, cfg.tls_cert, cfg.tls_key),
+                                       cfg.tls_client_auth, cfg.authentication, cfg.broker_principals, secret,
+                                       self._user_credentials, cfg.super_users,
+                                       load_bootstrap_users(cfg.bootstrap_users_file))
         self.loop_monitor.start()
         opts = [
             ("grpc.max_receive_message_length", cfg.max_request_bytes),
@@ -419,7 +491,8 @@ class Broker:
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ]
         self.server = grpc.aio.server(options=opts, maximum_concurrent_rpcs=limits.MAX_CONCURRENT_RPCS_PER_BROKER,
-                                      interceptors=[RpcMetricsInterceptor(self.metrics)])
+                                      interceptors=[RpcMetricsInterceptor(self.metrics),
+                                                    self.security.interceptor()])
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), self.server)
         controller_pb2_grpc.add_ControllerServicer_to_server(ControllerService(self), self.server)
         if self.is_broker:
@@ -441,13 +514,15 @@ class Broker:
         reflection.enable_server_reflection(names, self.server)
         await self._set_health(False)
         try:
-            self.port = self.server.add_insecure_port(f"{cfg.listen_host}:{cfg.listen_port}")
+            self.port = self.security.bind(self.server, f"{cfg.listen_host}:{cfg.listen_port}")
         except RuntimeError as exc:  # grpc reports a busy port this way
             raise OSError(f"cannot bind gRPC address {cfg.listen_host}:{cfg.listen_port}: {exc}") from exc
         if self.port == 0:
             raise OSError(f"cannot bind gRPC address {cfg.listen_host}:{cfg.listen_port}")
         await self.server.start()
-        log.info("broker %d gRPC listening on %s:%d", cfg.broker_id, cfg.listen_host, self.port)
+        log.info("broker %d gRPC listening on %s:%d (%s, client certificates %s, authentication %s)", cfg.broker_id,
+                 cfg.listen_host, self.port, "TLS" if cfg.tls_cert else "plaintext", cfg.tls_client_auth,
+                 cfg.authentication)
         if cfg.metrics_listen:
             await self._start_metrics(cfg.metrics_listen)
         if self.is_broker and cfg.kafka_listen:

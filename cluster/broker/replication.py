@@ -32,7 +32,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 import grpc
 from semel import limits
@@ -53,6 +54,14 @@ log = logging.getLogger(__name__)
 RETRY_BACKOFF_S = 0.05
 ERROR_BACKOFF_S = 0.05
 STALL_TIMEOUT_S = 5.0  # beyond the requested long-poll, a fetch response this late means a stuck stream
+
+
+# (address, options) -> a channel to a peer broker (TLS and broker credentials when security is on)
+OpenChannel = Callable[[str, Sequence[tuple[str, Any]]], grpc.aio.Channel]
+
+
+def _insecure_channel(address: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=options)
 
 
 def channel_options() -> list[tuple[str, object]]:
@@ -250,7 +259,8 @@ class ReplicaFetcher:
     """Follows every partition this broker replicates from one leader broker."""
 
     def __init__(self, broker_id: int, leader_id: int, address_of: AddressOf, broker_epoch: Callable[[], int],
-                 report_unreachable: ReportUnreachable, max_wait_ms: int, max_bytes: int) -> None:
+                 report_unreachable: ReportUnreachable, max_wait_ms: int, max_bytes: int,
+                 open_channel: OpenChannel | None = None) -> None:
         self.broker_id = broker_id
         self.leader_id = leader_id
         self.address_of = address_of
@@ -258,6 +268,7 @@ class ReplicaFetcher:
         self.report_unreachable = report_unreachable
         self.max_wait_ms = max_wait_ms
         self.max_bytes = max_bytes
+        self.open_channel = open_channel or _insecure_channel
         self.partitions: dict[tuple[str, int], Partition] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -295,7 +306,7 @@ class ReplicaFetcher:
         if self._channel is None or self._channel_address != address:
             if self._channel is not None:
                 asyncio.get_running_loop().create_task(self._channel.close())
-            self._channel = grpc.aio.insecure_channel(address, options=channel_options())
+            self._channel = self.open_channel(address, channel_options())
             self._channel_address = address
         return self._channel
 
@@ -428,7 +439,9 @@ class FetcherManager:
     """One `ReplicaFetcher` per leader broker, created on demand."""
 
     def __init__(self, rm: ReplicaManager, address_of: AddressOf, broker_epoch: Callable[[], int],
-                 report_unreachable: ReportUnreachable, max_wait_ms: int, max_bytes: int) -> None:
+                 report_unreachable: ReportUnreachable, max_wait_ms: int, max_bytes: int,
+                 open_channel: OpenChannel | None = None) -> None:
+        self.open_channel = open_channel or _insecure_channel
         self.rm = rm
         self.address_of = address_of
         self.broker_epoch = broker_epoch
@@ -445,7 +458,7 @@ class FetcherManager:
         fetcher = self.fetchers.get(p.leader_id)
         if fetcher is None:
             fetcher = ReplicaFetcher(self.rm.broker_id, p.leader_id, self.address_of, self.broker_epoch,
-                                     self.report_unreachable, self.max_wait_ms, self.max_bytes)
+                                     self.report_unreachable, self.max_wait_ms, self.max_bytes, self.open_channel)
             self.fetchers[p.leader_id] = fetcher
             fetcher.start()
         fetcher.add(p)

@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
-from semel import internal_topics, limits
+from semel import internal_topics, limits, scram
 from semel.clock import wall_clock_ms
+from semel.invariant import not_none
 from semel.cluster.broker import write_path
 from semel.cluster.broker.admin_ops import ClusterOpsAdmin
 from semel.cluster.broker import produce_validation
@@ -404,6 +405,46 @@ class AdminService(ClusterOpsAdmin, agrpc.AdminServicer):
             return apb.TopicResult(name=nt.name, error_code=result.error, error_message=_code_message(result.error, rf))
         await self.b.wait_for_metadata(lambda img: img.topic(nt.name) is not None, timeout_s)
         return apb.TopicResult(name=nt.name, error_code=pb.NONE)
+
+    # --- users (password authentication; cluster/broker/principal.py) --------------------
+    async def UpsertUserScram(self, request: apb.UpsertUserScramRequest,
+                              context: grpc.aio.ServicerContext) -> apb.UpsertUserScramResponse:
+        await not_none(self.b.security, "serving").require_super_user(context, "UpsertUserScram")
+        cred = scram.ScramCredential(request.mechanism, request.salt, request.iterations, request.stored_key,
+                                     request.server_key)
+        problem = scram.user_name_problem(request.name) or scram.check_credential(cred)
+        if problem:
+            return apb.UpsertUserScramResponse(error_code=pb.INVALID_REQUEST, error_message=problem)
+        try:
+            result = await self.b.quorum.submit(md.UpsertUserScram(request.name, cred),
+                                                timeout_s=ADMIN_TIMEOUT_MS_DEFAULT / 1000)
+        except MetadataSubmitError as exc:
+            return apb.UpsertUserScramResponse(error_code=exc.code, error_message=str(exc))
+        if not result.ok:
+            return apb.UpsertUserScramResponse(error_code=result.error, error_message=pb.ErrorCode.Name(result.error))
+        await self.b.wait_for_metadata(lambda img: cred in img.users.get(request.name, ()),
+                                       ADMIN_TIMEOUT_MS_DEFAULT / 1000)
+        return apb.UpsertUserScramResponse(error_code=pb.NONE)
+
+    async def DeleteUser(self, request: apb.DeleteUserRequest, context: grpc.aio.ServicerContext) -> apb.DeleteUserResponse:
+        await not_none(self.b.security, "serving").require_super_user(context, "DeleteUser")
+        if request.name not in self.b.quorum.image().users:
+            return apb.DeleteUserResponse(error_code=pb.INVALID_REQUEST, error_message=f"no user {request.name!r}")
+        try:
+            result = await self.b.quorum.submit(md.DeleteUser(request.name), timeout_s=ADMIN_TIMEOUT_MS_DEFAULT / 1000)
+        except MetadataSubmitError as exc:
+            return apb.DeleteUserResponse(error_code=exc.code, error_message=str(exc))
+        if not result.ok:
+            return apb.DeleteUserResponse(error_code=result.error, error_message=f"no user {request.name!r}")
+        await self.b.wait_for_metadata(lambda img: request.name not in img.users, ADMIN_TIMEOUT_MS_DEFAULT / 1000)
+        return apb.DeleteUserResponse(error_code=pb.NONE)
+
+    async def ListUsers(self, request: apb.ListUsersRequest, context: grpc.aio.ServicerContext) -> apb.ListUsersResponse:
+        await not_none(self.b.security, "serving").require_super_user(context, "ListUsers")
+        return apb.ListUsersResponse(users=[
+            apb.UserDescription(name=name, mechanisms=[c.mechanism for c in creds],
+                                iterations=[c.iterations for c in creds])
+            for name, creds in sorted(self.b.quorum.image().users.items())])
 
     async def DeleteTopics(self, request: apb.DeleteTopicsRequest, context: grpc.aio.ServicerContext) -> apb.DeleteTopicsResponse:
         timeout_s = effective_timeout_ms(request.timeout_ms, ADMIN_TIMEOUT_MS_DEFAULT) / 1000

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from semel.cli.security_args import add_to_every_cluster_command, export_security_flags
+
 # Modules that define `add_commands(subparsers: argparse._SubParsersAction) -> None`.
 COMMAND_MODULES = (
     "semel.cli.commands",
@@ -19,6 +21,7 @@ COMMAND_MODULES = (
     "semel.cli.bench_commands",
     "semel.cli.log_commands",
     "semel.cli.ops_commands",  # after semel.cli.commands: it adds to the `topic` and `cluster` parsers
+    "semel.cli.security_args",
 )
 
 
@@ -32,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
+    add_to_every_cluster_command(parser)  # --tls-ca, --tls-cert, --tls-key, --user, --password-file
     return parser
 
 
@@ -40,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
+        return 2
+    try:
+        export_security_flags(args)
+    except OSError as exc:
+        print(f"semel: cannot read the password file: {exc}", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)

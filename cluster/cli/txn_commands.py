@@ -129,7 +129,11 @@ class ClusterView:
     def _channel(self, address: str) -> Any:
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = self._grpc.insecure_channel(address)
+            from semel.client.security import ClientSecurity
+
+            creds = ClientSecurity.from_env().channel_credentials()
+            ch = self._channels[address] = (self._grpc.insecure_channel(address) if creds is None
+                                            else self._grpc.secure_channel(address, creds))
         return ch
 
     def txn(self, broker_id: int) -> Any:

@@ -41,10 +41,12 @@ from semel.client.group import (  # assign-based, or a group member with group_i
 from semel.client.metadata import ClusterView, PartitionInfo
 from semel.client.producer import Producer
 from semel.client.records import ConsumerRecord, RecordMetadata
+from semel.client.security import ClientSecurity
 
 __all__ = [
     "Admin",
     "BrokerDescription",
+    "ClientSecurity",
     "ClusterDescription",
     "ClusterView",
     "Consumer",

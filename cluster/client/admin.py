@@ -9,6 +9,8 @@ from typing import Any
 
 import grpc
 from semel.client import errors as client_errors
+from semel import scram
+from semel.client.security import ClientSecurity
 from semel.client.base import (
     CONNECT_TIMEOUT_MS_DEFAULT,
     METADATA_MAX_AGE_MS_DEFAULT,
@@ -115,8 +117,10 @@ class Admin(_ClientBase):
         retry_backoff_ms: int = RETRY_BACKOFF_MS_DEFAULT,
         retry_backoff_max_ms: int = RETRY_BACKOFF_MAX_MS_DEFAULT,
         connect_timeout_ms: int = CONNECT_TIMEOUT_MS_DEFAULT,
+        security: ClientSecurity | None = None,
     ) -> None:
-        super().__init__(bootstrap, request_timeout_ms, retry_backoff_ms, retry_backoff_max_ms, METADATA_MAX_AGE_MS_DEFAULT)
+        super().__init__(bootstrap, request_timeout_ms, retry_backoff_ms, retry_backoff_max_ms, METADATA_MAX_AGE_MS_DEFAULT,
+                         security)
         self.connect_timeout_ms = connect_timeout_ms
         self._answered = False  # some broker answered once: from then on, wait the full timeout
 
@@ -308,6 +312,44 @@ class Admin(_ClientBase):
         if response.error_code != common_pb2.NONE:
             raise client_errors.error_for_code(response.error_code, response.error_message, context=what)
         return [_change(r) for r in response.results]
+
+    # --- users (brokers with --authentication required: super users only) -------------------
+    def upsert_user(self, name: str, password: str, mechanism: str = "SCRAM-SHA-256",
+                    iterations: int = scram.ITERATIONS_DEFAULT, timeout_ms: int | None = None) -> None:
+        """Create user `name` or set its password for `mechanism`. The SCRAM credential (salt,
+        StoredKey, ServerKey) is derived here: the password itself never leaves this process."""
+        problem = scram.user_name_problem(name)
+        if problem:
+            raise client_errors.ConfigError(problem)
+        if mechanism not in scram.MECHANISMS or not password:
+            raise client_errors.ConfigError(f"mechanism must be one of {', '.join(scram.MECHANISMS)} and the "
+                                            "password non-empty")
+        c = scram.make_credential(password, mechanism, iterations)
+        request = admin_pb2.UpsertUserScramRequest(name=name, mechanism=c.mechanism, salt=c.salt,
+                                                   iterations=c.iterations, stored_key=c.stored_key,
+                                                   server_key=c.server_key)
+
+        def attempt(remaining_ms: int) -> None:
+            response = self._call("UpsertUserScram", request, remaining_ms)
+            if response.error_code != common_pb2.NONE:
+                raise client_errors.error_for_code(response.error_code, response.error_message,
+                                                   context=f"user {name!r}")
+
+        self._with_retries(attempt, timeout_ms)
+
+    def delete_user(self, name: str, timeout_ms: int | None = None) -> None:
+        def attempt(remaining_ms: int) -> None:
+            response = self._call("DeleteUser", admin_pb2.DeleteUserRequest(name=name), remaining_ms)
+            if response.error_code != common_pb2.NONE:
+                raise client_errors.error_for_code(response.error_code, response.error_message,
+                                                   context=f"delete user {name!r}")
+
+        self._with_retries(attempt, timeout_ms)
+
+    def list_users(self, timeout_ms: int | None = None) -> list[tuple[str, tuple[str, ...]]]:
+        """(name, its SCRAM mechanisms) of every user, by name."""
+        response = self._call("ListUsers", admin_pb2.ListUsersRequest(), timeout_ms)
+        return [(u.name, tuple(u.mechanisms)) for u in response.users]
 
     def metadata(self, topics: Sequence[str] | None = None, timeout_ms: int | None = None) -> ClusterView:
         """A fresh metadata view (leaders, replicas, ISR) from any broker."""

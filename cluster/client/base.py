@@ -17,6 +17,8 @@ from semel.client.metadata import (
     PartitionInfo,
     parse_bootstrap,
 )
+from semel.client.security import ClientSecurity
+from semel.client.security import resolve as resolve_security
 from semel.clock import monotonic_ms
 from semel.v1 import broker_pb2
 
@@ -65,8 +67,11 @@ def parse_acks(acks: str | int) -> broker_pb2.Acks:
 
 class _ClientBase:
     def __init__(self, bootstrap: str | Sequence[str] | None, request_timeout_ms: int,
-                 retry_backoff_ms: int, retry_backoff_max_ms: int, metadata_max_age_ms: int) -> None:
-        self._connections = Connections()
+                 retry_backoff_ms: int, retry_backoff_max_ms: int, metadata_max_age_ms: int,
+                 security: ClientSecurity | None = None) -> None:
+        """`security` None: from the environment (SEMEL_TLS_CA, SEMEL_USER, ...: client_security)."""
+        self.security = resolve_security(security)
+        self._connections = Connections(self.security.channel_credentials())
         self._metadata = MetadataManager(
             parse_bootstrap(bootstrap), self._connections, request_timeout_ms,
             retry_backoff_ms, retry_backoff_max_ms, metadata_max_age_ms,

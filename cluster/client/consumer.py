@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 import grpc
 from semel import limits
 from semel.client import errors as client_errors
+from semel.client.security import ClientSecurity
 from semel.client.base import (
     FETCH_ABANDON_SLACK_MS,
     FETCH_MAX_BYTES_DEFAULT,
@@ -60,6 +61,7 @@ class AssignConsumer(_ClientBase):
         retry_backoff_ms: int = RETRY_BACKOFF_MS_DEFAULT,
         retry_backoff_max_ms: int = RETRY_BACKOFF_MAX_MS_DEFAULT,
         metadata_max_age_ms: int = METADATA_MAX_AGE_MS_DEFAULT,
+        security: ClientSecurity | None = None,
     ) -> None:
         if auto_offset_reset not in OFFSET_RESET_POLICIES:
             raise ConfigError(f"auto_offset_reset must be one of {', '.join(OFFSET_RESET_POLICIES)}")
@@ -68,7 +70,8 @@ class AssignConsumer(_ClientBase):
             raise ConfigError("isolation_level must be read_uncommitted or read_committed")
         if fetch_max_bytes > limits.MAX_FETCH_BYTES or fetch_max_bytes < 1 or max_poll_records < 1:
             raise ConfigError(f"fetch_max_bytes must be in 1..{limits.MAX_FETCH_BYTES}, max_poll_records >= 1")
-        super().__init__(bootstrap, request_timeout_ms, retry_backoff_ms, retry_backoff_max_ms, metadata_max_age_ms)
+        super().__init__(bootstrap, request_timeout_ms, retry_backoff_ms, retry_backoff_max_ms, metadata_max_age_ms,
+                         security)
         self.auto_offset_reset = auto_offset_reset
         self.isolation_level = levels[isolation_level]
         self.fetch_max_wait_ms = fetch_max_wait_ms

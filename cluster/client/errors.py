@@ -126,6 +126,15 @@ class BrokerUnreachableError(ClientError):
     code = common_pb2.BROKER_NOT_AVAILABLE
 
 
+class AuthenticationError(ClientError):
+    """The broker did not accept who we say we are (gRPC UNAUTHENTICATED): no credentials where
+    they are required, a wrong password, or a password on a plaintext connection."""
+
+
+class AuthorizationError(ClientError):
+    """The broker knows who we are and refuses the call to that principal (gRPC PERMISSION_DENIED)."""
+
+
 _RETRIABLE_CODES: Final = frozenset(
     {
         common_pb2.CORRUPT_MESSAGE,

@@ -30,6 +30,7 @@ from typing import Any, cast
 
 import grpc
 from semel.client import errors as client_errors
+from semel.client.security import ClientSecurity
 from semel.client.base import (
     METADATA_MAX_AGE_MS_DEFAULT,
     RETRY_BACKOFF_MAX_MS_DEFAULT,
@@ -589,9 +590,10 @@ class GroupAdmin(_ClientBase):
     """Group administration: `list_groups()`, `describe_group(g)`, `reset_offsets(...)`,
     `delete_group(g)`. Calls go to the group's coordinator and retry while it moves or loads."""
 
-    def __init__(self, bootstrap: str | Sequence[str] | None = None, *, request_timeout_ms: int = 30_000) -> None:
+    def __init__(self, bootstrap: str | Sequence[str] | None = None, *, request_timeout_ms: int = 30_000,
+                 security: ClientSecurity | None = None) -> None:
         super().__init__(bootstrap, request_timeout_ms, RETRY_BACKOFF_MS_DEFAULT, RETRY_BACKOFF_MAX_MS_DEFAULT,
-                         METADATA_MAX_AGE_MS_DEFAULT)
+                         METADATA_MAX_AGE_MS_DEFAULT, security)
 
     def close(self) -> None:
         self._connections.close()

@@ -73,7 +73,9 @@ CHANNEL_OPTIONS = (
 class Connections:
     """One channel (and stubs) per broker address; thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
+        """`credentials`: TLS (and call credentials) for every channel; None: plaintext."""
+        self._credentials = credentials
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._broker_stubs: dict[str, broker_pb2_grpc.BrokerStub] = {}
@@ -86,7 +88,10 @@ class Connections:
         if channel is None:
             if self._closed:
                 raise client_errors.ClosedError("client is closed")
-            channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            if self._credentials is None:
+                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            else:
+                channel = grpc.secure_channel(address, self._credentials, options=CHANNEL_OPTIONS)
             self._channels[address] = channel
         return channel
 
@@ -144,6 +149,10 @@ def rpc_error(exc: grpc.RpcError, address: str, what: str) -> client_errors.Seme
         return client_errors.BrokerUnreachableError(f"{address}: the broker cancelled the request ({details})")
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return client_errors.error_for_code(common_pb2.INVALID_REQUEST, f"{what}: {address} does not implement it")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return client_errors.AuthenticationError(f"{what}: {address}: not authenticated: {details}")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return client_errors.AuthorizationError(f"{what}: {address}: permission denied: {details}")
     return client_errors.error_for_code(common_pb2.UNKNOWN_SERVER_ERROR, f"{what}: {address}: {code}: {details}")
 
 
@@ -162,6 +171,8 @@ def _short_reason(details: str | None) -> str:
         ("Socket closed", "connection closed"),
         ("Connection reset", "connection reset"),
         ("shutting down", "broker shutting down"),
+        ("andshake", "TLS handshake failed (is the broker's port TLS, and its certificate signed by the given CA?)"),
+        ("SSL", "TLS failure (do the TLS settings match the broker's?)"),
     ):
         if needle in text:
             return short

@@ -22,6 +22,7 @@ from semel.client.accumulator import (
     RecordAccumulator,
     RecordFuture,
 )
+from semel.client.security import ClientSecurity
 from semel.client.base import (
     BATCH_BYTES_DEFAULT,
     BUFFER_BYTES_DEFAULT,
@@ -102,6 +103,7 @@ class Producer(_ClientBase):
         transactional_id: str | None = None,
         transaction_timeout_ms: int = limits.TRANSACTION_TIMEOUT_MS_DEFAULT,
         predict_txn_partitions: bool = True,
+        security: ClientSecurity | None = None,
     ) -> None:
         acks_value = parse_acks(acks)
         idempotent = _idempotence_setting(enable_idempotence, transactional_id, acks_value, max_in_flight)
@@ -114,7 +116,8 @@ class Producer(_ClientBase):
             raise ConfigError(f"batch_bytes must be in 1..{limits.MAX_BATCH_BYTES}")
         if delivery_timeout_ms < 1 or request_timeout_ms < 1 or max_block_ms < 0:
             raise ConfigError("delivery_timeout_ms and request_timeout_ms must be >= 1, max_block_ms >= 0")
-        super().__init__(bootstrap, request_timeout_ms, retry_backoff_ms, retry_backoff_max_ms, metadata_max_age_ms)
+        super().__init__(bootstrap, request_timeout_ms, retry_backoff_ms, retry_backoff_max_ms, metadata_max_age_ms,
+                         security)
         self.acks = acks_value
         self.max_block_ms = max_block_ms
         self.delivery_timeout_ms = delivery_timeout_ms

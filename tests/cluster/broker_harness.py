@@ -46,7 +46,10 @@ class BrokerProc:
 
 
 class Cluster:
-    def __init__(self, root: Path, n: int, voters: int | None = None, **flags: object) -> None:
+    def __init__(self, root: Path, n: int, voters: int | None = None, *,
+                 credentials: grpc.ChannelCredentials | None = None, **flags: object) -> None:
+        """`credentials`: TLS (+ call credentials) for the harness's own channels (None: plaintext)."""
+        self.credentials = credentials
         self.root = root
         self.flags = flags
         ports = free_ports(2 * n)
@@ -73,8 +76,8 @@ class Cluster:
         # (docs/benchmarks.md: uvloop is opt-in; this runs the process tests on it).
         if os.environ.get(EVENT_LOOP_ENV) and "event_loop" not in flags:
             flags["event_loop"] = os.environ[EVENT_LOOP_ENV]
-        for k, v in flags.items():
-            args += [f"--{k.replace('_', '-')}", str(v)]
+        for k, v in flags.items():  # "{id}" in a value: this broker's id (its own certificate)
+            args += [f"--{k.replace('_', '-')}", str(v).replace("{id}", str(broker_id))]
         log = open(b.data_dir / "broker.log", "ab")
         # No preexec_fn: forking this gRPC-using process in Python runs gRPC's fork handlers in
         # the child, which can abort it before exec. The broker sets PDEATHSIG itself.
@@ -143,12 +146,14 @@ class Cluster:
         addr = self.brokers[broker_id].address
         ch = self._channels.get(addr)
         if ch is None:
-            ch = grpc.insecure_channel(addr, options=[
+            options = [
                 ("grpc.max_receive_message_length", limits.MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", limits.MAX_REQUEST_BYTES),
                 ("grpc.initial_reconnect_backoff_ms", 50),
                 ("grpc.max_reconnect_backoff_ms", 200),
-            ])
+            ]
+            ch = (grpc.insecure_channel(addr, options=options) if self.credentials is None
+                  else grpc.secure_channel(addr, self.credentials, options=options))
             self._channels[addr] = ch
         return ch
 

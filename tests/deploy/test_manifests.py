@@ -444,15 +444,21 @@ def test_every_object_lives_in_the_namespace_the_voters_name() -> None:
         assert host.endswith(f".semel.{namespace}.svc.cluster.local")
 
 
-def test_tls_is_not_configured_until_the_broker_supports_it() -> None:
-    """The Secret's place is marked (commented out) in statefulset.yaml; nothing pretends TLS works."""
+def test_tls_wiring_is_marked_and_names_real_broker_options() -> None:
+    """TLS stays off in the manifests (Kubernetes' gRPC probes cannot speak TLS), but the
+    commented Secret mount names broker.json keys and probe flags that exist."""
     flags = option_strings()
-    assert not any("tls" in f or "cert" in f for f in flags), \
-        "the broker has TLS flags now: wire the semel-tls Secret in deploy/kubernetes/statefulset.yaml"
+    assert {"--tls-cert", "--tls-key", "--tls-ca", "--tls-client-auth", "--authentication"} <= flags
     assert not any("tls" in v["name"] for v in statefulset()["spec"]["template"]["spec"]["volumes"])
     text = (DEPLOY / "kubernetes" / "statefulset.yaml").read_text()
     assert "#   secret:" in text and "secretName: semel-tls" in text
-    assert "TLS" in (DEPLOY / "README.md").read_text()
+    fields = {f.name for f in dataclasses.fields(BrokerConfig)}
+    for key in ("tls_cert", "tls_key", "tls_ca", "authentication"):
+        assert f'"{key}"' in text and key in fields
+    from semel.cluster.broker import health_probe
+
+    assert "--tls-ca" in {s for a in health_probe.build_parser()._actions for s in a.option_strings}
+    assert "## Security" in (DEPLOY / "README.md").read_text()
 
 
 # --- systemd ---------------------------------------------------------------------------------

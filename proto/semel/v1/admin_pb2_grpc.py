@@ -84,6 +84,21 @@ class AdminStub:
                 request_serializer=semel_dot_v1_dot_admin__pb2.ElectLeadersRequest.SerializeToString,
                 response_deserializer=semel_dot_v1_dot_admin__pb2.ElectLeadersResponse.FromString,
                 _registered_method=True)
+        self.UpsertUserScram = channel.unary_unary(
+                '/semel.v1.Admin/UpsertUserScram',
+                request_serializer=semel_dot_v1_dot_admin__pb2.UpsertUserScramRequest.SerializeToString,
+                response_deserializer=semel_dot_v1_dot_admin__pb2.UpsertUserScramResponse.FromString,
+                _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/semel.v1.Admin/DeleteUser',
+                request_serializer=semel_dot_v1_dot_admin__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=semel_dot_v1_dot_admin__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/semel.v1.Admin/ListUsers',
+                request_serializer=semel_dot_v1_dot_admin__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=semel_dot_v1_dot_admin__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -150,6 +165,27 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertUserScram(self, request, context):
+        """Users for password authentication (deploy/README.md, "Security"). The client derives the
+        SCRAM credential (RFC 5802) itself: the password never travels. Super users only when the
+        broker runs with --authentication required.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +238,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ElectLeaders,
                     request_deserializer=semel_dot_v1_dot_admin__pb2.ElectLeadersRequest.FromString,
                     response_serializer=semel_dot_v1_dot_admin__pb2.ElectLeadersResponse.SerializeToString,
+            ),
+            'UpsertUserScram': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertUserScram,
+                    request_deserializer=semel_dot_v1_dot_admin__pb2.UpsertUserScramRequest.FromString,
+                    response_serializer=semel_dot_v1_dot_admin__pb2.UpsertUserScramResponse.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=semel_dot_v1_dot_admin__pb2.DeleteUserRequest.FromString,
+                    response_serializer=semel_dot_v1_dot_admin__pb2.DeleteUserResponse.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=semel_dot_v1_dot_admin__pb2.ListUsersRequest.FromString,
+                    response_serializer=semel_dot_v1_dot_admin__pb2.ListUsersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -474,6 +525,87 @@ class Admin:
             '/semel.v1.Admin/ElectLeaders',
             semel_dot_v1_dot_admin__pb2.ElectLeadersRequest.SerializeToString,
             semel_dot_v1_dot_admin__pb2.ElectLeadersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertUserScram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semel.v1.Admin/UpsertUserScram',
+            semel_dot_v1_dot_admin__pb2.UpsertUserScramRequest.SerializeToString,
+            semel_dot_v1_dot_admin__pb2.UpsertUserScramResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semel.v1.Admin/DeleteUser',
+            semel_dot_v1_dot_admin__pb2.DeleteUserRequest.SerializeToString,
+            semel_dot_v1_dot_admin__pb2.DeleteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semel.v1.Admin/ListUsers',
+            semel_dot_v1_dot_admin__pb2.ListUsersRequest.SerializeToString,
+            semel_dot_v1_dot_admin__pb2.ListUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,213 @@
+"""The broker's transport security: TLS on its gRPC port, TLS to its peers, and the server
+interceptor that authenticates every call (`principal.Authenticator`) and keeps the broker-only
+services to brokers.
+
+Who may call what (deploy/README.md, "Security"):
+  * `grpc.health.v1.Health`: anyone (probes); everything else needs an authenticated principal
+    when `--authentication required` (UNAUTHENTICATED otherwise, with a message saying how).
+  * `semel.v1.Replication`, `semel.v1.Controller`, `semel.v1.TxnMarkers` (replica fetch, broker
+    heartbeats, transaction markers and their verification): brokers only
+    (`principal.is_broker`) whenever authentication or mTLS is required; anyone else gets
+    PERMISSION_DENIED. One port serves clients and brokers: grpcio offers no optional client
+    certificate, so a port either demands certificates from every client or from none; brokers
+    therefore also prove themselves with a token derived from the Raft secret, which lets
+    password clients and brokers share the port (a separate inter-broker listener would need a
+    second advertised address in every registration and voter list; see deploy/README.md).
+  * The principal of the current call is `current_principal()` (for an authorizer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import hmac
+import inspect
+import logging
+import base64
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from semel import scram, tls
+from semel.cluster.broker.principal import (
+    AuthFailure,
+    Authenticator,
+    PasswordCheck,
+    Principal,
+    is_broker,
+)
+
+log = logging.getLogger(__name__)
+
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+BROKER_ONLY_PREFIXES = ("/semel.v1.Replication/", "/semel.v1.Controller/", "/semel.v1.TxnMarkers/")
+BROKER_KEY_CONTEXT = b"semel broker token key v1"
+UNAUTHENTICATED_MESSAGE = ("authentication required: connect with TLS and a client certificate signed by the "
+                           "cluster CA, or send a user and password (semel --user / SEMEL_USER, SEMEL_PASSWORD)")
+
+_current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("semel_principal", default=None)
+
+
+def current_principal() -> Principal | None:
+    """The principal of the call being served (None outside a call or before authentication)."""
+    return _current.get()
+
+
+def broker_key(raft_secret: bytes | None) -> bytes | None:
+    """The key broker tokens are made with: derived from (never equal to) the Raft secret."""
+    return None if raft_secret is None else hmac.new(raft_secret, BROKER_KEY_CONTEXT, hashlib.sha256).digest()
+
+
+def load_bootstrap_users(path: str) -> dict[str, tuple[scram.ScramCredential, ...]]:
+    """`{"users": [{"name", "mechanism", "salt", "iterations", "stored_key", "server_key"}]}`
+    (bytes base64) -> credentials by user; ValueError with the reason for a bad file."""
+    if not path:
+        return {}
+    try:
+        entries = json.loads(Path(path).read_text())["users"]
+        out: dict[str, tuple[scram.ScramCredential, ...]] = {}
+        for e in entries:
+            c = scram.ScramCredential(e["mechanism"], base64.b64decode(e["salt"]), int(e["iterations"]),
+                                      base64.b64decode(e["stored_key"]), base64.b64decode(e["server_key"]))
+            problem = scram.user_name_problem(e["name"]) or scram.check_credential(c)
+            if problem:
+                raise ValueError(problem)
+            out[e["name"]] = (*out.get(e["name"], ()), c)
+        return out
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"--bootstrap-users-file {path}: {exc}") from exc
+
+
+class BrokerSecurity:
+    def __init__(self, broker_id: int, files: tls.TlsFiles, client_auth: str, authentication: str,
+                 broker_principals: Sequence[str], raft_secret: bytes | None,
+                 users: Callable[[str], Sequence[scram.ScramCredential]], super_users: Sequence[str] = (),
+                 bootstrap_users: Mapping[str, tuple[scram.ScramCredential, ...]] | None = None) -> None:
+        self.broker_id = broker_id
+        self.super_users = frozenset(super_users)
+        static = dict(bootstrap_users or {})
+
+        def lookup(name: str) -> Sequence[scram.ScramCredential]:
+            return tuple(users(name)) or static.get(name, ())
+
+        self.files = files
+        self.tls_on = bool(files.cert_file)
+        self.client_auth = client_auth
+        self.required = authentication == "required"
+        self.brokers_only = self.required or client_auth == "required"
+        self.broker_principals = frozenset(broker_principals)
+        self._broker_key = broker_key(raft_secret)
+        self.authenticator = Authenticator(lookup, self._broker_key)
+        if self.required and self._broker_key is None and client_auth != "required":
+            raise ValueError("--authentication required: brokers must prove themselves to each other; give the "
+                             "cluster a Raft secret (--raft-secret-file / SEMEL_RAFT_SECRET) or require client "
+                             "certificates (--tls-client-auth required, broker certificates named broker-N)")
+
+    def bind(self, server: grpc.aio.Server, address: str) -> int:
+        if not self.tls_on:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, tls.server_credentials(self.files, self.client_auth))
+
+    def open_channel(self, address: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
+        """A channel to another broker: TLS with our certificate as client certificate, and the
+        broker token on every call, when TLS is on."""
+        if not self.tls_on:
+            return grpc.aio.insecure_channel(address, options=options)
+        metadata: list[tuple[str, str]] = []
+        if self._broker_key is not None:
+            metadata = [(tls.BROKER_ID_HEADER, str(self.broker_id)),
+                        (tls.BROKER_TOKEN_HEADER, tls.broker_token(self._broker_key, self.broker_id))]
+        return grpc.aio.secure_channel(address, tls.channel_credentials(self.files, metadata), options=options)
+
+    async def require_super_user(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> None:
+        """Aborts with PERMISSION_DENIED unless authentication is off or the caller is a super
+        user (or a broker)."""
+        if not self.required:
+            return
+        p = current_principal()
+        if p is not None and (p.principal in self.super_users or is_broker(p, self.broker_principals)):
+            return
+        name = p.principal if p is not None else "User:ANONYMOUS"
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{what} is for super users (--super-users); "
+                            f"{name} is not one")
+
+    def interceptor(self) -> AuthInterceptor:
+        return AuthInterceptor(self)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, security: BrokerSecurity) -> None:
+        self.s = security
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        broker_only = self.s.brokers_only and method.startswith(BROKER_ONLY_PREFIXES)
+
+        async def gate(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await self._gate(method, broker_only, context)
+
+        return _gated_handler(handler, gate)
+
+    async def _gate(self, method: str, broker_only: bool, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        auth = self.s.authenticator
+        found = auth.identify(context.auth_context(), tuple(context.invocation_metadata() or ()), context.peer())
+        if isinstance(found, PasswordCheck):
+            found = await asyncio.get_running_loop().run_in_executor(None, auth.check_password, found)
+        if isinstance(found, AuthFailure):
+            log.info("refused %s from %s: %s", method, context.peer(), found.message)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, found.message)
+            raise AssertionError("abort returned")  # context.abort raises
+        if self.s.required and not found.authenticated:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+        if broker_only and not is_broker(found, self.s.broker_principals):
+            log.info("refused broker-only %s to %s from %s", method, found.principal, found.host)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{method} is for brokers only; {found.principal} is not a broker principal")
+        _current.set(found)
+
+
+def _gated_handler(handler: grpc.RpcMethodHandler[Any, Any],
+                   gate: Callable[[Any], Awaitable[None]]) -> grpc.RpcMethodHandler[Any, Any]:
+    def gated(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        # grpc.aio drives a handler by its kind (async generator or coroutine): keep the kind.
+        if inspect.isasyncgenfunction(behavior):
+            async def agen(request: Any, context: Any) -> AsyncIterator[Any]:
+                await gate(context)
+                inner = behavior(request, context)
+                try:
+                    async for item in inner:
+                        yield item
+                finally:
+                    await inner.aclose()
+            return agen
+
+        async def coro(request: Any, context: Any) -> Any:
+            await gate(context)
+            result = behavior(request, context)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        return coro
+
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(gated(handler.unary_unary), handler.request_deserializer,
+                                                   handler.response_serializer)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(gated(handler.unary_stream), handler.request_deserializer,
+                                                    handler.response_serializer)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(gated(handler.stream_unary), handler.request_deserializer,
+                                                    handler.response_serializer)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(gated(handler.stream_stream), handler.request_deserializer,
+                                                     handler.response_serializer)
+    return handler
