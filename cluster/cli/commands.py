@@ -125,6 +125,9 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--restart-delay-s", type=float, default=3.0,
                     help="restart a broker that died this long after its exit (default 3)")
     up.add_argument("--no-restart", action="store_true", help="leave a broker that died down")
+    up.add_argument("--secure", action="store_true",
+                    help="TLS and authentication: create a CA and broker certificates in DATA_DIR/certs, a super "
+                    "user `admin` with a random password, and DATA_DIR/admin.env (source it, then run semel)")
     up.set_defaults(func=_cluster_up)
     desc = csub.add_parser("describe", help="brokers, controller and metadata quorum of a running cluster")
     _admin_args(desc)
@@ -147,6 +150,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
         args.broker_arg, args.ready_timeout_s, None if args.no_restart else max(0.0, args.restart_delay_s),
         metrics_base_port=args.metrics_base_port,
         kafka_base_port=args.kafka_base_port,
+        secure=args.secure,
     )
 
 

@@ -37,6 +37,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from semel.client.security import ClientSecurity
 
 from semel.storage import power_cut
 
@@ -129,7 +133,7 @@ def broker_argv(spec: BrokerSpec, voters: Sequence[BrokerSpec], extra_args: Sequ
         "--voters", ",".join(f"{v.broker_id}@{v.raft_address}@{v.address}" for v in voters),
         *(() if spec.metrics_port is None else ("--metrics-listen", f"{spec.host}:{spec.metrics_port}")),
         *(("--kafka-listen", spec.kafka_address, "--kafka-advertised", spec.kafka_address) if spec.kafka_port else ()),
-        *extra_args,
+        *(a.replace("{broker_id}", str(spec.broker_id)) for a in extra_args),  # per-broker files (--secure)
     ]
 
 
@@ -262,8 +266,12 @@ class LocalCluster:
         on_unexpected_exit: Callable[[BrokerProcess, int], None] | None = None,
         env: dict[str, str] | None = None,
         raft_secret_file: Path | None = None,
+        client_security: ClientSecurity | None = None,
     ) -> None:
-        """`raft_secret_file` None: `log_dir/raft-secret`, created if missing (mode 0600)."""
+        """`raft_secret_file` None: `log_dir/raft-secret`, created if missing (mode 0600).
+        `client_security`: how this supervisor's own admin calls reach the brokers (None: the
+        SEMEL_TLS_* / SEMEL_USER variables, plaintext without them)."""
+        self.client_security = client_security
         self.specs = list(specs)
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -325,7 +333,7 @@ class LocalCluster:
         alive = [self.brokers[i].spec.address for i in self.brokers if self.brokers[i].alive()]
         wanted = set(ids)
         last = ""
-        with Admin(alive, request_timeout_ms=2000) as admin:
+        with Admin(alive, request_timeout_ms=2000, security=self.client_security) as admin:
             while True:
                 try:
                     cluster = admin.describe_cluster(timeout_ms=2000)
@@ -440,6 +448,7 @@ def run_cluster_up(
     restart_delay_s: float | None = RESTART_DELAY_S_DEFAULT,
     metrics_base_port: int | None = None,
     kafka_base_port: int | None = None,
+    secure: bool = False,
 ) -> int:
     """Foreground supervisor: start, print how to connect, wait for Ctrl-C/SIGTERM, stop.
 
@@ -505,8 +514,16 @@ def run_cluster_up(
         if not others and broker_id in left_down:
             stop.set()  # nothing left to supervise
 
+    setup = None
+    if secure:  # TLS + authentication: CA, certificates, admin user, DATA_DIR/admin.env
+        from semel.cluster.tooling import secure_cluster
+
+        setup = secure_cluster.prepare(data_dir, [(s.broker_id, s.host) for s in specs],
+                                       ",".join(s.address for s in specs))
+        extra_args = [*setup.broker_args, *extra_args]
     cluster = LocalCluster(
-        specs, data_dir, extra_args, echo=say if follow_logs else None, on_unexpected_exit=unexpected
+        specs, data_dir, extra_args, echo=say if follow_logs else None, on_unexpected_exit=unexpected,
+        client_security=None if setup is None else setup.client,
     )
 
     def restart_due() -> None:
@@ -568,9 +585,13 @@ def run_cluster_up(
                 )
             first = specs[0].address
             semel = _semel_command()
+            if setup is not None:
+                print(f"secure: TLS (CA {setup.client.tls_ca}) and authentication required; super user "
+                      f"{setup.client.username}, credentials in {setup.admin_env}", flush=True)
+            connect = f"  source {setup.admin_env}\n" if setup is not None else f"  export SEMEL_BOOTSTRAP={first}\n"
             print(
                 "try:\n"
-                f"  export SEMEL_BOOTSTRAP={first}\n"
+                + connect +
                 f"  {semel} topic create demo --partitions 3 --replication-factor "
                 f"{min(3, brokers)}\n"
                 f"  echo hello | {semel} produce demo\n"

@@ -202,3 +202,78 @@ def test_mutual_tls_identities_between_brokers_and_for_clients(tmp_path):
         print(c.dump_logs())
         c.close()
 
+
+def _env_from(path) -> dict[str, str]:
+    import shlex
+
+    out = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        out[key] = shlex.split(value)[0]
+    return out
+
+
+def test_cluster_up_secure_writes_admin_env_that_the_cli_uses(tmp_path):
+    """`semel cluster up --secure`: TLS + authentication; DATA_DIR/admin.env is all the CLI needs,
+    and without it the same CLI is refused."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.cluster.test_cli_cluster_up import _free_block, _start_cluster_up
+
+    base = _free_block(3)
+    proc, lines = _start_cluster_up(tmp_path, 3, base, "--secure")
+    try:
+        assert any(line.startswith("cluster ready") for line in lines), "".join(lines) + (
+            proc.stderr.read().decode() if proc.poll() is not None and proc.stderr else "")
+        env_file = tmp_path / "admin.env"
+        assert env_file.stat().st_mode & 0o077 == 0
+        admin_env = _env_from(env_file)
+        assert set(admin_env) == {"SEMEL_BOOTSTRAP", "SEMEL_TLS_CA", "SEMEL_USER", "SEMEL_PASSWORD"}
+        assert admin_env["SEMEL_PASSWORD"] not in (tmp_path / "bootstrap-users.json").read_text()
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("SEMEL_")}
+
+        def semel(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "semel.cli", *args], input=stdin, capture_output=True,
+                                  text=True, env={**clean, **env}, timeout=120)
+
+        secure_env = {**admin_env}
+        r = semel("topic", "create", "demo", "--partitions", "1", "--replication-factor", "3", env=secure_env)
+        assert r.returncode == 0, r.stderr
+        r = semel("produce", "demo", env=secure_env, stdin="hello\n")
+        assert r.returncode == 0, r.stderr
+        r = semel("consume", "demo", "--from-beginning", "--max-messages", "1", env=secure_env)
+        assert r.returncode == 0 and "hello" in r.stdout, r.stderr
+        r = semel("user", "create", "carol", "--password-stdin", env=secure_env, stdin="carol-pw\n")
+        assert r.returncode == 0, r.stderr
+        r = semel("user", "list", env=secure_env)
+        assert "carol\tSCRAM-SHA-256" in r.stdout, r.stderr
+        carol = {**admin_env, "SEMEL_USER": "carol", "SEMEL_PASSWORD": "carol-pw"}
+        assert semel("topic", "list", env=carol).returncode == 0
+        # flags instead of variables
+        pw = tmp_path / "pw"
+        pw.write_text("carol-pw\n")
+        r = semel("topic", "list", "--bootstrap", admin_env["SEMEL_BOOTSTRAP"], "--tls-ca", admin_env["SEMEL_TLS_CA"],
+                  "--user", "carol", "--password-file", str(pw), env={})
+        assert r.returncode == 0 and "demo" in r.stdout, r.stderr
+        r = semel("user", "delete", "carol", env=secure_env)
+        assert r.returncode == 0, r.stderr
+        r = semel("topic", "list", env=carol)
+        assert r.returncode == 1 and "authentication failed" in r.stderr, r.stderr
+        # no credentials: a clear one-line refusal, no traceback
+        r = semel("topic", "list", env={"SEMEL_BOOTSTRAP": admin_env["SEMEL_BOOTSTRAP"],
+                                        "SEMEL_TLS_CA": admin_env["SEMEL_TLS_CA"]})
+        assert r.returncode == 1 and "authentication required" in r.stderr and "Traceback" not in r.stderr
+        # a password without TLS is refused by the CLI itself
+        r = semel("topic", "list", env={"SEMEL_BOOTSTRAP": admin_env["SEMEL_BOOTSTRAP"], "SEMEL_USER": "admin",
+                                        "SEMEL_PASSWORD": admin_env["SEMEL_PASSWORD"]})
+        assert r.returncode == 2 and "without TLS" in r.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,88 @@
+"""`semel cluster up --secure`: the files a local cluster needs to run with TLS and
+authentication, made in DATA_DIR (and kept across restarts on the same DATA_DIR):
+
+  certs/ca.crt, ca.key          a development CA (`certs.py`)
+  certs/broker-N.crt, .key      broker N's certificate: CN broker-N, SANs 127.0.0.1, localhost
+                                and the host it advertises
+  bootstrap-users.json          the super user `admin`'s SCRAM credential (no password)
+  admin.env                     (mode 0600) `export SEMEL_BOOTSTRAP=... SEMEL_TLS_CA=...
+                                SEMEL_USER=admin SEMEL_PASSWORD=...`: `source` it, then run `semel`
+
+The brokers get --tls-cert/--tls-key/--tls-ca, --authentication required, --super-users
+User:admin and --bootstrap-users-file; they prove themselves to each other with the token
+derived from DATA_DIR/raft-secret (cluster/broker/security.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from semel import scram
+from semel.client.security import ClientSecurity
+from semel.cluster.tooling import certs
+
+ADMIN_USER = "admin"
+ADMIN_ENV_FILE = "admin.env"
+BOOTSTRAP_USERS_FILE = "bootstrap-users.json"
+CERTS_DIR = "certs"
+BROKER_ID_PLACEHOLDER = "{broker_id}"  # replaced in broker arguments by each broker's id
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SecureSetup:
+    broker_args: tuple[str, ...]
+    client: ClientSecurity
+    admin_env: Path
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def _read_env_password(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        if key == "SEMEL_PASSWORD":
+            return shlex.split(value)[0]
+    return ""
+
+
+def prepare(data_dir: str | Path, broker_hosts: Sequence[tuple[int, str]], bootstrap: str) -> SecureSetup:
+    """Create (or reuse) the CA, the broker certificates, the admin user and admin.env."""
+    root = Path(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    cert_dir = root / CERTS_DIR
+    if not certs.ca_files(cert_dir).cert.exists():
+        certs.create_ca(cert_dir)
+    for broker_id, host in broker_hosts:
+        name = f"broker-{broker_id}"
+        if not certs.leaf_files(cert_dir, name).cert.exists():
+            certs.create_leaf(cert_dir, name, hosts=(*certs.LOOPBACK_SANS, host))
+    env_path, users_path = root / ADMIN_ENV_FILE, root / BOOTSTRAP_USERS_FILE
+    password = _read_env_password(env_path) if env_path.exists() and users_path.exists() else ""
+    if not password:
+        password = secrets.token_urlsafe(24)
+        c = scram.make_credential(password)
+        import base64
+
+        b64 = base64.b64encode
+        _write_private(users_path, json.dumps({"users": [{
+            "name": ADMIN_USER, "mechanism": c.mechanism, "salt": b64(c.salt).decode(), "iterations": c.iterations,
+            "stored_key": b64(c.stored_key).decode(), "server_key": b64(c.server_key).decode()}]}, indent=2) + "\n")
+    ca = str(certs.ca_files(cert_dir).cert.resolve())
+    _write_private(env_path, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in (
+        ("SEMEL_BOOTSTRAP", bootstrap), ("SEMEL_TLS_CA", ca), ("SEMEL_USER", ADMIN_USER),
+        ("SEMEL_PASSWORD", password))))
+    leaf = certs.leaf_files(cert_dir, f"broker-{BROKER_ID_PLACEHOLDER}")
+    args = ("--tls-cert", str(leaf.cert.resolve()), "--tls-key", str(leaf.key.resolve()), "--tls-ca", ca,
+            "--authentication", "required", "--super-users", f"User:{ADMIN_USER}",
+            "--bootstrap-users-file", str(users_path.resolve()))
+    return SecureSetup(args, ClientSecurity(tls_ca=ca, username=ADMIN_USER, password=password), env_path)
