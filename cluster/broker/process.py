@@ -206,6 +206,9 @@ class BrokerConfig:
             raise ValueError("--tls-ca / --tls-client-auth need --tls-cert and --tls-key (the broker's own certificate)")
         if self.tls_client_auth == "required" and not self.tls_ca:
             raise ValueError("--tls-client-auth required needs --tls-ca")
+        if self.authentication == "required" and self.kafka_listen:
+            raise ValueError("--authentication required with --kafka-listen: the Kafka-protocol listener has no "
+                             "TLS or SASL yet and would serve anyone; run it without --kafka-listen")
         if self.authentication == "required" and not self.tls_cert:
             raise ValueError("--authentication required needs TLS (--tls-cert, --tls-key): credentials never "
                              "travel in plaintext")

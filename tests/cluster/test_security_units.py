@@ -138,3 +138,22 @@ def test_the_client_refuses_to_send_a_password_without_tls():
     assert ClientSecurity().channel_credentials() is None
     env = ClientSecurity.from_env({"SEMEL_USER": "a", "SEMEL_PASSWORD": "b", "SEMEL_TLS_CA": "/x"})
     assert (env.username, env.password, env.tls_ca) == ("a", "b", "/x")
+
+
+def test_broker_security_flags_that_do_not_fit_together_are_refused(tmp_path):
+    from semel.cluster.broker.process import BrokerConfig
+
+    base = ["--broker-id", "1", "--data-dir", str(tmp_path)]
+    tls_files = ["--tls-cert", "c.crt", "--tls-key", "c.key", "--tls-ca", "ca.crt"]
+    ok = BrokerConfig.from_args([*base, *tls_files, "--authentication", "required", "--super-users", "User:admin"])
+    assert (ok.authentication, ok.super_users) == ("required", ("User:admin",))
+    for bad in (
+        ["--authentication", "required"],                                   # credentials need TLS
+        ["--tls-cert", "c.crt"],                                            # a certificate without its key
+        ["--tls-ca", "ca.crt"],                                             # a CA without our own certificate
+        ["--tls-cert", "c.crt", "--tls-key", "c.key", "--tls-client-auth", "required"],  # mTLS without a CA
+        [*tls_files, "--authentication", "required", "--kafka-listen", "127.0.0.1:0"],  # an unauthenticated side door
+        [*tls_files, "--super-users", "admin"],                             # not a principal
+    ):
+        with pytest.raises(SystemExit):
+            BrokerConfig.from_args([*base, *bad])
