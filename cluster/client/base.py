@@ -71,7 +71,8 @@ class _ClientBase:
                  security: ClientSecurity | None = None) -> None:
         """`security` None: from the environment (SEMEL_TLS_CA, SEMEL_USER, ...: client_security)."""
         self.security = resolve_security(security)
-        self._connections = Connections(self.security.channel_credentials())
+        self.security.tls_credentials()  # refuses a password without TLS, unreadable files, ... at once
+        self._connections = Connections(self.security.open_channel)
         self._metadata = MetadataManager(
             parse_bootstrap(bootstrap), self._connections, request_timeout_ms,
             retry_backoff_ms, retry_backoff_max_ms, metadata_max_age_ms,

@@ -73,9 +73,10 @@ CHANNEL_OPTIONS = (
 class Connections:
     """One channel (and stubs) per broker address; thread-safe."""
 
-    def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
-        """`credentials`: TLS (and call credentials) for every channel; None: plaintext."""
-        self._credentials = credentials
+    def __init__(self, open_channel: Callable[[str, Sequence[tuple[str, Any]]], grpc.Channel] | None = None) -> None:
+        """`open_channel(address, options)`: TLS and credentials (`ClientSecurity.open_channel`);
+        None: plaintext."""
+        self._open = open_channel or (lambda address, options: grpc.insecure_channel(address, options=options))
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._broker_stubs: dict[str, broker_pb2_grpc.BrokerStub] = {}
@@ -88,10 +89,7 @@ class Connections:
         if channel is None:
             if self._closed:
                 raise client_errors.ClosedError("client is closed")
-            if self._credentials is None:
-                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-            else:
-                channel = grpc.secure_channel(address, self._credentials, options=CHANNEL_OPTIONS)
+            channel = self._open(address, CHANNEL_OPTIONS)
             self._channels[address] = channel
         return channel
 
