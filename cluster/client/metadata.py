@@ -15,7 +15,9 @@ connection, ...).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import random
 import threading
 import time
@@ -49,13 +51,41 @@ def parse_bootstrap(bootstrap: str | Sequence[str] | None) -> list[str]:
         item = item.strip()
         if not item:
             continue
-        host, sep, port = item.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise client_errors.ConfigError(f"bad bootstrap address {item!r}: expected HOST:PORT")
+        problem = bootstrap_problem(item)
+        if problem:
+            raise client_errors.ConfigError(f"bad bootstrap address {item!r}: {problem}")
         out.append(item)
     if not out:
         raise client_errors.ConfigError("empty bootstrap address list")
     return out
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def bootstrap_problem(item: str) -> str:
+    """Why `item` is not a HOST:PORT gRPC can dial ("" when it is). Checked before any
+    connection, so `http://host:port` or a bare IPv6 address fails at once rather than after
+    gRPC's resolver gave up (seconds later, as "unknown host")."""
+    scheme, sep, rest = item.partition("://")
+    if sep:
+        return f"no scheme: drop {scheme}:// and use {rest.rstrip('/')!r}" if rest else "expected HOST:PORT"
+    host, sep, port = item.rpartition(":")
+    if not sep or not host:
+        return "expected HOST:PORT"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return f"port must be a number in 1..65535, got {port!r}"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host} is not an IPv6 address"
+        return ""
+    if ":" in host:
+        return "an IPv6 address goes in brackets: [ADDRESS]:PORT"
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")):
+        return f"{host!r} is not a host name or IP address"
+    return ""
 
 
 CHANNEL_OPTIONS = (
