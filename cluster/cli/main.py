@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
 from semel.cli.security_args import add_to_every_cluster_command, export_security_flags
 
@@ -25,8 +26,23 @@ COMMAND_MODULES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command reports its own unknown arguments with its own usage line.
+
+    argparse hands a subcommand's leftover arguments back to the top-level parser, which
+    then printed `usage: semel [-h] COMMAND ...` for `semel consume t --bogus`. Subparsers
+    inherit this class (add_subparsers uses the parent's type), so the innermost command that
+    parsed the line is the one that complains."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="semel",
         description="Semel: a replicated event log with exactly-once semantics.",
         epilog="Run `semel COMMAND --help` for the options of one command. "

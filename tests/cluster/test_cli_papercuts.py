@@ -47,3 +47,14 @@ def test_cli_refuses_a_url_bootstrap_at_once(shared_cluster) -> None:
     out = _cli(url, "topic", "list")
     assert out.returncode == 2, out.stderr
     assert b"Traceback" not in out.stderr and b"drop http://" in out.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["consume", "t", "--bogus"], ["topic", "create", "t", "--bogus"], ["cluster", "up", "--bogus"], ["produce", "t", "x"],
+])
+def test_an_unknown_argument_prints_the_usage_of_its_own_subcommand(argv: list[str]) -> None:
+    out = subprocess.run([*SEMEL, *argv], capture_output=True, timeout=60)
+    command = " ".join(a for a in argv[:2] if a not in ("t", "x") and not a.startswith("-"))
+    assert out.returncode == 2
+    assert out.stderr.decode().startswith(f"usage: semel {command} "), out.stderr
+    assert f"semel {command}: error: unrecognized arguments: {argv[-1]}" in out.stderr.decode()
