@@ -411,7 +411,9 @@ def _add_consume(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-beginning", action="store_true", help="start at the earliest offset")
     p.add_argument("--partition", type=int, action="append", default=None,
                    help="read only this partition (repeatable; default: all)")
-    p.add_argument("--offset", type=int, default=None, help="start at this offset (needs --partition)")
+    p.add_argument("--offset", default=None, metavar="OFFSET",
+                   help="start at this offset (needs --partition): N, -N = N records before the end, "
+                        "earliest or latest; an N outside the log is an error that names the log's range")
     p.add_argument("--max-messages", type=int, default=None, help="exit after this many records")
     p.add_argument("--timeout-ms", type=int, default=None, help="exit when no record arrived for this long")
     p.add_argument("--print-key", action="store_true", help="print KEY<SEP>VALUE")
@@ -431,6 +433,7 @@ def _consume(args: argparse.Namespace) -> int:
 
     if args.offset is not None and not args.partition:
         raise ConfigError("--offset needs --partition")
+    start_offset = None if args.offset is None else parse_start_offset(args.offset)
     if args.group is not None and (args.partition or args.offset is not None):
         raise ConfigError("--group assigns partitions itself: drop --partition/--offset")
     with Consumer(args.bootstrap, auto_offset_reset="earliest" if args.from_beginning else "latest",
@@ -447,9 +450,58 @@ def _consume(args: argparse.Namespace) -> int:
         consumer.assign([(args.topic, p) for p in partitions])
         if args.offset is not None:
             for p in partitions:
-                consumer.seek(args.topic, p, args.offset)
+                _seek(consumer, args.topic, p, start_offset)
         _print_records(consumer, args)
     return 0
+
+
+def parse_start_offset(text: str) -> int | str:
+    """`--offset`: an offset N (>= 0), "-N" (N records before the end, as kcat's and rpk's -o),
+    "earliest" or "latest"."""
+    from semel.client.errors import ConfigError
+
+    word = text.strip().lower()
+    if word in ("earliest", "beginning", "start"):
+        return "earliest"
+    if word in ("latest", "end"):
+        return "latest"
+    try:
+        offset = int(word)
+    except ValueError:
+        raise ConfigError(f"--offset takes N, -N (N records before the end), earliest or latest; got {text!r}") from None
+    return "latest" if word == "-0" else offset
+
+
+POSITION_TIMEOUT_MS = 10_000  # `--offset`: how long to wait for a partition's log start and end
+
+
+def _seek(consumer: Any, topic: str, partition: int, start: int | str) -> None:
+    """Positions the consumer for `--offset`; an absolute offset outside [log start, log end]
+    is refused naming the range (the reset to the end it would get otherwise printed nothing and
+    exited 0, which reads as "no records there")."""
+    from semel.client.errors import OffsetOutOfRangeError
+
+    consumer.seek_to_beginning([(topic, partition)])
+    log_start = consumer.position(topic, partition, POSITION_TIMEOUT_MS)
+    consumer.seek_to_end([(topic, partition)])
+    log_end = consumer.position(topic, partition, POSITION_TIMEOUT_MS)
+    if start == "earliest":
+        offset = log_start
+    elif start == "latest":
+        offset = log_end
+    elif isinstance(start, int) and start < 0:
+        offset = max(log_start, log_end + start)
+    else:
+        offset = int(start)
+        where = f"{topic}-{partition} holds offsets {log_start}..{log_end - 1}" if log_end > log_start else \
+            f"{topic}-{partition} is empty"
+        if offset > log_end:
+            raise OffsetOutOfRangeError(f"offset {offset} is past the end: {where} (log end {log_end}); "
+                                        f"--offset {log_end} waits for the next record, --offset -N reads the last N")
+        if offset < log_start:
+            raise OffsetOutOfRangeError(f"offset {offset} is before the start: {where} (log start {log_start}; "
+                                        "older records were deleted)")
+    consumer.seek(topic, partition, offset)
 
 
 def _consume_in_group(consumer: Any, args: argparse.Namespace) -> int:

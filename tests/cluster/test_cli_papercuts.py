@@ -58,3 +58,26 @@ def test_an_unknown_argument_prints_the_usage_of_its_own_subcommand(argv: list[s
     assert out.returncode == 2
     assert out.stderr.decode().startswith(f"usage: semel {command} "), out.stderr
     assert f"semel {command}: error: unrecognized arguments: {argv[-1]}" in out.stderr.decode()
+
+
+def test_consume_offset_relative_named_and_out_of_range(shared_cluster) -> None:
+    bootstrap = shared_cluster.bootstrap
+    assert _cli(bootstrap, "topic", "create", "offsets", "--partitions", "1").returncode == 0
+    shared_cluster.leader_of("offsets", 0, timeout_s=30)
+    assert _cli(bootstrap, "produce", "offsets", stdin=b"a\nb\nc\nd\n").returncode == 0
+
+    def consume(offset: str) -> subprocess.CompletedProcess:
+        return _cli(bootstrap, "consume", "offsets", "--partition", "0", "--offset", offset, "--timeout-ms", "1500")
+
+    last_two = consume("-2")  # kcat's / rpk's "-N": N records before the end
+    assert (last_two.returncode, last_two.stdout) == (0, b"c\nd\n"), last_two.stderr
+    assert consume("-50").stdout == b"a\nb\nc\nd\n"  # clamped to the log start
+    assert consume("earliest").stdout == b"a\nb\nc\nd\n"
+    assert consume("1").stdout == b"b\nc\nd\n"
+    assert (consume("4").returncode, consume("latest").stdout) == (0, b"")  # the log end: waits for the next record
+    past = consume("1000")  # before: reset to the end silently, printed nothing, exit 0
+    assert past.returncode == 1 and past.stdout == b""
+    assert b"offset 1000 is past the end: offsets-0 holds offsets 0..3 (log end 4)" in past.stderr, past.stderr
+    bad = consume("abc")
+    assert bad.returncode == 2 and b"--offset takes N, -N" in bad.stderr
+    assert b"seek_to" not in bad.stderr + past.stderr  # no Python API names in the CLI's words
