@@ -67,6 +67,24 @@ def _admin(args: argparse.Namespace) -> Any:
     return Admin(args.bootstrap, request_timeout_ms=args.timeout_ms, connect_timeout_ms=min(5_000, args.timeout_ms))
 
 
+# How long `semel produce` / `semel consume` keep asking about a topic every broker says does not
+# exist: a topic created a moment ago may not have reached the broker asked yet (its metadata
+# follows the quorum within a heartbeat or two); a typo should not wait --max-block-ms (10 s).
+UNKNOWN_TOPIC_WAIT_MS = 2_000
+
+
+def _topic_partitions(client: Any, topic: str, timeout_ms: int) -> list[int]:
+    """The partition numbers of `topic`; a topic that does not exist fails within
+    UNKNOWN_TOPIC_WAIT_MS with the command that creates it."""
+    from semel.client.errors import UnknownTopicOrPartitionError
+
+    try:
+        infos = client.partitions_for(topic, timeout_ms=timeout_ms, unknown_topic_wait_ms=UNKNOWN_TOPIC_WAIT_MS)
+    except UnknownTopicOrPartitionError as exc:
+        raise UnknownTopicOrPartitionError(f"{exc.message}; create it with: semel topic create {topic}") from None
+    return [info.partition for info in infos]
+
+
 # --- semel broker ----------------------------------------------------------------------
 def _add_broker(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -331,6 +349,7 @@ def _produce(args: argparse.Namespace) -> int:
     with Producer(args.bootstrap, acks=args.acks, linger_ms=args.linger_ms,
                   delivery_timeout_ms=args.delivery_timeout_ms, max_block_ms=args.max_block_ms,
                   enable_idempotence=False if args.no_idempotence else None) as producer:
+        _topic_partitions(producer, args.topic, args.max_block_ms)  # a missing topic fails before stdin is read
         for raw in sys.stdin.buffer:
             line = raw.rstrip(b"\n").rstrip(b"\r")
             key = None
@@ -359,6 +378,7 @@ def _produce_transactional(args: argparse.Namespace) -> int:
     committed = chunk = 0
     with Producer(args.bootstrap, transactional_id=args.transactional_id, linger_ms=args.linger_ms,
                   delivery_timeout_ms=args.delivery_timeout_ms, max_block_ms=args.max_block_ms) as producer:
+        _topic_partitions(producer, args.topic, args.max_block_ms)
         producer.init_transactions()
         for raw in sys.stdin.buffer:
             if chunk == 0:
@@ -438,7 +458,7 @@ def _consume(args: argparse.Namespace) -> int:
         raise ConfigError("--group assigns partitions itself: drop --partition/--offset")
     with Consumer(args.bootstrap, auto_offset_reset="earliest" if args.from_beginning else "latest",
                   isolation_level=args.isolation_level, group_id=args.group, enable_auto_commit=False) as consumer:
-        existing = [info.partition for info in consumer.partitions_for(args.topic, timeout_ms=10_000)]
+        existing = _topic_partitions(consumer, args.topic, min(10_000, args.timeout_ms or 10_000))
         if args.group is not None:
             return _consume_in_group(consumer, args)
         partitions = args.partition if args.partition is not None else existing

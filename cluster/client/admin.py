@@ -154,8 +154,10 @@ class Admin(_ClientBase):
                 raise last
             time.sleep(self._backoff_ms(attempts) / 1000)
 
-    def _with_retries(self, call: Callable[[int], Any], timeout_ms: int | None) -> Any:
-        """Repeats `call(remaining_ms)` while it raises a retriable SemelError, until the deadline."""
+    def _with_retries(self, call: Callable[[int], Any], timeout_ms: int | None,
+                      final: Callable[[SemelError], bool] = lambda exc: False) -> Any:
+        """Repeats `call(remaining_ms)` while it raises a retriable SemelError (that `final`
+        does not single out), until the deadline."""
         deadline = monotonic_ms() + (timeout_ms or self.request_timeout_ms)
         attempts = 0
         while True:
@@ -163,7 +165,7 @@ class Admin(_ClientBase):
             try:
                 return call(max(1, deadline - monotonic_ms()))
             except SemelError as exc:
-                if not exc.retriable or monotonic_ms() + self._backoff_ms(attempts) >= deadline:
+                if not exc.retriable or final(exc) or monotonic_ms() + self._backoff_ms(attempts) >= deadline:
                     raise
                 time.sleep(self._backoff_ms(attempts) / 1000)
 
@@ -190,14 +192,31 @@ class Admin(_ClientBase):
         self._with_retries(attempt, timeout)
 
     def delete_topic(self, name: str, timeout_ms: int | None = None) -> None:
+        """Delete one topic; raises UnknownTopicOrPartitionError at once when there is none.
+
+        The broker asks the metadata quorum, so "no such topic" is the cluster's answer, not one
+        broker's lag: it is not retried (it was, for the whole timeout: 30 s for a typo). After
+        an attempt whose outcome is unknown (timed out), "no such topic" means that attempt
+        deleted it."""
         timeout = timeout_ms or self.request_timeout_ms
+        maybe_deleted = False
 
         def attempt(remaining_ms: int) -> None:
+            nonlocal maybe_deleted
             request = admin_pb2.DeleteTopicsRequest(names=[name], timeout_ms=remaining_ms)
-            response = self._call("DeleteTopics", request, remaining_ms)
-            _raise_topic_results(response.results, "delete topic")
+            try:
+                response = self._call("DeleteTopics", request, remaining_ms)
+                _raise_topic_results(response.results, "delete topic")
+            except client_errors.UnknownTopicOrPartitionError:
+                if maybe_deleted:
+                    return
+                raise
+            except SemelError as exc:
+                maybe_deleted = maybe_deleted or exc.outcome_unknown or exc.code == common_pb2.REQUEST_TIMED_OUT
+                raise
 
-        self._with_retries(attempt, timeout)
+        self._with_retries(attempt, timeout,
+                           final=lambda exc: isinstance(exc, client_errors.UnknownTopicOrPartitionError))
 
     def describe_topics(
         self, names: Sequence[str] | None = None, include_internal: bool = False, timeout_ms: int | None = None

@@ -85,12 +85,15 @@ class _ClientBase:
     def cluster(self) -> ClusterView:
         return self._metadata.view
 
-    def partitions_for(self, topic: str, timeout_ms: int | None = None) -> list[PartitionInfo]:
+    def partitions_for(self, topic: str, timeout_ms: int | None = None,
+                       unknown_topic_wait_ms: int | None = None) -> list[PartitionInfo]:
         """The partitions of `topic` (leader, replicas, ISR), waiting up to `timeout_ms` for it
-        to appear (default: the producer's max_block_ms, else request_timeout_ms)."""
+        to appear (default: the producer's max_block_ms, else request_timeout_ms). With
+        `unknown_topic_wait_ms`, raises UnknownTopicOrPartitionError once the brokers have said
+        for that long that the topic does not exist (rather than waiting all of `timeout_ms`)."""
         if timeout_ms is None:
             timeout_ms = getattr(self, "max_block_ms", self.request_timeout_ms)
-        self._metadata.wait_for_topic(topic, monotonic_ms() + timeout_ms)
+        self._metadata.wait_for_topic(topic, monotonic_ms() + timeout_ms, unknown_topic_wait_ms)
         return list(self._metadata.view.topics.get(topic, []))
 
     def _backoff_ms(self, attempts: int) -> int:

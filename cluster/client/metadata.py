@@ -427,18 +427,33 @@ class MetadataManager:
         backoff = backoff_ms(self._failures + 1, self.retry_backoff_ms, self.retry_backoff_max_ms)
         return int(backoff * random.uniform(0.8, 1.2))
 
-    def wait_for_topic(self, topic: str, deadline_ms: int) -> int:
-        """Partition count of `topic`, refreshing until `deadline_ms`; raises when it never shows up."""
+    def wait_for_topic(self, topic: str, deadline_ms: int, unknown_topic_wait_ms: int | None = None) -> int:
+        """Partition count of `topic`, refreshing until `deadline_ms`; raises when it never shows up.
+
+        With `unknown_topic_wait_ms`, brokers answering that the topic does not exist for that
+        long end the wait early (UnknownTopicOrPartitionError): long enough for a topic created
+        just now to reach every broker's metadata, short enough for a typo to fail at once.
+        A topic without a leader yet (being created, or auto-created) keeps the full wait."""
         self.add_topics([topic])
         count = self.view.partition_count(topic)
+        unknown_since_ms: int | None = None
         while count is None:
             now_ms = monotonic_ms()
+            if self.view.topic_errors.get(topic) != common_pb2.UNKNOWN_TOPIC_OR_PARTITION:
+                unknown_since_ms = None
+            elif unknown_since_ms is None:
+                unknown_since_ms = now_ms
+            elif unknown_topic_wait_ms is not None and now_ms - unknown_since_ms >= unknown_topic_wait_ms:
+                raise client_errors.UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
+            if unknown_since_ms is not None and unknown_topic_wait_ms is not None:
+                deadline_ms = min(deadline_ms, unknown_since_ms + unknown_topic_wait_ms + 1)
             if now_ms >= deadline_ms:
                 code = self.view.topic_errors.get(topic)
                 if self.last_error is not None and code is None:
                     raise self.last_error
                 raise client_errors.UnknownTopicOrPartitionError(
-                    f"topic {topic!r} not present in metadata"
+                    f"topic {topic!r} does not exist" if code == common_pb2.UNKNOWN_TOPIC_OR_PARTITION
+                    else f"topic {topic!r} not present in metadata"
                 )
             if now_ms < self._next_attempt_ms:
                 time.sleep(min(self._next_attempt_ms, deadline_ms) / 1000 - now_ms / 1000)

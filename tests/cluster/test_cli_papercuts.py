@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from semel.client import errors as client_errors
@@ -81,3 +82,36 @@ def test_consume_offset_relative_named_and_out_of_range(shared_cluster) -> None:
     bad = consume("abc")
     assert bad.returncode == 2 and b"--offset takes N, -N" in bad.stderr
     assert b"seek_to" not in bad.stderr + past.stderr  # no Python API names in the CLI's words
+
+
+def _timed(bootstrap: str, *args: str, stdin: bytes | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    out = _cli(bootstrap, *args, stdin=stdin, timeout=120)
+    return out, time.monotonic() - start
+
+
+def test_a_missing_topic_fails_fast_with_the_command_that_creates_it(shared_cluster) -> None:
+    bootstrap = shared_cluster.bootstrap
+    baseline = _timed(bootstrap, "topic", "list")[1]  # starting the CLI and one round trip, on this machine now
+    # Before: produce waited --max-block-ms (here 60 s), consume 10 s whatever --timeout-ms said, delete
+    # retried "no such topic" for --timeout-ms; and none of them said how to create the topic.
+    produced, produce_s = _timed(bootstrap, "produce", "no-such-topic", "--max-block-ms", "60000", stdin=b"x\n")
+    assert produced.returncode == 1 and b"Traceback" not in produced.stderr
+    assert b"topic 'no-such-topic' does not exist; create it with: semel topic create no-such-topic" in produced.stderr
+    consumed, consume_s = _timed(bootstrap, "consume", "no-such-topic", "--timeout-ms", "2000")
+    assert consumed.returncode == 1 and b"semel topic create no-such-topic" in consumed.stderr, consumed.stderr
+    deleted, delete_s = _timed(bootstrap, "topic", "delete", "no-such-topic", "--timeout-ms", "60000")
+    assert deleted.returncode == 1 and b"no such topic" in deleted.stderr, deleted.stderr
+    # the CLI's wait for a topic nobody knows is UNKNOWN_TOPIC_WAIT_MS (2 s); generous for the shared CPU
+    assert produce_s < baseline + 15, (produce_s, baseline)
+    assert consume_s < baseline + 6, (consume_s, baseline)
+    assert delete_s < baseline + 15, (delete_s, baseline)
+
+
+def test_a_topic_created_a_moment_ago_through_another_broker_is_produced_to(shared_cluster) -> None:
+    first, *_, last = shared_cluster.bootstrap.split(",")
+    assert _cli(first, "topic", "create", "just-made", "--partitions", "2").returncode == 0
+    produced = _cli(last, "produce", "just-made", stdin=b"one\ntwo\n")  # the grace covers metadata propagation
+    assert produced.returncode == 0, produced.stderr
+    consumed = _cli(last, "consume", "just-made", "--from-beginning", "--max-messages", "2", "--timeout-ms", "20000")
+    assert sorted(consumed.stdout.split()) == [b"one", b"two"]
