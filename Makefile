@@ -1,10 +1,17 @@
 # The two commands of the README: `make up` (a local 3-broker cluster) and `make test`.
+# `make up` takes BROKERS, DATA_DIR, BASE_PORT, RAFT_BASE_PORT, KAFKA_BASE_PORT and METRICS_BASE_PORT.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 DATA_DIR ?= .semel-data
+BROKERS ?= 3
 BASE_PORT ?= 9092
 KAFKA_BASE_PORT ?= 9192
+# Empty: `semel cluster up`'s defaults (Raft on BASE_PORT+10000, no metrics endpoint).
+RAFT_BASE_PORT ?=
+METRICS_BASE_PORT ?=
+UP_PORT_FLAGS := $(if $(RAFT_BASE_PORT),--raft-base-port $(RAFT_BASE_PORT)) \
+	$(if $(METRICS_BASE_PORT),--metrics-base-port $(METRICS_BASE_PORT))
 
 .PHONY: up test typecheck install install-test proto bench-storage clean
 
@@ -25,7 +32,8 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 up: install
-	$(BIN)/semel cluster up --brokers 3 --data-dir $(DATA_DIR) --base-port $(BASE_PORT) --kafka-base-port $(KAFKA_BASE_PORT)
+	$(BIN)/semel cluster up --brokers $(BROKERS) --data-dir $(DATA_DIR) --base-port $(BASE_PORT) \
+		--kafka-base-port $(KAFKA_BASE_PORT) $(UP_PORT_FLAGS)
 
 test: install-test
 	$(BIN)/python -m pytest

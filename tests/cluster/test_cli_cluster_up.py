@@ -164,3 +164,39 @@ def test_no_restart_leaves_a_dead_broker_down_and_exits_when_none_is_left(tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_make_up_passes_every_port_base_through(tmp_path):
+    """`make up BASE_PORT=... RAFT_BASE_PORT=... METRICS_BASE_PORT=...` (it took only BASE_PORT and
+    KAFKA_BASE_PORT: a second cluster on one machine collided on the Raft ports)."""
+    import pathlib
+    import urllib.request
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    venv = pathlib.Path(sys.executable).parent.parent
+    base = _free_block(4)  # client, Raft (base + RAFT_OFFSET), Kafka and metrics ports: one broker each
+    raft, kafka, metrics = base + RAFT_OFFSET, base + 2, base + 3
+    # -o: the venv is in place; make must not reinstall it in a test
+    proc = subprocess.Popen(
+        ["make", "-s", "-C", str(root), "-o", f"{venv}/.installed", "-o", f"{venv}/bin/python", "up", f"VENV={venv}",
+         "BROKERS=1", f"DATA_DIR={tmp_path}", f"BASE_PORT={base}", f"RAFT_BASE_PORT={raft}",
+         f"KAFKA_BASE_PORT={kafka}", f"METRICS_BASE_PORT={metrics}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        start_new_session=True,
+    )
+    try:
+        lines: list[str] = []
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.append(raw.decode())
+            if lines[-1].startswith("Ctrl-C stops the cluster"):
+                break
+        text = "".join(lines)
+        assert f"broker 1: 127.0.0.1:{base} (raft 127.0.0.1:{raft}, kafka 127.0.0.1:{kafka}" in text, text
+        assert _port_open(raft)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # make and the supervisor it runs: the brokers stop with it
+        proc.communicate(timeout=60)
