@@ -177,8 +177,11 @@ class Admin(_ClientBase):
         configs: dict[str, str] | None = None,
         timeout_ms: int | None = None,
         validate_only: bool = False,
+        if_not_exists: bool = False,
     ) -> None:
-        """Create one topic; raises TopicAlreadyExistsError, InvalidTopicNameError, ..."""
+        """Create one topic; raises TopicAlreadyExistsError (unless `if_not_exists`: then an
+        existing topic of that name is left as it is, whatever its partitions and configs),
+        InvalidTopicNameError, ..."""
         topic = admin_pb2.NewTopic(name=name, partitions=partitions, configs=configs or {})
         if replication_factor is not None:  # unset: the cluster default; 0 is refused (INVALID_REPLICATION_FACTOR)
             topic.replication_factor = replication_factor
@@ -189,7 +192,11 @@ class Admin(_ClientBase):
             response = self._call("CreateTopics", request, remaining_ms)
             _raise_topic_results(response.results, "create topic")
 
-        self._with_retries(attempt, timeout)
+        try:
+            self._with_retries(attempt, timeout)
+        except client_errors.TopicAlreadyExistsError:
+            if not if_not_exists:
+                raise
 
     def delete_topic(self, name: str, timeout_ms: int | None = None) -> None:
         """Delete one topic; raises UnknownTopicOrPartitionError at once when there is none.
