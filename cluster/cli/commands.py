@@ -310,7 +310,7 @@ def _add_produce(sub: argparse._SubParsersAction) -> None:
         help="send lines from stdin as records",
         description="Read stdin line by line and send each line as one record (without the newline). "
         "With --key-separator SEP, a line 'KEY<SEP>VALUE' has key KEY; a line without SEP has no key. "
-        "Exits once every record is acknowledged; exit code 1 if any failed.",
+        "Exits once every record is acknowledged; exit code 1 if any failed. On Ctrl-C it stops reading, waits up to 5 s for the records already sent, and says how many were acknowledged, not written, and of unknown outcome (exit 130).",
     )
     p.add_argument("topic")
     p.add_argument("--key-separator", "-k", metavar="SEP", default=None, help="split each line into key and value")
@@ -331,37 +331,101 @@ def _add_produce(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_operational(_produce))
 
 
+# After Ctrl-C, `semel produce` waits this long for the records already sent to be acknowledged
+# (a second Ctrl-C stops waiting), then reports what it knows.
+INTERRUPT_FLUSH_S = 5.0
+
+
+class _Outcomes:
+    """Counts of the records' outcomes, from the producer's callbacks (client threads)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.acked = 0
+        self.failed = 0          # surely not written: refused, or never sent
+        self.unknown = 0         # finished with an error whose outcome is unknown
+        self.first_error: BaseException | None = None
+        self.interrupted = False
+
+    def on_done(self, _meta: Any, error: BaseException | None) -> None:
+        with self.lock:
+            if error is None:
+                self.acked += 1
+                return
+            if getattr(error, "outcome_unknown", False):
+                self.unknown += 1
+            else:
+                self.failed += 1
+            report = self.first_error is None and not self.interrupted
+            if self.first_error is None:
+                self.first_error = error
+        if report:
+            print(f"semel produce: error: {error}", file=sys.stderr)
+
+
 def _produce(args: argparse.Namespace) -> int:
     from semel.client import Producer
 
-    failures: list[BaseException] = []
-
-    def on_done(_meta: Any, error: BaseException | None) -> None:
-        if error is not None:
-            if not failures:
-                print(f"semel produce: error: {error}", file=sys.stderr)
-            failures.append(error)
-
     if args.transactional_id is not None:
         return _produce_transactional(args)
+    outcomes = _Outcomes()
     sent = 0
     sep = args.key_separator.encode() if args.key_separator else None
     with Producer(args.bootstrap, acks=args.acks, linger_ms=args.linger_ms,
                   delivery_timeout_ms=args.delivery_timeout_ms, max_block_ms=args.max_block_ms,
                   enable_idempotence=False if args.no_idempotence else None) as producer:
         _topic_partitions(producer, args.topic, args.max_block_ms)  # a missing topic fails before stdin is read
-        for raw in sys.stdin.buffer:
-            line = raw.rstrip(b"\n").rstrip(b"\r")
-            key = None
-            if sep is not None and sep in line:
-                key, line = line.split(sep, 1)
-            producer.send(args.topic, line, key=key, partition=args.partition, callback=on_done)
-            sent += 1
-        producer.flush()
-    if failures:
-        print(f"semel produce: {len(failures)} of {sent} record(s) failed", file=sys.stderr)
+        try:
+            for raw in sys.stdin.buffer:
+                line = raw.rstrip(b"\n").rstrip(b"\r")
+                key = None
+                if sep is not None and sep in line:
+                    key, line = line.split(sep, 1)
+                producer.send(args.topic, line, key=key, partition=args.partition, callback=outcomes.on_done)
+                sent += 1
+            producer.flush()
+        except KeyboardInterrupt:
+            return _settle_interrupted(producer, outcomes, sent)
+    failed = outcomes.failed + outcomes.unknown
+    if failed:
+        unknown = f" ({outcomes.unknown} of them with outcome unknown: may or may not be stored)" \
+            if outcomes.unknown else ""
+        print(f"semel produce: {failed} of {sent} record(s) failed{unknown}", file=sys.stderr)
         return 1
     return 0
+
+
+def _settle_interrupted(producer: Any, outcomes: _Outcomes, sent: int) -> int:
+    """Ctrl-C: stop reading, give what was sent up to INTERRUPT_FLUSH_S to be acknowledged, then
+    say exactly how many records were acknowledged, how many surely were not written, and how
+    many have an unknown outcome (in flight, or their request broke off: never called failed)."""
+    with outcomes.lock:
+        outcomes.interrupted = True
+        pending = sent - outcomes.acked - outcomes.failed - outcomes.unknown
+    if pending > 0:
+        print(f"semel produce: interrupted; waiting up to {INTERRUPT_FLUSH_S:g} s for {pending} unacknowledged "
+              "record(s) (Ctrl-C again to stop waiting)", file=sys.stderr)
+        try:
+            producer.flush(timeout_s=INTERRUPT_FLUSH_S)
+        except (TimeoutError, KeyboardInterrupt):
+            pass
+    import logging
+
+    logging.getLogger("semel.client").setLevel(logging.ERROR)  # close()'s "failing them" is said below, exactly
+    try:
+        producer.close(timeout_s=0)  # records never sent fail here as not written; in-flight ones stay unknown
+    except KeyboardInterrupt:
+        pass
+    with outcomes.lock:
+        # a send() interrupted half-way may have queued its record uncounted: the callbacks know it
+        total = max(sent, outcomes.acked + outcomes.failed + outcomes.unknown)
+        unknown = total - outcomes.acked - outcomes.failed
+        print(f"semel produce: interrupted: {outcomes.acked} of {total} record(s) acknowledged, "
+              f"{outcomes.failed} not written, {unknown} with outcome unknown (may or may not be stored)",
+              file=sys.stderr)
+    return 130
 
 
 def _produce_transactional(args: argparse.Namespace) -> int:

@@ -289,7 +289,10 @@ class Producer(_ClientBase):
                 aborted = self._acc.abort_all()
                 self._cond.notify_all()
             for batch in aborted:
-                batch.result.complete(-1, -1, ClosedError("producer closed before the record was sent"))
+                # a batch queued for a retry was sent before: that attempt may have been written
+                batch.result.complete(-1, -1, ClosedError(
+                    "producer closed before the record's retry was sent" if batch.attempts else
+                    "producer closed before the record was sent", outcome_unknown=batch.attempts > 0))
             self._sender.join(timeout=5)
             self._connections.close()
 
@@ -680,8 +683,8 @@ class Producer(_ClientBase):
             self._metadata.mark_stale()
             self._handle_failure(batches, error)
             return
-        except Exception as exc:  # cancelled on close
-            self._handle_failure(batches, ClosedError(f"produce request cancelled: {exc}"))
+        except Exception as exc:  # cancelled on close: the request was sent, it may have been written
+            self._handle_failure(batches, ClosedError(f"produce request cancelled: {exc}", outcome_unknown=True))
             return
         results = {(r.topic, r.partition): r for r in response.results}
         done: list[tuple[ProducerBatch, int, int, BaseException | None]] = []

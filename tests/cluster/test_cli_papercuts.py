@@ -115,3 +115,77 @@ def test_a_topic_created_a_moment_ago_through_another_broker_is_produced_to(shar
     assert produced.returncode == 0, produced.stderr
     consumed = _cli(last, "consume", "just-made", "--from-beginning", "--max-messages", "2", "--timeout-ms", "20000")
     assert sorted(consumed.stdout.split()) == [b"one", b"two"]
+
+
+def _unread_bytes(pipe) -> int:
+    import fcntl
+    import struct
+    import termios
+
+    return struct.unpack("i", fcntl.ioctl(pipe.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_produce_reports_acknowledged_and_unknown_never_failed(shared_cluster) -> None:
+    import signal
+
+    from semel.client import Consumer
+
+    # One replica: while its broker is paused nothing can acknowledge the later records.
+    shared_cluster.create_topic("interrupted", partitions=1, replication_factor=1)
+    leader = shared_cluster.leader_of("interrupted", 0, timeout_s=30)
+    env = dict(os.environ, SEMEL_BOOTSTRAP=shared_cluster.bootstrap)
+    proc = subprocess.Popen([*SEMEL, "produce", "interrupted"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None
+    paused = False
+    try:
+        proc.stdin.write(b"a\nb\nc\n")
+        proc.stdin.flush()
+        with Consumer(shared_cluster.bootstrap, auto_offset_reset="earliest") as consumer:
+            consumer.assign([("interrupted", 0)])
+            stored: list[bytes] = []
+            deadline = time.monotonic() + 60
+            while len(stored) < 3 and time.monotonic() < deadline:
+                stored += [r.value for r in consumer.poll(1000)]
+            assert stored == [b"a", b"b", b"c"]  # acks=all on one replica: these three are acknowledged
+        shared_cluster.pause(leader)
+        paused = True
+        proc.stdin.write(b"d\ne\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while _unread_bytes(proc.stdin) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.stdin.close()  # end of input: the command flushes, waiting on the paused broker
+        time.sleep(1.0)  # let it hand the two lines it read to the producer (sent, never answered)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if paused:
+            shared_cluster.resume(leader)
+    text = err.decode()
+    # Before: "semel produce: error: produce request cancelled ..." for records that may be stored.
+    assert proc.returncode == 130, text
+    assert "error" not in text and "Traceback" not in text, text
+    import re
+
+    report = re.search(r"interrupted: (\d+) of 5 record\(s\) acknowledged, 0 not written, (\d+) with outcome unknown",
+                       text)
+    assert report, text
+    acked, unknown = int(report[1]), int(report[2])
+    # a, b and c are stored, but an answer still on its way when the broker stopped is not an
+    # acknowledgement: those count as unknown too. d and e reached no replica that could answer.
+    assert acked + unknown == 5 and unknown >= 2, text
+    shared_cluster.settle()  # the next tests share this cluster
+    with Consumer(shared_cluster.bootstrap, auto_offset_reset="earliest") as consumer:
+        consumer.assign([("interrupted", 0)])
+        values: list[bytes] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            values += [r.value for r in consumer.poll(1000)]
+    assert values[:3] == [b"a", b"b", b"c"] and set(values[3:]) <= {b"d", b"e"}  # the unknown two: either way
+    assert len(values) >= acked
