@@ -532,7 +532,7 @@ def _consume(args: argparse.Namespace) -> int:
                 f"topic {args.topic!r} has partitions 0..{len(existing) - 1}; no partition {missing[0]}"
             )
         consumer.assign([(args.topic, p) for p in partitions])
-        if args.offset is not None:
+        if start_offset is not None:
             for p in partitions:
                 _seek(consumer, args.topic, p, start_offset)
         _print_records(consumer, args)

@@ -34,7 +34,10 @@ class _Parser(argparse.ArgumentParser):
     inherit this class (add_subparsers uses the parent's type), so the innermost command that
     parsed the line is the one that complains."""
 
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+    # typeshed types parse_known_args as overloads on the namespace; this one keeps argparse's behaviour
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
         parsed, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
