@@ -35,6 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from semel import internal_topics, limits
 from semel.cluster.broker import group_service, txn_service
+from semel.cluster.broker.auto_create import AutoCreateSettings, AutoCreator
 from semel.cluster.broker.loop_monitor import LoopMonitor
 from semel.cluster.broker.metadata_freshness import HeartbeatLease
 from semel.cluster.broker.metrics import BrokerMetrics, MetricsServer, RpcMetricsInterceptor
@@ -131,6 +132,11 @@ class BrokerConfig:
     group_heartbeat_interval_ms: int = limits.GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT  # told to group members
     txn_abort_scan_interval_ms: int = limits.TRANSACTION_ABORT_SCAN_INTERVAL_MS  # timed-out transactions
     fsync: bool = False
+    # Topic auto-creation (Kafka's auto.create.topics.enable, num.partitions, default.replication.factor;
+    # cluster/broker/auto_create.py): off by default. Replication factor 0: min(3, live brokers).
+    auto_create_topics: bool = False
+    auto_create_partitions: int = 1
+    auto_create_replication_factor: int = 0
     log_level: str = "INFO"
     # Cluster management (deploy/README.md, "Cluster management"): replication rate for replicas a reassignment adds
     # (bytes/s per leader broker, 0: unthrottled); the controller's automatic preferred-leader
@@ -195,6 +201,10 @@ class BrokerConfig:
             split_address(self.metrics_listen)
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
+        if not 1 <= self.auto_create_partitions <= limits.MAX_PARTITIONS_PER_TOPIC:
+            raise ValueError(f"--auto-create-partitions must be in 1..{limits.MAX_PARTITIONS_PER_TOPIC}")
+        if self.auto_create_replication_factor < 0:
+            raise ValueError("--auto-create-replication-factor must be >= 0 (0: the cluster default)")
         mine = next((v for v in voters if v.raft_address == self.raft_address), None) if self.raft_address else None
         if self.tls_client_auth not in ("none", "required"):
             raise ValueError(f"--tls-client-auth must be none or required, got {self.tls_client_auth!r}")
@@ -265,6 +275,7 @@ class BrokerConfig:
                       "replica_fetch_max_bytes", "isr_check_interval_ms", "max_inflight_produce", "max_batch_bytes",
                       "internal_partitions", "retention_check_interval_ms", "txn_abort_scan_interval_ms",
                       "group_session_timeout_ms", "group_heartbeat_interval_ms", "fsync", "log_level", "event_loop",
+                      "auto_create_topics", "auto_create_partitions", "auto_create_replication_factor",
                       "raft_secret_file", "kafka_listen", "kafka_advertised", "reassignment_throttle_bytes_per_s",
                       "auto_leader_rebalance", "leader_imbalance_percent", "controlled_shutdown_wait_ms", "tls_cert",
                       "tls_key", "tls_ca", "tls_client_auth", "authentication", "bootstrap_users_file"):
@@ -332,6 +343,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--auto-leader-rebalance", action=argparse.BooleanOptionalAction, default=None,
                     help="move leadership back to preferred replicas automatically (default on)")
     ap.add_argument("--fsync", action="store_true", default=None)
+    ap.add_argument("--auto-create-topics", action="store_true", default=None,
+                    help="create a topic a client asks about (Metadata, Produce) if it does not exist "
+                         "(Kafka's auto.create.topics.enable; default off); never internal or invalid names")
+    ap.add_argument("--auto-create-partitions", type=int, help="partitions of an auto-created topic (default 1)")
+    ap.add_argument("--auto-create-replication-factor", type=int,
+                    help="replicas of an auto-created topic (default: min(3, live brokers))")
     ap.add_argument("--log-level")
     ap.add_argument("--event-loop", choices=EVENT_LOOPS,
                     help="the event loop: asyncio (default) or uvloop (needs the uvloop package)")
@@ -439,6 +456,8 @@ class Broker:
         # set by start() before any servicer runs; typed as always there so that the servicers
         # need no check (a check of None below is for a broker stopped before it started)
         self.quorum: MetadataQuorum = None  # type: ignore[assignment]
+        self.auto_create = AutoCreator(self, AutoCreateSettings(
+            config.auto_create_topics, config.auto_create_partitions, config.auto_create_replication_factor))
         self.controller: Controller | None = None
         self.txn: txn_service.TxnRuntime | None = None  # transactions (cluster/broker/txn_service.py)
         self.clock = SystemClock()  # the host's clocks; every replica shell reads time through it

@@ -79,10 +79,12 @@ class BrokerService(bgrpc.BrokerServicer):
             reg = image.brokers[bid]
             resp.brokers.append(bpb.BrokerInfo(broker_id=bid, host=reg.host, port=reg.port, fenced=reg.fenced))
         names = list(request.topics) if request.topics else sorted(image.topics)
+        creating = self.b.auto_create.request((n for n in request.topics if image.topic(n) is None), image)
         for name in names:
             t = image.topic(name)
             if t is None:
-                resp.topics.append(bpb.TopicMetadata(error_code=pb.UNKNOWN_TOPIC_OR_PARTITION, name=name))
+                code = pb.LEADER_NOT_AVAILABLE if name in creating else pb.UNKNOWN_TOPIC_OR_PARTITION
+                resp.topics.append(bpb.TopicMetadata(error_code=code, name=name))
                 continue
             tm = bpb.TopicMetadata(name=name, topic_id=t.topic_id, internal=t.internal)
             for ps in t.partitions:
@@ -125,6 +127,7 @@ class BrokerService(bgrpc.BrokerServicer):
         # one per partition entry, in request order (an entry listed twice is refused below)
         refused = [produce_validation.check_request_batch(pd, request.transactional_id) for pd in request.partitions]
         image = await self._image_with_producer_ids(request, refused)
+        self.b.auto_create.request({pd.topic for pd in request.partitions if image.topic(pd.topic) is None}, image)
         txn = getattr(self.b, "txn", None)
         check = await txn.verify_produce(request, image) if txn is not None else None  # KIP-890
         now = wall_clock_ms()

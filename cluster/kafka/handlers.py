@@ -136,20 +136,25 @@ class KafkaApis:
                 listed.add(bid)
         asked = req.body.topics
         names = sorted(image.topics) if asked is None else [_asked_name(image, t) for t in asked]
-        topics = [self._topic_metadata(image, name, listed) for name in names[: limits.MAX_PARTITIONS_PER_REQUEST]]
+        names = names[: limits.MAX_PARTITIONS_PER_REQUEST]
+        creating = set()
+        if asked is not None and getattr(req.body, "allow_auto_topic_creation", True):  # v0-v3: always allowed
+            creating = self.b.auto_create.request((n for n in names if n and image.topic(n) is None), image)
+        topics = [self._topic_metadata(image, name, listed, name in creating) for name in names]
         # Every broker serves CreateTopics/DeleteTopics (through the quorum): name ourselves, a
         # live broker, as the controller clients send admin requests to.
         return {"throttle_time": 0, "brokers": brokers, "cluster_id": self.b.config.cluster_id,
                 "controller_id": self.b.config.broker_id, "topics": topics}
 
     @staticmethod
-    def _topic_metadata(image: md.MetadataImage, name: str, listed: set[int]) -> dict[str, Any]:
+    def _topic_metadata(image: md.MetadataImage, name: str, listed: set[int], creating: bool = False) -> dict[str, Any]:
         t = image.topic(name)
         if not name:  # asked by an id no topic has
             return {"error_code": K.unknown_topic_id, "name": None, "topic_id": NULL_UUID,
                     "is_internal": False, "partitions": []}
-        if t is None:
-            return {"error_code": K.unknown_topic_or_partition, "name": name, "topic_id": NULL_UUID,
+        if t is None:  # a topic being auto-created: retriable, as Kafka answers it
+            code = K.leader_not_available if creating else K.unknown_topic_or_partition
+            return {"error_code": code, "name": name, "topic_id": NULL_UUID,
                     "is_internal": False, "partitions": []}
         partitions = []
         for ps in t.partitions:

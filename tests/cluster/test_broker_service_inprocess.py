@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 from semel import limits
 from semel.clock import wall_clock_ms
+from semel.cluster.broker.auto_create import AutoCreateSettings, AutoCreator
 from semel.cluster.broker.metrics import BrokerMetrics
 from semel.cluster.broker.process import BrokerConfig
 from semel.cluster.broker.replica_manager import ReplicaManager
@@ -54,6 +55,7 @@ class FakeBroker:
         self.quorum = FakeQuorum(img)
         self.clock = FakeClock()
         self.metrics = BrokerMetrics()
+        self.auto_create = AutoCreator(self, AutoCreateSettings())  # type: ignore[arg-type]  # off, as by default
         self.kv = KvStore.open(tmp_path / "kv")
         self.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=self.kv),
                                  clock=self.clock)
