@@ -41,6 +41,8 @@ from semel.chaos.nemesis import (
 from semel.chaos.report import write_report
 from semel.chaos.wiring import ChaosCluster
 from semel.chaos.workloads import Recorder, WorkloadConfig, make_workload
+from semel.cluster.tooling.progress import Progress
+from semel.invariant import not_none
 
 log = logging.getLogger("semel.chaos.runner")
 
@@ -112,7 +114,11 @@ def _resolver(direct_bootstrap: str, topic: str, coordinator_key: str | None) ->
 
 
 def run_chaos(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunResult:
-    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    """Runs one chaos run; progress goes to `say` (default: stderr, with a live status line on a
+    terminal for the periodic figures, plain lines elsewhere)."""
+    progress = Progress(sys.stderr) if say is None else None
+    say = say or not_none(progress).say
+    status = progress.status if progress is not None else say
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "history.jsonl").exists():
@@ -154,7 +160,9 @@ def run_chaos(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunRe
                                     name=f"process-{p}", daemon=True) for p in range(cfg.concurrency)]
         for t in threads:
             t.start()
-        _drive(schedule, executor, rec, t0, cfg.duration_s, say)
+        if progress is not None:
+            progress.phase(cfg.duration_s)
+        _drive(schedule, executor, rec, t0, cfg.duration_s, status)
         stop.set()
         join_deadline = time.monotonic() + wcfg.delivery_timeout_ms / 1000 + 10
         for t in threads:

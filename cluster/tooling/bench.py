@@ -43,6 +43,7 @@ from typing import Any
 
 from semel.clock import wall_clock_ms
 from semel.cluster.tooling.ports import free_ports
+from semel.cluster.tooling.progress import Progress
 
 LATENCY_SAMPLE_EVERY = 16
 MB = 1_000_000
@@ -131,8 +132,24 @@ def _cluster(args: argparse.Namespace) -> Iterator[tuple[str, list[int], list[Pa
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
+_progress_out: Progress | None = None
+
+
+def _out() -> Progress:
+    """Progress on the current stderr: a live status line on a terminal, plain lines elsewhere."""
+    global _progress_out
+    if _progress_out is None or _progress_out.stream is not sys.stderr:
+        _progress_out = Progress(sys.stderr)
+    return _progress_out
+
+
 def _progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    _out().say(text)
+
+
+def _status(text: str) -> None:
+    """A periodic figure: rewritten in place on a terminal."""
+    _out().status(text)
 
 
 def _create_topic(bootstrap: str, args: argparse.Namespace) -> str:
@@ -383,6 +400,7 @@ def run_produce(args: argparse.Namespace) -> int:
                 k: phase[k] for k in ("rate_mb_s_cap", "mb_per_s", "latency_ms_p50", "latency_ms_p99", "latency_ms_max", "cpu",
                                       "loop")
             }
+    _out().done()
     print(json.dumps(result))
     return 0
 
@@ -442,6 +460,7 @@ def _run_comparison(args: argparse.Namespace, options: dict[str, Any]) -> int:
                 "commit_ms_max": round(commits[-1] * 1000, 2)})
     first, second = (name for name, _, _ in variants)
     summary["ratio"] = round(summary[second]["records_per_s"] / summary[first]["records_per_s"], 3)
+    _out().done()
     print(json.dumps(summary))
     return 0
 
@@ -479,6 +498,7 @@ def _produce_phase(
     outcomes: list[dict[str, Any]] = []
     while time.time() < start_at:
         time.sleep(0.01)
+    _out().phase(args.duration_s)
     cpu_before = _cpu_snapshot(broker_pids)
     loop_logs = _LoopLagLogs(broker_logs or [])
     loop_logs.mark()
@@ -492,7 +512,7 @@ def _produce_phase(
         total = sum(c.value for c in counters)
         if now >= start_at and now - last_t >= 1.0:
             rate_now = (total - last_total) * args.record_bytes / MB / (now - last_t)
-            _progress(f"  sent {total:>10,} records  ({rate_now:7.1f} MB/s offered)")
+            _status(f"  sent {total:>10,} records  ({rate_now:7.1f} MB/s offered)")
             last_total, last_t = total, now
         if all(not p.is_alive() for p in procs) and results.empty() and len(outcomes) < len(procs):
             raise RuntimeError("a producer process died; see its output above")
@@ -665,11 +685,12 @@ def run_txn_cost(args: argparse.Namespace) -> int:
             before = _cpu_snapshot(broker_pids)
             cpu_begin = time.process_time()
             begin = last = time.perf_counter()
+            _out().phase(args.duration_s)
             while time.perf_counter() - begin < args.duration_s:
                 commits.append(one_transaction())
                 if time.perf_counter() - last >= 1.0:
                     last = time.perf_counter()
-                    _progress(f"  {len(commits):>7,} transactions committed")
+                    _status(f"  {len(commits):>7,} transactions committed")
             elapsed = time.perf_counter() - begin
             producer_cpu_s = time.process_time() - cpu_begin
             after = _cpu_snapshot(broker_pids)
@@ -677,6 +698,7 @@ def run_txn_cost(args: argparse.Namespace) -> int:
     cpu = _cpu_report(before, after, [producer_cpu_s])
     count = len(commits)
     commits.sort()
+    _out().done()
     print(json.dumps({
         "benchmark": "txn-cost", "partitions": args.partitions, "replication_factor": args.replication_factor,
         "records_per_partition": args.records_per_partition, "record_bytes": args.record_bytes,
@@ -727,7 +749,7 @@ def run_consume(args: argparse.Namespace) -> int:
                 nbytes += sum(len(r.value) for r in batch)
                 now = time.perf_counter()
                 if now - last >= 1.0:
-                    _progress(f"  consumed {got:>10,} records")
+                    _status(f"  consumed {got:>10,} of {records:,} records")
                     last = now
             elapsed = time.perf_counter() - begin
     result = {
@@ -740,5 +762,6 @@ def run_consume(args: argparse.Namespace) -> int:
         "records_per_s": round(got / elapsed, 1),
         "mb_per_s": round(nbytes / MB / elapsed, 2),
     }
+    _out().done()
     print(json.dumps(result))
     return 0

@@ -189,3 +189,69 @@ def test_ctrl_c_during_produce_reports_acknowledged_and_unknown_never_failed(sha
             values += [r.value for r in consumer.poll(1000)]
     assert values[:3] == [b"a", b"b", b"c"] and set(values[3:]) <= {b"d", b"e"}  # the unknown two: either way
     assert len(values) >= acked
+
+
+def test_progress_rewrites_one_status_line_on_a_terminal_and_prints_plain_lines_elsewhere() -> None:
+    import io
+    import pty
+
+    from semel.cluster.tooling.progress import CLEAR_LINE, Progress, status_text
+
+    assert status_text("x", 15, 60) == "[#####---------------]  25%    15/60 s, 45 s left  x"
+    assert status_text("x", 3, None) == "[   3.0 s] x"
+    plain = io.StringIO()  # not a terminal: every update a line of its own, no escape codes
+    p = Progress(plain)
+    p.say("phase one")
+    p.status("  sent 10 records")
+    p.status("  sent 20 records")
+    p.done()
+    assert plain.getvalue() == "phase one\n  sent 10 records\n  sent 20 records\n"
+    master, slave = pty.openpty()
+    try:
+        with open(slave, "w", closefd=False) as tty:
+            t = Progress(tty)
+            assert t.terminal
+            t.phase(10)
+            t.status("sent 10 records")
+            t.status("sent 20 records")
+            t.say("a line that stays")
+            t.done()
+        out = os.read(master, 4096).decode()
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert out.count(CLEAR_LINE) == 3 and "\n" not in out.split("a line that stays")[0].replace("\r\n", "")
+    assert "sent 20 records" in out and out.rstrip().endswith("a line that stays")
+
+
+@pytest.mark.slow
+def test_bench_shows_a_live_status_line_on_a_terminal(shared_cluster) -> None:
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*SEMEL, "bench", "txn-cost", "--bootstrap", shared_cluster.bootstrap, "--duration-s", "3",
+                             "--partitions", "1", "--replication-factor", "1"],
+                            stdout=subprocess.PIPE, stderr=slave, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    os.close(slave)
+    seen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 120)
+            assert ready, "bench printed nothing for 120 s"
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the process closed its end
+                break
+            if not chunk:
+                break
+            seen += chunk
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, seen.decode(errors="replace")
+    text = seen.decode(errors="replace")
+    assert "\r\x1b[K[" in text and "transactions committed" in text and "s left" in text, text
+    assert stdout.decode().strip().splitlines()[-1].startswith("{")  # the result stays one JSON line on stdout
