@@ -42,7 +42,6 @@ from semel.chaos.report import write_report
 from semel.chaos.wiring import ChaosCluster
 from semel.chaos.workloads import Recorder, WorkloadConfig, make_workload
 from semel.cluster.tooling.progress import Progress
-from semel.invariant import not_none
 
 log = logging.getLogger("semel.chaos.runner")
 
@@ -116,8 +115,10 @@ def _resolver(direct_bootstrap: str, topic: str, coordinator_key: str | None) ->
 def run_chaos(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunResult:
     """Runs one chaos run; progress goes to `say` (default: stderr, with a live status line on a
     terminal for the periodic figures, plain lines elsewhere)."""
-    progress = Progress(sys.stderr) if say is None else None
-    say = say or not_none(progress).say
+    progress: Progress | None = None
+    if say is None:
+        progress = Progress(sys.stderr)
+        say = progress.say
     status = progress.status if progress is not None else say
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
