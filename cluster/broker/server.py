@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
@@ -54,6 +54,22 @@ LATEST = -1
 
 def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
+
+
+async def image_with_producer_ids(broker: Broker, producer_ids: Iterable[int]) -> md.MetadataImage:
+    """The metadata image, once it knows every (non-negative) producer id given as allocated
+    (bounded wait, `MAX_PRODUCER_ID_METADATA_WAIT_MS`): a client got its id from a block the
+    quorum committed, which this broker's image may not have applied yet. An id still unknown
+    afterwards was never issued (the per-batch check then refuses it). Both protocols' Produce
+    use it."""
+    image = broker.quorum.image()
+    highest = max(producer_ids, default=-1)
+    if highest < image.next_producer_id:
+        return image
+    wait = getattr(broker, "wait_for_metadata", None)  # absent on the in-process test brokers
+    if wait is not None:
+        await wait(lambda img: img.next_producer_id > highest, limits.MAX_PRODUCER_ID_METADATA_WAIT_MS / 1000)
+    return broker.quorum.image()
 
 
 def effective_timeout_ms(requested_ms: int, default_ms: int) -> int:
@@ -171,20 +187,8 @@ class BrokerService(bgrpc.BrokerServicer):
     async def _image_with_producer_ids(self, request: bpb.ProduceRequest,
                                        refused: list[produce_validation.Rejection | None]
                                        ) -> md.MetadataImage:
-        """The metadata image, once it knows every producer id of the request's batches as
-        allocated (bounded wait): a client got its id from a block the quorum committed, which
-        this broker's image may not have applied yet. An id still unknown afterwards was never
-        issued (the per-batch check then refuses it)."""
-        image = self.b.quorum.image()
-        pids = [pd.batch.producer_id for pd, rejection in zip(request.partitions, refused)
-                if rejection is None and pd.batch.producer_id >= 0]
-        if not pids or max(pids) < image.next_producer_id:
-            return image
-        highest = max(pids)
-        wait = getattr(self.b, "wait_for_metadata", None)
-        if wait is not None:
-            await wait(lambda img: img.next_producer_id > highest, limits.MAX_PRODUCER_ID_METADATA_WAIT_MS / 1000)
-        return self.b.quorum.image()
+        return await image_with_producer_ids(self.b, [
+            pd.batch.producer_id for pd, rejection in zip(request.partitions, refused) if rejection is None])
 
     def _produce_one(self, pd: bpb.PartitionProduceData, acks: int, image: md.MetadataImage, now: int,
                      r: bpb.PartitionProduceResult) -> write_path.PendingAck | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import struct
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from semel.cluster.broker.produce_validation import unallocated_producer_id, val
 from semel.cluster.broker import write_path
 from semel.cluster.broker.replica_manager import PartitionError
 from semel.clock import wall_clock_ms
-from semel.cluster.broker.server import AdminService
+from semel.cluster.broker.server import AdminService, image_with_producer_ids
 from semel.cluster.kafka import admin_handlers, codec, consumer_group_handlers, group_handlers
 from semel.cluster.kafka.errors import to_kafka
 from semel.cluster.kafka.txn_handlers import TXN_HANDLERS, KafkaTxnApis, ProduceCheck
@@ -42,7 +43,9 @@ from semel.cluster.metadata import state as md
 from semel.storage import isolation as isolation_rules
 from semel.storage.batch import (
     ATTR_COMPRESSION_MASK,
+    HEADER_BYTES,
     KAFKA_MAGIC,
+    MAGIC_POSITION,
     BatchHeader,
     CorruptBatchError,
     decode_header,
@@ -78,6 +81,18 @@ TOPIC_CONFIG_NAMES = {
 }
 
 
+_PRODUCER_ID = struct.Struct(">q")
+_PRODUCER_ID_POSITION = 43  # in a v2 batch header (batch.KAFKA_HEADER)
+
+
+def _claimed_producer_id(records: bytes | None) -> int:
+    """The producer id in a v2 batch's header, -1 when there is none to read (the batch checks
+    refuse such a batch later). Header bytes only."""
+    if records is None or len(records) < HEADER_BYTES or records[MAGIC_POSITION] != KAFKA_MAGIC:
+        return -1
+    return int(_PRODUCER_ID.unpack_from(records, _PRODUCER_ID_POSITION)[0])
+
+
 class ProduceRefused(Exception):
     def __init__(self, code: K, message: str) -> None:
         super().__init__(message)
@@ -97,6 +112,7 @@ class KafkaApis:
         self.b = broker
         self.admin = AdminService(broker)
         self._groups_service: GroupsService | None = None
+        self._pid_gate: asyncio.Future[None] | None = None  # see produce()
         self._classic: group_handlers.ClassicGroupHost | None = None
         self.txn = KafkaTxnApis(broker, self._groups, lambda group_id, member_id, generation:
                                 group_handlers.commit_verdict(self, group_id, member_id, generation))
@@ -174,10 +190,40 @@ class KafkaApis:
         # listener starts one task per request in arrival order, so a connection's pipelined produce
         # requests (an idempotent client keeps up to 5 in flight per partition) append in the order
         # they came.
+        #
+        # The one other await: a producer id this broker's image does not know yet (the client got
+        # it from a block the quorum committed a moment ago) waits for the image, as gRPC Produce
+        # does (`server.image_with_producer_ids`). While such a request waits, every later produce
+        # request queues behind it (`_pid_gate`), so none overtakes it once the image catches up.
         body = req.body
         acks = body.acks
         timeout_ms = min(codec.timedelta_ms(body.timeout) or PRODUCE_TIMEOUT_MS_DEFAULT, limits.MAX_PRODUCE_TIMEOUT_MS)
         image = self.b.quorum.image()
+        gate = self._pid_gate
+        highest = max((_claimed_producer_id(pd.records) for t in body.topic_data for pd in t.partition_data),
+                      default=-1)
+        mine: asyncio.Future[None] | None = None
+        if gate is not None or highest >= image.next_producer_id:
+            mine = self._pid_gate = asyncio.get_running_loop().create_future()
+        try:
+            if gate is not None:
+                await asyncio.shield(gate)  # a cancelled waiter must not cancel the gate of the others
+            if highest >= image.next_producer_id:
+                image = await image_with_producer_ids(self.b, (highest,))
+            elif mine is not None:
+                image = self.b.quorum.image()
+            return await self._produce_in_order(req, image, timeout_ms, mine)
+        finally:
+            if mine is not None:
+                if not mine.done():
+                    mine.set_result(None)
+                if self._pid_gate is mine:
+                    self._pid_gate = None
+
+    async def _produce_in_order(self, req: codec.Request, image: md.MetadataImage, timeout_ms: int,
+                                appended: asyncio.Future[None] | None) -> dict[str, Any] | None:
+        body = req.body
+        acks = body.acks
         check = await self.txn.verify_produce(
             body.transactional_id, [(t.name, pd.index, pd.records) for t in body.topic_data for pd in t.partition_data],
             image)
@@ -210,6 +256,8 @@ class KafkaApis:
                     continue
                 if ack is not None:
                     waits.append((r, ack))
+        if appended is not None:
+            appended.set_result(None)  # the queued requests may append now; acks are awaited apart
         if waits:
             outcomes = await write_path.wait_all([ack for _, ack in waits], timeout_ms)
             for (r, _), outcome in zip(waits, outcomes):
