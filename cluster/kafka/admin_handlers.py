@@ -1,8 +1,9 @@
 """Kafka's group and cluster admin APIs over Semel's own: ListGroups, DescribeGroups,
 DeleteGroups (Semel's group coordinator plus the classic groups of `group_handlers`),
-DescribeCluster, DescribeConfigs (topic configs under Kafka's names) and
-OffsetForLeaderEpoch (the partition's leader-epoch cache, with the fetch path's leader and
-epoch checks).
+DescribeCluster, DescribeConfigs (topic configs under Kafka's names), CreatePartitions,
+IncrementalAlterConfigs and AlterConfigs (through the Admin service's add-partitions and
+alter-config paths) and OffsetForLeaderEpoch (the partition's leader-epoch cache, with the
+fetch path's leader and epoch checks).
 
 Groups: a broker lists and describes the groups it coordinates, as Kafka's brokers do
 (admin clients ask every broker, and each group's coordinator). A classic group reports
@@ -22,6 +23,7 @@ from semel.cluster.kafka import codec
 from semel.cluster.kafka.errors import to_kafka
 from semel.cluster.metadata import state as md
 from semel.coordinator import classic_group as cg
+from semel.v1 import admin_pb2 as apb
 from semel.v1 import common_pb2 as pb
 from semel.v1 import group_pb2 as gpb
 
@@ -32,6 +34,7 @@ _SEMEL_STATES = {gpb.GROUP_STATE_EMPTY: "Empty", gpb.GROUP_STATE_RECONCILING: "R
                  gpb.GROUP_STATE_STABLE: "Stable", gpb.GROUP_STATE_DEAD: "Dead"}
 CONSUMER = "consumer"
 RESOURCE_TOPIC, RESOURCE_BROKER = 2, 4
+ADMIN_TIMEOUT_MS_DEFAULT = 5_000
 SOURCE_DYNAMIC_TOPIC, SOURCE_STATIC_BROKER, SOURCE_DEFAULT = 1, 4, 5
 TYPE_BOOLEAN, TYPE_STRING, TYPE_INT, TYPE_LONG, TYPE_LIST = 1, 2, 3, 5, 7
 
@@ -189,6 +192,91 @@ def _config(name: str, value: str, read_only: bool, config_type: int, source: in
             "documentation": None}
 
 
+# --- CreatePartitions -----------------------------------------------------------------------------
+async def create_partitions(apis: KafkaApis, req: codec.Request) -> dict[str, Any]:
+    """Each topic through the Admin service's add-partitions path (`admin_ops.CreatePartitions`:
+    `count` is the new total, the quorum places the new replicas). `validate_only` checks the
+    topic and the count against the image without submitting; manual assignments are refused."""
+    body = req.body
+    timeout_ms = codec.timedelta_ms(body.timeout) or ADMIN_TIMEOUT_MS_DEFAULT
+    results = []
+    for t in body.topics[:1000]:
+        out: dict[str, Any] = {"name": t.name, "error_code": K.none, "error_message": None}
+        if t.assignments is not None:
+            out.update(error_code=K.invalid_request, error_message="manual replica assignments are not served")
+        elif body.validate_only:
+            topic = apis.b.quorum.image().topic(t.name)
+            if topic is None:
+                out.update(error_code=K.unknown_topic_or_partition, error_message="no such topic")
+            elif t.count <= len(topic.partitions):
+                out.update(error_code=K.invalid_partitions,
+                           error_message=f"{t.name} has {len(topic.partitions)} partitions; the count must be larger")
+        else:
+            resp = await apis.admin.CreatePartitions(apb.CreatePartitionsRequest(
+                topic=t.name, count=t.count, timeout_ms=timeout_ms), None)  # type: ignore[arg-type]
+            out.update(error_code=to_kafka(resp.error_code), error_message=resp.error_message or None)
+        results.append(out)
+    return {"throttle_time": 0, "results": results}
+
+
+# --- IncrementalAlterConfigs / AlterConfigs --------------------------------------------------------
+OP_SET, OP_DELETE = 0, 1  # IncrementalAlterConfigs; APPEND (2) and SUBTRACT (3) are for list configs
+
+
+def incremental_changes(configs: Any) -> tuple[dict[str, str], list[str]] | str:
+    """(keys to set, keys to reset to the default) of one resource's IncrementalAlterConfigs
+    entries, or why they are refused (pure). Semel's topic configs are all scalars."""
+    set_: dict[str, str] = {}
+    delete: list[str] = []
+    for c in configs:
+        if c.config_operation == OP_SET and c.value is not None:
+            set_[c.name] = c.value
+        elif c.config_operation == OP_DELETE:
+            delete.append(c.name)
+        else:
+            return f"{c.name}: operation {c.config_operation} is not served (only SET with a value and DELETE)"
+    return set_, delete
+
+
+def replacing_changes(configs: Any) -> tuple[dict[str, str], list[str]] | str:
+    """AlterConfigs replaces a resource's whole config: the keys given are set, every other
+    alterable key goes back to its default (pure)."""
+    set_ = {c.name: c.value for c in configs if c.value is not None}
+    if len(set_) != len(configs):
+        return "a null value is not served (leave the key out to reset it)"
+    given = {md.normalize_config_key(k) for k in set_}
+    return set_, [kafka for kafka, semel in md.KAFKA_CONFIG_NAMES.items() if semel not in given]
+
+
+async def _alter_configs(apis: KafkaApis, req: codec.Request,
+                         changes: Callable[[Any], tuple[dict[str, str], list[str]] | str]) -> dict[str, Any]:
+    body = req.body
+    responses = []
+    for r in body.resources[:1000]:
+        out: dict[str, Any] = {"error_code": K.none, "error_message": None, "resource_type": r.resource_type,
+                               "resource_name": r.resource_name}
+        wanted = changes(r.configs) if r.resource_type == RESOURCE_TOPIC else (
+            f"resource type {r.resource_type} is not alterable (topics are; broker configs are command-line flags)")
+        if isinstance(wanted, str):
+            out.update(error_code=K.invalid_request, error_message=wanted)
+        else:
+            set_, delete = wanted
+            resp = await apis.admin.AlterTopicConfig(apb.AlterTopicConfigRequest(
+                topic=r.resource_name, set=set_, delete=delete, validate_only=body.validate_only,
+                timeout_ms=ADMIN_TIMEOUT_MS_DEFAULT), None)  # type: ignore[arg-type]
+            out.update(error_code=to_kafka(resp.error_code), error_message=resp.error_message or None)
+        responses.append(out)
+    return {"throttle_time": 0, "responses": responses}
+
+
+async def incremental_alter_configs(apis: KafkaApis, req: codec.Request) -> dict[str, Any]:
+    return await _alter_configs(apis, req, incremental_changes)
+
+
+async def alter_configs(apis: KafkaApis, req: codec.Request) -> dict[str, Any]:
+    return await _alter_configs(apis, req, replacing_changes)
+
+
 # --- OffsetForLeaderEpoch --------------------------------------------------------------------------
 async def offset_for_leader_epoch(apis: KafkaApis, req: codec.Request) -> dict[str, Any]:
     topics = []
@@ -218,4 +306,7 @@ HANDLERS: dict[int, Callable[[KafkaApis, codec.Request], Awaitable[dict[str, Any
     codec.DESCRIBE_CLUSTER: describe_cluster,
     codec.DESCRIBE_CONFIGS: describe_configs,
     codec.OFFSET_FOR_LEADER_EPOCH: offset_for_leader_epoch,
+    codec.CREATE_PARTITIONS: create_partitions,
+    codec.INCREMENTAL_ALTER_CONFIGS: incremental_alter_configs,
+    codec.ALTER_CONFIGS: alter_configs,
 }

@@ -58,6 +58,9 @@ TXN_OFFSET_COMMIT = 28
 DESCRIBE_PRODUCERS = 61
 DESCRIBE_TRANSACTIONS = 65
 LIST_TRANSACTIONS = 66
+CREATE_PARTITIONS = 37
+ALTER_CONFIGS = 33
+INCREMENTAL_ALTER_CONFIGS = 44
 
 # The transaction APIs (txn_handlers.py), in their transaction-version-1 form: AddPartitionsToTxn
 # v4+ is the broker-to-broker batch and v5 is KIP-890's version 2, as EndTxn v5 and
@@ -104,6 +107,10 @@ ADVERTISED: dict[int, tuple[int, int]] = {
     DESCRIBE_CLUSTER: (0, 1),
     DESCRIBE_CONFIGS: (1, 4),
     OFFSET_FOR_LEADER_EPOCH: (2, 4),
+    # topic administration over the Admin service's add-partitions and alter-config paths
+    CREATE_PARTITIONS: (0, 3),
+    ALTER_CONFIGS: (0, 2),
+    INCREMENTAL_ALTER_CONFIGS: (0, 1),
     # KIP-848 over Semel's own group coordinator (consumer_group_handlers.py)
     CONSUMER_GROUP_HEARTBEAT: (0, 1),
     CONSUMER_GROUP_DESCRIBE: (0, 1),
