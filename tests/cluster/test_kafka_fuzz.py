@@ -8,8 +8,9 @@ import asyncio
 import io
 import struct
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from kio.schema.errors import ErrorCode as K
 from kio.serial import entity_reader, entity_writer
 from semel.cluster.kafka import codec
 from semel.cluster.kafka.handlers import ProduceRefused, checked_produce_batch
@@ -27,6 +28,9 @@ def frames(draw: st.DrawFn) -> bytes:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(frames())
+@example(struct.pack(">hhi", 9999, 0, 1) + b"\x00\x00")           # an unknown API key
+@example(struct.pack(">hhi", codec.METADATA, 99, 1) + b"\x00\x00")  # a version out of range
+@example(struct.pack(">hhi", codec.PRODUCE, 2, 1) + b"\x00\x00")    # below the served range
 def test_decoding_any_frame_answers_a_request_or_bad_request(frame: bytes) -> None:
     try:
         request = codec.decode_request(frame)
@@ -47,6 +51,36 @@ def test_any_produce_records_are_accepted_or_refused_with_a_kafka_error(records:
         checked_produce_batch(records, version, 1 << 20, 1_700_000_000_000)
     except ProduceRefused:
         pass
+
+
+def _client_batch() -> bytes:
+    from kafka.record.memory_records import MemoryRecordsBuilder
+
+    b = MemoryRecordsBuilder(magic=2, compression_type=0, batch_size=1 << 20)
+    for i in range(3):
+        b.append(timestamp=1_700_000_000_000, key=b"k", value=b"v%d" % i, headers=[])
+    b.close()
+    return bytes(b.buffer())
+
+
+_MAGIC_POSITION = 16  # magic, CRC and everything the CRC covers come after
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_client_batch_with_any_byte_changed_after_the_epoch_is_refused(data: st.DataObject) -> None:
+    """A bad CRC (or magic) gets the protocol's error: a valid batch with one byte changed
+    anywhere from the magic on is refused, never stored."""
+    batch = bytearray(_client_batch())
+    checked_produce_batch(bytes(batch), 9, 1 << 20, 1_700_000_000_000)  # the original is accepted
+    position = data.draw(st.integers(_MAGIC_POSITION, len(batch) - 1))
+    batch[position] ^= data.draw(st.integers(1, 255))
+    try:
+        checked_produce_batch(bytes(batch), 9, 1 << 20, 1_700_000_000_000)
+    except ProduceRefused as exc:
+        assert exc.code in (K.corrupt_message, K.invalid_record, K.unsupported_for_message_format), exc.code
+    else:
+        raise AssertionError(f"a batch with byte {position} changed was accepted")
 
 
 class _Apis:
@@ -84,6 +118,9 @@ class _Writer:
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.one_of(frames().map(lambda f: struct.pack(">i", len(f)) + f), st.binary(max_size=40)),
                 max_size=6))
+@example([b"\x7f\xff\xff\xff" + b"x" * 40])  # a 2 GiB size prefix: closed before anything is allocated
+@example([b"\xff\xff\xff\xfe" + b"x" * 40])  # a negative one
+@example([struct.pack(">i", 10) + struct.pack(">hhi", 9999, 0, 7) + b"\x00\x00"])  # an unknown API key
 def test_a_connection_fed_any_bytes_ends_closed(chunks: list[bytes]) -> None:
     async def run() -> _Writer:
         reader = asyncio.StreamReader()
