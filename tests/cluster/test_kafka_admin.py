@@ -1,9 +1,18 @@
 """Topic administration over the Kafka listener with real admin clients: CreatePartitions,
 IncrementalAlterConfigs (confluent-kafka) and AlterConfigs (kafka-python), onto the Admin
 service's add-partitions and alter-config paths; what they change is read back through
-Metadata, DescribeConfigs and a produce to a new partition."""
+Metadata, DescribeConfigs and a produce to a new partition. And the README's Kafka quickstart,
+run as written."""
 
 from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer as CKConsumer
@@ -144,3 +153,35 @@ def test_alter_configs_replaces_the_whole_topic_config(kafka_cluster):
     configs = _configs(admin, "replace-me")
     assert configs["retention.ms"].value == "800000"
     assert configs["segment.ms"].source == ConfigSource.DEFAULT_CONFIG.value  # left out: back to the default
+
+
+def _readme_kafka_quickstart() -> tuple[str, list[str]]:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text[text.index("Existing Kafka clients work unchanged"):text.index("Records produced over either protocol")]
+    (python,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    (shell,) = re.findall(r"```\n(echo .*?)```", section, re.S)
+    return python, [line.split("#")[0].strip() for line in shell.splitlines() if line.strip()]
+
+
+def test_the_readmes_kafka_quickstart_runs_as_written(kafka_cluster):
+    python, shell = _readme_kafka_quickstart()
+    bootstrap = kafka_cluster.kafka_bootstrap
+    _create(_admin(kafka_cluster), "demo", 3)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(python.replace("127.0.0.1:9192", bootstrap), {})  # noqa: S102 (our own README)
+    assert "b'hello over Kafka'" in out.getvalue()
+    if shutil.which("kcat") is None:
+        pytest.skip("kcat is not installed (Debian package kcat)")
+    results = []
+    for line in shell:
+        stdin = None
+        if "|" in line:
+            echo, line = line.split("|", 1)
+            stdin = shlex.split(echo)[1] + "\n"
+        argv = shlex.split(line.replace("127.0.0.1:9192", bootstrap))
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=TIMEOUT_S)
+        assert done.returncode == 0, (line, done.stderr)
+        results.append(done.stdout)
+    assert set(results[1].splitlines()) == {"hello over Kafka", "hello from kcat"}
+    assert '"demo" with 3 partitions' in results[2]
