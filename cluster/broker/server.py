@@ -481,6 +481,10 @@ class AdminService(ClusterOpsAdmin, agrpc.AdminServicer):
 
     async def DescribeTopics(self, request: apb.DescribeTopicsRequest, context: grpc.aio.ServicerContext) -> apb.DescribeTopicsResponse:
         image = self.b.quorum.image()
+        if len(request.names) > limits.MAX_TOPICS_PER_ADMIN_REQUEST:
+            message = _too_many("topics", limits.MAX_TOPICS_PER_ADMIN_REQUEST)
+            return apb.DescribeTopicsResponse(topics=[apb.TopicDescription(
+                name=name, error_code=pb.INVALID_REQUEST, error_message=message) for name in request.names])
         names = list(request.names) or [n for n, t in sorted(image.topics.items())
                                         if request.include_internal or not t.internal]
         resp = apb.DescribeTopicsResponse()
@@ -521,23 +525,44 @@ class AdminService(ClusterOpsAdmin, agrpc.AdminServicer):
 
     async def _ask_leader(self, broker_id: int, parts: list[tuple[str, apb.PartitionDescription]],
                           image: md.MetadataImage) -> None:
+        """One ListOffsets pair per chunk of distinct partitions (a request may name a topic
+        many times, and one answer must stay within the leader's per-request bound)."""
         reg = image.broker(broker_id)
         if reg is None:
             return
         stub = bgrpc.BrokerStub(self.b.peers.channel(f"{reg.host}:{reg.port}"))
-        queries = [bpb.ListOffsetsPartition(topic=t, partition=pd.partition, timestamp_ms=ts)
-                   for t, pd in parts for ts in (EARLIEST, LATEST)]
+        keys = sorted({(t, pd.partition) for t, pd in parts})
+        chunk = limits.MAX_PARTITIONS_PER_REQUEST // 2  # two queries (earliest, latest) per partition
+        answers = await asyncio.gather(*(self._leader_offsets(stub, keys[i:i + chunk])
+                                         for i in range(0, len(keys), chunk)))
+        offsets = {key: found for a in answers for key, found in a.items()}
+        for t, pd in parts:
+            found = offsets.get((t, pd.partition))
+            if found is not None:
+                pd.log_start_offset, pd.high_watermark, pd.last_stable_offset = found
+
+    @staticmethod
+    async def _leader_offsets(stub: bgrpc.BrokerStub, keys: list[tuple[str, int]]
+                              ) -> dict[tuple[str, int], tuple[int, int, int]]:
+        """{(topic, partition): (log start, high watermark, last stable offset)} of the partitions
+        the leader answered without error (bounded: 1 s)."""
+        queries = [bpb.ListOffsetsPartition(topic=t, partition=p, timestamp_ms=ts)
+                   for t, p in keys for ts in (EARLIEST, LATEST)]
         try:
             uncommitted, committed = await asyncio.gather(
                 stub.ListOffsets(bpb.ListOffsetsRequest(partitions=queries), timeout=1.0),
                 stub.ListOffsets(bpb.ListOffsetsRequest(partitions=queries[1::2], isolation_level=bpb.READ_COMMITTED),
                                  timeout=1.0))
         except grpc.aio.AioRpcError:
-            return
-        for i, (_, pd) in enumerate(parts):
+            return {}
+        if len(uncommitted.results) != 2 * len(keys) or len(committed.results) != len(keys):
+            return {}  # refused as a whole (e.g. INVALID_REQUEST): keep this broker's own view
+        out = {}
+        for i, key in enumerate(keys):
             start, hw, lso = uncommitted.results[2 * i], uncommitted.results[2 * i + 1], committed.results[i]
             if start.error_code == pb.NONE and hw.error_code == pb.NONE and lso.error_code == pb.NONE:
-                pd.log_start_offset, pd.high_watermark, pd.last_stable_offset = start.offset, hw.offset, lso.offset
+                out[key] = (start.offset, hw.offset, lso.offset)
+        return out
 
     async def DescribeCluster(self, request: apb.DescribeClusterRequest, context: grpc.aio.ServicerContext) -> apb.DescribeClusterResponse:
         image = self.b.quorum.image()

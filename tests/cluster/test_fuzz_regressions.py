@@ -1,0 +1,54 @@
+"""Regressions found by the gRPC fuzzer (test_grpc_fuzz.py), each the failing example it found,
+against three real broker processes (one cluster for the module)."""
+
+from __future__ import annotations
+
+import pytest
+from semel import internal_topics, limits
+from semel.v1 import admin_pb2 as apb
+from semel.v1 import common_pb2 as pb
+from semel.v1 import txn_pb2, txn_pb2_grpc
+
+from tests.cluster import broker_harness as h
+
+pytestmark = pytest.mark.slow  # three broker processes
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = h.Cluster(tmp_path_factory.mktemp("fuzz-regressions"), 3, internal_partitions=2)
+    try:
+        c.start_all()
+        yield c
+    finally:
+        print(c.dump_logs())
+        c.close()
+
+
+def assert_no_traceback(c: h.Cluster) -> None:
+    for i, b in c.brokers.items():
+        text = (b.data_dir / "broker.log").read_text(errors="replace")
+        assert "Traceback" not in text, f"broker {i}:\n{text[-4000:]}"
+        assert b.alive, f"broker {i} exited"
+
+
+def test_describe_topics_naming_one_topic_thousands_of_times(cluster):
+    """Fuzzer example: DescribeTopics(names=["__transaction_state"] * 10001) sent the partitions'
+    leaders one ListOffsets with 20002 queries; the leader refused it whole (one INVALID_REQUEST
+    result) and the describing broker raised IndexError (gRPC UNKNOWN, a traceback), after
+    stalling its loop long enough to fence the other brokers."""
+    c = cluster
+    admin = c.admin_stub(c.any_alive())
+    state = internal_topics.TRANSACTION_STATE_TOPIC
+    find = txn_pb2.FindCoordinatorRequest(key="any", key_type=txn_pb2.TRANSACTION)  # creates the topic if need be
+    c.wait_for(lambda: txn_pb2_grpc.TransactionsStub(c.channel(c.any_alive())).FindCoordinator(find, timeout=10)
+               .error_code == pb.NONE, timeout_s=30, what=f"{state} created and led")
+    over = admin.DescribeTopics(apb.DescribeTopicsRequest(names=[state] * (limits.MAX_TOPICS_PER_ADMIN_REQUEST + 1)),
+                                timeout=30)
+    assert len(over.topics) == limits.MAX_TOPICS_PER_ADMIN_REQUEST + 1
+    assert {t.error_code for t in over.topics} == {pb.INVALID_REQUEST}
+    assert str(limits.MAX_TOPICS_PER_ADMIN_REQUEST) in over.topics[0].error_message
+    at_bound = admin.DescribeTopics(apb.DescribeTopicsRequest(names=[state] * limits.MAX_TOPICS_PER_ADMIN_REQUEST),
+                                    timeout=30)
+    assert {t.error_code for t in at_bound.topics} == {pb.NONE}
+    assert_no_traceback(c)
