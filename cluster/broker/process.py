@@ -468,8 +468,9 @@ class Broker:
         self.metrics_server: MetricsServer | None = None
         self.rm = ReplicaManager(config.broker_id, self.data_dir, config.replica_lag_time_max_ms, self._open_store,
                                  clock=self.clock, disk=self.disk)
-        self.leader_replication = LeaderReplicationService(self.rm, config.replica_fetch_max_bytes,
-                                                           config.reassignment_throttle_bytes_per_s)
+        self.leader_replication = LeaderReplicationService(
+            self.rm, config.replica_fetch_max_bytes, config.reassignment_throttle_bytes_per_s,
+            image=lambda: None if self.quorum is None else self.quorum.image())
         self.fetchers = FetcherManager(self.rm, self.peers.broker_address, lambda: self.broker_epoch,
                                        self._report_unreachable, config.replica_fetch_max_wait_ms,
                                        config.replica_fetch_max_bytes, self._open_channel)

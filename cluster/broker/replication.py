@@ -93,10 +93,34 @@ class FetchSession:
         self.unsettled: set[tuple[str, int]] = set()
 
 
+def replica_fetch_refusal(image: md.MetadataImage | None, replica_id: int, broker_epoch: int) -> str | None:
+    """Why a ReplicaFetch from `replica_id` at `broker_epoch` is refused (None: it is not): the
+    sender must be a broker registered at exactly the epoch this leader's image holds for it,
+    so a stale incarnation (or a client that made up an epoch) cannot move a follower's
+    position, and with it the high watermark and acks=all. A follower that has just registered
+    again may be ahead of this leader's image for a moment: it is refused and retries."""
+    if image is None:
+        return "this broker has no metadata image yet"
+    reg = image.broker(replica_id)
+    if reg is None:
+        return f"broker {replica_id} is not registered"
+    if reg.broker_epoch != broker_epoch:
+        return f"broker {replica_id} is registered at epoch {reg.broker_epoch}, not {broker_epoch}"
+    return None
+
+
+ImageSource = Callable[[], "md.MetadataImage | None"]
+
+
 class LeaderReplicationService:
-    def __init__(self, rm: ReplicaManager, max_fetch_bytes: int, reassignment_bytes_per_s: int = 0) -> None:
+    """`image`: the metadata image the sender's broker epoch is checked against (None: no
+    check, for in-process tests of the fetch protocol alone)."""
+
+    def __init__(self, rm: ReplicaManager, max_fetch_bytes: int, reassignment_bytes_per_s: int = 0,
+                 image: ImageSource | None = None) -> None:
         self.rm = rm
         self.max_fetch_bytes = max_fetch_bytes
+        self.image = image
         # Replicas a reassignment adds catch up at most this fast (all partitions of this leader
         # together), so the copy does not starve producers' replication; 0: unthrottled.
         self.reassignment_throttle = (ByteRateLimiter(reassignment_bytes_per_s, rm.clock.monotonic_ms())
@@ -142,6 +166,17 @@ class LeaderReplicationService:
                                                 error_code=pb.INVALID_REQUEST, diverging_epoch=-1)
                 for fp in req.partitions[:1]
             ])
+        refusal = None if self.image is None else replica_fetch_refusal(self.image(), req.replica_id, req.broker_epoch)
+        if refusal is not None:
+            # Nothing is read and no position moves; every partition of the session is told (and
+            # asked about in full once the epoch is right), as after any error.
+            log.debug("replica fetch refused: %s", refusal)
+            session.unsettled.update(session.partitions)
+            return rpb.ReplicaFetchResponse(results=[
+                rpb.ReplicaFetchPartitionResult(topic=t, partition=i, error_code=pb.STALE_BROKER_EPOCH,
+                                                diverging_epoch=-1, diverging_end_offset=-1, high_watermark=-1,
+                                                log_start_offset=-1)
+                for t, i in session.partitions])
         first = True
         while True:
             results = []
@@ -206,6 +241,9 @@ class LeaderReplicationService:
         p = self.rm.get(fp.topic, fp.partition)
         if p is None or p.role != Role.LEADER:
             r.error_code = pb.NOT_LEADER_OR_FOLLOWER
+            return r
+        if p.state is not None and replica_id not in p.state.replicas:
+            r.error_code = pb.REPLICA_NOT_AVAILABLE  # not a replica of this partition: it cannot follow it
             return r
         if fp.current_leader_epoch < p.leader_epoch:
             r.error_code = pb.FENCED_LEADER_EPOCH

@@ -245,10 +245,11 @@ def test_leader_side_answers_bad_replica_fetches_with_errors(make_partition):
     assert one(last_fetched_epoch=7, fetch_offset=2).diverging_epoch == -1  # an epoch the leader never had
     ok = one()
     assert ok.error_code == pb.NONE and ok.records and ok.high_watermark >= 0
-    # a replica id that is not a replica of the partition still reads, but moves no HW
+    # a replica id that is not a replica of the partition reads nothing and moves no HW (issue 16)
     req = rpb.ReplicaFetchRequest(replica_id=99, partitions=[rpb.ReplicaFetchPartition(
         topic="t", partition=0, fetch_offset=2, current_leader_epoch=0, last_fetched_epoch=0)], max_wait_ms=0)
-    assert asyncio.run(svc.handle(req)).results[0].error_code == pb.NONE
+    stranger = asyncio.run(svc.handle(req)).results[0]
+    assert stranger.error_code == pb.REPLICA_NOT_AVAILABLE and not stranger.records
 
 
 def test_follower_that_led_an_epoch_without_appending_rejoins(make_partition):
