@@ -359,7 +359,7 @@ def call(c: h.Cluster, broker_id: int, rpc: Rpc, request: Any) -> tuple[grpc.Sta
     return grpc.StatusCode.OK, answers, ""
 
 
-def short(request: Any, limit: int = 1500) -> str:
+def short(request: Any, limit: int = 600) -> str:
     text = repr(request) if isinstance(request, list) else str(request)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
