@@ -41,6 +41,7 @@ import grpc
 from semel import internal_topics, limits
 from semel.clock import wall_clock_ms
 from semel.cluster.broker import write_path
+from semel.cluster.broker.produce_validation import unset_fields
 from semel.cluster.broker.replica_manager import Partition, Role, WriteResult
 from semel.coordinator import group_wire as gw
 from semel.coordinator.group_log import (
@@ -482,6 +483,9 @@ class GroupsService(ggrpc.GroupsServicer):
 
     async def TxnOffsetCommit(self, request: gpb.TxnOffsetCommitRequest,
                               context: grpc.aio.ServicerContext) -> gpb.TxnOffsetCommitResponse:
+        unset = unset_fields(request)
+        if unset is not None:
+            return gpb.TxnOffsetCommitResponse(error_code=pb.INVALID_REQUEST, error_message=unset)
         loaded, code, message = self.c.lookup(request.group_id)
         if loaded is None:
             return gpb.TxnOffsetCommitResponse(error_code=code, error_message=message)

@@ -26,9 +26,10 @@ image's `next_producer_id` was never allocated by the quorum (`unallocated_produ
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from semel.sentinels import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from semel.storage.batch import (
     ATTR_COMPRESSION_MASK,
     ATTR_CONTROL,
@@ -156,6 +157,16 @@ PRODUCER_FIELDS = ("producer_id", "producer_epoch", "base_sequence")
 # A `Records.records` entry is at least 2 bytes (tag + length): a count above half the payload
 # cannot be right, and is refused before parsing.
 MIN_RECORD_BYTES = 2
+
+
+def unset_fields(msg: Message, names: Sequence[str] = ("producer_id", "producer_epoch")) -> str | None:
+    """A clear INVALID_REQUEST message naming the `optional` fields of `msg` left unset, or None.
+    proto3 would read an unset producer id or epoch as 0: a real producer's identity."""
+    unset = [name for name in names if not msg.HasField(name)]
+    if not unset:
+        return None
+    return (f"{type(msg).__name__}: {', '.join(unset)} unset; set {' and '.join(names)} explicitly "
+            "(an unset field is never read as 0)")
 
 
 def check_request_batch(pd: broker_pb2.PartitionProduceData, transactional_id: str) -> Rejection | None:

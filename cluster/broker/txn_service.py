@@ -33,6 +33,7 @@ from semel import internal_topics, limits
 from semel.clock import wall_clock_ms
 from semel.cluster.broker import write_path
 from semel.cluster.broker.coordinator_lookup import find_coordinator
+from semel.cluster.broker.produce_validation import unset_fields
 from semel.cluster.broker.replica_manager import (
     Partition,
     PartitionError,
@@ -84,6 +85,10 @@ class TransactionsService(tgrpc.TransactionsServicer):
                                 metadata_current=self.b.metadata_current())
 
     async def InitProducerId(self, request: tpb.InitProducerIdRequest, context: Any) -> tpb.InitProducerIdResponse:
+        unset = unset_fields(request) if request.transactional_id else None
+        if unset is not None:
+            return tpb.InitProducerIdResponse(error_code=pb.INVALID_REQUEST, error_message=unset + " (-1/-1: a new "
+                                              "producer)", producer_id=-1, producer_epoch=-1)
         if not request.transactional_id:
             pid = await self.shell.pids.next_id()
             if pid is None:
@@ -109,6 +114,9 @@ class TransactionsService(tgrpc.TransactionsServicer):
     async def AddPartitionsToTxn(self, request: tpb.AddPartitionsToTxnRequest,
                                  context: Any) -> tpb.AddPartitionsToTxnResponse:
         partitions = txn_wire.partitions_from_proto(request.partitions)
+        unset = unset_fields(request)
+        if unset is not None:
+            return txn_wire.add_partitions_response(TxnResult(pb.INVALID_REQUEST, unset), partitions)
         image = self.b.quorum.image()
         unknown = {tp: pb.UNKNOWN_TOPIC_OR_PARTITION for tp in partitions if image.partition(tp.topic, tp.partition) is None}
         if unknown:
@@ -120,6 +128,9 @@ class TransactionsService(tgrpc.TransactionsServicer):
         return txn_wire.add_partitions_response(reply.result, partitions)
 
     async def AddOffsetsToTxn(self, request: tpb.AddOffsetsToTxnRequest, context: Any) -> tpb.AddOffsetsToTxnResponse:
+        unset = unset_fields(request)
+        if unset is not None:
+            return tpb.AddOffsetsToTxnResponse(error_code=pb.INVALID_REQUEST, error_message=unset)
         topic = self.b.quorum.image().topic(internal_topics.CONSUMER_OFFSETS_TOPIC)
         if topic is None:
             return tpb.AddOffsetsToTxnResponse(error_code=pb.COORDINATOR_NOT_AVAILABLE,
@@ -132,6 +143,10 @@ class TransactionsService(tgrpc.TransactionsServicer):
         return tpb.AddOffsetsToTxnResponse(error_code=reply.result.error, error_message=reply.result.message)
 
     async def EndTxn(self, request: tpb.EndTxnRequest, context: Any) -> tpb.EndTxnResponse:
+        unset = unset_fields(request)
+        if unset is not None:
+            return tpb.EndTxnResponse(error_code=pb.INVALID_REQUEST, error_message=unset, producer_id=-1,
+                                      producer_epoch=-1)
         reply = await self.shell.call(lambda core, rid: core.end_txn(
             rid, request.transactional_id, request.producer_id, request.producer_epoch, request.commit, wall_clock_ms()))
         reply = await self.shell.authoritative(request.transactional_id, reply)
@@ -180,6 +195,9 @@ class TransactionsService(tgrpc.TransactionsServicer):
 
     async def AbortTransaction(self, request: tpb.AbortTransactionRequest,
                                context: Any) -> tpb.AbortTransactionResponse:
+        unset = unset_fields(request, ("producer_id", "producer_epoch", "coordinator_epoch"))
+        if unset is not None:
+            return tpb.AbortTransactionResponse(error_code=pb.INVALID_REQUEST, error_message=unset)
         try:
             p = self.b.rm.leader_partition(request.topic, request.partition, self.b.quorum.image())
         except PartitionError as exc:
@@ -232,8 +250,9 @@ def marker_refusal(marker: tpb.TxnMarker, image: md.MetadataImage) -> pb.ErrorCo
     markers for good (it unloaded itself on TRANSACTION_COORDINATOR_FENCED). Refused: an
     epoch newer than this broker's metadata knows for that partition (UNKNOWN_LEADER_EPOCH,
     retriable: the real coordinator retries until this broker's image caught up), a marker
-    type other than COMMIT/ABORT or no transactional id (INVALID_REQUEST)."""
-    if marker.type not in (pb.COMMIT, pb.ABORT) or not marker.transactional_id:
+    type other than COMMIT/ABORT, no transactional id, or an unset producer id or epoch
+    (INVALID_REQUEST)."""
+    if marker.type not in (pb.COMMIT, pb.ABORT) or not marker.transactional_id or unset_fields(marker) is not None:
         return pb.INVALID_REQUEST
     ps = image.coordinator(internal_topics.TRANSACTION_STATE_TOPIC, marker.transactional_id)
     if ps is None or marker.coordinator_epoch > ps.leader_epoch:
@@ -285,6 +304,9 @@ class TxnMarkersService(tgrpc.TxnMarkersServicer):
 
     async def VerifyTransaction(self, request: tpb.VerifyTransactionRequest,
                                 context: Any) -> tpb.VerifyTransactionResponse:
+        unset = unset_fields(request)
+        if unset is not None:
+            return tpb.VerifyTransactionResponse(error_code=pb.INVALID_REQUEST, error_message=unset)
         result = await self.shell.verify(request.transactional_id, request.producer_id, request.producer_epoch,
                                          txn_wire.partitions_from_proto(request.partitions))
         return txn_wire.verify_response(result)

@@ -335,3 +335,66 @@ def write_marker_of_type(b, marker_type: int) -> int:
         producer_id=9, producer_epoch=0, type=marker_type, coordinator_epoch=STATE_EPOCH, transactional_id="tx",
         partitions=[tpb.TopicPartition(topic="t", partition=0)])])
     return run(TxnMarkersService(b, TxnCoordinatorShell(b)).WriteTxnMarkers(req, None)).markers[0].partitions[0].error_code
+
+
+# --- proto3 zero-value traps in the transaction RPCs -------------------------------------------------
+
+def test_txn_rpcs_with_an_unset_producer_id_or_epoch_are_invalid_request_never_producer_0(marker_broker):
+    """Each transaction RPC that names a producer, sent by a client that left producer_id or
+    producer_epoch unset (proto3 would read 0: a real producer's identity), is refused with a
+    message naming the field, before any coordinator or partition state is touched."""
+    from semel.cluster.broker.group_service import GroupsService
+    from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
+    from semel.cluster.broker.txn_service import TransactionsService, TxnMarkersService
+    from semel.v1 import group_pb2 as gpb
+    from semel.v1 import txn_pb2 as tpb
+
+    shell = TxnCoordinatorShell(marker_broker)
+    txns, markers = TransactionsService(marker_broker, shell), TxnMarkersService(marker_broker, shell)
+    groups = GroupsService(None)  # type: ignore[arg-type]  # the refusal comes before the coordinator
+    tp = [tpb.TopicPartition(topic="t", partition=0)]
+    calls = {
+        "InitProducerId": (txns.InitProducerId, tpb.InitProducerIdRequest(transactional_id="tx",
+                                                                          transaction_timeout_ms=1000)),
+        "AddPartitionsToTxn": (txns.AddPartitionsToTxn, tpb.AddPartitionsToTxnRequest(transactional_id="tx",
+                                                                                      partitions=tp)),
+        "AddOffsetsToTxn": (txns.AddOffsetsToTxn, tpb.AddOffsetsToTxnRequest(transactional_id="tx", group_id="g")),
+        "EndTxn": (txns.EndTxn, tpb.EndTxnRequest(transactional_id="tx", commit=True)),
+        "AbortTransaction": (txns.AbortTransaction, tpb.AbortTransactionRequest(topic="t", partition=0)),
+        "VerifyTransaction": (markers.VerifyTransaction, tpb.VerifyTransactionRequest(transactional_id="tx",
+                                                                                     partitions=tp)),
+        "TxnOffsetCommit": (groups.TxnOffsetCommit, gpb.TxnOffsetCommitRequest(transactional_id="tx", group_id="g",
+                                                                              member_epoch=-1)),
+    }
+    for name, (rpc, request) in calls.items():
+        for unset in ("producer_id", "producer_epoch"):
+            req = type(request)()
+            req.CopyFrom(request)
+            req.producer_id, req.producer_epoch = 0, 0  # producer 0, epoch 0: what proto3 made of nothing
+            if name == "AbortTransaction":
+                req.coordinator_epoch = 0
+            req.ClearField(unset)
+            r = run(rpc(req, None))
+            assert r.error_code == pb.INVALID_REQUEST and unset in r.error_message, (name, unset, r)
+    abort = tpb.AbortTransactionRequest(topic="t", partition=0, producer_id=9, producer_epoch=0)
+    r = run(txns.AbortTransaction(abort, None))
+    assert r.error_code == pb.INVALID_REQUEST and "coordinator_epoch" in r.error_message
+    # an idempotent producer (no transactional id) sends neither: it gets a fresh id, not a refusal
+    assert run(txns.InitProducerId(tpb.InitProducerIdRequest(), None)).error_code != pb.INVALID_REQUEST
+
+
+def test_a_marker_with_an_unset_producer_id_is_refused(marker_broker):
+    open_transaction(marker_broker)
+    end = marker_broker.rm.get("t", 0).log_end_offset
+    from semel.cluster.broker.txn_coordinator_shell import TxnCoordinatorShell
+    from semel.cluster.broker.txn_service import TxnMarkersService
+    from semel.v1 import txn_pb2 as tpb
+
+    for unset in ("producer_id", "producer_epoch"):
+        marker = tpb.TxnMarker(producer_id=9, producer_epoch=0, type=pb.ABORT, coordinator_epoch=STATE_EPOCH,
+                               transactional_id="tx", partitions=[tpb.TopicPartition(topic="t", partition=0)])
+        marker.ClearField(unset)
+        svc = TxnMarkersService(marker_broker, TxnCoordinatorShell(marker_broker))
+        out = run(svc.WriteTxnMarkers(tpb.WriteTxnMarkersRequest(markers=[marker]), None))
+        assert out.markers[0].partitions[0].error_code == pb.INVALID_REQUEST
+    assert marker_broker.rm.get("t", 0).log_end_offset == end
