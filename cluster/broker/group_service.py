@@ -521,6 +521,9 @@ class GroupsService(ggrpc.GroupsServicer):
 
     async def OffsetFetch(self, request: gpb.OffsetFetchRequest,
                           context: grpc.aio.ServicerContext) -> gpb.OffsetFetchResponse:
+        if sum(len(t.partitions) for t in request.topics) > limits.MAX_PARTITIONS_PER_REQUEST:
+            return gpb.OffsetFetchResponse(error_code=pb.INVALID_REQUEST, error_message=(
+                f"too many partitions in one request (limit {limits.MAX_PARTITIONS_PER_REQUEST}, semel.limits)"))
         loaded, code, message = self.c.lookup(request.group_id)
         if loaded is None:
             return gpb.OffsetFetchResponse(error_code=code, error_message=message)

@@ -321,6 +321,9 @@ def test_unknown_enum_values_and_overlong_lists_in_txn_and_group_rpcs_are_invali
     reset = run(groups.ResetOffsets(gpb.ResetOffsetsRequest(group_id="g", partitions=[
         gpb.ResetPartition(topic="t", partition=0)] * (limits.MAX_PARTITIONS_PER_REQUEST + 1)), None))
     assert reset.error_code == pb.INVALID_REQUEST
+    fetched = run(groups.OffsetFetch(gpb.OffsetFetchRequest(group_id="g", topics=[gpb.TopicPartitions(
+        topic="t", partitions=list(range(limits.MAX_PARTITIONS_PER_REQUEST + 1)))]), None))
+    assert fetched.error_code == pb.INVALID_REQUEST and not fetched.offsets  # was one answer per partition, unbounded
     epochs = run(ReplicationService(marker_broker).OffsetForLeaderEpoch(rpb.OffsetForLeaderEpochRequest(partitions=[
         rpb.EpochQuery(topic="t", partition=0)] * (limits.MAX_PARTITIONS_PER_REQUEST + 1)), None))
     assert [r.error_code for r in epochs.results] == [pb.INVALID_REQUEST]
