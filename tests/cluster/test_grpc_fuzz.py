@@ -55,7 +55,7 @@ from tests.cluster import broker_harness as h
 pytestmark = pytest.mark.slow  # three broker processes
 
 SEED = 16_2026
-EXAMPLES_PER_RPC = int(os.environ.get("SEMEL_FUZZ_EXAMPLES", "12"))
+EXAMPLES_PER_RPC = int(os.environ.get("SEMEL_FUZZ_EXAMPLES", "25"))
 FUZZ_SEED = int(os.environ.get("SEMEL_FUZZ_SEED", str(SEED)))
 CALL_TIMEOUT_S = 20.0
 
