@@ -442,6 +442,7 @@ def allocated_producer_ids(c: h.Cluster) -> tuple[int, ...]:
     return tuple(h.init_producer_id(c.channel(i)) for i in sorted(c.brokers))
 
 
+@pytest.mark.timeout(max(300, 120 + len(all_rpcs()) * EXAMPLES_PER_RPC // 2))  # a longer run gets longer
 def test_every_rpc_survives_hostile_input_and_the_data_written_before_reads_back(cluster):
     c = cluster
     rpcs = all_rpcs()
