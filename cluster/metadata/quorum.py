@@ -510,6 +510,12 @@ class MetadataQuorum(SyncObj):
         if not command.command_id:
             command = replace(command, command_id=uuid.uuid4().hex)
         encoded = records.encode_command(command)
+        if len(encoded) > limits.MAX_METADATA_COMMAND_BYTES:
+            # Never appended: pysyncobj sends an entry of its batch size (64 KiB) or more in chunks
+            # and marks the wrong one as the last, so followers failed to decode it and the
+            # quorum stopped replicating (found by the gRPC fuzzer: a 10001-replica reassignment).
+            raise MetadataSubmitError(pb.INVALID_REQUEST, False, f"{type(command).__name__} encodes to {len(encoded)} "
+                                      f"bytes, above {limits.MAX_METADATA_COMMAND_BYTES} (semel.limits)")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._config.submit_timeout_s if timeout_s is None else timeout_s)
         maybe_appended = False

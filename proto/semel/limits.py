@@ -105,6 +105,7 @@ METADATA_DEDUP_COMMANDS = 1000             # command ids whose results are kept 
 # leader (links silent, not closed) otherwise appends hundreds of ISR changes in the second before it
 # steps down, and pysyncobj walks a divergent suffix back one entry per append round (~50 ms) on rejoin.
 MAX_UNCOMMITTED_METADATA_ENTRIES = 64
+MAX_METADATA_COMMAND_BYTES = 32 * 1024     # one encoded metadata command; larger -> INVALID_REQUEST before it reaches Raft (pysyncobj splits entries of 64 KiB and more into chunks and mislabels their last one, which wedged replication)
 METADATA_SUBMIT_TIMEOUT_MS_DEFAULT = 2000  # a metadata command not committed by then is reported unknown/unavailable
 # Raft link down + heartbeat silence this long -> fenced (>= 1.5 heartbeats, below the session timeout).
 # 250, not 150: every broker has run with 250 (its own config default) since the first broker

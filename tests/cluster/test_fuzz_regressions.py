@@ -52,3 +52,23 @@ def test_describe_topics_naming_one_topic_thousands_of_times(cluster):
                                     timeout=30)
     assert {t.error_code for t in at_bound.topics} == {pb.NONE}
     assert_no_traceback(c)
+
+
+def test_a_reassignment_with_ten_thousand_replicas_does_not_wedge_the_metadata_quorum(cluster):
+    """Fuzzer example: ReassignPartitions(reassignments=[{partition: 1, replicas: [-1] * 10001}])
+    (a negative int32 is 10 bytes on the wire) made one metadata command above pysyncobj's 64 KiB batch size; pysyncobj sends such an entry
+    in chunks and labels the wrong chunk the last, so every follower failed to decode it
+    (UnpicklingError, then TypeError, in its tick thread) and metadata stopped replicating. The
+    broker now refuses an oversized command before it reaches Raft."""
+    c = cluster
+    assert c.create_topic("rz", partitions=2, rf=3).error_code == pb.NONE
+    admin = c.admin_stub(c.any_alive())
+    r = admin.ReassignPartitions(apb.ReassignPartitionsRequest(reassignments=[apb.PartitionReassignment(
+        topic="rz", partition=1, replicas=[-1] * (limits.MAX_PARTITIONS_PER_REQUEST + 1))], timeout_ms=5000), timeout=30)
+    assert [(p.error_code, "MAX_METADATA_COMMAND_BYTES" in p.error_message or "semel.limits" in p.error_message)
+            for p in r.results] == [(pb.INVALID_REQUEST, True)], r
+    # the quorum still commits, on every broker
+    assert c.create_topic("rz-after", partitions=1, rf=3).error_code == pb.NONE
+    for i in c.brokers:
+        c.wait_for(lambda i=i: c.partition_meta("rz-after", via=i).leader_id >= 0, what=f"broker {i} sees rz-after")
+    assert_no_traceback(c)
