@@ -79,7 +79,8 @@ KEEP_OFFSET, KEEP_TXN_OFFSET = 2, 3
 DESTRUCTIVE = {
     "semel.v1.Admin.DeleteTopics", "semel.v1.Groups.DeleteGroup", "semel.v1.Groups.ResetOffsets",
     "semel.v1.Groups.OffsetCommit", "semel.v1.Groups.TxnOffsetCommit", "semel.v1.Transactions.AbortTransaction",
-    "semel.v1.TxnMarkers.WriteTxnMarkers",
+    "semel.v1.TxnMarkers.WriteTxnMarkers", "semel.v1.Admin.AlterTopicConfig", "semel.v1.Admin.ReassignPartitions",
+    "semel.v1.Admin.CreatePartitions",
 }
 
 # --- the RPCs ---------------------------------------------------------------------------------------
