@@ -175,10 +175,17 @@ class ClusterOpsAdmin:
     # --- leaders ----------------------------------------------------------------------
     async def ElectLeaders(self, request: apb.ElectLeadersRequest,
                            context: grpc.aio.ServicerContext) -> apb.ElectLeadersResponse:
+        if len(request.topics) > limits.MAX_TOPICS_PER_ADMIN_REQUEST:
+            # one result, not one per name: echoing 10001 long names twice outgrew the largest
+            # answer gRPC may send (found by the fuzzer)
+            return apb.ElectLeadersResponse(results=[apb.PartitionResult(
+                partition=-1, error_code=pb.INVALID_REQUEST, error_message=(
+                    f"too many topics in one request (limit {limits.MAX_TOPICS_PER_ADMIN_REQUEST}, semel.limits); "
+                    "nothing was done"))])
         timeout_s = _timeout_s(request.timeout_ms)
         image = await self._fresh_image(timeout_s)
         resp = apb.ElectLeadersResponse()
-        missing = [t for t in request.topics if image.topic(t) is None]
+        missing = [t for t in dict.fromkeys(request.topics) if image.topic(t) is None]
         for t in missing:
             resp.results.append(apb.PartitionResult(topic=t, partition=-1, error_code=pb.UNKNOWN_TOPIC_OR_PARTITION,
                                                     error_message=f"no topic {t!r}"))

@@ -72,3 +72,18 @@ def test_a_reassignment_with_ten_thousand_replicas_does_not_wedge_the_metadata_q
     for i in c.brokers:
         c.wait_for(lambda i=i: c.partition_meta("rz-after", via=i).leader_id >= 0, what=f"broker {i} sees rz-after")
     assert_no_traceback(c)
+
+
+def test_elect_leaders_naming_ten_thousand_long_topics(cluster):
+    """Fuzzer example: ElectLeaders(topics=["a" * 1000] * 10001) answered one UNKNOWN_TOPIC result
+    per name, each repeating the name in its message: 20 MB, above the largest answer gRPC may
+    send, so the call failed in gRPC's core with an ExecuteBatchError traceback in the log."""
+    c = cluster
+    admin = c.admin_stub(c.any_alive())
+    r = admin.ElectLeaders(apb.ElectLeadersRequest(topics=["a" * 1000] * (limits.MAX_TOPICS_PER_ADMIN_REQUEST + 1),
+                                                   timeout_ms=5000), timeout=30)
+    assert [p.error_code for p in r.results] == [pb.INVALID_REQUEST]
+    at_bound = admin.ElectLeaders(apb.ElectLeadersRequest(topics=["a" * 1000] * limits.MAX_TOPICS_PER_ADMIN_REQUEST,
+                                                          timeout_ms=5000), timeout=30)
+    assert [p.error_code for p in at_bound.results] == [pb.UNKNOWN_TOPIC_OR_PARTITION]  # once per distinct name
+    assert_no_traceback(c)
