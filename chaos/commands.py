@@ -78,6 +78,7 @@ def add_commands(subparsers: Any) -> None:
 
     from semel.chaos import proxy
     from semel.chaos.checker import MAX_EXAMPLES_DEFAULT
+    from semel.chaos.sim.commands import add_simulate
     from semel.chaos.workloads import WORKLOADS
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -135,5 +136,6 @@ def add_commands(subparsers: Any) -> None:
     sched.add_argument("--fsync", action="store_true", help="as `run --fsync` (power-loss may cut every broker)")
     sched.add_argument("--json", action="store_true", help="machine-readable output")
     sched.set_defaults(func=_schedule)
+    add_simulate(sub)
     chaos.set_defaults(func=lambda args: (chaos.print_help(), 2)[1])
     proxy.add_commands(subparsers)

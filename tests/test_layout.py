@@ -19,6 +19,7 @@ FOLDERS = {
     "cluster/tooling": "tooling",
     "cluster/cli": "cli",
     "chaos": "chaos",
+    "chaos/sim": "sim",  # the deterministic simulation drives the broker's and controller's pure cores
 }
 # import-name prefix -> layer; longest prefix wins
 MODULES = {
@@ -32,6 +33,7 @@ MODULES = {
     "semel.cluster.tooling": "tooling",
     "semel.cli": "cli",
     "semel.chaos": "chaos",
+    "semel.chaos.sim": "sim",
 }
 ALLOWED = {
     "root": set(),
@@ -42,7 +44,8 @@ ALLOWED = {
     "client": {"storage", "root"},
     "tooling": {"client", "storage", "root"},
     "cli": {"tooling", "client", "storage", "root"},
-    "chaos": {"tooling", "client", "storage", "root"},
+    "chaos": {"sim", "tooling", "client", "storage", "root"},
+    "sim": {"broker", "coordinator", "metadata", "storage", "root"},
 }
 
 

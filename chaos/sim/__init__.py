@@ -1,0 +1,1 @@
+"""A deterministic whole-cluster simulation (see docs/chaos.md, "Deterministic simulation")."""

@@ -1,0 +1,594 @@
+"""Deterministic whole-cluster simulation: several brokers' real pure cores on a simulated
+network and clock, with seeded loss, reordering, delay, partitions, crashes and restarts.
+
+What runs for real (Semel's own code, not a model of it):
+  * `MetadataStateMachine` (cluster/metadata/state.py): every metadata command is applied by it;
+    `check_invariants` runs after every command.
+  * `ControllerCore` (cluster/metadata/controller.py): liveness (heartbeats, session timeout),
+    fencing, unfencing, leaderless repairs and preferred-leader elections.
+  * `LeaderProgress` / `PendingAcks` / `ack_outcome_after_hw` (cluster/broker/replica_state.py):
+    HW, ISR shrink/expand decisions, acks=all completion.
+  * `ProducerStateManager` (storage/producer_state.py): idempotent dedup and sequence checks,
+    rebuilt from the log after truncation and restart.
+  * the leader-epoch cache arithmetic (storage/epoch_cache.py) for KIP-101/320 truncation.
+
+What is modelled (thin shells, mirroring the asyncio/gRPC code):
+  * the metadata quorum is a linearizable stand-in: one `MetadataStateMachine` reached over the
+    simulated network as node "Q" (pysyncobj cannot be driven deterministically: it owns its
+    threads, sockets and timers);
+  * the log is an in-memory model (one record per batch, offset = index): the storage engine
+    (storage/log.py + RocksDB via rocksdict) has no injectable file layer. A crash is kill -9,
+    not a power cut: the log survives, memory (leader progress, pending acks, producer state,
+    fetch sessions) does not; the HW comes back from a checkpoint that lags;
+  * the follower fetch loop (replication.py) and the leader's fetch answer incl. divergence;
+  * the producer: idempotent, acks=all, one request in flight, retries with the same sequence.
+Not covered: transactions and their coordinator, consumer groups, the Kafka listener, retention,
+reassignment, controller failover (the stand-in controller never loses leadership).
+
+Everything random comes from one `random.Random(seed)`; every processed event is folded into a
+SHA-256 trace hash, so a seed replays exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import heapq
+import random
+from collections.abc import Callable
+from typing import Any
+
+from semel.cluster.broker.replica_state import LeaderProgress, PendingAcks, ack_outcome_after_hw
+from semel.cluster.metadata.controller import ControllerConfig, ControllerCore
+from semel.cluster.metadata.state import (
+    NO_LEADER,
+    AlterPartition,
+    Command,
+    CreateTopic,
+    MetadataImage,
+    MetadataStateMachine,
+    RegisterBroker,
+    check_invariants,
+)
+from semel.storage import epoch_cache as ec
+from semel.storage.batch import BatchHeader
+from semel.storage.producer_state import Outcome, ProducerStateManager
+from semel.v1 import common_pb2 as pb
+
+QUORUM = -1  # the metadata quorum's node id on the simulated network
+TOPIC = "sim"
+
+
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+    brokers: int = 3
+    partitions: int = 2
+    producers: int = 3
+    steps: int = 3000  # events processed with faults on, then a heal phase
+    heal_ms: int = 20_000
+    loss_percent: int = 3
+    max_delay_ms: int = 40
+    fault_interval_ms: int = 1500
+    lag_time_max_ms: int = 1000
+    request_timeout_ms: int = 800
+    # seams to prove the checker can fail: a leader whose HW ignores the followers
+    bug_hw_without_acks: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class Record:
+    offset: int
+    epoch: int
+    producer_id: int
+    seq: int
+    value: int
+
+
+class Replica:
+    """One partition on one broker: the durable log + epoch cache, and volatile state."""
+
+    def __init__(self) -> None:
+        self.log: list[Record] = []
+        self.epochs: ec.Entries = ()
+        self.hw = 0
+        self.hw_checkpoint = 0
+        self.leader_epoch = -1  # as last learned from metadata
+        self.leader = NO_LEADER
+        self.progress: LeaderProgress | None = None
+        self.acks: PendingAcks[tuple[int, int, int]] = PendingAcks(1000)
+        self.pstate = ProducerStateManager()
+
+    @property
+    def leo(self) -> int:
+        return len(self.log)
+
+    def append(self, rec: Record) -> None:
+        self.epochs = ec.assign(self.epochs, rec.epoch, rec.offset)
+        self.log.append(rec)
+        self.pstate.apply(_header(rec))
+
+    def truncate_to(self, offset: int) -> None:
+        offset = max(0, min(offset, self.leo))
+        del self.log[offset:]
+        self.epochs = ec.truncate_from_end(self.epochs, offset)
+        self.hw = min(self.hw, offset)
+        self.rebuild_producer_state()
+
+    def rebuild_producer_state(self) -> None:
+        self.pstate = ProducerStateManager()
+        for rec in self.log:
+            self.pstate.apply(_header(rec))
+
+
+def _header(rec: Record) -> BatchHeader:
+    return BatchHeader(rec.offset, 0, rec.epoch, rec.producer_id, 0, rec.seq, 1, 0, 0, 0)
+
+
+class Broker:
+    def __init__(self, broker_id: int) -> None:
+        self.id = broker_id
+        self.alive = True
+        self.incarnation = 0
+        self.broker_epoch = -1
+        self.image = MetadataImage()
+        self.replicas: dict[int, Replica] = {}
+        self.max_epoch_seen: dict[int, int] = {}
+
+
+@dataclasses.dataclass(slots=True)
+class Producer:
+    producer_id: int
+    partition: int
+    next_value: int
+    seq: int = 0
+    in_flight: int | None = None  # value being sent
+    attempt: int = 0
+    leader_hint: int = NO_LEADER
+
+
+class Violation(AssertionError):
+    pass
+
+
+class Simulation:
+    def __init__(self, seed: int, config: SimConfig | None = None) -> None:
+        self.seed = seed
+        self.cfg = config or SimConfig()
+        self.rng = random.Random(seed)
+        self.now_ms = 0
+        self._queue: list[tuple[int, int, str, tuple[Any, ...]]] = []
+        self._seq = 0
+        self._hash = hashlib.sha256()
+        self.events = 0
+        self.faults_on = True
+        self.cut: set[frozenset[int]] = set()  # links cut both ways
+        self.md = MetadataStateMachine()
+        self.ctl = ControllerCore(ControllerConfig(
+            session_timeout_ms=3000, heartbeat_interval_ms=500, disconnect_grace_ms=1000, tick_interval_ms=200,
+            internal_partitions={}, preferred_leader_rebalance_ms=5000))
+        self.brokers = {b: Broker(b) for b in range(self.cfg.brokers)}
+        self.producers = [Producer(1000 + k, k % self.cfg.partitions, (k + 1) * 1_000_000)
+                          for k in range(self.cfg.producers)]
+        # history and checker state
+        self.acked: dict[int, dict[int, int]] = {p: {} for p in range(self.cfg.partitions)}  # value -> offset
+        self.sent: set[int] = set()
+        self.committed: dict[int, list[int]] = {p: [] for p in range(self.cfg.partitions)}  # values of HW prefix
+        self.hw_seen: dict[tuple[int, int, int], int] = {}  # (partition, broker, leader epoch) -> hw
+        self.image_epochs: dict[int, int] = {}
+        self.faults: list[str] = []
+        self.violations: list[str] = []
+
+    # --- plumbing --------------------------------------------------------------------
+    def _at(self, delay_ms: int, kind: str, *args: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (self.now_ms + delay_ms, self._seq, kind, args))
+
+    def _send(self, src: int, dst: int, kind: str, *args: Any) -> None:
+        """A message over the simulated network: may be lost, delayed, reordered or cut."""
+        if frozenset((src, dst)) in self.cut:
+            return
+        if self.faults_on and self.rng.randrange(100) < self.cfg.loss_percent:
+            return
+        self._at(1 + self.rng.randrange(self.cfg.max_delay_ms), kind, dst, *args)
+
+    def _violate(self, what: str) -> None:
+        self.violations.append(f"t={self.now_ms} {what}")
+
+    # --- running ---------------------------------------------------------------------
+    def run(self) -> str:
+        for b in self.brokers:
+            self._at(0, "start", b)
+        self._at(0, "create_topic")
+        self._at(100, "ctl_tick")
+        for b in self.brokers:
+            self._at(self.rng.randrange(50), "broker_tick", b)
+        for i in range(len(self.producers)):
+            self._at(500 + self.rng.randrange(500), "produce", i)
+        self._at(self.cfg.fault_interval_ms, "fault")
+        step = 0
+        heal_at: int | None = None
+        while self._queue:
+            t, _, kind, args = heapq.heappop(self._queue)
+            self.now_ms = t
+            step += 1
+            self.events += 1
+            self._hash.update(f"{t}|{kind}|{args!r}\n".encode())
+            getattr(self, "_on_" + kind)(*args)
+            if self.violations:
+                break
+            if heal_at is None and step >= self.cfg.steps:
+                self._heal()
+                heal_at = self.now_ms
+            if heal_at is not None and self.now_ms >= heal_at + self.cfg.heal_ms:
+                break
+        if not self.violations:
+            self._final_check()
+        self._hash.update(repr(self.violations).encode())
+        return self._hash.hexdigest()
+
+    def _heal(self) -> None:
+        self.faults_on = False
+        self.cut.clear()
+        self.faults.append(f"t={self.now_ms} heal")
+        for b, br in self.brokers.items():
+            if not br.alive:
+                self._restart(b)
+        for p in self.producers:
+            p.next_value = -abs(p.next_value)  # marker: stop producing new values after the heal
+
+    # --- faults ----------------------------------------------------------------------
+    def _on_fault(self) -> None:
+        if not self.faults_on:
+            return
+        ids = sorted(self.brokers)
+        r = self.rng.randrange(6)
+        if r == 0:
+            b = self.rng.choice(ids)
+            if self.brokers[b].alive and sum(x.alive for x in self.brokers.values()) > 1:
+                self.faults.append(f"t={self.now_ms} crash {b}")
+                self._crash(b)
+        elif r == 1:
+            dead = [b for b in ids if not self.brokers[b].alive]
+            if dead:
+                b = self.rng.choice(dead)
+                self.faults.append(f"t={self.now_ms} restart {b}")
+                self._restart(b)
+        elif r == 2:
+            a = self.rng.choice(ids)
+            other = self.rng.choice([QUORUM, *[x for x in ids if x != a]])
+            self.cut.add(frozenset((a, other)))
+            self.faults.append(f"t={self.now_ms} cut {a}<->{other}")
+        elif r == 3:
+            a = self.rng.choice(ids)  # isolate a broker from everyone
+            for x in [QUORUM, *ids]:
+                if x != a:
+                    self.cut.add(frozenset((a, x)))
+            self.faults.append(f"t={self.now_ms} isolate {a}")
+        else:
+            if self.cut:
+                self.cut.clear()
+                self.faults.append(f"t={self.now_ms} heal links")
+        self._at(self.rng.randrange(1, 2 * self.cfg.fault_interval_ms), "fault")
+
+    def _crash(self, b: int) -> None:
+        br = self.brokers[b]
+        br.alive = False
+        br.incarnation += 1  # messages to the dead incarnation are dropped
+        for rep in br.replicas.values():
+            rep.progress = None
+            rep.acks.drain()  # the clients time out
+            rep.hw = rep.hw_checkpoint
+
+    def _restart(self, b: int) -> None:
+        br = self.brokers[b]
+        if br.alive:
+            return
+        br.alive = True
+        br.broker_epoch = -1
+        br.image = MetadataImage()
+        for rep in br.replicas.values():
+            rep.leader_epoch, rep.leader = -1, NO_LEADER
+            rep.hw = min(rep.hw_checkpoint, rep.leo)
+            rep.rebuild_producer_state()
+        self._at(1, "start", b)
+
+    # --- quorum and controller ---------------------------------------------------------
+    def _apply(self, command: Command) -> Any:
+        before = self.md.image
+        result = self.md.apply(command)
+        img = self.md.image
+        check_invariants(img)
+        if img is not before:
+            t = img.topics.get(TOPIC)
+            for p in t.partitions if t else ():
+                prev = self.image_epochs.get(p.partition, -1)
+                if p.leader_epoch < prev:
+                    self._violate(f"p{p.partition}: quorum leader epoch went back {prev} -> {p.leader_epoch}")
+                self.image_epochs[p.partition] = p.leader_epoch
+                if p.leader != NO_LEADER and p.leader not in p.isr:
+                    self._violate(f"p{p.partition}: leader {p.leader} not in ISR {p.isr}")
+            for b in self.brokers:
+                self._send(QUORUM, b, "metadata", self.brokers[b].incarnation, img)
+        return result
+
+    def _on_create_topic(self) -> None:
+        if len(self.md.image.unfenced_brokers()) < self.cfg.brokers:
+            self._at(100, "create_topic")
+            return
+        result = self._apply(CreateTopic(TOPIC, self.cfg.partitions, 3, configs=(("min_insync_replicas", "2"),)))
+        if not result.ok:
+            raise RuntimeError(f"sim: cannot create the topic: {pb.ErrorCode.Name(result.error)}")
+
+    def _on_ctl_tick(self) -> None:
+        if not self.ctl.active:
+            self.ctl.on_became_leader(self.md.image, self.now_ms)
+        for command in self.ctl.decide(self.md.image, self.now_ms):
+            self._apply(command)
+        self._at(self.ctl.config.tick_interval_ms, "ctl_tick")
+
+    def _on_q_register(self, _dst: int, b: int, incarnation: int) -> None:
+        result = self._apply(RegisterBroker(b, f"b{b}-{incarnation}", "sim", 9000 + b))
+        if result.ok:
+            self.ctl.on_registered(b, result.value, self.now_ms)
+            self._send(QUORUM, b, "registered", incarnation, result.value)
+
+    def _on_q_heartbeat(self, _dst: int, b: int, incarnation: int, broker_epoch: int, version: int) -> None:
+        reply = self.ctl.on_heartbeat(self.md.image, b, broker_epoch, version, self.now_ms)
+        del reply
+        self._send(QUORUM, b, "metadata", incarnation, self.md.image)
+
+    def _on_q_alter(self, _dst: int, b: int, incarnation: int, command: AlterPartition) -> None:
+        result = self._apply(command)
+        self._send(QUORUM, b, "alter_result", incarnation, command.partition, command.leader_epoch, result.ok)
+
+    # --- brokers ---------------------------------------------------------------------
+    def _live(self, b: int, incarnation: int) -> Broker | None:
+        br = self.brokers[b]
+        return br if br.alive and br.incarnation == incarnation else None
+
+    def _on_start(self, b: int) -> None:
+        br = self.brokers[b]
+        if br.alive:
+            self._send(b, QUORUM, "q_register", b, br.incarnation)
+
+    def _on_registered(self, b: int, incarnation: int, broker_epoch: int) -> None:
+        br = self._live(b, incarnation)
+        if br is not None and br.broker_epoch < 0:
+            br.broker_epoch = broker_epoch
+
+    def _on_broker_tick(self, b: int) -> None:
+        br = self.brokers[b]
+        self._at(100, "broker_tick", b)
+        if not br.alive:
+            return
+        if br.broker_epoch < 0:
+            if self.now_ms % 500 < 100:
+                self._send(b, QUORUM, "q_register", b, br.incarnation)
+            return
+        if self.now_ms % 500 < 100:
+            self._send(b, QUORUM, "q_heartbeat", b, br.incarnation, br.broker_epoch, br.image.version)
+        t = br.image.topics.get(TOPIC)
+        for p in t.partitions if t else ():
+            rep = br.replicas.get(p.partition)
+            if rep is None:
+                continue
+            rep.hw_checkpoint = rep.hw
+            if p.leader == b and rep.progress is not None:
+                change = rep.progress.isr_change(self.now_ms)
+                if change is not None and not rep.progress.proposed_isr:
+                    rep.progress.propose_isr(change.new_isr)
+                    cmd = AlterPartition(TOPIC, p.partition, b, br.broker_epoch, p.leader_epoch, p.partition_epoch,
+                                         change.new_isr)
+                    self._send(b, QUORUM, "q_alter", b, br.incarnation, cmd)
+            elif p.leader not in (b, NO_LEADER) and b in p.replicas:
+                last_epoch = rep.log[-1].epoch if rep.log else -1
+                self._send(b, p.leader, "fetch", self.brokers[p.leader].incarnation, b, br.incarnation,
+                           p.partition, p.leader_epoch, rep.leo, last_epoch)
+
+    def _on_metadata(self, b: int, incarnation: int, img: MetadataImage) -> None:
+        br = self._live(b, incarnation)
+        if br is None or img.version <= br.image.version:
+            return
+        br.image = img
+        t = img.topics.get(TOPIC)
+        for p in t.partitions if t else ():
+            if b not in p.replicas:
+                continue
+            rep = br.replicas.setdefault(p.partition, Replica())
+            if p.leader_epoch < br.max_epoch_seen.get(p.partition, -1):
+                self._violate(f"b{b} p{p.partition}: leader epoch went back")
+            br.max_epoch_seen[p.partition] = p.leader_epoch
+            if p.leader == b and (rep.leader != b or rep.leader_epoch != p.leader_epoch or rep.progress is None):
+                self._become_leader(br, rep, p.partition, p.leader_epoch, p.replicas, p.isr)
+            elif p.leader == b and rep.progress is not None:
+                if rep.progress.set_isr(p.isr, self.now_ms):
+                    self._hw_advanced(br, rep, p.partition)
+            elif p.leader != b and rep.leader == b:
+                self._resign(rep)
+            rep.leader, rep.leader_epoch = p.leader, p.leader_epoch
+
+    def _become_leader(self, br: Broker, rep: Replica, partition: int, epoch: int,
+                       replicas: tuple[int, ...], isr: tuple[int, ...]) -> None:
+        self._resign(rep)
+        rep.epochs = ec.assign(rep.epochs, epoch, rep.leo)
+        rep.progress = LeaderProgress(leader_id=br.id, replicas=replicas, isr=isr, leader_leo=rep.leo,
+                                      high_watermark=rep.hw, epoch_start_offset=rep.leo, now_ms=self.now_ms,
+                                      lag_time_max_ms=self.cfg.lag_time_max_ms)
+        rep.hw = rep.progress.high_watermark
+        self._observe_hw(br, rep, partition, epoch)
+
+    def _resign(self, rep: Replica) -> None:
+        rep.progress = None
+        rep.acks.drain()  # answered NOT_LEADER_OR_FOLLOWER: the producer retries
+
+    def _on_alter_result(self, b: int, incarnation: int, partition: int, epoch: int, ok: bool) -> None:
+        br = self._live(b, incarnation)
+        rep = br.replicas.get(partition) if br else None
+        if br is None or rep is None or rep.progress is None or rep.leader_epoch != epoch:
+            return
+        if not ok and rep.progress.drop_proposed_isr():
+            self._hw_advanced(br, rep, partition)
+        # on success the new ISR arrives with the metadata (set_isr clears the proposal)
+        if ok:
+            self._send(QUORUM, b, "metadata", incarnation, self.md.image)
+
+    def _on_fetch(self, leader: int, incarnation: int, follower: int, f_inc: int, partition: int,
+                  epoch: int, offset: int, last_epoch: int) -> None:
+        br = self._live(leader, incarnation)
+        rep = br.replicas.get(partition) if br else None
+        if br is None or rep is None or rep.progress is None:
+            return
+        if epoch != rep.leader_epoch:
+            return  # FENCED_LEADER_EPOCH / UNKNOWN_LEADER_EPOCH: the follower waits for metadata
+        if last_epoch >= 0 and offset > 0:  # replication.py's divergence check (KIP-320)
+            d_epoch, end = ec.end_offset_for(rep.epochs, last_epoch, rep.leo)
+            if d_epoch < 0 or d_epoch != last_epoch or end < offset:
+                self._send(leader, follower, "fetch_reply", f_inc, partition, epoch, (d_epoch, end), [], -1)
+                return
+        if offset > rep.leo:
+            self._send(leader, follower, "fetch_reply", f_inc, partition, epoch, (-1, rep.leo), [], -1)
+            return
+        if rep.progress.on_follower_fetch(follower, offset, self.now_ms):
+            self._hw_advanced(br, rep, partition)
+        records = [dataclasses.replace(r) for r in rep.log[offset:offset + 20]]
+        self._send(leader, follower, "fetch_reply", f_inc, partition, epoch, None, records, rep.hw)
+
+    def _on_fetch_reply(self, b: int, incarnation: int, partition: int, epoch: int,
+                        diverging: tuple[int, int] | None, records: list[Record], hw: int) -> None:
+        br = self._live(b, incarnation)
+        rep = br.replicas.get(partition) if br else None
+        if br is None or rep is None or rep.leader_epoch != epoch or rep.progress is not None:
+            return
+        if diverging is not None:  # replication.py `_truncate_diverging`
+            d_epoch, leader_end = diverging
+            local_epoch, local_end = ec.end_offset_for(rep.epochs, d_epoch, rep.leo) if d_epoch >= 0 else (-1, -1)
+            target = min(leader_end, rep.hw) if local_epoch < 0 else min(leader_end, local_end)
+            rep.truncate_to(min(target, rep.leo))
+            return
+        if not records or records[0].offset != rep.leo:
+            if hw >= 0:
+                rep.hw = max(rep.hw, min(hw, rep.leo))
+            return
+        for rec in records:
+            rep.append(rec)
+        rep.hw = max(rep.hw, min(hw, rep.leo))
+
+    # --- produce ---------------------------------------------------------------------
+    def _on_produce(self, i: int) -> None:
+        p = self.producers[i]
+        if p.in_flight is None:
+            if p.next_value < 0:
+                return  # healed: no new values
+            p.in_flight = p.next_value
+            p.next_value += 1
+            self.sent.add(p.in_flight)
+        p.attempt += 1
+        view = self.md.image.partition(TOPIC, p.partition)  # clients read metadata from any broker: fresh enough
+        leader = view.leader if view is not None else NO_LEADER
+        if leader != NO_LEADER:
+            self._send(-100 - i, leader, "produce_req", self.brokers[leader].incarnation, i, p.attempt,
+                       p.producer_id, p.seq, p.in_flight, p.partition)
+        self._at(self.cfg.request_timeout_ms, "produce_timeout", i, p.attempt)
+
+    def _on_produce_timeout(self, i: int, attempt: int) -> None:
+        p = self.producers[i]
+        if p.attempt == attempt and p.in_flight is not None:
+            self._on_produce(i)  # retry the same sequence
+
+    def _on_produce_req(self, b: int, incarnation: int, i: int, attempt: int, pid: int, seq: int, value: int,
+                        partition: int) -> None:
+        br = self._live(b, incarnation)
+        rep = br.replicas.get(partition) if br else None
+        if br is None or rep is None or rep.progress is None:
+            return self._send(b, -100 - i, "produce_resp", i, attempt, pb.NOT_LEADER_OR_FOLLOWER, -1)
+        view = br.image.partition(TOPIC, partition)
+        assert view is not None
+        header = BatchHeader(rep.leo, 0, rep.leader_epoch, pid, 0, seq, 1, 0, 0, 0)
+        decision = rep.pstate.validate(header, self.now_ms)
+        if decision.outcome is Outcome.REJECT:
+            return self._send(b, -100 - i, "produce_resp", i, attempt, decision.error, -1)
+        if decision.outcome is Outcome.DUPLICATE:
+            offset = decision.first_offset
+        else:
+            if len(rep.progress.isr) < 2:
+                return self._send(b, -100 - i, "produce_resp", i, attempt, pb.NOT_ENOUGH_REPLICAS, -1)
+            offset = rep.leo
+            rep.append(Record(offset, rep.leader_epoch, pid, seq, value))
+            advanced = rep.progress.on_leader_append(rep.leo, self.now_ms)
+            if self.cfg.bug_hw_without_acks:
+                rep.progress.high_watermark = rep.leo  # the injected bug
+                advanced = True
+            if advanced:
+                self._hw_advanced(br, rep, partition)
+        if offset < rep.hw:
+            return self._send(b, -100 - i, "produce_resp", i, attempt, pb.NONE, offset)
+        rep.acks.add(offset + 1, (i, attempt, offset))
+
+    def _hw_advanced(self, br: Broker, rep: Replica, partition: int) -> None:
+        assert rep.progress is not None
+        rep.hw = rep.progress.high_watermark
+        self._observe_hw(br, rep, partition, rep.leader_epoch)
+        for i, attempt, offset in rep.acks.complete_up_to(rep.hw):
+            outcome = ack_outcome_after_hw(len(rep.progress.isr), 2)
+            self._send(br.id, -100 - i, "produce_resp", i, attempt, outcome.error_code, offset)
+
+    def _on_produce_resp(self, _dst: int, i: int, attempt: int, error: int, offset: int) -> None:
+        p = self.producers[i]
+        if p.attempt != attempt or p.in_flight is None:
+            return
+        if error == pb.NONE:
+            self.acked[p.partition][p.in_flight] = offset
+            p.in_flight = None
+            p.seq += 1
+            self._at(1 + self.rng.randrange(100), "produce", i)
+        else:
+            self._at(50 + self.rng.randrange(100), "produce_timeout", i, attempt)  # retry
+
+    # --- checker ---------------------------------------------------------------------
+    def _observe_hw(self, br: Broker, rep: Replica, partition: int, epoch: int) -> None:
+        """The leader serves [0, hw): it must extend everything any leader ever served."""
+        key = (partition, br.id, epoch)
+        if rep.hw < self.hw_seen.get(key, 0):
+            self._violate(f"b{br.id} p{partition} epoch {epoch}: HW went back to {rep.hw}")
+        self.hw_seen[key] = rep.hw
+        committed = self.committed[partition]
+        values = [r.value for r in rep.log[:rep.hw]]
+        n = min(len(values), len(committed))
+        if values[:n] != committed[:n]:
+            at = next(k for k in range(n) if values[k] != committed[k])
+            self._violate(f"p{partition}: leader b{br.id} epoch {epoch} serves {values[at]} at offset {at}, "
+                          f"where {committed[at]} was committed (a committed write lost or replaced)")
+        if len(values) > len(committed):
+            self.committed[partition] = values
+
+    def _final_check(self) -> None:
+        for partition, acked in self.acked.items():
+            log = self.committed[partition]
+            where: dict[int, int] = {}
+            for offset, v in enumerate(log):
+                if v in where:
+                    self._violate(f"p{partition}: duplicate value {v} at offsets {where[v]} and {offset}")
+                where[v] = offset
+                if v not in self.sent:
+                    self._violate(f"p{partition}: value {v} at {offset} was never sent")
+            for v, offset in sorted(acked.items()):
+                if where.get(v) != offset:
+                    self._violate(f"p{partition}: acknowledged value {v} at offset {offset} is "
+                                  f"{'missing' if v not in where else f'at {where[v]}'}")
+
+
+def run_seed(seed: int, config: SimConfig | None = None) -> tuple[str, Simulation]:
+    sim = Simulation(seed, config)
+    return sim.run(), sim
+
+
+def run_seeds(seeds: list[int], config: SimConfig | None = None,
+              on_result: Callable[[int, str, Simulation], None] | None = None) -> list[int]:
+    failing = []
+    for s in seeds:
+        digest, sim = run_seed(s, config)
+        if on_result is not None:
+            on_result(s, digest, sim)
+        if sim.violations:
+            failing.append(s)
+    return failing
