@@ -23,7 +23,8 @@ What is modelled (thin shells, mirroring the asyncio/gRPC code):
   * the follower fetch loop (replication.py) and the leader's fetch answer incl. divergence;
   * the producer: idempotent, acks=all, one request in flight, retries with the same sequence.
 Not covered: transactions and their coordinator, consumer groups, the Kafka listener, retention,
-reassignment, controller failover (the stand-in controller never loses leadership).
+reassignment, Raft itself (a controller failover is modelled as ControllerCore losing and regaining
+leadership over the same linearizable image).
 
 Everything random comes from one `random.Random(seed)`; every processed event is folded into a
 SHA-256 trace hash, so a seed replays exactly.
@@ -65,7 +66,7 @@ class SimConfig:
     partitions: int = 2
     producers: int = 3
     steps: int = 3000  # events processed with faults on, then a heal phase
-    heal_ms: int = 20_000
+    heal_ms: int = 5_000
     loss_percent: int = 3
     max_delay_ms: int = 40
     fault_interval_ms: int = 1500
@@ -120,6 +121,16 @@ class Replica:
             self.pstate.apply(_header(rec))
 
 
+def _trace_arg(arg: object) -> str:
+    """A short, deterministic rendering of an event argument for the trace hash (a full repr
+    of a metadata image or a record list per event would dominate the run time)."""
+    if isinstance(arg, MetadataImage):
+        return f"v{arg.version}"
+    if isinstance(arg, list):
+        return f"[{arg[0].offset}+{len(arg)}]" if arg else "[]"
+    return repr(arg)
+
+
 def _header(rec: Record) -> BatchHeader:
     return BatchHeader(rec.offset, 0, rec.epoch, rec.producer_id, 0, rec.seq, 1, 0, 0, 0)
 
@@ -130,6 +141,7 @@ class Broker:
         self.alive = True
         self.incarnation = 0
         self.broker_epoch = -1
+        self.active = False  # registered and unfenced at its own epoch (replica_manager.active)
         self.image = MetadataImage()
         self.replicas: dict[int, Replica] = {}
         self.max_epoch_seen: dict[int, int] = {}
@@ -212,7 +224,7 @@ class Simulation:
             self.now_ms = t
             step += 1
             self.events += 1
-            self._hash.update(f"{t}|{kind}|{args!r}\n".encode())
+            self._hash.update(f"{t}|{kind}|{'|'.join(map(_trace_arg, args))}\n".encode())
             getattr(self, "_on_" + kind)(*args)
             if self.violations:
                 break
@@ -241,7 +253,7 @@ class Simulation:
         if not self.faults_on:
             return
         ids = sorted(self.brokers)
-        r = self.rng.randrange(6)
+        r = self.rng.randrange(7)
         if r == 0:
             b = self.rng.choice(ids)
             if self.brokers[b].alive and sum(x.alive for x in self.brokers.values()) > 1:
@@ -264,6 +276,12 @@ class Simulation:
                 if x != a:
                     self.cut.add(frozenset((a, x)))
             self.faults.append(f"t={self.now_ms} isolate {a}")
+        elif r == 4 and self.ctl.active:
+            # The quorum elects another leader: the controller's in-memory liveness is gone; the
+            # new one starts from "everyone heard now" after an election gap (the real code's
+            # on_lost_leadership / on_became_leader; Raft itself is the stand-in's business).
+            self.ctl.on_lost_leadership()
+            self.faults.append(f"t={self.now_ms} controller failover")
         else:
             if self.cut:
                 self.cut.clear()
@@ -285,6 +303,7 @@ class Simulation:
             return
         br.alive = True
         br.broker_epoch = -1
+        br.active = False
         br.image = MetadataImage()
         for rep in br.replicas.values():
             rep.leader_epoch, rep.leader = -1, NO_LEADER
@@ -321,6 +340,9 @@ class Simulation:
 
     def _on_ctl_tick(self) -> None:
         if not self.ctl.active:
+            if self.rng.randrange(4) != 0:  # an election takes a few ticks
+                self._at(self.ctl.config.tick_interval_ms, "ctl_tick")
+                return
             self.ctl.on_became_leader(self.md.image, self.now_ms)
         for command in self.ctl.decide(self.md.image, self.now_ms):
             self._apply(command)
@@ -368,7 +390,7 @@ class Simulation:
         if self.now_ms % 500 < 100:
             self._send(b, QUORUM, "q_heartbeat", b, br.incarnation, br.broker_epoch, br.image.version)
         t = br.image.topics.get(TOPIC)
-        for p in t.partitions if t else ():
+        for p in t.partitions if t and br.active else ():
             rep = br.replicas.get(p.partition)
             if rep is None:
                 continue
@@ -390,6 +412,10 @@ class Simulation:
         if br is None or img.version <= br.image.version:
             return
         br.image = img
+        # replica_manager.reconcile: nothing acts on metadata until this broker is registered
+        # and unfenced at its own broker epoch; until then every replica is offline.
+        reg = img.broker(b)
+        br.active = reg is not None and reg.broker_epoch == br.broker_epoch and not reg.fenced
         t = img.topics.get(TOPIC)
         for p in t.partitions if t else ():
             if b not in p.replicas:
@@ -398,6 +424,10 @@ class Simulation:
             if p.leader_epoch < br.max_epoch_seen.get(p.partition, -1):
                 self._violate(f"b{b} p{p.partition}: leader epoch went back")
             br.max_epoch_seen[p.partition] = p.leader_epoch
+            if not br.active:
+                self._resign(rep)
+                rep.leader, rep.leader_epoch = NO_LEADER, -1
+                continue
             if p.leader == b and (rep.leader != b or rep.leader_epoch != p.leader_epoch or rep.progress is None):
                 self._become_leader(br, rep, p.partition, p.leader_epoch, p.replicas, p.isr)
             elif p.leader == b and rep.progress is not None:

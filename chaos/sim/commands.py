@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import multiprocessing
 import sys
 import time
 from typing import Any
 
 from semel.chaos.sim.cluster import SimConfig, run_seed
+
+
+def _one(work: tuple[int, SimConfig]) -> dict[str, Any]:
+    seed, cfg = work
+    digest, sim = run_seed(seed, cfg)
+    return {"seed": seed, "trace_sha256": digest, "events": sim.events,
+            "acked": sum(len(a) for a in sim.acked.values()), "faults": sim.faults, "violations": sim.violations}
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -18,20 +27,22 @@ def _simulate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     failing: list[dict[str, Any]] = []
     events = 0
-    for seed in seeds:
-        digest, sim = run_seed(seed, cfg)
-        events += sim.events
-        if args.seed is not None or args.verbose:
-            print(json.dumps({"seed": seed, "trace_sha256": digest, "events": sim.events,
-                              "acked": sum(len(a) for a in sim.acked.values()), "faults": sim.faults,
-                              "violations": sim.violations}))
-        if sim.violations:
-            failing.append({"seed": seed, "trace_sha256": digest, "violation": sim.violations[0]})
-            if args.seed is None:
-                print(json.dumps(failing[-1]), file=sys.stderr)
+    jobs = max(1, min(args.jobs, len(seeds)))
+    work = [(seed, cfg) for seed in seeds]
+    with multiprocessing.get_context("fork").Pool(jobs) if jobs > 1 else contextlib.nullcontext() as pool:
+        results = pool.imap(_one, work, chunksize=8) if pool is not None else map(_one, work)
+        for seed, summary in zip(seeds, results):
+            events += summary["events"]
+            if args.seed is not None or args.verbose:
+                print(json.dumps(summary))
+            if summary["violations"]:
+                failing.append({"seed": seed, "trace_sha256": summary["trace_sha256"],
+                                "violation": summary["violations"][0]})
+                if args.seed is None:
+                    print(json.dumps(failing[-1]), file=sys.stderr)
     elapsed_s = time.perf_counter() - started
     print(json.dumps({"seeds": len(seeds), "failing": len(failing), "failing_seeds": [f["seed"] for f in failing],
-                      "events": events, "elapsed_s": round(elapsed_s, 2),
+                      "events": events, "jobs": jobs, "elapsed_s": round(elapsed_s, 2),
                       "seeds_per_min": round(len(seeds) / elapsed_s * 60) if elapsed_s > 0 else None,
                       "config": dataclasses.asdict(cfg)}))
     return 1 if failing else 0
@@ -53,5 +64,6 @@ def add_simulate(sub: Any) -> None:
     sim.add_argument("--steps", type=int, default=SimConfig.steps, help="events with faults on, before the heal")
     sim.add_argument("--inject-bug", choices=("none", "hw-without-acks"), default="none",
                      help="run with a deliberate bug (shows the checker catches it)")
+    sim.add_argument("--jobs", type=int, default=1, help="worker processes (seeds are independent)")
     sim.add_argument("-v", "--verbose", action="store_true", help="one line per seed")
     sim.set_defaults(func=_simulate)

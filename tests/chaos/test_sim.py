@@ -3,6 +3,7 @@ while actually exercising faults and acknowledged writes, and its checker catche
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -43,12 +44,18 @@ def test_checker_catches_a_leader_that_advances_the_hw_without_follower_acks():
     assert any("committed" in v or "acknowledged" in v for v in sim.violations)
 
 
-def test_cli_replays_a_seed_and_reports_failures():
-    ok = subprocess.run([sys.executable, "-m", "semel.cli", "chaos", "simulate", "--seeds", "3"],
-                        capture_output=True, text=True, timeout=120)
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "semel.cli", "chaos", "simulate", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_reports_a_failing_seed_that_replays_with_the_same_trace():
+    ok = _cli("--seeds", "3")
     assert ok.returncode == 0, ok.stderr
-    assert '"failing": 0' in ok.stdout and "seeds_per_min" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "semel.cli", "chaos", "simulate", "--seed", "1",
-                          "--inject-bug", "hw-without-acks"], capture_output=True, text=True, timeout=120)
+    assert json.loads(ok.stdout)["failing"] == 0 and "seeds_per_min" in ok.stdout
+    bad = _cli("--seeds", "20", "--inject-bug", "hw-without-acks", "--jobs", "2")
     assert bad.returncode == 1, bad.stdout + bad.stderr
-    assert "trace_sha256" in bad.stdout
+    first = json.loads(bad.stderr.splitlines()[0])
+    replay = _cli("--seed", str(first["seed"]), "--inject-bug", "hw-without-acks")
+    assert replay.returncode == 1
+    assert json.loads(replay.stdout.splitlines()[0])["trace_sha256"] == first["trace_sha256"]
