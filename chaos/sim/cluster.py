@@ -1,5 +1,6 @@
 """Deterministic whole-cluster simulation: several brokers' real pure cores on a simulated
-network and clock, with seeded loss, reordering, delay, partitions, crashes and restarts.
+network and clock, with seeded loss, duplication, reordering, delay, partitions, crashes,
+restarts and controller failovers.
 
 What runs for real (Semel's own code, not a model of it):
   * `MetadataStateMachine` (cluster/metadata/state.py): every metadata command is applied by it;
@@ -68,6 +69,7 @@ class SimConfig:
     steps: int = 3000  # events processed with faults on, then a heal phase
     heal_ms: int = 5_000
     loss_percent: int = 3
+    duplicate_percent: int = 1
     max_delay_ms: int = 40
     fault_interval_ms: int = 1500
     lag_time_max_ms: int = 1000
@@ -199,8 +201,12 @@ class Simulation:
         """A message over the simulated network: may be lost, delayed, reordered or cut."""
         if frozenset((src, dst)) in self.cut:
             return
-        if self.faults_on and self.rng.randrange(100) < self.cfg.loss_percent:
-            return
+        if self.faults_on:
+            r = self.rng.randrange(100)
+            if r < self.cfg.loss_percent:
+                return
+            if r >= 100 - self.cfg.duplicate_percent:  # delivered twice (a retransmission)
+                self._at(1 + self.rng.randrange(self.cfg.max_delay_ms), kind, dst, *args)
         self._at(1 + self.rng.randrange(self.cfg.max_delay_ms), kind, dst, *args)
 
     def _violate(self, what: str) -> None:
