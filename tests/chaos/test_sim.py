@@ -37,11 +37,11 @@ def test_clean_seeds_pass_and_exercise_faults_and_acks():
 
 
 def test_checker_catches_a_leader_that_advances_the_hw_without_follower_acks():
-    caught = [seed for seed in range(20)
-              if run_seed(seed, SimConfig(bug_hw_without_acks=True))[1].violations]
-    assert caught, "the injected HW bug went unnoticed for 20 seeds"
-    _, sim = run_seed(caught[0], SimConfig(bug_hw_without_acks=True))
-    assert any("committed" in v or "acknowledged" in v for v in sim.violations)
+    # about 15 % of seeds catch it (the leader must fail before its followers fetched)
+    caught = next((sim for seed in range(60)
+                   if (sim := run_seed(seed, SimConfig(bug_hw_without_acks=True))[1]).violations), None)
+    assert caught is not None, "the injected HW bug went unnoticed for 60 seeds"
+    assert any("committed" in v or "acknowledged" in v for v in caught.violations)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
