@@ -8,6 +8,7 @@ import asyncio
 import os
 import random
 import threading
+from pathlib import Path
 
 import pytest
 from semel.storage import disk_executor
@@ -109,6 +110,20 @@ def fsync_threads(monkeypatch) -> list[str]:
     return names
 
 
+def synced_paths(monkeypatch) -> list[Path]:
+    """The files and directories fsynced from now on (wraps the wrappers fsync_threads set)."""
+    paths: list[Path] = []
+    for name in ("fsync", "fdatasync"):
+        inner = getattr(os, name)
+
+        def wrapped(fd, inner=inner):
+            paths.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+            return inner(fd)
+
+        monkeypatch.setattr(os, name, wrapped)
+    return paths
+
+
 @pytest.mark.parametrize("policy", ["interval", "always"])
 def test_a_roll_syncs_and_checkpoints_on_a_disk_thread_not_the_appending_one(tmp_path, monkeypatch, policy):
     config = LogConfig(segment_bytes=1024, flush_policy=policy, flush_interval_ms=10**9)
@@ -119,13 +134,17 @@ def test_a_roll_syncs_and_checkpoints_on_a_disk_thread_not_the_appending_one(tmp
     assert disk_executor.shared().wait_idle(tmp_path)  # the first epoch's checkpoint job is done
     gate = gate_key(tmp_path)
     names = fsync_threads(monkeypatch)
+    synced = synced_paths(monkeypatch)
     appender = threading.current_thread().name
     plog.append(make_batch(plog.log_end_offset), 0)  # rolls
     sealed_base, new_base = plog.segment_base_offsets
     if policy == "interval":
         assert names == []  # nothing synced by the appending thread
-    else:  # "always" syncs the append itself, in the new segment; the roll's syncs still wait
-        assert names == [appender], names
+    else:  # "always" syncs the append itself, in the new segment, and the directory entry that
+        # names the new segment (else a power cut could drop the whole segment, see storage/power_cut.py);
+        # the roll's syncs of the sealed segment still wait
+        assert names == [appender, appender], names
+        assert synced == [tmp_path / f"{new_base:020d}.log", tmp_path], synced
     assert plog.recovery_point == sealed_base  # not durable yet
     assert not (tmp_path / f"{sealed_base:020d}.index").exists()
     names.clear()
