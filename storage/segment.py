@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from semel import limits
+from semel.storage import fault_injection
 from semel.storage.background_sync import BackgroundSync
 from semel.storage.batch import (
     HEADER_BYTES,
@@ -156,10 +157,11 @@ class LogSegment:
     def append(self, data: bytes | memoryview, frames: list[Frame]) -> None:
         """Write whole batches (already validated) with one write() and index them.
 
-        A failed write (disk full) is cut back so the file never keeps a partial batch.
+        A failed write (disk full, I/O error) is cut back so the file never keeps a partial batch.
         """
         size_before = self.index.size_bytes
         try:
+            fault_injection.check_segment_write(self.directory, self._fd, data)  # tests only (SEMEL_TEST_EIO_TRIGGER)
             write_all(self._fd, data)
         except OSError:
             os.ftruncate(self._fd, size_before)

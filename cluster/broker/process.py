@@ -36,6 +36,7 @@ from grpc_reflection.v1alpha import reflection
 from semel import internal_topics, limits
 from semel.cluster.broker import group_service, txn_service
 from semel.cluster.broker.auto_create import AutoCreateSettings, AutoCreator
+from semel.cluster.broker.log_dir_health import LogDirHealth
 from semel.cluster.broker.loop_monitor import LoopMonitor
 from semel.cluster.broker.metadata_freshness import HeartbeatLease
 from semel.cluster.broker.metrics import BrokerMetrics, MetricsServer, RpcMetricsInterceptor
@@ -466,6 +467,7 @@ class Broker:
         self.metrics = BrokerMetrics()  # Prometheus series (cluster/broker/metrics.py)
         self.metrics_state = self.metrics.attach(self)
         self.metrics_server: MetricsServer | None = None
+        self.log_dir_health = LogDirHealth(self.data_dir / "logs")  # the replicas' logs (docs/storage.md)
         self.rm = ReplicaManager(config.broker_id, self.data_dir, config.replica_lag_time_max_ms, self._open_store,
                                  clock=self.clock, disk=self.disk)
         self.leader_replication = LeaderReplicationService(
@@ -489,7 +491,7 @@ class Broker:
         if self._kv is None:  # a partition opened before start() (tests)
             self._kv = KvStore.open(self.data_dir / "kv")
         return open_replica_store(directory, topic, partition, fsync=self.config.fsync, kv=self._kv,
-                                  now_ms=self.clock.wall_clock_ms())
+                                  now_ms=self.clock.wall_clock_ms(), health=self.log_dir_health)
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -818,14 +820,20 @@ class Broker:
         if ac is None:
             return pb.COORDINATOR_NOT_AVAILABLE
         version = self.quorum.image().version
+        health = self.log_dir_health
+        if health.state == "full":  # freed space brings it back (a statvfs and a 4 KiB probe write)
+            await self.disk.run("log-dir-probe", health.poll, "probe the log directory")
+        offline = health.offline
         sent_ms = self.clock.monotonic_ms()
         if ac.node_id == self.config.broker_id and self.controller is not None:
-            reply = self.controller.on_heartbeat(self.config.broker_id, self.broker_epoch, version)
+            reply = self.controller.on_heartbeat(self.config.broker_id, self.broker_epoch, version,
+                                                 log_dir_offline=offline)
             self.lease.on_answer(sent_ms, reply.error, reply.fenced)
             return reply.error
         stub = controller_pb2_grpc.ControllerStub(self.peers.channel(ac.rpc_address))
         resp = await stub.BrokerHeartbeat(controller_pb2.BrokerHeartbeatRequest(
-            broker_id=self.config.broker_id, broker_epoch=self.broker_epoch, metadata_version=version),
+            broker_id=self.config.broker_id, broker_epoch=self.broker_epoch, metadata_version=version,
+            log_dir_offline=offline),
             timeout=max(0.2, 3 * self.config.heartbeat_interval_ms / 1000))
         self.lease.on_answer(sent_ms, resp.error_code, resp.fenced)
         return resp.error_code

@@ -635,7 +635,8 @@ class ControllerService(cgrpc.ControllerServicer):
         if c is None:
             return cpb.BrokerHeartbeatResponse(error_code=pb.NOT_LEADER_OR_FOLLOWER, fenced=True,
                                                error_message="this broker is not a metadata voter")
-        reply = c.on_heartbeat(request.broker_id, request.broker_epoch, request.metadata_version)
+        reply = c.on_heartbeat(request.broker_id, request.broker_epoch, request.metadata_version,
+                               log_dir_offline=request.log_dir_offline)
         return cpb.BrokerHeartbeatResponse(error_code=reply.error, fenced=reply.fenced,
                                            should_shutdown=reply.should_shutdown)
 

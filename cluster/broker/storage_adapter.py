@@ -10,9 +10,11 @@ the fetch path never decodes a header a second time.
 from __future__ import annotations
 
 import dataclasses
+import errno
 from pathlib import Path
 from typing import Protocol
 
+from semel.cluster.broker.log_dir_health import LogDirHealth
 from semel.cluster.metadata import state as md
 from semel.storage.kv import KvStore, partition_key
 from semel.storage.log import ReadResult
@@ -57,9 +59,10 @@ class ReplicaStore(Protocol):
 class PartitionStoreAdapter:
     """`ReplicaStore` over `semel.storage.partition.PartitionStore` (the real storage)."""
 
-    def __init__(self, store: PartitionStore) -> None:
+    def __init__(self, store: PartitionStore, health: LogDirHealth | None = None) -> None:
         self.store = store
         self.log = store.log
+        self.health = health if health is not None else LogDirHealth(store.log.directory.parent)
 
     @property
     def log_start_offset(self) -> int:
@@ -78,22 +81,28 @@ class PartitionStoreAdapter:
             cache.assign(leader_epoch, start_offset)
 
     def append_as_leader(self, encoded: bytes, leader_epoch: int, now_ms: int) -> AppendResult:
-        (result,) = self.store.append_as_leader([encoded], leader_epoch, now_ms)
+        (result,) = self.health.guard(lambda: self.store.append_as_leader([encoded], leader_epoch, now_ms))
         return result
 
     def append_as_follower(self, raw: bytes, now_ms: int) -> None:
-        self.store.append_as_follower(raw, now_ms)
+        self.health.guard(lambda: self.store.append_as_follower(raw, now_ms))
 
     def append_marker(self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int,
                       leader_epoch: int, now_ms: int) -> MarkerResult:
-        return self.store.append_marker(producer_id, producer_epoch, commit=commit, coordinator_epoch=coordinator_epoch,
-                                        leader_epoch=leader_epoch, now_ms=now_ms)
+        return self.health.guard(lambda: self.store.append_marker(
+            producer_id, producer_epoch, commit=commit, coordinator_epoch=coordinator_epoch,
+            leader_epoch=leader_epoch, now_ms=now_ms))
 
     def truncate_to(self, offset: int) -> None:
         self.store.truncate_to(offset)
 
     def read(self, offset: int, max_bytes: int, max_offset: int | None, max_batches: int | None = None) -> ReadResult:
-        return self.log.read(offset, max_bytes, max_offset, max_batches)
+        try:
+            return self.log.read(offset, max_bytes, max_offset, max_batches)
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # the disk failed under a read: the directory goes offline too
+                self.health.on_error(exc)
+            raise
 
     def end_offset_for_epoch(self, leader_epoch: int) -> tuple[int, int]:
         epoch, end = self.log.epoch_cache.end_offset_for(leader_epoch)
@@ -135,7 +144,7 @@ class PartitionStoreAdapter:
 
 
 def open_replica_store(directory: Path, topic: md.Topic, partition: int, *, kv: KvStore, fsync: bool = False,
-                       now_ms: int = 0) -> ReplicaStore:
+                       now_ms: int = 0, health: LogDirHealth | None = None) -> ReplicaStore:
     """The storage of one hosted replica (`kv`: the broker's RocksDB, which holds producer snapshots)."""
     c = topic.config
     config = LogConfig(segment_bytes=c.segment_bytes, segment_ms=c.segment_ms, retention_bytes=c.retention_bytes,
@@ -144,4 +153,4 @@ def open_replica_store(directory: Path, topic: md.Topic, partition: int, *, kv: 
         config = dataclasses.replace(config, flush_policy="always")
     # The topic id keeps a re-created topic from inheriting a deleted one's producer snapshots.
     key = partition_key(f"{topic.name}.{topic.topic_id[:12]}", partition)
-    return PartitionStoreAdapter(PartitionStore.open(directory, config, kv, key, now_ms))
+    return PartitionStoreAdapter(PartitionStore.open(directory, config, kv, key, now_ms), health)

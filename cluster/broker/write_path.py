@@ -35,6 +35,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
+from semel.cluster.broker.log_dir_health import LogDirOfflineError
 from semel.cluster.broker.replica_manager import Partition, PartitionError, WriteResult
 from semel.invariant import invariant
 from semel.v1 import common_pb2 as pb
@@ -128,6 +129,8 @@ def start_append(p: Partition, write: Callable[[], WriteResult], policy: AckPoli
         result = write()
     except PartitionError as exc:
         return WriteResult(exc.code, exc.message)
+    except LogDirOfflineError as exc:  # refused before writing: said once by LogDirHealth, not per request
+        return WriteResult(pb.STORAGE_ERROR, f"{p.topic}-{p.partition} on broker {p.broker_id}: {exc}")
     except (OSError, ValueError) as exc:
         log.exception("append to %s-%d failed", p.topic, p.partition)
         return WriteResult(pb.STORAGE_ERROR, f"append to {p.topic}-{p.partition} failed on broker "

@@ -127,6 +127,7 @@ class _Liveness:
     reported_at_ms: int | None = None  # someone reported it unreachable (cleared by a heartbeat)
     fenced_at_ms: int | None = None  # when this controller decided to fence it
     unfenced_since_ms: int | None = None  # first seen unfenced by this controller
+    log_dir_offline: bool = False  # its last heartbeat said its log directory is offline (full or failed)
 
 
 class ControllerCore:
@@ -161,7 +162,8 @@ class ControllerCore:
             lv.last_heartbeat_ms = now_ms
 
     def on_heartbeat(
-        self, image: MetadataImage, broker_id: int, broker_epoch: int, metadata_version: int, now_ms: int
+        self, image: MetadataImage, broker_id: int, broker_epoch: int, metadata_version: int, now_ms: int,
+        log_dir_offline: bool = False,
     ) -> HeartbeatReply:
         if not self.active:
             return HeartbeatReply(pb.NOT_LEADER_OR_FOLLOWER, fenced=True)
@@ -174,6 +176,7 @@ class ControllerCore:
         lv.heard = True
         lv.down_since_ms = None  # it reached us; a still-broken Raft link is seen again next tick
         lv.reported_at_ms = None
+        lv.log_dir_offline = log_dir_offline
         return HeartbeatReply(pb.NONE, fenced=reg.fenced)
 
     def on_connection_status(
@@ -253,6 +256,11 @@ class ControllerCore:
             )
             reported = lv.reported_at_ms is not None and now_ms - lv.reported_at_ms >= grace and silent_ms >= grace
             unreachable = link_down or reported
+            if lv.log_dir_offline:  # alive, but it can write nothing: lead and replicate elsewhere
+                lv.fenced_at_ms = now_ms
+                lv.unfenced_since_ms = None
+                log.info("controller: fencing broker %d: its log directory is offline", broker_id)
+                return FenceBroker(broker_id, reg.broker_epoch)
             if expired or unreachable:
                 lv.fenced_at_ms = now_ms
                 lv.unfenced_since_ms = None
@@ -268,7 +276,7 @@ class ControllerCore:
         fresh = silent_ms <= cfg.session_timeout_ms and (
             lv.fenced_at_ms is None or lv.last_heartbeat_ms > lv.fenced_at_ms
         )
-        if caught_up and fresh:
+        if caught_up and fresh and not lv.log_dir_offline:
             return UnfenceBroker(broker_id, reg.broker_epoch)
         return None
 
@@ -496,12 +504,14 @@ class Controller:
     # -- the API called by the broker's gRPC handlers --
 
     def on_heartbeat(
-        self, broker_id: int, broker_epoch: int, metadata_version: int, now_ms: int | None = None
+        self, broker_id: int, broker_epoch: int, metadata_version: int, now_ms: int | None = None,
+        log_dir_offline: bool = False,
     ) -> HeartbeatReply:
         if not self.is_active():
             return HeartbeatReply(pb.NOT_LEADER_OR_FOLLOWER, fenced=True)
         now = self._clock_ms() if now_ms is None else now_ms
-        return self.core.on_heartbeat(self.quorum.image(), broker_id, broker_epoch, metadata_version, now)
+        return self.core.on_heartbeat(self.quorum.image(), broker_id, broker_epoch, metadata_version, now,
+                                      log_dir_offline=log_dir_offline)
 
     def on_broker_unreachable(self, broker_id: int, now_ms: int | None = None) -> None:
         self.core.on_broker_unreachable(broker_id, self._clock_ms() if now_ms is None else now_ms)

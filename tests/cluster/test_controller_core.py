@@ -313,3 +313,22 @@ def test_a_peer_report_needs_silence_even_from_a_broker_not_heard_yet() -> None:
     core.on_broker_unreachable(2, now_ms=400)
     assert core.decide(m.image, 600) == []  # reported 200 ms ago only
     assert core.decide(m.image, 650) == [FenceBroker(2, 2)]  # reported 250, silent 405
+
+
+def test_offline_log_dir_fences_a_live_broker_until_a_heartbeat_clears_it() -> None:
+    """Kafka's offline log dirs: a broker whose log directory is full or failed keeps heartbeating
+    but is fenced (its leaderships move, it leaves the ISRs) and unfenced only once it says so."""
+    m, core = active_core(now_ms=0)
+    heartbeat_all(core, m, 100)
+    assert core.decide(m.image, 100) == []
+    epoch2 = m.image.brokers[2].broker_epoch
+    core.on_heartbeat(m.image, 2, epoch2, m.image.version, 200, log_dir_offline=True)
+    fence = core.decide(m.image, 200)
+    assert fence == [FenceBroker(2, epoch2)]
+    apply_all(m, fence)
+    for now in range(300, 3000, 100):  # alive and heartbeating: still not unfenced while offline
+        for b, reg in m.image.brokers.items():
+            core.on_heartbeat(m.image, b, reg.broker_epoch, m.image.version, now, log_dir_offline=(b == 2))
+        assert UnfenceBroker(2, epoch2) not in core.decide(m.image, now)
+    heartbeat_all(core, m, 3000)  # space freed: the next heartbeat no longer says offline
+    assert UnfenceBroker(2, epoch2) in core.decide(m.image, 3000)

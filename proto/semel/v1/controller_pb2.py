@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from semel.v1 import common_pb2 as semel_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19semel/v1/controller.proto\x12\x08semel.v1\x1a\x15semel/v1/common.proto\"[\n\x16\x42rokerHeartbeatRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\x18\n\x10metadata_version\x18\x03 \x01(\x03\"\x82\x01\n\x17\x42rokerHeartbeatResponse\x12\'\n\nerror_code\x18\x01 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x65nced\x18\x03 \x01(\x08\x12\x17\n\x0fshould_shutdown\x18\x04 \x01(\x08\"H\n\x1eReportBrokerUnreachableRequest\x12\x13\n\x0breporter_id\x18\x01 \x01(\x05\x12\x11\n\tbroker_id\x18\x02 \x01(\x05\"J\n\x1fReportBrokerUnreachableResponse\x12\'\n\nerror_code\x18\x01 \x01(\x0e\x32\x13.semel.v1.ErrorCode2\xd4\x01\n\nController\x12V\n\x0f\x42rokerHeartbeat\x12 .semel.v1.BrokerHeartbeatRequest\x1a!.semel.v1.BrokerHeartbeatResponse\x12n\n\x17ReportBrokerUnreachable\x12(.semel.v1.ReportBrokerUnreachableRequest\x1a).semel.v1.ReportBrokerUnreachableResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19semel/v1/controller.proto\x12\x08semel.v1\x1a\x15semel/v1/common.proto\"t\n\x16\x42rokerHeartbeatRequest\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\x18\n\x10metadata_version\x18\x03 \x01(\x03\x12\x17\n\x0flog_dir_offline\x18\x04 \x01(\x08\"\x82\x01\n\x17\x42rokerHeartbeatResponse\x12\'\n\nerror_code\x18\x01 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x65nced\x18\x03 \x01(\x08\x12\x17\n\x0fshould_shutdown\x18\x04 \x01(\x08\"H\n\x1eReportBrokerUnreachableRequest\x12\x13\n\x0breporter_id\x18\x01 \x01(\x05\x12\x11\n\tbroker_id\x18\x02 \x01(\x05\"J\n\x1fReportBrokerUnreachableResponse\x12\'\n\nerror_code\x18\x01 \x01(\x0e\x32\x13.semel.v1.ErrorCode2\xd4\x01\n\nController\x12V\n\x0f\x42rokerHeartbeat\x12 .semel.v1.BrokerHeartbeatRequest\x1a!.semel.v1.BrokerHeartbeatResponse\x12n\n\x17ReportBrokerUnreachable\x12(.semel.v1.ReportBrokerUnreachableRequest\x1a).semel.v1.ReportBrokerUnreachableResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'semel.v1.controller_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BROKERHEARTBEATREQUEST']._serialized_start=62
-  _globals['_BROKERHEARTBEATREQUEST']._serialized_end=153
-  _globals['_BROKERHEARTBEATRESPONSE']._serialized_start=156
-  _globals['_BROKERHEARTBEATRESPONSE']._serialized_end=286
-  _globals['_REPORTBROKERUNREACHABLEREQUEST']._serialized_start=288
-  _globals['_REPORTBROKERUNREACHABLEREQUEST']._serialized_end=360
-  _globals['_REPORTBROKERUNREACHABLERESPONSE']._serialized_start=362
-  _globals['_REPORTBROKERUNREACHABLERESPONSE']._serialized_end=436
-  _globals['_CONTROLLER']._serialized_start=439
-  _globals['_CONTROLLER']._serialized_end=651
+  _globals['_BROKERHEARTBEATREQUEST']._serialized_end=178
+  _globals['_BROKERHEARTBEATRESPONSE']._serialized_start=181
+  _globals['_BROKERHEARTBEATRESPONSE']._serialized_end=311
+  _globals['_REPORTBROKERUNREACHABLEREQUEST']._serialized_start=313
+  _globals['_REPORTBROKERUNREACHABLEREQUEST']._serialized_end=385
+  _globals['_REPORTBROKERUNREACHABLERESPONSE']._serialized_start=387
+  _globals['_REPORTBROKERUNREACHABLERESPONSE']._serialized_end=461
+  _globals['_CONTROLLER']._serialized_start=464
+  _globals['_CONTROLLER']._serialized_end=676
 # @@protoc_insertion_point(module_scope)
