@@ -404,14 +404,21 @@ class PartitionLog:
             if rolled:
                 self._roll(now_ms)
                 active = self._segments[-1]
-            active.append(encoded, frames)
-            if active.first_append_ms is None:
-                active.first_append_ms = now_ms
+            # New epochs are stored before the data: a full or failing disk that refuses the
+            # epoch file has then written no batch (an entry at the LEO alone is a valid state: a
+            # new leader's `assign`), and the append fails whole, never half-applied.
             latest_epoch = self.epoch_cache.latest_epoch
             for base, _next, _ts, _size, epoch in frames:
                 if epoch > latest_epoch:
                     self.epoch_cache.assign(epoch, base)
                     latest_epoch = epoch
+            try:
+                active.append(encoded, frames)  # cuts a failed write back to the old size
+            except OSError:
+                self._forget_epochs_past_end()
+                raise
+            if active.first_append_ms is None:
+                active.first_append_ms = now_ms
             if self._sync_files and fsync_due(
                 self.config.flush_policy, self._last_fsync_ms, now_ms, self.config.flush_interval_ms
             ):
@@ -423,6 +430,17 @@ class PartitionLog:
                     active.fsync_soon(background_sync.shared(), _cache_window())
                 self._last_fsync_ms = now_ms
             return last_header
+
+    def _forget_epochs_past_end(self) -> None:
+        """After a failed write: drop epoch entries that start past the LEO (a follower's append
+        spanning two new epochs). Best effort: the disk that failed may refuse this too, and
+        `open()` drops such entries anyway."""
+        entries = self.epoch_cache.entries
+        if entries and entries[-1].start_offset > self.log_end_offset:
+            try:
+                self.epoch_cache.truncate_from_end(self.log_end_offset + 1)
+            except OSError as exc:
+                log.warning("%s: epoch entries past the log end stay until the next open: %s", self.directory, exc)
 
     def _validate(self, encoded: bytes, expected_offset: int) -> tuple[list[Frame], BatchHeader]:
         """Frames of the batches in `encoded` and the last header; raises before anything is written.
