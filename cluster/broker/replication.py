@@ -38,6 +38,7 @@ from typing import Any
 import grpc
 from semel import limits
 from semel.cluster.broker.throttle import ByteRateLimiter
+from semel.cluster.broker.log_dir_health import LogDirOfflineError
 from semel.cluster.broker.replica_manager import (
     Partition,
     ReplicaManager,
@@ -454,6 +455,9 @@ class ReplicaFetcher:
                 continue
             try:
                 p.append_as_follower(r.records, r.high_watermark)
+            except LogDirOfflineError as exc:  # said once by LogDirHealth; the controller fences us
+                log.debug("%s-%d: follower append refused (%s)", r.topic, r.partition, exc)
+                return False
             except Exception as exc:  # offset gap or corrupt bytes: refetch from our LEO
                 log.warning("%s-%d: follower append failed (%s); refetching", r.topic, r.partition, exc)
                 return False
