@@ -98,8 +98,9 @@ def add_commands(subparsers: Any) -> None:
     run.add_argument("--duration-s", type=float, default=300.0, help="how long faults and the workload run")
     run.add_argument("--nemesis", default=",".join(DEFAULT_FAMILIES),
                      help=f"comma-separated fault families: {families}; all (every family but hijack and "
-                          "client-pause, which act on a transactional workload's clients; combine as "
-                          "all,hijack,client-pause); or none")
+                          "client-pause, which act on a transactional workload's clients, and disk-full, which "
+                          "needs root to mount a tmpfs per broker; combine as all,hijack,client-pause,disk-full); "
+                          "or none")
     run.add_argument("--workload", default="idempotent", choices=WORKLOADS,
                      help="idempotent: unique sends + polls; txn: transactions of 1-4 ops; money: transfers "
                           "whose balances must sum to 0; copier: consume-transform-produce, output = input")
@@ -130,7 +131,7 @@ def add_commands(subparsers: Any) -> None:
                                        "without starting anything.")
     sched.add_argument("--seed", type=int, required=True, help="the schedule's seed")
     sched.add_argument("--duration-s", type=float, default=300.0, help="length of the run")
-    sched.add_argument("--nemesis", default=",".join(DEFAULT_FAMILIES), help=f"fault families: {families}; all (but hijack, client-pause; combinable: all,hijack); none")
+    sched.add_argument("--nemesis", default=",".join(DEFAULT_FAMILIES), help=f"fault families: {families}; all (but hijack, client-pause, disk-full; combinable: all,hijack); none")
     sched.add_argument("--brokers", type=int, default=3, help="brokers in the cluster")
     sched.add_argument("--interval-s", type=float, default=10.0, help="mean time between fault starts")
     sched.add_argument("--fsync", action="store_true", help="as `run --fsync` (power-loss may cut every broker)")

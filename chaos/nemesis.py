@@ -28,6 +28,8 @@ Families (`--nemesis`):
   power-loss one / the leader / a minority of brokers (all of them too, only with `--fsync`) lose power:
              SIGKILL, then each data dir becomes what a power cut leaves (`semel.storage.power_cut`:
              only what was fsynced, torn unsynced tails, RocksDB's WAL cut); restart at the end
+  disk-full  fill one broker's log directory (a tmpfs per broker, mounted for the run: root only,
+             so not part of "all"); the filler file is deleted at the end
   hijack     (transactional workloads) a second producer takes a transactional id
   client-pause (transactional workloads) a client stalls between its last send and its commit
 The last two are hooks of the workload; a workload without them rejects those families.
@@ -46,8 +48,11 @@ from typing import Any
 
 log = logging.getLogger("semel.chaos.nemesis")
 
-FAMILIES = ("kill", "pause", "partition", "latency", "reset", "rolling", "power-loss", "hijack", "client-pause")
+FAMILIES = ("kill", "pause", "partition", "latency", "reset", "rolling", "power-loss", "hijack", "client-pause",
+            "disk-full")
 WORKLOAD_FAMILIES = ("hijack", "client-pause")
+# Not in "all": they need root (each broker's log directory is a tmpfs mounted for the run).
+OPT_IN_FAMILIES = ("disk-full",)
 DEFAULT_FAMILIES = ("kill", "pause", "partition", "latency")
 
 # kinds per family, with weights
@@ -62,6 +67,7 @@ KINDS: dict[str, tuple[tuple[str, int], ...]] = {
     "power-loss": (("one", 3), ("leader", 2), ("minority", 2), ("all", 2)),  # "all": only with fsync
     "hijack": (("one", 1),),
     "client-pause": (("one", 1),),
+    "disk-full": (("one", 1),),  # fill one broker's log directory; freed at the window's end
 }
 LEADER = "leader"
 CONTROLLER = "controller"
@@ -138,7 +144,8 @@ def parse_families(text: str) -> tuple[str, ...]:
         raise ValueError("nemesis none cannot be combined with fault families")
     expanded: list[str] = []
     for name in names:
-        expanded += [f for f in FAMILIES if f not in WORKLOAD_FAMILIES] if name == "all" else [name]
+        expanded += ([f for f in FAMILIES if f not in WORKLOAD_FAMILIES + OPT_IN_FAMILIES] if name == "all"
+                     else [name])
     unknown = [n for n in expanded if n not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown nemesis {', '.join(unknown)} (choose from {', '.join(FAMILIES)}, all, none)")
@@ -201,6 +208,8 @@ def _draw_fault(rng: random.Random, fault_id: int, family: str, brokers: int, fs
     elif family == "reset":
         targets = (rng.choice(ids),)
         params = {"timeout_ms": rng.choice((0, 50, 200, 500))}
+    elif family == "disk-full":
+        targets = (rng.choice(ids),)
     elif family in WORKLOAD_FAMILIES:
         params = {"pick": rng.randrange(1 << 30)}
     return Fault(fault_id, family, kind, targets, tuple(sorted(params.items())))
@@ -336,6 +345,9 @@ class NemesisExecutor:
                     f"broker {b}: still starting, untouched" if s.get("not_booted") else
                     f"broker {b}: {s['lost_bytes']} unsynced bytes lost, {s['torn_files']} torn tails, "
                     f"{s['wal_bytes_cut']} RocksDB WAL bytes cut" for b, s in sorted(stats.items()))
+            elif fam == "disk-full":
+                applied.brokers = self._resolve(fault.targets)
+                applied.note = self.cluster.fill_log_dir(applied.brokers[0])
             elif fam in self.hooks:
                 applied.note = self.hooks[fam](fault, True)
             else:
@@ -363,6 +375,8 @@ class NemesisExecutor:
                         self.cluster.resume(b)
             elif fam == "rolling":
                 self._rolls.pop(fault.id, None)  # an unfinished roll stops here (heal_all starts the rest)
+            elif fam == "disk-full":
+                self.cluster.free_log_dir(applied.brokers[0])
             elif fam in ("partition", "latency", "reset"):
                 for proxy, name in applied.toxics:
                     self.cluster.api.remove_toxic(proxy, name)

@@ -50,6 +50,9 @@ HEAL_SETTLE_S = 2.0
 METADATA_AGREEMENT_TIMEOUT_S = 30.0
 
 
+LOG_DIR_TMPFS_BYTES = 512 * 1024 * 1024  # per broker, disk-full runs only (tmpfs: only what is written uses RAM)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class RunConfig:
     duration_s: float = 60.0
@@ -142,7 +145,8 @@ def run_chaos(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunRe
                                "schedule": schedule.to_json()}
     broker_args = (*cfg.broker_args, "--fsync") if cfg.fsync else cfg.broker_args
     cluster = ChaosCluster(out / "cluster", cfg.brokers, broker_args, cfg.toxiproxy_url, proxy_seed=cfg.seed,
-                           power_cut="power-loss" in cfg.families)
+                           power_cut="power-loss" in cfg.families,
+                           log_dir_tmpfs_bytes=LOG_DIR_TMPFS_BYTES if "disk-full" in cfg.families else None)
     started = time.monotonic()
     try:
         cluster.start()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -62,6 +63,9 @@ class Link:
     src: int
     dst: int
     upstream: str
+
+
+BALLAST = "disk-full-ballast"  # the nemesis's filler file in a broker's log directory
 
 
 def plan_links(specs: Sequence[BrokerSpec]) -> list[Link]:
@@ -141,10 +145,14 @@ class ChaosCluster:
 
     def __init__(self, data_dir: str | Path, brokers: int = 3, extra_args: Sequence[str] = (),
                  toxiproxy_url: str | None = None, proxy_seed: int = 0, host: str = "127.0.0.1",
-                 power_cut: bool = False) -> None:
-        """`power_cut`: brokers run the test-only power-cut layer, so `power_cut()` can cut them."""
+                 power_cut: bool = False, log_dir_tmpfs_bytes: int | None = None) -> None:
+        """`power_cut`: brokers run the test-only power-cut layer, so `power_cut()` can cut them.
+        `log_dir_tmpfs_bytes`: each broker's log directory on its own tmpfs of this size (the
+        disk-full nemesis fills it)."""
         self.dir = Path(data_dir)
         self.env = dict(os.environ, **{power_cut_layer.ENV: "1"}) if power_cut else None
+        self.log_dir_tmpfs_bytes = log_dir_tmpfs_bytes
+        self._mounted: list[Path] = []
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.extra_args = tuple(extra_args)
@@ -167,6 +175,7 @@ class ChaosCluster:
     # --- lifecycle --------------------------------------------------------------------
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         try:
+            self._mount_log_dirs()
             self._start_proxies()
             self.cluster = LocalCluster(self.specs, self.dir, self.extra_args, on_unexpected_exit=self._unexpected)
             for spec in self.specs:
@@ -215,6 +224,40 @@ class ChaosCluster:
         if self._proxy_server is not None:
             self._proxy_server.stop()
             self._proxy_server = None
+        while self._mounted:
+            subprocess.run(["umount", "-l", str(self._mounted.pop())], check=False)
+
+    # --- log directories (the disk-full nemesis) ----------------------------------------
+    def _mount_log_dirs(self) -> None:
+        if self.log_dir_tmpfs_bytes is None:
+            return
+        for spec in self.specs:
+            logs = spec.data_dir / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.log_dir_tmpfs_bytes}", "tmpfs", str(logs)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"the disk-full nemesis mounts a tmpfs per broker (needs root): {r.stderr.strip()}")
+            self._mounted.append(logs)
+
+    def fill_log_dir(self, broker_id: int) -> str:
+        """Fill the broker's log directory with a ballast file: its next append hits ENOSPC."""
+        logs = self.specs[broker_id - 1].data_dir / "logs"
+        if logs not in self._mounted:
+            raise RuntimeError("disk-full needs the log directories on tmpfs (log_dir_tmpfs_bytes)")
+        written = 0
+        chunk = b"\0" * (1 << 20)
+        with open(logs / BALLAST, "ab") as f:
+            try:
+                while True:
+                    written += f.write(chunk)
+                    f.flush()
+            except OSError:
+                pass  # full
+        return f"ballast {written} bytes"
+
+    def free_log_dir(self, broker_id: int) -> None:
+        (self.specs[broker_id - 1].data_dir / "logs" / BALLAST).unlink(missing_ok=True)
 
     def __enter__(self) -> ChaosCluster:
         self.start()

@@ -11,7 +11,7 @@ Theory of operation. Every write to a replica's log goes through `LogDirHealth.g
   it leaves the ISRs. `poll` (each heartbeat) frees it again once the file system has
   `recover_free_bytes` free *and* a probe file can be written and synced; then the heartbeats
   stop saying offline, the controller unfences it, and its followers catch up and rejoin.
-* **failed** (EIO, EROFS and any other error): as full, but it stays offline until the broker
+* **failed** (EIO, EROFS, ENXIO, ENODEV): as full, but it stays offline until the broker
   restarts (Kafka does the same: a failed dir is not trusted again without an operator).
 
 The state is pure (`on_error`, `on_probe`); `poll` is the thin shell that asks the disk.
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# The device failed. Other errors (EBADF from a log closed under a write, ENOENT from a race with
+# a deletion, a lock held by an old open) are about one replica, not the directory.
+FAILED_ERRNOS = frozenset({errno.EIO, errno.EROFS, errno.ENXIO, errno.ENODEV})
 # A directory that came back must be able to take a few appends of the largest size before it
 # fills again: otherwise it would flap between offline and online at every append.
 DEFAULT_RECOVER_FREE_BYTES = 16 * 1024 * 1024
@@ -61,7 +64,12 @@ class LogDirHealth:
         """A write failed: the directory is offline (full or failed) from now on."""
         if isinstance(exc, LogDirOfflineError):
             return
-        kind = "full" if exc.errno in FULL_ERRNOS else "failed"
+        if exc.errno in FULL_ERRNOS:
+            kind = "full"
+        elif exc.errno in FAILED_ERRNOS:
+            kind = "failed"
+        else:
+            return  # not the directory's fault (see FAILED_ERRNOS); the caller's error handling answers it
         if self.state == "failed" or self.state == kind:
             return
         self.state = kind

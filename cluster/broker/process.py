@@ -490,8 +490,12 @@ class Broker:
     def _open_store(self, directory: Path, topic: md.Topic, partition: int) -> ReplicaStore:
         if self._kv is None:  # a partition opened before start() (tests)
             self._kv = KvStore.open(self.data_dir / "kv")
-        return open_replica_store(directory, topic, partition, fsync=self.config.fsync, kv=self._kv,
-                                  now_ms=self.clock.wall_clock_ms(), health=self.log_dir_health)
+        try:
+            return open_replica_store(directory, topic, partition, fsync=self.config.fsync, kv=self._kv,
+                                      now_ms=self.clock.wall_clock_ms(), health=self.log_dir_health)
+        except OSError as exc:  # e.g. a restart on a full disk: the directory goes offline (fenced)
+            self.log_dir_health.on_error(exc)
+            raise
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:

@@ -377,3 +377,10 @@ def test_power_loss_restarts_at_the_end_unless_a_kill_still_holds_the_broker() -
     assert c.running == {1, 3}  # the kill still holds broker 2
     ex.stop(kill)
     assert c.running == {1, 2, 3}
+
+
+def test_disk_full_is_opt_in_and_targets_one_broker() -> None:
+    assert "disk-full" not in parse_families("all")  # needs root: never implied
+    assert parse_families("all,disk-full")[-1] == "disk-full"
+    s = plan_schedule(3, 120.0, ("disk-full",), brokers=3, interval_s=10.0)
+    assert s.windows and all(w.fault.kind == "one" and len(w.fault.targets) == 1 for w in s.windows)

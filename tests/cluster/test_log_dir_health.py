@@ -50,3 +50,11 @@ def test_an_io_error_keeps_the_directory_offline_until_restart(tmp_path: Path) -
     h.poll()
     h.on_error(OSError(errno.ENOSPC, "full"))  # a later full disk does not downgrade a failure
     assert h.state == "failed"
+
+
+def test_errors_that_are_not_the_devices_leave_the_directory_online(tmp_path: Path) -> None:
+    h = LogDirHealth(tmp_path)
+    for code in (errno.EBADF, errno.ENOENT, errno.EAGAIN):
+        with pytest.raises(OSError):
+            h.guard(lambda: _fail(code))
+    assert not h.offline
