@@ -350,11 +350,15 @@ class TxnCoordinator:
 
     # --- time and markers ---------------------------------------------------------------------------
 
-    def tick(self, now_ms: int, leader_of: LeaderLookup) -> list[Action]:
+    def tick(self, now_ms: int, leader_of: LeaderLookup, monotonic_ms: int) -> list[Action]:
+        """`now_ms`: the wall clock; `monotonic_ms`: this process's monotonic clock, which
+        paces the scans and bounds transaction timeouts from below (`open_ms`)."""
         actions: list[Action] = []
-        if self._last_scan_ms is None or now_ms - self._last_scan_ms >= self.scan_interval_ms:
-            self._last_scan_ms = now_ms
-            actions += self._scan(now_ms)
+        for machine in self._machines.values():
+            machine.observe_monotonic(monotonic_ms)
+        if self._last_scan_ms is None or monotonic_ms - self._last_scan_ms >= self.scan_interval_ms:
+            self._last_scan_ms = monotonic_ms
+            actions += self._scan(now_ms, monotonic_ms)
         for machine in self._machines.values():
             for tid in machine.prepared():
                 if tid not in self.channel and tid not in self._write_of_tid:
@@ -405,12 +409,12 @@ class TxnCoordinator:
         batch = encode_records([(pending.transactional_id, pending.after)], now_ms)
         return [AppendRecords(machine.partition, machine.coordinator_epoch, write.write_id, batch)]
 
-    def _scan(self, now_ms: int) -> list[Action]:
+    def _scan(self, now_ms: int, monotonic_ms: int) -> list[Action]:
         actions: list[Action] = []
         for machine in self._machines.values():
-            for tid in machine.expired(now_ms):
+            for tid in machine.expired(now_ms, monotonic_ms):
                 if tid not in self._write_of_tid:
-                    actions += self._submit(machine, machine.abort_timed_out(tid, now_ms), None, now_ms)
+                    actions += self._submit(machine, machine.abort_timed_out(tid, now_ms, monotonic_ms), None, now_ms)
             for tid in machine.expired_ids(now_ms):
                 if tid not in self._write_of_tid:
                     actions += self._submit(machine, machine.remove_expired(tid, now_ms), None, now_ms)

@@ -353,10 +353,19 @@ class TransactionStateMachine:
         self._txns: dict[str, TransactionMetadata] = {}
         self._pending: dict[str, PendingTransition] = {}
         self._tokens = itertools.count(1)
+        # Transaction timeouts do not trust the wall clock alone (it may be stepped): per open
+        # transaction, (its txn_start_ms, the monotonic time this machine first saw it open).
+        # Transactions opened (or loaded open) since the last `observe_monotonic` wait in
+        # `_unclocked`. Not persisted: a new coordinator starts the timer at load, which only
+        # makes a timeout later, never earlier. At most one entry per open transaction.
+        self._monotonic_start: dict[str, tuple[int, int]] = {}
+        self._unclocked: set[str] = set()
         for meta in loaded:
             check_metadata(meta)
             invariant(meta.transactional_id not in self._txns, f"{meta.transactional_id!r} loaded twice")
             self._txns[meta.transactional_id] = meta
+            if meta.state is S.ONGOING:
+                self._unclocked.add(meta.transactional_id)
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -599,21 +608,43 @@ class TransactionStateMachine:
 
     # --- coordinator-driven transitions ----------------------------------------------------------
 
-    def expired(self, now_ms: int) -> list[str]:
-        """Ongoing transactions open longer than their timeout (oldest first, bounded)."""
+    def observe_monotonic(self, monotonic_ms: int) -> None:
+        """Start the monotonic timer of every transaction opened since the last call (the
+        shell calls this every tick, so a timer starts at most one tick late: later, never
+        earlier). O(transactions opened since)."""
+        for tid in self._unclocked:
+            meta = self._txns.get(tid)
+            if meta is not None and meta.state is S.ONGOING:
+                self._monotonic_start[tid] = (meta.txn_start_ms, monotonic_ms)
+        self._unclocked.clear()
+
+    def open_ms(self, meta: TransactionMetadata, now_ms: int, monotonic_ms: int) -> int:
+        """How long `meta`'s transaction has been open: the smaller of the wall-clock and the
+        monotonic measure, so a step of either host's wall clock (the one that stamped
+        txn_start_ms, or this one) can delay a timeout but never bring it forward."""
+        wall = now_ms - meta.txn_start_ms
+        start = self._monotonic_start.get(meta.transactional_id)
+        if start is None or start[0] != meta.txn_start_ms:
+            return min(wall, 0)  # not observed yet: its monotonic timer has not started
+        return min(wall, monotonic_ms - start[1])
+
+    def expired(self, now_ms: int, monotonic_ms: int) -> list[str]:
+        """Ongoing transactions open longer than their timeout (oldest first, bounded), on
+        both clocks (`open_ms`)."""
+        self.observe_monotonic(monotonic_ms)
         found = [
             m for t, m in self._txns.items()
-            if m.state is S.ONGOING and t not in self._pending and now_ms - m.txn_start_ms > m.timeout_ms
+            if m.state is S.ONGOING and t not in self._pending and self.open_ms(m, now_ms, monotonic_ms) > m.timeout_ms
         ]
         found.sort(key=lambda m: (m.txn_start_ms, m.transactional_id))
         return [m.transactional_id for m in found[: self.config.max_transitions_per_scan]]
 
-    def abort_timed_out(self, transactional_id: str, now_ms: int) -> TxnResult:
+    def abort_timed_out(self, transactional_id: str, now_ms: int, monotonic_ms: int) -> TxnResult:
         """Fence and abort an expired transaction; its producer later gets TRANSACTION_TIMED_OUT."""
         if transactional_id in self._pending:
             return self._concurrent(transactional_id)
         meta = self._txns.get(transactional_id)
-        if meta is None or meta.state is not S.ONGOING or now_ms - meta.txn_start_ms <= meta.timeout_ms:
+        if meta is None or meta.state is not S.ONGOING or self.open_ms(meta, now_ms, monotonic_ms) <= meta.timeout_ms:
             return _fail(ErrorCode.INVALID_TXN_STATE, f"{transactional_id!r} has no expired transaction")
         return self._abort_open(meta, now_ms, BumpReason.TIMEOUT, TransitionKind.TIMEOUT_ABORT)
 
@@ -686,6 +717,14 @@ class TransactionStateMachine:
             del self._txns[tid]
         else:
             self._txns[tid] = pending.after
+        after = pending.after
+        if after is not None and after.state is S.ONGOING:
+            start = self._monotonic_start.get(tid)
+            if start is None or start[0] != after.txn_start_ms:
+                self._unclocked.add(tid)
+        else:
+            self._monotonic_start.pop(tid, None)
+            self._unclocked.discard(tid)
         return pending.after
 
     def abandon(self, pending: PendingTransition) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from semel import clock as semel_clock
 from semel import internal_topics, limits
 from semel.cluster.broker import group_service, txn_service
 from semel.cluster.broker.auto_create import AutoCreateSettings, AutoCreator
@@ -935,6 +936,7 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s b{config.broker_id} %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     _install_power_cut_layer(Path(config.data_dir))
+    semel_clock.enable_test_offset(Path(config.data_dir) / semel_clock.TEST_OFFSET_FILE)
     if config.event_loop == "uvloop":
         import uvloop
 

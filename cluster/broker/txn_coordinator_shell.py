@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from semel import internal_topics, limits
-from semel.clock import wall_clock_ms
+from semel.clock import monotonic_ms, wall_clock_ms
 from semel.cluster.broker import write_path
 from semel.cluster.broker.coordinator_lookup import still_coordinates
 from semel.cluster.broker.metadata_freshness import QuorumRead
@@ -465,7 +465,7 @@ class TxnCoordinatorShell:
     def _kick(self) -> None:
         core = self.core
         if core is not None and core.loaded_partitions():
-            self._perform(core.tick(wall_clock_ms(), self._leader_of))
+            self._perform(core.tick(wall_clock_ms(), self._leader_of, monotonic_ms()))
 
     async def _tick_loop(self) -> None:
         while True:
@@ -474,7 +474,7 @@ class TxnCoordinatorShell:
             if core is None or not core.loaded_partitions():
                 continue
             try:
-                self._perform(core.tick(wall_clock_ms(), self._leader_of))
+                self._perform(core.tick(wall_clock_ms(), self._leader_of, monotonic_ms()))
             except Exception:
                 log.exception("txn coordinator tick failed")
 

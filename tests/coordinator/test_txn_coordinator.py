@@ -97,7 +97,7 @@ def test_end_txn_markers_then_complete_record():
     write(c, c.add_partitions(2, TID, *ident, tps("a0", "b0"), 0))
     reply = only(write(c, c.end_txn(3, TID, *ident, True, 0)), Reply)
     assert txn_wire.identity_of(reply.result, reply.completed) == (ident[0], ident[1] + 1)
-    sends = [a for a in c.tick(10, lambda tp: 1 + tp.partition) if isinstance(a, MarkerSend)]
+    sends = [a for a in c.tick(10, lambda tp: 1 + tp.partition, 10) if isinstance(a, MarkerSend)]
     (send,) = sends
     assert {m.topic_partition for m in send.markers} == set(tps("a0", "b0"))
     assert all(m.coordinator_epoch == 5 and m.producer_epoch == ident[1] + 1 for m in send.markers)
@@ -111,9 +111,10 @@ def test_timeout_scan_runs_on_its_interval():
     c = core()
     ident = init(c)
     write(c, c.add_partitions(2, TID, *ident, tps("a0"), 0))
-    assert c.tick(950, lambda tp: 1) == []  # a scan at 950: nothing expired yet
-    assert c.tick(1_040, lambda tp: 1) == [], "expired (open 1040 > 1000 ms), but the next scan is at 1050"
-    append = only([a for a in c.tick(1_050, lambda tp: 1) if isinstance(a, AppendRecords)], AppendRecords)
+    c.machine(0).observe_monotonic(0)  # as the shell's next tick would
+    assert c.tick(950, lambda tp: 1, 950) == []  # a scan at 950: nothing expired yet
+    assert c.tick(1_040, lambda tp: 1, 1_040) == [], "expired (open 1040 > 1000 ms), but the next scan is at 1050"
+    append = only([a for a in c.tick(1_050, lambda tp: 1, 1_050) if isinstance(a, AppendRecords)], AppendRecords)
     (entry,) = decode_records(append.batch)
     assert entry.metadata.state is TxnState.PREPARE_ABORT and entry.metadata.bump_reason.name == "TIMEOUT"
 
@@ -137,7 +138,7 @@ def test_a_fenced_marker_unloads_the_partition():
     ident = init(c)
     write(c, c.add_partitions(2, TID, *ident, tps("a0"), 0))
     write(c, c.end_txn(3, TID, *ident, True, 0))
-    (send,) = [a for a in c.tick(0, lambda tp: 1) if isinstance(a, MarkerSend)]
+    (send,) = [a for a in c.tick(0, lambda tp: 1, 0) if isinstance(a, MarkerSend)]
     actions = c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.TRANSACTION_COORDINATOR_FENCED
                                        for m in send.markers}, 1)
     assert actions == [PartitionFenced(0)] and c.machine(0) is None and c.loaded_partitions() == [1]
@@ -151,7 +152,7 @@ def test_reload_resends_markers_of_a_prepared_decision():
     state = c.machine(0).snapshot().values()
     c.begin_loading(0)
     c.loaded(0, 6, state)
-    (send,) = [a for a in c.tick(0, lambda tp: 1) if isinstance(a, MarkerSend)]
+    (send,) = [a for a in c.tick(0, lambda tp: 1, 0) if isinstance(a, MarkerSend)]
     assert [m.coordinator_epoch for m in send.markers] == [6] and send.markers[0].commit
 
 
@@ -179,7 +180,7 @@ def _commit_until_markers(c: TxnCoordinator, ident, request_id: int = 2):
     """A transaction over a0, committed: EndTxn answered, its marker request out, not answered."""
     write(c, c.add_partitions(request_id, TID, *ident, tps("a0"), 0))
     reply = only(write(c, c.end_txn(request_id + 1, TID, *ident, True, 0)), Reply)
-    (send,) = [a for a in c.tick(10, lambda tp: 1) if isinstance(a, MarkerSend)]
+    (send,) = [a for a in c.tick(10, lambda tp: 1, 10) if isinstance(a, MarkerSend)]
     return txn_wire.identity_of(reply.result, reply.completed), send
 
 
@@ -193,7 +194,7 @@ def test_add_partitions_waits_for_the_previous_transaction_to_complete():
     nxt, send = _commit_until_markers(c, ident)
     assert c.add_partitions(5, TID, *nxt, tps("b0"), 12) == [], "waits"
     assert c.add_offsets(6, TID, *nxt, "g", 3, 12) == [], "waits too"
-    assert c.tick(20, lambda tp: 1) == []
+    assert c.tick(20, lambda tp: 1, 20) == []
     append = only(c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.NONE
                                            for m in send.markers}, 21), AppendRecords)
     (entry,) = decode_records(append.batch)
@@ -217,7 +218,7 @@ def test_a_failed_complete_and_add_write_leaves_the_requests_waiting():
     assert c.write_failed(append.write_id, ErrorCode.NOT_ENOUGH_REPLICAS, 22) == []
     assert c.machine(0).metadata(TID).state is TxnState.PREPARE_COMMIT
     # the next tick sends the markers again; their answer writes Complete + Ongoing again
-    (send,) = [a for a in c.tick(30, lambda tp: 1) if isinstance(a, MarkerSend)]
+    (send,) = [a for a in c.tick(30, lambda tp: 1, 30) if isinstance(a, MarkerSend)]
     append = only(c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.NONE
                                            for m in send.markers}, 31), AppendRecords)
     assert [(a.request_id, a.result.error) for a in c.write_committed(append.write_id, 32)] == [(5, ErrorCode.NONE)]
@@ -276,8 +277,8 @@ def test_a_waiting_add_partitions_answers_concurrent_after_its_deadline():
     c.loaded(1, 5, [])
     nxt, _ = _commit_until_markers(c, init(c))
     assert c.add_partitions(5, TID, *nxt, tps("b0"), 12) == []
-    assert [a for a in c.tick(61, lambda tp: 1) if isinstance(a, Reply)] == [], "deadline 62 not reached"
-    replies = [a for a in c.tick(62, lambda tp: 1) if isinstance(a, Reply)]
+    assert [a for a in c.tick(61, lambda tp: 1, 61) if isinstance(a, Reply)] == [], "deadline 62 not reached"
+    replies = [a for a in c.tick(62, lambda tp: 1, 62) if isinstance(a, Reply)]
     assert [(r.request_id, r.result.error) for r in replies] == [(5, ErrorCode.CONCURRENT_TRANSACTIONS)]
 
 
@@ -318,10 +319,10 @@ def test_a_paused_leader_does_not_hold_the_next_transaction():
     leaders = {"a": 1}
     lookup = lambda tp: leaders.get(tp.topic, 1)  # noqa: E731
     moved_ms = 300  # the paused broker was fenced; a0 leads on broker 2
-    assert [a for a in c.tick(moved_ms - 1, lookup) if isinstance(a, MarkerSend)] == []
+    assert [a for a in c.tick(moved_ms - 1, lookup, moved_ms - 1) if isinstance(a, MarkerSend)] == []
     leaders["a"] = 2
     sent_ms = moved_ms + limits.TXN_TICK_INTERVAL_MS  # the shell's next tick
-    (to_new,) = [a for a in c.tick(sent_ms, lookup) if isinstance(a, MarkerSend)]
+    (to_new,) = [a for a in c.tick(sent_ms, lookup, sent_ms) if isinstance(a, MarkerSend)]
     assert to_new.broker_id == 2 and to_new.markers == to_paused.markers
     append = only(c.marker_response(to_new, {(m.producer_id, m.topic_partition): ErrorCode.NONE
                                              for m in to_new.markers}, sent_ms + 5), AppendRecords)

@@ -240,7 +240,7 @@ class Coordinator:
         self.kv.close()
 
     def tick(self, now_ms: int) -> None:
-        self.handle(self.core.tick(now_ms, lambda tp: tp.partition))
+        self.handle(self.core.tick(now_ms, lambda tp: tp.partition, now_ms))
 
 
 class Producer:

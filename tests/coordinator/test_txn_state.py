@@ -125,7 +125,7 @@ def _requests(m, ident, now_ms):
         "add": lambda: m.add_partitions("t", *ident, tps("b1"), now_ms),
         "commit": lambda: m.end_txn("t", *ident, True, now_ms),
         "abort": lambda: m.end_txn("t", *ident, False, now_ms),
-        "timeout": lambda: m.abort_timed_out("t", now_ms),
+        "timeout": lambda: m.abort_timed_out("t", now_ms, now_ms),
         "markers": lambda: m.complete_markers("t", now_ms),
         "remove": lambda: m.remove_expired("t", now_ms),
     }
@@ -164,6 +164,7 @@ STATE_REQUESTS = [(s, r) for s in EXPECTED_MOVES for r in EXPECTED_MOVES[s]]
 def test_each_request_from_each_state(state, request_name):
     m, ident = _reach(state)
     now_ms = 10**10  # every timeout and id expiration has passed
+    m.observe_monotonic(0)  # the monotonic timer too
     before = m.snapshot()
     result = _requests(m, ident, now_ms)[request_name]()
     expected = EXPECTED_MOVES[state][request_name]
@@ -302,13 +303,15 @@ def test_timeout_aborts_fences_and_tells_the_producer_why():
     m = machine()
     ident = init(m)
     begin(m, ident, now_ms=1000, parts=tps("a0"))
+    m.observe_monotonic(1000)  # the shell's tick starts the monotonic timer
     begin(m, ident, now_ms=1500, parts=tps("b0"))  # adding more does not restart the clock
-    assert m.expired(1000 + TIMEOUT_MS) == []
-    assert m.expired(1001 + TIMEOUT_MS) == ["t"]
-    assert m.abort_timed_out("t", 1000 + TIMEOUT_MS).error == ErrorCode.INVALID_TXN_STATE
-    r = m.abort_timed_out("t", 1001 + TIMEOUT_MS)
+    m.observe_monotonic(1500)
+    assert m.expired(1000 + TIMEOUT_MS, 1000 + TIMEOUT_MS) == []
+    assert m.expired(1001 + TIMEOUT_MS, 1001 + TIMEOUT_MS) == ["t"]
+    assert m.abort_timed_out("t", 1000 + TIMEOUT_MS, 1000 + TIMEOUT_MS).error == ErrorCode.INVALID_TXN_STATE
+    r = m.abort_timed_out("t", 1001 + TIMEOUT_MS, 1001 + TIMEOUT_MS)
     assert r.pending.kind is TransitionKind.TIMEOUT_ABORT and r.pending.path == (S.PREPARE_EPOCH_FENCE, S.PREPARE_ABORT)
-    assert m.expired(1001 + TIMEOUT_MS) == [], "pending ids are not listed again"
+    assert m.expired(1001 + TIMEOUT_MS, 1001 + TIMEOUT_MS) == [], "pending ids are not listed again"
     commit(m, r)
     assert m.metadata("t").bump_reason is BumpReason.TIMEOUT
     assert [mk.commit for mk in m.marker_plan("t")] == [False, False]
@@ -332,7 +335,40 @@ def test_expired_is_ordered_and_bounded():
     for i, tid in enumerate(["c", "a", "b"]):
         ident = init(m, tid)
         begin(m, ident, tid=tid, now_ms=10 - i)
-    assert m.expired(10**9) == ["b", "a"]
+    m.observe_monotonic(0)
+    assert m.expired(10**9, 10**9) == ["b", "a"]
+
+
+def test_timeout_needs_both_clocks_a_wall_clock_step_never_brings_it_forward():
+    """The coordinator's wall clock jumps 10 minutes forward: the transaction is not aborted
+    until it has also been open `timeout_ms` on the monotonic clock; a backward step of the
+    wall clock delays the abort (the wall measure is then the smaller), never hastens it."""
+    jump_ms = 10 * 60_000
+    m = machine()
+    ident = init(m)
+    begin(m, ident, now_ms=1000, parts=tps("a0"))
+    m.observe_monotonic(50)  # monotonic time is unrelated to the wall clock
+    assert m.expired(1000 + jump_ms, 60) == [], "a forward wall-clock step alone expires nothing"
+    assert m.abort_timed_out("t", 1000 + jump_ms, 60).error == ErrorCode.INVALID_TXN_STATE
+    assert m.expired(1000 + jump_ms, 50 + TIMEOUT_MS) == []
+    assert m.expired(1000 + jump_ms, 51 + TIMEOUT_MS) == ["t"], "open timeout_ms on both clocks"
+    # backward: the wall clock now reads before the start; the monotonic measure alone never expires
+    assert m.expired(1000 - jump_ms, 51 + TIMEOUT_MS + jump_ms) == []
+    assert m.expired(1001 + TIMEOUT_MS, 51 + TIMEOUT_MS + jump_ms) == ["t"]
+
+
+def test_timeout_timer_starts_when_first_observed_and_at_load():
+    """A transaction not yet seen by `observe_monotonic` has not started its monotonic timer;
+    a machine loaded from the log (a coordinator failover) starts it at load: the timeout can
+    only come later than on the old coordinator, never earlier."""
+    m = machine()
+    ident = init(m)
+    begin(m, ident, now_ms=1000, parts=tps("a0"))
+    assert m.abort_timed_out("t", 10**9, 10**9).error == ErrorCode.INVALID_TXN_STATE, "not observed yet"
+    loaded = machine(loaded=m.snapshot().values())
+    assert loaded.expired(10**9, 10**9) == [], "timer starts at the first observation after load"
+    assert loaded.expired(10**9, 10**9 + TIMEOUT_MS) == []
+    assert loaded.expired(10**9, 10**9 + TIMEOUT_MS + 1) == ["t"]
 
 
 # --- epoch exhaustion ------------------------------------------------------------------------------

@@ -157,10 +157,11 @@ class Harness:
     # --- coordinator-driven -----------------------------------------------------------------
 
     def tick(self, dt: int) -> None:
+        self.m.observe_monotonic(self.now_ms)  # the shell's frequent ticks; both clocks agree here
         self.now_ms += dt
-        for tid in self.m.expired(self.now_ms):
+        for tid in self.m.expired(self.now_ms, self.now_ms):
             before = self.m.snapshot()
-            result = self.m.abort_timed_out(tid, self.now_ms)
+            result = self.m.abort_timed_out(tid, self.now_ms, self.now_ms)
             assert result.pending is not None and self.m.snapshot() == before
 
     def expire_ids(self) -> None:

@@ -149,7 +149,8 @@ def test_v1_timeout_bumps_and_tells_the_producer_why():
     m = machine()
     ident = init(m, txn_version=V1)
     begin(m, ident, now_ms=1000)
-    commit(m, m.abort_timed_out("t", 1001 + TIMEOUT_MS))
+    m.observe_monotonic(1000)
+    commit(m, m.abort_timed_out("t", 1001 + TIMEOUT_MS, 1001 + TIMEOUT_MS))
     assert _markers(m) == {(ident[0], ident[1] + 1, False)}
     assert m.end_txn("t", *ident, True, 0).error == ErrorCode.TRANSACTION_TIMED_OUT
     finish_markers(m)
@@ -243,7 +244,7 @@ def test_coordinator_core_v1_round_trip_and_failover():
     state = c.machine(0).snapshot()
     c2 = TxnCoordinator(1, ProducerIds(first=5000), scan_interval_ms=100)
     c2.loaded(0, 6, [decode_value("t", encode_value(meta)) for meta in state.values()])
-    (send,) = [a for a in c2.tick(10, lambda tp: 1) if isinstance(a, MarkerSend)]
+    (send,) = [a for a in c2.tick(10, lambda tp: 1, 10) if isinstance(a, MarkerSend)]
     assert [(mk.producer_id, mk.producer_epoch, mk.coordinator_epoch, mk.commit) for mk in send.markers] == [
         (*ident, 6, True)]
     done = c2.marker_response(send, {(ident[0], tps("a0")[0]): ErrorCode.NONE}, 11)
