@@ -483,8 +483,8 @@ class PartitionStore:
         self.snapshots.delete_all()
         self._rebuild_producer_state()
 
-    def expire_producers(self, now_ms: int) -> list[int]:
-        return self.producer_state.expire(now_ms)
+    def expire_producers(self, now_ms: int, monotonic_ms: int) -> list[int]:
+        return self.producer_state.expire(now_ms, monotonic_ms)
 
     # --- lifecycle ------------------------------------------------------------------------------
 

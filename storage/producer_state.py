@@ -208,6 +208,12 @@ class ProducerStateManager:
         self._open_txns: dict[int, int] = {}
         # Next offset after the last applied batch: the state covers every batch below it.
         self.end_offset = end_offset
+        # Expiry does not trust the wall clock alone (it may be stepped): producer id -> the
+        # monotonic time `expire` first saw it after its last batch. Producers touched (or
+        # loaded) since the last `expire` wait in `_unclocked`. In memory only: after a restart
+        # the timers start at the first sweep, which makes an expiry later, never earlier.
+        self._clock_start: dict[int, int] = {}
+        self._unclocked: set[int] = set()
 
     # --- queries ---------------------------------------------------------------------
 
@@ -448,20 +454,33 @@ class ProducerStateManager:
         else:
             self._idle.pop(producer_id, None)
         self._producers[producer_id] = entry
+        self._unclocked.add(producer_id)
         return entry
 
     def _evict(self, producer_id: int) -> None:
         entry = self._producers.pop(producer_id)
         invariant(entry.txn_first_offset < 0, f"evicting producer {producer_id} with an open transaction")
         del self._idle[producer_id]
+        self._clock_start.pop(producer_id, None)
+        self._unclocked.discard(producer_id)
 
     # --- expiry ---------------------------------------------------------------------
 
-    def expire(self, now_ms: int) -> list[int]:
+    def expire(self, now_ms: int, monotonic_ms: int) -> list[int]:
         """Drop producers idle for at least `expiration_ms` and without an open
-        transaction; returns their ids. O(tracked producers): call it periodically."""
+        transaction; returns their ids. O(tracked producers): call it periodically.
+
+        Idle on both clocks: by the wall clock (`now_ms` against the batch max timestamp, as
+        Kafka) and by this process's monotonic clock since this method first saw the
+        producer's last batch, so a step of this host's wall clock (or a producer clock far
+        behind) never expires a producer that wrote within `expiration_ms`. The monotonic
+        timer starts at the first sweep after a batch: at most one sweep interval later."""
+        for pid in self._unclocked:
+            self._clock_start[pid] = monotonic_ms
+        self._unclocked.clear()
         deadline_ms = now_ms - self.config.expiration_ms
-        expired = [pid for pid in self._idle if self._producers[pid].last_timestamp_ms <= deadline_ms]
+        expired = [pid for pid in self._idle if self._producers[pid].last_timestamp_ms <= deadline_ms
+                   and monotonic_ms - self._clock_start.get(pid, monotonic_ms) >= self.config.expiration_ms]
         for pid in expired:
             self._evict(pid)
         return expired
@@ -545,6 +564,7 @@ class ProducerStateManager:
                 entry.batches.append(BatchMetadata(*self._BATCH.unpack_from(body, pos)))
                 pos += self._BATCH.size
             self._producers[pid] = entry
+            self._unclocked.add(pid)
             if txn_first >= 0:
                 open_txns.append((txn_first, pid))
             else:

@@ -661,7 +661,7 @@ class ReplicaManager:
             log.info("removed replicas of deleted topics: %s", removed)
         return removed
 
-    def housekeeping(self, now: int) -> None:
+    def housekeeping(self, now: int, monotonic_now_ms: int) -> None:
         """Retention and producer expiry on every hosted replica (leaders and followers alike).
         On the loop: retention decides and cuts the segment list in memory, the log's disk job
         writes the checkpoint and deletes the files; producer expiry is in memory only."""
@@ -670,7 +670,7 @@ class ReplicaManager:
                 before = p.log_start_offset
                 if p.store.apply_retention(now) != before:
                     p.notify()
-                p.store.expire_producers(now)
+                p.store.expire_producers(now, monotonic_now_ms)
             except Exception:
                 log.exception("%s-%d: housekeeping failed", p.topic, p.partition)
 

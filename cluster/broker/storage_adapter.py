@@ -125,8 +125,8 @@ class PartitionStoreAdapter:
     def apply_retention(self, now_ms: int) -> int:
         return int(self.store.apply_retention(now_ms))
 
-    def expire_producers(self, now_ms: int) -> None:
-        self.store.expire_producers(now_ms)
+    def expire_producers(self, now_ms: int, monotonic_ms: int) -> None:
+        self.store.expire_producers(now_ms, monotonic_ms)
 
     def set_log_config(self, *, segment_bytes: int, segment_ms: int, retention_bytes: int, retention_ms: int) -> None:
         """A topic config altered live: the next roll and retention check follow it."""

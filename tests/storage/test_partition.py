@@ -359,7 +359,7 @@ def test_random_operations_match_a_full_replay(tmp_path, kv, policy):
             store = open_store(tmp_path, kv, config=config, producer_config=producer_config,
                                snapshot_interval_bytes=700)
         elif op < 0.95:
-            store.expire_producers(0)  # nothing is idle that long
+            store.expire_producers(0, 0)  # nothing is idle that long
         assert store.producer_state.state_key() == replayed_state(store).state_key(), f"step {step} seed {seed}"
         store.producer_state.check_invariants()
     store.close()

@@ -309,10 +309,29 @@ def test_expiry_skips_open_transactions():
     leader.produce(pid=1, seq=0, ts=100)
     leader.produce(pid=2, seq=0, ts=100, txn=True)
     leader.produce(pid=3, seq=0, ts=900)
-    assert leader.psm.expire(now_ms=1_099) == []
-    assert leader.psm.expire(now_ms=1_100) == [1]
-    assert leader.psm.expire(now_ms=10_000) == [3]
+    assert leader.psm.expire(now_ms=100, monotonic_ms=100) == []  # the sweep after the batches
+    assert leader.psm.expire(now_ms=1_099, monotonic_ms=1_099) == []
+    assert leader.psm.expire(now_ms=1_100, monotonic_ms=1_100) == [1]
+    assert leader.psm.expire(now_ms=10_000, monotonic_ms=10_000) == [3]
     assert [p.producer_id for p in leader.psm.describe_producers()] == [2]
+    leader.psm.check_invariants()
+
+
+def test_expiry_needs_both_clocks_a_wall_clock_step_never_brings_it_forward():
+    """This replica's wall clock jumps 10 minutes forward (or the batches carry a client clock
+    far behind): a producer that wrote within `expiration_ms` of monotonic time stays; a
+    backward step delays expiry (the wall measure is then the smaller), never hastens it."""
+    jump_ms = 10 * 60_000
+    leader = Leader(expiration_ms=1_000)
+    leader.produce(pid=1, seq=0, ts=100)
+    assert leader.psm.expire(now_ms=100, monotonic_ms=5) == []  # the sweep after the batch
+    assert leader.psm.expire(now_ms=100 + jump_ms, monotonic_ms=6) == [], "wall-clock step alone"
+    assert leader.psm.expire(now_ms=100 + jump_ms, monotonic_ms=1_004) == []
+    leader.produce(pid=1, seq=1, ts=150)  # writes again: its monotonic timer restarts at the next sweep
+    assert leader.psm.expire(now_ms=200 + jump_ms, monotonic_ms=1_004) == []
+    assert leader.psm.expire(now_ms=200 + jump_ms, monotonic_ms=2_003) == []
+    assert leader.psm.expire(now_ms=100 - jump_ms, monotonic_ms=10**6) == [], "backward step: wall says not idle"
+    assert leader.psm.expire(now_ms=1_150, monotonic_ms=10**6) == [1]
     leader.psm.check_invariants()
 
 
