@@ -82,7 +82,7 @@ def add_commands(subparsers: Any) -> None:
     from semel.chaos.workloads import WORKLOADS
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    families = "kill,pause,partition,latency,reset,rolling,power-loss,hijack,client-pause"
+    families = "kill,pause,partition,latency,reset,rolling,power-loss,clock,hijack,client-pause"
     chaos = subparsers.add_parser("chaos", help="fault-injection runs (nemesis + workload + checker)",
                                   description="Start a cluster behind fault proxies, run a workload under a "
                                               "seeded fault schedule, check the recorded history. See docs/chaos.md.")

@@ -30,6 +30,9 @@ Families (`--nemesis`):
              only what was fsynced, torn unsynced tails, RocksDB's WAL cut); restart at the end
   disk-full  fill one broker's log directory (a tmpfs per broker, mounted for the run: root only,
              so not part of "all"); the filler file is deleted at the end
+  clock      step the wall clock of one broker / the leader / the transaction coordinator by
+             minutes (forward or back; `semel.clock`'s test-only offset, the host clock is
+             untouched) and step it back at the end
   hijack     (transactional workloads) a second producer takes a transactional id
   client-pause (transactional workloads) a client stalls between its last send and its commit
 The last two are hooks of the workload; a workload without them rejects those families.
@@ -48,8 +51,8 @@ from typing import Any
 
 log = logging.getLogger("semel.chaos.nemesis")
 
-FAMILIES = ("kill", "pause", "partition", "latency", "reset", "rolling", "power-loss", "hijack", "client-pause",
-            "disk-full")
+FAMILIES = ("kill", "pause", "partition", "latency", "reset", "rolling", "power-loss", "clock", "hijack",
+            "client-pause", "disk-full")
 WORKLOAD_FAMILIES = ("hijack", "client-pause")
 # Not in "all": they need root (each broker's log directory is a tmpfs mounted for the run).
 OPT_IN_FAMILIES = ("disk-full",)
@@ -65,6 +68,7 @@ KINDS: dict[str, tuple[tuple[str, int], ...]] = {
     "reset": (("one", 1),),
     "rolling": (("clean", 1), ("hard", 1)),
     "power-loss": (("one", 3), ("leader", 2), ("minority", 2), ("all", 2)),  # "all": only with fsync
+    "clock": (("one", 2), ("leader", 1), ("coordinator", 2)),
     "hijack": (("one", 1),),
     "client-pause": (("one", 1),),
     "disk-full": (("one", 1),),  # fill one broker's log directory; freed at the window's end
@@ -210,6 +214,9 @@ def _draw_fault(rng: random.Random, fault_id: int, family: str, brokers: int, fs
         params = {"timeout_ms": rng.choice((0, 50, 200, 500))}
     elif family == "disk-full":
         targets = (rng.choice(ids),)
+    elif family == "clock":
+        targets = {"leader": (LEADER,), "coordinator": (COORDINATOR,)}.get(kind) or (rng.choice(ids),)
+        params = {"offset_ms": rng.choice((-1, 1)) * rng.choice((2, 5, 10, 30)) * 60_000}
     elif family in WORKLOAD_FAMILIES:
         params = {"pick": rng.randrange(1 << 30)}
     return Fault(fault_id, family, kind, targets, tuple(sorted(params.items())))
@@ -348,6 +355,12 @@ class NemesisExecutor:
             elif fam == "disk-full":
                 applied.brokers = self._resolve(fault.targets)
                 applied.note = self.cluster.fill_log_dir(applied.brokers[0])
+            elif fam == "clock":
+                applied.brokers = self._resolve(fault.targets)
+                offset_ms = int(fault.param("offset_ms", 0))
+                for b in applied.brokers:
+                    self.cluster.set_clock_offset(b, offset_ms)
+                applied.note = f"wall clock stepped {offset_ms / 60_000:+g} min"
             elif fam in self.hooks:
                 applied.note = self.hooks[fam](fault, True)
             else:
@@ -380,6 +393,10 @@ class NemesisExecutor:
             elif fam in ("partition", "latency", "reset"):
                 for proxy, name in applied.toxics:
                     self.cluster.api.remove_toxic(proxy, name)
+            elif fam == "clock":
+                for b in applied.brokers:
+                    if not self._clock_stepped_by_other(b):
+                        self.cluster.set_clock_offset(b, 0)  # the step back
             elif fam in self.hooks:
                 self.hooks[fam](fault, False)
         except Exception as exc:
@@ -393,6 +410,10 @@ class NemesisExecutor:
     def _killed_by_other(self, broker_id: int) -> bool:
         with self.lock:
             return any(a.fault.family in ("kill", "power-loss") and broker_id in a.brokers for a in self.active.values())
+
+    def _clock_stepped_by_other(self, broker_id: int) -> bool:
+        with self.lock:
+            return any(a.fault.family == "clock" and broker_id in a.brokers for a in self.active.values())
 
     def _paused_by_other(self, broker_id: int) -> bool:
         with self.lock:

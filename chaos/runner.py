@@ -145,7 +145,7 @@ def run_chaos(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunRe
                                "schedule": schedule.to_json()}
     broker_args = (*cfg.broker_args, "--fsync") if cfg.fsync else cfg.broker_args
     cluster = ChaosCluster(out / "cluster", cfg.brokers, broker_args, cfg.toxiproxy_url, proxy_seed=cfg.seed,
-                           power_cut="power-loss" in cfg.families,
+                           power_cut="power-loss" in cfg.families, clock_offsets="clock" in cfg.families,
                            log_dir_tmpfs_bytes=LOG_DIR_TMPFS_BYTES if "disk-full" in cfg.families else None)
     started = time.monotonic()
     try:

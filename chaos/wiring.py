@@ -48,6 +48,7 @@ from semel.cluster.tooling.local_cluster import (
     ensure_raft_secret_file,
 )
 from semel.cluster.tooling.ports import free_ports
+from semel import clock as semel_clock
 from semel.storage import power_cut as power_cut_layer
 
 CLIENTS = 0  # the node number of "every client"
@@ -145,12 +146,17 @@ class ChaosCluster:
 
     def __init__(self, data_dir: str | Path, brokers: int = 3, extra_args: Sequence[str] = (),
                  toxiproxy_url: str | None = None, proxy_seed: int = 0, host: str = "127.0.0.1",
-                 power_cut: bool = False, log_dir_tmpfs_bytes: int | None = None) -> None:
+                 power_cut: bool = False, log_dir_tmpfs_bytes: int | None = None,
+                 clock_offsets: bool = False) -> None:
         """`power_cut`: brokers run the test-only power-cut layer, so `power_cut()` can cut them.
         `log_dir_tmpfs_bytes`: each broker's log directory on its own tmpfs of this size (the
-        disk-full nemesis fills it)."""
+        disk-full nemesis fills it). `clock_offsets`: brokers run with the test-only wall-clock
+        offset (`semel.clock`), so `set_clock_offset()` can step their wall clocks."""
         self.dir = Path(data_dir)
-        self.env = dict(os.environ, **{power_cut_layer.ENV: "1"}) if power_cut else None
+        test_env = {**({power_cut_layer.ENV: "1"} if power_cut else {}),
+                    **({semel_clock.TEST_OFFSET_ENV: "1"} if clock_offsets else {})}
+        self.env = dict(os.environ, **test_env) if test_env else None
+        self.clock_offsets = clock_offsets
         self.log_dir_tmpfs_bytes = log_dir_tmpfs_bytes
         self._mounted: list[Path] = []
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -300,7 +306,8 @@ class ChaosCluster:
 
     def power_cut(self, broker_ids: Sequence[int], seed: int) -> dict[int, dict[str, int]]:
         """The brokers lose power together (torn tails included); they stay down (`start_broker`)."""
-        assert self.cluster is not None and self.env is not None, "ChaosCluster(power_cut=True) only"
+        assert self.cluster is not None and self.env is not None and self.env.get(power_cut_layer.ENV) == "1", \
+            "ChaosCluster(power_cut=True) only"
         return self.cluster.power_cut(broker_ids, seed, torn=True, restart=False)
 
     def start_broker(self, broker_id: int) -> None:
@@ -379,6 +386,13 @@ class ChaosCluster:
     def heal_network(self) -> None:
         assert self.api is not None
         self.api.reset()
+
+    def set_clock_offset(self, broker_id: int, offset_ms: int) -> None:
+        """Step a broker's wall clock to `offset_ms` from the host's (it polls the file, dead or alive)."""
+        assert self.clock_offsets, "ChaosCluster(clock_offsets=True) only"
+        spec = next(s for s in self.specs if s.broker_id == broker_id)
+        spec.data_dir.mkdir(parents=True, exist_ok=True)
+        semel_clock.write_test_offset(spec.data_dir / semel_clock.TEST_OFFSET_FILE, offset_ms)
 
 
 def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bool:

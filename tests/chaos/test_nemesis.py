@@ -384,3 +384,36 @@ def test_disk_full_is_opt_in_and_targets_one_broker() -> None:
     assert parse_families("all,disk-full")[-1] == "disk-full"
     s = plan_schedule(3, 120.0, ("disk-full",), brokers=3, interval_s=10.0)
     assert s.windows and all(w.fault.kind == "one" and len(w.fault.targets) == 1 for w in s.windows)
+
+
+class ClockCluster(FakeCluster):
+    def __init__(self) -> None:
+        super().__init__()
+        self.offsets: dict[int, int] = {}
+        self.steps: list[tuple[int, int]] = []
+
+    def set_clock_offset(self, broker_id: int, offset_ms: int) -> None:
+        self.steps.append((broker_id, offset_ms))
+        self.offsets[broker_id] = offset_ms
+
+
+def test_clock_steps_minutes_both_ways_and_steps_back_at_the_end() -> None:
+    windows = [w for seed in range(20) for w in plan_schedule(seed, 300, ["clock"], 3).windows]
+    offsets = [w.fault.param("offset_ms") for w in windows]
+    assert all(abs(o) >= 60_000 and o % 60_000 == 0 for o in offsets), "whole minutes"
+    assert min(offsets) < 0 < max(offsets), "forward and back"
+    assert {w.fault.kind for w in windows} == {"one", "leader", "coordinator"}
+    c = ClockCluster()
+    ex = executor(c, leader=2)
+    fwd = Fault(0, "clock", "leader", (LEADER,), (("offset_ms", 600_000),))
+    applied = ex.start(fwd)
+    assert applied.brokers == (2,) and c.offsets == {2: 600_000} and "+10 min" in applied.note
+    back = Fault(1, "clock", "one", (2,), (("offset_ms", -120_000),))
+    ex.start(back)
+    ex.stop(fwd)
+    assert c.offsets == {2: -120_000}, "another clock fault still holds broker 2"
+    ex.stop(back)
+    assert c.offsets == {2: 0} and c.running == {1, 2, 3}
+    ex.start(Fault(2, "clock", "one", (3,), (("offset_ms", 120_000),)))
+    ex.heal_all()
+    assert c.offsets[3] == 0, "heal_all steps every clock back"
