@@ -1,0 +1,76 @@
+"""Wall-clock steps on real broker processes (the test-only offset of `semel.clock`: the broker
+polls `<data dir>/test-wall-clock-offset-ms`; the host clock and the monotonic clock are
+untouched). No guarantee may rest on wall-clock agreement: an open transaction is not aborted
+early when its coordinator's wall clock jumps 10 minutes forward, and the abort scan goes on
+after a step back (it used to be paced on the wall clock)."""
+
+from __future__ import annotations
+
+import pytest
+from semel import clock
+from semel.v1 import txn_pb2
+from semel.v1.common_pb2 import ErrorCode
+
+from tests.cluster import broker_harness as h
+from tests.cluster import txn_stubs as ts
+
+pytestmark = pytest.mark.slow
+
+JUMP_MS = 10 * 60_000
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv(clock.TEST_OFFSET_ENV, "1")  # the brokers inherit it
+    c = h.Cluster(tmp_path_factory.mktemp("clock"), 1, internal_partitions=1, txn_abort_scan_interval_ms=200)
+    try:
+        c.start_all()
+        yield c
+    finally:
+        print(c.dump_logs())
+        c.close()
+        mp.undo()
+
+
+def step(c: h.Cluster, offset_ms: int) -> None:
+    """Set broker 1's wall-clock offset and wait until its log says it stepped there."""
+    b = c.brokers[1]
+    before = c.log_tail(1, 100_000).count("TEST ONLY: wall clock stepped")
+    clock.write_test_offset(b.data_dir / clock.TEST_OFFSET_FILE, offset_ms)
+    c.wait_for(lambda: c.log_tail(1, 100_000).count("TEST ONLY: wall clock stepped") > before
+               and f"(offset now {offset_ms:+d} ms)" in c.log_tail(1, 20), timeout_s=30, what=f"step to {offset_ms}")
+
+
+def timed_out(c: h.Cluster, tid: str) -> bool:
+    d = ts.describe(c, tid)
+    return d.state == txn_pb2.COMPLETE_ABORT and d.last_bump_reason == txn_pb2.BUMP_TIMEOUT
+
+
+def test_wall_clock_steps_neither_hasten_nor_stop_transaction_timeouts(cluster):
+    c = cluster
+    assert "TEST ONLY: the wall clock of this process is stepped" in c.log_tail(1, 100_000)
+    r = c.create_topic("jumps", rf=1)
+    assert r.error_code == ErrorCode.NONE, r
+    c.serving_leader_of("jumps", 0)
+    patient = ts.TxnProducer(c, "patient", timeout_ms=60_000).init()
+    patient.send("jumps", 0, [b"kept-1"])
+    step(c, +JUMP_MS)
+    # The canary opens after the step and times out after 1 s on both clocks: by then the
+    # abort scan has run with the stepped clock many times.
+    canary = ts.TxnProducer(c, "canary", timeout_ms=1_000).init()
+    canary.send("jumps", 0, [b"canary-1"])
+    c.wait_for(lambda: timed_out(c, "canary"), timeout_s=60, what="the canary times out (scans ran after the step)")
+    assert ts.describe(c, "patient").state == txn_pb2.ONGOING, "a 10-minute forward step aborted an open transaction"
+    patient.commit()
+    c.wait_for(lambda: ts.read(c, "jumps")[0] == [b"kept-1"], what="the patient transaction committed")
+
+    # Back by 20 minutes (to -10): scans go on, a new transaction times out on time, the patient one does not.
+    patient.send("jumps", 0, [b"kept-2"])
+    step(c, -JUMP_MS)
+    canary = ts.TxnProducer(c, "canary", timeout_ms=1_000).init()
+    canary.send("jumps", 0, [b"canary-2"])
+    c.wait_for(lambda: timed_out(c, "canary"), timeout_s=60, what="a timeout after a backward step")
+    assert ts.describe(c, "patient").state == txn_pb2.ONGOING
+    patient.commit()
+    c.wait_for(lambda: ts.read(c, "jumps")[0] == [b"kept-1", b"kept-2"], what="the second patient transaction")
