@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from semel import limits
-from semel.clock import monotonic_ms, wall_clock_ms
+from semel.clock import monotonic_ms, steady_wall_ms, wall_clock_ms
 from semel.cluster.broker.replica_state import (
     LeaderProgress,
     PendingAcks,
@@ -387,6 +387,9 @@ class ReplicaManager:
         # Every hosted partition, the leader side of replication and the ISR maintainer read
         # this one clock, so a partition's replication progress is measured on one timeline.
         self.clock = clock
+        # Time-based retention reads `steady_wall_ms` from this anchor: a forward step of the
+        # wall clock after start never deletes a segment early (docs/design.md, "Clocks").
+        self._retention_anchor = (clock.wall_clock_ms(), clock.monotonic_ms())
         self.disk = disk or disk_executor.shared()
         self._opening: dict[tuple[str, int], asyncio.Task[None]] = {}  # replicas being opened off the loop
         self._image: md.MetadataImage | None = None  # the newest image reconcile saw
@@ -494,7 +497,8 @@ class ReplicaManager:
         log.info("%s-%d: config now %s", p.topic, p.partition, md.topic_config_values(c))
         if (before.retention_ms, before.retention_bytes) != (c.retention_ms, c.retention_bytes):
             start = p.log_start_offset
-            if p.store.apply_retention(self.clock.wall_clock_ms()) != start:
+            if p.store.apply_retention(self.retention_now_ms(self.clock.wall_clock_ms(),
+                                                             self.clock.monotonic_ms())) != start:
                 p.notify()
 
     # --- in-process API for coordinators hosted on this broker ---------------------------
@@ -661,14 +665,18 @@ class ReplicaManager:
             log.info("removed replicas of deleted topics: %s", removed)
         return removed
 
+    def retention_now_ms(self, wall_ms: int, monotonic_now_ms: int) -> int:
+        return steady_wall_ms(wall_ms, monotonic_now_ms, *self._retention_anchor)
+
     def housekeeping(self, now: int, monotonic_now_ms: int) -> None:
         """Retention and producer expiry on every hosted replica (leaders and followers alike).
         On the loop: retention decides and cuts the segment list in memory, the log's disk job
         writes the checkpoint and deletes the files; producer expiry is in memory only."""
+        retention_now = self.retention_now_ms(now, monotonic_now_ms)
         for p in list(self.partitions.values()):
             try:
                 before = p.log_start_offset
-                if p.store.apply_retention(now) != before:
+                if p.store.apply_retention(retention_now) != before:
                     p.notify()
                 p.store.expire_producers(now, monotonic_now_ms)
             except Exception:

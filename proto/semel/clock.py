@@ -47,6 +47,14 @@ def monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
+def steady_wall_ms(wall_ms: int, monotonic_ms: int, anchor_wall_ms: int, anchor_monotonic_ms: int) -> int:
+    """The wall clock, never ahead of where it would be had it not been stepped forward since
+    the anchor (both clocks read together, e.g. at process start): min(wall, anchor wall +
+    monotonic elapsed). Deletions by age (time-based retention) read this, so a forward step
+    never deletes early; a backward step (or a forward NTP correction) only delays them."""
+    return min(wall_ms, anchor_wall_ms + (monotonic_ms - anchor_monotonic_ms))
+
+
 def enable_test_offset(path: Path) -> bool:
     """Tests only: when `SEMEL_TEST_WALL_CLOCK_OFFSET=1`, step `wall_clock_ms()` by the
     milliseconds written in `path` (absent or empty: 0). Returns whether it is on."""

@@ -2,13 +2,14 @@
 polls `<data dir>/test-wall-clock-offset-ms`; the host clock and the monotonic clock are
 untouched). No guarantee may rest on wall-clock agreement: an open transaction is not aborted
 early when its coordinator's wall clock jumps 10 minutes forward, and the abort scan goes on
-after a step back (it used to be paced on the wall clock)."""
+after a step back (it used to be paced on the wall clock); time-based retention deletes nothing
+early when the leader's wall clock jumps 2 hours forward past a topic's 1-hour retention."""
 
 from __future__ import annotations
 
 import pytest
 from semel import clock
-from semel.v1 import txn_pb2
+from semel.v1 import broker_pb2, txn_pb2
 from semel.v1.common_pb2 import ErrorCode
 
 from tests.cluster import broker_harness as h
@@ -23,7 +24,8 @@ JUMP_MS = 10 * 60_000
 def cluster(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv(clock.TEST_OFFSET_ENV, "1")  # the brokers inherit it
-    c = h.Cluster(tmp_path_factory.mktemp("clock"), 1, internal_partitions=1, txn_abort_scan_interval_ms=200)
+    c = h.Cluster(tmp_path_factory.mktemp("clock"), 1, internal_partitions=1, txn_abort_scan_interval_ms=200,
+                  retention_check_interval_ms=200)
     try:
         c.start_all()
         yield c
@@ -36,6 +38,9 @@ def cluster(tmp_path_factory):
 def step(c: h.Cluster, offset_ms: int) -> None:
     """Set broker 1's wall-clock offset and wait until its log says it stepped there."""
     b = c.brokers[1]
+    path = b.data_dir / clock.TEST_OFFSET_FILE
+    if (int(path.read_text()) if path.exists() else 0) == offset_ms:
+        return  # already there (the broker logs only steps)
     before = c.log_tail(1, 100_000).count("TEST ONLY: wall clock stepped")
     clock.write_test_offset(b.data_dir / clock.TEST_OFFSET_FILE, offset_ms)
     c.wait_for(lambda: c.log_tail(1, 100_000).count("TEST ONLY: wall clock stepped") > before
@@ -74,3 +79,33 @@ def test_wall_clock_steps_neither_hasten_nor_stop_transaction_timeouts(cluster):
     assert ts.describe(c, "patient").state == txn_pb2.ONGOING
     patient.commit()
     c.wait_for(lambda: ts.read(c, "jumps")[0] == [b"kept-1", b"kept-2"], what="the second patient transaction")
+
+
+def log_start(c: h.Cluster, topic: str) -> int:
+    resp = c.broker_stub(1).ListOffsets(broker_pb2.ListOffsetsRequest(partitions=[
+        broker_pb2.ListOffsetsPartition(topic=topic, partition=0, timestamp_ms=-2)]), timeout=5)
+    assert resp.results[0].error_code == ErrorCode.NONE, resp
+    return resp.results[0].offset
+
+
+def fill(c: h.Cluster, topic: str, batches: int) -> None:
+    for i in range(batches):  # 1 KiB segments: a few batches per segment
+        r = h.produce(c.broker_stub(1), topic, 0, h.make_batch([b"x" * 300, str(i).encode()]))
+        assert r.error_code == ErrorCode.NONE, r
+
+
+def test_a_forward_step_does_not_delete_segments_before_their_retention(cluster):
+    c = cluster
+    step(c, 0)
+    for name, configs in (("aged", {"segment_bytes": "1024", "retention_ms": str(3_600_000)}),
+                          ("by-size", {"segment_bytes": "1024", "retention_bytes": "2048"})):
+        r = c.create_topic(name, rf=1, configs=configs)
+        assert r.error_code == ErrorCode.NONE, r
+        c.serving_leader_of(name, 0)
+    fill(c, "aged", 12)  # timestamps: the test's (unstepped) clock
+    step(c, +2 * 3_600_000)
+    # Size-based retention of "by-size" after the step proves a housekeeping round ran with
+    # the stepped clock; the same round applies time-based retention to "aged".
+    fill(c, "by-size", 12)
+    c.wait_for(lambda: log_start(c, "by-size") > 0, timeout_s=60, what="a housekeeping round after the step")
+    assert log_start(c, "aged") == 0, "a 2-hour forward step deleted segments with a 1-hour retention"

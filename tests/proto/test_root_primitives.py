@@ -9,7 +9,7 @@ import time
 import pytest
 from semel import limits
 from semel.backoff import backoff_ms
-from semel.clock import monotonic_ms, wall_clock_ms
+from semel.clock import TEST_OFFSET_ENV, monotonic_ms, steady_wall_ms, wall_clock_ms
 from semel.invariant import invariant, not_none
 from semel.topic_partition import TopicPartition
 
@@ -34,6 +34,41 @@ def test_the_two_clocks_are_the_wall_clock_and_the_monotonic_clock():
     assert abs(monotonic_ms() - time.monotonic() * 1000) < 1000
     a = monotonic_ms()
     assert monotonic_ms() >= a
+
+
+def test_steady_wall_never_runs_ahead_of_the_monotonic_clock_since_the_anchor():
+    anchor = (1_000_000, 50)
+    assert steady_wall_ms(1_000_100, 150, *anchor) == 1_000_100  # both clocks agree
+    assert steady_wall_ms(1_000_100 + 600_000, 150, *anchor) == 1_000_100, "a forward step is ignored"
+    assert steady_wall_ms(1_000_100 - 600_000, 150, *anchor) == 1_000_100 - 600_000, "a backward step delays"
+
+
+def test_the_test_only_wall_clock_offset_steps_only_the_wall_clock(tmp_path):
+    """Off unless SEMEL_TEST_WALL_CLOCK_OFFSET=1; when on, the file's offset is added to the wall
+    clock, re-read at run time (forward and back), and the monotonic clock never moves."""
+    code = ("import sys, time\nfrom pathlib import Path\nfrom semel import clock\n"
+            "path = Path(sys.argv[1])\n"
+            "clock.write_test_offset(path, 600_000)\n"
+            "print(clock.enable_test_offset(path))\n"
+            "print(round((clock.wall_clock_ms() - time.time() * 1000) / 60_000))\n"
+            "m0, t0 = clock.monotonic_ms(), time.monotonic() * 1000\n"
+            "clock.write_test_offset(path, -600_000)\n"
+            "deadline = time.monotonic() + 30\n"
+            "while clock.wall_clock_ms() - time.time() * 1000 > 0 and time.monotonic() < deadline:\n"
+            "    time.sleep(0.01)\n"
+            "print(round((clock.wall_clock_ms() - time.time() * 1000) / 60_000))\n"
+            "print(abs((clock.monotonic_ms() - m0) - (time.monotonic() * 1000 - t0)) < 1000)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != TEST_OFFSET_ENV}
+    off = subprocess.run([sys.executable, "-c", code, str(tmp_path / "off")], capture_output=True, text=True,
+                         check=True, env=env).stdout.split()
+    assert off[:2] == ["False", "0"], "off by default: the file is ignored"
+    on = subprocess.run([sys.executable, "-c", code, str(tmp_path / "on")], capture_output=True, text=True,
+                        check=True, env={**env, TEST_OFFSET_ENV: "1"})
+    assert on.stdout.split() == ["True", "10", "-10", "True"]
+    assert "TEST ONLY" in on.stderr and "never use this in production" in on.stderr
+    bad = subprocess.run([sys.executable, "-c", code, str(tmp_path / "bad")], capture_output=True, text=True,
+                         env={**env, TEST_OFFSET_ENV: "yes"})
+    assert bad.returncode != 0 and "only 1 turns" in bad.stderr
 
 
 @pytest.mark.parametrize("attempt, expected", [(-1, 100), (0, 100), (1, 100), (2, 200), (3, 400), (4, 800), (5, 1000),
