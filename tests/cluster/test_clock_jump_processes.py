@@ -3,7 +3,9 @@ polls `<data dir>/test-wall-clock-offset-ms`; the host clock and the monotonic c
 untouched). No guarantee may rest on wall-clock agreement: an open transaction is not aborted
 early when its coordinator's wall clock jumps 10 minutes forward, and the abort scan goes on
 after a step back (it used to be paced on the wall clock); time-based retention deletes nothing
-early when the leader's wall clock jumps 2 hours forward past a topic's 1-hour retention."""
+early when the leader's wall clock jumps 2 hours forward past a topic's 1-hour retention; an
+idempotent producer's state is not expired when the leader's wall clock jumps 25 hours forward
+past the 24-hour producer expiry (its retried batches would no longer be deduplicated)."""
 
 from __future__ import annotations
 
@@ -109,3 +111,25 @@ def test_a_forward_step_does_not_delete_segments_before_their_retention(cluster)
     fill(c, "by-size", 12)
     c.wait_for(lambda: log_start(c, "by-size") > 0, timeout_s=60, what="a housekeeping round after the step")
     assert log_start(c, "aged") == 0, "a 2-hour forward step deleted segments with a 1-hour retention"
+
+
+def test_a_forward_step_does_not_expire_producer_state(cluster):
+    c = cluster
+    step(c, 0)
+    r = c.create_topic("idem", rf=1, configs={"segment_bytes": "1024", "retention_bytes": "2048"})
+    assert r.error_code == ErrorCode.NONE, r
+    c.serving_leader_of("idem", 0)
+    pid = h.init_producer_id(c.channel(1))
+    first = h.make_batch([b"once"], producer_id=pid, producer_epoch=0, base_sequence=0)
+    assert h.produce(c.broker_stub(1), "idem", 0, first).error_code == ErrorCode.NONE
+    step(c, +25 * 3_600_000)  # past the default 24 h producer expiry
+    # Size-based retention of the same partition after the step proves a housekeeping round
+    # (retention, then producer expiry, of each partition) ran with the stepped clock.
+    fill(c, "idem", 12)
+    c.wait_for(lambda: log_start(c, "idem") > 0, timeout_s=60, what="a housekeeping round after the step")
+    producers = ts.txn_stub(c, 1).DescribeProducers(txn_pb2.DescribeProducersRequest(topic="idem", partition=0),
+                                                    timeout=5)
+    assert producers.error_code == ErrorCode.NONE, producers
+    assert pid in [x.producer_id for x in producers.producers], "a 25-hour forward step expired a producer"
+    nxt = h.make_batch([b"twice"], producer_id=pid, producer_epoch=0, base_sequence=1)
+    assert h.produce(c.broker_stub(1), "idem", 0, nxt).error_code == ErrorCode.NONE, "its sequence goes on"
