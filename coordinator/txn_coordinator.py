@@ -364,14 +364,16 @@ class TxnCoordinator:
                 if tid not in self.channel and tid not in self._write_of_tid:
                     if not self.channel.add(machine.marker_plan(tid)):
                         break  # the channel is full; the next tick tries again
-        actions += self.channel.poll(now_ms, leader_of)
+        actions += self.channel.poll(monotonic_ms, leader_of)
         actions += self._expire_waiting(now_ms)
         return actions
 
     def marker_response(
-        self, send: MarkerSend, results: Mapping[tuple[int, TopicPartition], ErrorCode], now_ms: int
+        self, send: MarkerSend, results: Mapping[tuple[int, TopicPartition], ErrorCode], now_ms: int,
+        monotonic_ms: int,
     ) -> list[Action]:
-        progress = self.channel.on_response(send, results, now_ms)
+        """`monotonic_ms` paces marker retries (a wall-clock step back must not hold them)."""
+        progress = self.channel.on_response(send, results, monotonic_ms)
         actions: list[Action] = []
         for tid in progress.completed:
             machine = self._machines.get(self.partition_of(tid))
@@ -383,8 +385,8 @@ class TxnCoordinator:
             actions.append(PartitionFenced(partition))
         return actions
 
-    def marker_failure(self, send: MarkerSend, now_ms: int) -> list[Action]:
-        return self.marker_response(send, {}, now_ms)
+    def marker_failure(self, send: MarkerSend, now_ms: int, monotonic_ms: int) -> list[Action]:
+        return self.marker_response(send, {}, now_ms, monotonic_ms)
 
     # --- helpers ------------------------------------------------------------------------------------
 

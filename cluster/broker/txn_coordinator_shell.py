@@ -426,13 +426,13 @@ class TxnCoordinatorShell:
             resp = await stub.WriteTxnMarkers(txn_wire.write_markers_request(send), timeout=MARKER_RPC_TIMEOUT_S)
         except (grpc.aio.AioRpcError, ConnectionError) as exc:
             log.info("WriteTxnMarkers to broker %d failed: %s", send.broker_id, exc)
-            self._perform(core.marker_failure(send, wall_clock_ms()))
+            self._perform(core.marker_failure(send, wall_clock_ms(), monotonic_ms()))
             return
         results = authoritative_results(txn_wire.write_markers_results(resp), send.broker_id, self.b.config.broker_id)
         if pb.TRANSACTION_COORDINATOR_FENCED in results.values():
             results = await self._confirmed_fences(send, results)
         self.markers_written += sum(1 for code in results.values() if code == pb.NONE)
-        self._perform(core.marker_response(send, results, wall_clock_ms()))
+        self._perform(core.marker_response(send, results, wall_clock_ms(), monotonic_ms()))
         self._kick()  # the broker's in-flight slot is free: send what waits for it
 
     async def _confirmed_fences(self, send: MarkerSend, results: dict[tuple[int, TopicPartition], pb.ErrorCode]

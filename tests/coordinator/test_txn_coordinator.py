@@ -102,7 +102,7 @@ def test_end_txn_markers_then_complete_record():
     assert {m.topic_partition for m in send.markers} == set(tps("a0", "b0"))
     assert all(m.coordinator_epoch == 5 and m.producer_epoch == ident[1] + 1 for m in send.markers)
     results = {(m.producer_id, m.topic_partition): ErrorCode.NONE for m in send.markers}
-    append = only(c.marker_response(send, results, 11), AppendRecords)
+    append = only(c.marker_response(send, results, 11, 11), AppendRecords)
     assert c.write_committed(append.write_id, 12) == []
     assert c.machine(0).metadata(TID).state is TxnState.COMPLETE_COMMIT
 
@@ -140,7 +140,7 @@ def test_a_fenced_marker_unloads_the_partition():
     write(c, c.end_txn(3, TID, *ident, True, 0))
     (send,) = [a for a in c.tick(0, lambda tp: 1, 0) if isinstance(a, MarkerSend)]
     actions = c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.TRANSACTION_COORDINATOR_FENCED
-                                       for m in send.markers}, 1)
+                                       for m in send.markers}, 1, 1)
     assert actions == [PartitionFenced(0)] and c.machine(0) is None and c.loaded_partitions() == [1]
 
 
@@ -196,7 +196,7 @@ def test_add_partitions_waits_for_the_previous_transaction_to_complete():
     assert c.add_offsets(6, TID, *nxt, "g", 3, 12) == [], "waits too"
     assert c.tick(20, lambda tp: 1, 20) == []
     append = only(c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.NONE
-                                           for m in send.markers}, 21), AppendRecords)
+                                           for m in send.markers}, 21, 21), AppendRecords)
     (entry,) = decode_records(append.batch)
     offsets_tp = offsets_partition("g", 3)
     assert entry.metadata.state is TxnState.ONGOING and entry.metadata.producer_epoch == nxt[1]
@@ -214,13 +214,13 @@ def test_a_failed_complete_and_add_write_leaves_the_requests_waiting():
     nxt, send = _commit_until_markers(c, init(c))
     assert c.add_partitions(5, TID, *nxt, tps("b0"), 12) == []
     append = only(c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.NONE
-                                           for m in send.markers}, 21), AppendRecords)
+                                           for m in send.markers}, 21, 21), AppendRecords)
     assert c.write_failed(append.write_id, ErrorCode.NOT_ENOUGH_REPLICAS, 22) == []
     assert c.machine(0).metadata(TID).state is TxnState.PREPARE_COMMIT
     # the next tick sends the markers again; their answer writes Complete + Ongoing again
     (send,) = [a for a in c.tick(30, lambda tp: 1, 30) if isinstance(a, MarkerSend)]
     append = only(c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.NONE
-                                           for m in send.markers}, 31), AppendRecords)
+                                           for m in send.markers}, 31, 31), AppendRecords)
     assert [(a.request_id, a.result.error) for a in c.write_committed(append.write_id, 32)] == [(5, ErrorCode.NONE)]
 
 
@@ -264,7 +264,7 @@ def test_too_many_partitions_waiting_complete_alone_and_the_add_is_refused():
     nxt, send = _commit_until_markers(c, init(c))
     assert c.add_partitions(5, TID, *nxt, tps("b0", "b1", "b2"), 12) == []
     append = only(c.marker_response(send, {(m.producer_id, m.topic_partition): ErrorCode.NONE
-                                           for m in send.markers}, 21), AppendRecords)
+                                           for m in send.markers}, 21, 21), AppendRecords)
     (entry,) = decode_records(append.batch)
     assert entry.metadata.state is TxnState.COMPLETE_COMMIT
     assert [(a.request_id, a.result.error) for a in c.write_committed(append.write_id, 22)] == [
@@ -325,9 +325,22 @@ def test_a_paused_leader_does_not_hold_the_next_transaction():
     (to_new,) = [a for a in c.tick(sent_ms, lookup, sent_ms) if isinstance(a, MarkerSend)]
     assert to_new.broker_id == 2 and to_new.markers == to_paused.markers
     append = only(c.marker_response(to_new, {(m.producer_id, m.topic_partition): ErrorCode.NONE
-                                             for m in to_new.markers}, sent_ms + 5), AppendRecords)
+                                             for m in to_new.markers}, sent_ms + 5, sent_ms + 5), AppendRecords)
     replies = c.write_committed(append.write_id, sent_ms + 10)
     assert [(r.request_id, r.result.error) for r in replies] == [(5, ErrorCode.NONE)]
     assert sent_ms + 10 < 12 + limits.TXN_COMPLETING_WAIT_MS  # answered within its wait: no CONCURRENT_TRANSACTIONS
-    assert c.marker_failure(to_paused, 15_010) == []  # the old request's timeout changes nothing
+    assert c.marker_failure(to_paused, 15_010, 15_010) == []  # the old request's timeout changes nothing
     assert c.machine(0).metadata(TID).state is TxnState.ONGOING
+
+
+def test_marker_retries_are_paced_on_the_monotonic_clock_not_held_by_a_wall_clock_step_back():
+    """A marker send fails, then the coordinator's wall clock steps back 10 minutes: the retry
+    goes out after its backoff on the monotonic clock (on the wall clock it would wait 10
+    minutes, holding the transaction in Prepare* and its producer in CONCURRENT_TRANSACTIONS)."""
+    c = core()
+    ident = init(c)
+    _, send = _commit_until_markers(c, ident)
+    assert c.marker_failure(send, 20, 20) == []
+    back = 20 - 10 * 60_000
+    retried = [a for a in c.tick(back + 60_000, lambda tp: 1, 60_000) if isinstance(a, MarkerSend)]
+    assert [m.topic_partition for a in retried for m in a.markers] == list(tps("a0")), "retried after its backoff"

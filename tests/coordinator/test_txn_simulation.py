@@ -174,12 +174,12 @@ class Coordinator:
     def deliver(self, send: MarkerSend) -> None:
         now_ms = self.world.now_ms
         if self.rnd.random() < 0.15:
-            self.handle(self.core.marker_failure(send, now_ms))
+            self.handle(self.core.marker_failure(send, now_ms, now_ms))
             return
         parts = self.world.partitions
         results = {(mk.producer_id, mk.topic_partition): parts[mk.topic_partition].append_marker(mk, now_ms)
                    for mk in send.markers}
-        self.handle(self.core.marker_response(send, results, now_ms))
+        self.handle(self.core.marker_response(send, results, now_ms, now_ms))
 
     def _durable(self, append: AppendRecords) -> None:
         assert append.coordinator_epoch == self.epochs[append.partition], "an append from a stale coordinator epoch"

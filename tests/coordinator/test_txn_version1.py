@@ -247,7 +247,7 @@ def test_coordinator_core_v1_round_trip_and_failover():
     (send,) = [a for a in c2.tick(10, lambda tp: 1, 10) if isinstance(a, MarkerSend)]
     assert [(mk.producer_id, mk.producer_epoch, mk.coordinator_epoch, mk.commit) for mk in send.markers] == [
         (*ident, 6, True)]
-    done = c2.marker_response(send, {(ident[0], tps("a0")[0]): ErrorCode.NONE}, 11)
+    done = c2.marker_response(send, {(ident[0], tps("a0")[0]): ErrorCode.NONE}, 11, 11)
     c2.write_committed(done[0].write_id, 12)
     assert c2.machine(0).metadata("t").state is S.COMPLETE_COMMIT
     assert c2.machine(0).metadata("t").txn_version is V1
