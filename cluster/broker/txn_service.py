@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from semel import internal_topics, limits
-from semel.clock import wall_clock_ms
+from semel.clock import monotonic_ms, wall_clock_ms
 from semel.cluster.broker import write_path
 from semel.cluster.broker.coordinator_lookup import find_coordinator
 from semel.cluster.broker.produce_validation import unset_fields
@@ -375,7 +375,7 @@ class ProduceVerifier:
             guard = not_none(guard, "a verification that answered NONE holds its guard")
             if self._open_here(pd.topic, pd.partition, guard.producer_id, guard.producer_epoch):
                 return  # a concurrent request of the producer opened it meanwhile (same verification)
-            if self.shell.verification_cache(*key).check(guard, wall_clock_ms()) != pb.NONE:
+            if self.shell.verification_cache(*key).check(guard, monotonic_ms()) != pb.NONE:
                 raise PartitionError(pb.INVALID_TXN_STATE, "a marker ended the producer's transaction while its "
                                      "first write was being verified; refused (no hanging transaction)")
 
@@ -420,7 +420,7 @@ class ProduceVerifier:
             for key, fut in futs.items():
                 self._inflight[(*key, pid, epoch)] = fut
             try:
-                now = wall_clock_ms()
+                now = monotonic_ms()  # the cache's TTL: a duration in this process
                 started = {key: self.shell.verification_cache(*key).begin(pid, epoch, now) for key in mine}
                 result = await self._ask_coordinator(tid, pid, epoch, mine, image)
                 self.verifications += 1
@@ -428,7 +428,7 @@ class ProduceVerifier:
                 for key, guard in started.items():
                     code = result.error if result.error != pb.NONE else codes.get(TopicPartition(*key),
                                                                                    pb.INVALID_TXN_STATE)
-                    if code == pb.NONE and self.shell.verification_cache(*key).record_verified(guard, wall_clock_ms()):
+                    if code == pb.NONE and self.shell.verification_cache(*key).record_verified(guard, monotonic_ms()):
                         out[key] = (pb.NONE, "", guard)
                     else:
                         code = code if code != pb.NONE else pb.INVALID_TXN_STATE
