@@ -43,8 +43,11 @@ made (there is no transaction to close, and losing the epoch fence equals an exp
 
 Expiry: `expire(now_ms)` drops producers idle for `expiration_ms` (never one with an open
 transaction). "Idle" is measured against the batch max timestamp (Kafka does the same), so
-a replay after a restart ages producers exactly as before; a client clock far behind makes
-its producer expire early (it then gets UNKNOWN_PRODUCER_ID and recovers per KIP-360).
+a replay after a restart ages producers exactly as before; and, on this replica's monotonic
+clock, since the first sweep after its last batch, so neither a step of this host's wall clock
+nor a client clock far behind expires a producer that wrote within `expiration_ms` (an expired
+producer gets UNKNOWN_PRODUCER_ID and recovers per KIP-360, but a retry of its last batch would
+no longer be deduplicated).
 Each replica sweeps on its own clock; expiry never touches open transactions, so the LSO
 and the aborted index stay identical on every replica.
 
