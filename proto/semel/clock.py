@@ -6,7 +6,9 @@
 - `monotonic_ms()`: milliseconds on a clock that never steps. For durations and deadlines inside
   one process: timeouts, backoffs, replication lag, liveness.
 
-Pure cores never call either: their shells pass `now_ms` in.
+Pure cores never call either: their shells pass `now_ms` in. A decision that must survive a
+step of the wall clock takes both (transaction timeouts, producer expiry) or reads
+`steady_wall_ms` (time-based retention); docs/design.md, "Clocks", lists every timer.
 
 Tests only: a process started with `SEMEL_TEST_WALL_CLOCK_OFFSET=1` that calls
 `enable_test_offset(path)` (the broker does, with `<data dir>/test-wall-clock-offset-ms`) adds
