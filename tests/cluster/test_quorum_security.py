@@ -101,7 +101,11 @@ def test_only_a_voter_with_the_secret_joins_the_quorum(tmp_path: Path, quorums, 
             # connection_retry_s (0.1 s); with the same secret the third node joins in ~0.2 s.
             await asyncio.sleep(2.0)
             assert not leader.is_peer_connected(voters[2].raft_address)
-            assert not third.is_peer_connected(leader.config.raft_address)
+            if third_secret is not None:
+                assert not third.is_peer_connected(leader.config.raft_address)
+            # Without a secret pysyncobj marks its outgoing plain connection connected on TCP
+            # connect, before the leader drops it at the first frame it cannot decrypt, so the
+            # third's own view flickers; what it can never get is data (checked next).
             assert third.image().version == 0 and observer.image().version == 0
             assert not third.is_leader()
             assert leader.is_leader() and (await leader.submit(RegisterBroker(100, "after", "h", 9100))).ok
