@@ -34,7 +34,7 @@ from semel.scram import ANONYMOUS, BROKER_NAME
 @dataclasses.dataclass(frozen=True, slots=True)
 class Principal:
     name: str
-    mechanism: str  # "broker-token" | "password" | "mtls" | "anonymous"
+    mechanism: str  # "broker-token" | "password" | "scram" (Kafka SASL) | "mtls" | "anonymous"
     host: str = ""  # the caller's IP ("" unknown)
 
     @property
@@ -124,6 +124,11 @@ class Authenticator:
         if any(self._cache_hit(name, c, password) for c in credentials):
             return Principal(name, "password", host)
         return PasswordCheck(name, password, credentials, host)
+
+    def check_user_password(self, name: str, password: str, host: str) -> Principal | AuthFailure | PasswordCheck:
+        """A name and password proven by a TLS connection's own means (SASL PLAIN on the Kafka
+        listener): as `identify` with the password headers over TLS."""
+        return self._password({tls.USER_HEADER: name, tls.PASSWORD_HEADER: password}, True, host)
 
     def check_password(self, check: PasswordCheck) -> Principal | AuthFailure:
         """The PBKDF2 part (blocking: run it off the event loop). Thread-safe enough: the

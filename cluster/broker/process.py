@@ -218,9 +218,6 @@ class BrokerConfig:
             raise ValueError("--tls-ca / --tls-client-auth need --tls-cert and --tls-key (the broker's own certificate)")
         if self.tls_client_auth == "required" and not self.tls_ca:
             raise ValueError("--tls-client-auth required needs --tls-ca")
-        if self.authentication == "required" and self.kafka_listen:
-            raise ValueError("--authentication required with --kafka-listen: the Kafka-protocol listener has no "
-                             "TLS or SASL yet and would serve anyone; run it without --kafka-listen")
         if self.authentication == "required" and not self.tls_cert:
             raise ValueError("--authentication required needs TLS (--tls-cert, --tls-key): credentials never "
                              "travel in plaintext")
@@ -557,9 +554,10 @@ class Broker:
             await self._start_metrics(cfg.metrics_listen)
         if self.is_broker and cfg.kafka_listen:
             host, port = split_address(cfg.kafka_listen)
-            self.kafka = KafkaListener(self, host, port)
+            self.kafka = KafkaListener(self, host, port, self.security)
             self.kafka_port = await self.kafka.start()
-            log.info("broker %d Kafka protocol listening on %s:%d", cfg.broker_id, host, self.kafka_port)
+            log.info("broker %d Kafka protocol listening on %s:%d (%s, authentication %s)", cfg.broker_id, host,
+                     self.kafka_port, "TLS" if cfg.tls_cert else "plaintext", cfg.authentication)
         if cfg.raft_address:
             check_port_free(cfg.raft_address)  # pysyncobj would retry a busy port forever, silently
         loop = asyncio.get_running_loop()

@@ -56,6 +56,12 @@ def current_principal() -> Principal | None:
     return _current.get()
 
 
+def bind_principal(p: Principal) -> None:
+    """Make `p` the current principal of the running task (the Kafka listener does it for
+    each request, so code shared with the gRPC services sees its caller the same way)."""
+    _current.set(p)
+
+
 def broker_key(raft_secret: bytes | None) -> bytes | None:
     """The key broker tokens are made with: derived from (never equal to) the Raft secret."""
     return None if raft_secret is None else hmac.new(raft_secret, BROKER_KEY_CONTEXT, hashlib.sha256).digest()
@@ -93,6 +99,7 @@ class BrokerSecurity:
         def lookup(name: str) -> Sequence[scram.ScramCredential]:
             return tuple(users(name)) or static.get(name, ())
 
+        self.users = lookup  # the SCRAM credentials of a user (quorum, else the bootstrap file)
         self.files = files
         self.tls_on = bool(files.cert_file)
         self.client_auth = client_auth

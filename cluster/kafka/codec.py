@@ -21,12 +21,15 @@ import io
 import struct
 import typing
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kio.index import load_request_schema, load_response_schema
 from kio.schema.errors import ErrorCode
 from kio.serial import entity_reader, entity_writer
 from kio.static.primitive import i32
+
+if TYPE_CHECKING:
+    from semel.cluster.broker.principal import Principal
 
 API_VERSIONS = 18
 PRODUCE = 0
@@ -61,6 +64,16 @@ LIST_TRANSACTIONS = 66
 CREATE_PARTITIONS = 37
 ALTER_CONFIGS = 33
 INCREMENTAL_ALTER_CONFIGS = 44
+SASL_HANDSHAKE = 17
+SASL_AUTHENTICATE = 36
+
+# Answered by the connection itself (listener.py, sasl.py), not by a KafkaApis handler: they
+# change the connection's state. SaslHandshake v0 is followed by raw SASL tokens (no Kafka
+# header), v1 by SaslAuthenticate; SaslAuthenticate v1 adds session_lifetime_ms, v2 is flexible.
+CONNECTION_APIS: dict[int, tuple[int, int]] = {
+    SASL_HANDSHAKE: (0, 1),
+    SASL_AUTHENTICATE: (0, 2),
+}
 
 # The transaction APIs (txn_handlers.py), in their transaction-version-1 form: AddPartitionsToTxn
 # v4+ is the broker-to-broker batch and v5 is KIP-890's version 2, as EndTxn v5 and
@@ -115,6 +128,7 @@ ADVERTISED: dict[int, tuple[int, int]] = {
     CONSUMER_GROUP_HEARTBEAT: (0, 1),
     CONSUMER_GROUP_DESCRIBE: (0, 1),
     **TRANSACTION_APIS,
+    **CONNECTION_APIS,
 }
 SERVED: dict[int, tuple[int, int]] = {**ADVERTISED, PRODUCE: (3, 9)}
 
@@ -133,6 +147,9 @@ class Request:
     correlation_id: int
     client_id: str | None
     body: Any  # the kio request entity of (api_key, api_version)
+    # who sent it: the connection's principal when the request was read (TLS client
+    # certificate, SASL, else User:ANONYMOUS); None outside a listener (unit tests)
+    principal: Principal | None = None
 
 
 def peek(frame: bytes) -> tuple[int, int, int]:
@@ -146,7 +163,7 @@ def is_served(api_key: int, api_version: int) -> bool:
     return span is not None and span[0] <= api_version <= span[1]
 
 
-def decode_request(frame: bytes) -> Request:
+def decode_request(frame: bytes, principal: Principal | None = None) -> Request:
     """The whole request, or BadRequest (unknown key or version, malformed bytes)."""
     if len(frame) < PEEK_BYTES:
         raise BadRequest(f"frame of {len(frame)} bytes is shorter than a request header")
@@ -163,7 +180,7 @@ def decode_request(frame: bytes) -> Request:
         raise BadRequest(f"api key {key} v{version}: cannot decode: {type(exc).__name__}: {exc}") from exc
     # Bytes after the request are ignored, as Kafka does: librdkafka 2.16's Metadata v12 ends
     # with 3 of them (01 00 00) after its tagged-field section.
-    return Request(key, version, correlation_id, getattr(header, "client_id", None), body)
+    return Request(key, version, correlation_id, getattr(header, "client_id", None), body, principal)
 
 
 def encode_response(correlation_id: int, response: Any) -> bytes:

@@ -666,4 +666,4 @@ _HANDLERS = {
     **consumer_group_handlers.HANDLERS,
     **{key: _via_txn(handler) for key, handler in TXN_HANDLERS.items()},
 }
-assert set(_HANDLERS) == set(codec.SERVED), "every served API has a handler"
+assert set(_HANDLERS) | set(codec.CONNECTION_APIS) == set(codec.SERVED), "every served API has a handler"

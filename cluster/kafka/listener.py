@@ -15,6 +15,17 @@ A frame for an API or version not served closes the connection (the client canno
 in a layout it did not ask for), except ApiVersions, answered in v0 with UNSUPPORTED_VERSION
 (KIP-511). A handler's unexpected exception closes the connection too; the broker stays up.
 Produce with acks=0 is answered with nothing at all, as Kafka does.
+
+Security (the broker's `BrokerSecurity`, the same users as the gRPC port): with --tls-cert the
+port speaks TLS only; with --tls-ca a client certificate is requested (required with
+--tls-client-auth required) and its common name is the connection's principal (`User:<CN>`).
+SaslHandshake/SaslAuthenticate (sasl.py) run on the connection itself, one request at a time
+(the reader waits for each answer before reading on); a failed exchange is answered with
+SASL_AUTHENTICATION_FAILED and the connection closed. With --authentication required, a
+connection not yet authenticated may send only ApiVersions and the SASL requests, in frames of
+at most `MAX_KAFKA_UNAUTHENTICATED_REQUEST_BYTES`; anything else closes it. Every request
+carries the connection's principal (`Request.principal`, and `security.current_principal()`
+while it is handled) for an authorizer.
 """
 
 from __future__ import annotations
@@ -22,12 +33,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 from typing import TYPE_CHECKING, Any
 
-from semel import limits
-from semel.cluster.kafka import codec
+from kio.schema.errors import ErrorCode as K
+from semel import limits, tls
+from semel.cluster.broker.principal import PasswordCheck, Principal
+from semel.cluster.broker.security import BrokerSecurity, bind_principal
+from semel.cluster.kafka import codec, sasl
 from semel.cluster.kafka.handlers import KafkaApis
+from semel.scram import ANONYMOUS
 
 if TYPE_CHECKING:
     from semel.cluster.broker.process import Broker
@@ -37,18 +53,52 @@ log = logging.getLogger(__name__)
 _SIZE = struct.Struct(">i")
 
 
+SSL_HANDSHAKE_TIMEOUT_S = 10.0
+
+
+def server_ssl_context(files: tls.TlsFiles, client_auth: str) -> ssl.SSLContext:
+    """The listener's TLS: the broker's certificate; a client certificate signed by
+    `files.ca_file` is requested when there is a CA (Kafka's ssl.client.auth=requested) and
+    demanded with client_auth "required"."""
+    files.check(need_cert=True)
+    if client_auth == "required" and not files.ca_file:
+        raise tls.TlsConfigError("--tls-client-auth required needs --tls-ca (the CA client certificates must chain to)")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(files.cert_file, files.key_file)
+    if files.ca_file:
+        ctx.load_verify_locations(files.ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED if client_auth == "required" else ssl.CERT_OPTIONAL
+    return ctx
+
+
+def certificate_name(ssl_object: Any) -> str:
+    """The common name of the verified client certificate ("" without one)."""
+    cert: Any = ssl_object.getpeercert() if isinstance(ssl_object, (ssl.SSLObject, ssl.SSLSocket)) else None
+    for rdn in (cert or {}).get("subject", ()):  # ((("commonName", "alice"),), ...)
+        for pair in rdn:
+            if pair[0] == "commonName":
+                return str(pair[1])
+    return ""
+
+
 class KafkaListener:
-    def __init__(self, broker: Broker, host: str, port: int) -> None:
+    def __init__(self, broker: Broker, host: str, port: int, security: BrokerSecurity | None = None) -> None:
         self.apis = KafkaApis(broker)
         self.host = host
         self.port = port
+        self.security = security
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port (port 0 picks a free one)."""
+        context = None
+        if self.security is not None and self.security.tls_on:
+            context = server_ssl_context(self.security.files, self.security.client_auth)
         try:
-            self._server = await asyncio.start_server(self._accept, self.host, self.port)
+            self._server = await asyncio.start_server(self._accept, self.host, self.port, ssl=context,
+                                                      ssl_handshake_timeout=SSL_HANDSHAKE_TIMEOUT_S if context else None)
         except OSError as exc:
             raise OSError(f"cannot bind Kafka address {self.host}:{self.port}: {exc}") from exc
         self.port = self._server.sockets[0].getsockname()[1]
@@ -75,17 +125,28 @@ class KafkaListener:
             return
         self._connections.add(task)
         try:
-            await Connection(self.apis, reader, writer).run()
+            await Connection(self.apis, reader, writer, self.security).run()
         finally:
             self._connections.discard(task)
 
 
 class Connection:
-    def __init__(self, apis: KafkaApis, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, apis: KafkaApis, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 security: BrokerSecurity | None = None) -> None:
         self.apis = apis
         self.reader = reader
         self.writer = writer
+        self.security = security
         self.peer = writer.get_extra_info("peername")
+        host = str(self.peer[0]) if isinstance(self.peer, tuple) and self.peer else ""
+        self.host = host
+        cn = certificate_name(writer.get_extra_info("ssl_object"))
+        self.principal = Principal(cn, "mtls", host) if cn else Principal(ANONYMOUS, "anonymous", host)
+        self.required = security is not None and security.required
+        self.exchange: sasl.Exchange | None = None
+        self.handshakes = 0
+        self.raw_sasl = False  # after SaslHandshake v0: the next frames are bare SASL tokens
+        self.closing = False   # a SASL refusal was queued: stop reading, send it, close
         # answers in request order: each entry is the task producing the frame (None: no answer)
         self.pending: asyncio.Queue[asyncio.Task[bytes | None] | None] = asyncio.Queue(
             limits.MAX_KAFKA_INFLIGHT_REQUESTS_PER_CONNECTION)
@@ -121,21 +182,106 @@ class Connection:
     async def _put(self, item: asyncio.Task[bytes | None] | None) -> None:
         await self.pending.put(item)
 
+    @property
+    def must_authenticate(self) -> bool:
+        return self.required and not self.principal.authenticated
+
     async def _read_requests(self) -> None:
-        while True:
+        loop = asyncio.get_running_loop()
+        while not self.closing:
             (size,) = _SIZE.unpack(await self.reader.readexactly(_SIZE.size))
-            if size < codec.PEEK_BYTES or size > limits.MAX_KAFKA_REQUEST_BYTES:
-                raise codec.BadRequest(f"frame size {size} outside [{codec.PEEK_BYTES}, "
-                                       f"{limits.MAX_KAFKA_REQUEST_BYTES}]")
+            most = limits.MAX_KAFKA_UNAUTHENTICATED_REQUEST_BYTES if self.must_authenticate or self.raw_sasl \
+                else limits.MAX_KAFKA_REQUEST_BYTES
+            least = 0 if self.raw_sasl else codec.PEEK_BYTES
+            if size < least or size > most:
+                raise codec.BadRequest(f"frame size {size} outside [{least}, {most}]")
             frame = await self.reader.readexactly(size)
+            if self.raw_sasl:  # SaslHandshake v0: a bare token, answered with a bare token
+                task = loop.create_task(self._raw_sasl(frame))
+                await self._put(task)
+                await asyncio.wait({task})
+                continue
             key, version, correlation_id = codec.peek(frame)
             if key == codec.API_VERSIONS and not codec.is_served(key, version):
                 await self._put(_done(codec.unsupported_api_versions(correlation_id)))
                 continue
-            request = codec.decode_request(frame)  # BadRequest closes the connection
-            await self._put(asyncio.get_running_loop().create_task(self._answer(request)))
+            if self.must_authenticate and key not in (codec.API_VERSIONS, *codec.CONNECTION_APIS):
+                raise codec.BadRequest(f"api key {key} before SASL authentication (this listener requires it); "
+                                       f"{self.principal.principal} is not authenticated")
+            request = codec.decode_request(frame, self.principal)  # BadRequest closes the connection
+            if key in codec.CONNECTION_APIS:  # one at a time: the next frame may depend on it
+                task = loop.create_task(self._sasl(request))
+                await self._put(task)
+                await asyncio.wait({task})
+                continue
+            await self._put(loop.create_task(self._answer(request)))
+
+    # --- SASL (sasl.py) -------------------------------------------------------------------
+    def _refuse(self, message: str) -> None:
+        log.info("kafka %s: SASL authentication failed: %s", self.peer, message)
+        self.closing = True
+
+    async def _sasl(self, request: codec.Request) -> bytes:
+        body = request.body
+        if request.api_key == codec.SASL_HANDSHAKE:
+            values = self._handshake(str(body.mechanism), request.api_version)
+        else:
+            values = await self._authenticate(bytes(body.auth_bytes))
+        response = codec.build(codec.response_class(request.api_key, request.api_version), values)
+        return codec.encode_response(request.correlation_id, response)
+
+    def _handshake(self, mechanism: str, version: int) -> dict[str, Any]:
+        offered = list(sasl.mechanisms(self.security is not None and self.security.tls_on))
+        self.handshakes += 1
+        if self.handshakes > limits.KAFKA_SASL_HANDSHAKES_PER_CONNECTION or self.principal.mechanism in (
+                "scram", "password") or self.exchange is not None:
+            self._refuse("SaslHandshake again after an exchange started or completed")
+            return {"error_code": K.illegal_sasl_state, "mechanisms": offered}
+        if self.security is None or mechanism not in offered:
+            log.info("kafka %s: SASL mechanism %r not offered (%s)", self.peer, mechanism, ", ".join(offered))
+            return {"error_code": K.unsupported_sasl_mechanism, "mechanisms": offered}
+        self.exchange = sasl.Exchange(mechanism, self.security.authenticator, self.security.users, self.host)
+        self.raw_sasl = version == 0
+        return {"error_code": K.none, "mechanisms": offered}
+
+    async def _authenticate(self, data: bytes) -> dict[str, Any]:
+        if self.exchange is None or self.security is None:
+            self._refuse("SaslAuthenticate without a SaslHandshake first")
+            return {"error_code": K.illegal_sasl_state, "error_message": "send SaslHandshake first",
+                    "auth_bytes": b"", "session_lifetime": 0}
+        try:
+            reply = await self._step(data)
+        except sasl.SaslFailure as exc:
+            self._refuse(str(exc))
+            return {"error_code": K.sasl_authentication_failed, "error_message": str(exc), "auth_bytes": b"",
+                    "session_lifetime": 0}
+        return {"error_code": K.none, "error_message": None, "auth_bytes": reply, "session_lifetime": 0}
+
+    async def _step(self, data: bytes) -> bytes:
+        """One SASL step; on success the connection's principal changes. Raises SaslFailure."""
+        exchange = self.exchange
+        assert exchange is not None and self.security is not None
+        reply, found = exchange.step(data)
+        if isinstance(found, PasswordCheck):  # PLAIN: one PBKDF2, off the event loop
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, sasl.check_password, self.security.authenticator, found)
+        if found is not None:
+            self.principal = found
+            self.raw_sasl = False
+            log.info("kafka %s: authenticated %s (SASL %s)", self.peer, found.principal, exchange.mechanism)
+        return reply
+
+    async def _raw_sasl(self, token: bytes) -> bytes | None:
+        try:
+            reply = await self._step(token)
+        except sasl.SaslFailure as exc:  # SaslHandshake v0 has no way to say why: close
+            self._refuse(str(exc))
+            return None
+        return _SIZE.pack(len(reply)) + reply
 
     async def _answer(self, request: codec.Request) -> bytes | None:
+        if request.principal is not None:
+            bind_principal(request.principal)
         response: Any = await self.apis.handle(request)
         if response is None:
             return None

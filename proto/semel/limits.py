@@ -84,6 +84,9 @@ LOOP_STALL_MS = 200                        # the loop silent this long is a stal
 MAX_KAFKA_REQUEST_BYTES = MAX_REQUEST_BYTES  # one request frame; a larger size prefix closes the connection before any allocation (Kafka: socket.request.max.bytes)
 MAX_KAFKA_INFLIGHT_REQUESTS_PER_CONNECTION = 64  # requests read and not yet answered on one connection; the reader waits beyond (clients pipeline: librdkafka 5 per partition when idempotent)
 MAX_KAFKA_CONNECTIONS = 4096               # open Kafka connections per broker; more are closed at once
+MAX_KAFKA_SASL_MESSAGE_BYTES = 4096        # one SASL message (PLAIN, a SCRAM step); longer ones fail the exchange
+MAX_KAFKA_UNAUTHENTICATED_REQUEST_BYTES = 64 * 1024  # a frame before SASL authentication (when required) larger than this closes the connection (Kafka: sasl.server.max.receive.size)
+KAFKA_SASL_HANDSHAKES_PER_CONNECTION = 4    # SaslHandshake requests one connection may send; more close it
 KAFKA_CLOSE_GRACE_MS = 1000                # a connection whose client stopped sending still gets the answers already being prepared within this
 # Kafka's classic group protocol (semel.coordinator.classic_group, in memory on the group's coordinator)
 MAX_CLASSIC_GROUPS_PER_BROKER = 10_000     # classic groups with members (or members expected to rejoin) per broker; more new groups -> GROUP_MAX_SIZE_REACHED

@@ -147,12 +147,14 @@ def test_broker_security_flags_that_do_not_fit_together_are_refused(tmp_path):
     tls_files = ["--tls-cert", "c.crt", "--tls-key", "c.key", "--tls-ca", "ca.crt"]
     ok = BrokerConfig.from_args([*base, *tls_files, "--authentication", "required", "--super-users", "User:admin"])
     assert (ok.authentication, ok.super_users) == ("required", ("User:admin",))
+    # the Kafka listener speaks TLS and SASL too (cluster/kafka/sasl.py): no side door to refuse
+    kafka = BrokerConfig.from_args([*base, *tls_files, "--authentication", "required", "--kafka-listen", "127.0.0.1:0"])
+    assert (kafka.authentication, kafka.kafka_listen) == ("required", "127.0.0.1:0")
     for bad in (
         ["--authentication", "required"],                                   # credentials need TLS
         ["--tls-cert", "c.crt"],                                            # a certificate without its key
         ["--tls-ca", "ca.crt"],                                             # a CA without our own certificate
         ["--tls-cert", "c.crt", "--tls-key", "c.key", "--tls-client-auth", "required"],  # mTLS without a CA
-        [*tls_files, "--authentication", "required", "--kafka-listen", "127.0.0.1:0"],  # an unauthenticated side door
         [*tls_files, "--super-users", "admin"],                             # not a principal
     ):
         with pytest.raises(SystemExit):
