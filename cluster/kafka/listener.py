@@ -164,6 +164,8 @@ class Connection:
                     await asyncio.wait({sender}, timeout=limits.KAFKA_CLOSE_GRACE_MS / 1000)
                 except asyncio.QueueFull:
                     pass
+                if self.closing and sender.done():
+                    await self._linger()
         finally:
             reader.cancel()
             sender.cancel()
@@ -171,6 +173,23 @@ class Connection:
             self.writer.close()
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
+
+    async def _linger(self) -> None:
+        """After a refused SASL exchange was answered: let the client close first, or close after
+        `KAFKA_FAILED_AUTHENTICATION_CLOSE_DELAY_MS` (Kafka's connection.failed.authentication.
+        delay.ms). A client that reads the answer and the close in one go may otherwise see only
+        the close (kafka-python then reports a lost connection, not the refusal); it also slows
+        password guessing down per connection."""
+        async def until_eof() -> None:
+            discarded = 0
+            while discarded <= limits.MAX_KAFKA_UNAUTHENTICATED_REQUEST_BYTES:
+                chunk = await self.reader.read(4096)
+                if not chunk:
+                    return
+                discarded += len(chunk)
+
+        with contextlib.suppress(asyncio.TimeoutError, ConnectionError, OSError):
+            await asyncio.wait_for(until_eof(), limits.KAFKA_FAILED_AUTHENTICATION_CLOSE_DELAY_MS / 1000)
 
     def _log_end(self, reader: asyncio.Task[None]) -> None:
         exc = reader.exception()

@@ -122,6 +122,7 @@ class _ScramServer:
         self.name = ""
         self.credential: scram.ScramCredential | None = None
         self.nonce = ""
+        self.client_nonce = ""
         self.first_bare = ""
         self.server_first = ""
 
@@ -151,7 +152,8 @@ class _ScramServer:
         salt, iterations = ((self.credential.salt, self.credential.iterations) if self.credential is not None
                             else (hmac.new(_FAKE_KEY, name.encode(), "sha256").digest()[:scram.SALT_BYTES],
                                   scram.ITERATIONS_DEFAULT))
-        self.nonce = client_nonce + base64.b64encode(secrets.token_bytes(NONCE_BYTES)).decode()
+        self.client_nonce = client_nonce
+        self.nonce = client_nonce + secrets.token_hex(NONCE_BYTES)  # printable, no "," (RFC 5802)
         self.first_bare = bare
         self.server_first = f"r={self.nonce},s={base64.b64encode(salt).decode()},i={iterations}"
         return self.server_first.encode()
@@ -167,7 +169,13 @@ class _ScramServer:
         attrs = dict(_attributes(without_proof))
         if attrs.get("c") not in ("biws", "eSws"):  # base64 of "n,," / "y,,"
             raise SaslFailure("SCRAM: channel binding is not supported")
-        if not hmac.compare_digest(attrs.get("r", "").encode(), self.nonce.encode()):
+        # RFC 5802: the client echoes the server's nonce. librdkafka before 2.6.1 (kcat in Debian
+        # 12 has 2.0.2) sends its own nonce once more in front of it (librdkafka#4895); Kafka 3.x
+        # accepts that too. The proof below covers whatever the client sent, so it must still
+        # know the password and answer this exchange's nonce.
+        echoed = attrs.get("r", "").encode()
+        if not (hmac.compare_digest(echoed, self.nonce.encode())
+                or hmac.compare_digest(echoed, (self.client_nonce + self.nonce).encode())):
             raise SaslFailure("SCRAM: nonce mismatch")
         try:
             proof = base64.b64decode(proof_attr, validate=True)

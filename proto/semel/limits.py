@@ -86,6 +86,7 @@ MAX_KAFKA_INFLIGHT_REQUESTS_PER_CONNECTION = 64  # requests read and not yet ans
 MAX_KAFKA_CONNECTIONS = 4096               # open Kafka connections per broker; more are closed at once
 MAX_KAFKA_SASL_MESSAGE_BYTES = 4096        # one SASL message (PLAIN, a SCRAM step); longer ones fail the exchange
 MAX_KAFKA_UNAUTHENTICATED_REQUEST_BYTES = 64 * 1024  # a frame before SASL authentication (when required) larger than this closes the connection (Kafka: sasl.server.max.receive.size)
+KAFKA_FAILED_AUTHENTICATION_CLOSE_DELAY_MS = 500  # a refused SASL exchange: its answer, then the connection closes after this (or when the client closes)
 KAFKA_SASL_HANDSHAKES_PER_CONNECTION = 4    # SaslHandshake requests one connection may send; more close it
 KAFKA_CLOSE_GRACE_MS = 1000                # a connection whose client stopped sending still gets the answers already being prepared within this
 # Kafka's classic group protocol (semel.coordinator.classic_group, in memory on the group's coordinator)

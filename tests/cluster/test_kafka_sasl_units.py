@@ -45,6 +45,24 @@ def test_scram_refuses_a_wrong_password_and_an_unknown_user_alike(user, password
         ex.step(client.final_message())
 
 
+def test_scram_accepts_the_doubled_client_nonce_of_librdkafka_before_2_6_1():
+    """librdkafka#4895: r=<client nonce><server r> instead of <server r>; the proof must still hold."""
+    import base64, hashlib, hmac
+
+    ex = exchange("SCRAM-SHA-256")
+    client_nonce = "cLiEnT"
+    first_bare = f"n=alice,r={client_nonce}"
+    server_first = ex.step(("n,," + first_bare).encode())[0].decode()
+    attrs = dict(a.split("=", 1) for a in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac("sha256", b"pencil", base64.b64decode(attrs["s"]), int(attrs["i"]))
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    without_proof = f"c=biws,r={client_nonce}{attrs['r']}"
+    auth = f"{first_bare},{server_first},{without_proof}".encode()
+    signature = hmac.new(hashlib.sha256(client_key).digest(), auth, "sha256").digest()
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
+    assert ex.step(f"{without_proof},p={proof}".encode())[1] == Principal("alice", "scram", "10.0.0.1")
+
+
 def test_scram_refuses_a_replayed_nonce_channel_binding_and_garbage():
     client = ScramClient("alice", "pencil", "SCRAM-SHA-256")
     ex = exchange("SCRAM-SHA-256")
