@@ -519,7 +519,8 @@ def run_cluster_up(
         from semel.cluster.tooling import secure_cluster
 
         setup = secure_cluster.prepare(data_dir, [(s.broker_id, s.host) for s in specs],
-                                       ",".join(s.address for s in specs))
+                                       ",".join(s.address for s in specs),
+                                       ",".join(s.kafka_address for s in specs if s.kafka_port))
         extra_args = [*setup.broker_args, *extra_args]
     cluster = LocalCluster(
         specs, data_dir, extra_args, echo=say if follow_logs else None, on_unexpected_exit=unexpected,
@@ -588,6 +589,9 @@ def run_cluster_up(
             if setup is not None:
                 print(f"secure: TLS (CA {setup.client.tls_ca}) and authentication required; super user "
                       f"{setup.client.username}, credentials in {setup.admin_env}", flush=True)
+                if setup.kafka_client is not None:
+                    print(f"Kafka clients: SASL_SSL with SCRAM-SHA-256 (or PLAIN) as the same users; settings in "
+                          f"{setup.kafka_client} (kcat -F {setup.kafka_client} -L)", flush=True)
             connect = f"  source {setup.admin_env}\n" if setup is not None else f"  export SEMEL_BOOTSTRAP={first}\n"
             print(
                 "try:\n"

@@ -7,6 +7,11 @@ authentication, made in DATA_DIR (and kept across restarts on the same DATA_DIR)
   bootstrap-users.json          the super user `admin`'s SCRAM credential (no password)
   admin.env                     (mode 0600) `export SEMEL_BOOTSTRAP=... SEMEL_TLS_CA=...
                                 SEMEL_USER=admin SEMEL_PASSWORD=...`: `source` it, then run `semel`
+  kafka-client.properties       (mode 0600, with Kafka listeners) the same user for Kafka clients:
+                                bootstrap.servers, security.protocol=SASL_SSL,
+                                sasl.mechanism(s)=SCRAM-SHA-256, sasl.username/password,
+                                ssl.ca.location (librdkafka/kcat `-F`; confluent-kafka: pass the
+                                pairs as its config dict)
 
 The brokers get --tls-cert/--tls-key/--tls-ca, --authentication required, --super-users
 User:admin and --bootstrap-users-file; they prove themselves to each other with the token
@@ -29,6 +34,7 @@ from semel.cluster.tooling import certs
 
 ADMIN_USER = "admin"
 ADMIN_ENV_FILE = "admin.env"
+KAFKA_CLIENT_FILE = "kafka-client.properties"
 BOOTSTRAP_USERS_FILE = "bootstrap-users.json"
 CERTS_DIR = "certs"
 BROKER_ID_PLACEHOLDER = "{broker_id}"  # replaced in broker arguments by each broker's id
@@ -39,6 +45,7 @@ class SecureSetup:
     broker_args: tuple[str, ...]
     client: ClientSecurity
     admin_env: Path
+    kafka_client: Path | None = None  # kafka-client.properties (None: no Kafka listeners)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -55,8 +62,18 @@ def _read_env_password(path: Path) -> str:
     return ""
 
 
-def prepare(data_dir: str | Path, broker_hosts: Sequence[tuple[int, str]], bootstrap: str) -> SecureSetup:
-    """Create (or reuse) the CA, the broker certificates, the admin user and admin.env."""
+def kafka_client_properties(kafka_bootstrap: str, ca_file: str, user: str, password: str) -> str:
+    """librdkafka's configuration (kcat -F, `key=value` lines) for a SASL_SSL + SCRAM client."""
+    pairs = (("bootstrap.servers", kafka_bootstrap), ("security.protocol", "SASL_SSL"),
+             ("sasl.mechanisms", "SCRAM-SHA-256"), ("sasl.username", user), ("sasl.password", password),
+             ("ssl.ca.location", ca_file))
+    return "".join(f"{k}={v}\n" for k, v in pairs)
+
+
+def prepare(data_dir: str | Path, broker_hosts: Sequence[tuple[int, str]], bootstrap: str,
+            kafka_bootstrap: str = "") -> SecureSetup:
+    """Create (or reuse) the CA, the broker certificates, the admin user, admin.env and (with
+    Kafka listeners) kafka-client.properties."""
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     cert_dir = root / CERTS_DIR
@@ -81,8 +98,13 @@ def prepare(data_dir: str | Path, broker_hosts: Sequence[tuple[int, str]], boots
     _write_private(env_path, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in (
         ("SEMEL_BOOTSTRAP", bootstrap), ("SEMEL_TLS_CA", ca), ("SEMEL_USER", ADMIN_USER),
         ("SEMEL_PASSWORD", password))))
+    kafka_client = None
+    if kafka_bootstrap:
+        kafka_client = root / KAFKA_CLIENT_FILE
+        _write_private(kafka_client, kafka_client_properties(kafka_bootstrap, ca, ADMIN_USER, password))
     leaf = certs.leaf_files(cert_dir, f"broker-{BROKER_ID_PLACEHOLDER}")
     args = ("--tls-cert", str(leaf.cert.resolve()), "--tls-key", str(leaf.key.resolve()), "--tls-ca", ca,
             "--authentication", "required", "--super-users", f"User:{ADMIN_USER}",
             "--bootstrap-users-file", str(users_path.resolve()))
-    return SecureSetup(args, ClientSecurity(tls_ca=ca, username=ADMIN_USER, password=password), env_path)
+    return SecureSetup(args, ClientSecurity(tls_ca=ca, username=ADMIN_USER, password=password), env_path,
+                       kafka_client)

@@ -260,3 +260,41 @@ def test_a_refused_exchange_is_answered_with_sasl_authentication_failed_then_clo
         correlation_id, error = struct.unpack_from(">ih", answer)
         assert (correlation_id, error) == (2, 58) and b"authentication failed for user 'alice'" in answer
         assert s.recv(4) == b""
+
+
+def test_cluster_up_secure_serves_kafka_with_sasl_ssl_and_writes_the_client_settings(tmp_path):
+    """`semel cluster up --secure --kafka-base-port K`: the Kafka port speaks TLS + SASL and
+    DATA_DIR/kafka-client.properties is all a librdkafka client needs (confluent-kafka, kcat -F)."""
+    import signal
+
+    from tests.cluster.test_cli_cluster_up import _free_block, _start_cluster_up
+
+    base = _free_block(1)
+    (kafka_port,) = free_ports(1)
+    proc, lines = _start_cluster_up(tmp_path, 1, base, "--secure", "--kafka-base-port", str(kafka_port))
+    try:
+        assert any(line.startswith("cluster ready") for line in lines), "".join(lines)
+        props = tmp_path / "kafka-client.properties"
+        assert any(str(props) in line for line in lines), "".join(lines)
+        assert props.stat().st_mode & 0o077 == 0
+        settings = dict(line.split("=", 1) for line in props.read_text().splitlines())
+        assert settings["security.protocol"] == "SASL_SSL" and settings["bootstrap.servers"].endswith(str(kafka_port))
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient(settings)
+        for future in admin.create_topics([NewTopic("t", 1, 1)], operation_timeout=30).values():
+            future.result(timeout=DEADLINE_S)
+        values = produce_and_consume(settings, 10)
+        assert len(values) == 10
+        if shutil.which("kcat"):
+            out = subprocess.run(["kcat", "-F", str(props), "-C", "-t", "t", "-o", "beginning", "-e", "-q"],
+                                 text=True, capture_output=True, timeout=DEADLINE_S)
+            assert out.returncode == 0 and sorted(out.stdout.splitlines()) == sorted(v.decode() for v in values), \
+                out.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
