@@ -134,3 +134,69 @@ def test_a_connection_fed_any_bytes_ends_closed(chunks: list[bytes]) -> None:
     assert writer.closed
     # only ApiVersions beyond the served range is answered here (the v0 error), nothing else
     assert len(writer.written) == 0 or writer.written[8:10] == b"\x00\x23"
+
+
+class _CountingApis:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle(self, request: codec.Request) -> None:
+        assert request.principal is not None and not request.principal.authenticated
+        if request.api_key != codec.API_VERSIONS:
+            self.calls += 1
+        return None
+
+
+def _sasl_frame(key: int, version: int, payload: bytes) -> bytes:
+    header = struct.pack(">hhih", key, version, 7, 4) + b"fuzz"
+    if key == codec.SASL_AUTHENTICATE and version == 2:  # flexible: compact bytes, tagged fields
+        header += b"\x00"
+        body = bytes([len(payload) + 1]) + payload + b"\x00" if len(payload) < 127 else payload
+    else:
+        body = (struct.pack(">h", len(payload)) if key == codec.SASL_HANDSHAKE else struct.pack(">i", len(payload))) \
+            + payload
+    frame = header + body
+    return struct.pack(">i", len(frame)) + frame
+
+
+def _plain_frame(key: int, version: int, body: bytes) -> bytes:
+    frame = struct.pack(">hhih", key, version, 9, 4) + b"fuzz" + body
+    return struct.pack(">i", len(frame)) + frame
+
+
+# well-formed requests that a handler would answer: Metadata v1 (all topics), ListGroups v0,
+# ApiVersions v0 (the one a handler may see before authentication)
+_valid_frames = st.sampled_from([_plain_frame(codec.METADATA, 1, b"\xff\xff\xff\xff"),
+                                 _plain_frame(codec.LIST_GROUPS, 0, b""), _plain_frame(codec.API_VERSIONS, 0, b"")])
+
+_sasl_frames = st.builds(
+    _sasl_frame, st.sampled_from([codec.SASL_HANDSHAKE, codec.SASL_AUTHENTICATE]), st.integers(0, 2),
+    st.one_of(st.sampled_from([b"SCRAM-SHA-256", b"SCRAM-SHA-512", b"PLAIN", b"n,,n=alice,r=abc",
+                               b"c=biws,r=abc,p=AAAA", b"\0alice\0pw"]), st.binary(max_size=60)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(_sasl_frames, _valid_frames, frames().map(lambda f: struct.pack(">i", len(f)) + f),
+                          st.binary(max_size=40)), max_size=8))
+def test_a_connection_that_must_authenticate_never_reaches_a_handler(chunks: list[bytes]) -> None:
+    """--authentication required: whatever SASL and other frames arrive, no request reaches the
+    APIs (only ApiVersions, SaslHandshake and SaslAuthenticate are served before SASL succeeds,
+    and no random bytes prove a password), and the connection ends closed."""
+    from semel import scram, tls
+    from semel.cluster.broker.security import BrokerSecurity
+
+    users = {"alice": (scram.make_credential("pencil", iterations=4096),)}
+    security = BrokerSecurity(1, tls.TlsFiles(), "none", "required", (), b"raft-secret",
+                              lambda name: users.get(name, ()))
+
+    async def run() -> tuple[_Writer, _CountingApis]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"".join(chunks))
+        reader.feed_eof()
+        writer, apis = _Writer(), _CountingApis()
+        await asyncio.wait_for(Connection(apis, reader, writer, security).run(), 10)  # type: ignore[arg-type]
+        return writer, apis
+
+    writer, apis = asyncio.run(run())
+    assert writer.closed
+    assert apis.calls == 0, "a request other than ApiVersions reached the APIs before authentication"
