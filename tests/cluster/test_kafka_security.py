@@ -298,3 +298,26 @@ def test_cluster_up_secure_serves_kafka_with_sasl_ssl_and_writes_the_client_sett
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_handshake_v0_bare_tokens_and_an_unknown_mechanism_on_the_wire(secure_kafka):
+    """GSSAPI is not offered (UNSUPPORTED_SASL_MECHANISM with the list, the connection stays);
+    SaslHandshake v0 then PLAIN as a bare token (no Kafka header) authenticates, after which
+    Metadata is answered."""
+    c, d, bootstrap = secure_kafka
+    host, port = bootstrap.split(":")
+    ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=host) as s:
+        s.sendall(_frame(17, 1, 1, struct.pack(">h", 6) + b"GSSAPI"))
+        answer = _read_frame(s)
+        assert struct.unpack_from(">ih", answer) == (1, 33)
+        assert b"SCRAM-SHA-256" in answer and b"SCRAM-SHA-512" in answer and b"PLAIN" in answer
+        s.sendall(_frame(17, 0, 2, struct.pack(">h", 5) + b"PLAIN"))
+        assert struct.unpack_from(">ih", _read_frame(s)) == (2, 0)
+        token = b"\0alice\0" + ALICE_PASSWORD.encode()
+        s.sendall(struct.pack(">i", len(token)) + token)
+        assert _recv_exactly(s, 4) == b"\x00\x00\x00\x00"  # PLAIN's empty server token: success
+        s.sendall(_frame(3, 1, 3, b"\xff\xff\xff\xff"))  # Metadata v1, all topics
+        answer = _read_frame(s)
+        assert struct.unpack_from(">i", answer)[0] == 3 and b"t" in answer
