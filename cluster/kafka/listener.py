@@ -23,7 +23,8 @@ SaslHandshake/SaslAuthenticate (sasl.py) run on the connection itself, one reque
 (the reader waits for each answer before reading on); a failed exchange is answered with
 SASL_AUTHENTICATION_FAILED and the connection closed. With --authentication required, a
 connection not yet authenticated may send only ApiVersions and the SASL requests, in frames of
-at most `MAX_KAFKA_UNAUTHENTICATED_REQUEST_BYTES`; anything else closes it. Every request
+at most `MAX_KAFKA_UNAUTHENTICATED_REQUEST_BYTES`, within `KAFKA_AUTHENTICATION_TIMEOUT_MS` of
+connecting; anything else closes it. Every request
 carries the connection's principal (`Request.principal`, and `security.current_principal()`
 while it is handled) for an authorizer.
 """
@@ -132,7 +133,8 @@ class KafkaListener:
 
 class Connection:
     def __init__(self, apis: KafkaApis, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 security: BrokerSecurity | None = None) -> None:
+                 security: BrokerSecurity | None = None,
+                 auth_timeout_ms: int = limits.KAFKA_AUTHENTICATION_TIMEOUT_MS) -> None:
         self.apis = apis
         self.reader = reader
         self.writer = writer
@@ -147,6 +149,10 @@ class Connection:
         self.handshakes = 0
         self.raw_sasl = False  # after SaslHandshake v0: the next frames are bare SASL tokens
         self.closing = False   # a SASL refusal was queued: stop reading, send it, close
+        # with --authentication required, a connection that has not authenticated by then is
+        # closed (it holds one of MAX_KAFKA_CONNECTIONS)
+        self.auth_timeout_ms = auth_timeout_ms
+        self.auth_deadline = asyncio.get_running_loop().time() + auth_timeout_ms / 1000
         # answers in request order: each entry is the task producing the frame (None: no answer)
         self.pending: asyncio.Queue[asyncio.Task[bytes | None] | None] = asyncio.Queue(
             limits.MAX_KAFKA_INFLIGHT_REQUESTS_PER_CONNECTION)
@@ -205,16 +211,26 @@ class Connection:
     def must_authenticate(self) -> bool:
         return self.required and not self.principal.authenticated
 
+    async def _read(self, n: int) -> bytes:
+        """n bytes; while the connection must still authenticate, only until its deadline."""
+        if not self.must_authenticate:
+            return await self.reader.readexactly(n)
+        left_s = self.auth_deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(self.reader.readexactly(n), max(left_s, 0.0))
+        except asyncio.TimeoutError:
+            raise codec.BadRequest(f"not authenticated within {self.auth_timeout_ms} ms") from None
+
     async def _read_requests(self) -> None:
         loop = asyncio.get_running_loop()
         while not self.closing:
-            (size,) = _SIZE.unpack(await self.reader.readexactly(_SIZE.size))
+            (size,) = _SIZE.unpack(await self._read(_SIZE.size))
             most = limits.MAX_KAFKA_UNAUTHENTICATED_REQUEST_BYTES if self.must_authenticate or self.raw_sasl \
                 else limits.MAX_KAFKA_REQUEST_BYTES
             least = 0 if self.raw_sasl else codec.PEEK_BYTES
             if size < least or size > most:
                 raise codec.BadRequest(f"frame size {size} outside [{least}, {most}]")
-            frame = await self.reader.readexactly(size)
+            frame = await self._read(size)
             if self.raw_sasl:  # SaslHandshake v0: a bare token, answered with a bare token
                 task = loop.create_task(self._raw_sasl(frame))
                 await self._put(task)

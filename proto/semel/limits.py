@@ -87,6 +87,7 @@ MAX_KAFKA_CONNECTIONS = 4096               # open Kafka connections per broker; 
 MAX_KAFKA_SASL_MESSAGE_BYTES = 4096        # one SASL message (PLAIN, a SCRAM step); longer ones fail the exchange
 MAX_KAFKA_UNAUTHENTICATED_REQUEST_BYTES = 64 * 1024  # a frame before SASL authentication (when required) larger than this closes the connection (Kafka: sasl.server.max.receive.size)
 KAFKA_FAILED_AUTHENTICATION_CLOSE_DELAY_MS = 500  # a refused SASL exchange: its answer, then the connection closes after this (or when the client closes)
+KAFKA_AUTHENTICATION_TIMEOUT_MS = 30_000    # --authentication required: a Kafka connection not authenticated this long after connecting is closed
 KAFKA_SASL_HANDSHAKES_PER_CONNECTION = 4    # SaslHandshake requests one connection may send; more close it
 KAFKA_CLOSE_GRACE_MS = 1000                # a connection whose client stopped sending still gets the answers already being prepared within this
 # Kafka's classic group protocol (semel.coordinator.classic_group, in memory on the group's coordinator)

@@ -200,3 +200,24 @@ def test_a_connection_that_must_authenticate_never_reaches_a_handler(chunks: lis
     writer, apis = asyncio.run(run())
     assert writer.closed
     assert apis.calls == 0, "a request other than ApiVersions reached the APIs before authentication"
+
+
+def test_a_connection_that_never_authenticates_is_closed_at_its_deadline() -> None:
+    """--authentication required: a client that connects and sends nothing (or only
+    ApiVersions) is closed after the authentication timeout instead of holding a slot."""
+    from semel import scram, tls
+    from semel.cluster.broker.security import BrokerSecurity
+
+    security = BrokerSecurity(1, tls.TlsFiles(), "none", "required", (), b"raft-secret",
+                              lambda name: () if name else (scram.make_credential("x", iterations=4096),))
+
+    async def run(data: bytes) -> _Writer:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)  # and never EOF: the client just stays connected
+        writer = _Writer()
+        conn = Connection(_CountingApis(), reader, writer, security, auth_timeout_ms=200)  # type: ignore[arg-type]
+        await asyncio.wait_for(conn.run(), 10)
+        return writer
+
+    assert asyncio.run(run(b"")).closed
+    assert asyncio.run(run(_plain_frame(codec.API_VERSIONS, 0, b""))).closed
