@@ -55,7 +55,7 @@ import struct
 from collections.abc import Iterator
 
 import crc32c as _crc32c
-from kio.serial.readers import read_signed_varint, read_signed_varlong
+from semel.storage.varint import read_signed_varint, read_signed_varlong
 from semel.sentinels import NO_SEQUENCE
 from semel.v1.common_pb2 import ControlRecord, ControlType
 

@@ -35,9 +35,13 @@ from collections.abc import Iterable, Sequence
 import zlib
 
 import cramjam
-from kio.serial.readers import read_signed_varint, read_signed_varlong
-from kio.serial.writers import write_signed_varint, write_signed_varlong
 from semel import limits
+from semel.storage.varint import (
+    read_signed_varint,
+    read_signed_varlong,
+    write_signed_varint,
+    write_signed_varlong,
+)
 from semel.storage.batch import (
     ATTR_COMPRESSION_MASK,
     CONTROL_ABORT,
