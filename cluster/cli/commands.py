@@ -638,6 +638,25 @@ def _reader_gone(stream: Any) -> bool:
         return False
 
 
+def _topic_deleted(consumer: Any, topic: str) -> bool:
+    """True when the brokers say `topic` no longer exists (it existed when consume started).
+
+    A fetch of a deleted topic's partition fails as retriable, so the consumer only refreshes
+    its metadata and polls on: `semel consume` used to sit out --timeout-ms (or forever) and
+    exit 0. The metadata's "unknown topic" is confirmed by asking again for up to
+    UNKNOWN_TOPIC_WAIT_MS, so one lagging broker's answer does not end a consume."""
+    from semel.client.errors import UnknownTopicOrPartitionError
+    from semel.v1 import common_pb2
+
+    if consumer.cluster.topic_errors.get(topic) != common_pb2.UNKNOWN_TOPIC_OR_PARTITION:
+        return False
+    try:
+        consumer.partitions_for(topic, timeout_ms=2 * UNKNOWN_TOPIC_WAIT_MS, unknown_topic_wait_ms=UNKNOWN_TOPIC_WAIT_MS)
+    except UnknownTopicOrPartitionError:
+        return True
+    return False
+
+
 def _print_records(consumer: Any, args: argparse.Namespace, printed: dict[tuple[str, int], int] | None = None,
                    commit: Callable[[], None] | None = None) -> None:
     """The read loop of `semel consume`: until --max-messages records or --timeout-ms without one."""
@@ -673,6 +692,13 @@ def _print_records(consumer: Any, args: argparse.Namespace, printed: dict[tuple[
         if records:
             out.flush()
             last_record = time.monotonic()
+        elif _topic_deleted(consumer, args.topic):
+            out.flush()
+            from semel.client.errors import UnknownTopicOrPartitionError
+
+            raise UnknownTopicOrPartitionError(
+                f"topic {args.topic!r} was deleted while consuming ({seen} records printed)"
+            )
         elif args.timeout_ms is not None and (time.monotonic() - last_record) * 1000 >= args.timeout_ms:
             break
         elif _reader_gone(out):  # `semel consume T | head -3`: exit when head does, not at the next record

@@ -257,3 +257,25 @@ def test_bench_shows_a_live_status_line_on_a_terminal(shared_cluster) -> None:
     text = seen.decode(errors="replace")
     assert "\r\x1b[K[" in text and "transactions committed" in text and "s left" in text, text
     assert stdout.decode().strip().splitlines()[-1].startswith("{")  # the result stays one JSON line on stdout
+
+
+def test_consume_says_so_when_its_topic_is_deleted_under_it(shared_cluster) -> None:
+    # Before: the fetches failed as retriable, the consumer refreshed and polled on, and the
+    # command exited 0 at --timeout-ms as if the topic had merely gone quiet.
+    bootstrap = shared_cluster.bootstrap
+    assert _cli(bootstrap, "topic", "create", "vanishing", "--partitions", "1").returncode == 0
+    assert _cli(bootstrap, "produce", "vanishing", stdin=b"one\ntwo\n").returncode == 0
+    env = dict(os.environ, SEMEL_BOOTSTRAP=bootstrap)
+    consumer = subprocess.Popen([*SEMEL, "consume", "vanishing", "--from-beginning", "--timeout-ms", "30000"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert consumer.stdout is not None
+        assert [consumer.stdout.readline(), consumer.stdout.readline()] == [b"one\n", b"two\n"]  # it is consuming
+        assert _cli(bootstrap, "topic", "delete", "vanishing").returncode == 0
+        _, stderr = consumer.communicate(timeout=120)
+    finally:
+        consumer.kill()
+        consumer.wait()
+    assert consumer.returncode == 1, stderr
+    assert b"topic 'vanishing' was deleted while consuming (2 records printed)" in stderr, stderr
+    assert b"Traceback" not in stderr
