@@ -156,6 +156,14 @@ class ClusterOpsAdmin:
             moves = placement.decommission_plan(image, request.broker_id)
         except placement.NoPlacementError as exc:
             return apb.ReassignPartitionsResponse(error_code=pb.INVALID_REPLICATION_FACTOR, error_message=str(exc))
+        # Marked before the moves start, so no topic created meanwhile lands on it (cleared when
+        # the broker is started again: a new registration).
+        marked = await self._submit(md.DecommissionBroker(request.broker_id), _timeout_s(request.timeout_ms))
+        if isinstance(marked, MetadataSubmitError):
+            return apb.ReassignPartitionsResponse(error_code=marked.code, error_message=str(marked))
+        if not marked.ok:
+            return apb.ReassignPartitionsResponse(error_code=marked.error,
+                                                  error_message=f"cannot mark broker {request.broker_id} decommissioned")
         return await self._start_moves(moves, _timeout_s(request.timeout_ms))
 
     async def _start_moves(self, moves: list[placement.PlannedMove], timeout_s: float) -> apb.ReassignPartitionsResponse:

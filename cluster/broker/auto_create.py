@@ -47,7 +47,7 @@ def auto_create_command(name: str, image: md.MetadataImage, settings: AutoCreate
         return None
     if md.validate_topic_name(name) != pb.NONE:
         return None
-    rf = settings.replication_factor or min(3, max(1, len(image.unfenced_brokers())))
+    rf = settings.replication_factor or min(3, max(1, len(image.placement_brokers())))
     return md.CreateTopic(name, settings.partitions, rf)
 
 

@@ -390,7 +390,7 @@ class AdminService(ClusterOpsAdmin, agrpc.AdminServicer):
 
     async def _create(self, nt: apb.NewTopic, validate_only: bool, timeout_s: float) -> apb.TopicResult:
         image = self.b.quorum.image()
-        rf = nt.replication_factor if nt.HasField("replication_factor") else min(3, max(1, len(image.unfenced_brokers())))
+        rf = nt.replication_factor if nt.HasField("replication_factor") else min(3, max(1, len(image.placement_brokers())))
         if rf < 1:
             return apb.TopicResult(name=nt.name, error_code=pb.INVALID_REPLICATION_FACTOR,
                                    error_message=f"replication_factor must be >= 1, got {rf} (leave it unset for the "

@@ -1,7 +1,7 @@
 """Pure placement decisions for cluster management: which replicas move where.
 
 `decommission_plan(image, broker)` replaces `broker` in every replica set it belongs to by the
-unfenced broker (not already a replica) that holds the fewest replicas, counting the moves
+unfenced, not decommissioned broker (not already a replica) that holds the fewest replicas, counting the moves
 planned so far, so a drained broker's load spreads evenly. The replacement takes the drained
 broker's position in the replica list, so preferred leaders stay spread as before. Nothing here
 reads a clock or does I/O; the Admin service submits the plan as `ReassignPartition` commands.
@@ -26,8 +26,9 @@ class NoPlacementError(Exception):
 
 
 def replica_counts(image: MetadataImage) -> dict[int, int]:
-    """Replicas per unfenced broker (a reassignment under way counts its target)."""
-    counts = {b: 0 for b in image.unfenced_brokers()}
+    """Replicas per broker that may take new ones (unfenced, not decommissioned; a
+    reassignment under way counts its target)."""
+    counts = {b: 0 for b in image.placement_brokers()}
     for t in image.topics.values():
         for p in t.partitions:
             for r in p.target_replicas or p.replicas:

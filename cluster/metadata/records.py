@@ -40,6 +40,7 @@ from semel.cluster.metadata.state import (
     CompleteReassignment,
     CreatePartitions,
     CreateTopic,
+    DecommissionBroker,
     DeleteTopic,
     ElectLeader,
     FenceBroker,
@@ -86,6 +87,7 @@ _COMMANDS: tuple[tuple[type, str, type[Message]], ...] = (
     (CompleteReassignment, "complete_reassignment", mpb.CompleteReassignment),
     (UpsertUserScram, "upsert_user_scram", mpb.UpsertUserScram),
     (DeleteUser, "delete_user", mpb.DeleteUser),
+    (DecommissionBroker, "decommission_broker", mpb.DecommissionBroker),
 )
 _ONEOF_BY_CLASS = {cls: oneof for cls, oneof, _ in _COMMANDS}
 _CLASS_BY_ONEOF = {oneof: cls for cls, oneof, _ in _COMMANDS}

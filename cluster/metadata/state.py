@@ -78,6 +78,10 @@ class BrokerRegistration:
     # The broker's Kafka-protocol listener as clients reach it ("" / 0: none; semel.cluster.kafka).
     kafka_host: str = ""
     kafka_port: int = 0
+    # `semel cluster decommission` ran on it: still a replica where it was, but never a
+    # placement choice for new topics, partitions or moves. A new registration (the broker was
+    # started again) clears it: starting a retired broker is the operator taking it back.
+    decommissioned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +165,10 @@ class MetadataImage:
 
     def unfenced_brokers(self) -> tuple[int, ...]:
         return tuple(sorted(b for b, reg in self.brokers.items() if not reg.fenced))
+
+    def placement_brokers(self) -> tuple[int, ...]:
+        """The brokers new replicas may go to: unfenced and not decommissioned."""
+        return tuple(sorted(b for b, reg in self.brokers.items() if not reg.fenced and not reg.decommissioned))
 
     def coordinator(self, internal_topic: str, key: str) -> PartitionState | None:
         """The partition of `internal_topic` that owns `key`; its leader is the coordinator."""
@@ -306,6 +314,14 @@ class DeleteUser:
     command_id: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class DecommissionBroker:
+    """Marks a registered broker decommissioned (BrokerRegistration.decommissioned)."""
+
+    broker_id: int
+    command_id: str = ""
+
+
 Command = Union[
     RegisterBroker,
     UnfenceBroker,
@@ -322,6 +338,7 @@ Command = Union[
     CompleteReassignment,
     UpsertUserScram,
     DeleteUser,
+    DecommissionBroker,
 ]
 
 
@@ -486,7 +503,7 @@ def validate_create_topic(image: MetadataImage, c: CreateTopic) -> tuple[pb.Erro
         return pb.INVALID_PARTITIONS, None
     if sum(len(t.partitions) for t in image.topics.values()) + c.partitions > MAX_PARTITIONS_TOTAL:
         return pb.RESOURCE_EXHAUSTED, None
-    if not 1 <= c.replication_factor <= min(len(image.unfenced_brokers()), MAX_REPLICATION_FACTOR):
+    if not 1 <= c.replication_factor <= min(len(image.placement_brokers()), MAX_REPLICATION_FACTOR):
         return pb.INVALID_REPLICATION_FACTOR, None
     return parse_topic_config(c.configs, c.replication_factor)
 
@@ -608,6 +625,8 @@ class MetadataStateMachine:
             return self._upsert_user(command)
         if isinstance(command, DeleteUser):
             return self._delete_user(command)
+        if isinstance(command, DecommissionBroker):
+            return self._decommission_broker(command)
         return Result(pb.INVALID_REQUEST)
 
     def _publish(self, **changes: object) -> MetadataImage:
@@ -647,6 +666,17 @@ class MetadataStateMachine:
         brokers[c.broker_id] = reg
         self._publish(brokers=brokers, topics=topics, next_broker_epoch=img.next_broker_epoch + 1)
         return Result(pb.NONE, reg.broker_epoch)
+
+    def _decommission_broker(self, c: DecommissionBroker) -> Result:
+        reg = self.image.brokers.get(c.broker_id)
+        if reg is None:
+            return Result(pb.INVALID_REQUEST)
+        if reg.decommissioned:
+            return OK
+        brokers = dict(self.image.brokers)
+        brokers[c.broker_id] = dataclasses.replace(reg, decommissioned=True)
+        self._publish(brokers=brokers)
+        return OK
 
     def _check_broker_epoch(self, broker_id: int, broker_epoch: int) -> tuple[pb.ErrorCode, BrokerRegistration | None]:
         reg = self.image.brokers.get(broker_id)
@@ -703,7 +733,7 @@ class MetadataStateMachine:
         error, config = validate_create_topic(img, c)
         if config is None:
             return Result(error)
-        brokers = img.unfenced_brokers()
+        brokers = img.placement_brokers()
         start = img.next_assignment_start % len(brokers)
         assignment = assign_replicas(brokers, c.partitions, c.replication_factor, start)
         parts = tuple(
@@ -737,7 +767,7 @@ class MetadataStateMachine:
         error, topic = validate_create_partitions(img, c)
         if topic is None:
             return Result(error)
-        brokers = img.unfenced_brokers()
+        brokers = img.placement_brokers()
         start = img.next_assignment_start % len(brokers)
         added = c.count - len(topic.partitions)
         assignment = assign_replicas(brokers, added, topic.replication_factor, start)
@@ -904,7 +934,7 @@ def validate_create_partitions(img: MetadataImage, c: CreatePartitions) -> tuple
         return pb.INVALID_PARTITIONS, None
     if sum(len(t.partitions) for t in img.topics.values()) + c.count - len(topic.partitions) > MAX_PARTITIONS_TOTAL:
         return pb.RESOURCE_EXHAUSTED, None
-    if topic.replication_factor > len(img.unfenced_brokers()):
+    if topic.replication_factor > len(img.placement_brokers()):
         return pb.INVALID_REPLICATION_FACTOR, None
     return pb.NONE, topic
 

@@ -12,16 +12,20 @@ from semel.cluster.metadata.controller import (
     imbalanced_brokers,
     preferred_leader_elections,
 )
-from semel.cluster.metadata.records import decode_command, encode_command
+from semel.cluster.metadata import placement
+from semel.cluster.metadata.records import RaftEntry, Snapshot, decode_command, decode_snapshot, encode_command, encode_snapshot
 from semel.cluster.metadata.state import (
     AlterPartition,
     AlterTopicConfig,
     CompleteReassignment,
     CreatePartitions,
     CreateTopic,
+    DecommissionBroker,
     ElectLeader,
     FenceBroker,
     ReassignPartition,
+    RegisterBroker,
+    UnfenceBroker,
     check_invariants,
     diff,
     explain_topic_config,
@@ -186,3 +190,33 @@ def test_delta_reports_added_partitions_and_altered_configs() -> None:
     before = m.image
     assert m.apply(AlterTopicConfig("t", set_configs=(("retention_ms", "60000"),))).ok  # no change
     assert diff(before, m.image).empty
+
+
+def test_a_decommissioned_broker_takes_no_new_replicas_until_it_is_started_again() -> None:
+    m, _ = cluster(4)
+    assert m.apply(CreateTopic("old", 4, 2)).ok
+    assert any(4 in p.replicas for p in m.image.topic("old").partitions)
+    assert m.apply(DecommissionBroker(99)).error == pb.INVALID_REQUEST  # not registered
+    assert m.apply(DecommissionBroker(4, "d")).ok
+    assert m.image.broker(4).decommissioned and not m.image.broker(4).fenced  # still running, still serving
+    assert m.apply(DecommissionBroker(4)).ok  # idempotent
+    assert m.image.placement_brokers() == (1, 2, 3) and m.image.unfenced_brokers() == (1, 2, 3, 4)
+    check_invariants(m.image)
+    moves = placement.decommission_plan(m.image, 3)  # "old" (RF 2) only: 1 and 2 have room, 4 does not count
+    added = {b for mv in moves for b in mv.target_replicas if b not in part(m, "old", mv.partition).replicas}
+    assert moves and added and 4 not in added, moves
+    # Neither new topics, nor added partitions, nor the moves off another broker land on it.
+    for i in range(4):  # every rotation of the round-robin start
+        r = m.apply(CreateTopic(f"new-{i}", 6, 3))
+        assert r.ok and not any(4 in p.replicas for p in r.value.partitions), r.value
+    r = m.apply(CreatePartitions("old", 8))
+    assert r.ok and not any(4 in p.replicas for p in r.value.partitions[4:])
+    assert m.apply(CreateTopic("too-wide", 1, 4)).error == pb.INVALID_REPLICATION_FACTOR
+    # The flag survives a snapshot (a restarted controller keeps it).
+    entry = RaftEntry(b"", 1, 1)
+    assert decode_snapshot(encode_snapshot(Snapshot(m, entry, entry, ()))).machine.image.broker(4).decommissioned
+    # Started again (a new incarnation registers): an ordinary broker once more.
+    epoch = m.apply(RegisterBroker(4, "inc-4-again", "127.0.0.1", 9004)).value
+    assert m.apply(UnfenceBroker(4, epoch)).ok
+    assert not m.image.broker(4).decommissioned and m.image.placement_brokers() == (1, 2, 3, 4)
+    assert m.apply(CreateTopic("wide", 1, 4)).ok

@@ -33,6 +33,7 @@ from semel.cluster.metadata.state import (
     FenceBroker,
     MetadataStateMachine,
     DeleteUser,
+    DecommissionBroker,
     ReassignPartition,
     RegisterBroker,
     UnfenceBroker,
@@ -72,10 +73,12 @@ COMMANDS = [
     ReassignPartition("orders", 1, (1,)),
     CompleteReassignment("orders", 0, 9, "cr"),
     CompleteReassignment("orders", 1, 0),
+    DecommissionBroker(4, "dc"),
+    DecommissionBroker(2),
 ]
 # Commands added after the metadata records became protobuf: no older build ever pickled them.
 NEWER_THAN_PICKLES = {UpsertUserScram, DeleteUser, CreatePartitions, AlterTopicConfig, ReassignPartition,
-                      CompleteReassignment}
+                      CompleteReassignment, DecommissionBroker}
 
 
 async def until(predicate, timeout_s: float = 10.0) -> None:
@@ -238,6 +241,7 @@ def test_a_quorum_restarts_from_an_older_builds_files(tmp_path: Path, name: str)
     for registration in expected["brokers"].values():  # fields added after these files were written: defaults
         registration.setdefault("kafka_host", "")
         registration.setdefault("kafka_port", 0)
+        registration.setdefault("decommissioned", False)
     for topic in expected["topics"].values():
         for partition in topic["partitions"]:
             partition.setdefault("target_replicas", [])  # no reassignment in flight

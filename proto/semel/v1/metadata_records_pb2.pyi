@@ -184,8 +184,14 @@ class DeleteUser(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class DecommissionBroker(_message.Message):
+    __slots__ = ("broker_id",)
+    BROKER_ID_FIELD_NUMBER: _ClassVar[int]
+    broker_id: int
+    def __init__(self, broker_id: _Optional[int] = ...) -> None: ...
+
 class MetadataCommand(_message.Message):
-    __slots__ = ("format_version", "command_id", "register_broker", "unfence_broker", "fence_broker", "create_topic", "delete_topic", "alter_partition", "elect_leader", "allocate_producer_ids", "barrier", "create_partitions", "alter_topic_config", "reassign_partition", "complete_reassignment", "upsert_user_scram", "delete_user")
+    __slots__ = ("format_version", "command_id", "register_broker", "unfence_broker", "fence_broker", "create_topic", "delete_topic", "alter_partition", "elect_leader", "allocate_producer_ids", "barrier", "create_partitions", "alter_topic_config", "reassign_partition", "complete_reassignment", "upsert_user_scram", "delete_user", "decommission_broker")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_BROKER_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +209,7 @@ class MetadataCommand(_message.Message):
     COMPLETE_REASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     UPSERT_USER_SCRAM_FIELD_NUMBER: _ClassVar[int]
     DELETE_USER_FIELD_NUMBER: _ClassVar[int]
+    DECOMMISSION_BROKER_FIELD_NUMBER: _ClassVar[int]
     format_version: FormatVersion
     command_id: str
     register_broker: RegisterBroker
@@ -220,10 +227,11 @@ class MetadataCommand(_message.Message):
     complete_reassignment: CompleteReassignment
     upsert_user_scram: UpsertUserScram
     delete_user: DeleteUser
-    def __init__(self, format_version: _Optional[_Union[FormatVersion, str]] = ..., command_id: _Optional[str] = ..., register_broker: _Optional[_Union[RegisterBroker, _Mapping]] = ..., unfence_broker: _Optional[_Union[UnfenceBroker, _Mapping]] = ..., fence_broker: _Optional[_Union[FenceBroker, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., alter_partition: _Optional[_Union[AlterPartition, _Mapping]] = ..., elect_leader: _Optional[_Union[ElectLeader, _Mapping]] = ..., allocate_producer_ids: _Optional[_Union[AllocateProducerIds, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., create_partitions: _Optional[_Union[CreatePartitions, _Mapping]] = ..., alter_topic_config: _Optional[_Union[AlterTopicConfig, _Mapping]] = ..., reassign_partition: _Optional[_Union[ReassignPartition, _Mapping]] = ..., complete_reassignment: _Optional[_Union[CompleteReassignment, _Mapping]] = ..., upsert_user_scram: _Optional[_Union[UpsertUserScram, _Mapping]] = ..., delete_user: _Optional[_Union[DeleteUser, _Mapping]] = ...) -> None: ...
+    decommission_broker: DecommissionBroker
+    def __init__(self, format_version: _Optional[_Union[FormatVersion, str]] = ..., command_id: _Optional[str] = ..., register_broker: _Optional[_Union[RegisterBroker, _Mapping]] = ..., unfence_broker: _Optional[_Union[UnfenceBroker, _Mapping]] = ..., fence_broker: _Optional[_Union[FenceBroker, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., alter_partition: _Optional[_Union[AlterPartition, _Mapping]] = ..., elect_leader: _Optional[_Union[ElectLeader, _Mapping]] = ..., allocate_producer_ids: _Optional[_Union[AllocateProducerIds, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., create_partitions: _Optional[_Union[CreatePartitions, _Mapping]] = ..., alter_topic_config: _Optional[_Union[AlterTopicConfig, _Mapping]] = ..., reassign_partition: _Optional[_Union[ReassignPartition, _Mapping]] = ..., complete_reassignment: _Optional[_Union[CompleteReassignment, _Mapping]] = ..., upsert_user_scram: _Optional[_Union[UpsertUserScram, _Mapping]] = ..., delete_user: _Optional[_Union[DeleteUser, _Mapping]] = ..., decommission_broker: _Optional[_Union[DecommissionBroker, _Mapping]] = ...) -> None: ...
 
 class BrokerRegistration(_message.Message):
-    __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "broker_epoch", "fenced", "registered_version", "kafka_host", "kafka_port")
+    __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "broker_epoch", "fenced", "registered_version", "kafka_host", "kafka_port", "decommissioned")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +242,7 @@ class BrokerRegistration(_message.Message):
     REGISTERED_VERSION_FIELD_NUMBER: _ClassVar[int]
     KAFKA_HOST_FIELD_NUMBER: _ClassVar[int]
     KAFKA_PORT_FIELD_NUMBER: _ClassVar[int]
+    DECOMMISSIONED_FIELD_NUMBER: _ClassVar[int]
     broker_id: int
     incarnation_id: str
     host: str
@@ -244,7 +253,8 @@ class BrokerRegistration(_message.Message):
     registered_version: int
     kafka_host: str
     kafka_port: int
-    def __init__(self, broker_id: _Optional[int] = ..., incarnation_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., raft_address: _Optional[str] = ..., broker_epoch: _Optional[int] = ..., fenced: _Optional[bool] = ..., registered_version: _Optional[int] = ..., kafka_host: _Optional[str] = ..., kafka_port: _Optional[int] = ...) -> None: ...
+    decommissioned: bool
+    def __init__(self, broker_id: _Optional[int] = ..., incarnation_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., raft_address: _Optional[str] = ..., broker_epoch: _Optional[int] = ..., fenced: _Optional[bool] = ..., registered_version: _Optional[int] = ..., kafka_host: _Optional[str] = ..., kafka_port: _Optional[int] = ..., decommissioned: _Optional[bool] = ...) -> None: ...
 
 class TopicConfig(_message.Message):
     __slots__ = ("min_insync_replicas", "unclean_leader_election", "retention_ms", "retention_bytes", "segment_bytes", "segment_ms")
