@@ -112,6 +112,35 @@ def test_no_credentials_and_a_wrong_password_are_unauthenticated(secure):
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_the_kubernetes_exec_probe_passes_against_a_tls_broker_with_authentication(secure):
+    """deploy/kubernetes/statefulset.yaml's probes, run as written (the port and the CA path
+    mapped to this cluster's): TLS to `localhost`, no credentials, exit 0 when SERVING."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    c, d, _ = secure
+    manifest = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "statefulset.yaml"
+    (container,) = yaml.safe_load(manifest.read_text())["spec"]["template"]["spec"]["containers"]
+    port = c.brokers[1].address.rsplit(":", 1)[1]
+    for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        argv = container[name]["exec"]["command"]
+        assert argv[0] == "python"
+        argv = [sys.executable] + [a.replace(":9092", f":{port}").replace("/etc/semel-tls/ca.crt", str(d / "ca.crt"))
+                                   for a in argv[1:]]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (name, out.stdout, out.stderr)
+        assert out.stdout.strip() == f"localhost:{port}: SERVING"
+    # And a probe that does not trust the broker's CA fails (the check is real).
+    other = d.parent / "other-ca"
+    certs.create_ca(other)
+    out = subprocess.run([sys.executable, "-m", "semel.cluster.broker.health_probe", "--address", f"localhost:{port}",
+                          "--tls-ca", str(other / "ca.crt"), "--timeout-ms", "3000"], capture_output=True, timeout=120)
+    assert out.returncode == 1
+
+
 def test_user_management_is_for_super_users(secure):
     c, d, admin = secure
     ca = str(d / "ca.crt")

@@ -29,6 +29,7 @@ import yaml
 from semel.cluster.broker import health_probe
 from semel.cluster.broker import process as broker_process
 from semel.cluster.broker.process import BrokerConfig, build_arg_parser, parse_voter, split_address
+from semel.cluster.tooling.certs import LOOPBACK_SANS
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -393,7 +394,19 @@ def test_ports_services_and_probes_match_the_broker() -> None:
     annotations = statefulset()["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(ports["metrics"]) and annotations["prometheus.io/scrape"] == "true"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"] == {"port": config["listen_port"]}, f"{probe} must ask gRPC health"
+        # The port is TLS-only: Kubernetes' grpc: probes cannot speak TLS, so each probe runs the
+        # broker's health probe module with the CA the broker is configured with.
+        assert "grpc" not in container[probe] and "httpGet" not in container[probe], probe
+        argv = container[probe]["exec"]["command"]
+        assert module_of(argv) == health_probe.__name__
+        assert_runnable_module(module_of(argv))
+        parsed = health_probe.build_parser().parse_args(argv[3:])  # exits (fails the test) on an unknown flag
+        host, port = split_address(parsed.address)
+        assert port == config["listen_port"], f"{probe} probes {parsed.address}"
+        assert host in LOOPBACK_SANS, f"{probe}: the certificate's SANs must name {host} (deploy/README.md)"
+        assert parsed.tls_ca == config["tls_ca"], f"{probe} must trust the CA the broker uses"
+        # The probe gives up (--timeout-ms) before Kubernetes kills it, Python's start included.
+        assert container[probe]["timeoutSeconds"] * 1000 >= parsed.timeout_ms + 5000, probe
     template_labels = statefulset()["spec"]["template"]["metadata"]["labels"]
     for service in (o for o in kube_objects() if o["kind"] == "Service"):
         assert service["spec"]["selector"].items() <= template_labels.items()
@@ -444,21 +457,35 @@ def test_every_object_lives_in_the_namespace_the_voters_name() -> None:
         assert host.endswith(f".semel.{namespace}.svc.cluster.local")
 
 
-def test_tls_wiring_is_marked_and_names_real_broker_options() -> None:
-    """TLS stays off in the manifests (Kubernetes' gRPC probes cannot speak TLS), but the
-    commented Secret mount names broker.json keys and probe flags that exist."""
+def test_tls_is_on_with_its_material_from_a_secret() -> None:
+    """The gRPC port serves TLS: broker.json's tls_cert/tls_key/tls_ca are files of the
+    semel-tls Secret's volume, mounted where the config says, and the README says how to make
+    the certificate and the Secret with the same key names."""
     flags = option_strings()
-    assert {"--tls-cert", "--tls-key", "--tls-ca", "--tls-client-auth", "--authentication"} <= flags
-    assert not any("tls" in v["name"] for v in statefulset()["spec"]["template"]["spec"]["volumes"])
-    text = (DEPLOY / "kubernetes" / "statefulset.yaml").read_text()
-    assert "#   secret:" in text and "secretName: semel-tls" in text
+    assert {"--tls-cert", "--tls-key", "--tls-ca"} <= flags
     fields = {f.name for f in dataclasses.fields(BrokerConfig)}
-    for key in ("tls_cert", "tls_key", "tls_ca", "authentication"):
-        assert f'"{key}"' in text and key in fields
-    from semel.cluster.broker import health_probe
-
-    assert "--tls-ca" in {s for a in health_probe.build_parser()._actions for s in a.option_strings}
-    assert "## Security" in (DEPLOY / "README.md").read_text()
+    config = configmap_config()
+    pod = statefulset()["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    secret_files = {}  # path in the container -> (Secret, key)
+    for mount in broker_container()["volumeMounts"]:
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if secret is None:
+            continue
+        assert mount.get("readOnly") is True, f"{mount['name']} holds secrets: mount it read-only"
+        for item in secret["items"]:
+            secret_files[f"{mount['mountPath']}/{item['path']}"] = (secret["secretName"], item["key"])
+    for key in ("tls_cert", "tls_key", "tls_ca"):
+        assert key in fields and key in config, f"broker.json lacks {key}"
+        assert config[key] in secret_files, f"{key} {config[key]} is no file of a mounted Secret"
+    tls = {secret_files[config[k]] for k in ("tls_cert", "tls_key", "tls_ca")}
+    assert {name for name, _ in tls} == {"semel-tls"}
+    readme = (DEPLOY / "README.md").read_text()
+    text = (DEPLOY / "kubernetes" / "statefulset.yaml").read_text()
+    for _, key in tls:  # the commands that create the Secret use exactly the keys mounted
+        assert f"--from-file={key}=" in readme and f"--from-file={key}=" in text, key
+    assert "--host localhost" in readme, "the probes reach localhost: the certificate must name it"
+    assert "## Security" in readme
 
 
 # --- systemd ---------------------------------------------------------------------------------
