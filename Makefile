@@ -13,7 +13,7 @@ METRICS_BASE_PORT ?=
 UP_PORT_FLAGS := $(if $(RAFT_BASE_PORT),--raft-base-port $(RAFT_BASE_PORT)) \
 	$(if $(METRICS_BASE_PORT),--metrics-base-port $(METRICS_BASE_PORT))
 
-.PHONY: up test typecheck install install-test proto bench-storage clean
+.PHONY: up test typecheck install install-test proto bench-storage soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,16 @@ proto: install-test
 
 bench-storage: install
 	$(BIN)/semel bench storage
+
+# Long runs (docs/chaos.md): every workload under every nemesis family, SOAK_DURATION_S each,
+# fresh seeds; summary.md / summary.json in SOAK_OUT. After an interruption: make soak SOAK_RESUME=1.
+SOAK_DURATION_S ?= 600
+SOAK_WORKLOADS ?= all
+SOAK_FAMILIES ?= all
+SOAK_OUT ?= chaos-campaigns/soak
+soak: install
+	$(BIN)/semel chaos campaign --workloads $(SOAK_WORKLOADS) --families $(SOAK_FAMILIES) \
+		--duration-s $(SOAK_DURATION_S) --out $(SOAK_OUT) $(if $(SOAK_RESUME),--resume)
 
 clean:
 	rm -rf $(DATA_DIR) .pytest_cache .mypy_cache

@@ -49,6 +49,47 @@ def _run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _campaign(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from semel.chaos import campaign
+    from semel.chaos.nemesis import FAMILIES, FSYNC_FAMILIES
+    from semel.chaos.workloads import WORKLOADS
+
+    try:
+        nemeses = campaign.parse_nemeses(args.families, FAMILIES, FSYNC_FAMILIES)
+        workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+        if args.workloads == "all":
+            workloads = list(WORKLOADS)
+        unknown = [w for w in workloads if w not in WORKLOADS]
+        if unknown or not workloads:
+            raise ValueError(f"unknown workload(s) {unknown} (choose from {', '.join(WORKLOADS)}, all)")
+        if args.duration_s <= 0:
+            raise ValueError("--duration-s must be positive")
+    except ValueError as exc:
+        print(f"semel chaos campaign: {exc}", file=sys.stderr)
+        return 2
+    runs = campaign.plan_campaign(workloads, nemeses, campaign.workload_supports)
+    out = Path(args.out or f"chaos-campaigns/{time.strftime('%Y%m%dT%H%M%S')}")
+    if args.dry_run:
+        for run in campaign.pending_runs(runs, campaign.load_summary(out)["rows"] if args.resume else []):
+            print(run.key)
+        return 0
+    extra = [f"--brokers={args.brokers}", f"--interval-s={args.interval_s:g}"]
+    try:
+        rows = campaign.run_campaign(out, runs, args.duration_s, args.resume, extra)
+    except FileExistsError as exc:
+        print(f"semel chaos campaign: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"semel chaos campaign: interrupted; the runs done are in {out}; continue with "
+              f"--out {out} --resume", file=sys.stderr)
+        return 130
+    print(campaign.summary_markdown(rows), end="")
+    print(f"summary: {out / campaign.SUMMARY_MD}, {out / campaign.SUMMARY_JSON}")
+    return campaign.exit_code(rows)
+
+
 def _check(args: argparse.Namespace) -> int:
     from semel.chaos import checker
 
@@ -120,6 +161,27 @@ def add_commands(subparsers: Any) -> None:
     run.add_argument("--dry-run", action="store_true", help="print the fault schedule and exit")
     run.add_argument("-v", "--verbose", action="store_true", help="log the runner's and clients' debug output")
     run.set_defaults(func=_run)
+    camp = sub.add_parser(
+        "campaign", help="every workload under every nemesis family, a fresh seed each (long runs)",
+        formatter_class=fmt,
+        description="Runs `semel chaos run` once per workload and nemesis family (each family alone; the "
+                    "families with an --fsync variant, such as power-loss, both ways), each for DURATION_S with a "
+                    "fresh seed (printed: replay with `semel chaos run --seed`). Writes summary.md (one row per "
+                    "run) and summary.json to --out after every run, and the table to stdout at the end. Exit "
+                    "code: 1 if any run is invalid, else 3 if any run has no verdict (crashed, timed out), else 0.",
+        epilog="example: semel chaos campaign --workloads txn --duration-s 60 --out chaos-campaigns/c1; after an "
+               "interruption: the same command with --resume")
+    camp.add_argument("--families", default="all",
+                      help="comma-separated nemesis families (FAMILY+fsync: only the --fsync variant), or all: "
+                           "every family of the nemesis registry")
+    camp.add_argument("--workloads", default="all", help=f"comma-separated workloads ({', '.join(WORKLOADS)}) or all")
+    camp.add_argument("--duration-s", type=float, default=600.0, help="length of each run")
+    camp.add_argument("--out", default=None, help="campaign directory (default chaos-campaigns/TIME)")
+    camp.add_argument("--resume", action="store_true", help="skip the runs already in OUT/summary.json")
+    camp.add_argument("--brokers", type=int, default=3, help="brokers per run")
+    camp.add_argument("--interval-s", type=float, default=10.0, help="mean time between fault starts")
+    camp.add_argument("--dry-run", action="store_true", help="list the runs it would do and exit")
+    camp.set_defaults(func=_campaign)
     check = sub.add_parser("check", help="check a history file (JSONL) for anomalies", formatter_class=fmt,
                            description="Re-run the checker on a recorded history; prints the verdict as JSON "
                                        "and exits 1 on any anomaly.")

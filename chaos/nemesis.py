@@ -57,6 +57,9 @@ WORKLOAD_FAMILIES = ("hijack", "client-pause")
 # Not in "all": they need root (each broker's log directory is a tmpfs mounted for the run).
 OPT_IN_FAMILIES = ("disk-full",)
 DEFAULT_FAMILIES = ("kill", "pause", "partition", "latency")
+# Families whose faults differ when the brokers run with `--fsync` (power-loss may then cut every
+# broker): `semel chaos campaign` runs each of them both ways.
+FSYNC_FAMILIES = ("power-loss",)
 
 # kinds per family, with weights
 KINDS: dict[str, tuple[tuple[str, int], ...]] = {
