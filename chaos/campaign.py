@@ -228,9 +228,10 @@ def run_command(run: CampaignRun, seed: int, out_dir: Path, duration_s: float, e
             *(["--fsync"] if run.fsync else []), *extra]
 
 
-def replay_command(run: CampaignRun, seed: int, duration_s: float) -> str:
-    return (f"semel chaos run --workload {run.workload} --nemesis {run.family} --seed {seed} "
-            f"--duration-s {duration_s:g}" + (" --fsync" if run.fsync else ""))
+def replay_command(run: CampaignRun, seed: int, duration_s: float, extra: Sequence[str] = ()) -> str:
+    """What to type to replay a run's fault schedule (`extra` carries --interval-s and --brokers,
+    which the schedule depends on)."""
+    return " ".join(["semel", *run_command(run, seed, Path("OUT"), duration_s, extra)[3:]]).replace(" --out OUT", "")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -302,7 +303,7 @@ def run_campaign(out: Path, runs: Sequence[CampaignRun], duration_s: float, resu
     for i, run in enumerate(todo, 1):
         seed = fresh_seed()
         run_dir = out / "runs" / f"{run.workload}-{run.nemesis}-seed{seed}"
-        say(f"[{i}/{len(todo)}] {run.key} seed {seed}  (replay: {replay_command(run, seed, duration_s)})")
+        say(f"[{i}/{len(todo)}] {run.key} seed {seed}  (replay: {replay_command(run, seed, duration_s, extra)})")
         progress.phase(duration_s + 60)
         row = execute(run, seed, run_dir, duration_s, extra, progress.status if progress.terminal else lambda _: None)
         progress.done()

@@ -109,3 +109,9 @@ def test_cli_dry_run_lists_the_registry(capsys: pytest.CaptureFixture[str], tmp_
     listed = capsys.readouterr().out.split()
     assert sorted(listed) == sorted([f"txn/{f}" for f in FAMILIES] + [f"txn/{f}+fsync" for f in FSYNC_FAMILIES])
     assert cli_main(["chaos", "campaign", "--workloads", "nope", "--dry-run"]) == 2
+
+
+def test_replay_command_carries_what_the_schedule_depends_on() -> None:
+    cmd = campaign.replay_command(CampaignRun("txn", "power-loss", True), 42, 60.0, ["--brokers=5", "--interval-s=7"])
+    assert cmd == ("semel chaos run --workload txn --nemesis power-loss --seed 42 --duration-s 60 --fsync "
+                   "--brokers=5 --interval-s=7")
