@@ -66,6 +66,7 @@ from semel.cluster.broker.storage_adapter import (
 )
 from semel.cluster.metadata import raft_secret
 from semel.cluster.metadata import state as md
+from semel.cluster.metadata.acl import AclBinding
 from semel.cluster.metadata.controller import Controller, ControllerConfig
 from semel.cluster.metadata.quorum import (
     MetadataQuorum,
@@ -181,6 +182,9 @@ class BrokerConfig:
     # JSON file of SCRAM credentials (never passwords) valid besides the quorum's users: how the first
     # super user logs in before any user exists (`semel user credential`; cluster up --secure writes it).
     bootstrap_users_file: str = ""
+    # "on": every call is authorized against the quorum's ACLs (semel.cluster.broker.authorizer:
+    # deny by default; super users and brokers bypass); "off": no ACL is consulted.
+    authorizer: str = "off"
 
     def voter_specs(self) -> tuple[VoterSpec, ...]:
         return tuple(parse_voter(v) for v in self.voters)
@@ -212,6 +216,11 @@ class BrokerConfig:
             raise ValueError(f"--tls-client-auth must be none or required, got {self.tls_client_auth!r}")
         if self.authentication not in ("none", "required"):
             raise ValueError(f"--authentication must be none or required, got {self.authentication!r}")
+        if self.authorizer not in ("on", "off"):
+            raise ValueError(f"--authorizer must be on or off, got {self.authorizer!r}")
+        if self.authorizer == "on" and self.kafka_listen:
+            raise ValueError("--authorizer on with --kafka-listen: the Kafka-protocol listener does not enforce "
+                             "ACLs yet and would serve anyone; run it without --kafka-listen")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
         if not self.tls_cert and (self.tls_ca or self.tls_client_auth != "none"):
@@ -277,7 +286,7 @@ class BrokerConfig:
                       "auto_create_topics", "auto_create_partitions", "auto_create_replication_factor",
                       "raft_secret_file", "kafka_listen", "kafka_advertised", "reassignment_throttle_bytes_per_s",
                       "auto_leader_rebalance", "leader_imbalance_percent", "controlled_shutdown_wait_ms", "tls_cert",
-                      "tls_key", "tls_ca", "tls_client_auth", "authentication", "bootstrap_users_file"):
+                      "tls_key", "tls_ca", "tls_client_auth", "authentication", "bootstrap_users_file", "authorizer"):
             v = getattr(a, field)
             if v is not None:
                 values[field] = v
@@ -367,6 +376,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--broker-principals", help="comma-separated principals (User:NAME) allowed to call the "
                     "broker-only services, besides User:broker-N certificates and the broker secret")
     ap.add_argument("--super-users", help="comma-separated principals (User:NAME) that may manage users")
+    ap.add_argument("--authorizer", choices=("on", "off"),
+                    help="on: authorize every call against the ACLs in the metadata quorum (deny by default; "
+                    "--super-users and brokers bypass; `semel acl`); off (default): no ACL is consulted")
     ap.add_argument("--bootstrap-users-file", help="JSON file of SCRAM credentials valid besides the quorum's "
                     "users (the first super user's login; made by `semel user credential`)")
     return ap
@@ -485,6 +497,9 @@ class Broker:
             return ()
         return self.quorum.image().users.get(name, ())
 
+    def _acls(self) -> tuple[AclBinding, ...]:
+        return () if self.quorum is None else self.quorum.image().acls
+
     def _open_store(self, directory: Path, topic: md.Topic, partition: int) -> ReplicaStore:
         if self._kv is None:  # a partition opened before start() (tests)
             self._kv = KvStore.open(self.data_dir / "kv")
@@ -508,7 +523,8 @@ class Broker:
         self.security = BrokerSecurity(cfg.broker_id, tls.TlsFiles(cfg.tls_ca, cfg.tls_cert, cfg.tls_key),
                                        cfg.tls_client_auth, cfg.authentication, cfg.broker_principals, secret,
                                        self._user_credentials, cfg.super_users,
-                                       load_bootstrap_users(cfg.bootstrap_users_file))
+                                       load_bootstrap_users(cfg.bootstrap_users_file),
+                                       cfg.authorizer == "on", self._acls)
         self.loop_monitor.start()
         opts = [
             ("grpc.max_receive_message_length", cfg.max_request_bytes),

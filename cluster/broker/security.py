@@ -32,6 +32,8 @@ from typing import Any
 
 import grpc
 from semel import scram, tls
+from semel.cluster.broker import authorizer
+from semel.cluster.metadata.acl import AclBinding
 from semel.cluster.broker.principal import (
     AuthFailure,
     Authenticator,
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 BROKER_ONLY_PREFIXES = ("/semel.v1.Replication/", "/semel.v1.Controller/", "/semel.v1.TxnMarkers/")
+ERROR_CODE_TRAILER = "x-semel-error-code"  # the ErrorCode name of an authorization refusal
 BROKER_KEY_CONTEXT = b"semel broker token key v1"
 UNAUTHENTICATED_MESSAGE = ("authentication required: connect with TLS and a client certificate signed by the "
                            "cluster CA, or send a user and password (semel --user / SEMEL_USER, SEMEL_PASSWORD)")
@@ -91,8 +94,11 @@ class BrokerSecurity:
     def __init__(self, broker_id: int, files: tls.TlsFiles, client_auth: str, authentication: str,
                  broker_principals: Sequence[str], raft_secret: bytes | None,
                  users: Callable[[str], Sequence[scram.ScramCredential]], super_users: Sequence[str] = (),
-                 bootstrap_users: Mapping[str, tuple[scram.ScramCredential, ...]] | None = None) -> None:
+                 bootstrap_users: Mapping[str, tuple[scram.ScramCredential, ...]] | None = None,
+                 authorizer_on: bool = False, acls: Callable[[], Sequence[AclBinding]] = tuple) -> None:
         self.broker_id = broker_id
+        self.authorizer_on = authorizer_on
+        self.acls = acls
         self.super_users = frozenset(super_users)
         static = dict(bootstrap_users or {})
 
@@ -132,7 +138,7 @@ class BrokerSecurity:
     async def require_super_user(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> None:
         """Aborts with PERMISSION_DENIED unless authentication is off or the caller is a super
         user (or a broker)."""
-        if not self.required:
+        if not self.required or self.authorizer_on:  # the authorizer checked ALTER on the cluster already
             return
         p = current_principal()
         if p is not None and (p.principal in self.super_users or is_broker(p, self.broker_principals)):
@@ -159,12 +165,37 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         broker_only = self.s.brokers_only and method.startswith(BROKER_ONLY_PREFIXES)
 
-        async def gate(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            await self._gate(method, broker_only, context)
+        async def gate(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Callable[[Any], None] | None:
+            found = await self._gate(method, broker_only, context)
+            return await self._authorize(method, request, found, context) if self.s.authorizer_on else None
 
         return _gated_handler(handler, gate)
 
-    async def _gate(self, method: str, broker_only: bool, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _authorize(self, method: str, request: Any, found: Principal,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> Callable[[Any], None] | None:
+        """Refuses the call when the principal lacks what `authorizer.RULES[method]` requires;
+        else returns the answer's trim (listing calls) or None."""
+        s = self.s
+        broker = is_broker(found, s.broker_principals)
+        rule = authorizer.rule(method)
+        if rule.broker_only and not broker:
+            message = (f"CLUSTER_AUTHORIZATION_FAILED: {found.principal} (host {found.host or 'unknown'}) is not "
+                       f"allowed {method}: brokers only")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, message,
+                                ((ERROR_CODE_TRAILER, "CLUSTER_AUTHORIZATION_FAILED"),))
+        allowed = authorizer.allowed_for(s.acls(), found.principal, found.host,
+                                         broker or found.principal in s.super_users)
+        refused = authorizer.refusal(method, request, found.principal, found.host, allowed)
+        if refused is not None:
+            log.info("refused %s", refused.message)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused.message,
+                                ((ERROR_CODE_TRAILER, refused.code),))
+        trim = rule.trim
+        if trim is None:
+            return None
+        return lambda response: trim(request, response, allowed)
+
+    async def _gate(self, method: str, broker_only: bool, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         auth = self.s.authenticator
         found = auth.identify(context.auth_context(), tuple(context.invocation_metadata() or ()), context.peer())
         if isinstance(found, PasswordCheck):
@@ -180,15 +211,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"{method} is for brokers only; {found.principal} is not a broker principal")
         _current.set(found)
+        return found
 
 
-def _gated_handler(handler: grpc.RpcMethodHandler[Any, Any],
-                   gate: Callable[[Any], Awaitable[None]]) -> grpc.RpcMethodHandler[Any, Any]:
-    def gated(behavior: Callable[..., Any]) -> Callable[..., Any]:
+Gate = Callable[[Any, Any], Awaitable[Callable[[Any], None] | None]]  # (request, context) -> answer trim
+
+
+def _gated_handler(handler: grpc.RpcMethodHandler[Any, Any], gate: Gate) -> grpc.RpcMethodHandler[Any, Any]:
+    def gated(behavior: Callable[..., Any], unary_request: bool) -> Callable[..., Any]:
         # grpc.aio drives a handler by its kind (async generator or coroutine): keep the kind.
         if inspect.isasyncgenfunction(behavior):
             async def agen(request: Any, context: Any) -> AsyncIterator[Any]:
-                await gate(context)
+                await gate(request if unary_request else None, context)
                 inner = behavior(request, context)
                 try:
                     async for item in inner:
@@ -198,23 +232,25 @@ def _gated_handler(handler: grpc.RpcMethodHandler[Any, Any],
             return agen
 
         async def coro(request: Any, context: Any) -> Any:
-            await gate(context)
+            trim = await gate(request if unary_request else None, context)
             result = behavior(request, context)
             if inspect.isawaitable(result):
                 result = await result
+            if trim is not None and result is not None:
+                trim(result)
             return result
         return coro
 
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(gated(handler.unary_unary), handler.request_deserializer,
+        return grpc.unary_unary_rpc_method_handler(gated(handler.unary_unary, True), handler.request_deserializer,
                                                    handler.response_serializer)
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(gated(handler.unary_stream), handler.request_deserializer,
+        return grpc.unary_stream_rpc_method_handler(gated(handler.unary_stream, True), handler.request_deserializer,
                                                     handler.response_serializer)
     if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(gated(handler.stream_unary), handler.request_deserializer,
+        return grpc.stream_unary_rpc_method_handler(gated(handler.stream_unary, False), handler.request_deserializer,
                                                     handler.response_serializer)
     if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(gated(handler.stream_stream), handler.request_deserializer,
+        return grpc.stream_stream_rpc_method_handler(gated(handler.stream_stream, False), handler.request_deserializer,
                                                      handler.response_serializer)
     return handler

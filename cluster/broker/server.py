@@ -26,6 +26,7 @@ from semel.cluster.broker.replica_manager import (
     PartitionError,
     describe_partition,
 )
+from semel.cluster.metadata import acl
 from semel.cluster.metadata import state as md
 from semel.cluster.metadata.quorum import MetadataSubmitError
 from semel.storage import isolation as isolation_rules
@@ -453,6 +454,53 @@ class AdminService(ClusterOpsAdmin, agrpc.AdminServicer):
                                 iterations=[c.iterations for c in creds])
             for name, creds in sorted(self.b.quorum.image().users.items())])
 
+    # --- ACLs (semel.cluster.metadata.acl; the authorizer checks ALTER/DESCRIBE Cluster first) ---
+    async def CreateAcls(self, request: apb.CreateAclsRequest, context: grpc.aio.ServicerContext) -> apb.CreateAclsResponse:
+        await not_none(self.b.security, "serving").require_super_user(context, "CreateAcls")
+        if not 1 <= len(request.acls) <= acl.MAX_ACLS:
+            return apb.CreateAclsResponse(error_code=pb.INVALID_REQUEST,
+                                          error_message=f"give 1..{acl.MAX_ACLS} ACLs, got {len(request.acls)}")
+        bindings = tuple(acl.normalized(_acl_binding(a)) for a in request.acls)
+        for b in bindings:
+            problem = acl.binding_problem(b)
+            if problem:
+                return apb.CreateAclsResponse(error_code=pb.INVALID_REQUEST, error_message=problem)
+        try:
+            result = await self.b.quorum.submit(md.CreateAcls(bindings), timeout_s=ADMIN_TIMEOUT_MS_DEFAULT / 1000)
+        except MetadataSubmitError as exc:
+            return apb.CreateAclsResponse(error_code=exc.code, error_message=str(exc))
+        if not result.ok:
+            return apb.CreateAclsResponse(error_code=result.error, error_message=pb.ErrorCode.Name(result.error))
+        await self.b.wait_for_metadata(lambda img: set(bindings) <= set(img.acls), ADMIN_TIMEOUT_MS_DEFAULT / 1000)
+        return apb.CreateAclsResponse(error_code=pb.NONE)
+
+    async def DeleteAcls(self, request: apb.DeleteAclsRequest, context: grpc.aio.ServicerContext) -> apb.DeleteAclsResponse:
+        await not_none(self.b.security, "serving").require_super_user(context, "DeleteAcls")
+        if not 1 <= len(request.filters) <= acl.MAX_ACLS:
+            return apb.DeleteAclsResponse(error_code=pb.INVALID_REQUEST,
+                                          error_message=f"give 1..{acl.MAX_ACLS} filters, got {len(request.filters)}")
+        filters = tuple(_acl_filter(f) for f in request.filters)
+        for f in filters:
+            problem = acl.filter_problem(f)
+            if problem:
+                return apb.DeleteAclsResponse(error_code=pb.INVALID_REQUEST, error_message=problem)
+        try:
+            result = await self.b.quorum.submit(md.DeleteAcls(filters), timeout_s=ADMIN_TIMEOUT_MS_DEFAULT / 1000)
+        except MetadataSubmitError as exc:
+            return apb.DeleteAclsResponse(error_code=exc.code, error_message=str(exc))
+        if not result.ok:
+            return apb.DeleteAclsResponse(error_code=result.error, error_message=pb.ErrorCode.Name(result.error))
+        await self.b.wait_for_metadata(lambda img: not any(f.matches(b) for f in filters for b in img.acls),
+                                       ADMIN_TIMEOUT_MS_DEFAULT / 1000)
+        return apb.DeleteAclsResponse(error_code=pb.NONE, deleted=int(result.value or 0))
+
+    async def DescribeAcls(self, request: apb.DescribeAclsRequest,
+                           context: grpc.aio.ServicerContext) -> apb.DescribeAclsResponse:
+        await not_none(self.b.security, "serving").require_super_user(context, "DescribeAcls")
+        f = _acl_filter(request.filter)
+        return apb.DescribeAclsResponse(acls=[apb.Acl(**{k: getattr(b, k) for k in _ACL_FIELDS})
+                                              for b in self.b.quorum.image().acls if f.matches(b)])
+
     async def DeleteTopics(self, request: apb.DeleteTopicsRequest, context: grpc.aio.ServicerContext) -> apb.DeleteTopicsResponse:
         timeout_s = effective_timeout_ms(request.timeout_ms, ADMIN_TIMEOUT_MS_DEFAULT) / 1000
         resp = apb.DeleteTopicsResponse()
@@ -647,3 +695,15 @@ class ControllerService(cgrpc.ControllerServicer):
             return cpb.ReportBrokerUnreachableResponse(error_code=pb.NOT_LEADER_OR_FOLLOWER)
         c.on_broker_unreachable(request.broker_id)
         return cpb.ReportBrokerUnreachableResponse(error_code=pb.NONE)
+
+
+_ACL_FIELDS = ("principal", "host", "operation", "permission", "resource_type", "resource_name", "pattern_type")
+
+
+def _acl_binding(a: apb.Acl) -> acl.AclBinding:
+    return acl.AclBinding(*(getattr(a, k) for k in _ACL_FIELDS))
+
+
+def _acl_filter(f: apb.AclFilter) -> acl.AclFilter:
+    return acl.AclFilter(*(getattr(f, k).upper() if k in ("operation", "permission", "resource_type", "pattern_type")
+                           else getattr(f, k) for k in _ACL_FIELDS))

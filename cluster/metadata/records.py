@@ -29,8 +29,11 @@ from typing import Any, TypeVar, cast
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
+from semel.cluster.metadata.acl import AclBinding, AclFilter
 from semel.cluster.metadata.state import (
     AllocateProducerIds,
+    CreateAcls,
+    DeleteAcls,
     AlterPartition,
     AlterTopicConfig,
     Barrier,
@@ -88,6 +91,8 @@ _COMMANDS: tuple[tuple[type, str, type[Message]], ...] = (
     (UpsertUserScram, "upsert_user_scram", mpb.UpsertUserScram),
     (DeleteUser, "delete_user", mpb.DeleteUser),
     (DecommissionBroker, "decommission_broker", mpb.DecommissionBroker),
+    (CreateAcls, "create_acls", mpb.CreateAcls),
+    (DeleteAcls, "delete_acls", mpb.DeleteAcls),
 )
 _ONEOF_BY_CLASS = {cls: oneof for cls, oneof, _ in _COMMANDS}
 _CLASS_BY_ONEOF = {oneof: cls for cls, oneof, _ in _COMMANDS}
@@ -100,6 +105,8 @@ _VALUES: dict[str, type] = {
     mpb.Topic.DESCRIPTOR.full_name: Topic,
     mpb.ProducerIdBlock.DESCRIPTOR.full_name: ProducerIdBlock,
     mpb.ScramCredential.DESCRIPTOR.full_name: ScramCredential,
+    mpb.AclBinding.DESCRIPTOR.full_name: AclBinding,
+    mpb.AclFilter.DESCRIPTOR.full_name: AclFilter,
 }
 _CONFIG_ENTRY = mpb.ConfigEntry.DESCRIPTOR.full_name
 
@@ -197,6 +204,7 @@ def _encode_image(image: MetadataImage) -> mpb.MetadataImage:
         next_assignment_start=image.next_assignment_start,
         users=[mpb.UserCredentials(name=name, credentials=[_to_message(c, mpb.ScramCredential()) for c in creds])
                for name, creds in image.users.items()],
+        acls=[_to_message(b, mpb.AclBinding()) for b in image.acls],
     )
 
 
@@ -211,6 +219,7 @@ def _decode_image(message: mpb.MetadataImage) -> MetadataImage:
         next_broker_epoch=message.next_broker_epoch,
         next_assignment_start=message.next_assignment_start,
         users={u.name: tuple(_from_message(c, ScramCredential) for c in u.credentials) for u in message.users},
+        acls=tuple(_from_message(b, AclBinding) for b in message.acls),
     )
 
 

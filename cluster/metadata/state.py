@@ -38,6 +38,7 @@ from typing import Iterable, Mapping, Union
 
 from semel import limits, scram
 from semel.scram import ScramCredential
+from semel.cluster.metadata.acl import AclBinding, AclFilter, MAX_ACLS, binding_problem, filter_problem
 from semel.internal_topics import (
     coordinator_partition,
 )
@@ -150,6 +151,8 @@ class MetadataImage:
     next_assignment_start: int = 0
     # user name -> its SCRAM credentials (one per mechanism; never a password: semel.scram)
     users: Mapping[str, tuple[ScramCredential, ...]] = field(default_factory=dict)
+    # the ACL bindings (semel.cluster.metadata.acl), in creation order, at most MAX_ACLS
+    acls: tuple[AclBinding, ...] = ()
 
     def broker(self, broker_id: int) -> BrokerRegistration | None:
         return self.brokers.get(broker_id)
@@ -322,6 +325,22 @@ class DecommissionBroker:
     command_id: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class CreateAcls:
+    """Adds the bindings (one already present is kept once); all or nothing."""
+
+    acls: tuple[AclBinding, ...]
+    command_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteAcls:
+    """Removes every binding any of the filters matches; the result's value is how many."""
+
+    filters: tuple[AclFilter, ...]
+    command_id: str = ""
+
+
 Command = Union[
     RegisterBroker,
     UnfenceBroker,
@@ -339,6 +358,8 @@ Command = Union[
     UpsertUserScram,
     DeleteUser,
     DecommissionBroker,
+    CreateAcls,
+    DeleteAcls,
 ]
 
 
@@ -627,6 +648,10 @@ class MetadataStateMachine:
             return self._delete_user(command)
         if isinstance(command, DecommissionBroker):
             return self._decommission_broker(command)
+        if isinstance(command, CreateAcls):
+            return self._create_acls(command)
+        if isinstance(command, DeleteAcls):
+            return self._delete_acls(command)
         return Result(pb.INVALID_REQUEST)
 
     def _publish(self, **changes: object) -> MetadataImage:
@@ -920,6 +945,28 @@ class MetadataStateMachine:
         users = {n: v for n, v in self.image.users.items() if n != c.name}
         self._publish(users=users)
         return OK
+
+    # -- ACLs --
+
+    def _create_acls(self, c: CreateAcls) -> Result:
+        if not c.acls or len(c.acls) > MAX_ACLS or any(binding_problem(b) for b in c.acls):
+            return Result(pb.INVALID_REQUEST)
+        present = set(self.image.acls)
+        new = tuple(dict.fromkeys(b for b in c.acls if b not in present))
+        if len(self.image.acls) + len(new) > MAX_ACLS:
+            return Result(pb.RESOURCE_EXHAUSTED)
+        if new:
+            self._publish(acls=self.image.acls + new)
+        return OK
+
+    def _delete_acls(self, c: DeleteAcls) -> Result:
+        if not c.filters or len(c.filters) > MAX_ACLS or any(filter_problem(f) for f in c.filters):
+            return Result(pb.INVALID_REQUEST)
+        kept = tuple(b for b in self.image.acls if not any(f.matches(b) for f in c.filters))
+        removed = len(self.image.acls) - len(kept)
+        if removed:
+            self._publish(acls=kept)
+        return Result(pb.NONE, removed)
 
 
 def validate_create_partitions(img: MetadataImage, c: CreatePartitions) -> tuple[pb.ErrorCode, Topic | None]:

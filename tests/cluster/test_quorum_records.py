@@ -18,6 +18,7 @@ import pytest
 from pysyncobj.journal import FileJournal
 from semel.cluster.metadata import legacy_pickle, records
 from semel.cluster.metadata.quorum import MetadataQuorum, MetadataSubmitError, QuorumConfig, VoterSpec
+from semel.cluster.metadata.acl import AclBinding, AclFilter
 from semel.cluster.metadata.records import MetadataRecordError
 from semel.cluster.metadata.state import (
     AllocateProducerIds,
@@ -26,6 +27,8 @@ from semel.cluster.metadata.state import (
     Barrier,
     Command,
     CompleteReassignment,
+    CreateAcls,
+    DeleteAcls,
     CreatePartitions,
     CreateTopic,
     DeleteTopic,
@@ -75,10 +78,14 @@ COMMANDS = [
     CompleteReassignment("orders", 1, 0),
     DecommissionBroker(4, "dc"),
     DecommissionBroker(2),
+    CreateAcls((AclBinding("User:alice", "*", "WRITE", "ALLOW", "TOPIC", "orders"),
+                AclBinding("User:*", "10.0.0.1", "READ", "DENY", "GROUP", "app-", "PREFIXED")), "ca"),
+    DeleteAcls((AclFilter(principal="User:alice"), AclFilter()), "da"),
+    DeleteAcls((AclFilter("User:ü", "*", "ALL", "DENY", "CLUSTER", "kafka-cluster", "LITERAL"),)),
 ]
 # Commands added after the metadata records became protobuf: no older build ever pickled them.
 NEWER_THAN_PICKLES = {UpsertUserScram, DeleteUser, CreatePartitions, AlterTopicConfig, ReassignPartition,
-                      CompleteReassignment, DecommissionBroker}
+                      CompleteReassignment, DecommissionBroker, CreateAcls, DeleteAcls}
 
 
 async def until(predicate, timeout_s: float = 10.0) -> None:

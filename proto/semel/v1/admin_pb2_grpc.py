@@ -99,6 +99,21 @@ class AdminStub:
                 request_serializer=semel_dot_v1_dot_admin__pb2.ListUsersRequest.SerializeToString,
                 response_deserializer=semel_dot_v1_dot_admin__pb2.ListUsersResponse.FromString,
                 _registered_method=True)
+        self.CreateAcls = channel.unary_unary(
+                '/semel.v1.Admin/CreateAcls',
+                request_serializer=semel_dot_v1_dot_admin__pb2.CreateAclsRequest.SerializeToString,
+                response_deserializer=semel_dot_v1_dot_admin__pb2.CreateAclsResponse.FromString,
+                _registered_method=True)
+        self.DeleteAcls = channel.unary_unary(
+                '/semel.v1.Admin/DeleteAcls',
+                request_serializer=semel_dot_v1_dot_admin__pb2.DeleteAclsRequest.SerializeToString,
+                response_deserializer=semel_dot_v1_dot_admin__pb2.DeleteAclsResponse.FromString,
+                _registered_method=True)
+        self.DescribeAcls = channel.unary_unary(
+                '/semel.v1.Admin/DescribeAcls',
+                request_serializer=semel_dot_v1_dot_admin__pb2.DescribeAclsRequest.SerializeToString,
+                response_deserializer=semel_dot_v1_dot_admin__pb2.DescribeAclsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -186,6 +201,25 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAcls(self, request, context):
+        """ACLs (deploy/README.md, "ACLs"): ALTER on the cluster to change, DESCRIBE on the cluster to list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAcls(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeAcls(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -253,6 +287,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListUsers,
                     request_deserializer=semel_dot_v1_dot_admin__pb2.ListUsersRequest.FromString,
                     response_serializer=semel_dot_v1_dot_admin__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'CreateAcls': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAcls,
+                    request_deserializer=semel_dot_v1_dot_admin__pb2.CreateAclsRequest.FromString,
+                    response_serializer=semel_dot_v1_dot_admin__pb2.CreateAclsResponse.SerializeToString,
+            ),
+            'DeleteAcls': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAcls,
+                    request_deserializer=semel_dot_v1_dot_admin__pb2.DeleteAclsRequest.FromString,
+                    response_serializer=semel_dot_v1_dot_admin__pb2.DeleteAclsResponse.SerializeToString,
+            ),
+            'DescribeAcls': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeAcls,
+                    request_deserializer=semel_dot_v1_dot_admin__pb2.DescribeAclsRequest.FromString,
+                    response_serializer=semel_dot_v1_dot_admin__pb2.DescribeAclsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -606,6 +655,87 @@ class Admin:
             '/semel.v1.Admin/ListUsers',
             semel_dot_v1_dot_admin__pb2.ListUsersRequest.SerializeToString,
             semel_dot_v1_dot_admin__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAcls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semel.v1.Admin/CreateAcls',
+            semel_dot_v1_dot_admin__pb2.CreateAclsRequest.SerializeToString,
+            semel_dot_v1_dot_admin__pb2.CreateAclsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAcls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semel.v1.Admin/DeleteAcls',
+            semel_dot_v1_dot_admin__pb2.DeleteAclsRequest.SerializeToString,
+            semel_dot_v1_dot_admin__pb2.DeleteAclsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeAcls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semel.v1.Admin/DescribeAcls',
+            semel_dot_v1_dot_admin__pb2.DescribeAclsRequest.SerializeToString,
+            semel_dot_v1_dot_admin__pb2.DescribeAclsResponse.FromString,
             options,
             channel_credentials,
             insecure,

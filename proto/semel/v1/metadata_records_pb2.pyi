@@ -190,8 +190,56 @@ class DecommissionBroker(_message.Message):
     broker_id: int
     def __init__(self, broker_id: _Optional[int] = ...) -> None: ...
 
+class AclBinding(_message.Message):
+    __slots__ = ("principal", "host", "operation", "permission", "resource_type", "resource_name", "pattern_type")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    PERMISSION_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_TYPE_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    host: str
+    operation: str
+    permission: str
+    resource_type: str
+    resource_name: str
+    pattern_type: str
+    def __init__(self, principal: _Optional[str] = ..., host: _Optional[str] = ..., operation: _Optional[str] = ..., permission: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_name: _Optional[str] = ..., pattern_type: _Optional[str] = ...) -> None: ...
+
+class AclFilter(_message.Message):
+    __slots__ = ("principal", "host", "operation", "permission", "resource_type", "resource_name", "pattern_type")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    PERMISSION_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_TYPE_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    host: str
+    operation: str
+    permission: str
+    resource_type: str
+    resource_name: str
+    pattern_type: str
+    def __init__(self, principal: _Optional[str] = ..., host: _Optional[str] = ..., operation: _Optional[str] = ..., permission: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_name: _Optional[str] = ..., pattern_type: _Optional[str] = ...) -> None: ...
+
+class CreateAcls(_message.Message):
+    __slots__ = ("acls",)
+    ACLS_FIELD_NUMBER: _ClassVar[int]
+    acls: _containers.RepeatedCompositeFieldContainer[AclBinding]
+    def __init__(self, acls: _Optional[_Iterable[_Union[AclBinding, _Mapping]]] = ...) -> None: ...
+
+class DeleteAcls(_message.Message):
+    __slots__ = ("filters",)
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    filters: _containers.RepeatedCompositeFieldContainer[AclFilter]
+    def __init__(self, filters: _Optional[_Iterable[_Union[AclFilter, _Mapping]]] = ...) -> None: ...
+
 class MetadataCommand(_message.Message):
-    __slots__ = ("format_version", "command_id", "register_broker", "unfence_broker", "fence_broker", "create_topic", "delete_topic", "alter_partition", "elect_leader", "allocate_producer_ids", "barrier", "create_partitions", "alter_topic_config", "reassign_partition", "complete_reassignment", "upsert_user_scram", "delete_user", "decommission_broker")
+    __slots__ = ("format_version", "command_id", "register_broker", "unfence_broker", "fence_broker", "create_topic", "delete_topic", "alter_partition", "elect_leader", "allocate_producer_ids", "barrier", "create_partitions", "alter_topic_config", "reassign_partition", "complete_reassignment", "upsert_user_scram", "delete_user", "decommission_broker", "create_acls", "delete_acls")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_BROKER_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +258,8 @@ class MetadataCommand(_message.Message):
     UPSERT_USER_SCRAM_FIELD_NUMBER: _ClassVar[int]
     DELETE_USER_FIELD_NUMBER: _ClassVar[int]
     DECOMMISSION_BROKER_FIELD_NUMBER: _ClassVar[int]
+    CREATE_ACLS_FIELD_NUMBER: _ClassVar[int]
+    DELETE_ACLS_FIELD_NUMBER: _ClassVar[int]
     format_version: FormatVersion
     command_id: str
     register_broker: RegisterBroker
@@ -228,7 +278,9 @@ class MetadataCommand(_message.Message):
     upsert_user_scram: UpsertUserScram
     delete_user: DeleteUser
     decommission_broker: DecommissionBroker
-    def __init__(self, format_version: _Optional[_Union[FormatVersion, str]] = ..., command_id: _Optional[str] = ..., register_broker: _Optional[_Union[RegisterBroker, _Mapping]] = ..., unfence_broker: _Optional[_Union[UnfenceBroker, _Mapping]] = ..., fence_broker: _Optional[_Union[FenceBroker, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., alter_partition: _Optional[_Union[AlterPartition, _Mapping]] = ..., elect_leader: _Optional[_Union[ElectLeader, _Mapping]] = ..., allocate_producer_ids: _Optional[_Union[AllocateProducerIds, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., create_partitions: _Optional[_Union[CreatePartitions, _Mapping]] = ..., alter_topic_config: _Optional[_Union[AlterTopicConfig, _Mapping]] = ..., reassign_partition: _Optional[_Union[ReassignPartition, _Mapping]] = ..., complete_reassignment: _Optional[_Union[CompleteReassignment, _Mapping]] = ..., upsert_user_scram: _Optional[_Union[UpsertUserScram, _Mapping]] = ..., delete_user: _Optional[_Union[DeleteUser, _Mapping]] = ..., decommission_broker: _Optional[_Union[DecommissionBroker, _Mapping]] = ...) -> None: ...
+    create_acls: CreateAcls
+    delete_acls: DeleteAcls
+    def __init__(self, format_version: _Optional[_Union[FormatVersion, str]] = ..., command_id: _Optional[str] = ..., register_broker: _Optional[_Union[RegisterBroker, _Mapping]] = ..., unfence_broker: _Optional[_Union[UnfenceBroker, _Mapping]] = ..., fence_broker: _Optional[_Union[FenceBroker, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., alter_partition: _Optional[_Union[AlterPartition, _Mapping]] = ..., elect_leader: _Optional[_Union[ElectLeader, _Mapping]] = ..., allocate_producer_ids: _Optional[_Union[AllocateProducerIds, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., create_partitions: _Optional[_Union[CreatePartitions, _Mapping]] = ..., alter_topic_config: _Optional[_Union[AlterTopicConfig, _Mapping]] = ..., reassign_partition: _Optional[_Union[ReassignPartition, _Mapping]] = ..., complete_reassignment: _Optional[_Union[CompleteReassignment, _Mapping]] = ..., upsert_user_scram: _Optional[_Union[UpsertUserScram, _Mapping]] = ..., delete_user: _Optional[_Union[DeleteUser, _Mapping]] = ..., decommission_broker: _Optional[_Union[DecommissionBroker, _Mapping]] = ..., create_acls: _Optional[_Union[CreateAcls, _Mapping]] = ..., delete_acls: _Optional[_Union[DeleteAcls, _Mapping]] = ...) -> None: ...
 
 class BrokerRegistration(_message.Message):
     __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "broker_epoch", "fenced", "registered_version", "kafka_host", "kafka_port", "decommissioned")
@@ -319,7 +371,7 @@ class ProducerIdBlock(_message.Message):
     def __init__(self, broker_id: _Optional[int] = ..., first_producer_id: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class MetadataImage(_message.Message):
-    __slots__ = ("version", "brokers", "topics", "next_producer_id", "next_broker_epoch", "next_assignment_start", "users")
+    __slots__ = ("version", "brokers", "topics", "next_producer_id", "next_broker_epoch", "next_assignment_start", "users", "acls")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BROKERS_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +379,7 @@ class MetadataImage(_message.Message):
     NEXT_BROKER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     NEXT_ASSIGNMENT_START_FIELD_NUMBER: _ClassVar[int]
     USERS_FIELD_NUMBER: _ClassVar[int]
+    ACLS_FIELD_NUMBER: _ClassVar[int]
     version: int
     brokers: _containers.RepeatedCompositeFieldContainer[BrokerRegistration]
     topics: _containers.RepeatedCompositeFieldContainer[Topic]
@@ -334,7 +387,8 @@ class MetadataImage(_message.Message):
     next_broker_epoch: int
     next_assignment_start: int
     users: _containers.RepeatedCompositeFieldContainer[UserCredentials]
-    def __init__(self, version: _Optional[int] = ..., brokers: _Optional[_Iterable[_Union[BrokerRegistration, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[Topic, _Mapping]]] = ..., next_producer_id: _Optional[int] = ..., next_broker_epoch: _Optional[int] = ..., next_assignment_start: _Optional[int] = ..., users: _Optional[_Iterable[_Union[UserCredentials, _Mapping]]] = ...) -> None: ...
+    acls: _containers.RepeatedCompositeFieldContainer[AclBinding]
+    def __init__(self, version: _Optional[int] = ..., brokers: _Optional[_Iterable[_Union[BrokerRegistration, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[Topic, _Mapping]]] = ..., next_producer_id: _Optional[int] = ..., next_broker_epoch: _Optional[int] = ..., next_assignment_start: _Optional[int] = ..., users: _Optional[_Iterable[_Union[UserCredentials, _Mapping]]] = ..., acls: _Optional[_Iterable[_Union[AclBinding, _Mapping]]] = ...) -> None: ...
 
 class UserCredentials(_message.Message):
     __slots__ = ("name", "credentials")

@@ -1,0 +1,167 @@
+"""Kafka's ACL model and authorizer, pure (no I/O): the bindings live in the metadata image
+(`MetadataImage.acls`, changed by the `CreateAcls` / `DeleteAcls` commands) and every broker
+evaluates them the same way (`authorize`).
+
+An ACL: principal P is ALLOW|DENY operation O from host H on resources of one type whose name
+matches a pattern (LITERAL name, LITERAL `*` = every name, or PREFIXED) - KIP-11 / KIP-290.
+Evaluation is Kafka's StandardAuthorizer's (/work/shared/reference/security.md, section 2):
+  1. super users (broker `--super-users`) and broker principals: allowed, no ACL consulted;
+  2. an ACL applies when its resource type is the resource's, its pattern matches the name,
+     its principal is the caller or `User:*`, its host is the caller's IP or `*`, and its
+     operation is the requested one, ALL, or (ALLOW ACLs only) an implying one: READ, WRITE,
+     DELETE, ALTER imply DESCRIBE; ALTER_CONFIGS implies DESCRIBE_CONFIGS;
+  3. any applicable DENY: denied (DENY wins); else any applicable ALLOW: allowed;
+  4. nothing applies: denied (deny by default).
+Names are Kafka's upper-case words (the wire codes are not used: the records keep the words).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+TOPIC, GROUP, TRANSACTIONAL_ID, CLUSTER = "TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER"
+RESOURCE_TYPES = (TOPIC, GROUP, TRANSACTIONAL_ID, CLUSTER)
+CLUSTER_NAME = "kafka-cluster"  # the cluster resource is a singleton of this name (Kafka's)
+
+LITERAL, PREFIXED = "LITERAL", "PREFIXED"
+PATTERN_TYPES = (LITERAL, PREFIXED)
+WILDCARD = "*"  # a LITERAL name matching every resource; `User:*` matches every principal
+
+ALLOW, DENY = "ALLOW", "DENY"
+PERMISSIONS = (ALLOW, DENY)
+
+READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE = "READ", "WRITE", "CREATE", "DELETE", "ALTER", "DESCRIBE"
+CLUSTER_ACTION, DESCRIBE_CONFIGS, ALTER_CONFIGS = "CLUSTER_ACTION", "DESCRIBE_CONFIGS", "ALTER_CONFIGS"
+IDEMPOTENT_WRITE, ALL = "IDEMPOTENT_WRITE", "ALL"
+OPERATIONS = (READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, CLUSTER_ACTION, DESCRIBE_CONFIGS, ALTER_CONFIGS,
+              IDEMPOTENT_WRITE, ALL)
+# what an ALLOW of the key also allows (never for DENY: a DENY READ does not deny DESCRIBE)
+IMPLIES: dict[str, frozenset[str]] = {
+    READ: frozenset({DESCRIBE}), WRITE: frozenset({DESCRIBE}), DELETE: frozenset({DESCRIBE}),
+    ALTER: frozenset({DESCRIBE}), ALTER_CONFIGS: frozenset({DESCRIBE_CONFIGS}),
+}
+
+MAX_ACLS = 10_000  # bindings in the image (each is a few hundred bytes; every broker holds all)
+MAX_ACL_FIELD_CHARS = 255
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AclBinding:
+    principal: str  # "User:alice" or "User:*"
+    host: str  # an IP or "*"
+    operation: str
+    permission: str
+    resource_type: str
+    resource_name: str
+    pattern_type: str = LITERAL
+
+    def describe(self) -> str:
+        pattern = "" if self.pattern_type == LITERAL else f" ({self.pattern_type.lower()})"
+        return (f"{self.principal} {self.permission} {self.operation} on {self.resource_type} "
+                f"{self.resource_name!r}{pattern} from {self.host}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AclFilter:
+    """Selects bindings for listing and deleting; "" in a field matches anything. A filter's
+    resource_name with pattern_type "" or the same pattern type matches that name exactly (as
+    Kafka's ANY/LITERAL/PREFIXED filters do: they select bindings, they do not evaluate)."""
+
+    principal: str = ""
+    host: str = ""
+    operation: str = ""
+    permission: str = ""
+    resource_type: str = ""
+    resource_name: str = ""
+    pattern_type: str = ""
+
+    def matches(self, b: AclBinding) -> bool:
+        return all(want == "" or want == got for want, got in (
+            (self.principal, b.principal), (self.host, b.host), (self.operation, b.operation),
+            (self.permission, b.permission), (self.resource_type, b.resource_type),
+            (self.resource_name, b.resource_name), (self.pattern_type, b.pattern_type)))
+
+
+def normalized(b: AclBinding) -> AclBinding:
+    """Fills the defaults a request may leave empty: host `*`, pattern LITERAL, the cluster's
+    name; upper-cases the words."""
+    resource_type = b.resource_type.upper()
+    return AclBinding(b.principal, b.host or WILDCARD, b.operation.upper(), b.permission.upper(), resource_type,
+                      b.resource_name or (CLUSTER_NAME if resource_type == CLUSTER else ""),
+                      (b.pattern_type or LITERAL).upper())
+
+
+def binding_problem(b: AclBinding) -> str:
+    """Why `b` cannot be stored ("" when it can)."""
+    for name in ("principal", "host", "resource_name"):
+        value = getattr(b, name)
+        if not isinstance(value, str) or not 1 <= len(value) <= MAX_ACL_FIELD_CHARS or "\x00" in value:
+            return f"{name} must be 1..{MAX_ACL_FIELD_CHARS} characters"
+    if not b.principal.startswith("User:") or len(b.principal) == len("User:"):
+        return f"principal {b.principal!r} is not of the form User:<name> (or User:*)"
+    if b.operation not in OPERATIONS:
+        return f"operation {b.operation!r} is not one of {', '.join(OPERATIONS)}"
+    if b.permission not in PERMISSIONS:
+        return f"permission {b.permission!r} is not ALLOW or DENY"
+    if b.resource_type not in RESOURCE_TYPES:
+        return f"resource type {b.resource_type!r} is not one of {', '.join(RESOURCE_TYPES)}"
+    if b.pattern_type not in PATTERN_TYPES:
+        return f"pattern type {b.pattern_type!r} is not LITERAL or PREFIXED"
+    if b.resource_type == CLUSTER and (b.resource_name != CLUSTER_NAME or b.pattern_type != LITERAL):
+        return f"the cluster resource is the literal {CLUSTER_NAME!r}"
+    if b.pattern_type == PREFIXED and b.resource_name == WILDCARD:
+        return "a prefixed pattern cannot be '*' (use a literal '*')"
+    return ""
+
+
+def filter_problem(f: AclFilter) -> str:
+    checks = ((f.operation, OPERATIONS), (f.permission, PERMISSIONS), (f.resource_type, RESOURCE_TYPES),
+              (f.pattern_type, PATTERN_TYPES))
+    for value, allowed in checks:
+        if value and value not in allowed:
+            return f"{value!r} is not one of {', '.join(allowed)}"
+    for value in (f.principal, f.host, f.resource_name):
+        if len(value) > MAX_ACL_FIELD_CHARS:
+            return f"a filter field is over {MAX_ACL_FIELD_CHARS} characters"
+    return ""
+
+
+def pattern_matches(b: AclBinding, resource_type: str, name: str) -> bool:
+    if b.resource_type != resource_type:
+        return False
+    if b.pattern_type == PREFIXED:
+        return name.startswith(b.resource_name)
+    return b.resource_name == WILDCARD or b.resource_name == name
+
+
+def _operation_applies(b: AclBinding, operation: str) -> bool:
+    if b.operation in (operation, ALL):
+        return True
+    return b.permission == ALLOW and operation in IMPLIES.get(b.operation, frozenset())
+
+
+def authorize(acls: Iterable[AclBinding], principal: str, host: str, operation: str, resource_type: str,
+              name: str, super_user: bool = False) -> bool:
+    """May `principal` calling from `host` do `operation` on the resource? (Kafka's rules above;
+    `super_user` covers super users and brokers.)"""
+    if super_user:
+        return True
+    allowed = False
+    for b in acls:
+        if not pattern_matches(b, resource_type, name) or b.principal not in (principal, "User:*"):
+            continue
+        if b.host not in (host, WILDCARD) or not _operation_applies(b, operation):
+            continue
+        if b.permission == DENY:
+            return False
+        allowed = True
+    return allowed
+
+
+__all__ = [
+    "ALL", "ALLOW", "ALTER", "ALTER_CONFIGS", "AclBinding", "AclFilter", "CLUSTER", "CLUSTER_ACTION", "CLUSTER_NAME",
+    "CREATE", "DELETE", "DENY", "DESCRIBE", "DESCRIBE_CONFIGS", "GROUP", "IDEMPOTENT_WRITE", "LITERAL", "MAX_ACLS",
+    "OPERATIONS", "PATTERN_TYPES", "PERMISSIONS", "PREFIXED", "READ", "RESOURCE_TYPES", "TOPIC", "TRANSACTIONAL_ID",
+    "WILDCARD", "WRITE", "authorize", "binding_problem", "normalized", "filter_problem", "pattern_matches",
+]
