@@ -27,6 +27,10 @@ Check = tuple[str, str, str]
 Need = tuple[Check, ...]
 Allowed = Callable[[str, str, str], bool]  # (resource type, name, operation) -> may the caller?
 
+# A check's operation that means "WRITE on any topic" (the name is ignored): an operation word
+# never comes from a request, so no request can ask for this check.
+ANY_TOPIC_WRITE = "WRITE (on any topic)"
+
 ERROR_CODES = {
     TOPIC: "TOPIC_AUTHORIZATION_FAILED",
     GROUP: "GROUP_AUTHORIZATION_FAILED",
@@ -60,12 +64,11 @@ def _topics(names: Iterable[str], operation: str) -> list[Need]:
 
 
 def _produce(r: Any) -> Iterable[Need]:
+    # An idempotent batch needs nothing more: InitProducerId checked IDEMPOTENT_WRITE (or WRITE
+    # on some topic, KIP-679), and this request's topics need WRITE anyway.
     needs = _topics((p.topic for p in r.partitions), WRITE)
     if r.transactional_id:
         needs.append(_one(TRANSACTIONAL_ID, r.transactional_id, WRITE))
-    elif any(p.HasField("batch") and p.batch.HasField("producer_id") and p.batch.producer_id >= 0
-             for p in r.partitions):
-        needs.append(_one(CLUSTER, CLUSTER_NAME, IDEMPOTENT_WRITE))
     return needs
 
 
@@ -76,7 +79,8 @@ def _find_coordinator(r: Any) -> Iterable[Need]:
 def _init_producer_id(r: Any) -> Iterable[Need]:
     if r.transactional_id:
         return (_one(TRANSACTIONAL_ID, r.transactional_id, WRITE),)
-    return (_one(CLUSTER, CLUSTER_NAME, IDEMPOTENT_WRITE),)
+    # Kafka 3.x (KIP-679): IDEMPOTENT_WRITE on the cluster, or WRITE on any topic
+    return (((TOPIC, "", ANY_TOPIC_WRITE), (CLUSTER, CLUSTER_NAME, IDEMPOTENT_WRITE)),)
 
 
 def _txn(r: Any) -> Need:
@@ -135,15 +139,14 @@ RULES: dict[str, Rule] = {
     "/semel.v1.Broker/Metadata": Rule(lambda r: _topics(r.topics, DESCRIBE),
                                       "DESCRIBE Topic (each named; all topics: lists only the DESCRIBE-able)",
                                       _trim_metadata),
-    "/semel.v1.Broker/Produce": Rule(_produce, "WRITE Topic; + WRITE TransactionalId when transactional; "
-                                               "+ IDEMPOTENT_WRITE Cluster when idempotent"),
+    "/semel.v1.Broker/Produce": Rule(_produce, "WRITE Topic; + WRITE TransactionalId when transactional"),
     "/semel.v1.Broker/Fetch": Rule(lambda r: _topics((p.topic for p in r.partitions), READ), "READ Topic"),
     "/semel.v1.Broker/ListOffsets": Rule(lambda r: _topics((p.topic for p in r.partitions), DESCRIBE),
                                          "DESCRIBE Topic"),
     # Transactions
     "/semel.v1.Transactions/FindCoordinator": Rule(_find_coordinator, "DESCRIBE TransactionalId or Group (the key)"),
-    "/semel.v1.Transactions/InitProducerId": Rule(_init_producer_id, "WRITE TransactionalId; IDEMPOTENT_WRITE "
-                                                                     "Cluster without one"),
+    "/semel.v1.Transactions/InitProducerId": Rule(_init_producer_id, "WRITE TransactionalId; without one "
+                                                                     "IDEMPOTENT_WRITE Cluster or WRITE on any Topic"),
     "/semel.v1.Transactions/AddPartitionsToTxn": Rule(
         lambda r: [_txn(r), *_topics((p.topic for p in r.partitions), WRITE)], "WRITE TransactionalId, WRITE Topic"),
     "/semel.v1.Transactions/AddOffsetsToTxn": Rule(lambda r: [_txn(r), _one(GROUP, r.group_id, READ)],
@@ -228,5 +231,7 @@ def refusal(method: str, request: Any, principal: str, host: str, allowed: Allow
 
 def allowed_for(acls: Sequence[acl.AclBinding], principal: str, host: str, super_user: bool) -> Allowed:
     def allowed(resource_type: str, name: str, operation: str) -> bool:
+        if operation == ANY_TOPIC_WRITE:
+            return acl.authorize_any(acls, principal, host, WRITE, TOPIC, super_user)
         return acl.authorize(acls, principal, host, operation, resource_type, name, super_user)
     return allowed

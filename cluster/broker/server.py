@@ -492,7 +492,7 @@ class AdminService(ClusterOpsAdmin, agrpc.AdminServicer):
             return apb.DeleteAclsResponse(error_code=result.error, error_message=pb.ErrorCode.Name(result.error))
         await self.b.wait_for_metadata(lambda img: not any(f.matches(b) for f in filters for b in img.acls),
                                        ADMIN_TIMEOUT_MS_DEFAULT / 1000)
-        return apb.DeleteAclsResponse(error_code=pb.NONE, deleted=int(result.value or 0))
+        return apb.DeleteAclsResponse(error_code=pb.NONE, deleted=result.value if isinstance(result.value, int) else 0)
 
     async def DescribeAcls(self, request: apb.DescribeAclsRequest,
                            context: grpc.aio.ServicerContext) -> apb.DescribeAclsResponse:

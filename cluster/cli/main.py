@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "semel.cli.log_commands",
     "semel.cli.ops_commands",  # after semel.cli.commands: it adds to the `topic` and `cluster` parsers
     "semel.cli.security_args",
+    "semel.cli.acl_commands",
 )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from semel.client.accumulator import RecordFuture
 from semel.client.admin import (
+    Acl,
     Admin,
     BrokerDescription,
     ClusterDescription,
@@ -44,6 +45,7 @@ from semel.client.records import ConsumerRecord, RecordMetadata
 from semel.client.security import ClientSecurity
 
 __all__ = [
+    "Acl",
     "Admin",
     "BrokerDescription",
     "ClientSecurity",

@@ -105,6 +105,22 @@ class ClusterDescription:
     quorum_leader: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Acl:
+    """An ACL binding (Kafka's words: principal "User:alice" or "User:*"; host an IP or "*";
+    operation READ/WRITE/CREATE/DELETE/ALTER/DESCRIBE/CLUSTER_ACTION/DESCRIBE_CONFIGS/
+    ALTER_CONFIGS/IDEMPOTENT_WRITE/ALL; permission ALLOW/DENY; resource_type TOPIC/GROUP/
+    TRANSACTIONAL_ID/CLUSTER; pattern_type LITERAL/PREFIXED). As a filter, "" matches anything."""
+
+    principal: str = ""
+    host: str = ""
+    operation: str = ""
+    permission: str = ""
+    resource_type: str = ""
+    resource_name: str = ""
+    pattern_type: str = ""
+
+
 class Admin(_ClientBase):
     """Topic and cluster administration. Calls go to any broker; retriable errors are retried
     until `timeout_ms`."""
@@ -376,6 +392,42 @@ class Admin(_ClientBase):
         """(name, its SCRAM mechanisms) of every user, by name."""
         response = self._call("ListUsers", admin_pb2.ListUsersRequest(), timeout_ms)
         return [(u.name, tuple(u.mechanisms)) for u in response.users]
+
+    # --- ACLs (deploy/README.md, "ACLs"; the broker checks them under --authorizer on) ----------
+    def create_acls(self, acls: Sequence[Acl], timeout_ms: int | None = None) -> None:
+        """Add the bindings (one already present stays once). Empty fields take the broker's
+        defaults: host `*`, pattern LITERAL, the cluster's name for a CLUSTER resource."""
+        request = admin_pb2.CreateAclsRequest(acls=[admin_pb2.Acl(**dataclasses.asdict(a)) for a in acls])
+
+        def attempt(remaining_ms: int) -> None:
+            response = self._call("CreateAcls", request, remaining_ms)
+            if response.error_code != common_pb2.NONE:
+                raise client_errors.error_for_code(response.error_code, response.error_message, context="create ACLs")
+
+        self._with_retries(attempt, timeout_ms)
+
+    def delete_acls(self, filters: Sequence[Acl], timeout_ms: int | None = None) -> int:
+        """Remove every binding any filter matches (an empty field matches anything); how many."""
+        request = admin_pb2.DeleteAclsRequest(filters=[admin_pb2.AclFilter(**dataclasses.asdict(f)) for f in filters])
+        deleted = 0
+
+        def attempt(remaining_ms: int) -> None:
+            nonlocal deleted
+            response = self._call("DeleteAcls", request, remaining_ms)
+            if response.error_code != common_pb2.NONE:
+                raise client_errors.error_for_code(response.error_code, response.error_message, context="delete ACLs")
+            deleted = response.deleted
+
+        self._with_retries(attempt, timeout_ms)
+        return deleted
+
+    def describe_acls(self, acl_filter: Acl | None = None, timeout_ms: int | None = None) -> list[Acl]:
+        """The bindings the filter matches (None: all), in creation order."""
+        request = admin_pb2.DescribeAclsRequest(
+            filter=admin_pb2.AclFilter(**dataclasses.asdict(acl_filter or Acl())))
+        response = self._call("DescribeAcls", request, timeout_ms)
+        return [Acl(a.principal, a.host, a.operation, a.permission, a.resource_type, a.resource_name, a.pattern_type)
+                for a in response.acls]
 
     def metadata(self, topics: Sequence[str] | None = None, timeout_ms: int | None = None) -> ClusterView:
         """A fresh metadata view (leaders, replicas, ISR) from any broker."""

@@ -159,9 +159,35 @@ def authorize(acls: Iterable[AclBinding], principal: str, host: str, operation: 
     return allowed
 
 
+def authorize_any(acls: Iterable[AclBinding], principal: str, host: str, operation: str, resource_type: str,
+                  super_user: bool = False) -> bool:
+    """May the caller do `operation` on *some* resource of the type? (Kafka's
+    authorizeByResourceType, KIP-679: an idempotent producer needs WRITE on any topic or
+    IDEMPOTENT_WRITE on the cluster.) True when an applicable ALLOW exists whose pattern no
+    applicable DENY covers."""
+    if super_user:
+        return True
+    acls = tuple(acls)
+
+    def applies(b: AclBinding) -> bool:
+        return (b.resource_type == resource_type and b.principal in (principal, "User:*")
+                and b.host in (host, WILDCARD) and _operation_applies(b, operation))
+
+    denies = [d for d in acls if d.permission == DENY and applies(d)]
+    for b in acls:
+        if b.permission != ALLOW or not applies(b):
+            continue
+        if not any((d.pattern_type == LITERAL and d.resource_name == WILDCARD)
+                   or (d.pattern_type == b.pattern_type and d.resource_name == b.resource_name)
+                   or (d.pattern_type == PREFIXED and b.resource_name.startswith(d.resource_name))
+                   for d in denies):
+            return True
+    return False
+
+
 __all__ = [
     "ALL", "ALLOW", "ALTER", "ALTER_CONFIGS", "AclBinding", "AclFilter", "CLUSTER", "CLUSTER_ACTION", "CLUSTER_NAME",
     "CREATE", "DELETE", "DENY", "DESCRIBE", "DESCRIBE_CONFIGS", "GROUP", "IDEMPOTENT_WRITE", "LITERAL", "MAX_ACLS",
     "OPERATIONS", "PATTERN_TYPES", "PERMISSIONS", "PREFIXED", "READ", "RESOURCE_TYPES", "TOPIC", "TRANSACTIONAL_ID",
-    "WILDCARD", "WRITE", "authorize", "binding_problem", "normalized", "filter_problem", "pattern_matches",
+    "WILDCARD", "WRITE", "authorize", "authorize_any", "binding_problem", "normalized", "filter_problem", "pattern_matches",
 ]

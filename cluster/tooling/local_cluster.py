@@ -587,7 +587,7 @@ def run_cluster_up(
             first = specs[0].address
             semel = _semel_command()
             if setup is not None:
-                print(f"secure: TLS (CA {setup.client.tls_ca}) and authentication required; super user "
+                print(f"secure: TLS (CA {setup.client.tls_ca}), authentication and ACLs required; super user "
                       f"{setup.client.username}, credentials in {setup.admin_env}", flush=True)
                 if setup.kafka_client is not None:
                     print(f"Kafka clients: SASL_SSL with SCRAM-SHA-256 (or PLAIN) as the same users; settings in "

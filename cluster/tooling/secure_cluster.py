@@ -13,8 +13,9 @@ authentication, made in DATA_DIR (and kept across restarts on the same DATA_DIR)
                                 ssl.ca.location (librdkafka/kcat `-F`; confluent-kafka: pass the
                                 pairs as its config dict)
 
-The brokers get --tls-cert/--tls-key/--tls-ca, --authentication required, --super-users
-User:admin and --bootstrap-users-file; they prove themselves to each other with the token
+The brokers get --tls-cert/--tls-key/--tls-ca, --authentication required, --authorizer on
+(ACLs, deny by default: `semel acl add` grants other users), --super-users User:admin and
+--bootstrap-users-file; they prove themselves to each other with the token
 derived from DATA_DIR/raft-secret (cluster/broker/security.py).
 """
 
@@ -104,7 +105,7 @@ def prepare(data_dir: str | Path, broker_hosts: Sequence[tuple[int, str]], boots
         _write_private(kafka_client, kafka_client_properties(kafka_bootstrap, ca, ADMIN_USER, password))
     leaf = certs.leaf_files(cert_dir, f"broker-{BROKER_ID_PLACEHOLDER}")
     args = ("--tls-cert", str(leaf.cert.resolve()), "--tls-key", str(leaf.key.resolve()), "--tls-ca", ca,
-            "--authentication", "required", "--super-users", f"User:{ADMIN_USER}",
+            "--authentication", "required", "--super-users", f"User:{ADMIN_USER}", "--authorizer", "on",
             "--bootstrap-users-file", str(users_path.resolve()))
     return SecureSetup(args, ClientSecurity(tls_ca=ca, username=ADMIN_USER, password=password), env_path,
                        kafka_client)

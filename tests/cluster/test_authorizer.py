@@ -164,7 +164,21 @@ def test_produce_needs_write_txn_and_idempotent_write():
     r = broker_pb2.ProduceRequest(transactional_id="tx", partitions=[broker_pb2.PartitionProduceData(topic="t")])
     needs = list(authorizer.rule("/semel.v1.Broker/Produce").needs(r))
     assert needs == [((acl.TOPIC, "t", acl.WRITE),), ((acl.TRANSACTIONAL_ID, "tx", acl.WRITE),)]
-    r = broker_pb2.ProduceRequest(partitions=[broker_pb2.PartitionProduceData(
-        topic="t", batch=common_pb2.RecordBatch(producer_id=7))])
-    needs = list(authorizer.rule("/semel.v1.Broker/Produce").needs(r))
-    assert ((acl.CLUSTER, acl.CLUSTER_NAME, acl.IDEMPOTENT_WRITE),) in needs
+
+
+
+def test_idempotence_needs_idempotent_write_or_write_on_any_topic():
+    r = txn_pb2.InitProducerIdRequest()
+    method = "/semel.v1.Transactions/InitProducerId"
+
+    def refused(acls):
+        return authorizer.refusal(method, r, ALICE, "10.0.0.1", authorizer.allowed_for(acls, ALICE, "10.0.0.1", False))
+
+    assert refused([]).code == "CLUSTER_AUTHORIZATION_FAILED"
+    assert refused([allow(acl.IDEMPOTENT_WRITE, acl.CLUSTER, acl.CLUSTER_NAME)]) is None
+    assert refused([allow(acl.WRITE, name="any-", pattern=acl.PREFIXED)]) is None
+    assert refused([allow(acl.READ, name="*")]) is not None
+    assert refused([allow(acl.WRITE), deny(acl.WRITE)]) is not None  # the only ALLOW is denied
+    assert refused([allow(acl.WRITE, name="a-b", pattern=acl.PREFIXED), deny(acl.WRITE, name="a-", pattern=acl.PREFIXED)])
+    assert refused([allow(acl.WRITE), deny(acl.WRITE, name="other")]) is None
+    assert refused([allow(acl.WRITE), deny(acl.WRITE, name="*")]) is not None

@@ -280,13 +280,30 @@ def test_cluster_up_secure_writes_admin_env_that_the_cli_uses(tmp_path):
         r = semel("user", "list", env=secure_env)
         assert "carol\tSCRAM-SHA-256" in r.stdout, r.stderr
         carol = {**admin_env, "SEMEL_USER": "carol", "SEMEL_PASSWORD": "carol-pw"}
-        assert semel("topic", "list", env=carol).returncode == 0
+        # --secure turns the authorizer on: carol sees no topic until an ACL lets her DESCRIBE it
+        r = semel("topic", "list", env=carol)
+        assert r.returncode == 0 and "demo" not in r.stdout, r.stderr
+        r = semel("produce", "demo", env=carol, stdin="denied\n")
+        assert r.returncode != 0 and "TOPIC_AUTHORIZATION_FAILED" in r.stderr and "User:carol" in r.stderr, r.stderr
+        r = semel("acl", "add", "--allow", "User:carol", "--operation", "describe", "--operation", "write",
+                  "--topic", "dem", "--prefixed", env=secure_env)
+        assert r.returncode == 0 and r.stdout.count("added User:carol") == 2, r.stderr
+        r = semel("acl", "list", "--principal", "User:carol", env=secure_env)
+        assert "User:carol\tALLOW\tWRITE\tTOPIC\tdem\tprefixed" in r.stdout, r.stdout + r.stderr
+        r = semel("produce", "demo", env=carol, stdin="allowed\n")
+        assert r.returncode == 0, r.stderr
+        r = semel("acl", "add", "--allow", "User:carol", "--operation", "write", "--cluster", env=carol)
+        assert r.returncode == 1 and "CLUSTER_AUTHORIZATION_FAILED" in r.stderr, r.stderr
         # flags instead of variables
         pw = tmp_path / "pw"
         pw.write_text("carol-pw\n")
         r = semel("topic", "list", "--bootstrap", admin_env["SEMEL_BOOTSTRAP"], "--tls-ca", admin_env["SEMEL_TLS_CA"],
                   "--user", "carol", "--password-file", str(pw), env={})
         assert r.returncode == 0 and "demo" in r.stdout, r.stderr
+        r = semel("acl", "remove", "--principal", "User:carol", "--operation", "write", env=secure_env)
+        assert r.returncode == 0 and "removed 1 ACL(s)" in r.stdout, r.stdout + r.stderr
+        r = semel("produce", "demo", env=carol, stdin="denied again\n")
+        assert r.returncode != 0 and "TOPIC_AUTHORIZATION_FAILED" in r.stderr, r.stderr
         r = semel("user", "delete", "carol", env=secure_env)
         assert r.returncode == 0, r.stderr
         r = semel("topic", "list", env=carol)
