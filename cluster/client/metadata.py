@@ -400,7 +400,10 @@ class MetadataManager:
                 try:
                     response = self.connections.broker(address).Metadata(request, timeout=timeout_s)
                 except grpc.RpcError as exc:
-                    errors.append(str(rpc_error(exc, address, "metadata").message))
+                    error = rpc_error(exc, address, "metadata")
+                    if isinstance(error, client_errors.AuthorizationError):
+                        raise error  # fatal (e.g. TOPIC_AUTHORIZATION_FAILED): another broker answers the same
+                    errors.append(str(error.message))
                     continue
                 self.view.update(response, wanted if wanted else None)
                 now_ms = monotonic_ms()
