@@ -492,7 +492,9 @@ class Producer(_ClientBase):
             self._identity_failures += 1
             self._identity_retry_at_ms = monotonic_ms() + self._backoff_ms(self._identity_failures)
             log.info("InitProducerId failed: %s (retrying)", exc)
-            if isinstance(exc, client_errors.FatalError):
+            # a refused principal stays refused (until an operator adds an ACL): fail, do not spin
+            if isinstance(exc, (client_errors.FatalError, client_errors.AuthorizationError,
+                                client_errors.AuthenticationError)):
                 self._fatal = exc
             return False
         self._identity_failures = 0
