@@ -107,7 +107,8 @@ ROWS = [
         (("TRANSACTIONAL_ID", "tx-a", "DESCRIBE"),)),
     Row("Transactions/FindCoordinator", tpb.FindCoordinatorRequest(key="g-a", key_type=tpb.GROUP), GROUP_,
         (("GROUP", "g-a", "DESCRIBE"),), label="group"),
-    Row("Transactions/InitProducerId", tpb.InitProducerIdRequest(transactional_id="tx-a",
+    Row("Transactions/InitProducerId", tpb.InitProducerIdRequest(transactional_id="tx-a", producer_id=-1,
+                                                                 producer_epoch=-1,
                                                                  transaction_timeout_ms=60000),
         TXN_, (("TRANSACTIONAL_ID", "tx-a", "WRITE"),)),
     Row("Transactions/InitProducerId", tpb.InitProducerIdRequest(transaction_timeout_ms=60000, producer_id=-1,
@@ -241,7 +242,8 @@ def test_listing_calls_hide_what_the_principal_cannot_describe(cluster):
         a.delete_acls([Acl(principal=BOB)])
         admin_ch = c.channel(1)
         txn = txn_pb2_grpc.TransactionsStub(admin_ch)
-        assert txn.InitProducerId(tpb.InitProducerIdRequest(transactional_id="tx-hidden",
+        assert txn.InitProducerId(tpb.InitProducerIdRequest(transactional_id="tx-hidden", producer_id=-1,
+                                                            producer_epoch=-1,
                                                             transaction_timeout_ms=60000), timeout=30).error_code == 0
         assert "tx-hidden" in [t.transactional_id for t in txn.ListTransactions(tpb.ListTransactionsRequest()).transactions]
 
