@@ -72,6 +72,10 @@ TO_KAFKA: dict[int, K] = {
     S.STALE_MEMBER_EPOCH: K.stale_member_epoch,
     S.NON_EMPTY_GROUP: K.non_empty_group,
     S.GROUP_MAX_SIZE_REACHED: K.group_max_size_reached,
+    S.TOPIC_AUTHORIZATION_FAILED: K.topic_authorization_failed,
+    S.GROUP_AUTHORIZATION_FAILED: K.group_authorization_failed,
+    S.CLUSTER_AUTHORIZATION_FAILED: K.cluster_authorization_failed,
+    S.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: K.transactional_id_authorization_failed,
 }
 
 
