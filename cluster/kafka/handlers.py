@@ -70,15 +70,6 @@ ZSTD_MIN_PRODUCE_VERSION = 7  # KIP-110
 PRODUCE_TIMEOUT_MS_DEFAULT = 30_000
 ADMIN_TIMEOUT_MS_DEFAULT = 5_000
 NULL_UUID = "00000000000000000000000000000000"
-# Kafka's topic config names -> Semel's (semel.cluster.metadata.state.parse_topic_config)
-TOPIC_CONFIG_NAMES = {
-    "min.insync.replicas": "min_insync_replicas",
-    "unclean.leader.election.enable": "unclean_leader_election",
-    "retention.ms": "retention_ms",
-    "retention.bytes": "retention_bytes",
-    "segment.bytes": "segment_bytes",
-    "segment.ms": "segment_ms",
-}
 
 
 _PRODUCER_ID = struct.Struct(">q")
@@ -521,7 +512,7 @@ class KafkaApis:
                                "configs": []}
         configs: dict[str, str] = {}
         for c in ct.configs:
-            name = TOPIC_CONFIG_NAMES.get(c.name)
+            name = md.KAFKA_CONFIG_NAMES.get(c.name)
             if name is None or c.value is None:
                 out["error_code"], out["error_message"] = K.invalid_config, f"config {c.name} is not supported"
                 return out
