@@ -274,8 +274,25 @@ def install_from_env(data_dir: str | Path) -> DurableImage | None:
 
 
 def cut(data_dir: str | Path, seed: int, *, torn: bool = False) -> dict[str, int]:
-    """`restore()` of a broker that ran with the layer (its process already killed)."""
-    return restore(data_dir, image_dir_for(data_dir), seed, torn=torn)
+    """`restore()` of a broker that ran with the layer (its process already killed). Each cut
+    also counts as a boot of the broker's machine (`cuts_of`, `semel.storage.boot_record`)."""
+    stats = restore(data_dir, image_dir_for(data_dir), seed, torn=torn)
+    counter = _cuts_file(data_dir)
+    counter.write_text(f"{cuts_of(data_dir) + 1}\n")
+    return stats
+
+
+def cuts_of(data_dir: str | Path) -> int:
+    """How many times `cut()` cut `data_dir` (kept beside it, outside what a cut rebuilds)."""
+    try:
+        return int(_cuts_file(data_dir).read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _cuts_file(data_dir: str | Path) -> Path:
+    data_dir = Path(data_dir).resolve()
+    return data_dir.with_name(data_dir.name + ".cuts")
 
 
 # --- after the process is dead -----------------------------------------------------------------

@@ -77,6 +77,7 @@ from semel.cluster.metadata.quorum import (
 from semel import scram, tls
 from semel.invariant import not_none
 from semel.storage import disk_executor
+from semel.storage import boot_record
 from semel.storage.checkpoint import fsync_dir
 from semel.storage.kv import KvStore
 from semel.v1 import (
@@ -445,6 +446,9 @@ class Broker:
         self.voters = config.voter_specs()
         self.incarnation_id = uuid.uuid4().hex
         self.broker_epoch = -1
+        # Set at start when the machine restarted without fsync (boot_record); sent with the
+        # first registration only: later ones (a stale epoch) come from a process that lost nothing.
+        self.lost_unsynced_writes = False
         # Heartbeats the controller answered "unfenced": a hint that the image is current
         # (metadata_freshness.py). The controller fences after session_timeout_ms of silence.
         self.lease = HeartbeatLease(config.session_timeout_ms)
@@ -584,6 +588,13 @@ class Broker:
         # directory whose files were all fsynced (found by the power-cut layer).
         (self.data_dir / "raft").mkdir(exist_ok=True)
         fsync_dir(self.data_dir)
+        if self.is_broker and boot_record.machine_restarted(self.data_dir) and not cfg.fsync:
+            # Records it acknowledged may have been only in the page cache that the restart
+            # dropped: the quorum stops counting it as a full copy where another replica is one.
+            self.lost_unsynced_writes = True
+            log.warning("broker %d: the machine restarted since this broker last ran, without fsync: "
+                        "its logs may lack acknowledged records; it rejoins each ISR by catching up",
+                        cfg.broker_id)
         self.quorum = MetadataQuorum(QuorumConfig(node_id=cfg.broker_id, raft_address=cfg.raft_address,
                                                   voters=self.voters, data_dir=self.data_dir / "raft",
                                                   raft_dial=tuple(sorted(cfg.raft_dial_map().items())),
@@ -777,7 +788,8 @@ class Broker:
             try:
                 result = await self.quorum.submit(md.RegisterBroker(
                     cfg.broker_id, self.incarnation_id, host, port, cfg.raft_address,
-                    kafka_host=kafka_host, kafka_port=kafka_port), timeout_s=2.0)
+                    kafka_host=kafka_host, kafka_port=kafka_port,
+                    lost_unsynced_writes=self.lost_unsynced_writes), timeout_s=2.0)
             except MetadataSubmitError as exc:
                 log.info("registration not committed yet: %s", exc)
                 await asyncio.sleep(0.1)
@@ -787,6 +799,7 @@ class Broker:
                     raise AssertionError(f"RegisterBroker answered {result.value!r}, not a broker epoch")
                 self.broker_epoch = result.value
                 self.rm.broker_epoch = self.broker_epoch
+                self.lost_unsynced_writes = False
                 log.info("registered broker %d at epoch %d", cfg.broker_id, self.broker_epoch)
                 self.rm.reconcile(self.quorum.image())
                 return

@@ -202,7 +202,7 @@ class Partition:
         self.progress = LeaderProgress(
             leader_id=self.broker_id, replicas=state.replicas, isr=state.isr, leader_leo=self.log_end_offset,
             high_watermark=self.high_watermark, epoch_start_offset=self.log_end_offset, now_ms=now,
-            lag_time_max_ms=self.lag_time_max_ms,
+            lag_time_max_ms=self.lag_time_max_ms, elr=state.elr,
         )
         self._on_hw(self.progress.high_watermark)
         self.notify()
@@ -213,7 +213,7 @@ class Partition:
         self.state = state
         self.min_insync_replicas = min_isr
         progress.set_replicas(state.replicas, now)
-        if progress.set_isr(state.isr, now):
+        if progress.set_isr(state.isr, now, state.elr):
             self._on_hw(progress.high_watermark)
 
     def become_follower(self, state: md.PartitionState) -> None:

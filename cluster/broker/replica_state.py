@@ -21,6 +21,10 @@ Theory of operation (Kafka's ISR replication, KIP-101 leader epochs):
     quorum committed it, and an election of that joiner would lose acknowledged writes (chaos
     money seed 53: a preferred-leader move to a replica that had just joined dropped a
     transaction's acknowledged COMMIT marker).
+  * Eligible leader replicas (KIP-966; `semel.cluster.metadata.state`): replicas that left an
+    ISR smaller than min.insync.replicas and may still be elected, because they hold every
+    committed record. So they bound the HW like ISR members: while they are away nothing new
+    is committed (KIP-966 stops the HW below min.insync.replicas for the same reason).
   * acks=all producers wait in `PendingAcks` for HW > their last offset.
 
 Invariants: hw <= leader_leo; hw never decreases; the leader is always in the ISR.
@@ -67,10 +71,12 @@ class LeaderProgress:
         epoch_start_offset: int,
         now_ms: int,
         lag_time_max_ms: int,
+        elr: Iterable[int] = (),
     ) -> None:
         self.leader_id = leader_id
         self.replicas = tuple(replicas)
         self.isr: frozenset[int] = frozenset(isr) | {leader_id}
+        self.elr: frozenset[int] = frozenset(elr) - self.isr  # bound the HW too (see the docstring)
         self.proposed_isr: frozenset[int] = frozenset()  # in flight to the quorum (see the docstring)
         self.leader_leo = leader_leo
         # A restarted leader may hold a checkpointed HW above what is provable; never above its LEO.
@@ -109,14 +115,15 @@ class LeaderProgress:
         f.leader_leo_at_last_fetch = self.leader_leo
         return self._maybe_advance_hw()
 
-    def set_isr(self, isr: Iterable[int], now_ms: int) -> bool:
-        """The quorum committed a new ISR. Returns True if the HW advanced."""
+    def set_isr(self, isr: Iterable[int], now_ms: int, elr: Iterable[int] = ()) -> bool:
+        """The quorum committed a new ISR (and ELR). Returns True if the HW advanced."""
         new_isr = frozenset(isr) | {self.leader_id}
         for r in new_isr - self.isr:
             f = self.followers.get(r)
             if f is not None:
                 f.last_caught_up_ms = max(f.last_caught_up_ms, now_ms)
         self.isr = new_isr
+        self.elr = frozenset(elr) - new_isr
         self.proposed_isr = frozenset()
         return self._maybe_advance_hw()
 
@@ -170,7 +177,7 @@ class LeaderProgress:
     # --- internals ----------------------------------------------------------------
     def _maybe_advance_hw(self) -> bool:
         leos = [self.leader_leo]
-        for r in self.isr | self.proposed_isr:
+        for r in self.isr | self.proposed_isr | self.elr:
             if r == self.leader_id:
                 continue
             f = self.followers.get(r)

@@ -288,7 +288,8 @@ class ControllerCore:
             for p in t.partitions:
                 if p.leader != NO_LEADER:
                     continue
-                if set(p.isr) & unfenced or (t.config.unclean_leader_election and set(p.replicas) & unfenced):
+                if (set(p.isr) | set(p.elr)) & unfenced or (
+                        t.config.unclean_leader_election and set(p.replicas) & unfenced):
                     out.append(ElectLeader(name, p.partition, p.partition_epoch))
         return out
 

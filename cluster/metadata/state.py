@@ -34,7 +34,7 @@ import re
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Union
+from typing import Callable, Iterable, Mapping, Union
 
 from semel import limits, scram
 from semel.scram import ScramCredential
@@ -108,6 +108,11 @@ class PartitionState:
     # target followed by the replicas it drops, and the controller completes the move once every
     # target replica is in the ISR. () = none.
     target_replicas: tuple[int, ...] = ()
+    # Eligible leader replicas (KIP-966): members that left an ISR which was then smaller than
+    # min.insync.replicas. Nothing acks=all can be acknowledged while the ISR is that small, so
+    # each of them still holds every acknowledged record, and may lead when no ISR member can.
+    # Cleared once the ISR reaches min.insync.replicas again. () = none.
+    elr: tuple[int, ...] = ()
 
     @property
     def adding_replicas(self) -> tuple[int, ...]:
@@ -194,6 +199,10 @@ class RegisterBroker:
     command_id: str = ""
     kafka_host: str = ""  # advertised Kafka listener ("" / 0: none)
     kafka_port: int = 0
+    # The broker's machine restarted (power loss, OS crash) since it last ran, and it does not
+    # fsync every write: its logs may lack a suffix it once had, so it leaves every ISR and ELR
+    # in which another replica can stand in for it (semel.storage.boot_record).
+    lost_unsynced_writes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -567,6 +576,8 @@ def check_invariants(image: MetadataImage) -> None:
             invariant(p.leader not in fenced, f"{where}: fenced leader {p.leader}")
             if len(p.isr) > 1:
                 invariant(not (set(p.isr) & fenced), f"{where}: fenced broker in ISR {p.isr}")
+            invariant(len(set(p.elr)) == len(p.elr) and set(p.elr) <= set(p.replicas)
+                      and not set(p.elr) & set(p.isr), f"{where}: ELR {p.elr} not disjoint replicas beside ISR")
             if p.target_replicas:
                 invariant(p.replicas[: len(p.target_replicas)] == p.target_replicas,
                           f"{where}: replicas {p.replicas} do not start with the target {p.target_replicas}")
@@ -675,6 +686,8 @@ class MetadataStateMachine:
         if old is not None:
             # A new incarnation: whatever the old process led or replicated may be gone.
             topics = _fence_in_topics(topics, c.broker_id, _unfenced_after(img, c.broker_id))
+        if c.lost_unsynced_writes:
+            topics = _forget_unsynced_in_topics(topics, c.broker_id, _unfenced_after(img, c.broker_id))
         reg = BrokerRegistration(
             broker_id=c.broker_id,
             incarnation_id=c.incarnation_id,
@@ -741,10 +754,13 @@ class MetadataStateMachine:
                 if p.leader != NO_LEADER or c.broker_id not in p.replicas:
                     continue
                 if c.broker_id in p.isr:
-                    parts[i] = _with_leader(p, c.broker_id, p.isr)
+                    parts[i] = _with_leader(p, c.broker_id, p.isr, t.config.min_insync_replicas)
+                    changed = True
+                elif c.broker_id in p.elr:
+                    parts[i] = _with_leader(p, c.broker_id, (c.broker_id,), t.config.min_insync_replicas)
                     changed = True
                 elif t.config.unclean_leader_election and not (set(p.isr) & unfenced):
-                    parts[i] = _with_leader(p, c.broker_id, (c.broker_id,))
+                    parts[i] = _unclean_leader(p, c.broker_id)
                     changed = True
             if changed:
                 topics[name] = dataclasses.replace(t, partitions=tuple(parts))
@@ -816,8 +832,12 @@ class MetadataStateMachine:
             return Result(error)
         if config == topic.config:
             return Result(pb.NONE, topic)
+        # A lower min.insync.replicas lets acks=all commit with the ISR as it is: ELR members
+        # would then miss acknowledged records, so they stop being eligible.
+        parts = tuple(dataclasses.replace(p, elr=(), partition_epoch=p.partition_epoch + 1)
+                      if p.elr and len(p.isr) >= config.min_insync_replicas else p for p in topic.partitions)
         topics = dict(img.topics)
-        topics[c.topic] = dataclasses.replace(topic, config=config)
+        topics[c.topic] = dataclasses.replace(topic, config=config, partitions=parts)
         self._publish(topics=topics)
         return Result(pb.NONE, topics[c.topic])
 
@@ -889,7 +909,9 @@ class MetadataStateMachine:
         ordered = _in_replica_order(p, new_isr)
         if ordered == p.isr:
             return Result(pb.NONE, p)
-        new = dataclasses.replace(p, isr=ordered, partition_epoch=p.partition_epoch + 1)
+        min_isr = self.image.topics[c.topic].config.min_insync_replicas
+        new = dataclasses.replace(p, isr=ordered, elr=_next_elr(p, ordered, min_isr),
+                                  partition_epoch=p.partition_epoch + 1)
         self._replace_partition(new)
         return Result(pb.NONE, new)
 
@@ -901,17 +923,21 @@ class MetadataStateMachine:
         if c.partition_epoch != p.partition_epoch:
             return Result(pb.STALE_PARTITION_EPOCH)
         unfenced = set(img.unfenced_brokers())
+        config = img.topics[c.topic].config
         clean = [r for r in p.replicas if r in p.isr and r in unfenced]
+        eligible = [r for r in p.replicas if r in p.elr and r in unfenced]
         if clean:
             if p.leader == clean[0]:
                 return Result(pb.NONE, p)
-            new = _with_leader(p, clean[0], p.isr)
+            new = _with_leader(p, clean[0], p.isr, config.min_insync_replicas)
+        elif eligible:
+            new = _with_leader(p, eligible[0], (eligible[0],), config.min_insync_replicas)
         else:
-            unclean = c.unclean or img.topics[c.topic].config.unclean_leader_election
+            unclean = c.unclean or config.unclean_leader_election
             others = [r for r in p.replicas if r in unfenced]
             if not unclean or not others:
                 return Result(pb.LEADER_NOT_AVAILABLE)
-            new = _with_leader(p, others[0], (others[0],))
+            new = _unclean_leader(p, others[0])
         self._replace_partition(new)
         return Result(pb.NONE, new)
 
@@ -1021,15 +1047,38 @@ def _completed(p: PartitionState, unfenced: set[int]) -> PartitionState:
         eligible = [r for r in isr if r in unfenced]
         leader = eligible[0] if eligible else NO_LEADER
     return dataclasses.replace(
-        p, replicas=target, isr=isr, target_replicas=(), leader=leader,
+        p, replicas=target, isr=isr, target_replicas=(), leader=leader, elr=tuple(r for r in p.elr if r in target),
         leader_epoch=p.leader_epoch + (1 if leader != p.leader else 0), partition_epoch=p.partition_epoch + 1,
     )
-def _with_leader(p: PartitionState, leader: int, isr: tuple[int, ...]) -> PartitionState:
+
+
+def _next_elr(p: PartitionState, new_isr: tuple[int, ...], min_isr: int) -> tuple[int, ...]:
+    """The ELR once `p`'s ISR becomes `new_isr` (KIP-966): members that leave an ISR smaller than
+    `min_isr` join it, members that (re)join the ISR leave it, and it empties once the ISR has
+    `min_isr` members again (acks=all may then commit records its members lack)."""
+    if len(new_isr) >= min_isr:
+        return ()
+    eligible = (set(p.elr) | set(p.isr)) - set(new_isr)
+    return tuple(r for r in p.replicas if r in eligible)
+
+
+def _with_leader(p: PartitionState, leader: int, isr: tuple[int, ...], min_isr: int) -> PartitionState:
+    """`p` led by `leader` (NO_LEADER: nobody) with the ISR `isr`; a clean change: the ELR follows."""
+    isr = _in_replica_order(p, isr)
     return dataclasses.replace(
         p,
-        isr=_in_replica_order(p, isr),
+        isr=isr,
+        elr=_next_elr(p, isr, min_isr),
         leader=leader,
         leader_epoch=p.leader_epoch + (1 if leader != p.leader else 0),
+        partition_epoch=p.partition_epoch + 1,
+    )
+
+
+def _unclean_leader(p: PartitionState, leader: int) -> PartitionState:
+    """An unclean election: `leader`'s log becomes the truth, so nobody else is eligible."""
+    return dataclasses.replace(
+        p, isr=(leader,), elr=(), leader=leader, leader_epoch=p.leader_epoch + (1 if leader != p.leader else 0),
         partition_epoch=p.partition_epoch + 1,
     )
 
@@ -1038,33 +1087,70 @@ def _unfenced_after(img: MetadataImage, fenced_broker: int) -> set[int]:
     return {b for b, reg in img.brokers.items() if not reg.fenced and b != fenced_broker}
 
 
-def _fence_partition(p: PartitionState, broker: int, unfenced: set[int], unclean_ok: bool) -> PartitionState:
-    """`broker` is gone: it leaves the ISR (unless it is the last member) and leads nothing."""
+def _fence_partition(p: PartitionState, broker: int, unfenced: set[int], config: TopicConfig) -> PartitionState:
+    """`broker` is gone: it leaves the ISR (unless it is the last member; into the ELR when the ISR
+    falls below min.insync.replicas) and leads nothing."""
     if broker not in p.replicas:
         return p
+    min_isr = config.min_insync_replicas
     if broker in p.isr and len(p.isr) > 1:
         isr = tuple(r for r in p.isr if r != broker)
         # Every member of an ISR of size > 1 is unfenced, so isr[0] is an eligible leader.
         leader = p.leader if p.leader not in (broker, NO_LEADER) else isr[0]
-        return _with_leader(p, leader, isr) if leader != p.leader else dataclasses.replace(
-            p, isr=isr, partition_epoch=p.partition_epoch + 1
+        return _with_leader(p, leader, isr, min_isr) if leader != p.leader else dataclasses.replace(
+            p, isr=isr, elr=_next_elr(p, isr, min_isr), partition_epoch=p.partition_epoch + 1
         )
     if p.leader == broker:
-        # The last ISR member: keep it as the ISR, leaderless, unless unclean election may pick
+        # The last ISR member: an unfenced ELR member takes over (it holds every acknowledged
+        # record), else the ISR stays `(broker,)`, leaderless, unless unclean election may pick
         # another (unfenced, out-of-sync) replica.
+        eligible = [r for r in p.replicas if r in p.elr and r in unfenced]
+        if eligible:
+            return _with_leader(p, eligible[0], (eligible[0],), min_isr)
         others = [r for r in p.replicas if r in unfenced and r != broker]
-        if unclean_ok and others:
-            return _with_leader(p, others[0], (others[0],))
-        return _with_leader(p, NO_LEADER, p.isr)
+        if config.unclean_leader_election and others:
+            return _unclean_leader(p, others[0])
+        return _with_leader(p, NO_LEADER, p.isr, min_isr)
     return p
 
 
+def _forget_unsynced(p: PartitionState, broker: int, unfenced: set[int], min_isr: int) -> PartitionState:
+    """`broker` may have lost writes it acknowledged (a machine restart without fsync): it leaves
+    the ISR and ELR wherever another member can stand in for it; where it is the only one left,
+    it stays (nothing better is known; docs/storage.md, "Power loss")."""
+    if broker not in p.isr and broker not in p.elr:
+        return p
+    others = [r for r in p.replicas if r != broker and (r in p.isr or r in p.elr)]
+    if not others:
+        return p
+    isr = tuple(r for r in p.isr if r != broker)
+    if isr:  # an ISR member beside others (it is leaderless then), or only in the ELR
+        leader = p.leader if p.leader != broker else NO_LEADER
+        return dataclasses.replace(p, isr=isr, elr=tuple(r for r in p.elr if r != broker), leader=leader,
+                                   partition_epoch=p.partition_epoch + 1)
+    # the last ISR member: an ELR member becomes the ISR (and leads if it can)
+    eligible = [r for r in others if r in unfenced]
+    heir = eligible[0] if eligible else others[0]
+    leader = heir if heir in unfenced else NO_LEADER
+    return dataclasses.replace(
+        p, isr=(heir,), elr=tuple(r for r in others if r != heir) if 1 < min_isr else (), leader=leader,
+        leader_epoch=p.leader_epoch + (1 if leader != p.leader else 0), partition_epoch=p.partition_epoch + 1,
+    )
+
+
 def _fence_in_topics(topics: dict[str, Topic], broker: int, unfenced: set[int]) -> dict[str, Topic]:
+    return _map_partitions(topics, lambda p, t: _fence_partition(p, broker, unfenced, t.config))
+
+
+def _forget_unsynced_in_topics(topics: dict[str, Topic], broker: int, unfenced: set[int]) -> dict[str, Topic]:
+    return _map_partitions(topics, lambda p, t: _forget_unsynced(p, broker, unfenced, t.config.min_insync_replicas))
+
+
+def _map_partitions(topics: dict[str, Topic],
+                    change: Callable[[PartitionState, Topic], PartitionState]) -> dict[str, Topic]:
     for name in sorted(topics):
         t = topics[name]
-        parts = tuple(
-            _fence_partition(p, broker, unfenced, t.config.unclean_leader_election) for p in t.partitions
-        )
+        parts = tuple(change(p, t) for p in t.partitions)
         if any(a is not b for a, b in zip(parts, t.partitions)):
             topics[name] = dataclasses.replace(t, partitions=parts)
     return topics

@@ -8,6 +8,7 @@ from semel.cluster.metadata.state import (
     NO_LEADER,
     PRODUCER_ID_BLOCK_SIZE,
     AllocateProducerIds,
+    AlterTopicConfig,
     AlterPartition,
     Barrier,
     CreateTopic,
@@ -334,12 +335,100 @@ def test_unclean_election_on_request() -> None:
     m.apply(CreateTopic("t", 1, 3))
     p = part(m)
     leader, f1, f2 = p.replicas
-    alter(m, epochs, p, (leader,))
+    alter(m, epochs, p, (leader, f1))
+    alter(m, epochs, part(m), (leader,))
+    assert part(m).elr == (f1,)  # f2 left while the ISR still had min.insync.replicas members
+    m.apply(FenceBroker(f1, epochs[f1]))
     m.apply(FenceBroker(leader, epochs[leader]))
     p = part(m)
-    assert p.leader == NO_LEADER
+    assert p.leader == NO_LEADER and p.isr == (leader,) and p.elr == (f1,)  # nobody eligible is up
+    assert m.apply(ElectLeader("t", 0, p.partition_epoch)).error == pb.LEADER_NOT_AVAILABLE
     r = m.apply(ElectLeader("t", 0, p.partition_epoch, unclean=True))
-    assert r.ok and r.value.leader == f1 and r.value.isr == (f1,)
+    assert r.ok and r.value.leader == f2 and r.value.isr == (f2,) and r.value.elr == ()
+    check_invariants(m.image)
+
+
+# --- eligible leader replicas (KIP-966) and brokers that lost unsynced writes ---------------
+
+
+def test_a_follower_that_leaves_an_isr_at_min_isr_stays_eligible_and_leads_when_it_returns() -> None:
+    m, epochs = cluster()
+    m.apply(CreateTopic("t", 1, 3))  # RF 3: min.insync.replicas 2
+    leader, f1, f2 = part(m).replicas
+    alter(m, epochs, part(m), (leader, f1))  # f2 lags: the ISR keeps min.insync.replicas members
+    assert part(m).elr == ()
+    m.apply(FenceBroker(f1, epochs[f1]))  # f1 stops (a controlled shutdown): the ISR drops below min
+    p = part(m)
+    assert p.isr == (leader,) and p.elr == (f1,)
+    m.apply(FenceBroker(leader, epochs[leader]))  # then the leader loses power
+    p = part(m)
+    assert p.leader == NO_LEADER and p.isr == (leader,) and p.elr == (f1,)
+    assert m.apply(UnfenceBroker(f2, epochs[f2])).ok  # f2 was never eligible: still nobody leads
+    m.apply(UnfenceBroker(f1, epochs[f1]))
+    p = part(m)
+    assert p.leader == f1 and p.isr == (f1,) and p.elr == (leader,) and p.leader_epoch == 2
+    check_invariants(m.image)
+    alter(m, epochs, p, (f1, f2))  # back at min.insync.replicas: the ELR empties
+    assert part(m).elr == ()
+    check_invariants(m.image)
+
+
+def test_a_broker_that_lost_unsynced_writes_is_not_trusted_where_another_replica_can_lead() -> None:
+    m, epochs = cluster()
+    m.apply(CreateTopic("t", 1, 3))
+    leader, f1, f2 = part(m).replicas
+    alter(m, epochs, part(m), (leader, f1))
+    m.apply(FenceBroker(f1, epochs[f1]))
+    m.apply(FenceBroker(leader, epochs[leader]))
+    assert (part(m).isr, part(m).elr) == ((leader,), (f1,))
+    # the leader's machine comes back first, without the records only its page cache had
+    r = m.apply(RegisterBroker(leader, "inc-after-power-loss", "127.0.0.1", 9000 + leader,
+                               lost_unsynced_writes=True))
+    p = part(m)
+    assert p.isr == (f1,) and p.elr == () and p.leader == NO_LEADER  # f1 holds everything; it is down
+    m.apply(UnfenceBroker(leader, r.value))
+    assert part(m).leader == NO_LEADER  # not elected on its short log
+    m.apply(UnfenceBroker(f1, epochs[f1]))
+    assert part(m).leader == f1
+    check_invariants(m.image)
+
+
+def test_a_broker_that_lost_unsynced_writes_stays_where_it_is_the_only_copy() -> None:
+    m, epochs = cluster()
+    m.apply(CreateTopic("t", 1, 3))
+    leader, f1, f2 = part(m).replicas
+    alter(m, epochs, part(m), (leader,))
+    for b in (f1, f2):
+        m.apply(FenceBroker(b, epochs[b]))
+    m.apply(DeleteTopic("t"))
+    m.apply(CreateTopic("u", 1, 1))  # RF 1: nobody else could stand in
+    only = part(m, "u").leader
+    r = m.apply(RegisterBroker(only, "inc-after-power-loss", "127.0.0.1", 9000 + only, lost_unsynced_writes=True))
+    assert part(m, "u").isr == (only,)
+    m.apply(UnfenceBroker(only, r.value))
+    assert part(m, "u").leader == only
+    check_invariants(m.image)
+
+
+def test_an_isr_change_from_the_leader_moves_members_into_and_out_of_the_elr() -> None:
+    m, epochs = cluster()
+    m.apply(CreateTopic("t", 1, 3))
+    leader, f1, f2 = part(m).replicas
+    alter(m, epochs, part(m), (leader,))  # both lag: the leader alone, both still hold the HW
+    assert part(m).elr == (f1, f2)
+    alter(m, epochs, part(m), (leader, f2))  # f2 caught up: min.insync.replicas again
+    assert part(m).elr == ()
+    check_invariants(m.image)
+
+
+def test_lowering_min_isr_empties_the_elr() -> None:
+    m, epochs = cluster()
+    m.apply(CreateTopic("t", 1, 3))
+    leader, f1, f2 = part(m).replicas
+    alter(m, epochs, part(m), (leader,))
+    assert part(m).elr == (f1, f2)
+    assert m.apply(AlterTopicConfig("t", (("min_insync_replicas", "1"),), ())).ok
+    assert part(m).elr == ()  # acks=all may now commit with the leader alone
     check_invariants(m.image)
 
 

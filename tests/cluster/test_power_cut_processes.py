@@ -31,9 +31,9 @@ GROUP = "pc-group"
 COMMITTED_OFFSETS = {(TOPIC, 0): 7, (TOPIC, 1): 3}
 
 
-def _produce_acked(c: Cluster, prefix: bytes, count: int) -> list[bytes]:
+def _produce_acked(c: Cluster, prefix: bytes, count: int, partitions: int = 2) -> list[bytes]:
     with c.producer(linger_ms=2, max_in_flight=5, delivery_timeout_ms=60_000) as producer:
-        futures = [(b"%s%05d" % (prefix, i), producer.send(TOPIC, b"%s%05d" % (prefix, i), partition=i % 2))
+        futures = [(b"%s%05d" % (prefix, i), producer.send(TOPIC, b"%s%05d" % (prefix, i), partition=i % partitions))
                    for i in range(count)]
         for _value, future in futures:
             future.result(60)
@@ -139,3 +139,36 @@ def test_fsync_false_a_minority_loses_power_and_nothing_acknowledged_is_lost(tmp
         assert not writer.is_alive()
         print(f"{len(acknowledged)} acknowledged, {len(errors)} sends failed")
         _check(c, acknowledged)
+
+
+def test_fsync_false_the_last_isr_member_loses_power_and_the_eligible_replica_keeps_the_writes(
+        tmp_path: Path) -> None:
+    """Chaos seed 20261128 (idempotent, CI of stop 21): a follower stopped cleanly (a rolling
+    restart) and left the ISR; then the leader, the ISR's last member, lost power and came back
+    without its unsynced tail; elected on that short log, it lost five acknowledged writes that
+    the stopped follower still had. KIP-966's eligible leader replicas and the machine-restart
+    rule (`semel.storage.boot_record`) keep the follower electable and the leader out until the
+    follower is back. RF 2 with min.insync.replicas 2, so the third broker keeps the quorum."""
+    print(f"seed {SEED}")
+    with Cluster(tmp_path, brokers=3, power_cut=True) as c:
+        c.create_topic(TOPIC, 1, 2, min_insync_replicas="2")
+        leader = c.leader_of(TOPIC, 0)
+        info = c.wait_for_isr(TOPIC, 0, 2)
+        (follower,) = [b for b in info.replicas if b != leader]
+        acknowledged = _produce_acked(c, b"a", 200, partitions=1)
+        time.sleep(1.2)  # past the flush interval: the next burst's tail stays in the page cache only
+        acknowledged += _produce_acked(c, b"b", 200, partitions=1)
+        assert c.terminate(follower) == 0  # controlled shutdown: the ISR drops to the leader alone
+        stats = c.power_cut([leader], seed=SEED, torn=True)[leader]  # it comes back first
+        print(f"power cut of leader {leader}:", stats)
+        assert stats["lost_bytes"] > 0, "the cut lost nothing: the test would prove nothing"
+        time.sleep(1.0)  # time for a (wrong) election
+        info = c.partition_info(TOPIC, 0)
+        assert info is not None and info.leader_id == -1, f"elected on a log that lost writes: {info}"
+        c.start_broker(follower)
+        assert c.leader_of(TOPIC, 0, timeout_s=30) == follower
+        c.wait_for_isr(TOPIC, 0, 2, timeout_s=60)  # the leader truncated its torn tail and caught up
+        committed = Counter(r.value for r in c.read_all(TOPIC, timeout_s=60))
+        missing = [v for v in acknowledged if committed[v] == 0]
+        assert not missing, f"{len(missing)} acknowledged values lost, e.g. {missing[:5]}\n{c.logs()}"
+        assert all(n == 1 for n in committed.values())

@@ -164,3 +164,16 @@ def test_a_joiner_counts_for_the_hw_from_the_moment_it_is_proposed():
     # A committed one becomes the ISR.
     p.propose_isr((1, 2, 3))
     assert not p.set_isr((1, 2, 3), now_ms=8) and p.proposed_isr == frozenset()
+
+
+def test_eligible_leader_replicas_bound_the_hw_like_isr_members():
+    # KIP-966: with the ISR below min.insync.replicas, the ELR members may be elected, so nothing
+    # they lack may be committed: the leader alone would otherwise commit its acks=1 appends.
+    p = progress(isr=(1,), leo=10, hw=10)
+    assert not p.set_isr((1,), now_ms=1, elr=(2,))
+    p.on_leader_append(20, now_ms=2)
+    assert p.high_watermark == 10  # 2 is away: the HW waits
+    assert p.on_follower_fetch(2, 15, now_ms=3)
+    assert p.high_watermark == 15
+    assert p.set_isr((1,), now_ms=4, elr=())  # the quorum cleared the ELR
+    assert p.high_watermark == 20

@@ -15,7 +15,7 @@ FORMAT_VERSION_UNSPECIFIED: FormatVersion
 FORMAT_VERSION_1: FormatVersion
 
 class RegisterBroker(_message.Message):
-    __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "kafka_host", "kafka_port")
+    __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "kafka_host", "kafka_port", "lost_unsynced_writes")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class RegisterBroker(_message.Message):
     RAFT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     KAFKA_HOST_FIELD_NUMBER: _ClassVar[int]
     KAFKA_PORT_FIELD_NUMBER: _ClassVar[int]
+    LOST_UNSYNCED_WRITES_FIELD_NUMBER: _ClassVar[int]
     broker_id: int
     incarnation_id: str
     host: str
@@ -30,7 +31,8 @@ class RegisterBroker(_message.Message):
     raft_address: str
     kafka_host: str
     kafka_port: int
-    def __init__(self, broker_id: _Optional[int] = ..., incarnation_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., raft_address: _Optional[str] = ..., kafka_host: _Optional[str] = ..., kafka_port: _Optional[int] = ...) -> None: ...
+    lost_unsynced_writes: bool
+    def __init__(self, broker_id: _Optional[int] = ..., incarnation_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., raft_address: _Optional[str] = ..., kafka_host: _Optional[str] = ..., kafka_port: _Optional[int] = ..., lost_unsynced_writes: _Optional[bool] = ...) -> None: ...
 
 class UnfenceBroker(_message.Message):
     __slots__ = ("broker_id", "broker_epoch")
@@ -325,7 +327,7 @@ class TopicConfig(_message.Message):
     def __init__(self, min_insync_replicas: _Optional[int] = ..., unclean_leader_election: _Optional[bool] = ..., retention_ms: _Optional[int] = ..., retention_bytes: _Optional[int] = ..., segment_bytes: _Optional[int] = ..., segment_ms: _Optional[int] = ...) -> None: ...
 
 class PartitionState(_message.Message):
-    __slots__ = ("topic", "partition", "replicas", "isr", "leader", "leader_epoch", "partition_epoch", "target_replicas")
+    __slots__ = ("topic", "partition", "replicas", "isr", "leader", "leader_epoch", "partition_epoch", "target_replicas", "elr")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +336,7 @@ class PartitionState(_message.Message):
     LEADER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     PARTITION_EPOCH_FIELD_NUMBER: _ClassVar[int]
     TARGET_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    ELR_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     replicas: _containers.RepeatedScalarFieldContainer[int]
@@ -342,7 +345,8 @@ class PartitionState(_message.Message):
     leader_epoch: int
     partition_epoch: int
     target_replicas: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., replicas: _Optional[_Iterable[int]] = ..., isr: _Optional[_Iterable[int]] = ..., leader: _Optional[int] = ..., leader_epoch: _Optional[int] = ..., partition_epoch: _Optional[int] = ..., target_replicas: _Optional[_Iterable[int]] = ...) -> None: ...
+    elr: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., replicas: _Optional[_Iterable[int]] = ..., isr: _Optional[_Iterable[int]] = ..., leader: _Optional[int] = ..., leader_epoch: _Optional[int] = ..., partition_epoch: _Optional[int] = ..., target_replicas: _Optional[_Iterable[int]] = ..., elr: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Topic(_message.Message):
     __slots__ = ("name", "topic_id", "internal", "replication_factor", "config", "partitions")
