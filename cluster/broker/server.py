@@ -554,7 +554,8 @@ class AdminService(ClusterOpsAdmin, agrpc.AdminServicer):
                 offsets = describe_partition(local if local is not None and local.topic_id == t.topic_id else None)
                 td.partitions.append(apb.PartitionDescription(
                     partition=ps.partition, leader_id=ps.leader, leader_epoch=ps.leader_epoch, replicas=ps.replicas,
-                    isr=ps.isr, target_replicas=ps.target_replicas, error_code=pb.LEADER_NOT_AVAILABLE if ps.leader == md.NO_LEADER else pb.NONE,
+                    isr=ps.isr, target_replicas=ps.target_replicas, eligible_leader_replicas=ps.elr,
+                    error_code=pb.LEADER_NOT_AVAILABLE if ps.leader == md.NO_LEADER else pb.NONE,
                     **offsets))
             resp.topics.append(td)
         await self._offsets_from_leaders(resp, image)

@@ -278,14 +278,16 @@ def _topic_describe(args: argparse.Namespace) -> int:
             status = "" if p.error_code == common_pb2.NONE else common_pb2.ErrorCode.Name(p.error_code)
             if p.leader_id >= 0 and p.isr and len(p.isr) < len(p.replicas):
                 status = status or "under-replicated"
+            if p.leader_id < 0 and p.eligible_leader_replicas:
+                status += f" (waiting for an eligible replica: {_ids(p.eligible_leader_replicas)})"
             rows.append([
                 topic.name, str(p.partition), str(p.leader_id) if p.leader_id >= 0 else "none",
-                str(p.leader_epoch), _ids(p.replicas), _ids(p.isr),
+                str(p.leader_epoch), _ids(p.replicas), _ids(p.isr), _ids(p.eligible_leader_replicas),
                 str(p.high_watermark) if p.high_watermark >= 0 else "?",
                 str(p.log_start_offset) if p.log_start_offset >= 0 else "?", status,
             ])
     print(format_table(
-        ["TOPIC", "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "HIGH_WATERMARK", "LOG_START", "STATUS"], rows
+        ["TOPIC", "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "ELR", "HIGH_WATERMARK", "LOG_START", "STATUS"], rows
     ))
     return 0
 

@@ -46,6 +46,7 @@ class PartitionDescription:
     last_stable_offset: int
     error_code: common_pb2.ErrorCode
     target_replicas: tuple[int, ...] = ()  # a reassignment under way (empty: none)
+    eligible_leader_replicas: tuple[int, ...] = ()  # KIP-966 (docs/design.md); empty: none
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -261,7 +262,7 @@ class Admin(_ClientBase):
                         PartitionDescription(
                             p.partition, p.leader_id, p.leader_epoch, tuple(p.replicas), tuple(p.isr),
                             p.high_watermark, p.log_start_offset, p.last_stable_offset, p.error_code,
-                            tuple(p.target_replicas),
+                            tuple(p.target_replicas), tuple(p.eligible_leader_replicas),
                         )
                         for p in sorted(topic.partitions, key=lambda p: p.partition)
                     ),

@@ -37,9 +37,9 @@ def test_topic_produce_consume_describe(fake_cluster):
     assert out.returncode == 0, out.stderr
     assert sorted(out.stdout.decode().splitlines()) == ["=no key", "a=1", "b=2"]
     described = _cli(bootstrap, "topic", "describe", "t").stdout.decode().splitlines()
-    assert described[0].split() == ["TOPIC", "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "HIGH_WATERMARK",
-                                    "LOG_START", "STATUS"]
-    assert sum(int(line.split()[6]) for line in described[1:]) == 3
+    assert described[0].split() == ["TOPIC", "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "ELR",
+                                    "HIGH_WATERMARK", "LOG_START", "STATUS"]
+    assert sum(int(line.split()[7]) for line in described[1:]) == 3
     timed = _cli(bootstrap, "consume", "t", "--timeout-ms", "300")  # from the end: nothing new, exits
     assert timed.returncode == 0 and timed.stdout == b""
 

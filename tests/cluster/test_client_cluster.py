@@ -93,7 +93,7 @@ def test_cli_produce_pipe_consume_and_describe(shared_cluster):
     described = _cli(shared_cluster, "topic", "describe", "clitopic")
     assert described.returncode == 0, described.stderr
     text = described.stdout.decode().splitlines()
-    assert text[0].split()[:7] == ["TOPIC", "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "HIGH_WATERMARK"]
+    assert text[0].split()[:8] == ["TOPIC", "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "ELR", "HIGH_WATERMARK"]
     rows = [line.split() for line in text[1:]]
     assert [r[1] for r in rows] == ["0", "1"]
     for row in rows:

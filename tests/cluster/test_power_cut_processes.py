@@ -159,6 +159,9 @@ def test_fsync_false_the_last_isr_member_loses_power_and_the_eligible_replica_ke
         time.sleep(1.2)  # past the flush interval: the next burst's tail stays in the page cache only
         acknowledged += _produce_acked(c, b"b", 200, partitions=1)
         assert c.terminate(follower) == 0  # controlled shutdown: the ISR drops to the leader alone
+        with c.admin() as admin:
+            (described,) = admin.describe_topics([TOPIC])[0].partitions
+        assert (described.isr, described.eligible_leader_replicas) == ((leader,), (follower,))
         stats = c.power_cut([leader], seed=SEED, torn=True)[leader]  # it comes back first
         print(f"power cut of leader {leader}:", stats)
         assert stats["lost_bytes"] > 0, "the cut lost nothing: the test would prove nothing"
