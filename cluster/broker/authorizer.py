@@ -230,8 +230,19 @@ def refusal(method: str, request: Any, principal: str, host: str, allowed: Allow
 
 
 def allowed_for(acls: Sequence[acl.AclBinding], principal: str, host: str, super_user: bool) -> Allowed:
+    """The caller's verdicts over `acls` (the one evaluator, `acl.authorize`, over the bindings
+    the index says can apply): shared by the gRPC interceptor and the Kafka listener."""
+    if super_user:
+        return _always
+    index = acl.index_of(acls)
+
     def allowed(resource_type: str, name: str, operation: str) -> bool:
         if operation == ANY_TOPIC_WRITE:
-            return acl.authorize_any(acls, principal, host, WRITE, TOPIC, super_user)
-        return acl.authorize(acls, principal, host, operation, resource_type, name, super_user)
+            return acl.authorize_any(index.candidates(principal, TOPIC), principal, host, WRITE, TOPIC)
+        return acl.authorize(index.candidates(principal, resource_type), principal, host, operation, resource_type,
+                             name)
     return allowed
+
+
+def _always(resource_type: str, name: str, operation: str) -> bool:
+    return True

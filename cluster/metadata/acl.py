@@ -18,7 +18,7 @@ Names are Kafka's upper-case words (the wire codes are not used: the records kee
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 TOPIC, GROUP, TRANSACTIONAL_ID, CLUSTER = "TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER"
 RESOURCE_TYPES = (TOPIC, GROUP, TRANSACTIONAL_ID, CLUSTER)
@@ -185,9 +185,46 @@ def authorize_any(acls: Iterable[AclBinding], principal: str, host: str, operati
     return False
 
 
+class AclIndex:
+    """One ACL set grouped by (resource type, principal): `candidates` hands `authorize` only
+    the bindings that can apply to a caller and a resource type (its own and `User:*`), so a
+    check costs the caller's few bindings, not all MAX_ACLS of them. The rules stay
+    `authorize`'s: the index only leaves out bindings whose type or principal cannot match."""
+
+    __slots__ = ("acls", "_by")
+
+    def __init__(self, acls: tuple[AclBinding, ...]) -> None:
+        self.acls = acls
+        grouped: dict[tuple[str, str], list[AclBinding]] = {}
+        for b in acls:
+            grouped.setdefault((b.resource_type, b.principal), []).append(b)
+        self._by = {key: tuple(bindings) for key, bindings in grouped.items()}
+
+    def candidates(self, principal: str, resource_type: str) -> tuple[AclBinding, ...]:
+        mine = self._by.get((resource_type, principal), ())
+        anyone = self._by.get((resource_type, "User:*"), ())
+        return mine + anyone if anyone else mine
+
+
+_last_index: AclIndex | None = None
+
+
+def index_of(acls: Sequence[AclBinding]) -> AclIndex:
+    """The index of `acls`; the last one is kept while the same tuple (the metadata image's,
+    which is replaced, never changed, when the ACLs change) is asked again."""
+    global _last_index
+    last = _last_index
+    if last is not None and last.acls is acls:
+        return last
+    index = AclIndex(tuple(acls))
+    if isinstance(acls, tuple):
+        _last_index = index
+    return index
+
+
 __all__ = [
-    "ALL", "ALLOW", "ALTER", "ALTER_CONFIGS", "AclBinding", "AclFilter", "CLUSTER", "CLUSTER_ACTION", "CLUSTER_NAME",
+    "ALL", "ALLOW", "ALTER", "ALTER_CONFIGS", "AclBinding", "AclFilter", "AclIndex", "CLUSTER", "CLUSTER_ACTION", "CLUSTER_NAME",
     "CREATE", "DELETE", "DENY", "DESCRIBE", "DESCRIBE_CONFIGS", "GROUP", "IDEMPOTENT_WRITE", "LITERAL", "MAX_ACLS",
     "OPERATIONS", "PATTERN_TYPES", "PERMISSIONS", "PREFIXED", "READ", "RESOURCE_TYPES", "TOPIC", "TRANSACTIONAL_ID",
-    "WILDCARD", "WRITE", "authorize", "authorize_any", "binding_problem", "normalized", "filter_problem", "pattern_matches",
+    "WILDCARD", "WRITE", "authorize", "authorize_any", "binding_problem", "index_of", "normalized", "filter_problem", "pattern_matches",
 ]
