@@ -219,9 +219,6 @@ class BrokerConfig:
             raise ValueError(f"--authentication must be none or required, got {self.authentication!r}")
         if self.authorizer not in ("on", "off"):
             raise ValueError(f"--authorizer must be on or off, got {self.authorizer!r}")
-        if self.authorizer == "on" and self.kafka_listen:
-            raise ValueError("--authorizer on with --kafka-listen: the Kafka-protocol listener does not enforce "
-                             "ACLs yet and would serve anyone; run it without --kafka-listen")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
         if not self.tls_cert and (self.tls_ca or self.tls_client_auth != "none"):

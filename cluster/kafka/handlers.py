@@ -18,6 +18,7 @@ version-dependent fields, error numbers (`errors.to_kafka`) and serving magic-1 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import struct
@@ -35,7 +36,7 @@ from semel.cluster.broker import write_path
 from semel.cluster.broker.replica_manager import PartitionError
 from semel.clock import wall_clock_ms
 from semel.cluster.broker.server import AdminService, image_with_producer_ids
-from semel.cluster.kafka import admin_handlers, codec, consumer_group_handlers, group_handlers
+from semel.cluster.kafka import admin_handlers, authorization, codec, consumer_group_handlers, group_handlers
 from semel.cluster.kafka.errors import to_kafka
 from semel.cluster.kafka.txn_handlers import TXN_HANDLERS, KafkaTxnApis, ProduceCheck
 from semel.cluster.kafka.txn_handlers import Handler as TxnHandler
@@ -105,6 +106,9 @@ class KafkaApis:
         self._groups_service: GroupsService | None = None
         self._pid_gate: asyncio.Future[None] | None = None  # see produce()
         self._classic: group_handlers.ClassicGroupHost | None = None
+        security = getattr(broker, "security", None)  # None: before start() (in-process tests)
+        self.authz = (authorization.KafkaAuthorizer(security, lambda: broker.auto_create.enabled)
+                      if security is not None and security.authorizer_on else None)
         self.txn = KafkaTxnApis(broker, self._groups, lambda group_id, member_id, generation:
                                 group_handlers.commit_verdict(self, group_id, member_id, generation))
 
@@ -119,7 +123,15 @@ class KafkaApis:
 
     async def handle(self, req: codec.Request) -> Any | None:
         handler = _HANDLERS[req.api_key]
-        values = await handler(self, req)
+        # --authorizer on: decided with no await before the handler starts (Produce appends in
+        # arrival order, see produce())
+        decision = self.authz.decide(req, self.b.quorum.image()) if self.authz is not None else None
+        if isinstance(decision, authorization.Answer):
+            values = decision.values
+        elif isinstance(decision, authorization.Serve):
+            values = decision.finish(await handler(self, dataclasses.replace(req, body=decision.body)))
+        else:
+            values = await handler(self, req)
         if values is None:
             return None
         return codec.build(codec.response_class(req.api_key, req.api_version), values)

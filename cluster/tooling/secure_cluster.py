@@ -14,7 +14,7 @@ authentication, made in DATA_DIR (and kept across restarts on the same DATA_DIR)
                                 pairs as its config dict)
 
 The brokers get --tls-cert/--tls-key/--tls-ca, --authentication required, --authorizer on
-without Kafka listeners (ACLs, deny by default: `semel acl add` grants other users),
+(ACLs on the gRPC and the Kafka ports, deny by default: `semel acl add` grants other users),
 --super-users User:admin and
 --bootstrap-users-file; they prove themselves to each other with the token
 derived from DATA_DIR/raft-secret (cluster/broker/security.py).
@@ -108,8 +108,8 @@ def prepare(data_dir: str | Path, broker_hosts: Sequence[tuple[int, str]], boots
     args: tuple[str, ...] = ("--tls-cert", str(leaf.cert.resolve()), "--tls-key", str(leaf.key.resolve()), "--tls-ca", ca,
             "--authentication", "required", "--super-users", f"User:{ADMIN_USER}",
             "--bootstrap-users-file", str(users_path.resolve()))
-    # ACLs (deny by default) unless Kafka listeners run: they do not enforce ACLs yet, and a broker
-    # refuses --authorizer on with --kafka-listen rather than let Kafka clients around the ACLs
-    args += () if kafka_bootstrap else ("--authorizer", "on")
+    # ACLs, deny by default, on both front ends; admin (the user of admin.env and
+    # kafka-client.properties) is a super user, so the quickstart needs no grant
+    args += ("--authorizer", "on")
     return SecureSetup(args, ClientSecurity(tls_ca=ca, username=ADMIN_USER, password=password), env_path,
                        kafka_client)
