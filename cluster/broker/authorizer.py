@@ -239,8 +239,8 @@ def allowed_for(acls: Sequence[acl.AclBinding], principal: str, host: str, super
     def allowed(resource_type: str, name: str, operation: str) -> bool:
         if operation == ANY_TOPIC_WRITE:
             return acl.authorize_any(index.candidates(principal, TOPIC), principal, host, WRITE, TOPIC)
-        return acl.authorize(index.candidates(principal, resource_type), principal, host, operation, resource_type,
-                             name)
+        return acl.authorize(index.candidates(principal, resource_type, name), principal, host, operation,
+                             resource_type, name)
     return allowed
 
 

@@ -184,7 +184,8 @@ class BrokerConfig:
     # super user logs in before any user exists (`semel user credential`; cluster up --secure writes it).
     bootstrap_users_file: str = ""
     # "on": every call is authorized against the quorum's ACLs (semel.cluster.broker.authorizer:
-    # deny by default; super users and brokers bypass); "off": no ACL is consulted.
+    # deny by default; super users and brokers bypass), on the gRPC port and the Kafka listener
+    # (semel.cluster.kafka.authorization); "off": no ACL is consulted.
     authorizer: str = "off"
 
     def voter_specs(self) -> tuple[VoterSpec, ...]:
@@ -375,7 +376,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                     "broker-only services, besides User:broker-N certificates and the broker secret")
     ap.add_argument("--super-users", help="comma-separated principals (User:NAME) that may manage users")
     ap.add_argument("--authorizer", choices=("on", "off"),
-                    help="on: authorize every call against the ACLs in the metadata quorum (deny by default; "
+                    help="on: authorize every call (gRPC and Kafka ports) against the ACLs in the metadata quorum "
+                    "(deny by default; "
                     "--super-users and brokers bypass; `semel acl`); off (default): no ACL is consulted")
     ap.add_argument("--bootstrap-users-file", help="JSON file of SCRAM credentials valid besides the quorum's "
                     "users (the first super user's login; made by `semel user credential`)")

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from kio.schema.errors import ErrorCode as K
+from semel import limits
 from semel.cluster.broker import authorizer
 from semel.cluster.broker.principal import Principal, is_broker
 from semel.cluster.kafka import codec
@@ -84,7 +85,8 @@ Decide = Callable[[codec.Request, Allowed, Env], Decision]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class KafkaRule:
-    summary: str  # for docs/kafka.md's table
+    summary: str  # what it needs (docs/kafka.md's table)
+    refusal: str = ""  # where a refusal goes in the answer
     decide: Decide | None = None  # None: nothing to check (connection and discovery APIs)
 
 
@@ -536,80 +538,115 @@ def _describe_transactions(req: codec.Request, allowed: Allowed, env: Env) -> De
 # --- the table ------------------------------------------------------------------------------------
 
 _NONE = KafkaRule("nothing (before or part of authentication)")
+_EACH_PARTITION = "each partition of a refused topic: 29"
+_ANSWER_GROUP = "the answer: 30"
+_EACH_RESOURCE = "each refused resource: 29 (topic) / 31 (broker)"
 
 RULES: dict[int, KafkaRule] = {
     codec.API_VERSIONS: _NONE,
     codec.SASL_HANDSHAKE: _NONE,
     codec.SASL_AUTHENTICATE: _NONE,
-    codec.METADATA: KafkaRule("DESCRIBE Topic (all topics: lists only the DESCRIBE-able); auto-creation also "
-                              "CREATE Cluster or CREATE Topic", _metadata),
-    codec.PRODUCE: KafkaRule("WRITE Topic; transactional: WRITE TransactionalId (whole request)", _produce),
-    codec.FETCH: KafkaRule("READ Topic (follower fetch is not served)", _fetch),
-    codec.LIST_OFFSETS: KafkaRule("DESCRIBE Topic", _list_offsets),
-    codec.OFFSET_FOR_LEADER_EPOCH: KafkaRule("CLUSTER_ACTION Cluster, else DESCRIBE Topic", _offset_for_leader_epoch),
-    codec.FIND_COORDINATOR: KafkaRule("DESCRIBE Group / DESCRIBE TransactionalId (the key)", _find_coordinator),
-    codec.INIT_PRODUCER_ID: KafkaRule("WRITE TransactionalId; without one IDEMPOTENT_WRITE Cluster or WRITE on any "
-                                      "Topic (KIP-679)", _init_producer_id),
-    codec.ADD_PARTITIONS_TO_TXN: KafkaRule("WRITE TransactionalId, WRITE Topic", _add_partitions_to_txn),
-    codec.ADD_OFFSETS_TO_TXN: KafkaRule("WRITE TransactionalId, READ Group", _txn_then(READ)),
-    codec.END_TXN: KafkaRule("WRITE TransactionalId", _txn_then()),
-    codec.TXN_OFFSET_COMMIT: KafkaRule("WRITE TransactionalId, READ Group, READ Topic", _offset_commit(True)),
-    codec.OFFSET_COMMIT: KafkaRule("READ Group, READ Topic", _offset_commit(False)),
+    codec.METADATA: KafkaRule(
+        "DESCRIBE Topic (all topics: lists only the DESCRIBE-able); auto-creation also CREATE Cluster or CREATE Topic",
+        "a named topic: 29, existing or not (never auto-created); all topics: the others left out", _metadata),
+    codec.PRODUCE: KafkaRule(
+        "WRITE Topic; transactional: WRITE TransactionalId",
+        "each partition of a refused topic: 29, the rest written; transactional id refused: every partition 53",
+        _produce),
+    codec.FETCH: KafkaRule("READ Topic (follower fetch is not served)", _EACH_PARTITION + ", the rest served", _fetch),
+    codec.LIST_OFFSETS: KafkaRule("DESCRIBE Topic", _EACH_PARTITION, _list_offsets),
+    codec.OFFSET_FOR_LEADER_EPOCH: KafkaRule("CLUSTER_ACTION Cluster, else DESCRIBE Topic", _EACH_PARTITION,
+                                             _offset_for_leader_epoch),
+    codec.FIND_COORDINATOR: KafkaRule("DESCRIBE Group / DESCRIBE TransactionalId (the key)",
+                                      "the key (v4: each key): 30 / 53", _find_coordinator),
+    codec.INIT_PRODUCER_ID: KafkaRule(
+        "WRITE TransactionalId; without one IDEMPOTENT_WRITE Cluster or WRITE on any Topic (KIP-679)",
+        "the answer: 53; without an id 31", _init_producer_id),
+    codec.ADD_PARTITIONS_TO_TXN: KafkaRule(
+        "WRITE TransactionalId, WRITE Topic",
+        "every partition 53; else each partition of a refused topic 29, the rest OPERATION_NOT_ATTEMPTED",
+        _add_partitions_to_txn),
+    codec.ADD_OFFSETS_TO_TXN: KafkaRule("WRITE TransactionalId, READ Group", "the answer: 53, then 30",
+                                        _txn_then(READ)),
+    codec.END_TXN: KafkaRule("WRITE TransactionalId", "the answer: 53", _txn_then()),
+    codec.TXN_OFFSET_COMMIT: KafkaRule(
+        "WRITE TransactionalId, READ Group, READ Topic",
+        "every partition 53, then every partition 30, then " + _EACH_PARTITION + " (the rest committed)",
+        _offset_commit(True)),
+    codec.OFFSET_COMMIT: KafkaRule("READ Group, READ Topic",
+                                   "every partition 30, then " + _EACH_PARTITION + " (the rest committed)",
+                                   _offset_commit(False)),
     codec.OFFSET_FETCH: KafkaRule("DESCRIBE Group, DESCRIBE Topic (all topics: only the DESCRIBE-able)",
-                                  _offset_fetch),
-    codec.JOIN_GROUP: KafkaRule("READ Group", _group_read(_join_refused)),
-    codec.SYNC_GROUP: KafkaRule("READ Group", _group_read(_sync_refused)),
-    codec.HEARTBEAT: KafkaRule("READ Group", _group_read(lambda r, code: {"throttle_time": 0, "error_code": code})),
-    codec.LEAVE_GROUP: KafkaRule("READ Group", _group_read(
+                                  "the answer 30 (v1: every partition); " + _EACH_PARTITION, _offset_fetch),
+    codec.JOIN_GROUP: KafkaRule("READ Group", _ANSWER_GROUP, _group_read(_join_refused)),
+    codec.SYNC_GROUP: KafkaRule("READ Group", _ANSWER_GROUP, _group_read(_sync_refused)),
+    codec.HEARTBEAT: KafkaRule("READ Group", _ANSWER_GROUP,
+                               _group_read(lambda r, code: {"throttle_time": 0, "error_code": code})),
+    codec.LEAVE_GROUP: KafkaRule("READ Group", _ANSWER_GROUP, _group_read(
         lambda r, code: {"throttle_time": 0, "error_code": code, "members": []})),
-    codec.CONSUMER_GROUP_HEARTBEAT: KafkaRule("READ Group, DESCRIBE each subscribed Topic", _consumer_group_heartbeat),
-    codec.CONSUMER_GROUP_DESCRIBE: KafkaRule("DESCRIBE Group", _per_group("group_ids", "groups", DESCRIBE,
-                                                                          _consumer_group_refused)),
-    codec.DESCRIBE_GROUPS: KafkaRule("DESCRIBE Group", _per_group("groups", "groups", DESCRIBE,
-                                                                  _described_group_refused)),
-    codec.LIST_GROUPS: KafkaRule("DESCRIBE Cluster, else lists only DESCRIBE-able Groups", _list_groups),
-    codec.DELETE_GROUPS: KafkaRule("DELETE Group", _per_group("groups_names", "results", DELETE, lambda g: {
-        "group_id": g, "error_code": ERRORS[GROUP]})),
-    codec.CREATE_TOPICS: KafkaRule("CREATE Cluster, else CREATE Topic", _create_topics),
-    codec.DELETE_TOPICS: KafkaRule("DELETE Topic", _delete_topics),
-    codec.CREATE_PARTITIONS: KafkaRule("ALTER Topic", _create_partitions),
-    codec.DESCRIBE_CONFIGS: KafkaRule("DESCRIBE_CONFIGS Topic / Cluster (broker configs)",
+    codec.CONSUMER_GROUP_HEARTBEAT: KafkaRule("READ Group, DESCRIBE each subscribed Topic", "the answer: 30, then 29",
+                                              _consumer_group_heartbeat),
+    codec.CONSUMER_GROUP_DESCRIBE: KafkaRule("DESCRIBE Group", "each refused group: 30",
+                                             _per_group("group_ids", "groups", DESCRIBE, _consumer_group_refused)),
+    codec.DESCRIBE_GROUPS: KafkaRule("DESCRIBE Group", "each refused group: 30",
+                                     _per_group("groups", "groups", DESCRIBE, _described_group_refused)),
+    codec.LIST_GROUPS: KafkaRule("DESCRIBE Cluster, else lists only DESCRIBE-able Groups",
+                                 "never refused: the others left out", _list_groups),
+    codec.DELETE_GROUPS: KafkaRule("DELETE Group", "each refused group: 30", _per_group(
+        "groups_names", "results", DELETE, lambda g: {"group_id": g, "error_code": ERRORS[GROUP]})),
+    codec.CREATE_TOPICS: KafkaRule("CREATE Cluster, else CREATE Topic", "each refused topic: 29", _create_topics),
+    codec.DELETE_TOPICS: KafkaRule("DELETE Topic", "each refused topic: 29", _delete_topics),
+    codec.CREATE_PARTITIONS: KafkaRule("ALTER Topic", "each refused topic: 29", _create_partitions),
+    codec.DESCRIBE_CONFIGS: KafkaRule("DESCRIBE_CONFIGS Topic / Cluster (broker configs)", _EACH_RESOURCE,
                                       _configs(DESCRIBE_CONFIGS, "results", True)),
-    codec.ALTER_CONFIGS: KafkaRule("ALTER_CONFIGS Topic / Cluster", _configs(ALTER_CONFIGS, "responses", False)),
-    codec.INCREMENTAL_ALTER_CONFIGS: KafkaRule("ALTER_CONFIGS Topic / Cluster",
+    codec.ALTER_CONFIGS: KafkaRule("ALTER_CONFIGS Topic / Cluster", _EACH_RESOURCE,
+                                   _configs(ALTER_CONFIGS, "responses", False)),
+    codec.INCREMENTAL_ALTER_CONFIGS: KafkaRule("ALTER_CONFIGS Topic / Cluster", _EACH_RESOURCE,
                                                _configs(ALTER_CONFIGS, "responses", False)),
-    # Kafka checks nothing for DescribeCluster (the brokers are Metadata's too); as gRPC's DescribeCluster
-    codec.DESCRIBE_CLUSTER: KafkaRule("any principal (as Kafka and gRPC DescribeCluster)"),
-    codec.DESCRIBE_PRODUCERS: KafkaRule("READ Topic", _describe_producers),
-    codec.LIST_TRANSACTIONS: KafkaRule("lists only DESCRIBE-able TransactionalIds", _list_transactions),
-    codec.DESCRIBE_TRANSACTIONS: KafkaRule("DESCRIBE TransactionalId (topics: only the DESCRIBE-able)",
-                                           _describe_transactions),
+    # Kafka checks nothing for DescribeCluster (its brokers are Metadata's too); as gRPC's DescribeCluster
+    codec.DESCRIBE_CLUSTER: KafkaRule("nothing (as Kafka's and gRPC's DescribeCluster)"),
+    codec.DESCRIBE_PRODUCERS: KafkaRule("READ Topic", _EACH_PARTITION, _describe_producers),
+    codec.LIST_TRANSACTIONS: KafkaRule("lists only DESCRIBE-able TransactionalIds",
+                                       "never refused: the others left out", _list_transactions),
+    codec.DESCRIBE_TRANSACTIONS: KafkaRule("DESCRIBE TransactionalId (its topics: only the DESCRIBE-able)",
+                                           "each refused id: 53", _describe_transactions),
 }
 
 
 class KafkaAuthorizer:
     """The shell: the caller's verdicts from the broker's ACLs and super users, one decision per
-    request, and a log line naming what was refused."""
+    request, and a log line naming what was refused. Verdicts are remembered per (principal,
+    host, resource, operation) until the ACL set changes (the image's tuple is replaced, never
+    changed) or `KAFKA_AUTHZ_CACHE_ENTRIES` are held: a steady producer pays a dict lookup
+    per topic and request, not an evaluation."""
 
     def __init__(self, security: BrokerSecurity, auto_create: Callable[[], bool]) -> None:
         self.s = security
         self._auto_create = auto_create
+        self._verdicts: dict[tuple[str, str, str, str, str], bool] = {}
+        self._verdicts_of: object = None  # the ACL tuple the verdicts were made from
 
     def allowed(self, p: Principal, refused: list[tuple[str, str, str]] | None = None) -> Allowed:
-        """`p`'s verdicts, each (resource, operation) evaluated once per request; the refused
-        ones are appended to `refused`."""
+        """`p`'s verdicts; the refused (resource type, name, operation) are appended to `refused`."""
         s = self.s
-        verdict = authorizer.allowed_for(s.acls(), p.principal, p.host,
-                                         p.principal in s.super_users or is_broker(p, s.broker_principals))
-        seen: dict[tuple[str, str, str], bool] = {}
+        acls = s.acls()
+        if acls is not self._verdicts_of:
+            self._verdicts.clear()
+            self._verdicts_of = acls
+        verdicts = self._verdicts
+        who, host = p.principal, p.host
+        verdict = authorizer.allowed_for(acls, who, host, who in s.super_users or is_broker(p, s.broker_principals))
 
         def allowed(resource_type: str, name: str, operation: str) -> bool:
-            key = (resource_type, name, operation)
-            found = seen.get(key)
+            key = (who, host, resource_type, name, operation)
+            found = verdicts.get(key)
             if found is None:
-                found = seen[key] = verdict(resource_type, name, operation)
-                if not found and refused is not None:
-                    refused.append(key)
+                found = verdict(resource_type, name, operation)
+                if len(verdicts) >= limits.KAFKA_AUTHZ_CACHE_ENTRIES:
+                    verdicts.clear()
+                verdicts[key] = found
+            if not found and refused is not None and (resource_type, name, operation) not in refused:
+                refused.append((resource_type, name, operation))
             return found
         return allowed
 

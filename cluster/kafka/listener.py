@@ -26,7 +26,8 @@ connection not yet authenticated may send only ApiVersions and the SASL requests
 at most `MAX_KAFKA_UNAUTHENTICATED_REQUEST_BYTES`, within `KAFKA_AUTHENTICATION_TIMEOUT_MS` of
 connecting; anything else closes it. Every request
 carries the connection's principal (`Request.principal`, and `security.current_principal()`
-while it is handled) for an authorizer.
+while it is handled); with --authorizer on, `KafkaApis.handle` authorizes it against the ACLs
+(authorization.py) and answers refusals with Kafka's error codes, never by closing.
 """
 
 from __future__ import annotations

@@ -186,24 +186,42 @@ def authorize_any(acls: Iterable[AclBinding], principal: str, host: str, operati
 
 
 class AclIndex:
-    """One ACL set grouped by (resource type, principal): `candidates` hands `authorize` only
-    the bindings that can apply to a caller and a resource type (its own and `User:*`), so a
-    check costs the caller's few bindings, not all MAX_ACLS of them. The rules stay
-    `authorize`'s: the index only leaves out bindings whose type or principal cannot match."""
+    """One ACL set grouped by resource type and principal, and LITERAL bindings also by name:
+    `candidates` hands `authorize` only the bindings that can apply to a caller (its own and
+    `User:*`) and a resource (its literal name, the literal `*`, every PREFIXED one), so a check
+    costs the few bindings that can match, not all MAX_ACLS of them. The rules stay
+    `authorize`'s: the index only leaves out bindings whose type, principal or literal name
+    cannot match."""
 
-    __slots__ = ("acls", "_by")
+    __slots__ = ("acls", "_by", "_literal", "_prefixed")
 
     def __init__(self, acls: tuple[AclBinding, ...]) -> None:
         self.acls = acls
-        grouped: dict[tuple[str, str], list[AclBinding]] = {}
+        by: dict[tuple[str, str], list[AclBinding]] = {}
+        literal: dict[tuple[str, str, str], list[AclBinding]] = {}
+        prefixed: dict[tuple[str, str], list[AclBinding]] = {}
         for b in acls:
-            grouped.setdefault((b.resource_type, b.principal), []).append(b)
-        self._by = {key: tuple(bindings) for key, bindings in grouped.items()}
+            by.setdefault((b.resource_type, b.principal), []).append(b)
+            if b.pattern_type == LITERAL:
+                literal.setdefault((b.resource_type, b.principal, b.resource_name), []).append(b)
+            else:
+                prefixed.setdefault((b.resource_type, b.principal), []).append(b)
+        self._by = {key: tuple(v) for key, v in by.items()}
+        self._literal = {key: tuple(v) for key, v in literal.items()}
+        self._prefixed = {key: tuple(v) for key, v in prefixed.items()}
 
-    def candidates(self, principal: str, resource_type: str) -> tuple[AclBinding, ...]:
-        mine = self._by.get((resource_type, principal), ())
-        anyone = self._by.get((resource_type, "User:*"), ())
-        return mine + anyone if anyone else mine
+    def candidates(self, principal: str, resource_type: str, name: str | None = None) -> tuple[AclBinding, ...]:
+        """The bindings that may apply to `principal` on resources of the type (on the one
+        named `name`, when given)."""
+        out: tuple[AclBinding, ...] = ()
+        for who in (principal, "User:*") if principal != "User:*" else (principal,):
+            if name is None:
+                out += self._by.get((resource_type, who), ())
+                continue
+            out += self._literal.get((resource_type, who, name), ()) + self._prefixed.get((resource_type, who), ())
+            if name != WILDCARD:
+                out += self._literal.get((resource_type, who, WILDCARD), ())
+        return out
 
 
 _last_index: AclIndex | None = None

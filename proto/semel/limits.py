@@ -70,6 +70,7 @@ REPLICA_LAG_TIME_MAX_MS_DEFAULT = 10_000   # a follower not caught up for this l
 BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT = 100
 BROKER_SESSION_TIMEOUT_MS_DEFAULT = 1000   # no heartbeat for this long -> the controller fences the broker
 AUTH_CACHE_ENTRIES = 4096                  # successful password checks a broker remembers (each saves one PBKDF2)
+KAFKA_AUTHZ_CACHE_ENTRIES = 10_000         # ACL verdicts the Kafka listener remembers (until the ACLs change); full -> cleared
 MAX_USERS = 10_000                         # users (SCRAM credentials) in the metadata quorum
 MAX_CONCURRENT_RPCS_PER_BROKER = 8192      # gRPC calls (incl. replica streams) a broker serves at once; more -> RESOURCE_EXHAUSTED
 ISR_CHECK_INTERVAL_MS_DEFAULT = 100        # how often a leader re-evaluates its ISR (shrink lagging followers, expand caught-up ones)

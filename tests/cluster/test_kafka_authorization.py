@@ -42,6 +42,16 @@ def test_every_served_api_has_exactly_one_rule():
     assert set(RULES) == set(codec.SERVED)
 
 
+def test_docs_table_has_every_rule():
+    """docs/kafka.md's "Authorization (ACLs)" table is this table (regenerate it from RULES)."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "kafka.md").read_text()
+    for key, rule in RULES.items():
+        name = load_request_schema(key, codec.SERVED[key][1]).__name__.removesuffix("Request")
+        assert f"| {name} ({key}) | {rule.summary} | {rule.refusal or '-'} |" in doc, name
+
+
 def test_only_connection_and_discovery_apis_check_nothing():
     unchecked = {key for key, rule in RULES.items() if rule.decide is None}
     assert unchecked == {codec.API_VERSIONS, codec.SASL_HANDSHAKE, codec.SASL_AUTHENTICATE, codec.DESCRIBE_CLUSTER}
@@ -205,3 +215,34 @@ def _blank(name: str) -> Any:
         return "x"
     return 0 if any(w in name for w in ("epoch", "acks", "version", "producer_id", "replica", "bytes", "level",
                                            "type", "count", "partitions_count")) else ()
+
+
+class _Security:
+    """The fields KafkaAuthorizer reads from BrokerSecurity."""
+
+    def __init__(self) -> None:
+        self.super_users = frozenset({"User:admin"})
+        self.broker_principals: frozenset[str] = frozenset()
+        self.current: tuple[AclBinding, ...] = ()
+
+    def acls(self) -> tuple[AclBinding, ...]:
+        return self.current
+
+
+def test_verdicts_are_remembered_until_the_acls_change_and_super_users_skip_the_check():
+    from semel.cluster.broker.principal import Principal
+    from semel.cluster.kafka.authorization import KafkaAuthorizer
+
+    sec = _Security()
+    authz = KafkaAuthorizer(sec, lambda: False)  # type: ignore[arg-type]
+    image = md.MetadataImage()
+    req = dataclasses.replace(_produce({"a": 1}), principal=Principal("bob", "scram", "127.0.0.1"))
+    assert isinstance(authz.decide(req, image), Answer)
+    sec.current = grants((acl.TOPIC, "a", acl.WRITE))  # a new tuple: the verdicts are made again
+    assert authz.decide(req, image) is None
+    sec.current = grants((acl.TOPIC, "b", acl.WRITE))
+    assert isinstance(authz.decide(req, image), Answer)
+    admin = dataclasses.replace(req, principal=Principal("admin", "scram", "127.0.0.1"))
+    assert authz.decide(admin, image) is None
+    anonymous = dataclasses.replace(req, principal=None)
+    assert isinstance(authz.decide(anonymous, image), Answer)
