@@ -21,7 +21,7 @@ from confluent_kafka import Consumer as CKConsumer
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Producer as CKProducer
 from semel.cli.security_args import bootstrap_users_json
-from semel.client import Admin, ClientSecurity
+from semel.client import Acl, Admin, ClientSecurity
 from semel.cluster.tooling import certs
 from semel.cluster.tooling.ports import free_ports
 
@@ -286,6 +286,25 @@ def test_cluster_up_secure_serves_kafka_with_sasl_ssl_and_writes_the_client_sett
             future.result(timeout=DEADLINE_S)
         values = produce_and_consume(settings, 10)
         assert len(values) == 10
+        # --secure turns the authorizer on for the Kafka port too: carol, no super user, sees no
+        # topic until an ACL lets her
+        import shlex
+
+        env = dict(line.removeprefix("export ").split("=", 1) for line in
+                   (tmp_path / "admin.env").read_text().splitlines())
+        env = {k: shlex.split(v)[0] for k, v in env.items()}
+        admin_security = ClientSecurity(tls_ca=env["SEMEL_TLS_CA"], username=env["SEMEL_USER"],
+                                        password=env["SEMEL_PASSWORD"])
+        with Admin(env["SEMEL_BOOTSTRAP"].split(",")[0], security=admin_security) as a:
+            a.upsert_user("carol", "carol-pw")
+            carol = {**settings, "sasl.username": "carol", "sasl.password": "carol-pw"}
+            carol_admin = AdminClient(carol)
+            meta = carol_admin.list_topics(topic="t", timeout=DEADLINE_S)
+            assert meta.topics["t"].error is not None
+            assert meta.topics["t"].error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+            a.create_acls([Acl("User:carol", "*", "DESCRIBE", "ALLOW", "TOPIC", "t", "LITERAL")])
+            meta = carol_admin.list_topics(topic="t", timeout=DEADLINE_S)
+            assert meta.topics["t"].error is None and len(meta.topics["t"].partitions) == 1
         if shutil.which("kcat"):
             out = subprocess.run(["kcat", "-F", str(props), "-C", "-t", "t", "-o", "beginning", "-e", "-q"],
                                  text=True, capture_output=True, timeout=DEADLINE_S)
