@@ -271,3 +271,21 @@ def test_admin_operations_need_their_acls(bob):
     (deleted,) = client.delete_topics([topic], operation_timeout=30).values()
     assert error_of(deleted) == KafkaError.NO_ERROR
     a.delete_topic(new)
+
+
+def test_a_kip848_consumer_needs_read_on_its_group(bob):
+    """ConsumerGroupHeartbeat (librdkafka group.protocol=consumer): with DESCRIBE on the group
+    FindCoordinator answers, the heartbeat itself needs READ."""
+    a, grant, settings, admin_settings, topic, _grpc = bob
+    delivery, _ = _deliveries(admin_settings, topic, 5)
+    assert not delivery
+    group = f"g848-{topic}"
+    grant(("TOPIC", topic, "READ"), ("GROUP", group, "DESCRIBE"))
+    kip848 = {**settings, "group.protocol": "consumer"}
+    values, errors = _consume(kip848, 5, subscribe=topic, group=group, until=KafkaError._FATAL)
+    # librdkafka makes it the consumer's fatal error, naming the broker's code
+    assert not values and any(e.code() == KafkaError._FATAL and "Group authorization failed" in e.str()
+                              for e in errors), [str(e) for e in errors]
+    grant(("GROUP", group, "READ"))
+    values, errors = _consume(kip848, 5, subscribe=topic, group=group)
+    assert len(values) == 5, [str(e) for e in errors]
