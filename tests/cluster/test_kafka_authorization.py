@@ -246,3 +246,31 @@ def test_verdicts_are_remembered_until_the_acls_change_and_super_users_skip_the_
     assert authz.decide(admin, image) is None
     anonymous = dataclasses.replace(req, principal=None)
     assert isinstance(authz.decide(anonymous, image), Answer)
+
+
+_CHECKED = sorted((k, v) for k, rule in RULES.items() if rule.decide is not None
+                  for v in range(codec.SERVED[k][0], codec.SERVED[k][1] + 1))
+_ALLOWED_TYPES = st.sets(st.sampled_from([acl.TOPIC, acl.GROUP, acl.TRANSACTIONAL_ID, acl.CLUSTER]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(_CHECKED), _ALLOWED_TYPES, st.data())
+def test_any_request_is_decided_and_a_refusal_encodes_in_its_version(key_version, allowed_types, data):
+    """Whatever a client sends (kio's own types, drawn by hypothesis), the decision does not
+    raise, a trimmed request is the same entity type, and a whole answer built by the
+    authorizer encodes in the request's version (what the client reads)."""
+    from kio.static.primitive import Records
+
+    st.register_type_strategy(Records, st.one_of(st.none(), st.binary(max_size=64)))
+    key, version = key_version
+    body = data.draw(st.from_type(load_request_schema(key, version)))
+    acls = tuple(AclBinding("User:*", "*", acl.ALL, acl.ALLOW, rt, acl.CLUSTER_NAME if rt == acl.CLUSTER else "*")
+                 for rt in sorted(allowed_types))
+    req = codec.Request(key, version, 7, None, body)
+    decision = decide(req, acls, auto_create=data.draw(st.booleans()))
+    if isinstance(decision, Serve):
+        assert type(decision.body) is type(body)
+        assert decision.finish(None) is None
+    elif isinstance(decision, Answer) and decision.values is not None:
+        frame = codec.encode_response(7, codec.build(codec.response_class(key, version), decision.values))
+        assert len(frame) > 8
