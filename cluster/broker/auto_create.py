@@ -68,9 +68,10 @@ class AutoCreator:
         if not self.settings.enabled:
             return set()
         creating = set()
+        security = self.b.security
         for name in names:
             command = auto_create_command(name, image, self.settings)
-            if command is None:
+            if command is None or (security is not None and not security.may_create_topic(name)):
                 continue
             creating.add(name)  # over the bound it is started by a later request, when one ends
             if name not in self._creating and len(self._creating) < limits.AUTO_CREATE_IN_FLIGHT_MAX:

@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 from semel import scram, tls
 from semel.cluster.broker import authorizer
-from semel.cluster.metadata.acl import AclBinding
+from semel.cluster.metadata.acl import CLUSTER, CLUSTER_NAME, CREATE, TOPIC, AclBinding
 from semel.cluster.broker.principal import (
     AuthFailure,
     Authenticator,
@@ -149,6 +149,19 @@ class BrokerSecurity:
 
     def interceptor(self) -> AuthInterceptor:
         return AuthInterceptor(self)
+
+    def may_create_topic(self, name: str) -> bool:
+        """May the caller being served auto-create topic `name`? Kafka's rule: CREATE on the
+        cluster or on the topic (only asked with the authorizer on; a gRPC Produce or Metadata
+        authorized for WRITE or DESCRIBE alone must not create topics)."""
+        if not self.authorizer_on:
+            return True
+        p = current_principal()
+        if p is None:
+            return False
+        allowed = authorizer.allowed_for(self.acls(), p.principal, p.host,
+                                         p.principal in self.super_users or is_broker(p, self.broker_principals))
+        return allowed(CLUSTER, CLUSTER_NAME, CREATE) or allowed(TOPIC, name, CREATE)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -48,11 +48,13 @@ def cluster(tmp_path_factory):
     (root / "raft-secret").write_text(secrets.token_urlsafe(32))
     (root / "raft-secret").chmod(0o600)
     (root / "users.json").write_text(json.dumps(bootstrap_users_json("admin", ADMIN_PASSWORD)))
+    (root / "broker.json").write_text(json.dumps({"auto_create_topics": True}))  # a store_true flag
     admin = ClientSecurity(tls_ca=str(d / "ca.crt"), username="admin", password=ADMIN_PASSWORD)
     c = h.Cluster(root, 1, internal_partitions=1, credentials=admin.channel_credentials(),
                   tls_cert=d / "broker-{id}.crt", tls_key=d / "broker-{id}.key", tls_ca=d / "ca.crt",
                   authentication="required", raft_secret_file=root / "raft-secret",
-                  bootstrap_users_file=root / "users.json", super_users="User:admin", authorizer="on")
+                  bootstrap_users_file=root / "users.json", super_users="User:admin", authorizer="on",
+                  config=root / "broker.json")
     try:
         c.start_all()
         address = c.brokers[1].address
@@ -310,3 +312,33 @@ def test_brokers_only_services_stay_refused_whatever_the_acls(cluster):
             assert _refusal(ch, "Admin/ListUsers", apb.ListUsersRequest()) is None
         finally:
             a.delete_acls([Acl(principal=BOB)])
+
+
+def test_auto_creation_needs_create_not_just_write_or_describe(cluster):
+    """Kafka's rule on the gRPC API too: Metadata or Produce for a missing topic creates it only
+    for a caller with CREATE on the cluster or the topic (the authorizer checked DESCRIBE or
+    WRITE before the handler; auto-creation is a further step)."""
+    c, address, admin, bob, ch = cluster
+    stub = broker_pb2_grpc.BrokerStub(ch)
+
+    def metadata(name: str) -> int:
+        (topic,) = stub.Metadata(bpb.MetadataRequest(topics=[name]), timeout=30).topics
+        return topic.error_code
+
+    def produce(name: str) -> int:
+        r = stub.Produce(bpb.ProduceRequest(partitions=[bpb.PartitionProduceData(topic=name, batch=_batch())]),
+                         timeout=30)
+        return r.results[0].error_code
+
+    with Admin(address, security=admin) as a:
+        a.delete_acls([Acl(principal=BOB)])
+        a.create_acls(_acls((("TOPIC", "auto-", "DESCRIBE"), ("TOPIC", "auto-", "WRITE")), pattern="PREFIXED"))
+        assert metadata("auto-md") == cpb.UNKNOWN_TOPIC_OR_PARTITION  # LEADER_NOT_AVAILABLE: being created
+        produce("auto-pr")
+        a.create_topic("acl-barrier", partitions=1, replication_factor=1)  # committed after any creation started
+        assert not {"auto-md", "auto-pr"} & set(a.list_topics()), "auto-created without CREATE"
+        a.create_acls(_acls((("TOPIC", "auto-", "CREATE"),), pattern="PREFIXED"))
+        assert metadata("auto-md") == cpb.LEADER_NOT_AVAILABLE
+        produce("auto-pr")
+        c.wait_for(lambda: {"auto-md", "auto-pr"} <= set(a.list_topics()), what="auto-created with CREATE")
+        a.delete_acls([Acl(principal=BOB)])
