@@ -39,13 +39,15 @@ from semel.client.base import (
     log,
 )
 from semel.client.consumer import AssignConsumer
+from semel.client.metadata import rpc_error
 from semel.client.errors import ClosedError, ConfigError
 from semel.client.records import ConsumerRecord
 from semel.clock import monotonic_ms
-from semel.internal_topics import CONSUMER_OFFSETS_TOPIC, coordinator_partition
 from semel.v1 import common_pb2 as pb
 from semel.v1 import group_pb2 as gpb
 from semel.v1 import group_pb2_grpc as ggrpc
+from semel.v1 import txn_pb2 as tpb
+from semel.v1 import txn_pb2_grpc as tgrpc
 
 Callback = Callable[[set[tuple[str, int]]], None]
 
@@ -86,21 +88,44 @@ class _GroupRpc:
     def __init__(self, client: _ClientBase, group_id: str) -> None:
         self.c = client
         self.group_id = group_id
+        self._lock = threading.Lock()
+        self._address: str | None = None  # the coordinator FindCoordinator named; None: ask again
 
     def coordinator(self, deadline_ms: int) -> str | None:
-        md = self.c._metadata
-        md.add_topics([CONSUMER_OFFSETS_TOPIC])
-        view = md.view
-        count = view.partition_count(CONSUMER_OFFSETS_TOPIC)
-        if count is None or md.needs_refresh(monotonic_ms()):
+        """The group's coordinator, from FindCoordinator (it needs DESCRIBE on the group only:
+        the metadata of `__consumer_offsets`, which ACLs rightly hide from users, is not asked).
+        None while no broker names one; raises when the answer is a refusal."""
+        with self._lock:
+            if self._address is not None:
+                return self._address
+        what = f"find the coordinator of group {self.group_id!r}"
+        request = tpb.FindCoordinatorRequest(key=self.group_id, key_type=tpb.GROUP)
+        for address in self.c._metadata.candidates()[:3]:
+            timeout_ms = max(1, min(self.c.request_timeout_ms, 3000, deadline_ms - monotonic_ms()))
             try:
-                md.refresh(timeout_ms=max(1, min(3000, deadline_ms - monotonic_ms())))
-            except client_errors.BrokerUnreachableError:
+                r = self.c._connections.stub(address, tgrpc.TransactionsStub).FindCoordinator(
+                    request, timeout=timeout_ms / 1000)
+            except grpc.RpcError as exc:
+                error = rpc_error(exc, address, what)
+                if isinstance(error, (client_errors.AuthenticationError, client_errors.AuthorizationError)):
+                    raise error from exc
+                log.debug("%s at %s: %s", what, address, error)
+                continue
+            if r.error_code != pb.NONE:
+                error = client_errors.error_for_code(r.error_code, r.error_message, context=what)
+                if not error.retriable:
+                    raise error
                 return None
-            count = view.partition_count(CONSUMER_OFFSETS_TOPIC)
-        if count is None:
-            return None
-        return view.leader_address(CONSUMER_OFFSETS_TOPIC, coordinator_partition(self.group_id, count))
+            found = f"{r.host}:{r.port}"
+            with self._lock:
+                self._address = found
+            return found
+        return None
+
+    def forget(self) -> None:
+        """The coordinator moved or is unreachable: the next call asks FindCoordinator again."""
+        with self._lock:
+            self._address = None
 
     def stub(self, address: str) -> ggrpc.GroupsStub:
         return self.c._connections.stub(address, ggrpc.GroupsStub)
@@ -120,7 +145,11 @@ class _GroupRpc:
                 try:
                     response = getattr(self.stub(address), method)(request, timeout=timeout_ms / 1000)
                 except grpc.RpcError as exc:
+                    error = rpc_error(exc, address, f"{method} of group {self.group_id!r}")
+                    if isinstance(error, (client_errors.AuthenticationError, client_errors.AuthorizationError)):
+                        raise error from exc  # a refusal, not a move: retrying cannot help
                     log.debug("%s to %s failed: %s", method, address, exc)
+                    self.forget()
                     if monotonic_ms() >= deadline_ms:
                         raise client_errors.BrokerUnreachableError(
                             f"{method} of group {self.group_id!r}: coordinator {address} unreachable") from exc
@@ -129,9 +158,10 @@ class _GroupRpc:
                     if code not in _COORDINATOR_RETRIABLE or monotonic_ms() >= deadline_ms:
                         return response
                     log.debug("%s: %s", method, pb.ErrorCode.Name(code))
+                    if code in (pb.NOT_COORDINATOR, pb.COORDINATOR_NOT_AVAILABLE):
+                        self.forget()
             elif monotonic_ms() >= deadline_ms:
                 raise client_errors.CoordinatorNotAvailableError(f"no coordinator for group {self.group_id!r}")
-            self.c._metadata.mark_stale()
             time.sleep(min(GROUP_RETRY_BACKOFF_MS * min(attempts, 10), max(0, deadline_ms - monotonic_ms())) / 1000)
 
 
@@ -195,6 +225,12 @@ class _Membership:
         deadline = monotonic_ms() + HEARTBEAT_RPC_TIMEOUT_MS
         try:
             resp = self.rpc.call("ConsumerGroupHeartbeat", request, deadline, HEARTBEAT_RPC_TIMEOUT_MS)
+        except (client_errors.AuthenticationError, client_errors.AuthorizationError) as exc:
+            with self.cond:  # poll() raises it: a refused member must not wait silently forever
+                self.error = exc
+                self.interval_ms = 1000
+                self.cond.notify_all()
+            return
         except client_errors.SemelError as exc:
             log.debug("group %s: heartbeat: %s", self.rpc.group_id, exc)
             self.interval_ms = GROUP_RETRY_BACKOFF_MS * 2

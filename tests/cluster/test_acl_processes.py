@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
+import time
 from typing import Any
 
 import grpc
 import pytest
 from semel.cli.security_args import bootstrap_users_json
-from semel.client import Acl, Admin, ClientSecurity, Producer
+from semel.client import Acl, Admin, ClientSecurity, Consumer, Producer
 from semel.client.errors import AuthorizationError
 from semel.cluster.broker import authorizer
 from semel.cluster.tooling import certs
@@ -341,4 +342,33 @@ def test_auto_creation_needs_create_not_just_write_or_describe(cluster):
         assert metadata("auto-md") == cpb.LEADER_NOT_AVAILABLE
         produce("auto-pr")
         c.wait_for(lambda: {"auto-md", "auto-pr"} <= set(a.list_topics()), what="auto-created with CREATE")
+        a.delete_acls([Acl(principal=BOB)])
+
+
+def test_a_group_consumer_needs_only_its_group_and_topic_acls_and_is_told_when_refused(cluster):
+    """The client finds its group's coordinator with FindCoordinator (DESCRIBE on the group,
+    implied by READ), not with Metadata of `__consumer_offsets`, which a user may not DESCRIBE:
+    with READ on the topic and the group a plain user consumes as a group member. Without the
+    group ACL, poll() raises the refusal instead of waiting silently (found running the README's
+    secure quickstart as a new user: `semel consume --group` printed nothing and exited 0)."""
+    c, address, admin, bob, ch = cluster
+    with Admin(address, security=admin) as a:
+        a.delete_acls([Acl(principal=BOB)])
+        with Producer(address, security=admin) as p:
+            p.send(T, b"for-the-group", partition=0).result(30)
+        a.create_acls(_acls((("TOPIC", T, "READ"),)))
+        with Consumer(address, security=bob, group_id="bob-refused", auto_offset_reset="earliest") as consumer:
+            consumer.subscribe([T])
+            with pytest.raises(AuthorizationError, match="GROUP_AUTHORIZATION_FAILED"):
+                for _ in range(50):
+                    consumer.poll(200)
+        a.create_acls(_acls((("GROUP", "bob-g", "READ"),)))
+        with Consumer(address, security=bob, group_id="bob-g", auto_offset_reset="earliest") as consumer:
+            consumer.subscribe([T])
+            seen: list[bytes] = []
+            deadline = time.monotonic() + 30
+            while b"for-the-group" not in seen and time.monotonic() < deadline:
+                seen += [r.value for r in consumer.poll(500)]
+            assert b"for-the-group" in seen
+            consumer.commit()
         a.delete_acls([Acl(principal=BOB)])
