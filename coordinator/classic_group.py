@@ -1,5 +1,6 @@
 """Kafka's classic consumer-group protocol (JoinGroup, SyncGroup, Heartbeat, LeaveGroup): a pure
-state machine (no I/O, no clock, no randomness; the caller passes `now_ms` and new member ids).
+state machine (no I/O, no clock, no randomness; the caller passes `now_ms`, a monotonic time,
+and new member ids).
 
 How it works (Kafka's GroupCoordinator for "classic" groups, client-side assignment):
 

@@ -183,9 +183,10 @@ class CoordinatorShard:
         self.corrupt_skipped += len(self.corrupt) - before
         self.next_offset = max(self.next_offset, header.next_offset)
 
-    def complete_group(self, decision: GroupDecision, base_offset: int, now_ms: int) -> HeartbeatResponse | None:
-        """A group decision's records were appended at base_offset.. (durable)."""
-        response = self.groups.complete(decision, now_ms)
+    def complete_group(self, decision: GroupDecision, base_offset: int, monotonic_ms: int) -> HeartbeatResponse | None:
+        """A group decision's records were appended at base_offset.. (durable); session
+        timers restart at `monotonic_ms`."""
+        response = self.groups.complete(decision, monotonic_ms)
         if decision.records:
             self.next_offset = max(self.next_offset, base_offset + len(decision.records))
         return response
@@ -381,7 +382,7 @@ class GroupView:
 def load_shard(
     view: GroupView,
     log_data: Iterable[bytes],
-    now_ms: int,
+    monotonic_ms: int,
     partition: int,
     group_config: GroupConfig | None = None,
     offsets_config: OffsetsConfig | None = None,
@@ -392,7 +393,8 @@ def load_shard(
     `log_data`: chunks of whole batches from `view.next_offset` up to the high watermark, in
     order (batches the view already covers are skipped). With `update_view`, every replayed
     batch is also folded into the view. The caller handles truncation: if the log ends
-    below `view.next_offset`, call `view.clear()` and pass the whole log."""
+    below `view.next_offset`, call `view.clear()` and pass the whole log. Every member's session
+timer starts at `monotonic_ms` (the coordinator's monotonic clock)."""
     shard = CoordinatorShard(partition, group_config, offsets_config)
     for record, record_offset in view.entries():
         shard.replay_record(record, record_offset)
@@ -408,7 +410,7 @@ def load_shard(
             if update_view:
                 view.apply_batch(header, payload)
             shard.replay_batch(header, payload)
-    shard.groups.on_loaded(now_ms)
+    shard.groups.on_loaded(monotonic_ms)
     shard.groups.check_invariants()
     shard.offsets.check_invariants()
     return shard

@@ -4,12 +4,16 @@ The cores prepare decisions; someone has to append them, wait until they are com
 complete them in log order, answer, and keep requests of one group from overtaking each
 other. That is this module, as a step function in the style of etcd's raft `Ready`:
 
-    out = runtime.submit(request_id, group_id, prepare, now_ms)   # -> [Append | Reply]
+    out = runtime.submit(request_id, group_id, prepare, now_ms, monotonic_ms)   # -> [Append | Reply]
     ... the shell appends each Append to the partition (acks=all, one batch) ...
     runtime.on_appended(token, base_offset)      # the local append gave these offsets
-    out = runtime.on_append_failed(token, code)  # nothing was written (e.g. NOT_ENOUGH_REPLICAS)
-    out = runtime.on_committed(batches, now_ms)  # batches that the high watermark passed, in order
+    out = runtime.on_append_failed(token, code, now_ms, monotonic_ms)  # nothing was written
+    out = runtime.on_committed(batches, now_ms, monotonic_ms)  # batches the high watermark passed, in order
     out = runtime.unload()                       # leadership lost: NOT_COORDINATOR for all waiting
+
+Two clocks: `now_ms` (wall) is what `prepare` gets, for what is stored (offset-commit
+timestamps); `monotonic_ms` restarts member sessions when a group decision completes (a step
+of the wall clock must neither expire a live member nor keep a dead one).
 
 Rules it keeps:
 * Per group at most one write in flight; later requests of that group wait in FIFO order and
@@ -41,7 +45,7 @@ from semel.v1 import common_pb2
 E = common_pb2.ErrorCode
 
 Decision = Union[GroupDecision, CommitDecision]
-Prepare = Callable[[CoordinatorShard, int], Decision]   # (shard, now_ms) -> decision
+Prepare = Callable[[CoordinatorShard, int], Decision]   # (shard, now_ms: the wall clock) -> decision
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,14 +98,14 @@ class PartitionRuntime:
 
     # --- inputs ---------------------------------------------------------------------------------
 
-    def submit(self, request_id: int, group_id: str, prepare: Prepare, now_ms: int) -> list[Output]:
+    def submit(self, request_id: int, group_id: str, prepare: Prepare, now_ms: int, monotonic_ms: int) -> list[Output]:
         if self.unloaded:
             return [Reply(request_id, None, E.NOT_COORDINATOR)]
         if self._queued >= self.max_queued:
             return [Reply(request_id, None, E.RESOURCE_EXHAUSTED)]
         self._queues.setdefault(group_id, collections.deque()).append(_Waiting(request_id, prepare))
         self._queued += 1
-        return self._run(group_id, now_ms)
+        return self._run(group_id, now_ms, monotonic_ms)
 
     def on_appended(self, token: int, base_offset: int) -> None:
         write = self._in_flight[token]
@@ -109,14 +113,15 @@ class PartitionRuntime:
         write.base_offset = base_offset
         self._by_offset[base_offset] = token
 
-    def on_append_failed(self, token: int, error: common_pb2.ErrorCode, now_ms: int) -> list[Output]:
+    def on_append_failed(self, token: int, error: common_pb2.ErrorCode, now_ms: int, monotonic_ms: int) -> list[Output]:
         """The append did not happen (nothing of it is in the log)."""
         write = self._in_flight.pop(token)
         invariant(write.base_offset < 0, "an appended write cannot fail; wait for commit or unload")
         del self._busy[write.group_id]
-        return [Reply(write.request_id, None, error), *self._run(write.group_id, now_ms)]
+        return [Reply(write.request_id, None, error), *self._run(write.group_id, now_ms, monotonic_ms)]
 
-    def on_committed(self, batches: Sequence[tuple[BatchHeader, bytes | memoryview]], now_ms: int) -> list[Output]:
+    def on_committed(self, batches: Sequence[tuple[BatchHeader, bytes | memoryview]], now_ms: int,
+                     monotonic_ms: int) -> list[Output]:
         """Batches that just became committed (below the high watermark), in log order."""
         out: list[Output] = []
         for header, payload in batches:
@@ -127,8 +132,8 @@ class PartitionRuntime:
             write = self._in_flight.pop(token)
             invariant(header.record_count == len(write.decision.records), "committed batch is not our write")
             del self._busy[write.group_id]
-            out.append(self._complete(write, now_ms))
-            out.extend(self._run(write.group_id, now_ms))
+            out.append(self._complete(write, monotonic_ms))
+            out.extend(self._run(write.group_id, now_ms, monotonic_ms))
         return out
 
     def unload(self) -> list[Output]:
@@ -147,7 +152,7 @@ class PartitionRuntime:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _run(self, group_id: str, now_ms: int) -> list[Output]:
+    def _run(self, group_id: str, now_ms: int, monotonic_ms: int) -> list[Output]:
         """Prepare queued requests of `group_id` until one needs a write."""
         out: list[Output] = []
         queue = self._queues.get(group_id)
@@ -156,7 +161,7 @@ class PartitionRuntime:
             self._queued -= 1
             decision = waiting.prepare(self.shard, now_ms)
             if not decision.records:
-                out.append(self._complete(_InFlight(waiting.request_id, group_id, decision), now_ms))
+                out.append(self._complete(_InFlight(waiting.request_id, group_id, decision), monotonic_ms))
                 continue
             token = self._next_token
             self._next_token += 1
@@ -169,10 +174,11 @@ class PartitionRuntime:
             del self._queues[group_id]
         return out
 
-    def _complete(self, write: _InFlight, now_ms: int) -> Reply:
+    def _complete(self, write: _InFlight, monotonic_ms: int) -> Reply:
         decision = write.decision
         if isinstance(decision, GroupDecision):
-            return Reply(write.request_id, self.shard.complete_group(decision, write.base_offset, now_ms), decision.error)
+            return Reply(write.request_id, self.shard.complete_group(decision, write.base_offset, monotonic_ms),
+                         decision.error)
         if decision.records:
             self.shard.complete_commit(decision, write.base_offset)
         return Reply(write.request_id, decision, decision.error)

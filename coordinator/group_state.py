@@ -24,14 +24,16 @@ How it works (the next-generation rebalance protocol of Kafka's KIP-848, server 
 Prepare / complete: `prepare_heartbeat`, `expire` and `prepare_delete` never mutate the
 state. They return a `GroupDecision` with the records to write to __consumer_offsets and the
 response to send once they are durable. The caller writes the records (acks=all), then calls
-`complete(decision, now_ms)`, which replays them: `replay(record)` is the only way durable
+`complete(decision, monotonic_ms)`, which replays them: `replay(record)` is the only way durable
 state changes, and loading a coordinator partition replays the same records. Decisions of
 one group must be completed in the order they were prepared, and a decision must be
 prepared after the previous one of the same group completed (the caller serializes per
 group; `complete` checks the group did not change in between).
 
-Volatile state (never written): session and revocation deadlines. After a load they
-restart at "now" (`on_loaded`), like Kafka.
+Volatile state (never written): session and revocation deadlines, on the coordinator's
+monotonic clock (`monotonic_ms` arguments: a step of the host's wall clock neither expires a
+live member nor keeps a dead one; docs/design.md, "Clocks"). After a load they restart at
+"now" (`on_loaded`), like Kafka.
 """
 
 from __future__ import annotations
@@ -454,8 +456,9 @@ class GroupStateMachine:
         if group.is_empty_of_records():
             del self.groups[gid]
 
-    def complete(self, decision: GroupDecision, now_ms: int) -> HeartbeatResponse | None:
-        """Apply a decision whose records are durable; returns the response to send."""
+    def complete(self, decision: GroupDecision, monotonic_ms: int) -> HeartbeatResponse | None:
+        """Apply a decision whose records are durable; returns the response to send. The
+        heartbeating member's session restarts at `monotonic_ms` (never the wall clock)."""
         group = self.groups.get(decision.group_id)
         invariant(
             (group.version if group else -1) == decision.base_version or not decision.records,
@@ -466,24 +469,24 @@ class GroupStateMachine:
         group = self.groups.get(decision.group_id)
         mid = decision.heartbeat_member
         if group is not None and mid is not None and mid in group.members:
-            group.session_deadline_ms[mid] = now_ms + self.config.session_timeout_ms
-            self._update_revocation_deadline(group, mid, now_ms)
+            group.session_deadline_ms[mid] = monotonic_ms + self.config.session_timeout_ms
+            self._update_revocation_deadline(group, mid, monotonic_ms)
         return decision.response
 
-    def on_loaded(self, now_ms: int) -> None:
+    def on_loaded(self, monotonic_ms: int) -> None:
         """After loading a partition: every session and revocation timer restarts now."""
         for group in self.groups.values():
             for mid in group.members:
-                group.session_deadline_ms[mid] = now_ms + self.config.session_timeout_ms
+                group.session_deadline_ms[mid] = monotonic_ms + self.config.session_timeout_ms
                 group.revocation_deadline_ms.pop(mid, None)
-                self._update_revocation_deadline(group, mid, now_ms)
+                self._update_revocation_deadline(group, mid, monotonic_ms)
 
-    def _update_revocation_deadline(self, group: Group, mid: str, now_ms: int) -> None:
+    def _update_revocation_deadline(self, group: Group, mid: str, monotonic_ms: int) -> None:
         cur = group.current.get(mid)
         if cur is None or not cur.pending_revocation:
             group.revocation_deadline_ms.pop(mid, None)
         elif mid not in group.revocation_deadline_ms:
-            group.revocation_deadline_ms[mid] = now_ms + group.members[mid].rebalance_timeout_ms
+            group.revocation_deadline_ms[mid] = monotonic_ms + group.members[mid].rebalance_timeout_ms
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -707,26 +710,27 @@ class GroupStateMachine:
 
     # --- timeouts ---------------------------------------------------------------------------------
 
-    def expired_groups(self, now_ms: int) -> list[str]:
-        """Groups with a member whose session or revocation deadline passed. A member with
+    def expired_groups(self, monotonic_ms: int) -> list[str]:
+        """Groups with a member whose session or revocation deadline passed (deadlines and
+        `monotonic_ms` are on the coordinator's monotonic clock). A member with
         no timer yet (cannot happen after on_loaded/complete) gets one now."""
-        return [gid for gid in sorted(self.groups) if self._expired_members(self.groups[gid], now_ms)]
+        return [gid for gid in sorted(self.groups) if self._expired_members(self.groups[gid], monotonic_ms)]
 
-    def _expired_members(self, group: Group, now_ms: int) -> list[str]:
+    def _expired_members(self, group: Group, monotonic_ms: int) -> list[str]:
         expired = []
         for mid in sorted(group.members):
-            session = group.session_deadline_ms.setdefault(mid, now_ms + self.config.session_timeout_ms)
+            session = group.session_deadline_ms.setdefault(mid, monotonic_ms + self.config.session_timeout_ms)
             revocation = group.revocation_deadline_ms.get(mid)
-            if session <= now_ms or (revocation is not None and revocation <= now_ms):
+            if session <= monotonic_ms or (revocation is not None and revocation <= monotonic_ms):
                 expired.append(mid)
         return expired
 
-    def prepare_expire(self, group_id: str, now_ms: int, partition_counts: Mapping[str, int]) -> GroupDecision | None:
+    def prepare_expire(self, group_id: str, monotonic_ms: int, partition_counts: Mapping[str, int]) -> GroupDecision | None:
         """Remove the group's expired members (group epoch bumped, new target); None if
         nobody expired (any more). The shell queues this behind the group's in-flight
         decision like any request, and completes it after its records are durable."""
         group = self.groups.get(group_id)
-        expired = [] if group is None else self._expired_members(group, now_ms)
+        expired = [] if group is None else self._expired_members(group, monotonic_ms)
         if group is None or not expired:
             return None
         scratch = group.copy()
@@ -739,9 +743,9 @@ class GroupStateMachine:
             pass
         return GroupDecision(group_id, group.version, tuple(records), removed_members=tuple(expired))
 
-    def expire(self, now_ms: int, partition_counts: Mapping[str, int]) -> list[GroupDecision]:
+    def expire(self, monotonic_ms: int, partition_counts: Mapping[str, int]) -> list[GroupDecision]:
         """`prepare_expire` of every group in `expired_groups` (when nothing is in flight)."""
-        decisions = (self.prepare_expire(gid, now_ms, partition_counts) for gid in self.expired_groups(now_ms))
+        decisions = (self.prepare_expire(gid, monotonic_ms, partition_counts) for gid in self.expired_groups(monotonic_ms))
         return [d for d in decisions if d is not None]
 
     # --- admin ---------------------------------------------------------------------------------------

@@ -23,6 +23,10 @@ Theory of operation (one asyncio loop, like the rest of the broker):
 * **Timers.** Every `tick_ms` each loaded shard enqueues `prepare_expire` for groups with a
   member past its session or rebalance deadline; every OFFSETS_RETENTION_CHECK_INTERVAL_MS the
   offsets of empty groups older than the retention expire.
+* **Clocks** (`self.clock`, the replica manager's: the host's, or a test's fake). Session and
+  revocation deadlines, and the pacing of the timers, read the monotonic clock, so a step of the
+  wall clock neither expires a live member nor keeps a dead one; what is stored (commit
+  timestamps, batch timestamps) and offset retention read the wall clock, as Kafka's.
 * A request whose write does not commit within its deadline answers REQUEST_TIMED_OUT
   (outcome unknown; the write may still commit, and is then applied normally).
 """
@@ -39,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from semel import internal_topics, limits
-from semel.clock import wall_clock_ms
 from semel.cluster.broker import write_path
 from semel.cluster.broker.produce_validation import unset_fields
 from semel.cluster.broker.replica_manager import Partition, Role, WriteResult
@@ -97,6 +100,7 @@ class GroupCoordinator:
     def __init__(self, broker: CoordinatorHost, group_config: GroupConfig, offsets_config: OffsetsConfig | None = None,
                  tick_ms: int | None = None) -> None:
         self.b = broker
+        self.clock = broker.rm.clock  # wall: what is stored; monotonic: sessions and pacing
         self.group_config = group_config
         self.offsets_config = offsets_config or OffsetsConfig()
         self.tick_ms = tick_ms or max(20, min(1000, group_config.heartbeat_interval_ms // 2))
@@ -160,7 +164,7 @@ class GroupCoordinator:
             if not self._still_leader(p, leader_epoch):
                 return
             backend = self._view_backend(index)
-            start, end, hw, now = p.log_start_offset, p.log_end_offset, p.high_watermark, wall_clock_ms()
+            start, end, hw = p.log_start_offset, p.log_end_offset, p.high_watermark
             started = time.monotonic()
 
             def load() -> tuple[GroupView, CoordinatorShard]:  # on a disk thread: the view and the log
@@ -169,7 +173,7 @@ class GroupCoordinator:
                     log.warning("%s-%d: view at %d outside the log [%d, %d]; rebuilding", OFFSETS, index,
                                 view.next_offset, start, end)
                     view.clear()
-                return view, load_shard(view, _read_chunks(p, view.next_offset, hw), now, index,
+                return view, load_shard(view, _read_chunks(p, view.next_offset, hw), self.clock.monotonic_ms(), index,
                                         self.group_config, self.offsets_config)
 
             # One key per partition: a cancelled load still running ends before the next one starts.
@@ -178,7 +182,7 @@ class GroupCoordinator:
                 return
             self._report_corrupt(index, shard)
             loaded = _Loaded(p, leader_epoch, PartitionRuntime(shard), view, shard.next_offset,
-                             last_retention_ms=wall_clock_ms())
+                             last_retention_ms=self.clock.monotonic_ms())
             self.loaded[index] = loaded
             loaded.task = asyncio.get_running_loop().create_task(self._tail(loaded), name=f"group-tail-{index}")
             log.info("%s-%d: coordinator loaded at epoch %d (%d groups, up to offset %d, %.0f ms)", OFFSETS, index,
@@ -242,7 +246,8 @@ class GroupCoordinator:
             for h, payload in batches:
                 loaded.view.apply_batch(h, payload)
             loaded.cursor = batches[-1][0].next_offset
-            self._dispatch(loaded, loaded.runtime.on_committed(batches, wall_clock_ms()))
+            self._dispatch(loaded, loaded.runtime.on_committed(batches, self.clock.wall_clock_ms(),
+                                                               self.clock.monotonic_ms()))
             self._report_corrupt(p.partition, loaded.runtime.shard)
 
     def _report_corrupt(self, index: int, shard: CoordinatorShard) -> None:
@@ -274,7 +279,8 @@ class GroupCoordinator:
         self._next_request += 1
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
-        self._dispatch(loaded, loaded.runtime.submit(rid, group_id, prepare, wall_clock_ms()))
+        self._dispatch(loaded, loaded.runtime.submit(rid, group_id, prepare, self.clock.wall_clock_ms(),
+                                                     self.clock.monotonic_ms()))
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout_ms / 1000)
         except asyncio.TimeoutError:
@@ -286,7 +292,8 @@ class GroupCoordinator:
         rid = self._next_request
         self._next_request += 1
         self._internal[rid] = done
-        self._dispatch(loaded, loaded.runtime.submit(rid, group_id, prepare, wall_clock_ms()))
+        self._dispatch(loaded, loaded.runtime.submit(rid, group_id, prepare, self.clock.wall_clock_ms(),
+                                                     self.clock.monotonic_ms()))
 
     def _dispatch(self, loaded: _Loaded, outputs: list[Any]) -> None:
         queue = list(outputs)
@@ -304,9 +311,9 @@ class GroupCoordinator:
 
     def _append(self, loaded: _Loaded, append: Append) -> list[Any]:
         p = loaded.partition
-        now = wall_clock_ms()
+        now, monotonic = self.clock.wall_clock_ms(), self.clock.monotonic_ms()
         if self.loaded.get(p.partition) is not loaded or not self._still_leader(p, loaded.leader_epoch):
-            return loaded.runtime.on_append_failed(append.token, pb.NOT_COORDINATOR, now)
+            return loaded.runtime.on_append_failed(append.token, pb.NOT_COORDINATOR, now, monotonic)
 
         def write() -> WriteResult:
             verification = self.txn_checks.pop((append.producer_id, append.producer_epoch), None)
@@ -321,7 +328,8 @@ class GroupCoordinator:
         # min ISR checked first, so a refused write wrote nothing; the tail sees the commit
         result = write_path.append_unwaited(p, write, write_path.GROUP_LOG)
         if result.error_code != pb.NONE or result.duplicate:
-            return loaded.runtime.on_append_failed(append.token, result.error_code or pb.REQUEST_TIMED_OUT, now)
+            return loaded.runtime.on_append_failed(append.token, result.error_code or pb.REQUEST_TIMED_OUT, now,
+                                                   monotonic)
         loaded.runtime.on_appended(append.token, result.base_offset)
         return []
 
@@ -329,24 +337,30 @@ class GroupCoordinator:
     async def _timer_loop(self) -> None:
         while True:
             await asyncio.sleep(self.tick_ms / 1000)
-            now = wall_clock_ms()
-            for loaded in list(self.loaded.values()):
-                try:
-                    self._expire_members(loaded, now)
-                    if now - loaded.last_retention_ms >= limits.OFFSETS_RETENTION_CHECK_INTERVAL_MS:
-                        loaded.last_retention_ms = now
-                        self._expire_offsets(loaded, now)
-                except Exception:
-                    log.exception("%s-%d: group timers failed", OFFSETS, loaded.partition.partition)
+            self.tick()
 
-    def _expire_members(self, loaded: _Loaded, now: int) -> None:
-        for gid in loaded.runtime.shard.groups.expired_groups(now):
+    def tick(self) -> None:
+        """One round of the timers: expired members (monotonic deadlines), and, paced on the
+        monotonic clock, offset retention (by the wall clock, against commit timestamps)."""
+        monotonic = self.clock.monotonic_ms()
+        for loaded in list(self.loaded.values()):
+            try:
+                self._expire_members(loaded, monotonic)
+                if monotonic - loaded.last_retention_ms >= limits.OFFSETS_RETENTION_CHECK_INTERVAL_MS:
+                    loaded.last_retention_ms = monotonic
+                    self._expire_offsets(loaded, self.clock.wall_clock_ms())
+            except Exception:
+                log.exception("%s-%d: group timers failed", OFFSETS, loaded.partition.partition)
+
+    def _expire_members(self, loaded: _Loaded, monotonic_ms: int) -> None:
+        for gid in loaded.runtime.shard.groups.expired_groups(monotonic_ms):
             if gid in loaded.expiring:
                 continue
             loaded.expiring.add(gid)
 
             def prepare(shard: CoordinatorShard, at_ms: int, gid: str = gid) -> GroupDecision:
-                decision = shard.groups.prepare_expire(gid, at_ms, self.partition_counts())
+                del at_ms  # the wall clock: deadlines are monotonic
+                decision = shard.groups.prepare_expire(gid, self.clock.monotonic_ms(), self.partition_counts())
                 if decision is not None:
                     log.info("group %s: removing expired members %s", gid, list(decision.removed_members))
                 return decision or GroupDecision(gid, -1, ())

@@ -17,7 +17,9 @@ ConsumerGroupHeartbeat refuses to join a group with classic members
 commit, which its coordinator accepts because the group has no Semel members.
 
 Join and sync answers wait on futures keyed by the core's tokens; a timer task runs the
-core's `tick` (sessions, rebalance deadlines) every `TICK_MS`.
+core's `tick` (sessions, rebalance deadlines) every `TICK_MS`. Every time the core sees is
+the broker's monotonic clock (`ClassicGroupHost.now_ms`): its deadlines are all volatile, and a
+step of the wall clock must neither expire a live member nor keep a dead one.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Callable, Awaitable
 
 from kio.schema.errors import ErrorCode as K
 from semel import limits
-from semel.clock import wall_clock_ms
 from semel.cluster.kafka import codec
 from semel.cluster.kafka.errors import to_kafka
 from semel.coordinator import classic_group as cg
@@ -62,6 +63,10 @@ class ClassicGroupHost:
         groups = self.b.groups
         assert groups is not None, "a broker with a Kafka listener runs a group coordinator"
         return groups
+
+    def now_ms(self) -> int:
+        """The core's time: the broker's monotonic clock (never the wall clock)."""
+        return int(self.b.clock.monotonic_ms())
 
     def close(self) -> None:
         if self._timer is not None:
@@ -114,7 +119,7 @@ class ClassicGroupHost:
         while True:
             await asyncio.sleep(TICK_MS / 1000)
             try:
-                self.tick(wall_clock_ms())
+                self.tick(self.now_ms())
             except Exception:
                 log.exception("classic group timers failed")
 
@@ -154,7 +159,7 @@ async def join_group(apis: KafkaApis, req: codec.Request) -> dict[str, Any]:
         group_instance_id=getattr(body, "group_instance_id", None))
     new_member_id = f"{(req.client_id or 'member')[:32]}-{uuid.uuid4()}"
     wait_ms = min(max(rebalance_ms, session_ms), limits.MAX_GROUP_REBALANCE_TIMEOUT_MS) + ANSWER_GRACE_MS
-    result = await host.wait(lambda token: host.core.join(token, join, new_member_id, wall_clock_ms()), wait_ms)
+    result = await host.wait(lambda token: host.core.join(token, join, new_member_id, host.now_ms()), wait_ms)
     if not isinstance(result, cg.JoinResult):
         result = cg.JoinResult(cg.REBALANCE_IN_PROGRESS, member_id=body.member_id)
     return _join_answer(req, result)
@@ -184,7 +189,7 @@ async def sync_group(apis: KafkaApis, req: codec.Request) -> dict[str, Any]:
     group = host.core.group(body.group_id)
     member = group.members.get(body.member_id) if group is not None else None
     wait_ms = (member.rebalance_timeout_ms if member is not None else 0) + ANSWER_GRACE_MS
-    result = await host.wait(lambda token: host.core.sync(token, sync, wall_clock_ms()), wait_ms)
+    result = await host.wait(lambda token: host.core.sync(token, sync, host.now_ms()), wait_ms)
     if not isinstance(result, cg.SyncResult):
         result = cg.SyncResult(cg.REBALANCE_IN_PROGRESS)
     return _sync_answer(result)
@@ -201,7 +206,7 @@ async def heartbeat(apis: KafkaApis, req: codec.Request) -> dict[str, Any]:
     host = _host(apis)
     loaded, error = host.route(body.group_id)
     if loaded is not None:
-        error = K(host.core.heartbeat(body.group_id, body.member_id, body.generation_id, wall_clock_ms()))
+        error = K(host.core.heartbeat(body.group_id, body.member_id, body.generation_id, host.now_ms()))
     return {"throttle_time": 0, "error_code": error}
 
 
@@ -215,7 +220,7 @@ async def leave_group(apis: KafkaApis, req: codec.Request) -> dict[str, Any]:
     loaded, error = host.route(body.group_id)
     errors = [error] * len(ids)
     if loaded is not None:
-        codes, replies = host.core.leave(body.group_id, [mid for mid, _ in ids], wall_clock_ms())
+        codes, replies = host.core.leave(body.group_id, [mid for mid, _ in ids], host.now_ms())
         host._deliver(replies)
         errors = [K(c) for c in codes]
     top = errors[0] if req.api_version < 3 and errors else (error if loaded is None else K.none)
@@ -234,7 +239,7 @@ def commit_verdict(apis: KafkaApis, group_id: str, member_id: str, generation: i
         return None
     if generation < 0 and host.member_count(group_id) == 0:
         return None
-    return K(host.core.check_commit(group_id, member_id, generation, wall_clock_ms()))
+    return K(host.core.check_commit(group_id, member_id, generation, host.now_ms()))
 
 
 HANDLERS: dict[int, Callable[[KafkaApis, codec.Request], Awaitable[dict[str, Any] | None]]] = {

@@ -35,3 +35,9 @@ async def run_ready(steps: int = READY_STEPS_MAX) -> None:
     to run until it waits again. A test asserts afterwards what an event (not time) caused."""
     for _ in range(steps):
         await asyncio.sleep(0)
+
+
+def step_wall(clock: FakeClock, ms: int) -> None:
+    """Step only the wall clock, forward or back, as NTP or an operator would: the monotonic
+    clock does not move."""
+    clock._wall_clock_ms += ms

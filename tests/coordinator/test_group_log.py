@@ -156,7 +156,7 @@ def test_load_equals_live_state_for_every_view_position(driver, seed):
     for upto in boundaries[:: max(1, len(boundaries) // 15)] + [boundaries[-1]]:
         view = build_view(d.log, upto)
         assert view.next_offset == upto
-        loaded = load_shard(view, [d.log.read_from(upto)], now_ms=0, partition=0, group_config=d.shard.groups.config)
+        loaded = load_shard(view, [d.log.read_from(upto)], monotonic_ms=0, partition=0, group_config=d.shard.groups.config)
         assert loaded.dump() == live, f"seed={seed} view at {upto}"
         assert view.next_offset == d.log.log_end_offset  # the replay also caught the view up
         assert loaded.next_offset == d.log.log_end_offset
@@ -183,7 +183,7 @@ def test_pending_offsets_in_the_view_resolve_on_replayed_marker(driver):
 def test_loaded_members_get_fresh_sessions_and_expire(driver):
     d = driver()
     a = d.join("g")
-    loaded = load_shard(GroupView(MemoryViewBackend(), 0), [d.log.read_from(0)], now_ms=5000, partition=0,
+    loaded = load_shard(GroupView(MemoryViewBackend(), 0), [d.log.read_from(0)], monotonic_ms=5000, partition=0,
                         group_config=d.shard.groups.config)
     assert loaded.groups.member("g", a.member_id).member_epoch == a.member_epoch
     assert loaded.groups.expire(5999, d.counts) == []
@@ -328,7 +328,7 @@ def test_undecodable_batches_in_a_real_log_are_skipped_and_reported_never_wedgin
                         garbage(b"\xff\xff", control=True), build_batch(good[1:], 0)):
             log.append(with_offsets(encoded, log.log_end_offset, 0), 0)
         view = GroupView(MemoryViewBackend(), 0)
-        shard = load_shard(view, [log.read(0, 1 << 20, log.log_end_offset).data], now_ms=0, partition=0)
+        shard = load_shard(view, [log.read(0, 1 << 20, log.log_end_offset).data], monotonic_ms=0, partition=0)
         assert shard.offsets.committed_offsets("g").keys() == {TopicPartition("t", 0), TopicPartition("t", 1)}
         assert shard.next_offset == view.next_offset == log.log_end_offset  # loaded past them
         skipped = shard.take_corrupt()

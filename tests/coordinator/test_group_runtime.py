@@ -48,7 +48,7 @@ class Shell:
 
     def submit(self, group, prepare) -> int:
         self._rid += 1
-        self.handle(self.rt.submit(self._rid, group, prepare, 0))
+        self.handle(self.rt.submit(self._rid, group, prepare, 0, 0))
         return self._rid
 
     def heartbeat(self, group, member_id, epoch, **kw) -> int:
@@ -65,7 +65,7 @@ class Shell:
     def commit_all(self) -> None:
         batches = [hp for b in self.log[self.hw_index:] for hp in iter_batches(b)]
         self.hw_index = len(self.log)
-        self.handle(self.rt.on_committed(batches, 0))
+        self.handle(self.rt.on_committed(batches, 0, 0))
 
 
 def _count(encoded: bytes) -> int:
@@ -107,11 +107,11 @@ def test_groups_proceed_in_parallel_and_reads_do_not_wait():
 def test_failed_append_answers_and_unblocks_the_group():
     sh = Shell()
     outputs = sh.rt.submit(1000, "g", lambda shard, now: shard.groups.prepare_heartbeat(
-        HeartbeatRequest("g", "", 0, ("t",), owned=frozenset()), now, COUNTS, "m1"), 0)
+        HeartbeatRequest("g", "", 0, ("t",), owned=frozenset()), now, COUNTS, "m1"), 0, 0)
     (append,) = outputs
     queued = sh.join("g")
     assert queued not in sh.replies and not sh.log
-    sh.handle(sh.rt.on_append_failed(append.token, E.NOT_ENOUGH_REPLICAS, 0))
+    sh.handle(sh.rt.on_append_failed(append.token, E.NOT_ENOUGH_REPLICAS, 0, 0))
     assert sh.replies[1000].error == E.NOT_ENOUGH_REPLICAS
     assert len(sh.log) == 1  # the queued join went ahead
     sh.commit_all()
