@@ -5,12 +5,19 @@ early when its coordinator's wall clock jumps 10 minutes forward, and the abort 
 after a step back (it used to be paced on the wall clock); time-based retention deletes nothing
 early when the leader's wall clock jumps 2 hours forward past a topic's 1-hour retention; an
 idempotent producer's state is not expired when the leader's wall clock jumps 25 hours forward
-past the 24-hour producer expiry (its retried batches would no longer be deduplicated)."""
+past the 24-hour producer expiry (its retried batches would no longer be deduplicated); a
+stable consumer group (a Kafka classic group of confluent-kafka and a Semel group member) does
+not rebalance when its coordinator's wall clock jumps 10 minutes forward or back."""
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import pytest
+from confluent_kafka import Consumer as CKConsumer
 from semel import clock
+from semel.client.group import Consumer
 from semel.v1 import broker_pb2, txn_pb2
 from semel.v1.common_pb2 import ErrorCode
 
@@ -27,7 +34,7 @@ def cluster(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv(clock.TEST_OFFSET_ENV, "1")  # the brokers inherit it
     c = h.Cluster(tmp_path_factory.mktemp("clock"), 1, internal_partitions=1, txn_abort_scan_interval_ms=200,
-                  retention_check_interval_ms=200)
+                  retention_check_interval_ms=200, kafka_listen=f"127.0.0.1:{h.free_ports(1)[0]}")
     try:
         c.start_all()
         yield c
@@ -133,3 +140,53 @@ def test_a_forward_step_does_not_expire_producer_state(cluster):
     assert pid in [x.producer_id for x in producers.producers], "a 25-hour forward step expired a producer"
     nxt = h.make_batch([b"twice"], producer_id=pid, producer_epoch=0, base_sequence=1)
     assert h.produce(c.broker_stub(1), "idem", 0, nxt).error_code == ErrorCode.NONE, "its sequence goes on"
+
+
+def test_a_stable_group_does_not_rebalance_when_its_coordinator_clock_steps(cluster):
+    """Sessions of 10 s (Kafka) and the broker's default (Semel), heartbeats every 0.5 s: a
+    wall-clock session deadline would expire every member at the first timer tick after a
+    10-minute forward step (a rebalance: new assignment callbacks, a new member epoch)."""
+    c = cluster
+    step(c, 0)
+    r = c.create_topic("grouped", partitions=2, rf=1)
+    assert r.error_code == ErrorCode.NONE, r
+    c.serving_leader_of("grouped", 0)
+    bootstrap = str(c.flags["kafka_listen"])
+    events: list[str] = []
+    kafka = CKConsumer({"bootstrap.servers": bootstrap, "group.id": f"k-{uuid.uuid4().hex[:8]}",
+                        "session.timeout.ms": 10_000, "heartbeat.interval.ms": 500, "auto.offset.reset": "earliest"})
+    kafka.subscribe(["grouped"], on_assign=lambda _c, ps: events.append(f"assign {sorted(p.partition for p in ps)}"),
+                    on_revoke=lambda _c, ps: events.append("revoke"), on_lost=lambda _c, ps: events.append("lost"))
+    semel = Consumer(c.brokers[1].address, group_id=f"s-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest")
+    semel_events: list[str] = []
+    semel.subscribe(["grouped"], on_assigned=lambda ps: semel_events.append(f"assign {sorted(ps)}"),
+                    on_revoked=lambda ps: semel_events.append("revoke"), on_lost=lambda ps: semel_events.append("lost"))
+
+    def poll_both(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            kafka.poll(0.1)
+            semel.poll(100)
+
+    try:
+        deadline = time.monotonic() + 120
+        while not (events and semel.assignment()):
+            assert time.monotonic() < deadline, f"the groups did not form: {events} {semel_events}"
+            poll_both(0.2)
+        poll_both(2.0)  # settled: every member heartbeats in its generation
+        assert events == ["assign [0, 1]"], events
+        epoch = semel.group_metadata().member_epoch
+        before = list(semel_events)
+        for offset in (+JUMP_MS, -JUMP_MS):
+            step(c, offset)
+            # The broker polls its offset every 100 ms and the group timers tick every 200 ms
+            # or less: 4 s after the broker logged the step, an expiry by the stepped wall clock
+            # has long happened (and a member heartbeating every 0.5 s has been told).
+            poll_both(4.0)
+            assert events == ["assign [0, 1]"], f"the Kafka group rebalanced after a {offset:+d} ms step: {events}"
+            assert semel_events == before and semel.group_metadata().member_epoch == epoch, (
+                f"the Semel group rebalanced after a {offset:+d} ms step: {semel_events}")
+    finally:
+        kafka.close()
+        semel.close()
+        step(c, 0)
