@@ -21,6 +21,19 @@ How it works (Kafka's GroupCoordinator for "classic" groups, client-side assignm
 * A member that neither heartbeats nor waits in a JoinGroup/SyncGroup for its session
   timeout is removed. OffsetCommit from a member is checked with `check_commit` (generation
   and member id, as Kafka does).
+* Static membership (KIP-345, `group_instance_id`): a group maps each instance id to the
+  member id that holds it (`Group.static`). A static member joins without MEMBER_ID_REQUIRED.
+  When an instance id that is already held joins again with no member id (the process
+  restarted within its session timeout), the old member is replaced in place: a new member id
+  takes over its assignment, protocols, leadership and place in the generation, and any
+  JoinGroup/SyncGroup the old incarnation has waiting is answered FENCED_INSTANCE_ID. In a
+  STABLE group whose selected protocol does not change this is answered at once with the
+  current generation and *no rebalance* (the leader id answered is the one before the
+  replacement, so a replaced leader does not run an assignment the stable group would not
+  hand out; Kafka does the same); otherwise the group rebalances. Every request that names
+  an instance id (SyncGroup, Heartbeat, LeaveGroup, OffsetCommit) must name the member id that
+  holds it: another is FENCED_INSTANCE_ID (a duplicate or zombie instance), an unknown instance
+  id UNKNOWN_MEMBER_ID. LeaveGroup may name only the instance id (admin removal).
 
 Join and sync answers can be delayed: `join` and `sync` take a `token` (the caller's handle
 for the request) and every method returns the `Reply`s that are now due, for any token.
@@ -60,6 +73,7 @@ INVALID_REQUEST = 42
 GROUP_ID_NOT_FOUND = 69
 MEMBER_ID_REQUIRED = 79
 GROUP_MAX_SIZE_REACHED = 81
+FENCED_INSTANCE_ID = 82
 
 
 class State(enum.Enum):
@@ -126,6 +140,7 @@ class JoinResult:
     protocol_name: str | None = None
     leader: str = ""
     members: tuple[tuple[str, bytes], ...] = ()     # the leader's answer only: (member id, metadata)
+    instance_ids: tuple[tuple[str, str], ...] = ()  # with `members`: (member id, group instance id) of static ones
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -154,6 +169,7 @@ class Member:
     assignment: bytes = b""
     join_token: int | None = None     # a JoinGroup waiting for the rebalance to complete
     sync_token: int | None = None     # a SyncGroup waiting for the leader's assignments
+    group_instance_id: str | None = None  # a static member's (KIP-345)
 
     def metadata(self, protocol: str) -> bytes:
         return next(m for name, m in self.protocols if name == protocol)
@@ -171,6 +187,7 @@ class Group:
     expected: dict[str, int] = dataclasses.field(default_factory=dict)   # MEMBER_ID_REQUIRED given: id -> deadline
     deadline_ms: int = 0              # of PREPARING_REBALANCE (join) or COMPLETING_REBALANCE (sync)
     synced: set[str] = dataclasses.field(default_factory=set)          # sent SyncGroup this generation
+    static: dict[str, str] = dataclasses.field(default_factory=dict)   # group instance id -> member id
 
     def transition(self, to: State) -> None:
         invariant(to in _ALLOWED[self.state], f"group {self.group_id!r}: {self.state.name} -> {to.name} is not allowed")
@@ -211,6 +228,10 @@ class ClassicGroups:
             for m in g.members.values():
                 invariant(m.join_token is None or g.state == State.PREPARING_REBALANCE, f"{g.group_id}: join waits only while preparing")
                 invariant(m.sync_token is None or g.state == State.COMPLETING_REBALANCE, f"{g.group_id}: sync waits only while completing")
+                invariant(m.group_instance_id is None or g.static.get(m.group_instance_id) == m.member_id,
+                          f"{g.group_id}: {m.member_id} holds its instance id")
+            invariant(all(g.members.get(mid) is not None and g.members[mid].group_instance_id == iid
+                          for iid, mid in g.static.items()), f"{g.group_id}: every instance id is held by its member")
 
     # --- JoinGroup ---------------------------------------------------------------------------------
     def join(self, token: int, req: JoinRequest, new_member_id: str, now_ms: int) -> list[Reply]:
@@ -228,6 +249,10 @@ class ClassicGroups:
         if g.members and (req.protocol_type != g.protocol_type
                           or not g.candidates() & {n for n, _ in req.protocols}):
             replies.append(Reply(token, JoinResult(INCONSISTENT_GROUP_PROTOCOL, member_id=req.member_id)))
+        elif req.group_instance_id is not None and not req.member_id and req.group_instance_id in g.static:
+            self._replace_static(g, token, req, new_member_id, now_ms, replies)
+        elif (static_error := _check_static(g, req.member_id, req.group_instance_id)) != NONE and req.member_id:
+            replies.append(Reply(token, JoinResult(static_error, member_id=req.member_id)))
         elif not req.member_id or req.member_id in g.expected:
             self._join_new(g, token, req, req.member_id or new_member_id, now_ms, replies)
         elif req.member_id not in g.members:
@@ -241,8 +266,8 @@ class ClassicGroups:
         c = self.config
         if not req.group_id:
             return INVALID_GROUP_ID
-        if req.group_instance_id is not None:
-            return INVALID_REQUEST  # static membership (KIP-345) is not served
+        if req.group_instance_id is not None and not 0 < len(req.group_instance_id.encode()) <= limits.MAX_MEMBER_ID_BYTES:
+            return INVALID_REQUEST
         if not c.min_session_timeout_ms <= req.session_timeout_ms <= c.max_session_timeout_ms:
             return INVALID_SESSION_TIMEOUT
         if not req.protocol_type or not req.protocols or len(req.protocols) > c.max_protocols_per_member:
@@ -257,7 +282,7 @@ class ClassicGroups:
         if not expected and len(g.members) + len(g.expected) >= self.config.max_members_per_group:
             replies.append(Reply(token, JoinResult(GROUP_MAX_SIZE_REACHED)))
             return
-        if req.require_known_member_id and not expected:
+        if req.require_known_member_id and not expected and req.group_instance_id is None:
             g.expected[member_id] = now_ms + req.session_timeout_ms
             replies.append(Reply(token, JoinResult(MEMBER_ID_REQUIRED, member_id=member_id)))
             return
@@ -266,7 +291,10 @@ class ClassicGroups:
             member_id=member_id, client_id=req.client_id, client_host=req.client_host,
             session_timeout_ms=req.session_timeout_ms,
             rebalance_timeout_ms=min(rebalance_ms, self.config.max_rebalance_timeout_ms),
-            protocols=req.protocols, session_deadline_ms=now_ms + req.session_timeout_ms, join_token=token)
+            protocols=req.protocols, session_deadline_ms=now_ms + req.session_timeout_ms, join_token=token,
+            group_instance_id=req.group_instance_id)
+        if req.group_instance_id is not None:
+            g.static[req.group_instance_id] = member_id
         if g.protocol_type is None:
             g.protocol_type = req.protocol_type
         self._prepare_rebalance(g, now_ms, replies)
@@ -289,18 +317,58 @@ class ClassicGroups:
         else:  # the JoinGroup answer was lost: the same generation again
             replies.append(Reply(token, self._join_result(g, m)))
 
+    def _replace_static(self, g: Group, token: int, req: JoinRequest, new_member_id: str, now_ms: int,
+                        replies: list[Reply]) -> None:
+        """A known instance id joins with no member id: its new incarnation takes the old
+        member's place (see the module docstring); the old one is fenced."""
+        instance = not_none_instance(req.group_instance_id)
+        old_id = g.static[instance]
+        m = g.members.pop(old_id)
+        if m.join_token is not None:
+            replies.append(Reply(m.join_token, JoinResult(FENCED_INSTANCE_ID, member_id=old_id)))
+        if m.sync_token is not None:
+            replies.append(Reply(m.sync_token, SyncResult(FENCED_INSTANCE_ID)))
+        m.join_token = m.sync_token = None
+        leader_before = g.leader
+        m.member_id = new_member_id
+        g.members[new_member_id] = m
+        g.static[instance] = new_member_id
+        if old_id in g.synced:
+            g.synced.discard(old_id)
+            g.synced.add(new_member_id)
+        if g.leader == old_id:
+            g.leader = new_member_id
+        rebalance_ms = req.rebalance_timeout_ms if req.rebalance_timeout_ms > 0 else req.session_timeout_ms
+        m.client_id, m.client_host, m.protocols = req.client_id, req.client_host, req.protocols
+        m.session_timeout_ms = req.session_timeout_ms
+        m.rebalance_timeout_ms = min(rebalance_ms, self.config.max_rebalance_timeout_ms)
+        m.session_deadline_ms = now_ms + m.session_timeout_ms
+        if g.state == State.STABLE and _vote(g.members.values(), g.candidates()) == g.protocol_name:
+            replies.append(Reply(token, JoinResult(
+                NONE, member_id=new_member_id, generation=g.generation, protocol_type=g.protocol_type,
+                protocol_name=g.protocol_name, leader=leader_before or "")))
+            return
+        m.join_token = token
+        self._prepare_rebalance(g, now_ms, replies)
+        self._try_complete_join(g, now_ms, replies)
+
     def _join_result(self, g: Group, m: Member) -> JoinResult:
         members: tuple[tuple[str, bytes], ...] = ()
+        instance_ids: tuple[tuple[str, str], ...] = ()
         proto = g.protocol_name
         if m.member_id == g.leader and proto is not None:
             members = tuple((x.member_id, x.metadata(proto)) for x in g.members.values())
+            instance_ids = tuple((x.member_id, x.group_instance_id) for x in g.members.values()
+                                 if x.group_instance_id is not None)
         return JoinResult(NONE, member_id=m.member_id, generation=g.generation, protocol_type=g.protocol_type,
-                          protocol_name=proto, leader=g.leader or "", members=members)
+                          protocol_name=proto, leader=g.leader or "", members=members, instance_ids=instance_ids)
 
     # --- SyncGroup ---------------------------------------------------------------------------------
     def sync(self, token: int, req: SyncRequest, now_ms: int) -> list[Reply]:
         g = self.groups.get(req.group_id)
         m = g.members.get(req.member_id) if g is not None else None
+        if g is not None and (static_error := _check_static(g, req.member_id, req.group_instance_id)) != NONE:
+            return [Reply(token, SyncResult(static_error))]
         if g is None or m is None:
             return [Reply(token, SyncResult(UNKNOWN_MEMBER_ID))]
         if req.generation != g.generation:
@@ -336,8 +404,11 @@ class ClassicGroups:
         return SyncResult(NONE, protocol_type=g.protocol_type, protocol_name=g.protocol_name, assignment=m.assignment)
 
     # --- Heartbeat, LeaveGroup, OffsetCommit checks ------------------------------------------------
-    def heartbeat(self, group_id: str, member_id: str, generation: int, now_ms: int) -> int:
+    def heartbeat(self, group_id: str, member_id: str, generation: int, now_ms: int,
+                  group_instance_id: str | None = None) -> int:
         g = self.groups.get(group_id)
+        if g is not None and (static_error := _check_static(g, member_id, group_instance_id)) != NONE:
+            return static_error
         m = g.members.get(member_id) if g is not None else None
         if g is None or m is None:
             return UNKNOWN_MEMBER_ID
@@ -346,15 +417,25 @@ class ClassicGroups:
         m.session_deadline_ms = now_ms + m.session_timeout_ms
         return REBALANCE_IN_PROGRESS if g.state == State.PREPARING_REBALANCE else NONE
 
-    def leave(self, group_id: str, member_ids: Sequence[str], now_ms: int) -> tuple[list[int], list[Reply]]:
-        """One error per member id, and the replies now due (a rebalance may complete)."""
+    def leave(self, group_id: str, member_ids: Sequence[str], now_ms: int,
+              instance_ids: Sequence[str | None] = ()) -> tuple[list[int], list[Reply]]:
+        """One error per member id, and the replies now due (a rebalance may complete).
+        `instance_ids` (LeaveGroup v3+, aligned with `member_ids`; missing ones are None): a
+        static member leaves by its instance id alone (member id "") or by both, which must
+        match (FENCED_INSTANCE_ID)."""
         g = self.groups.get(group_id)
         replies: list[Reply] = []
         errors: list[int] = []
         if g is None:
             return [UNKNOWN_MEMBER_ID] * len(member_ids), replies
         removed = False
-        for mid in member_ids:
+        for i, mid in enumerate(member_ids):
+            iid = instance_ids[i] if i < len(instance_ids) else None
+            if not mid and iid is not None:
+                mid = g.static.get(iid, "")
+            elif (static_error := _check_static(g, mid, iid)) != NONE:
+                errors.append(static_error)
+                continue
             if mid in g.members:
                 self._remove_member(g, mid, replies)
                 removed = True
@@ -370,12 +451,16 @@ class ClassicGroups:
         self._forget_if_unused(g)
         return errors, replies
 
-    def check_commit(self, group_id: str, member_id: str, generation: int, now_ms: int) -> int:
+    def check_commit(self, group_id: str, member_id: str, generation: int, now_ms: int,
+                     group_instance_id: str | None = None) -> int:
         """Kafka's rule for OffsetCommit: a simple commit (generation < 0) only while the group
-        has no members; otherwise a member of the current generation, not mid-rebalance."""
+        has no members; otherwise a member of the current generation, not mid-rebalance (and a
+        static member's instance id held by that member id)."""
         g = self.groups.get(group_id)
         if g is None or not g.members:
-            return NONE if generation < 0 else ILLEGAL_GENERATION
+            return NONE if generation < 0 and group_instance_id is None else ILLEGAL_GENERATION
+        if (static_error := _check_static(g, member_id, group_instance_id)) != NONE:
+            return static_error
         m = g.members.get(member_id)
         if m is None:
             return UNKNOWN_MEMBER_ID
@@ -424,6 +509,8 @@ class ClassicGroups:
     def _remove_member(self, g: Group, member_id: str, replies: list[Reply]) -> None:
         m = g.members.pop(member_id)
         g.synced.discard(member_id)
+        if m.group_instance_id is not None and g.static.get(m.group_instance_id) == member_id:
+            del g.static[m.group_instance_id]
         if m.join_token is not None:
             replies.append(Reply(m.join_token, JoinResult(UNKNOWN_MEMBER_ID, member_id=member_id)))
         if m.sync_token is not None:
@@ -471,6 +558,23 @@ class ClassicGroups:
     def _forget_if_unused(self, g: Group) -> None:
         if g.state == State.EMPTY and not g.expected and self.groups.get(g.group_id) is g:
             del self.groups[g.group_id]
+
+
+def _check_static(g: Group, member_id: str, group_instance_id: str | None) -> int:
+    """Kafka's `validateCurrentMember` for the instance id part: a request naming an instance
+    id must come from the member id that holds it."""
+    if group_instance_id is None:
+        return NONE
+    holder = g.static.get(group_instance_id)
+    if holder is None:
+        return UNKNOWN_MEMBER_ID
+    return NONE if holder == member_id else FENCED_INSTANCE_ID
+
+
+def not_none_instance(instance_id: str | None) -> str:
+    invariant(instance_id is not None, "a static member has an instance id")
+    assert instance_id is not None
+    return instance_id
 
 
 def not_none_token(token: int | None) -> int:

@@ -78,7 +78,7 @@ async def _describe_group(apis: KafkaApis, group_id: str) -> dict[str, Any]:
         proto = classic.protocol_name
         out.update(group_state=classic.state.value, protocol_type=classic.protocol_type or CONSUMER,
                    protocol_data=proto or "", members=[
-                       {"member_id": m.member_id, "group_instance_id": None, "client_id": m.client_id,
+                       {"member_id": m.member_id, "group_instance_id": m.group_instance_id, "client_id": m.client_id,
                         "client_host": m.client_host,
                         "member_metadata": m.metadata(proto) if proto and classic.state != cg.State.PREPARING_REBALANCE else b"",
                         "member_assignment": m.assignment if classic.state == cg.State.STABLE else b""}

@@ -171,7 +171,8 @@ def _join_answer(req: codec.Request, r: cg.JoinResult) -> dict[str, Any]:
             "protocol_type": r.protocol_type,
             "protocol_name": r.protocol_name if flexible_names else (r.protocol_name or ""),
             "leader": r.leader, "skip_assignment": False, "member_id": r.member_id,
-            "members": [{"member_id": mid, "group_instance_id": None, "metadata": meta} for mid, meta in r.members]}
+            "members": [{"member_id": mid, "group_instance_id": dict(r.instance_ids).get(mid), "metadata": meta}
+                        for mid, meta in r.members]}
 
 
 # --- SyncGroup -----------------------------------------------------------------------------------
@@ -206,7 +207,8 @@ async def heartbeat(apis: KafkaApis, req: codec.Request) -> dict[str, Any]:
     host = _host(apis)
     loaded, error = host.route(body.group_id)
     if loaded is not None:
-        error = K(host.core.heartbeat(body.group_id, body.member_id, body.generation_id, host.now_ms()))
+        error = K(host.core.heartbeat(body.group_id, body.member_id, body.generation_id, host.now_ms(),
+                                      getattr(body, "group_instance_id", None)))
     return {"throttle_time": 0, "error_code": error}
 
 
@@ -220,7 +222,7 @@ async def leave_group(apis: KafkaApis, req: codec.Request) -> dict[str, Any]:
     loaded, error = host.route(body.group_id)
     errors = [error] * len(ids)
     if loaded is not None:
-        codes, replies = host.core.leave(body.group_id, [mid for mid, _ in ids], host.now_ms())
+        codes, replies = host.core.leave(body.group_id, [mid for mid, _ in ids], host.now_ms(), [gi for _, gi in ids])
         host._deliver(replies)
         errors = [K(c) for c in codes]
     top = errors[0] if req.api_version < 3 and errors else (error if loaded is None else K.none)
@@ -229,17 +231,19 @@ async def leave_group(apis: KafkaApis, req: codec.Request) -> dict[str, Any]:
 
 
 # --- OffsetCommit's check for classic members -----------------------------------------------------
-def commit_verdict(apis: KafkaApis, group_id: str, member_id: str, generation: int) -> K | None:
+def commit_verdict(apis: KafkaApis, group_id: str, member_id: str, generation: int,
+                   group_instance_id: str | None = None) -> K | None:
     """None: Semel's coordinator decides alone (its own member, a simple commit to a group with
     no classic members, or not this broker's group). NONE: a classic member of the current
-    generation, to be written as a simple commit. Else the error to answer (Kafka's rule)."""
+    generation, to be written as a simple commit. Else the error to answer (Kafka's rule; a
+    static member's instance id must be held by its member id: FENCED_INSTANCE_ID)."""
     host = _host(apis)
     loaded, _error = host.route(group_id)
     if loaded is None or loaded.runtime.shard.groups.member(group_id, member_id) is not None:
         return None
-    if generation < 0 and host.member_count(group_id) == 0:
+    if generation < 0 and host.member_count(group_id) == 0 and group_instance_id is None:
         return None
-    return K(host.core.check_commit(group_id, member_id, generation, host.now_ms()))
+    return K(host.core.check_commit(group_id, member_id, generation, host.now_ms(), group_instance_id))
 
 
 HANDLERS: dict[int, Callable[[KafkaApis, codec.Request], Awaitable[dict[str, Any] | None]]] = {

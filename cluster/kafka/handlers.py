@@ -109,8 +109,8 @@ class KafkaApis:
         security = getattr(broker, "security", None)  # None: before start() (in-process tests)
         self.authz = (authorization.KafkaAuthorizer(security, lambda: broker.auto_create.enabled)
                       if security is not None and security.authorizer_on else None)
-        self.txn = KafkaTxnApis(broker, self._groups, lambda group_id, member_id, generation:
-                                group_handlers.commit_verdict(self, group_id, member_id, generation))
+        self.txn = KafkaTxnApis(broker, self._groups, lambda group_id, member_id, generation, instance_id:
+                                group_handlers.commit_verdict(self, group_id, member_id, generation, instance_id))
 
     def classic_groups(self) -> group_handlers.ClassicGroupHost:
         if self._classic is None:
@@ -459,7 +459,8 @@ class KafkaApis:
         commit (accepted while the group has no members, like Kafka's)."""
         body = req.body
         member_id, generation = body.member_id, body.generation_id_or_member_epoch
-        verdict = group_handlers.commit_verdict(self, body.group_id, member_id, generation)
+        verdict = group_handlers.commit_verdict(self, body.group_id, member_id, generation,
+                                                getattr(body, "group_instance_id", None))
         if verdict is not None and verdict != K.none:
             return {"throttle_time": 0, "topics": [
                 {"name": t.name, "partitions": [{"partition_index": p.partition_index, "error_code": verdict}

@@ -63,9 +63,10 @@ RETRIABLE_VERIFY_ERRORS = frozenset({pb.NOT_COORDINATOR, pb.COORDINATOR_NOT_AVAI
 NULL_TIMESTAMP = datetime.datetime.fromtimestamp(-0.001, tz=datetime.timezone.utc)  # encodes as -1
 
 ProduceCheck = Callable[[str, int], None]
-# (group, member id, generation) -> None: Semel's coordinator decides; NONE: a classic member of
-# the current generation (written as a simple commit); else the error (group_handlers.commit_verdict)
-CommitVerdict = Callable[[str, str, int], "K | None"]
+# (group, member id, generation, group instance id) -> None: Semel's coordinator decides; NONE: a
+# classic member of the current generation (written as a simple commit); else the error
+# (group_handlers.commit_verdict)
+CommitVerdict = Callable[[str, str, int, "str | None"], "K | None"]
 _ATTRIBUTES_LOW_BYTE = 22  # base offset 8, length 4, leader epoch 4, magic 1, CRC 4, attributes int16
 
 
@@ -135,7 +136,8 @@ class KafkaTxnApis:
         body = req.body
         topics = body.topics[: limits.MAX_PARTITIONS_PER_REQUEST]
         member_id, generation = getattr(body, "member_id", ""), getattr(body, "generation_id", -1)
-        verdict = self._commit_verdict(body.group_id, member_id, generation) if req.api_version >= 3 else None
+        verdict = (self._commit_verdict(body.group_id, member_id, generation, getattr(body, "group_instance_id", None))
+                   if req.api_version >= 3 else None)
         if verdict is not None and verdict != K.none:
             return {"throttle_time": 0, "topics": [
                 {"name": t.name, "partitions": [{"partition_index": p.partition_index, "error_code": verdict}

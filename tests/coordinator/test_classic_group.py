@@ -36,25 +36,27 @@ class Driver:
         return self.token
 
     def join(self, member_id: str = "", protocols: tuple[tuple[str, bytes], ...] = (("range", b"m"),),
-             group: str = "g", v4: bool = True) -> int:
+             group: str = "g", v4: bool = True, instance: str | None = None) -> int:
         t = self._new_token()
         self.ids += 1
         self._take(self.core.join(t, cg.JoinRequest(group, member_id, "consumer", protocols, SESSION_MS, REBALANCE_MS,
-                                                    require_known_member_id=v4), f"m{self.ids}", self.now))
+                                                    require_known_member_id=v4, group_instance_id=instance),
+                                  f"m{self.ids}", self.now))
         return t
 
     def sync(self, member_id: str, generation: int, assignments: tuple[tuple[str, bytes], ...] = (),
-             group: str = "g") -> int:
+             group: str = "g", instance: str | None = None) -> int:
         t = self._new_token()
-        self._take(self.core.sync(t, cg.SyncRequest(group, member_id, generation, assignments), self.now))
+        self._take(self.core.sync(t, cg.SyncRequest(group, member_id, generation, assignments,
+                                                    group_instance_id=instance), self.now))
         return t
 
     def tick(self, advance_ms: int) -> None:
         self.now += advance_ms
         self._take(self.core.tick(self.now))
 
-    def leave(self, member_id: str, group: str = "g") -> list[int]:
-        errors, replies = self.core.leave(group, [member_id], self.now)
+    def leave(self, member_id: str, group: str = "g", instance: str | None = None) -> list[int]:
+        errors, replies = self.core.leave(group, [member_id], self.now, [instance])
         self._take(replies)
         return errors
 
@@ -199,7 +201,7 @@ def test_dropping_a_group_answers_every_waiting_request():
     assert d.core.group("g") is None and b.member_id
 
 
-OPS = st.lists(st.tuples(st.sampled_from(["join", "rejoin", "sync", "heartbeat", "leave", "tick"]),
+OPS = st.lists(st.tuples(st.sampled_from(["join", "rejoin", "sync", "heartbeat", "leave", "tick", "static", "static_leave"]),
                          st.integers(0, 5), st.integers(0, 3)), max_size=60)
 
 
@@ -224,6 +226,12 @@ def test_random_operations_keep_the_invariants_and_answer_each_request_once(ops)
             d.core.heartbeat("g", mid, generation, d.now)
         elif op == "leave" and mid:
             d.leave(mid)
+        elif op == "static":  # a static member joins, or a restarted one replaces its old incarnation
+            r = d.result(d.join(instance=f"i{extra % 2}"))
+            if isinstance(r, cg.JoinResult) and r.member_id:
+                members.append(r.member_id)
+        elif op == "static_leave":
+            d.leave("", instance=f"i{extra % 2}")
         elif op == "tick":
             d.tick(extra * 700)
         for t in d.asked:
@@ -233,3 +241,92 @@ def test_random_operations_keep_the_invariants_and_answer_each_request_once(ops)
     for t in d.asked:   # once every deadline passed, every request has had its answer
         assert d.result(t) is not None, f"token {t} never answered"
     assert d.core.group("g") is None
+
+
+# --- static membership (KIP-345) -------------------------------------------------------------------
+
+
+def stable_static_pair(d: Driver) -> tuple[str, str]:
+    """Static members "ia" (the leader) and "ib", synced and STABLE at generation 2."""
+    a = d.result(d.join(instance="ia"))
+    assert isinstance(a, cg.JoinResult) and a.error == cg.NONE, "a static member needs no MEMBER_ID_REQUIRED"
+    d.sync(a.member_id, 1, ((a.member_id, b"all"),))
+    tb = d.join(instance="ib")
+    assert d.core.heartbeat("g", a.member_id, 1, d.now, "ia") == cg.REBALANCE_IN_PROGRESS
+    ra = d.result(d.join(a.member_id, instance="ia"))
+    b = d.result(tb)
+    assert isinstance(ra, cg.JoinResult) and isinstance(b, cg.JoinResult) and ra.generation == b.generation == 2
+    assert dict(ra.instance_ids) == {a.member_id: "ia", b.member_id: "ib"}, "the leader sees the instance ids"
+    d.sync(b.member_id, 2, instance="ib")
+    d.sync(a.member_id, 2, ((a.member_id, b"p0"), (b.member_id, b"p1")), instance="ia")
+    assert d.core.group("g").state == cg.State.STABLE
+    return a.member_id, b.member_id
+
+
+def test_a_restarted_static_member_gets_its_assignment_back_without_a_rebalance():
+    d = Driver()
+    a, b = stable_static_pair(d)
+    d.tick(SESSION_MS // 2)  # a's process restarts: no LeaveGroup, a new JoinGroup with no member id
+    r = d.result(d.join(instance="ia"))
+    assert isinstance(r, cg.JoinResult) and r.error == cg.NONE and r.member_id != a
+    assert r.generation == 2 and r.leader == a and r.members == (), "answered at once, not as the leader"
+    s = d.result(d.sync(r.member_id, 2, instance="ia"))
+    assert isinstance(s, cg.SyncResult) and s.error == cg.NONE and s.assignment == b"p0"
+    g = d.core.group("g")
+    assert g.state == cg.State.STABLE and g.generation == 2 and g.leader == r.member_id
+    assert d.core.heartbeat("g", b, 2, d.now, "ib") == cg.NONE, "the other member saw no rebalance"
+    # the old incarnation is fenced by its instance id, and unknown by its member id alone
+    assert d.core.heartbeat("g", a, 2, d.now, "ia") == cg.FENCED_INSTANCE_ID
+    assert d.core.heartbeat("g", a, 2, d.now) == cg.UNKNOWN_MEMBER_ID
+    assert d.core.check_commit("g", a, 2, d.now, "ia") == cg.FENCED_INSTANCE_ID
+    assert d.core.check_commit("g", r.member_id, 2, d.now, "ia") == cg.NONE
+    assert d.result(d.sync(a, 2, instance="ia")).error == cg.FENCED_INSTANCE_ID
+    assert d.result(d.join(a, instance="ia")).error == cg.FENCED_INSTANCE_ID
+    assert d.core.heartbeat("g", b, 2, d.now, "unknown") == cg.UNKNOWN_MEMBER_ID
+
+
+def test_a_duplicate_instance_fences_the_waiting_requests_of_the_old_one():
+    d = Driver()
+    a, b = stable_static_pair(d)
+    t_old = d.join(a, instance="ia")  # the leader rejoins: a rebalance, its JoinGroup waits for b
+    assert d.result(t_old) is None and d.core.group("g").state == cg.State.PREPARING_REBALANCE
+    t_new = d.join(instance="ia")     # a second process with the same instance id
+    assert d.result(t_old).error == cg.FENCED_INSTANCE_ID
+    assert d.result(t_new) is None, "the new incarnation waits in the rebalance in the old one's place"
+    rb = d.result(d.join(b, instance="ib"))
+    new = d.result(t_new)
+    assert new.error == cg.NONE and rb.error == cg.NONE and new.generation == rb.generation == 3
+    assert new.leader == new.member_id and {m for m, _ in new.members} == {new.member_id, b}
+
+
+def test_a_static_member_whose_protocols_change_the_selection_causes_a_rebalance():
+    d = Driver()
+    a = d.result(d.join(instance="ia", protocols=(("range", b"m"), ("rr", b"x"))))
+    d.sync(a.member_id, 1, ((a.member_id, b"all"),))
+    assert d.core.group("g").protocol_name == "range"
+    r = d.result(d.join(instance="ia", protocols=(("rr", b"x"), ("range", b"m"))))
+    assert r.error == cg.NONE and r.generation == 2 and r.protocol_name == "rr" and r.leader == r.member_id
+
+
+def test_leave_group_by_instance_id():
+    d = Driver()
+    a, b = stable_static_pair(d)
+    assert d.leave(a, instance="ib") == [cg.FENCED_INSTANCE_ID]
+    assert d.leave("", instance="nobody") == [cg.UNKNOWN_MEMBER_ID]
+    assert d.leave("", instance="ia") == [cg.NONE]  # admin removal by instance id alone
+    g = d.core.group("g")
+    assert set(g.members) == {b} and "ia" not in g.static and g.state == cg.State.PREPARING_REBALANCE
+    assert d.leave(b, instance="ib") == [cg.NONE]
+    assert d.core.group("g") is None
+
+
+def test_an_expired_static_member_frees_its_instance_id():
+    d = Driver()
+    a, b = stable_static_pair(d)
+    for _ in range(3):
+        d.tick(SESSION_MS // 2)
+        assert d.core.heartbeat("g", b, 2, d.now, "ib") in (cg.NONE, cg.REBALANCE_IN_PROGRESS)
+    g = d.core.group("g")
+    assert set(g.members) == {b} and g.static == {"ib": b}
+    r = d.result(d.join(instance="ia"))  # too late: a new member, after a rebalance
+    assert r is None and d.core.group("g").state == cg.State.PREPARING_REBALANCE
