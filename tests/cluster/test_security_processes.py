@@ -316,6 +316,27 @@ def test_cluster_up_secure_writes_admin_env_that_the_cli_uses(tmp_path):
         r = semel("topic", "list", env={"SEMEL_BOOTSTRAP": admin_env["SEMEL_BOOTSTRAP"], "SEMEL_USER": "admin",
                                         "SEMEL_PASSWORD": admin_env["SEMEL_PASSWORD"]})
         assert r.returncode == 2 and "without TLS" in r.stderr
+        # the README's "Running it securely" block as written, then alice works as a group member
+        from tests.cluster.test_readme import _block_with
+
+        block = _block_with("sh", "semel user create alice")
+        bin_dir = os.path.dirname(sys.executable)
+        done = subprocess.run(["bash", "-e", "-c", block], capture_output=True, text=True, timeout=180,
+                              env={**clean, **admin_env, "ALICE_PASSWORD": "alice-pw",
+                                   "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"})
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "User:alice\tALLOW\tREAD\tGROUP\tbilling" in done.stdout, done.stdout
+        r = semel("topic", "create", "orders", "--partitions", "1", "--replication-factor", "3", env=secure_env)
+        assert r.returncode == 0, r.stderr
+        alice = {**admin_env, "SEMEL_USER": "alice", "SEMEL_PASSWORD": "alice-pw"}
+        r = semel("produce", "orders", env=alice, stdin="from alice\n")
+        assert r.returncode == 0, r.stderr
+        r = semel("consume", "orders", "--from-beginning", "--max-messages", "1", "--group", "billing",
+                  "--timeout-ms", "30000", env=alice)
+        assert r.returncode == 0 and "from alice" in r.stdout, r.stdout + r.stderr
+        r = semel("consume", "orders", "--from-beginning", "--max-messages", "1", "--group", "not-hers",
+                  "--timeout-ms", "30000", env=alice)
+        assert r.returncode == 1 and "GROUP_AUTHORIZATION_FAILED" in r.stderr, r.stdout + r.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
