@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from semel import limits
@@ -180,8 +180,26 @@ def rpc_error(exc: grpc.RpcError, address: str, what: str) -> client_errors.Seme
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return client_errors.AuthenticationError(f"{what}: {address}: not authenticated: {details}")
     if code == grpc.StatusCode.PERMISSION_DENIED:
-        return client_errors.AuthorizationError(f"{what}: {address}: permission denied: {details}")
+        error = client_errors.AuthorizationError(f"{what}: {address}: permission denied: {details}")
+        refused = _error_code_trailer(exc)
+        if refused is not None:  # e.g. CLUSTER_AUTHORIZATION_FAILED: callers can tell which
+            error.code = refused
+        return error
     return client_errors.error_for_code(common_pb2.UNKNOWN_SERVER_ERROR, f"{what}: {address}: {code}: {details}")
+
+
+ERROR_CODE_TRAILER = "x-semel-error-code"  # the ErrorCode name of an authorization refusal (broker security.py)
+
+
+def _error_code_trailer(exc: grpc.RpcError) -> common_pb2.ErrorCode | None:
+    trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for item in trailers or ():
+        if item.key == ERROR_CODE_TRAILER:
+            try:
+                return cast(common_pb2.ErrorCode, common_pb2.ErrorCode.Value(str(item.value)))
+            except ValueError:
+                return None  # a code from a newer broker
+    return None
 
 
 # grpc's details for a call this process cancelled (channel.close(), call.cancel()).

@@ -259,7 +259,10 @@ class Producer(_ClientBase):
             self._cond.wait(remaining_ms / 1000)
 
     def flush(self, timeout_s: float | None = None) -> None:
-        """Send every queued record now and wait until each is acknowledged or failed."""
+        """Send every queued record now and wait until each is acknowledged or failed.
+        Raises the producer's fatal error (e.g. InitProducerId refused) once it has one."""
+        if self._fatal is not None:
+            raise self._fatal
         with self._cond:
             results = self._acc.incomplete_results()
             self._acc.flushing += 1
@@ -273,6 +276,8 @@ class Producer(_ClientBase):
         finally:
             with self._cond:
                 self._acc.flushing -= 1
+        if self._fatal is not None:  # the records failed with it meanwhile
+            raise self._fatal
 
     def close(self, timeout_s: float | None = None) -> None:
         """Flush (up to `timeout_s`), stop the sender and close the channels. Idempotent."""
@@ -283,6 +288,8 @@ class Producer(_ClientBase):
             self.flush(timeout_s)
         except TimeoutError:
             log.warning("close(): records still unacknowledged after %s s; failing them", timeout_s)
+        except SemelError:
+            pass  # the producer's fatal error: its records already failed with it
         finally:
             with self._cond:
                 self._sender_stop = True
@@ -327,7 +334,12 @@ class Producer(_ClientBase):
         the id and aborts its open transaction; gets this producer's id and epoch."""
         txn = self._require_txn()
         deadline_ms = monotonic_ms() + int((timeout_s if timeout_s is not None else self.max_block_ms / 1000) * 1000)
-        identity = txn.init(deadline_ms)
+        try:
+            identity = txn.init(deadline_ms)
+        except SemelError:
+            if txn.fatal() is not None:  # refused for good: send() and flush() raise it from now on
+                self._fatal = txn.fatal()
+            raise
         with self._cond:
             assert self._idem is not None
             self._idem.set_identity(identity)
@@ -491,11 +503,15 @@ class Producer(_ClientBase):
         except SemelError as exc:
             self._identity_failures += 1
             self._identity_retry_at_ms = monotonic_ms() + self._backoff_ms(self._identity_failures)
-            log.info("InitProducerId failed: %s (retrying)", exc)
-            # a refused principal stays refused (until an operator adds an ACL): fail, do not spin
-            if isinstance(exc, (client_errors.FatalError, client_errors.AuthorizationError,
-                                client_errors.AuthenticationError)):
+            # Refused for good (an ACL, the credentials, a fatal code; TxnRpc already retried the
+            # retriable ones until its deadline): fail what is queued now and every later
+            # send()/flush(), rather than hold the records until delivery_timeout_ms.
+            if isinstance(exc, client_errors.FatalError) or not exc.retriable:
+                log.warning("InitProducerId refused: %s (the producer cannot send)", exc)
                 self._fatal = exc
+                self._fail_queued(lambda b: True, exc)
+            else:
+                log.info("InitProducerId failed: %s (retrying)", exc)
             return False
         self._identity_failures = 0
         unknown: list[ProducerBatch] = []

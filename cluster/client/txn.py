@@ -83,6 +83,11 @@ class TransactionStateError(ClientError):
     a transaction, any call after a fatal error): a programming error, nothing was sent."""
 
 
+# Transport-level refusals (gRPC PERMISSION_DENIED / UNAUTHENTICATED): the same from every
+# broker until an operator changes an ACL or a credential, so never retried.
+REFUSED_FOR_GOOD = (client_errors.AuthorizationError, client_errors.AuthenticationError)
+
+
 class UnsupportedByClusterError(ClientError):
     """The cluster does not answer InitProducerId (no transactions/idempotence service)."""
 
@@ -167,6 +172,10 @@ class TxnRpc:
                     if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                         raise UnsupportedByClusterError(
                             f"{what}: {address} does not implement the Transactions service") from exc
+                    if isinstance(last, REFUSED_FOR_GOOD):
+                        # every broker checks the same ACLs and credentials: asking again (or
+                        # another broker) until the deadline only delays the answer
+                        raise last from exc
                     unknown = unknown or exc.code() != grpc.StatusCode.UNAVAILABLE
                     if on_not_coordinator is not None:
                         on_not_coordinator()
@@ -459,7 +468,9 @@ class TransactionManager:
             identity = self.rpc.init_producer_id(self.transactional_id, self.transaction_timeout_ms, deadline_ms)
         except SemelError as exc:
             with self._lock:
-                if isinstance(exc, FatalError):
+                if isinstance(exc, FatalError) or not exc.retriable:
+                    # refused for good (an ACL, the credentials, an invalid timeout): every
+                    # later call raises this error (Kafka: fatal for the producer)
                     self.state, self.error = State.FATAL_ERROR, describe(exc)
             raise
         with self._lock:
