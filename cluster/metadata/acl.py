@@ -186,29 +186,35 @@ def authorize_any(acls: Iterable[AclBinding], principal: str, host: str, operati
 
 
 class AclIndex:
-    """One ACL set grouped by resource type and principal, and LITERAL bindings also by name:
+    """One ACL set grouped by resource type and principal, and by name within a group:
     `candidates` hands `authorize` only the bindings that can apply to a caller (its own and
-    `User:*`) and a resource (its literal name, the literal `*`, every PREFIXED one), so a check
-    costs the few bindings that can match, not all MAX_ACLS of them. The rules stay
-    `authorize`'s: the index only leaves out bindings whose type, principal or literal name
-    cannot match."""
+    `User:*`) and a resource (its literal name, the literal `*`, the PREFIXED ones that are a
+    prefix of the name), so a check costs the few bindings that can match, not all MAX_ACLS of
+    them. PREFIXED patterns are kept by prefix with the sorted set of their lengths: a name's
+    matching prefixes are found by slicing it at each length (one dict lookup per distinct
+    length, at most MAX_ACL_FIELD_CHARS), not by trying every prefixed binding. The rules stay
+    `authorize`'s: the index only leaves out bindings whose type, principal or pattern cannot
+    match (`tests/cluster/test_acl_index.py` compares it with the scan over random sets)."""
 
-    __slots__ = ("acls", "_by", "_literal", "_prefixed")
+    __slots__ = ("acls", "_by", "_literal", "_prefixed", "_prefix_lengths")
 
     def __init__(self, acls: tuple[AclBinding, ...]) -> None:
         self.acls = acls
         by: dict[tuple[str, str], list[AclBinding]] = {}
         literal: dict[tuple[str, str, str], list[AclBinding]] = {}
-        prefixed: dict[tuple[str, str], list[AclBinding]] = {}
+        prefixed: dict[tuple[str, str, str], list[AclBinding]] = {}
+        lengths: dict[tuple[str, str], set[int]] = {}
         for b in acls:
             by.setdefault((b.resource_type, b.principal), []).append(b)
             if b.pattern_type == LITERAL:
                 literal.setdefault((b.resource_type, b.principal, b.resource_name), []).append(b)
             else:
-                prefixed.setdefault((b.resource_type, b.principal), []).append(b)
+                prefixed.setdefault((b.resource_type, b.principal, b.resource_name), []).append(b)
+                lengths.setdefault((b.resource_type, b.principal), set()).add(len(b.resource_name))
         self._by = {key: tuple(v) for key, v in by.items()}
         self._literal = {key: tuple(v) for key, v in literal.items()}
         self._prefixed = {key: tuple(v) for key, v in prefixed.items()}
+        self._prefix_lengths = {key: tuple(sorted(v)) for key, v in lengths.items()}
 
     def candidates(self, principal: str, resource_type: str, name: str | None = None) -> tuple[AclBinding, ...]:
         """The bindings that may apply to `principal` on resources of the type (on the one
@@ -218,9 +224,13 @@ class AclIndex:
             if name is None:
                 out += self._by.get((resource_type, who), ())
                 continue
-            out += self._literal.get((resource_type, who, name), ()) + self._prefixed.get((resource_type, who), ())
+            out += self._literal.get((resource_type, who, name), ())
             if name != WILDCARD:
                 out += self._literal.get((resource_type, who, WILDCARD), ())
+            for length in self._prefix_lengths.get((resource_type, who), ()):
+                if length > len(name):
+                    break
+                out += self._prefixed.get((resource_type, who, name[:length]), ())
         return out
 
 
