@@ -17,7 +17,10 @@ default: tests run several brokers in one process). Two kinds of series live in 
 
 The scrape endpoint (`MetricsServer`) is served from the broker's event loop, so the collector
 reads the broker's state on the thread that owns it, without locks; the only disk work (log
-directory sizes) runs on the disk executor before the registry is rendered.
+directory sizes) runs on the disk executor before the registry is rendered. It leaks topic and
+group names and cluster state, so it is guarded like the gRPC port: HTTPS with the broker's
+certificate when `--tls-cert` is set, client certificates required with `--tls-client-auth
+required`, and HTTP basic auth with `--metrics-user` / `--metrics-password-file` (TLS only).
 
 Cardinality (deploy/README.md, "Metrics"): label values come from bounded sets only: gRPC
 method names of registered services, gRPC status codes, topics (at most
@@ -31,12 +34,17 @@ cluster-wide counts (under-replicated, offline, ...) always cover every partitio
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import bisect
+import dataclasses
+import hmac
 import inspect
 import logging
 import math
 import os
 import shutil
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
@@ -58,6 +66,7 @@ log = logging.getLogger("semel.metrics")
 Family = GaugeMetricFamily | CounterMetricFamily  # the families the scrape-time collector fills
 
 MAX_CACHED_TOPICS = 2 * limits.MAX_METRICS_TOPIC_SERIES  # topic -> counters cache entries (see BrokerMetrics)
+UNAUTHORIZED = "401 Unauthorized"
 OTHER = "_other"  # the label value that collects everything past a cardinality bound
 # Latency buckets (seconds): sub-millisecond local calls up to the longest produce timeout we expect.
 RPC_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -613,19 +622,75 @@ def exported_metric_names(registry: CollectorRegistry) -> set[str]:
 
 
 # --- the scrape endpoint --------------------------------------------------------------------------
-class MetricsServer:
-    """`GET /metrics` over plain HTTP/1.0-style request/response, served on the broker's loop."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class BasicAuth:
+    """The one credential a scraper must send (HTTP basic auth, only over TLS: process.py
+    refuses it on a plaintext endpoint)."""
 
-    def __init__(self, metrics: BrokerMetrics, before_scrape: Callable[[], Awaitable[None]] | None = None) -> None:
+    username: str
+    password: str
+
+    @staticmethod
+    def from_file(username: str, password_file: str) -> BasicAuth:
+        """The password is the file's first line (Prometheus' `basic_auth.password_file` reads
+        the same file); ValueError when it cannot be read or is empty."""
+        try:
+            lines = Path(password_file).read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"--metrics-password-file {password_file}: {exc}") from exc
+        password = lines[0] if lines else ""
+        if not password:
+            raise ValueError(f"--metrics-password-file {password_file} is empty")
+        return BasicAuth(username, password)
+
+    def accepts(self, head: bytes) -> bool:
+        """Does the request head carry `Authorization: Basic <user:password>` with this
+        credential? (Compared in constant time.)"""
+        given = authorization_header(head)
+        if given is None or not given[:6].lower() == b"basic ":
+            return False
+        try:
+            decoded = base64.b64decode(given[6:].strip(), validate=True)
+        except (ValueError, binascii.Error):
+            return False
+        expected = f"{self.username}:{self.password}".encode()
+        return hmac.compare_digest(decoded, expected)
+
+
+def authorization_header(head: bytes) -> bytes | None:
+    """The value of the request's Authorization header (the first one), or None."""
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"authorization":
+            return value.strip()
+    return None
+
+
+class MetricsServer:
+    """`GET /metrics` over HTTP/1.0-style request/response, served on the broker's loop: HTTPS
+    when given an `ssl_context` (the broker's certificate; client certificates required when
+    the broker requires them), and HTTP basic auth when given a credential."""
+
+    def __init__(self, metrics: BrokerMetrics, before_scrape: Callable[[], Awaitable[None]] | None = None,
+                 ssl_context: ssl.SSLContext | None = None, basic_auth: BasicAuth | None = None) -> None:
         self.metrics = metrics
         self.before_scrape = before_scrape
+        self.ssl_context = ssl_context
+        self.basic_auth = basic_auth
         self.port = 0
         self._server: asyncio.Server | None = None
         self._scrape_lock = asyncio.Lock()  # one render at a time: concurrent scrapers wait
 
+    @property
+    def scheme(self) -> str:
+        return "http" if self.ssl_context is None else "https"
+
     async def start(self, host: str, port: int) -> int:
+        tls: dict[str, Any] = {}
+        if self.ssl_context is not None:
+            tls = {"ssl": self.ssl_context, "ssl_handshake_timeout": limits.METRICS_SCRAPE_TIMEOUT_MS / 1000}
         self._server = await asyncio.start_server(self._serve, host, port,
-                                                  limit=limits.MAX_METRICS_SCRAPE_REQUEST_BYTES)
+                                                  limit=limits.MAX_METRICS_SCRAPE_REQUEST_BYTES, **tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -638,15 +703,19 @@ class MetricsServer:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), limits.METRICS_SCRAPE_TIMEOUT_MS / 1000)
             status, content_type, body = await self._answer(head)
+            challenge = 'WWW-Authenticate: Basic realm="semel metrics"\r\n' if status == UNAUTHORIZED else ""
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + body)
+                         f"{challenge}Connection: close\r\n\r\n".encode() + body)
             await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass  # a slow, short or oversized request: closed without an answer
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
+                ssl.SSLError):
+            pass  # a slow, short or oversized request (or a broken TLS session): closed without an answer
         finally:
             writer.close()
 
     async def _answer(self, head: bytes) -> tuple[str, str, bytes]:
+        if self.basic_auth is not None and not self.basic_auth.accepts(head):
+            return UNAUTHORIZED, "text/plain", b"HTTP basic auth required (the broker's --metrics-user)\n"
         parts = head.split(b"\r\n", 1)[0].split()
         if len(parts) < 2 or parts[0] not in (b"GET", b"HEAD"):
             return "405 Method Not Allowed", "text/plain", b"GET /metrics\n"

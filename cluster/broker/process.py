@@ -40,7 +40,7 @@ from semel.cluster.broker.auto_create import AutoCreateSettings, AutoCreator
 from semel.cluster.broker.log_dir_health import LogDirHealth
 from semel.cluster.broker.loop_monitor import LoopMonitor
 from semel.cluster.broker.metadata_freshness import HeartbeatLease
-from semel.cluster.broker.metrics import BrokerMetrics, MetricsServer, RpcMetricsInterceptor
+from semel.cluster.broker.metrics import BasicAuth, BrokerMetrics, MetricsServer, RpcMetricsInterceptor
 from semel.cluster.broker.peers import Peers
 from semel.cluster.broker.security import BrokerSecurity, load_bootstrap_users
 from semel.cluster.broker.replica_manager import (
@@ -154,6 +154,11 @@ class BrokerConfig:
     # `uvloop` package, see docs/benchmarks.md for what it saves). Off by default.
     event_loop: str = "asyncio"
     metrics_listen: str = ""  # host:port for Prometheus' GET /metrics (empty: no metrics endpoint)
+    # The metrics endpoint serves HTTPS with tls_cert/tls_key when they are set (client
+    # certificates required when tls_client_auth is), and asks for HTTP basic auth with this
+    # user and the first line of this file when given (TLS only; deploy/README.md, "Metrics").
+    metrics_user: str = ""
+    metrics_password_file: str = ""
     # Kafka-protocol listener (semel.cluster.kafka): "host:port" to serve on ("" = none, port 0 =
     # any free port), and the address Kafka clients are told (default: the bound one).
     kafka_listen: str = ""
@@ -207,6 +212,13 @@ class BrokerConfig:
         voters = self.voter_specs()
         if self.metrics_listen:
             split_address(self.metrics_listen)
+        if bool(self.metrics_user) != bool(self.metrics_password_file):
+            raise ValueError("--metrics-user and --metrics-password-file go together")
+        if self.metrics_user and not self.tls_cert:
+            raise ValueError("--metrics-user needs TLS (--tls-cert, --tls-key): the metrics password never "
+                             "travels in plaintext")
+        if self.metrics_user and (":" in self.metrics_user or not self.metrics_user.isprintable()):
+            raise ValueError("--metrics-user: HTTP basic auth user names have no ':' or control characters")
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
         if not 1 <= self.auto_create_partitions <= limits.MAX_PARTITIONS_PER_TOPIC:
@@ -285,7 +297,8 @@ class BrokerConfig:
                       "auto_create_topics", "auto_create_partitions", "auto_create_replication_factor",
                       "raft_secret_file", "kafka_listen", "kafka_advertised", "reassignment_throttle_bytes_per_s",
                       "auto_leader_rebalance", "leader_imbalance_percent", "controlled_shutdown_wait_ms", "tls_cert",
-                      "tls_key", "tls_ca", "tls_client_auth", "authentication", "bootstrap_users_file", "authorizer"):
+                      "tls_key", "tls_ca", "tls_client_auth", "authentication", "bootstrap_users_file", "authorizer",
+                      "metrics_user", "metrics_password_file"):
             v = getattr(a, field)
             if v is not None:
                 values[field] = v
@@ -359,7 +372,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-level")
     ap.add_argument("--event-loop", choices=EVENT_LOOPS,
                     help="the event loop: asyncio (default) or uvloop (needs the uvloop package)")
-    ap.add_argument("--metrics-listen", help="host:port to serve Prometheus metrics on (GET /metrics; port 0: any)")
+    ap.add_argument("--metrics-listen", help="host:port to serve Prometheus metrics on (GET /metrics; port 0: any); "
+                    "HTTPS with --tls-cert/--tls-key, client certificates required with --tls-client-auth required")
+    ap.add_argument("--metrics-user", help="HTTP basic auth user the metrics endpoint requires (TLS only; with "
+                    "--metrics-password-file)")
+    ap.add_argument("--metrics-password-file", help="file whose first line is --metrics-user's password (the file "
+                    "Prometheus' basic_auth.password_file can read too)")
     ap.add_argument("--dial", help="fault injection: comma-separated broker_id=host:port to reach peers by")
     ap.add_argument("--raft-dial", help="fault injection: comma-separated broker_id=host:port for Raft links")
     ap.add_argument("--kafka-listen", help="host:port to serve the Kafka protocol on (port 0: any free port)")
@@ -661,12 +679,21 @@ class Broker:
         async def before_scrape() -> None:
             await self.disk.run("metrics-disk-usage", refresh, "log directory sizes")
 
-        self.metrics_server = MetricsServer(self.metrics, before_scrape)
+        cfg = self.config
+        context = None
+        if cfg.tls_cert:  # the same certificate and client-certificate rule as the gRPC port
+            context = tls.server_ssl_context(tls.TlsFiles(cfg.tls_ca, cfg.tls_cert, cfg.tls_key), cfg.tls_client_auth)
+        basic = BasicAuth.from_file(cfg.metrics_user, cfg.metrics_password_file) if cfg.metrics_user else None
+        self.metrics_server = MetricsServer(self.metrics, before_scrape, context, basic)
         try:
             bound = await self.metrics_server.start(host, port)
         except OSError as exc:
             raise OSError(f"cannot bind metrics address {address}: {exc}") from exc
-        log.info("broker %d serving Prometheus metrics on http://%s:%d/metrics", self.config.broker_id, host, bound)
+        guard = ", ".join(part for part in (
+            "client certificate required" if context is not None and cfg.tls_client_auth == "required" else "",
+            f"basic auth as {cfg.metrics_user}" if basic is not None else "") if part) or "no authentication"
+        log.info("broker %d serving Prometheus metrics on %s://%s:%d/metrics (%s)", cfg.broker_id,
+                 self.metrics_server.scheme, host, bound, guard)
 
     async def _controlled_shutdown(self) -> None:
         """Kafka's controlled shutdown, through the quorum: move every leadership away before

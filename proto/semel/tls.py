@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,6 +85,24 @@ def server_credentials(files: TlsFiles, client_auth: str) -> grpc.ServerCredenti
     assert key is not None and cert is not None  # check(need_cert=True)
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=files._read(files.ca_file),
                                        require_client_auth=client_auth == "required")
+
+
+def server_ssl_context(files: TlsFiles, client_auth: str) -> ssl.SSLContext:
+    """The same TLS as `server_credentials`, for a port served by Python's `ssl` (the broker's
+    Prometheus endpoint): its certificate, TLS 1.2 or later; with client_auth "required" the
+    handshake fails without a client certificate signed by `files.ca_file`."""
+    files.check(need_cert=True)
+    if client_auth not in CLIENT_AUTH_MODES:
+        raise TlsConfigError(f"--tls-client-auth must be one of {', '.join(CLIENT_AUTH_MODES)}, got {client_auth!r}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(files.cert_file, files.key_file)
+    if client_auth == "required":
+        if not files.ca_file:
+            raise TlsConfigError("--tls-client-auth required needs --tls-ca (the CA client certificates must chain to)")
+        context.load_verify_locations(files.ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def broker_token(secret: bytes, broker_id: int) -> str:

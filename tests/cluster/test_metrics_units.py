@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from semel.cluster.broker.metrics import (
     OTHER,
@@ -158,3 +159,48 @@ def test_partition_and_group_series_stop_at_their_bounds_and_count_the_rest(tmp_
     assert [(s.labels["group"], s.value) for s in samples("semel_consumer_group_lag_sum_records")] == [
         ("g0", 20), ("g1", 20)]  # LSO 7 - committed 2, over 4 partitions
     assert len(samples("semel_consumer_group_lag_records")) == 6
+
+
+# --- the endpoint's basic auth and its flags -------------------------------------------------
+def _head(authorization: str | None) -> bytes:
+    lines = ["GET /metrics HTTP/1.1", "Host: x"] + ([f"Authorization: {authorization}"] if authorization else [])
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_basic_auth_accepts_only_the_configured_credential(tmp_path) -> None:
+    import base64
+
+    from semel.cluster.broker.metrics import BasicAuth
+
+    (tmp_path / "pw").write_text("s3cret\nignored second line\n")
+    auth = BasicAuth.from_file("prometheus", str(tmp_path / "pw"))
+    assert auth == BasicAuth("prometheus", "s3cret")
+
+    def basic(text: str) -> str:
+        return "Basic " + base64.b64encode(text.encode()).decode()
+
+    assert auth.accepts(_head(basic("prometheus:s3cret")))
+    assert auth.accepts(_head(basic("prometheus:s3cret")).replace(b"Authorization", b"authorization"))
+    for refused in (None, basic("prometheus:wrong"), basic("other:s3cret"), basic("prometheus:s3cret2"),
+                    "Bearer s3cret", "Basic !!!not-base64", basic("prometheus")):
+        assert not auth.accepts(_head(refused)), refused
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        BasicAuth.from_file("prometheus", str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="metrics-password-file"):
+        BasicAuth.from_file("prometheus", str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(("flags", "problem"), [
+    (["--metrics-user", "prometheus"], "go together"),
+    (["--metrics-user", "prometheus", "--metrics-password-file", "pw"], "needs TLS"),
+    (["--metrics-user", "a:b", "--metrics-password-file", "pw", "--tls-cert", "c", "--tls-key", "k"], "no ':'"),
+])
+def test_metrics_basic_auth_flags_are_checked(flags: list[str], problem: str) -> None:
+    from semel.cluster.broker.process import BrokerConfig
+
+    config = BrokerConfig(broker_id=1, metrics_listen="127.0.0.1:0",
+                          metrics_user=flags[1], metrics_password_file=flags[3] if len(flags) > 3 else "",
+                          tls_cert="c" if "--tls-cert" in flags else "", tls_key="k" if "--tls-key" in flags else "")
+    with pytest.raises(ValueError, match=problem):
+        config.validate()
