@@ -520,7 +520,8 @@ def run_cluster_up(
 
         setup = secure_cluster.prepare(data_dir, [(s.broker_id, s.host) for s in specs],
                                        ",".join(s.address for s in specs),
-                                       ",".join(s.kafka_address for s in specs if s.kafka_port))
+                                       ",".join(s.kafka_address for s in specs if s.kafka_port),
+                                       [f"{s.host}:{s.metrics_port}" for s in specs if s.metrics_port is not None])
         extra_args = [*setup.broker_args, *extra_args]
     cluster = LocalCluster(
         specs, data_dir, extra_args, echo=say if follow_logs else None, on_unexpected_exit=unexpected,
@@ -574,7 +575,13 @@ def run_cluster_up(
             bootstrap = cluster.bootstrap
             print(f"cluster ready: {brokers} broker(s); bootstrap {bootstrap}", flush=True)
             if metrics_base_port is not None:
-                print("metrics: " + ", ".join(f"http://{s.host}:{s.metrics_port}/metrics" for s in specs), flush=True)
+                scheme = "http" if setup is None else "https"  # --secure: the brokers' certificates
+                urls = [f"{scheme}://{s.host}:{s.metrics_port}/metrics" for s in specs]
+                print("metrics: " + ", ".join(urls), flush=True)
+                if setup is not None and setup.prometheus_config is not None:
+                    print(f"metrics are HTTPS with basic auth (user {secure_cluster.METRICS_USER}, password in "
+                          f"{setup.metrics_password}); Prometheus: {setup.prometheus_config}; by hand: "
+                          f"{setup.scrape_hint(urls[0])}", flush=True)
             if cluster.kafka_bootstrap:
                 print(f"Kafka protocol bootstrap: {cluster.kafka_bootstrap}", flush=True)
             for broker in cluster.brokers.values():

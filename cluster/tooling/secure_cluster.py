@@ -7,6 +7,10 @@ authentication, made in DATA_DIR (and kept across restarts on the same DATA_DIR)
   bootstrap-users.json          the super user `admin`'s SCRAM credential (no password)
   admin.env                     (mode 0600) `export SEMEL_BOOTSTRAP=... SEMEL_TLS_CA=...
                                 SEMEL_USER=admin SEMEL_PASSWORD=...`: `source` it, then run `semel`
+  metrics-password              (mode 0600, with --metrics-base-port) the password of the user
+                                `prometheus` the HTTPS metrics endpoints ask for (basic auth)
+  prometheus.yml                (with --metrics-base-port) a Prometheus scrape config for the
+                                brokers: https, the CA, that user and password file
   kafka-client.properties       (mode 0600, with Kafka listeners) the same user for Kafka clients:
                                 bootstrap.servers, security.protocol=SASL_SSL,
                                 sasl.mechanism(s)=SCRAM-SHA-256, sasl.username/password,
@@ -37,6 +41,9 @@ from semel.cluster.tooling import certs
 ADMIN_USER = "admin"
 ADMIN_ENV_FILE = "admin.env"
 KAFKA_CLIENT_FILE = "kafka-client.properties"
+METRICS_USER = "prometheus"
+METRICS_PASSWORD_FILE = "metrics-password"
+PROMETHEUS_CONFIG_FILE = "prometheus.yml"
 BOOTSTRAP_USERS_FILE = "bootstrap-users.json"
 CERTS_DIR = "certs"
 BROKER_ID_PLACEHOLDER = "{broker_id}"  # replaced in broker arguments by each broker's id
@@ -48,6 +55,14 @@ class SecureSetup:
     client: ClientSecurity
     admin_env: Path
     kafka_client: Path | None = None  # kafka-client.properties (None: no Kafka listeners)
+    metrics_password: Path | None = None  # metrics-password (None: no metrics endpoints)
+    prometheus_config: Path | None = None  # prometheus.yml (None: no metrics endpoints)
+
+    def scrape_hint(self, url: str) -> str:
+        """A command that scrapes one endpoint the way Prometheus will."""
+        assert self.metrics_password is not None
+        return (f"curl --cacert {shlex.quote(self.client.tls_ca)} -u {METRICS_USER}:\"$(cat "
+                f"{shlex.quote(str(self.metrics_password))})\" {url}")
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -72,10 +87,28 @@ def kafka_client_properties(kafka_bootstrap: str, ca_file: str, user: str, passw
     return "".join(f"{k}={v}\n" for k, v in pairs)
 
 
+def prometheus_config(targets: Sequence[str], ca_file: str, password_file: str) -> str:
+    """A Prometheus configuration that scrapes `targets` over HTTPS with basic auth."""
+    return "\n".join((
+        "# Made by `semel cluster up --secure`: prometheus --config.file=THIS_FILE",
+        "scrape_configs:",
+        "  - job_name: semel",
+        "    scheme: https",
+        "    tls_config:",
+        f"      ca_file: {json.dumps(ca_file)}",
+        "    basic_auth:",
+        f"      username: {METRICS_USER}",
+        f"      password_file: {json.dumps(password_file)}",
+        "    static_configs:",
+        f"      - targets: {json.dumps(list(targets))}",
+        ""))
+
+
 def prepare(data_dir: str | Path, broker_hosts: Sequence[tuple[int, str]], bootstrap: str,
-            kafka_bootstrap: str = "") -> SecureSetup:
-    """Create (or reuse) the CA, the broker certificates, the admin user, admin.env and (with
-    Kafka listeners) kafka-client.properties."""
+            kafka_bootstrap: str = "", metrics_targets: Sequence[str] = ()) -> SecureSetup:
+    """Create (or reuse) the CA, the broker certificates, the admin user, admin.env, (with
+    Kafka listeners) kafka-client.properties and (with metrics endpoints, `host:port` each) the
+    metrics password and prometheus.yml."""
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     cert_dir = root / CERTS_DIR
@@ -111,5 +144,13 @@ def prepare(data_dir: str | Path, broker_hosts: Sequence[tuple[int, str]], boots
     # ACLs, deny by default, on both front ends; admin (the user of admin.env and
     # kafka-client.properties) is a super user, so the quickstart needs no grant
     args += ("--authorizer", "on")
+    metrics_password = scrape_config = None
+    if metrics_targets:  # the endpoints serve HTTPS (the brokers' --tls-cert) and ask for this user
+        metrics_password = root / METRICS_PASSWORD_FILE
+        if not metrics_password.exists():
+            _write_private(metrics_password, secrets.token_urlsafe(24) + "\n")
+        scrape_config = root / PROMETHEUS_CONFIG_FILE
+        scrape_config.write_text(prometheus_config(metrics_targets, ca, str(metrics_password.resolve())))
+        args += ("--metrics-user", METRICS_USER, "--metrics-password-file", str(metrics_password.resolve()))
     return SecureSetup(args, ClientSecurity(tls_ca=ca, username=ADMIN_USER, password=password), env_path,
-                       kafka_client)
+                       kafka_client, metrics_password, scrape_config)

@@ -107,3 +107,37 @@ def test_the_broker_log_has_no_traceback_after_the_refusals(endpoint) -> None:
             pass
     assert get(f"https://127.0.0.1:{port}/metrics", context(d, (d, "prometheus")), "prometheus")[0] == 200
     assert "Traceback" not in c.log_tail(1, 2000)
+
+
+def test_cluster_up_secure_serves_metrics_over_https_with_basic_auth(tmp_path: Path) -> None:
+    """`semel cluster up --secure --metrics-base-port M`: the endpoints are HTTPS with basic
+    auth, the supervisor prints how to scrape them, and DATA_DIR/prometheus.yml says the same."""
+    import signal
+
+    import yaml
+
+    from tests.cluster.test_cli_cluster_up import _free_block, _start_cluster_up
+
+    base = _free_block(1)
+    (metrics_port,) = free_ports(1)
+    proc, lines = _start_cluster_up(tmp_path, 1, base, "--secure", "--metrics-base-port", str(metrics_port))
+    try:
+        text = "".join(lines)
+        url = f"https://127.0.0.1:{metrics_port}/metrics"
+        assert f"metrics: {url}" in text, text
+        assert f"Prometheus: {tmp_path / 'prometheus.yml'}" in text and "curl --cacert" in text, text
+        password_file = tmp_path / "metrics-password"
+        assert password_file.stat().st_mode & 0o077 == 0
+        (job,) = yaml.safe_load((tmp_path / "prometheus.yml").read_text())["scrape_configs"]
+        assert job["scheme"] == "https" and job["static_configs"] == [{"targets": [f"127.0.0.1:{metrics_port}"]}]
+        assert job["basic_auth"] == {"username": "prometheus", "password_file": str(password_file.resolve())}
+        ctx = ssl.create_default_context(cafile=job["tls_config"]["ca_file"])
+        password = password_file.read_text().splitlines()[0]
+        status, body = get(url, ctx, "prometheus", password)
+        assert status == 200 and "semel_broker_up" in body
+        assert get(url, ctx)[0] == 401
+        with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
+            get(f"http://127.0.0.1:{metrics_port}/metrics", None, "prometheus", password)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
