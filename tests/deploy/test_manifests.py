@@ -488,6 +488,54 @@ def test_tls_is_on_with_its_material_from_a_secret() -> None:
     assert "## Security" in readme
 
 
+# --- the metrics endpoint's scheme and credentials ---------------------------------------------
+def scrape_jobs() -> dict[str, dict[str, Any]]:
+    config = yaml.safe_load((DEPLOY / "monitoring" / "prometheus.yaml").read_text())
+    return {job["job_name"]: job for job in config["scrape_configs"]}
+
+
+def test_prometheus_scrapes_each_deployment_with_the_scheme_and_credentials_it_serves() -> None:
+    """A broker with tls_cert serves HTTPS metrics and one with metrics_user asks for basic
+    auth (process.py): the scrape jobs, the pod annotations, the mounted password Secret and the
+    README say the same, so no job scrapes http:// from an HTTPS endpoint or the reverse."""
+    jobs = scrape_jobs()
+    config = configmap_config()
+    assert config["tls_cert"] and config["metrics_user"], "Kubernetes: HTTPS metrics with basic auth"
+    kube_job = jobs["semel-kubernetes"]
+    assert kube_job["scheme"] == "https"
+    assert kube_job["basic_auth"]["username"] == config["metrics_user"]
+    assert kube_job["basic_auth"]["password_file"] and kube_job["tls_config"]["ca_file"]
+    server_name = kube_job["tls_config"]["server_name"]
+    readme = (DEPLOY / "README.md").read_text()
+    assert server_name.endswith(".semel.semel.svc.cluster.local") and "'*.semel.semel.svc.cluster.local'" in readme
+    annotations = statefulset()["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scheme"] == kube_job["scheme"]
+    keep = {r["source_labels"][0]: r["regex"] for r in kube_job["relabel_configs"] if r.get("action") == "keep"}
+    assert keep["__meta_kubernetes_pod_container_port_name"] == "metrics"
+    assert "metrics" in {p["name"] for p in broker_container()["ports"]}
+    # the password file is the key `password` of the Secret semel-metrics, mounted read-only
+    pod = statefulset()["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in broker_container()["volumeMounts"]
+                if config["metrics_password_file"].startswith(m["mountPath"] + "/")]
+    secret = volumes[mount["name"]]["secret"]
+    assert mount["readOnly"] and secret["secretName"] == "semel-metrics"
+    assert [f"{mount['mountPath']}/{i['path']}" for i in secret["items"]] == [config["metrics_password_file"]]
+    (item,) = secret["items"]
+    for text in (readme, (DEPLOY / "kubernetes" / "statefulset.yaml").read_text()):
+        assert "create secret generic semel-metrics" in text and f"--from-file={item['key']}=" in text
+    # three hosts and compose run without TLS: their job is plain http, without credentials
+    for where, other in json_configs():
+        if where.startswith("deploy/kubernetes"):
+            continue
+        assert not other.get("tls_cert") and not other.get("metrics_user"), where
+    plain = jobs["semel-three-hosts"]
+    assert plain["scheme"] == "http" and "basic_auth" not in plain
+    hosts = {f"{split_address(parse_voter(v).rpc_address)[0]}:{METRICS_PORT}"
+             for _, c in json_configs() if c.get("raft_address") for v in c["voters"]}
+    assert set(plain["static_configs"][0]["targets"]) == hosts
+
+
 # --- systemd ---------------------------------------------------------------------------------
 def test_systemd_unit_runs_the_broker_with_flags_it_knows() -> None:
     unit = (DEPLOY / "semel-broker.service").read_text()
