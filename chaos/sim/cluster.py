@@ -1,6 +1,6 @@
 """Deterministic whole-cluster simulation: several brokers' real pure cores on a simulated
 network and clock, with seeded loss, duplication, reordering, delay, partitions, crashes,
-restarts and controller failovers.
+restarts, power losses, clean stops and controller failovers.
 
 What runs for real (Semel's own code, not a model of it):
   * `MetadataStateMachine` (cluster/metadata/state.py): every metadata command is applied by it;
@@ -18,11 +18,20 @@ What is modelled (thin shells, mirroring the asyncio/gRPC code):
     simulated network as node "Q" (pysyncobj cannot be driven deterministically: it owns its
     threads, sockets and timers);
   * the log is an in-memory model (one record per batch, offset = index): the storage engine
-    (storage/log.py + RocksDB via rocksdict) has no injectable file layer. A crash is kill -9,
-    not a power cut: the log survives, memory (leader progress, pending acks, producer state,
-    fetch sessions) does not; the HW comes back from a checkpoint that lags;
+    (storage/log.py + RocksDB via rocksdict) has no injectable file layer. It has a synced
+    prefix, moved as storage/log.py moves it (`fsync_due`, the real policy function: "interval"
+    starts a background sync at an append when `flush_interval_ms` passed, "always" syncs every
+    append; open and close sync everything; a truncation is durable at once). A crash is kill -9:
+    the log survives, memory (leader progress, pending acks, producer state, fetch sessions) does
+    not; the HW comes back from a checkpoint that lags. A power loss also cuts the log to its
+    synced prefix, and the restarted broker registers with `lost_unsynced_writes` exactly when
+    the real one would (storage/boot_record.py: the boot record is rewritten at every start, the
+    flag kept in memory until a registration succeeds);
+  * a clean stop is process.py's controlled shutdown (wait for sole leaderships to gain an ISR
+    member, FenceBroker itself through the quorum, wait to see it, close the logs = sync);
   * the follower fetch loop (replication.py) and the leader's fetch answer incl. divergence;
   * the producer: idempotent, acks=all, one request in flight, retries with the same sequence.
+The ELR (KIP-966) reaches the simulated leader's `LeaderProgress` as replica_manager.py feeds it.
 Not covered: transactions and their coordinator, consumer groups, the Kafka listener, retention,
 reassignment, Raft itself (a controller failover is modelled as ControllerCore losing and regaining
 leadership over the same linearizable image).
@@ -33,20 +42,24 @@ SHA-256 trace hash, so a seed replays exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import heapq
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from semel import limits
 from semel.cluster.broker.replica_state import LeaderProgress, PendingAcks, ack_outcome_after_hw
 from semel.cluster.metadata.controller import ControllerConfig, ControllerCore
+from semel.cluster.metadata import state as md_state
 from semel.cluster.metadata.state import (
     NO_LEADER,
     AlterPartition,
     Command,
     CreateTopic,
+    FenceBroker,
     MetadataImage,
     MetadataStateMachine,
     RegisterBroker,
@@ -54,6 +67,7 @@ from semel.cluster.metadata.state import (
 )
 from semel.storage import epoch_cache as ec
 from semel.storage.batch import BatchHeader
+from semel.storage.log_policy import fsync_due
 from semel.storage.producer_state import Outcome, ProducerStateManager
 from semel.v1 import common_pb2 as pb
 
@@ -74,8 +88,18 @@ class SimConfig:
     fault_interval_ms: int = 1500
     lag_time_max_ms: int = 1000
     request_timeout_ms: int = 800
-    # seams to prove the checker can fail: a leader whose HW ignores the followers
+    # Power loss and clean stops (docs/chaos.md, "Deterministic simulation"): the log's durable
+    # prefix moves as `storage/log.py` moves it, by policy "interval" (`fsync: false`, the
+    # default) or "always" (`fsync: true`).
+    power_faults: bool = True
+    fsync: bool = False
+    flush_interval_ms: int = limits.FLUSH_INTERVAL_MS_DEFAULT
+    controlled_shutdown_wait_ms: int = limits.CONTROLLED_SHUTDOWN_WAIT_MS_DEFAULT
+    # seams to prove the checker can fail: a leader whose HW ignores the followers; no eligible
+    # leader replicas (KIP-966); a quorum that ignores `RegisterBroker.lost_unsynced_writes`
     bug_hw_without_acks: bool = False
+    bug_no_elr: bool = False
+    bug_ignore_lost_unsynced_writes: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -88,10 +112,16 @@ class Record:
 
 
 class Replica:
-    """One partition on one broker: the durable log + epoch cache, and volatile state."""
+    """One partition on one broker: the log + epoch cache, and volatile state.
+
+    `log[:flushed]` is what a power loss keeps (synced by the flush policy); the rest is in the
+    page cache, which a process crash keeps and a power loss drops. A truncation is durable at
+    once (`storage/log.py` persists the cut before it returns)."""
 
     def __init__(self) -> None:
         self.log: list[Record] = []
+        self.flushed = 0
+        self.last_fsync_ms = 0  # storage/log.py `_last_fsync_ms`: when the policy last synced
         self.epochs: ec.Entries = ()
         self.hw = 0
         self.hw_checkpoint = 0
@@ -113,9 +143,18 @@ class Replica:
     def truncate_to(self, offset: int) -> None:
         offset = max(0, min(offset, self.leo))
         del self.log[offset:]
+        self.flushed = min(self.flushed, offset)
         self.epochs = ec.truncate_from_end(self.epochs, offset)
         self.hw = min(self.hw, offset)
         self.rebuild_producer_state()
+
+    def lose_unsynced(self) -> int:
+        """A power loss: the log is its synced prefix, recovered as `storage/log.py` opens it (epoch
+        entries past the LEO dropped, one at the LEO kept). Returns how many records were lost."""
+        lost = self.leo - self.flushed
+        del self.log[self.flushed:]
+        self.epochs = ec.truncate_from_end(self.epochs, self.leo + 1)
+        return lost
 
     def rebuild_producer_state(self) -> None:
         self.pstate = ProducerStateManager()
@@ -142,6 +181,18 @@ class Broker:
         self.id = broker_id
         self.alive = True
         self.incarnation = 0
+        # storage/boot_record.py: the machine's boot count, and the one recorded in the data dir
+        # at the broker's last start (None: a fresh data dir)
+        self.boot = 0
+        self.boot_recorded: int | None = None
+        # process.py: sent with RegisterBroker until a registration succeeds (in memory only)
+        self.lost_unsynced_writes = False
+        self.power_lost = False  # lost power and not yet recovered (`_power_loss_fault`)
+        self.registered_since_cut = False
+        # controlled shutdown (process.py `_controlled_shutdown`): when it began, and whether
+        # FenceBroker was sent; None = not stopping
+        self.stopping_since_ms: int | None = None
+        self.fence_sent = False
         self.broker_epoch = -1
         self.active = False  # registered and unfenced at its own epoch (replica_manager.active)
         self.image = MetadataImage()
@@ -214,7 +265,26 @@ class Simulation:
 
     # --- running ---------------------------------------------------------------------
     def run(self) -> str:
-        for b in self.brokers:
+        with self._injected_bugs():
+            return self._run()
+
+    @contextlib.contextmanager
+    def _injected_bugs(self) -> Iterator[None]:
+        """`bug_no_elr`: the metadata state machine never forms an ELR (the code before KIP-966).
+        Patched for this run only, in this process: production code is never changed."""
+        if not self.cfg.bug_no_elr:
+            yield
+            return
+        real = md_state._next_elr
+        md_state._next_elr = lambda p, new_isr, min_isr: ()
+        try:
+            yield
+        finally:
+            md_state._next_elr = real
+
+    def _run(self) -> str:
+        for b, br in self.brokers.items():
+            self._boot_check(br)
             self._at(0, "start", b)
         self._at(0, "create_topic")
         self._at(100, "ctl_tick")
@@ -249,6 +319,8 @@ class Simulation:
         self.cut.clear()
         self.faults.append(f"t={self.now_ms} heal")
         for b, br in self.brokers.items():
+            if br.stopping_since_ms is not None:
+                self._finish_clean_stop(b)
             if not br.alive:
                 self._restart(b)
         for p in self.producers:
@@ -259,8 +331,16 @@ class Simulation:
         if not self.faults_on:
             return
         ids = sorted(self.brokers)
-        r = self.rng.randrange(7)
-        if r == 0:
+        r = self.rng.randrange(9 if self.cfg.power_faults else 7)
+        if r == 7:
+            self._power_loss_fault(ids)
+        elif r == 8:
+            b = self.rng.choice(ids)
+            br = self.brokers[b]
+            if br.alive and br.stopping_since_ms is None and sum(x.alive for x in self.brokers.values()) > 1:
+                self.faults.append(f"t={self.now_ms} clean stop {b}")
+                self._begin_clean_stop(b)
+        elif r == 0:
             b = self.rng.choice(ids)
             if self.brokers[b].alive and sum(x.alive for x in self.brokers.values()) > 1:
                 self.faults.append(f"t={self.now_ms} crash {b}")
@@ -294,10 +374,92 @@ class Simulation:
                 self.faults.append(f"t={self.now_ms} heal links")
         self._at(self.rng.randrange(1, 2 * self.cfg.fault_interval_ms), "fault")
 
+    def _power_loss_fault(self, ids: list[int]) -> None:
+        """One broker's machine loses power (alive or not: a dead process's unsynced writes are
+        in the page cache too). With `fsync: false` the guarantee is for a minority of the copies
+        at once, so a cut waits until every earlier one recovered: registered again and back in
+        the ISR of each partition it replicates (docs/chaos.md)."""
+        b = self.rng.choice(ids)
+        img = self.md.image
+        for x in self.brokers.values():
+            if x.power_lost and x.registered_since_cut and all(
+                    x.id in p.isr for t in img.topics.values() for p in t.partitions if x.id in p.replicas):
+                x.power_lost = False
+        if not self.cfg.fsync and any(br.power_lost for br in self.brokers.values()):
+            return
+        br = self.brokers[b]
+        if br.alive:
+            self._crash(b)
+        br.boot += 1
+        br.power_lost = True
+        br.registered_since_cut = False
+        lost = sum(rep.lose_unsynced() for rep in br.replicas.values())
+        down = sum(x.power_lost for x in self.brokers.values())  # not recovered from their cut
+        self.faults.append(f"t={self.now_ms} power-loss {b} ({lost} unsynced records lost; {down} cut so far)")
+        self._at(500 + self.rng.randrange(4500), "auto_restart", b, br.incarnation)
+
+    def _begin_clean_stop(self, b: int) -> None:
+        """process.py `stop()`: heartbeats stop; `_controlled_shutdown` runs in the broker tick."""
+        br = self.brokers[b]
+        if br.broker_epoch < 0:  # never registered: nothing to hand over
+            self._finish_clean_stop(b)
+            return
+        br.stopping_since_ms = self.now_ms
+        br.fence_sent = False
+
+    def _controlled_shutdown_step(self, br: Broker) -> None:
+        """process.py `_controlled_shutdown`, polled: (1) wait (half the budget at most) until no
+        partition it leads has it as the only ISR member while another replica is unfenced, (2)
+        FenceBroker itself through the quorum, (3) wait until its image shows it inactive; then
+        the process stops (the logs are closed: fsynced)."""
+        assert br.stopping_since_ms is not None
+        waited_ms = self.now_ms - br.stopping_since_ms
+        budget_ms = self.cfg.controlled_shutdown_wait_ms
+        if not br.fence_sent:
+            img = br.image
+            alive = set(img.unfenced_brokers()) - {br.id}
+            sole = any(p.leader == br.id and p.isr == (br.id,) and alive & set(p.replicas)
+                       for t in img.topics.values() for p in t.partitions)
+            if sole and waited_ms < budget_ms // 2:
+                return
+            self._send(br.id, QUORUM, "q_fence", br.id, br.broker_epoch)
+            br.fence_sent = True
+            return
+        if br.active and waited_ms < max(budget_ms, budget_ms // 2 + 500):
+            return
+        self._finish_clean_stop(br.id)
+
+    def _finish_clean_stop(self, b: int) -> None:
+        br = self.brokers[b]
+        for rep in br.replicas.values():
+            rep.hw_checkpoint = rep.hw
+            rep.flushed = rep.leo  # PartitionLog.close() fsyncs
+        self._crash(b)
+        self.faults.append(f"t={self.now_ms} stopped {b}")
+        self._at(200 + self.rng.randrange(2800), "auto_restart", b, br.incarnation)
+
+    def _on_auto_restart(self, b: int, incarnation: int) -> None:
+        br = self.brokers[b]
+        if not br.alive and br.incarnation == incarnation:
+            self.faults.append(f"t={self.now_ms} restart {b}")
+            self._restart(b)
+
+    def _boot_check(self, br: Broker) -> None:
+        """storage/boot_record.py `machine_restarted` at process start, and process.py's use of
+        it: the record is rewritten at every start; the flag is kept in memory until a
+        registration succeeds."""
+        restarted = br.boot_recorded is not None and br.boot_recorded != br.boot
+        br.boot_recorded = br.boot
+        if restarted and not self.cfg.fsync:
+            br.lost_unsynced_writes = True
+
     def _crash(self, b: int) -> None:
         br = self.brokers[b]
         br.alive = False
         br.incarnation += 1  # messages to the dead incarnation are dropped
+        br.stopping_since_ms = None
+        br.fence_sent = False
+        br.lost_unsynced_writes = False  # in memory only
         for rep in br.replicas.values():
             rep.progress = None
             rep.acks.drain()  # the clients time out
@@ -311,10 +473,13 @@ class Simulation:
         br.broker_epoch = -1
         br.active = False
         br.image = MetadataImage()
+        self._boot_check(br)
         for rep in br.replicas.values():
             rep.leader_epoch, rep.leader = -1, NO_LEADER
             rep.hw = min(rep.hw_checkpoint, rep.leo)
             rep.rebuild_producer_state()
+            rep.flushed = rep.leo  # PartitionLog.open() fsyncs what it recovered
+            rep.last_fsync_ms = self.now_ms
         self._at(1, "start", b)
 
     # --- quorum and controller ---------------------------------------------------------
@@ -354,8 +519,11 @@ class Simulation:
             self._apply(command)
         self._at(self.ctl.config.tick_interval_ms, "ctl_tick")
 
-    def _on_q_register(self, _dst: int, b: int, incarnation: int) -> None:
-        result = self._apply(RegisterBroker(b, f"b{b}-{incarnation}", "sim", 9000 + b))
+    def _on_q_register(self, _dst: int, b: int, incarnation: int, lost_unsynced_writes: bool) -> None:
+        if self.cfg.bug_ignore_lost_unsynced_writes:
+            lost_unsynced_writes = False
+        result = self._apply(RegisterBroker(b, f"b{b}-{incarnation}", "sim", 9000 + b,
+                                            lost_unsynced_writes=lost_unsynced_writes))
         if result.ok:
             self.ctl.on_registered(b, result.value, self.now_ms)
             self._send(QUORUM, b, "registered", incarnation, result.value)
@@ -364,6 +532,9 @@ class Simulation:
         reply = self.ctl.on_heartbeat(self.md.image, b, broker_epoch, version, self.now_ms)
         del reply
         self._send(QUORUM, b, "metadata", incarnation, self.md.image)
+
+    def _on_q_fence(self, _dst: int, b: int, broker_epoch: int) -> None:
+        self._apply(FenceBroker(b, broker_epoch))
 
     def _on_q_alter(self, _dst: int, b: int, incarnation: int, command: AlterPartition) -> None:
         result = self._apply(command)
@@ -377,12 +548,14 @@ class Simulation:
     def _on_start(self, b: int) -> None:
         br = self.brokers[b]
         if br.alive:
-            self._send(b, QUORUM, "q_register", b, br.incarnation)
+            self._send(b, QUORUM, "q_register", b, br.incarnation, br.lost_unsynced_writes)
 
     def _on_registered(self, b: int, incarnation: int, broker_epoch: int) -> None:
         br = self._live(b, incarnation)
         if br is not None and br.broker_epoch < 0:
             br.broker_epoch = broker_epoch
+            br.lost_unsynced_writes = False
+            br.registered_since_cut = True
 
     def _on_broker_tick(self, b: int) -> None:
         br = self.brokers[b]
@@ -391,9 +564,13 @@ class Simulation:
             return
         if br.broker_epoch < 0:
             if self.now_ms % 500 < 100:
-                self._send(b, QUORUM, "q_register", b, br.incarnation)
+                self._send(b, QUORUM, "q_register", b, br.incarnation, br.lost_unsynced_writes)
             return
-        if self.now_ms % 500 < 100:
+        if br.stopping_since_ms is not None:
+            self._controlled_shutdown_step(br)
+            if not br.alive:
+                return
+        elif self.now_ms % 500 < 100:
             self._send(b, QUORUM, "q_heartbeat", b, br.incarnation, br.broker_epoch, br.image.version)
         t = br.image.topics.get(TOPIC)
         for p in t.partitions if t and br.active else ():
@@ -435,21 +612,21 @@ class Simulation:
                 rep.leader, rep.leader_epoch = NO_LEADER, -1
                 continue
             if p.leader == b and (rep.leader != b or rep.leader_epoch != p.leader_epoch or rep.progress is None):
-                self._become_leader(br, rep, p.partition, p.leader_epoch, p.replicas, p.isr)
+                self._become_leader(br, rep, p.partition, p.leader_epoch, p.replicas, p.isr, p.elr)
             elif p.leader == b and rep.progress is not None:
-                if rep.progress.set_isr(p.isr, self.now_ms):
+                if rep.progress.set_isr(p.isr, self.now_ms, p.elr):  # replica_manager.py feeds the ELR
                     self._hw_advanced(br, rep, p.partition)
             elif p.leader != b and rep.leader == b:
                 self._resign(rep)
             rep.leader, rep.leader_epoch = p.leader, p.leader_epoch
 
     def _become_leader(self, br: Broker, rep: Replica, partition: int, epoch: int,
-                       replicas: tuple[int, ...], isr: tuple[int, ...]) -> None:
+                       replicas: tuple[int, ...], isr: tuple[int, ...], elr: tuple[int, ...]) -> None:
         self._resign(rep)
         rep.epochs = ec.assign(rep.epochs, epoch, rep.leo)
         rep.progress = LeaderProgress(leader_id=br.id, replicas=replicas, isr=isr, leader_leo=rep.leo,
                                       high_watermark=rep.hw, epoch_start_offset=rep.leo, now_ms=self.now_ms,
-                                      lag_time_max_ms=self.cfg.lag_time_max_ms)
+                                      lag_time_max_ms=self.cfg.lag_time_max_ms, elr=elr)
         rep.hw = rep.progress.high_watermark
         self._observe_hw(br, rep, partition, epoch)
 
@@ -507,6 +684,7 @@ class Simulation:
             return
         for rec in records:
             rep.append(rec)
+        self._after_append(br, rep, partition)
         rep.hw = max(rep.hw, min(hw, rep.leo))
 
     # --- produce ---------------------------------------------------------------------
@@ -550,6 +728,7 @@ class Simulation:
                 return self._send(b, -100 - i, "produce_resp", i, attempt, pb.NOT_ENOUGH_REPLICAS, -1)
             offset = rep.leo
             rep.append(Record(offset, rep.leader_epoch, pid, seq, value))
+            self._after_append(br, rep, partition)
             advanced = rep.progress.on_leader_append(rep.leo, self.now_ms)
             if self.cfg.bug_hw_without_acks:
                 rep.progress.high_watermark = rep.leo  # the injected bug
@@ -559,6 +738,24 @@ class Simulation:
         if offset < rep.hw:
             return self._send(b, -100 - i, "produce_resp", i, attempt, pb.NONE, offset)
         rep.acks.add(offset + 1, (i, attempt, offset))
+
+    def _after_append(self, br: Broker, rep: Replica, partition: int) -> None:
+        """storage/log.py `append` under the flush policy: "always" syncs before returning;
+        "interval" starts a background sync when `flush_interval_ms` passed since the last one,
+        which makes durable whatever the file holds when it runs."""
+        policy = "always" if self.cfg.fsync else "interval"
+        if fsync_due(policy, rep.last_fsync_ms, self.now_ms, self.cfg.flush_interval_ms):
+            if self.cfg.fsync:
+                rep.flushed = rep.leo
+            else:
+                self._at(1 + self.rng.randrange(30), "flush", br.id, br.incarnation, partition)
+            rep.last_fsync_ms = self.now_ms
+
+    def _on_flush(self, b: int, incarnation: int, partition: int) -> None:
+        br = self._live(b, incarnation)
+        rep = br.replicas.get(partition) if br else None
+        if rep is not None:
+            rep.flushed = rep.leo
 
     def _hw_advanced(self, br: Broker, rep: Replica, partition: int) -> None:
         assert rep.progress is not None

@@ -13,6 +13,8 @@ from typing import Any
 
 from semel.chaos.sim.cluster import SimConfig, run_seed
 
+BUGS = ("none", "hw-without-acks", "no-elr", "ignore-lost-unsynced-writes", "no-power-loss-fix")
+
 
 def _one(work: tuple[int, SimConfig]) -> dict[str, Any]:
     seed, cfg = work
@@ -22,7 +24,11 @@ def _one(work: tuple[int, SimConfig]) -> dict[str, Any]:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    cfg = SimConfig(steps=args.steps, bug_hw_without_acks=args.inject_bug == "hw-without-acks")
+    bug = args.inject_bug
+    cfg = SimConfig(steps=args.steps, power_faults=not args.no_power_faults, fsync=args.fsync,
+                    bug_hw_without_acks=bug == "hw-without-acks",
+                    bug_no_elr=bug in ("no-elr", "no-power-loss-fix"),
+                    bug_ignore_lost_unsynced_writes=bug in ("ignore-lost-unsynced-writes", "no-power-loss-fix"))
     seeds = [args.seed] if args.seed is not None else list(range(args.first_seed, args.first_seed + args.seeds))
     started = time.perf_counter()
     failing: list[dict[str, Any]] = []
@@ -54,7 +60,7 @@ def add_simulate(sub: Any) -> None:
         "simulate", help="deterministic whole-cluster simulation over many seeds", formatter_class=fmt,
         description="Runs the brokers' replication, ISR and HW logic, the controller and the metadata state "
                     "machine in one process on a simulated network and clock (seeded loss, delay, reordering, "
-                    "partitions, crashes, restarts) and checks the invariants after every event. Exits 1 if "
+                    "partitions, crashes, power loss, clean stops, restarts) and checks the invariants after every event. Exits 1 if "
                     "any seed fails; `--seed S` replays one seed and prints its trace hash and faults. "
                     "See docs/chaos.md, \"Deterministic simulation\".",
         epilog="example: semel chaos simulate --seeds 1000; semel chaos simulate --seed 17")
@@ -62,8 +68,16 @@ def add_simulate(sub: Any) -> None:
     sim.add_argument("--first-seed", type=int, default=0, help="the first of --seeds consecutive seeds")
     sim.add_argument("--seed", type=int, default=None, help="replay this one seed (verbose)")
     sim.add_argument("--steps", type=int, default=SimConfig.steps, help="events with faults on, before the heal")
-    sim.add_argument("--inject-bug", choices=("none", "hw-without-acks"), default="none",
-                     help="run with a deliberate bug (shows the checker catches it)")
+    sim.add_argument("--inject-bug", choices=BUGS, default="none",
+                     help="run with a deliberate bug (shows the checker catches it): a leader whose HW ignores "
+                          "its followers; no eligible leader replicas; a quorum that ignores "
+                          "RegisterBroker.lost_unsynced_writes; both of the last two (the code before chaos "
+                          "finding 9's fix)")
+    sim.add_argument("--fsync", action="store_true",
+                     help="the brokers' `fsync: true` (every append synced before it returns); default: "
+                          "`fsync: false`, a background sync every flush interval")
+    sim.add_argument("--no-power-faults", action="store_true",
+                     help="leave out the power-loss and clean-stop faults")
     sim.add_argument("--jobs", type=int, default=1, help="worker processes (seeds are independent)")
     sim.add_argument("-v", "--verbose", action="store_true", help="one line per seed")
     sim.set_defaults(func=_simulate)
