@@ -14,6 +14,13 @@ the id it started under in `<data dir>/boot-id` (written atomically and fsynced 
 start); a different id at the next start means the machine restarted in between. Under the
 test-only power-cut layer (`semel.storage.power_cut`), each simulated cut counts as a boot.
 Where no boot id is available the answer is "maybe", which is the safe one.
+
+The record also keeps the answer until the quorum has it: a start that finds a machine restart
+leaves `loss_pending` set, and only `loss_reported()` (called once a registration carrying
+`lost_unsynced_writes` committed) clears it. Without that, a process that died between its start
+and its registration (the record already rewritten with the new boot id) came back claiming a
+clean history, and was re-elected on its short log as the last ISR member (found by the
+deterministic simulation, seed 509; docs/chaos.md).
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ def current_boot_id(data_dir: str | Path) -> str:
 
 def machine_restarted(data_dir: str | Path) -> bool:
     """True when the broker that last used `data_dir` ran under another boot (or it cannot
-    tell); False for a fresh data dir or the same boot. Records this boot for the next start."""
+    tell), or when an earlier start found that and `loss_reported` was not called since; False
+    for a fresh data dir or the same boot. Records this boot for the next start."""
     data_dir = Path(data_dir)
     path = data_dir / RECORD_NAME
     now = current_boot_id(data_dir)
@@ -56,7 +64,15 @@ def machine_restarted(data_dir: str | Path) -> bool:
         record = {"boot_id": ""}
     fresh = record is None and not any(data_dir.glob("logs/*"))
     previous = record.get("boot_id", "") if isinstance(record, dict) else ""
-    write_json(path, {"boot_id": now})
-    if fresh:
-        return False
-    return not now or previous != now
+    pending = isinstance(record, dict) and record.get("loss_pending") is True
+    restarted = not fresh and (pending or not now or previous != now)
+    write_json(path, {"boot_id": now, "loss_pending": restarted})
+    return restarted
+
+
+def loss_reported(data_dir: str | Path) -> None:
+    """The metadata quorum committed a registration that said `lost_unsynced_writes` (or the
+    broker syncs every write, so there is nothing to report): later starts in this boot are
+    process restarts again."""
+    path = Path(data_dir) / RECORD_NAME
+    write_json(path, {"boot_id": current_boot_id(data_dir), "loss_pending": False})

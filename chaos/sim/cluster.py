@@ -25,8 +25,8 @@ What is modelled (thin shells, mirroring the asyncio/gRPC code):
     the log survives, memory (leader progress, pending acks, producer state, fetch sessions) does
     not; the HW comes back from a checkpoint that lags. A power loss also cuts the log to its
     synced prefix, and the restarted broker registers with `lost_unsynced_writes` exactly when
-    the real one would (storage/boot_record.py: the boot record is rewritten at every start, the
-    flag kept in memory until a registration succeeds);
+    the real one would (storage/boot_record.py: the record keeps "loss pending" until a
+    registration carrying the flag succeeded);
   * a clean stop is process.py's controlled shutdown (wait for sole leaderships to gain an ISR
     member, FenceBroker itself through the quorum, wait to see it, close the logs = sync);
   * the follower fetch loop (replication.py) and the leader's fetch answer incl. divergence;
@@ -100,6 +100,9 @@ class SimConfig:
     bug_hw_without_acks: bool = False
     bug_no_elr: bool = False
     bug_ignore_lost_unsynced_writes: bool = False
+    # the boot record before simulation seed 509's fix: a start rewrote it, so a process killed
+    # before its registration committed forgot that its machine had restarted
+    bug_boot_record_consumed_at_start: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -185,6 +188,7 @@ class Broker:
         # at the broker's last start (None: a fresh data dir)
         self.boot = 0
         self.boot_recorded: int | None = None
+        self.loss_pending = False  # boot_record's `loss_pending`: durable, unlike the flag below
         # process.py: sent with RegisterBroker until a registration succeeds (in memory only)
         self.lost_unsynced_writes = False
         self.power_lost = False  # lost power and not yet recovered (`_power_loss_fault`)
@@ -443,14 +447,26 @@ class Simulation:
         if not br.alive and br.incarnation == incarnation:
             self.faults.append(f"t={self.now_ms} restart {b}")
             self._restart(b)
+            if self.faults_on and self.rng.randrange(4) == 0:  # it dies again while starting
+                self._at(1 + self.rng.randrange(60), "crash_starting", b, br.incarnation)
+
+    def _on_crash_starting(self, b: int, incarnation: int) -> None:
+        br = self.brokers[b]
+        if br.alive and br.incarnation == incarnation and self.faults_on:
+            self.faults.append(f"t={self.now_ms} crash {b} (starting{', unregistered' if br.broker_epoch < 0 else ''})")
+            self._crash(b)
+            self._at(100 + self.rng.randrange(2000), "auto_restart", b, br.incarnation)
 
     def _boot_check(self, br: Broker) -> None:
         """storage/boot_record.py `machine_restarted` at process start, and process.py's use of
-        it: the record is rewritten at every start; the flag is kept in memory until a
-        registration succeeds."""
-        restarted = br.boot_recorded is not None and br.boot_recorded != br.boot
+        it: the record is rewritten at every start and keeps `loss_pending` until a registration
+        that carried the flag succeeded (`loss_reported`)."""
+        restarted = br.boot_recorded is not None and (br.boot_recorded != br.boot or br.loss_pending)
+        if self.cfg.bug_boot_record_consumed_at_start:  # the record before the fix: boot id only
+            restarted = br.boot_recorded is not None and br.boot_recorded != br.boot
         br.boot_recorded = br.boot
-        if restarted and not self.cfg.fsync:
+        br.loss_pending = restarted and not self.cfg.fsync  # `loss_reported` at once under fsync
+        if br.loss_pending:
             br.lost_unsynced_writes = True
 
     def _crash(self, b: int) -> None:
@@ -554,6 +570,8 @@ class Simulation:
         br = self._live(b, incarnation)
         if br is not None and br.broker_epoch < 0:
             br.broker_epoch = broker_epoch
+            if br.lost_unsynced_writes:
+                br.loss_pending = False  # process.py: boot_record.loss_reported
             br.lost_unsynced_writes = False
             br.registered_since_cut = True
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from semel.chaos.sim.cluster import SimConfig, run_seed
 
-BUGS = ("none", "hw-without-acks", "no-elr", "ignore-lost-unsynced-writes", "no-power-loss-fix")
+BUGS = ("none", "hw-without-acks", "no-elr", "ignore-lost-unsynced-writes", "no-power-loss-fix",
+        "boot-record-consumed-at-start")
 
 
 def _one(work: tuple[int, SimConfig]) -> dict[str, Any]:
@@ -28,7 +29,8 @@ def _simulate(args: argparse.Namespace) -> int:
     cfg = SimConfig(steps=args.steps, power_faults=not args.no_power_faults, fsync=args.fsync,
                     bug_hw_without_acks=bug == "hw-without-acks",
                     bug_no_elr=bug in ("no-elr", "no-power-loss-fix"),
-                    bug_ignore_lost_unsynced_writes=bug in ("ignore-lost-unsynced-writes", "no-power-loss-fix"))
+                    bug_ignore_lost_unsynced_writes=bug in ("ignore-lost-unsynced-writes", "no-power-loss-fix"),
+                    bug_boot_record_consumed_at_start=bug == "boot-record-consumed-at-start")
     seeds = [args.seed] if args.seed is not None else list(range(args.first_seed, args.first_seed + args.seeds))
     started = time.perf_counter()
     failing: list[dict[str, Any]] = []
@@ -72,7 +74,8 @@ def add_simulate(sub: Any) -> None:
                      help="run with a deliberate bug (shows the checker catches it): a leader whose HW ignores "
                           "its followers; no eligible leader replicas; a quorum that ignores "
                           "RegisterBroker.lost_unsynced_writes; both of the last two (the code before chaos "
-                          "finding 9's fix)")
+                          "finding 9's fix); a boot record that forgets a machine restart when the process dies "
+                          "before registering (before the fix of simulation seed 509)")
     sim.add_argument("--fsync", action="store_true",
                      help="the brokers' `fsync: true` (every append synced before it returns); default: "
                           "`fsync: false`, a background sync every flush interval")

@@ -605,9 +605,13 @@ class Broker:
         # directory whose files were all fsynced (found by the power-cut layer).
         (self.data_dir / "raft").mkdir(exist_ok=True)
         fsync_dir(self.data_dir)
-        if self.is_broker and boot_record.machine_restarted(self.data_dir) and not cfg.fsync:
+        restarted = self.is_broker and boot_record.machine_restarted(self.data_dir)
+        if restarted and cfg.fsync:
+            boot_record.loss_reported(self.data_dir)  # every write was synced: nothing was lost
+        elif restarted:
             # Records it acknowledged may have been only in the page cache that the restart
             # dropped: the quorum stops counting it as a full copy where another replica is one.
+            # The boot record keeps saying so until a registration carrying it committed.
             self.lost_unsynced_writes = True
             log.warning("broker %d: the machine restarted since this broker last ran, without fsync: "
                         "its logs may lack acknowledged records; it rejoins each ISR by catching up",
@@ -825,6 +829,11 @@ class Broker:
                     raise AssertionError(f"RegisterBroker answered {result.value!r}, not a broker epoch")
                 self.broker_epoch = result.value
                 self.rm.broker_epoch = self.broker_epoch
+                if self.lost_unsynced_writes:
+                    # Only now may a later start of this boot count as a process restart: until
+                    # the quorum had it, a crash must not lose the news (boot_record).
+                    await self.disk.run("boot-record", lambda: boot_record.loss_reported(self.data_dir),
+                                        "record that the quorum knows of the lost writes")
                 self.lost_unsynced_writes = False
                 log.info("registered broker %d at epoch %d", cfg.broker_id, self.broker_epoch)
                 self.rm.reconcile(self.quorum.image())

@@ -25,7 +25,28 @@ def test_another_boot_id_is_a_machine_restart(tmp_path: Path, monkeypatch: pytes
     assert not boot_record.machine_restarted(data)
     boot_id.write_text("second\n")
     assert boot_record.machine_restarted(data)
+    boot_record.loss_reported(data)  # the registration that said so committed
     assert not boot_record.machine_restarted(data)  # recorded: the next process restart is clean
+
+
+def test_a_restart_is_told_until_the_quorum_has_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Simulation seed 509: the broker lost power, started (the record now names the new boot),
+    # could not reach the quorum and was killed; started again in the same boot it registered
+    # without lost_unsynced_writes and was re-elected, the last ISR member, on its short log.
+    monkeypatch.delenv(power_cut.ENV, raising=False)
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("first\n")
+    monkeypatch.setattr(boot_record, "BOOT_ID_PATH", boot_id)
+    data = tmp_path / "data"
+    data.mkdir()
+    assert not boot_record.machine_restarted(data)
+    boot_id.write_text("second\n")
+    assert boot_record.machine_restarted(data)
+    # killed before its registration committed: the next start in the same boot still says so
+    assert boot_record.machine_restarted(data)
+    assert boot_record.machine_restarted(data)
+    boot_record.loss_reported(data)
+    assert not boot_record.machine_restarted(data)
 
 
 def test_unknown_boot_ids_and_records_count_as_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,4 +67,5 @@ def test_each_simulated_power_cut_is_a_boot(tmp_path: Path, monkeypatch: pytest.
     power_cut._cuts_file(data).write_text("1\n")  # what cut() leaves beside the data dir
     assert power_cut.cuts_of(data) == 1
     assert boot_record.machine_restarted(data)
+    boot_record.loss_reported(data)
     assert not boot_record.machine_restarted(data)
