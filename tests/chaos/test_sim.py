@@ -12,6 +12,7 @@ from semel.chaos.sim.cluster import SimConfig, Simulation, run_seed
 
 CI_SEEDS = 40  # a few seconds; `semel chaos simulate --seeds N` runs more
 FSYNC_SEEDS = 8
+FINDING_9_SEEDS = (111, 134)
 
 
 def test_a_seed_replays_its_exact_trace():
@@ -64,14 +65,16 @@ def test_checker_catches_the_power_loss_bug_of_chaos_finding_9():
     # Without eligible leader replicas and with the quorum ignoring lost_unsynced_writes (the code
     # before finding 9's fix), a leader that was the last ISR member after a clean stop of its
     # follower loses power, comes back with a shorter log and is elected: a committed write is
-    # lost. About 1 seed in 75 shows it (seed 32 first).
+    # lost. About 1 seed in 80 shows it (12 of seeds 0-999; 111 and 134 the first two: a search
+    # from 0 would take ~6 s, so CI replays those two; if the simulation's event order changes,
+    # find new ones with `semel chaos simulate --seeds 300 --inject-bug no-power-loss-fix`).
     cfg = SimConfig(bug_no_elr=True, bug_ignore_lost_unsynced_writes=True)
-    caught = next((sim for seed in range(300) if (sim := run_seed(seed, cfg)[1]).violations), None)
-    assert caught is not None, "the power-loss bug of finding 9 went unnoticed for 300 seeds"
-    assert any("committed" in v or "acknowledged" in v for v in caught.violations)
-    assert any(" power-loss " in f and "(0 unsynced" not in f for f in caught.faults)
-    # the same seed is clean with the fix (ELR + the machine-restart rule)
-    assert not run_seed(caught.seed)[1].violations
+    for seed in FINDING_9_SEEDS:
+        _, caught = run_seed(seed, cfg)
+        assert any("committed write lost" in v for v in caught.violations), (seed, caught.violations)
+        assert any(" power-loss " in f and "(0 unsynced" not in f for f in caught.faults), caught.faults
+        # the same seed is clean with the fix (ELR + the machine-restart rule)
+        assert not run_seed(seed)[1].violations
 
 
 def test_checker_catches_a_leader_that_advances_the_hw_without_follower_acks():
