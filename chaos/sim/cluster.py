@@ -21,7 +21,8 @@ What is modelled (thin shells, mirroring the asyncio/gRPC code):
     (storage/log.py + RocksDB via rocksdict) has no injectable file layer. It has a synced
     prefix, moved as storage/log.py moves it (`fsync_due`, the real policy function: "interval"
     starts a background sync at an append when `flush_interval_ms` passed, "always" syncs every
-    append; open and close sync everything; a truncation is durable at once). A crash is kill -9:
+    append; open and close sync everything; a truncation is durable at once, or with
+    `strict_truncation` at the next sync, as the real one is). A crash is kill -9:
     the log survives, memory (leader progress, pending acks, producer state, fetch sessions) does
     not; the HW comes back from a checkpoint that lags. A power loss also cuts the log to its
     synced prefix, and the restarted broker registers with `lost_unsynced_writes` exactly when
@@ -95,6 +96,9 @@ class SimConfig:
     fsync: bool = False
     flush_interval_ms: int = limits.FLUSH_INTERVAL_MS_DEFAULT
     controlled_shutdown_wait_ms: int = limits.CONTROLLED_SHUTDOWN_WAIT_MS_DEFAULT
+    # a truncation durable only at the next sync (PartitionLog.truncate_to does not fsync the
+    # segment after its ftruncate): the strict POSIX model of the power-cut layer
+    strict_truncation: bool = False
     # seams to prove the checker can fail: a leader whose HW ignores the followers; no eligible
     # leader replicas (KIP-966); a quorum that ignores `RegisterBroker.lost_unsynced_writes`
     bug_hw_without_acks: bool = False
@@ -124,6 +128,9 @@ class Replica:
     def __init__(self) -> None:
         self.log: list[Record] = []
         self.flushed = 0
+        # strict mode: a truncation becomes durable only at the next sync; until then a power
+        # loss brings back `unsynced_cut` (the records once synced at offsets >= the cut)
+        self.unsynced_cut: list[Record] = []
         self.last_fsync_ms = 0  # storage/log.py `_last_fsync_ms`: when the policy last synced
         self.epochs: ec.Entries = ()
         self.hw = 0
@@ -143,8 +150,10 @@ class Replica:
         self.log.append(rec)
         self.pstate.apply(_header(rec))
 
-    def truncate_to(self, offset: int) -> None:
+    def truncate_to(self, offset: int, durable: bool = True) -> None:
         offset = max(0, min(offset, self.leo))
+        if not durable and offset < self.flushed:  # the synced records past the cut stay on disk
+            self.unsynced_cut = [dataclasses.replace(r) for r in self.log[offset:self.flushed]] + self.unsynced_cut
         del self.log[offset:]
         self.flushed = min(self.flushed, offset)
         self.epochs = ec.truncate_from_end(self.epochs, offset)
@@ -156,8 +165,18 @@ class Replica:
         entries past the LEO dropped, one at the LEO kept). Returns how many records were lost."""
         lost = self.leo - self.flushed
         del self.log[self.flushed:]
+        self.log.extend(self.unsynced_cut)
+        self.unsynced_cut = []
+        self.flushed = self.leo
         self.epochs = ec.truncate_from_end(self.epochs, self.leo + 1)
+        for rec in self.log:  # PartitionLog.open: scanned batches of a later epoch extend the cache
+            if not self.epochs or rec.epoch > self.epochs[-1].epoch:
+                self.epochs = ec.assign(self.epochs, rec.epoch, rec.offset)
         return lost
+
+    def synced(self) -> None:
+        self.flushed = self.leo
+        self.unsynced_cut = []
 
     def rebuild_producer_state(self) -> None:
         self.pstate = ProducerStateManager()
@@ -397,9 +416,11 @@ class Simulation:
         br.boot += 1
         br.power_lost = True
         br.registered_since_cut = False
+        back = sum(len(rep.unsynced_cut) for rep in br.replicas.values())
         lost = sum(rep.lose_unsynced() for rep in br.replicas.values())
         down = sum(x.power_lost for x in self.brokers.values())  # not recovered from their cut
-        self.faults.append(f"t={self.now_ms} power-loss {b} ({lost} unsynced records lost; {down} cut so far)")
+        self.faults.append(f"t={self.now_ms} power-loss {b} ({lost} unsynced records lost; {down} cut so far"
+                           + (f"; {back} truncated records back)" if back else ")"))
         self._at(500 + self.rng.randrange(4500), "auto_restart", b, br.incarnation)
 
     def _begin_clean_stop(self, b: int) -> None:
@@ -437,7 +458,7 @@ class Simulation:
         br = self.brokers[b]
         for rep in br.replicas.values():
             rep.hw_checkpoint = rep.hw
-            rep.flushed = rep.leo  # PartitionLog.close() fsyncs
+            rep.synced()  # PartitionLog.close() fsyncs
         self._crash(b)
         self.faults.append(f"t={self.now_ms} stopped {b}")
         self._at(200 + self.rng.randrange(2800), "auto_restart", b, br.incarnation)
@@ -494,7 +515,7 @@ class Simulation:
             rep.leader_epoch, rep.leader = -1, NO_LEADER
             rep.hw = min(rep.hw_checkpoint, rep.leo)
             rep.rebuild_producer_state()
-            rep.flushed = rep.leo  # PartitionLog.open() fsyncs what it recovered
+            rep.synced()  # PartitionLog.open() fsyncs what it recovered
             rep.last_fsync_ms = self.now_ms
         self._at(1, "start", b)
 
@@ -694,7 +715,7 @@ class Simulation:
             d_epoch, leader_end = diverging
             local_epoch, local_end = ec.end_offset_for(rep.epochs, d_epoch, rep.leo) if d_epoch >= 0 else (-1, -1)
             target = min(leader_end, rep.hw) if local_epoch < 0 else min(leader_end, local_end)
-            rep.truncate_to(min(target, rep.leo))
+            rep.truncate_to(min(target, rep.leo), durable=not self.cfg.strict_truncation)
             return
         if not records or records[0].offset != rep.leo:
             if hw >= 0:
@@ -764,7 +785,7 @@ class Simulation:
         policy = "always" if self.cfg.fsync else "interval"
         if fsync_due(policy, rep.last_fsync_ms, self.now_ms, self.cfg.flush_interval_ms):
             if self.cfg.fsync:
-                rep.flushed = rep.leo
+                rep.synced()
             else:
                 self._at(1 + self.rng.randrange(30), "flush", br.id, br.incarnation, partition)
             rep.last_fsync_ms = self.now_ms
@@ -773,7 +794,7 @@ class Simulation:
         br = self._live(b, incarnation)
         rep = br.replicas.get(partition) if br else None
         if rep is not None:
-            rep.flushed = rep.leo
+            rep.synced()
 
     def _hw_advanced(self, br: Broker, rep: Replica, partition: int) -> None:
         assert rep.progress is not None

@@ -27,6 +27,7 @@ def _one(work: tuple[int, SimConfig]) -> dict[str, Any]:
 def _simulate(args: argparse.Namespace) -> int:
     bug = args.inject_bug
     cfg = SimConfig(steps=args.steps, power_faults=not args.no_power_faults, fsync=args.fsync,
+                    strict_truncation=args.strict_truncation,
                     bug_hw_without_acks=bug == "hw-without-acks",
                     bug_no_elr=bug in ("no-elr", "no-power-loss-fix"),
                     bug_ignore_lost_unsynced_writes=bug in ("ignore-lost-unsynced-writes", "no-power-loss-fix"),
@@ -79,6 +80,9 @@ def add_simulate(sub: Any) -> None:
     sim.add_argument("--fsync", action="store_true",
                      help="the brokers' `fsync: true` (every append synced before it returns); default: "
                           "`fsync: false`, a background sync every flush interval")
+    sim.add_argument("--strict-truncation", action="store_true",
+                     help="a log truncation is durable only at the next sync (the segment's ftruncate is not "
+                          "fsynced), so a power loss can bring a truncated tail back; default: durable at once")
     sim.add_argument("--no-power-faults", action="store_true",
                      help="leave out the power-loss and clean-stop faults")
     sim.add_argument("--jobs", type=int, default=1, help="worker processes (seeds are independent)")
