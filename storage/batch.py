@@ -124,10 +124,6 @@ class BatchHeader:
         return bool(self.attributes & ATTR_CONTROL)
 
     @property
-    def has_producer_id(self) -> bool:
-        return self.producer_id >= 0
-
-    @property
     def last_sequence(self) -> int:
         """Sequence of the last record, wrapping at 2^31 - 1 to 0 as Kafka does."""
         if self.base_sequence < 0:

@@ -84,10 +84,6 @@ class SegmentIndex:
         self.first_timestamp_ms: int | None = None
         self.bytes_since_entry = 0
 
-    @property
-    def is_empty(self) -> bool:
-        return self.size_bytes == 0
-
     def observe(self, base_offset: int, next_offset: int, max_timestamp_ms: int, size_bytes: int) -> None:
         """Account for the batch written at position `size_bytes` (the current end)."""
         if base_offset != self.next_offset or next_offset <= base_offset or size_bytes <= 0:
