@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from semel import limits
+from semel.limits import ADMIN_TIMEOUT_MS_DEFAULT
 from semel.cluster.metadata import placement
 from semel.cluster.metadata import state as md
 from semel.cluster.metadata.controller import preferred_leader_elections
@@ -25,11 +26,9 @@ from semel.v1 import common_pb2 as pb
 if TYPE_CHECKING:
     from semel.cluster.broker.process import Broker
 
-ADMIN_OPS_TIMEOUT_MS_DEFAULT = 5_000
-
 
 def _timeout_s(timeout_ms: int) -> float:
-    return max(1, min(limits.MAX_PRODUCE_TIMEOUT_MS, timeout_ms or ADMIN_OPS_TIMEOUT_MS_DEFAULT)) / 1000
+    return max(1, min(limits.MAX_PRODUCE_TIMEOUT_MS, timeout_ms or ADMIN_TIMEOUT_MS_DEFAULT)) / 1000
 
 
 def _config_key_problem(keys: list[str]) -> str | None:
@@ -89,7 +88,7 @@ class ClusterOpsAdmin:
     # --- configs ----------------------------------------------------------------------
     async def DescribeTopicConfig(self, request: apb.DescribeTopicConfigRequest,
                                   context: grpc.aio.ServicerContext) -> apb.DescribeTopicConfigResponse:
-        topic = (await self._fresh_image(ADMIN_OPS_TIMEOUT_MS_DEFAULT / 1000)).topic(request.topic)
+        topic = (await self._fresh_image(ADMIN_TIMEOUT_MS_DEFAULT / 1000)).topic(request.topic)
         if topic is None:
             return apb.DescribeTopicConfigResponse(error_code=pb.UNKNOWN_TOPIC_OR_PARTITION,
                                                    error_message=f"no topic {request.topic!r}")

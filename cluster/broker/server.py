@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import grpc
 from semel import internal_topics, limits, scram
+from semel.limits import ADMIN_TIMEOUT_MS_DEFAULT, PRODUCE_TIMEOUT_MS_DEFAULT
 from semel.clock import wall_clock_ms
 from semel.invariant import not_none
 from semel.cluster.broker import write_path
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PRODUCE_TIMEOUT_MS_DEFAULT = 30_000
-ADMIN_TIMEOUT_MS_DEFAULT = 5_000
 EARLIEST = -2
 LATEST = -1
 

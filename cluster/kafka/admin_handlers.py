@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from kio.schema.errors import ErrorCode as K
 from semel import limits
+from semel.limits import ADMIN_TIMEOUT_MS_DEFAULT
 from semel.cluster.broker.replica_manager import PartitionError
 from semel.cluster.kafka import codec
 from semel.cluster.kafka.errors import to_kafka
@@ -34,7 +35,6 @@ _SEMEL_STATES = {gpb.GROUP_STATE_EMPTY: "Empty", gpb.GROUP_STATE_RECONCILING: "R
                  gpb.GROUP_STATE_STABLE: "Stable", gpb.GROUP_STATE_DEAD: "Dead"}
 CONSUMER = "consumer"
 RESOURCE_TOPIC, RESOURCE_BROKER = 2, 4
-ADMIN_TIMEOUT_MS_DEFAULT = 5_000
 SOURCE_DYNAMIC_TOPIC, SOURCE_STATIC_BROKER, SOURCE_DEFAULT = 1, 4, 5
 TYPE_BOOLEAN, TYPE_STRING, TYPE_INT, TYPE_LONG, TYPE_LIST = 1, 2, 3, 5, 7
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from kio.schema.errors import ErrorCode as K
 from semel import limits
+from semel.limits import ADMIN_TIMEOUT_MS_DEFAULT, PRODUCE_TIMEOUT_MS_DEFAULT
 from semel.invariant import not_none
 from semel.cluster.broker.coordinator_lookup import find_coordinator
 from semel.cluster.broker.group_service import GroupsService
@@ -68,8 +69,6 @@ READ_COMMITTED = 1
 EARLIEST, LATEST, MAX_TIMESTAMP = -2, -1, -3
 CODEC_ZSTD = 4
 ZSTD_MIN_PRODUCE_VERSION = 7  # KIP-110
-PRODUCE_TIMEOUT_MS_DEFAULT = 30_000
-ADMIN_TIMEOUT_MS_DEFAULT = 5_000
 NULL_UUID = "00000000000000000000000000000000"
 
 

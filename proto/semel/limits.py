@@ -57,6 +57,8 @@ MAX_INFLIGHT_PRODUCE_PER_CONNECTION = 256  # the same, per client connection (gR
 MAX_PENDING_ACKS_PER_PARTITION = 4096      # acks=all produces waiting for the high watermark, per partition
 MAX_FETCH_WAITERS_PER_BROKER = 4096        # long-polling Fetch requests parked at once
 MAX_PRODUCE_TIMEOUT_MS = 5 * 60 * 1000     # produce timeout_ms is clamped to this
+PRODUCE_TIMEOUT_MS_DEFAULT = 30_000        # a produce (gRPC or Kafka) that sends no timeout waits this long for acks=all
+ADMIN_TIMEOUT_MS_DEFAULT = 5_000           # an admin request (CreateTopics, DeleteTopics, alter/reassign/elect, ...) that sends no timeout
 MAX_FETCH_WAIT_MS = 60 * 1000              # fetch max_wait_ms is clamped to this
 MAX_FUTURE_TIMESTAMP_MS = 24 * 3600 * 1000 # a batch's max timestamp may be at most this far ahead of the broker
 MAX_PARTITIONS_PER_REQUEST = 10_000        # partitions in one produce/fetch/list-offsets request; more -> INVALID_REQUEST
@@ -210,6 +212,9 @@ def _check_relationships() -> None:
     invariant(0 < MARKER_RETRY_BACKOFF_MS <= MAX_MARKER_RETRY_BACKOFF_MS, "marker backoff")
     invariant(MAX_TXN_PREDICTED_PARTITIONS <= MAX_PARTITIONS_PER_TRANSACTION, "predicted partitions")
     invariant(MAX_MARKERS_PER_REQUEST <= MAX_PARTITIONS_PER_REQUEST, "markers per request")
+    # request timeouts: the defaults are within the clamp
+    invariant(0 < PRODUCE_TIMEOUT_MS_DEFAULT <= MAX_PRODUCE_TIMEOUT_MS, "produce timeout default")
+    invariant(0 < ADMIN_TIMEOUT_MS_DEFAULT <= MAX_PRODUCE_TIMEOUT_MS, "admin timeout default")
     # the Kafka listener: one produce batch fits in a request, and decompresses within its bound
     invariant(MAX_BATCH_BYTES <= MAX_KAFKA_REQUEST_BYTES, "a batch fits in a Kafka request")
     invariant(MAX_BATCH_BYTES <= MAX_DECOMPRESSED_BATCH_BYTES, "a batch decompresses within its bound")

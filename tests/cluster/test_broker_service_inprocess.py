@@ -15,7 +15,8 @@ from semel.cluster.broker.metrics import BrokerMetrics
 from semel.cluster.broker.process import BrokerConfig
 from semel.cluster.broker.replica_manager import ReplicaManager
 from semel.cluster.broker.replication import IsrMaintainer, LeaderReplicationService
-from semel.cluster.broker.server import ADMIN_TIMEOUT_MS_DEFAULT, BrokerService, effective_timeout_ms
+from semel.cluster.broker.server import BrokerService, effective_timeout_ms
+from semel.limits import ADMIN_TIMEOUT_MS_DEFAULT
 from semel.cluster.broker.storage_adapter import open_replica_store
 from semel.client.records import encode_record
 from semel.cluster.metadata import state as md
