@@ -9,7 +9,7 @@ created, so the client asks again and finds it. Several brokers racing to create
 harmless: the quorum applies the first CreateTopic, the others get TOPIC_ALREADY_EXISTS.
 
 `auto_create_command` is the rule (pure): never an internal topic (`__` prefix) nor an invalid
-name, never when off. `AutoCreator` is the shell: at most AUTO_CREATE_IN_FLIGHT_MAX creations
+name, never when off. `AutoCreator` is the shell: at most MAX_AUTO_CREATES_IN_FLIGHT creations
 in flight per broker, one per name.
 """
 
@@ -74,7 +74,7 @@ class AutoCreator:
             if command is None or (security is not None and not security.may_create_topic(name)):
                 continue
             creating.add(name)  # over the bound it is started by a later request, when one ends
-            if name not in self._creating and len(self._creating) < limits.AUTO_CREATE_IN_FLIGHT_MAX:
+            if name not in self._creating and len(self._creating) < limits.MAX_AUTO_CREATES_IN_FLIGHT:
                 self._creating[name] = asyncio.get_running_loop().create_task(self._create(command))
         return creating
 

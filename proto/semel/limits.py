@@ -64,7 +64,7 @@ MAX_FUTURE_TIMESTAMP_MS = 24 * 3600 * 1000 # a batch's max timestamp may be at m
 MAX_PARTITIONS_PER_REQUEST = 10_000        # partitions in one produce/fetch/list-offsets request; more -> INVALID_REQUEST
 MAX_TOPICS_PER_ADMIN_REQUEST = 1000        # topics in one CreateTopics/DeleteTopics request; more -> INVALID_REQUEST
 MAX_GROUPS_PER_REQUEST = 1000              # group ids in one DescribeGroups request; more -> INVALID_REQUEST
-AUTO_CREATE_IN_FLIGHT_MAX = 64             # topic auto-creations a broker has in flight at once (--auto-create-topics)
+MAX_AUTO_CREATES_IN_FLIGHT = 64            # topic auto-creations a broker has in flight at once (--auto-create-topics)
 AUTO_CREATE_TIMEOUT_MS = 10_000            # one auto-creation's wait for the metadata quorum
 REPLICA_FETCH_MAX_BYTES_DEFAULT = 8 * 1024 * 1024  # one ReplicaFetch response (at least one whole batch per partition)
 REPLICA_FETCH_MAX_WAIT_MS_DEFAULT = 500    # follower long-poll on the leader
@@ -199,6 +199,12 @@ def _check_relationships() -> None:
     # a follower long-polling the leader is not lagging
     invariant(REPLICA_FETCH_MAX_WAIT_MS_DEFAULT < REPLICA_LAG_TIME_MAX_MS_DEFAULT, "replica long-poll < lag time")
     invariant(REPLICA_FETCH_MAX_WAIT_MS_DEFAULT <= MAX_FETCH_WAIT_MS, "replica long-poll within the fetch wait bound")
+    # a leader re-evaluates its ISR several times within the lag a follower is allowed
+    invariant(ISR_CHECK_INTERVAL_MS_DEFAULT < REPLICA_LAG_TIME_MAX_MS_DEFAULT, "ISR check < replica lag time")
+    # the disk executor runs something; its queue holds at least a job per thread
+    invariant(1 <= DISK_EXECUTOR_THREADS <= MAX_DISK_EXECUTOR_QUEUE, "disk executor threads and queue")
+    # the loop monitor: a lag is reported before it counts as a stall, and the probe wakes within a stall
+    invariant(LOOP_LAG_REPORT_MS < LOOP_STALL_MS and LOOP_LAG_PROBE_INTERVAL_MS < LOOP_STALL_MS, "loop lag < stall")
     # metadata
     invariant(INTERNAL_TOPIC_PARTITIONS_DEFAULT <= MAX_PARTITIONS_PER_TOPIC <= MAX_PARTITIONS_TOTAL, "partition counts")
     invariant(MAX_REPLICATION_FACTOR <= MAX_BROKERS, "replication factor <= brokers")
@@ -206,6 +212,7 @@ def _check_relationships() -> None:
     invariant(GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT < GROUP_SESSION_TIMEOUT_MS_DEFAULT, "group heartbeat < session")
     invariant(GROUP_REBALANCE_TIMEOUT_MS_DEFAULT <= MAX_GROUP_REBALANCE_TIMEOUT_MS, "rebalance timeout default")
     invariant(OFFSETS_RETENTION_CHECK_INTERVAL_MS < OFFSETS_RETENTION_MS_DEFAULT, "offsets retention check")
+    invariant(0 < CLASSIC_GROUP_MIN_SESSION_TIMEOUT_MS <= CLASSIC_GROUP_MAX_SESSION_TIMEOUT_MS, "classic session range")
     # transactions
     invariant(TRANSACTION_TIMEOUT_MS_DEFAULT <= MAX_TRANSACTION_TIMEOUT_MS, "transaction timeout default")
     invariant(TRANSACTION_ABORT_SCAN_INTERVAL_MS < TRANSACTION_TIMEOUT_MS_DEFAULT, "abort scan < transaction timeout")

@@ -93,3 +93,28 @@ def test_limits_check_their_relationships_at_import():
             limits._check_relationships()
     finally:
         limits.BROKER_DISCONNECT_GRACE_MS_DEFAULT = saved
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("PRODUCE_TIMEOUT_MS_DEFAULT", limits.MAX_PRODUCE_TIMEOUT_MS + 1, "produce timeout default"),
+    ("ADMIN_TIMEOUT_MS_DEFAULT", 0, "admin timeout default"),
+    ("ISR_CHECK_INTERVAL_MS_DEFAULT", limits.REPLICA_LAG_TIME_MAX_MS_DEFAULT, "ISR check < replica lag time"),
+    ("DISK_EXECUTOR_THREADS", 0, "disk executor threads and queue"),
+    ("LOOP_LAG_REPORT_MS", limits.LOOP_STALL_MS, "loop lag < stall"),
+    ("CLASSIC_GROUP_MIN_SESSION_TIMEOUT_MS", limits.CLASSIC_GROUP_MAX_SESSION_TIMEOUT_MS + 1, "classic session range"),
+])
+def test_each_stated_relationship_is_checked(name, value, message):
+    saved = getattr(limits, name)
+    try:
+        setattr(limits, name, value)
+        with pytest.raises(AssertionError, match=message):
+            limits._check_relationships()
+    finally:
+        setattr(limits, name, saved)
+
+
+def test_limits_use_one_naming_style():
+    """`MAX_*` / `MIN_*` prefix a bound (docs in limits.py); a trailing _MAX/_MIN is the other style."""
+    names = [n for n in vars(limits) if n.isupper()]
+    assert len(names) > 100
+    assert [n for n in names if n.endswith(("_MAX", "_MIN"))] == []
