@@ -21,6 +21,7 @@ from semel.chaos.proxy_testing import (
     recv_exactly,
     round_trip_s,
 )
+from semel.cluster.tooling.ports import free_port
 
 SEED = 424242
 SLACK_S = 0.25    # scheduling noise allowed above a toxic's promised delay
@@ -312,9 +313,7 @@ def test_adding_and_updating_toxics_on_a_live_connection(proxy, api):
 
 
 def test_unreachable_upstream_closes_the_client(tp):
-    with socket.socket() as probe:         # a port with nothing listening
-        probe.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    dead = f"127.0.0.1:{free_port()}"      # a port with nothing listening
     proxy = tp.create(upstream=dead, name="dead")
     with dial(proxy.listen) as sock:
         try:
