@@ -51,11 +51,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from semel import internal_topics, limits
-from semel.clock import monotonic_ms, wall_clock_ms
 from semel.cluster.broker import write_path
 from semel.cluster.broker.coordinator_lookup import still_coordinates
 from semel.cluster.broker.metadata_freshness import QuorumRead
 from semel.cluster.broker.replica_manager import (
+    Clock,
     Partition,
     PartitionError,
     Role,
@@ -195,6 +195,12 @@ class TxnCoordinatorShell:
         self.corrupt_records_skipped = 0  # undecodable batches/records of __transaction_state skipped by loads
         self.forged_fences = 0  # fence answers not believed: this broker still coordinates (see _confirmed_fences)
         self._quorum_read: QuorumRead | None = None
+
+    @property
+    def clock(self) -> Clock:
+        """The broker's clocks (`ReplicaManager.clock`), as the replicas and the group coordinator
+        read them: a test that moves a fake clock moves the transaction coordinator too."""
+        return self.b.rm.clock
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -364,18 +370,18 @@ class TxnCoordinatorShell:
         p = self.b.rm.get(internal_topics.TRANSACTION_STATE_TOPIC, action.partition)
         # Written only while the leader epoch is the coordinator epoch: a deposed coordinator never writes.
         if p is None or p.role != Role.LEADER or p.leader_epoch != action.coordinator_epoch:
-            self._perform(core.write_failed(action.write_id, pb.NOT_LEADER_OR_FOLLOWER, wall_clock_ms()))
+            self._perform(core.write_failed(action.write_id, pb.NOT_LEADER_OR_FOLLOWER, self.clock.wall_clock_ms()))
             return
 
         def write() -> WriteResult:
             header = decode_header(action.batch)
-            return p.append_as_leader(header, action.batch[HEADER_BYTES:], wall_clock_ms())
+            return p.append_as_leader(header, action.batch[HEADER_BYTES:], self.clock.wall_clock_ms())
 
         out = write_path.start_append(p, write, write_path.TXN_STATE)
         if isinstance(out, WriteResult):  # refused before or by the append: nothing was written
             if out.error_code != pb.NOT_ENOUGH_REPLICAS:
                 log.warning("txn state append to partition %d failed: %s", action.partition, out.message)
-            self._perform(core.write_failed(action.write_id, out.error_code, wall_clock_ms()))
+            self._perform(core.write_failed(action.write_id, out.error_code, self.clock.wall_clock_ms()))
             return
         result = await out.wait(STATE_WRITE_TIMEOUT_MS, forget_on_timeout=False)
         if result.error_code == pb.REQUEST_TIMED_OUT:
@@ -387,7 +393,7 @@ class TxnCoordinatorShell:
         if p.leader_epoch != action.coordinator_epoch:
             return
         self._fold_into_view(action.partition, result.base_offset, action.batch)
-        self._perform(core.write_committed(action.write_id, wall_clock_ms()))
+        self._perform(core.write_committed(action.write_id, self.clock.wall_clock_ms()))
         self._kick()  # a Prepare* just committed: send its markers now, not at the next tick
 
     def _fold_into_view(self, index: int, base_offset: int, batch: bytes) -> None:
@@ -426,13 +432,13 @@ class TxnCoordinatorShell:
             resp = await stub.WriteTxnMarkers(txn_wire.write_markers_request(send), timeout=MARKER_RPC_TIMEOUT_S)
         except (grpc.aio.AioRpcError, ConnectionError) as exc:
             log.info("WriteTxnMarkers to broker %d failed: %s", send.broker_id, exc)
-            self._perform(core.marker_failure(send, wall_clock_ms(), monotonic_ms()))
+            self._perform(core.marker_failure(send, self.clock.wall_clock_ms(), self.clock.monotonic_ms()))
             return
         results = authoritative_results(txn_wire.write_markers_results(resp), send.broker_id, self.b.config.broker_id)
         if pb.TRANSACTION_COORDINATOR_FENCED in results.values():
             results = await self._confirmed_fences(send, results)
         self.markers_written += sum(1 for code in results.values() if code == pb.NONE)
-        self._perform(core.marker_response(send, results, wall_clock_ms(), monotonic_ms()))
+        self._perform(core.marker_response(send, results, self.clock.wall_clock_ms(), self.clock.monotonic_ms()))
         self._kick()  # the broker's in-flight slot is free: send what waits for it
 
     async def _confirmed_fences(self, send: MarkerSend, results: dict[tuple[int, TopicPartition], pb.ErrorCode]
@@ -465,7 +471,7 @@ class TxnCoordinatorShell:
     def _kick(self) -> None:
         core = self.core
         if core is not None and core.loaded_partitions():
-            self._perform(core.tick(wall_clock_ms(), self._leader_of, monotonic_ms()))
+            self._perform(core.tick(self.clock.wall_clock_ms(), self._leader_of, self.clock.monotonic_ms()))
 
     async def _tick_loop(self) -> None:
         while True:
@@ -474,7 +480,7 @@ class TxnCoordinatorShell:
             if core is None or not core.loaded_partitions():
                 continue
             try:
-                self._perform(core.tick(wall_clock_ms(), self._leader_of, monotonic_ms()))
+                self._perform(core.tick(self.clock.wall_clock_ms(), self._leader_of, self.clock.monotonic_ms()))
             except Exception:
                 log.exception("txn coordinator tick failed")
 

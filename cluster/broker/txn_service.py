@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from semel import internal_topics, limits
-from semel.clock import monotonic_ms, wall_clock_ms
 from semel.cluster.broker import write_path
 from semel.cluster.broker.coordinator_lookup import find_coordinator
 from semel.cluster.broker.produce_validation import unset_fields
@@ -106,7 +105,7 @@ class TransactionsService(tgrpc.TransactionsServicer):
         # without a quorum the core still answers that)
         await self.shell.pids.wait_available()
         reply = await self.shell.call(lambda core, rid: core.init_producer_id(
-            rid, request.transactional_id, request.transaction_timeout_ms, wall_clock_ms(),
+            rid, request.transactional_id, request.transaction_timeout_ms, self.shell.clock.wall_clock_ms(),
             request.producer_id, request.producer_epoch, txn_version))
         reply = await self.shell.authoritative(request.transactional_id, reply)
         return txn_wire.init_producer_id_response(reply.result, reply.completed)
@@ -123,7 +122,8 @@ class TransactionsService(tgrpc.TransactionsServicer):
             result = TxnResult(pb.UNKNOWN_TOPIC_OR_PARTITION, f"unknown partitions: {sorted(unknown)}")
             return txn_wire.add_partitions_response(result, partitions, unknown)
         reply = await self.shell.call(lambda core, rid: core.add_partitions(
-            rid, request.transactional_id, request.producer_id, request.producer_epoch, partitions, wall_clock_ms()))
+            rid, request.transactional_id, request.producer_id, request.producer_epoch, partitions,
+            self.shell.clock.wall_clock_ms()))
         reply = await self.shell.authoritative(request.transactional_id, reply)
         return txn_wire.add_partitions_response(reply.result, partitions)
 
@@ -138,7 +138,7 @@ class TransactionsService(tgrpc.TransactionsServicer):
         count = len(topic.partitions)
         reply = await self.shell.call(lambda core, rid: core.add_offsets(
             rid, request.transactional_id, request.producer_id, request.producer_epoch, request.group_id, count,
-            wall_clock_ms()))
+            self.shell.clock.wall_clock_ms()))
         reply = await self.shell.authoritative(request.transactional_id, reply)
         return tpb.AddOffsetsToTxnResponse(error_code=reply.result.error, error_message=reply.result.message)
 
@@ -148,7 +148,8 @@ class TransactionsService(tgrpc.TransactionsServicer):
             return tpb.EndTxnResponse(error_code=pb.INVALID_REQUEST, error_message=unset, producer_id=-1,
                                       producer_epoch=-1)
         reply = await self.shell.call(lambda core, rid: core.end_txn(
-            rid, request.transactional_id, request.producer_id, request.producer_epoch, request.commit, wall_clock_ms()))
+            rid, request.transactional_id, request.producer_id, request.producer_epoch, request.commit,
+            self.shell.clock.wall_clock_ms()))
         reply = await self.shell.authoritative(request.transactional_id, reply)
         return txn_wire.end_txn_response(reply.result, reply.completed)
 
@@ -163,7 +164,8 @@ class TransactionsService(tgrpc.TransactionsServicer):
         if core is None:
             return tpb.ListTransactionsResponse(error_code=pb.NONE)
         states = [TxnState(s) for s in request.state_filters if s != tpb.TRANSACTION_STATE_UNSPECIFIED]
-        error, found, truncated = core.list_transactions(wall_clock_ms(), states, list(request.producer_id_filters),
+        error, found, truncated = core.list_transactions(self.shell.clock.wall_clock_ms(), states,
+                                                         list(request.producer_id_filters),
                                                          max(0, request.duration_filter_ms))
         return tpb.ListTransactionsResponse(error_code=error, truncated=truncated,
                                             transactions=[txn_wire.listing(m) for m in found])
@@ -233,7 +235,7 @@ def append_marker(shell: TxnCoordinatorShell, p: Partition, producer_id: int, pr
                   coordinator_epoch: int) -> WriteResult | write_path.PendingAck:
     """The marker through the one write path; a refusal is an `WriteResult` (nothing written)."""
     out = write_path.start_append(
-        p, lambda: p.append_marker(producer_id, producer_epoch, commit, coordinator_epoch, wall_clock_ms()),
+        p, lambda: p.append_marker(producer_id, producer_epoch, commit, coordinator_epoch, shell.clock.wall_clock_ms()),
         write_path.TXN_MARKER)
     if isinstance(out, write_path.PendingAck):
         shell.verification_cache(p.topic, p.partition).on_marker(producer_id)  # same loop step as the append
@@ -375,7 +377,7 @@ class ProduceVerifier:
             guard = not_none(guard, "a verification that answered NONE holds its guard")
             if self._open_here(pd.topic, pd.partition, guard.producer_id, guard.producer_epoch):
                 return  # a concurrent request of the producer opened it meanwhile (same verification)
-            if self.shell.verification_cache(*key).check(guard, monotonic_ms()) != pb.NONE:
+            if self.shell.verification_cache(*key).check(guard, self.shell.clock.monotonic_ms()) != pb.NONE:
                 raise PartitionError(pb.INVALID_TXN_STATE, "a marker ended the producer's transaction while its "
                                      "first write was being verified; refused (no hanging transaction)")
 
@@ -420,7 +422,7 @@ class ProduceVerifier:
             for key, fut in futs.items():
                 self._inflight[(*key, pid, epoch)] = fut
             try:
-                now = monotonic_ms()  # the cache's TTL: a duration in this process
+                now = self.shell.clock.monotonic_ms()  # the cache's TTL: a duration in this process
                 started = {key: self.shell.verification_cache(*key).begin(pid, epoch, now) for key in mine}
                 result = await self._ask_coordinator(tid, pid, epoch, mine, image)
                 self.verifications += 1
@@ -428,7 +430,8 @@ class ProduceVerifier:
                 for key, guard in started.items():
                     code = result.error if result.error != pb.NONE else codes.get(TopicPartition(*key),
                                                                                    pb.INVALID_TXN_STATE)
-                    if code == pb.NONE and self.shell.verification_cache(*key).record_verified(guard, monotonic_ms()):
+                    if code == pb.NONE and self.shell.verification_cache(*key).record_verified(
+                            guard, self.shell.clock.monotonic_ms()):
                         out[key] = (pb.NONE, "", guard)
                     else:
                         code = code if code != pb.NONE else pb.INVALID_TXN_STATE

@@ -16,6 +16,8 @@ from semel.topic_partition import TopicPartition
 from semel.v1 import broker_pb2 as bpb
 from semel.v1 import common_pb2 as pb
 
+from tests.cluster.fake_time import FakeClock
+
 PID, EPOCH, TID = 7, 3, "t1"
 
 
@@ -36,6 +38,7 @@ class _Leader:
         self.states: dict[tuple[str, int], _ProducerState] = {}
         self.caches: dict[tuple[str, int], VerificationCache] = {}
         self.rm = self
+        self.clock = FakeClock()  # the shell's clock: the verification TTL runs on it
 
     def get(self, topic: str, partition: int):
         state = self.states.setdefault((topic, partition), _ProducerState())

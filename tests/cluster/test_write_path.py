@@ -209,8 +209,9 @@ def test_wait_all_answers_each_write_by_one_deadline(broker):
 class FakeShell:
     """What `txn_service.append_marker` needs of the coordinator shell."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock) -> None:
         self.markers: list[tuple[tuple[str, int], int]] = []
+        self.clock = clock
 
     def verification_cache(self, topic: str, partition: int):
         shell = self
@@ -247,7 +248,7 @@ def store_broker(tmp_path):
 def test_markers_go_through_the_write_path(store_broker):
     broker = store_broker
     p = broker.rm.get("t", 0)
-    shell = FakeShell()
+    shell = FakeShell(broker.clock)
 
     async def scenario():
         task = asyncio.ensure_future(write_marker_and_wait(shell, p, 7, 0, False, 0))  # type: ignore[arg-type]
@@ -262,14 +263,19 @@ def test_markers_go_through_the_write_path(store_broker):
     assert committed == (pb.NONE, "")
     assert refused[0] == pb.NOT_ENOUGH_REPLICAS and p.log_end_offset == 1
     assert shell.markers == [(("t", 0), 7)]  # a refused marker does not void verifications
+    # the marker's time is the shell's (injected) clock, not the host's
+    (marker,) = p.store.read(0, 1 << 20, 1, 10).headers
+    assert marker.max_timestamp_ms == broker.clock.wall_clock_ms()
 
 
 class FakeTxnCore:
     def __init__(self) -> None:
         self.calls: list[tuple[str, int, int | None]] = []
+        self.times_ms: list[int] = []  # the now_ms of each call that takes one
 
     def write_failed(self, write_id: int, error: int, now_ms: int) -> list:
         self.calls.append(("failed", write_id, error))
+        self.times_ms.append(now_ms)
         return []
 
     def write_timed_out(self, write_id: int) -> list:
@@ -278,6 +284,7 @@ class FakeTxnCore:
 
     def write_committed(self, write_id: int, now_ms: int) -> list:
         self.calls.append(("committed", write_id, None))
+        self.times_ms.append(now_ms)
         return []
 
     def loaded_partitions(self) -> list:
@@ -328,6 +335,8 @@ def test_the_transaction_log_write_reports_each_outcome_to_the_core(state_broker
             for n, t in b.quorum.img.topics.items()}))
         await shell._append(AppendRecords(0, 0, 3, batch))
         assert core.calls[-1] == ("failed", 3, pb.NOT_ENOUGH_REPLICAS) and p.log_end_offset == 1
+        # every outcome is told at the broker's (injected) clock's time, not the host's
+        assert core.times_ms == [b.clock.wall_clock_ms()] * 3
 
     run(scenario())
 
