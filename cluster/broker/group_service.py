@@ -216,7 +216,7 @@ class GroupCoordinator:
         log.info("%s-%d: coordinator unloaded", OFFSETS, index)
 
     def _view_backend(self, index: int) -> Any:
-        kv = getattr(self.b, "_kv", None)
+        kv = self.b.kv  # None until the broker opened RocksDB
         if kv is not None:
             return KvViewBackend(kv)
         return self._memory_views.setdefault(index, MemoryViewBackend())
@@ -673,8 +673,8 @@ def install(broker: Broker, server: grpc.aio.Server) -> GroupCoordinator:
     """Create the coordinator (role listener on the replica manager) and register the Groups
     servicer; call `coordinator.start()` once the loop runs and `await stop()` on shutdown."""
     cfg = broker.config
-    session = getattr(cfg, "group_session_timeout_ms", limits.GROUP_SESSION_TIMEOUT_MS_DEFAULT)
-    interval = getattr(cfg, "group_heartbeat_interval_ms", limits.GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT)
+    session = cfg.group_session_timeout_ms
+    interval = cfg.group_heartbeat_interval_ms
     interval = min(interval, max(1, session // 3))
     coordinator = GroupCoordinator(broker, GroupConfig(session_timeout_ms=session, heartbeat_interval_ms=interval))
     ggrpc.add_GroupsServicer_to_server(GroupsService(coordinator), server)

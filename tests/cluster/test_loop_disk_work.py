@@ -190,6 +190,17 @@ def test_the_group_coordinator_loads_on_a_disk_thread(tmp_path, kv, monkeypatch)
     assert len(threads) == 1 and threads[0].startswith(DISK)
 
 
+def test_the_group_coordinator_keeps_its_view_in_the_hosts_rocksdb(tmp_path, kv):
+    """Through `CoordinatorHost.kv` (the broker's public property); in memory only before the
+    broker opened RocksDB."""
+    b = FakeBroker(tmp_path, image(internal_topics.CONSUMER_OFFSETS_TOPIC), kv)
+    coordinator = group_service.GroupCoordinator(b, GroupConfig())
+    assert isinstance(coordinator._view_backend(0), group_service.KvViewBackend)
+    b.kv = None  # type: ignore[assignment]
+    assert isinstance(coordinator._view_backend(1), group_service.MemoryViewBackend)
+    b.rm.close()
+
+
 def test_the_transaction_coordinator_loads_on_a_disk_thread(tmp_path, kv, monkeypatch):
     threads: list[str] = []
     on_which_thread(txn_coordinator_shell, "load_partition", threads, monkeypatch)
