@@ -260,8 +260,8 @@ class TxnCoordinatorShell:
         if p.role != Role.LEADER or p.leader_epoch != epoch:
             return
         view = TxnStateView(not_none(self.b.kv, "transactions need the broker's KV store"), index)
-        # the RocksDB-backed store (PartitionStoreAdapter) has the log; the file store, which
-        # has none, runs no transaction coordinator (it has no KV store either)
+        # the log of the replica's store (PartitionStoreAdapter.log; the ReplicaStore protocol
+        # does not name it)
         plog, hw = p.store.log, p.high_watermark  # type: ignore[attr-defined]
         try:
             # Reading the log and folding it into RocksDB takes as long as the log is: on the disk

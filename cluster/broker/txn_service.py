@@ -69,7 +69,8 @@ VERIFY_RPC_TIMEOUT_S = 5.0
 
 
 def producer_state_of(p: Partition) -> Any | None:
-    """The partition's `ProducerStateManager` (None with the stopgap file store)."""
+    """The partition's `ProducerStateManager` (`PartitionStoreAdapter.store.producer_state`), or
+    None for a store without one (the in-process tests' stand-ins)."""
     store = getattr(p.store, "store", None)
     return getattr(store, "producer_state", None)
 

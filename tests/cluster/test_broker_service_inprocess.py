@@ -1,4 +1,4 @@
-"""The Broker servicer in one process over a real ReplicaManager (file store), no gRPC transport:
+"""The Broker servicer in one process over a real ReplicaManager and partition store, no gRPC transport:
 acks=all waiting and timeouts, min ISR, the in-flight bound, long-poll without busy loops, and
 ISR shrink driven by the replica manager's injected clock (no sleeping out the lag time)."""
 
