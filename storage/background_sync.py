@@ -41,9 +41,11 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 
+from semel import limits
+
 log = logging.getLogger(__name__)
 
-MAX_QUEUED_SYNCS = 1024
+MAX_QUEUED_SYNCS = limits.MAX_QUEUED_BACKGROUND_SYNCS
 
 
 class BackgroundSync:

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import crc32c as _crc32c
+from semel.fs import fsync_dir
+
+__all__ = ["CorruptCheckpointError", "fsync_dir", "read_json", "seal", "unseal", "write_all", "write_atomic", "write_json"]
 
 _CRC = struct.Struct(">I")
 
@@ -40,14 +43,6 @@ def unseal(data: bytes) -> bytes:
     if _crc32c.crc32c(body) != crc:
         raise CorruptCheckpointError("CRC mismatch")
     return body
-
-
-def fsync_dir(directory: str | Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: str | Path, data: bytes, *, sync: bool = True) -> None:

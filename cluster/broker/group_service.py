@@ -74,7 +74,7 @@ log = logging.getLogger("semel.groups")
 
 OFFSETS = internal_topics.CONSUMER_OFFSETS_TOPIC
 SERVICE_NAME = "semel.v1.Groups"
-REQUEST_TIMEOUT_MS = 15_000          # a write not committed by then answers REQUEST_TIMED_OUT (outcome unknown)
+REQUEST_TIMEOUT_MS = limits.GROUP_WRITE_TIMEOUT_MS  # module name: tests shrink it
 READ_CHUNK_BYTES = 1024 * 1024       # bytes of the offsets partition read per step (load and tail)
 TAIL_IDLE_WAIT_S = 1.0               # the tail re-checks at least this often (role changes)
 RELOAD_BACKOFF_S = 1.0              # a failed load (or tail) is retried after this, while still leader

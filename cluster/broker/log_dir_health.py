@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from semel import limits
 from semel.v1 import common_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 FAILED_ERRNOS = frozenset({errno.EIO, errno.EROFS, errno.ENXIO, errno.ENODEV})
 # A directory that came back must be able to take a few appends of the largest size before it
 # fills again: otherwise it would flap between offline and online at every append.
-DEFAULT_RECOVER_FREE_BYTES = 16 * 1024 * 1024
+DEFAULT_RECOVER_FREE_BYTES = limits.LOG_DIR_RECOVER_FREE_BYTES
 PROBE_NAME = ".semel-disk-probe"
 
 

@@ -99,7 +99,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TXN_TICK_INTERVAL_MS = limits.TXN_TICK_INTERVAL_MS  # how often the shell lets the core send markers / scan for timeouts
-STATE_WRITE_TIMEOUT_MS = 10_000  # a state write not replicated by then answers REQUEST_TIMED_OUT (unknown)
+STATE_WRITE_TIMEOUT_MS = limits.TXN_STATE_WRITE_TIMEOUT_MS  # module name: tests shrink it
 MARKER_RPC_TIMEOUT_S = 15.0  # a WriteTxnMarkers call not answered by then is retried
 REQUEST_WAIT_TIMEOUT_S = 30.0  # a request parked on the core longer than this answers REQUEST_TIMED_OUT
 

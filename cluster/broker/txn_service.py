@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = ("semel.v1.Transactions", "semel.v1.TxnMarkers")
-MARKER_ACK_TIMEOUT_MS = 10_000  # a marker not replicated by then answers REQUEST_TIMED_OUT (the coordinator retries)
+MARKER_ACK_TIMEOUT_MS = limits.TXN_MARKER_ACK_TIMEOUT_MS  # module name: tests shrink it
 VERIFY_RPC_TIMEOUT_S = 5.0
 
 

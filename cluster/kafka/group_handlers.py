@@ -43,8 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TICK_MS = 200
-ANSWER_GRACE_MS = 5_000  # a delayed JoinGroup/SyncGroup waits its rebalance timeout plus this at most
+TICK_MS = limits.KAFKA_CLASSIC_GROUP_TICK_MS
+ANSWER_GRACE_MS = limits.KAFKA_CLASSIC_GROUP_ANSWER_GRACE_MS
 
 
 class ClassicGroupHost:

@@ -45,6 +45,7 @@ import pysyncobj.journal as pysyncobj_journal
 import pysyncobj.syncobj as pysyncobj_syncobj
 from pysyncobj.journal import FIRST_RECORD_OFFSET, LAST_RECORD_OFFSET_OFFSET, FileJournal, MetaStorer, ResizableFile
 from pysyncobj.pickle import dumps as pysyncobj_dumps
+from semel.fs import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +96,6 @@ def scan_journal(data: bytes, command_ok: Callable[[bytes], bool]) -> JournalSca
     if problem is None and offset != recorded_end:
         problem = f"records end at {offset}, header says {recorded_end}"
     return JournalScan(offset, entries, recorded_end, problem)
-
-
-def fsync_dir(directory: str | Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def cut_torn_tail(path: str | Path, command_ok: Callable[[bytes], bool]) -> JournalScan | None:

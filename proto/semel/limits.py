@@ -167,9 +167,20 @@ TXN_TICK_INTERVAL_MS = 50                     # the coordinator sends due marker
 TXN_COMPLETING_WAIT_MS = 500                  # AddPartitions/AddOffsets while the previous transaction's markers are written wait this long at the coordinator, then CONCURRENT_TRANSACTIONS
 MAX_TXN_PREDICTED_PARTITIONS = 64             # a transactional producer adds the partitions its previous two transactions wrote (at most this many) with its first add
 MAX_WAITING_TXN_REQUESTS = 10_000             # requests waiting that way per coordinator; more answer CONCURRENT_TRANSACTIONS at once
+TXN_STATE_WRITE_TIMEOUT_MS = 10_000           # a __transaction_state write not replicated by then answers REQUEST_TIMED_OUT (outcome unknown)
+TXN_MARKER_ACK_TIMEOUT_MS = 10_000            # a marker not replicated by then answers REQUEST_TIMED_OUT (the coordinator retries)
 COORDINATOR_CONFIRM_TIMEOUT_MS = 2_000        # a coordinator about to refuse from memory confirms its epoch by a quorum read this long at most; else NOT_COORDINATOR
 MAX_VERIFICATION_ENTRIES_PER_PARTITION = 10_000  # KIP-890 verification cache entries per partition (LRU)
 VERIFICATION_ENTRY_TTL_MS = 60_000            # a verification not used by a write within this is forgotten
+
+# --- group coordinator shells (cluster/broker/group_service.py, cluster/kafka/group_handlers.py) ---
+GROUP_WRITE_TIMEOUT_MS = 15_000               # a group write not committed by then answers REQUEST_TIMED_OUT (outcome unknown)
+KAFKA_CLASSIC_GROUP_TICK_MS = 200             # classic groups' session and rebalance deadlines are checked this often
+KAFKA_CLASSIC_GROUP_ANSWER_GRACE_MS = 5_000   # a delayed JoinGroup/SyncGroup waits its rebalance timeout plus this at most
+
+# --- disks (storage/background_sync.py, cluster/broker/log_dir_health.py) ---
+MAX_QUEUED_BACKGROUND_SYNCS = 1024            # interval-policy syncs waiting for the sync thread; beyond, the caller syncs inline
+LOG_DIR_RECOVER_FREE_BYTES = 16 * 1024 * 1024  # a full log dir comes back once this much is free (a few largest appends: no flapping)
 
 # --- metrics (semel.cluster.broker.metrics; label cardinality, documented in deploy/README.md) ---
 MAX_METRICS_TOPIC_SERIES = 200             # distinct `topic` labels on the per-topic counters; later topics count under topic="_other"
@@ -225,6 +236,9 @@ def _check_relationships() -> None:
     # the Kafka listener: one produce batch fits in a request, and decompresses within its bound
     invariant(MAX_BATCH_BYTES <= MAX_KAFKA_REQUEST_BYTES, "a batch fits in a Kafka request")
     invariant(MAX_BATCH_BYTES <= MAX_DECOMPRESSED_BATCH_BYTES, "a batch decompresses within its bound")
+    # a full log dir comes back only with room for more than one largest batch
+    invariant(LOG_DIR_RECOVER_FREE_BYTES >= 2 * MAX_BATCH_BYTES, "log dir recovery room")
+    invariant(0 < KAFKA_CLASSIC_GROUP_TICK_MS < CLASSIC_GROUP_MIN_SESSION_TIMEOUT_MS, "classic tick < session")
 
 
 _check_relationships()
