@@ -19,15 +19,25 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from semel import internal_topics, limits
 from semel.cluster.metadata import state as md
-from semel.cluster.metadata.quorum import MetadataSubmitError
+from semel.cluster.metadata.quorum import MetadataQuorum, MetadataSubmitError
 from semel.v1 import common_pb2 as pb
 
 if TYPE_CHECKING:
-    from semel.cluster.broker.process import Broker
+    from semel.cluster.broker.security import BrokerSecurity
+
+
+class AutoCreateHost(Protocol):
+    """What auto-creation uses of the broker: the quorum to create through, and who may create."""
+
+    @property
+    def quorum(self) -> MetadataQuorum: ...
+
+    @property
+    def security(self) -> BrokerSecurity | None: ...
 
 log = logging.getLogger("semel.broker")
 
@@ -54,7 +64,7 @@ def auto_create_command(name: str, image: md.MetadataImage, settings: AutoCreate
 class AutoCreator:
     """Starts the creations the rule allows, without waiting for them."""
 
-    def __init__(self, broker: Broker, settings: AutoCreateSettings) -> None:
+    def __init__(self, broker: AutoCreateHost, settings: AutoCreateSettings) -> None:
         self.b = broker
         self.settings = settings
         self._creating: dict[str, asyncio.Task[None]] = {}

@@ -68,7 +68,6 @@ from semel.v1 import group_pb2_grpc as ggrpc
 
 if TYPE_CHECKING:
     from semel.cluster.broker.host import CoordinatorHost
-    from semel.cluster.broker.process import Broker
 
 log = logging.getLogger("semel.groups")
 
@@ -669,7 +668,7 @@ def _code_name(code: pb.ErrorCode) -> str:
     return pb.ErrorCode.Name(code) if code in pb.ErrorCode.values() else str(code)
 
 
-def install(broker: Broker, server: grpc.aio.Server) -> GroupCoordinator:
+def install(broker: CoordinatorHost, server: grpc.aio.Server) -> GroupCoordinator:
     """Create the coordinator (role listener on the replica manager) and register the Groups
     servicer; call `coordinator.start()` once the loop runs and `await stop()` on shutdown."""
     cfg = broker.config

@@ -59,7 +59,6 @@ from semel.v1 import txn_pb2_grpc as tgrpc
 
 if TYPE_CHECKING:
     from semel.cluster.broker.host import CoordinatorHost
-    from semel.cluster.broker.process import Broker
 
 log = logging.getLogger(__name__)
 
@@ -495,7 +494,7 @@ class TxnRuntime:
         await self.shell.stop()
 
 
-def install(broker: Broker, server: grpc.aio.Server, scan_interval_ms: int | None = None) -> TxnRuntime:
+def install(broker: CoordinatorHost, server: grpc.aio.Server, scan_interval_ms: int | None = None) -> TxnRuntime:
     runtime = TxnRuntime(broker, scan_interval_ms)
     tgrpc.add_TransactionsServicer_to_server(runtime.transactions, server)
     tgrpc.add_TxnMarkersServicer_to_server(runtime.markers, server)
