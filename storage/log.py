@@ -672,8 +672,11 @@ class PartitionLog:
             # A lower recovery point is always safe, so persist it before touching segments.
             self._recovery_point = min(self._recovery_point, self._bases[i])
             self._write_checkpoint(sync=True)
-            for seg in reversed(self._segments[i + 1 :]):
+            dropped = self._segments[i + 1 :]
+            for seg in reversed(dropped):
                 seg.delete()
+            if dropped:
+                fsync_dir(self.directory)  # whole segments cut stay gone after a power loss
             del self._segments[i + 1 :]
             del self._bases[i + 1 :]
             new_end = self._segments[i].truncate_to_offset(offset)

@@ -231,6 +231,9 @@ class LogSegment:
         for h, _ in self.iter_batches(resume.position, resume.offset, position, verify_crc=False):
             self.index.observe(h.base_offset, h.next_offset, h.max_timestamp_ms, h.size_bytes)
         os.ftruncate(self._fd, position)
+        # The cut must survive a power loss: a divergent tail that came back after a crash would
+        # be taken as this replica's own data again (rare: truncation follows a leader change).
+        os.fsync(self._fd)
         if self.index.size_bytes != position:
             raise AssertionError(f"index at {self.index.size_bytes} after cutting at {position}")
         for suffix in (INDEX_SUFFIX, TIME_INDEX_SUFFIX):

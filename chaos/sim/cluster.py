@@ -96,8 +96,8 @@ class SimConfig:
     fsync: bool = False
     flush_interval_ms: int = limits.FLUSH_INTERVAL_MS_DEFAULT
     controlled_shutdown_wait_ms: int = limits.CONTROLLED_SHUTDOWN_WAIT_MS_DEFAULT
-    # a truncation durable only at the next sync (PartitionLog.truncate_to does not fsync the
-    # segment after its ftruncate): the strict POSIX model of the power-cut layer
+    # a truncation durable only at the next sync, as PartitionLog.truncate_to was before it
+    # fsynced the cut (kept to show the system survives even that)
     strict_truncation: bool = False
     # seams to prove the checker can fail: a leader whose HW ignores the followers; no eligible
     # leader replicas (KIP-966); a quorum that ignores `RegisterBroker.lost_unsynced_writes`

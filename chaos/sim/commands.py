@@ -81,8 +81,8 @@ def add_simulate(sub: Any) -> None:
                      help="the brokers' `fsync: true` (every append synced before it returns); default: "
                           "`fsync: false`, a background sync every flush interval")
     sim.add_argument("--strict-truncation", action="store_true",
-                     help="a log truncation is durable only at the next sync (the segment's ftruncate is not "
-                          "fsynced), so a power loss can bring a truncated tail back; default: durable at once")
+                     help="a log truncation is durable only at the next sync (as before truncate_to fsynced its "
+                          "cut), so a power loss can bring a truncated tail back; default: durable at once")
     sim.add_argument("--no-power-faults", action="store_true",
                      help="leave out the power-loss and clean-stop faults")
     sim.add_argument("--jobs", type=int, default=1, help="worker processes (seeds are independent)")
