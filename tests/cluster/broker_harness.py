@@ -174,6 +174,14 @@ class Cluster:
             timeout=timeout_ms / 1000 + 5)
         return resp.results[0]
 
+    def created(self, name: str, partitions: int = 1, rf: int = 3, configs: dict[str, str] | None = None) -> str:
+        """Create `name` (it must not exist) and wait until each partition's leader serves it."""
+        r = self.create_topic(name, partitions=partitions, rf=rf, configs=configs)
+        assert r.error_code == common_pb2.NONE, r
+        for p in range(partitions):
+            self.serving_leader_of(name, p)
+        return name
+
     def metadata(self, via: int | None = None, topics: list[str] | None = None) -> broker_pb2.MetadataResponse:
         return self.broker_stub(via or self.any_alive()).Metadata(broker_pb2.MetadataRequest(topics=topics or []),
                                                                   timeout=5)

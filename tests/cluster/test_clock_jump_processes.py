@@ -64,9 +64,7 @@ def timed_out(c: h.Cluster, tid: str) -> bool:
 def test_wall_clock_steps_neither_hasten_nor_stop_transaction_timeouts(cluster):
     c = cluster
     assert "TEST ONLY: the wall clock of this process is stepped" in c.log_tail(1, 100_000)
-    r = c.create_topic("jumps", rf=1)
-    assert r.error_code == ErrorCode.NONE, r
-    c.serving_leader_of("jumps", 0)
+    c.created("jumps", rf=1)
     patient = ts.TxnProducer(c, "patient", timeout_ms=60_000).init()
     patient.send("jumps", 0, [b"kept-1"])
     step(c, +JUMP_MS)
@@ -108,9 +106,7 @@ def test_a_forward_step_does_not_delete_segments_before_their_retention(cluster)
     step(c, 0)
     for name, configs in (("aged", {"segment_bytes": "1024", "retention_ms": str(3_600_000)}),
                           ("by-size", {"segment_bytes": "1024", "retention_bytes": "2048"})):
-        r = c.create_topic(name, rf=1, configs=configs)
-        assert r.error_code == ErrorCode.NONE, r
-        c.serving_leader_of(name, 0)
+        c.created(name, rf=1, configs=configs)
     fill(c, "aged", 12)  # timestamps: the test's (unstepped) clock
     step(c, +2 * 3_600_000)
     # Size-based retention of "by-size" after the step proves a housekeeping round ran with
@@ -123,9 +119,7 @@ def test_a_forward_step_does_not_delete_segments_before_their_retention(cluster)
 def test_a_forward_step_does_not_expire_producer_state(cluster):
     c = cluster
     step(c, 0)
-    r = c.create_topic("idem", rf=1, configs={"segment_bytes": "1024", "retention_bytes": "2048"})
-    assert r.error_code == ErrorCode.NONE, r
-    c.serving_leader_of("idem", 0)
+    c.created("idem", rf=1, configs={"segment_bytes": "1024", "retention_bytes": "2048"})
     pid = h.init_producer_id(c.channel(1))
     first = h.make_batch([b"once"], producer_id=pid, producer_epoch=0, base_sequence=0)
     assert h.produce(c.broker_stub(1), "idem", 0, first).error_code == ErrorCode.NONE
@@ -148,9 +142,7 @@ def test_a_stable_group_does_not_rebalance_when_its_coordinator_clock_steps(clus
     10-minute forward step (a rebalance: new assignment callbacks, a new member epoch)."""
     c = cluster
     step(c, 0)
-    r = c.create_topic("grouped", partitions=2, rf=1)
-    assert r.error_code == ErrorCode.NONE, r
-    c.serving_leader_of("grouped", 0)
+    c.created("grouped", partitions=2, rf=1)
     bootstrap = str(c.flags["kafka_listen"])
     events: list[str] = []
     kafka = CKConsumer({"bootstrap.servers": bootstrap, "group.id": f"k-{uuid.uuid4().hex[:8]}",

@@ -32,11 +32,7 @@ def cluster(tmp_path_factory):
 
 
 def created(c, name: str, partitions: int = 1) -> str:
-    r = c.create_topic(name, partitions=partitions, rf=3)
-    assert r.error_code == ErrorCode.NONE, r
-    for p in range(partitions):
-        c.serving_leader_of(name, p)
-    return name
+    return c.created(name, partitions)
 
 
 def test_commit_is_atomic_across_partitions_and_topics(cluster):
