@@ -13,6 +13,9 @@ producer sent it. Three things do:
 * the compatibility path of the gRPC fetch: a magic-2 batch (produced over the Kafka
   listener) reaches a gRPC reader with its records decompressed and re-encoded as
   `semel.v1.Records` (`semel_records_from_kafka`), until the gRPC path carries magic 2;
+* the gRPC client's compression (`compression_type`): its batches are Kafka records
+  compressed as one unit (`compress`, `encode_compressed_batch`), sent as a gRPC Produce's
+  `kafka_batch`; the broker counts their records once (`count_records`) before storing them;
 * tests, which build records the way a Kafka client does.
 
 Decompression (gzip through zlib, snappy raw or xerial-framed, lz4 frame and zstd through
@@ -214,6 +217,59 @@ def decompress(codec: int, data: bytes | memoryview) -> bytes:
     if len(out) > bound:
         raise CorruptBatchError(f"codec {codec}: records decompress to more than {bound} bytes")
     return out
+
+
+def compress(codec: int, data: bytes) -> bytes:
+    """`data` (uncompressed Kafka records) compressed as one unit with `codec`, in the framing
+    Kafka clients write and `decompress` reads: gzip, a raw snappy block (as librdkafka),
+    an lz4 frame, a zstd frame. ValueError for an unknown codec."""
+    if codec == CODEC_NONE:
+        return data
+    if codec == CODEC_GZIP:
+        c = zlib.compressobj(wbits=31)  # gzip header, as Kafka's GZIPOutputStream
+        return c.compress(data) + c.flush()
+    if codec == CODEC_SNAPPY:
+        return bytes(cramjam.snappy.compress_raw(data))
+    if codec == CODEC_LZ4:
+        return bytes(cramjam.lz4.compress(data))
+    if codec == CODEC_ZSTD:
+        return bytes(cramjam.zstd.compress(data))
+    raise ValueError(f"unknown compression codec {codec}")
+
+
+def encode_compressed_batch(records: bytes, *, codec: int, record_count: int, base_timestamp_ms: int,
+                            max_timestamp_ms: int, attributes: int = 0, producer_id: int = -1,
+                            producer_epoch: int = -1, base_sequence: int = -1) -> bytes:
+    """A produce-side magic-2 batch (base offset 0, leader epoch -1: the broker stamps both)
+    around `records`, uncompressed Kafka records (`encode_record`), compressed as one unit with
+    `codec`, whose id goes in the attributes' low 3 bits next to `attributes`."""
+    if record_count < 1:
+        raise ValueError("a batch holds at least one record")
+    header = BatchHeader(
+        base_offset=0, last_offset_delta=record_count - 1, leader_epoch=-1, producer_id=producer_id,
+        producer_epoch=producer_epoch, base_sequence=base_sequence, record_count=record_count,
+        attributes=(attributes & ~ATTR_COMPRESSION_MASK) | codec, base_timestamp_ms=base_timestamp_ms,
+        max_timestamp_ms=max_timestamp_ms, magic=KAFKA_MAGIC)
+    return encode_kafka_batch(header, compress(codec, records))
+
+
+def count_records(records: bytes | memoryview) -> int:
+    """How many uncompressed Kafka records `records` holds, walking only their length prefixes
+    (CorruptBatchError if a length is negative or runs past the end). No per-field decoding."""
+    buf = memoryview(records)
+    pos, count, end = 0, 0, len(buf)
+    try:
+        while pos < end:
+            length, used = read_signed_varint(buf, pos)
+            pos += used + length
+            if length < 1 or pos > end:
+                raise CorruptBatchError(f"record length {length} runs past the batch")
+            count += 1
+    except CorruptBatchError:
+        raise
+    except Exception as exc:  # kio's varint reader on a short buffer (its BufferUnderflow)
+        raise CorruptBatchError(f"malformed record length: {exc}") from exc
+    return count
 
 
 def _snappy(data: bytes, bound: int) -> bytes:

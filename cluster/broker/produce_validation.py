@@ -14,8 +14,13 @@ Checks, in order (the first failing one wins):
      [0, 32767], base_sequence >= 0; transactional batches need a producer id
   5. timestamps: 0 <= base_timestamp_ms <= max_timestamp_ms, and max_timestamp_ms no further
      than `max_future_timestamp_ms` ahead of the broker clock
-  6. records (`check_records`): no compression codec bits (none is implemented), and the
+  6. records (`check_records`): no compression codec bits (a compressed batch travels as a
+     `kafka_batch`), and the
      payload parses as a `Records` message of exactly `record_count` records (CORRUPT_MESSAGE)
+
+A `kafka_batch` (a whole Kafka RecordBatch v2, possibly compressed) is checked by
+`check_kafka_batch`: the Kafka listener's checks (CRC-32C, one whole batch, known codec, the
+header checks above), then its records are decompressed (bounded) and counted.
 
 Before those, per request (`check_request_batch`): the batch is present, its producer fields
 are set explicitly (proto3 `optional`: unset would read as producer 0), and a request with a
@@ -36,8 +41,13 @@ from semel.storage.batch import (
     ATTR_KNOWN,
     ATTR_TRANSACTIONAL,
     HEADER_BYTES,
+    KAFKA_MAGIC,
     BatchHeader,
+    CorruptBatchError,
+    decode_header,
+    peek_header,
 )
+from semel.storage.kafka_records import CODEC_ZSTD, count_records, decompress
 from semel.v1 import broker_pb2, common_pb2
 
 INT16_MAX = (1 << 15) - 1
@@ -171,8 +181,22 @@ def unset_fields(msg: Message, names: Sequence[str] = ("producer_id", "producer_
 
 def check_request_batch(pd: broker_pb2.PartitionProduceData, transactional_id: str) -> Rejection | None:
     """The per-request checks of one partition's batch (see the module docstring)."""
+    if pd.kafka_batch:
+        if pd.HasField("batch"):
+            return Rejection(common_pb2.INVALID_REQUEST, "set one of batch and kafka_batch, not both")
+        try:
+            head = peek_header(pd.kafka_batch)
+        except CorruptBatchError as exc:
+            return Rejection(common_pb2.CORRUPT_MESSAGE, f"kafka_batch: {exc}")
+        if head.magic != KAFKA_MAGIC:
+            return Rejection(common_pb2.INVALID_RECORD, f"kafka_batch carries magic 2, got {head.magic}")
+        if transactional_id and not head.attributes & ATTR_TRANSACTIONAL:
+            return Rejection(common_pb2.INVALID_REQUEST, "a request with a transactional_id carries only "
+                             "transactional batches (attributes 0x10); send non-transactional batches in their "
+                             "own request")
+        return None
     if not pd.HasField("batch"):
-        return Rejection(common_pb2.INVALID_REQUEST, "missing batch")
+        return Rejection(common_pb2.INVALID_REQUEST, "missing batch (or kafka_batch)")
     b = pd.batch
     unset = [name for name in PRODUCER_FIELDS if not b.HasField(name)]
     if unset:
@@ -195,7 +219,7 @@ def check_records(records: bytes, record_count: int, attributes: int) -> Rejecti
     generated class; no per-record Python work."""
     if attributes & ATTR_COMPRESSION_MASK:
         return Rejection(common_pb2.INVALID_RECORD, f"compression codec {attributes & ATTR_COMPRESSION_MASK} in "
-                         "attributes: no codec is implemented; send uncompressed Records")
+                         "attributes of a batch: send a compressed batch as a Kafka RecordBatch v2 in kafka_batch")
     if record_count * MIN_RECORD_BYTES > len(records):
         return Rejection(common_pb2.CORRUPT_MESSAGE, f"record_count {record_count} does not fit in "
                          f"{len(records)} bytes of records")
@@ -207,3 +231,52 @@ def check_records(records: bytes, record_count: int, attributes: int) -> Rejecti
         return Rejection(common_pb2.CORRUPT_MESSAGE, f"records hold {len(decoded.records)} records, the header "
                          f"claims record_count {record_count}")
     return None
+
+
+def batch_identity(pd: broker_pb2.PartitionProduceData) -> tuple[int, int, int]:
+    """(producer_id, producer_epoch, attributes) of the partition's batch, either form; a
+    `kafka_batch` too short to hold a header reads as a plain batch (`check_request_batch`
+    refuses it). No CRC check: the append checks the whole batch."""
+    if pd.kafka_batch:
+        try:
+            h = peek_header(pd.kafka_batch)
+        except CorruptBatchError:
+            return NO_PRODUCER_ID, NO_PRODUCER_EPOCH, 0
+        return h.producer_id, h.producer_epoch, h.attributes
+    b = pd.batch
+    return b.producer_id, b.producer_epoch, b.attributes
+
+
+def check_kafka_batch(data: bytes, *, max_batch_bytes: int, now_ms: int,
+                      max_future_timestamp_ms: int) -> BatchHeader | Rejection:
+    """The header of a gRPC Produce's `kafka_batch` (pure), or why it is refused: the Kafka
+    listener's checks (one whole CRC-checked magic-2 batch, a known codec, `validate_batch`)
+    and, as for a gRPC `batch`, records that decompress (bounded by
+    MAX_DECOMPRESSED_BATCH_BYTES) to exactly `record_count` records."""
+    if len(data) > max_batch_bytes:
+        return Rejection(common_pb2.RECORD_BATCH_TOO_LARGE,
+                         f"kafka_batch is {len(data)} bytes, limit max_batch_bytes={max_batch_bytes}")
+    try:
+        header = decode_header(data)  # CRC-32C of [21, end)
+    except CorruptBatchError as exc:
+        return Rejection(common_pb2.CORRUPT_MESSAGE, f"kafka_batch: {exc}")
+    if header.magic != KAFKA_MAGIC:
+        return Rejection(common_pb2.INVALID_RECORD, f"kafka_batch carries magic 2, got {header.magic}")
+    if header.size_bytes != len(data):
+        return Rejection(common_pb2.INVALID_RECORD, "kafka_batch holds exactly one whole record batch")
+    codec = header.attributes & ATTR_COMPRESSION_MASK
+    if codec > CODEC_ZSTD:
+        return Rejection(common_pb2.INVALID_RECORD, f"unknown compression codec {codec} in attributes "
+                         "(0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd)")
+    rejection = validate_batch(header, max_batch_bytes=max_batch_bytes, now_ms=now_ms,
+                               max_future_timestamp_ms=max_future_timestamp_ms)
+    if rejection is not None:
+        return rejection
+    try:
+        count = count_records(decompress(codec, memoryview(data)[HEADER_BYTES:]))
+    except CorruptBatchError as exc:
+        return Rejection(common_pb2.CORRUPT_MESSAGE, f"kafka_batch records: {exc}")
+    if count != header.record_count:
+        return Rejection(common_pb2.CORRUPT_MESSAGE, f"kafka_batch records hold {count} records, the header "
+                         f"claims record_count {header.record_count}")
+    return header

@@ -24,6 +24,7 @@ from semel.cluster.broker.admin_ops import ClusterOpsAdmin
 from semel.cluster.broker import produce_validation
 from semel.cluster.broker.produce_validation import header_from_fields, validate_batch
 from semel.cluster.broker.replica_manager import (
+    Partition,
     PartitionError,
     describe_partition,
 )
@@ -159,8 +160,9 @@ class BrokerService(bgrpc.BrokerServicer):
                 _set_error(r, pb.INVALID_REQUEST, "partition listed twice in one request")
                 continue
             seen.add(key)
-            if rejection is None and 0 <= pd.batch.producer_id and pd.batch.producer_id >= image.next_producer_id:
-                rejection = produce_validation.unallocated_producer_id(pd.batch.producer_id, image.next_producer_id)
+            producer_id = produce_validation.batch_identity(pd)[0]
+            if rejection is None and 0 <= producer_id and producer_id >= image.next_producer_id:
+                rejection = produce_validation.unallocated_producer_id(producer_id, image.next_producer_id)
             if rejection is not None:
                 _set_error(r, rejection.error_code, rejection.message)
                 continue
@@ -188,7 +190,8 @@ class BrokerService(bgrpc.BrokerServicer):
                                        refused: list[produce_validation.Rejection | None]
                                        ) -> md.MetadataImage:
         return await image_with_producer_ids(self.b, [
-            pd.batch.producer_id for pd, rejection in zip(request.partitions, refused) if rejection is None])
+            produce_validation.batch_identity(pd)[0] for pd, rejection in zip(request.partitions, refused)
+            if rejection is None])
 
     def _produce_one(self, pd: bpb.PartitionProduceData, acks: int, image: md.MetadataImage, now: int,
                      r: bpb.PartitionProduceResult) -> write_path.PendingAck | None:
@@ -196,6 +199,8 @@ class BrokerService(bgrpc.BrokerServicer):
             # only the coordinators write these, through write_path on the broker itself
             raise PartitionError(pb.INVALID_TOPIC_NAME, f"{pd.topic} is an internal topic: clients cannot produce to it")
         p = self.b.rm.leader_partition(pd.topic, pd.partition, image)
+        if pd.kafka_batch:
+            return self._produce_kafka_batch(pd, p, acks, now, r)
         b = pd.batch  # present (check_request_batch)
         header = header_from_fields(
             last_offset_delta=b.last_offset_delta, producer_id=b.producer_id, producer_epoch=b.producer_epoch,
@@ -217,6 +222,28 @@ class BrokerService(bgrpc.BrokerServicer):
         r.log_start_offset = p.log_start_offset
         if not ar.duplicate:
             self.b.metrics.produced(pd.topic, len(b.records), b.record_count)
+        return out if isinstance(out, write_path.PendingAck) else None
+
+    def _produce_kafka_batch(self, pd: bpb.PartitionProduceData, p: Partition, acks: int, now: int,
+                             r: bpb.PartitionProduceResult) -> write_path.PendingAck | None:
+        """A whole Kafka RecordBatch v2 (`kafka_batch`), checked, then appended as sent through the
+        same write path as the Kafka listener's Produce (`append_encoded_as_leader`)."""
+        data = pd.kafka_batch
+        checked = produce_validation.check_kafka_batch(
+            data, max_batch_bytes=self.b.config.max_batch_bytes, now_ms=now,
+            max_future_timestamp_ms=limits.MAX_FUTURE_TIMESTAMP_MS)
+        if isinstance(checked, produce_validation.Rejection):
+            raise PartitionError(checked.error_code, checked.message)
+        policy = write_path.PRODUCE_ACKS_ALL if acks == bpb.ACKS_ALL else write_path.PRODUCE_ACKS_LEADER
+        out = write_path.start_append(p, lambda: p.append_encoded_as_leader(data, now), policy)
+        ar = out.result if isinstance(out, write_path.PendingAck) else out
+        if ar.error_code != pb.NONE:
+            raise PartitionError(ar.error_code, ar.message)
+        r.base_offset, r.last_offset = ar.base_offset, ar.last_offset
+        r.log_append_time_ms, r.duplicate = ar.log_append_time_ms, ar.duplicate
+        r.log_start_offset = p.log_start_offset
+        if not ar.duplicate:
+            self.b.metrics.produced(pd.topic, len(data), checked.record_count)
         return out if isinstance(out, write_path.PendingAck) else None
 
     # --- Fetch -------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import grpc
 from semel import internal_topics, limits
 from semel.cluster.broker import write_path
 from semel.cluster.broker.coordinator_lookup import find_coordinator
-from semel.cluster.broker.produce_validation import unset_fields
+from semel.cluster.broker.produce_validation import batch_identity, unset_fields
 from semel.cluster.broker.replica_manager import (
     Partition,
     PartitionError,
@@ -390,13 +390,13 @@ class ProduceVerifier:
         keys: list[tuple[str, int, int, int]] = []
         to_verify: dict[tuple[int, int], list[tuple[str, int]]] = {}
         for pd in request.partitions[: limits.MAX_PARTITIONS_PER_REQUEST]:
-            b = pd.batch
-            if not b.attributes & ATTR_TRANSACTIONAL or b.attributes & ATTR_CONTROL:
+            producer_id, producer_epoch, attributes = batch_identity(pd)  # either batch form
+            if not attributes & ATTR_TRANSACTIONAL or attributes & ATTR_CONTROL:
                 continue
-            keys.append((pd.topic, pd.partition, b.producer_id, b.producer_epoch))
-            if self._open_here(pd.topic, pd.partition, b.producer_id, b.producer_epoch) is not False:
+            keys.append((pd.topic, pd.partition, producer_id, producer_epoch))
+            if self._open_here(pd.topic, pd.partition, producer_id, producer_epoch) is not False:
                 continue  # not the leader here (_produce_one answers that), or the transaction is open here already
-            to_verify.setdefault((b.producer_id, b.producer_epoch), []).append((pd.topic, pd.partition))
+            to_verify.setdefault((producer_id, producer_epoch), []).append((pd.topic, pd.partition))
         return keys, to_verify
 
     def _open_here(self, topic: str, partition: int, producer_id: int, producer_epoch: int) -> bool | None:
@@ -486,7 +486,7 @@ class TxnRuntime:
 
     async def verify_produce(self, request: bpb.ProduceRequest, image: md.MetadataImage) -> ProduceCheck | None:
         """The check to run before each partition's append (None: nothing transactional)."""
-        if not any(pd.batch.attributes & ATTR_TRANSACTIONAL for pd in request.partitions):
+        if not any(batch_identity(pd)[2] & ATTR_TRANSACTIONAL for pd in request.partitions):
             return None
         return await self.verifier.prepare(request, image)
 

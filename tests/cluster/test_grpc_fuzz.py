@@ -5,7 +5,8 @@ The RPCs are found by walking the service descriptors of every `semel.v1.*_pb2` 
 RPC (or service) is fuzzed without touching this file; each request is drawn from its message
 descriptor: boundary and random integers, known and unknown enum values, names with `/`, `..`,
 NUL, unicode and the empty string, huge repeated fields (just above the documented bounds), and
-record batches that are random bytes, truncated, or claim the wrong count. For every call:
+record batches that are random bytes, truncated, or claim the wrong count, and Kafka batches
+(`kafka_batch`) of each codec with a bad CRC, magic, codec, count or length. For every call:
 
   * the answer is gRPC OK with defined error codes (never UNKNOWN_SERVER_ERROR, never a number
     outside the ErrorCode enum), or a defined gRPC status (INVALID_ARGUMENT, RESOURCE_EXHAUSTED,
@@ -48,6 +49,7 @@ from semel import internal_topics, limits
 from semel.client import Consumer, Producer
 from semel.client.records import encode_record
 from semel.clock import wall_clock_ms
+from semel.storage.kafka_records import KafkaRecord, encode_compressed_batch, encode_records
 from semel.v1 import common_pb2 as pb
 
 from tests.cluster import broker_harness as h
@@ -186,6 +188,35 @@ def record_batches(draw: st.DrawFn, producer_ids: tuple[int, ...]) -> pb.RecordB
     return b
 
 
+@st.composite
+def kafka_batches(draw: st.DrawFn, producer_ids: tuple[int, ...]) -> bytes:
+    """A gRPC Produce's `kafka_batch`: a Kafka RecordBatch v2, valid or broken (CRC, magic,
+    codec, count, truncation, a lying length, random bytes), each codec."""
+    vals = draw(st.lists(st.binary(max_size=20), min_size=1, max_size=4))
+    codec = draw(st.sampled_from([0, 1, 2, 3, 4]))
+    pid = draw(st.sampled_from([-1, *producer_ids, 2**62])) if producer_ids else -1
+    ts = wall_clock_ms()
+    records = encode_records(KafkaRecord(i, 0, None, v) for i, v in enumerate(vals))
+    count = len(vals) + draw(st.sampled_from([0, 0, 0, 1, -1, 2**31 - 1 - len(vals)]))
+    raw = bytearray(encode_compressed_batch(
+        records, codec=codec, record_count=max(count, 0), base_timestamp_ms=ts, max_timestamp_ms=ts,
+        attributes=draw(st.sampled_from([0, 0, 0x10, 0x20, 0x7, 0x8000])), producer_id=pid,
+        producer_epoch=-1 if pid == -1 else 0, base_sequence=-1 if pid == -1 else draw(st.integers(0, 5)))
+        if count > 0 else b"")
+    damage = draw(st.sampled_from(["none", "none", "crc", "magic", "truncate", "random", "length"]))
+    if damage == "crc" and raw:
+        raw[-1] ^= 0xFF
+    elif damage == "magic" and len(raw) > 16:
+        raw[16] = draw(st.sampled_from([0, 1, 3, 255]))
+    elif damage == "truncate":
+        raw = raw[: draw(st.integers(0, max(0, len(raw) - 1)))]
+    elif damage == "random":
+        raw = bytearray(draw(st.binary(max_size=96)))
+    elif damage == "length" and len(raw) > 12:
+        raw[8:12] = draw(st.sampled_from([b"\x7f\xff\xff\xff", b"\xff\xff\xff\xff", b"\x00\x00\x00\x00"]))
+    return bytes(raw)
+
+
 @dataclass(frozen=True)
 class Ctx:
     destructive: bool
@@ -213,6 +244,8 @@ def scalar(f: d.FieldDescriptor, ctx: Ctx, top_level: bool) -> st.SearchStrategy
         return st.booleans()
     if t == d.FieldDescriptor.TYPE_STRING:
         return names(ctx.destructive)
+    if t == d.FieldDescriptor.TYPE_BYTES and f.full_name == "semel.v1.PartitionProduceData.kafka_batch":
+        return kafka_batches(ctx.producer_ids)
     if t == d.FieldDescriptor.TYPE_BYTES:
         return st.one_of(st.binary(max_size=64), st.just(records_bytes([b"v"])))
     if t == d.FieldDescriptor.TYPE_ENUM:

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from semel.v1 import common_pb2 as semel_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15semel/v1/broker.proto\x12\x08semel.v1\x1a\x15semel/v1/common.proto\"!\n\x0fMetadataRequest\x12\x0e\n\x06topics\x18\x01 \x03(\t\"K\n\nBrokerInfo\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x0e\n\x06\x66\x65nced\x18\x04 \x01(\x08\"\xb0\x01\n\x11PartitionMetadata\x12\'\n\nerror_code\x18\x01 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x11\n\tleader_id\x18\x03 \x01(\x05\x12\x14\n\x0cleader_epoch\x18\x04 \x01(\x05\x12\x10\n\x08replicas\x18\x05 \x03(\x05\x12\x0b\n\x03isr\x18\x06 \x03(\x05\x12\x17\n\x0fpartition_epoch\x18\x07 \x01(\x05\"\x9b\x01\n\rTopicMetadata\x12\'\n\nerror_code\x18\x01 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08topic_id\x18\x03 \x01(\t\x12\x10\n\x08internal\x18\x04 \x01(\x08\x12/\n\npartitions\x18\x05 \x03(\x0b\x32\x1b.semel.v1.PartitionMetadata\"\xa7\x01\n\x10MetadataResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\x05\x12%\n\x07\x62rokers\x18\x03 \x03(\x0b\x32\x14.semel.v1.BrokerInfo\x12\'\n\x06topics\x18\x04 \x03(\x0b\x32\x17.semel.v1.TopicMetadata\x12\x18\n\x10metadata_version\x18\x05 \x01(\x03\"^\n\x14PartitionProduceData\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12$\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x15.semel.v1.RecordBatch\"\x90\x01\n\x0eProduceRequest\x12\x1c\n\x04\x61\x63ks\x18\x01 \x01(\x0e\x32\x0e.semel.v1.Acks\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x05\x12\x18\n\x10transactional_id\x18\x03 \x01(\t\x12\x32\n\npartitions\x18\x04 \x03(\x0b\x32\x1e.semel.v1.PartitionProduceData\"\xed\x01\n\x16PartitionProduceResult\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\'\n\nerror_code\x18\x03 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x13\n\x0b\x62\x61se_offset\x18\x05 \x01(\x03\x12\x13\n\x0blast_offset\x18\x06 \x01(\x03\x12\x1a\n\x12log_append_time_ms\x18\x07 \x01(\x03\x12\x18\n\x10log_start_offset\x18\x08 \x01(\x03\x12\x11\n\tduplicate\x18\t \x01(\x08\"D\n\x0fProduceResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .semel.v1.PartitionProduceResult\"\x97\x01\n\x0e\x46\x65tchPartition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x65tch_offset\x18\x03 \x01(\x03\x12\x11\n\tmax_bytes\x18\x04 \x01(\x05\x12!\n\x14\x63urrent_leader_epoch\x18\x05 \x01(\x05H\x00\x88\x01\x01\x42\x17\n\x15_current_leader_epoch\"\xaa\x01\n\x0c\x46\x65tchRequest\x12,\n\npartitions\x18\x01 \x03(\x0b\x32\x18.semel.v1.FetchPartition\x12\x13\n\x0bmax_wait_ms\x18\x02 \x01(\x05\x12\x11\n\tmin_bytes\x18\x03 \x01(\x05\x12\x11\n\tmax_bytes\x18\x04 \x01(\x05\x12\x31\n\x0fisolation_level\x18\x05 \x01(\x0e\x32\x18.semel.v1.IsolationLevel\"\x89\x02\n\x14\x46\x65tchPartitionResult\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\'\n\nerror_code\x18\x03 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x16\n\x0ehigh_watermark\x18\x05 \x01(\x03\x12\x1a\n\x12last_stable_offset\x18\x06 \x01(\x03\x12\x18\n\x10log_start_offset\x18\x07 \x01(\x03\x12&\n\x07\x62\x61tches\x18\x08 \x03(\x0b\x32\x15.semel.v1.RecordBatch\x12\x19\n\x11next_fetch_offset\x18\t \x01(\x03\"@\n\rFetchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.semel.v1.FetchPartitionResult\"\x8a\x01\n\x14ListOffsetsPartition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12!\n\x14\x63urrent_leader_epoch\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x17\n\x15_current_leader_epoch\"{\n\x12ListOffsetsRequest\x12\x32\n\npartitions\x18\x01 \x03(\x0b\x32\x1e.semel.v1.ListOffsetsPartition\x12\x31\n\x0fisolation_level\x18\x02 \x01(\x0e\x32\x18.semel.v1.IsolationLevel\"\xb1\x01\n\x11ListOffsetsResult\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\'\n\nerror_code\x18\x03 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\x14\n\x0cleader_epoch\x18\x07 \x01(\x05\"C\n\x13ListOffsetsResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.semel.v1.ListOffsetsResult*:\n\x0eIsolationLevel\x12\x14\n\x10READ_UNCOMMITTED\x10\x00\x12\x12\n\x0eREAD_COMMITTED\x10\x01*4\n\x04\x41\x63ks\x12\x0c\n\x08\x41\x43KS_ALL\x10\x00\x12\x0f\n\x0b\x41\x43KS_LEADER\x10\x01\x12\r\n\tACKS_NONE\x10\x02\x32\x91\x02\n\x06\x42roker\x12\x41\n\x08Metadata\x12\x19.semel.v1.MetadataRequest\x1a\x1a.semel.v1.MetadataResponse\x12>\n\x07Produce\x12\x18.semel.v1.ProduceRequest\x1a\x19.semel.v1.ProduceResponse\x12\x38\n\x05\x46\x65tch\x12\x16.semel.v1.FetchRequest\x1a\x17.semel.v1.FetchResponse\x12J\n\x0bListOffsets\x12\x1c.semel.v1.ListOffsetsRequest\x1a\x1d.semel.v1.ListOffsetsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15semel/v1/broker.proto\x12\x08semel.v1\x1a\x15semel/v1/common.proto\"!\n\x0fMetadataRequest\x12\x0e\n\x06topics\x18\x01 \x03(\t\"K\n\nBrokerInfo\x12\x11\n\tbroker_id\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x0e\n\x06\x66\x65nced\x18\x04 \x01(\x08\"\xb0\x01\n\x11PartitionMetadata\x12\'\n\nerror_code\x18\x01 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x11\n\tleader_id\x18\x03 \x01(\x05\x12\x14\n\x0cleader_epoch\x18\x04 \x01(\x05\x12\x10\n\x08replicas\x18\x05 \x03(\x05\x12\x0b\n\x03isr\x18\x06 \x03(\x05\x12\x17\n\x0fpartition_epoch\x18\x07 \x01(\x05\"\x9b\x01\n\rTopicMetadata\x12\'\n\nerror_code\x18\x01 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08topic_id\x18\x03 \x01(\t\x12\x10\n\x08internal\x18\x04 \x01(\x08\x12/\n\npartitions\x18\x05 \x03(\x0b\x32\x1b.semel.v1.PartitionMetadata\"\xa7\x01\n\x10MetadataResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\x05\x12%\n\x07\x62rokers\x18\x03 \x03(\x0b\x32\x14.semel.v1.BrokerInfo\x12\'\n\x06topics\x18\x04 \x03(\x0b\x32\x17.semel.v1.TopicMetadata\x12\x18\n\x10metadata_version\x18\x05 \x01(\x03\"s\n\x14PartitionProduceData\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12$\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x15.semel.v1.RecordBatch\x12\x13\n\x0bkafka_batch\x18\x04 \x01(\x0c\"\x90\x01\n\x0eProduceRequest\x12\x1c\n\x04\x61\x63ks\x18\x01 \x01(\x0e\x32\x0e.semel.v1.Acks\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x05\x12\x18\n\x10transactional_id\x18\x03 \x01(\t\x12\x32\n\npartitions\x18\x04 \x03(\x0b\x32\x1e.semel.v1.PartitionProduceData\"\xed\x01\n\x16PartitionProduceResult\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\'\n\nerror_code\x18\x03 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x13\n\x0b\x62\x61se_offset\x18\x05 \x01(\x03\x12\x13\n\x0blast_offset\x18\x06 \x01(\x03\x12\x1a\n\x12log_append_time_ms\x18\x07 \x01(\x03\x12\x18\n\x10log_start_offset\x18\x08 \x01(\x03\x12\x11\n\tduplicate\x18\t \x01(\x08\"D\n\x0fProduceResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .semel.v1.PartitionProduceResult\"\x97\x01\n\x0e\x46\x65tchPartition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x65tch_offset\x18\x03 \x01(\x03\x12\x11\n\tmax_bytes\x18\x04 \x01(\x05\x12!\n\x14\x63urrent_leader_epoch\x18\x05 \x01(\x05H\x00\x88\x01\x01\x42\x17\n\x15_current_leader_epoch\"\xaa\x01\n\x0c\x46\x65tchRequest\x12,\n\npartitions\x18\x01 \x03(\x0b\x32\x18.semel.v1.FetchPartition\x12\x13\n\x0bmax_wait_ms\x18\x02 \x01(\x05\x12\x11\n\tmin_bytes\x18\x03 \x01(\x05\x12\x11\n\tmax_bytes\x18\x04 \x01(\x05\x12\x31\n\x0fisolation_level\x18\x05 \x01(\x0e\x32\x18.semel.v1.IsolationLevel\"\x89\x02\n\x14\x46\x65tchPartitionResult\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\'\n\nerror_code\x18\x03 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x16\n\x0ehigh_watermark\x18\x05 \x01(\x03\x12\x1a\n\x12last_stable_offset\x18\x06 \x01(\x03\x12\x18\n\x10log_start_offset\x18\x07 \x01(\x03\x12&\n\x07\x62\x61tches\x18\x08 \x03(\x0b\x32\x15.semel.v1.RecordBatch\x12\x19\n\x11next_fetch_offset\x18\t \x01(\x03\"@\n\rFetchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.semel.v1.FetchPartitionResult\"\x8a\x01\n\x14ListOffsetsPartition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12!\n\x14\x63urrent_leader_epoch\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x17\n\x15_current_leader_epoch\"{\n\x12ListOffsetsRequest\x12\x32\n\npartitions\x18\x01 \x03(\x0b\x32\x1e.semel.v1.ListOffsetsPartition\x12\x31\n\x0fisolation_level\x18\x02 \x01(\x0e\x32\x18.semel.v1.IsolationLevel\"\xb1\x01\n\x11ListOffsetsResult\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\'\n\nerror_code\x18\x03 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\x14\n\x0cleader_epoch\x18\x07 \x01(\x05\"C\n\x13ListOffsetsResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.semel.v1.ListOffsetsResult*:\n\x0eIsolationLevel\x12\x14\n\x10READ_UNCOMMITTED\x10\x00\x12\x12\n\x0eREAD_COMMITTED\x10\x01*4\n\x04\x41\x63ks\x12\x0c\n\x08\x41\x43KS_ALL\x10\x00\x12\x0f\n\x0b\x41\x43KS_LEADER\x10\x01\x12\r\n\tACKS_NONE\x10\x02\x32\x91\x02\n\x06\x42roker\x12\x41\n\x08Metadata\x12\x19.semel.v1.MetadataRequest\x1a\x1a.semel.v1.MetadataResponse\x12>\n\x07Produce\x12\x18.semel.v1.ProduceRequest\x1a\x19.semel.v1.ProduceResponse\x12\x38\n\x05\x46\x65tch\x12\x16.semel.v1.FetchRequest\x1a\x17.semel.v1.FetchResponse\x12J\n\x0bListOffsets\x12\x1c.semel.v1.ListOffsetsRequest\x1a\x1d.semel.v1.ListOffsetsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'semel.v1.broker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ISOLATIONLEVEL']._serialized_start=2406
-  _globals['_ISOLATIONLEVEL']._serialized_end=2464
-  _globals['_ACKS']._serialized_start=2466
-  _globals['_ACKS']._serialized_end=2518
+  _globals['_ISOLATIONLEVEL']._serialized_start=2427
+  _globals['_ISOLATIONLEVEL']._serialized_end=2485
+  _globals['_ACKS']._serialized_start=2487
+  _globals['_ACKS']._serialized_end=2539
   _globals['_METADATAREQUEST']._serialized_start=58
   _globals['_METADATAREQUEST']._serialized_end=91
   _globals['_BROKERINFO']._serialized_start=93
@@ -47,29 +47,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METADATARESPONSE']._serialized_start=508
   _globals['_METADATARESPONSE']._serialized_end=675
   _globals['_PARTITIONPRODUCEDATA']._serialized_start=677
-  _globals['_PARTITIONPRODUCEDATA']._serialized_end=771
-  _globals['_PRODUCEREQUEST']._serialized_start=774
-  _globals['_PRODUCEREQUEST']._serialized_end=918
-  _globals['_PARTITIONPRODUCERESULT']._serialized_start=921
-  _globals['_PARTITIONPRODUCERESULT']._serialized_end=1158
-  _globals['_PRODUCERESPONSE']._serialized_start=1160
-  _globals['_PRODUCERESPONSE']._serialized_end=1228
-  _globals['_FETCHPARTITION']._serialized_start=1231
-  _globals['_FETCHPARTITION']._serialized_end=1382
-  _globals['_FETCHREQUEST']._serialized_start=1385
-  _globals['_FETCHREQUEST']._serialized_end=1555
-  _globals['_FETCHPARTITIONRESULT']._serialized_start=1558
-  _globals['_FETCHPARTITIONRESULT']._serialized_end=1823
-  _globals['_FETCHRESPONSE']._serialized_start=1825
-  _globals['_FETCHRESPONSE']._serialized_end=1889
-  _globals['_LISTOFFSETSPARTITION']._serialized_start=1892
-  _globals['_LISTOFFSETSPARTITION']._serialized_end=2030
-  _globals['_LISTOFFSETSREQUEST']._serialized_start=2032
-  _globals['_LISTOFFSETSREQUEST']._serialized_end=2155
-  _globals['_LISTOFFSETSRESULT']._serialized_start=2158
-  _globals['_LISTOFFSETSRESULT']._serialized_end=2335
-  _globals['_LISTOFFSETSRESPONSE']._serialized_start=2337
-  _globals['_LISTOFFSETSRESPONSE']._serialized_end=2404
-  _globals['_BROKER']._serialized_start=2521
-  _globals['_BROKER']._serialized_end=2794
+  _globals['_PARTITIONPRODUCEDATA']._serialized_end=792
+  _globals['_PRODUCEREQUEST']._serialized_start=795
+  _globals['_PRODUCEREQUEST']._serialized_end=939
+  _globals['_PARTITIONPRODUCERESULT']._serialized_start=942
+  _globals['_PARTITIONPRODUCERESULT']._serialized_end=1179
+  _globals['_PRODUCERESPONSE']._serialized_start=1181
+  _globals['_PRODUCERESPONSE']._serialized_end=1249
+  _globals['_FETCHPARTITION']._serialized_start=1252
+  _globals['_FETCHPARTITION']._serialized_end=1403
+  _globals['_FETCHREQUEST']._serialized_start=1406
+  _globals['_FETCHREQUEST']._serialized_end=1576
+  _globals['_FETCHPARTITIONRESULT']._serialized_start=1579
+  _globals['_FETCHPARTITIONRESULT']._serialized_end=1844
+  _globals['_FETCHRESPONSE']._serialized_start=1846
+  _globals['_FETCHRESPONSE']._serialized_end=1910
+  _globals['_LISTOFFSETSPARTITION']._serialized_start=1913
+  _globals['_LISTOFFSETSPARTITION']._serialized_end=2051
+  _globals['_LISTOFFSETSREQUEST']._serialized_start=2053
+  _globals['_LISTOFFSETSREQUEST']._serialized_end=2176
+  _globals['_LISTOFFSETSRESULT']._serialized_start=2179
+  _globals['_LISTOFFSETSRESULT']._serialized_end=2356
+  _globals['_LISTOFFSETSRESPONSE']._serialized_start=2358
+  _globals['_LISTOFFSETSRESPONSE']._serialized_end=2425
+  _globals['_BROKER']._serialized_start=2542
+  _globals['_BROKER']._serialized_end=2815
 # @@protoc_insertion_point(module_scope)

@@ -89,14 +89,16 @@ class MetadataResponse(_message.Message):
     def __init__(self, cluster_id: _Optional[str] = ..., controller_id: _Optional[int] = ..., brokers: _Optional[_Iterable[_Union[BrokerInfo, _Mapping]]] = ..., topics: _Optional[_Iterable[_Union[TopicMetadata, _Mapping]]] = ..., metadata_version: _Optional[int] = ...) -> None: ...
 
 class PartitionProduceData(_message.Message):
-    __slots__ = ("topic", "partition", "batch")
+    __slots__ = ("topic", "partition", "batch", "kafka_batch")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    KAFKA_BATCH_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     batch: _common_pb2.RecordBatch
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., batch: _Optional[_Union[_common_pb2.RecordBatch, _Mapping]] = ...) -> None: ...
+    kafka_batch: bytes
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., batch: _Optional[_Union[_common_pb2.RecordBatch, _Mapping]] = ..., kafka_batch: _Optional[bytes] = ...) -> None: ...
 
 class ProduceRequest(_message.Message):
     __slots__ = ("acks", "timeout_ms", "transactional_id", "partitions")
