@@ -319,6 +319,8 @@ def _add_produce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--acks", choices=["all", "1", "0"], default="all", help="all (default), 1 (leader), 0 (none)")
     p.add_argument("--partition", type=int, default=None, help="send every record to this partition")
     p.add_argument("--linger-ms", type=int, default=5, help="batching delay (default 5)")
+    p.add_argument("--compression", choices=["none", "gzip", "snappy", "lz4", "zstd"], default="none",
+                   help="compress each batch (sent as a Kafka RecordBatch v2; default none)")
     p.add_argument("--delivery-timeout-ms", type=int, default=120_000, help="give up on a record after this (default 120000)")
     p.add_argument("--max-block-ms", type=int, default=10_000,
                    help="how long to wait for the topic's metadata or buffer space (default 10000)")
@@ -375,7 +377,7 @@ def _produce(args: argparse.Namespace) -> int:
     outcomes = _Outcomes()
     sent = 0
     sep = args.key_separator.encode() if args.key_separator else None
-    with Producer(args.bootstrap, acks=args.acks, linger_ms=args.linger_ms,
+    with Producer(args.bootstrap, acks=args.acks, linger_ms=args.linger_ms, compression_type=args.compression,
                   delivery_timeout_ms=args.delivery_timeout_ms, max_block_ms=args.max_block_ms,
                   enable_idempotence=False if args.no_idempotence else None) as producer:
         _topic_partitions(producer, args.topic, args.max_block_ms)  # a missing topic fails before stdin is read
@@ -443,7 +445,7 @@ def _produce_transactional(args: argparse.Namespace) -> int:
     sep = args.key_separator.encode() if args.key_separator else None
     committed = chunk = 0
     with Producer(args.bootstrap, transactional_id=args.transactional_id, linger_ms=args.linger_ms,
-                  delivery_timeout_ms=args.delivery_timeout_ms, max_block_ms=args.max_block_ms) as producer:
+                  compression_type=args.compression, delivery_timeout_ms=args.delivery_timeout_ms, max_block_ms=args.max_block_ms) as producer:
         _topic_partitions(producer, args.topic, args.max_block_ms)
         producer.init_transactions()
         for raw in sys.stdin.buffer:

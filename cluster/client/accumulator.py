@@ -19,6 +19,13 @@ Invariants:
   * per partition, `in_flight[tp]` <= `max_in_flight`.
   * a batch is in exactly one place: a partition queue, in flight, or completed.
 
+Compression (`codec`, a Kafka codec id, 0 none): with a codec each record is encoded once as
+a Kafka record (`kafka_records.encode_record`) instead of a `semel.v1.Record`, and a batch is
+sent as one Kafka RecordBatch v2 whose records are compressed as one unit
+(`to_partition_data`: `kafka_batch` of the gRPC Produce), with the same producer id, epoch,
+base sequence and transactional bit as the uncompressed batch would carry. `batch_bytes` and
+the buffer count the uncompressed bytes.
+
 Callers hold one lock around every call (the producer's condition variable).
 """
 
@@ -33,7 +40,8 @@ from typing import Any
 from semel.client import errors as client_errors
 from semel.client.idempotence import SEQUENCE_MODULUS, IdempotenceState
 from semel.client.records import Header, RecordMetadata, build_batch, encode_record
-from semel.v1 import common_pb2
+from semel.storage import kafka_records
+from semel.v1 import broker_pb2, common_pb2
 
 # Bytes of batch framing counted against batch_bytes beyond the encoded records
 # (RecordBatch header fields and the PartitionProduceData wrapper).
@@ -156,6 +164,7 @@ class ProducerBatch:
     producer_epoch: int = -1
     base_sequence: int = -1
     attributes: int = 0            # common_pb2.TRANSACTIONAL for a transactional producer
+    codec: int = kafka_records.CODEC_NONE  # with a codec, `encoded` holds Kafka records
 
     @property
     def tp(self) -> tuple[str, int]:
@@ -165,12 +174,36 @@ class ProducerBatch:
         return build_batch(self.encoded, self.record_count, self.base_timestamp_ms, self.max_timestamp_ms,
                            self.attributes, self.producer_id, self.producer_epoch, self.base_sequence)
 
+    def to_kafka_batch(self) -> bytes:
+        """The batch as one Kafka RecordBatch v2, its records compressed with `codec`."""
+        return kafka_records.encode_compressed_batch(
+            b"".join(self.encoded), codec=self.codec, record_count=self.record_count,
+            base_timestamp_ms=self.base_timestamp_ms, max_timestamp_ms=self.max_timestamp_ms,
+            attributes=self.attributes, producer_id=self.producer_id, producer_epoch=self.producer_epoch,
+            base_sequence=self.base_sequence)
+
+    def to_partition_data(self) -> broker_pb2.PartitionProduceData:
+        """This batch in a Produce request: `batch` (magic 1) uncompressed, else `kafka_batch`."""
+        if self.codec == kafka_records.CODEC_NONE:
+            return broker_pb2.PartitionProduceData(topic=self.topic, partition=self.partition, batch=self.to_proto())
+        return broker_pb2.PartitionProduceData(topic=self.topic, partition=self.partition,
+                                               kafka_batch=self.to_kafka_batch())
+
+
+def _encode(codec: int, offset_delta: int, timestamp_delta_ms: int, key: bytes | None, value: bytes,
+            headers: Sequence[Header] | None) -> bytes:
+    if codec == kafka_records.CODEC_NONE:
+        return encode_record(offset_delta, timestamp_delta_ms, key, value, headers)
+    return kafka_records.encode_record(kafka_records.KafkaRecord(
+        offset_delta, timestamp_delta_ms, key or None, value, tuple(headers) if headers else ()))
+
 
 class RecordAccumulator:
     """Per-partition queues of batches; see the module docstring for the rules."""
 
     def __init__(self, batch_bytes: int, linger_ms: int, buffer_bytes: int, max_in_flight: int,
-                 idempotence: IdempotenceState | None = None, attributes: int = 0) -> None:
+                 idempotence: IdempotenceState | None = None, attributes: int = 0,
+                 codec: int = kafka_records.CODEC_NONE) -> None:
         if batch_bytes < 1 or linger_ms < 0 or buffer_bytes < 1 or max_in_flight < 1:
             raise client_errors.ConfigError(
                 "batch_bytes, buffer_bytes and max_in_flight must be >= 1 and linger_ms >= 0"
@@ -181,6 +214,7 @@ class RecordAccumulator:
         self.max_in_flight = max_in_flight
         self.idempotence = idempotence   # None: batches carry no producer id
         self.attributes = attributes
+        self.codec = codec
         self.buffered_bytes = 0
         self.flushing = 0          # > 0 while a flush or close waits: send regardless of linger
         self._queues: dict[tuple[str, int], collections.deque[ProducerBatch]] = {}
@@ -239,17 +273,19 @@ class RecordAccumulator:
         full = False
         new_batch = batch is None
         if batch is not None:
-            encoded = encode_record(batch.record_count, timestamp_ms - batch.base_timestamp_ms, key, value, headers)
+            encoded = _encode(self.codec, batch.record_count, timestamp_ms - batch.base_timestamp_ms, key, value,
+                              headers)
             if batch.size_bytes + len(encoded) > self.batch_bytes:
                 batch.closed = True
                 full = True
                 batch = None
         if batch is None:
             new_batch = True
-            batch = ProducerBatch(topic, partition, now_ms, timestamp_ms, timestamp_ms, attributes=self.attributes)
+            batch = ProducerBatch(topic, partition, now_ms, timestamp_ms, timestamp_ms, attributes=self.attributes,
+                                  codec=self.codec)
             queue.append(batch)
             self._incomplete.add(batch)
-            encoded = encode_record(0, 0, key, value, headers)
+            encoded = _encode(self.codec, 0, 0, key, value, headers)
         batch.encoded.append(encoded)
         batch.size_bytes += len(encoded)
         self.buffered_bytes += len(encoded)

@@ -377,3 +377,46 @@ def test_error_categories_match_the_wire_contract_comments():
         assert issubclass(cls, expected), f"{name}: the contract says {word}"
         checked += 1
     assert checked > 40
+
+
+# --- compression: the accumulator's Kafka batches through the broker's own decoder -------------
+@pytest.mark.parametrize("codec", [1, 2, 3, 4])
+def test_a_compressed_batch_round_trips_through_the_brokers_checks_and_grpc_fetch_conversion(codec):
+    from semel.clock import wall_clock_ms
+    from semel.client.records import decode_batch
+    from semel.cluster.broker.produce_validation import check_kafka_batch
+    from semel.storage.batch import decode_header
+    from semel.storage.kafka_records import semel_records_from_kafka
+
+    now = wall_clock_ms()
+    acc = _acc(batch_bytes=1 << 20, linger_ms=0, buffer_bytes=1 << 22, codec=codec,
+               attributes=common_pb2.TRANSACTIONAL)
+    sent = [(now + i, b"k%d" % i if i % 3 else None, b"value %d " % i * 30, [("h", b"%d" % i)] if i % 2 else None)
+            for i in range(40)]
+    for ts, key, value, headers in sent:
+        acc.append("t", 0, ts, key, value, headers, now_ms=0)
+    [batch] = acc.drain_ready(now_ms=0)
+    batch.producer_id, batch.producer_epoch, batch.base_sequence = 12, 3, 77
+    pd = batch.to_partition_data()
+    assert not pd.HasField("batch") and pd.kafka_batch
+    assert len(pd.kafka_batch) < batch.size_bytes / 3  # compressed as one unit
+    header = check_kafka_batch(pd.kafka_batch, max_batch_bytes=1 << 22, now_ms=now + 40,
+                               max_future_timestamp_ms=1000)
+    assert header == decode_header(pd.kafka_batch)
+    assert (header.producer_id, header.producer_epoch, header.base_sequence, header.record_count) == (12, 3, 77, 40)
+    assert header.attributes == common_pb2.TRANSACTIONAL | codec
+    assert (header.base_timestamp_ms, header.max_timestamp_ms) == (now, now + 39)
+    wire = common_pb2.RecordBatch(base_offset=100, last_offset_delta=header.last_offset_delta,
+                                  record_count=header.record_count, base_timestamp_ms=header.base_timestamp_ms,
+                                  attributes=header.attributes, records=semel_records_from_kafka(pd.kafka_batch, header))
+    got = decode_batch("t", 0, wire)
+    assert [(r.offset, r.timestamp_ms, r.key, r.value, r.headers) for r in got] == [
+        (100 + i, ts, key, value, tuple(headers or ())) for i, (ts, key, value, headers) in enumerate(sent)]
+
+
+def test_without_a_codec_the_batch_stays_magic_1():
+    acc = _acc(linger_ms=0)
+    acc.append("t", 0, 5, None, b"x", None, now_ms=0)
+    [batch] = acc.drain_ready(now_ms=0)
+    pd = batch.to_partition_data()
+    assert pd.HasField("batch") and not pd.kafka_batch and pd.batch.records == batch.to_proto().records

@@ -200,7 +200,7 @@ def kafka_batches(draw: st.DrawFn, producer_ids: tuple[int, ...]) -> bytes:
     count = len(vals) + draw(st.sampled_from([0, 0, 0, 1, -1, 2**31 - 1 - len(vals)]))
     raw = bytearray(encode_compressed_batch(
         records, codec=codec, record_count=max(count, 0), base_timestamp_ms=ts, max_timestamp_ms=ts,
-        attributes=draw(st.sampled_from([0, 0, 0x10, 0x20, 0x7, 0x8000])), producer_id=pid,
+        attributes=draw(st.sampled_from([0, 0, 0x10, 0x20, 0x7, 0x4000])), producer_id=pid,
         producer_epoch=-1 if pid == -1 else 0, base_sequence=-1 if pid == -1 else draw(st.integers(0, 5)))
         if count > 0 else b"")
     damage = draw(st.sampled_from(["none", "none", "crc", "magic", "truncate", "random", "length"]))
