@@ -20,7 +20,7 @@ Invariants:
   * a batch is in exactly one place: a partition queue, in flight, or completed.
 
 Compression (`codec`, a Kafka codec id, 0 none): with a codec each record is encoded once as
-a Kafka record (`kafka_records.encode_record`) instead of a `semel.v1.Record`, and a batch is
+a Kafka record (`encode_kafka_record`) instead of a `semel.v1.Record`, and a batch is
 sent as one Kafka RecordBatch v2 whose records are compressed as one unit
 (`to_partition_data`: `kafka_batch` of the gRPC Produce), with the same producer id, epoch,
 base sequence and transactional bit as the uncompressed batch would carry. `batch_bytes` and
@@ -39,7 +39,7 @@ from typing import Any
 
 from semel.client import errors as client_errors
 from semel.client.idempotence import SEQUENCE_MODULUS, IdempotenceState
-from semel.client.records import Header, RecordMetadata, build_batch, encode_record
+from semel.client.records import Header, RecordMetadata, build_batch, encode_kafka_record, encode_record
 from semel.storage import kafka_records
 from semel.v1 import broker_pb2, common_pb2
 
@@ -194,8 +194,7 @@ def _encode(codec: int, offset_delta: int, timestamp_delta_ms: int, key: bytes |
             headers: Sequence[Header] | None) -> bytes:
     if codec == kafka_records.CODEC_NONE:
         return encode_record(offset_delta, timestamp_delta_ms, key, value, headers)
-    return kafka_records.encode_record(kafka_records.KafkaRecord(
-        offset_delta, timestamp_delta_ms, key or None, value, tuple(headers) if headers else ()))
+    return encode_kafka_record(offset_delta, timestamp_delta_ms, key, value, headers)
 
 
 class RecordAccumulator:

@@ -420,3 +420,14 @@ def test_without_a_codec_the_batch_stays_magic_1():
     [batch] = acc.drain_ready(now_ms=0)
     pd = batch.to_partition_data()
     assert pd.HasField("batch") and not pd.kafka_batch and pd.batch.records == batch.to_proto().records
+
+
+def test_the_producers_kafka_record_encoder_matches_the_storage_encoder():
+    from semel.client.records import encode_kafka_record
+    from semel.storage.kafka_records import KafkaRecord, encode_record as kafka_encode_record
+
+    cases = [(0, 0, None, b"", None), (1, -5, b"k", b"v" * 300, [("h", b"x"), ("\u00e9t\u00e9", b"")]),
+             (2**20, 2**40, b"", b"v" * 70_000, None), (63, -(2**31), b"key" * 100, b"", [("", b"")])]
+    for offset_delta, ts_delta, key, value, headers in cases:
+        expected = kafka_encode_record(KafkaRecord(offset_delta, ts_delta, key or None, value, tuple(headers or ())))
+        assert encode_kafka_record(offset_delta, ts_delta, key, value, headers) == expected
