@@ -76,6 +76,10 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-bytes", type=int, default=None, help="producer batch_bytes (client default)")
     parser.add_argument("--linger-ms", type=int, default=None, help="producer linger_ms (client default)")
     parser.add_argument("--max-in-flight", type=int, default=None, help="producer max_in_flight (client default)")
+    parser.add_argument("--compression", choices=["none", "gzip", "snappy", "lz4", "zstd"], default="none",
+                        help="producer compression_type (Kafka: compression.type). Every record repeats one random "
+                             "value, which a codec finds within a batch, so the figures flatter compression; "
+                             "tests/cluster/measure_compression.py measures varied compressible records")
     parser.add_argument("--idempotent", action="store_true",
                         help="compare, in this run, plain acks=all (enable_idempotence=False) with the idempotent "
                              "producer (same max_in_flight, default 5); reports 'ratio' = idempotent / plain")
@@ -323,6 +327,8 @@ def _kafka_producer_process(
         conf["max.in.flight.requests.per.connection"] = options["max_in_flight"]
     if options.get("batch_bytes"):
         conf["batch.size"] = options["batch_bytes"]
+    if options.get("compression_type"):
+        conf["compression.type"] = options["compression_type"]
     producer = KafkaProducer(conf)
     value = os.urandom(record_bytes)
     latencies: list[float] = []
@@ -378,6 +384,8 @@ def _kafka_producer_process(
 
 def run_produce(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"acks": args.acks}
+    if args.compression != "none":
+        options["compression_type"] = args.compression
     for name in ("batch_bytes", "linger_ms", "max_in_flight"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -534,6 +542,7 @@ def _produce_phase(
         "record_bytes": args.record_bytes,
         "rate_mb_s_cap": round(rate_bytes_s / MB, 2) if rate_bytes_s else None,
         "max_in_flight": options.get("max_in_flight"),
+        "compression": options.get("compression_type", "none"),
         "records": sent,
         "errors": sum(o["errors"] for o in outcomes),
         "elapsed_s": round(elapsed, 3),
