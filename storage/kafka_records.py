@@ -22,7 +22,7 @@ Decompression (gzip through zlib, snappy raw or xerial-framed, lz4 frame and zst
 cramjam) refuses output above `limits.MAX_DECOMPRESSED_BATCH_BYTES`; gzip and snappy are
 bounded before allocating, lz4 and zstd after (cramjam has no bounded streaming decoder).
 
-Record layout (all varints zigzag-signed, `kio.serial` reads and writes them): length,
+Record layout (all varints zigzag-signed: kio's native readers, `encode_zigzag` writes them): length,
 attributes int8, timestamp delta varlong, offset delta varint, key length + key (-1 = null),
 value length + value (-1 = null), header count, per header key length + UTF-8 key, value
 length + value (-1 = null).
@@ -31,7 +31,6 @@ length + value (-1 = null).
 from __future__ import annotations
 
 import dataclasses
-import io
 import struct
 from collections.abc import Iterable, Sequence
 
@@ -40,10 +39,9 @@ import zlib
 import cramjam
 from semel import limits
 from semel.storage.varint import (
+    encode_zigzag,
     read_signed_varint,
     read_signed_varlong,
-    write_signed_varint,
-    write_signed_varlong,
 )
 from semel.storage.batch import (
     ATTR_COMPRESSION_MASK,
@@ -73,29 +71,29 @@ class KafkaRecord:
     headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
-def _write_bytes(out: io.BytesIO, data: bytes | None) -> None:
-    if data is None:
-        write_signed_varint(out, -1)
-        return
-    write_signed_varint(out, len(data))
-    out.write(data)
+_NULL = b"\x01"  # zigzag(-1): a null key, value or header value
+
+
+def encode_record_fields(offset_delta: int, timestamp_delta_ms: int, key: bytes | None, value: bytes | None,
+                         headers: Iterable[tuple[str, bytes | None]] = ()) -> bytes:
+    """One record in Kafka's record format (length-prefixed; None is null), built from
+    table-looked-up varints: the producer encodes every record of a compressed batch here."""
+    parts = [b"\x00", encode_zigzag(timestamp_delta_ms), encode_zigzag(offset_delta)]  # attributes: unused
+    parts += (_NULL,) if key is None else (encode_zigzag(len(key)), key)
+    parts += (_NULL,) if value is None else (encode_zigzag(len(value)), value)
+    headers = tuple(headers)
+    parts.append(encode_zigzag(len(headers)))
+    for header_key, header_value in headers:
+        k = header_key.encode()
+        parts += (encode_zigzag(len(k)), k)
+        parts += (_NULL,) if header_value is None else (encode_zigzag(len(header_value)), header_value)
+    body = b"".join(parts)
+    return encode_zigzag(len(body)) + body
 
 
 def encode_record(record: KafkaRecord) -> bytes:
-    body = io.BytesIO()
-    body.write(b"\x00")  # record attributes: unused
-    write_signed_varlong(body, record.timestamp_delta_ms)
-    write_signed_varint(body, record.offset_delta)
-    _write_bytes(body, record.key)
-    _write_bytes(body, record.value)
-    write_signed_varint(body, len(record.headers))
-    for key, value in record.headers:
-        _write_bytes(body, key.encode())
-        _write_bytes(body, value)
-    out = io.BytesIO()
-    write_signed_varint(out, body.tell())
-    out.write(body.getvalue())
-    return out.getvalue()
+    return encode_record_fields(record.offset_delta, record.timestamp_delta_ms, record.key, record.value,
+                                record.headers)
 
 
 def encode_records(records: Iterable[KafkaRecord]) -> bytes:

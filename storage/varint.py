@@ -2,40 +2,46 @@
 
 `kio.serial.readers` pulls in `kio.serial`, whose package import loads `kio.static.primitive`,
 which registers hypothesis strategies at import time: about 1.8 s on every `semel` command,
-although the storage layer only needs four varint functions. The readers are kio's native
+although the storage layer only needs a reader and a writer. The readers are kio's native
 (Rust) functions, imported from the extension module directly (`kio.serial.readers`
 re-exports exactly these objects; tests/storage/test_varint.py checks that, so a kio upgrade
-that moves them fails loudly). The two writers are kio's few lines of zigzag encoding, kept
-here byte-for-byte equal (same test).
+that moves them fails loudly). The writer, `encode_zigzag`, gives byte for byte what kio's
+writers give (same test), from a table of the small varints.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from kio._kio_native import read_signed_varint, read_signed_varlong
 
-__all__ = ("read_signed_varint", "read_signed_varlong", "write_signed_varint", "write_signed_varlong")
+__all__ = ("encode_varint", "encode_zigzag", "read_signed_varint", "read_signed_varlong")
+
+# Encoded varints of 0 .. 2**14-1 (one or two bytes: every length, count and small delta), built
+# once: the per-record encoders (protobuf's in semel.client.records, Kafka's in
+# semel.storage.kafka_records) look them up instead of looping.
+_SMALL_VARINTS = 1 << 14
 
 
-class _Writable(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-
-
-def _write_unsigned(out: _Writable, value: int) -> None:
-    chunks = bytearray()
-    while value & ~0x7F:
-        chunks.append((value & 0x7F) | 0x80)
+def _encode_varint_slow(value: int) -> bytes:
+    # Negative int32/int64 values are encoded as 10-byte two's complement (protobuf rules).
+    value &= 0xFFFF_FFFF_FFFF_FFFF
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
         value >>= 7
-    chunks.append(value)
-    out.write(bytes(chunks))
+    out.append(value)
+    return bytes(out)
 
 
-def write_signed_varint(out: _Writable, value: int) -> None:
-    """Zigzag-encode a signed 32-bit value (Kafka's `varint`)."""
-    _write_unsigned(out, (value << 1) ^ (value >> 31))
+_VARINT_TABLE = tuple(_encode_varint_slow(i) for i in range(_SMALL_VARINTS))
 
 
-def write_signed_varlong(out: _Writable, value: int) -> None:
-    """Zigzag-encode a signed 64-bit value (Kafka's `varlong`)."""
-    _write_unsigned(out, (value << 1) ^ (value >> 63))
+def encode_varint(value: int) -> bytes:
+    """Protobuf's unsigned varint (a negative value as its 64-bit two's complement)."""
+    if 0 <= value < _SMALL_VARINTS:
+        return _VARINT_TABLE[value]
+    return _encode_varint_slow(value)
+
+
+def encode_zigzag(value: int) -> bytes:
+    """Kafka's signed varint/varlong: the same bytes as `write_signed_varlong` for 64-bit values."""
+    return encode_varint((value << 1) if value >= 0 else ((-value) << 1) - 1)
