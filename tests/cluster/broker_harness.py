@@ -16,12 +16,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from semel import limits
 from semel.clock import wall_clock_ms
 from semel.cluster.tooling.ports import free_ports
 from semel.v1 import admin_pb2, admin_pb2_grpc, broker_pb2, broker_pb2_grpc, common_pb2, txn_pb2, txn_pb2_grpc
+
+if TYPE_CHECKING:
+    from semel.client import ClientSecurity
 
 READY = "SEMEL_BROKER_READY"
 EVENT_LOOP_ENV = "SEMEL_TEST_BROKER_EVENT_LOOP"
@@ -289,3 +293,30 @@ def read_all(stub: broker_pb2_grpc.BrokerStub, topic: str, partition: int = 0) -
         if r.next_fetch_offset <= offset or r.next_fetch_offset >= r.high_watermark:
             return out
         offset = r.next_fetch_offset
+
+
+def secure_cluster(root: Path, n: int, admin_password: str, **flags: object) -> tuple[Cluster, Path, ClientSecurity]:
+    """`n` brokers (not started) serving TLS only (a CA and broker-1..n certificates in
+    root/certs), with --authentication required, a Raft secret, and a super user `admin` from a
+    bootstrap users file; `flags` adds broker flags (authorizer="on", kafka_listen=...). Returns
+    the cluster, the certificate directory and the admin's client security."""
+    import json
+    import secrets
+
+    from semel.cli.security_args import bootstrap_users_json
+    from semel.client import ClientSecurity
+    from semel.cluster.tooling import certs
+
+    d = root / "certs"
+    certs.create_ca(d)
+    for i in range(1, n + 1):
+        certs.create_leaf(d, f"broker-{i}")
+    (root / "raft-secret").write_text(secrets.token_urlsafe(32))
+    (root / "raft-secret").chmod(0o600)
+    (root / "users.json").write_text(json.dumps(bootstrap_users_json("admin", admin_password)))
+    admin = ClientSecurity(tls_ca=str(d / "ca.crt"), username="admin", password=admin_password)
+    c = Cluster(root, n, internal_partitions=1, credentials=admin.channel_credentials(),
+                tls_cert=d / "broker-{id}.crt", tls_key=d / "broker-{id}.key", tls_ca=d / "ca.crt",
+                authentication="required", raft_secret_file=root / "raft-secret",
+                bootstrap_users_file=root / "users.json", super_users="User:admin", **flags)
+    return c, d, admin

@@ -15,11 +15,9 @@ from typing import Any
 
 import grpc
 import pytest
-from semel.cli.security_args import bootstrap_users_json
 from semel.client import Acl, Admin, ClientSecurity, Consumer, Producer
 from semel.client.errors import AuthorizationError
 from semel.cluster.broker import authorizer
-from semel.cluster.tooling import certs
 from semel.v1 import admin_pb2 as apb
 from semel.v1 import admin_pb2_grpc, broker_pb2_grpc, controller_pb2_grpc, group_pb2_grpc, txn_pb2_grpc
 from semel.v1 import broker_pb2 as bpb
@@ -43,19 +41,8 @@ STUBS = {"Broker": broker_pb2_grpc.BrokerStub, "Transactions": txn_pb2_grpc.Tran
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("acl")
-    d = root / "certs"
-    certs.create_ca(d)
-    certs.create_leaf(d, "broker-1")
-    (root / "raft-secret").write_text(secrets.token_urlsafe(32))
-    (root / "raft-secret").chmod(0o600)
-    (root / "users.json").write_text(json.dumps(bootstrap_users_json("admin", ADMIN_PASSWORD)))
     (root / "broker.json").write_text(json.dumps({"auto_create_topics": True}))  # a store_true flag
-    admin = ClientSecurity(tls_ca=str(d / "ca.crt"), username="admin", password=ADMIN_PASSWORD)
-    c = h.Cluster(root, 1, internal_partitions=1, credentials=admin.channel_credentials(),
-                  tls_cert=d / "broker-{id}.crt", tls_key=d / "broker-{id}.key", tls_ca=d / "ca.crt",
-                  authentication="required", raft_secret_file=root / "raft-secret",
-                  bootstrap_users_file=root / "users.json", super_users="User:admin", authorizer="on",
-                  config=root / "broker.json")
+    c, d, admin = h.secure_cluster(root, 1, ADMIN_PASSWORD, authorizer="on", config=root / "broker.json")
     try:
         c.start_all()
         address = c.brokers[1].address

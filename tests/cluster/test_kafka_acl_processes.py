@@ -7,7 +7,6 @@ hides the topics bob may not DESCRIBE; a transactional producer needs WRITE on i
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import subprocess
@@ -20,9 +19,7 @@ from confluent_kafka import Consumer as CKConsumer
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Producer as CKProducer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
-from semel.cli.security_args import bootstrap_users_json
-from semel.client import Acl, Admin, ClientSecurity
-from semel.cluster.tooling import certs
+from semel.client import Acl, Admin
 from semel.cluster.tooling.ports import free_ports
 
 from tests.cluster import broker_harness as h
@@ -39,20 +36,9 @@ DEADLINE_S = 60.0
 def kafka_acl(tmp_path_factory):
     """One broker: TLS, --authentication required, --authorizer on, a Kafka listener; the super
     user admin (bootstrap file) and bob (no ACLs)."""
-    root = tmp_path_factory.mktemp("kafka-acl")
-    d = root / "certs"
-    certs.create_ca(d)
-    certs.create_leaf(d, "broker-1")
-    (root / "raft-secret").write_text(secrets.token_urlsafe(32))
-    (root / "raft-secret").chmod(0o600)
-    (root / "users.json").write_text(json.dumps(bootstrap_users_json("admin", ADMIN_PASSWORD)))
     (kafka_port,) = free_ports(1)
-    admin = ClientSecurity(tls_ca=str(d / "ca.crt"), username="admin", password=ADMIN_PASSWORD)
-    c = h.Cluster(root, 1, internal_partitions=1, credentials=admin.channel_credentials(),
-                  tls_cert=d / "broker-{id}.crt", tls_key=d / "broker-{id}.key", tls_ca=d / "ca.crt",
-                  authentication="required", raft_secret_file=root / "raft-secret",
-                  bootstrap_users_file=root / "users.json", super_users="User:admin", authorizer="on",
-                  kafka_listen=f"127.0.0.1:{kafka_port}")
+    c, d, admin = h.secure_cluster(tmp_path_factory.mktemp("kafka-acl"), 1, ADMIN_PASSWORD, authorizer="on",
+                                   kafka_listen=f"127.0.0.1:{kafka_port}")
     try:
         c.start_all()
         with Admin(c.brokers[1].address, security=admin) as a:

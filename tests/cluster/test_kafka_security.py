@@ -6,7 +6,6 @@ that has not authenticated cannot produce or fetch."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import socket
@@ -18,9 +17,8 @@ import uuid
 
 import pytest
 from confluent_kafka import Consumer as CKConsumer
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 from confluent_kafka import Producer as CKProducer
-from semel.cli.security_args import bootstrap_users_json
 from semel.client import Acl, Admin, ClientSecurity
 from semel.cluster.tooling import certs
 from semel.cluster.tooling.ports import free_ports
@@ -38,21 +36,10 @@ DEADLINE_S = 60.0
 def secure_kafka(tmp_path_factory):
     """One broker: TLS, --authentication required, a Kafka listener; users admin (bootstrap
     file, SCRAM-SHA-256) and alice (SCRAM-SHA-256 and -512, made over gRPC); topic `t`."""
-    root = tmp_path_factory.mktemp("kafka-secure")
-    d = root / "certs"
-    certs.create_ca(d)
-    certs.create_leaf(d, "broker-1")
-    certs.create_leaf(d, "carol", hosts=(), server=False)
-    (root / "raft-secret").write_text(secrets.token_urlsafe(32))
-    (root / "raft-secret").chmod(0o600)
-    (root / "users.json").write_text(json.dumps(bootstrap_users_json("admin", ADMIN_PASSWORD)))
     (kafka_port,) = free_ports(1)
-    admin = ClientSecurity(tls_ca=str(d / "ca.crt"), username="admin", password=ADMIN_PASSWORD)
-    c = h.Cluster(root, 1, internal_partitions=1, credentials=admin.channel_credentials(),
-                  tls_cert=d / "broker-{id}.crt", tls_key=d / "broker-{id}.key", tls_ca=d / "ca.crt",
-                  authentication="required", raft_secret_file=root / "raft-secret",
-                  bootstrap_users_file=root / "users.json", super_users="User:admin",
-                  kafka_listen=f"127.0.0.1:{kafka_port}")
+    c, d, admin = h.secure_cluster(tmp_path_factory.mktemp("kafka-secure"), 1, ADMIN_PASSWORD,
+                                   kafka_listen=f"127.0.0.1:{kafka_port}")
+    certs.create_leaf(d, "carol", hosts=(), server=False)
     try:
         c.start_all()
         with Admin(c.brokers[1].address, security=admin) as a:

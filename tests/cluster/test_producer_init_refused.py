@@ -5,15 +5,12 @@ flush() raises it, instead of holding the records until `delivery_timeout_ms` (o
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 
 import pytest
-from semel.cli.security_args import bootstrap_users_json
 from semel.client import Acl, Admin, ClientSecurity, Producer
 from semel.client.errors import AuthorizationError, SemelError
-from semel.cluster.tooling import certs
 from semel.v1 import common_pb2
 
 from tests.cluster import broker_harness as h
@@ -29,18 +26,7 @@ PROMPT_S = 20.0  # "at once", with room for a loaded machine
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory):
-    root = tmp_path_factory.mktemp("refused")
-    d = root / "certs"
-    certs.create_ca(d)
-    certs.create_leaf(d, "broker-1")
-    (root / "raft-secret").write_text(secrets.token_urlsafe(32))
-    (root / "raft-secret").chmod(0o600)
-    (root / "users.json").write_text(json.dumps(bootstrap_users_json("admin", ADMIN_PASSWORD)))
-    admin = ClientSecurity(tls_ca=str(d / "ca.crt"), username="admin", password=ADMIN_PASSWORD)
-    c = h.Cluster(root, 1, internal_partitions=1, credentials=admin.channel_credentials(),
-                  tls_cert=d / "broker-{id}.crt", tls_key=d / "broker-{id}.key", tls_ca=d / "ca.crt",
-                  authentication="required", raft_secret_file=root / "raft-secret",
-                  bootstrap_users_file=root / "users.json", super_users="User:admin", authorizer="on")
+    c, d, admin = h.secure_cluster(tmp_path_factory.mktemp("refused"), 1, ADMIN_PASSWORD, authorizer="on")
     try:
         c.start_all()
         address = c.brokers[1].address
