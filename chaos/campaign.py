@@ -7,6 +7,10 @@
 The families come from the nemesis registry (`nemesis.FAMILIES`), so a family added there joins
 the campaign by itself; a family in `nemesis.FSYNC_FAMILIES` runs twice, without and with
 `--fsync`; a workload family (hijack, client-pause) runs only with workloads that have its hook.
+`all` ends each workload with one `mixed` run: every family of `semel chaos run --nemesis all` at
+once (up to two overlapping), plus the workload families the workload has a hook for, because
+the combinations are where the families alone miss bugs (finding 9 was a power loss during a
+rolling restart).
 
 Each run is a child process (`python -m semel.cli.main chaos run ...`, its output in
 `OUT/runs/<run>/campaign-run.log`) with a fresh seed printed before it starts, so a hang or a
@@ -39,6 +43,7 @@ from semel.chaos.history import FAIL, INFO, OK
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 FSYNC_SUFFIX = "+fsync"
+MIXED = "mixed"  # every family at once: `--nemesis all` plus the workload's own families
 VALID, INVALID, UNKNOWN = "valid", "invalid", "unknown"
 DEFAULT_DURATION_S = 600.0
 # Beyond the run's own duration: cluster start, heal, final read (60 s by default), checker,
@@ -66,9 +71,10 @@ class CampaignRun:
 
 
 def parse_nemeses(text: str, registry: Sequence[str], fsync_families: Sequence[str]) -> tuple[tuple[str, bool], ...]:
-    """"all" (every registered family, the fsync ones both ways) or a comma list of families
-    ("power-loss" runs both ways where it has an fsync variant; "power-loss+fsync" only with
-    --fsync) -> (family, fsync) pairs in order, without duplicates."""
+    """"all" (every registered family, the fsync ones both ways, then `mixed`) or a comma list of
+    families ("power-loss" runs both ways where it has an fsync variant; "power-loss+fsync" only
+    with --fsync; "mixed": every family at once) -> (family, fsync) pairs in order, without
+    duplicates."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise ValueError("no nemesis family given")
@@ -76,10 +82,13 @@ def parse_nemeses(text: str, registry: Sequence[str], fsync_families: Sequence[s
     for name in names:
         if name == "all":
             wanted = [(f, v) for f in registry for v in ((False, True) if f in fsync_families else (False,))]
+            wanted.append((MIXED, False))
+        elif name == MIXED:
+            wanted = [(MIXED, False)]
         else:
             family, only_fsync = (name[:-len(FSYNC_SUFFIX)], True) if name.endswith(FSYNC_SUFFIX) else (name, False)
             if family not in registry:
-                raise ValueError(f"unknown nemesis family {family!r} (choose from {', '.join(registry)}, all)")
+                raise ValueError(f"unknown nemesis family {family!r} (choose from {', '.join(registry)}, {MIXED}, all)")
             if only_fsync and family not in fsync_families:
                 raise ValueError(f"{family} has no {FSYNC_SUFFIX} variant (those are: {', '.join(fsync_families)})")
             variants = (True,) if only_fsync else ((False, True) if family in fsync_families else (False,))
@@ -108,6 +117,16 @@ def workload_supports(workload: str, family: str) -> bool:
     if family not in WORKLOAD_FAMILIES:
         return True
     return family in make_workload(workload, WorkloadConfig(), 0).nemesis_hooks()
+
+
+def nemesis_argument(run: CampaignRun, supports: Callable[[str, str], bool] = workload_supports) -> str:
+    """The child's `--nemesis`: the family itself, or for `mixed` every family that `all` draws
+    plus the workload families this workload has a hook for."""
+    if run.family != MIXED:
+        return run.family
+    from semel.chaos.nemesis import WORKLOAD_FAMILIES
+
+    return ",".join(["all", *(f for f in WORKLOAD_FAMILIES if supports(run.workload, f))])
 
 
 # --- one run's row -------------------------------------------------------------------------
@@ -224,7 +243,7 @@ def fresh_seed() -> int:
 
 def run_command(run: CampaignRun, seed: int, out_dir: Path, duration_s: float, extra: Sequence[str] = ()) -> list[str]:
     return [sys.executable, "-m", "semel.cli.main", "chaos", "run", "--workload", run.workload,
-            "--nemesis", run.family, "--seed", str(seed), "--duration-s", f"{duration_s:g}", "--out", str(out_dir),
+            "--nemesis", nemesis_argument(run), "--seed", str(seed), "--duration-s", f"{duration_s:g}", "--out", str(out_dir),
             *(["--fsync"] if run.fsync else []), *extra]
 
 

@@ -16,7 +16,7 @@ from semel.cli.main import main as cli_main
 
 def test_all_is_every_registered_family_with_fsync_variants() -> None:
     nemeses = campaign.parse_nemeses("all", FAMILIES, FSYNC_FAMILIES)
-    assert [f for f, fsync in nemeses if not fsync] == list(FAMILIES)
+    assert [f for f, fsync in nemeses if not fsync] == [*FAMILIES, campaign.MIXED]
     assert [f for f, fsync in nemeses if fsync] == list(FSYNC_FAMILIES)
     # a family added to the registry joins by itself
     assert ("clock", False) in campaign.parse_nemeses("all", (*FAMILIES, "clock"), FSYNC_FAMILIES)
@@ -26,7 +26,8 @@ def test_parse_nemeses_variants_and_errors() -> None:
     reg, fs = ("kill", "power-loss"), ("power-loss",)
     assert campaign.parse_nemeses("power-loss", reg, fs) == (("power-loss", False), ("power-loss", True))
     assert campaign.parse_nemeses("power-loss+fsync,kill,kill", reg, fs) == (("power-loss", True), ("kill", False))
-    for bad in ("", "bogus", "kill+fsync"):
+    assert campaign.parse_nemeses("mixed,kill", reg, fs) == (("mixed", False), ("kill", False))
+    for bad in ("", "bogus", "kill+fsync", "mixed+fsync"):
         with pytest.raises(ValueError):
             campaign.parse_nemeses(bad, reg, fs)
 
@@ -40,8 +41,18 @@ def test_plan_pairs_workload_families_only_with_workloads_that_have_the_hook() -
         assert f"idempotent/{family}" not in keys
         assert all(f"{w}/{family}" in keys for w in TXN_WORKLOADS)
     assert "txn/power-loss+fsync" in keys and "idempotent/power-loss" in keys
-    per_workload = len(FAMILIES) + len(FSYNC_FAMILIES)
+    per_workload = len(FAMILIES) + len(FSYNC_FAMILIES) + 1  # + the mixed run
     assert len(runs) == len(TXN_WORKLOADS) * per_workload + per_workload - len(WORKLOAD_FAMILIES)
+    assert all(f"{w}/mixed" in keys for w in WORKLOADS)
+
+
+def test_a_mixed_run_draws_every_family_and_the_workloads_own() -> None:
+    assert campaign.nemesis_argument(CampaignRun("idempotent", "mixed")) == "all"
+    for w in TXN_WORKLOADS:
+        assert campaign.nemesis_argument(CampaignRun(w, "mixed")) == ",".join(["all", *WORKLOAD_FAMILIES])
+    assert campaign.nemesis_argument(CampaignRun("txn", "kill")) == "kill"
+    command = campaign.run_command(CampaignRun("money", "mixed"), 7, Path("o"), 60.0)
+    assert command[command.index("--nemesis") + 1] == ",".join(["all", *WORKLOAD_FAMILIES])
 
 
 def test_resume_skips_exactly_the_recorded_runs() -> None:
@@ -107,7 +118,8 @@ def test_a_refused_run_is_an_unknown_row_and_resume_skips_it(tmp_path: Path) -> 
 def test_cli_dry_run_lists_the_registry(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert cli_main(["chaos", "campaign", "--workloads", "txn", "--dry-run", "--out", str(tmp_path)]) == 0
     listed = capsys.readouterr().out.split()
-    assert sorted(listed) == sorted([f"txn/{f}" for f in FAMILIES] + [f"txn/{f}+fsync" for f in FSYNC_FAMILIES])
+    assert sorted(listed) == sorted([f"txn/{f}" for f in FAMILIES] + [f"txn/{f}+fsync" for f in FSYNC_FAMILIES]
+                                    + ["txn/mixed"])
     assert cli_main(["chaos", "campaign", "--workloads", "nope", "--dry-run"]) == 2
 
 

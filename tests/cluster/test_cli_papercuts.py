@@ -61,6 +61,21 @@ def test_an_unknown_argument_prints_the_usage_of_its_own_subcommand(argv: list[s
     assert f"semel {command}: error: unrecognized arguments: {argv[-1]}" in out.stderr.decode()
 
 
+def test_output_piped_into_head_stops_quietly() -> None:
+    """`semel ... | head -1`: the closed pipe ends the command with 141 (as a shell reports
+    SIGPIPE) and no traceback."""
+    # a fault schedule of ~200 KB: far more than a pipe's buffer, so the writer must meet the close
+    proc = subprocess.Popen([*SEMEL, "chaos", "schedule", "--seed", "1", "--duration-s", "40000", "--nemesis", "all"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away before the listing ends
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert first.startswith(b"seed 1: ")
+    assert b"Traceback" not in err, err
+
+
 def test_consume_offset_relative_named_and_out_of_range(shared_cluster) -> None:
     bootstrap = shared_cluster.bootstrap
     assert _cli(bootstrap, "topic", "create", "offsets", "--partitions", "1").returncode == 0
