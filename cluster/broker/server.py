@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from semel import internal_topics, limits, scram
@@ -483,42 +483,39 @@ class AdminService(ClusterOpsAdmin, agrpc.AdminServicer):
     # --- ACLs (semel.cluster.metadata.acl; the authorizer checks ALTER/DESCRIBE Cluster first) ---
     async def CreateAcls(self, request: apb.CreateAclsRequest, context: grpc.aio.ServicerContext) -> apb.CreateAclsResponse:
         await not_none(self.b.security, "serving").require_super_user(context, "CreateAcls")
-        if not 1 <= len(request.acls) <= acl.MAX_ACLS:
-            return apb.CreateAclsResponse(error_code=pb.INVALID_REQUEST,
-                                          error_message=f"give 1..{acl.MAX_ACLS} ACLs, got {len(request.acls)}")
         bindings = tuple(acl.normalized(_acl_binding(a)) for a in request.acls)
-        for b in bindings:
-            problem = acl.binding_problem(b)
-            if problem:
-                return apb.CreateAclsResponse(error_code=pb.INVALID_REQUEST, error_message=problem)
-        try:
-            result = await self.b.quorum.submit(md.CreateAcls(bindings), timeout_s=ADMIN_TIMEOUT_MS_DEFAULT / 1000)
-        except MetadataSubmitError as exc:
-            return apb.CreateAclsResponse(error_code=exc.code, error_message=str(exc))
-        if not result.ok:
-            return apb.CreateAclsResponse(error_code=result.error, error_message=pb.ErrorCode.Name(result.error))
-        await self.b.wait_for_metadata(lambda img: set(bindings) <= set(img.acls), ADMIN_TIMEOUT_MS_DEFAULT / 1000)
-        return apb.CreateAclsResponse(error_code=pb.NONE)
+        code, message, _ = await self._change_acls(
+            "ACLs", bindings, acl.binding_problem, md.CreateAcls(bindings),
+            lambda img: set(bindings) <= set(img.acls))
+        return apb.CreateAclsResponse(error_code=code, error_message=message)
 
     async def DeleteAcls(self, request: apb.DeleteAclsRequest, context: grpc.aio.ServicerContext) -> apb.DeleteAclsResponse:
         await not_none(self.b.security, "serving").require_super_user(context, "DeleteAcls")
-        if not 1 <= len(request.filters) <= acl.MAX_ACLS:
-            return apb.DeleteAclsResponse(error_code=pb.INVALID_REQUEST,
-                                          error_message=f"give 1..{acl.MAX_ACLS} filters, got {len(request.filters)}")
         filters = tuple(_acl_filter(f) for f in request.filters)
-        for f in filters:
-            problem = acl.filter_problem(f)
+        code, message, value = await self._change_acls(
+            "filters", filters, acl.filter_problem, md.DeleteAcls(filters),
+            lambda img: not any(f.matches(b) for f in filters for b in img.acls))
+        return apb.DeleteAclsResponse(error_code=code, error_message=message,
+                                      deleted=value if isinstance(value, int) else 0)
+
+    async def _change_acls(self, noun: str, items: tuple[Any, ...], problem_of: Callable[[Any], str],
+                           command: Any, settled: Callable[[Any], bool]) -> tuple[pb.ErrorCode, str, object]:
+        """CreateAcls and DeleteAcls alike: 1..MAX_ACLS items, each valid, one quorum command,
+        then wait until this broker's image shows it -> (error code, message, the command's value)."""
+        if not 1 <= len(items) <= acl.MAX_ACLS:
+            return pb.INVALID_REQUEST, f"give 1..{acl.MAX_ACLS} {noun}, got {len(items)}", None
+        for item in items:
+            problem = problem_of(item)
             if problem:
-                return apb.DeleteAclsResponse(error_code=pb.INVALID_REQUEST, error_message=problem)
+                return pb.INVALID_REQUEST, problem, None
         try:
-            result = await self.b.quorum.submit(md.DeleteAcls(filters), timeout_s=ADMIN_TIMEOUT_MS_DEFAULT / 1000)
+            result = await self.b.quorum.submit(command, timeout_s=ADMIN_TIMEOUT_MS_DEFAULT / 1000)
         except MetadataSubmitError as exc:
-            return apb.DeleteAclsResponse(error_code=exc.code, error_message=str(exc))
+            return exc.code, str(exc), None
         if not result.ok:
-            return apb.DeleteAclsResponse(error_code=result.error, error_message=pb.ErrorCode.Name(result.error))
-        await self.b.wait_for_metadata(lambda img: not any(f.matches(b) for f in filters for b in img.acls),
-                                       ADMIN_TIMEOUT_MS_DEFAULT / 1000)
-        return apb.DeleteAclsResponse(error_code=pb.NONE, deleted=result.value if isinstance(result.value, int) else 0)
+            return result.error, pb.ErrorCode.Name(result.error), None
+        await self.b.wait_for_metadata(settled, ADMIN_TIMEOUT_MS_DEFAULT / 1000)
+        return pb.NONE, "", result.value
 
     async def DescribeAcls(self, request: apb.DescribeAclsRequest,
                            context: grpc.aio.ServicerContext) -> apb.DescribeAclsResponse:

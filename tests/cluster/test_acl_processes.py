@@ -287,6 +287,28 @@ def test_prefixed_allow_deny_wins_and_hosts(cluster):
         b.delete_topic(T)
 
 
+def test_malformed_acl_changes_are_refused_with_the_reason_and_change_nothing(cluster):
+    c, address, admin, bob, ch = cluster
+    with Admin(address, security=admin) as a:
+        before = a.describe_acls(Acl())
+        cases = [
+            (a.create_acls, [], "give 1..", "ACLs"),
+            (a.delete_acls, [], "give 1..", "filters"),
+            (a.create_acls, _acls((("TOPIC", T, "SCRIBBLE"),)), "operation 'SCRIBBLE' is not one of", ""),
+            (a.create_acls, _acls((("TOPIC", T, "WRITE"),), principal="bob"), "is not of the form User:", ""),
+            (a.create_acls, _acls((("TOPIC", "*", "WRITE"),), pattern="PREFIXED"), "a prefixed pattern cannot", ""),
+            (a.delete_acls, [Acl(principal=BOB, operation="SCRIBBLE")], "SCRIBBLE", ""),
+        ]
+        for call, items, says, noun in cases:
+            with pytest.raises(Exception, match="INVALID_REQUEST") as e:
+                call(items)
+            assert says in str(e.value) and noun in str(e.value), e.value
+        # one bad binding among good ones stores none of them
+        with pytest.raises(Exception, match="INVALID_REQUEST"):
+            a.create_acls([*_acls((("TOPIC", T, "READ"),)), *_acls((("TOPIC", T, "NOPE"),))])
+        assert a.describe_acls(Acl()) == before
+
+
 def test_brokers_only_services_stay_refused_whatever_the_acls(cluster):
     c, address, admin, bob, ch = cluster
     with Admin(address, security=admin) as a:
