@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 from semel import internal_topics, limits, scram
 from semel.limits import ADMIN_TIMEOUT_MS_DEFAULT, PRODUCE_TIMEOUT_MS_DEFAULT
-from semel.clock import wall_clock_ms
 from semel.invariant import not_none
 from semel.cluster.broker import write_path
 from semel.cluster.broker.admin_ops import ClusterOpsAdmin
@@ -147,7 +146,7 @@ class BrokerService(bgrpc.BrokerServicer):
         self.b.auto_create.request({pd.topic for pd in request.partitions if image.topic(pd.topic) is None}, image)
         txn = getattr(self.b, "txn", None)
         check = await txn.verify_produce(request, image) if txn is not None else None  # KIP-890
-        now = wall_clock_ms()
+        now = self.b.clock.wall_clock_ms()
         seen: set[tuple[str, int]] = set()
         results: list[bpb.PartitionProduceResult] = []
         waits: list[tuple[bpb.PartitionProduceResult, write_path.PendingAck]] = []

@@ -35,7 +35,6 @@ from semel.cluster.broker.group_service import GroupsService
 from semel.cluster.broker.produce_validation import unallocated_producer_id, validate_batch
 from semel.cluster.broker import write_path
 from semel.cluster.broker.replica_manager import PartitionError
-from semel.clock import wall_clock_ms
 from semel.cluster.broker.server import AdminService, image_with_producer_ids
 from semel.cluster.kafka import admin_handlers, authorization, codec, consumer_group_handlers, group_handlers
 from semel.cluster.kafka.errors import to_kafka
@@ -229,7 +228,7 @@ class KafkaApis:
         check = await self.txn.verify_produce(
             body.transactional_id, [(t.name, pd.index, pd.records) for t in body.topic_data for pd in t.partition_data],
             image)
-        now = wall_clock_ms()
+        now = self.b.clock.wall_clock_ms()
         results: list[tuple[str, dict[str, Any]]] = []
         waits: list[tuple[dict[str, Any], write_path.PendingAck]] = []
         seen: set[tuple[str, int]] = set()
