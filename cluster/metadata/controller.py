@@ -128,20 +128,41 @@ class _Liveness:
     fenced_at_ms: int | None = None  # when this controller decided to fence it
     unfenced_since_ms: int | None = None  # first seen unfenced by this controller
     log_dir_offline: bool = False  # its last heartbeat said its log directory is offline (full or failed)
+    hearing_at_heartbeat_ms: int = 0  # the controller's hearing clock at its last heartbeat (see ControllerCore)
 
 
 class ControllerCore:
-    """Pure decisions: feed it leadership, heartbeats, connection states and `now_ms`."""
+    """Pure decisions: feed it leadership, heartbeats, connection states and `now_ms`.
+
+    Session silence is measured twice: in real time, and on a *hearing clock* that advances with
+    real time only while this controller is processing heartbeats (from anyone: in combined mode
+    its own broker's come every heartbeat interval while its loop runs); a gap between two
+    heartbeats longer than `HEARING_GAP_INTERVALS` intervals adds only that much. A broker is
+    fenced for silence only when both exceed the session timeout, so a controller that heard
+    nobody for a while (its own loop starved on an overloaded host, or itself cut off) does not
+    fence every broker for its own deafness. Chaos soak idempotent/pause seed 1813925905: on a
+    host at load 30 the controllers fenced all brokers again and again and the cluster served
+    no read for the 60 s after the faults healed.
+    """
+
+    HEARING_GAP_INTERVALS = 3
 
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
         self.active = False
         self._liveness: dict[int, _Liveness] = {}
+        self._hearing_ms = 0  # the hearing clock at _heard_at_ms
+        self._heard_at_ms = 0  # when the last heartbeat (or the leadership) reached this controller
 
     # -- inputs --
 
+    def _hearing_now(self, now_ms: int) -> int:
+        gap_ms = min(max(0, now_ms - self._heard_at_ms), self.HEARING_GAP_INTERVALS * self.config.heartbeat_interval_ms)
+        return self._hearing_ms + gap_ms
+
     def on_became_leader(self, image: MetadataImage, now_ms: int) -> None:
         self.active = True
+        self._hearing_ms, self._heard_at_ms = 0, now_ms
         self._liveness = {b: _Liveness(reg.broker_epoch, now_ms) for b, reg in image.brokers.items()}
 
     def on_lost_leadership(self) -> None:
@@ -152,7 +173,7 @@ class ControllerCore:
         lv = self._liveness.get(broker_id)
         if lv is None or lv.broker_epoch != broker_epoch:
             down = lv.down_since_ms if lv is not None else None
-            lv = _Liveness(broker_epoch, now_ms, down_since_ms=down)
+            lv = _Liveness(broker_epoch, now_ms, down_since_ms=down, hearing_at_heartbeat_ms=self._hearing_now(now_ms))
             self._liveness[broker_id] = lv
         return lv
 
@@ -160,6 +181,7 @@ class ControllerCore:
         if self.active:
             lv = self._entry(broker_id, broker_epoch, now_ms)
             lv.last_heartbeat_ms = now_ms
+            lv.hearing_at_heartbeat_ms = self._hearing_now(now_ms)
 
     def on_heartbeat(
         self, image: MetadataImage, broker_id: int, broker_epoch: int, metadata_version: int, now_ms: int,
@@ -167,11 +189,14 @@ class ControllerCore:
     ) -> HeartbeatReply:
         if not self.active:
             return HeartbeatReply(pb.NOT_LEADER_OR_FOLLOWER, fenced=True)
+        if now_ms > self._heard_at_ms:  # any heartbeat shows this controller hears
+            self._hearing_ms, self._heard_at_ms = self._hearing_now(now_ms), now_ms
         reg = image.broker(broker_id)
         if reg is None or reg.broker_epoch != broker_epoch:
             return HeartbeatReply(pb.STALE_BROKER_EPOCH, fenced=True)
         lv = self._entry(broker_id, broker_epoch, now_ms)
         lv.last_heartbeat_ms = max(lv.last_heartbeat_ms, now_ms)
+        lv.hearing_at_heartbeat_ms = self._hearing_ms
         lv.metadata_version = max(lv.metadata_version, metadata_version)
         lv.heard = True
         lv.down_since_ms = None  # it reached us; a still-broken Raft link is seen again next tick
@@ -243,7 +268,8 @@ class ControllerCore:
             lv.fenced_at_ms = None
             if lv.unfenced_since_ms is None:
                 lv.unfenced_since_ms = now_ms
-            expired = silent_ms > cfg.session_timeout_ms
+            unheard_ms = self._hearing_now(now_ms) - lv.hearing_at_heartbeat_ms  # see the class docstring
+            expired = silent_ms > cfg.session_timeout_ms and unheard_ms > cfg.session_timeout_ms
             # Link down for the grace, and either silent for the grace too or never heard by this
             # controller (a voter whose Raft link to the leader is down cannot even learn who the
             # controller is, so waiting for its heartbeat would only delay the fence).
@@ -266,7 +292,8 @@ class ControllerCore:
                 lv.unfenced_since_ms = None
                 log.info("controller: fencing broker %d: %s (%s, Raft link %s, report %s)",
                          broker_id, "session expired" if expired else "unreachable",
-                         f"last heartbeat {silent_ms} ms ago" if lv.heard else "no heartbeat heard by this controller",
+                         (f"last heartbeat {silent_ms} ms ago, {unheard_ms} ms of hearing others" if lv.heard
+                          else "no heartbeat heard by this controller"),
                          "up" if lv.down_since_ms is None else f"down {now_ms - lv.down_since_ms} ms",
                          "none" if lv.reported_at_ms is None else f"{now_ms - lv.reported_at_ms} ms ago")
                 return FenceBroker(broker_id, reg.broker_epoch)

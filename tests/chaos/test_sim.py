@@ -12,7 +12,7 @@ from semel.chaos.sim.cluster import SimConfig, Simulation, run_seed
 
 CI_SEEDS = 40  # a few seconds; `semel chaos simulate --seeds N` runs more
 FSYNC_SEEDS = 8
-FINDING_9_SEEDS = (111, 134)
+FINDING_9_SEEDS = (134, 273)
 
 
 def test_a_seed_replays_its_exact_trace():
@@ -65,7 +65,8 @@ def test_checker_catches_the_power_loss_bug_of_chaos_finding_9():
     # Without eligible leader replicas and with the quorum ignoring lost_unsynced_writes (the code
     # before finding 9's fix), a leader that was the last ISR member after a clean stop of its
     # follower loses power, comes back with a shorter log and is elected: a committed write is
-    # lost. About 1 seed in 80 shows it (12 of seeds 0-999; 111 and 134 the first two: a search
+    # lost. About 1 seed in 200 shows it (seeds 134 and 273 of 0-399 since the controller's hearing
+    # clock changed the event order; before it, 12 of 0-999): a search
     # from 0 would take ~6 s, so CI replays those two; if the simulation's event order changes,
     # find new ones with `semel chaos simulate --seeds 300 --inject-bug no-power-loss-fix`).
     cfg = SimConfig(bug_no_elr=True, bug_ignore_lost_unsynced_writes=True)

@@ -57,6 +57,13 @@ def heartbeat_all(core: ControllerCore, m: MetadataStateMachine, now: int, skip:
             assert core.on_heartbeat(m.image, b, reg.broker_epoch, m.image.version, now).error == pb.NONE
 
 
+def heartbeats_every_interval(core: ControllerCore, m: MetadataStateMachine, start: int, end: int,
+                              skip: tuple[int, ...] = ()) -> None:
+    """The live brokers heartbeat every 100 ms from `start` to `end` (inclusive)."""
+    for now in range(start, end + 1, 100):
+        heartbeat_all(core, m, now, skip=skip)
+
+
 def test_inactive_controller_decides_nothing_and_rejects_heartbeats() -> None:
     m = registered()
     core = ControllerCore(CFG)
@@ -83,7 +90,26 @@ def test_sessions_restart_when_becoming_leader() -> None:
     core = ControllerCore(CFG)
     core.on_became_leader(m.image, now_ms=50_000)  # nobody heartbeated this controller yet
     assert core.decide(m.image, 50_900) == []
-    assert core.decide(m.image, 51_001) == [FenceBroker(1, 1), FenceBroker(2, 2), FenceBroker(3, 3)]
+    # still nobody heard: the controller cannot tell silent brokers from its own deafness
+    assert core.decide(m.image, 53_000) == []
+    heartbeats_every_interval(core, m, 53_000, 53_600, skip=(2, 3))  # broker 1 (its own, in combined mode)
+    assert core.decide(m.image, 53_600) == []  # 0.9 s of hearing (0.3 s before it counts as a gap)
+    heartbeats_every_interval(core, m, 53_700, 53_800, skip=(2, 3))
+    assert core.decide(m.image, 53_800) == [FenceBroker(2, 2), FenceBroker(3, 3)]
+
+
+def test_a_controller_that_heard_nobody_for_a_while_fences_nobody_for_it() -> None:
+    """Its loop starved (an overloaded host) or itself cut off: every broker's silence is equal,
+    and is the controller's; once heartbeats flow again, only a broker still silent is fenced."""
+    m, core = active_core(now_ms=0)
+    for now in range(100, 1001, 100):
+        heartbeat_all(core, m, now)
+    assert core.decide(m.image, 4_000) == []  # 3 s without processing any heartbeat
+    heartbeat_all(core, m, 4_010, skip=(3,))
+    assert core.decide(m.image, 4_020) == []  # broker 3 is silent only 10 ms longer than the others
+    for now in range(4_100, 5_101, 100):
+        heartbeat_all(core, m, now, skip=(3,))
+    assert core.decide(m.image, 5_100) == [FenceBroker(3, 3)]  # others heard 4.1 s after it fell silent
 
 
 def test_disconnect_fences_after_grace_when_heartbeats_also_stop() -> None:
@@ -149,7 +175,7 @@ def test_a_fenced_broker_must_have_seen_its_fencing_before_it_is_unfenced() -> N
     core.on_became_leader(m.image, now_ms=0)
     stale_version = m.image.version  # what broker 1 knows when it is cut off
     heartbeat_all(core, m, 100)
-    heartbeat_all(core, m, 1_100, skip=(1,))
+    heartbeats_every_interval(core, m, 200, 1_200, skip=(1,))
     assert core.decide(m.image, 1_200) == [FenceBroker(1, 1)]  # silent > session timeout
     apply_all(m, core.decide(m.image, 1_200))
     assert m.image.broker(1).fenced and m.image.broker(1).registered_version == m.image.version
@@ -194,7 +220,7 @@ def test_a_broker_that_heartbeats_over_a_broken_raft_link_is_fenced_on_the_sessi
         core.on_connection_status(3, False, now_ms=now + 1, down_since_ms=50)
         assert core.decide(m.image, now + 300) == [], now
     # then it dies: no heartbeat after 4900; only the session timeout (1000 ms) fences it
-    heartbeat_all(core, m, 5500, skip=(3,))
+    heartbeats_every_interval(core, m, 5000, 5900, skip=(3,))
     assert core.decide(m.image, 5800) == []
     assert core.decide(m.image, 5901) == [FenceBroker(3, 3)]
 
@@ -260,9 +286,10 @@ def test_an_unreachable_report_is_forgotten_once_the_broker_heartbeats() -> None
     m, core = active_core(now_ms=0)
     core.on_broker_unreachable(2, now_ms=100)  # a peer's fetch failed once
     heartbeat_all(core, m, 150)
-    heartbeat_all(core, m, 500, skip=(2,))
+    heartbeats_every_interval(core, m, 200, 500, skip=(2,))
     # Broker 2 has been silent for 350 ms > grace, but nothing says it is down any more.
     assert core.decide(m.image, 500) == []
+    heartbeats_every_interval(core, m, 600, 1100, skip=(2,))
     assert core.decide(m.image, 1151) == [FenceBroker(2, 2)]  # the session still expires
 
 
