@@ -213,7 +213,7 @@ class Partition:
         self.state = state
         self.min_insync_replicas = min_isr
         progress.set_replicas(state.replicas, now)
-        if progress.set_isr(state.isr, now, state.elr):
+        if progress.set_isr(state.isr, now, state.elr, state.partition_epoch):
             self._on_hw(progress.high_watermark)
 
     def become_follower(self, state: md.PartitionState) -> None:

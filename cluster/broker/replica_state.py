@@ -20,7 +20,13 @@ Theory of operation (Kafka's ISR replication, KIP-101 leader epochs):
     joiner checked at proposal time (LEO >= HW) could be behind a HW that advanced before the
     quorum committed it, and an election of that joiner would lose acknowledged writes (chaos
     money seed 53: a preferred-leader move to a replica that had just joined dropped a
-    transaction's acknowledged COMMIT marker).
+    transaction's acknowledged COMMIT marker). The proposal ends only when the quorum's answer
+    is known: an image at a *newer* partition epoch than the proposal's base (`set_isr` with
+    `partition_epoch`), or a refusal that proves nothing was committed. An image at the same
+    partition epoch (any unrelated metadata change reconciles every partition) decides
+    nothing: clearing the proposal then let the HW pass a joiner that the quorum had already
+    put in the ISR, and its election lost acknowledged writes (chaos soak, idempotent/partition
+    seed 351492744: chaos-3 offset 2078).
   * Eligible leader replicas (KIP-966; `semel.cluster.metadata.state`): replicas that left an
     ISR smaller than min.insync.replicas and may still be elected, because they hold every
     committed record. So they bound the HW like ISR members: while they are away nothing new
@@ -78,6 +84,7 @@ class LeaderProgress:
         self.isr: frozenset[int] = frozenset(isr) | {leader_id}
         self.elr: frozenset[int] = frozenset(elr) - self.isr  # bound the HW too (see the docstring)
         self.proposed_isr: frozenset[int] = frozenset()  # in flight to the quorum (see the docstring)
+        self.proposal_base_epoch = -1  # the partition epoch the proposal was made against
         self.leader_leo = leader_leo
         # A restarted leader may hold a checkpointed HW above what is provable; never above its LEO.
         self.high_watermark = min(high_watermark, leader_leo)
@@ -115,8 +122,11 @@ class LeaderProgress:
         f.leader_leo_at_last_fetch = self.leader_leo
         return self._maybe_advance_hw()
 
-    def set_isr(self, isr: Iterable[int], now_ms: int, elr: Iterable[int] = ()) -> bool:
-        """The quorum committed a new ISR (and ELR). Returns True if the HW advanced."""
+    def set_isr(self, isr: Iterable[int], now_ms: int, elr: Iterable[int] = (),
+                partition_epoch: int | None = None) -> bool:
+        """The quorum's ISR (and ELR) as of `partition_epoch` (None: a commit known to answer any
+        proposal). A proposal made against an epoch this image has not passed stays counted.
+        Returns True if the HW advanced."""
         new_isr = frozenset(isr) | {self.leader_id}
         for r in new_isr - self.isr:
             f = self.followers.get(r)
@@ -124,13 +134,20 @@ class LeaderProgress:
                 f.last_caught_up_ms = max(f.last_caught_up_ms, now_ms)
         self.isr = new_isr
         self.elr = frozenset(elr) - new_isr
-        self.proposed_isr = frozenset()
+        if partition_epoch is None or partition_epoch > self.proposal_base_epoch:
+            self.proposed_isr = frozenset()
         return self._maybe_advance_hw()
 
-    def propose_isr(self, isr: Iterable[int]) -> None:
-        """A new ISR was sent to the quorum: until it is committed or refused, its members
-        count for the HW as well (the HW can only wait longer, never lose a write)."""
-        self.proposed_isr = frozenset(isr)
+    def propose_isr(self, isr: Iterable[int], partition_epoch: int = -1) -> None:
+        """A new ISR was sent to the quorum against `partition_epoch`: until the answer is known
+        (see the docstring), its members count for the HW as well (the HW can only wait
+        longer, never lose a write)."""
+        if self.proposed_isr:  # an earlier one is unsettled: its members stay counted too
+            self.proposed_isr |= frozenset(isr)
+            self.proposal_base_epoch = min(self.proposal_base_epoch, partition_epoch)
+        else:
+            self.proposed_isr = frozenset(isr)
+            self.proposal_base_epoch = partition_epoch
 
     def drop_proposed_isr(self) -> bool:
         """The proposal was refused or failed. Returns True if the HW advanced."""

@@ -562,29 +562,35 @@ class IsrMaintainer:
             new_isr = change.new_isr
             if allowed is not None:  # the controller refuses fenced joiners: do not ask
                 new_isr = tuple(r for r in new_isr if r in p.state.isr or r in allowed)
-            if tuple(sorted(p.state.isr)) == new_isr:
-                continue
+            if tuple(sorted(p.state.isr)) == new_isr and not p.progress.proposed_isr:
+                continue  # (a proposal whose outcome is unknown is asked again, to settle it)
             change = dataclasses.replace(change, new_isr=new_isr)
             log.info("%s-%d: ISR %s -> %s (%s)", p.topic, p.partition, p.state.isr, change.new_isr, change.reason)
             cmd = md.AlterPartition(p.topic, p.partition, self.rm.broker_id, self.rm.broker_epoch,
                                     p.leader_epoch, p.state.partition_epoch, change.new_isr)
             p.alter_in_flight = True
-            p.progress.propose_isr(change.new_isr)  # the HW waits for the joiners from now on
+            p.progress.propose_isr(change.new_isr, p.state.partition_epoch)  # the HW waits for the joiners from now on
             asyncio.get_running_loop().create_task(self._alter(p, p.progress, cmd))
 
     async def _alter(self, p: Partition, progress: LeaderProgress, cmd: md.AlterPartition) -> None:
+        """Settle one proposal. Only an answer that proves the quorum's ISR at the proposal's
+        partition epoch is not the proposed one may drop it: INVALID_REQUEST (judged at that
+        epoch) or an accepted no-op. Every other outcome (committed, stale epochs, not the
+        leader, a lost answer) leaves it counted until an image at a newer partition epoch
+        arrives (`set_isr`) or a later proposal settles it: a retried command may have been
+        committed by its first attempt."""
         try:
             result = await self.submit(cmd)
-            if not getattr(result, "ok", True):  # refused (stale epochs, fenced joiner): the image will move
-                self._drop_proposal(p, progress)
+            if not getattr(result, "ok", True):
+                if getattr(result, "error", None) == pb.INVALID_REQUEST:  # e.g. a fenced joiner
+                    self._drop_proposal(p, progress)
                 await asyncio.sleep(REJECTED_ALTER_BACKOFF_S)
+            elif getattr(getattr(result, "value", None), "partition_epoch", None) == cmd.partition_epoch:
+                self._drop_proposal(p, progress)  # a no-op: the ISR at that epoch already was new_isr
         except Exception as exc:
-            log.info("%s-%d: ISR change not committed: %s", p.topic, p.partition, exc)
-            # Outcome unknown: the proposal stays counted while a commit could still reach the
-            # image (set_isr clears it), then it goes, so a joiner that died meanwhile cannot
-            # hold the HW; the next check proposes again if it still applies.
+            log.info("%s-%d: ISR change outcome unknown (asked again at the next check): %s",
+                     p.topic, p.partition, exc)
             await asyncio.sleep(self.interval_ms / 1000)
-            self._drop_proposal(p, progress)
         finally:
             p.alter_in_flight = False
 

@@ -166,6 +166,28 @@ def test_a_joiner_counts_for_the_hw_from_the_moment_it_is_proposed():
     assert not p.set_isr((1, 2, 3), now_ms=8) and p.proposed_isr == frozenset()
 
 
+def test_a_proposal_outlives_images_that_have_not_answered_it():
+    """Chaos soak idempotent/partition seed 351492744: the leader proposed ISR (1, 2) -> (1, 2, 3)
+    against partition epoch 7; an unrelated metadata change reconciled the partition with the
+    image's unchanged ISR at epoch 7, which cleared the proposal; the HW then passed offsets
+    replica 3 lacked while the quorum already had it in the ISR; 3 was elected and an
+    acknowledged write at chaos-3 offset 2078 was lost."""
+    p = progress(isr=(1, 2), leo=10, hw=10)
+    p.on_follower_fetch(3, 10, now_ms=1)
+    p.propose_isr((1, 2, 3), partition_epoch=7)
+    assert not p.set_isr((1, 2), now_ms=2, partition_epoch=7)  # an image that has not answered
+    assert p.proposed_isr == frozenset({1, 2, 3})
+    p.on_leader_append(12, now_ms=3)
+    p.on_follower_fetch(2, 12, now_ms=4)
+    assert p.high_watermark == 10  # 3 may already be in the quorum's ISR: wait for it
+    # a second proposal while the first is unsettled keeps the first one's members counted
+    p.propose_isr((1, 2), partition_epoch=7)
+    assert p.proposed_isr == frozenset({1, 2, 3}) and p.high_watermark == 10
+    # the image at a newer partition epoch is the quorum's answer
+    assert p.set_isr((1, 2), now_ms=5, partition_epoch=8) and p.high_watermark == 12
+    assert p.proposed_isr == frozenset()
+
+
 def test_eligible_leader_replicas_bound_the_hw_like_isr_members():
     # KIP-966: with the ISR below min.insync.replicas, the ELR members may be elected, so nothing
     # they lack may be committed: the leader alone would otherwise commit its acks=1 appends.

@@ -406,3 +406,51 @@ def test_the_store_bounds_a_read_by_its_number_of_batches_and_returns_their_head
     assert bases(p.store.read(3, 1 << 20, None, 1)) == [2]  # the batch holding offset 3
     assert bases(p.store.read(0, 1 << 20, None, 0)) == [0]  # at least one
     assert bases(p.store.read(4, 1 << 20, 8, 10)) == [4, 6]  # max_offset still applies
+
+
+def test_an_isr_proposal_whose_answer_was_lost_outlives_images_that_have_not_answered_it(make_partition):
+    """Chaos soak idempotent/partition seed 351492744: the leader's AlterPartition adding a
+    caught-up replica was committed, but the answer did not come back (and the leader's image
+    lagged); an unrelated metadata change then reconciled the partition at the old partition
+    epoch, which cleared the proposal, and the HW passed offsets the new ISR member lacked. It
+    was elected and an acknowledged write was lost. Only a newer partition epoch settles it."""
+    import dataclasses
+
+    from semel.cluster.broker.replication import IsrMaintainer
+
+    async def scenario() -> None:
+        leader = make_partition(1)
+        st = md.PartitionState("t", 0, (1, 2, 3), (1, 2), 1, 0, 5)
+        leader.become_leader(st, min_isr=2, now=0)
+        leader.append_as_leader(header(1), b"a", now=1)
+        progress = leader.progress
+        assert progress is not None
+        leader.on_follower_fetch(2, 1, now=2)
+        leader.on_follower_fetch(3, 1, now=2)  # caught up: it may join
+        assert leader.high_watermark == 1
+        committed: list[md.AlterPartition] = []
+
+        async def submit(cmd: md.AlterPartition) -> object:
+            committed.append(cmd)  # the quorum commits it ...
+            raise TimeoutError("the answer was lost")  # ... and the leader never hears so
+
+        class Rm:
+            clock = leader.clock
+            broker_id, broker_epoch = 1, 1
+
+            def leaders(self) -> list[Partition]:
+                return [leader]
+
+        IsrMaintainer(Rm(), submit, interval_ms=1).check(3)  # type: ignore[arg-type]
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        assert [c.new_isr for c in committed] == [(1, 2, 3)]
+        leader.update_leader_state(st, min_isr=2, now=4)  # an unrelated metadata change: still epoch 5
+        leader.append_as_leader(header(1), b"b", now=5)
+        leader.on_follower_fetch(2, 2, now=6)
+        assert leader.high_watermark == 1  # 3 is in the quorum's ISR and lacks offset 1
+        leader.update_leader_state(dataclasses.replace(st, isr=(1, 2, 3), partition_epoch=6), min_isr=2, now=7)
+        leader.on_follower_fetch(3, 2, now=8)
+        assert leader.high_watermark == 2
+
+    asyncio.run(scenario())
