@@ -66,10 +66,17 @@ from semel.cluster.metadata.state import (
     RegisterBroker,
     check_invariants,
 )
+from semel.coordinator import txn_log
+from semel.coordinator.txn_coordinator import AppendRecords, PartitionFenced, Reply, TxnCoordinator
+from semel.coordinator.txn_markers import MarkerSend, authoritative_results
+from semel.coordinator.txn_state import PREPARED, TxnConfig
 from semel.storage import epoch_cache as ec
-from semel.storage.batch import BatchHeader
+from semel.storage import isolation
+from semel.storage.aborted_txns import AbortedTxn, AbortedTxnIndex
+from semel.storage.batch import ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchHeader, Marker
 from semel.storage.log_policy import fsync_due
 from semel.storage.producer_state import Outcome, ProducerStateManager
+from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2 as pb
 
 QUORUM = -1  # the metadata quorum's node id on the simulated network
@@ -107,6 +114,21 @@ class SimConfig:
     # the boot record before simulation seed 509's fix: a start rewrote it, so a process killed
     # before its registration committed forgot that its machine had restarted
     bug_boot_record_consumed_at_start: bool = False
+    # Transactions (docs/chaos.md, "Deterministic simulation"): `txn_producers` transactional
+    # clients; the topic then has one more partition, the transaction-state partition the
+    # coordinator writes (0: off, the run is exactly the one without transactions)
+    txn_producers: int = 0
+    txn_timeout_ms: int = 3000  # scaled down with the run (the default is 60 s)
+    txn_abort_scan_ms: int = 1000  # scaled down likewise (limits: 10 s)
+    commit_percent: int = 75
+    # seams to prove the transaction checker can fail: a leader whose LSO ignores open
+    # transactions (read_committed reads up to the HW); a partition leader that answers a COMMIT
+    # marker for the last data partition without writing it
+    bug_lso_ignores_open_txns: bool = False
+    bug_marker_skips_partition: bool = False
+
+
+NO_CONTROL, COMMIT, ABORT = 0, 1, 2
 
 
 @dataclasses.dataclass(slots=True)
@@ -116,6 +138,11 @@ class Record:
     producer_id: int
     seq: int
     value: int
+    producer_epoch: int = 0
+    txn: bool = False  # a transactional data record
+    control: int = NO_CONTROL  # COMMIT / ABORT: a marker
+    coordinator_epoch: int = -1  # markers only
+    batch: bytes | None = None  # the transaction-state partition: txn_log.encode_records' batch
 
 
 class Replica:
@@ -138,8 +165,9 @@ class Replica:
         self.leader_epoch = -1  # as last learned from metadata
         self.leader = NO_LEADER
         self.progress: LeaderProgress | None = None
-        self.acks: PendingAcks[tuple[int, int, int]] = PendingAcks(1000)
+        self.acks: PendingAcks[tuple[Any, ...]] = PendingAcks(1000)
         self.pstate = ProducerStateManager()
+        self.aborted = AbortedTxnIndex()
 
     @property
     def leo(self) -> int:
@@ -148,7 +176,17 @@ class Replica:
     def append(self, rec: Record) -> None:
         self.epochs = ec.assign(self.epochs, rec.epoch, rec.offset)
         self.log.append(rec)
-        self.pstate.apply(_header(rec))
+        self._apply(rec)
+
+    def _apply(self, rec: Record) -> None:
+        """storage/partition.py `_apply` + `_record_abort`: the producer state learns the batch;
+        a marker that closed an aborted transaction adds it to the aborted index with the LSO."""
+        marker = Marker(rec.control == COMMIT, rec.coordinator_epoch) if rec.control else None
+        done = self.pstate.apply(_header(rec), marker)
+        if done is not None and done.aborted:
+            unstable = self.pstate.first_unstable_offset()
+            lso = unstable if unstable is not None else done.last_offset + 1
+            self.aborted.add(AbortedTxn(done.producer_id, done.first_offset, done.last_offset, lso))
 
     def truncate_to(self, offset: int, durable: bool = True) -> None:
         offset = max(0, min(offset, self.leo))
@@ -179,9 +217,30 @@ class Replica:
         self.unsynced_cut = []
 
     def rebuild_producer_state(self) -> None:
+        """Producer state and aborted index as the log's recovery leaves them: equal to a replay
+        of the log (storage/partition.py: snapshot + replay, the index truncated to the LEO and
+        refilled from the replayed markers; snapshots are stored only after the log and index
+        are synced, so a power loss cannot leave an abort out)."""
         self.pstate = ProducerStateManager()
+        self.aborted = AbortedTxnIndex()
         for rec in self.log:
-            self.pstate.apply(_header(rec))
+            self._apply(rec)
+
+    def last_stable_offset(self, bug_ignore_open: bool = False) -> int:
+        """replica_manager.py `Partition.last_stable_offset`."""
+        fuo = None if bug_ignore_open else self.pstate.first_unstable_offset()
+        return self.hw if fuo is None else min(fuo, self.hw)
+
+    def read_committed(self, bug_ignore_open: bool = False) -> list[Record]:
+        """What a read_committed fetch from offset 0 returns (server.py's fetch path): up to the
+        LSO (`isolation.read_bound`), markers and aborted transactions' batches dropped
+        (`isolation.visible_to_read_committed` over the aborted index's `in_range`)."""
+        end = isolation.read_bound(True, self.hw, self.last_stable_offset(bug_ignore_open))
+        if end <= 0:
+            return []
+        batches = [(_header(r), r) for r in self.log[:end]]
+        visible = isolation.visible_to_read_committed(batches, self.aborted.in_range(0, end))
+        return [r for _, r in visible]
 
 
 def _trace_arg(arg: object) -> str:
@@ -191,11 +250,14 @@ def _trace_arg(arg: object) -> str:
         return f"v{arg.version}"
     if isinstance(arg, list):
         return f"[{arg[0].offset}+{len(arg)}]" if arg else "[]"
+    if isinstance(arg, MarkerSend):
+        return f"markers#{arg.request_id}->{arg.broker_id}x{len(arg.markers)}"
     return repr(arg)
 
 
 def _header(rec: Record) -> BatchHeader:
-    return BatchHeader(rec.offset, 0, rec.epoch, rec.producer_id, 0, rec.seq, 1, 0, 0, 0)
+    attributes = (ATTR_CONTROL | ATTR_TRANSACTIONAL) if rec.control else (ATTR_TRANSACTIONAL if rec.txn else 0)
+    return BatchHeader(rec.offset, 0, rec.epoch, rec.producer_id, rec.producer_epoch, rec.seq, 1, attributes, 0, 0)
 
 
 class Broker:
@@ -221,6 +283,40 @@ class Broker:
         self.image = MetadataImage()
         self.replicas: dict[int, Replica] = {}
         self.max_epoch_seen: dict[int, int] = {}
+        # the transaction coordinator (txn_coordinator_shell.py): the real pure core, in memory
+        # only; the leader epoch of the state partition it serves or loads (-1: none) and the
+        # LEO at election its HW must reach before the load (-1: not waiting)
+        self.txn: TxnCoordinator | None = None
+        self.txn_epoch = -1
+        self.txn_load_target = -1
+        self.txn_requests: dict[int, tuple[int, int]] = {}  # request id -> (client, attempt)
+
+
+@dataclasses.dataclass(slots=True)
+class TxnClient:
+    """A transactional gRPC client (V2: every EndTxn bumps the epoch): InitProducerId, then
+    transactions of AddPartitionsToTxn, transactional acks=all produces (one in flight, retried
+    with the same sequence), EndTxn; a fatal answer abandons the transaction and re-initialises
+    (which fences and aborts it)."""
+
+    transactional_id: str
+    next_value: int
+    producer_id: int = -1
+    producer_epoch: int = -1
+    phase: str = "init"  # init | add | produce | end | done
+    partitions: tuple[int, ...] = ()
+    plan: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (partition, value)
+    next_record: int = 0
+    seqs: dict[int, int] = dataclasses.field(default_factory=dict)
+    commit: bool = True
+    attempt: int = 0
+
+
+# answers a client retries with the same request; anything else abandons the transaction
+_TXN_RETRIABLE = frozenset({
+    pb.NOT_COORDINATOR, pb.COORDINATOR_LOAD_IN_PROGRESS, pb.COORDINATOR_NOT_AVAILABLE, pb.CONCURRENT_TRANSACTIONS,
+    pb.REQUEST_TIMED_OUT, pb.NOT_LEADER_OR_FOLLOWER, pb.NOT_ENOUGH_REPLICAS, pb.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    pb.UNKNOWN_LEADER_EPOCH, pb.FENCED_LEADER_EPOCH, pb.UNKNOWN_TOPIC_OR_PARTITION})
 
 
 @dataclasses.dataclass(slots=True)
@@ -257,10 +353,23 @@ class Simulation:
         self.brokers = {b: Broker(b) for b in range(self.cfg.brokers)}
         self.producers = [Producer(1000 + k, k % self.cfg.partitions, (k + 1) * 1_000_000)
                           for k in range(self.cfg.producers)]
+        # transactions: the state partition is the topic's last partition (None: no transactions)
+        self.txn_on = self.cfg.txn_producers > 0
+        self.sp: int | None = self.cfg.partitions if self.txn_on else None
+        self.topic_partitions = self.cfg.partitions + (1 if self.txn_on else 0)
+        self.txn_clients = [TxnClient(f"tx-{j}", (j + 1) * 100_000_000) for j in range(self.cfg.txn_producers)]
+        self._next_producer_id = 5000  # AllocateProducerIds through the quorum: never reused
+        self._request_ids = 0
+        self._control_value = 0  # markers and state records get unique negative values
+        self.txn_of_value: dict[int, tuple[int, int]] = {}  # value -> (producer id, epoch) it was sent with
+        self.txn_acked: dict[int, tuple[int, int]] = {}  # value -> (partition, offset): produce answered NONE
+        self.decisions: dict[tuple[int, int], bool] = {}  # committed Prepare* records: identity -> commit
+        self.client_commits: set[tuple[int, int]] = set()  # EndTxn(commit) answered NONE
+        self.txn_stats = {"commits": 0, "aborts": 0, "abandoned": 0, "markers": 0, "rc_reads": 0}
         # history and checker state
         self.acked: dict[int, dict[int, int]] = {p: {} for p in range(self.cfg.partitions)}  # value -> offset
         self.sent: set[int] = set()
-        self.committed: dict[int, list[int]] = {p: [] for p in range(self.cfg.partitions)}  # values of HW prefix
+        self.committed: dict[int, list[int]] = {p: [] for p in range(self.topic_partitions)}  # values of HW prefix
         self.hw_seen: dict[tuple[int, int, int], int] = {}  # (partition, broker, leader epoch) -> hw
         self.image_epochs: dict[int, int] = {}
         self.faults: list[str] = []
@@ -315,6 +424,11 @@ class Simulation:
             self._at(self.rng.randrange(50), "broker_tick", b)
         for i in range(len(self.producers)):
             self._at(500 + self.rng.randrange(500), "produce", i)
+        for j in range(len(self.txn_clients)):
+            self._at(800 + self.rng.randrange(500), "txn_step", j)
+        if self.txn_on:
+            for br in self.brokers.values():
+                self._new_txn_core(br)
         self._at(self.cfg.fault_interval_ms, "fault")
         step = 0
         heal_at: int | None = None
@@ -334,6 +448,8 @@ class Simulation:
                 break
         if not self.violations:
             self._final_check()
+        if not self.violations and self.txn_on:
+            self._final_txn_check()
         self._hash.update(repr(self.violations).encode())
         return self._hash.hexdigest()
 
@@ -351,6 +467,8 @@ class Simulation:
 
     # --- faults ----------------------------------------------------------------------
     def _on_fault(self) -> None:
+        if self.txn_on:
+            self._check_read_committed()
         if not self.faults_on:
             return
         ids = sorted(self.brokers)
@@ -497,6 +615,8 @@ class Simulation:
         br.stopping_since_ms = None
         br.fence_sent = False
         br.lost_unsynced_writes = False  # in memory only
+        br.txn, br.txn_epoch, br.txn_load_target = None, -1, -1  # the coordinator's memory is gone
+        br.txn_requests.clear()
         for rep in br.replicas.values():
             rep.progress = None
             rep.acks.drain()  # the clients time out
@@ -517,6 +637,8 @@ class Simulation:
             rep.rebuild_producer_state()
             rep.synced()  # PartitionLog.open() fsyncs what it recovered
             rep.last_fsync_ms = self.now_ms
+        if self.txn_on:
+            self._new_txn_core(br)
         self._at(1, "start", b)
 
     # --- quorum and controller ---------------------------------------------------------
@@ -542,7 +664,7 @@ class Simulation:
         if len(self.md.image.unfenced_brokers()) < self.cfg.brokers:
             self._at(100, "create_topic")
             return
-        result = self._apply(CreateTopic(TOPIC, self.cfg.partitions, 3, configs=(("min_insync_replicas", "2"),)))
+        result = self._apply(CreateTopic(TOPIC, self.topic_partitions, 3, configs=(("min_insync_replicas", "2"),)))
         if not result.ok:
             raise RuntimeError(f"sim: cannot create the topic: {pb.ErrorCode.Name(result.error)}")
 
@@ -611,6 +733,8 @@ class Simulation:
                 return
         elif self.now_ms % 500 < 100:
             self._send(b, QUORUM, "q_heartbeat", b, br.incarnation, br.broker_epoch, br.image.version)
+        if br.txn is not None:  # txn_coordinator_shell.py `_tick_loop`
+            self._txn_perform(br, br.txn.tick(self.now_ms, lambda tp: self._leader_in(br, tp), self.now_ms))
         t = br.image.topics.get(TOPIC)
         for p in t.partitions if t and br.active else ():
             rep = br.replicas.get(p.partition)
@@ -658,6 +782,8 @@ class Simulation:
             elif p.leader != b and rep.leader == b:
                 self._resign(rep)
             rep.leader, rep.leader_epoch = p.leader, p.leader_epoch
+        if self.txn_on:
+            self._txn_role(br)
 
     def _become_leader(self, br: Broker, rep: Replica, partition: int, epoch: int,
                        replicas: tuple[int, ...], isr: tuple[int, ...], elr: tuple[int, ...]) -> None:
@@ -776,7 +902,7 @@ class Simulation:
                 self._hw_advanced(br, rep, partition)
         if offset < rep.hw:
             return self._send(b, -100 - i, "produce_resp", i, attempt, pb.NONE, offset)
-        rep.acks.add(offset + 1, (i, attempt, offset))
+        rep.acks.add(offset + 1, ("produce", i, attempt, offset))
 
     def _after_append(self, br: Broker, rep: Replica, partition: int) -> None:
         """storage/log.py `append` under the flush policy: "always" syncs before returning;
@@ -800,9 +926,29 @@ class Simulation:
         assert rep.progress is not None
         rep.hw = rep.progress.high_watermark
         self._observe_hw(br, rep, partition, rep.leader_epoch)
-        for i, attempt, offset in rep.acks.complete_up_to(rep.hw):
-            outcome = ack_outcome_after_hw(len(rep.progress.isr), 2)
-            self._send(br.id, -100 - i, "produce_resp", i, attempt, outcome.error_code, offset)
+        for waiter in rep.acks.complete_up_to(rep.hw):
+            kind = waiter[0]
+            if kind == "produce":  # PRODUCE_ACKS_ALL
+                _, i, attempt, offset = waiter
+                outcome = ack_outcome_after_hw(len(rep.progress.isr), 2)
+                self._send(br.id, -100 - i, "produce_resp", i, attempt, outcome.error_code, offset)
+            elif kind == "tproduce":
+                _, j, attempt, offset = waiter
+                outcome = ack_outcome_after_hw(len(rep.progress.isr), 2)
+                self._send(br.id, -200 - j, "tproduce_resp", j, attempt, outcome.error_code, offset)
+            elif kind == "state":  # TXN_STATE: committed once the HW passed it
+                _, core, write_id = waiter
+                if br.txn is core:
+                    self._txn_perform(br, core.write_committed(write_id, self.now_ms))
+            else:  # "marker", TXN_MARKER: written once the HW passed it
+                _, answer, key = waiter
+                answer["results"][key] = pb.NONE
+                answer["left"] -= 1
+                if answer["left"] == 0:
+                    self._send(br.id, answer["to"], "markers_resp", answer["to_inc"], answer["send"], br.id,
+                               answer["results"])
+        if partition == self.sp:
+            self._txn_try_load(br)
 
     def _on_produce_resp(self, _dst: int, i: int, attempt: int, error: int, offset: int) -> None:
         p = self.producers[i]
@@ -815,6 +961,384 @@ class Simulation:
             self._at(1 + self.rng.randrange(100), "produce", i)
         else:
             self._at(50 + self.rng.randrange(100), "produce_timeout", i, attempt)  # retry
+
+    # --- transactions: the coordinator shell --------------------------------------------
+    def _new_txn_core(self, br: Broker) -> None:
+        """A (re)started broker's coordinator: the real `TxnCoordinator`, one state partition."""
+        br.txn = TxnCoordinator(1, self._allocate_producer_id, TxnConfig(),
+                                scan_interval_ms=self.cfg.txn_abort_scan_ms)
+        br.txn_epoch, br.txn_load_target = -1, -1
+        br.txn_requests.clear()
+
+    def _allocate_producer_id(self) -> int:
+        self._next_producer_id += 1
+        return self._next_producer_id
+
+    def _leader_in(self, br: Broker, tp: TopicPartition) -> int | None:
+        """The marker channel's `leader_of`: from the coordinator broker's own metadata."""
+        view = br.image.partition(tp.topic, tp.partition)
+        return None if view is None or view.leader == NO_LEADER else view.leader
+
+    def _txn_role(self, br: Broker) -> None:
+        """txn_coordinator_shell.py `_on_state_partition`: leading the state partition at epoch E
+        begins a load (requests answer LOAD_IN_PROGRESS); losing it unloads."""
+        assert self.sp is not None and br.txn is not None
+        rep = br.replicas.get(self.sp)
+        leading = br.active and rep is not None and rep.progress is not None
+        epoch = rep.leader_epoch if leading and rep is not None else -1
+        if epoch == br.txn_epoch:
+            return
+        br.txn_epoch = epoch
+        if leading and rep is not None:
+            br.txn_load_target = rep.leo
+            self._txn_perform(br, br.txn.begin_loading(0))
+            self._txn_try_load(br)
+        else:
+            br.txn_load_target = -1
+            self._txn_perform(br, br.txn.unload(0))
+
+    def _txn_try_load(self, br: Broker) -> None:
+        """`_load`: once the HW reached the LEO at election, every committed record is replayed
+        (real `txn_log.decode_records`; the last record of an id wins, a tombstone removes it: what
+        `load_partition` folds, without the RocksDB view) and the core serves at that epoch."""
+        if br.txn is None or br.txn_load_target < 0 or self.sp is None:
+            return
+        rep = br.replicas[self.sp]
+        if rep.progress is None or rep.leader_epoch != br.txn_epoch or rep.hw < br.txn_load_target:
+            return
+        br.txn_load_target = -1
+        self.txn_stats["loads"] = self.txn_stats.get("loads", 0) + 1
+        metadata: dict[str, Any] = {}
+        for rec in rep.log[:rep.hw]:
+            if rec.batch is not None:
+                for entry in txn_log.decode_records(rec.batch):
+                    metadata[entry.transactional_id] = entry.metadata
+        self._txn_perform(br, br.txn.loaded(0, br.txn_epoch, [m for m in metadata.values() if m is not None]))
+
+    def _txn_perform(self, br: Broker, actions: list[Any]) -> None:
+        """`_perform`: replies to clients, state appends, marker requests."""
+        core = br.txn
+        for action in actions:
+            if isinstance(action, Reply):
+                client = br.txn_requests.pop(action.request_id, None)
+                if client is None:
+                    continue
+                pid, epoch = (action.completed.answer if action.completed is not None
+                              else (action.result.producer_id, action.result.producer_epoch))
+                self._send(br.id, -200 - client[0], "txn_resp", client[0], client[1], int(action.result.error),
+                           pid, epoch)
+            elif isinstance(action, AppendRecords):
+                self._txn_append(br, action)
+            elif isinstance(action, MarkerSend):
+                self._send(br.id, action.broker_id, "markers_req", self.brokers[action.broker_id].incarnation,
+                           action, br.id, br.incarnation)
+                self._at(self.cfg.request_timeout_ms, "markers_timeout", br.id, br.incarnation, action)
+            elif isinstance(action, PartitionFenced):
+                br.txn_epoch = -2  # unloaded by the core; a later election loads again
+            if br.txn is not core:
+                return
+
+    def _txn_append(self, br: Broker, action: AppendRecords) -> None:
+        """`_append`: a leader append of the state batch at the coordinator epoch, acks=all."""
+        assert self.sp is not None and br.txn is not None
+        rep = br.replicas.get(self.sp)
+        if rep is None or rep.progress is None or rep.leader_epoch != action.coordinator_epoch:
+            return self._txn_perform(br, br.txn.write_failed(action.write_id, pb.NOT_LEADER_OR_FOLLOWER,
+                                                             self.now_ms))
+        if len(rep.progress.isr) < 2 or rep.acks.full():
+            return self._txn_perform(br, br.txn.write_failed(action.write_id, pb.NOT_ENOUGH_REPLICAS, self.now_ms))
+        self._control_value -= 1
+        offset = rep.leo
+        self._leader_append(br, rep, self.sp, Record(offset, rep.leader_epoch, -1, -1, self._control_value,
+                                                     producer_epoch=-1, batch=action.batch))
+        rep.acks.add(offset + 1, ("state", br.txn, action.write_id))
+        self._at(self.cfg.request_timeout_ms, "txn_write_timeout", br.id, br.incarnation, action.write_id)
+
+    def _on_txn_write_timeout(self, b: int, incarnation: int, write_id: int) -> None:
+        br = self._live(b, incarnation)
+        if br is not None and br.txn is not None:
+            self._txn_perform(br, br.txn.write_timed_out(write_id))
+
+    def _leader_append(self, br: Broker, rep: Replica, partition: int, rec: Record) -> None:
+        assert rep.progress is not None
+        rep.append(rec)
+        self._after_append(br, rep, partition)
+        advanced = rep.progress.on_leader_append(rep.leo, self.now_ms)
+        if self.cfg.bug_hw_without_acks:
+            rep.progress.high_watermark = rep.leo
+            advanced = True
+        if advanced:
+            self._hw_advanced(br, rep, partition)
+
+    def _on_txn_req(self, b: int, incarnation: int, j: int, attempt: int, kind: str, args: tuple[Any, ...]) -> None:
+        br = self._live(b, incarnation)
+        if br is None or br.txn is None:
+            return  # connection refused: the client times out and retries
+        self._request_ids += 1
+        rid = self._request_ids
+        br.txn_requests[rid] = (j, attempt)
+        c = self.txn_clients[j]
+        if kind == "init":
+            actions = br.txn.init_producer_id(rid, c.transactional_id, self.cfg.txn_timeout_ms, self.now_ms)
+        elif kind == "add":
+            pid, epoch, parts = args
+            actions = br.txn.add_partitions(rid, c.transactional_id, pid, epoch,
+                                            [TopicPartition(TOPIC, p) for p in parts], self.now_ms)
+        else:
+            pid, epoch, commit = args
+            actions = br.txn.end_txn(rid, c.transactional_id, pid, epoch, commit, self.now_ms)
+        self._txn_perform(br, actions)
+
+    def _on_markers_req(self, b: int, incarnation: int, send: MarkerSend, coordinator: int, c_inc: int) -> None:
+        """txn_service.py `WriteTxnMarkers`: per marker the refusals (`marker_refusal`: a
+        coordinator epoch newer than this broker's metadata; not the leader; the acks=all
+        precondition), the real `validate_marker`, the append, and a wait for the HW."""
+        br = self._live(b, incarnation)
+        if br is None or self.sp is None:
+            return
+        answer: dict[str, Any] = {"to": coordinator, "to_inc": c_inc, "send": send, "results": {}, "left": 0}
+        results: dict[tuple[int, TopicPartition], int] = answer["results"]
+        state_view = br.image.partition(TOPIC, self.sp)
+        for m in send.markers:
+            key = (m.producer_id, m.topic_partition)
+            part = m.topic_partition.partition
+            view = br.image.partition(TOPIC, part)
+            rep = br.replicas.get(part)
+            if view is None or state_view is None:
+                results[key] = pb.UNKNOWN_TOPIC_OR_PARTITION  # a restarted broker's empty image
+            elif m.coordinator_epoch > state_view.leader_epoch:
+                results[key] = pb.UNKNOWN_LEADER_EPOCH
+            elif rep is None or rep.progress is None or not br.active:
+                results[key] = pb.NOT_LEADER_OR_FOLLOWER
+            elif len(rep.progress.isr) < 2 or rep.acks.full():
+                results[key] = pb.NOT_ENOUGH_REPLICAS
+            elif (self.cfg.bug_marker_skips_partition and m.commit and part == self.cfg.partitions - 1):
+                results[key] = pb.NONE  # the injected bug: answered, never written
+            else:
+                marker = Marker(m.commit, m.coordinator_epoch)
+                decision = rep.pstate.validate_marker(m.producer_id, m.producer_epoch, marker)
+                if not decision.ok:
+                    results[key] = decision.error
+                    continue
+                self._control_value -= 1
+                offset = rep.leo
+                answer["left"] += 1
+                rep.acks.add(offset + 1, ("marker", answer, key))
+                self.txn_stats["markers"] += 1
+                self._leader_append(br, rep, part, Record(offset, rep.leader_epoch, m.producer_id, -1,
+                                                          self._control_value, producer_epoch=m.producer_epoch,
+                                                          control=COMMIT if m.commit else ABORT,
+                                                          coordinator_epoch=m.coordinator_epoch))
+        if answer["left"] == 0:
+            self._send(b, coordinator, "markers_resp", c_inc, send, b, results)
+
+    def _on_markers_resp(self, b: int, incarnation: int, send: MarkerSend, from_broker: int,
+                         results: dict[tuple[int, TopicPartition], int]) -> None:
+        br = self._live(b, incarnation)
+        if br is None or br.txn is None:
+            return
+        codes = authoritative_results({k: pb.ErrorCode.ValueType(v) for k, v in results.items()}, from_broker, b)
+        self._txn_perform(br, br.txn.marker_response(send, codes, self.now_ms, self.now_ms))
+
+    def _on_markers_timeout(self, b: int, incarnation: int, send: MarkerSend) -> None:
+        br = self._live(b, incarnation)
+        if br is not None and br.txn is not None:
+            self._txn_perform(br, br.txn.marker_failure(send, self.now_ms, self.now_ms))
+
+    # --- transactions: the clients --------------------------------------------------------
+    def _on_txn_step(self, j: int) -> None:
+        c = self.txn_clients[j]
+        if c.phase == "done":
+            return
+        c.attempt += 1
+        if c.phase == "produce":
+            part, value = c.plan[c.next_record]
+            view = self.md.image.partition(TOPIC, part)
+            leader = view.leader if view is not None else NO_LEADER
+            if leader != NO_LEADER:
+                self._send(-200 - j, leader, "tproduce_req", self.brokers[leader].incarnation, j, c.attempt,
+                           c.producer_id, c.producer_epoch, c.seqs.get(part, 0), value, part)
+        else:
+            assert self.sp is not None
+            view = self.md.image.partition(TOPIC, self.sp)  # FindCoordinator
+            leader = view.leader if view is not None else NO_LEADER
+            if c.phase == "init":
+                args: tuple[Any, ...] = ()
+            elif c.phase == "add":
+                args = (c.producer_id, c.producer_epoch, c.partitions)
+            else:
+                args = (c.producer_id, c.producer_epoch, c.commit)
+            if leader != NO_LEADER:
+                self._send(-200 - j, leader, "txn_req", self.brokers[leader].incarnation, j, c.attempt, c.phase, args)
+        self._at(self.cfg.request_timeout_ms, "txn_client_timeout", j, c.attempt)
+
+    def _on_txn_client_timeout(self, j: int, attempt: int) -> None:
+        if self.txn_clients[j].attempt == attempt:
+            self._on_txn_step(j)  # the same request again
+
+    def _begin_txn(self, c: TxnClient) -> None:
+        if not self.faults_on:
+            c.phase = "done"  # healed: no new transactions
+            return
+        n = self.cfg.partitions
+        parts = sorted(self.rng.sample(range(n), 1 + self.rng.randrange(min(2, n))))
+        c.partitions = tuple(parts)
+        c.plan = []
+        for _ in range(1 + self.rng.randrange(4)):
+            part = self.rng.choice(parts)
+            c.plan.append((part, c.next_value))
+            self.txn_of_value[c.next_value] = (c.producer_id, c.producer_epoch)
+            self.sent.add(c.next_value)
+            c.next_value += 1
+        c.next_record = 0
+        c.commit = self.rng.randrange(100) < self.cfg.commit_percent
+        c.phase = "add"
+
+    def _txn_next(self, j: int, retry: bool) -> None:
+        self.txn_clients[j].attempt += 1  # an answer to an older attempt is stale now
+        attempt = self.txn_clients[j].attempt
+        self._at((50 + self.rng.randrange(100)) if retry else (1 + self.rng.randrange(50)),
+                 "txn_retry", j, attempt)
+
+    def _on_txn_retry(self, j: int, attempt: int) -> None:
+        if self.txn_clients[j].attempt == attempt:
+            self._on_txn_step(j)
+
+    def _abandon(self, c: TxnClient) -> None:
+        """A fatal answer: the transaction is given up, the producer re-initialises (fencing it)."""
+        self.txn_stats["abandoned"] += 1
+        c.phase, c.producer_id, c.producer_epoch = "init", -1, -1
+
+    def _on_txn_resp(self, _dst: int, j: int, attempt: int, error: int, pid: int, epoch: int) -> None:
+        c = self.txn_clients[j]
+        if c.attempt != attempt or c.phase in ("produce", "done"):
+            return
+        if error in _TXN_RETRIABLE:
+            return self._txn_next(j, retry=True)
+        if error != pb.NONE:
+            self._abandon(c)
+        elif c.phase == "init":
+            c.producer_id, c.producer_epoch, c.seqs = pid, epoch, {}
+            self._begin_txn(c)
+        elif c.phase == "add":
+            c.phase = "produce"
+        else:  # EndTxn answered: the next transaction runs with the bumped identity
+            if c.commit:
+                self.client_commits.add((c.producer_id, c.producer_epoch))
+            self.txn_stats["commits" if c.commit else "aborts"] += 1
+            c.producer_id, c.producer_epoch, c.seqs = pid, epoch, {}
+            self._begin_txn(c)
+        self._txn_next(j, retry=False)
+
+    def _on_tproduce_req(self, b: int, incarnation: int, j: int, attempt: int, pid: int, epoch: int, seq: int,
+                         value: int, partition: int) -> None:
+        br = self._live(b, incarnation)
+        rep = br.replicas.get(partition) if br else None
+        if br is None or rep is None or rep.progress is None:
+            return self._send(b, -200 - j, "tproduce_resp", j, attempt, pb.NOT_LEADER_OR_FOLLOWER, -1)
+        header = BatchHeader(rep.leo, 0, rep.leader_epoch, pid, epoch, seq, 1, ATTR_TRANSACTIONAL, 0, 0)
+        decision = rep.pstate.validate(header, self.now_ms)
+        if decision.outcome is Outcome.REJECT:
+            return self._send(b, -200 - j, "tproduce_resp", j, attempt, decision.error, -1)
+        if decision.outcome is Outcome.DUPLICATE:
+            offset = decision.first_offset
+        else:
+            if len(rep.progress.isr) < 2:
+                return self._send(b, -200 - j, "tproduce_resp", j, attempt, pb.NOT_ENOUGH_REPLICAS, -1)
+            offset = rep.leo
+            self._leader_append(br, rep, partition, Record(offset, rep.leader_epoch, pid, seq, value,
+                                                           producer_epoch=epoch, txn=True))
+        if offset < rep.hw:
+            return self._send(b, -200 - j, "tproduce_resp", j, attempt, pb.NONE, offset)
+        rep.acks.add(offset + 1, ("tproduce", j, attempt, offset))
+
+    def _on_tproduce_resp(self, _dst: int, j: int, attempt: int, error: int, offset: int) -> None:
+        c = self.txn_clients[j]
+        if c.attempt != attempt or c.phase != "produce":
+            return
+        if error in _TXN_RETRIABLE:
+            return self._txn_next(j, retry=True)
+        if error != pb.NONE:
+            self._abandon(c)
+        else:
+            part, value = c.plan[c.next_record]
+            self.txn_acked[value] = (part, offset)
+            c.seqs[part] = c.seqs.get(part, 0) + 1
+            c.next_record += 1
+            if c.next_record == len(c.plan):
+                c.phase = "end"
+        self._txn_next(j, retry=False)
+
+    # --- transactions: the checker ----------------------------------------------------------
+    def _learn_decision(self, rec: Record) -> None:
+        """A state record became committed: a Prepare* record is the transaction's decision,
+        for the identity its data was written with. A decision never flips."""
+        if rec.batch is None:
+            return
+        for entry in txn_log.decode_records(rec.batch):
+            meta = entry.metadata
+            if meta is None or meta.state not in PREPARED:
+                continue
+            identity = (meta.prev_producer_id, meta.last_producer_epoch)
+            commit = meta.state.name == "PREPARE_COMMIT"
+            if identity not in self.decisions:
+                reason = f"decided_{meta.bump_reason.name.lower()}"  # end_txn, timeout, fence, reinit
+                self.txn_stats[reason] = self.txn_stats.get(reason, 0) + 1
+            if self.decisions.setdefault(identity, commit) != commit:
+                self._violate(f"{meta.transactional_id}: transaction {identity} decided both ways")
+
+    def _check_read_committed(self) -> None:
+        """Every leader's read_committed view: only records of transactions decided commit, none
+        twice."""
+        for part in range(self.cfg.partitions):
+            view = self.md.image.partition(TOPIC, part)
+            if view is None or view.leader == NO_LEADER:
+                continue
+            br = self.brokers[view.leader]
+            rep = br.replicas.get(part)
+            if not br.alive or rep is None or rep.progress is None:
+                continue
+            self._check_visible(part, view.leader, rep.read_committed(self.cfg.bug_lso_ignores_open_txns))
+
+    def _check_visible(self, part: int, b: int, visible: list[Record]) -> set[int]:
+        self.txn_stats["rc_reads"] += 1
+        seen: set[int] = set()
+        for rec in visible:
+            if rec.value in seen:
+                self._violate(f"p{part}: read_committed at b{b} shows value {rec.value} twice")
+            seen.add(rec.value)
+            if rec.txn:
+                identity = (rec.producer_id, rec.producer_epoch)
+                decided = self.decisions.get(identity)
+                if decided is not True:
+                    what = "an open transaction" if decided is None else "an aborted transaction"
+                    self._violate(f"p{part}: read_committed at b{b} shows value {rec.value} at offset {rec.offset} "
+                                  f"of {what} {identity}")
+                    break
+        return seen
+
+    def _final_txn_check(self) -> None:
+        """After the heal: committed transactions are wholly visible at every partition they
+        wrote (all-or-nothing, exactly once), aborted and open ones not at all, and every
+        EndTxn(commit) a client saw answered is a commit in the log."""
+        for identity in sorted(self.client_commits):
+            if self.decisions.get(identity) is not True:
+                self._violate(f"transaction {identity}: EndTxn(commit) answered NONE, log says "
+                              f"{self.decisions.get(identity)}")
+        for part in range(self.cfg.partitions):
+            view = self.md.image.partition(TOPIC, part)
+            br = self.brokers[view.leader] if view is not None and view.leader != NO_LEADER else None
+            rep = br.replicas.get(part) if br is not None else None
+            if br is None or rep is None or rep.progress is None:
+                self._violate(f"p{part}: no leader after the heal")
+                continue
+            seen = self._check_visible(part, br.id, rep.read_committed(self.cfg.bug_lso_ignores_open_txns))
+            for value, (p, offset) in sorted(self.txn_acked.items()):
+                if p == part and self.decisions.get(self.txn_of_value[value]) is True and value not in seen:
+                    self._violate(f"p{part}: value {value} (offset {offset}) of committed transaction "
+                                  f"{self.txn_of_value[value]} is not visible to read_committed "
+                                  f"(LSO {rep.last_stable_offset()}, HW {rep.hw})")
+                    break
 
     # --- checker ---------------------------------------------------------------------
     def _observe_hw(self, br: Broker, rep: Replica, partition: int, epoch: int) -> None:
@@ -831,6 +1355,9 @@ class Simulation:
             self._violate(f"p{partition}: leader b{br.id} epoch {epoch} serves {values[at]} at offset {at}, "
                           f"where {committed[at]} was committed (a committed write lost or replaced)")
         if len(values) > len(committed):
+            if partition == self.sp:
+                for rec in rep.log[len(committed):rep.hw]:
+                    self._learn_decision(rec)
             self.committed[partition] = values
 
     def _final_check(self) -> None:
@@ -841,7 +1368,7 @@ class Simulation:
                 if v in where:
                     self._violate(f"p{partition}: duplicate value {v} at offsets {where[v]} and {offset}")
                 where[v] = offset
-                if v not in self.sent:
+                if v >= 0 and v not in self.sent:  # negative: a marker or state record
                     self._violate(f"p{partition}: value {v} at {offset} was never sent")
             for v, offset in sorted(acked.items()):
                 if where.get(v) != offset:
