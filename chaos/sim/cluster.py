@@ -471,6 +471,16 @@ class Simulation:
             self._check_read_committed()
         if not self.faults_on:
             return
+        if self.txn_on and self.rng.randrange(6) == 0:
+            # a transactional client process dies and its replacement starts with the same id: its
+            # InitProducerId fences the old identity and aborts its open transaction; requests
+            # of the old process still in the network arrive with the old epoch
+            j = self.rng.randrange(len(self.txn_clients))
+            c = self.txn_clients[j]
+            if c.phase != "done":
+                self.faults.append(f"t={self.now_ms} client {c.transactional_id} restarts ({c.phase})")
+                self._abandon(c)
+                self._txn_next(j, retry=True)
         ids = sorted(self.brokers)
         r = self.rng.randrange(9 if self.cfg.power_faults else 7)
         if r == 7:
@@ -1288,17 +1298,17 @@ class Simulation:
                 self._violate(f"{meta.transactional_id}: transaction {identity} decided both ways")
 
     def _check_read_committed(self) -> None:
-        """Every leader's read_committed view: only records of transactions decided commit, none
-        twice."""
+        """The read_committed view of every broker that serves as leader now (a deposed one that
+        does not know it yet included): only records of transactions decided commit, none twice."""
         for part in range(self.cfg.partitions):
-            view = self.md.image.partition(TOPIC, part)
-            if view is None or view.leader == NO_LEADER:
-                continue
-            br = self.brokers[view.leader]
-            rep = br.replicas.get(part)
-            if not br.alive or rep is None or rep.progress is None:
-                continue
-            self._check_visible(part, view.leader, rep.read_committed(self.cfg.bug_lso_ignores_open_txns))
+            for br, rep in self._serving(part):
+                self._check_visible(part, br.id, rep.read_committed(self.cfg.bug_lso_ignores_open_txns))
+
+    def _serving(self, part: int) -> list[tuple[Broker, Replica]]:
+        """(broker, replica) of every live broker acting as `part`'s leader, newest epoch first."""
+        found = [(br, rep) for br in self.brokers.values() if br.alive
+                 for rep in [br.replicas.get(part)] if rep is not None and rep.progress is not None]
+        return sorted(found, key=lambda x: -x[1].leader_epoch)
 
     def _check_visible(self, part: int, b: int, visible: list[Record]) -> set[int]:
         self.txn_stats["rc_reads"] += 1
@@ -1326,12 +1336,11 @@ class Simulation:
                 self._violate(f"transaction {identity}: EndTxn(commit) answered NONE, log says "
                               f"{self.decisions.get(identity)}")
         for part in range(self.cfg.partitions):
-            view = self.md.image.partition(TOPIC, part)
-            br = self.brokers[view.leader] if view is not None and view.leader != NO_LEADER else None
-            rep = br.replicas.get(part) if br is not None else None
-            if br is None or rep is None or rep.progress is None:
+            serving = self._serving(part)
+            if not serving:
                 self._violate(f"p{part}: no leader after the heal")
                 continue
+            br, rep = serving[0]
             seen = self._check_visible(part, br.id, rep.read_committed(self.cfg.bug_lso_ignores_open_txns))
             for value, (p, offset) in sorted(self.txn_acked.items()):
                 if p == part and self.decisions.get(self.txn_of_value[value]) is True and value not in seen:

@@ -14,14 +14,16 @@ from typing import Any
 from semel.chaos.sim.cluster import SimConfig, run_seed
 
 BUGS = ("none", "hw-without-acks", "no-elr", "ignore-lost-unsynced-writes", "no-power-loss-fix",
-        "boot-record-consumed-at-start")
+        "boot-record-consumed-at-start", "lso-ignores-open-txns", "marker-skips-partition")
+TXN_BUGS = ("lso-ignores-open-txns", "marker-skips-partition")
 
 
 def _one(work: tuple[int, SimConfig]) -> dict[str, Any]:
     seed, cfg = work
     digest, sim = run_seed(seed, cfg)
     return {"seed": seed, "trace_sha256": digest, "events": sim.events,
-            "acked": sum(len(a) for a in sim.acked.values()), "faults": sim.faults, "violations": sim.violations}
+            "acked": sum(len(a) for a in sim.acked.values()), "faults": sim.faults, "violations": sim.violations,
+            **({"txn": sim.txn_stats} if sim.txn_on else {})}
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -31,7 +33,10 @@ def _simulate(args: argparse.Namespace) -> int:
                     bug_hw_without_acks=bug == "hw-without-acks",
                     bug_no_elr=bug in ("no-elr", "no-power-loss-fix"),
                     bug_ignore_lost_unsynced_writes=bug in ("ignore-lost-unsynced-writes", "no-power-loss-fix"),
-                    bug_boot_record_consumed_at_start=bug == "boot-record-consumed-at-start")
+                    bug_boot_record_consumed_at_start=bug == "boot-record-consumed-at-start",
+                    txn_producers=max(args.txn_producers, 2 if bug in TXN_BUGS else 0),
+                    bug_lso_ignores_open_txns=bug == "lso-ignores-open-txns",
+                    bug_marker_skips_partition=bug == "marker-skips-partition")
     seeds = [args.seed] if args.seed is not None else list(range(args.first_seed, args.first_seed + args.seeds))
     started = time.perf_counter()
     failing: list[dict[str, Any]] = []
@@ -76,13 +81,19 @@ def add_simulate(sub: Any) -> None:
                           "its followers; no eligible leader replicas; a quorum that ignores "
                           "RegisterBroker.lost_unsynced_writes; both of the last two (the code before chaos "
                           "finding 9's fix); a boot record that forgets a machine restart when the process dies "
-                          "before registering (before the fix of simulation seed 509)")
+                          "before registering (before the fix of simulation seed 509); with transactions: a last stable "
+                          "offset that ignores open transactions; a COMMIT marker answered but not written at the last "
+                          "data partition")
     sim.add_argument("--fsync", action="store_true",
                      help="the brokers' `fsync: true` (every append synced before it returns); default: "
                           "`fsync: false`, a background sync every flush interval")
     sim.add_argument("--strict-truncation", action="store_true",
                      help="a log truncation is durable only at the next sync (as before truncate_to fsynced its "
                           "cut), so a power loss can bring a truncated tail back; default: durable at once")
+    sim.add_argument("--txn-producers", type=int, default=0,
+                     help="transactional clients (InitProducerId, AddPartitionsToTxn, transactional produce, "
+                          "EndTxn) through the real transaction coordinator, markers and read_committed path; the "
+                          "topic gets a transaction-state partition. 0: the run without transactions")
     sim.add_argument("--no-power-faults", action="store_true",
                      help="leave out the power-loss and clean-stop faults")
     sim.add_argument("--jobs", type=int, default=1, help="worker processes (seeds are independent)")
