@@ -49,7 +49,7 @@ import hashlib
 import heapq
 import random
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from semel import limits
 from semel.cluster.broker.replica_state import LeaderProgress, PendingAcks, ack_outcome_after_hw
@@ -78,6 +78,7 @@ from semel.storage.log_policy import fsync_due
 from semel.storage.producer_state import Outcome, ProducerStateManager
 from semel.topic_partition import TopicPartition
 from semel.v1 import common_pb2 as pb
+from semel.v1.common_pb2 import ErrorCode
 
 QUORUM = -1  # the metadata quorum's node id on the simulated network
 TOPIC = "sim"
@@ -231,16 +232,16 @@ class Replica:
         fuo = None if bug_ignore_open else self.pstate.first_unstable_offset()
         return self.hw if fuo is None else min(fuo, self.hw)
 
-    def read_committed(self, bug_ignore_open: bool = False) -> list[Record]:
+    def read_committed(self, bug_ignore_open: bool = False) -> tuple[int, list[Record]]:
         """What a read_committed fetch from offset 0 returns (server.py's fetch path): up to the
         LSO (`isolation.read_bound`), markers and aborted transactions' batches dropped
         (`isolation.visible_to_read_committed` over the aborted index's `in_range`)."""
         end = isolation.read_bound(True, self.hw, self.last_stable_offset(bug_ignore_open))
         if end <= 0:
-            return []
+            return 0, []
         batches = [(_header(r), r) for r in self.log[:end]]
         visible = isolation.visible_to_read_committed(batches, self.aborted.in_range(0, end))
-        return [r for _, r in visible]
+        return end, [r for _, r in visible]
 
 
 def _trace_arg(arg: object) -> str:
@@ -948,8 +949,9 @@ class Simulation:
                 self._send(br.id, -200 - j, "tproduce_resp", j, attempt, outcome.error_code, offset)
             elif kind == "state":  # TXN_STATE: committed once the HW passed it
                 _, core, write_id = waiter
-                if br.txn is core:
-                    self._txn_perform(br, core.write_committed(write_id, self.now_ms))
+                txn = br.txn
+                if txn is not None and txn is core:
+                    self._txn_perform(br, txn.write_committed(write_id, self.now_ms))
             else:  # "marker", TXN_MARKER: written once the HW passed it
                 _, answer, key = waiter
                 answer["results"][key] = pb.NONE
@@ -1147,7 +1149,7 @@ class Simulation:
         br = self._live(b, incarnation)
         if br is None or br.txn is None:
             return
-        codes = authoritative_results({k: pb.ErrorCode.ValueType(v) for k, v in results.items()}, from_broker, b)
+        codes = authoritative_results(cast(dict[tuple[int, TopicPartition], ErrorCode], results), from_broker, b)
         self._txn_perform(br, br.txn.marker_response(send, codes, self.now_ms, self.now_ms))
 
     def _on_markers_timeout(self, b: int, incarnation: int, send: MarkerSend) -> None:
@@ -1302,7 +1304,7 @@ class Simulation:
         does not know it yet included): only records of transactions decided commit, none twice."""
         for part in range(self.cfg.partitions):
             for br, rep in self._serving(part):
-                self._check_visible(part, br.id, rep.read_committed(self.cfg.bug_lso_ignores_open_txns))
+                self._check_visible(part, br.id, rep)
 
     def _serving(self, part: int) -> list[tuple[Broker, Replica]]:
         """(broker, replica) of every live broker acting as `part`'s leader, newest epoch first."""
@@ -1310,21 +1312,45 @@ class Simulation:
                  for rep in [br.replicas.get(part)] if rep is not None and rep.progress is not None]
         return sorted(found, key=lambda x: -x[1].leader_epoch)
 
-    def _check_visible(self, part: int, b: int, visible: list[Record]) -> set[int]:
+    def _check_visible(self, part: int, b: int, rep: Replica) -> set[int]:
+        """Two oracles for one read_committed read of `rep`: the coordinator's committed decision
+        for the identity the record was written with, and the replica's own log (the first marker
+        of the record's producer after it must be a COMMIT: a record with no marker after it is in
+        an open transaction the LSO must not have passed). The marker may still be above the HW:
+        Semel's LSO, unlike Kafka's (`unreplicatedTxns`), does not wait for the marker to
+        replicate (docs/chaos.md: safe, the decision is durable before any marker is written and
+        a marker is retried until committed); counted as `visible_before_marker_committed`."""
         self.txn_stats["rc_reads"] += 1
+        end, visible = rep.read_committed(self.cfg.bug_lso_ignores_open_txns)
+        closer: dict[int, int] = {}  # producer id -> the first marker after the current offset
+        closed_by: dict[int, int] = {}  # offset -> that marker, for transactional records
+        closed_at: dict[int, int] = {}  # offset -> that marker's offset
+        for rec in reversed(rep.log):
+            if rec.control:
+                closer[rec.producer_id] = rec.control
+                closed_at[rec.producer_id] = rec.offset
+            elif rec.txn and rec.offset < end:
+                closed_by[rec.offset] = closer.get(rec.producer_id, NO_CONTROL)
+                if closed_at.get(rec.producer_id, -1) >= rep.hw:
+                    self.txn_stats["visible_before_marker_committed"] = (
+                        self.txn_stats.get("visible_before_marker_committed", 0) + 1)
         seen: set[int] = set()
         for rec in visible:
             if rec.value in seen:
                 self._violate(f"p{part}: read_committed at b{b} shows value {rec.value} twice")
             seen.add(rec.value)
-            if rec.txn:
-                identity = (rec.producer_id, rec.producer_epoch)
-                decided = self.decisions.get(identity)
-                if decided is not True:
-                    what = "an open transaction" if decided is None else "an aborted transaction"
-                    self._violate(f"p{part}: read_committed at b{b} shows value {rec.value} at offset {rec.offset} "
-                                  f"of {what} {identity}")
-                    break
+            if not rec.txn:
+                continue
+            identity = (rec.producer_id, rec.producer_epoch)
+            decided = self.decisions.get(identity)
+            marker = closed_by[rec.offset]
+            if decided is not True or marker != COMMIT:
+                what = ("an open transaction" if decided is None or marker == NO_CONTROL else
+                        "an aborted transaction")
+                self._violate(f"p{part}: read_committed at b{b} shows value {rec.value} at offset {rec.offset} "
+                              f"of {what} {identity} (decision {decided}, closed by "
+                              f"{ {NO_CONTROL: 'no marker', COMMIT: 'COMMIT', ABORT: 'ABORT'}[marker]})")
+                break
         return seen
 
     def _final_txn_check(self) -> None:
@@ -1341,7 +1367,7 @@ class Simulation:
                 self._violate(f"p{part}: no leader after the heal")
                 continue
             br, rep = serving[0]
-            seen = self._check_visible(part, br.id, rep.read_committed(self.cfg.bug_lso_ignores_open_txns))
+            seen = self._check_visible(part, br.id, rep)
             for value, (p, offset) in sorted(self.txn_acked.items()):
                 if p == part and self.decisions.get(self.txn_of_value[value]) is True and value not in seen:
                     self._violate(f"p{part}: value {value} (offset {offset}) of committed transaction "
