@@ -12,6 +12,16 @@ What runs for real (Semel's own code, not a model of it):
   * `ProducerStateManager` (storage/producer_state.py): idempotent dedup and sequence checks,
     rebuilt from the log after truncation and restart.
   * the leader-epoch cache arithmetic (storage/epoch_cache.py) for KIP-101/320 truncation.
+With transactions (`txn_producers` > 0):
+  * `TxnCoordinator` (coordinator/txn_coordinator.py) with its `TransactionStateMachine`
+    (txn_state.py) and `TxnMarkerChannel` (txn_markers.py): every request, state write outcome,
+    tick (timeouts), load, unload and marker answer goes through them; `authoritative_results`
+    on marker answers;
+  * the state records are the real `txn_log.encode_records` batches, replicated in the topic's
+    last partition like any other, and a new coordinator loads them with `txn_log.decode_records`;
+  * `ProducerStateManager` transaction tracking (open transactions, `validate_marker`, markers
+    closing them, KIP-890 epoch fencing), the `AbortedTxnIndex`, and the read path of
+    storage/isolation.py (`read_bound`, `visible_to_read_committed`).
 
 What is modelled (thin shells, mirroring the asyncio/gRPC code):
   * the metadata quorum is a linearizable stand-in: one `MetadataStateMachine` reached over the
@@ -31,9 +41,22 @@ What is modelled (thin shells, mirroring the asyncio/gRPC code):
   * a clean stop is process.py's controlled shutdown (wait for sole leaderships to gain an ISR
     member, FenceBroker itself through the quorum, wait to see it, close the logs = sync);
   * the follower fetch loop (replication.py) and the leader's fetch answer incl. divergence;
-  * the producer: idempotent, acks=all, one request in flight, retries with the same sequence.
+  * the producer: idempotent, acks=all, one request in flight, retries with the same sequence;
+  * transactions: txn_coordinator_shell.py (role listener: begin_loading at election, load once
+    the HW reached the LEO at election, unload on leadership loss; `AppendRecords` as a leader
+    append at the coordinator epoch with acks=all, `write_timed_out` after the request timeout;
+    `MarkerSend` as a WriteTxnMarkers message) and txn_service.py's WriteTxnMarkers (refusals of
+    `marker_refusal` in outline, leader and acks=all checks, the real `validate_marker`, the
+    append, the answer once the HW passed every marker of the request); the LSO is
+    replica_manager.py's `Partition.last_stable_offset` and the abort bookkeeping
+    storage/partition.py's `_record_abort`, both copied (three lines each); producer ids come
+    from a sim-wide counter (the quorum's AllocateProducerIds: unique, never reused); the
+    transactional client (V2, gRPC: init, add, produce one record at a time, end; a fatal answer
+    or a client restart re-initialises, which fences). Not modelled: KIP-890 verification
+    (VerificationCache: V2 clients need it less, each end bumps the epoch), V1 (Kafka listener)
+    clients, AddOffsetsToTxn / TxnOffsetCommit, the stale-coordinator quorum read.
 The ELR (KIP-966) reaches the simulated leader's `LeaderProgress` as replica_manager.py feeds it.
-Not covered: transactions and their coordinator, consumer groups, the Kafka listener, retention,
+Not covered: consumer groups, the Kafka listener, retention,
 reassignment, Raft itself (a controller failover is modelled as ControllerCore losing and regaining
 leadership over the same linearizable image).
 
@@ -445,7 +468,8 @@ class Simulation:
             if heal_at is None and step >= self.cfg.steps:
                 self._heal()
                 heal_at = self.now_ms
-            if heal_at is not None and self.now_ms >= heal_at + self.cfg.heal_ms:
+            if heal_at is not None and self.now_ms >= heal_at + self.cfg.heal_ms and (
+                    not self.txn_on or self._txns_settled() or self.now_ms >= heal_at + 3 * self.cfg.heal_ms):
                 break
         if not self.violations:
             self._final_check()
@@ -1065,6 +1089,19 @@ class Simulation:
                                                      producer_epoch=-1, batch=action.batch))
         rep.acks.add(offset + 1, ("state", br.txn, action.write_id))
         self._at(self.cfg.request_timeout_ms, "txn_write_timeout", br.id, br.incarnation, action.write_id)
+
+    def _txns_settled(self) -> bool:
+        """Every client finished its last transaction and no coordinator has a decision whose
+        markers are still being written (a transaction that ended just before the end of the quiet
+        period gets up to twice that period more; the final check then says what is missing)."""
+        if any(c.phase != "done" for c in self.txn_clients):
+            return False
+        for br in self.brokers.values():
+            core = br.txn if br.alive else None
+            machine = core.machine(0) if core is not None else None
+            if core is not None and machine is not None and (machine.prepared() or len(core.channel) > 0):
+                return False
+        return True
 
     def _on_txn_write_timeout(self, b: int, incarnation: int, write_id: int) -> None:
         br = self._live(b, incarnation)
