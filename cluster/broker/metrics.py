@@ -426,6 +426,10 @@ class BrokerStateCollector(Collector):
             _gauge("semel_partition_lso_lag_max_records", "The largest LSO lag over every partition this broker leads"),
             _gauge("semel_partitions_led", "Partitions this broker leads"),
             _gauge("semel_partitions_hosted", "Partition replicas this broker hosts"),
+            _gauge("semel_producer_ids_tracked", "Producer ids whose state the partition replicas on this broker keep "
+                   "(summed over replicas)"),
+            _gauge("semel_producer_ids_tracked_max", "The most producer ids one partition replica on this broker keeps "
+                   "(bounded by MAX_PRODUCERS_PER_PARTITION)"),
             _gauge("semel_partitions_under_replicated", "Led partitions whose ISR is smaller than their replica set"),
             _gauge("semel_partitions_under_min_isr", "Led partitions whose ISR is below min.insync.replicas"),
             _gauge("semel_partitions_offline",
@@ -446,6 +450,10 @@ class BrokerStateCollector(Collector):
             CounterMetricFamily("semel_txn_commits", "Transactions committed (Complete record written)"),
             CounterMetricFamily("semel_txn_aborts", "Transactions aborted (Complete record written)"),
             CounterMetricFamily("semel_txn_timeouts", "Transactions aborted by the coordinator for running too long"),
+            CounterMetricFamily("semel_txn_state_appends", "Appends to __transaction_state by this coordinator"),
+            CounterMetricFamily("semel_txn_state_transitions", "Transitions those appends carried"),
+            CounterMetricFamily("semel_txn_state_appends_overlapping",
+                                "State appends started while another to the same partition awaited its commit"),
             CounterMetricFamily("semel_txn_producers_fenced",
                                 "Producers fenced by InitProducerId while their transaction was open"),
             _gauge("semel_consumer_group_lag_records", "LSO minus committed offset, per group and partition",
@@ -501,6 +509,9 @@ class BrokerStateCollector(Collector):
         f["semel_partition_lso_lag_max_records"].add_metric([], max(0, lso_lag_max))
         f["semel_partitions_led"].add_metric([], len(led))
         f["semel_partitions_hosted"].add_metric([], len(self.b.rm.partitions))
+        tracked = [p.store.tracked_producers() for p in self.b.rm.partitions.values()]
+        f["semel_producer_ids_tracked"].add_metric([], sum(tracked))
+        f["semel_producer_ids_tracked_max"].add_metric([], max(tracked, default=0))
         f["semel_partitions_under_replicated"].add_metric([], under_replicated)
         f["semel_partitions_under_min_isr"].add_metric([], under_min_isr)
         f["semel_partitions_unavailable_replicas"].add_metric([], len(self.b.rm.failed))
@@ -550,6 +561,10 @@ class BrokerStateCollector(Collector):
         f["semel_txn_aborts"].add_metric([], aborts)
         f["semel_txn_timeouts"].add_metric([], timeouts)
         f["semel_txn_producers_fenced"].add_metric([], fenced)
+        f["semel_txn_state_appends"].add_metric([], shell.state_appends if shell is not None else 0)
+        f["semel_txn_state_transitions"].add_metric([], shell.state_transitions if shell is not None else 0)
+        f["semel_txn_state_appends_overlapping"].add_metric(
+            [], shell.state_appends_overlapping if shell is not None else 0)
 
     def _collect_groups(self, f: dict[str, Family], omitted: Family) -> None:
         groups = self.b.groups

@@ -195,6 +195,13 @@ class TxnCoordinatorShell:
         self.corrupt_records_skipped = 0  # undecodable batches/records of __transaction_state skipped by loads
         self.forged_fences = 0  # fence answers not believed: this broker still coordinates (see _confirmed_fences)
         self._quorum_read: QuorumRead | None = None
+        # State writes, for `semel bench txn-scale` (is group commit worth it?): appends made,
+        # transitions they carried, and appends started while another append to the same state
+        # partition was still waiting for its commit (the ones a group commit could have merged).
+        self.state_appends = 0
+        self.state_transitions = 0
+        self.state_appends_overlapping = 0
+        self._appends_in_flight: dict[int, int] = {}  # state partition -> appends not yet committed or failed
 
     @property
     def clock(self) -> Clock:
@@ -383,11 +390,23 @@ class TxnCoordinatorShell:
                 log.warning("txn state append to partition %d failed: %s", action.partition, out.message)
             self._perform(core.write_failed(action.write_id, out.error_code, self.clock.wall_clock_ms()))
             return
-        result = await out.wait(STATE_WRITE_TIMEOUT_MS, forget_on_timeout=False)
-        if result.error_code == pb.REQUEST_TIMED_OUT:
-            self._perform(core.write_timed_out(action.write_id))
-            # keep waiting: committed later, or leadership loss unloads the partition
-            result = await out.wait(None)
+        in_flight = self._appends_in_flight.get(action.partition, 0)
+        self.state_appends += 1
+        self.state_transitions += 1
+        self.state_appends_overlapping += 1 if in_flight else 0
+        self._appends_in_flight[action.partition] = in_flight + 1
+        try:
+            result = await out.wait(STATE_WRITE_TIMEOUT_MS, forget_on_timeout=False)
+            if result.error_code == pb.REQUEST_TIMED_OUT:
+                self._perform(core.write_timed_out(action.write_id))
+                # keep waiting: committed later, or leadership loss unloads the partition
+                result = await out.wait(None)
+        finally:
+            left = self._appends_in_flight.get(action.partition, 1) - 1
+            if left > 0:
+                self._appends_in_flight[action.partition] = left
+            else:
+                self._appends_in_flight.pop(action.partition, None)
         if result.error_code != pb.NONE:
             return  # leadership lost: outcome unknown; the role listener unloads the partition
         if p.leader_epoch != action.coordinator_epoch:

@@ -121,7 +121,8 @@ def _cluster(args: argparse.Namespace) -> Iterator[tuple[str, list[int], list[Pa
     ]
     args.metrics_urls = [f"http://127.0.0.1:{spec.metrics_port}/metrics" for spec in specs]
     loop = getattr(args, "broker_event_loop", "asyncio")
-    cluster = LocalCluster(specs, data_dir, extra_args=["--event-loop", loop] if loop != "asyncio" else [])
+    extra = ["--event-loop", loop] if loop != "asyncio" else []
+    cluster = LocalCluster(specs, data_dir, extra_args=extra + list(getattr(args, "broker_extra_args", [])))
     _progress(f"starting {args.brokers} broker(s) in {data_dir} ...")
     try:
         cluster.start(timeout_s=90)

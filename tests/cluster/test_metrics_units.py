@@ -130,7 +130,7 @@ def test_partition_and_group_series_stop_at_their_bounds_and_count_the_rest(tmp_
     def partition(topic: str, index: int, isr: tuple[int, ...]) -> SimpleNamespace:
         return SimpleNamespace(topic=topic, partition=index, role=Role.LEADER, isr=isr, min_insync_replicas=1,
                                state=SimpleNamespace(replicas=(1, 2)), high_watermark=10, log_end_offset=12,
-                               last_stable_offset=lambda: 7)
+                               last_stable_offset=lambda: 7, store=SimpleNamespace(tracked_producers=lambda: index))
 
     parts = {("t", i): partition("t", i, (1, 2) if i else (1,)) for i in range(12)}
     committed = {f"g{i}": {TopicPartition("t", p): SimpleNamespace(committed_offset=2) for p in range(4)}
@@ -159,6 +159,9 @@ def test_partition_and_group_series_stop_at_their_bounds_and_count_the_rest(tmp_
     assert [(s.labels["group"], s.value) for s in samples("semel_consumer_group_lag_sum_records")] == [
         ("g0", 20), ("g1", 20)]  # LSO 7 - committed 2, over 4 partitions
     assert len(samples("semel_consumer_group_lag_records")) == 6
+    # producer ids kept by the replicas (never bounded by the series cap: two plain gauges)
+    assert samples("semel_producer_ids_tracked")[0].value == sum(range(12))
+    assert samples("semel_producer_ids_tracked_max")[0].value == 11
 
 
 # --- the endpoint's basic auth and its flags -------------------------------------------------
