@@ -633,11 +633,19 @@ class GroupStateMachine:
             group.version if group is not None else -1,
             tuple(records),
             HeartbeatResponse(
-                E.NONE, "", member_id, new_cur.member_epoch, self.config.heartbeat_interval_ms, new_cur.assigned
+                E.NONE, "", member_id, new_cur.member_epoch, self._interval_for(new_cur.state), new_cur.assigned
             ),
             heartbeat_member=member_id,
             removed_members=removed,
         )
+
+    def _interval_for(self, state: MemberState) -> int:
+        """A member still reconciling (partitions to give up, or to take once others released
+        them) heartbeats sooner: the rebalance waits for its next heartbeat, not for the regular
+        interval (a settled member heartbeats at the regular one)."""
+        if state == MemberState.STABLE:
+            return self.config.heartbeat_interval_ms
+        return min(self.config.heartbeat_interval_ms, limits.GROUP_RECONCILING_HEARTBEAT_INTERVAL_MS)
 
     def _steady(self, req: HeartbeatRequest, group: Group, counts: Mapping[str, int]) -> GroupDecision | None:
         """The common heartbeat: a stable member, nothing changed. Answered without copying

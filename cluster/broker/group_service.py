@@ -56,7 +56,8 @@ from semel.coordinator.group_log import (
     load_shard,
 )
 from semel.coordinator.group_runtime import Append, PartitionRuntime, Prepare, Reply
-from semel.coordinator.group_state import GroupConfig, GroupDecision, HeartbeatResponse
+from semel.coordinator.group_records import MemberState
+from semel.coordinator.group_state import GroupConfig, GroupDecision, HeartbeatRequest, HeartbeatResponse
 from semel.coordinator.offsets import CommitDecision, OffsetsConfig
 from semel.storage.batch import HEADER_BYTES, decode_header, iter_batches
 from semel.topic_partition import TopicPartition
@@ -93,6 +94,17 @@ class _Loaded:
     expiring: set[str] = dataclasses.field(default_factory=set)
 
 
+@dataclasses.dataclass(slots=True)
+class _HeldHeartbeat:
+    """A settled member's heartbeat held until it has something to do (see
+    `GroupCoordinator.wait_for_new_target`)."""
+
+    index: int  # the __consumer_offsets partition of the group
+    epoch: int
+    assigned: frozenset[TopicPartition]
+    event: asyncio.Event
+
+
 class GroupCoordinator:
     """Hosts the coordinator shards of the offsets partitions this broker leads."""
 
@@ -119,6 +131,10 @@ class GroupCoordinator:
         # members of a Kafka classic group (JoinGroup, semel.cluster.kafka.group_handlers): a
         # group is either classic or Semel's own, so a heartbeat may not join one that has some
         self.classic_member_count: Callable[[str], int] = lambda group_id: 0
+        # Held heartbeats (ConsumerGroupHeartbeatRequest.max_wait_ms): group id -> member id ->
+        # what the member owns at which epoch, and the event that answers its call
+        self._held: dict[str, dict[str, _HeldHeartbeat]] = {}
+        self.heartbeats_held = 0  # now
         broker.rm.add_role_listener(self._on_role)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -307,6 +323,65 @@ class GroupCoordinator:
                     callback(out)
             else:
                 queue.extend(self._append(loaded, out))
+        if self._held:
+            self._wake_held(loaded)
+
+    # --- held heartbeats ---------------------------------------------------------------------------
+    def _wake_held(self, loaded: _Loaded) -> None:
+        """Release the held heartbeats of members of `loaded`'s groups that have something to do:
+        the group's epoch moved on and the member's target is no longer what it owns, or it is
+        no longer a member (all of them once `loaded` is unloaded). A member whose target did not
+        change stays held: waking every member on every epoch bump would cost O(members) calls
+        per join, O(members^2) while a big group forms. O(held members of changed groups)."""
+        index = loaded.partition.partition
+        gone = self.loaded.get(index) is not loaded
+        groups = loaded.runtime.shard.groups
+        for group_id, held in list(self._held.items()):
+            first = next(iter(held.values()))
+            if first.index != index:
+                continue
+            group = groups.group(group_id)
+            for member_id, h in list(held.items()):
+                if gone or group is None:
+                    wake = True
+                elif group.group_epoch == h.epoch:
+                    continue
+                else:
+                    wake = member_id not in group.members or group.target.get(member_id) != h.assigned
+                if wake:
+                    h.event.set()
+                    del held[member_id]
+            if not held:
+                del self._held[group_id]
+
+    async def wait_for_new_target(self, loaded: _Loaded, group_id: str, member_id: str, epoch: int,
+                                  assigned: frozenset[TopicPartition], timeout_s: float) -> bool:
+        """Wait until member `member_id` of `group_id` (settled at `epoch`, owning `assigned`) has
+        something to do (True) or `timeout_s` passed (False). Nothing is held beyond
+        `limits.MAX_HELD_GROUP_HEARTBEATS` (False at once)."""
+        group = loaded.runtime.shard.groups.group(group_id)
+        if group is None or group.group_epoch != epoch or self.loaded.get(loaded.partition.partition) is not loaded:
+            return True
+        if self.heartbeats_held >= limits.MAX_HELD_GROUP_HEARTBEATS or timeout_s <= 0:
+            return False
+        held = self._held.setdefault(group_id, {})
+        previous = held.get(member_id)
+        if previous is not None:  # a retried call: the older one answers now
+            previous.event.set()
+        h = held[member_id] = _HeldHeartbeat(loaded.partition.partition, epoch, assigned, asyncio.Event())
+        self.heartbeats_held += 1
+        try:
+            await asyncio.wait_for(h.event.wait(), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self.heartbeats_held -= 1
+            held = self._held.get(group_id, {})
+            if held.get(member_id) is h:
+                del held[member_id]
+                if not held:
+                    del self._held[group_id]
 
     def _append(self, loaded: _Loaded, append: Append) -> list[Any]:
         p = loaded.partition
@@ -475,11 +550,36 @@ class GroupsService(ggrpc.GroupsServicer):
             return shard.groups.prepare_heartbeat(req, at_ms, self.c.partition_counts(), new_member_id)
 
         reply = await self.c.submit(loaded, request.group_id, prepare)
+        if isinstance(reply.result, HeartbeatResponse) and request.max_wait_ms > 0 and self._settled(loaded, req,
+                                                                                                     reply.result):
+            # Nothing to tell this member until a rebalance gives it another target: answer then
+            # (the rebalance reaches it at once), or after the wait, like a heartbeat at its interval.
+            wait_ms = min(request.max_wait_ms, reply.result.heartbeat_interval_ms, limits.MAX_GROUP_HEARTBEAT_WAIT_MS)
+            if await self.c.wait_for_new_target(loaded, request.group_id, req.member_id, reply.result.member_epoch,
+                                                reply.result.assignment or frozenset(), wait_ms / 1000):
+                loaded, code, message = self.c.lookup(request.group_id)
+                if loaded is None:
+                    return gpb.ConsumerGroupHeartbeatResponse(error_code=code, error_message=message,
+                                                              member_id=request.member_id, member_epoch=-1)
+                reply = await self.c.submit(loaded, request.group_id, prepare)
         if not isinstance(reply.result, HeartbeatResponse):  # not written, or unknown
             return gpb.ConsumerGroupHeartbeatResponse(error_code=reply.error or pb.UNKNOWN_SERVER_ERROR,
                                                       error_message=_code_name(reply.error),
                                                       member_id=request.member_id, member_epoch=-1)
         return gw.heartbeat_response_to_proto(reply.result)
+
+    @staticmethod
+    def _settled(loaded: _Loaded, req: HeartbeatRequest, resp: HeartbeatResponse) -> bool:
+        """The member owns exactly its assignment, STABLE at the group's epoch: it has nothing
+        to do until the epoch moves on."""
+        if resp.error != pb.NONE or resp.member_epoch <= 0 or req.member_epoch != resp.member_epoch:
+            return False
+        if req.owned is None or resp.assignment is None or req.owned != resp.assignment:
+            return False
+        group = loaded.runtime.shard.groups.group(req.group_id)
+        cur = group.current.get(req.member_id) if group is not None else None
+        return (group is not None and cur is not None and cur.state == MemberState.STABLE
+                and cur.member_epoch == group.group_epoch)
 
     async def OffsetCommit(self, request: gpb.OffsetCommitRequest,
                            context: grpc.aio.ServicerContext) -> gpb.OffsetCommitResponse:

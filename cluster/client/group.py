@@ -131,10 +131,12 @@ class _GroupRpc:
         return self.c._connections.stub(address, ggrpc.GroupsStub)
 
     def call(self, method: str, request: Any, deadline_ms: int, rpc_timeout_ms: int | None = None,
-             error_of: Callable[[Any], int] = lambda r: r.error_code) -> Any:
+             error_of: Callable[[Any], int] = lambda r: r.error_code,
+             on_call: Callable[[Any], None] | None = None) -> Any:
         """Send `request` to the coordinator, retrying moves and loads until `deadline_ms`.
         Returns the last response (maybe with a retriable code) ; raises on transport trouble
-        past the deadline."""
+        past the deadline. `on_call` is handed each call in flight (a grpc.Future: cancelling
+        it ends the call, raising grpc.FutureCancelledError here)."""
         attempts = 0
         while True:
             attempts += 1
@@ -143,7 +145,12 @@ class _GroupRpc:
             if address is not None:
                 timeout_ms = max(1, min(rpc_timeout_ms or self.c.request_timeout_ms, deadline_ms - monotonic_ms()))
                 try:
-                    response = getattr(self.stub(address), method)(request, timeout=timeout_ms / 1000)
+                    if on_call is None:
+                        response = getattr(self.stub(address), method)(request, timeout=timeout_ms / 1000)
+                    else:
+                        call = getattr(self.stub(address), method).future(request, timeout=timeout_ms / 1000)
+                        on_call(call)
+                        response = call.result()
                 except grpc.RpcError as exc:
                     error = rpc_error(exc, address, f"{method} of group {self.group_id!r}")
                     if isinstance(error, (client_errors.AuthenticationError, client_errors.AuthorizationError)):
@@ -183,6 +190,8 @@ class _Membership:
         self.lost = False                    # fenced: the polling thread must drop everything first
         self.error: client_errors.SemelError | None = None
         self.interval_ms = 100
+        self._wait_ms = 100                  # until the next heartbeat (the interval less what a held call took)
+        self._call: Any = None               # the heartbeat call in flight (stop() cancels a held one)
         self.heartbeats = 0                  # responses received (tests, waiting for a fresh epoch)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -197,6 +206,9 @@ class _Membership:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        call = self._call
+        if call is not None:
+            call.cancel()  # a held heartbeat (max_wait_ms) would keep the thread up to an interval
         if self.thread.is_alive() and threading.current_thread() is not self.thread:
             self.thread.join(timeout=5)
 
@@ -209,22 +221,36 @@ class _Membership:
                     self._heartbeat_once()
                 except Exception as exc:  # never let the thread die silently
                     log.debug("group %s heartbeat failed: %s", self.rpc.group_id, exc)
-                    self.interval_ms = GROUP_RETRY_BACKOFF_MS * 2
-            self._wake.wait(self.interval_ms / 1000)
+                    self.interval_ms = self._wait_ms = GROUP_RETRY_BACKOFF_MS * 2
+            self._wake.wait(self._wait_ms / 1000)
             self._wake.clear()
 
     def _request(self) -> gpb.ConsumerGroupHeartbeatRequest:
         with self.cond:
+            # Settled (owns exactly its assignment): the coordinator may hold the heartbeat
+            # until the group's epoch moves on, so a rebalance reaches this member at once.
+            settled = self.member_epoch > 0 and not self.lost and self.assignment == self.owned
             return gpb.ConsumerGroupHeartbeatRequest(
                 group_id=self.rpc.group_id, member_id=self.member_id, member_epoch=self.member_epoch,
                 subscription=gpb.Subscription(topics=self.topics), rebalance_timeout_ms=self.rebalance_timeout_ms,
-                owned=_assignment_of(self.owned), client_id=self.client_id)
+                owned=_assignment_of(self.owned), client_id=self.client_id,
+                max_wait_ms=self.interval_ms if settled else 0)
+
+    def _on_call(self, call: Any) -> None:
+        self._call = call
+        if self._stop.is_set():
+            call.cancel()
 
     def _heartbeat_once(self) -> None:
         request = self._request()
-        deadline = monotonic_ms() + HEARTBEAT_RPC_TIMEOUT_MS
+        started = monotonic_ms()
+        rpc_timeout_ms = HEARTBEAT_RPC_TIMEOUT_MS + request.max_wait_ms
+        deadline = started + rpc_timeout_ms
+        self._wait_ms = self.interval_ms
         try:
-            resp = self.rpc.call("ConsumerGroupHeartbeat", request, deadline, HEARTBEAT_RPC_TIMEOUT_MS)
+            resp = self.rpc.call("ConsumerGroupHeartbeat", request, deadline, rpc_timeout_ms, on_call=self._on_call)
+        except grpc.FutureCancelledError:
+            return  # stop() cancelled a held heartbeat
         except (client_errors.AuthenticationError, client_errors.AuthorizationError) as exc:
             with self.cond:  # poll() raises it: a refused member must not wait silently forever
                 self.error = exc
@@ -233,8 +259,10 @@ class _Membership:
             return
         except client_errors.SemelError as exc:
             log.debug("group %s: heartbeat: %s", self.rpc.group_id, exc)
-            self.interval_ms = GROUP_RETRY_BACKOFF_MS * 2
+            self.interval_ms = self._wait_ms = GROUP_RETRY_BACKOFF_MS * 2
             return
+        finally:
+            self._call = None
         with self.cond:
             if request.member_epoch != self.member_epoch or request.member_id != self.member_id:
                 return  # left or rejoined meanwhile
@@ -259,6 +287,12 @@ class _Membership:
                                                           context=f"heartbeat of group {self.rpc.group_id!r}")
                 self.interval_ms = 1000
             self.heartbeats += 1
+            self._wait_ms = self.interval_ms
+            if request.max_wait_ms > 0 and code == pb.NONE:
+                # held: the interval ran while the coordinator held the call; answered early, the
+                # group's epoch moved on: heartbeat again at once (to be held at the new epoch)
+                moved = resp.member_epoch != request.member_epoch
+                self._wait_ms = 0 if moved else max(0, self.interval_ms - (monotonic_ms() - started))
             self.cond.notify_all()
 
     def leave(self, timeout_ms: int) -> None:

@@ -142,6 +142,9 @@ MAX_OFFSETS_PER_GROUP = 100_000                 # committed partitions kept per 
 MAX_PENDING_TXN_PRODUCERS_PER_COORDINATOR_PARTITION = 10_000  # producers with uncommitted TxnOffsetCommits; more -> RESOURCE_EXHAUSTED
 GROUP_SESSION_TIMEOUT_MS_DEFAULT = 45_000       # no heartbeat for this long -> the member is removed and the group rebalances
 GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT = 5_000     # told to members in every heartbeat response
+GROUP_RECONCILING_HEARTBEAT_INTERVAL_MS = 250   # told instead to a member still reconciling (partitions to take or give up)
+MAX_GROUP_HEARTBEAT_WAIT_MS = 30_000            # a settled member's heartbeat is held at most this long (max_wait_ms)
+MAX_HELD_GROUP_HEARTBEATS = 4_096               # heartbeats held per broker at once (each is a call in flight); more are answered at once
 GROUP_REBALANCE_TIMEOUT_MS_DEFAULT = 60_000     # a member must release revoked partitions within this (its own value if it sends one)
 MAX_GROUP_REBALANCE_TIMEOUT_MS = 30 * 60 * 1000 # a member's rebalance timeout is clamped to this
 GROUP_VIEW_SCAN_PAGE_ENTRIES = 1_000          # entries one read of the __consumer_offsets view returns (loading pages through it)
@@ -221,6 +224,8 @@ def _check_relationships() -> None:
     invariant(MAX_REPLICATION_FACTOR <= MAX_BROKERS, "replication factor <= brokers")
     # groups
     invariant(GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT < GROUP_SESSION_TIMEOUT_MS_DEFAULT, "group heartbeat < session")
+    invariant(MAX_HELD_GROUP_HEARTBEATS * 2 <= MAX_CONCURRENT_RPCS_PER_BROKER,
+              "held heartbeats leave at least half of a broker's concurrent calls to everything else")
     invariant(GROUP_REBALANCE_TIMEOUT_MS_DEFAULT <= MAX_GROUP_REBALANCE_TIMEOUT_MS, "rebalance timeout default")
     invariant(OFFSETS_RETENTION_CHECK_INTERVAL_MS < OFFSETS_RETENTION_MS_DEFAULT, "offsets retention check")
     invariant(0 < CLASSIC_GROUP_MIN_SESSION_TIMEOUT_MS <= CLASSIC_GROUP_MAX_SESSION_TIMEOUT_MS, "classic session range")

@@ -90,6 +90,30 @@ def test_second_member_waits_for_revocation_before_getting_partitions():
     assert h.sm.group("g").state() == group_pb2.GROUP_STATE_STABLE
 
 
+def test_a_reconciling_member_is_told_to_heartbeat_sooner():
+    # A rebalance waits for each reconciling member's next heartbeat; at the regular interval
+    # (5 s by default) a join took two intervals to settle. Members with partitions to give up
+    # or to take are told the short interval; settled members keep the regular one.
+    cfg = GroupConfig(session_timeout_ms=60_000, heartbeat_interval_ms=5_000)
+    h = Harness({"t": 4}, cfg)
+    a = h.join("g", ("t",))
+    assert a.heartbeat_interval_ms == 5_000  # stable: owns its whole target
+    b = h.join("g", ("t",))
+    assert h.sm.member("g", b.member_id).state == MemberState.UNRELEASED_PARTITIONS
+    assert b.heartbeat_interval_ms == limits.GROUP_RECONCILING_HEARTBEAT_INTERVAL_MS
+    a2 = h.hb("g", a.member_id, a.member_epoch, owned=a.assignment)
+    assert h.sm.member("g", a.member_id).state == MemberState.UNREVOKED_PARTITIONS
+    assert a2.heartbeat_interval_ms == limits.GROUP_RECONCILING_HEARTBEAT_INTERVAL_MS
+    a3 = h.hb("g", a.member_id, a2.member_epoch, owned=a2.assignment)
+    b3 = h.hb("g", b.member_id, b.member_epoch, owned=frozenset())
+    assert a3.heartbeat_interval_ms == b3.heartbeat_interval_ms == 5_000  # both settled again
+    assert a3.assignment | b3.assignment == tps("t", 0, 1, 2, 3)
+    # never longer than the configured interval
+    short = Harness({"t": 4}, GroupConfig(session_timeout_ms=1000, heartbeat_interval_ms=100))
+    short.join("g", ("t",))
+    assert short.join("g", ("t",)).heartbeat_interval_ms == 100
+
+
 def test_leave_frees_partitions_for_the_rest():
     h = Harness({"t": 3})
     a = h.join("g", ("t",))

@@ -66,7 +66,7 @@ class Assignment(_message.Message):
     def __init__(self, partitions: _Optional[_Iterable[_Union[TopicPartitions, _Mapping]]] = ...) -> None: ...
 
 class ConsumerGroupHeartbeatRequest(_message.Message):
-    __slots__ = ("group_id", "member_id", "member_epoch", "subscription", "rebalance_timeout_ms", "owned", "client_id")
+    __slots__ = ("group_id", "member_id", "member_epoch", "subscription", "rebalance_timeout_ms", "owned", "client_id", "max_wait_ms")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBER_EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class ConsumerGroupHeartbeatRequest(_message.Message):
     REBALANCE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     OWNED_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     member_id: str
     member_epoch: int
@@ -81,7 +82,8 @@ class ConsumerGroupHeartbeatRequest(_message.Message):
     rebalance_timeout_ms: int
     owned: Assignment
     client_id: str
-    def __init__(self, group_id: _Optional[str] = ..., member_id: _Optional[str] = ..., member_epoch: _Optional[int] = ..., subscription: _Optional[_Union[Subscription, _Mapping]] = ..., rebalance_timeout_ms: _Optional[int] = ..., owned: _Optional[_Union[Assignment, _Mapping]] = ..., client_id: _Optional[str] = ...) -> None: ...
+    max_wait_ms: int
+    def __init__(self, group_id: _Optional[str] = ..., member_id: _Optional[str] = ..., member_epoch: _Optional[int] = ..., subscription: _Optional[_Union[Subscription, _Mapping]] = ..., rebalance_timeout_ms: _Optional[int] = ..., owned: _Optional[_Union[Assignment, _Mapping]] = ..., client_id: _Optional[str] = ..., max_wait_ms: _Optional[int] = ...) -> None: ...
 
 class ConsumerGroupHeartbeatResponse(_message.Message):
     __slots__ = ("error_code", "error_message", "member_id", "member_epoch", "heartbeat_interval_ms", "assignment")
