@@ -99,7 +99,6 @@ class _HeldHeartbeat:
     """A settled member's heartbeat held until it has something to do (see
     `GroupCoordinator.wait_for_new_target`)."""
 
-    index: int  # the __consumer_offsets partition of the group
     epoch: int
     assigned: frozenset[TopicPartition]
     event: asyncio.Event
@@ -131,9 +130,10 @@ class GroupCoordinator:
         # members of a Kafka classic group (JoinGroup, semel.cluster.kafka.group_handlers): a
         # group is either classic or Semel's own, so a heartbeat may not join one that has some
         self.classic_member_count: Callable[[str], int] = lambda group_id: 0
-        # Held heartbeats (ConsumerGroupHeartbeatRequest.max_wait_ms): group id -> member id ->
-        # what the member owns at which epoch, and the event that answers its call
-        self._held: dict[str, dict[str, _HeldHeartbeat]] = {}
+        # Held heartbeats (ConsumerGroupHeartbeatRequest.max_wait_ms): __consumer_offsets
+        # partition -> group id -> member id -> what the member owns at which epoch, and the
+        # event that answers its call (by partition: a dispatch looks at its own groups only)
+        self._held: dict[int, dict[str, dict[str, _HeldHeartbeat]]] = {}
         self.heartbeats_held = 0  # now
         broker.rm.add_role_listener(self._on_role)
 
@@ -332,14 +332,15 @@ class GroupCoordinator:
         the group's epoch moved on and the member's target is no longer what it owns, or it is
         no longer a member (all of them once `loaded` is unloaded). A member whose target did not
         change stays held: waking every member on every epoch bump would cost O(members) calls
-        per join, O(members^2) while a big group forms. O(held members of changed groups)."""
+        per join, O(members^2) while a big group forms. O(groups with held heartbeats on this
+        partition), plus O(held members) of a group whose epoch moved."""
         index = loaded.partition.partition
+        by_group = self._held.get(index)
+        if not by_group:
+            return
         gone = self.loaded.get(index) is not loaded
         groups = loaded.runtime.shard.groups
-        for group_id, held in list(self._held.items()):
-            first = next(iter(held.values()))
-            if first.index != index:
-                continue
+        for group_id, held in list(by_group.items()):
             group = groups.group(group_id)
             for member_id, h in list(held.items()):
                 if gone or group is None:
@@ -352,7 +353,9 @@ class GroupCoordinator:
                     h.event.set()
                     del held[member_id]
             if not held:
-                del self._held[group_id]
+                del by_group[group_id]
+        if not by_group:
+            del self._held[index]
 
     async def wait_for_new_target(self, loaded: _Loaded, group_id: str, member_id: str, epoch: int,
                                   assigned: frozenset[TopicPartition], timeout_s: float) -> bool:
@@ -364,11 +367,12 @@ class GroupCoordinator:
             return True
         if self.heartbeats_held >= limits.MAX_HELD_GROUP_HEARTBEATS or timeout_s <= 0:
             return False
-        held = self._held.setdefault(group_id, {})
+        index = loaded.partition.partition
+        held = self._held.setdefault(index, {}).setdefault(group_id, {})
         previous = held.get(member_id)
         if previous is not None:  # a retried call: the older one answers now
             previous.event.set()
-        h = held[member_id] = _HeldHeartbeat(loaded.partition.partition, epoch, assigned, asyncio.Event())
+        h = held[member_id] = _HeldHeartbeat(epoch, assigned, asyncio.Event())
         self.heartbeats_held += 1
         try:
             await asyncio.wait_for(h.event.wait(), timeout_s)
@@ -377,11 +381,14 @@ class GroupCoordinator:
             return False
         finally:
             self.heartbeats_held -= 1
-            held = self._held.get(group_id, {})
+            by_group = self._held.get(index, {})
+            held = by_group.get(group_id, {})
             if held.get(member_id) is h:
                 del held[member_id]
                 if not held:
-                    del self._held[group_id]
+                    del by_group[group_id]
+                if not by_group:
+                    self._held.pop(index, None)
 
     def _append(self, loaded: _Loaded, append: Append) -> list[Any]:
         p = loaded.partition

@@ -54,7 +54,8 @@ from semel.cluster.tooling.bench import (
 # --- what the brokers say ---------------------------------------------------------------------
 def _metrics(urls: list[str]) -> dict[str, float]:
     """The brokers' /metrics summed over brokers by sample name; `semel_rpc_requests_total` by
-    method as `rpc:<Method>`; gauges also as `max:<name>` (the largest broker's value)."""
+    method as `rpc:<Method>`, stream messages sent as `stream:<Method>`; also `max:<name>`
+    (the largest broker's value)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, float] = {}
@@ -63,12 +64,13 @@ def _metrics(urls: list[str]) -> dict[str, float]:
             text = resp.read().decode()
         for family in text_string_to_metric_families(text):
             if not family.name.startswith(("semel_txn", "semel_producer", "semel_rpc_requests",
-                                           "semel_partitions_hosted")):
+                                           "semel_rpc_stream_messages_sent", "semel_partitions_hosted")):
                 continue
             for sample in family.samples:
-                if family.name == "semel_rpc_requests":
+                if family.name in ("semel_rpc_requests", "semel_rpc_stream_messages_sent"):
                     if sample.name.endswith("_total"):
-                        key = "rpc:" + sample.labels["method"].rsplit("/", 1)[-1]
+                        kind = "rpc:" if family.name == "semel_rpc_requests" else "stream:"
+                        key = kind + sample.labels["method"].rsplit("/", 1)[-1]
                         out[key] = out.get(key, 0.0) + sample.value
                     continue
                 out[sample.name] = out.get(sample.name, 0.0) + sample.value
@@ -328,6 +330,9 @@ def run_txn_scale(args: argparse.Namespace) -> int:
             "state_appends_per_txn": round(appends / count, 2) if count else None,
             "rpcs_per_txn": {k[4:]: round(_delta(m1, m0, k) / count, 2) for k in sorted(m1)
                              if k.startswith("rpc:") and count and _delta(m1, m0, k) > 0},
+            # ReplicaFetch responses (replication rounds to a follower; as many fetch requests again)
+            "replication_messages_per_txn": (round(_delta(m1, m0, "stream:ReplicaFetch") / count, 2)
+                                             if count else None),
             "brokers_rss_mb": w["rss_mb"],
         }
         if name == "mixed":
