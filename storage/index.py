@@ -202,6 +202,44 @@ class SegmentIndex:
         index.check()
         return index
 
+    @classmethod
+    def decode_summary(cls, offset_file: bytes, base_offset: int, interval_bytes: int) -> SegmentIndex:
+        """The summary of the offset index file (size, next offset, timestamps) without its
+        entries: CRC, header and length checked, the entries left on disk. What `open` needs
+        of a trusted segment; the entries are loaded when a lookup needs them (`decode`)."""
+        try:
+            obody = unseal(offset_file)
+        except CorruptCheckpointError as exc:
+            raise CorruptIndexError(str(exc)) from exc
+        if len(obody) < _OFFSET_HEADER.size:
+            raise CorruptIndexError("index header truncated")
+        magic, count, base, size, next_offset, max_ts, first_ts, since = _OFFSET_HEADER.unpack_from(obody)
+        if magic != OFFSET_INDEX_MAGIC:
+            raise CorruptIndexError("bad index magic")
+        if base != base_offset:
+            raise CorruptIndexError(f"index is for segment {base}, expected {base_offset}")
+        if len(obody) != _OFFSET_HEADER.size + count * ENTRY_BYTES:
+            raise CorruptIndexError("index entry count does not match its length")
+        index = cls(base_offset, interval_bytes)
+        index.size_bytes = size
+        index.next_offset = next_offset
+        index.max_timestamp_ms = _ts_in(max_ts)
+        index.first_timestamp_ms = _ts_in(first_ts)
+        index.bytes_since_entry = since
+        index.check()
+        return index
+
+    def summary(self) -> SegmentIndex:
+        """A copy with this index's summary and no entries: lookups on it answer the segment
+        start (correct, only a longer walk); never `observe` on it."""
+        copy = SegmentIndex(self.base_offset, self.interval_bytes)
+        copy.size_bytes = self.size_bytes
+        copy.next_offset = self.next_offset
+        copy.max_timestamp_ms = self.max_timestamp_ms
+        copy.first_timestamp_ms = self.first_timestamp_ms
+        copy.bytes_since_entry = self.bytes_since_entry
+        return copy
+
     def check(self) -> None:
         """Raise CorruptIndexError unless the invariants of the module docstring hold."""
         offs, poss = self.offsets, self.positions

@@ -75,11 +75,13 @@ import os
 import struct
 import threading
 from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from crc32c import crc32c as _crc32c
 from semel import limits
+from semel.clock import monotonic_ms
 from semel.storage import background_sync, disk_executor
 from semel.storage import epoch_cache as ec
 from semel.storage.aborted_txns import AbortedTxn, AbortedTxnFile, AbortedTxnIndex
@@ -159,6 +161,21 @@ def _cache_window() -> int | None:
     return limits.PAGE_CACHE_WINDOW_BYTES if limits.PAGE_CACHE_WINDOW_BYTES > 0 else None
 
 
+@dataclasses.dataclass(slots=True)
+class RecoveryStats:
+    """What the last `open` read: how many segments it trusted (index files loaded or rebuilt)
+    and verified (every batch CRC-checked), the log bytes it scanned doing either, and how
+    many indexes it rebuilt by scanning. Reported in the "recovered" log line and by
+    `semel bench big-partition`; tests check that recovery reads only the tail."""
+
+    segments: int = 0
+    trusted: int = 0
+    verified: int = 0
+    bytes_scanned: int = 0
+    indexes_rebuilt: int = 0
+    elapsed_ms: int = 0
+
+
 class PartitionLog:
     """See the module docstring. Create with `PartitionLog.open`."""
 
@@ -181,6 +198,10 @@ class PartitionLog:
         self.epoch_cache = LeaderEpochCache(log_end_offset=lambda: self.log_end_offset)
         self._aborted_file = AbortedTxnFile(directory / ABORTED_FILE, sync=self._sync_files)
         self.aborted_txns = AbortedTxnIndex()
+        self.recovery_stats = RecoveryStats()
+        # Sealed segments whose index entries are in memory, least recently looked up first;
+        # at most limits.LOADED_SEALED_INDEXES_PER_LOG (plus any whose files are not written yet).
+        self._loaded_indexes: OrderedDict[int, LogSegment] = OrderedDict()
 
     # --- opening and recovery -------------------------------------------------------
 
@@ -200,11 +221,19 @@ class PartitionLog:
             os.close(lock_fd)
             raise RuntimeError(f"{directory}: the partition log is open in another process") from None
         plog = cls(directory, config, lock_fd)
+        began_ms = monotonic_ms()
         try:
             plog._load(now_ms)
         except BaseException:
             plog._close_files()
             raise
+        stats = plog.recovery_stats
+        stats.segments = len(plog._segments)
+        stats.elapsed_ms = monotonic_ms() - began_ms
+        if stats.verified or stats.indexes_rebuilt or stats.segments > 1:
+            log.info("%s: recovered %d segment(s) in %d ms: %d trusted, %d verified, %d bytes scanned, "
+                     "%d index(es) rebuilt", directory, stats.segments, stats.elapsed_ms, stats.trusted,
+                     stats.verified, stats.bytes_scanned, stats.indexes_rebuilt)
         return plog
 
     def _load(self, now_ms: int) -> None:
@@ -239,9 +268,12 @@ class PartitionLog:
             # The log start ran ahead of the data (everything below it was deleted).
             self._reset_segments(self._log_start_offset)
         self._load_side_indexes(entries, sync=not fresh)
+        self._segments[-1].load_entries()  # the active segment's index takes every append
         # Everything is verified (or trusted) now: seal what is sealed, sync, move the recovery point.
         for seg in self._segments[:-1]:
             seg.write_index_files(sync=self._sync_files)
+            if seg.entries_loaded:  # verified or rebuilt: its files are written now, it may unload
+                self._note_loaded(seg)
         if self._sync_files and not fresh:
             for seg in self._segments[start_verify:]:
                 seg.fsync()
@@ -298,6 +330,7 @@ class PartitionLog:
         """Open every segment: trust those before `start_verify`, verify the rest and cut at
         the first bad batch. Returns the epoch entries extended by the verified batches."""
         d, interval = self.directory, self.config.index_interval_bytes
+        stats = self.recovery_stats
 
         def on_batch(h: BatchHeader) -> None:
             nonlocal entries
@@ -308,10 +341,15 @@ class PartitionLog:
         for i, base in enumerate(bases):
             last = i == len(bases) - 1
             if i < start_verify:
-                seg = LogSegment.open_trusted(d, base, interval)
+                seg = LogSegment.open_trusted(d, base, interval, lazy=True)
                 self._add_segment(seg)
+                stats.trusted += 1
+                if seg.index_dirty:  # rebuilt by a framing scan
+                    stats.indexes_rebuilt += 1
+                    stats.bytes_scanned += seg.index.size_bytes
                 if not (seg.index_dirty and last):
                     continue
+                stats.trusted -= 1
                 # The last segment does not match its index files although the shutdown
                 # looked clean: verify it like any tail rather than trust it.
                 log.warning("%s: index files do not match the log; verifying the tail", seg.log_path)
@@ -319,6 +357,8 @@ class PartitionLog:
                 seg = LogSegment.open_for_recovery(d, base, interval)
                 self._add_segment(seg)
             result = seg.recover(on_batch)
+            stats.verified += 1
+            stats.bytes_scanned += result.valid_bytes
             following = None if last else bases[i + 1]
             if result.stop_reason or (following is not None and result.next_offset != following):
                 reason = result.stop_reason or f"segment ends at {result.next_offset}, next begins at {following}"
@@ -493,6 +533,7 @@ class PartitionLog:
         the rest is `_seal_job` on the disk executor (inline when the executor is full)."""
         sealed = self._segments[-1]
         self._add_segment(LogSegment.create(self.directory, self.log_end_offset, self.config.index_interval_bytes))
+        self._note_loaded(sealed)  # unloaded once its roll job wrote its index files and others are read
         job = self._seal_job(sealed, self._segments[-1].base_offset)
         fut = disk_executor.shared().submit(self.directory, job, f"roll of {sealed.log_path}")
         if fut is None:
@@ -579,6 +620,7 @@ class PartitionLog:
                 if seg.index.next_offset <= offset:
                     continue
                 if first:
+                    self._lookup_ready(seg)
                     pos, head = seg.locate(offset)
                     expected, first_size = head.base_offset, head.size_bytes
                 else:
@@ -644,6 +686,8 @@ class PartitionLog:
                 idx = seg.index
                 if idx.next_offset <= start or idx.max_timestamp_ms is None or idx.max_timestamp_ms < timestamp_ms:
                     continue
+                self._lookup_ready(seg)
+                idx = seg.index
                 point = idx.time_lookup(timestamp_ms)
                 if point.offset < start:
                     point = idx.lookup(start)
@@ -835,6 +879,29 @@ class PartitionLog:
         self.close()
 
     # --- helpers ----------------------------------------------------------------------
+
+    def _lookup_ready(self, seg: LogSegment) -> None:
+        """The index entries of `seg` in memory for a lookup; the least recently looked-up
+        sealed segments beyond limits.LOADED_SEALED_INDEXES_PER_LOG keep only their summary
+        (reading a 10 GB partition from its start must not pull 10 GB worth of index in)."""
+        if seg.load_entries() or seg.base_offset in self._loaded_indexes:
+            self._note_loaded(seg)
+
+    def _note_loaded(self, seg: LogSegment) -> None:
+        lru = self._loaded_indexes
+        lru[seg.base_offset] = seg
+        lru.move_to_end(seg.base_offset)
+        excess = len(lru) - limits.LOADED_SEALED_INDEXES_PER_LOG
+        if excess <= 0:
+            return
+        active = self._segments[-1] if self._segments else None
+        for base in list(lru)[:excess]:
+            old = lru[base]
+            if old is active:
+                del lru[base]  # the active segment keeps its entries anyway
+            elif old.fileno() < 0 or old.unload_entries():
+                del lru[base]  # deleted, or down to its summary
+            # else: its index files are not written yet (a pending roll job); tried again later
 
     def _add_segment(self, seg: LogSegment) -> None:
         if self._bases and seg.base_offset <= self._bases[-1]:

@@ -9,6 +9,7 @@ and at close, and are only trusted on open when their CRC, header and the log fi
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import threading
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from semel import limits
+from semel.invariant import invariant
 from semel.storage import fault_injection
 from semel.storage.background_sync import BackgroundSync
 from semel.storage.batch import (
@@ -38,6 +40,8 @@ LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
 TIME_INDEX_SUFFIX = ".timeindex"
 
+log = logging.getLogger(__name__)
+
 
 def segment_name(base_offset: int) -> str:
     return f"{base_offset:020d}"
@@ -52,7 +56,7 @@ def parse_segment_name(name: str) -> int | None:
 
 
 class LogSegment:
-    __slots__ = ("directory", "base_offset", "index", "_fd", "index_dirty", "first_append_ms")
+    __slots__ = ("directory", "base_offset", "index", "_fd", "index_dirty", "first_append_ms", "entries_loaded")
 
     def __init__(self, directory: Path, index: SegmentIndex, fd: int) -> None:
         self.directory = directory
@@ -63,6 +67,9 @@ class LogSegment:
         # Broker clock at the first append into this segment (for roll by age); client
         # timestamps are not trusted for that: one batch stamped 1970 would roll every append.
         self.first_append_ms: int | None = None
+        # False: `index` holds only the summary (a trusted segment opened lazily, or unloaded
+        # by `unload_entries`); the entries are on disk and `load_entries` reads them.
+        self.entries_loaded = True
 
     # --- paths ---------------------------------------------------------------------
     def _path(self, suffix: str) -> Path:
@@ -82,21 +89,26 @@ class LogSegment:
         return cls(directory, SegmentIndex(base_offset, interval_bytes), fd)
 
     @classmethod
-    def open_trusted(cls, directory: Path, base_offset: int, interval_bytes: int) -> LogSegment:
-        """Open a segment below the recovery point: load its index, or rebuild it by a framing scan."""
+    def open_trusted(cls, directory: Path, base_offset: int, interval_bytes: int, *, lazy: bool = False) -> LogSegment:
+        """Open a segment below the recovery point: load its index, or rebuild it by a framing scan.
+
+        `lazy`: read only the offset index file's summary (its CRC and header checked, as
+        below); the entries wait for `load_entries`. Opening a log then costs per segment, not
+        per byte of data, and memory holds the entries of the segments being read only."""
         seg = cls._open_fd(directory, base_offset, interval_bytes)
         size = os.fstat(seg._fd).st_size
         try:
-            index = SegmentIndex.decode(
-                seg._path(INDEX_SUFFIX).read_bytes(),
-                seg._path(TIME_INDEX_SUFFIX).read_bytes(),
-                base_offset,
-                interval_bytes,
-            )
+            offset_file = seg._path(INDEX_SUFFIX).read_bytes()
+            if lazy:
+                index = SegmentIndex.decode_summary(offset_file, base_offset, interval_bytes)
+            else:
+                index = SegmentIndex.decode(offset_file, seg._path(TIME_INDEX_SUFFIX).read_bytes(), base_offset,
+                                            interval_bytes)
             if index.size_bytes != size:
                 raise CorruptIndexError(f"index covers {index.size_bytes} bytes, log has {size}")
             seg.index = index
             seg.index_dirty = False
+            seg.entries_loaded = not lazy
         except (FileNotFoundError, CorruptIndexError):
             # Rebuild without CRC checks: the data was verified when it was flushed, and a
             # batch that rotted since is still caught by the CRC check of every read. A
@@ -115,6 +127,35 @@ class LogSegment:
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
         return cls(directory, SegmentIndex(base_offset, interval_bytes), fd)
 
+    def load_entries(self) -> bool:
+        """Read the index entries of a lazily opened (or unloaded) segment; True if it read
+        them. Index files that fail their checks now are replaced by a framing scan, as on open."""
+        if self.entries_loaded:
+            return False
+        summary = self.index
+        try:
+            index = SegmentIndex.decode(self._path(INDEX_SUFFIX).read_bytes(),
+                                        self._path(TIME_INDEX_SUFFIX).read_bytes(),
+                                        self.base_offset, summary.interval_bytes)
+            if index.size_bytes != summary.size_bytes or index.next_offset != summary.next_offset:
+                raise CorruptIndexError(f"index files cover {index.size_bytes} bytes to offset {index.next_offset}, "
+                                        f"the segment {summary.size_bytes} bytes to {summary.next_offset}")
+            self.index = index
+            self.entries_loaded = True
+        except (FileNotFoundError, CorruptIndexError) as exc:
+            log.warning("%s: index files unusable (%s); rebuilding by a framing scan", self.log_path, exc)
+            self.rebuild_index(verify_crc=False)  # a framing break stops it short: reads past it raise
+        return True
+
+    def unload_entries(self) -> bool:
+        """Keep only the summary when the index files hold exactly the in-memory index (not
+        dirty); False when they may not (then the entries stay)."""
+        if not self.entries_loaded or self.index_dirty or self._fd < 0:
+            return False
+        self.index = self.index.summary()
+        self.entries_loaded = False
+        return True
+
     def recover(self, on_batch: Callable[[BatchHeader], None] | None = None) -> ScanResult:
         """Verify every batch (CRC, continuity), rebuild the index, cut the file after the last valid one."""
         result = self._scan(verify_crc=True, on_batch=on_batch)
@@ -128,6 +169,7 @@ class LogSegment:
     def _scan(self, *, verify_crc: bool, on_batch: Callable[[BatchHeader], None] | None) -> ScanResult:
         self.index = SegmentIndex(self.base_offset, self.index.interval_bytes)
         self.index_dirty = True
+        self.entries_loaded = True
         size = os.fstat(self._fd).st_size
         if size == 0:
             return ScanResult(0, self.base_offset, 0, None)
@@ -159,6 +201,7 @@ class LogSegment:
 
         A failed write (disk full, I/O error) is cut back so the file never keeps a partial batch.
         """
+        self.load_entries()  # a sealed segment that became the active one again (truncation)
         size_before = self.index.size_bytes
         try:
             fault_injection.check_segment_write(self.directory, self._fd, data)  # tests only (SEMEL_TEST_EIO_TRIGGER)
@@ -188,6 +231,7 @@ class LogSegment:
     def write_index_files(self, *, sync: bool) -> None:
         if not self.index_dirty:
             return
+        invariant(self.entries_loaded, f"{self.log_path}: dirty index without its entries")
         write_atomic(self._path(INDEX_SUFFIX), self.index.encode_offset_index(), sync=sync)
         write_atomic(self._path(TIME_INDEX_SUFFIX), self.index.encode_time_index(), sync=sync)
         self.index_dirty = False
@@ -225,6 +269,7 @@ class LogSegment:
         """Drop the batch containing `offset` and everything after; returns the new next offset."""
         if offset >= self.index.next_offset:
             return self.index.next_offset
+        self.load_entries()
         position, header = self.locate(offset)
         resume = self.index.truncate_entries(header.base_offset)
         # Re-observe the batches between the last kept index entry and the cut.

@@ -37,6 +37,7 @@ MAX_SEGMENT_BYTES = 1024 * 1024 * 1024     # keeps positions far inside int32 an
 MIN_INDEX_INTERVAL_BYTES = 1               # 1: an index entry for every batch
 MAX_INDEX_INTERVAL_BYTES = 1024 * 1024     # a lookup scans at most about this many log bytes
 MAX_APPEND_BYTES = MAX_REQUEST_BYTES       # one PartitionLog.append call (several whole batches)
+LOADED_SEALED_INDEXES_PER_LOG = 4          # sealed segments per partition log whose offset/time index entries stay in memory (the rest: summary only, entries read from their files on a lookup); bounds index memory by partitions, not by data
 LOG_SCAN_CHUNK_BYTES = 256 * 1024          # read size when a read/recovery walks batch headers on disk
 MAX_LEADER_EPOCH_ENTRIES = 100_000         # leader-epoch cache entries per partition (old ones clamp away with retention)
 MAX_ABORTED_TXNS_PER_PARTITION = 1_000_000 # aborted-transaction index entries held in memory per partition
