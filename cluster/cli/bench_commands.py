@@ -16,6 +16,9 @@ BENCHMARKS = {
                    "cost of the produce path's record validation per MB (with vs without, one run)"),
     "produce": ("semel.cluster.tooling.bench", "add_produce_arguments", "run_produce", "producer throughput and latency against a (local) cluster"),
     "consume": ("semel.cluster.tooling.bench", "add_consume_arguments", "run_consume", "consumer throughput against a (local) cluster"),
+    "big-partition": ("semel.cluster.tooling.big_partition", "add_arguments", "run",
+                      "one broker with a big partition: recovery after SIGKILL, fetch from offset 0, "
+                      "consumer vs producer MB/s, RSS"),
     "txn-cost": ("semel.cluster.tooling.bench", "add_txn_cost_arguments", "run_txn_cost",
                  "what one transaction costs beyond its records: CPU per transaction, commit latency"),
     "txn-scale": ("semel.cluster.tooling.bench_scale", "add_txn_scale_arguments", "run_txn_scale",
