@@ -16,7 +16,8 @@ What it measures, in one run on one single-broker cluster (RF 1, one partition):
    opens is what its own append path writes.
 3. **clean start** of the broker on the big partition: seconds from the process start to
    the first record fetched from offset 0.
-4. **fetch from offset 0** of the big partition by a fresh consumer: ms to the first records.
+4. **fetch from offset 0** of the big partition: ms to the first records for a fresh consumer
+   (connection and metadata included) and for a connected one that seeks there from the end.
 5. **recovery after SIGKILL**: measured first with only the records of phase 1 (the
    baseline: a broker's own start-up, in the same run), then with the big partition: a few MB are produced (so the active segment has a tail),
    the broker is killed with SIGKILL and started again: seconds to its ready line, to
@@ -143,6 +144,28 @@ def _first_fetch(bootstrap: str, topic: str, deadline_s: float) -> tuple[float, 
             if time.perf_counter() - begin > deadline_s:
                 raise
             time.sleep(0.05)
+
+
+def _seek_to_zero_ms(bootstrap: str, topic: str, end_offset: int) -> float:
+    """A consumer already connected and reading near the end seeks to offset 0: ms until
+    the first records of offset 0 come back (no connection or metadata set-up in it)."""
+    from semel.client import Consumer
+
+    with Consumer(bootstrap, auto_offset_reset="earliest") as consumer:
+        consumer.assign([(topic, 0)])
+        consumer.seek(topic, 0, max(0, end_offset - 1000))
+        deadline = time.perf_counter() + 60
+        while not consumer.poll(500):
+            if time.perf_counter() > deadline:
+                raise RuntimeError("no record near the end within 60 s")
+        consumer.seek(topic, 0, 0)
+        begin = time.perf_counter()
+        while True:
+            batch = consumer.poll(500)
+            if batch and batch[0].offset == 0:
+                return (time.perf_counter() - begin) * 1000
+            if time.perf_counter() - begin > 60:
+                raise RuntimeError("no record from offset 0 within 60 s")
 
 
 def _fill(data_dir: Path, topic: str, target_bytes: int, segment_bytes: int, record_bytes: int,
@@ -320,7 +343,9 @@ def run(args: argparse.Namespace) -> int:
         result["clean_start"] = _start_and_fetch(cluster, broker, topic)
         _progress(f"  clean start: {result['clean_start']}")
         fetch_s, first = _first_fetch(bootstrap, topic, deadline_s=60)
+        warm_ms = _seek_to_zero_ms(bootstrap, topic, result["fill"]["log_end_offset"])
         result["fetch_from_zero"] = {"first_records_ms": round(fetch_s * 1000, 1), "first_offset": first,
+                                     "connected_consumer_ms": round(warm_ms, 1),
                                      "load1": _load(), "broker": _rss_mb(broker.pid)}
         _progress(f"  fetch from offset 0: {result['fetch_from_zero']}")
 

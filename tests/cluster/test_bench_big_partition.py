@@ -33,5 +33,5 @@ def test_big_partition_prints_every_phase(tmp_path: Path) -> None:
     # The broker logged what its recovery read; after SIGKILL it verified the tail only.
     read = result["recovery"]["recovery_read"]
     assert read is not None and read["verified"] >= 1 and read["trusted"] >= 4
-    assert result["fetch_from_zero"]["first_offset"] == 0
+    assert result["fetch_from_zero"]["first_offset"] == 0 and result["fetch_from_zero"]["connected_consumer_ms"] > 0
     assert not data.exists()  # the data dir is removed unless --keep-data
