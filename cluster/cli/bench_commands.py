@@ -25,6 +25,8 @@ BENCHMARKS = {
                   "100 transactional ids and 100 idempotent producers: commit p50/p99, CPU per transaction"),
     "groups": ("semel.cluster.tooling.bench_scale", "add_groups_arguments", "run_groups",
                "one 50-member group and 100 two-member groups: time to settle a join/leave, heartbeat CPU"),
+    "partitions": ("semel.cluster.tooling.bench_partitions", "add_arguments", "run",
+                   "produce throughput, idle CPU, RSS and descriptors at growing partition counts (one run)"),
     "grpc-cost": ("semel.cluster.tooling.grpc_cost", "add_arguments", "run",
                   "CPU per gRPC message (unary, stream) on asyncio against uvloop, alternating in one run"),
     "assignor": ("semel.coordinator.bench", "add_arguments", "run",

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from semel.clock import wall_clock_ms
+from semel.invariant import invariant
 from semel.cluster.tooling.ports import free_ports
 from semel.cluster.tooling.progress import Progress
 
@@ -121,8 +122,8 @@ def _cluster(args: argparse.Namespace) -> Iterator[tuple[str, list[int], list[Pa
     ]
     args.metrics_urls = [f"http://127.0.0.1:{spec.metrics_port}/metrics" for spec in specs]
     loop = getattr(args, "broker_event_loop", "asyncio")
-    extra = ["--event-loop", loop] if loop != "asyncio" else []
-    cluster = LocalCluster(specs, data_dir, extra_args=extra + list(getattr(args, "broker_extra_args", [])))
+    extra = (["--event-loop", loop] if loop != "asyncio" else []) + list(getattr(args, "broker_extra_args", []))
+    cluster = LocalCluster(specs, data_dir, extra_args=extra)
     _progress(f"starting {args.brokers} broker(s) in {data_dir} ...")
     try:
         cluster.start(timeout_s=90)
@@ -238,12 +239,20 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 # --- produce -------------------------------------------------------------------------
 def _producer_process(
-    bootstrap: str, topic: str, options: dict[str, Any], record_bytes: int, duration_s: float,
+    bootstrap: str, topic: str | list[str], options: dict[str, Any], record_bytes: int, duration_s: float,
     rate_bytes_s: float, counter: Any, results: Any, start_at: float, warmup_s: float,
-    commit_interval_ms: int = 0,
+    commit_interval_ms: int = 0, topic_weights: list[int] | None = None,
 ) -> None:
+    """Produce to `topic`; given several topics, each chunk of records goes to one of them,
+    chosen in proportion to `topic_weights` (their partition counts: the load per partition
+    is the same wherever it lands)."""
+    import random
+
     from semel.client import Producer
 
+    topics = [topic] if isinstance(topic, str) else list(topic)
+    weights = topic_weights or [1] * len(topics)
+    topic = topics[0]
     value = os.urandom(record_bytes)
     latencies: list[float] = []
     commit_latencies: list[float] = []
@@ -251,7 +260,8 @@ def _producer_process(
     sent = 0
     transactional = bool(options.get("transactional_id"))
     with Producer(bootstrap, **options) as producer:
-        producer.partitions_for(topic)
+        for each in topics:
+            producer.partitions_for(each)
         if transactional:
             producer.init_transactions()
 
@@ -295,6 +305,8 @@ def _producer_process(
                 if sent >= allowed:
                     time.sleep(min(0.001, (sent - allowed) * record_bytes / rate_bytes_s))
                     continue
+            if len(topics) > 1:
+                topic = random.choices(topics, weights)[0]
             for _ in range(64):
                 future = send(topic, value)
                 sent += 1
@@ -475,8 +487,9 @@ def _run_comparison(args: argparse.Namespace, options: dict[str, Any]) -> int:
 
 
 def _produce_phase(
-    bootstrap: str, topic: str, args: argparse.Namespace, options: dict[str, Any], rate_bytes_s: float,
+    bootstrap: str, topic: str | list[str], args: argparse.Namespace, options: dict[str, Any], rate_bytes_s: float,
     broker_pids: list[int], commit_interval_ms: int = 0, broker_logs: list[Path] | None = None,
+    topic_weights: list[int] | None = None,
 ) -> dict[str, Any]:
     """One timed run of `args.producers` producer processes offering up to `rate_bytes_s` (0: max)."""
     _progress(
@@ -490,6 +503,7 @@ def _produce_phase(
     per_process_rate = rate_bytes_s / args.producers
     kafka = options.get("protocol", args.protocol) == "kafka"
     target = _kafka_producer_process if kafka else _producer_process
+    invariant(not kafka or isinstance(topic, str), "the Kafka producer process writes one topic")
     if kafka:
         bootstrap = args.kafka_bootstrap
     options = {k: v for k, v in options.items() if k != "protocol"}
@@ -497,7 +511,8 @@ def _produce_phase(
         ctx.Process(
             target=target,
             args=(bootstrap, topic, _per_process(options, i), args.record_bytes, args.duration_s, per_process_rate,
-                  counters[i], results, start_at, args.warmup_s, commit_interval_ms),
+                  counters[i], results, start_at, args.warmup_s, commit_interval_ms,
+                  *([topic_weights] if topic_weights else [])),
             daemon=True,
         )
         for i in range(args.producers)
