@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 from semel import limits
 from semel.limits import ADMIN_TIMEOUT_MS_DEFAULT
+from semel.cluster.broker.replica_limit import violation_message
 from semel.cluster.metadata import placement
 from semel.cluster.metadata import state as md
 from semel.cluster.metadata.controller import preferred_leader_elections
@@ -64,7 +65,8 @@ class ClusterOpsAdmin:
     async def CreatePartitions(self, request: apb.CreatePartitionsRequest,
                                context: grpc.aio.ServicerContext) -> apb.TopicResult:
         timeout_s = _timeout_s(request.timeout_ms)
-        command = md.CreatePartitions(request.topic, request.count)
+        limit = self.b.partition_replica_limit
+        command = md.CreatePartitions(request.topic, request.count, max_replicas_per_broker=limit.replicas)
         image = await self._fresh_image(timeout_s)
         topic = image.topic(request.topic)
         if topic is not None and request.count <= len(topic.partitions):
@@ -74,6 +76,9 @@ class ClusterOpsAdmin:
         result = await self._submit(command, timeout_s)
         if isinstance(result, MetadataSubmitError):
             return apb.TopicResult(name=request.topic, error_code=result.code, error_message=str(result))
+        if not result.ok and result.error == pb.POLICY_VIOLATION and topic is not None:
+            return apb.TopicResult(name=request.topic, error_code=result.error, error_message=violation_message(
+                limit, self.b.quorum.image(), request.count - len(topic.partitions), topic.replication_factor))
         if not result.ok:
             return apb.TopicResult(name=request.topic, error_code=result.error,
                                    error_message=_partitions_message(result.error, request))

@@ -47,6 +47,7 @@ class AutoCreateSettings:
     enabled: bool = False
     partitions: int = 1
     replication_factor: int = 0  # 0: the cluster default, min(3, unfenced brokers)
+    max_replicas_per_broker: int = 0  # the broker's partition-replica limit (replica_limit.py; 0: none)
 
 
 def auto_create_command(name: str, image: md.MetadataImage, settings: AutoCreateSettings) -> md.CreateTopic | None:
@@ -58,7 +59,7 @@ def auto_create_command(name: str, image: md.MetadataImage, settings: AutoCreate
     if md.validate_topic_name(name) != pb.NONE:
         return None
     rf = settings.replication_factor or min(3, max(1, len(image.placement_brokers())))
-    return md.CreateTopic(name, settings.partitions, rf)
+    return md.CreateTopic(name, settings.partitions, rf, max_replicas_per_broker=settings.max_replicas_per_broker)
 
 
 class AutoCreator:

@@ -42,6 +42,7 @@ from semel.cluster.broker.loop_monitor import LoopMonitor
 from semel.cluster.broker.metadata_freshness import HeartbeatLease
 from semel.cluster.broker.metrics import BasicAuth, BrokerMetrics, MetricsServer, RpcMetricsInterceptor
 from semel.cluster.broker.peers import Peers
+from semel.cluster.broker.replica_limit import PartitionReplicaLimit
 from semel.cluster.broker.security import BrokerSecurity, load_bootstrap_users
 from semel.cluster.broker.replica_manager import (
     ReplicaManager,
@@ -141,6 +142,9 @@ class BrokerConfig:
     auto_create_topics: bool = False
     auto_create_partitions: int = 1
     auto_create_replication_factor: int = 0
+    # Partition replicas this broker lets a CreateTopics / CreatePartitions / auto-creation put on
+    # any broker (POLICY_VIOLATION beyond; semel.limits): 0 derives it from RLIMIT_NOFILE.
+    max_partition_replicas_per_broker: int = 0
     log_level: str = "INFO"
     # Cluster management (deploy/README.md, "Cluster management"): replication rate for replicas a reassignment adds
     # (bytes/s per leader broker, 0: unthrottled); the controller's automatic preferred-leader
@@ -223,6 +227,8 @@ class BrokerConfig:
             raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
         if not 1 <= self.auto_create_partitions <= limits.MAX_PARTITIONS_PER_TOPIC:
             raise ValueError(f"--auto-create-partitions must be in 1..{limits.MAX_PARTITIONS_PER_TOPIC}")
+        if self.max_partition_replicas_per_broker < 0:
+            raise ValueError("--max-partition-replicas-per-broker must be >= 0 (0: from the open-file limit)")
         if self.auto_create_replication_factor < 0:
             raise ValueError("--auto-create-replication-factor must be >= 0 (0: the cluster default)")
         mine = next((v for v in voters if v.raft_address == self.raft_address), None) if self.raft_address else None
@@ -295,7 +301,7 @@ class BrokerConfig:
                       "internal_partitions", "retention_check_interval_ms", "txn_abort_scan_interval_ms",
                       "group_session_timeout_ms", "group_heartbeat_interval_ms", "fsync", "log_level", "event_loop",
                       "auto_create_topics", "auto_create_partitions", "auto_create_replication_factor",
-                      "raft_secret_file", "kafka_listen", "kafka_advertised", "reassignment_throttle_bytes_per_s",
+                      "max_partition_replicas_per_broker", "raft_secret_file", "kafka_listen", "kafka_advertised", "reassignment_throttle_bytes_per_s",
                       "auto_leader_rebalance", "leader_imbalance_percent", "controlled_shutdown_wait_ms", "tls_cert",
                       "tls_key", "tls_ca", "tls_client_auth", "authentication", "bootstrap_users_file", "authorizer",
                       "metrics_user", "metrics_password_file"):
@@ -360,6 +366,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
                  "txn-abort-scan-interval-ms", "group-session-timeout-ms", "group-heartbeat-interval-ms",
                  "reassignment-throttle-bytes-per-s", "leader-imbalance-percent", "controlled-shutdown-wait-ms"):
         ap.add_argument(f"--{name}", type=int)
+    ap.add_argument("--max-partition-replicas-per-broker", type=int,
+                    help="partition replicas a topic creation or growth may put on any broker; beyond: "
+                         "POLICY_VIOLATION (default 0: (RLIMIT_NOFILE - %d) // %d, at least %d)"
+                         % (limits.FDS_RESERVED, limits.FDS_PER_PARTITION_REPLICA,
+                            limits.MIN_PARTITION_REPLICAS_PER_BROKER))
     ap.add_argument("--auto-leader-rebalance", action=argparse.BooleanOptionalAction, default=None,
                     help="move leadership back to preferred replicas automatically (default on)")
     ap.add_argument("--fsync", action="store_true", default=None)
@@ -488,8 +499,10 @@ class Broker:
         # set by start() before any servicer runs; typed as always there so that the servicers
         # need no check (a check of None below is for a broker stopped before it started)
         self.quorum: MetadataQuorum = None  # type: ignore[assignment]
+        self.partition_replica_limit = PartitionReplicaLimit.of(config.max_partition_replicas_per_broker)
         self.auto_create = AutoCreator(self, AutoCreateSettings(
-            config.auto_create_topics, config.auto_create_partitions, config.auto_create_replication_factor))
+            config.auto_create_topics, config.auto_create_partitions, config.auto_create_replication_factor,
+            self.partition_replica_limit.replicas))
         self.controller: Controller | None = None
         self.txn: txn_service.TxnRuntime | None = None  # transactions (cluster/broker/txn_service.py)
         self.clock = SystemClock()  # the host's clocks; every replica shell reads time through it
@@ -771,6 +784,10 @@ class Broker:
         await self._set_health(True)
         print(f"{READY_LINE} broker_id={self.config.broker_id} port={self.port}", flush=True)
         log.info("broker %d ready (epoch %d)", self.config.broker_id, self.broker_epoch)
+        limit = self.partition_replica_limit
+        log.info("broker %d: topic creation may put at most %d partition replicas on a broker (%s)",
+                 self.config.broker_id, limit.replicas,
+                 "--max-partition-replicas-per-broker" if limit.nofile is None else f"RLIMIT_NOFILE {limit.nofile}")
 
     async def wait_for_metadata(self, predicate: Callable[[md.MetadataImage], bool], timeout_s: float) -> bool:
         loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ from semel.limits import ADMIN_TIMEOUT_MS_DEFAULT, PRODUCE_TIMEOUT_MS_DEFAULT
 from semel.invariant import not_none
 from semel.cluster.broker import write_path
 from semel.cluster.broker.admin_ops import ClusterOpsAdmin
+from semel.cluster.broker.replica_limit import violation_message
 from semel.cluster.broker import produce_validation
 from semel.cluster.broker.produce_validation import header_from_fields, validate_batch
 from semel.cluster.broker.replica_manager import (
@@ -426,16 +427,23 @@ class AdminService(ClusterOpsAdmin, agrpc.AdminServicer):
         if code != pb.NONE:
             return apb.TopicResult(name=nt.name, error_code=code,
                                    error_message="names are 1-200 chars of [A-Za-z0-9._-], not starting with '__'")
-        command = md.CreateTopic(nt.name, nt.partitions, rf, configs)
+        limit = self.b.partition_replica_limit
+        command = md.CreateTopic(nt.name, nt.partitions, rf, configs, max_replicas_per_broker=limit.replicas)
+
+        def message(code: pb.ErrorCode) -> str:
+            if code == pb.POLICY_VIOLATION:
+                return violation_message(limit, self.b.quorum.image(), nt.partitions, rf)
+            return _code_message(code, rf)
+
         if validate_only:  # the create's own checks, on this broker's image (the quorum's may be newer)
             code, _ = md.validate_create_topic(image, command)
-            return apb.TopicResult(name=nt.name, error_code=code, error_message=_code_message(code, rf))
+            return apb.TopicResult(name=nt.name, error_code=code, error_message=message(code))
         try:
             result = await self.b.quorum.submit(command, timeout_s=timeout_s)
         except MetadataSubmitError as exc:
             return apb.TopicResult(name=nt.name, error_code=exc.code, error_message=str(exc))
         if not result.ok:
-            return apb.TopicResult(name=nt.name, error_code=result.error, error_message=_code_message(result.error, rf))
+            return apb.TopicResult(name=nt.name, error_code=result.error, error_message=message(result.error))
         await self.b.wait_for_metadata(lambda img: img.topic(nt.name) is not None, timeout_s)
         return apb.TopicResult(name=nt.name, error_code=pb.NONE)
 

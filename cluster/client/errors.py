@@ -203,6 +203,7 @@ _DESCRIPTIONS: Final[dict[common_pb2.ErrorCode, str]] = {
     common_pb2.METADATA_QUORUM_UNAVAILABLE: "the metadata quorum has no majority",
     common_pb2.BROKER_NOT_AVAILABLE: "the broker is not available",
     common_pb2.RESOURCE_EXHAUSTED: "the broker is overloaded (a bounded queue is full)",
+    common_pb2.POLICY_VIOLATION: "refused by a cluster policy (the message says which, and how to raise it)",
 }
 
 

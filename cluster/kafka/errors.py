@@ -76,6 +76,7 @@ TO_KAFKA: dict[int, K] = {
     S.GROUP_AUTHORIZATION_FAILED: K.group_authorization_failed,
     S.CLUSTER_AUTHORIZATION_FAILED: K.cluster_authorization_failed,
     S.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: K.transactional_id_authorization_failed,
+    S.POLICY_VIOLATION: K.policy_violation,
 }
 
 

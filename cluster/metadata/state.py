@@ -227,6 +227,9 @@ class CreateTopic:
     configs: tuple[tuple[str, str], ...] = ()
     internal: bool = False
     command_id: str = ""
+    # The submitting broker's partition-replica limit (0: none): POLICY_VIOLATION if any
+    # broker would host more partition replicas (each holds open descriptors).
+    max_replicas_per_broker: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +273,7 @@ class CreatePartitions:
     topic: str
     count: int
     command_id: str = ""
+    max_replicas_per_broker: int = 0  # as CreateTopic's
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,7 +539,42 @@ def validate_create_topic(image: MetadataImage, c: CreateTopic) -> tuple[pb.Erro
         return pb.RESOURCE_EXHAUSTED, None
     if not 1 <= c.replication_factor <= min(len(image.placement_brokers()), MAX_REPLICATION_FACTOR):
         return pb.INVALID_REPLICATION_FACTOR, None
+    if c.max_replicas_per_broker and replicas_over_limit(
+            image, _new_assignment(image, c.partitions, c.replication_factor), c.max_replicas_per_broker):
+        return pb.POLICY_VIOLATION, None
     return parse_topic_config(c.configs, c.replication_factor)
+
+
+def _new_assignment(image: MetadataImage, partitions: int, replication_factor: int) -> list[tuple[int, ...]]:
+    """The replicas new partitions would get (what `_create_topic` / `_create_partitions` assign)."""
+    brokers = image.placement_brokers()
+    return assign_replicas(brokers, partitions, replication_factor, image.next_assignment_start % len(brokers))
+
+
+def hosted_replicas(image: MetadataImage) -> dict[int, int]:
+    """Partition replicas per broker id (a reassignment's extra replicas included)."""
+    hosted: dict[int, int] = {}
+    for t in image.topics.values():
+        for p in t.partitions:
+            for b in p.replicas:
+                hosted[b] = hosted.get(b, 0) + 1
+    return hosted
+
+
+def replicas_over_limit(image: MetadataImage, added: Iterable[tuple[int, ...]],
+                        max_replicas_per_broker: int) -> tuple[int, int] | None:
+    """(a broker, the replicas it would host) when adding partitions with replica sets `added`
+    would put more than `max_replicas_per_broker` on a broker that gains replicas; else None.
+    A broker already above the limit (it was lowered) only refuses new replicas."""
+    hosted = hosted_replicas(image)
+    gained: dict[int, int] = {}
+    for replicas in added:
+        for b in replicas:
+            gained[b] = gained.get(b, 0) + 1
+    for b in sorted(gained):
+        if hosted.get(b, 0) + gained[b] > max_replicas_per_broker:
+            return b, hosted.get(b, 0) + gained[b]
+    return None
 
 
 def assign_replicas(
@@ -1009,6 +1048,10 @@ def validate_create_partitions(img: MetadataImage, c: CreatePartitions) -> tuple
         return pb.RESOURCE_EXHAUSTED, None
     if topic.replication_factor > len(img.placement_brokers()):
         return pb.INVALID_REPLICATION_FACTOR, None
+    if c.max_replicas_per_broker and replicas_over_limit(
+            img, _new_assignment(img, c.count - len(topic.partitions), topic.replication_factor),
+            c.max_replicas_per_broker):
+        return pb.POLICY_VIOLATION, None
     return pb.NONE, topic
 
 

@@ -106,6 +106,14 @@ PRODUCER_ID_BLOCK_SIZE = 1000              # producer ids per AllocateProducerId
 MAX_PRODUCER_ID_METADATA_WAIT_MS = 1000    # a produce with a producer id above this broker's image's allocated ids waits this long for the image, then INVALID_PRODUCER_ID_MAPPING
 MAX_PARTITIONS_PER_TOPIC = 1000            # CreateTopic partitions above -> INVALID_PARTITIONS
 MAX_PARTITIONS_TOTAL = 100_000             # partitions over all topics; more -> RESOURCE_EXHAUSTED
+# Partition replicas one broker may host: each holds open descriptors (a lock file, one per log
+# segment, the aborted-transaction index), so a client creating topics could exhaust the broker's
+# RLIMIT_NOFILE. A broker's --max-partition-replicas-per-broker defaults to
+# (its RLIMIT_NOFILE - FDS_RESERVED) // FDS_PER_PARTITION_REPLICA; CreateTopics / CreatePartitions /
+# auto-creation that would put more on any broker -> POLICY_VIOLATION.
+FDS_PER_PARTITION_REPLICA = 4              # descriptors budgeted per replica (measured ~2 with one segment: lock + active segment; `semel bench partitions`)
+FDS_RESERVED = 2048                        # descriptors kept for sockets, RocksDB, the metadata quorum, libraries
+MIN_PARTITION_REPLICAS_PER_BROKER = 100    # the derived limit never goes below this (internal topics need 32 per broker)
 MAX_TOPIC_NAME_CHARS = 200                 # topic names are 1..this many chars of [A-Za-z0-9._-]
 MAX_REPLICATION_FACTOR = 16                # and never more than the unfenced brokers
 MAX_BROKERS = 1024                         # registered broker ids (fenced included); more -> RESOURCE_EXHAUSTED
@@ -222,6 +230,7 @@ def _check_relationships() -> None:
     invariant(LOOP_LAG_REPORT_MS < LOOP_STALL_MS and LOOP_LAG_PROBE_INTERVAL_MS < LOOP_STALL_MS, "loop lag < stall")
     # metadata
     invariant(INTERNAL_TOPIC_PARTITIONS_DEFAULT <= MAX_PARTITIONS_PER_TOPIC <= MAX_PARTITIONS_TOTAL, "partition counts")
+    invariant(2 * INTERNAL_TOPIC_PARTITIONS_DEFAULT <= MIN_PARTITION_REPLICAS_PER_BROKER, "internal topics fit the floor")
     invariant(MAX_REPLICATION_FACTOR <= MAX_BROKERS, "replication factor <= brokers")
     # groups
     invariant(GROUP_HEARTBEAT_INTERVAL_MS_DEFAULT < GROUP_SESSION_TIMEOUT_MS_DEFAULT, "group heartbeat < session")
@@ -248,3 +257,8 @@ def _check_relationships() -> None:
 
 
 _check_relationships()
+
+
+def partition_replicas_per_broker_for(nofile: int) -> int:
+    """The default partition-replica limit of a broker whose open-file limit is `nofile`."""
+    return max(MIN_PARTITION_REPLICAS_PER_BROKER, (nofile - FDS_RESERVED) // FDS_PER_PARTITION_REPLICA)

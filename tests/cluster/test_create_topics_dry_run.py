@@ -9,6 +9,7 @@ import asyncio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from semel.cluster.broker.replica_limit import PartitionReplicaLimit
 from semel.cluster.broker.server import AdminService
 from semel.cluster.metadata import state as md
 from semel.v1 import admin_pb2 as apb
@@ -28,9 +29,13 @@ class MachineQuorum:
         return self.machine.apply(command)
 
 
+REPLICA_LIMIT = 20  # partition replicas per broker
+
+
 class AdminBroker:
     def __init__(self, machine: md.MetadataStateMachine) -> None:
         self.quorum = MachineQuorum(machine)
+        self.partition_replica_limit = PartitionReplicaLimit(REPLICA_LIMIT, None)
 
     async def wait_for_metadata(self, predicate, timeout_s: float) -> bool:
         return bool(predicate(self.quorum.image()))
@@ -66,6 +71,7 @@ REFUSED = {
     "unknown config": (new_topic(nope="1"), pb.INVALID_CONFIG),
     "min isr above rf": (new_topic(rf=2, min_insync_replicas="3"), pb.INVALID_CONFIG),
     "bad segment bytes": (new_topic(segment_bytes="12"), pb.INVALID_CONFIG),
+    "over the partition-replica limit": (new_topic(partitions=REPLICA_LIMIT, rf=3), pb.POLICY_VIOLATION),
     # several checks fail: the first one in the create's order answers
     "partitions before config": (new_topic(partitions=0, nope="1"), pb.INVALID_PARTITIONS),
     "exists before rf": (new_topic(name="existing", rf=9), pb.TOPIC_ALREADY_EXISTS),
@@ -118,10 +124,11 @@ def test_a_dry_run_of_an_acceptable_request_changes_nothing():
        st.integers(-1, 5), st.lists(st.sampled_from([("min_insync_replicas", "2"), ("min_insync_replicas", "4"),
                                                      ("retention_ms", "0"), ("segment_ms", "1"), ("nope", "1")]),
                                     max_size=2),
-       st.booleans())
-def test_validation_answers_what_the_command_answers(name, partitions, rf, configs, internal):
+       st.booleans(), st.sampled_from([0, 1, 3, 1000]))
+def test_validation_answers_what_the_command_answers(name, partitions, rf, configs, internal, replica_limit):
     m = machine(fenced=(3,))
-    command = md.CreateTopic(name, partitions, rf, tuple(configs), internal=internal)
+    command = md.CreateTopic(name, partitions, rf, tuple(configs), internal=internal,
+                             max_replicas_per_broker=replica_limit)
     code, config = md.validate_create_topic(m.image, command)
     result = m.apply(command)
     assert code == result.error and (config is None) == (not result.ok)

@@ -581,3 +581,26 @@ def test_bounds_on_brokers_and_partitions(monkeypatch) -> None:
     assert m.apply(CreateTopic("a", 6, 1)).ok
     assert m.apply(CreateTopic("b", 5, 1)).error == pb.RESOURCE_EXHAUSTED
     assert m.apply(CreateTopic("b", 4, 1)).ok
+
+
+def test_the_partition_replica_limit_counts_every_broker_after_the_assignment() -> None:
+    """The limit a command carries bounds the replicas any broker hosts after it (the assignment
+    is what the command itself would make); 0 is no limit; the replay of a snapshot keeps it."""
+    from semel.cluster.metadata.records import decode_command, encode_command
+    from semel.cluster.metadata.state import CreatePartitions, hosted_replicas
+
+    m, _ = cluster(3)
+    assert m.apply(CreateTopic("a", 4, 3, max_replicas_per_broker=5)).ok  # 4 replicas on each broker
+    refused = CreateTopic("b", 2, 3, max_replicas_per_broker=5)            # 6 on each: over
+    assert m.apply(refused).error == pb.POLICY_VIOLATION
+    assert "b" not in m.image.topics
+    assert decode_command(encode_command(refused)) == refused
+    # RF 1 spreads round-robin: one more replica lands on one broker, which then holds 5
+    assert m.apply(CreateTopic("c", 1, 1, max_replicas_per_broker=5)).ok
+    assert sorted(hosted_replicas(m.image).values()) == [4, 4, 5]
+    grow = CreatePartitions("a", 6, max_replicas_per_broker=5)
+    assert m.apply(grow).error == pb.POLICY_VIOLATION
+    assert decode_command(encode_command(grow)) == grow
+    assert len(m.image.topics["a"].partitions) == 4
+    assert m.apply(CreatePartitions("a", 6)).ok  # no limit carried: the old behaviour
+    assert m.apply(CreateTopic("d", 1, 3, max_replicas_per_broker=100)).ok

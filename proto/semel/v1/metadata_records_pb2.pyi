@@ -59,18 +59,20 @@ class ConfigEntry(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class CreateTopic(_message.Message):
-    __slots__ = ("name", "partitions", "replication_factor", "configs", "internal")
+    __slots__ = ("name", "partitions", "replication_factor", "configs", "internal", "max_replicas_per_broker")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
     CONFIGS_FIELD_NUMBER: _ClassVar[int]
     INTERNAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICAS_PER_BROKER_FIELD_NUMBER: _ClassVar[int]
     name: str
     partitions: int
     replication_factor: int
     configs: _containers.RepeatedCompositeFieldContainer[ConfigEntry]
     internal: bool
-    def __init__(self, name: _Optional[str] = ..., partitions: _Optional[int] = ..., replication_factor: _Optional[int] = ..., configs: _Optional[_Iterable[_Union[ConfigEntry, _Mapping]]] = ..., internal: _Optional[bool] = ...) -> None: ...
+    max_replicas_per_broker: int
+    def __init__(self, name: _Optional[str] = ..., partitions: _Optional[int] = ..., replication_factor: _Optional[int] = ..., configs: _Optional[_Iterable[_Union[ConfigEntry, _Mapping]]] = ..., internal: _Optional[bool] = ..., max_replicas_per_broker: _Optional[int] = ...) -> None: ...
 
 class DeleteTopic(_message.Message):
     __slots__ = ("name",)
@@ -121,12 +123,14 @@ class Barrier(_message.Message):
     def __init__(self) -> None: ...
 
 class CreatePartitions(_message.Message):
-    __slots__ = ("topic", "count")
+    __slots__ = ("topic", "count", "max_replicas_per_broker")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICAS_PER_BROKER_FIELD_NUMBER: _ClassVar[int]
     topic: str
     count: int
-    def __init__(self, topic: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+    max_replicas_per_broker: int
+    def __init__(self, topic: _Optional[str] = ..., count: _Optional[int] = ..., max_replicas_per_broker: _Optional[int] = ...) -> None: ...
 
 class AlterTopicConfig(_message.Message):
     __slots__ = ("topic", "set_configs", "delete_keys")
