@@ -470,6 +470,8 @@ class ReplicaManager:
         for key, (topic, ps) in wanted.items():
             try:
                 found = self.partitions.get(key)
+                if found is not None and key not in self.failed and self._settled(found, topic, ps):
+                    continue
                 if found is None and self._open_off_loop(key, topic):
                     continue  # takes its role when the open is done
                 p = found if found is not None else self._open(topic, ps)
@@ -480,6 +482,22 @@ class ReplicaManager:
                 self.failed[key] = f"{type(exc).__name__}: {exc}"
             else:
                 self.failed.pop(key, None)
+
+    def _settled(self, p: Partition, topic: md.Topic, ps: md.PartitionState) -> bool:
+        """True when `_apply_state` and `_apply_config` would change nothing on `p`: it already
+        holds this very partition state and config and the role `_change_role` would leave as it
+        is (its no-op branches, mirrored). A metadata change then costs O(partitions changed), not a
+        role pass over every hosted replica: an image shares the unchanged topics' and partitions'
+        objects with its predecessor. A leader with an ISR proposal in flight is not settled (the
+        pass clears the proposal, as before)."""
+        if p.state is not ps or p.topic_config != topic.config:
+            return False
+        if not self.active:
+            return p.role == Role.OFFLINE
+        if ps.leader == self.broker_id:
+            return (p.role == Role.LEADER and p.leader_epoch == ps.leader_epoch and p.progress is not None
+                    and not p.progress.proposed_isr)
+        return p.role == Role.FOLLOWER and p.leader_epoch == ps.leader_epoch and p.leader_id == ps.leader
 
     def _apply_config(self, p: Partition, topic: md.Topic) -> None:
         """A topic config altered through the quorum takes effect on the open replica at once:
