@@ -409,6 +409,7 @@ class ReplicaManager:
         # Fetches of either protocol parked until data arrives (bounded by the callers with
         # limits.MAX_FETCH_WAITERS_PER_BROKER: one count for the whole broker).
         self.parked_fetches = 0
+        self._more_to_open: asyncio.Handle | None = None  # the turn that opens the new replicas left over
 
     def get(self, topic: str, partition: int) -> Partition | None:
         return self.partitions.get((topic, partition))
@@ -467,6 +468,7 @@ class ReplicaManager:
             p = self.partitions[key]
             if key not in wanted or wanted[key][0].topic_id != p.topic_id:
                 self._remove(p, delete_data=True)
+        opened = 0
         for key, (topic, ps) in wanted.items():
             try:
                 found = self.partitions.get(key)
@@ -474,6 +476,10 @@ class ReplicaManager:
                     continue
                 if found is None and self._open_off_loop(key, topic):
                     continue  # takes its role when the open is done
+                if found is None:
+                    if opened >= limits.NEW_REPLICAS_OPENED_PER_LOOP_TURN and self._open_the_rest_later():
+                        continue
+                    opened += 1
                 p = found if found is not None else self._open(topic, ps)
                 self._apply_state(p, topic, ps, self.clock.monotonic_ms())  # after the open, which may take a while
                 self._apply_config(p, topic)
@@ -482,6 +488,23 @@ class ReplicaManager:
                 self.failed[key] = f"{type(exc).__name__}: {exc}"
             else:
                 self.failed.pop(key, None)
+
+    def _open_the_rest_later(self) -> bool:
+        """Reconcile the newest image again in a later loop turn, which opens the next new
+        replicas (True), so other work (heartbeats, requests) runs in between; False without a
+        running loop (open inline)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        if self._more_to_open is None:
+            self._more_to_open = loop.call_soon(self._open_more)
+        return True
+
+    def _open_more(self) -> None:
+        self._more_to_open = None
+        if not self._closed and self._image is not None:
+            self.reconcile(self._image)
 
     def _settled(self, p: Partition, topic: md.Topic, ps: md.PartitionState) -> bool:
         """True when `_apply_state` and `_apply_config` would change nothing on `p`: it already
@@ -712,6 +735,8 @@ class ReplicaManager:
         """Shutdown: close every replica inline (the gRPC server has stopped). Opens still under
         way close their store when they end."""
         self._closed = True
+        if self._more_to_open is not None:
+            self._more_to_open.cancel()
         for task in self._opening.values():
             task.cancel()
         for p in list(self.partitions.values()):

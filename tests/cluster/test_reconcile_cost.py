@@ -93,3 +93,28 @@ def test_a_replica_taken_offline_outside_the_image_takes_its_role_again(setup):
     assert machine.apply(md.CreateTopic("u", 1, 3)).ok
     rm.reconcile(machine.image)
     assert led.role == Role.LEADER
+
+
+def test_a_large_creation_opens_its_replicas_over_several_loop_turns(setup):
+    """New replicas beyond NEW_REPLICAS_OPENED_PER_LOOP_TURN open in later turns, so the loop
+    serves other work in between; each takes the role the newest image gives it."""
+    import asyncio
+
+    from semel import limits
+
+    machine, rm, _epochs = setup
+    per_turn = limits.NEW_REPLICAS_OPENED_PER_LOOP_TURN
+    assert machine.apply(md.CreateTopic("big", 2 * per_turn + 5, 3)).ok
+
+    async def run() -> list[int]:
+        hosted = []
+        rm.reconcile(machine.image)
+        hosted.append(sum(1 for k in rm.partitions if k[0] == "big"))
+        for _ in range(10):
+            await asyncio.sleep(0)  # one loop turn: other tasks run here
+            hosted.append(sum(1 for k in rm.partitions if k[0] == "big"))
+        return hosted
+
+    hosted = asyncio.run(run())
+    assert hosted[0] == per_turn and hosted[1] == 2 * per_turn and hosted[-1] == 2 * per_turn + 5, hosted
+    assert_roles_follow(rm, machine.image)
