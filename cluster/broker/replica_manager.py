@@ -67,6 +67,7 @@ from semel.v1 import common_pb2 as pb
 log = logging.getLogger(__name__)
 
 HW_CHECKPOINT_FILE = "high-watermark"
+ROLE_CHANGES_LOGGED_EACH = 8  # role changes of one metadata change logged one line each; more: one summary line
 
 
 class Clock(Protocol):
@@ -190,8 +191,8 @@ class Partition:
 
     # --- role changes ------------------------------------------------------------------
     def become_leader(self, state: md.PartitionState, min_isr: int, now: int) -> None:
-        log.info("%s-%d: leader at epoch %d (isr %s, leo %d, hw %d)", self.topic, self.partition,
-                 state.leader_epoch, state.isr, self.log_end_offset, self.high_watermark)
+        log.debug("%s-%d: leader at epoch %d (isr %s, leo %d, hw %d)", self.topic, self.partition,
+                  state.leader_epoch, state.isr, self.log_end_offset, self.high_watermark)
         self._fail_pending(pb.NOT_LEADER_OR_FOLLOWER, "leadership changed; outcome unknown")
         self.store.assign_epoch(state.leader_epoch, self.log_end_offset)
         self.role = Role.LEADER
@@ -217,8 +218,8 @@ class Partition:
             self._on_hw(progress.high_watermark)
 
     def become_follower(self, state: md.PartitionState) -> None:
-        log.info("%s-%d: follower of %d at epoch %d (leo %d)", self.topic, self.partition, state.leader,
-                 state.leader_epoch, self.log_end_offset)
+        log.debug("%s-%d: follower of %d at epoch %d (leo %d)", self.topic, self.partition, state.leader,
+                  state.leader_epoch, self.log_end_offset)
         self._fail_pending(pb.NOT_LEADER_OR_FOLLOWER, "no longer the leader; outcome unknown")
         self.role = Role.FOLLOWER if state.leader != md.NO_LEADER else Role.OFFLINE
         self.state = state
@@ -410,6 +411,7 @@ class ReplicaManager:
         # limits.MAX_FETCH_WAITERS_PER_BROKER: one count for the whole broker).
         self.parked_fetches = 0
         self._more_to_open: asyncio.Handle | None = None  # the turn that opens the new replicas left over
+        self._role_changes: list[Partition] = []  # by the current reconcile, logged at its end
 
     def get(self, topic: str, partition: int) -> Partition | None:
         return self.partitions.get((topic, partition))
@@ -468,6 +470,12 @@ class ReplicaManager:
             p = self.partitions[key]
             if key not in wanted or wanted[key][0].topic_id != p.topic_id:
                 self._remove(p, delete_data=True)
+        try:
+            self._reconcile_roles(wanted)
+        finally:
+            self._log_role_changes()
+
+    def _reconcile_roles(self, wanted: dict[tuple[str, int], tuple[md.Topic, md.PartitionState]]) -> None:
         opened = 0
         for key, (topic, ps) in wanted.items():
             try:
@@ -560,7 +568,29 @@ class ReplicaManager:
         before = (p.role, p.leader_epoch)
         self._change_role(p, topic, ps, now)
         if (p.role, p.leader_epoch) != before:
+            self._role_changes.append(p)
             self._notify_role(p, p.role, p.leader_epoch)
+
+    def _log_role_changes(self) -> None:
+        """One line per role change when a metadata change makes a few (as the replicas log at
+        DEBUG), one summary beyond ROLE_CHANGES_LOGGED_EACH: a broker fenced at 1,000 partitions
+        would otherwise write 1,000 lines from its event loop on every broker."""
+        changes, self._role_changes = self._role_changes, []
+        if len(changes) <= ROLE_CHANGES_LOGGED_EACH:
+            for p in changes:
+                if p.role == Role.LEADER:
+                    log.info("%s-%d: leader at epoch %d (isr %s, leo %d, hw %d)", p.topic, p.partition,
+                             p.leader_epoch, p.state.isr if p.state else (), p.log_end_offset, p.high_watermark)
+                elif p.role == Role.FOLLOWER:
+                    log.info("%s-%d: follower of %d at epoch %d (leo %d)", p.topic, p.partition, p.leader_id,
+                             p.leader_epoch, p.log_end_offset)
+                else:
+                    log.info("%s-%d: offline (epoch %d)", p.topic, p.partition, p.leader_epoch)
+            return
+        counts = {role: sum(1 for p in changes if p.role == role) for role in Role}
+        log.info("%d replicas changed role: %s (first: %s; each at DEBUG)", len(changes),
+                 ", ".join(f"{n} {role.name.lower()}" for role, n in counts.items() if n),
+                 ", ".join(f"{p.topic}-{p.partition}" for p in changes[:ROLE_CHANGES_LOGGED_EACH]))
 
     def _change_role(self, p: Partition, topic: md.Topic, ps: md.PartitionState, now: int) -> None:
         min_isr = topic.config.min_insync_replicas

@@ -118,3 +118,18 @@ def test_a_large_creation_opens_its_replicas_over_several_loop_turns(setup):
     hosted = asyncio.run(run())
     assert hosted[0] == per_turn and hosted[1] == 2 * per_turn and hosted[-1] == 2 * per_turn + 5, hosted
     assert_roles_follow(rm, machine.image)
+
+
+def test_many_role_changes_log_one_summary_and_a_few_log_each(setup, caplog):
+    import logging
+
+    machine, rm, epochs = setup
+    caplog.set_level(logging.INFO, logger="semel.cluster.broker.replica_manager")
+    assert machine.apply(md.CreateTopic("u", 1, 3)).ok
+    rm.reconcile(machine.image)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["u-0"]
+    caplog.clear()
+    assert machine.apply(md.FenceBroker(1, epochs[1])).ok  # all 31 replicas go offline
+    rm.reconcile(machine.image)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("31 replicas changed role: 31 offline"), line
