@@ -499,6 +499,8 @@ class Broker:
         # set by start() before any servicer runs; typed as always there so that the servicers
         # need no check (a check of None below is for a broker stopped before it started)
         self.quorum: MetadataQuorum = None  # type: ignore[assignment]
+        self._newest_image: md.MetadataImage | None = None  # the last one reported, reconciled once per turn
+        self._reconcile_turn: asyncio.Handle | None = None
         self.partition_replica_limit = PartitionReplicaLimit.of(config.max_partition_replicas_per_broker)
         self.auto_create = AutoCreator(self, AutoCreateSettings(
             config.auto_create_topics, config.auto_create_partitions, config.auto_create_replication_factor,
@@ -755,7 +757,19 @@ class Broker:
 
     # --- metadata ----------------------------------------------------------------------
     def _on_metadata(self, delta: md.MetadataDelta, image: md.MetadataImage) -> None:
+        """Reconcile the replicas with the newest image once per loop turn: a burst of changes
+        already queued (a fencing's leader moves, ISR changes at 1,000s of partitions) costs one
+        pass over the hosted replicas, not one per change (which grew as changes x partitions)."""
         if self._metadata_frozen:
+            return
+        self._newest_image = image
+        if self._reconcile_turn is None:
+            self._reconcile_turn = asyncio.get_running_loop().call_soon(self._reconcile_newest)
+
+    def _reconcile_newest(self) -> None:
+        self._reconcile_turn = None
+        image = self._newest_image
+        if self._metadata_frozen or image is None:
             return
         try:
             self.rm.reconcile(image)
