@@ -961,7 +961,7 @@ class Broker:
                 await self.disk.run("hw-checkpoints", lambda: write_hw_checkpoints(due), "HW checkpoints")
             if time.monotonic() - last_housekeeping >= self.config.retention_check_interval_ms / 1000:
                 last_housekeeping = time.monotonic()
-                self.rm.housekeeping(self.clock.wall_clock_ms(), self.clock.monotonic_ms())
+                await self.rm.housekeeping_in_turns(self.clock.wall_clock_ms(), self.clock.monotonic_ms())
 
 
 async def run(config: BrokerConfig) -> int:

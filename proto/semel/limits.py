@@ -114,6 +114,7 @@ MAX_PARTITIONS_TOTAL = 100_000             # partitions over all topics; more ->
 FDS_PER_PARTITION_REPLICA = 4              # descriptors budgeted per replica (measured ~2 with one segment: lock + active segment; `semel bench partitions`)
 FDS_RESERVED = 2048                        # descriptors kept for sockets, RocksDB, the metadata quorum, libraries
 NEW_REPLICAS_OPENED_PER_LOOP_TURN = 64     # brand-new replicas a metadata change opens on the event loop at once; the rest open in later turns (a 1,000-partition topic must not hold the loop for seconds: heartbeats would miss the session and fence the broker)
+HOUSEKEEPING_REPLICAS_PER_LOOP_TURN = 100   # replicas whose retention and producer expiry one loop turn runs; the rest in later turns
 MIN_PARTITION_REPLICAS_PER_BROKER = 100    # the derived limit never goes below this (internal topics need 32 per broker)
 MAX_TOPIC_NAME_CHARS = 200                 # topic names are 1..this many chars of [A-Za-z0-9._-]
 MAX_REPLICATION_FACTOR = 16                # and never more than the unfenced brokers

@@ -133,3 +133,41 @@ def test_many_role_changes_log_one_summary_and_a_few_log_each(setup, caplog):
     rm.reconcile(machine.image)
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith("31 replicas changed role: 31 offline"), line
+
+
+def test_housekeeping_runs_in_slices_with_other_work_in_between(setup):
+    import asyncio
+
+    from semel import limits
+
+    machine, rm, _epochs = setup
+    assert machine.apply(md.CreateTopic("big", 2 * limits.HOUSEKEEPING_REPLICAS_PER_LOOP_TURN + 1, 3)).ok
+    rm.reconcile(machine.image)
+    done: list[tuple[str, int]] = []
+    housekeep = rm._housekeep
+
+    def counting(replicas, *args):  # a spy; the real housekeeping still runs
+        done.extend(p.key for p in replicas)
+        housekeep(replicas, *args)
+
+    rm._housekeep = counting  # type: ignore[method-assign]
+    removed = list(rm.partitions)[-1]  # in the last slice
+
+    async def run() -> int:
+        turns = 0
+
+        async def other_work() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                if turns == 1:  # between two slices: a replica goes away
+                    rm._remove(rm.partitions[removed], delete_data=True)
+                await asyncio.sleep(0)
+
+        task = asyncio.get_running_loop().create_task(other_work())
+        await rm.housekeeping_in_turns(0, 0)
+        task.cancel()
+        return turns
+
+    assert asyncio.run(run()) >= 2
+    assert len(done) == len(rm.partitions) and removed not in done
