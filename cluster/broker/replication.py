@@ -521,6 +521,7 @@ SubmitAlter = Callable[[md.AlterPartition], Awaitable[object]]
 
 
 REJECTED_ALTER_BACKOFF_S = 1.0  # after the quorum refused an ISR change, before proposing again
+ISR_LINES_LOGGED_EACH = 8       # ISR proposals (or failures) of one check logged a line each; more: one summary
 
 
 class IsrMaintainer:
@@ -531,6 +532,9 @@ class IsrMaintainer:
         self.interval_ms = interval_ms
         self.unfenced = unfenced  # brokers that may join an ISR (None: unknown, do not filter)
         self._task: asyncio.Task[None] | None = None
+        # ISR changes whose outcome was unknown since the last check, logged together by it: at
+        # 1,000s of partitions a quorum hiccup fails them all, one log line each on the loop.
+        self._not_committed: list[tuple[Partition, str]] = []
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="isr-maintainer")
@@ -552,6 +556,21 @@ class IsrMaintainer:
                 log.exception("ISR check failed")
 
     def check(self, now: int) -> None:
+        self._log_not_committed()
+        proposed: list[tuple[Partition, tuple[int, ...], tuple[int, ...], str]] = []
+        try:
+            self._check(now, proposed)
+        finally:
+            _log_each_or_summary(
+                [("%s-%d: ISR %s -> %s (%s)", (p.topic, p.partition, old, new, reason))
+                 for p, old, new, reason in proposed], "ISR changes proposed")
+
+    def _log_not_committed(self) -> None:
+        failed, self._not_committed = self._not_committed, []
+        _log_each_or_summary([("%s-%d: ISR change outcome unknown (asked again at the next check): %s", (p.topic, p.partition, why))
+                              for p, why in failed], "ISR changes of unknown outcome")
+
+    def _check(self, now: int, proposed: list[tuple[Partition, tuple[int, ...], tuple[int, ...], str]]) -> None:
         for p in self.rm.leaders():
             if p.progress is None or p.state is None or p.alter_in_flight:
                 continue
@@ -565,7 +584,7 @@ class IsrMaintainer:
             if tuple(sorted(p.state.isr)) == new_isr and not p.progress.proposed_isr:
                 continue  # (a proposal whose outcome is unknown is asked again, to settle it)
             change = dataclasses.replace(change, new_isr=new_isr)
-            log.info("%s-%d: ISR %s -> %s (%s)", p.topic, p.partition, p.state.isr, change.new_isr, change.reason)
+            proposed.append((p, p.state.isr, change.new_isr, change.reason))
             cmd = md.AlterPartition(p.topic, p.partition, self.rm.broker_id, self.rm.broker_epoch,
                                     p.leader_epoch, p.state.partition_epoch, change.new_isr)
             p.alter_in_flight = True
@@ -588,8 +607,7 @@ class IsrMaintainer:
             elif getattr(getattr(result, "value", None), "partition_epoch", None) == cmd.partition_epoch:
                 self._drop_proposal(p, progress)  # a no-op: the ISR at that epoch already was new_isr
         except Exception as exc:
-            log.info("%s-%d: ISR change outcome unknown (asked again at the next check): %s",
-                     p.topic, p.partition, exc)
+            self._not_committed.append((p, str(exc)))  # logged by the next check (summarised beyond 8)
             await asyncio.sleep(self.interval_ms / 1000)
         finally:
             p.alter_in_flight = False
@@ -598,3 +616,15 @@ class IsrMaintainer:
     def _drop_proposal(p: Partition, progress: LeaderProgress) -> None:
         if p.progress is progress and progress.drop_proposed_isr():
             p.on_hw_advanced()
+
+
+def _log_each_or_summary(lines: list[tuple[str, tuple[object, ...]]], what: str) -> None:
+    """A few lines one by one; beyond ISR_LINES_LOGGED_EACH one summary with the first few (each at DEBUG)."""
+    if len(lines) <= ISR_LINES_LOGGED_EACH:
+        for fmt, args in lines:
+            log.info(fmt, *args)
+        return
+    for fmt, args in lines:
+        log.debug(fmt, *args)
+    log.info("%d %s (first: %s; each at DEBUG)", len(lines), what,
+             "; ".join(fmt % args for fmt, args in lines[:3]))

@@ -171,3 +171,20 @@ def test_housekeeping_runs_in_slices_with_other_work_in_between(setup):
 
     assert asyncio.run(run()) >= 2
     assert len(done) == len(rm.partitions) and removed not in done
+
+
+def test_isr_lines_log_each_when_few_and_one_summary_when_many(caplog):
+    import logging
+
+    from semel.cluster.broker import replication
+
+    caplog.set_level(logging.INFO, logger=replication.log.name)
+    few = [("%s-%d: ISR change not committed: %s", ("t", i, "timeout")) for i in range(2)]
+    replication._log_each_or_summary(few, "ISR changes not committed")
+    assert [r.getMessage() for r in caplog.records] == ["t-0: ISR change not committed: timeout",
+                                                        "t-1: ISR change not committed: timeout"]
+    caplog.clear()
+    many = [("%s-%d: ISR %s -> %s (%s)", ("t", i, (1, 2), (1,), "out")) for i in range(600)]
+    replication._log_each_or_summary(many, "ISR changes proposed")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("600 ISR changes proposed (first: t-0: ISR (1, 2) -> (1,) (out);"), line
