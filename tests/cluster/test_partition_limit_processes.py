@@ -29,10 +29,24 @@ def cluster(tmp_path):
         c.close()
 
 
+def create(cluster, name: str, partitions: int) -> admin_pb2.TopicResult:
+    """CreateTopics RF 3, asked again while a broker is briefly fenced (a loaded machine can miss
+    a 1 s session): INVALID_REPLICATION_FACTOR is checked before the replica limit."""
+    result = None
+
+    def answered() -> bool:
+        nonlocal result
+        result = cluster.create_topic(name, partitions=partitions, rf=3, timeout_ms=30_000)
+        return result.error_code != common_pb2.INVALID_REPLICATION_FACTOR
+
+    cluster.wait_for(answered, timeout_s=120, interval_s=0.5, what=f"{name}: all brokers unfenced")
+    return result
+
+
 def test_creations_beyond_the_limit_are_refused_with_the_limit_named(cluster):
     # RF 3 on 3 brokers: every partition puts one replica on each broker
-    assert cluster.create_topic("fits", partitions=6, rf=3, timeout_ms=30_000).error_code == common_pb2.NONE
-    refused = cluster.create_topic("over", partitions=4, rf=3, timeout_ms=30_000)
+    assert create(cluster, "fits", 6).error_code == common_pb2.NONE
+    refused = create(cluster, "over", 4)
     assert refused.error_code == common_pb2.POLICY_VIOLATION, refused
     assert f"limit of {LIMIT}" in refused.error_message and "--max-partition-replicas-per-broker" in refused.error_message
     names = [t.name for t in cluster.metadata().topics]
