@@ -29,6 +29,8 @@ BENCHMARKS = {
                    "produce throughput, idle CPU, RSS and descriptors at growing partition counts (one run)"),
     "grpc-cost": ("semel.cluster.tooling.grpc_cost", "add_arguments", "run",
                   "CPU per gRPC message (unary, stream) on asyncio against uvloop, alternating in one run"),
+    "frame-cost": ("semel.cluster.tooling.frame_cost", "add_arguments", "run",
+                   "CPU per replication round trip: gRPC stream against length-prefixed frames, with and without TLS"),
     "assignor": ("semel.coordinator.bench", "add_arguments", "run",
                  "the group assignor's time at its bounds (1000 members, 10000 partitions)"),
 }
