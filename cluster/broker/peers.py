@@ -37,6 +37,13 @@ class Peers:
         reg = self._image().broker(broker_id)
         return None if reg is None else f"{reg.host}:{reg.port}"
 
+    def replication_address(self, broker_id: int) -> str | None:
+        """Where broker `broker_id` serves the internal replication transport (None: it does
+        not; fetch from it over gRPC). Not redirected by `--dial`: the chaos proxy sits on gRPC
+        links only."""
+        reg = self._image().broker(broker_id)
+        return None if reg is None or not reg.replication_port else f"{reg.host}:{reg.replication_port}"
+
     def channel(self, address: str) -> grpc.aio.Channel:
         address = self._dial_address(address)
         ch = self._channels.get(address)

@@ -49,9 +49,11 @@ from semel.cluster.broker.replica_manager import (
     SystemClock,
     write_hw_checkpoints,
 )
+from semel.cluster.broker.replica_transport import ReplicaTransportDialer, ReplicaTransportServer
 from semel.cluster.broker.replication import (
     FetcherManager,
     IsrMaintainer,
+    InternalTransport,
     LeaderReplicationService,
 )
 from semel.cluster.broker.server import (
@@ -98,6 +100,7 @@ log = logging.getLogger("semel.broker")
 READY_LINE = "SEMEL_BROKER_READY"
 CONTROLLER_READY_LINE = "SEMEL_CONTROLLER_READY"
 EVENT_LOOPS = ("asyncio", "uvloop")
+REPLICATION_TRANSPORTS = ("grpc", "tcp")
 CONTROLLER_ONLY_SERVICE_NAMES = ("semel.v1.Admin", "semel.v1.Controller")
 SERVICE_NAMES = ("semel.v1.Broker", "semel.v1.Admin", "semel.v1.Replication", "semel.v1.Controller",
                  group_service.SERVICE_NAME, *txn_service.SERVICE_NAMES)
@@ -157,6 +160,13 @@ class BrokerConfig:
     # The asyncio event loop: "asyncio" (the standard library's) or "uvloop" (libuv; the
     # `uvloop` package, see docs/benchmarks.md for what it saves). Off by default.
     event_loop: str = "asyncio"
+    # How this broker's followers fetch from leaders: "grpc" (the ReplicaFetch stream) or "tcp"
+    # (the internal transport, cluster/broker/replica_transport.py: it also listens on
+    # replication_listen, default any free port on the gRPC listen host, and registers that
+    # port; followers use it where a leader registered one). Off by default until the chaos
+    # suites have run on it.
+    replication_transport: str = "grpc"
+    replication_listen: str = ""
     metrics_listen: str = ""  # host:port for Prometheus' GET /metrics (empty: no metrics endpoint)
     # The metrics endpoint serves HTTPS with tls_cert/tls_key when they are set (client
     # certificates required when tls_client_auth is), and asks for HTTP basic auth with this
@@ -225,6 +235,11 @@ class BrokerConfig:
             raise ValueError("--metrics-user: HTTP basic auth user names have no ':' or control characters")
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
+        if self.replication_transport not in REPLICATION_TRANSPORTS:
+            raise ValueError(f"--replication-transport must be one of {', '.join(REPLICATION_TRANSPORTS)}, "
+                             f"got {self.replication_transport!r}")
+        if self.replication_listen and self.replication_transport != "tcp":
+            raise ValueError("--replication-listen needs --replication-transport tcp")
         if not 1 <= self.auto_create_partitions <= limits.MAX_PARTITIONS_PER_TOPIC:
             raise ValueError(f"--auto-create-partitions must be in 1..{limits.MAX_PARTITIONS_PER_TOPIC}")
         if self.max_partition_replicas_per_broker < 0:
@@ -300,6 +315,7 @@ class BrokerConfig:
                       "replica_fetch_max_bytes", "isr_check_interval_ms", "max_inflight_produce", "max_batch_bytes",
                       "internal_partitions", "retention_check_interval_ms", "txn_abort_scan_interval_ms",
                       "group_session_timeout_ms", "group_heartbeat_interval_ms", "fsync", "log_level", "event_loop",
+                      "replication_transport", "replication_listen",
                       "auto_create_topics", "auto_create_partitions", "auto_create_replication_factor",
                       "max_partition_replicas_per_broker", "raft_secret_file", "kafka_listen", "kafka_advertised", "reassignment_throttle_bytes_per_s",
                       "auto_leader_rebalance", "leader_imbalance_percent", "controlled_shutdown_wait_ms", "tls_cert",
@@ -383,6 +399,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-level")
     ap.add_argument("--event-loop", choices=EVENT_LOOPS,
                     help="the event loop: asyncio (default) or uvloop (needs the uvloop package)")
+    ap.add_argument("--replication-transport", choices=REPLICATION_TRANSPORTS,
+                    help="how followers fetch from leaders: grpc (default) or tcp (length-prefixed frames, same "
+                    "TLS and broker authentication; used where the leader runs it too)")
+    ap.add_argument("--replication-listen", help="host:port of the tcp replication transport (default: the gRPC "
+                    "listen host, any free port; registered with the quorum)")
     ap.add_argument("--metrics-listen", help="host:port to serve Prometheus metrics on (GET /metrics; port 0: any); "
                     "HTTPS with --tls-cert/--tls-key, client certificates required with --tls-client-auth required")
     ap.add_argument("--metrics-user", help="HTTP basic auth user the metrics endpoint requires (TLS only; with "
@@ -492,6 +513,8 @@ class Broker:
         self.server: grpc.aio.Server | None = None
         self.kafka: KafkaListener | None = None
         self.kafka_port = 0  # bound Kafka port (0: no Kafka listener)
+        self.replica_transport: ReplicaTransportServer | None = None  # --replication-transport tcp
+        self.replication_port = 0  # its bound port, registered (0: none)
         self._kv: KvStore | None = None  # the broker's RocksDB (producer snapshots), opened by start()
         self.security: BrokerSecurity | None = None  # set by start() (it needs the Raft secret)
         self.peers = Peers(config.dial_map(), self.voters, lambda: self.quorum.image(), self._open_channel)
@@ -561,6 +584,9 @@ class Broker:
                                        self._user_credentials, cfg.super_users,
                                        load_bootstrap_users(cfg.bootstrap_users_file),
                                        cfg.authorizer == "on", self._acls)
+        if cfg.replication_transport == "tcp":
+            self.fetchers.transport = InternalTransport(self.peers.replication_address,
+                                                        ReplicaTransportDialer.for_broker(self.security).open)
         self.loop_monitor.start()
         opts = [
             ("grpc.max_receive_message_length", cfg.max_request_bytes),
@@ -602,6 +628,8 @@ class Broker:
         log.info("broker %d gRPC listening on %s:%d (%s, client certificates %s, authentication %s)", cfg.broker_id,
                  cfg.listen_host, self.port, "TLS" if cfg.tls_cert else "plaintext", cfg.tls_client_auth,
                  cfg.authentication)
+        if self.is_broker and cfg.replication_transport == "tcp":
+            await self._start_replica_transport()
         if cfg.metrics_listen:
             await self._start_metrics(cfg.metrics_listen)
         if self.is_broker and cfg.kafka_listen:
@@ -675,6 +703,8 @@ class Broker:
             await self.groups.stop()
         await self.isr.stop()
         await self.fetchers.stop()
+        if self.replica_transport is not None:
+            await self.replica_transport.stop()
         if self.server is not None:
             await self.server.stop(grace=1.0)
         if self.controller is not None:
@@ -690,6 +720,20 @@ class Broker:
         await self.loop_monitor.stop()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+
+    async def _start_replica_transport(self) -> None:
+        cfg = self.config
+        host, port = split_address(cfg.replication_listen) if cfg.replication_listen else (cfg.listen_host, 0)
+        sent = self.metrics.stream_messages_sent
+
+        def count(method: str) -> None:
+            sent[method] = sent.get(method, 0) + 1
+
+        self.replica_transport = ReplicaTransportServer(self.leader_replication, self.security, cfg.max_request_bytes,
+                                                        count)
+        self.replication_port = await self.replica_transport.start(host, port)
+        log.info("broker %d replication transport listening on %s:%d (%s)", cfg.broker_id, host,
+                 self.replication_port, "TLS" if cfg.tls_cert else "plaintext")
 
     async def _start_metrics(self, address: str) -> None:
         host, port = split_address(address)
@@ -849,7 +893,7 @@ class Broker:
             try:
                 result = await self.quorum.submit(md.RegisterBroker(
                     cfg.broker_id, self.incarnation_id, host, port, cfg.raft_address,
-                    kafka_host=kafka_host, kafka_port=kafka_port,
+                    kafka_host=kafka_host, kafka_port=kafka_port, replication_port=self.replication_port,
                     lost_unsynced_writes=self.lost_unsynced_writes), timeout_s=2.0)
             except MetadataSubmitError as exc:
                 log.info("registration not committed yet: %s", exc)

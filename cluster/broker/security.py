@@ -129,11 +129,40 @@ class BrokerSecurity:
         broker token on every call, when TLS is on."""
         if not self.tls_on:
             return grpc.aio.insecure_channel(address, options=options)
-        metadata: list[tuple[str, str]] = []
-        if self._broker_key is not None:
-            metadata = [(tls.BROKER_ID_HEADER, str(self.broker_id)),
-                        (tls.BROKER_TOKEN_HEADER, tls.broker_token(self._broker_key, self.broker_id))]
-        return grpc.aio.secure_channel(address, tls.channel_credentials(self.files, metadata), options=options)
+        return grpc.aio.secure_channel(address, tls.channel_credentials(self.files, self.broker_credentials()),
+                                       options=options)
+
+    def broker_credentials(self) -> list[tuple[str, str]]:
+        """The call metadata that proves this broker to another (none without a Raft secret, or
+        without TLS: credentials never travel in plaintext)."""
+        if not self.tls_on or self._broker_key is None:
+            return []
+        return [(tls.BROKER_ID_HEADER, str(self.broker_id)),
+                (tls.BROKER_TOKEN_HEADER, tls.broker_token(self._broker_key, self.broker_id))]
+
+    def identify_connection(self, ssl_object: Any, metadata: Mapping[str, str],
+                            host: str) -> Principal | AuthFailure | PasswordCheck:
+        """Who is on a connection served by Python's `ssl` (the replication transport): the
+        same `Authenticator.identify` as a gRPC call, fed the connection's TLS state and the
+        metadata its hello carried."""
+        auth_context: dict[str, list[bytes]] = {}
+        if ssl_object is not None:
+            auth_context["transport_security_type"] = [b"ssl"]
+            cn = tls.certificate_name(ssl_object)
+            if cn:
+                auth_context["x509_common_name"] = [cn.encode()]
+        peer = f"ipv6:[{host}]:0" if ":" in host else f"ipv4:{host}:0"
+        return self.authenticator.identify(auth_context, tuple(metadata.items()), peer)
+
+    def broker_only_refusal(self, found: Principal, what: str) -> str | None:
+        """Why `found` may not call a broker-only service (None: it may): the rules of
+        `AuthInterceptor._gate` and of the authorizer's broker-only methods, in one place for
+        the transports that are not gRPC."""
+        if self.required and not found.authenticated:
+            return UNAUTHENTICATED_MESSAGE
+        if (self.brokers_only or self.authorizer_on) and not is_broker(found, self.broker_principals):
+            return f"{what} is for brokers only; {found.principal} is not a broker principal"
+        return None
 
     async def require_super_user(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> None:
         """Aborts with PERMISSION_DENIED unless authentication is off or the caller is a super

@@ -74,14 +74,7 @@ def server_ssl_context(files: tls.TlsFiles, client_auth: str) -> ssl.SSLContext:
     return ctx
 
 
-def certificate_name(ssl_object: Any) -> str:
-    """The common name of the verified client certificate ("" without one)."""
-    cert: Any = ssl_object.getpeercert() if isinstance(ssl_object, (ssl.SSLObject, ssl.SSLSocket)) else None
-    for rdn in (cert or {}).get("subject", ()):  # ((("commonName", "alice"),), ...)
-        for pair in rdn:
-            if pair[0] == "commonName":
-                return str(pair[1])
-    return ""
+certificate_name = tls.certificate_name  # the verified client certificate's CN ("" without one)
 
 
 class KafkaListener:

@@ -83,6 +83,9 @@ class BrokerRegistration:
     # placement choice for new topics, partitions or moves. A new registration (the broker was
     # started again) clears it: starting a retired broker is the operator taking it back.
     decommissioned: bool = False
+    # The port of its internal replication transport (cluster/broker/replica_transport.py) on
+    # `host` (0: none; followers fetch from it over gRPC).
+    replication_port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +206,7 @@ class RegisterBroker:
     # fsync every write: its logs may lack a suffix it once had, so it leaves every ISR and ELR
     # in which another replica can stand in for it (semel.storage.boot_record).
     lost_unsynced_writes: bool = False
+    replication_port: int = 0  # the internal replication transport's port on `host` (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -738,6 +742,7 @@ class MetadataStateMachine:
             registered_version=img.version + 1,
             kafka_host=c.kafka_host,
             kafka_port=c.kafka_port,
+            replication_port=c.replication_port,
         )
         brokers = dict(img.brokers)
         brokers[c.broker_id] = reg

@@ -62,6 +62,8 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the topic's segment_bytes (default: the broker default); small values roll often")
     parser.add_argument("--broker-event-loop", choices=("asyncio", "uvloop"), default="asyncio",
                         help="the local brokers' event loop (their --event-loop; default asyncio)")
+    parser.add_argument("--broker-replication-transport", choices=("grpc", "tcp"), default="grpc",
+                        help="how the local brokers replicate (their --replication-transport; default grpc)")
 
 
 def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,7 +124,10 @@ def _cluster(args: argparse.Namespace) -> Iterator[tuple[str, list[int], list[Pa
     ]
     args.metrics_urls = [f"http://127.0.0.1:{spec.metrics_port}/metrics" for spec in specs]
     loop = getattr(args, "broker_event_loop", "asyncio")
-    extra = (["--event-loop", loop] if loop != "asyncio" else []) + list(getattr(args, "broker_extra_args", []))
+    transport = getattr(args, "broker_replication_transport", "grpc")
+    extra = [*(["--event-loop", loop] if loop != "asyncio" else []),
+             *(["--replication-transport", transport] if transport != "grpc" else []),
+             *getattr(args, "broker_extra_args", [])]
     cluster = LocalCluster(specs, data_dir, extra_args=extra)
     _progress(f"starting {args.brokers} broker(s) in {data_dir} ...")
     try:

@@ -88,6 +88,12 @@ LOOP_STALL_MS = 200                        # the loop silent this long is a stal
 MAX_KAFKA_REQUEST_BYTES = MAX_REQUEST_BYTES  # one request frame; a larger size prefix closes the connection before any allocation (Kafka: socket.request.max.bytes)
 MAX_KAFKA_INFLIGHT_REQUESTS_PER_CONNECTION = 64  # requests read and not yet answered on one connection; the reader waits beyond (clients pipeline: librdkafka 5 per partition when idempotent)
 MAX_KAFKA_CONNECTIONS = 4096               # open Kafka connections per broker; more are closed at once
+# The internal replication transport (cluster/broker/replica_transport.py): one connection per
+# follower broker, so a few per peer is plenty; more are closed at once.
+MAX_REPLICATION_CONNECTIONS = 256
+REPLICATION_HELLO_MAX_BYTES = 64 * 1024     # the first frame (credentials) of a replication connection
+REPLICATION_HELLO_TIMEOUT_MS = 10_000       # TLS handshake + hello; then the connection is closed
+REPLICATION_IDLE_TIMEOUT_MS = 120_000       # no fetch request for this long: the follower is gone
 MAX_KAFKA_SASL_MESSAGE_BYTES = 4096        # one SASL message (PLAIN, a SCRAM step); longer ones fail the exchange
 MAX_KAFKA_UNAUTHENTICATED_REQUEST_BYTES = 64 * 1024  # a frame before SASL authentication (when required) larger than this closes the connection (Kafka: sasl.server.max.receive.size)
 KAFKA_FAILED_AUTHENTICATION_CLOSE_DELAY_MS = 500  # a refused SASL exchange: its answer, then the connection closes after this (or when the client closes)

@@ -21,6 +21,7 @@ import hmac
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -103,6 +104,29 @@ def server_ssl_context(files: TlsFiles, client_auth: str) -> ssl.SSLContext:
         context.load_verify_locations(files.ca_file)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def client_ssl_context(files: TlsFiles) -> ssl.SSLContext:
+    """The same TLS as `channel_credentials`, for a connection made with Python's `ssl` (the
+    internal replication transport): the server's certificate checked against `files.ca_file`
+    (else the system roots) and the dialled host, TLS 1.2 or later, our certificate when
+    `files` has one (mTLS)."""
+    files.check()
+    context = ssl.create_default_context(cafile=files.ca_file or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if files.cert_file:
+        context.load_cert_chain(files.cert_file, files.key_file)
+    return context
+
+
+def certificate_name(ssl_object: Any) -> str:
+    """The common name of a connection's verified peer certificate ("" without one)."""
+    cert: Any = ssl_object.getpeercert() if isinstance(ssl_object, (ssl.SSLObject, ssl.SSLSocket)) else None
+    for rdn in (cert or {}).get("subject", ()):  # ((("commonName", "alice"),), ...)
+        for pair in rdn:
+            if pair[0] == "commonName":
+                return str(pair[1])
+    return ""
 
 
 def broker_token(secret: bytes, broker_id: int) -> str:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 READY = "SEMEL_BROKER_READY"
 EVENT_LOOP_ENV = "SEMEL_TEST_BROKER_EVENT_LOOP"
+REPLICATION_TRANSPORT_ENV = "SEMEL_TEST_BROKER_REPLICATION_TRANSPORT"
 
 
 @dataclass
@@ -80,6 +81,9 @@ class Cluster:
         # (docs/benchmarks.md: uvloop is opt-in; this runs the process tests on it).
         if os.environ.get(EVENT_LOOP_ENV) and "event_loop" not in flags:
             flags["event_loop"] = os.environ[EVENT_LOOP_ENV]
+        # SEMEL_TEST_BROKER_REPLICATION_TRANSPORT=tcp: the same for the internal replication transport.
+        if os.environ.get(REPLICATION_TRANSPORT_ENV) and "replication_transport" not in flags:
+            flags["replication_transport"] = os.environ[REPLICATION_TRANSPORT_ENV]
         for k, v in flags.items():  # "{id}" in a value: this broker's id (its own certificate)
             args += [f"--{k.replace('_', '-')}", str(v).replace("{id}", str(broker_id))]
         log = open(b.data_dir / "broker.log", "ab")

@@ -15,7 +15,7 @@ FORMAT_VERSION_UNSPECIFIED: FormatVersion
 FORMAT_VERSION_1: FormatVersion
 
 class RegisterBroker(_message.Message):
-    __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "kafka_host", "kafka_port", "lost_unsynced_writes")
+    __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "kafka_host", "kafka_port", "lost_unsynced_writes", "replication_port")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class RegisterBroker(_message.Message):
     KAFKA_HOST_FIELD_NUMBER: _ClassVar[int]
     KAFKA_PORT_FIELD_NUMBER: _ClassVar[int]
     LOST_UNSYNCED_WRITES_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_PORT_FIELD_NUMBER: _ClassVar[int]
     broker_id: int
     incarnation_id: str
     host: str
@@ -32,7 +33,8 @@ class RegisterBroker(_message.Message):
     kafka_host: str
     kafka_port: int
     lost_unsynced_writes: bool
-    def __init__(self, broker_id: _Optional[int] = ..., incarnation_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., raft_address: _Optional[str] = ..., kafka_host: _Optional[str] = ..., kafka_port: _Optional[int] = ..., lost_unsynced_writes: _Optional[bool] = ...) -> None: ...
+    replication_port: int
+    def __init__(self, broker_id: _Optional[int] = ..., incarnation_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., raft_address: _Optional[str] = ..., kafka_host: _Optional[str] = ..., kafka_port: _Optional[int] = ..., lost_unsynced_writes: _Optional[bool] = ..., replication_port: _Optional[int] = ...) -> None: ...
 
 class UnfenceBroker(_message.Message):
     __slots__ = ("broker_id", "broker_epoch")
@@ -289,7 +291,7 @@ class MetadataCommand(_message.Message):
     def __init__(self, format_version: _Optional[_Union[FormatVersion, str]] = ..., command_id: _Optional[str] = ..., register_broker: _Optional[_Union[RegisterBroker, _Mapping]] = ..., unfence_broker: _Optional[_Union[UnfenceBroker, _Mapping]] = ..., fence_broker: _Optional[_Union[FenceBroker, _Mapping]] = ..., create_topic: _Optional[_Union[CreateTopic, _Mapping]] = ..., delete_topic: _Optional[_Union[DeleteTopic, _Mapping]] = ..., alter_partition: _Optional[_Union[AlterPartition, _Mapping]] = ..., elect_leader: _Optional[_Union[ElectLeader, _Mapping]] = ..., allocate_producer_ids: _Optional[_Union[AllocateProducerIds, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., create_partitions: _Optional[_Union[CreatePartitions, _Mapping]] = ..., alter_topic_config: _Optional[_Union[AlterTopicConfig, _Mapping]] = ..., reassign_partition: _Optional[_Union[ReassignPartition, _Mapping]] = ..., complete_reassignment: _Optional[_Union[CompleteReassignment, _Mapping]] = ..., upsert_user_scram: _Optional[_Union[UpsertUserScram, _Mapping]] = ..., delete_user: _Optional[_Union[DeleteUser, _Mapping]] = ..., decommission_broker: _Optional[_Union[DecommissionBroker, _Mapping]] = ..., create_acls: _Optional[_Union[CreateAcls, _Mapping]] = ..., delete_acls: _Optional[_Union[DeleteAcls, _Mapping]] = ...) -> None: ...
 
 class BrokerRegistration(_message.Message):
-    __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "broker_epoch", "fenced", "registered_version", "kafka_host", "kafka_port", "decommissioned")
+    __slots__ = ("broker_id", "incarnation_id", "host", "port", "raft_address", "broker_epoch", "fenced", "registered_version", "kafka_host", "kafka_port", "decommissioned", "replication_port")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +303,7 @@ class BrokerRegistration(_message.Message):
     KAFKA_HOST_FIELD_NUMBER: _ClassVar[int]
     KAFKA_PORT_FIELD_NUMBER: _ClassVar[int]
     DECOMMISSIONED_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_PORT_FIELD_NUMBER: _ClassVar[int]
     broker_id: int
     incarnation_id: str
     host: str
@@ -312,7 +315,8 @@ class BrokerRegistration(_message.Message):
     kafka_host: str
     kafka_port: int
     decommissioned: bool
-    def __init__(self, broker_id: _Optional[int] = ..., incarnation_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., raft_address: _Optional[str] = ..., broker_epoch: _Optional[int] = ..., fenced: _Optional[bool] = ..., registered_version: _Optional[int] = ..., kafka_host: _Optional[str] = ..., kafka_port: _Optional[int] = ..., decommissioned: _Optional[bool] = ...) -> None: ...
+    replication_port: int
+    def __init__(self, broker_id: _Optional[int] = ..., incarnation_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., raft_address: _Optional[str] = ..., broker_epoch: _Optional[int] = ..., fenced: _Optional[bool] = ..., registered_version: _Optional[int] = ..., kafka_host: _Optional[str] = ..., kafka_port: _Optional[int] = ..., decommissioned: _Optional[bool] = ..., replication_port: _Optional[int] = ...) -> None: ...
 
 class TopicConfig(_message.Message):
     __slots__ = ("min_insync_replicas", "unclean_leader_election", "retention_ms", "retention_bytes", "segment_bytes", "segment_ms")

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from semel.v1 import common_pb2 as semel_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asemel/v1/replication.proto\x12\x08semel.v1\x1a\x15semel/v1/common.proto\"\x89\x01\n\x15ReplicaFetchPartition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x65tch_offset\x18\x03 \x01(\x03\x12\x1c\n\x14\x63urrent_leader_epoch\x18\x04 \x01(\x05\x12\x1a\n\x12last_fetched_epoch\x18\x05 \x01(\x05\"\xb1\x01\n\x13ReplicaFetchRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\x33\n\npartitions\x18\x03 \x03(\x0b\x32\x1f.semel.v1.ReplicaFetchPartition\x12\x13\n\x0bmax_wait_ms\x18\x04 \x01(\x05\x12\x11\n\tmax_bytes\x18\x05 \x01(\x05\x12\x13\n\x0bincremental\x18\x06 \x01(\x08\"\xe2\x01\n\x1bReplicaFetchPartitionResult\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\'\n\nerror_code\x18\x03 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x16\n\x0ehigh_watermark\x18\x04 \x01(\x03\x12\x18\n\x10log_start_offset\x18\x05 \x01(\x03\x12\x0f\n\x07records\x18\x06 \x01(\x0c\x12\x17\n\x0f\x64iverging_epoch\x18\x07 \x01(\x03\x12\x1c\n\x14\x64iverging_end_offset\x18\x08 \x01(\x03\"N\n\x14ReplicaFetchResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.semel.v1.ReplicaFetchPartitionResult\"b\n\nEpochQuery\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0cleader_epoch\x18\x03 \x01(\x05\x12\x1c\n\x14\x63urrent_leader_epoch\x18\x04 \x01(\x05\"[\n\x1bOffsetForLeaderEpochRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\x05\x12(\n\npartitions\x18\x02 \x03(\x0b\x32\x14.semel.v1.EpochQuery\"\x85\x01\n\x0e\x45pochEndOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\'\n\nerror_code\x18\x03 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x14\n\x0cleader_epoch\x18\x04 \x01(\x05\x12\x12\n\nend_offset\x18\x05 \x01(\x03\"I\n\x1cOffsetForLeaderEpochResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.semel.v1.EpochEndOffset2\xc7\x01\n\x0bReplication\x12Q\n\x0cReplicaFetch\x12\x1d.semel.v1.ReplicaFetchRequest\x1a\x1e.semel.v1.ReplicaFetchResponse(\x01\x30\x01\x12\x65\n\x14OffsetForLeaderEpoch\x12%.semel.v1.OffsetForLeaderEpochRequest\x1a&.semel.v1.OffsetForLeaderEpochResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asemel/v1/replication.proto\x12\x08semel.v1\x1a\x15semel/v1/common.proto\"\x89\x01\n\x15ReplicaFetchPartition\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x65tch_offset\x18\x03 \x01(\x03\x12\x1c\n\x14\x63urrent_leader_epoch\x18\x04 \x01(\x05\x12\x1a\n\x12last_fetched_epoch\x18\x05 \x01(\x05\"\xb1\x01\n\x13ReplicaFetchRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\x05\x12\x14\n\x0c\x62roker_epoch\x18\x02 \x01(\x03\x12\x33\n\npartitions\x18\x03 \x03(\x0b\x32\x1f.semel.v1.ReplicaFetchPartition\x12\x13\n\x0bmax_wait_ms\x18\x04 \x01(\x05\x12\x11\n\tmax_bytes\x18\x05 \x01(\x05\x12\x13\n\x0bincremental\x18\x06 \x01(\x08\"\xe2\x01\n\x1bReplicaFetchPartitionResult\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\'\n\nerror_code\x18\x03 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x16\n\x0ehigh_watermark\x18\x04 \x01(\x03\x12\x18\n\x10log_start_offset\x18\x05 \x01(\x03\x12\x0f\n\x07records\x18\x06 \x01(\x0c\x12\x17\n\x0f\x64iverging_epoch\x18\x07 \x01(\x03\x12\x1c\n\x14\x64iverging_end_offset\x18\x08 \x01(\x03\"N\n\x14ReplicaFetchResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.semel.v1.ReplicaFetchPartitionResult\"\x89\x01\n\x15ReplicaTransportHello\x12?\n\x08metadata\x18\x01 \x03(\x0b\x32-.semel.v1.ReplicaTransportHello.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x17ReplicaTransportWelcome\x12\'\n\nerror_code\x18\x01 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"b\n\nEpochQuery\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x14\n\x0cleader_epoch\x18\x03 \x01(\x05\x12\x1c\n\x14\x63urrent_leader_epoch\x18\x04 \x01(\x05\"[\n\x1bOffsetForLeaderEpochRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\x05\x12(\n\npartitions\x18\x02 \x03(\x0b\x32\x14.semel.v1.EpochQuery\"\x85\x01\n\x0e\x45pochEndOffset\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\'\n\nerror_code\x18\x03 \x01(\x0e\x32\x13.semel.v1.ErrorCode\x12\x14\n\x0cleader_epoch\x18\x04 \x01(\x05\x12\x12\n\nend_offset\x18\x05 \x01(\x03\"I\n\x1cOffsetForLeaderEpochResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.semel.v1.EpochEndOffset2\xc7\x01\n\x0bReplication\x12Q\n\x0cReplicaFetch\x12\x1d.semel.v1.ReplicaFetchRequest\x1a\x1e.semel.v1.ReplicaFetchResponse(\x01\x30\x01\x12\x65\n\x14OffsetForLeaderEpoch\x12%.semel.v1.OffsetForLeaderEpochRequest\x1a&.semel.v1.OffsetForLeaderEpochResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'semel.v1.replication_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REPLICATRANSPORTHELLO_METADATAENTRY']._loaded_options = None
+  _globals['_REPLICATRANSPORTHELLO_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_REPLICAFETCHPARTITION']._serialized_start=64
   _globals['_REPLICAFETCHPARTITION']._serialized_end=201
   _globals['_REPLICAFETCHREQUEST']._serialized_start=204
@@ -40,14 +42,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICAFETCHPARTITIONRESULT']._serialized_end=610
   _globals['_REPLICAFETCHRESPONSE']._serialized_start=612
   _globals['_REPLICAFETCHRESPONSE']._serialized_end=690
-  _globals['_EPOCHQUERY']._serialized_start=692
-  _globals['_EPOCHQUERY']._serialized_end=790
-  _globals['_OFFSETFORLEADEREPOCHREQUEST']._serialized_start=792
-  _globals['_OFFSETFORLEADEREPOCHREQUEST']._serialized_end=883
-  _globals['_EPOCHENDOFFSET']._serialized_start=886
-  _globals['_EPOCHENDOFFSET']._serialized_end=1019
-  _globals['_OFFSETFORLEADEREPOCHRESPONSE']._serialized_start=1021
-  _globals['_OFFSETFORLEADEREPOCHRESPONSE']._serialized_end=1094
-  _globals['_REPLICATION']._serialized_start=1097
-  _globals['_REPLICATION']._serialized_end=1296
+  _globals['_REPLICATRANSPORTHELLO']._serialized_start=693
+  _globals['_REPLICATRANSPORTHELLO']._serialized_end=830
+  _globals['_REPLICATRANSPORTHELLO_METADATAENTRY']._serialized_start=783
+  _globals['_REPLICATRANSPORTHELLO_METADATAENTRY']._serialized_end=830
+  _globals['_REPLICATRANSPORTWELCOME']._serialized_start=832
+  _globals['_REPLICATRANSPORTWELCOME']._serialized_end=915
+  _globals['_EPOCHQUERY']._serialized_start=917
+  _globals['_EPOCHQUERY']._serialized_end=1015
+  _globals['_OFFSETFORLEADEREPOCHREQUEST']._serialized_start=1017
+  _globals['_OFFSETFORLEADEREPOCHREQUEST']._serialized_end=1108
+  _globals['_EPOCHENDOFFSET']._serialized_start=1111
+  _globals['_EPOCHENDOFFSET']._serialized_end=1244
+  _globals['_OFFSETFORLEADEREPOCHRESPONSE']._serialized_start=1246
+  _globals['_OFFSETFORLEADEREPOCHRESPONSE']._serialized_end=1319
+  _globals['_REPLICATION']._serialized_start=1322
+  _globals['_REPLICATION']._serialized_end=1521
 # @@protoc_insertion_point(module_scope)

@@ -63,6 +63,27 @@ class ReplicaFetchResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[ReplicaFetchPartitionResult]
     def __init__(self, results: _Optional[_Iterable[_Union[ReplicaFetchPartitionResult, _Mapping]]] = ...) -> None: ...
 
+class ReplicaTransportHello(_message.Message):
+    __slots__ = ("metadata",)
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ReplicaTransportWelcome(_message.Message):
+    __slots__ = ("error_code", "message")
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    error_code: _common_pb2.ErrorCode
+    message: str
+    def __init__(self, error_code: _Optional[_Union[_common_pb2.ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
 class EpochQuery(_message.Message):
     __slots__ = ("topic", "partition", "leader_epoch", "current_leader_epoch")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
