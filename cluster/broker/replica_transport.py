@@ -126,9 +126,11 @@ class ReplicaTransportServer:
                 await self._fetches(conn)
         except asyncio.CancelledError:
             raise
-        except (ConnectionError, asyncio.TimeoutError, DecodeError) as exc:
-            # The peer's fault or the network's: its connection ends, the broker carries on.
+        except (frames.FrameError, asyncio.TimeoutError, DecodeError) as exc:
+            # The peer's fault: its connection ends, the broker carries on.
             log.info("replication transport: closing the connection from %s: %s", peer, _describe(exc))
+        except ConnectionError as exc:  # the follower went away (or restarted its session): routine
+            log.debug("replication transport: the connection from %s ended: %s", peer, _describe(exc))
         except Exception:
             log.exception("replication transport: the connection from %s failed", peer)
         finally:

@@ -2,12 +2,15 @@
 transport (`replica_transport`).
 
 A frame is a 4-byte big-endian length followed by that many bytes of body (one serialized
-protobuf message). The reader checks the length against a bound *before* it reads or
-allocates the body, so a hostile or broken peer can cost at most one bounded buffer:
+protobuf message). Two readers: `FrameProtocol` (an asyncio Protocol, what
+the transport uses: no StreamReader in between) and `read_frame` (on a StreamReader, for
+`semel bench frame-cost`'s comparison). Both check the length against a bound *before* they
+read or buffer the body, so a hostile or broken peer can cost at most one bounded buffer:
   * a length above the bound -> `FrameTooLarge` (the connection is closed, nothing is read);
   * the stream ending inside a header or a body -> `TruncatedFrame`;
   * a clean end between frames -> `None`.
-Both errors are the peer's fault (`FrameError`); the caller closes the connection.
+Both errors are the peer's fault (`FrameError`, a ConnectionError); the caller closes the
+connection.
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ class FrameProtocol(asyncio.Protocol):
             self.connected.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self._error is not None:  # closing: whatever else arrives is dropped
+            return
         buf = self._buffer
         buf += data
         while len(buf) >= HEADER.size:
