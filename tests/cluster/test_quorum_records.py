@@ -249,6 +249,7 @@ def test_a_quorum_restarts_from_an_older_builds_files(tmp_path: Path, name: str)
         registration.setdefault("kafka_host", "")
         registration.setdefault("kafka_port", 0)
         registration.setdefault("decommissioned", False)
+        registration.setdefault("replication_port", 0)
     for topic in expected["topics"].values():
         for partition in topic["partitions"]:
             partition.setdefault("target_replicas", [])  # no reassignment in flight
