@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import struct
+import typing
 
 HEADER = struct.Struct(">I")
 
@@ -81,8 +82,8 @@ class FrameProtocol(asyncio.Protocol):
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses (no isinstance check here)
+        self.transport = typing.cast(asyncio.Transport, transport)
         if not self.connected.done():
             self.connected.set_result(None)
 

@@ -205,3 +205,24 @@ def test_oversize_truncated_and_garbage_frames_cost_only_their_connection(tcp_cl
         assert silent.recv(1) == b""
     finally:
         silent.close()
+
+
+def test_replicates_on_uvloop_brokers(tmp_path):
+    """uvloop's transports are not asyncio.Transport subclasses: the transport must not care."""
+    pytest.importorskip("uvloop")
+    c = h.Cluster(tmp_path, 3, event_loop="uvloop", **TCP)
+    try:
+        c.start_all(timeout_s=START_S)
+        tbp.ok(c.create_topic("uv", partitions=1, rf=3))
+        leader = full_isr(c, "uv")
+        acked = tbp.produce_values(c, "uv", [b"a", b"b"])
+        for follower in (i for i in c.brokers if i != leader):
+            c.wait_for(lambda f=follower: fetching_over_transport(c, f, leader), what=f"broker {follower} on the transport")
+            assert "event loop: uvloop.Loop" in c.log_tail(follower, 400)
+        tbp.wait_converged(c, "uv", list(c.brokers))
+        assert h.read_all(c.broker_stub(leader), "uv") == acked
+    except BaseException:
+        print(c.dump_logs())
+        raise
+    finally:
+        c.close()
