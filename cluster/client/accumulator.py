@@ -19,8 +19,10 @@ Invariants:
   * per partition, `in_flight[tp]` <= `max_in_flight`.
   * a batch is in exactly one place: a partition queue, in flight, or completed.
 
-Compression (`codec`, a Kafka codec id, 0 none): with a codec each record is encoded once as
-a Kafka record (`encode_kafka_record`) instead of a `semel.v1.Record`, and a batch is
+Each record is encoded once, as its framing (`encode_record_parts`: head and tail) around the
+caller's value bytes, which are copied only when the request is built. Compression (`codec`, a
+Kafka codec id, 0 none): with a codec each record is encoded once as
+a Kafka record (`encode_kafka_record_parts`) instead of a `semel.v1.Record`, and a batch is
 sent as one Kafka RecordBatch v2 whose records are compressed as one unit
 (`to_partition_data`: `kafka_batch` of the gRPC Produce), with the same producer id, epoch,
 base sequence and transactional bit as the uncompressed batch would carry. `batch_bytes` and
@@ -39,8 +41,10 @@ from typing import Any
 
 from semel.client import errors as client_errors
 from semel.client.idempotence import SEQUENCE_MODULUS, IdempotenceState
-from semel.client.records import Header, RecordMetadata, build_batch, encode_kafka_record, encode_record
+from semel.client.records import (Header, RecordMetadata, build_batch, encode_kafka_record_parts,
+                                  encode_record_parts)
 from semel.storage import kafka_records
+from semel.storage.varint import encode_varint
 from semel.v1 import broker_pb2, common_pb2
 
 # Bytes of batch framing counted against batch_bytes beyond the encoded records
@@ -153,7 +157,8 @@ class ProducerBatch:
     max_timestamp_ms: int
     size_bytes: int = BATCH_OVERHEAD_BYTES
     record_count: int = 0
-    encoded: list[bytes] = dataclasses.field(default_factory=list)
+    # the encoded records, each as head, value (left out when empty) and tail (when not empty)
+    parts: list[bytes] = dataclasses.field(default_factory=list)
     result: BatchResult = dataclasses.field(default_factory=BatchResult)
     closed: bool = False           # no more appends (full, or drained)
     attempts: int = 0
@@ -164,23 +169,53 @@ class ProducerBatch:
     producer_epoch: int = -1
     base_sequence: int = -1
     attributes: int = 0            # common_pb2.TRANSACTIONAL for a transactional producer
-    codec: int = kafka_records.CODEC_NONE  # with a codec, `encoded` holds Kafka records
+    codec: int = kafka_records.CODEC_NONE  # with a codec, `parts` hold Kafka records
 
     @property
     def tp(self) -> tuple[str, int]:
         return (self.topic, self.partition)
 
+    def records_bytes(self) -> bytes:
+        """The encoded records, joined."""
+        return b"".join(self.parts)
+
     def to_proto(self) -> common_pb2.RecordBatch:
-        return build_batch(self.encoded, self.record_count, self.base_timestamp_ms, self.max_timestamp_ms,
+        return build_batch(self.parts, self.record_count, self.base_timestamp_ms, self.max_timestamp_ms,
                            self.attributes, self.producer_id, self.producer_epoch, self.base_sequence)
 
     def to_kafka_batch(self) -> bytes:
         """The batch as one Kafka RecordBatch v2, its records compressed with `codec`."""
         return kafka_records.encode_compressed_batch(
-            b"".join(self.encoded), codec=self.codec, record_count=self.record_count,
+            self.records_bytes(), codec=self.codec, record_count=self.record_count,
             base_timestamp_ms=self.base_timestamp_ms, max_timestamp_ms=self.max_timestamp_ms,
             attributes=self.attributes, producer_id=self.producer_id, producer_epoch=self.producer_epoch,
             base_sequence=self.base_sequence)
+
+    def request_parts(self, out: list[bytes]) -> None:
+        """Appends this batch as one `ProduceRequest.partitions` entry in protobuf wire format to
+        `out`: the bytes of the `to_partition_data()` entry as `SerializeToString` gives them
+        (tests check it). The record values go in as the caller's bytes objects and are copied
+        once, when the request is joined, instead of into a RecordBatch message first and
+        again when it is serialized."""
+        if self.codec == kafka_records.CODEC_NONE:
+            records_len = sum(map(len, self.parts))
+            header = b"".join((
+                _field_varint(2, self.record_count - 1), _LEADER_EPOCH_UNSET,
+                b"\x20", encode_varint(self.producer_id), b"\x28", encode_varint(self.producer_epoch),
+                b"\x30", encode_varint(self.base_sequence), _field_varint(7, self.record_count),
+                _field_varint(8, self.attributes), _field_varint(9, self.base_timestamp_ms),
+                _field_varint(10, self.max_timestamp_ms), b"\x5a", encode_varint(records_len)))
+            head = (_partition_head(self.topic, self.partition) + b"\x1a"
+                    + encode_varint(len(header) + records_len) + header)
+            out.append(_PARTITIONS_TAG + encode_varint(len(head) + records_len))
+            out.append(head)
+            out.extend(self.parts)
+            return
+        data = self.to_kafka_batch()
+        head = _partition_head(self.topic, self.partition) + b"\x22" + encode_varint(len(data))
+        out.append(_PARTITIONS_TAG + encode_varint(len(head) + len(data)))
+        out.append(head)
+        out.append(data)
 
     def to_partition_data(self) -> broker_pb2.PartitionProduceData:
         """This batch in a Produce request: `batch` (magic 1) uncompressed, else `kafka_batch`."""
@@ -190,11 +225,34 @@ class ProducerBatch:
                                                kafka_batch=self.to_kafka_batch())
 
 
-def _encode(codec: int, offset_delta: int, timestamp_delta_ms: int, key: bytes | None, value: bytes,
-            headers: Sequence[Header] | None) -> bytes:
-    if codec == kafka_records.CODEC_NONE:
-        return encode_record(offset_delta, timestamp_delta_ms, key, value, headers)
-    return encode_kafka_record(offset_delta, timestamp_delta_ms, key, value, headers)
+
+
+_PARTITIONS_TAG = b"\x22"  # ProduceRequest.partitions, field 4, length-delimited
+_LEADER_EPOCH_UNSET = b"\x18" + encode_varint(-1)  # RecordBatch.leader_epoch = -1 (the broker assigns it)
+
+
+def _field_varint(field: int, value: int) -> bytes:
+    """A varint field of a proto3 message (left out when 0, as protobuf does)."""
+    return bytes((field << 3,)) + encode_varint(value) if value else b""
+
+
+def _partition_head(topic: str, partition: int) -> bytes:
+    """`PartitionProduceData.topic` and `.partition`."""
+    name = topic.encode()
+    return b"\x0a" + encode_varint(len(name)) + name + _field_varint(2, partition)
+
+
+def encode_produce_request(acks: int, timeout_ms: int, transactional_id: str,
+                           batches: Sequence[ProducerBatch]) -> bytes:
+    """A `ProduceRequest` in protobuf wire format, byte for byte what `SerializeToString` gives
+    for the message built from `to_partition_data()` (tests check it), joined once."""
+    out = [_field_varint(1, acks), _field_varint(2, timeout_ms)]
+    if transactional_id:
+        name = transactional_id.encode()
+        out += (b"\x1a", encode_varint(len(name)), name)
+    for batch in batches:
+        batch.request_parts(out)
+    return b"".join(out)
 
 
 class RecordAccumulator:
@@ -202,7 +260,10 @@ class RecordAccumulator:
 
     def __init__(self, batch_bytes: int, linger_ms: int, buffer_bytes: int, max_in_flight: int,
                  idempotence: IdempotenceState | None = None, attributes: int = 0,
-                 codec: int = kafka_records.CODEC_NONE) -> None:
+                 codec: int = kafka_records.CODEC_NONE, clock: Callable[[], int] | None = None) -> None:
+        """`clock`: milliseconds, read by `append` when it is given no `now_ms` and opens a
+        batch (the producer passes its monotonic clock, so a record that joins an open batch
+        reads no clock)."""
         if batch_bytes < 1 or linger_ms < 0 or buffer_bytes < 1 or max_in_flight < 1:
             raise client_errors.ConfigError(
                 "batch_bytes, buffer_bytes and max_in_flight must be >= 1 and linger_ms >= 0"
@@ -214,10 +275,13 @@ class RecordAccumulator:
         self.idempotence = idempotence   # None: batches carry no producer id
         self.attributes = attributes
         self.codec = codec
+        self._clock = clock
+        self._encode = encode_record_parts if codec == kafka_records.CODEC_NONE else encode_kafka_record_parts
         self.buffered_bytes = 0
         self.flushing = 0          # > 0 while a flush or close waits: send regardless of linger
         self._queues: dict[tuple[str, int], collections.deque[ProducerBatch]] = {}
         self._in_flight: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.in_flight_changes = 0  # counts every change of `_in_flight` (caches of `busy` answers)
         self._incomplete: set[ProducerBatch] = set()
 
     # --- appending ------------------------------------------------------------------
@@ -260,7 +324,7 @@ class RecordAccumulator:
         key: bytes | None,
         value: bytes,
         headers: Sequence[Header] | None,
-        now_ms: int,
+        now_ms: int | None,
     ) -> tuple[RecordFuture, bool, bool]:
         """Adds a record; returns its future, whether a batch became full and whether a batch
         opened (either way: wake the sender so it re-plans its next wake-up)."""
@@ -271,23 +335,34 @@ class RecordAccumulator:
         batch = queue[-1] if queue and not queue[-1].closed else None
         full = False
         new_batch = batch is None
+        encode = self._encode
         if batch is not None:
-            encoded = _encode(self.codec, batch.record_count, timestamp_ms - batch.base_timestamp_ms, key, value,
-                              headers)
-            if batch.size_bytes + len(encoded) > self.batch_bytes:
+            head, tail = encode(batch.record_count, timestamp_ms - batch.base_timestamp_ms, key, value, headers)
+            size = len(head) + len(value) + len(tail)
+            if batch.size_bytes + size > self.batch_bytes:
                 batch.closed = True
                 full = True
                 batch = None
         if batch is None:
             new_batch = True
+            if now_ms is None:
+                if self._clock is None:
+                    raise AssertionError("append without now_ms needs the accumulator's clock")
+                now_ms = self._clock()
             batch = ProducerBatch(topic, partition, now_ms, timestamp_ms, timestamp_ms, attributes=self.attributes,
                                   codec=self.codec)
             queue.append(batch)
             self._incomplete.add(batch)
-            encoded = _encode(self.codec, 0, 0, key, value, headers)
-        batch.encoded.append(encoded)
-        batch.size_bytes += len(encoded)
-        self.buffered_bytes += len(encoded)
+            head, tail = encode(0, 0, key, value, headers)
+            size = len(head) + len(value) + len(tail)
+        parts = batch.parts
+        parts.append(head)
+        if value:
+            parts.append(value)
+        if tail:
+            parts.append(tail)
+        batch.size_bytes += size
+        self.buffered_bytes += size
         if batch.record_count == 0:
             self.buffered_bytes += BATCH_OVERHEAD_BYTES
         index = batch.record_count
@@ -330,6 +405,7 @@ class RecordAccumulator:
             queue.popleft()
             head.closed = True
             self._in_flight[tp] += 1
+            self.in_flight_changes += 1
             if idem is not None:
                 idem.assign(head)
             out.append(head)
@@ -395,6 +471,7 @@ class RecordAccumulator:
         if self._in_flight[tp] <= 0:
             raise AssertionError(f"{tp} has no batch in flight")
         self._in_flight[tp] -= 1
+        self.in_flight_changes += 1
 
     def expired(self, now_ms: int, delivery_timeout_ms: int) -> list[ProducerBatch]:
         """Queued (not in-flight) batches older than the delivery timeout, removed from queues."""

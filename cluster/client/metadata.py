@@ -243,6 +243,9 @@ class ClusterView:
 
     def __init__(self) -> None:
         self._reset()
+        # counts finished updates: a cache of answers drawn from this view (the producer's
+        # sticky-partition check) is valid while it is unchanged
+        self.updates = 0
 
     def _reset(self) -> None:
         self.cluster_id = ""
@@ -257,6 +260,12 @@ class ClusterView:
         self.ignored_stale = 0  # partitions/topics the last update kept because the answer was older
 
     def update(self, response: broker_pb2.MetadataResponse, requested: Iterable[str] | None) -> None:
+        try:
+            self._update(response, requested)
+        finally:
+            self.updates += 1
+
+    def _update(self, response: broker_pb2.MetadataResponse, requested: Iterable[str] | None) -> None:
         self.ignored_stale = 0
         if self.cluster_id and response.cluster_id and response.cluster_id != self.cluster_id:
             self._reset()  # another cluster behind the same addresses: nothing we knew applies

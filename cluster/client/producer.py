@@ -21,6 +21,7 @@ from semel.client.accumulator import (
     ProducerBatch,
     RecordAccumulator,
     RecordFuture,
+    encode_produce_request,
 )
 from semel.client.security import ClientSecurity
 from semel.client.base import (
@@ -142,12 +143,15 @@ class Producer(_ClientBase):
         self._adding: threading.Thread | None = None   # AddPartitionsToTxn in progress
         self._identity_failures = 0
         self._acc = RecordAccumulator(batch_bytes, linger_ms, buffer_bytes, max_in_flight, self._idem,
-                                      common_pb2.TRANSACTIONAL if transactional_id else 0, codec)
+                                      common_pb2.TRANSACTIONAL if transactional_id else 0, codec, clock=monotonic_ms)
         self.compression_type = compression_type
         self._stats: collections.Counter[str] = collections.Counter()  # see metrics()
         self._requests: set[_ProduceRequest] = set()  # in flight
         self._sticky = StickyPartitioner(seed=int(time.time_ns() // 1000))
-        self._cond = threading.Condition(threading.Lock())
+        # ((topic, sticky partition, count, view updates, in-flight changes), chosen partition)
+        self._sticky_choice: tuple[tuple[str, int, int, int, int], int] | None = None
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._closed = False
         self._sender_stop = False
         self._sender = threading.Thread(target=self._run_sender, name="semel-producer-sender", daemon=True)
@@ -176,10 +180,9 @@ class Producer(_ClientBase):
             raise self._fatal
         value_bytes = value if type(value) is bytes else (_as_bytes(value, "value") or b"")
         key_bytes = key if key is None or type(key) is bytes else _as_bytes(key, "key")
-        now_ms = monotonic_ms()
         count = self._metadata.view.partition_count(topic)
         if count is None:
-            count = self._metadata.wait_for_topic(topic, now_ms + self.max_block_ms)
+            count = self._metadata.wait_for_topic(topic, monotonic_ms() + self.max_block_ms)
             with self._cond:
                 self._cond.notify_all()
         if partition is not None and not 0 <= partition < count:
@@ -196,9 +199,9 @@ class Producer(_ClientBase):
             )
         ts = wall_clock_ms() if timestamp_ms is None else timestamp_ms
         acc = self._acc
-        with self._cond:
+        with self._lock:  # the condition's lock, without Condition.__enter__'s Python frames
             if not acc.has_room(size):
-                self._wait_for_room(size, now_ms + self.max_block_ms)
+                self._wait_for_room(size, monotonic_ms() + self.max_block_ms)
             closed = False
             if partition is None:
                 if key_bytes:
@@ -211,17 +214,27 @@ class Producer(_ClientBase):
                         closed = True
                         self._sticky.batch_closed(topic, partition, count)
                         partition = self._sticky.partition(topic, count)
-                    if acc.busy(topic, partition) or view.leader_address(topic, partition) is None:
-                        # Adaptive stickiness: prefer a partition that can be sent at once
-                        # (leader known, in-flight limit not reached) over waiting a round trip.
-                        partition = self._sticky.partition(
-                            topic,
-                            count,
-                            lambda p: view.leader_address(topic, p) is not None and not acc.busy(topic, p),
-                        )
+                    # Adaptive stickiness: prefer a partition that can be sent at once (leader
+                    # known, in-flight limit not reached) over waiting a round trip. The answer
+                    # depends only on the sticky partition, the metadata view and the in-flight
+                    # counts, so it is computed again only when one of them changed (once per
+                    # batch rather than once per record).
+                    choice_key = (topic, partition, count, view.updates, acc.in_flight_changes)
+                    cached = self._sticky_choice
+                    if cached is not None and cached[0] == choice_key:
+                        partition = cached[1]
+                    else:
+                        if acc.busy(topic, partition) or view.leader_address(topic, partition) is None:
+                            partition = self._sticky.partition(
+                                topic,
+                                count,
+                                lambda p: view.leader_address(topic, p) is not None and not acc.busy(topic, p),
+                            )
+                        self._sticky_choice = (choice_key, partition)
             if self._txn is not None:
                 self._txn.check_send((topic, partition))
-            future, full, new_batch = acc.append(topic, partition, ts, key_bytes, value_bytes, headers, now_ms)
+            # now_ms None: the accumulator reads the clock only when a batch opens
+            future, full, new_batch = acc.append(topic, partition, ts, key_bytes, value_bytes, headers, None)
             if full and key_bytes is None:
                 self._sticky.batch_closed(topic, partition, count)
             full = full or closed
@@ -636,14 +649,7 @@ class Producer(_ClientBase):
                 self._send_request(address, request_batches)
 
     def _send_request(self, address: str, batches: list[ProducerBatch]) -> None:
-        request = broker_pb2.ProduceRequest(
-            acks=self.acks,
-            timeout_ms=self.request_timeout_ms,
-            transactional_id=self.transactional_id or "",
-            partitions=[
-                b.to_partition_data() for b in batches
-            ],
-        )
+        request = encode_produce_request(self.acks, self.request_timeout_ms, self.transactional_id or "", batches)
         pending = _ProduceRequest(address, batches, monotonic_ms())
         with self._cond:
             self._requests.add(pending)
@@ -654,7 +660,7 @@ class Producer(_ClientBase):
                 self._stats["records_sent"] += batch.record_count
                 self._stats["bytes_sent"] += batch.size_bytes
         try:
-            call = self._connections.broker(address).Produce.future(
+            call = self._connections.stub(address, _EncodedProduce).Produce.future(
                 request, timeout=self.request_timeout_ms / 1000 + 5
             )
         except (grpc.RpcError, ClosedError) as exc:
@@ -828,6 +834,20 @@ class Producer(_ClientBase):
 # timeout: an add that carried the previous transaction's partitions is retried at once without
 # them (one may be of a topic deleted since); any other goes back to the sender (retry backoff).
 _PREDICTION_REFUSED = frozenset({common_pb2.UNKNOWN_TOPIC_OR_PARTITION, common_pb2.INVALID_REQUEST})
+
+
+class _EncodedProduce:
+    """`Broker.Produce` taking the request already in wire format (`encode_produce_request`):
+    the batches are joined into the request bytes once, with no protobuf message between."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        # _registered_method as in the generated stubs (grpc registers the method once per channel)
+        self.Produce: grpc.UnaryUnaryMultiCallable = channel.unary_unary(  # type: ignore[call-arg]
+            "/semel.v1.Broker/Produce",
+            request_serializer=None,  # the request is bytes already
+            response_deserializer=broker_pb2.ProduceResponse.FromString,
+            _registered_method=True,
+        )
 
 
 @dataclasses.dataclass(slots=True, eq=False)

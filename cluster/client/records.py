@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from google.protobuf.message import DecodeError
 from semel.client.errors import CorruptRecordError
 from semel.storage.kafka_records import encode_record_fields
-from semel.storage.varint import encode_varint
+from semel.storage.varint import encode_varint, encode_zigzag
 from semel.v1 import common_pb2
 
 Header = tuple[str, bytes]
@@ -36,9 +36,46 @@ _VALUE_TAG = b"\x22"              # Record.value, field 4, bytes
 _HEADER_TAG = b"\x2a"             # Record.headers, field 5, message
 _HEADER_KEY_TAG = b"\x0a"         # RecordHeader.key, field 1, string
 _HEADER_VALUE_TAG = b"\x12"       # RecordHeader.value, field 2, bytes
+_varint = encode_varint
 
-def _len_field(tag: bytes, data: bytes) -> list[bytes]:
-    return [tag, encode_varint(len(data)), data]
+def _len_field(tag: bytes, data: bytes) -> bytes:
+    return tag + encode_varint(len(data)) + data
+
+
+def _header_fields(headers: Sequence[Header]) -> bytes:
+    """`Record.headers` entries (field 5, after the value in field order)."""
+    out = []
+    for header_key, header_value in headers:
+        body = ((_len_field(_HEADER_KEY_TAG, header_key.encode()) if header_key else b"")
+                + (_len_field(_HEADER_VALUE_TAG, header_value) if header_value else b""))
+        out.append(_len_field(_HEADER_TAG, body))
+    return b"".join(out)
+
+
+def encode_record_parts(
+    offset_delta: int,
+    timestamp_delta_ms: int,
+    key: bytes | None,
+    value: bytes,
+    headers: Sequence[Header] | None = None,
+) -> tuple[bytes, bytes]:
+    """One `Records.records` entry as (head, tail): the entry is `head + value + tail`.
+
+    The producer keeps the value as the caller's bytes object and joins it once, straight
+    into the request (`ProducerBatch.wire_parts`), instead of copying it into a per-record
+    entry first; head and tail hold the framing (tail: the headers, usually empty)."""
+    fields = b""
+    if offset_delta:
+        fields = _OFFSET_DELTA_TAG + _varint(offset_delta)
+    if timestamp_delta_ms:
+        fields += _TIMESTAMP_DELTA_TAG + _varint(timestamp_delta_ms)
+    if key:
+        fields += _KEY_TAG + _varint(len(key)) + key
+    tail = _header_fields(headers) if headers else b""
+    if value:
+        fields += _VALUE_TAG + _varint(len(value))
+        return _RECORDS_FIELD_TAG + _varint(len(fields) + len(value) + len(tail)) + fields, tail
+    return _RECORDS_FIELD_TAG + _varint(len(fields) + len(tail)) + fields, tail
 
 
 def encode_record(
@@ -49,24 +86,32 @@ def encode_record(
     headers: Sequence[Header] | None = None,
 ) -> bytes:
     """One `Records.records` entry (tag + length + Record) in protobuf wire format."""
-    parts: list[bytes] = []
-    if offset_delta:
-        parts += (_OFFSET_DELTA_TAG, encode_varint(offset_delta))
-    if timestamp_delta_ms:
-        parts += (_TIMESTAMP_DELTA_TAG, encode_varint(timestamp_delta_ms))
-    if key:
-        parts += _len_field(_KEY_TAG, key)
-    if value:
-        parts += _len_field(_VALUE_TAG, value)
+    head, tail = encode_record_parts(offset_delta, timestamp_delta_ms, key, value, headers)
+    return head + value + tail
+
+
+_NULL = b"\x01"  # zigzag(-1): a null key or header value
+
+
+def encode_kafka_record_parts(
+    offset_delta: int,
+    timestamp_delta_ms: int,
+    key: bytes | None,
+    value: bytes,
+    headers: Sequence[Header] | None = None,
+) -> tuple[bytes, bytes]:
+    """One record in Kafka's record format as (head, tail), the record being `head + value +
+    tail`: the bytes of `encode_kafka_record` (tests check it), an empty key being no key."""
+    fields = b"\x00" + encode_zigzag(timestamp_delta_ms) + encode_zigzag(offset_delta)  # attributes: unused
+    fields += (encode_zigzag(len(key)) + key) if key else _NULL
+    fields += encode_zigzag(len(value))
+    tail = encode_zigzag(len(headers)) if headers else b"\x00"
     if headers:
         for header_key, header_value in headers:
-            body = b"".join(
-                (_len_field(_HEADER_KEY_TAG, header_key.encode()) if header_key else [])
-                + (_len_field(_HEADER_VALUE_TAG, header_value) if header_value else [])
-            )
-            parts += _len_field(_HEADER_TAG, body)
-    body = b"".join(parts)
-    return b"".join((_RECORDS_FIELD_TAG, encode_varint(len(body)), body))
+            k = header_key.encode()
+            tail += encode_zigzag(len(k)) + k
+            tail += _NULL if header_value is None else encode_zigzag(len(header_value)) + header_value
+    return encode_zigzag(len(fields) + len(value) + len(tail)) + fields, tail
 
 
 def encode_kafka_record(
