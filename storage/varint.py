@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from kio._kio_native import read_signed_varint, read_signed_varlong
 
-__all__ = ("encode_varint", "encode_zigzag", "read_signed_varint", "read_signed_varlong")
+__all__ = ("SMALL_VARINTS", "VARINT_TABLE", "encode_varint", "encode_zigzag", "read_signed_varint",
+           "read_signed_varlong")
 
 # Encoded varints of 0 .. 2**14-1 (one or two bytes: every length, count and small delta), built
 # once: the per-record encoders (protobuf's in semel.client.records, Kafka's in
@@ -33,6 +34,9 @@ def _encode_varint_slow(value: int) -> bytes:
 
 
 _VARINT_TABLE = tuple(_encode_varint_slow(i) for i in range(_SMALL_VARINTS))
+# for a per-record encoder that indexes the table inline: VARINT_TABLE[v] for 0 <= v < SMALL_VARINTS
+SMALL_VARINTS = _SMALL_VARINTS
+VARINT_TABLE = _VARINT_TABLE
 
 
 def encode_varint(value: int) -> bytes:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from google.protobuf.message import DecodeError
 from semel.client.errors import CorruptRecordError
 from semel.storage.kafka_records import encode_record_fields
-from semel.storage.varint import encode_varint, encode_zigzag
+from semel.storage.varint import SMALL_VARINTS, VARINT_TABLE, encode_varint, encode_zigzag
 from semel.v1 import common_pb2
 
 Header = tuple[str, bytes]
@@ -64,6 +64,19 @@ def encode_record_parts(
     The producer keeps the value as the caller's bytes object and joins it once, straight
     into the request (`ProducerBatch.wire_parts`), instead of copying it into a per-record
     entry first; head and tail hold the framing (tail: the headers, usually empty)."""
+    n = len(value)
+    if not key and not headers and 0 <= offset_delta < SMALL_VARINTS and 0 <= timestamp_delta_ms < SMALL_VARINTS:
+        # the common record (no key, no headers, small deltas): table look-ups, no calls
+        t = VARINT_TABLE
+        if offset_delta:
+            fields = (_OFFSET_DELTA_TAG + t[offset_delta] + _TIMESTAMP_DELTA_TAG + t[timestamp_delta_ms]
+                      if timestamp_delta_ms else _OFFSET_DELTA_TAG + t[offset_delta])
+        else:
+            fields = _TIMESTAMP_DELTA_TAG + t[timestamp_delta_ms] if timestamp_delta_ms else b""
+        if n:
+            fields += _VALUE_TAG + (t[n] if n < SMALL_VARINTS else encode_varint(n))
+        size = len(fields) + n
+        return _RECORDS_FIELD_TAG + (t[size] if size < SMALL_VARINTS else encode_varint(size)) + fields, b""
     fields = b""
     if offset_delta:
         fields = _OFFSET_DELTA_TAG + _varint(offset_delta)
@@ -72,9 +85,9 @@ def encode_record_parts(
     if key:
         fields += _KEY_TAG + _varint(len(key)) + key
     tail = _header_fields(headers) if headers else b""
-    if value:
-        fields += _VALUE_TAG + _varint(len(value))
-        return _RECORDS_FIELD_TAG + _varint(len(fields) + len(value) + len(tail)) + fields, tail
+    if n:
+        fields += _VALUE_TAG + _varint(n)
+        return _RECORDS_FIELD_TAG + _varint(len(fields) + n + len(tail)) + fields, tail
     return _RECORDS_FIELD_TAG + _varint(len(fields) + len(tail)) + fields, tail
 
 
