@@ -247,3 +247,53 @@ def test_producer_and_consumer_follow_a_leader_change(shared_cluster):
         consume_until(consumer, 200)  # the same consumer, now fetching from the new leader
     # acks=all and one in flight: everything acknowledged is there, in order (retries may duplicate).
     assert list(dict.fromkeys(values)) == list(range(200))
+
+
+def test_the_producers_hand_encoded_batches_are_stored_and_read_back_byte_for_byte(shared_cluster):
+    """The producer frames each record around the caller's value and builds the Produce request
+    in wire format itself: the broker must accept it, store exactly the `Records` bytes protobuf
+    would have written for those records, and a consumer must read every field back. Keys,
+    headers, an empty value, a value past the varint table (16 KiB), timestamps before the
+    batch's first (negative deltas) and after it."""
+    import grpc
+    from semel.client.records import encode_record
+    from semel.v1 import broker_pb2, broker_pb2_grpc, common_pb2
+
+    from semel.clock import wall_clock_ms
+
+    shared_cluster.create_topic("handencoded", partitions=1, replication_factor=3)
+    base = wall_clock_ms() - 60_000  # recent: no retention by time applies
+    sent = [(base, None, b"plain", None), (base + 5, b"k", b"keyed", None), (base - 7, None, b"earlier", None),
+            (base + 2**20, None, b"", [("h", b"x"), ("\u00e9", b"")]), (base + 1, b"big", b"v" * 40_000, [("a", b"b")])]
+    with Producer(shared_cluster.bootstrap, linger_ms=60_000, batch_bytes=1 << 20) as producer:
+        futures = [producer.send("handencoded", value, key=key, headers=headers, timestamp_ms=ts)
+                   for ts, key, value, headers in sent]
+        producer.flush(timeout_s=60)
+        metas = [f.result(0) for f in futures]
+    assert [m.offset for m in metas] == list(range(metas[0].offset, metas[0].offset + len(sent))), "one batch"
+    expected = b"".join(encode_record(i, ts - base, key, value, headers) for i, (ts, key, value, headers) in enumerate(sent))
+    assert expected == common_pb2.Records(records=[
+        common_pb2.Record(offset_delta=i, timestamp_delta_ms=ts - base, key=key or b"", value=value,
+                          headers=[common_pb2.RecordHeader(key=k, value=v) for k, v in headers or ()])
+        for i, (ts, key, value, headers) in enumerate(sent)]).SerializeToString()
+
+    with Admin(shared_cluster.bootstrap) as admin:
+        leader = admin.metadata(["handencoded"]).leader_address("handencoded", 0)
+    with grpc.insecure_channel(leader) as channel:
+        response = broker_pb2_grpc.BrokerStub(channel).Fetch(broker_pb2.FetchRequest(
+            partitions=[broker_pb2.FetchPartition(topic="handencoded", partition=0, fetch_offset=metas[0].offset)]),
+            timeout=30)
+    [result] = response.results
+    [batch] = [b for b in result.batches if b.base_offset == metas[0].offset]
+    assert (batch.record_count, batch.base_timestamp_ms, batch.max_timestamp_ms) == (len(sent), base, base + 2**20)
+    assert batch.records == expected
+
+    with Consumer(shared_cluster.bootstrap, auto_offset_reset="earliest") as consumer:
+        consumer.assign([("handencoded", 0)])
+        got: list = []
+        while len(got) < len(sent):
+            records = consumer.poll(5000)
+            assert records, f"only {len(got)} of {len(sent)} records came back"
+            got.extend(records)
+    assert [(r.timestamp_ms, r.key, r.value, r.headers) for r in got] == [
+        (ts, key, value, tuple(headers or ())) for ts, key, value, headers in sent]
