@@ -13,6 +13,7 @@ from semel.clock import wall_clock_ms
 from semel.cluster.broker.auto_create import AutoCreateSettings, AutoCreator
 from semel.cluster.broker.metrics import BrokerMetrics
 from semel.cluster.broker.process import BrokerConfig
+from semel.cluster.broker.replica_limit import PartitionReplicaLimit
 from semel.cluster.broker.replica_manager import ReplicaManager
 from semel.cluster.broker.replication import IsrMaintainer, LeaderReplicationService
 from semel.cluster.broker.server import BrokerService, effective_timeout_ms
@@ -57,6 +58,7 @@ class FakeBroker:
         self.clock = FakeClock()
         self.metrics = BrokerMetrics()
         self.auto_create = AutoCreator(self, AutoCreateSettings())  # type: ignore[arg-type]  # off, as by default
+        self.partition_replica_limit = PartitionReplicaLimit.of(self.config.max_partition_replicas_per_broker)
         self.kv = KvStore.open(tmp_path / "kv")
         self.rm = ReplicaManager(1, tmp_path, 10_000, lambda d, t, p: open_replica_store(d, t, p, kv=self.kv),
                                  clock=self.clock)
