@@ -24,6 +24,12 @@ def cluster(tmp_path):
     c = h.Cluster(tmp_path, 3, internal_partitions=1, max_partition_replicas_per_broker=LIMIT)
     try:
         c.start_all()
+        # the controller creates the internal topics once the brokers are unfenced: the counts
+        # below include their 2 replicas per broker, so wait for them (CI created "over" before)
+        internal = ["__consumer_offsets", "__transaction_state"]
+        c.wait_for(lambda: {t.name for t in c.metadata(topics=internal).topics if t.partitions
+                            and t.partitions[0].leader_id > 0} == set(internal),
+                   timeout_s=120, interval_s=0.2, what="the internal topics")
         yield c
     finally:
         c.close()
