@@ -301,16 +301,12 @@ class Producer(_ClientBase):
             raise self._fatal
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Flush (up to `timeout_s`), stop the sender and close the channels. Idempotent: a
-        second call does not wait again (`semel produce` closes with timeout 0 on Ctrl-C, then
-        the `with` block closes again; that second close flushed with no timeout and waited for
-        a request to a paused broker)."""
+        """Flush (up to `timeout_s`), stop the sender and close the channels. Idempotent."""
         if self._closed and not self._sender.is_alive():
             return
-        again, self._closed = self._closed, True
+        self._closed = True
         try:
-            if not again:
-                self.flush(timeout_s)
+            self.flush(timeout_s)
         except TimeoutError:
             log.warning("close(): records still unacknowledged after %s s; failing them", timeout_s)
         except SemelError:

@@ -150,8 +150,11 @@ def test_ctrl_c_during_produce_reports_acknowledged_and_unknown_never_failed(sha
     shared_cluster.create_topic("interrupted", partitions=1, replication_factor=1)
     leader = shared_cluster.leader_of("interrupted", 0, timeout_s=30)
     env = dict(os.environ, SEMEL_BOOTSTRAP=shared_cluster.bootstrap)
+    # SIGINT as a terminal gives it: a suite started in the background (nohup, `&`) passes an
+    # ignored SIGINT down, and Python then installs no KeyboardInterrupt handler in the child
     proc = subprocess.Popen([*SEMEL, "produce", "interrupted"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+                            stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdin is not None
     paused = False
     try:
