@@ -176,29 +176,22 @@ class SegmentIndex:
     @classmethod
     def decode(cls, offset_file: bytes, time_file: bytes, base_offset: int, interval_bytes: int) -> SegmentIndex:
         """Rebuild from the two files; raises CorruptIndexError unless both are whole and consistent."""
+        index, obody = cls._decode_offset_header(offset_file, base_offset, interval_bytes)
         try:
-            obody = unseal(offset_file)
             tbody = unseal(time_file)
         except CorruptCheckpointError as exc:
             raise CorruptIndexError(str(exc)) from exc
-        if len(obody) < _OFFSET_HEADER.size or len(tbody) < _TIME_HEADER.size:
+        if len(tbody) < _TIME_HEADER.size:
             raise CorruptIndexError("index header truncated")
-        magic, count, base, size, next_offset, max_ts, first_ts, since = _OFFSET_HEADER.unpack_from(obody)
         tmagic, tcount, tbase = _TIME_HEADER.unpack_from(tbody)
-        if magic != OFFSET_INDEX_MAGIC or tmagic != TIME_INDEX_MAGIC:
+        if tmagic != TIME_INDEX_MAGIC:
             raise CorruptIndexError("bad index magic")
-        if base != base_offset or tbase != base_offset:
-            raise CorruptIndexError(f"index is for segment {base}/{tbase}, expected {base_offset}")
-        if len(obody) != _OFFSET_HEADER.size + count * ENTRY_BYTES or len(tbody) != _TIME_HEADER.size + tcount * ENTRY_BYTES:
+        if tbase != base_offset:
+            raise CorruptIndexError(f"time index is for segment {tbase}, expected {base_offset}")
+        if len(tbody) != _TIME_HEADER.size + tcount * ENTRY_BYTES:
             raise CorruptIndexError("index entry count does not match its length")
-        index = cls(base_offset, interval_bytes)
         index.offsets, index.positions = _bytes_to_pairs(obody[_OFFSET_HEADER.size :])
         index.time_ts, index.time_offsets = _bytes_to_pairs(tbody[_TIME_HEADER.size :])
-        index.size_bytes = size
-        index.next_offset = next_offset
-        index.max_timestamp_ms = _ts_in(max_ts)
-        index.first_timestamp_ms = _ts_in(first_ts)
-        index.bytes_since_entry = since
         index.check()
         return index
 
@@ -207,6 +200,15 @@ class SegmentIndex:
         """The summary of the offset index file (size, next offset, timestamps) without its
         entries: CRC, header and length checked, the entries left on disk. What `open` needs
         of a trusted segment; the entries are loaded when a lookup needs them (`decode`)."""
+        index, _ = cls._decode_offset_header(offset_file, base_offset, interval_bytes)
+        index.check()
+        return index
+
+    @classmethod
+    def _decode_offset_header(cls, offset_file: bytes, base_offset: int,
+                              interval_bytes: int) -> tuple[SegmentIndex, bytes]:
+        """The offset index file checked (CRC, magic, base, length) -> an index holding its
+        header's summary, no entries yet, and the file's body."""
         try:
             obody = unseal(offset_file)
         except CorruptCheckpointError as exc:
@@ -226,8 +228,7 @@ class SegmentIndex:
         index.max_timestamp_ms = _ts_in(max_ts)
         index.first_timestamp_ms = _ts_in(first_ts)
         index.bytes_since_entry = since
-        index.check()
-        return index
+        return index, obody
 
     def summary(self) -> SegmentIndex:
         """A copy with this index's summary and no entries: lookups on it answer the segment
